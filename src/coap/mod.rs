@@ -1,0 +1,1 @@
+//! coap (under construction).

@@ -1,0 +1,36 @@
+//! Fuzz target bodies, shared by `fuzz/fuzz_targets/*` (cargo-fuzz, nightly) and by
+//! `tests/fuzz_replay.rs`, which replays every file under `fuzz/corpus/<target>/` on
+//! stable so CI covers the corpus.
+//!
+//! Each body panics only on a real bug (a broken invariant, an internal error kind, a
+//! round trip that does not hold); bad input must come back as a typed error.
+
+/// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
+pub type FuzzBody = fn(&[u8]);
+
+/// The fuzz targets by name: the corpus directory name and the body to run.
+pub const TARGETS: &[(&str, FuzzBody)] = &[("timestamp_parse", timestamp_parse)];
+
+/// Every fuzz target body, by name.
+pub fn run(target: &str, data: &[u8]) -> bool {
+    match TARGETS.iter().find(|(name, _)| *name == target) {
+        Some((_, body)) => {
+            body(data);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Timestamps and LWM2M paths: parse arbitrary text; what parses prints back to itself.
+pub fn timestamp_parse(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(t) = s.parse::<crate::Timestamp>() {
+        assert_eq!(t.to_string().parse::<crate::Timestamp>(), Ok(t));
+    }
+    if let Ok(p) = s.parse::<crate::Lwm2mPath>() {
+        assert_eq!(p.to_string().parse::<crate::Lwm2mPath>(), Ok(p));
+    }
+}

@@ -1,0 +1,175 @@
+//! Resource values and the typed content that travels between hub and device.
+
+use super::Lwm2mPath;
+use std::fmt;
+
+/// The data type of an LWM2M resource (LWM2M 1.1 §C).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum ResourceType {
+    /// UTF-8 string.
+    String,
+    /// Signed 64-bit integer.
+    Integer,
+    /// Unsigned 64-bit integer (LWM2M 1.1).
+    UnsignedInteger,
+    /// IEEE 754 double.
+    Float,
+    /// Boolean.
+    Boolean,
+    /// Raw bytes.
+    Opaque,
+    /// Seconds since the Unix epoch.
+    Time,
+    /// Object link `oid:iid`.
+    ObjectLink,
+    /// Resource with no value (executable).
+    None,
+}
+
+/// One resource (or resource instance) value, typed.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ResourceValue {
+    /// UTF-8 string.
+    String(String),
+    /// Signed integer.
+    Integer(i64),
+    /// Unsigned integer.
+    UnsignedInteger(u64),
+    /// Floating point.
+    Float(f64),
+    /// Boolean.
+    Boolean(bool),
+    /// Raw bytes.
+    Opaque(Vec<u8>),
+    /// Seconds since the Unix epoch.
+    Time(i64),
+    /// Object link: object id and instance id.
+    ObjectLink(u16, u16),
+}
+
+impl ResourceValue {
+    /// The type of this value.
+    pub fn resource_type(&self) -> ResourceType {
+        match self {
+            ResourceValue::String(_) => ResourceType::String,
+            ResourceValue::Integer(_) => ResourceType::Integer,
+            ResourceValue::UnsignedInteger(_) => ResourceType::UnsignedInteger,
+            ResourceValue::Float(_) => ResourceType::Float,
+            ResourceValue::Boolean(_) => ResourceType::Boolean,
+            ResourceValue::Opaque(_) => ResourceType::Opaque,
+            ResourceValue::Time(_) => ResourceType::Time,
+            ResourceValue::ObjectLink(..) => ResourceType::ObjectLink,
+        }
+    }
+
+    /// The value as a JSON scalar, the shape a twin's device property stores.
+    /// Opaque bytes become a base64 string (standard alphabet, padded).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            ResourceValue::String(s) => J::String(s.clone()),
+            ResourceValue::Integer(i) | ResourceValue::Time(i) => J::from(*i),
+            ResourceValue::UnsignedInteger(u) => J::from(*u),
+            ResourceValue::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            ResourceValue::Boolean(b) => J::Bool(*b),
+            ResourceValue::Opaque(b) => J::String(base64_encode(b)),
+            ResourceValue::ObjectLink(o, i) => J::String(format!("{o}:{i}")),
+        }
+    }
+}
+
+impl fmt::Display for ResourceValue {
+    /// The LWM2M plain-text rendering (content format 0).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResourceValue::String(s) => f.write_str(s),
+            ResourceValue::Integer(i) | ResourceValue::Time(i) => write!(f, "{i}"),
+            ResourceValue::UnsignedInteger(u) => write!(f, "{u}"),
+            ResourceValue::Float(x) => write!(f, "{x}"),
+            ResourceValue::Boolean(b) => f.write_str(if *b { "1" } else { "0" }),
+            ResourceValue::Opaque(b) => f.write_str(&base64_encode(b)),
+            ResourceValue::ObjectLink(o, i) => write!(f, "{o}:{i}"),
+        }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for opaque values in JSON and text.
+pub fn base64_encode(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decoded content: resource values addressed by full paths, in the order they came.
+///
+/// Every payload format (text, opaque, TLV, SenML) decodes to this shape, so the hub never
+/// looks at a wire format. A single-resource read yields one entry.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Content {
+    /// `(path, value)` pairs; paths are resource or resource-instance paths.
+    pub values: Vec<(Lwm2mPath, ResourceValue)>,
+}
+
+impl Content {
+    /// Content holding one value.
+    pub fn single(path: Lwm2mPath, value: ResourceValue) -> Self {
+        Content {
+            values: vec![(path, value)],
+        }
+    }
+
+    /// The value at exactly `path`, if present.
+    pub fn get(&self, path: &Lwm2mPath) -> Option<&ResourceValue> {
+        self.values.iter().find(|(p, _)| p == path).map(|(_, v)| v)
+    }
+
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_vectors() {
+        // RFC 4648 §10.
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn text_rendering() {
+        assert_eq!(ResourceValue::Boolean(true).to_string(), "1");
+        assert_eq!(ResourceValue::ObjectLink(3, 0).to_string(), "3:0");
+        assert_eq!(ResourceValue::Integer(-5).to_json(), serde_json::json!(-5));
+    }
+}

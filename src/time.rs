@@ -1,0 +1,257 @@
+//! Wall-clock timestamps for twins and jobs.
+//!
+//! Twins and job history carry wall-clock times (`lastUpdatedTime`, `startTimeUtc`, ...)
+//! which the preview serialises as ISO 8601 / RFC 3339 strings. State machines never read a
+//! clock: callers pass `now` in, so tests can run on a simulated clock.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A wall-clock instant: milliseconds since the Unix epoch (UTC).
+///
+/// Serialises as an RFC 3339 string with millisecond precision, e.g.
+/// `2016-04-29T12:00:00.000Z`.
+///
+/// ```
+/// use twinhub::Timestamp;
+/// let t = Timestamp::from_millis(1_461_931_200_000);
+/// assert_eq!(t.to_string(), "2016-04-29T12:00:00.000Z");
+/// assert_eq!("2016-04-29T12:00:00Z".parse::<Timestamp>().unwrap(), t);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The Unix epoch, 1970-01-01T00:00:00Z.
+    pub const EPOCH: Timestamp = Timestamp(0);
+
+    /// A timestamp from milliseconds since the Unix epoch.
+    pub const fn from_millis(ms: u64) -> Self {
+        Timestamp(ms)
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub const fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// The current time from the system clock. Only drivers call this; state machines take
+    /// `now` as an argument.
+    pub fn now() -> Self {
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Timestamp(d.as_millis() as u64)
+    }
+
+    /// This timestamp moved forward by `d` (saturating).
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(d.as_millis() as u64))
+    }
+
+    /// The time elapsed from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Timestamp) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+// Civil-from-days and days-from-civil: Howard Hinnant's public-domain algorithms.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0 % 1000;
+        let secs = self.0 / 1000;
+        let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+        let sod = secs % 86_400;
+        write!(
+            f,
+            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60
+        )
+    }
+}
+
+/// Why a string is not an RFC 3339 UTC timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimestampParseError {
+    /// The text that failed to parse (truncated to 64 bytes).
+    pub input: String,
+}
+
+impl fmt::Display for TimestampParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid timestamp {:?}: expected YYYY-MM-DDTHH:MM:SS[.fff]Z",
+            self.input
+        )
+    }
+}
+
+impl std::error::Error for TimestampParseError {}
+
+impl std::str::FromStr for Timestamp {
+    type Err = TimestampParseError;
+
+    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`; years 1970..=9999.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || TimestampParseError {
+            input: s.chars().take(64).collect(),
+        };
+        let b = s.as_bytes();
+        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+            return Err(err());
+        }
+        if b[13] != b':' || b[16] != b':' {
+            return Err(err());
+        }
+        let num = |r: std::ops::Range<usize>| -> Result<u32, TimestampParseError> {
+            let part = &s[r];
+            if !part.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(err());
+            }
+            part.parse::<u32>().map_err(|_| err())
+        };
+        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1970..=9999).contains(&y) || !(1..=12).contains(&mo) || h > 23 || mi > 59 || se > 60 {
+            return Err(err());
+        }
+        let dim = match mo {
+            2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        if d == 0 || d > dim {
+            return Err(err());
+        }
+        let mut i = 19;
+        let mut ms = 0u64;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                if i - start < 3 {
+                    ms = ms * 10 + (b[i] - b'0') as u64;
+                }
+                i += 1;
+            }
+            if i == start || i - start > 9 {
+                return Err(err());
+            }
+            for _ in (i - start)..3 {
+                ms *= 10;
+            }
+        }
+        let offset_secs: i64 = match &s[i..] {
+            "Z" | "z" => 0,
+            rest if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+                if rest.as_bytes()[3] != b':' {
+                    return Err(err());
+                }
+                let oh = num(i + 1..i + 3)? as i64;
+                let om = num(i + 4..i + 6)? as i64;
+                if oh > 23 || om > 59 {
+                    return Err(err());
+                }
+                let o = oh * 3600 + om * 60;
+                if rest.starts_with('-') { -o } else { o }
+            }
+            _ => return Err(err()),
+        };
+        let days = days_from_civil(y as i64, mo, d);
+        let secs =
+            days * 86_400 + (h as i64) * 3600 + (mi as i64) * 60 + se.min(59) as i64 - offset_secs;
+        if secs < 0 {
+            return Err(err());
+        }
+        Ok(Timestamp(secs as u64 * 1000 + ms))
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn formats_epoch_and_leap_day() {
+        assert_eq!(Timestamp::EPOCH.to_string(), "1970-01-01T00:00:00.000Z");
+        let t: Timestamp = "2024-02-29T23:59:59.5Z".parse().unwrap();
+        assert_eq!(t.to_string(), "2024-02-29T23:59:59.500Z");
+    }
+
+    #[test]
+    fn offsets_normalise_to_utc() {
+        let a: Timestamp = "2016-04-29T14:00:00+02:00".parse().unwrap();
+        let b: Timestamp = "2016-04-29T12:00:00Z".parse().unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn rejects_bad_dates() {
+        for bad in [
+            "",
+            "2023-02-29T00:00:00Z",
+            "2016-13-01T00:00:00Z",
+            "2016-04-29 12:00:00",
+            "2016-04-29T12:00:00.Z",
+            "1969-12-31T23:59:59Z",
+            "2016-04-29T12:00:00+0200",
+        ] {
+            assert!(bad.parse::<Timestamp>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn display_parse_round_trip(ms in 0u64..253_402_300_799_000) {
+            let t = Timestamp::from_millis(ms);
+            prop_assert_eq!(t.to_string().parse::<Timestamp>().unwrap(), t);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The port between the hub and its devices.
+//!
+//! The hub talks to devices only through a [`Transport`]: it submits [`DeviceOp`]s
+//! (read, write, execute, observe, ...) addressed by device id and LWM2M path, and takes
+//! [`DeviceEvent`]s (registered, notification, response, timed out, ...) back out.
+//!
+//! A transport is a sans-IO state machine, like everything below the hub: it owns no
+//! thread and reads no clock. The caller passes `now` in and drives it in this order:
+//!
+//! 1. [`Transport::submit`] operations as they come;
+//! 2. feed it whatever IO it has (the LWM2M server takes datagrams through its own
+//!    `handle_datagram`; the in-memory transport has none);
+//! 3. drain [`Transport::poll_event`] until `None`;
+//! 4. sleep until [`Transport::poll_timeout`] (or until new input), then call
+//!    [`Transport::handle_timeout`] and go to 3.
+//!
+//! Two transports ship with the crate: the bundled LWM2M server over CoAP/UDP
+//! (`lwm2m::server`) and an in-memory simulated fleet (`transport::memory`) with seeded
+//! faults for deterministic tests. Both pass one conformance suite.
+
+use crate::lwm2m::{Content, Lwm2mPath};
+use crate::twin::DeviceId;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Identifies one submitted operation; its outcome event carries the same id.
+///
+/// The submitter chooses ids (the hub and the job engine draw them from one counter);
+/// a transport only echoes them.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
+pub struct OpId(pub u64);
+
+/// How a write treats resources it does not mention (LWM2M §5.4.3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WriteMode {
+    /// CoAP PUT: the target is replaced by the content.
+    Replace,
+    /// CoAP POST: only the given resources change.
+    PartialUpdate,
+}
+
+/// Notification attributes for Write-Attributes and observations (LWM2M §5.1.2).
+/// `None` leaves an attribute as it is.
+#[derive(Clone, Copy, PartialEq, Debug, Default)]
+pub struct NotificationAttributes {
+    /// Minimum period between notifications, seconds.
+    pub pmin: Option<u32>,
+    /// Maximum period between notifications, seconds.
+    pub pmax: Option<u32>,
+    /// Notify when the value crosses above this threshold.
+    pub gt: Option<f64>,
+    /// Notify when the value crosses below this threshold.
+    pub lt: Option<f64>,
+    /// Notify when the value changed by at least this step.
+    pub st: Option<f64>,
+}
+
+/// What to do on a device.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum DeviceRequest {
+    /// Read a resource, an instance or an object.
+    Read {
+        /// What to read.
+        path: Lwm2mPath,
+    },
+    /// Discover the resources and attributes under a path.
+    Discover {
+        /// Where to discover.
+        path: Lwm2mPath,
+    },
+    /// Write values.
+    Write {
+        /// The resource or instance written.
+        path: Lwm2mPath,
+        /// Replace or partial update.
+        mode: WriteMode,
+        /// The values; paths lie under `path`.
+        content: Content,
+    },
+    /// Set notification attributes.
+    WriteAttributes {
+        /// Where the attributes apply.
+        path: Lwm2mPath,
+        /// The attributes.
+        attributes: NotificationAttributes,
+    },
+    /// Execute a resource, with optional arguments (LWM2M text, e.g. `0='x',1`).
+    Execute {
+        /// The executable resource.
+        path: Lwm2mPath,
+        /// Raw argument text.
+        args: Option<String>,
+    },
+    /// Create an object instance.
+    Create {
+        /// The object (or `/oid/iid` to choose the instance id).
+        path: Lwm2mPath,
+        /// The new instance's values.
+        content: Content,
+    },
+    /// Delete an object instance.
+    Delete {
+        /// The instance.
+        path: Lwm2mPath,
+    },
+    /// Start observing; values arrive as [`DeviceEvent::Notification`].
+    Observe {
+        /// What to observe.
+        path: Lwm2mPath,
+    },
+    /// Stop observing.
+    CancelObserve {
+        /// What was observed.
+        path: Lwm2mPath,
+    },
+}
+
+impl DeviceRequest {
+    /// The path the request addresses.
+    pub fn path(&self) -> &Lwm2mPath {
+        match self {
+            DeviceRequest::Read { path }
+            | DeviceRequest::Discover { path }
+            | DeviceRequest::Write { path, .. }
+            | DeviceRequest::WriteAttributes { path, .. }
+            | DeviceRequest::Execute { path, .. }
+            | DeviceRequest::Create { path, .. }
+            | DeviceRequest::Delete { path }
+            | DeviceRequest::Observe { path }
+            | DeviceRequest::CancelObserve { path } => path,
+        }
+    }
+}
+
+/// An operation for one device.
+#[derive(Clone, PartialEq, Debug)]
+pub struct DeviceOp {
+    /// Echoed in the outcome event.
+    pub id: OpId,
+    /// The target device.
+    pub device: DeviceId,
+    /// What to do.
+    pub request: DeviceRequest,
+}
+
+/// A successful answer from a device.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum DeviceReply {
+    /// Values read (or the first value of an observation).
+    Content(Content),
+    /// Discover's answer: the CoRE link-format text.
+    Links(String),
+    /// Create's answer: where the new instance lives.
+    Created(Lwm2mPath),
+    /// Write, write-attributes, execute, delete, cancel: done, no body.
+    Done,
+}
+
+/// Why a device (or the way to it) refused or failed an operation.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// 4.00: the request was malformed for the device.
+    BadRequest,
+    /// 4.01: not authorised for this path.
+    Unauthorized,
+    /// 4.04: no such object, instance or resource.
+    NotFound,
+    /// 4.05: the operation is not allowed on this resource (e.g. writing a read-only one).
+    MethodNotAllowed,
+    /// 4.06: none of the acceptable formats can be produced.
+    NotAcceptable,
+    /// 4.15: the device does not understand the content format sent.
+    UnsupportedContentFormat,
+    /// Another CoAP response code (class and detail, e.g. 5.00 is `(5, 0)`).
+    Code(u8, u8),
+    /// The device is not registered (or its registration expired).
+    NotRegistered,
+    /// A sleeping (queue-mode) device's queue is full.
+    QueueFull,
+    /// The device's answer could not be decoded.
+    BadPayload(String),
+}
+
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceError::BadRequest => f.write_str("bad request (4.00)"),
+            DeviceError::Unauthorized => f.write_str("unauthorized (4.01)"),
+            DeviceError::NotFound => f.write_str("not found (4.04)"),
+            DeviceError::MethodNotAllowed => f.write_str("method not allowed (4.05)"),
+            DeviceError::NotAcceptable => f.write_str("not acceptable (4.06)"),
+            DeviceError::UnsupportedContentFormat => {
+                f.write_str("unsupported content format (4.15)")
+            }
+            DeviceError::Code(c, d) => write!(f, "device answered {c}.{d:02}"),
+            DeviceError::NotRegistered => f.write_str("device is not registered"),
+            DeviceError::QueueFull => f.write_str("device's request queue is full"),
+            DeviceError::BadPayload(why) => write!(f, "undecodable payload: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
+/// What a device told the server when it registered (or updated its registration).
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationInfo {
+    /// The endpoint name (`ep`); equals the device id.
+    pub endpoint: String,
+    /// The server-assigned registration id (the `rd/{id}` location).
+    pub registration_id: String,
+    /// Lifetime in seconds (`lt`, default 86400).
+    pub lifetime: u32,
+    /// LWM2M version (`lwm2m`, default "1.0").
+    pub lwm2m_version: String,
+    /// Binding mode (`b`, e.g. "U", "UQ").
+    pub binding: String,
+    /// Whether the device is in queue mode (`b=UQ` in 1.0, `Q` in 1.1).
+    pub queue_mode: bool,
+    /// The object instances the device announced (`</3/0>, </5/0>, ...`).
+    pub objects: Vec<Lwm2mPath>,
+    /// Where its datagrams come from; updated on NAT rebinding.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub address: Option<SocketAddr>,
+}
+
+/// Why a registration was refused.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// No device with this endpoint name exists and auto-provisioning is off.
+    UnknownDevice,
+    /// The device exists but is disabled.
+    Disabled,
+    /// The registration request was malformed (bad query or link payload).
+    Malformed(String),
+}
+
+/// Something a transport observed about a device.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum DeviceEvent {
+    /// A device registered.
+    Registered {
+        /// The device.
+        device: DeviceId,
+        /// What it announced.
+        registration: RegistrationInfo,
+    },
+    /// A registered device updated its registration (or just said it is alive).
+    RegistrationUpdated {
+        /// The device.
+        device: DeviceId,
+        /// The registration after the update.
+        registration: RegistrationInfo,
+    },
+    /// A device de-registered.
+    Deregistered {
+        /// The device.
+        device: DeviceId,
+    },
+    /// A registration's lifetime (plus grace) ran out.
+    Expired {
+        /// The device.
+        device: DeviceId,
+    },
+    /// A registration was refused.
+    Rejected {
+        /// The endpoint name it used (may not be a valid device id).
+        endpoint: String,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// The outcome of a submitted operation.
+    Response {
+        /// The operation.
+        op: OpId,
+        /// The device it was for.
+        device: DeviceId,
+        /// The answer.
+        result: Result<DeviceReply, DeviceError>,
+    },
+    /// A notification for an observed path.
+    Notification {
+        /// The device.
+        device: DeviceId,
+        /// The observed path.
+        path: Lwm2mPath,
+        /// The new values.
+        content: Content,
+    },
+    /// A submitted operation got no answer in time (CoAP retransmissions exhausted, or a
+    /// queued request waited too long).
+    TimedOut {
+        /// The operation.
+        op: OpId,
+        /// The device it was for.
+        device: DeviceId,
+    },
+}
+
+/// The hub's view of a device transport. See the module docs for the driving order.
+pub trait Transport {
+    /// Hands an operation to the transport. Never blocks; the outcome arrives later as a
+    /// [`DeviceEvent::Response`] or [`DeviceEvent::TimedOut`] with the same [`OpId`].
+    fn submit(&mut self, now: Instant, op: DeviceOp);
+
+    /// The next event, if any.
+    fn poll_event(&mut self) -> Option<DeviceEvent>;
+
+    /// Advances time-driven state (retransmissions, lifetimes, simulated devices).
+    fn handle_timeout(&mut self, now: Instant);
+
+    /// When [`Transport::handle_timeout`] should next be called.
+    fn poll_timeout(&self) -> Option<Instant>;
+}
