@@ -8,6 +8,9 @@
 mod registry;
 
 pub use registry::registry_ops;
+mod coap;
+
+pub use coap::{coap_decode, link_format};
 
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
 pub type FuzzBody = fn(&[u8]);
@@ -16,6 +19,8 @@ pub type FuzzBody = fn(&[u8]);
 pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("timestamp_parse", timestamp_parse),
     ("registry_ops", registry::registry_ops),
+    ("coap_decode", coap_decode),
+    ("link_format", link_format),
 ];
 
 /// Every fuzz target body, by name.
