@@ -9,7 +9,13 @@
 pub type FuzzBody = fn(&[u8]);
 
 /// The fuzz targets by name: the corpus directory name and the body to run.
-pub const TARGETS: &[(&str, FuzzBody)] = &[("timestamp_parse", timestamp_parse)];
+pub const TARGETS: &[(&str, FuzzBody)] = &[
+    ("timestamp_parse", timestamp_parse),
+    ("tlv_decode", lwm2m_server::tlv_decode),
+    ("senml_json_decode", lwm2m_server::senml_json_decode),
+];
+
+pub mod lwm2m_server;
 
 /// Every fuzz target body, by name.
 pub fn run(target: &str, data: &[u8]) -> bool {
