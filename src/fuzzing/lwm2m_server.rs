@@ -89,3 +89,41 @@ pub fn senml_json_decode(data: &[u8]) {
         "senml round trip changed {content:?} into {again:?}"
     );
 }
+
+/// The registration interface: bytes before the first `\n` are `&`-separated Uri-Query
+/// values, the rest is the link payload; byte 0's low bits pick Register / Update /
+/// De-register. A parsed Register re-rendered by its own `to_queries` and
+/// `to_link_payload` parses back to itself.
+pub fn registration(data: &[u8]) {
+    use crate::lwm2m::server::{RdMessage, RdMethod, RegistrationRequest, queries_as_str};
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let split = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    let (query, payload) = (&rest[..split], rest.get(split + 1..).unwrap_or(&[]));
+    let raw: Vec<&[u8]> = query.split(|&b| b == b'&').collect();
+    let Ok(queries) = queries_as_str(&raw) else {
+        return;
+    };
+    let (method, path): (RdMethod, &[&str]) = match sel % 4 {
+        0 => (RdMethod::Post, &["rd"]),
+        1 => (RdMethod::Post, &["rd", "5a"]),
+        2 => (RdMethod::Delete, &["rd", "5a"]),
+        _ => (RdMethod::Other, &["rd"]),
+    };
+    match RdMessage::parse(method, path, &queries, payload) {
+        Ok(RdMessage::Register(r)) => {
+            assert!(!r.endpoint.is_empty() && r.lifetime > 0);
+            assert!(r.objects.iter().all(|o| (1..=2).contains(&o.depth())));
+            let qs = r.to_queries();
+            let qs: Vec<&str> = qs.iter().map(String::as_str).collect();
+            let back = RegistrationRequest::parse(&qs, r.to_link_payload().as_bytes())
+                .expect("a rendered registration must parse");
+            assert_eq!(back, r);
+        }
+        Ok(RdMessage::Update { update, .. }) => {
+            assert!(update.lifetime != Some(0));
+        }
+        Ok(RdMessage::Deregister { .. }) | Err(_) => {}
+    }
+}

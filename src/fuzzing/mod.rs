@@ -13,6 +13,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("timestamp_parse", timestamp_parse),
     ("tlv_decode", lwm2m_server::tlv_decode),
     ("senml_json_decode", lwm2m_server::senml_json_decode),
+    ("registration", lwm2m_server::registration),
 ];
 
 pub mod lwm2m_server;
