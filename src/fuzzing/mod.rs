@@ -22,6 +22,12 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("coap_decode", coap_decode),
     ("link_format", link_format),
 ];
+    ("tlv_decode", lwm2m_server::tlv_decode),
+    ("senml_json_decode", lwm2m_server::senml_json_decode),
+    ("registration", lwm2m_server::registration),
+];
+
+pub mod lwm2m_server;
 
 /// Every fuzz target body, by name.
 pub fn run(target: &str, data: &[u8]) -> bool {
