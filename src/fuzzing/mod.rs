@@ -8,8 +8,14 @@
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
 pub type FuzzBody = fn(&[u8]);
 
+pub mod query;
+
 /// The fuzz targets by name: the corpus directory name and the body to run.
-pub const TARGETS: &[(&str, FuzzBody)] = &[("timestamp_parse", timestamp_parse)];
+pub const TARGETS: &[(&str, FuzzBody)] = &[
+    ("timestamp_parse", timestamp_parse),
+    ("query_parse", query::query_parse),
+    ("query_roundtrip", query::query_roundtrip),
+];
 
 /// Every fuzz target body, by name.
 pub fn run(target: &str, data: &[u8]) -> bool {
