@@ -15,6 +15,8 @@ pub use coap::{coap_decode, link_format};
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
 pub type FuzzBody = fn(&[u8]);
 
+pub mod query;
+
 /// The fuzz targets by name: the corpus directory name and the body to run.
 pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("timestamp_parse", timestamp_parse),
@@ -28,6 +30,9 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
 ];
 
 pub mod lwm2m_server;
+    ("query_parse", query::query_parse),
+    ("query_roundtrip", query::query_roundtrip),
+];
 
 /// Every fuzz target body, by name.
 pub fn run(target: &str, data: &[u8]) -> bool {
