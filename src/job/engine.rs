@@ -222,6 +222,8 @@ const FW_VERIFY: u8 = 5;
 const FLAG_URI_WRITTEN: u8 = 1;
 const FLAG_EXECUTED: u8 = 2;
 const FLAG_OBSERVING: u8 = 4;
+/// The device answered at least once in this attempt.
+const FLAG_TOUCHED: u8 = 8;
 
 pub(crate) struct Child {
     pub(crate) device: DeviceId,
@@ -1146,12 +1148,21 @@ impl JobEngine {
         }
         match result {
             Err(DeviceError::NotRegistered) => {
-                let device = self.children[c as usize].device.clone();
+                let child = &mut self.children[c as usize];
+                if child.flags & FLAG_TOUCHED == 0 {
+                    // The attempt never reached the device: its timeout starts only once
+                    // the device is back.
+                    child.deadline = None;
+                }
+                let device = child.device.clone();
                 self.offline.insert(device);
                 self.child_apply(now, c, ChildEvent::DeviceOffline);
             }
             Err(e) => self.fail_attempt(now, c, FailureReason::Rejected(e.clone())),
-            Ok(reply) => self.advance(now, c, reply),
+            Ok(reply) => {
+                self.children[c as usize].flags |= FLAG_TOUCHED;
+                self.advance(now, c, reply)
+            }
         }
     }
 
