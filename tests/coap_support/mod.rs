@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use twinhub::coap::{Code, ContentFormat, EndpointConfig, Message, ServerEvent, UdpDriver};
+use twinhub::coap::{
+    Code, ContentFormat, EndpointConfig, Message, ObservationEndReason, ServerEvent, UdpDriver,
+};
 
 /// The body of GET /big: 100 KiB of a fixed pattern.
 pub fn big_body() -> Vec<u8> {
@@ -20,7 +22,7 @@ pub fn big_body() -> Vec<u8> {
 pub struct TestServer {
     pub driver: Arc<UdpDriver>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Vec<Message>>>,
+    thread: Option<JoinHandle<(Vec<Message>, Vec<ObservationEndReason>)>>,
 }
 
 impl TestServer {
@@ -41,7 +43,12 @@ impl TestServer {
     }
 
     /// Stops the server loop and returns every request it received.
-    pub fn finish(mut self) -> Vec<Message> {
+    pub fn finish(self) -> Vec<Message> {
+        self.finish_with_observations().0
+    }
+
+    /// Stops the server loop; returns the requests and how observations ended.
+    pub fn finish_with_observations(mut self) -> (Vec<Message>, Vec<ObservationEndReason>) {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap()
     }
@@ -56,16 +63,22 @@ impl Drop for TestServer {
     }
 }
 
-fn serve(driver: &UdpDriver, stop: &AtomicBool) -> Vec<Message> {
+fn serve(driver: &UdpDriver, stop: &AtomicBool) -> (Vec<Message>, Vec<ObservationEndReason>) {
     let handle = driver.handle();
     let mut seen = Vec::new();
+    let mut ended = Vec::new();
     let mut notifying = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let Some(ev) = driver.next_event(Duration::from_millis(20)) else {
             continue;
         };
-        let ServerEvent::Request { id, request, .. } = ev else {
-            continue;
+        let (id, request) = match ev {
+            ServerEvent::Request { id, request, .. } => (id, request),
+            ServerEvent::ObservationEnded { reason, .. } => {
+                ended.push(reason);
+                continue;
+            }
+            _ => continue,
         };
         seen.push(request.clone());
         let path = request.uri_path_string();
@@ -117,7 +130,7 @@ fn serve(driver: &UdpDriver, stop: &AtomicBool) -> Vec<Message> {
     for t in notifying {
         let _ = t.join();
     }
-    seen
+    (seen, ended)
 }
 
 /// Whether interop peers are required (CI): a missing peer then fails the test.
