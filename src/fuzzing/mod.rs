@@ -5,12 +5,17 @@
 //! Each body panics only on a real bug (a broken invariant, an internal error kind, a
 //! round trip that does not hold); bad input must come back as a typed error.
 
+mod registry;
+
+pub use registry::registry_ops;
+
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
 pub type FuzzBody = fn(&[u8]);
 
 /// The fuzz targets by name: the corpus directory name and the body to run.
 pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("timestamp_parse", timestamp_parse),
+    ("registry_ops", registry::registry_ops),
     ("tlv_decode", lwm2m_server::tlv_decode),
     ("senml_json_decode", lwm2m_server::senml_json_decode),
     ("registration", lwm2m_server::registration),
