@@ -5,11 +5,17 @@
 //! Each body panics only on a real bug (a broken invariant, an internal error kind, a
 //! round trip that does not hold); bad input must come back as a typed error.
 
+mod job;
+pub use job::job_events;
+
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
 pub type FuzzBody = fn(&[u8]);
 
 /// The fuzz targets by name: the corpus directory name and the body to run.
-pub const TARGETS: &[(&str, FuzzBody)] = &[("timestamp_parse", timestamp_parse)];
+pub const TARGETS: &[(&str, FuzzBody)] = &[
+    ("timestamp_parse", timestamp_parse),
+    ("job_events", job_events),
+];
 
 /// Every fuzz target body, by name.
 pub fn run(target: &str, data: &[u8]) -> bool {
