@@ -140,6 +140,21 @@ pub fn count<S: IndexedSource + ?Sized>(
     Ok(exec.count(&plan, source.universe()))
 }
 
+/// The slots whose documents match the expression's filter, as a bitmap: what a job's
+/// target set is frozen from, without materialising any document.
+pub fn matching_slots<S: IndexedSource + ?Sized>(
+    source: &S,
+    expr: &QueryExpression,
+) -> Result<RoaringBitmap, QueryError> {
+    expr.validate()?;
+    let plan = lower(expr.filter.as_ref(), source);
+    let exec = Executor {
+        source,
+        strategy: Strategy::Auto,
+    };
+    Ok(exec.eval(&plan, source.universe()))
+}
+
 /// The lowered, normalised plan of an expression's filter (for inspection and tests).
 pub fn plan<S: IndexedSource + ?Sized>(
     source: &S,
