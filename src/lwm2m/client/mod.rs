@@ -16,6 +16,7 @@
 
 mod attributes;
 mod firmware;
+pub mod formats;
 mod model;
 pub mod objects;
 mod tree;
