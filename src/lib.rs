@@ -33,5 +33,6 @@ pub mod twin;
 pub mod fuzzing;
 
 pub use lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
+pub use registry::{Registry, SharedRegistry};
 pub use time::{Timestamp, TimestampParseError};
-pub use twin::{DeviceId, DeviceIdError};
+pub use twin::{DeviceId, DeviceIdError, Scalar, Twin};
