@@ -378,7 +378,6 @@ fn as_integer(v: &ResourceValue) -> Option<i64> {
 }
 
 /// A value as a number, for the gt / lt / st notification attributes.
-#[allow(dead_code)] // used by the client core's notifications
 pub(crate) fn numeric(v: &ResourceValue) -> Option<f64> {
     match v {
         ResourceValue::Integer(i) | ResourceValue::Time(i) => Some(*i as f64),
