@@ -295,6 +295,8 @@ pub struct Lwm2mClient {
     default_periods: (Option<u32>, Option<u32>),
     next_message_id: u16,
     token_state: u64,
+    /// The latest `now` handed in (the client reads no clock).
+    now: Instant,
 }
 
 impl Lwm2mClient {
@@ -331,6 +333,7 @@ impl Lwm2mClient {
             default_periods: (None, None),
             next_message_id: (token_state >> 16) as u16,
             token_state,
+            now,
         };
         client.refresh_defaults();
         let mut drained = Vec::new();
@@ -456,6 +459,7 @@ impl Lwm2mClient {
     /// De-registers (DELETE of the registration); [`ClientEvent::Deregistered`] follows.
     /// Without a registration the client just stops.
     pub fn deregister(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         self.outgoing.retain(|o| o.purpose == Purpose::Download);
         match std::mem::replace(&mut self.reg, RegState::Stopped) {
             RegState::Registered { location, .. } | RegState::Updating { location } => {
@@ -492,7 +496,7 @@ impl Lwm2mClient {
             RegState::Registered { update_at, .. } => {
                 if self.update_due {
                     // As soon as possible: the caller's next handle_timeout sends it.
-                    at(Instant::now().min(*update_at));
+                    at(self.now.min(*update_at));
                 } else {
                     at(*update_at);
                 }
@@ -512,6 +516,7 @@ impl Lwm2mClient {
 
     /// Advances timers: registration and updates, retransmissions, notifications.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         self.retransmit(now);
         self.registration_step(now);
         self.collect_changes();
@@ -520,6 +525,7 @@ impl Lwm2mClient {
 
     /// Takes one datagram from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.now = self.now.max(now);
         let Ok(msg) = Message::decode(bytes) else {
             return;
         };

@@ -15,6 +15,7 @@
 //! objects see only well-formed calls.
 
 mod attributes;
+mod driver;
 mod engine;
 mod firmware;
 pub mod formats;
@@ -27,6 +28,7 @@ pub use attributes::{
     AttributeChange, AttributeError, AttributeTable, MAX_ATTRIBUTE_PATHS, NotifyTimer,
     parse_attributes,
 };
+pub use driver::{DeviceThread, DriverOptions};
 pub use engine::{ClientConfig, ClientError, ClientEvent, Lwm2mClient, Transmit};
 pub use firmware::{
     CoapUri, FIRMWARE_UPDATE, FirmwareUpdate, PackageFn, PullRequest, UpdateFn, UpdateResult,

@@ -1,6 +1,6 @@
 //! The standard objects: Security /0, Server /1, Device /3 and the preview's vendor Config
 //! object /10241 as [`ValueObject`]s, with their `&'static` definitions. Firmware Update /5
-//! lives in [`super::firmware`].
+//! is [`FirmwareUpdate`](super::FirmwareUpdate).
 
 use super::model::{Access, ObjectDef, ResourceData, ResourceDef};
 use super::value_object::ValueObject;
