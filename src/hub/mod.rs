@@ -43,8 +43,10 @@
 //! ```
 
 mod driver;
+mod package;
 
 pub use driver::{DeviceLink, TransportThread};
+pub use package::PackageServer;
 
 use crate::job::{
     CancelMode, EngineConfig, JobEngine, JobId, JobRecord, JobSpec, JobStatistics, JobStatus,
