@@ -440,3 +440,39 @@ fn total_loss_times_out_every_request() {
     assert_eq!(failed, 3);
     assert_eq!(sim.sent_log.len(), 15, "3 requests × 5 transmissions");
 }
+
+#[test]
+fn separate_response_with_unrecognized_critical_option_is_reset() {
+    let mut sim = Sim::new(10, Faults::NONE, &[cfg()]);
+    let server = addr(9);
+    let now = sim.now;
+    let id = sim
+        .ep(0)
+        .send_request(now, server, Message::request(Code::GET, "/x"))
+        .unwrap();
+    let req = Message::decode(&sim.ep(0).poll_transmit().unwrap().payload).unwrap();
+    // Empty ACK first, then a separate CON response carrying an unknown critical option.
+    sim.ep(0).handle_datagram(
+        now,
+        server,
+        &Message::empty(MessageType::Acknowledgement, req.message_id)
+            .to_bytes()
+            .unwrap(),
+    );
+    let mut resp = Message::new(MessageType::Confirmable, Code::CONTENT, 500);
+    resp.with_token(req.token());
+    resp.add_option(twinhub::coap::OptionNumber(2049), b"?");
+    sim.ep(0)
+        .handle_datagram(now, server, &resp.to_bytes().unwrap());
+    assert_eq!(
+        sim.ep(0).poll_transmit().unwrap().payload,
+        [0x70, 0, 0x01, 0xf4]
+    );
+    assert_eq!(sim.ep(0).poll_event(), None);
+    // The request is still waiting; a good separate response completes it.
+    resp.remove_option(twinhub::coap::OptionNumber(2049));
+    resp.message_id = 501;
+    sim.ep(0)
+        .handle_datagram(now, server, &resp.to_bytes().unwrap());
+    assert!(matches!(sim.ep(0).poll_event(), Some(Event::Response { id: rid, .. }) if rid == id));
+}

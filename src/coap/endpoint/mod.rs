@@ -754,8 +754,10 @@ impl Endpoint {
 
     fn handle_separate_response(&mut self, now: Instant, peer: SocketAddr, msg: Message) {
         let con = msg.mtype == MessageType::Confirmable;
-        let Some(&id) = self.by_token.get(&(peer, msg.token())) else {
-            // Unknown response (or a notification we no longer want): reject.
+        let known = self.by_token.get(&(peer, msg.token())).copied();
+        let Some(id) = known.filter(|_| msg.unrecognized_critical_option().is_none()) else {
+            // Unknown response (or a notification we no longer want, or one with an
+            // unrecognized critical option, RFC 7252 §5.4.1): reject.
             self.send_empty(peer, MessageType::Reset, msg.message_id);
             self.set_dedup_reply(
                 peer,
@@ -1142,7 +1144,13 @@ impl Endpoint {
         } else {
             self.events.push_back(Event::Response { id, response });
         }
-        if !observing {
+        if observing {
+            // A registered observation waits for notifications without a deadline (a
+            // Block2 download of a notification restarted it).
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.deadline_gen = 0;
+            }
+        } else {
             self.finish_request(id);
         }
     }
