@@ -5,18 +5,34 @@
 //! Each body panics only on a real bug (a broken invariant, an internal error kind, a
 //! round trip that does not hold); bad input must come back as a typed error.
 
-mod coap;
+pub mod coap;
+pub mod job;
+pub mod lwm2m_server;
+pub mod query;
+pub mod registry;
 
 pub use coap::{coap_decode, link_format};
+pub use job::job_events;
+pub use lwm2m_server::{registration, senml_json_decode, tlv_decode};
+pub use query::{query_parse, query_roundtrip};
+pub use registry::registry_ops;
 
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
 pub type FuzzBody = fn(&[u8]);
 
 /// The fuzz targets by name: the corpus directory name and the body to run.
+/// One line per target, kept sorted.
 pub const TARGETS: &[(&str, FuzzBody)] = &[
-    ("timestamp_parse", timestamp_parse),
     ("coap_decode", coap_decode),
+    ("job_events", job_events),
     ("link_format", link_format),
+    ("query_parse", query_parse),
+    ("query_roundtrip", query_roundtrip),
+    ("registration", registration),
+    ("registry_ops", registry_ops),
+    ("senml_json_decode", senml_json_decode),
+    ("timestamp_parse", timestamp_parse),
+    ("tlv_decode", tlv_decode),
 ];
 
 /// Every fuzz target body, by name.

@@ -1,1 +1,133 @@
-//! job (under construction).
+//! Device jobs: a sans-IO engine for parent and child jobs, rollouts and job history.
+//!
+//! A job is created from a [`JobSpec`]: a type with its parameters ([`JobType`]: the
+//! preview's firmware update, reboot, factory reset, configuration update, read and write
+//! device properties), the target devices (frozen at creation; the hub resolves a query to
+//! ids, and [`JobEngine::dry_run`] returns the set without creating anything), a start
+//! time, a maximum execution time, a per-device timeout, rollout limits (devices started
+//! per minute, optionally ramping up exponentially, and devices in flight), abort rules and
+//! retry rules. The parent holds one child per device.
+//!
+//! # Driving the engine
+//!
+//! [`JobEngine`] owns no thread, socket or clock. Its caller (the hub, or a test harness on
+//! a simulated clock) loops:
+//!
+//! 1. [`JobEngine::create`] / [`JobEngine::cancel`] as the service asks;
+//! 2. [`JobEngine::handle_event`] for every [`DeviceEvent`](crate::transport::DeviceEvent)
+//!    the transport yields (responses, time-outs, registrations, notifications; the engine
+//!    ignores what is not its own);
+//! 3. drain [`JobEngine::poll_op`] into [`Transport::submit`](crate::transport::Transport::submit)
+//!    and [`JobEngine::poll_twin_update`] into the registry;
+//! 4. at [`JobEngine::poll_timeout`], call [`JobEngine::handle_timeout`] and go to 2.
+//!
+//! Time: every input takes `now: Instant` (the transport's clock). Job history needs wall
+//! time (`startTimeUtc`, ...), so the engine is built with one anchor pair
+//! `(Instant, Timestamp)` and maps `now` to `anchor_wall + (now - anchor)`; a spec's
+//! wall-clock `start_at` maps back the same way.
+//!
+//! Operation ids: the engine numbers its [`OpId`](crate::transport::OpId)s from
+//! [`EngineConfig::op_id_base`] ([`JOB_OP_ID_BASE`] = 2^63 by default) upwards; the hub
+//! keeps its own ids below that, so the two never collide.
+//!
+//! # Child jobs
+//!
+//! The states and their transitions are the table in [`state`] ([`CHILD_TRANSITIONS`]).
+//! A child starts when the rollout admits it: at most `max_per_minute` starts in any
+//! sliding minute (or the ramped rate), at most `max_in_flight` children in progress, and
+//! at most one child per device across all jobs (a child whose device is busy with
+//! another job waits its turn, still `enqueued`). A child whose device is offline waits
+//! (`running`, "waiting for the device") until the device registers again or the job's
+//! time runs out; the per-device timeout counts only once the device is online. What each
+//! job type does on the device:
+//!
+//! | type | operations | success |
+//! |---|---|---|
+//! | firmware update | observe `/5/0`; write `/5/0/1`; wait for State 2 (notifications, and a read every `poll_interval`); execute `/5/0/2`; wait for State 0 with Update Result 1; read `/3/0/3` | the read version equals `expected_version` (when given) |
+//! | reboot | execute `/3/0/4` | the answer, or the next registration with `wait_for_registration` |
+//! | factory reset | execute `/3/0/5` | as reboot |
+//! | configuration update | write `/10241/0/1,2` (partial update); execute `/10241/0/3` | the execute's answer |
+//! | read device properties | read each path; each answer is a [`TwinUpdate`] | all read |
+//! | write device properties | write each path (replace) | all written |
+//!
+//! Failures ([`FailureReason`]): an error answer is `rejected`; an Update Result 2..=11 is
+//! `deviceError:<code>`; no answer before the per-device timeout is `timedOut` (a lost
+//! answer to a write or execute ends the attempt as `timedOut` too, while reads and
+//! observes are sent again); a device offline when time runs out is `deviceOffline`. A
+//! matching [`RetryRule`] starts a new attempt after its backoff (the firmware sequence
+//! re-synchronises from the device's State, so a retried download is not repeated blindly).
+//!
+//! # Parent jobs, abort and cancel
+//!
+//! A parent ([`PARENT_TRANSITIONS`]) is `enqueued` until its start time, then `running`;
+//! it ends only after every child has: `completed` if all succeeded, `failed` if any
+//! failed, an [`AbortRule`] tripped (the remaining children are cancelled) or the maximum
+//! execution time ran out (pending children are cancelled, waiting ones fail as
+//! `deviceOffline`, in-progress ones as `timedOut`). [`JobEngine::cancel`] with
+//! [`CancelMode::Abandon`] cancels every unfinished child at once and ignores the answers of
+//! operations already sent (nothing is undone on the device); with
+//! [`CancelMode::FinishInFlight`] children in progress run to their end first.
+//!
+//! # History
+//!
+//! Every parent and child is a [`JobRecord`] in the preview's JobResponse shape; see
+//! [`history`] for the filters, paging and group-by counts.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use twinhub::job::{EngineConfig, JobEngine, JobId, JobSpec, JobStatus, JobType};
+//! use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
+//! use twinhub::transport::Transport;
+//! use twinhub::{DeviceId, Timestamp};
+//!
+//! let t0 = Instant::now();
+//! let mut fleet = MemoryTransport::new(MemoryConfig::with_seed(1));
+//! let ids: Vec<DeviceId> = (0..6).map(|i| DeviceId::new(&format!("dev-{i}")).unwrap()).collect();
+//! for id in &ids {
+//!     fleet.add_device(t0, DeviceSpec::new(id.clone())).unwrap();
+//! }
+//! let mut jobs = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(1_461_931_200_000));
+//! let job = JobId::new("fw-2-0").unwrap();
+//! let fw = JobType::FirmwareUpdate {
+//!     package_uri: "coap://fw.example/pkg/2.0.bin".into(),
+//!     expected_version: Some("2.0".into()),
+//! };
+//! jobs.create(t0, JobSpec::new(job.clone(), fw, ids)).unwrap();
+//!
+//! // The driver loop, on a simulated clock.
+//! let mut now = t0;
+//! while !jobs.job(&job).unwrap().status.is_terminal() {
+//!     while let Some(op) = jobs.poll_op() {
+//!         fleet.submit(now, op);
+//!     }
+//!     while let Some(ev) = fleet.poll_event() {
+//!         jobs.handle_event(now, &ev);
+//!     }
+//!     if jobs.poll_op().map(|op| fleet.submit(now, op)).is_some() {
+//!         continue;
+//!     }
+//!     now = [fleet.poll_timeout(), jobs.poll_timeout()].into_iter().flatten().min().unwrap();
+//!     fleet.handle_timeout(now);
+//!     jobs.handle_timeout(now);
+//! }
+//! let record = jobs.job(&job).unwrap();
+//! assert_eq!(record.status, JobStatus::Completed);
+//! assert_eq!(record.status_message, "6 devices updated, all succeeded");
+//! ```
+
+mod engine;
+pub mod history;
+mod spec;
+pub mod state;
+
+pub use engine::{CancelMode, EngineConfig, JOB_OP_ID_BASE, JobEngine, JobStatistics, TwinUpdate};
+pub use history::{HistoryCursor, HistoryFilter, HistoryPage, JobRecord, RecordScope};
+pub use spec::{
+    AbortRule, ExponentialRamp, FailureKind, FailureReason, JobId, JobIdError, JobKind, JobSpec,
+    JobType, MAX_JOB_ID_LEN, MAX_JOB_PROPERTIES, MAX_PACKAGE_URI_LEN, RetryRule, Rollout,
+    SpecError, update_result_text,
+};
+pub use state::{
+    CHILD_TRANSITIONS, ChildEvent, ChildState, JobStatus, PARENT_TRANSITIONS, ParentEvent,
+    ParentState,
+};

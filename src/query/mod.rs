@@ -1,1 +1,100 @@
-//! query (under construction).
+//! Device queries: the preview's JSON query expression, parsed with nom straight from the
+//! text, validated, and (see the executor) answered from the registry's bitmap indexes.
+//!
+//! # Layers
+//!
+//! | file | what lives there |
+//! |---|---|
+//! | `parse.rs` | the nom grammar below, one method per production, errors with spans |
+//! | `ast.rs` | the user AST ([`QueryExpression`]), the typed builder, canonical JSON `Display` |
+//! | `validate.rs` | the rules beyond syntax, shared by the parser and the builder |
+//! | `error.rs` | [`ParseError`] (`span` + [`ParseErrorKind`], rendered with a caret) |
+//!
+//! # Grammar
+//!
+//! The preview's grammar (`QueryExpressions/*.cs`), written as BNF over JSON tokens.
+//! `{a, b, c}` in a production means "an object with these members, **in any order**,
+//! each at most once"; any other key is an error. `ws` (space, tab, CR, LF) may appear
+//! between any two tokens. Names and keywords are case-sensitive.
+//!
+//! ```text
+//! query          ::= ws "{" {filter_m?, project_m?, aggregate_m?, sort_m?} "}" ws
+//! filter_m       ::= "\"filter\""    ":" (filter | "null")
+//! project_m      ::= "\"project\""   ":" (projection | "null")
+//! aggregate_m    ::= "\"aggregate\"" ":" (aggregation | "null")
+//! sort_m         ::= "\"sort\""      ":" ("[" [sort_key ("," sort_key)*] "]" | "null")
+//!
+//! filter         ::= comparison | logical
+//! comparison     ::= "{" {"type": "\"comparison\"", "property": property,
+//!                         "comparisonOperator": comparison_op, "value": value} "}"
+//! logical        ::= "{" {"type": "\"logical\"", "logicalOperator": logical_op,
+//!                         "filters": "[" filter ("," filter)* "]"} "}"
+//! comparison_op  ::= "\"eq\"" | "\"ne\"" | "\"gt\"" | "\"gte\"" | "\"lt\"" | "\"lte\""
+//!                  | "\"in\"" | "\"nin\"" | "\"all\""
+//! logical_op     ::= "\"and\"" | "\"or\"" | "\"not\""
+//! value          ::= "null" | scalar | "[" [scalar ("," scalar)*] "]"
+//! scalar         ::= string | number | "true" | "false"
+//!
+//! property       ::= "{" {"name": string, "type": property_type} "}"
+//! property_type  ::= "\"default\"" | "\"device\"" | "\"service\"" | "\"custom\""
+//!                  | "\"aggregated\""
+//!
+//! projection     ::= "{" {"all": ("true" | "false")?,
+//!                         "properties": ("[" [property ("," property)*] "]")?} "}"
+//! aggregation    ::= "{" {"keys": "[" property ("," property)* "]",
+//!                         "properties": "[" column ("," column)* "]"} "}"
+//! column         ::= "{" {"operator": aggregate_op, "property": (property | "null")?,
+//!                         "columnName": string} "}"
+//! aggregate_op   ::= "\"sum\"" | "\"avg\"" | "\"count\"" | "\"min\"" | "\"max\""
+//! sort_key       ::= "{" {"property": property, "order": ("\"asc\"" | "\"desc\"")?} "}"
+//!
+//! string         ::= '"' (any char but '"', '\' and U+0000..U+001F | escape)* '"'
+//! escape         ::= '\' ('"' | '\' | '/' | 'b' | 'f' | 'n' | 'r' | 't' | 'u' hex hex hex hex)
+//! number         ::= '-'? ('0' | [1-9] [0-9]*) ('.' [0-9]+)? ([eE] [+-]? [0-9]+)?
+//! ```
+//!
+//! # Rules beyond syntax
+//!
+//! - `project` and `aggregate` are mutually exclusive.
+//! - Tags are `{"name":"tags","type":"default"}` and take only `all`; `all` takes only tags
+//!   (a list of strings). Tags cannot be sort keys or aggregated.
+//! - `in`, `nin`, `all` take a list; `eq ne gt gte lt lte` a single value. `null` only with
+//!   `ne` (the property exists, as in the preview) and `eq` (it does not).
+//! - `not` takes exactly one filter; `and` and `or` at least one.
+//! - A projection with `all: false` lists at least one property.
+//! - An aggregation has at least one key and one column; column names are non-empty,
+//!   unique and contain no `$`; only `count` may omit its property.
+//! - `aggregated` properties name an aggregate column and appear only as sort keys of an
+//!   aggregate query, whose other sort keys must be aggregate keys.
+//! - Size and depth are bounded by [`QueryLimits`] (64 KiB of text, filters nested 32
+//!   deep, ...), so parsing and running a query is bounded work.
+//!
+//! # Example
+//!
+//! ```
+//! use twinhub::query::{parse, QueryExpression, QueryProperty, Filter};
+//! let q = parse(r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
+//!     {"type": "comparison", "comparisonOperator": "all",
+//!      "property": {"name": "tags", "type": "default"}, "value": ["building-7"]},
+//!     {"type": "comparison", "comparisonOperator": "lt",
+//!      "property": {"name": "BatteryLevel", "type": "device"}, "value": 20}]}}"#).unwrap();
+//! let built = QueryExpression::new().filter(Filter::all_of([
+//!     QueryProperty::tags().all(["building-7"]),
+//!     QueryProperty::device("BatteryLevel").lt(20),
+//! ]));
+//! assert_eq!(q, built);
+//! assert_eq!(parse(&q.to_string()).unwrap(), q);
+//! ```
+
+mod ast;
+mod error;
+mod parse;
+mod validate;
+
+pub use ast::{
+    AggregateColumn, AggregateOperator, Aggregation, Comparison, ComparisonOperator,
+    ComparisonValue, Filter, Literal, Logical, LogicalOperator, Projection, PropertyType,
+    QueryExpression, QueryLimits, QueryProperty, SortKey, SortOrder,
+};
+pub use error::{Expected, InvalidExpression, Origin, ParseError, ParseErrorKind, Span};
+pub use parse::{parse, parse_with_limits};

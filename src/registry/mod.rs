@@ -1,1 +1,1277 @@
-//! registry (under construction).
+//! The registry: twins in dense `u32` slots, roaring-bitmap indexes and a change feed.
+//!
+//! A [`Registry`] holds every twin of a fleet in memory. Each device gets a dense
+//! [`Slot`] (reused after the device is removed), and every index is a
+//! [`RoaringBitmap`] of slots:
+//!
+//! - **tags**: tag -> slots;
+//! - **properties**: for every (kind, name) — interned once to a [`PropertyId`] — an
+//!   ordered map from each distinct [`Scalar`] value to its slots (equality and range
+//!   lookups, ordered iteration) and an "exists" bitmap. Nested service property members
+//!   are indexed as `outer.inner` (the object node itself only in "exists");
+//! - **fields**: status, connection state, `isManaged`;
+//! - the **universe** of live slots, and device id -> slot (hashed and ordered).
+//!
+//! **Consistency.** Every write validates its input first, then updates the twin and
+//! every index, then returns: a reader that starts after a write returns sees all of it
+//! (read-your-writes). A failed write changes nothing.
+//!
+//! **Concurrency.** `Registry` is a plain single-writer structure: writes take
+//! `&mut self`, reads `&self`. To share it across threads wrap it in a
+//! [`SharedRegistry`] (an `Arc<RwLock<Registry>>`): many readers at once, one writer at a
+//! time, and a reader never sees a half-applied write because a write holds the lock for
+//! its whole duration.
+//!
+//! **Storage.** A twin is stored as its fixed fields plus three small sorted vectors
+//! (device properties as `(property id, value id, lastUpdatedTime)`, service leaves as
+//! `(property id, value id)`, tag ids). Each distinct value is stored once, in its
+//! property's index; property names and tags are interned. [`Registry::get`] returns a
+//! borrowed [`TwinRef`] view that serialises to the preview's JSON and converts to an
+//! owned [`Twin`].
+//!
+//! **Change feed.** Every change gets a strictly increasing sequence number (which also
+//! becomes the etags it touches) and goes into a bounded ring; see
+//! [`Registry::changes_after`].
+//!
+//! ```
+//! use twinhub::registry::Registry;
+//! use twinhub::twin::{PropertyKind, Scalar, Twin};
+//! use twinhub::{DeviceId, Timestamp};
+//!
+//! let mut reg = Registry::new();
+//! let now = Timestamp::from_millis(1_461_931_200_000);
+//! reg.create(Twin::new(DeviceId::new("thermo-1").unwrap()).with_tag("lab")).unwrap();
+//! reg.report_device_property("thermo-1", "/3/0/3", Scalar::from("1.0"), now).unwrap();
+//!
+//! let twin = reg.get("thermo-1").unwrap();
+//! assert_eq!(twin.device_property("FirmwareVersion").unwrap().0, &Scalar::from("1.0"));
+//! let fw = reg.property_id(PropertyKind::Device, "FirmwareVersion").unwrap();
+//! let slots = reg.value_slots(fw, &Scalar::from("1.0")).unwrap();
+//! assert!(slots.contains(twin.slot().0));
+//! assert_eq!(reg.tag_bitmap("lab").unwrap().len(), 1);
+//! reg.validate().unwrap();
+//! ```
+
+mod check;
+mod feed;
+mod index;
+mod shared;
+mod view;
+
+pub use feed::{Change, ChangeKind, FeedGap};
+pub use index::SlotSet;
+pub use shared::SharedRegistry;
+pub use view::TwinRef;
+
+use crate::transport::RegistrationInfo;
+use crate::twin::{
+    Authentication, ConnectionState, DevicePropertyName, DeviceStatus, Etag, MAX_DEVICE_PROPERTIES,
+    MAX_FIELD_LEN, MAX_SERVICE_PROPERTIES, MAX_TAGS, PropertyKind, Scalar, ServiceProperties,
+    ServiceValue, Twin, TwinError, validate_property_name, validate_tag,
+};
+use crate::{DeviceId, Timestamp};
+use feed::ChangeFeed;
+use index::{OBJECT_NODE, PropertyIndex};
+use roaring::RoaringBitmap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::ops::Bound;
+use std::sync::Arc;
+
+/// A device's dense position in the registry; every index is a bitmap of slots.
+///
+/// A slot is reused after its device is removed, so hold a [`DeviceId`] (or check the
+/// generation id) across removals.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct Slot(pub u32);
+
+/// An interned (kind, name) property: the key of a value index.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct PropertyId(pub u32);
+
+/// How many changes the feed keeps by default.
+pub const DEFAULT_FEED_CAPACITY: usize = 1 << 16;
+
+/// Why a registry operation failed. A failed operation changed nothing.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// A device with this id already exists.
+    DeviceExists {
+        /// The id.
+        id: DeviceId,
+    },
+    /// No device has this id.
+    DeviceNotFound {
+        /// The id asked for (truncated to 128 bytes).
+        id: String,
+    },
+    /// The `If-Match` etag does not match the service properties' current etag.
+    PreconditionFailed {
+        /// The device.
+        id: DeviceId,
+        /// The etag the caller expected.
+        expected: Etag,
+        /// The current etag.
+        actual: Etag,
+    },
+    /// The input breaks a twin rule.
+    Invalid {
+        /// The device.
+        id: String,
+        /// What is wrong.
+        error: TwinError,
+    },
+    /// All `u32` slots are in use.
+    Full,
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryError::DeviceExists { id } => write!(f, "device {id} already exists"),
+            RegistryError::DeviceNotFound { id } => write!(f, "device {id:?} not found"),
+            RegistryError::PreconditionFailed {
+                id,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "precondition failed for device {id}: etag is {actual}, not {expected}"
+            ),
+            RegistryError::Invalid { id, error } => write!(f, "device {id}: {error}"),
+            RegistryError::Full => f.write_str("registry is full: every u32 slot is in use"),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RegistryError::Invalid { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// A device property as stored: interned name, interned value, report time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeviceValue {
+    pub(crate) pid: u32,
+    pub(crate) vid: u32,
+    pub(crate) ts: Timestamp,
+}
+
+/// A service property leaf (or object node) as stored.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ServiceLeaf {
+    pub(crate) pid: u32,
+    pub(crate) vid: u32,
+}
+
+/// Rarely set fields, boxed to keep the common entry small.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Extra {
+    pub(crate) status_reason: Option<String>,
+    pub(crate) authentication: Authentication,
+    pub(crate) registration: Option<RegistrationInfo>,
+    pub(crate) configuration: Option<String>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.status_reason.is_none()
+            && self.authentication.is_empty()
+            && self.registration.is_none()
+            && self.configuration.is_none()
+    }
+}
+
+/// One twin as stored.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) id: DeviceId,
+    pub(crate) generation: u64,
+    pub(crate) etag: u64,
+    pub(crate) service_etag: u64,
+    pub(crate) status_updated: Option<Timestamp>,
+    pub(crate) connection_updated: Option<Timestamp>,
+    pub(crate) last_activity: Option<Timestamp>,
+    pub(crate) status: DeviceStatus,
+    pub(crate) connection: ConnectionState,
+    pub(crate) managed: bool,
+    /// Sorted by `pid`.
+    pub(crate) device: Vec<DeviceValue>,
+    /// Sorted by `pid`.
+    pub(crate) service: Vec<ServiceLeaf>,
+    /// Sorted tag ids.
+    pub(crate) tags: Vec<u32>,
+    pub(crate) extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TagIndex {
+    pub(crate) name: Arc<str>,
+    pub(crate) slots: RoaringBitmap,
+}
+
+/// Twins in dense slots with bitmap indexes and a change feed. See the [module
+/// docs](self) for the model.
+#[derive(Debug)]
+pub struct Registry {
+    pub(crate) slots: Vec<Option<Entry>>,
+    pub(crate) free_slots: Vec<u32>,
+    pub(crate) by_id_hash: HashMap<DeviceId, u32>,
+    pub(crate) by_id: BTreeMap<DeviceId, u32>,
+    pub(crate) universe: RoaringBitmap,
+    pub(crate) enabled: RoaringBitmap,
+    pub(crate) disabled: RoaringBitmap,
+    pub(crate) connected: RoaringBitmap,
+    pub(crate) disconnected: RoaringBitmap,
+    pub(crate) managed: RoaringBitmap,
+    pub(crate) unmanaged: RoaringBitmap,
+    pub(crate) props: Vec<PropertyIndex>,
+    pub(crate) device_prop_ids: HashMap<Box<str>, u32>,
+    pub(crate) service_prop_ids: HashMap<Box<str>, u32>,
+    pub(crate) tags: Vec<TagIndex>,
+    pub(crate) tag_ids: HashMap<Arc<str>, u32>,
+    pub(crate) feed: ChangeFeed,
+    pub(crate) seq: u64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+fn truncated(id: &str) -> String {
+    crate::twin::DeviceId::validate(id)
+        .map(|_| id.to_string())
+        .unwrap_or_else(|_| id.chars().take(128).collect())
+}
+
+fn flatten(prefix: &str, v: &ServiceValue, out: &mut Vec<(String, Option<Scalar>)>) {
+    match v {
+        ServiceValue::Scalar(s) => out.push((prefix.to_string(), Some(s.clone()))),
+        ServiceValue::Object(m) => {
+            out.push((prefix.to_string(), None));
+            for (k, v) in m {
+                flatten(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// An empty registry with the default feed capacity ([`DEFAULT_FEED_CAPACITY`]).
+    pub fn new() -> Self {
+        Registry::with_feed_capacity(DEFAULT_FEED_CAPACITY)
+    }
+
+    /// An empty registry whose change feed keeps the last `capacity` changes.
+    pub fn with_feed_capacity(capacity: usize) -> Self {
+        Registry {
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_id_hash: HashMap::new(),
+            by_id: BTreeMap::new(),
+            universe: RoaringBitmap::new(),
+            enabled: RoaringBitmap::new(),
+            disabled: RoaringBitmap::new(),
+            connected: RoaringBitmap::new(),
+            disconnected: RoaringBitmap::new(),
+            managed: RoaringBitmap::new(),
+            unmanaged: RoaringBitmap::new(),
+            props: Vec::new(),
+            device_prop_ids: HashMap::new(),
+            service_prop_ids: HashMap::new(),
+            tags: Vec::new(),
+            tag_ids: HashMap::new(),
+            feed: ChangeFeed::new(capacity),
+            seq: 0,
+        }
+    }
+
+    // ---- reads -------------------------------------------------------------------------
+
+    /// How many devices there are.
+    pub fn len(&self) -> usize {
+        self.by_id_hash.len()
+    }
+
+    /// Whether there are no devices.
+    pub fn is_empty(&self) -> bool {
+        self.by_id_hash.is_empty()
+    }
+
+    /// A borrowed view of a device's twin (nothing is cloned).
+    pub fn get(&self, id: &str) -> Option<TwinRef<'_>> {
+        let slot = *self.by_id_hash.get(id)?;
+        self.twin_at(Slot(slot))
+    }
+
+    /// Whether a device with this id exists.
+    pub fn contains(&self, id: &str) -> bool {
+        self.by_id_hash.contains_key(id)
+    }
+
+    /// Every twin, in device id order.
+    pub fn iter(&self) -> impl Iterator<Item = TwinRef<'_>> + '_ {
+        self.by_id.values().filter_map(|&s| self.twin_at(Slot(s)))
+    }
+
+    /// The sequence number of the newest change (0 before any change).
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The changes after sequence `after`, oldest first (`after = 0` reads from the
+    /// start). A consumer resumes by passing the last `seq` it processed. If the bounded
+    /// feed already dropped changes the consumer has not seen, this is a [`FeedGap`]
+    /// error rather than a silent skip.
+    ///
+    /// ```
+    /// use twinhub::registry::{ChangeKind, Registry};
+    /// use twinhub::{twin::Twin, DeviceId};
+    /// let mut reg = Registry::with_feed_capacity(2);
+    /// for id in ["a", "b", "c"] {
+    ///     reg.create(Twin::new(DeviceId::new(id).unwrap())).unwrap();
+    /// }
+    /// let seen: Vec<u64> = reg.changes_after(1).unwrap().map(|c| c.seq).collect();
+    /// assert_eq!(seen, [2, 3]);
+    /// let gap = reg.changes_after(0).err().unwrap();
+    /// assert_eq!(gap.resume_after(), 1);
+    /// ```
+    pub fn changes_after(&self, after: u64) -> Result<impl Iterator<Item = &Change>, FeedGap> {
+        self.feed.after(after)
+    }
+
+    /// How many changes the feed keeps.
+    pub fn feed_capacity(&self) -> usize {
+        self.feed.capacity()
+    }
+
+    // ---- index access: what the query engine reads -----------------------------------
+
+    /// Every live slot.
+    pub fn universe(&self) -> &RoaringBitmap {
+        &self.universe
+    }
+
+    /// The slot of a device.
+    pub fn slot_of(&self, id: &str) -> Option<Slot> {
+        self.by_id_hash.get(id).map(|&s| Slot(s))
+    }
+
+    /// The twin in a slot, if the slot is live.
+    pub fn twin_at(&self, slot: Slot) -> Option<TwinRef<'_>> {
+        let entry = self.slots.get(slot.0 as usize)?.as_ref()?;
+        Some(TwinRef::new(self, slot.0, entry))
+    }
+
+    /// The slots carrying a tag (`None` if no device ever had it, or an empty bitmap).
+    pub fn tag_bitmap(&self, tag: &str) -> Option<&RoaringBitmap> {
+        let &t = self.tag_ids.get(tag)?;
+        Some(&self.tags[t as usize].slots)
+    }
+
+    /// Every tag ever seen with its slots (possibly empty now), in no particular order.
+    pub fn tag_bitmaps(&self) -> impl Iterator<Item = (&str, &RoaringBitmap)> + '_ {
+        self.tags.iter().map(|t| (&*t.name, &t.slots))
+    }
+
+    /// The interned id of a property, if any device ever had it. Device property names
+    /// are canonical ([`DevicePropertyName`]); nested service members are `outer.inner`.
+    pub fn property_id(&self, kind: PropertyKind, name: &str) -> Option<PropertyId> {
+        let map = match kind {
+            PropertyKind::Device => &self.device_prop_ids,
+            PropertyKind::Service => &self.service_prop_ids,
+        };
+        map.get(name).map(|&p| PropertyId(p))
+    }
+
+    /// A property's kind and name.
+    pub fn property_name(&self, id: PropertyId) -> Option<(PropertyKind, &str)> {
+        self.props.get(id.0 as usize).map(|p| (p.kind, &*p.name))
+    }
+
+    /// Every interned property.
+    pub fn properties(&self) -> impl Iterator<Item = (PropertyId, PropertyKind, &str)> + '_ {
+        self.props
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (PropertyId(i as u32), p.kind, &*p.name))
+    }
+
+    /// The slots where property `id` equals `value` (numbers compare numerically, so `1`
+    /// finds `1.0`).
+    pub fn value_slots(&self, id: PropertyId, value: &Scalar) -> Option<SlotSet<'_>> {
+        self.props.get(id.0 as usize)?.slots_of(value)
+    }
+
+    /// The distinct values of a property within bounds, in [`Scalar`] order, each with
+    /// its slots. Reverse it for descending order. Inverted bounds give nothing.
+    pub fn values_in_range<'a>(
+        &'a self,
+        id: PropertyId,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+    ) -> impl DoubleEndedIterator<Item = (&'a Scalar, SlotSet<'a>)> + use<'a> {
+        self.props
+            .get(id.0 as usize)
+            .map(|p| p.range(lo, hi))
+            .into_iter()
+            .flatten()
+    }
+
+    /// The union of [`Registry::values_in_range`]'s slots.
+    pub fn range_bitmap(
+        &self,
+        id: PropertyId,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+    ) -> RoaringBitmap {
+        let mut singles = Vec::new();
+        let mut bitmaps = Vec::new();
+        for (_, set) in self.values_in_range(id, lo, hi) {
+            match set {
+                SlotSet::One(s) => singles.push(s),
+                SlotSet::Bitmap(b) => bitmaps.push(b),
+            }
+        }
+        singles.sort_unstable();
+        let mut acc = RoaringBitmap::from_sorted_iter(singles).unwrap_or_default();
+        for b in bitmaps {
+            acc |= b;
+        }
+        acc
+    }
+
+    /// How many distinct values a property has.
+    pub fn distinct_values(&self, id: PropertyId) -> usize {
+        self.props.get(id.0 as usize).map_or(0, |p| p.order.len())
+    }
+
+    /// The slots that have a property (for a service object, the object or any member).
+    pub fn exists_bitmap(&self, id: PropertyId) -> Option<&RoaringBitmap> {
+        self.props.get(id.0 as usize).map(|p| &p.exists)
+    }
+
+    /// A slot's value of a property (`None` if absent, or if it is an object).
+    pub fn value_of(&self, slot: Slot, id: PropertyId) -> Option<&Scalar> {
+        let entry = self.slots.get(slot.0 as usize)?.as_ref()?;
+        let prop = self.props.get(id.0 as usize)?;
+        let vid = match prop.kind {
+            PropertyKind::Device => {
+                let i = entry.device.binary_search_by_key(&id.0, |d| d.pid).ok()?;
+                entry.device[i].vid
+            }
+            PropertyKind::Service => {
+                let i = entry.service.binary_search_by_key(&id.0, |d| d.pid).ok()?;
+                entry.service[i].vid
+            }
+        };
+        (vid != OBJECT_NODE).then(|| prop.value(vid))
+    }
+
+    /// The slots with this status.
+    pub fn status_bitmap(&self, status: DeviceStatus) -> &RoaringBitmap {
+        match status {
+            DeviceStatus::Enabled => &self.enabled,
+            DeviceStatus::Disabled => &self.disabled,
+        }
+    }
+
+    /// The slots in this connection state.
+    pub fn connection_bitmap(&self, state: ConnectionState) -> &RoaringBitmap {
+        match state {
+            ConnectionState::Connected => &self.connected,
+            ConnectionState::Disconnected => &self.disconnected,
+        }
+    }
+
+    /// The slots whose `isManaged` is `managed`.
+    pub fn managed_bitmap(&self, managed: bool) -> &RoaringBitmap {
+        if managed {
+            &self.managed
+        } else {
+            &self.unmanaged
+        }
+    }
+
+    /// Device ids with their slots in id order, from `start` on (paging resumes with
+    /// `Bound::Excluded(last_id)`).
+    pub fn device_ids(&self, start: Bound<&str>) -> impl Iterator<Item = (&DeviceId, Slot)> + '_ {
+        self.by_id
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(id, &s)| (id, Slot(s)))
+    }
+
+    // ---- writes ------------------------------------------------------------------------
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn emit(&mut self, seq: u64, device: DeviceId, kind: ChangeKind) {
+        self.feed.push(Change { seq, device, kind });
+    }
+
+    fn slot_for(&self, id: &str) -> Result<u32, RegistryError> {
+        self.by_id_hash
+            .get(id)
+            .copied()
+            .ok_or_else(|| RegistryError::DeviceNotFound { id: truncated(id) })
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("registry maps ids only to live slots")
+    }
+
+    fn entry(&self, slot: u32) -> &Entry {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("registry maps ids only to live slots")
+    }
+
+    fn intern_property(&mut self, kind: PropertyKind, name: &str) -> u32 {
+        let map = match kind {
+            PropertyKind::Device => &mut self.device_prop_ids,
+            PropertyKind::Service => &mut self.service_prop_ids,
+        };
+        if let Some(&p) = map.get(name) {
+            return p;
+        }
+        let pid = self.props.len() as u32;
+        map.insert(name.into(), pid);
+        let well_known = match kind {
+            PropertyKind::Device => crate::twin::well_known_by_name(name),
+            PropertyKind::Service => None,
+        };
+        self.props
+            .push(PropertyIndex::new(kind, Arc::from(name), well_known));
+        pid
+    }
+
+    fn intern_tag(&mut self, tag: &str) -> u32 {
+        if let Some(&t) = self.tag_ids.get(tag) {
+            return t;
+        }
+        let name: Arc<str> = Arc::from(tag);
+        let t = self.tags.len() as u32;
+        self.tags.push(TagIndex {
+            name: name.clone(),
+            slots: RoaringBitmap::new(),
+        });
+        self.tag_ids.insert(name, t);
+        t
+    }
+
+    fn set_field_bits(
+        &mut self,
+        slot: u32,
+        status: DeviceStatus,
+        conn: ConnectionState,
+        managed: bool,
+    ) {
+        let (on, off) = match status {
+            DeviceStatus::Enabled => (&mut self.enabled, &mut self.disabled),
+            DeviceStatus::Disabled => (&mut self.disabled, &mut self.enabled),
+        };
+        on.insert(slot);
+        off.remove(slot);
+        let (on, off) = match conn {
+            ConnectionState::Connected => (&mut self.connected, &mut self.disconnected),
+            ConnectionState::Disconnected => (&mut self.disconnected, &mut self.connected),
+        };
+        on.insert(slot);
+        off.remove(slot);
+        let (on, off) = if managed {
+            (&mut self.managed, &mut self.unmanaged)
+        } else {
+            (&mut self.unmanaged, &mut self.managed)
+        };
+        on.insert(slot);
+        off.remove(slot);
+    }
+
+    /// Creates a device from a twin (validated first). The registry assigns the
+    /// generation id and both etags; the twin's own are ignored. Emits
+    /// [`ChangeKind::Created`].
+    ///
+    /// ```
+    /// use twinhub::registry::{Registry, RegistryError};
+    /// use twinhub::{twin::Twin, DeviceId};
+    /// let mut reg = Registry::new();
+    /// let id = DeviceId::new("d1").unwrap();
+    /// reg.create(Twin::new(id.clone())).unwrap();
+    /// assert!(matches!(reg.create(Twin::new(id)), Err(RegistryError::DeviceExists { .. })));
+    /// ```
+    pub fn create(&mut self, twin: Twin) -> Result<Slot, RegistryError> {
+        if self.by_id_hash.contains_key(twin.device_id.as_str()) {
+            return Err(RegistryError::DeviceExists { id: twin.device_id });
+        }
+        twin.validate().map_err(|error| RegistryError::Invalid {
+            id: twin.device_id.to_string(),
+            error,
+        })?;
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                if self.slots.len() >= u32::MAX as usize {
+                    return Err(RegistryError::Full);
+                }
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let seq = self.next_seq();
+        let Twin {
+            device_id,
+            status,
+            status_reason,
+            status_updated_time,
+            connection_state,
+            connection_state_updated_time,
+            last_activity_time,
+            is_managed,
+            authentication,
+            registration,
+            configuration,
+            device_properties,
+            service_properties,
+            ..
+        } = twin;
+        let mut device = Vec::with_capacity(device_properties.len());
+        for (name, p) in &device_properties {
+            let pid = self.intern_property(PropertyKind::Device, name);
+            let vid = self.props[pid as usize].insert(&p.value, slot);
+            device.push(DeviceValue {
+                pid,
+                vid,
+                ts: p.last_updated_time,
+            });
+        }
+        device.sort_unstable_by_key(|d| d.pid);
+        let mut leaves = Vec::new();
+        for (name, v) in &service_properties.properties {
+            flatten(name, v, &mut leaves);
+        }
+        let mut service = Vec::with_capacity(leaves.len());
+        for (name, value) in &leaves {
+            service.push(self.insert_leaf(slot, name, value.as_ref()));
+        }
+        service.sort_unstable_by_key(|l| l.pid);
+        let mut tags: Vec<u32> = service_properties
+            .tags
+            .iter()
+            .map(|t| {
+                let tid = self.intern_tag(t);
+                self.tags[tid as usize].slots.insert(slot);
+                tid
+            })
+            .collect();
+        tags.sort_unstable();
+        let extra = Extra {
+            status_reason,
+            authentication,
+            registration,
+            configuration,
+        };
+        self.universe.insert(slot);
+        self.set_field_bits(slot, status, connection_state, is_managed);
+        self.by_id_hash.insert(device_id.clone(), slot);
+        self.by_id.insert(device_id.clone(), slot);
+        self.slots[slot as usize] = Some(Entry {
+            id: device_id.clone(),
+            generation: seq,
+            etag: seq,
+            service_etag: seq,
+            status_updated: status_updated_time,
+            connection_updated: connection_state_updated_time,
+            last_activity: last_activity_time,
+            status,
+            connection: connection_state,
+            managed: is_managed,
+            device,
+            service,
+            tags,
+            extra: (!extra.is_empty()).then(|| Box::new(extra)),
+        });
+        self.emit(seq, device_id, ChangeKind::Created);
+        Ok(Slot(slot))
+    }
+
+    fn insert_leaf(&mut self, slot: u32, name: &str, value: Option<&Scalar>) -> ServiceLeaf {
+        let pid = self.intern_property(PropertyKind::Service, name);
+        let index = &mut self.props[pid as usize];
+        let vid = match value {
+            Some(v) => index.insert(v, slot),
+            None => {
+                index.insert_object(slot);
+                OBJECT_NODE
+            }
+        };
+        ServiceLeaf { pid, vid }
+    }
+
+    /// Creates many devices; stops at the first error (the twins before it stay loaded,
+    /// consistently indexed). Returns how many were created.
+    pub fn load(&mut self, twins: impl IntoIterator<Item = Twin>) -> Result<usize, RegistryError> {
+        let mut n = 0;
+        for twin in twins {
+            self.create(twin)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Removes a device and returns its twin. Its slot is reused later. Emits
+    /// [`ChangeKind::Removed`].
+    pub fn remove(&mut self, id: &str) -> Result<Twin, RegistryError> {
+        let slot = self.slot_for(id)?;
+        let twin = self.twin_at(Slot(slot)).map(|t| t.to_twin());
+        let entry = self.slots[slot as usize]
+            .take()
+            .expect("registry maps ids only to live slots");
+        for d in &entry.device {
+            self.props[d.pid as usize].remove(d.vid, slot);
+        }
+        for l in &entry.service {
+            self.props[l.pid as usize].remove(l.vid, slot);
+        }
+        for &t in &entry.tags {
+            self.tags[t as usize].slots.remove(slot);
+        }
+        for b in [
+            &mut self.universe,
+            &mut self.enabled,
+            &mut self.disabled,
+            &mut self.connected,
+            &mut self.disconnected,
+            &mut self.managed,
+            &mut self.unmanaged,
+        ] {
+            b.remove(slot);
+        }
+        self.by_id_hash.remove(id);
+        self.by_id.remove(id);
+        self.free_slots.push(slot);
+        let seq = self.next_seq();
+        self.emit(seq, entry.id.clone(), ChangeKind::Removed);
+        Ok(twin.expect("the slot was live"))
+    }
+
+    /// Applies a device-property report, as the transport feeds them: `name` is a
+    /// well-known name or an LWM2M resource path (`/3/0/9` is `BatteryLevel`). The value
+    /// must fit the property's type. Emits [`ChangeKind::DeviceProperty`].
+    pub fn report_device_property(
+        &mut self,
+        id: &str,
+        name: &str,
+        value: Scalar,
+        at: Timestamp,
+    ) -> Result<(), RegistryError> {
+        let slot = self.slot_for(id)?;
+        self.report_at(Slot(slot), name, value, at)
+    }
+
+    /// [`Registry::report_device_property`] for a device already resolved to its slot
+    /// (what a transport that caches slots calls).
+    pub fn report_at(
+        &mut self,
+        slot: Slot,
+        name: &str,
+        value: Scalar,
+        at: Timestamp,
+    ) -> Result<(), RegistryError> {
+        let slot = slot.0;
+        let Some(Some(entry)) = self.slots.get(slot as usize) else {
+            return Err(RegistryError::DeviceNotFound {
+                id: format!("slot {slot}"),
+            });
+        };
+        let invalid = |error| RegistryError::Invalid {
+            id: entry.id.to_string(),
+            error,
+        };
+        // Fast path: an already interned canonical name.
+        let pid = match self.device_prop_ids.get(name) {
+            Some(&pid) => {
+                let p = &self.props[pid as usize];
+                let checked = match p.well_known {
+                    Some(wk) => DevicePropertyName::WellKnown(wk).check_value(&value),
+                    None => crate::twin::validate_string_value(&p.name, &value),
+                };
+                checked.map_err(invalid)?;
+                pid
+            }
+            None => {
+                let parsed = DevicePropertyName::parse(name).map_err(invalid)?;
+                parsed.check_value(&value).map_err(invalid)?;
+                self.intern_property(PropertyKind::Device, parsed.as_str())
+            }
+        };
+        let entry = self.slots[slot as usize].as_ref().expect("checked above");
+        let pos = entry.device.binary_search_by_key(&pid, |d| d.pid);
+        if pos.is_err() && entry.device.len() >= MAX_DEVICE_PROPERTIES {
+            return Err(RegistryError::Invalid {
+                id: entry.id.to_string(),
+                error: TwinError::TooManyDeviceProperties {
+                    count: entry.device.len() + 1,
+                },
+            });
+        }
+        let seq = self.next_seq();
+        let index = &mut self.props[pid as usize];
+        let entry = self.slots[slot as usize].as_mut().expect("checked above");
+        match pos {
+            Ok(i) => {
+                let d = &mut entry.device[i];
+                if !index::same_repr(index.value(d.vid), &value) {
+                    index.remove(d.vid, slot);
+                    d.vid = index.insert(&value, slot);
+                }
+                d.ts = at;
+            }
+            Err(i) => {
+                let vid = index.insert(&value, slot);
+                entry.device.insert(i, DeviceValue { pid, vid, ts: at });
+            }
+        }
+        entry.etag = seq;
+        let device = entry.id.clone();
+        let name = index.name.clone();
+        self.emit(seq, device, ChangeKind::DeviceProperty { name });
+        Ok(())
+    }
+
+    /// Removes a device property (e.g. the device deleted the object instance). Returns
+    /// whether it was there; emits [`ChangeKind::DevicePropertyRemoved`] if it was.
+    pub fn remove_device_property(&mut self, id: &str, name: &str) -> Result<bool, RegistryError> {
+        let slot = self.slot_for(id)?;
+        let parsed = DevicePropertyName::parse(name).map_err(|error| RegistryError::Invalid {
+            id: truncated(id),
+            error,
+        })?;
+        let Some(&pid) = self.device_prop_ids.get(parsed.as_str()) else {
+            return Ok(false);
+        };
+        let entry = self.entry_mut(slot);
+        let Ok(i) = entry.device.binary_search_by_key(&pid, |d| d.pid) else {
+            return Ok(false);
+        };
+        let d = entry.device.remove(i);
+        self.props[pid as usize].remove(d.vid, slot);
+        let seq = self.next_seq();
+        let entry = self.entry_mut(slot);
+        entry.etag = seq;
+        let device = entry.id.clone();
+        let name = self.props[pid as usize].name.clone();
+        self.emit(seq, device, ChangeKind::DevicePropertyRemoved { name });
+        Ok(true)
+    }
+
+    fn check_etag(&self, slot: u32, if_match: Option<Etag>) -> Result<(), RegistryError> {
+        let entry = self.entry(slot);
+        match if_match {
+            Some(expected) if expected.0 != entry.service_etag => {
+                Err(RegistryError::PreconditionFailed {
+                    id: entry.id.clone(),
+                    expected,
+                    actual: Etag(entry.service_etag),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every service leaf of `slot` whose name is `name` or lies under it.
+    fn remove_service_subtree(&mut self, slot: u32, name: Option<&str>) {
+        let entry = self.slots[slot as usize].as_mut().expect("live slot");
+        let props = &mut self.props;
+        entry.service.retain(|l| {
+            let p = &mut props[l.pid as usize];
+            let hit = match name {
+                None => true,
+                Some(n) => {
+                    let full: &str = &p.name;
+                    full == n
+                        || (full.starts_with(n) && full.as_bytes().get(n.len()) == Some(&b'.'))
+                }
+            };
+            if hit {
+                p.remove(l.vid, slot);
+            }
+            !hit
+        });
+    }
+
+    fn insert_service_value(&mut self, slot: u32, name: &str, value: &ServiceValue) {
+        let mut leaves = Vec::new();
+        flatten(name, value, &mut leaves);
+        for (n, v) in &leaves {
+            let leaf = self.insert_leaf(slot, n, v.as_ref());
+            let entry = self.slots[slot as usize].as_mut().expect("live slot");
+            let pos = entry
+                .service
+                .binary_search_by_key(&leaf.pid, |l| l.pid)
+                .unwrap_or_else(|i| i);
+            entry.service.insert(pos, leaf);
+        }
+    }
+
+    fn finish_service_change(&mut self, slot: u32, kind: ChangeKind) -> Etag {
+        let seq = self.next_seq();
+        let entry = self.entry_mut(slot);
+        entry.etag = seq;
+        entry.service_etag = seq;
+        let device = entry.id.clone();
+        self.emit(seq, device, kind);
+        Etag(seq)
+    }
+
+    fn top_level_service_count(&self, slot: u32) -> usize {
+        self.entry(slot)
+            .service
+            .iter()
+            .filter(|l| !self.props[l.pid as usize].name.contains('.'))
+            .count()
+    }
+
+    /// Sets (`Some`) or removes (`None`) one service property, if `if_match` is `None` or
+    /// equals the current service etag. Returns the new service etag. Emits
+    /// [`ChangeKind::ServiceProperties`].
+    ///
+    /// ```
+    /// use twinhub::registry::{Registry, RegistryError};
+    /// use twinhub::{twin::{Etag, Twin}, DeviceId};
+    /// let mut reg = Registry::new();
+    /// reg.create(Twin::new(DeviceId::new("d1").unwrap())).unwrap();
+    /// let e = reg.set_service_property("d1", "region", Some("eu".into()), None).unwrap();
+    /// let stale = Etag(e.0 - 1);
+    /// let err = reg.set_service_property("d1", "region", None, Some(stale)).unwrap_err();
+    /// assert!(matches!(err, RegistryError::PreconditionFailed { .. }));
+    /// assert!(reg.get("d1").unwrap().service_property("region").is_some());
+    /// ```
+    pub fn set_service_property(
+        &mut self,
+        id: &str,
+        name: &str,
+        value: Option<ServiceValue>,
+        if_match: Option<Etag>,
+    ) -> Result<Etag, RegistryError> {
+        let slot = self.slot_for(id)?;
+        let invalid = |error| RegistryError::Invalid {
+            id: id.to_string(),
+            error,
+        };
+        validate_property_name(name).map_err(invalid)?;
+        if let Some(v) = &value {
+            v.validate(name).map_err(invalid)?;
+        }
+        self.check_etag(slot, if_match)?;
+        let exists = self
+            .service_prop_ids
+            .get(name)
+            .is_some_and(|&pid| self.props[pid as usize].exists.contains(slot));
+        if value.is_some() && !exists {
+            let count = self.top_level_service_count(slot) + 1;
+            if count > MAX_SERVICE_PROPERTIES {
+                return Err(invalid(TwinError::TooManyServiceProperties { count }));
+            }
+        }
+        self.remove_service_subtree(slot, Some(name));
+        if let Some(v) = &value {
+            self.insert_service_value(slot, name, v);
+        }
+        Ok(self.finish_service_change(slot, ChangeKind::ServiceProperties))
+    }
+
+    /// Replaces all service properties and tags (the preview's
+    /// `PUT /devices/{id}/serviceProperties`), if `if_match` is `None` or equals the
+    /// current service etag. `properties.etag` is ignored. Emits
+    /// [`ChangeKind::ServiceProperties`].
+    pub fn replace_service_properties(
+        &mut self,
+        id: &str,
+        properties: &ServiceProperties,
+        if_match: Option<Etag>,
+    ) -> Result<Etag, RegistryError> {
+        let slot = self.slot_for(id)?;
+        let mut probe = Twin::new(self.entry(slot).id.clone());
+        probe.service_properties = properties.clone();
+        probe.validate().map_err(|error| RegistryError::Invalid {
+            id: id.to_string(),
+            error,
+        })?;
+        self.check_etag(slot, if_match)?;
+        self.remove_service_subtree(slot, None);
+        for (name, v) in &properties.properties {
+            self.insert_service_value(slot, name, v);
+        }
+        self.set_tags(slot, &properties.tags);
+        Ok(self.finish_service_change(slot, ChangeKind::ServiceProperties))
+    }
+
+    fn set_tags(&mut self, slot: u32, tags: &BTreeSet<String>) {
+        let old = std::mem::take(&mut self.entry_mut(slot).tags);
+        for t in old {
+            self.tags[t as usize].slots.remove(slot);
+        }
+        let mut ids: Vec<u32> = tags
+            .iter()
+            .map(|t| {
+                let tid = self.intern_tag(t);
+                self.tags[tid as usize].slots.insert(slot);
+                tid
+            })
+            .collect();
+        ids.sort_unstable();
+        self.entry_mut(slot).tags = ids;
+    }
+
+    fn current_tags(&self, slot: u32) -> BTreeSet<String> {
+        self.entry(slot)
+            .tags
+            .iter()
+            .map(|&t| self.tags[t as usize].name.to_string())
+            .collect()
+    }
+
+    fn change_tags(
+        &mut self,
+        id: &str,
+        if_match: Option<Etag>,
+        new_tags: impl FnOnce(BTreeSet<String>) -> BTreeSet<String>,
+        given: &[&str],
+    ) -> Result<Etag, RegistryError> {
+        let slot = self.slot_for(id)?;
+        for t in given {
+            validate_tag(t).map_err(|error| RegistryError::Invalid {
+                id: id.to_string(),
+                error,
+            })?;
+        }
+        self.check_etag(slot, if_match)?;
+        let tags = new_tags(self.current_tags(slot));
+        if tags.len() > MAX_TAGS {
+            return Err(RegistryError::Invalid {
+                id: id.to_string(),
+                error: TwinError::TooManyTags { count: tags.len() },
+            });
+        }
+        self.set_tags(slot, &tags);
+        Ok(self.finish_service_change(slot, ChangeKind::Tags))
+    }
+
+    /// Adds tags (already present ones are kept). Returns the new service etag. Emits
+    /// [`ChangeKind::Tags`].
+    pub fn add_tags(
+        &mut self,
+        id: &str,
+        tags: &[&str],
+        if_match: Option<Etag>,
+    ) -> Result<Etag, RegistryError> {
+        self.change_tags(
+            id,
+            if_match,
+            |mut cur| {
+                cur.extend(tags.iter().map(|t| t.to_string()));
+                cur
+            },
+            tags,
+        )
+    }
+
+    /// Removes tags (absent ones are ignored). Returns the new service etag. Emits
+    /// [`ChangeKind::Tags`].
+    pub fn remove_tags(
+        &mut self,
+        id: &str,
+        tags: &[&str],
+        if_match: Option<Etag>,
+    ) -> Result<Etag, RegistryError> {
+        self.change_tags(
+            id,
+            if_match,
+            |mut cur| {
+                for t in tags {
+                    cur.remove(*t);
+                }
+                cur
+            },
+            tags,
+        )
+    }
+
+    /// Replaces all tags. Returns the new service etag. Emits [`ChangeKind::Tags`].
+    pub fn replace_tags(
+        &mut self,
+        id: &str,
+        tags: &[&str],
+        if_match: Option<Etag>,
+    ) -> Result<Etag, RegistryError> {
+        self.change_tags(
+            id,
+            if_match,
+            |_| tags.iter().map(|t| t.to_string()).collect(),
+            tags,
+        )
+    }
+
+    fn finish_field_change(&mut self, slot: u32, kind: ChangeKind) {
+        let seq = self.next_seq();
+        let entry = self.entry_mut(slot);
+        entry.etag = seq;
+        let device = entry.id.clone();
+        self.emit(seq, device, kind);
+    }
+
+    fn extra_mut(&mut self, slot: u32) -> &mut Extra {
+        self.entry_mut(slot)
+            .extra
+            .get_or_insert_with(Default::default)
+    }
+
+    fn tidy_extra(&mut self, slot: u32) {
+        let entry = self.entry_mut(slot);
+        if entry.extra.as_ref().is_some_and(|e| e.is_empty()) {
+            entry.extra = None;
+        }
+    }
+
+    /// Sets the connection state and when it changed. Emits
+    /// [`ChangeKind::ConnectionState`].
+    pub fn set_connection_state(
+        &mut self,
+        id: &str,
+        state: ConnectionState,
+        at: Timestamp,
+    ) -> Result<(), RegistryError> {
+        let slot = self.slot_for(id)?;
+        let e = self.entry_mut(slot);
+        e.connection = state;
+        e.connection_updated = Some(at);
+        let (status, managed) = (e.status, e.managed);
+        self.set_field_bits(slot, status, state, managed);
+        self.finish_field_change(slot, ChangeKind::ConnectionState(state));
+        Ok(())
+    }
+
+    /// Sets the status, its reason and when it changed. Emits [`ChangeKind::Status`].
+    pub fn set_status(
+        &mut self,
+        id: &str,
+        status: DeviceStatus,
+        reason: Option<String>,
+        at: Timestamp,
+    ) -> Result<(), RegistryError> {
+        let slot = self.slot_for(id)?;
+        if let Some(r) = &reason
+            && r.len() > MAX_FIELD_LEN
+        {
+            return Err(RegistryError::Invalid {
+                id: id.to_string(),
+                error: TwinError::FieldTooLong {
+                    field: "statusReason",
+                    len: r.len(),
+                },
+            });
+        }
+        let e = self.entry_mut(slot);
+        e.status = status;
+        e.status_updated = Some(at);
+        let (conn, managed) = (e.connection, e.managed);
+        self.extra_mut(slot).status_reason = reason;
+        self.tidy_extra(slot);
+        self.set_field_bits(slot, status, conn, managed);
+        self.finish_field_change(slot, ChangeKind::Status(status));
+        Ok(())
+    }
+
+    /// Sets `isManaged`. Emits [`ChangeKind::Managed`].
+    pub fn set_managed(&mut self, id: &str, managed: bool) -> Result<(), RegistryError> {
+        let slot = self.slot_for(id)?;
+        let e = self.entry_mut(slot);
+        e.managed = managed;
+        let (status, conn) = (e.status, e.connection);
+        self.set_field_bits(slot, status, conn, managed);
+        self.finish_field_change(slot, ChangeKind::Managed(managed));
+        Ok(())
+    }
+
+    /// Sets or clears the LWM2M registration. Emits [`ChangeKind::Registration`].
+    pub fn set_registration(
+        &mut self,
+        id: &str,
+        registration: Option<RegistrationInfo>,
+    ) -> Result<(), RegistryError> {
+        let slot = self.slot_for(id)?;
+        self.extra_mut(slot).registration = registration;
+        self.tidy_extra(slot);
+        self.finish_field_change(slot, ChangeKind::Registration);
+        Ok(())
+    }
+
+    /// Sets `lastActivityTime`. Emits [`ChangeKind::LastActivity`].
+    pub fn set_last_activity(&mut self, id: &str, at: Timestamp) -> Result<(), RegistryError> {
+        let slot = self.slot_for(id)?;
+        self.entry_mut(slot).last_activity = Some(at);
+        self.finish_field_change(slot, ChangeKind::LastActivity);
+        Ok(())
+    }
+
+    /// Sets or clears the configuration string (what `updateDeviceConfiguration` jobs
+    /// write). Emits [`ChangeKind::Configuration`].
+    pub fn set_configuration(
+        &mut self,
+        id: &str,
+        configuration: Option<String>,
+    ) -> Result<(), RegistryError> {
+        let slot = self.slot_for(id)?;
+        if let Some(c) = &configuration
+            && c.len() > MAX_FIELD_LEN
+        {
+            return Err(RegistryError::Invalid {
+                id: id.to_string(),
+                error: TwinError::FieldTooLong {
+                    field: "configuration",
+                    len: c.len(),
+                },
+            });
+        }
+        self.extra_mut(slot).configuration = configuration;
+        self.tidy_extra(slot);
+        self.finish_field_change(slot, ChangeKind::Configuration);
+        Ok(())
+    }
+
+    /// Replaces the authentication material. Emits [`ChangeKind::Authentication`].
+    pub fn set_authentication(
+        &mut self,
+        id: &str,
+        authentication: Authentication,
+    ) -> Result<(), RegistryError> {
+        let slot = self.slot_for(id)?;
+        if let Some(i) = &authentication.psk_identity
+            && i.len() > MAX_FIELD_LEN
+        {
+            return Err(RegistryError::Invalid {
+                id: id.to_string(),
+                error: TwinError::FieldTooLong {
+                    field: "authentication.pskIdentity",
+                    len: i.len(),
+                },
+            });
+        }
+        self.extra_mut(slot).authentication = authentication;
+        self.tidy_extra(slot);
+        self.finish_field_change(slot, ChangeKind::Authentication);
+        Ok(())
+    }
+}

@@ -18,6 +18,8 @@
 //! (`lwm2m::server`) and an in-memory simulated fleet (`transport::memory`) with seeded
 //! faults for deterministic tests. Both pass one conformance suite.
 
+pub mod memory;
+
 use crate::lwm2m::{Content, Lwm2mPath};
 use crate::twin::DeviceId;
 use std::fmt;

@@ -1,1 +1,239 @@
-//! content (under construction).
+//! LWM2M payload formats: plain text, opaque, TLV and SenML JSON (plus the pre-standard
+//! codes that LWM2M 1.0-era clients still send).
+//!
+//! Every format decodes into the same [`Content`] shape (full resource paths with typed
+//! [`ResourceValue`]s), so nothing above this module looks at a wire format.
+//!
+//! | format | code(s) | decode | encode |
+//! |---|---|---|---|
+//! | text/plain | 0, 1541 | one resource | one resource |
+//! | CoRE link format | 40 | — (Discover answers are kept as text) | — |
+//! | opaque | 42, 1544 | one resource | one opaque resource |
+//! | TLV | 11542, 1542 | yes | yes |
+//! | SenML JSON | 110 | yes | yes |
+//! | LwM2M JSON (1.0) | 11543, 1543 | yes (read tolerantly) | — |
+//!
+//! TLV carries no types on the wire: [`decode`] takes a type resolver (any
+//! `Fn(&Lwm2mPath) -> Option<ResourceType>`; [`standard_resource_type`] knows the objects
+//! 0, 1, 3, 5 and the vendor Config object 10241). A value whose type the resolver does
+//! not know decodes as [`ResourceValue::Opaque`] (TLV) or by its JSON shape (SenML).
+//!
+//! Decoders never panic on input and are bounded: at most [`MAX_PAYLOAD`] bytes and
+//! [`MAX_VALUES`] values per payload; TLV nesting is at most three levels by construction.
+//!
+//! ```
+//! use twinhub::lwm2m::content::{ContentFormat, decode, encode, standard_resource_type};
+//! use twinhub::{Content, Lwm2mPath, ResourceValue};
+//!
+//! let base = Lwm2mPath::instance(3, 0);
+//! let content = Content {
+//!     values: vec![
+//!         (Lwm2mPath::resource(3, 0, 0), ResourceValue::String("ACME".into())),
+//!         (Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(87)),
+//!     ],
+//! };
+//! let tlv = encode(ContentFormat::Tlv, &base, &content).unwrap();
+//! let back = decode(ContentFormat::Tlv, &tlv, &base, &standard_resource_type).unwrap();
+//! assert_eq!(back, content);
+//! ```
+
+mod base64url;
+mod error;
+mod senml_json;
+mod text;
+mod tlv;
+mod types;
+
+pub use error::{ContentError, RecordProblem};
+pub use types::standard_resource_type;
+
+#[cfg(doc)]
+use super::ResourceValue;
+use super::{Content, Lwm2mPath, ResourceType};
+
+/// The largest payload any decoder accepts, in bytes (TLV's own limit is 16 MiB; a CoAP
+/// message body reassembled from blocks is far below this in practice).
+pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
+/// The most values one payload may decode to.
+pub const MAX_VALUES: usize = 65_536;
+
+/// A CoAP content format that LWM2M uses, with its registered number.
+///
+/// ```
+/// use twinhub::lwm2m::content::ContentFormat;
+/// assert_eq!(ContentFormat::from_code(1542), Some(ContentFormat::OldTlv));
+/// assert_eq!(ContentFormat::SenmlJson.code(), 110);
+/// assert_eq!(ContentFormat::OldTlv.canonical(), ContentFormat::Tlv);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[non_exhaustive]
+pub enum ContentFormat {
+    /// `text/plain;charset=utf-8` (0).
+    Text,
+    /// `application/link-format` (40).
+    LinkFormat,
+    /// `application/octet-stream` (42).
+    Opaque,
+    /// `application/cbor` (60).
+    Cbor,
+    /// `application/senml+json` (110).
+    SenmlJson,
+    /// `application/senml+cbor` (112).
+    SenmlCbor,
+    /// `application/vnd.oma.lwm2m+tlv` (11542).
+    Tlv,
+    /// `application/vnd.oma.lwm2m+json` (11543), the LWM2M 1.0 JSON format.
+    Lwm2mJson,
+    /// `application/vnd.oma.lwm2m+cbor` (11544, LWM2M 1.2).
+    Lwm2mCbor,
+    /// Pre-standard text (1541), sent by lwm2m-node-lib and other early clients.
+    OldText,
+    /// Pre-standard TLV (1542).
+    OldTlv,
+    /// Pre-standard LwM2M JSON (1543).
+    OldJson,
+    /// Pre-standard opaque (1544).
+    OldOpaque,
+}
+
+impl ContentFormat {
+    /// Every format this enum knows, in code order.
+    pub const ALL: [ContentFormat; 13] = [
+        ContentFormat::Text,
+        ContentFormat::LinkFormat,
+        ContentFormat::Opaque,
+        ContentFormat::Cbor,
+        ContentFormat::SenmlJson,
+        ContentFormat::SenmlCbor,
+        ContentFormat::OldText,
+        ContentFormat::OldTlv,
+        ContentFormat::OldJson,
+        ContentFormat::OldOpaque,
+        ContentFormat::Tlv,
+        ContentFormat::Lwm2mJson,
+        ContentFormat::Lwm2mCbor,
+    ];
+
+    /// The CoAP Content-Format number.
+    pub const fn code(self) -> u16 {
+        match self {
+            ContentFormat::Text => 0,
+            ContentFormat::LinkFormat => 40,
+            ContentFormat::Opaque => 42,
+            ContentFormat::Cbor => 60,
+            ContentFormat::SenmlJson => 110,
+            ContentFormat::SenmlCbor => 112,
+            ContentFormat::Tlv => 11542,
+            ContentFormat::Lwm2mJson => 11543,
+            ContentFormat::Lwm2mCbor => 11544,
+            ContentFormat::OldText => 1541,
+            ContentFormat::OldTlv => 1542,
+            ContentFormat::OldJson => 1543,
+            ContentFormat::OldOpaque => 1544,
+        }
+    }
+
+    /// The format with this number, if LWM2M uses it.
+    pub fn from_code(code: u16) -> Option<ContentFormat> {
+        ContentFormat::ALL.into_iter().find(|f| f.code() == code)
+    }
+
+    /// The standard format a pre-standard code stands for (1541 -> text, 1542 -> TLV,
+    /// 1543 -> LwM2M JSON, 1544 -> opaque); other formats map to themselves.
+    pub const fn canonical(self) -> ContentFormat {
+        match self {
+            ContentFormat::OldText => ContentFormat::Text,
+            ContentFormat::OldTlv => ContentFormat::Tlv,
+            ContentFormat::OldJson => ContentFormat::Lwm2mJson,
+            ContentFormat::OldOpaque => ContentFormat::Opaque,
+            f => f,
+        }
+    }
+}
+
+/// Decodes a payload addressed at `base` (the request path, or the observed path) into
+/// [`Content`]. `types` tells the type of a resource path (`/oid/iid/rid`) where the
+/// format does not carry it (TLV always, text always, SenML numbers); pass
+/// [`standard_resource_type`] or a closure that consults a device model first.
+///
+/// ```
+/// use twinhub::lwm2m::content::{ContentFormat, decode, standard_resource_type};
+/// use twinhub::{Lwm2mPath, ResourceValue};
+///
+/// let c = decode(ContentFormat::Text, b"87", &Lwm2mPath::resource(3, 0, 9), &standard_resource_type)
+///     .unwrap();
+/// assert_eq!(c.get(&Lwm2mPath::resource(3, 0, 9)), Some(&ResourceValue::Integer(87)));
+/// ```
+pub fn decode(
+    format: ContentFormat,
+    bytes: &[u8],
+    base: &Lwm2mPath,
+    types: &dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
+) -> Result<Content, ContentError> {
+    if bytes.len() > MAX_PAYLOAD {
+        return Err(ContentError::TooLarge {
+            len: bytes.len(),
+            max: MAX_PAYLOAD,
+        });
+    }
+    match format.canonical() {
+        ContentFormat::Text => text::decode_text(bytes, base, types),
+        ContentFormat::Opaque => text::decode_opaque(bytes, base),
+        ContentFormat::Tlv => tlv::decode(bytes, base, types),
+        ContentFormat::SenmlJson => senml_json::decode_senml(bytes, base, types),
+        ContentFormat::Lwm2mJson => senml_json::decode_lwm2m_json(bytes, base, types),
+        other => Err(ContentError::UnsupportedFormat(other)),
+    }
+}
+
+/// Encodes `content` (paths under `base`) in `format`. Text and opaque take exactly one
+/// value at `base`; TLV needs `base` at least an object; SenML JSON takes anything.
+/// Pre-standard codes encode like the standard format they stand for.
+///
+/// ```
+/// use twinhub::lwm2m::content::{ContentFormat, encode};
+/// use twinhub::{Content, Lwm2mPath, ResourceValue};
+///
+/// let p = Lwm2mPath::resource(1, 0, 1);
+/// let body = encode(ContentFormat::Text, &p, &Content::single(p, ResourceValue::Integer(300)))
+///     .unwrap();
+/// assert_eq!(body, b"300");
+/// ```
+pub fn encode(
+    format: ContentFormat,
+    base: &Lwm2mPath,
+    content: &Content,
+) -> Result<Vec<u8>, ContentError> {
+    if content.values.len() > MAX_VALUES {
+        return Err(ContentError::TooManyValues { max: MAX_VALUES });
+    }
+    for (path, _) in &content.values {
+        if !base.contains(path) || path.depth() < 3 {
+            return Err(ContentError::PathOutsideBase {
+                path: *path,
+                base: *base,
+            });
+        }
+    }
+    match format.canonical() {
+        ContentFormat::Text => text::encode_text(base, content),
+        ContentFormat::Opaque => text::encode_opaque(base, content),
+        ContentFormat::Tlv => tlv::encode(base, content),
+        ContentFormat::SenmlJson => senml_json::encode_senml(base, content),
+        other => Err(ContentError::UnsupportedFormat(other)),
+    }
+}
+
+/// The resource path (`/oid/iid/rid`) a value path's type is looked up by: resource
+/// instances share their resource's type.
+pub(crate) fn type_key(path: &Lwm2mPath) -> Lwm2mPath {
+    if path.depth() == 4 {
+        path.parent().unwrap_or(*path)
+    } else {
+        *path
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! The `registry_ops` fuzz body: bytes become a sequence of registry operations; after
+//! each one the registry must still agree with a full scan (`validate()`), a successful
+//! write must be visible to the next read, and a failed one must change nothing.
+
+use crate::registry::Registry;
+use crate::twin::{ConnectionState, DeviceStatus, Etag, Scalar, ServiceValue, Twin};
+use crate::{DeviceId, Timestamp};
+use std::collections::BTreeMap;
+
+const IDS: &[&str] = &["a", "b", "c", "d", "e", "f", "g", "h"];
+const DEVICE_NAMES: &[&str] = &[
+    "FirmwareVersion",
+    "/3/0/3",
+    "BatteryLevel",
+    "/3/0/9",
+    "MemoryFree",
+    "CurrentTime",
+    "/3303/0/5700",
+    "/3/0/6/1",
+    "RebootDevice",
+    "/3",
+    "Nope",
+];
+const SERVICE_NAMES: &[&str] = &["region", "n", "cfg", "a.b", "$x", ""];
+const TAGS: &[&str] = &["t0", "t1", "t2", "t3", "x,y", ""];
+
+/// Reads bytes as small numbers; yields zeros when the input runs out.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+
+    fn pick<'s>(&mut self, from: &[&'s str]) -> &'s str {
+        from[self.byte() as usize % from.len()]
+    }
+
+    fn scalar(&mut self) -> Scalar {
+        let b = self.byte();
+        match b % 5 {
+            0 => Scalar::from(b & 0x10 != 0),
+            1 => Scalar::from((self.byte() % 8) as i64 - 2),
+            2 => Scalar::from(f64::from(self.byte() % 8) / 2.0),
+            3 => Scalar::from(["1.0", "2.0", "eu", "", "us"][self.byte() as usize % 5]),
+            _ => Scalar::from(i64::from(self.byte()) * 1_000_003),
+        }
+    }
+
+    fn service_value(&mut self, depth: usize) -> ServiceValue {
+        if depth < 6 && self.byte() % 4 == 0 {
+            let mut m = BTreeMap::new();
+            for _ in 0..self.byte() % 3 {
+                let k = self.pick(&["a", "b", "c.d", "$"]).to_string();
+                let v = self.service_value(depth + 1);
+                m.insert(k, v);
+            }
+            ServiceValue::Object(m)
+        } else {
+            ServiceValue::Scalar(self.scalar())
+        }
+    }
+
+    fn tags(&mut self) -> Vec<&'static str> {
+        (0..self.byte() % 4).map(|_| self.pick(TAGS)).collect()
+    }
+
+    fn etag(&mut self, reg: &Registry, id: &str) -> Option<Etag> {
+        let cur = reg.get(id).map_or(Etag(0), |t| t.service_etag());
+        match self.byte() % 3 {
+            0 => None,
+            1 => Some(cur),
+            _ => Some(Etag(cur.0 ^ 1)),
+        }
+    }
+}
+
+/// Applies arbitrary operation sequences; panics only on a broken invariant.
+pub fn registry_ops(data: &[u8]) {
+    let mut input = Bytes(data);
+    let capacity = input.byte() as usize % 16;
+    let mut reg = Registry::with_feed_capacity(capacity);
+    let mut ops = 0;
+    while !input.0.is_empty() && ops < 256 {
+        ops += 1;
+        let op = input.byte();
+        let id = input.pick(IDS);
+        let at = Timestamp::from_millis(u64::from(input.byte()) * 1000);
+        let before_seq = reg.last_seq();
+        let before = reg
+            .get(id)
+            .map(|t| serde_json::to_string(&t).unwrap_or_default());
+        let ok = match op % 14 {
+            0 | 1 => {
+                let mut t = Twin::new(DeviceId::new(id).expect("fixed ids are valid"));
+                for _ in 0..input.byte() % 4 {
+                    let v = input.scalar();
+                    t = t.with_device_property(input.pick(DEVICE_NAMES), v, at);
+                }
+                for _ in 0..input.byte() % 3 {
+                    let v = input.service_value(0);
+                    t = t.with_service_property(input.pick(SERVICE_NAMES), v);
+                }
+                for tag in input.tags() {
+                    t = t.with_tag(tag);
+                }
+                reg.create(t).is_ok()
+            }
+            2 => reg.remove(id).is_ok(),
+            3..=5 => {
+                let name = input.pick(DEVICE_NAMES);
+                let value = input.scalar();
+                let ok = reg
+                    .report_device_property(id, name, value.clone(), at)
+                    .is_ok();
+                if ok {
+                    let got = reg
+                        .get(id)
+                        .and_then(|t| t.device_property(name).map(|p| p.0.clone()));
+                    assert_eq!(got, Some(value), "a report is visible to the next read");
+                }
+                ok
+            }
+            6 => reg
+                .remove_device_property(id, input.pick(DEVICE_NAMES))
+                .is_ok_and(|removed| removed),
+            7 => {
+                let name = input.pick(SERVICE_NAMES);
+                let value = (input.byte() % 4 != 0).then(|| input.service_value(0));
+                let etag = input.etag(&reg, id);
+                reg.set_service_property(id, name, value, etag).is_ok()
+            }
+            8 => {
+                let tags = input.tags();
+                let etag = input.etag(&reg, id);
+                match input.byte() % 3 {
+                    0 => reg.add_tags(id, &tags, etag),
+                    1 => reg.remove_tags(id, &tags, etag),
+                    _ => reg.replace_tags(id, &tags, etag),
+                }
+                .is_ok()
+            }
+            9 => {
+                let state = if input.byte() % 2 == 0 {
+                    ConnectionState::Connected
+                } else {
+                    ConnectionState::Disconnected
+                };
+                reg.set_connection_state(id, state, at).is_ok()
+            }
+            10 => {
+                let status = if input.byte() % 2 == 0 {
+                    DeviceStatus::Enabled
+                } else {
+                    DeviceStatus::Disabled
+                };
+                reg.set_status(id, status, Some("r".into()), at).is_ok()
+            }
+            11 => reg.set_managed(id, input.byte() % 2 == 0).is_ok(),
+            12 => {
+                let mut props = crate::twin::ServiceProperties::default();
+                for _ in 0..input.byte() % 3 {
+                    let v = input.service_value(0);
+                    props
+                        .properties
+                        .insert(input.pick(SERVICE_NAMES).to_string(), v);
+                }
+                props.tags = input.tags().into_iter().map(String::from).collect();
+                let etag = input.etag(&reg, id);
+                reg.replace_service_properties(id, &props, etag).is_ok()
+            }
+            _ => {
+                let after = u64::from(input.byte());
+                if let Ok(changes) = reg.changes_after(after) {
+                    for (expected, c) in (after + 1..).zip(changes) {
+                        assert_eq!(c.seq, expected, "feed sequence numbers are consecutive");
+                    }
+                }
+                false
+            }
+        };
+        if !ok {
+            assert_eq!(reg.last_seq(), before_seq, "a failed write emits nothing");
+            let after = reg
+                .get(id)
+                .map(|t| serde_json::to_string(&t).unwrap_or_default());
+            assert_eq!(before, after, "a failed write changes nothing");
+        }
+        if let Err(e) = reg.validate() {
+            panic!("registry inconsistent after op {ops}: {e}");
+        }
+    }
+    for t in reg.iter() {
+        let json = serde_json::to_value(t).expect("views serialise");
+        assert_eq!(
+            json,
+            serde_json::to_value(t.to_twin()).expect("twins serialise")
+        );
+        t.to_twin().validate().expect("stored twins are valid");
+    }
+}

@@ -1,0 +1,1579 @@
+//! The sans-IO job engine: parents, children, rollout, timers.
+
+use super::history::{HistoryIndex, JobRecord};
+use super::spec::{FailureKind, FailureReason, JobId, JobKind, JobSpec, JobType, SpecError};
+use super::state::{
+    CHILD_TRANSITIONS, ChildEvent, ChildState, JobStatus, ParentEvent, ParentState,
+};
+use crate::lwm2m::{Content, Lwm2mPath, ResourceValue};
+use crate::time::Timestamp;
+use crate::transport::{
+    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, OpId, WriteMode,
+};
+use crate::twin::DeviceId;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The first [`OpId`] the engine allocates by default: ids at or above `2^63` are the job
+/// engine's, ids below are free for the hub's own operations.
+pub const JOB_OP_ID_BASE: u64 = 1 << 63;
+
+/// Engine-wide settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// While waiting for a firmware download or install, the engine reads `/5/0` this
+    /// often, in case a notification was lost (default 30 s).
+    pub poll_interval: Duration,
+    /// The first operation id the engine allocates ([`JOB_OP_ID_BASE`] by default); it
+    /// counts up from there.
+    pub op_id_base: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            poll_interval: Duration::from_secs(30),
+            op_id_base: JOB_OP_ID_BASE,
+        }
+    }
+}
+
+/// Values read from a device by a job: the hub applies them to the twin's device
+/// properties.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TwinUpdate {
+    /// The device.
+    pub device: DeviceId,
+    /// The values read, by path.
+    pub content: Content,
+    /// When they were read (wall clock).
+    pub at: Timestamp,
+}
+
+/// How [`JobEngine::cancel`] treats children that are in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelMode {
+    /// Every unfinished child becomes Cancelled at once. Operations already sent are
+    /// abandoned: their answers are ignored and nothing is undone on the device (a
+    /// download that started keeps going there).
+    Abandon,
+    /// Children not in progress are cancelled; children in progress run to their end (the
+    /// parent shows `running` meanwhile, then `cancelled`).
+    FinishInFlight,
+}
+
+/// Per-job counts of children by state; they always add up to `device_count`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatistics {
+    /// Children (targets).
+    pub device_count: u64,
+    /// Not started.
+    pub pending: u64,
+    /// Operations running on the device.
+    pub running: u64,
+    /// Started, waiting for the device to come online.
+    pub waiting_for_device: u64,
+    /// Waiting for a retry.
+    pub retrying: u64,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+impl JobStatistics {
+    fn slot(&mut self, s: ChildState) -> &mut u64 {
+        match s {
+            ChildState::Pending => &mut self.pending,
+            ChildState::WaitingForDevice => &mut self.waiting_for_device,
+            ChildState::InProgress => &mut self.running,
+            ChildState::RetryWait => &mut self.retrying,
+            ChildState::Succeeded => &mut self.succeeded,
+            ChildState::Failed => &mut self.failed,
+            ChildState::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    /// Children in a terminal state.
+    pub fn finished(&self) -> u64 {
+        self.succeeded + self.failed + self.cancelled
+    }
+
+    /// Sum over every state (equals `device_count`).
+    pub fn total(&self) -> u64 {
+        self.pending
+            + self.running
+            + self.waiting_for_device
+            + self.retrying
+            + self.succeeded
+            + self.failed
+            + self.cancelled
+    }
+}
+
+/// Why a parent ended early.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ending {
+    Aborted {
+        rule: usize,
+        matching: u64,
+        finished: u64,
+    },
+    Expired,
+    Cancelled,
+}
+
+pub(crate) struct Parent {
+    pub(crate) id: JobId,
+    pub(crate) spec: Arc<JobSpec>,
+    pub(crate) state: ParentState,
+    pub(crate) first: u32,
+    pub(crate) end: u32,
+    cursor: u32,
+    requeued: VecDeque<u32>,
+    pub(crate) stats: JobStatistics,
+    failures: [u64; 4],
+    pub(crate) started: Option<Timestamp>,
+    pub(crate) ended: Option<Timestamp>,
+    window: VecDeque<Instant>,
+    wake_at: Option<Instant>,
+    deadlines: VecDeque<(Instant, u32, u8)>,
+    ending: Option<Ending>,
+}
+
+impl Parent {
+    fn rate(&self) -> Option<usize> {
+        let r = &self.spec.rollout;
+        let ramp = r.ramp.map(|ramp| {
+            let steps = (self.stats.succeeded / ramp.every_succeeded as u64).min(64) as i32;
+            let rate = ramp.base_per_minute as f64 * ramp.increment_factor.powi(steps);
+            rate.min(u32::MAX as f64) as usize
+        });
+        match (r.max_per_minute.map(|m| m as usize), ramp) {
+            (Some(m), Some(x)) => Some(m.min(x)),
+            (m, x) => m.or(x),
+        }
+    }
+
+    pub(crate) fn kind(&self) -> JobKind {
+        self.spec.job.kind()
+    }
+
+    pub(crate) fn status_message(&self) -> String {
+        let s = &self.stats;
+        let n = s.device_count;
+        let verb = self.kind().done_verb();
+        let tally = format!(
+            "{} succeeded, {} failed, {} cancelled",
+            s.succeeded, s.failed, s.cancelled
+        );
+        match (self.state, self.ending) {
+            (ParentState::Scheduled, _) => format!("scheduled; {n} devices"),
+            (ParentState::Running, _) => format!(
+                "{} of {n} devices in progress, {} waiting for the device, {} retrying, {} pending; {tally}",
+                s.running, s.waiting_for_device, s.retrying, s.pending
+            ),
+            (ParentState::Cancelling, _) => {
+                format!(
+                    "cancelling: {} devices still in progress; {tally}",
+                    s.running
+                )
+            }
+            (ParentState::Completed, _) => format!("{n} devices {verb}, all succeeded"),
+            (
+                _,
+                Some(Ending::Aborted {
+                    rule,
+                    matching,
+                    finished,
+                }),
+            ) => {
+                let r = &self.spec.abort_rules[rule];
+                format!(
+                    "aborted: {matching} of {finished} finished devices failed ({:.1}% >= {}%); {tally}",
+                    matching as f64 * 100.0 / finished.max(1) as f64,
+                    r.threshold_percent
+                )
+            }
+            (_, Some(Ending::Expired)) => {
+                format!("maximum execution time reached; {tally}")
+            }
+            (ParentState::Cancelled, _) => format!("cancelled; {tally}"),
+            _ => format!(
+                "{n} devices: {} {verb}, {} failed, {} cancelled",
+                s.succeeded, s.failed, s.cancelled
+            ),
+        }
+    }
+}
+
+const FW_OBSERVE: u8 = 0;
+const FW_WRITE_URI: u8 = 1;
+const FW_AWAIT_DOWNLOAD: u8 = 2;
+const FW_EXECUTE: u8 = 3;
+const FW_AWAIT_UPDATE: u8 = 4;
+const FW_VERIFY: u8 = 5;
+
+const FLAG_URI_WRITTEN: u8 = 1;
+const FLAG_EXECUTED: u8 = 2;
+const FLAG_OBSERVING: u8 = 4;
+/// The device answered at least once in this attempt.
+const FLAG_TOUCHED: u8 = 8;
+
+pub(crate) struct Child {
+    pub(crate) device: DeviceId,
+    pub(crate) parent: u32,
+    pub(crate) state: ChildState,
+    pub(crate) attempt: u8,
+    step: u8,
+    flags: u8,
+    op: Option<OpId>,
+    deadline: Option<Instant>,
+    next_poll: Option<Instant>,
+    pub(crate) started: Option<Timestamp>,
+    pub(crate) ended: Option<Timestamp>,
+    pub(crate) failure: Option<Box<FailureReason>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Timer {
+    JobStart(u32),
+    JobExpire(u32),
+    RolloutWake(u32),
+    Retry(u32, u8),
+}
+
+/// The sans-IO job engine. See the [module docs](super) for the driving order.
+pub struct JobEngine {
+    config: EngineConfig,
+    anchor: Instant,
+    anchor_wall: Timestamp,
+    pub(crate) parents: Vec<Parent>,
+    by_id: HashMap<JobId, u32>,
+    pub(crate) children: Vec<Child>,
+    ops: HashMap<OpId, u32>,
+    next_op: u64,
+    holders: HashMap<DeviceId, u32>,
+    blocked: HashMap<DeviceId, VecDeque<u32>>,
+    offline: HashSet<DeviceId>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    polls: VecDeque<(Instant, u32)>,
+    active: BTreeSet<u32>,
+    outbox: VecDeque<DeviceOp>,
+    twin_updates: VecDeque<TwinUpdate>,
+    pub(crate) index: HistoryIndex,
+    edge_hits: Vec<u64>,
+}
+
+impl std::fmt::Debug for JobEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobEngine")
+            .field("jobs", &self.parents.len())
+            .field("children", &self.children.len())
+            .field("ops_in_flight", &self.ops.len())
+            .finish()
+    }
+}
+
+impl JobEngine {
+    /// An engine whose wall clock is `anchor_wall` at the instant `anchor`: every
+    /// `now: Instant` maps to `anchor_wall + (now - anchor)` for job history times, and a
+    /// job's wall-clock `start_at` maps back the same way.
+    pub fn new(config: EngineConfig, anchor: Instant, anchor_wall: Timestamp) -> Self {
+        JobEngine {
+            next_op: config.op_id_base,
+            config,
+            anchor,
+            anchor_wall,
+            parents: Vec::new(),
+            by_id: HashMap::new(),
+            children: Vec::new(),
+            ops: HashMap::new(),
+            holders: HashMap::new(),
+            blocked: HashMap::new(),
+            offline: HashSet::new(),
+            timers: BinaryHeap::new(),
+            polls: VecDeque::new(),
+            active: BTreeSet::new(),
+            outbox: VecDeque::new(),
+            twin_updates: VecDeque::new(),
+            index: HistoryIndex::default(),
+            edge_hits: vec![0; CHILD_TRANSITIONS.len()],
+        }
+    }
+
+    /// The wall-clock time of `now`.
+    pub fn wall(&self, now: Instant) -> Timestamp {
+        if now >= self.anchor {
+            self.anchor_wall.saturating_add(now - self.anchor)
+        } else {
+            let back = (self.anchor - now).as_millis() as u64;
+            Timestamp::from_millis(self.anchor_wall.as_millis().saturating_sub(back))
+        }
+    }
+
+    fn instant_of(&self, t: Timestamp) -> Instant {
+        if t >= self.anchor_wall {
+            self.anchor + t.since(self.anchor_wall)
+        } else {
+            self.anchor
+                .checked_sub(self.anchor_wall.since(t))
+                .unwrap_or(self.anchor)
+        }
+    }
+
+    // ---- getters ----
+
+    /// Validates a spec and returns the frozen target set a job would get (duplicates are
+    /// an error), without creating anything.
+    pub fn dry_run<'a>(&self, spec: &'a JobSpec) -> Result<&'a [DeviceId], SpecError> {
+        spec.validate()?;
+        if self.by_id.contains_key(&spec.id) {
+            return Err(SpecError::DuplicateJob(spec.id.clone()));
+        }
+        let mut seen = HashSet::with_capacity(spec.targets.len());
+        for d in &spec.targets {
+            if !seen.insert(d.as_str()) {
+                return Err(SpecError::DuplicateTarget(d.clone()));
+            }
+        }
+        let total = self.children.len() as u64 + spec.targets.len() as u64;
+        if total >= u32::MAX as u64 {
+            return Err(SpecError::TooManyTargets { total });
+        }
+        Ok(&spec.targets)
+    }
+
+    /// A job's parent record (the preview's JobResponse), or `None`.
+    pub fn job(&self, id: &JobId) -> Option<JobRecord> {
+        self.by_id.get(id).map(|&p| self.parent_record(p))
+    }
+
+    /// A job's statistics.
+    pub fn statistics(&self, id: &JobId) -> Option<JobStatistics> {
+        self.by_id.get(id).map(|&p| self.parents[p as usize].stats)
+    }
+
+    /// A job's parent state.
+    pub fn job_state(&self, id: &JobId) -> Option<ParentState> {
+        self.by_id.get(id).map(|&p| self.parents[p as usize].state)
+    }
+
+    /// The child records of a job, in target order.
+    pub fn children(&self, id: &JobId) -> impl Iterator<Item = JobRecord> + '_ {
+        let range = self
+            .by_id
+            .get(id)
+            .map(|&p| self.parents[p as usize].first..self.parents[p as usize].end)
+            .unwrap_or(0..0);
+        range.map(|c| self.child_record(c))
+    }
+
+    /// The child of a job for one device: its state and failure reason.
+    pub fn child_state(
+        &self,
+        id: &JobId,
+        device: &DeviceId,
+    ) -> Option<(ChildState, Option<&FailureReason>)> {
+        let &p = self.by_id.get(id)?;
+        let p = &self.parents[p as usize];
+        (p.first..p.end)
+            .map(|c| &self.children[c as usize])
+            .find(|c| c.device == *device)
+            .map(|c| (c.state, c.failure.as_deref()))
+    }
+
+    /// Ids of every job, in creation order.
+    pub fn job_ids(&self) -> impl Iterator<Item = &JobId> + '_ {
+        self.parents.iter().map(|p| &p.id)
+    }
+
+    /// Every record (each parent followed by its children), serializable in the preview's
+    /// JobResponse shape.
+    pub fn records(&self) -> impl Iterator<Item = JobRecord> + '_ {
+        (0..self.parents.len() as u32).flat_map(move |p| {
+            let par = &self.parents[p as usize];
+            std::iter::once(self.parent_record(p))
+                .chain((par.first..par.end).map(move |c| self.child_record(c)))
+        })
+    }
+
+    /// How often each edge of [`CHILD_TRANSITIONS`] was taken (same order).
+    #[doc(hidden)]
+    pub fn child_edge_hits(&self) -> &[u64] {
+        &self.edge_hits
+    }
+
+    /// Operations submitted and not yet answered.
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    // ---- handle_* ----
+
+    /// Creates a job from a spec. It starts at once (children start as the rollout allows)
+    /// unless its `start_at` lies in the future.
+    pub fn create(&mut self, now: Instant, mut spec: JobSpec) -> Result<(), SpecError> {
+        self.dry_run(&spec)?;
+        let targets = std::mem::take(&mut spec.targets);
+        let p = self.parents.len() as u32;
+        let first = self.children.len() as u32;
+        self.children.reserve(targets.len());
+        for device in targets {
+            self.children.push(Child {
+                device,
+                parent: p,
+                state: ChildState::Pending,
+                attempt: 0,
+                step: 0,
+                flags: 0,
+                op: None,
+                deadline: None,
+                next_poll: None,
+                started: None,
+                ended: None,
+                failure: None,
+            });
+        }
+        let end = self.children.len() as u32;
+        let start_at = match spec.start_at {
+            Some(t) => self.instant_of(t).max(now),
+            None => now,
+        };
+        self.index.add_children(first, end, spec.job.kind());
+        self.by_id.insert(spec.id.clone(), p);
+        let n = (end - first) as u64;
+        self.parents.push(Parent {
+            id: spec.id.clone(),
+            spec: Arc::new(spec),
+            state: ParentState::Scheduled,
+            first,
+            end,
+            cursor: first,
+            requeued: VecDeque::new(),
+            stats: JobStatistics {
+                device_count: n,
+                pending: n,
+                ..JobStatistics::default()
+            },
+            failures: [0; 4],
+            started: None,
+            ended: None,
+            window: VecDeque::new(),
+            wake_at: None,
+            deadlines: VecDeque::new(),
+            ending: None,
+        });
+        self.active.insert(p);
+        if start_at <= now {
+            self.start_parent(now, p);
+        } else {
+            self.timers.push(Reverse((start_at, Timer::JobStart(p))));
+        }
+        Ok(())
+    }
+
+    /// Cancels a job. Returns its status afterwards; a finished job is left as it is.
+    pub fn cancel(
+        &mut self,
+        now: Instant,
+        id: &JobId,
+        mode: CancelMode,
+    ) -> Result<JobStatus, SpecError> {
+        let p = *self
+            .by_id
+            .get(id)
+            .ok_or_else(|| SpecError::UnknownJob(id.clone()))?;
+        let state = self.parents[p as usize].state;
+        match (state, mode) {
+            (ParentState::Running, CancelMode::FinishInFlight) => {
+                self.parent_transition(now, p, ParentEvent::CancelGraceful);
+                self.parents[p as usize].ending = Some(Ending::Cancelled);
+                let par = &self.parents[p as usize];
+                for c in par.first..par.end {
+                    let s = self.children[c as usize].state;
+                    if !s.is_terminal() && s != ChildState::InProgress {
+                        self.child_apply(now, c, ChildEvent::Cancel);
+                    }
+                }
+                self.check_drained(now, p);
+            }
+            (ParentState::Scheduled | ParentState::Running | ParentState::Cancelling, _) => {
+                self.parent_transition(now, p, ParentEvent::Cancel);
+                self.parents[p as usize].ending = Some(Ending::Cancelled);
+                self.cancel_unfinished(now, p);
+            }
+            _ => {}
+        }
+        Ok(self.parents[p as usize].state.status())
+    }
+
+    /// Feeds a transport event. Responses to operations the engine did not submit, and
+    /// events about devices no running child targets, are ignored, so the hub can pass
+    /// every event through.
+    pub fn handle_event(&mut self, now: Instant, event: &DeviceEvent) {
+        match event {
+            DeviceEvent::Response { op, result, .. } => {
+                if let Some(c) = self.ops.remove(op) {
+                    self.children[c as usize].op = None;
+                    self.on_response(now, c, result);
+                }
+            }
+            DeviceEvent::TimedOut { op, .. } => {
+                if let Some(c) = self.ops.remove(op) {
+                    self.children[c as usize].op = None;
+                    self.on_op_timeout(now, c);
+                }
+            }
+            DeviceEvent::Registered { device, .. } => {
+                self.offline.remove(device);
+                if let Some(&c) = self.holders.get(device) {
+                    self.on_registered(now, c);
+                }
+            }
+            DeviceEvent::RegistrationUpdated { device, .. } => {
+                if self.offline.remove(device)
+                    && let Some(&c) = self.holders.get(device)
+                    && self.children[c as usize].state == ChildState::WaitingForDevice
+                {
+                    self.on_registered(now, c);
+                }
+            }
+            DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
+                self.offline.insert(device.clone());
+                if let Some(&c) = self.holders.get(device) {
+                    self.on_offline(now, c);
+                }
+            }
+            DeviceEvent::Notification {
+                device, content, ..
+            } => {
+                if let Some(&c) = self.holders.get(device) {
+                    self.on_notification(now, c, content);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Runs every timer due at `now`: scheduled starts, per-device timeouts, retries,
+    /// firmware polls, rollout wake-ups and job expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.on_timer(at.max(now), timer);
+        }
+        while let Some(&(at, c)) = self.polls.front() {
+            if at > now {
+                break;
+            }
+            self.polls.pop_front();
+            self.on_poll(now, c, at);
+        }
+        let active: Vec<u32> = self.active.iter().copied().collect();
+        for p in active {
+            while let Some(&(at, c, attempt)) = self.parents[p as usize].deadlines.front() {
+                if at > now {
+                    break;
+                }
+                self.parents[p as usize].deadlines.pop_front();
+                self.on_deadline(now, c, attempt, at);
+            }
+        }
+    }
+
+    // ---- poll_* ----
+
+    /// The next operation to submit to the transport.
+    pub fn poll_op(&mut self) -> Option<DeviceOp> {
+        self.outbox.pop_front()
+    }
+
+    /// The next batch of values read from a device, for the twin.
+    pub fn poll_twin_update(&mut self) -> Option<TwinUpdate> {
+        self.twin_updates.pop_front()
+    }
+
+    /// When [`JobEngine::handle_timeout`] should next run. Drain [`JobEngine::poll_op`]
+    /// first: queued operations are not reflected here.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut best = self.timers.peek().map(|Reverse((at, _))| *at);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                best = Some(best.map_or(t, |b| b.min(t)));
+            }
+        };
+        consider(self.polls.front().map(|(at, _)| *at));
+        for &p in &self.active {
+            consider(
+                self.parents[p as usize]
+                    .deadlines
+                    .front()
+                    .map(|(at, _, _)| *at),
+            );
+        }
+        best
+    }
+
+    // ---- internals: parents ----
+
+    fn parent_transition(&mut self, now: Instant, p: u32, ev: ParentEvent) -> bool {
+        let wall = self.wall(now);
+        let par = &mut self.parents[p as usize];
+        let Some(to) = par.state.next(ev) else {
+            return false;
+        };
+        par.state = to;
+        if to == ParentState::Running {
+            par.started = Some(wall);
+        }
+        if to.is_terminal() {
+            par.ended = Some(wall);
+            par.started.get_or_insert(wall);
+            par.deadlines.clear();
+            self.active.remove(&p);
+        }
+        true
+    }
+
+    fn start_parent(&mut self, now: Instant, p: u32) {
+        if !self.parent_transition(now, p, ParentEvent::Start) {
+            return;
+        }
+        if let Some(max) = self.parents[p as usize].spec.max_execution_time {
+            self.timers.push(Reverse((now + max, Timer::JobExpire(p))));
+        }
+        self.pump(now, p);
+        self.check_complete(now, p);
+    }
+
+    fn cancel_unfinished(&mut self, now: Instant, p: u32) {
+        let par = &self.parents[p as usize];
+        for c in par.first..par.end {
+            if !self.children[c as usize].state.is_terminal() {
+                self.child_apply(now, c, ChildEvent::Cancel);
+            }
+        }
+    }
+
+    fn check_complete(&mut self, now: Instant, p: u32) {
+        let par = &self.parents[p as usize];
+        if par.state != ParentState::Running || par.stats.finished() != par.stats.device_count {
+            return;
+        }
+        let ev = if par.stats.failed == 0 && par.stats.cancelled == 0 {
+            ParentEvent::AllSucceeded
+        } else {
+            ParentEvent::SomeFailed
+        };
+        self.parent_transition(now, p, ev);
+    }
+
+    fn check_drained(&mut self, now: Instant, p: u32) {
+        let par = &self.parents[p as usize];
+        if par.state == ParentState::Cancelling && par.stats.finished() == par.stats.device_count {
+            self.parent_transition(now, p, ParentEvent::Drained);
+        }
+    }
+
+    fn check_abort(&mut self, now: Instant, p: u32) -> bool {
+        let par = &self.parents[p as usize];
+        if par.state != ParentState::Running {
+            return false;
+        }
+        let finished = par.stats.succeeded + par.stats.failed;
+        let hit = par.spec.abort_rules.iter().enumerate().find_map(|(i, r)| {
+            let matching = match r.on {
+                None => par.stats.failed,
+                Some(k) => par.failures[k as usize],
+            };
+            (matching > 0
+                && finished >= r.min_finished as u64
+                && matching as f64 * 100.0 >= r.threshold_percent * finished as f64)
+                .then_some((i, matching))
+        });
+        let Some((rule, matching)) = hit else {
+            return false;
+        };
+        self.parent_transition(now, p, ParentEvent::Abort);
+        self.parents[p as usize].ending = Some(Ending::Aborted {
+            rule,
+            matching,
+            finished,
+        });
+        self.cancel_unfinished(now, p);
+        true
+    }
+
+    /// Starts as many children as the rollout limits allow.
+    fn pump(&mut self, now: Instant, p: u32) {
+        loop {
+            let par = &mut self.parents[p as usize];
+            if par.state != ParentState::Running {
+                return;
+            }
+            if let Some(max) = par.spec.rollout.max_in_flight
+                && par.stats.running >= max as u64
+            {
+                return;
+            }
+            let rate = par.rate();
+            if let Some(rate) = rate {
+                while par
+                    .window
+                    .front()
+                    .is_some_and(|&t| t + Duration::from_secs(60) <= now)
+                {
+                    par.window.pop_front();
+                }
+                if par.window.len() >= rate {
+                    let wake = par.window[par.window.len() - rate] + Duration::from_secs(60);
+                    if par.wake_at.is_none_or(|w| w > wake) {
+                        par.wake_at = Some(wake);
+                        self.timers.push(Reverse((wake, Timer::RolloutWake(p))));
+                    }
+                    return;
+                }
+            }
+            let next = loop {
+                if let Some(c) = par.requeued.pop_front() {
+                    if self.children[c as usize].state == ChildState::Pending {
+                        break Some(c);
+                    }
+                    continue;
+                }
+                if par.cursor >= par.end {
+                    break None;
+                }
+                let c = par.cursor;
+                par.cursor += 1;
+                if self.children[c as usize].state == ChildState::Pending {
+                    break Some(c);
+                }
+            };
+            let Some(c) = next else {
+                return;
+            };
+            let device = &self.children[c as usize].device;
+            if self.holders.contains_key(device) {
+                self.blocked.entry(device.clone()).or_default().push_back(c);
+                continue;
+            }
+            if rate.is_some() {
+                par.window.push_back(now);
+            }
+            self.start_child(now, c);
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, timer: Timer) {
+        match timer {
+            Timer::JobStart(p) => self.start_parent(now, p),
+            Timer::RolloutWake(p) => {
+                let par = &mut self.parents[p as usize];
+                if par.wake_at.is_some_and(|w| w <= now) {
+                    par.wake_at = None;
+                }
+                self.pump(now, p);
+            }
+            Timer::JobExpire(p) => self.expire(now, p),
+            Timer::Retry(c, attempt) => {
+                let child = &self.children[c as usize];
+                if child.state != ChildState::RetryWait || child.attempt != attempt {
+                    return;
+                }
+                let child = &mut self.children[c as usize];
+                child.attempt = child.attempt.saturating_add(1);
+                child.step = 0;
+                child.flags = 0;
+                if self.offline.contains(&child.device) {
+                    self.child_apply(now, c, ChildEvent::RetryDueOffline);
+                } else if self.child_apply(now, c, ChildEvent::RetryDue) {
+                    self.arm_deadline(now, c);
+                    self.drive(now, c);
+                }
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Instant, p: u32) {
+        if !self.parent_transition(now, p, ParentEvent::Expire) {
+            return;
+        }
+        self.parents[p as usize]
+            .ending
+            .get_or_insert(Ending::Expired);
+        let par = &self.parents[p as usize];
+        for c in par.first..par.end {
+            let child = &mut self.children[c as usize];
+            match child.state {
+                ChildState::Pending => {
+                    self.child_apply(now, c, ChildEvent::Cancel);
+                }
+                ChildState::WaitingForDevice => {
+                    child.failure = Some(Box::new(FailureReason::DeviceOffline));
+                    self.child_apply(now, c, ChildEvent::Fail);
+                }
+                ChildState::InProgress => {
+                    child.failure = Some(Box::new(FailureReason::TimedOut));
+                    self.child_apply(now, c, ChildEvent::Fail);
+                }
+                ChildState::RetryWait => {
+                    child
+                        .failure
+                        .get_or_insert(Box::new(FailureReason::TimedOut));
+                    self.child_apply(now, c, ChildEvent::Fail);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ---- internals: children ----
+
+    /// The single place child states change: the table, statistics, the history index,
+    /// and what follows a terminal state.
+    fn child_apply(&mut self, now: Instant, c: u32, ev: ChildEvent) -> bool {
+        let child = &mut self.children[c as usize];
+        let from = child.state;
+        let Some((edge, to)) = from.edge(ev) else {
+            return false;
+        };
+        child.state = to;
+        self.edge_hits[edge] += 1;
+        let p = child.parent;
+        let par = &mut self.parents[p as usize];
+        *par.stats.slot(from) -= 1;
+        *par.stats.slot(to) += 1;
+        if from.status() != to.status() {
+            self.index.set_status(c, from.status(), to.status());
+        }
+        if to != ChildState::InProgress {
+            let child = &mut self.children[c as usize];
+            if let Some(op) = child.op.take() {
+                self.ops.remove(&op);
+            }
+            child.next_poll = None;
+        }
+        if to.is_terminal() {
+            self.on_child_terminal(now, c, to);
+        } else if par_state(&self.parents, p) == ParentState::Cancelling
+            && to != ChildState::InProgress
+        {
+            self.child_apply(now, c, ChildEvent::Cancel);
+        }
+        if from == ChildState::InProgress {
+            // A slot for max_in_flight may have opened.
+            if par_state(&self.parents, p) == ParentState::Running && !to.is_terminal() {
+                self.pump(now, p);
+            }
+        }
+        true
+    }
+
+    fn on_child_terminal(&mut self, now: Instant, c: u32, to: ChildState) {
+        let wall = self.wall(now);
+        let child = &mut self.children[c as usize];
+        child.ended = Some(wall);
+        child.deadline = None;
+        if to == ChildState::Succeeded {
+            child.failure = None;
+        }
+        let p = child.parent;
+        if to == ChildState::Failed
+            && let Some(f) = &child.failure
+        {
+            self.parents[p as usize].failures[f.kind() as usize] += 1;
+        }
+        if child.flags & FLAG_OBSERVING != 0 {
+            child.flags &= !FLAG_OBSERVING;
+            if !self.offline.contains(&child.device) {
+                // Fire and forget: the answer carries an id the engine does not track.
+                let op = DeviceOp {
+                    id: OpId(self.next_op),
+                    device: child.device.clone(),
+                    request: DeviceRequest::CancelObserve {
+                        path: Lwm2mPath::instance(5, 0),
+                    },
+                };
+                self.next_op += 1;
+                self.outbox.push_back(op);
+            }
+        }
+        // Release the device; the next job's child waiting for it may start.
+        let device = self.children[c as usize].device.clone();
+        if self.holders.get(&device) == Some(&c) {
+            self.holders.remove(&device);
+            let mut unblocked = None;
+            if let Some(q) = self.blocked.get_mut(&device) {
+                while let Some(b) = q.pop_front() {
+                    if self.children[b as usize].state == ChildState::Pending {
+                        unblocked = Some(b);
+                        break;
+                    }
+                }
+                if q.is_empty() {
+                    self.blocked.remove(&device);
+                }
+            }
+            if let Some(b) = unblocked {
+                let bp = self.children[b as usize].parent;
+                self.parents[bp as usize].requeued.push_back(b);
+                if bp != p {
+                    self.pump(now, bp);
+                }
+            }
+        }
+        let state = self.parents[p as usize].state;
+        match state {
+            ParentState::Running if !self.check_abort(now, p) => {
+                self.pump(now, p);
+                self.check_complete(now, p);
+            }
+            ParentState::Cancelling => self.check_drained(now, p),
+            _ => {}
+        }
+    }
+
+    fn start_child(&mut self, now: Instant, c: u32) {
+        let wall = self.wall(now);
+        let child = &mut self.children[c as usize];
+        self.holders.insert(child.device.clone(), c);
+        child.started = Some(wall);
+        child.attempt = 1;
+        child.step = 0;
+        child.flags = 0;
+        if self.offline.contains(&child.device) {
+            self.child_apply(now, c, ChildEvent::StartOffline);
+        } else if self.child_apply(now, c, ChildEvent::Start) {
+            self.arm_deadline(now, c);
+            self.drive(now, c);
+        }
+    }
+
+    fn arm_deadline(&mut self, now: Instant, c: u32) {
+        let child = &mut self.children[c as usize];
+        if child.deadline.is_some() {
+            return;
+        }
+        let par = &mut self.parents[child.parent as usize];
+        let at = now + par.spec.device_timeout;
+        child.deadline = Some(at);
+        par.deadlines.push_back((at, c, child.attempt));
+    }
+
+    fn on_deadline(&mut self, now: Instant, c: u32, attempt: u8, at: Instant) {
+        let child = &self.children[c as usize];
+        if child.attempt != attempt || child.deadline != Some(at) {
+            return;
+        }
+        let reason = match child.state {
+            ChildState::InProgress => FailureReason::TimedOut,
+            ChildState::WaitingForDevice => FailureReason::DeviceOffline,
+            _ => return,
+        };
+        self.fail_attempt(now, c, reason);
+    }
+
+    fn fail_attempt(&mut self, now: Instant, c: u32, reason: FailureReason) {
+        let child = &self.children[c as usize];
+        let spec = &self.parents[child.parent as usize].spec;
+        let kind = reason.kind();
+        let retries_used = child.attempt.saturating_sub(1) as u32;
+        let retry = spec
+            .retries
+            .iter()
+            .find(|r| r.on.is_none_or(|k| k == kind))
+            .filter(|r| retries_used < r.max_retries)
+            .map(|r| r.backoff(retries_used + 1));
+        let child = &mut self.children[c as usize];
+        child.failure = Some(Box::new(reason));
+        match retry {
+            Some(wait) => {
+                let attempt = child.attempt;
+                child.deadline = None;
+                if self.child_apply(now, c, ChildEvent::Retry) {
+                    self.timers
+                        .push(Reverse((now + wait, Timer::Retry(c, attempt))));
+                }
+            }
+            None => {
+                self.child_apply(now, c, ChildEvent::Fail);
+            }
+        }
+    }
+
+    fn succeed(&mut self, now: Instant, c: u32) {
+        self.child_apply(now, c, ChildEvent::Succeed);
+    }
+
+    fn submit(&mut self, c: u32, request: DeviceRequest) {
+        let id = OpId(self.next_op);
+        self.next_op += 1;
+        let child = &mut self.children[c as usize];
+        if let Some(old) = child.op.replace(id) {
+            self.ops.remove(&old);
+        }
+        self.ops.insert(id, c);
+        self.outbox.push_back(DeviceOp {
+            id,
+            device: child.device.clone(),
+            request,
+        });
+    }
+
+    fn schedule_poll(&mut self, now: Instant, c: u32) {
+        let child = &mut self.children[c as usize];
+        if child.next_poll.is_none() {
+            let at = now + self.config.poll_interval;
+            child.next_poll = Some(at);
+            self.polls.push_back((at, c));
+        }
+    }
+
+    fn on_poll(&mut self, now: Instant, c: u32, at: Instant) {
+        let child = &mut self.children[c as usize];
+        if child.next_poll != Some(at) {
+            return;
+        }
+        child.next_poll = None;
+        if child.state != ChildState::InProgress
+            || !matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE)
+        {
+            return;
+        }
+        if child.op.is_none() {
+            self.submit(
+                c,
+                DeviceRequest::Read {
+                    path: Lwm2mPath::instance(5, 0),
+                },
+            );
+        }
+        self.schedule_poll(now, c);
+    }
+
+    /// Submits the operation of the child's current step (nothing for waiting steps).
+    fn drive(&mut self, now: Instant, c: u32) {
+        let child = &self.children[c as usize];
+        let spec = Arc::clone(&self.parents[child.parent as usize].spec);
+        let step = child.step;
+        let request = match &spec.job {
+            JobType::Reboot { .. } | JobType::FactoryReset { .. } => {
+                if step > 0 {
+                    return;
+                }
+                let rid = if matches!(spec.job, JobType::Reboot { .. }) {
+                    4
+                } else {
+                    5
+                };
+                DeviceRequest::Execute {
+                    path: Lwm2mPath::resource(3, 0, rid),
+                    args: None,
+                }
+            }
+            JobType::ConfigurationUpdate { name, value } => match step {
+                0 => DeviceRequest::Write {
+                    path: Lwm2mPath::instance(10241, 0),
+                    mode: WriteMode::PartialUpdate,
+                    content: Content {
+                        values: vec![
+                            (
+                                Lwm2mPath::resource(10241, 0, 1),
+                                ResourceValue::String(name.clone()),
+                            ),
+                            (
+                                Lwm2mPath::resource(10241, 0, 2),
+                                ResourceValue::String(value.clone()),
+                            ),
+                        ],
+                    },
+                },
+                _ => DeviceRequest::Execute {
+                    path: Lwm2mPath::resource(10241, 0, 3),
+                    args: None,
+                },
+            },
+            JobType::ReadDeviceProperties { paths } => DeviceRequest::Read {
+                path: paths[step as usize],
+            },
+            JobType::WriteDeviceProperties { values } => {
+                let (path, value) = &values[step as usize];
+                DeviceRequest::Write {
+                    path: *path,
+                    mode: WriteMode::Replace,
+                    content: Content::single(*path, value.clone()),
+                }
+            }
+            JobType::FirmwareUpdate { package_uri, .. } => match step {
+                FW_OBSERVE => DeviceRequest::Observe {
+                    path: Lwm2mPath::instance(5, 0),
+                },
+                FW_WRITE_URI => DeviceRequest::Write {
+                    path: Lwm2mPath::resource(5, 0, 1),
+                    mode: WriteMode::Replace,
+                    content: Content::single(
+                        Lwm2mPath::resource(5, 0, 1),
+                        ResourceValue::String(package_uri.clone()),
+                    ),
+                },
+                FW_EXECUTE => DeviceRequest::Execute {
+                    path: Lwm2mPath::resource(5, 0, 2),
+                    args: None,
+                },
+                FW_VERIFY => DeviceRequest::Read {
+                    path: Lwm2mPath::resource(3, 0, 3),
+                },
+                _ => {
+                    self.schedule_poll(now, c);
+                    return;
+                }
+            },
+        };
+        self.submit(c, request);
+    }
+
+    fn on_response(&mut self, now: Instant, c: u32, result: &Result<DeviceReply, DeviceError>) {
+        if self.children[c as usize].state != ChildState::InProgress {
+            return;
+        }
+        match result {
+            Err(DeviceError::NotRegistered) => {
+                let child = &mut self.children[c as usize];
+                if child.flags & FLAG_TOUCHED == 0 {
+                    // The attempt never reached the device: its timeout starts only once
+                    // the device is back.
+                    child.deadline = None;
+                }
+                let device = child.device.clone();
+                self.offline.insert(device);
+                self.child_apply(now, c, ChildEvent::DeviceOffline);
+            }
+            Err(e) => self.fail_attempt(now, c, FailureReason::Rejected(e.clone())),
+            Ok(reply) => {
+                self.children[c as usize].flags |= FLAG_TOUCHED;
+                self.advance(now, c, reply)
+            }
+        }
+    }
+
+    fn on_op_timeout(&mut self, now: Instant, c: u32) {
+        let child = &self.children[c as usize];
+        if child.state != ChildState::InProgress {
+            return;
+        }
+        let kind = self.parents[child.parent as usize].kind();
+        // Reads and observes are idempotent: send them again (the per-device timeout
+        // bounds this). Writes and executes fail the attempt; retry rules decide.
+        let repeat = match kind {
+            JobKind::ReadDeviceProperties => true,
+            JobKind::FirmwareUpdate => matches!(
+                child.step,
+                FW_OBSERVE | FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE | FW_VERIFY
+            ),
+            _ => false,
+        };
+        if repeat {
+            if matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE)
+                && kind == JobKind::FirmwareUpdate
+            {
+                // The poll chain sends the next read.
+                return;
+            }
+            self.drive(now, c);
+        } else {
+            self.fail_attempt(now, c, FailureReason::TimedOut);
+        }
+    }
+
+    fn advance(&mut self, now: Instant, c: u32, reply: &DeviceReply) {
+        let child = &self.children[c as usize];
+        let spec = Arc::clone(&self.parents[child.parent as usize].spec);
+        let step = child.step;
+        let device = child.device.clone();
+        match &spec.job {
+            JobType::Reboot {
+                wait_for_registration,
+            }
+            | JobType::FactoryReset {
+                wait_for_registration,
+            } => {
+                if *wait_for_registration {
+                    self.children[c as usize].step = 1;
+                } else {
+                    self.succeed(now, c);
+                }
+            }
+            JobType::ConfigurationUpdate { .. } => {
+                if step == 0 {
+                    self.children[c as usize].step = 1;
+                    self.drive(now, c);
+                } else {
+                    self.succeed(now, c);
+                }
+            }
+            JobType::ReadDeviceProperties { paths } => {
+                let DeviceReply::Content(content) = reply else {
+                    return self.bad_payload(now, c, "read answered without content");
+                };
+                let at = self.wall(now);
+                self.twin_updates.push_back(TwinUpdate {
+                    device,
+                    content: content.clone(),
+                    at,
+                });
+                self.next_step_or_succeed(now, c, paths.len());
+            }
+            JobType::WriteDeviceProperties { values } => {
+                self.next_step_or_succeed(now, c, values.len());
+            }
+            JobType::FirmwareUpdate {
+                expected_version, ..
+            } => match step {
+                FW_OBSERVE | FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE => {
+                    let DeviceReply::Content(content) = reply else {
+                        return self.bad_payload(now, c, "observe answered without content");
+                    };
+                    if step == FW_OBSERVE {
+                        self.children[c as usize].flags |= FLAG_OBSERVING;
+                    }
+                    self.firmware_content(now, c, content);
+                }
+                FW_WRITE_URI => {
+                    let child = &mut self.children[c as usize];
+                    child.flags |= FLAG_URI_WRITTEN;
+                    child.step = FW_AWAIT_DOWNLOAD;
+                    self.schedule_poll(now, c);
+                }
+                FW_EXECUTE => {
+                    let child = &mut self.children[c as usize];
+                    child.flags |= FLAG_EXECUTED;
+                    child.step = FW_AWAIT_UPDATE;
+                    self.schedule_poll(now, c);
+                }
+                _ => {
+                    let DeviceReply::Content(content) = reply else {
+                        return self.bad_payload(now, c, "read answered without content");
+                    };
+                    let at = self.wall(now);
+                    self.twin_updates.push_back(TwinUpdate {
+                        device,
+                        content: content.clone(),
+                        at,
+                    });
+                    let actual = match content.get(&Lwm2mPath::resource(3, 0, 3)) {
+                        Some(ResourceValue::String(s)) => s.clone(),
+                        Some(v) => v.to_string(),
+                        None => String::new(),
+                    };
+                    match expected_version {
+                        Some(expected) if *expected != actual => self.fail_attempt(
+                            now,
+                            c,
+                            FailureReason::UnexpectedVersion {
+                                expected: expected.clone(),
+                                actual,
+                            },
+                        ),
+                        _ => self.succeed(now, c),
+                    }
+                }
+            },
+        }
+    }
+
+    fn bad_payload(&mut self, now: Instant, c: u32, why: &str) {
+        self.fail_attempt(
+            now,
+            c,
+            FailureReason::Rejected(DeviceError::BadPayload(why.to_owned())),
+        );
+    }
+
+    fn next_step_or_succeed(&mut self, now: Instant, c: u32, len: usize) {
+        let child = &mut self.children[c as usize];
+        child.step += 1;
+        if child.step as usize >= len {
+            self.succeed(now, c);
+        } else {
+            self.drive(now, c);
+        }
+    }
+
+    /// Decides the next firmware step from the device's State and Update Result.
+    fn firmware_content(&mut self, now: Instant, c: u32, content: &Content) {
+        let int = |r| match content.get(&Lwm2mPath::resource(5, 0, r)) {
+            Some(ResourceValue::Integer(v)) => Some(*v),
+            Some(ResourceValue::UnsignedInteger(v)) => Some(*v as i64),
+            _ => None,
+        };
+        let Some(state) = int(3) else {
+            return;
+        };
+        let result = int(5);
+        let child = &self.children[c as usize];
+        let (written, executed) = (
+            child.flags & FLAG_URI_WRITTEN != 0,
+            child.flags & FLAG_EXECUTED != 0,
+        );
+        let failed = result.filter(|r| (2..=255).contains(r));
+        let next = if executed {
+            match (state, result) {
+                (0, Some(1)) => FW_VERIFY,
+                (_, Some(r)) if failed.is_some() => {
+                    return self.fail_attempt(
+                        now,
+                        c,
+                        FailureReason::FirmwareUpdateFailed { result: r as u8 },
+                    );
+                }
+                (0, None) => {
+                    // A State-only notification: read the whole instance to see the result.
+                    if self.children[c as usize].op.is_none() {
+                        self.submit(
+                            c,
+                            DeviceRequest::Read {
+                                path: Lwm2mPath::instance(5, 0),
+                            },
+                        );
+                    }
+                    FW_AWAIT_UPDATE
+                }
+                _ => FW_AWAIT_UPDATE,
+            }
+        } else if written {
+            match (state, result) {
+                (2, _) => FW_EXECUTE,
+                (0, Some(r)) if failed.is_some() => {
+                    return self.fail_attempt(
+                        now,
+                        c,
+                        FailureReason::FirmwareUpdateFailed { result: r as u8 },
+                    );
+                }
+                _ => FW_AWAIT_DOWNLOAD,
+            }
+        } else {
+            FW_WRITE_URI
+        };
+        let child = &mut self.children[c as usize];
+        let before = child.step;
+        child.step = next;
+        match next {
+            FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE => self.schedule_poll(now, c),
+            _ if before != next || self.children[c as usize].op.is_none() => self.drive(now, c),
+            _ => {}
+        }
+    }
+
+    fn on_notification(&mut self, now: Instant, c: u32, content: &Content) {
+        let child = &self.children[c as usize];
+        if child.state != ChildState::InProgress
+            || !matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE)
+            || self.parents[child.parent as usize].kind() != JobKind::FirmwareUpdate
+        {
+            return;
+        }
+        self.firmware_content(now, c, content);
+    }
+
+    fn on_registered(&mut self, now: Instant, c: u32) {
+        let state = self.children[c as usize].state;
+        match state {
+            ChildState::WaitingForDevice if self.child_apply(now, c, ChildEvent::DeviceOnline) => {
+                self.resume(now, c);
+            }
+            ChildState::InProgress => {
+                let child = &mut self.children[c as usize];
+                let kind = self.parents[child.parent as usize].kind();
+                match kind {
+                    JobKind::RebootDevice | JobKind::FactoryResetDevice if child.step == 1 => {
+                        self.succeed(now, c)
+                    }
+                    JobKind::FirmwareUpdate => {
+                        // A new registration drops observations: observe again and re-sync.
+                        child.flags &= !FLAG_OBSERVING;
+                        child.step = FW_OBSERVE;
+                        child.next_poll = None;
+                        self.drive(now, c);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn resume(&mut self, now: Instant, c: u32) {
+        self.arm_deadline(now, c);
+        let child = &mut self.children[c as usize];
+        match self.parents[child.parent as usize].kind() {
+            JobKind::RebootDevice | JobKind::FactoryResetDevice if child.step == 1 => {
+                self.succeed(now, c)
+            }
+            JobKind::FirmwareUpdate => {
+                child.flags &= !FLAG_OBSERVING;
+                child.step = FW_OBSERVE;
+                self.drive(now, c);
+            }
+            JobKind::UpdateDeviceConfiguration => {
+                child.step = 0;
+                self.drive(now, c);
+            }
+            _ => self.drive(now, c),
+        }
+    }
+
+    fn on_offline(&mut self, now: Instant, c: u32) {
+        let child = &self.children[c as usize];
+        if child.state != ChildState::InProgress {
+            return;
+        }
+        let kind = self.parents[child.parent as usize].kind();
+        if matches!(kind, JobKind::RebootDevice | JobKind::FactoryResetDevice) && child.step == 1 {
+            // Expected: the device is rebooting; we wait for it to register.
+            return;
+        }
+        self.child_apply(now, c, ChildEvent::DeviceOffline);
+    }
+
+    /// Checks internal consistency: statistics add up and match the children, no terminal
+    /// child holds a device or an operation, the history index agrees with the children.
+    #[doc(hidden)]
+    pub fn validate(&self) -> Result<(), String> {
+        for par in &self.parents {
+            let mut counted = JobStatistics {
+                device_count: (par.end - par.first) as u64,
+                ..JobStatistics::default()
+            };
+            for c in par.first..par.end {
+                *counted.slot(self.children[c as usize].state) += 1;
+            }
+            if counted != par.stats {
+                return Err(format!(
+                    "job {}: statistics {:?} but children say {:?}",
+                    par.id, par.stats, counted
+                ));
+            }
+            if par.stats.total() != par.stats.device_count {
+                return Err(format!("job {}: statistics do not add up", par.id));
+            }
+            if par.state.is_terminal() && par.stats.finished() != par.stats.device_count {
+                return Err(format!(
+                    "job {} is {:?} with unfinished children",
+                    par.id, par.state
+                ));
+            }
+        }
+        for (&op, &c) in &self.ops {
+            let child = &self.children[c as usize];
+            if child.op != Some(op) || child.state != ChildState::InProgress {
+                return Err(format!("op {op:?} maps to child {c} in {:?}", child.state));
+            }
+        }
+        for (d, &c) in &self.holders {
+            let child = &self.children[c as usize];
+            if child.state.is_terminal() || child.state == ChildState::Pending || child.device != *d
+            {
+                return Err(format!("device {d} held by child {c} in {:?}", child.state));
+            }
+        }
+        for (c, child) in self.children.iter().enumerate() {
+            if !self.index.has_status(c as u32, child.state.status()) {
+                return Err(format!("history index disagrees on child {c}"));
+            }
+            if child.state.is_terminal() && child.ended.is_none() {
+                return Err(format!("terminal child {c} has no end time"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn parent_record(&self, p: u32) -> JobRecord {
+        let par = &self.parents[p as usize];
+        JobRecord {
+            job_id: par.id.to_string(),
+            parent_job_id: String::new(),
+            device_id: None,
+            kind: par.kind(),
+            status: par.state.status(),
+            start_time_utc: par.started,
+            end_time_utc: par.ended,
+            failure_reason: None,
+            status_message: par.status_message(),
+        }
+    }
+
+    pub(crate) fn child_record(&self, c: u32) -> JobRecord {
+        let child = &self.children[c as usize];
+        let par = &self.parents[child.parent as usize];
+        let failure = child.failure.as_deref();
+        let status_message = match child.state {
+            ChildState::Pending => "waiting to start".to_owned(),
+            ChildState::WaitingForDevice => "waiting for the device to come online".to_owned(),
+            ChildState::InProgress => format!("in progress (attempt {})", child.attempt),
+            ChildState::RetryWait => format!(
+                "attempt {} failed ({}); retrying",
+                child.attempt,
+                failure.map_or_else(String::new, |f| f.to_string())
+            ),
+            ChildState::Succeeded if child.attempt > 1 => {
+                format!("succeeded after {} attempts", child.attempt)
+            }
+            ChildState::Succeeded => "succeeded".to_owned(),
+            ChildState::Failed => failure.map_or_else(|| "failed".to_owned(), |f| f.to_string()),
+            ChildState::Cancelled => match par.ending {
+                Some(Ending::Aborted { .. }) => "cancelled: the job was aborted".to_owned(),
+                Some(Ending::Expired) => "cancelled: the job ran out of time".to_owned(),
+                _ => "cancelled".to_owned(),
+            },
+        };
+        JobRecord {
+            job_id: format!("{}:{}", par.id, child.device),
+            parent_job_id: par.id.to_string(),
+            device_id: Some(child.device.clone()),
+            kind: par.kind(),
+            status: child.state.status(),
+            start_time_utc: child.started,
+            end_time_utc: child.ended,
+            failure_reason: (child.state == ChildState::Failed)
+                .then(|| failure.map(FailureReason::code))
+                .flatten(),
+            status_message,
+        }
+    }
+
+    pub(crate) fn parent_of_job(&self, id: &JobId) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Failed children of a job, counted by failure class.
+    pub fn failures_by_kind(&self, id: &JobId) -> Option<Vec<(FailureKind, u64)>> {
+        let &p = self.by_id.get(id)?;
+        let f = &self.parents[p as usize].failures;
+        Some(
+            [
+                FailureKind::TimedOut,
+                FailureKind::Rejected,
+                FailureKind::DeviceOffline,
+                FailureKind::DeviceError,
+            ]
+            .into_iter()
+            .map(|k| (k, f[k as usize]))
+            .collect(),
+        )
+    }
+}
+
+fn par_state(parents: &[Parent], p: u32) -> ParentState {
+    parents[p as usize].state
+}

@@ -1,0 +1,684 @@
+//! What a job is: its id, type and parameters, targets, and the rollout controls.
+
+use crate::lwm2m::{Lwm2mPath, ResourceValue};
+use crate::time::Timestamp;
+use crate::transport::DeviceError;
+use crate::twin::DeviceId;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most bytes a job id may have (IoT Hub's limit).
+pub const MAX_JOB_ID_LEN: usize = 64;
+
+/// Most properties one read or write job may name.
+pub const MAX_JOB_PROPERTIES: usize = 64;
+
+/// Most bytes of a firmware package URI (the preview's limit for `/5/0/1`).
+pub const MAX_PACKAGE_URI_LEN: usize = 255;
+
+/// A validated job id: 1 to 64 ASCII letters, digits and `-` (IoT Hub's rule).
+///
+/// ```
+/// use twinhub::job::JobId;
+/// assert!(JobId::new("fw-rollout-2016-04").is_ok());
+/// assert!(JobId::new("no_underscores").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(Arc<str>);
+
+/// Why a string is not a valid [`JobId`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobIdError {
+    /// The id is empty.
+    Empty,
+    /// Longer than [`MAX_JOB_ID_LEN`] bytes.
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A character outside `[A-Za-z0-9-]`.
+    InvalidChar {
+        /// The character.
+        ch: char,
+        /// Its byte offset.
+        at: usize,
+    },
+}
+
+impl fmt::Display for JobIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobIdError::Empty => f.write_str("job id is empty"),
+            JobIdError::TooLong { len } => write!(
+                f,
+                "job id is {len} bytes long; at most {MAX_JOB_ID_LEN} are allowed"
+            ),
+            JobIdError::InvalidChar { ch, at } => write!(
+                f,
+                "job id has {ch:?} at byte {at}; allowed are ASCII letters, digits and '-'"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for JobIdError {}
+
+impl JobId {
+    /// Validates and wraps a job id.
+    pub fn new(id: &str) -> Result<Self, JobIdError> {
+        if id.is_empty() {
+            return Err(JobIdError::Empty);
+        }
+        if id.len() > MAX_JOB_ID_LEN {
+            return Err(JobIdError::TooLong { len: id.len() });
+        }
+        if let Some((at, ch)) = id
+            .char_indices()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(JobIdError::InvalidChar { ch, at });
+        }
+        Ok(JobId(id.into()))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// The preview's job types, by their wire names (`jobType`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum JobKind {
+    /// `firmwareUpdate`
+    FirmwareUpdate,
+    /// `rebootDevice`
+    RebootDevice,
+    /// `factoryResetDevice`
+    FactoryResetDevice,
+    /// `updateDeviceConfiguration`
+    UpdateDeviceConfiguration,
+    /// `readDeviceProperties`
+    ReadDeviceProperties,
+    /// `writeDeviceProperties`
+    WriteDeviceProperties,
+}
+
+impl JobKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [JobKind; 6] = [
+        JobKind::FirmwareUpdate,
+        JobKind::RebootDevice,
+        JobKind::FactoryResetDevice,
+        JobKind::UpdateDeviceConfiguration,
+        JobKind::ReadDeviceProperties,
+        JobKind::WriteDeviceProperties,
+    ];
+
+    /// The preview's `jobType` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::FirmwareUpdate => "firmwareUpdate",
+            JobKind::RebootDevice => "rebootDevice",
+            JobKind::FactoryResetDevice => "factoryResetDevice",
+            JobKind::UpdateDeviceConfiguration => "updateDeviceConfiguration",
+            JobKind::ReadDeviceProperties => "readDeviceProperties",
+            JobKind::WriteDeviceProperties => "writeDeviceProperties",
+        }
+    }
+
+    /// Past participle for status messages ("6 devices updated").
+    pub(crate) fn done_verb(self) -> &'static str {
+        match self {
+            JobKind::FirmwareUpdate => "updated",
+            JobKind::RebootDevice => "rebooted",
+            JobKind::FactoryResetDevice => "reset",
+            JobKind::UpdateDeviceConfiguration => "configured",
+            JobKind::ReadDeviceProperties => "read",
+            JobKind::WriteDeviceProperties => "written",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for JobKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A job's type with its parameters: what each child does on its device.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum JobType {
+    /// Write `/5/0/1` (package URI), follow `/5/0/3` to Downloaded (observe plus periodic
+    /// reads), execute `/5/0/2`, and succeed on State Idle with Update Result 1; then read
+    /// `/3/0/3` and, if `expected_version` is set, require it.
+    FirmwareUpdate {
+        /// The package URI the device pulls.
+        package_uri: String,
+        /// The FirmwareVersion the device must report afterwards, if checked.
+        expected_version: Option<String>,
+    },
+    /// Execute `/3/0/4`. Succeeds when the device answers, or (with
+    /// `wait_for_registration`) when it has registered again.
+    Reboot {
+        /// Wait for the device to register again before succeeding.
+        wait_for_registration: bool,
+    },
+    /// Execute `/3/0/5`; completion as for [`JobType::Reboot`].
+    FactoryReset {
+        /// Wait for the device to register again before succeeding.
+        wait_for_registration: bool,
+    },
+    /// Write `/10241/0/1` (name) and `/10241/0/2` (value), then execute `/10241/0/3`.
+    ConfigurationUpdate {
+        /// ConfigName.
+        name: String,
+        /// ConfigValue.
+        value: String,
+    },
+    /// Read each path; the values come out of [`JobEngine::poll_twin_update`](super::JobEngine::poll_twin_update).
+    ReadDeviceProperties {
+        /// Resource paths to read.
+        paths: Vec<Lwm2mPath>,
+    },
+    /// Write each value (replace). The twin changes when the device reports, not here.
+    WriteDeviceProperties {
+        /// `(resource path, value)` pairs.
+        values: Vec<(Lwm2mPath, ResourceValue)>,
+    },
+}
+
+impl JobType {
+    /// The kind, for history and statistics.
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobType::FirmwareUpdate { .. } => JobKind::FirmwareUpdate,
+            JobType::Reboot { .. } => JobKind::RebootDevice,
+            JobType::FactoryReset { .. } => JobKind::FactoryResetDevice,
+            JobType::ConfigurationUpdate { .. } => JobKind::UpdateDeviceConfiguration,
+            JobType::ReadDeviceProperties { .. } => JobKind::ReadDeviceProperties,
+            JobType::WriteDeviceProperties { .. } => JobKind::WriteDeviceProperties,
+        }
+    }
+}
+
+/// Failure classes that abort and retry rules select on (AWS IoT's FAILED / REJECTED /
+/// TIMED_OUT, plus offline).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub enum FailureKind {
+    /// The device did not answer, or the per-device timeout ran out.
+    TimedOut,
+    /// The device refused an operation (a 4.xx/5.xx answer).
+    Rejected,
+    /// The device stayed offline.
+    DeviceOffline,
+    /// The device ran the operation and reported a failure (e.g. an Update Result code).
+    DeviceError,
+}
+
+/// Why one child job failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// No answer in time: the per-device timeout ran out, or the transport gave up.
+    TimedOut,
+    /// The device was offline when its timeout or the job's time ran out.
+    DeviceOffline,
+    /// The device refused an operation.
+    Rejected(DeviceError),
+    /// The firmware update failed with this Update Result (`/5/0/5`) code.
+    FirmwareUpdateFailed {
+        /// The Update Result code (2..=11).
+        result: u8,
+    },
+    /// The update finished but the device reports another firmware version.
+    UnexpectedVersion {
+        /// The version the job expected.
+        expected: String,
+        /// The version the device reports.
+        actual: String,
+    },
+}
+
+impl FailureReason {
+    /// Its class, for abort and retry rules.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            FailureReason::TimedOut => FailureKind::TimedOut,
+            FailureReason::DeviceOffline => FailureKind::DeviceOffline,
+            FailureReason::Rejected(_) => FailureKind::Rejected,
+            FailureReason::FirmwareUpdateFailed { .. }
+            | FailureReason::UnexpectedVersion { .. } => FailureKind::DeviceError,
+        }
+    }
+
+    /// The short, stable `failureReason` string of the job history: `timedOut`,
+    /// `deviceOffline`, `rejected`, `deviceError:<code>` or `unexpectedVersion`. Details go
+    /// into the status message, so grouping by reason stays coarse.
+    pub fn code(&self) -> String {
+        match self {
+            FailureReason::TimedOut => "timedOut".into(),
+            FailureReason::DeviceOffline => "deviceOffline".into(),
+            FailureReason::Rejected(_) => "rejected".into(),
+            FailureReason::FirmwareUpdateFailed { result } => format!("deviceError:{result}"),
+            FailureReason::UnexpectedVersion { .. } => "unexpectedVersion".into(),
+        }
+    }
+}
+
+/// The LWM2M 1.1 meaning of a Firmware Update Result code.
+pub fn update_result_text(code: u8) -> &'static str {
+    match code {
+        0 => "initial value",
+        1 => "success",
+        2 => "not enough flash memory",
+        3 => "out of RAM",
+        4 => "connection lost during download",
+        5 => "integrity check failure",
+        6 => "unsupported package type",
+        7 => "invalid URI",
+        8 => "firmware update failed",
+        9 => "unsupported protocol",
+        10 => "update cancelled",
+        11 => "update deferred",
+        _ => "unknown result code",
+    }
+}
+
+impl fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureReason::TimedOut => f.write_str("timed out"),
+            FailureReason::DeviceOffline => f.write_str("device offline"),
+            FailureReason::Rejected(e) => write!(f, "rejected: {e}"),
+            FailureReason::FirmwareUpdateFailed { result } => write!(
+                f,
+                "firmware update failed: {} (update result {result})",
+                update_result_text(*result)
+            ),
+            FailureReason::UnexpectedVersion { expected, actual } => write!(
+                f,
+                "device reports firmware version {actual:?}, expected {expected:?}"
+            ),
+        }
+    }
+}
+
+/// Exponential ramp-up of the rollout rate (AWS IoT's `exponentialRate`): start at
+/// `base_per_minute`, multiply by `increment_factor` every `every_succeeded` successes,
+/// never above the rollout's `max_per_minute`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExponentialRamp {
+    /// Starting rate, devices per minute (>= 1).
+    pub base_per_minute: u32,
+    /// Growth factor, 1.1 to 5.0.
+    pub increment_factor: f64,
+    /// Successes between increments (>= 1).
+    pub every_succeeded: u32,
+}
+
+/// How fast a job starts children.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct Rollout {
+    /// At most this many children start in any sliding 60-second window.
+    pub max_per_minute: Option<u32>,
+    /// Optional ramp-up; the rate is capped by `max_per_minute` when both are set.
+    pub ramp: Option<ExponentialRamp>,
+    /// At most this many children in progress at once (waiting for an offline device or
+    /// for a retry does not count).
+    pub max_in_flight: Option<u32>,
+}
+
+/// Cancel the rest of a job when too many children fail (AWS IoT's abort criteria;
+/// hawkBit's error condition).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AbortRule {
+    /// Which failures count; `None` counts every failure.
+    pub on: Option<FailureKind>,
+    /// Abort when matching failures reach this percentage (0-100) of finished children.
+    pub threshold_percent: f64,
+    /// ... but only once at least this many children have finished (>= 1).
+    pub min_finished: u32,
+}
+
+/// Retry children that failed in a given way, with exponential backoff.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryRule {
+    /// Which failures are retried; `None` retries every failure.
+    pub on: Option<FailureKind>,
+    /// Retries after the first attempt (0-10).
+    pub max_retries: u32,
+    /// Wait before the first retry.
+    pub initial_backoff: Duration,
+    /// Factor applied per further retry (>= 1.0).
+    pub multiplier: f64,
+    /// Longest wait.
+    pub max_backoff: Duration,
+}
+
+impl RetryRule {
+    /// Retry failures of `kind` up to `max_retries` times, backing off from 10 s, x2, up
+    /// to 10 min.
+    pub fn new(on: Option<FailureKind>, max_retries: u32) -> Self {
+        RetryRule {
+            on,
+            max_retries,
+            initial_backoff: Duration::from_secs(10),
+            multiplier: 2.0,
+            max_backoff: Duration::from_secs(600),
+        }
+    }
+
+    /// The wait before retry number `retry` (1-based).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let f = self.multiplier.powi(retry.saturating_sub(1).min(64) as i32);
+        self.initial_backoff
+            .mul_f64(f.min(1e9))
+            .min(self.max_backoff)
+    }
+}
+
+/// Everything needed to create a job. Build with [`JobSpec::new`] and the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use twinhub::job::{AbortRule, JobId, JobSpec, JobType};
+/// use twinhub::DeviceId;
+///
+/// let spec = JobSpec::new(
+///     JobId::new("fw-2-0").unwrap(),
+///     JobType::FirmwareUpdate {
+///         package_uri: "coap://fw.example/pkg/2.0.bin".into(),
+///         expected_version: Some("2.0".into()),
+///     },
+///     vec![DeviceId::new("dev-1").unwrap()],
+/// )
+/// .device_timeout(Duration::from_secs(30 * 60))
+/// .max_per_minute(100)
+/// .abort_rule(AbortRule { on: None, threshold_percent: 20.0, min_finished: 10 });
+/// assert_eq!(spec.targets.len(), 1);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSpec {
+    /// The parent job's id.
+    pub id: JobId,
+    /// What each child does.
+    pub job: JobType,
+    /// The devices, one child each, in rollout order. A query is resolved to this list by
+    /// the caller (the hub) when the job is created: the target set is frozen.
+    pub targets: Vec<DeviceId>,
+    /// Wall-clock start; `None` starts at creation.
+    pub start_at: Option<Timestamp>,
+    /// The job ends (remaining children fail or are cancelled) this long after it starts.
+    /// Default 1 day, so every job terminates.
+    pub max_execution_time: Option<Duration>,
+    /// Time one attempt on one device may take once the device is online (the preview's
+    /// firmware `Timeout`, default 30 min). Waiting for an offline device before the
+    /// attempt starts is bounded only by `max_execution_time`.
+    pub device_timeout: Duration,
+    /// Rate and concurrency limits.
+    pub rollout: Rollout,
+    /// Abort rules; the first that trips cancels the rest.
+    pub abort_rules: Vec<AbortRule>,
+    /// Retry rules; the first whose `on` matches a failure applies.
+    pub retries: Vec<RetryRule>,
+}
+
+impl JobSpec {
+    /// A job with the defaults: start now, 1-day maximum, 30-minute device timeout, no
+    /// rate limit, no abort or retry rules.
+    pub fn new(id: JobId, job: JobType, targets: Vec<DeviceId>) -> Self {
+        JobSpec {
+            id,
+            job,
+            targets,
+            start_at: None,
+            max_execution_time: Some(Duration::from_secs(86_400)),
+            device_timeout: Duration::from_secs(30 * 60),
+            rollout: Rollout::default(),
+            abort_rules: Vec::new(),
+            retries: Vec::new(),
+        }
+    }
+
+    /// Sets the wall-clock start time.
+    pub fn start_at(mut self, t: Timestamp) -> Self {
+        self.start_at = Some(t);
+        self
+    }
+
+    /// Sets (or with `None` removes) the job's maximum execution time.
+    pub fn max_execution_time(mut self, d: Option<Duration>) -> Self {
+        self.max_execution_time = d;
+        self
+    }
+
+    /// Sets the per-device timeout.
+    pub fn device_timeout(mut self, d: Duration) -> Self {
+        self.device_timeout = d;
+        self
+    }
+
+    /// Limits starts per minute.
+    pub fn max_per_minute(mut self, n: u32) -> Self {
+        self.rollout.max_per_minute = Some(n);
+        self
+    }
+
+    /// Sets an exponential ramp-up.
+    pub fn ramp(mut self, ramp: ExponentialRamp) -> Self {
+        self.rollout.ramp = Some(ramp);
+        self
+    }
+
+    /// Limits children in progress at once.
+    pub fn max_in_flight(mut self, n: u32) -> Self {
+        self.rollout.max_in_flight = Some(n);
+        self
+    }
+
+    /// Adds an abort rule.
+    pub fn abort_rule(mut self, rule: AbortRule) -> Self {
+        self.abort_rules.push(rule);
+        self
+    }
+
+    /// Adds a retry rule.
+    pub fn retry(mut self, rule: RetryRule) -> Self {
+        self.retries.push(rule);
+        self
+    }
+
+    /// Checks every parameter; returns the first problem.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let bad = |name: &'static str, reason: &'static str| {
+            Err(SpecError::InvalidParameter { name, reason })
+        };
+        match &self.job {
+            JobType::FirmwareUpdate { package_uri, .. } => {
+                if package_uri.is_empty() || package_uri.len() > MAX_PACKAGE_URI_LEN {
+                    return bad("packageUri", "must be 1 to 255 bytes");
+                }
+            }
+            JobType::ConfigurationUpdate { name, .. } => {
+                if name.is_empty() {
+                    return bad("name", "must not be empty");
+                }
+            }
+            JobType::ReadDeviceProperties { paths } => {
+                if paths.is_empty() || paths.len() > MAX_JOB_PROPERTIES {
+                    return bad("paths", "must name 1 to 64 properties");
+                }
+                if paths.iter().any(|p| p.depth() != 3) {
+                    return bad("paths", "must be resource paths /object/instance/resource");
+                }
+            }
+            JobType::WriteDeviceProperties { values } => {
+                if values.is_empty() || values.len() > MAX_JOB_PROPERTIES {
+                    return bad("values", "must name 1 to 64 properties");
+                }
+                if values.iter().any(|(p, _)| p.depth() != 3) {
+                    return bad("values", "must be resource paths /object/instance/resource");
+                }
+            }
+            JobType::Reboot { .. } | JobType::FactoryReset { .. } => {}
+        }
+        if self.device_timeout.is_zero() {
+            return bad("deviceTimeout", "must be positive");
+        }
+        if self.max_execution_time.is_some_and(|d| d.is_zero()) {
+            return bad("maxExecutionTime", "must be positive");
+        }
+        if self.rollout.max_per_minute == Some(0) || self.rollout.max_in_flight == Some(0) {
+            return bad("rollout", "limits must be at least 1");
+        }
+        if let Some(r) = self.rollout.ramp
+            && (r.base_per_minute == 0
+                || r.every_succeeded == 0
+                || !(1.1..=5.0).contains(&r.increment_factor))
+        {
+            return bad(
+                "ramp",
+                "base and step must be >= 1 and the factor within 1.1..=5",
+            );
+        }
+        for a in &self.abort_rules {
+            if !(0.0..=100.0).contains(&a.threshold_percent) || a.min_finished == 0 {
+                return bad(
+                    "abortRules",
+                    "threshold must be 0..=100 and min_finished >= 1",
+                );
+            }
+        }
+        for r in &self.retries {
+            if r.max_retries > 10 || r.multiplier.is_nan() || r.multiplier < 1.0 {
+                return bad("retries", "at most 10 retries and a multiplier >= 1");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a job could not be created (or cancelled).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum SpecError {
+    /// A job with this id exists.
+    DuplicateJob(JobId),
+    /// A device appears twice among the targets.
+    DuplicateTarget(DeviceId),
+    /// A parameter is out of range.
+    InvalidParameter {
+        /// The parameter's name.
+        name: &'static str,
+        /// What is required.
+        reason: &'static str,
+    },
+    /// No job with this id.
+    UnknownJob(JobId),
+    /// More children than the engine's u32 slots can hold.
+    TooManyTargets {
+        /// Children the engine would hold.
+        total: u64,
+    },
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecError::DuplicateJob(id) => write!(f, "job {id} already exists"),
+            SpecError::DuplicateTarget(d) => write!(f, "device {d} is targeted twice"),
+            SpecError::InvalidParameter { name, reason } => {
+                write!(f, "job parameter {name} is invalid: {reason}")
+            }
+            SpecError::UnknownJob(id) => write!(f, "no job {id}"),
+            SpecError::TooManyTargets { total } => {
+                write!(
+                    f,
+                    "the engine would hold {total} child jobs; at most 2^32-1 fit"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_follow_iot_hub_rules() {
+        assert_eq!(JobId::new(""), Err(JobIdError::Empty));
+        assert_eq!(
+            JobId::new(&"a".repeat(65)),
+            Err(JobIdError::TooLong { len: 65 })
+        );
+        assert!(JobId::new(&"a".repeat(64)).is_ok());
+        assert_eq!(
+            JobId::new("a.b"),
+            Err(JobIdError::InvalidChar { ch: '.', at: 1 })
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let r = RetryRule::new(None, 5);
+        assert_eq!(r.backoff(1), Duration::from_secs(10));
+        assert_eq!(r.backoff(2), Duration::from_secs(20));
+        assert_eq!(r.backoff(3), Duration::from_secs(40));
+        assert_eq!(r.backoff(20), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn validation_names_the_parameter() {
+        let id = JobId::new("j").unwrap();
+        let spec = JobSpec::new(
+            id.clone(),
+            JobType::ReadDeviceProperties { paths: vec![] },
+            vec![],
+        );
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::InvalidParameter { name: "paths", .. })
+        ));
+        let spec = JobSpec::new(
+            id,
+            JobType::Reboot {
+                wait_for_registration: false,
+            },
+            vec![],
+        )
+        .ramp(ExponentialRamp {
+            base_per_minute: 1,
+            increment_factor: 9.0,
+            every_succeeded: 1,
+        });
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::InvalidParameter { name: "ramp", .. })
+        ));
+    }
+}

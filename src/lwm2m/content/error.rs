@@ -1,0 +1,191 @@
+//! Why a payload could not be decoded or encoded.
+
+use super::ContentFormat;
+use crate::lwm2m::{Lwm2mPath, PathError, ResourceType};
+use std::fmt;
+
+/// A payload that cannot be decoded, or content that cannot be encoded in a format.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum ContentError {
+    /// The format is known but this module does not (de)serialise it.
+    UnsupportedFormat(ContentFormat),
+    /// The payload is longer than the decoder accepts.
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More values than the limit.
+    TooManyValues {
+        /// The limit.
+        max: usize,
+    },
+    /// A TLV header or value runs past the end of its container.
+    Truncated {
+        /// Byte offset of the entry that is cut short.
+        offset: usize,
+    },
+    /// A TLV entry of this kind may not appear at this place in the tree.
+    UnexpectedEntry {
+        /// Byte offset of the entry.
+        offset: usize,
+        /// The path the entry would have been placed under.
+        under: Lwm2mPath,
+        /// What kind of entry it is.
+        kind: &'static str,
+    },
+    /// A value's bytes do not fit its type (e.g. a 3-byte integer).
+    BadValue {
+        /// The value's path.
+        path: Lwm2mPath,
+        /// The type it was decoded as.
+        expected: ResourceType,
+    },
+    /// A string value is not UTF-8.
+    InvalidUtf8 {
+        /// The value's path.
+        path: Lwm2mPath,
+    },
+    /// A text or opaque payload was addressed at something other than one resource.
+    NotSingleResource {
+        /// The path it was addressed at.
+        path: Lwm2mPath,
+    },
+    /// The same path appears twice.
+    DuplicatePath(Lwm2mPath),
+    /// The JSON is not well-formed.
+    Json {
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+    },
+    /// A SenML or LwM2M JSON record is not acceptable.
+    BadRecord {
+        /// 0-based index of the record.
+        index: usize,
+        /// What is wrong with it.
+        problem: RecordProblem,
+    },
+    /// Encoding: a value's path does not lie at or below the base path, or is not a
+    /// resource (instance) path.
+    PathOutsideBase {
+        /// The value's path.
+        path: Lwm2mPath,
+        /// The base path.
+        base: Lwm2mPath,
+    },
+    /// Encoding: a single value is required at the base path, found something else.
+    NeedsSingleValue {
+        /// The base path.
+        base: Lwm2mPath,
+        /// How many values there were.
+        count: usize,
+    },
+    /// Encoding: a resource appears both as a single value and with instances.
+    ConflictingPaths(Lwm2mPath),
+    /// Encoding: the format cannot carry this value (e.g. NaN in SenML, a string as opaque).
+    UnencodableValue {
+        /// The value's path.
+        path: Lwm2mPath,
+    },
+}
+
+/// What is wrong with one SenML / LwM2M JSON record.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum RecordProblem {
+    /// The document or a record is not the expected JSON shape (array of objects).
+    NotAnObject,
+    /// A field has the wrong JSON type.
+    WrongFieldType(&'static str),
+    /// `bn` + `n` is not an LWM2M resource path.
+    BadName(PathError),
+    /// `bn` + `n` is a path, but not of a resource or resource instance.
+    NotAResource(Lwm2mPath),
+    /// No value field.
+    NoValue,
+    /// More than one value field.
+    SeveralValues,
+    /// `vd` is not base64.
+    BadBase64,
+    /// An object link is not `oid:iid`.
+    BadObjectLink,
+    /// A number does not fit the resource's type.
+    NumberOutOfRange,
+    /// A value's JSON type contradicts the resource's known type.
+    TypeMismatch(ResourceType),
+    /// A SenML must-understand field (name ending in `_`) that we do not understand.
+    MustUnderstand(String),
+    /// A name or string longer than the limit.
+    TooLong,
+}
+
+impl fmt::Display for ContentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContentError::UnsupportedFormat(c) => {
+                write!(f, "content format {} is not supported here", c.code())
+            }
+            ContentError::TooLarge { len, max } => {
+                write!(f, "payload of {len} bytes exceeds the limit of {max}")
+            }
+            ContentError::TooManyValues { max } => write!(f, "more than {max} values"),
+            ContentError::Truncated { offset } => {
+                write!(f, "tlv entry at byte {offset} is truncated")
+            }
+            ContentError::UnexpectedEntry {
+                offset,
+                under,
+                kind,
+            } => write!(f, "tlv {kind} at byte {offset} cannot appear under {under}"),
+            ContentError::BadValue { path, expected } => {
+                write!(f, "value at {path} is not a valid {expected:?}")
+            }
+            ContentError::InvalidUtf8 { path } => write!(f, "string at {path} is not utf-8"),
+            ContentError::NotSingleResource { path } => {
+                write!(f, "{path} is not a single resource")
+            }
+            ContentError::DuplicatePath(p) => write!(f, "path {p} appears twice"),
+            ContentError::Json { line, column } => {
+                write!(f, "malformed json at line {line}, column {column}")
+            }
+            ContentError::BadRecord { index, problem } => write!(f, "record {index}: {problem}"),
+            ContentError::PathOutsideBase { path, base } => {
+                write!(f, "path {path} is not a resource under {base}")
+            }
+            ContentError::NeedsSingleValue { base, count } => {
+                write!(f, "format needs exactly one value at {base}, got {count}")
+            }
+            ContentError::ConflictingPaths(p) => {
+                write!(f, "resource {p} is both single and multiple")
+            }
+            ContentError::UnencodableValue { path } => {
+                write!(f, "value at {path} cannot be encoded in this format")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ContentError {}
+
+impl fmt::Display for RecordProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordProblem::NotAnObject => f.write_str("not a json object in an array"),
+            RecordProblem::WrongFieldType(k) => write!(f, "field {k} has the wrong json type"),
+            RecordProblem::BadName(e) => write!(f, "name is not an lwm2m path: {e}"),
+            RecordProblem::NotAResource(p) => write!(f, "{p} is not a resource path"),
+            RecordProblem::NoValue => f.write_str("no value"),
+            RecordProblem::SeveralValues => f.write_str("more than one value field"),
+            RecordProblem::BadBase64 => f.write_str("vd is not base64"),
+            RecordProblem::BadObjectLink => f.write_str("object link is not oid:iid"),
+            RecordProblem::NumberOutOfRange => f.write_str("number out of range for its type"),
+            RecordProblem::TypeMismatch(t) => write!(f, "value does not match type {t:?}"),
+            RecordProblem::MustUnderstand(k) => write!(f, "unknown must-understand field {k}"),
+            RecordProblem::TooLong => f.write_str("name or string too long"),
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! The server against scripted devices under a simulated clock.
+
+use super::wire::{self, MsgType, Packet, code};
+use super::*;
+use crate::transport::NotificationAttributes;
+
+struct Sim {
+    server: Lwm2mServer,
+    now: Instant,
+    mid: u16,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn dev(name: &str) -> DeviceId {
+    DeviceId::new(name).unwrap()
+}
+
+impl Sim {
+    fn new(config: ServerConfig) -> Sim {
+        Sim {
+            server: Lwm2mServer::with_seed(config, [7; 16]),
+            now: Instant::now(),
+            mid: 100,
+        }
+    }
+
+    fn open() -> Sim {
+        Sim::new(ServerConfig {
+            auto_provision: true,
+            ..ServerConfig::default()
+        })
+    }
+
+    fn send(&mut self, from: SocketAddr, p: &Packet) {
+        self.server.handle_datagram(self.now, from, &p.encode());
+    }
+
+    fn out(&mut self) -> Vec<(SocketAddr, Packet)> {
+        std::iter::from_fn(|| self.server.poll_transmit())
+            .map(|t| (t.destination, Packet::decode(&t.payload).unwrap()))
+            .collect()
+    }
+
+    fn events(&mut self) -> Vec<DeviceEvent> {
+        std::iter::from_fn(|| self.server.poll_event()).collect()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(t) = self.server.poll_timeout() {
+            if t > end {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.server.handle_timeout(self.now);
+        }
+        self.now = end;
+        self.server.handle_timeout(self.now);
+    }
+
+    fn request(&mut self, c: u8, path: &[&str], queries: &[&str], payload: &[u8]) -> Packet {
+        self.mid += 1;
+        let mut p = Packet::new(MsgType::Con, c, self.mid, &[1, 2]);
+        for s in path {
+            p.add(wire::URI_PATH, s.as_bytes());
+        }
+        for q in queries {
+            p.add(wire::URI_QUERY, q.as_bytes());
+        }
+        p.payload = payload.to_vec();
+        p
+    }
+
+    /// Registers `name` from `from`; returns the registration id.
+    fn register(&mut self, from: SocketAddr, queries: &[&str]) -> String {
+        let p = self.request(wire::POST, &["rd"], queries, b"</1/0>,</3/0>,</5/0>");
+        self.send(from, &p);
+        let out = self.out();
+        assert_eq!(out.len(), 1);
+        let (to, r) = &out[0];
+        assert_eq!(*to, from);
+        assert_eq!(r.code, code(2, 1), "register answered {:?}", r);
+        assert_eq!(
+            (r.mtype, r.mid, r.token.as_slice()),
+            (MsgType::Ack, p.mid, &[1u8, 2][..])
+        );
+        let loc: Vec<&[u8]> = r.opts(wire::LOCATION_PATH).collect();
+        assert_eq!(loc[0], b"rd");
+        String::from_utf8(loc[1].to_vec()).unwrap()
+    }
+
+    fn submit(&mut self, id: u64, device: &str, request: DeviceRequest) {
+        let op = DeviceOp {
+            id: OpId(id),
+            device: dev(device),
+            request,
+        };
+        self.server.submit(self.now, op);
+    }
+
+    /// Answers `req` with a piggybacked response.
+    fn answer(&mut self, from: SocketAddr, req: &Packet, c: u8, cf: Option<u16>, payload: &[u8]) {
+        let mut r = Packet::new(MsgType::Ack, c, req.mid, &req.token);
+        if let Some(cf) = cf {
+            r.add_uint(wire::CONTENT_FORMAT, cf as u32);
+        }
+        r.payload = payload.to_vec();
+        self.send(from, &r);
+    }
+}
+
+fn path_of(p: &Packet) -> String {
+    p.opts(wire::URI_PATH)
+        .map(|s| format!("/{}", std::str::from_utf8(s).unwrap()))
+        .collect()
+}
+
+fn response(events: &[DeviceEvent], id: u64) -> &Result<DeviceReply, DeviceError> {
+    events
+        .iter()
+        .find_map(|e| match e {
+            DeviceEvent::Response { op, result, .. } if *op == OpId(id) => Some(result),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no response for op {id} in {events:?}"))
+}
+
+#[test]
+fn register_is_refused_without_hook_or_auto_provisioning() {
+    let mut sim = Sim::new(ServerConfig::default());
+    let p = sim.request(wire::POST, &["rd"], &["ep=dev-1"], b"</3/0>");
+    sim.send(addr(9000), &p);
+    let out = sim.out();
+    assert_eq!(out[0].1.code, code(4, 3));
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Rejected {
+            endpoint: "dev-1".into(),
+            reason: RejectReason::UnknownDevice
+        }]
+    );
+    assert_eq!(sim.server.registered_count(), 0);
+}
+
+#[test]
+fn authorizer_decides() {
+    let mut sim = Sim::new(ServerConfig::default());
+    sim.server =
+        Lwm2mServer::with_seed(ServerConfig::default(), [1; 16]).with_authorizer(Box::new(|r| {
+            if r.endpoint == "known" {
+                Decision::Accept
+            } else {
+                Decision::Reject(RejectReason::Disabled)
+            }
+        }));
+    sim.register(addr(9000), &["ep=known", "lt=60"]);
+    let p = sim.request(wire::POST, &["rd"], &["ep=other"], b"");
+    sim.send(addr(9001), &p);
+    assert_eq!(sim.out()[0].1.code, code(4, 3));
+    let ev = sim.events();
+    assert!(
+        matches!(&ev[0], DeviceEvent::Registered { device, registration }
+        if device.as_str() == "known" && registration.lifetime == 60
+            && registration.address == Some(addr(9000))
+            && registration.objects.len() == 3)
+    );
+    assert!(
+        matches!(&ev[1], DeviceEvent::Rejected { endpoint, reason: RejectReason::Disabled } if endpoint == "other")
+    );
+    assert_eq!(sim.server.registered_count(), 1);
+}
+
+#[test]
+fn malformed_register_and_bad_endpoint_are_rejected_with_4_00() {
+    let mut sim = Sim::open();
+    for q in [&["lt=5"][..], &["ep=has space"][..], &["ep=a", "lt=0"][..]] {
+        let p = sim.request(wire::POST, &["rd"], q, b"");
+        sim.send(addr(9000), &p);
+        assert_eq!(sim.out()[0].1.code, code(4, 0), "{q:?}");
+        assert!(matches!(
+            sim.events().as_slice(),
+            [DeviceEvent::Rejected {
+                reason: RejectReason::Malformed(_),
+                ..
+            }]
+        ));
+    }
+    // Not the registration interface.
+    let p = sim.request(wire::GET, &["rd"], &[], b"");
+    sim.send(addr(9000), &p);
+    assert_eq!(sim.out()[0].1.code, code(4, 5));
+    let p = sim.request(wire::POST, &["bs"], &["ep=a"], b"");
+    sim.send(addr(9000), &p);
+    assert_eq!(sim.out()[0].1.code, code(4, 4));
+    assert!(sim.events().is_empty());
+}
+
+#[test]
+fn duplicate_register_is_answered_from_cache_once() {
+    let mut sim = Sim::open();
+    let p = sim.request(wire::POST, &["rd"], &["ep=d"], b"");
+    sim.send(addr(9000), &p);
+    let first = sim.out();
+    sim.send(addr(9000), &p);
+    let second = sim.out();
+    assert_eq!(first, second);
+    assert_eq!(sim.events().len(), 1);
+}
+
+#[test]
+fn read_write_execute_map_to_coap() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d", "lwm2m=1.0"]);
+    sim.events();
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    let out = sim.out();
+    let (to, req) = &out[0];
+    assert_eq!((*to, req.code, req.mtype), (a, wire::GET, MsgType::Con));
+    assert_eq!(path_of(req), "/3/0/9");
+    assert_eq!(req.token.len(), 8);
+    assert_eq!(req.uint(wire::ACCEPT), None);
+    // lwm2m-node-lib style: plain text with no Content-Format.
+    sim.answer(a, req, code(2, 5), None, b"87");
+    assert_eq!(
+        response(&sim.events(), 1),
+        &Ok(DeviceReply::Content(Content::single(
+            Lwm2mPath::resource(3, 0, 9),
+            ResourceValue::Integer(87)
+        )))
+    );
+
+    // A single-resource write goes as text; several values to a 1.0 device as TLV.
+    let p = Lwm2mPath::resource(1, 0, 1);
+    sim.submit(
+        2,
+        "d",
+        DeviceRequest::Write {
+            path: p,
+            mode: WriteMode::Replace,
+            content: Content::single(p, ResourceValue::Integer(300)),
+        },
+    );
+    let out = sim.out();
+    let req = &out[0].1;
+    assert_eq!(
+        (req.code, req.uint(wire::CONTENT_FORMAT)),
+        (wire::PUT, Some(0))
+    );
+    assert_eq!(req.payload, b"300");
+    sim.answer(a, req, code(2, 4), None, b"");
+    assert_eq!(response(&sim.events(), 2), &Ok(DeviceReply::Done));
+
+    let inst = Lwm2mPath::instance(1, 0);
+    let two = Content {
+        values: vec![
+            (Lwm2mPath::resource(1, 0, 2), ResourceValue::Integer(5)),
+            (Lwm2mPath::resource(1, 0, 3), ResourceValue::Integer(60)),
+        ],
+    };
+    sim.submit(
+        3,
+        "d",
+        DeviceRequest::Write {
+            path: inst,
+            mode: WriteMode::PartialUpdate,
+            content: two.clone(),
+        },
+    );
+    let out = sim.out();
+    let req = &out[0].1;
+    assert_eq!(
+        (req.code, req.uint(wire::CONTENT_FORMAT)),
+        (wire::POST, Some(11542))
+    );
+    assert_eq!(
+        content::decode(
+            ContentFormat::Tlv,
+            &req.payload,
+            &inst,
+            &standard_resource_type
+        )
+        .unwrap(),
+        two
+    );
+    sim.answer(a, req, code(4, 5), None, b"");
+    assert_eq!(
+        response(&sim.events(), 3),
+        &Err(DeviceError::MethodNotAllowed)
+    );
+
+    sim.submit(
+        4,
+        "d",
+        DeviceRequest::Execute {
+            path: Lwm2mPath::resource(3, 0, 4),
+            args: Some("0='x'".into()),
+        },
+    );
+    let out = sim.out();
+    let req = &out[0].1;
+    assert_eq!(
+        (req.code, req.payload.as_slice()),
+        (wire::POST, &b"0='x'"[..])
+    );
+    assert_eq!(path_of(req), "/3/0/4");
+    sim.answer(a, req, code(4, 4), None, b"");
+    assert_eq!(response(&sim.events(), 4), &Err(DeviceError::NotFound));
+}
+
+#[test]
+fn lwm2m_1_1_device_gets_senml_and_announced_formats_decide() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    let p = sim.request(
+        wire::POST,
+        &["rd"],
+        &["ep=d", "lwm2m=1.1"],
+        b"</>;rt=\"oma.lwm2m\";ct=\"110 11542\",</3/0>",
+    );
+    sim.send(a, &p);
+    sim.out();
+    let c = Content {
+        values: vec![
+            (
+                Lwm2mPath::resource(3, 0, 14),
+                ResourceValue::String("+01".into()),
+            ),
+            (
+                Lwm2mPath::resource(3, 0, 15),
+                ResourceValue::String("Europe/Berlin".into()),
+            ),
+        ],
+    };
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Write {
+            path: Lwm2mPath::instance(3, 0),
+            mode: WriteMode::PartialUpdate,
+            content: c,
+        },
+    );
+    sim.submit(
+        2,
+        "d",
+        DeviceRequest::Read {
+            path: Lwm2mPath::instance(3, 0),
+        },
+    );
+    let out = sim.out();
+    assert_eq!(out.len(), 1, "NSTART 1: the read waits for the write");
+    assert_eq!(out[0].1.uint(wire::CONTENT_FORMAT), Some(110));
+    let w = out[0].1.clone();
+    sim.answer(a, &w, code(2, 4), None, b"");
+    let out = sim.out();
+    assert_eq!(out[0].1.uint(wire::ACCEPT), Some(110));
+    let r = out[0].1.clone();
+    sim.answer(
+        a,
+        &r,
+        code(2, 5),
+        Some(110),
+        br#"[{"bn":"/3/0/","n":"9","v":50}]"#,
+    );
+    let ev = sim.events();
+    assert_eq!(response(&ev, 1), &Ok(DeviceReply::Done));
+    assert_eq!(
+        response(&ev, 2),
+        &Ok(DeviceReply::Content(Content::single(
+            Lwm2mPath::resource(3, 0, 9),
+            ResourceValue::Integer(50)
+        )))
+    );
+}
+
+#[test]
+fn write_attributes_discover_create_delete() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d"]);
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::WriteAttributes {
+            path: Lwm2mPath::resource(3, 0, 9),
+            attributes: NotificationAttributes {
+                pmin: Some(5),
+                pmax: Some(60),
+                st: Some(2.5),
+                ..Default::default()
+            },
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    assert_eq!(req.code, wire::PUT);
+    assert!(req.payload.is_empty());
+    let q: Vec<&[u8]> = req.opts(wire::URI_QUERY).collect();
+    assert_eq!(q, vec![&b"pmin=5"[..], b"pmax=60", b"st=2.5"]);
+    sim.answer(a, &req, code(2, 4), None, b"");
+
+    sim.submit(
+        2,
+        "d",
+        DeviceRequest::Discover {
+            path: Lwm2mPath::instance(3, 0),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    assert_eq!((req.code, req.uint(wire::ACCEPT)), (wire::GET, Some(40)));
+    sim.answer(a, &req, code(2, 5), Some(40), b"</3/0>,</3/0/9>;pmin=5");
+
+    let c = Content::single(
+        Lwm2mPath::resource(3303, 4, 5700),
+        ResourceValue::Float(21.5),
+    );
+    sim.submit(
+        3,
+        "d",
+        DeviceRequest::Create {
+            path: Lwm2mPath::object(3303),
+            content: c.clone(),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    assert_eq!((req.code, path_of(&req)), (wire::POST, "/3303".to_string()));
+    let resolver = |_: &Lwm2mPath| Some(ResourceType::Float);
+    assert_eq!(
+        content::decode(
+            ContentFormat::Tlv,
+            &req.payload,
+            &Lwm2mPath::object(3303),
+            &resolver
+        )
+        .unwrap(),
+        c
+    );
+    let mut r = Packet::new(MsgType::Ack, code(2, 1), req.mid, &req.token);
+    r.add(wire::LOCATION_PATH, b"3303");
+    r.add(wire::LOCATION_PATH, b"4");
+    sim.send(a, &r);
+
+    sim.submit(
+        4,
+        "d",
+        DeviceRequest::Delete {
+            path: Lwm2mPath::instance(3303, 4),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    assert_eq!(
+        (req.code, path_of(&req)),
+        (wire::DELETE, "/3303/4".to_string())
+    );
+    sim.answer(a, &req, code(2, 2), None, b"");
+
+    let ev = sim.events();
+    assert_eq!(response(&ev, 1), &Ok(DeviceReply::Done));
+    assert_eq!(
+        response(&ev, 2),
+        &Ok(DeviceReply::Links("</3/0>,</3/0/9>;pmin=5".into()))
+    );
+    assert_eq!(
+        response(&ev, 3),
+        &Ok(DeviceReply::Created(Lwm2mPath::instance(3303, 4)))
+    );
+    assert_eq!(response(&ev, 4), &Ok(DeviceReply::Done));
+}
+
+#[test]
+fn observe_notify_cancel() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d"]);
+    sim.events();
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    sim.submit(1, "d", DeviceRequest::Observe { path: bat });
+    let req = sim.out()[0].1.clone();
+    assert_eq!(req.uint(wire::OBSERVE), Some(0));
+    let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+    r.add_uint(wire::OBSERVE, 1);
+    r.payload = b"80".to_vec();
+    sim.send(a, &r);
+    assert_eq!(
+        response(&sim.events(), 1),
+        &Ok(DeviceReply::Content(Content::single(
+            bat,
+            ResourceValue::Integer(80)
+        )))
+    );
+    assert_eq!(sim.server.observation_count(), 1);
+    // A confirmable notification in TLV: acknowledged and decoded.
+    let mut n = Packet::new(MsgType::Con, code(2, 5), 4000, &req.token);
+    n.add_uint(wire::OBSERVE, 2);
+    n.add_uint(wire::CONTENT_FORMAT, 11542);
+    n.payload = vec![0xC1, 0x09, 75];
+    sim.send(a, &n);
+    let out = sim.out();
+    assert_eq!(
+        (out[0].1.mtype, out[0].1.mid, out[0].1.code),
+        (MsgType::Ack, 4000, 0)
+    );
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Notification {
+            device: dev("d"),
+            path: bat,
+            content: Content::single(bat, ResourceValue::Integer(75)),
+        }]
+    );
+    // Cancel: GET Observe=1 on the observation's token.
+    sim.submit(2, "d", DeviceRequest::CancelObserve { path: bat });
+    let c = sim.out()[0].1.clone();
+    assert_eq!((c.uint(wire::OBSERVE), &c.token), (Some(1), &req.token));
+    assert_eq!(sim.server.observation_count(), 0);
+    sim.answer(a, &c, code(2, 5), None, b"75");
+    assert_eq!(response(&sim.events(), 2), &Ok(DeviceReply::Done));
+    // A late notification is reset.
+    n.mid = 4001;
+    sim.send(a, &n);
+    let out = sim.out();
+    assert_eq!((out[0].1.mtype, out[0].1.mid), (MsgType::Rst, 4001));
+    assert!(sim.events().is_empty());
+}
+
+#[test]
+fn separate_response_after_empty_ack() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d"]);
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 0),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    sim.send(a, &Packet::new(MsgType::Ack, 0, req.mid, &[]));
+    sim.advance(Duration::from_secs(30));
+    assert!(sim.out().is_empty(), "no retransmission after the ACK");
+    let mut r = Packet::new(MsgType::Con, code(2, 5), 77, &req.token);
+    r.payload = b"ACME".to_vec();
+    sim.send(a, &r);
+    let out = sim.out();
+    assert_eq!((out[0].1.mtype, out[0].1.mid), (MsgType::Ack, 77));
+    assert_eq!(
+        response(&sim.events(), 1),
+        &Ok(DeviceReply::Content(Content::single(
+            Lwm2mPath::resource(3, 0, 0),
+            ResourceValue::String("ACME".into())
+        )))
+    );
+}
+
+#[test]
+fn unreachable_device_times_out_after_retransmissions() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d", "lt=86400"]);
+    sim.events();
+    let start = sim.now;
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 0),
+        },
+    );
+    let first = sim.out();
+    assert_eq!(first.len(), 1);
+    let mut sends = 1;
+    let mut timed_out_at = None;
+    for _ in 0..200 {
+        sim.advance(Duration::from_millis(500));
+        let out = sim.out();
+        for (_, p) in &out {
+            assert_eq!(
+                p.mid, first[0].1.mid,
+                "retransmissions reuse the message id"
+            );
+        }
+        sends += out.len();
+        if sim
+            .events()
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::TimedOut { op: OpId(1), .. }))
+        {
+            timed_out_at = Some(sim.now - start);
+            break;
+        }
+    }
+    assert_eq!(
+        sends, 5,
+        "one transmission and MAX_RETRANSMIT=4 retransmissions"
+    );
+    let t = timed_out_at.expect("timed out");
+    // ACK_TIMEOUT 2 s * [1, 1.5) * (1+2+4+8+16) = 62 s .. 93 s.
+    assert!(
+        t >= Duration::from_secs(62) && t <= Duration::from_secs(94),
+        "{t:?}"
+    );
+}
+
+#[test]
+fn update_follows_address_and_keepalive_extends_lifetime() {
+    let mut sim = Sim::open();
+    let (a, b) = (addr(9000), addr(9555));
+    let id = sim.register(a, &["ep=d", "lt=100"]);
+    sim.events();
+    sim.advance(Duration::from_secs(90));
+    // Keep-alive from a new port (NAT rebinding).
+    let p = sim.request(wire::POST, &["rd", &id], &[], b"");
+    sim.send(b, &p);
+    assert_eq!(sim.out()[0].1.code, code(2, 4));
+    let ev = sim.events();
+    assert!(
+        matches!(&ev[..], [DeviceEvent::RegistrationUpdated { registration, .. }]
+        if registration.address == Some(b) && registration.lifetime == 100)
+    );
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 0),
+        },
+    );
+    assert_eq!(sim.out()[0].0, b, "requests follow the new address");
+    // Update with a new lifetime and objects.
+    let p = sim.request(wire::POST, &["rd", &id], &["lt=500", "b=U"], b"</3/0>");
+    sim.send(b, &p);
+    sim.out();
+    let info = sim.server.registration(&dev("d")).unwrap().clone();
+    assert_eq!((info.lifetime, info.objects.len()), (500, 1));
+    // Unknown registration id.
+    let p = sim.request(wire::POST, &["rd", "999"], &[], b"");
+    sim.send(b, &p);
+    assert_eq!(sim.out()[0].1.code, code(4, 4));
+    // Still registered well past the original lifetime.
+    sim.advance(Duration::from_secs(200));
+    assert_eq!(sim.server.registered_count(), 1);
+}
+
+#[test]
+fn lifetime_expiry_drops_registration_and_observations() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d", "lt=60"]);
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Observe {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+    r.add_uint(wire::OBSERVE, 1);
+    r.payload = b"1".to_vec();
+    sim.send(a, &r);
+    sim.events();
+    assert_eq!(sim.server.observation_count(), 1);
+    sim.advance(Duration::from_secs(60 + 29));
+    assert!(sim.events().is_empty(), "grace period (30 s) not over yet");
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Expired { device: dev("d") }]
+    );
+    assert_eq!(
+        (
+            sim.server.registered_count(),
+            sim.server.observation_count()
+        ),
+        (0, 0)
+    );
+    sim.submit(
+        2,
+        "d",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    assert_eq!(response(&sim.events(), 2), &Err(DeviceError::NotRegistered));
+}
+
+#[test]
+fn deregister() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    let id = sim.register(a, &["ep=d"]);
+    sim.events();
+    let p = sim.request(wire::DELETE, &["rd", &id], &[], b"");
+    sim.send(addr(9999), &p);
+    assert_eq!(sim.out()[0].1.code, code(2, 2));
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Deregistered { device: dev("d") }]
+    );
+    assert_eq!(sim.server.registered_count(), 0);
+    let p = sim.request(wire::DELETE, &["rd", &id], &[], b"");
+    sim.send(a, &p);
+    assert_eq!(sim.out()[0].1.code, code(4, 4));
+    // The slot is reused by the next registration.
+    sim.register(addr(9001), &["ep=e"]);
+    assert_eq!(sim.server.slots.len(), 1);
+}
+
+#[test]
+fn queue_mode_holds_requests_until_the_device_talks() {
+    let mut sim = Sim::new(ServerConfig {
+        auto_provision: true,
+        queue_capacity: 2,
+        ..ServerConfig::default()
+    });
+    let a = addr(9000);
+    let id = sim.register(a, &["ep=q", "b=UQ", "lt=3600"]);
+    sim.events();
+    sim.advance(Duration::from_secs(100)); // past the awake window
+    for i in 1..=3 {
+        sim.submit(
+            i,
+            "q",
+            DeviceRequest::Read {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        );
+    }
+    assert!(sim.out().is_empty(), "the device sleeps");
+    assert_eq!(response(&sim.events(), 3), &Err(DeviceError::QueueFull));
+    // It wakes up with an update: the first request goes, the second after the answer.
+    let p = sim.request(wire::POST, &["rd", &id], &[], b"");
+    sim.send(a, &p);
+    let out = sim.out();
+    assert_eq!(
+        out.len(),
+        2,
+        "update answer + first queued request: {out:?}"
+    );
+    let req = out
+        .iter()
+        .find(|(_, p)| p.mtype == MsgType::Con)
+        .unwrap()
+        .1
+        .clone();
+    sim.answer(a, &req, code(2, 5), None, b"5");
+    let out = sim.out();
+    assert_eq!(out.len(), 1);
+    let req = out[0].1.clone();
+    sim.answer(a, &req, code(2, 5), None, b"6");
+    let ev = sim.events();
+    assert!(response(&ev, 1).is_ok() && response(&ev, 2).is_ok());
+    // Waiting too long times out.
+    sim.advance(Duration::from_secs(100));
+    sim.submit(
+        9,
+        "q",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    sim.advance(Duration::from_secs(601));
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::TimedOut { op: OpId(9), .. }))
+    );
+    assert!(sim.out().is_empty());
+}
+
+#[test]
+fn reregistration_replaces_and_drops_observations() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    let first = sim.register(a, &["ep=d"]);
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Observe {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+    r.add_uint(wire::OBSERVE, 1);
+    r.payload = b"1".to_vec();
+    sim.send(a, &r);
+    sim.events();
+    let second = sim.register(addr(9001), &["ep=d"]);
+    assert_ne!(first, second);
+    assert_eq!(sim.server.observation_count(), 0);
+    assert!(matches!(
+        sim.events().as_slice(),
+        [DeviceEvent::Registered { .. }]
+    ));
+    // The old registration id is gone.
+    let p = sim.request(wire::POST, &["rd", &first], &[], b"");
+    sim.send(a, &p);
+    assert_eq!(sim.out()[0].1.code, code(4, 4));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut sim = Sim::open();
+    let mut x = 1u64;
+    for _ in 0..20_000 {
+        x = splitmix(x);
+        let len = (x % 40) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (splitmix(x + i as u64) & 0xff) as u8)
+            .collect();
+        let mut b = bytes;
+        if let Some(first) = b.first_mut() {
+            *first = 0x40 | (*first & 0x3f);
+        }
+        sim.server.handle_datagram(sim.now, addr(9000), &b);
+    }
+    sim.out();
+    sim.events();
+}

@@ -1,0 +1,203 @@
+//! A std driver: one thread owns a `UdpSocket` and an [`Lwm2mServer`], takes operations
+//! through a [`UdpServerHandle`] and hands [`DeviceEvent`]s out through a channel.
+
+use super::Lwm2mServer;
+use crate::transport::{DeviceEvent, DeviceOp, Transport};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The longest the driver sleeps before it looks at its stop flag again.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+
+/// The server running on a UDP socket and a thread of its own.
+///
+/// ```no_run
+/// use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, UdpServer};
+/// let server = Lwm2mServer::new(ServerConfig { auto_provision: true, ..ServerConfig::default() });
+/// let (udp, events) = UdpServer::bind("0.0.0.0:5683", server).unwrap();
+/// let handle = udp.handle(); // Clone + Send: submit DeviceOps from anywhere
+/// for event in events.iter().take(1) {
+///     println!("{event:?}");
+/// }
+/// # drop(handle);
+/// let server = udp.stop(); // the state machine comes back
+/// # let _ = server;
+/// ```
+pub struct UdpServer {
+    local_addr: SocketAddr,
+    handle: UdpServerHandle,
+    thread: Option<JoinHandle<Lwm2mServer>>,
+}
+
+/// Submits operations to a running [`UdpServer`]; cheap to clone.
+#[derive(Clone)]
+pub struct UdpServerHandle {
+    ops: Sender<DeviceOp>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<UdpSocket>,
+    wake_to: SocketAddr,
+}
+
+/// The driver has stopped; the operation was not taken.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stopped(pub DeviceOp);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the lwm2m udp server has stopped")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+impl UdpServerHandle {
+    /// Hands an operation to the driver thread; its outcome arrives on the event channel.
+    pub fn submit(&self, op: DeviceOp) -> Result<(), Stopped> {
+        self.ops.send(op).map_err(|e| Stopped(e.0))?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Asks the driver to stop (it finishes within a quarter second).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        // An empty datagram is not CoAP; the server drops it, but the receive returns.
+        let _ = self.waker.send_to(&[], self.wake_to);
+    }
+}
+
+impl UdpServer {
+    /// Binds the socket and starts the driver thread. Returns the driver and the receiving
+    /// end of its event channel (events queue up unbounded while nobody reads them).
+    pub fn bind(
+        addr: impl ToSocketAddrs,
+        server: Lwm2mServer,
+    ) -> io::Result<(UdpServer, Receiver<DeviceEvent>)> {
+        let socket = UdpSocket::bind(addr)?;
+        let local_addr = socket.local_addr()?;
+        let wake_to = match local_addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv4Addr::LOCALHOST.into(), local_addr.port())
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), local_addr.port())
+            }
+            _ => local_addr,
+        };
+        let waker_bind: SocketAddr = if wake_to.is_ipv4() {
+            (Ipv4Addr::LOCALHOST, 0).into()
+        } else {
+            (Ipv6Addr::LOCALHOST, 0).into()
+        };
+        let waker = Arc::new(UdpSocket::bind(waker_bind)?);
+        let (ops_tx, ops_rx) = mpsc::channel();
+        let (events_tx, events_rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("lwm2m-udp".into())
+            .spawn(move || run(socket, server, ops_rx, events_tx, flag))?;
+        Ok((
+            UdpServer {
+                local_addr,
+                handle: UdpServerHandle {
+                    ops: ops_tx,
+                    stop,
+                    waker,
+                    wake_to,
+                },
+                thread: Some(thread),
+            },
+            events_rx,
+        ))
+    }
+
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle to submit operations with.
+    pub fn handle(&self) -> UdpServerHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the driver and returns the server state machine (registrations and all).
+    pub fn stop(mut self) -> Lwm2mServer {
+        self.handle.stop();
+        let thread = self.thread.take();
+        match thread.map(JoinHandle::join) {
+            Some(Ok(server)) => server,
+            // The driver thread panicked: a bug; surface it in the caller's thread.
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => unreachable_stopped(),
+        }
+    }
+}
+
+fn unreachable_stopped() -> Lwm2mServer {
+    // `stop` consumes the driver and `Drop` runs only after it, so the thread is always
+    // still there; keep a well-defined answer anyway.
+    Lwm2mServer::new(super::ServerConfig::default())
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.handle.stop();
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    socket: UdpSocket,
+    mut server: Lwm2mServer,
+    ops: Receiver<DeviceOp>,
+    events: Sender<DeviceEvent>,
+    stop: Arc<AtomicBool>,
+) -> Lwm2mServer {
+    let mut buf = vec![0u8; 65_536];
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        while let Ok(op) = ops.try_recv() {
+            server.submit(now, op);
+        }
+        server.handle_timeout(now);
+        while let Some(t) = server.poll_transmit() {
+            // A send error (unreachable peer, full buffer) is a lost datagram; CoAP
+            // retransmission covers it.
+            let _ = socket.send_to(&t.payload, t.destination);
+        }
+        while let Some(e) = server.poll_event() {
+            let _ = events.send(e);
+        }
+        let sleep = server
+            .poll_timeout()
+            .map_or(MAX_SLEEP, |t| t.saturating_duration_since(now))
+            .clamp(Duration::from_millis(1), MAX_SLEEP);
+        if socket.set_read_timeout(Some(sleep)).is_err() {
+            break;
+        }
+        match socket.recv_from(&mut buf) {
+            Ok((n, peer)) => server.handle_datagram(Instant::now(), peer, &buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            // ICMP port unreachable surfaces as ConnectionReset on some systems: ignore.
+            Err(_) => {}
+        }
+    }
+    server
+}

@@ -1,0 +1,545 @@
+//! Registry behaviour one case at a time: every error, slot reuse, the change feed's
+//! gap, borrowed views, and readers racing a writer.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use twinhub::registry::{ChangeKind, Registry, RegistryError, SharedRegistry, Slot, SlotSet};
+use twinhub::twin::{
+    Authentication, ConnectionState, DeviceStatus, DeviceValueType, Etag, MAX_TAGS, PropertyKind,
+    PskKey, Scalar, ServiceProperties, ServiceValue, Twin, TwinError,
+};
+use twinhub::{DeviceId, Timestamp};
+
+fn id(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+fn t0() -> Timestamp {
+    Timestamp::from_millis(1_461_931_200_000)
+}
+
+fn reg_with(ids: &[&str]) -> Registry {
+    let mut reg = Registry::new();
+    for i in ids {
+        reg.create(Twin::new(id(i))).unwrap();
+    }
+    reg
+}
+
+#[test]
+fn create_get_remove_and_slot_reuse() {
+    let mut reg = reg_with(&["a", "b", "c"]);
+    assert_eq!(reg.slot_of("b"), Some(Slot(1)));
+    let removed = reg.remove("b").unwrap();
+    assert_eq!(removed.device_id, id("b"));
+    assert!(reg.get("b").is_none());
+    assert_eq!(reg.twin_at(Slot(1)).map(|t| t.device_id().clone()), None);
+    let slot = reg.create(Twin::new(id("d"))).unwrap();
+    assert_eq!(slot, Slot(1), "the freed slot is reused");
+    assert_eq!(reg.universe().iter().collect::<Vec<_>>(), [0, 1, 2]);
+    // A new generation id distinguishes the reused slot's device.
+    let d = reg.get("d").unwrap();
+    assert!(d.generation_id() > reg.get("a").unwrap().generation_id());
+    assert_eq!(reg.len(), 3);
+    reg.validate().unwrap();
+}
+
+#[test]
+fn not_found_and_exists_errors() {
+    let mut reg = reg_with(&["a"]);
+    let nf = |r: Result<_, RegistryError>| matches!(r, Err(RegistryError::DeviceNotFound { ref id }) if id == "zz");
+    assert!(nf(reg.remove("zz").map(|_| ())));
+    assert!(nf(reg.report_device_property(
+        "zz",
+        "BatteryLevel",
+        1.into(),
+        t0()
+    )));
+    assert!(nf(reg
+        .set_service_property("zz", "x", None, None)
+        .map(|_| ())));
+    assert!(nf(reg.add_tags("zz", &["t"], None).map(|_| ())));
+    assert!(nf(reg.set_connection_state(
+        "zz",
+        ConnectionState::Connected,
+        t0()
+    )));
+    assert!(nf(reg.set_status("zz", DeviceStatus::Disabled, None, t0())));
+    assert!(nf(reg.set_managed("zz", true)));
+    assert!(nf(reg.set_registration("zz", None)));
+    assert!(nf(reg.set_last_activity("zz", t0())));
+    assert!(nf(reg.set_configuration("zz", None)));
+    assert!(nf(reg.set_authentication("zz", Authentication::default())));
+    assert!(nf(reg
+        .remove_device_property("zz", "BatteryLevel")
+        .map(|_| ())));
+    assert!(matches!(
+        reg.report_at(Slot(99), "BatteryLevel", 1.into(), t0()),
+        Err(RegistryError::DeviceNotFound { .. })
+    ));
+    let err = reg.create(Twin::new(id("a"))).unwrap_err();
+    assert_eq!(err, RegistryError::DeviceExists { id: id("a") });
+    assert_eq!(err.to_string(), "device a already exists");
+    assert_eq!(reg.last_seq(), 1, "failed writes emit nothing");
+    reg.validate().unwrap();
+}
+
+#[test]
+fn invalid_reports_change_nothing() {
+    let mut reg = reg_with(&["a"]);
+    reg.report_device_property("a", "BatteryLevel", 50.into(), t0())
+        .unwrap();
+    let before = serde_json::to_string(&reg.get("a").unwrap()).unwrap();
+    let cases: Vec<(&str, Scalar, TwinError)> = vec![
+        (
+            "BatteryLevel",
+            Scalar::from("full"),
+            TwinError::WrongValueType {
+                name: "BatteryLevel",
+                expected: DeviceValueType::Integer,
+                found: Scalar::from("full"),
+            },
+        ),
+        (
+            "/3/0/4",
+            Scalar::from(true),
+            TwinError::ExecutableProperty {
+                name: "RebootDevice",
+            },
+        ),
+        (
+            "Battery",
+            Scalar::from(1),
+            TwinError::UnknownDeviceProperty {
+                name: "Battery".into(),
+            },
+        ),
+        (
+            "/3",
+            Scalar::from(1),
+            TwinError::PropertyPathNotResource { name: "/3".into() },
+        ),
+    ];
+    for (name, value, error) in cases {
+        let got = reg.report_device_property("a", name, value, t0());
+        assert_eq!(
+            got,
+            Err(RegistryError::Invalid {
+                id: "a".into(),
+                error
+            }),
+            "{name}"
+        );
+    }
+    assert!(matches!(
+        reg.report_device_property("a", "/3/x/1", 1.into(), t0()),
+        Err(RegistryError::Invalid {
+            error: TwinError::BadPropertyPath { .. },
+            ..
+        })
+    ));
+    assert_eq!(
+        serde_json::to_string(&reg.get("a").unwrap()).unwrap(),
+        before
+    );
+    reg.validate().unwrap();
+}
+
+#[test]
+fn etag_precondition() {
+    let mut reg = reg_with(&["a"]);
+    let e1 = reg
+        .set_service_property("a", "region", Some("eu".into()), None)
+        .unwrap();
+    assert_eq!(reg.get("a").unwrap().service_etag(), e1);
+    let e2 = reg
+        .set_service_property("a", "region", Some("us".into()), Some(e1))
+        .unwrap();
+    assert!(e2 > e1);
+    let err = reg
+        .set_service_property("a", "region", Some("ap".into()), Some(e1))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RegistryError::PreconditionFailed {
+            id: id("a"),
+            expected: e1,
+            actual: e2
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("precondition failed for device a: etag is {e2}, not {e1}")
+    );
+    for r in [
+        reg.add_tags("a", &["x"], Some(e1)),
+        reg.remove_tags("a", &["x"], Some(e1)),
+        reg.replace_tags("a", &["x"], Some(e1)),
+        reg.replace_service_properties("a", &ServiceProperties::default(), Some(e1)),
+    ] {
+        assert!(matches!(r, Err(RegistryError::PreconditionFailed { .. })));
+    }
+    let v = reg.get("a").unwrap();
+    assert_eq!(v.service_property("region"), Some(&Scalar::from("us")));
+    assert_eq!(v.tags().count(), 0);
+    // Device-side changes move the twin etag, not the service etag.
+    reg.report_device_property("a", "BatteryLevel", 3.into(), t0())
+        .unwrap();
+    let v = reg.get("a").unwrap();
+    assert_eq!(v.service_etag(), e2);
+    assert!(v.etag() > e2);
+    reg.validate().unwrap();
+}
+
+#[test]
+fn service_property_and_tag_validation() {
+    let mut reg = reg_with(&["a"]);
+    let invalid = |r: Result<Etag, RegistryError>| match r {
+        Err(RegistryError::Invalid { error, .. }) => error,
+        other => panic!("expected invalid, got {other:?}"),
+    };
+    assert_eq!(
+        invalid(reg.set_service_property("a", "", Some(1.into()), None)),
+        TwinError::EmptyName
+    );
+    assert!(matches!(
+        invalid(reg.set_service_property("a", "a.b", Some(1.into()), None)),
+        TwinError::InvalidNameChar { ch: '.', .. }
+    ));
+    let deep: ServiceValue = serde_json::from_str(r#"{"a":{"b":{"c":{"d":{"e":1}}}}}"#).unwrap();
+    assert!(matches!(
+        invalid(reg.set_service_property("a", "p", Some(deep), None)),
+        TwinError::ObjectTooDeep { .. }
+    ));
+    assert!(matches!(
+        invalid(reg.add_tags("a", &["ok", "not,ok"], None)),
+        TwinError::InvalidTagChar { ch: ',', .. }
+    ));
+    let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    assert_eq!(
+        invalid(reg.add_tags("a", &many, None)),
+        TwinError::TooManyTags {
+            count: MAX_TAGS + 1
+        }
+    );
+    assert!(matches!(
+        reg.set_configuration("a", Some("x".repeat(5000))),
+        Err(RegistryError::Invalid {
+            error: TwinError::FieldTooLong {
+                field: "configuration",
+                ..
+            },
+            ..
+        })
+    ));
+    assert!(matches!(
+        reg.set_status("a", DeviceStatus::Disabled, Some("x".repeat(5000)), t0()),
+        Err(RegistryError::Invalid {
+            error: TwinError::FieldTooLong { .. },
+            ..
+        })
+    ));
+    assert!(matches!(
+        reg.create(Twin::new(id("b")).with_service_property("$bad", 1)),
+        Err(RegistryError::Invalid { ref id, .. }) if id == "b"
+    ));
+    assert!(reg.get("a").unwrap().tags().next().is_none());
+    assert_eq!(reg.last_seq(), 1);
+    reg.validate().unwrap();
+}
+
+#[test]
+fn nested_service_properties_are_indexed_by_dotted_path() {
+    let mut reg = reg_with(&["a", "b"]);
+    let cfg: ServiceValue = serde_json::from_str(r#"{"mode":"eco","limits":{"max":5}}"#).unwrap();
+    reg.set_service_property("a", "cfg", Some(cfg.clone()), None)
+        .unwrap();
+    reg.set_service_property("b", "cfg", Some(3.into()), None)
+        .unwrap();
+    let max = reg
+        .property_id(PropertyKind::Service, "cfg.limits.max")
+        .unwrap();
+    let slot_a = reg.slot_of("a").unwrap();
+    assert_eq!(reg.value_of(slot_a, max), Some(&Scalar::from(5)));
+    let cfg_id = reg.property_id(PropertyKind::Service, "cfg").unwrap();
+    assert_eq!(reg.exists_bitmap(cfg_id).unwrap().len(), 2);
+    assert_eq!(
+        reg.value_of(slot_a, cfg_id),
+        None,
+        "an object has no scalar value"
+    );
+    let view = reg.get("a").unwrap();
+    assert_eq!(
+        view.service_properties(),
+        BTreeMap::from([("cfg".to_string(), cfg)])
+    );
+    // Replacing the object by a scalar drops its members from the indexes.
+    reg.set_service_property("a", "cfg", Some("off".into()), None)
+        .unwrap();
+    assert!(reg.exists_bitmap(max).unwrap().is_empty());
+    assert_eq!(reg.value_of(slot_a, cfg_id), Some(&Scalar::from("off")));
+    reg.validate().unwrap();
+}
+
+#[test]
+fn reports_by_path_and_numbers_keep_their_form() {
+    let mut reg = reg_with(&["a", "b"]);
+    reg.report_device_property("a", "/3303/0/5700", Scalar::from(2.0), t0())
+        .unwrap();
+    reg.report_device_property("b", "/3303/0/5700", Scalar::from(2), t0())
+        .unwrap();
+    let pid = reg
+        .property_id(PropertyKind::Device, "/3303/0/5700")
+        .unwrap();
+    assert_eq!(reg.value_slots(pid, &Scalar::from(2)).unwrap().len(), 2);
+    assert_eq!(reg.distinct_values(pid), 1);
+    let json_a = serde_json::to_value(reg.get("a").unwrap()).unwrap();
+    let json_b = serde_json::to_value(reg.get("b").unwrap()).unwrap();
+    assert_eq!(
+        json_a["deviceProperties"]["/3303/0/5700"]["value"].to_string(),
+        "2.0"
+    );
+    assert_eq!(
+        json_b["deviceProperties"]["/3303/0/5700"]["value"].to_string(),
+        "2"
+    );
+    reg.report_device_property("a", "/3/0/9", 10.into(), t0())
+        .unwrap();
+    assert_eq!(
+        reg.get("a").unwrap().device_property("BatteryLevel"),
+        Some((&Scalar::from(10), t0()))
+    );
+    reg.validate().unwrap();
+}
+
+#[test]
+fn value_ranges_and_slot_sets() {
+    let mut reg = Registry::new();
+    for i in 0..10 {
+        let t = Twin::new(id(&format!("d{i}")))
+            .with_device_property("BatteryLevel", (i * 10) as i64, t0())
+            .with_device_property("SerialNumber", format!("SN{i}"), t0());
+        reg.create(t).unwrap();
+    }
+    let bl = reg
+        .property_id(PropertyKind::Device, "BatteryLevel")
+        .unwrap();
+    let got: Vec<i64> = reg
+        .values_in_range(
+            bl,
+            Bound::Included(&Scalar::from(25)),
+            Bound::Excluded(&Scalar::from(60)),
+        )
+        .map(|(v, _)| v.as_number().unwrap().as_i64().unwrap())
+        .collect();
+    assert_eq!(got, [30, 40, 50]);
+    let slots = reg.range_bitmap(bl, Bound::Excluded(&Scalar::from(80)), Bound::Unbounded);
+    assert_eq!(slots.iter().collect::<Vec<_>>(), [9]);
+    // Strings sort after every number: a number range never picks up a string.
+    assert_eq!(
+        reg.range_bitmap(bl, Bound::Included(&Scalar::from(0)), Bound::Unbounded)
+            .len(),
+        10
+    );
+    let sn = reg
+        .property_id(PropertyKind::Device, "SerialNumber")
+        .unwrap();
+    let set = reg.value_slots(sn, &Scalar::from("SN3")).unwrap();
+    assert!(matches!(set, SlotSet::One(3)));
+    assert_eq!(set.to_bitmap().iter().collect::<Vec<_>>(), [3]);
+    let mut acc = reg.universe().clone();
+    set.intersect_into(&mut acc);
+    assert_eq!(acc.len(), 1);
+    assert!(reg.value_slots(sn, &Scalar::from("nope")).is_none());
+    assert!(
+        reg.property_id(PropertyKind::Service, "SerialNumber")
+            .is_none()
+    );
+    assert_eq!(
+        reg.property_name(sn),
+        Some((PropertyKind::Device, "SerialNumber"))
+    );
+}
+
+#[test]
+fn change_feed_is_resumable_and_reports_gaps() {
+    let mut reg = Registry::with_feed_capacity(4);
+    reg.create(Twin::new(id("a"))).unwrap();
+    reg.report_device_property("a", "BatteryLevel", 1.into(), t0())
+        .unwrap();
+    reg.add_tags("a", &["x"], None).unwrap();
+    let all: Vec<_> = reg.changes_after(0).unwrap().cloned().collect();
+    assert_eq!(
+        all.iter().map(|c| &c.kind).collect::<Vec<_>>(),
+        [
+            &ChangeKind::Created,
+            &ChangeKind::DeviceProperty {
+                name: "BatteryLevel".into()
+            },
+            &ChangeKind::Tags
+        ]
+    );
+    let resume = all[1].seq;
+    reg.set_connection_state("a", ConnectionState::Connected, t0())
+        .unwrap();
+    reg.set_managed("a", true).unwrap();
+    let next: Vec<u64> = reg.changes_after(resume).unwrap().map(|c| c.seq).collect();
+    assert_eq!(next, [3, 4, 5]);
+    // Seq 1 was dropped: a consumer that only saw nothing gets a gap, not a skip.
+    let gap = reg.changes_after(0).err().unwrap();
+    assert_eq!(gap.dropped_through, 1);
+    assert_eq!(
+        gap.to_string(),
+        "change feed gap: changes 1..=1 were dropped before they were read"
+    );
+    assert_eq!(reg.changes_after(gap.resume_after()).unwrap().count(), 4);
+    assert_eq!(reg.changes_after(99).unwrap().count(), 0);
+    reg.validate().unwrap();
+
+    let mut none = Registry::with_feed_capacity(0);
+    none.create(Twin::new(id("a"))).unwrap();
+    assert!(none.changes_after(0).is_err());
+    assert_eq!(none.changes_after(1).unwrap().count(), 0);
+    none.validate().unwrap();
+}
+
+#[test]
+fn secrets_stay_out_of_views() {
+    let mut reg = reg_with(&["a"]);
+    reg.set_authentication(
+        "a",
+        Authentication {
+            psk_identity: Some("a-id".into()),
+            psk_key: Some(PskKey::new(b"topsecret".to_vec())),
+        },
+    )
+    .unwrap();
+    let view = reg.get("a").unwrap();
+    assert_eq!(
+        view.authentication().psk_key.as_ref().unwrap().expose(),
+        b"topsecret"
+    );
+    let json = serde_json::to_string(&view).unwrap();
+    let debug = format!("{view:?}");
+    assert!(json.contains("a-id") && !json.contains("topsecret"));
+    assert!(!debug.contains("topsecret") && !debug.contains("116, 111, 112"));
+}
+
+#[test]
+fn fields_and_their_bitmaps() {
+    let mut reg = reg_with(&["a", "b"]);
+    reg.set_status("a", DeviceStatus::Disabled, Some("stolen".into()), t0())
+        .unwrap();
+    reg.set_connection_state("b", ConnectionState::Connected, t0())
+        .unwrap();
+    reg.set_managed("b", true).unwrap();
+    reg.set_configuration("b", Some("cfg-1".into())).unwrap();
+    reg.set_last_activity("b", t0()).unwrap();
+    let a = reg.slot_of("a").unwrap().0;
+    let b = reg.slot_of("b").unwrap().0;
+    assert!(reg.status_bitmap(DeviceStatus::Disabled).contains(a));
+    assert!(!reg.status_bitmap(DeviceStatus::Enabled).contains(a));
+    assert!(
+        reg.connection_bitmap(ConnectionState::Connected)
+            .contains(b)
+    );
+    assert!(
+        reg.connection_bitmap(ConnectionState::Disconnected)
+            .contains(a)
+    );
+    assert!(reg.managed_bitmap(true).contains(b) && reg.managed_bitmap(false).contains(a));
+    let av = reg.get("a").unwrap();
+    assert_eq!(av.status_reason(), Some("stolen"));
+    let bv = reg.get("b").unwrap();
+    assert_eq!(bv.configuration(), Some("cfg-1"));
+    assert_eq!(bv.last_activity_time(), Some(t0()));
+    reg.set_status("a", DeviceStatus::Enabled, None, t0())
+        .unwrap();
+    assert_eq!(reg.get("a").unwrap().status_reason(), None);
+    reg.validate().unwrap();
+}
+
+#[test]
+fn readers_never_see_half_applied_writes() {
+    // The writer moves every device between two tags in one write each; a reader must
+    // always see each device in exactly one of them, and the tag counts sum to the fleet.
+    let mut reg = Registry::new();
+    for i in 0..200 {
+        reg.create(Twin::new(id(&format!("d{i}"))).with_tag("even"))
+            .unwrap();
+    }
+    let shared = SharedRegistry::new(reg);
+    let writer = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            for round in 0..20 {
+                for i in 0..200 {
+                    let (from, to) = if round % 2 == 0 {
+                        ("even", "odd")
+                    } else {
+                        ("odd", "even")
+                    };
+                    let mut w = shared.write();
+                    let cur = w.get(&format!("d{i}")).unwrap().has_tag(from);
+                    assert!(cur);
+                    w.replace_tags(&format!("d{i}"), &[to], None).unwrap();
+                    w.report_device_property(
+                        &format!("d{i}"),
+                        "BatteryLevel",
+                        (round as i64).into(),
+                        Timestamp::EPOCH,
+                    )
+                    .unwrap();
+                }
+            }
+        })
+    };
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                for _ in 0..300 {
+                    let r = shared.read();
+                    let even = r.tag_bitmap("even").map_or(0, |b| b.len());
+                    let odd = r.tag_bitmap("odd").map_or(0, |b| b.len());
+                    assert_eq!(even + odd, 200);
+                    if let (Some(e), Some(o)) = (r.tag_bitmap("even"), r.tag_bitmap("odd")) {
+                        assert!(e.is_disjoint(o));
+                    }
+                    let change = r
+                        .changes_after(r.last_seq().saturating_sub(1))
+                        .map(|c| c.count());
+                    assert!(matches!(change, Ok(0) | Ok(1)));
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), 300);
+    }
+    let r = shared.read();
+    assert_eq!(r.tag_bitmap("even").unwrap().len(), 200);
+    r.validate().unwrap();
+}
+
+#[test]
+fn load_stops_at_the_first_invalid_twin() {
+    let mut reg = Registry::new();
+    let twins = vec![
+        Twin::new(id("a")),
+        Twin::new(id("b")).with_tag(""),
+        Twin::new(id("c")),
+    ];
+    let err = reg.load(twins).unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Invalid { ref id, error: TwinError::EmptyTag } if id == "b")
+    );
+    assert!(reg.contains("a") && !reg.contains("b") && !reg.contains("c"));
+    assert_eq!(reg.load(vec![Twin::new(id("c"))]), Ok(1));
+    reg.validate().unwrap();
+}
