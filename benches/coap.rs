@@ -10,7 +10,10 @@
 //!   thread runs one [`Endpoint`] on a socket and answers each request inline (piggybacked
 //!   2.05 with a 2-byte payload); the bench thread is the client: one `Endpoint` keeping 64
 //!   CON requests in flight (NSTART 64), each answered response immediately replaced by a
-//!   new request (target >= 80,000 requests/s).
+//!   new request (target >= 80,000 requests/s);
+//! - `loopback/raw_udp_echo`: the same traffic shape without CoAP (a thread echoing 16-byte
+//!   datagrams, the client keeping 64 in flight) — the ceiling this machine's loopback and
+//!   scheduler allow at the moment, to read the CoAP number against (same run, same load).
 //!
 //! Corpus: the messages are fixed (built below); token bytes come from a seeded generator
 //! (`Endpoint::new_seeded`) so runs are comparable. No randomness otherwise.
@@ -167,5 +170,65 @@ fn loopback(c: &mut Criterion) {
     thread.join().unwrap();
 }
 
-criterion_group!(benches, codec, loopback);
+fn raw_echo(c: &mut Criterion) {
+    let server_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server: SocketAddr = server_socket.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        server_socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((n, peer)) = server_socket.recv_from(&mut buf) {
+                let _ = server_socket.send_to(&buf[..n], peer);
+            }
+        }
+    });
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let datagram = [7u8; 16];
+    let mut g = c.benchmark_group("loopback");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("raw_udp_echo", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let mut sent = 0u64;
+            let mut done = 0u64;
+            while sent < iters.min(64) {
+                socket.send_to(&datagram, server).unwrap();
+                sent += 1;
+            }
+            while done < iters {
+                match socket.recv_from(&mut buf) {
+                    Ok(_) => {
+                        done += 1;
+                        if sent < iters {
+                            socket.send_to(&datagram, server).unwrap();
+                            sent += 1;
+                        }
+                    }
+                    // A lost datagram: count it and send another to keep the window.
+                    Err(_) => {
+                        done += 1;
+                        if sent < iters {
+                            socket.send_to(&datagram, server).unwrap();
+                            sent += 1;
+                        }
+                    }
+                }
+            }
+            start.elapsed()
+        })
+    });
+    g.finish();
+    stop.store(true, Ordering::Relaxed);
+    thread.join().unwrap();
+}
+
+criterion_group!(benches, codec, loopback, raw_echo);
 criterion_main!(benches);

@@ -1172,7 +1172,7 @@ impl Endpoint {
             self.remove_sent((r.peer, mid));
         }
         if let Some(p) = self.peers.get_mut(&r.peer) {
-            p.refs -= 1;
+            p.refs = p.refs.saturating_sub(1);
             if let Some(pos) = p.queue.iter().position(|q| *q == id) {
                 p.queue.remove(pos);
             }
@@ -1279,9 +1279,7 @@ impl Endpoint {
                 observe: msg.observe(),
             },
         );
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.pending += 1;
-        }
+        self.peers.entry(peer).or_default().pending += 1;
         if con {
             self.piggyback_deadlines
                 .push_back((now + self.config.piggyback_window, id));
@@ -1719,7 +1717,7 @@ impl Endpoint {
             self.sent.remove(&(o.peer, m));
         }
         if let Some(p) = self.peers.get_mut(&o.peer) {
-            p.refs -= 1;
+            p.refs = p.refs.saturating_sub(1);
         }
         self.gc_peer(o.peer);
         true
@@ -1843,10 +1841,11 @@ impl Endpoint {
             (&mut self.dedup_expiry_non, self.config.non_lifetime)
         };
         fifo.push_back((now + life, peer, mid, stamp));
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.dedup.push_back((mid, stamp));
-            p.dedup_count += 1;
-        }
+        // Evicting this peer's own last entries above may have dropped its (idle) state;
+        // it comes back here, so the peer count never exceeds what admitted it.
+        let p = self.peers.entry(peer).or_default();
+        p.dedup.push_back((mid, stamp));
+        p.dedup_count += 1;
     }
 
     fn remove_dedup(&mut self, peer: SocketAddr, mid: u16, stamp: u64) {
@@ -1857,7 +1856,7 @@ impl Endpoint {
         self.dedup.remove(&key);
         self.dedup_len -= 1;
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.dedup_count -= 1;
+            p.dedup_count = p.dedup_count.saturating_sub(1);
             if p.dedup.front() == Some(&(mid, stamp)) {
                 p.dedup.pop_front();
             }
