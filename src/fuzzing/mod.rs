@@ -6,11 +6,13 @@
 //! round trip that does not hold); bad input must come back as a typed error.
 
 pub mod coap;
+pub mod job;
 pub mod lwm2m_server;
 pub mod query;
 pub mod registry;
 
 pub use coap::{coap_decode, link_format};
+pub use job::job_events;
 pub use lwm2m_server::{registration, senml_json_decode, tlv_decode};
 pub use query::{query_parse, query_roundtrip};
 pub use registry::registry_ops;
@@ -22,6 +24,7 @@ pub type FuzzBody = fn(&[u8]);
 /// One line per target, kept sorted.
 pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("coap_decode", coap_decode),
+    ("job_events", job_events),
     ("link_format", link_format),
     ("query_parse", query_parse),
     ("query_roundtrip", query_roundtrip),
