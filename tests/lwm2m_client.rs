@@ -760,3 +760,30 @@ fn application_setters_respect_the_model() {
             .is_err()
     );
 }
+
+mod random {
+    use proptest::prelude::*;
+
+    /// One step of the `client_requests` fuzz body: a structured request or a clock tick.
+    fn step() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(1u8), Just(3), Just(15), Just(0)],
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(kind, body)| {
+                let mut s = vec![kind, 0, body.len() as u8];
+                s.extend(body);
+                s
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        /// Random request sequences never panic, every datagram decodes and the object
+        /// tree keeps its invariants (the fuzz body asserts all three).
+        #[test]
+        fn random_requests_keep_the_client_sound(steps in proptest::collection::vec(step(), 1..24)) {
+            twinhub::fuzzing::client_requests(&steps.concat());
+        }
+    }
+}
