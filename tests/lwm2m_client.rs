@@ -787,3 +787,35 @@ mod random {
         }
     }
 }
+
+/// The fleet case: 10,000 sans-IO clients with the standard objects live in one process,
+/// all register against a simulated server and answer a read. (Their memory is measured in
+/// the `lwm2m_client` bench.)
+#[test]
+fn ten_thousand_clients_in_one_process() {
+    let now = Instant::now();
+    let mut clients: Vec<Lwm2mClient> = (0..10_000)
+        .map(|i| Lwm2mClient::new(now, ClientConfig::new(format!("dev-{i}"), server()), tree()))
+        .collect();
+    let mut registered = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.handle_timeout(now);
+        let reg = Message::decode(&c.poll_transmit().unwrap().payload).unwrap();
+        assert!(reg.uri_query().any(|q| q == format!("ep=dev-{i}")));
+        let mut ok = Message::new(MessageType::Acknowledgement, Code::CREATED, reg.message_id);
+        ok.with_token(reg.token());
+        ok.add_location_path("rd");
+        ok.add_location_path(&i.to_string());
+        c.handle_datagram(now, server(), &ok.to_bytes().unwrap());
+        registered += c.is_registered() as usize;
+    }
+    assert_eq!(registered, 10_000);
+    let mut get = Message::request(Code::GET, "/3/0/2");
+    get.message_id = 9;
+    let wire = get.to_bytes().unwrap();
+    for c in clients.iter_mut().step_by(997) {
+        c.handle_datagram(now, server(), &wire);
+        let r = Message::decode(&c.poll_transmit().unwrap().payload).unwrap();
+        assert_eq!(text(&r), "SN-42");
+    }
+}
