@@ -819,3 +819,45 @@ fn ten_thousand_clients_in_one_process() {
         assert_eq!(text(&r), "SN-42");
     }
 }
+
+/// Our client's payloads decode with the crate's server-side content decoders (written
+/// independently, in `lwm2m::content`) to the values the client holds.
+#[test]
+fn client_payloads_decode_with_the_server_content_module() {
+    use twinhub::lwm2m::content::{self, ContentFormat as Cf, standard_resource_type};
+    let mut h = Harness::registered();
+    let base = Lwm2mPath::instance(3, 0);
+    let expected = h.client.objects_mut().read(&base).unwrap();
+    for (accept, cf) in [(11542, Cf::Tlv), (110, Cf::SenmlJson), (1542, Cf::Tlv)] {
+        let r = h.get("/3/0", Some(accept));
+        let decoded = content::decode(cf, &r.payload, &base, &standard_resource_type)
+            .unwrap_or_else(|e| panic!("format {accept}: {e}"));
+        assert_eq!(
+            decoded.values.len(),
+            expected.values.len(),
+            "format {accept}"
+        );
+        for (p, v) in &expected.values {
+            let got = decoded
+                .get(p)
+                .unwrap_or_else(|| panic!("{p} missing in {accept}"));
+            match (v, got) {
+                (ResourceValue::Time(a), ResourceValue::Integer(b))
+                | (ResourceValue::Integer(a), ResourceValue::Time(b)) => assert_eq!(a, b),
+                (ResourceValue::Integer(a), ResourceValue::Float(b)) => assert_eq!(*a as f64, *b),
+                _ => assert_eq!(v, got, "{p} in format {accept}"),
+            }
+        }
+    }
+    // And the server module's encodings are accepted by the client.
+    let p = Lwm2mPath::resource(3, 0, 15);
+    let c = twinhub::Content::single(p, ResourceValue::String("Africa/Lagos".into()));
+    for (number, cf) in [(11542u16, Cf::Tlv), (110, Cf::SenmlJson), (0, Cf::Text)] {
+        let body = content::encode(cf, &p, &c).unwrap();
+        let mut m = Message::request(Code::PUT, "/3/0/15");
+        m.set_content_format(ContentFormat(number));
+        m.payload = body;
+        assert_eq!(h.request(m).code, Code::CHANGED, "format {number}");
+        assert_eq!(text(&h.get("/3/0/15", None)), "Africa/Lagos");
+    }
+}
