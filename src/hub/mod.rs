@@ -450,6 +450,20 @@ impl Hub {
         lock(&self.inner.jobs).records().collect()
     }
 
+    /// Runs a JSON query expression over job history (parents and children): the
+    /// preview's job query, e.g. the failed children of a job grouped by failure reason.
+    /// Properties are `type: "default"`: `JobId`, `ParentJobId`, `DeviceId`, `Type`,
+    /// `Status`, `StartTimeUtc`, `EndTimeUtc`, `FailureReason`.
+    pub fn query_jobs(
+        &self,
+        text: &str,
+        options: &QueryOptions,
+    ) -> Result<QueryResult<JobRecord>, QueryError> {
+        let expr = crate::query::parse(text)?;
+        let snapshot = lock(&self.inner.jobs).history_snapshot();
+        Ok(crate::query::execute(&snapshot, &expr, options)?.map_documents(|r| r.clone()))
+    }
+
     /// What the hub thread has done so far.
     pub fn stats(&self) -> HubStats {
         let c = &self.inner.counters;

@@ -70,8 +70,11 @@
 //!
 //! # History
 //!
-//! Every parent and child is a [`JobRecord`] in the preview's JobResponse shape; see
-//! [`history`] for the filters, paging and group-by counts.
+//! Every parent and child is a [`JobRecord`] in the preview's JobResponse shape. Two ways
+//! to ask: [`JobEngine::history_snapshot`] gives a [`HistorySnapshot`] that the query
+//! engine runs the JSON query expressions over (filter, project, aggregate, sort, paging;
+//! see [`history_query`]); [`history`] has a typed filter answered from live bitmap
+//! indexes, with cursor paging and group-by-failure-reason counts.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -118,6 +121,7 @@
 mod engine;
 mod fxhash;
 pub mod history;
+pub mod history_query;
 mod spec;
 pub mod state;
 
@@ -125,6 +129,7 @@ pub use engine::{
     CancelMode, EngineConfig, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobStatistics, TwinUpdate,
 };
 pub use history::{HistoryCursor, HistoryFilter, HistoryPage, JobRecord, RecordScope};
+pub use history_query::{HistoryProperty, HistorySnapshot};
 pub use spec::{
     AbortRule, ExponentialRamp, FailureKind, FailureReason, JobId, JobIdError, JobKind, JobSpec,
     JobType, MAX_JOB_ID_LEN, MAX_JOB_PROPERTIES, MAX_PACKAGE_URI_LEN, RetryRule, Rollout,

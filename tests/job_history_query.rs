@@ -1,0 +1,184 @@
+//! Job history through the query engine: JSON query expressions over a simulated fleet's
+//! job records, checked against plain scans of the same records.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use twinhub::job::{
+    EngineConfig, HistoryFilter, JobEngine, JobId, JobRecord, JobSpec, JobType, RecordScope,
+};
+use twinhub::query::{QueryOptions, count, execute, parse};
+use twinhub::transport::Transport;
+use twinhub::transport::memory::{DeviceSpec, FaultProfile, MemoryConfig, MemoryTransport};
+use twinhub::{DeviceId, Timestamp};
+
+fn run_fleet() -> JobEngine {
+    let t0 = Instant::now();
+    let mut fleet = MemoryTransport::new(MemoryConfig::with_seed(31));
+    let mut jobs = JobEngine::new(
+        EngineConfig::default(),
+        t0,
+        Timestamp::from_millis(1_461_931_200_000),
+    );
+    let ids: Vec<DeviceId> = (0..300)
+        .map(|i| DeviceId::new(&format!("dev-{i:03}")).unwrap())
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let faults = FaultProfile {
+            download_result: match i % 10 {
+                0 => Some(5),
+                1 => Some(7),
+                _ => None,
+            },
+            unresponsive: i % 17 == 0,
+            ..FaultProfile::default()
+        };
+        fleet
+            .add_device(t0, DeviceSpec::new(id.clone()).faults(faults))
+            .unwrap();
+    }
+    let fw = JobType::FirmwareUpdate {
+        package_uri: "coap://fw/2.0".into(),
+        expected_version: Some("2.0".into()),
+    };
+    let mut now = t0 + Duration::from_secs(1);
+    fleet.handle_timeout(now);
+    while let Some(e) = fleet.poll_event() {
+        jobs.handle_event(now, &e);
+    }
+    jobs.create(
+        now,
+        JobSpec::new(JobId::new("fw-x").unwrap(), fw, ids.clone())
+            .device_timeout(Duration::from_secs(600)),
+    )
+    .unwrap();
+    let reboot = JobType::Reboot {
+        wait_for_registration: false,
+    };
+    jobs.create(
+        now,
+        JobSpec::new(JobId::new("reboot-y").unwrap(), reboot, ids[..50].to_vec()),
+    )
+    .unwrap();
+    let until = t0 + Duration::from_secs(6 * 3600);
+    loop {
+        while let Some(op) = jobs.poll_op() {
+            fleet.submit(now, op);
+        }
+        while let Some(e) = fleet.poll_event() {
+            jobs.handle_event(now, &e);
+        }
+        if jobs
+            .job_ids()
+            .all(|id| jobs.job(id).unwrap().status.is_terminal())
+        {
+            break;
+        }
+        let next = [fleet.poll_timeout(), jobs.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap();
+        assert!(next <= until);
+        now = now.max(next);
+        fleet.handle_timeout(now);
+        jobs.handle_timeout(now);
+    }
+    jobs
+}
+
+#[test]
+fn failed_children_grouped_by_failure_reason() {
+    let jobs = run_fleet();
+    let snapshot = jobs.history_snapshot();
+    let q = parse(
+        r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
+              {"type": "comparison", "comparisonOperator": "eq",
+               "property": {"name": "ParentJobId", "type": "default"}, "value": "fw-x"},
+              {"type": "comparison", "comparisonOperator": "eq",
+               "property": {"name": "Status", "type": "default"}, "value": "failed"}]},
+            "aggregate": {"keys": [{"name": "FailureReason", "type": "default"}],
+              "properties": [{"operator": "count", "columnName": "devices"}]},
+            "sort": [{"property": {"name": "devices", "type": "aggregated"}, "order": "desc"}]}"#,
+    )
+    .unwrap();
+    let result = execute(&snapshot, &q, &QueryOptions::default()).unwrap();
+    let json = serde_json::to_value(&result).unwrap();
+    let rows = json["AggregateResult"].as_array().unwrap();
+    let got: BTreeMap<String, u64> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["FailureReason"].as_str().unwrap().to_owned(),
+                r["devices"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = jobs.failure_reasons(&HistoryFilter {
+        parent: Some(JobId::new("fw-x").unwrap()),
+        scope: RecordScope::Children,
+        ..HistoryFilter::default()
+    });
+    assert_eq!(got, expected);
+    assert_eq!(got["deviceError:5"], 28, "{got:?}"); // i % 10 == 0, minus the mute ones
+    assert!(got.contains_key("timedOut"));
+    // Sorted by count, descending.
+    let counts: Vec<u64> = rows
+        .iter()
+        .map(|r| r["devices"].as_u64().unwrap())
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] >= w[1]));
+}
+
+#[test]
+fn filters_sort_project_and_page_like_a_scan() {
+    let jobs = run_fleet();
+    let records: Vec<JobRecord> = jobs.records().collect();
+    let snapshot = jobs.history_snapshot();
+    // Children of the firmware job that started in the first 30 minutes, latest end first.
+    let cut = Timestamp::from_millis(1_461_931_200_000 + 30 * 60_000).to_string();
+    let text = format!(
+        r#"{{"filter": {{"type": "logical", "logicalOperator": "and", "filters": [
+              {{"type": "comparison", "comparisonOperator": "eq",
+               "property": {{"name": "type", "type": "default"}}, "value": "firmwareUpdate"}},
+              {{"type": "comparison", "comparisonOperator": "ne",
+               "property": {{"name": "deviceId", "type": "default"}}, "value": null}},
+              {{"type": "comparison", "comparisonOperator": "lt",
+               "property": {{"name": "StartTimeUtc", "type": "default"}}, "value": "{cut}"}}]}},
+            "project": {{"all": false, "properties": [
+               {{"name": "Status", "type": "default"}}, {{"name": "EndTimeUtc", "type": "default"}}]}},
+            "sort": [{{"property": {{"name": "EndTimeUtc", "type": "default"}}, "order": "desc"}}]}}"#
+    );
+    let q = parse(&text).unwrap();
+    let mut expected: Vec<&JobRecord> = records
+        .iter()
+        .filter(|r| {
+            r.kind.as_str() == "firmwareUpdate"
+                && r.device_id.is_some()
+                && r.start_time_utc.is_some_and(|t| t.to_string() < cut)
+        })
+        .collect();
+    // Latest end first, ties by job id.
+    expected.sort_by(|a, b| {
+        b.end_time_utc
+            .cmp(&a.end_time_utc)
+            .then(a.job_id.cmp(&b.job_id))
+    });
+    assert_eq!(count(&snapshot, &q).unwrap(), expected.len() as u64);
+    let mut got = Vec::new();
+    let mut options = QueryOptions::page(37);
+    loop {
+        let page = execute(&snapshot, &q, &options).unwrap();
+        let json = serde_json::to_value(&page).unwrap();
+        for item in json["Result"].as_array().unwrap() {
+            assert_eq!(item.as_object().unwrap().len(), 3, "{item}");
+            got.push(item["jobId"].as_str().unwrap().to_owned());
+        }
+        match page.continuation {
+            Some(token) => options = QueryOptions::page(37).after(token),
+            None => break,
+        }
+    }
+    let expected_ids: Vec<&str> = expected.iter().map(|r| r.job_id.as_str()).collect();
+    assert_eq!(got, expected_ids);
+    assert!(got.len() > 100);
+}
