@@ -128,6 +128,23 @@ fn registration_fills_twins_and_every_job_type_runs() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].device_id.as_ref().unwrap().as_str(), "dev-0");
     assert_eq!(failed[0].failure_reason.as_deref(), Some("deviceError:5"));
+    // Job history answers the preview's job queries: failed children of fw-1 by reason.
+    let by_reason = hub
+        .query_jobs(
+            r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
+                 {"type": "comparison", "comparisonOperator": "eq",
+                  "property": {"name": "ParentJobId", "type": "default"}, "value": "fw-1"},
+                 {"type": "comparison", "comparisonOperator": "eq",
+                  "property": {"name": "Status", "type": "default"}, "value": "failed"}]},
+                "aggregate": {"keys": [{"name": "FailureReason", "type": "default"}],
+                  "properties": [{"operator": "count", "columnName": "children"}]}}"#,
+            &twinhub::query::QueryOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&by_reason.aggregate_result).unwrap(),
+        serde_json::json!([{"FailureReason": "deviceError:5", "children": 1}])
+    );
     // The new version reached the twins through notifications/reads.
     wait_until("twins to show firmware 2.0", || {
         ids[1..].iter().all(|id| {
