@@ -33,6 +33,18 @@
 //! becomes the etags it touches) and goes into a bounded ring; see
 //! [`Registry::changes_after`].
 //!
+//! **Index access** (what the query engine reads; every answer is borrowed or cheap):
+//! [`universe`](Registry::universe), [`slot_of`](Registry::slot_of),
+//! [`twin_at`](Registry::twin_at), [`tag_bitmap`](Registry::tag_bitmap),
+//! [`property_id`](Registry::property_id), [`value_slots`](Registry::value_slots)
+//! (a [`SlotSet`]: one slot or a bitmap), [`values_in_range`](Registry::values_in_range)
+//! (ordered, reversible), [`range_bitmap`](Registry::range_bitmap),
+//! [`exists_bitmap`](Registry::exists_bitmap), [`value_of`](Registry::value_of),
+//! [`status_bitmap`](Registry::status_bitmap),
+//! [`connection_bitmap`](Registry::connection_bitmap),
+//! [`managed_bitmap`](Registry::managed_bitmap) and [`device_ids`](Registry::device_ids)
+//! (id order, resumable for paging).
+//!
 //! ```
 //! use twinhub::registry::Registry;
 //! use twinhub::twin::{PropertyKind, Scalar, Twin};
