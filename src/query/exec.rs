@@ -323,27 +323,16 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
             Plan::Eq(p, v) => s
                 .value_slots(*p, v)
                 .map_or_else(RoaringBitmap::new, |x| x.intersection(within)),
-            Plan::In(p, vs) => {
-                let mut acc = RoaringBitmap::new();
-                for v in vs {
-                    if let Some(x) = s.value_slots(*p, v) {
-                        x.union_into(&mut acc);
-                    }
-                }
-                acc & within
-            }
-            Plan::Range(p, lo, hi) => {
-                let mut singles = Vec::new();
-                let mut acc = RoaringBitmap::new();
-                for (_, x) in s.values_in_range(*p, lo.as_ref(), hi.as_ref()) {
-                    match x {
-                        Slots::One(slot) => singles.push(slot),
-                        other => other.union_into(&mut acc),
-                    }
-                }
-                acc.extend(singles);
-                acc & within
-            }
+            // Intersect each value's slots first: every piece is at most `within` large.
+            Plan::In(p, vs) => vs
+                .iter()
+                .filter_map(|v| s.value_slots(*p, v))
+                .map(|x| x.intersection(within))
+                .union(),
+            Plan::Range(p, lo, hi) => s
+                .values_in_range(*p, lo.as_ref(), hi.as_ref())
+                .map(|(_, x)| x.intersection(within))
+                .union(),
             Plan::Exists(p) => s.exists_bitmap(*p).as_ref() & within,
             other => self.eval(other, within),
         }
