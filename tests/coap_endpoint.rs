@@ -320,6 +320,7 @@ fn lossy_run(seed: u64, faults: Faults, n: usize, slow_every: usize) {
         sent_at.insert(id, (i, start));
     }
     let mut seen_by_server: HashSet<u32> = HashSet::new();
+    let mut failed_at = Vec::new();
     let mut outcome: HashMap<RequestId, Result<u32, RequestError>> = HashMap::new();
     let mut slow: Vec<(
         std::time::Instant,
@@ -358,6 +359,7 @@ fn lossy_run(seed: u64, faults: Faults, n: usize, slow_every: usize) {
                         outcome.insert(id, Err(error)).is_none(),
                         "two outcomes for {id:?}"
                     );
+                    failed_at.push((sent_at[&id].0, sim.now));
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -372,6 +374,29 @@ fn lossy_run(seed: u64, faults: Faults, n: usize, slow_every: usize) {
         }
     }
     assert_eq!(outcome.len(), n, "every request ends exactly once");
+    // RFC timing: once transmitted, a CON request gives up after MAX_RETRANSMIT
+    // retransmissions (at most MAX_TRANSMIT_WAIT, 93 s) or at the 93 s response timeout,
+    // never later and never before the back-off (2+4+8+16+32 s at least) ran out; one
+    // still queued behind NSTART gives up 93 s after send_request.
+    let client = sim.addr(0);
+    for (k, at) in failed_at {
+        let first_tx = sim
+            .sent_log
+            .iter()
+            .filter(|l| l.1 == client)
+            .filter_map(|l| Message::decode(&l.3).ok().map(|m| (l.0, m)))
+            .find(|(_, m)| m.code == Code::POST && m.payload == k.to_be_bytes())
+            .map(|(t, _)| t);
+        let waited = at - first_tx.unwrap_or(start);
+        assert!(
+            waited <= Duration::from_secs(93),
+            "request {k} failed after {waited:?}"
+        );
+        assert!(
+            waited >= Duration::from_secs(62),
+            "request {k} failed after {waited:?}"
+        );
+    }
     for (id, o) in &outcome {
         if let Err(e) = o {
             assert!(
