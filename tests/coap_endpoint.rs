@@ -522,3 +522,39 @@ fn global_dedup_eviction_of_the_senders_own_entries_keeps_accounting() {
     sim.ep(0).handle_timeout(now + Duration::from_secs(300));
     assert_eq!((sim.ep(0).dedup_entries(), sim.ep(0).peers()), (0, 0));
 }
+
+#[test]
+fn non_request_gets_non_response_and_duplicates_are_replayed() {
+    let mut sim = Sim::new(12, Faults::NONE, &[cfg(), cfg()]);
+    let server = sim.addr(1);
+    let now = sim.now;
+    let mut req = Message::request(Code::GET, "/n");
+    req.mtype = MessageType::NonConfirmable;
+    let id = sim.ep(0).send_request(now, server, req).unwrap();
+    let wire = sim.ep(0).poll_transmit().unwrap();
+    let sent = Message::decode(&wire.payload).unwrap();
+    assert_eq!(sent.mtype, MessageType::NonConfirmable);
+    let client = sim.addr(0);
+    sim.ep(1).handle_datagram(now, client, &wire.payload);
+    let Some(Event::Request { id: inc, .. }) = sim.ep(1).poll_event() else {
+        panic!("no request")
+    };
+    sim.ep(1)
+        .respond(now, inc, Message::response(Code::CONTENT))
+        .unwrap();
+    let resp = sim.ep(1).poll_transmit().unwrap();
+    let m = Message::decode(&resp.payload).unwrap();
+    assert_eq!(m.mtype, MessageType::NonConfirmable);
+    assert_eq!(m.token(), sent.token());
+    assert_ne!(m.message_id, sent.message_id);
+    // A duplicate of the NON request gets the same NON response, not a second event.
+    sim.ep(1).handle_datagram(now, client, &wire.payload);
+    assert_eq!(sim.ep(1).poll_event(), None);
+    assert_eq!(sim.ep(1).poll_transmit().unwrap().payload, resp.payload);
+    // The client takes the response once; the duplicate is filtered.
+    sim.ep(0).handle_datagram(now, server, &resp.payload);
+    sim.ep(0).handle_datagram(now, server, &resp.payload);
+    assert!(matches!(sim.ep(0).poll_event(), Some(Event::Response { id: rid, .. }) if rid == id));
+    assert_eq!(sim.ep(0).poll_event(), None);
+    assert_eq!(sim.ep(0).outstanding_requests(), 0);
+}
