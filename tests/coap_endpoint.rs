@@ -320,6 +320,7 @@ fn lossy_run(seed: u64, faults: Faults, n: usize, slow_every: usize) {
         sent_at.insert(id, (i, start));
     }
     let mut seen_by_server: HashSet<u32> = HashSet::new();
+    let mut failed_at = Vec::new();
     let mut outcome: HashMap<RequestId, Result<u32, RequestError>> = HashMap::new();
     let mut slow: Vec<(
         std::time::Instant,
@@ -358,6 +359,7 @@ fn lossy_run(seed: u64, faults: Faults, n: usize, slow_every: usize) {
                         outcome.insert(id, Err(error)).is_none(),
                         "two outcomes for {id:?}"
                     );
+                    failed_at.push((sent_at[&id].0, sim.now));
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -372,6 +374,29 @@ fn lossy_run(seed: u64, faults: Faults, n: usize, slow_every: usize) {
         }
     }
     assert_eq!(outcome.len(), n, "every request ends exactly once");
+    // RFC timing: once transmitted, a CON request gives up after MAX_RETRANSMIT
+    // retransmissions (at most MAX_TRANSMIT_WAIT, 93 s) or at the 93 s response timeout,
+    // never later and never before the back-off (2+4+8+16+32 s at least) ran out; one
+    // still queued behind NSTART gives up 93 s after send_request.
+    let client = sim.addr(0);
+    for (k, at) in failed_at {
+        let first_tx = sim
+            .sent_log
+            .iter()
+            .filter(|l| l.1 == client)
+            .filter_map(|l| Message::decode(&l.3).ok().map(|m| (l.0, m)))
+            .find(|(_, m)| m.code == Code::POST && m.payload == k.to_be_bytes())
+            .map(|(t, _)| t);
+        let waited = at - first_tx.unwrap_or(start);
+        assert!(
+            waited <= Duration::from_secs(93),
+            "request {k} failed after {waited:?}"
+        );
+        assert!(
+            waited >= Duration::from_secs(62),
+            "request {k} failed after {waited:?}"
+        );
+    }
     for (id, o) in &outcome {
         if let Err(e) = o {
             assert!(
@@ -496,4 +521,40 @@ fn global_dedup_eviction_of_the_senders_own_entries_keeps_accounting() {
     }
     sim.ep(0).handle_timeout(now + Duration::from_secs(300));
     assert_eq!((sim.ep(0).dedup_entries(), sim.ep(0).peers()), (0, 0));
+}
+
+#[test]
+fn non_request_gets_non_response_and_duplicates_are_replayed() {
+    let mut sim = Sim::new(12, Faults::NONE, &[cfg(), cfg()]);
+    let server = sim.addr(1);
+    let now = sim.now;
+    let mut req = Message::request(Code::GET, "/n");
+    req.mtype = MessageType::NonConfirmable;
+    let id = sim.ep(0).send_request(now, server, req).unwrap();
+    let wire = sim.ep(0).poll_transmit().unwrap();
+    let sent = Message::decode(&wire.payload).unwrap();
+    assert_eq!(sent.mtype, MessageType::NonConfirmable);
+    let client = sim.addr(0);
+    sim.ep(1).handle_datagram(now, client, &wire.payload);
+    let Some(Event::Request { id: inc, .. }) = sim.ep(1).poll_event() else {
+        panic!("no request")
+    };
+    sim.ep(1)
+        .respond(now, inc, Message::response(Code::CONTENT))
+        .unwrap();
+    let resp = sim.ep(1).poll_transmit().unwrap();
+    let m = Message::decode(&resp.payload).unwrap();
+    assert_eq!(m.mtype, MessageType::NonConfirmable);
+    assert_eq!(m.token(), sent.token());
+    assert_ne!(m.message_id, sent.message_id);
+    // A duplicate of the NON request gets the same NON response, not a second event.
+    sim.ep(1).handle_datagram(now, client, &wire.payload);
+    assert_eq!(sim.ep(1).poll_event(), None);
+    assert_eq!(sim.ep(1).poll_transmit().unwrap().payload, resp.payload);
+    // The client takes the response once; the duplicate is filtered.
+    sim.ep(0).handle_datagram(now, server, &resp.payload);
+    sim.ep(0).handle_datagram(now, server, &resp.payload);
+    assert!(matches!(sim.ep(0).poll_event(), Some(Event::Response { id: rid, .. }) if rid == id));
+    assert_eq!(sim.ep(0).poll_event(), None);
+    assert_eq!(sim.ep(0).outstanding_requests(), 0);
 }

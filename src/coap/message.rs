@@ -531,7 +531,7 @@ impl Message {
         n
     }
 
-    fn check_encodable(&self) -> Result<(), EncodeError> {
+    pub(crate) fn check_encodable(&self) -> Result<(), EncodeError> {
         if self.code.is_empty()
             && (!self.token.is_empty() || !self.entries.is_empty() || !self.payload.is_empty())
         {

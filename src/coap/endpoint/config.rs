@@ -27,9 +27,10 @@ pub struct EndpointConfig {
     pub exchange_lifetime: Duration,
     /// NON_LIFETIME: the same for NON messages, 145 s.
     pub non_lifetime: Duration,
-    /// How long a request we sent waits for its response, counted from `send_request` (time
-    /// queued behind NSTART counts) and restarted at every block of a block-wise transfer, 93 s (MAX_TRANSMIT_WAIT). A CON request also fails earlier when
-    /// its retransmissions run out.
+    /// How long a request we sent waits for its response: counted from `send_request`
+    /// while it waits in the NSTART queue, then again from its first transmission, and
+    /// restarted at every block of a block-wise transfer; 93 s (MAX_TRANSMIT_WAIT). A CON
+    /// request also fails earlier when its retransmissions run out.
     pub response_timeout: Duration,
     /// How long an incoming CON request waits for the application's response before the
     /// endpoint sends an empty ACK and the response goes out later as a separate CON

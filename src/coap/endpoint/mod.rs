@@ -826,10 +826,7 @@ impl Endpoint {
         }
         let body = std::mem::take(&mut request.payload);
         // Check that the head encodes before taking the request on.
-        request.with_token(Token::from_slice(&[0; 8]).expect("8 bytes"));
-        if let Err(e) = request.to_bytes() {
-            return Err(SendError::Encode(e));
-        }
+        request.check_encodable().map_err(SendError::Encode)?;
         let token = self.new_token();
         let id = RequestId(self.new_id());
         let observe = (request.observe() == Some(0)).then_some(ObserveClient {
@@ -900,7 +897,6 @@ impl Endpoint {
         let Some(r) = self.requests.get_mut(&id) else {
             return;
         };
-        let mut msg = r.head.clone();
         if r.body.len() > block_size && r.block1.is_none() {
             r.block1 = Some(Block1Out {
                 offset: 0,
@@ -908,7 +904,9 @@ impl Endpoint {
                 szx: self.config.block_szx,
             });
         }
-        if let Some(b1) = r.block1.as_mut() {
+        let token = r.token;
+        let msg = if let Some(b1) = r.block1.as_mut() {
+            let mut msg = r.head.clone();
             let size = 1usize << (b1.szx + 4);
             let end = (b1.offset + size).min(r.body.len());
             b1.len = end - b1.offset;
@@ -921,14 +919,22 @@ impl Endpoint {
             if b1.offset == 0 {
                 msg.set_size1(r.body.len() as u32);
             }
+            Some(msg)
         } else {
-            msg.payload = r.body.clone();
-        }
-        let token = r.token;
+            None
+        };
         self.transmit_request(now, id, msg, token);
     }
 
-    fn transmit_request(&mut self, now: Instant, id: RequestId, mut msg: Message, token: Token) {
+    /// Sends `msg`, or (for `None`) the request's own head with its whole body, which
+    /// spares a copy of the head on the common path.
+    fn transmit_request(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        msg: Option<Message>,
+        token: Token,
+    ) {
         let Some(r) = self.requests.get(&id) else {
             return;
         };
@@ -937,14 +943,30 @@ impl Endpoint {
             self.remove_sent((peer, mid));
         }
         let mid = self.new_mid();
-        msg.mtype = if con {
+        let mtype = if con {
             MessageType::Confirmable
         } else {
             MessageType::NonConfirmable
         };
-        msg.message_id = mid;
-        msg.with_token(token);
-        let bytes = match msg.to_bytes() {
+        let encoded = match msg {
+            Some(mut msg) => {
+                msg.mtype = mtype;
+                msg.message_id = mid;
+                msg.with_token(token);
+                msg.to_bytes()
+            }
+            None => {
+                let r = self.requests.get_mut(&id).expect("checked above");
+                r.head.mtype = mtype;
+                r.head.message_id = mid;
+                r.head.with_token(token);
+                std::mem::swap(&mut r.head.payload, &mut r.body);
+                let encoded = r.head.to_bytes();
+                std::mem::swap(&mut r.head.payload, &mut r.body);
+                encoded
+            }
+        };
+        let bytes = match encoded {
             Ok(b) => b,
             Err(e) => {
                 self.fail_request(now, id, RequestError::Encode(e));
@@ -1131,7 +1153,7 @@ impl Endpoint {
             szx,
         });
         let token = b2.sub_token;
-        self.transmit_request(now, id, msg, token);
+        self.transmit_request(now, id, Some(msg), token);
     }
 
     fn deliver(&mut self, id: RequestId, response: Message, notification: bool) {
