@@ -139,6 +139,43 @@ fn registration_fills_twins_and_every_job_type_runs() {
         Some(Scalar::from("1.0"))
     );
 
+    // Queries see the new versions at once (read-your-writes).
+    let by_version = hub
+        .query(
+            r#"{"aggregate": {"keys": [{"name": "FirmwareVersion", "type": "device"}],
+                "properties": [{"operator": "count", "columnName": "devices"}]}}"#,
+        )
+        .unwrap();
+    let rows = serde_json::to_value(&by_version.aggregate_result).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"FirmwareVersion": "1.0", "devices": 1},
+            {"FirmwareVersion": "2.0", "devices": 19}
+        ])
+    );
+    let old = hub
+        .query(
+            r#"{"filter": {"type": "comparison", "comparisonOperator": "eq",
+                "property": {"name": "FirmwareVersion", "type": "device"}, "value": "1.0"}}"#,
+        )
+        .unwrap();
+    assert_eq!(old.result.len(), 1);
+    let even_on_2: Vec<_> = {
+        let expr = twinhub::query::parse(
+            r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
+                {"type": "comparison", "comparisonOperator": "all",
+                 "property": {"name": "tags", "type": "default"}, "value": ["even"]},
+                {"type": "comparison", "comparisonOperator": "eq",
+                 "property": {"name": "FirmwareVersion", "type": "device"}, "value": "2.0"}]}}"#,
+        )
+        .unwrap();
+        hub.resolve_targets(&expr).unwrap()
+    };
+    assert_eq!(even_on_2.len(), 9, "dev-2, dev-4, ..., dev-18");
+    assert!(even_on_2.iter().all(|id| id.as_str() != "dev-0"));
+    assert_eq!(hub.query_tags(&["odd"], 100).len(), 10);
+
     let some: Vec<_> = ids[1..6].to_vec();
     assert_eq!(
         run_job(

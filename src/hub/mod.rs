@@ -43,8 +43,10 @@
 //! ```
 
 mod driver;
+mod package;
 
 pub use driver::{DeviceLink, TransportThread};
+pub use package::PackageServer;
 
 use crate::job::{
     CancelMode, EngineConfig, JobEngine, JobId, JobRecord, JobSpec, JobStatistics, JobStatus,
@@ -52,6 +54,7 @@ use crate::job::{
 };
 use crate::lwm2m::server::{Decision, Lwm2mServer, ServerConfig, UdpServer};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceValue};
+use crate::query::{QueryError, QueryExpression, QueryOptions, QueryResult};
 use crate::registry::{Change, FeedGap, Registry, RegistryError, SharedRegistry};
 use crate::transport::{
     DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId, RejectReason,
@@ -322,6 +325,79 @@ impl Hub {
             .registry
             .write()
             .set_service_property(id, name, value, if_match)
+    }
+
+    /// Runs a JSON query expression (the preview's format) on the twins: the first page.
+    /// Sees every write that returned before it started.
+    pub fn query(&self, text: &str) -> Result<QueryResult<Twin>, QueryError> {
+        self.query_page(text, &QueryOptions::default())
+    }
+
+    /// Runs a JSON query expression with a page size and a continuation token.
+    pub fn query_page(
+        &self,
+        text: &str,
+        options: &QueryOptions,
+    ) -> Result<QueryResult<Twin>, QueryError> {
+        let expr = crate::query::parse(text)?;
+        self.query_expr(&expr, options)
+    }
+
+    /// Runs a query expression built in Rust (see [`QueryExpression`]'s builder).
+    pub fn query_expr(
+        &self,
+        expr: &QueryExpression,
+        options: &QueryOptions,
+    ) -> Result<QueryResult<Twin>, QueryError> {
+        let reg = self.inner.registry.read();
+        Ok(crate::query::execute(&*reg, expr, options)?.map_documents(|t| t.to_twin()))
+    }
+
+    /// How many twins match, without materialising any (bitmap intersection lengths).
+    pub fn count(&self, expr: &QueryExpression) -> Result<u64, QueryError> {
+        crate::query::count(&*self.inner.registry.read(), expr)
+    }
+
+    /// The ids of devices that carry all `tags`, at most `top`, in device id order.
+    pub fn query_tags(&self, tags: &[&str], top: usize) -> Vec<DeviceId> {
+        let reg = self.inner.registry.read();
+        let mut all: Option<roaring::RoaringBitmap> = None;
+        for tag in tags {
+            let slots = reg.tag_bitmap(tag).cloned().unwrap_or_default();
+            all = Some(match all {
+                Some(acc) => acc & slots,
+                None => slots,
+            });
+        }
+        let Some(slots) = all else {
+            return Vec::new();
+        };
+        let mut ids: Vec<DeviceId> = slots
+            .iter()
+            .filter_map(|s| {
+                reg.twin_at(crate::registry::Slot(s))
+                    .map(|t| t.device_id().clone())
+            })
+            .collect();
+        ids.sort();
+        ids.truncate(top);
+        ids
+    }
+
+    /// The device ids a query's filter selects (every match, in device id order): what a
+    /// job's targets are frozen to.
+    pub fn resolve_targets(&self, expr: &QueryExpression) -> Result<Vec<DeviceId>, QueryError> {
+        let reg = self.inner.registry.read();
+        let slots = crate::query::matching_slots(&*reg, expr)?;
+        let mut ids: Vec<DeviceId> = slots
+            .iter()
+            .filter_map(|s| {
+                reg.twin_at(crate::registry::Slot(s))
+                    .map(|t| t.device_id().clone())
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
     }
 
     /// Changes after sequence number `after` (0 for all that the feed still holds).

@@ -105,7 +105,7 @@ pub use ast::{
     QueryExpression, QueryLimits, QueryProperty, SortKey, SortOrder,
 };
 pub use error::{Expected, InvalidExpression, Origin, ParseError, ParseErrorKind, Span};
-pub use exec::{TagQuery, count, execute, execute_text, plan, tag_query};
+pub use exec::{TagQuery, count, execute, execute_text, matching_slots, plan, tag_query};
 pub use parse::{parse, parse_with_limits};
 pub use plan::Plan;
 pub use result::{

@@ -1,0 +1,144 @@
+//! A standalone LWM2M device that works against any LWM2M 1.0/1.1 server.
+//!
+//! ```text
+//! cargo run --example device -- <endpoint-name> <server-host:port> [--lifetime S] [--run-for S]
+//! cargo run --example device -- dev-1 127.0.0.1:5683
+//! ```
+//!
+//! It registers with Security /0, Server /1, Device /3, Firmware Update /5 and Config
+//! /10241, changes its battery level every 10 s (observers get notified as their attributes
+//! allow), prints every event (reboot, factory reset, writes, executes, firmware), applies
+//! a firmware update two seconds after the server executes Update, and de-registers when
+//! it ends (after `--run-for` seconds, or when stdin closes).
+
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use twinhub::lwm2m::client::{
+    ClientConfig, ClientEvent, DeviceThread, FirmwareUpdate, Lwm2mClient, ObjectTree, objects,
+};
+use twinhub::{Lwm2mPath, ResourceValue};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: device <endpoint-name> <server-host:port> [--lifetime S] [--run-for S]";
+    let (Some(endpoint), Some(server)) = (args.first(), args.get(1)) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let flag = |name: &str| -> Option<u64> {
+        let i = args.iter().position(|a| a == name)?;
+        args.get(i + 1)?.parse().ok()
+    };
+    let lifetime = flag("--lifetime").unwrap_or(300) as u32;
+    let run_for = flag("--run-for").map(Duration::from_secs);
+    let server = server
+        .to_socket_addrs()?
+        .next()
+        .ok_or("server address did not resolve")?;
+
+    let mut tree = ObjectTree::new();
+    tree.add(objects::security(&format!("coap://{server}"), 1));
+    tree.add(objects::server(1, lifetime, "U"));
+    tree.add(
+        objects::device("twinhub", "example-device", endpoint, "1.0.0")
+            .with_value(0, 9, ResourceValue::Integer(100))
+            .with_value(0, 10, ResourceValue::Integer(512))
+            .with_value(0, 20, ResourceValue::Integer(0))
+            .with_value(0, 21, ResourceValue::Integer(1024)),
+    );
+    let updating = Arc::new(AtomicBool::new(false));
+    let u = updating.clone();
+    tree.set_firmware(
+        FirmwareUpdate::new()
+            .on_package(|p| {
+                println!("firmware package received: {} bytes", p.len());
+                Ok(())
+            })
+            .on_update(move || {
+                u.store(true, Ordering::SeqCst);
+                Ok(())
+            }),
+    );
+    tree.add(objects::config().on_execute(3, |_, args| {
+        println!("config apply {args:?}");
+        Ok(())
+    }));
+
+    let mut config = ClientConfig::new(endpoint.clone(), server);
+    config.lifetime = lifetime;
+    let client = Lwm2mClient::new(Instant::now(), config, tree);
+    let bind = if server.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let device = DeviceThread::spawn(client, bind.parse()?)?;
+    println!(
+        "{endpoint}: listening on {}, server {server}",
+        device.local_addr()
+    );
+
+    // Ends when stdin closes (unless --run-for is given).
+    let stdin_closed = Arc::new(AtomicBool::new(false));
+    if run_for.is_none() {
+        let s = stdin_closed.clone();
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while std::io::stdin()
+                .read_line(&mut sink)
+                .map(|n| n > 0)
+                .unwrap_or(false)
+            {
+                sink.clear();
+            }
+            s.store(true, Ordering::SeqCst);
+        });
+    }
+
+    let start = Instant::now();
+    let mut battery = 100i64;
+    let mut next_tick = start + Duration::from_secs(10);
+    let mut update_at: Option<Instant> = None;
+    loop {
+        if run_for.is_some_and(|d| start.elapsed() >= d) || stdin_closed.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Ok(e) = device.events().recv_timeout(Duration::from_millis(200)) {
+            match &e {
+                ClientEvent::Reboot => println!("reboot requested (simulated)"),
+                ClientEvent::FactoryReset => println!("factory reset requested (simulated)"),
+                other => println!("event: {other:?}"),
+            }
+        }
+        if updating.swap(false, Ordering::SeqCst) {
+            println!("applying firmware update...");
+            update_at = Some(Instant::now() + Duration::from_secs(2));
+        }
+        if update_at.is_some_and(|t| Instant::now() >= t) {
+            update_at = None;
+            device.with(|c| {
+                let _ = c.set_value(
+                    &Lwm2mPath::resource(3, 0, 3),
+                    ResourceValue::String("1.1.0".into()),
+                );
+                c.firmware_update_finished(Ok(()));
+            });
+            println!("firmware updated to 1.1.0");
+        }
+        if Instant::now() >= next_tick {
+            next_tick += Duration::from_secs(10);
+            battery = if battery <= 5 { 100 } else { battery - 1 };
+            let _ = device.with(|c| {
+                c.set_value(
+                    &Lwm2mPath::resource(3, 0, 9),
+                    ResourceValue::Integer(battery),
+                )
+            });
+        }
+    }
+    println!("de-registering");
+    device.shutdown(Duration::from_secs(5))?;
+    Ok(())
+}

@@ -1,0 +1,1519 @@
+//! [`Lwm2mClient`]: the sans-IO client core. Registration engine, request serving,
+//! notifications and the firmware package download, over the CoAP codec.
+//!
+//! The core speaks CoAP itself at message level (CON retransmission of its own requests,
+//! duplicate detection of the server's, Block1 reassembly, Block2 slicing and fetching)
+//! with small, bounded tables sized for one server: an idle client stays a few kilobytes.
+
+use super::attributes::{AttributeChange, AttributeTable, NotifyTimer, parse_attributes};
+use super::firmware::{CoapUri, UpdateResult, UpdateState, parse_coap_uri};
+use super::formats::{self, Format, FormatError, format};
+use super::model::{ObjectError, ResourceData, coerce, numeric};
+use super::tree::ObjectTree;
+use crate::coap::{BlockOption, Code, ContentFormat, Message, MessageType, Token};
+use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
+use crate::transport::WriteMode;
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// RFC 7252 EXCHANGE_LIFETIME: how long a duplicate request is answered from the cache.
+const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
+/// RFC 7252 MAX_TRANSMIT_WAIT: how long to wait for a separate response after an empty ACK.
+const MAX_TRANSMIT_WAIT: Duration = Duration::from_secs(93);
+/// Cached responses for duplicate detection.
+const DEDUP_ENTRIES: usize = 8;
+/// Queued events / datagrams kept when the application does not drain them (oldest dropped).
+const QUEUE_BOUND: usize = 256;
+
+/// How a client is set up. [`ClientConfig::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The endpoint name (`ep`), unique per device.
+    pub endpoint: String,
+    /// The LWM2M server's address; requests from any other address are ignored.
+    pub server: SocketAddr,
+    /// Registration lifetime in seconds when there is no Server object /1 (else /1/0/1).
+    pub lifetime: u32,
+    /// Queue mode (`Q`): the server should hold requests until the device talks.
+    pub queue_mode: bool,
+    /// CoAP ACK_TIMEOUT for the client's own requests.
+    pub ack_timeout: Duration,
+    /// CoAP MAX_RETRANSMIT.
+    pub max_retransmit: u8,
+    /// First wait before re-registering after a failure; doubles up to `retry_max`.
+    pub retry_initial: Duration,
+    /// Longest wait between registration attempts.
+    pub retry_max: Duration,
+    /// Most concurrent observations (more are answered without Observe).
+    pub max_observations: usize,
+    /// Block size for Block2 responses and downloads (16..=1024).
+    pub block_size: usize,
+    /// Largest request body reassembled from Block1 (and largest package downloaded).
+    pub max_body: usize,
+}
+
+impl ClientConfig {
+    /// Defaults: lifetime 300 s, no queue mode, ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4, retries
+    /// from 5 s to 10 min, 32 observations, 1024-byte blocks, 4 MiB bodies.
+    pub fn new(endpoint: impl Into<String>, server: SocketAddr) -> Self {
+        ClientConfig {
+            endpoint: endpoint.into(),
+            server,
+            lifetime: 300,
+            queue_mode: false,
+            ack_timeout: Duration::from_secs(2),
+            max_retransmit: 4,
+            retry_initial: Duration::from_secs(5),
+            retry_max: Duration::from_secs(600),
+            max_observations: 32,
+            block_size: 1024,
+            max_body: 4 << 20,
+        }
+    }
+}
+
+/// A datagram for the driver to send.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// The encoded CoAP message.
+    pub payload: Vec<u8>,
+}
+
+/// Something the application may want to react to.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The server accepted the registration; `location` is the `rd/...` path it assigned.
+    Registered {
+        /// The registration's location path (`/rd/5a3f`).
+        location: String,
+    },
+    /// A registration update (or keep-alive) was accepted.
+    RegistrationUpdated,
+    /// Registering or updating failed; another attempt follows after `retry_in`.
+    RegistrationFailed {
+        /// The server's answer, or `None` when it did not answer.
+        code: Option<(u8, u8)>,
+        /// When the next attempt goes out.
+        retry_in: Duration,
+    },
+    /// The client de-registered (after [`Lwm2mClient::deregister`]).
+    Deregistered,
+    /// The server wrote values (the request's path).
+    Written {
+        /// The path of the write request.
+        path: Lwm2mPath,
+    },
+    /// The server executed a resource (after the object's callback ran).
+    Executed {
+        /// The executed resource.
+        path: Lwm2mPath,
+        /// The argument text.
+        args: String,
+    },
+    /// The server executed Device Reboot /3/0/4: the application should reboot (after
+    /// giving the client a moment to send the response).
+    Reboot,
+    /// The server executed Device Factory Reset /3/0/5.
+    FactoryReset,
+    /// The server created an instance.
+    Created {
+        /// The new instance.
+        path: Lwm2mPath,
+    },
+    /// The server deleted an instance.
+    Deleted {
+        /// The deleted instance.
+        path: Lwm2mPath,
+    },
+    /// The server started observing a path.
+    Observed {
+        /// The observed path.
+        path: Lwm2mPath,
+    },
+    /// A firmware package download (Package URI) started.
+    FirmwareDownloadStarted {
+        /// The URI being fetched.
+        uri: String,
+    },
+    /// A firmware package download ended (State and Update Result after it).
+    FirmwareDownloadFinished {
+        /// State after the download.
+        state: UpdateState,
+        /// Update Result after the download.
+        result: UpdateResult,
+    },
+}
+
+/// Why [`Lwm2mClient::set_value`] and friends refused.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The path does not name a resource of an existing instance.
+    NoSuchResource(Lwm2mPath),
+    /// The object refused the value.
+    Object(ObjectError),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::NoSuchResource(p) => write!(f, "no resource at {p}"),
+            ClientError::Object(e) => write!(f, "object refused the value: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Object(e) => Some(e),
+            ClientError::NoSuchResource(_) => None,
+        }
+    }
+}
+
+/// Where the registration engine is.
+#[derive(Clone, PartialEq, Eq, Debug)]
+enum RegState {
+    /// Not registered; (re-)register at the instant.
+    Idle { at: Instant },
+    /// A Register request is out.
+    Registering,
+    /// Registered at `location`; update at `update_at` (or sooner when `update_due`).
+    Registered {
+        location: Vec<String>,
+        update_at: Instant,
+    },
+    /// An Update request is out.
+    Updating { location: Vec<String> },
+    /// A De-register request is out.
+    Deregistering,
+    /// De-registered; nothing more happens.
+    Stopped,
+}
+
+/// What an outstanding request of the client is for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Purpose {
+    Register,
+    Update,
+    Deregister,
+    Download,
+}
+
+/// A CON request of the client, waiting for its response.
+struct Outgoing {
+    purpose: Purpose,
+    token: Token,
+    message_id: u16,
+    destination: SocketAddr,
+    bytes: Vec<u8>,
+    retransmits: u8,
+    wait: Duration,
+    next: Instant,
+    acked: bool,
+}
+
+/// One observation by the server.
+struct Observation {
+    token: Token,
+    path: Lwm2mPath,
+    format: u16,
+    seq: u32,
+    timer: NotifyTimer,
+    last_message_id: u16,
+}
+
+/// A Block1 request being reassembled.
+struct Block1 {
+    key: String,
+    body: Vec<u8>,
+    next_num: u32,
+}
+
+/// A package download in progress.
+struct Download {
+    uri: CoapUri,
+    body: Vec<u8>,
+    next_num: u32,
+    szx: u8,
+}
+
+/// The sans-IO LWM2M client: one device, one server.
+///
+/// Drive it like every sans-IO machine in the crate, in this order:
+///
+/// 1. feed datagrams from the socket to [`Lwm2mClient::handle_datagram`];
+/// 2. send every [`Lwm2mClient::poll_transmit`] until `None`;
+/// 3. drain [`Lwm2mClient::poll_event`];
+/// 4. sleep until [`Lwm2mClient::poll_timeout`] (or the next datagram), then call
+///    [`Lwm2mClient::handle_timeout`] and go to 2.
+///
+/// The application changes values with [`Lwm2mClient::set_value`] or, for callback-backed
+/// resources, tells the client with [`Lwm2mClient::notify_changed`]; observers get
+/// notified as the attributes allow, from `handle_timeout`.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use twinhub::lwm2m::client::{ClientConfig, Lwm2mClient, ObjectTree, objects};
+/// let mut tree = ObjectTree::new();
+/// tree.add(objects::server(1, 60, "U"));
+/// tree.add(objects::device("Contoso", "M1", "SN-1", "1.0"));
+/// let now = Instant::now();
+/// let server = "127.0.0.1:5683".parse().unwrap();
+/// let mut client = Lwm2mClient::new(now, ClientConfig::new("dev-1", server), tree);
+/// client.handle_timeout(now);
+/// let register = client.poll_transmit().unwrap();
+/// assert_eq!(register.destination, server);
+/// // Without an answer the request is retransmitted after ACK_TIMEOUT (2-3 s).
+/// assert!(client.poll_timeout().unwrap() <= now + Duration::from_secs(3));
+/// ```
+pub struct Lwm2mClient {
+    config: ClientConfig,
+    tree: ObjectTree,
+    attributes: AttributeTable,
+    observations: Vec<Observation>,
+    reg: RegState,
+    /// Registration attempts failed in a row (for the backoff).
+    failures: u32,
+    /// An update should go out as soon as possible (trigger, lifetime change).
+    update_due: bool,
+    /// The object list changed: the next update carries it.
+    objects_changed: bool,
+    outgoing: Vec<Outgoing>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<ClientEvent>,
+    dedup: VecDeque<(u16, Instant, Vec<u8>)>,
+    block1: Option<Block1>,
+    download: Option<Download>,
+    changed: Vec<Lwm2mPath>,
+    default_periods: (Option<u32>, Option<u32>),
+    next_message_id: u16,
+    token_state: u64,
+    /// The latest `now` handed in (the client reads no clock).
+    now: Instant,
+}
+
+impl Lwm2mClient {
+    /// A client for `config.endpoint` serving `tree`; it registers at the first
+    /// [`Lwm2mClient::handle_timeout`] at or after `now`.
+    pub fn new(now: Instant, config: ClientConfig, tree: ObjectTree) -> Self {
+        let mut seed = [0u8; 8];
+        // Tokens need entropy (RFC 7252 §5.3.1); fall back to the clock's bits if the OS
+        // generator is unavailable, which only weakens spoofing resistance.
+        if getrandom::fill(&mut seed).is_err() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9e37_79b9_7f4a_7c15);
+            seed = t.to_le_bytes();
+        }
+        let token_state = u64::from_le_bytes(seed) | 1;
+        let mut client = Lwm2mClient {
+            config,
+            tree,
+            attributes: AttributeTable::default(),
+            observations: Vec::new(),
+            reg: RegState::Idle { at: now },
+            failures: 0,
+            update_due: false,
+            objects_changed: false,
+            outgoing: Vec::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            dedup: VecDeque::new(),
+            block1: None,
+            download: None,
+            changed: Vec::new(),
+            default_periods: (None, None),
+            next_message_id: (token_state >> 16) as u16,
+            token_state,
+            now,
+        };
+        client.refresh_defaults();
+        let mut drained = Vec::new();
+        client.tree.drain_changes(&mut drained);
+        client
+    }
+
+    // ------------------------------------------------------------------ getters
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The objects (for the application to inspect; after adding or removing objects or
+    /// instances call [`Lwm2mClient::objects_changed`]).
+    pub fn objects_mut(&mut self) -> &mut ObjectTree {
+        &mut self.tree
+    }
+
+    /// Whether the client is registered (also while an update is out).
+    pub fn is_registered(&self) -> bool {
+        matches!(
+            self.reg,
+            RegState::Registered { .. } | RegState::Updating { .. }
+        )
+    }
+
+    /// The registration's location (`/rd/...`) while registered.
+    pub fn location(&self) -> Option<String> {
+        match &self.reg {
+            RegState::Registered { location, .. } | RegState::Updating { location } => {
+                Some(format!("/{}", location.join("/")))
+            }
+            _ => None,
+        }
+    }
+
+    /// How many observations the server holds.
+    pub fn observation_count(&self) -> usize {
+        self.observations.len()
+    }
+
+    /// The paths under observation.
+    pub fn observed_paths(&self) -> Vec<Lwm2mPath> {
+        self.observations.iter().map(|o| o.path).collect()
+    }
+
+    /// The attributes table (Write-Attributes).
+    pub fn attributes(&self) -> &AttributeTable {
+        &self.attributes
+    }
+
+    // ------------------------------------------------------------------ application input
+
+    /// Sets a resource's value as the application (no access check: read-only resources
+    /// are set this way), and notifies its observers.
+    pub fn set_value(&mut self, path: &Lwm2mPath, value: ResourceValue) -> Result<(), ClientError> {
+        let [oid, iid, rid] = *path.ids() else {
+            return Err(ClientError::NoSuchResource(*path));
+        };
+        let object = self
+            .tree
+            .object_mut(oid)
+            .ok_or(ClientError::NoSuchResource(*path))?;
+        let def = object
+            .definition()
+            .resource(rid)
+            .cloned()
+            .ok_or(ClientError::NoSuchResource(*path))?;
+        if !object.instance_ids().contains(&iid) {
+            return Err(ClientError::NoSuchResource(*path));
+        }
+        let value = coerce(value, def.kind).map_err(ClientError::Object)?;
+        let data = if def.multiple {
+            ResourceData::Multiple(vec![(0, value)])
+        } else {
+            ResourceData::Single(value)
+        };
+        object
+            .write(iid, rid, data, WriteMode::Replace)
+            .map_err(ClientError::Object)?;
+        if oid == 1 {
+            self.after_server_object_write(&[*path]);
+        }
+        self.notify_changed(path);
+        Ok(())
+    }
+
+    /// Tells the client that the value at `path` (a resource, instance or object) changed,
+    /// e.g. one backed by a read callback. Observers are notified from the next
+    /// [`Lwm2mClient::handle_timeout`] that their pmin allows (see `poll_timeout`).
+    pub fn notify_changed(&mut self, path: &Lwm2mPath) {
+        if !self.changed.contains(path) {
+            self.changed.push(*path);
+        }
+        self.collect_changes();
+    }
+
+    /// Tells the client that objects or instances were added or removed by the
+    /// application: the next registration update carries the new object list (and goes
+    /// out at the next `handle_timeout`).
+    pub fn objects_changed(&mut self) {
+        self.objects_changed = true;
+        self.update_due = true;
+    }
+
+    /// Asks for a registration update at the next `handle_timeout` (as the Registration
+    /// Update Trigger /1/0/8 does).
+    pub fn trigger_update(&mut self) {
+        self.update_due = true;
+    }
+
+    /// The application's report that the firmware update it started ended; `Ok` sets State
+    /// Idle / Update Result 1. Observers of /5 are notified.
+    pub fn firmware_update_finished(&mut self, outcome: Result<(), UpdateResult>) {
+        if let Some(fw) = self.tree.firmware_mut() {
+            fw.update_finished(outcome);
+        }
+        self.collect_changes();
+    }
+
+    /// De-registers (DELETE of the registration); [`ClientEvent::Deregistered`] follows.
+    /// Without a registration the client just stops.
+    pub fn deregister(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.outgoing.retain(|o| o.purpose == Purpose::Download);
+        match std::mem::replace(&mut self.reg, RegState::Stopped) {
+            RegState::Registered { location, .. } | RegState::Updating { location } => {
+                let mut m = Message::new(MessageType::Confirmable, Code::DELETE, 0);
+                for seg in &location {
+                    m.add_uri_path(seg);
+                }
+                self.reg = RegState::Deregistering;
+                self.send_request(now, Purpose::Deregister, m, self.config.server);
+            }
+            _ => self.push_event(ClientEvent::Deregistered),
+        }
+        self.observations.clear();
+    }
+
+    // ------------------------------------------------------------------ sans-IO interface
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Lwm2mClient::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |i: Instant| t = Some(t.map_or(i, |x| x.min(i)));
+        match &self.reg {
+            RegState::Idle { at: when } => at(*when),
+            RegState::Registered { update_at, .. } => {
+                if self.update_due {
+                    // As soon as possible: the caller's next handle_timeout sends it.
+                    at(self.now.min(*update_at));
+                } else {
+                    at(*update_at);
+                }
+            }
+            _ => {}
+        }
+        for o in &self.outgoing {
+            at(o.next);
+        }
+        for o in &self.observations {
+            if let Some(d) = o.timer.deadline(&self.effective(&o.path)) {
+                at(d);
+            }
+        }
+        t
+    }
+
+    /// Advances timers: registration and updates, retransmissions, notifications.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        self.retransmit(now);
+        self.registration_step(now);
+        self.collect_changes();
+        self.flush_notifications(now);
+    }
+
+    /// Takes one datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        self.now = self.now.max(now);
+        let Ok(msg) = Message::decode(bytes) else {
+            return;
+        };
+        if msg.code.is_empty() {
+            self.handle_empty(now, from, &msg);
+        } else if msg.code.is_request() {
+            if from != self.config.server {
+                return;
+            }
+            self.handle_request(now, from, &msg);
+        } else if msg.code.is_response() {
+            self.handle_response(now, from, &msg);
+        }
+        self.collect_changes();
+        self.flush_notifications(now);
+    }
+
+    // ------------------------------------------------------------------ internals: sending
+
+    fn next_token(&mut self) -> Token {
+        // xorshift64*: the seed came from the OS CSPRNG.
+        let mut x = self.token_state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.token_state = x;
+        let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        Token::from_slice(&v.to_be_bytes()[..4]).unwrap_or(Token::EMPTY)
+    }
+
+    fn next_mid(&mut self) -> u16 {
+        self.next_message_id = self.next_message_id.wrapping_add(1);
+        self.next_message_id
+    }
+
+    fn push_transmit(&mut self, destination: SocketAddr, msg: &Message) {
+        let mut payload = Vec::with_capacity(msg.encoded_len());
+        if msg.encode(&mut payload).is_err() {
+            return;
+        }
+        if self.transmits.len() >= QUEUE_BOUND {
+            self.transmits.pop_front();
+        }
+        self.transmits.push_back(Transmit {
+            destination,
+            payload,
+        });
+    }
+
+    fn push_event(&mut self, e: ClientEvent) {
+        if self.events.len() >= QUEUE_BOUND {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    fn send_request(&mut self, now: Instant, purpose: Purpose, mut msg: Message, to: SocketAddr) {
+        msg.mtype = MessageType::Confirmable;
+        msg.message_id = self.next_mid();
+        let token = self.next_token();
+        msg.with_token(token);
+        let Ok(bytes) = msg.to_bytes() else {
+            return;
+        };
+        // ACK_TIMEOUT * random factor in [1, 1.5).
+        let jitter = (self.token_state >> 40) as f64 / (1u64 << 24) as f64;
+        let wait = self.config.ack_timeout.mul_f64(1.0 + 0.5 * jitter);
+        self.outgoing.push(Outgoing {
+            purpose,
+            token,
+            message_id: msg.message_id,
+            destination: to,
+            bytes: bytes.clone(),
+            retransmits: 0,
+            wait,
+            next: now + wait,
+            acked: false,
+        });
+        if self.transmits.len() >= QUEUE_BOUND {
+            self.transmits.pop_front();
+        }
+        self.transmits.push_back(Transmit {
+            destination: to,
+            payload: bytes,
+        });
+    }
+
+    fn retransmit(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for o in &mut self.outgoing {
+            if o.next > now {
+                continue;
+            }
+            if o.acked || o.retransmits >= self.config.max_retransmit {
+                failed.push(o.token);
+                continue;
+            }
+            o.retransmits += 1;
+            o.wait *= 2;
+            o.next = now + o.wait;
+            if self.transmits.len() >= QUEUE_BOUND {
+                self.transmits.pop_front();
+            }
+            self.transmits.push_back(Transmit {
+                destination: o.destination,
+                payload: o.bytes.clone(),
+            });
+        }
+        for token in failed {
+            if let Some(at) = self.outgoing.iter().position(|o| o.token == token) {
+                let o = self.outgoing.remove(at);
+                self.exchange_failed(now, o.purpose, None);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ registration
+
+    fn lifetime(&mut self) -> u32 {
+        match self.tree.read(&Lwm2mPath::resource(1, 0, 1)) {
+            Ok(c) => match c.values.first() {
+                Some((_, ResourceValue::Integer(lt))) if *lt > 0 => {
+                    (*lt).min(u32::MAX as i64) as u32
+                }
+                _ => self.config.lifetime,
+            },
+            Err(_) => self.config.lifetime,
+        }
+    }
+
+    fn refresh_defaults(&mut self) {
+        let mut read = |rid| match self.tree.read(&Lwm2mPath::resource(1, 0, rid)) {
+            Ok(c) => match c.values.first() {
+                Some((_, ResourceValue::Integer(v))) if *v >= 0 => {
+                    Some((*v).min(u32::MAX as i64) as u32)
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        self.default_periods = (read(2), read(3));
+    }
+
+    fn update_deadline(&mut self, now: Instant) -> Instant {
+        let lt = self.lifetime() as u64;
+        now + Duration::from_secs(lt - 120.min(lt / 2))
+    }
+
+    fn backoff(&mut self, now: Instant, code: Option<(u8, u8)>) {
+        let factor = 1u32 << self.failures.min(16);
+        let wait = self
+            .config
+            .retry_initial
+            .saturating_mul(factor)
+            .min(self.config.retry_max);
+        self.failures = self.failures.saturating_add(1);
+        self.reg = RegState::Idle { at: now + wait };
+        self.push_event(ClientEvent::RegistrationFailed {
+            code,
+            retry_in: wait,
+        });
+    }
+
+    fn registration_step(&mut self, now: Instant) {
+        match &self.reg {
+            RegState::Idle { at } if *at <= now => self.send_register(now),
+            RegState::Registered {
+                update_at,
+                location,
+            } if self.update_due || *update_at <= now => {
+                let location = location.clone();
+                self.send_update(now, location);
+            }
+            _ => {}
+        }
+    }
+
+    fn send_register(&mut self, now: Instant) {
+        let mut m = Message::new(MessageType::Confirmable, Code::POST, 0);
+        m.add_uri_path("rd");
+        m.add_uri_query(&format!("ep={}", self.config.endpoint));
+        let lt = self.lifetime();
+        m.add_uri_query(&format!("lt={lt}"));
+        m.add_uri_query("lwm2m=1.1");
+        m.add_uri_query("b=U");
+        if self.config.queue_mode {
+            m.add_uri_query("Q");
+        }
+        m.set_content_format(ContentFormat::LINK_FORMAT);
+        m.payload = self.tree.registration_links().into_bytes();
+        self.objects_changed = false;
+        self.update_due = false;
+        self.reg = RegState::Registering;
+        self.send_request(now, Purpose::Register, m, self.config.server);
+    }
+
+    fn send_update(&mut self, now: Instant, location: Vec<String>) {
+        let mut m = Message::new(MessageType::Confirmable, Code::POST, 0);
+        for seg in &location {
+            m.add_uri_path(seg);
+        }
+        if self.update_due {
+            let lt = self.lifetime();
+            m.add_uri_query(&format!("lt={lt}"));
+        }
+        if self.objects_changed {
+            m.set_content_format(ContentFormat::LINK_FORMAT);
+            m.payload = self.tree.registration_links().into_bytes();
+            self.objects_changed = false;
+        }
+        self.update_due = false;
+        self.reg = RegState::Updating { location };
+        self.send_request(now, Purpose::Update, m, self.config.server);
+    }
+
+    fn exchange_failed(&mut self, now: Instant, purpose: Purpose, code: Option<(u8, u8)>) {
+        match purpose {
+            Purpose::Register => self.backoff(now, code),
+            Purpose::Update => {
+                // 4.04: the server forgot us; anything else: treat the server as lost.
+                self.observations.clear();
+                if code == Some((4, 4)) {
+                    self.reg = RegState::Idle { at: now };
+                    self.push_event(ClientEvent::RegistrationFailed {
+                        code,
+                        retry_in: Duration::ZERO,
+                    });
+                } else {
+                    self.backoff(now, code);
+                }
+            }
+            Purpose::Deregister => {
+                self.reg = RegState::Stopped;
+                self.push_event(ClientEvent::Deregistered);
+            }
+            Purpose::Download => {
+                let result = match code {
+                    Some((4, 4)) => UpdateResult::InvalidUri,
+                    Some((4, 15)) => UpdateResult::UnsupportedPackage,
+                    _ => UpdateResult::ConnectionLost,
+                };
+                self.download_finished(Err(result));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ incoming
+
+    fn handle_empty(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
+        match msg.mtype {
+            MessageType::Confirmable => {
+                // CoAP ping.
+                self.push_transmit(from, &Message::empty(MessageType::Reset, msg.message_id));
+            }
+            MessageType::Acknowledgement => {
+                if let Some(o) = self
+                    .outgoing
+                    .iter_mut()
+                    .find(|o| o.message_id == msg.message_id && o.destination == from)
+                {
+                    o.acked = true;
+                    o.next = now + MAX_TRANSMIT_WAIT;
+                }
+            }
+            MessageType::Reset => {
+                if let Some(at) = self
+                    .outgoing
+                    .iter()
+                    .position(|o| o.message_id == msg.message_id && o.destination == from)
+                {
+                    let o = self.outgoing.remove(at);
+                    self.exchange_failed(now, o.purpose, None);
+                } else if from == self.config.server {
+                    // RST to a notification cancels the observation (RFC 7641 §3.6).
+                    self.observations
+                        .retain(|o| o.last_message_id != msg.message_id);
+                }
+            }
+            MessageType::NonConfirmable => {}
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, from: SocketAddr, msg: &Message) {
+        let Some(at) = self
+            .outgoing
+            .iter()
+            .position(|o| o.token == msg.token() && o.destination == from)
+        else {
+            if msg.mtype == MessageType::Confirmable || msg.mtype == MessageType::NonConfirmable {
+                self.push_transmit(from, &Message::empty(MessageType::Reset, msg.message_id));
+            }
+            return;
+        };
+        if msg.mtype == MessageType::Confirmable {
+            self.push_transmit(
+                from,
+                &Message::empty(MessageType::Acknowledgement, msg.message_id),
+            );
+        }
+        let o = self.outgoing.remove(at);
+        let code = msg.code;
+        match o.purpose {
+            Purpose::Register if code == Code::CREATED => {
+                let location: Vec<String> = msg.location_path().map(str::to_string).collect();
+                if location.is_empty() {
+                    self.exchange_failed(now, o.purpose, Some((code.class(), code.detail())));
+                    return;
+                }
+                self.failures = 0;
+                self.observations.clear();
+                let update_at = self.update_deadline(now);
+                self.push_event(ClientEvent::Registered {
+                    location: format!("/{}", location.join("/")),
+                });
+                self.reg = RegState::Registered {
+                    location,
+                    update_at,
+                };
+            }
+            Purpose::Update if code == Code::CHANGED => {
+                let location = match std::mem::replace(&mut self.reg, RegState::Stopped) {
+                    RegState::Updating { location } | RegState::Registered { location, .. } => {
+                        location
+                    }
+                    other => {
+                        self.reg = other;
+                        return;
+                    }
+                };
+                self.failures = 0;
+                let update_at = self.update_deadline(now);
+                self.reg = RegState::Registered {
+                    location,
+                    update_at,
+                };
+                self.push_event(ClientEvent::RegistrationUpdated);
+            }
+            Purpose::Deregister => {
+                self.reg = RegState::Stopped;
+                self.push_event(ClientEvent::Deregistered);
+            }
+            Purpose::Download if code == Code::CONTENT => self.download_block(now, msg),
+            purpose => self.exchange_failed(now, purpose, Some((code.class(), code.detail()))),
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, from: SocketAddr, req: &Message) {
+        let confirmable = req.mtype == MessageType::Confirmable;
+        self.dedup
+            .retain(|(_, t, _)| now.saturating_duration_since(*t) < EXCHANGE_LIFETIME);
+        if let Some((_, _, cached)) = self.dedup.iter().find(|(mid, _, _)| *mid == req.message_id) {
+            let payload = cached.clone();
+            if self.transmits.len() < QUEUE_BOUND {
+                self.transmits.push_back(Transmit {
+                    destination: from,
+                    payload,
+                });
+            }
+            return;
+        }
+        let mut resp = if req.unrecognized_critical_option().is_some() {
+            Message::response(Code::BAD_OPTION)
+        } else {
+            self.serve(now, req)
+        };
+        resp.with_token(req.token());
+        if confirmable {
+            resp.mtype = MessageType::Acknowledgement;
+            resp.message_id = req.message_id;
+        } else {
+            resp.mtype = MessageType::NonConfirmable;
+            resp.message_id = self.next_mid();
+        }
+        let Ok(bytes) = resp.to_bytes() else {
+            return;
+        };
+        if self.dedup.len() >= DEDUP_ENTRIES {
+            self.dedup.pop_front();
+        }
+        self.dedup.push_back((req.message_id, now, bytes.clone()));
+        if let Some(o) = self
+            .observations
+            .iter_mut()
+            .find(|o| o.token == req.token() && resp.observe().is_some())
+        {
+            o.last_message_id = resp.message_id;
+        }
+        if self.transmits.len() >= QUEUE_BOUND {
+            self.transmits.pop_front();
+        }
+        self.transmits.push_back(Transmit {
+            destination: from,
+            payload: bytes,
+        });
+    }
+
+    /// Answers one server request (LWM2M DM interface on CoAP, LWM2M 1.1 §6.3 / §8).
+    fn serve(&mut self, now: Instant, req: &Message) -> Message {
+        let mut segs = Vec::new();
+        for s in req.uri_path() {
+            match s.parse::<u16>() {
+                Ok(v) if v != u16::MAX && segs.len() < 4 && s.len() <= 5 => segs.push(v),
+                _ => return Message::response(Code::NOT_FOUND),
+            }
+        }
+        let Ok(path) = Lwm2mPath::from_ids(&segs) else {
+            return Message::response(Code::NOT_FOUND);
+        };
+        // Block1: reassemble, answer 2.31 until the last block.
+        let mut assembled = None;
+        if let Some(b1) = req.block1() {
+            match self.block1_step(&path, req, b1) {
+                Ok(Some(body)) => assembled = Some(body),
+                Ok(None) => {
+                    let mut r = Message::response(Code::CONTINUE);
+                    r.set_block1(b1);
+                    return r;
+                }
+                Err(code) => {
+                    let mut r = Message::response(code);
+                    if code == Code::REQUEST_ENTITY_TOO_LARGE {
+                        r.set_size1(self.config.max_body as u32);
+                    }
+                    return r;
+                }
+            }
+        }
+        let payload: &[u8] = assembled.as_deref().unwrap_or(&req.payload);
+        let mut resp = match req.code {
+            Code::GET if req.accept() == Some(ContentFormat::LINK_FORMAT) => self.discover(&path),
+            Code::GET => self.read_or_observe(now, &path, req),
+            Code::PUT if payload.is_empty() && req.uri_query().next().is_some() => {
+                self.write_attributes(&path, req)
+            }
+            Code::PUT => self.write(now, &path, req, payload, WriteMode::Replace),
+            Code::POST => match path.depth() {
+                1 => self.create(&path, req, payload),
+                2 => self.write(now, &path, req, payload, WriteMode::PartialUpdate),
+                3 => self.execute(&path, payload),
+                _ => Message::response(Code::METHOD_NOT_ALLOWED),
+            },
+            Code::DELETE => self.delete(&path),
+            _ => Message::response(Code::METHOD_NOT_ALLOWED),
+        };
+        if let (Some(b1), true) = (req.block1(), resp.code.is_success()) {
+            resp.set_block1(b1);
+        }
+        resp
+    }
+
+    fn block1_step(
+        &mut self,
+        path: &Lwm2mPath,
+        req: &Message,
+        b1: BlockOption,
+    ) -> Result<Option<Vec<u8>>, Code> {
+        let key = format!("{:?}{path}", req.code);
+        if b1.num == 0 {
+            self.block1 = Some(Block1 {
+                key: key.clone(),
+                body: Vec::new(),
+                next_num: 0,
+            });
+        }
+        let Some(state) = self.block1.as_mut().filter(|s| s.key == key) else {
+            return Err(Code::REQUEST_ENTITY_INCOMPLETE);
+        };
+        if b1.num != state.next_num {
+            // A retransmitted earlier block: acknowledge again without appending.
+            if b1.num + 1 == state.next_num && b1.more {
+                return Ok(None);
+            }
+            self.block1 = None;
+            return Err(Code::REQUEST_ENTITY_INCOMPLETE);
+        }
+        if b1.more && req.payload.len() != b1.size() {
+            self.block1 = None;
+            return Err(Code::BAD_REQUEST);
+        }
+        if state.body.len() + req.payload.len() > self.config.max_body {
+            self.block1 = None;
+            return Err(Code::REQUEST_ENTITY_TOO_LARGE);
+        }
+        state.body.extend_from_slice(&req.payload);
+        state.next_num += 1;
+        if b1.more {
+            Ok(None)
+        } else {
+            Ok(self.block1.take().map(|s| s.body))
+        }
+    }
+
+    fn content_response(&self, req: &Message, body: Vec<u8>, fmt_number: u16) -> Message {
+        let mut r = Message::response(Code::CONTENT);
+        r.set_content_format(ContentFormat(fmt_number));
+        let max = self.config.block_size.clamp(16, 1024);
+        let requested = req.block2();
+        let szx = BlockOption::szx_for_size(match requested {
+            Some(b) => b.size().min(max),
+            None => max,
+        });
+        let size = 1usize << (szx + 4);
+        if body.len() <= size && requested.is_none_or(|b| b.num == 0) {
+            r.payload = body;
+            return r;
+        }
+        let num = requested.map_or(0, |b| b.num);
+        let start = (num as usize).saturating_mul(size);
+        if start >= body.len() && !(start == 0 && body.is_empty()) {
+            return Message::response(Code::BAD_OPTION);
+        }
+        let end = (start + size).min(body.len());
+        let more = end < body.len();
+        if let Some(b) = BlockOption::new(num, more, szx) {
+            r.set_block2(b);
+        }
+        r.set_size2(body.len() as u32);
+        r.payload = body[start..end].to_vec();
+        r
+    }
+
+    /// Picks the response format for a read: the Accept if the client speaks it, else text
+    /// (opaque for opaque) for one single resource, TLV otherwise.
+    fn pick_format(
+        &self,
+        req: &Message,
+        content: &Content,
+        path: &Lwm2mPath,
+    ) -> Result<(Format, u16), Code> {
+        if let Some(ContentFormat(n)) = req.accept() {
+            return Format::from_number(n)
+                .map(|f| (f, n))
+                .ok_or(Code::NOT_ACCEPTABLE);
+        }
+        Ok(match content.values.as_slice() {
+            [(p, v)] if path.depth() >= 3 && p == path => match v {
+                ResourceValue::Opaque(_) => (Format::Opaque, format::OPAQUE),
+                _ => (Format::Text, format::TEXT),
+            },
+            _ => (Format::Tlv, format::TLV),
+        })
+    }
+
+    fn read_or_observe(&mut self, now: Instant, path: &Lwm2mPath, req: &Message) -> Message {
+        let observe = req.observe();
+        if observe == Some(1) {
+            self.observations.retain(|o| o.token != req.token());
+        }
+        let content = match self.tree.read(path) {
+            Ok(c) => c,
+            Err(e) => return Message::response(code_for(&e)),
+        };
+        let (fmt, number) = match self.pick_format(req, &content, path) {
+            Ok(x) => x,
+            Err(code) => return Message::response(code),
+        };
+        let body = match formats::encode(&content, path, fmt) {
+            Ok(b) => b,
+            Err(FormatError::NotRepresentable) if req.accept().is_none() => {
+                formats::encode(&content, path, Format::Tlv).unwrap_or_default()
+            }
+            Err(_) => return Message::response(Code::NOT_ACCEPTABLE),
+        };
+        let mut resp = self.content_response(req, body, number);
+        if observe == Some(0)
+            && resp.code == Code::CONTENT
+            && req.block2().is_none_or(|b| b.num == 0)
+        {
+            self.observations.retain(|o| o.token != req.token());
+            if self.observations.len() < self.config.max_observations {
+                let value = single_numeric(&content, path);
+                self.observations.push(Observation {
+                    token: req.token(),
+                    path: *path,
+                    format: number,
+                    seq: 1,
+                    timer: NotifyTimer::new(now, value),
+                    last_message_id: 0,
+                });
+                resp.set_observe(0);
+                self.push_event(ClientEvent::Observed { path: *path });
+            }
+        }
+        resp
+    }
+
+    fn discover(&mut self, path: &Lwm2mPath) -> Message {
+        let paths = match self.tree.discover(path) {
+            Ok(p) => p,
+            Err(e) => return Message::response(code_for(&e)),
+        };
+        let mut out = String::new();
+        for p in paths {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&format!("<{p}>"));
+            if p.depth() == 3 {
+                if let Some(object) = p.object_id().and_then(|o| self.tree.object_mut(o)) {
+                    if object
+                        .definition()
+                        .resource(p.resource_id().unwrap_or(0))
+                        .is_some_and(|d| d.multiple)
+                    {
+                        if let Ok(ResourceData::Multiple(v)) =
+                            object.read(p.instance_id().unwrap_or(0), p.resource_id().unwrap_or(0))
+                        {
+                            out.push_str(&format!(";dim={}", v.len()));
+                        }
+                    }
+                }
+            }
+            if let Some(a) = self.attributes.at(&p) {
+                let mut add = |k: &str, v: Option<String>| {
+                    if let Some(v) = v {
+                        out.push_str(&format!(";{k}={v}"));
+                    }
+                };
+                add("pmin", a.pmin.map(|v| v.to_string()));
+                add("pmax", a.pmax.map(|v| v.to_string()));
+                add("gt", a.gt.map(|v| v.to_string()));
+                add("lt", a.lt.map(|v| v.to_string()));
+                add("st", a.st.map(|v| v.to_string()));
+            }
+        }
+        let mut r = Message::response(Code::CONTENT);
+        r.set_content_format(ContentFormat::LINK_FORMAT);
+        r.payload = out.into_bytes();
+        r
+    }
+
+    fn decode_payload(
+        &self,
+        req: &Message,
+        payload: &[u8],
+        base: &Lwm2mPath,
+    ) -> Result<Content, Code> {
+        let number = req.content_format().map_or(format::TEXT, |c| c.0);
+        let fmt = Format::from_number(number).ok_or(Code::UNSUPPORTED_CONTENT_FORMAT)?;
+        formats::decode(payload, base, fmt).map_err(|e| match e {
+            FormatError::TooLarge => Code::REQUEST_ENTITY_TOO_LARGE,
+            _ => Code::BAD_REQUEST,
+        })
+    }
+
+    fn write(
+        &mut self,
+        now: Instant,
+        path: &Lwm2mPath,
+        req: &Message,
+        payload: &[u8],
+        mode: WriteMode,
+    ) -> Message {
+        let content = match self.decode_payload(req, payload, path) {
+            Ok(c) => c,
+            Err(code) => return Message::response(code),
+        };
+        match self.tree.write(path, content, mode) {
+            Ok(written) => {
+                for p in &written {
+                    if !self.changed.contains(p) {
+                        self.changed.push(*p);
+                    }
+                }
+                if path.object_id() == Some(1) {
+                    self.after_server_object_write(&written);
+                }
+                if path.object_id() == Some(5) {
+                    self.start_pending_download(now);
+                }
+                self.push_event(ClientEvent::Written { path: *path });
+                Message::response(Code::CHANGED)
+            }
+            Err(e) => Message::response(code_for(&e)),
+        }
+    }
+
+    fn after_server_object_write(&mut self, written: &[Lwm2mPath]) {
+        self.refresh_defaults();
+        if written
+            .iter()
+            .any(|p| matches!(p.resource_id(), Some(1) | Some(7)))
+        {
+            self.update_due = true;
+        }
+    }
+
+    fn write_attributes(&mut self, path: &Lwm2mPath, req: &Message) -> Message {
+        let changes = match parse_attributes(req.uri_query()) {
+            Ok(c) => c,
+            Err(_) => return Message::response(Code::BAD_REQUEST),
+        };
+        if path.depth() == 0 || path.object_id() == Some(0) {
+            return Message::response(Code::METHOD_NOT_ALLOWED);
+        }
+        if !self.tree.exists(path) {
+            return Message::response(Code::NOT_FOUND);
+        }
+        let thresholds = changes.iter().any(|c| {
+            matches!(
+                c,
+                AttributeChange::Gt(Some(_))
+                    | AttributeChange::Lt(Some(_))
+                    | AttributeChange::St(Some(_))
+            )
+        });
+        if thresholds {
+            let kind = path
+                .object_id()
+                .and_then(|o| self.tree.object_mut(o))
+                .and_then(|o| o.definition().resource(path.resource_id()?).map(|d| d.kind));
+            let numeric_kind = matches!(
+                kind,
+                Some(
+                    ResourceType::Integer
+                        | ResourceType::UnsignedInteger
+                        | ResourceType::Float
+                        | ResourceType::Time
+                )
+            );
+            if path.depth() < 3 || !numeric_kind {
+                return Message::response(Code::BAD_REQUEST);
+            }
+        }
+        match self.attributes.apply(*path, &changes) {
+            Ok(()) => Message::response(Code::CHANGED),
+            Err(_) => Message::response(Code::BAD_REQUEST),
+        }
+    }
+
+    fn execute(&mut self, path: &Lwm2mPath, payload: &[u8]) -> Message {
+        let Ok(args) = std::str::from_utf8(payload) else {
+            return Message::response(Code::BAD_REQUEST);
+        };
+        if let Err(e) = self.tree.execute(path, args) {
+            return Message::response(code_for(&e));
+        }
+        match *path.ids() {
+            [1, _, 8] => self.update_due = true,
+            [3, 0, 4] => self.push_event(ClientEvent::Reboot),
+            [3, 0, 5] => self.push_event(ClientEvent::FactoryReset),
+            _ => {}
+        }
+        self.push_event(ClientEvent::Executed {
+            path: *path,
+            args: args.to_string(),
+        });
+        Message::response(Code::CHANGED)
+    }
+
+    fn create(&mut self, path: &Lwm2mPath, req: &Message, payload: &[u8]) -> Message {
+        let content = if payload.is_empty() {
+            Content::default()
+        } else {
+            match self.decode_payload(req, payload, path) {
+                Ok(c) => c,
+                Err(code) => return Message::response(code),
+            }
+        };
+        match self.tree.create(path, content) {
+            Ok(created) => {
+                self.objects_changed();
+                self.push_event(ClientEvent::Created { path: created });
+                let mut r = Message::response(Code::CREATED);
+                for id in created.ids() {
+                    r.add_location_path(&id.to_string());
+                }
+                r
+            }
+            Err(e) => Message::response(code_for(&e)),
+        }
+    }
+
+    fn delete(&mut self, path: &Lwm2mPath) -> Message {
+        match self.tree.delete(path) {
+            Ok(()) => {
+                self.objects_changed();
+                self.attributes.remove_under(path);
+                self.observations.retain(|o| !path.contains(&o.path));
+                self.push_event(ClientEvent::Deleted { path: *path });
+                Message::response(Code::DELETED)
+            }
+            Err(e) => Message::response(code_for(&e)),
+        }
+    }
+
+    // ------------------------------------------------------------------ notifications
+
+    fn effective(&self, path: &Lwm2mPath) -> crate::transport::NotificationAttributes {
+        self.attributes
+            .effective(path, self.default_periods.0, self.default_periods.1)
+    }
+
+    /// Moves changes (from the application and from objects) into the observations' timers.
+    fn collect_changes(&mut self) {
+        self.tree.drain_changes(&mut self.changed);
+        if self.changed.is_empty() {
+            return;
+        }
+        let changed = std::mem::take(&mut self.changed);
+        if changed.iter().any(|p| p.object_id() == Some(1)) {
+            self.refresh_defaults();
+        }
+        for i in 0..self.observations.len() {
+            let path = self.observations[i].path;
+            if !changed
+                .iter()
+                .any(|c| path.contains(c) || c.contains(&path))
+            {
+                continue;
+            }
+            let value = if path.depth() >= 3 {
+                self.tree
+                    .read(&path)
+                    .ok()
+                    .and_then(|c| single_numeric(&c, &path))
+            } else {
+                None
+            };
+            let attrs = self.effective(&path);
+            self.observations[i].timer.changed(&attrs, value);
+        }
+        self.changed = changed;
+        self.changed.clear();
+    }
+
+    fn flush_notifications(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.observations.len() {
+            let path = self.observations[i].path;
+            let attrs = self.effective(&path);
+            if !self.observations[i].timer.due(now, &attrs) {
+                i += 1;
+                continue;
+            }
+            let content = match self.tree.read(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    // The target is gone: a final error notification ends the observation.
+                    let o = self.observations.remove(i);
+                    let mut m = Message::new(MessageType::NonConfirmable, code_for(&e), 0);
+                    m.message_id = self.next_mid();
+                    m.with_token(o.token);
+                    self.push_transmit(self.config.server, &m);
+                    continue;
+                }
+            };
+            let value = single_numeric(&content, &path);
+            let number = self.observations[i].format;
+            let fmt = Format::from_number(number).unwrap_or(Format::Tlv);
+            let (body, number) = match formats::encode(&content, &path, fmt) {
+                Ok(b) => (b, number),
+                Err(_) => (
+                    formats::encode(&content, &path, Format::Tlv).unwrap_or_default(),
+                    format::TLV,
+                ),
+            };
+            let mid = self.next_mid();
+            let o = &mut self.observations[i];
+            o.seq = (o.seq + 1) & 0xff_ffff;
+            o.last_message_id = mid;
+            o.timer.sent(now, value);
+            let mut m = Message::new(MessageType::NonConfirmable, Code::CONTENT, mid);
+            m.with_token(o.token);
+            m.set_observe(o.seq);
+            m.set_content_format(ContentFormat(number));
+            let max = self.config.block_size.clamp(16, 1024);
+            if body.len() > max {
+                let szx = BlockOption::szx_for_size(max);
+                if let Some(b) = BlockOption::new(0, true, szx) {
+                    m.set_block2(b);
+                }
+                m.set_size2(body.len() as u32);
+                m.payload = body[..1usize << (szx + 4)].to_vec();
+            } else {
+                m.payload = body;
+            }
+            self.push_transmit(self.config.server, &m);
+            i += 1;
+        }
+    }
+
+    // ------------------------------------------------------------------ firmware download
+
+    fn start_pending_download(&mut self, now: Instant) {
+        let Some(pull) = self.tree.firmware_mut().and_then(|f| f.take_pull_request()) else {
+            return;
+        };
+        match parse_coap_uri(&pull.uri) {
+            Ok(uri) => {
+                self.outgoing.retain(|o| o.purpose != Purpose::Download);
+                self.download = Some(Download {
+                    uri,
+                    body: Vec::new(),
+                    next_num: 0,
+                    szx: BlockOption::szx_for_size(self.config.block_size.clamp(16, 1024)),
+                });
+                self.push_event(ClientEvent::FirmwareDownloadStarted { uri: pull.uri });
+                self.send_download_request(now);
+            }
+            Err(r) => self.download_finished(Err(r)),
+        }
+    }
+
+    fn send_download_request(&mut self, now: Instant) {
+        let Some(d) = self.download.as_ref() else {
+            return;
+        };
+        let mut m = Message::new(MessageType::Confirmable, Code::GET, 0);
+        for seg in &d.uri.path {
+            m.add_uri_path(seg);
+        }
+        for q in &d.uri.query {
+            m.add_uri_query(q);
+        }
+        if let Some(b) = BlockOption::new(d.next_num, false, d.szx) {
+            m.set_block2(b);
+        }
+        let to = d.uri.addr;
+        self.send_request(now, Purpose::Download, m, to);
+    }
+
+    fn download_block(&mut self, now: Instant, msg: &Message) {
+        let max = self.config.max_body;
+        let Some(d) = self.download.as_mut() else {
+            return;
+        };
+        match msg.block2() {
+            None => {
+                d.body = msg.payload.clone();
+                let body = std::mem::take(&mut d.body);
+                self.download_finished(Ok(body));
+            }
+            Some(b) if b.num != d.next_num => {
+                self.download_finished(Err(UpdateResult::ConnectionLost))
+            }
+            Some(b) => {
+                if d.body.len() + msg.payload.len() > max {
+                    self.download_finished(Err(UpdateResult::NotEnoughFlash));
+                    return;
+                }
+                d.body.extend_from_slice(&msg.payload);
+                if b.more {
+                    // Continue with the server's block size if it chose a smaller one.
+                    d.szx = d.szx.min(b.szx);
+                    d.next_num = ((d.body.len()) / (1usize << (d.szx + 4))) as u32;
+                    self.send_download_request(now);
+                } else {
+                    let body = std::mem::take(&mut d.body);
+                    self.download_finished(Ok(body));
+                }
+            }
+        }
+    }
+
+    fn download_finished(&mut self, outcome: Result<Vec<u8>, UpdateResult>) {
+        self.download = None;
+        self.outgoing.retain(|o| o.purpose != Purpose::Download);
+        let Some(fw) = self.tree.firmware_mut() else {
+            return;
+        };
+        match &outcome {
+            Ok(body) => fw.download_finished(Ok(body)),
+            Err(r) => fw.download_finished(Err(*r)),
+        }
+        let (state, result) = (fw.state(), fw.result());
+        self.push_event(ClientEvent::FirmwareDownloadFinished { state, result });
+        self.collect_changes();
+    }
+}
+
+/// The CoAP response code for an object's refusal.
+fn code_for(e: &ObjectError) -> Code {
+    match e {
+        ObjectError::NotFound => Code::NOT_FOUND,
+        ObjectError::MethodNotAllowed => Code::METHOD_NOT_ALLOWED,
+        ObjectError::Unauthorized => Code::UNAUTHORIZED,
+        ObjectError::Rejected | ObjectError::TypeMismatch { .. } | ObjectError::AlreadyExists => {
+            Code::BAD_REQUEST
+        }
+        _ => Code::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The numeric value of a single-resource read at `path`, for gt / lt / st.
+fn single_numeric(content: &Content, path: &Lwm2mPath) -> Option<f64> {
+    match content.values.as_slice() {
+        [(p, v)] if p == path => numeric(v),
+        _ => None,
+    }
+}

@@ -1,0 +1,863 @@
+//! The sans-IO client core against a scripted server under a simulated clock: registration
+//! (register, update timing, re-register with backoff, de-register), every DM operation,
+//! notifications with pmin / pmax / gt / lt / st, Block1 firmware push and Block2 pull.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use twinhub::coap::{BlockOption, Code, ContentFormat, Message, MessageType};
+use twinhub::lwm2m::client::{
+    Access, ClientConfig, ClientEvent, FirmwareUpdate, Lwm2mClient, ObjectDef, ObjectError,
+    ObjectTree, ResourceData, ResourceDef, UpdateResult, UpdateState, ValueObject, objects,
+};
+use twinhub::{Lwm2mPath, ResourceType, ResourceValue};
+
+const SERVER: &str = "127.0.0.1:5683";
+
+fn server() -> SocketAddr {
+    SERVER.parse().unwrap()
+}
+
+fn tree() -> ObjectTree {
+    let mut t = ObjectTree::new();
+    t.add(objects::security(&format!("coap://{SERVER}"), 1));
+    t.add(objects::server(1, 300, "U"));
+    t.add(objects::device("Contoso", "MX1", "SN-42", "1.0.0"));
+    t.set_firmware(FirmwareUpdate::new());
+    t.add(objects::config().on_validate(2, |_, d| match d {
+        ResourceData::Single(ResourceValue::String(s)) if !s.contains('!') => Ok(()),
+        _ => Err(ObjectError::Rejected),
+    }));
+    t.add(
+        ValueObject::new(ObjectDef::new(
+            3303,
+            "Temperature",
+            true,
+            vec![
+                ResourceDef::new(5700, "Sensor Value", ResourceType::Float, Access::Read),
+                ResourceDef::new(5701, "Units", ResourceType::String, Access::ReadWrite),
+            ],
+        ))
+        .with_value(0, 5700, ResourceValue::Float(20.0))
+        .with_value(0, 5701, ResourceValue::String("Cel".into())),
+    );
+    t
+}
+
+struct Harness {
+    client: Lwm2mClient,
+    now: Instant,
+    mid: u16,
+    token: u32,
+    /// Datagrams the client sent besides the response `request` returned.
+    backlog: Vec<Message>,
+}
+
+impl Harness {
+    /// A client that has registered (the server answered 2.01 rd/abc).
+    fn registered() -> Harness {
+        Harness::registered_with(tree())
+    }
+
+    fn registered_with(tree: ObjectTree) -> Harness {
+        let now = Instant::now();
+        let client = Lwm2mClient::new(now, ClientConfig::new("dev-1", server()), tree);
+        let mut h = Harness {
+            client,
+            now,
+            mid: 100,
+            token: 1,
+            backlog: Vec::new(),
+        };
+        h.client.handle_timeout(now);
+        let reg = h.sent().pop().expect("register sent");
+        h.answer(&reg, Code::CREATED, |r| {
+            r.add_location_path("rd");
+            r.add_location_path("abc");
+        });
+        assert_eq!(
+            h.events(),
+            vec![ClientEvent::Registered {
+                location: "/rd/abc".into()
+            }]
+        );
+        h
+    }
+
+    fn sent(&mut self) -> Vec<Message> {
+        let mut out = std::mem::take(&mut self.backlog);
+        while let Some(t) = self.client.poll_transmit() {
+            out.push(Message::decode(&t.payload).expect("client sends valid CoAP"));
+        }
+        out
+    }
+
+    fn events(&mut self) -> Vec<ClientEvent> {
+        std::iter::from_fn(|| self.client.poll_event()).collect()
+    }
+
+    /// Answers a client request (piggybacked ACK).
+    fn answer(&mut self, req: &Message, code: Code, f: impl FnOnce(&mut Message)) {
+        let mut r = Message::new(MessageType::Acknowledgement, code, req.message_id);
+        r.with_token(req.token());
+        f(&mut r);
+        self.client
+            .handle_datagram(self.now, server(), &r.to_bytes().unwrap());
+    }
+
+    /// Sends a CON request from the server; returns the client's response.
+    fn request(&mut self, mut req: Message) -> Message {
+        self.mid = self.mid.wrapping_add(1);
+        self.token += 1;
+        req.mtype = MessageType::Confirmable;
+        req.message_id = self.mid;
+        req.set_token(&self.token.to_be_bytes());
+        self.client
+            .handle_datagram(self.now, server(), &req.to_bytes().unwrap());
+        let mut sent = self.sent();
+        let pos = sent
+            .iter()
+            .position(|m| m.message_id == self.mid && m.mtype == MessageType::Acknowledgement)
+            .expect("piggybacked response");
+        let resp = sent.remove(pos);
+        self.backlog.extend(sent);
+        resp
+    }
+
+    fn get(&mut self, path: &str, accept: Option<u16>) -> Message {
+        let mut m = Message::request(Code::GET, path);
+        if let Some(a) = accept {
+            m.set_accept(ContentFormat(a));
+        }
+        self.request(m)
+    }
+
+    fn put_text(&mut self, path: &str, text: &str) -> Message {
+        let mut m = Message::request(Code::PUT, path);
+        m.set_content_format(ContentFormat::TEXT_PLAIN);
+        m.payload = text.as_bytes().to_vec();
+        self.request(m)
+    }
+
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.client.handle_timeout(self.now);
+    }
+}
+
+fn text(m: &Message) -> String {
+    String::from_utf8(m.payload.clone()).unwrap()
+}
+
+#[test]
+fn register_request_shape() {
+    let now = Instant::now();
+    let mut c = Lwm2mClient::new(now, ClientConfig::new("dev-1", server()), tree());
+    assert_eq!(c.poll_timeout(), Some(now));
+    c.handle_timeout(now);
+    let t = c.poll_transmit().unwrap();
+    assert_eq!(t.destination, server());
+    let m = Message::decode(&t.payload).unwrap();
+    assert_eq!((m.mtype, m.code), (MessageType::Confirmable, Code::POST));
+    assert_eq!(m.uri_path().collect::<Vec<_>>(), ["rd"]);
+    assert_eq!(
+        m.uri_query().collect::<Vec<_>>(),
+        ["ep=dev-1", "lt=300", "lwm2m=1.1", "b=U"]
+    );
+    assert_eq!(m.content_format(), Some(ContentFormat::LINK_FORMAT));
+    assert_eq!(
+        text(&m),
+        "</>;rt=\"oma.lwm2m\";ct=11543,</1/0>,</3/0>,</5/0>,</3303/0>,</10241/0>"
+    );
+    assert!(m.token().len() >= 4);
+}
+
+#[test]
+fn update_before_lifetime_runs_out() {
+    let mut h = Harness::registered();
+    // lt = 300: update at 300 - min(120, 150) = 180 s.
+    assert_eq!(
+        h.client.poll_timeout(),
+        Some(h.now + Duration::from_secs(180))
+    );
+    h.advance(179);
+    assert!(h.sent().is_empty());
+    h.advance(1);
+    let up = h.sent().pop().expect("update");
+    assert_eq!(up.code, Code::POST);
+    assert_eq!(up.uri_path().collect::<Vec<_>>(), ["rd", "abc"]);
+    assert!(up.payload.is_empty(), "keep-alive carries no objects");
+    h.answer(&up, Code::CHANGED, |_| {});
+    assert_eq!(h.events(), vec![ClientEvent::RegistrationUpdated]);
+    assert_eq!(
+        h.client.poll_timeout(),
+        Some(h.now + Duration::from_secs(180))
+    );
+}
+
+#[test]
+fn lifetime_write_and_trigger_send_update_with_lt() {
+    let mut h = Harness::registered();
+    assert_eq!(h.put_text("/1/0/1", "600").code, Code::CHANGED);
+    h.advance(0);
+    let up = h.sent().pop().expect("update after lifetime write");
+    assert_eq!(up.uri_query().collect::<Vec<_>>(), ["lt=600"]);
+    h.answer(&up, Code::CHANGED, |_| {});
+    // 600 - 120 = 480 s.
+    assert_eq!(
+        h.client.poll_timeout(),
+        Some(h.now + Duration::from_secs(480))
+    );
+    // Registration Update Trigger.
+    assert_eq!(
+        h.request(Message::request(Code::POST, "/1/0/8")).code,
+        Code::CHANGED
+    );
+    h.advance(0);
+    assert_eq!(
+        h.sent().pop().unwrap().uri_path().collect::<Vec<_>>(),
+        ["rd", "abc"]
+    );
+}
+
+#[test]
+fn register_retries_with_backoff_then_succeeds() {
+    let now = Instant::now();
+    let mut cfg = ClientConfig::new("dev-1", server());
+    cfg.max_retransmit = 1;
+    let mut c = Lwm2mClient::new(now, cfg, tree());
+    c.handle_timeout(now);
+    assert!(c.poll_transmit().is_some());
+    // Retransmission, then give up: backoff 5 s, then 10 s.
+    let mut t = now;
+    let mut registers = 1;
+    let mut failures = Vec::new();
+    for _ in 0..200 {
+        t += Duration::from_millis(500);
+        c.handle_timeout(t);
+        while c.poll_transmit().is_some() {
+            registers += 1;
+        }
+        while let Some(e) = c.poll_event() {
+            if let ClientEvent::RegistrationFailed { code, retry_in } = e {
+                assert_eq!(code, None);
+                failures.push(retry_in);
+            }
+        }
+    }
+    assert_eq!(
+        failures[..3],
+        [
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+            Duration::from_secs(20)
+        ]
+    );
+    assert!(registers >= 6);
+    assert!(!c.is_registered());
+}
+
+#[test]
+fn update_404_reregisters_at_once() {
+    let mut h = Harness::registered();
+    h.advance(180);
+    let up = h.sent().pop().unwrap();
+    h.answer(&up, Code::NOT_FOUND, |_| {});
+    assert!(matches!(
+        h.events()[..],
+        [ClientEvent::RegistrationFailed {
+            code: Some((4, 4)),
+            ..
+        }]
+    ));
+    h.advance(0);
+    let reg = h.sent().pop().unwrap();
+    assert_eq!(reg.uri_path().collect::<Vec<_>>(), ["rd"]);
+}
+
+#[test]
+fn reads_in_every_format() {
+    let mut h = Harness::registered();
+    let r = h.get("/3/0/0", None);
+    assert_eq!((r.code, text(&r).as_str()), (Code::CONTENT, "Contoso"));
+    assert_eq!(r.content_format(), Some(ContentFormat::TEXT_PLAIN));
+
+    let r = h.get("/3/0", None);
+    assert_eq!(r.content_format(), Some(ContentFormat(11542)));
+    assert_eq!(&r.payload[..3], &[0xC7, 0x00, b'C']);
+
+    let r = h.get("/3/0", Some(110));
+    let json: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+    assert_eq!(json[0]["bn"], "/3/0/");
+    assert_eq!(json[0]["vs"], "Contoso");
+    assert_eq!(r.content_format(), Some(ContentFormat::SENML_JSON));
+
+    // lwm2m-node-lib's pre-standard formats are echoed back.
+    let r = h.get("/3/0/2", Some(1541));
+    assert_eq!(
+        (text(&r).as_str(), r.content_format()),
+        ("SN-42", Some(ContentFormat(1541)))
+    );
+    let r = h.get("/3/0", Some(1543));
+    let json: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+    assert_eq!(json["bn"], "/3/0/");
+    let r = h.get("/3303", Some(11542));
+    assert_eq!(r.payload[0] >> 6, 0, "object instance TLV");
+
+    assert_eq!(h.get("/3/0", Some(0)).code, Code::NOT_ACCEPTABLE);
+    assert_eq!(h.get("/3/0/0", Some(9999)).code, Code::NOT_ACCEPTABLE);
+    assert_eq!(h.get("/0/0/0", None).code, Code::UNAUTHORIZED);
+    assert_eq!(h.get("/3/0/4", None).code, Code::METHOD_NOT_ALLOWED);
+    assert_eq!(h.get("/3/9", None).code, Code::NOT_FOUND);
+    assert_eq!(h.get("/bs", None).code, Code::NOT_FOUND);
+}
+
+#[test]
+fn large_read_is_served_block_wise() {
+    let mut h = Harness::registered();
+    assert_eq!(
+        h.put_text("/10241/0/2", &"v".repeat(2000)).code,
+        Code::CHANGED
+    );
+    let r = h.get("/10241/0/2", None);
+    let b = r.block2().expect("block2");
+    assert!(b.more && b.num == 0 && b.size() == 1024);
+    assert_eq!(r.size2(), Some(2000));
+    let mut next = Message::request(Code::GET, "/10241/0/2");
+    next.set_block2(BlockOption::new(1, false, 6).unwrap());
+    let r2 = h.request(next);
+    let b2 = r2.block2().unwrap();
+    assert!(!b2.more && b2.num == 1);
+    assert_eq!(r.payload.len() + r2.payload.len(), 2000);
+}
+
+#[test]
+fn writes_check_access_types_and_validation() {
+    let mut h = Harness::registered();
+    assert_eq!(h.put_text("/3/0/0", "x").code, Code::METHOD_NOT_ALLOWED);
+    assert_eq!(h.put_text("/1/0/1", "abc").code, Code::BAD_REQUEST);
+    assert_eq!(
+        h.put_text("/1/0/1", "0").code,
+        Code::BAD_REQUEST,
+        "validated lifetime"
+    );
+    // Partial update of /10241/0 in TLV; validation fails for one value: nothing changes.
+    let mut tlv = vec![0xC1, 0x01, b'n'];
+    tlv.extend_from_slice(&[0xC2, 0x02, b'v', b'!']);
+    let mut m = Message::request(Code::POST, "/10241/0");
+    m.set_content_format(ContentFormat(11542));
+    m.payload = tlv;
+    assert_eq!(h.request(m).code, Code::BAD_REQUEST);
+    assert_eq!(text(&h.get("/10241/0/1", None)), "");
+    // The same with a good value applies both.
+    let mut m = Message::request(Code::POST, "/10241/0");
+    m.set_content_format(ContentFormat(11542));
+    m.payload = vec![0xC1, 0x01, b'n', 0xC2, 0x02, b'v', b'1'];
+    assert_eq!(h.request(m).code, Code::CHANGED);
+    assert_eq!(text(&h.get("/10241/0/2", None)), "v1");
+    // SenML write; unsupported content format.
+    let mut m = Message::request(Code::PUT, "/3/0/15");
+    m.set_content_format(ContentFormat::SENML_JSON);
+    m.payload = br#"[{"bn":"/3/0/15","vs":"Europe/Paris"}]"#.to_vec();
+    assert_eq!(h.request(m).code, Code::CHANGED);
+    assert_eq!(text(&h.get("/3/0/15", None)), "Europe/Paris");
+    let mut m = Message::request(Code::PUT, "/3/0/15");
+    m.set_content_format(ContentFormat(60));
+    m.payload = b"x".to_vec();
+    assert_eq!(h.request(m).code, Code::UNSUPPORTED_CONTENT_FORMAT);
+    // Old-style text (1541), as lwm2m-node-lib writes.
+    let mut m = Message::request(Code::PUT, "/3/0/14");
+    m.set_content_format(ContentFormat(1541));
+    m.payload = b"+02:00".to_vec();
+    assert_eq!(h.request(m).code, Code::CHANGED);
+    assert!(h.events().contains(&ClientEvent::Written {
+        path: Lwm2mPath::resource(3, 0, 14)
+    }));
+}
+
+#[test]
+fn execute_with_arguments_and_device_events() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let c = calls.clone();
+    let mut t = tree();
+    t.add(objects::config().on_execute(3, move |_, args| {
+        c.lock().unwrap().push(args.to_string());
+        Ok(())
+    }));
+    let mut h = Harness::registered_with(t);
+    let mut m = Message::request(Code::POST, "/10241/0/3");
+    m.payload = b"0='fast',1".to_vec();
+    assert_eq!(h.request(m).code, Code::CHANGED);
+    assert_eq!(*calls.lock().unwrap(), vec!["0='fast',1".to_string()]);
+    assert_eq!(
+        h.request(Message::request(Code::POST, "/3/0/4")).code,
+        Code::CHANGED
+    );
+    let ev = h.events();
+    assert!(ev.contains(&ClientEvent::Reboot));
+    assert!(ev.contains(&ClientEvent::Executed {
+        path: Lwm2mPath::resource(3, 0, 4),
+        args: String::new()
+    }));
+    assert_eq!(
+        h.request(Message::request(Code::POST, "/3/0/0")).code,
+        Code::METHOD_NOT_ALLOWED
+    );
+}
+
+#[test]
+fn duplicate_request_is_answered_from_cache_not_reexecuted() {
+    let count = Arc::new(Mutex::new(0));
+    let c = count.clone();
+    let mut t = tree();
+    t.add(objects::config().on_execute(3, move |_, _| {
+        *c.lock().unwrap() += 1;
+        Ok(())
+    }));
+    let mut h = Harness::registered_with(t);
+    let mut m = Message::request(Code::POST, "/10241/0/3");
+    m.message_id = 7;
+    m.set_token(&[9, 9]);
+    let bytes = m.to_bytes().unwrap();
+    h.client.handle_datagram(h.now, server(), &bytes);
+    let first = h.client.poll_transmit().unwrap();
+    h.client.handle_datagram(h.now, server(), &bytes);
+    let second = h.client.poll_transmit().unwrap();
+    assert_eq!(first, second);
+    assert_eq!(*count.lock().unwrap(), 1);
+}
+
+#[test]
+fn requests_from_other_addresses_are_ignored() {
+    let mut h = Harness::registered();
+    let mut m = Message::request(Code::GET, "/3/0/0");
+    m.set_token(&[1]);
+    let other: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+    h.client
+        .handle_datagram(h.now, other, &m.to_bytes().unwrap());
+    assert!(h.client.poll_transmit().is_none());
+    // Garbage from the server is ignored too.
+    h.client.handle_datagram(h.now, server(), &[0xff, 0, 1]);
+    assert!(h.client.poll_transmit().is_none());
+}
+
+#[test]
+fn discover_and_write_attributes() {
+    let mut h = Harness::registered();
+    let mut wa = Message::request(Code::PUT, "/3303/0/5700");
+    wa.add_uri_query("pmin=10");
+    wa.add_uri_query("gt=25.5");
+    assert_eq!(h.request(wa).code, Code::CHANGED);
+    let mut bad = Message::request(Code::PUT, "/3/0/0");
+    bad.add_uri_query("gt=1");
+    assert_eq!(h.request(bad).code, Code::BAD_REQUEST, "gt on a string");
+    let mut bad = Message::request(Code::PUT, "/3/0/0");
+    bad.add_uri_query("bogus=1");
+    assert_eq!(h.request(bad).code, Code::BAD_REQUEST);
+    let mut missing = Message::request(Code::PUT, "/3/7");
+    missing.add_uri_query("pmin=1");
+    assert_eq!(h.request(missing).code, Code::NOT_FOUND);
+
+    let r = h.get("/3303/0", Some(40));
+    assert_eq!(r.content_format(), Some(ContentFormat::LINK_FORMAT));
+    assert_eq!(
+        text(&r),
+        "</3303/0>,</3303/0/5700>;pmin=10;gt=25.5,</3303/0/5701>"
+    );
+    let r = h.get("/3", Some(40));
+    assert!(text(&r).starts_with("</3>,</3/0>,</3/0/0>,</3/0/1>"));
+    assert!(text(&r).contains("</3/0/11>;dim=1"));
+}
+
+#[test]
+fn observe_notify_honours_pmin_pmax_and_thresholds() {
+    let mut h = Harness::registered();
+    let mut wa = Message::request(Code::PUT, "/3303/0/5700");
+    for q in ["pmin=10", "pmax=60", "gt=25"] {
+        wa.add_uri_query(q);
+    }
+    assert_eq!(h.request(wa).code, Code::CHANGED);
+    let mut obs = Message::request(Code::GET, "/3303/0/5700");
+    obs.set_observe(0);
+    let r = h.request(obs);
+    assert_eq!(
+        (r.code, r.observe(), text(&r).as_str()),
+        (Code::CONTENT, Some(0), "20")
+    );
+    let token = r.token();
+    assert_eq!(h.client.observation_count(), 1);
+    let path = Lwm2mPath::resource(3303, 0, 5700);
+
+    // Below gt: no notification before pmax.
+    h.client
+        .set_value(&path, ResourceValue::Float(22.0))
+        .unwrap();
+    h.advance(30);
+    let early = h.sent();
+    assert!(early.is_empty(), "{early:?}");
+    // Crossing gt at t=31 is sent (pmin passed).
+    h.advance(1);
+    h.client
+        .set_value(&path, ResourceValue::Float(26.0))
+        .unwrap();
+    h.advance(0);
+    let n = h.sent();
+    assert_eq!(n.len(), 1);
+    assert_eq!((n[0].token(), text(&n[0]).as_str()), (token, "26"));
+    let seq1 = n[0].observe().unwrap();
+    // A second crossing right after waits for pmin (10 s).
+    h.client
+        .set_value(&path, ResourceValue::Float(24.0))
+        .unwrap();
+    h.advance(5);
+    assert!(h.sent().is_empty());
+    h.advance(5);
+    let n = h.sent();
+    assert_eq!(text(&n[0]), "24");
+    assert!(n[0].observe().unwrap() > seq1);
+    // Nothing changes: pmax (60 s) forces one.
+    h.advance(59);
+    assert!(h.sent().is_empty());
+    h.advance(1);
+    assert_eq!(h.sent().len(), 1);
+
+    // RST on a notification cancels the observation.
+    h.advance(60);
+    let n = h.sent().pop().unwrap();
+    let rst = Message::empty(MessageType::Reset, n.message_id);
+    h.client
+        .handle_datagram(h.now, server(), &rst.to_bytes().unwrap());
+    assert_eq!(h.client.observation_count(), 0);
+    h.advance(120);
+    // (The registration update falls due meanwhile; no notification goes out.)
+    assert!(h.sent().iter().all(|m| m.observe().is_none()));
+}
+
+#[test]
+fn observe_instance_and_cancel_with_observe_1() {
+    let mut h = Harness::registered();
+    let mut obs = Message::request(Code::GET, "/3/0");
+    obs.set_observe(0);
+    obs.set_accept(ContentFormat::SENML_JSON);
+    let r = h.request(obs.clone());
+    assert_eq!(r.observe(), Some(0));
+    // Default pmin is 0: a change notifies at once, in the observed format.
+    h.client
+        .set_value(&Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(55))
+        .unwrap();
+    h.advance(0);
+    let n = h.sent().pop().expect("notification");
+    assert_eq!(n.content_format(), Some(ContentFormat::SENML_JSON));
+    assert!(text(&n).contains(r#"{"n":"9","v":55}"#));
+    // notify_changed for a callback-backed value.
+    h.client.notify_changed(&Lwm2mPath::resource(3, 0, 13));
+    h.advance(0);
+    assert_eq!(h.sent().len(), 1);
+    // Cancel with Observe=1 and the same token.
+    let mut cancel = obs;
+    cancel.set_observe(1);
+    h.mid += 1;
+    cancel.message_id = h.mid;
+    cancel.set_token(r.token().as_bytes());
+    h.client
+        .handle_datagram(h.now, server(), &cancel.to_bytes().unwrap());
+    let resp = h.sent().pop().unwrap();
+    assert_eq!((resp.code, resp.observe()), (Code::CONTENT, None));
+    assert_eq!(h.client.observation_count(), 0);
+}
+
+#[test]
+fn create_and_delete_update_the_registration() {
+    let mut h = Harness::registered();
+    let mut m = Message::request(Code::POST, "/3303");
+    m.set_content_format(ContentFormat(11542));
+    // Object instance 4 holding Units /5701 (a 16-bit resource id) = "K".
+    m.payload = vec![0x04, 0x04, 0xE1, 0x16, 0x45, b'K'];
+    let r = h.request(m);
+    assert_eq!(r.code, Code::CREATED);
+    assert_eq!(r.location_path().collect::<Vec<_>>(), ["3303", "4"]);
+    assert_eq!(text(&h.get("/3303/4/5701", None)), "K");
+    h.advance(0);
+    let up = h.sent().pop().expect("update with objects");
+    assert!(text(&up).contains("</3303/0>,</3303/4>"));
+    h.answer(&up, Code::CHANGED, |_| {});
+    assert_eq!(
+        h.request(Message::request(Code::DELETE, "/3303/4")).code,
+        Code::DELETED
+    );
+    assert_eq!(h.get("/3303/4", None).code, Code::NOT_FOUND);
+    assert_eq!(
+        h.request(Message::request(Code::DELETE, "/3/0")).code,
+        Code::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        h.request(Message::request(Code::POST, "/3")).code,
+        Code::METHOD_NOT_ALLOWED
+    );
+    h.advance(0);
+    let up = h.sent().pop().unwrap();
+    assert!(!text(&up).contains("</3303/4>"));
+}
+
+#[test]
+fn firmware_push_with_block1_then_update() {
+    let mut h = Harness::registered();
+    let package: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let mut last = None;
+    for (num, chunk) in package.chunks(1024).enumerate() {
+        let more = (num + 1) * 1024 < package.len();
+        let mut m = Message::request(Code::PUT, "/5/0/0");
+        m.set_content_format(ContentFormat::OCTET_STREAM);
+        m.set_block1(BlockOption::new(num as u32, more, 6).unwrap());
+        m.payload = chunk.to_vec();
+        let r = h.request(m);
+        let b1 = r.block1().expect("block1 echoed");
+        assert_eq!(b1.num, num as u32);
+        assert_eq!(r.code, if more { Code::CONTINUE } else { Code::CHANGED });
+        last = Some(r);
+    }
+    assert_eq!(last.unwrap().code, Code::CHANGED);
+    assert_eq!(text(&h.get("/5/0/3", None)), "2");
+    assert_eq!(
+        h.request(Message::request(Code::POST, "/5/0/2")).code,
+        Code::CHANGED
+    );
+    assert_eq!(text(&h.get("/5/0/3", None)), "3");
+    h.client.firmware_update_finished(Ok(()));
+    assert_eq!(text(&h.get("/5/0/3", None)), "0");
+    assert_eq!(text(&h.get("/5/0/5", None)), "1");
+    // A block out of order is 4.08.
+    let mut m = Message::request(Code::PUT, "/5/0/0");
+    m.set_block1(BlockOption::new(3, true, 6).unwrap());
+    m.payload = vec![0; 1024];
+    assert_eq!(h.request(m).code, Code::REQUEST_ENTITY_INCOMPLETE);
+}
+
+#[test]
+fn firmware_pull_downloads_with_block2() {
+    let package: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let mut t = tree();
+    t.set_firmware(FirmwareUpdate::new().on_package(move |p| {
+        g.lock().unwrap().extend_from_slice(p);
+        Ok(())
+    }));
+    let mut h = Harness::registered_with(t);
+    let pkg_server: SocketAddr = "127.0.0.7:5700".parse().unwrap();
+    assert_eq!(
+        h.put_text("/5/0/1", "coap://127.0.0.7:5700/fw/v2.bin").code,
+        Code::CHANGED
+    );
+    assert_eq!(text(&h.get("/5/0/3", None)), "1");
+    let mut served = 0;
+    for _ in 0..10 {
+        let reqs: Vec<Message> = h.sent();
+        let Some(get) = reqs.into_iter().find(|m| m.code == Code::GET) else {
+            break;
+        };
+        assert_eq!(get.uri_path().collect::<Vec<_>>(), ["fw", "v2.bin"]);
+        let b = get.block2().unwrap();
+        // The package server prefers 512-byte blocks.
+        let size = 512;
+        let start = b.offset().min(package.len());
+        let start = if b.size() > size {
+            b.num as usize * size
+        } else {
+            start
+        };
+        let end = (start + size).min(package.len());
+        let mut r = Message::new(MessageType::Acknowledgement, Code::CONTENT, get.message_id);
+        r.with_token(get.token());
+        r.set_block2(BlockOption::new((start / size) as u32, end < package.len(), 5).unwrap());
+        r.payload = package[start..end].to_vec();
+        h.client
+            .handle_datagram(h.now, pkg_server, &r.to_bytes().unwrap());
+        served += 1;
+    }
+    assert_eq!(served, 5);
+    assert_eq!(*got.lock().unwrap(), package);
+    assert_eq!(text(&h.get("/5/0/3", None)), "2");
+    assert!(h.events().contains(&ClientEvent::FirmwareDownloadFinished {
+        state: UpdateState::Downloaded,
+        result: UpdateResult::Initial
+    }));
+}
+
+#[test]
+fn firmware_pull_failure_sets_result() {
+    let mut h = Harness::registered();
+    assert_eq!(
+        h.put_text("/5/0/1", "coap://127.0.0.7:5700/missing").code,
+        Code::CHANGED
+    );
+    let get = h.sent().into_iter().find(|m| m.code == Code::GET).unwrap();
+    let mut r = Message::new(
+        MessageType::Acknowledgement,
+        Code::NOT_FOUND,
+        get.message_id,
+    );
+    r.with_token(get.token());
+    h.client.handle_datagram(
+        h.now,
+        "127.0.0.7:5700".parse().unwrap(),
+        &r.to_bytes().unwrap(),
+    );
+    assert_eq!(text(&h.get("/5/0/3", None)), "0");
+    assert_eq!(text(&h.get("/5/0/5", None)), "7");
+    // An unreachable package server: connection lost after the retransmissions.
+    assert_eq!(
+        h.put_text("/5/0/1", "coap://127.0.0.7:5700/x").code,
+        Code::CHANGED
+    );
+    for _ in 0..100 {
+        h.advance(5);
+    }
+    assert_eq!(text(&h.get("/5/0/5", None)), "4");
+    // An http URI: unsupported protocol, no download.
+    assert_eq!(
+        h.put_text("/5/0/1", "http://example.com/fw").code,
+        Code::CHANGED
+    );
+    assert_eq!(text(&h.get("/5/0/5", None)), "9");
+}
+
+#[test]
+fn deregister_sends_delete() {
+    let mut h = Harness::registered();
+    h.client.deregister(h.now);
+    let d = h.sent().pop().unwrap();
+    assert_eq!(
+        (d.code, d.uri_path().collect::<Vec<_>>()),
+        (Code::DELETE, vec!["rd", "abc"])
+    );
+    h.answer(&d, Code::DELETED, |_| {});
+    assert_eq!(h.events(), vec![ClientEvent::Deregistered]);
+    assert!(!h.client.is_registered());
+    h.advance(10_000);
+    assert!(h.sent().is_empty());
+}
+
+#[test]
+fn application_setters_respect_the_model() {
+    let mut h = Harness::registered();
+    let bl = Lwm2mPath::resource(3, 0, 9);
+    h.client.set_value(&bl, ResourceValue::Integer(80)).unwrap();
+    assert_eq!(text(&h.get("/3/0/9", None)), "80");
+    assert!(
+        h.client
+            .set_value(&Lwm2mPath::resource(3, 0, 999), ResourceValue::Integer(1))
+            .is_err()
+    );
+    assert!(
+        h.client
+            .set_value(&bl, ResourceValue::String("x".into()))
+            .is_err()
+    );
+    assert!(
+        h.client
+            .set_value(&Lwm2mPath::instance(3, 0), ResourceValue::Integer(1))
+            .is_err()
+    );
+}
+
+mod random {
+    use proptest::prelude::*;
+
+    /// One step of the `client_requests` fuzz body: a structured request or a clock tick.
+    fn step() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(1u8), Just(3), Just(15), Just(0)],
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(kind, body)| {
+                let mut s = vec![kind, 0, body.len() as u8];
+                s.extend(body);
+                s
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        /// Random request sequences never panic, every datagram decodes and the object
+        /// tree keeps its invariants (the fuzz body asserts all three).
+        #[test]
+        fn random_requests_keep_the_client_sound(steps in proptest::collection::vec(step(), 1..24)) {
+            twinhub::fuzzing::client_requests(&steps.concat());
+        }
+    }
+}
+
+/// The fleet case: 10,000 sans-IO clients with the standard objects live in one process,
+/// all register against a simulated server and answer a read. (Their memory is measured in
+/// the `lwm2m_client` bench.)
+#[test]
+fn ten_thousand_clients_in_one_process() {
+    let now = Instant::now();
+    let mut clients: Vec<Lwm2mClient> = (0..10_000)
+        .map(|i| Lwm2mClient::new(now, ClientConfig::new(format!("dev-{i}"), server()), tree()))
+        .collect();
+    let mut registered = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.handle_timeout(now);
+        let reg = Message::decode(&c.poll_transmit().unwrap().payload).unwrap();
+        assert!(reg.uri_query().any(|q| q == format!("ep=dev-{i}")));
+        let mut ok = Message::new(MessageType::Acknowledgement, Code::CREATED, reg.message_id);
+        ok.with_token(reg.token());
+        ok.add_location_path("rd");
+        ok.add_location_path(&i.to_string());
+        c.handle_datagram(now, server(), &ok.to_bytes().unwrap());
+        registered += c.is_registered() as usize;
+    }
+    assert_eq!(registered, 10_000);
+    let mut get = Message::request(Code::GET, "/3/0/2");
+    get.message_id = 9;
+    let wire = get.to_bytes().unwrap();
+    for c in clients.iter_mut().step_by(997) {
+        c.handle_datagram(now, server(), &wire);
+        let r = Message::decode(&c.poll_transmit().unwrap().payload).unwrap();
+        assert_eq!(text(&r), "SN-42");
+    }
+}
+
+/// Our client's payloads decode with the crate's server-side content decoders (written
+/// independently, in `lwm2m::content`) to the values the client holds.
+#[test]
+fn client_payloads_decode_with_the_server_content_module() {
+    use twinhub::lwm2m::content::{self, ContentFormat as Cf, standard_resource_type};
+    let mut h = Harness::registered();
+    let base = Lwm2mPath::instance(3, 0);
+    let expected = h.client.objects_mut().read(&base).unwrap();
+    for (accept, cf) in [(11542, Cf::Tlv), (110, Cf::SenmlJson), (1542, Cf::Tlv)] {
+        let r = h.get("/3/0", Some(accept));
+        let decoded = content::decode(cf, &r.payload, &base, &standard_resource_type)
+            .unwrap_or_else(|e| panic!("format {accept}: {e}"));
+        assert_eq!(
+            decoded.values.len(),
+            expected.values.len(),
+            "format {accept}"
+        );
+        for (p, v) in &expected.values {
+            let got = decoded
+                .get(p)
+                .unwrap_or_else(|| panic!("{p} missing in {accept}"));
+            match (v, got) {
+                (ResourceValue::Time(a), ResourceValue::Integer(b))
+                | (ResourceValue::Integer(a), ResourceValue::Time(b)) => assert_eq!(a, b),
+                (ResourceValue::Integer(a), ResourceValue::Float(b)) => assert_eq!(*a as f64, *b),
+                _ => assert_eq!(v, got, "{p} in format {accept}"),
+            }
+        }
+    }
+    // And the server module's encodings are accepted by the client.
+    let p = Lwm2mPath::resource(3, 0, 15);
+    let c = twinhub::Content::single(p, ResourceValue::String("Africa/Lagos".into()));
+    for (number, cf) in [(11542u16, Cf::Tlv), (110, Cf::SenmlJson), (0, Cf::Text)] {
+        let body = content::encode(cf, &p, &c).unwrap();
+        let mut m = Message::request(Code::PUT, "/3/0/15");
+        m.set_content_format(ContentFormat(number));
+        m.payload = body;
+        assert_eq!(h.request(m).code, Code::CHANGED, "format {number}");
+        assert_eq!(text(&h.get("/3/0/15", None)), "Africa/Lagos");
+    }
+}
