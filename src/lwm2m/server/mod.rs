@@ -73,6 +73,7 @@ pub use udp::{Stopped, UdpServer, UdpServerHandle};
 
 use crate::coap::{
     self, Code, Endpoint, Event, IncomingRequestId, Message, MessageType, RequestError, RequestId,
+    SendError,
 };
 use crate::lwm2m::content::{self, ContentFormat, standard_resource_type};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
@@ -763,6 +764,10 @@ impl Lwm2mServer {
         };
         match self.endpoint.send_request(now, peer, message) {
             Ok(id) => self.track(slot, generation, id, op),
+            // The CoAP layer is at one of its bounds: the request cannot wait anywhere.
+            Err(
+                SendError::TooManyRequests | SendError::PeerQueueFull | SendError::TooManyPeers,
+            ) => self.fail(op, DeviceError::QueueFull),
             Err(e) => self.fail(op, DeviceError::BadPayload(e.to_string())),
         }
     }

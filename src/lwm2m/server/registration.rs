@@ -8,9 +8,11 @@
 //! | Update | `POST /rd/{id}[?lt=..&b=..&sms=..][&Q]` [+ links] | [`UpdateRequest`] |
 //! | De-register | `DELETE /rd/{id}` | [`RdMessage::Deregister`] |
 //!
-//! Parsing is bounded ([`MAX_QUERIES`], [`MAX_LINK_PAYLOAD`], [`MAX_OBJECTS`]) and returns a
-//! typed [`RegistrationError`]; it never panics on input.
+//! The link payload is read with [`crate::coap::link_format`]. Parsing is bounded
+//! ([`MAX_QUERIES`], [`MAX_LINK_PAYLOAD`], [`MAX_OBJECTS`]) and returns a typed
+//! [`RegistrationError`]; it never panics on input.
 
+use crate::coap::link_format::{self, LinkFormatErrorKind};
 use crate::lwm2m::Lwm2mPath;
 use std::fmt;
 
@@ -407,100 +409,22 @@ struct Links {
     content_formats: Vec<u16>,
 }
 
-/// One link: its target and its `rt` and `ct` attribute values.
-struct Link<'a> {
-    target: &'a str,
-    rt: Option<&'a str>,
-    ct: Option<&'a str>,
-}
-
-/// A minimal RFC 6690 reader: `<target>;name[=token|"quoted"],...`, whitespace between
-/// links tolerated. Calls `each` for every link.
-fn read_links<'a>(
-    text: &'a str,
-    mut each: impl FnMut(Link<'a>) -> Result<(), RegistrationError>,
-) -> Result<(), RegistrationError> {
-    let b = text.as_bytes();
-    let mut i = 0;
-    let skip_ws = |i: &mut usize| {
-        while *i < b.len() && b[*i].is_ascii_whitespace() {
-            *i += 1;
-        }
-    };
-    skip_ws(&mut i);
-    if i == b.len() {
-        return Ok(());
-    }
-    loop {
-        skip_ws(&mut i);
-        if b.get(i) != Some(&b'<') {
-            return Err(RegistrationError::BadLinkFormat { offset: i });
-        }
-        let start = i + 1;
-        let end = start
-            + text[start..]
-                .find('>')
-                .ok_or(RegistrationError::BadLinkFormat { offset: i })?;
-        let mut link = Link {
-            target: &text[start..end],
-            rt: None,
-            ct: None,
-        };
-        i = end + 1;
-        while b.get(i) == Some(&b';') {
-            i += 1;
-            let ns = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b"-_.*".contains(&b[i])) {
-                i += 1;
-            }
-            if ns == i {
-                return Err(RegistrationError::BadLinkFormat { offset: i });
-            }
-            let name = &text[ns..i];
-            let mut value = None;
-            if b.get(i) == Some(&b'=') {
-                i += 1;
-                if b.get(i) == Some(&b'"') {
-                    let vs = i + 1;
-                    let ve = vs
-                        + text[vs..]
-                            .find('"')
-                            .ok_or(RegistrationError::BadLinkFormat { offset: i })?;
-                    value = Some(&text[vs..ve]);
-                    i = ve + 1;
-                } else {
-                    let vs = i;
-                    while i < b.len() && !b";,".contains(&b[i]) && !b[i].is_ascii_whitespace() {
-                        i += 1;
-                    }
-                    value = Some(&text[vs..i]);
-                }
-            }
-            match name {
-                "rt" => link.rt = value,
-                "ct" => link.ct = value,
-                _ => {}
-            }
-        }
-        each(link)?;
-        skip_ws(&mut i);
-        match b.get(i) {
-            None => return Ok(()),
-            Some(b',') => i += 1,
-            Some(_) => return Err(RegistrationError::BadLinkFormat { offset: i }),
-        }
-    }
-}
-
 fn parse_links(payload: &[u8]) -> Result<Links, RegistrationError> {
     if payload.len() > MAX_LINK_PAYLOAD {
         return Err(RegistrationError::PayloadTooLarge(payload.len()));
     }
     let text = std::str::from_utf8(payload).map_err(|_| RegistrationError::PayloadNotUtf8)?;
+    if text.trim().is_empty() {
+        return Ok(Links::default());
+    }
+    let links = link_format::parse(text.trim()).map_err(|e| match e.kind {
+        LinkFormatErrorKind::TooManyLinks => RegistrationError::TooManyObjects,
+        _ => RegistrationError::BadLinkFormat { offset: e.offset },
+    })?;
     let mut targets = Vec::new();
     let mut out = Links::default();
-    read_links(text, |l| {
-        if l.rt
+    for l in &links {
+        if l.param("rt")
             .is_some_and(|rt| rt.split(' ').any(|t| t == "oma.lwm2m"))
         {
             let root = l.target.trim_end_matches('/');
@@ -510,7 +434,7 @@ fn parse_links(payload: &[u8]) -> Result<Links, RegistrationError> {
                 }
                 out.alternate_path = Some(root.to_owned());
             }
-            if let Some(ct) = l.ct {
+            if let Some(ct) = l.param("ct") {
                 for c in ct.split(' ').filter(|c| !c.is_empty()) {
                     let n = c
                         .parse::<u16>()
@@ -524,10 +448,9 @@ fn parse_links(payload: &[u8]) -> Result<Links, RegistrationError> {
             if targets.len() >= MAX_OBJECTS {
                 return Err(RegistrationError::TooManyObjects);
             }
-            targets.push(l.target);
+            targets.push(l.target.as_str());
         }
-        Ok(())
-    })?;
+    }
     let prefix = out.alternate_path.as_deref().unwrap_or("");
     for t in targets {
         // Links outside the object tree (or deeper than an instance) are not objects.

@@ -167,6 +167,7 @@ fn run(
     stop: Arc<AtomicBool>,
 ) -> Lwm2mServer {
     let mut buf = vec![0u8; 65_536];
+    let mut current_sleep = Duration::ZERO;
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         while let Ok(op) = ops.try_recv() {
@@ -185,8 +186,13 @@ fn run(
             .poll_timeout()
             .map_or(MAX_SLEEP, |t| t.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), MAX_SLEEP);
-        if socket.set_read_timeout(Some(sleep)).is_err() {
-            break;
+        // One syscall saved per datagram: under load the next deadline is usually far
+        // away and the sleep stays at MAX_SLEEP.
+        if sleep != current_sleep {
+            if socket.set_read_timeout(Some(sleep)).is_err() {
+                break;
+            }
+            current_sleep = sleep;
         }
         match socket.recv_from(&mut buf) {
             Ok((n, peer)) => server.handle_datagram(Instant::now(), peer, &buf[..n]),
