@@ -16,12 +16,14 @@
 //! | [`lwm2m`] | paths, values, payload formats, the server endpoint and the device library |
 //! | [`transport`] | the [`Transport`](transport::Transport) port between hub and devices |
 //! | [`job`] | the job engine: parent and child jobs, rollouts, history |
+//! | [`hub`] | the facade: registry + jobs + a transport, and the event routing between them |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod time;
 
 pub mod coap;
+pub mod hub;
 pub mod job;
 pub mod lwm2m;
 pub mod query;

@@ -6,12 +6,14 @@
 //! round trip that does not hold); bad input must come back as a typed error.
 
 pub mod coap;
+pub mod job;
 pub mod lwm2m_client;
 pub mod lwm2m_server;
 pub mod query;
 pub mod registry;
 
 pub use coap::{coap_decode, link_format};
+pub use job::job_events;
 pub use lwm2m_client::client_requests;
 pub use lwm2m_server::{registration, senml_json_decode, tlv_decode};
 pub use query::{query_parse, query_roundtrip};
@@ -25,6 +27,7 @@ pub type FuzzBody = fn(&[u8]);
 pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("client_requests", client_requests),
     ("coap_decode", coap_decode),
+    ("job_events", job_events),
     ("link_format", link_format),
     ("query_parse", query_parse),
     ("query_roundtrip", query_roundtrip),

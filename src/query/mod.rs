@@ -86,9 +86,17 @@
 //! assert_eq!(parse(&q.to_string()).unwrap(), q);
 //! ```
 
+mod aggregate;
 mod ast;
 mod error;
+mod exec;
+#[doc(hidden)]
+pub mod naive;
 mod parse;
+mod plan;
+mod result;
+mod source;
+mod twins;
 mod validate;
 
 pub use ast::{
@@ -97,4 +105,12 @@ pub use ast::{
     QueryExpression, QueryLimits, QueryProperty, SortKey, SortOrder,
 };
 pub use error::{Expected, InvalidExpression, Origin, ParseError, ParseErrorKind, Span};
+pub use exec::{TagQuery, count, execute, execute_text, matching_slots, plan, tag_query};
 pub use parse::{parse, parse_with_limits};
+pub use plan::Plan;
+pub use result::{
+    AggregateRow, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TOKEN_LEN, QueryError, QueryOptions,
+    QueryResult, ResultItem, Strategy,
+};
+pub use source::{IndexedSource, Slots, ValueWalk};
+pub use twins::{TwinField, TwinProperty, project_twin};

@@ -1,0 +1,384 @@
+//! The main job: a hub on loopback UDP and a fleet of LWM2M devices built with the
+//! device library, each on its own UDP socket.
+//!
+//! ```sh
+//! cargo run --release --example fleet                    # 1,000 devices
+//! cargo run --release --example fleet -- --devices 10000
+//! ```
+//!
+//! The story: the devices register (each with its own firmware version and battery
+//! level; the service gives each twin a region and a model tag), the twins fill in through
+//! property sync, a tag query, a JSON filter query and an aggregate query run, and a
+//! firmware-update job takes every device on version 1.0 to 2.0, pulled from a CoAP
+//! package server with block-wise transfer. Progress lines show while it runs; the job's
+//! statistics, the aggregate again, the wall time and the peak memory close the report.
+//! Exits non-zero if any step of the story does not happen.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use twinhub::hub::{Hub, HubConfig, PackageServer};
+use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
+use twinhub::lwm2m::client::{
+    ClientConfig, ClientEvent, DeviceThread, DriverOptions, FirmwareUpdate, Lwm2mClient,
+    ObjectTree, objects,
+};
+use twinhub::query::{QueryExpression, QueryOptions, QueryProperty};
+use twinhub::registry::Registry;
+use twinhub::twin::Twin;
+use twinhub::{DeviceId, Lwm2mPath, ResourceValue};
+
+const VERSIONS: [(&str, u32); 4] = [("1.0", 40), ("1.1", 30), ("1.2", 20), ("0.9", 10)];
+const REGIONS: [&str; 8] = [
+    "eu-west", "eu-north", "us-east", "us-west", "ap-south", "ap-east", "sa-east", "af-south",
+];
+
+/// A tiny seeded generator (SplitMix64): the same fleet every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One simulated device: the library's client on its own socket and thread, plus the
+/// flag its Update callback raises.
+struct SimDevice {
+    thread: DeviceThread,
+    update_requested: Arc<AtomicBool>,
+    new_version: Option<String>,
+}
+
+fn main() {
+    let devices = parse_args();
+    let started = Instant::now();
+    let elapsed = move || started.elapsed().as_secs_f64();
+
+    // The service side: a registry with one twin per device (tags are the service's),
+    // the hub with its LWM2M server on an ephemeral loopback port, and a package server.
+    let mut rng = Rng(2016);
+    let mut registry = Registry::new();
+    let mut plan = Vec::with_capacity(devices);
+    for i in 0..devices {
+        let id = DeviceId::new(&format!("device-{i:05}")).expect("a valid id");
+        let region = REGIONS[rng.below(REGIONS.len() as u64) as usize];
+        let model = if rng.below(3) == 0 {
+            "model-B"
+        } else {
+            "model-A"
+        };
+        registry
+            .create(Twin::new(id.clone()).with_tag(region).with_tag(model))
+            .expect("a new twin");
+        let mut pick = rng.below(100) as u32;
+        let version = VERSIONS
+            .iter()
+            .find(|(_, share)| {
+                let hit = pick < *share;
+                pick = pick.saturating_sub(*share);
+                hit
+            })
+            .map_or("1.0", |(v, _)| v);
+        let battery = 5 + rng.below(96) as i64;
+        plan.push((id, version, battery));
+    }
+    let hub = Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default())
+        .unwrap_or_else(|e| fail(&format!("cannot start the hub: {e}")));
+    let server = hub.local_addr().expect("a UDP hub");
+    let packages = PackageServer::bind("127.0.0.1:0")
+        .unwrap_or_else(|e| fail(&format!("cannot start the package server: {e}")));
+    let package_uri = packages.publish("fw/2.0.bin", firmware_image(16 * 1024));
+    println!("twinhub fleet: {devices} devices; hub on coap://{server}; firmware at {package_uri}");
+
+    // The device side: each device registers over real UDP.
+    let mut fleet: Vec<SimDevice> = plan
+        .iter()
+        .map(|(id, version, battery)| start_device(id, version, *battery, server))
+        .collect();
+
+    // Twins fill in: registration, then property sync (observe /3/0, /1/0, /5/0).
+    let deadline = Instant::now() + Duration::from_secs(60 + devices as u64 / 100);
+    let mut last = 0.0;
+    loop {
+        let (registered, filled) = fill_counts(&hub);
+        if elapsed() - last >= 0.5 || filled == devices {
+            println!(
+                "[{:>5.1}s] registered {registered:>6}/{devices}   twins with device properties {filled:>6}/{devices}",
+                elapsed()
+            );
+            last = elapsed();
+        }
+        if filled == devices {
+            break;
+        }
+        if Instant::now() > deadline {
+            fail("not every twin filled in");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fill_time = elapsed();
+    println!("all {devices} twins filled in {fill_time:.1} s");
+
+    // A tag query, a JSON filter query and an aggregate query.
+    let tagged = hub.query_tags(&["eu-west", "model-B"], 1000);
+    println!(
+        "\ntag query [eu-west, model-B]: {} devices (first: {})",
+        tagged.len(),
+        tagged.first().map_or("-", |d| d.as_str())
+    );
+    let low_battery = r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
+        {"type": "comparison", "comparisonOperator": "lt",
+         "property": {"name": "BatteryLevel", "type": "device"}, "value": 20},
+        {"type": "comparison", "comparisonOperator": "eq",
+         "property": {"name": "FirmwareVersion", "type": "device"}, "value": "1.0"}]},
+        "project": {"properties": [{"name": "BatteryLevel", "type": "device"}]},
+        "sort": [{"property": {"name": "BatteryLevel", "type": "device"}, "order": "asc"}]}"#;
+    let page = hub
+        .query_page(low_battery, &QueryOptions::page(5))
+        .unwrap_or_else(|e| fail(&format!("filter query: {e}")));
+    let on_1_0_low = hub
+        .count(&twinhub::query::parse(low_battery).expect("a valid query"))
+        .expect("a valid count");
+    println!(
+        "JSON filter query (BatteryLevel lt 20 and FirmwareVersion eq \"1.0\"): {on_1_0_low} devices; lowest five:"
+    );
+    for item in &page.result {
+        println!("  {}", serde_json::to_string(item).expect("json"));
+    }
+    print_versions(&hub, "aggregate: count by FirmwareVersion");
+
+    // The firmware-update job over every device on 1.0, targets frozen from a query.
+    let on_1_0 = QueryExpression::new().filter(QueryProperty::device("FirmwareVersion").eq("1.0"));
+    let targets = hub.resolve_targets(&on_1_0).expect("a valid query");
+    let expected_targets = plan.iter().filter(|(_, v, _)| *v == "1.0").count();
+    if targets.len() != expected_targets {
+        fail(&format!(
+            "the query found {} devices on 1.0, the fleet has {expected_targets}",
+            targets.len()
+        ));
+    }
+    let job_id = JobId::new("fw-2-0").expect("a valid job id");
+    let spec = JobSpec::new(
+        job_id.clone(),
+        JobType::FirmwareUpdate {
+            package_uri: package_uri.clone(),
+            expected_version: Some("2.0".into()),
+        },
+        targets.clone(),
+    )
+    .device_timeout(Duration::from_secs(120))
+    .max_in_flight(500);
+    let job_started = elapsed();
+    hub.create_job(spec)
+        .unwrap_or_else(|e| fail(&format!("job: {e}")));
+    println!(
+        "\nfirmware-update job {job_id}: {} devices on 1.0 -> 2.0",
+        targets.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(120 + devices as u64 / 50);
+    let mut last = 0.0;
+    let record = loop {
+        // The devices' side of an update: when Update is executed, "install" the package
+        // and boot into it (report the new version, Update Result 1).
+        for d in fleet.iter_mut() {
+            serve_device(d);
+        }
+        let record = hub.job(&job_id).expect("the job exists");
+        if elapsed() - last >= 0.5 || record.status.is_terminal() {
+            let s = hub.job_statistics(&job_id).expect("the job exists");
+            println!(
+                "[{:>5.1}s] {:?}: pending {:>5} running {:>5} waiting {:>4} succeeded {:>5} failed {:>4}   downloads served {}",
+                elapsed(),
+                record.status,
+                s.pending,
+                s.running,
+                s.waiting_for_device,
+                s.succeeded,
+                s.failed,
+                packages.downloads()
+            );
+            last = elapsed();
+        }
+        if record.status.is_terminal() {
+            break record;
+        }
+        if Instant::now() > deadline {
+            fail("the job did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let job_time = elapsed() - job_started;
+    let stats = hub.job_statistics(&job_id).expect("the job exists");
+    println!(
+        "job {job_id} {:?} in {job_time:.1} s: \"{}\"\n  statistics: {}",
+        record.status,
+        record.status_message,
+        serde_json::to_string(&stats).expect("json")
+    );
+    print_versions(&hub, "aggregate again: count by FirmwareVersion");
+
+    // Close: the devices de-register; report time and memory.
+    let hub_stats = hub.stats();
+    for d in fleet {
+        let _ = d.thread.shutdown(Duration::from_millis(500));
+    }
+    hub.stop();
+    packages.stop();
+    println!(
+        "\nhub: {} events, {} registrations, {} notifications, {} property updates, {} ops sent",
+        hub_stats.events,
+        hub_stats.registrations,
+        hub_stats.notifications,
+        hub_stats.property_updates,
+        hub_stats.ops_sent
+    );
+    println!(
+        "wall time {:.1} s (twins filled {fill_time:.1} s, job {job_time:.1} s); peak memory {} MiB for hub + {devices} devices in one process",
+        elapsed(),
+        peak_rss_kib() / 1024
+    );
+    if record.status != JobStatus::Completed || stats.succeeded != targets.len() as u64 {
+        fail("the firmware update did not succeed on every target");
+    }
+}
+
+fn start_device(
+    id: &DeviceId,
+    version: &str,
+    battery: i64,
+    server: std::net::SocketAddr,
+) -> SimDevice {
+    let mut tree = ObjectTree::new();
+    tree.add(objects::security(&format!("coap://{server}"), 1));
+    tree.add(objects::server(1, 600, "U"));
+    tree.add(
+        objects::device("twinhub", "fleet-sim", id.as_str(), version)
+            .with_value(0, 9, ResourceValue::Integer(battery))
+            .with_value(0, 10, ResourceValue::Integer(4096))
+            .with_value(0, 20, ResourceValue::Integer(0))
+            .with_value(0, 21, ResourceValue::Integer(8192)),
+    );
+    let update_requested = Arc::new(AtomicBool::new(false));
+    let flag = update_requested.clone();
+    tree.set_firmware(FirmwareUpdate::new().on_update(move || {
+        flag.store(true, Ordering::Release);
+        Ok(())
+    }));
+    tree.add(objects::config());
+    let config = ClientConfig::new(id.as_str(), server);
+    let client = Lwm2mClient::new(Instant::now(), config, tree);
+    let options = DriverOptions {
+        stack_size: 64 * 1024,
+        ..DriverOptions::default()
+    };
+    let thread = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| DeviceThread::spawn_on(client, socket, options))
+        .unwrap_or_else(|e| fail(&format!("cannot start device {id}: {e}")));
+    SimDevice {
+        thread,
+        update_requested,
+        new_version: None,
+    }
+}
+
+/// What the application on one device does: remember which package it downloaded, and
+/// when the server executes Update, boot into it.
+fn serve_device(d: &mut SimDevice) {
+    while let Ok(event) = d.thread.events().try_recv() {
+        if let ClientEvent::FirmwareDownloadStarted { uri } = event {
+            let file = uri.rsplit('/').next().unwrap_or_default();
+            d.new_version = Some(file.trim_end_matches(".bin").to_string());
+        }
+    }
+    if d.update_requested.swap(false, Ordering::AcqRel) {
+        let version = d.new_version.clone().unwrap_or_else(|| "unknown".into());
+        d.thread.with(|c| {
+            let _ = c.set_value(
+                &Lwm2mPath::resource(3, 0, 3),
+                ResourceValue::String(version),
+            );
+            c.firmware_update_finished(Ok(()));
+        });
+    }
+}
+
+/// (devices registered, twins that have a FirmwareVersion and a BatteryLevel).
+fn fill_counts(hub: &Hub) -> (usize, usize) {
+    let reg = hub.registry().read();
+    let mut registered = 0;
+    let mut filled = 0;
+    for twin in reg.iter() {
+        registered += twin.registration().is_some() as usize;
+        filled += (twin.device_property("FirmwareVersion").is_some()
+            && twin.device_property("BatteryLevel").is_some()) as usize;
+    }
+    (registered, filled)
+}
+
+fn print_versions(hub: &Hub, title: &str) {
+    let result = hub
+        .query(
+            r#"{"aggregate": {"keys": [{"name": "FirmwareVersion", "type": "device"}],
+                "properties": [{"operator": "count", "columnName": "devices"},
+                               {"operator": "avg", "property": {"name": "BatteryLevel", "type": "device"}, "columnName": "avgBattery"}]},
+               "sort": [{"property": {"name": "FirmwareVersion", "type": "device"}, "order": "asc"}]}"#,
+        )
+        .unwrap_or_else(|e| fail(&format!("aggregate query: {e}")));
+    println!("{title}:");
+    for row in &result.aggregate_result {
+        println!("  {}", serde_json::to_string(row).expect("json"));
+    }
+}
+
+/// A deterministic image; its content does not matter to the simulated device.
+fn firmware_image(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// Peak resident memory of this process (VmHWM), in KiB; 0 where /proc is missing.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn parse_args() -> usize {
+    let mut devices = 1000;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--devices" => {
+                devices = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|n| *n > 0)
+                    .unwrap_or_else(|| fail("--devices needs a positive number"));
+            }
+            "-h" | "--help" => {
+                println!("usage: fleet [--devices N]");
+                std::process::exit(0);
+            }
+            other => fail(&format!(
+                "unknown argument {other:?}; usage: fleet [--devices N]"
+            )),
+        }
+    }
+    devices
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("fleet: {why}");
+    std::process::exit(1)
+}

@@ -1,0 +1,288 @@
+//! A standalone hub that any standard LWM2M 1.0/1.1 device can register to.
+//!
+//! ```sh
+//! cargo run --example hub -- --bind 0.0.0.0:5683 --auto-provision
+//! # or only known devices:
+//! cargo run --example hub -- --bind 127.0.0.1:5683 --device sensor-1 --device sensor-2
+//! ```
+//!
+//! It prints registrations and device property updates as they happen, and reads
+//! commands on stdin, one per line (`help` lists them): list devices, show a twin, run a
+//! query, start a job (firmware update, reboot, factory reset, configuration, read,
+//! write) and follow it. It exits on `quit` or at the end of its input.
+
+use std::io::BufRead;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use twinhub::DeviceId;
+use twinhub::hub::{Hub, HubConfig};
+use twinhub::job::{JobId, JobSpec, JobType};
+use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
+use twinhub::registry::{ChangeKind, Registry};
+use twinhub::twin::Twin;
+
+const HELP: &str = "\
+commands:
+  devices                          list devices: id, connection, firmware, battery
+  twin <id>                        print a twin as JSON
+  add <id> [tag ...]               create a device (so it may register)
+  query <json>                     run a JSON query expression (one line)
+  tags <tag> [tag ...]             devices that carry all these tags
+  reboot <id|all> ...              reboot job
+  reset <id|all> ...               factory reset job
+  fw <package-uri> <id|all> ...    firmware update job
+  config <name> <value> <id|all>   configuration update job
+  read <path> <id|all> ...         read device property job (e.g. read /3/0/9 all)
+  write <path> <text> <id|all>     write device property job (string value)
+  jobs                             list jobs with their statistics
+  quit";
+
+fn main() {
+    let mut bind = "0.0.0.0:5683".to_string();
+    let mut config = HubConfig::default();
+    let mut registry = Registry::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--bind" => {
+                bind = args
+                    .next()
+                    .unwrap_or_else(|| usage("--bind needs ADDR:PORT"))
+            }
+            "--auto-provision" => config.auto_provision = true,
+            "--device" => {
+                let id = args.next().unwrap_or_else(|| usage("--device needs an id"));
+                let id = DeviceId::new(&id).unwrap_or_else(|e| usage(&e.to_string()));
+                registry.create(Twin::new(id)).expect("a new device");
+            }
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    let hub = Hub::bind_udp(&bind, registry, config).unwrap_or_else(|e| {
+        eprintln!("cannot bind {bind}: {e}");
+        std::process::exit(1)
+    });
+    println!(
+        "twinhub listening for LWM2M devices on coap://{}",
+        hub.local_addr().unwrap()
+    );
+    println!("{HELP}");
+
+    let done = Arc::new(AtomicBool::new(false));
+    let printer = {
+        let (hub, done) = (hub.clone(), done.clone());
+        std::thread::spawn(move || print_changes(&hub, &done))
+    };
+    let mut next_job = 1;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [] => {}
+            ["quit"] | ["exit"] => break,
+            ["help"] => println!("{HELP}"),
+            _ => {
+                if let Err(e) = command(&hub, &line, &words, &mut next_job) {
+                    println!("error: {e}");
+                }
+            }
+        }
+    }
+    done.store(true, Ordering::Release);
+    let _ = printer.join();
+    hub.stop();
+}
+
+fn command(hub: &Hub, line: &str, words: &[&str], next_job: &mut u32) -> Result<(), String> {
+    match words {
+        ["devices"] => {
+            let reg = hub.registry().read();
+            for twin in reg.iter() {
+                let prop = |n: &str| {
+                    twin.device_property(n)
+                        .map_or("-".to_string(), |(v, _)| v.to_string())
+                };
+                println!(
+                    "{:<24} {:<12?} fw {:<8} battery {}",
+                    twin.device_id().as_str(),
+                    twin.connection_state(),
+                    prop("FirmwareVersion"),
+                    prop("BatteryLevel")
+                );
+            }
+        }
+        ["twin", id] => {
+            let twin = hub.twin(id).ok_or("no such device")?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&twin).map_err(|e| e.to_string())?
+            );
+        }
+        ["add", id, tags @ ..] => {
+            let mut twin = Twin::new(DeviceId::new(id).map_err(|e| e.to_string())?);
+            for t in tags {
+                twin = twin.with_tag(*t);
+            }
+            hub.create_device(twin).map_err(|e| e.to_string())?;
+        }
+        ["query", ..] => {
+            let text = line.trim_start().strip_prefix("query").unwrap_or_default();
+            let result = hub.query(text).map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?
+            );
+        }
+        ["tags", tags @ ..] if !tags.is_empty() => {
+            for id in hub.query_tags(tags, 1000) {
+                println!("{id}");
+            }
+        }
+        ["jobs"] => {
+            for job in hub
+                .job_records()
+                .into_iter()
+                .filter(|r| r.parent_job_id.is_empty())
+            {
+                let id = JobId::new(&job.job_id).map_err(|e| e.to_string())?;
+                println!(
+                    "{} {:?} {:?} {}",
+                    job.job_id, job.kind, job.status, job.status_message
+                );
+                println!("    {:?}", hub.job_statistics(&id));
+            }
+        }
+        [kind, rest @ ..] => {
+            let (job, targets) = match (*kind, rest) {
+                ("reboot", t) => (
+                    JobType::Reboot {
+                        wait_for_registration: false,
+                    },
+                    t,
+                ),
+                ("reset", t) => (
+                    JobType::FactoryReset {
+                        wait_for_registration: false,
+                    },
+                    t,
+                ),
+                ("fw", [uri, t @ ..]) => (
+                    JobType::FirmwareUpdate {
+                        package_uri: uri.to_string(),
+                        expected_version: None,
+                    },
+                    t,
+                ),
+                ("config", [name, value, t @ ..]) => (
+                    JobType::ConfigurationUpdate {
+                        name: name.to_string(),
+                        value: value.to_string(),
+                    },
+                    t,
+                ),
+                ("read", [path, t @ ..]) => (
+                    JobType::ReadDeviceProperties {
+                        paths: vec![parse_path(path)?],
+                    },
+                    t,
+                ),
+                ("write", [path, text, t @ ..]) => (
+                    JobType::WriteDeviceProperties {
+                        values: vec![(parse_path(path)?, ResourceValue::String(text.to_string()))],
+                    },
+                    t,
+                ),
+                _ => return Err("unknown command; try help".into()),
+            };
+            let targets = resolve(hub, targets)?;
+            let id = JobId::new(&format!("job-{next_job}")).map_err(|e| e.to_string())?;
+            *next_job += 1;
+            hub.create_job(JobSpec::new(id.clone(), job, targets))
+                .map_err(|e| e.to_string())?;
+            println!("started {id}; `jobs` shows its progress");
+        }
+        _ => return Err("unknown command; try help".into()),
+    }
+    Ok(())
+}
+
+fn parse_path(s: &str) -> Result<Lwm2mPath, String> {
+    s.parse()
+        .map_err(|e: twinhub::lwm2m::PathError| e.to_string())
+}
+
+/// `all` is every connected device; otherwise the ids given.
+fn resolve(hub: &Hub, targets: &[&str]) -> Result<Vec<DeviceId>, String> {
+    if targets == ["all"] {
+        let reg = hub.registry().read();
+        return Ok(reg
+            .iter()
+            .filter(|t| t.connection_state() == twinhub::twin::ConnectionState::Connected)
+            .map(|t| t.device_id().clone())
+            .collect());
+    }
+    if targets.is_empty() {
+        return Err("name the target devices (or all)".into());
+    }
+    targets
+        .iter()
+        .map(|t| DeviceId::new(t).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Follows the change feed and prints registrations and device property updates.
+fn print_changes(hub: &Hub, done: &AtomicBool) {
+    let mut after = 0;
+    while !done.load(Ordering::Acquire) {
+        let changes = match hub.changes_after(after) {
+            Ok(c) => c,
+            Err(gap) => {
+                println!("(missed changes up to {}; resuming)", gap.resume_after());
+                after = gap.resume_after();
+                continue;
+            }
+        };
+        for change in changes {
+            after = change.seq;
+            let id = change.device.as_str();
+            match &change.kind {
+                ChangeKind::Registration => {
+                    if let Some(r) = hub
+                        .registry()
+                        .read()
+                        .get(id)
+                        .and_then(|t| t.registration().cloned())
+                    {
+                        println!(
+                            "[{id}] registered: lwm2m {} lifetime {} s binding {} objects {:?}",
+                            r.lwm2m_version, r.lifetime, r.binding, r.objects
+                        );
+                    }
+                }
+                ChangeKind::ConnectionState(state) => println!("[{id}] {state:?}"),
+                ChangeKind::DeviceProperty { name } => {
+                    if let Some((v, _)) = hub
+                        .registry()
+                        .read()
+                        .get(id)
+                        .and_then(|t| t.device_property(name).map(|(v, t)| (v.clone(), t)))
+                    {
+                        println!("[{id}] {name} = {v}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn usage(problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("{problem}");
+    }
+    eprintln!("usage: hub [--bind ADDR:PORT] [--auto-provision] [--device ID]...");
+    std::process::exit(2)
+}

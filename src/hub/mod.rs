@@ -1,0 +1,683 @@
+//! The hub: one facade over the registry, the job engine and a transport.
+//!
+//! A [`Hub`] owns a [`SharedRegistry`], a [`JobEngine`] and a running transport (the
+//! bundled LWM2M server on UDP, or any [`Transport`] on a [`TransportThread`]). One hub
+//! thread takes the transport's [`DeviceEvent`]s in batches and routes each one, in one
+//! pass, into
+//!
+//! 1. the twin (registration, connection state, `isManaged`, `lastActivityTime`, device
+//!    properties from notifications and reads), under one registry write lock per batch,
+//!    so indexes and the change feed move with it;
+//! 2. the job engine, whose operations go straight back to the transport.
+//!
+//! **Property sync.** When a device registers, the hub sets notification attributes
+//! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
+//! announced, and observes them; the first answer and every notification become device
+//! property updates. A device that registers again is observed again.
+//!
+//! **Threads.** A `Hub` is `Clone + Send + Sync`: call it from as many threads as you like.
+//! Reads take the registry's read lock; a write returns once the twin and every index
+//! agree, so a query that starts after it sees it (read-your-writes).
+//!
+//! ```
+//! use twinhub::hub::{Hub, HubConfig};
+//! use twinhub::registry::Registry;
+//! use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
+//! use twinhub::twin::Twin;
+//! use twinhub::DeviceId;
+//! use std::time::{Duration, Instant};
+//!
+//! let id = DeviceId::new("pump-7").unwrap();
+//! let mut fleet = MemoryTransport::new(MemoryConfig::default());
+//! fleet.add_device(Instant::now(), DeviceSpec::new(id.clone()).firmware_version("1.0"));
+//! let mut registry = Registry::new();
+//! registry.create(Twin::new(id.clone()).with_tag("pumps")).unwrap();
+//!
+//! let hub = Hub::with_transport(fleet, registry, HubConfig::default());
+//! let deadline = Instant::now() + Duration::from_secs(10);
+//! while hub.twin("pump-7").and_then(|t| t.device_properties.get("FirmwareVersion").cloned()).is_none() {
+//!     assert!(Instant::now() < deadline, "the twin never filled in");
+//!     std::thread::sleep(Duration::from_millis(10));
+//! }
+//! hub.stop();
+//! ```
+
+mod driver;
+mod package;
+
+pub use driver::{DeviceLink, TransportThread};
+pub use package::PackageServer;
+
+use crate::job::{
+    CancelMode, EngineConfig, JobEngine, JobId, JobRecord, JobSpec, JobStatistics, JobStatus,
+    SpecError,
+};
+use crate::lwm2m::server::{Decision, Lwm2mServer, ServerConfig, UdpServer};
+use crate::lwm2m::{Content, Lwm2mPath, ResourceValue};
+use crate::query::{QueryError, QueryExpression, QueryOptions, QueryResult};
+use crate::registry::{Change, FeedGap, Registry, RegistryError, SharedRegistry};
+use crate::transport::{
+    DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId, RejectReason,
+    Transport,
+};
+use crate::twin::{ConnectionState, DeviceStatus, Scalar, Twin};
+use crate::{DeviceId, Timestamp};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Which device properties the hub keeps in sync, and how eagerly.
+#[derive(Clone, Debug)]
+pub struct PropertySync {
+    /// Object instances to observe when a device registers (only those it announces).
+    /// Default: `/3/0` (Device), `/1/0` (Server), `/5/0` (Firmware Update): every
+    /// preview device property lives there.
+    pub paths: Vec<Lwm2mPath>,
+    /// Attributes written before observing. The preview used pmin 5 min and pmax 6 h;
+    /// the default here is pmin 1 s and pmax 1 h, because a twin that lags minutes behind
+    /// its device was the preview's most common complaint. `None` fields are not written.
+    pub attributes: NotificationAttributes,
+}
+
+impl Default for PropertySync {
+    fn default() -> Self {
+        PropertySync {
+            paths: vec![
+                Lwm2mPath::instance(3, 0),
+                Lwm2mPath::instance(1, 0),
+                Lwm2mPath::instance(5, 0),
+            ],
+            attributes: NotificationAttributes {
+                pmin: Some(1),
+                pmax: Some(3600),
+                ..NotificationAttributes::default()
+            },
+        }
+    }
+}
+
+/// Settings of a [`Hub`]. `Default` has property sync on and auto-provisioning off.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// Property sync on registration; `None` turns it off.
+    pub sync: Option<PropertySync>,
+    /// The job engine's settings.
+    pub jobs: EngineConfig,
+    /// Let unknown devices register and create their twins (off: only devices that exist
+    /// in the registry and are enabled may register).
+    pub auto_provision: bool,
+    /// The bundled LWM2M server's settings (used by [`Hub::bind_udp`]).
+    pub server: ServerConfig,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            sync: Some(PropertySync::default()),
+            jobs: EngineConfig::default(),
+            auto_provision: false,
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// Counters of what the hub thread did, for reports and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Transport events processed.
+    pub events: u64,
+    /// Registrations accepted (first and repeated).
+    pub registrations: u64,
+    /// Registrations the transport refused.
+    pub rejected: u64,
+    /// Notifications received.
+    pub notifications: u64,
+    /// Device property values written into twins.
+    pub property_updates: u64,
+    /// Device property values the twin refused (wrong type for a well-known property,
+    /// a value too large, ...).
+    pub property_errors: u64,
+    /// Operations sent to devices (sync and jobs).
+    pub ops_sent: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    events: AtomicU64,
+    registrations: AtomicU64,
+    rejected: AtomicU64,
+    notifications: AtomicU64,
+    property_updates: AtomicU64,
+    property_errors: AtomicU64,
+    ops_sent: AtomicU64,
+}
+
+struct Inner {
+    registry: SharedRegistry,
+    jobs: Mutex<JobEngine>,
+    link: Box<dyn DeviceLink>,
+    config: HubConfig,
+    next_op: AtomicU64,
+    stop: AtomicBool,
+    counters: Counters,
+    local_addr: Option<SocketAddr>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    udp: Mutex<Option<UdpServer>>,
+}
+
+/// The service-side facade. See the [module docs](self).
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+/// Longest the hub thread waits for an event before it runs the job timers.
+const TICK: Duration = Duration::from_millis(20);
+/// Most events applied under one registry write lock.
+const MAX_BATCH: usize = 4096;
+
+impl Hub {
+    /// Starts a hub over a running transport: `link` takes operations, `events` yields
+    /// what the devices do. [`Hub::bind_udp`] and [`Hub::with_transport`] call this.
+    pub fn start(
+        registry: Registry,
+        link: Box<dyn DeviceLink>,
+        events: Receiver<DeviceEvent>,
+        config: HubConfig,
+    ) -> Hub {
+        Self::start_shared(
+            SharedRegistry::new(registry),
+            link,
+            events,
+            config,
+            None,
+            None,
+        )
+    }
+
+    fn start_shared(
+        registry: SharedRegistry,
+        link: Box<dyn DeviceLink>,
+        events: Receiver<DeviceEvent>,
+        config: HubConfig,
+        local_addr: Option<SocketAddr>,
+        udp: Option<UdpServer>,
+    ) -> Hub {
+        let jobs = JobEngine::new(config.jobs.clone(), Instant::now(), Timestamp::now());
+        let inner = Arc::new(Inner {
+            registry,
+            jobs: Mutex::new(jobs),
+            link,
+            config,
+            next_op: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+            counters: Counters::default(),
+            local_addr,
+            thread: Mutex::new(None),
+            udp: Mutex::new(udp),
+        });
+        let worker = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("twinhub-hub".into())
+            .spawn(move || worker.run(events))
+            .expect("spawning the hub thread");
+        *lock(&inner.thread) = Some(thread);
+        Hub { inner }
+    }
+
+    /// Starts a hub with the bundled LWM2M server on a UDP socket (`"0.0.0.0:5683"`, or
+    /// `"127.0.0.1:0"` for an ephemeral port). Only devices that exist in the registry and
+    /// are enabled may register, unless [`HubConfig::auto_provision`] is set.
+    pub fn bind_udp(
+        addr: impl ToSocketAddrs,
+        registry: Registry,
+        config: HubConfig,
+    ) -> std::io::Result<Hub> {
+        let registry = SharedRegistry::new(registry);
+        let gate = registry.clone();
+        let auto = config.auto_provision;
+        let server = Lwm2mServer::new(ServerConfig {
+            auto_provision: auto,
+            ..config.server.clone()
+        })
+        .with_authorizer(Box::new(move |request| {
+            let reg = gate.read();
+            match reg.get(&request.endpoint) {
+                Some(twin) if twin.status() == DeviceStatus::Enabled => Decision::Accept,
+                Some(_) => Decision::Reject(RejectReason::Disabled),
+                None if auto => Decision::Accept,
+                None => Decision::Reject(RejectReason::UnknownDevice),
+            }
+        }));
+        let (udp, events) = UdpServer::bind(addr, server)?;
+        let local = udp.local_addr();
+        let link = Box::new(udp.handle());
+        Ok(Self::start_shared(
+            registry,
+            link,
+            events,
+            config,
+            Some(local),
+            Some(udp),
+        ))
+    }
+
+    /// Starts a hub over any sans-IO [`Transport`] (for example the in-memory simulated
+    /// fleet), driven on a thread of its own on the real clock.
+    pub fn with_transport<T: Transport + Send + 'static>(
+        transport: T,
+        registry: Registry,
+        config: HubConfig,
+    ) -> Hub {
+        let (thread, events) = TransportThread::spawn(transport);
+        Self::start(registry, Box::new(thread), events, config)
+    }
+
+    /// The UDP address the bundled LWM2M server listens on, if the hub runs one.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr
+    }
+
+    /// The registry: read twins and indexes through `read()`, change them through
+    /// `write()`. Prefer the hub's own methods, which say what they do.
+    pub fn registry(&self) -> &SharedRegistry {
+        &self.inner.registry
+    }
+
+    /// Creates a device twin.
+    pub fn create_device(&self, twin: Twin) -> Result<(), RegistryError> {
+        self.inner.registry.write().create(twin).map(|_| ())
+    }
+
+    /// Removes a device; returns its last twin.
+    pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
+        self.inner.registry.write().remove(id)
+    }
+
+    /// A copy of a device's twin.
+    pub fn twin(&self, id: &str) -> Option<Twin> {
+        self.inner.registry.read().get(id).map(|t| t.to_twin())
+    }
+
+    /// Adds tags (If-Match on the service-properties etag when given); returns the new etag.
+    pub fn add_tags(
+        &self,
+        id: &str,
+        tags: &[&str],
+        if_match: Option<crate::twin::Etag>,
+    ) -> Result<crate::twin::Etag, RegistryError> {
+        self.inner.registry.write().add_tags(id, tags, if_match)
+    }
+
+    /// Sets (or with `None` removes) a service property, If-Match on the etag when given;
+    /// returns the new etag.
+    pub fn set_service_property(
+        &self,
+        id: &str,
+        name: &str,
+        value: Option<crate::twin::ServiceValue>,
+        if_match: Option<crate::twin::Etag>,
+    ) -> Result<crate::twin::Etag, RegistryError> {
+        self.inner
+            .registry
+            .write()
+            .set_service_property(id, name, value, if_match)
+    }
+
+    /// Runs a JSON query expression (the preview's format) on the twins: the first page.
+    /// Sees every write that returned before it started.
+    pub fn query(&self, text: &str) -> Result<QueryResult<Twin>, QueryError> {
+        self.query_page(text, &QueryOptions::default())
+    }
+
+    /// Runs a JSON query expression with a page size and a continuation token.
+    pub fn query_page(
+        &self,
+        text: &str,
+        options: &QueryOptions,
+    ) -> Result<QueryResult<Twin>, QueryError> {
+        let expr = crate::query::parse(text)?;
+        self.query_expr(&expr, options)
+    }
+
+    /// Runs a query expression built in Rust (see [`QueryExpression`]'s builder).
+    pub fn query_expr(
+        &self,
+        expr: &QueryExpression,
+        options: &QueryOptions,
+    ) -> Result<QueryResult<Twin>, QueryError> {
+        crate::query::execute(&*self.inner.registry.read(), expr, options)
+    }
+
+    /// How many twins match, without materialising any (bitmap intersection lengths).
+    pub fn count(&self, expr: &QueryExpression) -> Result<u64, QueryError> {
+        crate::query::count(&*self.inner.registry.read(), expr)
+    }
+
+    /// The ids of devices that carry all `tags`, at most `top`, in device id order.
+    pub fn query_tags(&self, tags: &[&str], top: usize) -> Vec<DeviceId> {
+        let reg = self.inner.registry.read();
+        let mut all: Option<roaring::RoaringBitmap> = None;
+        for tag in tags {
+            let slots = reg.tag_bitmap(tag).cloned().unwrap_or_default();
+            all = Some(match all {
+                Some(acc) => acc & slots,
+                None => slots,
+            });
+        }
+        let Some(slots) = all else {
+            return Vec::new();
+        };
+        let mut ids: Vec<DeviceId> = slots
+            .iter()
+            .filter_map(|s| {
+                reg.twin_at(crate::registry::Slot(s))
+                    .map(|t| t.device_id().clone())
+            })
+            .collect();
+        ids.sort();
+        ids.truncate(top);
+        ids
+    }
+
+    /// The device ids a query's filter selects (every match, in device id order): what a
+    /// job's targets are frozen to.
+    pub fn resolve_targets(&self, expr: &QueryExpression) -> Result<Vec<DeviceId>, QueryError> {
+        let reg = self.inner.registry.read();
+        let slots = crate::query::matching_slots(&*reg, expr)?;
+        let mut ids: Vec<DeviceId> = slots
+            .iter()
+            .filter_map(|s| {
+                reg.twin_at(crate::registry::Slot(s))
+                    .map(|t| t.device_id().clone())
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Changes after sequence number `after` (0 for all that the feed still holds).
+    pub fn changes_after(&self, after: u64) -> Result<Vec<Change>, FeedGap> {
+        let reg = self.inner.registry.read();
+        reg.changes_after(after).map(|c| c.cloned().collect())
+    }
+
+    /// Creates and starts (or schedules) a job. Its targets are frozen now.
+    pub fn create_job(&self, spec: JobSpec) -> Result<(), SpecError> {
+        let now = Instant::now();
+        let ops = {
+            let mut jobs = lock(&self.inner.jobs);
+            jobs.create(now, spec)?;
+            drain_ops(&mut jobs)
+        };
+        self.inner.send(ops);
+        Ok(())
+    }
+
+    /// Cancels a job; returns its status afterwards.
+    pub fn cancel_job(&self, id: &JobId, mode: CancelMode) -> Result<JobStatus, SpecError> {
+        let now = Instant::now();
+        let (status, ops) = {
+            let mut jobs = lock(&self.inner.jobs);
+            let status = jobs.cancel(now, id, mode)?;
+            (status, drain_ops(&mut jobs))
+        };
+        self.inner.send(ops);
+        Ok(status)
+    }
+
+    /// A job's record (the preview's JobResponse shape).
+    pub fn job(&self, id: &JobId) -> Option<JobRecord> {
+        lock(&self.inner.jobs).job(id)
+    }
+
+    /// A job's child counts by state.
+    pub fn job_statistics(&self, id: &JobId) -> Option<JobStatistics> {
+        lock(&self.inner.jobs).statistics(id)
+    }
+
+    /// A job's child records.
+    pub fn job_children(&self, id: &JobId) -> Vec<JobRecord> {
+        lock(&self.inner.jobs).children(id).collect()
+    }
+
+    /// Every job record, parents and children.
+    pub fn job_records(&self) -> Vec<JobRecord> {
+        lock(&self.inner.jobs).records().collect()
+    }
+
+    /// What the hub thread has done so far.
+    pub fn stats(&self) -> HubStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HubStats {
+            events: get(&c.events),
+            registrations: get(&c.registrations),
+            rejected: get(&c.rejected),
+            notifications: get(&c.notifications),
+            property_updates: get(&c.property_updates),
+            property_errors: get(&c.property_errors),
+            ops_sent: get(&c.ops_sent),
+        }
+    }
+
+    /// Stops the hub thread and the transport. Other clones of the hub keep answering
+    /// reads but no longer hear from devices.
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.link.stop();
+        if let Some(t) = lock(&self.inner.thread).take() {
+            let _ = t.join();
+        }
+        if let Some(udp) = lock(&self.inner.udp).take() {
+            udp.stop();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn drain_ops(jobs: &mut JobEngine) -> Vec<DeviceOp> {
+    std::iter::from_fn(|| jobs.poll_op()).collect()
+}
+
+/// A device property value as the twin stores it.
+fn to_scalar(value: &ResourceValue) -> Option<Scalar> {
+    Some(match value {
+        ResourceValue::String(s) => Scalar::from(s.as_str()),
+        ResourceValue::Integer(i) | ResourceValue::Time(i) => Scalar::from(*i),
+        ResourceValue::UnsignedInteger(u) => Scalar::from(*u),
+        ResourceValue::Float(f) => Scalar::float(*f)?,
+        ResourceValue::Boolean(b) => Scalar::from(*b),
+        ResourceValue::ObjectLink(..) | ResourceValue::Opaque(_) => Scalar::from(value.to_string()),
+    })
+}
+
+impl Inner {
+    fn run(self: Arc<Self>, events: Receiver<DeviceEvent>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while !self.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            let wait = lock(&self.jobs)
+                .poll_timeout()
+                .map_or(TICK, |t| t.saturating_duration_since(now))
+                .min(TICK);
+            match events.recv_timeout(wait) {
+                Ok(event) => {
+                    batch.push(event);
+                    batch.extend(events.try_iter().take(MAX_BATCH - 1));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.process(Instant::now(), &mut batch);
+        }
+    }
+
+    fn next_op_id(&self) -> OpId {
+        OpId(self.next_op.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn send(&self, ops: Vec<DeviceOp>) {
+        self.counters
+            .ops_sent
+            .fetch_add(ops.len() as u64, Ordering::Relaxed);
+        for op in ops {
+            self.link.submit(op);
+        }
+    }
+
+    /// Routes one batch of events into twins, then into the job engine.
+    fn process(&self, now: Instant, batch: &mut Vec<DeviceEvent>) {
+        let wall = Timestamp::now();
+        let mut ops = Vec::new();
+        if !batch.is_empty() {
+            self.counters
+                .events
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let mut reg = self.registry.write();
+            for event in batch.iter() {
+                self.apply(&mut reg, event, wall, &mut ops);
+            }
+        }
+        let updates: Vec<_> = {
+            let mut jobs = lock(&self.jobs);
+            for event in batch.iter() {
+                jobs.handle_event(now, event);
+            }
+            jobs.handle_timeout(now);
+            ops.extend(drain_ops(&mut jobs));
+            std::iter::from_fn(|| jobs.poll_twin_update()).collect()
+        };
+        if !updates.is_empty() {
+            let mut reg = self.registry.write();
+            for u in updates {
+                self.apply_content(&mut reg, &u.device, &u.content, u.at);
+            }
+        }
+        batch.clear();
+        self.send(ops);
+    }
+
+    fn apply(
+        &self,
+        reg: &mut Registry,
+        event: &DeviceEvent,
+        at: Timestamp,
+        ops: &mut Vec<DeviceOp>,
+    ) {
+        match event {
+            DeviceEvent::Registered {
+                device,
+                registration,
+            } => {
+                self.counters.registrations.fetch_add(1, Ordering::Relaxed);
+                if !reg.contains(device.as_str()) && self.config.auto_provision {
+                    let _ = reg.create(Twin::new(device.clone()));
+                }
+                let _ = reg.set_registration(device.as_str(), Some(registration.clone()));
+                let _ = reg.set_connection_state(device.as_str(), ConnectionState::Connected, at);
+                let _ = reg.set_managed(device.as_str(), true);
+                let _ = reg.set_last_activity(device.as_str(), at);
+                self.sync_ops(device, &registration.objects, ops);
+            }
+            DeviceEvent::RegistrationUpdated {
+                device,
+                registration,
+            } => {
+                let _ = reg.set_registration(device.as_str(), Some(registration.clone()));
+                let connected = reg
+                    .get(device.as_str())
+                    .is_some_and(|t| t.connection_state() == ConnectionState::Connected);
+                if !connected {
+                    let _ =
+                        reg.set_connection_state(device.as_str(), ConnectionState::Connected, at);
+                }
+                let _ = reg.set_last_activity(device.as_str(), at);
+            }
+            DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
+                let _ =
+                    reg.set_connection_state(device.as_str(), ConnectionState::Disconnected, at);
+            }
+            DeviceEvent::Rejected { .. } => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            DeviceEvent::Notification {
+                device, content, ..
+            } => {
+                self.counters.notifications.fetch_add(1, Ordering::Relaxed);
+                self.apply_content(reg, device, content, at);
+                let _ = reg.set_last_activity(device.as_str(), at);
+            }
+            DeviceEvent::Response { op, device, result } => {
+                // The hub's own operations (ids below the job engine's range) are the
+                // sync observations and reads: their values go into the twin. The job
+                // engine hands its reads over as TwinUpdates instead.
+                if op.0 < self.config.jobs.op_id_base {
+                    if let Ok(DeviceReply::Content(content)) = result {
+                        self.apply_content(reg, device, content, at);
+                    }
+                }
+                let _ = reg.set_last_activity(device.as_str(), at);
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_content(
+        &self,
+        reg: &mut Registry,
+        device: &DeviceId,
+        content: &Content,
+        at: Timestamp,
+    ) {
+        let Some(slot) = reg.slot_of(device.as_str()) else {
+            return;
+        };
+        let mut name = String::new();
+        for (path, value) in &content.values {
+            use std::fmt::Write;
+            name.clear();
+            let _ = write!(name, "{path}");
+            let ok = to_scalar(value).is_some_and(|v| reg.report_at(slot, &name, v, at).is_ok());
+            let counter = if ok {
+                &self.counters.property_updates
+            } else {
+                &self.counters.property_errors
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Write-Attributes and Observe for the synced instances the device announced.
+    fn sync_ops(&self, device: &DeviceId, objects: &[Lwm2mPath], ops: &mut Vec<DeviceOp>) {
+        let Some(sync) = &self.config.sync else {
+            return;
+        };
+        for path in &sync.paths {
+            if !objects.iter().any(|o| o == path || o.contains(path)) {
+                continue;
+            }
+            if sync.attributes != NotificationAttributes::default() {
+                ops.push(DeviceOp {
+                    id: self.next_op_id(),
+                    device: device.clone(),
+                    request: DeviceRequest::WriteAttributes {
+                        path: *path,
+                        attributes: sync.attributes,
+                    },
+                });
+            }
+            ops.push(DeviceOp {
+                id: self.next_op_id(),
+                device: device.clone(),
+                request: DeviceRequest::Observe { path: *path },
+            });
+        }
+    }
+}

@@ -1,0 +1,717 @@
+//! The bitmap executor: evaluates a [`Plan`] over an [`IndexedSource`] with a universe
+//! threaded through every AND (children ordered by estimated cardinality, early exit on
+//! empty), then sorts, pages, projects or aggregates.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use roaring::{MultiOps, RoaringBitmap};
+
+use super::aggregate::{ColumnAcc, Groups};
+use super::ast::{AggregateOperator, QueryExpression, SortOrder};
+use super::plan::{Plan, lower, within};
+use super::result::{
+    Cursor, MAX_PAGE_SIZE, QueryError, QueryOptions, QueryResult, ResultItem, Strategy, fingerprint,
+};
+use super::source::{IndexedSource, Slots};
+use crate::twin::Scalar;
+
+/// Runs a query expression against a source: one page of documents (or all aggregate
+/// rows), in the preview's envelope.
+///
+/// ```
+/// use twinhub::query::{execute, parse, QueryOptions};
+/// use twinhub::registry::Registry;
+/// use twinhub::twin::Twin;
+/// use twinhub::{DeviceId, Timestamp};
+///
+/// let mut registry = Registry::new();
+/// for (id, fw) in [("a", "1.0"), ("b", "2.0"), ("c", "1.0")] {
+///     registry
+///         .create(Twin::new(DeviceId::new(id).unwrap()).with_device_property(
+///             "FirmwareVersion",
+///             fw,
+///             Timestamp::from_millis(0),
+///         ))
+///         .unwrap();
+/// }
+/// let q = parse(r#"{"filter": {"type": "comparison", "comparisonOperator": "eq",
+///     "property": {"name": "FirmwareVersion", "type": "device"}, "value": "1.0"}}"#).unwrap();
+/// let page = execute(&registry, &q, &QueryOptions::default()).unwrap();
+/// let json = serde_json::to_value(&page).unwrap();
+/// assert_eq!(json["Result"][1]["deviceId"], "c");
+/// ```
+pub fn execute<S: IndexedSource + ?Sized>(
+    source: &S,
+    expr: &QueryExpression,
+    options: &QueryOptions,
+) -> Result<QueryResult<S::Document>, QueryError> {
+    let (fp, cursor) = check(expr, options)?;
+    let exec = Executor {
+        source,
+        strategy: options.strategy,
+    };
+    let plan = lower(expr.filter.as_ref(), source);
+    let rows = exec.eval(&plan, source.universe());
+    if let Some(aggregation) = &expr.aggregate {
+        let rows = exec.aggregate(&rows, aggregation, &expr.sort);
+        return Ok(QueryResult {
+            result: Vec::new(),
+            aggregate_result: rows,
+            continuation: None,
+        });
+    }
+    let keys: Vec<(Option<S::Property>, SortOrder)> = expr
+        .sort
+        .iter()
+        .map(|k| (source.resolve(&k.property), k.order))
+        .collect();
+    let mut page = exec.page(&rows, &keys, cursor.as_ref(), options.page_size + 1);
+    let continuation = if page.len() > options.page_size {
+        page.truncate(options.page_size);
+        page.last().map(|(slot, keys)| {
+            Cursor {
+                fingerprint: fp,
+                keys: keys.clone(),
+                id: source.id_of(*slot).to_owned(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    let result = page
+        .into_iter()
+        .filter_map(|(slot, _)| match &expr.project {
+            Some(p) if !p.all => source
+                .project(slot, &p.properties)
+                .map(ResultItem::Projected),
+            _ => source.document(slot).map(ResultItem::Document),
+        })
+        .collect();
+    Ok(QueryResult {
+        result,
+        aggregate_result: Vec::new(),
+        continuation,
+    })
+}
+
+/// Validates the expression and the options; returns the query's fingerprint and the
+/// decoded cursor.
+pub(crate) fn check(
+    expr: &QueryExpression,
+    options: &QueryOptions,
+) -> Result<(u64, Option<Cursor>), QueryError> {
+    expr.validate()?;
+    if options.page_size == 0 || options.page_size > MAX_PAGE_SIZE {
+        return Err(QueryError::PageSize {
+            requested: options.page_size,
+            max: MAX_PAGE_SIZE,
+        });
+    }
+    let fp = fingerprint(&expr.to_string());
+    let cursor = match &options.continuation {
+        None => None,
+        Some(token) => {
+            let c = Cursor::decode(token)?;
+            if c.fingerprint != fp || c.keys.len() != expr.sort.len() {
+                return Err(QueryError::ContinuationMismatch);
+            }
+            Some(c)
+        }
+    };
+    Ok((fp, cursor))
+}
+
+/// How many documents match the expression's filter, answered from bitmap
+/// intersections without materialising any document.
+pub fn count<S: IndexedSource + ?Sized>(
+    source: &S,
+    expr: &QueryExpression,
+) -> Result<u64, QueryError> {
+    expr.validate()?;
+    let plan = lower(expr.filter.as_ref(), source);
+    let exec = Executor {
+        source,
+        strategy: Strategy::Auto,
+    };
+    Ok(exec.count(&plan, source.universe()))
+}
+
+/// The slots whose documents match the expression's filter, as a bitmap: what a job's
+/// target set is frozen from, without materialising any document.
+pub fn matching_slots<S: IndexedSource + ?Sized>(
+    source: &S,
+    expr: &QueryExpression,
+) -> Result<RoaringBitmap, QueryError> {
+    expr.validate()?;
+    let plan = lower(expr.filter.as_ref(), source);
+    let exec = Executor {
+        source,
+        strategy: Strategy::Auto,
+    };
+    Ok(exec.eval(&plan, source.universe()))
+}
+
+/// The lowered, normalised plan of an expression's filter (for inspection and tests).
+pub fn plan<S: IndexedSource + ?Sized>(
+    source: &S,
+    expr: &QueryExpression,
+) -> Result<Plan<S::Property>, QueryError> {
+    expr.validate()?;
+    Ok(lower(expr.filter.as_ref(), source))
+}
+
+/// A sort entry: a slot and its sort key values.
+type Entry = (u32, Vec<Option<Scalar>>);
+
+/// Compares sort key tuples: missing values last, then each key in its order.
+pub(crate) fn cmp_keys(
+    a: &[Option<Scalar>],
+    b: &[Option<Scalar>],
+    orders: &[SortOrder],
+) -> Ordering {
+    for ((x, y), order) in a.iter().zip(b).zip(orders) {
+        let o = match (x, y) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            (Some(x), Some(y)) => match order {
+                SortOrder::Asc => x.cmp(y),
+                SortOrder::Desc => y.cmp(x),
+            },
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+struct Executor<'s, S: IndexedSource + ?Sized> {
+    source: &'s S,
+    strategy: Strategy,
+}
+
+impl<S: IndexedSource + ?Sized> Executor<'_, S> {
+    // ---- filters --------------------------------------------------------------------
+
+    /// The slots of `plan` within `within`.
+    fn eval(&self, plan: &Plan<S::Property>, within: &RoaringBitmap) -> RoaringBitmap {
+        if within.is_empty() {
+            return RoaringBitmap::new();
+        }
+        match plan {
+            Plan::All => within.clone(),
+            Plan::Empty => RoaringBitmap::new(),
+            Plan::And(children) => self.eval_and(children, within),
+            Plan::Or(children) => children.iter().map(|c| self.eval(c, within)).union(),
+            Plan::Not(inner) => within - self.eval(inner, within),
+            leaf => self.leaf(leaf, within),
+        }
+    }
+
+    fn eval_and(&self, children: &[Plan<S::Property>], within: &RoaringBitmap) -> RoaringBitmap {
+        let mut acc = within.clone();
+        for child in self.by_cardinality(children) {
+            if acc.is_empty() {
+                break;
+            }
+            match child {
+                Plan::Not(inner) => {
+                    let sub = self.eval(inner, &acc);
+                    acc -= sub;
+                }
+                other => acc = self.eval(other, &acc),
+            }
+        }
+        acc
+    }
+
+    fn by_cardinality<'p>(&self, children: &'p [Plan<S::Property>]) -> Vec<&'p Plan<S::Property>> {
+        let mut ordered: Vec<(u64, &Plan<S::Property>)> =
+            children.iter().map(|c| (self.estimate(c), c)).collect();
+        ordered.sort_by_key(|(n, _)| *n);
+        ordered.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// An upper bound (exact for most leaves) of the slots a plan selects.
+    fn estimate(&self, plan: &Plan<S::Property>) -> u64 {
+        let s = self.source;
+        let universe = s.universe().len();
+        match plan {
+            Plan::All => universe,
+            Plan::Empty => 0,
+            Plan::Tags(tags) => tags
+                .iter()
+                .map(|t| s.tag_bitmap(t).map_or(0, RoaringBitmap::len))
+                .min()
+                .unwrap_or(universe),
+            Plan::Eq(p, v) => s.value_slots(*p, v).map_or(0, |x| x.len()),
+            Plan::In(p, vs) => vs
+                .iter()
+                .map(|v| s.value_slots(*p, v).map_or(0, |x| x.len()))
+                .sum(),
+            Plan::Range(p, lo, hi) => {
+                let mut total = 0;
+                for (n, (_, slots)) in s.values_in_range(*p, lo.as_ref(), hi.as_ref()).enumerate() {
+                    if n == 64 {
+                        return s.exists_bitmap(*p).len();
+                    }
+                    total += slots.len();
+                }
+                total
+            }
+            Plan::Exists(p) => s.exists_bitmap(*p).len(),
+            Plan::Not(inner) => universe.saturating_sub(self.estimate(inner)),
+            Plan::And(cs) => cs
+                .iter()
+                .map(|c| self.estimate(c))
+                .min()
+                .unwrap_or(universe),
+            Plan::Or(cs) => cs
+                .iter()
+                .map(|c| self.estimate(c))
+                .sum::<u64>()
+                .min(universe),
+        }
+    }
+
+    fn probe(&self, leaf: &Plan<S::Property>, within: &RoaringBitmap) -> bool {
+        if !matches!(leaf, Plan::Eq(..) | Plan::In(..) | Plan::Range(..)) {
+            return false;
+        }
+        match self.strategy {
+            Strategy::Scans => true,
+            Strategy::Bitmaps => false,
+            Strategy::Auto => within.len().saturating_mul(16) < self.estimate(leaf),
+        }
+    }
+
+    /// Whether one slot satisfies a value leaf.
+    fn test(&self, leaf: &Plan<S::Property>, slot: u32) -> bool {
+        let value = |p| self.source.value_of(slot, p);
+        match leaf {
+            Plan::Eq(p, v) => value(*p).is_some_and(|x| *x == *v),
+            Plan::In(p, vs) => value(*p).is_some_and(|x| vs.binary_search(&x).is_ok()),
+            Plan::Range(p, lo, hi) => value(*p).is_some_and(|x| within(&x, lo, hi)),
+            _ => false,
+        }
+    }
+
+    fn leaf(&self, leaf: &Plan<S::Property>, within: &RoaringBitmap) -> RoaringBitmap {
+        let s = self.source;
+        if self.probe(leaf, within) {
+            return within
+                .iter()
+                .filter(|&slot| self.test(leaf, slot))
+                .collect();
+        }
+        match leaf {
+            Plan::Tags(tags) => {
+                let mut bitmaps = Vec::with_capacity(tags.len());
+                for t in tags {
+                    match s.tag_bitmap(t) {
+                        Some(b) => bitmaps.push(b),
+                        None => return RoaringBitmap::new(),
+                    }
+                }
+                bitmaps.sort_by_key(|b| b.len());
+                let mut acc = within.clone();
+                for b in bitmaps {
+                    if acc.is_empty() {
+                        break;
+                    }
+                    acc &= b;
+                }
+                acc
+            }
+            Plan::Eq(p, v) => s
+                .value_slots(*p, v)
+                .map_or_else(RoaringBitmap::new, |x| x.intersection(within)),
+            Plan::In(p, vs) => {
+                let mut acc = RoaringBitmap::new();
+                for v in vs {
+                    if let Some(x) = s.value_slots(*p, v) {
+                        x.union_into(&mut acc);
+                    }
+                }
+                acc & within
+            }
+            Plan::Range(p, lo, hi) => {
+                let mut singles = Vec::new();
+                let mut acc = RoaringBitmap::new();
+                for (_, x) in s.values_in_range(*p, lo.as_ref(), hi.as_ref()) {
+                    match x {
+                        Slots::One(slot) => singles.push(slot),
+                        other => other.union_into(&mut acc),
+                    }
+                }
+                acc.extend(singles);
+                acc & within
+            }
+            Plan::Exists(p) => s.exists_bitmap(*p).as_ref() & within,
+            other => self.eval(other, within),
+        }
+    }
+
+    /// `|eval(plan, within)|`, using intersection lengths for the last step of an AND and
+    /// for single leaves, so the final bitmap is never built.
+    fn count(&self, plan: &Plan<S::Property>, within: &RoaringBitmap) -> u64 {
+        let s = self.source;
+        match plan {
+            Plan::All => within.len(),
+            Plan::Empty => 0,
+            Plan::Eq(p, v) => s
+                .value_slots(*p, v)
+                .map_or(0, |x| x.intersection_len(within)),
+            Plan::Exists(p) => s.exists_bitmap(*p).intersection_len(within),
+            Plan::Tags(tags) if tags.len() == 1 => s
+                .tag_bitmap(&tags[0])
+                .map_or(0, |b| b.intersection_len(within)),
+            Plan::Not(inner) => within.len() - self.count(inner, within),
+            Plan::And(children) => {
+                let ordered = self.by_cardinality(children);
+                let Some((last, first)) = ordered.split_last() else {
+                    return within.len();
+                };
+                let mut acc = within.clone();
+                for child in first {
+                    if acc.is_empty() {
+                        return 0;
+                    }
+                    match child {
+                        Plan::Not(inner) => {
+                            let sub = self.eval(inner, &acc);
+                            acc -= sub;
+                        }
+                        other => acc = self.eval(other, &acc),
+                    }
+                }
+                self.count(last, &acc)
+            }
+            other => self.eval(other, within).len(),
+        }
+    }
+
+    // ---- sort and page --------------------------------------------------------------
+
+    fn key_values(
+        &self,
+        slot: u32,
+        keys: &[(Option<S::Property>, SortOrder)],
+    ) -> Vec<Option<Scalar>> {
+        keys.iter()
+            .map(|(p, _)| p.and_then(|p| self.source.value_of(slot, p).map(Cow::into_owned)))
+            .collect()
+    }
+
+    /// Up to `limit` entries of `rows` after `cursor`, in (keys, id) order.
+    fn page(
+        &self,
+        rows: &RoaringBitmap,
+        keys: &[(Option<S::Property>, SortOrder)],
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Vec<Entry> {
+        let s = self.source;
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        if keys.is_empty() {
+            let after = cursor.map(|c| c.id.as_str());
+            let walk_steps = (limit as u64).saturating_mul(s.universe().len()) / rows.len();
+            let walk = match self.strategy {
+                Strategy::Bitmaps => true,
+                Strategy::Scans => false,
+                Strategy::Auto => walk_steps < rows.len().saturating_mul(3),
+            };
+            if walk {
+                return s
+                    .ids_in_order(after)
+                    .filter(|(_, slot)| rows.contains(*slot))
+                    .take(limit)
+                    .map(|(_, slot)| (slot, Vec::new()))
+                    .collect();
+            }
+        } else if let [(Some(p), order)] = keys {
+            let index_walk = match self.strategy {
+                Strategy::Bitmaps => true,
+                Strategy::Scans => false,
+                Strategy::Auto => (s.distinct_values(*p) as u64) <= rows.len().saturating_mul(4),
+            };
+            if index_walk {
+                return self.index_walk(rows, *p, *order, cursor, limit);
+            }
+        }
+        self.select(rows, keys, cursor, limit)
+    }
+
+    /// Collect every row's keys, keep those after the cursor, select the first `limit`.
+    fn select(
+        &self,
+        rows: &RoaringBitmap,
+        keys: &[(Option<S::Property>, SortOrder)],
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Vec<Entry> {
+        let s = self.source;
+        let orders: Vec<SortOrder> = keys.iter().map(|(_, o)| *o).collect();
+        let cmp = |a: &(Vec<Option<Scalar>>, &str, u32), b: &(Vec<Option<Scalar>>, &str, u32)| {
+            cmp_keys(&a.0, &b.0, &orders).then_with(|| a.1.cmp(b.1))
+        };
+        let mut entries: Vec<(Vec<Option<Scalar>>, &str, u32)> = rows
+            .iter()
+            .map(|slot| (self.key_values(slot, keys), s.id_of(slot), slot))
+            .filter(|e| match cursor {
+                None => true,
+                Some(c) => {
+                    cmp_keys(&e.0, &c.keys, &orders).then_with(|| e.1.cmp(c.id.as_str()))
+                        == Ordering::Greater
+                }
+            })
+            .collect();
+        if entries.len() > limit {
+            entries.select_nth_unstable_by(limit - 1, cmp);
+            entries.truncate(limit);
+        }
+        entries.sort_unstable_by(cmp);
+        entries
+            .into_iter()
+            .map(|(keys, _, slot)| (slot, keys))
+            .collect()
+    }
+
+    /// Walk the key's values in order, each value's rows by id, then rows without a value.
+    fn index_walk(
+        &self,
+        rows: &RoaringBitmap,
+        p: S::Property,
+        order: SortOrder,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Vec<Entry> {
+        let s = self.source;
+        let mut out: Vec<Entry> = Vec::new();
+        let cursor_key: Option<Option<&Scalar>> = cursor.map(|c| c.keys[0].as_ref());
+        let after_id = cursor.map(|c| c.id.as_str());
+        // Values to walk: all of them, or from the cursor's value on.
+        let walk_values = !matches!(cursor_key, Some(None));
+        if walk_values {
+            let start = cursor_key.flatten();
+            let values = match (order, start) {
+                (SortOrder::Asc, Some(v)) => {
+                    s.values_in_range(p, Bound::Included(v), Bound::Unbounded)
+                }
+                (SortOrder::Desc, Some(v)) => Box::new(
+                    s.values_in_range(p, Bound::Unbounded, Bound::Included(v))
+                        .rev(),
+                ),
+                (SortOrder::Asc, None) => s.values_in_range(p, Bound::Unbounded, Bound::Unbounded),
+                (SortOrder::Desc, None) => Box::new(
+                    s.values_in_range(p, Bound::Unbounded, Bound::Unbounded)
+                        .rev(),
+                ),
+            };
+            for (value, slots) in values {
+                let group = slots.intersection(rows);
+                if group.is_empty() {
+                    continue;
+                }
+                let same_as_cursor = start.is_some_and(|v| *v == *value);
+                let mut ids: Vec<(&str, u32)> = group
+                    .iter()
+                    .map(|slot| (s.id_of(slot), slot))
+                    .filter(|(id, _)| !same_as_cursor || after_id.is_none_or(|a| *id > a))
+                    .collect();
+                ids.sort_unstable();
+                let value = value.into_owned();
+                for (_, slot) in ids {
+                    out.push((slot, vec![Some(value.clone())]));
+                    if out.len() == limit {
+                        return out;
+                    }
+                }
+            }
+        }
+        // Rows without a scalar value come last, by id.
+        let with_value = s
+            .values_in_range(p, Bound::Unbounded, Bound::Unbounded)
+            .map(|(_, slots)| match slots {
+                Slots::One(slot) => std::iter::once(slot).collect(),
+                Slots::Borrowed(b) => b.clone(),
+                Slots::Owned(b) => b,
+            })
+            .union();
+        let missing = rows - with_value;
+        let after = if walk_values { None } else { after_id };
+        let mut ids: Vec<(&str, u32)> = missing
+            .iter()
+            .map(|slot| (s.id_of(slot), slot))
+            .filter(|(id, _)| after.is_none_or(|a| *id > a))
+            .collect();
+        ids.sort_unstable();
+        out.extend(
+            ids.into_iter()
+                .take(limit - out.len())
+                .map(|(_, slot)| (slot, vec![None])),
+        );
+        out
+    }
+
+    // ---- aggregate ------------------------------------------------------------------
+
+    fn aggregate(
+        &self,
+        rows: &RoaringBitmap,
+        aggregation: &super::ast::Aggregation,
+        sort: &[super::ast::SortKey],
+    ) -> Vec<super::result::AggregateRow> {
+        let s = self.source;
+        let keys: Vec<Option<S::Property>> =
+            aggregation.keys.iter().map(|k| s.resolve(k)).collect();
+        let columns: Vec<(AggregateOperator, Option<Option<S::Property>>)> = aggregation
+            .columns
+            .iter()
+            .map(|c| (c.operator, c.property.as_ref().map(|p| s.resolve(p))))
+            .collect();
+        let mut groups: Groups = BTreeMap::new();
+        let bitmap_path = match (self.strategy, &keys[..]) {
+            (Strategy::Scans, _) => false,
+            (_, [Some(p)]) => {
+                self.strategy == Strategy::Bitmaps
+                    || (s.distinct_values(*p) as u64) <= rows.len() / 4 + 1
+            }
+            _ => false,
+        };
+        if let (true, [Some(p)]) = (bitmap_path, &keys[..]) {
+            let mut covered = RoaringBitmap::new();
+            for (value, slots) in s.values_in_range(*p, Bound::Unbounded, Bound::Unbounded) {
+                let only_counts = columns
+                    .iter()
+                    .all(|(op, prop)| *op == AggregateOperator::Count && prop.is_none());
+                if only_counts {
+                    let n = slots.intersection_len(rows);
+                    if n > 0 {
+                        slots.union_into(&mut covered);
+                        let accs = columns.iter().map(|_| ColumnAcc::default()).collect();
+                        groups.insert(vec![Some(value.into_owned())], (n, accs));
+                    }
+                    continue;
+                }
+                let group = slots.intersection(rows);
+                if group.is_empty() {
+                    continue;
+                }
+                covered |= &group;
+                let accs = self.columns_over(&group, &columns);
+                groups.insert(vec![Some(value.into_owned())], (group.len(), accs));
+            }
+            let missing = rows - &covered;
+            if !missing.is_empty() {
+                let accs = self.columns_over(&missing, &columns);
+                groups.insert(vec![None], (missing.len(), accs));
+            }
+        } else {
+            let exists: Vec<Option<Cow<'_, RoaringBitmap>>> = columns
+                .iter()
+                .map(|(_, p)| p.flatten().map(|p| s.exists_bitmap(p)))
+                .collect();
+            for slot in rows {
+                let key: Vec<Option<Scalar>> = keys
+                    .iter()
+                    .map(|k| k.and_then(|k| s.value_of(slot, k).map(Cow::into_owned)))
+                    .collect();
+                let (n, accs) = groups
+                    .entry(key)
+                    .or_insert_with(|| (0, columns.iter().map(|_| ColumnAcc::default()).collect()));
+                *n += 1;
+                for ((acc, (op, prop)), exists) in accs.iter_mut().zip(&columns).zip(&exists) {
+                    let Some(Some(p)) = prop else { continue };
+                    if exists.as_ref().is_some_and(|e| e.contains(slot)) {
+                        acc.present += 1;
+                    }
+                    if *op != AggregateOperator::Count
+                        && let Some(v) = s.value_of(slot, *p)
+                    {
+                        *acc.values.entry(v.into_owned()).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        super::aggregate::rows(groups, aggregation, sort)
+    }
+
+    /// Column accumulators over one group's bitmap, from intersection lengths.
+    fn columns_over(
+        &self,
+        group: &RoaringBitmap,
+        columns: &[(AggregateOperator, Option<Option<S::Property>>)],
+    ) -> Vec<ColumnAcc> {
+        let s = self.source;
+        columns
+            .iter()
+            .map(|(op, prop)| {
+                let mut acc = ColumnAcc::default();
+                let Some(Some(p)) = prop else { return acc };
+                acc.present = s.exists_bitmap(*p).intersection_len(group);
+                if *op != AggregateOperator::Count {
+                    for (value, slots) in s.values_in_range(*p, Bound::Unbounded, Bound::Unbounded)
+                    {
+                        let n = slots.intersection_len(group);
+                        if n > 0 {
+                            acc.values.insert(value.into_owned(), n);
+                        }
+                    }
+                }
+                acc
+            })
+            .collect()
+    }
+}
+
+/// A tag query: the documents carrying **all** the tags, in id order, at most `top`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagQuery {
+    /// The tags (at least one).
+    pub tags: Vec<String>,
+    /// At most this many results (1..=[`MAX_PAGE_SIZE`]; the preview's `maxCount`).
+    pub top: usize,
+}
+
+/// Runs a tag query.
+///
+/// ```
+/// use twinhub::query::{tag_query, TagQuery};
+/// use twinhub::registry::Registry;
+/// use twinhub::twin::Twin;
+/// use twinhub::DeviceId;
+/// let mut registry = Registry::new();
+/// registry.create(Twin::new(DeviceId::new("a").unwrap()).with_tag("lab").with_tag("eu")).unwrap();
+/// registry.create(Twin::new(DeviceId::new("b").unwrap()).with_tag("lab")).unwrap();
+/// let page = tag_query(&registry, &TagQuery { tags: vec!["lab".into(), "eu".into()], top: 10 }).unwrap();
+/// assert_eq!(page.result.len(), 1);
+/// ```
+pub fn tag_query<S: IndexedSource + ?Sized>(
+    source: &S,
+    query: &TagQuery,
+) -> Result<QueryResult<S::Document>, QueryError> {
+    if query.tags.is_empty() || query.top == 0 || query.top > MAX_PAGE_SIZE {
+        return Err(QueryError::BadTagQuery);
+    }
+    let expr = QueryExpression::new()
+        .filter(super::ast::QueryProperty::tags().all(query.tags.iter().map(String::as_str)));
+    execute(source, &expr, &QueryOptions::page(query.top))
+}
+
+/// Parses `text` and runs it: [`parse`](super::parse) then [`execute`].
+pub fn execute_text<S: IndexedSource + ?Sized>(
+    source: &S,
+    text: &str,
+    options: &QueryOptions,
+) -> Result<QueryResult<S::Document>, QueryError> {
+    let expr = super::parse(text)?;
+    execute(source, &expr, options)
+}

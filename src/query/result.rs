@@ -1,0 +1,262 @@
+//! What a query returns (the preview's envelope), how to ask for pages, and what can go
+//! wrong: [`QueryResult`], [`QueryOptions`], [`QueryError`].
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use super::error::{InvalidExpression, ParseError};
+use crate::twin::Scalar;
+
+/// Results per page when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// The largest page a query returns (the preview's tag query allowed 1000).
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Longest continuation token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Which physical strategy the executor uses; tests force each one against the naive
+/// evaluator. Not part of the stable API.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// Choose by estimated cost.
+    #[default]
+    Auto,
+    /// Always use bitmaps and ordered index walks.
+    Bitmaps,
+    /// Always probe values slot by slot where a probe is possible.
+    Scans,
+}
+
+/// How much of a result to return.
+///
+/// ```
+/// use twinhub::query::QueryOptions;
+/// let first = QueryOptions::page(10);
+/// assert_eq!(first.page_size, 10);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryOptions {
+    /// At most this many twins in `Result` (1..=[`MAX_PAGE_SIZE`]).
+    pub page_size: usize,
+    /// Continue after the page that returned this token.
+    pub continuation: Option<String>,
+    #[doc(hidden)]
+    pub strategy: Strategy,
+}
+
+impl Default for QueryOptions {
+    fn default() -> Self {
+        QueryOptions {
+            page_size: DEFAULT_PAGE_SIZE,
+            continuation: None,
+            strategy: Strategy::Auto,
+        }
+    }
+}
+
+impl QueryOptions {
+    /// The first page, of `page_size` results.
+    pub fn page(page_size: usize) -> Self {
+        QueryOptions {
+            page_size,
+            ..QueryOptions::default()
+        }
+    }
+
+    /// The page after the one that returned `token`.
+    pub fn after(mut self, token: impl Into<String>) -> Self {
+        self.continuation = Some(token.into());
+        self
+    }
+}
+
+/// One entry of `Result`: a whole document, or a projection of it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ResultItem<D> {
+    /// The whole document (no projection, or `project.all`).
+    Document(D),
+    /// The id and the projected properties.
+    Projected(serde_json::Value),
+}
+
+/// One row of `AggregateResult`: the key properties by name, then the columns by name
+/// (`null` where a key is missing or a column has no value).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct AggregateRow(pub IndexMap<String, Option<Scalar>>);
+
+impl Serialize for AggregateRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// A page of results in the preview's envelope:
+/// `{"Result": [...], "AggregateResult": [...], "ContinuationToken": "..."}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueryResult<D> {
+    /// Matching documents (empty for aggregate queries).
+    #[serde(rename = "Result")]
+    pub result: Vec<ResultItem<D>>,
+    /// Aggregate rows (empty unless the query aggregates).
+    #[serde(rename = "AggregateResult")]
+    pub aggregate_result: Vec<AggregateRow>,
+    /// Pass to [`QueryOptions::after`] for the next page; `None` on the last page.
+    #[serde(rename = "ContinuationToken", skip_serializing_if = "Option::is_none")]
+    pub continuation: Option<String>,
+}
+
+/// Why a query could not run. Nothing here is an internal error: every variant is a
+/// caller's mistake.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The query text did not parse.
+    Parse(ParseError),
+    /// A built expression breaks a grammar rule.
+    Invalid(InvalidExpression),
+    /// The page size is 0 or above [`MAX_PAGE_SIZE`].
+    PageSize {
+        /// What was asked for.
+        requested: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The continuation token is malformed.
+    BadContinuation,
+    /// The continuation token belongs to another query.
+    ContinuationMismatch,
+    /// A tag query without tags, or with a `top` outside 1..=[`MAX_PAGE_SIZE`].
+    BadTagQuery,
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryError::Parse(e) => write!(f, "query does not parse: {e}"),
+            QueryError::Invalid(e) => write!(f, "invalid query: {e}"),
+            QueryError::PageSize { requested, max } => {
+                write!(f, "page size {requested} is outside 1..={max}")
+            }
+            QueryError::BadContinuation => f.write_str("malformed continuation token"),
+            QueryError::ContinuationMismatch => {
+                f.write_str("continuation token belongs to another query")
+            }
+            QueryError::BadTagQuery => {
+                write!(
+                    f,
+                    "a tag query needs at least one tag and a top in 1..={MAX_PAGE_SIZE}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for QueryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            QueryError::Parse(e) => Some(e),
+            QueryError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<ParseError> for QueryError {
+    fn from(e: ParseError) -> Self {
+        QueryError::Parse(e)
+    }
+}
+
+impl From<InvalidExpression> for QueryError {
+    fn from(e: InvalidExpression) -> Self {
+        QueryError::Invalid(e)
+    }
+}
+
+/// Where a page ended: the sort key values and id of its last document, and which query
+/// it belongs to (a fingerprint of the canonical expression).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Cursor {
+    pub fingerprint: u64,
+    pub keys: Vec<Option<Scalar>>,
+    pub id: String,
+}
+
+/// FNV-1a, 64 bit: a stable fingerprint of the canonical query text.
+pub(crate) fn fingerprint(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl Cursor {
+    /// The opaque token: hex of `[fingerprint, [keys], id]` as JSON.
+    pub(crate) fn encode(&self) -> String {
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|k| k.as_ref().map_or(serde_json::Value::Null, Scalar::to_json))
+            .collect();
+        let json = serde_json::json!([self.fingerprint.to_string(), keys, self.id]).to_string();
+        let mut out = String::with_capacity(json.len() * 2);
+        for b in json.bytes() {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+
+    /// Decodes a token made by [`Cursor::encode`].
+    pub(crate) fn decode(token: &str) -> Result<Cursor, QueryError> {
+        if token.len() > MAX_TOKEN_LEN || token.len() % 2 != 0 {
+            return Err(QueryError::BadContinuation);
+        }
+        let bytes: Option<Vec<u8>> = (0..token.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+            .collect();
+        let bytes = bytes.ok_or(QueryError::BadContinuation)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| QueryError::BadContinuation)?;
+        let serde_json::Value::Array(parts) = value else {
+            return Err(QueryError::BadContinuation);
+        };
+        let [
+            fp,
+            serde_json::Value::Array(keys),
+            serde_json::Value::String(id),
+        ] = &parts[..]
+        else {
+            return Err(QueryError::BadContinuation);
+        };
+        let fingerprint = fp
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or(QueryError::BadContinuation)?;
+        let keys = keys
+            .iter()
+            .map(|k| match k {
+                serde_json::Value::Null => Ok(None),
+                other => Scalar::from_json(other)
+                    .map(Some)
+                    .ok_or(QueryError::BadContinuation),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Cursor {
+            fingerprint,
+            keys,
+            id: id.clone(),
+        })
+    }
+}

@@ -1,0 +1,225 @@
+//! What the executor needs from the thing it queries: [`IndexedSource`].
+//!
+//! The registry implements it for twins (`registry_source.rs`); a job-history store can
+//! implement it for jobs and reuse the whole parser, optimizer and executor.
+
+use std::borrow::Cow;
+use std::ops::Bound;
+
+use roaring::RoaringBitmap;
+
+use super::ast::{Literal, QueryProperty};
+use crate::registry::SlotSet;
+use crate::twin::Scalar;
+
+/// The slots holding one value: one slot, a borrowed bitmap, or one the source built.
+#[derive(Clone, Debug)]
+pub enum Slots<'a> {
+    /// Exactly one slot.
+    One(u32),
+    /// A bitmap the source holds.
+    Borrowed(&'a RoaringBitmap),
+    /// A bitmap the source built for this call (for properties it does not index).
+    Owned(RoaringBitmap),
+}
+
+impl<'a> From<SlotSet<'a>> for Slots<'a> {
+    fn from(s: SlotSet<'a>) -> Self {
+        match s {
+            SlotSet::One(slot) => Slots::One(slot),
+            SlotSet::Bitmap(b) => Slots::Borrowed(b),
+        }
+    }
+}
+
+impl Slots<'_> {
+    /// How many slots.
+    pub fn len(&self) -> u64 {
+        match self {
+            Slots::One(_) => 1,
+            Slots::Borrowed(b) => b.len(),
+            Slots::Owned(b) => b.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `slot` is in the set.
+    pub fn contains(&self, slot: u32) -> bool {
+        match self {
+            Slots::One(s) => *s == slot,
+            Slots::Borrowed(b) => b.contains(slot),
+            Slots::Owned(b) => b.contains(slot),
+        }
+    }
+
+    /// The bitmap, if this is one.
+    pub fn bitmap(&self) -> Option<&RoaringBitmap> {
+        match self {
+            Slots::One(_) => None,
+            Slots::Borrowed(b) => Some(b),
+            Slots::Owned(b) => Some(b),
+        }
+    }
+
+    /// `|self ∩ other|`, without allocating.
+    pub fn intersection_len(&self, other: &RoaringBitmap) -> u64 {
+        match self {
+            Slots::One(s) => other.contains(*s) as u64,
+            Slots::Borrowed(b) => b.intersection_len(other),
+            Slots::Owned(b) => b.intersection_len(other),
+        }
+    }
+
+    /// `self ∩ other`.
+    pub fn intersection(&self, other: &RoaringBitmap) -> RoaringBitmap {
+        match self {
+            Slots::One(s) => {
+                let mut r = RoaringBitmap::new();
+                if other.contains(*s) {
+                    r.insert(*s);
+                }
+                r
+            }
+            Slots::Borrowed(b) => *b & other,
+            Slots::Owned(b) => b & other,
+        }
+    }
+
+    /// `acc |= self`.
+    pub fn union_into(&self, acc: &mut RoaringBitmap) {
+        match self {
+            Slots::One(s) => {
+                acc.insert(*s);
+            }
+            Slots::Borrowed(b) => *acc |= *b,
+            Slots::Owned(b) => *acc |= b,
+        }
+    }
+
+    /// `acc -= self`.
+    pub fn remove_from(&self, acc: &mut RoaringBitmap) {
+        match self {
+            Slots::One(s) => {
+                acc.remove(*s);
+            }
+            Slots::Borrowed(b) => *acc -= *b,
+            Slots::Owned(b) => *acc -= b,
+        }
+    }
+}
+
+/// An ordered walk over a property's distinct values with their slots.
+pub type ValueWalk<'a> = Box<dyn DoubleEndedIterator<Item = (Cow<'a, Scalar>, Slots<'a>)> + 'a>;
+
+/// A collection of documents (twins, jobs) in dense `u32` slots with indexes the query
+/// executor reads. Implement it to make something queryable with the JSON query
+/// expression.
+///
+/// # What a source must provide
+///
+/// - **Slots**: every document has a dense `u32` slot; [`universe`](Self::universe) is the
+///   bitmap of live slots. Every bitmap the source returns is a subset of it.
+/// - **Ids**: every document has a unique string id ([`id_of`](Self::id_of)), the tiebreak
+///   of every sort and the default result order; [`ids_in_order`](Self::ids_in_order) walks
+///   ids in ascending byte order from a point, so pages can re-seek.
+/// - **Properties**: [`resolve`](Self::resolve) turns a query property (name + type) into an
+///   interned handle, or `None` when no document can have it (the query then treats it as
+///   absent everywhere). Tags (`{"name":"tags","type":"default"}`) never reach `resolve`;
+///   they go to [`tag_bitmap`](Self::tag_bitmap).
+/// - **Values** are [`Scalar`]s in `Scalar`'s total order (booleans < numbers < strings;
+///   numbers compare numerically, `1 == 1.0`). For each property the source answers: the
+///   slots with one value ([`value_slots`](Self::value_slots)), the values within bounds in
+///   order with their slots ([`values_in_range`](Self::values_in_range), reversible), the
+///   slots where it exists ([`exists_bitmap`](Self::exists_bitmap); a property can exist
+///   without a scalar value, e.g. a nested object), and one slot's value
+///   ([`value_of`](Self::value_of)). A source may answer any of these by scanning, but the
+///   answers must agree with each other and with `value_of`.
+/// - **Output**: the whole document ([`document`](Self::document)) and a projection of it
+///   ([`project`](Self::project)) as JSON.
+///
+/// Consistency: the executor borrows the source for a whole query, so a source behind a
+/// lock (like [`SharedRegistry`](crate::registry::SharedRegistry)) answers each query from
+/// one state, and a query that starts after a write returned sees it.
+pub trait IndexedSource {
+    /// An interned property handle.
+    type Property: Copy + Eq + Ord + std::hash::Hash + std::fmt::Debug;
+    /// A whole document as results carry it.
+    type Document: serde::Serialize;
+
+    /// Every live slot.
+    fn universe(&self) -> &RoaringBitmap;
+    /// The handle of a (non-tag) property, or `None` if no document can have it.
+    fn resolve(&self, property: &QueryProperty) -> Option<Self::Property>;
+    /// The slots carrying a tag (`None`: no document has it).
+    fn tag_bitmap(&self, tag: &str) -> Option<&RoaringBitmap>;
+    /// The slots where `property` equals `value`.
+    fn value_slots(&self, property: Self::Property, value: &Scalar) -> Option<Slots<'_>>;
+    /// The distinct values of `property` within bounds, ascending, with their slots.
+    fn values_in_range<'a>(
+        &'a self,
+        property: Self::Property,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+    ) -> ValueWalk<'a>;
+    /// How many distinct values `property` has (a cost hint; an estimate is fine).
+    fn distinct_values(&self, property: Self::Property) -> usize;
+    /// The slots where `property` exists.
+    fn exists_bitmap(&self, property: Self::Property) -> Cow<'_, RoaringBitmap>;
+    /// The value of `property` in `slot` (`None`: absent or not a scalar).
+    fn value_of(&self, slot: u32, property: Self::Property) -> Option<Cow<'_, Scalar>>;
+    /// The id of the document in a live `slot`.
+    fn id_of(&self, slot: u32) -> &str;
+    /// Ids with their slots in ascending id order, strictly after `after` if given.
+    fn ids_in_order<'a>(
+        &'a self,
+        after: Option<&str>,
+    ) -> Box<dyn Iterator<Item = (&'a str, u32)> + 'a>;
+    /// The whole document in `slot` (`None` if the slot is not live).
+    fn document(&self, slot: u32) -> Option<Self::Document>;
+    /// The document in `slot` reduced to its id and the given properties (`None` if the
+    /// slot is not live).
+    fn project(&self, slot: u32, properties: &[QueryProperty]) -> Option<serde_json::Value>;
+}
+
+/// A query literal as a twin scalar.
+pub(crate) fn scalar(l: &Literal) -> Scalar {
+    match l {
+        Literal::Bool(b) => Scalar::Bool(*b),
+        Literal::Number(n) => Scalar::float(*n).unwrap_or(Scalar::from(0)),
+        Literal::String(s) => Scalar::from(s.as_str()),
+    }
+}
+
+/// Which segment of the scalar order a value is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScalarType {
+    Bool,
+    Number,
+    String,
+}
+
+impl ScalarType {
+    pub(crate) fn of(s: &Scalar) -> ScalarType {
+        match s {
+            Scalar::Bool(_) => ScalarType::Bool,
+            Scalar::Number(_) => ScalarType::Number,
+            Scalar::String(_) => ScalarType::String,
+        }
+    }
+
+    /// The bounds of this type's segment of the total order.
+    pub(crate) fn segment(self) -> (Bound<Scalar>, Bound<Scalar>) {
+        match self {
+            ScalarType::Bool => (Bound::Unbounded, Bound::Included(Scalar::Bool(true))),
+            ScalarType::Number => (
+                Bound::Excluded(Scalar::Bool(true)),
+                Bound::Excluded(Scalar::from("")),
+            ),
+            ScalarType::String => (Bound::Included(Scalar::from("")), Bound::Unbounded),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The hub over the in-memory simulated fleet: registration fills twins, property sync
+//! keeps them current, and each job type runs to completion through the hub's routing.
+
+use std::time::{Duration, Instant};
+use twinhub::DeviceId;
+use twinhub::hub::{Hub, HubConfig};
+use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
+use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
+use twinhub::registry::Registry;
+use twinhub::transport::memory::{DeviceSpec, FaultProfile, MemoryConfig, MemoryTransport};
+use twinhub::twin::{ConnectionState, Scalar, Twin};
+
+fn quick_faults() -> FaultProfile {
+    FaultProfile {
+        min_latency: Duration::from_millis(1),
+        max_latency: Duration::from_millis(5),
+        download_time: Duration::from_millis(100),
+        update_time: Duration::from_millis(50),
+        reboot_time: Duration::from_millis(50),
+        ..FaultProfile::default()
+    }
+}
+
+/// A hub over `n` simulated devices `dev-0..n`, all on firmware 1.0; device `dev-0` fails
+/// its firmware download with Update Result 5 (integrity check failure).
+fn fleet(n: usize) -> (Hub, Vec<DeviceId>) {
+    let mut transport = MemoryTransport::new(MemoryConfig::with_seed(7));
+    let mut registry = Registry::new();
+    let now = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = DeviceId::new(&format!("dev-{i}")).unwrap();
+        let mut faults = quick_faults();
+        if i == 0 {
+            faults.download_result = Some(5);
+        }
+        transport
+            .add_device(
+                now,
+                DeviceSpec::new(id.clone())
+                    .firmware_version("1.0")
+                    .faults(faults),
+            )
+            .unwrap();
+        registry
+            .create(Twin::new(id.clone()).with_tag(if i % 2 == 0 { "even" } else { "odd" }))
+            .unwrap();
+        ids.push(id);
+    }
+    (
+        Hub::with_transport(transport, registry, HubConfig::default()),
+        ids,
+    )
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn device_property(hub: &Hub, id: &str, name: &str) -> Option<Scalar> {
+    hub.registry()
+        .read()
+        .get(id)
+        .and_then(|t| t.device_property(name).map(|(v, _)| v.clone()))
+}
+
+fn run_job(hub: &Hub, id: &str, job: JobType, targets: Vec<DeviceId>) -> JobStatus {
+    let job_id = JobId::new(id).unwrap();
+    hub.create_job(JobSpec::new(job_id.clone(), job, targets))
+        .unwrap();
+    let mut status = JobStatus::Enqueued;
+    wait_until(&format!("job {id} to end"), || {
+        status = hub.job(&job_id).unwrap().status;
+        matches!(
+            status,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    });
+    let stats = hub.job_statistics(&job_id).unwrap();
+    assert_eq!(stats.total(), stats.device_count, "statistics add up");
+    assert_eq!(stats.finished(), stats.device_count, "every child ended");
+    status
+}
+
+#[test]
+fn registration_fills_twins_and_every_job_type_runs() {
+    let (hub, ids) = fleet(20);
+    wait_until("all twins to fill in", || {
+        ids.iter()
+            .all(|id| device_property(&hub, id.as_str(), "FirmwareVersion").is_some())
+    });
+    {
+        let reg = hub.registry().read();
+        let twin = reg.get("dev-3").unwrap();
+        assert_eq!(twin.connection_state(), ConnectionState::Connected);
+        assert!(twin.is_managed());
+        assert!(twin.registration().is_some());
+        assert_eq!(
+            twin.device_property("BatteryLevel").unwrap().0,
+            &Scalar::from(100)
+        );
+    }
+
+    // Firmware update: 19 succeed, dev-0 fails its download with result 5, so the parent
+    // ends failed (it completes only when every child succeeded).
+    let status = run_job(
+        &hub,
+        "fw-1",
+        JobType::FirmwareUpdate {
+            package_uri: "coap://fw.example/pkg/2.0.bin".into(),
+            expected_version: Some("2.0".into()),
+        },
+        ids.clone(),
+    );
+    assert_eq!(status, JobStatus::Failed);
+    let fw = JobId::new("fw-1").unwrap();
+    let stats = hub.job_statistics(&fw).unwrap();
+    assert_eq!((stats.succeeded, stats.failed), (19, 1));
+    let failed: Vec<_> = hub
+        .job_children(&fw)
+        .into_iter()
+        .filter(|c| c.status == JobStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].device_id.as_ref().unwrap().as_str(), "dev-0");
+    assert_eq!(failed[0].failure_reason.as_deref(), Some("deviceError:5"));
+    // The new version reached the twins through notifications/reads.
+    wait_until("twins to show firmware 2.0", || {
+        ids[1..].iter().all(|id| {
+            device_property(&hub, id.as_str(), "FirmwareVersion") == Some(Scalar::from("2.0"))
+        })
+    });
+    assert_eq!(
+        device_property(&hub, "dev-0", "FirmwareVersion"),
+        Some(Scalar::from("1.0"))
+    );
+
+    // Queries see the new versions at once (read-your-writes).
+    let by_version = hub
+        .query(
+            r#"{"aggregate": {"keys": [{"name": "FirmwareVersion", "type": "device"}],
+                "properties": [{"operator": "count", "columnName": "devices"}]}}"#,
+        )
+        .unwrap();
+    let rows = serde_json::to_value(&by_version.aggregate_result).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"FirmwareVersion": "1.0", "devices": 1},
+            {"FirmwareVersion": "2.0", "devices": 19}
+        ])
+    );
+    let old = hub
+        .query(
+            r#"{"filter": {"type": "comparison", "comparisonOperator": "eq",
+                "property": {"name": "FirmwareVersion", "type": "device"}, "value": "1.0"}}"#,
+        )
+        .unwrap();
+    assert_eq!(old.result.len(), 1);
+    let even_on_2: Vec<_> = {
+        let expr = twinhub::query::parse(
+            r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
+                {"type": "comparison", "comparisonOperator": "all",
+                 "property": {"name": "tags", "type": "default"}, "value": ["even"]},
+                {"type": "comparison", "comparisonOperator": "eq",
+                 "property": {"name": "FirmwareVersion", "type": "device"}, "value": "2.0"}]}}"#,
+        )
+        .unwrap();
+        hub.resolve_targets(&expr).unwrap()
+    };
+    assert_eq!(even_on_2.len(), 9, "dev-2, dev-4, ..., dev-18");
+    assert!(even_on_2.iter().all(|id| id.as_str() != "dev-0"));
+    assert_eq!(hub.query_tags(&["odd"], 100).len(), 10);
+
+    let some: Vec<_> = ids[1..6].to_vec();
+    assert_eq!(
+        run_job(
+            &hub,
+            "reboot-1",
+            JobType::Reboot {
+                wait_for_registration: true
+            },
+            some.clone()
+        ),
+        JobStatus::Completed
+    );
+    assert_eq!(
+        run_job(
+            &hub,
+            "reset-1",
+            JobType::FactoryReset {
+                wait_for_registration: true
+            },
+            some.clone()
+        ),
+        JobStatus::Completed
+    );
+    assert_eq!(
+        run_job(
+            &hub,
+            "config-1",
+            JobType::ConfigurationUpdate {
+                name: "mode".into(),
+                value: "eco".into()
+            },
+            some.clone()
+        ),
+        JobStatus::Completed
+    );
+    assert_eq!(
+        run_job(
+            &hub,
+            "write-1",
+            JobType::WriteDeviceProperties {
+                values: vec![(
+                    Lwm2mPath::resource(3, 0, 15),
+                    ResourceValue::String("Europe/Paris".into())
+                )],
+            },
+            some.clone()
+        ),
+        JobStatus::Completed
+    );
+    assert_eq!(
+        run_job(
+            &hub,
+            "read-1",
+            JobType::ReadDeviceProperties {
+                paths: vec![Lwm2mPath::resource(3, 0, 15)]
+            },
+            some.clone()
+        ),
+        JobStatus::Completed
+    );
+    for id in &some {
+        assert_eq!(
+            device_property(&hub, id.as_str(), "Timezone"),
+            Some(Scalar::from("Europe/Paris")),
+            "the read job refreshed the twin of {id}"
+        );
+    }
+    let records = hub.job_records();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.parent_job_id.is_empty())
+            .count(),
+        6
+    );
+    let stats = hub.stats();
+    assert!(stats.registrations >= 20 && stats.notifications > 0 && stats.property_updates > 0);
+    hub.stop();
+}

@@ -1,0 +1,648 @@
+//! The executor against the naive evaluator (differential proptest over random twins,
+//! expressions and updates, under every physical strategy), golden results for the
+//! preview's example queries, optimizer rewrites, paging under concurrent writes, and
+//! read-your-writes.
+
+use proptest::prelude::*;
+use twinhub::fuzzing::query::{ExpressionSource, Vocabulary};
+use twinhub::query::{
+    self, AggregateOperator, Aggregation, Filter, Plan, Projection, QueryError, QueryExpression,
+    QueryOptions, QueryProperty, ResultItem, SortKey, Strategy, TagQuery, naive,
+};
+use twinhub::registry::{Registry, SharedRegistry};
+use twinhub::twin::{ConnectionState, DeviceStatus, Scalar, ServiceValue, Twin};
+use twinhub::{DeviceId, Timestamp};
+
+const TAGS: &[&str] = &["a", "b", "c", "lab"];
+const FIRMWARE: &[&str] = &["1.0", "1.1", "2.0"];
+const REGIONS: &[&str] = &["eu", "us", "ap"];
+
+/// The names and values the generated twins use, so expressions hit them.
+const VOCABULARY: Vocabulary = Vocabulary {
+    device: &[
+        "FirmwareVersion",
+        "BatteryLevel",
+        "/3303/0/5700",
+        "MemoryFree",
+        "/3/0/9",
+    ],
+    service: &["region", "level", "cfg", "cfg.mode", "missing"],
+    fields: &[
+        "deviceId",
+        "status",
+        "connectionState",
+        "isManaged",
+        "statusReason",
+        "nope",
+    ],
+    custom: &["/3303/0/5700", "/3/0/9"],
+    strings: &[
+        "1.0",
+        "2.0",
+        "eu",
+        "us",
+        "eco",
+        "a",
+        "b",
+        "lab",
+        "d03",
+        "enabled",
+        "Connected",
+    ],
+    numbers: &[0.0, 1.0, 2.0, 2.5, 50.0, 99.0, -1.0],
+    invalid: false,
+};
+
+fn ts(ms: u64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+/// A twin from generated choices.
+fn twin(n: u8, bytes: &[u8; 10]) -> Twin {
+    let mut t = Twin::new(DeviceId::new(&format!("d{n:02}")).unwrap());
+    if bytes[0] % 4 != 0 {
+        t = t.with_device_property("FirmwareVersion", FIRMWARE[bytes[1] as usize % 3], ts(1));
+    }
+    if bytes[2] % 3 != 0 {
+        t = t.with_device_property("BatteryLevel", (bytes[3] % 6) as i64 * 20, ts(2));
+    }
+    match bytes[4] % 4 {
+        0 => {}
+        1 => t = t.with_device_property("/3303/0/5700", (bytes[5] % 4) as f64 * 1.25, ts(3)),
+        2 => t = t.with_device_property("/3303/0/5700", "hot", ts(3)),
+        _ => t = t.with_device_property("/3303/0/5700", bytes[5] % 2 == 0, ts(3)),
+    }
+    if bytes[5] % 3 != 0 {
+        t = t.with_service_property("region", REGIONS[bytes[6] as usize % 3]);
+    }
+    match bytes[6] % 5 {
+        0 => t = t.with_service_property("level", (bytes[7] % 3) as i64),
+        1 => t = t.with_service_property("level", "high"),
+        2 => t = t.with_service_property("level", bytes[7] % 2 == 0),
+        3 => {
+            let mut m = std::collections::BTreeMap::new();
+            m.insert(
+                "mode".to_owned(),
+                ServiceValue::from(if bytes[7] % 2 == 0 { "eco" } else { "max" }),
+            );
+            t = t.with_service_property("cfg", ServiceValue::Object(m));
+        }
+        _ => {}
+    }
+    for (i, tag) in TAGS.iter().enumerate() {
+        if bytes[8] & (1 << i) != 0 {
+            t = t.with_tag(*tag);
+        }
+    }
+    if bytes[9] % 3 == 0 {
+        t.status = DeviceStatus::Disabled;
+        t.status_reason = Some(if bytes[9] % 2 == 0 { "lost" } else { "stolen" }.into());
+    }
+    if bytes[9] % 4 == 1 {
+        t.connection_state = ConnectionState::Connected;
+    }
+    t.is_managed = bytes[9] % 5 < 2;
+    t
+}
+
+/// One random write, applied to the registry (rejected writes change nothing).
+fn update(reg: &mut Registry, op: &[u8; 4]) {
+    let id = format!("d{:02}", op[1] % 24);
+    let _ = match op[0] % 9 {
+        0 => reg
+            .report_device_property(
+                &id,
+                "BatteryLevel",
+                Scalar::from((op[2] % 6) as i64 * 20),
+                ts(9),
+            )
+            .map(|_| ()),
+        1 => reg
+            .report_device_property(
+                &id,
+                "FirmwareVersion",
+                Scalar::from(FIRMWARE[op[2] as usize % 3]),
+                ts(9),
+            )
+            .map(|_| ()),
+        2 => reg.remove_device_property(&id, "BatteryLevel").map(|_| ()),
+        3 => reg
+            .set_service_property(
+                &id,
+                "region",
+                Some(ServiceValue::from(REGIONS[op[2] as usize % 3])),
+                None,
+            )
+            .map(|_| ()),
+        4 => reg
+            .set_service_property(&id, "level", None, None)
+            .map(|_| ()),
+        5 => reg
+            .add_tags(&id, &[TAGS[op[2] as usize % 4]], None)
+            .map(|_| ()),
+        6 => reg
+            .remove_tags(&id, &[TAGS[op[2] as usize % 4]], None)
+            .map(|_| ()),
+        7 => reg.remove(&id).map(|_| ()),
+        _ => reg
+            .create(twin(
+                op[1] % 24,
+                &[op[2], op[3], op[2] ^ op[3], 1, 2, 3, op[3], 5, op[2], op[3]],
+            ))
+            .map(|_| ()),
+    };
+}
+
+fn snapshot(reg: &Registry) -> Vec<Twin> {
+    reg.iter().map(|t| t.to_twin()).collect()
+}
+
+/// Every page of `expr` from the executor under `strategy` equals the naive evaluator's.
+fn assert_same(
+    reg: &Registry,
+    twins: &[Twin],
+    expr: &QueryExpression,
+    strategy: Strategy,
+    page_size: usize,
+) {
+    let mut token: Option<String> = None;
+    for _ in 0..100 {
+        let options = QueryOptions {
+            page_size,
+            continuation: token.clone(),
+            strategy,
+        };
+        let ours = query::execute(reg, expr, &options).unwrap();
+        let theirs = naive::execute(twins, expr, &options).unwrap();
+        assert_eq!(ours, theirs, "strategy {strategy:?}, query {expr}");
+        token = ours.continuation;
+        if token.is_none() {
+            return;
+        }
+    }
+    panic!("more than 100 pages");
+}
+
+fn check_all(reg: &Registry, exprs: &[QueryExpression]) {
+    reg.validate().unwrap();
+    let twins = snapshot(reg);
+    for expr in exprs {
+        if expr.validate().is_err() {
+            continue;
+        }
+        assert_eq!(
+            query::count(reg, expr).unwrap(),
+            naive::count(&twins, expr).unwrap(),
+            "count of {expr}"
+        );
+        for strategy in [Strategy::Auto, Strategy::Bitmaps, Strategy::Scans] {
+            assert_same(reg, &twins, expr, strategy, 4);
+        }
+        assert_same(reg, &twins, expr, Strategy::Auto, 1000);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(160))]
+
+    #[test]
+    fn executor_equals_naive_evaluator(
+        devices in proptest::collection::btree_map(0u8..24, any::<[u8; 10]>(), 0..24),
+        queries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..48), 1..6),
+        updates in proptest::collection::vec(any::<[u8; 4]>(), 0..16),
+    ) {
+        let mut reg = Registry::new();
+        for (n, bytes) in &devices {
+            reg.create(twin(*n, bytes)).unwrap();
+        }
+        let exprs: Vec<QueryExpression> = queries
+            .iter()
+            .map(|q| ExpressionSource::new(q, VOCABULARY).expression())
+            .collect();
+        check_all(&reg, &exprs);
+        for op in &updates {
+            update(&mut reg, op);
+        }
+        check_all(&reg, &exprs);
+    }
+}
+
+// ---- golden results ------------------------------------------------------------------
+
+/// Six devices with known values.
+fn fleet() -> Registry {
+    let mut reg = Registry::new();
+    let rows: &[(&str, &str, i64, &str, &[&str])] = &[
+        ("dev-1", "1.0", 90, "eu", &["lab", "building-7"]),
+        ("dev-2", "1.0", 15, "us", &["building-7"]),
+        ("dev-3", "2.0", 55, "eu", &["lab", "building-7"]),
+        ("dev-4", "1.0", 40, "eu", &["lab"]),
+        ("dev-5", "2.0", 15, "ap", &[]),
+        ("dev-6", "1.1", 70, "us", &["lab", "building-7"]),
+    ];
+    for (id, fw, battery, region, tags) in rows {
+        let mut t = Twin::new(DeviceId::new(id).unwrap())
+            .with_device_property("FirmwareVersion", *fw, ts(0))
+            .with_device_property("BatteryLevel", *battery, ts(0))
+            .with_service_property("region", *region);
+        for tag in *tags {
+            t = t.with_tag(*tag);
+        }
+        reg.create(t).unwrap();
+    }
+    reg
+}
+
+fn ids(result: &query::QueryResult<Twin>) -> Vec<String> {
+    result
+        .result
+        .iter()
+        .map(|r| match r {
+            ResultItem::Document(t) => t.device_id.to_string(),
+            ResultItem::Projected(v) => v["deviceId"].as_str().unwrap().to_owned(),
+        })
+        .collect()
+}
+
+const SEED_FIRMWARE_QUERY: &str = r#"{
+      "filter": {
+        "property": { "name": "FirmwareVersion", "type": "device" },
+        "value": "1.0",
+        "comparisonOperator": "eq",
+        "type": "comparison"
+      },
+      "project": null,
+      "aggregate": null,
+      "sort": null
+  }"#;
+
+#[test]
+fn golden_seed_firmware_query() {
+    let reg = fleet();
+    let page = query::execute_text(&reg, SEED_FIRMWARE_QUERY, &QueryOptions::default()).unwrap();
+    assert_eq!(ids(&page), ["dev-1", "dev-2", "dev-4"]);
+    assert_eq!(page.continuation, None);
+    let json = serde_json::to_value(&page).unwrap();
+    assert_eq!(
+        json["Result"][0]["deviceProperties"]["FirmwareVersion"]["value"],
+        "1.0"
+    );
+    assert_eq!(json["AggregateResult"], serde_json::json!([]));
+    assert_eq!(
+        query::count(&reg, &query::parse(SEED_FIRMWARE_QUERY).unwrap()).unwrap(),
+        3
+    );
+}
+
+#[test]
+fn golden_tags_all_and_tag_query() {
+    let reg = fleet();
+    let expr = QueryExpression::new().filter(QueryProperty::tags().all(["lab", "building-7"]));
+    let page = query::execute(&reg, &expr, &QueryOptions::default()).unwrap();
+    assert_eq!(ids(&page), ["dev-1", "dev-3", "dev-6"]);
+    let top2 = query::tag_query(
+        &reg,
+        &TagQuery {
+            tags: vec!["lab".into(), "building-7".into()],
+            top: 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(ids(&top2), ["dev-1", "dev-3"]);
+    assert!(top2.continuation.is_some());
+    assert_eq!(
+        query::tag_query(
+            &reg,
+            &TagQuery {
+                tags: vec![],
+                top: 2
+            }
+        )
+        .unwrap_err(),
+        QueryError::BadTagQuery
+    );
+    assert_eq!(
+        query::tag_query(
+            &reg,
+            &TagQuery {
+                tags: vec!["lab".into()],
+                top: 1001
+            }
+        )
+        .unwrap_err(),
+        QueryError::BadTagQuery
+    );
+}
+
+#[test]
+fn golden_aggregate_with_keys() {
+    let reg = fleet();
+    let expr = QueryExpression::new()
+        .aggregate(
+            Aggregation::by([QueryProperty::device("FirmwareVersion")])
+                .column(AggregateOperator::Count, None, "devices")
+                .column(
+                    AggregateOperator::Avg,
+                    Some(QueryProperty::device("BatteryLevel")),
+                    "battery",
+                )
+                .column(
+                    AggregateOperator::Min,
+                    Some(QueryProperty::device("BatteryLevel")),
+                    "low",
+                )
+                .column(
+                    AggregateOperator::Sum,
+                    Some(QueryProperty::device("BatteryLevel")),
+                    "total",
+                ),
+        )
+        .sort(SortKey::desc(QueryProperty::aggregated("devices")));
+    let page = query::execute(&reg, &expr, &QueryOptions::default()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&page.aggregate_result).unwrap(),
+        serde_json::json!([
+            {"FirmwareVersion": "1.0", "devices": 3, "battery": 48.333333333333336, "low": 15, "total": 145},
+            {"FirmwareVersion": "2.0", "devices": 2, "battery": 35.0, "low": 15, "total": 70},
+            {"FirmwareVersion": "1.1", "devices": 1, "battery": 70.0, "low": 70, "total": 70},
+        ])
+    );
+    assert!(page.result.is_empty());
+}
+
+#[test]
+fn golden_multi_key_sort_with_id_tiebreak() {
+    let reg = fleet();
+    let expr = QueryExpression::new()
+        .sort(SortKey::asc(QueryProperty::service("region")))
+        .sort(SortKey::desc(QueryProperty::device("BatteryLevel")))
+        .project(Projection::properties([QueryProperty::device(
+            "BatteryLevel",
+        )]));
+    let page = query::execute(&reg, &expr, &QueryOptions::default()).unwrap();
+    assert_eq!(
+        ids(&page),
+        ["dev-5", "dev-1", "dev-3", "dev-4", "dev-6", "dev-2"]
+    );
+    let ResultItem::Projected(first) = &page.result[0] else {
+        panic!("not projected")
+    };
+    assert_eq!(
+        first,
+        &serde_json::json!({"deviceId": "dev-5", "deviceProperties": {"BatteryLevel": {"value": 15, "lastUpdatedTime": "1970-01-01T00:00:00.000Z"}}})
+    );
+    // Equal batteries (15) tie-break on device id.
+    let expr = QueryExpression::new().sort(SortKey::asc(QueryProperty::device("BatteryLevel")));
+    let page = query::execute(&reg, &expr, &QueryOptions::page(2)).unwrap();
+    assert_eq!(ids(&page), ["dev-2", "dev-5"]);
+}
+
+// ---- optimizer -------------------------------------------------------------------------
+
+fn plan_of(reg: &Registry, filter: Filter) -> Plan<twinhub::query::TwinProperty> {
+    query::plan(reg, &QueryExpression::new().filter(filter)).unwrap()
+}
+
+#[test]
+fn contradictions_become_empty_without_data() {
+    let reg = fleet();
+    let fw = || QueryProperty::device("FirmwareVersion");
+    let battery = || QueryProperty::device("BatteryLevel");
+    assert_eq!(
+        plan_of(&reg, Filter::all_of([fw().eq("1.0"), fw().eq("2.0")])),
+        Plan::Empty
+    );
+    assert_eq!(
+        plan_of(&reg, Filter::all_of([battery().gt(50), battery().lt(40)])),
+        Plan::Empty
+    );
+    assert_eq!(
+        plan_of(&reg, Filter::all_of([battery().gt(50), battery().lt("z")])),
+        Plan::Empty
+    );
+    assert_eq!(
+        plan_of(&reg, Filter::all_of([fw().eq("1.0"), !fw().eq("1.0")])),
+        Plan::Empty
+    );
+    assert_eq!(
+        plan_of(&reg, Filter::all_of([fw().eq("1.0"), fw().missing()])),
+        Plan::Empty
+    );
+    assert_eq!(
+        plan_of(&reg, Filter::any_of([fw().exists(), !fw().exists()])),
+        Plan::All
+    );
+    // A property nobody has: only "missing" holds.
+    assert_eq!(
+        plan_of(&reg, QueryProperty::device("MemoryFree").gt(1)),
+        Plan::Empty
+    );
+    assert_eq!(
+        plan_of(&reg, QueryProperty::device("MemoryFree").missing()),
+        Plan::All
+    );
+}
+
+#[test]
+fn ranges_merge_in_becomes_union_and_not_is_pushed_down() {
+    let reg = fleet();
+    let battery = || QueryProperty::device("BatteryLevel");
+    let fw = || QueryProperty::device("FirmwareVersion");
+    let p = reg
+        .property_id(twinhub::twin::PropertyKind::Device, "BatteryLevel")
+        .unwrap();
+    let b = twinhub::query::TwinProperty::Indexed(p);
+    use std::ops::Bound::*;
+    assert_eq!(
+        plan_of(
+            &reg,
+            Filter::all_of([battery().gt(10), battery().lte(50), battery().gte(20)])
+        ),
+        Plan::Range(b, Included(Scalar::from(20)), Included(Scalar::from(50)))
+    );
+    assert_eq!(
+        plan_of(&reg, Filter::all_of([battery().gte(15), battery().lte(15)])),
+        Plan::Eq(b, Scalar::from(15))
+    );
+    assert_eq!(
+        plan_of(
+            &reg,
+            Filter::any_of([
+                battery().eq(15),
+                battery().eq(90),
+                battery().is_in([15, 40])
+            ])
+        ),
+        Plan::In(
+            b,
+            vec![Scalar::from(15), Scalar::from(40), Scalar::from(90)]
+        )
+    );
+    assert_eq!(
+        plan_of(
+            &reg,
+            Filter::all_of([battery().is_in([15, 40, 90]), battery().gt(20)])
+        ),
+        Plan::In(b, vec![Scalar::from(40), Scalar::from(90)])
+    );
+    // not (a or b) = (not a) and (not b); not not a = a; nested ANDs flatten.
+    let f = fw();
+    let f_id = twinhub::query::TwinProperty::Indexed(
+        reg.property_id(twinhub::twin::PropertyKind::Device, "FirmwareVersion")
+            .unwrap(),
+    );
+    assert_eq!(
+        plan_of(
+            &reg,
+            !Filter::any_of([f.clone().eq("1.0"), !!battery().eq(15)])
+        ),
+        Plan::And(vec![
+            Plan::Not(Box::new(Plan::Eq(f_id, Scalar::from("1.0")))),
+            Plan::Not(Box::new(Plan::Eq(b, Scalar::from(15)))),
+        ])
+    );
+    assert_eq!(
+        plan_of(
+            &reg,
+            Filter::all_of([
+                Filter::all_of([f.clone().eq("1.0"), QueryProperty::tags().all(["lab"])]),
+                QueryProperty::tags().all(["building-7"])
+            ])
+        ),
+        Plan::And(vec![
+            Plan::Tags(vec!["building-7".into(), "lab".into()]),
+            Plan::Eq(f_id, Scalar::from("1.0")),
+        ])
+    );
+}
+
+// ---- paging and consistency ------------------------------------------------------------
+
+#[test]
+fn paging_never_duplicates_or_skips_unchanged_twins() {
+    let build = || {
+        let mut reg = Registry::new();
+        for n in 0..200u32 {
+            reg.create(
+                Twin::new(DeviceId::new(&format!("p{n:03}")).unwrap()).with_device_property(
+                    "BatteryLevel",
+                    (n % 7) as i64 * 10,
+                    ts(0),
+                ),
+            )
+            .unwrap();
+        }
+        reg
+    };
+    for expr in [
+        QueryExpression::new(),
+        QueryExpression::new().sort(SortKey::desc(QueryProperty::device("BatteryLevel"))),
+        QueryExpression::new().sort(SortKey::asc(QueryProperty::device("BatteryLevel"))),
+    ] {
+        for strategy in [Strategy::Bitmaps, Strategy::Scans] {
+            let mut reg = build();
+            let mut seen = std::collections::BTreeMap::<String, u32>::new();
+            let mut token = None;
+            let mut round = 0u32;
+            loop {
+                let options = QueryOptions {
+                    page_size: 9,
+                    continuation: token.clone(),
+                    strategy,
+                };
+                let page = query::execute(&reg, &expr, &options).unwrap();
+                for id in ids(&page) {
+                    *seen.entry(id).or_default() += 1;
+                }
+                token = page.continuation;
+                if token.is_none() {
+                    break;
+                }
+                // Between pages some devices change value, are removed, or appear.
+                round += 1;
+                let victim = format!("p{:03}", (round * 14) % 200);
+                let _ = reg.report_device_property(
+                    &victim,
+                    "BatteryLevel",
+                    Scalar::from(((round % 5) * 20) as i64),
+                    ts(1),
+                );
+                let _ = reg.remove(&format!("p{:03}", (round * 6) % 200));
+                let _ = reg.create(Twin::new(DeviceId::new(&format!("q{round:03}")).unwrap()));
+            }
+            let changed: std::collections::BTreeSet<String> = (1..=round)
+                .flat_map(|k| {
+                    [
+                        format!("p{:03}", (k * 14) % 200),
+                        format!("p{:03}", (k * 6) % 200),
+                    ]
+                })
+                .collect();
+            for n in 0..200u32 {
+                let id = format!("p{n:03}");
+                if !changed.contains(&id) {
+                    assert_eq!(seen.get(&id), Some(&1), "{id} in {expr} under {strategy:?}");
+                }
+            }
+            assert!(round > 10);
+        }
+    }
+}
+
+#[test]
+fn continuation_tokens_are_checked() {
+    let reg = fleet();
+    let expr = QueryExpression::new().sort(SortKey::asc(QueryProperty::device("BatteryLevel")));
+    let page = query::execute(&reg, &expr, &QueryOptions::page(2)).unwrap();
+    let token = page.continuation.unwrap();
+    let other = QueryExpression::new();
+    assert_eq!(
+        query::execute(&reg, &other, &QueryOptions::page(2).after(token.clone())).unwrap_err(),
+        QueryError::ContinuationMismatch
+    );
+    for bad in ["", "zz", "7b7d", &"a".repeat(40_000)] {
+        assert_eq!(
+            query::execute(&reg, &expr, &QueryOptions::page(2).after(bad)).unwrap_err(),
+            QueryError::BadContinuation,
+            "{bad:.20}"
+        );
+    }
+    assert!(matches!(
+        query::execute(&reg, &expr, &QueryOptions::page(0)).unwrap_err(),
+        QueryError::PageSize {
+            requested: 0,
+            max: 1000
+        }
+    ));
+    let next = query::execute(&reg, &expr, &QueryOptions::page(2).after(token)).unwrap();
+    assert_eq!(ids(&next), ["dev-4", "dev-3"]);
+}
+
+#[test]
+fn queries_read_their_writes_across_threads() {
+    let shared = SharedRegistry::new(fleet());
+    let expr = QueryExpression::new().filter(QueryProperty::device("FirmwareVersion").eq("3.0"));
+    assert_eq!(query::count(&*shared.read(), &expr).unwrap(), 0);
+    let writer = shared.clone();
+    std::thread::spawn(move || {
+        for n in 1..=6 {
+            writer
+                .write()
+                .report_device_property(
+                    &format!("dev-{n}"),
+                    "FirmwareVersion",
+                    Scalar::from("3.0"),
+                    ts(5),
+                )
+                .unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    // The write returned before this query started, so the query sees all of it.
+    assert_eq!(query::count(&*shared.read(), &expr).unwrap(), 6);
+    let mut w = shared.write();
+    w.report_device_property("dev-1", "FirmwareVersion", Scalar::from("1.0"), ts(6))
+        .unwrap();
+    assert_eq!(query::count(&*w, &expr).unwrap(), 5);
+}
