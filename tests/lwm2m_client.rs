@@ -961,3 +961,36 @@ fn hand_written_object_is_served() {
         r#"[{"bn":"/3200/0/","n":"5501","v":5},{"n":"5502","v":5}]"#
     );
 }
+
+/// RFC 7641 §4.5: at least one confirmable notification every 24 hours.
+#[test]
+fn a_confirmable_notification_at_least_daily() {
+    let mut t = tree();
+    // A long lifetime keeps registration updates out of the way.
+    t.add(objects::server(1, 10 * 86400, "U"));
+    let mut h = Harness::registered_with(t);
+    let mut wa = Message::request(Code::PUT, "/3/0/13");
+    wa.add_uri_query("pmax=3600");
+    assert_eq!(h.request(wa).code, Code::CHANGED);
+    let mut obs = Message::request(Code::GET, "/3/0/13");
+    obs.set_observe(0);
+    assert_eq!(h.request(obs).observe(), Some(0));
+    let mut kinds = Vec::new();
+    for _ in 0..25 {
+        h.advance(3600);
+        for m in h.sent() {
+            if m.observe().is_some() {
+                kinds.push(m.mtype);
+            }
+        }
+    }
+    assert_eq!(kinds.len(), 25);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == MessageType::Confirmable)
+            .count(),
+        1
+    );
+    assert_eq!(kinds[23], MessageType::Confirmable);
+}

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 /// RFC 7252 MAX_TRANSMIT_WAIT: how long to wait for a separate response after an empty ACK.
 const MAX_TRANSMIT_WAIT: Duration = Duration::from_secs(93);
+/// RFC 7641 §4.5: a notification is sent confirmable at least this often.
+const CONFIRMABLE_NOTIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// Cached responses for duplicate detection.
 const DEDUP_ENTRIES: usize = 8;
 /// Queued events / datagrams kept when the application does not drain them (oldest dropped).
@@ -227,6 +229,9 @@ struct Observation {
     seq: u32,
     timer: NotifyTimer,
     last_message_id: u16,
+    /// When the last confirmable notification went out (RFC 7641 §4.5: one at least every
+    /// 24 hours, so a server that is gone is noticed by its RST or silence).
+    last_confirmable: Instant,
 }
 
 /// A Block1 request being reassembled.
@@ -1104,6 +1109,7 @@ impl Lwm2mClient {
                     seq: 1,
                     timer: NotifyTimer::new(now, value),
                     last_message_id: 0,
+                    last_confirmable: now,
                 });
                 resp.set_observe(0);
                 self.push_event(ClientEvent::Observed { path: *path });
@@ -1388,7 +1394,14 @@ impl Lwm2mClient {
             o.seq = (o.seq + 1) & 0xff_ffff;
             o.last_message_id = mid;
             o.timer.sent(now, value);
-            let mut m = Message::new(MessageType::NonConfirmable, Code::CONTENT, mid);
+            let mtype =
+                if now.saturating_duration_since(o.last_confirmable) >= CONFIRMABLE_NOTIFY_EVERY {
+                    o.last_confirmable = now;
+                    MessageType::Confirmable
+                } else {
+                    MessageType::NonConfirmable
+                };
+            let mut m = Message::new(mtype, Code::CONTENT, mid);
             m.with_token(o.token);
             m.set_observe(o.seq);
             m.set_content_format(ContentFormat(number));

@@ -58,7 +58,8 @@
 //!   so 10,000 devices fit in one process.
 //! - **Only the server may ask.** Requests from any address but the configured server's
 //!   are dropped; Security /0 answers 4.01 and is left out of the registration.
-//! - **Notifications are NON**, each with a fresh message id; a RST to one cancels the
+//! - **Notifications are NON**, each with a fresh message id, except one CON at least
+//!   every 24 hours (RFC 7641 §4.5; not retransmitted); a RST to one cancels the
 //!   observation, as does GET with Observe=1. Observations end when the client
 //!   re-registers (the server re-observes, LWM2M §6.2).
 //! - **Queue mode** only announces itself (`Q`); the client does not yet sleep between
