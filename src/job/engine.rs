@@ -1,5 +1,6 @@
 //! The sans-IO job engine: parents, children, rollout, timers.
 
+use super::fxhash::{FxHashMap, FxHashSet};
 use super::history::{HistoryIndex, JobRecord};
 use super::spec::{FailureKind, FailureReason, JobId, JobKind, JobSpec, JobType, SpecError};
 use super::state::{
@@ -12,7 +13,7 @@ use crate::transport::{
 };
 use crate::twin::DeviceId;
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,29 @@ pub struct EngineConfig {
     /// The first operation id the engine allocates ([`JOB_OP_ID_BASE`] by default); it
     /// counts up from there.
     pub op_id_base: u64,
+    /// How devices number Firmware Update State (`/5/0/3`).
+    pub firmware_states: FirmwareStates,
+}
+
+/// The two numberings of Firmware Update State (`/5/0/3`) found in the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FirmwareStates {
+    /// LWM2M 1.0.1 and later: 0 Idle, 1 Downloading, 2 Downloaded, 3 Updating.
+    #[default]
+    Lwm2m,
+    /// The 2016 preview's device library (an LWM2M 1.0 draft): 1 Idle, 2 Downloading,
+    /// 3 Downloaded; no Updating state.
+    Preview2016,
+}
+
+impl FirmwareStates {
+    /// The LWM2M 1.0.1+ state for a raw `/5/0/3` value, or `None` if out of range.
+    pub fn normalise(self, raw: i64) -> Option<i64> {
+        match self {
+            FirmwareStates::Lwm2m => (0..=3).contains(&raw).then_some(raw),
+            FirmwareStates::Preview2016 => (1..=3).contains(&raw).then_some(raw - 1),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -36,6 +60,7 @@ impl Default for EngineConfig {
         EngineConfig {
             poll_interval: Duration::from_secs(30),
             op_id_base: JOB_OP_ID_BASE,
+            firmware_states: FirmwareStates::default(),
         }
     }
 }
@@ -167,13 +192,18 @@ impl Parent {
     pub(crate) fn status_message(&self) -> String {
         let s = &self.stats;
         let n = s.device_count;
+        let devices = if n == 1 {
+            "1 device".to_owned()
+        } else {
+            format!("{n} devices")
+        };
         let verb = self.kind().done_verb();
         let tally = format!(
             "{} succeeded, {} failed, {} cancelled",
             s.succeeded, s.failed, s.cancelled
         );
         match (self.state, self.ending) {
-            (ParentState::Scheduled, _) => format!("scheduled; {n} devices"),
+            (ParentState::Scheduled, _) => format!("scheduled; {devices}"),
             (ParentState::Running, _) => format!(
                 "{} of {n} devices in progress, {} waiting for the device, {} retrying, {} pending; {tally}",
                 s.running, s.waiting_for_device, s.retrying, s.pending
@@ -184,7 +214,7 @@ impl Parent {
                     s.running
                 )
             }
-            (ParentState::Completed, _) => format!("{n} devices {verb}, all succeeded"),
+            (ParentState::Completed, _) => format!("{devices} {verb}, all succeeded"),
             (
                 _,
                 Some(Ending::Aborted {
@@ -205,7 +235,7 @@ impl Parent {
             }
             (ParentState::Cancelled, _) => format!("cancelled; {tally}"),
             _ => format!(
-                "{n} devices: {} {verb}, {} failed, {} cancelled",
+                "{devices}: {} {verb}, {} failed, {} cancelled",
                 s.succeeded, s.failed, s.cancelled
             ),
         }
@@ -254,13 +284,13 @@ pub struct JobEngine {
     anchor: Instant,
     anchor_wall: Timestamp,
     pub(crate) parents: Vec<Parent>,
-    by_id: HashMap<JobId, u32>,
+    by_id: FxHashMap<JobId, u32>,
     pub(crate) children: Vec<Child>,
-    ops: HashMap<OpId, u32>,
+    ops: FxHashMap<OpId, u32>,
     next_op: u64,
-    holders: HashMap<DeviceId, u32>,
-    blocked: HashMap<DeviceId, VecDeque<u32>>,
-    offline: HashSet<DeviceId>,
+    holders: FxHashMap<DeviceId, u32>,
+    blocked: FxHashMap<DeviceId, VecDeque<u32>>,
+    offline: FxHashSet<DeviceId>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     polls: VecDeque<(Instant, u32)>,
     active: BTreeSet<u32>,
@@ -291,12 +321,12 @@ impl JobEngine {
             anchor,
             anchor_wall,
             parents: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: FxHashMap::default(),
             children: Vec::new(),
-            ops: HashMap::new(),
-            holders: HashMap::new(),
-            blocked: HashMap::new(),
-            offline: HashSet::new(),
+            ops: FxHashMap::default(),
+            holders: FxHashMap::default(),
+            blocked: FxHashMap::default(),
+            offline: FxHashSet::default(),
             timers: BinaryHeap::new(),
             polls: VecDeque::new(),
             active: BTreeSet::new(),
@@ -336,7 +366,7 @@ impl JobEngine {
         if self.by_id.contains_key(&spec.id) {
             return Err(SpecError::DuplicateJob(spec.id.clone()));
         }
-        let mut seen = HashSet::with_capacity(spec.targets.len());
+        let mut seen = FxHashSet::with_capacity_and_hasher(spec.targets.len(), Default::default());
         for d in &spec.targets {
             if !seen.insert(d.as_str()) {
                 return Err(SpecError::DuplicateTarget(d.clone()));
@@ -913,7 +943,9 @@ impl JobEngine {
         if self.holders.get(&device) == Some(&c) {
             self.holders.remove(&device);
             let mut unblocked = None;
-            if let Some(q) = self.blocked.get_mut(&device) {
+            if self.blocked.is_empty() {
+                // Fast path: no child anywhere waits for a busy device.
+            } else if let Some(q) = self.blocked.get_mut(&device) {
                 while let Some(b) = q.pop_front() {
                     if self.children[b as usize].state == ChildState::Pending {
                         unblocked = Some(b);
@@ -1316,7 +1348,7 @@ impl JobEngine {
             Some(ResourceValue::UnsignedInteger(v)) => Some(*v as i64),
             _ => None,
         };
-        let Some(state) = int(3) else {
+        let Some(state) = int(3).and_then(|s| self.config.firmware_states.normalise(s)) else {
             return;
         };
         let result = int(5);

@@ -116,11 +116,14 @@
 //! ```
 
 mod engine;
+mod fxhash;
 pub mod history;
 mod spec;
 pub mod state;
 
-pub use engine::{CancelMode, EngineConfig, JOB_OP_ID_BASE, JobEngine, JobStatistics, TwinUpdate};
+pub use engine::{
+    CancelMode, EngineConfig, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobStatistics, TwinUpdate,
+};
 pub use history::{HistoryCursor, HistoryFilter, HistoryPage, JobRecord, RecordScope};
 pub use spec::{
     AbortRule, ExponentialRamp, FailureKind, FailureReason, JobId, JobIdError, JobKind, JobSpec,

@@ -3,7 +3,7 @@
 use crate::lwm2m::{Lwm2mPath, ResourceValue};
 use crate::time::Timestamp;
 use crate::transport::DeviceError;
-use crate::twin::DeviceId;
+use crate::twin::{DeviceId, DevicePropertyName, TwinError};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,6 +210,34 @@ pub enum JobType {
 }
 
 impl JobType {
+    /// A read job over device property names: the preview's well-known names
+    /// (`FirmwareVersion`, `BatteryLevel`, ...) or resource paths (`/3303/0/5700`).
+    ///
+    /// ```
+    /// use twinhub::job::JobType;
+    /// use twinhub::Lwm2mPath;
+    /// let job = JobType::read_properties(&["BatteryLevel", "/3303/0/5700"]).unwrap();
+    /// let JobType::ReadDeviceProperties { paths } = job else { unreachable!() };
+    /// assert_eq!(paths, vec![Lwm2mPath::resource(3, 0, 9), Lwm2mPath::resource(3303, 0, 5700)]);
+    /// assert!(JobType::read_properties(&["Battery"]).is_err());
+    /// ```
+    pub fn read_properties(names: &[&str]) -> Result<JobType, TwinError> {
+        let paths = names
+            .iter()
+            .map(|n| DevicePropertyName::parse(n).map(|p| p.path()))
+            .collect::<Result<_, _>>()?;
+        Ok(JobType::ReadDeviceProperties { paths })
+    }
+
+    /// A write job over device property names (well-known names or resource paths).
+    pub fn write_properties(values: &[(&str, ResourceValue)]) -> Result<JobType, TwinError> {
+        let values = values
+            .iter()
+            .map(|(n, v)| DevicePropertyName::parse(n).map(|p| (p.path(), v.clone())))
+            .collect::<Result<_, _>>()?;
+        Ok(JobType::WriteDeviceProperties { values })
+    }
+
     /// The kind, for history and statistics.
     pub fn kind(&self) -> JobKind {
         match self {
