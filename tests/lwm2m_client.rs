@@ -820,44 +820,214 @@ fn ten_thousand_clients_in_one_process() {
     }
 }
 
-/// Our client's payloads decode with the crate's server-side content decoders (written
-/// independently, in `lwm2m::content`) to the values the client holds.
+/// Every read the client answers, in every format it speaks, decodes with the crate's
+/// `lwm2m::content` (typed by the client's own object definitions) to exactly the values
+/// the object tree holds; and every format's encoding of a value writes that value.
 #[test]
-fn client_payloads_decode_with_the_server_content_module() {
-    use twinhub::lwm2m::content::{self, ContentFormat as Cf, standard_resource_type};
+fn reads_in_every_format_decode_to_the_tree_values() {
+    use std::collections::HashMap;
+    use twinhub::lwm2m::content::{self, ContentFormat as Cf};
     let mut h = Harness::registered();
-    let base = Lwm2mPath::instance(3, 0);
-    let expected = h.client.objects_mut().read(&base).unwrap();
-    for (accept, cf) in [(11542, Cf::Tlv), (110, Cf::SenmlJson), (1542, Cf::Tlv)] {
-        let r = h.get("/3/0", Some(accept));
-        let decoded = content::decode(cf, &r.payload, &base, &standard_resource_type)
-            .unwrap_or_else(|e| panic!("format {accept}: {e}"));
-        assert_eq!(
-            decoded.values.len(),
-            expected.values.len(),
-            "format {accept}"
-        );
-        for (p, v) in &expected.values {
-            let got = decoded
-                .get(p)
-                .unwrap_or_else(|| panic!("{p} missing in {accept}"));
-            match (v, got) {
-                (ResourceValue::Time(a), ResourceValue::Integer(b))
-                | (ResourceValue::Integer(a), ResourceValue::Time(b)) => assert_eq!(a, b),
-                (ResourceValue::Integer(a), ResourceValue::Float(b)) => assert_eq!(*a as f64, *b),
-                _ => assert_eq!(v, got, "{p} in format {accept}"),
-            }
+    // The resolver a server would build from the device's object definitions.
+    let mut types: HashMap<(u16, u16), ResourceType> = HashMap::new();
+    for oid in h.client.objects_mut().object_ids() {
+        let object = h.client.objects_mut().object_mut(oid).unwrap();
+        for r in object.definition().resources.iter() {
+            types.insert((oid, r.id), r.kind);
         }
     }
-    // And the server module's encodings are accepted by the client.
+    let resolve = |p: &Lwm2mPath| types.get(&(p.object_id()?, p.resource_id()?)).copied();
+    let bases = [
+        Lwm2mPath::object(3),
+        Lwm2mPath::instance(3, 0),
+        Lwm2mPath::instance(1, 0),
+        Lwm2mPath::object(3303),
+        Lwm2mPath::instance(10241, 0),
+        Lwm2mPath::resource(3, 0, 11),
+        Lwm2mPath::resource(3, 0, 13),
+    ];
+    let mut checked = 0;
+    for base in bases {
+        let expected = h.client.objects_mut().read(&base).unwrap();
+        assert!(!expected.values.is_empty(), "{base} reads nothing");
+        for accept in [11542u16, 1542, 110, 11543, 1543] {
+            let r = h.get(&base.to_string(), Some(accept));
+            assert_eq!(r.code, Code::CONTENT, "{base} as {accept}");
+            assert_eq!(r.content_format(), Some(ContentFormat(accept)));
+            let cf = Cf::from_code(accept).unwrap();
+            let decoded = content::decode(cf, &r.payload, &base, &resolve)
+                .unwrap_or_else(|e| panic!("{base} as {accept}: {e}"));
+            assert_eq!(decoded, expected, "{base} as {accept}");
+            checked += 1;
+        }
+    }
+    // Single resources without Accept: text (or opaque), typed back by the definitions.
+    for rid in [0, 1, 2, 3, 13, 14, 15, 16] {
+        let p = Lwm2mPath::resource(3, 0, rid);
+        let expected = h.client.objects_mut().read(&p).unwrap();
+        let r = h.get(&p.to_string(), None);
+        let cf = Cf::from_code(r.content_format().unwrap().0).unwrap();
+        let decoded = content::decode(cf, &r.payload, &p, &resolve).unwrap();
+        assert_eq!(decoded, expected, "{p} as {cf:?}");
+        checked += 1;
+    }
+    assert_eq!(checked, 7 * 5 + 8);
+    // And `lwm2m::content`'s encodings in every format are accepted as writes.
     let p = Lwm2mPath::resource(3, 0, 15);
-    let c = twinhub::Content::single(p, ResourceValue::String("Africa/Lagos".into()));
-    for (number, cf) in [(11542u16, Cf::Tlv), (110, Cf::SenmlJson), (0, Cf::Text)] {
-        let body = content::encode(cf, &p, &c).unwrap();
+    for (i, number) in [11542u16, 1542, 110, 11543, 1543, 0, 1541]
+        .into_iter()
+        .enumerate()
+    {
+        let zone = format!("Africa/Zone{i}");
+        let c = twinhub::Content::single(p, ResourceValue::String(zone.clone()));
+        let body = content::encode(Cf::from_code(number).unwrap(), &p, &c).unwrap();
         let mut m = Message::request(Code::PUT, "/3/0/15");
         m.set_content_format(ContentFormat(number));
         m.payload = body;
         assert_eq!(h.request(m).code, Code::CHANGED, "format {number}");
-        assert_eq!(text(&h.get("/3/0/15", None)), "Africa/Lagos");
+        assert_eq!(text(&h.get("/3/0/15", None)), zone);
     }
+    let lifetime = Lwm2mPath::resource(1, 0, 1);
+    for (i, number) in [11542u16, 110, 11543, 0].into_iter().enumerate() {
+        let c = twinhub::Content::single(lifetime, ResourceValue::Integer(600 + i as i64));
+        let body = content::encode(Cf::from_code(number).unwrap(), &lifetime, &c).unwrap();
+        let mut m = Message::request(Code::PUT, "/1/0/1");
+        m.set_content_format(ContentFormat(number));
+        m.payload = body;
+        assert_eq!(h.request(m).code, Code::CHANGED, "format {number}");
+        assert_eq!(h.client.objects_mut().read(&lifetime).unwrap(), c);
+    }
+}
+
+/// The per-object callback interface: an application implements `Object` by hand (here a
+/// counter whose value lives in the application) and the client serves it like any other.
+#[test]
+fn hand_written_object_is_served() {
+    use twinhub::lwm2m::client::Object;
+    use twinhub::transport::WriteMode;
+
+    struct Counter {
+        count: i64,
+        step: i64,
+    }
+    static DEF: std::sync::LazyLock<ObjectDef> = std::sync::LazyLock::new(|| {
+        ObjectDef::new(
+            3200,
+            "Counter",
+            false,
+            vec![
+                ResourceDef::new(5501, "Count", ResourceType::Integer, Access::Read),
+                ResourceDef::new(5502, "Step", ResourceType::Integer, Access::ReadWrite),
+                ResourceDef::executable(5505, "Increment"),
+            ],
+        )
+    });
+    impl Object for Counter {
+        fn definition(&self) -> &ObjectDef {
+            &DEF
+        }
+        fn instance_ids(&self) -> Vec<u16> {
+            vec![0]
+        }
+        fn resource_ids(&self, _iid: u16) -> Vec<u16> {
+            vec![5501, 5502, 5505]
+        }
+        fn read(&mut self, _iid: u16, rid: u16) -> Result<ResourceData, ObjectError> {
+            match rid {
+                5501 => Ok(ResourceData::Single(ResourceValue::Integer(self.count))),
+                5502 => Ok(ResourceData::Single(ResourceValue::Integer(self.step))),
+                _ => Err(ObjectError::NotFound),
+            }
+        }
+        fn validate(
+            &mut self,
+            _iid: u16,
+            _rid: u16,
+            data: &ResourceData,
+        ) -> Result<(), ObjectError> {
+            match data {
+                ResourceData::Single(ResourceValue::Integer(s)) if (1..=10).contains(s) => Ok(()),
+                _ => Err(ObjectError::Rejected),
+            }
+        }
+        fn write(
+            &mut self,
+            _iid: u16,
+            _rid: u16,
+            data: ResourceData,
+            _mode: WriteMode,
+        ) -> Result<(), ObjectError> {
+            if let ResourceData::Single(ResourceValue::Integer(s)) = data {
+                self.step = s;
+            }
+            Ok(())
+        }
+        fn execute(&mut self, _iid: u16, _rid: u16, _args: &str) -> Result<(), ObjectError> {
+            self.count += self.step;
+            Ok(())
+        }
+    }
+
+    let mut t = tree();
+    t.add(Counter { count: 0, step: 1 });
+    let mut h = Harness::registered_with(t);
+    assert_eq!(h.put_text("/3200/0/5502", "5").code, Code::CHANGED);
+    assert_eq!(
+        h.put_text("/3200/0/5502", "50").code,
+        Code::BAD_REQUEST,
+        "validation"
+    );
+    assert_eq!(
+        h.put_text("/3200/0/5501", "1").code,
+        Code::METHOD_NOT_ALLOWED
+    );
+    let mut obs = Message::request(Code::GET, "/3200/0/5501");
+    obs.set_observe(0);
+    assert_eq!(text(&h.request(obs)), "0");
+    assert_eq!(
+        h.request(Message::request(Code::POST, "/3200/0/5505")).code,
+        Code::CHANGED
+    );
+    // The count lives in the application: it tells the client it changed.
+    h.client.notify_changed(&Lwm2mPath::resource(3200, 0, 5501));
+    h.advance(0);
+    let n = h.sent().pop().expect("notification");
+    assert_eq!(text(&n), "5");
+    assert_eq!(
+        text(&h.get("/3200/0", Some(110))),
+        r#"[{"bn":"/3200/0/","n":"5501","v":5},{"n":"5502","v":5}]"#
+    );
+}
+
+/// RFC 7641 §4.5: at least one confirmable notification every 24 hours.
+#[test]
+fn a_confirmable_notification_at_least_daily() {
+    let mut t = tree();
+    // A long lifetime keeps registration updates out of the way.
+    t.add(objects::server(1, 10 * 86400, "U"));
+    let mut h = Harness::registered_with(t);
+    let mut wa = Message::request(Code::PUT, "/3/0/13");
+    wa.add_uri_query("pmax=3600");
+    assert_eq!(h.request(wa).code, Code::CHANGED);
+    let mut obs = Message::request(Code::GET, "/3/0/13");
+    obs.set_observe(0);
+    assert_eq!(h.request(obs).observe(), Some(0));
+    let mut kinds = Vec::new();
+    for _ in 0..25 {
+        h.advance(3600);
+        for m in h.sent() {
+            if m.observe().is_some() {
+                kinds.push(m.mtype);
+            }
+        }
+    }
+    assert_eq!(kinds.len(), 25);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == MessageType::Confirmable)
+            .count(),
+        1
+    );
+    assert_eq!(kinds[23], MessageType::Confirmable);
 }

@@ -7,10 +7,11 @@
 
 use super::attributes::{AttributeChange, AttributeTable, NotifyTimer, parse_attributes};
 use super::firmware::{CoapUri, UpdateResult, UpdateState, parse_coap_uri};
-use super::formats::{self, Format, FormatError, format};
+use super::formats;
 use super::model::{ObjectError, ResourceData, coerce, numeric};
 use super::tree::ObjectTree;
 use crate::coap::{BlockOption, Code, ContentFormat, Message, MessageType, Token};
+use crate::lwm2m::content::{ContentError, ContentFormat as Format};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 use crate::transport::WriteMode;
 use std::collections::VecDeque;
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 /// RFC 7252 MAX_TRANSMIT_WAIT: how long to wait for a separate response after an empty ACK.
 const MAX_TRANSMIT_WAIT: Duration = Duration::from_secs(93);
+/// RFC 7641 §4.5: a notification is sent confirmable at least this often.
+const CONFIRMABLE_NOTIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// Cached responses for duplicate detection.
 const DEDUP_ENTRIES: usize = 8;
 /// Queued events / datagrams kept when the application does not drain them (oldest dropped).
@@ -227,6 +230,9 @@ struct Observation {
     seq: u32,
     timer: NotifyTimer,
     last_message_id: u16,
+    /// When the last confirmable notification went out (RFC 7641 §4.5: one at least every
+    /// 24 hours, so a server that is gone is noticed by its RST or silence).
+    last_confirmable: Instant,
 }
 
 /// A Block1 request being reassembled.
@@ -1056,17 +1062,18 @@ impl Lwm2mClient {
         path: &Lwm2mPath,
     ) -> Result<(Format, u16), Code> {
         if let Some(ContentFormat(n)) = req.accept() {
-            return Format::from_number(n)
+            return Format::from_code(n)
                 .map(|f| (f, n))
                 .ok_or(Code::NOT_ACCEPTABLE);
         }
-        Ok(match content.values.as_slice() {
+        let f = match content.values.as_slice() {
             [(p, v)] if path.depth() >= 3 && p == path => match v {
-                ResourceValue::Opaque(_) => (Format::Opaque, format::OPAQUE),
-                _ => (Format::Text, format::TEXT),
+                ResourceValue::Opaque(_) => Format::Opaque,
+                _ => Format::Text,
             },
-            _ => (Format::Tlv, format::TLV),
-        })
+            _ => Format::Tlv,
+        };
+        Ok((f, f.code()))
     }
 
     fn read_or_observe(&mut self, now: Instant, path: &Lwm2mPath, req: &Message) -> Message {
@@ -1082,10 +1089,10 @@ impl Lwm2mClient {
             Ok(x) => x,
             Err(code) => return Message::response(code),
         };
-        let body = match formats::encode(&content, path, fmt) {
+        let body = match formats::encode(fmt, path, &content) {
             Ok(b) => b,
-            Err(FormatError::NotRepresentable) if req.accept().is_none() => {
-                formats::encode(&content, path, Format::Tlv).unwrap_or_default()
+            Err(_) if req.accept().is_none() => {
+                formats::encode(Format::Tlv, path, &content).unwrap_or_default()
             }
             Err(_) => return Message::response(Code::NOT_ACCEPTABLE),
         };
@@ -1104,6 +1111,7 @@ impl Lwm2mClient {
                     seq: 1,
                     timer: NotifyTimer::new(now, value),
                     last_message_id: 0,
+                    last_confirmable: now,
                 });
                 resp.set_observe(0);
                 self.push_event(ClientEvent::Observed { path: *path });
@@ -1163,10 +1171,14 @@ impl Lwm2mClient {
         payload: &[u8],
         base: &Lwm2mPath,
     ) -> Result<Content, Code> {
-        let number = req.content_format().map_or(format::TEXT, |c| c.0);
-        let fmt = Format::from_number(number).ok_or(Code::UNSUPPORTED_CONTENT_FORMAT)?;
-        formats::decode(payload, base, fmt).map_err(|e| match e {
-            FormatError::TooLarge => Code::REQUEST_ENTITY_TOO_LARGE,
+        let number = req.content_format().map_or(Format::Text.code(), |c| c.0);
+        let fmt = Format::from_code(number).ok_or(Code::UNSUPPORTED_CONTENT_FORMAT)?;
+        let types = |p: &Lwm2mPath| formats::write_types(self.tree.resource_type(p));
+        formats::decode(fmt, payload, base, &types).map_err(|e| match e {
+            ContentError::UnsupportedFormat(_) => Code::UNSUPPORTED_CONTENT_FORMAT,
+            ContentError::TooLarge { .. } | ContentError::TooManyValues { .. } => {
+                Code::REQUEST_ENTITY_TOO_LARGE
+            }
             _ => Code::BAD_REQUEST,
         })
     }
@@ -1375,12 +1387,12 @@ impl Lwm2mClient {
             };
             let value = single_numeric(&content, &path);
             let number = self.observations[i].format;
-            let fmt = Format::from_number(number).unwrap_or(Format::Tlv);
-            let (body, number) = match formats::encode(&content, &path, fmt) {
+            let fmt = Format::from_code(number).unwrap_or(Format::Tlv);
+            let (body, number) = match formats::encode(fmt, &path, &content) {
                 Ok(b) => (b, number),
                 Err(_) => (
-                    formats::encode(&content, &path, Format::Tlv).unwrap_or_default(),
-                    format::TLV,
+                    formats::encode(Format::Tlv, &path, &content).unwrap_or_default(),
+                    Format::Tlv.code(),
                 ),
             };
             let mid = self.next_mid();
@@ -1388,7 +1400,14 @@ impl Lwm2mClient {
             o.seq = (o.seq + 1) & 0xff_ffff;
             o.last_message_id = mid;
             o.timer.sent(now, value);
-            let mut m = Message::new(MessageType::NonConfirmable, Code::CONTENT, mid);
+            let mtype =
+                if now.saturating_duration_since(o.last_confirmable) >= CONFIRMABLE_NOTIFY_EVERY {
+                    o.last_confirmable = now;
+                    MessageType::Confirmable
+                } else {
+                    MessageType::NonConfirmable
+                };
+            let mut m = Message::new(mtype, Code::CONTENT, mid);
             m.with_token(o.token);
             m.set_observe(o.seq);
             m.set_content_format(ContentFormat(number));

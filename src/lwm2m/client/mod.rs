@@ -12,7 +12,7 @@
 //! | [`objects`] | the standard objects Security /0, Server /1, Device /3, Config /10241 |
 //! | [`FirmwareUpdate`] | Firmware Update /5 with the spec's State / Update Result machine |
 //! | [`ObjectTree`] | the device's objects by path, with access, type and validate-before-write rules |
-//! | [`formats`] | text, opaque, TLV, SenML JSON, LWM2M 1.0 JSON (and the pre-standard 1541-1544 codes) |
+//! | [`lwm2m::content`](crate::lwm2m::content) (shared) | text, opaque, TLV, SenML JSON, LWM2M 1.0 JSON (and the pre-standard 1541-1544 codes) |
 //! | [`AttributeTable`], [`NotifyTimer`] | Write-Attributes (pmin, pmax, gt, lt, st) and when a notification is due |
 //! | [`Lwm2mClient`] | the sans-IO core: registration engine, request serving, notifications, package download |
 //! | [`DeviceThread`] | a std UDP driver: one client on a socket and a thread |
@@ -58,19 +58,20 @@
 //!   so 10,000 devices fit in one process.
 //! - **Only the server may ask.** Requests from any address but the configured server's
 //!   are dropped; Security /0 answers 4.01 and is left out of the registration.
-//! - **Notifications are NON**, each with a fresh message id; a RST to one cancels the
+//! - **Notifications are NON**, each with a fresh message id, except one CON at least
+//!   every 24 hours (RFC 7641 §4.5; not retransmitted); a RST to one cancels the
 //!   observation, as does GET with Observe=1. Observations end when the client
 //!   re-registers (the server re-observes, LWM2M §6.2).
 //! - **Queue mode** only announces itself (`Q`); the client does not yet sleep between
 //!   updates.
-//! - Payload formats are the client's own ([`formats`]), cross-checked against the
-//!   server-side [`lwm2m::content`](crate::lwm2m::content) module in the tests.
+//! - Payload formats are the crate's [`lwm2m::content`](crate::lwm2m::content) codecs,
+//!   shared with the server side; written values are typed by the object definitions.
 
 mod attributes;
 mod driver;
 mod engine;
 mod firmware;
-pub mod formats;
+mod formats;
 mod model;
 pub mod objects;
 mod tree;

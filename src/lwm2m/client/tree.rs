@@ -78,6 +78,23 @@ impl ObjectTree {
         Some(self.objects[at].as_mut())
     }
 
+    /// The declared type of the resource a value path (`/o/i/r` or `/o/i/r/ri`) belongs to,
+    /// if the tree has that object and its definition that resource.
+    pub(crate) fn resource_type(&self, path: &Lwm2mPath) -> Option<ResourceType> {
+        let (oid, rid) = (path.object_id()?, path.resource_id()?);
+        let def = match (&self.firmware, oid) {
+            (Some(fw), 5) => fw.definition(),
+            _ => {
+                let at = self
+                    .objects
+                    .binary_search_by_key(&oid, |o| o.definition().id)
+                    .ok()?;
+                self.objects[at].definition()
+            }
+        };
+        def.resource(rid).map(|r| r.kind)
+    }
+
     /// The object ids, ascending.
     pub fn object_ids(&self) -> Vec<u16> {
         let mut ids: Vec<u16> = self.objects.iter().map(|o| o.definition().id).collect();

@@ -11,7 +11,7 @@
 //! | opaque | 42, 1544 | one resource | one opaque resource |
 //! | TLV | 11542, 1542 | yes | yes |
 //! | SenML JSON | 110 | yes | yes |
-//! | LwM2M JSON (1.0) | 11543, 1543 | yes (read tolerantly) | — |
+//! | LwM2M JSON (1.0) | 11543, 1543 | yes (read tolerantly) | yes |
 //!
 //! TLV carries no types on the wire: [`decode`] takes a type resolver (any
 //! `Fn(&Lwm2mPath) -> Option<ResourceType>`; [`standard_resource_type`] knows the objects
@@ -188,7 +188,8 @@ pub fn decode(
 }
 
 /// Encodes `content` (paths under `base`) in `format`. Text and opaque take exactly one
-/// value at `base`; TLV needs `base` at least an object; SenML JSON takes anything.
+/// value at `base`; TLV needs `base` at least an object; SenML JSON and LwM2M JSON take
+/// anything.
 /// Pre-standard codes encode like the standard format they stand for.
 ///
 /// ```
@@ -221,6 +222,7 @@ pub fn encode(
         ContentFormat::Opaque => text::encode_opaque(base, content),
         ContentFormat::Tlv => tlv::encode(base, content),
         ContentFormat::SenmlJson => senml_json::encode_senml(base, content),
+        ContentFormat::Lwm2mJson => senml_json::encode_lwm2m_json(base, content),
         other => Err(ContentError::UnsupportedFormat(other)),
     }
 }

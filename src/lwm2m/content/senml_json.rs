@@ -7,10 +7,11 @@
 //! Timestamps (`bt`, `t`) are validated as numbers and dropped: [`Content`] holds the
 //! latest values, not a time series. Records for the same path are all kept, in order.
 //! Unknown fields are ignored except SenML's must-understand ones (ending in `_`).
+//! Both encode with the same base name (the deepest path every value lies strictly below).
 
 use super::text::parse_text_value;
 use super::{ContentError, MAX_VALUES, RecordProblem, base64url, type_key};
-use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
+use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue, base64_encode};
 use serde_json::{Map, Value};
 
 /// Longest accepted `bn` + `n`, in bytes (the longest LWM2M path is 24 bytes).
@@ -271,6 +272,41 @@ pub(crate) fn decode_lwm2m_json(
 }
 
 pub(crate) fn encode_senml(base: &Lwm2mPath, content: &Content) -> Result<Vec<u8>, ContentError> {
+    let (bn, records) = encode_records(base, content, &SENML, true)?;
+    let mut records = records;
+    if let (Some(Value::Object(first)), false) = (records.first_mut(), bn.is_empty()) {
+        // `bn` leads the first record (RFC 8428 §4.1 does not require it, but readers look there).
+        let mut rec = Map::new();
+        rec.insert("bn".into(), Value::String(bn));
+        rec.append(first);
+        *first = rec;
+    }
+    serde_json::to_vec(&Value::Array(records))
+        .map_err(|_| ContentError::UnencodableValue { path: *base })
+}
+
+/// LWM2M 1.0 JSON (11543): `{"bn": .., "e": [{"n": .., "v" | "sv" | "bv" | "ov": ..}]}`,
+/// opaque values as standard base64 in `sv` (LWM2M 1.0 §6.4.4).
+pub(crate) fn encode_lwm2m_json(
+    base: &Lwm2mPath,
+    content: &Content,
+) -> Result<Vec<u8>, ContentError> {
+    let (bn, records) = encode_records(base, content, &OLD_JSON, false)?;
+    let mut doc = Map::new();
+    doc.insert("bn".into(), Value::String(bn));
+    doc.insert("e".into(), Value::Array(records));
+    serde_json::to_vec(&Value::Object(doc))
+        .map_err(|_| ContentError::UnencodableValue { path: *base })
+}
+
+/// The base name and one record per value, named relative to it, with field names from
+/// `dialect` (its first name of each kind); opaque as base64url `vd` when `senml`.
+fn encode_records(
+    base: &Lwm2mPath,
+    content: &Content,
+    dialect: &Dialect,
+    senml: bool,
+) -> Result<(String, Vec<Value>), ContentError> {
     // The base name is the deepest path every record lies strictly below.
     let prefix = if content.values.iter().any(|(p, _)| p == base) {
         base.parent().unwrap_or(*base)
@@ -283,11 +319,8 @@ pub(crate) fn encode_senml(base: &Lwm2mPath, content: &Content) -> Result<Vec<u8
         format!("{prefix}/")
     };
     let mut out = Vec::with_capacity(content.values.len());
-    for (i, (path, v)) in content.values.iter().enumerate() {
+    for (path, v) in &content.values {
         let mut rec = Map::new();
-        if i == 0 && !bn.is_empty() {
-            rec.insert("bn".into(), Value::String(bn.clone()));
-        }
         let full = path.to_string();
         let rel = if bn.is_empty() {
             &full[..]
@@ -296,7 +329,7 @@ pub(crate) fn encode_senml(base: &Lwm2mPath, content: &Content) -> Result<Vec<u8
         };
         rec.insert("n".into(), Value::String(rel.to_owned()));
         let (k, val) = match v {
-            ResourceValue::String(s) => ("vs", Value::String(s.clone())),
+            ResourceValue::String(s) => (dialect.string[0], Value::String(s.clone())),
             ResourceValue::Integer(i) | ResourceValue::Time(i) => ("v", Value::from(*i)),
             ResourceValue::UnsignedInteger(u) => ("v", Value::from(*u)),
             ResourceValue::Float(x) => (
@@ -305,13 +338,15 @@ pub(crate) fn encode_senml(base: &Lwm2mPath, content: &Content) -> Result<Vec<u8
                     .map(Value::Number)
                     .ok_or(ContentError::UnencodableValue { path: *path })?,
             ),
-            ResourceValue::Boolean(b) => ("vb", Value::Bool(*b)),
-            ResourceValue::Opaque(b) => ("vd", Value::String(base64url::encode(b))),
-            ResourceValue::ObjectLink(o, i) => ("vlo", Value::String(format!("{o}:{i}"))),
+            ResourceValue::Boolean(b) => (dialect.boolean[0], Value::Bool(*b)),
+            ResourceValue::Opaque(b) if senml => ("vd", Value::String(base64url::encode(b))),
+            ResourceValue::Opaque(b) => (dialect.string[0], Value::String(base64_encode(b))),
+            ResourceValue::ObjectLink(o, i) => {
+                (dialect.objlnk[0], Value::String(format!("{o}:{i}")))
+            }
         };
         rec.insert(k.into(), val);
         out.push(Value::Object(rec));
     }
-    serde_json::to_vec(&Value::Array(out))
-        .map_err(|_| ContentError::UnencodableValue { path: *base })
+    Ok((bn, out))
 }

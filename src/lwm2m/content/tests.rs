@@ -563,6 +563,63 @@ fn senml_encode_shape() {
     ));
 }
 
+/// LwM2M JSON 1.0 encoding (11543, and 1543 like it): `{"bn","e"}` with the 1.0 field
+/// names, opaque as standard base64 in `sv`, and it decodes back to the same content.
+#[test]
+fn lwm2m_json_encode_shape_and_round_trip() {
+    let base = Lwm2mPath::instance(3, 0);
+    let c = Content {
+        values: vec![
+            (Lwm2mPath::resource(3, 0, 0), V::String("ACME".into())),
+            (Lwm2mPath::resource(3, 0, 9), V::Integer(87)),
+            (Lwm2mPath::resource_instance(3, 0, 6, 1), V::Integer(5)),
+            (Lwm2mPath::resource(3, 0, 13), V::Time(1_400_000_000)),
+            (
+                Lwm2mPath::resource_instance(3, 0, 22, 0),
+                V::ObjectLink(5, 0),
+            ),
+        ],
+    };
+    let bytes = encode(ContentFormat::Lwm2mJson, &base, &c).unwrap();
+    assert_eq!(
+        String::from_utf8(bytes.clone()).unwrap(),
+        r#"{"bn":"/3/0/","e":[{"n":"0","sv":"ACME"},{"n":"9","v":87},{"n":"6/1","v":5},{"n":"13","v":1400000000},{"n":"22/0","ov":"5:0"}]}"#
+    );
+    assert_eq!(
+        encode(ContentFormat::OldJson, &base, &c).unwrap(),
+        bytes,
+        "1543 encodes like 11543"
+    );
+    for f in [ContentFormat::Lwm2mJson, ContentFormat::OldJson] {
+        assert_eq!(decode(f, &bytes, &base, &std_types).unwrap(), c);
+    }
+    // Opaque and boolean values; a single resource read names itself under its instance.
+    let p = Lwm2mPath::resource(5, 0, 0);
+    let opaque = Content::single(p, V::Opaque(vec![0xfb, 0xff]));
+    let bytes = encode(ContentFormat::Lwm2mJson, &p, &opaque).unwrap();
+    assert_eq!(bytes, br#"{"bn":"/5/0/","e":[{"n":"0","sv":"+/8="}]}"#);
+    assert_eq!(
+        decode(ContentFormat::Lwm2mJson, &bytes, &p, &std_types).unwrap(),
+        opaque
+    );
+    let p = Lwm2mPath::resource(1, 0, 6);
+    let b = encode(
+        ContentFormat::Lwm2mJson,
+        &p,
+        &Content::single(p, V::Boolean(true)),
+    )
+    .unwrap();
+    assert_eq!(b, br#"{"bn":"/1/0/","e":[{"bv":true,"n":"6"}]}"#);
+    assert!(matches!(
+        encode(
+            ContentFormat::Lwm2mJson,
+            &p,
+            &Content::single(p, V::Float(f64::INFINITY))
+        ),
+        Err(ContentError::UnencodableValue { .. })
+    ));
+}
+
 #[test]
 fn limits() {
     let big = vec![b' '; MAX_PAYLOAD + 1];
