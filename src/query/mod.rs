@@ -1,5 +1,5 @@
 //! Device queries: the preview's JSON query expression, parsed with nom straight from the
-//! text, validated, and (see the executor) answered from the registry's bitmap indexes.
+//! text, validated, optimised and answered from the registry's bitmap indexes.
 //!
 //! # Layers
 //!
@@ -9,6 +9,17 @@
 //! | `ast.rs` | the user AST ([`QueryExpression`]), the typed builder, canonical JSON `Display` |
 //! | `validate.rs` | the rules beyond syntax, shared by the parser and the builder |
 //! | `error.rs` | [`ParseError`] (`span` + [`ParseErrorKind`], rendered with a caret) |
+//! | `plan.rs` | lowering to [`Plan`] (interned properties) and normalisation: NOT pushed down, AND/OR flattened, ranges merged, contradictions to `Empty`, equalities in an OR to one IN |
+//! | `source.rs` | [`IndexedSource`]: what the executor needs from a document store |
+//! | `exec.rs` | the bitmap executor: AND children by cardinality over a shrinking universe, early exit, counts from intersection lengths, sort, paging, aggregates; [`execute`], [`count`], [`tag_query`] |
+//! | `aggregate.rs` | aggregate arithmetic shared with the naive evaluator |
+//! | `result.rs` | the envelope ([`QueryResult`]), [`QueryOptions`], continuation tokens, [`QueryError`] |
+//! | `twins.rs` | twins as a source: [`IndexedSource`] for the registry, the property vocabulary, projection |
+//! | `naive.rs` | the naive evaluator over owned twins (hidden): the semantics, the test oracle and the bench baseline |
+//!
+//! Queries run against a borrowed registry, so under a
+//! [`SharedRegistry`](crate::registry::SharedRegistry) read guard a query sees every write
+//! that returned before it started (read-your-writes), and one consistent state throughout.
 //!
 //! # Grammar
 //!
