@@ -834,3 +834,57 @@ fn garbage_never_panics() {
     sim.out();
     sim.events();
 }
+
+#[test]
+fn large_read_arrives_block_wise() {
+    // Manufacturer and Model of the TS's Device-instance TLV (48 bytes), served in
+    // 16-byte Block2 blocks; the CoAP endpoint fetches the rest and hands over the whole.
+    let hex = "C800144F70656E204D6F62696C6520416C6C69616E6365\
+               C801164C69676874776569676874204D324D20436C69656E74";
+    let hex: String = hex.split_whitespace().collect();
+    let tlv: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(tlv.len(), 48);
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d"]);
+    sim.events();
+    let inst = Lwm2mPath::instance(3, 0);
+    sim.submit(1, "d", DeviceRequest::Read { path: inst });
+    let mut blocks = 0;
+    for _ in 0..64 {
+        let out = sim.out();
+        let Some((_, req)) = out.into_iter().find(|(_, p)| p.mtype == MsgType::Con) else {
+            break;
+        };
+        assert_eq!(path_of(&req), "/3/0");
+        let num = req.uint(23).map_or(0, |v| v >> 4) as usize;
+        let chunk: Vec<u8> = tlv.chunks(16).nth(num).unwrap().to_vec();
+        let more = (num + 1) * 16 < tlv.len();
+        let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+        r.add_uint(wire::CONTENT_FORMAT, 11542);
+        r.add_uint(23, (num as u32) << 4 | (more as u32) << 3);
+        r.payload = chunk;
+        sim.send(a, &r);
+        blocks += 1;
+    }
+    assert_eq!(blocks, 3);
+    let Ok(DeviceReply::Content(c)) = response(&sim.events(), 1).clone() else {
+        panic!("block-wise read failed");
+    };
+    assert_eq!(
+        c.values,
+        vec![
+            (
+                Lwm2mPath::resource(3, 0, 0),
+                ResourceValue::String("Open Mobile Alliance".into())
+            ),
+            (
+                Lwm2mPath::resource(3, 0, 1),
+                ResourceValue::String("Lightweight M2M Client".into())
+            ),
+        ]
+    );
+}
