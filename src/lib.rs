@@ -3,6 +3,45 @@
 //! Embeddable IoT device management for Rust services: device twins, indexed device
 //! queries, device jobs, and a CoAP/LWM2M transport with a device-side client library.
 //!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use twinhub::hub::{Hub, HubConfig};
+//! use twinhub::job::{JobId, JobSpec, JobType};
+//! use twinhub::query::{QueryExpression, QueryProperty};
+//! use twinhub::registry::Registry;
+//! use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
+//! use twinhub::twin::Twin;
+//! use twinhub::DeviceId;
+//!
+//! // Twins for two devices, and a transport. Here a simulated fleet; in production
+//! // `Hub::bind_udp("0.0.0.0:5683", ..)` runs the bundled LWM2M server instead.
+//! let mut registry = Registry::new();
+//! let mut fleet = MemoryTransport::new(MemoryConfig::default());
+//! for (id, version) in [("pump-1", "1.0"), ("pump-2", "1.1")] {
+//!     let id = DeviceId::new(id)?;
+//!     registry.create(Twin::new(id.clone()).with_tag("pumps"))?;
+//!     fleet.add_device(Instant::now(), DeviceSpec::new(id).firmware_version(version))?;
+//! }
+//! let hub = Hub::with_transport(fleet, registry, HubConfig::default());
+//!
+//! // The devices register; property sync fills their twins.
+//! let on_1_0 = QueryExpression::new().filter(QueryProperty::device("FirmwareVersion").eq("1.0"));
+//! while hub.resolve_targets(&on_1_0)?.is_empty() {
+//!     std::thread::sleep(Duration::from_millis(5));
+//! }
+//! // A job over the devices a query selects (the target set is frozen now).
+//! let job = JobId::new("reboot-old")?;
+//! let targets = hub.resolve_targets(&on_1_0)?;
+//! assert_eq!(targets, [DeviceId::new("pump-1")?]);
+//! hub.create_job(JobSpec::new(job.clone(), JobType::Reboot { wait_for_registration: false }, targets))?;
+//! while !hub.job(&job).unwrap().status.is_terminal() {
+//!     std::thread::sleep(Duration::from_millis(5));
+//! }
+//! assert_eq!(hub.job(&job).unwrap().status_message, "1 device rebooted, all succeeded");
+//! hub.stop();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! The crate is layered from the bottom up; every layer below the hub is a sans-IO state
 //! machine (inputs are `handle_*(now, ...)`, outputs are `poll_*`), driven by small std
 //! drivers:
@@ -33,6 +72,11 @@ pub mod twin;
 
 #[doc(hidden)]
 pub mod fuzzing;
+
+/// The README's Rust snippets, compiled (and run, where not `no_run`) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 pub use registry::{Registry, SharedRegistry};

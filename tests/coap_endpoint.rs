@@ -440,3 +440,60 @@ fn total_loss_times_out_every_request() {
     assert_eq!(failed, 3);
     assert_eq!(sim.sent_log.len(), 15, "3 requests × 5 transmissions");
 }
+
+#[test]
+fn separate_response_with_unrecognized_critical_option_is_reset() {
+    let mut sim = Sim::new(10, Faults::NONE, &[cfg()]);
+    let server = addr(9);
+    let now = sim.now;
+    let id = sim
+        .ep(0)
+        .send_request(now, server, Message::request(Code::GET, "/x"))
+        .unwrap();
+    let req = Message::decode(&sim.ep(0).poll_transmit().unwrap().payload).unwrap();
+    // Empty ACK first, then a separate CON response carrying an unknown critical option.
+    sim.ep(0).handle_datagram(
+        now,
+        server,
+        &Message::empty(MessageType::Acknowledgement, req.message_id)
+            .to_bytes()
+            .unwrap(),
+    );
+    let mut resp = Message::new(MessageType::Confirmable, Code::CONTENT, 500);
+    resp.with_token(req.token());
+    resp.add_option(twinhub::coap::OptionNumber(2049), b"?");
+    sim.ep(0)
+        .handle_datagram(now, server, &resp.to_bytes().unwrap());
+    assert_eq!(
+        sim.ep(0).poll_transmit().unwrap().payload,
+        [0x70, 0, 0x01, 0xf4]
+    );
+    assert_eq!(sim.ep(0).poll_event(), None);
+    // The request is still waiting; a good separate response completes it.
+    resp.remove_option(twinhub::coap::OptionNumber(2049));
+    resp.message_id = 501;
+    sim.ep(0)
+        .handle_datagram(now, server, &resp.to_bytes().unwrap());
+    assert!(matches!(sim.ep(0).poll_event(), Some(Event::Response { id: rid, .. }) if rid == id));
+}
+
+#[test]
+fn global_dedup_eviction_of_the_senders_own_entries_keeps_accounting() {
+    let mut c = cfg();
+    c.max_dedup_entries = 1;
+    let mut sim = Sim::new(11, Faults::NONE, &[c]);
+    let peer = addr(8);
+    let now = sim.now;
+    for mid in 0..5u16 {
+        // Unknown CON responses: each is remembered (with its RST) and evicts the last.
+        let mut resp = Message::new(MessageType::Confirmable, Code::CONTENT, mid);
+        resp.set_token(&[mid as u8; 2]).unwrap();
+        sim.ep(0)
+            .handle_datagram(now, peer, &resp.to_bytes().unwrap());
+        assert_eq!(sim.ep(0).poll_transmit().unwrap().payload[0], 0x70);
+        assert_eq!(sim.ep(0).dedup_entries(), 1);
+        assert_eq!(sim.ep(0).peers(), 1);
+    }
+    sim.ep(0).handle_timeout(now + Duration::from_secs(300));
+    assert_eq!((sim.ep(0).dedup_entries(), sim.ep(0).peers()), (0, 0));
+}

@@ -534,3 +534,32 @@ fn large_notification_is_sent_block_wise_and_reassembled() {
     assert_eq!(got.payload, big);
     assert_eq!(got.observe(), Some(1));
 }
+
+#[test]
+fn observation_outlives_the_response_timeout_after_a_block_wise_notification() {
+    let mut sim = Sim::new(13, Faults::NONE, &[cfg(), cfg()]);
+    let (id, obs) = register(&mut sim);
+    let now = sim.now;
+    sim.ep(1)
+        .notify(now, obs, notification(&body(3000), false))
+        .unwrap();
+    let mut got = 0;
+    sim.run(Duration::from_secs(200), |_, node, e| match (node, e) {
+        (0, Event::Notification { id: nid, .. }) => {
+            assert_eq!(nid, id);
+            got += 1;
+        }
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!(got, 1);
+    let now = sim.now;
+    sim.ep(1)
+        .notify(now, obs, notification(b"still here", false))
+        .unwrap();
+    let mut last = None;
+    sim.run(Duration::from_secs(1), |_, node, e| match (node, e) {
+        (0, Event::Notification { response, .. }) => last = Some(response.payload),
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!(last, Some(b"still here".to_vec()));
+}

@@ -760,3 +760,104 @@ fn application_setters_respect_the_model() {
             .is_err()
     );
 }
+
+mod random {
+    use proptest::prelude::*;
+
+    /// One step of the `client_requests` fuzz body: a structured request or a clock tick.
+    fn step() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![Just(1u8), Just(3), Just(15), Just(0)],
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(kind, body)| {
+                let mut s = vec![kind, 0, body.len() as u8];
+                s.extend(body);
+                s
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        /// Random request sequences never panic, every datagram decodes and the object
+        /// tree keeps its invariants (the fuzz body asserts all three).
+        #[test]
+        fn random_requests_keep_the_client_sound(steps in proptest::collection::vec(step(), 1..24)) {
+            twinhub::fuzzing::client_requests(&steps.concat());
+        }
+    }
+}
+
+/// The fleet case: 10,000 sans-IO clients with the standard objects live in one process,
+/// all register against a simulated server and answer a read. (Their memory is measured in
+/// the `lwm2m_client` bench.)
+#[test]
+fn ten_thousand_clients_in_one_process() {
+    let now = Instant::now();
+    let mut clients: Vec<Lwm2mClient> = (0..10_000)
+        .map(|i| Lwm2mClient::new(now, ClientConfig::new(format!("dev-{i}"), server()), tree()))
+        .collect();
+    let mut registered = 0;
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.handle_timeout(now);
+        let reg = Message::decode(&c.poll_transmit().unwrap().payload).unwrap();
+        assert!(reg.uri_query().any(|q| q == format!("ep=dev-{i}")));
+        let mut ok = Message::new(MessageType::Acknowledgement, Code::CREATED, reg.message_id);
+        ok.with_token(reg.token());
+        ok.add_location_path("rd");
+        ok.add_location_path(&i.to_string());
+        c.handle_datagram(now, server(), &ok.to_bytes().unwrap());
+        registered += c.is_registered() as usize;
+    }
+    assert_eq!(registered, 10_000);
+    let mut get = Message::request(Code::GET, "/3/0/2");
+    get.message_id = 9;
+    let wire = get.to_bytes().unwrap();
+    for c in clients.iter_mut().step_by(997) {
+        c.handle_datagram(now, server(), &wire);
+        let r = Message::decode(&c.poll_transmit().unwrap().payload).unwrap();
+        assert_eq!(text(&r), "SN-42");
+    }
+}
+
+/// Our client's payloads decode with the crate's server-side content decoders (written
+/// independently, in `lwm2m::content`) to the values the client holds.
+#[test]
+fn client_payloads_decode_with_the_server_content_module() {
+    use twinhub::lwm2m::content::{self, ContentFormat as Cf, standard_resource_type};
+    let mut h = Harness::registered();
+    let base = Lwm2mPath::instance(3, 0);
+    let expected = h.client.objects_mut().read(&base).unwrap();
+    for (accept, cf) in [(11542, Cf::Tlv), (110, Cf::SenmlJson), (1542, Cf::Tlv)] {
+        let r = h.get("/3/0", Some(accept));
+        let decoded = content::decode(cf, &r.payload, &base, &standard_resource_type)
+            .unwrap_or_else(|e| panic!("format {accept}: {e}"));
+        assert_eq!(
+            decoded.values.len(),
+            expected.values.len(),
+            "format {accept}"
+        );
+        for (p, v) in &expected.values {
+            let got = decoded
+                .get(p)
+                .unwrap_or_else(|| panic!("{p} missing in {accept}"));
+            match (v, got) {
+                (ResourceValue::Time(a), ResourceValue::Integer(b))
+                | (ResourceValue::Integer(a), ResourceValue::Time(b)) => assert_eq!(a, b),
+                (ResourceValue::Integer(a), ResourceValue::Float(b)) => assert_eq!(*a as f64, *b),
+                _ => assert_eq!(v, got, "{p} in format {accept}"),
+            }
+        }
+    }
+    // And the server module's encodings are accepted by the client.
+    let p = Lwm2mPath::resource(3, 0, 15);
+    let c = twinhub::Content::single(p, ResourceValue::String("Africa/Lagos".into()));
+    for (number, cf) in [(11542u16, Cf::Tlv), (110, Cf::SenmlJson), (0, Cf::Text)] {
+        let body = content::encode(cf, &p, &c).unwrap();
+        let mut m = Message::request(Code::PUT, "/3/0/15");
+        m.set_content_format(ContentFormat(number));
+        m.payload = body;
+        assert_eq!(h.request(m).code, Code::CHANGED, "format {number}");
+        assert_eq!(text(&h.get("/3/0/15", None)), "Africa/Lagos");
+    }
+}

@@ -172,7 +172,9 @@ fn assert_same(
             continuation: token.clone(),
             strategy,
         };
-        let ours = query::execute(reg, expr, &options).unwrap();
+        let ours = query::execute(reg, expr, &options)
+            .unwrap()
+            .map_documents(|t| t.to_twin());
         let theirs = naive::execute(twins, expr, &options).unwrap();
         assert_eq!(ours, theirs, "strategy {strategy:?}, query {expr}");
         token = ours.continuation;
@@ -253,12 +255,12 @@ fn fleet() -> Registry {
     reg
 }
 
-fn ids(result: &query::QueryResult<Twin>) -> Vec<String> {
+fn ids(result: &query::QueryResult<twinhub::registry::TwinRef<'_>>) -> Vec<String> {
     result
         .result
         .iter()
         .map(|r| match r {
-            ResultItem::Document(t) => t.device_id.to_string(),
+            ResultItem::Document(t) => t.device_id().to_string(),
             ResultItem::Projected(v) => v["deviceId"].as_str().unwrap().to_owned(),
         })
         .collect()

@@ -607,7 +607,7 @@ impl Message {
             code,
             message_id,
             token,
-            entries: Vec::new(),
+            entries: Vec::with_capacity(if option_capacity > 0 { 8 } else { 0 }),
             data: Vec::with_capacity(option_capacity),
             payload: Vec::new(),
         }

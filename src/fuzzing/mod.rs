@@ -7,12 +7,14 @@
 
 pub mod coap;
 pub mod job;
+pub mod lwm2m_client;
 pub mod lwm2m_server;
 pub mod query;
 pub mod registry;
 
 pub use coap::{coap_decode, link_format};
 pub use job::job_events;
+pub use lwm2m_client::client_requests;
 pub use lwm2m_server::{registration, senml_json_decode, tlv_decode};
 pub use query::{query_parse, query_roundtrip};
 pub use registry::registry_ops;
@@ -23,6 +25,7 @@ pub type FuzzBody = fn(&[u8]);
 /// The fuzz targets by name: the corpus directory name and the body to run.
 /// One line per target, kept sorted.
 pub const TARGETS: &[(&str, FuzzBody)] = &[
+    ("client_requests", client_requests),
     ("coap_decode", coap_decode),
     ("job_events", job_events),
     ("link_format", link_format),

@@ -349,7 +349,8 @@ impl Hub {
         expr: &QueryExpression,
         options: &QueryOptions,
     ) -> Result<QueryResult<Twin>, QueryError> {
-        crate::query::execute(&*self.inner.registry.read(), expr, options)
+        let reg = self.inner.registry.read();
+        Ok(crate::query::execute(&*reg, expr, options)?.map_documents(|t| t.to_twin()))
     }
 
     /// How many twins match, without materialising any (bitmap intersection lengths).

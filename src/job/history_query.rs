@@ -210,7 +210,7 @@ impl HistorySnapshot {
 
 impl IndexedSource for HistorySnapshot {
     type Property = HistoryProperty;
-    type Document = JobRecord;
+    type Document<'a> = &'a JobRecord;
 
     fn universe(&self) -> &RoaringBitmap {
         &self.universe
@@ -295,8 +295,8 @@ impl IndexedSource for HistorySnapshot {
         )
     }
 
-    fn document(&self, slot: u32) -> Option<JobRecord> {
-        self.records.get(slot as usize).cloned()
+    fn document(&self, slot: u32) -> Option<&JobRecord> {
+        self.records.get(slot as usize)
     }
 
     fn project(&self, slot: u32, properties: &[QueryProperty]) -> Option<serde_json::Value> {

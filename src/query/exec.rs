@@ -43,11 +43,11 @@ use crate::twin::Scalar;
 /// let json = serde_json::to_value(&page).unwrap();
 /// assert_eq!(json["Result"][1]["deviceId"], "c");
 /// ```
-pub fn execute<S: IndexedSource + ?Sized>(
-    source: &S,
+pub fn execute<'s, S: IndexedSource + ?Sized>(
+    source: &'s S,
     expr: &QueryExpression,
     options: &QueryOptions,
-) -> Result<QueryResult<S::Document>, QueryError> {
+) -> Result<QueryResult<S::Document<'s>>, QueryError> {
     let (fp, cursor) = check(expr, options)?;
     let exec = Executor {
         source,
@@ -214,20 +214,22 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
     }
 
     fn eval_and(&self, children: &[Plan<S::Property>], within: &RoaringBitmap) -> RoaringBitmap {
-        let mut acc = within.clone();
+        let mut acc: Option<RoaringBitmap> = None;
         for child in self.by_cardinality(children) {
-            if acc.is_empty() {
+            acc = Some(self.narrow(child, acc.as_ref().unwrap_or(within)));
+            if acc.as_ref().is_some_and(RoaringBitmap::is_empty) {
                 break;
             }
-            match child {
-                Plan::Not(inner) => {
-                    let sub = self.eval(inner, &acc);
-                    acc -= sub;
-                }
-                other => acc = self.eval(other, &acc),
-            }
         }
-        acc
+        acc.unwrap_or_else(|| within.clone())
+    }
+
+    /// One AND step: `base ∩ child` (a negated leaf subtracts).
+    fn narrow(&self, child: &Plan<S::Property>, base: &RoaringBitmap) -> RoaringBitmap {
+        match child {
+            Plan::Not(inner) => base - self.eval(inner, base),
+            other => self.eval(other, base),
+        }
     }
 
     fn by_cardinality<'p>(&self, children: &'p [Plan<S::Property>]) -> Vec<&'p Plan<S::Property>> {
@@ -319,12 +321,15 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
                     }
                 }
                 bitmaps.sort_by_key(|b| b.len());
-                let mut acc = within.clone();
-                for b in bitmaps {
+                let Some((first, rest)) = bitmaps.split_first() else {
+                    return within.clone();
+                };
+                let mut acc = *first & within;
+                for b in rest {
                     if acc.is_empty() {
                         break;
                     }
-                    acc &= b;
+                    acc &= *b;
                 }
                 acc
             }
@@ -377,20 +382,16 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
                 let Some((last, first)) = ordered.split_last() else {
                     return within.len();
                 };
-                let mut acc = within.clone();
+                let mut acc: Option<RoaringBitmap> = None;
                 for child in first {
-                    if acc.is_empty() {
+                    let next = self.narrow(child, acc.as_ref().unwrap_or(within));
+                    if next.is_empty() {
                         return 0;
                     }
-                    match child {
-                        Plan::Not(inner) => {
-                            let sub = self.eval(inner, &acc);
-                            acc -= sub;
-                        }
-                        other => acc = self.eval(other, &acc),
-                    }
+                    acc = Some(next);
                 }
-                self.count(last, &acc)
+                let acc = acc.as_ref().unwrap_or(within);
+                self.count(last, acc)
             }
             other => self.eval(other, within).len(),
         }
@@ -426,7 +427,7 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
             let walk = match self.strategy {
                 Strategy::Bitmaps => true,
                 Strategy::Scans => false,
-                Strategy::Auto => walk_steps < rows.len().saturating_mul(3),
+                Strategy::Auto => walk_steps < rows.len().saturating_mul(4),
             };
             if walk {
                 return s
@@ -694,10 +695,10 @@ pub struct TagQuery {
 /// let page = tag_query(&registry, &TagQuery { tags: vec!["lab".into(), "eu".into()], top: 10 }).unwrap();
 /// assert_eq!(page.result.len(), 1);
 /// ```
-pub fn tag_query<S: IndexedSource + ?Sized>(
-    source: &S,
+pub fn tag_query<'s, S: IndexedSource + ?Sized>(
+    source: &'s S,
     query: &TagQuery,
-) -> Result<QueryResult<S::Document>, QueryError> {
+) -> Result<QueryResult<S::Document<'s>>, QueryError> {
     if query.tags.is_empty() || query.top == 0 || query.top > MAX_PAGE_SIZE {
         return Err(QueryError::BadTagQuery);
     }
@@ -707,11 +708,11 @@ pub fn tag_query<S: IndexedSource + ?Sized>(
 }
 
 /// Parses `text` and runs it: [`parse`](super::parse) then [`execute`].
-pub fn execute_text<S: IndexedSource + ?Sized>(
-    source: &S,
+pub fn execute_text<'s, S: IndexedSource + ?Sized>(
+    source: &'s S,
     text: &str,
     options: &QueryOptions,
-) -> Result<QueryResult<S::Document>, QueryError> {
+) -> Result<QueryResult<S::Document<'s>>, QueryError> {
     let expr = super::parse(text)?;
     execute(source, &expr, options)
 }

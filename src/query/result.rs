@@ -114,6 +114,25 @@ pub struct QueryResult<D> {
     pub continuation: Option<String>,
 }
 
+impl<D> QueryResult<D> {
+    /// The same page with every whole document converted by `f` (e.g. borrowed twin
+    /// views to owned twins, to keep them after the registry's lock is released).
+    pub fn map_documents<E>(self, mut f: impl FnMut(D) -> E) -> QueryResult<E> {
+        QueryResult {
+            result: self
+                .result
+                .into_iter()
+                .map(|item| match item {
+                    ResultItem::Document(d) => ResultItem::Document(f(d)),
+                    ResultItem::Projected(v) => ResultItem::Projected(v),
+                })
+                .collect(),
+            aggregate_result: self.aggregate_result,
+            continuation: self.continuation,
+        }
+    }
+}
+
 /// Why a query could not run. Nothing here is an internal error: every variant is a
 /// caller's mistake.
 #[derive(Clone, Debug, PartialEq)]

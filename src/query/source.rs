@@ -147,8 +147,11 @@ pub type ValueWalk<'a> = Box<dyn DoubleEndedIterator<Item = (Cow<'a, Scalar>, Sl
 pub trait IndexedSource {
     /// An interned property handle.
     type Property: Copy + Eq + Ord + std::hash::Hash + std::fmt::Debug;
-    /// A whole document as results carry it.
-    type Document: serde::Serialize;
+    /// A whole document as results carry it: ideally a borrowed view, so returning a
+    /// page copies nothing.
+    type Document<'a>: serde::Serialize
+    where
+        Self: 'a;
 
     /// Every live slot.
     fn universe(&self) -> &RoaringBitmap;
@@ -179,7 +182,7 @@ pub trait IndexedSource {
         after: Option<&str>,
     ) -> Box<dyn Iterator<Item = (&'a str, u32)> + 'a>;
     /// The whole document in `slot` (`None` if the slot is not live).
-    fn document(&self, slot: u32) -> Option<Self::Document>;
+    fn document(&self, slot: u32) -> Option<Self::Document<'_>>;
     /// The document in `slot` reduced to its id and the given properties (`None` if the
     /// slot is not live).
     fn project(&self, slot: u32, properties: &[QueryProperty]) -> Option<serde_json::Value>;

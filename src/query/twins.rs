@@ -338,7 +338,7 @@ fn to_str_bound(b: Bound<&Scalar>, lower: bool) -> Option<Bound<&str>> {
 
 impl IndexedSource for Registry {
     type Property = TwinProperty;
-    type Document = Twin;
+    type Document<'a> = TwinRef<'a>;
 
     fn universe(&self) -> &RoaringBitmap {
         Registry::universe(self)
@@ -476,8 +476,8 @@ impl IndexedSource for Registry {
         )
     }
 
-    fn document(&self, slot: u32) -> Option<Twin> {
-        self.twin_at(Slot(slot)).map(|t| t.to_twin())
+    fn document(&self, slot: u32) -> Option<TwinRef<'_>> {
+        self.twin_at(Slot(slot))
     }
 
     fn project(&self, slot: u32, properties: &[QueryProperty]) -> Option<serde_json::Value> {

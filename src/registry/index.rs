@@ -3,7 +3,7 @@
 use crate::twin::{PropertyKind, Scalar, WellKnownProperty};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -90,6 +90,18 @@ impl<'a> SlotSet<'a> {
     }
 }
 
+/// Inserts `slot`, cheaply when it is above the current maximum (bulk loads, new slots).
+///
+/// A sparse bitmap's last container is an array, where appending (`try_push`) is O(1)
+/// and `insert` binary-searches; a dense one's is a bitmap, where `insert` is O(1) but
+/// `try_push` scans for the maximum. Density decides (more than 1 in 16 of the slots
+/// below `slot` set: roaring's array/bitmap threshold).
+pub(crate) fn add(b: &mut RoaringBitmap, slot: u32) {
+    if b.len() * 16 > u64::from(slot) || b.try_push(slot).is_err() {
+        b.insert(slot);
+    }
+}
+
 /// The slots of one value, as stored.
 #[derive(Debug)]
 pub(crate) enum Posting {
@@ -117,9 +129,7 @@ impl Posting {
                     *self = Posting::Many(b);
                 }
             }
-            Posting::Many(b) => {
-                b.insert(slot);
-            }
+            Posting::Many(b) => add(b, slot),
         }
     }
 
@@ -156,9 +166,6 @@ impl Posting {
 pub(crate) struct ValueEntry {
     /// The value as first inserted (the index key).
     pub(crate) value: Scalar,
-    /// The same number in the other representation (`1` vs `1.0`), once some slot
-    /// holds it that way: numbers are one index key but serialise as written.
-    pub(crate) other: Option<Box<Scalar>>,
     pub(crate) slots: Posting,
 }
 
@@ -192,6 +199,10 @@ pub(crate) struct PropertyIndex {
     pub(crate) values: Vec<ValueEntry>,
     free: Vec<u32>,
     pub(crate) order: BTreeMap<Scalar, u32>,
+    /// By value id: the same number in the other representation (`1` vs `1.0`), once
+    /// some slot holds it that way (numbers are one index key but serialise as written).
+    /// Rare, so kept out of [`ValueEntry`].
+    others: HashMap<u32, Scalar>,
     pub(crate) exists: RoaringBitmap,
 }
 
@@ -208,6 +219,7 @@ impl PropertyIndex {
             values: Vec::new(),
             free: Vec::new(),
             order: BTreeMap::new(),
+            others: HashMap::new(),
             exists: RoaringBitmap::new(),
         }
     }
@@ -215,19 +227,20 @@ impl PropertyIndex {
     /// Adds `slot` under `value`; returns the stored value id (with [`FLOAT_BIT`] set
     /// when `value` is written as a float).
     pub(crate) fn insert(&mut self, value: &Scalar, slot: u32) -> u32 {
-        self.exists.insert(slot);
-        let vid = match self.order.get(value) {
-            Some(&vid) => {
-                let entry = &mut self.values[vid as usize];
-                if float_flag(&entry.value) != float_flag(value) && entry.other.is_none() {
-                    entry.other = Some(Box::new(value.clone()));
+        add(&mut self.exists, slot);
+        // One descent of the ordered map whether the value is new or not.
+        let vid = match self.order.entry(value.clone()) {
+            std::collections::btree_map::Entry::Occupied(o) => {
+                let vid = *o.get();
+                let entry = &self.values[vid as usize];
+                if float_flag(&entry.value) != float_flag(value) {
+                    self.others.entry(vid).or_insert_with(|| value.clone());
                 }
                 vid
             }
-            None => {
+            std::collections::btree_map::Entry::Vacant(slot_in_order) => {
                 let entry = ValueEntry {
                     value: value.clone(),
-                    other: None,
                     slots: Posting::Empty,
                 };
                 let vid = match self.free.pop() {
@@ -240,7 +253,7 @@ impl PropertyIndex {
                         (self.values.len() - 1) as u32
                     }
                 };
-                self.order.insert(value.clone(), vid);
+                slot_in_order.insert(vid);
                 vid
             }
         };
@@ -250,7 +263,7 @@ impl PropertyIndex {
 
     /// Marks `slot` as having the property with an object value (no value entry).
     pub(crate) fn insert_object(&mut self, slot: u32) {
-        self.exists.insert(slot);
+        add(&mut self.exists, slot);
     }
 
     /// Removes `slot` from value `vid` (or from the object node) and from `exists`.
@@ -264,7 +277,7 @@ impl PropertyIndex {
         if entry.slots.remove(slot) {
             self.order.remove(&entry.value);
             entry.value = Scalar::Bool(false);
-            entry.other = None;
+            self.others.remove(&vid);
             self.free.push(vid);
         }
     }
@@ -275,7 +288,7 @@ impl PropertyIndex {
         if float_flag(&entry.value) == vid & FLOAT_BIT {
             &entry.value
         } else {
-            entry.other.as_deref().unwrap_or(&entry.value)
+            self.others.get(&(vid & !FLOAT_BIT)).unwrap_or(&entry.value)
         }
     }
 

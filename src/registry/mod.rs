@@ -187,6 +187,23 @@ impl Extra {
     }
 }
 
+/// An optional timestamp in 8 bytes (`u64::MAX` ms is "none"; a timestamp that large,
+/// half a billion years out, is stored as one millisecond less).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OptTime(u64);
+
+impl OptTime {
+    pub(crate) fn get(self) -> Option<Timestamp> {
+        (self.0 != u64::MAX).then_some(Timestamp::from_millis(self.0))
+    }
+}
+
+impl From<Option<Timestamp>> for OptTime {
+    fn from(t: Option<Timestamp>) -> Self {
+        OptTime(t.map_or(u64::MAX, |t| t.as_millis().min(u64::MAX - 1)))
+    }
+}
+
 /// One twin as stored.
 #[derive(Debug)]
 pub(crate) struct Entry {
@@ -194,9 +211,9 @@ pub(crate) struct Entry {
     pub(crate) generation: u64,
     pub(crate) etag: u64,
     pub(crate) service_etag: u64,
-    pub(crate) status_updated: Option<Timestamp>,
-    pub(crate) connection_updated: Option<Timestamp>,
-    pub(crate) last_activity: Option<Timestamp>,
+    pub(crate) status_updated: OptTime,
+    pub(crate) connection_updated: OptTime,
+    pub(crate) last_activity: OptTime,
     pub(crate) status: DeviceStatus,
     pub(crate) connection: ConnectionState,
     pub(crate) managed: bool,
@@ -538,6 +555,15 @@ impl Registry {
             .expect("registry maps ids only to live slots")
     }
 
+    /// Checks a value against an interned (hence canonical) device property.
+    fn check_device_value(&self, pid: u32, value: &Scalar) -> Result<(), TwinError> {
+        let p = &self.props[pid as usize];
+        match p.well_known {
+            Some(wk) => DevicePropertyName::WellKnown(wk).check_value(value),
+            None => crate::twin::validate_string_value(&p.name, value),
+        }
+    }
+
     fn intern_property(&mut self, kind: PropertyKind, name: &str) -> u32 {
         let map = match kind {
             PropertyKind::Device => &mut self.device_prop_ids,
@@ -577,26 +603,33 @@ impl Registry {
         status: DeviceStatus,
         conn: ConnectionState,
         managed: bool,
+        fresh: bool,
     ) {
+        // A fresh slot is in no field bitmap yet (removal clears it from all of them).
+        let remove = |b: &mut RoaringBitmap| {
+            if !fresh {
+                b.remove(slot);
+            }
+        };
         let (on, off) = match status {
             DeviceStatus::Enabled => (&mut self.enabled, &mut self.disabled),
             DeviceStatus::Disabled => (&mut self.disabled, &mut self.enabled),
         };
-        on.insert(slot);
-        off.remove(slot);
+        index::add(on, slot);
+        remove(off);
         let (on, off) = match conn {
             ConnectionState::Connected => (&mut self.connected, &mut self.disconnected),
             ConnectionState::Disconnected => (&mut self.disconnected, &mut self.connected),
         };
-        on.insert(slot);
-        off.remove(slot);
+        index::add(on, slot);
+        remove(off);
         let (on, off) = if managed {
             (&mut self.managed, &mut self.unmanaged)
         } else {
             (&mut self.unmanaged, &mut self.managed)
         };
-        on.insert(slot);
-        off.remove(slot);
+        index::add(on, slot);
+        remove(off);
     }
 
     /// Creates a device from a twin (validated first). The registry assigns the
@@ -615,7 +648,14 @@ impl Registry {
         if self.by_id_hash.contains_key(twin.device_id.as_str()) {
             return Err(RegistryError::DeviceExists { id: twin.device_id });
         }
-        twin.validate().map_err(|error| RegistryError::Invalid {
+        // Validation resolves known names to property ids; keep them for the insert below.
+        let known_pids = std::cell::RefCell::new(Vec::with_capacity(twin.device_properties.len()));
+        twin.validate_with(|name, value| {
+            let &pid = self.device_prop_ids.get(name)?;
+            known_pids.borrow_mut().push(pid);
+            Some(self.check_device_value(pid, value))
+        })
+        .map_err(|error| RegistryError::Invalid {
             id: twin.device_id.to_string(),
             error,
         })?;
@@ -646,9 +686,15 @@ impl Registry {
             service_properties,
             ..
         } = twin;
+        let known_pids = known_pids.into_inner();
+        let all_known = known_pids.len() == device_properties.len();
         let mut device = Vec::with_capacity(device_properties.len());
-        for (name, p) in &device_properties {
-            let pid = self.intern_property(PropertyKind::Device, name);
+        for (i, (name, p)) in device_properties.iter().enumerate() {
+            let pid = if all_known {
+                known_pids[i]
+            } else {
+                self.intern_property(PropertyKind::Device, name)
+            };
             let vid = self.props[pid as usize].insert(&p.value, slot);
             device.push(DeviceValue {
                 pid,
@@ -657,11 +703,14 @@ impl Registry {
             });
         }
         device.sort_unstable_by_key(|d| d.pid);
+        let mut service = Vec::with_capacity(service_properties.properties.len());
         let mut leaves = Vec::new();
         for (name, v) in &service_properties.properties {
-            flatten(name, v, &mut leaves);
+            match v {
+                ServiceValue::Scalar(s) => service.push(self.insert_leaf(slot, name, Some(s))),
+                ServiceValue::Object(_) => flatten(name, v, &mut leaves),
+            }
         }
-        let mut service = Vec::with_capacity(leaves.len());
         for (name, value) in &leaves {
             service.push(self.insert_leaf(slot, name, value.as_ref()));
         }
@@ -671,7 +720,7 @@ impl Registry {
             .iter()
             .map(|t| {
                 let tid = self.intern_tag(t);
-                self.tags[tid as usize].slots.insert(slot);
+                index::add(&mut self.tags[tid as usize].slots, slot);
                 tid
             })
             .collect();
@@ -682,8 +731,8 @@ impl Registry {
             registration,
             configuration,
         };
-        self.universe.insert(slot);
-        self.set_field_bits(slot, status, connection_state, is_managed);
+        index::add(&mut self.universe, slot);
+        self.set_field_bits(slot, status, connection_state, is_managed, true);
         self.by_id_hash.insert(device_id.clone(), slot);
         self.by_id.insert(device_id.clone(), slot);
         self.slots[slot as usize] = Some(Entry {
@@ -691,9 +740,9 @@ impl Registry {
             generation: seq,
             etag: seq,
             service_etag: seq,
-            status_updated: status_updated_time,
-            connection_updated: connection_state_updated_time,
-            last_activity: last_activity_time,
+            status_updated: status_updated_time.into(),
+            connection_updated: connection_state_updated_time.into(),
+            last_activity: last_activity_time.into(),
             status,
             connection: connection_state,
             managed: is_managed,
@@ -802,12 +851,7 @@ impl Registry {
         // Fast path: an already interned canonical name.
         let pid = match self.device_prop_ids.get(name) {
             Some(&pid) => {
-                let p = &self.props[pid as usize];
-                let checked = match p.well_known {
-                    Some(wk) => DevicePropertyName::WellKnown(wk).check_value(&value),
-                    None => crate::twin::validate_string_value(&p.name, &value),
-                };
-                checked.map_err(invalid)?;
+                self.check_device_value(pid, &value).map_err(invalid)?;
                 pid
             }
             None => {
@@ -1027,7 +1071,7 @@ impl Registry {
             .iter()
             .map(|t| {
                 let tid = self.intern_tag(t);
-                self.tags[tid as usize].slots.insert(slot);
+                index::add(&mut self.tags[tid as usize].slots, slot);
                 tid
             })
             .collect();
@@ -1156,9 +1200,9 @@ impl Registry {
         let slot = self.slot_for(id)?;
         let e = self.entry_mut(slot);
         e.connection = state;
-        e.connection_updated = Some(at);
+        e.connection_updated = Some(at).into();
         let (status, managed) = (e.status, e.managed);
-        self.set_field_bits(slot, status, state, managed);
+        self.set_field_bits(slot, status, state, managed, false);
         self.finish_field_change(slot, ChangeKind::ConnectionState(state));
         Ok(())
     }
@@ -1185,11 +1229,11 @@ impl Registry {
         }
         let e = self.entry_mut(slot);
         e.status = status;
-        e.status_updated = Some(at);
+        e.status_updated = Some(at).into();
         let (conn, managed) = (e.connection, e.managed);
         self.extra_mut(slot).status_reason = reason;
         self.tidy_extra(slot);
-        self.set_field_bits(slot, status, conn, managed);
+        self.set_field_bits(slot, status, conn, managed, false);
         self.finish_field_change(slot, ChangeKind::Status(status));
         Ok(())
     }
@@ -1200,7 +1244,7 @@ impl Registry {
         let e = self.entry_mut(slot);
         e.managed = managed;
         let (status, conn) = (e.status, e.connection);
-        self.set_field_bits(slot, status, conn, managed);
+        self.set_field_bits(slot, status, conn, managed, false);
         self.finish_field_change(slot, ChangeKind::Managed(managed));
         Ok(())
     }
@@ -1221,7 +1265,7 @@ impl Registry {
     /// Sets `lastActivityTime`. Emits [`ChangeKind::LastActivity`].
     pub fn set_last_activity(&mut self, id: &str, at: Timestamp) -> Result<(), RegistryError> {
         let slot = self.slot_for(id)?;
-        self.entry_mut(slot).last_activity = Some(at);
+        self.entry_mut(slot).last_activity = Some(at).into();
         self.finish_field_change(slot, ChangeKind::LastActivity);
         Ok(())
     }

@@ -83,7 +83,7 @@ impl<'a> TwinRef<'a> {
 
     /// When the status last changed.
     pub fn status_updated_time(&self) -> Option<Timestamp> {
-        self.entry.status_updated
+        self.entry.status_updated.get()
     }
 
     /// Connected or disconnected.
@@ -93,12 +93,12 @@ impl<'a> TwinRef<'a> {
 
     /// When the connection state last changed.
     pub fn connection_state_updated_time(&self) -> Option<Timestamp> {
-        self.entry.connection_updated
+        self.entry.connection_updated.get()
     }
 
     /// When the device was last heard from.
     pub fn last_activity_time(&self) -> Option<Timestamp> {
-        self.entry.last_activity
+        self.entry.last_activity.get()
     }
 
     /// Whether the device connected over the device-management channel.

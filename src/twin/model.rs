@@ -441,6 +441,16 @@ impl Twin {
     /// Checks every rule: canonical, typed device properties; service property names,
     /// values and bounds; tags; field lengths. The error names the first offender.
     pub fn validate(&self) -> Result<(), TwinError> {
+        self.validate_with(|_, _| None)
+    }
+
+    /// [`Twin::validate`] with a fast path for device properties: `known(name, value)`
+    /// answers for names the caller already knows to be canonical (`None` = unknown,
+    /// check it the slow way). The errors are the same.
+    pub(crate) fn validate_with(
+        &self,
+        known: impl Fn(&str, &Scalar) -> Option<Result<(), TwinError>>,
+    ) -> Result<(), TwinError> {
         for (field, value) in [
             ("statusReason", &self.status_reason),
             ("configuration", &self.configuration),
@@ -464,6 +474,10 @@ impl Twin {
             });
         }
         for (name, p) in &self.device_properties {
+            if let Some(checked) = known(name, &p.value) {
+                checked?;
+                continue;
+            }
             let parsed = DevicePropertyName::parse(name)?;
             if parsed.as_str() != name {
                 if let DevicePropertyName::WellKnown(wk) = parsed {

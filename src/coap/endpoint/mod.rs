@@ -754,8 +754,10 @@ impl Endpoint {
 
     fn handle_separate_response(&mut self, now: Instant, peer: SocketAddr, msg: Message) {
         let con = msg.mtype == MessageType::Confirmable;
-        let Some(&id) = self.by_token.get(&(peer, msg.token())) else {
-            // Unknown response (or a notification we no longer want): reject.
+        let known = self.by_token.get(&(peer, msg.token())).copied();
+        let Some(id) = known.filter(|_| msg.unrecognized_critical_option().is_none()) else {
+            // Unknown response (or a notification we no longer want, or one with an
+            // unrecognized critical option, RFC 7252 §5.4.1): reject.
             self.send_empty(peer, MessageType::Reset, msg.message_id);
             self.set_dedup_reply(
                 peer,
@@ -1142,7 +1144,13 @@ impl Endpoint {
         } else {
             self.events.push_back(Event::Response { id, response });
         }
-        if !observing {
+        if observing {
+            // A registered observation waits for notifications without a deadline (a
+            // Block2 download of a notification restarted it).
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.deadline_gen = 0;
+            }
+        } else {
             self.finish_request(id);
         }
     }
@@ -1164,7 +1172,7 @@ impl Endpoint {
             self.remove_sent((r.peer, mid));
         }
         if let Some(p) = self.peers.get_mut(&r.peer) {
-            p.refs -= 1;
+            p.refs = p.refs.saturating_sub(1);
             if let Some(pos) = p.queue.iter().position(|q| *q == id) {
                 p.queue.remove(pos);
             }
@@ -1271,9 +1279,7 @@ impl Endpoint {
                 observe: msg.observe(),
             },
         );
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.pending += 1;
-        }
+        self.peers.entry(peer).or_default().pending += 1;
         if con {
             self.piggyback_deadlines
                 .push_back((now + self.config.piggyback_window, id));
@@ -1711,7 +1717,7 @@ impl Endpoint {
             self.sent.remove(&(o.peer, m));
         }
         if let Some(p) = self.peers.get_mut(&o.peer) {
-            p.refs -= 1;
+            p.refs = p.refs.saturating_sub(1);
         }
         self.gc_peer(o.peer);
         true
@@ -1835,10 +1841,11 @@ impl Endpoint {
             (&mut self.dedup_expiry_non, self.config.non_lifetime)
         };
         fifo.push_back((now + life, peer, mid, stamp));
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.dedup.push_back((mid, stamp));
-            p.dedup_count += 1;
-        }
+        // Evicting this peer's own last entries above may have dropped its (idle) state;
+        // it comes back here, so the peer count never exceeds what admitted it.
+        let p = self.peers.entry(peer).or_default();
+        p.dedup.push_back((mid, stamp));
+        p.dedup_count += 1;
     }
 
     fn remove_dedup(&mut self, peer: SocketAddr, mid: u16, stamp: u64) {
@@ -1849,7 +1856,7 @@ impl Endpoint {
         self.dedup.remove(&key);
         self.dedup_len -= 1;
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.dedup_count -= 1;
+            p.dedup_count = p.dedup_count.saturating_sub(1);
             if p.dedup.front() == Some(&(mid, stamp)) {
                 p.dedup.pop_front();
             }

@@ -1,6 +1,7 @@
 //! The server's settings and its authorization hook.
 
 use super::RegistrationRequest;
+use crate::coap::EndpointConfig;
 use crate::transport::RejectReason;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ pub type Authorizer = Box<dyn Fn(&RegistrationRequest) -> Decision + Send>;
 /// ```
 /// use twinhub::lwm2m::server::ServerConfig;
 /// let c = ServerConfig { auto_provision: true, ..ServerConfig::default() };
-/// assert_eq!(c.max_retransmit, 4);
+/// assert_eq!(c.coap.max_retransmit, 4);
 /// ```
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -41,19 +42,11 @@ pub struct ServerConfig {
     /// How long a queue-mode device stays reachable after it last talked
     /// (LWM2M: MAX_TRANSMIT_WAIT, 93 s).
     pub awake_window: Duration,
-    /// CoAP ACK_TIMEOUT (2 s); the first retransmission waits 1 to 1.5 times this.
-    pub ack_timeout: Duration,
-    /// CoAP MAX_RETRANSMIT (4).
-    pub max_retransmit: u8,
-    /// How long to wait for a separate response after an empty ACK.
-    pub response_timeout: Duration,
     /// Requests in flight per device at once (CoAP NSTART, 1).
     pub nstart: usize,
-    /// How long answers to confirmable requests are remembered for duplicate detection
-    /// (EXCHANGE_LIFETIME, 247 s).
-    pub exchange_lifetime: Duration,
-    /// Most remembered answers (duplicate detection), across all peers.
-    pub dedup_capacity: usize,
+    /// The CoAP message layer's settings (timers, bounds, block size). The server's
+    /// default raises the peer and duplicate-detection bounds for large fleets.
+    pub coap: EndpointConfig,
 }
 
 impl Default for ServerConfig {
@@ -65,12 +58,13 @@ impl Default for ServerConfig {
             queue_capacity: 16,
             queue_timeout: Duration::from_secs(600),
             awake_window: Duration::from_secs(93),
-            ack_timeout: Duration::from_secs(2),
-            max_retransmit: 4,
-            response_timeout: Duration::from_secs(93),
             nstart: 1,
-            exchange_lifetime: Duration::from_secs(247),
-            dedup_capacity: 65_536,
+            coap: EndpointConfig {
+                max_peers: 1 << 20,
+                max_dedup_entries: 1 << 18,
+                max_pending_requests: 1 << 16,
+                ..EndpointConfig::default()
+            },
         }
     }
 }

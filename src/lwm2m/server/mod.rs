@@ -13,6 +13,11 @@
 //!
 //! [`UdpServer`] does exactly that on a std `UdpSocket` and a thread.
 //!
+//! Underneath, one [`crate::coap::Endpoint`] does the CoAP message layer:
+//! retransmission, duplicate detection, piggybacked and separate responses, observe
+//! freshness and block-wise transfers (a large read answer or write body travels in
+//! blocks without the server noticing).
+//!
 //! # What it does
 //!
 //! - **Registration** (`POST /rd`, `POST /rd/{id}`, `DELETE /rd/{id}`): Register answers
@@ -45,15 +50,18 @@
 //!
 //! Per registered device: one registration record (its [`RegistrationInfo`] strings,
 //! the object list, an empty queue) and one entry in each of three hash indexes
-//! (endpoint, address, registration id). `benches/lwm2m_server.rs` measures it.
+//! (endpoint, address, registration id), plus the CoAP endpoint's per-peer state while an
+//! exchange with the device is remembered (EXCHANGE_LIFETIME). `benches/lwm2m_server.rs`
+//! measures it.
 //!
 //! # Not yet
 //!
-//! Block-wise transfer (RFC 7959), DTLS, Bootstrap, Send (`/dp`), composite operations.
+//! DTLS, Bootstrap, Send (`/dp`), composite operations, SenML CBOR.
 
 mod config;
 mod registration;
 mod udp;
+#[cfg(test)]
 mod wire;
 
 pub use config::{Authorizer, Decision, ServerConfig};
@@ -61,8 +69,11 @@ pub use registration::{
     DEFAULT_LIFETIME, MAX_ENDPOINT, MAX_LINK_PAYLOAD, MAX_OBJECTS, MAX_QUERIES, RdMessage,
     RdMethod, RegistrationError, RegistrationRequest, UpdateRequest, queries_as_str,
 };
-pub use udp::{UdpServer, UdpServerHandle};
+pub use udp::{Stopped, UdpServer, UdpServerHandle};
 
+use crate::coap::{
+    self, Code, Endpoint, Event, IncomingRequestId, Message, MessageType, RequestError, RequestId,
+};
 use crate::lwm2m::content::{self, ContentFormat, standard_resource_type};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 use crate::transport::{
@@ -74,16 +85,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use wire::{MsgType, Packet, code};
 
-/// A datagram to send.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Transmit {
-    /// Where to.
-    pub destination: SocketAddr,
-    /// The CoAP message.
-    pub payload: Vec<u8>,
-}
+/// A datagram to send (the CoAP endpoint's).
+pub use crate::coap::Transmit;
 
 /// Resolves resource types where a payload does not carry them (TLV, text).
 pub type TypeResolver = Box<dyn Fn(&Lwm2mPath) -> Option<ResourceType> + Send>;
@@ -108,24 +112,16 @@ struct Queued {
     deadline: Instant,
 }
 
-/// A request sent and not yet answered.
+/// A request handed to the CoAP endpoint and not yet answered.
 struct Outstanding {
     op: OpId,
     device: DeviceId,
     slot: u32,
     generation: u64,
     request: DeviceRequest,
-    peer: SocketAddr,
-    mid: u16,
-    bytes: Vec<u8>,
-    attempts: u8,
-    /// When to retransmit (before the ACK) or give up (after an empty ACK).
-    deadline: Instant,
-    backoff: Duration,
-    acked: bool,
 }
 
-/// An established observation.
+/// An established observation (keyed by the Observe request's id).
 struct Observation {
     slot: u32,
     generation: u64,
@@ -137,8 +133,6 @@ struct Observation {
 enum Timer {
     Expiry { slot: u32, generation: u64 },
     Queue { slot: u32, generation: u64 },
-    Request { token: u64 },
-    Dedup,
 }
 
 /// The bundled LWM2M server (sans-IO). See the module docs for the driving order.
@@ -146,6 +140,10 @@ pub struct Lwm2mServer {
     config: ServerConfig,
     authorizer: Option<Authorizer>,
     types: TypeResolver,
+    endpoint: Endpoint,
+    /// The endpoint's next deadline, cached after every call into it
+    /// ([`Transport::poll_timeout`] takes `&self`).
+    endpoint_timeout: Option<Instant>,
     slots: Vec<Option<Registration>>,
     queues: Vec<VecDeque<Queued>>,
     free: Vec<u32>,
@@ -154,33 +152,15 @@ pub struct Lwm2mServer {
     by_reg_id: HashMap<u64, u32>,
     next_reg_id: u64,
     next_generation: u64,
-    outstanding: HashMap<u64, Outstanding>,
-    by_mid: HashMap<u16, u64>,
-    observations: HashMap<u64, Observation>,
-    dedup: HashMap<(SocketAddr, u16), Vec<u8>>,
-    dedup_order: VecDeque<(Instant, SocketAddr, u16)>,
+    outstanding: HashMap<RequestId, Outstanding>,
+    observations: HashMap<RequestId, Observation>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    transmits: VecDeque<Transmit>,
     events: VecDeque<DeviceEvent>,
-    next_mid: u16,
-    token_counter: u64,
-    token_key: u64,
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn token_u64(t: &[u8]) -> Option<u64> {
-    (t.len() == 8).then(|| u64::from_be_bytes(t.try_into().unwrap_or([0; 8])))
 }
 
 impl Lwm2mServer {
-    /// A server with these settings, no authorization hook, the standard resource types,
-    /// and token / message-id seeds from the OS CSPRNG.
+    /// A server with these settings, no authorization hook and the standard resource
+    /// types. Tokens and message ids come from the OS CSPRNG (through the CoAP endpoint).
     ///
     /// ```
     /// use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
@@ -188,20 +168,24 @@ impl Lwm2mServer {
     /// assert_eq!(server.registered_count(), 0);
     /// ```
     pub fn new(config: ServerConfig) -> Self {
-        let mut seed = [0u8; 16];
-        // Without OS randomness tokens stay unique (a counter) but become guessable.
-        let _ = getrandom::fill(&mut seed);
-        Self::with_seed(config, seed)
+        let endpoint = Endpoint::new(config.coap.clone());
+        Self::with_endpoint(config, endpoint)
     }
 
-    /// Like [`Lwm2mServer::new`] with fixed seeds, for deterministic tests.
-    pub fn with_seed(config: ServerConfig, seed: [u8; 16]) -> Self {
-        let key = u64::from_be_bytes(seed[..8].try_into().unwrap_or([0; 8]));
-        let mid = u16::from_be_bytes([seed[8], seed[9]]);
+    /// Like [`Lwm2mServer::new`] with a seeded token / message-id generator, for
+    /// deterministic tests.
+    pub fn with_seed(config: ServerConfig, seed: u64) -> Self {
+        let endpoint = Endpoint::new_seeded(config.coap.clone(), seed);
+        Self::with_endpoint(config, endpoint)
+    }
+
+    fn with_endpoint(config: ServerConfig, endpoint: Endpoint) -> Self {
         Lwm2mServer {
             config,
             authorizer: None,
             types: Box::new(standard_resource_type),
+            endpoint,
+            endpoint_timeout: None,
             slots: Vec::new(),
             queues: Vec::new(),
             free: Vec::new(),
@@ -211,16 +195,9 @@ impl Lwm2mServer {
             next_reg_id: 1,
             next_generation: 1,
             outstanding: HashMap::new(),
-            by_mid: HashMap::new(),
             observations: HashMap::new(),
-            dedup: HashMap::new(),
-            dedup_order: VecDeque::new(),
             timers: BinaryHeap::new(),
-            transmits: VecDeque::new(),
             events: VecDeque::new(),
-            next_mid: mid,
-            token_counter: 0,
-            token_key: key,
         }
     }
 
@@ -267,9 +244,14 @@ impl Lwm2mServer {
         self.observations.len()
     }
 
+    /// The CoAP endpoint underneath (for its counters).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.endpoint.poll_transmit()
     }
 
     fn slot(&self, slot: u32) -> Option<&Registration> {
@@ -280,23 +262,21 @@ impl Lwm2mServer {
         self.slots.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
-    fn next_mid(&mut self) -> u16 {
-        self.next_mid = self.next_mid.wrapping_add(1);
-        self.next_mid
-    }
-
-    fn next_token(&mut self) -> u64 {
-        self.token_counter += 1;
-        // A bijection of a counter: unique while the counter does not wrap, unpredictable
-        // without the key.
-        splitmix(self.token_counter ^ self.token_key)
-    }
-
-    fn send(&mut self, destination: SocketAddr, p: &Packet) {
-        self.transmits.push_back(Transmit {
-            destination,
-            payload: p.encode(),
-        });
+    /// Runs the endpoint's events through the LWM2M layer and refreshes its deadline.
+    fn drain_endpoint(&mut self, now: Instant) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                Event::Request { id, peer, request } => {
+                    self.handle_request(now, id, peer, &request)
+                }
+                Event::Response { id, response } => self.handle_response(now, id, &response),
+                Event::Notification { id, response } => self.handle_notification(id, &response),
+                Event::RequestFailed { id, error } => self.handle_failure(now, id, error),
+                // Server-role observations: the LWM2M server observes nobody's resources.
+                _ => {}
+            }
+        }
+        self.endpoint_timeout = self.endpoint.poll_timeout();
     }
 
     // ---------------------------------------------------------------- datagrams in
@@ -304,79 +284,29 @@ impl Lwm2mServer {
     /// Handles one received datagram. Malformed datagrams are dropped silently, as
     /// RFC 7252 §4.2 asks.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-        let Some(p) = Packet::decode(bytes) else {
-            return;
-        };
         if let Some(&slot) = self.by_addr.get(&peer) {
             self.device_talked(now, slot);
         }
-        match p.mtype {
-            MsgType::Con | MsgType::Non if p.is_request() => self.handle_request(now, peer, &p),
-            MsgType::Con if p.code == 0 => {
-                // CoAP ping.
-                self.send(peer, &Packet::new(MsgType::Rst, 0, p.mid, &[]));
-            }
-            MsgType::Ack | MsgType::Rst => self.handle_ack(now, peer, &p),
-            MsgType::Con | MsgType::Non if p.is_response() => {
-                self.handle_response(now, peer, &p);
-            }
-            _ => {}
-        }
+        self.endpoint.handle_datagram(now, peer, bytes);
+        self.drain_endpoint(now);
     }
 
-    fn handle_request(&mut self, now: Instant, peer: SocketAddr, p: &Packet) {
-        if p.mtype == MsgType::Con
-            && let Some(cached) = self.dedup.get(&(peer, p.mid))
-        {
-            let payload = cached.clone();
-            self.transmits.push_back(Transmit {
-                destination: peer,
-                payload,
-            });
-            return;
-        }
-        let (rcode, location) = self.registration_interface(now, peer, p);
-        let mtype = if p.mtype == MsgType::Con {
-            MsgType::Ack
-        } else {
-            MsgType::Non
-        };
-        let mid = if p.mtype == MsgType::Con {
-            p.mid
-        } else {
-            self.next_mid()
-        };
-        let mut r = Packet::new(mtype, rcode, mid, &p.token);
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        id: IncomingRequestId,
+        peer: SocketAddr,
+        request: &Message,
+    ) {
+        let (rcode, location) = self.registration_interface(now, peer, request);
+        let mut r = Message::response(rcode);
         if let Some(id) = location {
-            r.add(wire::LOCATION_PATH, b"rd");
-            r.add(wire::LOCATION_PATH, id.as_bytes());
+            r.add_location_path("rd");
+            r.add_location_path(&id);
         }
-        let bytes = r.encode();
-        if p.mtype == MsgType::Con {
-            self.remember(now, peer, p.mid, bytes.clone());
-        }
-        self.transmits.push_back(Transmit {
-            destination: peer,
-            payload: bytes,
-        });
-    }
-
-    fn remember(&mut self, now: Instant, peer: SocketAddr, mid: u16, bytes: Vec<u8>) {
-        while self.dedup.len() >= self.config.dedup_capacity {
-            match self.dedup_order.pop_front() {
-                Some((_, a, m)) => {
-                    self.dedup.remove(&(a, m));
-                }
-                None => break,
-            }
-        }
-        if self.dedup.insert((peer, mid), bytes).is_none() {
-            let at = now + self.config.exchange_lifetime;
-            if self.dedup_order.is_empty() {
-                self.timers.push(Reverse((at, Timer::Dedup)));
-            }
-            self.dedup_order.push_back((at, peer, mid));
-        }
+        // Only fails for an unknown id or a non-response code, neither of which can happen
+        // here; a lost answer is retried by the device.
+        let _ = self.endpoint.respond(now, id, r);
     }
 
     /// Runs a registration-interface request; returns the response code and, for a
@@ -385,30 +315,27 @@ impl Lwm2mServer {
         &mut self,
         now: Instant,
         peer: SocketAddr,
-        p: &Packet,
-    ) -> (u8, Option<String>) {
-        let method = match p.code {
-            wire::POST => RdMethod::Post,
-            wire::DELETE => RdMethod::Delete,
+        m: &Message,
+    ) -> (Code, Option<String>) {
+        let method = match m.code {
+            Code::POST => RdMethod::Post,
+            Code::DELETE => RdMethod::Delete,
             _ => RdMethod::Other,
         };
-        let path: Option<Vec<&str>> = p
-            .opts(wire::URI_PATH)
-            .map(|s| std::str::from_utf8(s).ok())
-            .collect();
-        let raw: Vec<&[u8]> = p.opts(wire::URI_QUERY).collect();
-        let (Some(path), Ok(queries)) = (path, queries_as_str(&raw)) else {
-            return (code(4, 0), None);
+        let path: Vec<&str> = m.uri_path().collect();
+        let raw: Vec<&[u8]> = m.option_values(coap::OptionNumber::URI_QUERY).collect();
+        let Ok(queries) = queries_as_str(&raw) else {
+            return (Code::BAD_REQUEST, None);
         };
-        match RdMessage::parse(method, &path, &queries, &p.payload) {
+        match RdMessage::parse(method, &path, &queries, &m.payload) {
             Ok(RdMessage::Register(r)) => self.register(now, peer, r),
             Ok(RdMessage::Update { id, update }) => (self.update(now, peer, &id, update), None),
-            Ok(RdMessage::Deregister { id }) => (self.deregister(&id), None),
+            Ok(RdMessage::Deregister { id }) => (self.deregister(now, &id), None),
             Err(RegistrationError::NotRegistrationInterface) => {
                 let code = if path.first() == Some(&"rd") {
-                    code(4, 5)
+                    Code::METHOD_NOT_ALLOWED
                 } else {
-                    code(4, 4)
+                    Code::NOT_FOUND
                 };
                 (code, None)
             }
@@ -426,7 +353,7 @@ impl Lwm2mServer {
                         reason: RejectReason::Malformed(e.to_string()),
                     });
                 }
-                (code(4, 0), None)
+                (Code::BAD_REQUEST, None)
             }
         }
     }
@@ -436,7 +363,7 @@ impl Lwm2mServer {
         now: Instant,
         peer: SocketAddr,
         r: RegistrationRequest,
-    ) -> (u8, Option<String>) {
+    ) -> (Code, Option<String>) {
         let device = match DeviceId::new(&r.endpoint) {
             Ok(d) => d,
             Err(e) => {
@@ -444,7 +371,7 @@ impl Lwm2mServer {
                     endpoint: r.endpoint,
                     reason: RejectReason::Malformed(e.to_string()),
                 });
-                return (code(4, 0), None);
+                return (Code::BAD_REQUEST, None);
             }
         };
         let decision = match &self.authorizer {
@@ -457,17 +384,17 @@ impl Lwm2mServer {
                 endpoint: r.endpoint,
                 reason,
             });
-            return (code(4, 3), None);
+            return (Code::FORBIDDEN, None);
         }
         // A re-registration replaces the old one (and its observations), keeps the queue.
         let slot = match self.by_endpoint.get(&device) {
             Some(&slot) => {
-                self.unlink(slot);
+                self.unlink(now, slot);
                 slot
             }
             None => {
                 if self.by_endpoint.len() >= self.config.max_registrations {
-                    return (code(5, 3), None);
+                    return (Code::SERVICE_UNAVAILABLE, None);
                 }
                 match self.free.pop() {
                     Some(s) => s,
@@ -516,17 +443,17 @@ impl Lwm2mServer {
             registration: info,
         });
         self.pump(now, slot);
-        (code(2, 1), Some(reg_id.to_string()))
+        (Code::CREATED, Some(reg_id.to_string()))
     }
 
-    fn update(&mut self, now: Instant, peer: SocketAddr, id: &str, u: UpdateRequest) -> u8 {
+    fn update(&mut self, now: Instant, peer: SocketAddr, id: &str, u: UpdateRequest) -> Code {
         let Some(&slot) = id.parse::<u64>().ok().and_then(|n| self.by_reg_id.get(&n)) else {
-            return code(4, 4);
+            return Code::NOT_FOUND;
         };
         let grace = self.config.lifetime_grace;
         let awake = now + self.config.awake_window;
         let Some(reg) = self.slot_mut(slot) else {
-            return code(4, 4);
+            return Code::NOT_FOUND;
         };
         if let Some(lt) = u.lifetime {
             reg.info.lifetime = lt;
@@ -555,35 +482,31 @@ impl Lwm2mServer {
         };
         if old_addr != peer {
             // NAT rebinding (or a client that updates from a fresh port): follow it.
+            // Requests already in flight to the old address run their course.
             if self.by_addr.get(&old_addr) == Some(&slot) {
                 self.by_addr.remove(&old_addr);
             }
             self.by_addr.insert(peer, slot);
-            for o in self.outstanding.values_mut() {
-                if o.slot == slot && o.generation == generation {
-                    o.peer = peer;
-                }
-            }
         }
         self.timers
             .push(Reverse((expires, Timer::Expiry { slot, generation })));
         self.events.push_back(event);
         self.pump(now, slot);
-        code(2, 4)
+        Code::CHANGED
     }
 
-    fn deregister(&mut self, id: &str) -> u8 {
+    fn deregister(&mut self, now: Instant, id: &str) -> Code {
         let Some(&slot) = id.parse::<u64>().ok().and_then(|n| self.by_reg_id.get(&n)) else {
-            return code(4, 4);
+            return Code::NOT_FOUND;
         };
-        if let Some(device) = self.remove(slot) {
+        if let Some(device) = self.remove(now, slot) {
             self.events.push_back(DeviceEvent::Deregistered { device });
         }
-        code(2, 2)
+        Code::DELETED
     }
 
     /// Drops a registration's indexes and observations; keeps the slot and queue.
-    fn unlink(&mut self, slot: u32) {
+    fn unlink(&mut self, now: Instant, slot: u32) {
         let Some(reg) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
             return;
         };
@@ -592,14 +515,23 @@ impl Lwm2mServer {
             self.by_addr.remove(&reg.addr);
         }
         self.by_reg_id.remove(&reg.reg_id);
-        self.observations
-            .retain(|_, o| !(o.slot == slot && o.generation == reg.generation));
+        let gone: Vec<RequestId> = self
+            .observations
+            .iter()
+            .filter(|(_, o)| o.slot == slot && o.generation == reg.generation)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.observations.remove(&id);
+            // The next notification gets RST, which ends it on the device too.
+            self.endpoint.forget_request(now, id);
+        }
     }
 
     /// Removes a registration entirely; its queued operations fail with NotRegistered.
-    fn remove(&mut self, slot: u32) -> Option<DeviceId> {
+    fn remove(&mut self, now: Instant, slot: u32) -> Option<DeviceId> {
         let device = self.slot(slot)?.device.clone();
-        self.unlink(slot);
+        self.unlink(now, slot);
         let queued: Vec<Queued> = self.queues[slot as usize].drain(..).collect();
         for q in queued {
             self.events.push_back(DeviceEvent::Response {
@@ -620,104 +552,54 @@ impl Lwm2mServer {
         self.pump(now, slot);
     }
 
-    fn handle_ack(&mut self, now: Instant, peer: SocketAddr, p: &Packet) {
-        let Some(&token) = self.by_mid.get(&p.mid) else {
+    fn handle_notification(&mut self, id: RequestId, m: &Message) {
+        let Some(obs) = self.observations.get(&id) else {
             return;
         };
-        let Some(o) = self.outstanding.get_mut(&token) else {
-            self.by_mid.remove(&p.mid);
-            return;
-        };
-        if o.peer != peer {
+        if m.code.class() != 2 {
+            // An error ends the observation (RFC 7641 §3.2).
+            self.observations.remove(&id);
             return;
         }
-        self.by_mid.remove(&p.mid);
-        if p.mtype == MsgType::Rst {
-            let o = self.finish(now, token);
-            if let Some(o) = o {
-                self.events.push_back(DeviceEvent::Response {
-                    op: o.op,
-                    device: o.device,
-                    result: Err(DeviceError::Code(0, 0)),
-                });
-            }
-            return;
-        }
-        if p.code == 0 {
-            // Empty ACK: a separate response follows.
-            o.acked = true;
-            o.deadline = now + self.config.response_timeout;
-            let d = o.deadline;
-            self.timers.push(Reverse((d, Timer::Request { token })));
-            return;
-        }
-        if p.token.as_slice() == token.to_be_bytes() {
-            self.complete(now, token, p);
+        let (device, path) = (obs.device.clone(), obs.path);
+        // A notification we cannot decode carries nothing the hub can use.
+        if let Ok(content) = self.decode(m, &path) {
+            self.events.push_back(DeviceEvent::Notification {
+                device,
+                path,
+                content,
+            });
         }
     }
 
-    fn handle_response(&mut self, now: Instant, peer: SocketAddr, p: &Packet) {
-        let token = token_u64(&p.token);
-        let known = token.is_some_and(|t| {
-            self.outstanding.contains_key(&t) || self.observations.contains_key(&t)
-        });
-        if !known {
-            // Unknown exchange (e.g. a notification after a cancel): reject it, which also
-            // ends the observation on the device (RFC 7641 §3.6).
-            if p.mtype == MsgType::Con {
-                self.send(peer, &Packet::new(MsgType::Rst, 0, p.mid, &[]));
-            }
-            return;
-        }
-        if p.mtype == MsgType::Con {
-            self.send(peer, &Packet::new(MsgType::Ack, 0, p.mid, &[]));
-        }
-        let token = token.unwrap_or(0);
-        if self.outstanding.contains_key(&token) {
-            self.complete(now, token, p);
-        } else if let Some(obs) = self.observations.get(&token) {
-            if p.code >> 5 != 2 {
-                self.observations.remove(&token);
-                return;
-            }
-            let (device, path) = (obs.device.clone(), obs.path);
-            // A notification we cannot decode carries nothing the hub can use.
-            if let Ok(content) = self.decode(p, &path) {
-                self.events.push_back(DeviceEvent::Notification {
-                    device,
-                    path,
-                    content,
-                });
-            }
-        }
-    }
-
-    fn decode(&self, p: &Packet, path: &Lwm2mPath) -> Result<Content, DeviceError> {
+    fn decode(&self, m: &Message, path: &Lwm2mPath) -> Result<Content, DeviceError> {
         // No Content-Format: plain text (lwm2m-node-lib answers so).
-        let cf = match p.uint(wire::CONTENT_FORMAT) {
+        let cf = match m.content_format() {
             None => ContentFormat::Text,
-            Some(n) => u16::try_from(n)
-                .ok()
-                .and_then(ContentFormat::from_code)
-                .ok_or(DeviceError::UnsupportedContentFormat)?,
+            Some(n) => {
+                ContentFormat::from_code(n.0).ok_or(DeviceError::UnsupportedContentFormat)?
+            }
         };
-        if p.payload.is_empty() && cf.canonical() != ContentFormat::Opaque {
+        if m.payload.is_empty() && cf.canonical() != ContentFormat::Opaque {
             return Ok(Content::default());
         }
-        content::decode(cf, &p.payload, path, &*self.types)
+        content::decode(cf, &m.payload, path, &*self.types)
             .map_err(|e| DeviceError::BadPayload(e.to_string()))
     }
 
-    /// A response for an outstanding request: emit its outcome.
-    fn complete(&mut self, now: Instant, token: u64, p: &Packet) {
-        let Some(o) = self.finish(now, token) else {
+    /// The (final) response to a request we sent: emit its outcome.
+    fn handle_response(&mut self, now: Instant, id: RequestId, m: &Message) {
+        if self.observations.remove(&id).is_some() {
+            // The final answer of an observation (an error, or one without Observe).
+            return;
+        }
+        let Some(o) = self.finish(now, id) else {
             return;
         };
-        let (class, detail) = (p.code >> 5, p.code & 31);
-        let result = if class == 2 {
-            self.reply(&o, p, token)
+        let result = if m.code.class() == 2 {
+            self.reply(now, &o, m, id)
         } else {
-            Err(match (class, detail) {
+            Err(match (m.code.class(), m.code.detail()) {
                 (4, 0) => DeviceError::BadRequest,
                 (4, 1) => DeviceError::Unauthorized,
                 (4, 4) => DeviceError::NotFound,
@@ -734,39 +616,68 @@ impl Lwm2mServer {
         });
     }
 
+    fn handle_failure(&mut self, now: Instant, id: RequestId, error: RequestError) {
+        if self.observations.remove(&id).is_some() {
+            return;
+        }
+        let Some(o) = self.finish(now, id) else {
+            return;
+        };
+        let event = match error {
+            RequestError::TimedOut => DeviceEvent::TimedOut {
+                op: o.op,
+                device: o.device,
+            },
+            other => DeviceEvent::Response {
+                op: o.op,
+                device: o.device,
+                result: Err(match other {
+                    // The device rejected the message outright (RST).
+                    RequestError::Reset => DeviceError::Code(0, 0),
+                    e => DeviceError::BadPayload(e.to_string()),
+                }),
+            },
+        };
+        self.events.push_back(event);
+    }
+
     fn reply(
         &mut self,
+        now: Instant,
         o: &Outstanding,
-        p: &Packet,
-        token: u64,
+        m: &Message,
+        id: RequestId,
     ) -> Result<DeviceReply, DeviceError> {
         match &o.request {
-            DeviceRequest::Read { path } => self.decode(p, path).map(DeviceReply::Content),
+            DeviceRequest::Read { path } => self.decode(m, path).map(DeviceReply::Content),
             DeviceRequest::Observe { path } => {
-                let content = self.decode(p, path)?;
+                let content = self.decode(m, path);
                 // No Observe option in the answer: the device declined to observe.
-                if p.uint(wire::OBSERVE).is_some() {
-                    self.observations.insert(
-                        token,
-                        Observation {
-                            slot: o.slot,
-                            generation: o.generation,
-                            device: o.device.clone(),
-                            path: *path,
-                        },
-                    );
+                if m.observe().is_some() {
+                    if content.is_ok() {
+                        self.observations.insert(
+                            id,
+                            Observation {
+                                slot: o.slot,
+                                generation: o.generation,
+                                device: o.device.clone(),
+                                path: *path,
+                            },
+                        );
+                    } else {
+                        self.endpoint.forget_request(now, id);
+                    }
                 }
-                Ok(DeviceReply::Content(content))
+                content.map(DeviceReply::Content)
             }
             DeviceRequest::Discover { .. } => Ok(DeviceReply::Links(
-                String::from_utf8(p.payload.clone())
+                String::from_utf8(m.payload.clone())
                     .map_err(|_| DeviceError::BadPayload("discover answer is not utf-8".into()))?,
             )),
             DeviceRequest::Create { path, content } => {
-                let loc: Vec<&[u8]> = p.opts(wire::LOCATION_PATH).collect();
-                let from_location = loc
-                    .iter()
-                    .map(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
+                let from_location = m
+                    .location_path()
+                    .map(|s| s.parse::<u16>().ok())
                     .collect::<Option<Vec<u16>>>()
                     .and_then(|ids| Lwm2mPath::from_ids(&ids).ok())
                     .filter(|p| p.depth() == 2);
@@ -787,9 +698,8 @@ impl Lwm2mServer {
     }
 
     /// Forgets an outstanding request and lets the device's next operation go.
-    fn finish(&mut self, now: Instant, token: u64) -> Option<Outstanding> {
-        let o = self.outstanding.remove(&token)?;
-        self.by_mid.remove(&o.mid);
+    fn finish(&mut self, now: Instant, id: RequestId) -> Option<Outstanding> {
+        let o = self.outstanding.remove(&id)?;
         let live = self
             .slot_mut(o.slot)
             .filter(|r| r.generation == o.generation)
@@ -819,58 +729,55 @@ impl Lwm2mServer {
         }
     }
 
+    fn fail(&mut self, op: DeviceOp, error: DeviceError) {
+        self.events.push_back(DeviceEvent::Response {
+            op: op.id,
+            device: op.device,
+            result: Err(error),
+        });
+    }
+
     fn dispatch(&mut self, now: Instant, slot: u32, op: DeviceOp) {
         let Some(reg) = self.slot(slot) else { return };
         let (peer, generation) = (reg.addr, reg.generation);
-        let fresh = self.next_token();
-        let mid = self.next_mid();
-        let packet = match self.build_request(slot, &op.request, fresh, mid) {
-            Ok(p) => p,
-            Err(e) => {
-                self.events.push_back(DeviceEvent::Response {
-                    op: op.id,
-                    device: op.device,
-                    result: Err(e),
-                });
-                return;
-            }
-        };
         if let DeviceRequest::CancelObserve { path } = &op.request {
             let path = *path;
-            self.observations
-                .retain(|_, o| !(o.slot == slot && o.generation == generation && o.path == path));
+            let observed = self
+                .observations
+                .iter()
+                .find(|(_, o)| o.slot == slot && o.generation == generation && o.path == path)
+                .map(|(id, _)| *id);
+            if let Some(id) = observed {
+                // RFC 7641 §3.6: GET Observe=1 on the observation's own token; its answer
+                // is the final response of that request, which now belongs to the cancel.
+                self.observations.remove(&id);
+                if self.endpoint.cancel_observation(now, id) {
+                    self.track(slot, generation, id, op);
+                    return;
+                }
+            }
         }
-        // A cancel reuses the observation's token.
-        let token = token_u64(&packet.token).unwrap_or(fresh);
-        let bytes = packet.encode();
-        // The first retransmission waits ACK_TIMEOUT times a factor in [1, 1.5).
-        let jitter = 1.0 + (splitmix(token) % 500) as f64 / 1000.0;
-        let backoff = self.config.ack_timeout.mul_f64(jitter);
-        let deadline = now + backoff;
-        self.transmits.push_back(Transmit {
-            destination: peer,
-            payload: bytes.clone(),
-        });
+        let message = match self.build_request(slot, &op.request) {
+            Ok(m) => m,
+            Err(e) => return self.fail(op, e),
+        };
+        match self.endpoint.send_request(now, peer, message) {
+            Ok(id) => self.track(slot, generation, id, op),
+            Err(e) => self.fail(op, DeviceError::BadPayload(e.to_string())),
+        }
+    }
+
+    fn track(&mut self, slot: u32, generation: u64, id: RequestId, op: DeviceOp) {
         self.outstanding.insert(
-            token,
+            id,
             Outstanding {
                 op: op.id,
                 device: op.device,
                 slot,
                 generation,
                 request: op.request,
-                peer,
-                mid,
-                bytes,
-                attempts: 0,
-                deadline,
-                backoff,
-                acked: false,
             },
         );
-        self.by_mid.insert(mid, token);
-        self.timers
-            .push(Reverse((deadline, Timer::Request { token })));
         if let Some(reg) = self.slot_mut(slot) {
             reg.in_flight += 1;
         }
@@ -900,15 +807,9 @@ impl Lwm2mServer {
         }
     }
 
-    fn build_request(
-        &self,
-        slot: u32,
-        request: &DeviceRequest,
-        token: u64,
-        mid: u16,
-    ) -> Result<Packet, DeviceError> {
+    fn build_request(&self, slot: u32, request: &DeviceRequest) -> Result<Message, DeviceError> {
         let reg = self.slot(slot).ok_or(DeviceError::NotRegistered)?;
-        let mut p = Packet::new(MsgType::Con, wire::GET, mid, &token.to_be_bytes());
+        let mut m = Message::new(MessageType::Confirmable, Code::GET, 0);
         let mut path = *request.path();
         let read_accept = || {
             [
@@ -922,106 +823,94 @@ impl Lwm2mServer {
         let encoded = |base: &Lwm2mPath, content: &Content, f: ContentFormat| {
             content::encode(f, base, content).map_err(|e| DeviceError::BadPayload(e.to_string()))
         };
+        let cf = |f: ContentFormat| coap::ContentFormat(f.code());
         match request {
             DeviceRequest::Read { .. } => {
                 if let Some(f) = read_accept() {
-                    p.add_uint(wire::ACCEPT, f.code() as u32);
+                    m.set_accept(cf(f));
                 }
             }
             DeviceRequest::Observe { .. } => {
-                p.add_uint(wire::OBSERVE, 0);
+                m.set_observe(0);
                 if let Some(f) = read_accept() {
-                    p.add_uint(wire::ACCEPT, f.code() as u32);
+                    m.set_accept(cf(f));
                 }
             }
-            DeviceRequest::CancelObserve { path: target } => {
-                p.add_uint(wire::OBSERVE, 1);
-                // RFC 7641 §3.6: cancel on the observation's own token.
-                if let Some((&t, _)) = self.observations.iter().find(|(_, o)| {
-                    o.slot == slot && o.generation == reg.generation && o.path == *target
-                }) {
-                    p.token = t.to_be_bytes().to_vec();
-                }
-            }
-            DeviceRequest::Discover { .. } => {
-                p.add_uint(wire::ACCEPT, ContentFormat::LinkFormat.code() as u32);
-            }
+            // Reached only when no observation is known (e.g. after a restart): a plain
+            // deregistration request on a fresh token.
+            DeviceRequest::CancelObserve { .. } => m.set_observe(1),
+            DeviceRequest::Discover { .. } => m.set_accept(cf(ContentFormat::LinkFormat)),
             DeviceRequest::Write {
                 path: target,
                 mode,
                 content,
             } => {
-                p.code = match mode {
-                    WriteMode::Replace => wire::PUT,
-                    WriteMode::PartialUpdate => wire::POST,
+                m.code = match mode {
+                    WriteMode::Replace => Code::PUT,
+                    WriteMode::PartialUpdate => Code::POST,
                 };
                 let f = Self::write_format(reg, target, content);
-                p.add_uint(wire::CONTENT_FORMAT, f.code() as u32);
-                p.payload = encoded(target, content, f)?;
+                m.set_content_format(cf(f));
+                m.payload = encoded(target, content, f)?;
             }
-            DeviceRequest::WriteAttributes { attributes, .. } => {
-                p.code = wire::PUT;
-                let a = attributes;
-                let mut q = Vec::new();
+            DeviceRequest::WriteAttributes { attributes: a, .. } => {
+                m.code = Code::PUT;
                 if let Some(v) = a.pmin {
-                    q.push(format!("pmin={v}"));
+                    m.add_uri_query(&format!("pmin={v}"));
                 }
                 if let Some(v) = a.pmax {
-                    q.push(format!("pmax={v}"));
+                    m.add_uri_query(&format!("pmax={v}"));
                 }
                 for (k, v) in [("gt", a.gt), ("lt", a.lt), ("st", a.st)] {
                     if let Some(v) = v {
                         if !v.is_finite() {
                             return Err(DeviceError::BadRequest);
                         }
-                        q.push(format!("{k}={v}"));
+                        m.add_uri_query(&format!("{k}={v}"));
                     }
-                }
-                for s in q {
-                    p.add(wire::URI_QUERY, s.as_bytes());
                 }
             }
             DeviceRequest::Execute { args, .. } => {
-                p.code = wire::POST;
+                m.code = Code::POST;
                 if let Some(a) = args {
-                    p.add_uint(wire::CONTENT_FORMAT, 0);
-                    p.payload = a.as_bytes().to_vec();
+                    m.set_content_format(cf(ContentFormat::Text));
+                    m.payload = a.as_bytes().to_vec();
                 }
             }
             DeviceRequest::Create {
                 path: target,
                 content,
             } => {
-                p.code = wire::POST;
+                m.code = Code::POST;
                 let object = Lwm2mPath::object(target.object_id().ok_or(DeviceError::BadRequest)?);
                 // Never text: a new instance goes as TLV or SenML even with one value.
                 let f = Self::write_format(reg, &Lwm2mPath::ROOT, content);
-                p.add_uint(wire::CONTENT_FORMAT, f.code() as u32);
-                p.payload = encoded(&object, content, f)?;
+                m.set_content_format(cf(f));
+                m.payload = encoded(&object, content, f)?;
                 path = object;
             }
-            DeviceRequest::Delete { .. } => p.code = wire::DELETE,
+            DeviceRequest::Delete { .. } => m.code = Code::DELETE,
         }
         if let Some(alt) = &reg.alternate_path {
             for seg in alt.split('/').filter(|s| !s.is_empty()) {
-                p.add(wire::URI_PATH, seg.as_bytes());
+                m.add_uri_path(seg);
             }
         }
         for id in path.ids() {
-            p.add(wire::URI_PATH, id.to_string().as_bytes());
+            m.add_uri_path(&id.to_string());
         }
-        Ok(p)
+        Ok(m)
     }
 
     // ---------------------------------------------------------------- timers
 
-    fn on_timer(&mut self, now: Instant, at: Instant, timer: Timer) {
+    fn on_timer(&mut self, now: Instant, timer: Timer) {
         match timer {
             Timer::Expiry { slot, generation } => {
                 let due = self
                     .slot(slot)
                     .is_some_and(|r| r.generation == generation && r.expires <= now);
-                if due && let Some(device) = self.remove(slot) {
+                if due && let Some(device) = self.remove(now, slot) {
                     self.events.push_back(DeviceEvent::Expired { device });
                 }
             }
@@ -1047,48 +936,6 @@ impl Lwm2mServer {
                     });
                 }
             }
-            Timer::Request { token } => self.request_timer(now, at, token),
-            Timer::Dedup => {
-                while let Some(&(t, a, m)) = self.dedup_order.front() {
-                    if t > now {
-                        self.timers.push(Reverse((t, Timer::Dedup)));
-                        break;
-                    }
-                    self.dedup_order.pop_front();
-                    self.dedup.remove(&(a, m));
-                }
-            }
-        }
-    }
-
-    fn request_timer(&mut self, now: Instant, at: Instant, token: u64) {
-        let max = self.config.max_retransmit;
-        let Some(o) = self.outstanding.get_mut(&token) else {
-            return;
-        };
-        if o.deadline != at || o.deadline > now {
-            return; // a stale timer entry
-        }
-        if !o.acked && o.attempts < max {
-            o.attempts += 1;
-            o.backoff *= 2;
-            o.deadline = now + o.backoff;
-            let (d, t) = (
-                o.deadline,
-                Transmit {
-                    destination: o.peer,
-                    payload: o.bytes.clone(),
-                },
-            );
-            self.transmits.push_back(t);
-            self.timers.push(Reverse((d, Timer::Request { token })));
-            return;
-        }
-        if let Some(o) = self.finish(now, token) {
-            self.events.push_back(DeviceEvent::TimedOut {
-                op: o.op,
-                device: o.device,
-            });
         }
     }
 }
@@ -1096,28 +943,18 @@ impl Lwm2mServer {
 impl Transport for Lwm2mServer {
     fn submit(&mut self, now: Instant, op: DeviceOp) {
         let Some(&slot) = self.by_endpoint.get(&op.device) else {
-            self.events.push_back(DeviceEvent::Response {
-                op: op.id,
-                device: op.device,
-                result: Err(DeviceError::NotRegistered),
-            });
-            return;
+            return self.fail(op, DeviceError::NotRegistered);
         };
-        let q = &mut self.queues[slot as usize];
-        if q.len() >= self.config.queue_capacity {
-            self.events.push_back(DeviceEvent::Response {
-                op: op.id,
-                device: op.device,
-                result: Err(DeviceError::QueueFull),
-            });
-            return;
+        if self.queues[slot as usize].len() >= self.config.queue_capacity {
+            return self.fail(op, DeviceError::QueueFull);
         }
         let deadline = now + self.config.queue_timeout;
-        q.push_back(Queued { op, deadline });
+        self.queues[slot as usize].push_back(Queued { op, deadline });
         let generation = self.slot(slot).map_or(0, |r| r.generation);
         self.timers
             .push(Reverse((deadline, Timer::Queue { slot, generation })));
         self.pump(now, slot);
+        self.drain_endpoint(now);
     }
 
     fn poll_event(&mut self) -> Option<DeviceEvent> {
@@ -1130,12 +967,20 @@ impl Transport for Lwm2mServer {
                 break;
             }
             self.timers.pop();
-            self.on_timer(now, at, timer);
+            self.on_timer(now, timer);
         }
+        if self.endpoint_timeout.is_some_and(|t| t <= now) {
+            self.endpoint.handle_timeout(now);
+        }
+        self.drain_endpoint(now);
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let ours = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (ours, self.endpoint_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

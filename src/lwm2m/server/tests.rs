@@ -10,6 +10,13 @@ struct Sim {
     mid: u16,
 }
 
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -21,7 +28,7 @@ fn dev(name: &str) -> DeviceId {
 impl Sim {
     fn new(config: ServerConfig) -> Sim {
         Sim {
-            server: Lwm2mServer::with_seed(config, [7; 16]),
+            server: Lwm2mServer::with_seed(config, 7),
             now: Instant::now(),
             mid: 100,
         }
@@ -149,7 +156,7 @@ fn register_is_refused_without_hook_or_auto_provisioning() {
 fn authorizer_decides() {
     let mut sim = Sim::new(ServerConfig::default());
     sim.server =
-        Lwm2mServer::with_seed(ServerConfig::default(), [1; 16]).with_authorizer(Box::new(|r| {
+        Lwm2mServer::with_seed(ServerConfig::default(), 1).with_authorizer(Box::new(|r| {
             if r.endpoint == "known" {
                 Decision::Accept
             } else {

@@ -1,9 +1,7 @@
-//! The CoAP message shape the server speaks (RFC 7252 §3): a small, bounded codec.
-//!
-//! The crate's `coap` module (another branch) brings the full codec and message layer;
-//! until it lands on main this file carries what the LWM2M server needs: header, token,
-//! options (delta/length nibbles with their extended forms) and payload. It never panics on
-//! input and accepts at most [`MAX_OPTIONS`] options.
+//! A deliberately small, independent CoAP codec (RFC 7252 §3) with which the server's
+//! unit tests script devices byte by byte. It shares no code with `crate::coap`, so the
+//! tests also cross-check the real codec: header, token, options (delta/length nibbles
+//! with their extended forms) and payload. Bounded: at most [`MAX_OPTIONS`] options.
 
 /// Most options a decoded message may carry.
 pub(crate) const MAX_OPTIONS: usize = 64;
@@ -195,10 +193,6 @@ impl Packet {
 
     pub(crate) fn is_request(&self) -> bool {
         (1..32).contains(&self.code)
-    }
-
-    pub(crate) fn is_response(&self) -> bool {
-        self.code >= 64
     }
 }
 

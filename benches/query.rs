@@ -1,0 +1,84 @@
+//! Device queries on the 1M-twin corpus (benches/corpus: seeded, 20 device properties,
+//! 5 service properties and 3 tags per twin; `TWINHUB_BENCH_DEVICES=n` for a smaller
+//! fleet). Measures, on the registry's bitmap indexes:
+//!
+//! - `parse_optimize`: parse a typical 3-predicate expression from JSON text and lower it
+//!   to a normalised plan (target < 5 us);
+//! - `count_tag_eq_range`: count of tag `batch-0` AND FirmwareVersion = "4.4" AND
+//!   20 <= BatteryLevel < 60, from bitmap intersections (target p50 < 100 us);
+//! - `first_100_tag_eq_range`: the same query's first 100 twins in device-id order,
+//!   materialised as owned twins (target < 300 us);
+//! - `group_count_firmware` / `group_count_region`: count per FirmwareVersion (20 values)
+//!   and per region (50 values) over the whole fleet, from intersection lengths
+//!   (target < 1 ms);
+//! - `sorted_page_battery_desc`: the filtered query's first 100 twins sorted by
+//!   BatteryLevel descending (an ordered index walk).
+//!
+//! benches/query_compare.rs runs the same queries on the naive evaluator and SQLite.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+use twinhub::query::{self, QueryExpression, QueryOptions};
+
+mod corpus;
+
+/// tag AND equality AND range: the issue's "indexed query with 2-3 predicates".
+pub const TAG_EQ_RANGE: &str = r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
+    {"type": "comparison", "comparisonOperator": "all",
+     "property": {"name": "tags", "type": "default"}, "value": ["batch-0"]},
+    {"type": "comparison", "comparisonOperator": "eq",
+     "property": {"name": "FirmwareVersion", "type": "device"}, "value": "4.4"},
+    {"type": "comparison", "comparisonOperator": "gte",
+     "property": {"name": "BatteryLevel", "type": "device"}, "value": 20},
+    {"type": "comparison", "comparisonOperator": "lt",
+     "property": {"name": "BatteryLevel", "type": "device"}, "value": 60}]}}"#;
+
+fn group_count(name: &str, kind: &str) -> QueryExpression {
+    query::parse(&format!(
+        r#"{{"aggregate": {{"keys": [{{"name": "{name}", "type": "{kind}"}}],
+            "properties": [{{"operator": "count", "property": null, "columnName": "n"}}]}}}}"#
+    ))
+    .unwrap()
+}
+
+fn benches(c: &mut Criterion) {
+    let n = corpus::fleet_size();
+    let reg = corpus::registry(n);
+    let expr = query::parse(TAG_EQ_RANGE).unwrap();
+    eprintln!(
+        "query bench: {n} twins; the tag/eq/range query matches {}",
+        query::count(&reg, &expr).unwrap()
+    );
+
+    let mut g = c.benchmark_group("query");
+    g.bench_function("parse_optimize", |b| {
+        b.iter(|| {
+            let e = query::parse(black_box(TAG_EQ_RANGE)).unwrap();
+            query::plan(&reg, &e).unwrap()
+        })
+    });
+    g.bench_function("count_tag_eq_range", |b| {
+        b.iter(|| query::count(&reg, black_box(&expr)).unwrap())
+    });
+    g.bench_function("first_100_tag_eq_range", |b| {
+        b.iter(|| query::execute(&reg, black_box(&expr), &QueryOptions::page(100)).unwrap())
+    });
+    let firmware = group_count("FirmwareVersion", "device");
+    g.bench_function("group_count_firmware", |b| {
+        b.iter(|| query::execute(&reg, black_box(&firmware), &QueryOptions::default()).unwrap())
+    });
+    let region = group_count("region", "service");
+    g.bench_function("group_count_region", |b| {
+        b.iter(|| query::execute(&reg, black_box(&region), &QueryOptions::default()).unwrap())
+    });
+    let sorted = expr.clone().sort(twinhub::query::SortKey::desc(
+        twinhub::query::QueryProperty::device("BatteryLevel"),
+    ));
+    g.bench_function("sorted_page_battery_desc", |b| {
+        b.iter(|| query::execute(&reg, black_box(&sorted), &QueryOptions::page(100)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(query_benches, benches);
+criterion_main!(query_benches);

@@ -1,0 +1,341 @@
+//! End to end over real UDP on loopback: a hub with the bundled LWM2M server, devices
+//! built with the crate's device library, and a CoAP package server. Devices register,
+//! twins fill, queries answer (read-your-writes), each of the six job types succeeds,
+//! and the failures end with the right child statuses: a device that rejects the
+//! firmware (`deviceError:6`) and one that went offline (`deviceOffline`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use twinhub::hub::{Hub, HubConfig, PackageServer};
+use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
+use twinhub::lwm2m::client::{
+    ClientConfig, ClientEvent, DeviceThread, FirmwareUpdate, Lwm2mClient, ObjectTree, UpdateResult,
+    objects,
+};
+use twinhub::query::{QueryExpression, QueryProperty};
+use twinhub::registry::Registry;
+use twinhub::twin::{ConnectionState, Scalar, Twin};
+use twinhub::{DeviceId, Lwm2mPath, ResourceValue};
+
+struct Device {
+    id: DeviceId,
+    thread: Option<DeviceThread>,
+    update_requested: Arc<AtomicBool>,
+    reboots: usize,
+}
+
+fn start(id: &str, server: std::net::SocketAddr, rejects_firmware: bool) -> Device {
+    let mut tree = ObjectTree::new();
+    tree.add(objects::security(&format!("coap://{server}"), 1));
+    tree.add(objects::server(1, 300, "U"));
+    tree.add(objects::device("twinhub", "e2e", id, "1.0").with_value(
+        0,
+        9,
+        ResourceValue::Integer(80),
+    ));
+    let update_requested = Arc::new(AtomicBool::new(false));
+    let flag = update_requested.clone();
+    let mut firmware = FirmwareUpdate::new().on_update(move || {
+        flag.store(true, Ordering::Release);
+        Ok(())
+    });
+    if rejects_firmware {
+        firmware = firmware.on_package(|_| Err(UpdateResult::UnsupportedPackage));
+    }
+    tree.set_firmware(firmware);
+    tree.add(objects::config());
+    let client = Lwm2mClient::new(Instant::now(), ClientConfig::new(id, server), tree);
+    let thread = DeviceThread::spawn(client, "127.0.0.1:0".parse().unwrap()).unwrap();
+    Device {
+        id: DeviceId::new(id).unwrap(),
+        thread: Some(thread),
+        update_requested,
+        reboots: 0,
+    }
+}
+
+/// The application's side of each device: boot into a new image when Update is
+/// executed, count reboots.
+fn serve(devices: &mut [Device]) {
+    for d in devices.iter_mut() {
+        let Some(thread) = &d.thread else { continue };
+        while let Ok(event) = thread.events().try_recv() {
+            if matches!(event, ClientEvent::Reboot) {
+                d.reboots += 1;
+            }
+        }
+        if d.update_requested.swap(false, Ordering::AcqRel) {
+            thread.with(|c| {
+                c.set_value(
+                    &Lwm2mPath::resource(3, 0, 3),
+                    ResourceValue::String("2.0".into()),
+                )
+                .unwrap();
+                c.firmware_update_finished(Ok(()));
+            });
+        }
+    }
+}
+
+fn wait_for(devices: &mut [Device], what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        serve(devices);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run_job(hub: &Hub, devices: &mut [Device], spec: JobSpec) -> JobStatus {
+    let id = spec.id.clone();
+    hub.create_job(spec).unwrap();
+    let mut status = JobStatus::Enqueued;
+    wait_for(devices, &format!("job {id}"), || {
+        status = hub.job(&id).unwrap().status;
+        status.is_terminal()
+    });
+    let stats = hub.job_statistics(&id).unwrap();
+    assert_eq!(
+        stats.finished(),
+        stats.device_count,
+        "every child of {id} ended"
+    );
+    status
+}
+
+fn prop(hub: &Hub, id: &str, name: &str) -> Option<Scalar> {
+    hub.registry()
+        .read()
+        .get(id)?
+        .device_property(name)
+        .map(|(v, _)| v.clone())
+}
+
+fn device_value(d: &Device, path: Lwm2mPath) -> Option<ResourceValue> {
+    d.thread
+        .as_ref()?
+        .with(|c| c.objects_mut().read(&path).ok()?.get(&path).cloned())
+}
+
+#[test]
+fn devices_register_twins_fill_and_every_job_type_runs_over_udp() {
+    let names = [
+        "e2e-1",
+        "e2e-2",
+        "e2e-3",
+        "e2e-4",
+        "e2e-reject",
+        "e2e-offline",
+    ];
+    let mut registry = Registry::new();
+    for n in names {
+        registry
+            .create(Twin::new(DeviceId::new(n).unwrap()).with_tag("e2e"))
+            .unwrap();
+    }
+    registry
+        .create(Twin::new(DeviceId::new("e2e-never").unwrap()))
+        .unwrap();
+    let hub = Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default()).unwrap();
+    let server = hub.local_addr().unwrap();
+    let packages = PackageServer::bind("127.0.0.1:0").unwrap();
+    let uri = packages.publish("fw/2.0.bin", vec![7u8; 5000]);
+
+    let mut devices: Vec<Device> = names
+        .iter()
+        .map(|n| start(n, server, *n == "e2e-reject"))
+        .collect();
+    // A device the registry does not know is refused (4.03) and changes nothing.
+    let mut stranger = vec![start("e2e-stranger", server, false)];
+
+    // Registration and property sync fill the twins.
+    wait_for(&mut devices, "twins to fill", || {
+        names
+            .iter()
+            .all(|n| prop(&hub, n, "BatteryLevel").is_some())
+    });
+    {
+        let reg = hub.registry().read();
+        let twin = reg.get("e2e-1").unwrap();
+        assert_eq!(twin.connection_state(), ConnectionState::Connected);
+        assert!(twin.is_managed());
+        let registration = twin.registration().unwrap();
+        assert!(registration.objects.contains(&Lwm2mPath::instance(3, 0)));
+        assert_eq!(
+            twin.device_property("FirmwareVersion").unwrap().0,
+            &Scalar::from("1.0")
+        );
+        assert!(reg.get("e2e-stranger").is_none());
+        assert_eq!(
+            reg.get("e2e-never").unwrap().connection_state(),
+            ConnectionState::Disconnected
+        );
+    }
+    wait_for(&mut stranger, "the stranger to be refused", || {
+        hub.stats().rejected >= 1
+    });
+
+    // A device-side change arrives by notification; a query right after sees it.
+    devices[0]
+        .thread
+        .as_ref()
+        .unwrap()
+        .with(|c| c.set_value(&Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(12)))
+        .unwrap();
+    wait_for(&mut devices, "the battery notification", || {
+        prop(&hub, "e2e-1", "BatteryLevel") == Some(Scalar::from(12))
+    });
+    let low = QueryExpression::new().filter(QueryProperty::device("BatteryLevel").lt(20));
+    assert_eq!(
+        hub.resolve_targets(&low).unwrap(),
+        vec![DeviceId::new("e2e-1").unwrap()]
+    );
+
+    // The offline device de-registers before the firmware job.
+    devices[5]
+        .thread
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_secs(5))
+        .unwrap();
+    wait_for(&mut devices, "the offline device to disconnect", || {
+        hub.registry()
+            .read()
+            .get("e2e-offline")
+            .unwrap()
+            .connection_state()
+            == ConnectionState::Disconnected
+    });
+
+    // 1. Firmware update over everything on 1.0 (frozen from a query): four succeed,
+    // one rejects the package, one is offline until the job's time runs out.
+    let on_1_0 = QueryExpression::new().filter(QueryProperty::device("FirmwareVersion").eq("1.0"));
+    let targets = hub.resolve_targets(&on_1_0).unwrap();
+    assert_eq!(targets.len(), 6);
+    let fw = JobId::new("fw").unwrap();
+    let spec = JobSpec::new(
+        fw.clone(),
+        JobType::FirmwareUpdate {
+            package_uri: uri,
+            expected_version: Some("2.0".into()),
+        },
+        targets,
+    )
+    .max_execution_time(Some(Duration::from_secs(6)));
+    assert_eq!(run_job(&hub, &mut devices, spec), JobStatus::Failed);
+    let stats = hub.job_statistics(&fw).unwrap();
+    assert_eq!((stats.succeeded, stats.failed), (4, 2));
+    for child in hub.job_children(&fw) {
+        let device = child.device_id.as_ref().unwrap().as_str().to_string();
+        let expected = match device.as_str() {
+            "e2e-reject" => Some("deviceError:6"),
+            "e2e-offline" => Some("deviceOffline"),
+            _ => None,
+        };
+        assert_eq!(
+            child.failure_reason.as_deref(),
+            expected,
+            "child for {device}"
+        );
+    }
+    for n in &names[..4] {
+        assert_eq!(
+            prop(&hub, n, "FirmwareVersion"),
+            Some(Scalar::from("2.0")),
+            "{n}"
+        );
+    }
+    assert_eq!(
+        prop(&hub, "e2e-reject", "FirmwareVersion"),
+        Some(Scalar::from("1.0"))
+    );
+    assert!(packages.downloads() >= 5);
+
+    let online: Vec<DeviceId> = devices[..5].iter().map(|d| d.id.clone()).collect();
+    // 2. Reboot.
+    let spec = JobSpec::new(
+        JobId::new("reboot").unwrap(),
+        JobType::Reboot {
+            wait_for_registration: false,
+        },
+        online.clone(),
+    );
+    assert_eq!(run_job(&hub, &mut devices, spec), JobStatus::Completed);
+    // The application hears of the reboot just after the device answered.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while devices[..5].iter().any(|d| d.reboots != 1) {
+        assert!(
+            Instant::now() < deadline,
+            "every device was asked to reboot once"
+        );
+        serve(&mut devices);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // 3. Factory reset.
+    let spec = JobSpec::new(
+        JobId::new("reset").unwrap(),
+        JobType::FactoryReset {
+            wait_for_registration: false,
+        },
+        online.clone(),
+    );
+    assert_eq!(run_job(&hub, &mut devices, spec), JobStatus::Completed);
+    // 4. Configuration update.
+    let spec = JobSpec::new(
+        JobId::new("config").unwrap(),
+        JobType::ConfigurationUpdate {
+            name: "sampling".into(),
+            value: "10s".into(),
+        },
+        online.clone(),
+    );
+    assert_eq!(run_job(&hub, &mut devices, spec), JobStatus::Completed);
+    for d in &devices[..5] {
+        assert_eq!(
+            device_value(d, Lwm2mPath::resource(10241, 0, 2)),
+            Some(ResourceValue::String("10s".into()))
+        );
+    }
+    // 5. Write device properties: the device's value changes; the twin follows by notify.
+    let spec = JobSpec::new(
+        JobId::new("write").unwrap(),
+        JobType::WriteDeviceProperties {
+            values: vec![(
+                Lwm2mPath::resource(3, 0, 15),
+                ResourceValue::String("Europe/Oslo".into()),
+            )],
+        },
+        online.clone(),
+    );
+    assert_eq!(run_job(&hub, &mut devices, spec), JobStatus::Completed);
+    for d in &devices[..5] {
+        assert_eq!(
+            device_value(d, Lwm2mPath::resource(3, 0, 15)),
+            Some(ResourceValue::String("Europe/Oslo".into()))
+        );
+    }
+    // 6. Read device properties: the twin gets the device's current value.
+    let spec = JobSpec::new(
+        JobId::new("read").unwrap(),
+        JobType::ReadDeviceProperties {
+            paths: vec![Lwm2mPath::resource(3, 0, 15)],
+        },
+        online.clone(),
+    );
+    assert_eq!(run_job(&hub, &mut devices, spec), JobStatus::Completed);
+    for d in &devices[..5] {
+        assert_eq!(
+            prop(&hub, d.id.as_str(), "Timezone"),
+            Some(Scalar::from("Europe/Oslo"))
+        );
+    }
+
+    for d in devices.iter_mut().chain(stranger.iter_mut()) {
+        if let Some(t) = d.thread.take() {
+            let _ = t.shutdown(Duration::from_secs(2));
+        }
+    }
+    hub.stop();
+    packages.stop();
+}
