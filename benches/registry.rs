@@ -61,16 +61,6 @@ fn print_memory(n: usize) -> Registry {
     reg.load(corpus::twins(n)).unwrap();
     let (wall_all, cpu_all) = (t.elapsed(), corpus::thread_cpu_seconds() - cpu0);
     let after = corpus::resident_bytes();
-    // Time: the same load with generation untimed, into a second registry.
-    let (elapsed, cpu) = {
-        let mut timed = Registry::with_feed_capacity(1 << 16);
-        timed_load(&mut timed, n)
-    };
-    eprintln!(
-        "registry bulk load: {n} twins in {elapsed:.2?} wall, {cpu:.2} s thread CPU \
-         ({:.0} twins/s by CPU); with generation {wall_all:.2?} wall, {cpu_all:.2} s CPU",
-        n as f64 / cpu.max(0.01)
-    );
     let registry_bytes = after.saturating_sub(before);
 
     // The same twins as serde_json::Value, on a sample, scaled to the fleet.
@@ -103,6 +93,16 @@ fn print_memory(n: usize) -> Registry {
         json_bytes / sample,
         mib(value_total),
         value_total / registry_bytes.max(1) as f64
+    );
+    // Time: the same load with generation untimed, into a second registry.
+    let (elapsed, cpu) = {
+        let mut timed = Registry::with_feed_capacity(1 << 16);
+        timed_load(&mut timed, n)
+    };
+    eprintln!(
+        "registry bulk load: {n} twins in {elapsed:.2?} wall, {cpu:.2} s thread CPU \
+         ({:.0} twins/s by CPU); with generation {wall_all:.2?} wall, {cpu_all:.2} s CPU",
+        n as f64 / cpu.max(0.01)
     );
     let fw = reg
         .property_id(twinhub::twin::PropertyKind::Device, "FirmwareVersion")
