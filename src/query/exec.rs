@@ -131,13 +131,8 @@ pub fn count<S: IndexedSource + ?Sized>(
     source: &S,
     expr: &QueryExpression,
 ) -> Result<u64, QueryError> {
-    expr.validate()?;
-    let plan = lower(expr.filter.as_ref(), source);
-    let exec = Executor {
-        source,
-        strategy: Strategy::Auto,
-    };
-    Ok(exec.count(&plan, source.universe()))
+    let plan = plan(source, expr)?;
+    Ok(auto_executor(source).count(&plan, source.universe()))
 }
 
 /// The slots whose documents match the expression's filter, as a bitmap: what a job's
@@ -146,13 +141,15 @@ pub fn matching_slots<S: IndexedSource + ?Sized>(
     source: &S,
     expr: &QueryExpression,
 ) -> Result<RoaringBitmap, QueryError> {
-    expr.validate()?;
-    let plan = lower(expr.filter.as_ref(), source);
-    let exec = Executor {
+    let plan = plan(source, expr)?;
+    Ok(auto_executor(source).eval(&plan, source.universe()))
+}
+
+fn auto_executor<S: IndexedSource + ?Sized>(source: &S) -> Executor<'_, S> {
+    Executor {
         source,
         strategy: Strategy::Auto,
-    };
-    Ok(exec.eval(&plan, source.universe()))
+    }
 }
 
 /// The lowered, normalised plan of an expression's filter (for inspection and tests).
