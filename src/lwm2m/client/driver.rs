@@ -63,7 +63,7 @@ impl Default for DriverOptions {
 /// ```
 pub struct DeviceThread {
     client: Arc<Mutex<Lwm2mClient>>,
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     local: SocketAddr,
     stop: Arc<AtomicBool>,
     events: Receiver<ClientEvent>,
@@ -84,12 +84,15 @@ impl DeviceThread {
         options: DriverOptions,
     ) -> io::Result<DeviceThread> {
         let local = socket.local_addr()?;
+        // One socket, shared: the thread receives on it and the handle sends its wake-up
+        // datagrams from it, so a device costs one file descriptor.
+        let socket = Arc::new(socket);
         let client = Arc::new(Mutex::new(client));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, events) = sync_channel(options.event_capacity.max(1));
         let worker = Worker {
             client: client.clone(),
-            socket: socket.try_clone()?,
+            socket: socket.clone(),
             local,
             stop: stop.clone(),
             events: tx,
@@ -169,7 +172,7 @@ fn lock(c: &Mutex<Lwm2mClient>) -> MutexGuard<'_, Lwm2mClient> {
 
 struct Worker {
     client: Arc<Mutex<Lwm2mClient>>,
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     local: SocketAddr,
     stop: Arc<AtomicBool>,
     events: SyncSender<ClientEvent>,
