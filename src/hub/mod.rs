@@ -72,9 +72,12 @@ use std::time::{Duration, Instant};
 /// Which device properties the hub keeps in sync, and how eagerly.
 #[derive(Clone, Debug)]
 pub struct PropertySync {
-    /// Object instances to observe when a device registers (only those it announces).
-    /// Default: `/3/0` (Device), `/1/0` (Server), `/5/0` (Firmware Update): every
-    /// preview device property lives there.
+    /// What to observe when a device registers (only what lies in an object instance it
+    /// announces). Default: the instances `/3/0` (Device) and `/1/0` (Server), and the
+    /// firmware resources that move on their own, `/5/0/3` (State) and `/5/0/5` (Update
+    /// Result). `/5/0` itself is left to the firmware-update job, which observes it while it
+    /// runs and cancels that observation when it ends; observing the same path here would
+    /// let that cancel end the hub's sync too.
     pub paths: Vec<Lwm2mPath>,
     /// Attributes written before observing. The preview used pmin 5 min and pmax 6 h;
     /// the default here is pmin 1 s and pmax 1 h, because a twin that lags minutes behind
@@ -88,7 +91,8 @@ impl Default for PropertySync {
             paths: vec![
                 Lwm2mPath::instance(3, 0),
                 Lwm2mPath::instance(1, 0),
-                Lwm2mPath::instance(5, 0),
+                Lwm2mPath::resource(5, 0, 3),
+                Lwm2mPath::resource(5, 0, 5),
             ],
             attributes: NotificationAttributes {
                 pmin: Some(1),
@@ -675,7 +679,7 @@ impl Inner {
             return;
         };
         for path in &sync.paths {
-            if !objects.iter().any(|o| o == path || o.contains(path)) {
+            if !objects.iter().any(|o| o.contains(path)) {
                 continue;
             }
             if sync.attributes != NotificationAttributes::default() {
