@@ -8,7 +8,9 @@
 
 mod coap_support;
 
-use coap_support::{TestServer, big_body, missing_peer};
+mod peers;
+use coap_support::{TestServer, big_body};
+use peers::missing_peer;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -5,7 +5,6 @@
 //! `TWINHUB_REQUIRE_PEERS=1` (CI). Install the peers with `bash tests/peers/install.sh`.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
@@ -14,25 +13,8 @@ use twinhub::lwm2m::client::{
 };
 use twinhub::{Lwm2mPath, ResourceValue};
 
-fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
-}
-
-/// Returns false (after a loud message) when the peer is missing and peers are optional.
-fn peer_available(name: &str, ok: bool) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("TWINHUB_REQUIRE_PEERS").as_deref() == Ok("1") {
-        panic!(
-            "interop peer {name} is missing and TWINHUB_REQUIRE_PEERS=1 (run bash tests/peers/install.sh)"
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING interop test: peer {name} is missing (run bash tests/peers/install.sh) ***\n"
-    );
-    false
-}
+mod peers;
+use peers::{peer_available, peers_dir};
 
 /// A peer process whose stdout lines arrive on a channel; killed (by its pid) on drop.
 struct Peer {

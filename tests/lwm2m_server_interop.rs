@@ -9,7 +9,6 @@
 //! A missing peer skips the test with a loud message; with TWINHUB_REQUIRE_PEERS=1 it fails.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -21,25 +20,8 @@ use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
-}
-
-/// `true` when the peer is usable; otherwise skips loudly or fails under CI.
-fn peer_available(name: &str, ok: bool) -> bool {
-    if ok {
-        return true;
-    }
-    if std::env::var("TWINHUB_REQUIRE_PEERS").as_deref() == Ok("1") {
-        panic!(
-            "interop peer {name} is missing and TWINHUB_REQUIRE_PEERS=1 (run tests/peers/install.sh)"
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING: interop peer {name} is missing; run `bash tests/peers/install.sh` ***\n"
-    );
-    false
-}
+mod peers;
+use peers::{peer_available, peers_dir};
 
 /// A child process whose stdout lines arrive on a channel; killed by PID on drop.
 struct Peer {

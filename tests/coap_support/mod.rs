@@ -132,16 +132,3 @@ fn serve(driver: &UdpDriver, stop: &AtomicBool) -> (Vec<Message>, Vec<Observatio
     }
     (seen, ended)
 }
-
-/// Whether interop peers are required (CI): a missing peer then fails the test.
-pub fn peers_required() -> bool {
-    std::env::var("TWINHUB_REQUIRE_PEERS").is_ok_and(|v| v == "1")
-}
-
-/// Reports a missing peer: panics when peers are required, else prints loudly.
-pub fn missing_peer(what: &str) {
-    if peers_required() {
-        panic!("interop peer missing: {what} (TWINHUB_REQUIRE_PEERS=1)");
-    }
-    eprintln!("\n!!! SKIPPING: interop peer missing: {what} (run tests/peers/install.sh) !!!\n");
-}
