@@ -77,6 +77,8 @@ enum Op {
         tags: Vec<usize>,
         connected: bool,
     },
+    /// `Registry::load` of several `Create`s (the batched path).
+    Load(Vec<Op>),
     Remove(usize),
     Report(usize, usize, Scalar, u64),
     RemoveDeviceProperty(usize, usize),
@@ -92,25 +94,32 @@ enum Op {
     LastActivity(usize, u64),
 }
 
+fn create_op() -> impl Strategy<Value = Op> {
+    let tags = proptest::collection::vec(0..TAGS.len(), 0..3);
+    let service = proptest::collection::vec((0..SERVICE_NAMES.len(), service_value()), 0..3);
+    (
+        0..IDS.len(),
+        proptest::collection::vec((0..DEVICE_NAMES.len(), scalar()), 0..4),
+        service,
+        tags,
+        any::<bool>(),
+    )
+        .prop_map(|(id, props, service, tags, connected)| Op::Create {
+            id,
+            props,
+            service,
+            tags,
+            connected,
+        })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let id = 0..IDS.len();
     let tags = proptest::collection::vec(0..TAGS.len(), 0..3);
     let service = proptest::collection::vec((0..SERVICE_NAMES.len(), service_value()), 0..3);
     prop_oneof![
-        4 => (
-            id.clone(),
-            proptest::collection::vec((0..DEVICE_NAMES.len(), scalar()), 0..4),
-            service.clone(),
-            tags.clone(),
-            any::<bool>()
-        )
-            .prop_map(|(id, props, service, tags, connected)| Op::Create {
-                id,
-                props,
-                service,
-                tags,
-                connected
-            }),
+        4 => create_op(),
+        1 => proptest::collection::vec(create_op(), 0..6).prop_map(Op::Load),
         1 => id.clone().prop_map(Op::Remove),
         6 => (id.clone(), 0..DEVICE_NAMES.len(), scalar(), 0u64..5)
             .prop_map(|(i, n, v, t)| Op::Report(i, n, v, t)),
@@ -186,9 +195,71 @@ fn tags_of(ix: &[usize]) -> Vec<&'static str> {
     ix.iter().map(|&i| TAGS[i]).collect()
 }
 
+/// The twin a `Create` op describes.
+fn twin_of(op: &Op) -> Twin {
+    let Op::Create {
+        id,
+        props,
+        service,
+        tags,
+        connected,
+    } = op
+    else {
+        unreachable!("loads hold creates only")
+    };
+    let mut t = Twin::new(DeviceId::new(IDS[*id]).unwrap());
+    for (n, v) in props {
+        t = t.with_device_property(DEVICE_NAMES[*n], v.clone(), ts(0));
+    }
+    for (n, v) in service {
+        t = t.with_service_property(SERVICE_NAMES[*n], v.clone());
+    }
+    for &i in tags {
+        t = t.with_tag(TAGS[i]);
+    }
+    if *connected {
+        t.connection_state = ConnectionState::Connected;
+    }
+    t
+}
+
+/// What creating `t` does to the model: `Err` (model untouched) as the registry must fail.
+fn model_create(model: &mut Model, mut t: Twin) -> Result<(), RegistryError> {
+    let id = t.device_id.to_string();
+    if model.twins.contains_key(&id) {
+        return Err(RegistryError::DeviceExists { id: t.device_id });
+    }
+    t.validate().map_err(|error| RegistryError::Invalid {
+        id: id.clone(),
+        error,
+    })?;
+    let seq = model.seq + 1;
+    t.generation_id = Etag(seq);
+    t.etag = Etag(seq);
+    t.service_properties.etag = Etag(seq);
+    model.twins.insert(id.clone(), t);
+    model.bump(&id, ChangeKind::Created, true);
+    Ok(())
+}
+
 /// Applies `op` to both; checks the outcome agrees with the model's prediction.
 fn apply(reg: &mut Registry, model: &mut Model, op: &Op) -> Result<(), TestCaseError> {
     match op {
+        Op::Load(creates) => {
+            let twins: Vec<Twin> = creates.iter().map(twin_of).collect();
+            let got = reg.load(twins.clone());
+            let mut expected = Ok(0);
+            for t in twins {
+                match model_create(model, t) {
+                    Ok(()) => expected = expected.map(|n| n + 1),
+                    Err(e) => {
+                        expected = Err(e);
+                        break;
+                    }
+                }
+            }
+            prop_assert_eq!(got, expected);
+        }
         Op::Create {
             id,
             props,

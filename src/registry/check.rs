@@ -178,23 +178,56 @@ impl Registry {
                 ));
             }
             let expected = &values[pid];
-            if p.order.len() != expected.len() {
+            // The order holds every live value once, in value order, plus dead values
+            // (no slots) that a merge has not dropped yet.
+            let mut live = Vec::with_capacity(expected.len());
+            let mut dead = 0;
+            let mut in_order = BTreeSet::new();
+            for vid in p.ordered_ids() {
+                let entry = p
+                    .values
+                    .get(vid as usize)
+                    .ok_or_else(|| format!("property {}: order holds unknown id {vid}", p.name))?;
+                if !in_order.insert(vid) {
+                    return Err(format!("property {}: id {vid} twice in the order", p.name));
+                }
+                match &entry.slots {
+                    Posting::Empty => dead += 1,
+                    _ => live.push((vid, entry)),
+                }
+            }
+            if dead != p.dead() || live.len() != p.distinct() {
+                return Err(format!(
+                    "property {}: counts {} live / {} dead, order has {} / {dead}",
+                    p.name,
+                    p.distinct(),
+                    p.dead(),
+                    live.len()
+                ));
+            }
+            if live.len() != expected.len() {
                 return Err(format!(
                     "{} property {}: {} indexed values, {} in twins",
                     p.kind,
                     p.name,
-                    p.order.len(),
+                    live.len(),
                     expected.len()
                 ));
             }
-            for ((v, &vid), (ev, eslots)) in p.order.iter().zip(expected) {
+            for ((vid, entry), (ev, eslots)) in live.into_iter().zip(expected) {
+                let v = &entry.value;
                 if v != ev {
                     return Err(format!(
                         "{} property {}: value {v} not in twins",
                         p.kind, p.name
                     ));
                 }
-                let entry = &p.values[vid as usize];
+                if p.slots_of(v).map(|s| s.len()) != Some(eslots.len()) {
+                    return Err(format!(
+                        "{} property {}: value {v} (id {vid}) not found by hash",
+                        p.kind, p.name
+                    ));
+                }
                 let slots = match &entry.slots {
                     Posting::Empty => RoaringBitmap::new(),
                     Posting::One(s) => std::iter::once(*s).collect(),
@@ -209,23 +242,31 @@ impl Registry {
                         b.clone()
                     }
                 };
-                if entry.value != *v || &slots != eslots {
+                if &slots != eslots {
                     return Err(format!(
                         "{} property {}: slots of value {v} differ",
                         p.kind, p.name
                     ));
                 }
             }
-            let live = p.order.len() + p.free_ids().len();
-            if live != p.values.len() {
+            let hashed = p.lookup_consistent()?;
+            if hashed != p.distinct() {
                 return Err(format!(
-                    "property {}: value ids leak ({live} of {})",
+                    "property {}: hash table holds {hashed} values, {} live",
+                    p.name,
+                    p.distinct()
+                ));
+            }
+            let accounted = in_order.len() + p.free_ids().len();
+            if accounted != p.values.len() {
+                return Err(format!(
+                    "property {}: value ids leak ({accounted} of {})",
                     p.name,
                     p.values.len()
                 ));
             }
             for &f in p.free_ids() {
-                if !matches!(p.values[f as usize].slots, Posting::Empty) {
+                if in_order.contains(&f) || !matches!(p.values[f as usize].slots, Posting::Empty) {
                     return Err(format!("property {}: free value id {f} in use", p.name));
                 }
             }

@@ -1,9 +1,12 @@
 //! Value indexes: one per property, mapping each distinct value to the slots holding it.
 
+use super::hash::{FastMap, FastState};
+use super::sorted::{SortKey, SortedRuns};
+use super::vid_table::VidTable;
 use crate::twin::{PropertyKind, Scalar, WellKnownProperty};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -188,8 +191,40 @@ pub(crate) fn same_repr(a: &Scalar, b: &Scalar) -> bool {
     a == b && float_flag(a) == float_flag(b)
 }
 
+/// An order-preserving 64-bit prefix of a value: `a < b` implies `prefix(a) <= prefix(b)`
+/// and equal values have equal prefixes. Two bits of type rank (booleans, numbers,
+/// strings: [`Scalar`]'s order), then the value: a number's order-preserving `f64` bits,
+/// a string's first 7 bytes.
+pub(crate) fn sort_prefix(v: &Scalar) -> u64 {
+    match v {
+        Scalar::Bool(b) => u64::from(*b),
+        Scalar::Number(n) => {
+            // -0.0 == 0.0 in Scalar order: one prefix for both.
+            let f = n.as_f64();
+            let bits = if f == 0.0 { 0 } else { f.to_bits() };
+            let ordered = if bits >> 63 == 1 {
+                !bits
+            } else {
+                bits | (1 << 63)
+            };
+            (1 << 62) | (ordered >> 2)
+        }
+        Scalar::String(s) => {
+            let mut first = [0u8; 8];
+            let n = s.len().min(7);
+            first[1..=n].copy_from_slice(&s.as_bytes()[..n]);
+            (2 << 62) | (u64::from_be_bytes(first) << 6)
+        }
+    }
+}
+
 /// One property's index: its distinct values (by value id), their order, and which slots
 /// have the property at all.
+///
+/// Each distinct value is stored once, in `values`; [`VidTable`] finds it by hash and
+/// [`SortedRuns`] keeps the ids in value order. A value whose last slot leaves is *dead*:
+/// it leaves the hash table at once (so an equal value coming back gets a new id) and
+/// stays in the order until a merge drops it and frees its id.
 #[derive(Debug)]
 pub(crate) struct PropertyIndex {
     pub(crate) kind: PropertyKind,
@@ -198,11 +233,17 @@ pub(crate) struct PropertyIndex {
     pub(crate) well_known: Option<&'static WellKnownProperty>,
     pub(crate) values: Vec<ValueEntry>,
     free: Vec<u32>,
-    pub(crate) order: BTreeMap<Scalar, u32>,
+    lookup: VidTable,
+    order: SortedRuns,
+    /// Values with slots (or, during a bulk load, about to get them).
+    live: usize,
+    /// Values without slots still in `order`.
+    dead: usize,
+    hasher: FastState,
     /// By value id: the same number in the other representation (`1` vs `1.0`), once
     /// some slot holds it that way (numbers are one index key but serialise as written).
     /// Rare, so kept out of [`ValueEntry`].
-    others: HashMap<u32, Scalar>,
+    others: FastMap<u32, Scalar>,
     pub(crate) exists: RoaringBitmap,
 }
 
@@ -218,47 +259,120 @@ impl PropertyIndex {
             well_known,
             values: Vec::new(),
             free: Vec::new(),
-            order: BTreeMap::new(),
-            others: HashMap::new(),
+            lookup: VidTable::default(),
+            order: SortedRuns::default(),
+            live: 0,
+            dead: 0,
+            hasher: FastState::default(),
+            others: FastMap::default(),
             exists: RoaringBitmap::new(),
         }
+    }
+
+    fn hash32(&self, value: &Scalar) -> u32 {
+        (self.hasher.hash_one(value) >> 32) as u32
+    }
+
+    /// The id of a live value.
+    fn find(&self, value: &Scalar) -> Option<u32> {
+        let values = &self.values;
+        self.lookup
+            .find(self.hash32(value), |id| values[id as usize].value == *value)
+    }
+
+    /// The value's id, allocated (with no slots yet) if the value is new; and whether
+    /// it is new. Records `value`'s other representation when it differs.
+    fn intern(&mut self, value: &Scalar) -> (u32, bool) {
+        if let Some(vid) = self.find(value) {
+            if float_flag(&self.values[vid as usize].value) != float_flag(value) {
+                self.others.entry(vid).or_insert_with(|| value.clone());
+            }
+            return (vid, false);
+        }
+        let entry = ValueEntry {
+            value: value.clone(),
+            slots: Posting::Empty,
+        };
+        let vid = match self.free.pop() {
+            Some(vid) => {
+                self.values[vid as usize] = entry;
+                vid
+            }
+            None => {
+                self.values.push(entry);
+                (self.values.len() - 1) as u32
+            }
+        };
+        self.lookup.insert(self.hash32(value), vid);
+        self.live += 1;
+        (vid, true)
     }
 
     /// Adds `slot` under `value`; returns the stored value id (with [`FLOAT_BIT`] set
     /// when `value` is written as a float).
     pub(crate) fn insert(&mut self, value: &Scalar, slot: u32) -> u32 {
         add(&mut self.exists, slot);
-        // One descent of the ordered map whether the value is new or not.
-        let vid = match self.order.entry(value.clone()) {
-            std::collections::btree_map::Entry::Occupied(o) => {
-                let vid = *o.get();
-                let entry = &self.values[vid as usize];
-                if float_flag(&entry.value) != float_flag(value) {
-                    self.others.entry(vid).or_insert_with(|| value.clone());
-                }
-                vid
-            }
-            std::collections::btree_map::Entry::Vacant(slot_in_order) => {
-                let entry = ValueEntry {
-                    value: value.clone(),
-                    slots: Posting::Empty,
-                };
-                let vid = match self.free.pop() {
-                    Some(vid) => {
-                        self.values[vid as usize] = entry;
-                        vid
-                    }
-                    None => {
-                        self.values.push(entry);
-                        (self.values.len() - 1) as u32
-                    }
-                };
-                slot_in_order.insert(vid);
-                vid
-            }
-        };
+        let (vid, new) = self.intern(value);
         self.values[vid as usize].slots.insert(slot);
+        if new {
+            self.order_ids(vec![vid]);
+        }
         vid | float_flag(value)
+    }
+
+    /// The bulk-load half of [`PropertyIndex::insert`]: interns the value and returns its
+    /// stored id, leaving the slot to [`PropertyIndex::add_slots`] (new ids go to `new_ids`).
+    pub(crate) fn insert_deferred(&mut self, value: &Scalar, new_ids: &mut Vec<u32>) -> u32 {
+        let (vid, new) = self.intern(value);
+        if new {
+            new_ids.push(vid);
+        }
+        vid | float_flag(value)
+    }
+
+    /// Adds deferred `(value id, slot)` pairs, then puts the load's new ids in order.
+    /// Pairs of one property together touch only its bitmaps, which stay in cache.
+    pub(crate) fn add_slots(&mut self, pairs: &[(u32, u32)], new_ids: Vec<u32>) {
+        for &(vid, slot) in pairs {
+            add(&mut self.exists, slot);
+            if vid != OBJECT_NODE {
+                self.values[(vid & !FLOAT_BIT) as usize].slots.insert(slot);
+            }
+        }
+        self.order_ids(new_ids);
+    }
+
+    fn order_ids(&mut self, ids: Vec<u32>) {
+        let values = &self.values;
+        let cmp = |a: u32, b: u32| values[a as usize].value.cmp(&values[b as usize].value);
+        let alive = |id: u32| !matches!(values[id as usize].slots, Posting::Empty);
+        let mut dropped = Vec::new();
+        if let [id] = ids[..] {
+            let key = SortKey {
+                prefix: sort_prefix(&values[id as usize].value),
+                id,
+            };
+            self.order.insert(key, &cmp, &alive, &mut dropped);
+        } else {
+            let keys = ids
+                .into_iter()
+                .map(|id| SortKey {
+                    prefix: sort_prefix(&values[id as usize].value),
+                    id,
+                })
+                .collect();
+            self.order.insert_batch(keys, &cmp, &alive, &mut dropped);
+        }
+        self.release(dropped);
+    }
+
+    /// Frees the ids of dead values a merge dropped from the order.
+    fn release(&mut self, dropped: Vec<u32>) {
+        for id in dropped {
+            self.values[id as usize].value = Scalar::Bool(false);
+            self.free.push(id);
+            self.dead -= 1;
+        }
     }
 
     /// Marks `slot` as having the property with an object value (no value entry).
@@ -273,12 +387,20 @@ impl PropertyIndex {
             return;
         }
         let vid = vid & !FLOAT_BIT;
-        let entry = &mut self.values[vid as usize];
-        if entry.slots.remove(slot) {
-            self.order.remove(&entry.value);
-            entry.value = Scalar::Bool(false);
+        if self.values[vid as usize].slots.remove(slot) {
+            let hash = self.hash32(&self.values[vid as usize].value);
+            self.lookup.remove(hash, vid);
             self.others.remove(&vid);
-            self.free.push(vid);
+            self.live -= 1;
+            self.dead += 1;
+            if self.dead > 32 && self.dead * 4 > self.live {
+                let values = &self.values;
+                let cmp = |a: u32, b: u32| values[a as usize].value.cmp(&values[b as usize].value);
+                let alive = |id: u32| !matches!(values[id as usize].slots, Posting::Empty);
+                let mut dropped = Vec::new();
+                self.order.compact(&cmp, &alive, &mut dropped);
+                self.release(dropped);
+            }
         }
     }
 
@@ -293,8 +415,13 @@ impl PropertyIndex {
     }
 
     pub(crate) fn slots_of(&self, value: &Scalar) -> Option<SlotSet<'_>> {
-        let vid = *self.order.get(value)?;
+        let vid = self.find(value)?;
         self.values[vid as usize].slots.as_set()
+    }
+
+    /// How many distinct values have slots.
+    pub(crate) fn distinct(&self) -> usize {
+        self.live
     }
 
     pub(crate) fn range<'a>(
@@ -302,28 +429,71 @@ impl PropertyIndex {
         lo: Bound<&Scalar>,
         hi: Bound<&Scalar>,
     ) -> impl DoubleEndedIterator<Item = (&'a Scalar, SlotSet<'a>)> + use<'a> {
-        // BTreeMap::range panics on an inverted or empty-excluded range; answer empty.
-        let valid = match (lo, hi) {
-            (Bound::Included(a), Bound::Included(b)) => a <= b,
-            (Bound::Included(a), Bound::Excluded(b))
-            | (Bound::Excluded(a), Bound::Included(b))
-            | (Bound::Excluded(a), Bound::Excluded(b)) => a < b,
-            _ => true,
+        let values = &self.values;
+        // `k < v` and `k <= v`, deciding on the prefix when it differs.
+        let below = |k: SortKey, v: &Scalar, p: u64, or_equal: bool| match k.prefix.cmp(&p) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => {
+                let o = values[k.id as usize].value.cmp(v);
+                o.is_lt() || (or_equal && o.is_eq())
+            }
         };
-        let range = valid.then(|| self.order.range::<Scalar, _>((lo, hi)));
-        range
-            .into_iter()
-            .flatten()
-            .filter_map(move |(value, &vid)| {
-                self.values[vid as usize]
-                    .slots
-                    .as_set()
-                    .map(|set| (value, set))
-            })
+        let bound = |b: Bound<&Scalar>| match b {
+            Bound::Included(v) => Some((v.clone(), sort_prefix(v), true)),
+            Bound::Excluded(v) => Some((v.clone(), sort_prefix(v), false)),
+            Bound::Unbounded => None,
+        };
+        let (lo, hi) = (bound(lo), bound(hi));
+        let merge = self.order.range(
+            |k| {
+                lo.as_ref()
+                    .is_some_and(|(v, p, incl)| below(k, v, *p, !incl))
+            },
+            |k| {
+                hi.as_ref()
+                    .is_none_or(|(v, p, incl)| below(k, v, *p, *incl))
+            },
+            move |a: u32, b: u32| values[a as usize].value.cmp(&values[b as usize].value),
+        );
+        merge.filter_map(move |id| {
+            let entry = &values[id as usize];
+            entry.slots.as_set().map(|set| (&entry.value, set))
+        })
     }
 
     pub(crate) fn free_ids(&self) -> &[u32] {
         &self.free
+    }
+
+    /// Every id in the order (dead ones too), in value order.
+    pub(crate) fn ordered_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        let values = &self.values;
+        self.order.range(
+            |_| false,
+            |_| true,
+            move |a: u32, b: u32| values[a as usize].value.cmp(&values[b as usize].value),
+        )
+    }
+
+    /// How many values the hash table holds, and whether it finds every live value at
+    /// its own id (for `validate`).
+    pub(crate) fn lookup_consistent(&self) -> Result<usize, String> {
+        for (hash, id) in self.lookup.iter() {
+            let entry = self
+                .values
+                .get(id as usize)
+                .ok_or_else(|| format!("hash table holds unknown value id {id}"))?;
+            if hash != self.hash32(&entry.value) || self.find(&entry.value) != Some(id) {
+                return Err(format!("hash table misplaces value {}", entry.value));
+            }
+        }
+        Ok(self.lookup.len())
+    }
+
+    /// How many dead values wait in the order.
+    pub(crate) fn dead(&self) -> usize {
+        self.dead
     }
 }
 
@@ -348,10 +518,132 @@ mod tests {
         ));
         p.remove(a, 7);
         assert!(p.slots_of(&Scalar::from(1)).is_none());
-        assert_eq!(p.free_ids(), &[a]);
-        let c = p.insert(&Scalar::from("s"), 1);
-        assert_eq!(c, a, "value ids are reused");
+        assert_eq!(
+            (p.distinct(), p.dead()),
+            (0, 1),
+            "dead until a merge drops it"
+        );
+        assert_eq!(p.range(Bound::Unbounded, Bound::Unbounded).count(), 0);
+        // An equal value coming back is a new value.
+        let c = p.insert(&Scalar::from(1), 1);
+        assert_ne!(c, a);
         assert!(p.exists.contains(1) && p.exists.len() == 1);
+        // Enough dead values compact the order and free their ids for reuse.
+        for i in 0..100u32 {
+            let vid = p.insert(&Scalar::from(format!("v{i}").as_str()), 100 + i);
+            p.remove(vid, 100 + i);
+        }
+        assert!(p.dead() * 4 <= p.distinct() + 32 * 4, "compacted");
+        assert!(!p.free_ids().is_empty());
+        let reused = p.insert(&Scalar::from("again"), 2);
+        assert!(p.free_ids().len() < 100 && reused < 102, "ids are reused");
+        assert_eq!(p.ordered_ids().count(), p.distinct() + p.dead());
+    }
+
+    proptest::proptest! {
+        /// Random single and batched inserts and removals over many distinct values (so
+        /// values die, runs merge and the order compacts) agree with a map of slot -> value.
+        #[test]
+        fn index_agrees_with_a_model(
+            ops in proptest::collection::vec(
+                (0u8..3, 0u32..60, 0i64..300, proptest::bool::ANY), 1..400)
+        ) {
+            use std::collections::BTreeMap;
+            let mut p = PropertyIndex::new(PropertyKind::Service, Arc::from("x"), None);
+            let mut stored: BTreeMap<u32, u32> = BTreeMap::new(); // slot -> vid
+            let mut model: BTreeMap<u32, Scalar> = BTreeMap::new(); // slot -> value
+            let mut pending: Vec<(u32, u32)> = Vec::new();
+            let mut new_ids = Vec::new();
+            for (kind, slot, n, as_string) in ops {
+                let value = if as_string {
+                    Scalar::from(format!("v{n}").as_str())
+                } else {
+                    Scalar::from(n)
+                };
+                let busy = model.contains_key(&slot) || pending.iter().any(|&(_, s)| s == slot);
+                match kind {
+                    0 if !busy => {
+                        stored.insert(slot, p.insert(&value, slot));
+                        model.insert(slot, value);
+                    }
+                    1 if !busy => {
+                        let vid = p.insert_deferred(&value, &mut new_ids);
+                        pending.push((vid, slot));
+                        stored.insert(slot, vid);
+                        model.insert(slot, value);
+                    }
+                    _ => {
+                        if !pending.is_empty() {
+                            p.add_slots(&pending, std::mem::take(&mut new_ids));
+                            pending.clear();
+                        }
+                        if let Some(vid) = stored.remove(&slot) {
+                            p.remove(vid, slot);
+                            model.remove(&slot);
+                        }
+                    }
+                }
+            }
+            p.add_slots(&pending, new_ids);
+            let mut want: BTreeMap<Scalar, Vec<u32>> = BTreeMap::new();
+            for (slot, v) in &model {
+                want.entry(v.clone()).or_default().push(*slot);
+            }
+            let got: Vec<(Scalar, Vec<u32>)> = p
+                .range(Bound::Unbounded, Bound::Unbounded)
+                .map(|(v, s)| (v.clone(), s.iter().collect()))
+                .collect();
+            let want: Vec<(Scalar, Vec<u32>)> = want.into_iter().collect();
+            proptest::prop_assert_eq!(&got, &want);
+            for (v, slots) in &want {
+                let set = p.slots_of(v).map(|s| s.iter().collect::<Vec<_>>());
+                proptest::prop_assert_eq!(set.as_ref(), Some(slots));
+            }
+            for (slot, vid) in &stored {
+                proptest::prop_assert_eq!(p.value(*vid), &model[slot]);
+            }
+            proptest::prop_assert_eq!(p.distinct(), want.len());
+            proptest::prop_assert_eq!(p.lookup_consistent(), Ok(want.len()));
+            proptest::prop_assert_eq!(p.ordered_ids().count(), p.distinct() + p.dead());
+            proptest::prop_assert!(p.dead() <= 32 || p.dead() * 4 <= p.distinct());
+            let mut exists: Vec<u32> = model.keys().copied().collect();
+            exists.sort_unstable();
+            proptest::prop_assert_eq!(p.exists.iter().collect::<Vec<_>>(), exists);
+        }
+    }
+
+    #[test]
+    fn prefixes_keep_the_order() {
+        let mut vals: Vec<Scalar> = vec![
+            Scalar::from(false),
+            Scalar::from(true),
+            Scalar::from(-1.5),
+            Scalar::from(-0.0),
+            Scalar::from(0),
+            Scalar::from(1),
+            Scalar::from(1.0),
+            Scalar::from(9_007_199_254_740_993i64),
+            Scalar::from(9_007_199_254_740_992.0),
+            Scalar::from(i64::MAX),
+            Scalar::from(""),
+            Scalar::from("a"),
+            Scalar::from("a\0"),
+            Scalar::from("abcdefg"),
+            Scalar::from("abcdefgh"),
+            Scalar::from("abcdefgi"),
+            Scalar::from("\u{ff}"),
+        ];
+        vals.sort();
+        for a in &vals {
+            for b in &vals {
+                let (pa, pb) = (sort_prefix(a), sort_prefix(b));
+                match a.cmp(b) {
+                    std::cmp::Ordering::Less => assert!(pa <= pb, "{a} < {b}"),
+                    std::cmp::Ordering::Equal => assert_eq!(pa, pb, "{a} == {b}"),
+                    std::cmp::Ordering::Greater => assert!(pa >= pb, "{a} > {b}"),
+                }
+            }
+        }
     }
 
     #[test]
