@@ -197,7 +197,12 @@ fn check_all(reg: &Registry, exprs: &[QueryExpression]) {
             naive::count(&twins, expr).unwrap(),
             "count of {expr}"
         );
-        for strategy in [Strategy::Auto, Strategy::Bitmaps, Strategy::Scans] {
+        for strategy in [
+            Strategy::Auto,
+            Strategy::Bitmaps,
+            Strategy::Scans,
+            Strategy::Columns,
+        ] {
             assert_same(reg, &twins, expr, strategy, 4);
         }
         assert_same(reg, &twins, expr, Strategy::Auto, 1000);

@@ -161,6 +161,30 @@ pub fn plan<S: IndexedSource + ?Sized>(
     Ok(lower(expr.filter.as_ref(), source))
 }
 
+/// A range step looks slots up in a column when the slots left are fewer than the
+/// range's slots divided by this.
+const RANGE_COLUMN_FACTOR: u64 = 4;
+
+/// A set of slots as one bit per slot up to its largest: membership is a single load.
+struct DenseSet(Vec<u64>);
+
+impl DenseSet {
+    fn new(slots: &RoaringBitmap) -> Self {
+        let words = slots.max().map_or(0, |m| m as usize / 64 + 1);
+        let mut bits = vec![0u64; words];
+        for s in slots {
+            bits[s as usize / 64] |= 1 << (s % 64);
+        }
+        DenseSet(bits)
+    }
+
+    fn contains(&self, slot: u32) -> bool {
+        self.0
+            .get(slot as usize / 64)
+            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+}
+
 /// A sort entry: a slot and its sort key values.
 type Entry = (u32, Vec<Option<Scalar>>);
 
@@ -211,14 +235,40 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
     }
 
     fn eval_and(&self, children: &[Plan<S::Property>], within: &RoaringBitmap) -> RoaringBitmap {
-        let mut acc: Option<RoaringBitmap> = None;
-        for child in self.by_cardinality(children) {
-            acc = Some(self.narrow(child, acc.as_ref().unwrap_or(within)));
-            if acc.as_ref().is_some_and(RoaringBitmap::is_empty) {
+        self.narrow_all(&self.by_cardinality(children), within)
+            .into_owned()
+    }
+
+    /// `within ∩ children`, step by step, stopping early when empty. A first step over
+    /// the whole universe that is a stored bitmap (one tag, one value) is borrowed, not
+    /// copied.
+    fn narrow_all<'b>(
+        &'b self,
+        children: &[&Plan<S::Property>],
+        within: &'b RoaringBitmap,
+    ) -> Cow<'b, RoaringBitmap> {
+        let mut acc = Cow::Borrowed(within);
+        for (i, child) in children.iter().enumerate() {
+            let stored = (i == 0 && within.len() == self.source.universe().len())
+                .then(|| self.stored_bitmap(child))
+                .flatten();
+            acc = match stored {
+                Some(b) => Cow::Borrowed(b),
+                None => Cow::Owned(self.narrow(child, &acc)),
+            };
+            if acc.is_empty() {
                 break;
             }
         }
-        acc.unwrap_or_else(|| within.clone())
+        acc
+    }
+
+    /// The bitmap a leaf selects when the source stores exactly it.
+    fn stored_bitmap(&self, leaf: &Plan<S::Property>) -> Option<&RoaringBitmap> {
+        match leaf {
+            Plan::Tags(tags) if tags.len() == 1 => self.source.tag_bitmap(&tags[0]),
+            _ => None,
+        }
     }
 
     /// One AND step: `base ∩ child` (a negated leaf subtracts).
@@ -284,7 +334,7 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
         }
         match self.strategy {
             Strategy::Scans => true,
-            Strategy::Bitmaps => false,
+            Strategy::Bitmaps | Strategy::Columns => false,
             // A probe costs a few cache misses per slot (~0.3-1 us); a bitmap pass costs a few
             // ns per slot of the leaf.
             Strategy::Auto => within.len().saturating_mul(256) < self.estimate(leaf),
@@ -299,6 +349,19 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
             Plan::In(p, vs) => value(*p).is_some_and(|x| vs.binary_search(&x).is_ok()),
             Plan::Range(p, lo, hi) => value(*p).is_some_and(|x| within(&x, lo, hi)),
             _ => false,
+        }
+    }
+
+    /// Whether a range step over `within` should look slots up in the source's value
+    /// column: a lookup costs a few ns per slot of `within`, a bitmap pass a few ns per
+    /// slot of the range.
+    fn range_by_column(&self, range: &Plan<S::Property>, within: &RoaringBitmap) -> bool {
+        match self.strategy {
+            Strategy::Bitmaps => false,
+            Strategy::Columns | Strategy::Scans => true,
+            Strategy::Auto => {
+                within.len().saturating_mul(RANGE_COLUMN_FACTOR) < self.estimate(range)
+            }
         }
     }
 
@@ -323,7 +386,12 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
                 let Some((first, rest)) = bitmaps.split_first() else {
                     return within.clone();
                 };
-                let mut acc = *first & within;
+                // Every index bitmap lies within the universe: no need to intersect with it.
+                let mut acc = if within.len() == s.universe().len() {
+                    (*first).clone()
+                } else {
+                    *first & within
+                };
                 for b in rest {
                     if acc.is_empty() {
                         break;
@@ -332,19 +400,30 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
                 }
                 acc
             }
-            Plan::Eq(p, v) => s
-                .value_slots(*p, v)
-                .map_or_else(RoaringBitmap::new, |x| x.intersection(within)),
+            Plan::Eq(p, v) => {
+                s.value_slots(*p, v)
+                    .map_or_else(RoaringBitmap::new, |x| match x.bitmap() {
+                        Some(b) if within.len() == s.universe().len() => b.clone(),
+                        _ => x.intersection(within),
+                    })
+            }
             // Intersect each value's slots first: every piece is at most `within` large.
             Plan::In(p, vs) => vs
                 .iter()
                 .filter_map(|v| s.value_slots(*p, v))
                 .map(|x| x.intersection(within))
                 .union(),
-            Plan::Range(p, lo, hi) => s
-                .values_in_range(*p, lo.as_ref(), hi.as_ref())
-                .map(|(_, x)| x.intersection(within))
-                .union(),
+            Plan::Range(p, lo, hi) => {
+                let filtered = self
+                    .range_by_column(leaf, within)
+                    .then(|| s.filter_range(*p, lo.as_ref(), hi.as_ref(), within))
+                    .flatten();
+                filtered.unwrap_or_else(|| {
+                    s.values_in_range(*p, lo.as_ref(), hi.as_ref())
+                        .map(|(_, x)| x.intersection(within))
+                        .union()
+                })
+            }
             Plan::Exists(p) => s.exists_bitmap(*p).as_ref() & within,
             other => self.eval(other, within),
         }
@@ -365,21 +444,22 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
                 .tag_bitmap(&tags[0])
                 .map_or(0, |b| b.intersection_len(within)),
             Plan::Not(inner) => within.len() - self.count(inner, within),
+            Plan::Range(p, lo, hi)
+                if !self.probe(plan, within) && self.range_by_column(plan, within) =>
+            {
+                s.count_range(*p, lo.as_ref(), hi.as_ref(), within)
+                    .unwrap_or_else(|| self.eval(plan, within).len())
+            }
             Plan::And(children) => {
                 let ordered = self.by_cardinality(children);
                 let Some((last, first)) = ordered.split_last() else {
                     return within.len();
                 };
-                let mut acc: Option<RoaringBitmap> = None;
-                for child in first {
-                    let next = self.narrow(child, acc.as_ref().unwrap_or(within));
-                    if next.is_empty() {
-                        return 0;
-                    }
-                    acc = Some(next);
+                let acc = self.narrow_all(first, within);
+                if acc.is_empty() {
+                    return 0;
                 }
-                let acc = acc.as_ref().unwrap_or(within);
-                self.count(last, acc)
+                self.count(last, &acc)
             }
             other => self.eval(other, within).len(),
         }
@@ -413,21 +493,24 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
             let after = cursor.map(|c| c.id.as_str());
             let walk_steps = (limit as u64).saturating_mul(s.universe().len()) / rows.len();
             let walk = match self.strategy {
-                Strategy::Bitmaps => true,
+                Strategy::Bitmaps | Strategy::Columns => true,
                 Strategy::Scans => false,
                 Strategy::Auto => walk_steps < rows.len().saturating_mul(4),
             };
             if walk {
+                // The walk tests `walk_steps` slots; a dense bitset answers in one load
+                // where a bitmap binary-searches.
+                let dense = DenseSet::new(rows);
                 return s
                     .ids_in_order(after)
-                    .filter(|(_, slot)| rows.contains(*slot))
+                    .filter(|(_, slot)| dense.contains(*slot))
                     .take(limit)
                     .map(|(_, slot)| (slot, Vec::new()))
                     .collect();
             }
         } else if let [(Some(p), order)] = keys {
             let index_walk = match self.strategy {
-                Strategy::Bitmaps => true,
+                Strategy::Bitmaps | Strategy::Columns => true,
                 Strategy::Scans => false,
                 Strategy::Auto => (s.distinct_values(*p) as u64) <= rows.len().saturating_mul(4),
             };

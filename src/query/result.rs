@@ -28,6 +28,9 @@ pub enum Strategy {
     Bitmaps,
     /// Always probe values slot by slot where a probe is possible.
     Scans,
+    /// Bitmaps, but every range step looks slots up in the source's value column (where
+    /// it has one).
+    Columns,
 }
 
 /// How much of a result to return.

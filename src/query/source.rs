@@ -170,6 +170,32 @@ pub trait IndexedSource {
     ) -> ValueWalk<'a>;
     /// How many distinct values `property` has (a cost hint; an estimate is fine).
     fn distinct_values(&self, property: Self::Property) -> usize;
+
+    /// The slots of `within` whose value of `property` lies within the bounds, if the
+    /// source can find them by looking each slot's value up (a column) — cheaper than
+    /// [`values_in_range`](Self::values_in_range) when `within` is much smaller than the
+    /// range. `None` (the default) makes the executor union the range's value slots.
+    fn filter_range(
+        &self,
+        property: Self::Property,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+        within: &RoaringBitmap,
+    ) -> Option<RoaringBitmap> {
+        let _ = (property, lo, hi, within);
+        None
+    }
+
+    /// The length of [`filter_range`](Self::filter_range)'s answer, without building it.
+    fn count_range(
+        &self,
+        property: Self::Property,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+        within: &RoaringBitmap,
+    ) -> Option<u64> {
+        self.filter_range(property, lo, hi, within).map(|b| b.len())
+    }
     /// The slots where `property` exists.
     fn exists_bitmap(&self, property: Self::Property) -> Cow<'_, RoaringBitmap>;
     /// The value of `property` in `slot` (`None`: absent or not a scalar).

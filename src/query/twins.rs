@@ -376,6 +376,32 @@ impl IndexedSource for Registry {
         }
     }
 
+    fn filter_range(
+        &self,
+        property: TwinProperty,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+        within: &RoaringBitmap,
+    ) -> Option<RoaringBitmap> {
+        match property {
+            TwinProperty::Indexed(id) => Some(Registry::filter_range(self, id, lo, hi, within)),
+            TwinProperty::Field(_) => None,
+        }
+    }
+
+    fn count_range(
+        &self,
+        property: TwinProperty,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+        within: &RoaringBitmap,
+    ) -> Option<u64> {
+        match property {
+            TwinProperty::Indexed(id) => Some(Registry::count_range(self, id, lo, hi, within)),
+            TwinProperty::Field(_) => None,
+        }
+    }
+
     fn values_in_range<'a>(
         &'a self,
         property: TwinProperty,

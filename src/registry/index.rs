@@ -1,5 +1,6 @@
 //! Value indexes: one per property, mapping each distinct value to the slots holding it.
 
+use super::column::ValueColumn;
 use super::hash::{FastMap, FastState};
 use super::sorted::{SortKey, SortedRuns};
 use super::vid_table::VidTable;
@@ -8,7 +9,7 @@ use roaring::RoaringBitmap;
 use std::borrow::Cow;
 use std::hash::BuildHasher;
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The slots holding one value: a single slot (most values of unique-per-device
 /// properties like `SerialNumber`, stored without a bitmap to save memory) or a bitmap.
@@ -245,6 +246,10 @@ pub(crate) struct PropertyIndex {
     /// Rare, so kept out of [`ValueEntry`].
     others: FastMap<u32, Scalar>,
     pub(crate) exists: RoaringBitmap,
+    /// Slot -> value id, built on the first [`PropertyIndex::filter_range`] and kept
+    /// current by every write after it: 1 to 4 bytes a slot, only for the properties
+    /// ranges are asked of.
+    column: OnceLock<ValueColumn>,
 }
 
 impl PropertyIndex {
@@ -266,7 +271,70 @@ impl PropertyIndex {
             hasher: FastState::default(),
             others: FastMap::default(),
             exists: RoaringBitmap::new(),
+            column: OnceLock::new(),
         }
+    }
+
+    /// Records `slot`'s value id (or [`OBJECT_NODE`]: none) in the column, if it is built.
+    fn set_column(&mut self, slot: u32, vid: u32) {
+        if let Some(column) = self.column.get_mut() {
+            column.set(slot, (vid != OBJECT_NODE).then_some(vid & !FLOAT_BIT));
+        }
+    }
+
+    fn build_column(&self) -> ValueColumn {
+        let len = self.exists.max().map_or(0, |m| m as usize + 1);
+        let mut column = ValueColumn::new(len, self.values.len().saturating_sub(1) as u32);
+        for (vid, entry) in self.values.iter().enumerate() {
+            if let Some(set) = entry.slots.as_set() {
+                for slot in set.iter() {
+                    column.set(slot, Some(vid as u32));
+                }
+            }
+        }
+        column
+    }
+
+    /// Scans the slots of `within` whose value lies within the bounds, by looking each
+    /// one up in the column (a few ns a slot) instead of intersecting every value's bitmap
+    /// with `within`: the better plan when `within` is much smaller than the range.
+    fn scan_range(
+        &self,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+        within: &RoaringBitmap,
+        hit: impl FnMut(u32),
+    ) {
+        let column = self.column.get_or_init(|| self.build_column());
+        let mut wanted = vec![0u64; self.values.len().div_ceil(64)];
+        for id in self.range_ids(lo, hi) {
+            wanted[id as usize / 64] |= 1 << (id % 64);
+        }
+        column.scan(within.iter(), &wanted, hit);
+    }
+
+    /// The slots of `within` whose value lies within the bounds (see `scan_range`).
+    pub(crate) fn filter_range(
+        &self,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+        within: &RoaringBitmap,
+    ) -> RoaringBitmap {
+        let mut hits = Vec::new();
+        self.scan_range(lo, hi, within, |slot| hits.push(slot));
+        RoaringBitmap::from_sorted_iter(hits).expect("a bitmap iterates in order")
+    }
+
+    /// How many slots [`PropertyIndex::filter_range`] would return.
+    pub(crate) fn count_range(
+        &self,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+        within: &RoaringBitmap,
+    ) -> u64 {
+        let mut n = 0;
+        self.scan_range(lo, hi, within, |_| n += 1);
+        n
     }
 
     fn hash32(&self, value: &Scalar) -> u32 {
@@ -314,6 +382,7 @@ impl PropertyIndex {
         add(&mut self.exists, slot);
         let (vid, new) = self.intern(value);
         self.values[vid as usize].slots.insert(slot);
+        self.set_column(slot, vid);
         if new {
             self.order_ids(vec![vid]);
         }
@@ -338,6 +407,7 @@ impl PropertyIndex {
             if vid != OBJECT_NODE {
                 self.values[(vid & !FLOAT_BIT) as usize].slots.insert(slot);
             }
+            self.set_column(slot, vid);
         }
         self.order_ids(new_ids);
     }
@@ -383,6 +453,7 @@ impl PropertyIndex {
     /// Removes `slot` from value `vid` (or from the object node) and from `exists`.
     pub(crate) fn remove(&mut self, vid: u32, slot: u32) {
         self.exists.remove(slot);
+        self.set_column(slot, OBJECT_NODE);
         if vid == OBJECT_NODE {
             return;
         }
@@ -430,6 +501,20 @@ impl PropertyIndex {
         hi: Bound<&Scalar>,
     ) -> impl DoubleEndedIterator<Item = (&'a Scalar, SlotSet<'a>)> + use<'a> {
         let values = &self.values;
+        self.range_ids(lo, hi).map(move |id| {
+            let entry = &values[id as usize];
+            let set = entry.slots.as_set().expect("range_ids yields live values");
+            (&entry.value, set)
+        })
+    }
+
+    /// The ids of the live values within the bounds, in value order.
+    fn range_ids<'a>(
+        &'a self,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+    ) -> impl DoubleEndedIterator<Item = u32> + use<'a> {
+        let values = &self.values;
         // `k < v` and `k <= v`, deciding on the prefix when it differs.
         let below = |k: SortKey, v: &Scalar, p: u64, or_equal: bool| match k.prefix.cmp(&p) {
             std::cmp::Ordering::Less => true,
@@ -456,10 +541,7 @@ impl PropertyIndex {
             },
             move |a: u32, b: u32| values[a as usize].value.cmp(&values[b as usize].value),
         );
-        merge.filter_map(move |id| {
-            let entry = &values[id as usize];
-            entry.slots.as_set().map(|set| (&entry.value, set))
-        })
+        merge.filter(move |&id| !matches!(values[id as usize].slots, Posting::Empty))
     }
 
     pub(crate) fn free_ids(&self) -> &[u32] {

@@ -66,6 +66,7 @@
 //! ```
 
 mod check;
+mod column;
 mod feed;
 mod hash;
 mod index;
@@ -520,6 +521,36 @@ impl Registry {
             acc |= b;
         }
         acc
+    }
+
+    /// The slots of `within` whose value of property `id` lies within the bounds, found
+    /// by looking each slot up in the property's value-id column (built on first use, 4
+    /// bytes a slot, then maintained by every write) rather than by intersecting every
+    /// value's bitmap in the range with `within`. The query executor asks this when
+    /// `within` is much smaller than the range.
+    pub(crate) fn filter_range(
+        &self,
+        id: PropertyId,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+        within: &RoaringBitmap,
+    ) -> RoaringBitmap {
+        self.props
+            .get(id.0 as usize)
+            .map_or_else(RoaringBitmap::new, |p| p.filter_range(lo, hi, within))
+    }
+
+    /// How many slots [`Registry::filter_range`] would return, without building them.
+    pub(crate) fn count_range(
+        &self,
+        id: PropertyId,
+        lo: Bound<&Scalar>,
+        hi: Bound<&Scalar>,
+        within: &RoaringBitmap,
+    ) -> u64 {
+        self.props
+            .get(id.0 as usize)
+            .map_or(0, |p| p.count_range(lo, hi, within))
     }
 
     /// How many distinct values a property has.

@@ -1,0 +1,181 @@
+//! A property's value ids by slot, as narrow as its ids allow.
+//!
+//! Range steps over a few slots look each slot's value id up here instead of walking
+//! every value in the range. A property with up to 254 value ids (battery level, firmware
+//! version, region) fits a byte per slot, so a million slots take 1 MiB and stay in
+//! cache; the column widens to 16 or 32 bits the first time an id needs it.
+
+/// Slot -> value id, `None` where the slot has no scalar value.
+#[derive(Debug)]
+pub(crate) enum ValueColumn {
+    /// Ids below `u8::MAX` (`u8::MAX` is "none").
+    Narrow(Vec<u8>),
+    /// Ids below `u16::MAX` (`u16::MAX` is "none").
+    Medium(Vec<u16>),
+    /// Any id (`u32::MAX` is "none").
+    Wide(Vec<u32>),
+}
+
+impl ValueColumn {
+    /// A column for `len` slots, none of them set, wide enough for ids below `max_id + 1`.
+    pub(crate) fn new(len: usize, max_id: u32) -> Self {
+        if max_id < u32::from(u8::MAX) {
+            ValueColumn::Narrow(vec![u8::MAX; len])
+        } else if max_id < u32::from(u16::MAX) {
+            ValueColumn::Medium(vec![u16::MAX; len])
+        } else {
+            ValueColumn::Wide(vec![u32::MAX; len])
+        }
+    }
+
+    /// The value id of `slot`.
+    #[cfg(test)]
+    pub(crate) fn get(&self, slot: u32) -> Option<u32> {
+        let at = slot as usize;
+        match self {
+            ValueColumn::Narrow(v) => v.get(at).filter(|&&x| x != u8::MAX).map(|&x| u32::from(x)),
+            ValueColumn::Medium(v) => v.get(at).filter(|&&x| x != u16::MAX).map(|&x| u32::from(x)),
+            ValueColumn::Wide(v) => v.get(at).copied().filter(|&x| x != u32::MAX),
+        }
+    }
+
+    /// Sets (or with `None` clears) `slot`'s value id, growing or widening as needed.
+    pub(crate) fn set(&mut self, slot: u32, id: Option<u32>) {
+        let at = slot as usize;
+        let fits = match (&*self, id) {
+            (_, None) => true,
+            (ValueColumn::Narrow(_), Some(id)) => id < u32::from(u8::MAX),
+            (ValueColumn::Medium(_), Some(id)) => id < u32::from(u16::MAX),
+            (ValueColumn::Wide(_), Some(id)) => id < u32::MAX,
+        };
+        if !fits {
+            self.widen();
+            return self.set(slot, id);
+        }
+        match self {
+            ValueColumn::Narrow(v) => {
+                if v.len() <= at {
+                    v.resize(at + 1, u8::MAX);
+                }
+                v[at] = id.map_or(u8::MAX, |id| id as u8);
+            }
+            ValueColumn::Medium(v) => {
+                if v.len() <= at {
+                    v.resize(at + 1, u16::MAX);
+                }
+                v[at] = id.map_or(u16::MAX, |id| id as u16);
+            }
+            ValueColumn::Wide(v) => {
+                if v.len() <= at {
+                    v.resize(at + 1, u32::MAX);
+                }
+                v[at] = id.unwrap_or(u32::MAX);
+            }
+        }
+    }
+
+    fn widen(&mut self) {
+        *self = match self {
+            ValueColumn::Narrow(v) => ValueColumn::Medium(
+                v.iter()
+                    .map(|&x| if x == u8::MAX { u16::MAX } else { u16::from(x) })
+                    .collect(),
+            ),
+            ValueColumn::Medium(v) => ValueColumn::Wide(
+                v.iter()
+                    .map(|&x| {
+                        if x == u16::MAX {
+                            u32::MAX
+                        } else {
+                            u32::from(x)
+                        }
+                    })
+                    .collect(),
+            ),
+            ValueColumn::Wide(_) => unreachable!("a wide column fits every id"),
+        };
+    }
+
+    /// How many of `slots` (ascending) have an id for which `wanted` is set (a bitset by
+    /// id), each passed to `hit`.
+    pub(crate) fn scan(
+        &self,
+        slots: impl Iterator<Item = u32>,
+        wanted: &[u64],
+        mut hit: impl FnMut(u32),
+    ) {
+        let is_wanted = |id: usize| {
+            wanted
+                .get(id / 64)
+                .is_some_and(|w| w & (1 << (id % 64)) != 0)
+        };
+        match self {
+            ValueColumn::Narrow(v) => slots.for_each(|s| {
+                if v.get(s as usize)
+                    .is_some_and(|&x| x != u8::MAX && is_wanted(usize::from(x)))
+                {
+                    hit(s)
+                }
+            }),
+            ValueColumn::Medium(v) => slots.for_each(|s| {
+                if v.get(s as usize)
+                    .is_some_and(|&x| x != u16::MAX && is_wanted(usize::from(x)))
+                {
+                    hit(s)
+                }
+            }),
+            ValueColumn::Wide(v) => slots.for_each(|s| {
+                if v.get(s as usize)
+                    .is_some_and(|&x| x != u32::MAX && is_wanted(x as usize))
+                {
+                    hit(s)
+                }
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widens_and_keeps_ids() {
+        let mut c = ValueColumn::new(4, 3);
+        assert!(matches!(c, ValueColumn::Narrow(_)));
+        c.set(1, Some(7));
+        c.set(9, Some(254));
+        assert_eq!(
+            (c.get(1), c.get(9), c.get(0), c.get(100)),
+            (Some(7), Some(254), None, None)
+        );
+        c.set(2, Some(255));
+        assert!(matches!(c, ValueColumn::Medium(_)));
+        c.set(3, Some(70_000));
+        assert!(matches!(c, ValueColumn::Wide(_)));
+        assert_eq!(
+            (0..10).map(|s| c.get(s)).collect::<Vec<_>>(),
+            [
+                None,
+                Some(7),
+                Some(255),
+                Some(70_000),
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some(254)
+            ]
+        );
+        c.set(1, None);
+        assert_eq!(c.get(1), None);
+        let mut hits = Vec::new();
+        let mut wanted = vec![0u64; 70_001usize.div_ceil(64)];
+        for id in [254usize, 70_000] {
+            wanted[id / 64] |= 1 << (id % 64);
+        }
+        c.scan(0..20, &wanted, |s| hits.push(s));
+        assert_eq!(hits, [3, 9]);
+    }
+}
