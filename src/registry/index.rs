@@ -310,7 +310,7 @@ impl PropertyIndex {
         for id in self.range_ids(lo, hi) {
             wanted[id as usize / 64] |= 1 << (id % 64);
         }
-        column.scan(within.iter(), &wanted, hit);
+        column.scan(within, &wanted, hit);
     }
 
     /// The slots of `within` whose value lies within the bounds (see `scan_range`).
