@@ -110,7 +110,12 @@ pub fn registry_ops(data: &[u8]) {
                 for tag in input.tags() {
                     t = t.with_tag(tag);
                 }
-                reg.create(t).is_ok()
+                // Op 1 goes through the bulk-load path (postings deferred to a batch).
+                if op % 14 == 0 {
+                    reg.create(t).is_ok()
+                } else {
+                    reg.load([t]).is_ok()
+                }
             }
             2 => reg.remove(id).is_ok(),
             3..=5 => {

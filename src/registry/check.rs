@@ -24,7 +24,7 @@ impl Registry {
             let Some(e) = entry else { continue };
             universe.insert(slot);
             let id = e.id.as_str();
-            if self.by_id_hash.get(id) != Some(&slot) || self.by_id.get(id) != Some(&slot) {
+            if self.find_slot(id) != Some(slot) || self.by_id.get(id) != Some(&slot) {
                 return Err(format!("device {id} at slot {slot} is not mapped to it"));
             }
             max_seq = max_seq.max(e.etag).max(e.service_etag).max(e.generation);

@@ -88,13 +88,15 @@ use crate::twin::{
 };
 use crate::{DeviceId, Timestamp};
 use feed::ChangeFeed;
-use hash::FastMap;
+use hash::{FastMap, FastState};
 use index::{OBJECT_NODE, PropertyIndex};
 use roaring::RoaringBitmap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::Arc;
+use vid_table::VidTable;
 
 /// A device's dense position in the registry; every index is a bitmap of slots.
 ///
@@ -296,7 +298,9 @@ pub(crate) struct TagIndex {
 pub struct Registry {
     pub(crate) slots: Vec<Option<Entry>>,
     pub(crate) free_slots: Vec<u32>,
-    pub(crate) by_id_hash: FastMap<DeviceId, u32>,
+    /// Device id -> slot: the id's hash and the slot, compared against the entry's id.
+    pub(crate) by_id_hash: VidTable,
+    id_hasher: FastState,
     pub(crate) by_id: BTreeMap<DeviceId, u32>,
     pub(crate) universe: RoaringBitmap,
     pub(crate) enabled: RoaringBitmap,
@@ -349,7 +353,8 @@ impl Registry {
         Registry {
             slots: Vec::new(),
             free_slots: Vec::new(),
-            by_id_hash: FastMap::default(),
+            by_id_hash: VidTable::default(),
+            id_hasher: FastState::default(),
             by_id: BTreeMap::new(),
             universe: RoaringBitmap::new(),
             enabled: RoaringBitmap::new(),
@@ -377,18 +382,18 @@ impl Registry {
 
     /// Whether there are no devices.
     pub fn is_empty(&self) -> bool {
-        self.by_id_hash.is_empty()
+        self.by_id_hash.len() == 0
     }
 
     /// A borrowed view of a device's twin (nothing is cloned).
     pub fn get(&self, id: &str) -> Option<TwinRef<'_>> {
-        let slot = *self.by_id_hash.get(id)?;
+        let slot = self.find_slot(id)?;
         self.twin_at(Slot(slot))
     }
 
     /// Whether a device with this id exists.
     pub fn contains(&self, id: &str) -> bool {
-        self.by_id_hash.contains_key(id)
+        self.find_slot(id).is_some()
     }
 
     /// Every twin, in device id order.
@@ -436,7 +441,7 @@ impl Registry {
 
     /// The slot of a device.
     pub fn slot_of(&self, id: &str) -> Option<Slot> {
-        self.by_id_hash.get(id).map(|&s| Slot(s))
+        self.find_slot(id).map(Slot)
     }
 
     /// The twin in a slot, if the slot is live.
@@ -615,6 +620,20 @@ impl Registry {
             .map(|(id, &s)| (id, Slot(s)))
     }
 
+    fn id_hash(&self, id: &str) -> u32 {
+        (self.id_hasher.hash_one(id) >> 32) as u32
+    }
+
+    /// The slot of a device, through the id hash table.
+    fn find_slot(&self, id: &str) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_id_hash.find(self.id_hash(id), |slot| {
+            slots[slot as usize]
+                .as_ref()
+                .is_some_and(|e| e.id.as_str() == id)
+        })
+    }
+
     // ---- writes ------------------------------------------------------------------------
 
     fn next_seq(&mut self) -> u64 {
@@ -627,9 +646,7 @@ impl Registry {
     }
 
     fn slot_for(&self, id: &str) -> Result<u32, RegistryError> {
-        self.by_id_hash
-            .get(id)
-            .copied()
+        self.find_slot(id)
             .ok_or_else(|| RegistryError::DeviceNotFound { id: truncated(id) })
     }
 
@@ -744,7 +761,7 @@ impl Registry {
         twin: Twin,
         mut batch: Option<&mut LoadBatch>,
     ) -> Result<Slot, RegistryError> {
-        if self.by_id_hash.contains_key(twin.device_id.as_str()) {
+        if self.find_slot(twin.device_id.as_str()).is_some() {
             return Err(RegistryError::DeviceExists { id: twin.device_id });
         }
         // Validation resolves known names to property ids; keep them for the insert below.
@@ -837,7 +854,8 @@ impl Registry {
         };
         index::add(&mut self.universe, slot);
         self.set_field_bits(slot, status, connection_state, is_managed, true);
-        self.by_id_hash.insert(device_id.clone(), slot);
+        self.by_id_hash
+            .insert(self.id_hash(device_id.as_str()), slot);
         self.by_id.insert(device_id.clone(), slot);
         self.slots[slot as usize] = Some(Entry {
             id: device_id.clone(),
@@ -970,7 +988,7 @@ impl Registry {
         ] {
             b.remove(slot);
         }
-        self.by_id_hash.remove(id);
+        self.by_id_hash.remove(self.id_hash(id), slot);
         self.by_id.remove(id);
         self.free_slots.push(slot);
         let seq = self.next_seq();
