@@ -220,6 +220,29 @@ fn scenario_observe_notify<H: Harness>(h: &mut World<H>) {
     }
 }
 
+/// The hub's sync and a job observe one path; the job's cancel ends only its own
+/// observation, and the device's changes keep arriving.
+fn scenario_observed_twice_cancel_once<H: Harness>(h: &mut World<H>) {
+    let d = dev("conf-5");
+    registered(h, &d);
+    for id in [1, 2] {
+        h.submit(op(id, &d, DeviceRequest::Observe { path: BATTERY }));
+        assert!(outcome(h, id).is_ok());
+    }
+    h.submit(op(3, &d, DeviceRequest::CancelObserve { path: BATTERY }));
+    assert_eq!(outcome(h, 3), Ok(DeviceReply::Done));
+    h.set_value(&d, BATTERY, ResourceValue::Integer(42));
+    let (c, _) = run_until(h, Duration::from_secs(10), |e| match e {
+        DeviceEvent::Notification {
+            device,
+            path,
+            content,
+        } if *device == d && *path == BATTERY => Some(content.clone()),
+        _ => None,
+    });
+    assert_eq!(c, Content::single(BATTERY, ResourceValue::Integer(42)));
+}
+
 fn scenario_unreachable_device_times_out<H: Harness>(h: &mut World<H>) {
     let d = dev("conf-3");
     registered(h, &d);
@@ -699,6 +722,7 @@ macro_rules! conformance {
 conformance! {
     register_read_write_execute: scenario_register_read_write_execute;
     observe_notify: scenario_observe_notify;
+    observed_twice_cancel_once: scenario_observed_twice_cancel_once;
     unreachable_device_times_out: scenario_unreachable_device_times_out;
     deregister: scenario_deregister;
 }

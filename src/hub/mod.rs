@@ -74,12 +74,9 @@ use std::time::{Duration, Instant};
 pub struct PropertySync {
     /// What to observe when a device registers (only what lies in an object instance it
     /// announces). Default: `/3/0` (Device), `/1/0` (Server), `/5/0` (Firmware Update):
-    /// every preview device property lives there. Known limitation: a firmware-update job
-    /// observes `/5/0` too and cancels its observation when it ends; the server cancels
-    /// the first observation of that path it finds, which may be the hub's, after which
-    /// `/5/0` values reach the twin only through the job's reads until the device
-    /// registers again. (Observing `/5/0/3` and `/5/0/5` separately avoids that but costs
-    /// two more requests per registration, which slowed a 10,000-device fleet badly.)
+    /// every preview device property lives there. A firmware-update job observes `/5/0`
+    /// too and cancels its observation when it ends; a cancel ends the newest observation
+    /// of a path, so the hub's older sync observation keeps notifying.
     pub paths: Vec<Lwm2mPath>,
     /// Attributes written before observing. The preview used pmin 5 min and pmax 6 h;
     /// the default here is pmin 1 s and pmax 1 h, because a twin that lags minutes behind

@@ -809,12 +809,15 @@ impl MemoryTransport {
         if !d.up {
             return;
         }
-        let hits: Vec<Lwm2mPath> = d
+        let mut hits: Vec<Lwm2mPath> = d
             .observed
             .iter()
             .filter(|o| paths.iter().any(|p| o.contains(p) || p.contains(o)))
             .copied()
             .collect();
+        // A path observed twice notifies once (its observers share the events).
+        hits.sort_unstable();
+        hits.dedup();
         for path in hits {
             let Ok(content) = self.read(dev, &path) else {
                 continue;
@@ -882,15 +885,17 @@ impl MemoryTransport {
             DeviceRequest::Observe { path } => {
                 let r = self.read(dev, path);
                 if r.is_ok() {
-                    let obs = &mut self.devices[dev as usize].observed;
-                    if !obs.contains(path) {
-                        obs.push(*path);
-                    }
+                    // One entry per observation: the hub and a job may observe one path.
+                    self.devices[dev as usize].observed.push(*path);
                 }
                 (r.map(DeviceReply::Content), false)
             }
             DeviceRequest::CancelObserve { path } => {
-                self.devices[dev as usize].observed.retain(|p| p != path);
+                // Like the UDP server: the newest observation of the path ends.
+                let obs = &mut self.devices[dev as usize].observed;
+                if let Some(at) = obs.iter().rposition(|p| p == path) {
+                    obs.remove(at);
+                }
                 (Ok(DeviceReply::Done), false)
             }
             DeviceRequest::Discover { path } => {

@@ -114,7 +114,8 @@ pub enum DeviceRequest {
         /// What to observe.
         path: Lwm2mPath,
     },
-    /// Stop observing.
+    /// Stop observing. When the path is observed more than once (the hub's sync and a
+    /// job), the newest observation ends and the older ones keep notifying.
     CancelObserve {
         /// What was observed.
         path: Lwm2mPath,

@@ -743,11 +743,14 @@ impl Lwm2mServer {
         let (peer, generation) = (reg.addr, reg.generation);
         if let DeviceRequest::CancelObserve { path } = &op.request {
             let path = *path;
+            // The newest observation of the path: whoever observed it last (a job, over
+            // the hub's own sync observation) is the one that cancels.
             let observed = self
                 .observations
                 .iter()
-                .find(|(_, o)| o.slot == slot && o.generation == generation && o.path == path)
-                .map(|(id, _)| *id);
+                .filter(|(_, o)| o.slot == slot && o.generation == generation && o.path == path)
+                .map(|(id, _)| *id)
+                .max();
             if let Some(id) = observed {
                 // RFC 7641 §3.6: GET Observe=1 on the observation's own token; its answer
                 // is the final response of that request, which now belongs to the cancel.

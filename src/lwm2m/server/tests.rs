@@ -540,6 +540,48 @@ fn observe_notify_cancel() {
 }
 
 #[test]
+fn cancel_ends_the_newest_observation_of_a_path() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d"]);
+    sim.events();
+    let fw = Lwm2mPath::instance(5, 0);
+    let mut tokens = Vec::new();
+    for op in [1, 2] {
+        // The hub's sync observation first, then a job's.
+        sim.submit(op, "d", DeviceRequest::Observe { path: fw });
+        let req = sim.out()[0].1.clone();
+        let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+        r.add_uint(wire::OBSERVE, 1);
+        r.add_uint(wire::CONTENT_FORMAT, 11542);
+        r.payload = vec![0xC1, 0x03, 1];
+        sim.send(a, &r);
+        assert!(response(&sim.events(), op).is_ok());
+        tokens.push(req.token);
+    }
+    assert_eq!(sim.server.observation_count(), 2);
+    sim.submit(3, "d", DeviceRequest::CancelObserve { path: fw });
+    let c = sim.out()[0].1.clone();
+    assert_eq!((c.uint(wire::OBSERVE), &c.token), (Some(1), &tokens[1]));
+    sim.answer(a, &c, code(2, 5), None, b"1");
+    assert_eq!(response(&sim.events(), 3), &Ok(DeviceReply::Done));
+    // The older observation still delivers.
+    let mut n = Packet::new(MsgType::Non, code(2, 5), 4100, &tokens[0]);
+    n.add_uint(wire::OBSERVE, 5);
+    n.add_uint(wire::CONTENT_FORMAT, 11542);
+    n.payload = vec![0xC1, 0x03, 2];
+    sim.send(a, &n);
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Notification {
+            device: dev("d"),
+            path: fw,
+            content: Content::single(Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(2)),
+        }]
+    );
+}
+
+#[test]
 fn separate_response_after_empty_ack() {
     let mut sim = Sim::open();
     let a = addr(9000);
