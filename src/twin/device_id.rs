@@ -20,8 +20,46 @@ pub const DEVICE_ID_PUNCTUATION: &str = "-.+%_#*?!(),:=@$'";
 /// assert_eq!(id.as_str(), "thermostat-42");
 /// assert!(DeviceId::new("no spaces").is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DeviceId(Arc<str>);
+#[derive(Clone)]
+pub struct DeviceId(Repr);
+
+/// Ids up to this many bytes are stored in place.
+const INLINE: usize = 22;
+
+/// Most device ids are short: they live in place (24 bytes, no allocation, no pointer to
+/// follow when a lookup compares them); longer ones are shared on the heap.
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Arc<str>),
+}
+
+impl PartialEq for DeviceId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for DeviceId {}
+
+impl PartialOrd for DeviceId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for DeviceId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+/// Hashes as the `str` does, as [`Borrow<str>`](std::borrow::Borrow) requires.
+impl std::hash::Hash for DeviceId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
 
 /// Why a string is not a valid [`DeviceId`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +103,16 @@ impl DeviceId {
     /// Validates `id` and makes a device id of it.
     pub fn new(id: &str) -> Result<Self, DeviceIdError> {
         Self::validate(id)?;
-        Ok(DeviceId(Arc::from(id)))
+        Ok(DeviceId(if id.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..id.len()].copy_from_slice(id.as_bytes());
+            Repr::Inline {
+                len: id.len() as u8,
+                bytes,
+            }
+        } else {
+            Repr::Shared(Arc::from(id))
+        }))
     }
 
     /// Checks `id` against the rules without allocating.
@@ -86,31 +133,37 @@ impl DeviceId {
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Validated ASCII when built; the check is a few instructions for 22 bytes.
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).expect("device ids are ASCII")
+            }
+            Repr::Shared(s) => s,
+        }
     }
 }
 
 impl fmt::Debug for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl AsRef<str> for DeviceId {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl std::borrow::Borrow<str> for DeviceId {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
@@ -130,7 +183,7 @@ impl TryFrom<&str> for DeviceId {
 
 impl serde::Serialize for DeviceId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -144,6 +197,28 @@ impl<'de> serde::Deserialize<'de> for DeviceId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_and_long_ids_behave_alike() {
+        use std::collections::HashSet;
+        let short = DeviceId::new("dev-0000001").unwrap();
+        let edge = DeviceId::new(&"x".repeat(INLINE)).unwrap();
+        let long = DeviceId::new(&"y".repeat(INLINE + 1)).unwrap();
+        assert!(matches!(short.0, Repr::Inline { .. }) && matches!(edge.0, Repr::Inline { .. }));
+        assert!(matches!(long.0, Repr::Shared(_)));
+        assert_eq!(std::mem::size_of::<DeviceId>(), 24);
+        for (id, text) in [
+            (&short, "dev-0000001".to_string()),
+            (&edge, "x".repeat(INLINE)),
+            (&long, "y".repeat(INLINE + 1)),
+        ] {
+            assert_eq!(id.as_str(), text);
+            assert_eq!(id.clone(), *id);
+            let set: HashSet<DeviceId> = [id.clone()].into();
+            assert!(set.contains(text.as_str()), "hashes as its str");
+        }
+        assert!(short < edge && edge < long);
+    }
 
     #[test]
     fn accepts_all_allowed_punctuation() {
