@@ -135,12 +135,13 @@ impl std::str::FromStr for Timestamp {
         if b[13] != b':' || b[16] != b':' {
             return Err(err());
         }
+        // On bytes: a field may end inside a multi-byte character of bad input.
         let num = |r: std::ops::Range<usize>| -> Result<u32, TimestampParseError> {
-            let part = &s[r];
-            if !part.bytes().all(|c| c.is_ascii_digit()) {
+            let part = &b[r];
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Err(err());
             }
-            part.parse::<u32>().map_err(|_| err())
+            Ok(part.iter().fold(0u32, |n, &c| n * 10 + u32::from(c - b'0')))
         };
         let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
         let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -242,6 +243,9 @@ mod tests {
             "2016-04-29T12:00:00.Z",
             "1969-12-31T23:59:59Z",
             "2016-04-29T12:00:00+0200",
+            // Found by cargo-fuzz: a field ending inside a multi-byte character.
+            "2041-62-09T12:00:0\u{265}",
+            "2016-04-29T12:00:00+0\u{e9}:00",
         ] {
             assert!(bad.parse::<Timestamp>().is_err(), "{bad:?} parsed");
         }

@@ -295,3 +295,26 @@ pub fn thread_cpu_seconds() -> f64 {
     };
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// The machine's random memory read latency right now, in ns: a pointer chase through a
+/// random cycle over 256 MiB (far beyond the caches, like the registry's lookups at 1M
+/// twins). Printed next to latency-bound results: on a shared host it moves with the
+/// neighbours' memory traffic, and the registry's lookups move with it.
+pub fn random_read_ns() -> f64 {
+    const N: usize = 64 << 20; // u32 entries: 256 MiB
+    let mut next: Vec<u32> = (0..N as u32).collect();
+    // Sattolo's shuffle: one cycle through every entry.
+    let mut r = Rng::for_device(N);
+    for i in (1..N).rev() {
+        let j = r.below(i as u64) as usize;
+        next.swap(i, j);
+    }
+    let steps = 2_000_000;
+    let mut at = 0u32;
+    let t = std::time::Instant::now();
+    for _ in 0..steps {
+        at = next[at as usize];
+    }
+    std::hint::black_box(at);
+    t.elapsed().as_nanos() as f64 / steps as f64
+}
