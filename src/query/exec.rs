@@ -502,10 +502,10 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
                 // where a bitmap binary-searches.
                 let dense = DenseSet::new(rows);
                 return s
-                    .ids_in_order(after)
-                    .filter(|(_, slot)| dense.contains(*slot))
+                    .slots_in_id_order(after)
+                    .filter(|&slot| dense.contains(slot))
                     .take(limit)
-                    .map(|(_, slot)| (slot, Vec::new()))
+                    .map(|slot| (slot, Vec::new()))
                     .collect();
             }
         } else if let [(Some(p), order)] = keys {

@@ -207,6 +207,11 @@ pub trait IndexedSource {
         &'a self,
         after: Option<&str>,
     ) -> Box<dyn Iterator<Item = (&'a str, u32)> + 'a>;
+    /// The slots of [`ids_in_order`](Self::ids_in_order) alone (a source may skip making
+    /// the ids).
+    fn slots_in_id_order<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = u32> + 'a> {
+        Box::new(self.ids_in_order(after).map(|(_, slot)| slot))
+    }
     /// The whole document in `slot` (`None` if the slot is not live).
     fn document(&self, slot: u32) -> Option<Self::Document<'_>>;
     /// The document in `slot` reduced to its id and the given properties (`None` if the

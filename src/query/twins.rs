@@ -502,6 +502,11 @@ impl IndexedSource for Registry {
         )
     }
 
+    fn slots_in_id_order<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = u32> + 'a> {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Box::new(self.device_ids(start).map(|(_, slot)| slot.0))
+    }
+
     fn document(&self, slot: u32) -> Option<TwinRef<'_>> {
         self.twin_at(Slot(slot))
     }

@@ -628,9 +628,7 @@ impl Registry {
     fn find_slot(&self, id: &str) -> Option<u32> {
         let slots = &self.slots;
         self.by_id_hash.find(self.id_hash(id), |slot| {
-            slots[slot as usize]
-                .as_ref()
-                .is_some_and(|e| e.id.as_str() == id)
+            slots[slot as usize].as_ref().is_some_and(|e| e.id.is(id))
         })
     }
 

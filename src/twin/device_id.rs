@@ -34,9 +34,24 @@ enum Repr {
     Shared(Arc<str>),
 }
 
+impl DeviceId {
+    /// Whether this is the id `s` (no UTF-8 check, unlike comparing `as_str`).
+    pub(crate) fn is(&self, s: &str) -> bool {
+        self.bytes() == s.as_bytes()
+    }
+
+    /// The id's bytes, without the UTF-8 check `as_str` makes (comparisons need none).
+    fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(s) => s.as_bytes(),
+        }
+    }
+}
+
 impl PartialEq for DeviceId {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.bytes() == other.bytes()
     }
 }
 
@@ -50,7 +65,8 @@ impl PartialOrd for DeviceId {
 
 impl Ord for DeviceId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
+        // `str` orders by bytes.
+        self.bytes().cmp(other.bytes())
     }
 }
 
