@@ -46,8 +46,10 @@ fn benches(c: &mut Criterion) {
     let reg = corpus::registry(n);
     let expr = query::parse(TAG_EQ_RANGE).unwrap();
     eprintln!(
-        "query bench: {n} twins; the tag/eq/range query matches {}",
-        query::count(&reg, &expr).unwrap()
+        "query bench: {n} twins; the tag/eq/range query matches {}; random memory read {:.0} ns \
+         (the host's memory traffic moves the results at 1M twins)",
+        query::count(&reg, &expr).unwrap(),
+        corpus::random_read_ns()
     );
 
     let mut g = c.benchmark_group("query");

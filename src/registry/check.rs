@@ -24,7 +24,7 @@ impl Registry {
             let Some(e) = entry else { continue };
             universe.insert(slot);
             let id = e.id.as_str();
-            if self.find_slot(id) != Some(slot) || self.by_id.get(id) != Some(&slot) {
+            if self.find_slot(id) != Some(slot) {
                 return Err(format!("device {id} at slot {slot} is not mapped to it"));
             }
             max_seq = max_seq.max(e.etag).max(e.service_etag).max(e.generation);
@@ -130,17 +130,43 @@ impl Registry {
         if universe != self.universe {
             return Err("universe differs from the live slots".into());
         }
+        // Empty slots are free, or removed and waiting for the id order to drop them.
         let free: BTreeSet<u32> = self.free_slots.iter().copied().collect();
+        let pending: BTreeSet<u32> = self.id_order.pending_removals().collect();
         let empty: BTreeSet<u32> = (0..self.slots.len() as u32)
             .filter(|s| self.slots[*s as usize].is_none())
             .collect();
-        if free.len() != self.free_slots.len() || free != empty {
-            return Err("free slot list differs from the empty slots".into());
-        }
-        if self.by_id_hash.len() != universe.len() as usize
-            || self.by_id.len() != universe.len() as usize
+        if free.len() != self.free_slots.len()
+            || !free.is_disjoint(&pending)
+            || free.union(&pending).copied().collect::<BTreeSet<u32>>() != empty
         {
-            return Err("id maps have entries for dead slots".into());
+            return Err("free and pending slots differ from the empty slots".into());
+        }
+        if self.by_id_hash.len() != universe.len() as usize {
+            return Err("id map has entries for dead slots".into());
+        }
+        // The id order: every live slot once, ids strictly increasing; plus the pending.
+        let ordered: Vec<u32> = self.id_order.all(&self.slots).collect();
+        let live: Vec<u32> = ordered
+            .iter()
+            .copied()
+            .filter(|&s| self.slots[s as usize].is_some())
+            .collect();
+        if ordered.len() != live.len() + pending.len()
+            || live.iter().copied().collect::<RoaringBitmap>() != universe
+        {
+            return Err("id order differs from the live and pending slots".into());
+        }
+        let ids: Vec<&str> = live
+            .iter()
+            .map(|&s| {
+                self.slots[s as usize]
+                    .as_ref()
+                    .map_or("", |e| e.id.as_str())
+            })
+            .collect();
+        if ids.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("id order is not in id order".into());
         }
         let actual = [
             &self.enabled,

@@ -69,6 +69,7 @@ mod check;
 mod column;
 mod feed;
 mod hash;
+mod id_order;
 mod index;
 mod shared;
 mod sorted;
@@ -89,9 +90,10 @@ use crate::twin::{
 use crate::{DeviceId, Timestamp};
 use feed::ChangeFeed;
 use hash::{FastMap, FastState};
+use id_order::IdOrder;
 use index::{OBJECT_NODE, PropertyIndex};
 use roaring::RoaringBitmap;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::ops::Bound;
@@ -188,6 +190,8 @@ struct LoadBatch {
     properties: Vec<QueuedPostings>,
     /// By tag id: slots to add.
     tags: Vec<Vec<u32>>,
+    /// Slots created in this batch (for the id order).
+    slots: Vec<u32>,
     twins: usize,
     /// Twins expected in a batch: each property's pair list is allocated for them once.
     capacity: usize,
@@ -301,7 +305,7 @@ pub struct Registry {
     /// Device id -> slot: the id's hash and the slot, compared against the entry's id.
     pub(crate) by_id_hash: VidTable,
     id_hasher: FastState,
-    pub(crate) by_id: BTreeMap<DeviceId, u32>,
+    pub(crate) id_order: IdOrder,
     pub(crate) universe: RoaringBitmap,
     pub(crate) enabled: RoaringBitmap,
     pub(crate) disabled: RoaringBitmap,
@@ -355,7 +359,7 @@ impl Registry {
             free_slots: Vec::new(),
             by_id_hash: VidTable::default(),
             id_hasher: FastState::default(),
-            by_id: BTreeMap::new(),
+            id_order: IdOrder::default(),
             universe: RoaringBitmap::new(),
             enabled: RoaringBitmap::new(),
             disabled: RoaringBitmap::new(),
@@ -398,7 +402,9 @@ impl Registry {
 
     /// Every twin, in device id order.
     pub fn iter(&self) -> impl Iterator<Item = TwinRef<'_>> + '_ {
-        self.by_id.values().filter_map(|&s| self.twin_at(Slot(s)))
+        self.id_order
+            .range(&self.slots, Bound::Unbounded)
+            .filter_map(|s| self.twin_at(Slot(s)))
     }
 
     /// The sequence number of the newest change (0 before any change).
@@ -615,9 +621,12 @@ impl Registry {
     /// Device ids with their slots in id order, from `start` on (paging resumes with
     /// `Bound::Excluded(last_id)`).
     pub fn device_ids(&self, start: Bound<&str>) -> impl Iterator<Item = (&DeviceId, Slot)> + '_ {
-        self.by_id
-            .range::<str, _>((start, Bound::Unbounded))
-            .map(|(id, &s)| (id, Slot(s)))
+        self.id_order.range(&self.slots, start).map(|s| {
+            let entry = self.slots[s as usize]
+                .as_ref()
+                .expect("ordered slots are live");
+            (&entry.id, Slot(s))
+        })
     }
 
     fn id_hash(&self, id: &str) -> u32 {
@@ -854,7 +863,6 @@ impl Registry {
         self.set_field_bits(slot, status, connection_state, is_managed, true);
         self.by_id_hash
             .insert(self.id_hash(device_id.as_str()), slot);
-        self.by_id.insert(device_id.clone(), slot);
         self.slots[slot as usize] = Some(Entry {
             id: device_id.clone(),
             generation: seq,
@@ -871,6 +879,12 @@ impl Registry {
             tags,
             extra: (!extra.is_empty()).then(|| Box::new(extra)),
         });
+        match batch {
+            Some(b) => b.slots.push(slot),
+            None => self
+                .id_order
+                .insert(&self.slots, vec![slot], &mut self.free_slots),
+        }
         self.emit(seq, device_id, ChangeKind::Created);
         Ok(Slot(slot))
     }
@@ -955,6 +969,8 @@ impl Registry {
             }
             slots.clear();
         }
+        let new = std::mem::take(&mut batch.slots);
+        self.id_order.insert(&self.slots, new, &mut self.free_slots);
         batch.twins = 0;
     }
 
@@ -987,8 +1003,14 @@ impl Registry {
             b.remove(slot);
         }
         self.by_id_hash.remove(self.id_hash(id), slot);
-        self.by_id.remove(id);
-        self.free_slots.push(slot);
+        let live = self.by_id_hash.len();
+        self.id_order.remove(
+            &self.slots,
+            slot,
+            entry.id.clone(),
+            live,
+            &mut self.free_slots,
+        );
         let seq = self.next_seq();
         self.emit(seq, entry.id.clone(), ChangeKind::Removed);
         Ok(twin.expect("the slot was live"))

@@ -1,0 +1,142 @@
+//! Slots in device id order: what paging and id-ordered results walk.
+//!
+//! Kept as [`SortedRuns`] of `(first 8 id bytes, slot)` entries: a walk in id order reads
+//! 16-byte entries in sequence (a tree walk costs several times more per step), and a
+//! bulk load adds its ids as one sorted run. In a large registry a removed device's entry
+//! stays until a merge drops it; until then its id is kept here (the order still compares
+//! it) and its slot is not reused.
+
+use super::Entry;
+use super::hash::FastMap;
+use super::sorted::{SortKey, SortedRuns};
+use crate::DeviceId;
+use std::cmp::Ordering;
+use std::ops::Bound;
+
+/// The id order of the registry's slots.
+#[derive(Debug, Default)]
+pub(crate) struct IdOrder {
+    runs: SortedRuns,
+    /// Removed devices still in `runs`, by slot.
+    removed: FastMap<u32, DeviceId>,
+}
+
+/// Below this many devices a removal merges the order at once.
+const SMALL: usize = 4096;
+
+/// The first 8 bytes of an id, big-endian: ids order as their prefixes do, or tie.
+fn prefix(id: &str) -> u64 {
+    let mut first = [0u8; 8];
+    let n = id.len().min(8);
+    first[..n].copy_from_slice(&id.as_bytes()[..n]);
+    u64::from_be_bytes(first)
+}
+
+impl IdOrder {
+    fn id<'a>(&'a self, slots: &'a [Option<Entry>], slot: u32) -> &'a DeviceId {
+        match &slots[slot as usize] {
+            Some(e) => &e.id,
+            None => self
+                .removed
+                .get(&slot)
+                .expect("an ordered slot is live or removed-pending"),
+        }
+    }
+
+    fn key(&self, slots: &[Option<Entry>], slot: u32) -> SortKey {
+        SortKey {
+            prefix: prefix(self.id(slots, slot).as_str()),
+            id: slot,
+        }
+    }
+
+    /// Adds live slots (one, or a bulk load's batch). Slots whose removal a merge
+    /// completes are pushed to `free`.
+    pub(crate) fn insert(&mut self, slots: &[Option<Entry>], new: Vec<u32>, free: &mut Vec<u32>) {
+        let keys: Vec<SortKey> = new.iter().map(|&s| self.key(slots, s)).collect();
+        let mut dropped = Vec::new();
+        let mut runs = std::mem::take(&mut self.runs);
+        {
+            let cmp = |a: u32, b: u32| self.id(slots, a).cmp(self.id(slots, b));
+            let alive = |s: u32| slots[s as usize].is_some();
+            match keys[..] {
+                [] => {}
+                [key] => runs.insert(key, &cmp, &alive, &mut dropped),
+                _ => runs.insert_batch(keys, &cmp, &alive, &mut dropped),
+            }
+        }
+        self.runs = runs;
+        self.release(dropped, free);
+    }
+
+    /// Records that `slot` (holding `id`) was removed; its slot reaches `free` once a
+    /// merge drops its entry.
+    pub(crate) fn remove(
+        &mut self,
+        slots: &[Option<Entry>],
+        slot: u32,
+        id: DeviceId,
+        live: usize,
+        free: &mut Vec<u32>,
+    ) {
+        self.removed.insert(slot, id);
+        // A small order merges at once (cheap), so small registries reuse slots at once.
+        if live < SMALL || (self.removed.len() > 32 && self.removed.len() * 4 > live) {
+            let mut dropped = Vec::new();
+            let mut runs = std::mem::take(&mut self.runs);
+            {
+                let cmp = |a: u32, b: u32| self.id(slots, a).cmp(self.id(slots, b));
+                let alive = |s: u32| slots[s as usize].is_some();
+                runs.compact(&cmp, &alive, &mut dropped);
+            }
+            self.runs = runs;
+            self.release(dropped, free);
+        }
+    }
+
+    fn release(&mut self, dropped: Vec<u32>, free: &mut Vec<u32>) {
+        for slot in dropped {
+            self.removed.remove(&slot);
+            free.push(slot);
+        }
+    }
+
+    /// Live slots in id order, from `start` on.
+    pub(crate) fn range<'a>(
+        &'a self,
+        slots: &'a [Option<Entry>],
+        start: Bound<&str>,
+    ) -> impl Iterator<Item = u32> + 'a {
+        let before_start = |k: SortKey| match start {
+            Bound::Unbounded => false,
+            Bound::Included(s) | Bound::Excluded(s) => {
+                let o = k
+                    .prefix
+                    .cmp(&prefix(s))
+                    .then_with(|| self.id(slots, k.id).as_str().cmp(s));
+                o == Ordering::Less || (o == Ordering::Equal && matches!(start, Bound::Excluded(_)))
+            }
+        };
+        self.runs
+            .range(
+                before_start,
+                |_| true,
+                move |a: u32, b: u32| self.id(slots, a).cmp(self.id(slots, b)),
+            )
+            .filter(move |&s| slots[s as usize].is_some())
+    }
+
+    /// Removed slots still waiting for a merge (for `validate`).
+    pub(crate) fn pending_removals(&self) -> impl Iterator<Item = u32> + '_ {
+        self.removed.keys().copied()
+    }
+
+    /// Every ordered slot, removed or not, in id order (for `validate`).
+    pub(crate) fn all<'a>(&'a self, slots: &'a [Option<Entry>]) -> impl Iterator<Item = u32> + 'a {
+        self.runs.range(
+            |_| false,
+            |_| true,
+            move |a: u32, b: u32| self.id(slots, a).cmp(self.id(slots, b)),
+        )
+    }
+}
