@@ -1,6 +1,6 @@
 //! Slots in device id order: what paging and id-ordered results walk.
 //!
-//! Kept as [`SortedRuns`] of `(first 8 id bytes, slot)` entries: a walk in id order reads
+//! Kept as [`SortedRuns`] of `(first 16 id bytes, slot)` entries: a walk in id order reads
 //! 16-byte entries in sequence (a tree walk costs several times more per step), and a
 //! bulk load adds its ids as one sorted run. In a large registry a removed device's entry
 //! stays until a merge drops it; until then its id is kept here (the order still compares
@@ -16,7 +16,7 @@ use std::ops::Bound;
 /// The id order of the registry's slots.
 #[derive(Debug, Default)]
 pub(crate) struct IdOrder {
-    runs: SortedRuns,
+    runs: SortedRuns<u128>,
     /// Removed devices still in `runs`, by slot.
     removed: FastMap<u32, DeviceId>,
 }
@@ -24,12 +24,13 @@ pub(crate) struct IdOrder {
 /// Below this many devices a removal merges the order at once.
 const SMALL: usize = 4096;
 
-/// The first 8 bytes of an id, big-endian: ids order as their prefixes do, or tie.
-fn prefix(id: &str) -> u64 {
-    let mut first = [0u8; 8];
-    let n = id.len().min(8);
+/// The first 16 bytes of an id, big-endian: ids order as their prefixes do, or tie (only
+/// ids longer than 16 bytes can tie, and only with a common 16-byte start).
+fn prefix(id: &str) -> u128 {
+    let mut first = [0u8; 16];
+    let n = id.len().min(16);
     first[..n].copy_from_slice(&id.as_bytes()[..n]);
-    u64::from_be_bytes(first)
+    u128::from_be_bytes(first)
 }
 
 impl IdOrder {
@@ -43,7 +44,7 @@ impl IdOrder {
         }
     }
 
-    fn key(&self, slots: &[Option<Entry>], slot: u32) -> SortKey {
+    fn key(&self, slots: &[Option<Entry>], slot: u32) -> SortKey<u128> {
         SortKey {
             prefix: prefix(self.id(slots, slot).as_str()),
             id: slot,
@@ -53,7 +54,7 @@ impl IdOrder {
     /// Adds live slots (one, or a bulk load's batch). Slots whose removal a merge
     /// completes are pushed to `free`.
     pub(crate) fn insert(&mut self, slots: &[Option<Entry>], new: Vec<u32>, free: &mut Vec<u32>) {
-        let keys: Vec<SortKey> = new.iter().map(|&s| self.key(slots, s)).collect();
+        let keys: Vec<SortKey<u128>> = new.iter().map(|&s| self.key(slots, s)).collect();
         let mut dropped = Vec::new();
         let mut runs = std::mem::take(&mut self.runs);
         {
@@ -107,7 +108,7 @@ impl IdOrder {
         slots: &'a [Option<Entry>],
         start: Bound<&str>,
     ) -> impl Iterator<Item = u32> + 'a {
-        let before_start = |k: SortKey| match start {
+        let before_start = |k: SortKey<u128>| match start {
             Bound::Unbounded => false,
             Bound::Included(s) | Bound::Excluded(s) => {
                 let o = k
@@ -123,7 +124,8 @@ impl IdOrder {
                 |_| true,
                 move |a: u32, b: u32| self.id(slots, a).cmp(self.id(slots, b)),
             )
-            .filter(move |&s| slots[s as usize].is_some())
+            // With no removal pending every ordered slot is live: skip touching entries.
+            .filter(move |&s| self.removed.is_empty() || slots[s as usize].is_some())
     }
 
     /// Removed slots still waiting for a merge (for `validate`).

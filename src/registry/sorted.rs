@@ -17,9 +17,9 @@ use std::cmp::Ordering;
 
 /// One entry: the value's order prefix and its id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct SortKey {
+pub(crate) struct SortKey<P = u64> {
     /// Order-preserving: `a < b` implies `prefix(a) <= prefix(b)`, `a == b` equal prefixes.
-    pub(crate) prefix: u64,
+    pub(crate) prefix: P,
     pub(crate) id: u32,
 }
 
@@ -27,17 +27,23 @@ pub(crate) struct SortKey {
 const SMALL_RUN: usize = 256;
 
 /// Entries sorted by value, as runs.
-#[derive(Debug, Default)]
-pub(crate) struct SortedRuns {
-    runs: Vec<Vec<SortKey>>,
+#[derive(Debug)]
+pub(crate) struct SortedRuns<P = u64> {
+    runs: Vec<Vec<SortKey<P>>>,
+}
+
+impl<P> Default for SortedRuns<P> {
+    fn default() -> Self {
+        SortedRuns { runs: Vec::new() }
+    }
 }
 
 /// Compares two entries: prefix first, then `cmp` on the ids.
-fn order(a: SortKey, b: SortKey, cmp: &impl Fn(u32, u32) -> Ordering) -> Ordering {
+fn order<P: Ord>(a: SortKey<P>, b: SortKey<P>, cmp: &impl Fn(u32, u32) -> Ordering) -> Ordering {
     a.prefix.cmp(&b.prefix).then_with(|| cmp(a.id, b.id))
 }
 
-impl SortedRuns {
+impl<P: Ord + Copy> SortedRuns<P> {
     /// How many entries (live or not).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
@@ -48,7 +54,7 @@ impl SortedRuns {
     /// dropped by the merge this triggers, and their ids are pushed to `dropped`.
     pub(crate) fn insert(
         &mut self,
-        key: SortKey,
+        key: SortKey<P>,
         cmp: &impl Fn(u32, u32) -> Ordering,
         alive: &impl Fn(u32) -> bool,
         dropped: &mut Vec<u32>,
@@ -66,7 +72,7 @@ impl SortedRuns {
     /// Adds a batch of entries (any order) as one run.
     pub(crate) fn insert_batch(
         &mut self,
-        mut keys: Vec<SortKey>,
+        mut keys: Vec<SortKey<P>>,
         cmp: &impl Fn(u32, u32) -> Ordering,
         alive: &impl Fn(u32) -> bool,
         dropped: &mut Vec<u32>,
@@ -124,7 +130,7 @@ impl SortedRuns {
         let a = self.runs.pop().expect("two runs");
         let mut out = Vec::with_capacity(a.len() + b.len());
         let (mut i, mut j) = (0, 0);
-        let mut keep = |k: SortKey, out: &mut Vec<SortKey>| {
+        let mut keep = |k: SortKey<P>, out: &mut Vec<SortKey<P>>| {
             if alive(k.id) {
                 out.push(k);
             } else {
@@ -152,10 +158,10 @@ impl SortedRuns {
     /// run. Both predicates must be monotone over the order (true, then false).
     pub(crate) fn range<'a, C: Fn(u32, u32) -> Ordering>(
         &'a self,
-        before_start: impl Fn(SortKey) -> bool,
-        before_end: impl Fn(SortKey) -> bool,
+        before_start: impl Fn(SortKey<P>) -> bool,
+        before_end: impl Fn(SortKey<P>) -> bool,
         cmp: C,
-    ) -> Merge<'a, C> {
+    ) -> Merge<'a, C, P> {
         let slices = self
             .runs
             .iter()
@@ -165,36 +171,54 @@ impl SortedRuns {
                 (start < end).then(|| &run[start..end])
             })
             .collect();
-        Merge { slices, cmp }
+        Merge {
+            slices,
+            cmp,
+            streak: None,
+        }
     }
 }
 
 /// A k-way merge over sorted slices, from both ends.
-pub(crate) struct Merge<'a, C> {
-    slices: Vec<&'a [SortKey]>,
+pub(crate) struct Merge<'a, C, P = u64> {
+    slices: Vec<&'a [SortKey<P>]>,
     cmp: C,
+    /// From the front: the slice holding the smallest entry, and the smallest front of
+    /// the others. Entries of that slice below it come out with one comparison each.
+    streak: Option<(usize, Option<SortKey<P>>)>,
 }
 
-impl<C: Fn(u32, u32) -> Ordering> Iterator for Merge<'_, C> {
+impl<C: Fn(u32, u32) -> Ordering, P: Ord + Copy> Iterator for Merge<'_, C, P> {
     type Item = u32;
 
     fn next(&mut self) -> Option<u32> {
+        if let Some((b, limit)) = self.streak {
+            let front = self.slices[b][0];
+            if limit.is_none_or(|l| order(front, l, &self.cmp) == Ordering::Less) {
+                return Some(self.take_front(b));
+            }
+        }
+        // Find the smallest front and the runner-up.
         let mut best: Option<usize> = None;
+        let mut second: Option<SortKey<P>> = None;
         for (i, s) in self.slices.iter().enumerate() {
-            best = match best {
+            match best {
                 Some(b) if order(self.slices[b][0], s[0], &self.cmp) != Ordering::Greater => {
-                    Some(b)
+                    if second.is_none_or(|x| order(s[0], x, &self.cmp) == Ordering::Less) {
+                        second = Some(s[0]);
+                    }
                 }
-                _ => Some(i),
-            };
+                _ => {
+                    if let Some(b) = best {
+                        second = Some(self.slices[b][0]);
+                    }
+                    best = Some(i);
+                }
+            }
         }
         let b = best?;
-        let id = self.slices[b][0].id;
-        self.slices[b] = &self.slices[b][1..];
-        if self.slices[b].is_empty() {
-            self.slices.swap_remove(b);
-        }
-        Some(id)
+        self.streak = Some((b, second));
+        Some(self.take_front(b))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -203,9 +227,24 @@ impl<C: Fn(u32, u32) -> Ordering> Iterator for Merge<'_, C> {
     }
 }
 
-impl<C: Fn(u32, u32) -> Ordering> DoubleEndedIterator for Merge<'_, C> {
+impl<C, P: Copy> Merge<'_, C, P> {
+    /// Takes slice `b`'s first entry; an emptied slice leaves (and ends the streak).
+    fn take_front(&mut self, b: usize) -> u32 {
+        let id = self.slices[b][0].id;
+        self.slices[b] = &self.slices[b][1..];
+        if self.slices[b].is_empty() {
+            self.slices.swap_remove(b);
+            self.streak = None;
+        }
+        id
+    }
+}
+
+impl<C: Fn(u32, u32) -> Ordering, P: Ord + Copy> DoubleEndedIterator for Merge<'_, C, P> {
     fn next_back(&mut self) -> Option<u32> {
-        let last = |s: &[SortKey]| s[s.len() - 1];
+        // Taking from the back may take the streak's limit: end the streak.
+        self.streak = None;
+        let last = |s: &[SortKey<P>]| s[s.len() - 1];
         let mut best: Option<usize> = None;
         for (i, s) in self.slices.iter().enumerate() {
             best = match best {
