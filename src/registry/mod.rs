@@ -102,8 +102,9 @@ use vid_table::VidTable;
 
 /// A device's dense position in the registry; every index is a bitmap of slots.
 ///
-/// A slot is reused after its device is removed, so hold a [`DeviceId`] (or check the
-/// generation id) across removals.
+/// A slot is reused after its device is removed (at once in a registry of a few thousand
+/// devices, after the id order's next merge in a larger one), so hold a [`DeviceId`] (or
+/// check the generation id) across removals.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct Slot(pub u32);
 
@@ -535,8 +536,8 @@ impl Registry {
     }
 
     /// The slots of `within` whose value of property `id` lies within the bounds, found
-    /// by looking each slot up in the property's value-id column (built on first use, 4
-    /// bytes a slot, then maintained by every write) rather than by intersecting every
+    /// by looking each slot up in the property's value-id column (built on first use, 1
+    /// to 4 bytes a slot, then maintained by every write) rather than by intersecting every
     /// value's bitmap in the range with `within`. The query executor asks this when
     /// `within` is much smaller than the range.
     pub(crate) fn filter_range(
