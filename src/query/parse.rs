@@ -10,6 +10,7 @@
 //! [`ParseErrorKind::Internal`], which the `query_parse` fuzz target asserts never
 //! happens.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 
 use nom::branch::alt;
@@ -186,21 +187,32 @@ impl<'s> Grammar<'s> {
 
     /// `string ::= '"' (char | escape)* '"'` where `char` is any character but `"`, `\` and
     /// the controls U+0000..U+001F.
-    fn string(&self, i: &'s str) -> PResult<'s, String> {
+    fn string(&self, i: &'s str) -> PResult<'s, Cow<'s, str>> {
         let Ok((mut i, _)) = char::<_, Failure<'s>>('"').parse(i) else {
             return expected(i, Expected::String);
         };
-        let mut out = String::new();
+        // Borrowed from the input unless an escape makes a copy necessary.
+        let mut out: Option<String> = None;
         loop {
             let (rest, run) = take_while(|c: char| c != '"' && c != '\\' && c >= ' ').parse(i)?;
-            out.push_str(run);
             i = rest;
             match i.chars().next() {
                 None => return expected(i, Expected::StringEnd),
-                Some('"') => return Ok((&i[1..], out)),
+                Some('"') => {
+                    let s = match out {
+                        None => Cow::Borrowed(run),
+                        Some(mut o) => {
+                            o.push_str(run);
+                            Cow::Owned(o)
+                        }
+                    };
+                    return Ok((&i[1..], s));
+                }
                 Some('\\') => {
                     let (rest, c) = self.escape(i)?;
-                    out.push(c);
+                    let o = out.get_or_insert_with(String::new);
+                    o.push_str(run);
+                    o.push(c);
                     i = rest;
                 }
                 Some(c) => return fail(i, c.len_utf8(), ParseErrorKind::ControlCharacter),
@@ -298,7 +310,9 @@ impl<'s> Grammar<'s> {
     /// `scalar ::= string | number | bool`
     fn scalar(&self, i: &'s str, what: Expected) -> PResult<'s, Literal> {
         match i.chars().next() {
-            Some('"') => self.string(i).map(|(r, s)| (r, Literal::String(s))),
+            Some('"') => self
+                .string(i)
+                .map(|(r, s)| (r, Literal::String(s.into_owned()))),
             Some('t' | 'f') => self.boolean(i).map(|(r, b)| (r, Literal::Bool(b))),
             Some('-' | '0'..='9') => self.number(i).map(|(r, n)| (r, Literal::Number(n))),
             _ => expected(i, what),
@@ -333,7 +347,7 @@ impl<'s> Grammar<'s> {
                 i.len() - rest.len(),
                 ParseErrorKind::UnknownKeyword {
                     field,
-                    found: s,
+                    found: s.into_owned(),
                     expected: keywords,
                 },
             ),
@@ -393,14 +407,20 @@ impl<'s> Grammar<'s> {
                 key_at,
                 key_len,
                 ParseErrorKind::UnknownKey {
-                    key,
+                    key: key.into_owned(),
                     object,
                     expected: keys,
                 },
             );
         };
         if members.seen & (1 << index) != 0 {
-            return fail(key_at, key_len, ParseErrorKind::DuplicateKey { key });
+            return fail(
+                key_at,
+                key_len,
+                ParseErrorKind::DuplicateKey {
+                    key: key.into_owned(),
+                },
+            );
         }
         members.seen |= 1 << index;
         let rest = ws(rest);
@@ -693,7 +713,7 @@ impl<'s> Grammar<'s> {
             };
             i = if key == 0 {
                 let (rest, n) = self.string(rest)?;
-                name = Some(n);
+                name = Some(n.into_owned());
                 rest
             } else {
                 let (rest, k) = self.keyword(
@@ -842,7 +862,7 @@ impl<'s> Grammar<'s> {
                 }
                 _ => {
                     let (rest, n) = self.string(rest)?;
-                    column_name = Some(n);
+                    column_name = Some(n.into_owned());
                     rest
                 }
             };
