@@ -188,6 +188,9 @@ pub enum DeviceError {
     QueueFull,
     /// The device's answer could not be decoded.
     BadPayload(String),
+    /// The device answered with a CoAP Reset: it holds no state for the request (it
+    /// restarted, or does not speak the protocol the request assumed).
+    Reset,
 }
 
 impl fmt::Display for DeviceError {
@@ -205,6 +208,7 @@ impl fmt::Display for DeviceError {
             DeviceError::NotRegistered => f.write_str("device is not registered"),
             DeviceError::QueueFull => f.write_str("device's request queue is full"),
             DeviceError::BadPayload(why) => write!(f, "undecodable payload: {why}"),
+            DeviceError::Reset => f.write_str("device reset the request"),
         }
     }
 }

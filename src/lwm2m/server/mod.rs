@@ -634,7 +634,7 @@ impl Lwm2mServer {
                 device: o.device,
                 result: Err(match other {
                     // The device rejected the message outright (RST).
-                    RequestError::Reset => DeviceError::Code(0, 0),
+                    RequestError::Reset => DeviceError::Reset,
                     e => DeviceError::BadPayload(e.to_string()),
                 }),
             },

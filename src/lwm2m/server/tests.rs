@@ -582,6 +582,24 @@ fn cancel_ends_the_newest_observation_of_a_path() {
 }
 
 #[test]
+fn a_reset_answer_is_its_own_error() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d"]);
+    sim.events();
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 0),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    sim.send(a, &Packet::new(MsgType::Rst, 0, req.mid, &[]));
+    assert_eq!(response(&sim.events(), 1), &Err(DeviceError::Reset));
+}
+
+#[test]
 fn separate_response_after_empty_ack() {
     let mut sim = Sim::open();
     let a = addr(9000);
