@@ -115,6 +115,19 @@ fn outcome<H: Harness>(h: &mut World<H>, id: u64) -> Result<DeviceReply, DeviceE
     .0
 }
 
+/// The next notification from device `d` for `at`.
+fn notification<H: Harness>(h: &mut World<H>, d: &DeviceId, at: Lwm2mPath) -> Content {
+    run_until(h, Duration::from_secs(10), |e| match e {
+        DeviceEvent::Notification {
+            device,
+            path,
+            content,
+        } if device == d && *path == at => Some(content.clone()),
+        _ => None,
+    })
+    .0
+}
+
 fn registered<H: Harness>(h: &mut World<H>, id: &DeviceId) {
     h.add_device(id);
     run_until(h, Duration::from_secs(10), |e| match e {
@@ -208,14 +221,7 @@ fn scenario_observe_notify<H: Harness>(h: &mut World<H>) {
     );
     for level in [80, 79] {
         h.set_value(&d, BATTERY, ResourceValue::Integer(level));
-        let (c, _) = run_until(h, Duration::from_secs(10), |e| match e {
-            DeviceEvent::Notification {
-                device,
-                path,
-                content,
-            } if *device == d && *path == BATTERY => Some(content.clone()),
-            _ => None,
-        });
+        let c = notification(h, &d, BATTERY);
         assert_eq!(c, Content::single(BATTERY, ResourceValue::Integer(level)));
     }
 }
@@ -232,14 +238,7 @@ fn scenario_observed_twice_cancel_once<H: Harness>(h: &mut World<H>) {
     h.submit(op(3, &d, DeviceRequest::CancelObserve { path: BATTERY }));
     assert_eq!(outcome(h, 3), Ok(DeviceReply::Done));
     h.set_value(&d, BATTERY, ResourceValue::Integer(42));
-    let (c, _) = run_until(h, Duration::from_secs(10), |e| match e {
-        DeviceEvent::Notification {
-            device,
-            path,
-            content,
-        } if *device == d && *path == BATTERY => Some(content.clone()),
-        _ => None,
-    });
+    let c = notification(h, &d, BATTERY);
     assert_eq!(c, Content::single(BATTERY, ResourceValue::Integer(42)));
 }
 
