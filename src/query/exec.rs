@@ -557,6 +557,17 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
     }
 
     /// Walk the key's values in order, each value's rows by id, then rows without a value.
+    /// Whether a sorted page groups its rows by looking each row's value up in the
+    /// source's column (one lookup a row) rather than intersecting each value's slots
+    /// with the rows (one intersection a value, most of them empty when the rows are few).
+    fn group_by_column(&self, rows: &RoaringBitmap) -> bool {
+        match self.strategy {
+            Strategy::Bitmaps | Strategy::Scans => false,
+            Strategy::Columns => true,
+            Strategy::Auto => rows.len().saturating_mul(16) < self.source.universe().len(),
+        }
+    }
+
     fn index_walk(
         &self,
         rows: &RoaringBitmap,
@@ -573,22 +584,46 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
         let walk_values = !matches!(cursor_key, Some(None));
         if walk_values {
             let start = cursor_key.flatten();
-            let values = match (order, start) {
-                (SortOrder::Asc, Some(v)) => {
-                    s.values_in_range(p, Bound::Included(v), Bound::Unbounded)
-                }
-                (SortOrder::Desc, Some(v)) => Box::new(
-                    s.values_in_range(p, Bound::Unbounded, Bound::Included(v))
-                        .rev(),
-                ),
-                (SortOrder::Asc, None) => s.values_in_range(p, Bound::Unbounded, Bound::Unbounded),
-                (SortOrder::Desc, None) => Box::new(
-                    s.values_in_range(p, Bound::Unbounded, Bound::Unbounded)
-                        .rev(),
-                ),
-            };
-            for (value, slots) in values {
-                let group = slots.intersection(rows);
+            let grouped = self
+                .group_by_column(rows)
+                .then(|| s.group_rows(p, rows))
+                .flatten();
+            let groups: Box<dyn Iterator<Item = (Cow<'_, Scalar>, RoaringBitmap)> + '_> =
+                match grouped {
+                    // Few rows: each row's value looked up once, groups already in order.
+                    Some(groups) => {
+                        let from_cursor = move |v: &Scalar| match (order, start) {
+                            (_, None) => true,
+                            (SortOrder::Asc, Some(c)) => *v >= *c,
+                            (SortOrder::Desc, Some(c)) => *v <= *c,
+                        };
+                        let groups = groups.into_iter().filter(move |(v, _)| from_cursor(v));
+                        match order {
+                            SortOrder::Asc => Box::new(groups),
+                            SortOrder::Desc => Box::new(groups.rev()),
+                        }
+                    }
+                    None => {
+                        let values = match (order, start) {
+                            (SortOrder::Asc, Some(v)) => {
+                                s.values_in_range(p, Bound::Included(v), Bound::Unbounded)
+                            }
+                            (SortOrder::Desc, Some(v)) => Box::new(
+                                s.values_in_range(p, Bound::Unbounded, Bound::Included(v))
+                                    .rev(),
+                            ),
+                            (SortOrder::Asc, None) => {
+                                s.values_in_range(p, Bound::Unbounded, Bound::Unbounded)
+                            }
+                            (SortOrder::Desc, None) => Box::new(
+                                s.values_in_range(p, Bound::Unbounded, Bound::Unbounded)
+                                    .rev(),
+                            ),
+                        };
+                        Box::new(values.map(|(value, slots)| (value, slots.intersection(rows))))
+                    }
+                };
+            for (value, group) in groups {
                 if group.is_empty() {
                     continue;
                 }

@@ -186,6 +186,19 @@ pub trait IndexedSource {
         None
     }
 
+    /// `rows` grouped by their value of `property`, in ascending value order (rows
+    /// without a scalar value left out), if the source can group them by looking each
+    /// row's value up (a column). `None` (the default) makes sorted pages intersect each
+    /// value's slots with the rows instead.
+    fn group_rows(
+        &self,
+        property: Self::Property,
+        rows: &RoaringBitmap,
+    ) -> Option<Vec<(Cow<'_, Scalar>, RoaringBitmap)>> {
+        let _ = (property, rows);
+        None
+    }
+
     /// The length of [`filter_range`](Self::filter_range)'s answer, without building it.
     fn count_range(
         &self,

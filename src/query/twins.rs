@@ -389,6 +389,22 @@ impl IndexedSource for Registry {
         }
     }
 
+    fn group_rows(
+        &self,
+        property: TwinProperty,
+        rows: &RoaringBitmap,
+    ) -> Option<Vec<(Cow<'_, Scalar>, RoaringBitmap)>> {
+        match property {
+            TwinProperty::Indexed(id) => Some(
+                Registry::group_rows(self, id, rows)
+                    .into_iter()
+                    .map(|(v, slots)| (Cow::Borrowed(v), slots))
+                    .collect(),
+            ),
+            TwinProperty::Field(_) => None,
+        }
+    }
+
     fn count_range(
         &self,
         property: TwinProperty,

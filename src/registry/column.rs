@@ -98,14 +98,8 @@ impl ValueColumn {
         };
     }
 
-    /// Calls `hit` with each slot of `slots`, in order, whose value id is set in
-    /// `wanted` (a bitset by id).
-    pub(crate) fn scan(&self, slots: &RoaringBitmap, wanted: &[u64], mut hit: impl FnMut(u32)) {
-        let is_wanted = |id: usize| {
-            wanted
-                .get(id / 64)
-                .is_some_and(|w| w & (1 << (id % 64)) != 0)
-        };
+    /// Calls `each(slot, id)` for every slot of `slots` that has a value id, in slot order.
+    pub(crate) fn ids(&self, slots: &RoaringBitmap, mut each: impl FnMut(u32, u32)) {
         // Slots come out of the bitmap a buffer at a time: far cheaper than one by one.
         let mut buf = [0u32; 256];
         let mut it = slots.iter();
@@ -116,28 +110,36 @@ impl ValueColumn {
             }
             match self {
                 ValueColumn::Narrow(v) => batch.iter().for_each(|&s| {
-                    if v.get(s as usize)
-                        .is_some_and(|&x| x != u8::MAX && is_wanted(usize::from(x)))
-                    {
-                        hit(s)
+                    if let Some(&x) = v.get(s as usize).filter(|&&x| x != u8::MAX) {
+                        each(s, u32::from(x))
                     }
                 }),
                 ValueColumn::Medium(v) => batch.iter().for_each(|&s| {
-                    if v.get(s as usize)
-                        .is_some_and(|&x| x != u16::MAX && is_wanted(usize::from(x)))
-                    {
-                        hit(s)
+                    if let Some(&x) = v.get(s as usize).filter(|&&x| x != u16::MAX) {
+                        each(s, u32::from(x))
                     }
                 }),
                 ValueColumn::Wide(v) => batch.iter().for_each(|&s| {
-                    if v.get(s as usize)
-                        .is_some_and(|&x| x != u32::MAX && is_wanted(x as usize))
-                    {
-                        hit(s)
+                    if let Some(&x) = v.get(s as usize).filter(|&&x| x != u32::MAX) {
+                        each(s, x)
                     }
                 }),
             }
         }
+    }
+
+    /// Calls `hit` with each slot of `slots`, in order, whose value id is set in
+    /// `wanted` (a bitset by id).
+    pub(crate) fn scan(&self, slots: &RoaringBitmap, wanted: &[u64], mut hit: impl FnMut(u32)) {
+        self.ids(slots, |slot, id| {
+            let id = id as usize;
+            if wanted
+                .get(id / 64)
+                .is_some_and(|w| w & (1 << (id % 64)) != 0)
+            {
+                hit(slot)
+            }
+        });
     }
 }
 

@@ -552,6 +552,20 @@ impl Registry {
             .map_or_else(RoaringBitmap::new, |p| p.filter_range(lo, hi, within))
     }
 
+    /// `rows` grouped by their value of property `id`, in value order (rows without a
+    /// scalar value left out), through the property's value-id column (see
+    /// [`Registry::filter_range`]). The executor's sorted pages use it when the rows are
+    /// few.
+    pub(crate) fn group_rows(
+        &self,
+        id: PropertyId,
+        rows: &RoaringBitmap,
+    ) -> Vec<(&Scalar, RoaringBitmap)> {
+        self.props
+            .get(id.0 as usize)
+            .map_or_else(Vec::new, |p| p.group_rows(rows))
+    }
+
     /// How many slots [`Registry::filter_range`] would return, without building them.
     pub(crate) fn count_range(
         &self,
