@@ -16,6 +16,7 @@ use super::result::{
     Cursor, MAX_PAGE_SIZE, QueryError, QueryOptions, QueryResult, ResultItem, Strategy, fingerprint,
 };
 use super::source::{IndexedSource, Slots};
+use crate::registry::IdBits;
 use crate::twin::Scalar;
 
 /// Runs a query expression against a source: one page of documents (or all aggregate
@@ -164,26 +165,6 @@ pub fn plan<S: IndexedSource + ?Sized>(
 /// A range step looks slots up in a column when the slots left are fewer than the
 /// range's slots divided by this.
 const RANGE_COLUMN_FACTOR: u64 = 4;
-
-/// A set of slots as one bit per slot up to its largest: membership is a single load.
-struct DenseSet(Vec<u64>);
-
-impl DenseSet {
-    fn new(slots: &RoaringBitmap) -> Self {
-        let words = slots.max().map_or(0, |m| m as usize / 64 + 1);
-        let mut bits = vec![0u64; words];
-        for s in slots {
-            bits[s as usize / 64] |= 1 << (s % 64);
-        }
-        DenseSet(bits)
-    }
-
-    fn contains(&self, slot: u32) -> bool {
-        self.0
-            .get(slot as usize / 64)
-            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
-    }
-}
 
 /// A sort entry: a slot and its sort key values.
 type Entry = (u32, Vec<Option<Scalar>>);
@@ -500,7 +481,7 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
             if walk {
                 // The walk tests `walk_steps` slots; a dense bitset answers in one load
                 // where a bitmap binary-searches.
-                let dense = DenseSet::new(rows);
+                let dense = IdBits::of(rows);
                 return s
                     .slots_in_id_order(after)
                     .filter(|&slot| dense.contains(slot))

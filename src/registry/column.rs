@@ -7,6 +7,43 @@
 
 use roaring::RoaringBitmap;
 
+/// A set of ids (slots, value ids) as one bit each up to the largest: membership is
+/// one load, where a bitmap searches.
+#[derive(Debug, Default)]
+pub(crate) struct IdBits(Vec<u64>);
+
+impl IdBits {
+    /// An empty set with room for ids below `n`.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        IdBits(vec![0; n.div_ceil(64)])
+    }
+
+    /// The set of a bitmap's members.
+    pub(crate) fn of(bitmap: &RoaringBitmap) -> Self {
+        let mut bits = IdBits::with_capacity(bitmap.max().map_or(0, |m| m as usize + 1));
+        for id in bitmap {
+            bits.insert(id);
+        }
+        bits
+    }
+
+    /// Adds `id`, growing as needed.
+    pub(crate) fn insert(&mut self, id: u32) {
+        let word = id as usize / 64;
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (id % 64);
+    }
+
+    /// Whether `id` is in the set.
+    pub(crate) fn contains(&self, id: u32) -> bool {
+        self.0
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+}
+
 /// Slot -> value id, `None` where the slot has no scalar value.
 #[derive(Debug)]
 pub(crate) enum ValueColumn {
@@ -128,15 +165,10 @@ impl ValueColumn {
         }
     }
 
-    /// Calls `hit` with each slot of `slots`, in order, whose value id is set in
-    /// `wanted` (a bitset by id).
-    pub(crate) fn scan(&self, slots: &RoaringBitmap, wanted: &[u64], mut hit: impl FnMut(u32)) {
+    /// Calls `hit` with each slot of `slots`, in order, whose value id is in `wanted`.
+    pub(crate) fn scan(&self, slots: &RoaringBitmap, wanted: &IdBits, mut hit: impl FnMut(u32)) {
         self.ids(slots, |slot, id| {
-            let id = id as usize;
-            if wanted
-                .get(id / 64)
-                .is_some_and(|w| w & (1 << (id % 64)) != 0)
-            {
+            if wanted.contains(id) {
                 hit(slot)
             }
         });
@@ -179,9 +211,9 @@ mod tests {
         c.set(1, None);
         assert_eq!(c.get(1), None);
         let mut hits = Vec::new();
-        let mut wanted = vec![0u64; 70_001usize.div_ceil(64)];
-        for id in [254usize, 70_000] {
-            wanted[id / 64] |= 1 << (id % 64);
+        let mut wanted = IdBits::default();
+        for id in [254, 70_000] {
+            wanted.insert(id);
         }
         c.scan(&(0..20).collect(), &wanted, |s| hits.push(s));
         assert_eq!(hits, [3, 9]);

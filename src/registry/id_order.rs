@@ -53,7 +53,7 @@ impl IdOrder {
 
     /// Adds live slots (one, or a bulk load's batch). Slots whose removal a merge
     /// completes are pushed to `free`.
-    pub(crate) fn insert(&mut self, slots: &[Option<Entry>], new: Vec<u32>, free: &mut Vec<u32>) {
+    pub(crate) fn insert(&mut self, slots: &[Option<Entry>], new: &[u32], free: &mut Vec<u32>) {
         let keys: Vec<SortKey<u128>> = new.iter().map(|&s| self.key(slots, s)).collect();
         let mut dropped = Vec::new();
         let mut runs = std::mem::take(&mut self.runs);

@@ -1,6 +1,6 @@
 //! Value indexes: one per property, mapping each distinct value to the slots holding it.
 
-use super::column::ValueColumn;
+use super::column::{IdBits, ValueColumn};
 use super::hash::{FastMap, FastState};
 use super::sorted::{SortKey, SortedRuns};
 use super::vid_table::VidTable;
@@ -306,9 +306,9 @@ impl PropertyIndex {
         hit: impl FnMut(u32),
     ) {
         let column = self.column.get_or_init(|| self.build_column());
-        let mut wanted = vec![0u64; self.values.len().div_ceil(64)];
+        let mut wanted = IdBits::with_capacity(self.values.len());
         for id in self.range_ids(lo, hi) {
-            wanted[id as usize / 64] |= 1 << (id % 64);
+            wanted.insert(id);
         }
         column.scan(within, &wanted, hit);
     }

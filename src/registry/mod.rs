@@ -76,6 +76,7 @@ mod sorted;
 mod vid_table;
 mod view;
 
+pub(crate) use column::IdBits;
 pub use feed::{Change, ChangeKind, FeedGap};
 pub use index::SlotSet;
 pub use shared::SharedRegistry;
@@ -898,7 +899,7 @@ impl Registry {
             Some(b) => b.slots.push(slot),
             None => self
                 .id_order
-                .insert(&self.slots, vec![slot], &mut self.free_slots),
+                .insert(&self.slots, &[slot], &mut self.free_slots),
         }
         self.emit(seq, device_id, ChangeKind::Created);
         Ok(Slot(slot))
@@ -985,7 +986,8 @@ impl Registry {
             slots.clear();
         }
         let new = std::mem::take(&mut batch.slots);
-        self.id_order.insert(&self.slots, new, &mut self.free_slots);
+        self.id_order
+            .insert(&self.slots, &new, &mut self.free_slots);
         batch.twins = 0;
     }
 
