@@ -8,7 +8,7 @@
 
 use super::Entry;
 use super::hash::FastMap;
-use super::sorted::{SortKey, SortedRuns};
+use super::sorted::{RunOrder, SortKey, SortedRuns};
 use crate::DeviceId;
 use std::cmp::Ordering;
 use std::ops::Bound;
@@ -33,9 +33,17 @@ fn prefix(id: &str) -> u128 {
     u128::from_be_bytes(first)
 }
 
-impl IdOrder {
-    fn id<'a>(&'a self, slots: &'a [Option<Entry>], slot: u32) -> &'a DeviceId {
-        match &slots[slot as usize] {
+/// Slots ordered by their devices' ids; a slot without a live entry is a removal still
+/// in the order (its id kept in `removed`), no longer wanted.
+#[derive(Clone, Copy)]
+struct ById<'a> {
+    slots: &'a [Option<Entry>],
+    removed: &'a FastMap<u32, DeviceId>,
+}
+
+impl<'a> ById<'a> {
+    fn id(self, slot: u32) -> &'a DeviceId {
+        match &self.slots[slot as usize] {
             Some(e) => &e.id,
             None => self
                 .removed
@@ -44,29 +52,48 @@ impl IdOrder {
         }
     }
 
-    fn key(&self, slots: &[Option<Entry>], slot: u32) -> SortKey<u128> {
+    fn key(self, slot: u32) -> SortKey<u128> {
         SortKey {
-            prefix: prefix(self.id(slots, slot).as_str()),
+            prefix: prefix(self.id(slot).as_str()),
             id: slot,
+        }
+    }
+}
+
+impl RunOrder for ById<'_> {
+    fn cmp(&self, a: u32, b: u32) -> Ordering {
+        self.id(a).cmp(self.id(b))
+    }
+
+    fn alive(&self, slot: u32) -> bool {
+        self.slots[slot as usize].is_some()
+    }
+}
+
+impl IdOrder {
+    fn by<'a>(&'a self, slots: &'a [Option<Entry>]) -> ById<'a> {
+        ById {
+            slots,
+            removed: &self.removed,
         }
     }
 
     /// Adds live slots (one, or a bulk load's batch). Slots whose removal a merge
     /// completes are pushed to `free`.
     pub(crate) fn insert(&mut self, slots: &[Option<Entry>], new: &[u32], free: &mut Vec<u32>) {
-        let keys: Vec<SortKey<u128>> = new.iter().map(|&s| self.key(slots, s)).collect();
+        let by = ById {
+            slots,
+            removed: &self.removed,
+        };
         let mut dropped = Vec::new();
-        let mut runs = std::mem::take(&mut self.runs);
-        {
-            let cmp = |a: u32, b: u32| self.id(slots, a).cmp(self.id(slots, b));
-            let alive = |s: u32| slots[s as usize].is_some();
-            match keys[..] {
-                [] => {}
-                [key] => runs.insert(key, &cmp, &alive, &mut dropped),
-                _ => runs.insert_batch(keys, &cmp, &alive, &mut dropped),
+        match new {
+            [] => {}
+            [slot] => self.runs.insert(by.key(*slot), &by, &mut dropped),
+            _ => {
+                let keys = new.iter().map(|&s| by.key(s)).collect();
+                self.runs.insert_batch(keys, &by, &mut dropped)
             }
         }
-        self.runs = runs;
         self.release(dropped, free);
     }
 
@@ -83,14 +110,12 @@ impl IdOrder {
         self.removed.insert(slot, id);
         // A small order merges at once (cheap), so small registries reuse slots at once.
         if live < SMALL || (self.removed.len() > 32 && self.removed.len() * 4 > live) {
+            let by = ById {
+                slots,
+                removed: &self.removed,
+            };
             let mut dropped = Vec::new();
-            let mut runs = std::mem::take(&mut self.runs);
-            {
-                let cmp = |a: u32, b: u32| self.id(slots, a).cmp(self.id(slots, b));
-                let alive = |s: u32| slots[s as usize].is_some();
-                runs.compact(&cmp, &alive, &mut dropped);
-            }
-            self.runs = runs;
+            self.runs.compact(&by, &mut dropped);
             self.release(dropped, free);
         }
     }
@@ -108,22 +133,19 @@ impl IdOrder {
         slots: &'a [Option<Entry>],
         start: Bound<&str>,
     ) -> impl Iterator<Item = u32> + 'a {
+        let by = self.by(slots);
         let before_start = |k: SortKey<u128>| match start {
             Bound::Unbounded => false,
             Bound::Included(s) | Bound::Excluded(s) => {
                 let o = k
                     .prefix
                     .cmp(&prefix(s))
-                    .then_with(|| self.id(slots, k.id).as_str().cmp(s));
+                    .then_with(|| by.id(k.id).as_str().cmp(s));
                 o == Ordering::Less || (o == Ordering::Equal && matches!(start, Bound::Excluded(_)))
             }
         };
         self.runs
-            .range(
-                before_start,
-                |_| true,
-                move |a: u32, b: u32| self.id(slots, a).cmp(self.id(slots, b)),
-            )
+            .range(before_start, |_| true, by)
             // With no removal pending every ordered slot is live: skip touching entries.
             .filter(move |&s| self.removed.is_empty() || slots[s as usize].is_some())
     }
@@ -135,10 +157,6 @@ impl IdOrder {
 
     /// Every ordered slot, removed or not, in id order (for `validate`).
     pub(crate) fn all<'a>(&'a self, slots: &'a [Option<Entry>]) -> impl Iterator<Item = u32> + 'a {
-        self.runs.range(
-            |_| false,
-            |_| true,
-            move |a: u32, b: u32| self.id(slots, a).cmp(self.id(slots, b)),
-        )
+        self.runs.range(|_| false, |_| true, self.by(slots))
     }
 }

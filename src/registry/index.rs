@@ -2,7 +2,7 @@
 
 use super::column::{IdBits, ValueColumn};
 use super::hash::{FastMap, FastState};
-use super::sorted::{SortKey, SortedRuns};
+use super::sorted::{RunOrder, SortKey, SortedRuns};
 use super::vid_table::VidTable;
 use crate::twin::{PropertyKind, Scalar, WellKnownProperty};
 use roaring::RoaringBitmap;
@@ -216,6 +216,20 @@ pub(crate) fn sort_prefix(v: &Scalar) -> u64 {
             first[1..=n].copy_from_slice(&s.as_bytes()[..n]);
             (2 << 62) | (u64::from_be_bytes(first) << 6)
         }
+    }
+}
+
+/// A property's value ids ordered by their values; the ids without slots are dead.
+#[derive(Clone, Copy)]
+struct ByValue<'a>(&'a [ValueEntry]);
+
+impl RunOrder for ByValue<'_> {
+    fn cmp(&self, a: u32, b: u32) -> std::cmp::Ordering {
+        self.0[a as usize].value.cmp(&self.0[b as usize].value)
+    }
+
+    fn alive(&self, id: u32) -> bool {
+        !matches!(self.0[id as usize].slots, Posting::Empty)
     }
 }
 
@@ -434,15 +448,14 @@ impl PropertyIndex {
 
     fn order_ids(&mut self, ids: Vec<u32>) {
         let values = &self.values;
-        let cmp = |a: u32, b: u32| values[a as usize].value.cmp(&values[b as usize].value);
-        let alive = |id: u32| !matches!(values[id as usize].slots, Posting::Empty);
+        let by = ByValue(values);
         let mut dropped = Vec::new();
         if let [id] = ids[..] {
             let key = SortKey {
                 prefix: sort_prefix(&values[id as usize].value),
                 id,
             };
-            self.order.insert(key, &cmp, &alive, &mut dropped);
+            self.order.insert(key, &by, &mut dropped);
         } else {
             let keys = ids
                 .into_iter()
@@ -451,7 +464,7 @@ impl PropertyIndex {
                     id,
                 })
                 .collect();
-            self.order.insert_batch(keys, &cmp, &alive, &mut dropped);
+            self.order.insert_batch(keys, &by, &mut dropped);
         }
         self.release(dropped);
     }
@@ -485,11 +498,8 @@ impl PropertyIndex {
             self.live -= 1;
             self.dead += 1;
             if self.dead > 32 && self.dead * 4 > self.live {
-                let values = &self.values;
-                let cmp = |a: u32, b: u32| values[a as usize].value.cmp(&values[b as usize].value);
-                let alive = |id: u32| !matches!(values[id as usize].slots, Posting::Empty);
                 let mut dropped = Vec::new();
-                self.order.compact(&cmp, &alive, &mut dropped);
+                self.order.compact(&ByValue(&self.values), &mut dropped);
                 self.release(dropped);
             }
         }
@@ -559,7 +569,7 @@ impl PropertyIndex {
                 hi.as_ref()
                     .is_none_or(|(v, p, incl)| below(k, v, *p, *incl))
             },
-            move |a: u32, b: u32| values[a as usize].value.cmp(&values[b as usize].value),
+            ByValue(values),
         );
         merge.filter(move |&id| !matches!(values[id as usize].slots, Posting::Empty))
     }
@@ -570,12 +580,7 @@ impl PropertyIndex {
 
     /// Every id in the order (dead ones too), in value order.
     pub(crate) fn ordered_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        let values = &self.values;
-        self.order.range(
-            |_| false,
-            |_| true,
-            move |a: u32, b: u32| values[a as usize].value.cmp(&values[b as usize].value),
-        )
+        self.order.range(|_| false, |_| true, ByValue(&self.values))
     }
 
     /// How many values the hash table holds, and whether it finds every live value at

@@ -38,9 +38,18 @@ impl<P> Default for SortedRuns<P> {
     }
 }
 
-/// Compares two entries: prefix first, then `cmp` on the ids.
-fn order<P: Ord>(a: SortKey<P>, b: SortKey<P>, cmp: &impl Fn(u32, u32) -> Ordering) -> Ordering {
-    a.prefix.cmp(&b.prefix).then_with(|| cmp(a.id, b.id))
+/// What the owner of the ids knows: their order (by the values they stand for) and
+/// which are still wanted (a merge drops the others and reports them).
+pub(crate) trait RunOrder {
+    /// The order of two ids' values.
+    fn cmp(&self, a: u32, b: u32) -> Ordering;
+    /// Whether an id is still wanted.
+    fn alive(&self, id: u32) -> bool;
+}
+
+/// Compares two entries: prefix first, then the ids' values.
+fn order<P: Ord>(a: SortKey<P>, b: SortKey<P>, by: &impl RunOrder) -> Ordering {
+    a.prefix.cmp(&b.prefix).then_with(|| by.cmp(a.id, b.id))
 }
 
 impl<P: Ord + Copy> SortedRuns<P> {
@@ -50,68 +59,51 @@ impl<P: Ord + Copy> SortedRuns<P> {
         self.runs.iter().map(Vec::len).sum()
     }
 
-    /// Adds one entry. `cmp` orders ids by value; entries with `alive(id) == false` may be
-    /// dropped by the merge this triggers, and their ids are pushed to `dropped`.
-    pub(crate) fn insert(
-        &mut self,
-        key: SortKey<P>,
-        cmp: &impl Fn(u32, u32) -> Ordering,
-        alive: &impl Fn(u32) -> bool,
-        dropped: &mut Vec<u32>,
-    ) {
+    /// Adds one entry. Entries `by` no longer wants may be dropped by the merge this
+    /// triggers; their ids are pushed to `dropped`.
+    pub(crate) fn insert(&mut self, key: SortKey<P>, by: &impl RunOrder, dropped: &mut Vec<u32>) {
         match self.runs.last_mut() {
             Some(last) if last.len() < SMALL_RUN => {
-                let at = last.partition_point(|k| order(*k, key, cmp) == Ordering::Less);
+                let at = last.partition_point(|k| order(*k, key, by) == Ordering::Less);
                 last.insert(at, key);
             }
             _ => self.runs.push(vec![key]),
         }
-        self.settle(cmp, alive, dropped);
+        self.settle(by, dropped);
     }
 
     /// Adds a batch of entries (any order) as one run.
     pub(crate) fn insert_batch(
         &mut self,
         mut keys: Vec<SortKey<P>>,
-        cmp: &impl Fn(u32, u32) -> Ordering,
-        alive: &impl Fn(u32) -> bool,
+        by: &impl RunOrder,
         dropped: &mut Vec<u32>,
     ) {
         if keys.is_empty() {
             return;
         }
-        keys.sort_unstable_by(|a, b| order(*a, *b, cmp));
+        keys.sort_unstable_by(|a, b| order(*a, *b, by));
         self.runs.push(keys);
-        self.settle(cmp, alive, dropped);
+        self.settle(by, dropped);
     }
 
-    fn settle(
-        &mut self,
-        cmp: &impl Fn(u32, u32) -> Ordering,
-        alive: &impl Fn(u32) -> bool,
-        dropped: &mut Vec<u32>,
-    ) {
+    fn settle(&mut self, by: &impl RunOrder, dropped: &mut Vec<u32>) {
         while let [.., a, b] = &self.runs[..] {
             if b.len() * 4 <= a.len() {
                 break;
             }
-            self.merge_last_two(cmp, alive, dropped);
+            self.merge_last_two(by, dropped);
         }
     }
 
     /// Merges every run into one, dropping entries that are no longer alive.
-    pub(crate) fn compact(
-        &mut self,
-        cmp: &impl Fn(u32, u32) -> Ordering,
-        alive: &impl Fn(u32) -> bool,
-        dropped: &mut Vec<u32>,
-    ) {
+    pub(crate) fn compact(&mut self, by: &impl RunOrder, dropped: &mut Vec<u32>) {
         while self.runs.len() > 1 {
-            self.merge_last_two(cmp, alive, dropped);
+            self.merge_last_two(by, dropped);
         }
         if let Some(only) = self.runs.first_mut() {
             only.retain(|k| {
-                let keep = alive(k.id);
+                let keep = by.alive(k.id);
                 if !keep {
                     dropped.push(k.id);
                 }
@@ -120,25 +112,20 @@ impl<P: Ord + Copy> SortedRuns<P> {
         }
     }
 
-    fn merge_last_two(
-        &mut self,
-        cmp: &impl Fn(u32, u32) -> Ordering,
-        alive: &impl Fn(u32) -> bool,
-        dropped: &mut Vec<u32>,
-    ) {
+    fn merge_last_two(&mut self, by: &impl RunOrder, dropped: &mut Vec<u32>) {
         let b = self.runs.pop().expect("two runs");
         let a = self.runs.pop().expect("two runs");
         let mut out = Vec::with_capacity(a.len() + b.len());
         let (mut i, mut j) = (0, 0);
         let mut keep = |k: SortKey<P>, out: &mut Vec<SortKey<P>>| {
-            if alive(k.id) {
+            if by.alive(k.id) {
                 out.push(k);
             } else {
                 dropped.push(k.id);
             }
         };
         while i < a.len() && j < b.len() {
-            if order(a[i], b[j], cmp) == Ordering::Greater {
+            if order(a[i], b[j], by) == Ordering::Greater {
                 keep(b[j], &mut out);
                 j += 1;
             } else {
@@ -156,12 +143,12 @@ impl<P: Ord + Copy> SortedRuns<P> {
 
     /// The entries `k` with `!before_start(k)` and `before_end(k)`, in order, from every
     /// run. Both predicates must be monotone over the order (true, then false).
-    pub(crate) fn range<'a, C: Fn(u32, u32) -> Ordering>(
+    pub(crate) fn range<'a, B: RunOrder>(
         &'a self,
         before_start: impl Fn(SortKey<P>) -> bool,
         before_end: impl Fn(SortKey<P>) -> bool,
-        cmp: C,
-    ) -> Merge<'a, C, P> {
+        by: B,
+    ) -> Merge<'a, B, P> {
         let slices = self
             .runs
             .iter()
@@ -173,28 +160,28 @@ impl<P: Ord + Copy> SortedRuns<P> {
             .collect();
         Merge {
             slices,
-            cmp,
+            by,
             streak: None,
         }
     }
 }
 
 /// A k-way merge over sorted slices, from both ends.
-pub(crate) struct Merge<'a, C, P = u64> {
+pub(crate) struct Merge<'a, B, P = u64> {
     slices: Vec<&'a [SortKey<P>]>,
-    cmp: C,
+    by: B,
     /// From the front: the slice holding the smallest entry, and the smallest front of
     /// the others. Entries of that slice below it come out with one comparison each.
     streak: Option<(usize, Option<SortKey<P>>)>,
 }
 
-impl<C: Fn(u32, u32) -> Ordering, P: Ord + Copy> Iterator for Merge<'_, C, P> {
+impl<B: RunOrder, P: Ord + Copy> Iterator for Merge<'_, B, P> {
     type Item = u32;
 
     fn next(&mut self) -> Option<u32> {
         if let Some((b, limit)) = self.streak {
             let front = self.slices[b][0];
-            if limit.is_none_or(|l| order(front, l, &self.cmp) == Ordering::Less) {
+            if limit.is_none_or(|l| order(front, l, &self.by) == Ordering::Less) {
                 return Some(self.take_front(b));
             }
         }
@@ -203,8 +190,8 @@ impl<C: Fn(u32, u32) -> Ordering, P: Ord + Copy> Iterator for Merge<'_, C, P> {
         let mut second: Option<SortKey<P>> = None;
         for (i, s) in self.slices.iter().enumerate() {
             match best {
-                Some(b) if order(self.slices[b][0], s[0], &self.cmp) != Ordering::Greater => {
-                    if second.is_none_or(|x| order(s[0], x, &self.cmp) == Ordering::Less) {
+                Some(b) if order(self.slices[b][0], s[0], &self.by) != Ordering::Greater => {
+                    if second.is_none_or(|x| order(s[0], x, &self.by) == Ordering::Less) {
                         second = Some(s[0]);
                     }
                 }
@@ -227,7 +214,7 @@ impl<C: Fn(u32, u32) -> Ordering, P: Ord + Copy> Iterator for Merge<'_, C, P> {
     }
 }
 
-impl<C, P: Copy> Merge<'_, C, P> {
+impl<B, P: Copy> Merge<'_, B, P> {
     /// Takes slice `b`'s first entry; an emptied slice leaves (and ends the streak).
     fn take_front(&mut self, b: usize) -> u32 {
         let id = self.slices[b][0].id;
@@ -240,7 +227,7 @@ impl<C, P: Copy> Merge<'_, C, P> {
     }
 }
 
-impl<C: Fn(u32, u32) -> Ordering, P: Ord + Copy> DoubleEndedIterator for Merge<'_, C, P> {
+impl<B: RunOrder, P: Ord + Copy> DoubleEndedIterator for Merge<'_, B, P> {
     fn next_back(&mut self) -> Option<u32> {
         // Taking from the back may take the streak's limit: end the streak.
         self.streak = None;
@@ -248,7 +235,7 @@ impl<C: Fn(u32, u32) -> Ordering, P: Ord + Copy> DoubleEndedIterator for Merge<'
         let mut best: Option<usize> = None;
         for (i, s) in self.slices.iter().enumerate() {
             best = match best {
-                Some(b) if order(last(self.slices[b]), last(s), &self.cmp) != Ordering::Less => {
+                Some(b) if order(last(self.slices[b]), last(s), &self.by) != Ordering::Less => {
                     Some(b)
                 }
                 _ => Some(i),
@@ -271,6 +258,22 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
+    /// Ids are their own values; ids divisible by `dead_mod` are no longer wanted (none
+    /// when it is 0).
+    #[derive(Clone, Copy)]
+    struct Plain {
+        dead_mod: u32,
+    }
+
+    impl RunOrder for Plain {
+        fn cmp(&self, a: u32, b: u32) -> Ordering {
+            a.cmp(&b)
+        }
+        fn alive(&self, id: u32) -> bool {
+            self.dead_mod == 0 || id % self.dead_mod != 0
+        }
+    }
+
     proptest! {
         /// Single and batch inserts with coarse prefixes (many ties), then ranges both ways,
         /// agree with a sorted set; dead entries are dropped only through `dropped`.
@@ -280,8 +283,7 @@ mod tests {
             lo in 0u32..5000, hi in 0u32..5000, dead_mod in 2u32..9,
         ) {
             // id = value; prefix = value / 64 (ties resolved by cmp).
-            let cmp = |a: u32, b: u32| a.cmp(&b);
-            let alive = |id: u32| id % dead_mod != 0;
+            let by = Plain { dead_mod };
             let key = |v: u32| SortKey { prefix: u64::from(v / 64), id: v };
             let mut runs = SortedRuns::default();
             let mut all = BTreeSet::new();
@@ -289,32 +291,32 @@ mod tests {
             for batch in ops {
                 let fresh: Vec<u32> = batch.into_iter().filter(|v| all.insert(*v)).collect();
                 if fresh.len() == 1 {
-                    runs.insert(key(fresh[0]), &cmp, &alive, &mut dropped);
+                    runs.insert(key(fresh[0]), &by, &mut dropped);
                 } else {
-                    runs.insert_batch(fresh.iter().map(|&v| key(v)).collect(), &cmp, &alive, &mut dropped);
+                    runs.insert_batch(fresh.iter().map(|&v| key(v)).collect(), &by, &mut dropped);
                 }
             }
             for d in &dropped {
-                prop_assert!(!alive(*d));
+                prop_assert!(!by.alive(*d));
                 prop_assert!(all.remove(d));
             }
             prop_assert_eq!(runs.len(), all.len());
             let (lo, hi) = (lo.min(hi), lo.max(hi));
-            let got: Vec<u32> = runs.range(|k| k.id < lo, |k| k.id <= hi, cmp).collect();
+            let got: Vec<u32> = runs.range(|k| k.id < lo, |k| k.id <= hi, by).collect();
             let want: Vec<u32> = all.range(lo..=hi).copied().collect();
             prop_assert_eq!(&got, &want);
-            let back: Vec<u32> = runs.range(|k| k.id < lo, |k| k.id <= hi, cmp).rev().collect();
+            let back: Vec<u32> = runs.range(|k| k.id < lo, |k| k.id <= hi, by).rev().collect();
             prop_assert_eq!(back, want.iter().rev().copied().collect::<Vec<_>>());
-            runs.compact(&cmp, &alive, &mut dropped);
-            let live: Vec<u32> = runs.range(|_| false, |_| true, cmp).collect();
-            let want_live: Vec<u32> = all.iter().copied().filter(|&v| alive(v)).collect();
+            runs.compact(&by, &mut dropped);
+            let live: Vec<u32> = runs.range(|_| false, |_| true, by).collect();
+            let want_live: Vec<u32> = all.iter().copied().filter(|&v| by.alive(v)).collect();
             prop_assert_eq!(live, want_live);
         }
     }
 
     #[test]
     fn mixed_front_and_back_meet_once() {
-        let cmp = |a: u32, b: u32| a.cmp(&b);
+        let by = Plain { dead_mod: 0 };
         let mut runs = SortedRuns::default();
         let mut dropped = Vec::new();
         runs.insert_batch(
@@ -322,14 +324,13 @@ mod tests {
                 .step_by(2)
                 .map(|v| SortKey { prefix: 0, id: v })
                 .collect(),
-            &cmp,
-            &|_| true,
+            &by,
             &mut dropped,
         );
         for v in (1..100).step_by(2) {
-            runs.insert(SortKey { prefix: 0, id: v }, &cmp, &|_| true, &mut dropped);
+            runs.insert(SortKey { prefix: 0, id: v }, &by, &mut dropped);
         }
-        let mut it = runs.range(|_| false, |_| true, cmp);
+        let mut it = runs.range(|_| false, |_| true, by);
         let mut seen = Vec::new();
         loop {
             match (it.next(), it.next_back()) {
