@@ -3,7 +3,10 @@
 //! preview's example queries, optimizer rewrites, paging under concurrent writes, and
 //! read-your-writes.
 
+mod seed;
+
 use proptest::prelude::*;
+use seed::SEED_FIRMWARE_QUERY;
 use twinhub::fuzzing::query::{ExpressionSource, Vocabulary};
 use twinhub::query::{
     self, AggregateOperator, Aggregation, Filter, Plan, Projection, QueryError, QueryExpression,
@@ -270,18 +273,6 @@ fn ids(result: &query::QueryResult<twinhub::registry::TwinRef<'_>>) -> Vec<Strin
         })
         .collect()
 }
-
-const SEED_FIRMWARE_QUERY: &str = r#"{
-      "filter": {
-        "property": { "name": "FirmwareVersion", "type": "device" },
-        "value": "1.0",
-        "comparisonOperator": "eq",
-        "type": "comparison"
-      },
-      "project": null,
-      "aggregate": null,
-      "sort": null
-  }"#;
 
 #[test]
 fn golden_seed_firmware_query() {

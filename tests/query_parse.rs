@@ -2,29 +2,16 @@
 //! builder builds the same AST, error messages are exact (golden), and the canonical
 //! `Display` round-trips (proptest).
 
+mod seed;
+
 use proptest::prelude::*;
+use seed::SEED_FIRMWARE_QUERY;
 use twinhub::fuzzing::query::{ExpressionSource, Vocabulary};
 use twinhub::query::{
     AggregateOperator, Aggregation, ComparisonOperator, ComparisonValue, Expected, Filter,
     InvalidExpression, Literal, ParseErrorKind, Projection, QueryExpression, QueryLimits,
     QueryProperty, SortKey, parse, parse_with_limits,
 };
-
-/// The seed document's example, verbatim (including its indentation and key order).
-const SEED_FIRMWARE_QUERY: &str = r#"{
-      "filter": {
-        "property": {
-          "name": "FirmwareVersion",
-          "type": "device"
-        },
-        "value": "1.0",
-        "comparisonOperator": "eq",
-        "type": "comparison"
-      },
-      "project": null,
-      "aggregate": null,
-      "sort": null
-  }"#;
 
 #[test]
 fn seed_firmware_query_parses_to_an_eq_comparison() {
