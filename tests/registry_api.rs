@@ -1,7 +1,7 @@
 //! Registry behaviour one case at a time: every error, slot reuse, the change feed's
 //! gap, borrowed views, and readers racing a writer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use twinhub::registry::{ChangeKind, Registry, RegistryError, SharedRegistry, Slot, SlotSet};
 use twinhub::twin::{
@@ -592,5 +592,284 @@ fn large_registry_keeps_id_order_through_churn() {
     assert!(
         (max_slot as usize) < 6000 + 2 * 700,
         "slots are reused ({max_slot})"
+    );
+}
+
+/// Twin `i` of a small fleet whose rows differ in shape: an optional property comes and
+/// goes (shifting the positions after it), strings and numbers repeat, some values are
+/// unique, and a few devices are disabled or connected.
+fn fleet_twin(i: usize) -> Twin {
+    let at = Timestamp::from_millis(t0().as_millis() + i as u64);
+    let mut t = Twin::new(id(&format!("dev-{:05}", (i * 7919) % 100_000)))
+        .with_device_property("Manufacturer", ["Contoso", "Fabrikam"][i % 2], t0())
+        .with_device_property("SerialNumber", format!("SN{i:08}"), at)
+        .with_device_property("BatteryLevel", (i % 101) as i64, at)
+        .with_service_property("floor", (i % 7) as i64)
+        .with_service_property("region", ["eu", "us", "ap"][i % 3])
+        .with_tag(["a", "b", "c"][i % 3])
+        .with_tag("fleet");
+    if i % 3 == 0 {
+        // Sorts before every other name: shifts them all by one.
+        t = t.with_device_property("/3303/0/5700", (i % 40) as f64 / 4.0, at);
+    }
+    if i % 50 == 0 {
+        t.status = DeviceStatus::Disabled;
+        t.status_reason = Some("retired".into());
+    }
+    if i % 4 == 1 {
+        t.connection_state = ConnectionState::Connected;
+        t.connection_state_updated_time = Some(at);
+    }
+    t.is_managed = i % 5 != 0;
+    t
+}
+
+/// Feeds twins to a bulk load as borrowed rows.
+fn add_rows(bulk: &mut twinhub::registry::BulkLoad<'_>, twins: &[Twin]) {
+    use twinhub::registry::NewDevice;
+    use twinhub::twin::ScalarRef;
+    for t in twins {
+        let device: Vec<(&str, ScalarRef<'_>, Timestamp)> = t
+            .device_properties
+            .iter()
+            .map(|(n, p)| (n.as_str(), p.value.borrowed(), p.last_updated_time))
+            .collect();
+        let service: Vec<(&str, ScalarRef<'_>)> = t
+            .service_properties
+            .properties
+            .iter()
+            .map(|(n, v)| match v {
+                ServiceValue::Scalar(s) => (n.as_str(), s.borrowed()),
+                ServiceValue::Object(_) => unreachable!("the fleet has scalar service values"),
+            })
+            .collect();
+        let tags: Vec<&str> = t
+            .service_properties
+            .tags
+            .iter()
+            .map(String::as_str)
+            .collect();
+        bulk.add(&NewDevice {
+            status: t.status,
+            status_reason: t.status_reason.as_deref(),
+            connection_state: t.connection_state,
+            connection_state_updated_time: t.connection_state_updated_time,
+            is_managed: t.is_managed,
+            device_properties: &device,
+            service_properties: &service,
+            tags: &tags,
+            ..NewDevice::new(t.device_id.as_str())
+        })
+        .unwrap();
+    }
+}
+
+/// Twins created one by one, loaded as owned twins and loaded as borrowed rows (over
+/// several batches, so the indexing threads run) make the same registry: the same twins
+/// (etags included), the same index answers, the same id order.
+#[test]
+fn bulk_loads_equal_creating_one_by_one() {
+    let twins: Vec<Twin> = (0..20_000).map(fleet_twin).collect();
+    let mut created = Registry::new();
+    for t in &twins {
+        created.create(t.clone()).unwrap();
+    }
+    let mut loaded = Registry::new();
+    assert_eq!(loaded.load(twins.clone()), Ok(twins.len()));
+    let mut rows = Registry::new();
+    let mut bulk = rows.bulk_load();
+    add_rows(&mut bulk, &twins);
+    assert_eq!(bulk.finish(), twins.len());
+    for reg in [&created, &loaded, &rows] {
+        reg.validate().unwrap();
+    }
+    for other in [&loaded, &rows] {
+        for t in &twins {
+            let id = t.device_id.as_str();
+            assert_eq!(
+                other.get(id).unwrap().to_twin(),
+                created.get(id).unwrap().to_twin()
+            );
+        }
+        let ids = |r: &Registry| {
+            r.device_ids(Bound::Unbounded)
+                .map(|(d, _)| d.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(other), ids(&created));
+        for (kind, name, value) in [
+            (
+                PropertyKind::Device,
+                "Manufacturer",
+                Scalar::from("Fabrikam"),
+            ),
+            (PropertyKind::Device, "BatteryLevel", Scalar::from(42)),
+            (PropertyKind::Device, "/3303/0/5700", Scalar::from(2.5)),
+            (
+                PropertyKind::Device,
+                "SerialNumber",
+                Scalar::from("SN00012345"),
+            ),
+            (PropertyKind::Service, "region", Scalar::from("ap")),
+        ] {
+            let slots = |r: &Registry| {
+                let pid = r.property_id(kind, name).unwrap();
+                let slots: Vec<u32> = r.value_slots(pid, &value).unwrap().iter().collect();
+                slots
+                    .iter()
+                    .map(|&s| r.twin_at(Slot(s)).unwrap().device_id().to_string())
+                    .collect::<BTreeSet<_>>()
+            };
+            assert_eq!(slots(other), slots(&created), "{name} = {value}");
+        }
+        let battery = |r: &Registry| {
+            let pid = r.property_id(PropertyKind::Device, "BatteryLevel").unwrap();
+            r.values_in_range(
+                pid,
+                Bound::Included(&Scalar::from(10)),
+                Bound::Excluded(&Scalar::from(20)),
+            )
+            .map(|(v, s)| (v.clone(), s.len()))
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(battery(other), battery(&created));
+        assert_eq!(other.tag_bitmap("fleet").unwrap().len(), twins.len() as u64);
+    }
+}
+
+/// A bad row is refused with a typed error naming what is wrong, changes nothing, and
+/// the load goes on.
+#[test]
+fn bulk_rows_refuse_bad_rows_and_go_on() {
+    use twinhub::registry::NewDevice;
+    use twinhub::twin::ScalarRef;
+    let mut reg = reg_with(&["taken"]);
+    let mut bulk = reg.bulk_load();
+    let invalid = |r: Result<Slot, RegistryError>| match r {
+        Err(RegistryError::Invalid { error, .. }) => error,
+        other => panic!("expected an invalid row, got {other:?}"),
+    };
+    let bad_id = invalid(bulk.add(&NewDevice::new("has space")));
+    assert!(matches!(bad_id, TwinError::BadDeviceId(_)), "{bad_id:?}");
+    assert!(matches!(
+        bulk.add(&NewDevice::new("taken")),
+        Err(RegistryError::DeviceExists { .. })
+    ));
+    let twice = [
+        ("BatteryLevel", ScalarRef::from(1), t0()),
+        ("BatteryLevel", ScalarRef::from(2), t0()),
+    ];
+    let e = invalid(bulk.add(&NewDevice {
+        device_properties: &twice,
+        ..NewDevice::new("d1")
+    }));
+    assert_eq!(
+        e,
+        TwinError::DuplicateProperty {
+            name: "BatteryLevel".into()
+        }
+    );
+    let wrong = [("BatteryLevel", ScalarRef::from("full"), t0())];
+    let e = invalid(bulk.add(&NewDevice {
+        device_properties: &wrong,
+        ..NewDevice::new("d1")
+    }));
+    assert!(
+        matches!(
+            e,
+            TwinError::WrongValueType {
+                name: "BatteryLevel",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let by_path = [("/3/0/9", ScalarRef::from(5), t0())];
+    let e = invalid(bulk.add(&NewDevice {
+        device_properties: &by_path,
+        ..NewDevice::new("d1")
+    }));
+    assert!(
+        matches!(
+            e,
+            TwinError::NotCanonicalName {
+                canonical: "BatteryLevel",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let bad_tag = invalid(bulk.add(&NewDevice {
+        tags: &["a,b"],
+        ..NewDevice::new("d1")
+    }));
+    assert!(
+        matches!(bad_tag, TwinError::InvalidTagChar { .. }),
+        "{bad_tag:?}"
+    );
+    let service_twice = [
+        ("region", ScalarRef::from("eu")),
+        ("region", ScalarRef::from("us")),
+    ];
+    let e = invalid(bulk.add(&NewDevice {
+        service_properties: &service_twice,
+        ..NewDevice::new("d1")
+    }));
+    assert_eq!(
+        e,
+        TwinError::DuplicateProperty {
+            name: "region".into()
+        }
+    );
+    // The same row, fixed, goes in; a repeated tag counts once.
+    let good = [("BatteryLevel", ScalarRef::from(5), t0())];
+    bulk.add(&NewDevice {
+        device_properties: &good,
+        tags: &["x", "x"],
+        ..NewDevice::new("d1")
+    })
+    .unwrap();
+    assert_eq!(bulk.finish(), 1);
+    reg.validate().unwrap();
+    assert_eq!(reg.len(), 2);
+    let d1 = reg.get("d1").unwrap().to_twin();
+    assert_eq!(d1.device_properties["BatteryLevel"].value, Scalar::from(5));
+    assert_eq!(d1.service_properties.tags.len(), 1);
+}
+
+/// A panic in the caller's iterator in the middle of a load (with a batch being indexed
+/// on another thread) leaves the registry consistent, holding the twins before it.
+#[test]
+fn a_panicking_load_leaves_the_registry_consistent() {
+    let mut reg = Registry::new();
+    let twins = (0..12_000).map(|i| {
+        assert!(i < 10_000, "the source fails");
+        fleet_twin(i)
+    });
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reg.load(twins)));
+    assert!(outcome.is_err());
+    reg.validate().unwrap();
+    assert_eq!(reg.len(), 10_000);
+    assert_eq!(reg.tag_bitmap("fleet").unwrap().len(), 10_000);
+}
+
+/// A load into a registry with freed slots (out of order) reuses them and stays
+/// consistent.
+#[test]
+fn bulk_load_after_removals_reuses_slots() {
+    let mut reg = Registry::new();
+    reg.load((0..3_000).map(fleet_twin)).unwrap();
+    for i in (0..3_000).rev().step_by(3) {
+        reg.remove(fleet_twin(i).device_id.as_str()).unwrap();
+    }
+    let more: Vec<Twin> = (3_000..13_000).map(fleet_twin).collect();
+    let mut bulk = reg.bulk_load();
+    add_rows(&mut bulk, &more);
+    bulk.finish();
+    reg.validate().unwrap();
+    assert_eq!(reg.len(), 2_000 + 10_000);
+    assert!(
+        reg.universe().max().unwrap() < 13_000 - 1,
+        "freed slots were reused"
     );
 }

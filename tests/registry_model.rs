@@ -6,10 +6,10 @@
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use twinhub::registry::{ChangeKind, Registry, RegistryError, Slot};
+use twinhub::registry::{ChangeKind, NewDevice, Registry, RegistryError, Slot};
 use twinhub::twin::{
     ConnectionState, DeviceProperty, DevicePropertyName, DeviceStatus, Etag, PropertyKind, Scalar,
-    ServiceProperties, ServiceValue, Twin, TwinError,
+    ScalarRef, ServiceProperties, ServiceValue, Twin, TwinError,
 };
 use twinhub::{DeviceId, Timestamp};
 
@@ -79,6 +79,9 @@ enum Op {
     },
     /// `Registry::load` of several `Create`s (the batched path).
     Load(Vec<Op>),
+    /// A `BulkLoad` of several `Create`s as borrowed rows (scalar service properties
+    /// only; repeated names kept, so some rows are rejected and the load goes on).
+    BulkRows(Vec<Op>),
     Remove(usize),
     Report(usize, usize, Scalar, u64),
     RemoveDeviceProperty(usize, usize),
@@ -120,6 +123,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => create_op(),
         1 => proptest::collection::vec(create_op(), 0..6).prop_map(Op::Load),
+        1 => proptest::collection::vec(create_op(), 0..6).prop_map(Op::BulkRows),
         1 => id.clone().prop_map(Op::Remove),
         6 => (id.clone(), 0..DEVICE_NAMES.len(), scalar(), 0u64..5)
             .prop_map(|(i, n, v, t)| Op::Report(i, n, v, t)),
@@ -223,6 +227,84 @@ fn twin_of(op: &Op) -> Twin {
     t
 }
 
+/// `BulkLoad::add` of a `Create` op as a borrowed row; checks the outcome against the
+/// model's prediction (a repeated name is invalid; otherwise as creating the twin).
+fn add_row(
+    bulk: &mut twinhub::registry::BulkLoad<'_>,
+    model: &mut Model,
+    op: &Op,
+) -> Result<bool, TestCaseError> {
+    let Op::Create {
+        id,
+        props,
+        service,
+        tags,
+        connected,
+    } = op
+    else {
+        unreachable!("loads hold creates only")
+    };
+    let device: Vec<(&str, ScalarRef<'_>, Timestamp)> = props
+        .iter()
+        .map(|(n, v)| (DEVICE_NAMES[*n], v.borrowed(), ts(0)))
+        .collect();
+    let service: Vec<(&str, ScalarRef<'_>)> = service
+        .iter()
+        .filter_map(|(n, v)| match v {
+            ServiceValue::Scalar(s) => Some((SERVICE_NAMES[*n], s.borrowed())),
+            ServiceValue::Object(_) => None,
+        })
+        .collect();
+    let tags: Vec<&str> = tags.iter().map(|&i| TAGS[i]).collect();
+    let row = NewDevice {
+        connection_state: if *connected {
+            ConnectionState::Connected
+        } else {
+            ConnectionState::Disconnected
+        },
+        device_properties: &device,
+        service_properties: &service,
+        tags: &tags,
+        ..NewDevice::new(IDS[*id])
+    };
+    let got = bulk.add(&row).map(|_| ());
+    let repeats = |names: Vec<&str>| names.iter().collect::<BTreeSet<_>>().len() < names.len();
+    let mut t = Twin::new(DeviceId::new(IDS[*id]).unwrap());
+    for &(n, v, at) in &device {
+        t = t.with_device_property(n, v.to_scalar(), at);
+    }
+    for &(n, v) in &service {
+        t = t.with_service_property(n, v.to_scalar());
+    }
+    for tag in &tags {
+        t = t.with_tag(*tag);
+    }
+    t.connection_state = row.connection_state;
+    let exists = model.twins.contains_key(IDS[*id]);
+    if !exists
+        && (repeats(device.iter().map(|d| d.0).collect())
+            || repeats(service.iter().map(|s| s.0).collect()))
+    {
+        // Rejected (for the repeat, or for a name or value checked before it).
+        prop_assert!(
+            matches!(got, Err(RegistryError::Invalid { .. })),
+            "{:?}",
+            got
+        );
+        return Ok(false);
+    }
+    let admitted = got.is_ok();
+    match (got, model_create(model, t)) {
+        (Ok(()), Ok(())) => {}
+        // Which of several faults is named first may differ from a twin's order.
+        (Err(RegistryError::Invalid { id: a, .. }), Err(RegistryError::Invalid { id: b, .. })) => {
+            prop_assert_eq!(a, b)
+        }
+        (got, want) => prop_assert_eq!(got, want),
+    }
+    Ok(admitted)
+}
+
 /// What creating `t` does to the model: `Err` (model untouched) as the registry must fail.
 fn model_create(model: &mut Model, mut t: Twin) -> Result<(), RegistryError> {
     let id = t.device_id.to_string();
@@ -259,6 +341,14 @@ fn apply(reg: &mut Registry, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 }
             }
             prop_assert_eq!(got, expected);
+        }
+        Op::BulkRows(creates) => {
+            let mut bulk = reg.bulk_load();
+            let mut added = 0;
+            for create in creates {
+                added += usize::from(add_row(&mut bulk, model, create)?);
+            }
+            prop_assert_eq!(bulk.finish(), added);
         }
         Op::Create { .. } => {
             let t = twin_of(op);

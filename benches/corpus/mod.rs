@@ -23,8 +23,8 @@
 //! - status enabled (2 % disabled), connected (70 %), managed (95 %).
 #![allow(dead_code)]
 
-use twinhub::registry::Registry;
-use twinhub::twin::{ConnectionState, DeviceStatus, Scalar, Twin};
+use twinhub::registry::{BulkLoad, NewDevice, Registry};
+use twinhub::twin::{ConnectionState, DeviceStatus, Scalar, ScalarRef, ServiceValue, Twin};
 use twinhub::{DeviceId, Timestamp};
 
 /// The corpus seed.
@@ -268,6 +268,186 @@ pub fn registry(n: usize) -> Registry {
     reg
 }
 
+/// Twins as a flat table of borrowed rows, the way a loader holds a parsed file: every
+/// string in one buffer, every value a fixed-size cell. Feeding it to a
+/// [`BulkLoad`] measures the load alone: no twin is built or freed.
+#[derive(Default)]
+pub struct Rows {
+    text: String,
+    /// Property names and tags, interned once (a parser would borrow them from its input).
+    names: Vec<String>,
+    cells: Vec<Cell>,
+    rows: Vec<RowHead>,
+}
+
+#[derive(Clone, Copy)]
+enum CellValue {
+    Text(u32, u32),
+    Scalar(Option<twinhub::twin::Number>, bool),
+}
+
+#[derive(Clone, Copy)]
+struct Cell {
+    name: u32,
+    value: CellValue,
+    /// Device properties: the report time; service properties and tags: unused.
+    ts: u64,
+}
+
+struct RowHead {
+    id: (u32, u32),
+    status: DeviceStatus,
+    status_reason: Option<(u32, u32)>,
+    connection: ConnectionState,
+    connection_ts: Option<u64>,
+    last_activity: Option<u64>,
+    managed: bool,
+    /// Cell counts after the previous row's: device properties, service properties, tags.
+    counts: [u8; 3],
+}
+
+impl Rows {
+    fn text(&mut self, s: &str) -> (u32, u32) {
+        let start = self.text.len() as u32;
+        self.text.push_str(s);
+        (start, s.len() as u32)
+    }
+
+    fn name(&mut self, s: &str) -> u32 {
+        match self.names.iter().position(|n| n == s) {
+            Some(i) => i as u32,
+            None => {
+                self.names.push(s.to_string());
+                (self.names.len() - 1) as u32
+            }
+        }
+    }
+
+    fn value(&mut self, v: &Scalar) -> CellValue {
+        match v {
+            Scalar::String(s) => {
+                let (a, b) = self.text(s);
+                CellValue::Text(a, b)
+            }
+            Scalar::Number(n) => CellValue::Scalar(Some(*n), false),
+            Scalar::Bool(b) => CellValue::Scalar(None, *b),
+        }
+    }
+
+    /// Adds a twin as a row (scalar service properties only, as the corpus has).
+    pub fn push(&mut self, t: &Twin) {
+        let id = self.text(t.device_id.as_str());
+        let status_reason = t.status_reason.as_deref().map(|r| self.text(r));
+        for (name, p) in &t.device_properties {
+            let cell = Cell {
+                name: self.name(name),
+                value: self.value(&p.value),
+                ts: p.last_updated_time.as_millis(),
+            };
+            self.cells.push(cell);
+        }
+        for (name, v) in &t.service_properties.properties {
+            let ServiceValue::Scalar(v) = v else {
+                panic!("the corpus has scalar service properties")
+            };
+            let cell = Cell {
+                name: self.name(name),
+                value: self.value(v),
+                ts: 0,
+            };
+            self.cells.push(cell);
+        }
+        for tag in &t.service_properties.tags {
+            let cell = Cell {
+                name: self.name(tag),
+                value: CellValue::Scalar(None, false),
+                ts: 0,
+            };
+            self.cells.push(cell);
+        }
+        self.rows.push(RowHead {
+            id,
+            status: t.status,
+            status_reason,
+            connection: t.connection_state,
+            connection_ts: t.connection_state_updated_time.map(|t| t.as_millis()),
+            last_activity: t.last_activity_time.map(|t| t.as_millis()),
+            managed: t.is_managed,
+            counts: [
+                t.device_properties.len() as u8,
+                t.service_properties.properties.len() as u8,
+                t.service_properties.tags.len() as u8,
+            ],
+        });
+    }
+
+    /// How many rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Adds every row to `bulk`.
+    pub fn add_to(&self, bulk: &mut BulkLoad<'_>) {
+        let str_at = |(a, b): (u32, u32)| &self.text[a as usize..(a + b) as usize];
+        let value = |v: CellValue| match v {
+            CellValue::Text(a, b) => ScalarRef::String(str_at((a, b))),
+            CellValue::Scalar(Some(n), _) => ScalarRef::Number(n),
+            CellValue::Scalar(None, b) => ScalarRef::Bool(b),
+        };
+        let mut dp = Vec::new();
+        let mut sp = Vec::new();
+        let mut tags = Vec::new();
+        let mut at = 0;
+        for r in &self.rows {
+            let [nd, ns, nt] = r.counts.map(usize::from);
+            let cells = &self.cells[at..at + nd + ns + nt];
+            at += cells.len();
+            dp.clear();
+            sp.clear();
+            tags.clear();
+            dp.extend(cells[..nd].iter().map(|c| {
+                (
+                    self.names[c.name as usize].as_str(),
+                    value(c.value),
+                    Timestamp::from_millis(c.ts),
+                )
+            }));
+            sp.extend(
+                cells[nd..nd + ns]
+                    .iter()
+                    .map(|c| (self.names[c.name as usize].as_str(), value(c.value))),
+            );
+            tags.extend(
+                cells[nd + ns..]
+                    .iter()
+                    .map(|c| self.names[c.name as usize].as_str()),
+            );
+            bulk.add(&NewDevice {
+                status: r.status,
+                status_reason: r.status_reason.map(str_at),
+                connection_state: r.connection,
+                connection_state_updated_time: r.connection_ts.map(Timestamp::from_millis),
+                last_activity_time: r.last_activity.map(Timestamp::from_millis),
+                is_managed: r.managed,
+                device_properties: &dp,
+                service_properties: &sp,
+                tags: &tags,
+                ..NewDevice::new(str_at(r.id))
+            })
+            .expect("the corpus is valid");
+        }
+    }
+}
+
+/// Twins `0..n` as [`Rows`].
+pub fn rows(n: usize) -> Rows {
+    let mut rows = Rows::default();
+    for i in 0..n {
+        rows.push(&twin(i));
+    }
+    rows
+}
+
 /// This process's resident memory in bytes (from `/proc/self/statm`, pages of 4 KiB),
 /// or 0 where that file does not exist.
 pub fn resident_bytes() -> u64 {
@@ -281,7 +461,17 @@ pub fn resident_bytes() -> u64 {
 /// `/proc/thread-self/stat`, 10 ms resolution), or 0 where that file does not exist. On a
 /// shared machine wall-clock times grow with the load; CPU time much less so.
 pub fn thread_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+    cpu_seconds("/proc/thread-self/stat")
+}
+
+/// CPU time every thread of this process has used, in seconds (as
+/// [`thread_cpu_seconds`], from `/proc/self/stat`, ended threads included).
+pub fn process_cpu_seconds() -> f64 {
+    cpu_seconds("/proc/self/stat")
+}
+
+fn cpu_seconds(path: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.

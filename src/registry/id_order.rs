@@ -97,6 +97,29 @@ impl IdOrder {
         self.release(dropped, free);
     }
 
+    /// Adds a bulk load's batch of live slots as one run, without merging (see
+    /// [`IdOrder::settle`]).
+    pub(crate) fn push_batch(&mut self, slots: &[Option<Entry>], new: &[u32]) {
+        let by = ById {
+            slots,
+            removed: &self.removed,
+        };
+        let keys = new.iter().map(|&s| by.key(s)).collect();
+        self.runs.push_run(keys, &by);
+    }
+
+    /// Merges the runs bulk loads pushed; slots whose removal a merge completes are
+    /// pushed to `free`.
+    pub(crate) fn settle(&mut self, slots: &[Option<Entry>], free: &mut Vec<u32>) {
+        let mut dropped = Vec::new();
+        let by = ById {
+            slots,
+            removed: &self.removed,
+        };
+        self.runs.settle_all(&by, &mut dropped);
+        self.release(dropped, free);
+    }
+
     /// Records that `slot` (holding `id`) was removed; its slot reaches `free` once a
     /// merge drops its entry.
     pub(crate) fn remove(

@@ -4,7 +4,7 @@ use super::column::{IdBits, ValueColumn};
 use super::hash::{FastMap, FastState};
 use super::sorted::{RunOrder, SortKey, SortedRuns};
 use super::vid_table::VidTable;
-use crate::twin::{PropertyKind, Scalar, WellKnownProperty};
+use crate::twin::{Number, PropertyKind, Scalar, ScalarRef, WellKnownProperty};
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
 use std::hash::BuildHasher;
@@ -106,6 +106,44 @@ pub(crate) fn add(b: &mut RoaringBitmap, slot: u32) {
     }
 }
 
+/// Inserts ascending `slots`: appended in one pass while they lie past the bitmap's
+/// end (a bulk load's batch), the rest one by one.
+fn add_sorted(b: &mut RoaringBitmap, slots: &[u32]) {
+    let appended = match b.append(slots.iter().copied()) {
+        Ok(n) => n,
+        Err(e) => e.valid_until(),
+    };
+    for &slot in &slots[appended as usize..] {
+        add(b, slot);
+    }
+}
+
+/// `(value id, slot)` pairs grouped by value id, slots in their order within a group:
+/// counted into place when the ids are few (one pass), sorted otherwise.
+fn group_by_value(mut pairs: Vec<(u32, u32)>, ids: usize) -> Vec<(u32, u32)> {
+    if pairs.len() < 2 {
+        return pairs;
+    }
+    if ids > 4 * pairs.len() {
+        pairs.sort_unstable();
+        return pairs;
+    }
+    let mut at = vec![0u32; ids + 1];
+    for &(vid, _) in &pairs {
+        at[vid as usize + 1] += 1;
+    }
+    for i in 1..at.len() {
+        at[i] += at[i - 1];
+    }
+    let mut grouped = vec![(0, 0); pairs.len()];
+    for &(vid, slot) in &pairs {
+        let to = &mut at[vid as usize];
+        grouped[*to as usize] = (vid, slot);
+        *to += 1;
+    }
+    grouped
+}
+
 /// The slots of one value, as stored.
 #[derive(Debug)]
 pub(crate) enum Posting {
@@ -134,6 +172,25 @@ impl Posting {
                 }
             }
             Posting::Many(b) => add(b, slot),
+        }
+    }
+
+    /// Adds ascending `slots` (at least one).
+    fn extend(&mut self, slots: &[u32]) {
+        match self {
+            Posting::Empty if slots.len() == 1 => *self = Posting::One(slots[0]),
+            Posting::Empty => {
+                let mut b = RoaringBitmap::new();
+                add_sorted(&mut b, slots);
+                *self = Posting::Many(b);
+            }
+            Posting::One(s) => {
+                let mut b = RoaringBitmap::new();
+                b.insert(*s);
+                add_sorted(&mut b, slots);
+                *self = Posting::Many(b);
+            }
+            Posting::Many(b) => add_sorted(b, slots),
         }
     }
 
@@ -176,13 +233,90 @@ pub(crate) struct ValueEntry {
 /// Value id marking a service object node: the member exists, its value is an object.
 pub(crate) const OBJECT_NODE: u32 = u32::MAX;
 
+/// One value a bulk load stages for [`PropertyIndex::load`], in 16 bytes: its slot and
+/// the value (a string as a range of the stage's text buffer, so staging allocates
+/// nothing per value), which the load replaces by the stored value id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StagedValue {
+    /// The value's bits (a string: `start << 32 | len`), or, once loaded, the value id.
+    payload: u64,
+    pub(crate) slot: u32,
+    kind: StagedKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StagedKind {
+    /// A service object node (no value).
+    Object,
+    Bool,
+    Int,
+    Float,
+    Text,
+    /// Loaded: the payload is the value id.
+    Loaded,
+}
+
+impl StagedValue {
+    /// Stages `value` (`None`: a service object node) of `slot`; a string is appended to
+    /// `text`.
+    pub(crate) fn new(value: Option<ScalarRef<'_>>, slot: u32, text: &mut String) -> Self {
+        let (kind, payload) = match value {
+            None => (StagedKind::Object, 0),
+            Some(ScalarRef::Bool(b)) => (StagedKind::Bool, u64::from(b)),
+            Some(ScalarRef::Number(n)) => match n.as_i64() {
+                Some(i) if n.is_integer() => (StagedKind::Int, i as u64),
+                _ => (StagedKind::Float, n.as_f64().to_bits()),
+            },
+            Some(ScalarRef::String(s)) => {
+                let start = text.len() as u64;
+                text.push_str(s);
+                (StagedKind::Text, (start << 32) | s.len() as u64)
+            }
+        };
+        StagedValue {
+            payload,
+            slot,
+            kind,
+        }
+    }
+
+    fn value<'t>(&self, text: &'t str) -> Option<ScalarRef<'t>> {
+        let p = self.payload;
+        Some(match self.kind {
+            StagedKind::Object | StagedKind::Loaded => return None,
+            StagedKind::Bool => ScalarRef::Bool(p != 0),
+            StagedKind::Int => ScalarRef::Number(Number::from(p as i64)),
+            StagedKind::Float => ScalarRef::Number(Number::from_f64(f64::from_bits(p))?),
+            StagedKind::Text => {
+                let (start, len) = ((p >> 32) as usize, (p & 0xffff_ffff) as usize);
+                ScalarRef::String(&text[start..start + len])
+            }
+        })
+    }
+
+    fn set_vid(&mut self, vid: u32) {
+        self.payload = u64::from(vid);
+        self.kind = StagedKind::Loaded;
+    }
+
+    /// The stored value id, once [`PropertyIndex::load`] has run.
+    pub(crate) fn vid(&self) -> u32 {
+        debug_assert_eq!(self.kind, StagedKind::Loaded);
+        self.payload as u32
+    }
+}
+
 /// Set in a stored value id when that slot's number is written as a float (`1.0`).
 pub(crate) const FLOAT_BIT: u32 = 1 << 31;
 
 /// [`FLOAT_BIT`] if `v` is a number written as a float, else 0.
 pub(crate) fn float_flag(v: &Scalar) -> u32 {
+    float_bit(v.borrowed())
+}
+
+fn float_bit(v: ScalarRef<'_>) -> u32 {
     match v {
-        Scalar::Number(n) if !n.is_integer() => FLOAT_BIT,
+        ScalarRef::Number(n) if !n.is_integer() => FLOAT_BIT,
         _ => 0,
     }
 }
@@ -289,6 +423,12 @@ impl PropertyIndex {
         }
     }
 
+    /// An empty index with the same name: what stands in the registry for an index a
+    /// bulk load has moved to another thread (admission reads only the name).
+    pub(crate) fn stand_in(&self) -> Self {
+        PropertyIndex::new(self.kind, self.name.clone(), self.well_known)
+    }
+
     /// Records `slot`'s value id (or [`OBJECT_NODE`]: none) in the column, if it is built.
     fn set_column(&mut self, slot: u32, vid: u32) {
         if let Some(column) = self.column.get_mut() {
@@ -371,28 +511,44 @@ impl PropertyIndex {
         n
     }
 
-    fn hash32(&self, value: &Scalar) -> u32 {
+    fn hash32(&self, value: ScalarRef<'_>) -> u32 {
         (self.hasher.hash_one(value) >> 32) as u32
     }
 
     /// The id of a live value.
-    fn find(&self, value: &Scalar) -> Option<u32> {
+    fn find(&self, value: ScalarRef<'_>) -> Option<u32> {
         let values = &self.values;
-        self.lookup
-            .find(self.hash32(value), |id| values[id as usize].value == *value)
+        self.lookup.find(self.hash32(value), |id| {
+            values[id as usize].value.borrowed() == value
+        })
     }
 
-    /// The value's id, allocated (with no slots yet) if the value is new; and whether
-    /// it is new. Records `value`'s other representation when it differs.
-    fn intern(&mut self, value: &Scalar) -> (u32, bool) {
-        if let Some(vid) = self.find(value) {
-            if float_flag(&self.values[vid as usize].value) != float_flag(value) {
-                self.others.entry(vid).or_insert_with(|| value.clone());
+    /// The value's id, allocated (with no slots yet, the value from `owned`) if the value
+    /// is new; and whether it is new. Records `value`'s other representation when it
+    /// differs.
+    fn intern(&mut self, value: ScalarRef<'_>, owned: impl FnOnce() -> Scalar) -> (u32, bool) {
+        self.intern_hashed(self.hash32(value), value, owned)
+    }
+
+    /// [`PropertyIndex::intern`] with the value's hash already taken.
+    fn intern_hashed(
+        &mut self,
+        hash: u32,
+        value: ScalarRef<'_>,
+        owned: impl FnOnce() -> Scalar,
+    ) -> (u32, bool) {
+        let values = &self.values;
+        if let Some(vid) = self
+            .lookup
+            .find(hash, |id| values[id as usize].value.borrowed() == value)
+        {
+            if float_flag(&self.values[vid as usize].value) != float_bit(value) {
+                self.others.entry(vid).or_insert_with(owned);
             }
             return (vid, false);
         }
         let entry = ValueEntry {
-            value: value.clone(),
+            value: owned(),
             slots: Posting::Empty,
         };
         let vid = match self.free.pop() {
@@ -405,7 +561,7 @@ impl PropertyIndex {
                 (self.values.len() - 1) as u32
             }
         };
-        self.lookup.insert(self.hash32(value), vid);
+        self.lookup.insert(hash, vid);
         self.live += 1;
         (vid, true)
     }
@@ -413,59 +569,121 @@ impl PropertyIndex {
     /// Adds `slot` under `value`; returns the stored value id (with [`FLOAT_BIT`] set
     /// when `value` is written as a float).
     pub(crate) fn insert(&mut self, value: &Scalar, slot: u32) -> u32 {
+        self.insert_with(value.borrowed(), || value.clone(), slot)
+    }
+
+    /// [`PropertyIndex::insert`] for a borrowed value (copied if it is new).
+    pub(crate) fn insert_ref(&mut self, value: ScalarRef<'_>, slot: u32) -> u32 {
+        self.insert_with(value, || value.to_scalar(), slot)
+    }
+
+    fn insert_with(
+        &mut self,
+        value: ScalarRef<'_>,
+        owned: impl FnOnce() -> Scalar,
+        slot: u32,
+    ) -> u32 {
         add(&mut self.exists, slot);
-        let (vid, new) = self.intern(value);
+        let (vid, new) = self.intern(value, owned);
         self.values[vid as usize].slots.insert(slot);
         self.set_column(slot, vid);
         if new {
-            self.order_ids(vec![vid]);
+            self.order_id(vid);
         }
-        vid | float_flag(value)
+        vid | float_bit(value)
     }
 
-    /// The bulk-load half of [`PropertyIndex::insert`]: interns the value and returns its
-    /// stored id, leaving the slot to [`PropertyIndex::add_slots`] (new ids go to `new_ids`).
-    pub(crate) fn insert_deferred(&mut self, value: &Scalar, new_ids: &mut Vec<u32>) -> u32 {
-        let (vid, new) = self.intern(value);
-        if new {
-            new_ids.push(vid);
-        }
-        vid | float_flag(value)
-    }
-
-    /// Adds deferred `(value id, slot)` pairs, then puts the load's new ids in order.
-    /// Pairs of one property together touch only its bitmaps, which stay in cache.
-    pub(crate) fn add_slots(&mut self, pairs: &[(u32, u32)], new_ids: Vec<u32>) {
-        for &(vid, slot) in pairs {
-            add(&mut self.exists, slot);
-            if vid != OBJECT_NODE {
-                self.values[(vid & !FLOAT_BIT) as usize].slots.insert(slot);
-            }
-            self.set_column(slot, vid);
-        }
-        self.order_ids(new_ids);
-    }
-
-    fn order_ids(&mut self, ids: Vec<u32>) {
-        let values = &self.values;
-        let by = ByValue(values);
-        let mut dropped = Vec::new();
-        if let [id] = ids[..] {
-            let key = SortKey {
-                prefix: sort_prefix(&values[id as usize].value),
-                id,
+    /// Indexes a bulk load's staged values (see [`StagedValue`]): interns them all, then
+    /// adds their slots, then puts the new values in order with one sort. One property's
+    /// work touches only its own structures, so loads run properties on several threads.
+    pub(crate) fn load(&mut self, staged: &mut [StagedValue], text: &str) {
+        // All hashes first: each lookup below then depends only on its own bucket, so
+        // the processor overlaps their cache misses (the tables of unique values are
+        // far larger than the caches).
+        let hashes: Vec<u32> = staged
+            .iter()
+            .map(|s| s.value(text).map_or(0, |v| self.hash32(v)))
+            .collect();
+        let mut new_ids = Vec::new();
+        let mut last: Option<(ScalarRef<'_>, u32)> = None;
+        for (s, &hash) in staged.iter_mut().zip(&hashes) {
+            let Some(value) = s.value(text) else {
+                s.set_vid(OBJECT_NODE);
+                continue;
             };
-            self.order.insert(key, &by, &mut dropped);
-        } else {
-            let keys = ids
-                .into_iter()
-                .map(|id| SortKey {
-                    prefix: sort_prefix(&values[id as usize].value),
-                    id,
-                })
-                .collect();
-            self.order.insert_batch(keys, &by, &mut dropped);
+            let flag = float_bit(value);
+            let vid = match last {
+                // A run of one value (a default, a common setting) skips the lookup.
+                Some((v, vid)) if v == value && float_bit(v) == flag => vid,
+                _ => {
+                    let (vid, new) = self.intern_hashed(hash, value, || value.to_scalar());
+                    if new {
+                        new_ids.push(vid);
+                    }
+                    last = Some((value, vid | flag));
+                    vid | flag
+                }
+            };
+            s.set_vid(vid);
         }
+        // Slots ascend within a batch (unless removed slots are reused), so they are
+        // appended: `exists` in one pass; a value new to the index takes its first slot
+        // as is; the other slots are grouped by value and appended value by value.
+        let mut slots: Vec<u32> = staged.iter().map(|s| s.slot).collect();
+        if !slots.is_sorted() {
+            slots.sort_unstable();
+        }
+        add_sorted(&mut self.exists, &slots);
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        for s in staged.iter().filter(|s| s.vid() != OBJECT_NODE) {
+            let vid = s.vid() & !FLOAT_BIT;
+            let posting = &mut self.values[vid as usize].slots;
+            match posting {
+                Posting::Empty => *posting = Posting::One(s.slot),
+                _ => pairs.push((vid, s.slot)),
+            }
+        }
+        let pairs = group_by_value(pairs, self.values.len());
+        for group in pairs.chunk_by(|a, b| a.0 == b.0) {
+            slots.clear();
+            slots.extend(group.iter().map(|&(_, slot)| slot));
+            self.values[group[0].0 as usize].slots.extend(&slots);
+        }
+        if self.column.get().is_some() {
+            for s in staged.iter() {
+                self.set_column(s.slot, s.vid());
+            }
+        }
+        if !new_ids.is_empty() {
+            let keys = self.sort_keys(new_ids);
+            self.order.push_run(keys, &ByValue(&self.values));
+        }
+    }
+
+    /// Merges the order runs bulk loads pushed (see [`SortedRuns::push_run`]).
+    pub(crate) fn settle_order(&mut self) {
+        let mut dropped = Vec::new();
+        self.order.settle_all(&ByValue(&self.values), &mut dropped);
+        self.release(dropped);
+    }
+
+    fn sort_keys(&self, ids: Vec<u32>) -> Vec<SortKey> {
+        ids.into_iter()
+            .map(|id| SortKey {
+                prefix: sort_prefix(&self.values[id as usize].value),
+                id,
+            })
+            .collect()
+    }
+
+    fn order_id(&mut self, id: u32) {
+        let by = ByValue(&self.values);
+        let key = SortKey {
+            prefix: sort_prefix(&self.values[id as usize].value),
+            id,
+        };
+        let mut dropped = Vec::new();
+        self.order.insert(key, &by, &mut dropped);
         self.release(dropped);
     }
 
@@ -492,7 +710,7 @@ impl PropertyIndex {
         }
         let vid = vid & !FLOAT_BIT;
         if self.values[vid as usize].slots.remove(slot) {
-            let hash = self.hash32(&self.values[vid as usize].value);
+            let hash = self.hash32(self.values[vid as usize].value.borrowed());
             self.lookup.remove(hash, vid);
             self.others.remove(&vid);
             self.live -= 1;
@@ -516,7 +734,7 @@ impl PropertyIndex {
     }
 
     pub(crate) fn slots_of(&self, value: &Scalar) -> Option<SlotSet<'_>> {
-        let vid = self.find(value)?;
+        let vid = self.find(value.borrowed())?;
         self.values[vid as usize].slots.as_set()
     }
 
@@ -591,7 +809,9 @@ impl PropertyIndex {
                 .values
                 .get(id as usize)
                 .ok_or_else(|| format!("hash table holds unknown value id {id}"))?;
-            if hash != self.hash32(&entry.value) || self.find(&entry.value) != Some(id) {
+            if hash != self.hash32(entry.value.borrowed())
+                || self.find(entry.value.borrowed()) != Some(id)
+            {
                 return Err(format!("hash table misplaces value {}", entry.value));
             }
         }
@@ -659,31 +879,35 @@ mod tests {
             let mut p = PropertyIndex::new(PropertyKind::Service, Arc::from("x"), None);
             let mut stored: BTreeMap<u32, u32> = BTreeMap::new(); // slot -> vid
             let mut model: BTreeMap<u32, Scalar> = BTreeMap::new(); // slot -> value
-            let mut pending: Vec<(u32, u32)> = Vec::new();
-            let mut new_ids = Vec::new();
+            let mut pending: Vec<StagedValue> = Vec::new();
+            let mut text = String::new();
+            let load = |p: &mut PropertyIndex, pending: &mut Vec<StagedValue>,
+                        text: &mut String, stored: &mut BTreeMap<u32, u32>| {
+                p.load(pending, text);
+                for s in pending.drain(..) {
+                    stored.insert(s.slot, s.vid());
+                }
+                text.clear();
+            };
             for (kind, slot, n, as_string) in ops {
                 let value = if as_string {
                     Scalar::from(format!("v{n}").as_str())
                 } else {
                     Scalar::from(n)
                 };
-                let busy = model.contains_key(&slot) || pending.iter().any(|&(_, s)| s == slot);
+                let busy = model.contains_key(&slot);
                 match kind {
                     0 if !busy => {
+                        load(&mut p, &mut pending, &mut text, &mut stored);
                         stored.insert(slot, p.insert(&value, slot));
                         model.insert(slot, value);
                     }
                     1 if !busy => {
-                        let vid = p.insert_deferred(&value, &mut new_ids);
-                        pending.push((vid, slot));
-                        stored.insert(slot, vid);
+                        pending.push(StagedValue::new(Some(value.borrowed()), slot, &mut text));
                         model.insert(slot, value);
                     }
                     _ => {
-                        if !pending.is_empty() {
-                            p.add_slots(&pending, std::mem::take(&mut new_ids));
-                            pending.clear();
-                        }
+                        load(&mut p, &mut pending, &mut text, &mut stored);
                         if let Some(vid) = stored.remove(&slot) {
                             p.remove(vid, slot);
                             model.remove(&slot);
@@ -691,7 +915,7 @@ mod tests {
                     }
                 }
             }
-            p.add_slots(&pending, new_ids);
+            load(&mut p, &mut pending, &mut text, &mut stored);
             let mut want: BTreeMap<Scalar, Vec<u32>> = BTreeMap::new();
             for (slot, v) in &model {
                 want.entry(v.clone()).or_default().push(*slot);

@@ -65,17 +65,20 @@
 //! reg.validate().unwrap();
 //! ```
 
+mod bulk;
 mod check;
 mod column;
 mod feed;
 mod hash;
 mod id_order;
 mod index;
+mod load;
 mod shared;
 mod sorted;
 mod vid_table;
 mod view;
 
+pub use bulk::{BulkLoad, NewDevice};
 pub(crate) use column::IdBits;
 pub use feed::{Change, ChangeKind, FeedGap};
 pub use index::SlotSet;
@@ -85,14 +88,15 @@ pub use view::TwinRef;
 use crate::transport::RegistrationInfo;
 use crate::twin::{
     Authentication, ConnectionState, DevicePropertyName, DeviceStatus, Etag, MAX_DEVICE_PROPERTIES,
-    MAX_FIELD_LEN, MAX_SERVICE_PROPERTIES, MAX_TAGS, PropertyKind, Scalar, ServiceProperties,
-    ServiceValue, Twin, TwinError, validate_property_name, validate_tag,
+    MAX_FIELD_LEN, MAX_SERVICE_PROPERTIES, MAX_TAGS, PropertyKind, Scalar, ScalarRef,
+    ServiceProperties, ServiceValue, Twin, TwinError, validate_property_name, validate_tag,
 };
 use crate::{DeviceId, Timestamp};
 use feed::ChangeFeed;
 use hash::{FastMap, FastState};
 use id_order::IdOrder;
 use index::{OBJECT_NODE, PropertyIndex};
+use load::{Direct, Place};
 use roaring::RoaringBitmap;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -178,48 +182,6 @@ impl std::error::Error for RegistryError {
     }
 }
 
-/// Twins per bulk-load batch.
-const LOAD_BATCH: usize = 16_384;
-
-/// One property's queued load work: `(value id, slot)` pairs to add, and the value ids
-/// new in this batch.
-type QueuedPostings = (Vec<(u32, u32)>, Vec<u32>);
-
-/// Index work [`Registry::load`] queues for the end of a batch.
-#[derive(Default)]
-struct LoadBatch {
-    /// By property id.
-    properties: Vec<QueuedPostings>,
-    /// By tag id: slots to add.
-    tags: Vec<Vec<u32>>,
-    /// Slots created in this batch (for the id order).
-    slots: Vec<u32>,
-    twins: usize,
-    /// Twins expected in a batch: each property's pair list is allocated for them once.
-    capacity: usize,
-}
-
-impl LoadBatch {
-    fn property(&mut self, pid: u32) -> (&mut Vec<(u32, u32)>, &mut Vec<u32>) {
-        let pid = pid as usize;
-        if self.properties.len() <= pid {
-            let capacity = self.capacity;
-            self.properties
-                .resize_with(pid + 1, || (Vec::with_capacity(capacity), Vec::new()));
-        }
-        let (pairs, new_ids) = &mut self.properties[pid];
-        (pairs, new_ids)
-    }
-
-    fn tag(&mut self, tid: u32) -> &mut Vec<u32> {
-        let tid = tid as usize;
-        if self.tags.len() <= tid {
-            self.tags.resize_with(tid + 1, Vec::new);
-        }
-        &mut self.tags[tid]
-    }
-}
-
 /// A device property as stored: interned name, interned value, report time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DeviceValue {
@@ -233,6 +195,18 @@ pub(crate) struct DeviceValue {
 pub(crate) struct ServiceLeaf {
     pub(crate) pid: u32,
     pub(crate) vid: u32,
+}
+
+/// A new device's fields, apart from its values and tags.
+pub(crate) struct NewFields {
+    pub(crate) id: DeviceId,
+    pub(crate) status: DeviceStatus,
+    pub(crate) status_updated: Option<Timestamp>,
+    pub(crate) connection: ConnectionState,
+    pub(crate) connection_updated: Option<Timestamp>,
+    pub(crate) last_activity: Option<Timestamp>,
+    pub(crate) managed: bool,
+    pub(crate) extra: Extra,
 }
 
 /// Rarely set fields, boxed to keep the common entry small.
@@ -686,11 +660,11 @@ impl Registry {
     }
 
     /// Checks a value against an interned (hence canonical) device property.
-    fn check_device_value(&self, pid: u32, value: &Scalar) -> Result<(), TwinError> {
+    fn check_device_value(&self, pid: u32, value: ScalarRef<'_>) -> Result<(), TwinError> {
         let p = &self.props[pid as usize];
         match p.well_known {
-            Some(wk) => DevicePropertyName::WellKnown(wk).check_value(value),
-            None => crate::twin::validate_string_value(&p.name, value),
+            Some(wk) => DevicePropertyName::WellKnown(wk).check_value_ref(value),
+            None => crate::twin::validate_string_ref(&p.name, value),
         }
     }
 
@@ -775,15 +749,11 @@ impl Registry {
     /// assert!(matches!(reg.create(Twin::new(id)), Err(RegistryError::DeviceExists { .. })));
     /// ```
     pub fn create(&mut self, twin: Twin) -> Result<Slot, RegistryError> {
-        self.create_with(twin, None)
+        self.admit(twin, &mut Direct)
     }
 
-    /// [`Registry::create`], with the posting-list work deferred into `batch` when given.
-    fn create_with(
-        &mut self,
-        twin: Twin,
-        mut batch: Option<&mut LoadBatch>,
-    ) -> Result<Slot, RegistryError> {
+    /// Validates a new twin and admits it (see [`Registry::admit_with`]).
+    fn admit(&mut self, twin: Twin, place: &mut impl Place) -> Result<Slot, RegistryError> {
         if self.find_slot(twin.device_id.as_str()).is_some() {
             return Err(RegistryError::DeviceExists { id: twin.device_id });
         }
@@ -792,23 +762,13 @@ impl Registry {
         twin.validate_with(|name, value| {
             let &pid = self.device_prop_ids.get(name)?;
             known_pids.borrow_mut().push(pid);
-            Some(self.check_device_value(pid, value))
+            Some(self.check_device_value(pid, value.borrowed()))
         })
         .map_err(|error| RegistryError::Invalid {
             id: twin.device_id.to_string(),
             error,
         })?;
-        let slot = match self.free_slots.pop() {
-            Some(s) => s,
-            None => {
-                if self.slots.len() >= u32::MAX as usize {
-                    return Err(RegistryError::Full);
-                }
-                self.slots.push(None);
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let seq = self.next_seq();
+        let known_pids = known_pids.into_inner();
         let Twin {
             device_id,
             status,
@@ -825,170 +785,156 @@ impl Registry {
             service_properties,
             ..
         } = twin;
-        let known_pids = known_pids.into_inner();
-        let all_known = known_pids.len() == device_properties.len();
-        let mut device = Vec::with_capacity(device_properties.len());
-        for (i, (name, p)) in device_properties.iter().enumerate() {
-            let pid = if all_known {
-                known_pids[i]
-            } else {
-                self.intern_property(PropertyKind::Device, name)
-            };
-            let vid = self.insert_value(pid, Some(&p.value), slot, batch.as_deref_mut());
-            device.push(DeviceValue {
-                pid,
-                vid,
-                ts: p.last_updated_time,
-            });
-        }
-        device.sort_unstable_by_key(|d| d.pid);
-        let mut service = Vec::with_capacity(service_properties.properties.len());
-        let mut leaves = Vec::new();
-        for (name, v) in &service_properties.properties {
-            match v {
-                ServiceValue::Scalar(s) => {
-                    service.push(self.insert_leaf(slot, name, Some(s), batch.as_deref_mut()))
-                }
-                ServiceValue::Object(_) => flatten(name, v, &mut leaves),
-            }
-        }
-        for (name, value) in &leaves {
-            service.push(self.insert_leaf(slot, name, value.as_ref(), batch.as_deref_mut()));
-        }
-        service.sort_unstable_by_key(|l| l.pid);
-        let mut tags: Vec<u32> = service_properties
-            .tags
-            .iter()
-            .map(|t| {
-                let tid = self.intern_tag(t);
-                match batch.as_deref_mut() {
-                    Some(b) => b.tag(tid).push(slot),
-                    None => index::add(&mut self.tags[tid as usize].slots, slot),
-                }
-                tid
-            })
-            .collect();
-        tags.sort_unstable();
-        let extra = Extra {
-            status_reason,
-            authentication,
-            registration,
-            configuration,
+        let fields = NewFields {
+            id: device_id,
+            status,
+            status_updated: status_updated_time,
+            connection: connection_state,
+            connection_updated: connection_state_updated_time,
+            last_activity: last_activity_time,
+            managed: is_managed,
+            extra: Extra {
+                status_reason,
+                authentication,
+                registration,
+                configuration,
+            },
         };
+        self.admit_with(fields, place, |reg, place, slot| {
+            let all_known = known_pids.len() == device_properties.len();
+            let mut device = Vec::with_capacity(device_properties.len());
+            for (i, (name, p)) in device_properties.iter().enumerate() {
+                let pid = if all_known {
+                    known_pids[i]
+                } else {
+                    reg.intern_property(PropertyKind::Device, name)
+                };
+                let vid = place.value(reg, pid, Some(p.value.borrowed()), slot);
+                device.push(DeviceValue {
+                    pid,
+                    vid,
+                    ts: p.last_updated_time,
+                });
+            }
+            device.sort_unstable_by_key(|d| d.pid);
+            let mut service = Vec::with_capacity(service_properties.properties.len());
+            let mut leaves = Vec::new();
+            for (name, v) in &service_properties.properties {
+                match v {
+                    ServiceValue::Scalar(s) => {
+                        let pid = reg.intern_property(PropertyKind::Service, name);
+                        let vid = place.value(reg, pid, Some(s.borrowed()), slot);
+                        service.push(ServiceLeaf { pid, vid });
+                    }
+                    ServiceValue::Object(_) => flatten(name, v, &mut leaves),
+                }
+            }
+            for (name, value) in &leaves {
+                let pid = reg.intern_property(PropertyKind::Service, name);
+                let vid = place.value(reg, pid, value.as_ref().map(Scalar::borrowed), slot);
+                service.push(ServiceLeaf { pid, vid });
+            }
+            service.sort_unstable_by_key(|l| l.pid);
+            let mut tags: Vec<u32> = service_properties
+                .tags
+                .iter()
+                .map(|t| {
+                    let tid = reg.intern_tag(t);
+                    place.tag(reg, tid, slot);
+                    tid
+                })
+                .collect();
+            tags.sort_unstable();
+            (device, service, tags)
+        })
+    }
+
+    /// Gives a validated new device (whose id is known to be free) a slot and an entry.
+    /// `values` hands the device's values and tags to `place` and returns the entry's
+    /// lists, each sorted by id.
+    fn admit_with<P: Place>(
+        &mut self,
+        fields: NewFields,
+        place: &mut P,
+        values: impl FnOnce(
+            &mut Registry,
+            &mut P,
+            u32,
+        ) -> (Vec<DeviceValue>, Vec<ServiceLeaf>, Vec<u32>),
+    ) -> Result<Slot, RegistryError> {
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                if self.slots.len() >= u32::MAX as usize {
+                    return Err(RegistryError::Full);
+                }
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let seq = self.next_seq();
+        let (device, service, tags) = values(self, place, slot);
+        let NewFields {
+            id,
+            status,
+            status_updated,
+            connection,
+            connection_updated,
+            last_activity,
+            managed,
+            extra,
+        } = fields;
         index::add(&mut self.universe, slot);
-        self.set_field_bits(slot, status, connection_state, is_managed, true);
-        self.by_id_hash
-            .insert(self.id_hash(device_id.as_str()), slot);
+        self.set_field_bits(slot, status, connection, managed, true);
+        self.by_id_hash.insert(self.id_hash(id.as_str()), slot);
         self.slots[slot as usize] = Some(Entry {
-            id: device_id.clone(),
+            id: id.clone(),
             generation: seq,
             etag: seq,
             service_etag: seq,
-            status_updated: status_updated_time.into(),
-            connection_updated: connection_state_updated_time.into(),
-            last_activity: last_activity_time.into(),
+            status_updated: status_updated.into(),
+            connection_updated: connection_updated.into(),
+            last_activity: last_activity.into(),
             status,
-            connection: connection_state,
-            managed: is_managed,
+            connection,
+            managed,
             device,
             service,
             tags,
             extra: (!extra.is_empty()).then(|| Box::new(extra)),
         });
-        match batch {
-            Some(b) => b.slots.push(slot),
-            None => self
-                .id_order
-                .insert(&self.slots, &[slot], &mut self.free_slots),
-        }
-        self.emit(seq, device_id, ChangeKind::Created);
+        place.created(self, slot);
+        self.emit(seq, id, ChangeKind::Created);
         Ok(Slot(slot))
     }
 
-    fn insert_leaf(
-        &mut self,
-        slot: u32,
-        name: &str,
-        value: Option<&Scalar>,
-        batch: Option<&mut LoadBatch>,
-    ) -> ServiceLeaf {
+    fn insert_leaf(&mut self, slot: u32, name: &str, value: Option<&Scalar>) -> ServiceLeaf {
         let pid = self.intern_property(PropertyKind::Service, name);
-        let vid = self.insert_value(pid, value, slot, batch);
-        ServiceLeaf { pid, vid }
-    }
-
-    /// Indexes `slot` under property `pid` with `value` (`None`: a service object node)
-    /// and returns the stored value id; with a batch, only interns the value and queues
-    /// the slot.
-    fn insert_value(
-        &mut self,
-        pid: u32,
-        value: Option<&Scalar>,
-        slot: u32,
-        batch: Option<&mut LoadBatch>,
-    ) -> u32 {
         let index = &mut self.props[pid as usize];
-        match (batch, value) {
-            (None, Some(v)) => index.insert(v, slot),
-            (None, None) => {
+        let vid = match value {
+            Some(v) => index.insert(v, slot),
+            None => {
                 index.insert_object(slot);
                 OBJECT_NODE
             }
-            (Some(b), value) => {
-                let (pairs, new_ids) = b.property(pid);
-                let vid = value.map_or(OBJECT_NODE, |v| index.insert_deferred(v, new_ids));
-                pairs.push((vid, slot));
-                vid
-            }
-        }
+        };
+        ServiceLeaf { pid, vid }
     }
 
     /// Creates many devices; stops at the first error (the twins before it stay loaded,
     /// consistently indexed). Returns how many were created.
     ///
-    /// Faster than calling [`Registry::create`] in a loop: the twins are taken in batches,
-    /// and each batch's slots are added to the bitmaps property by property (each
-    /// property's postings stay in cache) and its new values put in order with one sort.
+    /// Much faster than calling [`Registry::create`] in a loop: this is a
+    /// [`BulkLoad`] (batches, indexed by several threads) fed with
+    /// [`BulkLoad::add_twin`]. Every thread has ended when this returns, and the registry
+    /// is consistent even if `twins` panics. Borrowed rows ([`BulkLoad::add`]) load
+    /// faster still: no twin is built or freed.
     pub fn load(&mut self, twins: impl IntoIterator<Item = Twin>) -> Result<usize, RegistryError> {
-        let twins = twins.into_iter();
-        let mut batch = LoadBatch {
-            capacity: twins.size_hint().0.clamp(1, LOAD_BATCH),
-            ..LoadBatch::default()
-        };
-        let mut n = 0;
+        let mut bulk = self.bulk_load();
         for twin in twins {
-            if let Err(e) = self.create_with(twin, Some(&mut batch)) {
-                self.flush(&mut batch);
-                return Err(e);
-            }
-            n += 1;
-            batch.twins += 1;
-            if batch.twins == LOAD_BATCH {
-                self.flush(&mut batch);
-            }
+            bulk.add_twin(twin)?;
         }
-        self.flush(&mut batch);
-        Ok(n)
-    }
-
-    /// Applies a load batch's queued postings.
-    fn flush(&mut self, batch: &mut LoadBatch) {
-        for (pid, (pairs, new_ids)) in batch.properties.iter_mut().enumerate() {
-            if !pairs.is_empty() || !new_ids.is_empty() {
-                self.props[pid].add_slots(pairs, std::mem::take(new_ids));
-                pairs.clear();
-            }
-        }
-        for (tid, slots) in batch.tags.iter_mut().enumerate() {
-            for &slot in slots.iter() {
-                index::add(&mut self.tags[tid].slots, slot);
-            }
-            slots.clear();
-        }
-        let new = std::mem::take(&mut batch.slots);
-        self.id_order
-            .insert(&self.slots, &new, &mut self.free_slots);
-        batch.twins = 0;
+        Ok(bulk.finish())
     }
 
     /// Removes a device and returns its twin. Its slot is reused later. Emits
@@ -1069,7 +1015,8 @@ impl Registry {
         // Fast path: an already interned canonical name.
         let pid = match self.device_prop_ids.get(name) {
             Some(&pid) => {
-                self.check_device_value(pid, &value).map_err(invalid)?;
+                self.check_device_value(pid, value.borrowed())
+                    .map_err(invalid)?;
                 pid
             }
             None => {
@@ -1177,7 +1124,7 @@ impl Registry {
         let mut leaves = Vec::new();
         flatten(name, value, &mut leaves);
         for (n, v) in &leaves {
-            let leaf = self.insert_leaf(slot, n, v.as_ref(), None);
+            let leaf = self.insert_leaf(slot, n, v.as_ref());
             let entry = self.slots[slot as usize].as_mut().expect("live slot");
             let pos = entry
                 .service

@@ -87,6 +87,24 @@ impl<P: Ord + Copy> SortedRuns<P> {
         self.settle(by, dropped);
     }
 
+    /// Adds a batch of entries (any order) as one run, without merging: a bulk load
+    /// pushes a run a batch and merges them all once, with [`SortedRuns::settle_all`].
+    pub(crate) fn push_run(&mut self, mut keys: Vec<SortKey<P>>, by: &impl RunOrder) {
+        keys.sort_unstable_by(|a, b| order(*a, *b, by));
+        self.runs.push(keys);
+    }
+
+    /// Merges every run after the first into one (a stable sort finds them as natural
+    /// runs and merges them), then settles as usual.
+    pub(crate) fn settle_all(&mut self, by: &impl RunOrder, dropped: &mut Vec<u32>) {
+        if self.runs.len() > 2 {
+            let mut rest: Vec<SortKey<P>> = self.runs.drain(1..).flatten().collect();
+            rest.sort_by(|a, b| order(*a, *b, by));
+            self.runs.push(rest);
+        }
+        self.settle(by, dropped);
+    }
+
     fn settle(&mut self, by: &impl RunOrder, dropped: &mut Vec<u32>) {
         while let [.., a, b] = &self.runs[..] {
             if b.len() * 4 <= a.len() {

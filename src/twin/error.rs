@@ -118,6 +118,15 @@ pub enum TwinError {
         /// Its byte offset.
         at: usize,
     },
+    /// A property is given twice (possible only where properties are a list, as in a
+    /// [`crate::registry::NewDevice`]; a twin's are a map).
+    DuplicateProperty {
+        /// The name (its first [`MAX_NAME_LEN`] bytes).
+        name: String,
+    },
+    /// The device id breaks the id rules (where the id comes as a string, as in a
+    /// [`crate::registry::NewDevice`]).
+    BadDeviceId(crate::DeviceIdError),
     /// A device field string (`statusReason`, `configuration`, ...) is too long.
     FieldTooLong {
         /// The field's JSON name.
@@ -199,6 +208,10 @@ impl fmt::Display for TwinError {
                 "tag {tag:?} has {ch:?} at byte {at}; control characters and ',' are not allowed"
             ),
             TwinError::FieldTooLong { field, len } => write!(f, "{field} is {len} bytes long"),
+            TwinError::DuplicateProperty { name } => {
+                write!(f, "property {name:?} is given more than once")
+            }
+            TwinError::BadDeviceId(error) => write!(f, "{error}"),
         }
     }
 }
@@ -207,6 +220,7 @@ impl std::error::Error for TwinError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             TwinError::BadPropertyPath { error, .. } => Some(error),
+            TwinError::BadDeviceId(error) => Some(error),
             _ => None,
         }
     }

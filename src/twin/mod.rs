@@ -28,11 +28,11 @@ pub use model::{
     Authentication, ConnectionState, DeviceProperty, DeviceStatus, Etag, EtagParseError, PskKey,
     ServiceProperties, ServiceValue, Twin,
 };
-pub(crate) use property::validate_string_value;
+pub(crate) use property::validate_string_ref;
 pub use property::{
     Access, DevicePropertyName, DeviceValueType, MAX_DEVICE_PROPERTIES, MAX_FIELD_LEN,
     MAX_NAME_LEN, MAX_OBJECT_DEPTH, MAX_OBJECT_MEMBERS, MAX_SERVICE_PROPERTIES,
     MAX_STRING_VALUE_LEN, MAX_TAGS, PropertyKind, WELL_KNOWN_PROPERTIES, WellKnownProperty,
     validate_property_name, validate_tag, well_known_by_name, well_known_by_path,
 };
-pub use scalar::{Number, Scalar};
+pub use scalar::{Number, Scalar, ScalarRef};

@@ -478,19 +478,7 @@ impl Twin {
                 checked?;
                 continue;
             }
-            let parsed = DevicePropertyName::parse(name)?;
-            if parsed.as_str() != name {
-                if let DevicePropertyName::WellKnown(wk) = parsed {
-                    return Err(TwinError::NotCanonicalName {
-                        name: truncate(name),
-                        canonical: wk.name,
-                    });
-                }
-                return Err(TwinError::UnknownDeviceProperty {
-                    name: truncate(name),
-                });
-            }
-            parsed.check_value(&p.value)?;
+            DevicePropertyName::parse_canonical(name)?.check_value(&p.value)?;
         }
         let sp = &self.service_properties;
         if sp.properties.len() > MAX_SERVICE_PROPERTIES {

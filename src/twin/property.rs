@@ -1,6 +1,6 @@
 //! Property names, tags, the preview's well-known device properties and their LWM2M paths.
 
-use super::{Scalar, TwinError};
+use super::{Scalar, ScalarRef, TwinError};
 use crate::Lwm2mPath;
 use std::fmt;
 
@@ -115,7 +115,12 @@ pub(crate) fn truncate(s: &str) -> String {
 
 /// Checks a string value's length.
 pub(crate) fn validate_string_value(path: &str, s: &Scalar) -> Result<(), TwinError> {
-    if let Scalar::String(v) = s
+    validate_string_ref(path, s.borrowed())
+}
+
+/// [`validate_string_value`] for a borrowed value.
+pub(crate) fn validate_string_ref(path: &str, s: ScalarRef<'_>) -> Result<(), TwinError> {
+    if let ScalarRef::String(v) = s
         && v.len() > MAX_STRING_VALUE_LEN
     {
         return Err(TwinError::StringTooLong {
@@ -145,17 +150,21 @@ pub enum DeviceValueType {
 impl DeviceValueType {
     /// Whether `value` has this type.
     pub fn accepts(self, value: &Scalar) -> bool {
+        self.accepts_ref(value.borrowed())
+    }
+
+    fn accepts_ref(self, value: ScalarRef<'_>) -> bool {
         match self {
             DeviceValueType::String | DeviceValueType::Opaque => {
-                matches!(value, Scalar::String(_))
+                matches!(value, ScalarRef::String(_))
             }
             DeviceValueType::Integer => {
-                matches!(value, Scalar::Number(n) if n.as_i64().is_some())
+                matches!(value, ScalarRef::Number(n) if n.as_i64().is_some())
             }
             DeviceValueType::DateTime => match value {
-                Scalar::Number(n) => n.as_i64().is_some(),
-                Scalar::String(_) => true,
-                Scalar::Bool(_) => false,
+                ScalarRef::Number(n) => n.as_i64().is_some(),
+                ScalarRef::String(_) => true,
+                ScalarRef::Bool(_) => false,
             },
             DeviceValueType::Executable => false,
         }
@@ -383,19 +392,42 @@ impl DevicePropertyName {
         }
     }
 
+    /// [`DevicePropertyName::parse`], for a name a twin stores: it must be the canonical
+    /// one (`BatteryLevel`, not `/3/0/9`; `/3303/0/5700`, not `/3303/00/5700`).
+    pub(crate) fn parse_canonical(name: &str) -> Result<DevicePropertyName, TwinError> {
+        let parsed = DevicePropertyName::parse(name)?;
+        if parsed.as_str() == name {
+            return Ok(parsed);
+        }
+        Err(match parsed {
+            DevicePropertyName::WellKnown(wk) => TwinError::NotCanonicalName {
+                name: truncate(name),
+                canonical: wk.name,
+            },
+            DevicePropertyName::Custom { .. } => TwinError::UnknownDeviceProperty {
+                name: truncate(name),
+            },
+        })
+    }
+
     /// Checks that `value` fits the property: well-known properties have a type (and
     /// executable ones hold no value); custom ones take any scalar. Strings are bounded.
     pub fn check_value(&self, value: &Scalar) -> Result<(), TwinError> {
-        validate_string_value(self.as_str(), value)?;
+        self.check_value_ref(value.borrowed())
+    }
+
+    /// [`DevicePropertyName::check_value`] for a borrowed value.
+    pub(crate) fn check_value_ref(&self, value: ScalarRef<'_>) -> Result<(), TwinError> {
+        validate_string_ref(self.as_str(), value)?;
         if let DevicePropertyName::WellKnown(wk) = self {
             if wk.value_type == DeviceValueType::Executable {
                 return Err(TwinError::ExecutableProperty { name: wk.name });
             }
-            if !wk.value_type.accepts(value) {
+            if !wk.value_type.accepts_ref(value) {
                 return Err(TwinError::WrongValueType {
                     name: wk.name,
                     expected: wk.value_type,
-                    found: value.clone(),
+                    found: value.to_scalar(),
                 });
             }
         }

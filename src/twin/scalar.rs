@@ -260,6 +260,84 @@ impl Scalar {
     }
 }
 
+/// A borrowed [`Scalar`]: a string is a `&str`, so a value can be handed over, looked
+/// up and compared without allocating. Bulk loading takes values this way
+/// ([`crate::registry::NewDevice`]); value indexes hash and compare it. It equals a
+/// scalar, and hashes alike, exactly when the scalar equals it.
+///
+/// ```
+/// use twinhub::twin::{Scalar, ScalarRef};
+/// assert_eq!(ScalarRef::from("1.2").to_scalar(), Scalar::from("1.2"));
+/// assert_eq!(ScalarRef::from(7), Scalar::from(7).borrowed());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ScalarRef<'a> {
+    /// `true` or `false`.
+    Bool(bool),
+    /// A number.
+    Number(Number),
+    /// A string.
+    String(&'a str),
+}
+
+impl<'a> From<&'a str> for ScalarRef<'a> {
+    fn from(s: &'a str) -> Self {
+        ScalarRef::String(s)
+    }
+}
+
+impl From<bool> for ScalarRef<'_> {
+    fn from(b: bool) -> Self {
+        ScalarRef::Bool(b)
+    }
+}
+
+impl From<i64> for ScalarRef<'_> {
+    fn from(i: i64) -> Self {
+        ScalarRef::Number(Number::from(i))
+    }
+}
+
+impl From<i32> for ScalarRef<'_> {
+    fn from(i: i32) -> Self {
+        ScalarRef::Number(Number::from(i))
+    }
+}
+
+impl From<Number> for ScalarRef<'_> {
+    fn from(n: Number) -> Self {
+        ScalarRef::Number(n)
+    }
+}
+
+impl<'a> From<&'a Scalar> for ScalarRef<'a> {
+    fn from(s: &'a Scalar) -> Self {
+        s.borrowed()
+    }
+}
+
+impl ScalarRef<'_> {
+    /// The owned scalar (a string is copied).
+    pub fn to_scalar(self) -> Scalar {
+        match self {
+            ScalarRef::Bool(b) => Scalar::Bool(b),
+            ScalarRef::Number(n) => Scalar::Number(n),
+            ScalarRef::String(s) => Scalar::from(s),
+        }
+    }
+}
+
+impl Scalar {
+    /// This value, borrowed.
+    pub fn borrowed(&self) -> ScalarRef<'_> {
+        match self {
+            Scalar::Bool(b) => ScalarRef::Bool(*b),
+            Scalar::Number(n) => ScalarRef::Number(*n),
+            Scalar::String(s) => ScalarRef::String(s),
+        }
+    }
+}
+
 fn json_number(n: &serde_json::Number) -> Option<Number> {
     if let Some(i) = n.as_i64() {
         Some(Number::from(i))

@@ -1,0 +1,363 @@
+//! Bulk loading: many new devices at once, from owned twins or from borrowed rows.
+
+use super::load::{Loader, Place};
+use super::{DeviceValue, Extra, NewFields, Registry, RegistryError, ServiceLeaf, Slot, truncated};
+use crate::twin::{
+    ConnectionState, DevicePropertyName, DeviceStatus, MAX_DEVICE_PROPERTIES, MAX_FIELD_LEN,
+    MAX_SERVICE_PROPERTIES, MAX_TAGS, PropertyKind, ScalarRef, Twin, TwinError,
+    validate_property_name, validate_string_ref, validate_tag,
+};
+use crate::{DeviceId, Timestamp};
+
+/// A new device as borrowed rows: what [`BulkLoad::add`] takes.
+///
+/// It covers what a fleet import carries; a device that also needs authentication, a
+/// registration or a configuration goes in as a [`Twin`]
+/// ([`BulkLoad::add_twin`]). Service properties here are scalars; a nested object goes
+/// in as a twin too.
+#[derive(Clone, Copy, Debug)]
+pub struct NewDevice<'a> {
+    /// The device id (validated like [`DeviceId::new`]).
+    pub device_id: &'a str,
+    /// Enabled or disabled.
+    pub status: DeviceStatus,
+    /// Why the status was set.
+    pub status_reason: Option<&'a str>,
+    /// When the status last changed.
+    pub status_updated_time: Option<Timestamp>,
+    /// Connected or disconnected.
+    pub connection_state: ConnectionState,
+    /// When the connection state last changed.
+    pub connection_state_updated_time: Option<Timestamp>,
+    /// When the device was last heard from.
+    pub last_activity_time: Option<Timestamp>,
+    /// Whether the device is managed over LWM2M.
+    pub is_managed: bool,
+    /// Device properties: canonical name (see [`DevicePropertyName`]), value, and when
+    /// it was reported. Each name at most once.
+    pub device_properties: &'a [(&'a str, ScalarRef<'a>, Timestamp)],
+    /// Service properties: name and scalar value. Each name at most once.
+    pub service_properties: &'a [(&'a str, ScalarRef<'a>)],
+    /// Tags (a repeated tag counts once).
+    pub tags: &'a [&'a str],
+}
+
+impl<'a> NewDevice<'a> {
+    /// A device with this id and nothing else: enabled, disconnected, unmanaged.
+    pub fn new(device_id: &'a str) -> Self {
+        NewDevice {
+            device_id,
+            status: DeviceStatus::Enabled,
+            status_reason: None,
+            status_updated_time: None,
+            connection_state: ConnectionState::Disconnected,
+            connection_state_updated_time: None,
+            last_activity_time: None,
+            is_managed: false,
+            device_properties: &[],
+            service_properties: &[],
+            tags: &[],
+        }
+    }
+}
+
+/// A bulk load in progress: many new devices at once.
+///
+/// [`Registry::bulk_load`] returns a [`BulkLoad`]. It takes devices one at a time, either
+/// as owned [`Twin`]s ([`BulkLoad::add_twin`], what [`Registry::load`] does) or as
+/// borrowed [`NewDevice`] rows ([`BulkLoad::add`]): ids, names and values as `&str`
+/// slices of the caller's buffer (a file being parsed, a database cursor's row), so no
+/// twin is built and nothing per value is allocated unless the value is new.
+///
+/// The calling thread validates each device and gives it a slot, a batch of 8,192 at a
+/// time; a full batch's values are indexed by other threads (up to 3) while this one
+/// takes the next batch, then it helps them finish. Reads wait: a `BulkLoad` holds the
+/// registry mutably. When it ends ([`BulkLoad::finish`], or dropped, also while
+/// unwinding from a panic) the last batch is indexed and every thread has ended, so
+/// the registry is consistent again.
+///
+/// ```
+/// use twinhub::registry::{NewDevice, Registry};
+/// use twinhub::twin::ScalarRef;
+/// use twinhub::Timestamp;
+///
+/// let mut reg = Registry::new();
+/// let now = Timestamp::from_millis(1_461_931_200_000);
+/// let mut bulk = reg.bulk_load();
+/// for (id, fw, region) in [("d1", "1.2", "eu"), ("d2", "1.3", "us")] {
+///     let props = [("FirmwareVersion", ScalarRef::from(fw), now)];
+///     let service = [("region", ScalarRef::from(region))];
+///     bulk.add(&NewDevice {
+///         device_properties: &props,
+///         service_properties: &service,
+///         tags: &["pilot"],
+///         ..NewDevice::new(id)
+///     })
+///     .unwrap();
+/// }
+/// assert_eq!(bulk.finish(), 2);
+/// assert_eq!(reg.tag_bitmap("pilot").unwrap().len(), 2);
+/// reg.validate().unwrap();
+/// ```
+pub struct BulkLoad<'r> {
+    loader: Loader<'r>,
+    /// The previous row's property and tag ids, by position. The rows of a fleet list
+    /// the same names in the same order, so a name is usually resolved (and known
+    /// valid) with one string comparison instead of a hash lookup and validation.
+    device_pids: Vec<u32>,
+    service_pids: Vec<u32>,
+    tag_ids: Vec<u32>,
+    /// Whether the ids above are those of a row that was admitted (so unique).
+    trusted: bool,
+    /// Scratch: the ids being replaced; sorted ids (duplicate checks).
+    previous: Vec<u32>,
+    sorted: Vec<u32>,
+    added: usize,
+}
+
+impl Registry {
+    /// Starts a bulk load: see [`BulkLoad`].
+    pub fn bulk_load(&mut self) -> BulkLoad<'_> {
+        BulkLoad {
+            loader: Loader::new(self),
+            device_pids: Vec::new(),
+            service_pids: Vec::new(),
+            tag_ids: Vec::new(),
+            trusted: false,
+            previous: Vec::new(),
+            sorted: Vec::new(),
+            added: 0,
+        }
+    }
+
+    /// The id of device property `name`, which must be canonical (interned if new).
+    fn device_property_id(&mut self, name: &str) -> Result<u32, TwinError> {
+        if let Some(&pid) = self.device_prop_ids.get(name) {
+            return Ok(pid);
+        }
+        DevicePropertyName::parse_canonical(name)?;
+        Ok(self.intern_property(PropertyKind::Device, name))
+    }
+
+    /// The id of service property `name` (validated, interned if new).
+    fn service_property_id(&mut self, name: &str) -> Result<u32, TwinError> {
+        if let Some(&pid) = self.service_prop_ids.get(name) {
+            return Ok(pid);
+        }
+        validate_property_name(name)?;
+        Ok(self.intern_property(PropertyKind::Service, name))
+    }
+
+    /// The id of `tag` (validated, interned if new).
+    fn tag_id(&mut self, tag: &str) -> Result<u32, TwinError> {
+        if let Some(&tid) = self.tag_ids.get(tag) {
+            return Ok(tid);
+        }
+        validate_tag(tag)?;
+        Ok(self.intern_tag(tag))
+    }
+}
+
+fn property_name(reg: &Registry, pid: u32) -> &str {
+    &reg.props[pid as usize].name
+}
+
+fn tag_name(reg: &Registry, tid: u32) -> &str {
+    &reg.tags[tid as usize].name
+}
+
+/// Resolves `names` into `ids` (position by position). The previous row's ids are
+/// there already: `names[i]` is usually the name of the id at `i` (or, when an optional
+/// property comes or goes, at `i + 1` or `i - 1`), found with a string comparison;
+/// otherwise `resolve` looks it up (and validates it). Returns whether the ids are the
+/// previous row's, exactly.
+fn resolve_all<'n>(
+    reg: &mut Registry,
+    names: impl Iterator<Item = &'n str>,
+    ids: &mut Vec<u32>,
+    previous: &mut Vec<u32>,
+    name_of: fn(&Registry, u32) -> &str,
+    resolve: impl Fn(&mut Registry, &str) -> Result<u32, TwinError>,
+) -> Result<bool, TwinError> {
+    std::mem::swap(ids, previous);
+    ids.clear();
+    let mut same = true;
+    for (i, name) in names.enumerate() {
+        let is = |j: usize| {
+            previous
+                .get(j)
+                .copied()
+                .filter(|&id| name_of(reg, id) == name)
+        };
+        let id = match is(i) {
+            Some(id) => id,
+            None => {
+                same = false;
+                match is(i + 1).or_else(|| i.checked_sub(1).and_then(is)) {
+                    Some(id) => id,
+                    None => resolve(reg, name)?,
+                }
+            }
+        };
+        ids.push(id);
+    }
+    Ok(same && ids.len() == previous.len())
+}
+
+/// Fails with the first name whose id repeats in `ids`.
+fn check_unique(
+    ids: &[u32],
+    sorted: &mut Vec<u32>,
+    name: impl Fn(u32) -> String,
+) -> Result<(), TwinError> {
+    sorted.clear();
+    sorted.extend_from_slice(ids);
+    sorted.sort_unstable();
+    match sorted.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(TwinError::DuplicateProperty { name: name(w[0]) }),
+        None => Ok(()),
+    }
+}
+
+impl BulkLoad<'_> {
+    /// Creates a device from a borrowed row. The row is validated first; an invalid row
+    /// (or one whose id exists) changes nothing and the load goes on. Emits
+    /// [`super::ChangeKind::Created`].
+    pub fn add(&mut self, device: &NewDevice<'_>) -> Result<Slot, RegistryError> {
+        let id = DeviceId::new(device.device_id).map_err(|e| RegistryError::Invalid {
+            id: truncated(device.device_id),
+            error: TwinError::BadDeviceId(e),
+        })?;
+        let BulkLoad {
+            loader,
+            device_pids,
+            service_pids,
+            tag_ids,
+            trusted,
+            previous,
+            sorted,
+            added,
+        } = self;
+        let (reg, stage) = loader.parts();
+        if reg.find_slot(id.as_str()).is_some() {
+            return Err(RegistryError::DeviceExists { id });
+        }
+        let checked = (|| {
+            let (dp, sp, tags) = (
+                device.device_properties,
+                device.service_properties,
+                device.tags,
+            );
+            if let Some(reason) = device.status_reason
+                && reason.len() > MAX_FIELD_LEN
+            {
+                return Err(TwinError::FieldTooLong {
+                    field: "statusReason",
+                    len: reason.len(),
+                });
+            }
+            if dp.len() > MAX_DEVICE_PROPERTIES {
+                return Err(TwinError::TooManyDeviceProperties { count: dp.len() });
+            }
+            if sp.len() > MAX_SERVICE_PROPERTIES {
+                return Err(TwinError::TooManyServiceProperties { count: sp.len() });
+            }
+            if tags.len() > MAX_TAGS {
+                return Err(TwinError::TooManyTags { count: tags.len() });
+            }
+            let same_device = resolve_all(
+                reg,
+                dp.iter().map(|d| d.0),
+                device_pids,
+                previous,
+                property_name,
+                Registry::device_property_id,
+            )?;
+            for (&pid, &(_, value, _)) in device_pids.iter().zip(dp) {
+                reg.check_device_value(pid, value)?;
+            }
+            let same_service = resolve_all(
+                reg,
+                sp.iter().map(|s| s.0),
+                service_pids,
+                previous,
+                property_name,
+                Registry::service_property_id,
+            )?;
+            for &(name, value) in sp {
+                validate_string_ref(name, value)?;
+            }
+            resolve_all(
+                reg,
+                tags.iter().copied(),
+                tag_ids,
+                previous,
+                tag_name,
+                Registry::tag_id,
+            )?;
+            // The previous row's names were unique if it was admitted.
+            if !(same_device && same_service && *trusted) {
+                let name = |pid: u32| reg.props[pid as usize].name.to_string();
+                check_unique(device_pids, sorted, name)?;
+                check_unique(service_pids, sorted, name)?;
+            }
+            Ok(())
+        })();
+        *trusted = checked.is_ok();
+        checked.map_err(|error| RegistryError::Invalid {
+            id: id.to_string(),
+            error,
+        })?;
+        let fields = NewFields {
+            id,
+            status: device.status,
+            status_updated: device.status_updated_time,
+            connection: device.connection_state,
+            connection_updated: device.connection_state_updated_time,
+            last_activity: device.last_activity_time,
+            managed: device.is_managed,
+            extra: Extra {
+                status_reason: device.status_reason.map(str::to_string),
+                ..Extra::default()
+            },
+        };
+        let slot = reg.admit_with(fields, stage, |reg, place, slot| {
+            let mut values = Vec::with_capacity(device.device_properties.len());
+            for (&pid, &(_, value, ts)) in device_pids.iter().zip(device.device_properties) {
+                let vid = place.value(reg, pid, Some(value), slot);
+                values.push(DeviceValue { pid, vid, ts });
+            }
+            values.sort_unstable_by_key(|d| d.pid);
+            let mut leaves = Vec::with_capacity(device.service_properties.len());
+            for (&pid, &(_, value)) in service_pids.iter().zip(device.service_properties) {
+                let vid = place.value(reg, pid, Some(value), slot);
+                leaves.push(ServiceLeaf { pid, vid });
+            }
+            leaves.sort_unstable_by_key(|l| l.pid);
+            let mut tags = tag_ids.clone();
+            tags.sort_unstable();
+            tags.dedup();
+            for &tid in &tags {
+                place.tag(reg, tid, slot);
+            }
+            (values, leaves, tags)
+        })?;
+        loader.admitted();
+        *added += 1;
+        Ok(slot)
+    }
+
+    /// Creates a device from an owned twin, as [`Registry::create`] does (the twin is
+    /// validated first; an invalid one changes nothing and the load goes on).
+    pub fn add_twin(&mut self, twin: Twin) -> Result<Slot, RegistryError> {
+        let slot = self.loader.push(twin)?;
+        self.added += 1;
+        Ok(slot)
+    }
+
+    /// Ends the load (indexes what is left, waits for the other threads) and returns
+    /// how many devices it created.
+    pub fn finish(self) -> usize {
+        self.added
+    }
+}

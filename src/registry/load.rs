@@ -1,0 +1,386 @@
+//! Where a new twin's values go: straight into the indexes ([`Direct`], for
+//! [`Registry::create`]) or onto a bulk load's [`Stage`].
+//!
+//! A bulk load is a pipeline of batches. The calling thread admits twins (validates
+//! them, gives them slots and entries) onto a stage; a full stage becomes a [`Batch`]:
+//! the property indexes its values need are moved out of the registry (a stand-in with
+//! the same name stays behind, which is all admission reads) and indexed on another
+//! thread, property by property, while the calling thread admits the next batch. When
+//! that one is full the first is joined, its indexes moved back and its twins' value ids
+//! filled in.
+
+use super::index::{self, OBJECT_NODE, PropertyIndex, StagedValue};
+use super::{Registry, RegistryError, Slot};
+use crate::twin::ScalarRef;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Twins per batch: large enough that a batch's work dwarfs handing it to a thread,
+/// small enough that its staged values (32 bytes each) stay in the last-level cache.
+const BATCH: usize = 8192;
+
+/// At most this many threads index one batch.
+const MAX_THREADS: usize = 4;
+
+/// The value id a staged twin holds until its batch is indexed.
+const PENDING: u32 = u32::MAX - 1;
+
+/// Receives a new twin's values, tags and slot from [`Registry::admit`].
+pub(super) trait Place {
+    /// Takes `slot`'s value of property `pid` (`None`: a service object node); returns
+    /// the stored value id, or [`PENDING`] when the value waits on a stage.
+    fn value(
+        &mut self,
+        reg: &mut Registry,
+        pid: u32,
+        value: Option<ScalarRef<'_>>,
+        slot: u32,
+    ) -> u32;
+    /// Takes `slot`'s tag `tid`.
+    fn tag(&mut self, reg: &mut Registry, tid: u32, slot: u32);
+    /// The twin in `slot` is admitted: its entry is in place.
+    fn created(&mut self, reg: &mut Registry, slot: u32);
+}
+
+/// Indexes each value at once: a single [`Registry::create`].
+pub(super) struct Direct;
+
+impl Place for Direct {
+    fn value(
+        &mut self,
+        reg: &mut Registry,
+        pid: u32,
+        value: Option<ScalarRef<'_>>,
+        slot: u32,
+    ) -> u32 {
+        let index = &mut reg.props[pid as usize];
+        match value {
+            Some(v) => index.insert_ref(v, slot),
+            None => {
+                index.insert_object(slot);
+                OBJECT_NODE
+            }
+        }
+    }
+
+    fn tag(&mut self, reg: &mut Registry, tid: u32, slot: u32) {
+        index::add(&mut reg.tags[tid as usize].slots, slot);
+    }
+
+    fn created(&mut self, reg: &mut Registry, slot: u32) {
+        reg.id_order
+            .insert(&reg.slots, &[slot], &mut reg.free_slots);
+    }
+}
+
+/// Twins admitted for a bulk load whose values, tags and id-order entries wait.
+#[derive(Default)]
+pub(super) struct Stage {
+    /// By property id: the values to index, in admission order.
+    values: Vec<Vec<StagedValue>>,
+    /// The staged strings, back to back (a staged value holds its range).
+    text: String,
+    /// By tag id: the slots to add.
+    tags: Vec<Vec<u32>>,
+    /// The slots admitted, in order.
+    slots: Vec<u32>,
+    /// Emptied buffers of indexed batches, to stage the next ones in.
+    spare: Vec<Vec<StagedValue>>,
+    spare_text: Vec<String>,
+    spare_slots: Vec<Vec<u32>>,
+}
+
+impl Place for Stage {
+    fn value(
+        &mut self,
+        _: &mut Registry,
+        pid: u32,
+        value: Option<ScalarRef<'_>>,
+        slot: u32,
+    ) -> u32 {
+        let pid = pid as usize;
+        if self.values.len() <= pid {
+            self.values.resize_with(pid + 1, Vec::new);
+        }
+        // Strings are copied into one buffer: the caller's can go at once (holding a
+        // batch of twins' strings until the batch is indexed fragments the heap).
+        self.values[pid].push(StagedValue::new(value, slot, &mut self.text));
+        PENDING
+    }
+
+    fn tag(&mut self, _: &mut Registry, tid: u32, slot: u32) {
+        let tid = tid as usize;
+        if self.tags.len() <= tid {
+            self.tags.resize_with(tid + 1, Vec::new);
+        }
+        self.tags[tid].push(slot);
+    }
+
+    fn created(&mut self, _: &mut Registry, slot: u32) {
+        self.slots.push(slot);
+    }
+}
+
+/// One property's share of a batch.
+struct Job {
+    pid: u32,
+    index: PropertyIndex,
+    values: Vec<StagedValue>,
+}
+
+/// A batch's indexing work, shared by the threads doing it.
+struct Work {
+    /// The staged strings the values point into.
+    text: String,
+    /// Jobs not started, costliest last (taken first).
+    todo: Mutex<Vec<Job>>,
+    done: Mutex<Vec<Job>>,
+}
+
+impl Work {
+    fn new(mut jobs: Vec<Job>, text: String) -> Work {
+        // The properties with the most distinct values are the costliest to intern.
+        jobs.sort_by_key(|job| job.index.distinct());
+        Work {
+            text,
+            todo: Mutex::new(jobs),
+            done: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Takes and does jobs until none is left. (The locks guard a push or a pop, which
+    /// cannot leave a list half-changed, so a poisoned lock is used as it is.)
+    fn help(&self) {
+        loop {
+            let job = self.todo.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(mut job) = job else { break };
+            job.index.load(&mut job.values, &self.text);
+            self.done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(job);
+        }
+    }
+}
+
+/// A batch being indexed.
+struct InFlight {
+    work: Arc<Work>,
+    helpers: Vec<JoinHandle<()>>,
+    /// The batch's slots, in admission order.
+    slots: Vec<u32>,
+}
+
+/// A bulk load in progress: the stage being filled and the batch being indexed by other
+/// threads meanwhile. Dropping it (also while unwinding from a panic in the caller's
+/// code) finishes both, so the registry is consistent again whatever happens.
+pub(super) struct Loader<'r> {
+    reg: &'r mut Registry,
+    stage: Stage,
+    in_flight: Option<InFlight>,
+    /// By property id: whether a batch pushed value runs that need merging at the end.
+    touched: Vec<bool>,
+    threads: usize,
+}
+
+impl<'r> Loader<'r> {
+    pub(super) fn new(reg: &'r mut Registry) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Loader {
+            reg,
+            stage: Stage::default(),
+            in_flight: None,
+            touched: Vec::new(),
+            threads: cores.min(MAX_THREADS),
+        }
+    }
+
+    /// Admits one twin.
+    pub(super) fn push(&mut self, twin: crate::twin::Twin) -> Result<Slot, RegistryError> {
+        let slot = self.reg.admit(twin, &mut self.stage)?;
+        self.admitted();
+        Ok(slot)
+    }
+
+    /// The registry and the stage, to admit a device onto it (then call
+    /// [`Loader::admitted`]).
+    pub(super) fn parts(&mut self) -> (&mut Registry, &mut Stage) {
+        (self.reg, &mut self.stage)
+    }
+
+    /// A device was admitted: starts indexing the stage when it is full.
+    pub(super) fn admitted(&mut self) {
+        if self.stage.slots.len() >= BATCH {
+            self.send();
+        }
+    }
+
+    /// Finishes the batch in flight, then hands the stage to helper threads (or, on one
+    /// core, indexes it here).
+    fn send(&mut self) {
+        self.join();
+        let (jobs, text, slots) = self.reg.take_batch(&mut self.stage);
+        for job in &jobs {
+            let pid = job.pid as usize;
+            if self.touched.len() <= pid {
+                self.touched.resize(pid + 1, false);
+            }
+            self.touched[pid] = true;
+        }
+        let work = Arc::new(Work::new(jobs, text));
+        let helpers = (1..self.threads)
+            .map(|_| {
+                let work = Arc::clone(&work);
+                std::thread::spawn(move || work.help())
+            })
+            .collect();
+        self.in_flight = Some(InFlight {
+            work,
+            helpers,
+            slots,
+        });
+        if self.threads == 1 {
+            self.join();
+        }
+    }
+
+    /// Helps the batch in flight to its end, waits for the helpers and puts it back.
+    fn join(&mut self) {
+        let Some(InFlight {
+            work,
+            helpers,
+            slots,
+        }) = self.in_flight.take()
+        else {
+            return;
+        };
+        work.help();
+        let mut panicked = None;
+        for helper in helpers {
+            if let Err(panic) = helper.join() {
+                panicked = Some(panic);
+            }
+        }
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        let work = Arc::try_unwrap(work).ok().expect("every helper has ended");
+        let Work { mut text, done, .. } = work;
+        let jobs = done.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.reg.finish_batch(jobs, &slots, &mut self.stage);
+        let mut slots = slots;
+        slots.clear();
+        text.clear();
+        self.stage.spare_slots.push(slots);
+        self.stage.spare_text.push(text);
+    }
+
+    /// Indexes what is staged and merges the value orders the batches built.
+    fn finish(&mut self) {
+        if !self.stage.slots.is_empty() {
+            self.send();
+        }
+        self.join();
+        let touched = std::mem::take(&mut self.touched);
+        let Registry {
+            props,
+            id_order,
+            slots,
+            free_slots,
+            ..
+        } = &mut *self.reg;
+        let indexes: Vec<&mut PropertyIndex> = props
+            .iter_mut()
+            .zip(touched)
+            .filter_map(|(index, touched)| touched.then_some(index))
+            .collect();
+        let queue = Mutex::new(indexes);
+        let work = || {
+            loop {
+                let index = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some(index) = index else { break };
+                index.settle_order();
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..self.threads {
+                scope.spawn(work);
+            }
+            id_order.settle(slots, free_slots);
+            work();
+        });
+    }
+}
+
+impl Drop for Loader<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Registry {
+    /// Takes the stage's batch: moves out the indexes its values need (leaving
+    /// stand-ins), and adds its tags and id-order entries here and now.
+    fn take_batch(&mut self, stage: &mut Stage) -> (Vec<Job>, String, Vec<u32>) {
+        let mut jobs = Vec::new();
+        for (pid, values) in stage.values.iter_mut().enumerate() {
+            if values.is_empty() {
+                continue;
+            }
+            let stand_in = self.props[pid].stand_in();
+            let spare = stage.spare.pop().unwrap_or_default();
+            jobs.push(Job {
+                pid: pid as u32,
+                index: std::mem::replace(&mut self.props[pid], stand_in),
+                values: std::mem::replace(values, spare),
+            });
+        }
+        for (tid, slots) in stage.tags.iter_mut().enumerate() {
+            for &slot in slots.iter() {
+                index::add(&mut self.tags[tid].slots, slot);
+            }
+            slots.clear();
+        }
+        self.id_order.push_batch(&self.slots, &stage.slots);
+        let text = stage.spare_text.pop().unwrap_or_default();
+        let slots = stage.spare_slots.pop().unwrap_or_default();
+        (
+            jobs,
+            std::mem::replace(&mut stage.text, text),
+            std::mem::replace(&mut stage.slots, slots),
+        )
+    }
+
+    /// Puts an indexed batch's indexes back and fills its twins' value ids; its value
+    /// lists go to `stage` for reuse.
+    fn finish_batch(&mut self, jobs: Vec<Job>, slots: &[u32], stage: &mut Stage) {
+        // Each property's values were staged in admission order: walk the twins in that
+        // order with a cursor per property.
+        let mut by_pid: Vec<&[StagedValue]> = vec![&[]; self.props.len()];
+        for job in &jobs {
+            by_pid[job.pid as usize] = &job.values;
+        }
+        let mut cursor = vec![0usize; self.props.len()];
+        let mut next = |pid: u32| {
+            let c = &mut cursor[pid as usize];
+            *c += 1;
+            by_pid[pid as usize][*c - 1].vid()
+        };
+        for &slot in slots {
+            let entry = self.slots[slot as usize]
+                .as_mut()
+                .expect("staged twins are live");
+            for d in &mut entry.device {
+                d.vid = next(d.pid);
+            }
+            for l in &mut entry.service {
+                l.vid = next(l.pid);
+            }
+        }
+        for mut job in jobs {
+            self.props[job.pid as usize] = job.index;
+            job.values.clear();
+            stage.spare.push(job.values);
+        }
+    }
+}
