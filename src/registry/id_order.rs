@@ -33,6 +33,15 @@ fn prefix(id: &str) -> u128 {
     u128::from_be_bytes(first)
 }
 
+/// The id's bytes 16 to 19, big-endian (zero-padded): what follows [`prefix`].
+fn more(id: &str) -> u32 {
+    let mut next = [0u8; 4];
+    let rest = id.as_bytes().get(16..).unwrap_or_default();
+    let n = rest.len().min(4);
+    next[..n].copy_from_slice(&rest[..n]);
+    u32::from_be_bytes(next)
+}
+
 /// Slots ordered by their devices' ids; a slot without a live entry is a removal still
 /// in the order (its id kept in `removed`), no longer wanted.
 #[derive(Clone, Copy)]
@@ -53,8 +62,10 @@ impl<'a> ById<'a> {
     }
 
     fn key(self, slot: u32) -> SortKey<u128> {
+        let id = self.id(slot).as_str();
         SortKey {
-            prefix: prefix(self.id(slot).as_str()),
+            prefix: prefix(id),
+            more: more(id),
             id: slot,
         }
     }
@@ -163,6 +174,7 @@ impl IdOrder {
                 let o = k
                     .prefix
                     .cmp(&prefix(s))
+                    .then(k.more.cmp(&more(s)))
                     .then_with(|| by.id(k.id).as_str().cmp(s));
                 o == Ordering::Less || (o == Ordering::Equal && matches!(start, Bound::Excluded(_)))
             }

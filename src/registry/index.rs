@@ -326,12 +326,12 @@ pub(crate) fn same_repr(a: &Scalar, b: &Scalar) -> bool {
     a == b && float_flag(a) == float_flag(b)
 }
 
-/// An order-preserving 64-bit prefix of a value: `a < b` implies `prefix(a) <= prefix(b)`
-/// and equal values have equal prefixes. Two bits of type rank (booleans, numbers,
-/// strings: [`Scalar`]'s order), then the value: a number's order-preserving `f64` bits,
-/// a string's first 7 bytes.
-pub(crate) fn sort_prefix(v: &Scalar) -> u64 {
-    match v {
+/// An order-preserving 96-bit prefix of a value, as 64 bits and 32 more: `a < b`
+/// implies `prefix(a) <= prefix(b)` and equal values have equal prefixes. Two bits of
+/// type rank (booleans, numbers, strings: [`Scalar`]'s order), then the value: a number's
+/// order-preserving `f64` bits, a string's first 11 bytes.
+pub(crate) fn sort_prefix(v: &Scalar) -> (u64, u32) {
+    let first = match v {
         Scalar::Bool(b) => u64::from(*b),
         Scalar::Number(n) => {
             // -0.0 == 0.0 in Scalar order: one prefix for both.
@@ -350,7 +350,23 @@ pub(crate) fn sort_prefix(v: &Scalar) -> u64 {
             first[1..=n].copy_from_slice(&s.as_bytes()[..n]);
             (2 << 62) | (u64::from_be_bytes(first) << 6)
         }
-    }
+    };
+    let more = match v {
+        Scalar::String(s) if s.len() > 7 => {
+            let mut next = [0u8; 4];
+            let n = (s.len() - 7).min(4);
+            next[..n].copy_from_slice(&s.as_bytes()[7..7 + n]);
+            u32::from_be_bytes(next)
+        }
+        _ => 0,
+    };
+    (first, more)
+}
+
+/// `id`'s entry in the value order.
+fn sort_key(v: &Scalar, id: u32) -> SortKey {
+    let (prefix, more) = sort_prefix(v);
+    SortKey { prefix, more, id }
 }
 
 /// A property's value ids ordered by their values; the ids without slots are dead.
@@ -669,19 +685,13 @@ impl PropertyIndex {
 
     fn sort_keys(&self, ids: Vec<u32>) -> Vec<SortKey> {
         ids.into_iter()
-            .map(|id| SortKey {
-                prefix: sort_prefix(&self.values[id as usize].value),
-                id,
-            })
+            .map(|id| sort_key(&self.values[id as usize].value, id))
             .collect()
     }
 
     fn order_id(&mut self, id: u32) {
         let by = ByValue(&self.values);
-        let key = SortKey {
-            prefix: sort_prefix(&self.values[id as usize].value),
-            id,
-        };
+        let key = sort_key(&self.values[id as usize].value, id);
         let mut dropped = Vec::new();
         self.order.insert(key, &by, &mut dropped);
         self.release(dropped);
@@ -764,7 +774,9 @@ impl PropertyIndex {
     ) -> impl DoubleEndedIterator<Item = u32> + use<'a> {
         let values = &self.values;
         // `k < v` and `k <= v`, deciding on the prefix when it differs.
-        let below = |k: SortKey, v: &Scalar, p: u64, or_equal: bool| match k.prefix.cmp(&p) {
+        let below = |k: SortKey, v: &Scalar, p: (u64, u32), or_equal: bool| match (k.prefix, k.more)
+            .cmp(&p)
+        {
             std::cmp::Ordering::Less => true,
             std::cmp::Ordering::Greater => false,
             std::cmp::Ordering::Equal => {
@@ -962,6 +974,12 @@ mod tests {
             Scalar::from("abcdefg"),
             Scalar::from("abcdefgh"),
             Scalar::from("abcdefgi"),
+            Scalar::from("abcdefgh\0"),
+            Scalar::from("abcdefghijk"),
+            Scalar::from("abcdefghijkl"),
+            Scalar::from("abcdefghijl"),
+            Scalar::from("2016-04-29"),
+            Scalar::from("2016-04-30"),
             Scalar::from("\u{ff}"),
         ];
         vals.sort();

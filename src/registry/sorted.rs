@@ -4,8 +4,9 @@
 //! Range lookups need the values in order; a balanced tree keyed by the values costs a
 //! cache miss per comparison (the keys are shared strings on the heap) and about 1.5 µs
 //! per insert at a million unique values, which alone would break the bulk-load target.
-//! Here each entry is 16 bytes: an order-preserving 64-bit prefix of its value and the
-//! value id. Comparisons decide on the prefix and read the value only on a tie.
+//! Here each entry is 16 bytes: an order-preserving 96-bit prefix of its value (64 bits,
+//! then 32 more) and the value id. Comparisons decide on the prefix and read the value
+//! only on a tie.
 //!
 //! New ids go into the newest (smallest) run; a batch arrives as one sorted run. The
 //! runs are merged whenever the newest is more than a quarter of the one before it, so
@@ -20,6 +21,10 @@ use std::cmp::Ordering;
 pub(crate) struct SortKey<P = u64> {
     /// Order-preserving: `a < b` implies `prefix(a) <= prefix(b)`, `a == b` equal prefixes.
     pub(crate) prefix: P,
+    /// What follows `prefix` in the value's order (0 where nothing does), compared after
+    /// it: it settles most of `prefix`'s ties (strings sharing a start: dates, serial
+    /// numbers, versions) without reading the values. It fills what would be padding.
+    pub(crate) more: u32,
     pub(crate) id: u32,
 }
 
@@ -49,7 +54,10 @@ pub(crate) trait RunOrder {
 
 /// Compares two entries: prefix first, then the ids' values.
 fn order<P: Ord>(a: SortKey<P>, b: SortKey<P>, by: &impl RunOrder) -> Ordering {
-    a.prefix.cmp(&b.prefix).then_with(|| by.cmp(a.id, b.id))
+    a.prefix
+        .cmp(&b.prefix)
+        .then(a.more.cmp(&b.more))
+        .then_with(|| by.cmp(a.id, b.id))
 }
 
 impl<P: Ord + Copy> SortedRuns<P> {
@@ -302,7 +310,7 @@ mod tests {
         ) {
             // id = value; prefix = value / 64 (ties resolved by cmp).
             let by = Plain { dead_mod };
-            let key = |v: u32| SortKey { prefix: u64::from(v / 64), id: v };
+            let key = |v: u32| SortKey { prefix: u64::from(v / 64), more: 0, id: v };
             let mut runs = SortedRuns::default();
             let mut all = BTreeSet::new();
             let mut dropped = Vec::new();
@@ -340,13 +348,25 @@ mod tests {
         runs.insert_batch(
             (0..100)
                 .step_by(2)
-                .map(|v| SortKey { prefix: 0, id: v })
+                .map(|v| SortKey {
+                    prefix: 0,
+                    more: 0,
+                    id: v,
+                })
                 .collect(),
             &by,
             &mut dropped,
         );
         for v in (1..100).step_by(2) {
-            runs.insert(SortKey { prefix: 0, id: v }, &by, &mut dropped);
+            runs.insert(
+                SortKey {
+                    prefix: 0,
+                    more: 0,
+                    id: v,
+                },
+                &by,
+                &mut dropped,
+            );
         }
         let mut it = runs.range(|_| false, |_| true, by);
         let mut seen = Vec::new();
