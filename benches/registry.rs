@@ -4,11 +4,13 @@
 //!
 //! What is measured:
 //! - Bulk load of the whole fleet (printed, one run each), two ways:
+//!   - *rows*: the fleet as a flat table of borrowed rows (`corpus::Rows`: the way a
+//!     loader holds a parsed file; built untimed), fed to one `BulkLoad`. This runs
+//!     first, on a fresh heap, as at a service's start; its registry is the one the
+//!     memory figure and the later benches use;
 //!   - *twins, streamed*: `Registry::load` over the lazy generator of owned twins, minus
 //!     the time the same generator takes alone (measured just before, in the same
-//!     process);
-//!   - *rows*: the fleet as a flat table of borrowed rows (`corpus::Rows`: the way a
-//!     loader holds a parsed file; built untimed), fed to one `BulkLoad`.
+//!     process).
 //!
 //!   Wall clock and the CPU time of all the process's threads (the load indexes on
 //!   helper threads). Target < 2 s for 1M.
@@ -23,7 +25,7 @@
 //!   lookup and the twin's fixed fields). Target p50 < 1 us (criterion's median).
 //! - `registry/get_by_id`: a borrowed view by device id, reading one property through
 //!   it, on the full fleet. Target p50 < 1 us (criterion's median).
-//! - Memory (printed): resident memory before and after loading the fleet, and the same
+//! - Memory (printed): resident memory before and after loading the fleet (as rows), and the same
 //!   fleet estimated as one `serde_json::Value` per twin (measured on a 10,000-twin
 //!   sample and scaled), with the ratio. Target <= 1 GiB for 1M twins.
 //!
@@ -44,20 +46,44 @@ use twinhub::{Scalar, Timestamp};
 const LOAD_CHUNK: usize = 100_000;
 
 fn print_memory(n: usize) -> Registry {
-    // Memory: load straight from the lazy generator, so no batch of owned twins sits in
-    // the heap (and in the resident set) while the registry grows.
+    // Rows first, while the heap is fresh (as at a service's start): a load into a heap
+    // that an earlier load and its freed twins left behind runs slower. The rows table is
+    // built untimed and resident before the load, so the load's growth is the registry.
+    let rows = corpus::rows(n);
+    let before = corpus::resident_bytes();
+    let mut reg = Registry::with_feed_capacity(1 << 16);
+    let (t, cpu0) = (Instant::now(), corpus::process_cpu_seconds());
+    let mut bulk = reg.bulk_load();
+    rows.add_to(&mut bulk);
+    let loaded = bulk.finish();
+    let (wall, cpu) = (t.elapsed(), corpus::process_cpu_seconds() - cpu0);
+    let after = corpus::resident_bytes();
+    assert_eq!(loaded, n);
+    let registry_bytes = after.saturating_sub(before);
+    drop(rows);
+    eprintln!(
+        "registry bulk load, rows: {n} twins in {wall:.2?} wall, {cpu:.2} s CPU ({:.0} twins/s)",
+        n as f64 / wall.as_secs_f64()
+    );
+
+    // Owned twins streamed from the lazy generator, minus the generator alone.
     let (t, cpu0) = (Instant::now(), corpus::process_cpu_seconds());
     for twin in corpus::twins(n) {
         black_box(twin);
     }
     let (wall_gen, cpu_gen) = (t.elapsed(), corpus::process_cpu_seconds() - cpu0);
-    let before = corpus::resident_bytes();
-    let mut reg = Registry::with_feed_capacity(1 << 16);
+    let mut streamed = Registry::with_feed_capacity(1 << 16);
     let (t, cpu0) = (Instant::now(), corpus::process_cpu_seconds());
-    reg.load(corpus::twins(n)).unwrap();
+    streamed.load(corpus::twins(n)).unwrap();
     let (wall_all, cpu_all) = (t.elapsed(), corpus::process_cpu_seconds() - cpu0);
-    let after = corpus::resident_bytes();
-    let registry_bytes = after.saturating_sub(before);
+    drop(streamed);
+    let cpu_streamed = (cpu_all - cpu_gen).max(0.01);
+    eprintln!(
+        "registry bulk load, twins streamed: {n} twins in {:.2?} wall, {cpu_streamed:.2} s CPU \
+         = generation and load {wall_all:.2?} ({cpu_all:.2} s CPU) - generation alone \
+         {wall_gen:.2?} ({cpu_gen:.2} s CPU)",
+        wall_all.saturating_sub(wall_gen),
+    );
 
     // The same twins as serde_json::Value, on a sample, scaled to the fleet.
     let sample = n.min(10_000);
@@ -90,27 +116,6 @@ fn print_memory(n: usize) -> Registry {
         mib(value_total),
         value_total / registry_bytes.max(1) as f64
     );
-    let cpu_streamed = (cpu_all - cpu_gen).max(0.01);
-    eprintln!(
-        "registry bulk load, twins streamed: {n} twins in {:.2?} wall, {cpu_streamed:.2} s CPU \
-         = generation and load {wall_all:.2?} ({cpu_all:.2} s CPU) - generation alone \
-         {wall_gen:.2?} ({cpu_gen:.2} s CPU)",
-        wall_all.saturating_sub(wall_gen),
-    );
-    // Time: the fleet as borrowed rows, built untimed, into a second registry.
-    let rows = corpus::rows(n);
-    let mut timed = Registry::with_feed_capacity(1 << 16);
-    let (t, cpu0) = (Instant::now(), corpus::process_cpu_seconds());
-    let mut bulk = timed.bulk_load();
-    rows.add_to(&mut bulk);
-    let loaded = bulk.finish();
-    let (wall, cpu) = (t.elapsed(), corpus::process_cpu_seconds() - cpu0);
-    assert_eq!(loaded, n);
-    eprintln!(
-        "registry bulk load, rows: {n} twins in {wall:.2?} wall, {cpu:.2} s CPU ({:.0} twins/s)",
-        n as f64 / wall.as_secs_f64()
-    );
-    drop((rows, timed));
     let fw = reg
         .property_id(twinhub::twin::PropertyKind::Device, "FirmwareVersion")
         .unwrap();

@@ -2,7 +2,7 @@
 //! each one the registry must still agree with a full scan (`validate()`), a successful
 //! write must be visible to the next read, and a failed one must change nothing.
 
-use crate::registry::Registry;
+use crate::registry::{NewDevice, Registry};
 use crate::twin::{ConnectionState, DeviceStatus, Etag, Scalar, ServiceValue, Twin};
 use crate::{DeviceId, Timestamp};
 use std::collections::BTreeMap;
@@ -98,23 +98,56 @@ pub fn registry_ops(data: &[u8]) {
             .map(|t| serde_json::to_string(&t).unwrap_or_default());
         let ok = match op % 14 {
             0 | 1 => {
+                let device: Vec<(&str, Scalar)> = (0..input.byte() % 4)
+                    .map(|_| {
+                        let v = input.scalar();
+                        (input.pick(DEVICE_NAMES), v)
+                    })
+                    .collect();
+                let service: Vec<(&str, ServiceValue)> = (0..input.byte() % 3)
+                    .map(|_| {
+                        let v = input.service_value(0);
+                        (input.pick(SERVICE_NAMES), v)
+                    })
+                    .collect();
+                let tags = input.tags();
                 let mut t = Twin::new(DeviceId::new(id).expect("fixed ids are valid"));
-                for _ in 0..input.byte() % 4 {
-                    let v = input.scalar();
-                    t = t.with_device_property(input.pick(DEVICE_NAMES), v, at);
+                for (name, v) in &device {
+                    t = t.with_device_property(*name, v.clone(), at);
                 }
-                for _ in 0..input.byte() % 3 {
-                    let v = input.service_value(0);
-                    t = t.with_service_property(input.pick(SERVICE_NAMES), v);
+                for (name, v) in &service {
+                    t = t.with_service_property(*name, v.clone());
                 }
-                for tag in input.tags() {
-                    t = t.with_tag(tag);
+                for tag in &tags {
+                    t = t.with_tag(*tag);
                 }
-                // Op 1 goes through the bulk-load path (postings deferred to a batch).
-                if op % 14 == 0 {
-                    reg.create(t).is_ok()
-                } else {
-                    reg.load([t]).is_ok()
+                // Op 1 goes through a bulk load: of the twin, or of the lists as a
+                // borrowed row (repeated names kept; object values left out).
+                match (op % 14, input.byte() % 2) {
+                    (0, _) => reg.create(t).is_ok(),
+                    (_, 0) => reg.load([t]).is_ok(),
+                    _ => {
+                        let device: Vec<_> =
+                            device.iter().map(|(n, v)| (*n, v.borrowed(), at)).collect();
+                        let service: Vec<_> = service
+                            .iter()
+                            .filter_map(|(n, v)| match v {
+                                ServiceValue::Scalar(s) => Some((*n, s.borrowed())),
+                                ServiceValue::Object(_) => None,
+                            })
+                            .collect();
+                        let mut bulk = reg.bulk_load();
+                        let ok = bulk
+                            .add(&NewDevice {
+                                device_properties: &device,
+                                service_properties: &service,
+                                tags: &tags,
+                                ..NewDevice::new(id)
+                            })
+                            .is_ok();
+                        assert_eq!(bulk.finish(), usize::from(ok));
+                        ok
+                    }
                 }
             }
             2 => reg.remove(id).is_ok(),

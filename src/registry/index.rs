@@ -610,7 +610,7 @@ impl PropertyIndex {
     }
 
     /// Indexes a bulk load's staged values (see [`StagedValue`]): interns them all, then
-    /// adds their slots, then puts the new values in order with one sort. One property's
+    /// adds their slots, then puts the new values in order as one sorted run. One property's
     /// work touches only its own structures, so loads run properties on several threads.
     pub(crate) fn load(&mut self, staged: &mut [StagedValue], text: &str) {
         // All hashes first: each lookup below then depends only on its own bucket, so
@@ -671,16 +671,15 @@ impl PropertyIndex {
             }
         }
         if !new_ids.is_empty() {
+            // Merged as they come (on the indexing thread): the memory each merge frees
+            // is taken again by the rest of the load, where one merge at the end would
+            // leave it all unused.
             let keys = self.sort_keys(new_ids);
-            self.order.push_run(keys, &ByValue(&self.values));
+            let mut dropped = Vec::new();
+            self.order
+                .insert_batch(keys, &ByValue(&self.values), &mut dropped);
+            self.release(dropped);
         }
-    }
-
-    /// Merges the order runs bulk loads pushed (see [`SortedRuns::push_run`]).
-    pub(crate) fn settle_order(&mut self) {
-        let mut dropped = Vec::new();
-        self.order.settle_all(&ByValue(&self.values), &mut dropped);
-        self.release(dropped);
     }
 
     fn sort_keys(&self, ids: Vec<u32>) -> Vec<SortKey> {

@@ -178,8 +178,6 @@ pub(super) struct Loader<'r> {
     reg: &'r mut Registry,
     stage: Stage,
     in_flight: Option<InFlight>,
-    /// By property id: whether a batch pushed value runs that need merging at the end.
-    touched: Vec<bool>,
     threads: usize,
 }
 
@@ -190,7 +188,6 @@ impl<'r> Loader<'r> {
             reg,
             stage: Stage::default(),
             in_flight: None,
-            touched: Vec::new(),
             threads: cores.min(MAX_THREADS),
         }
     }
@@ -220,13 +217,6 @@ impl<'r> Loader<'r> {
     fn send(&mut self) {
         self.join();
         let (jobs, text, slots) = self.reg.take_batch(&mut self.stage);
-        for job in &jobs {
-            let pid = job.pid as usize;
-            if self.touched.len() <= pid {
-                self.touched.resize(pid + 1, false);
-            }
-            self.touched[pid] = true;
-        }
         let work = Arc::new(Work::new(jobs, text));
         let helpers = (1..self.threads)
             .map(|_| {
@@ -275,40 +265,14 @@ impl<'r> Loader<'r> {
         self.stage.spare_text.push(text);
     }
 
-    /// Indexes what is staged and merges the value orders the batches built.
+    /// Indexes what is staged and merges the id order's runs (one a batch).
     fn finish(&mut self) {
         if !self.stage.slots.is_empty() {
             self.send();
         }
         self.join();
-        let touched = std::mem::take(&mut self.touched);
-        let Registry {
-            props,
-            id_order,
-            slots,
-            free_slots,
-            ..
-        } = &mut *self.reg;
-        let indexes: Vec<&mut PropertyIndex> = props
-            .iter_mut()
-            .zip(touched)
-            .filter_map(|(index, touched)| touched.then_some(index))
-            .collect();
-        let queue = Mutex::new(indexes);
-        let work = || {
-            loop {
-                let index = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let Some(index) = index else { break };
-                index.settle_order();
-            }
-        };
-        std::thread::scope(|scope| {
-            for _ in 1..self.threads {
-                scope.spawn(work);
-            }
-            id_order.settle(slots, free_slots);
-            work();
-        });
+        let reg = &mut *self.reg;
+        reg.id_order.settle(&reg.slots, &mut reg.free_slots);
     }
 }
 

@@ -23,6 +23,11 @@
 //! time, and a reader never sees a half-applied write because a write holds the lock for
 //! its whole duration.
 //!
+//! **Bulk loads.** [`Registry::load`] (owned twins) and [`Registry::bulk_load`] (owned
+//! twins or borrowed rows, [`NewDevice`]) admit devices on the calling thread and index
+//! them, a batch at a time, on up to three helper threads meanwhile; every helper has
+//! ended when the load ends. See [`BulkLoad`].
+//!
 //! **Storage.** A twin is stored as its fixed fields plus three small sorted vectors
 //! (device properties as `(property id, value id, lastUpdatedTime)`, service leaves as
 //! `(property id, value id)`, tag ids). Each distinct value is stored once, in its

@@ -96,19 +96,25 @@ impl<P: Ord + Copy> SortedRuns<P> {
     }
 
     /// Adds a batch of entries (any order) as one run, without merging: a bulk load
-    /// pushes a run a batch and merges them all once, with [`SortedRuns::settle_all`].
+    /// pushes the id order's runs so, a batch at a time, and merges them all once at its
+    /// end, with [`SortedRuns::settle_all`].
     pub(crate) fn push_run(&mut self, mut keys: Vec<SortKey<P>>, by: &impl RunOrder) {
         keys.sort_unstable_by(|a, b| order(*a, *b, by));
         self.runs.push(keys);
     }
 
-    /// Merges every run after the first into one (a stable sort finds them as natural
-    /// runs and merges them), then settles as usual.
+    /// Merges the runs into one when there are more than two (a bulk load's batches):
+    /// moved into one vector, each run freed as soon as it is moved, then sorted in
+    /// place, so the merge needs little more memory than the entries themselves.
     pub(crate) fn settle_all(&mut self, by: &impl RunOrder, dropped: &mut Vec<u32>) {
         if self.runs.len() > 2 {
-            let mut rest: Vec<SortKey<P>> = self.runs.drain(1..).flatten().collect();
-            rest.sort_by(|a, b| order(*a, *b, by));
-            self.runs.push(rest);
+            let total = self.runs.iter().map(Vec::len).sum();
+            let mut all = Vec::with_capacity(total);
+            for run in self.runs.drain(..) {
+                all.extend(run);
+            }
+            all.sort_unstable_by(|a, b| order(*a, *b, by));
+            self.runs.push(all);
         }
         self.settle(by, dropped);
     }
