@@ -19,6 +19,9 @@ use std::thread::JoinHandle;
 /// small enough that its staged values (32 bytes each) stay in the last-level cache.
 const BATCH: usize = 8192;
 
+/// Batches smaller than this are indexed on the calling thread alone.
+const PARALLEL_MIN: usize = 1024;
+
 /// At most this many threads index one batch.
 const MAX_THREADS: usize = 4;
 
@@ -218,7 +221,13 @@ impl<'r> Loader<'r> {
         self.join();
         let (jobs, text, slots) = self.reg.take_batch(&mut self.stage);
         let work = Arc::new(Work::new(jobs, text));
-        let helpers = (1..self.threads)
+        // A small batch (a load's last, or a small load) is not worth a thread.
+        let threads = if slots.len() >= PARALLEL_MIN {
+            self.threads
+        } else {
+            1
+        };
+        let helpers = (1..threads)
             .map(|_| {
                 let work = Arc::clone(&work);
                 std::thread::spawn(move || work.help())
@@ -229,7 +238,7 @@ impl<'r> Loader<'r> {
             helpers,
             slots,
         });
-        if self.threads == 1 {
+        if threads == 1 {
             self.join();
         }
     }
