@@ -274,14 +274,15 @@ impl<'r> Loader<'r> {
         self.stage.spare_text.push(text);
     }
 
-    /// Indexes what is staged and merges the id order's runs (one a batch).
+    /// Indexes what is staged and merges the id order's runs (one a batch), the latter
+    /// while helpers index the last batch (they touch neither the order nor the entries).
     fn finish(&mut self) {
         if !self.stage.slots.is_empty() {
             self.send();
         }
-        self.join();
         let reg = &mut *self.reg;
         reg.id_order.settle(&reg.slots, &mut reg.free_slots);
+        self.join();
     }
 }
 
