@@ -201,6 +201,11 @@ fn tags_of(ix: &[usize]) -> Vec<&'static str> {
 
 /// The twin a `Create` op describes (also each of a `Load`'s).
 fn twin_of(op: &Op) -> Twin {
+    twin_with(op, true)
+}
+
+/// [`twin_of`], leaving out object service values unless `objects`.
+fn twin_with(op: &Op, objects: bool) -> Twin {
     let Op::Create {
         id,
         props,
@@ -216,7 +221,9 @@ fn twin_of(op: &Op) -> Twin {
         t = t.with_device_property(DEVICE_NAMES[*n], v.clone(), ts(0));
     }
     for (n, v) in service {
-        t = t.with_service_property(SERVICE_NAMES[*n], v.clone());
+        if objects || matches!(v, ServiceValue::Scalar(_)) {
+            t = t.with_service_property(SERVICE_NAMES[*n], v.clone());
+        }
     }
     for &i in tags {
         t = t.with_tag(TAGS[i]);
@@ -269,17 +276,7 @@ fn add_row(
     };
     let got = bulk.add(&row).map(|_| ());
     let repeats = |names: Vec<&str>| names.iter().collect::<BTreeSet<_>>().len() < names.len();
-    let mut t = Twin::new(DeviceId::new(IDS[*id]).unwrap());
-    for &(n, v, at) in &device {
-        t = t.with_device_property(n, v.to_scalar(), at);
-    }
-    for &(n, v) in &service {
-        t = t.with_service_property(n, v.to_scalar());
-    }
-    for tag in &tags {
-        t = t.with_tag(*tag);
-    }
-    t.connection_state = row.connection_state;
+    let t = twin_with(op, false);
     let exists = model.twins.contains_key(IDS[*id]);
     if !exists
         && (repeats(device.iter().map(|d| d.0).collect())
