@@ -227,10 +227,14 @@ impl<'r> Loader<'r> {
         } else {
             1
         };
+        // A helper the system refuses is done without: this thread does its share.
         let helpers = (1..threads)
-            .map(|_| {
+            .filter_map(|_| {
                 let work = Arc::clone(&work);
-                std::thread::spawn(move || work.help())
+                std::thread::Builder::new()
+                    .name("twinhub-load".into())
+                    .spawn(move || work.help())
+                    .ok()
             })
             .collect();
         self.in_flight = Some(InFlight {
