@@ -2,12 +2,12 @@
 //! [`Registry::create`]) or onto a bulk load's [`Stage`].
 //!
 //! A bulk load is a pipeline of batches. The calling thread admits twins (validates
-//! them, gives them slots and entries) onto a stage; a full stage becomes a [`Batch`]:
-//! the property indexes its values need are moved out of the registry (a stand-in with
-//! the same name stays behind, which is all admission reads) and indexed on another
-//! thread, property by property, while the calling thread admits the next batch. When
-//! that one is full the first is joined, its indexes moved back and its twins' value ids
-//! filled in.
+//! them, gives them slots and entries) onto a stage. A full stage becomes [`Work`]: the
+//! property indexes its values need are moved out of the registry (a stand-in with the
+//! same name stays behind, which is all admission reads) and helper threads index them,
+//! one job a property, while the calling thread admits the next batch. When that one is
+//! full, the calling thread joins in on what is left of the first, waits for the helpers,
+//! moves the indexes back and fills the first batch's value ids into its twins.
 
 use super::index::{self, OBJECT_NODE, PropertyIndex, StagedValue};
 use super::{Registry, RegistryError, Slot};
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// Twins per batch: large enough that a batch's work dwarfs handing it to a thread,
-/// small enough that its staged values (32 bytes each) stay in the last-level cache.
+/// small enough that its staged values (16 bytes each) stay in the last-level cache.
 const BATCH: usize = 8192;
 
 /// Batches smaller than this are indexed on the calling thread alone.
