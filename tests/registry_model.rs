@@ -68,20 +68,24 @@ fn etag_choice() -> impl Strategy<Value = EtagChoice> {
     ]
 }
 
+/// A new device, by index into the name tables.
+#[derive(Clone, Debug)]
+struct Create {
+    id: usize,
+    props: Vec<(usize, Scalar)>,
+    service: Vec<(usize, ServiceValue)>,
+    tags: Vec<usize>,
+    connected: bool,
+}
+
 #[derive(Clone, Debug)]
 enum Op {
-    Create {
-        id: usize,
-        props: Vec<(usize, Scalar)>,
-        service: Vec<(usize, ServiceValue)>,
-        tags: Vec<usize>,
-        connected: bool,
-    },
-    /// `Registry::load` of several `Create`s (the batched path).
-    Load(Vec<Op>),
-    /// A `BulkLoad` of several `Create`s as borrowed rows (scalar service properties
+    Create(Create),
+    /// `Registry::load` of several creates (the batched path).
+    Load(Vec<Create>),
+    /// A `BulkLoad` of several creates as borrowed rows (scalar service properties
     /// only; repeated names kept, so some rows are rejected and the load goes on).
-    BulkRows(Vec<Op>),
+    BulkRows(Vec<Create>),
     Remove(usize),
     Report(usize, usize, Scalar, u64),
     RemoveDeviceProperty(usize, usize),
@@ -97,7 +101,7 @@ enum Op {
     LastActivity(usize, u64),
 }
 
-fn create_op() -> impl Strategy<Value = Op> {
+fn create() -> impl Strategy<Value = Create> {
     let tags = proptest::collection::vec(0..TAGS.len(), 0..3);
     let service = proptest::collection::vec((0..SERVICE_NAMES.len(), service_value()), 0..3);
     (
@@ -107,7 +111,7 @@ fn create_op() -> impl Strategy<Value = Op> {
         tags,
         any::<bool>(),
     )
-        .prop_map(|(id, props, service, tags, connected)| Op::Create {
+        .prop_map(|(id, props, service, tags, connected)| Create {
             id,
             props,
             service,
@@ -121,9 +125,9 @@ fn op() -> impl Strategy<Value = Op> {
     let tags = proptest::collection::vec(0..TAGS.len(), 0..3);
     let service = proptest::collection::vec((0..SERVICE_NAMES.len(), service_value()), 0..3);
     prop_oneof![
-        4 => create_op(),
-        1 => proptest::collection::vec(create_op(), 0..6).prop_map(Op::Load),
-        1 => proptest::collection::vec(create_op(), 0..6).prop_map(Op::BulkRows),
+        4 => create().prop_map(Op::Create),
+        1 => proptest::collection::vec(create(), 0..6).prop_map(Op::Load),
+        1 => proptest::collection::vec(create(), 0..6).prop_map(Op::BulkRows),
         1 => id.clone().prop_map(Op::Remove),
         6 => (id.clone(), 0..DEVICE_NAMES.len(), scalar(), 0u64..5)
             .prop_map(|(i, n, v, t)| Op::Report(i, n, v, t)),
@@ -199,23 +203,20 @@ fn tags_of(ix: &[usize]) -> Vec<&'static str> {
     ix.iter().map(|&i| TAGS[i]).collect()
 }
 
-/// The twin a `Create` op describes (also each of a `Load`'s).
-fn twin_of(op: &Op) -> Twin {
-    twin_with(op, true)
+/// The twin a create describes.
+fn twin_of(c: &Create) -> Twin {
+    twin_with(c, true)
 }
 
 /// [`twin_of`], leaving out object service values unless `objects`.
-fn twin_with(op: &Op, objects: bool) -> Twin {
-    let Op::Create {
+fn twin_with(c: &Create, objects: bool) -> Twin {
+    let Create {
         id,
         props,
         service,
         tags,
         connected,
-    } = op
-    else {
-        unreachable!("loads hold creates only")
-    };
+    } = c;
     let mut t = Twin::new(DeviceId::new(IDS[*id]).unwrap());
     for (n, v) in props {
         t = t.with_device_property(DEVICE_NAMES[*n], v.clone(), ts(0));
@@ -234,37 +235,29 @@ fn twin_with(op: &Op, objects: bool) -> Twin {
     t
 }
 
-/// `BulkLoad::add` of a `Create` op as a borrowed row; checks the outcome against the
+/// `BulkLoad::add` of a create as a borrowed row; checks the outcome against the
 /// model's prediction (a repeated name is invalid; otherwise as creating the twin).
 fn add_row(
     bulk: &mut twinhub::registry::BulkLoad<'_>,
     model: &mut Model,
-    op: &Op,
+    c: &Create,
 ) -> Result<bool, TestCaseError> {
-    let Op::Create {
-        id,
-        props,
-        service,
-        tags,
-        connected,
-    } = op
-    else {
-        unreachable!("loads hold creates only")
-    };
-    let device: Vec<(&str, ScalarRef<'_>, Timestamp)> = props
+    let device: Vec<(&str, ScalarRef<'_>, Timestamp)> = c
+        .props
         .iter()
         .map(|(n, v)| (DEVICE_NAMES[*n], v.borrowed(), ts(0)))
         .collect();
-    let service: Vec<(&str, ScalarRef<'_>)> = service
+    let service: Vec<(&str, ScalarRef<'_>)> = c
+        .service
         .iter()
         .filter_map(|(n, v)| match v {
             ServiceValue::Scalar(s) => Some((SERVICE_NAMES[*n], s.borrowed())),
             ServiceValue::Object(_) => None,
         })
         .collect();
-    let tags: Vec<&str> = tags.iter().map(|&i| TAGS[i]).collect();
+    let tags: Vec<&str> = c.tags.iter().map(|&i| TAGS[i]).collect();
     let row = NewDevice {
-        connection_state: if *connected {
+        connection_state: if c.connected {
             ConnectionState::Connected
         } else {
             ConnectionState::Disconnected
@@ -272,12 +265,12 @@ fn add_row(
         device_properties: &device,
         service_properties: &service,
         tags: &tags,
-        ..NewDevice::new(IDS[*id])
+        ..NewDevice::new(IDS[c.id])
     };
     let got = bulk.add(&row).map(|_| ());
     let repeats = |names: Vec<&str>| names.iter().collect::<BTreeSet<_>>().len() < names.len();
-    let t = twin_with(op, false);
-    let exists = model.twins.contains_key(IDS[*id]);
+    let t = twin_with(c, false);
+    let exists = model.twins.contains_key(IDS[c.id]);
     if !exists
         && (repeats(device.iter().map(|d| d.0).collect())
             || repeats(service.iter().map(|s| s.0).collect()))
@@ -347,8 +340,8 @@ fn apply(reg: &mut Registry, model: &mut Model, op: &Op) -> Result<(), TestCaseE
             }
             prop_assert_eq!(bulk.finish(), added);
         }
-        Op::Create { .. } => {
-            let t = twin_of(op);
+        Op::Create(c) => {
+            let t = twin_of(c);
             let got = reg.create(t.clone()).map(|_| ());
             prop_assert_eq!(got, model_create(model, t));
         }

@@ -915,14 +915,7 @@ impl Registry {
 
     fn insert_leaf(&mut self, slot: u32, name: &str, value: Option<&Scalar>) -> ServiceLeaf {
         let pid = self.intern_property(PropertyKind::Service, name);
-        let index = &mut self.props[pid as usize];
-        let vid = match value {
-            Some(v) => index.insert(v, slot),
-            None => {
-                index.insert_object(slot);
-                OBJECT_NODE
-            }
-        };
+        let vid = Direct.value(self, pid, value.map(Scalar::borrowed), slot);
         ServiceLeaf { pid, vid }
     }
 
