@@ -398,6 +398,7 @@ impl Rows {
         let mut sp = Vec::new();
         let mut tags = Vec::new();
         let mut at = 0;
+        bulk.reserve(self.rows.len());
         for r in &self.rows {
             let [nd, ns, nt] = r.counts.map(usize::from);
             let cells = &self.cells[at..at + nd + ns + nt];

@@ -1,7 +1,7 @@
 //! Bulk loading: many new devices at once, from owned twins or from borrowed rows.
 
 use super::load::{Loader, Place};
-use super::{DeviceValue, Extra, NewFields, Registry, RegistryError, ServiceLeaf, Slot, truncated};
+use super::{Extra, NewFields, Registry, RegistryError, Slot, truncated};
 use crate::twin::{
     ConnectionState, DevicePropertyName, DeviceStatus, MAX_DEVICE_PROPERTIES, MAX_FIELD_LEN,
     MAX_SERVICE_PROPERTIES, MAX_TAGS, PropertyKind, ScalarRef, Twin, TwinError,
@@ -322,29 +322,32 @@ impl BulkLoad<'_> {
             },
         };
         let slot = reg.admit_with(fields, stage, |reg, place, slot| {
-            let mut values = Vec::with_capacity(device.device_properties.len());
             for (&pid, &(_, value, ts)) in device_pids.iter().zip(device.device_properties) {
-                let vid = place.value(reg, pid, Some(value), slot);
-                values.push(DeviceValue { pid, vid, ts });
+                place.device(reg, pid, value, ts, slot);
             }
-            values.sort_unstable_by_key(|d| d.pid);
-            let mut leaves = Vec::with_capacity(device.service_properties.len());
             for (&pid, &(_, value)) in service_pids.iter().zip(device.service_properties) {
-                let vid = place.value(reg, pid, Some(value), slot);
-                leaves.push(ServiceLeaf { pid, vid });
+                place.service(reg, pid, Some(value), slot);
             }
-            leaves.sort_unstable_by_key(|l| l.pid);
-            let mut tags = tag_ids.clone();
-            tags.sort_unstable();
-            tags.dedup();
-            for &tid in &tags {
+            sorted.clear();
+            sorted.extend_from_slice(tag_ids);
+            sorted.sort_unstable();
+            sorted.dedup();
+            for &tid in sorted.iter() {
                 place.tag(reg, tid, slot);
             }
-            (values, leaves, tags)
         })?;
         loader.admitted();
         *added += 1;
         Ok(slot)
+    }
+
+    /// Makes room for `additional` more devices, so that the load need not grow (and
+    /// rehash) the registry's tables on the way: call it first when the count is known
+    /// (a file's row count, a query's). [`Registry::load`] calls it with the iterator's
+    /// lower size bound.
+    pub fn reserve(&mut self, additional: usize) {
+        let (reg, _) = self.loader.parts();
+        reg.reserve(additional);
     }
 
     /// Creates a device from an owned twin, as [`Registry::create`] does (the twin is

@@ -371,15 +371,31 @@ fn sort_key(v: &Scalar, id: u32) -> SortKey {
 
 /// A property's value ids ordered by their values; the ids without slots are dead.
 #[derive(Clone, Copy)]
-struct ByValue<'a>(&'a [ValueEntry]);
+struct ByValue<'a> {
+    values: &'a [ValueEntry],
+    /// No value is dead: a merge need not look (a cache miss an entry, in a merge of
+    /// unique values, which are in no useful memory order).
+    all_alive: bool,
+}
+
+impl<'a> ByValue<'a> {
+    fn of(values: &'a [ValueEntry], dead: usize) -> Self {
+        ByValue {
+            values,
+            all_alive: dead == 0,
+        }
+    }
+}
 
 impl RunOrder for ByValue<'_> {
     fn cmp(&self, a: u32, b: u32) -> std::cmp::Ordering {
-        self.0[a as usize].value.cmp(&self.0[b as usize].value)
+        self.values[a as usize]
+            .value
+            .cmp(&self.values[b as usize].value)
     }
 
     fn alive(&self, id: u32) -> bool {
-        !matches!(self.0[id as usize].slots, Posting::Empty)
+        self.all_alive || !matches!(self.values[id as usize].slots, Posting::Empty)
     }
 }
 
@@ -620,6 +636,7 @@ impl PropertyIndex {
             .iter()
             .map(|s| s.value(text).map_or(0, |v| self.hash32(v)))
             .collect();
+        self.lookup.warm(&hashes);
         let mut new_ids = Vec::new();
         let mut last: Option<(ScalarRef<'_>, u32)> = None;
         for (s, &hash) in staged.iter_mut().zip(&hashes) {
@@ -676,8 +693,8 @@ impl PropertyIndex {
             // leave it all unused.
             let keys = self.sort_keys(new_ids);
             let mut dropped = Vec::new();
-            self.order
-                .insert_batch(keys, &ByValue(&self.values), &mut dropped);
+            let by = ByValue::of(&self.values, self.dead);
+            self.order.insert_batch(keys, &by, &mut dropped);
             self.release(dropped);
         }
     }
@@ -689,7 +706,7 @@ impl PropertyIndex {
     }
 
     fn order_id(&mut self, id: u32) {
-        let by = ByValue(&self.values);
+        let by = ByValue::of(&self.values, self.dead);
         let key = sort_key(&self.values[id as usize].value, id);
         let mut dropped = Vec::new();
         self.order.insert(key, &by, &mut dropped);
@@ -726,7 +743,8 @@ impl PropertyIndex {
             self.dead += 1;
             if self.dead > 32 && self.dead * 4 > self.live {
                 let mut dropped = Vec::new();
-                self.order.compact(&ByValue(&self.values), &mut dropped);
+                let by = ByValue::of(&self.values, self.dead);
+                self.order.compact(&by, &mut dropped);
                 self.release(dropped);
             }
         }
@@ -798,7 +816,10 @@ impl PropertyIndex {
                 hi.as_ref()
                     .is_none_or(|(v, p, incl)| below(k, v, *p, *incl))
             },
-            ByValue(values),
+            ByValue {
+                values,
+                all_alive: false,
+            },
         );
         merge.filter(move |&id| !matches!(values[id as usize].slots, Posting::Empty))
     }
@@ -809,7 +830,8 @@ impl PropertyIndex {
 
     /// Every id in the order (dead ones too), in value order.
     pub(crate) fn ordered_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.order.range(|_| false, |_| true, ByValue(&self.values))
+        self.order
+            .range(|_| false, |_| true, ByValue::of(&self.values, self.dead))
     }
 
     /// How many values the hash table holds, and whether it finds every live value at

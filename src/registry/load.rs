@@ -10,7 +10,8 @@
 //! moves the indexes back and fills the first batch's value ids into its twins.
 
 use super::index::{self, OBJECT_NODE, PropertyIndex, StagedValue};
-use super::{Registry, RegistryError, Slot};
+use super::{DeviceValue, Registry, RegistryError, ServiceLeaf, Slot};
+use crate::Timestamp;
 use crate::twin::ScalarRef;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -25,49 +26,95 @@ const PARALLEL_MIN: usize = 1024;
 /// At most this many threads index one batch.
 const MAX_THREADS: usize = 4;
 
-/// The value id a staged twin holds until its batch is indexed.
-const PENDING: u32 = u32::MAX - 1;
+/// A new twin's value and tag lists, as its entry holds them (each sorted by id).
+#[derive(Default)]
+pub(super) struct Lists {
+    pub(super) device: Vec<DeviceValue>,
+    pub(super) service: Vec<ServiceLeaf>,
+    pub(super) tags: Vec<u32>,
+}
 
-/// Receives a new twin's values, tags and slot from [`Registry::admit`].
+impl Lists {
+    fn sort(&mut self) {
+        self.device.sort_unstable_by_key(|d| d.pid);
+        self.service.sort_unstable_by_key(|l| l.pid);
+        self.tags.sort_unstable();
+    }
+}
+
+/// Receives a new twin's values, tags and slot from [`Registry::admit_with`].
 pub(super) trait Place {
-    /// Takes `slot`'s value of property `pid` (`None`: a service object node); returns
-    /// the stored value id, or [`PENDING`] when the value waits on a stage.
-    fn value(
+    /// Takes `slot`'s device property `pid`.
+    fn device(
         &mut self,
         reg: &mut Registry,
         pid: u32,
-        value: Option<ScalarRef<'_>>,
+        value: ScalarRef<'_>,
+        ts: Timestamp,
         slot: u32,
-    ) -> u32;
-    /// Takes `slot`'s tag `tid`.
+    );
+    /// Takes `slot`'s service leaf `pid` (`None`: an object node).
+    fn service(&mut self, reg: &mut Registry, pid: u32, value: Option<ScalarRef<'_>>, slot: u32);
+    /// Takes `slot`'s tag `tid` (each tag once).
     fn tag(&mut self, reg: &mut Registry, tid: u32, slot: u32);
+    /// The lists for the entry of the twin just placed: complete, or empty ones that
+    /// indexing its batch fills in.
+    fn lists(&mut self) -> Lists;
     /// The twin in `slot` is admitted: its entry is in place.
     fn created(&mut self, reg: &mut Registry, slot: u32);
 }
 
+/// Indexes `slot`'s value of property `pid` (`None`: a service object node) now;
+/// returns the stored value id.
+pub(super) fn index_value(
+    reg: &mut Registry,
+    pid: u32,
+    value: Option<ScalarRef<'_>>,
+    slot: u32,
+) -> u32 {
+    let index = &mut reg.props[pid as usize];
+    match value {
+        Some(v) => index.insert_ref(v, slot),
+        None => {
+            index.insert_object(slot);
+            OBJECT_NODE
+        }
+    }
+}
+
 /// Indexes each value at once: a single [`Registry::create`].
-pub(super) struct Direct;
+#[derive(Default)]
+pub(super) struct Direct {
+    lists: Lists,
+}
 
 impl Place for Direct {
-    fn value(
+    fn device(
         &mut self,
         reg: &mut Registry,
         pid: u32,
-        value: Option<ScalarRef<'_>>,
+        value: ScalarRef<'_>,
+        ts: Timestamp,
         slot: u32,
-    ) -> u32 {
-        let index = &mut reg.props[pid as usize];
-        match value {
-            Some(v) => index.insert_ref(v, slot),
-            None => {
-                index.insert_object(slot);
-                OBJECT_NODE
-            }
-        }
+    ) {
+        let vid = index_value(reg, pid, Some(value), slot);
+        self.lists.device.push(DeviceValue { pid, vid, ts });
+    }
+
+    fn service(&mut self, reg: &mut Registry, pid: u32, value: Option<ScalarRef<'_>>, slot: u32) {
+        let vid = index_value(reg, pid, value, slot);
+        self.lists.service.push(ServiceLeaf { pid, vid });
     }
 
     fn tag(&mut self, reg: &mut Registry, tid: u32, slot: u32) {
         index::add(&mut reg.tags[tid as usize].slots, slot);
+        self.lists.tags.push(tid);
+    }
+
+    fn lists(&mut self) -> Lists {
+        let mut lists = std::mem::take(&mut self.lists);
+        lists.sort();
+        lists
     }
 
     fn created(&mut self, reg: &mut Registry, slot: u32) {
@@ -76,7 +123,71 @@ impl Place for Direct {
     }
 }
 
-/// Twins admitted for a bulk load whose values, tags and id-order entries wait.
+/// What a batch's twins hold, in admission order, apart from the value ids: what the
+/// indexing threads need to build their entries' lists.
+#[derive(Default)]
+struct Layout {
+    /// Per twin: how many device values, service leaves and tags.
+    counts: Vec<[u32; 3]>,
+    /// Device values' property ids and report times.
+    device: Vec<(u32, Timestamp)>,
+    /// Service leaves' property ids.
+    service: Vec<u32>,
+    tags: Vec<u32>,
+}
+
+impl Layout {
+    fn clear(&mut self) {
+        self.counts.clear();
+        self.device.clear();
+        self.service.clear();
+        self.tags.clear();
+    }
+
+    /// The twins' lists, value ids taken from the indexed values (`by_pid`: each
+    /// property's, in admission order).
+    fn lists(&self, by_pid: &[&[StagedValue]]) -> Vec<Lists> {
+        let mut cursor = vec![0usize; by_pid.len()];
+        let mut next = |pid: u32| {
+            let c = &mut cursor[pid as usize];
+            *c += 1;
+            by_pid[pid as usize][*c - 1].vid()
+        };
+        let (mut d, mut s, mut t) = (0, 0, 0);
+        self.counts
+            .iter()
+            .map(|&[nd, ns, nt]| {
+                let (nd, ns, nt) = (nd as usize, ns as usize, nt as usize);
+                let device = self.device[d..d + nd]
+                    .iter()
+                    .map(|&(pid, ts)| DeviceValue {
+                        pid,
+                        vid: next(pid),
+                        ts,
+                    })
+                    .collect();
+                let service = self.service[s..s + ns]
+                    .iter()
+                    .map(|&pid| ServiceLeaf {
+                        pid,
+                        vid: next(pid),
+                    })
+                    .collect();
+                let tags = self.tags[t..t + nt].to_vec();
+                (d, s, t) = (d + nd, s + ns, t + nt);
+                let mut lists = Lists {
+                    device,
+                    service,
+                    tags,
+                };
+                lists.sort();
+                lists
+            })
+            .collect()
+    }
+}
+
+/// Twins admitted for a bulk load whose values, tags, lists and id-order entries wait.
 #[derive(Default)]
 pub(super) struct Stage {
     /// By property id: the values to index, in admission order.
@@ -87,20 +198,18 @@ pub(super) struct Stage {
     tags: Vec<Vec<u32>>,
     /// The slots admitted, in order.
     slots: Vec<u32>,
+    layout: Layout,
+    /// The twin being placed: how many device values, service leaves and tags so far.
+    placing: [u32; 3],
     /// Emptied buffers of indexed batches, to stage the next ones in.
     spare: Vec<Vec<StagedValue>>,
     spare_text: Vec<String>,
     spare_slots: Vec<Vec<u32>>,
+    spare_layouts: Vec<Layout>,
 }
 
-impl Place for Stage {
-    fn value(
-        &mut self,
-        _: &mut Registry,
-        pid: u32,
-        value: Option<ScalarRef<'_>>,
-        slot: u32,
-    ) -> u32 {
+impl Stage {
+    fn value(&mut self, pid: u32, value: Option<ScalarRef<'_>>, slot: u32) {
         let pid = pid as usize;
         if self.values.len() <= pid {
             self.values.resize_with(pid + 1, Vec::new);
@@ -108,7 +217,27 @@ impl Place for Stage {
         // Strings are copied into one buffer: the caller's can go at once (holding a
         // batch of twins' strings until the batch is indexed fragments the heap).
         self.values[pid].push(StagedValue::new(value, slot, &mut self.text));
-        PENDING
+    }
+}
+
+impl Place for Stage {
+    fn device(
+        &mut self,
+        _: &mut Registry,
+        pid: u32,
+        value: ScalarRef<'_>,
+        ts: Timestamp,
+        slot: u32,
+    ) {
+        self.value(pid, Some(value), slot);
+        self.layout.device.push((pid, ts));
+        self.placing[0] += 1;
+    }
+
+    fn service(&mut self, _: &mut Registry, pid: u32, value: Option<ScalarRef<'_>>, slot: u32) {
+        self.value(pid, value, slot);
+        self.layout.service.push(pid);
+        self.placing[1] += 1;
     }
 
     fn tag(&mut self, _: &mut Registry, tid: u32, slot: u32) {
@@ -117,6 +246,13 @@ impl Place for Stage {
             self.tags.resize_with(tid + 1, Vec::new);
         }
         self.tags[tid].push(slot);
+        self.layout.tags.push(tid as u32);
+        self.placing[2] += 1;
+    }
+
+    fn lists(&mut self) -> Lists {
+        self.layout.counts.push(std::mem::take(&mut self.placing));
+        Lists::default()
     }
 
     fn created(&mut self, _: &mut Registry, slot: u32) {
@@ -135,33 +271,62 @@ struct Job {
 struct Work {
     /// The staged strings the values point into.
     text: String,
+    layout: Layout,
+    /// How many properties the registry had when the batch was taken.
+    props: usize,
+    /// How many jobs there are in all.
+    jobs: usize,
     /// Jobs not started, costliest last (taken first).
     todo: Mutex<Vec<Job>>,
-    done: Mutex<Vec<Job>>,
+    done: Mutex<Done>,
+}
+
+/// The indexed jobs and, once every job is done, the twins' lists.
+#[derive(Default)]
+struct Done {
+    jobs: Vec<Job>,
+    lists: Option<Vec<Lists>>,
+}
+
+impl Done {
+    /// Builds the twins' lists from the jobs' value ids.
+    fn build_lists(&mut self, layout: &Layout, props: usize) {
+        let mut by_pid: Vec<&[StagedValue]> = vec![&[]; props];
+        for job in &self.jobs {
+            by_pid[job.pid as usize] = &job.values;
+        }
+        self.lists = Some(layout.lists(&by_pid));
+    }
 }
 
 impl Work {
-    fn new(mut jobs: Vec<Job>, text: String) -> Work {
+    fn new(mut jobs: Vec<Job>, text: String, layout: Layout, props: usize) -> Work {
         // The properties with the most distinct values are the costliest to intern.
         jobs.sort_by_key(|job| job.index.distinct());
         Work {
             text,
+            layout,
+            props,
+            jobs: jobs.len(),
             todo: Mutex::new(jobs),
-            done: Mutex::new(Vec::new()),
+            done: Mutex::new(Done::default()),
         }
     }
 
-    /// Takes and does jobs until none is left. (The locks guard a push or a pop, which
-    /// cannot leave a list half-changed, so a poisoned lock is used as it is.)
+    /// Takes and does jobs until none is left; the thread that finishes the last one
+    /// builds the twins' lists (allocating them on that thread, too). (The locks guard
+    /// a push or a pop, which cannot leave a list half-changed, so a poisoned lock is
+    /// used as it is.)
     fn help(&self) {
         loop {
             let job = self.todo.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some(mut job) = job else { break };
             job.index.load(&mut job.values, &self.text);
-            self.done
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(job);
+            let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+            done.jobs.push(job);
+            if done.jobs.len() == self.jobs {
+                done.build_lists(&self.layout, self.props);
+            }
         }
     }
 }
@@ -219,8 +384,9 @@ impl<'r> Loader<'r> {
     /// core, indexes it here).
     fn send(&mut self) {
         self.join();
-        let (jobs, text, slots) = self.reg.take_batch(&mut self.stage);
-        let work = Arc::new(Work::new(jobs, text));
+        let props = self.reg.props.len();
+        let (jobs, text, layout, slots) = self.reg.take_batch(&mut self.stage);
+        let work = Arc::new(Work::new(jobs, text, layout, props));
         // A small batch (a load's last, or a small load) is not worth a thread.
         let threads = if slots.len() >= PARALLEL_MIN {
             self.threads
@@ -268,14 +434,26 @@ impl<'r> Loader<'r> {
             std::panic::resume_unwind(panic);
         }
         let work = Arc::try_unwrap(work).ok().expect("every helper has ended");
-        let Work { mut text, done, .. } = work;
-        let jobs = done.into_inner().unwrap_or_else(|e| e.into_inner());
-        self.reg.finish_batch(jobs, &slots, &mut self.stage);
+        let Work {
+            mut text,
+            mut layout,
+            props,
+            done,
+            ..
+        } = work;
+        let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+        if done.lists.is_none() {
+            // A batch without values: no job built them.
+            done.build_lists(&layout, props);
+        }
+        self.reg.finish_batch(done, &slots, &mut self.stage);
         let mut slots = slots;
         slots.clear();
         text.clear();
+        layout.clear();
         self.stage.spare_slots.push(slots);
         self.stage.spare_text.push(text);
+        self.stage.spare_layouts.push(layout);
     }
 
     /// Indexes what is staged and merges the id order's runs (one a batch), the latter
@@ -299,7 +477,7 @@ impl Drop for Loader<'_> {
 impl Registry {
     /// Takes the stage's batch: moves out the indexes its values need (leaving
     /// stand-ins), and adds its tags and id-order entries here and now.
-    fn take_batch(&mut self, stage: &mut Stage) -> (Vec<Job>, String, Vec<u32>) {
+    fn take_batch(&mut self, stage: &mut Stage) -> (Vec<Job>, String, Layout, Vec<u32>) {
         let mut jobs = Vec::new();
         for (pid, values) in stage.values.iter_mut().enumerate() {
             if values.is_empty() {
@@ -322,40 +500,28 @@ impl Registry {
         self.id_order.push_batch(&self.slots, &stage.slots);
         let text = stage.spare_text.pop().unwrap_or_default();
         let slots = stage.spare_slots.pop().unwrap_or_default();
+        let layout = stage.spare_layouts.pop().unwrap_or_default();
         (
             jobs,
             std::mem::replace(&mut stage.text, text),
+            std::mem::replace(&mut stage.layout, layout),
             std::mem::replace(&mut stage.slots, slots),
         )
     }
 
-    /// Puts an indexed batch's indexes back and fills its twins' value ids; its value
-    /// lists go to `stage` for reuse.
-    fn finish_batch(&mut self, jobs: Vec<Job>, slots: &[u32], stage: &mut Stage) {
-        // Each property's values were staged in admission order: walk the twins in that
-        // order with a cursor per property.
-        let mut by_pid: Vec<&[StagedValue]> = vec![&[]; self.props.len()];
-        for job in &jobs {
-            by_pid[job.pid as usize] = &job.values;
-        }
-        let mut cursor = vec![0usize; self.props.len()];
-        let mut next = |pid: u32| {
-            let c = &mut cursor[pid as usize];
-            *c += 1;
-            by_pid[pid as usize][*c - 1].vid()
-        };
-        for &slot in slots {
+    /// Puts an indexed batch's indexes back and its lists into its twins' entries; its
+    /// value lists go to `stage` for reuse.
+    fn finish_batch(&mut self, done: Done, slots: &[u32], stage: &mut Stage) {
+        let lists = done.lists.expect("the lists are built");
+        for (&slot, lists) in slots.iter().zip(lists) {
             let entry = self.slots[slot as usize]
                 .as_mut()
                 .expect("staged twins are live");
-            for d in &mut entry.device {
-                d.vid = next(d.pid);
-            }
-            for l in &mut entry.service {
-                l.vid = next(l.pid);
-            }
+            entry.device = lists.device;
+            entry.service = lists.service;
+            entry.tags = lists.tags;
         }
-        for mut job in jobs {
+        for mut job in done.jobs {
             self.props[job.pid as usize] = job.index;
             job.values.clear();
             stage.spare.push(job.values);

@@ -101,7 +101,7 @@ use feed::ChangeFeed;
 use hash::{FastMap, FastState};
 use id_order::IdOrder;
 use index::{OBJECT_NODE, PropertyIndex};
-use load::{Direct, Place};
+use load::{Direct, Place, index_value};
 use roaring::RoaringBitmap;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -624,6 +624,16 @@ impl Registry {
         })
     }
 
+    /// Makes room for `additional` more devices in the slot list and the id table (a
+    /// hint: when the memory cannot be had, nothing changes).
+    fn reserve(&mut self, additional: usize) {
+        let new_slots = additional.saturating_sub(self.free_slots.len());
+        if self.slots.try_reserve(new_slots).is_ok() {
+            self.by_id_hash
+                .reserve(self.len().saturating_add(additional));
+        }
+    }
+
     fn id_hash(&self, id: &str) -> u32 {
         (self.id_hasher.hash_one(id) >> 32) as u32
     }
@@ -754,7 +764,7 @@ impl Registry {
     /// assert!(matches!(reg.create(Twin::new(id)), Err(RegistryError::DeviceExists { .. })));
     /// ```
     pub fn create(&mut self, twin: Twin) -> Result<Slot, RegistryError> {
-        self.admit(twin, &mut Direct)
+        self.admit(twin, &mut Direct::default())
     }
 
     /// Validates a new twin and admits it (see [`Registry::admit_with`]).
@@ -807,65 +817,42 @@ impl Registry {
         };
         self.admit_with(fields, place, |reg, place, slot| {
             let all_known = known_pids.len() == device_properties.len();
-            let mut device = Vec::with_capacity(device_properties.len());
             for (i, (name, p)) in device_properties.iter().enumerate() {
                 let pid = if all_known {
                     known_pids[i]
                 } else {
                     reg.intern_property(PropertyKind::Device, name)
                 };
-                let vid = place.value(reg, pid, Some(p.value.borrowed()), slot);
-                device.push(DeviceValue {
-                    pid,
-                    vid,
-                    ts: p.last_updated_time,
-                });
+                place.device(reg, pid, p.value.borrowed(), p.last_updated_time, slot);
             }
-            device.sort_unstable_by_key(|d| d.pid);
-            let mut service = Vec::with_capacity(service_properties.properties.len());
             let mut leaves = Vec::new();
             for (name, v) in &service_properties.properties {
                 match v {
                     ServiceValue::Scalar(s) => {
                         let pid = reg.intern_property(PropertyKind::Service, name);
-                        let vid = place.value(reg, pid, Some(s.borrowed()), slot);
-                        service.push(ServiceLeaf { pid, vid });
+                        place.service(reg, pid, Some(s.borrowed()), slot);
                     }
                     ServiceValue::Object(_) => flatten(name, v, &mut leaves),
                 }
             }
             for (name, value) in &leaves {
                 let pid = reg.intern_property(PropertyKind::Service, name);
-                let vid = place.value(reg, pid, value.as_ref().map(Scalar::borrowed), slot);
-                service.push(ServiceLeaf { pid, vid });
+                place.service(reg, pid, value.as_ref().map(Scalar::borrowed), slot);
             }
-            service.sort_unstable_by_key(|l| l.pid);
-            let mut tags: Vec<u32> = service_properties
-                .tags
-                .iter()
-                .map(|t| {
-                    let tid = reg.intern_tag(t);
-                    place.tag(reg, tid, slot);
-                    tid
-                })
-                .collect();
-            tags.sort_unstable();
-            (device, service, tags)
+            for t in &service_properties.tags {
+                let tid = reg.intern_tag(t);
+                place.tag(reg, tid, slot);
+            }
         })
     }
 
     /// Gives a validated new device (whose id is known to be free) a slot and an entry.
-    /// `values` hands the device's values and tags to `place` and returns the entry's
-    /// lists, each sorted by id.
+    /// `values` hands the device's values and tags to `place` (each tag once).
     fn admit_with<P: Place>(
         &mut self,
         fields: NewFields,
         place: &mut P,
-        values: impl FnOnce(
-            &mut Registry,
-            &mut P,
-            u32,
-        ) -> (Vec<DeviceValue>, Vec<ServiceLeaf>, Vec<u32>),
+        values: impl FnOnce(&mut Registry, &mut P, u32),
     ) -> Result<Slot, RegistryError> {
         let slot = match self.free_slots.pop() {
             Some(s) => s,
@@ -878,7 +865,8 @@ impl Registry {
             }
         };
         let seq = self.next_seq();
-        let (device, service, tags) = values(self, place, slot);
+        values(self, place, slot);
+        let lists = place.lists();
         let NewFields {
             id,
             status,
@@ -903,9 +891,9 @@ impl Registry {
             status,
             connection,
             managed,
-            device,
-            service,
-            tags,
+            device: lists.device,
+            service: lists.service,
+            tags: lists.tags,
             extra: (!extra.is_empty()).then(|| Box::new(extra)),
         });
         place.created(self, slot);
@@ -915,7 +903,7 @@ impl Registry {
 
     fn insert_leaf(&mut self, slot: u32, name: &str, value: Option<&Scalar>) -> ServiceLeaf {
         let pid = self.intern_property(PropertyKind::Service, name);
-        let vid = Direct.value(self, pid, value.map(Scalar::borrowed), slot);
+        let vid = index_value(self, pid, value.map(Scalar::borrowed), slot);
         ServiceLeaf { pid, vid }
     }
 
@@ -928,7 +916,9 @@ impl Registry {
     /// is consistent even if `twins` panics. Borrowed rows ([`BulkLoad::add`]) load
     /// faster still: no twin is built or freed.
     pub fn load(&mut self, twins: impl IntoIterator<Item = Twin>) -> Result<usize, RegistryError> {
+        let twins = twins.into_iter();
         let mut bulk = self.bulk_load();
+        bulk.reserve(twins.size_hint().0);
         for twin in twins {
             bulk.add_twin(twin)?;
         }

@@ -50,6 +50,22 @@ impl VidTable {
         }
     }
 
+    /// Reads the home bucket of each hash and discards it. The reads are independent,
+    /// so the processor has many cache misses in flight at once, where the lookups that
+    /// follow would take them one after another (each waits on its bucket to decide
+    /// what to do): run over a batch of hashes first, it leaves their buckets in cache.
+    pub(crate) fn warm(&self, hashes: &[u32]) {
+        // A table that fits in the caches is warm already.
+        if self.buckets.len() < 1 << 15 {
+            return;
+        }
+        let mask = self.mask();
+        let seen = hashes
+            .iter()
+            .fold(0u64, |acc, &h| acc | self.buckets[h as usize & mask]);
+        std::hint::black_box(seen);
+    }
+
     /// Adds `id` under `hash` (the caller knows it is absent). `id` is below `u32::MAX`.
     pub(crate) fn insert(&mut self, hash: u32, id: u32) {
         if (self.len + 1) * 4 > self.buckets.len() * 3 {
@@ -68,9 +84,34 @@ impl VidTable {
         self.buckets[i] = bucket;
     }
 
+    /// Makes room for `total` ids in all, so that inserting up to that many does not
+    /// grow the table again. A hint: when the memory cannot be had, nothing changes.
+    pub(crate) fn reserve(&mut self, total: usize) {
+        let Some(cap) = total
+            .checked_mul(4)
+            .and_then(|t| (t / 3 + 1).checked_next_power_of_two())
+        else {
+            return;
+        };
+        if cap <= self.buckets.len() {
+            return;
+        }
+        // Not `vec![0; cap]`, which aborts when the memory cannot be had.
+        #[allow(clippy::slow_vector_initialization)]
+        let mut buckets = Vec::new();
+        if buckets.try_reserve_exact(cap).is_ok() {
+            buckets.resize(cap, 0);
+            self.rehash_into(buckets);
+        }
+    }
+
     fn grow(&mut self) {
-        let cap = (self.buckets.len() * 2).max(8);
-        let old = std::mem::replace(&mut self.buckets, vec![0; cap]);
+        self.rehash_into(vec![0; (self.buckets.len() * 2).max(8)]);
+    }
+
+    /// Moves every id into `buckets` (empty, a power of two, larger than now).
+    fn rehash_into(&mut self, buckets: Vec<u64>) {
+        let old = std::mem::replace(&mut self.buckets, buckets);
         for b in old.into_iter().filter(|&b| b != 0) {
             self.place(b);
         }
