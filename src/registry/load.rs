@@ -13,7 +13,8 @@ use super::index::{self, OBJECT_NODE, PropertyIndex, StagedValue};
 use super::{DeviceValue, Registry, RegistryError, ServiceLeaf, Slot};
 use crate::Timestamp;
 use crate::twin::ScalarRef;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 /// Twins per batch: large enough that a batch's work dwarfs handing it to a thread,
@@ -123,6 +124,9 @@ impl Place for Direct {
     }
 }
 
+/// Twins per share of a batch's list building (each thread takes shares).
+const LIST_CHUNK: usize = 1024;
+
 /// What a batch's twins hold, in admission order, apart from the value ids: what the
 /// indexing threads need to build their entries' lists.
 #[derive(Default)]
@@ -134,6 +138,19 @@ struct Layout {
     /// Service leaves' property ids.
     service: Vec<u32>,
     tags: Vec<u32>,
+    /// Where each share of [`LIST_CHUNK`] twins but the first starts.
+    chunks: Vec<ChunkStart>,
+}
+
+/// Where a share of a batch's twins starts: in the lists above, and in each property's
+/// staged values (by property id; missing ids are at 0).
+#[derive(Default)]
+struct ChunkStart {
+    twin: usize,
+    device: usize,
+    service: usize,
+    tags: usize,
+    values: Vec<usize>,
 }
 
 impl Layout {
@@ -142,19 +159,42 @@ impl Layout {
         self.device.clear();
         self.service.clear();
         self.tags.clear();
+        self.chunks.clear();
     }
 
-    /// The twins' lists, value ids taken from the indexed values (`by_pid`: each
-    /// property's, in admission order).
-    fn lists(&self, by_pid: &[&[StagedValue]]) -> Vec<Lists> {
-        let mut cursor = vec![0usize; by_pid.len()];
+    /// Marks where the next share starts if one starts at the next twin.
+    fn mark(&mut self, values: &[Vec<StagedValue>]) {
+        if self.counts.len() % LIST_CHUNK == 0 {
+            self.chunks.push(ChunkStart {
+                twin: self.counts.len(),
+                device: self.device.len(),
+                service: self.service.len(),
+                tags: self.tags.len(),
+                values: values.iter().map(Vec::len).collect(),
+            });
+        }
+    }
+
+    /// How many shares the twins make.
+    fn shares(&self) -> usize {
+        self.chunks.len() + 1
+    }
+
+    /// Share `k`'s twins' lists, value ids taken from the indexed values (`by_pid`:
+    /// each property's, in admission order).
+    fn lists(&self, k: usize, by_pid: &[&[StagedValue]]) -> Vec<Lists> {
+        let first = ChunkStart::default();
+        let start = if k == 0 { &first } else { &self.chunks[k - 1] };
+        let end = self.chunks.get(k).map_or(self.counts.len(), |c| c.twin);
+        let mut cursor = start.values.clone();
+        cursor.resize(by_pid.len(), 0);
         let mut next = |pid: u32| {
             let c = &mut cursor[pid as usize];
             *c += 1;
             by_pid[pid as usize][*c - 1].vid()
         };
-        let (mut d, mut s, mut t) = (0, 0, 0);
-        self.counts
+        let (mut d, mut s, mut t) = (start.device, start.service, start.tags);
+        self.counts[start.twin..end]
             .iter()
             .map(|&[nd, ns, nt]| {
                 let (nd, ns, nt) = (nd as usize, ns as usize, nt as usize);
@@ -252,6 +292,7 @@ impl Place for Stage {
 
     fn lists(&mut self) -> Lists {
         self.layout.counts.push(std::mem::take(&mut self.placing));
+        self.layout.mark(&self.values);
         Lists::default()
     }
 
@@ -267,35 +308,52 @@ struct Job {
     values: Vec<StagedValue>,
 }
 
-/// A batch's indexing work, shared by the threads doing it.
+/// A batch's indexing work, shared by the threads doing it, in two phases: one job a
+/// property, then (once every property is indexed, since a twin's list takes value ids
+/// of many) the twins' lists, a share of [`LIST_CHUNK`] twins at a time.
+///
+/// (The locks guard a push, a pop or a flag, which cannot be left half-done, so a
+/// poisoned lock is used as it is.)
 struct Work {
     /// The staged strings the values point into.
     text: String,
     layout: Layout,
     /// How many properties the registry had when the batch was taken.
     props: usize,
-    /// How many jobs there are in all.
+    /// How many property jobs there are in all.
     jobs: usize,
-    /// Jobs not started, costliest last (taken first).
+    /// Property jobs not started, costliest last (taken first).
     todo: Mutex<Vec<Job>>,
-    done: Mutex<Done>,
+    /// Property jobs done, until all are.
+    done: Mutex<Phase>,
+    /// Signalled when the first phase ends (or fails).
+    indexed: Condvar,
+    /// The property jobs, once all are done.
+    jobs_done: OnceLock<Vec<Job>>,
+    /// The next share of lists to build.
+    next_share: AtomicUsize,
+    /// Built lists, by share.
+    lists: Mutex<Vec<Option<Vec<Lists>>>>,
 }
 
-/// The indexed jobs and, once every job is done, the twins' lists.
+/// The first phase's progress.
 #[derive(Default)]
-struct Done {
+struct Phase {
     jobs: Vec<Job>,
-    lists: Option<Vec<Lists>>,
+    /// A job panicked: the second phase will not start.
+    failed: bool,
 }
 
-impl Done {
-    /// Builds the twins' lists from the jobs' value ids.
-    fn build_lists(&mut self, layout: &Layout, props: usize) {
-        let mut by_pid: Vec<&[StagedValue]> = vec![&[]; props];
-        for job in &self.jobs {
-            by_pid[job.pid as usize] = &job.values;
+/// Fails the first phase if dropped while a property job unwinds, so that no thread
+/// waits for it forever.
+struct FailOnUnwind<'w>(&'w Work);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock_done().failed = true;
+            self.0.indexed.notify_all();
         }
-        self.lists = Some(layout.lists(&by_pid));
     }
 }
 
@@ -303,30 +361,68 @@ impl Work {
     fn new(mut jobs: Vec<Job>, text: String, layout: Layout, props: usize) -> Work {
         // The properties with the most distinct values are the costliest to intern.
         jobs.sort_by_key(|job| job.index.distinct());
-        Work {
+        let shares = layout.shares();
+        let work = Work {
             text,
             layout,
             props,
             jobs: jobs.len(),
             todo: Mutex::new(jobs),
-            done: Mutex::new(Done::default()),
+            done: Mutex::new(Phase::default()),
+            indexed: Condvar::new(),
+            jobs_done: OnceLock::new(),
+            next_share: AtomicUsize::new(0),
+            lists: Mutex::new((0..shares).map(|_| None).collect()),
+        };
+        if work.jobs == 0 {
+            let _ = work.jobs_done.set(Vec::new());
         }
+        work
     }
 
-    /// Takes and does jobs until none is left; the thread that finishes the last one
-    /// builds the twins' lists (allocating them on that thread, too). (The locks guard
-    /// a push or a pop, which cannot leave a list half-changed, so a poisoned lock is
-    /// used as it is.)
+    fn lock_done(&self) -> MutexGuard<'_, Phase> {
+        self.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Does property jobs until none is left, waits for the others' to end, then
+    /// builds shares of lists until none is left.
     fn help(&self) {
         loop {
             let job = self.todo.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some(mut job) = job else { break };
+            let failing = FailOnUnwind(self);
             job.index.load(&mut job.values, &self.text);
-            let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+            drop(failing);
+            let mut done = self.lock_done();
             done.jobs.push(job);
             if done.jobs.len() == self.jobs {
-                done.build_lists(&self.layout, self.props);
+                let _ = self.jobs_done.set(std::mem::take(&mut done.jobs));
+                self.indexed.notify_all();
             }
+        }
+        let jobs = {
+            let mut done = self.lock_done();
+            loop {
+                if let Some(jobs) = self.jobs_done.get() {
+                    break jobs;
+                }
+                if done.failed {
+                    return;
+                }
+                done = self.indexed.wait(done).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let mut by_pid: Vec<&[StagedValue]> = vec![&[]; self.props];
+        for job in jobs {
+            by_pid[job.pid as usize] = &job.values;
+        }
+        loop {
+            let k = self.next_share.fetch_add(1, Ordering::Relaxed);
+            if k >= self.layout.shares() {
+                break;
+            }
+            let built = self.layout.lists(k, &by_pid);
+            self.lists.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(built);
         }
     }
 }
@@ -437,16 +533,16 @@ impl<'r> Loader<'r> {
         let Work {
             mut text,
             mut layout,
-            props,
-            done,
+            jobs_done,
+            lists,
             ..
         } = work;
-        let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
-        if done.lists.is_none() {
-            // A batch without values: no job built them.
-            done.build_lists(&layout, props);
-        }
-        self.reg.finish_batch(done, &slots, &mut self.stage);
+        let jobs = jobs_done.into_inner().expect("every job is done");
+        let lists = lists.into_inner().unwrap_or_else(|e| e.into_inner());
+        let lists = lists
+            .into_iter()
+            .flat_map(|share| share.expect("every share is built"));
+        self.reg.finish_batch(jobs, lists, &slots, &mut self.stage);
         let mut slots = slots;
         slots.clear();
         text.clear();
@@ -511,8 +607,13 @@ impl Registry {
 
     /// Puts an indexed batch's indexes back and its lists into its twins' entries; its
     /// value lists go to `stage` for reuse.
-    fn finish_batch(&mut self, done: Done, slots: &[u32], stage: &mut Stage) {
-        let lists = done.lists.expect("the lists are built");
+    fn finish_batch(
+        &mut self,
+        jobs: Vec<Job>,
+        lists: impl Iterator<Item = Lists>,
+        slots: &[u32],
+        stage: &mut Stage,
+    ) {
         for (&slot, lists) in slots.iter().zip(lists) {
             let entry = self.slots[slot as usize]
                 .as_mut()
@@ -521,7 +622,7 @@ impl Registry {
             entry.service = lists.service;
             entry.tags = lists.tags;
         }
-        for mut job in done.jobs {
+        for mut job in jobs {
             self.props[job.pid as usize] = job.index;
             job.values.clear();
             stage.spare.push(job.values);
