@@ -187,7 +187,7 @@ fn resolve_all<'n>(
             previous
                 .get(j)
                 .copied()
-                .filter(|&id| name_of(reg, id) == name)
+                .filter(|&id| same_str(name_of(reg, id), name))
         };
         let id = match is(i) {
             Some(id) => id,
@@ -202,6 +202,22 @@ fn resolve_all<'n>(
         ids.push(id);
     }
     Ok(same && ids.len() == previous.len())
+}
+
+/// `a == b`, for the short names rows repeat: up to 16 bytes are compared as two
+/// (overlapping) words, without a call.
+fn same_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let n = a.len();
+    if (8..=16).contains(&n) {
+        let word =
+            |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    }
+    a == b
 }
 
 /// Fails with the first name whose id repeats in `ids`.

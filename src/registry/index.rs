@@ -109,6 +109,15 @@ pub(crate) fn add(b: &mut RoaringBitmap, slot: u32) {
 /// Inserts ascending `slots`: appended in one pass while they lie past the bitmap's
 /// end (a bulk load's batch), the rest one by one.
 fn add_sorted(b: &mut RoaringBitmap, slots: &[u32]) {
+    debug_assert!(slots.windows(2).all(|w| w[0] < w[1]), "strictly ascending");
+    // Ascending and as many as they span: one range (a property every twin of a
+    // batch has; a value they all share), added a container at a time.
+    if let (Some(&first), Some(&last)) = (slots.first(), slots.last())
+        && (last - first) as usize + 1 == slots.len()
+    {
+        b.insert_range(first..=last);
+        return;
+    }
     let appended = match b.append(slots.iter().copied()) {
         Ok(n) => n,
         Err(e) => e.valid_until(),
@@ -837,6 +846,9 @@ impl PropertyIndex {
     /// How many values the hash table holds, and whether it finds every live value at
     /// its own id (for `validate`).
     pub(crate) fn lookup_consistent(&self) -> Result<usize, String> {
+        if !self.lookup.bits_consistent() {
+            return Err("hash table's taken bits disagree with its buckets".into());
+        }
         for (hash, id) in self.lookup.iter() {
             let entry = self
                 .values
