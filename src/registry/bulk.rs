@@ -204,20 +204,26 @@ fn resolve_all<'n>(
     Ok(same && ids.len() == previous.len())
 }
 
-/// `a == b`, for the short names rows repeat: up to 16 bytes are compared as two
-/// (overlapping) words, without a call.
+/// `a == b`, for the short names rows repeat: compared a word (8 bytes) at a time, the
+/// last word overlapping, without a call.
 fn same_str(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
+    let n = a.len();
+    if n != b.len() {
         return false;
     }
-    let n = a.len();
-    if (8..=16).contains(&n) {
-        let word =
-            |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
-        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
+    if n < 8 {
+        return a == b;
     }
-    a == b
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+    let mut at = 0;
+    while at + 8 < n {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(a, n - 8) == word(b, n - 8)
 }
 
 /// Fails with the first name whose id repeats in `ids`.
@@ -332,10 +338,12 @@ impl BulkLoad<'_> {
             connection_updated: device.connection_state_updated_time,
             last_activity: device.last_activity_time,
             managed: device.is_managed,
-            extra: Extra {
-                status_reason: device.status_reason.map(str::to_string),
-                ..Extra::default()
-            },
+            extra: device.status_reason.map(|reason| {
+                Box::new(Extra {
+                    status_reason: Some(reason.to_string()),
+                    ..Extra::default()
+                })
+            }),
         };
         let slot = reg.admit_with(fields, stage, |reg, place, slot| {
             for (&pid, &(_, value, ts)) in device_pids.iter().zip(device.device_properties) {

@@ -108,7 +108,7 @@ pub(crate) fn add(b: &mut RoaringBitmap, slot: u32) {
 
 /// Inserts ascending `slots`: appended in one pass while they lie past the bitmap's
 /// end (a bulk load's batch), the rest one by one.
-fn add_sorted(b: &mut RoaringBitmap, slots: &[u32]) {
+pub(crate) fn add_sorted(b: &mut RoaringBitmap, slots: &[u32]) {
     debug_assert!(slots.windows(2).all(|w| w[0] < w[1]), "strictly ascending");
     // Ascending and as many as they span: one range (a property every twin of a
     // batch has; a value they all share), added a container at a time.
@@ -296,11 +296,17 @@ impl StagedValue {
             StagedKind::Bool => ScalarRef::Bool(p != 0),
             StagedKind::Int => ScalarRef::Number(Number::from(p as i64)),
             StagedKind::Float => ScalarRef::Number(Number::from_f64(f64::from_bits(p))?),
-            StagedKind::Text => {
-                let (start, len) = ((p >> 32) as usize, (p & 0xffff_ffff) as usize);
-                ScalarRef::String(&text[start..start + len])
-            }
+            StagedKind::Text => ScalarRef::String(self.text(text)),
         })
+    }
+
+    /// A staged string (of [`StagedKind::Text`]).
+    fn text<'t>(&self, text: &'t str) -> &'t str {
+        let (start, len) = (
+            (self.payload >> 32) as usize,
+            (self.payload & 0xffff_ffff) as usize,
+        );
+        &text[start..start + len]
     }
 
     fn set_vid(&mut self, vid: u32) {
@@ -312,6 +318,58 @@ impl StagedValue {
     pub(crate) fn vid(&self) -> u32 {
         debug_assert_eq!(self.kind, StagedKind::Loaded);
         self.payload as u32
+    }
+}
+
+/// The stored value ids of a few values a load met last, direct-mapped by the staged
+/// value's bits: a property with few distinct values (most are) finds nearly every value
+/// here, without hashing it or probing its table. A miss only costs the lookup it saves.
+struct Recent {
+    entries: [Option<(StagedValue, u32)>; Recent::SIZE],
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent {
+            entries: [None; Recent::SIZE],
+        }
+    }
+}
+
+impl Recent {
+    const SIZE: usize = 64;
+
+    /// Where `v` goes: from its bits, or for a string its length and outer 8 bytes.
+    fn at(v: &StagedValue, text: &str) -> usize {
+        let bits = match v.kind {
+            StagedKind::Text => {
+                let b = v.text(text).as_bytes();
+                let word = |s: &[u8]| {
+                    let mut w = [0u8; 8];
+                    w[..s.len()].copy_from_slice(s);
+                    u64::from_le_bytes(w)
+                };
+                let n = b.len();
+                word(&b[..n.min(8)]) ^ word(&b[n.saturating_sub(8)..]).rotate_left(29) ^ n as u64
+            }
+            kind => v.payload ^ kind as u64,
+        };
+        (bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize
+    }
+
+    /// The value id stored for a value equal to `v` and written alike.
+    fn get(&self, v: &StagedValue, text: &str) -> Option<u32> {
+        let (seen, vid) = self.entries[Self::at(v, text)]?;
+        let same = seen.kind == v.kind
+            && match v.kind {
+                StagedKind::Text => seen.text(text) == v.text(text),
+                _ => seen.payload == v.payload,
+            };
+        same.then_some(vid)
+    }
+
+    fn put(&mut self, v: StagedValue, vid: u32, text: &str) {
+        self.entries[Self::at(&v, text)] = Some((v, vid));
     }
 }
 
@@ -638,32 +696,40 @@ impl PropertyIndex {
     /// adds their slots, then puts the new values in order as one sorted run. One property's
     /// work touches only its own structures, so loads run properties on several threads.
     pub(crate) fn load(&mut self, staged: &mut [StagedValue], text: &str) {
-        // All hashes first: each lookup below then depends only on its own bucket, so
-        // the processor overlaps their cache misses (the tables of unique values are
-        // far larger than the caches).
-        let hashes: Vec<u32> = staged
-            .iter()
-            .map(|s| s.value(text).map_or(0, |v| self.hash32(v)))
-            .collect();
-        self.lookup.warm(&hashes);
+        // A table larger than the caches (a property of unique values): all hashes
+        // first, so that each lookup below depends only on its own bucket and the
+        // processor overlaps their cache misses. A small one is probed as values come.
+        let hashes: Vec<u32> = if self.lookup.is_large() {
+            let hashes: Vec<u32> = staged
+                .iter()
+                .map(|s| s.value(text).map_or(0, |v| self.hash32(v)))
+                .collect();
+            self.lookup.warm(&hashes);
+            hashes
+        } else {
+            Vec::new()
+        };
         let mut new_ids = Vec::new();
-        let mut last: Option<(ScalarRef<'_>, u32)> = None;
-        for (s, &hash) in staged.iter_mut().zip(&hashes) {
+        let mut recent = Recent::default();
+        for (i, s) in staged.iter_mut().enumerate() {
             let Some(value) = s.value(text) else {
                 s.set_vid(OBJECT_NODE);
                 continue;
             };
-            let flag = float_bit(value);
-            let vid = match last {
-                // A run of one value (a default, a common setting) skips the lookup.
-                Some((v, vid)) if v == value && float_bit(v) == flag => vid,
-                _ => {
+            let vid = match recent.get(s, text) {
+                Some(vid) => vid,
+                None => {
+                    let hash = match hashes.get(i) {
+                        Some(&h) => h,
+                        None => self.hash32(value),
+                    };
                     let (vid, new) = self.intern_hashed(hash, value, || value.to_scalar());
                     if new {
                         new_ids.push(vid);
                     }
-                    last = Some((value, vid | flag));
-                    vid | flag
+                    let vid = vid | float_bit(value);
+                    recent.put(*s, vid, text);
+                    vid
                 }
             };
             s.set_vid(vid);

@@ -12,7 +12,8 @@
 use super::index::{self, OBJECT_NODE, PropertyIndex, StagedValue};
 use super::{DeviceValue, Registry, RegistryError, ServiceLeaf, Slot};
 use crate::Timestamp;
-use crate::twin::ScalarRef;
+use crate::twin::{ConnectionState, DeviceStatus, ScalarRef};
+use roaring::RoaringBitmap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
@@ -61,6 +62,15 @@ pub(super) trait Place {
     /// The lists for the entry of the twin just placed: complete, or empty ones that
     /// indexing its batch fills in.
     fn lists(&mut self) -> Lists;
+    /// Takes `slot`'s fields for the field bitmaps (and the universe).
+    fn fields(
+        &mut self,
+        reg: &mut Registry,
+        slot: u32,
+        status: DeviceStatus,
+        connection: ConnectionState,
+        managed: bool,
+    );
     /// The twin in `slot` is admitted: its entry is in place.
     fn created(&mut self, reg: &mut Registry, slot: u32);
 }
@@ -116,6 +126,18 @@ impl Place for Direct {
         let mut lists = std::mem::take(&mut self.lists);
         lists.sort();
         lists
+    }
+
+    fn fields(
+        &mut self,
+        reg: &mut Registry,
+        slot: u32,
+        status: DeviceStatus,
+        connection: ConnectionState,
+        managed: bool,
+    ) {
+        index::add(&mut reg.universe, slot);
+        reg.set_field_bits(slot, status, connection, managed, true);
     }
 
     fn created(&mut self, reg: &mut Registry, slot: u32) {
@@ -238,6 +260,8 @@ pub(super) struct Stage {
     tags: Vec<Vec<u32>>,
     /// The slots admitted, in order.
     slots: Vec<u32>,
+    /// By [`Field`]: the slots to add.
+    fields: [Vec<u32>; FIELDS],
     layout: Layout,
     /// The twin being placed: how many device values, service leaves and tags so far.
     placing: [u32; 3],
@@ -249,6 +273,7 @@ pub(super) struct Stage {
 }
 
 impl Stage {
+    #[inline]
     fn value(&mut self, pid: u32, value: Option<ScalarRef<'_>>, slot: u32) {
         let pid = pid as usize;
         if self.values.len() <= pid {
@@ -261,6 +286,7 @@ impl Stage {
 }
 
 impl Place for Stage {
+    #[inline]
     fn device(
         &mut self,
         _: &mut Registry,
@@ -274,6 +300,7 @@ impl Place for Stage {
         self.placing[0] += 1;
     }
 
+    #[inline]
     fn service(&mut self, _: &mut Registry, pid: u32, value: Option<ScalarRef<'_>>, slot: u32) {
         self.value(pid, value, slot);
         self.layout.service.push(pid);
@@ -296,9 +323,79 @@ impl Place for Stage {
         Lists::default()
     }
 
+    fn fields(
+        &mut self,
+        _: &mut Registry,
+        slot: u32,
+        status: DeviceStatus,
+        connection: ConnectionState,
+        managed: bool,
+    ) {
+        let status = match status {
+            DeviceStatus::Enabled => Field::Enabled,
+            DeviceStatus::Disabled => Field::Disabled,
+        };
+        let connection = match connection {
+            ConnectionState::Connected => Field::Connected,
+            ConnectionState::Disconnected => Field::Disconnected,
+        };
+        let managed = if managed {
+            Field::Managed
+        } else {
+            Field::Unmanaged
+        };
+        for field in [status, connection, managed] {
+            self.fields[field as usize].push(slot);
+        }
+    }
+
     fn created(&mut self, _: &mut Registry, slot: u32) {
         self.slots.push(slot);
     }
+}
+
+/// The field bitmaps a twin is in, as indexes into [`Stage::fields`] and
+/// [`Bitmaps::fields`] (where the universe comes last).
+#[derive(Clone, Copy)]
+enum Field {
+    Enabled,
+    Disabled,
+    Connected,
+    Disconnected,
+    Managed,
+    Unmanaged,
+}
+
+/// How many field bitmaps there are.
+const FIELDS: usize = 6;
+
+/// The registry's field, universe and tag bitmaps a batch adds slots to, moved out of
+/// the registry while a thread adds them (admission does not read them).
+struct Bitmaps {
+    /// By [`Field`], then the universe: the bitmap and the batch's slots for it.
+    fields: Vec<(RoaringBitmap, Vec<u32>)>,
+    /// By tag: its id, bitmap and the batch's slots for it.
+    tags: Vec<(u32, RoaringBitmap, Vec<u32>)>,
+}
+
+impl Bitmaps {
+    fn add(&mut self) {
+        let lists = self.fields.iter_mut().map(|(b, s)| (b, s));
+        for (bitmap, slots) in lists.chain(self.tags.iter_mut().map(|(_, b, s)| (b, s))) {
+            // Slots ascend within a batch unless removed ones were reused.
+            if !slots.is_sorted() {
+                slots.sort_unstable();
+            }
+            index::add_sorted(bitmap, slots);
+        }
+    }
+}
+
+/// The bitmap job of a batch in flight.
+enum BitmapJob {
+    Todo(Bitmaps),
+    Running,
+    Done(Bitmaps),
 }
 
 /// One property's share of a batch.
@@ -334,6 +431,8 @@ struct Work {
     next_share: AtomicUsize,
     /// Built lists, by share.
     lists: Mutex<Vec<Option<Vec<Lists>>>>,
+    /// The field and tag bitmaps: the first thread to help adds to them.
+    bitmaps: Mutex<BitmapJob>,
 }
 
 /// The first phase's progress.
@@ -358,7 +457,13 @@ impl Drop for FailOnUnwind<'_> {
 }
 
 impl Work {
-    fn new(mut jobs: Vec<Job>, text: String, layout: Layout, props: usize) -> Work {
+    fn new(
+        mut jobs: Vec<Job>,
+        bitmaps: Bitmaps,
+        text: String,
+        layout: Layout,
+        props: usize,
+    ) -> Work {
         // The properties with the most distinct values are the costliest to intern.
         jobs.sort_by_key(|job| job.index.distinct());
         let shares = layout.shares();
@@ -373,6 +478,7 @@ impl Work {
             jobs_done: OnceLock::new(),
             next_share: AtomicUsize::new(0),
             lists: Mutex::new((0..shares).map(|_| None).collect()),
+            bitmaps: Mutex::new(BitmapJob::Todo(bitmaps)),
         };
         if work.jobs == 0 {
             let _ = work.jobs_done.set(Vec::new());
@@ -387,6 +493,18 @@ impl Work {
     /// Does property jobs until none is left, waits for the others' to end, then
     /// builds shares of lists until none is left.
     fn help(&self) {
+        let lock_bitmaps = || self.bitmaps.lock().unwrap_or_else(|e| e.into_inner());
+        let todo = {
+            let mut job = lock_bitmaps();
+            match *job {
+                BitmapJob::Todo(_) => std::mem::replace(&mut *job, BitmapJob::Running),
+                _ => BitmapJob::Running,
+            }
+        };
+        if let BitmapJob::Todo(mut bitmaps) = todo {
+            bitmaps.add();
+            *lock_bitmaps() = BitmapJob::Done(bitmaps);
+        }
         loop {
             let job = self.todo.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some(mut job) = job else { break };
@@ -481,8 +599,8 @@ impl<'r> Loader<'r> {
     fn send(&mut self) {
         self.join();
         let props = self.reg.props.len();
-        let (jobs, text, layout, slots) = self.reg.take_batch(&mut self.stage);
-        let work = Arc::new(Work::new(jobs, text, layout, props));
+        let (jobs, bitmaps, text, layout, slots) = self.reg.take_batch(&mut self.stage);
+        let work = Arc::new(Work::new(jobs, bitmaps, text, layout, props));
         // A small batch (a load's last, or a small load) is not worth a thread.
         let threads = if slots.len() >= PARALLEL_MIN {
             self.threads
@@ -535,8 +653,13 @@ impl<'r> Loader<'r> {
             mut layout,
             jobs_done,
             lists,
+            bitmaps,
             ..
         } = work;
+        match bitmaps.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            BitmapJob::Done(bitmaps) => self.reg.put_bitmaps(bitmaps, &mut self.stage),
+            _ => unreachable!("the first thread to help adds the bitmaps"),
+        }
         let jobs = jobs_done.into_inner().expect("every job is done");
         let lists = lists.into_inner().unwrap_or_else(|e| e.into_inner());
         let lists = lists
@@ -572,8 +695,9 @@ impl Drop for Loader<'_> {
 
 impl Registry {
     /// Takes the stage's batch: moves out the indexes its values need (leaving
-    /// stand-ins), and adds its tags and id-order entries here and now.
-    fn take_batch(&mut self, stage: &mut Stage) -> (Vec<Job>, String, Layout, Vec<u32>) {
+    /// stand-ins) and the bitmaps its fields and tags need, and adds its id-order
+    /// entries here and now.
+    fn take_batch(&mut self, stage: &mut Stage) -> (Vec<Job>, Bitmaps, String, Layout, Vec<u32>) {
         let mut jobs = Vec::new();
         for (pid, values) in stage.values.iter_mut().enumerate() {
             if values.is_empty() {
@@ -587,22 +711,72 @@ impl Registry {
                 values: std::mem::replace(values, spare),
             });
         }
-        for (tid, slots) in stage.tags.iter_mut().enumerate() {
-            for &slot in slots.iter() {
-                index::add(&mut self.tags[tid].slots, slot);
-            }
-            slots.clear();
-        }
+        let mut spare = || stage.spare_slots.pop().unwrap_or_default();
+        let mut fields: Vec<(RoaringBitmap, Vec<u32>)> = stage
+            .fields
+            .iter_mut()
+            .zip(self.field_bitmaps_mut())
+            .map(|(slots, bitmap)| (std::mem::take(bitmap), std::mem::replace(slots, spare())))
+            .collect();
+        let mut universe = spare();
+        universe.extend_from_slice(&stage.slots);
+        fields.push((std::mem::take(&mut self.universe), universe));
+        let tags = stage
+            .tags
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, slots)| !slots.is_empty())
+            .map(|(tid, slots)| {
+                let bitmap = std::mem::take(&mut self.tags[tid].slots);
+                (tid as u32, bitmap, std::mem::take(slots))
+            })
+            .collect();
         self.id_order.push_batch(&self.slots, &stage.slots);
         let text = stage.spare_text.pop().unwrap_or_default();
         let slots = stage.spare_slots.pop().unwrap_or_default();
         let layout = stage.spare_layouts.pop().unwrap_or_default();
         (
             jobs,
+            Bitmaps { fields, tags },
             std::mem::replace(&mut stage.text, text),
             std::mem::replace(&mut stage.layout, layout),
             std::mem::replace(&mut stage.slots, slots),
         )
+    }
+
+    /// The field bitmaps, by [`Field`].
+    fn field_bitmaps_mut(&mut self) -> [&mut RoaringBitmap; FIELDS] {
+        [
+            &mut self.enabled,
+            &mut self.disabled,
+            &mut self.connected,
+            &mut self.disconnected,
+            &mut self.managed,
+            &mut self.unmanaged,
+        ]
+    }
+
+    /// Puts a batch's bitmaps back; their slot lists go to `stage` for reuse.
+    fn put_bitmaps(&mut self, bitmaps: Bitmaps, stage: &mut Stage) {
+        let Bitmaps { mut fields, tags } = bitmaps;
+        let (universe, mut slots) = fields.pop().expect("the universe comes last");
+        self.universe = universe;
+        slots.clear();
+        stage.spare_slots.push(slots);
+        for (place, (bitmap, mut slots)) in self.field_bitmaps_mut().into_iter().zip(fields) {
+            *place = bitmap;
+            slots.clear();
+            stage.spare_slots.push(slots);
+        }
+        for (tid, bitmap, mut slots) in tags {
+            self.tags[tid as usize].slots = bitmap;
+            // The next batch may be staged already: only an empty list is replaced.
+            let staged = &mut stage.tags[tid as usize];
+            if staged.is_empty() {
+                slots.clear();
+                *staged = slots;
+            }
+        }
     }
 
     /// Puts an indexed batch's indexes back and its lists into its twins' entries; its

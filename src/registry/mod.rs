@@ -211,7 +211,8 @@ pub(crate) struct NewFields {
     pub(crate) connection_updated: Option<Timestamp>,
     pub(crate) last_activity: Option<Timestamp>,
     pub(crate) managed: bool,
-    pub(crate) extra: Extra,
+    /// Boxed, and only when not empty: a bulk load moves new fields around per row.
+    pub(crate) extra: Option<Box<Extra>>,
 }
 
 /// Rarely set fields, boxed to keep the common entry small.
@@ -224,6 +225,11 @@ pub(crate) struct Extra {
 }
 
 impl Extra {
+    /// `extra` boxed, or `None` when it holds nothing.
+    pub(crate) fn boxed(extra: Extra) -> Option<Box<Extra>> {
+        (!extra.is_empty()).then(|| Box::new(extra))
+    }
+
     fn is_empty(&self) -> bool {
         self.status_reason.is_none()
             && self.authentication.is_empty()
@@ -808,12 +814,12 @@ impl Registry {
             connection_updated: connection_state_updated_time,
             last_activity: last_activity_time,
             managed: is_managed,
-            extra: Extra {
+            extra: Extra::boxed(Extra {
                 status_reason,
                 authentication,
                 registration,
                 configuration,
-            },
+            }),
         };
         self.admit_with(fields, place, |reg, place, slot| {
             let all_known = known_pids.len() == device_properties.len();
@@ -877,8 +883,7 @@ impl Registry {
             managed,
             extra,
         } = fields;
-        index::add(&mut self.universe, slot);
-        self.set_field_bits(slot, status, connection, managed, true);
+        place.fields(self, slot, status, connection, managed);
         self.by_id_hash.insert(self.id_hash(id.as_str()), slot);
         self.slots[slot as usize] = Some(Entry {
             id: id.clone(),
@@ -894,7 +899,7 @@ impl Registry {
             device: lists.device,
             service: lists.service,
             tags: lists.tags,
-            extra: (!extra.is_empty()).then(|| Box::new(extra)),
+            extra,
         });
         place.created(self, slot);
         self.emit(seq, id, ChangeKind::Created);

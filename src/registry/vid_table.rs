@@ -14,6 +14,9 @@
 //! without reading it: a store, which the processor does not wait for, instead of a
 //! cache miss it does wait for.
 
+/// Buckets from which a table is large: 256 KiB of them.
+const LARGE: usize = 1 << 15;
+
 /// Value id -> bucket, keyed by the caller's 32-bit hash of the value.
 #[derive(Debug, Default)]
 pub(crate) struct VidTable {
@@ -70,6 +73,12 @@ impl VidTable {
         None
     }
 
+    /// Whether the buckets are too many to stay in the caches (so that a batch of
+    /// lookups is better warmed first, see [`VidTable::warm`]).
+    pub(crate) fn is_large(&self) -> bool {
+        self.buckets.len() >= LARGE
+    }
+
     /// Reads the home bucket of each hash that is taken and discards it. The reads are
     /// independent, so the processor has many cache misses in flight at once, where
     /// the lookups that follow would take them one after another (each waits on its
@@ -77,7 +86,7 @@ impl VidTable {
     /// buckets in cache.
     pub(crate) fn warm(&self, hashes: &[u32]) {
         // A table that fits in the caches is warm already.
-        if self.buckets.len() < 1 << 15 {
+        if !self.is_large() {
             return;
         }
         let mask = self.mask();
