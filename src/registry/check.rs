@@ -42,20 +42,18 @@ impl Registry {
             }]
             .insert(slot);
             fields[if e.managed { 4 } else { 5 }].insert(slot);
-            if !e.device.windows(2).all(|w| w[0].pid < w[1].pid)
-                || !e.service.windows(2).all(|w| w[0].pid < w[1].pid)
-                || !e.tags.windows(2).all(|w| w[0] < w[1])
+            let device: Vec<_> = e.lists.device().collect();
+            let service: Vec<_> = e.lists.service().collect();
+            if !device.windows(2).all(|w| w[0].pid < w[1].pid)
+                || !service.windows(2).all(|w| w[0].pid < w[1].pid)
+                || !e.lists.tags().windows(2).all(|w| w[0] < w[1])
             {
                 return Err(format!(
                     "device {id}: property or tag lists not strictly sorted"
                 ));
             }
-            let leaves = e
-                .device
-                .iter()
-                .map(|d| (d.pid, d.vid, PropertyKind::Device));
-            let svc = e
-                .service
+            let leaves = device.iter().map(|d| (d.pid, d.vid, PropertyKind::Device));
+            let svc = service
                 .iter()
                 .map(|l| (l.pid, l.vid, PropertyKind::Service));
             for (pid, vid, kind) in leaves.chain(svc) {
@@ -100,14 +98,13 @@ impl Registry {
                     .or_default()
                     .insert(slot);
             }
-            for &t in &e.tags {
+            for &t in e.lists.tags() {
                 tags.get_mut(t as usize)
                     .ok_or_else(|| format!("device {id}: unknown tag id {t}"))?
                     .insert(slot);
             }
             // Service object nodes: every dotted leaf has its parents present.
-            let names: BTreeSet<&str> = e
-                .service
+            let names: BTreeSet<&str> = service
                 .iter()
                 .map(|l| &*self.props[l.pid as usize].name)
                 .collect();

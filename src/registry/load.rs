@@ -10,6 +10,7 @@
 //! moves the indexes back and fills the first batch's value ids into its twins.
 
 use super::index::{self, OBJECT_NODE, PropertyIndex, StagedValue};
+use super::lists::TwinLists;
 use super::{DeviceValue, Registry, RegistryError, ServiceLeaf, Slot};
 use crate::Timestamp;
 use crate::twin::{ConnectionState, DeviceStatus, ScalarRef};
@@ -28,12 +29,14 @@ const PARALLEL_MIN: usize = 1024;
 /// At most this many threads index one batch.
 const MAX_THREADS: usize = 4;
 
-/// A new twin's value and tag lists, as its entry holds them (each sorted by id).
+/// A new twin's value and tag lists while they are gathered.
 #[derive(Default)]
 pub(super) struct Lists {
     pub(super) device: Vec<DeviceValue>,
     pub(super) service: Vec<ServiceLeaf>,
     pub(super) tags: Vec<u32>,
+    /// Scratch for [`TwinLists::build`].
+    times: Vec<u64>,
 }
 
 impl Lists {
@@ -41,6 +44,11 @@ impl Lists {
         self.device.sort_unstable_by_key(|d| d.pid);
         self.service.sort_unstable_by_key(|l| l.pid);
         self.tags.sort_unstable();
+    }
+
+    /// The lists as an entry stores them.
+    fn stored(&mut self) -> TwinLists {
+        TwinLists::build(&self.device, &self.service, &self.tags, &mut self.times)
     }
 }
 
@@ -61,7 +69,7 @@ pub(super) trait Place {
     fn tag(&mut self, reg: &mut Registry, tid: u32, slot: u32);
     /// The lists for the entry of the twin just placed: complete, or empty ones that
     /// indexing its batch fills in.
-    fn lists(&mut self) -> Lists;
+    fn lists(&mut self) -> TwinLists;
     /// Takes `slot`'s fields for the field bitmaps (and the universe).
     fn fields(
         &mut self,
@@ -122,10 +130,13 @@ impl Place for Direct {
         self.lists.tags.push(tid);
     }
 
-    fn lists(&mut self) -> Lists {
-        let mut lists = std::mem::take(&mut self.lists);
-        lists.sort();
-        lists
+    fn lists(&mut self) -> TwinLists {
+        self.lists.sort();
+        let stored = self.lists.stored();
+        self.lists.device.clear();
+        self.lists.service.clear();
+        self.lists.tags.clear();
+        stored
     }
 
     fn fields(
@@ -204,7 +215,7 @@ impl Layout {
 
     /// Share `k`'s twins' lists, value ids taken from the indexed values (`by_pid`:
     /// each property's, in admission order).
-    fn lists(&self, k: usize, by_pid: &[&[StagedValue]]) -> Vec<Lists> {
+    fn lists(&self, k: usize, by_pid: &[&[StagedValue]]) -> Vec<TwinLists> {
         let first = ChunkStart::default();
         let start = if k == 0 { &first } else { &self.chunks[k - 1] };
         let end = self.chunks.get(k).map_or(self.counts.len(), |c| c.twin);
@@ -216,34 +227,29 @@ impl Layout {
             by_pid[pid as usize][*c - 1].vid()
         };
         let (mut d, mut s, mut t) = (start.device, start.service, start.tags);
+        let mut twin = Lists::default();
         self.counts[start.twin..end]
             .iter()
             .map(|&[nd, ns, nt]| {
                 let (nd, ns, nt) = (nd as usize, ns as usize, nt as usize);
-                let device = self.device[d..d + nd]
-                    .iter()
-                    .map(|&(pid, ts)| DeviceValue {
+                twin.device.clear();
+                twin.device
+                    .extend(self.device[d..d + nd].iter().map(|&(pid, ts)| DeviceValue {
                         pid,
                         vid: next(pid),
                         ts,
-                    })
-                    .collect();
-                let service = self.service[s..s + ns]
-                    .iter()
-                    .map(|&pid| ServiceLeaf {
+                    }));
+                twin.service.clear();
+                twin.service
+                    .extend(self.service[s..s + ns].iter().map(|&pid| ServiceLeaf {
                         pid,
                         vid: next(pid),
-                    })
-                    .collect();
-                let tags = self.tags[t..t + nt].to_vec();
+                    }));
+                twin.tags.clear();
+                twin.tags.extend_from_slice(&self.tags[t..t + nt]);
                 (d, s, t) = (d + nd, s + ns, t + nt);
-                let mut lists = Lists {
-                    device,
-                    service,
-                    tags,
-                };
-                lists.sort();
-                lists
+                twin.sort();
+                twin.stored()
             })
             .collect()
     }
@@ -317,10 +323,10 @@ impl Place for Stage {
         self.placing[2] += 1;
     }
 
-    fn lists(&mut self) -> Lists {
+    fn lists(&mut self) -> TwinLists {
         self.layout.counts.push(std::mem::take(&mut self.placing));
         self.layout.mark(&self.values);
-        Lists::default()
+        TwinLists::default()
     }
 
     fn fields(
@@ -430,7 +436,7 @@ struct Work {
     /// The next share of lists to build.
     next_share: AtomicUsize,
     /// Built lists, by share.
-    lists: Mutex<Vec<Option<Vec<Lists>>>>,
+    lists: Mutex<Vec<Option<Vec<TwinLists>>>>,
     /// The field and tag bitmaps: the first thread to help adds to them.
     bitmaps: Mutex<BitmapJob>,
 }
@@ -784,7 +790,7 @@ impl Registry {
     fn finish_batch(
         &mut self,
         jobs: Vec<Job>,
-        lists: impl Iterator<Item = Lists>,
+        lists: impl Iterator<Item = TwinLists>,
         slots: &[u32],
         stage: &mut Stage,
     ) {
@@ -792,9 +798,7 @@ impl Registry {
             let entry = self.slots[slot as usize]
                 .as_mut()
                 .expect("staged twins are live");
-            entry.device = lists.device;
-            entry.service = lists.service;
-            entry.tags = lists.tags;
+            entry.lists = lists;
         }
         for mut job in jobs {
             self.props[job.pid as usize] = job.index;

@@ -77,6 +77,7 @@ mod feed;
 mod hash;
 mod id_order;
 mod index;
+mod lists;
 mod load;
 mod shared;
 mod sorted;
@@ -101,6 +102,7 @@ use feed::ChangeFeed;
 use hash::{FastMap, FastState};
 use id_order::IdOrder;
 use index::{OBJECT_NODE, PropertyIndex};
+use lists::TwinLists;
 use load::{Direct, Place, index_value};
 use roaring::RoaringBitmap;
 use std::collections::BTreeSet;
@@ -268,12 +270,8 @@ pub(crate) struct Entry {
     pub(crate) status: DeviceStatus,
     pub(crate) connection: ConnectionState,
     pub(crate) managed: bool,
-    /// Sorted by `pid`.
-    pub(crate) device: Vec<DeviceValue>,
-    /// Sorted by `pid`.
-    pub(crate) service: Vec<ServiceLeaf>,
-    /// Sorted tag ids.
-    pub(crate) tags: Vec<u32>,
+    /// Device values, service leaves and tag ids, each sorted by id.
+    pub(crate) lists: TwinLists,
     pub(crate) extra: Option<Box<Extra>>,
 }
 
@@ -583,12 +581,12 @@ impl Registry {
         let prop = self.props.get(id.0 as usize)?;
         let vid = match prop.kind {
             PropertyKind::Device => {
-                let i = entry.device.binary_search_by_key(&id.0, |d| d.pid).ok()?;
-                entry.device[i].vid
+                let i = entry.lists.find_device(id.0).ok()?;
+                entry.lists.device_at(i).vid
             }
             PropertyKind::Service => {
-                let i = entry.service.binary_search_by_key(&id.0, |d| d.pid).ok()?;
-                entry.service[i].vid
+                let i = entry.lists.find_service(id.0).ok()?;
+                entry.lists.service_at(i).vid
             }
         };
         (vid != OBJECT_NODE).then(|| prop.value(vid))
@@ -896,9 +894,7 @@ impl Registry {
             status,
             connection,
             managed,
-            device: lists.device,
-            service: lists.service,
-            tags: lists.tags,
+            lists,
             extra,
         });
         place.created(self, slot);
@@ -938,13 +934,13 @@ impl Registry {
         let entry = self.slots[slot as usize]
             .take()
             .expect("registry maps ids only to live slots");
-        for d in &entry.device {
+        for d in entry.lists.device() {
             self.props[d.pid as usize].remove(d.vid, slot);
         }
-        for l in &entry.service {
+        for l in entry.lists.service() {
             self.props[l.pid as usize].remove(l.vid, slot);
         }
-        for &t in &entry.tags {
+        for &t in entry.lists.tags() {
             self.tags[t as usize].slots.remove(slot);
         }
         for b in [
@@ -1019,12 +1015,12 @@ impl Registry {
             }
         };
         let entry = self.slots[slot as usize].as_ref().expect("checked above");
-        let pos = entry.device.binary_search_by_key(&pid, |d| d.pid);
-        if pos.is_err() && entry.device.len() >= MAX_DEVICE_PROPERTIES {
+        let pos = entry.lists.find_device(pid);
+        if pos.is_err() && entry.lists.device_len() >= MAX_DEVICE_PROPERTIES {
             return Err(RegistryError::Invalid {
                 id: entry.id.to_string(),
                 error: TwinError::TooManyDeviceProperties {
-                    count: entry.device.len() + 1,
+                    count: entry.lists.device_len() + 1,
                 },
             });
         }
@@ -1033,16 +1029,18 @@ impl Registry {
         let entry = self.slots[slot as usize].as_mut().expect("checked above");
         match pos {
             Ok(i) => {
-                let d = &mut entry.device[i];
-                if !index::same_repr(index.value(d.vid), &value) {
-                    index.remove(d.vid, slot);
-                    d.vid = index.insert(&value, slot);
+                let mut vid = entry.lists.device_at(i).vid;
+                if !index::same_repr(index.value(vid), &value) {
+                    index.remove(vid, slot);
+                    vid = index.insert(&value, slot);
                 }
-                d.ts = at;
+                entry.lists.set_device_at(i, vid, at);
             }
             Err(i) => {
                 let vid = index.insert(&value, slot);
-                entry.device.insert(i, DeviceValue { pid, vid, ts: at });
+                entry
+                    .lists
+                    .insert_device(i, DeviceValue { pid, vid, ts: at });
             }
         }
         entry.etag = seq;
@@ -1064,10 +1062,10 @@ impl Registry {
             return Ok(false);
         };
         let entry = self.entry_mut(slot);
-        let Ok(i) = entry.device.binary_search_by_key(&pid, |d| d.pid) else {
+        let Ok(i) = entry.lists.find_device(pid) else {
             return Ok(false);
         };
-        let d = entry.device.remove(i);
+        let d = entry.lists.remove_device(i);
         self.props[pid as usize].remove(d.vid, slot);
         let seq = self.next_seq();
         let entry = self.entry_mut(slot);
@@ -1096,7 +1094,7 @@ impl Registry {
     fn remove_service_subtree(&mut self, slot: u32, name: Option<&str>) {
         let entry = self.slots[slot as usize].as_mut().expect("live slot");
         let props = &mut self.props;
-        entry.service.retain(|l| {
+        entry.lists.retain_service(|l| {
             let p = &mut props[l.pid as usize];
             let hit = match name {
                 None => true,
@@ -1119,11 +1117,7 @@ impl Registry {
         for (n, v) in &leaves {
             let leaf = self.insert_leaf(slot, n, v.as_ref());
             let entry = self.slots[slot as usize].as_mut().expect("live slot");
-            let pos = entry
-                .service
-                .binary_search_by_key(&leaf.pid, |l| l.pid)
-                .unwrap_or_else(|i| i);
-            entry.service.insert(pos, leaf);
+            entry.lists.insert_service(leaf);
         }
     }
 
@@ -1139,8 +1133,8 @@ impl Registry {
 
     fn top_level_service_count(&self, slot: u32) -> usize {
         self.entry(slot)
-            .service
-            .iter()
+            .lists
+            .service()
             .filter(|l| !self.props[l.pid as usize].name.contains('.'))
             .count()
     }
@@ -1221,7 +1215,7 @@ impl Registry {
     }
 
     fn set_tags(&mut self, slot: u32, tags: &BTreeSet<String>) {
-        let old = std::mem::take(&mut self.entry_mut(slot).tags);
+        let old = self.entry(slot).lists.tags().to_vec();
         for t in old {
             self.tags[t as usize].slots.remove(slot);
         }
@@ -1234,12 +1228,13 @@ impl Registry {
             })
             .collect();
         ids.sort_unstable();
-        self.entry_mut(slot).tags = ids;
+        self.entry_mut(slot).lists.set_tags(&ids);
     }
 
     fn current_tags(&self, slot: u32) -> BTreeSet<String> {
         self.entry(slot)
-            .tags
+            .lists
+            .tags()
             .iter()
             .map(|&t| self.tags[t as usize].name.to_string())
             .collect()

@@ -134,12 +134,8 @@ impl<'a> TwinRef<'a> {
                     .property_id(PropertyKind::Device, canonical.as_str())?
             }
         };
-        let i = self
-            .entry
-            .device
-            .binary_search_by_key(&pid.0, |d| d.pid)
-            .ok()?;
-        let d = self.entry.device[i];
+        let i = self.entry.lists.find_device(pid.0).ok()?;
+        let d = self.entry.lists.device_at(i);
         Some((self.reg.props[d.pid as usize].value(d.vid), d.ts))
     }
 
@@ -149,7 +145,7 @@ impl<'a> TwinRef<'a> {
         &self,
     ) -> impl ExactSizeIterator<Item = (&'a str, &'a Scalar, Timestamp)> + 'a {
         let reg = self.reg;
-        self.entry.device.iter().map(move |d| {
+        self.entry.lists.device().map(move |d| {
             let p = &reg.props[d.pid as usize];
             (&*p.name, p.value(d.vid), d.ts)
         })
@@ -166,7 +162,7 @@ impl<'a> TwinRef<'a> {
     /// `outer.inner`, in no particular order.
     pub fn service_leaves(&self) -> impl Iterator<Item = (&'a str, &'a Scalar)> + 'a {
         let reg = self.reg;
-        self.entry.service.iter().filter_map(move |l| {
+        self.entry.lists.service().filter_map(move |l| {
             let p = &reg.props[l.pid as usize];
             (l.vid != OBJECT_NODE).then(|| (&*p.name, p.value(l.vid)))
         })
@@ -176,8 +172,8 @@ impl<'a> TwinRef<'a> {
     pub fn service_properties(&self) -> BTreeMap<String, ServiceValue> {
         let mut nodes: Vec<(&str, Option<&Scalar>)> = self
             .entry
-            .service
-            .iter()
+            .lists
+            .service()
             .map(|l| {
                 let p = &self.reg.props[l.pid as usize];
                 (&*p.name, (l.vid != OBJECT_NODE).then(|| p.value(l.vid)))
@@ -218,7 +214,8 @@ impl<'a> TwinRef<'a> {
     pub fn tags(&self) -> impl ExactSizeIterator<Item = &'a str> + 'a {
         let reg = self.reg;
         self.entry
-            .tags
+            .lists
+            .tags()
             .iter()
             .map(move |&t| &*reg.tags[t as usize].name)
     }
