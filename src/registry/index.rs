@@ -344,13 +344,13 @@ impl Recent {
         let bits = match v.kind {
             StagedKind::Text => {
                 let b = v.text(text).as_bytes();
-                let word = |s: &[u8]| {
-                    let mut w = [0u8; 8];
-                    w[..s.len()].copy_from_slice(s);
-                    u64::from_le_bytes(w)
-                };
                 let n = b.len();
-                word(&b[..n.min(8)]) ^ word(&b[n.saturating_sub(8)..]).rotate_left(29) ^ n as u64
+                let word =
+                    |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+                match n {
+                    0..8 => b.iter().fold(n as u64, |w, &c| (w << 8) | u64::from(c)),
+                    _ => word(0) ^ word(n - 8).rotate_left(29) ^ n as u64,
+                }
             }
             kind => v.payload ^ kind as u64,
         };

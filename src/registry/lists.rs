@@ -189,11 +189,17 @@ impl TwinLists {
             self.set_time_index(&at, i, t);
             return;
         }
-        let mut used = vec![false; nt];
-        for j in (0..nd).filter(|&j| j != i) {
-            used[self.time_index(&at, j)] = true;
+        // A time only this value uses is overwritten (a property reported on its own);
+        // otherwise one no value uses any more is taken.
+        if !(0..nd).any(|j| j != i && self.time_index(&at, j) == old) {
+            self.set_time(&at, old, ms);
+            return;
         }
-        if let Some(free) = (0..nt).find(|&t| !used[t]) {
+        let mut in_use = vec![false; nt];
+        for j in 0..nd {
+            in_use[self.time_index(&at, j)] = true;
+        }
+        if let Some(free) = (0..nt).find(|&t| !in_use[t]) {
             self.set_time(&at, free, ms);
             self.set_time_index(&at, i, free);
             return;
