@@ -1,5 +1,6 @@
 //! Bulk loading: many new devices at once, from owned twins or from borrowed rows.
 
+use super::hash::same_str;
 use super::load::{Loader, Place};
 use super::{Extra, NewFields, Registry, RegistryError, Slot, truncated};
 use crate::twin::{
@@ -113,6 +114,17 @@ pub struct BulkLoad<'r> {
     previous: Vec<u32>,
     sorted: Vec<u32>,
     added: usize,
+    /// Tag ids met lately, by a hash of the tag: a fleet's rows draw their tags from a
+    /// few hundred, in no order the position cache above can follow.
+    recent_tags: Box<[u32; RECENT_TAGS]>,
+}
+
+/// Entries in [`BulkLoad`]'s recent tags (each a tag id plus one; 0 is empty).
+const RECENT_TAGS: usize = 512;
+
+/// Where `tag` goes among the recent tags.
+fn recent_tag_at(tag: &str) -> usize {
+    (super::hash::memo_key(tag.as_bytes()) >> 55) as usize
 }
 
 impl Registry {
@@ -127,6 +139,7 @@ impl Registry {
             previous: Vec::new(),
             sorted: Vec::new(),
             added: 0,
+            recent_tags: Box::new([0; RECENT_TAGS]),
         }
     }
 
@@ -177,7 +190,7 @@ fn resolve_all<'n>(
     ids: &mut Vec<u32>,
     previous: &mut Vec<u32>,
     name_of: fn(&Registry, u32) -> &str,
-    resolve: impl Fn(&mut Registry, &str) -> Result<u32, TwinError>,
+    mut resolve: impl FnMut(&mut Registry, &str) -> Result<u32, TwinError>,
 ) -> Result<bool, TwinError> {
     std::mem::swap(ids, previous);
     ids.clear();
@@ -202,28 +215,6 @@ fn resolve_all<'n>(
         ids.push(id);
     }
     Ok(same && ids.len() == previous.len())
-}
-
-/// `a == b`, for the short names rows repeat: compared a word (8 bytes) at a time, the
-/// last word overlapping, without a call.
-fn same_str(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    if n < 8 {
-        return a == b;
-    }
-    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
-    let mut at = 0;
-    while at + 8 < n {
-        if word(a, at) != word(b, at) {
-            return false;
-        }
-        at += 8;
-    }
-    word(a, n - 8) == word(b, n - 8)
 }
 
 /// Fails with the first name whose id repeats in `ids`.
@@ -259,6 +250,7 @@ impl BulkLoad<'_> {
             previous,
             sorted,
             added,
+            recent_tags,
         } = self;
         let (reg, stage) = loader.parts();
         if reg.find_slot(id.as_str()).is_some() {
@@ -315,7 +307,16 @@ impl BulkLoad<'_> {
                 tag_ids,
                 previous,
                 tag_name,
-                Registry::tag_id,
+                |reg, tag| {
+                    let at = recent_tag_at(tag);
+                    let known = recent_tags[at].checked_sub(1);
+                    if let Some(tid) = known.filter(|&tid| same_str(tag_name(reg, tid), tag)) {
+                        return Ok(tid);
+                    }
+                    let tid = reg.tag_id(tag)?;
+                    recent_tags[at] = tid + 1;
+                    Ok(tid)
+                },
             )?;
             // The previous row's names were unique if it was admitted.
             if !(same_device && same_service && *trusted) {

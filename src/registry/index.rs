@@ -1,7 +1,7 @@
 //! Value indexes: one per property, mapping each distinct value to the slots holding it.
 
 use super::column::{IdBits, ValueColumn};
-use super::hash::{FastMap, FastState};
+use super::hash::{FastMap, FastState, memo_key, same_str};
 use super::sorted::{RunOrder, SortKey, SortedRuns};
 use super::vid_table::VidTable;
 use crate::twin::{Number, PropertyKind, Scalar, ScalarRef, WellKnownProperty};
@@ -339,19 +339,10 @@ impl Default for Recent {
 impl Recent {
     const SIZE: usize = 64;
 
-    /// Where `v` goes: from its bits, or for a string its length and outer 8 bytes.
+    /// Where `v` goes: from its bits, or a string's [`memo_key`].
     fn at(v: &StagedValue, text: &str) -> usize {
         let bits = match v.kind {
-            StagedKind::Text => {
-                let b = v.text(text).as_bytes();
-                let n = b.len();
-                let word =
-                    |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
-                match n {
-                    0..8 => b.iter().fold(n as u64, |w, &c| (w << 8) | u64::from(c)),
-                    _ => word(0) ^ word(n - 8).rotate_left(29) ^ n as u64,
-                }
-            }
+            StagedKind::Text => return (memo_key(v.text(text).as_bytes()) >> 58) as usize,
             kind => v.payload ^ kind as u64,
         };
         (bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize
@@ -362,7 +353,7 @@ impl Recent {
         let (seen, vid) = self.entries[Self::at(v, text)]?;
         let same = seen.kind == v.kind
             && match v.kind {
-                StagedKind::Text => seen.text(text) == v.text(text),
+                StagedKind::Text => same_str(seen.text(text), v.text(text)),
                 _ => seen.payload == v.payload,
             };
         same.then_some(vid)
