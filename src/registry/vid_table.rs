@@ -79,22 +79,29 @@ impl VidTable {
         self.buckets.len() >= LARGE
     }
 
-    /// Reads the home bucket of each hash that is taken and discards it. The reads are
-    /// independent, so the processor has many cache misses in flight at once, where
-    /// the lookups that follow would take them one after another (each waits on its
-    /// bucket to decide what to do): run over a batch of hashes first, it leaves their
-    /// buckets in cache.
-    pub(crate) fn warm(&self, hashes: &[u32]) {
+    /// Reads the home bucket of each hash that is taken, and through `touch` what the
+    /// caller keeps for an id found there under the same hash, and discards them. The
+    /// reads are independent, so the processor has many cache misses in flight at once,
+    /// where the lookups that follow would take them one after another (each waits on
+    /// its bucket to decide what to do): run over a chunk of hashes first, it leaves
+    /// their buckets and values in cache.
+    pub(crate) fn warm(&self, hashes: &[u32], touch: impl Fn(u32) -> u64) {
         // A table that fits in the caches is warm already.
         if !self.is_large() {
             return;
         }
         let mask = self.mask();
-        let seen = hashes
-            .iter()
-            .map(|&h| h as usize & mask)
-            .filter(|&i| self.is_taken(i))
-            .fold(0u64, |acc, i| acc | self.buckets[i]);
+        let mut seen = 0u64;
+        for &h in hashes {
+            let i = h as usize & mask;
+            if self.is_taken(i) {
+                let b = self.buckets[i];
+                seen |= b;
+                if (b >> 32) as u32 == h {
+                    seen |= touch((b as u32) - 1);
+                }
+            }
+        }
         std::hint::black_box(seen);
     }
 
