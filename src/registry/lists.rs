@@ -154,18 +154,22 @@ impl TwinLists {
 
     /// Device value `i`.
     pub(crate) fn device_at(&self, i: usize) -> DeviceValue {
-        let at = self.offsets();
+        self.device_in(&self.offsets(), i)
+    }
+
+    fn device_in(&self, at: &Offsets, i: usize) -> DeviceValue {
         let w = &self.words[at.device + DEVICE * i..at.device + DEVICE * (i + 1)];
         DeviceValue {
             pid: w[0],
             vid: w[1],
-            ts: Timestamp::from_millis(self.time(&at, self.time_index(&at, i))),
+            ts: Timestamp::from_millis(self.time(at, self.time_index(at, i))),
         }
     }
 
     /// The device values, by property id.
     pub(crate) fn device(&self) -> impl ExactSizeIterator<Item = DeviceValue> + '_ {
-        (0..self.device_len()).map(|i| self.device_at(i))
+        let at = self.offsets();
+        (0..self.device_len()).map(move |i| self.device_in(&at, i))
     }
 
     /// Where device property `pid` is (`Err`: where it would go).
@@ -216,16 +220,23 @@ impl TwinLists {
 
     /// Service leaf `i`.
     pub(crate) fn service_at(&self, i: usize) -> ServiceLeaf {
-        let at = self.offsets().service + SERVICE * i;
+        Self::leaf(&self.words[self.offsets().service..], i)
+    }
+
+    fn leaf(service: &[u32], i: usize) -> ServiceLeaf {
         ServiceLeaf {
-            pid: self.words[at],
-            vid: self.words[at + 1],
+            pid: service[SERVICE * i],
+            vid: service[SERVICE * i + 1],
         }
     }
 
     /// The service leaves, by property id.
     pub(crate) fn service(&self) -> impl ExactSizeIterator<Item = ServiceLeaf> + '_ {
-        (0..self.service_len()).map(|i| self.service_at(i))
+        let service = match self.words.len() {
+            0 => &[][..],
+            _ => &self.words[self.offsets().service..],
+        };
+        (0..self.service_len()).map(move |i| Self::leaf(service, i))
     }
 
     /// Where service leaf `pid` is (`Err`: where it would go).
