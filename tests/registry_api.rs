@@ -873,3 +873,28 @@ fn bulk_load_after_removals_reuses_slots() {
         "freed slots were reused"
     );
 }
+
+/// `reserve` is a hint: an impossible one changes nothing, a real one leaves the same
+/// registry a load without it builds.
+#[test]
+fn bulk_load_reserve_is_a_hint() {
+    let twins: Vec<Twin> = (0..9_000).map(fleet_twin).collect();
+    let mut hinted = Registry::new();
+    let mut bulk = hinted.bulk_load();
+    bulk.reserve(usize::MAX);
+    bulk.reserve(twins.len());
+    add_rows(&mut bulk, &twins);
+    assert_eq!(bulk.finish(), twins.len());
+    hinted.validate().unwrap();
+    let mut plain = Registry::new();
+    let mut bulk = plain.bulk_load();
+    add_rows(&mut bulk, &twins);
+    bulk.finish();
+    for t in &twins {
+        let id = t.device_id.as_str();
+        assert_eq!(
+            hinted.get(id).unwrap().to_twin(),
+            plain.get(id).unwrap().to_twin()
+        );
+    }
+}

@@ -760,8 +760,8 @@ impl Registry {
         )
     }
 
-    /// The field bitmaps, by [`Field`].
-    fn field_bitmaps_mut(&mut self) -> [&mut RoaringBitmap; FIELDS] {
+    /// The field bitmaps, in the order of [`Field`].
+    pub(super) fn field_bitmaps_mut(&mut self) -> [&mut RoaringBitmap; FIELDS] {
         [
             &mut self.enabled,
             &mut self.disabled,

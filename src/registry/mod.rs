@@ -943,15 +943,8 @@ impl Registry {
         for &t in entry.lists.tags() {
             self.tags[t as usize].slots.remove(slot);
         }
-        for b in [
-            &mut self.universe,
-            &mut self.enabled,
-            &mut self.disabled,
-            &mut self.connected,
-            &mut self.disconnected,
-            &mut self.managed,
-            &mut self.unmanaged,
-        ] {
+        self.universe.remove(slot);
+        for b in self.field_bitmaps_mut() {
             b.remove(slot);
         }
         self.by_id_hash.remove(self.id_hash(id), slot);
