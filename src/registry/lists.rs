@@ -303,7 +303,7 @@ impl TwinLists {
         *self = TwinLists::new(&device, &service, tags);
     }
 
-    /// Heap bytes held (for memory accounting in tests).
+    /// Words held on the heap (0 for the empty lists).
     #[cfg(test)]
     fn heap_words(&self) -> usize {
         self.words.len()
