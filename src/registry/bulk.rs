@@ -253,7 +253,8 @@ impl BulkLoad<'_> {
             recent_tags,
         } = self;
         let (reg, stage) = loader.parts();
-        if reg.find_slot(id.as_str()).is_some() {
+        let id_hash = reg.id_hash(id.as_str());
+        if reg.find_slot_hashed(id_hash, id.as_str()).is_some() {
             return Err(RegistryError::DeviceExists { id });
         }
         let checked = (|| {
@@ -333,6 +334,7 @@ impl BulkLoad<'_> {
         })?;
         let fields = NewFields {
             id,
+            id_hash,
             status: device.status,
             status_updated: device.status_updated_time,
             connection: device.connection_state,

@@ -50,15 +50,17 @@ pub(super) struct Lists {
 }
 
 impl Lists {
-    fn sort(&mut self) {
+    /// The lists as an entry stores them (each sorted by id); they are emptied for the
+    /// next twin.
+    fn finish(&mut self) -> TwinLists {
         self.device.sort_unstable_by_key(|d| d.pid);
         self.service.sort_unstable_by_key(|l| l.pid);
         self.tags.sort_unstable();
-    }
-
-    /// The lists as an entry stores them.
-    fn stored(&mut self) -> TwinLists {
-        TwinLists::build(&self.device, &self.service, &self.tags, &mut self.times)
+        let stored = TwinLists::build(&self.device, &self.service, &self.tags, &mut self.times);
+        self.device.clear();
+        self.service.clear();
+        self.tags.clear();
+        stored
     }
 }
 
@@ -141,12 +143,7 @@ impl Place for Direct {
     }
 
     fn lists(&mut self) -> TwinLists {
-        self.lists.sort();
-        let stored = self.lists.stored();
-        self.lists.device.clear();
-        self.lists.service.clear();
-        self.lists.tags.clear();
-        stored
+        self.lists.finish()
     }
 
     fn fields(
@@ -242,24 +239,20 @@ impl Layout {
             .iter()
             .map(|&[nd, ns, nt]| {
                 let (nd, ns, nt) = (nd as usize, ns as usize, nt as usize);
-                twin.device.clear();
                 twin.device
                     .extend(self.device[d..d + nd].iter().map(|&(pid, ts)| DeviceValue {
                         pid,
                         vid: next(pid),
                         ts,
                     }));
-                twin.service.clear();
                 twin.service
                     .extend(self.service[s..s + ns].iter().map(|&pid| ServiceLeaf {
                         pid,
                         vid: next(pid),
                     }));
-                twin.tags.clear();
                 twin.tags.extend_from_slice(&self.tags[t..t + nt]);
                 (d, s, t) = (d + nd, s + ns, t + nt);
-                twin.sort();
-                twin.stored()
+                twin.finish()
             })
             .collect()
     }

@@ -207,6 +207,8 @@ pub(crate) struct ServiceLeaf {
 /// A new device's fields, apart from its values and tags.
 pub(crate) struct NewFields {
     pub(crate) id: DeviceId,
+    /// The id's hash, taken once for the existence check and the insert.
+    pub(crate) id_hash: u32,
     pub(crate) status: DeviceStatus,
     pub(crate) status_updated: Option<Timestamp>,
     pub(crate) connection: ConnectionState,
@@ -644,8 +646,13 @@ impl Registry {
 
     /// The slot of a device, through the id hash table.
     fn find_slot(&self, id: &str) -> Option<u32> {
+        self.find_slot_hashed(self.id_hash(id), id)
+    }
+
+    /// [`Registry::find_slot`] with the id's hash already taken.
+    fn find_slot_hashed(&self, hash: u32, id: &str) -> Option<u32> {
         let slots = &self.slots;
-        self.by_id_hash.find(self.id_hash(id), |slot| {
+        self.by_id_hash.find(hash, |slot| {
             slots[slot as usize].as_ref().is_some_and(|e| e.id.is(id))
         })
     }
@@ -773,7 +780,11 @@ impl Registry {
 
     /// Validates a new twin and admits it (see [`Registry::admit_with`]).
     fn admit(&mut self, twin: Twin, place: &mut impl Place) -> Result<Slot, RegistryError> {
-        if self.find_slot(twin.device_id.as_str()).is_some() {
+        let id_hash = self.id_hash(twin.device_id.as_str());
+        if self
+            .find_slot_hashed(id_hash, twin.device_id.as_str())
+            .is_some()
+        {
             return Err(RegistryError::DeviceExists { id: twin.device_id });
         }
         // Validation resolves known names to property ids; keep them for the insert below.
@@ -806,6 +817,7 @@ impl Registry {
         } = twin;
         let fields = NewFields {
             id: device_id,
+            id_hash,
             status,
             status_updated: status_updated_time,
             connection: connection_state,
@@ -873,6 +885,7 @@ impl Registry {
         let lists = place.lists();
         let NewFields {
             id,
+            id_hash,
             status,
             status_updated,
             connection,
@@ -882,7 +895,7 @@ impl Registry {
             extra,
         } = fields;
         place.fields(self, slot, status, connection, managed);
-        self.by_id_hash.insert(self.id_hash(id.as_str()), slot);
+        self.by_id_hash.insert(id_hash, slot);
         self.slots[slot as usize] = Some(Entry {
             id: id.clone(),
             generation: seq,

@@ -84,12 +84,10 @@ impl VidTable {
     /// reads are independent, so the processor has many cache misses in flight at once,
     /// where the lookups that follow would take them one after another (each waits on
     /// its bucket to decide what to do): run over a chunk of hashes first, it leaves
-    /// their buckets and values in cache.
+    /// their buckets and values in cache. Worth it for a large table
+    /// ([`VidTable::is_large`]); a small one is warm already.
     pub(crate) fn warm(&self, hashes: &[u32], touch: impl Fn(u32) -> u64) {
-        // A table that fits in the caches is warm already.
-        if !self.is_large() {
-            return;
-        }
+        debug_assert!(self.is_large(), "the caller warms large tables only");
         let mask = self.mask();
         let mut seen = 0u64;
         for &h in hashes {
