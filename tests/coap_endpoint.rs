@@ -305,6 +305,44 @@ fn flood_from_many_peers_stays_bounded() {
     assert_eq!(sim.ep(0).peers(), 0);
 }
 
+/// Issue #16 finding 3: answered CON requests from one peer, far more than every bound,
+/// at one instant (the worst rate). The per-peer deduplication bound evicts entries long
+/// before they expire and every request is answered at once, so without the queue sweep
+/// the timer queues would hold one entry per message for their whole lifetime.
+#[test]
+fn answered_flood_from_one_peer_keeps_timer_queues_bounded() {
+    let mut c = cfg();
+    c.max_dedup_entries_per_peer = 16;
+    let per_peer = c.max_dedup_entries_per_peer;
+    let mut sim = Sim::new(9, Faults::NONE, &[c]);
+    let now = sim.now;
+    let peer = addr(4000);
+    let mut worst = 0;
+    for i in 0..50_000u32 {
+        let mut req = Message::new(MessageType::Confirmable, Code::GET, i as u16);
+        req.set_token(&i.to_be_bytes()).unwrap();
+        sim.ep(0)
+            .handle_datagram(now, peer, &req.to_bytes().unwrap());
+        while let Some(ev) = sim.ep(0).poll_event() {
+            if let Event::Request { id, .. } = ev {
+                sim.ep(0)
+                    .respond(now, id, Message::response(Code::CONTENT))
+                    .unwrap();
+            }
+        }
+        while sim.ep(0).poll_transmit().is_some() {}
+        assert!(sim.ep(0).dedup_entries() <= per_peer);
+        worst = worst.max(sim.ep(0).timer_queue_entries());
+    }
+    // Seven queues, each under twice its live state plus 64 (live: 16 dedup entries, no
+    // pending request, no transfer).
+    assert!(
+        worst <= 7 * 64 + 2 * per_peer + 7,
+        "timer queues held {worst} entries"
+    );
+    assert_eq!(sim.ep(0).pending_requests(), 0);
+}
+
 /// Runs `n` CON requests through a lossy network; checks the RFC outcome rules.
 fn lossy_run(seed: u64, faults: Faults, n: usize, slow_every: usize) {
     let mut c = cfg();

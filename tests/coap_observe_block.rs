@@ -563,3 +563,66 @@ fn observation_outlives_the_response_timeout_after_a_block_wise_notification() {
     });
     assert_eq!(last, Some(b"still here".to_vec()));
 }
+
+/// Issue #16 finding 3: unfinished Block1 uploads are bounded in bytes (per peer and in
+/// total) and a path's own limit applies while blocks arrive, not after reassembly.
+#[test]
+fn block1_byte_bounds_hold_while_reassembling() {
+    let mut c = cfg();
+    c.max_body_size = 1 << 20;
+    c.max_block_transfers = 10_000;
+    c.max_block1_bytes_per_peer = 4096;
+    c.max_block1_bytes = 16 * 1024;
+    c.block1_path_limits = vec![(vec!["rd".to_owned()], 2048)];
+    let mut sim = Sim::new(11, Faults::NONE, &[c]);
+    let now = sim.now;
+    let mut mid = 0u16;
+    let mut send = |sim: &mut Sim, peer, path: &str, tok: u8, num: u32| {
+        mid += 1;
+        let mut m = Message::new(MessageType::Confirmable, Code::POST, mid);
+        m.set_token(&[tok]).unwrap();
+        m.set_uri_path(path);
+        m.set_block1(BlockOption::new(num, true, 6).unwrap());
+        m.payload = vec![7; 1024];
+        sim.ep(0).handle_datagram(now, peer, &m.to_bytes().unwrap());
+        Message::decode(&sim.ep(0).poll_transmit().unwrap().payload).unwrap()
+    };
+    // A registration path: its third KiB passes the path's 2 KiB limit mid-transfer.
+    let a = addr(1);
+    assert_eq!(send(&mut sim, a, "/rd", 1, 0).code, Code::CONTINUE);
+    assert_eq!(send(&mut sim, a, "/rd", 1, 1).code, Code::CONTINUE);
+    let r = send(&mut sim, a, "/rd", 1, 2);
+    assert_eq!(r.code, Code::REQUEST_ENTITY_TOO_LARGE);
+    assert_eq!(r.size1(), Some(2048));
+    assert_eq!(
+        sim.ep(0).block_transfers(),
+        0,
+        "the refused transfer is dropped"
+    );
+    // One peer, many transfers to other paths: 4 KiB held at most.
+    let mut refused = 0;
+    for i in 0..20u8 {
+        let r = send(&mut sim, a, &format!("/up/{i}"), 10 + i, 0);
+        if r.code == Code::REQUEST_ENTITY_TOO_LARGE {
+            assert_eq!(r.size1(), Some(4096));
+            refused += 1;
+        } else {
+            assert_eq!(r.code, Code::CONTINUE);
+        }
+    }
+    assert_eq!(refused, 16, "four 1 KiB blocks fit the peer's 4 KiB");
+    // Many peers: 16 KiB held in total, the rest gets 5.03.
+    let mut busy = 0;
+    for p in 2..40u16 {
+        let r = send(&mut sim, addr(p), "/up", 1, 0);
+        if r.code == Code::SERVICE_UNAVAILABLE {
+            assert_eq!(r.max_age(), Some(1));
+            busy += 1;
+        }
+    }
+    assert_eq!(
+        busy,
+        38 - 12,
+        "4 KiB from the first peer and 12 more fit 16 KiB"
+    );
+}

@@ -67,6 +67,19 @@ pub struct EndpointConfig {
     pub max_block_transfers: usize,
     /// How long an idle block-wise transfer is kept, 120 s.
     pub block_transfer_lifetime: Duration,
+    /// Bytes held in unfinished Block1 reassemblies, all peers together; a block that
+    /// would pass it gets 5.03 Service Unavailable (Max-Age 1) and its transfer is
+    /// dropped, 16 MiB.
+    pub max_block1_bytes: usize,
+    /// The same per peer; a block that would pass it gets 4.13 Request Entity Too Large
+    /// (Size1: the bound) and its transfer is dropped, 1 MiB.
+    pub max_block1_bytes_per_peer: usize,
+    /// Smaller body limits by URI path prefix, applied while reassembling (and to the
+    /// Size1 a client announces), not after: a request whose path starts with the
+    /// segments of an entry may carry at most its bytes (the first matching entry wins;
+    /// 4.13 with Size1 beyond it). Empty by default; the LWM2M server limits `/rd` to the
+    /// registration payload bound.
+    pub block1_path_limits: Vec<(Vec<String>, usize)>,
     /// Observers (server role) held at once; a further registration is answered as a
     /// plain response (no Observe option), 65,536.
     pub max_observers: usize,
@@ -97,6 +110,9 @@ impl Default for EndpointConfig {
             max_body_size: 1 << 20,
             max_block_transfers: 256,
             block_transfer_lifetime: Duration::from_secs(120),
+            max_block1_bytes: 16 << 20,
+            max_block1_bytes_per_peer: 1 << 20,
+            block1_path_limits: Vec::new(),
             max_observers: 65_536,
             con_notification_interval: Duration::from_secs(24 * 3600),
         }

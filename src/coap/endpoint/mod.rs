@@ -59,7 +59,9 @@ use std::time::{Duration, Instant};
 ///   Service Unavailable with Max-Age 1, excess NON requests are dropped), outstanding
 ///   requests (`send_request` fails), block-wise transfers (oldest dropped), observers
 ///   (excess registrations are answered as plain responses). A flood cannot grow memory
-///   past these.
+///   past these: the timer queues behind them are swept so that each holds at most twice
+///   its live entries plus 64, whatever the message rate
+///   ([`timer_queue_entries`](Endpoint::timer_queue_entries)).
 /// - **Observe**, client role: send a GET with Observe=0 through `send_request`; the first
 ///   response arrives as [`Event::Response`]; if it carries Observe, fresh notifications
 ///   follow as [`Event::Notification`] (stale or reordered ones are dropped by the RFC 7641
@@ -143,6 +145,9 @@ pub struct Endpoint {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
 }
+
+/// Stale entries a timer queue may hold beyond twice its live state before it is swept.
+const QUEUE_SLACK: usize = 64;
 
 /// The kinds of timer an endpoint keeps. Retransmissions have per-message random
 /// timeouts and live in a heap; every other kind has a constant duration, so its
@@ -636,6 +641,74 @@ impl Endpoint {
                 self.blocks.remove(&k);
             }
         }
+        self.compact_timer_queues();
+    }
+
+    /// Drops the entries of forgotten state from the timer queues once they outnumber the
+    /// live ones. A queue entry outlives its state when the state goes early (a response
+    /// answered, a duplicate-detection entry evicted by a bound, a block transfer
+    /// refreshed), so without this a queue's length would be the message rate times the
+    /// timer's duration instead of a count. Each queue is kept under twice its live state
+    /// plus [`QUEUE_SLACK`]; a sweep costs its length and runs only after that many
+    /// entries went stale, so it is amortised O(1) per message.
+    fn compact_timer_queues(&mut self) {
+        fn over(len: usize, live: usize) -> bool {
+            len > 2 * live + QUEUE_SLACK
+        }
+        if over(self.incoming_expiry.len(), self.incoming.len()) {
+            let incoming = &self.incoming;
+            self.incoming_expiry
+                .retain(|(_, id)| incoming.contains_key(id));
+        }
+        if over(self.piggyback_deadlines.len(), self.incoming.len()) {
+            let incoming = &self.incoming;
+            self.piggyback_deadlines
+                .retain(|(_, id)| incoming.get(id).is_some_and(|i| i.con && !i.acked));
+        }
+        for fifo in [&mut self.dedup_expiry_con, &mut self.dedup_expiry_non] {
+            if over(fifo.len(), self.dedup_len) {
+                let dedup = &self.dedup;
+                fifo.retain(|(_, peer, mid, stamp)| {
+                    dedup.get(&(*peer, *mid)).is_some_and(|d| d.stamp == *stamp)
+                });
+            }
+        }
+        if over(self.block_expiry.len(), self.blocks.len()) {
+            let blocks = &self.blocks;
+            self.block_expiry.retain(|(_, peer, key, stamp)| {
+                blocks
+                    .get(&(*peer, key.clone()))
+                    .is_some_and(|b| b.stamp() == *stamp)
+            });
+        }
+        if over(self.request_deadlines.len(), self.requests.len()) {
+            let requests = &self.requests;
+            self.request_deadlines.retain(|(_, id, generation)| {
+                requests
+                    .get(id)
+                    .is_some_and(|r| r.deadline_gen == *generation)
+            });
+        }
+        if over(self.retransmit_timers.len(), self.sent.len()) {
+            let sent = &self.sent;
+            self.retransmit_timers.retain(|Reverse((at, peer, mid))| {
+                sent.get(&(*peer, *mid))
+                    .and_then(|s| s.retx.as_ref())
+                    .is_some_and(|r| r.next_at == *at)
+            });
+        }
+    }
+
+    /// Entries in the endpoint's timer queues, live or stale: at most twice the live state
+    /// plus a small constant per queue, whatever the message rate (see the module docs).
+    pub fn timer_queue_entries(&self) -> usize {
+        self.incoming_expiry.len()
+            + self.piggyback_deadlines.len()
+            + self.dedup_expiry_con.len()
+            + self.dedup_expiry_non.len()
+            + self.block_expiry.len()
+            + self.request_deadlines.len()
+            + self.retransmit_timers.len()
     }
 
     // ------------------------------------------------------------------ handle_datagram
@@ -1324,7 +1397,7 @@ impl Endpoint {
         msg: &Message,
         b1: BlockOption,
     ) -> Result<Vec<u8>, Message> {
-        let max = self.config.max_body_size;
+        let max = self.block1_limit(msg);
         let too_large = || {
             let mut m = Message::response(Code::REQUEST_ENTITY_TOO_LARGE);
             m.set_size1(max as u32);
@@ -1350,7 +1423,7 @@ impl Endpoint {
                 },
             );
         }
-        let Some(BlockTransfer::Upload { body, stamp: s }) = self.blocks.get_mut(&key) else {
+        let Some(BlockTransfer::Upload { body, stamp: _ }) = self.blocks.get_mut(&key) else {
             return Err(Message::response(Code::REQUEST_ENTITY_INCOMPLETE));
         };
         if b1.offset() != body.len() {
@@ -1360,6 +1433,23 @@ impl Endpoint {
             self.blocks.remove(&key);
             return Err(too_large());
         }
+        let (peer_bytes, all_bytes) = self.block1_bytes(peer);
+        let grow = msg.payload.len();
+        if peer_bytes + grow > self.config.max_block1_bytes_per_peer {
+            self.blocks.remove(&key);
+            let mut m = Message::response(Code::REQUEST_ENTITY_TOO_LARGE);
+            m.set_size1(self.config.max_block1_bytes_per_peer as u32);
+            return Err(m);
+        }
+        if all_bytes + grow > self.config.max_block1_bytes {
+            self.blocks.remove(&key);
+            let mut m = Message::response(Code::SERVICE_UNAVAILABLE);
+            m.set_max_age(1);
+            return Err(m);
+        }
+        let Some(BlockTransfer::Upload { body, stamp: s }) = self.blocks.get_mut(&key) else {
+            return Err(Message::response(Code::REQUEST_ENTITY_INCOMPLETE));
+        };
         body.extend_from_slice(&msg.payload);
         if b1.more {
             *s = stamp;
@@ -1381,6 +1471,35 @@ impl Endpoint {
             Some(BlockTransfer::Upload { body, .. }) => Ok(body),
             _ => Err(Message::response(Code::REQUEST_ENTITY_INCOMPLETE)),
         }
+    }
+
+    /// The largest Block1 body `msg` may carry: the first matching path limit, else
+    /// `max_body_size`.
+    fn block1_limit(&self, msg: &Message) -> usize {
+        let limit = self.config.block1_path_limits.iter().find(|(prefix, _)| {
+            let mut path = msg.uri_path();
+            prefix.iter().all(|seg| path.next() == Some(seg.as_str()))
+        });
+        limit.map_or(self.config.max_body_size, |(_, max)| {
+            (*max).min(self.config.max_body_size)
+        })
+    }
+
+    /// Bytes held in unfinished Block1 reassemblies: `(peer's, everyone's)`. A scan of at
+    /// most `max_block_transfers` entries, cheaper than keeping counters in step with
+    /// every way a transfer ends.
+    fn block1_bytes(&self, peer: SocketAddr) -> (usize, usize) {
+        let mut mine = 0;
+        let mut all = 0;
+        for ((p, _), t) in &self.blocks {
+            if let BlockTransfer::Upload { body, .. } = t {
+                all += body.len();
+                if *p == peer {
+                    mine += body.len();
+                }
+            }
+        }
+        (mine, all)
     }
 
     fn make_room_for_block_transfer(&mut self) {

@@ -45,7 +45,9 @@ pub struct ServerConfig {
     /// Requests in flight per device at once (CoAP NSTART, 1).
     pub nstart: usize,
     /// The CoAP message layer's settings (timers, bounds, block size). The server's
-    /// default raises the peer and duplicate-detection bounds for large fleets.
+    /// default raises the peer and duplicate-detection bounds for large fleets, limits a
+    /// Block1 registration to [`MAX_LINK_PAYLOAD`](super::MAX_LINK_PAYLOAD) while it is
+    /// reassembled, and a peer's unfinished uploads to 64 KiB.
     pub coap: EndpointConfig,
 }
 
@@ -63,6 +65,11 @@ impl Default for ServerConfig {
                 max_peers: 1 << 20,
                 max_dedup_entries: 1 << 18,
                 max_pending_requests: 1 << 16,
+                // Devices send the server small requests only (Register, Update,
+                // De-register): a registration's size bound applies while its blocks
+                // arrive, and no peer holds more than 64 KiB of unfinished uploads.
+                block1_path_limits: vec![(vec!["rd".to_owned()], super::MAX_LINK_PAYLOAD)],
+                max_block1_bytes_per_peer: 64 * 1024,
                 ..EndpointConfig::default()
             },
         }
