@@ -633,6 +633,43 @@ fn firmware_push_with_block1_then_update() {
     assert_eq!(h.request(m).code, Code::REQUEST_ENTITY_INCOMPLETE);
 }
 
+/// Issue #16 finding 6: Block1 blocks are placed by byte offset. Block 0 of 1,024 bytes
+/// followed by "block 1" of 16-byte blocks (offset 16) overlaps and is refused, and a
+/// package whose length disagrees with the Size1 announced is refused, not applied.
+#[test]
+fn block1_reassembly_checks_offsets_and_size1() {
+    let mut h = Harness::registered();
+    let put = |num: u32, more: bool, szx: u8, len: usize, size1: Option<u32>| {
+        let mut m = Message::request(Code::PUT, "/5/0/0");
+        m.set_content_format(ContentFormat::OCTET_STREAM);
+        m.set_block1(BlockOption::new(num, more, szx).unwrap());
+        if let Some(n) = size1 {
+            m.set_size1(n);
+        }
+        m.payload = vec![1; len];
+        m
+    };
+    assert_eq!(h.request(put(0, true, 6, 1024, None)).code, Code::CONTINUE);
+    assert_eq!(
+        h.request(put(1, false, 0, 16, None)).code,
+        Code::REQUEST_ENTITY_INCOMPLETE
+    );
+    assert_eq!(text(&h.get("/5/0/3", None)), "0", "nothing was applied");
+    // A smaller block size at the right offset is fine (1024 = block 64 of 16 bytes).
+    assert_eq!(h.request(put(0, true, 6, 1024, Some(1040))).code, Code::CONTINUE);
+    // A retransmission of the last block is acknowledged again, not appended.
+    assert_eq!(h.request(put(0, true, 6, 1024, Some(1040))).code, Code::CONTINUE);
+    assert_eq!(h.request(put(64, false, 0, 16, None)).code, Code::CHANGED);
+    assert_eq!(text(&h.get("/5/0/3", None)), "2", "downloaded");
+    // Size1 says 3,000 bytes; only 2,048 arrive.
+    h.client.firmware_update_finished(Ok(()));
+    assert_eq!(h.request(put(0, true, 6, 1024, Some(3000))).code, Code::CONTINUE);
+    assert_eq!(
+        h.request(put(1, false, 6, 1024, None)).code,
+        Code::REQUEST_ENTITY_INCOMPLETE
+    );
+}
+
 #[test]
 fn firmware_pull_downloads_with_block2() {
     let package: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();

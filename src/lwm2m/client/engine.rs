@@ -235,11 +235,16 @@ struct Observation {
     last_confirmable: Instant,
 }
 
-/// A Block1 request being reassembled.
+/// A Block1 request being reassembled. Blocks are placed by byte offset (RFC 7959: block
+/// number x block size), so a change of block size that would leave a gap or an overlap
+/// is refused.
 struct Block1 {
     key: String,
     body: Vec<u8>,
-    next_num: u32,
+    /// Where the last appended block started, to recognise its retransmission.
+    last_offset: usize,
+    /// The total size the client announced (Size1), checked when the last block arrives.
+    size1: Option<usize>,
 }
 
 /// A package download in progress.
@@ -989,19 +994,29 @@ impl Lwm2mClient {
         b1: BlockOption,
     ) -> Result<Option<Vec<u8>>, Code> {
         let key = format!("{:?}{path}", req.code);
+        let announced = req.size1().map(|n| n as usize);
+        if announced.is_some_and(|n| n > self.config.max_body) {
+            self.block1 = None;
+            return Err(Code::REQUEST_ENTITY_TOO_LARGE);
+        }
         if b1.num == 0 {
             self.block1 = Some(Block1 {
                 key: key.clone(),
                 body: Vec::new(),
-                next_num: 0,
+                last_offset: 0,
+                size1: None,
             });
         }
         let Some(state) = self.block1.as_mut().filter(|s| s.key == key) else {
             return Err(Code::REQUEST_ENTITY_INCOMPLETE);
         };
-        if b1.num != state.next_num {
-            // A retransmitted earlier block: acknowledge again without appending.
-            if b1.num + 1 == state.next_num && b1.more {
+        let offset = b1.offset();
+        if offset != state.body.len() {
+            // The last block again (a retransmission): acknowledge without appending.
+            if b1.more
+                && offset == state.last_offset
+                && offset + req.payload.len() == state.body.len()
+            {
                 return Ok(None);
             }
             self.block1 = None;
@@ -1015,13 +1030,20 @@ impl Lwm2mClient {
             self.block1 = None;
             return Err(Code::REQUEST_ENTITY_TOO_LARGE);
         }
-        state.body.extend_from_slice(&req.payload);
-        state.next_num += 1;
-        if b1.more {
-            Ok(None)
-        } else {
-            Ok(self.block1.take().map(|s| s.body))
+        if announced.is_some() {
+            state.size1 = announced;
         }
+        state.last_offset = offset;
+        state.body.extend_from_slice(&req.payload);
+        if b1.more {
+            return Ok(None);
+        }
+        let done = self.block1.take().expect("state checked above");
+        if done.size1.is_some_and(|n| n != done.body.len()) {
+            // The package is not the one announced: refuse it rather than apply it.
+            return Err(Code::REQUEST_ENTITY_INCOMPLETE);
+        }
+        Ok(Some(done.body))
     }
 
     fn content_response(&self, req: &Message, body: Vec<u8>, fmt_number: u16) -> Message {
