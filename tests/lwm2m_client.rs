@@ -656,14 +656,23 @@ fn block1_reassembly_checks_offsets_and_size1() {
     );
     assert_eq!(text(&h.get("/5/0/3", None)), "0", "nothing was applied");
     // A smaller block size at the right offset is fine (1024 = block 64 of 16 bytes).
-    assert_eq!(h.request(put(0, true, 6, 1024, Some(1040))).code, Code::CONTINUE);
+    assert_eq!(
+        h.request(put(0, true, 6, 1024, Some(1040))).code,
+        Code::CONTINUE
+    );
     // A retransmission of the last block is acknowledged again, not appended.
-    assert_eq!(h.request(put(0, true, 6, 1024, Some(1040))).code, Code::CONTINUE);
+    assert_eq!(
+        h.request(put(0, true, 6, 1024, Some(1040))).code,
+        Code::CONTINUE
+    );
     assert_eq!(h.request(put(64, false, 0, 16, None)).code, Code::CHANGED);
     assert_eq!(text(&h.get("/5/0/3", None)), "2", "downloaded");
     // Size1 says 3,000 bytes; only 2,048 arrive.
     h.client.firmware_update_finished(Ok(()));
-    assert_eq!(h.request(put(0, true, 6, 1024, Some(3000))).code, Code::CONTINUE);
+    assert_eq!(
+        h.request(put(0, true, 6, 1024, Some(3000))).code,
+        Code::CONTINUE
+    );
     assert_eq!(
         h.request(put(1, false, 6, 1024, None)).code,
         Code::REQUEST_ENTITY_INCOMPLETE

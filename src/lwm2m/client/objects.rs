@@ -2,7 +2,7 @@
 //! object /10241 as [`ValueObject`]s, with their `&'static` definitions. Firmware Update /5
 //! is [`FirmwareUpdate`](super::FirmwareUpdate).
 
-use super::model::{Access, ObjectDef, ResourceData, ResourceDef};
+use super::model::{Access, ObjectDef, ObjectError, ResourceData, ResourceDef};
 use super::value_object::ValueObject;
 use crate::{ResourceType as T, ResourceValue as V};
 use std::borrow::Cow;
@@ -219,7 +219,43 @@ pub fn device(
         .on_execute(device::REBOOT, |_, _| Ok(()))
         .on_execute(device::FACTORY_RESET, |_, _| Ok(()))
         .on_execute(12, |_, _| Ok(()))
+        .on_validate(device::UTC_OFFSET, |_, data| match data {
+            ResourceData::Single(V::String(s)) if valid_utc_offset(s) => Ok(()),
+            _ => Err(ObjectError::Rejected),
+        })
+        .on_validate(device::TIMEZONE, |_, data| match data {
+            ResourceData::Single(V::String(s)) if valid_timezone(s) => Ok(()),
+            _ => Err(ObjectError::Rejected),
+        })
         .with_data(0, 11, ResourceData::Multiple(vec![(0, V::Integer(0))]))
+}
+
+/// An ISO 8601 UTC offset as /3/0/14 holds it: `Z`, `±HH`, `±HHMM` or `±HH:MM`, with an
+/// optional `UTC` before the sign (`UTC+01:00`); hours up to 14, minutes up to 59.
+fn valid_utc_offset(s: &str) -> bool {
+    let s = s.strip_prefix("UTC").unwrap_or(s);
+    if s == "Z" {
+        return true;
+    }
+    let Some(rest) = s.strip_prefix('+').or_else(|| s.strip_prefix('-')) else {
+        return false;
+    };
+    let digits = |t: &str| t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit());
+    let (hh, mm) = match rest.len() {
+        2 => (rest, "00"),
+        4 => rest.split_at(2),
+        5 if rest.as_bytes()[2] == b':' => (&rest[..2], &rest[3..]),
+        _ => return false,
+    };
+    digits(hh) && digits(mm) && hh <= "14" && mm <= "59"
+}
+
+/// An IANA time zone name as /3/0/15 holds it (`Europe/Berlin`, `UTC`): 1 to 64 bytes of
+/// letters, digits and `/_+-`.
+fn valid_timezone(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
 }
 
 /// Config /10241 instance 0: empty ConfigName and ConfigValue, and a ConfigApply execute
@@ -230,4 +266,44 @@ pub fn config() -> ValueObject {
         .with_value(0, 1, V::String(String::new()))
         .with_value(0, 2, V::String(String::new()))
         .on_execute(3, |_, _| Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_offset_and_timezone_writes_are_validated() {
+        for ok in ["Z", "+01:00", "-0530", "+14", "UTC+02:00", "UTC-11"] {
+            assert!(valid_utc_offset(ok), "{ok}");
+        }
+        let long = "+".repeat(1001);
+        for bad in [
+            "",
+            "01:00",
+            "+1:00",
+            "+15:00",
+            "+01:60",
+            "+01-00",
+            "UTC",
+            long.as_str(),
+        ] {
+            assert!(!valid_utc_offset(bad), "{bad}");
+        }
+        assert!(valid_timezone("Europe/Berlin") && valid_timezone("Etc/GMT+5"));
+        assert!(!valid_timezone("") && !valid_timezone(&"A".repeat(65)));
+        assert!(!valid_timezone("Europe/Berlin\n"));
+        // Through the object: a refused write changes nothing.
+        let mut dev = device("C", "M", "S", "1.0");
+        use crate::lwm2m::client::Object;
+        let bad = ResourceData::Single(V::String(long.clone()));
+        assert_eq!(
+            dev.validate(0, device::UTC_OFFSET, &bad),
+            Err(ObjectError::Rejected)
+        );
+        assert_eq!(
+            dev.read(0, device::UTC_OFFSET),
+            Ok(ResourceData::Single(V::String("+00:00".into())))
+        );
+    }
 }
