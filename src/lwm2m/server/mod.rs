@@ -66,8 +66,8 @@ mod wire;
 
 pub use config::{Authorizer, Decision, ServerConfig};
 pub use registration::{
-    DEFAULT_LIFETIME, MAX_ENDPOINT, MAX_LINK_PAYLOAD, MAX_OBJECTS, MAX_QUERIES, RdMessage,
-    RdMethod, RegistrationError, RegistrationRequest, UpdateRequest, queries_as_str,
+    DEFAULT_LIFETIME, MAX_ENDPOINT, MAX_LIFETIME, MAX_LINK_PAYLOAD, MAX_OBJECTS, MAX_QUERIES,
+    RdMessage, RdMethod, RegistrationError, RegistrationRequest, UpdateRequest, queries_as_str,
 };
 pub use udp::{Stopped, UdpServer, UdpServerHandle};
 

@@ -22,8 +22,13 @@ pub const MAX_QUERIES: usize = 16;
 pub const MAX_LINK_PAYLOAD: usize = 16 * 1024;
 /// Most object (instance) links a registration may announce.
 pub const MAX_OBJECTS: usize = 1024;
-/// Longest accepted endpoint name, in bytes.
-pub const MAX_ENDPOINT: usize = 256;
+/// Longest accepted endpoint name, in bytes: what fits beside `ep=` in one Uri-Query
+/// option (at most 255 bytes, RFC 7252 §5.10).
+pub const MAX_ENDPOINT: usize = 252;
+/// Longest accepted lifetime (`lt`), in seconds: one year. A longer one gets 4.00; the
+/// specification sets no maximum, but a registration that never expires would hold its
+/// state forever for a device that is gone.
+pub const MAX_LIFETIME: u32 = 365 * 24 * 3600;
 /// The lifetime when a Register carries no `lt` (LWM2M §6.2.1: 86400 s).
 pub const DEFAULT_LIFETIME: u32 = 86_400;
 
@@ -218,7 +223,7 @@ fn split_queries<'a>(queries: &[&'a str]) -> Result<Queries<'a>, RegistrationErr
 
 fn parse_lifetime(v: &str) -> Result<u32, RegistrationError> {
     match v.parse::<u32>() {
-        Ok(n) if n > 0 && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        Ok(n) if n > 0 && n <= MAX_LIFETIME && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
         _ => Err(RegistrationError::BadQueryValue("lt")),
     }
 }
@@ -495,6 +500,13 @@ mod tests {
         assert_eq!(p(&["ep=a", "lt=0"]), E::BadQueryValue("lt"));
         assert_eq!(p(&["ep=a", "lt=-5"]), E::BadQueryValue("lt"));
         assert_eq!(p(&["ep=a", "lt=99999999999"]), E::BadQueryValue("lt"));
+        assert_eq!(p(&["ep=a", "lt=4294967295"]), E::BadQueryValue("lt"));
+        let year = format!("lt={MAX_LIFETIME}");
+        let ok = |q: &[&str]| RegistrationRequest::parse(q, b"").unwrap();
+        assert_eq!(ok(&["ep=a", &year]).lifetime, MAX_LIFETIME);
+        let at_option_limit = format!("ep={}", "x".repeat(MAX_ENDPOINT));
+        assert_eq!(at_option_limit.len(), 255);
+        assert_eq!(ok(&[&at_option_limit]).endpoint.len(), MAX_ENDPOINT);
         assert_eq!(p(&["ep=a", "b=X"]), E::BadQueryValue("b"));
         assert_eq!(p(&["ep=a", "lwm2m=one"]), E::BadQueryValue("lwm2m"));
         assert_eq!(p(&["ep=a\n"]), E::BadEndpoint);
