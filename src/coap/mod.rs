@@ -10,7 +10,7 @@
 
 mod code;
 mod decode;
-mod endpoint;
+pub(crate) mod endpoint;
 pub mod link_format;
 mod message;
 mod observe;

@@ -2,7 +2,7 @@
 //! observe (RFC 7641) and block-wise transfers (RFC 7959), in both roles.
 
 mod config;
-mod rng;
+pub(crate) mod rng;
 mod types;
 
 pub use config::EndpointConfig;

@@ -21,9 +21,14 @@
 //! # What it does
 //!
 //! - **Registration** (`POST /rd`, `POST /rd/{id}`, `DELETE /rd/{id}`): Register answers
-//!   2.01 with Location-Path `rd/{id}` after the authorization hook accepted; an Update
-//!   refreshes the lifetime, applies what it carries and follows an address change (NAT
-//!   rebinding); De-register answers 2.02. A registration expires `lifetime +
+//!   2.01 with Location-Path `rd/{id}` after the authorization hook accepted; `{id}` is 16
+//!   hex digits of a random 64-bit number from the OS CSPRNG, so locations are unique
+//!   across restarts and cannot be guessed. An Update or De-register for a location the
+//!   server does not know gets 4.04, and the device registers again (LWM2M §6.2.2); no
+//!   other registration is touched. An Update refreshes the lifetime, applies what it
+//!   carries and follows an address change (NAT rebinding): knowing the location is the
+//!   proof, since only the device and the server have it (over plain CoAP an on-path
+//!   observer sees it too; only DTLS closes that). De-register answers 2.02. A registration expires `lifetime +
 //!   lifetime_grace` after the device last registered or updated; its observations go with
 //!   it. Each becomes a [`DeviceEvent`].
 //! - **Who may register**: the [`Authorizer`] given to [`Lwm2mServer::with_authorizer`];
@@ -61,6 +66,20 @@
 mod config;
 mod registration;
 mod udp;
+/// A registration id as its location shows it (`/rd/{id}`): 16 lower-case hex digits.
+fn location_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// The registration id of a location segment; `None` for anything [`location_id`] does
+/// not produce (the device then gets 4.04).
+fn parse_location_id(s: &str) -> Option<u64> {
+    if s.len() != 16 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
 #[cfg(test)]
 mod wire;
 
@@ -71,6 +90,7 @@ pub use registration::{
 };
 pub use udp::{Stopped, UdpServer, UdpServerHandle};
 
+use crate::coap::endpoint::rng::Rng;
 use crate::coap::{
     self, Code, Endpoint, Event, IncomingRequestId, Message, MessageType, RequestError, RequestId,
     SendError,
@@ -151,7 +171,9 @@ pub struct Lwm2mServer {
     by_endpoint: HashMap<DeviceId, u32>,
     by_addr: HashMap<SocketAddr, u32>,
     by_reg_id: HashMap<u64, u32>,
-    next_reg_id: u64,
+    /// Draws registration ids: random 64-bit numbers from the OS CSPRNG, so a location is
+    /// unique across restarts and cannot be guessed.
+    location_rng: Rng,
     next_generation: u64,
     outstanding: HashMap<RequestId, Outstanding>,
     observations: HashMap<RequestId, Observation>,
@@ -170,17 +192,17 @@ impl Lwm2mServer {
     /// ```
     pub fn new(config: ServerConfig) -> Self {
         let endpoint = Endpoint::new(config.coap.clone());
-        Self::with_endpoint(config, endpoint)
+        Self::with_endpoint(config, endpoint, Rng::os())
     }
 
     /// Like [`Lwm2mServer::new`] with a seeded token / message-id generator, for
     /// deterministic tests.
     pub fn with_seed(config: ServerConfig, seed: u64) -> Self {
         let endpoint = Endpoint::new_seeded(config.coap.clone(), seed);
-        Self::with_endpoint(config, endpoint)
+        Self::with_endpoint(config, endpoint, Rng::Seeded(!seed))
     }
 
-    fn with_endpoint(config: ServerConfig, endpoint: Endpoint) -> Self {
+    fn with_endpoint(config: ServerConfig, endpoint: Endpoint, location_rng: Rng) -> Self {
         Lwm2mServer {
             config,
             authorizer: None,
@@ -193,7 +215,7 @@ impl Lwm2mServer {
             by_endpoint: HashMap::new(),
             by_addr: HashMap::new(),
             by_reg_id: HashMap::new(),
-            next_reg_id: 1,
+            location_rng,
             next_generation: 1,
             outstanding: HashMap::new(),
             observations: HashMap::new(),
@@ -407,14 +429,18 @@ impl Lwm2mServer {
                 }
             }
         };
-        let reg_id = self.next_reg_id;
-        self.next_reg_id += 1;
+        let reg_id = loop {
+            let id = self.location_rng.next_u64();
+            if !self.by_reg_id.contains_key(&id) {
+                break id;
+            }
+        };
         let generation = self.next_generation;
         self.next_generation += 1;
         let expires = now + Duration::from_secs(r.lifetime as u64) + self.config.lifetime_grace;
         let info = RegistrationInfo {
             endpoint: r.endpoint,
-            registration_id: reg_id.to_string(),
+            registration_id: location_id(reg_id),
             lifetime: r.lifetime,
             lwm2m_version: r.lwm2m_version,
             binding: r.binding,
@@ -444,11 +470,11 @@ impl Lwm2mServer {
             registration: info,
         });
         self.pump(now, slot);
-        (Code::CREATED, Some(reg_id.to_string()))
+        (Code::CREATED, Some(location_id(reg_id)))
     }
 
     fn update(&mut self, now: Instant, peer: SocketAddr, id: &str, u: UpdateRequest) -> Code {
-        let Some(&slot) = id.parse::<u64>().ok().and_then(|n| self.by_reg_id.get(&n)) else {
+        let Some(&slot) = parse_location_id(id).and_then(|n| self.by_reg_id.get(&n)) else {
             return Code::NOT_FOUND;
         };
         let grace = self.config.lifetime_grace;
@@ -497,7 +523,7 @@ impl Lwm2mServer {
     }
 
     fn deregister(&mut self, now: Instant, id: &str) -> Code {
-        let Some(&slot) = id.parse::<u64>().ok().and_then(|n| self.by_reg_id.get(&n)) else {
+        let Some(&slot) = parse_location_id(id).and_then(|n| self.by_reg_id.get(&n)) else {
             return Code::NOT_FOUND;
         };
         if let Some(device) = self.remove(now, slot) {

@@ -948,3 +948,54 @@ fn large_read_arrives_block_wise() {
         ]
     );
 }
+
+/// Issue #16 finding 1: after a restart (a second server on the same address), a device
+/// that still holds its old location gets 4.04 for its Update and registers again; the
+/// device registered on the new server meanwhile is not touched.
+#[test]
+fn update_for_a_location_from_before_a_restart_gets_not_found() {
+    let mut before = Sim::open();
+    let a = addr(5001);
+    let old_location = before.register(a, &["ep=dev-a", "lt=300"]);
+    assert_eq!(old_location.len(), 16, "16 hex digits: {old_location}");
+
+    // The restarted hub: fresh state, its own random ids (a seed the first did not use).
+    let mut after = Sim::open();
+    after.server = Lwm2mServer::with_seed(
+        ServerConfig {
+            auto_provision: true,
+            ..ServerConfig::default()
+        },
+        8,
+    );
+    let b = addr(5002);
+    let b_location = after.register(b, &["ep=dev-b", "lt=300"]);
+    assert_ne!(b_location, old_location);
+    after.events();
+
+    let update = after.request(wire::POST, &["rd", &old_location], &[], b"");
+    after.send(a, &update);
+    let out = after.out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.code, code(4, 4));
+    assert!(
+        after.events().is_empty(),
+        "nothing happened to any registration"
+    );
+    let reg = after
+        .server
+        .registration(&dev("dev-b"))
+        .expect("dev-b still registered");
+    assert_eq!(reg.address, Some(b));
+    assert!(after.server.registration(&dev("dev-a")).is_none());
+    // So are guesses, and what sequential ids would have produced.
+    for guess in ["1", "0000000000000001", "xyz", &b_location.to_uppercase()] {
+        let del = after.request(wire::DELETE, &["rd", guess], &[], b"");
+        after.send(addr(6666), &del);
+        assert_eq!(after.out()[0].1.code, code(4, 4), "{guess}");
+    }
+    assert!(after.server.registration(&dev("dev-b")).is_some());
+    // The device registers again and gets a new location.
+    let again = after.register(a, &["ep=dev-a", "lt=300"]);
+    assert_ne!(again, old_location);
+}
