@@ -174,6 +174,7 @@ pub struct Lwm2mServer {
     /// Draws registration ids: random 64-bit numbers from the OS CSPRNG, so a location is
     /// unique across restarts and cannot be guessed.
     location_rng: Rng,
+    values_outside_path: u64,
     next_generation: u64,
     outstanding: HashMap<RequestId, Outstanding>,
     observations: HashMap<RequestId, Observation>,
@@ -216,6 +217,7 @@ impl Lwm2mServer {
             by_addr: HashMap::new(),
             by_reg_id: HashMap::new(),
             location_rng,
+            values_outside_path: 0,
             next_generation: 1,
             outstanding: HashMap::new(),
             observations: HashMap::new(),
@@ -265,6 +267,13 @@ impl Lwm2mServer {
     /// How many observations are established (all devices).
     pub fn observation_count(&self) -> usize {
         self.observations.len()
+    }
+
+    /// Values a device sent outside the path it was asked for (a notification of `/3/0`
+    /// carrying `/1/0/1`, a read answer with other objects' records): dropped, never
+    /// handed on, and counted here.
+    pub fn values_outside_path(&self) -> u64 {
+        self.values_outside_path
     }
 
     /// The CoAP endpoint underneath (for its counters).
@@ -590,13 +599,24 @@ impl Lwm2mServer {
         }
         let (device, path) = (obs.device.clone(), obs.path);
         // A notification we cannot decode carries nothing the hub can use.
-        if let Ok(content) = self.decode(m, &path) {
+        if let Ok(content) = self.decode_within(m, &path) {
             self.events.push_back(DeviceEvent::Notification {
                 device,
                 path,
                 content,
             });
         }
+    }
+
+    /// Decodes an answer to a request for `path` and keeps only the values at or below
+    /// it: a device may write only where it was asked (counted in
+    /// [`values_outside_path`](Self::values_outside_path)).
+    fn decode_within(&mut self, m: &Message, path: &Lwm2mPath) -> Result<Content, DeviceError> {
+        let mut content = self.decode(m, path)?;
+        let before = content.values.len();
+        content.values.retain(|(p, _)| path.contains(p));
+        self.values_outside_path += (before - content.values.len()) as u64;
+        Ok(content)
     }
 
     fn decode(&self, m: &Message, path: &Lwm2mPath) -> Result<Content, DeviceError> {
@@ -676,9 +696,9 @@ impl Lwm2mServer {
         id: RequestId,
     ) -> Result<DeviceReply, DeviceError> {
         match &o.request {
-            DeviceRequest::Read { path } => self.decode(m, path).map(DeviceReply::Content),
+            DeviceRequest::Read { path } => self.decode_within(m, path).map(DeviceReply::Content),
             DeviceRequest::Observe { path } => {
-                let content = self.decode(m, path);
+                let content = self.decode_within(m, path);
                 // No Observe option in the answer: the device declined to observe.
                 if m.observe().is_some() {
                     if content.is_ok() {

@@ -999,3 +999,45 @@ fn update_for_a_location_from_before_a_restart_gets_not_found() {
     let again = after.register(a, &["ep=dev-a", "lt=300"]);
     assert_ne!(again, old_location);
 }
+
+/// Issue #16 finding 5: a notification (or read answer) carrying values outside the
+/// observed (read) path has them dropped and counted; only the values under the path go on.
+#[test]
+fn values_outside_the_requested_path_are_dropped_and_counted() {
+    let mut sim = Sim::open();
+    let a = addr(9100);
+    sim.register(a, &["ep=d", "lwm2m=1.1"]);
+    sim.events();
+    let dev3 = Lwm2mPath::instance(3, 0);
+    sim.submit(1, "d", DeviceRequest::Observe { path: dev3 });
+    let req = sim.out()[0].1.clone();
+    let senml = br#"[{"bn":"/3/0/","n":"9","v":80},{"bn":"/1/0/","n":"1","v":5},{"bn":"/4/0/","n":"2","v":7}]"#;
+    let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+    r.add_uint(wire::OBSERVE, 1);
+    r.add_uint(wire::CONTENT_FORMAT, 110);
+    r.payload = senml.to_vec();
+    sim.send(a, &r);
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    assert_eq!(
+        response(&sim.events(), 1),
+        &Ok(DeviceReply::Content(Content::single(
+            bat,
+            ResourceValue::Integer(80)
+        )))
+    );
+    assert_eq!(sim.server.values_outside_path(), 2);
+    let mut n = Packet::new(MsgType::Non, code(2, 5), 4100, &req.token);
+    n.add_uint(wire::OBSERVE, 2);
+    n.add_uint(wire::CONTENT_FORMAT, 110);
+    n.payload = br#"[{"bn":"/1/0/","n":"1","v":1}]"#.to_vec();
+    sim.send(a, &n);
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Notification {
+            device: dev("d"),
+            path: dev3,
+            content: Content::default(),
+        }]
+    );
+    assert_eq!(sim.server.values_outside_path(), 3);
+}
