@@ -44,6 +44,7 @@
 
 mod driver;
 mod package;
+mod provisioning;
 
 pub use driver::{DeviceLink, TransportThread};
 pub use package::PackageServer;
@@ -62,6 +63,7 @@ use crate::transport::{
 };
 use crate::twin::{ConnectionState, DeviceStatus, Scalar, Twin};
 use crate::{DeviceId, Timestamp};
+use provisioning::{AutoProvisioned, Verdict};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -111,6 +113,12 @@ pub struct HubConfig {
     /// Let unknown devices register and create their twins (off: only devices that exist
     /// in the registry and are enabled may register).
     pub auto_provision: bool,
+    /// Most twins auto-provisioning holds at once; an unknown device beyond it is refused
+    /// (4.03) until one goes. Twins the service created are not counted, 10,000.
+    pub auto_provision_limit: usize,
+    /// How long after its registration ended an auto-provisioned twin that the service
+    /// never adopted (no tags, no service properties) is removed, 24 h.
+    pub auto_provision_expiry: Duration,
     /// The bundled LWM2M server's settings (used by [`Hub::bind_udp`]).
     pub server: ServerConfig,
 }
@@ -121,6 +129,8 @@ impl Default for HubConfig {
             sync: Some(PropertySync::default()),
             jobs: EngineConfig::default(),
             auto_provision: false,
+            auto_provision_limit: 10_000,
+            auto_provision_expiry: Duration::from_secs(24 * 3600),
             server: ServerConfig::default(),
         }
     }
@@ -168,6 +178,8 @@ struct Inner {
     local_addr: Option<SocketAddr>,
     thread: Mutex<Option<JoinHandle<()>>>,
     udp: Mutex<Option<UdpServer>>,
+    provisioned: Arc<AutoProvisioned>,
+    last_sweep: Mutex<Instant>,
 }
 
 /// The service-side facade. See the [module docs](self).
@@ -190,13 +202,17 @@ impl Hub {
         events: Receiver<DeviceEvent>,
         config: HubConfig,
     ) -> Hub {
+        let provisioned = Arc::new(AutoProvisioned::new(
+            config.auto_provision_limit,
+            config.auto_provision_expiry,
+        ));
         Self::start_shared(
             SharedRegistry::new(registry),
             link,
             events,
             config,
-            None,
-            None,
+            (None, None),
+            provisioned,
         )
     }
 
@@ -205,8 +221,8 @@ impl Hub {
         link: Box<dyn DeviceLink>,
         events: Receiver<DeviceEvent>,
         config: HubConfig,
-        local_addr: Option<SocketAddr>,
-        udp: Option<UdpServer>,
+        (local_addr, udp): (Option<SocketAddr>, Option<UdpServer>),
+        provisioned: Arc<AutoProvisioned>,
     ) -> Hub {
         let jobs = JobEngine::new(config.jobs.clone(), Instant::now(), Timestamp::now());
         let inner = Arc::new(Inner {
@@ -220,6 +236,8 @@ impl Hub {
             local_addr,
             thread: Mutex::new(None),
             udp: Mutex::new(udp),
+            provisioned,
+            last_sweep: Mutex::new(Instant::now()),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -241,6 +259,11 @@ impl Hub {
         let registry = SharedRegistry::new(registry);
         let gate = registry.clone();
         let auto = config.auto_provision;
+        let provisioned = Arc::new(AutoProvisioned::new(
+            config.auto_provision_limit,
+            config.auto_provision_expiry,
+        ));
+        let admit = provisioned.clone();
         let server = Lwm2mServer::new(ServerConfig {
             auto_provision: auto,
             ..config.server.clone()
@@ -250,7 +273,10 @@ impl Hub {
             match reg.get(&request.endpoint) {
                 Some(twin) if twin.status() == DeviceStatus::Enabled => Decision::Accept,
                 Some(_) => Decision::Reject(RejectReason::Disabled),
-                None if auto => Decision::Accept,
+                None if auto => match DeviceId::new(&request.endpoint) {
+                    Ok(d) if admit.admit(&d, Instant::now()) => Decision::Accept,
+                    _ => Decision::Reject(RejectReason::UnknownDevice),
+                },
                 None => Decision::Reject(RejectReason::UnknownDevice),
             }
         }));
@@ -262,8 +288,8 @@ impl Hub {
             link,
             events,
             config,
-            Some(local),
-            Some(udp),
+            (Some(local), Some(udp)),
+            provisioned,
         ))
     }
 
@@ -276,6 +302,12 @@ impl Hub {
     ) -> Hub {
         let (thread, events) = TransportThread::spawn(transport);
         Self::start(registry, Box::new(thread), events, config)
+    }
+
+    /// Twins auto-provisioning holds now (created for unknown devices that registered,
+    /// not yet expired or forgotten); at most [`HubConfig::auto_provision_limit`].
+    pub fn auto_provisioned_count(&self) -> usize {
+        self.inner.provisioned.len()
     }
 
     /// The UDP address the bundled LWM2M server listens on, if the hub runs one.
@@ -578,7 +610,38 @@ impl Inner {
             }
         }
         batch.clear();
+        self.sweep_auto_provisioned(now);
         self.send(ops);
+    }
+
+    /// Removes the auto-provisioned twins whose time is up (see [`provisioning`]); at most
+    /// once a second.
+    fn sweep_auto_provisioned(&self, now: Instant) {
+        {
+            let mut last = lock(&self.last_sweep);
+            if now.saturating_duration_since(*last) < Duration::from_secs(1) {
+                return;
+            }
+            *last = now;
+        }
+        let due = self.provisioned.due(now);
+        if due.is_empty() {
+            return;
+        }
+        let mut reg = self.registry.write();
+        for (device, verdict) in due {
+            if verdict == Verdict::Expired {
+                let unadopted = reg.get(device.as_str()).is_some_and(|t| {
+                    t.tags().len() == 0
+                        && t.service_properties().is_empty()
+                        && t.connection_state() == ConnectionState::Disconnected
+                });
+                if unadopted {
+                    let _ = reg.remove(device.as_str());
+                }
+            }
+            self.provisioned.forget(&device);
+        }
     }
 
     fn apply(
@@ -595,8 +658,15 @@ impl Inner {
             } => {
                 self.counters.registrations.fetch_add(1, Ordering::Relaxed);
                 if !reg.contains(device.as_str()) && self.config.auto_provision {
-                    let _ = reg.create(Twin::new(device.clone()));
+                    // A transport without the registration gate (the in-memory fleet)
+                    // cannot refuse the device; past the limit it just gets no twin.
+                    if self.provisioned.admit(device, Instant::now())
+                        && reg.create(Twin::new(device.clone())).is_err()
+                    {
+                        self.provisioned.forget(device);
+                    }
                 }
+                self.provisioned.connected(device);
                 let _ = reg.set_registration(device.as_str(), Some(registration.clone()));
                 let _ = reg.set_connection_state(device.as_str(), ConnectionState::Connected, at);
                 let _ = reg.set_managed(device.as_str(), true);
@@ -620,6 +690,7 @@ impl Inner {
             DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
                 let _ =
                     reg.set_connection_state(device.as_str(), ConnectionState::Disconnected, at);
+                self.provisioned.disconnected(device, Instant::now());
             }
             DeviceEvent::Rejected { .. } => {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,97 @@
+//! Issue #16 finding 4: auto-provisioning is bounded by a count of twins, and a twin it
+//! created that the service never adopted goes some time after its registration ended.
+//! Over real UDP on loopback, with registrations sent as raw CoAP.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+use twinhub::coap::{Code, Message, MessageType};
+use twinhub::hub::{Hub, HubConfig};
+use twinhub::registry::Registry;
+
+/// Sends one CON request and returns the answer (retrying a few times on loss).
+fn exchange(sock: &UdpSocket, hub: SocketAddr, mut m: Message, mid: u16) -> Message {
+    m.message_id = mid;
+    m.set_token(&mid.to_be_bytes()).unwrap();
+    let bytes = m.to_bytes().unwrap();
+    let mut buf = [0u8; 1500];
+    for _ in 0..5 {
+        sock.send_to(&bytes, hub).unwrap();
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            let r = Message::decode(&buf[..n]).unwrap();
+            if r.message_id == mid {
+                return r;
+            }
+        }
+    }
+    panic!("no answer from the hub to message {mid}");
+}
+
+fn register(sock: &UdpSocket, hub: SocketAddr, ep: &str, mid: u16) -> Message {
+    let mut m = Message::new(MessageType::Confirmable, Code::POST, 0);
+    m.set_uri_path("/rd");
+    m.add_uri_query(&format!("ep={ep}"));
+    m.add_uri_query("lt=300");
+    m.payload = b"</3/0>".to_vec();
+    exchange(sock, hub, m, mid)
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn auto_provisioned_twins_are_capped_and_expire_unless_adopted() {
+    let config = HubConfig {
+        auto_provision: true,
+        auto_provision_limit: 3,
+        auto_provision_expiry: Duration::from_millis(500),
+        sync: None,
+        ..HubConfig::default()
+    };
+    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), config).unwrap();
+    let addr = hub.local_addr().unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+
+    let mut locations = Vec::new();
+    for (i, ep) in ["auto-0", "auto-1", "auto-2"].iter().enumerate() {
+        let r = register(&sock, addr, ep, 10 + i as u16);
+        assert_eq!(r.code, Code::CREATED, "{ep}");
+        locations.push(r.location_path().map(str::to_owned).collect::<Vec<_>>());
+    }
+    // Ten times the bound of made-up names: every one refused, no twin created.
+    for i in 0..30u16 {
+        let r = register(&sock, addr, &format!("made-up-{i}"), 100 + i);
+        assert_eq!(r.code, Code::FORBIDDEN);
+    }
+    wait_until("three twins", || hub.registry().read().len() == 3);
+    assert_eq!(hub.auto_provisioned_count(), 3);
+    // A held name registers again without taking another place.
+    let again = register(&sock, addr, "auto-1", 200);
+    assert_eq!(again.code, Code::CREATED);
+    assert_eq!(hub.auto_provisioned_count(), 3);
+    locations[1] = again.location_path().map(str::to_owned).collect();
+
+    // The service adopts auto-1 (a tag); both auto-0 and auto-1 de-register.
+    hub.add_tags("auto-1", &["kept"], None).unwrap();
+    for (i, loc) in locations.iter().take(2).enumerate() {
+        let mut m = Message::new(MessageType::Confirmable, Code::DELETE, 0);
+        m.set_uri_path(&format!("/{}", loc.join("/")));
+        let r = exchange(&sock, addr, m, 300 + i as u16);
+        assert_eq!(r.code, Code::DELETED);
+    }
+    // auto-0's twin goes after the expiry; auto-1's stays (adopted), auto-2's stays
+    // (still registered). auto-0's place is free again.
+    wait_until("auto-0 removed", || hub.twin("auto-0").is_none());
+    assert!(hub.twin("auto-1").is_some());
+    assert!(hub.twin("auto-2").is_some());
+    wait_until("a free place", || hub.auto_provisioned_count() < 3);
+    assert_eq!(register(&sock, addr, "auto-3", 400).code, Code::CREATED);
+    wait_until("auto-3's twin", || hub.twin("auto-3").is_some());
+    hub.stop();
+}
