@@ -248,6 +248,9 @@ pub enum RejectReason {
     Disabled,
     /// The registration request was malformed (bad query or link payload).
     Malformed(String),
+    /// A live registration of this endpoint answers from another address (the LWM2M
+    /// server's takeover policy).
+    AddressInUse,
 }
 
 /// Something a transport observed about a device.

@@ -18,6 +18,39 @@ pub enum Decision {
 /// The hub passes "exists in the registry and is enabled".
 pub type Authorizer = Box<dyn Fn(&RegistrationRequest) -> Decision + Send>;
 
+/// What a Register does to a live registration of the same endpoint that another address
+/// holds. The specification lets a new Register replace the old one; over plain CoAP that
+/// lets any host that knows an endpoint name take the device over (its operations, its
+/// twin's device properties), so the default checks first whether the old address still
+/// answers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Takeover {
+    /// The new Register replaces the old registration (what LWM2M servers commonly do).
+    Replace,
+    /// The server probes the old address (a confirmable GET; any answer, even 4.04 or RST,
+    /// shows a live endpoint there) and answers the newcomer 5.03 while the probe runs.
+    /// If the old address answers, Registers from elsewhere get 4.03
+    /// ([`RejectReason::AddressInUse`]) for [`TAKEOVER_REFUSAL`](super::TAKEOVER_REFUSAL),
+    /// and a later attempt probes again. If it does not answer within `probe_timeout`, the
+    /// old registration ends ([`DeviceEvent::Expired`](crate::transport::DeviceEvent)) and
+    /// the next Register is accepted. At most one probe per registration is in flight, so a
+    /// flood of Registers sends at most one datagram (and its retransmissions) per
+    /// registration and refusal period.
+    ProbeOldAddress {
+        /// How long the old address has to answer.
+        probe_timeout: Duration,
+    },
+}
+
+impl Default for Takeover {
+    fn default() -> Self {
+        Takeover::ProbeOldAddress {
+            probe_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Tunables of [`Lwm2mServer`](super::Lwm2mServer). `Default` gives the RFC 7252 / LWM2M
 /// defaults and refuses unknown devices.
 ///
@@ -35,6 +68,9 @@ pub struct ServerConfig {
     pub lifetime_grace: Duration,
     /// Most registrations held at once; further Registers get 5.03.
     pub max_registrations: usize,
+    /// What a Register from another address does to a live registration of the same
+    /// endpoint (default: probe the old address for 5 s).
+    pub takeover: Takeover,
     /// Most operations waiting per device (queue mode, or behind the one in flight).
     pub queue_capacity: usize,
     /// How long an operation may wait in a device's queue before it times out.
@@ -57,6 +93,7 @@ impl Default for ServerConfig {
             auto_provision: false,
             lifetime_grace: Duration::from_secs(30),
             max_registrations: 1_000_000,
+            takeover: Takeover::default(),
             queue_capacity: 16,
             queue_timeout: Duration::from_secs(600),
             awake_window: Duration::from_secs(93),

@@ -34,6 +34,11 @@
 //! - **Who may register**: the [`Authorizer`] given to [`Lwm2mServer::with_authorizer`];
 //!   without one, only [`ServerConfig::auto_provision`] lets anyone in. A refused device gets
 //!   4.03 and a [`DeviceEvent::Rejected`]; nothing else changes.
+//! - **Takeover**: a Register for an endpoint whose live registration another address
+//!   holds follows [`ServerConfig::takeover`]. By default ([`Takeover::ProbeOldAddress`])
+//!   the old address is asked first: while it answers, the newcomer gets 5.03 and then
+//!   4.03 ([`RejectReason::AddressInUse`]); a device that really moved (a restart behind a
+//!   NAT, a new port) is accepted once its old address stayed silent for the probe time.
 //! - **Device management**: every [`DeviceRequest`] becomes one confirmable CoAP request
 //!   (Read GET, Discover GET Accept 40, Write PUT/POST, Write-Attributes PUT with only
 //!   Uri-Query, Execute POST, Create POST `/oid`, Delete DELETE, Observe GET Observe=0,
@@ -83,7 +88,7 @@ fn parse_location_id(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod wire;
 
-pub use config::{Authorizer, Decision, ServerConfig};
+pub use config::{Authorizer, Decision, ServerConfig, Takeover};
 pub use registration::{
     DEFAULT_LIFETIME, MAX_ENDPOINT, MAX_LIFETIME, MAX_LINK_PAYLOAD, MAX_OBJECTS, MAX_QUERIES,
     RdMessage, RdMethod, RegistrationError, RegistrationRequest, UpdateRequest, queries_as_str,
@@ -125,6 +130,23 @@ struct Registration {
     alternate_path: Option<Box<str>>,
     awake_until: Option<Instant>,
     in_flight: usize,
+    /// Where a takeover check of this registration stands ([`Takeover`]).
+    probe: Probe,
+}
+
+/// How long a registration whose address answered a takeover probe refuses Registers
+/// from other addresses before it is probed again.
+pub const TAKEOVER_REFUSAL: Duration = Duration::from_secs(60);
+
+/// A takeover check of a registration ([`Takeover::ProbeOldAddress`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Probe {
+    /// Not being checked.
+    Idle,
+    /// A probe to the registration's address is in flight.
+    InFlight(RequestId),
+    /// The address answered: Registers from elsewhere are refused until then.
+    Answered { until: Instant },
 }
 
 /// An operation waiting for its turn.
@@ -153,6 +175,7 @@ struct Observation {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Timer {
     Expiry { slot: u32, generation: u64 },
+    Probe { slot: u32, generation: u64 },
     Queue { slot: u32, generation: u64 },
 }
 
@@ -175,6 +198,8 @@ pub struct Lwm2mServer {
     /// unique across restarts and cannot be guessed.
     location_rng: Rng,
     values_outside_path: u64,
+    /// Takeover probes in flight: the probed registration.
+    probes: HashMap<RequestId, (u32, u64)>,
     next_generation: u64,
     outstanding: HashMap<RequestId, Outstanding>,
     observations: HashMap<RequestId, Observation>,
@@ -218,6 +243,7 @@ impl Lwm2mServer {
             by_reg_id: HashMap::new(),
             location_rng,
             values_outside_path: 0,
+            probes: HashMap::new(),
             next_generation: 1,
             outstanding: HashMap::new(),
             observations: HashMap::new(),
@@ -300,6 +326,17 @@ impl Lwm2mServer {
             match event {
                 Event::Request { id, peer, request } => {
                     self.handle_request(now, id, peer, &request)
+                }
+                Event::Response { id, .. } if self.probes.contains_key(&id) => {
+                    self.probe_answered(now, id)
+                }
+                Event::RequestFailed {
+                    id,
+                    error: RequestError::Reset,
+                } if self.probes.contains_key(&id) => self.probe_answered(now, id),
+                Event::RequestFailed { id, .. } if self.probes.contains_key(&id) => {
+                    // No answer before the endpoint gave up: the probe timer decides.
+                    self.probes.remove(&id);
                 }
                 Event::Response { id, response } => self.handle_response(now, id, &response),
                 Event::Notification { id, response } => self.handle_notification(id, &response),
@@ -418,6 +455,11 @@ impl Lwm2mServer {
             });
             return (Code::FORBIDDEN, None);
         }
+        if let Some(&slot) = self.by_endpoint.get(&device)
+            && let Some(refusal) = self.contest(now, slot, peer)
+        {
+            return (refusal, None);
+        }
         // A re-registration replaces the old one (and its observations), keeps the queue.
         let slot = match self.by_endpoint.get(&device) {
             Some(&slot) => {
@@ -468,6 +510,7 @@ impl Lwm2mServer {
             alternate_path: r.alternate_path.map(String::into_boxed_str),
             awake_until: Some(now + self.config.awake_window),
             in_flight: 0,
+            probe: Probe::Idle,
         });
         self.by_endpoint.insert(device.clone(), slot);
         self.by_addr.insert(peer, slot);
@@ -480,6 +523,57 @@ impl Lwm2mServer {
         });
         self.pump(now, slot);
         (Code::CREATED, Some(location_id(reg_id)))
+    }
+
+    /// Applies the [`Takeover`] policy to a Register for the live registration in `slot`
+    /// from `peer`; `Some(code)` refuses it.
+    fn contest(&mut self, now: Instant, slot: u32, peer: SocketAddr) -> Option<Code> {
+        let Takeover::ProbeOldAddress { probe_timeout } = self.config.takeover else {
+            return None;
+        };
+        let reg = self.slot(slot)?;
+        if reg.addr == peer {
+            return None;
+        }
+        let (old, generation, endpoint) = (reg.addr, reg.generation, reg.info.endpoint.clone());
+        match reg.probe {
+            Probe::InFlight(_) => Some(Code::SERVICE_UNAVAILABLE),
+            Probe::Answered { until } if now < until => {
+                self.events.push_back(DeviceEvent::Rejected {
+                    endpoint,
+                    reason: RejectReason::AddressInUse,
+                });
+                Some(Code::FORBIDDEN)
+            }
+            _ => {
+                // Any request does: a live LWM2M client answers it (4.04 or 4.05 at worst).
+                let probe = Message::request(Code::GET, "/1");
+                let Ok(id) = self.endpoint.send_request(now, old, probe) else {
+                    return Some(Code::SERVICE_UNAVAILABLE);
+                };
+                self.probes.insert(id, (slot, generation));
+                if let Some(r) = self.slot_mut(slot) {
+                    r.probe = Probe::InFlight(id);
+                }
+                self.timers.push(Reverse((
+                    now + probe_timeout,
+                    Timer::Probe { slot, generation },
+                )));
+                Some(Code::SERVICE_UNAVAILABLE)
+            }
+        }
+    }
+
+    /// The old address answered a takeover probe (a response or an RST).
+    fn probe_answered(&mut self, now: Instant, id: RequestId) {
+        let Some((slot, generation)) = self.probes.remove(&id) else {
+            return;
+        };
+        if let Some(r) = self.slot_mut(slot).filter(|r| r.generation == generation) {
+            r.probe = Probe::Answered {
+                until: now + TAKEOVER_REFUSAL,
+            };
+        }
     }
 
     fn update(&mut self, now: Instant, peer: SocketAddr, id: &str, u: UpdateRequest) -> Code {
@@ -965,6 +1059,21 @@ impl Lwm2mServer {
                     .slot(slot)
                     .is_some_and(|r| r.generation == generation && r.expires <= now);
                 if due && let Some(device) = self.remove(now, slot) {
+                    self.events.push_back(DeviceEvent::Expired { device });
+                }
+            }
+            Timer::Probe { slot, generation } => {
+                let Some(Probe::InFlight(id)) = self
+                    .slot(slot)
+                    .filter(|r| r.generation == generation)
+                    .map(|r| r.probe)
+                else {
+                    return;
+                };
+                // The old address did not answer in time: the registration is gone.
+                self.probes.remove(&id);
+                self.endpoint.forget_request(now, id);
+                if let Some(device) = self.remove(now, slot) {
                     self.events.push_back(DeviceEvent::Expired { device });
                 }
             }

@@ -846,7 +846,12 @@ fn queue_mode_holds_requests_until_the_device_talks() {
 
 #[test]
 fn reregistration_replaces_and_drops_observations() {
-    let mut sim = Sim::open();
+    // From another address: with the policy that lets it replace at once.
+    let mut sim = Sim::new(ServerConfig {
+        auto_provision: true,
+        takeover: Takeover::Replace,
+        ..ServerConfig::default()
+    });
     let a = addr(9000);
     let first = sim.register(a, &["ep=d"]);
     sim.submit(
@@ -1040,4 +1045,91 @@ fn values_outside_the_requested_path_are_dropped_and_counted() {
         }]
     );
     assert_eq!(sim.server.values_outside_path(), 3);
+}
+
+/// Issue #16 finding 2: a second address registering under a live endpoint name does not
+/// take the registration over while the old address answers; a device that really moved
+/// (its old address silent) is accepted after the probe time; `Takeover::Replace` keeps
+/// the old behaviour.
+#[test]
+fn takeover_needs_the_old_address_to_be_silent() {
+    let mut sim = Sim::open();
+    let (owner, attacker) = (addr(9200), addr(9300));
+    let location = sim.register(owner, &["ep=victim", "lt=300"]);
+    sim.events();
+
+    // The attacker registers: 5.03, and the owner's address is probed.
+    let p = sim.request(wire::POST, &["rd"], &["ep=victim"], b"</3/0>");
+    sim.send(attacker, &p);
+    let out = sim.out();
+    let answer = out.iter().find(|(to, _)| *to == attacker).unwrap();
+    assert_eq!(answer.1.code, code(5, 3));
+    let probe = out
+        .iter()
+        .find(|(to, _)| *to == owner)
+        .expect("a probe to the owner");
+    assert_eq!(probe.1.mtype, MsgType::Con);
+    // The owner's client answers (4.04 is an answer).
+    sim.answer(owner, &probe.1.clone(), code(4, 4), None, b"");
+    sim.out();
+    // Now the attacker is refused with 4.03, however often it tries, and nothing changed.
+    for _ in 0..20 {
+        let p = sim.request(wire::POST, &["rd"], &["ep=victim"], b"</3/0>");
+        sim.send(attacker, &p);
+        let out = sim.out();
+        assert_eq!(out.len(), 1, "no further probes while the refusal lasts");
+        assert_eq!(out[0].1.code, code(4, 3));
+    }
+    let events = sim.events();
+    assert_eq!(events.len(), 20);
+    assert!(events.iter().all(|e| matches!(
+        e,
+        DeviceEvent::Rejected {
+            reason: RejectReason::AddressInUse,
+            ..
+        }
+    )));
+    assert_eq!(
+        sim.server.registration(&dev("victim")).unwrap().address,
+        Some(owner)
+    );
+    // The owner's Update still works.
+    let up = sim.request(wire::POST, &["rd", &location], &[], b"");
+    sim.send(owner, &up);
+    assert_eq!(sim.out()[0].1.code, code(2, 4));
+    sim.events();
+
+    // After the refusal period the owner is gone (silent): the next attempt probes again,
+    // the probe times out, the registration ends and the newcomer gets in.
+    sim.advance(TAKEOVER_REFUSAL);
+    sim.out();
+    let p = sim.request(wire::POST, &["rd"], &["ep=victim"], b"</3/0>");
+    sim.send(attacker, &p);
+    assert!(
+        sim.out()
+            .iter()
+            .any(|(to, m)| *to == attacker && m.code == code(5, 3))
+    );
+    sim.advance(Duration::from_secs(6));
+    sim.out();
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Expired { device } if device == &dev("victim")))
+    );
+    let moved = sim.register(attacker, &["ep=victim", "lt=300"]);
+    assert_ne!(moved, location);
+
+    // Takeover::Replace: the old behaviour, at once.
+    let mut open = Sim::new(ServerConfig {
+        auto_provision: true,
+        takeover: Takeover::Replace,
+        ..ServerConfig::default()
+    });
+    open.register(owner, &["ep=d"]);
+    open.register(attacker, &["ep=d"]);
+    assert_eq!(
+        open.server.registration(&dev("d")).unwrap().address,
+        Some(attacker)
+    );
 }
