@@ -13,13 +13,18 @@
 //! - memory per registered device: the resident-set growth (Linux `/proc/self/statm`) of
 //!   registering 100,000 devices in a sans-IO server, after the CoAP exchange state has
 //!   expired, printed once before the timed benches. Target: <= 2 KB per device.
+//! - flood memory (issue #16): a sans-IO server with its default bounds and one registered
+//!   device is flooded with ten times each bound (valid CON requests from 4,096 spoofed
+//!   addresses for duplicate detection; unfinished Block1 registrations; Registers under
+//!   made-up names); the resident-set growth after one bound's worth, ten and twenty is
+//!   printed, with the device's Updates answered 2.04 between every chunk.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, ContentFormat, Message, MessageType};
-use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, UdpServer};
-use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
+use twinhub::lwm2m::server::{Decision, Lwm2mServer, ServerConfig, UdpServer};
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, RejectReason, Transport};
 use twinhub::{DeviceId, Lwm2mPath};
 
 const LINKS: &[u8] = b"</1/0>,</3/0>,</5/0>,</10241/0>";
@@ -235,8 +240,129 @@ fn report_memory_per_device() {
     drop(s);
 }
 
+/// One chunk of a flood: `n` datagrams made by `make(i)` from `from(i)`.
+fn flood(
+    s: &mut Lwm2mServer,
+    now: Instant,
+    range: std::ops::Range<usize>,
+    make: &dyn Fn(usize) -> (SocketAddr, Vec<u8>),
+) {
+    for i in range {
+        let (from, bytes) = make(i);
+        s.handle_datagram(now, from, &bytes);
+        while s.poll_transmit().is_some() {}
+        while s.poll_event().is_some() {}
+    }
+}
+
+/// Prints resident memory after one bound's worth of a flood and after ten, with a
+/// registered device's Update answered between chunks (not a timing).
+fn report_flood_memory() {
+    let t0 = Instant::now();
+    let config = ServerConfig::default();
+    let dedup_bound = config.coap.max_dedup_entries;
+    // Only the served device may register: made-up names are refused.
+    let mut s = Lwm2mServer::with_seed(ServerConfig::default(), 9).with_authorizer(Box::new(
+        |r: &twinhub::lwm2m::server::RegistrationRequest| {
+            if r.endpoint == "served" {
+                Decision::Accept
+            } else {
+                Decision::Reject(RejectReason::UnknownDevice)
+            }
+        },
+    ));
+    let device: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    s.handle_datagram(t0, device, &register_message(1, 1, "served"));
+    let location: Vec<String> = std::iter::from_fn(|| s.poll_transmit())
+        .filter_map(|t| Message::decode(&t.payload).ok())
+        .flat_map(|m| m.location_path().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    while s.poll_event().is_some() {}
+    let mut served = 0usize;
+    let mut update_mid = 100u16;
+    let mut check_served = |s: &mut Lwm2mServer| {
+        update_mid = update_mid.wrapping_add(1);
+        let mut m = Message::request(Code::POST, &format!("/{}", location.join("/")));
+        m.message_id = update_mid;
+        m.set_token(&[9]);
+        s.handle_datagram(t0, device, &m.to_bytes().unwrap());
+        let ok = std::iter::from_fn(|| s.poll_transmit())
+            .filter_map(|t| Message::decode(&t.payload).ok())
+            .any(|r| r.code == Code::CHANGED);
+        while s.poll_event().is_some() {}
+        served += ok as usize;
+    };
+    let spoofed = |i: usize| SocketAddr::from(([10, 9, (i >> 8) as u8 & 15, i as u8], 6000));
+    let requests = |i: usize| {
+        let mut m = Message::request(Code::GET, "/rd");
+        m.message_id = (i / 4096) as u16;
+        m.set_token(&(i as u64).to_be_bytes());
+        (spoofed(i), m.to_bytes().unwrap())
+    };
+    let block1 = |i: usize| {
+        let mut m = Message::request(Code::POST, "/rd");
+        m.message_id = i as u16;
+        m.set_token(&(i as u64).to_be_bytes());
+        m.add_uri_query(&format!("ep=b{i}"));
+        m.set_block1(twinhub::coap::BlockOption::new(0, true, 6).unwrap());
+        m.payload = vec![b'<'; 1024];
+        (
+            SocketAddr::from(([10, 10, (i >> 8) as u8, i as u8], 7000)),
+            m.to_bytes().unwrap(),
+        )
+    };
+    let made_up = |i: usize| {
+        let mut m = Message::request(Code::POST, "/rd");
+        m.message_id = i as u16;
+        m.set_token(&(i as u64).to_be_bytes());
+        m.add_uri_query(&format!("ep=nobody-{i}"));
+        m.payload = LINKS.to_vec();
+        (
+            SocketAddr::from(([10, 11, (i >> 8) as u8, i as u8], 7000)),
+            m.to_bytes().unwrap(),
+        )
+    };
+    let floods: [(&str, usize, &dyn Fn(usize) -> (SocketAddr, Vec<u8>)); 3] = [
+        ("CON requests (dedup)", dedup_bound, &requests),
+        ("unfinished Block1 registrations", 16 * 1024, &block1),
+        ("Registers under unknown names", dedup_bound, &made_up),
+    ];
+    for (what, bound, make) in floods {
+        let server = &mut s;
+        let base = resident_bytes().unwrap_or(0);
+        flood(server, t0, 0..bound, make);
+        let one = resident_bytes().unwrap_or(0).saturating_sub(base);
+        let mut ten = 0;
+        for chunk in 1..20 {
+            flood(server, t0, chunk * bound..(chunk + 1) * bound, make);
+            check_served(server);
+            if chunk == 9 {
+                ten = resident_bytes().unwrap_or(0).saturating_sub(base);
+            }
+        }
+        let twenty = resident_bytes().unwrap_or(0).saturating_sub(base);
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        println!(
+            "lwm2m_server/flood: {what}: resident +{:.1} MiB after {bound} datagrams (the \
+             bound), +{:.1} MiB after 10x, +{:.1} MiB after 20x; now dedup entries {}, block \
+             transfers {}, timer queue entries {}, registrations {}",
+            mib(one),
+            mib(ten),
+            mib(twenty),
+            server.endpoint().dedup_entries(),
+            server.endpoint().block_transfers(),
+            server.endpoint().timer_queue_entries(),
+            server.registered_count(),
+        );
+    }
+    println!(
+        "lwm2m_server/flood: the registered device's Update answered 2.04 {served} of 57 times"
+    );
+}
+
 fn benches(c: &mut Criterion) {
     report_memory_per_device();
+    report_flood_memory();
     bench_notify_decode(c);
     bench_register_udp(c);
 }
