@@ -241,7 +241,7 @@ fn report_memory_per_device() {
 }
 
 /// Makes the `i`th datagram of a flood and says where it comes from.
-type Datagrams = dyn Fn(usize) -> (SocketAddr, Vec<u8>);
+type Datagrams<'a> = dyn Fn(usize) -> (SocketAddr, Vec<u8>) + 'a;
 
 /// One chunk of a flood: `n` datagrams made by `make(i)` from `from(i)`.
 fn flood(s: &mut Lwm2mServer, now: Instant, range: std::ops::Range<usize>, make: &Datagrams) {
@@ -320,7 +320,7 @@ fn report_flood_memory() {
             m.to_bytes().unwrap(),
         )
     };
-    let floods: [(&str, usize, &Datagrams); 3] = [
+    let floods: [(&str, usize, &Datagrams<'_>); 3] = [
         ("CON requests (dedup)", dedup_bound, &requests),
         ("unfinished Block1 registrations", 16 * 1024, &block1),
         ("Registers under unknown names", dedup_bound, &made_up),
