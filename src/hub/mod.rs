@@ -183,9 +183,24 @@ struct Inner {
 }
 
 /// The service-side facade. See the [module docs](self).
+///
+/// Clones share one hub. Dropping the last clone stops it as [`Hub::stop`] does: its
+/// threads end and its sockets close.
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
+    /// Shared by the clones only (never by the hub's own threads), so its drop marks the
+    /// last clone.
+    _last: Arc<StopOnDrop>,
+}
+
+/// Stops the hub when the last [`Hub`] clone goes.
+struct StopOnDrop(Arc<Inner>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// Longest the hub thread waits for an event before it runs the job timers.
@@ -245,7 +260,10 @@ impl Hub {
             .spawn(move || worker.run(events))
             .expect("spawning the hub thread");
         *lock(&inner.thread) = Some(thread);
-        Hub { inner }
+        Hub {
+            _last: Arc::new(StopOnDrop(inner.clone())),
+            inner,
+        }
     }
 
     /// Starts a hub with the bundled LWM2M server on a UDP socket (`"0.0.0.0:5683"`, or
@@ -514,14 +532,23 @@ impl Hub {
     }
 
     /// Stops the hub thread and the transport. Other clones of the hub keep answering
-    /// reads but no longer hear from devices.
+    /// reads but no longer hear from devices. Blocks until the hub thread has finished the
+    /// batch of events it is applying (it looks for the stop every 20 ms at least) and the
+    /// transport's threads have ended (the UDP driver is woken at once, and looks at least
+    /// every 250 ms): typically milliseconds. Dropping the last clone does the same.
     pub fn stop(&self) {
-        self.inner.stop.store(true, Ordering::Release);
-        self.inner.link.stop();
-        if let Some(t) = lock(&self.inner.thread).take() {
+        self.inner.stop();
+    }
+}
+
+impl Inner {
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.link.stop();
+        if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
         }
-        if let Some(udp) = lock(&self.inner.udp).take() {
+        if let Some(udp) = lock(&self.udp).take() {
             udp.stop();
         }
     }
