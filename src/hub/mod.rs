@@ -13,7 +13,10 @@
 //! **Property sync.** When a device registers, the hub sets notification attributes
 //! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
 //! announced, and observes them; the first answer and every notification become device
-//! property updates. A device that registers again is observed again.
+//! property updates. A device that registers again is observed again. A sync observation
+//! that fails (an error or no answer to the Observe) or ends (the device declines it,
+//! cancels it, answers a notification with an error) is observed again on the device's
+//! next registration Update.
 //!
 //! **Threads.** A `Hub` is `Clone + Send + Sync`: call it from as many threads as you like.
 //! Reads take the registry's read lock; a write returns once the twin and every index
@@ -62,6 +65,7 @@ use crate::transport::{
 };
 use crate::twin::{ConnectionState, DeviceStatus, Scalar, Twin};
 use crate::{DeviceId, Timestamp};
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -168,6 +172,17 @@ struct Inner {
     local_addr: Option<SocketAddr>,
     thread: Mutex<Option<JoinHandle<()>>>,
     udp: Mutex<Option<UdpServer>>,
+    /// The hub's own sync observations (only the hub thread touches it).
+    synced: Mutex<HashMap<DeviceId, Vec<SyncObservation>>>,
+}
+
+/// One sync observation of a registered device: the Observe operation that established
+/// (or is establishing) it, and whether it is known to be gone. One entry per synced
+/// path per registered device; a device's entries go when it de-registers or expires.
+struct SyncObservation {
+    path: Lwm2mPath,
+    op: OpId,
+    lost: bool,
 }
 
 /// The service-side facade. See the [module docs](self).
@@ -220,6 +235,7 @@ impl Hub {
             local_addr,
             thread: Mutex::new(None),
             udp: Mutex::new(udp),
+            synced: Mutex::new(HashMap::new()),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -603,6 +619,8 @@ impl Inner {
                 let _ = reg.set_last_activity(device.as_str(), at);
                 self.sync_ops(device, &registration.objects, ops);
             }
+            DeviceEvent::ObservationEnded { device, op, .. }
+            | DeviceEvent::TimedOut { device, op } => self.sync_lost(device, *op),
             DeviceEvent::RegistrationUpdated {
                 device,
                 registration,
@@ -616,10 +634,12 @@ impl Inner {
                         reg.set_connection_state(device.as_str(), ConnectionState::Connected, at);
                 }
                 let _ = reg.set_last_activity(device.as_str(), at);
+                self.resync(device, ops);
             }
             DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
                 let _ =
                     reg.set_connection_state(device.as_str(), ConnectionState::Disconnected, at);
+                lock(&self.synced).remove(device);
             }
             DeviceEvent::Rejected { .. } => {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -636,13 +656,16 @@ impl Inner {
                 // sync observations and reads: their values go into the twin. The job
                 // engine hands its reads over as TwinUpdates instead.
                 if op.0 < self.config.jobs.op_id_base {
-                    if let Ok(DeviceReply::Content(content)) = result {
-                        self.apply_content(reg, device, content, at);
+                    match result {
+                        Ok(DeviceReply::Content(content)) => {
+                            self.apply_content(reg, device, content, at)
+                        }
+                        Ok(_) => {}
+                        Err(_) => self.sync_lost(device, *op),
                     }
                 }
                 let _ = reg.set_last_activity(device.as_str(), at);
             }
-            _ => {}
         }
     }
 
@@ -671,11 +694,38 @@ impl Inner {
         }
     }
 
+    /// Marks the sync observation `op` established (if it is one) as gone.
+    fn sync_lost(&self, device: &DeviceId, op: OpId) {
+        if let Some(entries) = lock(&self.synced).get_mut(device)
+            && let Some(e) = entries.iter_mut().find(|e| e.op == op)
+        {
+            e.lost = true;
+        }
+    }
+
+    /// Observes again every sync path of `device` whose observation is gone.
+    fn resync(&self, device: &DeviceId, ops: &mut Vec<DeviceOp>) {
+        let mut synced = lock(&self.synced);
+        let Some(entries) = synced.get_mut(device) else {
+            return;
+        };
+        for e in entries.iter_mut().filter(|e| e.lost) {
+            e.op = self.next_op_id();
+            e.lost = false;
+            ops.push(DeviceOp {
+                id: e.op,
+                device: device.clone(),
+                request: DeviceRequest::Observe { path: e.path },
+            });
+        }
+    }
+
     /// Write-Attributes and Observe for the synced instances the device announced.
     fn sync_ops(&self, device: &DeviceId, objects: &[Lwm2mPath], ops: &mut Vec<DeviceOp>) {
         let Some(sync) = &self.config.sync else {
             return;
         };
+        let mut entries = Vec::with_capacity(sync.paths.len());
         for path in &sync.paths {
             if !objects.iter().any(|o| o.contains(path)) {
                 continue;
@@ -690,11 +740,18 @@ impl Inner {
                     },
                 });
             }
+            let op = self.next_op_id();
+            entries.push(SyncObservation {
+                path: *path,
+                op,
+                lost: false,
+            });
             ops.push(DeviceOp {
-                id: self.next_op_id(),
+                id: op,
                 device: device.clone(),
                 request: DeviceRequest::Observe { path: *path },
             });
         }
+        lock(&self.synced).insert(device.clone(), entries);
     }
 }
