@@ -60,12 +60,18 @@ pub fn tlv_decode(data: &[u8]) {
 pub fn senml_json_decode(data: &[u8]) {
     let base = Lwm2mPath::instance(3, 0);
     let _ = decode(ContentFormat::OldJson, data, &base, &standard_resource_type);
-    let Ok(content) = decode(
-        ContentFormat::SenmlJson,
-        data,
-        &base,
-        &standard_resource_type,
-    ) else {
+    senml_round_trip(ContentFormat::SenmlJson, data);
+}
+
+/// SenML CBOR: whatever decodes re-encodes and decodes (with the decoded types as hints)
+/// to the same content.
+pub fn senml_cbor_decode(data: &[u8]) {
+    senml_round_trip(ContentFormat::SenmlCbor, data);
+}
+
+fn senml_round_trip(format: ContentFormat, data: &[u8]) {
+    let base = Lwm2mPath::instance(3, 0);
+    let Ok(content) = decode(format, data, &base, &standard_resource_type) else {
         return;
     };
     // Types are by resource; a resource instance's type is its resource's.
@@ -82,14 +88,11 @@ pub fn senml_json_decode(data: &[u8]) {
             return; // one resource with values of several types: no single type hint
         }
     }
-    let bytes = encode(ContentFormat::SenmlJson, &Lwm2mPath::ROOT, &content)
-        .expect("decoded senml content must encode");
-    let again = decode(
-        ContentFormat::SenmlJson,
-        &bytes,
-        &Lwm2mPath::ROOT,
-        &|p: &Lwm2mPath| types.get(p).copied(),
-    )
+    let bytes =
+        encode(format, &Lwm2mPath::ROOT, &content).expect("decoded senml content must encode");
+    let again = decode(format, &bytes, &Lwm2mPath::ROOT, &|p: &Lwm2mPath| {
+        types.get(p).copied()
+    })
     .expect("senml we encoded must decode");
     assert!(
         same(&again, &content),

@@ -15,7 +15,7 @@ pub mod registry;
 pub use coap::{coap_decode, link_format};
 pub use job::job_events;
 pub use lwm2m_client::client_requests;
-pub use lwm2m_server::{registration, senml_json_decode, tlv_decode};
+pub use lwm2m_server::{registration, senml_cbor_decode, senml_json_decode, tlv_decode};
 pub use query::{query_parse, query_roundtrip};
 pub use registry::registry_ops;
 
@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("query_roundtrip", query_roundtrip),
     ("registration", registration),
     ("registry_ops", registry_ops),
+    ("senml_cbor_decode", senml_cbor_decode),
     ("senml_json_decode", senml_json_decode),
     ("timestamp_parse", timestamp_parse),
     ("tlv_decode", tlv_decode),

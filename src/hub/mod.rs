@@ -13,7 +13,10 @@
 //! **Property sync.** When a device registers, the hub sets notification attributes
 //! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
 //! announced, and observes them; the first answer and every notification become device
-//! property updates. A device that registers again is observed again.
+//! property updates. A device that registers again is observed again. A sync observation
+//! that fails (an error or no answer to the Observe) or ends (the device declines it,
+//! cancels it, answers a notification with an error) is observed again on the device's
+//! next registration Update.
 //!
 //! **Threads.** A `Hub` is `Clone + Send + Sync`: call it from as many threads as you like.
 //! Reads take the registry's read lock; a write returns once the twin and every index
@@ -64,6 +67,7 @@ use crate::transport::{
 use crate::twin::{ConnectionState, DeviceStatus, Scalar, Twin};
 use crate::{DeviceId, Timestamp};
 use provisioning::{AutoProvisioned, Verdict};
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -180,6 +184,17 @@ struct Inner {
     udp: Mutex<Option<UdpServer>>,
     provisioned: Arc<AutoProvisioned>,
     last_sweep: Mutex<Instant>,
+    /// The hub's own sync observations (only the hub thread touches it).
+    synced: Mutex<HashMap<DeviceId, Vec<SyncObservation>>>,
+}
+
+/// One sync observation of a registered device: the Observe operation that established
+/// (or is establishing) it, and whether it is known to be gone. One entry per synced
+/// path per registered device; a device's entries go when it de-registers or expires.
+struct SyncObservation {
+    path: Lwm2mPath,
+    op: OpId,
+    lost: bool,
 }
 
 /// The service-side facade. See the [module docs](self).
@@ -253,6 +268,7 @@ impl Hub {
             udp: Mutex::new(udp),
             provisioned,
             last_sweep: Mutex::new(Instant::now()),
+            synced: Mutex::new(HashMap::new()),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -700,6 +716,8 @@ impl Inner {
                 let _ = reg.set_last_activity(device.as_str(), at);
                 self.sync_ops(device, &registration.objects, ops);
             }
+            DeviceEvent::ObservationEnded { device, op, .. }
+            | DeviceEvent::TimedOut { device, op } => self.sync_lost(device, *op),
             DeviceEvent::RegistrationUpdated {
                 device,
                 registration,
@@ -713,11 +731,13 @@ impl Inner {
                         reg.set_connection_state(device.as_str(), ConnectionState::Connected, at);
                 }
                 let _ = reg.set_last_activity(device.as_str(), at);
+                self.resync(device, ops);
             }
             DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
                 let _ =
                     reg.set_connection_state(device.as_str(), ConnectionState::Disconnected, at);
                 self.provisioned.disconnected(device, Instant::now());
+                lock(&self.synced).remove(device);
             }
             DeviceEvent::Rejected { .. } => {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
@@ -734,13 +754,16 @@ impl Inner {
                 // sync observations and reads: their values go into the twin. The job
                 // engine hands its reads over as TwinUpdates instead.
                 if op.0 < self.config.jobs.op_id_base {
-                    if let Ok(DeviceReply::Content(content)) = result {
-                        self.apply_content(reg, device, content, at);
+                    match result {
+                        Ok(DeviceReply::Content(content)) => {
+                            self.apply_content(reg, device, content, at)
+                        }
+                        Ok(_) => {}
+                        Err(_) => self.sync_lost(device, *op),
                     }
                 }
                 let _ = reg.set_last_activity(device.as_str(), at);
             }
-            _ => {}
         }
     }
 
@@ -769,11 +792,38 @@ impl Inner {
         }
     }
 
+    /// Marks the sync observation `op` established (if it is one) as gone.
+    fn sync_lost(&self, device: &DeviceId, op: OpId) {
+        if let Some(entries) = lock(&self.synced).get_mut(device)
+            && let Some(e) = entries.iter_mut().find(|e| e.op == op)
+        {
+            e.lost = true;
+        }
+    }
+
+    /// Observes again every sync path of `device` whose observation is gone.
+    fn resync(&self, device: &DeviceId, ops: &mut Vec<DeviceOp>) {
+        let mut synced = lock(&self.synced);
+        let Some(entries) = synced.get_mut(device) else {
+            return;
+        };
+        for e in entries.iter_mut().filter(|e| e.lost) {
+            e.op = self.next_op_id();
+            e.lost = false;
+            ops.push(DeviceOp {
+                id: e.op,
+                device: device.clone(),
+                request: DeviceRequest::Observe { path: e.path },
+            });
+        }
+    }
+
     /// Write-Attributes and Observe for the synced instances the device announced.
     fn sync_ops(&self, device: &DeviceId, objects: &[Lwm2mPath], ops: &mut Vec<DeviceOp>) {
         let Some(sync) = &self.config.sync else {
             return;
         };
+        let mut entries = Vec::with_capacity(sync.paths.len());
         for path in &sync.paths {
             if !objects.iter().any(|o| o.contains(path)) {
                 continue;
@@ -788,11 +838,18 @@ impl Inner {
                     },
                 });
             }
+            let op = self.next_op_id();
+            entries.push(SyncObservation {
+                path: *path,
+                op,
+                lost: false,
+            });
             ops.push(DeviceOp {
-                id: self.next_op_id(),
+                id: op,
                 device: device.clone(),
                 request: DeviceRequest::Observe { path: *path },
             });
         }
+        lock(&self.synced).insert(device.clone(), entries);
     }
 }

@@ -251,6 +251,10 @@ pub enum RejectReason {
     /// A live registration of this endpoint answers from another address (the LWM2M
     /// server's takeover policy).
     AddressInUse,
+    /// The device registered with an LWM2M version the server does not speak (LWM2M
+    /// 1.1 §6.2.1: 4.12 Precondition Failed, so that the client can retry with an older
+    /// version).
+    UnsupportedVersion(String),
 }
 
 /// Something a transport observed about a device.
@@ -313,6 +317,19 @@ pub enum DeviceEvent {
         op: OpId,
         /// The device it was for.
         device: DeviceId,
+    },
+    /// An established observation ended without anyone cancelling it through this
+    /// transport: the device declined it, answered a notification with an error, stopped
+    /// it (final response, RST), or a Cancel-Observe for the same path ended it. Whoever
+    /// needs it observes again. Not sent when a registration ends (its observations all
+    /// go with it).
+    ObservationEnded {
+        /// The device.
+        device: DeviceId,
+        /// The observed path.
+        path: Lwm2mPath,
+        /// The Observe operation that had established it.
+        op: OpId,
     },
 }
 

@@ -321,8 +321,10 @@ impl ObjectTree {
 
     /// The registration payload's object list (CoRE link format): `</1/0>,</3/0>,...`,
     /// objects without instances as `</oid>`, Security /0 left out (LWM2M 1.1 §6.2.1).
+    /// The root link announces SenML JSON (`ct=110`), the LWM2M 1.1 format the client
+    /// registers with (it also answers SenML CBOR, TLV and LwM2M JSON when asked).
     pub fn registration_links(&mut self) -> String {
-        let mut out = String::from("</>;rt=\"oma.lwm2m\";ct=11543");
+        let mut out = String::from("</>;rt=\"oma.lwm2m\";ct=110");
         for oid in self.object_ids() {
             if oid == 0 {
                 continue;
@@ -771,7 +773,7 @@ mod tests {
         );
         assert_eq!(
             t.registration_links(),
-            "</>;rt=\"oma.lwm2m\";ct=11543,</1/0>,</3/0>,</5/0>,</9000/0>,</10241/0>"
+            "</>;rt=\"oma.lwm2m\";ct=110,</1/0>,</3/0>,</5/0>,</9000/0>,</10241/0>"
         );
         t.check_invariants().unwrap();
     }

@@ -62,7 +62,19 @@ pub enum ContentError {
         /// 1-based column of the error.
         column: usize,
     },
-    /// A SenML or LwM2M JSON record is not acceptable.
+    /// The CBOR is not well-formed (or has bytes after its one top-level item).
+    Cbor {
+        /// Byte offset where decoding stopped.
+        offset: usize,
+    },
+    /// CBOR nested deeper than [`super::MAX_CBOR_DEPTH`].
+    TooDeep {
+        /// Byte offset of the item that is one level too deep.
+        offset: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A SenML (JSON or CBOR) or LwM2M JSON record is not acceptable.
     BadRecord {
         /// 0-based index of the record.
         index: usize,
@@ -152,6 +164,13 @@ impl fmt::Display for ContentError {
             ContentError::Json { line, column } => {
                 write!(f, "malformed json at line {line}, column {column}")
             }
+            ContentError::Cbor { offset } => write!(f, "malformed cbor at byte {offset}"),
+            ContentError::TooDeep { offset, max } => {
+                write!(
+                    f,
+                    "cbor at byte {offset} is nested deeper than {max} levels"
+                )
+            }
             ContentError::BadRecord { index, problem } => write!(f, "record {index}: {problem}"),
             ContentError::PathOutsideBase { path, base } => {
                 write!(f, "path {path} is not a resource under {base}")
@@ -174,8 +193,8 @@ impl std::error::Error for ContentError {}
 impl fmt::Display for RecordProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RecordProblem::NotAnObject => f.write_str("not a json object in an array"),
-            RecordProblem::WrongFieldType(k) => write!(f, "field {k} has the wrong json type"),
+            RecordProblem::NotAnObject => f.write_str("not an object (map) in an array"),
+            RecordProblem::WrongFieldType(k) => write!(f, "field {k} has the wrong type"),
             RecordProblem::BadName(e) => write!(f, "name is not an lwm2m path: {e}"),
             RecordProblem::NotAResource(p) => write!(f, "{p} is not a resource path"),
             RecordProblem::NoValue => f.write_str("no value"),

@@ -1,5 +1,5 @@
-//! LWM2M payload formats: plain text, opaque, TLV and SenML JSON (plus the pre-standard
-//! codes that LWM2M 1.0-era clients still send).
+//! LWM2M payload formats: plain text, opaque, TLV, SenML JSON, SenML CBOR and LwM2M CBOR
+//! (plus the pre-standard codes that LWM2M 1.0-era clients still send).
 //!
 //! Every format decodes into the same [`Content`] shape (full resource paths with typed
 //! [`ResourceValue`]s), so nothing above this module looks at a wire format.
@@ -11,6 +11,7 @@
 //! | opaque | 42, 1544 | one resource | one opaque resource |
 //! | TLV | 11542, 1542 | yes | yes |
 //! | SenML JSON | 110 | yes | yes |
+//! | SenML CBOR | 112 | yes | yes |
 //! | LwM2M JSON (1.0) | 11543, 1543 | yes (read tolerantly) | yes |
 //!
 //! TLV carries no types on the wire: [`decode`] takes a type resolver (any
@@ -19,7 +20,17 @@
 //! not know decodes as [`ResourceValue::Opaque`] (TLV) or by its JSON shape (SenML).
 //!
 //! Decoders never panic on input and are bounded: at most [`MAX_PAYLOAD`] bytes and
-//! [`MAX_VALUES`] values per payload; TLV nesting is at most three levels by construction.
+//! [`MAX_VALUES`] values per payload; TLV nesting is at most three levels by construction,
+//! CBOR nesting at most [`MAX_CBOR_DEPTH`] levels; SenML names (`bn` + `n`) at most
+//! 64 bytes in JSON and CBOR alike.
+//!
+//! **CBOR crate.** The CBOR formats sit on [`minicbor`](https://docs.rs/minicbor): a pull
+//! decoder that reads one item at a time without building a value tree, so these codecs
+//! check every count, depth and length themselves before allocating anything, and read
+//! zero-copy from the payload; it is actively maintained and `no_std`-capable (the
+//! device library may one day run on one). `ciborium` (serde-based) was the other
+//! candidate: its `Value` tree would decode a whole payload before any of our bounds
+//! could look at it, and it has been dormant since January 2024.
 //!
 //! ```
 //! use twinhub::lwm2m::content::{ContentFormat, decode, encode, standard_resource_type};
@@ -38,7 +49,9 @@
 //! ```
 
 mod base64url;
+mod cbor;
 mod error;
+mod senml_cbor;
 mod senml_json;
 mod text;
 mod tlv;
@@ -57,6 +70,11 @@ pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 
 /// The most values one payload may decode to.
 pub const MAX_VALUES: usize = 65_536;
+
+/// The deepest CBOR nesting (arrays, maps and tags inside each other) a CBOR decoder
+/// follows. SenML CBOR needs 2 levels and LwM2M CBOR 5; anything nested deeper is refused
+/// with [`ContentError::TooDeep`] (at exactly this depth).
+pub const MAX_CBOR_DEPTH: usize = 16;
 
 /// A CoAP content format that LWM2M uses, with its registered number.
 ///
@@ -182,14 +200,15 @@ pub fn decode(
         ContentFormat::Opaque => text::decode_opaque(bytes, base),
         ContentFormat::Tlv => tlv::decode(bytes, base, types),
         ContentFormat::SenmlJson => senml_json::decode_senml(bytes, base, types),
+        ContentFormat::SenmlCbor => senml_cbor::decode(bytes, base, types),
         ContentFormat::Lwm2mJson => senml_json::decode_lwm2m_json(bytes, base, types),
         other => Err(ContentError::UnsupportedFormat(other)),
     }
 }
 
 /// Encodes `content` (paths under `base`) in `format`. Text and opaque take exactly one
-/// value at `base`; TLV needs `base` at least an object; SenML JSON and LwM2M JSON take
-/// anything.
+/// value at `base`; TLV needs `base` at least an object; SenML (JSON and CBOR) and LwM2M
+/// JSON take anything.
 /// Pre-standard codes encode like the standard format they stand for.
 ///
 /// ```
@@ -222,6 +241,7 @@ pub fn encode(
         ContentFormat::Opaque => text::encode_opaque(base, content),
         ContentFormat::Tlv => tlv::encode(base, content),
         ContentFormat::SenmlJson => senml_json::encode_senml(base, content),
+        ContentFormat::SenmlCbor => senml_cbor::encode(base, content),
         ContentFormat::Lwm2mJson => senml_json::encode_lwm2m_json(base, content),
         other => Err(ContentError::UnsupportedFormat(other)),
     }

@@ -14,8 +14,55 @@ use super::{ContentError, MAX_VALUES, RecordProblem, base64url, type_key};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue, base64_encode};
 use serde_json::{Map, Value};
 
-/// Longest accepted `bn` + `n`, in bytes (the longest LWM2M path is 24 bytes).
-const MAX_NAME: usize = 64;
+/// Longest accepted `bn` + `n`, in bytes (the longest LWM2M path is 24 bytes). SenML CBOR
+/// shares it.
+pub(crate) const MAX_NAME: usize = 64;
+
+/// The resource path a record names: base name `bn` + name `n`, relative to the request
+/// path `base` when it does not start with `/`. SenML CBOR shares it.
+pub(crate) fn record_path(
+    base: &Lwm2mPath,
+    bn: &str,
+    n: &str,
+    index: usize,
+) -> Result<Lwm2mPath, ContentError> {
+    if bn.len() + n.len() > MAX_NAME {
+        return Err(bad(index, RecordProblem::TooLong));
+    }
+    let mut name = String::with_capacity(bn.len() + n.len() + 8);
+    name.push_str(bn);
+    name.push_str(n);
+    if !name.starts_with('/') {
+        let rel = name;
+        name = base.to_string();
+        if !name.ends_with('/') {
+            name.push('/');
+        }
+        name.push_str(&rel);
+    }
+    let path: Lwm2mPath = name
+        .parse()
+        .map_err(|e| bad(index, RecordProblem::BadName(e)))?;
+    if path.depth() < 3 {
+        return Err(bad(index, RecordProblem::NotAResource(path)));
+    }
+    Ok(path)
+}
+
+/// The SenML base name for `content` addressed at `base`: the deepest path every value lies
+/// strictly below, with a trailing `/` (empty at the root). SenML CBOR shares it.
+pub(crate) fn base_name(base: &Lwm2mPath, content: &Content) -> String {
+    let prefix = if content.values.iter().any(|(p, _)| p == base) {
+        base.parent().unwrap_or(*base)
+    } else {
+        *base
+    };
+    if prefix.depth() == 0 {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    }
+}
 
 fn parse_json(bytes: &[u8]) -> Result<Value, ContentError> {
     serde_json::from_slice(bytes).map_err(|e| ContentError::Json {
@@ -24,7 +71,7 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ContentError> {
     })
 }
 
-fn bad(index: usize, problem: RecordProblem) -> ContentError {
+pub(crate) fn bad(index: usize, problem: RecordProblem) -> ContentError {
     ContentError::BadRecord { index, problem }
 }
 
@@ -129,26 +176,7 @@ impl Records<'_> {
         check_number(rec, "bt", index)?;
         check_number(rec, "t", index)?;
         let n = opt_str(rec, "n", index)?.unwrap_or("");
-        if self.bn.len() + n.len() > MAX_NAME {
-            return Err(bad(index, RecordProblem::TooLong));
-        }
-        let mut name = String::with_capacity(self.bn.len() + n.len() + 8);
-        name.push_str(&self.bn);
-        name.push_str(n);
-        if !name.starts_with('/') {
-            let rel = name;
-            name = self.base.to_string();
-            if !name.ends_with('/') {
-                name.push('/');
-            }
-            name.push_str(&rel);
-        }
-        let path: Lwm2mPath = name
-            .parse()
-            .map_err(|e| bad(index, RecordProblem::BadName(e)))?;
-        if path.depth() < 3 {
-            return Err(bad(index, RecordProblem::NotAResource(path)));
-        }
+        let path = record_path(self.base, &self.bn, n, index)?;
         let value = self.value(index, rec, &path)?;
         if self.out.len() >= MAX_VALUES {
             return Err(ContentError::TooManyValues { max: MAX_VALUES });
@@ -307,17 +335,7 @@ fn encode_records(
     dialect: &Dialect,
     senml: bool,
 ) -> Result<(String, Vec<Value>), ContentError> {
-    // The base name is the deepest path every record lies strictly below.
-    let prefix = if content.values.iter().any(|(p, _)| p == base) {
-        base.parent().unwrap_or(*base)
-    } else {
-        *base
-    };
-    let bn = if prefix.depth() == 0 {
-        String::new()
-    } else {
-        format!("{prefix}/")
-    };
+    let bn = base_name(base, content);
     let mut out = Vec::with_capacity(content.values.len());
     for (path, v) in &content.values {
         let mut rec = Map::new();

@@ -771,6 +771,35 @@ proptest! {
     }
 
     #[test]
+    fn senml_cbor_round_trips((content, types) in object_content(77)) {
+        let resolve = |p: &Lwm2mPath| types.get(p).copied();
+        for base in [Lwm2mPath::ROOT, Lwm2mPath::object(77)] {
+            let bytes = encode(ContentFormat::SenmlCbor, &base, &content).unwrap();
+            let back = decode(ContentFormat::SenmlCbor, &bytes, &base, &resolve).unwrap();
+            prop_assert_eq!(&back, &content);
+            // Untyped (no resolver): still the same paths, and numbers keep their value.
+            let loose = decode(ContentFormat::SenmlCbor, &bytes, &base, &|_: &Lwm2mPath| None).unwrap();
+            prop_assert_eq!(loose.values.len(), content.values.len());
+        }
+        // Every instance on its own, and any float (not only the JSON-safe ones).
+        for iid in 0..3 {
+            let inst = Lwm2mPath::instance(77, iid);
+            let part = Content { values: content.values.iter().filter(|(p, _)| inst.contains(p)).cloned().collect() };
+            let b = encode(ContentFormat::SenmlCbor, &inst, &part).unwrap();
+            prop_assert_eq!(decode(ContentFormat::SenmlCbor, &b, &inst, &resolve).unwrap(), part);
+        }
+    }
+
+    #[test]
+    fn senml_cbor_floats_exact(x in any::<f64>().prop_filter("not nan", |x| !x.is_nan())) {
+        let p = Lwm2mPath::resource(9, 0, 1);
+        let c = Content::single(p, V::Float(x));
+        let b = encode(ContentFormat::SenmlCbor, &p, &c).unwrap();
+        let back = decode(ContentFormat::SenmlCbor, &b, &p, &|_: &Lwm2mPath| Some(ResourceType::Float)).unwrap();
+        prop_assert_eq!(back, c);
+    }
+
+    #[test]
     fn text_round_trips(t in any_type().prop_flat_map(value_of)) {
         let p = Lwm2mPath::resource(9, 1, 2);
         let ty = t.resource_type();
@@ -786,4 +815,301 @@ proptest! {
             let _ = decode(f, &bytes, &base, &std_types);
         }
     }
+}
+
+// ---- SenML CBOR ----
+
+/// CBOR bytes of a text string (definite length, < 24 bytes), for writing vectors from
+/// the specification's diagnostic notation.
+fn ctext(s: &str) -> Vec<u8> {
+    assert!(s.len() < 24);
+    let mut v = vec![0x60 | s.len() as u8];
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// The Device object instance of LWM2M 1.1 TS Table 7.4.4-2, in SenML CBOR:
+/// `[{-2: "/3/0/", 0: "0", 3: "Open Mobile Alliance"}, {0: "1", 3: ..}, ..]`.
+fn device_senml_cbor() -> Vec<u8> {
+    let mut b = vec![0x90, 0xa3, 0x21];
+    b.extend(ctext("/3/0/"));
+    let strings = [
+        ("0", "Open Mobile Alliance"),
+        ("1", "Lightweight M2M Client"),
+        ("2", "345000123"),
+        ("3", "1.0"),
+    ];
+    for (i, (n, vs)) in strings.iter().enumerate() {
+        if i > 0 {
+            b.push(0xa2);
+        }
+        b.push(0x00);
+        b.extend(ctext(n));
+        b.push(0x03);
+        // "Lightweight M2M Client" is 22 bytes: still a one-byte header.
+        b.extend(ctext(vs));
+    }
+    let ints: [(&str, &str); 11] = [
+        ("6/0", "01"),
+        ("6/1", "05"),
+        ("7/0", "19 0e d8"),
+        ("7/1", "19 13 88"),
+        ("8/0", "18 7d"),
+        ("8/1", "19 03 84"),
+        ("9", "18 64"),
+        ("10", "0f"),
+        ("11/0", "00"),
+        ("13", "1a 51 82 42 8f"),
+        ("", ""),
+    ];
+    for (n, v) in ints.iter().take(10) {
+        b.extend([0xa2, 0x00]);
+        b.extend(ctext(n));
+        b.push(0x02);
+        b.extend(hex(v));
+    }
+    for (n, vs) in [("14", "+02:00"), ("16", "U")] {
+        b.extend([0xa2, 0x00]);
+        b.extend(ctext(n));
+        b.push(0x03);
+        b.extend(ctext(vs));
+    }
+    b
+}
+
+#[test]
+fn senml_cbor_spec_device_instance() {
+    let base = Lwm2mPath::instance(3, 0);
+    let bytes = device_senml_cbor();
+    let c = decode(ContentFormat::SenmlCbor, &bytes, &base, &std_types).unwrap();
+    assert_eq!(c, device_content());
+    // Our encoder writes the specification's bytes exactly.
+    assert_eq!(encode(ContentFormat::SenmlCbor, &base, &c).unwrap(), bytes);
+}
+
+#[test]
+fn senml_cbor_spec_time_series_and_links() {
+    // Table 7.4.4-3: [{-2: "/72/", -3: 25462634, 0: "1/2", 2: 22.4, 6: -5},
+    //                 {0: "1/2", 2: 22.9, 6: -30}, {0: "1/2", 2: 24.1, 6: -50}]
+    let mut b = vec![0x83, 0xa5, 0x21];
+    b.extend(ctext("/72/"));
+    b.extend(hex("22 1a 01 84 87 6a 00"));
+    b.extend(ctext("1/2"));
+    b.extend(hex("02 fb 40 36 66 66 66 66 66 66 06 24 a3 00"));
+    b.extend(ctext("1/2"));
+    b.extend(hex("02 fb 40 36 e6 66 66 66 66 66 06 38 1d a3 00"));
+    b.extend(ctext("1/2"));
+    b.extend(hex("02 fb 40 38 19 99 99 99 99 9a 06 38 31"));
+    let c = decode(
+        ContentFormat::SenmlCbor,
+        &b,
+        &Lwm2mPath::object(72),
+        &|_: &Lwm2mPath| None,
+    )
+    .unwrap();
+    let p = Lwm2mPath::resource(72, 1, 2);
+    assert_eq!(
+        c.values,
+        vec![
+            (p, V::Float(22.4)),
+            (p, V::Float(22.9)),
+            (p, V::Float(24.1))
+        ]
+    );
+    // Table 7.4.4-4 (part): object links under the text label "vlo", base name "/".
+    let mut b = vec![0x82, 0xa3, 0x21];
+    b.extend(ctext("/"));
+    b.push(0x00);
+    b.extend(ctext("65/0/0/0"));
+    b.extend(ctext("vlo"));
+    b.extend(ctext("66:0"));
+    b.extend([0xa2, 0x00]);
+    b.extend(ctext("66/1/2"));
+    b.extend(ctext("vlo"));
+    b.extend(hex("6b"));
+    b.extend(b"65535:65535");
+    let c = decode(ContentFormat::SenmlCbor, &b, &Lwm2mPath::ROOT, &std_types).unwrap();
+    assert_eq!(
+        c.values,
+        vec![
+            (
+                Lwm2mPath::resource_instance(65, 0, 0, 0),
+                V::ObjectLink(66, 0)
+            ),
+            (Lwm2mPath::resource(66, 1, 2), V::ObjectLink(65535, 65535)),
+        ]
+    );
+    // Table 7.4.4-8: absolute names, booleans.
+    let mut b = vec![0x82, 0xa2, 0x00];
+    b.extend(hex("6c"));
+    b.extend(b"/3311/0/5850");
+    b.extend([0x04, 0xf4, 0xa2, 0x00]);
+    b.extend(hex("6c"));
+    b.extend(b"/3308/0/5900");
+    b.extend([0x02, 0x12]);
+    let c = decode(ContentFormat::SenmlCbor, &b, &Lwm2mPath::ROOT, &std_types).unwrap();
+    assert_eq!(
+        c.values,
+        vec![
+            (Lwm2mPath::resource(3311, 0, 5850), V::Boolean(false)),
+            (Lwm2mPath::resource(3308, 0, 5900), V::Integer(18)),
+        ]
+    );
+}
+
+#[test]
+fn senml_cbor_forms_and_types() {
+    let p = Lwm2mPath::resource(5, 0, 3);
+    let dec = |b: &[u8]| decode(ContentFormat::SenmlCbor, b, &p, &std_types);
+    // Indefinite array and map, a half float, a tag in front of the value, an unknown
+    // label with a nested value (skipped), and the name left out (the request path).
+    let b = hex("9f bf 02 c1 f9 3c 00 18 63 82 01 a1 01 02 ff ff");
+    assert_eq!(dec(&b).unwrap(), Content::single(p, V::Integer(1)));
+    // Opaque as a byte string, indefinite length.
+    let o = Lwm2mPath::resource(5, 0, 0);
+    let b = hex("81 a2 00 60 08 5f 42 01 02 41 03 ff");
+    assert_eq!(
+        decode(ContentFormat::SenmlCbor, &b, &o, &std_types).unwrap(),
+        Content::single(o, V::Opaque(vec![1, 2, 3]))
+    );
+    // A string for a typed resource is parsed as its type.
+    let b = hex("81 a1 03 61 32");
+    assert_eq!(dec(&b).unwrap(), Content::single(p, V::Integer(2)));
+    // Unsigned beyond i64 stays unsigned.
+    let b = hex("81 a1 02 1b ff ff ff ff ff ff ff ff");
+    assert_eq!(
+        decode(ContentFormat::SenmlCbor, &b, &p, &|_: &Lwm2mPath| None).unwrap(),
+        Content::single(p, V::UnsignedInteger(u64::MAX))
+    );
+}
+
+#[test]
+fn senml_cbor_rejects() {
+    let p = Lwm2mPath::instance(3, 0);
+    let dec = |h: &str| decode(ContentFormat::SenmlCbor, &hex(h), &p, &std_types);
+    let rec = |r: Result<Content, ContentError>| match r {
+        Err(ContentError::BadRecord { problem, .. }) => problem,
+        other => panic!("expected a record error, got {other:?}"),
+    };
+    assert!(matches!(dec("a0"), Err(ContentError::BadRecord { .. })));
+    assert!(matches!(dec(""), Err(ContentError::Cbor { .. })));
+    assert!(matches!(dec("81"), Err(ContentError::Cbor { .. })));
+    // Trailing bytes after the array.
+    assert!(matches!(
+        dec("80 00"),
+        Err(ContentError::Cbor { offset: 1 })
+    ));
+    assert_eq!(rec(dec("81 01")), RecordProblem::NotAnObject);
+    assert_eq!(rec(dec("81 a1 00 61 39")), RecordProblem::NoValue);
+    assert_eq!(
+        rec(dec("81 a3 00 61 39 02 01 04 f5")),
+        RecordProblem::SeveralValues
+    );
+    assert_eq!(
+        rec(dec("81 a2 00 61 39 02 61 31")),
+        RecordProblem::WrongFieldType("v")
+    );
+    assert_eq!(
+        rec(dec("81 a2 00 01 02 01")),
+        RecordProblem::WrongFieldType("n")
+    );
+    assert_eq!(
+        rec(dec("81 a2 00 61 39 02 3b ff ff ff ff ff ff ff ff")),
+        RecordProblem::NumberOutOfRange
+    );
+    assert_eq!(
+        rec(dec("81 a3 00 61 39 02 01 62 78 5f 01")),
+        RecordProblem::MustUnderstand("x_".into())
+    );
+    assert!(matches!(
+        rec(dec("81 a2 00 63 61 2f 62 02 01")),
+        RecordProblem::BadName(_)
+    ));
+    assert_eq!(
+        rec(dec("81 a2 00 61 39 03 63 61 62 63")),
+        RecordProblem::TypeMismatch(ResourceType::Integer)
+    );
+}
+
+#[test]
+fn senml_cbor_limits() {
+    let one = hex("a2 00 66 2f 39 2f 30 2f 31 02 01"); // {0: "/9/0/1", 2: 1}
+    let records = |count: usize, definite: bool| {
+        let mut b = if definite {
+            let mut h = vec![0x9a];
+            h.extend((count as u32).to_be_bytes());
+            h
+        } else {
+            vec![0x9f]
+        };
+        for _ in 0..count {
+            b.extend_from_slice(&one);
+        }
+        if !definite {
+            b.push(0xff);
+        }
+        b
+    };
+    let dec = |b: &[u8]| decode(ContentFormat::SenmlCbor, b, &Lwm2mPath::ROOT, &std_types);
+    for definite in [true, false] {
+        assert_eq!(
+            dec(&records(MAX_VALUES, definite)).unwrap().values.len(),
+            MAX_VALUES
+        );
+        assert_eq!(
+            dec(&records(MAX_VALUES + 1, definite)),
+            Err(ContentError::TooManyValues { max: MAX_VALUES })
+        );
+    }
+    // A claimed count far beyond the payload is refused before anything is reserved.
+    assert_eq!(
+        dec(&hex("9b ff ff ff ff ff ff ff ff")),
+        Err(ContentError::TooManyValues { max: MAX_VALUES })
+    );
+    assert!(matches!(
+        dec(&hex("9a 00 00 ff ff")),
+        Err(ContentError::Cbor { .. })
+    ));
+    // Nesting: an unknown field's value nested up to the bound is skipped, one deeper is
+    // refused. The record map is level 1 and its values start at level 2.
+    let nested = |levels: usize| {
+        let mut b = hex("81 a2 00 66 2f 39 2f 30 2f 31 02 01");
+        b[1] = 0xa3;
+        b.extend([0x18, 0x63]); // label 99
+        b.extend(std::iter::repeat_n(0x81, levels));
+        b.push(0x00);
+        b
+    };
+    assert!(dec(&nested(MAX_CBOR_DEPTH - 2)).is_ok());
+    assert!(matches!(
+        dec(&nested(MAX_CBOR_DEPTH - 1)),
+        Err(ContentError::TooDeep {
+            max: MAX_CBOR_DEPTH,
+            ..
+        })
+    ));
+    // Names: `bn` + `n` of 64 bytes pass, 65 do not.
+    let named = |n: &str| {
+        let mut b = vec![0x81, 0xa2, 0x00, 0x78, n.len() as u8];
+        b.extend_from_slice(n.as_bytes());
+        b.extend([0x02, 0x01]);
+        b
+    };
+    let long = format!("/9/0/1{}", "0".repeat(58)); // 64 bytes, leading zeros
+    assert_eq!(long.len(), 64);
+    assert!(matches!(
+        dec(&named(&long)),
+        Ok(_)
+            | Err(ContentError::BadRecord {
+                problem: RecordProblem::BadName(_),
+                ..
+            })
+    ));
+    assert_eq!(
+        dec(&named(&format!("{long}0"))),
+        Err(ContentError::BadRecord {
+            index: 0,
+            problem: RecordProblem::TooLong
+        })
+    );
 }

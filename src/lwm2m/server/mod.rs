@@ -21,14 +21,16 @@
 //! # What it does
 //!
 //! - **Registration** (`POST /rd`, `POST /rd/{id}`, `DELETE /rd/{id}`): Register answers
-//!   2.01 with Location-Path `rd/{id}` after the authorization hook accepted; `{id}` is 16
-//!   hex digits of a random 64-bit number from the OS CSPRNG, so locations are unique
-//!   across restarts and cannot be guessed. An Update or De-register for a location the
-//!   server does not know gets 4.04, and the device registers again (LWM2M §6.2.2); no
-//!   other registration is touched. An Update refreshes the lifetime, applies what it
-//!   carries and follows an address change (NAT rebinding): knowing the location is the
-//!   proof, since only the device and the server have it (over plain CoAP an on-path
-//!   observer sees it too; only DTLS closes that). De-register answers 2.02. A registration expires `lifetime +
+//!   2.01 with Location-Path `rd/{id}` after the authorization hook accepted, 4.12
+//!   Precondition Failed to an LWM2M version other than 1.0 and 1.1 (the client may retry
+//!   with an older one) and 4.00 to a malformed one; `{id}` is 16 hex digits of a random
+//!   64-bit number from the OS CSPRNG, so locations are unique across restarts and cannot
+//!   be guessed. An Update or De-register for a location the server does not know gets
+//!   4.04, and the device registers again (LWM2M §6.2.2); no other registration is
+//!   touched. An Update refreshes the lifetime, applies what it carries and follows an
+//!   address change (NAT rebinding): knowing the location is the proof, since only the
+//!   device and the server have it (over plain CoAP an on-path observer sees it too; only
+//!   DTLS closes that). De-register answers 2.02. A registration expires `lifetime +
 //!   lifetime_grace` after the device last registered or updated; its observations go with
 //!   it. Each becomes a [`DeviceEvent`].
 //! - **Who may register**: the [`Authorizer`] given to [`Lwm2mServer::with_authorizer`];
@@ -45,11 +47,17 @@
 //!   Cancel GET Observe=1 on the observation's token); answers and errors map to
 //!   [`DeviceReply`] and [`DeviceError`]. Notifications become
 //!   [`DeviceEvent::Notification`] with decoded [`Content`].
-//! - **Payload choice**: writes of one resource go as text (opaque as 42) — the one
-//!   format every LWM2M 1.0 client speaks, including lwm2m-node-lib; several values go as
-//!   SenML JSON to 1.1 devices and TLV to 1.0 devices, unless the device's registration
-//!   announced formats (`ct`), which then decide. Reads carry an Accept only when the
-//!   device announced a format we decode.
+//! - **Payload choice and negotiation**: writes of one resource go as text (opaque as
+//!   42), the one format every client speaks, including lwm2m-node-lib. Reads, observes
+//!   and writes of several values use the best format the device takes: of those it
+//!   announced (`ct`), SenML CBOR, SenML JSON, TLV, LwM2M JSON in that order; with no
+//!   `ct`, SenML CBOR, SenML JSON, TLV for an LWM2M 1.1 device and TLV for a 1.0 one
+//!   (a 1.0 device's resource reads carry no Accept). A device that refuses a format
+//!   (4.06 to an Accept, 4.15 to a body) gets the same request again with the next one,
+//!   and is not asked for the refused one again until it registers anew or announces
+//!   its formats in an Update. Every answer and notification decodes by its own
+//!   Content-Format, whatever was asked. An observation that ends without a cancel
+//!   through the server becomes [`DeviceEvent::ObservationEnded`].
 //! - **Queue mode and NSTART**: each device has a bounded queue; at most
 //!   [`ServerConfig::nstart`] requests are in flight per device. A queue-mode device's
 //!   requests wait until it talks (register, update, notification, any datagram) and go out
@@ -66,7 +74,7 @@
 //!
 //! # Not yet
 //!
-//! DTLS, Bootstrap, Send (`/dp`), composite operations, SenML CBOR.
+//! DTLS, Bootstrap, Send (`/dp`), composite operations.
 
 mod config;
 mod registration;
@@ -91,7 +99,8 @@ mod wire;
 pub use config::{Authorizer, Decision, ServerConfig, Takeover};
 pub use registration::{
     DEFAULT_LIFETIME, MAX_ENDPOINT, MAX_LIFETIME, MAX_LINK_PAYLOAD, MAX_OBJECTS, MAX_QUERIES,
-    RdMessage, RdMethod, RegistrationError, RegistrationRequest, UpdateRequest, queries_as_str,
+    RdMessage, RdMethod, RegistrationError, RegistrationRequest, SUPPORTED_VERSIONS, UpdateRequest,
+    parse_version, queries_as_str,
 };
 pub use udp::{Stopped, UdpServer, UdpServerHandle};
 
@@ -127,6 +136,9 @@ struct Registration {
     addr: SocketAddr,
     expires: Instant,
     content_formats: Vec<u16>,
+    /// Formats the device refused (4.06 to an Accept, 4.15 to a write) since it
+    /// registered or last announced its formats: never asked for again.
+    refused: Vec<ContentFormat>,
     alternate_path: Option<Box<str>>,
     awake_until: Option<Instant>,
     in_flight: usize,
@@ -162,6 +174,9 @@ struct Outstanding {
     slot: u32,
     generation: u64,
     request: DeviceRequest,
+    /// The Accept (read, observe) or Content-Format (multi-value write, create) the
+    /// request carried, when it was our choice and another could be tried.
+    format: Option<ContentFormat>,
 }
 
 /// An established observation (keyed by the Observe request's id).
@@ -170,6 +185,7 @@ struct Observation {
     generation: u64,
     device: DeviceId,
     path: Lwm2mPath,
+    op: OpId,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -443,6 +459,13 @@ impl Lwm2mServer {
                 return (Code::BAD_REQUEST, None);
             }
         };
+        if parse_version(&r.lwm2m_version).is_none_or(|v| !SUPPORTED_VERSIONS.contains(&v)) {
+            self.events.push_back(DeviceEvent::Rejected {
+                endpoint: r.endpoint,
+                reason: RejectReason::UnsupportedVersion(r.lwm2m_version),
+            });
+            return (Code::PRECONDITION_FAILED, None);
+        }
         let decision = match &self.authorizer {
             Some(hook) => hook(&r),
             None if self.config.auto_provision => Decision::Accept,
@@ -507,6 +530,7 @@ impl Lwm2mServer {
             addr: peer,
             expires,
             content_formats: r.content_formats,
+            refused: Vec::new(),
             alternate_path: r.alternate_path.map(String::into_boxed_str),
             awake_until: Some(now + self.config.awake_window),
             in_flight: 0,
@@ -599,6 +623,7 @@ impl Lwm2mServer {
         }
         if let Some(cts) = u.content_formats {
             reg.content_formats = cts;
+            reg.refused.clear();
         }
         let old_addr = reg.addr;
         reg.addr = peer;
@@ -682,13 +707,26 @@ impl Lwm2mServer {
         self.pump(now, slot);
     }
 
+    /// Forgets an observation that ended on its own and tells whoever established it.
+    fn observation_ended(&mut self, id: RequestId) -> bool {
+        let Some(o) = self.observations.remove(&id) else {
+            return false;
+        };
+        self.events.push_back(DeviceEvent::ObservationEnded {
+            device: o.device,
+            path: o.path,
+            op: o.op,
+        });
+        true
+    }
+
     fn handle_notification(&mut self, id: RequestId, m: &Message) {
         let Some(obs) = self.observations.get(&id) else {
             return;
         };
         if m.code.class() != 2 {
             // An error ends the observation (RFC 7641 §3.2).
-            self.observations.remove(&id);
+            self.observation_ended(id);
             return;
         }
         let (device, path) = (obs.device.clone(), obs.path);
@@ -730,13 +768,28 @@ impl Lwm2mServer {
 
     /// The (final) response to a request we sent: emit its outcome.
     fn handle_response(&mut self, now: Instant, id: RequestId, m: &Message) {
-        if self.observations.remove(&id).is_some() {
+        if self.observation_ended(id) {
             // The final answer of an observation (an error, or one without Observe).
             return;
         }
         let Some(o) = self.finish(now, id) else {
             return;
         };
+        let refused = matches!(
+            (m.code.class(), m.code.detail(), &o.request),
+            (
+                4,
+                6,
+                DeviceRequest::Read { .. } | DeviceRequest::Observe { .. }
+            ) | (
+                4,
+                15,
+                DeviceRequest::Write { .. } | DeviceRequest::Create { .. }
+            )
+        );
+        if refused && self.fall_back(now, &o) {
+            return;
+        }
         let result = if m.code.class() == 2 {
             self.reply(now, &o, m, id)
         } else {
@@ -758,7 +811,7 @@ impl Lwm2mServer {
     }
 
     fn handle_failure(&mut self, now: Instant, id: RequestId, error: RequestError) {
-        if self.observations.remove(&id).is_some() {
+        if self.observation_ended(id) {
             return;
         }
         let Some(o) = self.finish(now, id) else {
@@ -803,11 +856,19 @@ impl Lwm2mServer {
                                 generation: o.generation,
                                 device: o.device.clone(),
                                 path: *path,
+                                op: o.op,
                             },
                         );
                     } else {
                         self.endpoint.forget_request(now, id);
                     }
+                } else if content.is_ok() {
+                    // Declined: the values are there, the observation is not.
+                    self.events.push_back(DeviceEvent::ObservationEnded {
+                        device: o.device.clone(),
+                        path: *path,
+                        op: o.op,
+                    });
                 }
                 content.map(DeviceReply::Content)
             }
@@ -894,19 +955,21 @@ impl Lwm2mServer {
             if let Some(id) = observed {
                 // RFC 7641 §3.6: GET Observe=1 on the observation's own token; its answer
                 // is the final response of that request, which now belongs to the cancel.
-                self.observations.remove(&id);
+                // Whoever established it hears that it ended (a job cancelling its own
+                // observation of a path the hub also observes may end the hub's).
+                self.observation_ended(id);
                 if self.endpoint.cancel_observation(now, id) {
-                    self.track(slot, generation, id, op);
+                    self.track(slot, generation, id, op, None);
                     return;
                 }
             }
         }
-        let message = match self.build_request(slot, &op.request) {
+        let (message, format) = match self.build_request(slot, &op.request) {
             Ok(m) => m,
             Err(e) => return self.fail(op, e),
         };
         match self.endpoint.send_request(now, peer, message) {
-            Ok(id) => self.track(slot, generation, id, op),
+            Ok(id) => self.track(slot, generation, id, op, format),
             // The CoAP layer is at one of its bounds: the request cannot wait anywhere.
             Err(
                 SendError::TooManyRequests | SendError::PeerQueueFull | SendError::TooManyPeers,
@@ -915,7 +978,14 @@ impl Lwm2mServer {
         }
     }
 
-    fn track(&mut self, slot: u32, generation: u64, id: RequestId, op: DeviceOp) {
+    fn track(
+        &mut self,
+        slot: u32,
+        generation: u64,
+        id: RequestId,
+        op: DeviceOp,
+        format: Option<ContentFormat>,
+    ) {
         self.outstanding.insert(
             id,
             Outstanding {
@@ -924,6 +994,7 @@ impl Lwm2mServer {
                 slot,
                 generation,
                 request: op.request,
+                format,
             },
         );
         if let Some(reg) = self.slot_mut(slot) {
@@ -931,7 +1002,10 @@ impl Lwm2mServer {
         }
     }
 
-    /// The content format for a write of `content` at `path` to this device.
+    /// The content format for a write of `content` at `path` to this device: text (or
+    /// opaque) for one value at the path itself, which every client speaks; otherwise
+    /// the best multi-value format the device takes ([`Self::formats`]). When it has
+    /// refused them all, the last one again (its refusal then reaches the caller).
     fn write_format(reg: &Registration, path: &Lwm2mPath, content: &Content) -> ContentFormat {
         if let [(p, v)] = content.values.as_slice()
             && p == path
@@ -941,47 +1015,140 @@ impl Lwm2mServer {
                 _ => ContentFormat::Text,
             };
         }
-        let announced = |f: ContentFormat| reg.content_formats.contains(&f.code());
-        if announced(ContentFormat::SenmlJson) {
-            ContentFormat::SenmlJson
-        } else if announced(ContentFormat::Tlv) {
-            ContentFormat::Tlv
-        } else if announced(ContentFormat::OldTlv) {
-            ContentFormat::OldTlv
-        } else if reg.info.lwm2m_version.as_str() >= "1.1" {
-            ContentFormat::SenmlJson
-        } else {
-            ContentFormat::Tlv
-        }
+        let mut all = Self::formats(reg);
+        all.iter()
+            .copied()
+            .find(|f| !reg.refused.contains(f))
+            .or_else(|| all.pop())
+            .unwrap_or(ContentFormat::Tlv)
     }
 
-    fn build_request(&self, slot: u32, request: &DeviceRequest) -> Result<Message, DeviceError> {
+    /// The Accept of a read or observe of `path`: the best format the device takes and has
+    /// not refused. `None` (the device chooses) when it refused them all, and for a
+    /// resource read on an LWM2M 1.0 device that announced nothing: such a device
+    /// answers one value in text and several in TLV on its own, and some (lwm2m-node-lib)
+    /// drop a request whose Accept they do not know.
+    fn read_accept(reg: &Registration, path: &Lwm2mPath) -> Option<ContentFormat> {
+        if reg.content_formats.is_empty() && !Self::is_1_1(reg) && path.depth() >= 3 {
+            return None;
+        }
+        Self::formats(reg)
+            .into_iter()
+            .find(|f| !reg.refused.contains(f))
+    }
+
+    fn is_1_1(reg: &Registration) -> bool {
+        reg.info.lwm2m_version.as_str() >= "1.1"
+    }
+
+    /// The multi-value formats this device takes, best first.
+    ///
+    /// Our order of preference: SenML CBOR (112), SenML JSON (110), TLV (11542, then the
+    /// pre-standard 1542), LwM2M JSON (11543, then 1543): compact and typed first.
+    ///
+    /// - The device announced formats (`ct`): those of them we decode, in our order; an
+    ///   LWM2M 1.0 device also takes TLV, which 1.0 makes mandatory.
+    /// - It announced nothing, LWM2M 1.1: SenML CBOR, SenML JSON, TLV. 1.1 makes none of
+    ///   them mandatory on its own (a client needs at least one of them, and plain text
+    ///   and opaque for single values), so the hub asks for the best and falls back on
+    ///   4.06 Not Acceptable / 4.15 Unsupported Content-Format to the next.
+    /// - It announced nothing, LWM2M 1.0: TLV.
+    fn formats(reg: &Registration) -> Vec<ContentFormat> {
+        const ORDER: [ContentFormat; 6] = [
+            ContentFormat::SenmlCbor,
+            ContentFormat::SenmlJson,
+            ContentFormat::Tlv,
+            ContentFormat::OldTlv,
+            ContentFormat::Lwm2mJson,
+            ContentFormat::OldJson,
+        ];
+        let one_one = Self::is_1_1(reg);
+        if reg.content_formats.is_empty() {
+            return if one_one {
+                vec![
+                    ContentFormat::SenmlCbor,
+                    ContentFormat::SenmlJson,
+                    ContentFormat::Tlv,
+                ]
+            } else {
+                vec![ContentFormat::Tlv]
+            };
+        }
+        let mut out: Vec<ContentFormat> = ORDER
+            .into_iter()
+            .filter(|f| reg.content_formats.contains(&f.code()))
+            .collect();
+        if !one_one && !out.contains(&ContentFormat::Tlv) && !out.contains(&ContentFormat::OldTlv) {
+            out.push(ContentFormat::Tlv);
+        }
+        out
+    }
+
+    /// A device refused the format `o` carried (4.06 to its Accept, 4.15 to its body):
+    /// remember that and send the same operation again, first in the device's queue, with
+    /// the next format. `false` when there was no format of ours to give up (then the
+    /// refusal is the answer). Each retry gives up one more of at most six formats.
+    fn fall_back(&mut self, now: Instant, o: &Outstanding) -> bool {
+        let Some(format) = o.format else {
+            return false;
+        };
+        let Some(reg) = self
+            .slot_mut(o.slot)
+            .filter(|r| r.generation == o.generation)
+        else {
+            return false;
+        };
+        if reg.refused.contains(&format) {
+            return false;
+        }
+        reg.refused.push(format);
+        // A read can always go again without an Accept; a write needs a format left.
+        let is_read = matches!(
+            o.request,
+            DeviceRequest::Read { .. } | DeviceRequest::Observe { .. }
+        );
+        if !is_read && Self::formats(reg).iter().all(|f| reg.refused.contains(f)) {
+            return false;
+        }
+        let deadline = now + self.config.queue_timeout;
+        self.queues[o.slot as usize].push_front(Queued {
+            op: DeviceOp {
+                id: o.op,
+                device: o.device.clone(),
+                request: o.request.clone(),
+            },
+            deadline,
+        });
+        self.pump(now, o.slot);
+        true
+    }
+
+    /// The CoAP request for an operation, and the format it carries by our choice (see
+    /// [`Self::fall_back`]).
+    fn build_request(
+        &self,
+        slot: u32,
+        request: &DeviceRequest,
+    ) -> Result<(Message, Option<ContentFormat>), DeviceError> {
         let reg = self.slot(slot).ok_or(DeviceError::NotRegistered)?;
         let mut m = Message::new(MessageType::Confirmable, Code::GET, 0);
         let mut path = *request.path();
-        let read_accept = || {
-            [
-                ContentFormat::SenmlJson,
-                ContentFormat::Tlv,
-                ContentFormat::OldTlv,
-            ]
-            .into_iter()
-            .find(|f| reg.content_formats.contains(&f.code()))
+        let mut chosen = None;
+        let multi = |f: ContentFormat| {
+            (!matches!(f, ContentFormat::Text | ContentFormat::Opaque)).then_some(f)
         };
         let encoded = |base: &Lwm2mPath, content: &Content, f: ContentFormat| {
             content::encode(f, base, content).map_err(|e| DeviceError::BadPayload(e.to_string()))
         };
         let cf = |f: ContentFormat| coap::ContentFormat(f.code());
         match request {
-            DeviceRequest::Read { .. } => {
-                if let Some(f) = read_accept() {
-                    m.set_accept(cf(f));
+            DeviceRequest::Read { path } | DeviceRequest::Observe { path } => {
+                if matches!(request, DeviceRequest::Observe { .. }) {
+                    m.set_observe(0);
                 }
-            }
-            DeviceRequest::Observe { .. } => {
-                m.set_observe(0);
-                if let Some(f) = read_accept() {
+                if let Some(f) = Self::read_accept(reg, path) {
                     m.set_accept(cf(f));
+                    chosen = Some(f);
                 }
             }
             // Reached only when no observation is known (e.g. after a restart): a plain
@@ -1000,6 +1167,7 @@ impl Lwm2mServer {
                 let f = Self::write_format(reg, target, content);
                 m.set_content_format(cf(f));
                 m.payload = encoded(target, content, f)?;
+                chosen = multi(f);
             }
             DeviceRequest::WriteAttributes { attributes: a, .. } => {
                 m.code = Code::PUT;
@@ -1035,6 +1203,7 @@ impl Lwm2mServer {
                 let f = Self::write_format(reg, &Lwm2mPath::ROOT, content);
                 m.set_content_format(cf(f));
                 m.payload = encoded(&object, content, f)?;
+                chosen = multi(f);
                 path = object;
             }
             DeviceRequest::Delete { .. } => m.code = Code::DELETE,
@@ -1047,7 +1216,7 @@ impl Lwm2mServer {
         for id in path.ids() {
             m.add_uri_path(&id.to_string());
         }
-        Ok(m)
+        Ok((m, chosen))
     }
 
     // ---------------------------------------------------------------- timers

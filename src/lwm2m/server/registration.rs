@@ -100,6 +100,30 @@ pub enum RdMethod {
     Other,
 }
 
+/// The LWM2M versions the server speaks (`lwm2m=` at registration). Anything else that is
+/// a well-formed version is refused with 4.12 Precondition Failed (LWM2M 1.1 §6.2.1), so
+/// that a client can register again with an older one.
+pub const SUPPORTED_VERSIONS: [(u8, u8); 2] = [(1, 0), (1, 1)];
+
+/// An LWM2M version `major.minor` (each 1 to 3 digits), or `None` when `v` is not one.
+///
+/// ```
+/// use twinhub::lwm2m::server::parse_version;
+/// assert_eq!(parse_version("1.1"), Some((1, 1)));
+/// assert_eq!(parse_version("1.2"), Some((1, 2)));
+/// assert_eq!(parse_version(".."), None);
+/// assert_eq!(parse_version("1.0.2"), None);
+/// ```
+pub fn parse_version(v: &str) -> Option<(u8, u8)> {
+    let (major, minor) = v.split_once('.')?;
+    let part = |p: &str| {
+        (!p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u8>().ok())
+            .flatten()
+    };
+    Some((part(major)?, part(minor)?))
+}
+
 /// A request to the registration interface.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum RdMessage {
@@ -266,13 +290,7 @@ impl RegistrationRequest {
                 .unwrap_or(DEFAULT_LIFETIME);
         let lwm2m_version = match q.lwm2m {
             None => "1.0".to_owned(),
-            Some(v)
-                if v.len() <= 8
-                    && !v.is_empty()
-                    && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
-            {
-                v.to_owned()
-            }
+            Some(v) if parse_version(v).is_some() => v.to_owned(),
             Some(_) => return Err(RegistrationError::BadQueryValue("lwm2m")),
         };
         let binding =

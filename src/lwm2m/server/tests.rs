@@ -1133,3 +1133,236 @@ fn takeover_needs_the_old_address_to_be_silent() {
         Some(attacker)
     );
 }
+
+/// A payload in `format` holding `content` at `base` (our own encoder).
+fn payload(format: ContentFormat, base: &Lwm2mPath, content: &Content) -> Vec<u8> {
+    content::encode(format, base, content).unwrap()
+}
+
+#[test]
+fn a_1_1_device_without_ct_is_asked_for_cbor_and_falls_back() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d", "lwm2m=1.1"]);
+    sim.events();
+    let inst = Lwm2mPath::instance(3, 0);
+    sim.submit(1, "d", DeviceRequest::Read { path: inst });
+    // Best first: SenML CBOR, then SenML JSON, then TLV, each after a 4.06.
+    for accept in [112u32, 110] {
+        let req = sim.out()[0].1.clone();
+        assert_eq!(req.uint(wire::ACCEPT), Some(accept));
+        sim.answer(a, &req, code(4, 6), None, b"");
+        assert!(sim.events().is_empty(), "a refusal is not the answer yet");
+    }
+    let req = sim.out()[0].1.clone();
+    assert_eq!(req.uint(wire::ACCEPT), Some(11542));
+    let c = Content::single(Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(7));
+    sim.answer(
+        a,
+        &req,
+        code(2, 5),
+        Some(11542),
+        &payload(ContentFormat::Tlv, &inst, &c),
+    );
+    assert_eq!(
+        response(&sim.events(), 1),
+        &Ok(DeviceReply::Content(c.clone()))
+    );
+    // Remembered for the registration: the next read asks for TLV at once, and a write of
+    // several values goes as TLV.
+    sim.submit(2, "d", DeviceRequest::Read { path: inst });
+    let req = sim.out()[0].1.clone();
+    assert_eq!(req.uint(wire::ACCEPT), Some(11542));
+    // Whatever a device answers decodes, whatever was asked: SenML CBOR here.
+    sim.answer(
+        a,
+        &req,
+        code(2, 5),
+        Some(112),
+        &payload(ContentFormat::SenmlCbor, &inst, &c),
+    );
+    assert_eq!(
+        response(&sim.events(), 2),
+        &Ok(DeviceReply::Content(c.clone()))
+    );
+    let two = Content {
+        values: vec![
+            (Lwm2mPath::resource(3, 0, 13), ResourceValue::Time(5)),
+            (
+                Lwm2mPath::resource(3, 0, 14),
+                ResourceValue::String("+01".into()),
+            ),
+        ],
+    };
+    sim.submit(
+        3,
+        "d",
+        DeviceRequest::Write {
+            path: inst,
+            mode: WriteMode::PartialUpdate,
+            content: two.clone(),
+        },
+    );
+    let w = sim.out()[0].1.clone();
+    assert_eq!(w.uint(wire::CONTENT_FORMAT), Some(11542));
+    // Refused (4.15) and nothing left to try: the refusal is the answer.
+    sim.answer(a, &w, code(4, 15), None, b"");
+    assert_eq!(
+        response(&sim.events(), 3),
+        &Err(DeviceError::UnsupportedContentFormat)
+    );
+    assert!(sim.out().is_empty());
+    // A new registration starts afresh.
+    sim.register(a, &["ep=d", "lwm2m=1.1"]);
+    sim.events();
+    sim.submit(
+        4,
+        "d",
+        DeviceRequest::Write {
+            path: inst,
+            mode: WriteMode::Replace,
+            content: two,
+        },
+    );
+    let w = sim.out()[0].1.clone();
+    assert_eq!(w.uint(wire::CONTENT_FORMAT), Some(112));
+    sim.answer(a, &w, code(4, 15), None, b"");
+    let w = sim.out()[0].1.clone();
+    assert_eq!(w.uint(wire::CONTENT_FORMAT), Some(110));
+    sim.answer(a, &w, code(2, 4), None, b"");
+    assert_eq!(response(&sim.events(), 4), &Ok(DeviceReply::Done));
+}
+
+#[test]
+fn accept_follows_the_announced_formats_and_the_version() {
+    let mut sim = Sim::open();
+    let (a, b, c) = (addr(9000), addr(9001), addr(9002));
+    // Announced: the best of them we decode.
+    let p = sim.request(
+        wire::POST,
+        &["rd"],
+        &["ep=ann", "lwm2m=1.1"],
+        br#"</>;rt="oma.lwm2m";ct="110 112 11542",</3/0>"#,
+    );
+    sim.send(a, &p);
+    sim.out();
+    sim.register(b, &["ep=old", "lwm2m=1.0"]);
+    sim.register(c, &["ep=new", "lwm2m=1.1"]);
+    sim.events();
+    let inst = Lwm2mPath::instance(3, 0);
+    let res = Lwm2mPath::resource(3, 0, 7);
+    let accept = |sim: &mut Sim, dev: &str, path: Lwm2mPath| {
+        sim.submit(9, dev, DeviceRequest::Read { path });
+        let req = sim.out()[0].1.clone();
+        let from = match dev {
+            "ann" => a,
+            "old" => b,
+            _ => c,
+        };
+        sim.answer(from, &req, code(4, 4), None, b"");
+        sim.events();
+        req.uint(wire::ACCEPT)
+    };
+    assert_eq!(accept(&mut sim, "ann", inst), Some(112));
+    assert_eq!(accept(&mut sim, "ann", res), Some(112));
+    // 1.0 without ct: TLV (mandatory in 1.0) for several values; a resource read leaves
+    // the choice to the device (text for one value, TLV for instances).
+    assert_eq!(accept(&mut sim, "old", inst), Some(11542));
+    assert_eq!(accept(&mut sim, "old", res), None);
+    // 1.1 without ct: SenML CBOR, for a multi-instance resource too.
+    assert_eq!(accept(&mut sim, "new", res), Some(112));
+}
+
+#[test]
+fn observations_that_end_on_their_own_are_reported() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d", "lwm2m=1.1"]);
+    sim.events();
+    let inst = Lwm2mPath::instance(3, 0);
+    let c = Content::single(Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(7));
+    let cbor = payload(ContentFormat::SenmlCbor, &inst, &c);
+    sim.submit(1, "d", DeviceRequest::Observe { path: inst });
+    let req = sim.out()[0].1.clone();
+    assert_eq!(req.uint(wire::ACCEPT), Some(112));
+    let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+    r.add_uint(wire::OBSERVE, 1);
+    r.add_uint(wire::CONTENT_FORMAT, 112);
+    r.payload = cbor.clone();
+    sim.send(a, &r);
+    assert_eq!(
+        response(&sim.events(), 1),
+        &Ok(DeviceReply::Content(c.clone()))
+    );
+    assert_eq!(sim.server.observation_count(), 1);
+    // A SenML CBOR notification is acknowledged and decoded, not reset.
+    let mut n = Packet::new(MsgType::Con, code(2, 5), 4000, &req.token);
+    n.add_uint(wire::OBSERVE, 2);
+    n.add_uint(wire::CONTENT_FORMAT, 112);
+    n.payload = cbor.clone();
+    sim.send(a, &n);
+    assert_eq!(sim.out()[0].1.mtype, MsgType::Ack);
+    assert!(
+        matches!(&sim.events()[..], [DeviceEvent::Notification { content, .. }] if *content == c)
+    );
+    // An error notification ends it: reported with the op that established it.
+    let mut n = Packet::new(MsgType::Con, code(4, 4), 4001, &req.token);
+    n.add_uint(wire::OBSERVE, 3);
+    sim.send(a, &n);
+    sim.out();
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::ObservationEnded {
+            device: dev("d"),
+            path: inst,
+            op: OpId(1)
+        }]
+    );
+    assert_eq!(sim.server.observation_count(), 0);
+    // A device that answers without Observe declined: the values count, the observation
+    // is reported ended at once.
+    sim.submit(2, "d", DeviceRequest::Observe { path: inst });
+    let req = sim.out()[0].1.clone();
+    sim.answer(a, &req, code(2, 5), Some(112), &cbor);
+    let ev = sim.events();
+    assert_eq!(response(&ev, 2), &Ok(DeviceReply::Content(c)));
+    assert!(ev.contains(&DeviceEvent::ObservationEnded {
+        device: dev("d"),
+        path: inst,
+        op: OpId(2)
+    }));
+    assert_eq!(sim.server.observation_count(), 0);
+}
+
+#[test]
+fn unsupported_and_malformed_versions_are_refused() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    for (version, expect) in [
+        ("1.2", code(4, 12)),
+        ("2.0", code(4, 12)),
+        ("1.10", code(4, 12)),
+        ("..", code(4, 0)),
+        ("1.", code(4, 0)),
+        ("1.0.2", code(4, 0)),
+        ("1.1", code(2, 1)),
+        ("1.0", code(2, 1)),
+    ] {
+        let q = format!("lwm2m={version}");
+        let p = sim.request(wire::POST, &["rd"], &["ep=d", &q], b"</3/0>");
+        sim.send(a, &p);
+        let out = sim.out();
+        assert_eq!(out[0].1.code, expect, "lwm2m={version}");
+        let ev = sim.events();
+        if expect == code(4, 12) {
+            assert_eq!(
+                ev,
+                vec![DeviceEvent::Rejected {
+                    endpoint: "d".into(),
+                    reason: RejectReason::UnsupportedVersion(version.into()),
+                }]
+            );
+        }
+    }
+    assert_eq!(sim.server.registered_count(), 1);
+}

@@ -1,0 +1,220 @@
+//! The CBOR pieces SenML CBOR and LwM2M CBOR share, on top of `minicbor`'s pull decoder:
+//! numbers, bounded strings and a depth-bounded skip of values nobody asked for.
+//!
+//! `minicbor` reads one item at a time and never builds a value tree, so every bound
+//! (record count, nesting depth, string length) is the caller's, checked before anything
+//! is allocated from a length the input claims.
+
+use super::{ContentError, MAX_CBOR_DEPTH};
+use crate::lwm2m::{ResourceType, ResourceValue};
+use minicbor::Decoder;
+use minicbor::data::Type;
+
+/// A CBOR number as it came.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Num {
+    I(i64),
+    U(u64),
+    F(f64),
+}
+
+/// Malformed (or unsupported) CBOR at the decoder's position.
+pub(crate) fn malformed(d: &Decoder<'_>) -> ContentError {
+    ContentError::Cbor {
+        offset: d.position(),
+    }
+}
+
+pub(crate) fn datatype(d: &Decoder<'_>) -> Result<Type, ContentError> {
+    d.datatype().map_err(|_| malformed(d))
+}
+
+/// Whether the next item is the break that ends an indefinite array or map; consumes it.
+pub(crate) fn at_break(d: &mut Decoder<'_>) -> Result<bool, ContentError> {
+    if datatype(d)? == Type::Break {
+        d.set_position(d.position() + 1);
+        Ok(true)
+    } else {
+        Ok(false)
+    }
+}
+
+/// The next item as a number; `None` (nothing consumed) when it is not one, `Some(Err(()))`
+/// for an integer below `i64::MIN` (which no LWM2M type holds).
+pub(crate) fn number(d: &mut Decoder<'_>) -> Result<Option<Result<Num, ()>>, ContentError> {
+    let n = match datatype(d)? {
+        Type::U8 | Type::U16 | Type::U32 | Type::U64 => {
+            let u = d.u64().map_err(|_| malformed(d))?;
+            Ok(i64::try_from(u).map_or(Num::U(u), Num::I))
+        }
+        Type::I8 | Type::I16 | Type::I32 | Type::I64 | Type::Int => {
+            let i = d.int().map_err(|_| malformed(d))?;
+            i64::try_from(i).map(Num::I).map_err(|_| ())
+        }
+        Type::F16 | Type::F32 | Type::F64 => Ok(Num::F(d.f64().map_err(|_| malformed(d))?)),
+        _ => return Ok(None),
+    };
+    Ok(Some(n))
+}
+
+/// A number as a value of the resource's type where it fits, else by its own shape (as
+/// the SenML JSON decoder does).
+pub(crate) fn number_value(n: Num, ty: Option<ResourceType>) -> ResourceValue {
+    let integral = |x: f64| (x.fract() == 0.0 && x.abs() < 9.0e15).then_some(x as i64);
+    match (ty, n) {
+        (Some(ResourceType::Float), Num::F(x)) => return ResourceValue::Float(x),
+        (Some(ResourceType::Float), Num::I(i)) => return ResourceValue::Float(i as f64),
+        (Some(ResourceType::Float), Num::U(u)) => return ResourceValue::Float(u as f64),
+        (Some(ResourceType::Time), Num::I(i)) => return ResourceValue::Time(i),
+        (Some(ResourceType::Time), Num::F(x)) if integral(x).is_some() => {
+            return ResourceValue::Time(x as i64);
+        }
+        (Some(ResourceType::Integer), Num::F(x)) if integral(x).is_some() => {
+            return ResourceValue::Integer(x as i64);
+        }
+        (Some(ResourceType::UnsignedInteger), Num::I(i)) if i >= 0 => {
+            return ResourceValue::UnsignedInteger(i as u64);
+        }
+        (Some(ResourceType::UnsignedInteger), Num::F(x)) if integral(x).is_some_and(|i| i >= 0) => {
+            return ResourceValue::UnsignedInteger(x as u64);
+        }
+        _ => {}
+    }
+    match n {
+        Num::I(i) => ResourceValue::Integer(i),
+        Num::U(u) => ResourceValue::UnsignedInteger(u),
+        Num::F(x) => ResourceValue::Float(x),
+    }
+}
+
+/// A text string of at most `max` bytes (definite or indefinite length). `Ok(None)`:
+/// longer than `max`.
+pub(crate) fn text(d: &mut Decoder<'_>, max: usize) -> Result<Option<String>, ContentError> {
+    match datatype(d)? {
+        Type::String => {
+            let s = d.str().map_err(|_| malformed(d))?;
+            Ok((s.len() <= max).then(|| s.to_owned()))
+        }
+        Type::StringIndef => {
+            let mut out = String::new();
+            let mut too_long = false;
+            let mut iter = d.str_iter().map_err(|_| ContentError::Cbor { offset: 0 })?;
+            for part in &mut iter {
+                let part = part.map_err(|_| ContentError::Cbor { offset: 0 })?;
+                if out.len() + part.len() > max {
+                    too_long = true;
+                } else {
+                    out.push_str(part);
+                }
+            }
+            Ok((!too_long).then_some(out))
+        }
+        _ => Err(malformed(d)),
+    }
+}
+
+/// A byte string (definite or indefinite length); the payload bound limits its size.
+pub(crate) fn bytes(d: &mut Decoder<'_>) -> Result<Vec<u8>, ContentError> {
+    match datatype(d)? {
+        Type::Bytes => Ok(d.bytes().map_err(|_| malformed(d))?.to_vec()),
+        Type::BytesIndef => {
+            let mut out = Vec::new();
+            let mut iter = d
+                .bytes_iter()
+                .map_err(|_| ContentError::Cbor { offset: 0 })?;
+            for part in &mut iter {
+                out.extend_from_slice(part.map_err(|_| ContentError::Cbor { offset: 0 })?);
+            }
+            Ok(out)
+        }
+        _ => Err(malformed(d)),
+    }
+}
+
+/// Skips one item that `depth` containers enclose; nothing may be enclosed by more than
+/// [`MAX_CBOR_DEPTH`] arrays, maps and tags. Every item skipped consumes at least one byte, so a claimed length
+/// larger than the payload ends at its end with an error.
+pub(crate) fn skip(d: &mut Decoder<'_>, depth: usize) -> Result<(), ContentError> {
+    let ty = datatype(d)?;
+    let container = matches!(
+        ty,
+        Type::Array | Type::ArrayIndef | Type::Map | Type::MapIndef | Type::Tag
+    );
+    // An item at `depth` is enclosed by `depth` containers; a container here would put
+    // its items one level deeper.
+    if container && depth >= MAX_CBOR_DEPTH {
+        return Err(ContentError::TooDeep {
+            offset: d.position(),
+            max: MAX_CBOR_DEPTH,
+        });
+    }
+    match ty {
+        Type::Array | Type::ArrayIndef => {
+            match d.array().map_err(|_| malformed(d))? {
+                Some(n) => {
+                    for _ in 0..n {
+                        skip(d, depth + 1)?;
+                    }
+                }
+                None => {
+                    while !at_break(d)? {
+                        skip(d, depth + 1)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Type::Map | Type::MapIndef => {
+            match d.map().map_err(|_| malformed(d))? {
+                Some(n) => {
+                    for _ in 0..n {
+                        skip(d, depth + 1)?;
+                        skip(d, depth + 1)?;
+                    }
+                }
+                None => {
+                    while !at_break(d)? {
+                        skip(d, depth + 1)?;
+                        skip(d, depth + 1)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Type::Tag => {
+            d.tag().map_err(|_| malformed(d))?;
+            skip(d, depth + 1)
+        }
+        Type::Break | Type::Unknown(_) => Err(malformed(d)),
+        Type::StringIndef => text(d, usize::MAX).map(drop),
+        Type::BytesIndef => bytes(d).map(drop),
+        _ => d.skip().map_err(|_| malformed(d)),
+    }
+}
+
+/// Skips any tags in front of the next item (at most [`MAX_CBOR_DEPTH`] of them).
+pub(crate) fn untag(d: &mut Decoder<'_>) -> Result<(), ContentError> {
+    for _ in 0..MAX_CBOR_DEPTH {
+        if datatype(d)? != Type::Tag {
+            return Ok(());
+        }
+        d.tag().map_err(|_| malformed(d))?;
+    }
+    Err(ContentError::TooDeep {
+        offset: d.position(),
+        max: MAX_CBOR_DEPTH,
+    })
+}
+
+/// The shortest float encoding that keeps `x` exactly (f32 or f64).
+pub(crate) fn float<W: minicbor::encode::Write>(
+    e: &mut minicbor::Encoder<W>,
+    x: f64,
+) -> Result<(), minicbor::encode::Error<W::Error>> {
+    if (x as f32) as f64 == x || x.is_nan() {
+        e.f32(x as f32)?;
+    } else {
+        e.f64(x)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! SenML CBOR (112, RFC 8428 §6 as profiled by LWM2M 1.1 §7.4.6): the SenML JSON records
+//! with integer labels (`bn` -2, `bt` -3, `n` 0, `v` 2, `vs` 3, `vb` 4, `t` 6, `vd` 8 as a
+//! byte string) and the LWM2M object link under the text label `"vlo"`.
+//!
+//! The same rules as SenML JSON: `bn` is sticky, a name not starting with `/` is relative
+//! to the request path, timestamps are checked to be numbers and dropped, unknown labels
+//! are skipped except must-understand text labels (ending in `_`), names are at most
+//! 64 bytes (`bn` + `n`), at most [`MAX_VALUES`] records. Definite and indefinite lengths
+//! are both read; nesting below a record (in fields we skip) stops at [`MAX_CBOR_DEPTH`];
+//! tags in front of a value are skipped. Bytes after the record array are an error.
+
+#[cfg(doc)]
+use super::MAX_CBOR_DEPTH;
+use super::cbor::{self, Num};
+use super::senml_json::{MAX_NAME, bad, base_name, record_path};
+use super::text::parse_text_value;
+use super::{ContentError, MAX_VALUES, RecordProblem, type_key};
+use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
+use minicbor::data::Type;
+use minicbor::{Decoder, Encoder};
+
+const BN: i64 = -2;
+const BT: i64 = -3;
+const N: i64 = 0;
+const V: i64 = 2;
+const VS: i64 = 3;
+const VB: i64 = 4;
+const T: i64 = 6;
+const VD: i64 = 8;
+const VLO: &str = "vlo";
+
+/// A record's key: an integer label or a text label.
+enum Key {
+    Label(i64),
+    Text(String),
+}
+
+fn key(d: &mut Decoder<'_>, index: usize) -> Result<Key, ContentError> {
+    match cbor::datatype(d)? {
+        Type::String | Type::StringIndef => cbor::text(d, MAX_NAME)?
+            .map(Key::Text)
+            .ok_or(bad(index, RecordProblem::TooLong)),
+        _ => match cbor::number(d)? {
+            Some(Ok(Num::I(i))) => Ok(Key::Label(i)),
+            // A huge positive or negative label, or a float: no SenML field; skip it.
+            Some(_) => Ok(Key::Label(i64::MIN)),
+            None => Err(bad(index, RecordProblem::WrongFieldType("label"))),
+        },
+    }
+}
+
+struct Record {
+    n: Option<String>,
+    value: Option<Field>,
+}
+
+/// A value field as it came, typed later against the resource.
+enum Field {
+    Num(Num),
+    Str(String),
+    Bool(bool),
+    Data(Vec<u8>),
+    Link(String),
+}
+
+fn record(d: &mut Decoder<'_>, index: usize, bn: &mut String) -> Result<Record, ContentError> {
+    let len = match cbor::datatype(d)? {
+        Type::Map | Type::MapIndef => d.map().map_err(|_| cbor::malformed(d))?,
+        _ => return Err(bad(index, RecordProblem::NotAnObject)),
+    };
+    let mut rec = Record {
+        n: None,
+        value: None,
+    };
+    let mut remaining = len;
+    loop {
+        match &mut remaining {
+            Some(0) => break,
+            Some(k) => *k -= 1,
+            None => {
+                if cbor::at_break(d)? {
+                    break;
+                }
+            }
+        }
+        let k = key(d, index)?;
+        cbor::untag(d)?;
+        let mut set = |f: Field| {
+            if rec.value.replace(f).is_some() {
+                return Err(bad(index, RecordProblem::SeveralValues));
+            }
+            Ok(())
+        };
+        let wrong = |name| bad(index, RecordProblem::WrongFieldType(name));
+        let string = |d: &mut Decoder<'_>, name, max| match cbor::datatype(d)? {
+            Type::String | Type::StringIndef => {
+                cbor::text(d, max)?.ok_or(bad(index, RecordProblem::TooLong))
+            }
+            _ => Err(wrong(name)),
+        };
+        match k {
+            Key::Label(BN) => *bn = string(d, "bn", MAX_NAME)?,
+            Key::Label(N) => rec.n = Some(string(d, "n", MAX_NAME)?),
+            Key::Label(BT) | Key::Label(T) => match cbor::number(d)? {
+                Some(_) => {}
+                None => {
+                    return Err(wrong(if matches!(k, Key::Label(BT)) {
+                        "bt"
+                    } else {
+                        "t"
+                    }));
+                }
+            },
+            Key::Label(V) => match cbor::number(d)? {
+                Some(Ok(n)) => set(Field::Num(n))?,
+                Some(Err(())) => return Err(bad(index, RecordProblem::NumberOutOfRange)),
+                None => return Err(wrong("v")),
+            },
+            Key::Label(VS) => set(Field::Str(string(d, "vs", usize::MAX)?))?,
+            Key::Label(VB) => match cbor::datatype(d)? {
+                Type::Bool => set(Field::Bool(d.bool().map_err(|_| cbor::malformed(d))?))?,
+                _ => return Err(wrong("vb")),
+            },
+            Key::Label(VD) => match cbor::datatype(d)? {
+                Type::Bytes | Type::BytesIndef => set(Field::Data(cbor::bytes(d)?))?,
+                _ => return Err(wrong("vd")),
+            },
+            Key::Text(t) if t == VLO => set(Field::Link(string(d, "vlo", MAX_NAME)?))?,
+            Key::Text(t) if t.ends_with('_') => {
+                return Err(bad(index, RecordProblem::MustUnderstand(t)));
+            }
+            Key::Label(_) | Key::Text(_) => cbor::skip(d, 2)?,
+        }
+    }
+    Ok(rec)
+}
+
+fn typed(
+    index: usize,
+    field: Field,
+    ty: Option<ResourceType>,
+) -> Result<ResourceValue, ContentError> {
+    Ok(match field {
+        Field::Num(n) => cbor::number_value(n, ty),
+        Field::Str(s) => match ty {
+            None | Some(ResourceType::String) | Some(ResourceType::None) => {
+                ResourceValue::String(s)
+            }
+            Some(t) => parse_text_value(&s, t).ok_or(bad(index, RecordProblem::TypeMismatch(t)))?,
+        },
+        Field::Bool(b) => ResourceValue::Boolean(b),
+        Field::Data(b) => ResourceValue::Opaque(b),
+        Field::Link(s) => parse_text_value(&s, ResourceType::ObjectLink)
+            .ok_or(bad(index, RecordProblem::BadObjectLink))?,
+    })
+}
+
+pub(crate) fn decode(
+    bytes: &[u8],
+    base: &Lwm2mPath,
+    types: &dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
+) -> Result<Content, ContentError> {
+    let mut d = Decoder::new(bytes);
+    let len = match cbor::datatype(&d)? {
+        Type::Array | Type::ArrayIndef => d.array().map_err(|_| cbor::malformed(&d))?,
+        _ => return Err(bad(0, RecordProblem::NotAnObject)),
+    };
+    if len.is_some_and(|n| n > MAX_VALUES as u64) {
+        return Err(ContentError::TooManyValues { max: MAX_VALUES });
+    }
+    // Never reserve from a claimed length beyond what the payload can hold (a record
+    // takes at least one byte).
+    let mut out = Vec::with_capacity(len.map_or(0, |n| (n as usize).min(bytes.len())));
+    let mut bn = String::new();
+    let mut index = 0usize;
+    loop {
+        match len {
+            Some(n) if index as u64 == n => break,
+            Some(_) => {}
+            None => {
+                if cbor::at_break(&mut d)? {
+                    break;
+                }
+            }
+        }
+        if index >= MAX_VALUES {
+            return Err(ContentError::TooManyValues { max: MAX_VALUES });
+        }
+        let rec = record(&mut d, index, &mut bn)?;
+        let path = record_path(base, &bn, rec.n.as_deref().unwrap_or(""), index)?;
+        let field = rec.value.ok_or(bad(index, RecordProblem::NoValue))?;
+        let value = typed(index, field, types(&type_key(&path)))?;
+        out.push((path, value));
+        index += 1;
+    }
+    if d.position() != bytes.len() {
+        return Err(cbor::malformed(&d));
+    }
+    Ok(Content { values: out })
+}
+
+pub(crate) fn encode(base: &Lwm2mPath, content: &Content) -> Result<Vec<u8>, ContentError> {
+    let bn = base_name(base, content);
+    let mut e = Encoder::new(Vec::with_capacity(16 * content.values.len() + bn.len()));
+    let unencodable = |path: &Lwm2mPath| ContentError::UnencodableValue { path: *path };
+    e.array(content.values.len() as u64)
+        .map_err(|_| unencodable(base))?;
+    for (i, (path, v)) in content.values.iter().enumerate() {
+        let full = path.to_string();
+        let rel = full.get(bn.len()..).unwrap_or("");
+        let with_bn = i == 0 && !bn.is_empty();
+        let mut write = || -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
+            e.map(if with_bn { 3 } else { 2 })?;
+            if with_bn {
+                e.i64(BN)?.str(&bn)?;
+            }
+            e.i64(N)?.str(rel)?;
+            match v {
+                ResourceValue::String(s) => {
+                    e.i64(VS)?.str(s)?;
+                }
+                ResourceValue::Integer(i) | ResourceValue::Time(i) => {
+                    e.i64(V)?.i64(*i)?;
+                }
+                ResourceValue::UnsignedInteger(u) => {
+                    e.i64(V)?.u64(*u)?;
+                }
+                ResourceValue::Float(x) => {
+                    e.i64(V)?;
+                    cbor::float(&mut e, *x)?;
+                }
+                ResourceValue::Boolean(b) => {
+                    e.i64(VB)?.bool(*b)?;
+                }
+                ResourceValue::Opaque(b) => {
+                    e.i64(VD)?.bytes(b)?;
+                }
+                ResourceValue::ObjectLink(o, i) => {
+                    e.str(VLO)?.str(&format!("{o}:{i}"))?;
+                }
+            }
+            Ok(())
+        };
+        write().map_err(|_| unencodable(path))?;
+    }
+    Ok(e.into_writer())
+}
