@@ -339,3 +339,69 @@ fn devices_register_twins_fill_and_every_job_type_runs_over_udp() {
     hub.stop();
     packages.stop();
 }
+
+/// Issue #17: request/response with one device over real UDP: a read returns the value
+/// (and the twin gets it), a write and an execute are answered, a missing path is a
+/// device error with its code.
+#[test]
+fn request_response_over_udp() {
+    use twinhub::hub::RequestError;
+    use twinhub::transport::{DeviceError, DeviceReply, DeviceRequest, WriteMode};
+    use twinhub::{Content, ResourceValue as V};
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("rr-1").unwrap()))
+        .unwrap();
+    let config = HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    };
+    let hub = Hub::bind_udp("127.0.0.1:0", registry, config).unwrap();
+    let mut devices = vec![start("rr-1", hub.local_addr().unwrap(), false)];
+    let id = devices[0].id.clone();
+    wait_for(&mut devices, "registration", || {
+        hub.twin("rr-1")
+            .is_some_and(|t| t.connection_state == ConnectionState::Connected)
+    });
+    let wait = Duration::from_secs(20);
+    let battery = Lwm2mPath::resource(3, 0, 9);
+    match hub
+        .request(&id, DeviceRequest::Read { path: battery })
+        .wait(wait)
+    {
+        Ok(DeviceReply::Content(c)) => assert_eq!(c.values, vec![(battery, V::Integer(80))]),
+        other => panic!("{other:?}"),
+    }
+    wait_for(&mut devices, "the read in the twin", || {
+        prop(&hub, "rr-1", "BatteryLevel") == Some(Scalar::from(80))
+    });
+    let name = Lwm2mPath::resource(10241, 0, 1);
+    let write = DeviceRequest::Write {
+        path: name,
+        content: Content::single(name, V::String("mode".into())),
+        mode: WriteMode::Replace,
+    };
+    assert_eq!(hub.request(&id, write).wait(wait), Ok(DeviceReply::Done));
+    assert_eq!(
+        device_value(&devices[0], name),
+        Some(V::String("mode".into()))
+    );
+    let apply = DeviceRequest::Execute {
+        path: Lwm2mPath::resource(10241, 0, 3),
+        args: None,
+    };
+    assert_eq!(hub.request(&id, apply).wait(wait), Ok(DeviceReply::Done));
+    let missing = DeviceRequest::Read {
+        path: Lwm2mPath::instance(3303, 0),
+    };
+    assert_eq!(
+        hub.request(&id, missing).wait(wait),
+        Err(RequestError::Device(DeviceError::NotFound))
+    );
+    for d in &mut devices {
+        if let Some(t) = d.thread.take() {
+            let _ = t.shutdown(Duration::from_secs(2));
+        }
+    }
+    hub.stop();
+}

@@ -272,3 +272,80 @@ fn registration_fills_twins_and_every_job_type_runs() {
     assert!(stats.registrations >= 20 && stats.notifications > 0 && stats.property_updates > 0);
     hub.stop();
 }
+
+/// Blocks on a future with a thread-parking waker: any executor would do.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "the future never completed");
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+/// Issue #17: request/response with one device, blocking and async, over the in-memory
+/// fleet.
+#[test]
+fn request_response_with_one_device() {
+    use twinhub::hub::RequestError;
+    use twinhub::transport::{DeviceError, DeviceReply, DeviceRequest};
+    let (hub, ids) = fleet(3);
+    wait_until("registration", || {
+        device_property(&hub, "dev-1", "FirmwareVersion").is_some()
+    });
+    let battery = Lwm2mPath::resource(3, 0, 9);
+    let read = DeviceRequest::Read { path: battery };
+    match hub
+        .request(&ids[1], read.clone())
+        .wait(Duration::from_secs(30))
+    {
+        Ok(DeviceReply::Content(c)) => {
+            assert_eq!(c.values, vec![(battery, ResourceValue::Integer(100))])
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same from async code.
+    match block_on(hub.request(&ids[2], read)) {
+        Ok(DeviceReply::Content(c)) => assert_eq!(c.values.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    // An execute, and a device error with its code.
+    let reboot = DeviceRequest::Execute {
+        path: Lwm2mPath::resource(3, 0, 4),
+        args: None,
+    };
+    assert_eq!(
+        hub.request(&ids[0], reboot).wait(Duration::from_secs(30)),
+        Ok(DeviceReply::Done)
+    );
+    let missing = DeviceRequest::Read {
+        path: Lwm2mPath::instance(3303, 0),
+    };
+    // (dev-2: dev-0 is rebooting now and answers once it registered again.)
+    let err = hub.request(&ids[2], missing).wait(Duration::from_secs(30));
+    assert!(matches!(err, Err(RequestError::Device(_))), "{err:?}");
+    let nobody = DeviceId::new("nobody").unwrap();
+    let err = hub
+        .request(&nobody, DeviceRequest::Read { path: battery })
+        .wait(Duration::from_secs(30));
+    assert_eq!(err, Err(RequestError::Device(DeviceError::NotRegistered)));
+    // A stopped hub answers at once.
+    hub.stop();
+    let err = hub
+        .request(&ids[1], DeviceRequest::Read { path: battery })
+        .wait(Duration::from_secs(1));
+    assert_eq!(err, Err(RequestError::HubStopped));
+}

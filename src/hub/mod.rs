@@ -48,9 +48,11 @@
 mod driver;
 mod package;
 mod provisioning;
+mod request;
 
 pub use driver::{DeviceLink, TransportThread};
 pub use package::PackageServer;
+pub use request::{MAX_WAITING, Reply, RequestError, RequestResult};
 
 use crate::job::{
     CancelMode, EngineConfig, JobEngine, JobId, JobRecord, JobSpec, JobStatistics, JobStatus,
@@ -61,12 +63,13 @@ use crate::lwm2m::{Content, Lwm2mPath, ResourceValue};
 use crate::query::{QueryError, QueryExpression, QueryOptions, QueryResult};
 use crate::registry::{Change, FeedGap, Registry, RegistryError, SharedRegistry};
 use crate::transport::{
-    DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId, RejectReason,
-    Transport,
+    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId,
+    RejectReason, Transport,
 };
 use crate::twin::{ConnectionState, DeviceStatus, Scalar, Twin};
 use crate::{DeviceId, Timestamp};
 use provisioning::{AutoProvisioned, Verdict};
+use request::Waiting;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -184,6 +187,8 @@ struct Inner {
     udp: Mutex<Option<UdpServer>>,
     provisioned: Arc<AutoProvisioned>,
     last_sweep: Mutex<Instant>,
+    /// Requests of [`Hub::request`] waiting for their answers.
+    waiting: Arc<Waiting>,
     /// The hub's own sync observations (only the hub thread touches it).
     synced: Mutex<HashMap<DeviceId, Vec<SyncObservation>>>,
 }
@@ -268,6 +273,7 @@ impl Hub {
             udp: Mutex::new(udp),
             provisioned,
             last_sweep: Mutex::new(Instant::now()),
+            waiting: Arc::default(),
             synced: Mutex::new(HashMap::new()),
         });
         let worker = inner.clone();
@@ -336,6 +342,47 @@ impl Hub {
     ) -> Hub {
         let (thread, events) = TransportThread::spawn(transport);
         Self::start(registry, Box::new(thread), events, config)
+    }
+
+    /// Sends one LWM2M operation to one device and returns its answer to come: wait for
+    /// it with [`Reply::wait`] or `.await` it. Any [`DeviceRequest`] goes: read, discover,
+    /// write, write-attributes, execute, create, delete, observe, cancel-observe. A read's
+    /// (or observe's) values also go into the twin, as the hub's own reads do; an
+    /// observation's later notifications update the twin.
+    ///
+    /// Does not block: the operation is queued for the device and the call returns.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use twinhub::hub::{Hub, HubConfig};
+    /// use twinhub::registry::Registry;
+    /// use twinhub::transport::{DeviceReply, DeviceRequest};
+    /// use twinhub::{DeviceId, Lwm2mPath};
+    /// let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), HubConfig::default())?;
+    /// let device = DeviceId::new("device-1")?;
+    /// let read = DeviceRequest::Read { path: Lwm2mPath::resource(3, 0, 9) };
+    /// match hub.request(&device, read).wait(Duration::from_secs(10)) {
+    ///     Ok(DeviceReply::Content(values)) => println!("battery: {values:?}"),
+    ///     Ok(other) => println!("{other:?}"),
+    ///     Err(e) => println!("no answer: {e}"),
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn request(&self, device: &DeviceId, request: DeviceRequest) -> Reply {
+        let op = self.inner.next_op_id();
+        if self.inner.stop.load(Ordering::Acquire) {
+            return self.inner.waiting.failed(op, RequestError::HubStopped);
+        }
+        let Some(reply) = self.inner.waiting.register(op) else {
+            let full = RequestError::Device(DeviceError::QueueFull);
+            return self.inner.waiting.failed(op, full);
+        };
+        self.inner.send(vec![DeviceOp {
+            id: op,
+            device: device.clone(),
+            request,
+        }]);
+        reply
     }
 
     /// Twins auto-provisioning holds now (created for unknown devices that registered,
@@ -567,6 +614,7 @@ impl Inner {
         if let Some(udp) = lock(&self.udp).take() {
             udp.stop();
         }
+        self.waiting.fail_all();
     }
 }
 
@@ -716,8 +764,12 @@ impl Inner {
                 let _ = reg.set_last_activity(device.as_str(), at);
                 self.sync_ops(device, &registration.objects, ops);
             }
-            DeviceEvent::ObservationEnded { device, op, .. }
-            | DeviceEvent::TimedOut { device, op } => self.sync_lost(device, *op),
+            DeviceEvent::ObservationEnded { device, op, .. } => self.sync_lost(device, *op),
+            DeviceEvent::TimedOut { device, op } => {
+                self.waiting
+                    .complete(*op, Err(RequestError::TransportTimedOut));
+                self.sync_lost(device, *op);
+            }
             DeviceEvent::RegistrationUpdated {
                 device,
                 registration,
@@ -750,6 +802,10 @@ impl Inner {
                 let _ = reg.set_last_activity(device.as_str(), at);
             }
             DeviceEvent::Response { op, device, result } => {
+                if self.waiting.is_waiting(*op) {
+                    let answer = result.clone().map_err(RequestError::Device);
+                    self.waiting.complete(*op, answer);
+                }
                 // The hub's own operations (ids below the job engine's range) are the
                 // sync observations and reads: their values go into the twin. The job
                 // engine hands its reads over as TwinUpdates instead.

@@ -1,0 +1,215 @@
+//! Request/response with one device: [`Hub::request`](super::Hub::request) sends any
+//! LWM2M operation and hands back the device's answer, from a thread (blocking, with a
+//! timeout) or from async code ([`Reply`] is a `Future` that needs no particular runtime).
+//!
+//! The operation travels like the hub's own: through the device's queue (a sleeping
+//! queue-mode device gets it when it next talks), with CoAP retransmissions. Its outcome
+//! arrives as the transport's event; the hub thread hands it to the waiting caller here.
+//! Values a read returns also go into the twin, as the hub's own reads do.
+
+use crate::transport::{DeviceError, DeviceReply, OpId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Why [`Hub::request`](super::Hub::request) got no answer from the device.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The device answered with an error, or the transport could not deliver the request
+    /// (not registered, queue full, an undecodable answer, ...).
+    Device(DeviceError),
+    /// The transport gave up: CoAP retransmissions ran out, or the request waited in a
+    /// sleeping device's queue past the queue timeout.
+    TransportTimedOut,
+    /// The caller's own timeout passed first. The request may still reach the device;
+    /// its answer is then dropped.
+    TimedOut,
+    /// The hub stopped before the answer came.
+    HubStopped,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::Device(e) => write!(f, "device error: {e}"),
+            RequestError::TransportTimedOut => f.write_str("the device did not answer"),
+            RequestError::TimedOut => f.write_str("no answer within the caller's timeout"),
+            RequestError::HubStopped => f.write_str("the hub stopped"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// The outcome of a request.
+pub type RequestResult = Result<DeviceReply, RequestError>;
+
+#[derive(Default)]
+struct Slot {
+    result: Option<RequestResult>,
+    waker: Option<Waker>,
+}
+
+struct Shared {
+    slot: Mutex<Slot>,
+    ready: Condvar,
+}
+
+fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The answer to come to one request: wait for it with [`Reply::wait`] (blocking) or
+/// `.await` it (any executor; it is woken by the hub thread).
+///
+/// Dropping a `Reply` abandons the answer (the request itself is not cancelled).
+pub struct Reply {
+    shared: Arc<Shared>,
+    op: OpId,
+    waiting: Arc<Waiting>,
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reply").field("op", &self.op).finish()
+    }
+}
+
+impl Reply {
+    /// Blocks until the answer comes or `timeout` passes
+    /// ([`RequestError::TimedOut`]).
+    pub fn wait(self, timeout: Duration) -> RequestResult {
+        let deadline = Instant::now() + timeout;
+        let mut slot = lock(&self.shared.slot);
+        loop {
+            if let Some(r) = slot.result.take() {
+                return r;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RequestError::TimedOut);
+            }
+            slot = self
+                .shared
+                .ready
+                .wait_timeout(slot, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The operation id the request travels under (it shows in the transport's events).
+    pub fn op(&self) -> OpId {
+        self.op
+    }
+}
+
+impl Future for Reply {
+    type Output = RequestResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RequestResult> {
+        let mut slot = lock(&self.shared.slot);
+        match slot.result.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.waiting.abandon(self.op);
+    }
+}
+
+/// The requests waiting for their answers, by operation id. Bounded by
+/// [`MAX_WAITING`]: a request beyond it fails at once with
+/// [`DeviceError::QueueFull`].
+#[derive(Default)]
+pub(crate) struct Waiting {
+    by_op: Mutex<HashMap<OpId, Arc<Shared>>>,
+}
+
+/// Most requests waiting for an answer at once, all devices together.
+pub const MAX_WAITING: usize = 65_536;
+
+impl Waiting {
+    fn map(&self) -> MutexGuard<'_, HashMap<OpId, Arc<Shared>>> {
+        self.by_op.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a request under `op`; `None` when [`MAX_WAITING`] are waiting.
+    pub(crate) fn register(self: &Arc<Self>, op: OpId) -> Option<Reply> {
+        let mut map = self.map();
+        if map.len() >= MAX_WAITING {
+            return None;
+        }
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot::default()),
+            ready: Condvar::new(),
+        });
+        map.insert(op, shared.clone());
+        Some(Reply {
+            shared,
+            op,
+            waiting: self.clone(),
+        })
+    }
+
+    /// A reply that fails at once (the request was never sent).
+    pub(crate) fn failed(self: &Arc<Self>, op: OpId, error: RequestError) -> Reply {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot {
+                result: Some(Err(error)),
+                waker: None,
+            }),
+            ready: Condvar::new(),
+        });
+        Reply {
+            shared,
+            op,
+            waiting: self.clone(),
+        }
+    }
+
+    /// Whether `op` is a request someone waits for.
+    pub(crate) fn is_waiting(&self, op: OpId) -> bool {
+        self.map().contains_key(&op)
+    }
+
+    /// Hands `op`'s outcome to its caller (if still waiting).
+    pub(crate) fn complete(&self, op: OpId, result: RequestResult) {
+        let Some(shared) = self.map().remove(&op) else {
+            return;
+        };
+        let waker = {
+            let mut slot = lock(&shared.slot);
+            slot.result = Some(result);
+            slot.waker.take()
+        };
+        shared.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Fails every waiting request (the hub stopped).
+    pub(crate) fn fail_all(&self) {
+        let ops: Vec<OpId> = self.map().keys().copied().collect();
+        for op in ops {
+            self.complete(op, Err(RequestError::HubStopped));
+        }
+    }
+
+    fn abandon(&self, op: OpId) {
+        self.map().remove(&op);
+    }
+}
