@@ -12,6 +12,7 @@
 //! | TLV | 11542, 1542 | yes | yes |
 //! | SenML JSON | 110 | yes | yes |
 //! | SenML CBOR | 112 | yes | yes |
+//! | LwM2M CBOR (1.2) | 11544 | yes | yes |
 //! | LwM2M JSON (1.0) | 11543, 1543 | yes (read tolerantly) | yes |
 //!
 //! TLV carries no types on the wire: [`decode`] takes a type resolver (any
@@ -51,6 +52,7 @@
 mod base64url;
 mod cbor;
 mod error;
+mod lwm2m_cbor;
 mod senml_cbor;
 mod senml_json;
 mod text;
@@ -201,6 +203,7 @@ pub fn decode(
         ContentFormat::Tlv => tlv::decode(bytes, base, types),
         ContentFormat::SenmlJson => senml_json::decode_senml(bytes, base, types),
         ContentFormat::SenmlCbor => senml_cbor::decode(bytes, base, types),
+        ContentFormat::Lwm2mCbor => lwm2m_cbor::decode(bytes, base, types),
         ContentFormat::Lwm2mJson => senml_json::decode_lwm2m_json(bytes, base, types),
         other => Err(ContentError::UnsupportedFormat(other)),
     }
@@ -242,6 +245,7 @@ pub fn encode(
         ContentFormat::Tlv => tlv::encode(base, content),
         ContentFormat::SenmlJson => senml_json::encode_senml(base, content),
         ContentFormat::SenmlCbor => senml_cbor::encode(base, content),
+        ContentFormat::Lwm2mCbor => lwm2m_cbor::encode(base, content),
         ContentFormat::Lwm2mJson => senml_json::encode_lwm2m_json(base, content),
         other => Err(ContentError::UnsupportedFormat(other)),
     }
