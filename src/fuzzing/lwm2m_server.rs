@@ -70,8 +70,11 @@ pub fn senml_cbor_decode(data: &[u8]) {
 }
 
 /// LwM2M CBOR: whatever decodes re-encodes and decodes (with the decoded types as hints)
-/// to the same content, in path order (the encoder writes ids sorted).
+/// to the same content, in path order (the encoder writes ids sorted). The same bytes as
+/// plain CBOR (60) for one resource must not panic either.
 pub fn lwm2m_cbor_decode(data: &[u8]) {
+    let one = Lwm2mPath::resource(3, 0, 13);
+    let _ = decode(ContentFormat::Cbor, data, &one, &standard_resource_type);
     senml_round_trip(ContentFormat::Lwm2mCbor, data);
 }
 

@@ -16,6 +16,9 @@
 //!
 //! The encoder writes the deepest path all values share as one array key, then one
 //! level per id below it, ids in ascending order.
+//!
+//! Plain CBOR (60, LWM2M 1.1 §7.4.5) is one such value alone, for one resource
+//! (instance) at the request path: [`decode_single`] and [`encode_single`].
 
 use super::cbor::{self, Num};
 use super::text::parse_text_value;
@@ -331,5 +334,34 @@ pub(crate) fn encode(base: &Lwm2mPath, content: &Content) -> Result<Vec<u8>, Con
         }
     };
     r.map_err(|_| unencodable())?;
+    Ok(e.into_writer())
+}
+
+/// Plain CBOR (60): one value for the resource (instance) at `base`.
+pub(crate) fn decode_single(
+    bytes: &[u8],
+    base: &Lwm2mPath,
+    types: &dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
+) -> Result<Content, ContentError> {
+    super::text::single_resource(base)?;
+    let mut d = Decoder::new(bytes);
+    let mut walk = Walk {
+        types,
+        out: Vec::new(),
+        seen: HashSet::new(),
+    };
+    cbor::untag_except(&mut d, &[TAG_TIME, TAG_DECIMAL])?;
+    walk.value(&mut d, base.ids())?;
+    if d.position() != bytes.len() {
+        return Err(cbor::malformed(&d));
+    }
+    Ok(Content { values: walk.out })
+}
+
+/// Plain CBOR (60): the one value at `base`.
+pub(crate) fn encode_single(base: &Lwm2mPath, content: &Content) -> Result<Vec<u8>, ContentError> {
+    let v = super::text::the_value(base, content)?;
+    let mut e = Encoder::new(Vec::with_capacity(16));
+    write_value(&mut e, v).map_err(|_| ContentError::UnencodableValue { path: *base })?;
     Ok(e.into_writer())
 }

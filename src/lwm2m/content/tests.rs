@@ -315,8 +315,8 @@ fn text_and_opaque() {
         b"1"
     );
     assert!(matches!(
-        decode(ContentFormat::Cbor, b"", &s, &std_types),
-        Err(ContentError::UnsupportedFormat(ContentFormat::Cbor))
+        decode(ContentFormat::LinkFormat, b"", &s, &std_types),
+        Err(ContentError::UnsupportedFormat(ContentFormat::LinkFormat))
     ));
 }
 
@@ -822,6 +822,15 @@ proptest! {
     }
 
     #[test]
+    fn plain_cbor_round_trips(t in any_type().prop_flat_map(value_of)) {
+        let p = Lwm2mPath::resource_instance(9, 1, 2, 3);
+        let ty = t.resource_type();
+        let c = Content::single(p, t);
+        let bytes = encode(ContentFormat::Cbor, &p, &c).unwrap();
+        prop_assert_eq!(decode(ContentFormat::Cbor, &bytes, &p, &|_: &Lwm2mPath| Some(ty)).unwrap(), c);
+    }
+
+    #[test]
     fn text_round_trips(t in any_type().prop_flat_map(value_of)) {
         let p = Lwm2mPath::resource(9, 1, 2);
         let ty = t.resource_type();
@@ -1308,5 +1317,35 @@ fn lwm2m_cbor_rejects() {
             &std_types
         ),
         Err(ContentError::TooManyValues { max: MAX_VALUES })
+    );
+}
+
+#[test]
+fn plain_cbor_single_values() {
+    let p = Lwm2mPath::resource(3, 0, 9);
+    let dec = |h: &str, p: &Lwm2mPath| decode(ContentFormat::Cbor, &hex(h), p, &std_types);
+    assert_eq!(dec("18 64", &p), Ok(Content::single(p, V::Integer(100))));
+    let t = Lwm2mPath::resource(3, 0, 13);
+    assert_eq!(
+        dec("c1 1a 51 82 42 8f", &t),
+        Ok(Content::single(t, V::Time(1367491215)))
+    );
+    assert_eq!(dec("f6", &p), Ok(Content::default()));
+    assert!(matches!(
+        dec("18 64", &Lwm2mPath::instance(3, 0)),
+        Err(ContentError::NotSingleResource { .. })
+    ));
+    assert!(matches!(
+        dec("18 64 00", &p),
+        Err(ContentError::Cbor { .. })
+    ));
+    assert_eq!(
+        encode(
+            ContentFormat::Cbor,
+            &p,
+            &Content::single(p, V::Integer(100))
+        )
+        .unwrap(),
+        hex("18 64")
     );
 }
