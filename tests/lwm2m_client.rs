@@ -362,9 +362,19 @@ fn writes_check_access_types_and_validation() {
     assert_eq!(h.request(m).code, Code::CHANGED);
     assert_eq!(text(&h.get("/3/0/15", None)), "Europe/Paris");
     let mut m = Message::request(Code::PUT, "/3/0/15");
-    m.set_content_format(ContentFormat(60));
+    m.set_content_format(ContentFormat::LINK_FORMAT);
     m.payload = b"x".to_vec();
     assert_eq!(h.request(m).code, Code::UNSUPPORTED_CONTENT_FORMAT);
+    // Plain CBOR (60): one text string; a payload that is no CBOR item is a bad request.
+    let mut m = Message::request(Code::PUT, "/3/0/15");
+    m.set_content_format(ContentFormat(60));
+    m.payload = b"\x6cEurope/Berne".to_vec();
+    assert_eq!(h.request(m).code, Code::CHANGED);
+    assert_eq!(text(&h.get("/3/0/15", None)), "Europe/Berne");
+    let mut m = Message::request(Code::PUT, "/3/0/15");
+    m.set_content_format(ContentFormat(60));
+    m.payload = b"x".to_vec();
+    assert_eq!(h.request(m).code, Code::BAD_REQUEST);
     // Old-style text (1541), as lwm2m-node-lib writes.
     let mut m = Message::request(Code::PUT, "/3/0/14");
     m.set_content_format(ContentFormat(1541));
