@@ -10,6 +10,10 @@
 //!   /3/0/9; notifications alternate TLV (11542) and SenML JSON (110) payloads, the device
 //!   and value chosen by a seeded xorshift generator. The hub's twin update is not part of
 //!   it. Target: >= 50,000/s.
+//! - `decode_device/<format>`: one read answer of the Device object instance (`/3/0`, the
+//!   16 values of the LWM2M TS example: strings, integers, a time, multi-instance
+//!   resources) decoded into `Content` with the standard types, in SenML JSON, SenML
+//!   CBOR, LwM2M CBOR and TLV (the payloads our encoder writes; their sizes are printed).
 //! - memory per registered device: the resident-set growth (Linux `/proc/self/statm`) of
 //!   registering 100,000 devices in a sans-IO server, after the CoAP exchange state has
 //!   expired, printed once before the timed benches. Target: <= 2 KB per device.
@@ -358,7 +362,61 @@ fn report_flood_memory() {
     );
 }
 
+fn bench_decode_device(c: &mut Criterion) {
+    use twinhub::lwm2m::content::{self, ContentFormat as Cf, standard_resource_type};
+    use twinhub::{Content, ResourceValue as V};
+    let r = |rid| Lwm2mPath::resource(3, 0, rid);
+    let ri = |rid, riid| Lwm2mPath::resource_instance(3, 0, rid, riid);
+    let device = Content {
+        values: vec![
+            (r(0), V::String("Open Mobile Alliance".into())),
+            (r(1), V::String("Lightweight M2M Client".into())),
+            (r(2), V::String("345000123".into())),
+            (r(3), V::String("1.0".into())),
+            (ri(6, 0), V::Integer(1)),
+            (ri(6, 1), V::Integer(5)),
+            (ri(7, 0), V::Integer(3800)),
+            (ri(7, 1), V::Integer(5000)),
+            (ri(8, 0), V::Integer(125)),
+            (ri(8, 1), V::Integer(900)),
+            (r(9), V::Integer(100)),
+            (r(10), V::Integer(15)),
+            (ri(11, 0), V::Integer(0)),
+            (r(13), V::Time(1367491215)),
+            (r(14), V::String("+02:00".into())),
+            (r(16), V::String("U".into())),
+        ],
+    };
+    let base = Lwm2mPath::instance(3, 0);
+    let mut g = c.benchmark_group("decode_device");
+    g.throughput(Throughput::Elements(1));
+    for (name, f) in [
+        ("senml_json", Cf::SenmlJson),
+        ("senml_cbor", Cf::SenmlCbor),
+        ("lwm2m_cbor", Cf::Lwm2mCbor),
+        ("tlv", Cf::Tlv),
+    ] {
+        let bytes = content::encode(f, &base, &device).unwrap();
+        println!("decode_device/{name}: payload {} bytes", bytes.len());
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let c = content::decode(
+                    f,
+                    std::hint::black_box(&bytes),
+                    &base,
+                    &standard_resource_type,
+                )
+                .unwrap();
+                assert_eq!(c.values.len(), 16);
+                c
+            })
+        });
+    }
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    bench_decode_device(c);
     report_memory_per_device();
     report_flood_memory();
     bench_notify_decode(c);

@@ -3,7 +3,7 @@
 //! a widely used C client does in its default build). The hub must ask for CBOR, decode
 //! it, keep its observations (a CBOR notification is acknowledged, not reset), run a
 //! firmware job (which writes `/5/0/1`) and a multi-instance resource read, and observe
-//! again on the next Update what failed. A client registering as LWM2M 1.2 gets 4.12 and
+//! again on the next Update what failed or what the device ended. A client registering as LWM2M 1.2 gets 4.12 and
 //! registers again as 1.1.
 
 use std::collections::BTreeMap;
@@ -365,6 +365,28 @@ fn a_cbor_only_client_without_ct_syncs_runs_jobs_and_is_observed_again() {
     assert_eq!(observes(&dev, "/1/0"), 2);
     // Those that held are not observed twice.
     assert_eq!(observes(&dev, "/3/0"), 1);
+
+    // The device ends the /3/0 observation (an error notification): observed again on
+    // the next Update.
+    let (token, _) = dev
+        .observations
+        .iter()
+        .find(|(_, p)| *p == Lwm2mPath::instance(3, 0))
+        .cloned()
+        .unwrap();
+    dev.observations.retain(|(t, _)| *t != token);
+    let mut end = Message::new(MessageType::Confirmable, Code::NOT_FOUND, dev.next_mid());
+    end.set_token(&token).unwrap();
+    dev.send(&end);
+    let acks = dev.acks;
+    dev.serve_until("the error notification's ACK", |d| d.acks > acks);
+    dev.update();
+    dev.serve_until("/3/0 observed again", |d| observes(d, "/3/0") == 2);
+    dev.serve_until("the new /3/0 observation", |d| {
+        d.observations
+            .iter()
+            .any(|(_, p)| *p == Lwm2mPath::instance(3, 0))
+    });
 
     // A multi-instance resource read.
     let read = JobId::new("read-voltage").unwrap();

@@ -362,9 +362,19 @@ fn writes_check_access_types_and_validation() {
     assert_eq!(h.request(m).code, Code::CHANGED);
     assert_eq!(text(&h.get("/3/0/15", None)), "Europe/Paris");
     let mut m = Message::request(Code::PUT, "/3/0/15");
-    m.set_content_format(ContentFormat(60));
+    m.set_content_format(ContentFormat::LINK_FORMAT);
     m.payload = b"x".to_vec();
     assert_eq!(h.request(m).code, Code::UNSUPPORTED_CONTENT_FORMAT);
+    // Plain CBOR (60): one text string; a payload that is no CBOR item is a bad request.
+    let mut m = Message::request(Code::PUT, "/3/0/15");
+    m.set_content_format(ContentFormat(60));
+    m.payload = b"\x6cEurope/Berne".to_vec();
+    assert_eq!(h.request(m).code, Code::CHANGED);
+    assert_eq!(text(&h.get("/3/0/15", None)), "Europe/Berne");
+    let mut m = Message::request(Code::PUT, "/3/0/15");
+    m.set_content_format(ContentFormat(60));
+    m.payload = b"x".to_vec();
+    assert_eq!(h.request(m).code, Code::BAD_REQUEST);
     // Old-style text (1541), as lwm2m-node-lib writes.
     let mut m = Message::request(Code::PUT, "/3/0/14");
     m.set_content_format(ContentFormat(1541));
@@ -896,7 +906,7 @@ fn reads_in_every_format_decode_to_the_tree_values() {
     for base in bases {
         let expected = h.client.objects_mut().read(&base).unwrap();
         assert!(!expected.values.is_empty(), "{base} reads nothing");
-        for accept in [11542u16, 1542, 110, 112, 11543, 1543] {
+        for accept in [11542u16, 1542, 110, 112, 11543, 1543, 11544] {
             let r = h.get(&base.to_string(), Some(accept));
             assert_eq!(r.code, Code::CONTENT, "{base} as {accept}");
             assert_eq!(r.content_format(), Some(ContentFormat(accept)));
@@ -917,10 +927,10 @@ fn reads_in_every_format_decode_to_the_tree_values() {
         assert_eq!(decoded, expected, "{p} as {cf:?}");
         checked += 1;
     }
-    assert_eq!(checked, 7 * 6 + 8);
+    assert_eq!(checked, 7 * 7 + 8);
     // And `lwm2m::content`'s encodings in every format are accepted as writes.
     let p = Lwm2mPath::resource(3, 0, 15);
-    for (i, number) in [11542u16, 1542, 110, 112, 11543, 1543, 0, 1541]
+    for (i, number) in [11542u16, 1542, 110, 112, 11543, 1543, 11544, 0, 1541]
         .into_iter()
         .enumerate()
     {
@@ -934,7 +944,10 @@ fn reads_in_every_format_decode_to_the_tree_values() {
         assert_eq!(text(&h.get("/3/0/15", None)), zone);
     }
     let lifetime = Lwm2mPath::resource(1, 0, 1);
-    for (i, number) in [11542u16, 110, 112, 11543, 0].into_iter().enumerate() {
+    for (i, number) in [11542u16, 110, 112, 11543, 11544, 0]
+        .into_iter()
+        .enumerate()
+    {
         let c = twinhub::Content::single(lifetime, ResourceValue::Integer(600 + i as i64));
         let body = content::encode(Cf::from_code(number).unwrap(), &lifetime, &c).unwrap();
         let mut m = Message::request(Code::PUT, "/1/0/1");

@@ -4,7 +4,10 @@
 //!   written, executed and observed, updates (from a new source port) and de-registers;
 //! - an aiocoap-scripted client (tests/peers/aiocoap_lwm2m_client.py) registers, answers
 //!   reads in TLV and notifies in TLV and SenML JSON from recorded vectors, updates and
-//!   de-registers.
+//!   de-registers;
+//! - an aiocoap client that speaks only SenML CBOR through cbor2 (an independent CBOR
+//!   codec; tests/peers/aiocoap_cbor_client.py) registers without `ct`, is read, written
+//!   and observed: our encoder's bytes decode there, theirs decode here.
 //!
 //! A missing peer skips the test with a loud message; with TWINHUB_REQUIRE_PEERS=1 it fails.
 
@@ -422,4 +425,104 @@ fn aiocoap_scripted_client_tlv_and_senml_vectors() {
         (server.registered_count(), server.observation_count()),
         (0, 0)
     );
+}
+
+#[test]
+fn aiocoap_cbor2_client_exchanges_senml_cbor() {
+    let py_ok = Command::new("python3")
+        .args(["-c", "import aiocoap, cbor2"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !peer_available("python3 + aiocoap + cbor2", py_ok) {
+        return;
+    }
+    let (udp, events) = open_server();
+    let port = udp.local_addr().port().to_string();
+    let handle = udp.handle();
+    let mut peer = Peer::spawn(
+        Command::new("python3")
+            .arg(peers_dir().join("aiocoap_cbor_client.py"))
+            .args(["127.0.0.1", &port, "py-cbor-1"]),
+    );
+    let device = DeviceId::new("py-cbor-1").unwrap();
+    wait_for(&events, "registered", |e| {
+        matches!(e, DeviceEvent::Registered { .. }).then_some(())
+    });
+    peer.expect("REGISTERED rd/");
+
+    // A read: the hub asks for SenML CBOR (1.1 without ct) and decodes cbor2's bytes.
+    let inst = Lwm2mPath::instance(3, 0);
+    handle
+        .submit(op(1, &device, DeviceRequest::Read { path: inst }))
+        .unwrap();
+    let Ok(DeviceReply::Content(c)) = response(&events, 1) else {
+        panic!("read /3/0 failed")
+    };
+    assert_eq!(peer.expect("ACCEPT"), "ACCEPT 112");
+    assert_eq!(c.values.len(), 7);
+    assert_eq!(
+        c.get(&Lwm2mPath::resource(3, 0, 0)),
+        Some(&ResourceValue::String("Interop Inc".into()))
+    );
+    assert_eq!(
+        c.get(&Lwm2mPath::resource_instance(3, 0, 7, 1)),
+        Some(&ResourceValue::Integer(5000))
+    );
+    assert_eq!(
+        c.get(&Lwm2mPath::resource(3, 0, 13)),
+        Some(&ResourceValue::Time(1_367_491_215))
+    );
+
+    // A write of two values goes as SenML CBOR; cbor2 decodes what we encoded.
+    let two = Content {
+        values: vec![
+            (
+                Lwm2mPath::resource(3, 0, 13),
+                ResourceValue::Time(1_700_000_000),
+            ),
+            (
+                Lwm2mPath::resource(3, 0, 14),
+                ResourceValue::String("+01:00".into()),
+            ),
+        ],
+    };
+    handle
+        .submit(op(
+            2,
+            &device,
+            DeviceRequest::Write {
+                path: inst,
+                mode: WriteMode::PartialUpdate,
+                content: two,
+            },
+        ))
+        .unwrap();
+    assert_eq!(response(&events, 2), Ok(DeviceReply::Done));
+    assert_eq!(
+        peer.expect("WROTE"),
+        "WROTE /3/0/13=1700000000;/3/0/14=+01:00"
+    );
+
+    // Observe the battery: the first answer and a notification, both cbor2's SenML CBOR.
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    handle
+        .submit(op(3, &device, DeviceRequest::Observe { path: bat }))
+        .unwrap();
+    assert_eq!(
+        response(&events, 3),
+        Ok(DeviceReply::Content(Content::single(
+            bat,
+            ResourceValue::Integer(88)
+        )))
+    );
+    peer.expect("OBSERVED");
+    peer.say("notify");
+    peer.expect("NOTIFIED 87");
+    let n = wait_for(&events, "notification", |e| match e {
+        DeviceEvent::Notification { content, .. } => Some(content.clone()),
+        _ => None,
+    });
+    assert_eq!(n, Content::single(bat, ResourceValue::Integer(87)));
+    peer.say("exit");
+    udp.stop();
 }

@@ -15,7 +15,9 @@ pub mod registry;
 pub use coap::{coap_decode, link_format};
 pub use job::job_events;
 pub use lwm2m_client::client_requests;
-pub use lwm2m_server::{registration, senml_cbor_decode, senml_json_decode, tlv_decode};
+pub use lwm2m_server::{
+    lwm2m_cbor_decode, registration, senml_cbor_decode, senml_json_decode, tlv_decode,
+};
 pub use query::{query_parse, query_roundtrip};
 pub use registry::registry_ops;
 
@@ -29,6 +31,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("coap_decode", coap_decode),
     ("job_events", job_events),
     ("link_format", link_format),
+    ("lwm2m_cbor_decode", lwm2m_cbor_decode),
     ("query_parse", query_parse),
     ("query_roundtrip", query_roundtrip),
     ("registration", registration),

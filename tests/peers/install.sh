@@ -2,6 +2,7 @@
 # Installs the third-party interop peers the tests drive, each only when missing:
 #   libcoap3-bin (Debian): coap-client-notls and friends;
 #   aiocoap (PyPI): a scriptable CoAP client and server;
+#   cbor2 (PyPI): an independent CBOR codec for the SenML CBOR interop client;
 #   lwm2m-node-lib (npm): an LWM2M 1.0 client and server, into tests/peers/node_modules.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -16,8 +17,12 @@ if ! python3 -c 'import aiocoap' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'aiocoap==0.4.17'
 fi
 
+if ! python3 -c 'import cbor2' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore 'cbor2==6.3.0'
+fi
+
 if [ ! -d "$here/node_modules/lwm2m-node-lib" ]; then
   (cd "$here" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
-echo "peers: $(command -v coap-client-notls) | aiocoap $(python3 -c 'import aiocoap.meta as m; print(m.version)' 2>/dev/null || echo '?') | lwm2m-node-lib $(node -p "require('$here/node_modules/lwm2m-node-lib/package.json').version")"
+echo "peers: $(command -v coap-client-notls) | aiocoap $(python3 -c 'import aiocoap.meta as m; print(m.version)' 2>/dev/null || echo '?') | cbor2 $(python3 -c 'import cbor2, importlib.metadata as m; print(m.version("cbor2"))' 2>/dev/null || echo '?') | lwm2m-node-lib $(node -p "require('$here/node_modules/lwm2m-node-lib/package.json').version")"

@@ -12,7 +12,7 @@
 //! | [`objects`] | the standard objects Security /0, Server /1, Device /3, Config /10241 |
 //! | [`FirmwareUpdate`] | Firmware Update /5 with the spec's State / Update Result machine |
 //! | [`ObjectTree`] | the device's objects by path, with access, type and validate-before-write rules |
-//! | [`lwm2m::content`](crate::lwm2m::content) (shared) | text, opaque, TLV, SenML JSON, LWM2M 1.0 JSON (and the pre-standard 1541-1544 codes) |
+//! | [`lwm2m::content`](crate::lwm2m::content) (shared) | text, opaque, plain CBOR, TLV, SenML JSON, SenML CBOR, LwM2M CBOR, LWM2M 1.0 JSON (and the pre-standard 1541-1544 codes) |
 //! | [`AttributeTable`], [`NotifyTimer`] | Write-Attributes (pmin, pmax, gt, lt, st) and when a notification is due |
 //! | [`Lwm2mClient`] | the sans-IO core: registration engine, request serving, notifications, package download |
 //! | [`DeviceThread`] | a std UDP driver: one client on a socket and a thread |

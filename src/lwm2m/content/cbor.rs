@@ -194,11 +194,21 @@ pub(crate) fn skip(d: &mut Decoder<'_>, depth: usize) -> Result<(), ContentError
 
 /// Skips any tags in front of the next item (at most [`MAX_CBOR_DEPTH`] of them).
 pub(crate) fn untag(d: &mut Decoder<'_>) -> Result<(), ContentError> {
+    untag_except(d, &[])
+}
+
+/// Skips tags in front of the next item up to one in `keep`, which stays to be read.
+pub(crate) fn untag_except(d: &mut Decoder<'_>, keep: &[u64]) -> Result<(), ContentError> {
     for _ in 0..MAX_CBOR_DEPTH {
         if datatype(d)? != Type::Tag {
             return Ok(());
         }
-        d.tag().map_err(|_| malformed(d))?;
+        let at = d.position();
+        let tag = d.tag().map_err(|_| malformed(d))?;
+        if keep.iter().any(|k| minicbor::data::Tag::new(*k) == tag) {
+            d.set_position(at);
+            return Ok(());
+        }
     }
     Err(ContentError::TooDeep {
         offset: d.position(),

@@ -9,9 +9,11 @@
 //! | text/plain | 0, 1541 | one resource | one resource |
 //! | CoRE link format | 40 | — (Discover answers are kept as text) | — |
 //! | opaque | 42, 1544 | one resource | one opaque resource |
+//! | CBOR | 60 | one resource | one resource |
 //! | TLV | 11542, 1542 | yes | yes |
 //! | SenML JSON | 110 | yes | yes |
 //! | SenML CBOR | 112 | yes | yes |
+//! | LwM2M CBOR (1.2) | 11544 | yes | yes |
 //! | LwM2M JSON (1.0) | 11543, 1543 | yes (read tolerantly) | yes |
 //!
 //! TLV carries no types on the wire: [`decode`] takes a type resolver (any
@@ -51,6 +53,7 @@
 mod base64url;
 mod cbor;
 mod error;
+mod lwm2m_cbor;
 mod senml_cbor;
 mod senml_json;
 mod text;
@@ -201,13 +204,15 @@ pub fn decode(
         ContentFormat::Tlv => tlv::decode(bytes, base, types),
         ContentFormat::SenmlJson => senml_json::decode_senml(bytes, base, types),
         ContentFormat::SenmlCbor => senml_cbor::decode(bytes, base, types),
+        ContentFormat::Lwm2mCbor => lwm2m_cbor::decode(bytes, base, types),
+        ContentFormat::Cbor => lwm2m_cbor::decode_single(bytes, base, types),
         ContentFormat::Lwm2mJson => senml_json::decode_lwm2m_json(bytes, base, types),
         other => Err(ContentError::UnsupportedFormat(other)),
     }
 }
 
-/// Encodes `content` (paths under `base`) in `format`. Text and opaque take exactly one
-/// value at `base`; TLV needs `base` at least an object; SenML (JSON and CBOR) and LwM2M
+/// Encodes `content` (paths under `base`) in `format`. Text, opaque and plain CBOR take
+/// exactly one value at `base`; TLV needs `base` at least an object; SenML (JSON and CBOR) and LwM2M
 /// JSON take anything.
 /// Pre-standard codes encode like the standard format they stand for.
 ///
@@ -242,6 +247,8 @@ pub fn encode(
         ContentFormat::Tlv => tlv::encode(base, content),
         ContentFormat::SenmlJson => senml_json::encode_senml(base, content),
         ContentFormat::SenmlCbor => senml_cbor::encode(base, content),
+        ContentFormat::Lwm2mCbor => lwm2m_cbor::encode(base, content),
+        ContentFormat::Cbor => lwm2m_cbor::encode_single(base, content),
         ContentFormat::Lwm2mJson => senml_json::encode_lwm2m_json(base, content),
         other => Err(ContentError::UnsupportedFormat(other)),
     }

@@ -315,8 +315,8 @@ fn text_and_opaque() {
         b"1"
     );
     assert!(matches!(
-        decode(ContentFormat::Cbor, b"", &s, &std_types),
-        Err(ContentError::UnsupportedFormat(ContentFormat::Cbor))
+        decode(ContentFormat::LinkFormat, b"", &s, &std_types),
+        Err(ContentError::UnsupportedFormat(ContentFormat::LinkFormat))
     ));
 }
 
@@ -800,6 +800,37 @@ proptest! {
     }
 
     #[test]
+    fn lwm2m_cbor_round_trips((content, types) in object_content(77)) {
+        let resolve = |p: &Lwm2mPath| types.get(p).copied();
+        let bytes = encode(ContentFormat::Lwm2mCbor, &Lwm2mPath::object(77), &content).unwrap();
+        let back = decode(ContentFormat::Lwm2mCbor, &bytes, &Lwm2mPath::object(77), &resolve).unwrap();
+        prop_assert_eq!(&back, &content);
+        for iid in 0..3 {
+            let inst = Lwm2mPath::instance(77, iid);
+            let part = Content { values: content.values.iter().filter(|(p, _)| inst.contains(p)).cloned().collect() };
+            let b = encode(ContentFormat::Lwm2mCbor, &inst, &part).unwrap();
+            prop_assert_eq!(decode(ContentFormat::Lwm2mCbor, &b, &inst, &resolve).unwrap(), part);
+        }
+        // Values of several objects: no shared prefix, the root map.
+        let mut two = content.clone();
+        two.values.push((Lwm2mPath::resource(78, 0, 1), V::Integer(1)));
+        let b = encode(ContentFormat::Lwm2mCbor, &Lwm2mPath::ROOT, &two).unwrap();
+        let mut types78 = types.clone();
+        types78.insert(Lwm2mPath::resource(78, 0, 1), ResourceType::Integer);
+        let back = decode(ContentFormat::Lwm2mCbor, &b, &Lwm2mPath::ROOT, &|p: &Lwm2mPath| types78.get(p).copied()).unwrap();
+        prop_assert_eq!(back, two);
+    }
+
+    #[test]
+    fn plain_cbor_round_trips(t in any_type().prop_flat_map(value_of)) {
+        let p = Lwm2mPath::resource_instance(9, 1, 2, 3);
+        let ty = t.resource_type();
+        let c = Content::single(p, t);
+        let bytes = encode(ContentFormat::Cbor, &p, &c).unwrap();
+        prop_assert_eq!(decode(ContentFormat::Cbor, &bytes, &p, &|_: &Lwm2mPath| Some(ty)).unwrap(), c);
+    }
+
+    #[test]
     fn text_round_trips(t in any_type().prop_flat_map(value_of)) {
         let p = Lwm2mPath::resource(9, 1, 2);
         let ty = t.resource_type();
@@ -1111,5 +1142,210 @@ fn senml_cbor_limits() {
             index: 0,
             problem: RecordProblem::TooLong
         })
+    );
+}
+
+// ---- LwM2M CBOR ----
+
+#[test]
+fn lwm2m_cbor_key_shapes() {
+    // The same resource /13/26/1 = 42 written every way a key may go (LWM2M 1.2 §7.4.8):
+    // one array key, indefinite lengths, one id per level, arrays of one id per level.
+    let p = Lwm2mPath::resource(13, 26, 1);
+    let want = Content::single(p, V::Integer(42));
+    for h in [
+        "a1 83 0d 18 1a 01 18 2a",
+        "bf 9f 0d 18 1a 01 ff 18 2a ff",
+        "a1 0d a1 18 1a a1 01 18 2a",
+        "bf 0d bf 18 1a bf 01 18 2a ff ff ff",
+        "a1 81 0d a1 81 18 1a a1 81 01 18 2a",
+    ] {
+        let c = decode(ContentFormat::Lwm2mCbor, &hex(h), &p, &|_: &Lwm2mPath| None);
+        assert_eq!(c, Ok(want.clone()), "{h}");
+    }
+    // Two resources, split in different places.
+    let two = Content {
+        values: vec![
+            (Lwm2mPath::resource(13, 26, 1), V::Integer(42)),
+            (Lwm2mPath::resource(13, 26, 2), V::Integer(21)),
+        ],
+    };
+    let inst = Lwm2mPath::instance(13, 26);
+    for h in [
+        "a1 82 0d 18 1a a2 01 18 2a 02 15",
+        "a2 83 0d 18 1a 01 18 2a 83 0d 18 1a 02 15",
+        "a2 82 0d 18 1a a1 01 18 2a 83 0d 18 1a 02 15",
+    ] {
+        let c = decode(
+            ContentFormat::Lwm2mCbor,
+            &hex(h),
+            &inst,
+            &|_: &Lwm2mPath| None,
+        );
+        assert_eq!(c, Ok(two.clone()), "{h}");
+    }
+    // Our encoder writes the first, shortest form.
+    assert_eq!(
+        encode(ContentFormat::Lwm2mCbor, &inst, &two).unwrap(),
+        hex("a1 82 0d 18 1a a2 01 18 2a 02 15")
+    );
+    assert_eq!(
+        encode(ContentFormat::Lwm2mCbor, &p, &want).unwrap(),
+        hex("a1 83 0d 18 1a 01 18 2a")
+    );
+}
+
+#[test]
+fn lwm2m_cbor_values() {
+    let ri = Lwm2mPath::resource_instance(13, 26, 1, 2);
+    let float = |_: &Lwm2mPath| Some(ResourceType::Float);
+    // A decimal fraction 4([-1, 45]) at the deepest nesting.
+    let c = decode(
+        ContentFormat::Lwm2mCbor,
+        &hex("a1 81 0d a1 81 18 1a a1 81 01 a1 81 02 c4 82 20 18 2d"),
+        &ri,
+        &float,
+    );
+    assert_eq!(c, Ok(Content::single(ri, V::Float(4.5))));
+    // null is no value; bytes, text, booleans, object links, time (tag 1).
+    let p = Lwm2mPath::resource(13, 26, 1);
+    let c = decode(
+        ContentFormat::Lwm2mCbor,
+        &hex("a1 83 0d 18 1a 01 a2 02 f6 03 05"),
+        &p,
+        &|_: &Lwm2mPath| None,
+    )
+    .unwrap();
+    assert_eq!(c.values, vec![(p.child(3).unwrap(), V::Integer(5))]);
+    let c = decode(
+        ContentFormat::Lwm2mCbor,
+        &hex("a1 82 03 00 a5 00 63 41 43 4d 0d c1 1a 51 82 42 8f 10 f5 16 63 33 3a 30 0b 42 01 02"),
+        &Lwm2mPath::instance(3, 0),
+        &std_types,
+    )
+    .unwrap();
+    assert_eq!(
+        c.values,
+        vec![
+            (Lwm2mPath::resource(3, 0, 0), V::String("ACM".into())),
+            (Lwm2mPath::resource(3, 0, 13), V::Time(1367491215)),
+            (Lwm2mPath::resource(3, 0, 16), V::Boolean(true)),
+            (Lwm2mPath::resource(3, 0, 22), V::ObjectLink(3, 0)),
+            (Lwm2mPath::resource(3, 0, 11), V::Opaque(vec![1, 2])),
+        ]
+    );
+}
+
+#[test]
+fn lwm2m_cbor_rejects() {
+    let dec = |h: &str| {
+        decode(
+            ContentFormat::Lwm2mCbor,
+            &hex(h),
+            &Lwm2mPath::ROOT,
+            &|_: &Lwm2mPath| None,
+        )
+    };
+    // Not a map; trailing bytes; a text key; five ids; a value above a resource.
+    assert!(matches!(dec("80"), Err(ContentError::Cbor { .. })));
+    assert!(matches!(dec("a0 00"), Err(ContentError::Cbor { .. })));
+    assert!(matches!(dec("a1 61 61 01"), Err(ContentError::Cbor { .. })));
+    assert!(matches!(
+        dec("a1 85 01 01 01 01 01 01"),
+        Err(ContentError::Cbor { .. })
+    ));
+    assert!(matches!(
+        dec("a1 84 01 01 01 01 a1 01 01"),
+        Err(ContentError::Cbor { .. })
+    ));
+    assert!(matches!(
+        dec("a1 82 01 01 05"),
+        Err(ContentError::UnexpectedEntry { .. })
+    ));
+    // The same path twice; a resource with a value and instances.
+    assert_eq!(
+        dec("a2 83 01 00 01 05 83 01 00 01 06"),
+        Err(ContentError::DuplicatePath(Lwm2mPath::resource(1, 0, 1)))
+    );
+    assert_eq!(
+        dec("a2 83 01 00 01 05 84 01 00 01 00 06"),
+        Err(ContentError::ConflictingPaths(Lwm2mPath::resource(1, 0, 1)))
+    );
+    let both = Content {
+        values: vec![
+            (Lwm2mPath::resource(1, 0, 1), V::Integer(5)),
+            (Lwm2mPath::resource_instance(1, 0, 1, 0), V::Integer(6)),
+        ],
+    };
+    assert_eq!(
+        encode(ContentFormat::Lwm2mCbor, &Lwm2mPath::ROOT, &both),
+        Err(ContentError::ConflictingPaths(Lwm2mPath::resource(1, 0, 1)))
+    );
+    // The value bound, at the bound: resource instances of /9/0/1 (and /9/0/2), one
+    // value each; MAX_VALUES of them pass, one more fails.
+    let many = |n: usize| {
+        let first = n.min(40_000);
+        let mut b = hex("a1 82 09 00");
+        b.push(if n > first { 0xa2 } else { 0xa1 });
+        for (rid, count) in [(1u8, first), (2, n - first)] {
+            if count == 0 {
+                continue;
+            }
+            b.extend([rid, 0xba]);
+            b.extend((count as u32).to_be_bytes());
+            for i in 0..count as u32 {
+                b.push(0x19);
+                b.extend((i as u16).to_be_bytes());
+                b.push(0x01);
+            }
+        }
+        b
+    };
+    assert_eq!(dec("a0"), Ok(Content::default()));
+    let at = decode(
+        ContentFormat::Lwm2mCbor,
+        &many(MAX_VALUES),
+        &Lwm2mPath::ROOT,
+        &std_types,
+    );
+    assert_eq!(at.map(|c| c.values.len()), Ok(MAX_VALUES));
+    assert_eq!(
+        decode(
+            ContentFormat::Lwm2mCbor,
+            &many(MAX_VALUES + 1),
+            &Lwm2mPath::ROOT,
+            &std_types
+        ),
+        Err(ContentError::TooManyValues { max: MAX_VALUES })
+    );
+}
+
+#[test]
+fn plain_cbor_single_values() {
+    let p = Lwm2mPath::resource(3, 0, 9);
+    let dec = |h: &str, p: &Lwm2mPath| decode(ContentFormat::Cbor, &hex(h), p, &std_types);
+    assert_eq!(dec("18 64", &p), Ok(Content::single(p, V::Integer(100))));
+    let t = Lwm2mPath::resource(3, 0, 13);
+    assert_eq!(
+        dec("c1 1a 51 82 42 8f", &t),
+        Ok(Content::single(t, V::Time(1367491215)))
+    );
+    assert_eq!(dec("f6", &p), Ok(Content::default()));
+    assert!(matches!(
+        dec("18 64", &Lwm2mPath::instance(3, 0)),
+        Err(ContentError::NotSingleResource { .. })
+    ));
+    assert!(matches!(
+        dec("18 64 00", &p),
+        Err(ContentError::Cbor { .. })
+    ));
+    assert_eq!(
+        encode(
+            ContentFormat::Cbor,
+            &p,
+            &Content::single(p, V::Integer(100))
+        )
+        .unwrap(),
+        hex("18 64")
     );
 }

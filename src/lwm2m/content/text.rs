@@ -3,7 +3,7 @@
 use super::{ContentError, base64url, type_key};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 
-fn single_resource(base: &Lwm2mPath) -> Result<(), ContentError> {
+pub(crate) fn single_resource(base: &Lwm2mPath) -> Result<(), ContentError> {
     if base.depth() < 3 {
         return Err(ContentError::NotSingleResource { path: *base });
     }
@@ -65,7 +65,7 @@ pub(crate) fn decode_opaque(bytes: &[u8], base: &Lwm2mPath) -> Result<Content, C
     ))
 }
 
-fn the_value<'c>(
+pub(crate) fn the_value<'c>(
     base: &Lwm2mPath,
     content: &'c Content,
 ) -> Result<&'c ResourceValue, ContentError> {

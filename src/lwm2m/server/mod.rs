@@ -50,8 +50,9 @@
 //! - **Payload choice and negotiation**: writes of one resource go as text (opaque as
 //!   42), the one format every client speaks, including lwm2m-node-lib. Reads, observes
 //!   and writes of several values use the best format the device takes: of those it
-//!   announced (`ct`), SenML CBOR, SenML JSON, TLV, LwM2M JSON in that order; with no
-//!   `ct`, SenML CBOR, SenML JSON, TLV for an LWM2M 1.1 device and TLV for a 1.0 one
+//!   announced (`ct`), SenML CBOR, LwM2M CBOR, SenML JSON, TLV, LwM2M JSON in that
+//!   order; with no `ct`, SenML CBOR, SenML JSON, TLV for an LWM2M 1.1 device and TLV for
+//!   a 1.0 one
 //!   (a 1.0 device's resource reads carry no Accept). A device that refuses a format
 //!   (4.06 to an Accept, 4.15 to a body) gets the same request again with the next one,
 //!   and is not asked for the refused one again until it registers anew or announces
@@ -1043,8 +1044,9 @@ impl Lwm2mServer {
 
     /// The multi-value formats this device takes, best first.
     ///
-    /// Our order of preference: SenML CBOR (112), SenML JSON (110), TLV (11542, then the
-    /// pre-standard 1542), LwM2M JSON (11543, then 1543): compact and typed first.
+    /// Our order of preference: SenML CBOR (112), LwM2M CBOR (11544), SenML JSON (110),
+    /// TLV (11542, then the pre-standard 1542), LwM2M JSON (11543, then 1543): compact and
+    /// typed first.
     ///
     /// - The device announced formats (`ct`): those of them we decode, in our order; an
     ///   LWM2M 1.0 device also takes TLV, which 1.0 makes mandatory.
@@ -1054,8 +1056,9 @@ impl Lwm2mServer {
     ///   4.06 Not Acceptable / 4.15 Unsupported Content-Format to the next.
     /// - It announced nothing, LWM2M 1.0: TLV.
     fn formats(reg: &Registration) -> Vec<ContentFormat> {
-        const ORDER: [ContentFormat; 6] = [
+        const ORDER: [ContentFormat; 7] = [
             ContentFormat::SenmlCbor,
+            ContentFormat::Lwm2mCbor,
             ContentFormat::SenmlJson,
             ContentFormat::Tlv,
             ContentFormat::OldTlv,
@@ -1087,7 +1090,7 @@ impl Lwm2mServer {
     /// A device refused the format `o` carried (4.06 to its Accept, 4.15 to its body):
     /// remember that and send the same operation again, first in the device's queue, with
     /// the next format. `false` when there was no format of ours to give up (then the
-    /// refusal is the answer). Each retry gives up one more of at most six formats.
+    /// refusal is the answer). Each retry gives up one more of at most seven formats.
     fn fall_back(&mut self, now: Instant, o: &Outstanding) -> bool {
         let Some(format) = o.format else {
             return false;

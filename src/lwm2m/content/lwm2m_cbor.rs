@@ -1,0 +1,367 @@
+//! LwM2M CBOR (11544, LWM2M 1.2 §7.4.8): nested CBOR maps keyed by path ids. A key is one
+//! id (an unsigned integer) or several (an array of them, which shortens a path); a value
+//! is another map one or more levels down, or the value of the resource (instance) its
+//! keys add up to. Paths are absolute: `{[3, 0]: {9: 100, 7: {0: 3800, 1: 5000}}}`.
+//!
+//! Values: integers and floats (a decimal fraction, tag 4, is read as a float), text
+//! (a string, or `"oid:iid"` for an object link), byte strings (opaque), booleans; tag 1
+//! marks a time; other tags are skipped; `null` carries no value and is dropped. The
+//! resolver's type decides where CBOR's own type does not (a text for an integer
+//! resource is parsed).
+//!
+//! Bounds: at most [`MAX_VALUES`] values, paths of at most 4 ids (so maps nest at most 4
+//! deep, well inside [`MAX_CBOR_DEPTH`](super::MAX_CBOR_DEPTH)), text values bounded only
+//! by the payload, the same path twice ([`ContentError::DuplicatePath`]) or a resource
+//! both with a value and with instances ([`ContentError::ConflictingPaths`]) refused.
+//!
+//! The encoder writes the deepest path all values share as one array key, then one
+//! level per id below it, ids in ascending order.
+//!
+//! Plain CBOR (60, LWM2M 1.1 §7.4.5) is one such value alone, for one resource
+//! (instance) at the request path: [`decode_single`] and [`encode_single`].
+
+use super::cbor::{self, Num};
+use super::text::parse_text_value;
+use super::{ContentError, MAX_VALUES, type_key};
+use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
+use minicbor::data::{Tag, Type};
+use minicbor::{Decoder, Encoder};
+use std::collections::HashSet;
+
+/// Tag 1: epoch-based date/time (RFC 8949 §3.4.2).
+const TAG_TIME: u64 = 1;
+/// Tag 4: decimal fraction `[exponent, mantissa]` (RFC 8949 §3.4.4).
+const TAG_DECIMAL: u64 = 4;
+
+struct Walk<'t> {
+    types: &'t dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
+    out: Vec<(Lwm2mPath, ResourceValue)>,
+    seen: HashSet<Lwm2mPath>,
+}
+
+fn path_of(ids: &[u16], d: &Decoder<'_>) -> Result<Lwm2mPath, ContentError> {
+    Lwm2mPath::from_ids(ids).map_err(|_| cbor::malformed(d))
+}
+
+impl Walk<'_> {
+    /// One map whose keys continue the path `prefix`.
+    fn map(&mut self, d: &mut Decoder<'_>, prefix: &[u16]) -> Result<(), ContentError> {
+        let len = match cbor::datatype(d)? {
+            Type::Map | Type::MapIndef => d.map().map_err(|_| cbor::malformed(d))?,
+            _ => return Err(cbor::malformed(d)),
+        };
+        let mut done = 0u64;
+        loop {
+            match len {
+                Some(n) if done == n => break,
+                Some(_) => done += 1,
+                None => {
+                    if cbor::at_break(d)? {
+                        break;
+                    }
+                }
+            }
+            let mut ids = [0u16; 4];
+            ids[..prefix.len()].copy_from_slice(prefix);
+            let depth = self.key(d, &mut ids, prefix.len())?;
+            cbor::untag_except(d, &[TAG_TIME, TAG_DECIMAL])?;
+            match cbor::datatype(d)? {
+                Type::Map | Type::MapIndef if depth < 4 => self.map(d, &ids[..depth])?,
+                Type::Map | Type::MapIndef => return Err(cbor::malformed(d)),
+                _ => self.value(d, &ids[..depth])?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a key (an id or an array of ids) into `ids[at..]`; returns the new depth.
+    fn key(
+        &self,
+        d: &mut Decoder<'_>,
+        ids: &mut [u16; 4],
+        at: usize,
+    ) -> Result<usize, ContentError> {
+        let id = |d: &mut Decoder<'_>| -> Result<u16, ContentError> {
+            match cbor::datatype(d)? {
+                Type::U8 | Type::U16 | Type::U32 | Type::U64 => {
+                    let n = d.u64().map_err(|_| cbor::malformed(d))?;
+                    u16::try_from(n).map_err(|_| cbor::malformed(d))
+                }
+                _ => Err(cbor::malformed(d)),
+            }
+        };
+        match cbor::datatype(d)? {
+            Type::Array | Type::ArrayIndef => {
+                let len = d.array().map_err(|_| cbor::malformed(d))?;
+                let mut depth = at;
+                loop {
+                    match len {
+                        Some(n) if (depth - at) as u64 == n => break,
+                        Some(_) => {}
+                        None => {
+                            if cbor::at_break(d)? {
+                                break;
+                            }
+                        }
+                    }
+                    if depth == 4 {
+                        return Err(cbor::malformed(d));
+                    }
+                    ids[depth] = id(d)?;
+                    depth += 1;
+                }
+                if depth == at {
+                    return Err(cbor::malformed(d));
+                }
+                Ok(depth)
+            }
+            _ if at < 4 => {
+                ids[at] = id(d)?;
+                Ok(at + 1)
+            }
+            _ => Err(cbor::malformed(d)),
+        }
+    }
+
+    fn value(&mut self, d: &mut Decoder<'_>, ids: &[u16]) -> Result<(), ContentError> {
+        let path = path_of(ids, d)?;
+        if path.depth() < 3 {
+            return Err(ContentError::UnexpectedEntry {
+                offset: d.position(),
+                under: path,
+                kind: "value",
+            });
+        }
+        let ty = (self.types)(&type_key(&path));
+        let bad = ContentError::BadValue {
+            path,
+            expected: ty.unwrap_or(ResourceType::None),
+        };
+        let value = match cbor::datatype(d)? {
+            Type::Null | Type::Undefined => {
+                d.skip().map_err(|_| cbor::malformed(d))?;
+                return Ok(());
+            }
+            Type::Tag => {
+                let tag = d.tag().map_err(|_| cbor::malformed(d))?;
+                if tag == Tag::new(TAG_TIME) {
+                    match cbor::number(d)? {
+                        Some(Ok(Num::I(i))) => ResourceValue::Time(i),
+                        Some(Ok(Num::F(x))) if x.fract() == 0.0 && x.abs() < 9.0e15 => {
+                            ResourceValue::Time(x as i64)
+                        }
+                        _ => return Err(bad),
+                    }
+                } else {
+                    let x = decimal(d).ok_or(bad)?;
+                    cbor::number_value(Num::F(x), ty)
+                }
+            }
+            Type::Bool => ResourceValue::Boolean(d.bool().map_err(|_| cbor::malformed(d))?),
+            Type::Bytes | Type::BytesIndef => ResourceValue::Opaque(cbor::bytes(d)?),
+            Type::String | Type::StringIndef => {
+                let s = cbor::text(d, usize::MAX)?.unwrap_or_default();
+                match ty {
+                    None | Some(ResourceType::String) | Some(ResourceType::None) => {
+                        ResourceValue::String(s)
+                    }
+                    Some(t) => parse_text_value(&s, t).ok_or(bad)?,
+                }
+            }
+            _ => match cbor::number(d)? {
+                Some(Ok(n)) => cbor::number_value(n, ty),
+                _ => return Err(bad),
+            },
+        };
+        if !self.seen.insert(path) {
+            return Err(ContentError::DuplicatePath(path));
+        }
+        if self.out.len() >= MAX_VALUES {
+            return Err(ContentError::TooManyValues { max: MAX_VALUES });
+        }
+        self.out.push((path, value));
+        Ok(())
+    }
+}
+
+/// A decimal fraction's `[exponent, mantissa]` as a float (after its tag); `None` when
+/// it is not one.
+fn decimal(d: &mut Decoder<'_>) -> Option<f64> {
+    if d.array().ok()? != Some(2) {
+        return None;
+    }
+    let part = |d: &mut Decoder<'_>| match cbor::number(d).ok()?? {
+        Ok(Num::I(i)) => Some(i),
+        _ => None,
+    };
+    let exp = part(d)?;
+    let mantissa = part(d)?;
+    let exp = i32::try_from(exp).ok()?.clamp(-400, 400);
+    Some(mantissa as f64 * 10f64.powi(exp))
+}
+
+pub(crate) fn decode(
+    bytes: &[u8],
+    _base: &Lwm2mPath,
+    types: &dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
+) -> Result<Content, ContentError> {
+    let mut d = Decoder::new(bytes);
+    let mut walk = Walk {
+        types,
+        out: Vec::new(),
+        seen: HashSet::new(),
+    };
+    walk.map(&mut d, &[])?;
+    if d.position() != bytes.len() {
+        return Err(cbor::malformed(&d));
+    }
+    for (p, _) in &walk.out {
+        if p.depth() == 4
+            && let Some(parent) = p.parent()
+            && walk.seen.contains(&parent)
+        {
+            return Err(ContentError::ConflictingPaths(parent));
+        }
+    }
+    Ok(Content { values: walk.out })
+}
+
+type EncResult = Result<(), minicbor::encode::Error<std::convert::Infallible>>;
+
+fn write_value(e: &mut Encoder<Vec<u8>>, v: &ResourceValue) -> EncResult {
+    match v {
+        ResourceValue::String(s) => {
+            e.str(s)?;
+        }
+        ResourceValue::Integer(i) | ResourceValue::Time(i) => {
+            e.i64(*i)?;
+        }
+        ResourceValue::UnsignedInteger(u) => {
+            e.u64(*u)?;
+        }
+        ResourceValue::Float(x) => cbor::float(e, *x)?,
+        ResourceValue::Boolean(b) => {
+            e.bool(*b)?;
+        }
+        ResourceValue::Opaque(b) => {
+            e.bytes(b)?;
+        }
+        ResourceValue::ObjectLink(o, i) => {
+            e.str(&format!("{o}:{i}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The map of `items` (sorted, unique, all sharing `ids[..depth]`, each longer), one id
+/// per level.
+fn children(
+    e: &mut Encoder<Vec<u8>>,
+    items: &[(&[u16], &ResourceValue)],
+    depth: usize,
+) -> Result<EncResult, ContentError> {
+    let groups: Vec<&[(&[u16], &ResourceValue)]> =
+        items.chunk_by(|a, b| a.0[depth] == b.0[depth]).collect();
+    if let Err(x) = e.map(groups.len() as u64) {
+        return Ok(Err(x));
+    }
+    for g in groups {
+        if let Err(x) = e.u16(g[0].0[depth]) {
+            return Ok(Err(x));
+        }
+        let r = match g {
+            [(ids, v)] if ids.len() == depth + 1 => write_value(e, v),
+            _ => {
+                if let Some((ids, _)) = g.iter().find(|(ids, _)| ids.len() == depth + 1) {
+                    let p = Lwm2mPath::from_ids(ids).unwrap_or(Lwm2mPath::ROOT);
+                    return Err(ContentError::ConflictingPaths(p));
+                }
+                children(e, g, depth + 1)?
+            }
+        };
+        if r.is_err() {
+            return Ok(r);
+        }
+    }
+    Ok(Ok(()))
+}
+
+pub(crate) fn encode(base: &Lwm2mPath, content: &Content) -> Result<Vec<u8>, ContentError> {
+    let mut items: Vec<(&[u16], &ResourceValue)> =
+        content.values.iter().map(|(p, v)| (p.ids(), v)).collect();
+    items.sort_by(|a, b| a.0.cmp(b.0));
+    if let Some(w) = items.windows(2).find(|w| w[0].0 == w[1].0) {
+        let p = Lwm2mPath::from_ids(w[0].0).unwrap_or(Lwm2mPath::ROOT);
+        return Err(ContentError::DuplicatePath(p));
+    }
+    let mut e = Encoder::new(Vec::with_capacity(8 + 12 * items.len()));
+    let unencodable = || ContentError::UnencodableValue { path: *base };
+    let r = match items.as_slice() {
+        [] => e.map(0).map(drop),
+        [(ids, v)] => (|| {
+            e.map(1)?.array(ids.len() as u64)?;
+            for id in ids.iter() {
+                e.u16(*id)?;
+            }
+            write_value(&mut e, v)
+        })(),
+        [first, .., last] => {
+            // The deepest prefix every value lies strictly below: one array key for it,
+            // then one level per id (no shared prefix: the root map itself).
+            let common = first
+                .0
+                .iter()
+                .zip(last.0.iter())
+                .take_while(|(a, b)| a == b)
+                .count();
+            let shortest = items.iter().map(|(ids, _)| ids.len()).min().unwrap_or(0);
+            let prefix = common.min(shortest.saturating_sub(1));
+            if prefix == 0 {
+                children(&mut e, &items, 0)?
+            } else {
+                let head = (|| -> EncResult {
+                    e.map(1)?.array(prefix as u64)?;
+                    for id in &first.0[..prefix] {
+                        e.u16(*id)?;
+                    }
+                    Ok(())
+                })();
+                match head {
+                    Ok(()) => children(&mut e, &items, prefix)?,
+                    Err(x) => Err(x),
+                }
+            }
+        }
+    };
+    r.map_err(|_| unencodable())?;
+    Ok(e.into_writer())
+}
+
+/// Plain CBOR (60): one value for the resource (instance) at `base`.
+pub(crate) fn decode_single(
+    bytes: &[u8],
+    base: &Lwm2mPath,
+    types: &dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
+) -> Result<Content, ContentError> {
+    super::text::single_resource(base)?;
+    let mut d = Decoder::new(bytes);
+    let mut walk = Walk {
+        types,
+        out: Vec::new(),
+        seen: HashSet::new(),
+    };
+    cbor::untag_except(&mut d, &[TAG_TIME, TAG_DECIMAL])?;
+    walk.value(&mut d, base.ids())?;
+    if d.position() != bytes.len() {
+        return Err(cbor::malformed(&d));
+    }
+    Ok(Content { values: walk.out })
+}
+
+/// Plain CBOR (60): the one value at `base`.
+pub(crate) fn encode_single(base: &Lwm2mPath, content: &Content) -> Result<Vec<u8>, ContentError> {
+    let v = super::text::the_value(base, content)?;
+    let mut e = Encoder::new(Vec::with_capacity(16));
+    write_value(&mut e, v).map_err(|_| ContentError::UnencodableValue { path: *base })?;
+    Ok(e.into_writer())
+}
