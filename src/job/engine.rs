@@ -28,7 +28,7 @@ pub const JOB_OP_ID_BASE: u64 = 1 << 63;
 /// | setting | default | what happens at it |
 /// |---|---|---|
 /// | `poll_min` .. `poll_interval` | 1 s .. 30 s | while a firmware download or install runs, `/5/0` is read 1 s after the step began, then after 2, 4, 8, 16 s, then every 30 s: a lost (non-confirmable) notification costs at most that wait |
-/// | `max_resends` | 4 | an operation whose answer the transport gave up on is sent again, this many times per attempt; the next time-out fails the attempt as `timedOut` (then the job's retry rules decide) |
+/// | `max_resends` | 4 | an operation whose answer the transport gave up on is sent again, up to this many times in a row; the next time-out fails the attempt as `timedOut` (then the job's retry rules decide) |
 /// | `reboot_wait` | 5 min | a reboot or factory-reset Execute whose answer was lost is never sent again; the device's next registration counts as the reboot, and without one within this time the attempt fails as `timedOut` |
 /// | `max_object_sets` | 4,096 | distinct sets of announced objects remembered; a device whose set is new beyond it counts as "announcements unknown" (its steps are sent and the device's own answer decides) |
 #[derive(Clone, Debug)]
@@ -39,8 +39,8 @@ pub struct EngineConfig {
     /// The first such read comes this long after the step began; the wait doubles up to
     /// `poll_interval` (default 1 s).
     pub poll_min: Duration,
-    /// How many times per attempt an operation is sent again after the transport timed
-    /// it out (default 4). Sent again: reads, observes, writes (they replace the same
+    /// How many times in a row an operation is sent again after the transport timed it
+    /// out (default 4; the count starts again at every answer the device gives). Sent again: reads, observes, writes (they replace the same
     /// values), the configuration apply, and the firmware Update execute (only after a
     /// read shows the device is still Downloaded). Never sent again: reboot and factory
     /// reset.
@@ -304,7 +304,8 @@ pub(crate) struct Child {
     pub(crate) attempt: u8,
     step: u8,
     flags: u8,
-    /// Operations sent again in this attempt (see [`EngineConfig::max_resends`]).
+    /// Times the current operation was sent again (see [`EngineConfig::max_resends`]);
+    /// back to 0 at every answer.
     resends: u8,
     /// Polls since the current step began (the poll wait doubles with each).
     polls: u8,
@@ -1354,7 +1355,9 @@ impl JobEngine {
             }
             Err(e) => self.fail_attempt(now, c, FailureReason::Rejected(e.clone())),
             Ok(reply) => {
-                self.children[c as usize].flags |= FLAG_TOUCHED;
+                let child = &mut self.children[c as usize];
+                child.flags |= FLAG_TOUCHED;
+                child.resends = 0;
                 self.advance(now, c, reply)
             }
         }

@@ -63,7 +63,7 @@
 //!
 //! Lost messages and restarts, with no retry rule needed (defaults in [`EngineConfig`]):
 //! an operation whose answer the transport gave up on is sent again, up to
-//! `max_resends` (4) times per attempt, when sending it twice is harmless (reads,
+//! `max_resends` (4) times in a row, when sending it twice is harmless (reads,
 //! observes, writes, the configuration apply, a firmware Execute after a read shows the
 //! device still Downloaded); a reboot or factory reset is never executed twice: a
 //! registration after its Execute was sent counts as the reboot, and without one the
