@@ -361,12 +361,11 @@ fn run_script(
                             .insert(path_text.clone(), req.token().as_bytes().to_vec());
                         resp.set_observe(1);
                     }
-                    Some(1) => {
+                    Some(1)
                         if s.tokens.get(&path_text).map(Vec::as_slice)
-                            == Some(req.token().as_bytes())
-                        {
-                            s.tokens.remove(&path_text);
-                        }
+                            == Some(req.token().as_bytes()) =>
+                    {
+                        s.tokens.remove(&path_text);
                     }
                     _ => {}
                 }
