@@ -11,7 +11,8 @@
 //! property sync, a tag query, a JSON filter query and an aggregate query run, and a
 //! firmware-update job takes every device on version 1.0 to 2.0, pulled from a CoAP
 //! package server with block-wise transfer. Progress lines show while it runs; the job's
-//! statistics, the aggregate again, the wall time and the peak memory close the report.
+//! statistics, how long after the last device finished its update the job ended (its
+//! tail), the aggregate again, the wall time and the peak memory close the report.
 //! Exits non-zero if any step of the story does not happen.
 
 use std::sync::Arc;
