@@ -35,7 +35,7 @@ commands:
   config <name> <value> <id|all>   configuration update job
   read <path> <id|all> ...         read device property job (e.g. read /3/0/9 all)
   write <path> <text> <id|all>     write device property job (string value)
-  jobs                             list jobs with their statistics
+  jobs                             list jobs with their statistics and failed devices' reasons
   quit";
 
 fn main() {
@@ -152,6 +152,20 @@ fn command(hub: &Hub, line: &str, words: &[&str], next_job: &mut u32) -> Result<
                     job.job_id, job.kind, job.status, job.status_message
                 );
                 println!("    {:?}", hub.job_statistics(&id));
+                // Every child that failed, with its reason (CoAP code, Update Result,
+                // "object not announced", "device offline", ...).
+                for child in hub
+                    .job_children(&id)
+                    .into_iter()
+                    .filter(|c| c.failure_reason.is_some())
+                {
+                    println!(
+                        "    failed {}: {} ({})",
+                        child.device_id.as_ref().map_or("-", |d| d.as_str()),
+                        child.failure_reason.as_deref().unwrap_or("-"),
+                        child.status_message
+                    );
+                }
             }
         }
         [kind, rest @ ..] => {

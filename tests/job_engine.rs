@@ -2,10 +2,12 @@
 
 use std::time::{Duration, Instant};
 use twinhub::job::{
-    EngineConfig, FailureReason, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobId, JobSpec,
-    JobStatus, JobType,
+    ChildState, EngineConfig, FailureReason, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobId,
+    JobSpec, JobStatus, JobType,
 };
-use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
+use twinhub::transport::{
+    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo,
+};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 fn fw_state(state: i64, result: i64) -> Content {
@@ -213,4 +215,546 @@ fn dry_run_returns_the_frozen_targets_and_rejects_duplicates() {
         engine.dry_run(&dup),
         Err(twinhub::job::SpecError::DuplicateTarget(a))
     );
+}
+
+// ---- Issue #16 findings 7, 8 and 9: restarts, lost messages, shared observations and
+// objects a device did not announce. ----
+
+fn registered(device: &DeviceId, objects: &[Lwm2mPath]) -> DeviceEvent {
+    DeviceEvent::Registered {
+        device: device.clone(),
+        registration: RegistrationInfo {
+            endpoint: device.to_string(),
+            registration_id: "0123456789abcdef".into(),
+            lifetime: 300,
+            lwm2m_version: "1.1".into(),
+            binding: "U".into(),
+            queue_mode: false,
+            objects: objects.to_vec(),
+            address: None,
+        },
+    }
+}
+
+fn all_objects() -> Vec<Lwm2mPath> {
+    vec![
+        Lwm2mPath::instance(1, 0),
+        Lwm2mPath::instance(3, 0),
+        Lwm2mPath::instance(5, 0),
+        Lwm2mPath::instance(10241, 0),
+    ]
+}
+
+fn timed_out(engine: &mut JobEngine, now: Instant, op: &DeviceOp) {
+    engine.handle_event(
+        now,
+        &DeviceEvent::TimedOut {
+            op: op.id,
+            device: op.device.clone(),
+        },
+    );
+}
+
+fn is_write_of(op: &DeviceOp, path: Lwm2mPath) -> bool {
+    matches!(&op.request, DeviceRequest::Write { path: p, .. } if *p == path)
+}
+
+/// An engine with one registered device and one job of `job` on it.
+fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    let id = JobId::new("j").unwrap();
+    engine
+        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
+        .unwrap();
+    (engine, t0, dev, id)
+}
+
+fn fw_job() -> JobType {
+    JobType::FirmwareUpdate {
+        package_uri: "coap://x/2.0".into(),
+        expected_version: None,
+    }
+}
+
+fn reboot_job() -> JobType {
+    JobType::Reboot {
+        wait_for_registration: false,
+    }
+}
+
+fn child_status(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
+    let (state, reason) = engine.child_state(id, dev).unwrap();
+    (state, reason.map(|r| r.code()))
+}
+
+#[test]
+fn a_device_that_restarts_mid_download_gets_the_package_uri_again() {
+    let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), fw_job());
+    let observe = one_op(&mut engine);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let write = one_op(&mut engine);
+    assert!(is_write_of(&write, Lwm2mPath::resource(5, 0, 1)));
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    engine.handle_event(
+        t0,
+        &DeviceEvent::Notification {
+            device: dev.clone(),
+            path: Lwm2mPath::instance(5, 0),
+            content: fw_state(1, 0),
+        },
+    );
+    // The device restarts: it registers again and has forgotten the download.
+    let t1 = t0 + Duration::from_secs(3);
+    engine.handle_event(t1, &registered(&dev, &all_objects()));
+    let resync = one_op(&mut engine);
+    assert_eq!(*resync.request.path(), Lwm2mPath::instance(5, 0));
+    answer(
+        &mut engine,
+        t1,
+        &resync,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let again = one_op(&mut engine);
+    assert!(
+        is_write_of(&again, Lwm2mPath::resource(5, 0, 1)),
+        "the package URI is written again, not {again:?}"
+    );
+    answer(&mut engine, t1, &again, DeviceReply::Done);
+    assert_eq!(
+        child_status(&engine, &id, &dev),
+        (ChildState::InProgress, None)
+    );
+    engine.validate().unwrap();
+}
+
+#[test]
+fn a_restart_that_kept_the_downloaded_package_goes_on_to_install_it() {
+    let (mut engine, t0, dev, _) = one_child(EngineConfig::default(), fw_job());
+    let observe = one_op(&mut engine);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let write = one_op(&mut engine);
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    let resync = one_op(&mut engine);
+    answer(
+        &mut engine,
+        t0,
+        &resync,
+        DeviceReply::Content(fw_state(2, 0)),
+    );
+    let execute = one_op(&mut engine);
+    assert_eq!(
+        execute.request,
+        DeviceRequest::Execute {
+            path: Lwm2mPath::resource(5, 0, 2),
+            args: None
+        }
+    );
+}
+
+#[test]
+fn a_registration_after_the_reboot_execute_counts_as_the_reboot() {
+    let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), reboot_job());
+    let execute = one_op(&mut engine);
+    assert!(matches!(execute.request, DeviceRequest::Execute { .. }));
+    // No answer (the device rebooted before answering); it registers again.
+    engine.handle_event(
+        t0 + Duration::from_secs(5),
+        &registered(&dev, &all_objects()),
+    );
+    assert!(engine.poll_op().is_none(), "the reboot is not repeated");
+    assert_eq!(
+        child_status(&engine, &id, &dev),
+        (ChildState::Succeeded, None)
+    );
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Completed);
+    engine.validate().unwrap();
+}
+
+#[test]
+fn a_lost_reboot_answer_waits_for_the_registration_and_never_executes_twice() {
+    let config = EngineConfig::default();
+    let wait = config.reboot_wait;
+    let (mut engine, t0, dev, id) = one_child(config.clone(), reboot_job());
+    let execute = one_op(&mut engine);
+    let t1 = t0 + Duration::from_secs(93);
+    timed_out(&mut engine, t1, &execute);
+    assert!(engine.poll_op().is_none());
+    engine.handle_event(
+        t1 + Duration::from_secs(30),
+        &registered(&dev, &all_objects()),
+    );
+    assert_eq!(child_status(&engine, &id, &dev).0, ChildState::Succeeded);
+
+    // Without a registration the attempt fails after reboot_wait, well before the
+    // 30-minute device timeout.
+    let (mut engine, t0, dev, id) = one_child(config, reboot_job());
+    let execute = one_op(&mut engine);
+    timed_out(&mut engine, t0 + Duration::from_secs(93), &execute);
+    let at = engine.poll_timeout().unwrap();
+    assert_eq!(at, t0 + Duration::from_secs(93) + wait);
+    engine.handle_timeout(at);
+    assert!(engine.poll_op().is_none());
+    assert_eq!(
+        child_status(&engine, &id, &dev),
+        (ChildState::Failed, Some("timedOut".into()))
+    );
+}
+
+#[test]
+fn steps_in_flight_are_sent_again_when_the_device_registers_again() {
+    let config_job = JobType::ConfigurationUpdate {
+        name: "n".into(),
+        value: "v".into(),
+    };
+    let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), config_job);
+    let write = one_op(&mut engine);
+    assert!(is_write_of(&write, Lwm2mPath::instance(10241, 0)));
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    let _execute = one_op(&mut engine);
+    // A restart while the apply is in flight: the configuration is written again.
+    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    let write2 = one_op(&mut engine);
+    assert!(is_write_of(&write2, Lwm2mPath::instance(10241, 0)));
+    answer(&mut engine, t0, &write2, DeviceReply::Done);
+    let execute2 = one_op(&mut engine);
+    answer(&mut engine, t0, &execute2, DeviceReply::Done);
+    assert_eq!(child_status(&engine, &id, &dev).0, ChildState::Succeeded);
+
+    let read_job = JobType::ReadDeviceProperties {
+        paths: vec![Lwm2mPath::resource(3, 0, 9)],
+    };
+    let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), read_job);
+    let read = one_op(&mut engine);
+    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    let read2 = one_op(&mut engine);
+    assert_eq!(read2.request, read.request);
+    // The old operation's late answer is ignored; the new one completes the child.
+    answer(&mut engine, t0, &read, DeviceReply::Done);
+    assert_eq!(child_status(&engine, &id, &dev).0, ChildState::InProgress);
+    answer(
+        &mut engine,
+        t0,
+        &read2,
+        DeviceReply::Content(Content::single(
+            Lwm2mPath::resource(3, 0, 9),
+            ResourceValue::Integer(50),
+        )),
+    );
+    assert_eq!(child_status(&engine, &id, &dev).0, ChildState::Succeeded);
+}
+
+#[test]
+fn lost_answers_to_idempotent_operations_are_resent_up_to_max_resends() {
+    let config = EngineConfig::default();
+    let max = config.max_resends;
+    let write_job = JobType::WriteDeviceProperties {
+        values: vec![(
+            Lwm2mPath::resource(3, 0, 15),
+            ResourceValue::String("UTC".into()),
+        )],
+    };
+    let (mut engine, t0, dev, id) = one_child(config, write_job);
+    let mut op = one_op(&mut engine);
+    for i in 0..max {
+        timed_out(&mut engine, t0 + Duration::from_secs(10 * i as u64), &op);
+        let again = one_op(&mut engine);
+        assert_eq!(again.request, op.request, "resend {i}");
+        op = again;
+    }
+    // At the bound: the next time-out fails the attempt.
+    timed_out(&mut engine, t0 + Duration::from_secs(100), &op);
+    assert!(engine.poll_op().is_none());
+    assert_eq!(
+        child_status(&engine, &id, &dev),
+        (ChildState::Failed, Some("timedOut".into()))
+    );
+    let record = engine.children(&id).next().unwrap();
+    assert_eq!(record.failure_reason.as_deref(), Some("timedOut"));
+}
+
+#[test]
+fn a_lost_firmware_execute_answer_is_checked_before_it_is_sent_again() {
+    let (mut engine, t0, _dev, _) = one_child(EngineConfig::default(), fw_job());
+    let observe = one_op(&mut engine);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(2, 0)),
+    );
+    // The device already holds a package: written URI first (not written by this job).
+    let write = one_op(&mut engine);
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    let poll_at = engine.poll_timeout().unwrap();
+    assert_eq!(
+        poll_at,
+        t0 + Duration::from_secs(1),
+        "the first poll comes after 1 s"
+    );
+    engine.handle_timeout(poll_at);
+    let poll = one_op(&mut engine);
+    answer(
+        &mut engine,
+        poll_at,
+        &poll,
+        DeviceReply::Content(fw_state(2, 0)),
+    );
+    let execute = one_op(&mut engine);
+    assert!(matches!(execute.request, DeviceRequest::Execute { .. }));
+    timed_out(&mut engine, poll_at, &execute);
+    let check = one_op(&mut engine);
+    assert_eq!(
+        check.request,
+        DeviceRequest::Read {
+            path: Lwm2mPath::instance(5, 0)
+        }
+    );
+    // Still Downloaded: the Execute never arrived, send it again.
+    answer(
+        &mut engine,
+        poll_at,
+        &check,
+        DeviceReply::Content(fw_state(2, 0)),
+    );
+    let execute2 = one_op(&mut engine);
+    assert!(matches!(execute2.request, DeviceRequest::Execute { .. }));
+    // Lost again, but this time the device is Updating: wait, do not execute twice.
+    timed_out(&mut engine, poll_at, &execute2);
+    let check2 = one_op(&mut engine);
+    answer(
+        &mut engine,
+        poll_at,
+        &check2,
+        DeviceReply::Content(fw_state(3, 0)),
+    );
+    assert!(engine.poll_op().is_none());
+}
+
+#[test]
+fn polls_back_off_from_poll_min_to_poll_interval() {
+    let (mut engine, t0, _dev, _) = one_child(EngineConfig::default(), fw_job());
+    let observe = one_op(&mut engine);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let write = one_op(&mut engine);
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    let mut gaps = Vec::new();
+    let mut last = t0;
+    for _ in 0..7 {
+        let at = engine.poll_timeout().unwrap();
+        gaps.push((at - last).as_secs());
+        last = at;
+        engine.handle_timeout(at);
+        let read = one_op(&mut engine);
+        answer(&mut engine, at, &read, DeviceReply::Content(fw_state(1, 0)));
+    }
+    assert_eq!(gaps, vec![1, 2, 4, 8, 16, 30, 30]);
+}
+
+#[test]
+fn a_firmware_job_follows_the_hosts_observation_instead_of_observing_again() {
+    let config = EngineConfig {
+        host_observes: vec![Lwm2mPath::instance(3, 0), Lwm2mPath::instance(5, 0)],
+        ..EngineConfig::default()
+    };
+    let (mut engine, t0, dev, id) = one_child(config, fw_job());
+    let mut sent = Vec::new();
+    let first = one_op(&mut engine);
+    assert_eq!(
+        first.request,
+        DeviceRequest::Read {
+            path: Lwm2mPath::instance(5, 0)
+        }
+    );
+    sent.push(first.request.clone());
+    answer(
+        &mut engine,
+        t0,
+        &first,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let write = one_op(&mut engine);
+    sent.push(write.request.clone());
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    // The host's observation notifies; the engine follows it.
+    let notify = |engine: &mut JobEngine, content| {
+        engine.handle_event(
+            t0,
+            &DeviceEvent::Notification {
+                device: dev.clone(),
+                path: Lwm2mPath::instance(5, 0),
+                content,
+            },
+        )
+    };
+    notify(&mut engine, fw_state(2, 0));
+    let execute = one_op(&mut engine);
+    sent.push(execute.request.clone());
+    answer(&mut engine, t0, &execute, DeviceReply::Done);
+    notify(&mut engine, fw_state(0, 1));
+    let verify = one_op(&mut engine);
+    sent.push(verify.request.clone());
+    answer(
+        &mut engine,
+        t0,
+        &verify,
+        DeviceReply::Content(Content::single(
+            Lwm2mPath::resource(3, 0, 3),
+            ResourceValue::String("2.0".into()),
+        )),
+    );
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Completed);
+    sent.extend(std::iter::from_fn(|| engine.poll_op()).map(|op| op.request));
+    assert!(
+        !sent.iter().any(|r| matches!(
+            r,
+            DeviceRequest::Observe { .. } | DeviceRequest::CancelObserve { .. }
+        )),
+        "the job neither observes nor cancels: {sent:?}"
+    );
+}
+
+#[test]
+fn a_step_for_an_object_the_device_did_not_announce_fails_at_once() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
+    let plain = DeviceId::new("plain").unwrap();
+    let unknown = DeviceId::new("never-registered").unwrap();
+    engine.handle_event(
+        t0,
+        &registered(
+            &plain,
+            &[Lwm2mPath::instance(1, 0), Lwm2mPath::instance(3, 0)],
+        ),
+    );
+    let id = JobId::new("cfg").unwrap();
+    let job = JobType::ConfigurationUpdate {
+        name: "n".into(),
+        value: "v".into(),
+    };
+    engine
+        .create(
+            t0,
+            JobSpec::new(id.clone(), job, vec![plain.clone(), unknown.clone()]),
+        )
+        .unwrap();
+    // Nothing is sent to `plain`; the device whose announcements are unknown gets the write.
+    let op = one_op(&mut engine);
+    assert_eq!(op.device, unknown);
+    assert_eq!(
+        child_status(&engine, &id, &plain),
+        (ChildState::Failed, Some("objectNotAnnounced:10241".into()))
+    );
+    let record = engine
+        .children(&id)
+        .find(|r| r.device_id.as_ref() == Some(&plain))
+        .unwrap();
+    assert_eq!(
+        record.failure_reason.as_deref(),
+        Some("objectNotAnnounced:10241")
+    );
+    assert!(
+        record.status_message.contains("/10241 not announced"),
+        "{}",
+        record.status_message
+    );
+    // A firmware job on it fails the same way, for /5.
+    let fw = JobId::new("fw").unwrap();
+    engine
+        .create(t0, JobSpec::new(fw.clone(), fw_job(), vec![plain.clone()]))
+        .unwrap();
+    assert_eq!(
+        child_status(&engine, &fw, &plain),
+        (ChildState::Failed, Some("objectNotAnnounced:5".into()))
+    );
+    // The device's own refusal carries its CoAP code.
+    engine.handle_event(
+        t0,
+        &DeviceEvent::Response {
+            op: op.id,
+            device: unknown.clone(),
+            result: Err(DeviceError::NotFound),
+        },
+    );
+    assert_eq!(
+        child_status(&engine, &id, &unknown),
+        (ChildState::Failed, Some("rejected:4.04".into()))
+    );
+    engine.validate().unwrap();
+}
+
+#[test]
+fn many_devices_without_the_object_fail_without_deep_recursion() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
+    let devices: Vec<DeviceId> = (0..20_000)
+        .map(|i| DeviceId::new(&format!("d{i}")).unwrap())
+        .collect();
+    for d in &devices {
+        engine.handle_event(t0, &registered(d, &[Lwm2mPath::instance(3, 0)]));
+    }
+    let id = JobId::new("cfg").unwrap();
+    let job = JobType::ConfigurationUpdate {
+        name: "n".into(),
+        value: "v".into(),
+    };
+    engine
+        .create(t0, JobSpec::new(id.clone(), job, devices))
+        .unwrap();
+    assert!(engine.poll_op().is_none());
+    let stats = engine.statistics(&id).unwrap();
+    assert_eq!(stats.failed, 20_000);
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Failed);
+}
+
+#[test]
+fn announced_object_sets_are_shared_and_bounded() {
+    let t0 = Instant::now();
+    let config = EngineConfig {
+        max_object_sets: 2,
+        ..EngineConfig::default()
+    };
+    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
+    let sets: [&[Lwm2mPath]; 3] = [
+        &[Lwm2mPath::instance(3, 0)],
+        &[Lwm2mPath::instance(3, 0), Lwm2mPath::instance(4, 0)],
+        &[Lwm2mPath::instance(3, 0), Lwm2mPath::instance(6, 0)],
+    ];
+    for i in 0..100 {
+        let d = DeviceId::new(&format!("a{i}")).unwrap();
+        engine.handle_event(t0, &registered(&d, sets[i % 2]));
+    }
+    assert_eq!(engine.object_set_count(), 2);
+    // A third distinct set is past the bound: that device counts as unknown, so its
+    // step is sent and the device's answer decides.
+    let third = DeviceId::new("third").unwrap();
+    engine.handle_event(t0, &registered(&third, sets[2]));
+    assert_eq!(engine.object_set_count(), 2);
+    let id = JobId::new("cfg").unwrap();
+    let job = JobType::ConfigurationUpdate {
+        name: "n".into(),
+        value: "v".into(),
+    };
+    engine
+        .create(t0, JobSpec::new(id.clone(), job, vec![third.clone()]))
+        .unwrap();
+    assert_eq!(one_op(&mut engine).device, third);
 }

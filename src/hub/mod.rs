@@ -83,9 +83,10 @@ use std::time::{Duration, Instant};
 pub struct PropertySync {
     /// What to observe when a device registers (only what lies in an object instance it
     /// announces). Default: `/3/0` (Device), `/1/0` (Server), `/5/0` (Firmware Update):
-    /// every preview device property lives there. A firmware-update job observes `/5/0`
-    /// too and cancels its observation when it ends; a cancel ends the newest observation
-    /// of a path, so the hub's older sync observation keeps notifying.
+    /// every preview device property lives there. Jobs never observe a path listed here
+    /// a second time: a firmware-update job reads `/5/0` and follows the sync
+    /// observation's notifications ([`EngineConfig::host_observes`]), so a device that
+    /// keeps one observation per path keeps the hub's.
     pub paths: Vec<Lwm2mPath>,
     /// Attributes written before observing. The preview used pmin 5 min and pmax 6 h;
     /// the default here is pmin 1 s and pmax 1 h, because a twin that lags minutes behind
@@ -259,7 +260,17 @@ impl Hub {
         (local_addr, udp): (Option<SocketAddr>, Option<UdpServer>),
         provisioned: Arc<AutoProvisioned>,
     ) -> Hub {
-        let jobs = JobEngine::new(config.jobs.clone(), Instant::now(), Timestamp::now());
+        // The job engine follows the sync observations instead of observing the same
+        // paths a second time (a device may keep one observation per path).
+        let mut jobs_config = config.jobs.clone();
+        if let Some(sync) = &config.sync {
+            for path in &sync.paths {
+                if !jobs_config.host_observes.contains(path) {
+                    jobs_config.host_observes.push(*path);
+                }
+            }
+        }
+        let jobs = JobEngine::new(jobs_config, Instant::now(), Timestamp::now());
         let inner = Arc::new(Inner {
             registry,
             jobs: Mutex::new(jobs),

@@ -22,11 +22,42 @@ use std::time::{Duration, Instant};
 pub const JOB_OP_ID_BASE: u64 = 1 << 63;
 
 /// Engine-wide settings.
+///
+/// The defaults that decide how an attempt survives lost messages and restarts:
+///
+/// | setting | default | what happens at it |
+/// |---|---|---|
+/// | `poll_min` .. `poll_interval` | 1 s .. 30 s | while a firmware download or install runs, `/5/0` is read 1 s after the step began, then after 2, 4, 8, 16 s, then every 30 s: a lost (non-confirmable) notification costs at most that wait |
+/// | `max_resends` | 4 | an operation whose answer the transport gave up on is sent again, up to this many times in a row; the next time-out fails the attempt as `timedOut` (then the job's retry rules decide) |
+/// | `reboot_wait` | 5 min | a reboot or factory-reset Execute whose answer was lost is never sent again; the device's next registration counts as the reboot, and without one within this time the attempt fails as `timedOut` |
+/// | `max_object_sets` | 4,096 | distinct sets of announced objects remembered; a device whose set is new beyond it counts as "announcements unknown" (its steps are sent and the device's own answer decides) |
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// While waiting for a firmware download or install, the engine reads `/5/0` this
-    /// often, in case a notification was lost (default 30 s).
+    /// While waiting for a firmware download or install, the engine reads `/5/0` at most
+    /// this far apart, in case a notification was lost (default 30 s).
     pub poll_interval: Duration,
+    /// The first such read comes this long after the step began; the wait doubles up to
+    /// `poll_interval` (default 1 s).
+    pub poll_min: Duration,
+    /// How many times in a row an operation is sent again after the transport timed it
+    /// out (default 4; the count starts again at every answer the device gives). Sent again: reads, observes, writes (they replace the same
+    /// values), the configuration apply, and the firmware Update execute (only after a
+    /// read shows the device is still Downloaded). Never sent again: reboot and factory
+    /// reset.
+    pub max_resends: u8,
+    /// How long a reboot or factory reset whose Execute answer was lost waits for the
+    /// device's registration before the attempt fails as `timedOut` (default 5 min).
+    pub reboot_wait: Duration,
+    /// Paths the host (the hub's property sync) observes on every device that announced
+    /// them. A firmware job does not observe `/5/0` itself when a path here covers it: it
+    /// reads `/5/0` and follows the notifications of the host's observation (which the
+    /// host passes to [`JobEngine::handle_event`] like every event). A device that keeps
+    /// one observation per path then never loses the host's token. Default: none (the
+    /// engine observes `/5/0` itself and cancels that observation when the child ends).
+    pub host_observes: Vec<Lwm2mPath>,
+    /// Most distinct sets of announced objects the engine remembers (default 4,096).
+    /// Devices share a set when they announce the same objects.
+    pub max_object_sets: usize,
     /// The first operation id the engine allocates ([`JOB_OP_ID_BASE`] by default); it
     /// counts up from there.
     pub op_id_base: u64,
@@ -59,6 +90,11 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             poll_interval: Duration::from_secs(30),
+            poll_min: Duration::from_secs(1),
+            max_resends: 4,
+            reboot_wait: Duration::from_secs(300),
+            host_observes: Vec::new(),
+            max_object_sets: 4096,
             op_id_base: JOB_OP_ID_BASE,
             firmware_states: FirmwareStates::default(),
         }
@@ -248,12 +284,18 @@ const FW_AWAIT_DOWNLOAD: u8 = 2;
 const FW_EXECUTE: u8 = 3;
 const FW_AWAIT_UPDATE: u8 = 4;
 const FW_VERIFY: u8 = 5;
+/// Read `/5/0` to learn where the device is (instead of observing it).
+const FW_SYNC: u8 = 6;
 
 const FLAG_URI_WRITTEN: u8 = 1;
 const FLAG_EXECUTED: u8 = 2;
 const FLAG_OBSERVING: u8 = 4;
 /// The device answered at least once in this attempt.
 const FLAG_TOUCHED: u8 = 8;
+/// The Execute of this attempt (firmware Update, reboot, factory reset) was sent.
+const FLAG_EXECUTE_SENT: u8 = 16;
+/// The package URI was written before the device registered again (a restart).
+const FLAG_URI_BEFORE_RESTART: u8 = 32;
 
 pub(crate) struct Child {
     pub(crate) device: DeviceId,
@@ -262,6 +304,11 @@ pub(crate) struct Child {
     pub(crate) attempt: u8,
     step: u8,
     flags: u8,
+    /// Times the current operation was sent again (see [`EngineConfig::max_resends`]);
+    /// back to 0 at every answer.
+    resends: u8,
+    /// Polls since the current step began (the poll wait doubles with each).
+    polls: u8,
     op: Option<OpId>,
     deadline: Option<Instant>,
     next_poll: Option<Instant>,
@@ -292,7 +339,14 @@ pub struct JobEngine {
     blocked: FxHashMap<DeviceId, VecDeque<u32>>,
     offline: FxHashSet<DeviceId>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
-    polls: VecDeque<(Instant, u32)>,
+    polls: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Children whose step addresses an object their device did not announce:
+    /// `(child, attempt, object)`, failed before the current input returns.
+    refused: VecDeque<(u32, u8, u16)>,
+    /// Announced object ids per registered device, as an index into `object_sets`.
+    announced: FxHashMap<DeviceId, u32>,
+    object_sets: Vec<Box<[u16]>>,
+    object_set_ids: FxHashMap<Box<[u16]>, u32>,
     active: BTreeSet<u32>,
     outbox: VecDeque<DeviceOp>,
     twin_updates: VecDeque<TwinUpdate>,
@@ -328,7 +382,11 @@ impl JobEngine {
             blocked: FxHashMap::default(),
             offline: FxHashSet::default(),
             timers: BinaryHeap::new(),
-            polls: VecDeque::new(),
+            polls: BinaryHeap::new(),
+            refused: VecDeque::new(),
+            announced: FxHashMap::default(),
+            object_sets: Vec::new(),
+            object_set_ids: FxHashMap::default(),
             active: BTreeSet::new(),
             outbox: VecDeque::new(),
             twin_updates: VecDeque::new(),
@@ -462,6 +520,8 @@ impl JobEngine {
                 attempt: 0,
                 step: 0,
                 flags: 0,
+                resends: 0,
+                polls: 0,
                 op: None,
                 deadline: None,
                 next_poll: None,
@@ -505,6 +565,7 @@ impl JobEngine {
         } else {
             self.timers.push(Reverse((start_at, Timer::JobStart(p))));
         }
+        self.fail_refused(now);
         Ok(())
     }
 
@@ -560,13 +621,21 @@ impl JobEngine {
                     self.on_op_timeout(now, c);
                 }
             }
-            DeviceEvent::Registered { device, .. } => {
+            DeviceEvent::Registered {
+                device,
+                registration,
+            } => {
                 self.offline.remove(device);
+                self.remember_objects(device, &registration.objects);
                 if let Some(&c) = self.holders.get(device) {
                     self.on_registered(now, c);
                 }
             }
-            DeviceEvent::RegistrationUpdated { device, .. } => {
+            DeviceEvent::RegistrationUpdated {
+                device,
+                registration,
+            } => {
+                self.remember_objects(device, &registration.objects);
                 if self.offline.remove(device)
                     && let Some(&c) = self.holders.get(device)
                     && self.children[c as usize].state == ChildState::WaitingForDevice
@@ -576,6 +645,7 @@ impl JobEngine {
             }
             DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
                 self.offline.insert(device.clone());
+                self.announced.remove(device);
                 if let Some(&c) = self.holders.get(device) {
                     self.on_offline(now, c);
                 }
@@ -589,6 +659,7 @@ impl JobEngine {
             }
             _ => {}
         }
+        self.fail_refused(now);
     }
 
     /// Runs every timer due at `now`: scheduled starts, per-device timeouts, retries,
@@ -601,11 +672,11 @@ impl JobEngine {
             self.timers.pop();
             self.on_timer(at.max(now), timer);
         }
-        while let Some(&(at, c)) = self.polls.front() {
+        while let Some(&Reverse((at, c))) = self.polls.peek() {
             if at > now {
                 break;
             }
-            self.polls.pop_front();
+            self.polls.pop();
             self.on_poll(now, c, at);
         }
         let active: Vec<u32> = self.active.iter().copied().collect();
@@ -618,6 +689,50 @@ impl JobEngine {
                 self.on_deadline(now, c, attempt, at);
             }
         }
+        self.fail_refused(now);
+    }
+
+    /// Remembers the objects a device announced (shared sets, at most
+    /// [`EngineConfig::max_object_sets`] distinct ones; past that the device's
+    /// announcements count as unknown).
+    fn remember_objects(&mut self, device: &DeviceId, objects: &[Lwm2mPath]) {
+        let mut ids: Vec<u16> = objects.iter().filter_map(|p| p.object_id()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let set = match self.object_set_ids.get(ids.as_slice()) {
+            Some(&i) => i,
+            None if self.object_sets.len() < self.config.max_object_sets => {
+                let i = self.object_sets.len() as u32;
+                let ids: Box<[u16]> = ids.into();
+                self.object_sets.push(ids.clone());
+                self.object_set_ids.insert(ids, i);
+                i
+            }
+            None => {
+                self.announced.remove(device);
+                return;
+            }
+        };
+        match self.announced.get_mut(device) {
+            Some(s) => *s = set,
+            None => {
+                self.announced.insert(device.clone(), set);
+            }
+        }
+    }
+
+    /// Whether the device announced `object` in its registration: `false` only when its
+    /// announcements are known and lack the object.
+    fn may_have(&self, device: &DeviceId, object: u16) -> bool {
+        self.announced
+            .get(device)
+            .is_none_or(|&s| self.object_sets[s as usize].binary_search(&object).is_ok())
+    }
+
+    /// Distinct sets of announced objects the engine holds (at most
+    /// [`EngineConfig::max_object_sets`]).
+    pub fn object_set_count(&self) -> usize {
+        self.object_sets.len()
     }
 
     // ---- poll_* ----
@@ -641,7 +756,7 @@ impl JobEngine {
                 best = Some(best.map_or(t, |b| b.min(t)));
             }
         };
-        consider(self.polls.front().map(|(at, _)| *at));
+        consider(self.polls.peek().map(|Reverse((at, _))| *at));
         for &p in &self.active {
             consider(
                 self.parents[p as usize]
@@ -824,6 +939,8 @@ impl JobEngine {
                 child.attempt = child.attempt.saturating_add(1);
                 child.step = 0;
                 child.flags = 0;
+                child.resends = 0;
+                child.polls = 0;
                 if self.offline.contains(&child.device) {
                     self.child_apply(now, c, ChildEvent::RetryDueOffline);
                 } else if self.child_apply(now, c, ChildEvent::RetryDue) {
@@ -983,6 +1100,8 @@ impl JobEngine {
         child.attempt = 1;
         child.step = 0;
         child.flags = 0;
+        child.resends = 0;
+        child.polls = 0;
         if self.offline.contains(&child.device) {
             self.child_apply(now, c, ChildEvent::StartOffline);
         } else if self.child_apply(now, c, ChildEvent::Start) {
@@ -1065,9 +1184,15 @@ impl JobEngine {
     fn schedule_poll(&mut self, now: Instant, c: u32) {
         let child = &mut self.children[c as usize];
         if child.next_poll.is_none() {
-            let at = now + self.config.poll_interval;
+            let wait = self
+                .config
+                .poll_min
+                .saturating_mul(1 << child.polls.min(20))
+                .min(self.config.poll_interval);
+            child.polls = child.polls.saturating_add(1);
+            let at = now + wait;
             child.next_poll = Some(at);
-            self.polls.push_back((at, c));
+            self.polls.push(Reverse((at, c)));
         }
     }
 
@@ -1077,9 +1202,15 @@ impl JobEngine {
             return;
         }
         child.next_poll = None;
-        if child.state != ChildState::InProgress
-            || !matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE)
-        {
+        if child.state != ChildState::InProgress {
+            return;
+        }
+        let kind = self.parents[child.parent as usize].kind();
+        if matches!(kind, JobKind::RebootDevice | JobKind::FactoryResetDevice) {
+            // reboot_wait ran out with no registration after a lost Execute answer.
+            return self.fail_attempt(now, c, FailureReason::TimedOut);
+        }
+        if !matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE) {
             return;
         }
         if child.op.is_none() {
@@ -1147,7 +1278,10 @@ impl JobEngine {
                 }
             }
             JobType::FirmwareUpdate { package_uri, .. } => match step {
-                FW_OBSERVE => DeviceRequest::Observe {
+                FW_OBSERVE if !self.host_observes_firmware() => DeviceRequest::Observe {
+                    path: Lwm2mPath::instance(5, 0),
+                },
+                FW_OBSERVE | FW_SYNC => DeviceRequest::Read {
                     path: Lwm2mPath::instance(5, 0),
                 },
                 FW_WRITE_URI => DeviceRequest::Write {
@@ -1171,7 +1305,36 @@ impl JobEngine {
                 }
             },
         };
+        if let Some(object) = request.path().object_id()
+            && !self.may_have(&self.children[c as usize].device, object)
+        {
+            // Failed by `fail_refused` before the caller's call returns (a queue, so a
+            // rollout over many such devices does not recurse once per child).
+            let attempt = self.children[c as usize].attempt;
+            self.refused.push_back((c, attempt, object));
+            return;
+        }
+        if matches!(request, DeviceRequest::Execute { .. }) {
+            self.children[c as usize].flags |= FLAG_EXECUTE_SENT;
+        }
         self.submit(c, request);
+    }
+
+    /// Fails the children `drive` found addressing an object their device did not
+    /// announce (in a loop: failing one may start the next, which may be refused too).
+    fn fail_refused(&mut self, now: Instant) {
+        while let Some((c, attempt, object)) = self.refused.pop_front() {
+            let child = &self.children[c as usize];
+            if child.state == ChildState::InProgress && child.attempt == attempt {
+                self.fail_attempt(now, c, FailureReason::NotAnnounced { object });
+            }
+        }
+    }
+
+    /// Whether the host observes `/5/0` for every device that announced it.
+    fn host_observes_firmware(&self) -> bool {
+        let fw = Lwm2mPath::instance(5, 0);
+        self.config.host_observes.iter().any(|p| p.contains(&fw))
     }
 
     fn on_response(&mut self, now: Instant, c: u32, result: &Result<DeviceReply, DeviceError>) {
@@ -1192,39 +1355,46 @@ impl JobEngine {
             }
             Err(e) => self.fail_attempt(now, c, FailureReason::Rejected(e.clone())),
             Ok(reply) => {
-                self.children[c as usize].flags |= FLAG_TOUCHED;
+                let child = &mut self.children[c as usize];
+                child.flags |= FLAG_TOUCHED;
+                child.resends = 0;
                 self.advance(now, c, reply)
             }
         }
     }
 
     fn on_op_timeout(&mut self, now: Instant, c: u32) {
-        let child = &self.children[c as usize];
+        let child = &mut self.children[c as usize];
         if child.state != ChildState::InProgress {
             return;
         }
         let kind = self.parents[child.parent as usize].kind();
-        // Reads and observes are idempotent: send them again (the per-device timeout
-        // bounds this). Writes and executes fail the attempt; retry rules decide.
-        let repeat = match kind {
-            JobKind::ReadDeviceProperties => true,
-            JobKind::FirmwareUpdate => matches!(
-                child.step,
-                FW_OBSERVE | FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE | FW_VERIFY
-            ),
-            _ => false,
-        };
-        if repeat {
-            if matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE)
-                && kind == JobKind::FirmwareUpdate
+        match kind {
+            JobKind::RebootDevice | JobKind::FactoryResetDevice => {
+                // Never sent twice: wait for the registration that proves the reboot.
+                child.step = 1;
+                let at = now + self.config.reboot_wait;
+                child.next_poll = Some(at);
+                self.polls.push(Reverse((at, c)));
+                return;
+            }
+            JobKind::FirmwareUpdate
+                if matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE) =>
             {
                 // The poll chain sends the next read.
                 return;
             }
-            self.drive(now, c);
-        } else {
-            self.fail_attempt(now, c, FailureReason::TimedOut);
+            _ => {}
         }
+        if child.resends >= self.config.max_resends {
+            return self.fail_attempt(now, c, FailureReason::TimedOut);
+        }
+        child.resends += 1;
+        if kind == JobKind::FirmwareUpdate && child.step == FW_EXECUTE {
+            // Did the Execute arrive? The device's State tells (see firmware_content).
+            child.step = FW_SYNC;
+        }
+        self.drive(now, c);
     }
 
     fn advance(&mut self, now: Instant, c: u32, reply: &DeviceReply) {
@@ -1271,11 +1441,11 @@ impl JobEngine {
             JobType::FirmwareUpdate {
                 expected_version, ..
             } => match step {
-                FW_OBSERVE | FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE => {
+                FW_OBSERVE | FW_SYNC | FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE => {
                     let DeviceReply::Content(content) = reply else {
                         return self.bad_payload(now, c, "observe answered without content");
                     };
-                    if step == FW_OBSERVE {
+                    if step == FW_OBSERVE && !self.host_observes_firmware() {
                         self.children[c as usize].flags |= FLAG_OBSERVING;
                     }
                     self.firmware_content(now, c, content);
@@ -1284,12 +1454,16 @@ impl JobEngine {
                     let child = &mut self.children[c as usize];
                     child.flags |= FLAG_URI_WRITTEN;
                     child.step = FW_AWAIT_DOWNLOAD;
+                    child.polls = 0;
+                    child.next_poll = None;
                     self.schedule_poll(now, c);
                 }
                 FW_EXECUTE => {
                     let child = &mut self.children[c as usize];
                     child.flags |= FLAG_EXECUTED;
                     child.step = FW_AWAIT_UPDATE;
+                    child.polls = 0;
+                    child.next_poll = None;
                     self.schedule_poll(now, c);
                 }
                 _ => {
@@ -1352,13 +1526,11 @@ impl JobEngine {
             return;
         };
         let result = int(5);
-        let child = &self.children[c as usize];
-        let (written, executed) = (
-            child.flags & FLAG_URI_WRITTEN != 0,
-            child.flags & FLAG_EXECUTED != 0,
-        );
+        let flags = self.children[c as usize].flags;
+        let written = flags & FLAG_URI_WRITTEN != 0;
+        let executed = flags & FLAG_EXECUTED != 0;
         let failed = result.filter(|r| (2..=255).contains(r));
-        let next = if executed {
+        let next = if executed || flags & FLAG_EXECUTE_SENT != 0 {
             match (state, result) {
                 (0, Some(1)) => FW_VERIFY,
                 (_, Some(r)) if failed.is_some() => {
@@ -1367,6 +1539,13 @@ impl JobEngine {
                         c,
                         FailureReason::FirmwareUpdateFailed { result: r as u8 },
                     );
+                }
+                // The Execute was sent but its answer never came, and the device is
+                // still Downloaded: the Execute did not arrive. Send it again.
+                (2, _) if !executed => FW_EXECUTE,
+                (3, _) => {
+                    self.children[c as usize].flags |= FLAG_EXECUTED;
+                    FW_AWAIT_UPDATE
                 }
                 (0, None) => {
                     // A State-only notification: read the whole instance to see the result.
@@ -1394,12 +1573,25 @@ impl JobEngine {
                 }
                 _ => FW_AWAIT_DOWNLOAD,
             }
+        } else if flags & FLAG_URI_BEFORE_RESTART != 0 && matches!(state, 1 | 2) {
+            // The device registered again after the URI was written and kept (or resumed)
+            // the download: follow it rather than restart it.
+            self.children[c as usize].flags |= FLAG_URI_WRITTEN;
+            if state == 2 {
+                FW_EXECUTE
+            } else {
+                FW_AWAIT_DOWNLOAD
+            }
         } else {
             FW_WRITE_URI
         };
         let child = &mut self.children[c as usize];
         let before = child.step;
         child.step = next;
+        if before != next {
+            child.polls = 0;
+            child.next_poll = None;
+        }
         match next {
             FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE => self.schedule_poll(now, c),
             _ if before != next || self.children[c as usize].op.is_none() => self.drive(now, c),
@@ -1424,44 +1616,58 @@ impl JobEngine {
             ChildState::WaitingForDevice if self.child_apply(now, c, ChildEvent::DeviceOnline) => {
                 self.resume(now, c);
             }
-            ChildState::InProgress => {
-                let child = &mut self.children[c as usize];
-                let kind = self.parents[child.parent as usize].kind();
-                match kind {
-                    JobKind::RebootDevice | JobKind::FactoryResetDevice if child.step == 1 => {
-                        self.succeed(now, c)
-                    }
-                    JobKind::FirmwareUpdate => {
-                        // A new registration drops observations: observe again and re-sync.
-                        child.flags &= !FLAG_OBSERVING;
-                        child.step = FW_OBSERVE;
-                        child.next_poll = None;
-                        self.drive(now, c);
-                    }
-                    _ => {}
-                }
-            }
+            ChildState::InProgress => self.redo_step(now, c),
             _ => {}
         }
     }
 
     fn resume(&mut self, now: Instant, c: u32) {
         self.arm_deadline(now, c);
+        self.redo_step(now, c);
+    }
+
+    /// The device registered (again) while the child waited on it: it may have restarted
+    /// and lost what it was doing, and the operation in flight may be lost with it. Per
+    /// job type:
+    ///
+    /// - reboot / factory reset: once the Execute was sent, the registration is the proof
+    ///   that the device rebooted: success, never a second Execute;
+    /// - firmware update: re-synchronise from `/5/0`. Before Update was executed, a
+    ///   download the device lost (State Idle) starts again: the package URI is written
+    ///   again; a package that survived (State Downloaded) is installed; a download the
+    ///   device resumed by itself (State Downloading) is followed. After Update was
+    ///   executed, the registration is the expected reboot into the new image;
+    /// - configuration update and write properties: start again from the first write
+    ///   (both are idempotent, and a restart may have lost earlier writes);
+    /// - read properties: read the current path again.
+    fn redo_step(&mut self, now: Instant, c: u32) {
         let child = &mut self.children[c as usize];
-        match self.parents[child.parent as usize].kind() {
-            JobKind::RebootDevice | JobKind::FactoryResetDevice if child.step == 1 => {
-                self.succeed(now, c)
+        let kind = self.parents[child.parent as usize].kind();
+        match kind {
+            JobKind::RebootDevice | JobKind::FactoryResetDevice => {
+                if child.step == 1 || child.flags & FLAG_EXECUTE_SENT != 0 {
+                    self.succeed(now, c);
+                } else {
+                    self.drive(now, c);
+                }
             }
             JobKind::FirmwareUpdate => {
+                // A new registration drops observations: observe (or read) again.
                 child.flags &= !FLAG_OBSERVING;
+                if child.flags & (FLAG_EXECUTE_SENT | FLAG_URI_WRITTEN) == FLAG_URI_WRITTEN {
+                    child.flags &= !FLAG_URI_WRITTEN;
+                    child.flags |= FLAG_URI_BEFORE_RESTART;
+                }
                 child.step = FW_OBSERVE;
+                child.next_poll = None;
+                child.polls = 0;
                 self.drive(now, c);
             }
-            JobKind::UpdateDeviceConfiguration => {
+            JobKind::UpdateDeviceConfiguration | JobKind::WriteDeviceProperties => {
                 child.step = 0;
                 self.drive(now, c);
             }
-            _ => self.drive(now, c),
+            JobKind::ReadDeviceProperties => self.drive(now, c),
         }
     }
 
@@ -1471,7 +1677,9 @@ impl JobEngine {
             return;
         }
         let kind = self.parents[child.parent as usize].kind();
-        if matches!(kind, JobKind::RebootDevice | JobKind::FactoryResetDevice) && child.step == 1 {
+        if matches!(kind, JobKind::RebootDevice | JobKind::FactoryResetDevice)
+            && (child.step == 1 || child.flags & FLAG_EXECUTE_SENT != 0)
+        {
             // Expected: the device is rebooting; we wait for it to register.
             return;
         }

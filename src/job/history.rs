@@ -42,8 +42,11 @@ pub struct JobRecord {
     pub start_time_utc: Option<Timestamp>,
     /// When it ended.
     pub end_time_utc: Option<Timestamp>,
-    /// Why it failed (children only): `timedOut`, `deviceOffline`, `rejected`,
-    /// `deviceError:<code>`, `unexpectedVersion`.
+    /// Why it failed (children only): `timedOut`, `deviceOffline`,
+    /// `rejected:<CoAP code or cause>`, `objectNotAnnounced:<object id>`,
+    /// `deviceError:<Update Result>`, `unexpectedVersion` (see
+    /// [`FailureReason::code`](super::FailureReason::code)); the status message spells it
+    /// out.
     pub failure_reason: Option<String>,
     /// A human summary ("6 devices updated, all succeeded").
     pub status_message: String,

@@ -43,19 +43,34 @@
 //!
 //! | type | operations | success |
 //! |---|---|---|
-//! | firmware update | observe `/5/0`; write `/5/0/1`; wait for State 2 (notifications, and a read every `poll_interval`); execute `/5/0/2`; wait for State 0 with Update Result 1; read `/3/0/3` | the read version equals `expected_version` (when given) |
-//! | reboot | execute `/3/0/4` | the answer, or the next registration with `wait_for_registration` |
+//! | firmware update | observe `/5/0` (or read it, when the host observes it: [`EngineConfig::host_observes`]); write `/5/0/1`; wait for State 2 (notifications, and reads 1, 2, 4, ... up to `poll_interval` s apart); execute `/5/0/2`; wait for State 0 with Update Result 1; read `/3/0/3` | the read version equals `expected_version` (when given) |
+//! | reboot | execute `/3/0/4` | the answer, or a registration after the Execute was sent (with `wait_for_registration`: the next registration) |
 //! | factory reset | execute `/3/0/5` | as reboot |
 //! | configuration update | write `/10241/0/1,2` (partial update); execute `/10241/0/3` | the execute's answer |
 //! | read device properties | read each path; each answer is a [`TwinUpdate`] | all read |
 //! | write device properties | write each path (replace) | all written |
 //!
-//! Failures ([`FailureReason`]): an error answer is `rejected`; an Update Result 2..=11 is
-//! `deviceError:<code>`; no answer before the per-device timeout is `timedOut` (a lost
-//! answer to a write or execute ends the attempt as `timedOut` too, while reads and
-//! observes are sent again); a device offline when time runs out is `deviceOffline`. A
-//! matching [`RetryRule`] starts a new attempt after its backoff (the firmware sequence
-//! re-synchronises from the device's State, so a retried download is not repeated blindly).
+//! Before anything is sent, a step's object is checked against the objects the device
+//! announced in its registration (when the engine saw it): a step for an object it did
+//! not announce fails at once as `objectNotAnnounced:<object>`, with nothing sent.
+//!
+//! Failures ([`FailureReason`], each child record's `failureReason` and status message):
+//! an error answer is `rejected:<CoAP code>` (`rejected:4.04`, ...); an Update Result
+//! 2..=11 is `deviceError:<code>`; no answer before the per-device timeout is `timedOut`;
+//! a device offline when time runs out is `deviceOffline`. A matching [`RetryRule`]
+//! starts a new attempt after its backoff (the firmware sequence re-synchronises from the
+//! device's State, so a retried download is not repeated blindly).
+//!
+//! Lost messages and restarts, with no retry rule needed (defaults in [`EngineConfig`]):
+//! an operation whose answer the transport gave up on is sent again, up to
+//! `max_resends` (4) times in a row, when sending it twice is harmless (reads,
+//! observes, writes, the configuration apply, a firmware Execute after a read shows the
+//! device still Downloaded); a reboot or factory reset is never executed twice: a
+//! registration after its Execute was sent counts as the reboot, and without one the
+//! attempt fails after `reboot_wait` (5 min). A device that registers again while its
+//! child waits on it gets the step again: a firmware download it lost starts again (the
+//! package URI is written again), configuration and property writes are sent again from
+//! the first, a read is sent again.
 //!
 //! # Parent jobs, abort and cancel
 //!

@@ -275,6 +275,12 @@ pub enum FailureReason {
     DeviceOffline,
     /// The device refused an operation.
     Rejected(DeviceError),
+    /// The step addresses an object the device did not announce in its registration;
+    /// nothing was sent.
+    NotAnnounced {
+        /// The object id (e.g. 10241 for the configuration object).
+        object: u16,
+    },
     /// The firmware update failed with this Update Result (`/5/0/5`) code.
     FirmwareUpdateFailed {
         /// The Update Result code (2..=11).
@@ -295,23 +301,52 @@ impl FailureReason {
         match self {
             FailureReason::TimedOut => FailureKind::TimedOut,
             FailureReason::DeviceOffline => FailureKind::DeviceOffline,
-            FailureReason::Rejected(_) => FailureKind::Rejected,
+            FailureReason::Rejected(_) | FailureReason::NotAnnounced { .. } => {
+                FailureKind::Rejected
+            }
             FailureReason::FirmwareUpdateFailed { .. }
             | FailureReason::UnexpectedVersion { .. } => FailureKind::DeviceError,
         }
     }
 
     /// The short, stable `failureReason` string of the job history: `timedOut`,
-    /// `deviceOffline`, `rejected`, `deviceError:<code>` or `unexpectedVersion`. Details go
-    /// into the status message, so grouping by reason stays coarse.
+    /// `deviceOffline`, `rejected:<CoAP code or cause>` (`rejected:4.04`,
+    /// `rejected:reset`, `rejected:badPayload`, ...), `objectNotAnnounced:<object id>`,
+    /// `deviceError:<Update Result>` or `unexpectedVersion`. The status message spells
+    /// it out.
+    ///
+    /// ```
+    /// use twinhub::job::FailureReason;
+    /// use twinhub::transport::DeviceError;
+    /// assert_eq!(FailureReason::Rejected(DeviceError::NotFound).code(), "rejected:4.04");
+    /// assert_eq!(FailureReason::NotAnnounced { object: 10241 }.code(), "objectNotAnnounced:10241");
+    /// ```
     pub fn code(&self) -> String {
         match self {
             FailureReason::TimedOut => "timedOut".into(),
             FailureReason::DeviceOffline => "deviceOffline".into(),
-            FailureReason::Rejected(_) => "rejected".into(),
+            FailureReason::Rejected(e) => format!("rejected:{}", device_error_code(e)),
+            FailureReason::NotAnnounced { object } => format!("objectNotAnnounced:{object}"),
             FailureReason::FirmwareUpdateFailed { result } => format!("deviceError:{result}"),
             FailureReason::UnexpectedVersion { .. } => "unexpectedVersion".into(),
         }
+    }
+}
+
+/// A short code for a device error: its CoAP response code (`4.04`) or its cause.
+fn device_error_code(e: &DeviceError) -> String {
+    match e {
+        DeviceError::BadRequest => "4.00".into(),
+        DeviceError::Unauthorized => "4.01".into(),
+        DeviceError::NotFound => "4.04".into(),
+        DeviceError::MethodNotAllowed => "4.05".into(),
+        DeviceError::NotAcceptable => "4.06".into(),
+        DeviceError::UnsupportedContentFormat => "4.15".into(),
+        DeviceError::Code(c, d) => format!("{c}.{d:02}"),
+        DeviceError::NotRegistered => "notRegistered".into(),
+        DeviceError::QueueFull => "queueFull".into(),
+        DeviceError::BadPayload(_) => "badPayload".into(),
+        DeviceError::Reset => "reset".into(),
     }
 }
 
@@ -340,6 +375,10 @@ impl fmt::Display for FailureReason {
             FailureReason::TimedOut => f.write_str("timed out"),
             FailureReason::DeviceOffline => f.write_str("device offline"),
             FailureReason::Rejected(e) => write!(f, "rejected: {e}"),
+            FailureReason::NotAnnounced { object } => write!(
+                f,
+                "object /{object} not announced: the device's registration does not list it, so nothing was sent"
+            ),
             FailureReason::FirmwareUpdateFailed { result } => write!(
                 f,
                 "firmware update failed: {} (update result {result})",
