@@ -15,7 +15,7 @@ struct OwnKey(PskCredentials);
 
 impl PskResolver for OwnKey {
     fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
-        (identity == self.0.identity().as_bytes()).then(|| self.0.key().bytes().to_vec())
+        (identity == self.0.identity().as_bytes()).then(|| self.0.key().expose().to_vec())
     }
 }
 
@@ -31,7 +31,7 @@ impl PskResolver for OwnKey {
 /// ```
 /// use twinhub::dtls::{DtlsClient, PskCredentials, PskKey};
 /// use std::time::Instant;
-/// let creds = PskCredentials::new("dev-1", PskKey::new(vec![1; 16]).unwrap()).unwrap();
+/// let creds = PskCredentials::new("dev-1", PskKey::new(vec![1; 16])).unwrap();
 /// let mut client = DtlsClient::new(Instant::now(), creds);
 /// client.send(Instant::now(), b"coap bytes");
 /// let hello = client.poll_transmit().unwrap(); // the ClientHello

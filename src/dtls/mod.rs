@@ -9,7 +9,7 @@
 //! peer's authenticated identity ([`PeerIdentity`]) up to the LWM2M layer.
 //!
 //! Keys live in a [`PskStore`] (identity -> key and the device it belongs to). A key is a
-//! [`PskKey`]: its `Debug` is redacted and it cannot be serialized.
+//! [`PskKey`] (the twin's type): its `Debug` is redacted and it is never serialized.
 //!
 //! # Bounds (all counts, see [`DtlsServerConfig`])
 //!
@@ -39,25 +39,18 @@ mod server;
 mod tests;
 
 pub use client::{DtlsClient, MAX_QUEUED_PLAINTEXT};
-pub use psk::{CredentialsError, MAX_IDENTITY, MAX_KEY, PskCredentials, PskKey, PskStore};
+pub use psk::{
+    CredentialsError, MAX_IDENTITY, MAX_KEY, PskCredentials, PskKey, PskStore, key_from_hex,
+};
 pub use server::{
     CloseReason, DtlsEvent, DtlsServer, DtlsServerConfig, DtlsStats, DtlsStatsHandle, NoSession,
 };
 
-use crate::twin::DeviceId;
+/// Who a DTLS peer proved to be (the transport's neutral type).
+pub use crate::transport::PeerIdentity;
 use dimpl::crypto::Dtls12CipherSuite;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Who a DTLS peer proved to be: its PSK identity, and the device the identity belongs to
-/// in the [`PskStore`] (none for an identity set without a device).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PeerIdentity {
-    /// The PSK identity the peer presented and proved with the key.
-    pub psk_identity: Arc<str>,
-    /// The device the identity belongs to.
-    pub device: Option<DeviceId>,
-}
 
 /// The one `dimpl` configuration both sides use: DTLS 1.2 only, PSK with AES-128-CCM-8.
 fn psk_config(

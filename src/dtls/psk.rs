@@ -2,6 +2,7 @@
 //! DTLS server resolves identities in.
 
 use crate::twin::DeviceId;
+pub use crate::twin::PskKey;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -12,64 +13,34 @@ pub const MAX_IDENTITY: usize = 128;
 /// Longest key accepted, in bytes (RFC 4279 §5.3 asks implementations to support 64).
 pub const MAX_KEY: usize = 64;
 
-/// A pre-shared key. Its bytes never appear in `Debug`, `Display`, JSON or an error
-/// message: `Debug` prints only its length. It is not `Serialize`.
+/// Parses a key written in hexadecimal (as `coap-client -k` and the examples take it:
+/// pairs of hex digits, no separators), 1 to [`MAX_KEY`] bytes.
 ///
 /// ```
-/// use twinhub::dtls::PskKey;
-/// let key = PskKey::new(vec![0x5e; 16]).unwrap();
-/// assert_eq!(format!("{key:?}"), "PskKey(16 bytes, redacted)");
-/// assert_eq!(PskKey::from_hex("00112233445566778899aabbccddeeff").unwrap().len(), 16);
+/// use twinhub::dtls::key_from_hex;
+/// let key = key_from_hex("00112233445566778899aabbccddeeff").unwrap();
+/// assert_eq!(key.expose().len(), 16);
+/// assert_eq!(format!("{key:?}"), "PskKey(<redacted>)");
+/// assert!(key_from_hex("abc").is_err());
 /// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct PskKey(Arc<[u8]>);
-
-impl PskKey {
-    /// A key from its bytes: 1 to [`MAX_KEY`] bytes.
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Result<Self, CredentialsError> {
-        let bytes = bytes.into();
-        if bytes.is_empty() || bytes.len() > MAX_KEY {
-            return Err(CredentialsError::KeyLength { len: bytes.len() });
-        }
-        Ok(PskKey(bytes.into()))
+pub fn key_from_hex(text: &str) -> Result<PskKey, CredentialsError> {
+    let text = text.trim();
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CredentialsError::KeyNotHex);
     }
-
-    /// A key from hexadecimal text (as `coap-client -k` and the examples take it: pairs of
-    /// hex digits, no separators).
-    pub fn from_hex(text: &str) -> Result<Self, CredentialsError> {
-        let text = text.trim();
-        if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(CredentialsError::KeyNotHex);
-        }
-        let bytes = (0..text.len())
-            .step_by(2)
-            .map(|i| {
-                u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| CredentialsError::KeyNotHex)
-            })
-            .collect::<Result<Vec<u8>, _>>()?;
-        Self::new(bytes)
-    }
-
-    /// How many bytes the key has.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Always false: an empty key cannot be built.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The key's bytes, for the DTLS layer.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.0
-    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| CredentialsError::KeyNotHex))
+        .collect::<Result<Vec<u8>, _>>()?;
+    check_key(&bytes)?;
+    Ok(PskKey::new(bytes))
 }
 
-impl fmt::Debug for PskKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PskKey({} bytes, redacted)", self.0.len())
+fn check_key(bytes: &[u8]) -> Result<(), CredentialsError> {
+    if bytes.is_empty() || bytes.len() > MAX_KEY {
+        return Err(CredentialsError::KeyLength { len: bytes.len() });
     }
+    Ok(())
 }
 
 /// A device's PSK credentials: the identity it presents in the handshake and the key.
@@ -77,7 +48,7 @@ impl fmt::Debug for PskKey {
 ///
 /// ```
 /// use twinhub::dtls::{PskCredentials, PskKey};
-/// let c = PskCredentials::new("pump-7-id", PskKey::new(b"secret-secret-16".to_vec()).unwrap()).unwrap();
+/// let c = PskCredentials::new("pump-7-id", PskKey::new(b"secret-secret-16".to_vec())).unwrap();
 /// assert_eq!(c.identity(), "pump-7-id");
 /// assert!(!format!("{c:?}").contains("secret"));
 /// ```
@@ -88,8 +59,10 @@ pub struct PskCredentials {
 }
 
 impl PskCredentials {
-    /// Credentials from an identity (1 to [`MAX_IDENTITY`] bytes of UTF-8) and a key.
+    /// Credentials from an identity (1 to [`MAX_IDENTITY`] bytes of UTF-8) and a key (1 to
+    /// [`MAX_KEY`] bytes).
     pub fn new(identity: &str, key: PskKey) -> Result<Self, CredentialsError> {
+        check_key(key.expose())?;
         if identity.is_empty() || identity.len() > MAX_IDENTITY {
             return Err(CredentialsError::IdentityLength {
                 len: identity.len(),
@@ -104,7 +77,7 @@ impl PskCredentials {
     /// Parses `IDENTITY:HEXKEY` (the examples' `--psk`).
     pub fn parse(text: &str) -> Result<Self, CredentialsError> {
         let (identity, key) = text.rsplit_once(':').ok_or(CredentialsError::KeyNotHex)?;
-        Self::new(identity, PskKey::from_hex(key)?)
+        Self::new(identity, key_from_hex(key)?)
     }
 
     /// The PSK identity.
@@ -139,6 +112,11 @@ pub enum CredentialsError {
         /// The device that holds it.
         device: DeviceId,
     },
+    /// No such device in the registry.
+    UnknownDevice {
+        /// The id asked for.
+        device: String,
+    },
 }
 
 impl fmt::Display for CredentialsError {
@@ -154,6 +132,7 @@ impl fmt::Display for CredentialsError {
             CredentialsError::IdentityTaken { device } => {
                 write!(f, "the psk identity already belongs to device {device}")
             }
+            CredentialsError::UnknownDevice { device } => write!(f, "no device {device}"),
         }
     }
 }
@@ -186,7 +165,7 @@ struct Tables {
 /// use twinhub::DeviceId;
 /// let store = PskStore::new();
 /// let id = DeviceId::new("pump-7").unwrap();
-/// let creds = PskCredentials::new("pump-7", PskKey::new(vec![7; 16]).unwrap()).unwrap();
+/// let creds = PskCredentials::new("pump-7", PskKey::new(vec![7; 16])).unwrap();
 /// store.set(Some(id.clone()), creds).unwrap();
 /// assert_eq!(store.device_of("pump-7"), Some(id.clone()));
 /// assert_eq!(store.identity_of(&id).as_deref(), Some("pump-7"));

@@ -200,7 +200,7 @@ impl PskResolver for RecordingResolver {
         let identity = std::str::from_utf8(identity).ok()?;
         let entry = self.store.entry(identity)?;
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.into());
-        Some(entry.key.bytes().to_vec())
+        Some(entry.key.expose().to_vec())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The DTLS layer without sockets: a client and a server exchange datagrams in memory.
 
 use super::*;
+use crate::twin::DeviceId;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 fn key(b: u8) -> PskKey {
-    PskKey::new(vec![b; 16]).unwrap()
+    PskKey::new(vec![b; 16])
 }
 
 fn store_with(identity: &str, device: &str, k: PskKey) -> PskStore {
@@ -299,7 +300,7 @@ fn a_client_handshakes_again_after_the_server_lost_the_session() {
 
 #[test]
 fn keys_never_show_in_debug_output() {
-    let k = PskKey::from_hex("73656372657473656372657473656372").unwrap();
+    let k = key_from_hex("73656372657473656372657473656372").unwrap();
     let c = creds("id-1", k.clone());
     let store = PskStore::new();
     store.set(None, c.clone()).unwrap();
@@ -310,10 +311,10 @@ fn keys_never_show_in_debug_output() {
         );
     }
     assert_eq!(
-        PskKey::new(Vec::new()),
+        PskCredentials::new("id", PskKey::new(Vec::new())),
         Err(CredentialsError::KeyLength { len: 0 })
     );
-    assert_eq!(PskKey::from_hex("abc"), Err(CredentialsError::KeyNotHex));
+    assert_eq!(key_from_hex("abc"), Err(CredentialsError::KeyNotHex));
     assert!(PskCredentials::new(&"i".repeat(MAX_IDENTITY + 1), key(1)).is_err());
     // An identity belongs to one device.
     store

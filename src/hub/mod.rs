@@ -42,6 +42,8 @@
 //! hub.stop();
 //! ```
 
+#[cfg(feature = "dtls")]
+mod credentials;
 mod driver;
 mod package;
 
@@ -111,8 +113,11 @@ pub struct HubConfig {
     /// Let unknown devices register and create their twins (off: only devices that exist
     /// in the registry and are enabled may register).
     pub auto_provision: bool,
-    /// The bundled LWM2M server's settings (used by [`Hub::bind_udp`]).
+    /// The bundled LWM2M server's settings (used by [`Hub::bind_udp`] and `Hub::bind_dtls`).
     pub server: ServerConfig,
+    /// The DTLS layer's bounds (used by `Hub::bind_dtls`).
+    #[cfg(feature = "dtls")]
+    pub dtls: crate::dtls::DtlsServerConfig,
 }
 
 impl Default for HubConfig {
@@ -122,6 +127,8 @@ impl Default for HubConfig {
             jobs: EngineConfig::default(),
             auto_provision: false,
             server: ServerConfig::default(),
+            #[cfg(feature = "dtls")]
+            dtls: crate::dtls::DtlsServerConfig::default(),
         }
     }
 }
@@ -168,6 +175,9 @@ struct Inner {
     local_addr: Option<SocketAddr>,
     thread: Mutex<Option<JoinHandle<()>>>,
     udp: Mutex<Option<UdpServer>>,
+    /// The coaps listener's key store and counters (set by `Hub::bind_dtls`).
+    #[cfg(feature = "dtls")]
+    secure: std::sync::OnceLock<credentials::Secure>,
 }
 
 /// The service-side facade. See the [module docs](self).
@@ -220,6 +230,8 @@ impl Hub {
             local_addr,
             thread: Mutex::new(None),
             udp: Mutex::new(udp),
+            #[cfg(feature = "dtls")]
+            secure: std::sync::OnceLock::new(),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -239,21 +251,7 @@ impl Hub {
         config: HubConfig,
     ) -> std::io::Result<Hub> {
         let registry = SharedRegistry::new(registry);
-        let gate = registry.clone();
-        let auto = config.auto_provision;
-        let server = Lwm2mServer::new(ServerConfig {
-            auto_provision: auto,
-            ..config.server.clone()
-        })
-        .with_authorizer(Box::new(move |request| {
-            let reg = gate.read();
-            match reg.get(&request.endpoint) {
-                Some(twin) if twin.status() == DeviceStatus::Enabled => Decision::Accept,
-                Some(_) => Decision::Reject(RejectReason::Disabled),
-                None if auto => Decision::Accept,
-                None => Decision::Reject(RejectReason::UnknownDevice),
-            }
-        }));
+        let server = Self::lwm2m_server(&registry, &config);
         let (udp, events) = UdpServer::bind(addr, server)?;
         let local = udp.local_addr();
         let link = Box::new(udp.handle());
@@ -265,6 +263,34 @@ impl Hub {
             Some(local),
             Some(udp),
         ))
+    }
+
+    /// The bundled server with the hub's authorizer: the device exists and is enabled
+    /// (or auto-provisioning is on), and a device with credentials (a PSK in its twin's
+    /// authentication) registers only with an authenticated identity: over plain CoAP it
+    /// gets 4.03 [`RejectReason::CredentialsRequired`]. (That the identity is the
+    /// device's own is checked by the server before this runs.)
+    fn lwm2m_server(registry: &SharedRegistry, config: &HubConfig) -> Lwm2mServer {
+        let gate = registry.clone();
+        let auto = config.auto_provision;
+        Lwm2mServer::new(ServerConfig {
+            auto_provision: auto,
+            ..config.server.clone()
+        })
+        .with_authorizer(Box::new(move |request, identity| {
+            let reg = gate.read();
+            match reg.get(&request.endpoint) {
+                Some(twin) if twin.status() != DeviceStatus::Enabled => {
+                    Decision::Reject(RejectReason::Disabled)
+                }
+                Some(twin) if identity.is_none() && twin.authentication().psk_key.is_some() => {
+                    Decision::Reject(RejectReason::CredentialsRequired)
+                }
+                Some(_) => Decision::Accept,
+                None if auto => Decision::Accept,
+                None => Decision::Reject(RejectReason::UnknownDevice),
+            }
+        }))
     }
 
     /// Starts a hub over any sans-IO [`Transport`] (for example the in-memory simulated
@@ -294,9 +320,15 @@ impl Hub {
         self.inner.registry.write().create(twin).map(|_| ())
     }
 
-    /// Removes a device; returns its last twin.
+    /// Removes a device; returns its last twin. Its credentials go with it (its DTLS
+    /// sessions close when next used).
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
-        self.inner.registry.write().remove(id)
+        let twin = self.inner.registry.write().remove(id)?;
+        #[cfg(feature = "dtls")]
+        if let Some(secure) = self.inner.secure.get() {
+            secure.store.remove_device(&twin.device_id);
+        }
+        Ok(twin)
     }
 
     /// A copy of a device's twin.
