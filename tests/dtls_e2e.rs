@@ -181,3 +181,224 @@ fn devices_register_over_dtls_and_every_job_type_runs() {
     hub.stop();
     packages.stop();
 }
+
+/// A peer speaking CoAP over DTLS by hand, to send what a well-behaved device would not.
+struct RawPeer {
+    socket: UdpSocket,
+    dtls: DtlsClient,
+    server: SocketAddr,
+    next_mid: u16,
+    /// The records the last exchange sent after the handshake (for replays).
+    last_records: Vec<Vec<u8>>,
+}
+
+impl RawPeer {
+    fn new(server: SocketAddr, creds: PskCredentials) -> RawPeer {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        RawPeer {
+            socket,
+            dtls: DtlsClient::new(Instant::now(), creds),
+            server,
+            next_mid: 100,
+            last_records: Vec::new(),
+        }
+    }
+
+    /// Sends a CON request and waits (bounded) for its piggybacked answer.
+    fn exchange(&mut self, mut m: Message) -> Option<Message> {
+        self.next_mid += 1;
+        m.message_id = self.next_mid;
+        m.set_token(&self.next_mid.to_be_bytes());
+        let mut bytes = Vec::new();
+        m.encode(&mut bytes).unwrap();
+        let was_connected = self.dtls.is_connected();
+        self.dtls.send(Instant::now(), &bytes);
+        self.last_records.clear();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < deadline {
+            while let Some(r) = self.dtls.poll_transmit() {
+                if was_connected {
+                    self.last_records.push(r.clone());
+                }
+                self.socket.send_to(&r, self.server).unwrap();
+            }
+            if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
+                self.dtls.handle_datagram(Instant::now(), &buf[..n]);
+            }
+            self.dtls.handle_timeout(Instant::now());
+            while let Some(plain) = self.dtls.poll_plaintext() {
+                if let Ok(answer) = Message::decode(&plain)
+                    && answer.message_id == self.next_mid
+                    && answer.mtype == MessageType::Acknowledgement
+                {
+                    return Some(answer);
+                }
+            }
+        }
+        None
+    }
+}
+
+fn register(ep: Option<&str>) -> Message {
+    let mut m = Message::request(Code::POST, "/rd");
+    if let Some(ep) = ep {
+        m.add_uri_query(&format!("ep={ep}"));
+    }
+    m.add_uri_query("lt=300");
+    m.payload = b"</3/0>".to_vec();
+    m
+}
+
+/// The registry's change-feed position once the hub has stopped moving.
+fn settled_seq(hub: &Hub) -> u64 {
+    let mut last = hub.registry().read().last_seq();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = hub.registry().read().last_seq();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+fn twin_json(hub: &Hub, id: &str) -> String {
+    serde_json::to_string(&hub.twin(id).unwrap()).unwrap()
+}
+
+#[test]
+fn refusals_leave_the_registry_unchanged() {
+    let hub = hub_with(&["ref-a", "ref-b"]);
+    let server = hub.local_addr().unwrap();
+    let mut devices = vec![start_with(
+        "ref-a",
+        server,
+        false,
+        Some(creds("ref-a-id", 1)),
+    )];
+    wait_for(&mut devices, "ref-a to sync", || {
+        prop(&hub, "ref-a", "BatteryLevel").is_some()
+    });
+    let location: Vec<String> = {
+        let reg = hub.registry().read();
+        let id = &reg
+            .get("ref-a")
+            .unwrap()
+            .registration()
+            .unwrap()
+            .registration_id;
+        vec!["rd".into(), id.clone()]
+    };
+    let seq = settled_seq(&hub);
+    let (a_before, b_before) = (twin_json(&hub, "ref-a"), twin_json(&hub, "ref-b"));
+    let unchanged = |what: &str| {
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            hub.registry().read().last_seq(),
+            seq,
+            "the feed moved: {what}"
+        );
+        assert_eq!(twin_json(&hub, "ref-a"), a_before, "{what}");
+        assert_eq!(twin_json(&hub, "ref-b"), b_before, "{what}");
+    };
+
+    // 1. An unknown identity does not get a session.
+    let mut stranger = RawPeer::new(server, creds("nobody", 9));
+    assert!(stranger.exchange(register(Some("ref-b"))).is_none());
+    assert!(!stranger.dtls.is_connected());
+    unchanged("unknown identity");
+    // 2. A known identity with the wrong key neither.
+    let mut wrong = RawPeer::new(server, creds("ref-b-id", 9));
+    assert!(wrong.exchange(register(Some("ref-b"))).is_none());
+    unchanged("wrong key");
+    // 3. Plain CoAP to the coaps port is dropped.
+    let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut bytes = Vec::new();
+    register(Some("ref-b")).encode(&mut bytes).unwrap();
+    plain.send_to(&bytes, server).unwrap();
+    unchanged("plain coap");
+    // 4. ref-b's identity claiming ref-a's endpoint: 4.03.
+    let mut b = RawPeer::new(server, creds("ref-b-id", 2));
+    let answer = b.exchange(register(Some("ref-a"))).expect("an answer");
+    assert_eq!(answer.code, Code::FORBIDDEN);
+    unchanged("another device's endpoint");
+    // 5. ref-b's session updating or de-registering ref-a's registration: 4.03.
+    let mut update = Message::request(Code::POST, &location.join("/"));
+    update.add_uri_query("lt=60");
+    assert_eq!(b.exchange(update).unwrap().code, Code::FORBIDDEN);
+    let delete = Message::request(Code::DELETE, &location.join("/"));
+    assert_eq!(b.exchange(delete).unwrap().code, Code::FORBIDDEN);
+    unchanged("takeover by another session");
+    assert!(hub.stats().rejected >= 3);
+
+    // ref-b registers with its endpoint left out: it is the identity's.
+    let answer = b.exchange(register(None)).unwrap();
+    assert_eq!(answer.code, Code::CREATED);
+    let b_location: Vec<String> = answer.location_path().map(str::to_owned).collect();
+    wait_for(&mut devices, "ref-b to connect", || {
+        hub.registry()
+            .read()
+            .get("ref-b")
+            .unwrap()
+            .connection_state()
+            == ConnectionState::Connected
+    });
+    // 6. Replayed records: ref-b de-registers, then registers again; its old De-register
+    // record, replayed from its address and from another one, changes nothing.
+    let delete = Message::request(Code::DELETE, &b_location.join("/"));
+    assert_eq!(b.exchange(delete).unwrap().code, Code::DELETED);
+    let replay = b.last_records.clone();
+    assert!(!replay.is_empty());
+    let answer = b.exchange(register(None)).unwrap();
+    assert_eq!(answer.code, Code::CREATED);
+    wait_for(&mut devices, "ref-b to connect again", || {
+        hub.registry()
+            .read()
+            .get("ref-b")
+            .unwrap()
+            .connection_state()
+            == ConnectionState::Connected
+    });
+    let seq = settled_seq(&hub);
+    let b_now = twin_json(&hub, "ref-b");
+    let elsewhere = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for r in &replay {
+        b.socket.send_to(r, server).unwrap();
+        elsewhere.send_to(r, server).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        hub.registry().read().last_seq(),
+        seq,
+        "a replay moved the feed"
+    );
+    assert_eq!(twin_json(&hub, "ref-b"), b_now);
+    assert!(hub.dtls_stats().unwrap().dropped_no_session >= 1);
+
+    // The registered device kept working throughout.
+    devices[0]
+        .thread
+        .as_ref()
+        .unwrap()
+        .with(|c| c.set_value(&Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(33)))
+        .unwrap();
+    wait_for(&mut devices, "ref-a's notification", || {
+        prop(&hub, "ref-a", "BatteryLevel") == Some(Scalar::from(33))
+    });
+    // Removing ref-a's key: its session closes, its next update cannot get through.
+    assert!(hub.remove_psk("ref-a"));
+    assert!(
+        hub.psk_store()
+            .unwrap()
+            .identity_of(&DeviceId::new("ref-a").unwrap())
+            .is_none()
+    );
+    for d in devices.iter_mut() {
+        drop(d.thread.take());
+    }
+    hub.stop();
+}
