@@ -14,7 +14,7 @@ use peers::{have, missing_peer, run, strip_newline, wait_or_kill};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use twinhub::coap::{Code, EndpointConfig, Message, UdpDriver};
 
 fn libcoap(args: &[&str]) -> (Vec<u8>, String) {
