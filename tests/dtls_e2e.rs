@@ -10,6 +10,8 @@ mod e2e_support;
 
 use e2e_support::{Device, device_value, prop, run_job, serve, start_with, wait_for};
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};
 use twinhub::dtls::{DtlsClient, PskCredentials, PskKey};
@@ -401,4 +403,149 @@ fn refusals_leave_the_registry_unchanged() {
         drop(d.thread.take());
     }
     hub.stop();
+}
+
+/// A NAT between a device and the hub: the device talks to `front`; the NAT forwards from
+/// `back`, whose port [`Nat::rebind`] changes, as a NAT that forgot its mapping would.
+struct Nat {
+    front: SocketAddr,
+    back: Arc<Mutex<UdpSocket>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn short_timeout(s: &UdpSocket) {
+    s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+}
+
+impl Nat {
+    fn start(hub: SocketAddr) -> Nat {
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        short_timeout(&front);
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        short_timeout(&back);
+        let back = Arc::new(Mutex::new(back));
+        let stop = Arc::new(AtomicBool::new(false));
+        let front_addr = front.local_addr().unwrap();
+        let (b, s) = (back.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut device: Option<SocketAddr> = None;
+            let mut buf = vec![0u8; 65_536];
+            while !s.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = front.recv_from(&mut buf) {
+                    device = Some(from);
+                    let _ = b.lock().unwrap().send_to(&buf[..n], hub);
+                }
+                let got = b.lock().unwrap().recv_from(&mut buf);
+                if let (Ok((n, _)), Some(d)) = (got, device) {
+                    let _ = front.send_to(&buf[..n], d);
+                }
+            }
+        });
+        Nat {
+            front: front_addr,
+            back,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn outside_port(&self) -> u16 {
+        self.back.lock().unwrap().local_addr().unwrap().port()
+    }
+
+    fn rebind(&self) {
+        let fresh = UdpSocket::bind("127.0.0.1:0").unwrap();
+        short_timeout(&fresh);
+        *self.back.lock().unwrap() = fresh;
+    }
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn registered_port(hub: &Hub, id: &str) -> Option<u16> {
+    let reg = hub.registry().read();
+    let twin = reg.get(id)?;
+    if twin.connection_state() != ConnectionState::Connected {
+        return None;
+    }
+    twin.registration()?.address.map(|a| a.port())
+}
+
+#[test]
+fn a_device_handshakes_again_after_a_nat_rebinding_and_after_the_hub_lost_its_session() {
+    let hub = hub_with(&["nat-1"]);
+    let hub_addr = hub.local_addr().unwrap();
+    let nat = Nat::start(hub_addr);
+    let mut devices = vec![start_fast("nat-1", nat.front, creds("nat-1-id", 1))];
+    wait_for(&mut devices, "nat-1 to register", || {
+        registered_port(&hub, "nat-1") == Some(nat.outside_port())
+    });
+    assert_eq!(hub.dtls_stats().unwrap().handshakes, 1);
+
+    // The NAT forgets the mapping: the device's records now come from a port the hub has
+    // no session for. The unanswered update makes the device handshake again.
+    nat.rebind();
+    devices[0]
+        .thread
+        .as_ref()
+        .unwrap()
+        .with(|c| c.trigger_update());
+    wait_for(&mut devices, "nat-1 to come back from its new port", || {
+        registered_port(&hub, "nat-1") == Some(nat.outside_port())
+    });
+    assert!(hub.dtls_stats().unwrap().handshakes >= 2);
+    // Requests reach it through the new session.
+    let spec = JobSpec::new(
+        JobId::new("read-after-rebind").unwrap(),
+        JobType::ReadDeviceProperties {
+            paths: vec![Lwm2mPath::resource(3, 0, 9)],
+        },
+        vec![DeviceId::new("nat-1").unwrap()],
+    );
+    assert_eq!(run_job(&hub, &mut devices, spec), JobStatus::Completed);
+
+    // The hub restarts on the same port and has no session: the device handshakes again
+    // and registers anew.
+    hub.stop();
+    drop(hub);
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("nat-1").unwrap()))
+        .unwrap();
+    let hub = Hub::bind_dtls(hub_addr, registry, HubConfig::default()).unwrap();
+    hub.set_psk("nat-1", creds("nat-1-id", 1)).unwrap();
+    devices[0]
+        .thread
+        .as_ref()
+        .unwrap()
+        .with(|c| c.trigger_update());
+    wait_for(
+        &mut devices,
+        "nat-1 to register with the restarted hub",
+        || registered_port(&hub, "nat-1").is_some(),
+    );
+    assert_eq!(hub.dtls_stats().unwrap().handshakes, 1);
+    assert!(devices[0].thread.as_ref().unwrap().dtls_handshakes() >= 3);
+    for d in devices.iter_mut() {
+        drop(d.thread.take());
+    }
+    hub.stop();
+}
+
+/// A DTLS device that gives up on an unanswered request quickly.
+fn start_fast(id: &str, server: SocketAddr, psk: PskCredentials) -> Device {
+    e2e_support::start_configured(id, server, false, Some(psk), |c| {
+        c.ack_timeout = Duration::from_millis(300);
+        c.max_retransmit = 1;
+        c.retry_initial = Duration::from_millis(200);
+        c.retry_max = Duration::from_secs(1);
+    })
 }

@@ -35,6 +35,17 @@ pub fn start_with(
     rejects_firmware: bool,
     psk: Option<PskCredentials>,
 ) -> Device {
+    start_configured(id, server, rejects_firmware, psk, |_| {})
+}
+
+/// A device whose client settings `tune` adjusts.
+pub fn start_configured(
+    id: &str,
+    server: std::net::SocketAddr,
+    rejects_firmware: bool,
+    psk: Option<PskCredentials>,
+    tune: impl FnOnce(&mut ClientConfig),
+) -> Device {
     let scheme = if psk.is_some() { "coaps" } else { "coap" };
     let mut tree = ObjectTree::new();
     tree.add(objects::security(&format!("{scheme}://{server}"), 1));
@@ -59,6 +70,7 @@ pub fn start_with(
     if let Some(psk) = psk {
         config = config.with_psk(psk);
     }
+    tune(&mut config);
     let client = Lwm2mClient::new(Instant::now(), config, tree);
     let thread = DeviceThread::spawn(client, "127.0.0.1:0".parse().unwrap()).unwrap();
     Device {
