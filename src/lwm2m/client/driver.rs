@@ -35,10 +35,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The smallest stack a device thread gets when it speaks DTLS: the handshake's state
+/// machine (the `dimpl` crate) needs more than the plain loop. Only the pages touched
+/// become resident.
+#[cfg(feature = "dtls")]
+pub const MIN_DTLS_STACK: usize = 512 * 1024;
+
 /// How a [`DeviceThread`] is started.
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
-    /// The thread's stack size in bytes.
+    /// The thread's stack size in bytes (at least `MIN_DTLS_STACK` over DTLS).
     pub stack_size: usize,
     /// Events kept for the application; when full, newer events are dropped.
     pub event_capacity: usize,
@@ -123,9 +129,17 @@ impl DeviceThread {
             events: tx,
             max_sleep: options.max_sleep,
         };
+        #[cfg(feature = "dtls")]
+        let min_stack = if worker.dtls.is_some() {
+            MIN_DTLS_STACK
+        } else {
+            32 * 1024
+        };
+        #[cfg(not(feature = "dtls"))]
+        let min_stack = 32 * 1024;
         let thread = std::thread::Builder::new()
             .name(options.name)
-            .stack_size(options.stack_size.max(32 * 1024))
+            .stack_size(options.stack_size.max(min_stack))
             .spawn(move || worker.run())?;
         Ok(DeviceThread {
             client,
