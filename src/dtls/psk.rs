@@ -25,7 +25,7 @@ pub const MAX_KEY: usize = 64;
 /// ```
 pub fn key_from_hex(text: &str) -> Result<PskKey, CredentialsError> {
     let text = text.trim();
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(CredentialsError::KeyNotHex);
     }
     let bytes = (0..text.len())

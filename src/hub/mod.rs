@@ -667,10 +667,10 @@ impl Inner {
                 // The hub's own operations (ids below the job engine's range) are the
                 // sync observations and reads: their values go into the twin. The job
                 // engine hands its reads over as TwinUpdates instead.
-                if op.0 < self.config.jobs.op_id_base {
-                    if let Ok(DeviceReply::Content(content)) = result {
-                        self.apply_content(reg, device, content, at);
-                    }
+                if op.0 < self.config.jobs.op_id_base
+                    && let Ok(DeviceReply::Content(content)) = result
+                {
+                    self.apply_content(reg, device, content, at);
                 }
                 let _ = reg.set_last_activity(device.as_str(), at);
             }

@@ -1154,20 +1154,16 @@ impl Lwm2mClient {
                 out.push(',');
             }
             out.push_str(&format!("<{p}>"));
-            if p.depth() == 3 {
-                if let Some(object) = p.object_id().and_then(|o| self.tree.object_mut(o)) {
-                    if object
-                        .definition()
-                        .resource(p.resource_id().unwrap_or(0))
-                        .is_some_and(|d| d.multiple)
-                    {
-                        if let Ok(ResourceData::Multiple(v)) =
-                            object.read(p.instance_id().unwrap_or(0), p.resource_id().unwrap_or(0))
-                        {
-                            out.push_str(&format!(";dim={}", v.len()));
-                        }
-                    }
-                }
+            if p.depth() == 3
+                && let Some(object) = p.object_id().and_then(|o| self.tree.object_mut(o))
+                && object
+                    .definition()
+                    .resource(p.resource_id().unwrap_or(0))
+                    .is_some_and(|d| d.multiple)
+                && let Ok(ResourceData::Multiple(v)) =
+                    object.read(p.instance_id().unwrap_or(0), p.resource_id().unwrap_or(0))
+            {
+                out.push_str(&format!(";dim={}", v.len()));
             }
             if let Some(a) = self.attributes.at(&p) {
                 let mut add = |k: &str, v: Option<String>| {
