@@ -549,3 +549,49 @@ fn start_fast(id: &str, server: SocketAddr, psk: PskCredentials) -> Device {
         c.retry_max = Duration::from_secs(1);
     })
 }
+
+#[test]
+fn credentials_are_set_rotated_and_removed_through_the_hub_and_never_printed() {
+    let hub = hub_with(&["cred-1", "cred-2"]);
+    assert!(matches!(
+        hub.set_psk("nobody", creds("x", 1)),
+        Err(twinhub::dtls::CredentialsError::UnknownDevice { .. })
+    ));
+    // An identity belongs to one device; the refusal changes nothing.
+    assert!(matches!(
+        hub.set_psk("cred-2", creds("cred-1-id", 5)),
+        Err(twinhub::dtls::CredentialsError::IdentityTaken { .. })
+    ));
+    let store = hub.psk_store().unwrap();
+    assert_eq!(
+        store
+            .identity_of(&DeviceId::new("cred-2").unwrap())
+            .as_deref(),
+        Some("cred-2-id")
+    );
+    // Rotation replaces the identity and the key in the twin and the store.
+    hub.set_psk("cred-1", creds("cred-1-new", 9)).unwrap();
+    assert_eq!(
+        store.device_of("cred-1-new"),
+        Some(DeviceId::new("cred-1").unwrap())
+    );
+    assert!(store.device_of("cred-1-id").is_none());
+    let twin = hub.twin("cred-1").unwrap();
+    assert_eq!(
+        twin.authentication.psk_identity.as_deref(),
+        Some("cred-1-new")
+    );
+    let (json, debug) = (serde_json::to_string(&twin).unwrap(), format!("{twin:?}"));
+    for text in [&json, &debug] {
+        assert!(
+            !text.contains("9, 9, 9") && !text.contains("090909"),
+            "{text}"
+        );
+    }
+    assert!(hub.remove_psk("cred-1"));
+    assert!(!hub.remove_psk("cred-1"));
+    assert!(hub.twin("cred-1").unwrap().authentication.is_empty());
+    hub.remove_device("cred-2").unwrap();
+    assert!(store.is_empty());
+    hub.stop();
+}
