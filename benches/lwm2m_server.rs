@@ -265,7 +265,7 @@ fn report_flood_memory() {
     let dedup_bound = config.coap.max_dedup_entries;
     // Only the served device may register: made-up names are refused.
     let mut s = Lwm2mServer::with_seed(ServerConfig::default(), 9).with_authorizer(Box::new(
-        |r: &twinhub::lwm2m::server::RegistrationRequest| {
+        |r: &twinhub::lwm2m::server::RegistrationRequest, _identity| {
             if r.endpoint == "served" {
                 Decision::Accept
             } else {

@@ -1,9 +1,14 @@
 //! A standalone LWM2M device that works against any LWM2M 1.0/1.1 server.
 //!
 //! ```text
-//! cargo run --example device -- <endpoint-name> <server-host:port> [--lifetime S] [--run-for S]
+//! cargo run --example device -- <endpoint-name> <server> [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY]
 //! cargo run --example device -- dev-1 127.0.0.1:5683
+//! # over DTLS (PSK):
+//! cargo run --example device -- sensor-1 coaps://127.0.0.1:5684 --psk sensor-1-id:00112233445566778899aabbccddeeff
 //! ```
+//!
+//! `<server>` is `host:port`, `coap://host:port` or `coaps://host:port` (coaps needs
+//! `--psk`).
 //!
 //! It registers with Security /0, Server /1, Device /3, Firmware Update /5 and Config
 //! /10241, changes its battery level every 10 s (observers get notified as their attributes
@@ -15,6 +20,7 @@ use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use twinhub::dtls::PskCredentials;
 use twinhub::lwm2m::client::{
     ClientConfig, ClientEvent, DeviceThread, FirmwareUpdate, Lwm2mClient, ObjectTree, objects,
 };
@@ -22,7 +28,7 @@ use twinhub::{Lwm2mPath, ResourceValue};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: device <endpoint-name> <server-host:port> [--lifetime S] [--run-for S]";
+    let usage = "usage: device <endpoint-name> <server-host:port | coap://host:port | coaps://host:port> [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY]";
     let (Some(endpoint), Some(server)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -33,13 +39,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let lifetime = flag("--lifetime").unwrap_or(300) as u32;
     let run_for = flag("--run-for").map(Duration::from_secs);
+    let psk = match args.iter().position(|a| a == "--psk") {
+        Some(i) => Some(PskCredentials::parse(
+            args.get(i + 1).ok_or("--psk needs IDENTITY:HEXKEY")?,
+        )?),
+        None => None,
+    };
+    let (scheme, server) = match server.split_once("://") {
+        Some((scheme, rest)) => (scheme, rest),
+        None if psk.is_some() => ("coaps", server.as_str()),
+        None => ("coap", server.as_str()),
+    };
+    if (scheme == "coaps") != psk.is_some() {
+        return Err(format!(
+            "{scheme}:// goes with{} --psk",
+            if psk.is_some() { "out" } else { "" }
+        )
+        .into());
+    }
     let server = server
         .to_socket_addrs()?
         .next()
         .ok_or("server address did not resolve")?;
 
     let mut tree = ObjectTree::new();
-    tree.add(objects::security(&format!("coap://{server}"), 1));
+    tree.add(objects::security(&format!("{scheme}://{server}"), 1));
     tree.add(objects::server(1, lifetime, "U"));
     tree.add(
         objects::device("twinhub", "example-device", endpoint, "1.0.0")
@@ -68,6 +92,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = ClientConfig::new(endpoint.clone(), server);
     config.lifetime = lifetime;
+    if let Some(psk) = psk {
+        config = config.with_psk(psk);
+    }
     let client = Lwm2mClient::new(Instant::now(), config, tree);
     let bind = if server.is_ipv6() {
         "[::]:0"
@@ -76,7 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let device = DeviceThread::spawn(client, bind.parse()?)?;
     println!(
-        "{endpoint}: listening on {}, server {server}",
+        "{endpoint}: listening on {}, server {scheme}://{server}",
         device.local_addr()
     );
 

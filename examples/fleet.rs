@@ -4,7 +4,12 @@
 //! ```sh
 //! cargo run --release --example fleet                    # 1,000 devices
 //! cargo run --release --example fleet -- --devices 10000
+//! cargo run --release --example fleet -- --plain         # plain CoAP instead of DTLS
 //! ```
+//!
+//! By default the whole story runs over DTLS 1.2 (`coaps`, PSK,
+//! `TLS_PSK_WITH_AES_128_CCM_8`): each device has its own identity and key, and the
+//! report counts the hub's handshakes. `--plain` runs it over plain CoAP for comparison.
 //!
 //! The story: the devices register (each with its own firmware version and battery
 //! level; the service gives each twin a region and a model tag), the twins fill in through
@@ -18,6 +23,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use twinhub::dtls::{PskCredentials, PskKey};
 use twinhub::hub::{Hub, HubConfig, PackageServer};
 use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
 use twinhub::lwm2m::client::{
@@ -58,7 +64,7 @@ struct SimDevice {
 }
 
 fn main() {
-    let devices = parse_args();
+    let (devices, plain) = parse_args();
     let started = Instant::now();
     let elapsed = move || started.elapsed().as_secs_f64();
 
@@ -90,18 +96,40 @@ fn main() {
         let battery = 5 + rng.below(96) as i64;
         plan.push((id, version, battery));
     }
-    let hub = Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default())
-        .unwrap_or_else(|e| fail(&format!("cannot start the hub: {e}")));
+    let hub = if plain {
+        Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default())
+    } else {
+        Hub::bind_dtls("127.0.0.1:0", registry, HubConfig::default())
+    }
+    .unwrap_or_else(|e| fail(&format!("cannot start the hub: {e}")));
     let server = hub.local_addr().expect("a UDP hub");
+    // One key per device (seeded: the same keys every run).
+    let keys: Vec<Option<PskCredentials>> = plan
+        .iter()
+        .map(|(id, _, _)| {
+            if plain {
+                return None;
+            }
+            let key: Vec<u8> = (0..2).flat_map(|_| rng.next().to_be_bytes()).collect();
+            let creds = PskCredentials::new(&format!("{id}-psk"), PskKey::new(key)).expect("valid");
+            hub.set_psk(id.as_str(), creds.clone())
+                .unwrap_or_else(|e| fail(&format!("cannot set the key of {id}: {e}")));
+            Some(creds)
+        })
+        .collect();
+    let scheme = if plain { "coap" } else { "coaps" };
     let packages = PackageServer::bind("127.0.0.1:0")
         .unwrap_or_else(|e| fail(&format!("cannot start the package server: {e}")));
     let package_uri = packages.publish("fw/2.0.bin", firmware_image(16 * 1024));
-    println!("twinhub fleet: {devices} devices; hub on coap://{server}; firmware at {package_uri}");
+    println!(
+        "twinhub fleet: {devices} devices; hub on {scheme}://{server}; firmware at {package_uri}"
+    );
 
     // The device side: each device registers over real UDP.
     let mut fleet: Vec<SimDevice> = plan
         .iter()
-        .map(|(id, version, battery)| start_device(id, version, *battery, server))
+        .zip(keys)
+        .map(|((id, version, battery), psk)| start_device(id, version, *battery, server, psk))
         .collect();
 
     // Twins fill in: registration, then property sync (observe /3/0, /1/0, /5/0).
@@ -248,6 +276,19 @@ fn main() {
         hub_stats.property_updates,
         hub_stats.ops_sent
     );
+    match hub.dtls_stats() {
+        Some(d) => println!(
+            "dtls: {} handshakes, {} failed, {} sessions, {} refused (unverified {}, handshakes {}, sessions {})",
+            d.handshakes,
+            d.handshake_failures,
+            d.sessions,
+            d.refused_unverified + d.refused_handshakes + d.refused_sessions,
+            d.refused_unverified,
+            d.refused_handshakes,
+            d.refused_sessions
+        ),
+        None => println!("plain CoAP (no DTLS)"),
+    }
     println!(
         "wall time {:.1} s (twins filled {fill_time:.1} s, job {job_time:.1} s); peak memory {} MiB for hub + {devices} devices in one process",
         elapsed(),
@@ -263,9 +304,11 @@ fn start_device(
     version: &str,
     battery: i64,
     server: std::net::SocketAddr,
+    psk: Option<PskCredentials>,
 ) -> SimDevice {
+    let scheme = if psk.is_some() { "coaps" } else { "coap" };
     let mut tree = ObjectTree::new();
-    tree.add(objects::security(&format!("coap://{server}"), 1));
+    tree.add(objects::security(&format!("{scheme}://{server}"), 1));
     tree.add(objects::server(1, 600, "U"));
     tree.add(
         objects::device("twinhub", "fleet-sim", id.as_str(), version)
@@ -281,7 +324,10 @@ fn start_device(
         Ok(())
     }));
     tree.add(objects::config());
-    let config = ClientConfig::new(id.as_str(), server);
+    let mut config = ClientConfig::new(id.as_str(), server);
+    if let Some(psk) = psk {
+        config = config.with_psk(psk);
+    }
     let client = Lwm2mClient::new(Instant::now(), config, tree);
     let options = DriverOptions {
         stack_size: 64 * 1024,
@@ -365,8 +411,9 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn parse_args() -> usize {
+fn parse_args() -> (usize, bool) {
     let mut devices = 1000;
+    let mut plain = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -377,16 +424,17 @@ fn parse_args() -> usize {
                     .filter(|n| *n > 0)
                     .unwrap_or_else(|| fail("--devices needs a positive number"));
             }
+            "--plain" => plain = true,
             "-h" | "--help" => {
-                println!("usage: fleet [--devices N]");
+                println!("usage: fleet [--devices N] [--plain]");
                 std::process::exit(0);
             }
             other => fail(&format!(
-                "unknown argument {other:?}; usage: fleet [--devices N]"
+                "unknown argument {other:?}; usage: fleet [--devices N] [--plain]"
             )),
         }
     }
-    devices
+    (devices, plain)
 }
 
 fn fail(why: &str) -> ! {

@@ -4,7 +4,14 @@
 //! cargo run --example hub -- --bind 0.0.0.0:5683 --auto-provision
 //! # or only known devices:
 //! cargo run --example hub -- --bind 127.0.0.1:5683 --device sensor-1 --device sensor-2
+//! # over DTLS (coaps, PSK): each --psk creates the device with that credential
+//! cargo run --example hub -- --dtls-bind 0.0.0.0:5684 --psk sensor-1:sensor-1-id:00112233445566778899aabbccddeeff
 //! ```
+//!
+//! With `--dtls-bind` the hub listens for `coaps` only (DTLS 1.2,
+//! `TLS_PSK_WITH_AES_128_CCM_8`): devices prove who they are with their key. Without it,
+//! plain CoAP: anyone who reaches the port can claim any known device name, so use that
+//! on trusted networks only.
 //!
 //! It prints registrations and device property updates as they happen, and reads
 //! commands on stdin, one per line (`help` lists them): list devices, show a twin, run a
@@ -16,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use twinhub::DeviceId;
+use twinhub::dtls::PskCredentials;
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::job::{JobId, JobSpec, JobType};
 use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
@@ -42,6 +50,8 @@ fn main() {
     let mut bind = "0.0.0.0:5683".to_string();
     let mut config = HubConfig::default();
     let mut registry = Registry::new();
+    let mut dtls_bind: Option<String> = None;
+    let mut psks: Vec<(String, PskCredentials)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -51,6 +61,26 @@ fn main() {
                     .unwrap_or_else(|| usage("--bind needs ADDR:PORT"))
             }
             "--auto-provision" => config.auto_provision = true,
+            "--dtls-bind" => {
+                dtls_bind = Some(
+                    args.next()
+                        .unwrap_or_else(|| usage("--dtls-bind needs ADDR:PORT")),
+                )
+            }
+            "--psk" => {
+                let spec = args
+                    .next()
+                    .unwrap_or_else(|| usage("--psk needs ID:IDENTITY:HEXKEY"));
+                let (id, creds) = spec
+                    .split_once(':')
+                    .unwrap_or_else(|| usage("--psk needs ID:IDENTITY:HEXKEY"));
+                let creds = PskCredentials::parse(creds).unwrap_or_else(|e| usage(&e.to_string()));
+                let device = DeviceId::new(id).unwrap_or_else(|e| usage(&e.to_string()));
+                if !registry.contains(id) {
+                    registry.create(Twin::new(device)).expect("a new device");
+                }
+                psks.push((id.to_owned(), creds));
+            }
             "--device" => {
                 let id = args.next().unwrap_or_else(|| usage("--device needs an id"));
                 let id = DeviceId::new(&id).unwrap_or_else(|e| usage(&e.to_string()));
@@ -60,12 +90,20 @@ fn main() {
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
-    let hub = Hub::bind_udp(&bind, registry, config).unwrap_or_else(|e| {
-        eprintln!("cannot bind {bind}: {e}");
+    let (hub, scheme) = match &dtls_bind {
+        Some(addr) => (Hub::bind_dtls(addr, registry, config), "coaps"),
+        None => (Hub::bind_udp(&bind, registry, config), "coap"),
+    };
+    let hub = hub.unwrap_or_else(|e| {
+        eprintln!("cannot bind {}: {e}", dtls_bind.as_deref().unwrap_or(&bind));
         std::process::exit(1)
     });
+    for (id, creds) in psks {
+        hub.set_psk(&id, creds)
+            .unwrap_or_else(|e| usage(&e.to_string()));
+    }
     println!(
-        "twinhub listening for LWM2M devices on coap://{}",
+        "twinhub listening for LWM2M devices on {scheme}://{}",
         hub.local_addr().unwrap()
     );
     println!("{HELP}");
@@ -297,6 +335,8 @@ fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("{problem}");
     }
-    eprintln!("usage: hub [--bind ADDR:PORT] [--auto-provision] [--device ID]...");
+    eprintln!(
+        "usage: hub [--bind ADDR:PORT | --dtls-bind ADDR:PORT] [--auto-provision] [--device ID]... [--psk ID:IDENTITY:HEXKEY]..."
+    );
     std::process::exit(2)
 }

@@ -51,6 +51,7 @@
 //! | [`twin`] | the twin model: device fields, device properties, service properties, tags |
 //! | [`registry`] | twins in dense `u32` slots with roaring-bitmap indexes and a change feed |
 //! | [`query`] | the JSON query expression: nom parser, optimizer, bitmap executor |
+//! | `dtls` | DTLS 1.2 PSK (`coaps`) between the UDP drivers and CoAP (cargo feature `dtls`, on by default) |
 //! | [`coap`] | RFC 7252 codec and message layer, observe (RFC 7641), block-wise (RFC 7959) |
 //! | [`lwm2m`] | paths, values, payload formats, the server endpoint and the device library |
 //! | [`transport`] | the [`Transport`](transport::Transport) port between hub and devices |
@@ -62,6 +63,8 @@
 mod time;
 
 pub mod coap;
+#[cfg(feature = "dtls")]
+pub mod dtls;
 pub mod hub;
 pub mod job;
 pub mod lwm2m;

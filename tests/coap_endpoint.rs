@@ -373,7 +373,7 @@ fn lossy_run(seed: u64, faults: Faults, n: usize, slow_every: usize) {
                 (1, Event::Request { id, request, .. }) => {
                     let k = u32::from_be_bytes(request.payload[..4].try_into().unwrap());
                     assert!(seen_by_server.insert(k), "request {k} delivered twice");
-                    if slow_every > 0 && k as usize % slow_every == 0 {
+                    if slow_every > 0 && (k as usize).is_multiple_of(slow_every) {
                         slow.push((
                             sim.now + Duration::from_millis(1500),
                             id,

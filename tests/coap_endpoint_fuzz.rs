@@ -99,9 +99,8 @@ proptest! {
                     }
                     m.payload = payload;
                     let Ok(mut bytes) = m.to_bytes() else { continue };
-                    if let Some((i, b)) = flip {
-                        if i < bytes.len() { bytes[i] ^= b; }
-                    }
+                    if let Some((i, b)) = flip
+                        && i < bytes.len() { bytes[i] ^= b; }
                     ep.handle_datagram(now, peer(p), &bytes);
                 }
                 Step::Raw { peer: p, bytes } => ep.handle_datagram(now, peer(p), &bytes),

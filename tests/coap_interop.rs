@@ -10,71 +10,12 @@ mod coap_support;
 
 mod peers;
 use coap_support::{TestServer, big_body};
-use peers::missing_peer;
-use std::io::{BufRead, BufReader, Read, Write};
+use peers::{have, missing_peer, run, strip_newline, wait_or_kill};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use twinhub::coap::{Code, EndpointConfig, Message, UdpDriver};
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Runs a command for at most `limit`, killing it (by its PID) if it is still running;
-/// returns stdout and stderr.
-fn run(cmd: &str, args: &[&str], limit: Duration) -> (Vec<u8>, String) {
-    let mut child = Command::new(cmd)
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let o = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let e = std::thread::spawn(move || {
-        let mut v = String::new();
-        let _ = err.read_to_string(&mut v);
-        v
-    });
-    wait_or_kill(&mut child, limit);
-    (o.join().unwrap(), e.join().unwrap())
-}
-
-fn wait_or_kill(child: &mut Child, limit: Duration) {
-    let end = Instant::now() + limit;
-    loop {
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// libcoap ends its output with a newline of its own.
-fn strip_newline(mut out: Vec<u8>) -> Vec<u8> {
-    if out.last() == Some(&b'\n') {
-        out.pop();
-    }
-    out
-}
 
 fn libcoap(args: &[&str]) -> (Vec<u8>, String) {
     let mut all = vec!["-B", "5"];

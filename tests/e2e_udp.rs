@@ -4,119 +4,16 @@
 //! and the failures end with the right child statuses: a device that rejects the
 //! firmware (`deviceError:6`) and one that went offline (`deviceOffline`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+mod e2e_support;
+
+use e2e_support::{Device, device_value, prop, run_job, serve, start, wait_for};
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig, PackageServer};
 use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
-use twinhub::lwm2m::client::{
-    ClientConfig, ClientEvent, DeviceThread, FirmwareUpdate, Lwm2mClient, ObjectTree, UpdateResult,
-    objects,
-};
 use twinhub::query::{QueryExpression, QueryProperty};
 use twinhub::registry::Registry;
 use twinhub::twin::{ConnectionState, Scalar, Twin};
 use twinhub::{DeviceId, Lwm2mPath, ResourceValue};
-
-struct Device {
-    id: DeviceId,
-    thread: Option<DeviceThread>,
-    update_requested: Arc<AtomicBool>,
-    reboots: usize,
-}
-
-fn start(id: &str, server: std::net::SocketAddr, rejects_firmware: bool) -> Device {
-    let mut tree = ObjectTree::new();
-    tree.add(objects::security(&format!("coap://{server}"), 1));
-    tree.add(objects::server(1, 300, "U"));
-    tree.add(objects::device("twinhub", "e2e", id, "1.0").with_value(
-        0,
-        9,
-        ResourceValue::Integer(80),
-    ));
-    let update_requested = Arc::new(AtomicBool::new(false));
-    let flag = update_requested.clone();
-    let mut firmware = FirmwareUpdate::new().on_update(move || {
-        flag.store(true, Ordering::Release);
-        Ok(())
-    });
-    if rejects_firmware {
-        firmware = firmware.on_package(|_| Err(UpdateResult::UnsupportedPackage));
-    }
-    tree.set_firmware(firmware);
-    tree.add(objects::config());
-    let client = Lwm2mClient::new(Instant::now(), ClientConfig::new(id, server), tree);
-    let thread = DeviceThread::spawn(client, "127.0.0.1:0".parse().unwrap()).unwrap();
-    Device {
-        id: DeviceId::new(id).unwrap(),
-        thread: Some(thread),
-        update_requested,
-        reboots: 0,
-    }
-}
-
-/// The application's side of each device: boot into a new image when Update is
-/// executed, count reboots.
-fn serve(devices: &mut [Device]) {
-    for d in devices.iter_mut() {
-        let Some(thread) = &d.thread else { continue };
-        while let Ok(event) = thread.events().try_recv() {
-            if matches!(event, ClientEvent::Reboot) {
-                d.reboots += 1;
-            }
-        }
-        if d.update_requested.swap(false, Ordering::AcqRel) {
-            thread.with(|c| {
-                c.set_value(
-                    &Lwm2mPath::resource(3, 0, 3),
-                    ResourceValue::String("2.0".into()),
-                )
-                .unwrap();
-                c.firmware_update_finished(Ok(()));
-            });
-        }
-    }
-}
-
-fn wait_for(devices: &mut [Device], what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        serve(devices);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn run_job(hub: &Hub, devices: &mut [Device], spec: JobSpec) -> JobStatus {
-    let id = spec.id.clone();
-    hub.create_job(spec).unwrap();
-    let mut status = JobStatus::Enqueued;
-    wait_for(devices, &format!("job {id}"), || {
-        status = hub.job(&id).unwrap().status;
-        status.is_terminal()
-    });
-    let stats = hub.job_statistics(&id).unwrap();
-    assert_eq!(
-        stats.finished(),
-        stats.device_count,
-        "every child of {id} ended"
-    );
-    status
-}
-
-fn prop(hub: &Hub, id: &str, name: &str) -> Option<Scalar> {
-    hub.registry()
-        .read()
-        .get(id)?
-        .device_property(name)
-        .map(|(v, _)| v.clone())
-}
-
-fn device_value(d: &Device, path: Lwm2mPath) -> Option<ResourceValue> {
-    d.thread
-        .as_ref()?
-        .with(|c| c.objects_mut().read(&path).ok()?.get(&path).cloned())
-}
 
 #[test]
 fn devices_register_twins_fill_and_every_job_type_runs_over_udp() {

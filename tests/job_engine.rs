@@ -232,6 +232,7 @@ fn registered(device: &DeviceId, objects: &[Lwm2mPath]) -> DeviceEvent {
             queue_mode: false,
             objects: objects.to_vec(),
             address: None,
+            psk_identity: None,
         },
     }
 }

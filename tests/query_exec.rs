@@ -63,30 +63,34 @@ fn ts(ms: u64) -> Timestamp {
 /// A twin from generated choices.
 fn twin(n: u8, bytes: &[u8; 10]) -> Twin {
     let mut t = Twin::new(DeviceId::new(&format!("d{n:02}")).unwrap());
-    if bytes[0] % 4 != 0 {
+    if !bytes[0].is_multiple_of(4) {
         t = t.with_device_property("FirmwareVersion", FIRMWARE[bytes[1] as usize % 3], ts(1));
     }
-    if bytes[2] % 3 != 0 {
+    if !bytes[2].is_multiple_of(3) {
         t = t.with_device_property("BatteryLevel", (bytes[3] % 6) as i64 * 20, ts(2));
     }
     match bytes[4] % 4 {
         0 => {}
         1 => t = t.with_device_property("/3303/0/5700", (bytes[5] % 4) as f64 * 1.25, ts(3)),
         2 => t = t.with_device_property("/3303/0/5700", "hot", ts(3)),
-        _ => t = t.with_device_property("/3303/0/5700", bytes[5] % 2 == 0, ts(3)),
+        _ => t = t.with_device_property("/3303/0/5700", bytes[5].is_multiple_of(2), ts(3)),
     }
-    if bytes[5] % 3 != 0 {
+    if !bytes[5].is_multiple_of(3) {
         t = t.with_service_property("region", REGIONS[bytes[6] as usize % 3]);
     }
     match bytes[6] % 5 {
         0 => t = t.with_service_property("level", (bytes[7] % 3) as i64),
         1 => t = t.with_service_property("level", "high"),
-        2 => t = t.with_service_property("level", bytes[7] % 2 == 0),
+        2 => t = t.with_service_property("level", bytes[7].is_multiple_of(2)),
         3 => {
             let mut m = std::collections::BTreeMap::new();
             m.insert(
                 "mode".to_owned(),
-                ServiceValue::from(if bytes[7] % 2 == 0 { "eco" } else { "max" }),
+                ServiceValue::from(if bytes[7].is_multiple_of(2) {
+                    "eco"
+                } else {
+                    "max"
+                }),
             );
             t = t.with_service_property("cfg", ServiceValue::Object(m));
         }
@@ -97,9 +101,16 @@ fn twin(n: u8, bytes: &[u8; 10]) -> Twin {
             t = t.with_tag(*tag);
         }
     }
-    if bytes[9] % 3 == 0 {
+    if bytes[9].is_multiple_of(3) {
         t.status = DeviceStatus::Disabled;
-        t.status_reason = Some(if bytes[9] % 2 == 0 { "lost" } else { "stolen" }.into());
+        t.status_reason = Some(
+            if bytes[9].is_multiple_of(2) {
+                "lost"
+            } else {
+                "stolen"
+            }
+            .into(),
+        );
     }
     if bytes[9] % 4 == 1 {
         t.connection_state = ConnectionState::Connected;

@@ -608,11 +608,11 @@ fn fleet_twin(i: usize) -> Twin {
         .with_service_property("region", ["eu", "us", "ap"][i % 3])
         .with_tag(["a", "b", "c"][i % 3])
         .with_tag("fleet");
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         // Sorts before every other name: shifts them all by one.
         t = t.with_device_property("/3303/0/5700", (i % 40) as f64 / 4.0, at);
     }
-    if i % 50 == 0 {
+    if i.is_multiple_of(50) {
         t.status = DeviceStatus::Disabled;
         t.status_reason = Some("retired".into());
     }
@@ -620,7 +620,7 @@ fn fleet_twin(i: usize) -> Twin {
         t.connection_state = ConnectionState::Connected;
         t.connection_state_updated_time = Some(at);
     }
-    t.is_managed = i % 5 != 0;
+    t.is_managed = !i.is_multiple_of(5);
     t
 }
 

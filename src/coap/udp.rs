@@ -344,6 +344,33 @@ impl UdpDriver {
 
     /// Starts the driver on an existing socket and endpoint.
     pub fn spawn(socket: UdpSocket, endpoint: Endpoint) -> io::Result<UdpDriver> {
+        UdpDriver::spawn_wire(socket, endpoint, Wire::Plain)
+    }
+
+    /// Starts a `coaps` server: the endpoint behind a
+    /// [`DtlsServer`](crate::dtls::DtlsServer) (DTLS 1.2 PSK). Requests arrive only from
+    /// peers with a session; everything the endpoint sends goes through the session at the
+    /// destination (datagrams to an address without one are dropped, never sent in
+    /// clear). The driver does not report identities: use the LWM2M server for that.
+    ///
+    /// ```no_run
+    /// use twinhub::coap::{Endpoint, EndpointConfig, UdpDriver};
+    /// use twinhub::dtls::{DtlsServer, DtlsServerConfig, PskStore};
+    /// let dtls = DtlsServer::new(DtlsServerConfig::default(), PskStore::new());
+    /// let socket = std::net::UdpSocket::bind("0.0.0.0:5684").unwrap();
+    /// let driver = UdpDriver::spawn_secure(socket, Endpoint::new(EndpointConfig::default()), dtls).unwrap();
+    /// # drop(driver);
+    /// ```
+    #[cfg(feature = "dtls")]
+    pub fn spawn_secure(
+        socket: UdpSocket,
+        endpoint: Endpoint,
+        dtls: crate::dtls::DtlsServer,
+    ) -> io::Result<UdpDriver> {
+        UdpDriver::spawn_wire(socket, endpoint, Wire::Dtls(Box::new(dtls)))
+    }
+
+    fn spawn_wire(socket: UdpSocket, endpoint: Endpoint, wire: Wire) -> io::Result<UdpDriver> {
         let local_addr = socket.local_addr()?;
         let target = match local_addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => {
@@ -365,7 +392,7 @@ impl UdpDriver {
         let (server_tx, server_events) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("coap-udp-{}", local_addr.port()))
-            .spawn(move || run(socket, endpoint, command_rx, server_tx, wake_addr))?;
+            .spawn(move || run(socket, endpoint, wire, command_rx, server_tx, wake_addr))?;
         Ok(UdpDriver {
             handle: DriverHandle {
                 commands,
@@ -425,9 +452,89 @@ impl fmt::Debug for UdpDriver {
     }
 }
 
+/// What the datagrams cross between the socket and the endpoint.
+enum Wire {
+    Plain,
+    #[cfg(feature = "dtls")]
+    Dtls(Box<crate::dtls::DtlsServer>),
+}
+
+impl Wire {
+    fn send(&mut self, socket: &UdpSocket, t: crate::coap::Transmit) {
+        match self {
+            // A send error (e.g. an unreachable peer) is the same as a lost datagram.
+            Wire::Plain => {
+                let _ = socket.send_to(&t.payload, t.destination);
+            }
+            #[cfg(feature = "dtls")]
+            Wire::Dtls(d) => {
+                // No session: dropped; nothing goes out in clear.
+                let _ = d.send(Instant::now(), t.destination, &t.payload);
+                Self::flush(d, socket);
+            }
+        }
+    }
+
+    #[cfg(feature = "dtls")]
+    fn flush(d: &mut crate::dtls::DtlsServer, socket: &UdpSocket) {
+        while let Some((to, record)) = d.poll_transmit() {
+            let _ = socket.send_to(&record, to);
+        }
+    }
+
+    fn receive(&mut self, socket: &UdpSocket, ep: &mut Endpoint, from: SocketAddr, bytes: &[u8]) {
+        let now = Instant::now();
+        match self {
+            Wire::Plain => ep.handle_datagram(now, from, bytes),
+            #[cfg(feature = "dtls")]
+            Wire::Dtls(d) => {
+                d.handle_datagram(now, from, bytes);
+                Self::deliver(d, socket, ep, now);
+            }
+        }
+        let _ = socket;
+    }
+
+    #[cfg(feature = "dtls")]
+    fn deliver(
+        d: &mut crate::dtls::DtlsServer,
+        socket: &UdpSocket,
+        ep: &mut Endpoint,
+        now: Instant,
+    ) {
+        while let Some(event) = d.poll_event() {
+            if let crate::dtls::DtlsEvent::Plaintext { peer, data, .. } = event {
+                ep.handle_datagram(now, peer, &data);
+            }
+        }
+        Self::flush(d, socket);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Wire::Plain => None,
+            #[cfg(feature = "dtls")]
+            Wire::Dtls(d) => d.poll_timeout(),
+        }
+    }
+
+    fn handle_timeout(&mut self, socket: &UdpSocket, ep: &mut Endpoint, now: Instant) {
+        match self {
+            Wire::Plain => {}
+            #[cfg(feature = "dtls")]
+            Wire::Dtls(d) => {
+                d.handle_timeout(now);
+                Self::deliver(d, socket, ep, now);
+            }
+        }
+        let _ = (socket, ep, now);
+    }
+}
+
 fn run(
     socket: UdpSocket,
     mut ep: Endpoint,
+    mut wire: Wire,
     commands: Receiver<Command>,
     server: Sender<ServerEvent>,
     wake_addr: SocketAddr,
@@ -485,8 +592,7 @@ fn run(
         }
         // 2. Transmits.
         while let Some(t) = ep.poll_transmit() {
-            // A send error (e.g. an unreachable peer) is the same as a lost datagram.
-            let _ = socket.send_to(&t.payload, t.destination);
+            wire.send(&socket, t);
         }
         // 3. Events.
         while let Some(e) = ep.poll_event() {
@@ -530,12 +636,15 @@ fn run(
         }
         // Events may have produced transmits (forget) — send them before sleeping.
         while let Some(t) = ep.poll_transmit() {
-            let _ = socket.send_to(&t.payload, t.destination);
+            wire.send(&socket, t);
         }
         // 4. Wait for a datagram, a wake-up or the next timer.
         let now = Instant::now();
-        let wait = ep
-            .poll_timeout()
+        let next = match (ep.poll_timeout(), wire.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wait = next
             .map_or(MAX_WAIT, |t| t.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), MAX_WAIT);
         if current_wait != Some(wait) {
@@ -547,7 +656,7 @@ fn run(
         match socket.recv_from(&mut buf) {
             Ok((n, from)) => {
                 if from != wake_addr {
-                    ep.handle_datagram(Instant::now(), from, &buf[..n]);
+                    wire.receive(&socket, &mut ep, from, &buf[..n]);
                 }
             }
             Err(e)
@@ -564,6 +673,9 @@ fn run(
         let now = Instant::now();
         if ep.poll_timeout().is_some_and(|t| t <= now) {
             ep.handle_timeout(now);
+        }
+        if wire.poll_timeout().is_some_and(|t| t <= now) {
+            wire.handle_timeout(&socket, &mut ep, now);
         }
     }
 }

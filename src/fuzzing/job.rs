@@ -29,6 +29,7 @@ fn registration(d: &DeviceId) -> RegistrationInfo {
         queue_mode: false,
         objects: Vec::new(),
         address: None,
+        psk_identity: None,
     }
 }
 

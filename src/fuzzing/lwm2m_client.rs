@@ -90,15 +90,15 @@ fn structured(b: &[u8], mid: u16) -> Message {
     if opts & 2 != 0 {
         m.set_observe((opts >> 2) as u32 & 1);
     }
-    if opts & 8 != 0 {
-        if let Some(b1) = BlockOption::new(at(10) as u32 % 4, at(10) & 0x10 != 0, at(11) % 7) {
-            m.set_block1(b1);
-        }
+    if opts & 8 != 0
+        && let Some(b1) = BlockOption::new(at(10) as u32 % 4, at(10) & 0x10 != 0, at(11) % 7)
+    {
+        m.set_block1(b1);
     }
-    if opts & 16 != 0 {
-        if let Some(b2) = BlockOption::new(at(10) as u32 % 4, false, at(11) % 7) {
-            m.set_block2(b2);
-        }
+    if opts & 16 != 0
+        && let Some(b2) = BlockOption::new(at(10) as u32 % 4, false, at(11) % 7)
+    {
+        m.set_block2(b2);
     }
     if opts & 32 != 0 {
         let q = [
@@ -148,7 +148,7 @@ pub fn client_requests(data: &[u8]) {
                 ResourceValue::Float(v as f64),
             );
             client.handle_timeout(now);
-        } else if kind % 2 == 0 {
+        } else if kind.is_multiple_of(2) {
             client.handle_datagram(now, server, bytes);
         } else {
             let m = structured(bytes, mid);

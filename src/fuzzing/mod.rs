@@ -6,6 +6,8 @@
 //! round trip that does not hold); bad input must come back as a typed error.
 
 pub mod coap;
+#[cfg(feature = "dtls")]
+pub mod dtls;
 pub mod job;
 pub mod lwm2m_client;
 pub mod lwm2m_server;
@@ -13,6 +15,8 @@ pub mod query;
 pub mod registry;
 
 pub use coap::{coap_decode, link_format};
+#[cfg(feature = "dtls")]
+pub use dtls::dtls_records;
 pub use job::job_events;
 pub use lwm2m_client::client_requests;
 pub use lwm2m_server::{
@@ -29,6 +33,8 @@ pub type FuzzBody = fn(&[u8]);
 pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("client_requests", client_requests),
     ("coap_decode", coap_decode),
+    #[cfg(feature = "dtls")]
+    ("dtls_records", dtls_records),
     ("job_events", job_events),
     ("link_format", link_format),
     ("lwm2m_cbor_decode", lwm2m_cbor_decode),

@@ -54,7 +54,7 @@ impl Bytes<'_> {
     }
 
     fn service_value(&mut self, depth: usize) -> ServiceValue {
-        if depth < 6 && self.byte() % 4 == 0 {
+        if depth < 6 && self.byte().is_multiple_of(4) {
             let mut m = BTreeMap::new();
             for _ in 0..self.byte() % 3 {
                 let k = self.pick(&["a", "b", "c.d", "$"]).to_string();

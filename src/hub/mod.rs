@@ -45,6 +45,8 @@
 //! hub.stop();
 //! ```
 
+#[cfg(feature = "dtls")]
+mod credentials;
 mod driver;
 mod package;
 mod provisioning;
@@ -127,8 +129,11 @@ pub struct HubConfig {
     /// How long after its registration ended an auto-provisioned twin that the service
     /// never adopted (no tags, no service properties) is removed, 24 h.
     pub auto_provision_expiry: Duration,
-    /// The bundled LWM2M server's settings (used by [`Hub::bind_udp`]).
+    /// The bundled LWM2M server's settings (used by [`Hub::bind_udp`] and `Hub::bind_dtls`).
     pub server: ServerConfig,
+    /// The DTLS layer's bounds (used by `Hub::bind_dtls`).
+    #[cfg(feature = "dtls")]
+    pub dtls: crate::dtls::DtlsServerConfig,
 }
 
 impl Default for HubConfig {
@@ -140,6 +145,8 @@ impl Default for HubConfig {
             auto_provision_limit: 10_000,
             auto_provision_expiry: Duration::from_secs(24 * 3600),
             server: ServerConfig::default(),
+            #[cfg(feature = "dtls")]
+            dtls: crate::dtls::DtlsServerConfig::default(),
         }
     }
 }
@@ -192,6 +199,9 @@ struct Inner {
     waiting: Arc<Waiting>,
     /// The hub's own sync observations (only the hub thread touches it).
     synced: Mutex<HashMap<DeviceId, Vec<SyncObservation>>>,
+    /// The coaps listener's key store and counters (set by `Hub::bind_dtls`).
+    #[cfg(feature = "dtls")]
+    secure: std::sync::OnceLock<credentials::Secure>,
 }
 
 /// One sync observation of a registered device: the Observe operation that established
@@ -286,6 +296,8 @@ impl Hub {
             last_sweep: Mutex::new(Instant::now()),
             waiting: Arc::default(),
             synced: Mutex::new(HashMap::new()),
+            #[cfg(feature = "dtls")]
+            secure: std::sync::OnceLock::new(),
         });
         let worker = inner.clone();
         let thread = std::thread::Builder::new()
@@ -308,29 +320,11 @@ impl Hub {
         config: HubConfig,
     ) -> std::io::Result<Hub> {
         let registry = SharedRegistry::new(registry);
-        let gate = registry.clone();
-        let auto = config.auto_provision;
         let provisioned = Arc::new(AutoProvisioned::new(
             config.auto_provision_limit,
             config.auto_provision_expiry,
         ));
-        let admit = provisioned.clone();
-        let server = Lwm2mServer::new(ServerConfig {
-            auto_provision: auto,
-            ..config.server.clone()
-        })
-        .with_authorizer(Box::new(move |request| {
-            let reg = gate.read();
-            match reg.get(&request.endpoint) {
-                Some(twin) if twin.status() == DeviceStatus::Enabled => Decision::Accept,
-                Some(_) => Decision::Reject(RejectReason::Disabled),
-                None if auto => match DeviceId::new(&request.endpoint) {
-                    Ok(d) if admit.admit(&d, Instant::now()) => Decision::Accept,
-                    _ => Decision::Reject(RejectReason::UnknownDevice),
-                },
-                None => Decision::Reject(RejectReason::UnknownDevice),
-            }
-        }));
+        let server = Self::lwm2m_server(&registry, &config, &provisioned);
         let (udp, events) = UdpServer::bind(addr, server)?;
         let local = udp.local_addr();
         let link = Box::new(udp.handle());
@@ -342,6 +336,42 @@ impl Hub {
             (Some(local), Some(udp)),
             provisioned,
         ))
+    }
+
+    /// The bundled server with the hub's authorizer: the device exists and is enabled
+    /// (or auto-provisioning is on), and a device with credentials (a PSK in its twin's
+    /// authentication) registers only with an authenticated identity: over plain CoAP it
+    /// gets 4.03 [`RejectReason::CredentialsRequired`]. (That the identity is the
+    /// device's own is checked by the server before this runs.)
+    fn lwm2m_server(
+        registry: &SharedRegistry,
+        config: &HubConfig,
+        provisioned: &Arc<AutoProvisioned>,
+    ) -> Lwm2mServer {
+        let gate = registry.clone();
+        let auto = config.auto_provision;
+        let admit = provisioned.clone();
+        Lwm2mServer::new(ServerConfig {
+            auto_provision: auto,
+            ..config.server.clone()
+        })
+        .with_authorizer(Box::new(move |request, identity| {
+            let reg = gate.read();
+            match reg.get(&request.endpoint) {
+                Some(twin) if twin.status() != DeviceStatus::Enabled => {
+                    Decision::Reject(RejectReason::Disabled)
+                }
+                Some(twin) if identity.is_none() && twin.authentication().psk_key.is_some() => {
+                    Decision::Reject(RejectReason::CredentialsRequired)
+                }
+                Some(_) => Decision::Accept,
+                None if auto => match DeviceId::new(&request.endpoint) {
+                    Ok(d) if admit.admit(&d, Instant::now()) => Decision::Accept,
+                    _ => Decision::Reject(RejectReason::UnknownDevice),
+                },
+                None => Decision::Reject(RejectReason::UnknownDevice),
+            }
+        }))
     }
 
     /// Starts a hub over any sans-IO [`Transport`] (for example the in-memory simulated
@@ -418,9 +448,15 @@ impl Hub {
         self.inner.registry.write().create(twin).map(|_| ())
     }
 
-    /// Removes a device; returns its last twin.
+    /// Removes a device; returns its last twin. Its credentials go with it (its DTLS
+    /// sessions close when next used).
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
-        self.inner.registry.write().remove(id)
+        let twin = self.inner.registry.write().remove(id)?;
+        #[cfg(feature = "dtls")]
+        if let Some(secure) = self.inner.secure.get() {
+            secure.store.remove_device(&twin.device_id);
+        }
+        Ok(twin)
     }
 
     /// A copy of a device's twin.

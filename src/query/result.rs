@@ -241,7 +241,7 @@ impl Cursor {
 
     /// Decodes a token made by [`Cursor::encode`].
     pub(crate) fn decode(token: &str) -> Result<Cursor, QueryError> {
-        if token.len() > MAX_TOKEN_LEN || token.len() % 2 != 0 {
+        if token.len() > MAX_TOKEN_LEN || !token.len().is_multiple_of(2) {
             return Err(QueryError::BadContinuation);
         }
         let bytes: Option<Vec<u8>> = (0..token.len())

@@ -204,7 +204,7 @@ impl Layout {
 
     /// Marks where the next share starts if one starts at the next twin.
     fn mark(&mut self, values: &[Vec<StagedValue>]) {
-        if self.counts.len() % LIST_CHUNK == 0 {
+        if self.counts.len().is_multiple_of(LIST_CHUNK) {
             self.chunks.push(ChunkStart {
                 twin: self.counts.len(),
                 device: self.device.len(),

@@ -302,7 +302,7 @@ mod tests {
             a.cmp(&b)
         }
         fn alive(&self, id: u32) -> bool {
-            self.dead_mod == 0 || id % self.dead_mod != 0
+            self.dead_mod == 0 || !id.is_multiple_of(self.dead_mod)
         }
     }
 

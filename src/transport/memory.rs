@@ -727,6 +727,7 @@ impl MemoryTransport {
                 Lwm2mPath::instance(10241, 0),
             ],
             address: None,
+            psk_identity: None,
         }
     }
 

@@ -236,6 +236,10 @@ pub struct RegistrationInfo {
     /// Where its datagrams come from; updated on NAT rebinding.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub address: Option<SocketAddr>,
+    /// The PSK identity of the DTLS session the device registered over (none over plain
+    /// CoAP). Only the identity: keys never travel in a registration.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub psk_identity: Option<String>,
 }
 
 /// Why a registration was refused.
@@ -255,6 +259,24 @@ pub enum RejectReason {
     /// 1.1 §6.2.1: 4.12 Precondition Failed, so that the client can retry with an older
     /// version).
     UnsupportedVersion(String),
+    /// The request came over a DTLS session whose authenticated identity does not belong
+    /// to the endpoint it names (or, for an Update or De-register, to the registration's
+    /// owner). Answered 4.03.
+    IdentityMismatch,
+    /// The device has credentials but the request came without an authenticated identity
+    /// (plain CoAP). Answered 4.03.
+    CredentialsRequired,
+}
+
+/// Who a peer proved to be over DTLS: its PSK identity, and the device the identity
+/// belongs to (none for an identity set without a device). A neutral value, so the
+/// transport and the hub can name it without the `dtls` feature.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerIdentity {
+    /// The PSK identity the peer presented and proved with the key.
+    pub psk_identity: std::sync::Arc<str>,
+    /// The device the identity belongs to.
+    pub device: Option<DeviceId>,
 }
 
 /// Something a transport observed about a device.

@@ -542,6 +542,7 @@ mod tests {
             queue_mode: false,
             objects: vec![Lwm2mPath::instance(3, 0), Lwm2mPath::instance(3303, 0)],
             address: None,
+            psk_identity: None,
         });
         t
     }

@@ -147,10 +147,10 @@ impl Sim {
             .map(|(i, d)| (i, d.at));
         let mut next_timer: Option<(usize, Instant)> = None;
         for i in 0..self.nodes.len() {
-            if let Some(t) = self.nodes[i].1.poll_timeout() {
-                if next_timer.is_none_or(|(_, best)| t < best) {
-                    next_timer = Some((i, t));
-                }
+            if let Some(t) = self.nodes[i].1.poll_timeout()
+                && next_timer.is_none_or(|(_, best)| t < best)
+            {
+                next_timer = Some((i, t));
             }
         }
         let wire_first = match (next_wire, next_timer) {

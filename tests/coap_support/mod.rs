@@ -38,6 +38,23 @@ impl TestServer {
         }
     }
 
+    /// The same server behind DTLS 1.2 PSK (`coaps`), keys from `store`.
+    pub fn start_secure(bind: &str, store: twinhub::dtls::PskStore) -> TestServer {
+        let dtls =
+            twinhub::dtls::DtlsServer::new(twinhub::dtls::DtlsServerConfig::default(), store);
+        let socket = std::net::UdpSocket::bind(bind).unwrap();
+        let endpoint = twinhub::coap::Endpoint::new(EndpointConfig::default());
+        let driver = Arc::new(UdpDriver::spawn_secure(socket, endpoint, dtls).unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, s) = (driver.clone(), stop.clone());
+        let thread = std::thread::spawn(move || serve(&d, &s));
+        TestServer {
+            driver,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.driver.local_addr().port()
     }

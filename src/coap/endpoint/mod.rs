@@ -589,14 +589,15 @@ impl Endpoint {
                 break;
             }
             self.piggyback_deadlines.pop_front();
-            if let Some(inc) = self.incoming.get_mut(&id) {
-                if inc.con && !inc.acked {
-                    inc.acked = true;
-                    let (peer, mid) = (inc.peer, inc.mid);
-                    self.send_empty(peer, MessageType::Acknowledgement, mid);
-                    if let Some(d) = self.dedup.get_mut(&(peer, mid)) {
-                        d.reply = Reply::EmptyAck;
-                    }
+            if let Some(inc) = self.incoming.get_mut(&id)
+                && inc.con
+                && !inc.acked
+            {
+                inc.acked = true;
+                let (peer, mid) = (inc.peer, inc.mid);
+                self.send_empty(peer, MessageType::Acknowledgement, mid);
+                if let Some(d) = self.dedup.get_mut(&(peer, mid)) {
+                    d.reply = Reply::EmptyAck;
                 }
             }
         }
@@ -791,10 +792,10 @@ impl Endpoint {
                     return;
                 }
                 self.remove_sent(key);
-                if let Some(r) = self.requests.get_mut(&id) {
-                    if r.in_flight.is_some_and(|(m, _)| m == key.1) {
-                        r.in_flight = None;
-                    }
+                if let Some(r) = self.requests.get_mut(&id)
+                    && r.in_flight.is_some_and(|(m, _)| m == key.1)
+                {
+                    r.in_flight = None;
                 }
                 if reset {
                     self.fail_request(now, id, RequestError::Reset);
@@ -844,12 +845,12 @@ impl Endpoint {
             self.set_dedup_reply(peer, msg.message_id, Reply::EmptyAck);
         }
         // A response implies our request arrived: stop retransmitting it.
-        if let Some((mid, token)) = self.requests.get(&id).and_then(|r| r.in_flight) {
-            if token == msg.token() {
-                self.remove_sent((peer, mid));
-                if let Some(r) = self.requests.get_mut(&id) {
-                    r.in_flight = None;
-                }
+        if let Some((mid, token)) = self.requests.get(&id).and_then(|r| r.in_flight)
+            && token == msg.token()
+        {
+            self.remove_sent((peer, mid));
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.in_flight = None;
             }
         }
         self.process_response(now, id, msg);
@@ -1087,34 +1088,35 @@ impl Endpoint {
         };
         let peer = r.peer;
         // A block of a Block2 download.
-        if let Some(b2) = r.block2.as_mut() {
-            if resp.token() == b2.sub_token && resp.token() != r.token {
-                let Some(blk) = resp.block2() else {
-                    self.fail_request(now, id, RequestError::BlockMismatch);
-                    return;
-                };
-                if !resp.code.is_success() || blk.offset() != b2.body.len() {
-                    self.fail_request(now, id, RequestError::BlockMismatch);
-                    return;
-                }
-                if b2.body.len() + resp.payload.len() > max_body {
-                    self.fail_request(now, id, RequestError::BodyTooLarge { limit: max_body });
-                    return;
-                }
-                b2.body.extend_from_slice(&resp.payload);
-                if blk.more {
-                    let next = b2.body.len() / blk.size();
-                    self.request_block2(now, id, next as u32, blk.szx);
-                } else {
-                    let b2 = r.block2.take().expect("present");
-                    self.by_token.remove(&(peer, b2.sub_token));
-                    let mut whole = b2.head;
-                    whole.payload = b2.body;
-                    whole.remove_option(OptionNumber::BLOCK2);
-                    self.deliver(id, whole, b2.notification);
-                }
+        if let Some(b2) = r.block2.as_mut()
+            && resp.token() == b2.sub_token
+            && resp.token() != r.token
+        {
+            let Some(blk) = resp.block2() else {
+                self.fail_request(now, id, RequestError::BlockMismatch);
+                return;
+            };
+            if !resp.code.is_success() || blk.offset() != b2.body.len() {
+                self.fail_request(now, id, RequestError::BlockMismatch);
                 return;
             }
+            if b2.body.len() + resp.payload.len() > max_body {
+                self.fail_request(now, id, RequestError::BodyTooLarge { limit: max_body });
+                return;
+            }
+            b2.body.extend_from_slice(&resp.payload);
+            if blk.more {
+                let next = b2.body.len() / blk.size();
+                self.request_block2(now, id, next as u32, blk.szx);
+            } else {
+                let b2 = r.block2.take().expect("present");
+                self.by_token.remove(&(peer, b2.sub_token));
+                let mut whole = b2.head;
+                whole.payload = b2.body;
+                whole.remove_option(OptionNumber::BLOCK2);
+                self.deliver(id, whole, b2.notification);
+            }
+            return;
         }
         // Block1 upload: 2.31 Continue asks for the next block.
         if let Some(b1) = r.block1.as_mut() {
@@ -1161,10 +1163,10 @@ impl Endpoint {
             let seq = resp.observe().filter(|_| resp.code.is_success());
             match (obs.registered, seq) {
                 (true, Some(seq)) => {
-                    if let Some((v1, t1)) = obs.last {
-                        if !notification_is_fresh(v1, t1, seq, now) {
-                            return; // stale or reordered
-                        }
+                    if let Some((v1, t1)) = obs.last
+                        && !notification_is_fresh(v1, t1, seq, now)
+                    {
+                        return; // stale or reordered
                     }
                     obs.last = Some((seq, now));
                     notification = true;
@@ -1180,31 +1182,31 @@ impl Endpoint {
             }
         }
         // A Block2 response: fetch the rest before delivering.
-        if let Some(blk) = resp.block2() {
-            if blk.more && blk.num == 0 {
-                if resp.size2().is_some_and(|s| s as usize > max_body)
-                    || resp.payload.len() > max_body
-                {
-                    self.fail_request(now, id, RequestError::BodyTooLarge { limit: max_body });
-                    return;
-                }
-                let sub_token = self.new_token();
-                let r = self.requests.get_mut(&id).expect("present");
-                if let Some(old) = r.block2.take() {
-                    self.by_token.remove(&(peer, old.sub_token));
-                }
-                let mut head = resp;
-                let body = std::mem::take(&mut head.payload);
-                r.block2 = Some(Block2In {
-                    head,
-                    body,
-                    sub_token,
-                    notification,
-                });
-                self.by_token.insert((peer, sub_token), id);
-                self.request_block2(now, id, 1, blk.szx);
+        if let Some(blk) = resp.block2()
+            && blk.more
+            && blk.num == 0
+        {
+            if resp.size2().is_some_and(|s| s as usize > max_body) || resp.payload.len() > max_body
+            {
+                self.fail_request(now, id, RequestError::BodyTooLarge { limit: max_body });
                 return;
             }
+            let sub_token = self.new_token();
+            let r = self.requests.get_mut(&id).expect("present");
+            if let Some(old) = r.block2.take() {
+                self.by_token.remove(&(peer, old.sub_token));
+            }
+            let mut head = resp;
+            let body = std::mem::take(&mut head.payload);
+            r.block2 = Some(Block2In {
+                head,
+                body,
+                sub_token,
+                notification,
+            });
+            self.by_token.insert((peer, sub_token), id);
+            self.request_block2(now, id, 1, blk.szx);
+            return;
         }
         self.deliver(id, resp, notification);
     }
@@ -1301,35 +1303,36 @@ impl Endpoint {
             return;
         }
         // GET with Observe=1 deregisters (RFC 7641 §3.6); the request is still answered.
-        if msg.observe() == Some(1) {
-            if let Some(&obs) = self.observer_by_token.get(&(peer, token)) {
-                self.end_observation(obs, ObservationEndReason::Cancelled);
-            }
+        if msg.observe() == Some(1)
+            && let Some(&obs) = self.observer_by_token.get(&(peer, token))
+        {
+            self.end_observation(obs, ObservationEndReason::Cancelled);
         }
         // Block2 follow-up served from a sliced body.
         let block2 = msg.block2();
         let block2_key = resource_key(b'2', None, &msg);
-        if let Some(b2) = block2 {
-            if b2.num > 0 && msg.observe().is_none() {
-                let stamp = self.new_stamp();
-                let lifetime = self.config.block_transfer_lifetime;
-                if let Some(BlockTransfer::Download {
-                    head,
-                    body,
-                    szx,
-                    stamp: s,
-                }) = self.blocks.get_mut(&(peer, block2_key.clone()))
-                {
-                    let szx = b2.szx.min(*szx);
-                    let num = (b2.offset() / (1usize << (szx + 4))) as u32;
-                    let reply = slice_block(head, body, num, szx)
-                        .unwrap_or_else(|| Message::response(Code::BAD_OPTION));
-                    *s = stamp;
-                    self.block_expiry
-                        .push_back((now + lifetime, peer, block2_key, stamp));
-                    self.reply_direct(peer, mid, token, con, reply);
-                    return;
-                }
+        if let Some(b2) = block2
+            && b2.num > 0
+            && msg.observe().is_none()
+        {
+            let stamp = self.new_stamp();
+            let lifetime = self.config.block_transfer_lifetime;
+            if let Some(BlockTransfer::Download {
+                head,
+                body,
+                szx,
+                stamp: s,
+            }) = self.blocks.get_mut(&(peer, block2_key.clone()))
+            {
+                let szx = b2.szx.min(*szx);
+                let num = (b2.offset() / (1usize << (szx + 4))) as u32;
+                let reply = slice_block(head, body, num, szx)
+                    .unwrap_or_else(|| Message::response(Code::BAD_OPTION));
+                *s = stamp;
+                self.block_expiry
+                    .push_back((now + lifetime, peer, block2_key, stamp));
+                self.reply_direct(peer, mid, token, con, reply);
+                return;
             }
         }
         // Block1 reassembly.
@@ -1906,10 +1909,11 @@ impl Endpoint {
 
     fn remove_sent(&mut self, key: (SocketAddr, u16)) -> Option<Sent> {
         let s = self.sent.remove(&key)?;
-        if s.retx.is_some() && matches!(s.owner, Owner::Request(_)) {
-            if let Some(p) = self.peers.get_mut(&key.0) {
-                p.con_in_flight = p.con_in_flight.saturating_sub(1);
-            }
+        if s.retx.is_some()
+            && matches!(s.owner, Owner::Request(_))
+            && let Some(p) = self.peers.get_mut(&key.0)
+        {
+            p.con_in_flight = p.con_in_flight.saturating_sub(1);
         }
         Some(s)
     }

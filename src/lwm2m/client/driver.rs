@@ -10,23 +10,41 @@
 //! and sleep in the kernel when idle; see the crate's `examples/device.rs` and the
 //! `lwm2m_client` bench for measured per-device memory.
 //!
+//! **DTLS.** When the client's config has PSK credentials ([`ClientConfig::with_psk`],
+//! feature `dtls`), everything to and from the LWM2M server goes through a
+//! [`DtlsClient`](crate::dtls::DtlsClient): the first datagram starts the handshake, and a
+//! registration attempt the server did not answer (it lost the session, or a NAT
+//! rebinding gave the device a new source port the server has no session for) throws the
+//! session away, so the next attempt handshakes again. Datagrams to other addresses (a
+//! firmware package server) stay plain CoAP.
+//!
+//! [`ClientConfig::with_psk`]: super::ClientConfig::with_psk
+//!
 //! To run the client under another runtime (tokio, an embedded loop), do what
 //! [`DeviceThread`] does: feed datagrams to `handle_datagram`, send `poll_transmit`,
 //! sleep until `poll_timeout` and call `handle_timeout`.
 
 use super::engine::{ClientEvent, Lwm2mClient};
+#[cfg(feature = "dtls")]
+use crate::dtls::DtlsClient;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The smallest stack a device thread gets when it speaks DTLS: the handshake's state
+/// machine (the `dimpl` crate) needs more than the plain loop. Only the pages touched
+/// become resident.
+#[cfg(feature = "dtls")]
+pub const MIN_DTLS_STACK: usize = 512 * 1024;
+
 /// How a [`DeviceThread`] is started.
 #[derive(Clone, Debug)]
 pub struct DriverOptions {
-    /// The thread's stack size in bytes.
+    /// The thread's stack size in bytes (at least `MIN_DTLS_STACK` over DTLS).
     pub stack_size: usize,
     /// Events kept for the application; when full, newer events are dropped.
     pub event_capacity: usize,
@@ -67,6 +85,7 @@ pub struct DeviceThread {
     local: SocketAddr,
     stop: Arc<AtomicBool>,
     events: Receiver<ClientEvent>,
+    handshakes: Arc<AtomicU64>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
@@ -90,7 +109,19 @@ impl DeviceThread {
         let client = Arc::new(Mutex::new(client));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, events) = sync_channel(options.event_capacity.max(1));
+        let server = lock(&client).config().server;
+        #[cfg(feature = "dtls")]
+        let dtls = lock(&client)
+            .config()
+            .psk
+            .clone()
+            .map(|creds| DtlsClient::new(Instant::now(), creds));
+        let handshakes = Arc::new(AtomicU64::new(0));
         let worker = Worker {
+            server,
+            #[cfg(feature = "dtls")]
+            dtls,
+            handshakes: handshakes.clone(),
             client: client.clone(),
             socket: socket.clone(),
             local,
@@ -98,9 +129,17 @@ impl DeviceThread {
             events: tx,
             max_sleep: options.max_sleep,
         };
+        #[cfg(feature = "dtls")]
+        let min_stack = if worker.dtls.is_some() {
+            MIN_DTLS_STACK
+        } else {
+            32 * 1024
+        };
+        #[cfg(not(feature = "dtls"))]
+        let min_stack = 32 * 1024;
         let thread = std::thread::Builder::new()
             .name(options.name)
-            .stack_size(options.stack_size.max(32 * 1024))
+            .stack_size(options.stack_size.max(min_stack))
             .spawn(move || worker.run())?;
         Ok(DeviceThread {
             client,
@@ -108,6 +147,7 @@ impl DeviceThread {
             local,
             stop,
             events,
+            handshakes,
             thread: Some(thread),
         })
     }
@@ -123,6 +163,11 @@ impl DeviceThread {
         let r = f(&mut lock(&self.client));
         self.wake();
         r
+    }
+
+    /// DTLS handshakes the device completed with the server (0 over plain CoAP).
+    pub fn dtls_handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
     }
 
     /// The client's events (registered, reboot, executed, ...).
@@ -171,6 +216,12 @@ fn lock(c: &Mutex<Lwm2mClient>) -> MutexGuard<'_, Lwm2mClient> {
 }
 
 struct Worker {
+    #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
+    server: SocketAddr,
+    #[cfg(feature = "dtls")]
+    dtls: Option<DtlsClient>,
+    #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
+    handshakes: Arc<AtomicU64>,
     client: Arc<Mutex<Lwm2mClient>>,
     socket: Arc<UdpSocket>,
     local: SocketAddr,
@@ -180,14 +231,20 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self) -> io::Result<()> {
+    fn run(mut self) -> io::Result<()> {
         let mut buf = vec![0u8; 2048];
         while !self.stop.load(Ordering::SeqCst) {
             let deadline = {
-                let mut c = lock(&self.client);
-                c.handle_timeout(Instant::now());
+                let client = self.client.clone();
+                let mut c = lock(&client);
+                let now = Instant::now();
+                c.handle_timeout(now);
                 self.flush(&mut c);
-                c.poll_timeout()
+                let own = self.dtls_timeout(now);
+                match (c.poll_timeout(), own) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             };
             let now = Instant::now();
             let sleep = deadline
@@ -199,8 +256,9 @@ impl Worker {
                     if n == 0 && from == self.local {
                         continue;
                     }
-                    let mut c = lock(&self.client);
-                    c.handle_datagram(Instant::now(), from, &buf[..n]);
+                    let client = self.client.clone();
+                    let mut c = lock(&client);
+                    self.receive(&mut c, from, &buf[..n]);
                     self.flush(&mut c);
                 }
                 Err(e)
@@ -218,12 +276,67 @@ impl Worker {
         Ok(())
     }
 
-    fn flush(&self, c: &mut Lwm2mClient) {
+    /// Runs the DTLS handshake's retransmissions; returns its next deadline.
+    #[cfg(feature = "dtls")]
+    fn dtls_timeout(&mut self, now: Instant) -> Option<Instant> {
+        let d = self.dtls.as_mut()?;
+        d.handle_timeout(now);
+        while let Some(record) = d.poll_transmit() {
+            let _ = self.socket.send_to(&record, self.server);
+        }
+        d.poll_timeout()
+    }
+
+    #[cfg(not(feature = "dtls"))]
+    fn dtls_timeout(&mut self, _now: Instant) -> Option<Instant> {
+        None
+    }
+
+    fn receive(&mut self, c: &mut Lwm2mClient, from: SocketAddr, bytes: &[u8]) {
+        let now = Instant::now();
+        #[cfg(feature = "dtls")]
+        if let Some(d) = self.dtls.as_mut()
+            && from == self.server
+        {
+            d.handle_datagram(now, bytes);
+            self.handshakes.store(d.handshakes(), Ordering::Relaxed);
+            while let Some(plain) = d.poll_plaintext() {
+                c.handle_datagram(now, from, &plain);
+            }
+            return;
+        }
+        c.handle_datagram(now, from, bytes);
+    }
+
+    fn flush(&mut self, c: &mut Lwm2mClient) {
+        #[cfg(feature = "dtls")]
+        let now = Instant::now();
         while let Some(t) = c.poll_transmit() {
+            #[cfg(feature = "dtls")]
+            if let Some(d) = self.dtls.as_mut()
+                && t.destination == self.server
+            {
+                d.send(now, &t.payload);
+                continue;
+            }
             // A send error (e.g. no route) is like a lost datagram: CoAP retransmits.
             let _ = self.socket.send_to(&t.payload, t.destination);
         }
+        #[cfg(feature = "dtls")]
+        if let Some(d) = self.dtls.as_mut() {
+            while let Some(record) = d.poll_transmit() {
+                let _ = self.socket.send_to(&record, self.server);
+            }
+        }
         while let Some(e) = c.poll_event() {
+            // Unanswered: the server may have lost our session (restart, NAT rebinding):
+            // handshake again for the next attempt.
+            #[cfg(feature = "dtls")]
+            if let ClientEvent::RegistrationFailed { code: None, .. } = e
+                && let Some(d) = self.dtls.as_mut()
+            {
+                d.restart(now);
+            }
             if let Err(TrySendError::Disconnected(_)) = self.events.try_send(e) {
                 break;
             }

@@ -55,6 +55,11 @@ pub struct ClientConfig {
     pub block_size: usize,
     /// Largest request body reassembled from Block1 (and largest package downloaded).
     pub max_body: usize,
+    /// PSK credentials: when set, [`DeviceThread`](super::DeviceThread) talks to the server
+    /// over DTLS 1.2 (`coaps`, `TLS_PSK_WITH_AES_128_CCM_8`). Set with
+    /// [`ClientConfig::with_psk`].
+    #[cfg(feature = "dtls")]
+    pub psk: Option<crate::dtls::PskCredentials>,
 }
 
 impl ClientConfig {
@@ -73,7 +78,25 @@ impl ClientConfig {
             max_observations: 32,
             block_size: 1024,
             max_body: 4 << 20,
+            #[cfg(feature = "dtls")]
+            psk: None,
         }
+    }
+
+    /// Talks to the server over DTLS with these PSK credentials (the server address is then
+    /// its `coaps` port, conventionally 5684).
+    ///
+    /// ```
+    /// use twinhub::dtls::{PskCredentials, PskKey};
+    /// use twinhub::lwm2m::client::ClientConfig;
+    /// let creds = PskCredentials::new("dev-1", PskKey::new(vec![1; 16])).unwrap();
+    /// let config = ClientConfig::new("dev-1", "127.0.0.1:5684".parse().unwrap()).with_psk(creds);
+    /// assert!(config.psk.is_some());
+    /// ```
+    #[cfg(feature = "dtls")]
+    pub fn with_psk(mut self, credentials: crate::dtls::PskCredentials) -> Self {
+        self.psk = Some(credentials);
+        self
     }
 }
 
@@ -1153,20 +1176,16 @@ impl Lwm2mClient {
                 out.push(',');
             }
             out.push_str(&format!("<{p}>"));
-            if p.depth() == 3 {
-                if let Some(object) = p.object_id().and_then(|o| self.tree.object_mut(o)) {
-                    if object
-                        .definition()
-                        .resource(p.resource_id().unwrap_or(0))
-                        .is_some_and(|d| d.multiple)
-                    {
-                        if let Ok(ResourceData::Multiple(v)) =
-                            object.read(p.instance_id().unwrap_or(0), p.resource_id().unwrap_or(0))
-                        {
-                            out.push_str(&format!(";dim={}", v.len()));
-                        }
-                    }
-                }
+            if p.depth() == 3
+                && let Some(object) = p.object_id().and_then(|o| self.tree.object_mut(o))
+                && object
+                    .definition()
+                    .resource(p.resource_id().unwrap_or(0))
+                    .is_some_and(|d| d.multiple)
+                && let Ok(ResourceData::Multiple(v)) =
+                    object.read(p.instance_id().unwrap_or(0), p.resource_id().unwrap_or(0))
+            {
+                out.push_str(&format!(";dim={}", v.len()));
             }
             if let Some(a) = self.attributes.at(&p) {
                 let mut add = |k: &str, v: Option<String>| {

@@ -81,6 +81,8 @@ pub use attributes::{
     AttributeChange, AttributeError, AttributeTable, MAX_ATTRIBUTE_PATHS, NotifyTimer,
     parse_attributes,
 };
+#[cfg(feature = "dtls")]
+pub use driver::MIN_DTLS_STACK;
 pub use driver::{DeviceThread, DriverOptions};
 pub use engine::{ClientConfig, ClientError, ClientEvent, Lwm2mClient, Transmit};
 pub use firmware::{

@@ -98,10 +98,10 @@ impl ObjectTree {
     /// The object ids, ascending.
     pub fn object_ids(&self) -> Vec<u16> {
         let mut ids: Vec<u16> = self.objects.iter().map(|o| o.definition().id).collect();
-        if self.firmware.is_some() {
-            if let Err(at) = ids.binary_search(&5) {
-                ids.insert(at, 5);
-            }
+        if self.firmware.is_some()
+            && let Err(at) = ids.binary_search(&5)
+        {
+            ids.insert(at, 5);
         }
         ids
     }

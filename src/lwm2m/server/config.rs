@@ -2,7 +2,7 @@
 
 use super::RegistrationRequest;
 use crate::coap::EndpointConfig;
-use crate::transport::RejectReason;
+use crate::transport::{PeerIdentity, RejectReason};
 use std::time::Duration;
 
 /// What the authorization hook decides about a Register.
@@ -14,9 +14,12 @@ pub enum Decision {
     Reject(RejectReason),
 }
 
-/// Decides who may register, from the request (endpoint name; later the DTLS identity).
-/// The hub passes "exists in the registry and is enabled".
-pub type Authorizer = Box<dyn Fn(&RegistrationRequest) -> Decision + Send>;
+/// Decides who may register, from the request (endpoint name) and the peer's
+/// authenticated DTLS identity (`None` over plain CoAP). The hub passes "exists in the
+/// registry, is enabled, and has no credentials unless it came over DTLS". Before the
+/// hook runs, the server has already refused (4.03, [`RejectReason::IdentityMismatch`]) a
+/// DTLS peer whose identity belongs to another endpoint.
+pub type Authorizer = Box<dyn Fn(&RegistrationRequest, Option<&PeerIdentity>) -> Decision + Send>;
 
 /// What a Register does to a live registration of the same endpoint that another address
 /// holds. The specification lets a new Register replace the old one; over plain CoAP that

@@ -73,12 +73,29 @@
 //! exchange with the device is remembered (EXCHANGE_LIFETIME). `benches/lwm2m_server.rs`
 //! measures it.
 //!
+//! # Who is who (DTLS)
+//!
+//! Behind a DTLS layer ([`UdpServer::bind_secure`], feature `dtls`) every datagram
+//! arrives with the session's authenticated [`PeerIdentity`]
+//! ([`Lwm2mServer::handle_datagram_from`]) and the server is built with
+//! [`Lwm2mServer::require_identity`]: a Register is accepted only when the identity
+//! belongs to the endpoint it names (`ep` may be omitted; it is then the identity's
+//! device, as LWM2M 1.1 allows), and an Update or De-register only from the identity the
+//! device registered with; anything else gets 4.03 and changes nothing. Responses and
+//! notifications are matched by address and a random token, and the driver sends requests
+//! to a device only through a session of the identity it registered with
+//! ([`Lwm2mServer::identity_at`]). Over plain CoAP (`UdpServer::bind`) nothing is
+//! authenticated: anyone who can reach the port can claim any endpoint the authorizer
+//! lets in; use it on trusted networks and in tests only.
+//!
 //! # Not yet
 //!
-//! DTLS, Bootstrap, Send (`/dp`), composite operations.
+//! Bootstrap, Send (`/dp`), composite operations.
 
 mod config;
 mod registration;
+#[cfg(feature = "dtls")]
+mod secure;
 mod udp;
 /// A registration id as its location shows it (`/rd/{id}`): 16 lower-case hex digits.
 fn location_id(id: u64) -> String {
@@ -113,13 +130,14 @@ use crate::coap::{
 use crate::lwm2m::content::{self, ContentFormat, standard_resource_type};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 use crate::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, OpId, RegistrationInfo,
-    RejectReason, Transport, WriteMode,
+    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, OpId, PeerIdentity,
+    RegistrationInfo, RejectReason, Transport, WriteMode,
 };
 use crate::twin::DeviceId;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A datagram to send (the CoAP endpoint's).
@@ -143,6 +161,8 @@ struct Registration {
     alternate_path: Option<Box<str>>,
     awake_until: Option<Instant>,
     in_flight: usize,
+    /// The PSK identity it registered with (none over plain CoAP).
+    identity: Option<Arc<str>>,
     /// Where a takeover check of this registration stands ([`Takeover`]).
     probe: Probe,
 }
@@ -222,6 +242,10 @@ pub struct Lwm2mServer {
     observations: HashMap<RequestId, Observation>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     events: VecDeque<DeviceEvent>,
+    /// Every registration-interface request must carry an authenticated identity.
+    require_identity: bool,
+    /// The identity of the datagram being handled.
+    current_identity: Option<PeerIdentity>,
 }
 
 impl Lwm2mServer {
@@ -266,6 +290,8 @@ impl Lwm2mServer {
             observations: HashMap::new(),
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
+            require_identity: false,
+            current_identity: None,
         }
     }
 
@@ -274,7 +300,7 @@ impl Lwm2mServer {
     /// ```
     /// use twinhub::lwm2m::server::{Decision, Lwm2mServer, ServerConfig};
     /// use twinhub::transport::RejectReason;
-    /// let server = Lwm2mServer::new(ServerConfig::default()).with_authorizer(Box::new(|r| {
+    /// let server = Lwm2mServer::new(ServerConfig::default()).with_authorizer(Box::new(|r, _identity| {
     ///     if r.endpoint.starts_with("dev-") { Decision::Accept } else { Decision::Reject(RejectReason::UnknownDevice) }
     /// }));
     /// # let _ = server;
@@ -282,6 +308,28 @@ impl Lwm2mServer {
     pub fn with_authorizer(mut self, authorizer: Authorizer) -> Self {
         self.authorizer = Some(authorizer);
         self
+    }
+
+    /// Refuses every registration-interface request that comes without an authenticated
+    /// identity ([`RejectReason::CredentialsRequired`], 4.03): for a server behind DTLS.
+    ///
+    /// ```
+    /// use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
+    /// let server = Lwm2mServer::new(ServerConfig::default()).require_identity();
+    /// # let _ = server;
+    /// ```
+    pub fn require_identity(mut self) -> Self {
+        self.require_identity = true;
+        self
+    }
+
+    /// Where the registration at `addr` expects its requests to go: `None` when no
+    /// registration is at that address, `Some(None)` for a plain-CoAP registration,
+    /// `Some(Some(identity))` for one made over DTLS. A DTLS driver sends a datagram to
+    /// `addr` only through a session of that identity.
+    pub fn identity_at(&self, addr: SocketAddr) -> Option<Option<&str>> {
+        let slot = *self.by_addr.get(&addr)?;
+        self.slot(slot).map(|r| r.identity.as_deref())
     }
 
     /// Replaces the resource-type resolver used to decode TLV and text (default:
@@ -370,11 +418,26 @@ impl Lwm2mServer {
     /// Handles one received datagram. Malformed datagrams are dropped silently, as
     /// RFC 7252 §4.2 asks.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        self.handle_datagram_from(now, peer, None, bytes);
+    }
+
+    /// Handles one datagram that arrived with an authenticated identity (the plaintext of
+    /// a DTLS record), or none (plain CoAP). The identity decides who may register,
+    /// update and de-register (see the module docs).
+    pub fn handle_datagram_from(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        identity: Option<&PeerIdentity>,
+        bytes: &[u8],
+    ) {
         if let Some(&slot) = self.by_addr.get(&peer) {
             self.device_talked(now, slot);
         }
+        self.current_identity = identity.cloned();
         self.endpoint.handle_datagram(now, peer, bytes);
         self.drain_endpoint(now);
+        self.current_identity = None;
     }
 
     fn handle_request(
@@ -410,9 +473,29 @@ impl Lwm2mServer {
         };
         let path: Vec<&str> = m.uri_path().collect();
         let raw: Vec<&[u8]> = m.option_values(coap::OptionNumber::URI_QUERY).collect();
-        let Ok(queries) = queries_as_str(&raw) else {
+        let Ok(mut queries) = queries_as_str(&raw) else {
             return (Code::BAD_REQUEST, None);
         };
+        if self.require_identity && self.current_identity.is_none() && path.first() == Some(&"rd") {
+            self.events.push_back(DeviceEvent::Rejected {
+                endpoint: String::new(),
+                reason: RejectReason::CredentialsRequired,
+            });
+            return (Code::FORBIDDEN, None);
+        }
+        // LWM2M 1.1: a client with credentials may leave out `ep`; it is the identity's.
+        let inferred;
+        if method == RdMethod::Post
+            && path == ["rd"]
+            && !queries.iter().any(|q| q.starts_with("ep="))
+            && let Some(device) = self
+                .current_identity
+                .as_ref()
+                .and_then(|i| i.device.as_ref())
+        {
+            inferred = format!("ep={device}");
+            queries.push(&inferred);
+        }
         match RdMessage::parse(method, &path, &queries, &m.payload) {
             Ok(RdMessage::Register(r)) => self.register(now, peer, r),
             Ok(RdMessage::Update { id, update }) => (self.update(now, peer, &id, update), None),
@@ -467,8 +550,18 @@ impl Lwm2mServer {
             });
             return (Code::PRECONDITION_FAILED, None);
         }
+        let identity = self.current_identity.clone();
+        if let Some(i) = &identity
+            && i.device.as_ref() != Some(&device)
+        {
+            self.events.push_back(DeviceEvent::Rejected {
+                endpoint: r.endpoint,
+                reason: RejectReason::IdentityMismatch,
+            });
+            return (Code::FORBIDDEN, None);
+        }
         let decision = match &self.authorizer {
-            Some(hook) => hook(&r),
+            Some(hook) => hook(&r, identity.as_ref()),
             None if self.config.auto_provision => Decision::Accept,
             None => Decision::Reject(RejectReason::UnknownDevice),
         };
@@ -522,6 +615,7 @@ impl Lwm2mServer {
             queue_mode: r.queue_mode,
             objects: r.objects,
             address: Some(peer),
+            psk_identity: identity.as_ref().map(|i| i.psk_identity.to_string()),
         };
         self.slots[slot as usize] = Some(Registration {
             device: device.clone(),
@@ -536,6 +630,7 @@ impl Lwm2mServer {
             awake_until: Some(now + self.config.awake_window),
             in_flight: 0,
             probe: Probe::Idle,
+            identity: identity.map(|i| i.psk_identity),
         });
         self.by_endpoint.insert(device.clone(), slot);
         self.by_addr.insert(peer, slot);
@@ -558,6 +653,16 @@ impl Lwm2mServer {
         };
         let reg = self.slot(slot)?;
         if reg.addr == peer {
+            return None;
+        }
+        // Over DTLS the identity the registration was made with is the proof: the same
+        // identity from a new session replaces it at once.
+        let same_identity = self.current_identity.as_ref().is_some_and(|i| {
+            reg.identity
+                .as_deref()
+                .is_some_and(|own| own == &*i.psk_identity)
+        });
+        if same_identity {
             return None;
         }
         let (old, generation, endpoint) = (reg.addr, reg.generation, reg.info.endpoint.clone());
@@ -605,6 +710,9 @@ impl Lwm2mServer {
         let Some(&slot) = parse_location_id(id).and_then(|n| self.by_reg_id.get(&n)) else {
             return Code::NOT_FOUND;
         };
+        if !self.owns(slot) {
+            return Code::FORBIDDEN;
+        }
         let grace = self.config.lifetime_grace;
         let awake = now + self.config.awake_window;
         let Some(reg) = self.slot_mut(slot) else {
@@ -651,10 +759,32 @@ impl Lwm2mServer {
         Code::CHANGED
     }
 
+    /// Whether the datagram being handled comes from the identity the registration in
+    /// `slot` was made with (plain registrations: from no identity). Emits a rejection if
+    /// not.
+    fn owns(&mut self, slot: u32) -> bool {
+        let Some(reg) = self.slot(slot) else {
+            return false;
+        };
+        let current = self.current_identity.as_ref().map(|i| &*i.psk_identity);
+        if reg.identity.as_deref() == current {
+            return true;
+        }
+        let endpoint = reg.info.endpoint.clone();
+        self.events.push_back(DeviceEvent::Rejected {
+            endpoint,
+            reason: RejectReason::IdentityMismatch,
+        });
+        false
+    }
+
     fn deregister(&mut self, now: Instant, id: &str) -> Code {
         let Some(&slot) = parse_location_id(id).and_then(|n| self.by_reg_id.get(&n)) else {
             return Code::NOT_FOUND;
         };
+        if !self.owns(slot) {
+            return Code::FORBIDDEN;
+        }
         if let Some(device) = self.remove(now, slot) {
             self.events.push_back(DeviceEvent::Deregistered { device });
         }

@@ -156,7 +156,7 @@ fn register_is_refused_without_hook_or_auto_provisioning() {
 fn authorizer_decides() {
     let mut sim = Sim::new(ServerConfig::default());
     sim.server =
-        Lwm2mServer::with_seed(ServerConfig::default(), 1).with_authorizer(Box::new(|r| {
+        Lwm2mServer::with_seed(ServerConfig::default(), 1).with_authorizer(Box::new(|r, _| {
             if r.endpoint == "known" {
                 Decision::Accept
             } else {

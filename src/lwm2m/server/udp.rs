@@ -1,7 +1,7 @@
 //! A std driver: one thread owns a `UdpSocket` and an [`Lwm2mServer`], takes operations
 //! through a [`UdpServerHandle`] and hands [`DeviceEvent`]s out through a channel.
 
-use super::Lwm2mServer;
+use super::{Lwm2mServer, Transmit};
 use crate::transport::{DeviceEvent, DeviceOp, Transport};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
@@ -82,6 +82,16 @@ impl UdpServer {
         addr: impl ToSocketAddrs,
         server: Lwm2mServer,
     ) -> io::Result<(UdpServer, Receiver<DeviceEvent>)> {
+        Self::bind_layer(addr, server, Plain)
+    }
+
+    /// Binds the socket and starts the driver with a datagram layer between the socket and
+    /// the server (plain, or DTLS in `secure.rs`).
+    pub(super) fn bind_layer<L: DatagramLayer>(
+        addr: impl ToSocketAddrs,
+        server: Lwm2mServer,
+        layer: L,
+    ) -> io::Result<(UdpServer, Receiver<DeviceEvent>)> {
         let socket = UdpSocket::bind(addr)?;
         let local_addr = socket.local_addr()?;
         let wake_to = match local_addr.ip() {
@@ -105,7 +115,7 @@ impl UdpServer {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("lwm2m-udp".into())
-            .spawn(move || run(socket, server, ops_rx, events_tx, flag))?;
+            .spawn(move || run(socket, server, layer, ops_rx, events_tx, flag))?;
         Ok((
             UdpServer {
                 local_addr,
@@ -159,9 +169,42 @@ impl Drop for UdpServer {
     }
 }
 
-fn run(
+/// What sits between the socket and the server: nothing ([`Plain`]) or a DTLS server.
+/// Sans-IO except for the socket it is handed to send on.
+pub(super) trait DatagramLayer: Send + 'static {
+    /// A datagram arrived: pass what it carries to the server.
+    fn receive(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8], server: &mut Lwm2mServer);
+    /// The server wants `t` sent.
+    fn transmit(&mut self, now: Instant, t: Transmit, server: &Lwm2mServer, socket: &UdpSocket);
+    /// Sends what the layer itself produced (handshake records, retransmissions).
+    fn flush(&mut self, _socket: &UdpSocket) {}
+    /// Runs the layer's timers.
+    fn handle_timeout(&mut self, _now: Instant, _server: &mut Lwm2mServer) {}
+    /// The layer's next deadline.
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Plain CoAP: datagrams go straight through.
+pub(super) struct Plain;
+
+impl DatagramLayer for Plain {
+    fn receive(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8], server: &mut Lwm2mServer) {
+        server.handle_datagram(now, peer, bytes);
+    }
+
+    fn transmit(&mut self, _now: Instant, t: Transmit, _server: &Lwm2mServer, socket: &UdpSocket) {
+        // A send error (unreachable peer, full buffer) is a lost datagram; CoAP
+        // retransmission covers it.
+        let _ = socket.send_to(&t.payload, t.destination);
+    }
+}
+
+fn run<L: DatagramLayer>(
     socket: UdpSocket,
     mut server: Lwm2mServer,
+    mut layer: L,
     ops: Receiver<DeviceOp>,
     events: Sender<DeviceEvent>,
     stop: Arc<AtomicBool>,
@@ -174,16 +217,19 @@ fn run(
             server.submit(now, op);
         }
         server.handle_timeout(now);
+        layer.handle_timeout(now, &mut server);
         while let Some(t) = server.poll_transmit() {
-            // A send error (unreachable peer, full buffer) is a lost datagram; CoAP
-            // retransmission covers it.
-            let _ = socket.send_to(&t.payload, t.destination);
+            layer.transmit(now, t, &server, &socket);
         }
+        layer.flush(&socket);
         while let Some(e) = server.poll_event() {
             let _ = events.send(e);
         }
-        let sleep = server
-            .poll_timeout()
+        let next = match (server.poll_timeout(), layer.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep = next
             .map_or(MAX_SLEEP, |t| t.saturating_duration_since(now))
             .clamp(Duration::from_millis(1), MAX_SLEEP);
         // One syscall saved per datagram: under load the next deadline is usually far
@@ -195,7 +241,7 @@ fn run(
             current_sleep = sleep;
         }
         match socket.recv_from(&mut buf) {
-            Ok((n, peer)) => server.handle_datagram(Instant::now(), peer, &buf[..n]),
+            Ok((n, peer)) => layer.receive(Instant::now(), peer, &buf[..n], &mut server),
             Err(e)
                 if matches!(
                     e.kind(),

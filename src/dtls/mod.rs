@@ -1,0 +1,71 @@
+//! DTLS 1.2 with pre-shared keys (`TLS_PSK_WITH_AES_128_CCM_8`, the RFC 7925 profile
+//! LWM2M devices speak on `coaps`), between the UDP driver and the CoAP endpoint.
+//!
+//! Sans-IO, like the layers around it: [`DtlsServer`] (the hub side, many peers) and
+//! [`DtlsClient`] (the device side, one server) take datagrams and plaintext and return
+//! records, plaintext and events; drivers own the sockets. The cryptography and the
+//! handshake are the [`dimpl`](https://crates.io/crates/dimpl) crate's (pure-Rust
+//! crypto); this module decides who may hold state and for how long, and carries the
+//! peer's authenticated identity ([`PeerIdentity`]) up to the LWM2M layer.
+//!
+//! Keys live in a [`PskStore`] (identity -> key and the device it belongs to). A key is a
+//! [`PskKey`] (the twin's type): its `Debug` is redacted and it is never serialized.
+//!
+//! # Bounds (all counts, see [`DtlsServerConfig`])
+//!
+//! | table | default | at the bound |
+//! |---|---|---|
+//! | unverified peers (ClientHello answered with a cookie) | 1,024, 5 s each | new ClientHellos dropped |
+//! | handshakes in progress | 256, 10 s timeout | cookie-verified peer dropped |
+//! | sessions | 100,000 | idle ones evicted, else the new one refused |
+//! | sessions per identity | 2 | the identity's least recently active one closed |
+//! | idle session | 25 h | evicted |
+//!
+//! `dimpl` keeps its cookie secret per state machine, so the cookie exchange here is
+//! *bounded*, not stateless: a peer that has not echoed its cookie costs one entry of the
+//! unverified table. Two quirks of `dimpl` 0.9 worth knowing: it reads at most 8 records
+//! of one datagram (CoAP sends one per datagram), and a PSK ClientHello carries an empty
+//! `supported_groups` extension (libcoap/OpenSSL and GnuTLS accept it).
+//!
+//! # Not yet
+//!
+//! Raw public keys, X.509 certificates, DTLS 1.3, OSCORE, session resumption.
+
+mod client;
+mod psk;
+mod record;
+mod server;
+#[cfg(test)]
+mod tests;
+
+pub use client::{DtlsClient, MAX_QUEUED_PLAINTEXT};
+pub use psk::{
+    CredentialsError, MAX_IDENTITY, MAX_KEY, PskCredentials, PskKey, PskStore, key_from_hex,
+};
+pub use server::{
+    CloseReason, DtlsEvent, DtlsServer, DtlsServerConfig, DtlsStats, DtlsStatsHandle, NoSession,
+};
+
+/// Who a DTLS peer proved to be (the transport's neutral type).
+pub use crate::transport::PeerIdentity;
+use dimpl::crypto::Dtls12CipherSuite;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The one `dimpl` configuration both sides use: DTLS 1.2 only, PSK with AES-128-CCM-8.
+fn psk_config(
+    builder: dimpl::ConfigBuilder,
+    mtu: usize,
+    handshake_timeout: Duration,
+) -> Arc<dimpl::Config> {
+    let config = builder
+        .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
+        .dtls13_cipher_suites(&[])
+        .mtu(mtu.max(64))
+        .handshake_timeout(handshake_timeout.max(Duration::from_millis(1)))
+        .build()
+        // Only fails for settings outside the crate's limits, and ours are constants or
+        // validated by the caller's config; a failure is a bug in this module.
+        .expect("the dtls psk configuration is valid");
+    Arc::new(config)
+}

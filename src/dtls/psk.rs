@@ -1,0 +1,300 @@
+//! Pre-shared keys: the key type (never printed), a device's credentials and the store the
+//! DTLS server resolves identities in.
+
+use crate::twin::DeviceId;
+pub use crate::twin::PskKey;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Longest PSK identity accepted, in bytes (RFC 4279 §5.3 allows 2^16 - 1; LWM2M
+/// identities are short names).
+pub const MAX_IDENTITY: usize = 128;
+/// Longest key accepted, in bytes (RFC 4279 §5.3 asks implementations to support 64).
+pub const MAX_KEY: usize = 64;
+
+/// Parses a key written in hexadecimal (as `coap-client -k` and the examples take it:
+/// pairs of hex digits, no separators), 1 to [`MAX_KEY`] bytes.
+///
+/// ```
+/// use twinhub::dtls::key_from_hex;
+/// let key = key_from_hex("00112233445566778899aabbccddeeff").unwrap();
+/// assert_eq!(key.expose().len(), 16);
+/// assert_eq!(format!("{key:?}"), "PskKey(<redacted>)");
+/// assert!(key_from_hex("abc").is_err());
+/// ```
+pub fn key_from_hex(text: &str) -> Result<PskKey, CredentialsError> {
+    let text = text.trim();
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CredentialsError::KeyNotHex);
+    }
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| CredentialsError::KeyNotHex))
+        .collect::<Result<Vec<u8>, _>>()?;
+    check_key(&bytes)?;
+    Ok(PskKey::new(bytes))
+}
+
+fn check_key(bytes: &[u8]) -> Result<(), CredentialsError> {
+    if bytes.is_empty() || bytes.len() > MAX_KEY {
+        return Err(CredentialsError::KeyLength { len: bytes.len() });
+    }
+    Ok(())
+}
+
+/// A device's PSK credentials: the identity it presents in the handshake and the key.
+/// `Debug` shows the identity, never the key.
+///
+/// ```
+/// use twinhub::dtls::{PskCredentials, PskKey};
+/// let c = PskCredentials::new("pump-7-id", PskKey::new(b"secret-secret-16".to_vec())).unwrap();
+/// assert_eq!(c.identity(), "pump-7-id");
+/// assert!(!format!("{c:?}").contains("secret"));
+/// ```
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PskCredentials {
+    identity: Arc<str>,
+    key: PskKey,
+}
+
+impl PskCredentials {
+    /// Credentials from an identity (1 to [`MAX_IDENTITY`] bytes of UTF-8) and a key (1 to
+    /// [`MAX_KEY`] bytes).
+    pub fn new(identity: &str, key: PskKey) -> Result<Self, CredentialsError> {
+        check_key(key.expose())?;
+        if identity.is_empty() || identity.len() > MAX_IDENTITY {
+            return Err(CredentialsError::IdentityLength {
+                len: identity.len(),
+            });
+        }
+        Ok(PskCredentials {
+            identity: identity.into(),
+            key,
+        })
+    }
+
+    /// Parses `IDENTITY:HEXKEY` (the examples' `--psk`).
+    pub fn parse(text: &str) -> Result<Self, CredentialsError> {
+        let (identity, key) = text.rsplit_once(':').ok_or(CredentialsError::KeyNotHex)?;
+        Self::new(identity, key_from_hex(key)?)
+    }
+
+    /// The PSK identity.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The key.
+    pub fn key(&self) -> &PskKey {
+        &self.key
+    }
+}
+
+/// Why credentials were refused. Messages never contain key bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialsError {
+    /// The key is empty or longer than [`MAX_KEY`].
+    KeyLength {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The key text is not pairs of hex digits.
+    KeyNotHex,
+    /// The identity is empty or longer than [`MAX_IDENTITY`].
+    IdentityLength {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The identity already belongs to another device.
+    IdentityTaken {
+        /// The device that holds it.
+        device: DeviceId,
+    },
+    /// No such device in the registry.
+    UnknownDevice {
+        /// The id asked for.
+        device: String,
+    },
+}
+
+impl fmt::Display for CredentialsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialsError::KeyLength { len } => {
+                write!(f, "a psk key has 1 to {MAX_KEY} bytes, not {len}")
+            }
+            CredentialsError::KeyNotHex => f.write_str("a psk key is written as hex digit pairs"),
+            CredentialsError::IdentityLength { len } => {
+                write!(f, "a psk identity has 1 to {MAX_IDENTITY} bytes, not {len}")
+            }
+            CredentialsError::IdentityTaken { device } => {
+                write!(f, "the psk identity already belongs to device {device}")
+            }
+            CredentialsError::UnknownDevice { device } => write!(f, "no device {device}"),
+        }
+    }
+}
+
+impl std::error::Error for CredentialsError {}
+
+/// One identity's entry.
+#[derive(Clone)]
+pub(crate) struct PskEntry {
+    pub(crate) key: PskKey,
+    pub(crate) device: Option<DeviceId>,
+    /// Bumped when the key changes; a session keyed with an older revision is closed.
+    pub(crate) revision: u64,
+}
+
+#[derive(Default)]
+struct Tables {
+    by_identity: HashMap<Arc<str>, PskEntry>,
+    by_device: HashMap<DeviceId, Arc<str>>,
+    next_revision: u64,
+}
+
+/// Identity -> key (and the device it belongs to), shared between the hub's API and the
+/// DTLS server: cheap to clone, every clone sees the same table. A device has at most one
+/// identity; setting a new one replaces (rotates) the old one, and the DTLS server closes
+/// sessions made with a replaced or removed key the next time they are used.
+///
+/// ```
+/// use twinhub::dtls::{PskCredentials, PskKey, PskStore};
+/// use twinhub::DeviceId;
+/// let store = PskStore::new();
+/// let id = DeviceId::new("pump-7").unwrap();
+/// let creds = PskCredentials::new("pump-7", PskKey::new(vec![7; 16])).unwrap();
+/// store.set(Some(id.clone()), creds).unwrap();
+/// assert_eq!(store.device_of("pump-7"), Some(id.clone()));
+/// assert_eq!(store.identity_of(&id).as_deref(), Some("pump-7"));
+/// assert!(store.remove_device(&id));
+/// assert!(store.is_empty());
+/// ```
+#[derive(Clone, Default)]
+pub struct PskStore {
+    tables: Arc<RwLock<Tables>>,
+}
+
+impl fmt::Debug for PskStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PskStore")
+            .field("identities", &self.len())
+            .finish()
+    }
+}
+
+impl PskStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets credentials, for a device (`Some`) or for a peer that belongs to no device
+    /// (`None`: e.g. a plain CoAP client allowed on the coaps endpoint). A device's earlier
+    /// identity is removed (rotation); an identity held by another device is refused.
+    pub fn set(
+        &self,
+        device: Option<DeviceId>,
+        credentials: PskCredentials,
+    ) -> Result<(), CredentialsError> {
+        let mut t = self.write();
+        if let Some(existing) = t.by_identity.get(&credentials.identity)
+            && let Some(owner) = &existing.device
+            && Some(owner) != device.as_ref()
+        {
+            return Err(CredentialsError::IdentityTaken {
+                device: owner.clone(),
+            });
+        }
+        if let Some(d) = &device
+            && let Some(old) = t.by_device.remove(d)
+        {
+            t.by_identity.remove(&old);
+        }
+        t.next_revision += 1;
+        let revision = t.next_revision;
+        if let Some(d) = &device {
+            t.by_device.insert(d.clone(), credentials.identity.clone());
+        }
+        t.by_identity.insert(
+            credentials.identity,
+            PskEntry {
+                key: credentials.key,
+                device,
+                revision,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes an identity; true if it was there.
+    pub fn remove_identity(&self, identity: &str) -> bool {
+        let mut t = self.write();
+        match t.by_identity.remove(identity) {
+            Some(entry) => {
+                if let Some(d) = entry.device {
+                    t.by_device.remove(&d);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a device's credentials; true if it had some.
+    pub fn remove_device(&self, device: &DeviceId) -> bool {
+        let mut t = self.write();
+        match t.by_device.remove(device) {
+            Some(identity) => {
+                t.by_identity.remove(&identity);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The device an identity belongs to.
+    pub fn device_of(&self, identity: &str) -> Option<DeviceId> {
+        self.read().by_identity.get(identity)?.device.clone()
+    }
+
+    /// A device's identity.
+    pub fn identity_of(&self, device: &DeviceId) -> Option<Arc<str>> {
+        self.read().by_device.get(device).cloned()
+    }
+
+    /// Whether the device has credentials (then it may only register over DTLS).
+    pub fn has_device(&self, device: &DeviceId) -> bool {
+        self.read().by_device.contains_key(device)
+    }
+
+    /// How many identities the store holds.
+    pub fn len(&self) -> usize {
+        self.read().by_identity.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry of an identity (key, device, revision).
+    pub(crate) fn entry(&self, identity: &str) -> Option<PskEntry> {
+        self.read().by_identity.get(identity).cloned()
+    }
+
+    /// The current revision of an identity's key, if it still exists.
+    pub(crate) fn revision(&self, identity: &str) -> Option<u64> {
+        self.read().by_identity.get(identity).map(|e| e.revision)
+    }
+}

@@ -1,0 +1,781 @@
+//! The server side: many peers, each a `dimpl` state machine, in three bounded tables.
+
+use super::psk::PskStore;
+use super::record;
+use super::{PeerIdentity, psk_config};
+use dimpl::{Dtls, Output, PskResolver};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bounds and timers of a [`DtlsServer`]. Every bound is a count; what happens at it is
+/// said on each field.
+///
+/// ```
+/// use twinhub::dtls::DtlsServerConfig;
+/// let c = DtlsServerConfig::default();
+/// assert_eq!((c.max_unverified, c.max_handshakes, c.max_sessions), (1024, 256, 100_000));
+/// ```
+#[derive(Clone, Debug)]
+pub struct DtlsServerConfig {
+    /// Peers that sent a ClientHello and were answered with a HelloVerifyRequest but have
+    /// not echoed the cookie yet. `dimpl` keeps its cookie secret per instance, so the
+    /// cookie exchange is *bounded* rather than stateless: each such peer holds one small
+    /// state machine. At the bound, a ClientHello from a new address is dropped (after
+    /// expired entries are swept). A flood of spoofed ClientHellos fills only this table.
+    pub max_unverified: usize,
+    /// How long an unverified peer is kept.
+    pub unverified_timeout: Duration,
+    /// Handshakes past the cookie exchange and not finished. At the bound, a peer that
+    /// proves its address (echoes the cookie) is dropped before the ServerHello goes out.
+    pub max_handshakes: usize,
+    /// How long a handshake may take from its ServerHello; then it is dropped.
+    pub handshake_timeout: Duration,
+    /// Established sessions. At the bound, sessions idle longer than
+    /// [`Self::session_idle_timeout`] are evicted; if none is, the new session is refused
+    /// (its peer's handshake completes on its side; its first record is dropped and it
+    /// handshakes again later). Existing devices are never pushed out by newcomers.
+    pub max_sessions: usize,
+    /// Sessions per PSK identity (a device that re-handshakes from a new port after a NAT
+    /// rebinding has two for a while). At the bound, the identity's least recently
+    /// active session is closed to make room.
+    pub max_sessions_per_identity: usize,
+    /// A session with no authenticated record for this long is evicted. Longer than the
+    /// default LWM2M lifetime (24 h) so a device that only updates daily keeps its session.
+    pub session_idle_timeout: Duration,
+    /// Largest datagram the DTLS layer produces.
+    pub mtu: usize,
+}
+
+impl Default for DtlsServerConfig {
+    fn default() -> Self {
+        DtlsServerConfig {
+            max_unverified: 1024,
+            unverified_timeout: Duration::from_secs(5),
+            max_handshakes: 256,
+            handshake_timeout: Duration::from_secs(10),
+            max_sessions: 100_000,
+            max_sessions_per_identity: 2,
+            session_idle_timeout: Duration::from_secs(25 * 3600),
+            mtu: 1280,
+        }
+    }
+}
+
+/// What the server tells its driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DtlsEvent {
+    /// A handshake completed: `peer` now speaks as `identity`.
+    Connected {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// Who it proved to be.
+        identity: PeerIdentity,
+    },
+    /// Authenticated, decrypted application data (a CoAP message).
+    Plaintext {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// The session's identity.
+        identity: PeerIdentity,
+        /// The plaintext.
+        data: Vec<u8>,
+    },
+    /// A session ended.
+    Closed {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// The session's identity.
+        identity: PeerIdentity,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer sent close_notify.
+    PeerClosed,
+    /// The identity's key was rotated or removed.
+    CredentialsChanged,
+    /// Idle longer than the idle timeout.
+    Idle,
+    /// The same identity opened more sessions than allowed; this was the oldest.
+    Superseded,
+    /// A new handshake from the same address completed.
+    Replaced,
+    /// A fatal DTLS error.
+    Error,
+    /// Closed by the application ([`DtlsServer::close_identity`]).
+    Local,
+}
+
+/// Counters and table sizes of a [`DtlsServer`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DtlsStats {
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Handshakes that failed (bad key, unknown identity, protocol error) or timed out.
+    pub handshake_failures: u64,
+    /// ClientHellos dropped because the unverified table was full.
+    pub refused_unverified: u64,
+    /// Cookie-verified peers dropped because the handshake table was full.
+    pub refused_handshakes: u64,
+    /// Completed handshakes refused because the session table was full.
+    pub refused_sessions: u64,
+    /// Sessions evicted for idleness.
+    pub evicted_idle: u64,
+    /// Datagrams from addresses with no session that were not a ClientHello.
+    pub dropped_no_session: u64,
+    /// Peers in the unverified table now.
+    pub unverified: u64,
+    /// Handshakes in progress now.
+    pub in_handshake: u64,
+    /// Sessions now.
+    pub sessions: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    handshakes: AtomicU64,
+    handshake_failures: AtomicU64,
+    refused_unverified: AtomicU64,
+    refused_handshakes: AtomicU64,
+    refused_sessions: AtomicU64,
+    evicted_idle: AtomicU64,
+    dropped_no_session: AtomicU64,
+    unverified: AtomicU64,
+    in_handshake: AtomicU64,
+    sessions: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reads a [`DtlsServer`]'s counters from any thread.
+#[derive(Clone)]
+pub struct DtlsStatsHandle(Arc<Counters>);
+
+impl std::fmt::Debug for DtlsStatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
+impl DtlsStatsHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> DtlsStats {
+        let c = &self.0;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DtlsStats {
+            handshakes: l(&c.handshakes),
+            handshake_failures: l(&c.handshake_failures),
+            refused_unverified: l(&c.refused_unverified),
+            refused_handshakes: l(&c.refused_handshakes),
+            refused_sessions: l(&c.refused_sessions),
+            evicted_idle: l(&c.evicted_idle),
+            dropped_no_session: l(&c.dropped_no_session),
+            unverified: l(&c.unverified),
+            in_handshake: l(&c.in_handshake),
+            sessions: l(&c.sessions),
+        }
+    }
+}
+
+/// Resolves identities in the store and remembers the last one it resolved: `dimpl` does
+/// not report the client's identity, and it resolves synchronously inside
+/// `handle_packet`, so the driver reads it right after.
+pub(crate) struct RecordingResolver {
+    store: PskStore,
+    last: Mutex<Option<Arc<str>>>,
+}
+
+impl PskResolver for RecordingResolver {
+    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        let identity = std::str::from_utf8(identity).ok()?;
+        let entry = self.store.entry(identity)?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.into());
+        Some(entry.key.expose().to_vec())
+    }
+}
+
+impl RecordingResolver {
+    fn take(&self) -> Option<Arc<str>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Unverified,
+    Handshaking,
+}
+
+struct Pending {
+    dtls: Dtls,
+    phase: Phase,
+    since: Instant,
+    identity: Option<Arc<str>>,
+    timer: Option<Instant>,
+}
+
+impl Pending {
+    fn expires(&self, config: &DtlsServerConfig) -> Instant {
+        self.since
+            + match self.phase {
+                Phase::Unverified => config.unverified_timeout,
+                Phase::Handshaking => config.handshake_timeout,
+            }
+    }
+}
+
+struct Session {
+    dtls: Dtls,
+    identity: PeerIdentity,
+    revision: u64,
+    last: Instant,
+}
+
+/// What one drain of a `dimpl` instance produced.
+#[derive(Default)]
+struct Drained {
+    connected: bool,
+    closed: bool,
+    server_hello: bool,
+    timer: Option<Instant>,
+    packets: Vec<Vec<u8>>,
+    data: Vec<Vec<u8>>,
+}
+
+fn drain(dtls: &mut Dtls, buf: &mut Vec<u8>) -> Drained {
+    let mut d = Drained::default();
+    // Each call yields one output; `Timeout` is always last. The bound only guards
+    // against a bug in the crate looping forever.
+    for _ in 0..4096 {
+        match dtls.poll_output(buf) {
+            Output::Packet(p) => {
+                d.server_hello |= record::has_server_hello(p);
+                d.packets.push(p.to_vec());
+            }
+            Output::BufferTooSmall { needed } => buf.resize(needed, 0),
+            Output::Timeout(t) => {
+                d.timer = Some(t);
+                break;
+            }
+            Output::Connected => d.connected = true,
+            Output::ApplicationData(data) => d.data.push(data.to_vec()),
+            Output::CloseNotify => d.closed = true,
+            _ => {}
+        }
+    }
+    d
+}
+
+/// The DTLS 1.2 PSK server (sans-IO): datagrams in, plaintext with the peer's
+/// authenticated identity out, records out.
+///
+/// Driving order: [`DtlsServer::handle_datagram`] for every received datagram,
+/// [`DtlsServer::send`] for every plaintext to a peer, then send everything
+/// [`DtlsServer::poll_transmit`] yields, drain [`DtlsServer::poll_event`], and call
+/// [`DtlsServer::handle_timeout`] at [`DtlsServer::poll_timeout`].
+///
+/// Only `TLS_PSK_WITH_AES_128_CCM_8` is offered (RFC 7925). A datagram from an address
+/// without a session creates state only if it is a ClientHello, and then only in the
+/// bounded unverified table (see [`DtlsServerConfig`]). Replayed records are dropped by
+/// the per-session replay window of `dimpl`.
+///
+/// ```
+/// use twinhub::dtls::{DtlsServer, DtlsServerConfig, PskStore};
+/// use std::time::Instant;
+/// let mut server = DtlsServer::new(DtlsServerConfig::default(), PskStore::new());
+/// // Not a ClientHello: dropped, no state kept.
+/// server.handle_datagram(Instant::now(), "127.0.0.1:5684".parse().unwrap(), b"hello");
+/// assert_eq!(server.stats().unverified, 0);
+/// assert!(server.poll_transmit().is_none());
+/// ```
+pub struct DtlsServer {
+    config: DtlsServerConfig,
+    store: PskStore,
+    resolver: Arc<RecordingResolver>,
+    dimpl: Arc<dimpl::Config>,
+    pending: HashMap<SocketAddr, Pending>,
+    in_handshake: usize,
+    sessions: HashMap<SocketAddr, Session>,
+    by_identity: HashMap<Arc<str>, Vec<SocketAddr>>,
+    next_pending_check: Option<Instant>,
+    next_idle_sweep: Option<Instant>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<DtlsEvent>,
+    counters: Arc<Counters>,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for DtlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DtlsServer")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`DtlsServer::send`] found no session for the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoSession(pub SocketAddr);
+
+impl std::fmt::Display for NoSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no dtls session with {}", self.0)
+    }
+}
+
+impl std::error::Error for NoSession {}
+
+impl DtlsServer {
+    /// A server resolving identities in `store`.
+    pub fn new(config: DtlsServerConfig, store: PskStore) -> Self {
+        let resolver = Arc::new(RecordingResolver {
+            store: store.clone(),
+            last: Mutex::new(None),
+        });
+        let dimpl = psk_config(
+            dimpl::Config::builder().with_psk_server(None, resolver.clone()),
+            config.mtu,
+            config.handshake_timeout,
+        );
+        DtlsServer {
+            config,
+            store,
+            resolver,
+            dimpl,
+            pending: HashMap::new(),
+            in_handshake: 0,
+            sessions: HashMap::new(),
+            by_identity: HashMap::new(),
+            next_pending_check: None,
+            next_idle_sweep: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Arc::default(),
+            buf: vec![0; 2048],
+        }
+    }
+
+    /// The store identities resolve in.
+    pub fn store(&self) -> &PskStore {
+        &self.store
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DtlsServerConfig {
+        &self.config
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> DtlsStats {
+        self.stats_handle().snapshot()
+    }
+
+    /// A handle that reads the counters from another thread.
+    pub fn stats_handle(&self) -> DtlsStatsHandle {
+        DtlsStatsHandle(self.counters.clone())
+    }
+
+    /// The identity of the session at `peer`, if one is established.
+    pub fn session_identity(&self, peer: SocketAddr) -> Option<&PeerIdentity> {
+        self.sessions.get(&peer).map(|s| &s.identity)
+    }
+
+    fn sync_gauges(&self) {
+        let c = &self.counters;
+        let unverified = self.pending.len() - self.in_handshake;
+        c.unverified.store(unverified as u64, Ordering::Relaxed);
+        c.in_handshake
+            .store(self.in_handshake as u64, Ordering::Relaxed);
+        c.sessions
+            .store(self.sessions.len() as u64, Ordering::Relaxed);
+    }
+
+    // ------------------------------------------------------------------ datagrams in
+
+    /// Handles one received datagram.
+    pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        if self.pending.contains_key(&peer) {
+            self.feed_pending(now, peer, bytes);
+        } else if record::is_client_hello(bytes) {
+            // A new handshake, also from an address that has a session (the device lost
+            // its session, e.g. it rebooted): the old session stays until this completes.
+            let unverified = self.pending.len() - self.in_handshake;
+            if unverified >= self.config.max_unverified {
+                self.expire_pending(now);
+            }
+            if self.pending.len() - self.in_handshake >= self.config.max_unverified {
+                bump(&self.counters.refused_unverified);
+                return;
+            }
+            let dtls = Dtls::new_12_psk(self.dimpl.clone(), now);
+            self.pending.insert(
+                peer,
+                Pending {
+                    dtls,
+                    phase: Phase::Unverified,
+                    since: now,
+                    identity: None,
+                    timer: None,
+                },
+            );
+            self.feed_pending(now, peer, bytes);
+        } else if self.sessions.contains_key(&peer) {
+            self.feed_session(now, peer, bytes);
+        } else {
+            bump(&self.counters.dropped_no_session);
+        }
+        self.sync_gauges();
+    }
+
+    fn drop_pending(&mut self, peer: SocketAddr) -> Option<Pending> {
+        let p = self.pending.remove(&peer)?;
+        if p.phase == Phase::Handshaking {
+            self.in_handshake -= 1;
+        }
+        Some(p)
+    }
+
+    fn feed_pending(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        let Some(p) = self.pending.get_mut(&peer) else {
+            return;
+        };
+        self.resolver.take();
+        let result = p
+            .dtls
+            .handle_timeout(now)
+            .and_then(|()| p.dtls.handle_packet(bytes));
+        if let Some(identity) = self.resolver.take() {
+            p.identity = Some(identity);
+        }
+        if result.is_err() {
+            self.drop_pending(peer);
+            bump(&self.counters.handshake_failures);
+            return;
+        }
+        let d = drain(&mut p.dtls, &mut self.buf);
+        self.after_pending(now, peer, d);
+    }
+
+    /// Applies what a pending peer's state machine produced: the cookie-verified step,
+    /// packets, completion.
+    fn after_pending(&mut self, now: Instant, peer: SocketAddr, d: Drained) {
+        let Some(p) = self.pending.get_mut(&peer) else {
+            return;
+        };
+        p.timer = d.timer;
+        if d.server_hello && p.phase == Phase::Unverified {
+            if self.in_handshake >= self.config.max_handshakes {
+                self.drop_pending(peer);
+                bump(&self.counters.refused_handshakes);
+                return;
+            }
+            p.phase = Phase::Handshaking;
+            p.since = now;
+            self.in_handshake += 1;
+        }
+        let expires = p.expires(&self.config);
+        let due = d.timer.map_or(expires, |t| t.min(expires));
+        self.next_pending_check = Some(self.next_pending_check.map_or(due, |n| n.min(due)));
+        for packet in d.packets {
+            self.transmits.push_back((peer, packet));
+        }
+        if d.connected {
+            self.promote(now, peer, d.data);
+        } else if d.closed {
+            self.drop_pending(peer);
+            bump(&self.counters.handshake_failures);
+        }
+    }
+
+    /// A handshake completed: the pending peer becomes a session.
+    fn promote(&mut self, now: Instant, peer: SocketAddr, data: Vec<Vec<u8>>) {
+        let Some(p) = self.drop_pending(peer) else {
+            return;
+        };
+        let entry = p
+            .identity
+            .as_ref()
+            .and_then(|i| self.store.entry(i).map(|e| (i.clone(), e)));
+        let Some((psk_identity, entry)) = entry else {
+            // Completed with an identity no longer in the store (removed meanwhile).
+            bump(&self.counters.handshake_failures);
+            return;
+        };
+        if let Some(old) = self.sessions.contains_key(&peer).then_some(peer) {
+            self.close_session(old, CloseReason::Replaced);
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            self.sweep_idle(now);
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            bump(&self.counters.refused_sessions);
+            return;
+        }
+        let cap = self.config.max_sessions_per_identity.max(1);
+        while self.by_identity.get(&psk_identity).map_or(0, Vec::len) >= cap {
+            let oldest = self.by_identity[&psk_identity]
+                .iter()
+                .copied()
+                .min_by_key(|a| self.sessions.get(a).map(|s| s.last));
+            match oldest {
+                Some(a) => self.close_session(a, CloseReason::Superseded),
+                None => break,
+            }
+        }
+        let identity = PeerIdentity {
+            psk_identity: psk_identity.clone(),
+            device: entry.device,
+        };
+        self.sessions.insert(
+            peer,
+            Session {
+                dtls: p.dtls,
+                identity: identity.clone(),
+                revision: entry.revision,
+                last: now,
+            },
+        );
+        self.by_identity.entry(psk_identity).or_default().push(peer);
+        if self.next_idle_sweep.is_none() {
+            self.next_idle_sweep = Some(now + self.idle_sweep_interval());
+        }
+        bump(&self.counters.handshakes);
+        self.events.push_back(DtlsEvent::Connected {
+            peer,
+            identity: identity.clone(),
+        });
+        for data in data {
+            self.events.push_back(DtlsEvent::Plaintext {
+                peer,
+                identity: identity.clone(),
+                data,
+            });
+        }
+    }
+
+    fn idle_sweep_interval(&self) -> Duration {
+        (self.config.session_idle_timeout / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(60))
+    }
+
+    /// Whether the session's key is still the one it was made with.
+    fn session_current(&self, s: &Session) -> bool {
+        self.store.revision(&s.identity.psk_identity) == Some(s.revision)
+    }
+
+    fn feed_session(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        let current = self.sessions.get(&peer).map(|s| self.session_current(s));
+        match current {
+            None => return,
+            Some(false) => {
+                self.close_session(peer, CloseReason::CredentialsChanged);
+                return;
+            }
+            Some(true) => {}
+        }
+        let Some(s) = self.sessions.get_mut(&peer) else {
+            return;
+        };
+        let result = s
+            .dtls
+            .handle_timeout(now)
+            .and_then(|()| s.dtls.handle_packet(bytes));
+        if result.is_err() {
+            self.remove_session(peer, CloseReason::Error);
+            return;
+        }
+        let d = drain(&mut s.dtls, &mut self.buf);
+        if !d.data.is_empty() {
+            s.last = now;
+        }
+        let identity = s.identity.clone();
+        for packet in d.packets {
+            self.transmits.push_back((peer, packet));
+        }
+        for data in d.data {
+            self.events.push_back(DtlsEvent::Plaintext {
+                peer,
+                identity: identity.clone(),
+                data,
+            });
+        }
+        if d.closed {
+            self.remove_session(peer, CloseReason::PeerClosed);
+        }
+    }
+
+    // ------------------------------------------------------------------ plaintext out
+
+    /// Encrypts `data` for the session at `to`. Fails when there is no session there (or
+    /// its key was rotated, which closes it): nothing goes out unencrypted.
+    pub fn send(&mut self, now: Instant, to: SocketAddr, data: &[u8]) -> Result<(), NoSession> {
+        let current = self.sessions.get(&to).map(|s| self.session_current(s));
+        match current {
+            None => return Err(NoSession(to)),
+            Some(false) => {
+                self.close_session(to, CloseReason::CredentialsChanged);
+                self.sync_gauges();
+                return Err(NoSession(to));
+            }
+            Some(true) => {}
+        }
+        let Some(s) = self.sessions.get_mut(&to) else {
+            return Err(NoSession(to));
+        };
+        let _ = s.dtls.handle_timeout(now);
+        if s.dtls.send_application_data(data).is_err() {
+            self.remove_session(to, CloseReason::Error);
+            self.sync_gauges();
+            return Err(NoSession(to));
+        }
+        let d = drain(&mut s.dtls, &mut self.buf);
+        for packet in d.packets {
+            self.transmits.push_back((to, packet));
+        }
+        Ok(())
+    }
+
+    /// Closes every session of an identity (sending close_notify); returns how many.
+    pub fn close_identity(&mut self, identity: &str) -> usize {
+        let addrs = self.by_identity.get(identity).cloned().unwrap_or_default();
+        for a in &addrs {
+            self.close_session(*a, CloseReason::Local);
+        }
+        self.sync_gauges();
+        addrs.len()
+    }
+
+    /// Closes a session politely (close_notify goes out) and forgets it.
+    fn close_session(&mut self, peer: SocketAddr, reason: CloseReason) {
+        if let Some(s) = self.sessions.get_mut(&peer) {
+            if s.dtls.close().is_ok() {
+                let d = drain(&mut s.dtls, &mut self.buf);
+                for packet in d.packets {
+                    self.transmits.push_back((peer, packet));
+                }
+            }
+            self.remove_session(peer, reason);
+        }
+    }
+
+    fn remove_session(&mut self, peer: SocketAddr, reason: CloseReason) {
+        let Some(s) = self.sessions.remove(&peer) else {
+            return;
+        };
+        if let Some(list) = self.by_identity.get_mut(&s.identity.psk_identity) {
+            list.retain(|a| *a != peer);
+            if list.is_empty() {
+                self.by_identity.remove(&s.identity.psk_identity);
+            }
+        }
+        if reason == CloseReason::Idle {
+            bump(&self.counters.evicted_idle);
+        }
+        self.events.push_back(DtlsEvent::Closed {
+            peer,
+            identity: s.identity,
+            reason,
+        });
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    /// Runs retransmissions and handshake timeouts, and evicts idle sessions.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_pending_check.is_some_and(|t| t <= now) {
+            self.expire_pending(now);
+        }
+        if self.next_idle_sweep.is_some_and(|t| t <= now) {
+            self.sweep_idle(now);
+            self.next_idle_sweep =
+                (!self.sessions.is_empty()).then(|| now + self.idle_sweep_interval());
+        }
+        self.sync_gauges();
+    }
+
+    /// Drops expired pending peers, runs due retransmissions, recomputes the next check.
+    fn expire_pending(&mut self, now: Instant) {
+        let expired: Vec<SocketAddr> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.expires(&self.config) <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in expired {
+            if let Some(p) = self.drop_pending(a)
+                && p.phase == Phase::Handshaking
+            {
+                bump(&self.counters.handshake_failures);
+            }
+        }
+        let due: Vec<SocketAddr> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.timer.is_some_and(|t| t <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in due {
+            let Some(p) = self.pending.get_mut(&a) else {
+                continue;
+            };
+            if p.dtls.handle_timeout(now).is_err() {
+                self.drop_pending(a);
+                bump(&self.counters.handshake_failures);
+                continue;
+            }
+            let d = drain(&mut p.dtls, &mut self.buf);
+            self.after_pending(now, a, d);
+        }
+        self.next_pending_check = self
+            .pending
+            .values()
+            .map(|p| {
+                let e = p.expires(&self.config);
+                p.timer.map_or(e, |t| t.min(e))
+            })
+            .min();
+    }
+
+    fn sweep_idle(&mut self, now: Instant) {
+        let idle = self.config.session_idle_timeout;
+        let old: Vec<SocketAddr> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.last) >= idle)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in old {
+            self.remove_session(a, CloseReason::Idle);
+        }
+    }
+
+    // ------------------------------------------------------------------ outputs
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<DtlsEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`DtlsServer::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.next_pending_check, self.next_idle_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}

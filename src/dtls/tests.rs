@@ -1,0 +1,327 @@
+//! The DTLS layer without sockets: a client and a server exchange datagrams in memory.
+
+use super::*;
+use crate::twin::DeviceId;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], port))
+}
+
+fn key(b: u8) -> PskKey {
+    PskKey::new(vec![b; 16])
+}
+
+fn store_with(identity: &str, device: &str, k: PskKey) -> PskStore {
+    let store = PskStore::new();
+    store
+        .set(
+            Some(DeviceId::new(device).unwrap()),
+            PskCredentials::new(identity, k).unwrap(),
+        )
+        .unwrap();
+    store
+}
+
+/// Moves datagrams both ways until nothing moves (bounded); returns what the server
+/// delivered as plaintext.
+fn pump(
+    now: Instant,
+    client: &mut DtlsClient,
+    from: SocketAddr,
+    server: &mut DtlsServer,
+) -> Vec<(PeerIdentity, Vec<u8>)> {
+    let mut delivered = Vec::new();
+    for _ in 0..50 {
+        let mut moved = false;
+        while let Some(d) = client.poll_transmit() {
+            server.handle_datagram(now, from, &d);
+            moved = true;
+        }
+        while let Some((to, d)) = server.poll_transmit() {
+            if to == from {
+                client.handle_datagram(now, &d);
+            }
+            moved = true;
+        }
+        while let Some(e) = server.poll_event() {
+            if let DtlsEvent::Plaintext { identity, data, .. } = e {
+                delivered.push((identity, data));
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    delivered
+}
+
+fn creds(identity: &str, k: PskKey) -> PskCredentials {
+    PskCredentials::new(identity, k).unwrap()
+}
+
+#[test]
+fn handshake_carries_the_identity_and_plaintext_both_ways() {
+    let now = Instant::now();
+    let mut server = DtlsServer::new(
+        DtlsServerConfig::default(),
+        store_with("id-1", "dev-1", key(1)),
+    );
+    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
+    client.send(now, b"first");
+    let got = pump(now, &mut client, addr(1), &mut server);
+    assert!(client.is_connected());
+    assert_eq!(got.len(), 1);
+    assert_eq!(&*got[0].0.psk_identity, "id-1");
+    assert_eq!(got[0].0.device, Some(DeviceId::new("dev-1").unwrap()));
+    assert_eq!(got[0].1, b"first");
+    let stats = server.stats();
+    assert_eq!(
+        (
+            stats.handshakes,
+            stats.sessions,
+            stats.unverified,
+            stats.in_handshake
+        ),
+        (1, 1, 0, 0)
+    );
+
+    server.send(now, addr(1), b"answer").unwrap();
+    pump(now, &mut client, addr(1), &mut server);
+    assert_eq!(client.poll_plaintext().as_deref(), Some(&b"answer"[..]));
+    // No session elsewhere: nothing goes out in clear.
+    assert_eq!(server.send(now, addr(2), b"x"), Err(NoSession(addr(2))));
+}
+
+#[test]
+fn a_wrong_key_fails_the_handshake_and_keeps_no_state() {
+    let now = Instant::now();
+    let mut server = DtlsServer::new(
+        DtlsServerConfig::default(),
+        store_with("id-1", "dev-1", key(1)),
+    );
+    let mut client = DtlsClient::new(now, creds("id-1", key(2)));
+    client.send(now, b"first");
+    let got = pump(now, &mut client, addr(1), &mut server);
+    assert!(got.is_empty());
+    assert!(!client.is_connected());
+    let stats = server.stats();
+    assert_eq!((stats.handshakes, stats.sessions), (0, 0));
+    // Whatever is still pending times out.
+    server.handle_timeout(now + Duration::from_secs(11));
+    let stats = server.stats();
+    assert_eq!((stats.unverified, stats.in_handshake), (0, 0));
+}
+
+#[test]
+fn an_unknown_identity_fails_the_handshake() {
+    let now = Instant::now();
+    let mut server = DtlsServer::new(
+        DtlsServerConfig::default(),
+        store_with("id-1", "dev-1", key(1)),
+    );
+    let mut client = DtlsClient::new(now, creds("stranger", key(1)));
+    client.send(now, b"first");
+    assert!(pump(now, &mut client, addr(1), &mut server).is_empty());
+    assert_eq!(server.stats().sessions, 0);
+}
+
+#[test]
+fn a_replayed_record_is_delivered_once() {
+    let now = Instant::now();
+    let mut server = DtlsServer::new(
+        DtlsServerConfig::default(),
+        store_with("id-1", "dev-1", key(1)),
+    );
+    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
+    client.send(now, b"hello");
+    pump(now, &mut client, addr(1), &mut server);
+    client.send(now, b"once");
+    let record = client.poll_transmit().unwrap();
+    server.handle_datagram(now, addr(1), &record);
+    server.handle_datagram(now, addr(1), &record);
+    let plaintexts = std::iter::from_fn(|| server.poll_event())
+        .filter(|e| matches!(e, DtlsEvent::Plaintext { .. }))
+        .count();
+    assert_eq!(plaintexts, 1);
+    // The same record from another address is not a ClientHello and has no session.
+    server.handle_datagram(now, addr(9), &record);
+    assert_eq!(server.stats().dropped_no_session, 1);
+    assert!(server.poll_event().is_none());
+}
+
+#[test]
+fn the_unverified_table_stops_at_its_bound() {
+    let now = Instant::now();
+    let config = DtlsServerConfig {
+        max_unverified: 4,
+        ..DtlsServerConfig::default()
+    };
+    let mut server = DtlsServer::new(config, store_with("id-1", "dev-1", key(1)));
+    let mut hello = DtlsClient::new(now, creds("id-1", key(1)));
+    hello.send(now, b"x");
+    let client_hello = hello.poll_transmit().unwrap();
+    // Spoofed ClientHellos from many addresses: each answered by a HelloVerifyRequest
+    // until the table is full, then dropped.
+    for port in 0..10 {
+        server.handle_datagram(now, addr(1000 + port), &client_hello);
+    }
+    let stats = server.stats();
+    assert_eq!((stats.unverified, stats.refused_unverified), (4, 6));
+    assert_eq!(std::iter::from_fn(|| server.poll_transmit()).count(), 4);
+    // A real device still gets through once the unverified entries expire.
+    let later = now + Duration::from_secs(6);
+    let mut client = DtlsClient::new(later, creds("id-1", key(1)));
+    client.send(later, b"real");
+    let got = pump(later, &mut client, addr(1), &mut server);
+    assert_eq!(got.len(), 1);
+    assert_eq!(server.stats().unverified, 0);
+}
+
+#[test]
+fn the_handshake_table_stops_at_its_bound() {
+    let now = Instant::now();
+    let config = DtlsServerConfig {
+        max_handshakes: 2,
+        ..DtlsServerConfig::default()
+    };
+    let mut server = DtlsServer::new(config, store_with("id-1", "dev-1", key(1)));
+    // Three clients echo their cookies; only two get a ServerHello.
+    let mut clients: Vec<DtlsClient> = (0..3)
+        .map(|_| DtlsClient::new(now, creds("id-1", key(1))))
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(now, b"x");
+        let hello = c.poll_transmit().unwrap();
+        server.handle_datagram(now, addr(i as u16), &hello);
+        let hvr: Vec<_> = std::iter::from_fn(|| server.poll_transmit()).collect();
+        assert_eq!(hvr.len(), 1);
+        c.handle_datagram(now, &hvr[0].1);
+        let hello2 = c.poll_transmit().unwrap();
+        server.handle_datagram(now, addr(i as u16), &hello2);
+        while server.poll_transmit().is_some() {}
+    }
+    let stats = server.stats();
+    assert_eq!((stats.in_handshake, stats.refused_handshakes), (2, 1));
+    // The handshakes that never finish time out.
+    server.handle_timeout(now + Duration::from_secs(11));
+    assert_eq!(server.stats().in_handshake, 0);
+}
+
+#[test]
+fn an_identity_holds_at_most_two_sessions_and_sessions_stop_at_their_bound() {
+    let now = Instant::now();
+    let store = store_with("id-1", "dev-1", key(1));
+    store
+        .set(Some(DeviceId::new("dev-2").unwrap()), creds("id-2", key(2)))
+        .unwrap();
+    let config = DtlsServerConfig {
+        max_sessions: 3,
+        ..DtlsServerConfig::default()
+    };
+    let mut server = DtlsServer::new(config, store);
+    for port in 1..=3 {
+        let mut c = DtlsClient::new(now, creds("id-1", key(1)));
+        c.send(now, b"x");
+        pump(now, &mut c, addr(port), &mut server);
+    }
+    // The third session of id-1 closed the oldest.
+    assert_eq!(server.stats().sessions, 2);
+    assert!(server.session_identity(addr(1)).is_none());
+    let mut c = DtlsClient::new(now, creds("id-2", key(2)));
+    c.send(now, b"x");
+    pump(now, &mut c, addr(4), &mut server);
+    assert_eq!(server.stats().sessions, 3);
+    // Full, nobody idle: the newcomer is refused, existing sessions stay.
+    store_refused(&mut server, now);
+    assert_eq!(server.stats().sessions, 3);
+    assert_eq!(server.stats().refused_sessions, 1);
+    // After the idle timeout they are evicted.
+    let later = now + Duration::from_secs(25 * 3600 + 120);
+    server.handle_timeout(later);
+    assert_eq!(server.stats().sessions, 0);
+    assert_eq!(server.stats().evicted_idle, 3);
+}
+
+fn store_refused(server: &mut DtlsServer, now: Instant) {
+    server
+        .store()
+        .set(Some(DeviceId::new("dev-3").unwrap()), creds("id-3", key(3)))
+        .unwrap();
+    let mut c = DtlsClient::new(now, creds("id-3", key(3)));
+    c.send(now, b"x");
+    let got = pump(now, &mut c, addr(5), server);
+    assert!(got.is_empty());
+}
+
+#[test]
+fn rotating_a_key_closes_the_session_and_the_new_key_works() {
+    let now = Instant::now();
+    let store = store_with("id-1", "dev-1", key(1));
+    let mut server = DtlsServer::new(DtlsServerConfig::default(), store.clone());
+    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
+    client.send(now, b"x");
+    pump(now, &mut client, addr(1), &mut server);
+    store
+        .set(Some(DeviceId::new("dev-1").unwrap()), creds("id-1", key(7)))
+        .unwrap();
+    client.send(now, b"after rotation");
+    let got = pump(now, &mut client, addr(1), &mut server);
+    assert!(
+        got.is_empty(),
+        "a session made with the old key must not deliver"
+    );
+    assert_eq!(server.stats().sessions, 0);
+    assert_eq!(server.send(now, addr(1), b"x"), Err(NoSession(addr(1))));
+    let mut rotated = DtlsClient::new(now, creds("id-1", key(7)));
+    rotated.send(now, b"new key");
+    assert_eq!(pump(now, &mut rotated, addr(1), &mut server).len(), 1);
+}
+
+#[test]
+fn a_client_handshakes_again_after_the_server_lost_the_session() {
+    let now = Instant::now();
+    let store = store_with("id-1", "dev-1", key(1));
+    let mut server = DtlsServer::new(DtlsServerConfig::default(), store.clone());
+    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
+    client.send(now, b"x");
+    pump(now, &mut client, addr(1), &mut server);
+    // The hub restarts: a new server with the same keys.
+    let mut server = DtlsServer::new(DtlsServerConfig::default(), store);
+    client.send(now, b"lost");
+    assert!(pump(now, &mut client, addr(1), &mut server).is_empty());
+    client.restart(now);
+    client.send(now, b"again");
+    let got = pump(now, &mut client, addr(1), &mut server);
+    assert_eq!(got.len(), 1);
+    assert_eq!(client.handshakes(), 2);
+}
+
+#[test]
+fn keys_never_show_in_debug_output() {
+    let k = key_from_hex("73656372657473656372657473656372").unwrap();
+    let c = creds("id-1", k.clone());
+    let store = PskStore::new();
+    store.set(None, c.clone()).unwrap();
+    for text in [format!("{k:?}"), format!("{c:?}"), format!("{store:?}")] {
+        assert!(
+            !text.contains("7365") && !text.contains("secret") && !text.contains("115"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        PskCredentials::new("id", PskKey::new(Vec::new())),
+        Err(CredentialsError::KeyLength { len: 0 })
+    );
+    assert_eq!(key_from_hex("abc"), Err(CredentialsError::KeyNotHex));
+    assert!(PskCredentials::new(&"i".repeat(MAX_IDENTITY + 1), key(1)).is_err());
+    // An identity belongs to one device.
+    store
+        .set(Some(DeviceId::new("a").unwrap()), creds("shared", key(1)))
+        .unwrap();
+    assert!(matches!(
+        store.set(Some(DeviceId::new("b").unwrap()), creds("shared", key(2))),
+        Err(CredentialsError::IdentityTaken { .. })
+    ));
+}

@@ -1,0 +1,146 @@
+//! The hub's `coaps` listener and device credentials.
+//!
+//! A device's PSK credentials are part of its identity in the registry: the twin's
+//! [`Authentication`] holds the identity and the key (the key is never serialized and
+//! prints as `<redacted>`). The DTLS layer reads keys from a [`PskStore`] (identity ->
+//! key and device), which the hub keeps in step with the twins: [`Hub::set_psk`] writes
+//! both, [`Hub::remove_psk`] and [`Hub::remove_device`] clear both, and
+//! [`Hub::bind_dtls`] fills the store from the twins it starts with. A session made with a
+//! rotated or removed key is closed the next time a datagram goes either way on it.
+
+use super::provisioning::AutoProvisioned;
+use super::{Hub, HubConfig};
+use crate::dtls::{
+    CredentialsError, DtlsServer, DtlsStats, DtlsStatsHandle, PskCredentials, PskStore,
+};
+use crate::lwm2m::server::UdpServer;
+use crate::registry::{Registry, SharedRegistry};
+use crate::twin::{Authentication, DeviceId};
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+
+/// The coaps listener's shared parts.
+pub(super) struct Secure {
+    pub(super) store: PskStore,
+    stats: DtlsStatsHandle,
+}
+
+impl Hub {
+    /// Starts a hub with the bundled LWM2M server behind DTLS 1.2 (`coaps`, PSK,
+    /// `TLS_PSK_WITH_AES_128_CCM_8`; conventionally port 5684). Only devices with
+    /// credentials can complete a handshake, and a device registers only under the
+    /// endpoint its identity belongs to (LWM2M 1.1: `ep` may be left out). The DTLS
+    /// bounds are [`HubConfig::dtls`]. Credentials already in the registry's twins are
+    /// loaded; add more with [`Hub::set_psk`].
+    ///
+    /// ```no_run
+    /// use twinhub::dtls::{PskCredentials, PskKey};
+    /// use twinhub::hub::{Hub, HubConfig};
+    /// use twinhub::registry::Registry;
+    /// use twinhub::twin::Twin;
+    /// use twinhub::DeviceId;
+    /// let mut registry = Registry::new();
+    /// registry.create(Twin::new(DeviceId::new("pump-7")?))?;
+    /// let hub = Hub::bind_dtls("0.0.0.0:5684", registry, HubConfig::default())?;
+    /// hub.set_psk("pump-7", PskCredentials::new("pump-7", PskKey::new(vec![7; 16]))?)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn bind_dtls(
+        addr: impl ToSocketAddrs,
+        registry: Registry,
+        config: HubConfig,
+    ) -> std::io::Result<Hub> {
+        let store = PskStore::new();
+        for twin in registry.iter() {
+            let auth = twin.authentication();
+            if let (Some(identity), Some(key)) = (&auth.psk_identity, &auth.psk_key)
+                && let Ok(creds) = PskCredentials::new(identity, key.clone())
+            {
+                // An identity claimed by two twins keeps its first owner.
+                let _ = store.set(Some(twin.device_id().clone()), creds);
+            }
+        }
+        let registry = SharedRegistry::new(registry);
+        let provisioned = Arc::new(AutoProvisioned::new(
+            config.auto_provision_limit,
+            config.auto_provision_expiry,
+        ));
+        let server = Self::lwm2m_server(&registry, &config, &provisioned);
+        let dtls = DtlsServer::new(config.dtls.clone(), store.clone());
+        let stats = dtls.stats_handle();
+        let (udp, events) = UdpServer::bind_secure(addr, server, dtls)?;
+        let local = udp.local_addr();
+        let link = Box::new(udp.handle());
+        let hub = Self::start_shared(
+            registry,
+            link,
+            events,
+            config,
+            (Some(local), Some(udp)),
+            provisioned,
+        );
+        let _ = hub.inner.secure.set(Secure { store, stats });
+        Ok(hub)
+    }
+
+    /// Sets (or rotates) a device's PSK credentials: in its twin's authentication and in
+    /// the DTLS key store. Sessions made with its earlier key close. Fails for an unknown
+    /// device or an identity another device holds; nothing changes then.
+    pub fn set_psk(
+        &self,
+        device: &str,
+        credentials: PskCredentials,
+    ) -> Result<(), CredentialsError> {
+        let id = DeviceId::new(device).map_err(|_| CredentialsError::UnknownDevice {
+            device: device.to_owned(),
+        })?;
+        let mut registry = self.inner.registry.write();
+        if !registry.contains(device) {
+            return Err(CredentialsError::UnknownDevice {
+                device: device.to_owned(),
+            });
+        }
+        if let Some(secure) = self.inner.secure.get() {
+            secure.store.set(Some(id), credentials.clone())?;
+        }
+        registry
+            .set_authentication(
+                device,
+                Authentication {
+                    psk_identity: Some(credentials.identity().to_owned()),
+                    psk_key: Some(credentials.key().clone()),
+                },
+            )
+            .map_err(|_| CredentialsError::UnknownDevice {
+                device: device.to_owned(),
+            })
+    }
+
+    /// Removes a device's credentials (twin and key store); its sessions close. Returns
+    /// whether it had any. The device can then no longer complete a handshake.
+    pub fn remove_psk(&self, device: &str) -> bool {
+        let mut registry = self.inner.registry.write();
+        let had = registry
+            .get(device)
+            .is_some_and(|t| !t.authentication().is_empty());
+        if had {
+            let _ = registry.set_authentication(device, Authentication::default());
+        }
+        let in_store = match (self.inner.secure.get(), DeviceId::new(device)) {
+            (Some(secure), Ok(id)) => secure.store.remove_device(&id),
+            _ => false,
+        };
+        had || in_store
+    }
+
+    /// The DTLS key store, when the hub runs a coaps listener.
+    pub fn psk_store(&self) -> Option<&PskStore> {
+        self.inner.secure.get().map(|s| &s.store)
+    }
+
+    /// The DTLS layer's counters (handshakes, refusals, table sizes), when the hub runs a
+    /// coaps listener.
+    pub fn dtls_stats(&self) -> Option<DtlsStats> {
+        self.inner.secure.get().map(|s| s.stats.snapshot())
+    }
+}

@@ -1,0 +1,94 @@
+//! The server behind DTLS: the UDP driver's datagram layer that runs a [`DtlsServer`].
+
+use super::udp::DatagramLayer;
+use super::{Lwm2mServer, Transmit, UdpServer};
+use crate::dtls::{DtlsEvent, DtlsServer};
+use crate::transport::DeviceEvent;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+/// DTLS between the socket and the server: records in, plaintext with the session's
+/// identity to the server; the server's datagrams out only through the session of the
+/// identity the destination registered with.
+pub(super) struct SecureLayer {
+    dtls: DtlsServer,
+}
+
+impl SecureLayer {
+    fn deliver(&mut self, now: Instant, server: &mut Lwm2mServer) {
+        while let Some(event) = self.dtls.poll_event() {
+            if let DtlsEvent::Plaintext {
+                peer,
+                identity,
+                data,
+            } = event
+            {
+                server.handle_datagram_from(now, peer, Some(&identity), &data);
+            }
+        }
+    }
+}
+
+impl DatagramLayer for SecureLayer {
+    fn receive(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8], server: &mut Lwm2mServer) {
+        self.dtls.handle_datagram(now, peer, bytes);
+        self.deliver(now, server);
+    }
+
+    fn transmit(&mut self, now: Instant, t: Transmit, server: &Lwm2mServer, _socket: &UdpSocket) {
+        if let Some(expected) = server.identity_at(t.destination) {
+            let session = self
+                .dtls
+                .session_identity(t.destination)
+                .map(|i| &*i.psk_identity);
+            if expected.is_none() || session != expected {
+                // The address now belongs to another identity (or none): the device's
+                // requests do not go to it. CoAP times the request out.
+                return;
+            }
+        }
+        // No session: the datagram is dropped; nothing goes out in clear.
+        let _ = self.dtls.send(now, t.destination, &t.payload);
+    }
+
+    fn flush(&mut self, socket: &UdpSocket) {
+        while let Some((to, record)) = self.dtls.poll_transmit() {
+            let _ = socket.send_to(&record, to);
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant, server: &mut Lwm2mServer) {
+        self.dtls.handle_timeout(now);
+        self.deliver(now, server);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.dtls.poll_timeout()
+    }
+}
+
+impl UdpServer {
+    /// Binds a `coaps` socket: the server behind a [`DtlsServer`] (DTLS 1.2, PSK,
+    /// `TLS_PSK_WITH_AES_128_CCM_8`). The server is switched to
+    /// [`Lwm2mServer::require_identity`]. Counters: [`DtlsServer::stats_handle`] before
+    /// handing it over.
+    ///
+    /// ```no_run
+    /// use twinhub::dtls::{DtlsServer, DtlsServerConfig, PskStore};
+    /// use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, UdpServer};
+    /// let store = PskStore::new();
+    /// let dtls = DtlsServer::new(DtlsServerConfig::default(), store.clone());
+    /// let server = Lwm2mServer::new(ServerConfig { auto_provision: true, ..ServerConfig::default() });
+    /// let (udp, events) = UdpServer::bind_secure("0.0.0.0:5684", server, dtls).unwrap();
+    /// # let _ = (udp, events);
+    /// ```
+    pub fn bind_secure(
+        addr: impl ToSocketAddrs,
+        server: Lwm2mServer,
+        dtls: DtlsServer,
+    ) -> io::Result<(UdpServer, Receiver<DeviceEvent>)> {
+        Self::bind_layer(addr, server.require_identity(), SecureLayer { dtls })
+    }
+}
