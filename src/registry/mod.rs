@@ -79,6 +79,7 @@ mod id_order;
 mod index;
 mod lists;
 mod load;
+mod restore;
 mod shared;
 mod sorted;
 mod vid_table;

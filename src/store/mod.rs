@@ -1,0 +1,533 @@
+//! Durability: twins in an embedded [`redb`] database in a directory the service names.
+//!
+//! The in-memory [`Registry`] stays the query engine; the store is its write-behind
+//! journal with one narrow interface: [`Store::commit`] appends a batch (every change the
+//! registry made since the last commit, in one transaction), [`Store::open`] reads the
+//! snapshot back (rebuilding the registry and every index through the bulk-load path),
+//! and [`Store::compact`] gives space back. A store on another engine (a replicated one)
+//! could sit behind the same three calls; the registry, queries and jobs would not know.
+//!
+//! **What a commit writes.** The store reads the registry's change feed after the last
+//! committed sequence number and rewrites, per device touched, only what changed: a
+//! device-property report rewrites one small row (value, `lastUpdatedTime`, the change's
+//! sequence number); anything else (fields, status, tags, service properties,
+//! registration, credentials) rewrites the twin's head. See `record.rs` for the layout.
+//! If the feed no longer holds every change since the last commit (more than its
+//! capacity between two commits), the commit rewrites every twin instead: slower, never
+//! wrong.
+//!
+//! **Acknowledgement.** A commit returns after redb's `Durability::Immediate` commit (the
+//! data and the new root are fsynced). A service-side write is acknowledged only after its
+//! commit; device events (notifications, responses, registrations) are committed in
+//! groups, one transaction per batch the hub applies.
+//!
+//! **What a crash can lose, and what it cannot.** A crash (power cut, `SIGKILL`, panic)
+//! loses at most the changes made in memory since the last commit returned: for a hub,
+//! the events of the batch being applied or committed, which devices report again (their
+//! next notification or registration). It cannot lose anything acknowledged: a commit that
+//! returned is on disk, and redb's copy-on-write commit is atomic, so after a crash every
+//! twin is exactly as some commit left it, never half-written.
+//!
+//! **Sequence numbers** (etags, change-feed numbers) never repeat across restarts: opening
+//! persists a high-water mark [`SEQ_RESERVE`] ahead of the numbers in use before the
+//! registry hands out any, every commit moves it on once half of it is used, and a
+//! reopened registry continues after the mark. The bound: at most `SEQ_RESERVE / 2` = 524,288 changes between two commits
+//! (the hub commits every batch of at most 4,096 events); past it a crash before the
+//! next commit could let numbers repeat.
+//!
+//! **Errors.** A failed write poisons the store ([`StoreError::Poisoned`]) until
+//! [`Store::reload`] rebuilds the registry from what is durable; callers that hold a
+//! registry lock while committing (the hub does) reload before anyone reads, so memory
+//! never runs ahead of disk for an acknowledged write.
+//!
+//! **Backups.** The directory holds one file, `twinhub.redb`. Copy it while no process
+//! has it open, or stop writes (commits) while copying: redb's file is consistent at any
+//! commit boundary, and a copy taken in the middle of a commit is detected (checksums) and
+//! rolled back to the previous commit when opened.
+//!
+//! ```
+//! use twinhub::store::{Store, StoreConfig};
+//! use twinhub::twin::Twin;
+//! use twinhub::DeviceId;
+//!
+//! let dir = std::env::temp_dir().join(format!("twinhub-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let (mut store, mut registry) = Store::open(&dir, StoreConfig::default())?;
+//! registry.create(Twin::new(DeviceId::new("pump-1")?).with_tag("pumps"))?;
+//! store.commit(&registry)?; // durable from here on
+//! drop((store, registry));
+//!
+//! let (_store, registry) = Store::open(&dir, StoreConfig::default())?;
+//! assert!(registry.get("pump-1").unwrap().has_tag("pumps"));
+//! # drop(_store);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod record;
+
+pub use error::StoreError;
+
+use crate::DeviceId;
+use crate::registry::{ChangeKind, DEFAULT_FEED_CAPACITY, Registry, Slot};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The newest file format this version reads and the one it writes.
+pub const FORMAT: u64 = 1;
+
+/// How many sequence numbers a commit reserves ahead of the newest one in use.
+pub const SEQ_RESERVE: u64 = 1 << 20;
+
+/// The store's file inside the data directory.
+pub const FILE_NAME: &str = "twinhub.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
+const PROPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("device_properties");
+
+const META_FORMAT: &str = "format";
+const META_COMMITTED: &str = "committed_seq";
+const META_RESERVED: &str = "reserved_seq";
+
+/// Settings of a [`Store`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// The change-feed capacity of the registry [`Store::open`] returns
+    /// (default [`DEFAULT_FEED_CAPACITY`]). A commit reads the feed; more changes than
+    /// this between two commits make the commit rewrite every twin.
+    pub feed_capacity: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            feed_capacity: DEFAULT_FEED_CAPACITY,
+        }
+    }
+}
+
+/// What one [`Store::commit`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The registry's sequence number now durable.
+    pub seq: u64,
+    /// Twin heads written or deleted.
+    pub heads: usize,
+    /// Device-property rows written or deleted.
+    pub properties: usize,
+    /// Whether every twin was rewritten (the feed did not cover the commit).
+    pub full: bool,
+}
+
+/// The durable store of one data directory. See the [module docs](self).
+pub struct Store {
+    db: Option<Database>,
+    path: PathBuf,
+    config: StoreConfig,
+    /// The registry sequence number the disk holds everything through.
+    committed: u64,
+    /// The high-water mark on disk: no number above it was ever handed out.
+    reserved: u64,
+    poisoned: bool,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("committed", &self.committed)
+            .field("reserved", &self.reserved)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+/// What a device touched since the last commit needs written.
+#[derive(Default)]
+struct Dirty {
+    /// Created or removed: rewrite the head and every property row.
+    full: bool,
+    /// Rewrite the head.
+    head: bool,
+    /// Device properties reported or removed, with the newest change's sequence number.
+    props: BTreeMap<Arc<str>, u64>,
+}
+
+/// The first key after every `(id, _)` key.
+fn after_id(id: &str) -> String {
+    let mut s = String::with_capacity(id.len() + 1);
+    s.push_str(id);
+    s.push('\0');
+    s
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` (created if missing) and rebuilds the
+    /// registry it holds: every twin and index through the bulk-load path, the etags and
+    /// generation ids as they were, the sequence continuing after every number handed
+    /// out before.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: StoreConfig,
+    ) -> Result<(Store, Registry), StoreError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let mut store = Store {
+            db: None,
+            path,
+            config,
+            committed: 0,
+            reserved: 0,
+            poisoned: true,
+            scratch: Vec::new(),
+        };
+        let registry = store.reload()?;
+        Ok((store, registry))
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The registry sequence number through which everything is durable.
+    pub fn committed_seq(&self) -> u64 {
+        self.committed
+    }
+
+    /// Drops what is in memory and rebuilds the registry from the disk (what
+    /// [`Store::open`] does); clears [`StoreError::Poisoned`]. Changes not committed are
+    /// gone from the returned registry.
+    pub fn reload(&mut self) -> Result<Registry, StoreError> {
+        self.poisoned = true;
+        self.db = None;
+        let db = Database::create(&self.path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: self.path.clone(),
+            },
+            e => e.into(),
+        })?;
+        let (committed, start) = init(&db)?;
+        let registry = rebuild(&db, &self.config, committed, start)?;
+        self.db = Some(db);
+        self.committed = committed;
+        self.reserved = start.saturating_add(SEQ_RESERVE);
+        self.poisoned = false;
+        Ok(registry)
+    }
+
+    /// Makes every change `registry` made since the last commit durable, in one
+    /// transaction; returns once it is on disk. `registry` must be the one
+    /// [`Store::open`] (or [`Store::reload`]) returned, changed since only in memory.
+    ///
+    /// On error the store is poisoned: the caller must [`reload`](Store::reload) (and
+    /// drop its registry for the one returned) before committing again.
+    pub fn commit(&mut self, registry: &Registry) -> Result<Committed, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let last = registry.last_seq();
+        if last == self.committed {
+            return Ok(Committed {
+                seq: last,
+                ..Committed::default()
+            });
+        }
+        self.poisoned = true;
+        let result = self.write(registry, None);
+        if result.is_ok() {
+            self.poisoned = false;
+        }
+        result
+    }
+
+    /// Rewrites every twin from `registry` in one transaction (an import of a registry
+    /// built in memory, or a repair); returns once it is on disk.
+    pub fn commit_all(&mut self, registry: &Registry) -> Result<Committed, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        self.poisoned = true;
+        let result = self.write(registry, Some(Plan::Full));
+        if result.is_ok() {
+            self.poisoned = false;
+        }
+        result
+    }
+
+    /// Gives the file's free pages back to the file system (redb's compaction). Old
+    /// versions of rewritten rows are reused by later commits anyway; this shrinks the
+    /// file after a large delete.
+    pub fn compact(&mut self) -> Result<bool, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let db = self.db.as_mut().ok_or(StoreError::Poisoned)?;
+        Ok(db.compact()?)
+    }
+
+    fn plan(&self, registry: &Registry) -> Plan {
+        if registry.last_seq() < self.committed {
+            return Plan::Full;
+        }
+        let Ok(changes) = registry.changes_after(self.committed) else {
+            return Plan::Full;
+        };
+        let mut devices: BTreeMap<DeviceId, Dirty> = BTreeMap::new();
+        for c in changes {
+            let d = devices.entry(c.device.clone()).or_default();
+            match &c.kind {
+                ChangeKind::Created | ChangeKind::Removed => d.full = true,
+                ChangeKind::DeviceProperty { name } => {
+                    d.props.insert(name.clone(), c.seq);
+                }
+                ChangeKind::DevicePropertyRemoved { name } => {
+                    d.props.insert(name.clone(), c.seq);
+                    d.head = true;
+                }
+                _ => d.head = true,
+            }
+        }
+        Plan::Devices(devices)
+    }
+
+    fn write(&mut self, registry: &Registry, plan: Option<Plan>) -> Result<Committed, StoreError> {
+        let plan = plan.unwrap_or_else(|| self.plan(registry));
+        let last = registry.last_seq();
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
+        let txn = db.begin_write()?;
+        let mut done = Committed {
+            seq: last,
+            ..Committed::default()
+        };
+        let mut reserved = self.reserved;
+        {
+            let mut twins = txn.open_table(TWINS)?;
+            let mut props = txn.open_table(PROPS)?;
+            let mut meta = txn.open_table(META)?;
+            let scratch = &mut self.scratch;
+            match plan {
+                Plan::Full => {
+                    done.full = true;
+                    twins.retain(|_, _| false)?;
+                    props.retain(|_, _| false)?;
+                    for t in registry.iter() {
+                        write_twin(&mut twins, &mut props, t, scratch, &mut done)?;
+                    }
+                }
+                Plan::Devices(devices) => {
+                    for (id, d) in devices {
+                        let id = id.as_str();
+                        let Some(t) = registry.get(id) else {
+                            twins.remove(id)?;
+                            let end = after_id(id);
+                            props.retain_in((id, "")..(end.as_str(), ""), |_, _| false)?;
+                            done.heads += 1;
+                            continue;
+                        };
+                        if d.full {
+                            let end = after_id(id);
+                            props.retain_in((id, "")..(end.as_str(), ""), |_, _| false)?;
+                            write_twin(&mut twins, &mut props, t, scratch, &mut done)?;
+                            continue;
+                        }
+                        if d.head {
+                            write_head(&mut twins, t)?;
+                            done.heads += 1;
+                        }
+                        for (name, seq) in &d.props {
+                            match t.device_property(name) {
+                                Some((value, at)) => {
+                                    record::encode_prop(*seq, at, value, scratch);
+                                    props.insert((id, &**name), scratch.as_slice())?;
+                                }
+                                None => {
+                                    props.remove((id, &**name))?;
+                                }
+                            }
+                            done.properties += 1;
+                        }
+                    }
+                }
+            }
+            meta.insert(META_COMMITTED, last)?;
+            if last.saturating_add(SEQ_RESERVE / 2) > reserved {
+                reserved = last.saturating_add(SEQ_RESERVE);
+                meta.insert(META_RESERVED, reserved)?;
+            }
+        }
+        txn.commit()?;
+        self.committed = last;
+        self.reserved = reserved;
+        Ok(done)
+    }
+}
+
+enum Plan {
+    Full,
+    Devices(BTreeMap<DeviceId, Dirty>),
+}
+
+type Twins<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+type Props<'t> = redb::Table<'t, (&'static str, &'static str), &'static [u8]>;
+
+fn write_head(twins: &mut Twins<'_>, t: crate::registry::TwinRef<'_>) -> Result<(), StoreError> {
+    let mut twin = t.to_twin();
+    twin.device_properties.clear();
+    twins.insert(
+        t.device_id().as_str(),
+        record::encode_head(&twin).as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Writes a twin's head and every device property row (sequence 0: the head's etag is
+/// current).
+fn write_twin(
+    twins: &mut Twins<'_>,
+    props: &mut Props<'_>,
+    t: crate::registry::TwinRef<'_>,
+    scratch: &mut Vec<u8>,
+    done: &mut Committed,
+) -> Result<(), StoreError> {
+    write_head(twins, t)?;
+    done.heads += 1;
+    let id = t.device_id().as_str();
+    for (name, value, at) in t.device_properties() {
+        record::encode_prop(0, at, value, scratch);
+        props.insert((id, name), scratch.as_slice())?;
+        done.properties += 1;
+    }
+    Ok(())
+}
+
+/// Creates the tables of a fresh file and checks the format of an old one; reserves
+/// [`SEQ_RESERVE`] numbers; returns the committed sequence number and where the registry
+/// continues.
+fn init(db: &Database) -> Result<(u64, u64), StoreError> {
+    let txn = db.begin_write()?;
+    let (committed, start) = {
+        let mut meta = txn.open_table(META)?;
+        let format = meta.get(META_FORMAT)?.map(|v| v.value());
+        match format {
+            Some(found) if found > FORMAT => {
+                return Err(StoreError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT,
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(META_FORMAT, FORMAT)?;
+            }
+        }
+        let get = |k| -> Result<u64, StoreError> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+        let committed = get(META_COMMITTED)?;
+        // Numbers through the old mark may have been handed out before a crash; the
+        // registry continues after it, with a fresh reserve before it hands out any.
+        let start = get(META_RESERVED)?.max(committed);
+        meta.insert(META_RESERVED, start.saturating_add(SEQ_RESERVE))?;
+        txn.open_table(TWINS)?;
+        txn.open_table(PROPS)?;
+        (committed, start)
+    };
+    txn.commit()?;
+    Ok((committed, start))
+}
+
+/// Rebuilds the registry from the file through a bulk load, then restores the version
+/// numbers and the sequence.
+fn rebuild(
+    db: &Database,
+    config: &StoreConfig,
+    committed: u64,
+    start: u64,
+) -> Result<Registry, StoreError> {
+    let txn = db.begin_read()?;
+    let twins = txn.open_table(TWINS)?;
+    let props = txn.open_table(PROPS)?;
+    let mut registry = Registry::with_feed_capacity(config.feed_capacity);
+    let mut versions: Vec<(Slot, u64, u64, u64)> = Vec::with_capacity(twins.len()? as usize);
+    {
+        let mut bulk = registry.bulk_load();
+        bulk.reserve(twins.len()? as usize);
+        let mut rows = props.iter()?;
+        // A property row read ahead of its twin: (device id, name, bytes).
+        let mut pending: Option<(String, String, Vec<u8>)> = None;
+        let mut next_row =
+            |pending: &mut Option<(String, String, Vec<u8>)>| -> Result<(), StoreError> {
+                *pending = match rows.next() {
+                    None => None,
+                    Some(r) => {
+                        let (k, v) = r?;
+                        let (id, name) = k.value();
+                        Some((id.to_string(), name.to_string(), v.value().to_vec()))
+                    }
+                };
+                Ok(())
+            };
+        next_row(&mut pending)?;
+        for head in twins.iter()? {
+            let (k, v) = head?;
+            let id = k.value();
+            record::device_id(id)?;
+            let mut twin = record::decode_head(id, v.value())?;
+            let mut etag = twin.etag.0;
+            loop {
+                let Some((pid, name, bytes)) = &pending else {
+                    break;
+                };
+                match pid.as_str().cmp(id) {
+                    std::cmp::Ordering::Greater => break,
+                    std::cmp::Ordering::Less => {
+                        return Err(StoreError::BadRecord {
+                            table: "device_properties",
+                            key: format!("{pid}/{name}"),
+                            detail: "no twin has this device id".into(),
+                        });
+                    }
+                    std::cmp::Ordering::Equal => {
+                        let row = record::decode_prop(pid, name, bytes)?;
+                        etag = etag.max(row.seq);
+                        twin.device_properties.insert(
+                            name.clone(),
+                            crate::twin::DeviceProperty {
+                                value: row.value,
+                                last_updated_time: row.at,
+                            },
+                        );
+                    }
+                }
+                next_row(&mut pending)?;
+            }
+            let (generation, service) = (twin.generation_id.0, twin.service_properties.etag.0);
+            let slot = bulk
+                .add_twin(twin)
+                .map_err(|source| StoreError::Rejected { source })?;
+            versions.push((slot, generation, etag, service));
+        }
+        if let Some((pid, name, _)) = pending {
+            return Err(StoreError::BadRecord {
+                table: "device_properties",
+                key: format!("{pid}/{name}"),
+                detail: "no twin has this device id".into(),
+            });
+        }
+        bulk.finish();
+    }
+    for (slot, generation, etag, service) in versions {
+        registry.restore_versions(slot, generation, etag, service);
+    }
+    registry.restore_feed(start, committed, Vec::new());
+    Ok(registry)
+}
