@@ -4,6 +4,8 @@
 //! cargo run --example hub -- --bind 0.0.0.0:5683 --auto-provision
 //! # or only known devices:
 //! cargo run --example hub -- --bind 127.0.0.1:5683 --device sensor-1 --device sensor-2
+//! # durable: twins, tags and device properties survive a restart
+//! cargo run --example hub -- --data-dir /var/lib/twinhub --auto-provision
 //! ```
 //!
 //! It prints registrations and device property updates as they happen, and reads
@@ -20,6 +22,7 @@ use twinhub::hub::{Hub, HubConfig};
 use twinhub::job::{JobId, JobSpec, JobType};
 use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
 use twinhub::registry::{ChangeKind, Registry};
+use twinhub::store::{Store, StoreConfig};
 use twinhub::twin::Twin;
 
 const HELP: &str = "\
@@ -41,7 +44,8 @@ commands:
 fn main() {
     let mut bind = "0.0.0.0:5683".to_string();
     let mut config = HubConfig::default();
-    let mut registry = Registry::new();
+    let mut devices = Vec::new();
+    let mut data_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -54,10 +58,30 @@ fn main() {
             "--device" => {
                 let id = args.next().unwrap_or_else(|| usage("--device needs an id"));
                 let id = DeviceId::new(&id).unwrap_or_else(|e| usage(&e.to_string()));
-                registry.create(Twin::new(id)).expect("a new device");
+                devices.push(id);
+            }
+            "--data-dir" => {
+                data_dir = Some(args.next().unwrap_or_else(|| usage("--data-dir needs DIR")))
             }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    let mut registry = match &data_dir {
+        None => Registry::new(),
+        Some(dir) => {
+            let (store, registry) = Store::open(dir, StoreConfig::default()).unwrap_or_else(|e| {
+                eprintln!("cannot open the data directory {dir}: {e}");
+                std::process::exit(1)
+            });
+            println!("{} twins restored from {dir}", registry.len());
+            config.store = Some(store.into());
+            registry
+        }
+    };
+    for id in devices {
+        if !registry.contains(id.as_str()) {
+            registry.create(Twin::new(id)).expect("a new device");
         }
     }
     let hub = Hub::bind_udp(&bind, registry, config).unwrap_or_else(|e| {
@@ -283,6 +307,6 @@ fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("{problem}");
     }
-    eprintln!("usage: hub [--bind ADDR:PORT] [--auto-provision] [--device ID]...");
+    eprintln!("usage: hub [--bind ADDR:PORT] [--auto-provision] [--device ID]... [--data-dir DIR]");
     std::process::exit(2)
 }

@@ -152,6 +152,10 @@ impl ChangeFeed {
         }
     }
 
+    pub(crate) fn dropped_through(&self) -> u64 {
+        self.dropped_through
+    }
+
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }

@@ -74,7 +74,7 @@ use crate::registry::{ChangeKind, DEFAULT_FEED_CAPACITY, Registry, Slot};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The newest file format this version reads and the one it writes.
 pub const FORMAT: u64 = 1;
@@ -133,6 +133,8 @@ pub struct Store {
     committed: u64,
     /// The high-water mark on disk: no number above it was ever handed out.
     reserved: u64,
+    /// Marks the registry that open (or reload) returned as this store's.
+    origin: u64,
     poisoned: bool,
     scratch: Vec<u8>,
 }
@@ -188,6 +190,7 @@ impl Store {
             config,
             committed: 0,
             reserved: 0,
+            origin: 0,
             poisoned: true,
             scratch: Vec::new(),
         };
@@ -218,9 +221,11 @@ impl Store {
             e => e.into(),
         })?;
         let (committed, start) = init(&db)?;
-        let registry = rebuild(&db, &self.config, committed, start)?;
+        let origin = next_origin();
+        let registry = rebuild(&db, &self.config, origin, committed, start)?;
         self.db = Some(db);
         self.committed = committed;
+        self.origin = origin;
         self.reserved = start.saturating_add(SEQ_RESERVE);
         self.poisoned = false;
         Ok(registry)
@@ -263,6 +268,26 @@ impl Store {
             self.poisoned = false;
         }
         result
+    }
+
+    /// Makes `registry` the store's content and commits it. The registry
+    /// [`Store::open`] (or [`Store::reload`]) returned is committed as usual. A registry
+    /// built elsewhere is imported: its twins replace what the directory held, its
+    /// sequence first moves past every number the directory ever handed out (so no
+    /// etag repeats), and it becomes this store's registry.
+    pub fn adopt(&mut self, registry: &mut Registry) -> Result<Committed, StoreError> {
+        if registry.origin() == self.origin {
+            return self.commit(registry);
+        }
+        registry.advance_seq(self.reserved);
+        let done = self.commit_all(registry)?;
+        let (seq, committed) = (registry.last_seq(), self.committed);
+        let changes = registry
+            .changes_after(0)
+            .map(|c| c.cloned().collect())
+            .unwrap_or_default();
+        registry.restore_feed(self.origin, seq, committed.min(seq), changes);
+        Ok(done)
     }
 
     /// Gives the file's free pages back to the file system (redb's compaction). Old
@@ -373,6 +398,37 @@ impl Store {
     }
 }
 
+/// A [`Store`] shared between threads (what [`HubConfig::store`](crate::hub::HubConfig::store)
+/// takes): a service write and an event batch commit one at a time.
+#[derive(Clone, Debug)]
+pub struct SharedStore(Arc<Mutex<Store>>);
+
+impl SharedStore {
+    /// Shares a store.
+    pub fn new(store: Store) -> Self {
+        SharedStore(Arc::new(Mutex::new(store)))
+    }
+
+    /// The store, locked (a panic while it was locked does not poison it further: a
+    /// commit that did not finish already poisoned the store itself).
+    pub fn lock(&self) -> MutexGuard<'_, Store> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl From<Store> for SharedStore {
+    fn from(store: Store) -> Self {
+        SharedStore::new(store)
+    }
+}
+
+/// A number no other opening in this process used (never 0).
+fn next_origin() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 enum Plan {
     Full,
     Devices(BTreeMap<DeviceId, Dirty>),
@@ -450,6 +506,7 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
 fn rebuild(
     db: &Database,
     config: &StoreConfig,
+    origin: u64,
     committed: u64,
     start: u64,
 ) -> Result<Registry, StoreError> {
@@ -528,6 +585,6 @@ fn rebuild(
     for (slot, generation, etag, service) in versions {
         registry.restore_versions(slot, generation, etag, service);
     }
-    registry.restore_feed(start, committed, Vec::new());
+    registry.restore_feed(origin, start, committed, Vec::new());
     Ok(registry)
 }
