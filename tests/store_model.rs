@@ -8,7 +8,7 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use twinhub::registry::Registry;
+use twinhub::registry::{Change, Registry};
 use twinhub::store::{Store, StoreConfig};
 use twinhub::twin::{DeviceStatus, PskKey, Scalar, ServiceValue, Twin};
 use twinhub::{DeviceId, Timestamp};
@@ -123,37 +123,69 @@ fn snapshot(reg: &Registry) -> BTreeMap<String, Twin> {
         .collect()
 }
 
+/// The acknowledged state: the twins and the change feed as the last commit left them.
+#[derive(Default)]
+struct Model {
+    acked: BTreeMap<String, Twin>,
+    acked_seq: u64,
+    log: Vec<Change>,
+    log_dropped: u64,
+}
+
+impl Model {
+    fn ack(&mut self, reg: &Registry) {
+        match reg.changes_after(self.acked_seq) {
+            Ok(changes) => self.log.extend(changes.cloned()),
+            Err(_) => {
+                self.log.clear();
+                self.log_dropped = reg.last_seq();
+            }
+        }
+        self.acked = snapshot(reg);
+        self.acked_seq = reg.last_seq();
+    }
+}
+
 fn run(ops: &[Op], feed_capacity: usize) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = StoreConfig::default();
     config.feed_capacity = feed_capacity;
     let (mut store, mut reg) = Store::open(dir.path(), config.clone()).unwrap();
-    let mut acked: BTreeMap<String, Twin> = BTreeMap::new();
-    let mut acked_seq = 0;
+    let mut m = Model::default();
     // The largest sequence number the registry ever handed out (seen or not).
     let mut handed_out = 0;
     for op in ops {
         match op {
             Op::Commit => {
                 store.commit(&reg).unwrap();
-                acked = snapshot(&reg);
-                acked_seq = reg.last_seq();
+                m.ack(&reg);
             }
             Op::Crash | Op::Reopen => {
                 if matches!(op, Op::Reopen) {
                     store.commit(&reg).unwrap();
-                    acked = snapshot(&reg);
-                    acked_seq = reg.last_seq();
+                    m.ack(&reg);
                 }
                 handed_out = handed_out.max(reg.last_seq());
                 drop((store, reg));
                 (store, reg) = Store::open(dir.path(), config.clone()).unwrap();
-                prop_assert_eq!(&snapshot(&reg), &acked);
+                prop_assert_eq!(&snapshot(&reg), &m.acked);
                 prop_assert!(reg.validate().is_ok(), "{:?}", reg.validate());
                 prop_assert!(reg.last_seq() >= handed_out, "the sequence went back");
-                prop_assert!(store.committed_seq() >= acked_seq);
+                prop_assert!(store.committed_seq() >= m.acked_seq);
                 // Resuming after the acknowledged sequence is no gap.
                 prop_assert!(reg.changes_after(store.committed_seq()).is_ok());
+                // The store serves the acknowledged feed; the registry's ring its tail.
+                let on_disk = store.changes_after(m.log_dropped, usize::MAX).unwrap();
+                prop_assert_eq!(on_disk.as_ref(), Ok(&m.log));
+                if m.log_dropped > 0 {
+                    prop_assert!(store.changes_after(m.log_dropped - 1, 1).unwrap().is_err());
+                }
+                let (log, tail) = (&m.log, m.log.len().min(reg.feed_capacity()));
+                if tail > 0 {
+                    let from = log[log.len() - tail].seq - 1;
+                    let ring: Vec<Change> = reg.changes_after(from).unwrap().cloned().collect();
+                    prop_assert_eq!(&ring[..], &log[log.len() - tail..]);
+                }
             }
             _ => {
                 let before = reg.last_seq();
@@ -212,4 +244,37 @@ fn commit_all_imports_a_registry_built_in_memory() {
     let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
     assert_eq!(snapshot(&reg), snapshot(&mem));
     reg.validate().unwrap();
+}
+
+#[test]
+fn the_store_keeps_the_newest_changes_up_to_its_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::default();
+    config.feed_retention = 10;
+    let (mut store, mut reg) = Store::open(dir.path(), config.clone()).unwrap();
+    reg.create(Twin::new(DeviceId::new("d").unwrap())).unwrap();
+    for i in 0..49 {
+        reg.report_device_property("d", "BatteryLevel", Scalar::from(i % 100), Timestamp::EPOCH)
+            .unwrap();
+        if i % 7 == 0 {
+            store.commit(&reg).unwrap();
+        }
+    }
+    store.commit(&reg).unwrap();
+    let last = reg.last_seq();
+    drop((store, reg));
+    // At the bound: exactly the 10 newest changes, older ones are a gap.
+    let (store, reg) = Store::open(dir.path(), config).unwrap();
+    let gap = store.changes_after(0, usize::MAX).unwrap().unwrap_err();
+    assert_eq!(gap.resume_after(), last - 10);
+    let kept = store
+        .changes_after(gap.resume_after(), usize::MAX)
+        .unwrap()
+        .unwrap();
+    let seqs: Vec<u64> = kept.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, (last - 9..=last).collect::<Vec<_>>());
+    assert_eq!(store.changes_after(last - 3, 2).unwrap().unwrap().len(), 2);
+    // The reopened registry's feed resumes there too, and new changes follow.
+    assert_eq!(reg.changes_after(last - 10).unwrap().count(), 10);
+    assert!(reg.changes_after(last - 11).is_err());
 }

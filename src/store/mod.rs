@@ -65,12 +65,13 @@
 //! ```
 
 mod error;
+mod feed;
 mod record;
 
 pub use error::StoreError;
 
 use crate::DeviceId;
-use crate::registry::{ChangeKind, DEFAULT_FEED_CAPACITY, Registry, Slot};
+use crate::registry::{Change, ChangeKind, DEFAULT_FEED_CAPACITY, FeedGap, Registry, Slot};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -88,10 +89,15 @@ pub const FILE_NAME: &str = "twinhub.redb";
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
 const PROPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("device_properties");
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 
 const META_FORMAT: &str = "format";
 const META_COMMITTED: &str = "committed_seq";
 const META_RESERVED: &str = "reserved_seq";
+const META_FEED_DROPPED: &str = "feed_dropped_through";
+
+/// How many changes the store keeps on disk by default.
+pub const DEFAULT_FEED_RETENTION: usize = 1 << 16;
 
 /// Settings of a [`Store`].
 #[derive(Clone, Debug)]
@@ -101,12 +107,19 @@ pub struct StoreConfig {
     /// (default [`DEFAULT_FEED_CAPACITY`]). A commit reads the feed; more changes than
     /// this between two commits make the commit rewrite every twin.
     pub feed_capacity: usize,
+    /// How many of the newest changes the store keeps on disk (default
+    /// [`DEFAULT_FEED_RETENTION`]), for consumers resuming after a restart
+    /// ([`Store::changes_after`]). At the bound each commit deletes the oldest rows;
+    /// asking for changes before the oldest kept one is a [`FeedGap`]. 0 keeps none
+    /// (and writes no feed rows).
+    pub feed_retention: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             feed_capacity: DEFAULT_FEED_CAPACITY,
+            feed_retention: DEFAULT_FEED_RETENTION,
         }
     }
 }
@@ -270,6 +283,36 @@ impl Store {
         result
     }
 
+    /// The committed changes after sequence `after`, oldest first, at most `limit`, read
+    /// from the disk: how a consumer resumes after a restart. Changes the store no longer
+    /// keeps ([`StoreConfig::feed_retention`]) are a [`FeedGap`]: the consumer re-reads
+    /// the twins it cares about and resumes from [`FeedGap::resume_after`]. Changes made
+    /// in memory but not yet committed are only in the registry's own feed
+    /// ([`Registry::changes_after`]).
+    pub fn changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Result<Vec<Change>, FeedGap>, StoreError> {
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let dropped = meta.get(META_FEED_DROPPED)?.map_or(0, |v| v.value());
+        if after < dropped {
+            return Ok(Err(FeedGap {
+                after,
+                dropped_through: dropped,
+            }));
+        }
+        let rows = txn.open_table(FEED)?;
+        let mut out = Vec::new();
+        for row in rows.range(after.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            out.push(feed::decode(k.value(), v.value())?);
+        }
+        Ok(Ok(out))
+    }
+
     /// Makes `registry` the store's content and commits it. The registry
     /// [`Store::open`] (or [`Store::reload`]) returned is committed as usual. A registry
     /// built elsewhere is imported: its twins replace what the directory held, its
@@ -340,7 +383,32 @@ impl Store {
             let mut twins = txn.open_table(TWINS)?;
             let mut props = txn.open_table(PROPS)?;
             let mut meta = txn.open_table(META)?;
+            let mut feed_rows = txn.open_table(FEED)?;
             let scratch = &mut self.scratch;
+            let retention = self.config.feed_retention;
+            match (&plan, registry.changes_after(self.committed)) {
+                (Plan::Devices(_), Ok(changes)) if retention > 0 => {
+                    for c in changes {
+                        feed::encode(c, scratch);
+                        feed_rows.insert(c.seq, scratch.as_slice())?;
+                    }
+                    let excess = (feed_rows.len()? as usize).saturating_sub(retention);
+                    if excess > 0 {
+                        let cut = match feed_rows.iter()?.nth(excess - 1) {
+                            Some(row) => row?.0.value(),
+                            None => 0,
+                        };
+                        feed_rows.retain_in(..=cut, |_, _| false)?;
+                        meta.insert(META_FEED_DROPPED, cut)?;
+                    }
+                }
+                _ => {
+                    // Not every change since the last commit is at hand (or none are
+                    // kept): what the disk kept ends here.
+                    feed_rows.retain(|_, _| false)?;
+                    meta.insert(META_FEED_DROPPED, last)?;
+                }
+            }
             match plan {
                 Plan::Full => {
                     done.full = true;
@@ -495,6 +563,7 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
         meta.insert(META_RESERVED, start.saturating_add(SEQ_RESERVE))?;
         txn.open_table(TWINS)?;
         txn.open_table(PROPS)?;
+        txn.open_table(FEED)?;
         (committed, start)
     };
     txn.commit()?;
@@ -585,6 +654,22 @@ fn rebuild(
     for (slot, generation, etag, service) in versions {
         registry.restore_versions(slot, generation, etag, service);
     }
-    registry.restore_feed(origin, start, committed, Vec::new());
+    let feed_rows = txn.open_table(FEED)?;
+    let meta = txn.open_table(META)?;
+    let mut dropped = meta.get(META_FEED_DROPPED)?.map_or(0, |v| v.value());
+    let keep = config.feed_capacity.min(config.feed_retention);
+    let mut changes = Vec::with_capacity(keep.min(feed_rows.len()? as usize));
+    for row in feed_rows.iter()?.rev().take(keep) {
+        let (k, v) = row?;
+        changes.push(feed::decode(k.value(), v.value())?);
+    }
+    changes.reverse();
+    if (changes.len() as u64) < feed_rows.len()? {
+        dropped = changes.first().map_or(committed, |c| c.seq - 1);
+    }
+    if changes.is_empty() {
+        dropped = dropped.max(committed);
+    }
+    registry.restore_feed(origin, start, dropped, changes);
     Ok(registry)
 }
