@@ -40,6 +40,21 @@
 //! registry lock while committing (the hub does) reload before anyone reads, so memory
 //! never runs ahead of disk for an acknowledged write.
 //!
+//! **What is durable.** Every twin: identity, status, connection state and the
+//! registration (endpoint, objects, address), `isManaged`, authentication (the PSK key
+//! is stored, hex, in the twin's record; it never appears in JSON output or `Debug`),
+//! the configuration string, tags, service properties, device properties with their
+//! `lastUpdatedTime`, the generation id and both etags; the sequence high-water mark;
+//! the newest [`StoreConfig::feed_retention`] changes. **Not yet durable**: jobs (specs,
+//! child states, history) and the LWM2M server's registration table and observations
+//! (after a restart a device is reached again once it registers or updates its
+//! registration).
+//!
+//! **Growth.** A device property has one row, rewritten in place; the feed keeps a
+//! bounded number of rows; redb reuses the pages a commit frees, so a steady stream of
+//! updates does not grow the file (tests/store_growth.rs). [`Store::compact`] gives
+//! free pages back to the file system.
+//!
 //! **Backups.** The directory holds one file, `twinhub.redb`. Copy it while no process
 //! has it open, or stop writes (commits) while copying: redb's file is consistent at any
 //! commit boundary, and a copy taken in the middle of a commit is detected (checksums) and
