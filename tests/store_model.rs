@@ -108,9 +108,10 @@ fn apply(reg: &mut Registry, op: &Op) {
             );
         }
         Op::Psk(i, key) => {
-            let mut auth = twinhub::twin::Authentication::default();
-            auth.psk_identity = Some(format!("psk-{i}"));
-            auth.psk_key = Some(PskKey::new(key.clone()));
+            let auth = twinhub::twin::Authentication {
+                psk_identity: Some(format!("psk-{i}")),
+                psk_key: Some(PskKey::new(key.clone())),
+            };
             let _ = reg.set_authentication(IDS[*i], auth);
         }
         Op::Commit | Op::Crash | Op::Reopen => unreachable!("handled by the runner"),

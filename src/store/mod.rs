@@ -624,10 +624,7 @@ fn rebuild(
             record::device_id(id)?;
             let mut twin = record::decode_head(id, v.value())?;
             let mut etag = twin.etag.0;
-            loop {
-                let Some((pid, name, bytes)) = &pending else {
-                    break;
-                };
+            while let Some((pid, name, bytes)) = &pending {
                 match pid.as_str().cmp(id) {
                     std::cmp::Ordering::Greater => break,
                     std::cmp::Ordering::Less => {
