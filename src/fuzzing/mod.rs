@@ -11,6 +11,7 @@ pub mod lwm2m_client;
 pub mod lwm2m_server;
 pub mod query;
 pub mod registry;
+pub mod store;
 
 pub use coap::{coap_decode, link_format};
 pub use job::job_events;
@@ -18,6 +19,7 @@ pub use lwm2m_client::client_requests;
 pub use lwm2m_server::{registration, senml_json_decode, tlv_decode};
 pub use query::{query_parse, query_roundtrip};
 pub use registry::registry_ops;
+pub use store::store_records;
 
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
 pub type FuzzBody = fn(&[u8]);
@@ -34,6 +36,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("registration", registration),
     ("registry_ops", registry_ops),
     ("senml_json_decode", senml_json_decode),
+    ("store_records", store_records),
     ("timestamp_parse", timestamp_parse),
     ("tlv_decode", tlv_decode),
 ];

@@ -685,3 +685,24 @@ fn rebuild(
     registry.restore_feed(origin, start, dropped, changes);
     Ok(registry)
 }
+
+/// The fuzz body behind `fuzzing::store_records`: decodes `row` as a twin head
+/// (`which % 3 == 0`), a device-property row (1) or a feed row (2).
+#[doc(hidden)]
+pub fn fuzz_decode(which: u8, row: &[u8]) {
+    match which % 3 {
+        0 => {
+            let _ = record::decode_head("d", row);
+        }
+        1 => {
+            let _ = record::decode_prop("d", "n", row);
+        }
+        _ => {
+            if let Ok(c) = feed::decode(1, row) {
+                let mut out = Vec::new();
+                feed::encode(&c, &mut out);
+                assert_eq!(out, row, "a feed row did not round-trip");
+            }
+        }
+    }
+}
