@@ -242,7 +242,15 @@ impl Store {
     pub fn reload(&mut self) -> Result<Registry, StoreError> {
         self.poisoned = true;
         self.db = None;
-        let db = Database::create(&self.path).map_err(|e| match e {
+        // redb 2.6 asserts (panics) on some damaged files, e.g. one truncated below the
+        // length its header records: that is a corrupted file, not a crash.
+        let path = self.path.clone();
+        let opened = std::panic::catch_unwind(move || Database::create(path)).map_err(|_| {
+            StoreError::Corrupted {
+                detail: "the storage engine refused the file (truncated or overwritten)".into(),
+            }
+        })?;
+        let db = opened.map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
                 path: self.path.clone(),
             },
@@ -704,5 +712,74 @@ pub fn fuzz_decode(which: u8, row: &[u8]) {
                 assert_eq!(out, row, "a feed row did not round-trip");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::twin::Twin;
+
+    #[test]
+    fn a_file_from_a_newer_format_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        drop(store);
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_FORMAT, FORMAT + 1)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let err = Store::open(dir.path(), StoreConfig::default()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnsupportedFormat { found, supported } if found == FORMAT + 1 && supported == FORMAT),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_garbage_or_truncated_file_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), vec![0x5a; 10_000]).unwrap();
+        let err = Store::open(dir.path(), StoreConfig::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Corrupted { .. } | StoreError::Io { .. } | StoreError::Engine { .. }
+            ),
+            "{err:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for i in 0..200 {
+            reg.create(Twin::new(crate::DeviceId::new(&format!("d{i}")).unwrap()))
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+        drop((store, reg));
+        let path = dir.path().join(FILE_NAME);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len / 3).unwrap();
+        drop(file);
+        // Either redb rolls back to a consistent commit or it reports the damage; it
+        // never panics and never returns a half-read registry.
+        match Store::open(dir.path(), StoreConfig::default()) {
+            Ok((_store, reg)) => reg.validate().unwrap(),
+            Err(e) => assert!(matches!(e, StoreError::Corrupted { .. }), "{e}"),
+        }
+    }
+
+    #[test]
+    fn a_data_directory_that_is_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file, StoreConfig::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Directory { .. }), "{err}");
     }
 }
