@@ -6,6 +6,8 @@
 //! cargo run --example hub -- --bind 127.0.0.1:5683 --device sensor-1 --device sensor-2
 //! # over DTLS (coaps, PSK): each --psk creates the device with that credential
 //! cargo run --example hub -- --dtls-bind 0.0.0.0:5684 --psk sensor-1:sensor-1-id:00112233445566778899aabbccddeeff
+//! # durable: twins, tags and device properties survive a restart
+//! cargo run --example hub -- --data-dir /var/lib/twinhub --auto-provision
 //! ```
 //!
 //! With `--dtls-bind` the hub listens for `coaps` only (DTLS 1.2,
@@ -28,6 +30,7 @@ use twinhub::hub::{Hub, HubConfig};
 use twinhub::job::{JobId, JobSpec, JobType};
 use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
 use twinhub::registry::{ChangeKind, Registry};
+use twinhub::store::{Store, StoreConfig};
 use twinhub::twin::Twin;
 
 const HELP: &str = "\
@@ -49,7 +52,8 @@ commands:
 fn main() {
     let mut bind = "0.0.0.0:5683".to_string();
     let mut config = HubConfig::default();
-    let mut registry = Registry::new();
+    let mut devices = Vec::new();
+    let mut data_dir = None;
     let mut dtls_bind: Option<String> = None;
     let mut psks: Vec<(String, PskCredentials)> = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -76,18 +80,36 @@ fn main() {
                     .unwrap_or_else(|| usage("--psk needs ID:IDENTITY:HEXKEY"));
                 let creds = PskCredentials::parse(creds).unwrap_or_else(|e| usage(&e.to_string()));
                 let device = DeviceId::new(id).unwrap_or_else(|e| usage(&e.to_string()));
-                if !registry.contains(id) {
-                    registry.create(Twin::new(device)).expect("a new device");
-                }
+                devices.push(device);
                 psks.push((id.to_owned(), creds));
             }
             "--device" => {
                 let id = args.next().unwrap_or_else(|| usage("--device needs an id"));
                 let id = DeviceId::new(&id).unwrap_or_else(|e| usage(&e.to_string()));
-                registry.create(Twin::new(id)).expect("a new device");
+                devices.push(id);
+            }
+            "--data-dir" => {
+                data_dir = Some(args.next().unwrap_or_else(|| usage("--data-dir needs DIR")))
             }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    let mut registry = match &data_dir {
+        None => Registry::new(),
+        Some(dir) => {
+            let (store, registry) = Store::open(dir, StoreConfig::default()).unwrap_or_else(|e| {
+                eprintln!("cannot open the data directory {dir}: {e}");
+                std::process::exit(1)
+            });
+            println!("{} twins restored from {dir}", registry.len());
+            config.store = Some(store.into());
+            registry
+        }
+    };
+    for id in devices {
+        if !registry.contains(id.as_str()) {
+            registry.create(Twin::new(id)).expect("a new device");
         }
     }
     let (hub, scheme) = match &dtls_bind {
@@ -336,7 +358,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("{problem}");
     }
     eprintln!(
-        "usage: hub [--bind ADDR:PORT | --dtls-bind ADDR:PORT] [--auto-provision] [--device ID]... [--psk ID:IDENTITY:HEXKEY]..."
+        "usage: hub [--bind ADDR:PORT | --dtls-bind ADDR:PORT] [--auto-provision] [--device ID]... [--psk ID:IDENTITY:HEXKEY]... [--data-dir DIR]"
     );
     std::process::exit(2)
 }

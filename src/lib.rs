@@ -55,6 +55,7 @@
 //! | [`coap`] | RFC 7252 codec and message layer, observe (RFC 7641), block-wise (RFC 7959) |
 //! | [`lwm2m`] | paths, values, payload formats, the server endpoint and the device library |
 //! | [`transport`] | the [`Transport`](transport::Transport) port between hub and devices |
+//! | [`store`] | durability: the registry's changes committed to an embedded redb file |
 //! | [`job`] | the job engine: parent and child jobs, rollouts, history |
 //! | [`hub`] | the facade: registry + jobs + a transport, and the event routing between them |
 #![forbid(unsafe_code)]
@@ -70,6 +71,7 @@ pub mod job;
 pub mod lwm2m;
 pub mod query;
 pub mod registry;
+pub mod store;
 pub mod transport;
 pub mod twin;
 

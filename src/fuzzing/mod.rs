@@ -13,6 +13,7 @@ pub mod lwm2m_client;
 pub mod lwm2m_server;
 pub mod query;
 pub mod registry;
+pub mod store;
 
 pub use coap::{coap_decode, link_format};
 #[cfg(feature = "dtls")]
@@ -24,6 +25,7 @@ pub use lwm2m_server::{
 };
 pub use query::{query_parse, query_roundtrip};
 pub use registry::registry_ops;
+pub use store::store_records;
 
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
 pub type FuzzBody = fn(&[u8]);
@@ -44,6 +46,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("registry_ops", registry_ops),
     ("senml_cbor_decode", senml_cbor_decode),
     ("senml_json_decode", senml_json_decode),
+    ("store_records", store_records),
     ("timestamp_parse", timestamp_parse),
     ("tlv_decode", tlv_decode),
 ];

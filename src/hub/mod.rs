@@ -63,7 +63,8 @@ use crate::job::{
 use crate::lwm2m::server::{Decision, Lwm2mServer, ServerConfig, UdpServer};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceValue};
 use crate::query::{QueryError, QueryExpression, QueryOptions, QueryResult};
-use crate::registry::{Change, FeedGap, Registry, RegistryError, SharedRegistry};
+use crate::registry::{Change, FeedGap, Registry, RegistryError, SharedRegistry, StoreFailure};
+use crate::store::SharedStore;
 use crate::transport::{
     DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId,
     RejectReason, Transport,
@@ -134,6 +135,13 @@ pub struct HubConfig {
     /// The DTLS layer's bounds (used by `Hub::bind_dtls`).
     #[cfg(feature = "dtls")]
     pub dtls: crate::dtls::DtlsServerConfig,
+    /// A durable store (see [`crate::store`]); `None` keeps everything in memory only.
+    /// Start the hub with the registry [`Store::open`](crate::store::Store::open)
+    /// returned; another registry is imported into the store (see
+    /// [`Store::adopt`](crate::store::Store::adopt)). With a store, a service write
+    /// returns after it is durable, and every batch of device events is committed in one
+    /// transaction.
+    pub store: Option<SharedStore>,
 }
 
 impl Default for HubConfig {
@@ -147,6 +155,7 @@ impl Default for HubConfig {
             server: ServerConfig::default(),
             #[cfg(feature = "dtls")]
             dtls: crate::dtls::DtlsServerConfig::default(),
+            store: None,
         }
     }
 }
@@ -270,6 +279,10 @@ impl Hub {
         (local_addr, udp): (Option<SocketAddr>, Option<UdpServer>),
         provisioned: Arc<AutoProvisioned>,
     ) -> Hub {
+        if let Some(store) = &config.store {
+            // A failure poisons the store: every later service write reports it.
+            let _ = store.lock().adopt(&mut registry.write());
+        }
         // The job engine follows the sync observations instead of observing the same
         // paths a second time (a device may keep one observation per path).
         let mut jobs_config = config.jobs.clone();
@@ -445,13 +458,13 @@ impl Hub {
 
     /// Creates a device twin.
     pub fn create_device(&self, twin: Twin) -> Result<(), RegistryError> {
-        self.inner.registry.write().create(twin).map(|_| ())
+        self.inner.write_durably(|reg| reg.create(twin).map(|_| ()))
     }
 
     /// Removes a device; returns its last twin. Its credentials go with it (its DTLS
     /// sessions close when next used).
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
-        let twin = self.inner.registry.write().remove(id)?;
+        let twin = self.inner.write_durably(|reg| reg.remove(id))?;
         #[cfg(feature = "dtls")]
         if let Some(secure) = self.inner.secure.get() {
             secure.store.remove_device(&twin.device_id);
@@ -471,7 +484,8 @@ impl Hub {
         tags: &[&str],
         if_match: Option<crate::twin::Etag>,
     ) -> Result<crate::twin::Etag, RegistryError> {
-        self.inner.registry.write().add_tags(id, tags, if_match)
+        self.inner
+            .write_durably(|reg| reg.add_tags(id, tags, if_match))
     }
 
     /// Sets (or with `None` removes) a service property, If-Match on the etag when given;
@@ -484,9 +498,7 @@ impl Hub {
         if_match: Option<crate::twin::Etag>,
     ) -> Result<crate::twin::Etag, RegistryError> {
         self.inner
-            .registry
-            .write()
-            .set_service_property(id, name, value, if_match)
+            .write_durably(|reg| reg.set_service_property(id, name, value, if_match))
     }
 
     /// Runs a JSON query expression (the preview's format) on the twins: the first page.
@@ -706,6 +718,51 @@ impl Inner {
         }
     }
 
+    /// Applies a service-side write and, with a store, returns only once it is durable.
+    /// If the commit fails the registry is rebuilt from the store before the lock is
+    /// released, so no reader sees a write that is not durable.
+    fn write_durably<T>(
+        &self,
+        write: impl FnOnce(&mut Registry) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let mut reg = self.registry.write();
+        let Some(store) = &self.config.store else {
+            return write(&mut reg);
+        };
+        let mut store = store.lock();
+        let out = write(&mut reg)?;
+        match store.commit(&reg) {
+            Ok(_) => Ok(out),
+            Err(error) => {
+                if let Ok(durable) = store.reload() {
+                    *reg = durable;
+                }
+                Err(RegistryError::NotDurable {
+                    error: StoreFailure::new(error),
+                })
+            }
+        }
+    }
+
+    /// Commits what the event batch changed (one transaction). A failure rebuilds the
+    /// registry from the store: the batch's events are lost, as in a crash, and devices
+    /// report them again.
+    fn commit_events(&self) {
+        let Some(store) = &self.config.store else {
+            return;
+        };
+        if self.registry.read().last_seq() == store.lock().committed_seq() {
+            return;
+        }
+        let mut reg = self.registry.write();
+        let mut store = store.lock();
+        if store.commit(&reg).is_err()
+            && let Ok(durable) = store.reload()
+        {
+            *reg = durable;
+        }
+    }
+
     fn next_op_id(&self) -> OpId {
         OpId(self.next_op.fetch_add(1, Ordering::Relaxed))
     }
@@ -749,6 +806,7 @@ impl Inner {
         }
         batch.clear();
         self.sweep_auto_provisioned(now);
+        self.commit_events();
         self.send(ops);
     }
 

@@ -94,6 +94,9 @@ pub(crate) struct ChangeFeed {
     ring: VecDeque<Change>,
     capacity: usize,
     dropped_through: u64,
+    /// Whether the ring was restored after a restart (then it may jump over numbers
+    /// that were reserved but never used).
+    restored: bool,
 }
 
 impl ChangeFeed {
@@ -102,6 +105,7 @@ impl ChangeFeed {
             ring: VecDeque::with_capacity(capacity.min(1 << 20)),
             capacity,
             dropped_through: 0,
+            restored: false,
         }
     }
 
@@ -125,38 +129,54 @@ impl ChangeFeed {
                 dropped_through: self.dropped_through,
             });
         }
-        // Sequence numbers in the ring are consecutive, so the start is an offset.
-        let start = match self.ring.front() {
-            Some(first) => (after + 1).saturating_sub(first.seq) as usize,
-            None => 0,
+        // Sequence numbers in the ring increase; they are consecutive except across a
+        // restart (numbers reserved before a crash are never used), so the start is an
+        // offset when the ring has no jump and a binary search when it has one.
+        let start = match (self.ring.front(), self.ring.back()) {
+            (Some(first), Some(last)) if last.seq - first.seq + 1 == self.ring.len() as u64 => {
+                (after + 1).saturating_sub(first.seq) as usize
+            }
+            _ => self.ring.partition_point(|c| c.seq <= after),
         };
         Ok(self.ring.range(start.min(self.ring.len())..))
+    }
+
+    /// Replaces the ring after a restart: `changes` (increasing, at most `capacity` of
+    /// the newest are kept) and everything up to `dropped_through` counts as dropped.
+    pub(crate) fn restore(&mut self, dropped_through: u64, changes: Vec<Change>) {
+        self.ring.clear();
+        self.dropped_through = dropped_through;
+        self.restored = true;
+        for c in changes {
+            self.push(c);
+        }
+    }
+
+    pub(crate) fn dropped_through(&self) -> u64 {
+        self.dropped_through
     }
 
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Checks the ring: at most `capacity` changes, consecutive sequence numbers ending at
-    /// `last_seq`, starting right after the dropped ones.
+    /// Checks the ring: at most `capacity` changes, strictly increasing sequence numbers
+    /// after the dropped ones and at most `last_seq`; consecutive unless the registry was
+    /// restored (numbers reserved before a restart are skipped).
     pub(crate) fn check(&self, last_seq: u64) -> Result<(), String> {
         if self.ring.len() > self.capacity {
             return Err("change feed holds more than its capacity".into());
         }
-        let mut expected = self.dropped_through + 1;
+        let mut prev = self.dropped_through;
         for c in &self.ring {
-            if c.seq != expected {
-                return Err(format!(
-                    "change feed has seq {} where {expected} belongs",
-                    c.seq
-                ));
+            if c.seq <= prev || (!self.restored && c.seq != prev + 1) {
+                return Err(format!("change feed has seq {} after {prev}", c.seq));
             }
-            expected += 1;
+            prev = c.seq;
         }
-        if expected - 1 != last_seq {
+        if prev > last_seq || (!self.restored && prev != last_seq) {
             return Err(format!(
-                "change feed ends at {} but the last seq is {last_seq}",
-                expected - 1
+                "change feed ends at {prev} but the last seq is {last_seq}"
             ));
         }
         Ok(())

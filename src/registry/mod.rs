@@ -79,6 +79,7 @@ mod id_order;
 mod index;
 mod lists;
 mod load;
+mod restore;
 mod shared;
 mod sorted;
 mod vid_table;
@@ -88,6 +89,7 @@ pub use bulk::{BulkLoad, NewDevice};
 pub(crate) use column::IdBits;
 pub use feed::{Change, ChangeKind, FeedGap};
 pub use index::SlotSet;
+pub use restore::StoreFailure;
 pub use shared::SharedRegistry;
 pub use view::TwinRef;
 
@@ -159,6 +161,12 @@ pub enum RegistryError {
     },
     /// All `u32` slots are in use.
     Full,
+    /// The write was applied but could not be made durable, so it was undone (the
+    /// registry was rebuilt from what is durable): see [`crate::store`].
+    NotDurable {
+        /// Why the store failed.
+        error: StoreFailure,
+    },
 }
 
 impl fmt::Display for RegistryError {
@@ -176,6 +184,7 @@ impl fmt::Display for RegistryError {
             ),
             RegistryError::Invalid { id, error } => write!(f, "device {id}: {error}"),
             RegistryError::Full => f.write_str("registry is full: every u32 slot is in use"),
+            RegistryError::NotDurable { .. } => f.write_str("the write could not be made durable"),
         }
     }
 }
@@ -184,6 +193,7 @@ impl std::error::Error for RegistryError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             RegistryError::Invalid { error, .. } => Some(error),
+            RegistryError::NotDurable { error } => Some(error.error()),
             _ => None,
         }
     }
@@ -307,6 +317,8 @@ pub struct Registry {
     pub(crate) tag_ids: FastMap<Arc<str>, u32>,
     pub(crate) feed: ChangeFeed,
     pub(crate) seq: u64,
+    /// Which store opening rebuilt this registry (0: none); see `restore.rs`.
+    pub(crate) origin: u64,
 }
 
 impl Default for Registry {
@@ -361,6 +373,7 @@ impl Registry {
             tag_ids: FastMap::default(),
             feed: ChangeFeed::new(capacity),
             seq: 0,
+            origin: 0,
         }
     }
 

@@ -1,0 +1,175 @@
+//! Why a store operation failed.
+
+use crate::registry::RegistryError;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Why opening, reading or writing the durable store failed.
+///
+/// A caller's mistake (a directory that cannot hold a store, one another process has
+/// open) is told apart from what the disk did (full, read-only, corrupted) and from a
+/// file this version cannot read. After any write error the store is poisoned: see
+/// [`StoreError::Poisoned`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The data directory could not be created or is not a directory.
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// Another process (or another `Store` in this one) has the directory open.
+    InUse {
+        /// The store's file.
+        path: PathBuf,
+    },
+    /// The directory or file cannot be written (read-only file system or permissions).
+    ReadOnly {
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The disk (or a file-size limit) has no room for the write.
+    Full {
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The file failed its checksums or its structure is broken (a truncated or
+    /// overwritten file).
+    Corrupted {
+        /// What the storage engine found.
+        detail: String,
+    },
+    /// A record decoded from the file is not one this version writes.
+    BadRecord {
+        /// The table.
+        table: &'static str,
+        /// The record's key.
+        key: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The registry refused a stored twin while rebuilding (a record that decodes but
+    /// breaks a twin rule).
+    Rejected {
+        /// The registry's reason.
+        source: RegistryError,
+    },
+    /// The file was written by a newer twinhub (or a newer storage engine) that uses a
+    /// format this version cannot read.
+    UnsupportedFormat {
+        /// The format version found.
+        found: u64,
+        /// The newest format this version reads.
+        supported: u64,
+    },
+    /// Another input/output error.
+    Io {
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The storage engine failed in a way none of the other variants describes (an
+    /// internal error: report it).
+    Engine {
+        /// The engine's message.
+        detail: String,
+    },
+    /// An earlier write failed, so what is in memory may differ from the disk; reopen the
+    /// directory ([`Store::open`](super::Store::open)) to continue from what is durable.
+    Poisoned,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Directory { path, .. } => {
+                write!(f, "cannot use {} as a data directory", path.display())
+            }
+            StoreError::InUse { path } => write!(f, "{} is open elsewhere", path.display()),
+            StoreError::ReadOnly { .. } => f.write_str("the data directory is read-only"),
+            StoreError::Full { .. } => f.write_str("no space left for the store's write"),
+            StoreError::Corrupted { detail } => write!(f, "the store file is corrupted: {detail}"),
+            StoreError::BadRecord { table, key, detail } => {
+                write!(f, "bad record {key:?} in table {table}: {detail}")
+            }
+            StoreError::Rejected { .. } => f.write_str("a stored twin was refused on rebuild"),
+            StoreError::UnsupportedFormat { found, supported } => write!(
+                f,
+                "the store file has format {found}, this version reads up to {supported}"
+            ),
+            StoreError::Io { .. } => f.write_str("store input/output failed"),
+            StoreError::Engine { detail } => write!(f, "storage engine error: {detail}"),
+            StoreError::Poisoned => {
+                f.write_str("an earlier store write failed; reopen the data directory")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Directory { source, .. }
+            | StoreError::ReadOnly { source }
+            | StoreError::Full { source }
+            | StoreError::Io { source } => Some(source),
+            StoreError::Rejected { source } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Sorts an I/O error by what the caller can do about it.
+pub(crate) fn from_io(source: io::Error) -> StoreError {
+    // ENOSPC, EFBIG (a file-size limit), EDQUOT.
+    const NO_SPACE: [i32; 3] = [28, 27, 122];
+    match source.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+            StoreError::ReadOnly { source }
+        }
+        io::ErrorKind::StorageFull | io::ErrorKind::FileTooLarge | io::ErrorKind::QuotaExceeded => {
+            StoreError::Full { source }
+        }
+        _ if source.raw_os_error().is_some_and(|e| NO_SPACE.contains(&e)) => {
+            StoreError::Full { source }
+        }
+        _ => StoreError::Io { source },
+    }
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Io(source) => from_io(source),
+            redb::Error::Corrupted(detail) => StoreError::Corrupted { detail },
+            redb::Error::UpgradeRequired(found) => StoreError::UnsupportedFormat {
+                found: found.into(),
+                supported: super::FORMAT,
+            },
+            other => StoreError::Engine {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+macro_rules! via_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::from(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+
+via_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::CompactionError
+);

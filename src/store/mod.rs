@@ -1,0 +1,785 @@
+//! Durability: twins in an embedded [`redb`] database in a directory the service names.
+//!
+//! The in-memory [`Registry`] stays the query engine; the store is its write-behind
+//! journal with one narrow interface: [`Store::commit`] appends a batch (every change the
+//! registry made since the last commit, in one transaction), [`Store::open`] reads the
+//! snapshot back (rebuilding the registry and every index through the bulk-load path),
+//! and [`Store::compact`] gives space back. A store on another engine (a replicated one)
+//! could sit behind the same three calls; the registry, queries and jobs would not know.
+//!
+//! **What a commit writes.** The store reads the registry's change feed after the last
+//! committed sequence number and rewrites, per device touched, only what changed: a
+//! device-property report rewrites one small row (value, `lastUpdatedTime`, the change's
+//! sequence number); anything else (fields, status, tags, service properties,
+//! registration, credentials) rewrites the twin's head. See `record.rs` for the layout.
+//! If the feed no longer holds every change since the last commit (more than its
+//! capacity between two commits), the commit rewrites every twin instead: slower, never
+//! wrong.
+//!
+//! **Acknowledgement.** A commit returns after redb's `Durability::Immediate` commit (the
+//! data and the new root are fsynced). A service-side write is acknowledged only after its
+//! commit; device events (notifications, responses, registrations) are committed in
+//! groups, one transaction per batch the hub applies.
+//!
+//! **What a crash can lose, and what it cannot.** A crash (power cut, `SIGKILL`, panic)
+//! loses at most the changes made in memory since the last commit returned: for a hub,
+//! the events of the batch being applied or committed, which devices report again (their
+//! next notification or registration). It cannot lose anything acknowledged: a commit that
+//! returned is on disk, and redb's copy-on-write commit is atomic, so after a crash every
+//! twin is exactly as some commit left it, never half-written.
+//!
+//! **Sequence numbers** (etags, change-feed numbers) never repeat across restarts: opening
+//! persists a high-water mark [`SEQ_RESERVE`] ahead of the numbers in use before the
+//! registry hands out any, every commit moves it on once half of it is used, and a
+//! reopened registry continues after the mark. The bound: at most `SEQ_RESERVE / 2` = 524,288 changes between two commits
+//! (the hub commits every batch of at most 4,096 events); past it a crash before the
+//! next commit could let numbers repeat.
+//!
+//! **Errors.** A failed write poisons the store ([`StoreError::Poisoned`]) until
+//! [`Store::reload`] rebuilds the registry from what is durable; callers that hold a
+//! registry lock while committing (the hub does) reload before anyone reads, so memory
+//! never runs ahead of disk for an acknowledged write.
+//!
+//! **What is durable.** Every twin: identity, status, connection state and the
+//! registration (endpoint, objects, address), `isManaged`, authentication (the PSK key
+//! is stored, hex, in the twin's record; it never appears in JSON output or `Debug`),
+//! the configuration string, tags, service properties, device properties with their
+//! `lastUpdatedTime`, the generation id and both etags; the sequence high-water mark;
+//! the newest [`StoreConfig::feed_retention`] changes. **Not yet durable**: jobs (specs,
+//! child states, history) and the LWM2M server's registration table and observations
+//! (after a restart a device is reached again once it registers or updates its
+//! registration).
+//!
+//! **Growth.** A device property has one row, rewritten in place; the feed keeps a
+//! bounded number of rows; redb reuses the pages a commit frees, so a steady stream of
+//! updates does not grow the file (tests/store_growth.rs). [`Store::compact`] gives
+//! free pages back to the file system.
+//!
+//! **Backups.** The directory holds one file, `twinhub.redb`. Copy it while no process
+//! has it open, or stop writes (commits) while copying: redb's file is consistent at any
+//! commit boundary, and a copy taken in the middle of a commit is detected (checksums) and
+//! rolled back to the previous commit when opened.
+//!
+//! ```
+//! use twinhub::store::{Store, StoreConfig};
+//! use twinhub::twin::Twin;
+//! use twinhub::DeviceId;
+//!
+//! let dir = std::env::temp_dir().join(format!("twinhub-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let (mut store, mut registry) = Store::open(&dir, StoreConfig::default())?;
+//! registry.create(Twin::new(DeviceId::new("pump-1")?).with_tag("pumps"))?;
+//! store.commit(&registry)?; // durable from here on
+//! drop((store, registry));
+//!
+//! let (_store, registry) = Store::open(&dir, StoreConfig::default())?;
+//! assert!(registry.get("pump-1").unwrap().has_tag("pumps"));
+//! # drop(_store);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod feed;
+mod record;
+
+pub use error::StoreError;
+
+use crate::DeviceId;
+use crate::registry::{Change, ChangeKind, DEFAULT_FEED_CAPACITY, FeedGap, Registry, Slot};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The newest file format this version reads and the one it writes.
+pub const FORMAT: u64 = 1;
+
+/// How many sequence numbers a commit reserves ahead of the newest one in use.
+pub const SEQ_RESERVE: u64 = 1 << 20;
+
+/// The store's file inside the data directory.
+pub const FILE_NAME: &str = "twinhub.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
+const PROPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("device_properties");
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+
+const META_FORMAT: &str = "format";
+const META_COMMITTED: &str = "committed_seq";
+const META_RESERVED: &str = "reserved_seq";
+const META_FEED_DROPPED: &str = "feed_dropped_through";
+
+/// How many changes the store keeps on disk by default.
+pub const DEFAULT_FEED_RETENTION: usize = 1 << 16;
+
+/// Settings of a [`Store`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoreConfig {
+    /// The change-feed capacity of the registry [`Store::open`] returns
+    /// (default [`DEFAULT_FEED_CAPACITY`]). A commit reads the feed; more changes than
+    /// this between two commits make the commit rewrite every twin.
+    pub feed_capacity: usize,
+    /// How many of the newest changes the store keeps on disk (default
+    /// [`DEFAULT_FEED_RETENTION`]), for consumers resuming after a restart
+    /// ([`Store::changes_after`]). At the bound each commit deletes the oldest rows;
+    /// asking for changes before the oldest kept one is a [`FeedGap`]. 0 keeps none
+    /// (and writes no feed rows).
+    pub feed_retention: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            feed_capacity: DEFAULT_FEED_CAPACITY,
+            feed_retention: DEFAULT_FEED_RETENTION,
+        }
+    }
+}
+
+/// What one [`Store::commit`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The registry's sequence number now durable.
+    pub seq: u64,
+    /// Twin heads written or deleted.
+    pub heads: usize,
+    /// Device-property rows written or deleted.
+    pub properties: usize,
+    /// Whether every twin was rewritten (the feed did not cover the commit).
+    pub full: bool,
+}
+
+/// The durable store of one data directory. See the [module docs](self).
+pub struct Store {
+    db: Option<Database>,
+    path: PathBuf,
+    config: StoreConfig,
+    /// The registry sequence number the disk holds everything through.
+    committed: u64,
+    /// The high-water mark on disk: no number above it was ever handed out.
+    reserved: u64,
+    /// Marks the registry that open (or reload) returned as this store's.
+    origin: u64,
+    poisoned: bool,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("committed", &self.committed)
+            .field("reserved", &self.reserved)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+/// What a device touched since the last commit needs written.
+#[derive(Default)]
+struct Dirty {
+    /// Created or removed: rewrite the head and every property row.
+    full: bool,
+    /// Rewrite the head.
+    head: bool,
+    /// Device properties reported or removed, with the newest change's sequence number.
+    props: BTreeMap<Arc<str>, u64>,
+}
+
+/// The first key after every `(id, _)` key.
+fn after_id(id: &str) -> String {
+    let mut s = String::with_capacity(id.len() + 1);
+    s.push_str(id);
+    s.push('\0');
+    s
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` (created if missing) and rebuilds the
+    /// registry it holds: every twin and index through the bulk-load path, the etags and
+    /// generation ids as they were, the sequence continuing after every number handed
+    /// out before.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: StoreConfig,
+    ) -> Result<(Store, Registry), StoreError> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join(FILE_NAME);
+        let mut store = Store {
+            db: None,
+            path,
+            config,
+            committed: 0,
+            reserved: 0,
+            origin: 0,
+            poisoned: true,
+            scratch: Vec::new(),
+        };
+        let registry = store.reload()?;
+        Ok((store, registry))
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The registry sequence number through which everything is durable.
+    pub fn committed_seq(&self) -> u64 {
+        self.committed
+    }
+
+    /// Drops what is in memory and rebuilds the registry from the disk (what
+    /// [`Store::open`] does); clears [`StoreError::Poisoned`]. Changes not committed are
+    /// gone from the returned registry.
+    pub fn reload(&mut self) -> Result<Registry, StoreError> {
+        self.poisoned = true;
+        self.db = None;
+        // redb 2.6 asserts (panics) on some damaged files, e.g. one truncated below the
+        // length its header records: that is a corrupted file, not a crash.
+        let path = self.path.clone();
+        let opened = std::panic::catch_unwind(move || Database::create(path)).map_err(|_| {
+            StoreError::Corrupted {
+                detail: "the storage engine refused the file (truncated or overwritten)".into(),
+            }
+        })?;
+        let db = opened.map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+                path: self.path.clone(),
+            },
+            e => e.into(),
+        })?;
+        let (committed, start) = init(&db)?;
+        let origin = next_origin();
+        let registry = rebuild(&db, &self.config, origin, committed, start)?;
+        self.db = Some(db);
+        self.committed = committed;
+        self.origin = origin;
+        self.reserved = start.saturating_add(SEQ_RESERVE);
+        self.poisoned = false;
+        Ok(registry)
+    }
+
+    /// Makes every change `registry` made since the last commit durable, in one
+    /// transaction; returns once it is on disk. `registry` must be the one
+    /// [`Store::open`] (or [`Store::reload`]) returned, changed since only in memory.
+    ///
+    /// On error the store is poisoned: the caller must [`reload`](Store::reload) (and
+    /// drop its registry for the one returned) before committing again.
+    pub fn commit(&mut self, registry: &Registry) -> Result<Committed, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let last = registry.last_seq();
+        if last == self.committed {
+            return Ok(Committed {
+                seq: last,
+                ..Committed::default()
+            });
+        }
+        self.poisoned = true;
+        let result = self.write(registry, None);
+        if result.is_ok() {
+            self.poisoned = false;
+        }
+        result
+    }
+
+    /// Rewrites every twin from `registry` in one transaction (an import of a registry
+    /// built in memory, or a repair); returns once it is on disk.
+    pub fn commit_all(&mut self, registry: &Registry) -> Result<Committed, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        self.poisoned = true;
+        let result = self.write(registry, Some(Plan::Full));
+        if result.is_ok() {
+            self.poisoned = false;
+        }
+        result
+    }
+
+    /// The committed changes after sequence `after`, oldest first, at most `limit`, read
+    /// from the disk: how a consumer resumes after a restart. Changes the store no longer
+    /// keeps ([`StoreConfig::feed_retention`]) are a [`FeedGap`]: the consumer re-reads
+    /// the twins it cares about and resumes from [`FeedGap::resume_after`]. Changes made
+    /// in memory but not yet committed are only in the registry's own feed
+    /// ([`Registry::changes_after`]).
+    pub fn changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Result<Vec<Change>, FeedGap>, StoreError> {
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let dropped = meta.get(META_FEED_DROPPED)?.map_or(0, |v| v.value());
+        if after < dropped {
+            return Ok(Err(FeedGap {
+                after,
+                dropped_through: dropped,
+            }));
+        }
+        let rows = txn.open_table(FEED)?;
+        let mut out = Vec::new();
+        for row in rows.range(after.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            out.push(feed::decode(k.value(), v.value())?);
+        }
+        Ok(Ok(out))
+    }
+
+    /// Makes `registry` the store's content and commits it. The registry
+    /// [`Store::open`] (or [`Store::reload`]) returned is committed as usual. A registry
+    /// built elsewhere is imported: its twins replace what the directory held, its
+    /// sequence first moves past every number the directory ever handed out (so no
+    /// etag repeats), and it becomes this store's registry.
+    pub fn adopt(&mut self, registry: &mut Registry) -> Result<Committed, StoreError> {
+        if registry.origin() == self.origin {
+            return self.commit(registry);
+        }
+        registry.advance_seq(self.reserved);
+        let done = self.commit_all(registry)?;
+        let (seq, committed) = (registry.last_seq(), self.committed);
+        let changes = registry
+            .changes_after(0)
+            .map(|c| c.cloned().collect())
+            .unwrap_or_default();
+        registry.restore_feed(self.origin, seq, committed.min(seq), changes);
+        Ok(done)
+    }
+
+    /// Gives the file's free pages back to the file system (redb's compaction). Old
+    /// versions of rewritten rows are reused by later commits anyway; this shrinks the
+    /// file after a large delete.
+    pub fn compact(&mut self) -> Result<bool, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let db = self.db.as_mut().ok_or(StoreError::Poisoned)?;
+        Ok(db.compact()?)
+    }
+
+    fn plan(&self, registry: &Registry) -> Plan {
+        if registry.last_seq() < self.committed {
+            return Plan::Full;
+        }
+        let Ok(changes) = registry.changes_after(self.committed) else {
+            return Plan::Full;
+        };
+        let mut devices: BTreeMap<DeviceId, Dirty> = BTreeMap::new();
+        for c in changes {
+            let d = devices.entry(c.device.clone()).or_default();
+            match &c.kind {
+                ChangeKind::Created | ChangeKind::Removed => d.full = true,
+                ChangeKind::DeviceProperty { name } => {
+                    d.props.insert(name.clone(), c.seq);
+                }
+                ChangeKind::DevicePropertyRemoved { name } => {
+                    d.props.insert(name.clone(), c.seq);
+                    d.head = true;
+                }
+                _ => d.head = true,
+            }
+        }
+        Plan::Devices(devices)
+    }
+
+    fn write(&mut self, registry: &Registry, plan: Option<Plan>) -> Result<Committed, StoreError> {
+        let plan = plan.unwrap_or_else(|| self.plan(registry));
+        let last = registry.last_seq();
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
+        let txn = db.begin_write()?;
+        let mut done = Committed {
+            seq: last,
+            ..Committed::default()
+        };
+        let mut reserved = self.reserved;
+        {
+            let mut twins = txn.open_table(TWINS)?;
+            let mut props = txn.open_table(PROPS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut feed_rows = txn.open_table(FEED)?;
+            let scratch = &mut self.scratch;
+            let retention = self.config.feed_retention;
+            match (&plan, registry.changes_after(self.committed)) {
+                (Plan::Devices(_), Ok(changes)) if retention > 0 => {
+                    for c in changes {
+                        feed::encode(c, scratch);
+                        feed_rows.insert(c.seq, scratch.as_slice())?;
+                    }
+                    let excess = (feed_rows.len()? as usize).saturating_sub(retention);
+                    if excess > 0 {
+                        let cut = match feed_rows.iter()?.nth(excess - 1) {
+                            Some(row) => row?.0.value(),
+                            None => 0,
+                        };
+                        feed_rows.retain_in(..=cut, |_, _| false)?;
+                        meta.insert(META_FEED_DROPPED, cut)?;
+                    }
+                }
+                _ => {
+                    // Not every change since the last commit is at hand (or none are
+                    // kept): what the disk kept ends here.
+                    feed_rows.retain(|_, _| false)?;
+                    meta.insert(META_FEED_DROPPED, last)?;
+                }
+            }
+            match plan {
+                Plan::Full => {
+                    done.full = true;
+                    twins.retain(|_, _| false)?;
+                    props.retain(|_, _| false)?;
+                    for t in registry.iter() {
+                        write_twin(&mut twins, &mut props, t, scratch, &mut done)?;
+                    }
+                }
+                Plan::Devices(devices) => {
+                    for (id, d) in devices {
+                        let id = id.as_str();
+                        let Some(t) = registry.get(id) else {
+                            twins.remove(id)?;
+                            let end = after_id(id);
+                            props.retain_in((id, "")..(end.as_str(), ""), |_, _| false)?;
+                            done.heads += 1;
+                            continue;
+                        };
+                        if d.full {
+                            let end = after_id(id);
+                            props.retain_in((id, "")..(end.as_str(), ""), |_, _| false)?;
+                            write_twin(&mut twins, &mut props, t, scratch, &mut done)?;
+                            continue;
+                        }
+                        if d.head {
+                            write_head(&mut twins, t)?;
+                            done.heads += 1;
+                        }
+                        for (name, seq) in &d.props {
+                            match t.device_property(name) {
+                                Some((value, at)) => {
+                                    record::encode_prop(*seq, at, value, scratch);
+                                    props.insert((id, &**name), scratch.as_slice())?;
+                                }
+                                None => {
+                                    props.remove((id, &**name))?;
+                                }
+                            }
+                            done.properties += 1;
+                        }
+                    }
+                }
+            }
+            meta.insert(META_COMMITTED, last)?;
+            if last.saturating_add(SEQ_RESERVE / 2) > reserved {
+                reserved = last.saturating_add(SEQ_RESERVE);
+                meta.insert(META_RESERVED, reserved)?;
+            }
+        }
+        txn.commit()?;
+        self.committed = last;
+        self.reserved = reserved;
+        Ok(done)
+    }
+}
+
+/// A [`Store`] shared between threads (what [`HubConfig::store`](crate::hub::HubConfig::store)
+/// takes): a service write and an event batch commit one at a time.
+#[derive(Clone, Debug)]
+pub struct SharedStore(Arc<Mutex<Store>>);
+
+impl SharedStore {
+    /// Shares a store.
+    pub fn new(store: Store) -> Self {
+        SharedStore(Arc::new(Mutex::new(store)))
+    }
+
+    /// The store, locked (a panic while it was locked does not poison it further: a
+    /// commit that did not finish already poisoned the store itself).
+    pub fn lock(&self) -> MutexGuard<'_, Store> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl From<Store> for SharedStore {
+    fn from(store: Store) -> Self {
+        SharedStore::new(store)
+    }
+}
+
+/// A number no other opening in this process used (never 0).
+fn next_origin() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+enum Plan {
+    Full,
+    Devices(BTreeMap<DeviceId, Dirty>),
+}
+
+type Twins<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+type Props<'t> = redb::Table<'t, (&'static str, &'static str), &'static [u8]>;
+
+fn write_head(twins: &mut Twins<'_>, t: crate::registry::TwinRef<'_>) -> Result<(), StoreError> {
+    let mut twin = t.to_twin();
+    twin.device_properties.clear();
+    twins.insert(
+        t.device_id().as_str(),
+        record::encode_head(&twin).as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Writes a twin's head and every device property row (sequence 0: the head's etag is
+/// current).
+fn write_twin(
+    twins: &mut Twins<'_>,
+    props: &mut Props<'_>,
+    t: crate::registry::TwinRef<'_>,
+    scratch: &mut Vec<u8>,
+    done: &mut Committed,
+) -> Result<(), StoreError> {
+    write_head(twins, t)?;
+    done.heads += 1;
+    let id = t.device_id().as_str();
+    for (name, value, at) in t.device_properties() {
+        record::encode_prop(0, at, value, scratch);
+        props.insert((id, name), scratch.as_slice())?;
+        done.properties += 1;
+    }
+    Ok(())
+}
+
+/// Creates the tables of a fresh file and checks the format of an old one; reserves
+/// [`SEQ_RESERVE`] numbers; returns the committed sequence number and where the registry
+/// continues.
+fn init(db: &Database) -> Result<(u64, u64), StoreError> {
+    let txn = db.begin_write()?;
+    let (committed, start) = {
+        let mut meta = txn.open_table(META)?;
+        let format = meta.get(META_FORMAT)?.map(|v| v.value());
+        match format {
+            Some(found) if found > FORMAT => {
+                return Err(StoreError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT,
+                });
+            }
+            Some(_) => {}
+            None => {
+                meta.insert(META_FORMAT, FORMAT)?;
+            }
+        }
+        let get = |k| -> Result<u64, StoreError> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+        let committed = get(META_COMMITTED)?;
+        // Numbers through the old mark may have been handed out before a crash; the
+        // registry continues after it, with a fresh reserve before it hands out any.
+        let start = get(META_RESERVED)?.max(committed);
+        meta.insert(META_RESERVED, start.saturating_add(SEQ_RESERVE))?;
+        txn.open_table(TWINS)?;
+        txn.open_table(PROPS)?;
+        txn.open_table(FEED)?;
+        (committed, start)
+    };
+    txn.commit()?;
+    Ok((committed, start))
+}
+
+/// Rebuilds the registry from the file through a bulk load, then restores the version
+/// numbers and the sequence.
+fn rebuild(
+    db: &Database,
+    config: &StoreConfig,
+    origin: u64,
+    committed: u64,
+    start: u64,
+) -> Result<Registry, StoreError> {
+    let txn = db.begin_read()?;
+    let twins = txn.open_table(TWINS)?;
+    let props = txn.open_table(PROPS)?;
+    let mut registry = Registry::with_feed_capacity(config.feed_capacity);
+    let mut versions: Vec<(Slot, u64, u64, u64)> = Vec::with_capacity(twins.len()? as usize);
+    {
+        let mut bulk = registry.bulk_load();
+        bulk.reserve(twins.len()? as usize);
+        let mut rows = props.iter()?;
+        // A property row read ahead of its twin: (device id, name, bytes).
+        let mut pending: Option<(String, String, Vec<u8>)> = None;
+        let mut next_row =
+            |pending: &mut Option<(String, String, Vec<u8>)>| -> Result<(), StoreError> {
+                *pending = match rows.next() {
+                    None => None,
+                    Some(r) => {
+                        let (k, v) = r?;
+                        let (id, name) = k.value();
+                        Some((id.to_string(), name.to_string(), v.value().to_vec()))
+                    }
+                };
+                Ok(())
+            };
+        next_row(&mut pending)?;
+        for head in twins.iter()? {
+            let (k, v) = head?;
+            let id = k.value();
+            record::device_id(id)?;
+            let mut twin = record::decode_head(id, v.value())?;
+            let mut etag = twin.etag.0;
+            while let Some((pid, name, bytes)) = &pending {
+                match pid.as_str().cmp(id) {
+                    std::cmp::Ordering::Greater => break,
+                    std::cmp::Ordering::Less => {
+                        return Err(StoreError::BadRecord {
+                            table: "device_properties",
+                            key: format!("{pid}/{name}"),
+                            detail: "no twin has this device id".into(),
+                        });
+                    }
+                    std::cmp::Ordering::Equal => {
+                        let row = record::decode_prop(pid, name, bytes)?;
+                        etag = etag.max(row.seq);
+                        twin.device_properties.insert(
+                            name.clone(),
+                            crate::twin::DeviceProperty {
+                                value: row.value,
+                                last_updated_time: row.at,
+                            },
+                        );
+                    }
+                }
+                next_row(&mut pending)?;
+            }
+            let (generation, service) = (twin.generation_id.0, twin.service_properties.etag.0);
+            let slot = bulk
+                .add_twin(twin)
+                .map_err(|source| StoreError::Rejected { source })?;
+            versions.push((slot, generation, etag, service));
+        }
+        if let Some((pid, name, _)) = pending {
+            return Err(StoreError::BadRecord {
+                table: "device_properties",
+                key: format!("{pid}/{name}"),
+                detail: "no twin has this device id".into(),
+            });
+        }
+        bulk.finish();
+    }
+    for (slot, generation, etag, service) in versions {
+        registry.restore_versions(slot, generation, etag, service);
+    }
+    let feed_rows = txn.open_table(FEED)?;
+    let meta = txn.open_table(META)?;
+    let mut dropped = meta.get(META_FEED_DROPPED)?.map_or(0, |v| v.value());
+    let keep = config.feed_capacity.min(config.feed_retention);
+    let mut changes = Vec::with_capacity(keep.min(feed_rows.len()? as usize));
+    for row in feed_rows.iter()?.rev().take(keep) {
+        let (k, v) = row?;
+        changes.push(feed::decode(k.value(), v.value())?);
+    }
+    changes.reverse();
+    if (changes.len() as u64) < feed_rows.len()? {
+        dropped = changes.first().map_or(committed, |c| c.seq - 1);
+    }
+    if changes.is_empty() {
+        dropped = dropped.max(committed);
+    }
+    registry.restore_feed(origin, start, dropped, changes);
+    Ok(registry)
+}
+
+/// The fuzz body behind `fuzzing::store_records`: decodes `row` as a twin head
+/// (`which % 3 == 0`), a device-property row (1) or a feed row (2).
+#[doc(hidden)]
+pub fn fuzz_decode(which: u8, row: &[u8]) {
+    match which % 3 {
+        0 => {
+            let _ = record::decode_head("d", row);
+        }
+        1 => {
+            let _ = record::decode_prop("d", "n", row);
+        }
+        _ => {
+            if let Ok(c) = feed::decode(1, row) {
+                let mut out = Vec::new();
+                feed::encode(&c, &mut out);
+                assert_eq!(out, row, "a feed row did not round-trip");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::twin::Twin;
+
+    #[test]
+    fn a_file_from_a_newer_format_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        drop(store);
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(META_FORMAT, FORMAT + 1)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let err = Store::open(dir.path(), StoreConfig::default()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnsupportedFormat { found, supported } if found == FORMAT + 1 && supported == FORMAT),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_garbage_or_truncated_file_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), vec![0x5a; 10_000]).unwrap();
+        let err = Store::open(dir.path(), StoreConfig::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Corrupted { .. } | StoreError::Io { .. } | StoreError::Engine { .. }
+            ),
+            "{err:?}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for i in 0..200 {
+            reg.create(Twin::new(crate::DeviceId::new(&format!("d{i}")).unwrap()))
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+        drop((store, reg));
+        let path = dir.path().join(FILE_NAME);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len / 3).unwrap();
+        drop(file);
+        // Either redb rolls back to a consistent commit or it reports the damage; it
+        // never panics and never returns a half-read registry.
+        match Store::open(dir.path(), StoreConfig::default()) {
+            Ok((_store, reg)) => reg.validate().unwrap(),
+            Err(e) => assert!(matches!(e, StoreError::Corrupted { .. }), "{e}"),
+        }
+    }
+
+    #[test]
+    fn a_data_directory_that_is_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file, StoreConfig::default()).unwrap_err();
+        assert!(matches!(err, StoreError::Directory { .. }), "{err}");
+    }
+}
