@@ -17,7 +17,6 @@ use crate::lwm2m::server::UdpServer;
 use crate::registry::{Registry, SharedRegistry};
 use crate::twin::{Authentication, DeviceId};
 use std::net::ToSocketAddrs;
-use std::sync::Arc;
 
 /// The coaps listener's shared parts.
 pub(super) struct Secure {
@@ -61,10 +60,7 @@ impl Hub {
             }
         }
         let registry = SharedRegistry::new(registry);
-        let provisioned = Arc::new(AutoProvisioned::new(
-            config.auto_provision_limit,
-            config.auto_provision_expiry,
-        ));
+        let provisioned = AutoProvisioned::for_config(&config);
         let server = Self::lwm2m_server(&registry, &config, &provisioned);
         let dtls = DtlsServer::new(config.dtls.clone(), store.clone());
         let stats = dtls.stats_handle();

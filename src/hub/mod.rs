@@ -257,10 +257,7 @@ impl Hub {
         events: Receiver<DeviceEvent>,
         config: HubConfig,
     ) -> Hub {
-        let provisioned = Arc::new(AutoProvisioned::new(
-            config.auto_provision_limit,
-            config.auto_provision_expiry,
-        ));
+        let provisioned = AutoProvisioned::for_config(&config);
         Self::start_shared(
             SharedRegistry::new(registry),
             link,
@@ -333,10 +330,7 @@ impl Hub {
         config: HubConfig,
     ) -> std::io::Result<Hub> {
         let registry = SharedRegistry::new(registry);
-        let provisioned = Arc::new(AutoProvisioned::new(
-            config.auto_provision_limit,
-            config.auto_provision_expiry,
-        ));
+        let provisioned = AutoProvisioned::for_config(&config);
         let server = Self::lwm2m_server(&registry, &config, &provisioned);
         let (udp, events) = UdpServer::bind(addr, server)?;
         let local = udp.local_addr();

@@ -18,7 +18,7 @@
 
 use crate::twin::DeviceId;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a name admitted by the authorizer may wait for its twin before its place is
@@ -61,6 +61,14 @@ impl AutoProvisioned {
             expiry,
             names: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The table for a hub with these settings, shared by its gate and its thread.
+    pub(crate) fn for_config(config: &super::HubConfig) -> Arc<Self> {
+        Arc::new(Self::new(
+            config.auto_provision_limit,
+            config.auto_provision_expiry,
+        ))
     }
 
     fn names(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, State>> {
