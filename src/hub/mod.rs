@@ -234,6 +234,15 @@ pub struct Hub {
     _last: Arc<StopOnDrop>,
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("local_addr", &self.inner.local_addr)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Stops the hub when the last [`Hub`] clone goes.
 struct StopOnDrop(Arc<Inner>);
 
