@@ -24,14 +24,7 @@ pub const MAX_KEY: usize = 64;
 /// assert!(key_from_hex("abc").is_err());
 /// ```
 pub fn key_from_hex(text: &str) -> Result<PskKey, CredentialsError> {
-    let text = text.trim();
-    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(CredentialsError::KeyNotHex);
-    }
-    let bytes = (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| CredentialsError::KeyNotHex))
-        .collect::<Result<Vec<u8>, _>>()?;
+    let bytes = hex::decode(text.trim()).map_err(|_| CredentialsError::KeyNotHex)?;
     check_key(&bytes)?;
     Ok(PskKey::new(bytes))
 }

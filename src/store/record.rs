@@ -25,25 +25,6 @@ struct Head {
     psk: Option<String>,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// Encodes a twin's head; the caller has taken its device properties out.
 pub(crate) fn encode_head(twin: &Twin) -> Vec<u8> {
     debug_assert!(twin.device_properties.is_empty());
@@ -57,7 +38,7 @@ pub(crate) fn encode_head(twin: &Twin) -> Vec<u8> {
         .authentication
         .psk_key
         .as_ref()
-        .map(|k| hex(k.expose()));
+        .map(|k| hex::encode(k.expose()));
     serde_json::to_vec(&HeadRef { twin, psk }).expect("a twin always serializes")
 }
 
@@ -74,7 +55,7 @@ pub(crate) fn decode_head(key: &str, bytes: &[u8]) -> Result<Twin, StoreError> {
         return Err(bad(format!("holds device {}", twin.device_id)));
     }
     if let Some(k) = head.psk {
-        let key = unhex(&k).ok_or_else(|| bad("psk is not hex".into()))?;
+        let key = hex::decode(&k).map_err(|_| bad("psk is not hex".into()))?;
         twin.authentication.psk_key = Some(PskKey::new(key));
     }
     twin.device_properties.clear();
