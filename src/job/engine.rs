@@ -1,6 +1,5 @@
 //! The sans-IO job engine: parents, children, rollout, timers.
 
-use super::fxhash::{FxHashMap, FxHashSet};
 use super::history::{HistoryIndex, JobRecord};
 use super::spec::{FailureKind, FailureReason, JobId, JobKind, JobSpec, JobType, SpecError};
 use super::state::{
@@ -12,6 +11,7 @@ use crate::transport::{
     DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, OpId, WriteMode,
 };
 use crate::twin::DeviceId;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;

@@ -134,7 +134,6 @@
 //! ```
 
 mod engine;
-mod fxhash;
 pub mod history;
 pub mod history_query;
 mod spec;
