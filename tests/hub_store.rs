@@ -21,6 +21,7 @@ fn transport(ids: &[DeviceId]) -> MemoryTransport {
     let faults = FaultProfile {
         min_latency: Duration::from_millis(1),
         max_latency: Duration::from_millis(3),
+        download_time: Duration::from_millis(100),
         ..FaultProfile::default()
     };
     for id in ids {
@@ -118,4 +119,108 @@ fn a_registry_built_in_memory_is_imported_and_its_etags_move_past_the_directory(
     let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
     let ids: Vec<String> = reg.iter().map(|t| t.device_id().to_string()).collect();
     assert_eq!(ids, ["new", "newer"]);
+}
+
+fn job_id(s: &str) -> twinhub::job::JobId {
+    twinhub::job::JobId::new(s).unwrap()
+}
+
+#[test]
+fn jobs_their_history_and_their_work_in_flight_survive_restarts() {
+    use twinhub::job::{CancelMode, JobSpec, JobStatus, JobType};
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<DeviceId> = (0..3)
+        .map(|i| DeviceId::new(&format!("pump-{i}")).unwrap())
+        .collect();
+    let asleep = DeviceId::new("asleep").unwrap();
+
+    // First run: a read job finishes; a job scheduled for later waits; a reboot
+    // of a device that is offline waits for it.
+    let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let mut fleet = transport(&ids);
+    fleet
+        .add_device(
+            Instant::now(),
+            DeviceSpec::new(asleep.clone()).starts_offline(),
+        )
+        .unwrap();
+    let config = HubConfig {
+        store: Some(SharedStore::new(store)),
+        ..HubConfig::default()
+    };
+    let hub = Hub::with_transport(fleet, registry, config);
+    for id in ids.iter().chain([&asleep]) {
+        hub.create_device(Twin::new(id.clone())).unwrap();
+    }
+    let fw = JobType::FirmwareUpdate {
+        package_uri: "coap://fw.example/3.0.bin".into(),
+        expected_version: None,
+    };
+    let read = JobType::read_properties(&["FirmwareVersion", "BatteryLevel"]).unwrap();
+    hub.create_job(JobSpec::new(job_id("fw"), read, ids.clone()))
+        .unwrap();
+    let later = twinhub::Timestamp::now().saturating_add(Duration::from_secs(3600));
+    hub.create_job(JobSpec::new(job_id("later"), fw, ids.clone()).start_at(later))
+        .unwrap();
+    let reboot = JobType::Reboot {
+        wait_for_registration: false,
+    };
+    hub.create_job(JobSpec::new(job_id("wake"), reboot, vec![asleep.clone()]))
+        .unwrap();
+    wait_until("the read job done", || {
+        hub.job(&job_id("fw"))
+            .is_some_and(|r| r.status == JobStatus::Completed)
+    });
+    let fw_children = hub.job_children(&job_id("fw"));
+    let fw_record = hub.job(&job_id("fw")).unwrap();
+    hub.stop();
+    drop(hub);
+
+    // Second run: everything is back; the reboot runs once the device is online.
+    let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let mut fleet = transport(&ids);
+    fleet
+        .add_device(Instant::now(), DeviceSpec::new(asleep.clone()))
+        .unwrap();
+    let config = HubConfig {
+        store: Some(SharedStore::new(store)),
+        ..HubConfig::default()
+    };
+    let hub = Hub::with_transport(fleet, registry, config);
+    assert_eq!(hub.job(&job_id("fw")).unwrap(), fw_record);
+    assert_eq!(hub.job_children(&job_id("fw")), fw_children);
+    assert_eq!(
+        hub.job(&job_id("later")).unwrap().status,
+        JobStatus::Enqueued
+    );
+    wait_until("the reboot after the restart", || {
+        hub.job(&job_id("wake"))
+            .is_some_and(|r| r.status == JobStatus::Completed)
+    });
+    assert_eq!(
+        hub.cancel_job(&job_id("later"), CancelMode::Abandon)
+            .unwrap(),
+        JobStatus::Cancelled
+    );
+    let history = hub.job_records().len();
+    hub.stop();
+    drop(hub);
+
+    // Third run: the cancellation was durable when it returned.
+    let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let config = HubConfig {
+        store: Some(SharedStore::new(store)),
+        ..HubConfig::default()
+    };
+    let hub = Hub::with_transport(transport(&ids), registry, config);
+    assert_eq!(
+        hub.job(&job_id("later")).unwrap().status,
+        JobStatus::Cancelled
+    );
+    assert_eq!(
+        hub.job(&job_id("wake")).unwrap().status,
+        JobStatus::Completed
+    );
+    assert_eq!(hub.job_records().len(), history);
+    hub.stop();
 }

@@ -25,7 +25,7 @@ pub use lwm2m_server::{
 };
 pub use query::{query_parse, query_roundtrip};
 pub use registry::registry_ops;
-pub use store::store_records;
+pub use store::{job_rows, store_records};
 
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
 pub type FuzzBody = fn(&[u8]);
@@ -47,6 +47,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("senml_cbor_decode", senml_cbor_decode),
     ("senml_json_decode", senml_json_decode),
     ("store_records", store_records),
+    ("job_rows", job_rows),
     ("timestamp_parse", timestamp_parse),
     ("tlv_decode", tlv_decode),
 ];

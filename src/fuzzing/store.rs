@@ -11,3 +11,13 @@ pub fn store_records(data: &[u8]) {
     };
     fuzz_decode(which, row);
 }
+
+/// `job_rows`: the first byte picks the decoder (even: a child row, odd: a parent row),
+/// the rest is the row. Both return a typed error on bad input; a child row that decodes
+/// re-encodes to the same head.
+pub fn job_rows(data: &[u8]) {
+    let Some((&which, row)) = data.split_first() else {
+        return;
+    };
+    crate::job::fuzz_decode_job_row(which, row);
+}

@@ -299,7 +299,22 @@ impl Hub {
                 }
             }
         }
-        let jobs = JobEngine::new(jobs_config, Instant::now(), Timestamp::now());
+        let jobs = match &config.store {
+            // Opening the store checked its job rows; should reading them fail now (an
+            // I/O error), the store is poisoned: jobs run in memory only and every
+            // service write, job creation included, reports the store's failure.
+            Some(store) => {
+                let mut store = store.lock();
+                match store.load_jobs(jobs_config.clone(), Instant::now(), Timestamp::now()) {
+                    Ok(jobs) => jobs,
+                    Err(_) => {
+                        store.poison();
+                        JobEngine::new(jobs_config, Instant::now(), Timestamp::now())
+                    }
+                }
+            }
+            None => JobEngine::new(jobs_config, Instant::now(), Timestamp::now()),
+        };
         let inner = Arc::new(Inner {
             registry,
             jobs: Mutex::new(jobs),
@@ -583,24 +598,28 @@ impl Hub {
         reg.changes_after(after).map(|c| c.cloned().collect())
     }
 
-    /// Creates and starts (or schedules) a job. Its targets are frozen now.
+    /// Creates and starts (or schedules) a job. Its targets are frozen now. With a
+    /// store, returns once the job is durable (nothing is sent to a device before).
     pub fn create_job(&self, spec: JobSpec) -> Result<(), SpecError> {
         let now = Instant::now();
         let ops = {
             let mut jobs = lock(&self.inner.jobs);
             jobs.create(now, spec)?;
+            self.inner.commit_jobs(&mut jobs)?;
             drain_ops(&mut jobs)
         };
         self.inner.send(ops);
         Ok(())
     }
 
-    /// Cancels a job; returns its status afterwards.
+    /// Cancels a job; returns its status afterwards. With a store, returns once the
+    /// cancellation is durable.
     pub fn cancel_job(&self, id: &JobId, mode: CancelMode) -> Result<JobStatus, SpecError> {
         let now = Instant::now();
         let (status, ops) = {
             let mut jobs = lock(&self.inner.jobs);
             let status = jobs.cancel(now, id, mode)?;
+            self.inner.commit_jobs(&mut jobs)?;
             (status, drain_ops(&mut jobs))
         };
         self.inner.send(ops);
@@ -747,22 +766,62 @@ impl Inner {
         }
     }
 
-    /// Commits what the event batch changed (one transaction). A failure rebuilds the
-    /// registry from the store: the batch's events are lost, as in a crash, and devices
-    /// report them again.
+    /// Commits what the event batch changed in the twins and the jobs (one
+    /// transaction). A failure rebuilds both from the store: the batch's events are lost,
+    /// as in a crash, and devices report them again.
+    ///
+    /// Lock order, here and everywhere: jobs, then the registry, then the store.
     fn commit_events(&self) {
         let Some(store) = &self.config.store else {
             return;
         };
-        if self.registry.read().last_seq() == store.lock().committed_seq() {
+        let mut jobs = lock(&self.jobs);
+        if jobs.journal_is_empty()
+            && self.registry.read().last_seq() == store.lock().committed_seq()
+        {
             return;
         }
         let mut reg = self.registry.write();
         let mut store = store.lock();
-        if store.commit(&reg).is_err()
-            && let Ok(durable) = store.reload()
-        {
-            *reg = durable;
+        if store.commit_with_jobs(&reg, &mut jobs).is_err() {
+            self.reload(&mut jobs, &mut reg, &mut store);
+        }
+    }
+
+    /// Commits the job engine's changes (with whatever the registry holds uncommitted)
+    /// before a job call returns. On failure the jobs and the registry are rebuilt from
+    /// the store, so the change is not in memory either.
+    fn commit_jobs(&self, jobs: &mut JobEngine) -> Result<(), SpecError> {
+        let Some(store) = &self.config.store else {
+            return Ok(());
+        };
+        let mut reg = self.registry.write();
+        let mut store = store.lock();
+        match store.commit_with_jobs(&reg, jobs) {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                self.reload(jobs, &mut reg, &mut store);
+                Err(SpecError::NotDurable {
+                    error: StoreFailure::new(error),
+                })
+            }
+        }
+    }
+
+    /// Rebuilds the registry and the jobs from the store after a failed commit. The
+    /// rebuilt engine numbers its operations after the old one's, so answers to
+    /// operations already sent are never taken for new ones.
+    fn reload(&self, jobs: &mut JobEngine, reg: &mut Registry, store: &mut crate::store::Store) {
+        let Ok(durable) = store.reload() else {
+            return;
+        };
+        *reg = durable;
+        let mut config = jobs.config().clone();
+        config.op_id_base = jobs.next_op_id();
+        let now = Instant::now();
+        if let Ok(restored) = store.load_jobs(config, now, Timestamp::now()) {
+            // Operations of the old engine still in the outbox are dropped with it.
+            *jobs = restored;
         }
     }
 

@@ -17,6 +17,11 @@ use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod persist;
+#[doc(hidden)]
+pub use persist::fuzz_decode_job_row;
+pub use persist::{JobRow, JobRowError};
+
 /// The first [`OpId`] the engine allocates by default: ids at or above `2^63` are the job
 /// engine's, ids below are free for the hub's own operations.
 pub const JOB_OP_ID_BASE: u64 = 1 << 63;
@@ -352,6 +357,8 @@ pub struct JobEngine {
     twin_updates: VecDeque<TwinUpdate>,
     pub(crate) index: HistoryIndex,
     edge_hits: Vec<u64>,
+    /// What changed since the store last took it (see `persist`); `None`: not kept.
+    journal: Option<persist::Journal>,
 }
 
 impl std::fmt::Debug for JobEngine {
@@ -392,6 +399,7 @@ impl JobEngine {
             twin_updates: VecDeque::new(),
             index: HistoryIndex::default(),
             edge_hits: vec![0; CHILD_TRANSITIONS.len()],
+            journal: None,
         }
     }
 
@@ -497,6 +505,16 @@ impl JobEngine {
         &self.edge_hits
     }
 
+    /// The engine's settings.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The id the next operation will get (ids grow from [`EngineConfig::op_id_base`]).
+    pub fn next_op_id(&self) -> u64 {
+        self.next_op
+    }
+
     /// Operations submitted and not yet answered.
     pub fn ops_in_flight(&self) -> usize {
         self.ops.len()
@@ -536,6 +554,9 @@ impl JobEngine {
             None => now,
         };
         self.index.add_children(first, end, spec.job.kind());
+        if let Some(j) = &mut self.journal {
+            j.mark_range(p, first..end);
+        }
         self.by_id.insert(spec.id.clone(), p);
         let n = (end - first) as u64;
         self.parents.push(Parent {
@@ -771,6 +792,7 @@ impl JobEngine {
     // ---- internals: parents ----
 
     fn parent_transition(&mut self, now: Instant, p: u32, ev: ParentEvent) -> bool {
+        self.mark_parent(p);
         let wall = self.wall(now);
         let par = &mut self.parents[p as usize];
         let Some(to) = par.state.next(ev) else {
@@ -931,6 +953,7 @@ impl JobEngine {
             }
             Timer::JobExpire(p) => self.expire(now, p),
             Timer::Retry(c, attempt) => {
+                self.mark_child(c);
                 let child = &self.children[c as usize];
                 if child.state != ChildState::RetryWait || child.attempt != attempt {
                     return;
@@ -989,6 +1012,7 @@ impl JobEngine {
     /// The single place child states change: the table, statistics, the history index,
     /// and what follows a terminal state.
     fn child_apply(&mut self, now: Instant, c: u32, ev: ChildEvent) -> bool {
+        self.mark_child(c);
         let child = &mut self.children[c as usize];
         let from = child.state;
         let Some((edge, to)) = from.edge(ev) else {
@@ -1093,6 +1117,7 @@ impl JobEngine {
     }
 
     fn start_child(&mut self, now: Instant, c: u32) {
+        self.mark_child(c);
         let wall = self.wall(now);
         let child = &mut self.children[c as usize];
         self.holders.insert(child.device.clone(), c);
@@ -1122,6 +1147,7 @@ impl JobEngine {
     }
 
     fn on_deadline(&mut self, now: Instant, c: u32, attempt: u8, at: Instant) {
+        self.mark_child(c);
         let child = &self.children[c as usize];
         if child.attempt != attempt || child.deadline != Some(at) {
             return;
@@ -1135,6 +1161,7 @@ impl JobEngine {
     }
 
     fn fail_attempt(&mut self, now: Instant, c: u32, reason: FailureReason) {
+        self.mark_child(c);
         let child = &self.children[c as usize];
         let spec = &self.parents[child.parent as usize].spec;
         let kind = reason.kind();
@@ -1197,6 +1224,7 @@ impl JobEngine {
     }
 
     fn on_poll(&mut self, now: Instant, c: u32, at: Instant) {
+        self.mark_child(c);
         let child = &mut self.children[c as usize];
         if child.next_poll != Some(at) {
             return;
@@ -1226,6 +1254,7 @@ impl JobEngine {
 
     /// Submits the operation of the child's current step (nothing for waiting steps).
     fn drive(&mut self, now: Instant, c: u32) {
+        self.mark_child(c);
         let child = &self.children[c as usize];
         let spec = Arc::clone(&self.parents[child.parent as usize].spec);
         let step = child.step;
@@ -1338,6 +1367,7 @@ impl JobEngine {
     }
 
     fn on_response(&mut self, now: Instant, c: u32, result: &Result<DeviceReply, DeviceError>) {
+        self.mark_child(c);
         if self.children[c as usize].state != ChildState::InProgress {
             return;
         }
@@ -1364,6 +1394,7 @@ impl JobEngine {
     }
 
     fn on_op_timeout(&mut self, now: Instant, c: u32) {
+        self.mark_child(c);
         let child = &mut self.children[c as usize];
         if child.state != ChildState::InProgress {
             return;
@@ -1600,6 +1631,7 @@ impl JobEngine {
     }
 
     fn on_notification(&mut self, now: Instant, c: u32, content: &Content) {
+        self.mark_child(c);
         let child = &self.children[c as usize];
         if child.state != ChildState::InProgress
             || !matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE)
@@ -1611,6 +1643,7 @@ impl JobEngine {
     }
 
     fn on_registered(&mut self, now: Instant, c: u32) {
+        self.mark_child(c);
         let state = self.children[c as usize].state;
         match state {
             ChildState::WaitingForDevice if self.child_apply(now, c, ChildEvent::DeviceOnline) => {
@@ -1672,6 +1705,7 @@ impl JobEngine {
     }
 
     fn on_offline(&mut self, now: Instant, c: u32) {
+        self.mark_child(c);
         let child = &self.children[c as usize];
         if child.state != ChildState::InProgress {
             return;

@@ -83,6 +83,23 @@
 //! operations already sent (nothing is undone on the device); with
 //! [`CancelMode::FinishInFlight`] children in progress run to their end first.
 //!
+//! # Restarts
+//!
+//! With its journal on ([`JobEngine::enable_journal`]), the engine keeps which parents
+//! and children changed; [`JobEngine::take_journal`] hands them over as rows for a store
+//! (the hub's [`Store`](crate::store::Store) commits them with each batch of events, and
+//! before [`Hub::create_job`](crate::hub::Hub::create_job) or `cancel_job` returns).
+//! [`JobEngine::restore`] rebuilds an engine from the rows and resumes: a restarted hub
+//! has seen no registration, so every started, unfinished child waits for its device's
+//! next registration and then takes the rules above for a device that registers again: a
+//! reboot or factory reset whose Execute was sent is not sent again (the registration
+//! counts as the reboot; none within `reboot_wait` fails the attempt as `timedOut`), a
+//! firmware update re-synchronises from `/5/0` and `/3/0/3`, writes and configuration
+//! updates start again from the first write, reads read again, and a child waiting for
+//! a retry retries. Scheduled starts and maximum execution times keep their wall-clock
+//! times; the rollout's per-minute window and an attempt's per-device timeout start
+//! again.
+//!
 //! # History
 //!
 //! Every parent and child is a [`JobRecord`] in the preview's JobResponse shape. Two ways
@@ -139,8 +156,11 @@ pub mod history_query;
 mod spec;
 pub mod state;
 
+#[doc(hidden)]
+pub use engine::fuzz_decode_job_row;
 pub use engine::{
-    CancelMode, EngineConfig, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobStatistics, TwinUpdate,
+    CancelMode, EngineConfig, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobRow, JobRowError,
+    JobStatistics, TwinUpdate,
 };
 pub use history::{HistoryCursor, HistoryFilter, HistoryPage, JobRecord, RecordScope};
 pub use history_query::{HistoryProperty, HistorySnapshot};

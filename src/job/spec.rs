@@ -89,6 +89,20 @@ impl JobId {
     }
 }
 
+impl serde::Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Deserialising validates as [`JobId::new`] does.
+impl<'de> serde::Deserialize<'de> for JobId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        JobId::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -167,30 +181,53 @@ impl serde::Serialize for JobKind {
 }
 
 /// A job's type with its parameters: what each child does on its device.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Its JSON form names the type as the preview's `jobType` does, with the parameters
+/// beside it in camelCase; a write job's values are `[path, value]` pairs:
+///
+/// ```
+/// use twinhub::job::JobType;
+/// let job: JobType = serde_json::from_str(
+///     r#"{"type": "firmwareUpdate", "packageUri": "coap://fw/2.0.bin", "expectedVersion": "2.0"}"#,
+/// ).unwrap();
+/// assert!(matches!(job, JobType::FirmwareUpdate { .. }));
+/// let job: JobType = serde_json::from_str(
+///     r#"{"type": "writeDeviceProperties", "values": [["/3/0/13", {"type": "time", "value": 0}]]}"#,
+/// ).unwrap();
+/// assert!(matches!(job, JobType::WriteDeviceProperties { .. }));
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type")]
 #[non_exhaustive]
 pub enum JobType {
     /// Write `/5/0/1` (package URI), follow `/5/0/3` to Downloaded (observe plus periodic
     /// reads), execute `/5/0/2`, and succeed on State Idle with Update Result 1; then read
     /// `/3/0/3` and, if `expected_version` is set, require it.
+    #[serde(rename = "firmwareUpdate", rename_all = "camelCase")]
     FirmwareUpdate {
         /// The package URI the device pulls.
         package_uri: String,
         /// The FirmwareVersion the device must report afterwards, if checked.
+        #[serde(default)]
         expected_version: Option<String>,
     },
     /// Execute `/3/0/4`. Succeeds when the device answers, or (with
     /// `wait_for_registration`) when it has registered again.
+    #[serde(rename = "rebootDevice", rename_all = "camelCase")]
     Reboot {
         /// Wait for the device to register again before succeeding.
+        #[serde(default)]
         wait_for_registration: bool,
     },
     /// Execute `/3/0/5`; completion as for [`JobType::Reboot`].
+    #[serde(rename = "factoryResetDevice", rename_all = "camelCase")]
     FactoryReset {
         /// Wait for the device to register again before succeeding.
+        #[serde(default)]
         wait_for_registration: bool,
     },
     /// Write `/10241/0/1` (name) and `/10241/0/2` (value), then execute `/10241/0/3`.
+    #[serde(rename = "updateDeviceConfiguration", rename_all = "camelCase")]
     ConfigurationUpdate {
         /// ConfigName.
         name: String,
@@ -198,11 +235,13 @@ pub enum JobType {
         value: String,
     },
     /// Read each path; the values come out of [`JobEngine::poll_twin_update`](super::JobEngine::poll_twin_update).
+    #[serde(rename = "readDeviceProperties", rename_all = "camelCase")]
     ReadDeviceProperties {
         /// Resource paths to read.
         paths: Vec<Lwm2mPath>,
     },
     /// Write each value (replace). The twin changes when the device reports, not here.
+    #[serde(rename = "writeDeviceProperties", rename_all = "camelCase")]
     WriteDeviceProperties {
         /// `(resource path, value)` pairs.
         values: Vec<(Lwm2mPath, ResourceValue)>,
@@ -252,8 +291,11 @@ impl JobType {
 }
 
 /// Failure classes that abort and retry rules select on (AWS IoT's FAILED / REJECTED /
-/// TIMED_OUT, plus offline).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+/// TIMED_OUT, plus offline). JSON: `timedOut`, `rejected`, `deviceOffline`, `deviceError`.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
 pub enum FailureKind {
     /// The device did not answer, or the per-device timeout ran out.
     TimedOut,
@@ -265,8 +307,10 @@ pub enum FailureKind {
     DeviceError,
 }
 
-/// Why one child job failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why one child job failed. JSON: `{"kind": "timedOut"}`,
+/// `{"kind": "rejected", "detail": "notFound"}`, `{"kind": "notAnnounced", "detail": {"object": 10241}}`, ...
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum FailureReason {
     /// No answer in time: the per-device timeout ran out, or the transport gave up.
@@ -395,7 +439,8 @@ impl fmt::Display for FailureReason {
 /// Exponential ramp-up of the rollout rate (AWS IoT's `exponentialRate`): start at
 /// `base_per_minute`, multiply by `increment_factor` every `every_succeeded` successes,
 /// never above the rollout's `max_per_minute`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ExponentialRamp {
     /// Starting rate, devices per minute (>= 1).
     pub base_per_minute: u32,
@@ -406,7 +451,8 @@ pub struct ExponentialRamp {
 }
 
 /// How fast a job starts children.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Rollout {
     /// At most this many children start in any sliding 60-second window.
     pub max_per_minute: Option<u32>,
@@ -419,9 +465,11 @@ pub struct Rollout {
 
 /// Cancel the rest of a job when too many children fail (AWS IoT's abort criteria;
 /// hawkBit's error condition).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AbortRule {
     /// Which failures count; `None` counts every failure.
+    #[serde(default)]
     pub on: Option<FailureKind>,
     /// Abort when matching failures reach this percentage (0-100) of finished children.
     pub threshold_percent: f64,
@@ -430,17 +478,24 @@ pub struct AbortRule {
 }
 
 /// Retry children that failed in a given way, with exponential backoff.
-#[derive(Clone, Copy, Debug, PartialEq)]
+///
+/// JSON: `{"on": "timedOut", "maxRetries": 3, "initialBackoffMs": 10000, "multiplier": 2.0,
+/// "maxBackoffMs": 600000}`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RetryRule {
     /// Which failures are retried; `None` retries every failure.
+    #[serde(default)]
     pub on: Option<FailureKind>,
     /// Retries after the first attempt (0-10).
     pub max_retries: u32,
     /// Wait before the first retry.
+    #[serde(rename = "initialBackoffMs", with = "millis")]
     pub initial_backoff: Duration,
     /// Factor applied per further retry (>= 1.0).
     pub multiplier: f64,
     /// Longest wait.
+    #[serde(rename = "maxBackoffMs", with = "millis")]
     pub max_backoff: Duration,
 }
 
@@ -486,7 +541,24 @@ impl RetryRule {
 /// .abort_rule(AbortRule { on: None, threshold_percent: 20.0, min_finished: 10 });
 /// assert_eq!(spec.targets.len(), 1);
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Its JSON form (camelCase; durations in milliseconds; what is left out takes
+/// [`JobSpec::new`]'s default, and `"maxExecutionTimeMs": null` means no limit):
+///
+/// ```
+/// use twinhub::job::JobSpec;
+/// let spec: JobSpec = serde_json::from_str(r#"{
+///     "id": "reboot-all",
+///     "job": {"type": "rebootDevice"},
+///     "targets": ["dev-1", "dev-2"],
+///     "deviceTimeoutMs": 60000,
+///     "rollout": {"maxPerMinute": 100}
+/// }"#).unwrap();
+/// assert_eq!(spec.targets.len(), 2);
+/// assert_eq!(spec.max_execution_time, Some(std::time::Duration::from_secs(86_400)));
+/// ```
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     /// The parent job's id.
     pub id: JobId,
@@ -494,22 +566,83 @@ pub struct JobSpec {
     pub job: JobType,
     /// The devices, one child each, in rollout order. A query is resolved to this list by
     /// the caller (the hub) when the job is created: the target set is frozen.
+    #[serde(default)]
     pub targets: Vec<DeviceId>,
     /// Wall-clock start; `None` starts at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_at: Option<Timestamp>,
     /// The job ends (remaining children fail or are cancelled) this long after it starts.
     /// Default 1 day, so every job terminates.
+    #[serde(
+        rename = "maxExecutionTimeMs",
+        with = "millis_opt",
+        default = "default_max_execution_time"
+    )]
     pub max_execution_time: Option<Duration>,
     /// Time one attempt on one device may take once the device is online (the preview's
     /// firmware `Timeout`, default 30 min). Waiting for an offline device before the
     /// attempt starts is bounded only by `max_execution_time`.
+    #[serde(
+        rename = "deviceTimeoutMs",
+        with = "millis",
+        default = "default_device_timeout"
+    )]
     pub device_timeout: Duration,
     /// Rate and concurrency limits.
+    #[serde(default)]
     pub rollout: Rollout,
     /// Abort rules; the first that trips cancels the rest.
+    #[serde(default)]
     pub abort_rules: Vec<AbortRule>,
     /// Retry rules; the first whose `on` matches a failure applies.
+    #[serde(default)]
     pub retries: Vec<RetryRule>,
+}
+
+fn default_max_execution_time() -> Option<Duration> {
+    Some(Duration::from_secs(86_400))
+}
+
+fn default_device_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+
+/// A [`Duration`] as whole milliseconds in JSON (sub-millisecond parts are dropped).
+mod millis {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
+        let ms = <u64 as serde::Deserialize>::deserialize(d)?;
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+/// An optional [`Duration`] as milliseconds or `null`.
+mod millis_opt {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis().min(u64::MAX as u128) as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let ms = <Option<u64> as serde::Deserialize>::deserialize(d)?;
+        Ok(ms.map(Duration::from_millis))
+    }
 }
 
 impl JobSpec {
@@ -521,8 +654,8 @@ impl JobSpec {
             job,
             targets,
             start_at: None,
-            max_execution_time: Some(Duration::from_secs(86_400)),
-            device_timeout: Duration::from_secs(30 * 60),
+            max_execution_time: default_max_execution_time(),
+            device_timeout: default_device_timeout(),
             rollout: Rollout::default(),
             abort_rules: Vec::new(),
             retries: Vec::new(),
@@ -669,6 +802,12 @@ pub enum SpecError {
         /// Children the engine would hold.
         total: u64,
     },
+    /// The hub's durable store could not make the job's creation or cancellation durable;
+    /// the jobs were rebuilt from the store, so the change is not in memory either.
+    NotDurable {
+        /// The store's error.
+        error: crate::registry::StoreFailure,
+    },
 }
 
 impl fmt::Display for SpecError {
@@ -686,6 +825,13 @@ impl fmt::Display for SpecError {
                     "the engine would hold {total} child jobs; at most 2^32-1 fit"
                 )
             }
+            SpecError::NotDurable { error } => {
+                write!(
+                    f,
+                    "the job change could not be made durable: {}",
+                    error.error()
+                )
+            }
         }
     }
 }
@@ -695,6 +841,90 @@ impl std::error::Error for SpecError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_job_type_and_rule_round_trips_through_json() {
+        use crate::lwm2m::{Lwm2mPath, ResourceValue};
+        let dev = DeviceId::new("d").unwrap();
+        let types = [
+            JobType::FirmwareUpdate {
+                package_uri: "coap://x/1".into(),
+                expected_version: None,
+            },
+            JobType::Reboot {
+                wait_for_registration: true,
+            },
+            JobType::FactoryReset {
+                wait_for_registration: false,
+            },
+            JobType::ConfigurationUpdate {
+                name: "n".into(),
+                value: "v".into(),
+            },
+            JobType::ReadDeviceProperties {
+                paths: vec![Lwm2mPath::resource(3, 0, 9)],
+            },
+            JobType::WriteDeviceProperties {
+                values: vec![
+                    (Lwm2mPath::resource(3, 0, 13), ResourceValue::Time(7)),
+                    (
+                        Lwm2mPath::resource(1, 0, 1),
+                        ResourceValue::UnsignedInteger(u64::MAX),
+                    ),
+                    (
+                        Lwm2mPath::resource(9, 0, 2),
+                        ResourceValue::Opaque(vec![0, 255]),
+                    ),
+                    (
+                        Lwm2mPath::resource(9, 0, 3),
+                        ResourceValue::ObjectLink(3, 0),
+                    ),
+                    (Lwm2mPath::resource(9, 0, 4), ResourceValue::Float(0.5)),
+                ],
+            },
+        ];
+        for t in types {
+            let spec = JobSpec::new(JobId::new("j").unwrap(), t, vec![dev.clone()])
+                .start_at(Timestamp::from_millis(1_500_000_000_123))
+                .max_execution_time(None)
+                .device_timeout(Duration::from_millis(1_234))
+                .max_per_minute(10)
+                .ramp(ExponentialRamp {
+                    base_per_minute: 2,
+                    increment_factor: 1.5,
+                    every_succeeded: 3,
+                })
+                .abort_rule(AbortRule {
+                    on: Some(FailureKind::Rejected),
+                    threshold_percent: 12.5,
+                    min_finished: 4,
+                })
+                .retry(RetryRule::new(Some(FailureKind::TimedOut), 3));
+            let json = serde_json::to_string(&spec).unwrap();
+            let back: JobSpec = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, spec, "{json}");
+        }
+        let reasons = [
+            FailureReason::TimedOut,
+            FailureReason::Rejected(DeviceError::Code(5, 3)),
+            FailureReason::Rejected(DeviceError::BadPayload("x".into())),
+            FailureReason::NotAnnounced { object: 10241 },
+            FailureReason::FirmwareUpdateFailed { result: 5 },
+            FailureReason::UnexpectedVersion {
+                expected: "2".into(),
+                actual: "1".into(),
+            },
+        ];
+        for r in reasons {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(
+                serde_json::from_str::<FailureReason>(&json).unwrap(),
+                r,
+                "{json}"
+            );
+        }
+        assert!(serde_json::from_str::<JobId>("\"no_underscores\"").is_err());
+    }
 
     #[test]
     fn job_ids_follow_iot_hub_rules() {

@@ -28,7 +28,12 @@ pub enum ResourceType {
 }
 
 /// One resource (or resource instance) value, typed.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// JSON: `{"type": "string", "value": "x"}`, `{"type": "integer", "value": 5}`,
+/// `{"type": "unsignedInteger", ...}`, `float`, `boolean`, `opaque` (an array of byte
+/// values), `time` (seconds), `objectLink` (`[object, instance]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum ResourceValue {
     /// UTF-8 string.

@@ -45,10 +45,19 @@
 //! is stored, hex, in the twin's record; it never appears in JSON output or `Debug`),
 //! the configuration string, tags, service properties, device properties with their
 //! `lastUpdatedTime`, the generation id and both etags; the sequence high-water mark;
-//! the newest [`StoreConfig::feed_retention`] changes. **Not yet durable**: jobs (specs,
-//! child states, history) and the LWM2M server's registration table and observations
-//! (after a restart a device is reached again once it registers or updates its
-//! registration).
+//! the newest [`StoreConfig::feed_retention`] changes; every job: its spec, parent and
+//! child states, attempts, step, results and failure reasons, so the whole job history
+//! comes back ([`Store::commit_with_jobs`] writes the engine's journal in the batch's
+//! transaction; [`Store::load_jobs`] restores the engine and resumes its jobs: see
+//! [`JobEngine::restore`] for work that was in flight). **Not yet durable**: the LWM2M
+//! server's registration table and observations (after a restart a device is reached
+//! again once it registers or updates its registration; a job's child waits for that).
+//!
+//! **Job rows.** `job_parents` (u32 position -> the parent's JSON: spec without targets,
+//! state, times, how it ended) and `job_children` (u32 position -> state, attempt, step,
+//! flags, times, device id, failure reason as JSON). A child row is rewritten when its
+//! child changes; jobs are never pruned yet, so the two tables grow with the number of
+//! jobs and children ever created (about 40 bytes per child).
 //!
 //! **Growth.** A device property has one row, rewritten in place; the feed keeps a
 //! bounded number of rows; redb reuses the pages a commit frees, so a steady stream of
@@ -86,11 +95,14 @@ mod record;
 pub use error::StoreError;
 
 use crate::DeviceId;
+use crate::job::{EngineConfig, JobEngine, JobRow};
 use crate::registry::{Change, ChangeKind, DEFAULT_FEED_CAPACITY, FeedGap, Registry, Slot};
+use crate::time::Timestamp;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// The newest file format this version reads and the one it writes.
 pub const FORMAT: u64 = 1;
@@ -105,6 +117,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
 const PROPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("device_properties");
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+const JOB_PARENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("job_parents");
+const JOB_CHILDREN: TableDefinition<u32, &[u8]> = TableDefinition::new("job_children");
 
 const META_FORMAT: &str = "format";
 const META_COMMITTED: &str = "committed_seq";
@@ -150,6 +164,8 @@ pub struct Committed {
     pub properties: usize,
     /// Whether every twin was rewritten (the feed did not cover the commit).
     pub full: bool,
+    /// Job rows (parents and children) written.
+    pub jobs: usize,
 }
 
 /// The durable store of one data directory. See the [module docs](self).
@@ -259,6 +275,14 @@ impl Store {
         let (committed, start) = init(&db)?;
         let origin = next_origin();
         let registry = rebuild(&db, &self.config, origin, committed, start)?;
+        // The job rows are checked now, so that a damaged one is an error of the opening,
+        // not of the hub that loads the jobs later.
+        load_jobs(
+            &db,
+            EngineConfig::default(),
+            Instant::now(),
+            Timestamp::now(),
+        )?;
         self.db = Some(db);
         self.committed = committed;
         self.origin = origin;
@@ -285,11 +309,55 @@ impl Store {
             });
         }
         self.poisoned = true;
-        let result = self.write(registry, None);
+        let result = self.write(registry, None, Vec::new());
         if result.is_ok() {
             self.poisoned = false;
         }
         result
+    }
+
+    /// [`Store::commit`] with the job engine's changes since its last commit (its
+    /// journal, see [`JobEngine::take_journal`]) in the same transaction: what the hub
+    /// does after each batch of events and for each job created or cancelled. `jobs` must
+    /// be the engine [`Store::load_jobs`] returned (or one with its journal on since the
+    /// store was empty of jobs).
+    ///
+    /// On error the store is poisoned, as for [`Store::commit`]; reload both the registry
+    /// and the jobs.
+    pub fn commit_with_jobs(
+        &mut self,
+        registry: &Registry,
+        jobs: &mut JobEngine,
+    ) -> Result<Committed, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        let last = registry.last_seq();
+        if last == self.committed && jobs.journal_is_empty() {
+            return Ok(Committed {
+                seq: last,
+                ..Committed::default()
+            });
+        }
+        self.poisoned = true;
+        let result = self.write(registry, None, jobs.take_journal());
+        if result.is_ok() {
+            self.poisoned = false;
+        }
+        result
+    }
+
+    /// Rebuilds the job engine from the store (every job, its children and history) and
+    /// resumes its jobs at `now`, with its journal on; see [`JobEngine::restore`] for what
+    /// happens to work that was in flight. `wall` is the wall-clock time of `now`.
+    pub fn load_jobs(
+        &self,
+        config: EngineConfig,
+        now: Instant,
+        wall: Timestamp,
+    ) -> Result<JobEngine, StoreError> {
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
+        load_jobs(db, config, now, wall)
     }
 
     /// Rewrites every twin from `registry` in one transaction (an import of a registry
@@ -299,7 +367,7 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         self.poisoned = true;
-        let result = self.write(registry, Some(Plan::Full));
+        let result = self.write(registry, Some(Plan::Full), Vec::new());
         if result.is_ok() {
             self.poisoned = false;
         }
@@ -356,6 +424,11 @@ impl Store {
         Ok(done)
     }
 
+    /// Refuses every commit until [`Store::reload`] (what a failed write does).
+    pub(crate) fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
     /// Gives the file's free pages back to the file system (redb's compaction). Old
     /// versions of rewritten rows are reused by later commits anyway; this shrinks the
     /// file after a large delete.
@@ -392,7 +465,12 @@ impl Store {
         Plan::Devices(devices)
     }
 
-    fn write(&mut self, registry: &Registry, plan: Option<Plan>) -> Result<Committed, StoreError> {
+    fn write(
+        &mut self,
+        registry: &Registry,
+        plan: Option<Plan>,
+        job_rows: Vec<JobRow>,
+    ) -> Result<Committed, StoreError> {
         let plan = plan.unwrap_or_else(|| self.plan(registry));
         let last = registry.last_seq();
         let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
@@ -474,6 +552,17 @@ impl Store {
                             done.properties += 1;
                         }
                     }
+                }
+            }
+            if !job_rows.is_empty() {
+                let mut parents = txn.open_table(JOB_PARENTS)?;
+                let mut children = txn.open_table(JOB_CHILDREN)?;
+                done.jobs = job_rows.len();
+                for row in &job_rows {
+                    match row {
+                        JobRow::Parent(p, bytes) => parents.insert(*p, bytes.as_slice())?,
+                        JobRow::Child(c, bytes) => children.insert(*c, bytes.as_slice())?,
+                    };
                 }
             }
             meta.insert(META_COMMITTED, last)?;
@@ -587,6 +676,8 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
         txn.open_table(TWINS)?;
         txn.open_table(PROPS)?;
         txn.open_table(FEED)?;
+        txn.open_table(JOB_PARENTS)?;
+        txn.open_table(JOB_CHILDREN)?;
         (committed, start)
     };
     txn.commit()?;
@@ -692,6 +783,32 @@ fn rebuild(
     }
     registry.restore_feed(origin, start, dropped, changes);
     Ok(registry)
+}
+
+/// Reads every job row and restores the engine from them.
+fn load_jobs(
+    db: &Database,
+    config: EngineConfig,
+    now: Instant,
+    wall: Timestamp,
+) -> Result<JobEngine, StoreError> {
+    let txn = db.begin_read()?;
+    let read = |table: TableDefinition<u32, &[u8]>| -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        let t = txn.open_table(table)?;
+        let mut rows = Vec::with_capacity(t.len()? as usize);
+        for row in t.iter()? {
+            let (k, v) = row?;
+            rows.push((k.value(), v.value().to_vec()));
+        }
+        Ok(rows)
+    };
+    let parents = read(JOB_PARENTS)?;
+    let children = read(JOB_CHILDREN)?;
+    JobEngine::restore(config, now, wall, parents, children).map_err(|e| StoreError::BadRecord {
+        table: e.table,
+        key: e.key.to_string(),
+        detail: e.detail,
+    })
 }
 
 /// The fuzz body behind `fuzzing::store_records`: decodes `row` as a twin head

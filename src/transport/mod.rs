@@ -164,8 +164,10 @@ pub enum DeviceReply {
     Done,
 }
 
-/// Why a device (or the way to it) refused or failed an operation.
-#[derive(Clone, PartialEq, Eq, Debug)]
+/// Why a device (or the way to it) refused or failed an operation. JSON: `"notFound"`,
+/// `{"code": [5, 0]}`, `{"badPayload": "why"}`, ...
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum DeviceError {
     /// 4.00: the request was malformed for the device.
