@@ -5,7 +5,13 @@
 //! cargo run --release --example fleet                    # 1,000 devices
 //! cargo run --release --example fleet -- --devices 10000
 //! cargo run --release --example fleet -- --plain         # plain CoAP instead of DTLS
+//! cargo run --release --example fleet -- --data-dir /tmp/fleet   # durable; run it twice
 //! ```
+//!
+//! With `--data-dir DIR` the hub keeps its twins, credentials and jobs in a store in
+//! `DIR`: a second run starts with the first run's twins and job history (it prints
+//! them), its simulated devices boot into the firmware version their twin last reported,
+//! and its job updates only the devices still on 1.0 (none, if the first run finished).
 //!
 //! By default the whole story runs over DTLS 1.2 (`coaps`, PSK,
 //! `TLS_PSK_WITH_AES_128_CCM_8`): each device has its own identity and key, and the
@@ -32,6 +38,7 @@ use twinhub::lwm2m::client::{
 };
 use twinhub::query::{QueryExpression, QueryOptions, QueryProperty};
 use twinhub::registry::Registry;
+use twinhub::store::{SharedStore, Store, StoreConfig};
 use twinhub::twin::Twin;
 use twinhub::{DeviceId, Lwm2mPath, ResourceValue};
 
@@ -64,14 +71,25 @@ struct SimDevice {
 }
 
 fn main() {
-    let (devices, plain) = parse_args();
+    let (devices, plain, data_dir) = parse_args();
     let started = Instant::now();
     let elapsed = move || started.elapsed().as_secs_f64();
 
     // The service side: a registry with one twin per device (tags are the service's),
     // the hub with its LWM2M server on an ephemeral loopback port, and a package server.
     let mut rng = Rng(2016);
-    let mut registry = Registry::new();
+    let (mut registry, store) = match &data_dir {
+        Some(dir) => {
+            let (store, registry) = Store::open(dir, StoreConfig::default())
+                .unwrap_or_else(|e| fail(&format!("cannot open the store in {dir}: {e}")));
+            (registry, Some(SharedStore::new(store)))
+        }
+        None => (Registry::new(), None),
+    };
+    let resumed = registry.len();
+    if let Some(dir) = &data_dir {
+        println!("store {dir}: {resumed} twins from earlier runs");
+    }
     let mut plan = Vec::with_capacity(devices);
     for i in 0..devices {
         let id = DeviceId::new(&format!("device-{i:05}")).expect("a valid id");
@@ -81,9 +99,11 @@ fn main() {
         } else {
             "model-A"
         };
-        registry
-            .create(Twin::new(id.clone()).with_tag(region).with_tag(model))
-            .expect("a new twin");
+        if !registry.contains(id.as_str()) {
+            registry
+                .create(Twin::new(id.clone()).with_tag(region).with_tag(model))
+                .expect("a new twin");
+        }
         let mut pick = rng.below(100) as u32;
         let version = VERSIONS
             .iter()
@@ -94,14 +114,40 @@ fn main() {
             })
             .map_or("1.0", |(v, _)| v);
         let battery = 5 + rng.below(96) as i64;
+        // A device that reported a version in an earlier run boots into it.
+        let version = registry
+            .get(id.as_str())
+            .and_then(|t| match t.device_property("FirmwareVersion") {
+                Some((twinhub::twin::Scalar::String(v), _)) => Some(v.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| version.to_string());
         plan.push((id, version, battery));
     }
+    let config = HubConfig {
+        store,
+        ..HubConfig::default()
+    };
     let hub = if plain {
-        Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default())
+        Hub::bind_udp("127.0.0.1:0", registry, config)
     } else {
-        Hub::bind_dtls("127.0.0.1:0", registry, HubConfig::default())
+        Hub::bind_dtls("127.0.0.1:0", registry, config)
     }
     .unwrap_or_else(|e| fail(&format!("cannot start the hub: {e}")));
+    let history: Vec<_> = hub
+        .job_records()
+        .into_iter()
+        .filter(|r| r.parent_job_id.is_empty())
+        .collect();
+    if data_dir.is_some() {
+        println!("job history from earlier runs: {} jobs", history.len());
+        for r in &history {
+            println!(
+                "  {} {} {:?}: \"{}\"",
+                r.job_id, r.kind, r.status, r.status_message
+            );
+        }
+    }
     let server = hub.local_addr().expect("a UDP hub");
     // One key per device (seeded: the same keys every run).
     let keys: Vec<Option<PskCredentials>> = plan
@@ -137,14 +183,15 @@ fn main() {
     let mut last = 0.0;
     loop {
         let (registered, filled) = fill_counts(&hub);
-        if elapsed() - last >= 0.5 || filled == devices {
+        let done = filled == devices && registered >= devices;
+        if elapsed() - last >= 0.5 || done {
             println!(
                 "[{:>5.1}s] registered {registered:>6}/{devices}   twins with device properties {filled:>6}/{devices}",
                 elapsed()
             );
             last = elapsed();
         }
-        if filled == devices {
+        if done {
             break;
         }
         if Instant::now() > deadline {
@@ -186,14 +233,18 @@ fn main() {
     // The firmware-update job over every device on 1.0, targets frozen from a query.
     let on_1_0 = QueryExpression::new().filter(QueryProperty::device("FirmwareVersion").eq("1.0"));
     let targets = hub.resolve_targets(&on_1_0).expect("a valid query");
-    let expected_targets = plan.iter().filter(|(_, v, _)| *v == "1.0").count();
+    let expected_targets = plan.iter().filter(|(_, v, _)| v == "1.0").count();
     if targets.len() != expected_targets {
         fail(&format!(
             "the query found {} devices on 1.0, the fleet has {expected_targets}",
             targets.len()
         ));
     }
-    let job_id = JobId::new("fw-2-0").expect("a valid job id");
+    let job_id = match history.len() {
+        0 => JobId::new("fw-2-0"),
+        n => JobId::new(&format!("fw-2-0-run-{}", n + 1)),
+    }
+    .expect("a valid job id");
     let spec = JobSpec::new(
         job_id.clone(),
         JobType::FirmwareUpdate {
@@ -366,13 +417,13 @@ fn serve_device(d: &mut SimDevice) -> bool {
     false
 }
 
-/// (devices registered, twins that have a FirmwareVersion and a BatteryLevel).
+/// (registrations this run, twins that have a FirmwareVersion and a BatteryLevel: with a
+/// store, twins may hold values from an earlier run).
 fn fill_counts(hub: &Hub) -> (usize, usize) {
+    let registered = hub.stats().registrations as usize;
     let reg = hub.registry().read();
-    let mut registered = 0;
     let mut filled = 0;
     for twin in reg.iter() {
-        registered += twin.registration().is_some() as usize;
         filled += (twin.device_property("FirmwareVersion").is_some()
             && twin.device_property("BatteryLevel").is_some()) as usize;
     }
@@ -411,9 +462,10 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn parse_args() -> (usize, bool) {
+fn parse_args() -> (usize, bool, Option<String>) {
     let mut devices = 1000;
     let mut plain = false;
+    let mut data_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -425,16 +477,19 @@ fn parse_args() -> (usize, bool) {
                     .unwrap_or_else(|| fail("--devices needs a positive number"));
             }
             "--plain" => plain = true,
+            "--data-dir" => {
+                data_dir = Some(args.next().unwrap_or_else(|| fail("--data-dir needs DIR")));
+            }
             "-h" | "--help" => {
-                println!("usage: fleet [--devices N] [--plain]");
+                println!("usage: fleet [--devices N] [--plain] [--data-dir DIR]");
                 std::process::exit(0);
             }
             other => fail(&format!(
-                "unknown argument {other:?}; usage: fleet [--devices N] [--plain]"
+                "unknown argument {other:?}; usage: fleet [--devices N] [--plain] [--data-dir DIR]"
             )),
         }
     }
-    (devices, plain)
+    (devices, plain, data_dir)
 }
 
 fn fail(why: &str) -> ! {
