@@ -110,6 +110,12 @@ pub enum CredentialsError {
         /// The id asked for.
         device: String,
     },
+    /// The hub's durable store could not make the change durable; nothing changed (the
+    /// twin was rebuilt from the store, the key store put back).
+    NotDurable {
+        /// The store's error, as text.
+        detail: String,
+    },
 }
 
 impl fmt::Display for CredentialsError {
@@ -126,6 +132,9 @@ impl fmt::Display for CredentialsError {
                 write!(f, "the psk identity already belongs to device {device}")
             }
             CredentialsError::UnknownDevice { device } => write!(f, "no device {device}"),
+            CredentialsError::NotDurable { detail } => {
+                write!(f, "the credentials could not be made durable: {detail}")
+            }
         }
     }
 }

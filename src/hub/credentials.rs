@@ -81,7 +81,9 @@ impl Hub {
 
     /// Sets (or rotates) a device's PSK credentials: in its twin's authentication and in
     /// the DTLS key store. Sessions made with its earlier key close. Fails for an unknown
-    /// device or an identity another device holds; nothing changes then.
+    /// device or an identity another device holds; nothing changes then. With a store,
+    /// returns once the credentials are durable; if they cannot be made durable, the
+    /// earlier credentials stay in force (twin and key store) and the error says so.
     pub fn set_psk(
         &self,
         device: &str,
@@ -91,13 +93,13 @@ impl Hub {
             device: device.to_owned(),
         })?;
         let mut registry = self.inner.registry.write();
-        if !registry.contains(device) {
+        let Some(previous) = registry.get(device).map(|t| t.authentication().clone()) else {
             return Err(CredentialsError::UnknownDevice {
                 device: device.to_owned(),
             });
-        }
+        };
         if let Some(secure) = self.inner.secure.get() {
-            secure.store.set(Some(id), credentials.clone())?;
+            secure.store.set(Some(id.clone()), credentials.clone())?;
         }
         registry
             .set_authentication(
@@ -109,7 +111,22 @@ impl Hub {
             )
             .map_err(|_| CredentialsError::UnknownDevice {
                 device: device.to_owned(),
-            })
+            })?;
+        if let Err(error) = self.inner.commit_held(&mut registry) {
+            // The registry is back to what is durable; so is the key store.
+            if let Some(secure) = self.inner.secure.get() {
+                let _ = secure.store.remove_device(&id);
+                if let (Some(identity), Some(key)) = (previous.psk_identity, previous.psk_key)
+                    && let Ok(old) = PskCredentials::new(&identity, key)
+                {
+                    let _ = secure.store.set(Some(id), old);
+                }
+            }
+            return Err(CredentialsError::NotDurable {
+                detail: error.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// Removes a device's credentials (twin and key store); its sessions close. Returns
@@ -121,6 +138,9 @@ impl Hub {
             .is_some_and(|t| !t.authentication().is_empty());
         if had {
             let _ = registry.set_authentication(device, Authentication::default());
+            // Durable before the key goes (a failed commit keeps the old key out of the
+            // key store anyway: removing access is the safe direction).
+            let _ = self.inner.commit_held(&mut registry);
         }
         let in_store = match (self.inner.secure.get(), DeviceId::new(device)) {
             (Some(secure), Ok(id)) => secure.store.remove_device(&id),

@@ -748,22 +748,26 @@ impl Inner {
         write: impl FnOnce(&mut Registry) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
         let mut reg = self.registry.write();
+        let out = write(&mut reg)?;
+        self.commit_held(&mut reg)
+            .map_err(|error| RegistryError::NotDurable {
+                error: StoreFailure::new(error),
+            })?;
+        Ok(out)
+    }
+
+    /// With a store, commits the registry whose write lock the caller holds; on failure
+    /// rebuilds it from the store before the lock is released.
+    fn commit_held(&self, reg: &mut Registry) -> Result<(), crate::store::StoreError> {
         let Some(store) = &self.config.store else {
-            return write(&mut reg);
+            return Ok(());
         };
         let mut store = store.lock();
-        let out = write(&mut reg)?;
-        match store.commit(&reg) {
-            Ok(_) => Ok(out),
-            Err(error) => {
-                if let Ok(durable) = store.reload() {
-                    *reg = durable;
-                }
-                Err(RegistryError::NotDurable {
-                    error: StoreFailure::new(error),
-                })
+        store.commit(reg).map(drop).inspect_err(|_| {
+            if let Ok(durable) = store.reload() {
+                *reg = durable;
             }
-        }
+        })
     }
 
     /// Commits what the event batch changed in the twins and the jobs (one
