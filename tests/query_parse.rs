@@ -555,3 +555,58 @@ proptest! {
         twinhub::fuzzing::query::query_parse(&text);
     }
 }
+
+/// Nested `not` filters `depth` deep around one comparison.
+fn nested(depth: usize) -> String {
+    let mut s = String::new();
+    for _ in 0..depth {
+        s.push_str(r#"{"type": "logical", "logicalOperator": "not", "filters": ["#);
+    }
+    s.push_str(r#"{"type": "comparison", "comparisonOperator": "eq", "property": {"name": "a", "type": "service"}, "value": 1}"#);
+    for _ in 0..depth {
+        s.push_str("]}");
+    }
+    format!(r#"{{"filter": {}}}"#, s)
+}
+
+/// Issue #19: raised limits used to let a 2,000-deep expression overflow the stack and
+/// abort the process. Now the depth is capped at MAX_QUERY_DEPTH whatever the limits say,
+/// and the deepest accepted expression parses, prints, compares, runs and drops within
+/// a 2 MiB thread stack.
+#[test]
+fn no_limit_setting_lets_a_deep_expression_overflow_the_stack() {
+    use twinhub::query::{MAX_QUERY_DEPTH, QueryLimits, parse_with_limits};
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let limits = QueryLimits {
+                max_depth: usize::MAX,
+                max_filters: usize::MAX,
+                max_input_bytes: usize::MAX,
+                ..QueryLimits::DEFAULT
+            };
+            let err = parse_with_limits(&nested(2_000), &limits).unwrap_err();
+            assert!(err.to_string().contains("deep"), "{err}");
+            // The deepest accepted: MAX_QUERY_DEPTH logicals plus the comparison.
+            let text = nested(MAX_QUERY_DEPTH - 1);
+            let expr = parse_with_limits(&text, &limits).unwrap();
+            let again = twinhub::query::parse_with_limits(&expr.to_string(), &limits).unwrap();
+            assert_eq!(expr, again);
+            let mut reg = twinhub::registry::Registry::new();
+            reg.create(twinhub::twin::Twin::new(
+                twinhub::DeviceId::new("d").unwrap(),
+            ))
+            .unwrap();
+            // Execution checks the default limits: deeper than those is a typed error,
+            // within them it runs.
+            assert!(twinhub::query::count(&reg, &expr).is_err());
+            let within = twinhub::query::parse(&nested(31)).unwrap();
+            // An odd number of `not`s around a comparison no twin matches: the twin.
+            assert_eq!(twinhub::query::count(&reg, &within).unwrap(), 1);
+            drop(expr);
+        })
+        .unwrap();
+    handle
+        .join()
+        .expect("the deep expression overflowed a 2 MiB stack");
+}

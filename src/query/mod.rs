@@ -117,7 +117,7 @@ pub use ast::{
 };
 pub use error::{Expected, InvalidExpression, Origin, ParseError, ParseErrorKind, Span};
 pub use exec::{TagQuery, count, execute, execute_text, matching_slots, plan, tag_query};
-pub use parse::{parse, parse_with_limits};
+pub use parse::{MAX_QUERY_DEPTH, parse, parse_with_limits};
 pub use plan::Plan;
 pub use result::{
     AggregateRow, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TOKEN_LEN, QueryError, QueryOptions,

@@ -92,7 +92,14 @@ pub fn parse(text: &str) -> Result<QueryExpression, ParseError> {
     parse_with_limits(text, &QueryLimits::DEFAULT)
 }
 
-/// Parses `text` as a query expression under the given limits.
+/// The deepest nesting of logical filters any parse accepts, whatever
+/// [`QueryLimits::max_depth`] says: deeper input is refused (`TooDeep`) before the
+/// parser recurses, so parsing, dropping, printing, comparing and
+/// running a parsed expression stay within a 2 MiB thread stack (tested).
+pub const MAX_QUERY_DEPTH: usize = 128;
+
+/// Parses `text` as a query expression under the given limits (`max_depth` is capped at
+/// [`MAX_QUERY_DEPTH`]).
 pub fn parse_with_limits(text: &str, limits: &QueryLimits) -> Result<QueryExpression, ParseError> {
     if text.len() > limits.max_input_bytes {
         return Err(ParseError::new(
@@ -104,9 +111,15 @@ pub fn parse_with_limits(text: &str, limits: &QueryLimits) -> Result<QueryExpres
             },
         ));
     }
+    // No limit setting may let the recursive descent (or the recursive drop, display,
+    // equality and execution of the tree it builds) run deeper than MAX_QUERY_DEPTH.
+    let limits = QueryLimits {
+        max_depth: limits.max_depth.min(MAX_QUERY_DEPTH),
+        ..*limits
+    };
     let grammar = Grammar {
         src: text,
-        limits: *limits,
+        limits,
         filters: Cell::new(0),
     };
     let q = match grammar.query(text) {
@@ -129,7 +142,7 @@ pub fn parse_with_limits(text: &str, limits: &QueryLimits) -> Result<QueryExpres
             ));
         }
     };
-    q.validate_with(limits).map_err(|(invalid, span)| {
+    q.validate_with(&limits).map_err(|(invalid, span)| {
         ParseError::new(
             text,
             span.unwrap_or_default(),
