@@ -160,8 +160,9 @@ impl Default for HubConfig {
     }
 }
 
-/// Counters of what the hub thread did, for reports and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Counters of what the hub thread did, for reports and tests (JSON: camelCase fields).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HubStats {
     /// Transport events processed.
     pub events: u64,

@@ -56,6 +56,66 @@ pub struct Change {
     pub kind: ChangeKind,
 }
 
+impl ChangeKind {
+    /// The kind's name in JSON: `created`, `removed`, `deviceProperty`,
+    /// `devicePropertyRemoved`, `serviceProperties`, `tags`, `connectionState`, `status`,
+    /// `managed`, `registration`, `lastActivity`, `configuration`, `authentication`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChangeKind::Created => "created",
+            ChangeKind::Removed => "removed",
+            ChangeKind::DeviceProperty { .. } => "deviceProperty",
+            ChangeKind::DevicePropertyRemoved { .. } => "devicePropertyRemoved",
+            ChangeKind::ServiceProperties => "serviceProperties",
+            ChangeKind::Tags => "tags",
+            ChangeKind::ConnectionState(_) => "connectionState",
+            ChangeKind::Status(_) => "status",
+            ChangeKind::Managed(_) => "managed",
+            ChangeKind::Registration => "registration",
+            ChangeKind::LastActivity => "lastActivity",
+            ChangeKind::Configuration => "configuration",
+            ChangeKind::Authentication => "authentication",
+        }
+    }
+}
+
+/// JSON: `{"seq": 7, "device": "pump-1", "kind": "deviceProperty", "name": "BatteryLevel"}`;
+/// `connectionState`, `status` and `managed` carry the new `value`
+/// (`"Connected"`, `"disabled"`, `true`).
+///
+/// ```
+/// use twinhub::registry::Registry;
+/// use twinhub::twin::Twin;
+/// use twinhub::DeviceId;
+/// let mut reg = Registry::new();
+/// reg.create(Twin::new(DeviceId::new("pump-1")?))?;
+/// let change = reg.changes_after(0).unwrap().next().unwrap();
+/// assert_eq!(
+///     serde_json::to_string(change)?,
+///     r#"{"seq":1,"device":"pump-1","kind":"created"}"#
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl serde::Serialize for Change {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("seq", &self.seq)?;
+        m.serialize_entry("device", &self.device)?;
+        m.serialize_entry("kind", self.kind.name())?;
+        match &self.kind {
+            ChangeKind::DeviceProperty { name } | ChangeKind::DevicePropertyRemoved { name } => {
+                m.serialize_entry("name", &**name)?
+            }
+            ChangeKind::ConnectionState(v) => m.serialize_entry("value", v)?,
+            ChangeKind::Status(v) => m.serialize_entry("value", v)?,
+            ChangeKind::Managed(v) => m.serialize_entry("value", v)?,
+            _ => {}
+        }
+        m.end()
+    }
+}
+
 /// A consumer asked for changes that the bounded feed has already dropped.
 ///
 /// The consumer missed changes `after + 1 ..= dropped_through`; it must resynchronise
