@@ -655,3 +655,86 @@ fn queries_read_their_writes_across_threads() {
         .unwrap();
     assert_eq!(query::count(&*w, &expr).unwrap(), 5);
 }
+
+/// Issue #19 item 2: integer sums are exact (2^53 + 1 plus 2^53 used to round), a float
+/// sum beyond the f64 range is a typed error (two 1e308 used to give a silent null), and
+/// averages do not overflow.
+#[test]
+fn aggregate_sums_are_exact_or_a_typed_error() {
+    let run = |values: &[Scalar]| {
+        let mut reg = Registry::new();
+        for (i, v) in values.iter().enumerate() {
+            reg.create(Twin::new(DeviceId::new(&format!("d{i}")).unwrap()))
+                .unwrap();
+            reg.report_device_property(
+                &format!("d{i}"),
+                "/3303/0/5700",
+                v.clone(),
+                Timestamp::EPOCH,
+            )
+            .unwrap();
+        }
+        let expr = QueryExpression::new().aggregate(
+            Aggregation::by([QueryProperty::default_field("status")])
+                .column(
+                    AggregateOperator::Sum,
+                    Some(QueryProperty::device("/3303/0/5700")),
+                    "sum",
+                )
+                .column(
+                    AggregateOperator::Avg,
+                    Some(QueryProperty::device("/3303/0/5700")),
+                    "avg",
+                ),
+        );
+        let ours = query::execute(&reg, &expr, &QueryOptions::default());
+        let twins: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let model = naive::execute(&twins, &expr, &QueryOptions::default());
+        assert_eq!(ours.is_ok(), model.is_ok());
+        ours.map(|p| serde_json::to_value(&p.aggregate_result).unwrap())
+    };
+    let big = 1i64 << 53;
+    assert_eq!(
+        run(&[Scalar::from(big + 1), Scalar::from(big)]).unwrap()[0]["sum"],
+        serde_json::json!(2 * big + 1)
+    );
+    // Beyond i64: the nearest float, not a wrap.
+    let v = run(&[Scalar::from(i64::MAX), Scalar::from(i64::MAX)]).unwrap();
+    assert_eq!(v[0]["sum"].as_f64(), Some(2.0 * i64::MAX as f64));
+    assert_eq!(v[0]["avg"].as_f64(), Some(i64::MAX as f64));
+    let floats = [
+        Scalar::float(1e308).unwrap(),
+        Scalar::float(1.5e308).unwrap(),
+    ];
+    match run(&floats) {
+        Err(QueryError::AggregateOverflow { column }) => assert_eq!(column, "sum"),
+        other => panic!("expected an overflow error, got {other:?}"),
+    }
+}
+
+/// Issue #19 item 2: a column named like a key, and a key given twice, are refused.
+#[test]
+fn aggregate_names_that_would_collide_are_refused() {
+    let reg = fleet();
+    let collide = QueryExpression::new().aggregate(
+        Aggregation::by([QueryProperty::device("FirmwareVersion")]).column(
+            AggregateOperator::Count,
+            None,
+            "FirmwareVersion",
+        ),
+    );
+    let err = query::execute(&reg, &collide, &QueryOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("also an aggregate key"), "{err}");
+    let twice = QueryExpression::new().aggregate(
+        Aggregation::by([
+            QueryProperty::device("FirmwareVersion"),
+            QueryProperty::device("FirmwareVersion"),
+        ])
+        .column(AggregateOperator::Count, None, "n"),
+    );
+    let err = query::execute(&reg, &twice, &QueryOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("given twice"), "{err}");
+    let text = r#"{"aggregate": {"keys": [{"name": "FirmwareVersion", "type": "device"}],
+        "properties": [{"operator": "count", "columnName": "FirmwareVersion"}]}}"#;
+    assert!(query::parse(text).is_err());
+}

@@ -4,8 +4,14 @@
 //! Per group and column the input is: how many documents have the property
 //! (`present`), and how many have each distinct scalar value (`values`). From that:
 //! `count` (without property: the group's size; with one: `present`), `sum` and `avg` over
-//! the numeric values (summed in ascending value order), `min` and `max` over all scalar
-//! values in the scalar order. Columns without values are `null`.
+//! the numeric values only, `min` and `max` over all scalar values in the scalar order
+//! (`false < true <` numbers `<` strings). Columns without values are `null`.
+//!
+//! Sums: when every value is an integer the sum is exact (an `i128` accumulator); it is
+//! reported as an integer when it fits an `i64`, otherwise as the nearest float. When any
+//! value is a float the sum is an `f64` (in ascending value order); a float sum beyond
+//! the `f64` range is [`QueryError::AggregateOverflow`], never a `null`. Averages divide
+//! as they go (each value weighted by its share), so they never overflow.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -14,7 +20,7 @@ use indexmap::IndexMap;
 
 use super::ast::{AggregateOperator, Aggregation, PropertyType, SortKey, SortOrder};
 use super::exec::cmp_keys;
-use super::result::AggregateRow;
+use super::result::{AggregateRow, QueryError};
 use crate::twin::Scalar;
 
 /// A group's key values (or a sort key tuple), `None` where missing.
@@ -32,47 +38,59 @@ pub(crate) struct ColumnAcc {
     pub values: BTreeMap<Scalar, u64>,
 }
 
-/// Largest magnitude an integral sum is reported as an integer.
-const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+/// A float sum left the `f64` range.
+struct Overflow;
 
 fn finish(
     op: AggregateOperator,
     group_size: u64,
     has_property: bool,
     acc: &ColumnAcc,
-) -> Option<Scalar> {
-    match op {
+) -> Result<Option<Scalar>, Overflow> {
+    Ok(match op {
         AggregateOperator::Count => Some(Scalar::from(if has_property {
             acc.present
         } else {
             group_size
         })),
         AggregateOperator::Sum | AggregateOperator::Avg => {
-            let mut sum = 0.0f64;
-            let mut n = 0u64;
-            let mut integral = true;
-            for (v, count) in &acc.values {
-                if let Scalar::Number(x) = v {
-                    sum += x.as_f64() * *count as f64;
-                    n += count;
-                    integral &= x.is_integer();
-                }
-            }
+            let numbers = || {
+                acc.values.iter().filter_map(|(v, count)| match v {
+                    Scalar::Number(x) => Some((x, *count)),
+                    _ => None,
+                })
+            };
+            let n: u64 = numbers().map(|(_, c)| c).sum();
             if n == 0 {
-                return None;
+                return Ok(None);
             }
+            let exact: Option<i128> = numbers().try_fold(0i128, |sum, (x, c)| {
+                let x = x.is_integer().then(|| x.as_i64()).flatten()?;
+                sum.checked_add(x as i128 * c as i128)
+            });
             if op == AggregateOperator::Avg {
-                return Scalar::float(sum / n as f64);
+                let avg = match exact {
+                    Some(sum) => sum as f64 / n as f64,
+                    None => numbers()
+                        .map(|(x, c)| x.as_f64() * (c as f64 / n as f64))
+                        .sum(),
+                };
+                return Ok(Scalar::float(avg));
             }
-            if integral && sum.abs() <= MAX_EXACT {
-                Some(Scalar::from(sum as i64))
-            } else {
-                Scalar::float(sum)
+            match exact {
+                Some(sum) => match i64::try_from(sum) {
+                    Ok(i) => Some(Scalar::from(i)),
+                    Err(_) => Scalar::float(sum as f64),
+                },
+                None => {
+                    let sum: f64 = numbers().map(|(x, c)| x.as_f64() * c as f64).sum();
+                    Some(Scalar::float(sum).ok_or(Overflow)?)
+                }
             }
         }
         AggregateOperator::Min => acc.values.keys().next().cloned(),
         AggregateOperator::Max => acc.values.keys().next_back().cloned(),
-    }
+    })
 }
 
 /// Turns groups (key tuple -> (size, column inputs)) into sorted result rows.
@@ -80,19 +98,20 @@ pub(crate) fn rows(
     groups: Groups,
     aggregation: &Aggregation,
     sort: &[SortKey],
-) -> Vec<AggregateRow> {
-    let mut out: Vec<(KeyTuple, KeyTuple)> = groups
-        .into_iter()
-        .map(|(key, (size, accs))| {
-            let columns = aggregation
-                .columns
-                .iter()
-                .zip(&accs)
-                .map(|(c, acc)| finish(c.operator, size, c.property.is_some(), acc))
-                .collect();
-            (key, columns)
-        })
-        .collect();
+) -> Result<Vec<AggregateRow>, QueryError> {
+    let mut out: Vec<(KeyTuple, KeyTuple)> = Vec::with_capacity(groups.len());
+    for (key, (size, accs)) in groups {
+        let mut columns = Vec::with_capacity(accs.len());
+        for (c, acc) in aggregation.columns.iter().zip(&accs) {
+            let v = finish(c.operator, size, c.property.is_some(), acc).map_err(|Overflow| {
+                QueryError::AggregateOverflow {
+                    column: c.column_name.clone(),
+                }
+            })?;
+            columns.push(v);
+        }
+        out.push((key, columns));
+    }
     // Sort keys pick a key value or a column value; ties fall back to the key tuple.
     let picks: Vec<(Pick, SortOrder)> = sort
         .iter()
@@ -131,7 +150,8 @@ pub(crate) fn rows(
         }
         cmp_keys(&a.0, &b.0, &key_orders)
     });
-    out.into_iter()
+    Ok(out
+        .into_iter()
         .map(|(key, columns)| {
             let mut row = IndexMap::new();
             for (k, v) in aggregation.keys.iter().zip(key) {
@@ -142,7 +162,7 @@ pub(crate) fn rows(
             }
             AggregateRow(row)
         })
-        .collect()
+        .collect())
 }
 
 enum Pick {

@@ -168,6 +168,16 @@ pub enum InvalidExpression {
         /// The name given twice.
         name: String,
     },
+    /// Two aggregate keys share a name (each key is a field of the result rows).
+    DuplicateAggregateKey {
+        /// The name given twice.
+        name: String,
+    },
+    /// An aggregate column is named like a key: the row would hold one field for both.
+    ColumnNameIsKey {
+        /// The name.
+        name: String,
+    },
     /// An aggregate column without a property uses an operator other than `count`.
     PropertyRequired {
         /// The operator used.
@@ -233,6 +243,13 @@ impl fmt::Display for InvalidExpression {
             EmptyColumnName => f.write_str("a column name cannot be empty"),
             DollarInColumnName { name } => write!(f, "column name `{name}` contains `$`"),
             DuplicateColumnName { name } => write!(f, "column name `{name}` is used twice"),
+            DuplicateAggregateKey { name } => {
+                write!(f, "aggregate key `{name}` is given twice")
+            }
+            ColumnNameIsKey { name } => write!(
+                f,
+                "column name `{name}` is also an aggregate key's name; rows would hold one field for both"
+            ),
             PropertyRequired { operator } => write!(
                 f,
                 "`{operator}` needs a property (only `count` works without one)"

@@ -57,7 +57,7 @@ pub fn execute<'s, S: IndexedSource + ?Sized>(
     let plan = lower(expr.filter.as_ref(), source);
     let rows = exec.eval(&plan, source.universe());
     if let Some(aggregation) = &expr.aggregate {
-        let rows = exec.aggregate(&rows, aggregation, &expr.sort);
+        let rows = exec.aggregate(&rows, aggregation, &expr.sort)?;
         return Ok(QueryResult {
             result: Vec::new(),
             aggregate_result: rows,
@@ -656,7 +656,7 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
         rows: &RoaringBitmap,
         aggregation: &super::ast::Aggregation,
         sort: &[super::ast::SortKey],
-    ) -> Vec<super::result::AggregateRow> {
+    ) -> Result<Vec<super::result::AggregateRow>, QueryError> {
         let s = self.source;
         let keys: Vec<Option<S::Property>> =
             aggregation.keys.iter().map(|k| s.resolve(k)).collect();

@@ -139,7 +139,7 @@ pub fn execute(
         }
         return Ok(QueryResult {
             result: Vec::new(),
-            aggregate_result: rows(groups, aggregation, &expr.sort),
+            aggregate_result: rows(groups, aggregation, &expr.sort)?,
             continuation: None,
         });
     }

@@ -158,6 +158,12 @@ pub enum QueryError {
     ContinuationMismatch,
     /// A tag query without tags, or with a `top` outside 1..=[`MAX_PAGE_SIZE`].
     BadTagQuery,
+    /// A `sum` over floats left the `f64` range (integer sums are exact; see the query
+    /// module's aggregate rules).
+    AggregateOverflow {
+        /// The column's name.
+        column: String,
+    },
 }
 
 impl fmt::Display for QueryError {
@@ -171,6 +177,12 @@ impl fmt::Display for QueryError {
             QueryError::BadContinuation => f.write_str("malformed continuation token"),
             QueryError::ContinuationMismatch => {
                 f.write_str("continuation token belongs to another query")
+            }
+            QueryError::AggregateOverflow { column } => {
+                write!(
+                    f,
+                    "aggregate column {column:?}: the sum is beyond the f64 range"
+                )
             }
             QueryError::BadTagQuery => {
                 write!(

@@ -64,8 +64,17 @@ pub(crate) fn expression(q: &QueryExpression, limits: &QueryLimits) -> Check {
                 aggregate.origin,
             );
         }
-        for key in &aggregate.keys {
+        for (n, key) in aggregate.keys.iter().enumerate() {
             property(key)?;
+            // Keys are output under their names: two keys of one name would collide.
+            if aggregate.keys[..n].iter().any(|k| k.name == key.name) {
+                return at(
+                    InvalidExpression::DuplicateAggregateKey {
+                        name: key.name.clone(),
+                    },
+                    key.origin,
+                );
+            }
             if key.is_tags() {
                 return at(
                     InvalidExpression::TagsNotAllowed { place: "aggregate" },
@@ -80,6 +89,14 @@ pub(crate) fn expression(q: &QueryExpression, limits: &QueryLimits) -> Check {
             if column.column_name.contains('$') {
                 return at(
                     InvalidExpression::DollarInColumnName {
+                        name: column.column_name.clone(),
+                    },
+                    column.origin,
+                );
+            }
+            if aggregate.keys.iter().any(|k| k.name == column.column_name) {
+                return at(
+                    InvalidExpression::ColumnNameIsKey {
                         name: column.column_name.clone(),
                     },
                     column.origin,
