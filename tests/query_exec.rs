@@ -738,3 +738,57 @@ fn aggregate_names_that_would_collide_are_refused() {
         "properties": [{"operator": "count", "columnName": "FirmwareVersion"}]}}"#;
     assert!(query::parse(text).is_err());
 }
+
+/// Issue #19 item 1: integer literals are exact. `big eq 9007199254740993` matched the
+/// twin holding ...992 (the literal was an f64); the builder's `From<i64>` rounded the same
+/// way; NaN and infinity from `From<f64>` silently meant 0.
+#[test]
+fn integer_literals_are_exact_and_non_finite_floats_are_refused() {
+    let mut reg = Registry::new();
+    for (id, v) in [
+        ("a", 9_007_199_254_740_992i64),
+        ("b", 9_007_199_254_740_993),
+    ] {
+        reg.create(Twin::new(DeviceId::new(id).unwrap())).unwrap();
+        reg.report_device_property(id, "/3303/0/5700", Scalar::from(v), Timestamp::EPOCH)
+            .unwrap();
+    }
+    let twins: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+    let ids = |expr: &QueryExpression| -> Vec<String> {
+        let page = query::execute(&reg, expr, &QueryOptions::default()).unwrap();
+        let model = naive::execute(&twins, expr, &QueryOptions::default()).unwrap();
+        let names = |v: serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["deviceId"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let ours = names(serde_json::to_value(&page.result).unwrap());
+        assert_eq!(ours, names(serde_json::to_value(&model.result).unwrap()));
+        ours
+    };
+    let text = r#"{"filter": {"type": "comparison", "comparisonOperator": "eq",
+        "property": {"name": "/3303/0/5700", "type": "device"}, "value": 9007199254740993}}"#;
+    assert_eq!(ids(&query::parse(text).unwrap()), ["b"]);
+    let built = QueryExpression::new()
+        .filter(QueryProperty::device("/3303/0/5700").eq(9_007_199_254_740_993i64));
+    assert_eq!(ids(&built), ["b"]);
+    let gt = QueryExpression::new()
+        .filter(QueryProperty::device("/3303/0/5700").gt(9_007_199_254_740_992i64));
+    assert_eq!(ids(&gt), ["b"]);
+    // Printing and parsing give back the same literal, integer or float.
+    for expr in [
+        built,
+        QueryExpression::new().filter(QueryProperty::device("x").eq(1.0)),
+    ] {
+        assert_eq!(query::parse(&expr.to_string()).unwrap(), expr);
+    }
+    for bad in [f64::NAN, f64::INFINITY] {
+        let expr = QueryExpression::new().filter(QueryProperty::device("/3303/0/5700").lt(bad));
+        assert!(
+            query::execute(&reg, &expr, &QueryOptions::default()).is_err(),
+            "lt({bad}) must be refused, not read as 0"
+        );
+    }
+}

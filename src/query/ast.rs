@@ -250,15 +250,22 @@ impl QueryProperty {
 
 /// A JSON scalar in a query: string, finite number or boolean.
 ///
-/// Numbers are `f64`, like JSON's; JSON cannot write `NaN` or infinities, so a literal never
-/// holds one ([`Literal::number`] refuses them, `From<f64>` maps them to `0`) and every
-/// literal prints as valid JSON.
+/// Integers that fit an `i64` are kept exactly ([`Literal::Integer`]: the parser reads
+/// `9007199254740993` as that integer, and `From<i64>` keeps it); other numbers are `f64`s
+/// ([`Literal::Number`]; a `u64` above `i64::MAX` rounds to one). JSON cannot write `NaN` or
+/// infinities: [`Literal::number`] refuses them, and a literal made with `From<f64>` from
+/// one is refused when the expression is validated or run
+/// ([`InvalidExpression::NotFinite`](super::InvalidExpression::NotFinite)). Float literals
+/// print with a fraction or exponent (`1.0`), so printing and parsing give back the same
+/// variant. Integer and float literals of equal value match the same twins.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Literal {
     /// A boolean.
     Bool(bool),
-    /// A finite number.
+    /// A floating-point number (finite in any valid expression).
     Number(f64),
+    /// An integer, exact.
+    Integer(i64),
     /// A string.
     String(String),
 }
@@ -271,6 +278,7 @@ impl std::hash::Hash for Literal {
             Literal::Bool(b) => (0u8, b).hash(state),
             // `-0.0 == 0.0`, so both hash as 0.0.
             Literal::Number(n) => (1u8, (n + 0.0).to_bits()).hash(state),
+            Literal::Integer(i) => (3u8, i).hash(state),
             Literal::String(s) => (2u8, s).hash(state),
         }
     }
@@ -286,7 +294,7 @@ impl Literal {
     pub fn type_name(&self) -> &'static str {
         match self {
             Literal::Bool(_) => "boolean",
-            Literal::Number(_) => "number",
+            Literal::Number(_) | Literal::Integer(_) => "number",
             Literal::String(_) => "string",
         }
     }
@@ -311,17 +319,20 @@ impl From<bool> for Literal {
 }
 
 impl From<f64> for Literal {
-    /// Non-finite values (which JSON cannot carry) become `0`.
+    /// A float literal; NaN and infinities (which JSON cannot carry) make the expression
+    /// invalid ([`InvalidExpression::NotFinite`](super::InvalidExpression::NotFinite) when
+    /// it is validated or run).
     fn from(n: f64) -> Self {
-        Literal::number(n).unwrap_or(Literal::Number(0.0))
+        Literal::Number(n)
     }
 }
 
 macro_rules! literal_from_int {
     ($($t:ty),*) => {$(
         impl From<$t> for Literal {
+            /// Exact when it fits an `i64`; otherwise the nearest `f64`.
             fn from(n: $t) -> Self {
-                Literal::Number(n as f64)
+                i64::try_from(n).map_or(Literal::Number(n as f64), Literal::Integer)
             }
         }
     )*};
@@ -828,7 +839,16 @@ impl fmt::Display for Literal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Literal::Bool(b) => write!(f, "{b}"),
-            Literal::Number(n) => write_json_number(f, *n),
+            Literal::Number(n) if !n.is_finite() => f.write_str("null"),
+            Literal::Number(n) => {
+                let mut s = String::new();
+                write_json_number(&mut s, *n)?;
+                if !s.contains(['.', 'e', 'E']) {
+                    s.push_str(".0");
+                }
+                f.write_str(&s)
+            }
+            Literal::Integer(i) => write!(f, "{i}"),
             Literal::String(s) => write_json_string(f, s),
         }
     }

@@ -274,7 +274,7 @@ impl<'s> Grammar<'s> {
     }
 
     /// `number ::= '-'? ('0' | [1-9] [0-9]*) ('.' [0-9]+)? ([eE] [+-]? [0-9]+)?`
-    fn number(&self, i: &'s str) -> PResult<'s, f64> {
+    fn number(&self, i: &'s str) -> PResult<'s, Literal> {
         let int = alt((
             tag("0"),
             recognize((satisfy(|c| c.is_ascii_digit() && c != '0'), digit0)),
@@ -303,8 +303,14 @@ impl<'s> Grammar<'s> {
             Err(_) => rest,
         };
         let text = &i[..i.len() - rest.len()];
+        // An integer that fits an i64 stays exact; anything else is an f64.
+        if !text.contains(['.', 'e', 'E'])
+            && let Ok(n) = text.parse::<i64>()
+        {
+            return Ok((rest, Literal::Integer(n)));
+        }
         match text.parse::<f64>() {
-            Ok(n) if n.is_finite() => Ok((rest, n)),
+            Ok(n) if n.is_finite() => Ok((rest, Literal::Number(n))),
             _ => fail(i, text.len(), ParseErrorKind::NumberOutOfRange),
         }
     }
@@ -327,7 +333,7 @@ impl<'s> Grammar<'s> {
                 .string(i)
                 .map(|(r, s)| (r, Literal::String(s.into_owned()))),
             Some('t' | 'f') => self.boolean(i).map(|(r, b)| (r, Literal::Bool(b))),
-            Some('-' | '0'..='9') => self.number(i).map(|(r, n)| (r, Literal::Number(n))),
+            Some('-' | '0'..='9') => self.number(i),
             _ => expected(i, what),
         }
     }

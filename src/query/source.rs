@@ -237,6 +237,7 @@ pub(crate) fn scalar(l: &Literal) -> Scalar {
     match l {
         Literal::Bool(b) => Scalar::Bool(*b),
         Literal::Number(n) => Scalar::float(*n).unwrap_or(Scalar::from(0)),
+        Literal::Integer(i) => Scalar::from(*i),
         Literal::String(s) => Scalar::from(s.as_str()),
     }
 }
