@@ -792,3 +792,92 @@ fn integer_literals_are_exact_and_non_finite_floats_are_refused() {
         );
     }
 }
+
+/// Issue #19 item 4: every statement of the query module's "Semantics" section, checked
+/// (here and against the naive evaluator).
+#[test]
+fn the_documented_semantics_hold() {
+    let mut reg = Registry::new();
+    // x: a number, a string, a boolean, missing.
+    for (id, v) in [
+        ("n1", Some(Scalar::from(1))),
+        ("n5", Some(Scalar::from(5))),
+        ("s", Some(Scalar::from("10"))),
+        ("b", Some(Scalar::Bool(true))),
+        ("none", None),
+    ] {
+        let mut t = Twin::new(DeviceId::new(id).unwrap());
+        if let Some(v) = v {
+            t = t.with_device_property("/9/0/1", v, ts(0));
+        }
+        reg.create(t).unwrap();
+    }
+    let twins: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+    let run = |text: &str| -> Vec<String> {
+        let expr = query::parse(text).unwrap();
+        let page = query::execute(&reg, &expr, &QueryOptions::default()).unwrap();
+        let model = naive::execute(&twins, &expr, &QueryOptions::default()).unwrap();
+        let mine = ids(&page);
+        let theirs: Vec<String> = model
+            .result
+            .iter()
+            .map(|r| match r {
+                ResultItem::Document(t) => t.device_id.to_string(),
+                ResultItem::Projected(v) => v["deviceId"].as_str().unwrap().to_owned(),
+            })
+            .collect();
+        assert_eq!(mine, theirs, "{text}");
+        mine
+    };
+    let cmp = |op: &str, v: &str| {
+        format!(
+            r#"{{"filter": {{"type": "comparison", "comparisonOperator": "{op}",
+            "property": {{"name": "/9/0/1", "type": "device"}}, "value": {v}}}}}"#
+        )
+    };
+    // Range comparisons stay within the literal's type: a string or boolean is never
+    // greater than a number.
+    assert_eq!(run(&cmp("gt", "0")), ["n1", "n5"]);
+    assert_eq!(run(&cmp("gte", "\"\"")), ["s"]);
+    // `ne` matches twins that have the property with another value (not missing ones);
+    // `ne null` means "exists", `eq null` "missing".
+    assert_eq!(run(&cmp("ne", "1")), ["b", "n5", "s"]);
+    assert_eq!(run(&cmp("eq", "null")), ["none"]);
+    assert_eq!(run(&cmp("ne", "null")), ["b", "n1", "n5", "s"]);
+    // `not` is taken over all twins: it matches twins lacking the property.
+    let not = format!(
+        r#"{{"filter": {{"type": "logical", "logicalOperator": "not", "filters": [{}]}}}}"#,
+        &cmp("eq", "1")[11..cmp("eq", "1").len() - 1]
+    );
+    assert_eq!(run(&not), ["b", "n5", "none", "s"]);
+    // `nin` is like `ne`: twins that have the property with a value outside the list
+    // (unlike `not in`, which also matches twins lacking it).
+    assert_eq!(run(&cmp("nin", "[1, 5]")), ["b", "s"]);
+    // Sorting: booleans < numbers < strings; missing values last in both directions.
+    let sort = |order: &str| {
+        format!(
+            r#"{{"sort": [{{"property": {{"name": "/9/0/1", "type": "device"}}, "order": "{order}"}}]}}"#
+        )
+    };
+    assert_eq!(run(&sort("asc")), ["b", "n1", "n5", "s", "none"]);
+    assert_eq!(run(&sort("desc")), ["s", "n5", "n1", "b", "none"]);
+    // count(prop) counts twins that have it; sum/avg take numbers only; a sum over no
+    // numbers is null; min/max use the same order.
+    let agg = query::parse(
+        r#"{"aggregate": {"keys": [{"name": "status", "type": "default"}], "properties": [
+        {"operator": "count", "columnName": "all"},
+        {"operator": "count", "property": {"name": "/9/0/1", "type": "device"}, "columnName": "has"},
+        {"operator": "sum", "property": {"name": "/9/0/1", "type": "device"}, "columnName": "sum"},
+        {"operator": "avg", "property": {"name": "/9/0/1", "type": "device"}, "columnName": "avg"},
+        {"operator": "min", "property": {"name": "/9/0/1", "type": "device"}, "columnName": "min"},
+        {"operator": "max", "property": {"name": "/9/0/1", "type": "device"}, "columnName": "max"},
+        {"operator": "sum", "property": {"name": "/9/9/9", "type": "device"}, "columnName": "nothing"}]}}"#,
+    )
+    .unwrap();
+    let page = query::execute(&reg, &agg, &QueryOptions::default()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&page.aggregate_result).unwrap(),
+        serde_json::json!([{"status": "enabled", "all": 5, "has": 4, "sum": 6, "avg": 3.0,
+            "min": true, "max": "10", "nothing": null}])
+    );
+}

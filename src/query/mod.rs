@@ -80,6 +80,34 @@
 //! - Size and depth are bounded by [`QueryLimits`] (64 KiB of text, filters nested 32
 //!   deep, ...), so parsing and running a query is bounded work.
 //!
+//! # Semantics
+//!
+//! Where the preview says nothing, these are the rules (each checked in
+//! `tests/query_exec.rs`, against the naive evaluator too):
+//!
+//! - **Numbers**: integer literals that fit an `i64` are exact; other numbers are `f64`.
+//!   An integer and a float of equal value are equal (`1 eq 1.0`). NaN and infinity are
+//!   refused ([`InvalidExpression::NotFinite`]).
+//! - **Types**: the scalar order is `false < true <` numbers `<` strings. Range comparisons
+//!   (`gt gte lt lte`) stay within the literal's type: a string or boolean is never `gt 0`.
+//! - **Missing values and `null`**: `eq null` matches twins lacking the property, `ne null`
+//!   twins having it. `ne v` and `nin [..]` match twins that have the property with another
+//!   value, not twins lacking it; `eq` and the ranges never match a missing value.
+//! - **`not`** is taken over all twins: `not (x eq 1)` also matches twins without `x`.
+//! - **Sort**: by the scalar order; missing values come last in both directions (SQL
+//!   engines put them first when ascending).
+//! - **Aggregates**: `count` without a property is the group's size, with one the number
+//!   of twins that have it; `sum` and `avg` take numbers only (an integer sum is exact,
+//!   beyond `i64` the nearest float; a float sum beyond `f64` is
+//!   [`QueryError::AggregateOverflow`]; over no numbers `null`); `min`/`max` use the scalar
+//!   order over every value. A column may not share a key's name, nor a key be given
+//!   twice.
+//! - **Paging**: a twin whose sort key does not change between two pages is never skipped
+//!   or repeated; a twin whose sort key changes in between may be seen twice or not at
+//!   all (as with a SQL keyset page).
+//! - **Depth**: parsing never nests deeper than [`MAX_QUERY_DEPTH`] (128), whatever
+//!   [`QueryLimits`] says; running checks the default limits (32).
+//!
 //! # Example
 //!
 //! ```
