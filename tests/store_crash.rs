@@ -4,7 +4,10 @@
 //! kills it with SIGKILL after a random number of acknowledgements, reopens the directory
 //! and checks that every acknowledged write is there, that no write is half-applied,
 //! that the indexes agree with a full scan (`validate()`), and that sequence numbers keep
-//! increasing across kills.
+//! increasing across kills. Each created device also gets a job (its creation committed in
+//! the same transaction), and the job of the device removed is cancelled: every
+//! acknowledged job must come back, every acknowledged cancellation too, and the restored
+//! job engine must be consistent.
 //!
 //! 20 kills by default; `TWINHUB_CRASH_KILLS=500` runs more. The seed is printed
 //! (`TWINHUB_CRASH_SEED` replays one).
@@ -12,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use twinhub::job::{CancelMode, EngineConfig, JobId, JobSpec, JobStatus, JobType};
 use twinhub::store::{Store, StoreConfig};
 use twinhub::twin::{Scalar, ServiceProperties, ServiceValue, Twin};
 use twinhub::{DeviceId, Timestamp};
@@ -36,6 +40,10 @@ fn crash_child() {
         .parse()
         .unwrap();
     let (mut store, mut reg) = Store::open(&dir, StoreConfig::default()).unwrap();
+    let now = std::time::Instant::now();
+    let mut jobs = store
+        .load_jobs(EngineConfig::default(), now, Timestamp::now())
+        .unwrap();
     for n in 0..DEVICES {
         if !reg.contains(&dev(n)) {
             reg.create(Twin::new(DeviceId::new(&dev(n)).unwrap()))
@@ -85,7 +93,25 @@ fn crash_child() {
                 if let Some(g) = &gone {
                     let _ = reg.remove(g);
                 }
-                store.commit(&reg).unwrap();
+                // Its job (a scheduled reboot, so nothing runs) and the removed one's
+                // cancellation, in the same transaction.
+                let spec = JobSpec::new(
+                    JobId::new(&format!("j{i}")).unwrap(),
+                    JobType::Reboot {
+                        wait_for_registration: false,
+                    },
+                    vec![DeviceId::new(&id).unwrap()],
+                )
+                .start_at(Timestamp::now().saturating_add(std::time::Duration::from_secs(3600)));
+                let _ = jobs.create(now, spec);
+                if let Some(j) = i.checked_sub(8) {
+                    let _ = jobs.cancel(
+                        now,
+                        &JobId::new(&format!("j{j}")).unwrap(),
+                        CancelMode::Abandon,
+                    );
+                }
+                store.commit_with_jobs(&reg, &mut jobs).unwrap();
                 println!("ACK C {i} {id} {}", gone.unwrap_or_default());
             }
         }
@@ -271,6 +297,28 @@ fn acknowledged_writes_survive_sigkill() {
         }
         for r in &acked.removed {
             assert!(!reg.contains(r), "kill {kill}: removed {r} is back");
+        }
+        let jobs = store
+            .load_jobs(
+                EngineConfig::default(),
+                std::time::Instant::now(),
+                Timestamp::now(),
+            )
+            .unwrap_or_else(|e| panic!("kill {kill}: jobs: {e}"));
+        jobs.validate()
+            .unwrap_or_else(|e| panic!("kill {kill}: jobs: {e}"));
+        for c in &acked.created {
+            let job = JobId::new(&format!("j{}", &c[1..])).unwrap();
+            let record = jobs
+                .job(&job)
+                .unwrap_or_else(|| panic!("kill {kill}: acknowledged job {job} lost"));
+            if acked.removed.contains(c) {
+                assert_eq!(
+                    record.status,
+                    JobStatus::Cancelled,
+                    "kill {kill}: acknowledged cancellation of {job} lost"
+                );
+            }
         }
         drop((store, reg));
     }
