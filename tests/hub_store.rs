@@ -159,6 +159,20 @@ fn jobs_their_history_and_their_work_in_flight_survive_restarts() {
     let read = JobType::read_properties(&["FirmwareVersion", "BatteryLevel"]).unwrap();
     hub.create_job(JobSpec::new(job_id("fw"), read, ids.clone()))
         .unwrap();
+    // A job over a device the registry does not hold is refused, and nothing is created.
+    let ghost = DeviceId::new("ghost").unwrap();
+    let reboot_ghost = JobSpec::new(
+        job_id("ghost"),
+        JobType::Reboot {
+            wait_for_registration: false,
+        },
+        vec![ids[0].clone(), ghost.clone()],
+    );
+    assert_eq!(
+        hub.create_job(reboot_ghost),
+        Err(twinhub::job::SpecError::UnknownDevice(ghost))
+    );
+    assert!(hub.job(&job_id("ghost")).is_none());
     let later = twinhub::Timestamp::now().saturating_add(Duration::from_secs(3600));
     hub.create_job(JobSpec::new(job_id("later"), fw, ids.clone()).start_at(later))
         .unwrap();

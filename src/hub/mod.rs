@@ -599,18 +599,30 @@ impl Hub {
         reg.changes_after(after).map(|c| c.cloned().collect())
     }
 
-    /// Creates and starts (or schedules) a job. Its targets are frozen now. With a
-    /// store, returns once the job is durable (nothing is sent to a device before).
-    pub fn create_job(&self, spec: JobSpec) -> Result<(), SpecError> {
+    /// Creates and starts (or schedules) a job and returns its record. Its targets are
+    /// frozen now and must all exist in the registry ([`SpecError::UnknownDevice`]
+    /// otherwise, and nothing is created). With a store, returns once the job is durable
+    /// (nothing is sent to a device before).
+    pub fn create_job(&self, spec: JobSpec) -> Result<JobRecord, SpecError> {
+        {
+            let reg = self.inner.registry.read();
+            if let Some(d) = spec.targets.iter().find(|d| !reg.contains(d.as_str())) {
+                return Err(SpecError::UnknownDevice(d.clone()));
+            }
+        }
         let now = Instant::now();
-        let ops = {
+        let id = spec.id.clone();
+        let (record, ops) = {
             let mut jobs = lock(&self.inner.jobs);
             jobs.create(now, spec)?;
             self.inner.commit_jobs(&mut jobs)?;
-            drain_ops(&mut jobs)
+            let record = jobs
+                .job(&id)
+                .ok_or_else(|| SpecError::UnknownJob(id.clone()))?;
+            (record, drain_ops(&mut jobs))
         };
         self.inner.send(ops);
-        Ok(())
+        Ok(record)
     }
 
     /// Cancels a job; returns its status afterwards. With a store, returns once the

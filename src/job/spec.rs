@@ -797,6 +797,8 @@ pub enum SpecError {
     },
     /// No job with this id.
     UnknownJob(JobId),
+    /// A target device is not in the registry (the hub checks at creation).
+    UnknownDevice(DeviceId),
     /// More children than the engine's u32 slots can hold.
     TooManyTargets {
         /// Children the engine would hold.
@@ -819,6 +821,7 @@ impl fmt::Display for SpecError {
                 write!(f, "job parameter {name} is invalid: {reason}")
             }
             SpecError::UnknownJob(id) => write!(f, "no job {id}"),
+            SpecError::UnknownDevice(d) => write!(f, "no device {d} in the registry"),
             SpecError::TooManyTargets { total } => {
                 write!(
                     f,
