@@ -153,6 +153,28 @@ pub(crate) struct ChildRow {
     failure: Option<FailureReason>,
 }
 
+impl ChildRow {
+    /// The child this row describes, under parent `parent`, with nothing in flight.
+    fn into_child(self, parent: u32) -> Child {
+        Child {
+            device: self.device,
+            parent,
+            state: self.state,
+            attempt: self.attempt,
+            step: self.step,
+            flags: self.flags,
+            resends: 0,
+            polls: 0,
+            op: None,
+            deadline: None,
+            next_poll: None,
+            started: self.started,
+            ended: self.ended,
+            failure: self.failure.map(Box::new),
+        }
+    }
+}
+
 /// Decodes a child row (bounded by the row: nothing is read past its end).
 pub(crate) fn decode_child(c: u32, row: &[u8]) -> Result<ChildRow, JobRowError> {
     let bad = |detail: String| JobRowError {
@@ -358,23 +380,7 @@ impl JobEngine {
                     detail: format!("expected child {}", e.children.len()),
                 });
             }
-            let r = decode_child(c, &row)?;
-            e.children.push(Child {
-                device: r.device,
-                parent: u32::MAX,
-                state: r.state,
-                attempt: r.attempt,
-                step: r.step,
-                flags: r.flags,
-                resends: 0,
-                polls: 0,
-                op: None,
-                deadline: None,
-                next_poll: None,
-                started: r.started,
-                ended: r.ended,
-                failure: r.failure.map(Box::new),
-            });
+            e.children.push(decode_child(c, &row)?.into_child(u32::MAX));
         }
         let mut next_child = 0u32;
         for (p, row) in parents {
@@ -532,22 +538,7 @@ impl JobEngine {
 pub fn fuzz_decode_job_row(which: u8, row: &[u8]) {
     if which.is_multiple_of(2) {
         if let Ok(r) = decode_child(0, row) {
-            let child = Child {
-                device: r.device,
-                parent: 0,
-                state: r.state,
-                attempt: r.attempt,
-                step: r.step,
-                flags: r.flags,
-                resends: 0,
-                polls: 0,
-                op: None,
-                deadline: None,
-                next_poll: None,
-                started: r.started,
-                ended: r.ended,
-                failure: r.failure.map(Box::new),
-            };
+            let child = r.into_child(0);
             let mut out = Vec::new();
             encode_child(&child, &mut out);
             if out != row {
