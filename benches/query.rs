@@ -12,7 +12,10 @@
 //!   and per region (50 values) over the whole fleet, from intersection lengths
 //!   (target < 1 ms);
 //! - `sorted_page_battery_desc`: the filtered query's first 100 twins sorted by
-//!   BatteryLevel descending (an ordered index walk).
+//!   BatteryLevel descending (an ordered index walk);
+//! - `first_100_views_to_json` / `first_100_device_id_to_json`: the first page serialised
+//!   to JSON as full twins and projected to `deviceId` (projected rows are built from the
+//!   registry's views, so the narrow page costs less than the full one).
 //!
 //! benches/query_compare.rs runs the same queries on the naive evaluator and SQLite.
 
@@ -78,6 +81,26 @@ fn benches(c: &mut Criterion) {
     ));
     g.bench_function("sorted_page_battery_desc", |b| {
         b.iter(|| query::execute(&reg, black_box(&sorted), &QueryOptions::page(100)).unwrap())
+    });
+    // What a service pays for a page it sends on: the page serialised to JSON, as full
+    // views and projected to `deviceId` alone (asking for less must not cost more).
+    g.bench_function("first_100_views_to_json", |b| {
+        b.iter(|| {
+            let page = query::execute(&reg, black_box(&expr), &QueryOptions::page(100)).unwrap();
+            serde_json::to_vec(&page).unwrap().len()
+        })
+    });
+    let projected = expr
+        .clone()
+        .project(twinhub::query::Projection::properties([
+            twinhub::query::QueryProperty::default_field("deviceId"),
+        ]));
+    g.bench_function("first_100_device_id_to_json", |b| {
+        b.iter(|| {
+            let page =
+                query::execute(&reg, black_box(&projected), &QueryOptions::page(100)).unwrap();
+            serde_json::to_vec(&page).unwrap().len()
+        })
     });
     g.finish();
 }

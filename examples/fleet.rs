@@ -26,49 +26,20 @@
 //! tail), the aggregate again, the wall time and the peak memory close the report.
 //! Exits non-zero if any step of the story does not happen.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+#[path = "support/sim.rs"]
+mod sim;
+
+use sim::{Rng, SimDevice, firmware_image, serve_device, start_device};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
+use twinhub::DeviceId;
 use twinhub::dtls::{PskCredentials, PskKey};
-use twinhub::hub::{Hub, HubConfig, PackageServer};
+use twinhub::hub::{Hub, HubConfig, HubEvent, LifecycleKind, PackageServer, SubscribeOptions};
 use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
-use twinhub::lwm2m::client::{
-    ClientConfig, ClientEvent, DeviceThread, DriverOptions, FirmwareUpdate, Lwm2mClient,
-    ObjectTree, objects,
-};
 use twinhub::query::{QueryExpression, QueryOptions, QueryProperty};
-use twinhub::registry::Registry;
+use twinhub::registry::{ChangeKind, Registry};
 use twinhub::store::{SharedStore, Store, StoreConfig};
 use twinhub::twin::Twin;
-use twinhub::{DeviceId, Lwm2mPath, ResourceValue};
-
-const VERSIONS: [(&str, u32); 4] = [("1.0", 40), ("1.1", 30), ("1.2", 20), ("0.9", 10)];
-const REGIONS: [&str; 8] = [
-    "eu-west", "eu-north", "us-east", "us-west", "ap-south", "ap-east", "sa-east", "af-south",
-];
-
-/// A tiny seeded generator (SplitMix64): the same fleet every run.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// One simulated device: the library's client on its own socket and thread, plus the
-/// flag its Update callback raises.
-struct SimDevice {
-    thread: DeviceThread,
-    update_requested: Arc<AtomicBool>,
-    new_version: Option<String>,
-}
 
 fn main() {
     let (devices, plain, data_dir) = parse_args();
@@ -92,28 +63,12 @@ fn main() {
     }
     let mut plan = Vec::with_capacity(devices);
     for i in 0..devices {
-        let id = DeviceId::new(&format!("device-{i:05}")).expect("a valid id");
-        let region = REGIONS[rng.below(REGIONS.len() as u64) as usize];
-        let model = if rng.below(3) == 0 {
-            "model-B"
-        } else {
-            "model-A"
-        };
+        let (id, region, model, version, battery) = sim::plan_device(&mut rng, i);
         if !registry.contains(id.as_str()) {
             registry
                 .create(Twin::new(id.clone()).with_tag(region).with_tag(model))
                 .expect("a new twin");
         }
-        let mut pick = rng.below(100) as u32;
-        let version = VERSIONS
-            .iter()
-            .find(|(_, share)| {
-                let hit = pick < *share;
-                pick = pick.saturating_sub(*share);
-                hit
-            })
-            .map_or("1.0", |(v, _)| v);
-        let battery = 5 + rng.below(96) as i64;
         // A device that reported a version in an earlier run boots into it.
         let version = registry
             .get(id.as_str())
@@ -171,18 +126,31 @@ fn main() {
         "twinhub fleet: {devices} devices; hub on {scheme}://{server}; firmware at {package_uri}"
     );
 
+    // Everything below waits on the hub's events, not on a timer: registrations and
+    // property changes while the twins fill, job progress while the job runs.
+    let events = hub
+        .subscribe(SubscribeOptions {
+            capacity: 1 << 16,
+            ..SubscribeOptions::default()
+        })
+        .unwrap_or_else(|e| fail(&format!("subscribe: {e}")));
+    let mut fill = FillCount::default();
+
     // The device side: each device registers over real UDP.
     let mut fleet: Vec<SimDevice> = plan
         .iter()
         .zip(keys)
-        .map(|((id, version, battery), psk)| start_device(id, version, *battery, server, psk))
+        .map(|((id, version, battery), psk)| {
+            start_device(id, version, *battery, server, psk)
+                .unwrap_or_else(|e| fail(&format!("cannot start device {id}: {e}")))
+        })
         .collect();
 
     // Twins fill in: registration, then property sync (observe /3/0, /1/0, /5/0).
     let deadline = Instant::now() + Duration::from_secs(60 + devices as u64 / 100);
     let mut last = 0.0;
     loop {
-        let (registered, filled) = fill_counts(&hub);
+        let (registered, filled) = fill.counts(&hub);
         let done = filled == devices && registered >= devices;
         if elapsed() - last >= 0.5 || done {
             println!(
@@ -197,7 +165,7 @@ fn main() {
         if Instant::now() > deadline {
             fail("not every twin filled in");
         }
-        std::thread::sleep(Duration::from_millis(50));
+        fill.follow(&events, Duration::from_millis(50));
     }
     let fill_time = elapsed();
     println!("all {devices} twins filled in {fill_time:.1} s");
@@ -273,9 +241,36 @@ fn main() {
                 last_device_done = elapsed();
             }
         }
-        let record = hub.job(&job_id).expect("the job exists");
+        // The parent's record and counts come with each batch's job progress.
+        let mut parent = None;
+        if let Ok(first) = events.recv_timeout(Duration::from_millis(20)) {
+            for event in std::iter::once(first).chain(std::iter::from_fn(|| events.try_recv().ok()))
+            {
+                match event {
+                    HubEvent::Job(p)
+                        if p.record.job_id == job_id.as_str() && p.statistics.is_some() =>
+                    {
+                        parent = Some(p)
+                    }
+                    HubEvent::Lagged { .. } => {
+                        parent = hub.job(&job_id).map(|record| twinhub::job::JobProgress {
+                            record,
+                            statistics: hub.job_statistics(&job_id),
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let Some(progress) = parent else {
+            if Instant::now() > deadline {
+                fail("the job did not finish");
+            }
+            continue;
+        };
+        let record = progress.record;
         if elapsed() - last >= 0.5 || record.status.is_terminal() {
-            let s = hub.job_statistics(&job_id).expect("the job exists");
+            let s = progress.statistics.expect("a parent's progress has counts");
             println!(
                 "[{:>5.1}s] {:?}: pending {:>5} running {:>5} waiting {:>4} succeeded {:>5} failed {:>4}   downloads served {}",
                 elapsed(),
@@ -295,7 +290,6 @@ fn main() {
         if Instant::now() > deadline {
             fail("the job did not finish");
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
     let job_end = elapsed();
     let job_time = job_end - job_started;
@@ -350,71 +344,50 @@ fn main() {
     }
 }
 
-fn start_device(
-    id: &DeviceId,
-    version: &str,
-    battery: i64,
-    server: std::net::SocketAddr,
-    psk: Option<PskCredentials>,
-) -> SimDevice {
-    let scheme = if psk.is_some() { "coaps" } else { "coap" };
-    let mut tree = ObjectTree::new();
-    tree.add(objects::security(&format!("{scheme}://{server}"), 1));
-    tree.add(objects::server(1, 600, "U"));
-    tree.add(
-        objects::device("twinhub", "fleet-sim", id.as_str(), version)
-            .with_value(0, 9, ResourceValue::Integer(battery))
-            .with_value(0, 10, ResourceValue::Integer(4096))
-            .with_value(0, 20, ResourceValue::Integer(0))
-            .with_value(0, 21, ResourceValue::Integer(8192)),
-    );
-    let update_requested = Arc::new(AtomicBool::new(false));
-    let flag = update_requested.clone();
-    tree.set_firmware(FirmwareUpdate::new().on_update(move || {
-        flag.store(true, Ordering::Release);
-        Ok(())
-    }));
-    tree.add(objects::config());
-    let mut config = ClientConfig::new(id.as_str(), server);
-    if let Some(psk) = psk {
-        config = config.with_psk(psk);
-    }
-    let client = Lwm2mClient::new(Instant::now(), config, tree);
-    let options = DriverOptions {
-        stack_size: 64 * 1024,
-        ..DriverOptions::default()
-    };
-    let thread = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| DeviceThread::spawn_on(client, socket, options))
-        .unwrap_or_else(|e| fail(&format!("cannot start device {id}: {e}")));
-    SimDevice {
-        thread,
-        update_requested,
-        new_version: None,
-    }
+/// Registered devices and twins with both FirmwareVersion and BatteryLevel, counted
+/// from the hub's events (after a lag signal, from scans of the registry).
+#[derive(Default)]
+struct FillCount {
+    registered: HashSet<String>,
+    firmware: HashSet<DeviceId>,
+    battery: HashSet<DeviceId>,
+    lagged: bool,
 }
 
-/// What the application on one device does: remember which package it downloaded, and
-/// when the server executes Update, boot into it. True when it booted into a new image.
-fn serve_device(d: &mut SimDevice) -> bool {
-    while let Ok(event) = d.thread.events().try_recv() {
-        if let ClientEvent::FirmwareDownloadStarted { uri } = event {
-            let file = uri.rsplit('/').next().unwrap_or_default();
-            d.new_version = Some(file.trim_end_matches(".bin").to_string());
+impl FillCount {
+    /// Takes the events that arrive within `wait` (at least one wait, then what is queued).
+    fn follow(&mut self, events: &twinhub::hub::Subscription, wait: Duration) {
+        let Ok(first) = events.recv_timeout(wait) else {
+            return;
+        };
+        for event in std::iter::once(first).chain(std::iter::from_fn(|| events.try_recv().ok())) {
+            match event {
+                HubEvent::Lifecycle(l) if l.event == LifecycleKind::Registered => {
+                    self.registered.insert(l.device);
+                }
+                HubEvent::Twin(c) => {
+                    if let ChangeKind::DeviceProperty { name, .. } = &c.kind {
+                        match &**name {
+                            "FirmwareVersion" => self.firmware.insert(c.device.clone()),
+                            "BatteryLevel" => self.battery.insert(c.device.clone()),
+                            _ => false,
+                        };
+                    }
+                }
+                HubEvent::Lagged { .. } => self.lagged = true,
+                _ => {}
+            }
         }
     }
-    if d.update_requested.swap(false, Ordering::AcqRel) {
-        let version = d.new_version.clone().unwrap_or_else(|| "unknown".into());
-        d.thread.with(|c| {
-            let _ = c.set_value(
-                &Lwm2mPath::resource(3, 0, 3),
-                ResourceValue::String(version),
-            );
-            c.firmware_update_finished(Ok(()));
-        });
-        return true;
+
+    fn counts(&mut self, hub: &Hub) -> (usize, usize) {
+        if self.lagged {
+            // Events were missed: the sets are incomplete, the twins are not.
+            return fill_counts(hub);
+        }
+        let filled = self.firmware.intersection(&self.battery).count();
+        (self.registered.len(), filled)
     }
-    false
 }
 
 /// (registrations this run, twins that have a FirmwareVersion and a BatteryLevel: with a
@@ -443,11 +416,6 @@ fn print_versions(hub: &Hub, title: &str) {
     for row in &result.aggregate_result {
         println!("  {}", serde_json::to_string(row).expect("json"));
     }
-}
-
-/// A deterministic image; its content does not matter to the simulated device.
-fn firmware_image(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
 /// Peak resident memory of this process (VmHWM), in KiB; 0 where /proc is missing.

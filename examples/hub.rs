@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use twinhub::DeviceId;
 use twinhub::dtls::PskCredentials;
-use twinhub::hub::{Hub, HubConfig};
+use twinhub::hub::{
+    Hub, HubConfig, HubEvent, LifecycleKind, RecvTimeoutError, SubscribeOptions, Subscription,
+};
 use twinhub::job::{JobId, JobSpec, JobType};
 use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
 use twinhub::registry::{ChangeKind, Registry};
@@ -131,9 +133,12 @@ fn main() {
     println!("{HELP}");
 
     let done = Arc::new(AtomicBool::new(false));
+    let events = hub
+        .subscribe(SubscribeOptions::default())
+        .expect("subscribing from now cannot miss the feed");
     let printer = {
         let (hub, done) = (hub.clone(), done.clone());
-        std::thread::spawn(move || print_changes(&hub, &done))
+        std::thread::spawn(move || print_events(&hub, &events, &done))
     };
     let mut next_job = 1;
     for line in std::io::stdin().lock().lines() {
@@ -306,50 +311,58 @@ fn resolve(hub: &Hub, targets: &[&str]) -> Result<Vec<DeviceId>, String> {
         .collect()
 }
 
-/// Follows the change feed and prints registrations and device property updates.
-fn print_changes(hub: &Hub, done: &AtomicBool) {
-    let mut after = 0;
+/// Prints what the hub pushes: registrations (and refusals), device property changes
+/// and job progress.
+fn print_events(hub: &Hub, events: &Subscription, done: &AtomicBool) {
     while !done.load(Ordering::Acquire) {
-        let changes = match hub.changes_after(after) {
-            Ok(c) => c,
-            Err(gap) => {
-                println!("(missed changes up to {}; resuming)", gap.resume_after());
-                after = gap.resume_after();
-                continue;
-            }
+        let event = match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Closed) => return,
         };
-        for change in changes {
-            after = change.seq;
-            let id = change.device.as_str();
-            match &change.kind {
-                ChangeKind::Registration => {
-                    if let Some(r) = hub
-                        .registry()
-                        .read()
-                        .get(id)
-                        .and_then(|t| t.registration().cloned())
-                    {
-                        println!(
-                            "[{id}] registered: lwm2m {} lifetime {} s binding {} objects {:?}",
-                            r.lwm2m_version, r.lifetime, r.binding, r.objects
-                        );
-                    }
+        match event {
+            HubEvent::Lifecycle(l) if l.event == LifecycleKind::Registered => {
+                let registration = hub
+                    .registry()
+                    .read()
+                    .get(&l.device)
+                    .and_then(|t| t.registration().cloned());
+                if let Some(r) = registration {
+                    println!(
+                        "[{}] registered from {:?}: lwm2m {} lifetime {} s binding {} objects {:?}",
+                        l.device, l.address, r.lwm2m_version, r.lifetime, r.binding, r.objects
+                    );
                 }
-                ChangeKind::ConnectionState(state) => println!("[{id}] {state:?}"),
-                ChangeKind::DeviceProperty { name } => {
-                    if let Some((v, _)) = hub
-                        .registry()
-                        .read()
-                        .get(id)
-                        .and_then(|t| t.device_property(name).map(|(v, t)| (v.clone(), t)))
-                    {
-                        println!("[{id}] {name} = {v}");
-                    }
-                }
-                _ => {}
             }
+            HubEvent::Lifecycle(l) if l.event == LifecycleKind::Rejected => println!(
+                "[{}] refused from {:?}: {}",
+                l.device,
+                l.address,
+                l.reason.unwrap_or_default()
+            ),
+            HubEvent::Lifecycle(l) => println!("[{}] {:?}", l.device, l.event),
+            HubEvent::Twin(change) => {
+                if let ChangeKind::DeviceProperty {
+                    name,
+                    value,
+                    previous,
+                } = &change.kind
+                {
+                    match previous {
+                        Some(old) => println!("[{}] {name} = {value} (was {old})", change.device),
+                        None => println!("[{}] {name} = {value}", change.device),
+                    }
+                }
+            }
+            HubEvent::Job(progress) => {
+                let r = &progress.record;
+                if r.status.is_terminal() || progress.statistics.is_some() {
+                    println!("[job {}] {:?}: {}", r.job_id, r.status, r.status_message);
+                }
+            }
+            HubEvent::Lagged { missed, .. } => println!("({missed} events missed)"),
+            _ => {}
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -3,7 +3,8 @@
 //! Embeddable IoT device management for Rust services: device twins, indexed device
 //! queries, device jobs, and a CoAP/LWM2M transport with a device-side client library.
 //!
-//! ```
+#![cfg_attr(feature = "memory-fleet", doc = "```")]
+#![cfg_attr(not(feature = "memory-fleet"), doc = "```ignore")]
 //! use std::time::{Duration, Instant};
 //! use twinhub::hub::{Hub, HubConfig};
 //! use twinhub::job::{JobId, JobSpec, JobType};
@@ -58,11 +59,34 @@
 //! | [`store`] | durability: the registry's changes committed to an embedded redb file |
 //! | [`job`] | the job engine: parent and child jobs, rollouts, history |
 //! | [`hub`] | the facade: registry + jobs + a transport, and the event routing between them |
+//!
+//! **Observability.** With the cargo feature `tracing` (on by default) the hub and the job
+//! engine emit events through the [`tracing`](https://docs.rs/tracing) facade, target
+//! `twinhub`, for whatever subscriber the service installs: `warn` a refused registration
+//! (endpoint, reason, address) and a device answer that could not be decoded (device,
+//! error); `info` a device that de-registered or expired, an operation that got no answer
+//! (device, operation: retransmissions exhausted), a child job that failed (job, device,
+//! reason); `debug` a registration or update, a device property value the twin refused.
+//! Counters are in [`hub::HubStats`]. Without the feature nothing is emitted.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+/// An event through `tracing` when the `tracing` feature is on; nothing otherwise. The
+/// arguments are `tracing`'s (`level, field = value, ..., "message"`).
+macro_rules! trace_event {
+    ($level:ident, $($arg:tt)*) => {
+        #[cfg(feature = "tracing")]
+        {
+            tracing::$level!(target: "twinhub", $($arg)*);
+        }
+    };
+}
+pub(crate) use trace_event;
 
 mod time;
 
+#[cfg(feature = "lwm2m")]
 pub mod coap;
 #[cfg(feature = "dtls")]
 pub mod dtls;
@@ -75,11 +99,18 @@ pub mod store;
 pub mod transport;
 pub mod twin;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 
-/// The README's Rust snippets, compiled (and run, where not `no_run`) as doctests.
-#[cfg(doctest)]
+/// The README's Rust snippets, compiled (and run, where not `no_run`) as doctests (they
+/// run devices: the default features).
+#[cfg(all(
+    doctest,
+    feature = "lwm2m",
+    feature = "device",
+    feature = "memory-fleet"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 

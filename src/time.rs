@@ -214,6 +214,46 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
     }
 }
 
+/// A [`Duration`](std::time::Duration) as whole milliseconds in JSON (sub-millisecond
+/// parts are dropped): `#[serde(with = "crate::time::millis")]`.
+pub(crate) mod millis {
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
+        let ms = <u64 as serde::Deserialize>::deserialize(d)?;
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+/// An optional [`Duration`](std::time::Duration) as whole milliseconds or `null`:
+/// `#[serde(with = "crate::time::millis_opt")]`.
+pub(crate) mod millis_opt {
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis().min(u64::MAX as u128) as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let ms = <Option<u64> as serde::Deserialize>::deserialize(d)?;
+        Ok(ms.map(Duration::from_millis))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,8 @@
 //! Codec properties: encode/decode round trips of arbitrary messages (proptest), and the
 //! LWM2M registration vector.
 
+#![cfg(feature = "lwm2m")]
+
 use proptest::prelude::*;
 use twinhub::coap::{BlockOption, Code, ContentFormat, Message, MessageType, OptionNumber};
 

@@ -3,6 +3,8 @@
 //! network (drop, duplicate, reorder) where every CON exchange completes or times out and
 //! nothing reaches the application twice.
 
+#![cfg(feature = "lwm2m")]
+
 mod coap_sim;
 
 use coap_sim::{Faults, Sim, addr};

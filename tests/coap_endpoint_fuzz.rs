@@ -2,6 +2,8 @@
 //! few peers, interleaved with application calls and timeouts: an endpoint never panics,
 //! its state stays within the configured bounds, and it forgets everything in the end.
 
+#![cfg(feature = "lwm2m")]
+
 use proptest::prelude::*;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -6,6 +6,8 @@
 //!
 //! A missing peer skips loudly, or fails when TWINHUB_REQUIRE_PEERS=1.
 
+#![cfg(feature = "lwm2m")]
+
 mod coap_support;
 
 mod peers;

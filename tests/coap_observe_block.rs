@@ -1,6 +1,8 @@
 //! Observe (RFC 7641) and block-wise transfers (RFC 7959) between two sans-IO endpoints
 //! under a simulated clock, with and without a lossy network.
 
+#![cfg(feature = "lwm2m")]
+
 mod coap_sim;
 
 use coap_sim::{Faults, Sim, addr};

@@ -1,5 +1,7 @@
 //! Our client against our server over loopback UDP through the std driver.
 
+#![cfg(feature = "lwm2m")]
+
 mod coap_support;
 
 use coap_support::{TestServer, big_body};

@@ -6,6 +6,8 @@
 //! device's endpoint, another session trying to update or de-register a registered
 //! device, replayed records; each refused with the twin and the change feed unchanged.
 
+#![cfg(all(feature = "device", feature = "lwm2m"))]
+
 mod e2e_support;
 
 use e2e_support::{Device, device_value, prop, run_job, serve, start_with, wait_for};

@@ -8,6 +8,8 @@
 //! libcoap's tools exit 0 even on failure: the tests read their output. A missing peer
 //! skips loudly, or fails when TWINHUB_REQUIRE_PEERS=1.
 
+#![cfg(feature = "lwm2m")]
+
 mod coap_support;
 mod peers;
 

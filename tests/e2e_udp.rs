@@ -4,6 +4,8 @@
 //! and the failures end with the right child statuses: a device that rejects the
 //! firmware (`deviceError:6`) and one that went offline (`deviceOffline`).
 
+#![cfg(all(feature = "device", feature = "lwm2m"))]
+
 mod e2e_support;
 
 use e2e_support::{Device, device_value, prop, run_job, serve, start, wait_for};

@@ -1,6 +1,8 @@
 //! Replays every fuzz corpus file (`fuzz/corpus/<target>/*`) through the same body the
 //! cargo-fuzz target runs, so stable CI covers what the fuzzers found.
 
+#![cfg(feature = "fuzzing")]
+
 use std::path::Path;
 
 #[test]

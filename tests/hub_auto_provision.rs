@@ -2,6 +2,8 @@
 //! created that the service never adopted goes some time after its registration ended.
 //! Over real UDP on loopback, with registrations sent as raw CoAP.
 
+#![cfg(feature = "lwm2m")]
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};

@@ -1,5 +1,7 @@
 //! Issue #17: dropping the last `Hub` stops its threads and closes its socket.
 
+#![cfg(feature = "lwm2m")]
+
 use std::net::UdpSocket;
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::registry::Registry;

@@ -1,6 +1,8 @@
 //! The hub over the in-memory simulated fleet: registration fills twins, property sync
 //! keeps them current, and each job type runs to completion through the hub's routing.
 
+#![cfg(feature = "memory-fleet")]
+
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
 use twinhub::hub::{Hub, HubConfig};

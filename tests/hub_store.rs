@@ -1,5 +1,7 @@
 //! The hub with a durable store: service writes and device events survive a restart.
 
+#![cfg(feature = "memory-fleet")]
+
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
 use twinhub::hub::{Hub, HubConfig};

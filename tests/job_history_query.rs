@@ -1,6 +1,8 @@
 //! Job history through the query engine: JSON query expressions over a simulated fleet's
 //! job records, checked against plain scans of the same records.
 
+#![cfg(feature = "memory-fleet")]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use twinhub::job::{
@@ -181,4 +183,115 @@ fn filters_sort_project_and_page_like_a_scan() {
     let expected_ids: Vec<&str> = expected.iter().map(|r| r.job_id.as_str()).collect();
     assert_eq!(got, expected_ids);
     assert!(got.len() > 100);
+}
+
+/// A `LiveHistory` brought up to date query by query answers exactly what a snapshot
+/// built from scratch answers, while jobs run, finish, and are dropped by retention.
+#[test]
+fn a_live_history_agrees_with_a_fresh_snapshot_at_every_step() {
+    use std::sync::Mutex;
+    use twinhub::job::LiveHistory;
+    let t0 = Instant::now();
+    let mut fleet = MemoryTransport::new(MemoryConfig::with_seed(7));
+    let config = EngineConfig {
+        retain_jobs: 3,
+        ..EngineConfig::default()
+    };
+    let jobs = Mutex::new(JobEngine::new(
+        config,
+        t0,
+        Timestamp::from_millis(1_461_931_200_000),
+    ));
+    let ids: Vec<DeviceId> = (0..40)
+        .map(|i| DeviceId::new(&format!("dev-{i:03}")).unwrap())
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let faults = FaultProfile {
+            download_result: (i % 7 == 0).then_some(5),
+            unresponsive: i % 13 == 0,
+            ..FaultProfile::default()
+        };
+        fleet
+            .add_device(t0, DeviceSpec::new(id.clone()).faults(faults))
+            .unwrap();
+    }
+    let queries: Vec<_> = [
+        r#"{"filter": {"type": "comparison", "comparisonOperator": "eq",
+            "property": {"name": "Status", "type": "default"}, "value": "completed"}}"#,
+        r#"{"aggregate": {"keys": [{"name": "Status", "type": "default"},
+            {"name": "FailureReason", "type": "default"}],
+            "properties": [{"operator": "count", "columnName": "n"}]}}"#,
+        r#"{"sort": [{"property": {"name": "EndTimeUtc", "type": "default"}, "order": "desc"}],
+            "project": {"properties": [{"name": "Status", "type": "default"}]}}"#,
+        r#"{"filter": {"type": "comparison", "comparisonOperator": "gte",
+            "property": {"name": "JobId", "type": "default"}, "value": "job-2"}}"#,
+        "{}",
+    ]
+    .iter()
+    .map(|q| parse(q).unwrap())
+    .collect();
+    let live = LiveHistory::new();
+    let mut now = t0 + Duration::from_secs(1);
+    let mut created = 0;
+    let mut compared = 0;
+    for step in 0..4_000 {
+        {
+            let mut e = jobs.lock().unwrap();
+            if step % 400 == 0 {
+                let kind = if created % 2 == 0 {
+                    JobType::FirmwareUpdate {
+                        package_uri: "coap://fw/2.0".into(),
+                        expected_version: Some("2.0".into()),
+                    }
+                } else {
+                    JobType::Reboot {
+                        wait_for_registration: false,
+                    }
+                };
+                let targets = ids[(created * 7) % 20..][..20].to_vec();
+                let spec = JobSpec::new(
+                    JobId::new(&format!("job-{created}")).unwrap(),
+                    kind,
+                    targets,
+                )
+                .device_timeout(Duration::from_secs(120));
+                // A target still held by an unfinished job waits for it.
+                e.create(now, spec).unwrap();
+                created += 1;
+            }
+            while let Some(op) = e.poll_op() {
+                fleet.submit(now, op);
+            }
+            while let Some(ev) = fleet.poll_event() {
+                e.handle_event(now, &ev);
+            }
+            let next = [fleet.poll_timeout(), e.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            now = next
+                .map_or(now, |n| n.max(now))
+                .max(now + Duration::from_millis(10));
+            fleet.handle_timeout(now);
+            e.handle_timeout(now);
+        }
+        if step % 37 == 0 {
+            let opts = QueryOptions::page(1_000);
+            for q in &queries {
+                let got = live.query(&jobs, q, &opts).unwrap();
+                let fresh = jobs.lock().unwrap().history_snapshot();
+                let want = execute(&fresh, q, &opts).unwrap();
+                assert_eq!(
+                    serde_json::to_value(&got).unwrap(),
+                    serde_json::to_value(&want).unwrap(),
+                    "step {step}"
+                );
+            }
+            compared += 1;
+        }
+    }
+    let e = jobs.lock().unwrap();
+    assert!(created >= 10 && compared > 100);
+    assert!(e.dropped_jobs() > 0, "retention never dropped a job");
+    e.validate().unwrap();
 }

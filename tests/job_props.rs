@@ -7,6 +7,8 @@
 //! status, that a parent is terminal only once all its children are, and at the end that
 //! every job has ended.
 
+#![cfg(feature = "fuzzing")]
+
 use proptest::prelude::*;
 use std::time::{Duration, Instant};
 use twinhub::job::{

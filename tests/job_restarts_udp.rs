@@ -11,6 +11,8 @@
 //! - a configuration job to that device, which never announced `/10241`, fails at once
 //!   with `objectNotAnnounced:10241` and sends it nothing.
 
+#![cfg(all(feature = "device", feature = "lwm2m"))]
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -3,6 +3,8 @@
 //! re-synchronises from the device's state, idempotent writes sent again), and a whole
 //! fleet's jobs finish after crashes at many points.
 
+#![cfg(feature = "memory-fleet")]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use twinhub::job::{
@@ -27,6 +29,11 @@ impl Rows {
             match r {
                 JobRow::Parent(p, b) => self.parents.insert(p, b),
                 JobRow::Child(c, b) => self.children.insert(c, b),
+                JobRow::DropBefore { parents, children } => {
+                    self.parents = self.parents.split_off(&parents);
+                    self.children = self.children.split_off(&children);
+                    None
+                }
             };
         }
     }

@@ -1,6 +1,8 @@
 //! Deterministic simulations of the job engine on the in-memory transport, with a
 //! simulated clock and seeded faults.
 
+#![cfg(feature = "memory-fleet")]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use twinhub::job::{

@@ -6,6 +6,8 @@
 //! again on the next Update what failed or what the device ended. A client registering as LWM2M 1.2 gets 4.12 and
 //! registers again as 1.1.
 
+#![cfg(feature = "lwm2m")]
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! (register, update timing, re-register with backoff, de-register), every DM operation,
 //! notifications with pmin / pmax / gt / lt / st, Block1 firmware push and Block2 pull.
 
+#![cfg(all(feature = "device", feature = "fuzzing", feature = "lwm2m"))]
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

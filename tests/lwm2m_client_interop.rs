@@ -4,6 +4,8 @@
 //! Each test skips with a loud message when its peer is missing, and fails instead when
 //! `TWINHUB_REQUIRE_PEERS=1` (CI). Install the peers with `bash tests/peers/install.sh`.
 
+#![cfg(feature = "device")]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};

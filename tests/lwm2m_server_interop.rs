@@ -11,6 +11,8 @@
 //!
 //! A missing peer skips the test with a loud message; with TWINHUB_REQUIRE_PEERS=1 it fails.
 
+#![cfg(feature = "lwm2m")]
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};

@@ -2,6 +2,8 @@
 //! builder builds the same AST, error messages are exact (golden), and the canonical
 //! `Display` round-trips (proptest).
 
+#![cfg(feature = "fuzzing")]
+
 mod seed;
 
 use proptest::prelude::*;
@@ -609,4 +611,95 @@ fn no_limit_setting_lets_a_deep_expression_overflow_the_stack() {
     handle
         .join()
         .expect("the deep expression overflowed a 2 MiB stack");
+}
+
+#[test]
+fn a_query_expression_round_trips_through_serde_inside_a_body() {
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct Body {
+        name: String,
+        query: twinhub::query::QueryExpression,
+    }
+    for text in [
+        "{}",
+        r#"{"filter": {"type": "logical", "logicalOperator": "not", "filters": [
+            {"type": "comparison", "comparisonOperator": "in",
+             "property": {"name": "FirmwareVersion", "type": "device"}, "value": ["1.0", 2, true]}]},
+           "project": {"properties": [{"name": "BatteryLevel", "type": "device"}]},
+           "sort": [{"property": {"name": "BatteryLevel", "type": "device"}, "order": "desc"}]}"#,
+        r#"{"aggregate": {"keys": [{"name": "FirmwareVersion", "type": "device"}],
+            "properties": [{"operator": "sum", "property": {"name": "n", "type": "service"}, "columnName": "total"}]}}"#,
+    ] {
+        let query = twinhub::query::parse(text).unwrap();
+        let body = Body {
+            name: "b".into(),
+            query: query.clone(),
+        };
+        let json = serde_json::to_string(&body).unwrap();
+        let back: Body = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, body, "{json}");
+        let direct: twinhub::query::QueryExpression = serde_json::from_str(text).unwrap();
+        assert_eq!(direct, query);
+    }
+    // The parser's error, with where it is inside the expression.
+    let err = serde_json::from_str::<Body>(
+        r#"{"name": "b", "query": {"filter": {"type": "comparisn"}}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("comparisn") && err.contains("column"), "{err}");
+}
+
+/// Issue #19: a filter built in Rust nested 100,000 deep (alternating `and`, `or` and
+/// `not`, which no flattening removes) is dropped, printed, compared and hashed within
+/// a 2 MiB thread stack, and evaluating it is a typed error; same-operator chains built
+/// in a loop stay flat.
+#[test]
+fn a_builder_made_filter_of_any_depth_does_not_overflow_the_stack() {
+    use std::hash::{BuildHasher, RandomState};
+    use twinhub::query::{Filter, QueryExpression, QueryProperty};
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            let deep = |n: usize| {
+                let mut f = QueryProperty::service("a").eq(1);
+                for i in 0..n {
+                    let other = QueryProperty::service("b").eq(i as i64);
+                    f = match i % 3 {
+                        0 => Filter::all_of([f, other]),
+                        1 => Filter::any_of([f, other]),
+                        _ => !f,
+                    };
+                }
+                f
+            };
+            let (a, b) = (deep(100_000), deep(100_000));
+            assert!(a == b);
+            let c = deep(99_999);
+            assert!(a != c);
+            let hasher = RandomState::new();
+            assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+            let text = a.to_string();
+            assert!(text.len() > 100_000 * 40 && text.ends_with("]}"));
+            let expr = QueryExpression::new().filter(a);
+            let reg = twinhub::registry::Registry::new();
+            let err = twinhub::query::count(&reg, &expr).unwrap_err();
+            assert!(err.to_string().contains("deep"), "{err}");
+            drop((expr, b, c));
+
+            // Chains of one operator built in a loop are one operator with many operands.
+            let mut chain = QueryProperty::service("a").eq(0);
+            for i in 1..10_000 {
+                chain = Filter::all_of([chain, QueryProperty::service("a").eq(i as i64)]);
+            }
+            let Filter::Logical(l) = &chain else {
+                panic!("an and")
+            };
+            assert_eq!(l.filters.len(), 10_000);
+            assert!(l.filters.iter().all(|f| matches!(f, Filter::Comparison(_))));
+            let twice = !!QueryProperty::service("a").eq(1);
+            assert_eq!(twice, QueryProperty::service("a").eq(1));
+        })
+        .unwrap();
+    handle.join().expect("no stack overflow");
 }

@@ -375,7 +375,9 @@ fn change_feed_is_resumable_and_reports_gaps() {
         [
             &ChangeKind::Created,
             &ChangeKind::DeviceProperty {
-                name: "BatteryLevel".into()
+                name: "BatteryLevel".into(),
+                value: 1.into(),
+                previous: None,
             },
             &ChangeKind::Tags
         ]

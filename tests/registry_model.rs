@@ -381,7 +381,7 @@ fn apply(reg: &mut Registry, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 ),
                 Ok(name) => {
                     prop_assert_eq!(got, Ok(()));
-                    model
+                    let previous = model
                         .twins
                         .get_mut(IDS[*id])
                         .unwrap()
@@ -394,7 +394,12 @@ fn apply(reg: &mut Registry, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                             },
                         );
                     let name = name.as_str().into();
-                    model.bump(IDS[*id], ChangeKind::DeviceProperty { name }, false);
+                    let kind = ChangeKind::DeviceProperty {
+                        name,
+                        value: v.clone(),
+                        previous: previous.map(|p| p.value),
+                    };
+                    model.bump(IDS[*id], kind, false);
                 }
             }
         }

@@ -10,6 +10,8 @@
 //! unreachable device times out, deregister, and every operation ending in exactly one
 //! outcome under loss.
 
+#![cfg(all(feature = "lwm2m", feature = "memory-fleet"))]
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};

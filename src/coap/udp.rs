@@ -158,6 +158,12 @@ pub struct DriverHandle {
     target: SocketAddr,
 }
 
+impl std::fmt::Debug for DriverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverHandle").finish_non_exhaustive()
+    }
+}
+
 /// An observation registered through [`DriverHandle::observe`].
 pub struct Observation {
     id: RequestId,
@@ -165,6 +171,14 @@ pub struct Observation {
     /// The first response (it carries Observe when the server accepted the observation).
     pub first: Message,
     events: Receiver<ClientEvent>,
+}
+
+impl std::fmt::Debug for Observation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observation")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Observation {

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 /// let c = DtlsServerConfig::default();
 /// assert_eq!((c.max_unverified, c.max_handshakes, c.max_sessions), (1024, 256, 100_000));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct DtlsServerConfig {
     /// Peers that sent a ClientHello and were answered with a HelloVerifyRequest but have
     /// not echoed the cookie yet. `dimpl` keeps its cookie secret per instance, so the
@@ -27,11 +28,13 @@ pub struct DtlsServerConfig {
     /// expired entries are swept). A flood of spoofed ClientHellos fills only this table.
     pub max_unverified: usize,
     /// How long an unverified peer is kept.
+    #[serde(with = "crate::time::millis", rename = "unverifiedTimeoutMs")]
     pub unverified_timeout: Duration,
     /// Handshakes past the cookie exchange and not finished. At the bound, a peer that
     /// proves its address (echoes the cookie) is dropped before the ServerHello goes out.
     pub max_handshakes: usize,
     /// How long a handshake may take from its ServerHello; then it is dropped.
+    #[serde(with = "crate::time::millis", rename = "handshakeTimeoutMs")]
     pub handshake_timeout: Duration,
     /// Established sessions. At the bound, sessions idle longer than
     /// [`Self::session_idle_timeout`] are evicted; if none is, the new session is refused
@@ -44,6 +47,7 @@ pub struct DtlsServerConfig {
     pub max_sessions_per_identity: usize,
     /// A session with no authenticated record for this long is evicted. Longer than the
     /// default LWM2M lifetime (24 h) so a device that only updates daily keeps its session.
+    #[serde(with = "crate::time::millis", rename = "sessionIdleTimeoutMs")]
     pub session_idle_timeout: Duration,
     /// Largest datagram the DTLS layer produces.
     pub mtu: usize,

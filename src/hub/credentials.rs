@@ -49,8 +49,23 @@ impl Hub {
         registry: Registry,
         config: HubConfig,
     ) -> std::io::Result<Hub> {
+        Self::bind_secure(
+            addr,
+            SharedRegistry::new(registry),
+            config,
+            super::builder::ServerParts::default(),
+        )
+    }
+
+    /// [`Hub::bind_dtls`] with a shared registry and the builder's server parts.
+    pub(super) fn bind_secure(
+        addr: impl ToSocketAddrs,
+        registry: SharedRegistry,
+        config: HubConfig,
+        parts: super::builder::ServerParts,
+    ) -> std::io::Result<Hub> {
         let store = PskStore::new();
-        for twin in registry.iter() {
+        for twin in registry.read().iter() {
             let auth = twin.authentication();
             if let (Some(identity), Some(key)) = (&auth.psk_identity, &auth.psk_key)
                 && let Ok(creds) = PskCredentials::new(identity, key.clone())
@@ -59,9 +74,9 @@ impl Hub {
                 let _ = store.set(Some(twin.device_id().clone()), creds);
             }
         }
-        let registry = SharedRegistry::new(registry);
         let provisioned = AutoProvisioned::for_config(&config);
-        let server = Self::lwm2m_server(&registry, &config, &provisioned);
+        let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts);
+        let restored = super::udp::restore_registrations(&registry, &mut server);
         let dtls = DtlsServer::new(config.dtls.clone(), store.clone());
         let stats = dtls.stats_handle();
         let (udp, events) = UdpServer::bind_secure(addr, server, dtls)?;
@@ -76,6 +91,7 @@ impl Hub {
             provisioned,
         );
         let _ = hub.inner.secure.set(Secure { store, stats });
+        hub.inner.resume_sync(restored);
         Ok(hub)
     }
 

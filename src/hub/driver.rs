@@ -1,5 +1,6 @@
 //! How the hub reaches a transport that runs on threads of its own.
 
+#[cfg(feature = "lwm2m")]
 use crate::lwm2m::server::UdpServerHandle;
 use crate::transport::{DeviceEvent, DeviceOp, Transport};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub trait DeviceLink: Send + Sync {
     fn stop(&self);
 }
 
+#[cfg(feature = "lwm2m")]
 impl DeviceLink for UdpServerHandle {
     fn submit(&self, op: DeviceOp) {
         let _ = UdpServerHandle::submit(self, op);
@@ -30,7 +32,8 @@ impl DeviceLink for UdpServerHandle {
 /// Runs any sans-IO [`Transport`] on a thread of its own, on the real clock: the in-memory
 /// simulated fleet, or a transport of yours.
 ///
-/// ```
+#[cfg_attr(feature = "memory-fleet", doc = "```")]
+#[cfg_attr(not(feature = "memory-fleet"), doc = "```ignore")]
 /// use twinhub::hub::{DeviceLink, TransportThread};
 /// use twinhub::transport::memory::{MemoryConfig, MemoryTransport};
 /// let (thread, events) = TransportThread::spawn(MemoryTransport::new(MemoryConfig::default()));
@@ -41,6 +44,14 @@ pub struct TransportThread {
     ops: Sender<DeviceOp>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TransportThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportThread")
+            .field("running", &self.thread.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The longest the thread sleeps before it looks at its stop flag again.

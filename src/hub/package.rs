@@ -30,6 +30,15 @@ pub struct PackageServer {
     thread: Option<JoinHandle<()>>,
 }
 
+impl std::fmt::Debug for PackageServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackageServer")
+            .field("local_addr", &self.local_addr)
+            .field("downloads", &self.downloads())
+            .finish_non_exhaustive()
+    }
+}
+
 impl PackageServer {
     /// Binds the socket (port 0 for an ephemeral port) and starts serving.
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<PackageServer> {

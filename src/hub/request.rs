@@ -58,6 +58,8 @@ struct Slot {
 struct Shared {
     slot: Mutex<Slot>,
     ready: Condvar,
+    /// When the request was submitted (for the latency histogram).
+    started: Instant,
 }
 
 fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
@@ -136,6 +138,8 @@ impl Drop for Reply {
 #[derive(Default)]
 pub(crate) struct Waiting {
     by_op: Mutex<HashMap<OpId, Arc<Shared>>>,
+    /// Submit-to-answer times of the requests answered (by the device or the transport).
+    pub(crate) latency: super::metrics::Histogram,
 }
 
 /// Most requests waiting for an answer at once, all devices together.
@@ -144,6 +148,11 @@ pub const MAX_WAITING: usize = 65_536;
 impl Waiting {
     fn map(&self) -> MutexGuard<'_, HashMap<OpId, Arc<Shared>>> {
         self.by_op.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests waiting for their answers now.
+    pub(crate) fn len(&self) -> usize {
+        self.map().len()
     }
 
     /// Registers a request under `op`; `None` when [`MAX_WAITING`] are waiting.
@@ -155,6 +164,7 @@ impl Waiting {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot::default()),
             ready: Condvar::new(),
+            started: Instant::now(),
         });
         map.insert(op, shared.clone());
         Some(Reply {
@@ -172,6 +182,7 @@ impl Waiting {
                 waker: None,
             }),
             ready: Condvar::new(),
+            started: Instant::now(),
         });
         Reply {
             shared,
@@ -190,6 +201,7 @@ impl Waiting {
         let Some(shared) = self.map().remove(&op) else {
             return;
         };
+        self.latency.record(shared.started.elapsed());
         let waker = {
             let mut slot = lock(&shared.slot);
             slot.result = Some(result);

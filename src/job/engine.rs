@@ -18,9 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod persist;
+mod progress;
+mod retention;
+mod slots;
 #[doc(hidden)]
 pub use persist::fuzz_decode_job_row;
 pub use persist::{JobRow, JobRowError};
+pub use progress::JobProgress;
+use slots::Slots;
 
 /// The first [`OpId`] the engine allocates by default: ids at or above `2^63` are the job
 /// engine's, ids below are free for the hub's own operations.
@@ -36,13 +41,22 @@ pub const JOB_OP_ID_BASE: u64 = 1 << 63;
 /// | `max_resends` | 4 | an operation whose answer the transport gave up on is sent again, up to this many times in a row; the next time-out fails the attempt as `timedOut` (then the job's retry rules decide) |
 /// | `reboot_wait` | 5 min | a reboot or factory-reset Execute whose answer was lost is never sent again; the device's next registration counts as the reboot, and without one within this time the attempt fails as `timedOut` |
 /// | `max_object_sets` | 4,096 | distinct sets of announced objects remembered; a device whose set is new beyond it counts as "announcements unknown" (its steps are sent and the device's own answer decides) |
-#[derive(Clone, Debug)]
+/// | `retain_jobs` | 10,000 | jobs kept in the history; creating one more drops the oldest finished jobs (parent and children) from memory, the history and the store |
+/// | `retain_children` | 5,000,000 | child records kept in the history (about 100 bytes of memory and 40 on disk each); beyond it, creating a job drops the oldest finished jobs the same way |
+/// | `retain_for` | none | with a duration, jobs that ended longer ago are dropped the same way (checked at each creation and timer run) |
+///
+/// Retention drops whole jobs from the oldest end only: the newest job is always kept,
+/// and a job that has not finished keeps itself and every job created after it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
     /// While waiting for a firmware download or install, the engine reads `/5/0` at most
     /// this far apart, in case a notification was lost (default 30 s).
+    #[serde(with = "crate::time::millis", rename = "pollIntervalMs")]
     pub poll_interval: Duration,
     /// The first such read comes this long after the step began; the wait doubles up to
     /// `poll_interval` (default 1 s).
+    #[serde(with = "crate::time::millis", rename = "pollMinMs")]
     pub poll_min: Duration,
     /// How many times in a row an operation is sent again after the transport timed it
     /// out (default 4; the count starts again at every answer the device gives). Sent again: reads, observes, writes (they replace the same
@@ -52,6 +66,7 @@ pub struct EngineConfig {
     pub max_resends: u8,
     /// How long a reboot or factory reset whose Execute answer was lost waits for the
     /// device's registration before the attempt fails as `timedOut` (default 5 min).
+    #[serde(with = "crate::time::millis", rename = "rebootWaitMs")]
     pub reboot_wait: Duration,
     /// Paths the host (the hub's property sync) observes on every device that announced
     /// them. A firmware job does not observe `/5/0` itself when a path here covers it: it
@@ -68,10 +83,24 @@ pub struct EngineConfig {
     pub op_id_base: u64,
     /// How devices number Firmware Update State (`/5/0/3`).
     pub firmware_states: FirmwareStates,
+    /// Most jobs kept in the history (default 10,000). When a job is created beyond it,
+    /// the oldest jobs that have finished are dropped with their children, from memory,
+    /// the history and the store; the newest job is always kept, and an unfinished job
+    /// keeps itself and every newer job until it finishes.
+    pub retain_jobs: usize,
+    /// Most child records kept in the history (default 5,000,000), enforced the same way
+    /// as `retain_jobs`.
+    pub retain_children: u64,
+    /// Jobs that ended longer ago than this are dropped the same way (default: kept
+    /// regardless of age). Checked when a job is created and when the engine's timers
+    /// run, so a job may outlive it until then.
+    #[serde(with = "crate::time::millis_opt", rename = "retainForMs")]
+    pub retain_for: Option<Duration>,
 }
 
 /// The two numberings of Firmware Update State (`/5/0/3`) found in the field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum FirmwareStates {
     /// LWM2M 1.0.1 and later: 0 Idle, 1 Downloading, 2 Downloaded, 3 Updating.
     #[default]
@@ -102,6 +131,9 @@ impl Default for EngineConfig {
             max_object_sets: 4096,
             op_id_base: JOB_OP_ID_BASE,
             firmware_states: FirmwareStates::default(),
+            retain_jobs: 10_000,
+            retain_children: 5_000_000,
+            retain_for: None,
         }
     }
 }
@@ -335,9 +367,9 @@ pub struct JobEngine {
     config: EngineConfig,
     anchor: Instant,
     anchor_wall: Timestamp,
-    pub(crate) parents: Vec<Parent>,
+    pub(crate) parents: Slots<Parent>,
     by_id: FxHashMap<JobId, u32>,
-    pub(crate) children: Vec<Child>,
+    pub(crate) children: Slots<Child>,
     ops: FxHashMap<OpId, u32>,
     next_op: u64,
     holders: FxHashMap<DeviceId, u32>,
@@ -359,13 +391,20 @@ pub struct JobEngine {
     edge_hits: Vec<u64>,
     /// What changed since the store last took it (see `persist`); `None`: not kept.
     journal: Option<persist::Journal>,
+    /// What changed since progress was last taken (see `progress`); `None`: not kept.
+    watch: Option<persist::Journal>,
+    /// What changed since the history view last took it (see `history_query`); `None`:
+    /// no view is kept.
+    pub(crate) view_marks: Option<persist::Journal>,
+    /// Jobs dropped by history retention (see `retention`).
+    dropped_jobs: u64,
 }
 
 impl std::fmt::Debug for JobEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobEngine")
-            .field("jobs", &self.parents.len())
-            .field("children", &self.children.len())
+            .field("jobs", &self.parents.count())
+            .field("children", &self.children.count())
             .field("ops_in_flight", &self.ops.len())
             .finish()
     }
@@ -381,9 +420,9 @@ impl JobEngine {
             config,
             anchor,
             anchor_wall,
-            parents: Vec::new(),
+            parents: Slots::default(),
             by_id: FxHashMap::default(),
-            children: Vec::new(),
+            children: Slots::default(),
             ops: FxHashMap::default(),
             holders: FxHashMap::default(),
             blocked: FxHashMap::default(),
@@ -400,6 +439,9 @@ impl JobEngine {
             index: HistoryIndex::default(),
             edge_hits: vec![0; CHILD_TRANSITIONS.len()],
             journal: None,
+            watch: None,
+            view_marks: None,
+            dropped_jobs: 0,
         }
     }
 
@@ -438,8 +480,9 @@ impl JobEngine {
                 return Err(SpecError::DuplicateTarget(d.clone()));
             }
         }
-        let total = self.children.len() as u64 + spec.targets.len() as u64;
-        if total >= u32::MAX as u64 {
+        // Every record (parent or child) has a u32 position in the history.
+        let total = self.children.end() as u64 + spec.targets.len() as u64;
+        if total + self.parents.end() as u64 + 1 >= u32::MAX as u64 {
             return Err(SpecError::TooManyTargets { total });
         }
         Ok(&spec.targets)
@@ -448,6 +491,16 @@ impl JobEngine {
     /// A job's parent record (the preview's JobResponse), or `None`.
     pub fn job(&self, id: &JobId) -> Option<JobRecord> {
         self.by_id.get(id).map(|&p| self.parent_record(p))
+    }
+
+    /// Parent jobs created and not yet finished (scheduled ones included).
+    pub fn unfinished_jobs(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Operations the engine sent to devices that have not been answered yet.
+    pub fn operations_in_flight(&self) -> usize {
+        self.ops.len()
     }
 
     /// A job's statistics.
@@ -492,7 +545,7 @@ impl JobEngine {
     /// Every record (each parent followed by its children), serializable in the preview's
     /// JobResponse shape.
     pub fn records(&self) -> impl Iterator<Item = JobRecord> + '_ {
-        (0..self.parents.len() as u32).flat_map(move |p| {
+        self.parents.range().flat_map(move |p| {
             let par = &self.parents[p as usize];
             std::iter::once(self.parent_record(p))
                 .chain((par.first..par.end).map(move |c| self.child_record(c)))
@@ -527,8 +580,8 @@ impl JobEngine {
     pub fn create(&mut self, now: Instant, mut spec: JobSpec) -> Result<(), SpecError> {
         self.dry_run(&spec)?;
         let targets = std::mem::take(&mut spec.targets);
-        let p = self.parents.len() as u32;
-        let first = self.children.len() as u32;
+        let p = self.parents.end();
+        let first = self.children.end();
         self.children.reserve(targets.len());
         for device in targets {
             self.children.push(Child {
@@ -548,7 +601,7 @@ impl JobEngine {
                 failure: None,
             });
         }
-        let end = self.children.len() as u32;
+        let end = self.children.end();
         let start_at = match spec.start_at {
             Some(t) => self.instant_of(t).max(now),
             None => now,
@@ -556,6 +609,9 @@ impl JobEngine {
         self.index.add_children(first, end, spec.job.kind());
         if let Some(j) = &mut self.journal {
             j.mark_range(p, first..end);
+        }
+        if let Some(v) = &mut self.view_marks {
+            v.mark_range(p, first..end);
         }
         self.by_id.insert(spec.id.clone(), p);
         let n = (end - first) as u64;
@@ -587,6 +643,7 @@ impl JobEngine {
             self.timers.push(Reverse((start_at, Timer::JobStart(p))));
         }
         self.fail_refused(now);
+        self.apply_retention(self.wall(now));
         Ok(())
     }
 
@@ -711,6 +768,9 @@ impl JobEngine {
             }
         }
         self.fail_refused(now);
+        if self.config.retain_for.is_some() {
+            self.apply_retention(self.wall(now));
+        }
     }
 
     /// Remembers the objects a device announced (shared sets, at most
@@ -1184,6 +1244,13 @@ impl JobEngine {
                 }
             }
             None => {
+                crate::trace_event!(
+                    info,
+                    job = %self.parents[child.parent as usize].id,
+                    device = child.device.as_str(),
+                    reason = %child.failure.as_deref().map_or_else(String::new, |f| f.to_string()),
+                    "child job failed"
+                );
                 self.child_apply(now, c, ChildEvent::Fail);
             }
         }
@@ -1724,7 +1791,7 @@ impl JobEngine {
     /// child holds a device or an operation, the history index agrees with the children.
     #[doc(hidden)]
     pub fn validate(&self) -> Result<(), String> {
-        for par in &self.parents {
+        for par in self.parents.iter() {
             let mut counted = JobStatistics {
                 device_count: (par.end - par.first) as u64,
                 ..JobStatistics::default()
@@ -1761,8 +1828,8 @@ impl JobEngine {
                 return Err(format!("device {d} held by child {c} in {:?}", child.state));
             }
         }
-        for (c, child) in self.children.iter().enumerate() {
-            if !self.index.has_status(c as u32, child.state.status()) {
+        for (c, child) in self.children.enumerate() {
+            if !self.index.has_status(c, child.state.status()) {
                 return Err(format!("history index disagrees on child {c}"));
             }
             if child.state.is_terminal() && child.ended.is_none() {
@@ -1826,6 +1893,22 @@ impl JobEngine {
         }
     }
 
+    /// The history position of parent `p`'s record: parents before it plus their
+    /// children.
+    pub(crate) fn parent_position(&self, p: u32) -> u32 {
+        p + self.parents[p as usize].first
+    }
+
+    /// The history position of child `c`'s record.
+    pub(crate) fn child_position(&self, c: u32) -> u32 {
+        self.children[c as usize].parent + 1 + c
+    }
+
+    /// The history position of the oldest record kept.
+    pub(crate) fn record_start(&self) -> u32 {
+        self.parents.start() + self.children.start()
+    }
+
     pub(crate) fn parent_of_job(&self, id: &JobId) -> Option<u32> {
         self.by_id.get(id).copied()
     }
@@ -1848,6 +1931,6 @@ impl JobEngine {
     }
 }
 
-fn par_state(parents: &[Parent], p: u32) -> ParentState {
+fn par_state(parents: &Slots<Parent>, p: u32) -> ParentState {
     parents[p as usize].state
 }

@@ -57,7 +57,15 @@ pub struct JobRecord {
 pub(crate) struct HistoryIndex {
     by_status: [RoaringBitmap; 5],
     by_kind: [RoaringBitmap; 6],
-    by_device: RefCell<Option<HashMap<DeviceId, RoaringBitmap>>>,
+    by_device: RefCell<Option<DeviceIndex>>,
+}
+
+/// Child slots by device, built on first use.
+#[derive(Default)]
+struct DeviceIndex {
+    map: HashMap<DeviceId, RoaringBitmap>,
+    /// Children before this position are in `map`.
+    indexed_end: u32,
 }
 
 impl HistoryIndex {
@@ -74,6 +82,19 @@ impl HistoryIndex {
 
     pub(crate) fn has_status(&self, c: u32, s: JobStatus) -> bool {
         self.by_status[s as usize].contains(c)
+    }
+
+    /// Forgets every child slot before `pos` (history retention).
+    pub(crate) fn drop_children_before(&mut self, pos: u32) {
+        for b in self.by_status.iter_mut().chain(self.by_kind.iter_mut()) {
+            b.remove_range(..pos);
+        }
+        if let Some(d) = self.by_device.get_mut() {
+            d.map.retain(|_, b| {
+                b.remove_range(..pos);
+                !b.is_empty()
+            });
+        }
     }
 }
 
@@ -147,17 +168,17 @@ fn in_range(t: Option<Timestamp>, from: Option<Timestamp>, before: Option<Timest
 impl JobEngine {
     fn device_bitmap(&self, device: &DeviceId) -> RoaringBitmap {
         let mut guard = self.index.by_device.borrow_mut();
-        let map = guard.get_or_insert_with(HashMap::new);
+        let index = guard.get_or_insert_with(DeviceIndex::default);
         // Extend the index with children created since it was last brought up to date.
-        let indexed: u64 = map.values().map(|b| b.len()).sum();
-        if indexed < self.children.len() as u64 {
-            for c in indexed as u32..self.children.len() as u32 {
-                map.entry(self.children[c as usize].device.clone())
-                    .or_default()
-                    .insert(c);
-            }
+        for c in index.indexed_end.max(self.children.start())..self.children.end() {
+            index
+                .map
+                .entry(self.children[c as usize].device.clone())
+                .or_default()
+                .insert(c);
         }
-        map.get(device).cloned().unwrap_or_default()
+        index.indexed_end = self.children.end();
+        index.map.get(device).cloned().unwrap_or_default()
     }
 
     /// The child slots matching the filter's indexed fields (status, type, parent, device).
@@ -166,7 +187,7 @@ impl JobEngine {
             Some(s) => self.index.by_status[s as usize].clone(),
             None => {
                 let mut all = RoaringBitmap::new();
-                all.insert_range(0..self.children.len() as u32);
+                all.insert_range(self.children.range());
                 all
             }
         };
@@ -214,7 +235,7 @@ impl JobEngine {
         mut visit: impl FnMut(u64, Result<u32, u32>) -> bool,
     ) {
         let children = (f.scope != RecordScope::Parents).then(|| self.candidate_children(f));
-        for p in 0..self.parents.len() as u32 {
+        for p in self.parents.range() {
             let par = &self.parents[p as usize];
             // Position of the parent record: parents before it plus their children.
             let pos = p as u64 + par.first as u64;

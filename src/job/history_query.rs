@@ -37,12 +37,16 @@
 
 use super::engine::JobEngine;
 use super::history::JobRecord;
-use crate::query::{IndexedSource, PropertyType, QueryProperty, Slots, ValueWalk};
+use crate::query::{
+    IndexedSource, PropertyType, QueryError, QueryExpression, QueryOptions, QueryProperty,
+    QueryResult, Slots, ValueWalk,
+};
 use crate::twin::Scalar;
 use roaring::RoaringBitmap;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
+use std::sync::{Mutex, RwLock};
 
 /// A queryable property of a job record.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -128,69 +132,112 @@ impl HistoryProperty {
 }
 
 struct Column {
-    values: Vec<Option<Scalar>>,
+    /// By slot, from the snapshot's `base`.
+    values: VecDeque<Option<Scalar>>,
     index: BTreeMap<Scalar, RoaringBitmap>,
     exists: RoaringBitmap,
 }
 
-/// Every job record at one moment, indexed for the query executor. Slots are record
-/// positions in creation order (each parent, then its children).
+impl Column {
+    fn add(&mut self, slot: u32, v: &Option<Scalar>) {
+        if let Some(v) = v {
+            self.exists.insert(slot);
+            match self.index.get_mut(v) {
+                Some(b) => {
+                    b.insert(slot);
+                }
+                None => {
+                    self.index
+                        .insert(v.clone(), RoaringBitmap::from_iter([slot]));
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: u32, v: &Option<Scalar>) {
+        if let Some(v) = v {
+            self.exists.remove(slot);
+            if let Some(b) = self.index.get_mut(v) {
+                b.remove(slot);
+                if b.is_empty() {
+                    self.index.remove(v);
+                }
+            }
+        }
+    }
+}
+
+/// Job records indexed for the query executor. Slots are record positions in creation
+/// order (each parent, then its children); a snapshot from the engine numbers them as
+/// the engine does, so it can be kept up to date with [`HistorySnapshot::apply`].
 pub struct HistorySnapshot {
-    records: Vec<JobRecord>,
+    /// The slot of `records[0]` (history retention drops from the front).
+    base: u32,
+    records: VecDeque<JobRecord>,
     universe: RoaringBitmap,
-    by_id: Vec<u32>,
+    /// `(jobId, slot)`, for paging in id order.
+    ids: BTreeSet<(Box<str>, u32)>,
     columns: Vec<Column>,
 }
 
 impl std::fmt::Debug for HistorySnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HistorySnapshot")
+            .field("base", &self.base)
             .field("records", &self.records.len())
             .finish()
+    }
+}
+
+impl Default for HistorySnapshot {
+    fn default() -> Self {
+        HistorySnapshot {
+            base: 0,
+            records: VecDeque::new(),
+            universe: RoaringBitmap::new(),
+            ids: BTreeSet::new(),
+            columns: HistoryProperty::ALL
+                .iter()
+                .map(|_| Column {
+                    values: VecDeque::new(),
+                    index: BTreeMap::new(),
+                    exists: RoaringBitmap::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What changed in a job engine's history since it was last taken
+/// ([`JobEngine::take_history_changes`]), for [`HistorySnapshot::apply`].
+#[derive(Debug, Default)]
+pub struct HistoryChanges {
+    /// Retention dropped every record before this slot.
+    dropped_before: Option<u32>,
+    /// Changed and new records by slot, ascending.
+    records: Vec<(u32, JobRecord)>,
+}
+
+impl HistoryChanges {
+    /// Records changed or added.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.dropped_before.is_none()
     }
 }
 
 impl HistorySnapshot {
     /// Indexes the given records (slot = position).
     pub fn new(records: Vec<JobRecord>) -> Self {
-        let n = records.len() as u32;
-        let mut universe = RoaringBitmap::new();
-        universe.insert_range(0..n);
-        let mut by_id: Vec<u32> = (0..n).collect();
-        by_id.sort_by(|a, b| {
-            records[*a as usize]
-                .job_id
-                .cmp(&records[*b as usize].job_id)
-        });
-        let columns = HistoryProperty::ALL
-            .iter()
-            .map(|p| {
-                let mut column = Column {
-                    values: Vec::with_capacity(records.len()),
-                    index: BTreeMap::new(),
-                    exists: RoaringBitmap::new(),
-                };
-                for (slot, r) in records.iter().enumerate() {
-                    let v = p.value(r);
-                    if let Some(v) = &v {
-                        column.exists.insert(slot as u32);
-                        column
-                            .index
-                            .entry(v.clone())
-                            .or_default()
-                            .insert(slot as u32);
-                    }
-                    column.values.push(v);
-                }
-                column
-            })
-            .collect();
-        HistorySnapshot {
-            records,
-            universe,
-            by_id,
-            columns,
+        let mut s = HistorySnapshot::default();
+        for (slot, r) in records.into_iter().enumerate() {
+            s.upsert(slot as u32, r);
         }
+        s
     }
 
     /// Number of records.
@@ -205,6 +252,91 @@ impl HistorySnapshot {
 
     fn column(&self, p: HistoryProperty) -> &Column {
         &self.columns[p as usize]
+    }
+
+    fn end(&self) -> u32 {
+        self.base + self.records.len() as u32
+    }
+
+    fn record(&self, slot: u32) -> Option<&JobRecord> {
+        self.records.get(slot.checked_sub(self.base)? as usize)
+    }
+
+    /// Brings the snapshot up to date with changes taken from the engine it was made
+    /// from; costs what changed (each changed record re-indexes the columns whose value
+    /// changed), not the size of the history.
+    pub fn apply(&mut self, changes: HistoryChanges) {
+        if let Some(slot) = changes.dropped_before {
+            self.drop_before(slot);
+        }
+        for (slot, record) in changes.records {
+            self.upsert(slot, record);
+        }
+    }
+
+    /// Replaces the record at `slot`, or appends it at the end.
+    fn upsert(&mut self, slot: u32, record: JobRecord) {
+        if slot < self.base || slot > self.end() {
+            // The engine numbers records without gaps and never changes a dropped
+            // one; anything else is a bug, and the record is not indexed.
+            debug_assert!(
+                false,
+                "history slot {slot} outside {}..={}",
+                self.base,
+                self.end()
+            );
+            return;
+        }
+        let i = (slot - self.base) as usize;
+        if i == self.records.len() {
+            self.universe.insert(slot);
+            self.ids.insert((record.job_id.as_str().into(), slot));
+            for (p, column) in HistoryProperty::ALL.iter().zip(&mut self.columns) {
+                let v = p.value(&record);
+                column.add(slot, &v);
+                column.values.push_back(v);
+            }
+            self.records.push_back(record);
+            return;
+        }
+        let old = &self.records[i];
+        if old.job_id != record.job_id {
+            self.ids.remove(&(old.job_id.as_str().into(), slot));
+            self.ids.insert((record.job_id.as_str().into(), slot));
+        }
+        for (p, column) in HistoryProperty::ALL.iter().zip(&mut self.columns) {
+            let v = p.value(&record);
+            if column.values[i] != v {
+                let before = std::mem::replace(&mut column.values[i], v);
+                column.remove(slot, &before);
+                let now = column.values[i].clone();
+                column.add(slot, &now);
+            }
+        }
+        self.records[i] = record;
+    }
+
+    /// Forgets every record before `slot`.
+    fn drop_before(&mut self, slot: u32) {
+        let n = (slot.saturating_sub(self.base) as usize).min(self.records.len());
+        if n == 0 {
+            return;
+        }
+        for r in self.records.drain(..n) {
+            let key = (Box::<str>::from(r.job_id.as_str()), self.base);
+            self.ids.remove(&key);
+            self.base += 1;
+        }
+        self.universe.remove_range(..self.base);
+        for column in &mut self.columns {
+            column.values.drain(..n);
+            column.exists.remove_range(..self.base);
+            let base = self.base;
+            column.index.retain(|_, b| {
+                b.remove_range(..base);
+                !b.is_empty()
+            });
+        }
     }
 }
 
@@ -267,40 +399,37 @@ impl IndexedSource for HistorySnapshot {
     fn value_of(&self, slot: u32, property: HistoryProperty) -> Option<Cow<'_, Scalar>> {
         self.column(property)
             .values
-            .get(slot as usize)?
+            .get(slot.checked_sub(self.base)? as usize)?
             .as_ref()
             .map(Cow::Borrowed)
     }
 
     fn id_of(&self, slot: u32) -> &str {
-        self.records
-            .get(slot as usize)
-            .map_or("", |r| r.job_id.as_str())
+        self.record(slot).map_or("", |r| r.job_id.as_str())
     }
 
     fn ids_in_order<'a>(
         &'a self,
         after: Option<&str>,
     ) -> Box<dyn Iterator<Item = (&'a str, u32)> + 'a> {
-        let start = match after {
-            None => 0,
-            Some(a) => self
-                .by_id
-                .partition_point(|&s| self.records[s as usize].job_id.as_str() <= a),
+        let lo = match after {
+            None => Bound::Unbounded,
+            // Every id equal to `after` sorts at or before (after, u32::MAX).
+            Some(a) => Bound::Excluded((Box::<str>::from(a), u32::MAX)),
         };
         Box::new(
-            self.by_id[start..]
-                .iter()
-                .map(move |&s| (self.records[s as usize].job_id.as_str(), s)),
+            self.ids
+                .range((lo, Bound::Unbounded))
+                .map(|(id, s)| (&**id, *s)),
         )
     }
 
     fn document(&self, slot: u32) -> Option<&JobRecord> {
-        self.records.get(slot as usize)
+        self.record(slot)
     }
 
     fn project(&self, slot: u32, properties: &[QueryProperty]) -> Option<serde_json::Value> {
-        let r = self.records.get(slot as usize)?;
+        let r = self.record(slot)?;
         let mut out = serde_json::Map::new();
         out.insert("jobId".into(), r.job_id.clone().into());
         for p in properties {
@@ -314,8 +443,110 @@ impl IndexedSource for HistorySnapshot {
 }
 
 impl JobEngine {
-    /// Every job record now, indexed for [`crate::query::execute`] and friends.
+    /// Every job record now, indexed for [`crate::query::execute`] and friends. Slots
+    /// are the engine's record positions.
     pub fn history_snapshot(&self) -> HistorySnapshot {
-        HistorySnapshot::new(self.records().collect())
+        let mut s = HistorySnapshot {
+            base: self.record_start(),
+            ..HistorySnapshot::default()
+        };
+        let base = s.base;
+        for (i, r) in self.records().enumerate() {
+            s.upsert(base + i as u32, r);
+        }
+        s
+    }
+
+    /// [`JobEngine::history_snapshot`], and from now on the engine notes every record
+    /// that changes, for [`JobEngine::take_history_changes`]. One tracker per engine:
+    /// a second call starts over (the first tracker's snapshot must be rebuilt).
+    pub fn track_history(&mut self) -> HistorySnapshot {
+        self.view_marks = Some(Default::default());
+        self.history_snapshot()
+    }
+
+    /// The records changed or added since the last take (or since
+    /// [`JobEngine::track_history`]), and what retention dropped, for
+    /// [`HistorySnapshot::apply`]. `None` when this engine is not tracked (a restored
+    /// engine, or one never tracked): build the snapshot again with `track_history`.
+    pub fn take_history_changes(&mut self) -> Option<HistoryChanges> {
+        let marks = std::mem::take(self.view_marks.as_mut()?);
+        let mut parents = marks.parents;
+        // A parent's record (its status message) follows its children's states.
+        for c in &marks.children {
+            parents.insert(self.children[c as usize].parent);
+        }
+        let mut records = Vec::with_capacity(parents.len() + marks.children.len() as usize);
+        for p in parents {
+            records.push((self.parent_position(p), self.parent_record(p)));
+        }
+        for c in &marks.children {
+            records.push((self.child_position(c), self.child_record(c)));
+        }
+        records.sort_unstable_by_key(|(slot, _)| *slot);
+        Some(HistoryChanges {
+            dropped_before: marks.dropped_before.map(|(p, c)| p + c),
+            records,
+        })
+    }
+}
+
+/// A [`HistorySnapshot`] kept up to date for queries from several threads, beside the
+/// [`JobEngine`] it follows (what [`Hub::query_jobs`](crate::hub::Hub::query_jobs)
+/// uses).
+///
+/// Each query first brings the snapshot up to date: under the engine's lock it only
+/// takes the records that changed since the previous query (nothing else holds that lock
+/// for a query, so event routing waits at most for that), then applies them under the
+/// snapshot's write lock and runs the query under its read lock. Routing never touches
+/// the snapshot. The first query builds it whole; from then on the engine notes changed
+/// records (at most one note per record). Use one per engine.
+#[derive(Debug, Default)]
+pub struct LiveHistory {
+    snapshot: RwLock<Option<HistorySnapshot>>,
+}
+
+impl LiveHistory {
+    /// An empty tracker; the first query builds the snapshot.
+    pub fn new() -> Self {
+        LiveHistory::default()
+    }
+
+    /// Brings the snapshot up to date with `jobs` (see the type's docs).
+    pub fn refresh(&self, jobs: &Mutex<JobEngine>) {
+        let mut guard = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+        let changes = {
+            let mut engine = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            match (guard.as_ref(), engine.take_history_changes()) {
+                (Some(_), Some(changes)) => Some(changes),
+                _ => {
+                    *guard = Some(engine.track_history());
+                    None
+                }
+            }
+        };
+        if let (Some(snapshot), Some(changes)) = (guard.as_mut(), changes) {
+            snapshot.apply(changes);
+        }
+    }
+
+    /// Runs a query over the job history as it is now; the page's records are copies.
+    pub fn query(
+        &self,
+        jobs: &Mutex<JobEngine>,
+        expr: &QueryExpression,
+        options: &QueryOptions,
+    ) -> Result<QueryResult<JobRecord>, QueryError> {
+        self.refresh(jobs);
+        let guard = self.snapshot.read().unwrap_or_else(|p| p.into_inner());
+        let empty = HistorySnapshot::default();
+        let snapshot = guard.as_ref().unwrap_or(&empty);
+        Ok(crate::query::execute(snapshot, expr, options)?.map_documents(|r| r.clone()))
+    }
+
+    /// Forgets the snapshot (the next query builds it again from the engine it is
+    /// given): for when the engine was replaced.
+    pub fn reset(&self) {
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }

@@ -108,7 +108,14 @@
 //! see [`history_query`]); [`history`] has a typed filter answered from live bitmap
 //! indexes, with cursor paging and group-by-failure-reason counts.
 //!
-//! ```
+//! The history is bounded by counts: [`EngineConfig::retain_jobs`] jobs and
+//! [`EngineConfig::retain_children`] child records. Creating a job beyond either drops
+//! the oldest finished jobs whole, from the oldest end only (the newest job is always
+//! kept; an unfinished job keeps itself and every newer one until it finishes). A
+//! cursor from before a drop continues at the oldest job kept.
+//!
+#![cfg_attr(feature = "memory-fleet", doc = "```")]
+#![cfg_attr(not(feature = "memory-fleet"), doc = "```ignore")]
 //! use std::time::{Duration, Instant};
 //! use twinhub::job::{EngineConfig, JobEngine, JobId, JobSpec, JobStatus, JobType};
 //! use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
@@ -159,11 +166,11 @@ pub mod state;
 #[doc(hidden)]
 pub use engine::fuzz_decode_job_row;
 pub use engine::{
-    CancelMode, EngineConfig, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobRow, JobRowError,
-    JobStatistics, TwinUpdate,
+    CancelMode, EngineConfig, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobProgress, JobRow,
+    JobRowError, JobStatistics, TwinUpdate,
 };
 pub use history::{HistoryCursor, HistoryFilter, HistoryPage, JobRecord, RecordScope};
-pub use history_query::{HistoryProperty, HistorySnapshot};
+pub use history_query::{HistoryChanges, HistoryProperty, HistorySnapshot, LiveHistory};
 pub use spec::{
     AbortRule, ExponentialRamp, FailureKind, FailureReason, JobId, JobIdError, JobKind, JobSpec,
     JobType, MAX_JOB_ID_LEN, MAX_JOB_PROPERTIES, MAX_PACKAGE_URI_LEN, RetryRule, Rollout,

@@ -575,7 +575,7 @@ pub struct JobSpec {
     /// Default 1 day, so every job terminates.
     #[serde(
         rename = "maxExecutionTimeMs",
-        with = "millis_opt",
+        with = "crate::time::millis_opt",
         default = "default_max_execution_time"
     )]
     pub max_execution_time: Option<Duration>,
@@ -607,43 +607,7 @@ fn default_device_timeout() -> Duration {
     Duration::from_secs(30 * 60)
 }
 
-/// A [`Duration`] as whole milliseconds in JSON (sub-millisecond parts are dropped).
-mod millis {
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis().min(u64::MAX as u128) as u64)
-    }
-
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Duration, D::Error> {
-        let ms = <u64 as serde::Deserialize>::deserialize(d)?;
-        Ok(Duration::from_millis(ms))
-    }
-}
-
-/// An optional [`Duration`] as milliseconds or `null`.
-mod millis_opt {
-    use std::time::Duration;
-
-    pub(super) fn serialize<S: serde::Serializer>(
-        d: &Option<Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&(d.as_millis().min(u64::MAX as u128) as u64)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let ms = <Option<u64> as serde::Deserialize>::deserialize(d)?;
-        Ok(ms.map(Duration::from_millis))
-    }
-}
+use crate::time::millis;
 
 impl JobSpec {
     /// A job with the defaults: start now, 1-day maximum, 30-minute device timeout, no

@@ -7,6 +7,9 @@ mod value;
 pub use path::{Lwm2mPath, PathError};
 pub use value::{Content, ResourceType, ResourceValue, base64_encode};
 
+#[cfg(feature = "device")]
 pub mod client;
+#[cfg(feature = "lwm2m")]
 pub mod content;
+#[cfg(feature = "lwm2m")]
 pub mod server;

@@ -469,7 +469,13 @@ impl LogicalOperator {
 }
 
 /// `{"type":"logical", "logicalOperator": .., "filters": [..]}`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// A filter tree built in Rust may nest deeper than the parser allows
+/// ([`MAX_QUERY_DEPTH`](crate::query::MAX_QUERY_DEPTH)): dropping, printing, comparing and
+/// hashing one walk it with an explicit stack, never with the call stack (`Clone` and
+/// `Debug` do recurse). Evaluating one deeper than the limits is a typed error
+/// ([`InvalidExpression::TooDeep`](crate::query::InvalidExpression::TooDeep)).
+#[derive(Clone, Debug)]
 pub struct Logical {
     /// The operator.
     pub operator: LogicalOperator,
@@ -477,6 +483,85 @@ pub struct Logical {
     pub filters: Vec<Filter>,
     /// Where the logical object was written.
     pub origin: Origin,
+}
+
+impl Drop for Logical {
+    fn drop(&mut self) {
+        // Children are moved onto a heap stack and emptied there, so dropping a tree of
+        // any depth uses constant call stack.
+        let mut stack = std::mem::take(&mut self.filters);
+        while let Some(filter) = stack.pop() {
+            if let Filter::Logical(mut l) = filter {
+                stack.append(&mut l.filters);
+            }
+        }
+    }
+}
+
+impl PartialEq for Logical {
+    fn eq(&self, other: &Logical) -> bool {
+        self.operator == other.operator
+            && self.filters.len() == other.filters.len()
+            && self.filters.iter().zip(&other.filters).all(|(a, b)| a == b)
+    }
+}
+
+impl Eq for Logical {}
+
+impl std::hash::Hash for Logical {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.operator.hash(state);
+        self.filters.len().hash(state);
+        for f in &self.filters {
+            f.hash(state);
+        }
+    }
+}
+
+impl PartialEq for Filter {
+    fn eq(&self, other: &Filter) -> bool {
+        let mut stack = vec![(self, other)];
+        while let Some(pair) = stack.pop() {
+            match pair {
+                (Filter::Comparison(a), Filter::Comparison(b)) => {
+                    if a != b {
+                        return false;
+                    }
+                }
+                (Filter::Logical(a), Filter::Logical(b)) => {
+                    if a.operator != b.operator || a.filters.len() != b.filters.len() {
+                        return false;
+                    }
+                    stack.extend(a.filters.iter().zip(&b.filters));
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Eq for Filter {}
+
+impl std::hash::Hash for Filter {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Pre-order with an explicit stack: equal trees feed the same sequence.
+        let mut stack = vec![self];
+        while let Some(f) = stack.pop() {
+            match f {
+                Filter::Comparison(c) => {
+                    0u8.hash(state);
+                    c.hash(state);
+                }
+                Filter::Logical(l) => {
+                    1u8.hash(state);
+                    l.operator.hash(state);
+                    l.filters.len().hash(state);
+                    stack.extend(l.filters.iter().rev());
+                }
+            }
+        }
+    }
 }
 
 /// A filter: a comparison or a logical combination of filters.
@@ -492,7 +577,7 @@ pub struct Logical {
 ///     r#"{"type":"logical","logicalOperator":"and","filters":[{"type":"comparison","property":{"name":"tags","type":"default"},"comparisonOperator":"all","value":["building-7"]},{"type":"comparison","property":{"name":"BatteryLevel","type":"device"},"comparisonOperator":"lt","value":20}]}"#
 /// );
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub enum Filter {
     /// A comparison.
     Comparison(Comparison),
@@ -509,19 +594,40 @@ impl Filter {
         })
     }
 
-    /// `and` of the filters.
+    /// `and` and `or` with the operands that are themselves the same operator spliced
+    /// in (`all_of([all_of([a, b]), c])` is one `and` of three): the same meaning, and a
+    /// chain built in a loop stays flat.
+    fn flat(operator: LogicalOperator, filters: impl IntoIterator<Item = Filter>) -> Filter {
+        let mut out = Vec::new();
+        for f in filters {
+            match f {
+                Filter::Logical(mut l) if l.operator == operator => out.append(&mut l.filters),
+                other => out.push(other),
+            }
+        }
+        Self::logical(operator, out)
+    }
+
+    /// `and` of the filters; operands that are `and`s themselves are flattened into it.
     pub fn all_of(filters: impl IntoIterator<Item = Filter>) -> Filter {
-        Self::logical(LogicalOperator::And, filters.into_iter().collect())
+        Self::flat(LogicalOperator::And, filters)
     }
 
-    /// `or` of the filters.
+    /// `or` of the filters; operands that are `or`s themselves are flattened into it.
     pub fn any_of(filters: impl IntoIterator<Item = Filter>) -> Filter {
-        Self::logical(LogicalOperator::Or, filters.into_iter().collect())
+        Self::flat(LogicalOperator::Or, filters)
     }
 
-    /// `not` of the filter (also available as the `!` operator).
+    /// `not` of the filter (also the `!` operator); `not not f` is `f`.
     pub fn negate(filter: Filter) -> Filter {
-        Self::logical(LogicalOperator::Not, vec![filter])
+        match filter {
+            Filter::Logical(mut l)
+                if l.operator == LogicalOperator::Not && l.filters.len() == 1 =>
+            {
+                l.filters.pop().expect("one operand")
+            }
+            other => Self::logical(LogicalOperator::Not, vec![other]),
+        }
     }
 
     /// Where the filter was written.
@@ -759,6 +865,38 @@ pub struct QueryExpression {
     pub sort: Vec<SortKey>,
 }
 
+/// In JSON the expression is itself: `{"filter": ..., "sort": ...}` inside a request body
+/// deserialises straight through the query parser (the text is parsed once, by
+/// [`parse`](crate::query::parse), with its limits; an error carries the parser's message
+/// with the line and column inside the expression). JSON only: the expression is taken
+/// as raw JSON text, which other formats do not have.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// struct Body { query: twinhub::query::QueryExpression }
+/// let body: Body = serde_json::from_str(r#"{"query": {"filter": {"type": "comparison",
+///     "comparisonOperator": "eq", "property": {"name": "x", "type": "service"}, "value": 1}}}"#)?;
+/// assert_eq!(serde_json::to_value(&body.query)?["filter"]["value"], 1);
+/// let bad = serde_json::from_str::<Body>(r#"{"query": {"sort": 1}}"#);
+/// assert!(bad.err().unwrap().to_string().contains("line 1"));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+impl<'de> serde::Deserialize<'de> for QueryExpression {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <Box<serde_json::value::RawValue>>::deserialize(d)?;
+        crate::query::parse(raw.get()).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Serialises as the JSON expression its `Display` prints (JSON only, see `Deserialize`).
+impl serde::Serialize for QueryExpression {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw = serde_json::value::RawValue::from_string(self.to_string())
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
 impl QueryExpression {
     /// The expression that selects every twin.
     pub fn new() -> Self {
@@ -883,29 +1021,39 @@ impl fmt::Display for QueryProperty {
 
 impl fmt::Display for Filter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Filter::Comparison(c) => write!(
-                f,
-                "{{\"type\":\"comparison\",\"property\":{},\"comparisonOperator\":\"{}\",\"value\":{}}}",
-                c.property,
-                c.operator.as_str(),
-                c.value
-            ),
-            Filter::Logical(l) => {
-                write!(
+        // An explicit stack, not recursion: a tree built in Rust may nest very deep.
+        enum Step<'a> {
+            Filter(&'a Filter),
+            Text(&'static str),
+        }
+        let mut stack = vec![Step::Filter(self)];
+        while let Some(step) = stack.pop() {
+            match step {
+                Step::Text(t) => f.write_str(t)?,
+                Step::Filter(Filter::Comparison(c)) => write!(
                     f,
-                    "{{\"type\":\"logical\",\"logicalOperator\":\"{}\",\"filters\":[",
-                    l.operator.as_str()
-                )?;
-                for (n, filter) in l.filters.iter().enumerate() {
-                    if n > 0 {
-                        f.write_str(",")?;
+                    "{{\"type\":\"comparison\",\"property\":{},\"comparisonOperator\":\"{}\",\"value\":{}}}",
+                    c.property,
+                    c.operator.as_str(),
+                    c.value
+                )?,
+                Step::Filter(Filter::Logical(l)) => {
+                    write!(
+                        f,
+                        "{{\"type\":\"logical\",\"logicalOperator\":\"{}\",\"filters\":[",
+                        l.operator.as_str()
+                    )?;
+                    stack.push(Step::Text("]}"));
+                    for (n, child) in l.filters.iter().enumerate().rev() {
+                        stack.push(Step::Filter(child));
+                        if n > 0 {
+                            stack.push(Step::Text(","));
+                        }
                     }
-                    filter.fmt(f)?;
                 }
-                f.write_str("]}")
             }
         }
+        Ok(())
     }
 }
 

@@ -262,6 +262,88 @@ pub fn project_twin(t: &Twin, properties: &[QueryProperty]) -> serde_json::Value
     serde_json::Value::Object(out)
 }
 
+/// [`project_twin`] read straight from a registry view: only the projected parts are
+/// built (no owned twin, no JSON of the whole twin). The indexed executor's projected
+/// rows; the query tests check it against `project_twin` on the same twins.
+pub(crate) fn project_view(t: &TwinRef<'_>, properties: &[QueryProperty]) -> serde_json::Value {
+    use serde_json::Value as J;
+    fn json<T: serde::Serialize + ?Sized>(v: &T) -> J {
+        serde_json::to_value(v).unwrap_or(J::Null)
+    }
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "deviceId".into(),
+        J::String(t.device_id().as_str().to_owned()),
+    );
+    let mut service: Option<BTreeMap<String, ServiceValue>> = None;
+    for p in properties {
+        if p.is_tags() {
+            let mut tags: Vec<&str> = t.tags().collect();
+            tags.sort_unstable();
+            let tags = J::Array(tags.into_iter().map(|s| J::String(s.to_owned())).collect());
+            service_section(&mut out).insert("tags".into(), tags);
+            continue;
+        }
+        match twin_path(p) {
+            Some(TwinPath::Field(f)) => {
+                let v = match f {
+                    TwinField::DeviceId => Some(json(t.device_id())),
+                    TwinField::Status => Some(json(&t.status())),
+                    TwinField::ConnectionState => Some(json(&t.connection_state())),
+                    TwinField::IsManaged => Some(J::Bool(t.is_managed())),
+                    TwinField::StatusReason => t.status_reason().map(json),
+                    TwinField::StatusUpdatedTime => t.status_updated_time().map(|v| json(&v)),
+                    TwinField::ConnectionStateUpdatedTime => {
+                        t.connection_state_updated_time().map(|v| json(&v))
+                    }
+                    TwinField::LastActivityTime => t.last_activity_time().map(|v| json(&v)),
+                    TwinField::Configuration => t.configuration().map(json),
+                    TwinField::GenerationId => Some(json(&t.generation_id())),
+                    TwinField::Etag => Some(json(&t.etag())),
+                };
+                if let Some(v) = v {
+                    out.insert(p.name.clone(), v);
+                }
+            }
+            Some(TwinPath::Device(name)) => {
+                if let Some((value, at)) = t.device_property(&name) {
+                    let v = json(&crate::twin::DeviceProperty {
+                        value: value.clone(),
+                        last_updated_time: at,
+                    });
+                    let section = out
+                        .entry("deviceProperties")
+                        .or_insert_with(|| J::Object(Default::default()));
+                    if let Some(m) = section.as_object_mut() {
+                        m.insert(name, v);
+                    }
+                }
+            }
+            Some(TwinPath::Service(name)) => {
+                let all = service.get_or_insert_with(|| t.service_properties());
+                let mut parts = name.split('.');
+                let mut node = all.get(parts.next().unwrap_or(""));
+                for part in parts {
+                    node = match node {
+                        Some(ServiceValue::Object(m)) => m.get(part),
+                        _ => None,
+                    };
+                }
+                if let Some(v) = node.map(json) {
+                    let section = service_section(&mut out)
+                        .entry("properties")
+                        .or_insert_with(|| J::Object(Default::default()));
+                    if let Some(m) = section.as_object_mut() {
+                        m.insert(name, v);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    J::Object(out)
+}
+
 fn service_section(
     out: &mut serde_json::Map<String, serde_json::Value>,
 ) -> &mut serde_json::Map<String, serde_json::Value> {
@@ -529,6 +611,6 @@ impl IndexedSource for Registry {
 
     fn project(&self, slot: u32, properties: &[QueryProperty]) -> Option<serde_json::Value> {
         self.twin_at(Slot(slot))
-            .map(|t| project_twin(&t.to_twin(), properties))
+            .map(|t| project_view(&t, properties))
     }
 }

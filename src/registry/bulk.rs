@@ -119,6 +119,12 @@ pub struct BulkLoad<'r> {
     recent_tags: Box<[u32; RECENT_TAGS]>,
 }
 
+impl std::fmt::Debug for BulkLoad<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BulkLoad").finish_non_exhaustive()
+    }
+}
+
 /// Entries in [`BulkLoad`]'s recent tags (each a tag id plus one; 0 is empty).
 const RECENT_TAGS: usize = 512;
 

@@ -1,7 +1,7 @@
 //! The change feed: an ordered, bounded, resumable log of what changed.
 
 use crate::DeviceId;
-use crate::twin::{ConnectionState, DeviceStatus};
+use crate::twin::{ConnectionState, DeviceStatus, Scalar};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -14,11 +14,16 @@ pub enum ChangeKind {
     Created,
     /// The device was removed.
     Removed,
-    /// The device reported a property value (the value may equal the old one; the
-    /// `lastUpdatedTime` changed).
+    /// The device reported a property value. The value may equal the previous one (a
+    /// device re-reports every resource of an observed instance): the property's
+    /// `lastUpdatedTime` still moved; [`ChangeKind::is_rereport`] tells them apart.
     DeviceProperty {
         /// The canonical property name.
         name: Arc<str>,
+        /// The value reported.
+        value: Scalar,
+        /// The value before, `None` if the twin did not have the property.
+        previous: Option<Scalar>,
     },
     /// A device property was removed.
     DevicePropertyRemoved {
@@ -57,6 +62,12 @@ pub struct Change {
 }
 
 impl ChangeKind {
+    /// Whether this is a device property reported again with the value it already had
+    /// (only its `lastUpdatedTime` moved).
+    pub fn is_rereport(&self) -> bool {
+        matches!(self, ChangeKind::DeviceProperty { value, previous: Some(p), .. } if p == value)
+    }
+
     /// The kind's name in JSON: `created`, `removed`, `deviceProperty`,
     /// `devicePropertyRemoved`, `serviceProperties`, `tags`, `connectionState`, `status`,
     /// `managed`, `registration`, `lastActivity`, `configuration`, `authentication`.
@@ -104,9 +115,16 @@ impl serde::Serialize for Change {
         m.serialize_entry("device", &self.device)?;
         m.serialize_entry("kind", self.kind.name())?;
         match &self.kind {
-            ChangeKind::DeviceProperty { name } | ChangeKind::DevicePropertyRemoved { name } => {
-                m.serialize_entry("name", &**name)?
+            ChangeKind::DeviceProperty {
+                name,
+                value,
+                previous,
+            } => {
+                m.serialize_entry("name", &**name)?;
+                m.serialize_entry("value", value)?;
+                m.serialize_entry("previous", previous)?;
             }
+            ChangeKind::DevicePropertyRemoved { name } => m.serialize_entry("name", &**name)?,
             ChangeKind::ConnectionState(v) => m.serialize_entry("value", v)?,
             ChangeKind::Status(v) => m.serialize_entry("value", v)?,
             ChangeKind::Managed(v) => m.serialize_entry("value", v)?,

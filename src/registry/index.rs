@@ -687,55 +687,26 @@ impl PropertyIndex {
     /// adds their slots, then puts the new values in order as one sorted run. One property's
     /// work touches only its own structures, so loads run properties on several threads.
     pub(crate) fn load(&mut self, staged: &mut [StagedValue], text: &str) {
-        // A table larger than the caches (a property of unique values) is probed a
-        // chunk at a time, its buckets (and the values they hold under the same hash)
-        // read first in one pass of independent reads, so that the processor overlaps
-        // their cache misses and the lookups find them in cache. A small one is probed
-        // as values come.
-        const WARM_CHUNK: usize = 1024;
-        let large = self.lookup.is_large();
-        let mut hashes: Vec<u32> = Vec::new();
         let mut new_ids = Vec::new();
         let mut recent = Recent::default();
-        for chunk in staged.chunks_mut(WARM_CHUNK) {
-            if large {
-                hashes.clear();
-                hashes.extend(
-                    chunk
-                        .iter()
-                        .map(|s| s.value(text).map_or(0, |v| self.hash32(v))),
-                );
-                let values = &self.values;
-                self.lookup
-                    .warm(&hashes, |id| match &values[id as usize].value {
-                        Scalar::Bool(b) => u64::from(*b),
-                        Scalar::Number(n) => n.as_f64().to_bits(),
-                        Scalar::String(s) => s.as_bytes().first().map_or(0, |&b| u64::from(b)),
-                    });
-            }
-            for (i, s) in chunk.iter_mut().enumerate() {
-                let Some(value) = s.value(text) else {
-                    s.set_vid(OBJECT_NODE);
-                    continue;
-                };
-                let vid = match recent.get(s, text) {
-                    Some(vid) => vid,
-                    None => {
-                        let hash = match hashes.get(i) {
-                            Some(&h) if large => h,
-                            _ => self.hash32(value),
-                        };
-                        let (vid, new) = self.intern_hashed(hash, value, || value.to_scalar());
-                        if new {
-                            new_ids.push(vid);
-                        }
-                        let vid = vid | float_bit(value);
-                        recent.put(*s, vid, text);
-                        vid
+        for s in staged.iter_mut() {
+            let Some(value) = s.value(text) else {
+                s.set_vid(OBJECT_NODE);
+                continue;
+            };
+            let vid = match recent.get(s, text) {
+                Some(vid) => vid,
+                None => {
+                    let (vid, new) = self.intern(value, || value.to_scalar());
+                    if new {
+                        new_ids.push(vid);
                     }
-                };
-                s.set_vid(vid);
-            }
+                    let vid = vid | float_bit(value);
+                    recent.put(*s, vid, text);
+                    vid
+                }
+            };
+            s.set_vid(vid);
         }
         // Slots ascend within a batch (unless removed slots are reused), so they are
         // appended: `exists` in one pass; a value new to the index takes its first slot
@@ -915,9 +886,6 @@ impl PropertyIndex {
     /// How many values the hash table holds, and whether it finds every live value at
     /// its own id (for `validate`).
     pub(crate) fn lookup_consistent(&self) -> Result<usize, String> {
-        if !self.lookup.bits_consistent() {
-            return Err("hash table's taken bits disagree with its buckets".into());
-        }
         for (hash, id) in self.lookup.iter() {
             let entry = self
                 .values

@@ -93,7 +93,7 @@ pub use restore::StoreFailure;
 pub use shared::SharedRegistry;
 pub use view::TwinRef;
 
-use crate::transport::RegistrationInfo;
+use crate::twin::RegistrationInfo;
 use crate::twin::{
     Authentication, ConnectionState, DevicePropertyName, DeviceStatus, Etag, MAX_DEVICE_PROPERTIES,
     MAX_FIELD_LEN, MAX_SERVICE_PROPERTIES, MAX_TAGS, PropertyKind, Scalar, ScalarRef,
@@ -1046,26 +1046,37 @@ impl Registry {
         let seq = self.next_seq();
         let index = &mut self.props[pid as usize];
         let entry = self.slots[slot as usize].as_mut().expect("checked above");
-        match pos {
+        let previous = match pos {
             Ok(i) => {
                 let mut vid = entry.lists.device_at(i).vid;
+                let previous = index.value(vid).clone();
                 if !index::same_repr(index.value(vid), &value) {
                     index.remove(vid, slot);
                     vid = index.insert(&value, slot);
                 }
                 entry.lists.set_device_at(i, vid, at);
+                Some(previous)
             }
             Err(i) => {
                 let vid = index.insert(&value, slot);
                 entry
                     .lists
                     .insert_device(i, DeviceValue { pid, vid, ts: at });
+                None
             }
-        }
+        };
         entry.etag = seq;
         let device = entry.id.clone();
         let name = index.name.clone();
-        self.emit(seq, device, ChangeKind::DeviceProperty { name });
+        self.emit(
+            seq,
+            device,
+            ChangeKind::DeviceProperty {
+                name,
+                value,
+                previous,
+            },
+        );
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 
 use super::index::OBJECT_NODE;
 use super::{Entry, Registry, Slot};
-use crate::transport::RegistrationInfo;
+use crate::twin::RegistrationInfo;
 use crate::twin::{
     Authentication, ConnectionState, DeviceProperty, DevicePropertyName, DeviceStatus, Etag,
     PropertyKind, Scalar, ServiceProperties, ServiceValue, Twin,

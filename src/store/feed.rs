@@ -2,19 +2,22 @@
 //!
 //! Row layout: one byte for the kind, then for `ConnectionState`, `Status` and `Managed`
 //! one byte of state, then the device id, and for the two device-property kinds a zero
-//! byte and the property name. Decoding checks every byte and the id
-//! ([`StoreError::BadRecord`] otherwise).
+//! byte and the property name; a reported property then has a zero byte and its value
+//! and previous value as a JSON pair (`[value, previous]`, `null` for none; names and
+//! ids hold no zero byte, so the split is unambiguous). Decoding checks every byte and
+//! the id ([`StoreError::BadRecord`] otherwise). Format 1 files kept no values: opening
+//! one drops its feed rows (see [`super::FORMAT`]).
 
 use super::StoreError;
 use crate::DeviceId;
 use crate::registry::{Change, ChangeKind};
-use crate::twin::{ConnectionState, DeviceStatus};
+use crate::twin::{ConnectionState, DeviceStatus, Scalar};
 
 fn tag(kind: &ChangeKind) -> (u8, Option<u8>, Option<&str>) {
     match kind {
         ChangeKind::Created => (0, None, None),
         ChangeKind::Removed => (1, None, None),
-        ChangeKind::DeviceProperty { name } => (2, None, Some(name)),
+        ChangeKind::DeviceProperty { name, .. } => (2, None, Some(name)),
         ChangeKind::DevicePropertyRemoved { name } => (3, None, Some(name)),
         ChangeKind::ServiceProperties => (4, None, None),
         ChangeKind::Tags => (5, None, None),
@@ -41,6 +44,13 @@ pub(crate) fn encode(change: &Change, out: &mut Vec<u8>) {
         out.push(0);
         out.extend_from_slice(n.as_bytes());
     }
+    if let ChangeKind::DeviceProperty {
+        value, previous, ..
+    } = &change.kind
+    {
+        out.push(0);
+        serde_json::to_writer(&mut *out, &(value, previous)).expect("scalars always serialize");
+    }
 }
 
 /// Decodes a change row.
@@ -65,8 +75,23 @@ pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
             .iter()
             .position(|&b| b == 0)
             .ok_or_else(|| bad("no property name"))?;
-        let name = std::str::from_utf8(&rest[at + 1..]).map_err(|_| bad("name is not UTF-8"))?;
-        (&rest[..at], Some(std::sync::Arc::<str>::from(name)))
+        let (name, values) = if t == 2 {
+            let tail = &rest[at + 1..];
+            let end = tail
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or_else(|| bad("no property value"))?;
+            let values: (Scalar, Option<Scalar>) = serde_json::from_slice(&tail[end + 1..])
+                .map_err(|e| bad(&format!("property value: {e}")))?;
+            (&tail[..end], Some(values))
+        } else {
+            (&rest[at + 1..], None)
+        };
+        let name = std::str::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
+        (
+            &rest[..at],
+            Some((std::sync::Arc::<str>::from(name), values)),
+        )
     } else {
         (rest, None)
     };
@@ -75,8 +100,12 @@ pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
     let kind = match (t, name) {
         (0, _) => ChangeKind::Created,
         (1, _) => ChangeKind::Removed,
-        (2, Some(name)) => ChangeKind::DeviceProperty { name },
-        (3, Some(name)) => ChangeKind::DevicePropertyRemoved { name },
+        (2, Some((name, Some((value, previous))))) => ChangeKind::DeviceProperty {
+            name,
+            value,
+            previous,
+        },
+        (3, Some((name, None))) => ChangeKind::DevicePropertyRemoved { name },
         (4, _) => ChangeKind::ServiceProperties,
         (5, _) => ChangeKind::Tags,
         (6, _) => ChangeKind::ConnectionState(if state == 1 {
@@ -110,6 +139,13 @@ mod tests {
             ChangeKind::Removed,
             ChangeKind::DeviceProperty {
                 name: "/3/0/9".into(),
+                value: Scalar::from(87),
+                previous: None,
+            },
+            ChangeKind::DeviceProperty {
+                name: "FirmwareVersion".into(),
+                value: Scalar::from("1.1\u{0}x"),
+                previous: Some(Scalar::from(2.5)),
             },
             ChangeKind::DevicePropertyRemoved {
                 name: "BatteryLevel".into(),

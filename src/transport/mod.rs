@@ -18,6 +18,7 @@
 //! (`lwm2m::server`) and an in-memory simulated fleet (`transport::memory`) with seeded
 //! faults for deterministic tests. Both pass one conformance suite.
 
+#[cfg(feature = "memory-fleet")]
 pub mod memory;
 
 use crate::lwm2m::{Content, Lwm2mPath};
@@ -46,7 +47,8 @@ pub enum WriteMode {
 
 /// Notification attributes for Write-Attributes and observations (LWM2M §5.1.2).
 /// `None` leaves an attribute as it is.
-#[derive(Clone, Copy, PartialEq, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct NotificationAttributes {
     /// Minimum period between notifications, seconds.
     pub pmin: Option<u32>,
@@ -217,32 +219,7 @@ impl fmt::Display for DeviceError {
 
 impl std::error::Error for DeviceError {}
 
-/// What a device told the server when it registered (or updated its registration).
-#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RegistrationInfo {
-    /// The endpoint name (`ep`); equals the device id.
-    pub endpoint: String,
-    /// The server-assigned registration id (the `rd/{id}` location).
-    pub registration_id: String,
-    /// Lifetime in seconds (`lt`, default 86400).
-    pub lifetime: u32,
-    /// LWM2M version (`lwm2m`, default "1.0").
-    pub lwm2m_version: String,
-    /// Binding mode (`b`, e.g. "U", "UQ").
-    pub binding: String,
-    /// Whether the device is in queue mode (`b=UQ` in 1.0, `Q` in 1.1).
-    pub queue_mode: bool,
-    /// The object instances the device announced (`</3/0>, </5/0>, ...`).
-    pub objects: Vec<Lwm2mPath>,
-    /// Where its datagrams come from; updated on NAT rebinding.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub address: Option<SocketAddr>,
-    /// The PSK identity of the DTLS session the device registered over (none over plain
-    /// CoAP). Only the identity: keys never travel in a registration.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub psk_identity: Option<String>,
-}
+pub use crate::twin::RegistrationInfo;
 
 /// Why a registration was refused.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -268,6 +245,26 @@ pub enum RejectReason {
     /// The device has credentials but the request came without an authenticated identity
     /// (plain CoAP). Answered 4.03.
     CredentialsRequired,
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::UnknownDevice => f.write_str("unknown device"),
+            RejectReason::Disabled => f.write_str("device disabled"),
+            RejectReason::Malformed(why) => write!(f, "malformed request: {why}"),
+            RejectReason::AddressInUse => {
+                f.write_str("the endpoint is registered from another address")
+            }
+            RejectReason::UnsupportedVersion(v) => write!(f, "unsupported LWM2M version {v:?}"),
+            RejectReason::IdentityMismatch => {
+                f.write_str("the DTLS identity does not belong to the endpoint")
+            }
+            RejectReason::CredentialsRequired => {
+                f.write_str("the device has credentials; plain CoAP refused")
+            }
+        }
+    }
 }
 
 /// Who a peer proved to be over DTLS: its PSK identity, and the device the identity
@@ -315,6 +312,8 @@ pub enum DeviceEvent {
         endpoint: String,
         /// Why.
         reason: RejectReason,
+        /// Where the request came from, when the transport knows.
+        address: Option<SocketAddr>,
     },
     /// The outcome of a submitted operation.
     Response {

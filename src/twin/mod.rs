@@ -20,6 +20,7 @@ mod device_id;
 mod error;
 mod model;
 mod property;
+mod registration;
 mod scalar;
 
 pub use device_id::{DEVICE_ID_PUNCTUATION, DeviceId, DeviceIdError, MAX_DEVICE_ID_LEN};
@@ -35,4 +36,5 @@ pub use property::{
     MAX_STRING_VALUE_LEN, MAX_TAGS, PropertyKind, WELL_KNOWN_PROPERTIES, WellKnownProperty,
     validate_property_name, validate_tag, well_known_by_name, well_known_by_path,
 };
+pub use registration::RegistrationInfo;
 pub use scalar::{Number, Scalar, ScalarRef};

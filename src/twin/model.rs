@@ -5,7 +5,7 @@ use super::{
     DevicePropertyName, MAX_DEVICE_PROPERTIES, MAX_OBJECT_DEPTH, MAX_OBJECT_MEMBERS,
     MAX_SERVICE_PROPERTIES, MAX_TAGS, Scalar, TwinError, validate_property_name, validate_tag,
 };
-use crate::transport::RegistrationInfo;
+use crate::twin::RegistrationInfo;
 use crate::{DeviceId, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -14,9 +14,11 @@ use std::time::Duration;
 /// assert_eq!(c.max_retransmit, 4);
 /// assert_eq!(c.exchange_lifetime, Duration::from_secs(247));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointConfig {
     /// ACK_TIMEOUT: the first retransmission timeout, 2 s.
+    #[serde(with = "crate::time::millis", rename = "ackTimeoutMs")]
     pub ack_timeout: Duration,
     /// ACK_RANDOM_FACTOR: the first timeout is drawn from `[ack_timeout, ack_timeout * f]`, 1.5.
     pub ack_random_factor: f64,
@@ -24,17 +26,21 @@ pub struct EndpointConfig {
     pub max_retransmit: u32,
     /// EXCHANGE_LIFETIME: how long a CON's (peer, message id) is remembered for duplicate
     /// detection, 247 s.
+    #[serde(with = "crate::time::millis", rename = "exchangeLifetimeMs")]
     pub exchange_lifetime: Duration,
     /// NON_LIFETIME: the same for NON messages, 145 s.
+    #[serde(with = "crate::time::millis", rename = "nonLifetimeMs")]
     pub non_lifetime: Duration,
     /// How long a request we sent waits for its response: counted from `send_request`
     /// while it waits in the NSTART queue, then again from its first transmission, and
     /// restarted at every block of a block-wise transfer; 93 s (MAX_TRANSMIT_WAIT). A CON
     /// request also fails earlier when its retransmissions run out.
+    #[serde(with = "crate::time::millis", rename = "responseTimeoutMs")]
     pub response_timeout: Duration,
     /// How long an incoming CON request waits for the application's response before the
     /// endpoint sends an empty ACK and the response goes out later as a separate CON
     /// response, 1 s (well inside the peer's ACK_TIMEOUT).
+    #[serde(with = "crate::time::millis", rename = "piggybackWindowMs")]
     pub piggyback_window: Duration,
     /// NSTART: CON requests in flight (unacknowledged) to one peer; more wait in a
     /// per-peer queue, 1.
@@ -54,6 +60,7 @@ pub struct EndpointConfig {
     pub max_pending_requests_per_peer: usize,
     /// How long an incoming request waits for the application before it is forgotten
     /// (a later `respond` fails), 247 s.
+    #[serde(with = "crate::time::millis", rename = "pendingRequestLifetimeMs")]
     pub pending_request_lifetime: Duration,
     /// Requests we sent (in flight or queued) and observations we hold, in total, 65,536.
     pub max_outstanding_requests: usize,
@@ -66,6 +73,7 @@ pub struct EndpointConfig {
     /// kept for the follow-up requests); the oldest is dropped first, 256.
     pub max_block_transfers: usize,
     /// How long an idle block-wise transfer is kept, 120 s.
+    #[serde(with = "crate::time::millis", rename = "blockTransferLifetimeMs")]
     pub block_transfer_lifetime: Duration,
     /// Bytes held in unfinished Block1 reassemblies, all peers together; a block that
     /// would pass it gets 5.03 Service Unavailable (Max-Age 1) and its transfer is
@@ -84,6 +92,7 @@ pub struct EndpointConfig {
     /// plain response (no Observe option), 65,536.
     pub max_observers: usize,
     /// A notification goes out CON at least this often per observer (RFC 7641 §4.5), 24 h.
+    #[serde(with = "crate::time::millis", rename = "conNotificationIntervalMs")]
     pub con_notification_interval: Duration,
 }
 

@@ -6,7 +6,8 @@
 //! left out: the children hold them), its state, times and how it ended; a child's row
 //! is its state, attempt, step, step flags, times, device and failure reason. Rows are
 //! keyed by position (parent `p`, child `c`): both only grow, so a key never changes
-//! meaning.
+//! meaning. History retention (see `retention`) deletes the oldest rows; a restore
+//! starts at the oldest row kept.
 //!
 //! **Restore** ([`JobEngine::restore`]) rebuilds the parents, children, statistics and
 //! history index from the rows, then resumes. A restarted hub has seen no registration,
@@ -46,17 +47,28 @@ use std::time::Instant;
 /// Parents and children changed since the journal was last taken.
 #[derive(Default, Debug)]
 pub(crate) struct Journal {
-    parents: BTreeSet<u32>,
-    children: RoaringBitmap,
+    pub(crate) parents: BTreeSet<u32>,
+    pub(crate) children: RoaringBitmap,
+    /// History retention dropped every parent and child before these positions.
+    pub(crate) dropped_before: Option<(u32, u32)>,
 }
 
-/// One row of the journal: a parent or a child record, encoded.
+/// One row of the journal: a parent or a child record, encoded, or the end of the
+/// records history retention dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobRow {
     /// Parent `p`'s record.
     Parent(u32, Vec<u8>),
     /// Child `c`'s record.
     Child(u32, Vec<u8>),
+    /// Every parent before `parents` and every child before `children` was dropped by
+    /// history retention: delete their rows. Comes first in a journal.
+    DropBefore {
+        /// The oldest parent position kept.
+        parents: u32,
+        /// The oldest child position kept.
+        children: u32,
+    },
 }
 
 /// A stored job record that could not be decoded or does not fit with the others.
@@ -325,19 +337,31 @@ impl JobEngine {
         if let Some(j) = &mut self.journal {
             j.children.insert(c);
         }
+        if let Some(w) = &mut self.watch {
+            w.children.insert(c);
+        }
+        if let Some(v) = &mut self.view_marks {
+            v.children.insert(c);
+        }
     }
 
     pub(super) fn mark_parent(&mut self, p: u32) {
         if let Some(j) = &mut self.journal {
             j.parents.insert(p);
         }
+        if let Some(w) = &mut self.watch {
+            w.parents.insert(p);
+        }
+        if let Some(v) = &mut self.view_marks {
+            v.parents.insert(p);
+        }
     }
 
     /// Whether anything changed since the journal was last taken.
     pub fn journal_is_empty(&self) -> bool {
-        self.journal
-            .as_ref()
-            .is_none_or(|j| j.parents.is_empty() && j.children.is_empty())
+        self.journal.as_ref().is_none_or(|j| {
+            j.parents.is_empty() && j.children.is_empty() && j.dropped_before.is_none()
+        })
     }
 
     /// The rows of every parent and child changed since the last call (empty with the
@@ -348,7 +372,10 @@ impl JobEngine {
         };
         let parents = std::mem::take(&mut j.parents);
         let children = std::mem::take(&mut j.children);
-        let mut rows = Vec::with_capacity(parents.len() + children.len() as usize);
+        let mut rows = Vec::with_capacity(parents.len() + children.len() as usize + 1);
+        if let Some((parents, children)) = j.dropped_before.take() {
+            rows.push(JobRow::DropBefore { parents, children });
+        }
         for p in parents {
             rows.push(JobRow::Parent(p, encode_parent(&self.parents[p as usize])));
         }
@@ -373,32 +400,39 @@ impl JobEngine {
         let mut e = JobEngine::new(config, now, wall);
         e.enable_journal();
         for (c, row) in children {
-            if c as usize != e.children.len() {
+            if e.children.is_empty() {
+                // The oldest children kept (history retention drops from the front).
+                e.children.set_base(c);
+            }
+            if c != e.children.end() {
                 return Err(JobRowError {
                     table: "job_children",
                     key: c,
-                    detail: format!("expected child {}", e.children.len()),
+                    detail: format!("expected child {}", e.children.end()),
                 });
             }
             e.children.push(decode_child(c, &row)?.into_child(u32::MAX));
         }
-        let mut next_child = 0u32;
+        let mut next_child = e.children.start();
         for (p, row) in parents {
             let bad = |detail: String| JobRowError {
                 table: "job_parents",
                 key: p,
                 detail,
             };
-            if p as usize != e.parents.len() {
-                return Err(bad(format!("expected parent {}", e.parents.len())));
+            if e.parents.is_empty() {
+                e.parents.set_base(p);
+            }
+            if p != e.parents.end() {
+                return Err(bad(format!("expected parent {}", e.parents.end())));
             }
             let r = decode_parent(p, &row)?;
-            if r.first != next_child || r.end as usize > e.children.len() {
+            if r.first != next_child || r.end > e.children.end() {
                 return Err(bad(format!(
                     "children {}..{} do not follow {next_child} within {}",
                     r.first,
                     r.end,
-                    e.children.len()
+                    e.children.end()
                 )));
             }
             if e.by_id.contains_key(&r.spec.id) {
@@ -446,7 +480,7 @@ impl JobEngine {
                 ending: r.ending,
             });
         }
-        if next_child as usize != e.children.len() {
+        if next_child != e.children.end() {
             return Err(JobRowError {
                 table: "job_children",
                 key: next_child,
@@ -454,12 +488,14 @@ impl JobEngine {
             });
         }
         e.resume_after_restore(now);
+        // Retention settings may have shrunk since the rows were written.
+        e.apply_retention(wall);
         Ok(e)
     }
 
     /// Timers, device holders and work in flight after [`JobEngine::restore`].
     fn resume_after_restore(&mut self, now: Instant) {
-        for p in 0..self.parents.len() as u32 {
+        for p in self.parents.range() {
             let par = &self.parents[p as usize];
             if par.state.is_terminal() {
                 continue;
@@ -483,7 +519,7 @@ impl JobEngine {
         }
         // Every started, unfinished child holds its device, which counts as offline until
         // it registers again.
-        for c in 0..self.children.len() as u32 {
+        for c in self.children.range() {
             let child = &self.children[c as usize];
             if child.state == ChildState::Pending || child.state.is_terminal() {
                 continue;
@@ -492,7 +528,7 @@ impl JobEngine {
             self.holders.insert(device.clone(), c);
             self.offline.insert(device);
         }
-        for c in 0..self.children.len() as u32 {
+        for c in self.children.range() {
             let child = &mut self.children[c as usize];
             let kind = self.parents[child.parent as usize].kind();
             match child.state {
@@ -518,7 +554,7 @@ impl JobEngine {
                 _ => {}
             }
         }
-        for p in 0..self.parents.len() as u32 {
+        for p in self.parents.range() {
             match self.parents[p as usize].state {
                 ParentState::Running => {
                     self.pump(now, p);

@@ -89,6 +89,14 @@ pub struct DeviceThread {
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
+impl std::fmt::Debug for DeviceThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceThread")
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
 impl DeviceThread {
     /// Binds `bind` (use port 0 for an ephemeral port) and starts the client with the
     /// default options.

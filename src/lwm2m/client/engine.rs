@@ -161,6 +161,13 @@ pub enum ClientEvent {
         /// The observed path.
         path: Lwm2mPath,
     },
+    /// The server acknowledged a Send ([`Lwm2mClient::send`]) with 2.04.
+    Sent,
+    /// A Send was refused (the code) or got no answer (`None`).
+    SendFailed {
+        /// The server's response code, `None` when it never answered.
+        code: Option<(u8, u8)>,
+    },
     /// A firmware package download (Package URI) started.
     FirmwareDownloadStarted {
         /// The URI being fetched.
@@ -174,6 +181,33 @@ pub enum ClientEvent {
         result: UpdateResult,
     },
 }
+
+/// Why [`Lwm2mClient::send`] sent nothing.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Not registered (Send goes to the server the client is registered with).
+    NotRegistered,
+    /// The server muted Send: Mute Send (`/1/0/23`) is true.
+    Muted,
+    /// No path given, or a path with nothing to read.
+    Nothing(Lwm2mPath),
+    /// The values could not be encoded (too many, or too large for a datagram).
+    Encode(String),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::NotRegistered => f.write_str("not registered"),
+            SendError::Muted => f.write_str("the server muted Send (/1/0/23)"),
+            SendError::Nothing(p) => write!(f, "nothing to send at {p}"),
+            SendError::Encode(why) => write!(f, "cannot encode the values: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
 
 /// Why [`Lwm2mClient::set_value`] and friends refused.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -230,6 +264,7 @@ enum Purpose {
     Update,
     Deregister,
     Download,
+    Send,
 }
 
 /// A CON request of the client, waiting for its response.
@@ -333,6 +368,14 @@ pub struct Lwm2mClient {
     now: Instant,
 }
 
+impl std::fmt::Debug for Lwm2mClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lwm2mClient")
+            .field("endpoint", &self.config.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Lwm2mClient {
     /// A client for `config.endpoint` serving `tree`; it registers at the first
     /// [`Lwm2mClient::handle_timeout`] at or after `now`.
@@ -422,6 +465,51 @@ impl Lwm2mClient {
     }
 
     // ------------------------------------------------------------------ application input
+
+    /// LWM2M 1.1 Send: pushes the current values under `paths` to the server (a CON POST
+    /// to `/dp`, SenML JSON), unobserved. The answer arrives as [`ClientEvent::Sent`] or
+    /// [`ClientEvent::SendFailed`]. Refused while not registered, and while the server
+    /// has muted Send (Mute Send `/1/0/23` true).
+    pub fn send(&mut self, now: Instant, paths: &[Lwm2mPath]) -> Result<(), SendError> {
+        if !matches!(
+            self.reg,
+            RegState::Registered { .. } | RegState::Updating { .. }
+        ) {
+            return Err(SendError::NotRegistered);
+        }
+        let mute = Lwm2mPath::resource(1, 0, super::objects::server::MUTE_SEND);
+        if let Ok(c) = self.tree.read(&mute)
+            && c.values
+                .iter()
+                .any(|(_, v)| *v == ResourceValue::Boolean(true))
+        {
+            return Err(SendError::Muted);
+        }
+        let Some(first) = paths.first() else {
+            return Err(SendError::Nothing(Lwm2mPath::ROOT));
+        };
+        let mut content = Content::default();
+        for path in paths {
+            match self.tree.read(path) {
+                Ok(c) if !c.values.is_empty() => content.values.extend(c.values),
+                _ => return Err(SendError::Nothing(*path)),
+            }
+        }
+        let body = crate::lwm2m::content::encode(Format::SenmlJson, &Lwm2mPath::ROOT, &content)
+            .map_err(|e| SendError::Encode(e.to_string()))?;
+        if body.len() > self.config.block_size.max(1024) {
+            return Err(SendError::Encode(format!(
+                "{} bytes at {first} and after, more than one datagram",
+                body.len()
+            )));
+        }
+        let mut m = Message::new(MessageType::Confirmable, Code::POST, 0);
+        m.add_uri_path("dp");
+        m.set_content_format(ContentFormat(Format::SenmlJson.code()));
+        m.payload = body;
+        self.send_request(now, Purpose::Send, m, self.config.server);
+        Ok(())
+    }
 
     /// Sets a resource's value as the application (no access check: read-only resources
     /// are set this way), and notifies its observers.
@@ -803,6 +891,7 @@ impl Lwm2mClient {
                 };
                 self.download_finished(Err(result));
             }
+            Purpose::Send => self.push_event(ClientEvent::SendFailed { code }),
         }
     }
 
@@ -902,6 +991,7 @@ impl Lwm2mClient {
                 self.push_event(ClientEvent::Deregistered);
             }
             Purpose::Download if code == Code::CONTENT => self.download_block(now, msg),
+            Purpose::Send if code == Code::CHANGED => self.push_event(ClientEvent::Sent),
             purpose => self.exchange_failed(now, purpose, Some((code.class(), code.detail()))),
         }
     }

@@ -133,6 +133,12 @@ pub struct FirmwareUpdate {
     changes: Vec<Lwm2mPath>,
 }
 
+impl std::fmt::Debug for FirmwareUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirmwareUpdate").finish_non_exhaustive()
+    }
+}
+
 impl Default for FirmwareUpdate {
     fn default() -> Self {
         FirmwareUpdate::new()

@@ -84,7 +84,7 @@ pub use attributes::{
 #[cfg(feature = "dtls")]
 pub use driver::MIN_DTLS_STACK;
 pub use driver::{DeviceThread, DriverOptions};
-pub use engine::{ClientConfig, ClientError, ClientEvent, Lwm2mClient, Transmit};
+pub use engine::{ClientConfig, ClientError, ClientEvent, Lwm2mClient, SendError, Transmit};
 pub use firmware::{
     CoapUri, FIRMWARE_UPDATE, FirmwareUpdate, PackageFn, PullRequest, UpdateFn, UpdateResult,
     UpdateState, parse_coap_uri,

@@ -49,6 +49,7 @@ pub static SERVER: ObjectDef = ObjectDef {
         ),
         ResourceDef::new(7, "Binding", T::String, RW),
         ResourceDef::executable(8, "Registration Update Trigger"),
+        ResourceDef::new(23, "Mute Send", T::Boolean, RW),
     ]),
 };
 
@@ -150,6 +151,8 @@ pub mod server {
     pub const BINDING: u16 = 7;
     /// /1/x/8 (execute)
     pub const REGISTRATION_UPDATE_TRIGGER: u16 = 8;
+    /// /1/x/23 Mute Send (LWM2M 1.1): while true, the client does not Send.
+    pub const MUTE_SEND: u16 = 23;
 }
 
 /// Security /0 instance 0 for a NoSec server at `server_uri`.
@@ -178,6 +181,7 @@ pub fn server(short_server_id: u16, lifetime: u32, binding: &str) -> ValueObject
         .with_value(0, 2, V::Integer(0))
         .with_value(0, 6, V::Boolean(false))
         .with_value(0, 7, V::String(binding.to_string()))
+        .with_value(0, 23, V::Boolean(false))
         .on_validate(1, |_, d| match d {
             ResourceData::Single(V::Integer(lt)) if *lt >= 1 && *lt <= u32::MAX as i64 => Ok(()),
             _ => Err(super::ObjectError::Rejected),

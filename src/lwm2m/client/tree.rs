@@ -26,6 +26,14 @@ pub struct ObjectTree {
     firmware: Option<FirmwareUpdate>,
 }
 
+impl std::fmt::Debug for ObjectTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectTree")
+            .field("objects", &self.objects.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ObjectTree {
     /// An empty tree.
     pub fn new() -> Self {

@@ -56,6 +56,12 @@ pub struct ValueObject {
     changes: Vec<Lwm2mPath>,
 }
 
+impl std::fmt::Debug for ValueObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValueObject").finish_non_exhaustive()
+    }
+}
+
 impl ValueObject {
     /// An object with no instances. Instances may be created and deleted by the server
     /// when the definition allows several; see [`ValueObject::creatable`].

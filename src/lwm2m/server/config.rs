@@ -26,7 +26,8 @@ pub type Authorizer = Box<dyn Fn(&RegistrationRequest, Option<&PeerIdentity>) ->
 /// lets any host that knows an endpoint name take the device over (its operations, its
 /// twin's device properties), so the default checks first whether the old address still
 /// answers.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "policy", rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum Takeover {
     /// The new Register replaces the old registration (what LWM2M servers commonly do).
@@ -42,6 +43,7 @@ pub enum Takeover {
     /// registration and refusal period.
     ProbeOldAddress {
         /// How long the old address has to answer.
+        #[serde(with = "crate::time::millis", rename = "probeTimeoutMs")]
         probe_timeout: Duration,
     },
 }
@@ -62,12 +64,14 @@ impl Default for Takeover {
 /// let c = ServerConfig { auto_provision: true, ..ServerConfig::default() };
 /// assert_eq!(c.coap.max_retransmit, 4);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerConfig {
     /// Accept any endpoint when no authorization hook is installed. Off by default: without
     /// a hook and without this, every Register is refused with 4.03.
     pub auto_provision: bool,
     /// How long past its lifetime a registration survives before it expires.
+    #[serde(with = "crate::time::millis", rename = "lifetimeGraceMs")]
     pub lifetime_grace: Duration,
     /// Most registrations held at once; further Registers get 5.03.
     pub max_registrations: usize,
@@ -77,9 +81,11 @@ pub struct ServerConfig {
     /// Most operations waiting per device (queue mode, or behind the one in flight).
     pub queue_capacity: usize,
     /// How long an operation may wait in a device's queue before it times out.
+    #[serde(with = "crate::time::millis", rename = "queueTimeoutMs")]
     pub queue_timeout: Duration,
     /// How long a queue-mode device stays reachable after it last talked
     /// (LWM2M: MAX_TRANSMIT_WAIT, 93 s).
+    #[serde(with = "crate::time::millis", rename = "awakeWindowMs")]
     pub awake_window: Duration,
     /// Requests in flight per device at once (CoAP NSTART, 1).
     pub nstart: usize,

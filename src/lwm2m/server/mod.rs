@@ -248,6 +248,14 @@ pub struct Lwm2mServer {
     current_identity: Option<PeerIdentity>,
 }
 
+impl std::fmt::Debug for Lwm2mServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lwm2mServer")
+            .field("registered", &self.by_endpoint.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Lwm2mServer {
     /// A server with these settings, no authorization hook and the standard resource
     /// types. Tokens and message ids come from the OS CSPRNG (through the CoAP endpoint).
@@ -355,6 +363,71 @@ impl Lwm2mServer {
         self.slot(slot).map(|r| &r.info)
     }
 
+    /// Takes back a registration a previous run of the server accepted (the hub restores
+    /// them from the twins after a restart), so the device's Updates to its location,
+    /// its De-register and the operations to it keep working without a new Register.
+    /// `remaining` is what is left of its lifetime (grace included); the registration
+    /// expires then unless the device updates it. No event is emitted (the twin already
+    /// holds it). Refused (`false`) when the id is not one this server hands out, the
+    /// device, the location or the address is already taken, the table is full, or no
+    /// address is known. A queue-mode device counts as asleep until it speaks. Content
+    /// formats the device announced are not kept: the version's defaults are asked for
+    /// until it announces them again (a Register, or an Update that carries `ct`).
+    pub fn restore_registration(
+        &mut self,
+        now: Instant,
+        info: RegistrationInfo,
+        remaining: Duration,
+    ) -> bool {
+        let (Ok(device), Some(reg_id), Some(addr)) = (
+            DeviceId::new(&info.endpoint),
+            parse_location_id(&info.registration_id),
+            info.address,
+        ) else {
+            return false;
+        };
+        if self.by_endpoint.contains_key(&device)
+            || self.by_reg_id.contains_key(&reg_id)
+            || self.by_addr.contains_key(&addr)
+            || self.by_endpoint.len() >= self.config.max_registrations
+        {
+            return false;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.queues.push(VecDeque::new());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let expires = now + remaining;
+        let identity = info.psk_identity.as_deref().map(Arc::<str>::from);
+        self.slots[slot as usize] = Some(Registration {
+            device: device.clone(),
+            info,
+            generation,
+            reg_id,
+            addr,
+            expires,
+            content_formats: Vec::new(),
+            refused: Vec::new(),
+            alternate_path: None,
+            awake_until: None,
+            in_flight: 0,
+            probe: Probe::Idle,
+            identity,
+        });
+        self.by_endpoint.insert(device, slot);
+        self.by_addr.insert(addr, slot);
+        self.by_reg_id.insert(reg_id, slot);
+        self.timers
+            .push(Reverse((expires, Timer::Expiry { slot, generation })));
+        true
+    }
+
     /// How many observations are established (all devices).
     pub fn observation_count(&self) -> usize {
         self.observations.len()
@@ -447,6 +520,11 @@ impl Lwm2mServer {
         peer: SocketAddr,
         request: &Message,
     ) {
+        if request.uri_path().eq(["dp"]) {
+            let code = self.send_interface(peer, request);
+            let _ = self.endpoint.respond(now, id, Message::response(code));
+            return;
+        }
         let (rcode, location) = self.registration_interface(now, peer, request);
         let mut r = Message::response(rcode);
         if let Some(id) = location {
@@ -456,6 +534,46 @@ impl Lwm2mServer {
         // Only fails for an unknown id or a non-response code, neither of which can happen
         // here; a lost answer is retried by the device.
         let _ = self.endpoint.respond(now, id, r);
+    }
+
+    /// LWM2M 1.1 Send (information reporting, `POST /dp`): values a registered device
+    /// pushes unasked, in SenML JSON, SenML CBOR or LwM2M CBOR. They become a
+    /// [`DeviceEvent::Notification`] for the root path `/`, so the hub applies them as it
+    /// applies notifications. 2.04 when taken; 4.04 from an address no registration holds
+    /// (the device registers again), 4.03 from another identity than the registration's,
+    /// 4.05 for another method, 4.15 for another format, 4.00 for a payload that does not
+    /// decode.
+    fn send_interface(&mut self, peer: SocketAddr, m: &Message) -> Code {
+        if m.code != Code::POST {
+            return Code::METHOD_NOT_ALLOWED;
+        }
+        let Some(&slot) = self.by_addr.get(&peer) else {
+            return Code::NOT_FOUND;
+        };
+        if !self.owns(slot, peer) {
+            return Code::FORBIDDEN;
+        }
+        let format = m
+            .content_format()
+            .and_then(|c| ContentFormat::from_code(c.0));
+        if !matches!(
+            format.map(ContentFormat::canonical),
+            Some(ContentFormat::SenmlJson | ContentFormat::SenmlCbor | ContentFormat::Lwm2mCbor)
+        ) {
+            return Code::UNSUPPORTED_CONTENT_FORMAT;
+        }
+        let Ok(content) = self.decode(m, &Lwm2mPath::ROOT) else {
+            return Code::BAD_REQUEST;
+        };
+        let Some(device) = self.slot(slot).map(|r| r.device.clone()) else {
+            return Code::NOT_FOUND;
+        };
+        self.events.push_back(DeviceEvent::Notification {
+            device,
+            path: Lwm2mPath::ROOT,
+            content,
+        });
+        Code::CHANGED
     }
 
     /// Runs a registration-interface request; returns the response code and, for a
@@ -480,6 +598,7 @@ impl Lwm2mServer {
             self.events.push_back(DeviceEvent::Rejected {
                 endpoint: String::new(),
                 reason: RejectReason::CredentialsRequired,
+                address: Some(peer),
             });
             return (Code::FORBIDDEN, None);
         }
@@ -499,7 +618,7 @@ impl Lwm2mServer {
         match RdMessage::parse(method, &path, &queries, &m.payload) {
             Ok(RdMessage::Register(r)) => self.register(now, peer, r),
             Ok(RdMessage::Update { id, update }) => (self.update(now, peer, &id, update), None),
-            Ok(RdMessage::Deregister { id }) => (self.deregister(now, &id), None),
+            Ok(RdMessage::Deregister { id }) => (self.deregister(now, peer, &id), None),
             Err(RegistrationError::NotRegistrationInterface) => {
                 let code = if path.first() == Some(&"rd") {
                     Code::METHOD_NOT_ALLOWED
@@ -520,6 +639,7 @@ impl Lwm2mServer {
                     self.events.push_back(DeviceEvent::Rejected {
                         endpoint,
                         reason: RejectReason::Malformed(e.to_string()),
+                        address: Some(peer),
                     });
                 }
                 (Code::BAD_REQUEST, None)
@@ -539,6 +659,7 @@ impl Lwm2mServer {
                 self.events.push_back(DeviceEvent::Rejected {
                     endpoint: r.endpoint,
                     reason: RejectReason::Malformed(e.to_string()),
+                    address: Some(peer),
                 });
                 return (Code::BAD_REQUEST, None);
             }
@@ -547,6 +668,7 @@ impl Lwm2mServer {
             self.events.push_back(DeviceEvent::Rejected {
                 endpoint: r.endpoint,
                 reason: RejectReason::UnsupportedVersion(r.lwm2m_version),
+                address: Some(peer),
             });
             return (Code::PRECONDITION_FAILED, None);
         }
@@ -557,6 +679,7 @@ impl Lwm2mServer {
             self.events.push_back(DeviceEvent::Rejected {
                 endpoint: r.endpoint,
                 reason: RejectReason::IdentityMismatch,
+                address: Some(peer),
             });
             return (Code::FORBIDDEN, None);
         }
@@ -569,6 +692,7 @@ impl Lwm2mServer {
             self.events.push_back(DeviceEvent::Rejected {
                 endpoint: r.endpoint,
                 reason,
+                address: Some(peer),
             });
             return (Code::FORBIDDEN, None);
         }
@@ -672,6 +796,7 @@ impl Lwm2mServer {
                 self.events.push_back(DeviceEvent::Rejected {
                     endpoint,
                     reason: RejectReason::AddressInUse,
+                    address: Some(peer),
                 });
                 Some(Code::FORBIDDEN)
             }
@@ -710,7 +835,7 @@ impl Lwm2mServer {
         let Some(&slot) = parse_location_id(id).and_then(|n| self.by_reg_id.get(&n)) else {
             return Code::NOT_FOUND;
         };
-        if !self.owns(slot) {
+        if !self.owns(slot, peer) {
             return Code::FORBIDDEN;
         }
         let grace = self.config.lifetime_grace;
@@ -762,7 +887,7 @@ impl Lwm2mServer {
     /// Whether the datagram being handled comes from the identity the registration in
     /// `slot` was made with (plain registrations: from no identity). Emits a rejection if
     /// not.
-    fn owns(&mut self, slot: u32) -> bool {
+    fn owns(&mut self, slot: u32, peer: SocketAddr) -> bool {
         let Some(reg) = self.slot(slot) else {
             return false;
         };
@@ -774,15 +899,16 @@ impl Lwm2mServer {
         self.events.push_back(DeviceEvent::Rejected {
             endpoint,
             reason: RejectReason::IdentityMismatch,
+            address: Some(peer),
         });
         false
     }
 
-    fn deregister(&mut self, now: Instant, id: &str) -> Code {
+    fn deregister(&mut self, now: Instant, peer: SocketAddr, id: &str) -> Code {
         let Some(&slot) = parse_location_id(id).and_then(|n| self.by_reg_id.get(&n)) else {
             return Code::NOT_FOUND;
         };
-        if !self.owns(slot) {
+        if !self.owns(slot, peer) {
             return Code::FORBIDDEN;
         }
         if let Some(device) = self.remove(now, slot) {

@@ -619,6 +619,7 @@ mod tests {
         assert_eq!(back, r);
     }
 
+    #[cfg(feature = "fuzzing")]
     proptest::proptest! {
         /// The fuzz body's invariants (re-rendered registrations parse back to themselves)
         /// over inputs drawn from the link-format alphabet.

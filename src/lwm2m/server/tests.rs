@@ -146,7 +146,8 @@ fn register_is_refused_without_hook_or_auto_provisioning() {
         sim.events(),
         vec![DeviceEvent::Rejected {
             endpoint: "dev-1".into(),
-            reason: RejectReason::UnknownDevice
+            reason: RejectReason::UnknownDevice,
+            address: Some(addr(9000)),
         }]
     );
     assert_eq!(sim.server.registered_count(), 0);
@@ -175,7 +176,7 @@ fn authorizer_decides() {
             && registration.objects.len() == 3)
     );
     assert!(
-        matches!(&ev[1], DeviceEvent::Rejected { endpoint, reason: RejectReason::Disabled } if endpoint == "other")
+        matches!(&ev[1], DeviceEvent::Rejected { endpoint, reason: RejectReason::Disabled, .. } if endpoint == "other")
     );
     assert_eq!(sim.server.registered_count(), 1);
 }
@@ -1360,9 +1361,74 @@ fn unsupported_and_malformed_versions_are_refused() {
                 vec![DeviceEvent::Rejected {
                     endpoint: "d".into(),
                     reason: RejectReason::UnsupportedVersion(version.into()),
+                    address: Some(a),
                 }]
             );
         }
     }
     assert_eq!(sim.server.registered_count(), 1);
+}
+
+#[test]
+fn send_is_taken_from_a_registered_device_only_in_senml_or_lwm2m_cbor() {
+    let mut sim = Sim::open();
+    let from = addr(9300);
+    sim.register(from, &["ep=sender", "lwm2m=1.1"]);
+    sim.events();
+    let senml = br#"[{"bn":"/3/0/","n":"9","v":42},{"n":"15","vs":"UTC"}]"#;
+    let send = |sim: &mut Sim, at: SocketAddr, method: u8, cf: Option<u16>, body: &[u8]| {
+        let mut p = sim.request(method, &["dp"], &[], body);
+        if let Some(cf) = cf {
+            p.add(wire::CONTENT_FORMAT, &cf.to_be_bytes());
+        }
+        sim.send(at, &p);
+        let out = sim.out();
+        assert_eq!(out.len(), 1);
+        out[0].1.code
+    };
+    assert_eq!(
+        send(&mut sim, from, wire::POST, Some(110), senml),
+        code(2, 4)
+    );
+    let events = sim.events();
+    let [
+        DeviceEvent::Notification {
+            device,
+            path,
+            content,
+        },
+    ] = events.as_slice()
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!((device, path), (&dev("sender"), &Lwm2mPath::ROOT));
+    assert_eq!(
+        content.values,
+        [
+            (Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(42)),
+            (
+                Lwm2mPath::resource(3, 0, 15),
+                ResourceValue::String("UTC".into())
+            )
+        ]
+    );
+    // Refusals change nothing.
+    assert_eq!(
+        send(&mut sim, addr(9301), wire::POST, Some(110), senml),
+        code(4, 4)
+    );
+    assert_eq!(
+        send(&mut sim, from, wire::PUT, Some(110), senml),
+        code(4, 5)
+    );
+    assert_eq!(
+        send(&mut sim, from, wire::POST, Some(11542), senml),
+        code(4, 15)
+    );
+    assert_eq!(send(&mut sim, from, wire::POST, None, senml), code(4, 15));
+    assert_eq!(
+        send(&mut sim, from, wire::POST, Some(110), b"[{"),
+        code(4, 0)
+    );
+    assert!(sim.events().is_empty());
 }

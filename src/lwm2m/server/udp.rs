@@ -34,6 +34,22 @@ pub struct UdpServer {
     thread: Option<JoinHandle<Lwm2mServer>>,
 }
 
+impl std::fmt::Debug for UdpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for UdpServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpServerHandle")
+            .field("server", &self.wake_to)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Submits operations to a running [`UdpServer`]; cheap to clone.
 #[derive(Clone)]
 pub struct UdpServerHandle {

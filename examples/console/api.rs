@@ -1,0 +1,520 @@
+//! The console's REST API and event stream over a [`Hub`], in the preview's JSON shapes.
+//!
+//! Every handler is a short call into the hub (reads take its read lock for
+//! microseconds; a query of a page runs on the indexes); device operations `.await` the
+//! device's answer without blocking a worker thread. Errors are JSON
+//! `{"error": code, "message": text}` (queries add `line` and `column`) with 400, 404,
+//! 409, 412, 413 or 503.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /api/stats` | hub counters, devices, connected devices |
+//! | `GET /api/packages` | firmware packages a job may install |
+//! | `GET /api/devices?top=&continuation=` | a page of twins in device id order |
+//! | `POST /api/devices` | create: `{"deviceId": "...", "tags": [...]}` |
+//! | `GET /api/devices/{id}` | a twin; `ETag` is its service-properties etag |
+//! | `DELETE /api/devices/{id}` | remove |
+//! | `POST /api/devices/{id}/tags` | add tags (`If-Match` optional) |
+//! | `PUT /api/devices/{id}/serviceProperties/{name}` | set (JSON value; `null` removes), `If-Match` |
+//! | `POST /api/devices/{id}/read` `/write` `/execute` | one operation on the device now |
+//! | `POST /api/query?top=&continuation=` | the JSON query expression as the body |
+//! | `GET /api/jobs` | job history: parent records, newest first |
+//! | `POST /api/jobs` | create: a job spec, with `targets` or a `query` whose filter selects them |
+//! | `GET /api/jobs/{id}` | record and statistics |
+//! | `DELETE /api/jobs/{id}` | cancel |
+//! | `GET /api/jobs/{id}/children?top=&skip=` | child records |
+//! | `POST /api/jobs/query` | a query expression over job history |
+//! | `GET /api/events?after=` | server-sent events (also `Last-Event-ID`) |
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+use twinhub::hub::Hub;
+use twinhub::hub::{HubEvent, RequestError, SubscribeOptions};
+use twinhub::job::{CancelMode, JobId, JobSpec, SpecError};
+use twinhub::query::{QueryError, QueryOptions};
+use twinhub::registry::RegistryError;
+use twinhub::transport::{DeviceReply, DeviceRequest, WriteMode};
+use twinhub::twin::{ConnectionState, Etag, Twin};
+use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
+
+/// Largest request body, 64 KiB: bigger ones get 413 and change nothing.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Largest page of devices or children.
+pub const MAX_PAGE: usize = 1000;
+/// How long a device operation waits for the device's answer.
+pub const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
+
+const PAGE_HTML: &str = include_str!("index.html");
+
+/// The console's routes over `hub`; `packages` are the firmware packages a job may
+/// install (`{"version", "uri"}`, shown by the page's job form).
+pub fn router(hub: Hub, packages: Vec<(String, String)>) -> Router {
+    let packages: Value = packages
+        .into_iter()
+        .map(|(version, uri)| json!({"version": version, "uri": uri}))
+        .collect();
+    Router::new()
+        .route("/", get(|| async { Html(PAGE_HTML) }))
+        .route("/api/packages", get(move || async move { Json(packages) }))
+        .route("/api/stats", get(stats))
+        .route("/api/devices", get(list_devices).post(create_device))
+        .route("/api/devices/{id}", get(get_twin).delete(delete_device))
+        .route("/api/devices/{id}/tags", post(add_tags))
+        .route(
+            "/api/devices/{id}/serviceProperties/{name}",
+            put(set_service_property),
+        )
+        .route("/api/devices/{id}/read", post(read_device))
+        .route("/api/devices/{id}/write", post(write_device))
+        .route("/api/devices/{id}/execute", post(execute_device))
+        .route("/api/query", post(query))
+        .route("/api/jobs", get(list_jobs).post(create_job))
+        .route("/api/jobs/query", post(query_jobs))
+        .route("/api/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/api/jobs/{id}/children", get(job_children))
+        .route("/api/events", get(events))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(hub)
+}
+
+/// An error as JSON with its status code.
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &str, message: impl std::fmt::Display) -> Self {
+        ApiError {
+            status,
+            body: json!({"error": error, "message": message.to_string()}),
+        }
+    }
+
+    fn bad(message: impl std::fmt::Display) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "badRequest", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        let (status, code) = match &e {
+            RegistryError::DeviceNotFound { .. } => (StatusCode::NOT_FOUND, "deviceNotFound"),
+            RegistryError::DeviceExists { .. } => (StatusCode::CONFLICT, "deviceExists"),
+            RegistryError::PreconditionFailed { .. } => {
+                (StatusCode::PRECONDITION_FAILED, "preconditionFailed")
+            }
+            RegistryError::NotDurable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "notDurable"),
+            _ => (StatusCode::BAD_REQUEST, "invalid"),
+        };
+        ApiError::new(status, code, e)
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> Self {
+        let (status, code) = match &e {
+            SpecError::UnknownJob(_) => (StatusCode::NOT_FOUND, "jobNotFound"),
+            SpecError::DuplicateJob(_) => (StatusCode::CONFLICT, "jobExists"),
+            SpecError::NotDurable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "notDurable"),
+            _ => (StatusCode::BAD_REQUEST, "invalidJob"),
+        };
+        ApiError::new(status, code, e)
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        let mut body = json!({"error": "invalidQuery", "message": e.to_string()});
+        if let QueryError::Parse(p) = &e {
+            body["line"] = json!(p.line);
+            body["column"] = json!(p.column);
+        }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body,
+        }
+    }
+}
+
+/// The body as bytes; a body over [`MAX_BODY`] is a JSON 413.
+fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    bytes.map_err(|r| ApiError::new(r.status(), "bodyRejected", r.body_text()))
+}
+
+/// The body as UTF-8 text (a query expression).
+fn text_body(bytes: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
+    String::from_utf8(body(bytes)?.to_vec()).map_err(|_| ApiError::bad("the body is not UTF-8"))
+}
+
+/// The body parsed as JSON into `T`.
+fn json_body<T: for<'de> Deserialize<'de>>(
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body(bytes)?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad(format!("malformed JSON: {e}")))
+}
+
+fn device_id(id: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::new(id).map_err(ApiError::bad)
+}
+
+fn job_id(id: &str) -> Result<JobId, ApiError> {
+    JobId::new(id).map_err(ApiError::bad)
+}
+
+/// `If-Match: "7"` (or `7`, or `*` for none).
+fn if_match(headers: &HeaderMap) -> Result<Option<Etag>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().map_err(ApiError::bad)?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_matches('"')
+        .parse()
+        .map(|n| Some(Etag(n)))
+        .map_err(|_| ApiError::bad(format!("If-Match {text:?} is not an etag")))
+}
+
+async fn stats(State(hub): State<Hub>) -> Json<Value> {
+    let (devices, connected) = {
+        let reg = hub.registry().read();
+        let connected = reg
+            .iter()
+            .filter(|t| t.connection_state() == ConnectionState::Connected)
+            .count();
+        (reg.len(), connected)
+    };
+    Json(json!({"hub": hub.stats(), "devices": devices, "connected": connected}))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    top: Option<usize>,
+    continuation: Option<String>,
+    skip: Option<usize>,
+}
+
+impl Page {
+    fn options(&self) -> Result<QueryOptions, ApiError> {
+        let size = self.top.unwrap_or(100);
+        if size == 0 || size > MAX_PAGE {
+            return Err(ApiError::bad(format!("top must be 1..={MAX_PAGE}")));
+        }
+        let mut options = QueryOptions::page(size);
+        options.continuation = self.continuation.clone();
+        Ok(options)
+    }
+}
+
+async fn list_devices(
+    State(hub): State<Hub>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let result = hub.query_page("{}", &page.options()?)?;
+    let total = hub.registry().read().len();
+    Ok(Json(json!({
+        "items": result.result,
+        "continuation": result.continuation,
+        "total": total,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewDevice {
+    device_id: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+async fn create_device(
+    State(hub): State<Hub>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Twin>), ApiError> {
+    let new: NewDevice = json_body(bytes)?;
+    let mut twin = Twin::new(device_id(&new.device_id)?);
+    for t in &new.tags {
+        twin = twin.with_tag(t);
+    }
+    hub.create_device(twin)?;
+    let twin = hub
+        .twin(&new.device_id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "deviceNotFound", "removed since"))?;
+    Ok((StatusCode::CREATED, Json(twin)))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "deviceNotFound",
+        format!("no device {id:?}"),
+    )
+}
+
+async fn get_twin(State(hub): State<Hub>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let twin = hub.twin(&id).ok_or_else(|| not_found(&id))?;
+    let etag = format!("\"{}\"", twin.service_properties.etag);
+    let mut response = Json(twin).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+async fn delete_device(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    hub.remove_device(&id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn add_tags(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let tags: Vec<String> = json_body(bytes)?;
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let etag = hub.add_tags(&id, &tags, if_match(&headers)?)?;
+    Ok(Json(json!({"etag": etag.to_string()})))
+}
+
+async fn set_service_property(
+    State(hub): State<Hub>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let value: Value = json_body(bytes)?;
+    let value = match value {
+        Value::Null => None,
+        v => Some(serde_json::from_value(v).map_err(ApiError::bad)?),
+    };
+    let etag = hub.set_service_property(&id, &name, value, if_match(&headers)?)?;
+    Ok(Json(json!({"etag": etag.to_string()})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Operation {
+    path: String,
+    value: Option<ResourceValue>,
+    args: Option<String>,
+}
+
+/// One operation on one device, answered when the device answers.
+async fn operate(
+    hub: &Hub,
+    id: &str,
+    bytes: Result<Bytes, BytesRejection>,
+    make: impl FnOnce(Lwm2mPath, Operation) -> Result<DeviceRequest, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let op: Operation = json_body(bytes)?;
+    let device = device_id(id)?;
+    if hub.twin(id).is_none() {
+        return Err(not_found(id));
+    }
+    let path: Lwm2mPath = op.path.parse().map_err(ApiError::bad)?;
+    let request = make(path, op)?;
+    let reply = tokio::time::timeout(DEVICE_TIMEOUT, hub.request(&device, request))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "no answer"))?;
+    match reply {
+        Ok(DeviceReply::Content(content)) => Ok(Json(json!({
+            "values": content.values.iter().map(|(p, v)| json!({"path": p, "value": v})).collect::<Vec<_>>()
+        }))),
+        Ok(DeviceReply::Done) => Ok(Json(json!({"done": true}))),
+        Ok(DeviceReply::Links(links)) => Ok(Json(json!({"links": links}))),
+        Ok(DeviceReply::Created(p)) => Ok(Json(json!({"created": p}))),
+        Ok(other) => Ok(Json(json!({"reply": format!("{other:?}")}))),
+        Err(RequestError::Device(e)) => Err(ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            body: json!({"error": "deviceError", "message": format!("{e:?}"), "device": e}),
+        }),
+        Err(e) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "deviceError", e)),
+    }
+}
+
+async fn read_device(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    operate(&hub, &id, bytes, |path, _| Ok(DeviceRequest::Read { path })).await
+}
+
+async fn write_device(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    operate(&hub, &id, bytes, |path, op| {
+        let value = op
+            .value
+            .ok_or_else(|| ApiError::bad("a write needs a value"))?;
+        Ok(DeviceRequest::Write {
+            path,
+            mode: WriteMode::Replace,
+            content: Content::single(path, value),
+        })
+    })
+    .await
+}
+
+async fn execute_device(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    operate(&hub, &id, bytes, |path, op| {
+        Ok(DeviceRequest::Execute {
+            path,
+            args: op.args,
+        })
+    })
+    .await
+}
+
+async fn query(
+    State(hub): State<Hub>,
+    Query(page): Query<Page>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let text = text_body(bytes)?;
+    let result = hub.query_page(&text, &page.options()?)?;
+    Ok(Json(serde_json::to_value(result).map_err(ApiError::bad)?))
+}
+
+async fn list_jobs(State(hub): State<Hub>) -> Json<Value> {
+    let mut parents: Vec<_> = hub
+        .job_records()
+        .into_iter()
+        .filter(|r| r.parent_job_id.is_empty())
+        .collect();
+    parents.sort_by_key(|r| std::cmp::Reverse(r.start_time_utc));
+    Json(json!({ "items": parents }))
+}
+
+async fn create_job(
+    State(hub): State<Hub>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut body: Value = json_body(bytes)?;
+    // `query` instead of `targets`: the devices its filter selects now.
+    if let Some(q) = body.as_object_mut().and_then(|o| o.remove("query")) {
+        let expr = twinhub::query::parse(&q.to_string()).map_err(QueryError::Parse)?;
+        let targets = hub.resolve_targets(&expr)?;
+        if targets.is_empty() {
+            return Err(ApiError::bad("the query selects no device"));
+        }
+        body["targets"] = json!(targets);
+    }
+    let spec: JobSpec = serde_json::from_value(body).map_err(ApiError::bad)?;
+    let record = hub.create_job(spec)?;
+    Ok((StatusCode::CREATED, Json(json!(record))))
+}
+
+async fn get_job(State(hub): State<Hub>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let id = job_id(&id)?;
+    let record = hub
+        .job(&id)
+        .ok_or_else(|| SpecError::UnknownJob(id.clone()))?;
+    Ok(Json(
+        json!({"record": record, "statistics": hub.job_statistics(&id)}),
+    ))
+}
+
+async fn cancel_job(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let status = hub.cancel_job(&job_id(&id)?, CancelMode::Abandon)?;
+    Ok(Json(json!({ "status": status })))
+}
+
+async fn job_children(
+    State(hub): State<Hub>,
+    Path(id): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let id = job_id(&id)?;
+    if hub.job(&id).is_none() {
+        return Err(SpecError::UnknownJob(id).into());
+    }
+    let top = page.top.unwrap_or(100).min(MAX_PAGE);
+    let skip = page.skip.unwrap_or(0);
+    let children = hub.job_children(&id);
+    let total = children.len();
+    let items: Vec<_> = children.into_iter().skip(skip).take(top).collect();
+    Ok(Json(json!({"items": items, "total": total})))
+}
+
+async fn query_jobs(
+    State(hub): State<Hub>,
+    Query(page): Query<Page>,
+    bytes: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let text = text_body(bytes)?;
+    let result = hub.query_jobs(&text, &page.options()?)?;
+    Ok(Json(serde_json::to_value(result).map_err(ApiError::bad)?))
+}
+
+#[derive(Deserialize)]
+struct EventsFrom {
+    after: Option<u64>,
+}
+
+/// Server-sent events from a hub subscription: each event's `data` is the event's JSON;
+/// twin changes carry their sequence number as the event id, so a reconnecting browser
+/// (`Last-Event-ID`) or `?after=` resumes without a gap.
+async fn events(
+    State(hub): State<Hub>,
+    Query(from): Query<EventsFrom>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let options = SubscribeOptions {
+        after: last_id.or(from.after),
+        ..SubscribeOptions::default()
+    };
+    let subscription = hub.subscribe(options).map_err(|gap| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "feedGap",
+            format!("{gap}; resume after {}", gap.resume_after()),
+        )
+    })?;
+    let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
+        let event = sub.recv_async().await?;
+        let mut sse = Event::default().data(serde_json::to_string(&event).ok()?);
+        if let HubEvent::Twin(c) = &event {
+            sse = sse.id(c.seq.to_string());
+        }
+        Some((Ok::<_, std::convert::Infallible>(sse), sub))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

@@ -1,0 +1,258 @@
+//! [`HubBuilder`]: a hub assembled from parts.
+
+use super::{Hub, HubConfig, TransportThread};
+use crate::registry::{Registry, SharedRegistry};
+use crate::store::SharedStore;
+use crate::transport::Transport;
+#[cfg(feature = "lwm2m")]
+use {
+    crate::Lwm2mPath,
+    crate::lwm2m::ResourceType,
+    crate::lwm2m::server::{Authorizer, Decision, RegistrationRequest, TypeResolver},
+    crate::transport::PeerIdentity,
+    std::net::{SocketAddr, ToSocketAddrs},
+};
+
+/// The bundled LWM2M server's parts a builder may replace.
+#[derive(Default)]
+pub(crate) struct ServerParts {
+    #[cfg(feature = "lwm2m")]
+    pub(crate) authorizer: Option<Authorizer>,
+    #[cfg(feature = "lwm2m")]
+    pub(crate) types: Option<TypeResolver>,
+}
+
+/// What the hub runs on.
+enum Link {
+    #[cfg(feature = "lwm2m")]
+    Udp(Vec<SocketAddr>),
+    #[cfg(feature = "dtls")]
+    Dtls(Vec<SocketAddr>),
+    Transport(
+        Box<
+            dyn FnOnce() -> (
+                    TransportThread,
+                    std::sync::mpsc::Receiver<crate::transport::DeviceEvent>,
+                ) + Send,
+        >,
+    ),
+}
+
+/// Why [`HubBuilder::build`] made no hub.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// No transport was chosen ([`HubBuilder::udp`], `dtls`, or [`HubBuilder::transport`]).
+    NoTransport,
+    /// An address did not resolve.
+    Address(std::io::Error),
+    /// The socket could not be bound.
+    Bind(std::io::Error),
+    /// An authorizer or object types were given for a transport other than the bundled
+    /// LWM2M server: they would not be used.
+    NotForTransport(&'static str),
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::NoTransport => f.write_str("no transport chosen (udp, dtls or transport)"),
+            BuildError::Address(e) => write!(f, "the address does not resolve: {e}"),
+            BuildError::Bind(e) => write!(f, "cannot bind: {e}"),
+            BuildError::NotForTransport(what) => write!(
+                f,
+                "{what} applies to the bundled LWM2M server (udp or dtls), not to a custom transport"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Address(e) | BuildError::Bind(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Builds a [`Hub`] from parts: the registry (owned or shared with the rest of the
+/// service), the settings and a durable store, the transport (the bundled LWM2M server on
+/// UDP or DTLS, or any sans-IO [`Transport`]), and for the bundled server an extra
+/// registration check and the resource types of custom objects. `build` reports what is
+/// wrong instead of panicking.
+///
+#[cfg_attr(feature = "lwm2m", doc = "```")]
+#[cfg_attr(not(feature = "lwm2m"), doc = "```ignore")]
+/// use twinhub::hub::Hub;
+/// use twinhub::lwm2m::server::Decision;
+/// use twinhub::lwm2m::ResourceType;
+/// use twinhub::registry::{Registry, SharedRegistry};
+///
+/// let registry = SharedRegistry::new(Registry::new());
+/// let hub = Hub::builder()
+///     .shared_registry(registry.clone())
+///     // IPSO Temperature (3303): Sensor Value (5700) is a float.
+///     .object_types(|path| {
+///         (path.object_id() == Some(3303) && path.resource_id() == Some(5700)).then_some(ResourceType::Float)
+///     })
+///     .authorizer(|request, _identity| {
+///         if request.endpoint.starts_with("lab-") {
+///             Decision::Accept
+///         } else {
+///             Decision::Reject(twinhub::transport::RejectReason::UnknownDevice)
+///         }
+///     })
+///     .udp("127.0.0.1:0")
+///     .build()?;
+/// assert!(hub.local_addr().is_some());
+/// # Ok::<(), twinhub::hub::BuildError>(())
+/// ```
+pub struct HubBuilder {
+    registry: Option<SharedRegistry>,
+    config: HubConfig,
+    #[cfg_attr(not(feature = "lwm2m"), allow(dead_code))]
+    parts: ServerParts,
+    link: Option<Result<Link, std::io::Error>>,
+}
+
+impl std::fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("HubBuilder");
+        d.field("config", &self.config);
+        #[cfg(feature = "lwm2m")]
+        d.field("authorizer", &self.parts.authorizer.is_some())
+            .field("object_types", &self.parts.types.is_some());
+        d.finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A [`HubBuilder`] with an empty registry and the default settings.
+    pub fn builder() -> HubBuilder {
+        HubBuilder {
+            registry: None,
+            config: HubConfig::default(),
+            parts: ServerParts::default(),
+            link: None,
+        }
+    }
+}
+
+#[cfg(feature = "lwm2m")]
+fn resolve(addr: impl ToSocketAddrs) -> Result<Vec<SocketAddr>, std::io::Error> {
+    Ok(addr.to_socket_addrs()?.collect())
+}
+
+impl HubBuilder {
+    /// The registry the hub owns (default: an empty one).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(SharedRegistry::new(registry));
+        self
+    }
+
+    /// A registry shared with the rest of the service: writes through either side are
+    /// the same twins and indexes (the hub publishes writes it did not make to
+    /// subscribers within 20 ms).
+    pub fn shared_registry(mut self, registry: SharedRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The settings (replaces every earlier setting, the store included).
+    pub fn config(mut self, config: HubConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// A durable store ([`HubConfig::store`]). Use the registry its `open` returned.
+    pub fn store(mut self, store: SharedStore) -> Self {
+        self.config.store = Some(store);
+        self
+    }
+
+    /// A registration check of the service's, asked after the hub's own (the device
+    /// exists and is enabled, or auto-provisioning admits it; a device with credentials
+    /// came over DTLS) have passed. The bundled server only.
+    #[cfg(feature = "lwm2m")]
+    pub fn authorizer(
+        mut self,
+        check: impl Fn(&RegistrationRequest, Option<&PeerIdentity>) -> Decision + Send + 'static,
+    ) -> Self {
+        self.parts.authorizer = Some(Box::new(check));
+        self
+    }
+
+    /// Resource types of objects the standard table does not know (IPSO and vendor
+    /// objects), asked first for payloads that carry no types (TLV, text): without them
+    /// such a value decodes as opaque bytes or a string. The bundled server only.
+    #[cfg(feature = "lwm2m")]
+    pub fn object_types(
+        mut self,
+        types: impl Fn(&Lwm2mPath) -> Option<ResourceType> + Send + 'static,
+    ) -> Self {
+        self.parts.types = Some(Box::new(types));
+        self
+    }
+
+    /// The bundled LWM2M server over plain CoAP on a UDP socket (`"0.0.0.0:5683"`, or
+    /// `"127.0.0.1:0"` for an ephemeral port).
+    #[cfg(feature = "lwm2m")]
+    pub fn udp(mut self, addr: impl ToSocketAddrs) -> Self {
+        self.link = Some(resolve(addr).map(Link::Udp));
+        self
+    }
+
+    /// The bundled LWM2M server over DTLS 1.2 PSK (`coaps`) on a UDP socket; see
+    /// [`Hub::bind_dtls`].
+    #[cfg(feature = "dtls")]
+    pub fn dtls(mut self, addr: impl ToSocketAddrs) -> Self {
+        self.link = Some(resolve(addr).map(Link::Dtls));
+        self
+    }
+
+    /// Any sans-IO transport (the in-memory fleet, your own), driven on a thread of its
+    /// own on the real clock.
+    pub fn transport<T: Transport + Send + 'static>(mut self, transport: T) -> Self {
+        self.link = Some(Ok(Link::Transport(Box::new(move || {
+            TransportThread::spawn(transport)
+        }))));
+        self
+    }
+
+    /// Starts the hub.
+    pub fn build(self) -> Result<Hub, BuildError> {
+        let registry = self
+            .registry
+            .unwrap_or_else(|| SharedRegistry::new(Registry::new()));
+        let link = self
+            .link
+            .ok_or(BuildError::NoTransport)?
+            .map_err(BuildError::Address)?;
+        match link {
+            #[cfg(feature = "lwm2m")]
+            Link::Udp(addrs) => Hub::bind_plain(&addrs[..], registry, self.config, self.parts)
+                .map_err(BuildError::Bind),
+            #[cfg(feature = "dtls")]
+            Link::Dtls(addrs) => Hub::bind_secure(&addrs[..], registry, self.config, self.parts)
+                .map_err(BuildError::Bind),
+            Link::Transport(spawn) => {
+                #[cfg(feature = "lwm2m")]
+                if self.parts.authorizer.is_some() {
+                    return Err(BuildError::NotForTransport("an authorizer"));
+                }
+                #[cfg(feature = "lwm2m")]
+                if self.parts.types.is_some() {
+                    return Err(BuildError::NotForTransport("object types"));
+                }
+                let (thread, events) = spawn();
+                Ok(Hub::start_shared_registry(
+                    registry,
+                    Box::new(thread),
+                    events,
+                    self.config,
+                ))
+            }
+        }
+    }
+}

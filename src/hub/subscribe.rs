@@ -1,0 +1,593 @@
+//! Subscriptions: what the hub pushes to services instead of being polled (see
+//! [`Subscription`]).
+
+use crate::job::JobProgress;
+use crate::registry::{Change, FeedGap, SharedRegistry};
+use crate::transport::RejectReason;
+use crate::{DeviceId, Timestamp};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// One thing a subscription delivers.
+///
+/// JSON: internally tagged by `type`: `{"type":"twin","seq":7,"device":"d1",
+/// "kind":"deviceProperty","name":"BatteryLevel","value":80,"previous":81}`,
+/// `{"type":"lifecycle","device":"d1","event":"registered",...}`,
+/// `{"type":"job","record":{...},"statistics":{...}}`,
+/// `{"type":"lagged","missed":12,"resumeAfter":7}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum HubEvent {
+    /// A twin changed (an entry of the change feed).
+    Twin(Change),
+    /// A device registered, updated, de-registered, expired or was refused.
+    Lifecycle(LifecycleEvent),
+    /// A job or child job changed.
+    Job(JobProgress),
+    /// Events were dropped: the queue was full, or the feed itself dropped twin changes
+    /// before they were published (a write of more changes than the feed holds). Every
+    /// event before this one was delivered; `missed` events at this point were not.
+    /// Twin changes after `resume_after` can be read again from the feed
+    /// ([`SubscribeOptions::after`]) while it still holds them (else that is a
+    /// [`FeedGap`]: re-read the twins).
+    #[serde(rename_all = "camelCase")]
+    Lagged {
+        /// How many events were dropped.
+        missed: u64,
+        /// The sequence number of the last twin change queued before the drop.
+        resume_after: u64,
+    },
+}
+
+/// What happened to a device's registration.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleEvent {
+    /// The device; for a rejection, the endpoint name it used, which may not be a valid
+    /// device id (or `""` when the request named none).
+    pub device: String,
+    /// What happened.
+    pub event: LifecycleKind,
+    /// Why a registration was refused (its display text), `None` otherwise.
+    pub reason: Option<String>,
+    /// The device's address, when the transport knows it.
+    pub address: Option<SocketAddr>,
+    /// When the hub applied it.
+    pub at: Timestamp,
+}
+
+/// The kinds of [`LifecycleEvent`] (JSON: camelCase names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LifecycleKind {
+    /// A (first or repeated) registration was accepted.
+    Registered,
+    /// A registration Update was accepted.
+    Updated,
+    /// The device de-registered.
+    Deregistered,
+    /// The registration's lifetime ran out.
+    Expired,
+    /// A registration (or an Update or De-register) was refused.
+    Rejected,
+}
+
+impl LifecycleEvent {
+    pub(crate) fn new(device: &DeviceId, event: LifecycleKind, at: Timestamp) -> Self {
+        LifecycleEvent {
+            device: device.to_string(),
+            event,
+            reason: None,
+            address: None,
+            at,
+        }
+    }
+
+    pub(crate) fn rejected(
+        endpoint: &str,
+        reason: &RejectReason,
+        address: Option<SocketAddr>,
+        at: Timestamp,
+    ) -> Self {
+        LifecycleEvent {
+            device: endpoint.to_owned(),
+            event: LifecycleKind::Rejected,
+            reason: Some(reason.to_string()),
+            address,
+            at,
+        }
+    }
+}
+
+/// What a subscription wants. `Default`: everything from now on except re-reports of
+/// unchanged values, at most 4,096 queued events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Twin changes (the change feed).
+    pub twins: bool,
+    /// Also device properties re-reported with the value they had (a device re-reports
+    /// every resource of an observed instance when one changes); off by default.
+    pub rereports: bool,
+    /// Registration lifecycle events.
+    pub lifecycle: bool,
+    /// Job progress.
+    pub jobs: bool,
+    /// Most events queued for this subscription; beyond it the hub drops events for it
+    /// and delivers [`HubEvent::Lagged`] (at least 1).
+    pub capacity: usize,
+    /// Replay the twin changes after this sequence number first (`None`: from now on).
+    /// The replay is not bounded by `capacity`, only by what the feed holds.
+    pub after: Option<u64>,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            twins: true,
+            rereports: false,
+            lifecycle: true,
+            jobs: true,
+            capacity: 4096,
+            after: None,
+        }
+    }
+}
+
+impl SubscribeOptions {
+    /// Resume the twin changes after `seq` (see [`SubscribeOptions::after`]).
+    pub fn after(mut self, seq: u64) -> Self {
+        self.after = Some(seq);
+        self
+    }
+
+    /// Only twin changes.
+    pub fn twins_only() -> Self {
+        SubscribeOptions {
+            lifecycle: false,
+            jobs: false,
+            ..SubscribeOptions::default()
+        }
+    }
+
+    fn wants(&self, event: &HubEvent) -> bool {
+        match event {
+            HubEvent::Twin(c) => self.twins && (self.rereports || !c.kind.is_rereport()),
+            HubEvent::Lifecycle(_) => self.lifecycle,
+            HubEvent::Job(_) => self.jobs,
+            HubEvent::Lagged { .. } => true,
+        }
+    }
+}
+
+/// Why [`Subscription::try_recv`] returned nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing queued now.
+    Empty,
+    /// The hub stopped and everything queued was delivered.
+    Closed,
+}
+
+/// Why [`Subscription::recv_timeout`] returned nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvTimeoutError {
+    /// Nothing arrived in time.
+    Timeout,
+    /// The hub stopped and everything queued was delivered.
+    Closed,
+}
+
+impl std::fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TryRecvError::Empty => "no event queued",
+            TryRecvError::Closed => "the hub stopped",
+        })
+    }
+}
+
+impl std::fmt::Display for RecvTimeoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecvTimeoutError::Timeout => "no event in time",
+            RecvTimeoutError::Closed => "the hub stopped",
+        })
+    }
+}
+
+impl std::error::Error for TryRecvError {}
+impl std::error::Error for RecvTimeoutError {}
+
+/// A subscriber's queue, shared by the hub (which fills it) and the [`Subscription`].
+struct Queue {
+    options: SubscribeOptions,
+    events: VecDeque<HubEvent>,
+    /// Events are being dropped until the consumer has emptied the queue.
+    lagging: bool,
+    missed: u64,
+    /// The last twin change queued (or, before any, where the subscription started).
+    queued_through: u64,
+    /// Twin changes at or below this were replayed (or asked to be skipped).
+    skip_through: u64,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `event` if the subscriber wants it and has room; returns whether it did.
+    fn offer(&self, event: &HubEvent) -> bool {
+        let mut q = self.lock();
+        if q.closed || !q.options.wants(event) {
+            return false;
+        }
+        if let HubEvent::Twin(c) = event
+            && c.seq <= q.skip_through
+        {
+            return false;
+        }
+        if q.lagging || q.events.len() >= q.options.capacity {
+            q.lagging = true;
+            q.missed += 1;
+            return false;
+        }
+        if let HubEvent::Twin(c) = event {
+            q.queued_through = c.seq;
+        }
+        q.events.push_back(event.clone());
+        true
+    }
+
+    fn wake(&self) {
+        let waker = self.lock().waker.take();
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn pop(q: &mut Queue) -> Option<HubEvent> {
+        if let Some(e) = q.events.pop_front() {
+            return Some(e);
+        }
+        if q.lagging {
+            q.lagging = false;
+            let missed = std::mem::take(&mut q.missed);
+            return Some(HubEvent::Lagged {
+                missed,
+                resume_after: q.queued_through,
+            });
+        }
+        None
+    }
+}
+
+/// What the hub pushes to a service instead of being polled: a bounded queue of
+/// [`HubEvent`]s that [`Hub::subscribe`](super::Hub::subscribe) returns and the hub fills:
+///
+/// - **twin changes**: every entry of the registry's change feed, in sequence order, a
+///   reported device property with its value and previous value (re-reports of an
+///   unchanged value are left out unless [`SubscribeOptions::rereports`] asks for them);
+/// - **registration lifecycle**: registered, updated, de-registered, expired and
+///   *rejected* (with the endpoint name, the reason and the address);
+/// - **job progress**: each child and parent record a batch changed, a parent with its
+///   statistics.
+///
+/// **When.** The hub publishes after it applied (and, with a store, committed) a batch of
+/// device events, and after every service write through the hub, before the call
+/// returns; writes made straight through [`Hub::registry`](super::Hub::registry) are
+/// published on the hub thread's next pass (within 20 ms). Within one publication twin
+/// changes come first, then registrations, then job progress.
+///
+/// **Bounded, with a lag signal.** A subscription holds at most
+/// [`SubscribeOptions::capacity`] events. When the consumer falls behind and the queue
+/// is full, the hub drops events for it (it never waits for a consumer) until the
+/// consumer has emptied the queue; it then receives one [`HubEvent::Lagged`] with the
+/// number of events it missed and the sequence number to resume the twin changes from.
+///
+/// **Resumable.** [`SubscribeOptions::after`] replays the twin changes after a sequence
+/// number from the registry's change feed, then continues live, without a gap or a
+/// repeat; a sequence number the feed no longer holds is a [`FeedGap`]. A hub started on
+/// a store has the feed the store kept (see [`StoreConfig`](crate::store::StoreConfig)'s
+/// retention), so a consumer resumes across restarts too. Registrations and job progress are not replayed: re-read the twins'
+/// connection state and [`Hub::job`](super::Hub::job) after a gap.
+///
+/// **Blocking or async.** [`Subscription::recv`], [`Subscription::recv_timeout`] and
+/// [`Subscription::try_recv`] for threads; [`Subscription::recv_async`] is a future (woken by
+/// the hub through the task's waker, no runtime needed). After the hub stops, the
+/// queued events are still delivered, then `recv` returns `None`.
+///
+/// Dropping it ends the subscription.
+pub struct Subscription {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = self.shared.lock();
+        f.debug_struct("Subscription")
+            .field("options", &q.options)
+            .field("queued", &q.events.len())
+            .field("lagging", &q.lagging)
+            .field("closed", &q.closed)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The next event, waiting as long as it takes; `None` once the hub stopped and
+    /// every queued event was delivered.
+    pub fn recv(&self) -> Option<HubEvent> {
+        let mut q = self.shared.lock();
+        loop {
+            if let Some(e) = Shared::pop(&mut q) {
+                return Some(e);
+            }
+            if q.closed {
+                return None;
+            }
+            q = self.shared.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<HubEvent, RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        let mut q = self.shared.lock();
+        loop {
+            if let Some(e) = Shared::pop(&mut q) {
+                return Ok(e);
+            }
+            if q.closed {
+                return Err(RecvTimeoutError::Closed);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            q = self
+                .shared
+                .ready
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&self) -> Result<HubEvent, TryRecvError> {
+        let mut q = self.shared.lock();
+        match Shared::pop(&mut q) {
+            Some(e) => Ok(e),
+            None if q.closed => Err(TryRecvError::Closed),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// The next event as a future: `sub.recv_async().await` in any async runtime. Resolves
+    /// to `None` once the hub stopped and every queued event was delivered.
+    pub fn recv_async(&mut self) -> RecvFuture<'_> {
+        RecvFuture { sub: self }
+    }
+
+    /// Events queued now.
+    pub fn len(&self) -> usize {
+        self.shared.lock().events.len()
+    }
+
+    /// Whether no event is queued now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sequence number of the last twin change queued: where a new subscription
+    /// would resume ([`SubscribeOptions::after`]) to continue this one's twin changes.
+    pub fn resume_after(&self) -> u64 {
+        self.shared.lock().queued_through
+    }
+}
+
+/// The future of [`Subscription::recv_async`].
+#[derive(Debug)]
+pub struct RecvFuture<'a> {
+    sub: &'a mut Subscription,
+}
+
+impl Future for RecvFuture<'_> {
+    type Output = Option<HubEvent>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut q = self.sub.shared.lock();
+        if let Some(e) = Shared::pop(&mut q) {
+            return Poll::Ready(Some(e));
+        }
+        if q.closed {
+            return Poll::Ready(None);
+        }
+        match &mut q.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// The hub's side: every subscriber, and how far the change feed was published.
+#[derive(Default)]
+pub(crate) struct Publisher {
+    state: Mutex<PublisherState>,
+}
+
+#[derive(Default)]
+struct PublisherState {
+    /// The newest feed sequence number fanned out (or skipped with nobody listening).
+    through: u64,
+    subscribers: Vec<Arc<Shared>>,
+    closed: bool,
+}
+
+impl Publisher {
+    fn lock(&self) -> MutexGuard<'_, PublisherState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new subscription; with `options.after`, the feed's changes after it first.
+    pub(crate) fn subscribe(
+        &self,
+        registry: &SharedRegistry,
+        mut options: SubscribeOptions,
+    ) -> Result<Subscription, FeedGap> {
+        options.capacity = options.capacity.max(1);
+        let mut state = self.lock();
+        let reg = registry.read();
+        if state.subscribers.is_empty() {
+            // Nothing was fanned out while nobody listened.
+            state.through = reg.last_seq();
+        }
+        let mut queue = Queue {
+            options,
+            events: VecDeque::new(),
+            lagging: false,
+            missed: 0,
+            queued_through: state.through,
+            skip_through: 0,
+            closed: state.closed,
+            waker: None,
+        };
+        if let Some(after) = queue.options.after {
+            queue.queued_through = after;
+            queue.skip_through = after.max(state.through);
+            for c in reg.changes_after(after)? {
+                if c.seq > state.through {
+                    break;
+                }
+                let event = HubEvent::Twin(c.clone());
+                if queue.options.wants(&event) {
+                    queue.events.push_back(event);
+                }
+                queue.queued_through = c.seq;
+            }
+        }
+        drop(reg);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(queue),
+            ready: Condvar::new(),
+        });
+        state.subscribers.push(shared.clone());
+        Ok(Subscription { shared })
+    }
+
+    /// Live subscribers, and the newest feed sequence number published to them.
+    pub(crate) fn status(&self) -> (usize, u64) {
+        let state = self.lock();
+        let live = state
+            .subscribers
+            .iter()
+            .filter(|s| Arc::strong_count(s) > 1)
+            .count();
+        (live, state.through)
+    }
+
+    /// Whether anyone listens (for job progress, the only costly event to build).
+    pub(crate) fn has_job_subscribers(&self) -> bool {
+        self.lock()
+            .subscribers
+            .iter()
+            .any(|s| Arc::strong_count(s) > 1 && s.lock().options.jobs)
+    }
+
+    /// Fans out the registry's new feed entries, then `others`, to every subscriber.
+    pub(crate) fn publish(&self, registry: &SharedRegistry, others: Vec<HubEvent>) {
+        let mut state = self.lock();
+        state.subscribers.retain(|s| Arc::strong_count(s) > 1);
+        let reg = registry.read();
+        let last = reg.last_seq();
+        if state.subscribers.is_empty() {
+            state.through = last;
+            return;
+        }
+        let mut woken = vec![false; state.subscribers.len()];
+        if last < state.through {
+            // The registry was rebuilt from the store behind what was published.
+            state.through = last;
+        }
+        let from = state.through;
+        match reg.changes_after(from) {
+            Ok(changes) => {
+                for c in changes {
+                    let event = HubEvent::Twin(c.clone());
+                    for (i, s) in state.subscribers.iter().enumerate() {
+                        woken[i] |= s.offer(&event);
+                    }
+                }
+            }
+            Err(gap) => {
+                // The feed dropped changes before they were published (a bulk load larger
+                // than the feed): every twin subscriber is told, in order, then gets what
+                // the feed still holds.
+                let dropped = gap.dropped_through - from;
+                for (i, s) in state.subscribers.iter().enumerate() {
+                    let mut q = s.lock();
+                    if !q.options.twins || q.closed {
+                        continue;
+                    }
+                    if q.lagging || q.events.len() >= q.options.capacity {
+                        q.lagging = true;
+                        q.missed += dropped;
+                    } else {
+                        let resume_after = q.queued_through;
+                        q.events.push_back(HubEvent::Lagged {
+                            missed: dropped,
+                            resume_after,
+                        });
+                    }
+                    woken[i] = true;
+                }
+                if let Ok(changes) = reg.changes_after(gap.dropped_through) {
+                    for c in changes {
+                        let event = HubEvent::Twin(c.clone());
+                        for s in &state.subscribers {
+                            s.offer(&event);
+                        }
+                    }
+                }
+            }
+        }
+        state.through = last;
+        drop(reg);
+        for event in &others {
+            for (i, s) in state.subscribers.iter().enumerate() {
+                woken[i] |= s.offer(event);
+            }
+        }
+        for (i, s) in state.subscribers.iter().enumerate() {
+            if woken[i] || s.lock().lagging {
+                s.wake();
+            }
+        }
+    }
+
+    /// Ends every subscription (the hub stopped): queued events are still delivered.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        for s in state.subscribers.drain(..) {
+            s.lock().closed = true;
+            s.wake();
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The hub on the bundled LWM2M server over UDP (feature `lwm2m`): [`Hub::bind_udp`],
+//! the registration gate the hub puts in front of the server, and the registrations a
+//! restarted hub gives back to it.
+
+use super::builder::ServerParts;
+use super::provisioning::AutoProvisioned;
+use super::{Hub, HubConfig};
+use crate::lwm2m::Lwm2mPath;
+use crate::lwm2m::server::{Decision, Lwm2mServer, ServerConfig, UdpServer};
+use crate::registry::{Registry, SharedRegistry};
+use crate::time::Timestamp;
+use crate::transport::RejectReason;
+use crate::twin::{ConnectionState, DeviceId, DeviceStatus};
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Hub {
+    /// Starts a hub with the bundled LWM2M server on a UDP socket (`"0.0.0.0:5683"`, or
+    /// `"127.0.0.1:0"` for an ephemeral port). Only devices that exist in the registry and
+    /// are enabled may register, unless [`HubConfig::auto_provision`] is set.
+    pub fn bind_udp(
+        addr: impl ToSocketAddrs,
+        registry: Registry,
+        config: HubConfig,
+    ) -> std::io::Result<Hub> {
+        Self::bind_plain(
+            addr,
+            SharedRegistry::new(registry),
+            config,
+            ServerParts::default(),
+        )
+    }
+
+    /// [`Hub::bind_udp`] with a shared registry and the builder's server parts.
+    pub(super) fn bind_plain(
+        addr: impl ToSocketAddrs,
+        registry: SharedRegistry,
+        config: HubConfig,
+        parts: ServerParts,
+    ) -> std::io::Result<Hub> {
+        let provisioned = AutoProvisioned::for_config(&config);
+        let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts);
+        let restored = restore_registrations(&registry, &mut server);
+        let (udp, events) = UdpServer::bind(addr, server)?;
+        let local = udp.local_addr();
+        let link = Box::new(udp.handle());
+        let hub = Self::start_shared(
+            registry,
+            link,
+            events,
+            config,
+            (Some(local), Some(udp)),
+            provisioned,
+        );
+        hub.inner.resume_sync(restored);
+        Ok(hub)
+    }
+
+    /// The bundled server with the hub's authorizer: the device exists and is enabled
+    /// (or auto-provisioning is on), and a device with credentials (a PSK in its twin's
+    /// authentication) registers only with an authenticated identity: over plain CoAP it
+    /// gets 4.03 [`RejectReason::CredentialsRequired`]. (That the identity is the
+    /// device's own is checked by the server before this runs.)
+    ///
+    /// `parts.authorizer`, if any, decides after these checks pass; `parts.types`, if
+    /// any, is asked for resource types before the standard objects' table.
+    pub(super) fn lwm2m_server(
+        registry: &SharedRegistry,
+        config: &HubConfig,
+        provisioned: &Arc<AutoProvisioned>,
+        parts: ServerParts,
+    ) -> Lwm2mServer {
+        let gate = registry.clone();
+        let auto = config.auto_provision;
+        let admit = provisioned.clone();
+        let extra = parts.authorizer;
+        let server = Lwm2mServer::new(ServerConfig {
+            auto_provision: auto,
+            ..config.server.clone()
+        });
+        let server = match parts.types {
+            Some(types) => server.with_types(Box::new(move |path| {
+                types(path).or_else(|| crate::lwm2m::content::standard_resource_type(path))
+            })),
+            None => server,
+        };
+        server.with_authorizer(Box::new(move |request, identity| {
+            let decision = Self::gate(&gate, auto, &admit, request, identity);
+            match (&decision, &extra) {
+                (Decision::Accept, Some(extra)) => extra(request, identity),
+                _ => decision,
+            }
+        }))
+    }
+
+    /// The hub's own registration checks (see [`Hub::lwm2m_server`]).
+    fn gate(
+        gate: &SharedRegistry,
+        auto: bool,
+        admit: &AutoProvisioned,
+        request: &crate::lwm2m::server::RegistrationRequest,
+        identity: Option<&crate::transport::PeerIdentity>,
+    ) -> Decision {
+        {
+            let reg = gate.read();
+            match reg.get(&request.endpoint) {
+                Some(twin) if twin.status() != DeviceStatus::Enabled => {
+                    Decision::Reject(RejectReason::Disabled)
+                }
+                Some(twin) if identity.is_none() && twin.authentication().psk_key.is_some() => {
+                    Decision::Reject(RejectReason::CredentialsRequired)
+                }
+                Some(_) => Decision::Accept,
+                None if auto => match DeviceId::new(&request.endpoint) {
+                    Ok(d) if admit.admit(&d, Instant::now()) => Decision::Accept,
+                    _ => Decision::Reject(RejectReason::UnknownDevice),
+                },
+                None => Decision::Reject(RejectReason::UnknownDevice),
+            }
+        }
+    }
+}
+
+/// Gives the bundled server back the registrations the twins hold (a hub restarting on
+/// a store): a twin that is connected, holds a registration with an address, and whose
+/// lifetime (plus the server's grace) has not run out since its last activity, by the
+/// wall clock, is registered again without the device doing anything; every other
+/// connected twin is marked disconnected (its registration ran out while the hub was
+/// down, or cannot be taken back). Returns the devices taken back, with the objects they
+/// announced, for property sync.
+pub(super) fn restore_registrations(
+    registry: &SharedRegistry,
+    server: &mut Lwm2mServer,
+) -> Vec<(DeviceId, Vec<Lwm2mPath>)> {
+    let (now, wall) = (Instant::now(), Timestamp::now());
+    let grace = server.config().lifetime_grace;
+    let mut restored = Vec::new();
+    let mut lapsed = Vec::new();
+    for twin in registry.read().iter() {
+        if twin.connection_state() != ConnectionState::Connected {
+            continue;
+        }
+        let id = twin.device_id().clone();
+        let remaining =
+            twin.registration()
+                .zip(twin.last_activity_time())
+                .and_then(|(info, last)| {
+                    let since =
+                        Duration::from_millis(wall.as_millis().saturating_sub(last.as_millis()));
+                    let left =
+                        (Duration::from_secs(info.lifetime.into()) + grace).checked_sub(since)?;
+                    Some((info, left)).filter(|_| !left.is_zero())
+                });
+        match remaining {
+            Some((info, left)) if server.restore_registration(now, info.clone(), left) => {
+                restored.push((id, info.objects.clone()))
+            }
+            _ => lapsed.push(id),
+        }
+    }
+    if !lapsed.is_empty() {
+        let mut reg = registry.write();
+        for id in lapsed {
+            let _ = reg.set_connection_state(id.as_str(), ConnectionState::Disconnected, wall);
+        }
+    }
+    restored
+}

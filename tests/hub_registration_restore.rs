@@ -1,0 +1,118 @@
+//! Issue #15: registrations survive a restart. A hub restarted on its store (on the same
+//! UDP address) takes back the registrations its twins hold: it reaches the device
+//! without the device registering again, follows its values through a fresh sync
+//! observation, and takes its Updates and De-register at the old location. A twin whose
+//! registration ran out while the hub was down is marked disconnected.
+
+#![cfg(all(feature = "device", feature = "lwm2m"))]
+
+mod e2e_support;
+
+use e2e_support::{prop, start, wait_for};
+use std::time::Duration;
+use twinhub::hub::{Hub, HubConfig, HubEvent, LifecycleKind, SubscribeOptions};
+use twinhub::store::{SharedStore, Store, StoreConfig};
+use twinhub::transport::{DeviceReply, DeviceRequest};
+use twinhub::twin::{ConnectionState, Scalar, Twin};
+use twinhub::{DeviceId, Lwm2mPath, ResourceValue, Timestamp};
+
+fn durable(dir: &std::path::Path, addr: &str) -> Hub {
+    let (store, registry) = Store::open(dir, StoreConfig::default()).unwrap();
+    let config = HubConfig {
+        store: Some(SharedStore::new(store)),
+        ..HubConfig::default()
+    };
+    Hub::bind_udp(addr, registry, config).unwrap()
+}
+
+#[test]
+fn a_restarted_hub_reaches_its_devices_without_a_new_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = durable(dir.path(), "127.0.0.1:0");
+    let addr = hub.local_addr().unwrap();
+    hub.create_device(Twin::new(DeviceId::new("kept").unwrap()))
+        .unwrap();
+    // A twin whose registration ran out an hour ago: connected, 60 s lifetime.
+    hub.create_device(Twin::new(DeviceId::new("lapsed").unwrap()))
+        .unwrap();
+    let mut devices = vec![start("kept", addr, false)];
+    wait_for(&mut devices, "the twin to fill", || {
+        prop(&hub, "kept", "BatteryLevel").is_some()
+    });
+    {
+        let mut reg = hub.registry().write();
+        let mut info = reg.get("kept").unwrap().registration().unwrap().clone();
+        info.endpoint = "lapsed".into();
+        info.registration_id = "00000000000000aa".into();
+        info.lifetime = 60;
+        info.address = Some("127.0.0.1:9".parse().unwrap());
+        let hour_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 3_600_000);
+        reg.set_registration("lapsed", Some(info)).unwrap();
+        reg.set_connection_state("lapsed", ConnectionState::Connected, hour_ago)
+            .unwrap();
+        reg.set_last_activity("lapsed", hour_ago).unwrap();
+    }
+    // Committed with the next service write.
+    hub.add_tags("kept", &["a"], None).unwrap();
+    hub.stop();
+    drop(hub);
+
+    let hub = durable(dir.path(), &addr.to_string());
+    let events = hub.subscribe(SubscribeOptions::default()).unwrap();
+    let kept = hub.twin("kept").unwrap();
+    assert_eq!(kept.connection_state, ConnectionState::Connected);
+    assert_eq!(
+        hub.twin("lapsed").unwrap().connection_state,
+        ConnectionState::Disconnected,
+        "a registration that ran out while the hub was down"
+    );
+    // The hub reaches the device at once: the registration is back.
+    let id = DeviceId::new("kept").unwrap();
+    let read = hub
+        .request(
+            &id,
+            DeviceRequest::Read {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        )
+        .wait(Duration::from_secs(10))
+        .expect("the restored registration reaches the device");
+    assert!(matches!(read, DeviceReply::Content(_)), "{read:?}");
+    // A change on the device arrives through the fresh sync observation.
+    devices[0]
+        .thread
+        .as_ref()
+        .unwrap()
+        .with(|c| c.set_value(&Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(33)))
+        .unwrap();
+    wait_for(&mut devices, "the notification after the restart", || {
+        prop(&hub, "kept", "BatteryLevel") == Some(Scalar::from(33))
+    });
+    // An Update at the old location is accepted (no 4.04, no new Register).
+    devices[0]
+        .thread
+        .as_ref()
+        .unwrap()
+        .with(|c| c.trigger_update());
+    let mut seen = Vec::new();
+    wait_for(&mut devices, "the Update", || {
+        while let Ok(HubEvent::Lifecycle(l)) = events.try_recv() {
+            seen.push(l.event);
+        }
+        seen.contains(&LifecycleKind::Updated)
+    });
+    assert!(
+        !seen.contains(&LifecycleKind::Registered),
+        "the device never registered again: {seen:?}"
+    );
+    // De-register at the old location.
+    devices[0]
+        .thread
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_secs(5))
+        .unwrap();
+    wait_for(&mut devices, "the de-registration", || {
+        hub.twin("kept").unwrap().connection_state == ConnectionState::Disconnected
+    });
+}
