@@ -52,9 +52,10 @@
 //! | [`twin`] | the twin model: device fields, device properties, service properties, tags |
 //! | [`registry`] | twins in dense `u32` slots with roaring-bitmap indexes and a change feed |
 //! | [`query`] | the JSON query expression: nom parser, optimizer, bitmap executor |
+//! | [`resource`] | the device vocabulary: LWM2M paths and values, device operations and events |
 //! | `dtls` | DTLS 1.2 PSK (`coaps`) between the UDP drivers and CoAP (cargo feature `dtls`, on by default) |
 //! | [`coap`] | RFC 7252 codec and message layer, observe (RFC 7641), block-wise (RFC 7959) |
-//! | [`lwm2m`] | paths, values, payload formats, the server endpoint and the device library |
+//! | [`lwm2m`] | payload formats, the server endpoint and the device library |
 //! | [`transport`] | the [`Transport`](transport::Transport) port between hub and devices |
 //! | [`store`] | durability: the registry's changes committed to an embedded redb file |
 //! | [`job`] | the job engine: parent and child jobs, rollouts, history |
@@ -95,6 +96,7 @@ pub mod job;
 pub mod lwm2m;
 pub mod query;
 pub mod registry;
+pub mod resource;
 pub mod store;
 pub mod transport;
 pub mod twin;
@@ -114,7 +116,7 @@ pub mod fuzzing;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 pub use registry::{Registry, SharedRegistry};
+pub use resource::{Content, Lwm2mPath, ResourceType, ResourceValue};
 pub use time::{Timestamp, TimestampParseError};
 pub use twin::{DeviceId, DeviceIdError, Scalar, Twin};

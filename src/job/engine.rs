@@ -5,11 +5,11 @@ use super::spec::{FailureKind, FailureReason, JobId, JobKind, JobSpec, JobType, 
 use super::state::{
     CHILD_TRANSITIONS, ChildEvent, ChildState, JobStatus, ParentEvent, ParentState,
 };
-use crate::lwm2m::{Content, Lwm2mPath, ResourceValue};
-use crate::time::Timestamp;
-use crate::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, OpId, WriteMode,
+use crate::resource::{
+    Content, DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, Lwm2mPath, OpId,
+    ResourceValue, WriteMode,
 };
+use crate::time::Timestamp;
 use crate::twin::DeviceId;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;

@@ -14,10 +14,10 @@
 //! a simulated clock) loops:
 //!
 //! 1. [`JobEngine::create`] / [`JobEngine::cancel`] as the service asks;
-//! 2. [`JobEngine::handle_event`] for every [`DeviceEvent`](crate::transport::DeviceEvent)
+//! 2. [`JobEngine::handle_event`] for every [`DeviceEvent`](crate::resource::DeviceEvent)
 //!    the transport yields (responses, time-outs, registrations, notifications; the engine
 //!    ignores what is not its own);
-//! 3. drain [`JobEngine::poll_op`] into [`Transport::submit`](crate::transport::Transport::submit)
+//! 3. drain [`JobEngine::poll_op`] into the transport's `submit`
 //!    and [`JobEngine::poll_twin_update`] into the registry;
 //! 4. at [`JobEngine::poll_timeout`], call [`JobEngine::handle_timeout`] and go to 2.
 //!
@@ -26,7 +26,7 @@
 //! `(Instant, Timestamp)` and maps `now` to `anchor_wall + (now - anchor)`; a spec's
 //! wall-clock `start_at` maps back the same way.
 //!
-//! Operation ids: the engine numbers its [`OpId`](crate::transport::OpId)s from
+//! Operation ids: the engine numbers its [`OpId`](crate::resource::OpId)s from
 //! [`EngineConfig::op_id_base`] ([`JOB_OP_ID_BASE`] = 2^63 by default) upwards; the hub
 //! keeps its own ids below that, so the two never collide.
 //!

@@ -1,8 +1,8 @@
 //! What a job is: its id, type and parameters, targets, and the rollout controls.
 
-use crate::lwm2m::{Lwm2mPath, ResourceValue};
+use crate::resource::DeviceError;
+use crate::resource::{Lwm2mPath, ResourceValue};
 use crate::time::Timestamp;
-use crate::transport::DeviceError;
 use crate::twin::{DeviceId, DevicePropertyName, TwinError};
 use std::fmt;
 use std::sync::Arc;
@@ -361,7 +361,7 @@ impl FailureReason {
     ///
     /// ```
     /// use twinhub::job::FailureReason;
-    /// use twinhub::transport::DeviceError;
+    /// use twinhub::resource::DeviceError;
     /// assert_eq!(FailureReason::Rejected(DeviceError::NotFound).code(), "rejected:4.04");
     /// assert_eq!(FailureReason::NotAnnounced { object: 10241 }.code(), "objectNotAnnounced:10241");
     /// ```
@@ -811,7 +811,7 @@ mod tests {
 
     #[test]
     fn every_job_type_and_rule_round_trips_through_json() {
-        use crate::lwm2m::{Lwm2mPath, ResourceValue};
+        use crate::resource::{Lwm2mPath, ResourceValue};
         let dev = DeviceId::new("d").unwrap();
         let types = [
             JobType::FirmwareUpdate {

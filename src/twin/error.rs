@@ -4,7 +4,7 @@ use super::{
     DeviceValueType, MAX_DEVICE_PROPERTIES, MAX_NAME_LEN, MAX_OBJECT_DEPTH, MAX_OBJECT_MEMBERS,
     MAX_SERVICE_PROPERTIES, MAX_STRING_VALUE_LEN, MAX_TAGS, Scalar,
 };
-use crate::lwm2m::PathError;
+use crate::resource::PathError;
 use std::fmt;
 
 /// Why a twin, a property, a value or a tag is invalid. Each variant names the offender.

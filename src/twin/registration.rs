@@ -1,9 +1,9 @@
 //! A device's LWM2M registration as its twin keeps it.
 //!
 //! Defined with the twins (the domain) rather than the transport, so the core builds
-//! without the transport; [`crate::transport`] re-exports it.
+//! without the transport; the `transport` module re-exports it.
 
-use crate::lwm2m::Lwm2mPath;
+use crate::resource::Lwm2mPath;
 use std::net::SocketAddr;
 
 /// What a device told the server when it registered (or updated its registration).

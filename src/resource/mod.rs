@@ -1,0 +1,23 @@
+//! The device vocabulary the whole crate speaks: LWM2M object-model paths and values, and
+//! the operations and events between the hub and a device.
+//!
+//! A device property in a twin *is* an LWM2M resource (`/3/0/3` is the firmware
+//! version), and a job step *is* a device operation, so these types belong to the domain
+//! rather than to a transport: [`twin`](crate::twin), [`job`](crate::job),
+//! [`registry`](crate::registry), [`query`](crate::query) and [`store`](crate::store) name
+//! them from here and never name the protocol modules (`coap`, `dtls`, `lwm2m`,
+//! `transport`), which a test (`tests/layering.rs`) checks. The protocol (messages,
+//! content formats, sockets) stays in `coap` and `lwm2m`; those modules and `transport`
+//! re-export these types, so `twinhub::lwm2m::Lwm2mPath` and
+//! `twinhub::transport::DeviceOp` name the same types as `twinhub::resource::...`.
+
+mod op;
+mod path;
+mod value;
+
+pub use op::{
+    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId,
+    PeerIdentity, RejectReason, WriteMode,
+};
+pub use path::{Lwm2mPath, PathError};
+pub use value::{Content, ResourceType, ResourceValue, base64_encode};

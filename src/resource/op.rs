@@ -1,0 +1,335 @@
+//! The operations the hub (or a job) asks of a device and the events a transport reports
+//! back. Neutral values: the job engine and the hub speak them; a transport (the bundled
+//! LWM2M server, the in-memory fleet, yours) carries them.
+
+use super::{Content, Lwm2mPath};
+use crate::twin::{DeviceId, RegistrationInfo};
+use std::fmt;
+use std::net::SocketAddr;
+
+/// Identifies one submitted operation; its outcome event carries the same id.
+///
+/// The submitter chooses ids (the hub and the job engine draw them from one counter);
+/// a transport only echoes them.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
+pub struct OpId(pub u64);
+
+/// How a write treats resources it does not mention (LWM2M §5.4.3).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WriteMode {
+    /// CoAP PUT: the target is replaced by the content.
+    Replace,
+    /// CoAP POST: only the given resources change.
+    PartialUpdate,
+}
+
+/// Notification attributes for Write-Attributes and observations (LWM2M §5.1.2).
+/// `None` leaves an attribute as it is.
+#[derive(Clone, Copy, PartialEq, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct NotificationAttributes {
+    /// Minimum period between notifications, seconds.
+    pub pmin: Option<u32>,
+    /// Maximum period between notifications, seconds.
+    pub pmax: Option<u32>,
+    /// Notify when the value crosses above this threshold.
+    pub gt: Option<f64>,
+    /// Notify when the value crosses below this threshold.
+    pub lt: Option<f64>,
+    /// Notify when the value changed by at least this step.
+    pub st: Option<f64>,
+}
+
+/// What to do on a device.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum DeviceRequest {
+    /// Read a resource, an instance or an object.
+    Read {
+        /// What to read.
+        path: Lwm2mPath,
+    },
+    /// Discover the resources and attributes under a path.
+    Discover {
+        /// Where to discover.
+        path: Lwm2mPath,
+    },
+    /// Write values.
+    Write {
+        /// The resource or instance written.
+        path: Lwm2mPath,
+        /// Replace or partial update.
+        mode: WriteMode,
+        /// The values; paths lie under `path`.
+        content: Content,
+    },
+    /// Set notification attributes.
+    WriteAttributes {
+        /// Where the attributes apply.
+        path: Lwm2mPath,
+        /// The attributes.
+        attributes: NotificationAttributes,
+    },
+    /// Execute a resource, with optional arguments (LWM2M text, e.g. `0='x',1`).
+    Execute {
+        /// The executable resource.
+        path: Lwm2mPath,
+        /// Raw argument text.
+        args: Option<String>,
+    },
+    /// Create an object instance.
+    Create {
+        /// The object (or `/oid/iid` to choose the instance id).
+        path: Lwm2mPath,
+        /// The new instance's values.
+        content: Content,
+    },
+    /// Delete an object instance.
+    Delete {
+        /// The instance.
+        path: Lwm2mPath,
+    },
+    /// Start observing; values arrive as [`DeviceEvent::Notification`].
+    Observe {
+        /// What to observe.
+        path: Lwm2mPath,
+    },
+    /// Stop observing. When the path is observed more than once (the hub's sync and a
+    /// job), the newest observation ends and the older ones keep notifying.
+    CancelObserve {
+        /// What was observed.
+        path: Lwm2mPath,
+    },
+}
+
+impl DeviceRequest {
+    /// The path the request addresses.
+    pub fn path(&self) -> &Lwm2mPath {
+        match self {
+            DeviceRequest::Read { path }
+            | DeviceRequest::Discover { path }
+            | DeviceRequest::Write { path, .. }
+            | DeviceRequest::WriteAttributes { path, .. }
+            | DeviceRequest::Execute { path, .. }
+            | DeviceRequest::Create { path, .. }
+            | DeviceRequest::Delete { path }
+            | DeviceRequest::Observe { path }
+            | DeviceRequest::CancelObserve { path } => path,
+        }
+    }
+}
+
+/// An operation for one device.
+#[derive(Clone, PartialEq, Debug)]
+pub struct DeviceOp {
+    /// Echoed in the outcome event.
+    pub id: OpId,
+    /// The target device.
+    pub device: DeviceId,
+    /// What to do.
+    pub request: DeviceRequest,
+}
+
+/// A successful answer from a device.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum DeviceReply {
+    /// Values read (or the first value of an observation).
+    Content(Content),
+    /// Discover's answer: the CoRE link-format text.
+    Links(String),
+    /// Create's answer: where the new instance lives.
+    Created(Lwm2mPath),
+    /// Write, write-attributes, execute, delete, cancel: done, no body.
+    Done,
+}
+
+/// Why a device (or the way to it) refused or failed an operation. JSON: `"notFound"`,
+/// `{"code": [5, 0]}`, `{"badPayload": "why"}`, ...
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// 4.00: the request was malformed for the device.
+    BadRequest,
+    /// 4.01: not authorised for this path.
+    Unauthorized,
+    /// 4.04: no such object, instance or resource.
+    NotFound,
+    /// 4.05: the operation is not allowed on this resource (e.g. writing a read-only one).
+    MethodNotAllowed,
+    /// 4.06: none of the acceptable formats can be produced.
+    NotAcceptable,
+    /// 4.15: the device does not understand the content format sent.
+    UnsupportedContentFormat,
+    /// Another CoAP response code (class and detail, e.g. 5.00 is `(5, 0)`).
+    Code(u8, u8),
+    /// The device is not registered (or its registration expired).
+    NotRegistered,
+    /// A sleeping (queue-mode) device's queue is full.
+    QueueFull,
+    /// The device's answer could not be decoded.
+    BadPayload(String),
+    /// The device answered with a CoAP Reset: it holds no state for the request (it
+    /// restarted, or does not speak the protocol the request assumed).
+    Reset,
+}
+
+impl fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceError::BadRequest => f.write_str("bad request (4.00)"),
+            DeviceError::Unauthorized => f.write_str("unauthorized (4.01)"),
+            DeviceError::NotFound => f.write_str("not found (4.04)"),
+            DeviceError::MethodNotAllowed => f.write_str("method not allowed (4.05)"),
+            DeviceError::NotAcceptable => f.write_str("not acceptable (4.06)"),
+            DeviceError::UnsupportedContentFormat => {
+                f.write_str("unsupported content format (4.15)")
+            }
+            DeviceError::Code(c, d) => write!(f, "device answered {c}.{d:02}"),
+            DeviceError::NotRegistered => f.write_str("device is not registered"),
+            DeviceError::QueueFull => f.write_str("device's request queue is full"),
+            DeviceError::BadPayload(why) => write!(f, "undecodable payload: {why}"),
+            DeviceError::Reset => f.write_str("device reset the request"),
+        }
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
+/// Why a registration was refused.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// No device with this endpoint name exists and auto-provisioning is off.
+    UnknownDevice,
+    /// The device exists but is disabled.
+    Disabled,
+    /// The registration request was malformed (bad query or link payload).
+    Malformed(String),
+    /// A live registration of this endpoint answers from another address (the LWM2M
+    /// server's takeover policy).
+    AddressInUse,
+    /// The device registered with an LWM2M version the server does not speak (LWM2M
+    /// 1.1 §6.2.1: 4.12 Precondition Failed, so that the client can retry with an older
+    /// version).
+    UnsupportedVersion(String),
+    /// The request came over a DTLS session whose authenticated identity does not belong
+    /// to the endpoint it names (or, for an Update or De-register, to the registration's
+    /// owner). Answered 4.03.
+    IdentityMismatch,
+    /// The device has credentials but the request came without an authenticated identity
+    /// (plain CoAP). Answered 4.03.
+    CredentialsRequired,
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::UnknownDevice => f.write_str("unknown device"),
+            RejectReason::Disabled => f.write_str("device disabled"),
+            RejectReason::Malformed(why) => write!(f, "malformed request: {why}"),
+            RejectReason::AddressInUse => {
+                f.write_str("the endpoint is registered from another address")
+            }
+            RejectReason::UnsupportedVersion(v) => write!(f, "unsupported LWM2M version {v:?}"),
+            RejectReason::IdentityMismatch => {
+                f.write_str("the DTLS identity does not belong to the endpoint")
+            }
+            RejectReason::CredentialsRequired => {
+                f.write_str("the device has credentials; plain CoAP refused")
+            }
+        }
+    }
+}
+
+/// Who a peer proved to be over DTLS: its PSK identity, and the device the identity
+/// belongs to (none for an identity set without a device). A neutral value, so the
+/// transport and the hub can name it without the `dtls` feature.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerIdentity {
+    /// The PSK identity the peer presented and proved with the key.
+    pub psk_identity: std::sync::Arc<str>,
+    /// The device the identity belongs to.
+    pub device: Option<DeviceId>,
+}
+
+/// Something a transport observed about a device.
+#[derive(Clone, PartialEq, Debug)]
+#[non_exhaustive]
+pub enum DeviceEvent {
+    /// A device registered.
+    Registered {
+        /// The device.
+        device: DeviceId,
+        /// What it announced.
+        registration: RegistrationInfo,
+    },
+    /// A registered device updated its registration (or just said it is alive).
+    RegistrationUpdated {
+        /// The device.
+        device: DeviceId,
+        /// The registration after the update.
+        registration: RegistrationInfo,
+    },
+    /// A device de-registered.
+    Deregistered {
+        /// The device.
+        device: DeviceId,
+    },
+    /// A registration's lifetime (plus grace) ran out.
+    Expired {
+        /// The device.
+        device: DeviceId,
+    },
+    /// A registration was refused.
+    Rejected {
+        /// The endpoint name it used (may not be a valid device id).
+        endpoint: String,
+        /// Why.
+        reason: RejectReason,
+        /// Where the request came from, when the transport knows.
+        address: Option<SocketAddr>,
+    },
+    /// The outcome of a submitted operation.
+    Response {
+        /// The operation.
+        op: OpId,
+        /// The device it was for.
+        device: DeviceId,
+        /// The answer.
+        result: Result<DeviceReply, DeviceError>,
+    },
+    /// A notification for an observed path.
+    Notification {
+        /// The device.
+        device: DeviceId,
+        /// The observed path.
+        path: Lwm2mPath,
+        /// The new values.
+        content: Content,
+    },
+    /// A submitted operation got no answer in time (CoAP retransmissions exhausted, or a
+    /// queued request waited too long).
+    TimedOut {
+        /// The operation.
+        op: OpId,
+        /// The device it was for.
+        device: DeviceId,
+    },
+    /// An established observation ended without anyone cancelling it through this
+    /// transport: the device declined it, answered a notification with an error, stopped
+    /// it (final response, RST), or a Cancel-Observe for the same path ended it. Whoever
+    /// needs it observes again. Not sent when a registration ends (its observations all
+    /// go with it).
+    ObservationEnded {
+        /// The device.
+        device: DeviceId,
+        /// The observed path.
+        path: Lwm2mPath,
+        /// The Observe operation that had established it.
+        op: OpId,
+    },
+}
