@@ -4,7 +4,9 @@
 //! it, keep its observations (a CBOR notification is acknowledged, not reset), run a
 //! firmware job (which writes `/5/0/1`) and a multi-instance resource read, and observe
 //! again on the next Update what failed or what the device ended. A client registering as LWM2M 1.2 gets 4.12 and
-//! registers again as 1.1.
+//! registers again as 1.1. The client is built without the composite operations (it
+//! answers FETCH with 4.05): the hub's Observe-Composite is refused once and the hub
+//! observes path by path instead.
 
 #![cfg(feature = "lwm2m")]
 
@@ -183,7 +185,8 @@ impl Scripted {
     }
 
     fn serve(&mut self, req: &Message) {
-        let path: Lwm2mPath = path_of(req).parse().unwrap();
+        // No Uri-Path (a composite FETCH): the root.
+        let path: Lwm2mPath = path_of(req).parse().unwrap_or(Lwm2mPath::ROOT);
         self.log.push((
             req.code,
             path.to_string(),
@@ -329,6 +332,13 @@ fn a_cbor_only_client_without_ct_syncs_runs_jobs_and_is_observed_again() {
         Some(Scalar::from("Scripted Co"))
     );
     assert_eq!(prop(&hub, "FirmwareVersion"), Some(Scalar::from("1.0")));
+    // The hub first tried one Observe-Composite of the synced instances; refused, it
+    // observes them one by one.
+    let composites: Vec<_> = dev.log.iter().filter(|(c, ..)| *c == Code::FETCH).collect();
+    assert_eq!(
+        composites,
+        [&(Code::FETCH, "/".to_owned(), Some(SENML_CBOR), Some(0))]
+    );
     // Every read and observe asked for SenML CBOR: the best a 1.1 client may speak.
     let gets: Vec<_> = dev.log.iter().filter(|(c, ..)| *c == Code::GET).collect();
     assert!(!gets.is_empty());

@@ -192,7 +192,13 @@ fn aiocoap_scripted_server_reads_writes_and_pushes_firmware() {
         .args(["-c", "import aiocoap"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !peer_available("aiocoap (python3 -m pip install aiocoap==0.4.17)", py_ok) {
+    let cbor_ok = Command::new("python3")
+        .args(["-c", "import cbor2"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !peer_available("aiocoap (python3 -m pip install aiocoap==0.4.17)", py_ok)
+        || !peer_available("cbor2 (python3 -m pip install cbor2==6.3.0)", cbor_ok)
+    {
         return;
     }
     let mut cmd = Command::new("python3");
@@ -204,6 +210,15 @@ fn aiocoap_scripted_server_reads_writes_and_pushes_firmware() {
     assert!(
         reg.starts_with("REGISTERED ep=aiocoap-interop&lt=300&lwm2m=1.1&b=U "),
         "{reg}"
+    );
+    peer.wait_for("OBSERVING", Duration::from_secs(15));
+    device
+        .with(|c| c.set_value(&Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(42)))
+        .unwrap();
+    let notified = peer.wait_for("RESULT notify_composite ", Duration::from_secs(12));
+    assert_eq!(
+        notified,
+        r#"RESULT notify_composite 2.05 110 [{"n":"/3/0/9","v":42},{"n":"/3/0/15","vs":"Europe/Oslo"}]"#
     );
     peer.wait_for("DONE", Duration::from_secs(15));
 
@@ -217,6 +232,40 @@ fn aiocoap_scripted_server_reads_writes_and_pushes_firmware() {
     assert!(senml.contains(r#"{"n":"9","v":100}"#));
     assert_eq!(result(&peer, "write_senml").trim_end(), "2.04 -");
     assert_eq!(result(&peer, "read_timezone"), "2.05 0 Asia/Tokyo");
+
+    // LWM2M 1.1 composite operations, bodies made by json and cbor2.
+    assert_eq!(
+        result(&peer, "read_composite_json"),
+        r#"2.05 110 [{"n":"/3/0/0","vs":"twinhub"},{"n":"/3/0/9","v":100}]"#
+    );
+    assert!(result(&peer, "read_composite_cbor").starts_with("2.05 112 "));
+    let decoded = peer
+        .seen
+        .iter()
+        .find_map(|l| l.strip_prefix("DECODED read_composite_cbor "))
+        .expect("cbor2 decoded the answer");
+    assert_eq!(
+        decoded,
+        r#"[{"0": "/3/0/0", "3": "twinhub"}, {"0": "/3/0/15", "3": "Asia/Tokyo"}]"#
+    );
+    assert_eq!(result(&peer, "write_composite").trim_end(), "2.04 -");
+    assert_eq!(
+        result(&peer, "read_after_write_composite"),
+        r#"2.05 110 [{"n":"/3/0/15","vs":"Europe/Oslo"},{"n":"/1/0/3","v":55}]"#
+    );
+    // A read-only resource in the body: 4.05, and nothing of the body is written.
+    assert_eq!(
+        result(&peer, "write_composite_read_only").trim_end(),
+        "4.05 -"
+    );
+    assert_eq!(
+        result(&peer, "timezone_after_refusal"),
+        "2.05 0 Europe/Oslo"
+    );
+    assert_eq!(
+        result(&peer, "observe_composite"),
+        r#"2.05 110 [{"n":"/3/0/9","v":100},{"n":"/3/0/15","vs":"Europe/Oslo"}]"#
+    );
     assert_eq!(result(&peer, "push_package").trim_end(), "2.04 -");
     assert_eq!(result(&peer, "state_after_push"), "2.05 0 2");
     assert_eq!(result(&peer, "execute_update").trim_end(), "2.04 -");

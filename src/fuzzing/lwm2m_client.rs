@@ -60,7 +60,14 @@ fn tree() -> ObjectTree {
 
 fn structured(b: &[u8], mid: u16) -> Message {
     let at = |i: usize| b.get(i).copied().unwrap_or(0);
-    let code = [Code::GET, Code::PUT, Code::POST, Code::DELETE, Code::FETCH][at(0) as usize % 5];
+    let code = [
+        Code::GET,
+        Code::PUT,
+        Code::POST,
+        Code::DELETE,
+        Code::FETCH,
+        Code::IPATCH,
+    ][at(0) as usize % 6];
     let mtype = if at(1) & 0x80 != 0 {
         MessageType::NonConfirmable
     } else {

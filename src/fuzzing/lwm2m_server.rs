@@ -69,6 +69,23 @@ pub fn senml_cbor_decode(data: &[u8]) {
     senml_round_trip(ContentFormat::SenmlCbor, data);
 }
 
+/// Composite path lists (SenML JSON, then SenML CBOR): whatever decodes has at most
+/// [`MAX_COMPOSITE_PATHS`](crate::lwm2m::content::MAX_COMPOSITE_PATHS) paths, none twice,
+/// and re-encodes and decodes to the same paths.
+pub fn composite_paths(data: &[u8]) {
+    use crate::lwm2m::content::{MAX_COMPOSITE_PATHS, decode_paths, encode_paths};
+    for format in [ContentFormat::SenmlJson, ContentFormat::SenmlCbor] {
+        if let Ok(paths) = decode_paths(format, data) {
+            assert!(paths.len() <= MAX_COMPOSITE_PATHS);
+            for (i, p) in paths.iter().enumerate() {
+                assert!(!paths[..i].contains(p), "{p} twice");
+            }
+            let body = encode_paths(format, &paths).expect("a decoded list encodes");
+            assert_eq!(decode_paths(format, &body).expect("re-decodes"), paths);
+        }
+    }
+}
+
 /// LwM2M CBOR: whatever decodes re-encodes and decodes (with the decoded types as hints)
 /// to the same content, in path order (the encoder writes ids sorted). The same bytes as
 /// plain CBOR (60) for one resource must not panic either.

@@ -21,7 +21,8 @@ pub use dtls::dtls_records;
 pub use job::job_events;
 pub use lwm2m_client::client_requests;
 pub use lwm2m_server::{
-    lwm2m_cbor_decode, registration, senml_cbor_decode, senml_json_decode, tlv_decode,
+    composite_paths, lwm2m_cbor_decode, registration, senml_cbor_decode, senml_json_decode,
+    tlv_decode,
 };
 pub use query::{query_parse, query_roundtrip};
 pub use registry::registry_ops;
@@ -35,6 +36,7 @@ pub type FuzzBody = fn(&[u8]);
 pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("client_requests", client_requests),
     ("coap_decode", coap_decode),
+    ("composite_paths", composite_paths),
     #[cfg(feature = "dtls")]
     ("dtls_records", dtls_records),
     ("job_events", job_events),

@@ -113,7 +113,7 @@ use crate::transport::{
     DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId,
     Transport,
 };
-use crate::twin::{ConnectionState, Scalar, Twin};
+use crate::twin::{ConnectionState, RegistrationInfo, Scalar, Twin};
 use crate::{DeviceId, Timestamp};
 use provisioning::{AutoProvisioned, Verdict};
 use request::Waiting;
@@ -141,6 +141,12 @@ pub struct PropertySync {
     /// the default here is pmin 1 s and pmax 1 h, because a twin that lags minutes behind
     /// its device was the preview's most common complaint. `None` fields are not written.
     pub attributes: NotificationAttributes,
+    /// Observe an LWM2M 1.1 device's synced paths with one Observe-Composite instead of
+    /// one observation per path (default on): one notification carries every changed
+    /// value, and the device keeps one observation. LWM2M 1.0 devices are always observed
+    /// path by path. A device that refuses the composite (4.05 or any error) is observed
+    /// path by path from then on.
+    pub composite: bool,
 }
 
 impl Default for PropertySync {
@@ -156,6 +162,7 @@ impl Default for PropertySync {
                 pmax: Some(3600),
                 ..NotificationAttributes::default()
             },
+            composite: true,
         }
     }
 }
@@ -276,9 +283,28 @@ struct Inner {
 /// (or is establishing) it, and whether it is known to be gone. One entry per synced
 /// path per registered device; a device's entries go when it de-registers or expires.
 struct SyncObservation {
-    path: Lwm2mPath,
+    /// The path observed, or the paths of an Observe-Composite.
+    paths: SyncPaths,
     op: OpId,
     lost: bool,
+}
+
+/// What one sync observation covers.
+#[derive(Clone)]
+enum SyncPaths {
+    One(Lwm2mPath),
+    Composite(Vec<Lwm2mPath>),
+}
+
+impl SyncObservation {
+    fn request(&self) -> DeviceRequest {
+        match &self.paths {
+            SyncPaths::One(path) => DeviceRequest::Observe { path: *path },
+            SyncPaths::Composite(paths) => DeviceRequest::ObserveComposite {
+                paths: paths.clone(),
+            },
+        }
+    }
 }
 
 /// The service-side facade. See the [module docs](self).
@@ -824,10 +850,10 @@ impl Inner {
     /// observations' tokens are not kept: the device's notifications on them are
     /// refused, and these replace them).
     #[cfg_attr(not(feature = "lwm2m"), allow(dead_code))]
-    fn resume_sync(&self, restored: Vec<(DeviceId, Vec<Lwm2mPath>)>) {
+    fn resume_sync(&self, restored: Vec<(DeviceId, RegistrationInfo)>) {
         let mut ops = Vec::new();
-        for (device, objects) in restored {
-            self.sync_ops(&device, &objects, &mut ops);
+        for (device, info) in restored {
+            self.sync_ops(&device, &info.objects, info.speaks_1_1(), &mut ops);
         }
         self.send_sync_ops(ops);
     }
@@ -1120,7 +1146,12 @@ impl Inner {
                 let _ = reg.set_connection_state(device.as_str(), ConnectionState::Connected, at);
                 let _ = reg.set_managed(device.as_str(), true);
                 let _ = reg.set_last_activity(device.as_str(), at);
-                self.sync_ops(device, &registration.objects, ops);
+                self.sync_ops(
+                    device,
+                    &registration.objects,
+                    registration.speaks_1_1(),
+                    ops,
+                );
                 crate::trace_event!(
                     debug,
                     device = device.as_str(),
@@ -1218,7 +1249,7 @@ impl Inner {
                             self.apply_content(reg, device, content, at)
                         }
                         Ok(_) => {}
-                        Err(_) => self.sync_lost(device, *op),
+                        Err(e) => self.sync_failed(device, *op, e, ops),
                     }
                 }
                 let _ = reg.set_last_activity(device.as_str(), at);
@@ -1257,6 +1288,57 @@ impl Inner {
         }
     }
 
+    /// A sync observation `op` (if it is one) was answered with an error. A refused
+    /// Observe-Composite (the device does not take it, or its answer could not be read)
+    /// is replaced at once by one Observe per path; anything else is marked gone and
+    /// observed again at the device's next Update.
+    fn sync_failed(
+        &self,
+        device: &DeviceId,
+        op: OpId,
+        error: &DeviceError,
+        ops: &mut Vec<DeviceOp>,
+    ) {
+        let refused = matches!(
+            error,
+            DeviceError::BadRequest
+                | DeviceError::NotFound
+                | DeviceError::MethodNotAllowed
+                | DeviceError::NotAcceptable
+                | DeviceError::UnsupportedContentFormat
+                | DeviceError::BadPayload(_)
+                | DeviceError::Reset
+                | DeviceError::Code(4, _)
+        );
+        let mut synced = lock(&self.synced);
+        let Some(entries) = synced.get_mut(device) else {
+            return;
+        };
+        let Some(at) = entries.iter().position(|e| e.op == op) else {
+            return;
+        };
+        match &entries[at].paths {
+            SyncPaths::Composite(paths) if refused => {
+                let paths = paths.clone();
+                entries.remove(at);
+                for path in paths {
+                    let e = SyncObservation {
+                        paths: SyncPaths::One(path),
+                        op: self.next_op_id(),
+                        lost: false,
+                    };
+                    ops.push(DeviceOp {
+                        id: e.op,
+                        device: device.clone(),
+                        request: e.request(),
+                    });
+                    entries.push(e);
+                }
+            }
+            _ => entries[at].lost = true,
+        }
+    }
+
     /// Marks the sync observation `op` established (if it is one) as gone.
     fn sync_lost(&self, device: &DeviceId, op: OpId) {
         if let Some(entries) = lock(&self.synced).get_mut(device)
@@ -1278,17 +1360,27 @@ impl Inner {
             ops.push(DeviceOp {
                 id: e.op,
                 device: device.clone(),
-                request: DeviceRequest::Observe { path: e.path },
+                request: e.request(),
             });
         }
     }
 
-    /// Write-Attributes and Observe for the synced instances the device announced.
-    fn sync_ops(&self, device: &DeviceId, objects: &[Lwm2mPath], ops: &mut Vec<DeviceOp>) {
+    /// Write-Attributes and Observe for the synced instances the device announced: one
+    /// Observe-Composite of them all when `composite` (an LWM2M 1.1 device, and the
+    /// config allows it), else one Observe per path.
+    fn sync_ops(
+        &self,
+        device: &DeviceId,
+        objects: &[Lwm2mPath],
+        composite: bool,
+        ops: &mut Vec<DeviceOp>,
+    ) {
         let Some(sync) = &self.config.sync else {
             return;
         };
+        let composite = composite && sync.composite;
         let mut entries = Vec::with_capacity(sync.paths.len());
+        let mut together = Vec::new();
         for path in &sync.paths {
             if !objects.iter().any(|o| o.contains(path)) {
                 continue;
@@ -1303,18 +1395,28 @@ impl Inner {
                     },
                 });
             }
-            let op = self.next_op_id();
+            if composite {
+                together.push(*path);
+            } else {
+                entries.push(SyncObservation {
+                    paths: SyncPaths::One(*path),
+                    op: self.next_op_id(),
+                    lost: false,
+                });
+            }
+        }
+        if !together.is_empty() {
             entries.push(SyncObservation {
-                path: *path,
-                op,
+                paths: SyncPaths::Composite(together),
+                op: self.next_op_id(),
                 lost: false,
             });
-            ops.push(DeviceOp {
-                id: op,
-                device: device.clone(),
-                request: DeviceRequest::Observe { path: *path },
-            });
         }
+        ops.extend(entries.iter().map(|e| DeviceOp {
+            id: e.op,
+            device: device.clone(),
+            request: e.request(),
+        }));
         lock(&self.synced).insert(device.clone(), entries);
     }
 }

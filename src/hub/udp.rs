@@ -5,12 +5,11 @@
 use super::builder::ServerParts;
 use super::provisioning::AutoProvisioned;
 use super::{Hub, HubConfig};
-use crate::lwm2m::Lwm2mPath;
 use crate::lwm2m::server::{Decision, Lwm2mServer, ServerConfig, UdpServer};
 use crate::registry::{Registry, SharedRegistry};
 use crate::time::Timestamp;
 use crate::transport::RejectReason;
-use crate::twin::{ConnectionState, DeviceId, DeviceStatus};
+use crate::twin::{ConnectionState, DeviceId, DeviceStatus, RegistrationInfo};
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,7 +131,7 @@ impl Hub {
 pub(super) fn restore_registrations(
     registry: &SharedRegistry,
     server: &mut Lwm2mServer,
-) -> Vec<(DeviceId, Vec<Lwm2mPath>)> {
+) -> Vec<(DeviceId, RegistrationInfo)> {
     let (now, wall) = (Instant::now(), Timestamp::now());
     let grace = server.config().lifetime_grace;
     let mut restored = Vec::new();
@@ -154,7 +153,7 @@ pub(super) fn restore_registrations(
                 });
         match remaining {
             Some((info, left)) if server.restore_registration(now, info.clone(), left) => {
-                restored.push((id, info.objects.clone()))
+                restored.push((id, info.clone()))
             }
             _ => lapsed.push(id),
         }

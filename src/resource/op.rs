@@ -102,12 +102,43 @@ pub enum DeviceRequest {
         /// What was observed.
         path: Lwm2mPath,
     },
+    /// Read several paths in one exchange (LWM2M 1.1 Read-Composite: FETCH with a path
+    /// list). The answer's values carry their full paths; only values at or below one of
+    /// `paths` are kept.
+    ReadComposite {
+        /// What to read: objects, instances, resources or resource instances.
+        paths: Vec<Lwm2mPath>,
+    },
+    /// Write values at several paths in one exchange (LWM2M 1.1 Write-Composite: iPATCH;
+    /// resources not mentioned keep their values).
+    WriteComposite {
+        /// The values, at resource or resource-instance paths, possibly in several objects.
+        content: Content,
+    },
+    /// Observe several paths as one observation (LWM2M 1.1 Observe-Composite). Its
+    /// notifications arrive as [`DeviceEvent::Notification`] at the root path `/`, each with
+    /// the values of every observed path.
+    ObserveComposite {
+        /// What to observe.
+        paths: Vec<Lwm2mPath>,
+    },
+    /// Stop an Observe-Composite of the same paths (in any order). When there are several,
+    /// the newest ends.
+    CancelObserveComposite {
+        /// The paths the observation was established with.
+        paths: Vec<Lwm2mPath>,
+    },
 }
 
 impl DeviceRequest {
-    /// The path the request addresses.
+    /// The path the request addresses: the root `/` for the composite operations, which
+    /// address the device as a whole.
     pub fn path(&self) -> &Lwm2mPath {
         match self {
+            DeviceRequest::ReadComposite { .. }
+            | DeviceRequest::WriteComposite { .. }
+            | DeviceRequest::ObserveComposite { .. }
+            | DeviceRequest::CancelObserveComposite { .. } => &Lwm2mPath::ROOT,
             DeviceRequest::Read { path }
             | DeviceRequest::Discover { path }
             | DeviceRequest::Write { path, .. }
@@ -306,7 +337,7 @@ pub enum DeviceEvent {
     Notification {
         /// The device.
         device: DeviceId,
-        /// The observed path.
+        /// The observed path (the root `/` for an Observe-Composite).
         path: Lwm2mPath,
         /// The new values.
         content: Content,
@@ -327,7 +358,7 @@ pub enum DeviceEvent {
     ObservationEnded {
         /// The device.
         device: DeviceId,
-        /// The observed path.
+        /// The observed path (the root `/` for an Observe-Composite).
         path: Lwm2mPath,
         /// The Observe operation that had established it.
         op: OpId,

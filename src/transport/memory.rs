@@ -441,6 +441,8 @@ struct SimDevice {
     /// Bumped whenever the device goes down or resets, so stale timers are ignored.
     generation: u32,
     observed: Vec<Lwm2mPath>,
+    /// Observe-Composite observations, each with its paths (notified at the root `/`).
+    observed_composite: Vec<Vec<Lwm2mPath>>,
     pending_version: Option<String>,
     applied_config: Option<(String, String)>,
     registration_count: u64,
@@ -560,6 +562,7 @@ impl MemoryTransport {
             registered: false,
             generation: 0,
             observed: Vec::new(),
+            observed_composite: Vec::new(),
             pending_version: None,
             applied_config: None,
             registration_count: 0,
@@ -746,6 +749,7 @@ impl MemoryTransport {
         d.up = false;
         d.generation += 1;
         d.observed.clear();
+        d.observed_composite.clear();
         let state = Lwm2mPath::resource(5, 0, 3);
         if d.values.get(&state) == Some(&ResourceValue::Integer(firmware_state::DOWNLOADING)) {
             // The download is lost with the connection: Idle, result 4 (connection lost).
@@ -771,6 +775,7 @@ impl MemoryTransport {
         d.up = false;
         d.generation += 1;
         d.observed.clear();
+        d.observed_composite.clear();
         let generation = d.generation;
         let t = d.faults.reboot_time;
         self.schedule(now + t, Action::Boot { dev, generation });
@@ -805,6 +810,24 @@ impl MemoryTransport {
         }
     }
 
+    /// Read-Composite: the values of every path that has some, in the order asked; a path
+    /// with nothing to read is left out, and when none has any the answer is 4.04.
+    fn read_composite(&self, dev: u32, paths: &[Lwm2mPath]) -> Result<Content, DeviceError> {
+        let mut values = Vec::new();
+        for path in paths {
+            for (p, v) in self.read(dev, path).map_or(Vec::new(), |c| c.values) {
+                if !values.iter().any(|(q, _)| *q == p) {
+                    values.push((p, v));
+                }
+            }
+        }
+        if values.is_empty() {
+            Err(DeviceError::NotFound)
+        } else {
+            Ok(Content { values })
+        }
+    }
+
     fn changed(&mut self, now: Instant, dev: u32, paths: &[Lwm2mPath]) {
         let d = &self.devices[dev as usize];
         if !d.up {
@@ -819,8 +842,27 @@ impl MemoryTransport {
         // A path observed twice notifies once (its observers share the events).
         hits.sort_unstable();
         hits.dedup();
-        for path in hits {
-            let Ok(content) = self.read(dev, &path) else {
+        let mut composite: Vec<Vec<Lwm2mPath>> = d
+            .observed_composite
+            .iter()
+            .filter(|o| {
+                o.iter()
+                    .any(|o| paths.iter().any(|p| o.contains(p) || p.contains(o)))
+            })
+            .cloned()
+            .collect();
+        composite.dedup();
+        let notifications = hits
+            .into_iter()
+            .map(|path| (path, self.read(dev, &path)))
+            .chain(
+                composite
+                    .iter()
+                    .map(|paths| (Lwm2mPath::ROOT, self.read_composite(dev, paths))),
+            )
+            .collect::<Vec<_>>();
+        for (path, content) in notifications {
+            let Ok(content) = content else {
                 continue;
             };
             if self.lost(dev) {
@@ -925,6 +967,32 @@ impl MemoryTransport {
             DeviceRequest::Execute { path, .. } => self.execute(now, dev, path),
             DeviceRequest::Create { .. } | DeviceRequest::Delete { .. } => {
                 (Err(DeviceError::MethodNotAllowed), false)
+            }
+            DeviceRequest::ReadComposite { paths } => (
+                self.read_composite(dev, paths).map(DeviceReply::Content),
+                false,
+            ),
+            DeviceRequest::ObserveComposite { paths } => {
+                let r = self.read_composite(dev, paths);
+                if r.is_ok() {
+                    self.devices[dev as usize]
+                        .observed_composite
+                        .push(paths.clone());
+                }
+                (r.map(DeviceReply::Content), false)
+            }
+            DeviceRequest::CancelObserveComposite { paths } => {
+                let obs = &mut self.devices[dev as usize].observed_composite;
+                let same = |o: &Vec<Lwm2mPath>| {
+                    o.iter().all(|p| paths.contains(p)) && paths.iter().all(|p| o.contains(p))
+                };
+                if let Some(at) = obs.iter().rposition(same) {
+                    obs.remove(at);
+                }
+                (Ok(DeviceReply::Done), false)
+            }
+            DeviceRequest::WriteComposite { content } => {
+                (self.write(now, dev, &Lwm2mPath::ROOT, content), false)
             }
         }
     }
@@ -1170,6 +1238,7 @@ impl MemoryTransport {
                 d.registered = true;
                 d.registration_count += 1;
                 d.observed.clear();
+                d.observed_composite.clear();
                 self.stats.registrations += 1;
                 let registration = self.registration(dev);
                 let device = self.devices[dev as usize].id.clone();

@@ -32,3 +32,15 @@ pub struct RegistrationInfo {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub psk_identity: Option<String>,
 }
+
+impl RegistrationInfo {
+    /// Whether the device registered as LWM2M 1.1 or later, and so takes the composite
+    /// operations (Read-, Write-, Observe-Composite).
+    pub fn speaks_1_1(&self) -> bool {
+        let mut parts = self.lwm2m_version.split('.').map(|p| p.parse::<u32>().ok());
+        matches!(
+            (parts.next().flatten(), parts.next().flatten()),
+            (Some(major), Some(minor)) if (major, minor) >= (1, 1)
+        )
+    }
+}

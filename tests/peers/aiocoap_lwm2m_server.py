@@ -7,12 +7,21 @@ Binds 127.0.0.1 on an ephemeral port and prints `PORT <n>`. It accepts one regis
 the same socket, sends the client: a TLV read and a SenML JSON read of /3/0, a SenML JSON
 write of /3/0/15 and a read back, a 3000-byte firmware package push to /5/0/0 (aiocoap
 splits it into Block1 blocks of 1024 bytes), a read of State /5/0/3, Update /5/0/2 and
-State again. One `RESULT <name> <code> <content-format> <payload>` line per request
-(payload as hex for TLV and opaque). Then `DONE`. Exits after 20 s in any case.
+State again. Before the firmware steps, the LWM2M 1.1 composite operations, their bodies
+built by `json` and by cbor2 (a CBOR codec nobody here wrote): Read-Composite (FETCH /) in
+SenML JSON and in SenML CBOR (the CBOR answer decoded by cbor2 and printed as `DECODED`),
+Write-Composite (iPATCH /) and a read back, a Write-Composite that names a read-only
+resource (refused, nothing written), and an Observe-Composite: it prints `OBSERVING`
+after the first answer and waits (10 s at most) for one notification. One
+`RESULT <name> <code> <content-format> <payload>` line per request (payload as hex for
+TLV, opaque and CBOR). Then `DONE`. Exits after 30 s in any case.
 """
 
 import asyncio
+import json
 import sys
+
+import cbor2
 
 import aiocoap
 import aiocoap.resource as resource
@@ -73,6 +82,66 @@ async def drive(context, remote):
         content_format=110,
     )
     await request("read_timezone", Code.GET, "/3/0/15")
+
+    def senml_json(records):
+        return json.dumps(records).encode()
+
+    await request(
+        "read_composite_json",
+        Code.FETCH,
+        "/",
+        payload=senml_json([{"n": "/3/0/0"}, {"n": "/3/0/9"}]),
+        content_format=110,
+        accept=110,
+    )
+    resp = await request(
+        "read_composite_cbor",
+        Code.FETCH,
+        "/",
+        binary=True,
+        payload=cbor2.dumps([{0: "/3/0/0"}, {-2: "/3/0/", 0: "15"}]),
+        content_format=112,
+        accept=112,
+    )
+    out("DECODED read_composite_cbor %s" % json.dumps(cbor2.loads(resp.payload), sort_keys=True))
+    await request(
+        "write_composite",
+        Code.iPATCH,
+        "/",
+        payload=senml_json([{"n": "/3/0/15", "vs": "Europe/Oslo"}, {"n": "/1/0/3", "v": 55}]),
+        content_format=110,
+    )
+    await request(
+        "read_after_write_composite",
+        Code.FETCH,
+        "/",
+        payload=senml_json([{"n": "/3/0/15"}, {"n": "/1/0/3"}]),
+        content_format=110,
+        accept=110,
+    )
+    await request(
+        "write_composite_read_only",
+        Code.iPATCH,
+        "/",
+        payload=senml_json([{"n": "/3/0/15", "vs": "UTC"}, {"n": "/3/0/0", "vs": "x"}]),
+        content_format=110,
+    )
+    await request("timezone_after_refusal", Code.GET, "/3/0/15")
+    observe = context.request(
+        Message(
+            code=Code.FETCH,
+            uri=base + "/",
+            observe=0,
+            payload=senml_json([{"n": "/3/0/9"}, {"n": "/3/0/15"}]),
+            content_format=110,
+            accept=110,
+        )
+    )
+    show("observe_composite", await asyncio.wait_for(observe.response, 10))
+    out("OBSERVING")
+    notifications = observe.observation.__aiter__()
+    show("notify_composite", await asyncio.wait_for(notifications.__anext__(), 10))
+    observe.observation.cancel()
     package = bytes((i * 7) % 256 for i in range(3000))
     await request(
         "push_package",
@@ -128,7 +197,7 @@ async def main():
 
 if __name__ == "__main__":
     try:
-        sys.exit(asyncio.run(asyncio.wait_for(main(), 20)))
+        sys.exit(asyncio.run(asyncio.wait_for(main(), 30)))
     except asyncio.TimeoutError:
         out("TIMEOUT")
         sys.exit(1)

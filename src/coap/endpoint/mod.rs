@@ -949,7 +949,10 @@ impl Endpoint {
         r.head.set_observe(1);
         r.block2 = None;
         r.block1 = None;
-        r.body.clear();
+        // A FETCH's body names what is observed (RFC 8132 §2.4): the cancel repeats it.
+        if r.head.code != Code::FETCH {
+            r.body.clear();
+        }
         self.start_request(now, id);
         true
     }

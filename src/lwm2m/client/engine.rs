@@ -283,7 +283,10 @@ struct Outgoing {
 /// One observation by the server.
 struct Observation {
     token: Token,
+    /// The observed path; the root for an Observe-Composite.
     path: Lwm2mPath,
+    /// An Observe-Composite's paths (each notification reads them all).
+    composite: Option<Vec<Lwm2mPath>>,
     format: u16,
     seq: u32,
     timer: NotifyTimer,
@@ -629,7 +632,7 @@ impl Lwm2mClient {
             at(o.next);
         }
         for o in &self.observations {
-            if let Some(d) = o.timer.deadline(&self.effective(&o.path)) {
+            if let Some(d) = o.timer.deadline(&self.observation_attributes(o)) {
                 at(d);
             }
         }
@@ -1092,6 +1095,8 @@ impl Lwm2mClient {
                 _ => Message::response(Code::METHOD_NOT_ALLOWED),
             },
             Code::DELETE => self.delete(&path),
+            Code::FETCH if path.depth() == 0 => self.read_composite(now, req, payload),
+            Code::IPATCH if path.depth() == 0 => self.write_composite(now, req, payload),
             _ => Message::response(Code::METHOD_NOT_ALLOWED),
         };
         if let (Some(b1), true) = (req.block1(), resp.code.is_success()) {
@@ -1242,6 +1247,7 @@ impl Lwm2mClient {
                 self.observations.push(Observation {
                     token: req.token(),
                     path: *path,
+                    composite: None,
                     format: number,
                     seq: 1,
                     timer: NotifyTimer::new(now, value),
@@ -1253,6 +1259,137 @@ impl Lwm2mClient {
             }
         }
         resp
+    }
+
+    /// The SenML format a composite request's body is in (4.15 for any other).
+    fn composite_body_format(req: &Message) -> Result<Format, Code> {
+        match req.content_format().and_then(|c| Format::from_code(c.0)) {
+            Some(f @ (Format::SenmlJson | Format::SenmlCbor)) => Ok(f),
+            _ => Err(Code::UNSUPPORTED_CONTENT_FORMAT),
+        }
+    }
+
+    /// The values of every path that has some, without repeats; a path with nothing to
+    /// read (or that the server may not read) is left out; when none has any, the first
+    /// path's error.
+    fn read_paths(&mut self, paths: &[Lwm2mPath]) -> Result<Content, ObjectError> {
+        let mut values: Vec<(Lwm2mPath, ResourceValue)> = Vec::new();
+        let mut first_error = None;
+        for path in paths {
+            match self.tree.read(path) {
+                Ok(c) => {
+                    for (p, v) in c.values {
+                        if !values.iter().any(|(q, _)| *q == p) {
+                            values.push((p, v));
+                        }
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if values.is_empty() => Err(e),
+            _ => Ok(Content { values }),
+        }
+    }
+
+    /// Read-Composite and Observe-Composite (LWM2M 1.1 §5.4.5, §5.5.2.2): FETCH on the
+    /// root with a path list in SenML JSON or CBOR. The answer comes in the Accept's
+    /// format when it is one that carries full paths (SenML JSON, SenML CBOR, LwM2M CBOR),
+    /// else in the request's format.
+    fn read_composite(&mut self, now: Instant, req: &Message, payload: &[u8]) -> Message {
+        let format = match Self::composite_body_format(req) {
+            Ok(f) => f,
+            Err(code) => return Message::response(code),
+        };
+        let paths = match crate::lwm2m::content::decode_paths(format, payload) {
+            Ok(p) if !p.is_empty() => p,
+            Ok(_) => return Message::response(Code::BAD_REQUEST),
+            Err(ContentError::TooManyValues { .. }) => {
+                return Message::response(Code::REQUEST_ENTITY_TOO_LARGE);
+            }
+            Err(_) => return Message::response(Code::BAD_REQUEST),
+        };
+        let answer = match req.accept().map(|c| Format::from_code(c.0)) {
+            None => format,
+            Some(Some(f @ (Format::SenmlJson | Format::SenmlCbor | Format::Lwm2mCbor))) => f,
+            Some(_) => return Message::response(Code::NOT_ACCEPTABLE),
+        };
+        let observe = req.observe();
+        if observe == Some(1) {
+            self.observations.retain(|o| o.token != req.token());
+        }
+        let content = match self.read_paths(&paths) {
+            Ok(c) => c,
+            Err(e) => return Message::response(code_for(&e)),
+        };
+        let Ok(body) = formats::encode(answer, &Lwm2mPath::ROOT, &content) else {
+            return Message::response(Code::INTERNAL_SERVER_ERROR);
+        };
+        let mut resp = self.content_response(req, body, answer.code());
+        if observe == Some(0)
+            && resp.code == Code::CONTENT
+            && req.block2().is_none_or(|b| b.num == 0)
+        {
+            self.observations.retain(|o| o.token != req.token());
+            if self.observations.len() < self.config.max_observations {
+                self.observations.push(Observation {
+                    token: req.token(),
+                    path: Lwm2mPath::ROOT,
+                    composite: Some(paths),
+                    format: answer.code(),
+                    seq: 1,
+                    timer: NotifyTimer::new(now, None),
+                    last_message_id: 0,
+                    last_confirmable: now,
+                });
+                resp.set_observe(0);
+                self.push_event(ClientEvent::Observed {
+                    path: Lwm2mPath::ROOT,
+                });
+            }
+        }
+        resp
+    }
+
+    /// Write-Composite (LWM2M 1.1 §5.4.6): iPATCH on the root with SenML values at full
+    /// paths; all validated before any is written (see [`ObjectTree::write_composite`]).
+    fn write_composite(&mut self, now: Instant, req: &Message, payload: &[u8]) -> Message {
+        if let Err(code) = Self::composite_body_format(req) {
+            return Message::response(code);
+        }
+        let content = match self.decode_payload(req, payload, &Lwm2mPath::ROOT) {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => return Message::response(Code::BAD_REQUEST),
+            Err(code) => return Message::response(code),
+        };
+        match self.tree.write_composite(content) {
+            Ok(written) => {
+                for p in &written {
+                    if !self.changed.contains(p) {
+                        self.changed.push(*p);
+                    }
+                }
+                let server: Vec<Lwm2mPath> = written
+                    .iter()
+                    .filter(|p| p.object_id() == Some(1))
+                    .copied()
+                    .collect();
+                if !server.is_empty() {
+                    self.after_server_object_write(&server);
+                }
+                if written.iter().any(|p| p.object_id() == Some(5)) {
+                    self.start_pending_download(now);
+                }
+                self.push_event(ClientEvent::Written {
+                    path: Lwm2mPath::ROOT,
+                });
+                Message::response(Code::CHANGED)
+            }
+            Err(e) => Message::response(code_for(&e)),
+        }
     }
 
     fn discover(&mut self, path: &Lwm2mPath) -> Message {
@@ -1457,6 +1594,22 @@ impl Lwm2mClient {
 
     // ------------------------------------------------------------------ notifications
 
+    /// The attributes an observation notifies by: its path's, or for an Observe-Composite
+    /// the most eager of its paths' periods (the smallest pmin and the smallest pmax), so
+    /// a change anywhere is reported as soon as that path's own observation would be;
+    /// thresholds (gt, lt, st) do not apply to a composite.
+    fn observation_attributes(&self, o: &Observation) -> crate::transport::NotificationAttributes {
+        let Some(paths) = &o.composite else {
+            return self.effective(&o.path);
+        };
+        let each = || paths.iter().map(|p| self.effective(p));
+        crate::transport::NotificationAttributes {
+            pmin: each().filter_map(|a| a.pmin).min(),
+            pmax: each().filter_map(|a| a.pmax).min(),
+            ..Default::default()
+        }
+    }
+
     fn effective(&self, path: &Lwm2mPath) -> crate::transport::NotificationAttributes {
         self.attributes
             .effective(path, self.default_periods.0, self.default_periods.1)
@@ -1474,10 +1627,16 @@ impl Lwm2mClient {
         }
         for i in 0..self.observations.len() {
             let path = self.observations[i].path;
-            if !changed
-                .iter()
-                .any(|c| path.contains(c) || c.contains(&path))
-            {
+            let hit = {
+                let scope = match &self.observations[i].composite {
+                    Some(paths) => paths.as_slice(),
+                    None => std::slice::from_ref(&path),
+                };
+                changed
+                    .iter()
+                    .any(|c| scope.iter().any(|p| p.contains(c) || c.contains(p)))
+            };
+            if !hit {
                 continue;
             }
             let value = if path.depth() >= 3 {
@@ -1488,7 +1647,7 @@ impl Lwm2mClient {
             } else {
                 None
             };
-            let attrs = self.effective(&path);
+            let attrs = self.observation_attributes(&self.observations[i]);
             self.observations[i].timer.changed(&attrs, value);
         }
         self.changed = changed;
@@ -1499,12 +1658,16 @@ impl Lwm2mClient {
         let mut i = 0;
         while i < self.observations.len() {
             let path = self.observations[i].path;
-            let attrs = self.effective(&path);
+            let attrs = self.observation_attributes(&self.observations[i]);
             if !self.observations[i].timer.due(now, &attrs) {
                 i += 1;
                 continue;
             }
-            let content = match self.tree.read(&path) {
+            let read = match self.observations[i].composite.clone() {
+                Some(paths) => self.read_paths(&paths),
+                None => self.tree.read(&path),
+            };
+            let content = match read {
                 Ok(c) => c,
                 Err(e) => {
                     // The target is gone: a final error notification ends the observation.

@@ -222,6 +222,49 @@ impl ObjectTree {
         Ok(written)
     }
 
+    /// Write-Composite (LWM2M 1.1): values in several instances, possibly of several
+    /// objects. Every instance's values are checked and validated before any is written,
+    /// so a refusal (an unknown instance, a read-only resource, a value the application
+    /// rejects) changes nothing. Resources not named keep their values (partial update).
+    /// Returns the resources written.
+    pub fn write_composite(&mut self, content: Content) -> Result<Vec<Lwm2mPath>, ObjectError> {
+        let mut by_instance: Vec<(Lwm2mPath, Content)> = Vec::new();
+        for (path, value) in content.values {
+            let [oid, iid, _, ..] = *path.ids() else {
+                return Err(ObjectError::MethodNotAllowed);
+            };
+            let instance = Lwm2mPath::instance(oid, iid);
+            match by_instance.iter_mut().find(|(i, _)| *i == instance) {
+                Some((_, c)) => c.values.push((path, value)),
+                None => by_instance.push((instance, Content::single(path, value))),
+            }
+        }
+        let mut planned = Vec::with_capacity(by_instance.len());
+        for (instance, values) in by_instance {
+            let object = self.server_object(&instance)?;
+            let [oid, iid] = *instance.ids() else {
+                unreachable!("an instance path has two ids");
+            };
+            if !object.instance_ids().contains(&iid) {
+                return Err(ObjectError::NotFound);
+            }
+            let writes = group(object, &instance, values, |d| d.access.writable())?;
+            for (rid, data) in &writes {
+                object.validate(iid, *rid, data)?;
+            }
+            planned.push((oid, iid, writes));
+        }
+        let mut written = Vec::new();
+        for (oid, iid, writes) in planned {
+            let object = self.server_object(&Lwm2mPath::object(oid))?;
+            for (rid, data) in writes {
+                object.write(iid, rid, data, WriteMode::PartialUpdate)?;
+                written.push(Lwm2mPath::resource(oid, iid, rid));
+            }
+        }
+        Ok(written)
+    }
+
     /// Executes `/oid/iid/rid` with the raw argument text.
     pub fn execute(&mut self, path: &Lwm2mPath, args: &str) -> Result<(), ObjectError> {
         let object = self.server_object(path)?;

@@ -133,6 +133,9 @@ pub enum RecordProblem {
     MustUnderstand(String),
     /// A name or string longer than the limit.
     TooLong,
+    /// A composite request's path list names a relative path (`bn` + `n` must start with
+    /// `/`: there is no request path to be relative to).
+    RelativeName(String),
 }
 
 impl fmt::Display for ContentError {
@@ -205,6 +208,7 @@ impl fmt::Display for RecordProblem {
             RecordProblem::TypeMismatch(t) => write!(f, "value does not match type {t:?}"),
             RecordProblem::MustUnderstand(k) => write!(f, "unknown must-understand field {k}"),
             RecordProblem::TooLong => f.write_str("name or string too long"),
+            RecordProblem::RelativeName(n) => write!(f, "{n:?} is not an absolute path"),
         }
     }
 }

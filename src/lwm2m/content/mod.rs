@@ -16,6 +16,9 @@
 //! | LwM2M CBOR (1.2) | 11544 | yes | yes |
 //! | LwM2M JSON (1.0) | 11543, 1543 | yes (read tolerantly) | yes |
 //!
+//! The composite operations' path lists (SenML records with names only) have their own
+//! pair, [`decode_paths`] and [`encode_paths`].
+//!
 //! TLV carries no types on the wire: [`decode`] takes a type resolver (any
 //! `Fn(&Lwm2mPath) -> Option<ResourceType>`; [`standard_resource_type`] knows the objects
 //! 0, 1, 3, 5 and the vendor Config object 10241). A value whose type the resolver does
@@ -54,6 +57,7 @@ mod base64url;
 mod cbor;
 mod error;
 mod lwm2m_cbor;
+mod paths;
 mod senml_cbor;
 mod senml_json;
 mod text;
@@ -61,6 +65,7 @@ mod tlv;
 mod types;
 
 pub use error::{ContentError, RecordProblem};
+pub use paths::{MAX_COMPOSITE_PATHS, decode_paths, encode_paths};
 pub use types::standard_resource_type;
 
 #[cfg(doc)]

@@ -21,7 +21,7 @@ use minicbor::{Decoder, Encoder};
 
 const BN: i64 = -2;
 const BT: i64 = -3;
-const N: i64 = 0;
+pub(super) const N: i64 = 0;
 const V: i64 = 2;
 const VS: i64 = 3;
 const VB: i64 = 4;
@@ -49,8 +49,8 @@ fn key(d: &mut Decoder<'_>, index: usize) -> Result<Key, ContentError> {
     }
 }
 
-struct Record {
-    n: Option<String>,
+pub(super) struct Record {
+    pub(super) n: Option<String>,
     value: Option<Field>,
 }
 
@@ -63,7 +63,11 @@ enum Field {
     Link(String),
 }
 
-fn record(d: &mut Decoder<'_>, index: usize, bn: &mut String) -> Result<Record, ContentError> {
+pub(super) fn record(
+    d: &mut Decoder<'_>,
+    index: usize,
+    bn: &mut String,
+) -> Result<Record, ContentError> {
     let len = match cbor::datatype(d)? {
         Type::Map | Type::MapIndef => d.map().map_err(|_| cbor::malformed(d))?,
         _ => return Err(bad(index, RecordProblem::NotAnObject)),

@@ -44,9 +44,15 @@
 //! - **Device management**: every [`DeviceRequest`] becomes one confirmable CoAP request
 //!   (Read GET, Discover GET Accept 40, Write PUT/POST, Write-Attributes PUT with only
 //!   Uri-Query, Execute POST, Create POST `/oid`, Delete DELETE, Observe GET Observe=0,
-//!   Cancel GET Observe=1 on the observation's token); answers and errors map to
+//!   Cancel GET Observe=1 on the observation's token; the LWM2M 1.1 composite operations
+//!   on the root: Read-Composite FETCH and Observe-Composite FETCH Observe=0 with the path
+//!   list as body, Write-Composite iPATCH, and the composite's cancel repeating its FETCH,
+//!   body and token with Observe=1, as RFC 8132 asks); answers and errors map to
 //!   [`DeviceReply`] and [`DeviceError`]. Notifications become
-//!   [`DeviceEvent::Notification`] with decoded [`Content`].
+//!   [`DeviceEvent::Notification`] with decoded [`Content`] (at `/` for a composite, whose
+//!   values are kept only at or below its paths). A composite body and its answer are
+//!   SenML CBOR or SenML JSON (those the device announced, else both), CBOR first,
+//!   falling back on 4.06 / 4.15 like any other format.
 //! - **Payload choice and negotiation**: writes of one resource go as text (opaque as
 //!   42), the one format every client speaks, including lwm2m-node-lib. Reads, observes
 //!   and writes of several values use the best format the device takes: of those it
@@ -205,7 +211,10 @@ struct Observation {
     slot: u32,
     generation: u64,
     device: DeviceId,
+    /// The observed path; the root for an Observe-Composite.
     path: Lwm2mPath,
+    /// An Observe-Composite's paths: notifications keep only values at or below one.
+    composite: Option<Vec<Lwm2mPath>>,
     op: OpId,
 }
 
@@ -987,8 +996,9 @@ impl Lwm2mServer {
             return;
         }
         let (device, path) = (obs.device.clone(), obs.path);
+        let scope = obs.composite.clone().unwrap_or_else(|| vec![path]);
         // A notification we cannot decode carries nothing the hub can use.
-        if let Ok(content) = self.decode_within(m, &path) {
+        if let Ok(content) = self.decode_within(m, &path, &scope) {
             self.events.push_back(DeviceEvent::Notification {
                 device,
                 path,
@@ -998,12 +1008,20 @@ impl Lwm2mServer {
     }
 
     /// Decodes an answer to a request for `path` and keeps only the values at or below
-    /// it: a device may write only where it was asked (counted in
+    /// one of `scope` (the path itself, or a composite request's paths): a device may
+    /// write only where it was asked (counted in
     /// [`values_outside_path`](Self::values_outside_path)).
-    fn decode_within(&mut self, m: &Message, path: &Lwm2mPath) -> Result<Content, DeviceError> {
+    fn decode_within(
+        &mut self,
+        m: &Message,
+        path: &Lwm2mPath,
+        scope: &[Lwm2mPath],
+    ) -> Result<Content, DeviceError> {
         let mut content = self.decode(m, path)?;
         let before = content.values.len();
-        content.values.retain(|(p, _)| path.contains(p));
+        content
+            .values
+            .retain(|(p, _)| scope.iter().any(|s| s.contains(p)));
         self.values_outside_path += (before - content.values.len()) as u64;
         Ok(content)
     }
@@ -1042,6 +1060,12 @@ impl Lwm2mServer {
                 4,
                 15,
                 DeviceRequest::Write { .. } | DeviceRequest::Create { .. }
+            ) | (
+                4,
+                6 | 15,
+                DeviceRequest::ReadComposite { .. }
+                    | DeviceRequest::ObserveComposite { .. }
+                    | DeviceRequest::WriteComposite { .. }
             )
         );
         if refused && self.fall_back(now, &o) {
@@ -1100,9 +1124,20 @@ impl Lwm2mServer {
         id: RequestId,
     ) -> Result<DeviceReply, DeviceError> {
         match &o.request {
-            DeviceRequest::Read { path } => self.decode_within(m, path).map(DeviceReply::Content),
-            DeviceRequest::Observe { path } => {
-                let content = self.decode_within(m, path);
+            DeviceRequest::Read { path } => self
+                .decode_within(m, path, &[*path])
+                .map(DeviceReply::Content),
+            DeviceRequest::ReadComposite { paths } => self
+                .decode_within(m, &Lwm2mPath::ROOT, paths)
+                .map(DeviceReply::Content),
+            DeviceRequest::Observe { .. } | DeviceRequest::ObserveComposite { .. } => {
+                let path = o.request.path();
+                let composite = match &o.request {
+                    DeviceRequest::ObserveComposite { paths } => Some(paths.clone()),
+                    _ => None,
+                };
+                let scope = composite.clone().unwrap_or_else(|| vec![*path]);
+                let content = self.decode_within(m, path, &scope);
                 // No Observe option in the answer: the device declined to observe.
                 if m.observe().is_some() {
                     if content.is_ok() {
@@ -1113,6 +1148,7 @@ impl Lwm2mServer {
                                 generation: o.generation,
                                 device: o.device.clone(),
                                 path: *path,
+                                composite,
                                 op: o.op,
                             },
                         );
@@ -1199,14 +1235,29 @@ impl Lwm2mServer {
     fn dispatch(&mut self, now: Instant, slot: u32, op: DeviceOp) {
         let Some(reg) = self.slot(slot) else { return };
         let (peer, generation) = (reg.addr, reg.generation);
-        if let DeviceRequest::CancelObserve { path } = &op.request {
-            let path = *path;
+        let cancels: Option<(Lwm2mPath, Option<&[Lwm2mPath]>)> = match &op.request {
+            DeviceRequest::CancelObserve { path } => Some((*path, None)),
+            DeviceRequest::CancelObserveComposite { paths } => {
+                Some((Lwm2mPath::ROOT, Some(paths.as_slice())))
+            }
+            _ => None,
+        };
+        if let Some((path, composite)) = cancels {
+            let same_paths = |o: &Observation| match (composite, &o.composite) {
+                (None, None) => true,
+                (Some(want), Some(have)) => {
+                    want.iter().all(|p| have.contains(p)) && have.iter().all(|p| want.contains(p))
+                }
+                _ => false,
+            };
             // The newest observation of the path: whoever observed it last (a job, over
             // the hub's own sync observation) is the one that cancels.
             let observed = self
                 .observations
                 .iter()
-                .filter(|(_, o)| o.slot == slot && o.generation == generation && o.path == path)
+                .filter(|(_, o)| {
+                    o.slot == slot && o.generation == generation && o.path == path && same_paths(o)
+                })
                 .map(|(id, _)| *id)
                 .max();
             if let Some(id) = observed {
@@ -1294,6 +1345,33 @@ impl Lwm2mServer {
             .find(|f| !reg.refused.contains(f))
     }
 
+    /// The formats of a composite request's body and answer, best first: SenML CBOR and
+    /// SenML JSON (LWM2M 1.1 §5.4.5 allows these two for the path list), those the device
+    /// announced when it announced any of them, else both.
+    fn composite_formats(reg: &Registration) -> Vec<ContentFormat> {
+        const SENML: [ContentFormat; 2] = [ContentFormat::SenmlCbor, ContentFormat::SenmlJson];
+        let announced: Vec<ContentFormat> = SENML
+            .into_iter()
+            .filter(|f| reg.content_formats.contains(&f.code()))
+            .collect();
+        if announced.is_empty() {
+            SENML.to_vec()
+        } else {
+            announced
+        }
+    }
+
+    /// The composite format to use now: the best not refused, else the last (its refusal
+    /// then reaches the caller).
+    fn composite_format(reg: &Registration) -> ContentFormat {
+        let mut all = Self::composite_formats(reg);
+        all.iter()
+            .copied()
+            .find(|f| !reg.refused.contains(f))
+            .or_else(|| all.pop())
+            .unwrap_or(ContentFormat::SenmlJson)
+    }
+
     fn is_1_1(reg: &Registration) -> bool {
         reg.info.lwm2m_version.as_str() >= "1.1"
     }
@@ -1361,12 +1439,24 @@ impl Lwm2mServer {
             return false;
         }
         reg.refused.push(format);
-        // A read can always go again without an Accept; a write needs a format left.
+        // A read can always go again without an Accept; a write needs a format left, and
+        // so does a composite request (its body is in the format).
         let is_read = matches!(
             o.request,
             DeviceRequest::Read { .. } | DeviceRequest::Observe { .. }
         );
-        if !is_read && Self::formats(reg).iter().all(|f| reg.refused.contains(f)) {
+        let is_composite = matches!(
+            o.request,
+            DeviceRequest::ReadComposite { .. }
+                | DeviceRequest::ObserveComposite { .. }
+                | DeviceRequest::WriteComposite { .. }
+        );
+        let left = if is_composite {
+            Self::composite_formats(reg)
+        } else {
+            Self::formats(reg)
+        };
+        if !is_read && left.iter().all(|f| reg.refused.contains(f)) {
             return false;
         }
         let deadline = now + self.config.queue_timeout;
@@ -1466,6 +1556,31 @@ impl Lwm2mServer {
                 path = object;
             }
             DeviceRequest::Delete { .. } => m.code = Code::DELETE,
+            DeviceRequest::ReadComposite { paths }
+            | DeviceRequest::ObserveComposite { paths }
+            | DeviceRequest::CancelObserveComposite { paths } => {
+                // FETCH on the root with the path list as body (RFC 8132); the answer in
+                // the same format. A cancel reaches here only when no observation is known.
+                m.code = Code::FETCH;
+                match request {
+                    DeviceRequest::ObserveComposite { .. } => m.set_observe(0),
+                    DeviceRequest::CancelObserveComposite { .. } => m.set_observe(1),
+                    _ => {}
+                }
+                let f = Self::composite_format(reg);
+                m.set_content_format(cf(f));
+                m.set_accept(cf(f));
+                m.payload = content::encode_paths(f, paths)
+                    .map_err(|e| DeviceError::BadPayload(e.to_string()))?;
+                chosen = Some(f);
+            }
+            DeviceRequest::WriteComposite { content } => {
+                m.code = Code::IPATCH;
+                let f = Self::composite_format(reg);
+                m.set_content_format(cf(f));
+                m.payload = encoded(&Lwm2mPath::ROOT, content, f)?;
+                chosen = Some(f);
+            }
         }
         if let Some(alt) = &reg.alternate_path {
             for seg in alt.split('/').filter(|s| !s.is_empty()) {

@@ -1432,3 +1432,168 @@ fn send_is_taken_from_a_registered_device_only_in_senml_or_lwm2m_cbor() {
     );
     assert!(sim.events().is_empty());
 }
+
+#[test]
+fn composite_operations_on_the_wire() {
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    sim.register(a, &["ep=d", "lwm2m=1.1"]);
+    sim.events();
+    let battery = Lwm2mPath::resource(3, 0, 9);
+    let paths = vec![battery, Lwm2mPath::instance(5, 0)];
+    let cbor = ContentFormat::SenmlCbor.code() as u32;
+    let json = ContentFormat::SenmlJson.code() as u32;
+
+    // Read-Composite: FETCH on the root, the path list in SenML CBOR, the answer asked
+    // for in the same format; a value outside the paths is dropped and counted.
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::ReadComposite {
+            paths: paths.clone(),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    assert_eq!((req.code, path_of(&req)), (code(0, 5), String::new()));
+    assert_eq!(req.uint(wire::CONTENT_FORMAT), Some(cbor));
+    assert_eq!(req.uint(wire::ACCEPT), Some(cbor));
+    assert_eq!(
+        content::decode_paths(ContentFormat::SenmlCbor, &req.payload).unwrap(),
+        paths
+    );
+    let inside = Content {
+        values: vec![
+            (battery, ResourceValue::Integer(80)),
+            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(0)),
+        ],
+    };
+    let mut answer = inside.clone();
+    answer.values.push((
+        Lwm2mPath::resource(3, 0, 0),
+        ResourceValue::String("x".into()),
+    ));
+    let body = payload(ContentFormat::SenmlCbor, &Lwm2mPath::ROOT, &answer);
+    sim.answer(a, &req, code(2, 5), Some(cbor as u16), &body);
+    assert_eq!(
+        response(&sim.events(), 1),
+        &Ok(DeviceReply::Content(inside.clone()))
+    );
+    assert_eq!(sim.server.values_outside_path(), 1);
+
+    // A device that refuses CBOR (4.15) gets the same request again in SenML JSON.
+    sim.submit(
+        2,
+        "d",
+        DeviceRequest::ReadComposite {
+            paths: paths.clone(),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    sim.answer(a, &req, code(4, 15), None, b"");
+    let again = sim.out()[0].1.clone();
+    assert_eq!(again.code, code(0, 5));
+    assert_eq!(again.uint(wire::CONTENT_FORMAT), Some(json));
+    assert_eq!(again.uint(wire::ACCEPT), Some(json));
+    assert_eq!(
+        content::decode_paths(ContentFormat::SenmlJson, &again.payload).unwrap(),
+        paths
+    );
+    let body = payload(ContentFormat::SenmlJson, &Lwm2mPath::ROOT, &inside);
+    sim.answer(a, &again, code(2, 5), Some(json as u16), &body);
+    assert_eq!(
+        response(&sim.events(), 2),
+        &Ok(DeviceReply::Content(inside.clone()))
+    );
+
+    // Write-Composite: iPATCH on the root, values of two objects in one body (SenML JSON
+    // now: the device refused CBOR).
+    let written = Content {
+        values: vec![
+            (Lwm2mPath::resource(1, 0, 3), ResourceValue::Integer(60)),
+            (
+                Lwm2mPath::resource(3, 0, 15),
+                ResourceValue::String("Europe/Paris".into()),
+            ),
+        ],
+    };
+    sim.submit(
+        3,
+        "d",
+        DeviceRequest::WriteComposite {
+            content: written.clone(),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    assert_eq!((req.code, path_of(&req)), (code(0, 7), String::new()));
+    assert_eq!(req.uint(wire::CONTENT_FORMAT), Some(json));
+    let sent = content::decode(
+        ContentFormat::SenmlJson,
+        &req.payload,
+        &Lwm2mPath::ROOT,
+        &content::standard_resource_type,
+    )
+    .unwrap();
+    assert_eq!(sent, written);
+    sim.answer(a, &req, code(2, 4), None, b"");
+    assert_eq!(response(&sim.events(), 3), &Ok(DeviceReply::Done));
+
+    // Observe-Composite: FETCH with Observe 0; its notifications arrive at the root with
+    // the values of every observed path.
+    sim.submit(
+        4,
+        "d",
+        DeviceRequest::ObserveComposite {
+            paths: paths.clone(),
+        },
+    );
+    let req = sim.out()[0].1.clone();
+    assert_eq!((req.code, req.uint(wire::OBSERVE)), (code(0, 5), Some(0)));
+    let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+    r.add_uint(wire::OBSERVE, 1);
+    r.add_uint(wire::CONTENT_FORMAT, json);
+    r.payload = payload(ContentFormat::SenmlJson, &Lwm2mPath::ROOT, &inside);
+    sim.send(a, &r);
+    assert_eq!(
+        response(&sim.events(), 4),
+        &Ok(DeviceReply::Content(inside.clone()))
+    );
+    assert_eq!(sim.server.observation_count(), 1);
+    let changed = Content::single(battery, ResourceValue::Integer(79));
+    let mut n = Packet::new(MsgType::Non, code(2, 5), 4200, &req.token);
+    n.add_uint(wire::OBSERVE, 2);
+    n.add_uint(wire::CONTENT_FORMAT, json);
+    n.payload = payload(ContentFormat::SenmlJson, &Lwm2mPath::ROOT, &changed);
+    sim.send(a, &n);
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Notification {
+            device: dev("d"),
+            path: Lwm2mPath::ROOT,
+            content: changed,
+        }]
+    );
+
+    // A plain Cancel-Observe of one of the paths does not end the composite; the
+    // composite's cancel (paths in any order) repeats the FETCH, its body and its token
+    // with Observe 1 (RFC 8132 §2.4).
+    sim.submit(5, "d", DeviceRequest::CancelObserve { path: battery });
+    let plain = sim.out()[0].1.clone();
+    assert_ne!(plain.token, req.token);
+    assert_eq!(sim.server.observation_count(), 1);
+    sim.answer(a, &plain, code(2, 5), None, b"79");
+    sim.events();
+    let reversed: Vec<Lwm2mPath> = paths.iter().rev().copied().collect();
+    sim.submit(
+        6,
+        "d",
+        DeviceRequest::CancelObserveComposite { paths: reversed },
+    );
+    let c = sim.out()[0].1.clone();
+    assert_eq!(
+        (c.code, c.uint(wire::OBSERVE), &c.token, &c.payload),
+        (code(0, 5), Some(1), &req.token, &req.payload)
+    );
+    assert_eq!(sim.server.observation_count(), 0);
+    sim.answer(a, &c, code(2, 5), Some(json as u16), &r.payload);
+    assert_eq!(response(&sim.events(), 6), &Ok(DeviceReply::Done));
+}
