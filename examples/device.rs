@@ -5,10 +5,14 @@
 //! cargo run --example device -- dev-1 127.0.0.1:5683
 //! # over DTLS (PSK):
 //! cargo run --example device -- sensor-1 coaps://127.0.0.1:5684 --psk sensor-1-id:00112233445566778899aabbccddeeff
+//! # knowing only a bootstrap server (plain CoAP), which gives it its server and credentials:
+//! cargo run --example device -- sensor-1 --bootstrap coap://127.0.0.1:5783
 //! ```
 //!
 //! `<server>` is `host:port`, `coap://host:port` or `coaps://host:port` (coaps needs
-//! `--psk`).
+//! `--psk`). With `--bootstrap URI` the device knows only its bootstrap server: it asks it
+//! for its server account (Bootstrap-Request), then registers where it was told, over
+//! DTLS when it was given a PSK.
 //!
 //! It registers with Security /0, Server /1, Device /3, Firmware Update /5 and Config
 //! /10241, changes its battery level every 10 s (observers get notified as their attributes
@@ -28,10 +32,16 @@ use twinhub::{Lwm2mPath, ResourceValue};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: device <endpoint-name> <server-host:port | coap://host:port | coaps://host:port> [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY]";
+    let usage = "usage: device <endpoint-name> (<server-host:port | coap://host:port | coaps://host:port> | --bootstrap coap://host:port) [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY]";
     let (Some(endpoint), Some(server)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         std::process::exit(2);
+    };
+    let bootstrap = args.get(1).is_some_and(|a| a == "--bootstrap");
+    let server = if bootstrap {
+        args.get(2).ok_or("--bootstrap needs coap://host:port")?
+    } else {
+        server
     };
     let flag = |name: &str| -> Option<u64> {
         let i = args.iter().position(|a| a == name)?;
@@ -62,9 +72,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("server address did not resolve")?;
 
+    if bootstrap && scheme != "coap" {
+        return Err("the bootstrap server is reached over plain coap://".into());
+    }
     let mut tree = ObjectTree::new();
-    tree.add(objects::security(&format!("{scheme}://{server}"), 1));
-    tree.add(objects::server(1, lifetime, "U"));
+    if bootstrap {
+        // Only the bootstrap account: the bootstrap server writes the server account.
+        tree.add(objects::bootstrap_security(&format!("coap://{server}")));
+        tree.add(objects::unprovisioned_server());
+    } else {
+        tree.add(objects::security(&format!("{scheme}://{server}"), 1));
+        tree.add(objects::server(1, lifetime, "U"));
+    }
     tree.add(
         objects::device("twinhub", "example-device", endpoint, "1.0.0")
             .with_value(0, 9, ResourceValue::Integer(100))
@@ -94,6 +113,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.lifetime = lifetime;
     if let Some(psk) = psk {
         config = config.with_psk(psk);
+    }
+    if bootstrap {
+        config = config.with_bootstrap(server);
     }
     let client = Lwm2mClient::new(Instant::now(), config, tree);
     let bind = if server.is_ipv6() {

@@ -8,7 +8,16 @@
 //! cargo run --example hub -- --dtls-bind 0.0.0.0:5684 --psk sensor-1:sensor-1-id:00112233445566778899aabbccddeeff
 //! # durable: twins, tags and device properties survive a restart
 //! cargo run --example hub -- --data-dir /var/lib/twinhub --auto-provision
+//! # a bootstrap server beside it: devices that know only it get this hub's account
+//! cargo run --example hub -- --dtls-bind 0.0.0.0:5684 --bootstrap-bind 0.0.0.0:5783 \
+//!     --psk sensor-1:sensor-1-id:00112233445566778899aabbccddeeff
 //! ```
+//!
+//! With `--bootstrap-bind` a second, plain-CoAP port serves the LWM2M bootstrap interface
+//! (`POST /bs`): a device the hub knows (or any, with `--auto-provision`) is given one
+//! server account, this hub's URI, with its `--psk` credentials when the hub speaks DTLS.
+//! `cargo run --example device -- sensor-1 --bootstrap coap://127.0.0.1:5783` bootstraps
+//! from it.
 //!
 //! With `--dtls-bind` the hub listens for `coaps` only (DTLS 1.2,
 //! `TLS_PSK_WITH_AES_128_CCM_8`): devices prove who they are with their key. Without it,
@@ -30,6 +39,7 @@ use twinhub::hub::{
     Hub, HubConfig, HubEvent, LifecycleKind, RecvTimeoutError, SubscribeOptions, Subscription,
 };
 use twinhub::job::{JobId, JobSpec, JobType};
+use twinhub::lwm2m::server::{BootstrapPlan, ServerAccount};
 use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
 use twinhub::registry::{ChangeKind, Registry};
 use twinhub::store::{Store, StoreConfig};
@@ -58,6 +68,7 @@ fn main() {
     let mut data_dir = None;
     let mut dtls_bind: Option<String> = None;
     let mut psks: Vec<(String, PskCredentials)> = Vec::new();
+    let mut bootstrap_bind: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -84,6 +95,12 @@ fn main() {
                 let device = DeviceId::new(id).unwrap_or_else(|e| usage(&e.to_string()));
                 devices.push(device);
                 psks.push((id.to_owned(), creds));
+            }
+            "--bootstrap-bind" => {
+                bootstrap_bind = Some(
+                    args.next()
+                        .unwrap_or_else(|| usage("--bootstrap-bind needs ADDR:PORT")),
+                )
             }
             "--device" => {
                 let id = args.next().unwrap_or_else(|| usage("--device needs an id"));
@@ -114,6 +131,7 @@ fn main() {
             registry.create(Twin::new(id)).expect("a new device");
         }
     }
+    let auto_provision = config.auto_provision;
     let (hub, scheme) = match &dtls_bind {
         Some(addr) => (Hub::bind_dtls(addr, registry, config), "coaps"),
         None => (Hub::bind_udp(&bind, registry, config), "coap"),
@@ -121,6 +139,12 @@ fn main() {
     let hub = hub.unwrap_or_else(|e| {
         eprintln!("cannot bind {}: {e}", dtls_bind.as_deref().unwrap_or(&bind));
         std::process::exit(1)
+    });
+    let bootstrap = bootstrap_bind.map(|addr| {
+        bootstrap_server(&hub, &addr, scheme, &psks, auto_provision).unwrap_or_else(|e| {
+            eprintln!("cannot bind the bootstrap server on {addr}: {e}");
+            std::process::exit(1)
+        })
     });
     for (id, creds) in psks {
         hub.set_psk(&id, creds)
@@ -157,7 +181,84 @@ fn main() {
     }
     done.store(true, Ordering::Release);
     let _ = printer.join();
+    if let Some(bs) = bootstrap {
+        bs.stop();
+    }
     hub.stop();
+}
+
+/// A plain-CoAP bootstrap server on `addr` that gives each device the hub may accept one
+/// account: the hub's URI, and the device's PSK when the hub speaks DTLS. Its outcomes
+/// are printed.
+fn bootstrap_server(
+    hub: &Hub,
+    addr: &str,
+    scheme: &str,
+    psks: &[(String, PskCredentials)],
+    auto_provision: bool,
+) -> Result<Hub, Box<dyn std::error::Error>> {
+    let hub_addr = hub.local_addr().ok_or("the hub has no address")?;
+    // A wildcard bind is no address a device can use: name loopback instead.
+    let host = if hub_addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), hub_addr.port())
+    } else {
+        hub_addr
+    };
+    let uri = format!("{scheme}://{host}");
+    let keys: Vec<(String, String, Vec<u8>)> = psks
+        .iter()
+        .map(|(id, c)| {
+            (
+                id.clone(),
+                c.identity().to_owned(),
+                c.key().expose().to_vec(),
+            )
+        })
+        .collect();
+    let registry = hub.registry().clone();
+    let secure = scheme == "coaps";
+    let account_uri = uri.clone();
+    let bs = Hub::builder()
+        .udp(addr)
+        .bootstrap(move |request| {
+            let known = registry.read().contains(&request.endpoint);
+            if !known && !auto_provision {
+                return None;
+            }
+            let account = ServerAccount::new(1, account_uri.clone());
+            let account = match keys.iter().find(|(id, ..)| *id == request.endpoint) {
+                Some((_, identity, key)) if secure => {
+                    account.with_psk(identity.clone(), key.clone())
+                }
+                None if secure => return None,
+                _ => account,
+            };
+            Some(BootstrapPlan::new(vec![account]))
+        })
+        .build()?;
+    println!(
+        "bootstrap server on coap://{} (accounts for {uri})",
+        bs.local_addr().ok_or("no bootstrap address")?
+    );
+    let events = bs.subscribe(SubscribeOptions {
+        twins: false,
+        jobs: false,
+        ..SubscribeOptions::default()
+    })?;
+    std::thread::spawn(move || {
+        while let Some(event) = events.recv() {
+            let HubEvent::Lifecycle(l) = event else {
+                continue;
+            };
+            println!(
+                "[{}] bootstrap {:?}{}",
+                l.device,
+                l.event,
+                l.reason.map(|r| format!(": {r}")).unwrap_or_default()
+            );
+        }
+    });
+    Ok(bs)
 }
 
 fn command(hub: &Hub, line: &str, words: &[&str], next_job: &mut u32) -> Result<(), String> {

@@ -7,7 +7,10 @@
 //!   de-registers;
 //! - an aiocoap client that speaks only SenML CBOR through cbor2 (an independent CBOR
 //!   codec; tests/peers/aiocoap_cbor_client.py) registers without `ct`, is read, written
-//!   and observed: our encoder's bytes decode there, theirs decode here.
+//!   and observed: our encoder's bytes decode there, theirs decode here;
+//! - an aiocoap-scripted bootstrap client (tests/peers/aiocoap_bootstrap_client.py) asks
+//!   to be bootstrapped and is given a PSK server account: Discover, Delete, two TLV
+//!   writes and Finish reach it in that order.
 //!
 //! A missing peer skips the test with a loud message; with TWINHUB_REQUIRE_PEERS=1 it fails.
 
@@ -527,4 +530,93 @@ fn aiocoap_cbor2_client_exchanges_senml_cbor() {
     assert_eq!(n, Content::single(bat, ResourceValue::Integer(87)));
     peer.say("exit");
     udp.stop();
+}
+
+#[test]
+fn aiocoap_scripted_bootstrap_client_is_provisioned() {
+    use twinhub::lwm2m::content::{self, ContentFormat};
+    use twinhub::lwm2m::server::{BootstrapPlan, ServerAccount};
+    use twinhub::transport::BootstrapOutcome;
+    let py_ok = Command::new("python3")
+        .args(["-c", "import aiocoap"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !peer_available("python3 + aiocoap", py_ok) {
+        return;
+    }
+    let server = Lwm2mServer::new(ServerConfig::default()).with_bootstrap(Box::new(|r| {
+        (r.endpoint == "py-bs-1").then(|| {
+            BootstrapPlan::new(vec![
+                ServerAccount::new(4, "coaps://192.0.2.7:5684").with_psk("py-bs-1-id", vec![9; 16]),
+            ])
+        })
+    }));
+    let (udp, events) = UdpServer::bind("127.0.0.1:0", server).unwrap();
+    let port = udp.local_addr().port().to_string();
+    let mut peer = Peer::spawn(
+        Command::new("python3")
+            .arg(peers_dir().join("aiocoap_bootstrap_client.py"))
+            .args(["127.0.0.1", &port, "py-bs-1"]),
+    );
+    let outcome = wait_for(&events, "bootstrap", |e| match e {
+        DeviceEvent::Bootstrap {
+            endpoint, outcome, ..
+        } => Some((endpoint.clone(), outcome.clone())),
+        _ => None,
+    });
+    assert_eq!(outcome, ("py-bs-1".to_owned(), BootstrapOutcome::Finished));
+    peer.expect("FINISHED");
+    // What the client got, in order: Discover, Delete /, the two writes, Finish.
+    let requests: Vec<Vec<String>> = peer
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("REQUEST "))
+        .map(|l| l.split(' ').map(str::to_owned).collect())
+        .collect();
+    let shape: Vec<(&str, &str, &str)> = requests
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str(), r[2].as_str()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("GET", "/", "-"),
+            ("DELETE", "/", "-"),
+            ("PUT", "/0/1", "11542"),
+            ("PUT", "/1/0", "11542"),
+            ("POST", "/bs", "-"),
+        ]
+    );
+    // The Security instance's TLV, as aiocoap received it.
+    let bytes = hex_bytes(&requests[2][3]);
+    let security = content::decode(
+        ContentFormat::Tlv,
+        &bytes,
+        &Lwm2mPath::instance(0, 1),
+        &content::standard_resource_type,
+    )
+    .unwrap();
+    let r = |rid| Lwm2mPath::resource(0, 1, rid);
+    assert_eq!(
+        security.get(&r(0)),
+        Some(&ResourceValue::String("coaps://192.0.2.7:5684".into()))
+    );
+    assert_eq!(security.get(&r(2)), Some(&ResourceValue::Integer(0)));
+    assert_eq!(
+        security.get(&r(3)),
+        Some(&ResourceValue::Opaque(b"py-bs-1-id".to_vec()))
+    );
+    assert_eq!(
+        security.get(&r(5)),
+        Some(&ResourceValue::Opaque(vec![9; 16]))
+    );
+    assert_eq!(security.get(&r(10)), Some(&ResourceValue::Integer(4)));
+    udp.stop();
+}
+
+fn hex_bytes(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }

@@ -20,6 +20,8 @@ pub(crate) struct ServerParts {
     pub(crate) authorizer: Option<Authorizer>,
     #[cfg(feature = "lwm2m")]
     pub(crate) types: Option<TypeResolver>,
+    #[cfg(feature = "lwm2m")]
+    pub(crate) bootstrap: Option<crate::lwm2m::server::Bootstrapper>,
 }
 
 /// What the hub runs on.
@@ -122,7 +124,8 @@ impl std::fmt::Debug for HubBuilder {
         d.field("config", &self.config);
         #[cfg(feature = "lwm2m")]
         d.field("authorizer", &self.parts.authorizer.is_some())
-            .field("object_types", &self.parts.types.is_some());
+            .field("object_types", &self.parts.types.is_some())
+            .field("bootstrap", &self.parts.bootstrap.is_some());
         d.finish_non_exhaustive()
     }
 }
@@ -168,6 +171,26 @@ impl HubBuilder {
     /// A durable store ([`HubConfig::store`]). Use the registry its `open` returned.
     pub fn store(mut self, store: SharedStore) -> Self {
         self.config.store = Some(store);
+        self
+    }
+
+    /// Serves the LWM2M bootstrap interface (`POST /bs`) on the hub's UDP or DTLS port:
+    /// `plan` decides, per Bootstrap-Request, which server accounts (URI, PSK, lifetime)
+    /// a device is given; `None` refuses it. Outcomes arrive as
+    /// [`LifecycleKind::Bootstrapped`](super::LifecycleKind::Bootstrapped) /
+    /// [`BootstrapFailed`](super::LifecycleKind::BootstrapFailed) events. See
+    /// [`lwm2m::server::bootstrap`](crate::lwm2m::server::bootstrap). The bundled server
+    /// only.
+    #[cfg(feature = "lwm2m")]
+    pub fn bootstrap(
+        mut self,
+        plan: impl Fn(
+            &crate::lwm2m::server::BootstrapRequest,
+        ) -> Option<crate::lwm2m::server::BootstrapPlan>
+        + Send
+        + 'static,
+    ) -> Self {
+        self.parts.bootstrap = Some(Box::new(plan));
         self
     }
 

@@ -1225,6 +1225,21 @@ impl Inner {
                 self.apply_content(reg, device, content, at);
                 let _ = reg.set_last_activity(device.as_str(), at);
             }
+            DeviceEvent::Bootstrap {
+                endpoint,
+                address,
+                outcome,
+            } => {
+                crate::trace_event!(
+                    info,
+                    endpoint = endpoint.as_str(),
+                    outcome = ?outcome,
+                    "bootstrap ended"
+                );
+                published.push(HubEvent::Lifecycle(LifecycleEvent::bootstrap(
+                    endpoint, outcome, *address, at,
+                )));
+            }
             DeviceEvent::Response { op, device, result } => {
                 #[cfg(feature = "tracing")]
                 if let Err(DeviceError::BadPayload(why)) = result {

@@ -76,6 +76,12 @@ pub enum LifecycleKind {
     Expired,
     /// A registration (or an Update or De-register) was refused.
     Rejected,
+    /// A device was bootstrapped: it was given its server accounts and acknowledged
+    /// Bootstrap-Finish (it registers next).
+    Bootstrapped,
+    /// A bootstrap was refused (no plan for the endpoint) or failed at a step (`reason`
+    /// says which).
+    BootstrapFailed,
 }
 
 impl LifecycleEvent {
@@ -85,6 +91,27 @@ impl LifecycleEvent {
             event,
             reason: None,
             address: None,
+            at,
+        }
+    }
+
+    pub(crate) fn bootstrap(
+        endpoint: &str,
+        outcome: &crate::transport::BootstrapOutcome,
+        address: Option<SocketAddr>,
+        at: Timestamp,
+    ) -> Self {
+        use crate::transport::BootstrapOutcome;
+        let (event, reason) = match outcome {
+            BootstrapOutcome::Finished => (LifecycleKind::Bootstrapped, None),
+            BootstrapOutcome::Refused => (LifecycleKind::BootstrapFailed, Some("refused".into())),
+            BootstrapOutcome::Failed(why) => (LifecycleKind::BootstrapFailed, Some(why.clone())),
+        };
+        LifecycleEvent {
+            device: endpoint.to_owned(),
+            event,
+            reason,
+            address,
             at,
         }
     }

@@ -78,6 +78,10 @@ impl Hub {
             auto_provision: auto,
             ..config.server.clone()
         });
+        let server = match parts.bootstrap {
+            Some(plan) => server.with_bootstrap(plan),
+            None => server,
+        };
         let server = match parts.types {
             Some(types) => server.with_types(Box::new(move |path| {
                 types(path).or_else(|| crate::lwm2m::content::standard_resource_type(path))

@@ -16,8 +16,8 @@ mod path;
 mod value;
 
 pub use op::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId,
-    PeerIdentity, RejectReason, WriteMode,
+    BootstrapOutcome, DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest,
+    NotificationAttributes, OpId, PeerIdentity, RejectReason, WriteMode,
 };
 pub use path::{Lwm2mPath, PathError};
 pub use value::{Content, ResourceType, ResourceValue, base64_encode};

@@ -287,6 +287,19 @@ pub struct PeerIdentity {
     pub device: Option<DeviceId>,
 }
 
+/// How a bootstrap session ended (see [`DeviceEvent::Bootstrap`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum BootstrapOutcome {
+    /// Every account was written and the device acknowledged Bootstrap-Finish.
+    Finished,
+    /// Nobody had a plan for the endpoint: its Bootstrap-Request was answered 4.00.
+    Refused,
+    /// A step failed (the device refused it or did not answer); the device retries on its
+    /// own. The text says which step and why.
+    Failed(String),
+}
+
 /// Something a transport observed about a device.
 #[derive(Clone, PartialEq, Debug)]
 #[non_exhaustive]
@@ -362,5 +375,14 @@ pub enum DeviceEvent {
         path: Lwm2mPath,
         /// The Observe operation that had established it.
         op: OpId,
+    },
+    /// A bootstrap session ended (LWM2M bootstrap interface, `POST /bs`).
+    Bootstrap {
+        /// The endpoint name the device gave (may not be a valid device id).
+        endpoint: String,
+        /// Where the device asked from.
+        address: Option<SocketAddr>,
+        /// How it ended.
+        outcome: BootstrapOutcome,
     },
 }

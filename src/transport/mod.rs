@@ -25,8 +25,8 @@
 pub mod memory;
 
 pub use crate::resource::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId,
-    PeerIdentity, RejectReason, WriteMode,
+    BootstrapOutcome, DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest,
+    NotificationAttributes, OpId, PeerIdentity, RejectReason, WriteMode,
 };
 pub use crate::twin::RegistrationInfo;
 use std::time::Instant;

@@ -20,6 +20,10 @@
 //!
 //! [`ClientConfig::with_psk`]: super::ClientConfig::with_psk
 //!
+//! **Bootstrap.** A client configured with a bootstrap server talks to it in plain CoAP;
+//! at Bootstrap-Finish the thread switches to the provisioned server, over DTLS when the
+//! bootstrap server gave a PSK.
+//!
 //! To run the client under another runtime (tokio, an embedded loop), do what
 //! [`DeviceThread`] does: feed datagrams to `handle_datagram`, send `poll_transmit`,
 //! sleep until `poll_timeout` and call `handle_timeout`.
@@ -137,8 +141,9 @@ impl DeviceThread {
             events: tx,
             max_sleep: options.max_sleep,
         };
+        // A device that bootstraps may be given a PSK: it needs the DTLS stack too.
         #[cfg(feature = "dtls")]
-        let min_stack = if worker.dtls.is_some() {
+        let min_stack = if worker.dtls.is_some() || lock(&client).config().bootstrap.is_some() {
             MIN_DTLS_STACK
         } else {
             32 * 1024
@@ -337,6 +342,18 @@ impl Worker {
             }
         }
         while let Some(e) = c.poll_event() {
+            // Bootstrapped: the server (and its credentials) are the provisioned ones.
+            if let ClientEvent::Bootstrapped { server, .. } = e {
+                self.server = server;
+                #[cfg(feature = "dtls")]
+                {
+                    self.dtls = c
+                        .config()
+                        .psk
+                        .clone()
+                        .map(|creds| DtlsClient::new(Instant::now(), creds));
+                }
+            }
             // Unanswered: the server may have lost our session (restart, NAT rebinding):
             // handshake again for the next attempt.
             #[cfg(feature = "dtls")]

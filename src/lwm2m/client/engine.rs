@@ -60,6 +60,14 @@ pub struct ClientConfig {
     /// [`ClientConfig::with_psk`].
     #[cfg(feature = "dtls")]
     pub psk: Option<crate::dtls::PskCredentials>,
+    /// A bootstrap server to ask first (client-initiated bootstrap over plain CoAP): the
+    /// client sends Bootstrap-Request there, takes the server accounts it writes, and at
+    /// Bootstrap-Finish registers with the server they name (see
+    /// [`ClientConfig::with_bootstrap`]). `None`: register with `server` at once.
+    pub bootstrap: Option<SocketAddr>,
+    /// How long a bootstrap may take from the request to Bootstrap-Finish before the
+    /// client gives up and asks again (after its retry backoff).
+    pub bootstrap_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -80,7 +88,22 @@ impl ClientConfig {
             max_body: 4 << 20,
             #[cfg(feature = "dtls")]
             psk: None,
+            bootstrap: None,
+            bootstrap_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Bootstraps first from the bootstrap server at `address` (plain CoAP): the tree
+    /// needs a Security object and a Server object that the bootstrap server may write
+    /// into ([`objects::bootstrap_security`](super::objects::bootstrap_security) and
+    /// [`objects::unprovisioned_server`](super::objects::unprovisioned_server)). At
+    /// Bootstrap-Finish the client takes the first Security instance that is not a
+    /// bootstrap account and its Server instance: `server` becomes the address of its URI
+    /// (`coap://` or `coaps://` with an IP address or `localhost`), and, for PSK security
+    /// mode, `psk` its identity and key (feature `dtls`).
+    pub fn with_bootstrap(mut self, address: SocketAddr) -> Self {
+        self.bootstrap = Some(address);
+        self
     }
 
     /// Talks to the server over DTLS with these PSK credentials (the server address is then
@@ -173,6 +196,21 @@ pub enum ClientEvent {
         /// The URI being fetched.
         uri: String,
     },
+    /// A bootstrap server accepted the Bootstrap-Request; its writes follow.
+    BootstrapStarted,
+    /// Bootstrap-Finish: the client now registers with `server`.
+    Bootstrapped {
+        /// The LWM2M server the bootstrap server provisioned.
+        server: SocketAddr,
+        /// Whether the connection to it is secured with a provisioned PSK.
+        secure: bool,
+    },
+    /// A Bootstrap-Finish was refused (4.06) because the accounts written do not make a
+    /// usable server account; the text says what is missing.
+    BootstrapRefused {
+        /// What is wrong.
+        reason: String,
+    },
     /// A firmware package download ended (State and Update Result after it).
     FirmwareDownloadFinished {
         /// State after the download.
@@ -240,8 +278,11 @@ impl std::error::Error for ClientError {
 /// Where the registration engine is.
 #[derive(Clone, PartialEq, Eq, Debug)]
 enum RegState {
-    /// Not registered; (re-)register at the instant.
+    /// Not registered; (re-)register (or bootstrap, until bootstrapped) at the instant.
     Idle { at: Instant },
+    /// A Bootstrap-Request is out, or was accepted and the bootstrap server's writes are
+    /// coming; given up at `deadline`.
+    Bootstrapping { deadline: Instant },
     /// A Register request is out.
     Registering,
     /// Registered at `location`; update at `update_at` (or sooner when `update_due`).
@@ -260,6 +301,7 @@ enum RegState {
 /// What an outstanding request of the client is for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Purpose {
+    Bootstrap,
     Register,
     Update,
     Deregister,
@@ -369,6 +411,8 @@ pub struct Lwm2mClient {
     token_state: u64,
     /// The latest `now` handed in (the client reads no clock).
     now: Instant,
+    /// A bootstrap server is configured and has not finished bootstrapping the client.
+    needs_bootstrap: bool,
 }
 
 impl std::fmt::Debug for Lwm2mClient {
@@ -414,7 +458,9 @@ impl Lwm2mClient {
             next_message_id: (token_state >> 16) as u16,
             token_state,
             now,
+            needs_bootstrap: false,
         };
+        client.needs_bootstrap = client.config.bootstrap.is_some();
         client.refresh_defaults();
         let mut drained = Vec::new();
         client.tree.drain_changes(&mut drained);
@@ -657,7 +703,7 @@ impl Lwm2mClient {
         if msg.code.is_empty() {
             self.handle_empty(now, from, &msg);
         } else if msg.code.is_request() {
-            if from != self.config.server {
+            if from != self.config.server && !self.bootstrapping_from(from) {
                 return;
             }
             self.handle_request(now, from, &msg);
@@ -816,7 +862,14 @@ impl Lwm2mClient {
 
     fn registration_step(&mut self, now: Instant) {
         match &self.reg {
+            RegState::Idle { at } if *at <= now && self.needs_bootstrap => {
+                self.send_bootstrap_request(now)
+            }
             RegState::Idle { at } if *at <= now => self.send_register(now),
+            RegState::Bootstrapping { deadline } if *deadline <= now => {
+                self.outgoing.retain(|o| o.purpose != Purpose::Bootstrap);
+                self.backoff(now, None);
+            }
             RegState::Registered {
                 update_at,
                 location,
@@ -826,6 +879,21 @@ impl Lwm2mClient {
             }
             _ => {}
         }
+    }
+
+    /// Bootstrap-Request: `POST /bs?ep=NAME` to the bootstrap server.
+    fn send_bootstrap_request(&mut self, now: Instant) {
+        let Some(bs) = self.config.bootstrap else {
+            self.needs_bootstrap = false;
+            return;
+        };
+        let mut m = Message::new(MessageType::Confirmable, Code::POST, 0);
+        m.add_uri_path("bs");
+        m.add_uri_query(&format!("ep={}", self.config.endpoint));
+        self.reg = RegState::Bootstrapping {
+            deadline: now + self.config.bootstrap_timeout,
+        };
+        self.send_request(now, Purpose::Bootstrap, m, bs);
     }
 
     fn send_register(&mut self, now: Instant) {
@@ -868,7 +936,7 @@ impl Lwm2mClient {
 
     fn exchange_failed(&mut self, now: Instant, purpose: Purpose, code: Option<(u8, u8)>) {
         match purpose {
-            Purpose::Register => self.backoff(now, code),
+            Purpose::Register | Purpose::Bootstrap => self.backoff(now, code),
             Purpose::Update => {
                 // 4.04: the server forgot us; anything else: treat the server as lost.
                 self.observations.clear();
@@ -993,6 +1061,10 @@ impl Lwm2mClient {
                 self.reg = RegState::Stopped;
                 self.push_event(ClientEvent::Deregistered);
             }
+            // Accepted: the bootstrap server's writes follow (the deadline still runs).
+            Purpose::Bootstrap if code == Code::CHANGED => {
+                self.push_event(ClientEvent::BootstrapStarted)
+            }
             Purpose::Download if code == Code::CONTENT => self.download_block(now, msg),
             Purpose::Send if code == Code::CHANGED => self.push_event(ClientEvent::Sent),
             purpose => self.exchange_failed(now, purpose, Some((code.class(), code.detail()))),
@@ -1015,6 +1087,8 @@ impl Lwm2mClient {
         }
         let mut resp = if req.unrecognized_critical_option().is_some() {
             Message::response(Code::BAD_OPTION)
+        } else if self.bootstrapping_from(from) {
+            self.serve_bootstrap(now, req)
         } else {
             self.serve(now, req)
         };
@@ -1049,17 +1123,174 @@ impl Lwm2mClient {
         });
     }
 
-    /// Answers one server request (LWM2M DM interface on CoAP, LWM2M 1.1 §6.3 / §8).
-    fn serve(&mut self, now: Instant, req: &Message) -> Message {
+    /// The LWM2M path a request's Uri-Path names (4.04 when it names none).
+    fn request_path(req: &Message) -> Result<Lwm2mPath, Code> {
         let mut segs = Vec::new();
         for s in req.uri_path() {
             match s.parse::<u16>() {
                 Ok(v) if v != u16::MAX && segs.len() < 4 && s.len() <= 5 => segs.push(v),
-                _ => return Message::response(Code::NOT_FOUND),
+                _ => return Err(Code::NOT_FOUND),
             }
         }
-        let Ok(path) = Lwm2mPath::from_ids(&segs) else {
-            return Message::response(Code::NOT_FOUND);
+        Lwm2mPath::from_ids(&segs).map_err(|_| Code::NOT_FOUND)
+    }
+
+    /// Whether `from` is the bootstrap server while a bootstrap runs: its requests are
+    /// served by [`Self::serve_bootstrap`].
+    fn bootstrapping_from(&self, from: SocketAddr) -> bool {
+        matches!(self.reg, RegState::Bootstrapping { .. }) && self.config.bootstrap == Some(from)
+    }
+
+    /// Answers one bootstrap server request (LWM2M 1.1 §5.2.7): Bootstrap-Discover
+    /// (`GET` with Accept link format), Bootstrap-Write (`PUT`), Bootstrap-Delete
+    /// (`DELETE`) and Bootstrap-Finish (`POST /bs`); Bootstrap-Read of Server `/1` too.
+    fn serve_bootstrap(&mut self, now: Instant, req: &Message) -> Message {
+        if req.code == Code::POST && req.uri_path().eq(["bs"]) {
+            return match self.finish_bootstrap(now) {
+                Ok(()) => Message::response(Code::CHANGED),
+                Err(reason) => {
+                    self.push_event(ClientEvent::BootstrapRefused { reason });
+                    Message::response(Code::NOT_ACCEPTABLE)
+                }
+            };
+        }
+        let path = match Self::request_path(req) {
+            Ok(p) => p,
+            Err(code) => return Message::response(code),
+        };
+        match req.code {
+            Code::GET if req.accept() == Some(ContentFormat::LINK_FORMAT) => {
+                let mut r = Message::response(Code::CONTENT);
+                r.set_content_format(ContentFormat::LINK_FORMAT);
+                r.payload = self.tree.bootstrap_links().into_bytes();
+                r
+            }
+            Code::GET if path.object_id() == Some(1) => self.read_or_observe(now, &path, req),
+            Code::PUT if path.depth() >= 2 => {
+                let content = match self.decode_payload(req, &req.payload, &path) {
+                    Ok(c) => c,
+                    Err(code) => return Message::response(code),
+                };
+                match self.tree.bootstrap_write(&path, content) {
+                    Ok(_) => Message::response(Code::CHANGED),
+                    Err(e) => Message::response(code_for(&e)),
+                }
+            }
+            Code::DELETE => match self.tree.bootstrap_delete(&path) {
+                Ok(()) => Message::response(Code::DELETED),
+                Err(e) => Message::response(code_for(&e)),
+            },
+            _ => Message::response(Code::METHOD_NOT_ALLOWED),
+        }
+    }
+
+    /// Bootstrap-Finish: takes the first Security instance that is not a bootstrap
+    /// account, with the Server instance of its Short Server ID, as the server to register
+    /// with. Nothing changes when they do not make a usable account.
+    fn finish_bootstrap(&mut self, now: Instant) -> Result<(), String> {
+        let account = self.provisioned_account()?;
+        #[cfg(feature = "dtls")]
+        {
+            self.config.psk = account.psk;
+        }
+        self.config.server = account.server;
+        self.needs_bootstrap = false;
+        self.failures = 0;
+        self.outgoing.retain(|o| o.purpose != Purpose::Bootstrap);
+        self.reg = RegState::Idle { at: now };
+        self.refresh_defaults();
+        self.push_event(ClientEvent::Bootstrapped {
+            server: account.server,
+            secure: account.secure,
+        });
+        Ok(())
+    }
+
+    fn provisioned_account(&mut self) -> Result<ProvisionedAccount, String> {
+        let security = self
+            .tree
+            .object_mut(0)
+            .ok_or("no Security object /0")?
+            .instance_ids();
+        let iid = security
+            .into_iter()
+            .find(|&i| !self.tree.is_bootstrap_account(i))
+            .ok_or("no server account in Security /0")?;
+        let single = |tree: &mut ObjectTree, oid: u16, iid: u16, rid: u16| {
+            tree.object_mut(oid)
+                .and_then(|o| o.read(iid, rid).ok())
+                .and_then(|d| match d {
+                    ResourceData::Single(v) => Some(v),
+                    ResourceData::Multiple(_) => None,
+                })
+        };
+        let Some(ResourceValue::String(uri)) = single(&mut self.tree, 0, iid, 0) else {
+            return Err(format!("/0/{iid}/0 (LWM2M Server URI) is missing"));
+        };
+        let Some(ResourceValue::Integer(ssid)) = single(&mut self.tree, 0, iid, 10) else {
+            return Err(format!("/0/{iid}/10 (Short Server ID) is missing"));
+        };
+        let servers = self
+            .tree
+            .object_mut(1)
+            .ok_or("no Server object /1")?
+            .instance_ids();
+        if !servers
+            .into_iter()
+            .any(|j| single(&mut self.tree, 1, j, 0) == Some(ResourceValue::Integer(ssid)))
+        {
+            return Err(format!("no Server /1 instance has Short Server ID {ssid}"));
+        }
+        let (secure, rest) = match uri.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("coap") => (false, rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("coaps") => (true, rest),
+            _ => return Err(format!("server URI {uri:?} is not coap:// or coaps://")),
+        };
+        let default_port = if secure { 5684 } else { 5683 };
+        let authority = rest.split('/').next().unwrap_or("");
+        let server = parse_authority(authority, default_port)
+            .ok_or(format!("server URI {uri:?} has no IP address and port"))?;
+        let mode = single(&mut self.tree, 0, iid, 2);
+        match (secure, mode) {
+            (false, Some(ResourceValue::Integer(3))) => Ok(ProvisionedAccount {
+                server,
+                secure: false,
+                #[cfg(feature = "dtls")]
+                psk: None,
+            }),
+            #[cfg(feature = "dtls")]
+            (true, Some(ResourceValue::Integer(0))) => {
+                let opaque = |v: Option<ResourceValue>| match v {
+                    Some(ResourceValue::Opaque(b)) => Some(b),
+                    Some(ResourceValue::String(s)) => Some(s.into_bytes()),
+                    _ => None,
+                };
+                let identity = opaque(single(&mut self.tree, 0, iid, 3))
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or(format!("/0/{iid}/3 (PSK identity) is missing"))?;
+                let key = opaque(single(&mut self.tree, 0, iid, 5))
+                    .ok_or(format!("/0/{iid}/5 (secret key) is missing"))?;
+                let credentials =
+                    crate::dtls::PskCredentials::new(&identity, crate::dtls::PskKey::new(key))
+                        .map_err(|e| e.to_string())?;
+                Ok(ProvisionedAccount {
+                    server,
+                    secure: true,
+                    psk: Some(credentials),
+                })
+            }
+            (secure, mode) => Err(format!(
+                "security mode {mode:?} over {} is not supported",
+                if secure { "coaps" } else { "coap" }
+            )),
+        }
+    }
+
+    /// Answers one server request (LWM2M DM interface on CoAP, LWM2M 1.1 §6.3 / §8).
+    fn serve(&mut self, now: Instant, req: &Message) -> Message {
+        let path = match Self::request_path(req) {
+            Ok(p) => p,
+            Err(code) => return Message::response(code),
         };
         // Block1: reassemble, answer 2.31 until the last block.
         let mut assembled = None;
@@ -1821,6 +2052,38 @@ fn code_for(e: &ObjectError) -> Code {
         }
         _ => Code::INTERNAL_SERVER_ERROR,
     }
+}
+
+/// The server account Bootstrap-Finish found.
+struct ProvisionedAccount {
+    server: SocketAddr,
+    secure: bool,
+    #[cfg(feature = "dtls")]
+    psk: Option<crate::dtls::PskCredentials>,
+}
+
+/// `host:port` (or `[v6]:port`, or a host alone) as a socket address: an IP literal or
+/// `localhost`; no name lookups.
+fn parse_authority(authority: &str, default_port: u16) -> Option<SocketAddr> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default_port,
+    };
+    let ip: std::net::IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        host.parse().ok()?
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// The numeric value of a single-resource read at `path`, for gt / lt / st.

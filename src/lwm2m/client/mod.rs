@@ -62,6 +62,14 @@
 //!   every 24 hours (RFC 7641 §4.5; not retransmitted); a RST to one cancels the
 //!   observation, as does GET with Observe=1. Observations end when the client
 //!   re-registers (the server re-observes, LWM2M §6.2).
+//! - **Composite operations** (LWM2M 1.1): Read- and Observe-Composite (`FETCH /` with a
+//!   SenML JSON or CBOR path list; paths with nothing to read are left out), and
+//!   Write-Composite (`iPATCH /`), validated in full before anything is written
+//!   ([`ObjectTree::write_composite`]).
+//! - **Bootstrap** ([`ClientConfig::with_bootstrap`]): client-initiated, over plain CoAP.
+//!   While it runs, only the bootstrap server's requests are served (Discover, Write and
+//!   Delete on any object, Security `/0` included; Finish); at Finish the client registers
+//!   with the account it was given.
 //! - **Queue mode** only announces itself (`Q`); the client does not yet sleep between
 //!   updates.
 //! - Payload formats are the crate's [`lwm2m::content`](crate::lwm2m::content) codecs,

@@ -171,6 +171,41 @@ pub fn security(server_uri: &str, short_server_id: u16) -> ValueObject {
         .with_value(0, 10, V::Integer(short_server_id as i64))
 }
 
+/// Security /0 of a device that is bootstrapped: instance 0 is the bootstrap server's
+/// account (`/0/0/1` true, NoSec), and the bootstrap server may write the LWM2M server
+/// accounts beside it (at most 4 instances). Pair it with [`unprovisioned_server`] and
+/// [`ClientConfig::with_bootstrap`](super::ClientConfig::with_bootstrap).
+///
+/// ```
+/// use twinhub::lwm2m::client::{objects, Object};
+/// let sec = objects::bootstrap_security("coap://127.0.0.1:5783");
+/// assert_eq!(sec.instance_ids(), vec![0]);
+/// ```
+pub fn bootstrap_security(bootstrap_uri: &str) -> ValueObject {
+    ValueObject::new(&SECURITY)
+        .creatable(true, 4)
+        .with_value(0, 0, V::String(bootstrap_uri.to_string()))
+        .with_value(0, 1, V::Boolean(true))
+        .with_value(0, 2, V::Integer(3))
+}
+
+/// Server /1 with no instance yet: the bootstrap server writes `/1/0` (the client reads
+/// its lifetime and default periods from instance 0). The same validation as
+/// [`server()`]'s: lifetime at least 1 s, binding `U` or `UQ`.
+pub fn unprovisioned_server() -> ValueObject {
+    ValueObject::new(&SERVER)
+        .creatable(true, 2)
+        .on_validate(1, |_, d| match d {
+            ResourceData::Single(V::Integer(lt)) if *lt >= 1 && *lt <= u32::MAX as i64 => Ok(()),
+            _ => Err(super::ObjectError::Rejected),
+        })
+        .on_validate(7, |_, d| match d {
+            ResourceData::Single(V::String(b)) if matches!(b.as_str(), "U" | "UQ") => Ok(()),
+            _ => Err(super::ObjectError::Rejected),
+        })
+        .on_execute(server::REGISTRATION_UPDATE_TRIGGER, |_, _| Ok(()))
+}
+
 /// Server /1 instance 0: short server id, lifetime (s), binding (`"U"`), default periods
 /// pmin 0 / pmax none, and a Registration Update Trigger that the client core acts on.
 pub fn server(short_server_id: u16, lifetime: u32, binding: &str) -> ValueObject {

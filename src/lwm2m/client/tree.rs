@@ -398,6 +398,129 @@ impl ObjectTree {
         out
     }
 
+    /// Bootstrap-Discover's answer (LWM2M 1.1 §5.2.7.3): the LWM2M version, then every
+    /// object (Security `/0` included) and instance, the Security and Server instances
+    /// with their Short Server ID (`ssid`; a Security instance's Server URI as `uri`).
+    pub fn bootstrap_links(&mut self) -> String {
+        let mut out = String::from("lwm2m=\"1.1\"");
+        for oid in self.object_ids() {
+            let Some(object) = self.object_mut(oid) else {
+                continue;
+            };
+            let instances = object.instance_ids();
+            if instances.is_empty() {
+                out.push_str(&format!(",</{oid}>"));
+            }
+            for iid in instances {
+                out.push_str(&format!(",</{oid}/{iid}>"));
+                let mut single = |rid| match object.read(iid, rid) {
+                    Ok(ResourceData::Single(v)) => Some(v),
+                    _ => None,
+                };
+                let ssid = match oid {
+                    0 => single(10),
+                    1 => single(0),
+                    _ => None,
+                };
+                if let Some(ResourceValue::Integer(ssid)) = ssid {
+                    out.push_str(&format!(";ssid={ssid}"));
+                }
+                if oid == 0
+                    && let Some(ResourceValue::String(uri)) = single(0)
+                {
+                    out.push_str(&format!(";uri=\"{uri}\""));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether Security instance `iid` is the bootstrap server's own account (`/0/iid/1`
+    /// true): Bootstrap-Delete keeps it.
+    pub fn is_bootstrap_account(&mut self, iid: u16) -> bool {
+        self.object_mut(0)
+            .and_then(|o| o.read(iid, 1).ok())
+            .is_some_and(|d| d == ResourceData::Single(ResourceValue::Boolean(true)))
+    }
+
+    /// Bootstrap-Write (LWM2M 1.1 §5.2.7.4): like a Write, but on any object (Security
+    /// `/0` included), any resource whatever its access, and an instance that does not
+    /// exist is created. The values are validated before anything is written.
+    pub fn bootstrap_write(
+        &mut self,
+        path: &Lwm2mPath,
+        content: Content,
+    ) -> Result<Vec<Lwm2mPath>, ObjectError> {
+        let (oid, iid) = match *path.ids() {
+            [oid, iid, ..] => (oid, iid),
+            _ => return Err(ObjectError::MethodNotAllowed),
+        };
+        let object = self.object_mut(oid).ok_or(ObjectError::NotFound)?;
+        let target = Lwm2mPath::instance(oid, iid);
+        let values = group(object, &target, content, |_| true)?;
+        for (rid, data) in &values {
+            object.validate(iid, *rid, data)?;
+        }
+        let written = values
+            .iter()
+            .map(|(rid, _)| Lwm2mPath::resource(oid, iid, *rid))
+            .collect();
+        if object.instance_ids().contains(&iid) {
+            for (rid, data) in values {
+                object.write(iid, rid, data, WriteMode::Replace)?;
+            }
+        } else {
+            object.create(iid, values)?;
+        }
+        Ok(written)
+    }
+
+    /// Bootstrap-Delete (LWM2M 1.1 §5.2.7.5) of `/`, an object or an instance: every
+    /// instance under it goes, except the bootstrap server's account in `/0` and the
+    /// Device object `/3`; instances an object cannot delete (a fixed single instance)
+    /// stay. Deleting the bootstrap account or the Device object by name is 4.00.
+    pub fn bootstrap_delete(&mut self, path: &Lwm2mPath) -> Result<(), ObjectError> {
+        let targets: Vec<(u16, u16)> = match *path.ids() {
+            [] => self
+                .object_ids()
+                .into_iter()
+                .filter(|&oid| oid != 3)
+                .flat_map(|oid| {
+                    let ids = self
+                        .object_mut(oid)
+                        .map_or(Vec::new(), |o| o.instance_ids());
+                    ids.into_iter().map(move |iid| (oid, iid))
+                })
+                .collect(),
+            [3, ..] => return Err(ObjectError::Rejected),
+            [oid] => self
+                .object_mut(oid)
+                .ok_or(ObjectError::NotFound)?
+                .instance_ids()
+                .into_iter()
+                .map(|iid| (oid, iid))
+                .collect(),
+            [0, iid] if self.is_bootstrap_account(iid) => return Err(ObjectError::Rejected),
+            [oid, iid] => vec![(oid, iid)],
+            _ => return Err(ObjectError::MethodNotAllowed),
+        };
+        let named_instance = path.depth() == 2;
+        for (oid, iid) in targets {
+            if oid == 0 && self.is_bootstrap_account(iid) {
+                continue;
+            }
+            let Some(object) = self.object_mut(oid) else {
+                continue;
+            };
+            match object.delete(iid) {
+                Ok(()) => {}
+                Err(e) if named_instance => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the tree's invariants (for tests and fuzzing): instance ids ascending and
     /// unique, every present resource declared, every readable resource's value of its
     /// declared type. Returns a description of the first violation.

@@ -94,10 +94,11 @@
 //! authenticated: anyone who can reach the port can claim any endpoint the authorizer
 //! lets in; use it on trusted networks and in tests only.
 //!
-//! # Not yet
-//!
-//! Bootstrap, Send (`/dp`), composite operations.
+//! - **Send** (`POST /dp`, LWM2M 1.1): values a registered device pushes become a
+//!   [`DeviceEvent::Notification`] at `/`.
+//! - **Bootstrap** (`POST /bs`, with [`Lwm2mServer::with_bootstrap`]): see [`bootstrap`].
 
+pub mod bootstrap;
 mod config;
 mod registration;
 #[cfg(feature = "dtls")]
@@ -120,6 +121,10 @@ fn parse_location_id(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod wire;
 
+pub use bootstrap::{
+    AccountSecurity, BootstrapPlan, BootstrapRequest, Bootstrapper, MAX_BOOTSTRAP_SESSIONS,
+    ServerAccount,
+};
 pub use config::{Authorizer, Decision, ServerConfig, Takeover};
 pub use registration::{
     DEFAULT_LIFETIME, MAX_ENDPOINT, MAX_LIFETIME, MAX_LINK_PAYLOAD, MAX_OBJECTS, MAX_QUERIES,
@@ -255,6 +260,8 @@ pub struct Lwm2mServer {
     require_identity: bool,
     /// The identity of the datagram being handled.
     current_identity: Option<PeerIdentity>,
+    /// The bootstrap interface: its plan maker and running sessions.
+    bootstraps: bootstrap::Bootstraps,
 }
 
 impl std::fmt::Debug for Lwm2mServer {
@@ -309,6 +316,7 @@ impl Lwm2mServer {
             events: VecDeque::new(),
             require_identity: false,
             current_identity: None,
+            bootstraps: bootstrap::Bootstraps::default(),
         }
     }
 
@@ -485,6 +493,12 @@ impl Lwm2mServer {
                     // No answer before the endpoint gave up: the probe timer decides.
                     self.probes.remove(&id);
                 }
+                Event::Response { id, response } if self.bootstraps.owns(id) => {
+                    self.bootstrap_answered(now, id, Ok(&response))
+                }
+                Event::RequestFailed { id, error } if self.bootstraps.owns(id) => {
+                    self.bootstrap_answered(now, id, Err(error))
+                }
                 Event::Response { id, response } => self.handle_response(now, id, &response),
                 Event::Notification { id, response } => self.handle_notification(id, &response),
                 Event::RequestFailed { id, error } => self.handle_failure(now, id, error),
@@ -529,6 +543,9 @@ impl Lwm2mServer {
         peer: SocketAddr,
         request: &Message,
     ) {
+        if request.uri_path().eq(["bs"]) {
+            return self.bootstrap_request(now, id, peer, request);
+        }
         if request.uri_path().eq(["dp"]) {
             let code = self.send_interface(peer, request);
             let _ = self.endpoint.respond(now, id, Message::response(code));

@@ -2,7 +2,7 @@
 
 use super::wire::{self, MsgType, Packet, code};
 use super::*;
-use crate::transport::NotificationAttributes;
+use crate::transport::{BootstrapOutcome, NotificationAttributes};
 
 struct Sim {
     server: Lwm2mServer,
@@ -1596,4 +1596,175 @@ fn composite_operations_on_the_wire() {
     assert_eq!(sim.server.observation_count(), 0);
     sim.answer(a, &c, code(2, 5), Some(json as u16), &r.payload);
     assert_eq!(response(&sim.events(), 6), &Ok(DeviceReply::Done));
+}
+
+#[test]
+fn bootstrap_provisions_accounts_step_by_step() {
+    let mut sim = Sim::open();
+    sim.server = Lwm2mServer::with_seed(ServerConfig::default(), 7).with_bootstrap(Box::new(
+        |r: &BootstrapRequest| {
+            (r.endpoint == "dev").then(|| {
+                BootstrapPlan::new(vec![
+                    ServerAccount::new(9, "coaps://192.0.2.1:5684")
+                        .with_psk("dev-id", vec![1, 2, 3]),
+                ])
+            })
+        },
+    ));
+    let a = addr(9100);
+    let tlv = |p: &Packet, base: &Lwm2mPath| {
+        content::decode(
+            ContentFormat::Tlv,
+            &p.payload,
+            base,
+            &content::standard_resource_type,
+        )
+        .unwrap()
+    };
+
+    // Bootstrap-Request: 2.04, then Bootstrap-Discover (GET / Accept 40).
+    let req = sim.request(wire::POST, &["bs"], &["ep=dev"], b"");
+    sim.send(a, &req);
+    let out = sim.out();
+    assert_eq!((out[0].1.code, out[0].1.mid), (code(2, 4), req.mid));
+    let discover = &out[1].1;
+    assert_eq!(
+        (
+            discover.code,
+            path_of(discover),
+            discover.uint(wire::ACCEPT)
+        ),
+        (code(0, 1), String::new(), Some(40))
+    );
+    assert_eq!(sim.server.bootstrap_sessions(), 1);
+    // A 1.0 client that does not know Discover: the session goes on.
+    sim.answer(a, discover, code(4, 5), None, b"");
+    let delete = sim.out()[0].1.clone();
+    assert_eq!((delete.code, path_of(&delete)), (code(0, 4), String::new()));
+    sim.answer(a, &delete, code(2, 2), None, b"");
+
+    // Bootstrap-Write of the Security instance, then the Server instance, in TLV.
+    let security = sim.out()[0].1.clone();
+    assert_eq!(
+        (security.code, path_of(&security)),
+        (code(0, 3), "/0/1".to_owned())
+    );
+    assert_eq!(security.uint(wire::CONTENT_FORMAT), Some(11542));
+    let r = |rid| Lwm2mPath::resource(0, 1, rid);
+    assert_eq!(
+        tlv(&security, &Lwm2mPath::instance(0, 1)).values,
+        vec![
+            (r(0), ResourceValue::String("coaps://192.0.2.1:5684".into())),
+            (r(1), ResourceValue::Boolean(false)),
+            (r(2), ResourceValue::Integer(0)),
+            (r(3), ResourceValue::Opaque(b"dev-id".to_vec())),
+            (r(5), ResourceValue::Opaque(vec![1, 2, 3])),
+            (r(10), ResourceValue::Integer(9)),
+        ]
+    );
+    sim.answer(a, &security, code(2, 4), None, b"");
+    let server = sim.out()[0].1.clone();
+    assert_eq!(
+        (server.code, path_of(&server)),
+        (code(0, 3), "/1/0".to_owned())
+    );
+    let s = |rid| Lwm2mPath::resource(1, 0, rid);
+    assert_eq!(
+        tlv(&server, &Lwm2mPath::instance(1, 0)).values,
+        vec![
+            (s(0), ResourceValue::Integer(9)),
+            (s(1), ResourceValue::Integer(300)),
+            (s(6), ResourceValue::Boolean(false)),
+            (s(7), ResourceValue::String("U".into())),
+        ]
+    );
+    sim.answer(a, &server, code(2, 4), None, b"");
+
+    // Bootstrap-Finish (POST /bs), acknowledged: the session ends as finished.
+    let finish = sim.out()[0].1.clone();
+    assert_eq!(
+        (finish.code, path_of(&finish)),
+        (code(0, 2), "/bs".to_owned())
+    );
+    assert!(sim.events().is_empty());
+    sim.answer(a, &finish, code(2, 4), None, b"");
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Bootstrap {
+            endpoint: "dev".into(),
+            address: Some(a),
+            outcome: BootstrapOutcome::Finished,
+        }]
+    );
+    assert_eq!(sim.server.bootstrap_sessions(), 0);
+
+    // A write the device refuses ends the session as failed, with the step and code.
+    let req = sim.request(wire::POST, &["bs"], &["ep=dev"], b"");
+    sim.send(a, &req);
+    for answer in [code(2, 5), code(2, 2)] {
+        let step = sim.out().pop().unwrap().1;
+        sim.answer(a, &step, answer, None, b"");
+    }
+    let security = sim.out()[0].1.clone();
+    sim.answer(a, &security, code(4, 0), None, b"");
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Bootstrap {
+            endpoint: "dev".into(),
+            address: Some(a),
+            outcome: BootstrapOutcome::Failed("write /0/1: answered 4.00".into()),
+        }]
+    );
+    assert!(sim.out().is_empty(), "nothing more is sent");
+
+    // No plan for the endpoint: 4.00 and a refusal; no `ep`: 4.00.
+    for (query, refused) in [(&["ep=other"][..], true), (&[][..], false)] {
+        let req = sim.request(wire::POST, &["bs"], query, b"");
+        sim.send(a, &req);
+        let out = sim.out();
+        assert_eq!((out.len(), out[0].1.code), (1, code(4, 0)));
+        assert_eq!(!sim.events().is_empty(), refused);
+    }
+    // A device that never answers: the session fails when the request times out.
+    let req = sim.request(wire::POST, &["bs"], &["ep=dev"], b"");
+    sim.send(a, &req);
+    sim.out();
+    sim.advance(Duration::from_secs(300));
+    match sim.events().as_slice() {
+        [
+            DeviceEvent::Bootstrap {
+                outcome: BootstrapOutcome::Failed(why),
+                ..
+            },
+        ] => assert!(why.starts_with("discover: "), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.server.bootstrap_sessions(), 0);
+}
+
+#[test]
+fn without_a_bootstrapper_bs_is_not_found_and_sessions_are_bounded() {
+    let mut sim = Sim::open();
+    let req = sim.request(wire::POST, &["bs"], &["ep=dev"], b"");
+    sim.send(addr(9200), &req);
+    assert_eq!(sim.out()[0].1.code, code(4, 4));
+
+    sim.server = Lwm2mServer::with_seed(ServerConfig::default(), 7).with_bootstrap(Box::new(
+        |_: &BootstrapRequest| Some(BootstrapPlan::new(vec![])),
+    ));
+    for i in 0..MAX_BOOTSTRAP_SESSIONS as u16 {
+        let req = sim.request(wire::POST, &["bs"], &["ep=dev"], b"");
+        sim.send(addr(10_000 + i), &req);
+        assert_eq!(sim.out()[0].1.code, code(2, 4));
+    }
+    assert_eq!(sim.server.bootstrap_sessions(), MAX_BOOTSTRAP_SESSIONS);
+    // One more device: 5.03, nothing started; the same device again replaces its session.
+    let req = sim.request(wire::POST, &["bs"], &["ep=dev"], b"");
+    sim.send(addr(9300), &req);
+    let out = sim.out();
+    assert_eq!((out.len(), out[0].1.code), (1, code(5, 3)));
+    let req = sim.request(wire::POST, &["bs"], &["ep=dev"], b"");
+    sim.send(addr(10_000), &req);
+    assert_eq!(sim.out()[0].1.code, code(2, 4));
+    assert_eq!(sim.server.bootstrap_sessions(), MAX_BOOTSTRAP_SESSIONS);
 }

@@ -1,0 +1,236 @@
+//! Client-initiated bootstrap end to end over UDP on loopback: the hub's bootstrap
+//! interface (`HubBuilder::bootstrap`) provisions devices built with the crate's device
+//! library, which then register with the server they were given: plain CoAP, and DTLS
+//! with the PSK the bootstrap server wrote (a second hub bound to DTLS). An endpoint the
+//! plan does not know is refused and never registers.
+
+#![cfg(all(feature = "device", feature = "dtls"))]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use twinhub::dtls::{PskCredentials, PskKey};
+use twinhub::hub::{Hub, HubEvent, LifecycleKind, SubscribeOptions, Subscription};
+use twinhub::lwm2m::client::{
+    ClientConfig, ClientEvent, DeviceThread, Lwm2mClient, ObjectTree, objects,
+};
+use twinhub::lwm2m::server::{BootstrapPlan, ServerAccount};
+use twinhub::registry::Registry;
+use twinhub::twin::{ConnectionState, Twin};
+use twinhub::{DeviceId, Lwm2mPath, ResourceValue};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A device that knows only its bootstrap server.
+fn device(endpoint: &str, bootstrap: SocketAddr) -> DeviceThread {
+    let mut tree = ObjectTree::new();
+    tree.add(objects::bootstrap_security(&format!("coap://{bootstrap}")));
+    tree.add(objects::unprovisioned_server());
+    tree.add(objects::device("twinhub", "bs", endpoint, "1.0"));
+    let mut config = ClientConfig::new(endpoint, bootstrap).with_bootstrap(bootstrap);
+    config.retry_initial = Duration::from_millis(200);
+    let client = Lwm2mClient::new(Instant::now(), config, tree);
+    DeviceThread::spawn(client, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+fn lifecycle(hub: &Hub) -> Subscription {
+    hub.subscribe(SubscribeOptions {
+        twins: false,
+        jobs: false,
+        ..SubscribeOptions::default()
+    })
+    .unwrap()
+}
+
+/// The next lifecycle event of `device` of one of `kinds` (bounded wait).
+fn next_of(
+    events: &Subscription,
+    device: &str,
+    kinds: &[LifecycleKind],
+) -> (LifecycleKind, Option<String>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(HubEvent::Lifecycle(e)) if e.device == device && kinds.contains(&e.event) => {
+                return (e.event, e.reason);
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no {kinds:?} event for {device}: {e:?}"),
+        }
+    }
+}
+
+fn connected(hub: &Hub, id: &str) -> bool {
+    hub.registry()
+        .read()
+        .get(id)
+        .is_some_and(|t| t.connection_state() == ConnectionState::Connected)
+}
+
+fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_device_is_bootstrapped_then_registers_over_plain_coap() {
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("bs-plain").unwrap()))
+        .unwrap();
+    // The plan needs the hub's own address: the hub binds first, the plan reads it.
+    let addr = std::sync::Arc::new(std::sync::OnceLock::<SocketAddr>::new());
+    let plan_addr = addr.clone();
+    let hub = Hub::builder()
+        .registry(registry)
+        .udp("127.0.0.1:0")
+        .bootstrap(move |request| {
+            (request.endpoint == "bs-plain").then(|| {
+                let uri = format!("coap://{}", plan_addr.get().unwrap());
+                BootstrapPlan::new(vec![ServerAccount::new(7, uri).with_lifetime(120)])
+            })
+        })
+        .build()
+        .unwrap();
+    addr.set(hub.local_addr().unwrap()).unwrap();
+    let events = lifecycle(&hub);
+
+    let dev = device("bs-plain", hub.local_addr().unwrap());
+    assert_eq!(
+        next_of(
+            &events,
+            "bs-plain",
+            &[LifecycleKind::Bootstrapped, LifecycleKind::BootstrapFailed]
+        ),
+        (LifecycleKind::Bootstrapped, None)
+    );
+    next_of(&events, "bs-plain", &[LifecycleKind::Registered]);
+    until("the twin connected", || connected(&hub, "bs-plain"));
+    let registration = hub
+        .registry()
+        .read()
+        .get("bs-plain")
+        .unwrap()
+        .registration()
+        .cloned()
+        .unwrap();
+    assert_eq!(registration.lifetime, 120);
+    // What the bootstrap server wrote, read on the device: the bootstrap account kept
+    // at /0/0, the new account at /0/1 and /1/0.
+    let read = |p: Lwm2mPath| {
+        dev.with(|c| {
+            c.objects_mut()
+                .object_mut(p.object_id().unwrap())
+                .and_then(|o| {
+                    o.read(p.instance_id().unwrap(), p.resource_id().unwrap())
+                        .ok()
+                })
+        })
+    };
+    use twinhub::lwm2m::client::ResourceData::Single;
+    assert_eq!(
+        read(Lwm2mPath::resource(0, 0, 1)),
+        Some(Single(ResourceValue::Boolean(true)))
+    );
+    assert_eq!(
+        read(Lwm2mPath::resource(0, 1, 0)),
+        Some(Single(ResourceValue::String(format!(
+            "coap://{}",
+            hub.local_addr().unwrap()
+        ))))
+    );
+    assert_eq!(
+        read(Lwm2mPath::resource(0, 1, 10)),
+        Some(Single(ResourceValue::Integer(7)))
+    );
+    assert_eq!(
+        read(Lwm2mPath::resource(1, 0, 0)),
+        Some(Single(ResourceValue::Integer(7)))
+    );
+    assert_eq!(
+        read(Lwm2mPath::resource(1, 0, 1)),
+        Some(Single(ResourceValue::Integer(120)))
+    );
+
+    // An endpoint the plan does not know is refused and never registers.
+    let stranger = device("bs-stranger", hub.local_addr().unwrap());
+    assert_eq!(
+        next_of(
+            &events,
+            "bs-stranger",
+            &[LifecycleKind::Bootstrapped, LifecycleKind::BootstrapFailed]
+        ),
+        (LifecycleKind::BootstrapFailed, Some("refused".into()))
+    );
+    let refused = stranger.events().recv_timeout(WAIT).unwrap();
+    assert!(
+        matches!(
+            refused,
+            ClientEvent::RegistrationFailed {
+                code: Some((4, 0)),
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert!(!stranger.with(|c| c.is_registered()));
+    hub.stop();
+}
+
+#[test]
+fn a_device_bootstrapped_with_a_psk_registers_over_dtls() {
+    // The DM server: DTLS, the device's PSK set on its twin.
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("bs-dtls").unwrap()))
+        .unwrap();
+    let dm = Hub::bind_dtls("127.0.0.1:0", registry, Default::default()).unwrap();
+    let key = vec![0x5a; 16];
+    dm.set_psk(
+        "bs-dtls",
+        PskCredentials::new("bs-dtls-id", PskKey::new(key.clone())).unwrap(),
+    )
+    .unwrap();
+    let dm_addr = dm.local_addr().unwrap();
+    // The bootstrap server: plain UDP, no devices of its own.
+    let bs = Hub::builder()
+        .udp("127.0.0.1:0")
+        .bootstrap(move |request| {
+            (request.endpoint == "bs-dtls").then(|| {
+                BootstrapPlan::new(vec![
+                    ServerAccount::new(3, format!("coaps://{dm_addr}"))
+                        .with_psk("bs-dtls-id", key.clone()),
+                ])
+            })
+        })
+        .build()
+        .unwrap();
+    let bs_events = lifecycle(&bs);
+    let dm_events = lifecycle(&dm);
+
+    let dev = device("bs-dtls", bs.local_addr().unwrap());
+    assert_eq!(
+        next_of(
+            &bs_events,
+            "bs-dtls",
+            &[LifecycleKind::Bootstrapped, LifecycleKind::BootstrapFailed]
+        ),
+        (LifecycleKind::Bootstrapped, None)
+    );
+    next_of(&dm_events, "bs-dtls", &[LifecycleKind::Registered]);
+    until("the twin connected over DTLS", || connected(&dm, "bs-dtls"));
+    let identity = dm
+        .registry()
+        .read()
+        .get("bs-dtls")
+        .and_then(|t| t.registration().and_then(|r| r.psk_identity.clone()));
+    assert_eq!(identity.as_deref(), Some("bs-dtls-id"));
+    assert!(dev.dtls_handshakes() >= 1);
+    // The bootstrap hub never registered it.
+    assert!(bs.registry().read().get("bs-dtls").is_none());
+    dm.stop();
+    bs.stop();
+}

@@ -1,0 +1,234 @@
+//! Client-initiated bootstrap in the device library, against a scripted bootstrap server
+//! under a simulated clock: the Bootstrap-Request, Discover, Delete (the bootstrap account
+//! and the Device object stay), Write of Security and Server instances (created), a
+//! Finish refused while the accounts are unusable (4.06) and accepted once they are, the
+//! switch to the provisioned server, and a bootstrap that never finishes being asked again.
+
+#![cfg(all(feature = "device", feature = "lwm2m"))]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use twinhub::coap::{Code, ContentFormat, Message, MessageType};
+use twinhub::lwm2m::client::{ClientConfig, ClientEvent, Lwm2mClient, ObjectTree, objects};
+use twinhub::lwm2m::content::{self, ContentFormat as Cf};
+use twinhub::{Content, Lwm2mPath, ResourceValue};
+
+fn bs() -> SocketAddr {
+    "127.0.0.1:5783".parse().unwrap()
+}
+
+fn dm() -> SocketAddr {
+    "127.0.0.1:6000".parse().unwrap()
+}
+
+struct Bs {
+    client: Lwm2mClient,
+    now: Instant,
+    mid: u16,
+}
+
+impl Bs {
+    fn new() -> Bs {
+        let mut tree = ObjectTree::new();
+        tree.add(objects::bootstrap_security(&format!("coap://{}", bs())));
+        tree.add(objects::unprovisioned_server());
+        tree.add(objects::device("Contoso", "MX1", "SN-42", "1.0.0"));
+        let now = Instant::now();
+        let config = ClientConfig::new("dev-1", bs()).with_bootstrap(bs());
+        Bs {
+            client: Lwm2mClient::new(now, config, tree),
+            now,
+            mid: 500,
+        }
+    }
+
+    fn sent(&mut self) -> Vec<(SocketAddr, Message)> {
+        std::iter::from_fn(|| self.client.poll_transmit())
+            .map(|t| (t.destination, Message::decode(&t.payload).unwrap()))
+            .collect()
+    }
+
+    fn events(&mut self) -> Vec<ClientEvent> {
+        std::iter::from_fn(|| self.client.poll_event()).collect()
+    }
+
+    fn answer(&mut self, req: &Message, code: Code) {
+        let mut r = Message::new(MessageType::Acknowledgement, code, req.message_id);
+        r.with_token(req.token());
+        self.client
+            .handle_datagram(self.now, bs(), &r.to_bytes().unwrap());
+    }
+
+    /// A request from the bootstrap server; the client's piggybacked answer.
+    fn request(&mut self, mut m: Message) -> Message {
+        self.mid += 1;
+        m.mtype = MessageType::Confirmable;
+        m.message_id = self.mid;
+        m.set_token(&self.mid.to_be_bytes());
+        self.client
+            .handle_datagram(self.now, bs(), &m.to_bytes().unwrap());
+        let sent = self.sent();
+        sent.into_iter()
+            .map(|(_, m)| m)
+            .find(|r| r.message_id == self.mid && r.mtype == MessageType::Acknowledgement)
+            .expect("a piggybacked answer")
+    }
+
+    fn write(&mut self, instance: Lwm2mPath, values: Vec<(Lwm2mPath, ResourceValue)>) -> Code {
+        let path = instance.to_string();
+        let mut m = Message::request(Code::PUT, &path);
+        m.set_content_format(ContentFormat(Cf::Tlv.code()));
+        m.payload = content::encode(Cf::Tlv, &instance, &Content { values }).unwrap();
+        self.request(m).code
+    }
+
+    fn finish(&mut self) -> Code {
+        self.request(Message::request(Code::POST, "/bs")).code
+    }
+}
+
+fn account(iid: u16, uri: &str, ssid: i64) -> Vec<(Lwm2mPath, ResourceValue)> {
+    let r = |rid| Lwm2mPath::resource(0, iid, rid);
+    vec![
+        (r(0), ResourceValue::String(uri.into())),
+        (r(1), ResourceValue::Boolean(false)),
+        (r(2), ResourceValue::Integer(3)),
+        (r(10), ResourceValue::Integer(ssid)),
+    ]
+}
+
+#[test]
+fn bootstrap_writes_accounts_then_the_client_registers_with_the_new_server() {
+    let mut h = Bs::new();
+    h.client.handle_timeout(h.now);
+    let sent = h.sent();
+    let (to, req) = &sent[0];
+    assert_eq!(*to, bs());
+    assert_eq!(req.code, Code::POST);
+    assert_eq!(req.uri_path().collect::<Vec<_>>(), ["bs"]);
+    assert_eq!(req.uri_query().collect::<Vec<_>>(), ["ep=dev-1"]);
+    let req = req.clone();
+    h.answer(&req, Code::CHANGED);
+    assert_eq!(h.events(), vec![ClientEvent::BootstrapStarted]);
+
+    // Bootstrap-Discover lists Security /0 (which registration never shows).
+    let mut m = Message::request(Code::GET, "/");
+    m.set_accept(ContentFormat::LINK_FORMAT);
+    let links = String::from_utf8(h.request(m).payload).unwrap();
+    assert_eq!(
+        links,
+        format!("lwm2m=\"1.1\",</0/0>;uri=\"coap://{}\",</1>,</3/0>", bs())
+    );
+
+    // Finish before any account: refused (4.06), the client keeps bootstrapping.
+    assert_eq!(h.finish(), Code::NOT_ACCEPTABLE);
+    assert!(matches!(
+        h.events().as_slice(),
+        [ClientEvent::BootstrapRefused { reason }] if reason.contains("no server account")
+    ));
+
+    // An old account, then Bootstrap-Delete /: it goes; the bootstrap account and the
+    // Device object stay; deleting the bootstrap account by name is refused.
+    assert_eq!(
+        h.write(Lwm2mPath::instance(0, 2), account(2, "coap://10.0.0.1", 4)),
+        Code::CHANGED
+    );
+    assert_eq!(
+        h.request(Message::request(Code::DELETE, "/")).code,
+        Code::DELETED
+    );
+    assert_eq!(
+        h.request(Message::request(Code::DELETE, "/0/0")).code,
+        Code::BAD_REQUEST
+    );
+    let ids = |h: &mut Bs, oid| {
+        h.client
+            .objects_mut()
+            .object_mut(oid)
+            .unwrap()
+            .instance_ids()
+    };
+    assert_eq!(ids(&mut h, 0), [0]);
+    assert_eq!(ids(&mut h, 3), [0]);
+
+    // Security /0/1 (created) without its Server instance: still refused.
+    assert_eq!(
+        h.write(
+            Lwm2mPath::instance(0, 1),
+            account(1, &format!("coap://{}", dm()), 5)
+        ),
+        Code::CHANGED
+    );
+    assert_eq!(h.finish(), Code::NOT_ACCEPTABLE);
+    assert!(matches!(
+        h.events().as_slice(),
+        [ClientEvent::BootstrapRefused { reason }] if reason.contains("Short Server ID 5")
+    ));
+    let s = |rid| Lwm2mPath::resource(1, 0, rid);
+    let server = vec![
+        (s(0), ResourceValue::Integer(5)),
+        (s(1), ResourceValue::Integer(77)),
+        (s(7), ResourceValue::String("U".into())),
+    ];
+    assert_eq!(h.write(Lwm2mPath::instance(1, 0), server), Code::CHANGED);
+
+    // Finish: the client registers with the provisioned server, lifetime from /1/0/1.
+    assert_eq!(h.finish(), Code::CHANGED);
+    assert_eq!(
+        h.events(),
+        vec![ClientEvent::Bootstrapped {
+            server: dm(),
+            secure: false
+        }]
+    );
+    assert_eq!(h.client.config().server, dm());
+    h.client.handle_timeout(h.now);
+    let sent = h.sent();
+    let (to, register) = &sent[0];
+    assert_eq!(*to, dm());
+    assert_eq!(register.uri_path().collect::<Vec<_>>(), ["rd"]);
+    assert!(register.uri_query().any(|q| q == "lt=77"), "{register:?}");
+    // The bootstrap server has no say any more.
+    let mut late = Message::request(Code::DELETE, "/0/1");
+    late.mtype = MessageType::Confirmable;
+    late.message_id = 999;
+    h.client
+        .handle_datagram(h.now, bs(), &late.to_bytes().unwrap());
+    assert!(h.sent().is_empty());
+    assert_eq!(ids(&mut h, 0), [0, 1]);
+}
+
+#[test]
+fn a_bootstrap_that_never_finishes_is_asked_again() {
+    let mut h = Bs::new();
+    h.client.handle_timeout(h.now);
+    let req = h.sent().pop().unwrap().1;
+    h.answer(&req, Code::CHANGED);
+    h.events();
+    // Nothing more from the bootstrap server: at the deadline the client backs off and
+    // then sends a new Bootstrap-Request.
+    h.now += Duration::from_secs(61);
+    h.client.handle_timeout(h.now);
+    let failed = h.events();
+    assert!(
+        matches!(
+            failed.as_slice(),
+            [ClientEvent::RegistrationFailed { code: None, .. }]
+        ),
+        "{failed:?}"
+    );
+    let mut asked = false;
+    for _ in 0..20 {
+        h.now += Duration::from_secs(10);
+        h.client.handle_timeout(h.now);
+        if h.sent()
+            .iter()
+            .any(|(to, m)| *to == bs() && m.uri_path().eq(["bs"]))
+        {
+            asked = true;
+            break;
+        }
+    }
+    assert!(asked, "a new Bootstrap-Request went out");
+    assert!(!h.client.is_registered());
+}
