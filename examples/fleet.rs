@@ -6,7 +6,12 @@
 //! cargo run --release --example fleet -- --devices 10000
 //! cargo run --release --example fleet -- --plain         # plain CoAP instead of DTLS
 //! cargo run --release --example fleet -- --data-dir /tmp/fleet   # durable; run it twice
+//! cargo run --release --example fleet -- --bootstrap     # devices start from a bootstrap server
 //! ```
+//!
+//! With `--bootstrap` the devices know only a bootstrap server (plain CoAP, beside the
+//! hub and sharing its registry): each is given its server account there (the hub's URI
+//! and, over DTLS, its own PSK) and then registers with the hub.
 //!
 //! With `--data-dir DIR` the hub keeps its twins, credentials and jobs in a store in
 //! `DIR`: a second run starts with the first run's twins and job history (it prints
@@ -42,7 +47,7 @@ use twinhub::store::{SharedStore, Store, StoreConfig};
 use twinhub::twin::Twin;
 
 fn main() {
-    let (devices, plain, data_dir) = parse_args();
+    let (devices, plain, data_dir, bootstrap) = parse_args();
     let started = Instant::now();
     let elapsed = move || started.elapsed().as_secs_f64();
 
@@ -136,12 +141,37 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("subscribe: {e}")));
     let mut fill = FillCount::default();
 
+    // With --bootstrap, a bootstrap server beside the hub (plain CoAP, sharing its
+    // registry) gives each device its account: the hub's URI and the device's key.
+    let bootstrap_hub = bootstrap.then(|| {
+        let bs = Hub::builder()
+            .shared_registry(hub.registry().clone())
+            .udp("127.0.0.1:0")
+            .bootstrap_from_registry(format!("{scheme}://{server}"))
+            .build()
+            .unwrap_or_else(|e| fail(&format!("cannot start the bootstrap server: {e}")));
+        let events = bs
+            .subscribe(SubscribeOptions {
+                twins: false,
+                jobs: false,
+                capacity: 1 << 16,
+                ..SubscribeOptions::default()
+            })
+            .unwrap_or_else(|e| fail(&format!("subscribe: {e}")));
+        println!(
+            "bootstrap server on coap://{}: devices know only it",
+            bs.local_addr().expect("a UDP hub")
+        );
+        (bs, events)
+    });
+    let bootstrap_addr = bootstrap_hub.as_ref().and_then(|(bs, _)| bs.local_addr());
+
     // The device side: each device registers over real UDP.
     let mut fleet: Vec<SimDevice> = plan
         .iter()
         .zip(keys)
         .map(|((id, version, battery), psk)| {
-            start_device(id, version, *battery, server, psk)
+            start_device(id, version, *battery, server, psk, bootstrap_addr)
                 .unwrap_or_else(|e| fail(&format!("cannot start device {id}: {e}")))
         })
         .collect();
@@ -169,6 +199,18 @@ fn main() {
     }
     let fill_time = elapsed();
     println!("all {devices} twins filled in {fill_time:.1} s");
+    if let Some((_, events)) = &bootstrap_hub {
+        let mut bootstrapped = 0;
+        while let Ok(event) = events.try_recv() {
+            if matches!(&event, HubEvent::Lifecycle(l) if l.event == LifecycleKind::Bootstrapped) {
+                bootstrapped += 1;
+            }
+        }
+        println!("bootstrapped: {bootstrapped} devices were given their account");
+        if bootstrapped < devices {
+            fail("not every device was bootstrapped");
+        }
+    }
 
     // A tag query, a JSON filter query and an aggregate query.
     let tagged = hub.query_tags(&["eu-west", "model-B"], 1000);
@@ -430,9 +472,10 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn parse_args() -> (usize, bool, Option<String>) {
+fn parse_args() -> (usize, bool, Option<String>, bool) {
     let mut devices = 1000;
     let mut plain = false;
+    let mut bootstrap = false;
     let mut data_dir = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -445,19 +488,20 @@ fn parse_args() -> (usize, bool, Option<String>) {
                     .unwrap_or_else(|| fail("--devices needs a positive number"));
             }
             "--plain" => plain = true,
+            "--bootstrap" => bootstrap = true,
             "--data-dir" => {
                 data_dir = Some(args.next().unwrap_or_else(|| fail("--data-dir needs DIR")));
             }
             "-h" | "--help" => {
-                println!("usage: fleet [--devices N] [--plain] [--data-dir DIR]");
+                println!("usage: fleet [--devices N] [--plain] [--data-dir DIR] [--bootstrap]");
                 std::process::exit(0);
             }
             other => fail(&format!(
-                "unknown argument {other:?}; usage: fleet [--devices N] [--plain] [--data-dir DIR]"
+                "unknown argument {other:?}; usage: fleet [--devices N] [--plain] [--data-dir DIR] [--bootstrap]"
             )),
         }
     }
-    (devices, plain, data_dir)
+    (devices, plain, data_dir, bootstrap)
 }
 
 fn fail(why: &str) -> ! {

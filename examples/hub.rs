@@ -14,8 +14,8 @@
 //! ```
 //!
 //! With `--bootstrap-bind` a second, plain-CoAP port serves the LWM2M bootstrap interface
-//! (`POST /bs`): a device the hub knows (or any, with `--auto-provision`) is given one
-//! server account, this hub's URI, with its `--psk` credentials when the hub speaks DTLS.
+//! (`POST /bs`) from the hub's registry: a device the hub knows is given one server
+//! account, this hub's URI, with its `--psk` credentials when the hub speaks DTLS.
 //! `cargo run --example device -- sensor-1 --bootstrap coap://127.0.0.1:5783` bootstraps
 //! from it.
 //!
@@ -39,7 +39,6 @@ use twinhub::hub::{
     Hub, HubConfig, HubEvent, LifecycleKind, RecvTimeoutError, SubscribeOptions, Subscription,
 };
 use twinhub::job::{JobId, JobSpec, JobType};
-use twinhub::lwm2m::server::{BootstrapPlan, ServerAccount};
 use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
 use twinhub::registry::{ChangeKind, Registry};
 use twinhub::store::{Store, StoreConfig};
@@ -131,7 +130,6 @@ fn main() {
             registry.create(Twin::new(id)).expect("a new device");
         }
     }
-    let auto_provision = config.auto_provision;
     let (hub, scheme) = match &dtls_bind {
         Some(addr) => (Hub::bind_dtls(addr, registry, config), "coaps"),
         None => (Hub::bind_udp(&bind, registry, config), "coap"),
@@ -141,7 +139,7 @@ fn main() {
         std::process::exit(1)
     });
     let bootstrap = bootstrap_bind.map(|addr| {
-        bootstrap_server(&hub, &addr, scheme, &psks, auto_provision).unwrap_or_else(|e| {
+        bootstrap_server(&hub, &addr, scheme).unwrap_or_else(|e| {
             eprintln!("cannot bind the bootstrap server on {addr}: {e}");
             std::process::exit(1)
         })
@@ -187,15 +185,13 @@ fn main() {
     hub.stop();
 }
 
-/// A plain-CoAP bootstrap server on `addr` that gives each device the hub may accept one
-/// account: the hub's URI, and the device's PSK when the hub speaks DTLS. Its outcomes
-/// are printed.
+/// A plain-CoAP bootstrap server on `addr`, sharing the hub's registry: a device the hub
+/// knows gets one account, the hub's URI, with its PSK when the hub speaks DTLS. Its
+/// outcomes are printed.
 fn bootstrap_server(
     hub: &Hub,
     addr: &str,
     scheme: &str,
-    psks: &[(String, PskCredentials)],
-    auto_provision: bool,
 ) -> Result<Hub, Box<dyn std::error::Error>> {
     let hub_addr = hub.local_addr().ok_or("the hub has no address")?;
     // A wildcard bind is no address a device can use: name loopback instead.
@@ -205,36 +201,10 @@ fn bootstrap_server(
         hub_addr
     };
     let uri = format!("{scheme}://{host}");
-    let keys: Vec<(String, String, Vec<u8>)> = psks
-        .iter()
-        .map(|(id, c)| {
-            (
-                id.clone(),
-                c.identity().to_owned(),
-                c.key().expose().to_vec(),
-            )
-        })
-        .collect();
-    let registry = hub.registry().clone();
-    let secure = scheme == "coaps";
-    let account_uri = uri.clone();
     let bs = Hub::builder()
+        .shared_registry(hub.registry().clone())
         .udp(addr)
-        .bootstrap(move |request| {
-            let known = registry.read().contains(&request.endpoint);
-            if !known && !auto_provision {
-                return None;
-            }
-            let account = ServerAccount::new(1, account_uri.clone());
-            let account = match keys.iter().find(|(id, ..)| *id == request.endpoint) {
-                Some((_, identity, key)) if secure => {
-                    account.with_psk(identity.clone(), key.clone())
-                }
-                None if secure => return None,
-                _ => account,
-            };
-            Some(BootstrapPlan::new(vec![account]))
-        })
+        .bootstrap_from_registry(uri.clone())
         .build()?;
     println!(
         "bootstrap server on coap://{} (accounts for {uri})",
@@ -250,12 +220,17 @@ fn bootstrap_server(
             let HubEvent::Lifecycle(l) = event else {
                 continue;
             };
-            println!(
-                "[{}] bootstrap {:?}{}",
-                l.device,
+            if matches!(
                 l.event,
-                l.reason.map(|r| format!(": {r}")).unwrap_or_default()
-            );
+                LifecycleKind::Bootstrapped | LifecycleKind::BootstrapFailed
+            ) {
+                println!(
+                    "[{}] bootstrap {:?}{}",
+                    l.device,
+                    l.event,
+                    l.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                );
+            }
         }
     });
     Ok(bs)

@@ -759,3 +759,96 @@ fn announced_object_sets_are_shared_and_bounded() {
         .unwrap();
     assert_eq!(one_op(&mut engine).device, third);
 }
+
+fn read_job() -> JobType {
+    JobType::ReadDeviceProperties {
+        paths: vec![Lwm2mPath::resource(3, 0, 9), Lwm2mPath::resource(1, 0, 1)],
+    }
+}
+
+#[test]
+fn an_lwm2m_1_1_device_is_read_with_one_read_composite() {
+    let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), read_job());
+    let op = one_op(&mut engine);
+    assert_eq!(
+        op.request,
+        DeviceRequest::ReadComposite {
+            paths: vec![Lwm2mPath::resource(3, 0, 9), Lwm2mPath::resource(1, 0, 1)]
+        }
+    );
+    let values = Content {
+        values: vec![
+            (Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(77)),
+            (Lwm2mPath::resource(1, 0, 1), ResourceValue::Integer(300)),
+        ],
+    };
+    answer(&mut engine, t0, &op, DeviceReply::Content(values.clone()));
+    assert!(engine.poll_op().is_none());
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Completed);
+    let update = engine.poll_twin_update().unwrap();
+    assert_eq!((update.device, update.content), (dev, values));
+}
+
+#[test]
+fn an_lwm2m_1_0_device_is_read_path_by_path() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("old").unwrap();
+    let DeviceEvent::Registered {
+        device,
+        mut registration,
+    } = registered(&dev, &all_objects())
+    else {
+        unreachable!()
+    };
+    registration.lwm2m_version = "1.0".into();
+    engine.handle_event(
+        t0,
+        &DeviceEvent::Registered {
+            device,
+            registration,
+        },
+    );
+    let id = JobId::new("r").unwrap();
+    engine
+        .create(t0, JobSpec::new(id.clone(), read_job(), vec![dev]))
+        .unwrap();
+    for path in [Lwm2mPath::resource(3, 0, 9), Lwm2mPath::resource(1, 0, 1)] {
+        let op = one_op(&mut engine);
+        assert_eq!(op.request, DeviceRequest::Read { path });
+        let value = Content::single(path, ResourceValue::Integer(1));
+        answer(&mut engine, t0, &op, DeviceReply::Content(value));
+    }
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Completed);
+}
+
+#[test]
+fn a_refused_read_composite_falls_back_to_one_read_per_path() {
+    let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), read_job());
+    let op = one_op(&mut engine);
+    assert!(matches!(op.request, DeviceRequest::ReadComposite { .. }));
+    engine.handle_event(
+        t0,
+        &DeviceEvent::Response {
+            op: op.id,
+            device: dev.clone(),
+            result: Err(DeviceError::MethodNotAllowed),
+        },
+    );
+    for path in [Lwm2mPath::resource(3, 0, 9), Lwm2mPath::resource(1, 0, 1)] {
+        let op = one_op(&mut engine);
+        assert_eq!(op.request, DeviceRequest::Read { path });
+        let value = Content::single(path, ResourceValue::Integer(1));
+        answer(&mut engine, t0, &op, DeviceReply::Content(value));
+    }
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Completed);
+    // The next read job on the device goes path by path at once.
+    let next = JobId::new("r2").unwrap();
+    engine
+        .create(t0, JobSpec::new(next, read_job(), vec![dev]))
+        .unwrap();
+    assert!(matches!(
+        one_op(&mut engine).request,
+        DeviceRequest::Read { .. }
+    ));
+}

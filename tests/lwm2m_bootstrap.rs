@@ -1,8 +1,11 @@
 //! Client-initiated bootstrap end to end over UDP on loopback: the hub's bootstrap
 //! interface (`HubBuilder::bootstrap`) provisions devices built with the crate's device
 //! library, which then register with the server they were given: plain CoAP, and DTLS
-//! with the PSK the bootstrap server wrote (a second hub bound to DTLS). An endpoint the
-//! plan does not know is refused and never registers.
+//! with the PSK the bootstrap server wrote from the registry (a second hub bound to DTLS,
+//! sharing its registry). An endpoint the plan does not know, or a twin without a PSK for
+//! a `coaps` server, is refused and never registers. The provisioned device then syncs
+//! with one Observe-Composite, pushes a value with Send, and answers a read job's
+//! Read-Composite.
 
 #![cfg(all(feature = "device", feature = "dtls"))]
 
@@ -10,12 +13,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::dtls::{PskCredentials, PskKey};
 use twinhub::hub::{Hub, HubEvent, LifecycleKind, SubscribeOptions, Subscription};
+use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
 use twinhub::lwm2m::client::{
     ClientConfig, ClientEvent, DeviceThread, Lwm2mClient, ObjectTree, objects,
 };
 use twinhub::lwm2m::server::{BootstrapPlan, ServerAccount};
 use twinhub::registry::Registry;
-use twinhub::twin::{ConnectionState, Twin};
+use twinhub::twin::{ConnectionState, Scalar, Twin};
 use twinhub::{DeviceId, Lwm2mPath, ResourceValue};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -26,6 +30,7 @@ fn device(endpoint: &str, bootstrap: SocketAddr) -> DeviceThread {
     tree.add(objects::bootstrap_security(&format!("coap://{bootstrap}")));
     tree.add(objects::unprovisioned_server());
     tree.add(objects::device("twinhub", "bs", endpoint, "1.0"));
+    tree.add(objects::config());
     let mut config = ClientConfig::new(endpoint, bootstrap).with_bootstrap(bootstrap);
     config.retry_initial = Duration::from_millis(200);
     let client = Lwm2mClient::new(Instant::now(), config, tree);
@@ -58,6 +63,14 @@ fn next_of(
             Err(e) => panic!("no {kinds:?} event for {device}: {e:?}"),
         }
     }
+}
+
+fn property(hub: &Hub, id: &str, name: &str) -> Option<Scalar> {
+    hub.registry()
+        .read()
+        .get(id)?
+        .device_property(name)
+        .map(|(v, _)| v.clone())
 }
 
 fn connected(hub: &Hub, id: &str) -> bool {
@@ -155,6 +168,32 @@ fn a_device_is_bootstrapped_then_registers_over_plain_coap() {
         Some(Single(ResourceValue::Integer(120)))
     );
 
+    // The provisioned device syncs with one Observe-Composite, pushes with Send, and a
+    // job reads two of its paths (one Read-Composite: it speaks LWM2M 1.1).
+    until("one composite observation", || {
+        dev.with(|c| c.observed_paths()) == [Lwm2mPath::ROOT]
+    });
+    let name = Lwm2mPath::resource(10241, 0, 1);
+    dev.with(|c| c.set_value(&name, ResourceValue::String("night-mode".into())))
+        .unwrap();
+    dev.with(|c| c.send(Instant::now(), &[name])).unwrap();
+    until("the sent value in the twin", || {
+        property(&hub, "bs-plain", "ConfigName") == Some(Scalar::from("night-mode"))
+    });
+    let job = JobId::new("read-two").unwrap();
+    let paths = vec![Lwm2mPath::resource(3, 0, 0), Lwm2mPath::resource(1, 0, 1)];
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::ReadDeviceProperties { paths },
+        vec![DeviceId::new("bs-plain").unwrap()],
+    ))
+    .unwrap();
+    until("the read job", || {
+        hub.job(&job).is_some_and(|j| j.status.is_terminal())
+    });
+    assert_eq!(hub.job(&job).unwrap().status, JobStatus::Completed);
+    assert_eq!(hub.job_statistics(&job).unwrap().succeeded, 1);
+
     // An endpoint the plan does not know is refused and never registers.
     let stranger = device("bs-stranger", hub.local_addr().unwrap());
     assert_eq!(
@@ -188,24 +227,18 @@ fn a_device_bootstrapped_with_a_psk_registers_over_dtls() {
         .create(Twin::new(DeviceId::new("bs-dtls").unwrap()))
         .unwrap();
     let dm = Hub::bind_dtls("127.0.0.1:0", registry, Default::default()).unwrap();
-    let key = vec![0x5a; 16];
     dm.set_psk(
         "bs-dtls",
-        PskCredentials::new("bs-dtls-id", PskKey::new(key.clone())).unwrap(),
+        PskCredentials::new("bs-dtls-id", PskKey::new(vec![0x5a; 16])).unwrap(),
     )
     .unwrap();
     let dm_addr = dm.local_addr().unwrap();
-    // The bootstrap server: plain UDP, no devices of its own.
+    // The bootstrap server: plain UDP, accounts made from the DM hub's registry (the
+    // twin's PSK identity and key).
     let bs = Hub::builder()
+        .shared_registry(dm.registry().clone())
         .udp("127.0.0.1:0")
-        .bootstrap(move |request| {
-            (request.endpoint == "bs-dtls").then(|| {
-                BootstrapPlan::new(vec![
-                    ServerAccount::new(3, format!("coaps://{dm_addr}"))
-                        .with_psk("bs-dtls-id", key.clone()),
-                ])
-            })
-        })
+        .bootstrap_from_registry(format!("coaps://{dm_addr}"))
         .build()
         .unwrap();
     let bs_events = lifecycle(&bs);
@@ -229,8 +262,18 @@ fn a_device_bootstrapped_with_a_psk_registers_over_dtls() {
         .and_then(|t| t.registration().and_then(|r| r.psk_identity.clone()));
     assert_eq!(identity.as_deref(), Some("bs-dtls-id"));
     assert!(dev.dtls_handshakes() >= 1);
-    // The bootstrap hub never registered it.
-    assert!(bs.registry().read().get("bs-dtls").is_none());
+    // A twin without a PSK gets no coaps account: refused.
+    dm.create_device(Twin::new(DeviceId::new("bs-nokey").unwrap()))
+        .unwrap();
+    let _nokey = device("bs-nokey", bs.local_addr().unwrap());
+    assert_eq!(
+        next_of(
+            &bs_events,
+            "bs-nokey",
+            &[LifecycleKind::Bootstrapped, LifecycleKind::BootstrapFailed]
+        ),
+        (LifecycleKind::BootstrapFailed, Some("refused".into()))
+    );
     dm.stop();
     bs.stop();
 }

@@ -65,7 +65,7 @@ fn main() {
     let devices: Vec<SimDevice> = plan
         .iter()
         .map(|(id, version, battery)| {
-            start_device(id, version, *battery, server, None)
+            start_device(id, version, *battery, server, None, None)
                 .unwrap_or_else(|e| fail(&format!("cannot start device {id}: {e}")))
         })
         .collect();

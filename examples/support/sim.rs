@@ -47,11 +47,21 @@ pub fn start_device(
     battery: i64,
     server: std::net::SocketAddr,
     psk: Option<PskCredentials>,
+    bootstrap: Option<std::net::SocketAddr>,
 ) -> std::io::Result<SimDevice> {
     let scheme = if psk.is_some() { "coaps" } else { "coap" };
     let mut tree = ObjectTree::new();
-    tree.add(objects::security(&format!("{scheme}://{server}"), 1));
-    tree.add(objects::server(1, 600, "U"));
+    match bootstrap {
+        // Only the bootstrap account: the bootstrap server gives the server account.
+        Some(bs) => {
+            tree.add(objects::bootstrap_security(&format!("coap://{bs}")));
+            tree.add(objects::unprovisioned_server());
+        }
+        None => {
+            tree.add(objects::security(&format!("{scheme}://{server}"), 1));
+            tree.add(objects::server(1, 600, "U"));
+        }
+    }
     tree.add(
         objects::device("twinhub", "fleet-sim", id.as_str(), version)
             .with_value(0, 9, ResourceValue::Integer(battery))
@@ -67,8 +77,10 @@ pub fn start_device(
     }));
     tree.add(objects::config());
     let mut config = ClientConfig::new(id.as_str(), server);
-    if let Some(psk) = psk {
-        config = config.with_psk(psk);
+    match (bootstrap, psk) {
+        (Some(bs), _) => config = config.with_bootstrap(bs),
+        (None, Some(psk)) => config = config.with_psk(psk),
+        (None, None) => {}
     }
     let client = Lwm2mClient::new(Instant::now(), config, tree);
     let options = DriverOptions {

@@ -22,6 +22,9 @@ pub(crate) struct ServerParts {
     pub(crate) types: Option<TypeResolver>,
     #[cfg(feature = "lwm2m")]
     pub(crate) bootstrap: Option<crate::lwm2m::server::Bootstrapper>,
+    /// [`HubBuilder::bootstrap_from_registry`]'s server URI, turned into a plan at build.
+    #[cfg(feature = "lwm2m")]
+    pub(crate) bootstrap_to: Option<String>,
 }
 
 /// What the hub runs on.
@@ -194,6 +197,19 @@ impl HubBuilder {
         self
     }
 
+    /// Serves the bootstrap interface with a plan made from the registry: a device whose
+    /// twin exists and is enabled gets one account (Short Server ID 1) for `server_uri`,
+    /// with its twin's PSK identity and key when it has both; a `coaps://` URI for a twin
+    /// without a PSK, and any unknown or disabled endpoint, is refused. Replaces
+    /// [`HubBuilder::bootstrap`]. For a bootstrap port beside a DTLS hub, build a second
+    /// hub on UDP with [`HubBuilder::shared_registry`] of the first's registry.
+    #[cfg(feature = "lwm2m")]
+    pub fn bootstrap_from_registry(mut self, server_uri: impl Into<String>) -> Self {
+        self.parts.bootstrap_to = Some(server_uri.into());
+        self.parts.bootstrap = None;
+        self
+    }
+
     /// A registration check of the service's, asked after the hub's own (the device
     /// exists and is enabled, or auto-provisioning admits it; a device with credentials
     /// came over DTLS) have passed. The bundled server only.
@@ -244,10 +260,15 @@ impl HubBuilder {
     }
 
     /// Starts the hub.
-    pub fn build(self) -> Result<Hub, BuildError> {
+    #[cfg_attr(not(feature = "lwm2m"), allow(unused_mut))]
+    pub fn build(mut self) -> Result<Hub, BuildError> {
         let registry = self
             .registry
             .unwrap_or_else(|| SharedRegistry::new(Registry::new()));
+        #[cfg(feature = "lwm2m")]
+        if let Some(uri) = self.parts.bootstrap_to.take() {
+            self.parts.bootstrap = Some(registry_bootstrap(registry.clone(), uri));
+        }
         let link = self
             .link
             .ok_or(BuildError::NoTransport)?
@@ -268,6 +289,10 @@ impl HubBuilder {
                 if self.parts.types.is_some() {
                     return Err(BuildError::NotForTransport("object types"));
                 }
+                #[cfg(feature = "lwm2m")]
+                if self.parts.bootstrap.is_some() {
+                    return Err(BuildError::NotForTransport("a bootstrap server"));
+                }
                 let (thread, events) = spawn();
                 Ok(Hub::start_shared_registry(
                     registry,
@@ -278,4 +303,33 @@ impl HubBuilder {
             }
         }
     }
+}
+
+/// The plan of [`HubBuilder::bootstrap_from_registry`].
+#[cfg(feature = "lwm2m")]
+fn registry_bootstrap(
+    registry: SharedRegistry,
+    server_uri: String,
+) -> crate::lwm2m::server::Bootstrapper {
+    use crate::lwm2m::server::{BootstrapPlan, ServerAccount};
+    let secure = server_uri
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("coaps://"));
+    Box::new(move |request| {
+        let reg = registry.read();
+        let twin = reg.get(&request.endpoint)?;
+        if twin.status() != crate::twin::DeviceStatus::Enabled {
+            return None;
+        }
+        let auth = twin.authentication();
+        let account = ServerAccount::new(1, server_uri.clone());
+        let account = match (&auth.psk_identity, &auth.psk_key) {
+            (Some(identity), Some(key)) => {
+                account.with_psk(identity.clone(), key.expose().to_vec())
+            }
+            _ if secure => return None,
+            _ => account,
+        };
+        Some(BootstrapPlan::new(vec![account]))
+    })
 }

@@ -333,6 +333,8 @@ const FLAG_TOUCHED: u8 = 8;
 const FLAG_EXECUTE_SENT: u8 = 16;
 /// The package URI was written before the device registered again (a restart).
 const FLAG_URI_BEFORE_RESTART: u8 = 32;
+/// This attempt reads all its paths with one Read-Composite.
+const FLAG_COMPOSITE: u8 = 64;
 
 pub(crate) struct Child {
     pub(crate) device: DeviceId,
@@ -382,6 +384,8 @@ pub struct JobEngine {
     refused: VecDeque<(u32, u8, u16)>,
     /// Announced object ids per registered device, as an index into `object_sets`.
     announced: FxHashMap<DeviceId, u32>,
+    /// Registered devices that speak LWM2M 1.1 (Read-Composite) and have not refused it.
+    composite_capable: FxHashSet<DeviceId>,
     object_sets: Vec<Box<[u16]>>,
     object_set_ids: FxHashMap<Box<[u16]>, u32>,
     active: BTreeSet<u32>,
@@ -431,6 +435,7 @@ impl JobEngine {
             polls: BinaryHeap::new(),
             refused: VecDeque::new(),
             announced: FxHashMap::default(),
+            composite_capable: FxHashSet::default(),
             object_sets: Vec::new(),
             object_set_ids: FxHashMap::default(),
             active: BTreeSet::new(),
@@ -705,6 +710,7 @@ impl JobEngine {
             } => {
                 self.offline.remove(device);
                 self.remember_objects(device, &registration.objects);
+                self.remember_version(device, registration.speaks_1_1());
                 if let Some(&c) = self.holders.get(device) {
                     self.on_registered(now, c);
                 }
@@ -714,6 +720,7 @@ impl JobEngine {
                 registration,
             } => {
                 self.remember_objects(device, &registration.objects);
+                self.remember_version(device, registration.speaks_1_1());
                 if self.offline.remove(device)
                     && let Some(&c) = self.holders.get(device)
                     && self.children[c as usize].state == ChildState::WaitingForDevice
@@ -724,6 +731,7 @@ impl JobEngine {
             DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
                 self.offline.insert(device.clone());
                 self.announced.remove(device);
+                self.composite_capable.remove(device);
                 if let Some(&c) = self.holders.get(device) {
                     self.on_offline(now, c);
                 }
@@ -799,6 +807,17 @@ impl JobEngine {
             None => {
                 self.announced.insert(device.clone(), set);
             }
+        }
+    }
+
+    /// Remembers whether a (re-)registered device takes the composite operations.
+    fn remember_version(&mut self, device: &DeviceId, speaks_1_1: bool) {
+        if speaks_1_1 {
+            if !self.composite_capable.contains(device) {
+                self.composite_capable.insert(device.clone());
+            }
+        } else {
+            self.composite_capable.remove(device);
         }
     }
 
@@ -1362,9 +1381,28 @@ impl JobEngine {
                     args: None,
                 },
             },
-            JobType::ReadDeviceProperties { paths } => DeviceRequest::Read {
-                path: paths[step as usize],
-            },
+            // Several paths of an LWM2M 1.1 device: one Read-Composite for them all.
+            JobType::ReadDeviceProperties { paths }
+                if step == 0
+                    && paths.len() > 1
+                    && self.composite_capable.contains(&child.device)
+                    && paths.iter().all(|p| {
+                        p.object_id()
+                            .is_none_or(|o| self.may_have(&child.device, o))
+                    }) =>
+            {
+                self.children[c as usize].flags |= FLAG_COMPOSITE;
+                DeviceRequest::ReadComposite {
+                    paths: paths.clone(),
+                }
+            }
+            JobType::ReadDeviceProperties { paths } => {
+                // Path by path (the flag may come from a restored or refused attempt).
+                self.children[c as usize].flags &= !FLAG_COMPOSITE;
+                DeviceRequest::Read {
+                    path: paths[step as usize],
+                }
+            }
             JobType::WriteDeviceProperties { values } => {
                 let (path, value) = &values[step as usize];
                 DeviceRequest::Write {
@@ -1450,6 +1488,20 @@ impl JobEngine {
                 self.offline.insert(device);
                 self.child_apply(now, c, ChildEvent::DeviceOffline);
             }
+            // A device that refuses Read-Composite is read path by path from now on.
+            Err(
+                DeviceError::MethodNotAllowed
+                | DeviceError::BadRequest
+                | DeviceError::NotAcceptable
+                | DeviceError::UnsupportedContentFormat
+                | DeviceError::Code(4, _),
+            ) if self.children[c as usize].flags & FLAG_COMPOSITE != 0 => {
+                let child = &mut self.children[c as usize];
+                child.flags &= !FLAG_COMPOSITE;
+                let device = child.device.clone();
+                self.composite_capable.remove(&device);
+                self.drive(now, c);
+            }
             Err(e) => self.fail_attempt(now, c, FailureReason::Rejected(e.clone())),
             Ok(reply) => {
                 let child = &mut self.children[c as usize];
@@ -1531,7 +1583,11 @@ impl JobEngine {
                     content: content.clone(),
                     at,
                 });
-                self.next_step_or_succeed(now, c, paths.len());
+                if self.children[c as usize].flags & FLAG_COMPOSITE != 0 {
+                    self.succeed(now, c);
+                } else {
+                    self.next_step_or_succeed(now, c, paths.len());
+                }
             }
             JobType::WriteDeviceProperties { values } => {
                 self.next_step_or_succeed(now, c, values.len());
