@@ -5,14 +5,15 @@
 //! cargo run --example device -- dev-1 127.0.0.1:5683
 //! # over DTLS (PSK):
 //! cargo run --example device -- sensor-1 coaps://127.0.0.1:5684 --psk sensor-1-id:00112233445566778899aabbccddeeff
-//! # knowing only a bootstrap server (plain CoAP), which gives it its server and credentials:
+//! # knowing only a bootstrap server, which gives it its server and credentials:
 //! cargo run --example device -- sensor-1 --bootstrap coap://127.0.0.1:5783
 //! ```
 //!
 //! `<server>` is `host:port`, `coap://host:port` or `coaps://host:port` (coaps needs
-//! `--psk`). With `--bootstrap URI` the device knows only its bootstrap server: it asks it
-//! for its server account (Bootstrap-Request), then registers where it was told, over
-//! DTLS when it was given a PSK.
+//! `--psk`). With `--bootstrap URI` the device knows only its bootstrap server (`coaps://`
+//! with `--psk` holding the bootstrap account's credentials): it asks it for its server
+//! account (Bootstrap-Request), then registers where it was told, over DTLS when it was
+//! given a PSK.
 //!
 //! It registers with Security /0, Server /1, Device /3, Firmware Update /5 and Config
 //! /10241, changes its battery level every 10 s (observers get notified as their attributes
@@ -32,7 +33,7 @@ use twinhub::{Lwm2mPath, ResourceValue};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: device <endpoint-name> (<server-host:port | coap://host:port | coaps://host:port> | --bootstrap coap://host:port) [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY]";
+    let usage = "usage: device <endpoint-name> (<server-host:port | coap://host:port | coaps://host:port> | --bootstrap coap(s)://host:port) [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY]";
     let (Some(endpoint), Some(server)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -72,13 +73,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("server address did not resolve")?;
 
-    if bootstrap && scheme != "coap" {
-        return Err("the bootstrap server is reached over plain coap://".into());
-    }
     let mut tree = ObjectTree::new();
     if bootstrap {
         // Only the bootstrap account: the bootstrap server writes the server account.
-        tree.add(objects::bootstrap_security(&format!("coap://{server}")));
+        tree.add(objects::bootstrap_security(&format!("{scheme}://{server}")));
         tree.add(objects::unprovisioned_server());
     } else {
         tree.add(objects::security(&format!("{scheme}://{server}"), 1));
@@ -111,11 +109,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = ClientConfig::new(endpoint.clone(), server);
     config.lifetime = lifetime;
-    if let Some(psk) = psk {
-        config = config.with_psk(psk);
-    }
-    if bootstrap {
-        config = config.with_bootstrap(server);
+    match (bootstrap, psk) {
+        // The PSK is the bootstrap server account's; the LWM2M server's comes from it.
+        (true, Some(psk)) => config = config.with_bootstrap(server).with_bootstrap_psk(psk),
+        (true, None) => config = config.with_bootstrap(server),
+        (false, Some(psk)) => config = config.with_psk(psk),
+        (false, None) => {}
     }
     let client = Lwm2mClient::new(Instant::now(), config, tree);
     let bind = if server.is_ipv6() {

@@ -277,3 +277,69 @@ fn a_device_bootstrapped_with_a_psk_registers_over_dtls() {
     dm.stop();
     bs.stop();
 }
+
+#[test]
+fn a_device_bootstraps_over_dtls_with_its_bootstrap_credentials() {
+    // The DM server: plain UDP.
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("bs-secure").unwrap()))
+        .unwrap();
+    let dm = Hub::bind_udp("127.0.0.1:0", registry, Default::default()).unwrap();
+    let dm_uri = format!("coap://{}", dm.local_addr().unwrap());
+    // The bootstrap server: DTLS, knowing the device by its bootstrap identity; the plan
+    // sees who the session proved to be.
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("bs-secure").unwrap()))
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let record = seen.clone();
+    let bs = Hub::builder()
+        .registry(registry)
+        .dtls("127.0.0.1:0")
+        .bootstrap(move |request| {
+            *record.lock().unwrap() = request
+                .identity
+                .as_ref()
+                .map(|i| i.psk_identity.to_string());
+            Some(BootstrapPlan::new(vec![ServerAccount::new(
+                2,
+                dm_uri.clone(),
+            )]))
+        })
+        .build()
+        .unwrap();
+    let bootstrap_creds = PskCredentials::new("bs-secure-bs", PskKey::new(vec![0x33; 16])).unwrap();
+    bs.set_psk("bs-secure", bootstrap_creds.clone()).unwrap();
+    let bs_events = lifecycle(&bs);
+    let dm_events = lifecycle(&dm);
+
+    let bs_addr = bs.local_addr().unwrap();
+    let mut tree = ObjectTree::new();
+    tree.add(objects::bootstrap_security(&format!("coaps://{bs_addr}")));
+    tree.add(objects::unprovisioned_server());
+    tree.add(objects::device("twinhub", "bs", "bs-secure", "1.0"));
+    let config = ClientConfig::new("bs-secure", bs_addr)
+        .with_bootstrap(bs_addr)
+        .with_bootstrap_psk(bootstrap_creds);
+    let dev = DeviceThread::spawn(
+        Lwm2mClient::new(Instant::now(), config, tree),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        next_of(
+            &bs_events,
+            "bs-secure",
+            &[LifecycleKind::Bootstrapped, LifecycleKind::BootstrapFailed]
+        ),
+        (LifecycleKind::Bootstrapped, None)
+    );
+    assert_eq!(seen.lock().unwrap().as_deref(), Some("bs-secure-bs"));
+    assert!(dev.dtls_handshakes() >= 1, "the bootstrap went over DTLS");
+    next_of(&dm_events, "bs-secure", &[LifecycleKind::Registered]);
+    until("the twin connected", || connected(&dm, "bs-secure"));
+    dm.stop();
+    bs.stop();
+}

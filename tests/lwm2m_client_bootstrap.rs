@@ -205,6 +205,11 @@ fn a_bootstrap_that_never_finishes_is_asked_again() {
     let req = h.sent().pop().unwrap().1;
     h.answer(&req, Code::CHANGED);
     h.events();
+    // The client wakes at the bootstrap's deadline, not later.
+    assert_eq!(
+        h.client.poll_timeout(),
+        Some(h.now + Duration::from_secs(60))
+    );
     // Nothing more from the bootstrap server: at the deadline the client backs off and
     // then sends a new Bootstrap-Request.
     h.now += Duration::from_secs(61);

@@ -200,7 +200,8 @@ impl HubBuilder {
     /// Serves the bootstrap interface with a plan made from the registry: a device whose
     /// twin exists and is enabled gets one account (Short Server ID 1) for `server_uri`,
     /// with its twin's PSK identity and key when it has both; a `coaps://` URI for a twin
-    /// without a PSK, and any unknown or disabled endpoint, is refused. Replaces
+    /// without a PSK, any unknown or disabled endpoint, and (over DTLS) a bootstrap session
+    /// whose identity belongs to another device, is refused. Replaces
     /// [`HubBuilder::bootstrap`]. For a bootstrap port beside a DTLS hub, build a second
     /// hub on UDP with [`HubBuilder::shared_registry`] of the first's registry.
     #[cfg(feature = "lwm2m")]
@@ -316,6 +317,12 @@ fn registry_bootstrap(
         .get(..8)
         .is_some_and(|s| s.eq_ignore_ascii_case("coaps://"));
     Box::new(move |request| {
+        // Over DTLS, the bootstrap session's identity must be the endpoint's own.
+        if let Some(device) = request.identity.as_ref().and_then(|i| i.device.as_ref())
+            && device.as_str() != request.endpoint
+        {
+            return None;
+        }
         let reg = registry.read();
         let twin = reg.get(&request.endpoint)?;
         if twin.status() != crate::twin::DeviceStatus::Enabled {

@@ -851,6 +851,7 @@ impl MemoryTransport {
             })
             .cloned()
             .collect();
+        composite.sort_unstable();
         composite.dedup();
         let notifications = hits
             .into_iter()

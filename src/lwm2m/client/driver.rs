@@ -20,9 +20,9 @@
 //!
 //! [`ClientConfig::with_psk`]: super::ClientConfig::with_psk
 //!
-//! **Bootstrap.** A client configured with a bootstrap server talks to it in plain CoAP;
-//! at Bootstrap-Finish the thread switches to the provisioned server, over DTLS when the
-//! bootstrap server gave a PSK.
+//! **Bootstrap.** A client configured with a bootstrap server talks to it first (plain
+//! CoAP, or DTLS with its bootstrap PSK); at Bootstrap-Finish the thread switches to the
+//! provisioned server, over DTLS when the bootstrap server gave a PSK.
 //!
 //! To run the client under another runtime (tokio, an embedded loop), do what
 //! [`DeviceThread`] does: feed datagrams to `handle_datagram`, send `poll_transmit`,
@@ -121,13 +121,27 @@ impl DeviceThread {
         let client = Arc::new(Mutex::new(client));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, events) = sync_channel(options.event_capacity.max(1));
-        let server = lock(&client).config().server;
+        // A client that bootstraps talks to its bootstrap server first (over DTLS with the
+        // bootstrap credentials, if any); the LWM2M server comes at Bootstrap-Finish.
+        let (server, bootstrapping) = {
+            let c = lock(&client);
+            match c.config().bootstrap {
+                Some(bs) => (bs, true),
+                None => (c.config().server, false),
+            }
+        };
         #[cfg(feature = "dtls")]
-        let dtls = lock(&client)
-            .config()
-            .psk
-            .clone()
-            .map(|creds| DtlsClient::new(Instant::now(), creds));
+        let dtls = {
+            let c = lock(&client);
+            let creds = if bootstrapping {
+                c.config().bootstrap_psk.clone()
+            } else {
+                c.config().psk.clone()
+            };
+            creds.map(|creds| DtlsClient::new(Instant::now(), creds))
+        };
+        #[cfg(not(feature = "dtls"))]
+        let _ = bootstrapping;
         let handshakes = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             server,

@@ -65,6 +65,10 @@ pub struct ClientConfig {
     /// Bootstrap-Finish registers with the server they name (see
     /// [`ClientConfig::with_bootstrap`]). `None`: register with `server` at once.
     pub bootstrap: Option<SocketAddr>,
+    /// PSK credentials for the bootstrap server: when set, [`DeviceThread`](super::DeviceThread)
+    /// bootstraps over DTLS (`coaps`). Set with [`ClientConfig::with_bootstrap_psk`].
+    #[cfg(feature = "dtls")]
+    pub bootstrap_psk: Option<crate::dtls::PskCredentials>,
     /// How long a bootstrap may take from the request to Bootstrap-Finish before the
     /// client gives up and asks again (after its retry backoff).
     pub bootstrap_timeout: Duration,
@@ -89,11 +93,14 @@ impl ClientConfig {
             #[cfg(feature = "dtls")]
             psk: None,
             bootstrap: None,
+            #[cfg(feature = "dtls")]
+            bootstrap_psk: None,
             bootstrap_timeout: Duration::from_secs(60),
         }
     }
 
-    /// Bootstraps first from the bootstrap server at `address` (plain CoAP): the tree
+    /// Bootstraps first from the bootstrap server at `address` (plain CoAP, or DTLS with
+    /// [`ClientConfig::with_bootstrap_psk`]): the tree
     /// needs a Security object and a Server object that the bootstrap server may write
     /// into ([`objects::bootstrap_security`](super::objects::bootstrap_security) and
     /// [`objects::unprovisioned_server`](super::objects::unprovisioned_server)). At
@@ -103,6 +110,14 @@ impl ClientConfig {
     /// mode, `psk` its identity and key (feature `dtls`).
     pub fn with_bootstrap(mut self, address: SocketAddr) -> Self {
         self.bootstrap = Some(address);
+        self
+    }
+
+    /// Bootstraps over DTLS (`coaps`) with these PSK credentials (the bootstrap server
+    /// account's, which are not the LWM2M server's: those come from the bootstrap).
+    #[cfg(feature = "dtls")]
+    pub fn with_bootstrap_psk(mut self, credentials: crate::dtls::PskCredentials) -> Self {
+        self.bootstrap_psk = Some(credentials);
         self
     }
 
@@ -664,6 +679,7 @@ impl Lwm2mClient {
         let mut at = |i: Instant| t = Some(t.map_or(i, |x| x.min(i)));
         match &self.reg {
             RegState::Idle { at: when } => at(*when),
+            RegState::Bootstrapping { deadline } => at(*deadline),
             RegState::Registered { update_at, .. } => {
                 if self.update_due {
                     // As soon as possible: the caller's next handle_timeout sends it.

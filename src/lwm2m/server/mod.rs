@@ -94,6 +94,8 @@
 //! authenticated: anyone who can reach the port can claim any endpoint the authorizer
 //! lets in; use it on trusted networks and in tests only.
 //!
+//! # Also
+//!
 //! - **Send** (`POST /dp`, LWM2M 1.1): values a registered device pushes become a
 //!   [`DeviceEvent::Notification`] at `/`.
 //! - **Bootstrap** (`POST /bs`, with [`Lwm2mServer::with_bootstrap`]): see [`bootstrap`].
@@ -105,6 +107,15 @@ mod registration;
 mod secure;
 mod udp;
 /// A registration id as its location shows it (`/rd/{id}`): 16 lower-case hex digits.
+/// Keeps only the values at or below one of `scope`; returns how many went.
+fn keep_within(content: &mut Content, scope: &[Lwm2mPath]) -> u64 {
+    let before = content.values.len();
+    content
+        .values
+        .retain(|(p, _)| scope.iter().any(|s| s.contains(p)));
+    (before - content.values.len()) as u64
+}
+
 fn location_id(id: u64) -> String {
     format!("{id:016x}")
 }
@@ -1013,15 +1024,21 @@ impl Lwm2mServer {
             return;
         }
         let (device, path) = (obs.device.clone(), obs.path);
-        let scope = obs.composite.clone().unwrap_or_else(|| vec![path]);
         // A notification we cannot decode carries nothing the hub can use.
-        if let Ok(content) = self.decode_within(m, &path, &scope) {
-            self.events.push_back(DeviceEvent::Notification {
-                device,
-                path,
-                content,
-            });
-        }
+        let Ok(mut content) = self.decode(m, &path) else {
+            return;
+        };
+        let scope = self
+            .observations
+            .get(&id)
+            .and_then(|o| o.composite.as_deref())
+            .unwrap_or(std::slice::from_ref(&path));
+        self.values_outside_path += keep_within(&mut content, scope);
+        self.events.push_back(DeviceEvent::Notification {
+            device,
+            path,
+            content,
+        });
     }
 
     /// Decodes an answer to a request for `path` and keeps only the values at or below
@@ -1035,11 +1052,7 @@ impl Lwm2mServer {
         scope: &[Lwm2mPath],
     ) -> Result<Content, DeviceError> {
         let mut content = self.decode(m, path)?;
-        let before = content.values.len();
-        content
-            .values
-            .retain(|(p, _)| scope.iter().any(|s| s.contains(p)));
-        self.values_outside_path += (before - content.values.len()) as u64;
+        self.values_outside_path += keep_within(&mut content, scope);
         Ok(content)
     }
 
