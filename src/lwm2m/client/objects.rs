@@ -193,8 +193,13 @@ pub fn bootstrap_security(bootstrap_uri: &str) -> ValueObject {
 /// its lifetime and default periods from instance 0). The same validation as
 /// [`server()`]'s: lifetime at least 1 s, binding `U` or `UQ`.
 pub fn unprovisioned_server() -> ValueObject {
-    ValueObject::new(&SERVER)
-        .creatable(true, 2)
+    server_rules(ValueObject::new(&SERVER).creatable(true, 2))
+}
+
+/// Server /1's rules: lifetime at least 1 s, binding `U` or `UQ`, and a Registration
+/// Update Trigger that the client core acts on.
+fn server_rules(object: ValueObject) -> ValueObject {
+    object
         .on_validate(1, |_, d| match d {
             ResourceData::Single(V::Integer(lt)) if *lt >= 1 && *lt <= u32::MAX as i64 => Ok(()),
             _ => Err(super::ObjectError::Rejected),
@@ -209,23 +214,15 @@ pub fn unprovisioned_server() -> ValueObject {
 /// Server /1 instance 0: short server id, lifetime (s), binding (`"U"`), default periods
 /// pmin 0 / pmax none, and a Registration Update Trigger that the client core acts on.
 pub fn server(short_server_id: u16, lifetime: u32, binding: &str) -> ValueObject {
-    ValueObject::new(&SERVER)
+    let object = ValueObject::new(&SERVER)
         .creatable(false, 1)
         .with_value(0, 0, V::Integer(short_server_id as i64))
         .with_value(0, 1, V::Integer(lifetime as i64))
         .with_value(0, 2, V::Integer(0))
         .with_value(0, 6, V::Boolean(false))
         .with_value(0, 7, V::String(binding.to_string()))
-        .with_value(0, 23, V::Boolean(false))
-        .on_validate(1, |_, d| match d {
-            ResourceData::Single(V::Integer(lt)) if *lt >= 1 && *lt <= u32::MAX as i64 => Ok(()),
-            _ => Err(super::ObjectError::Rejected),
-        })
-        .on_validate(7, |_, d| match d {
-            ResourceData::Single(V::String(b)) if matches!(b.as_str(), "U" | "UQ") => Ok(()),
-            _ => Err(super::ObjectError::Rejected),
-        })
-        .on_execute(server::REGISTRATION_UPDATE_TRIGGER, |_, _| Ok(()))
+        .with_value(0, 23, V::Boolean(false));
+    server_rules(object)
 }
 
 /// Device /3 instance 0 with the identity strings, error code 0, binding `U`, and Reboot,
