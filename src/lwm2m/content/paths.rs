@@ -11,13 +11,10 @@
 //! [`decode`](super::decode) at the root). At most [`MAX_COMPOSITE_PATHS`] records: one
 //! more is [`ContentError::TooManyValues`] (a device answers 4.13).
 
-use super::cbor;
 use super::senml_cbor;
 use super::senml_json::{MAX_NAME, bad};
 use super::{ContentError, ContentFormat, RecordProblem};
 use crate::lwm2m::Lwm2mPath;
-use minicbor::Decoder;
-use minicbor::data::Type;
 use serde_json::Value;
 
 /// The most paths one composite request may name. A device's whole object tree rarely
@@ -79,36 +76,10 @@ pub fn decode_paths(format: ContentFormat, bytes: &[u8]) -> Result<Vec<Lwm2mPath
             }
         }
         ContentFormat::SenmlCbor => {
-            let mut d = Decoder::new(bytes);
-            let len = match cbor::datatype(&d)? {
-                Type::Array | Type::ArrayIndef => d.array().map_err(|_| cbor::malformed(&d))?,
-                _ => return Err(bad(0, RecordProblem::NotAnObject)),
-            };
-            if len.is_some_and(|n| n > MAX_COMPOSITE_PATHS as u64) {
-                return Err(too_many());
-            }
-            let mut index = 0usize;
-            loop {
-                match len {
-                    Some(n) if index as u64 == n => break,
-                    Some(_) => {}
-                    None => {
-                        if cbor::at_break(&mut d)? {
-                            break;
-                        }
-                    }
-                }
-                if index >= MAX_COMPOSITE_PATHS {
-                    return Err(too_many());
-                }
-                let mut bn = std::mem::take(&mut list.bn);
-                let rec = senml_cbor::record(&mut d, index, &mut bn)?;
-                list.bn = bn;
+            let mut pack = senml_cbor::Pack::open(bytes, MAX_COMPOSITE_PATHS)?;
+            while let Some((index, rec)) = pack.next_record()? {
+                list.bn.clone_from(&pack.bn);
                 list.push(index, rec.n.as_deref().unwrap_or(""))?;
-                index += 1;
-            }
-            if d.position() != bytes.len() {
-                return Err(cbor::malformed(&d));
             }
         }
         other => return Err(ContentError::UnsupportedFormat(other)),

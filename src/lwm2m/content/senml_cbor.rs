@@ -63,11 +63,7 @@ enum Field {
     Link(String),
 }
 
-pub(super) fn record(
-    d: &mut Decoder<'_>,
-    index: usize,
-    bn: &mut String,
-) -> Result<Record, ContentError> {
+fn record(d: &mut Decoder<'_>, index: usize, bn: &mut String) -> Result<Record, ContentError> {
     let len = match cbor::datatype(d)? {
         Type::Map | Type::MapIndef => d.map().map_err(|_| cbor::malformed(d))?,
         _ => return Err(bad(index, RecordProblem::NotAnObject)),
@@ -159,46 +155,79 @@ fn typed(
     })
 }
 
+/// A SenML CBOR pack read record by record: the top-level array (definite or
+/// indefinite length), at most `max` records (one more is
+/// [`ContentError::TooManyValues`]), the sticky base name, and no bytes after the array.
+/// Values and path lists (`super::paths`) both read through it.
+pub(super) struct Pack<'b> {
+    d: Decoder<'b>,
+    len: Option<u64>,
+    index: usize,
+    max: usize,
+    /// The base name in force for the record just read.
+    pub(super) bn: String,
+}
+
+impl<'b> Pack<'b> {
+    pub(super) fn open(bytes: &'b [u8], max: usize) -> Result<Self, ContentError> {
+        let mut d = Decoder::new(bytes);
+        let len = match cbor::datatype(&d)? {
+            Type::Array | Type::ArrayIndef => d.array().map_err(|_| cbor::malformed(&d))?,
+            _ => return Err(bad(0, RecordProblem::NotAnObject)),
+        };
+        if len.is_some_and(|n| n > max as u64) {
+            return Err(ContentError::TooManyValues { max });
+        }
+        Ok(Pack {
+            d,
+            len,
+            index: 0,
+            max,
+            bn: String::new(),
+        })
+    }
+
+    /// How many records the array claims (never more than `max`), when it says.
+    pub(super) fn claimed(&self) -> Option<usize> {
+        self.len.map(|n| n as usize)
+    }
+
+    /// The next record and its index; `None` after the last one (the whole payload read).
+    pub(super) fn next_record(&mut self) -> Result<Option<(usize, Record)>, ContentError> {
+        let end = match self.len {
+            Some(n) => self.index as u64 == n,
+            None => cbor::at_break(&mut self.d)?,
+        };
+        if end {
+            if self.d.position() != self.d.input().len() {
+                return Err(cbor::malformed(&self.d));
+            }
+            return Ok(None);
+        }
+        if self.index >= self.max {
+            return Err(ContentError::TooManyValues { max: self.max });
+        }
+        let index = self.index;
+        let rec = record(&mut self.d, index, &mut self.bn)?;
+        self.index += 1;
+        Ok(Some((index, rec)))
+    }
+}
+
 pub(crate) fn decode(
     bytes: &[u8],
     base: &Lwm2mPath,
     types: &dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
 ) -> Result<Content, ContentError> {
-    let mut d = Decoder::new(bytes);
-    let len = match cbor::datatype(&d)? {
-        Type::Array | Type::ArrayIndef => d.array().map_err(|_| cbor::malformed(&d))?,
-        _ => return Err(bad(0, RecordProblem::NotAnObject)),
-    };
-    if len.is_some_and(|n| n > MAX_VALUES as u64) {
-        return Err(ContentError::TooManyValues { max: MAX_VALUES });
-    }
+    let mut pack = Pack::open(bytes, MAX_VALUES)?;
     // Never reserve from a claimed length beyond what the payload can hold (a record
     // takes at least one byte).
-    let mut out = Vec::with_capacity(len.map_or(0, |n| (n as usize).min(bytes.len())));
-    let mut bn = String::new();
-    let mut index = 0usize;
-    loop {
-        match len {
-            Some(n) if index as u64 == n => break,
-            Some(_) => {}
-            None => {
-                if cbor::at_break(&mut d)? {
-                    break;
-                }
-            }
-        }
-        if index >= MAX_VALUES {
-            return Err(ContentError::TooManyValues { max: MAX_VALUES });
-        }
-        let rec = record(&mut d, index, &mut bn)?;
-        let path = record_path(base, &bn, rec.n.as_deref().unwrap_or(""), index)?;
+    let mut out = Vec::with_capacity(pack.claimed().map_or(0, |n| n.min(bytes.len())));
+    while let Some((index, rec)) = pack.next_record()? {
+        let path = record_path(base, &pack.bn, rec.n.as_deref().unwrap_or(""), index)?;
         let field = rec.value.ok_or(bad(index, RecordProblem::NoValue))?;
         let value = typed(index, field, types(&type_key(&path)))?;
         out.push((path, value));
-        index += 1;
-    }
-    if d.position() != bytes.len() {
-        return Err(cbor::malformed(&d));
     }
     Ok(Content { values: out })
 }
