@@ -4,6 +4,8 @@
 //!
 //! - `parse_optimize`: parse a typical 3-predicate expression from JSON text and lower it
 //!   to a normalised plan (target < 5 us);
+//! - `count_one_eq`: count of FirmwareVersion = "4.4" over the whole fleet: one bitmap's
+//!   length (target < 5 us at 1M, not growing with the fleet);
 //! - `count_tag_eq_range`: count of tag `batch-0` AND FirmwareVersion = "4.4" AND
 //!   20 <= BatteryLevel < 60, from bitmap intersections (target p50 < 100 us);
 //! - `first_100_tag_eq_range`: the same query's first 100 twins in device-id order,
@@ -61,6 +63,14 @@ fn benches(c: &mut Criterion) {
             let e = query::parse(black_box(TAG_EQ_RANGE)).unwrap();
             query::plan(&reg, &e).unwrap()
         })
+    });
+    let one_eq = query::parse(
+        r#"{"filter": {"type": "comparison", "comparisonOperator": "eq",
+            "property": {"name": "FirmwareVersion", "type": "device"}, "value": "4.4"}}"#,
+    )
+    .unwrap();
+    g.bench_function("count_one_eq", |b| {
+        b.iter(|| query::count(&reg, black_box(&one_eq)).unwrap())
     });
     g.bench_function("count_tag_eq_range", |b| {
         b.iter(|| query::count(&reg, black_box(&expr)).unwrap())

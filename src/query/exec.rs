@@ -55,6 +55,12 @@ pub fn execute<'s, S: IndexedSource + ?Sized>(
         strategy: options.strategy,
     };
     let plan = lower(expr.filter.as_ref(), source);
+    if expr.aggregate.is_none() && expr.sort.is_empty() {
+        let after = cursor.as_ref().map(|c| c.id.as_str());
+        if let Some(page) = exec.first_in_id_order(&plan, after, options.page_size + 1) {
+            return Ok(finish_page(source, expr, fp, page, options.page_size));
+        }
+    }
     let rows = exec.eval(&plan, source.universe());
     if let Some(aggregation) = &expr.aggregate {
         let rows = exec.aggregate(&rows, aggregation, &expr.sort)?;
@@ -69,9 +75,21 @@ pub fn execute<'s, S: IndexedSource + ?Sized>(
         .iter()
         .map(|k| (source.resolve(&k.property), k.order))
         .collect();
-    let mut page = exec.page(&rows, &keys, cursor.as_ref(), options.page_size + 1);
-    let continuation = if page.len() > options.page_size {
-        page.truncate(options.page_size);
+    let page = exec.page(&rows, &keys, cursor.as_ref(), options.page_size + 1);
+    Ok(finish_page(source, expr, fp, page, options.page_size))
+}
+
+/// The result of a page found with one entry beyond `page_size` if there are more: the
+/// continuation points at the last row kept.
+fn finish_page<'s, S: IndexedSource + ?Sized>(
+    source: &'s S,
+    expr: &QueryExpression,
+    fp: u64,
+    mut page: Vec<Entry>,
+    page_size: usize,
+) -> QueryResult<S::Document<'s>> {
+    let continuation = if page.len() > page_size {
+        page.truncate(page_size);
         page.last().map(|(slot, keys)| {
             Cursor {
                 fingerprint: fp,
@@ -92,11 +110,11 @@ pub fn execute<'s, S: IndexedSource + ?Sized>(
             _ => source.document(slot).map(ResultItem::Document),
         })
         .collect();
-    Ok(QueryResult {
+    QueryResult {
         result,
         aggregate_result: Vec::new(),
         continuation,
-    })
+    }
 }
 
 /// Validates the expression and the options; returns the query's fingerprint and the
@@ -165,6 +183,9 @@ pub fn plan<S: IndexedSource + ?Sized>(
 /// A range step looks slots up in a column when the slots left are fewer than the
 /// range's slots divided by this.
 const RANGE_COLUMN_FACTOR: u64 = 4;
+
+/// The smallest chunk of the id order [`Executor::first_in_id_order`] evaluates at once.
+const MIN_CHUNK: u64 = 1024;
 
 /// A sort entry: a slot and its sort key values.
 type Entry = (u32, Vec<Option<Scalar>>);
@@ -309,8 +330,36 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
         }
     }
 
+    /// How many slots a plan is expected to select, taking an AND's children as
+    /// independent (the product of their shares of the universe). Unlike
+    /// [`estimate`](Self::estimate) this is no bound: correlated children make it too low
+    /// or too high; it only sizes [`first_in_id_order`](Self::first_in_id_order)'s chunks.
+    fn expected_matches(&self, plan: &Plan<S::Property>) -> f64 {
+        let universe = self.source.universe().len() as f64;
+        match plan {
+            Plan::And(cs) if universe > 0.0 => cs.iter().fold(universe, |acc, c| {
+                acc * (self.expected_matches(c) / universe).min(1.0)
+            }),
+            Plan::Or(cs) => cs
+                .iter()
+                .map(|c| self.expected_matches(c))
+                .sum::<f64>()
+                .min(universe),
+            Plan::Not(inner) => (universe - self.expected_matches(inner)).max(0.0),
+            leaf => self.estimate(leaf) as f64,
+        }
+    }
+
     fn probe(&self, leaf: &Plan<S::Property>, within: &RoaringBitmap) -> bool {
-        if !matches!(leaf, Plan::Eq(..) | Plan::In(..) | Plan::Range(..)) {
+        // One value's stored slots meet `within` container by container: a few ns per
+        // slot of `within` plus one step per container, never more than a probe's cache
+        // misses (under `Scans` it is probed all the same).
+        let probe_worth = match leaf {
+            Plan::In(..) | Plan::Range(..) => true,
+            Plan::Eq(..) => self.strategy == Strategy::Scans,
+            _ => false,
+        };
+        if !probe_worth {
             return false;
         }
         match self.strategy {
@@ -348,6 +397,14 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
 
     fn leaf(&self, leaf: &Plan<S::Property>, within: &RoaringBitmap) -> RoaringBitmap {
         let s = self.source;
+        // A range the source can filter through its column (a dense array: a few ns a
+        // slot) never probes slot by slot (a twin's lists: cache misses a slot).
+        if let Plan::Range(p, lo, hi) = leaf
+            && self.range_by_column(leaf, within)
+            && let Some(filtered) = s.filter_range(*p, lo.as_ref(), hi.as_ref(), within)
+        {
+            return filtered;
+        }
         if self.probe(leaf, within) {
             return within
                 .iter()
@@ -410,6 +467,18 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
         }
     }
 
+    /// `|slots ∩ within|`. Over the whole universe that is the slots' own length (a
+    /// source's bitmaps hold live slots only, [`IndexedSource`]'s contract, and `within`
+    /// is always a subset of the universe), which costs one read per container instead of
+    /// an AND: a count of one value does not grow with the fleet.
+    fn count_within(&self, slots: &Slots<'_>, within: &RoaringBitmap) -> u64 {
+        if within.len() == self.source.universe().len() {
+            slots.len()
+        } else {
+            slots.intersection_len(within)
+        }
+    }
+
     /// `|eval(plan, within)|`, using intersection lengths for the last step of an AND and
     /// for single leaves, so the final bitmap is never built.
     fn count(&self, plan: &Plan<S::Property>, within: &RoaringBitmap) -> u64 {
@@ -419,11 +488,11 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
             Plan::Empty => 0,
             Plan::Eq(p, v) => s
                 .value_slots(*p, v)
-                .map_or(0, |x| x.intersection_len(within)),
-            Plan::Exists(p) => s.exists_bitmap(*p).intersection_len(within),
+                .map_or(0, |x| self.count_within(&x, within)),
+            Plan::Exists(p) => self.count_within(&Slots::Borrowed(&s.exists_bitmap(*p)), within),
             Plan::Tags(tags) if tags.len() == 1 => s
                 .tag_bitmap(&tags[0])
-                .map_or(0, |b| b.intersection_len(within)),
+                .map_or(0, |b| self.count_within(&Slots::Borrowed(b), within)),
             Plan::Not(inner) => within.len() - self.count(inner, within),
             Plan::Range(p, lo, hi)
                 if !self.probe(plan, within) && self.range_by_column(plan, within) =>
@@ -447,6 +516,96 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
     }
 
     // ---- sort and page --------------------------------------------------------------
+
+    /// Up to `limit` matching slots in id order after `after`, found by evaluating the
+    /// filter over successive chunks of the id order rather than over the whole fleet, so
+    /// the first page costs what its rows need, not what the fleet holds. `None` when the
+    /// estimate says matches are too sparse for that to pay (the walk would cover more
+    /// than half the fleet): the caller evaluates the whole filter instead.
+    ///
+    /// The first chunk holds a quarter more slots than the estimate needs for `limit`
+    /// matches (at least [`MIN_CHUNK`]); each further chunk doubles, so a wrong estimate
+    /// costs at most about twice a whole evaluation.
+    fn first_in_id_order(
+        &self,
+        plan: &Plan<S::Property>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<Vec<Entry>> {
+        let universe = self.source.universe().len();
+        let expected = self.expected_matches(plan);
+        if self.strategy == Strategy::Scans || expected < 1.0 {
+            return None;
+        }
+        let needed = (limit as f64 * universe as f64 / expected) as u64;
+        // A quarter more than expected: the first chunk usually holds the whole page.
+        let first = needed.saturating_add(needed / 4).max(MIN_CHUNK);
+        if first.saturating_mul(2) > universe {
+            return None;
+        }
+        let mut chunk = first as usize;
+        let mut page = Vec::with_capacity(limit);
+        let mut in_id_order = Vec::with_capacity(chunk);
+        let mut last: Option<u32> = None;
+        loop {
+            in_id_order.clear();
+            let after = match last {
+                Some(slot) => Some(self.source.id_of(slot)),
+                None => after,
+            };
+            self.source.fill_id_order(after, chunk, &mut in_id_order);
+            let (Some(&first_slot), Some(&last_slot)) = (in_id_order.first(), in_id_order.last())
+            else {
+                return Some(page);
+            };
+            last = Some(last_slot);
+            let wanted = limit - page.len();
+            if in_id_order.is_sorted() {
+                // Slots follow the id order (a fleet loaded in id order): the matches
+                // come out of the bitmap in page order.
+                let within = if (last_slot - first_slot) as usize + 1 == in_id_order.len() {
+                    let mut range = RoaringBitmap::new();
+                    range.insert_range(first_slot..=last_slot);
+                    range
+                } else {
+                    RoaringBitmap::from_sorted_iter(in_id_order.iter().copied())
+                        .expect("sorted slots")
+                };
+                let matched = self.eval(plan, &within);
+                page.extend(matched.iter().take(wanted).map(|slot| (slot, Vec::new())));
+            } else {
+                // (slot, place in the id order), by slot: the matches (by slot) are
+                // joined to their places in one pass, then put back in id order.
+                let mut by_slot: Vec<(u32, u32)> = in_id_order
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(&s, i)| (s, i))
+                    .collect();
+                by_slot.sort_unstable();
+                let within = RoaringBitmap::from_sorted_iter(by_slot.iter().map(|&(s, _)| s))
+                    .expect("sorted slots");
+                let matched = self.eval(plan, &within);
+                let mut places = Vec::with_capacity(matched.len() as usize);
+                let mut rest = by_slot.iter();
+                for slot in &matched {
+                    if let Some(&(_, place)) = rest.by_ref().find(|(s, _)| *s == slot) {
+                        places.push(place);
+                    }
+                }
+                places.sort_unstable();
+                page.extend(
+                    places
+                        .iter()
+                        .take(wanted)
+                        .map(|&place| (in_id_order[place as usize], Vec::new())),
+                );
+            }
+            if page.len() == limit {
+                return Some(page);
+            }
+            chunk = chunk.saturating_mul(2);
+        }
+    }
 
     fn key_values(
         &self,
@@ -681,7 +840,7 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
             let mut grouped = 0;
             for (value, slots) in s.values_in_range(*p, Bound::Unbounded, Bound::Unbounded) {
                 if only_counts {
-                    let n = slots.intersection_len(rows);
+                    let n = self.count_within(&slots, rows);
                     if n > 0 {
                         grouped += n;
                         let accs = columns.iter().map(|_| ColumnAcc::default()).collect();
@@ -749,7 +908,7 @@ impl<S: IndexedSource + ?Sized> Executor<'_, S> {
             .map(|(op, prop)| {
                 let mut acc = ColumnAcc::default();
                 let Some(Some(p)) = prop else { return acc };
-                acc.present = s.exists_bitmap(*p).intersection_len(group);
+                acc.present = self.count_within(&Slots::Borrowed(&s.exists_bitmap(*p)), group);
                 if *op != AggregateOperator::Count {
                     for (value, slots) in s.values_in_range(*p, Bound::Unbounded, Bound::Unbounded)
                     {

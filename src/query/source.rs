@@ -225,6 +225,12 @@ pub trait IndexedSource {
     fn slots_in_id_order<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = u32> + 'a> {
         Box::new(self.ids_in_order(after).map(|(_, slot)| slot))
     }
+    /// Appends up to `n` slots of [`slots_in_id_order`](Self::slots_in_id_order) to
+    /// `out`: what a first page in id order walks, a chunk at a time (a source may copy
+    /// them faster than it iterates).
+    fn fill_id_order(&self, after: Option<&str>, n: usize, out: &mut Vec<u32>) {
+        out.extend(self.slots_in_id_order(after).take(n));
+    }
     /// The whole document in `slot` (`None` if the slot is not live).
     fn document(&self, slot: u32) -> Option<Self::Document<'_>>;
     /// The document in `slot` reduced to its id and the given properties (`None` if the

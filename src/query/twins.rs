@@ -602,7 +602,13 @@ impl IndexedSource for Registry {
 
     fn slots_in_id_order<'a>(&'a self, after: Option<&str>) -> Box<dyn Iterator<Item = u32> + 'a> {
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        Box::new(self.device_ids(start).map(|(_, slot)| slot.0))
+        // Straight from the id order's entries: no slot entry is read per step.
+        Box::new(self.id_order.range(&self.slots, start))
+    }
+
+    fn fill_id_order(&self, after: Option<&str>, n: usize, out: &mut Vec<u32>) {
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.id_order.fill(&self.slots, start, n, out);
     }
 
     fn document(&self, slot: u32) -> Option<TwinRef<'_>> {

@@ -161,6 +161,28 @@ impl IdOrder {
         }
     }
 
+    /// Up to `n` live slots in id order from `start` on, appended to `out`: a batch of
+    /// [`range`](Self::range), copied straight from the order's entries when they are one
+    /// run with no removal pending (a loaded fleet), which is several times cheaper per
+    /// slot than the merge.
+    pub(crate) fn fill(
+        &self,
+        slots: &[Option<Entry>],
+        start: Bound<&str>,
+        n: usize,
+        out: &mut Vec<u32>,
+    ) {
+        if self.removed.is_empty()
+            && let Some(run) = self.runs.single_run()
+        {
+            let by = self.by(slots);
+            let from = run.partition_point(|k| before(by, start, *k));
+            out.extend(run[from..].iter().take(n).map(|k| k.id));
+            return;
+        }
+        out.extend(self.range(slots, start).take(n));
+    }
+
     /// Live slots in id order, from `start` on.
     pub(crate) fn range<'a>(
         &'a self,
@@ -168,19 +190,8 @@ impl IdOrder {
         start: Bound<&str>,
     ) -> impl Iterator<Item = u32> + 'a {
         let by = self.by(slots);
-        let before_start = |k: SortKey<u128>| match start {
-            Bound::Unbounded => false,
-            Bound::Included(s) | Bound::Excluded(s) => {
-                let o = k
-                    .prefix
-                    .cmp(&prefix(s))
-                    .then(k.more.cmp(&more(s)))
-                    .then_with(|| by.id(k.id).as_str().cmp(s));
-                o == Ordering::Less || (o == Ordering::Equal && matches!(start, Bound::Excluded(_)))
-            }
-        };
         self.runs
-            .range(before_start, |_| true, by)
+            .range(move |k| before(by, start, k), |_| true, by)
             // With no removal pending every ordered slot is live: skip touching entries.
             .filter(move |&s| self.removed.is_empty() || slots[s as usize].is_some())
     }
@@ -193,5 +204,20 @@ impl IdOrder {
     /// Every ordered slot, removed or not, in id order (for `validate`).
     pub(crate) fn all<'a>(&'a self, slots: &'a [Option<Entry>]) -> impl Iterator<Item = u32> + 'a {
         self.runs.range(|_| false, |_| true, self.by(slots))
+    }
+}
+
+/// Whether an entry of the order comes before `start`.
+fn before(by: ById<'_>, start: Bound<&str>, k: SortKey<u128>) -> bool {
+    match start {
+        Bound::Unbounded => false,
+        Bound::Included(s) | Bound::Excluded(s) => {
+            let o = k
+                .prefix
+                .cmp(&prefix(s))
+                .then(k.more.cmp(&more(s)))
+                .then_with(|| by.id(k.id).as_str().cmp(s));
+            o == Ordering::Less || (o == Ordering::Equal && matches!(start, Bound::Excluded(_)))
+        }
     }
 }

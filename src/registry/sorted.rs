@@ -67,6 +67,16 @@ impl<P: Ord + Copy> SortedRuns<P> {
         self.runs.iter().map(Vec::len).sum()
     }
 
+    /// The entries when they are one run (none counts as one, empty): a walk can then
+    /// read them as a slice instead of merging.
+    pub(crate) fn single_run(&self) -> Option<&[SortKey<P>]> {
+        match &self.runs[..] {
+            [] => Some(&[]),
+            [run] => Some(run),
+            _ => None,
+        }
+    }
+
     /// Adds one entry. Entries `by` no longer wants may be dropped by the merge this
     /// triggers; their ids are pushed to `dropped`.
     pub(crate) fn insert(&mut self, key: SortKey<P>, by: &impl RunOrder, dropped: &mut Vec<u32>) {
