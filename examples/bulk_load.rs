@@ -6,127 +6,21 @@
 //! ```text
 //! cargo run --release --example bulk_load                  # 100,000 devices
 //! cargo run --release --example bulk_load -- --devices 1000000
+//! cargo run --release --example bulk_load -- --file twins.ndjson   # an export on disk
 //! ```
+//!
+//! With `--file` the export is streamed (one line in memory at a time) and the report
+//! gives the load's time and the process's resident memory before, after and at peak
+//! (from `/proc/self/status`, so Linux only; elsewhere it reads 0).
 
-use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
-use std::borrow::Cow;
-use std::fmt;
-use std::marker::PhantomData;
 use std::time::Instant;
 use twinhub::query::{self, Filter, QueryExpression, QueryProperty};
-use twinhub::registry::{NewDevice, Registry};
-use twinhub::twin::{ConnectionState, DeviceStatus, Number, ScalarRef, Twin};
+use twinhub::registry::Registry;
+use twinhub::twin::{ConnectionState, Twin};
 use twinhub::{DeviceId, Timestamp};
 
-/// One NDJSON line, borrowed from the line's text where it can be.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Line<'a> {
-    #[serde(borrow)]
-    device_id: Cow<'a, str>,
-    #[serde(default)]
-    status: DeviceStatus,
-    #[serde(default)]
-    connection_state: ConnectionState,
-    #[serde(default)]
-    connection_state_updated_time: Option<Timestamp>,
-    #[serde(default)]
-    last_activity_time: Option<Timestamp>,
-    #[serde(default)]
-    is_managed: bool,
-    #[serde(borrow, default, deserialize_with = "pairs")]
-    device_properties: Vec<(Cow<'a, str>, Reported<'a>)>,
-    #[serde(borrow, default)]
-    service_properties: Service<'a>,
-}
-
-#[derive(Deserialize)]
-struct Reported<'a> {
-    #[serde(borrow)]
-    value: Raw<'a>,
-    #[serde(rename = "lastUpdatedTime")]
-    at: Timestamp,
-}
-
-#[derive(Deserialize, Default)]
-struct Service<'a> {
-    #[serde(borrow, default, deserialize_with = "pairs")]
-    properties: Vec<(Cow<'a, str>, Raw<'a>)>,
-    #[serde(borrow, default)]
-    tags: Vec<Cow<'a, str>>,
-}
-
-/// A JSON scalar, a string borrowed unless it has escapes.
-enum Raw<'a> {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Str(Cow<'a, str>),
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct RawVisitor<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for RawVisitor<'a> {
-            type Value = Raw<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a boolean, number or string")
-            }
-            fn visit_bool<E>(self, b: bool) -> Result<Raw<'a>, E> {
-                Ok(Raw::Bool(b))
-            }
-            fn visit_i64<E>(self, i: i64) -> Result<Raw<'a>, E> {
-                Ok(Raw::Int(i))
-            }
-            fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<Raw<'a>, E> {
-                Ok(i64::try_from(u).map_or(Raw::Float(u as f64), Raw::Int))
-            }
-            fn visit_f64<E>(self, f: f64) -> Result<Raw<'a>, E> {
-                Ok(Raw::Float(f))
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Raw<'a>, E> {
-                Ok(Raw::Str(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Raw<'a>, E> {
-                Ok(Raw::Str(Cow::Owned(s.to_string())))
-            }
-        }
-        d.deserialize_any(RawVisitor(PhantomData))
-    }
-}
-
-impl Raw<'_> {
-    fn as_scalar(&self) -> ScalarRef<'_> {
-        match self {
-            Raw::Bool(b) => ScalarRef::Bool(*b),
-            Raw::Int(i) => ScalarRef::from(*i),
-            Raw::Float(f) => ScalarRef::Number(Number::from_f64(*f).expect("JSON has no NaN")),
-            Raw::Str(s) => ScalarRef::String(s),
-        }
-    }
-}
-
-/// A JSON object as a list of its members, in order (no map built per line).
-fn pairs<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
-    d: D,
-) -> Result<Vec<(Cow<'de, str>, V)>, D::Error> {
-    struct Pairs<V>(PhantomData<V>);
-    impl<'de, V: Deserialize<'de>> Visitor<'de> for Pairs<V> {
-        type Value = Vec<(Cow<'de, str>, V)>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
-            while let Some((k, v)) = map.next_entry::<Cow<'de, str>, V>()? {
-                out.push((k, v));
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_map(Pairs(PhantomData))
-}
+#[path = "support/ndjson.rs"]
+mod ndjson;
 
 /// Twin `i` of a small seeded fleet (what an export would hold).
 fn twin(i: u64) -> Twin {
@@ -174,54 +68,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(i) => args.get(i + 1).ok_or("--devices needs a number")?.parse()?,
         None => 100_000,
     };
-
-    let t = Instant::now();
-    let mut ndjson = String::new();
-    for i in 0..devices {
-        ndjson.push_str(&serde_json::to_string(&twin(i))?);
-        ndjson.push('\n');
-    }
-    println!(
-        "export: {devices} twins, {:.1} MB of NDJSON, written in {:.2?}",
-        ndjson.len() as f64 / 1e6,
-        t.elapsed()
-    );
+    let file = match args.iter().position(|a| a == "--file") {
+        Some(i) => Some(args.get(i + 1).ok_or("--file needs a path")?.clone()),
+        None => None,
+    };
 
     let mut registry = Registry::new();
-    let t = Instant::now();
-    let mut bulk = registry.bulk_load();
-    for (n, text) in ndjson.lines().enumerate() {
-        let line: Line = serde_json::from_str(text).map_err(|e| format!("line {}: {e}", n + 1))?;
-        let device: Vec<_> = line
-            .device_properties
-            .iter()
-            .map(|(name, p)| (&**name, p.value.as_scalar(), p.at))
-            .collect();
-        let service: Vec<_> = line
-            .service_properties
-            .properties
-            .iter()
-            .map(|(name, v)| (&**name, v.as_scalar()))
-            .collect();
-        let tags: Vec<&str> = line.service_properties.tags.iter().map(|t| &**t).collect();
-        bulk.add(&NewDevice {
-            status: line.status,
-            connection_state: line.connection_state,
-            connection_state_updated_time: line.connection_state_updated_time,
-            last_activity_time: line.last_activity_time,
-            is_managed: line.is_managed,
-            device_properties: &device,
-            service_properties: &service,
-            tags: &tags,
-            ..NewDevice::new(&line.device_id)
-        })
-        .map_err(|e| format!("line {}: {e}", n + 1))?;
-    }
-    let loaded = bulk.finish();
-    let elapsed = t.elapsed();
+    let rss_before = resident_mib();
+    let (loaded, elapsed) = if let Some(path) = file {
+        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+        let t = Instant::now();
+        let loaded = ndjson::load(reader, &mut registry)?;
+        (loaded, t.elapsed())
+    } else {
+        let t = Instant::now();
+        let mut text = String::new();
+        for i in 0..devices {
+            text.push_str(&serde_json::to_string(&twin(i))?);
+            text.push('\n');
+        }
+        println!(
+            "export: {devices} twins, {:.1} MB of NDJSON, written in {:.2?}",
+            text.len() as f64 / 1e6,
+            t.elapsed()
+        );
+        let t = Instant::now();
+        let loaded = ndjson::load(text.as_bytes(), &mut registry)?;
+        (loaded, t.elapsed())
+    };
+    let (rss, peak) = (resident_mib(), peak_mib());
     println!(
         "parsed and loaded {loaded} devices in {elapsed:.2?} ({:.0} devices/s)",
         loaded as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "memory: {rss:.0} MiB resident after the load ({:.0} MiB more than before it, \
+         {:.0} bytes per twin), peak {peak:.0} MiB",
+        rss - rss_before,
+        (rss - rss_before) * 1048576.0 / loaded.max(1) as f64
     );
     let t = Instant::now();
     registry.validate()?;
@@ -250,4 +134,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed()
     );
     Ok(())
+}
+
+/// A line of `/proc/self/status` in MiB (0 where there is none).
+fn status_mib(key: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// The process's resident memory now, in MiB.
+fn resident_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// The process's peak resident memory, in MiB.
+fn peak_mib() -> f64 {
+    status_mib("VmHWM:")
 }
