@@ -343,6 +343,8 @@ impl HistorySnapshot {
 impl IndexedSource for HistorySnapshot {
     type Property = HistoryProperty;
     type Document<'a> = &'a JobRecord;
+    type Projection = Vec<QueryProperty>;
+    type Projected<'a> = serde_json::Value;
 
     fn universe(&self) -> &RoaringBitmap {
         &self.universe
@@ -428,7 +430,11 @@ impl IndexedSource for HistorySnapshot {
         self.record(slot)
     }
 
-    fn project(&self, slot: u32, properties: &[QueryProperty]) -> Option<serde_json::Value> {
+    fn projection(&self, properties: &[QueryProperty]) -> Vec<QueryProperty> {
+        properties.to_vec()
+    }
+
+    fn project(&self, slot: u32, properties: &Vec<QueryProperty>) -> Option<serde_json::Value> {
         let r = self.record(slot)?;
         let mut out = serde_json::Map::new();
         out.insert("jobId".into(), r.job_id.clone().into());

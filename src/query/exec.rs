@@ -48,7 +48,7 @@ pub fn execute<'s, S: IndexedSource + ?Sized>(
     source: &'s S,
     expr: &QueryExpression,
     options: &QueryOptions,
-) -> Result<QueryResult<S::Document<'s>>, QueryError> {
+) -> Result<QueryResult<S::Document<'s>, S::Projected<'s>>, QueryError> {
     let (fp, cursor) = check(expr, options)?;
     let exec = Executor {
         source,
@@ -87,7 +87,7 @@ fn finish_page<'s, S: IndexedSource + ?Sized>(
     fp: u64,
     mut page: Vec<Entry>,
     page_size: usize,
-) -> QueryResult<S::Document<'s>> {
+) -> QueryResult<S::Document<'s>, S::Projected<'s>> {
     let continuation = if page.len() > page_size {
         page.truncate(page_size);
         page.last().map(|(slot, keys)| {
@@ -101,13 +101,15 @@ fn finish_page<'s, S: IndexedSource + ?Sized>(
     } else {
         None
     };
+    let projection = match &expr.project {
+        Some(p) if !p.all => Some(source.projection(&p.properties)),
+        _ => None,
+    };
     let result = page
         .into_iter()
-        .filter_map(|(slot, _)| match &expr.project {
-            Some(p) if !p.all => source
-                .project(slot, &p.properties)
-                .map(ResultItem::Projected),
-            _ => source.document(slot).map(ResultItem::Document),
+        .filter_map(|(slot, _)| match &projection {
+            Some(p) => source.project(slot, p).map(ResultItem::Projected),
+            None => source.document(slot).map(ResultItem::Document),
         })
         .collect();
     QueryResult {
@@ -949,7 +951,7 @@ pub struct TagQuery {
 pub fn tag_query<'s, S: IndexedSource + ?Sized>(
     source: &'s S,
     query: &TagQuery,
-) -> Result<QueryResult<S::Document<'s>>, QueryError> {
+) -> Result<QueryResult<S::Document<'s>, S::Projected<'s>>, QueryError> {
     if query.tags.is_empty() || query.top == 0 || query.top > MAX_PAGE_SIZE {
         return Err(QueryError::BadTagQuery);
     }
@@ -963,7 +965,7 @@ pub fn execute_text<'s, S: IndexedSource + ?Sized>(
     source: &'s S,
     text: &str,
     options: &QueryOptions,
-) -> Result<QueryResult<S::Document<'s>>, QueryError> {
+) -> Result<QueryResult<S::Document<'s>, S::Projected<'s>>, QueryError> {
     let expr = super::parse(text)?;
     execute(source, &expr, options)
 }

@@ -152,4 +152,4 @@ pub use result::{
     QueryResult, ResultItem, Strategy,
 };
 pub use source::{IndexedSource, Slots, ValueWalk};
-pub use twins::{TwinField, TwinProperty, project_twin};
+pub use twins::{TwinField, TwinProjection, TwinProjectionPlan, TwinProperty, project_twin};

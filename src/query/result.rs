@@ -76,14 +76,16 @@ impl QueryOptions {
     }
 }
 
-/// One entry of `Result`: a whole document, or a projection of it.
+/// One entry of `Result`: a whole document, or a projection of it. The indexed executor
+/// returns both as borrowed views of the source (`D` and `P` serialise straight from
+/// it); [`QueryResult::map_documents`] turns a page into owned values.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
-pub enum ResultItem<D> {
+pub enum ResultItem<D, P = serde_json::Value> {
     /// The whole document (no projection, or `project.all`).
     Document(D),
     /// The id and the projected properties.
-    Projected(serde_json::Value),
+    Projected(P),
 }
 
 /// One row of `AggregateResult`: the key properties by name, then the columns by name
@@ -105,10 +107,10 @@ impl Serialize for AggregateRow {
 /// A page of results in the preview's envelope:
 /// `{"Result": [...], "AggregateResult": [...], "ContinuationToken": "..."}`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct QueryResult<D> {
+pub struct QueryResult<D, P = serde_json::Value> {
     /// Matching documents (empty for aggregate queries).
     #[serde(rename = "Result")]
-    pub result: Vec<ResultItem<D>>,
+    pub result: Vec<ResultItem<D, P>>,
     /// Aggregate rows (empty unless the query aggregates).
     #[serde(rename = "AggregateResult")]
     pub aggregate_result: Vec<AggregateRow>,
@@ -117,9 +119,10 @@ pub struct QueryResult<D> {
     pub continuation: Option<String>,
 }
 
-impl<D> QueryResult<D> {
+impl<D, P: Serialize> QueryResult<D, P> {
     /// The same page with every whole document converted by `f` (e.g. borrowed twin
-    /// views to owned twins, to keep them after the registry's lock is released).
+    /// views to owned twins) and every projection written out as JSON: owned, to keep
+    /// after the registry's lock is released.
     pub fn map_documents<E>(self, mut f: impl FnMut(D) -> E) -> QueryResult<E> {
         QueryResult {
             result: self
@@ -127,7 +130,9 @@ impl<D> QueryResult<D> {
                 .into_iter()
                 .map(|item| match item {
                     ResultItem::Document(d) => ResultItem::Document(f(d)),
-                    ResultItem::Projected(v) => ResultItem::Projected(v),
+                    ResultItem::Projected(p) => ResultItem::Projected(
+                        serde_json::to_value(&p).unwrap_or(serde_json::Value::Null),
+                    ),
                 })
                 .collect(),
             aggregate_result: self.aggregate_result,

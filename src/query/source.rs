@@ -139,7 +139,7 @@ pub type ValueWalk<'a> = Box<dyn DoubleEndedIterator<Item = (Cow<'a, Scalar>, Sl
 ///   ([`value_of`](Self::value_of)). A source may answer any of these by scanning, but the
 ///   answers must agree with each other and with `value_of`.
 /// - **Output**: the whole document ([`document`](Self::document)) and a projection of it
-///   ([`project`](Self::project)) as JSON.
+///   ([`project`](Self::project)), each anything that serialises to the document's JSON.
 ///
 /// Consistency: the executor borrows the source for a whole query, so a source behind a
 /// lock (like [`SharedRegistry`](crate::registry::SharedRegistry)) answers each query from
@@ -150,6 +150,13 @@ pub trait IndexedSource {
     /// A whole document as results carry it: ideally a borrowed view, so returning a
     /// page copies nothing.
     type Document<'a>: serde::Serialize
+    where
+        Self: 'a;
+
+    /// A projection resolved for a page ([`projection`](Self::projection)).
+    type Projection;
+    /// A projected document as results carry it.
+    type Projected<'a>: serde::Serialize
     where
         Self: 'a;
 
@@ -233,9 +240,16 @@ pub trait IndexedSource {
     }
     /// The whole document in `slot` (`None` if the slot is not live).
     fn document(&self, slot: u32) -> Option<Self::Document<'_>>;
-    /// The document in `slot` reduced to its id and the given properties (`None` if the
-    /// slot is not live).
-    fn project(&self, slot: u32, properties: &[QueryProperty]) -> Option<serde_json::Value>;
+    /// The document in `slot` reduced to its id and the projection's properties (`None`
+    /// if the slot is not live): ideally a view that serialises straight from the
+    /// source, so a narrow projection costs less than the whole document.
+    fn project<'a>(
+        &'a self,
+        slot: u32,
+        projection: &Self::Projection,
+    ) -> Option<Self::Projected<'a>>;
+    /// The projected properties resolved once for a whole page (what every row shares).
+    fn projection(&self, properties: &[QueryProperty]) -> Self::Projection;
 }
 
 /// A query literal as a twin scalar.

@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
@@ -262,86 +263,216 @@ pub fn project_twin(t: &Twin, properties: &[QueryProperty]) -> serde_json::Value
     serde_json::Value::Object(out)
 }
 
-/// [`project_twin`] read straight from a registry view: only the projected parts are
-/// built (no owned twin, no JSON of the whole twin). The indexed executor's projected
-/// rows; the query tests check it against `project_twin` on the same twins.
-pub(crate) fn project_view(t: &TwinRef<'_>, properties: &[QueryProperty]) -> serde_json::Value {
-    use serde_json::Value as J;
-    fn json<T: serde::Serialize + ?Sized>(v: &T) -> J {
-        serde_json::to_value(v).unwrap_or(J::Null)
-    }
-    let mut out = serde_json::Map::new();
-    out.insert(
-        "deviceId".into(),
-        J::String(t.device_id().as_str().to_owned()),
-    );
-    let mut service: Option<BTreeMap<String, ServiceValue>> = None;
-    for p in properties {
-        if p.is_tags() {
-            let mut tags: Vec<&str> = t.tags().collect();
-            tags.sort_unstable();
-            let tags = J::Array(tags.into_iter().map(|s| J::String(s.to_owned())).collect());
-            service_section(&mut out).insert("tags".into(), tags);
-            continue;
+/// A projection resolved once for a page of twins: the keys each row writes, in the
+/// order they sort (the order [`project_twin`]'s JSON object has), each device and
+/// service property once.
+#[derive(Debug)]
+pub struct TwinProjectionPlan {
+    top: Vec<Top>,
+    device: Vec<String>,
+    service: Vec<String>,
+    tags: bool,
+}
+
+#[derive(Debug)]
+enum Top {
+    Field(String, TwinField),
+    DeviceProperties,
+    ServiceProperties,
+}
+
+impl Top {
+    fn key(&self) -> &str {
+        match self {
+            Top::Field(name, _) => name,
+            Top::DeviceProperties => "deviceProperties",
+            Top::ServiceProperties => "serviceProperties",
         }
-        match twin_path(p) {
-            Some(TwinPath::Field(f)) => {
-                let v = match f {
-                    TwinField::DeviceId => Some(json(t.device_id())),
-                    TwinField::Status => Some(json(&t.status())),
-                    TwinField::ConnectionState => Some(json(&t.connection_state())),
-                    TwinField::IsManaged => Some(J::Bool(t.is_managed())),
-                    TwinField::StatusReason => t.status_reason().map(json),
-                    TwinField::StatusUpdatedTime => t.status_updated_time().map(|v| json(&v)),
+    }
+}
+
+impl TwinProjectionPlan {
+    /// Resolves the properties (unknown ones project nothing).
+    pub fn new(properties: &[QueryProperty]) -> Self {
+        let mut fields = BTreeMap::from([("deviceId".to_owned(), TwinField::DeviceId)]);
+        let mut device = std::collections::BTreeSet::new();
+        let mut service = std::collections::BTreeSet::new();
+        let mut tags = false;
+        for p in properties {
+            if p.is_tags() {
+                tags = true;
+                continue;
+            }
+            match twin_path(p) {
+                Some(TwinPath::Field(f)) => {
+                    fields.insert(p.name.clone(), f);
+                }
+                Some(TwinPath::Device(name)) => {
+                    device.insert(name);
+                }
+                Some(TwinPath::Service(name)) => {
+                    service.insert(name);
+                }
+                None => {}
+            }
+        }
+        let mut top: Vec<Top> = fields
+            .into_iter()
+            .map(|(name, f)| Top::Field(name, f))
+            .collect();
+        if !device.is_empty() {
+            top.push(Top::DeviceProperties);
+        }
+        if tags || !service.is_empty() {
+            top.push(Top::ServiceProperties);
+        }
+        top.sort_by(|a, b| a.key().cmp(b.key()));
+        TwinProjectionPlan {
+            top,
+            device: device.into_iter().collect(),
+            service: service.into_iter().collect(),
+            tags,
+        }
+    }
+}
+
+/// One twin's projection, read from the registry's view as it is written out: no owned
+/// twin and no `serde_json::Value` is built (the projected service properties of a row
+/// are looked up in one owned map of its service properties). Serialises to the same
+/// JSON as [`project_twin`] on the same twin.
+#[derive(Clone, Debug)]
+pub struct TwinProjection<'a> {
+    twin: TwinRef<'a>,
+    plan: Arc<TwinProjectionPlan>,
+}
+
+impl TwinProjection<'_> {
+    /// The projected twin's id.
+    pub fn device_id(&self) -> &str {
+        self.twin.device_id().as_str()
+    }
+}
+
+impl serde::Serialize for TwinProjection<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let t = &self.twin;
+        let plan = &self.plan;
+        let mut map = s.serialize_map(None)?;
+        for top in &plan.top {
+            match top {
+                Top::Field(name, f) => match f {
+                    TwinField::DeviceId => map.serialize_entry(name, t.device_id())?,
+                    TwinField::Status => map.serialize_entry(name, &t.status())?,
+                    TwinField::ConnectionState => {
+                        map.serialize_entry(name, &t.connection_state())?
+                    }
+                    TwinField::IsManaged => map.serialize_entry(name, &t.is_managed())?,
+                    TwinField::StatusReason => {
+                        if let Some(v) = t.status_reason() {
+                            map.serialize_entry(name, v)?
+                        }
+                    }
+                    TwinField::StatusUpdatedTime => {
+                        if let Some(v) = t.status_updated_time() {
+                            map.serialize_entry(name, &v)?
+                        }
+                    }
                     TwinField::ConnectionStateUpdatedTime => {
-                        t.connection_state_updated_time().map(|v| json(&v))
+                        if let Some(v) = t.connection_state_updated_time() {
+                            map.serialize_entry(name, &v)?
+                        }
                     }
-                    TwinField::LastActivityTime => t.last_activity_time().map(|v| json(&v)),
-                    TwinField::Configuration => t.configuration().map(json),
-                    TwinField::GenerationId => Some(json(&t.generation_id())),
-                    TwinField::Etag => Some(json(&t.etag())),
-                };
-                if let Some(v) = v {
-                    out.insert(p.name.clone(), v);
-                }
-            }
-            Some(TwinPath::Device(name)) => {
-                if let Some((value, at)) = t.device_property(&name) {
-                    let v = json(&crate::twin::DeviceProperty {
-                        value: value.clone(),
-                        last_updated_time: at,
-                    });
-                    let section = out
-                        .entry("deviceProperties")
-                        .or_insert_with(|| J::Object(Default::default()));
-                    if let Some(m) = section.as_object_mut() {
-                        m.insert(name, v);
+                    TwinField::LastActivityTime => {
+                        if let Some(v) = t.last_activity_time() {
+                            map.serialize_entry(name, &v)?
+                        }
+                    }
+                    TwinField::Configuration => {
+                        if let Some(v) = t.configuration() {
+                            map.serialize_entry(name, v)?
+                        }
+                    }
+                    TwinField::GenerationId => map.serialize_entry(name, &t.generation_id())?,
+                    TwinField::Etag => map.serialize_entry(name, &t.etag())?,
+                },
+                Top::DeviceProperties => {
+                    let present: Vec<(&str, crate::twin::DeviceProperty)> = plan
+                        .device
+                        .iter()
+                        .filter_map(|name| {
+                            let (value, at) = t.device_property(name)?;
+                            Some((
+                                name.as_str(),
+                                crate::twin::DeviceProperty {
+                                    value: value.clone(),
+                                    last_updated_time: at,
+                                },
+                            ))
+                        })
+                        .collect();
+                    if !present.is_empty() {
+                        map.serialize_entry("deviceProperties", &Entries(&present))?;
                     }
                 }
-            }
-            Some(TwinPath::Service(name)) => {
-                let all = service.get_or_insert_with(|| t.service_properties());
-                let mut parts = name.split('.');
-                let mut node = all.get(parts.next().unwrap_or(""));
-                for part in parts {
-                    node = match node {
-                        Some(ServiceValue::Object(m)) => m.get(part),
-                        _ => None,
+                Top::ServiceProperties => {
+                    let all = if plan.service.is_empty() {
+                        BTreeMap::new()
+                    } else {
+                        t.service_properties()
                     };
-                }
-                if let Some(v) = node.map(json) {
-                    let section = service_section(&mut out)
-                        .entry("properties")
-                        .or_insert_with(|| J::Object(Default::default()));
-                    if let Some(m) = section.as_object_mut() {
-                        m.insert(name, v);
+                    let present: Vec<(&str, &ServiceValue)> = plan
+                        .service
+                        .iter()
+                        .filter_map(|name| {
+                            let mut parts = name.split('.');
+                            let mut node = all.get(parts.next().unwrap_or(""));
+                            for part in parts {
+                                node = match node {
+                                    Some(ServiceValue::Object(m)) => m.get(part),
+                                    _ => None,
+                                };
+                            }
+                            node.map(|v| (name.as_str(), v))
+                        })
+                        .collect();
+                    if plan.tags || !present.is_empty() {
+                        let mut tags: Vec<&str> = if plan.tags {
+                            t.tags().collect()
+                        } else {
+                            Vec::new()
+                        };
+                        tags.sort_unstable();
+                        map.serialize_entry(
+                            "serviceProperties",
+                            &ServiceSection {
+                                properties: (!present.is_empty()).then_some(Entries(&present)),
+                                tags: plan.tags.then_some(tags),
+                            },
+                        )?;
                     }
                 }
             }
-            None => {}
         }
+        map.end()
     }
-    J::Object(out)
+}
+
+/// A list of `(name, value)` written as a JSON object.
+struct Entries<'a, V>(&'a [(&'a str, V)]);
+
+impl<V: serde::Serialize> serde::Serialize for Entries<'_, V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ServiceSection<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    properties: Option<Entries<'a, &'a ServiceValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<Vec<&'a str>>,
 }
 
 fn service_section(
@@ -421,6 +552,8 @@ fn to_str_bound(b: Bound<&Scalar>, lower: bool) -> Option<Bound<&str>> {
 impl IndexedSource for Registry {
     type Property = TwinProperty;
     type Document<'a> = TwinRef<'a>;
+    type Projection = Arc<TwinProjectionPlan>;
+    type Projected<'a> = TwinProjection<'a>;
 
     fn universe(&self) -> &RoaringBitmap {
         Registry::universe(self)
@@ -615,8 +748,14 @@ impl IndexedSource for Registry {
         self.twin_at(Slot(slot))
     }
 
-    fn project(&self, slot: u32, properties: &[QueryProperty]) -> Option<serde_json::Value> {
-        self.twin_at(Slot(slot))
-            .map(|t| project_view(&t, properties))
+    fn projection(&self, properties: &[QueryProperty]) -> Arc<TwinProjectionPlan> {
+        Arc::new(TwinProjectionPlan::new(properties))
+    }
+
+    fn project(&self, slot: u32, plan: &Arc<TwinProjectionPlan>) -> Option<TwinProjection<'_>> {
+        self.twin_at(Slot(slot)).map(|twin| TwinProjection {
+            twin,
+            plan: Arc::clone(plan),
+        })
     }
 }
