@@ -256,6 +256,50 @@ pub fn twin(i: usize) -> Twin {
     t
 }
 
+/// Twin `i` of the second corpus shape, `timed`: the same devices, but every device
+/// property carries its own `lastUpdatedTime` (anywhere in the 30 days) and the values
+/// spread wider: `MemoryFree` any KB count, `CurrentTime` to the second over a year,
+/// `HardwareVersion` 1,000 values, `RegistrationLifetime` 60-86,400 s, the temperature
+/// with two decimals on every device, `floor` 0-999 and `customer` 100,000 values.
+/// `FirmwareVersion`, `BatteryLevel` and the tags keep their distributions, so the same
+/// queries select similar shares of the fleet.
+pub fn twin_timed(i: usize) -> Twin {
+    let mut t = twin(i);
+    let mut r = Rng(SEED.rotate_left(17) ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let total = t.device_properties["MemoryTotal"]
+        .value
+        .as_number()
+        .and_then(|n| n.as_i64())
+        .unwrap_or(1024) as u64;
+    let wider: [(&str, Scalar); 5] = [
+        ("MemoryFree", Scalar::from(r.below(total) as i64)),
+        (
+            "CurrentTime",
+            Scalar::from((EPOCH_MS / 1000 + r.below(365 * 86_400)) as i64),
+        ),
+        (
+            "HardwareVersion",
+            Scalar::from(format!("hw-{}", r.below(1000))),
+        ),
+        (
+            "RegistrationLifetime",
+            Scalar::from(60 + r.below(86_341) as i64),
+        ),
+        (
+            "/3303/0/5700",
+            Scalar::from((r.below(5001) as f64 - 1000.0) / 100.0),
+        ),
+    ];
+    for (name, value) in wider {
+        t = t.with_device_property(name, value, Timestamp::from_millis(EPOCH_MS));
+    }
+    for p in t.device_properties.values_mut() {
+        p.last_updated_time = Timestamp::from_millis(EPOCH_MS + r.below(30 * 86_400_000));
+    }
+    t.with_service_property("floor", r.below(1000) as i64)
+        .with_service_property("customer", format!("customer-{:05}", r.below(100_000)))
+}
+
 /// Twins `0..n`, generated lazily.
 pub fn twins(n: usize) -> impl Iterator<Item = Twin> {
     (0..n).map(twin)
