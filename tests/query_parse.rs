@@ -651,8 +651,8 @@ fn a_query_expression_round_trips_through_serde_inside_a_body() {
 }
 
 /// Issue #19: a filter built in Rust nested 100,000 deep (alternating `and`, `or` and
-/// `not`, which no flattening removes) is dropped, printed, compared and hashed within
-/// a 2 MiB thread stack, and evaluating it is a typed error; same-operator chains built
+/// `not`, which no flattening removes) is dropped, printed, compared, hashed, cloned
+/// and debug-printed within a 2 MiB thread stack, and evaluating it is a typed error; same-operator chains built
 /// in a loop stay flat.
 #[test]
 fn a_builder_made_filter_of_any_depth_does_not_overflow_the_stack() {
@@ -675,6 +675,11 @@ fn a_builder_made_filter_of_any_depth_does_not_overflow_the_stack() {
             };
             let (a, b) = (deep(100_000), deep(100_000));
             assert!(a == b);
+            let cloned = a.clone();
+            assert!(cloned == a);
+            let debug = format!("{cloned:?}");
+            assert!(debug.starts_with("Filter({") && debug.len() > 100_000 * 40);
+            drop(cloned);
             let c = deep(99_999);
             assert!(a != c);
             let hasher = RandomState::new();

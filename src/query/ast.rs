@@ -472,8 +472,8 @@ impl LogicalOperator {
 ///
 /// A filter tree built in Rust may nest deeper than the parser allows
 /// ([`MAX_QUERY_DEPTH`](crate::query::MAX_QUERY_DEPTH)): dropping, printing, comparing and
-/// hashing one walk it with an explicit stack, never with the call stack (`Clone` and
-/// `Debug` do recurse). Evaluating one deeper than the limits is a typed error
+/// hashing, cloning and debug-printing one walk it with an explicit stack, never with
+/// the call stack. Evaluating one deeper than the limits is a typed error
 /// ([`InvalidExpression::TooDeep`](crate::query::InvalidExpression::TooDeep)).
 #[derive(Clone, Debug)]
 pub struct Logical {
@@ -543,6 +543,44 @@ impl PartialEq for Filter {
 
 impl Eq for Filter {}
 
+impl Clone for Filter {
+    fn clone(&self) -> Filter {
+        // Post-order with an explicit stack: a node is built once its children are.
+        enum Step<'a> {
+            Visit(&'a Filter),
+            Build(&'a Logical),
+        }
+        let mut steps = vec![Step::Visit(self)];
+        let mut built: Vec<Filter> = Vec::new();
+        while let Some(step) = steps.pop() {
+            match step {
+                Step::Visit(Filter::Comparison(c)) => built.push(Filter::Comparison(c.clone())),
+                Step::Visit(Filter::Logical(l)) => {
+                    steps.push(Step::Build(l));
+                    steps.extend(l.filters.iter().rev().map(Step::Visit));
+                }
+                Step::Build(l) => {
+                    let filters = built.split_off(built.len() - l.filters.len());
+                    built.push(Filter::Logical(Logical {
+                        operator: l.operator,
+                        filters,
+                        origin: l.origin,
+                    }));
+                }
+            }
+        }
+        built.pop().expect("the root is built last")
+    }
+}
+
+/// The canonical JSON (the `Display` form, written without recursion), not the tree of
+/// Rust values a derived `Debug` would print (and recurse through).
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Filter({self})")
+    }
+}
+
 impl std::hash::Hash for Filter {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         // Pre-order with an explicit stack: equal trees feed the same sequence.
@@ -577,7 +615,6 @@ impl std::hash::Hash for Filter {
 ///     r#"{"type":"logical","logicalOperator":"and","filters":[{"type":"comparison","property":{"name":"tags","type":"default"},"comparisonOperator":"all","value":["building-7"]},{"type":"comparison","property":{"name":"BatteryLevel","type":"device"},"comparisonOperator":"lt","value":20}]}"#
 /// );
 /// ```
-#[derive(Clone, Debug)]
 pub enum Filter {
     /// A comparison.
     Comparison(Comparison),

@@ -11,10 +11,10 @@
 //! | `error.rs` | [`ParseError`] (`span` + [`ParseErrorKind`], rendered with a caret) |
 //! | `plan.rs` | lowering to [`Plan`] (interned properties) and normalisation: NOT pushed down, AND/OR flattened, ranges merged, contradictions to `Empty`, equalities in an OR to one IN |
 //! | `source.rs` | [`IndexedSource`]: what the executor needs from a document store |
-//! | `exec.rs` | the bitmap executor: AND children by cardinality over a shrinking universe, early exit, counts from intersection lengths, sort, paging, aggregates; [`execute`], [`count`], [`tag_query`] |
+//! | `exec.rs` | the bitmap executor: AND children by cardinality over a shrinking universe, early exit, counts from intersection lengths (over the whole fleet: one bitmap's length), id-ordered pages evaluated chunk by chunk along the id order, sort, paging, aggregates; [`execute`], [`count`], [`tag_query`] |
 //! | `aggregate.rs` | aggregate arithmetic shared with the naive evaluator |
 //! | `result.rs` | the envelope ([`QueryResult`]), [`QueryOptions`], continuation tokens, [`QueryError`] |
-//! | `twins.rs` | twins as a source: [`IndexedSource`] for the registry, the property vocabulary, projection |
+//! | `twins.rs` | twins as a source: [`IndexedSource`] for the registry, the property vocabulary, projections as views ([`TwinProjection`]) |
 //! | `naive.rs` | the naive evaluator over owned twins (hidden): the semantics, the test oracle and the bench baseline |
 //!
 //! Queries run against a borrowed registry, so under a
