@@ -88,7 +88,8 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 impl Timestamp {
     /// `YYYY-MM-DDTHH:MM:SS.fffZ` written digit by digit into a buffer, for years up to
     /// 9999 (`None` beyond). Serialising a page of twins writes two dozen timestamps a
-    /// twin; through `core::fmt` they took about a third of the page's time.
+    /// twin; through `core::fmt` they took about a third of the page's time (the
+    /// `first_100_views_to_json` bench: 1.76 ms -> 0.79-0.92 ms at 100k twins).
     fn rfc3339(self) -> Option<[u8; 24]> {
         let ms = self.0 % 1000;
         let secs = self.0 / 1000;
