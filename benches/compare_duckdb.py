@@ -75,6 +75,22 @@ def median_seconds(run, budget=2.0, max_runs=2000):
 
 # ---- the SQL engines (each run in its own process: --engine) --------------------------
 
+def measure(con, queries, load, fleet_mib):
+    """The counts (to check against ours), each query's median, and the import's figures."""
+    checks = {
+        "count_one_eq": con.execute(queries["count_one_eq"]).fetchone()[0],
+        "count_filter": con.execute(queries["count_filter"]).fetchone()[0],
+    }
+    result = {
+        name: median_seconds(lambda q=q: con.execute(q).fetchall())
+        for name, q in queries.items()
+    }
+    result.update(
+        load=load, fleet_mib=fleet_mib, peak_mib=status_mib("VmHWM:"), checks=checks
+    )
+    return result
+
+
 def duckdb_engine(path):
     import duckdb
 
@@ -107,19 +123,8 @@ def duckdb_engine(path):
         "group_count_firmware": "SELECT deviceProperties.FirmwareVersion.value, count(*) "
         "FROM twins GROUP BY 1",
     }
-    checks = {
-        "count_one_eq": con.execute(queries["count_one_eq"]).fetchone()[0],
-        "count_filter": con.execute(queries["count_filter"]).fetchone()[0],
-    }
-    result = {
-        name: median_seconds(lambda q=q: con.execute(q).fetchall())
-        for name, q in queries.items()
-    }
+    result = measure(con, queries, load, after - before)
     result.update(
-        load=load,
-        fleet_mib=after - before,
-        peak_mib=status_mib("VmHWM:"),
-        checks=checks,
         version=duckdb.__version__,
         threads=con.execute("SELECT current_setting('threads')").fetchone()[0],
     )
@@ -169,21 +174,8 @@ def sqlite_engine(path):
         f"WHERE {where} ORDER BY id LIMIT 100",
         "group_count_firmware": f"SELECT {fw}, count(*) FROM twins GROUP BY 1",
     }
-    checks = {
-        "count_one_eq": con.execute(queries["count_one_eq"]).fetchone()[0],
-        "count_filter": con.execute(queries["count_filter"]).fetchone()[0],
-    }
-    result = {
-        name: median_seconds(lambda q=q: con.execute(q).fetchall())
-        for name, q in queries.items()
-    }
-    result.update(
-        load=load,
-        fleet_mib=after - before,
-        peak_mib=status_mib("VmHWM:"),
-        checks=checks,
-        version=sqlite3.sqlite_version,
-    )
+    result = measure(con, queries, load, after - before)
+    result.update(version=sqlite3.sqlite_version)
     return result
 
 

@@ -26,17 +26,7 @@ use std::hint::black_box;
 use twinhub::query::{self, QueryExpression, QueryOptions};
 
 mod corpus;
-
-/// tag AND equality AND range: the issue's "indexed query with 2-3 predicates".
-pub const TAG_EQ_RANGE: &str = r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
-    {"type": "comparison", "comparisonOperator": "all",
-     "property": {"name": "tags", "type": "default"}, "value": ["batch-0"]},
-    {"type": "comparison", "comparisonOperator": "eq",
-     "property": {"name": "FirmwareVersion", "type": "device"}, "value": "4.4"},
-    {"type": "comparison", "comparisonOperator": "gte",
-     "property": {"name": "BatteryLevel", "type": "device"}, "value": 20},
-    {"type": "comparison", "comparisonOperator": "lt",
-     "property": {"name": "BatteryLevel", "type": "device"}, "value": 60}]}}"#;
+use corpus::TAG_EQ_RANGE;
 
 fn group_count(name: &str, kind: &str) -> QueryExpression {
     query::parse(&format!(

@@ -24,19 +24,7 @@ use twinhub::registry::Registry;
 use twinhub::twin::Twin;
 
 mod corpus;
-
-const TAG_EQ_RANGE: &str = r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
-    {"type": "comparison", "comparisonOperator": "all",
-     "property": {"name": "tags", "type": "default"}, "value": ["batch-0"]},
-    {"type": "comparison", "comparisonOperator": "eq",
-     "property": {"name": "FirmwareVersion", "type": "device"}, "value": "4.4"},
-    {"type": "comparison", "comparisonOperator": "gte",
-     "property": {"name": "BatteryLevel", "type": "device"}, "value": 20},
-    {"type": "comparison", "comparisonOperator": "lt",
-     "property": {"name": "BatteryLevel", "type": "device"}, "value": 60}]}}"#;
-
-const GROUP_BY_FIRMWARE: &str = r#"{"aggregate": {"keys": [{"name": "FirmwareVersion", "type": "device"}],
-    "properties": [{"operator": "count", "property": null, "columnName": "n"}]}}"#;
+use corpus::{GROUP_BY_FIRMWARE, TAG_EQ_RANGE};
 
 const SQL_WHERE: &str = "json_extract(doc, '$.deviceProperties.FirmwareVersion.value') = '4.4' \
     AND json_extract(doc, '$.deviceProperties.BatteryLevel.value') >= 20 \

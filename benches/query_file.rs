@@ -28,39 +28,15 @@ use twinhub::query::{self, Projection, QueryOptions, QueryProperty};
 use twinhub::registry::Registry;
 
 mod corpus;
+use corpus::{GROUP_BY_FIRMWARE, TAG_EQ_RANGE};
 #[path = "../examples/support/ndjson.rs"]
 mod ndjson;
 
 const ONE_EQ: &str = r#"{"filter": {"type": "comparison", "comparisonOperator": "eq",
     "property": {"name": "FirmwareVersion", "type": "device"}, "value": "4.4"}}"#;
 
-const TAG_EQ_RANGE: &str = r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
-    {"type": "comparison", "comparisonOperator": "all",
-     "property": {"name": "tags", "type": "default"}, "value": ["batch-0"]},
-    {"type": "comparison", "comparisonOperator": "eq",
-     "property": {"name": "FirmwareVersion", "type": "device"}, "value": "4.4"},
-    {"type": "comparison", "comparisonOperator": "gte",
-     "property": {"name": "BatteryLevel", "type": "device"}, "value": 20},
-    {"type": "comparison", "comparisonOperator": "lt",
-     "property": {"name": "BatteryLevel", "type": "device"}, "value": 60}]}}"#;
-
-const GROUP_BY_FIRMWARE: &str = r#"{"aggregate": {"keys": [{"name": "FirmwareVersion", "type": "device"}],
-    "properties": [{"operator": "count", "property": null, "columnName": "n"}]}}"#;
-
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_owned())
-}
-
-/// A line of `/proc/self/status` in MiB (0 where there is none).
-fn status_mib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Writes twins `0..n` of the shape as NDJSON.
@@ -106,14 +82,14 @@ fn load() -> Registry {
     }
     let bytes = std::fs::metadata(&path).expect("the corpus file").len();
     let mut registry = Registry::new();
-    let before = status_mib("VmRSS:");
+    let before = ndjson::status_mib("VmRSS:");
     let t = Instant::now();
     let file = std::fs::File::open(&path).expect("the corpus file opens");
     let loaded = ndjson::load(BufReader::with_capacity(1 << 20, file), &mut registry)
         .expect("the corpus file loads");
     let seconds = t.elapsed().as_secs_f64();
-    let after = status_mib("VmRSS:");
-    let peak = status_mib("VmHWM:");
+    let after = ndjson::status_mib("VmRSS:");
+    let peak = ndjson::status_mib("VmHWM:");
     eprintln!(
         "query_file: {shape}, {loaded} twins from {:.0} MB in {seconds:.2} s; resident \
          {after:.0} MiB ({:.0} MiB for the fleet, {:.0} bytes a twin), peak {peak:.0} MiB",

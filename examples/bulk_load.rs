@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let mut registry = Registry::new();
-    let rss_before = resident_mib();
+    let rss_before = ndjson::status_mib("VmRSS:");
     let (loaded, elapsed) = if let Some(path) = file {
         let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
         let t = Instant::now();
@@ -96,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let loaded = ndjson::load(text.as_bytes(), &mut registry)?;
         (loaded, t.elapsed())
     };
-    let (rss, peak) = (resident_mib(), peak_mib());
+    let (rss, peak) = (ndjson::status_mib("VmRSS:"), ndjson::status_mib("VmHWM:"));
     println!(
         "parsed and loaded {loaded} devices in {elapsed:.2?} ({:.0} devices/s)",
         loaded as f64 / elapsed.as_secs_f64()
@@ -134,26 +134,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed()
     );
     Ok(())
-}
-
-/// A line of `/proc/self/status` in MiB (0 where there is none).
-fn status_mib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// The process's resident memory now, in MiB.
-fn resident_mib() -> f64 {
-    status_mib("VmRSS:")
-}
-
-/// The process's peak resident memory, in MiB.
-fn peak_mib() -> f64 {
-    status_mib("VmHWM:")
 }

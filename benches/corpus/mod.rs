@@ -27,6 +27,22 @@ use twinhub::registry::{BulkLoad, NewDevice, Registry};
 use twinhub::twin::{ConnectionState, DeviceStatus, Scalar, ScalarRef, ServiceValue, Twin};
 use twinhub::{DeviceId, Timestamp};
 
+/// The benches' indexed query with 2-3 predicates: tag `batch-0` AND FirmwareVersion =
+/// "4.4" AND 20 <= BatteryLevel < 60 (7,000 of the 1M corpus twins).
+pub const TAG_EQ_RANGE: &str = r#"{"filter": {"type": "logical", "logicalOperator": "and", "filters": [
+    {"type": "comparison", "comparisonOperator": "all",
+     "property": {"name": "tags", "type": "default"}, "value": ["batch-0"]},
+    {"type": "comparison", "comparisonOperator": "eq",
+     "property": {"name": "FirmwareVersion", "type": "device"}, "value": "4.4"},
+    {"type": "comparison", "comparisonOperator": "gte",
+     "property": {"name": "BatteryLevel", "type": "device"}, "value": 20},
+    {"type": "comparison", "comparisonOperator": "lt",
+     "property": {"name": "BatteryLevel", "type": "device"}, "value": 60}]}}"#;
+
+/// A count per FirmwareVersion over the whole fleet.
+pub const GROUP_BY_FIRMWARE: &str = r#"{"aggregate": {"keys": [{"name": "FirmwareVersion", "type": "device"}],
+    "properties": [{"operator": "count", "property": null, "columnName": "n"}]}}"#;
+
 /// The corpus seed.
 pub const SEED: u64 = 0x7769_6e68_7562_2016;
 
