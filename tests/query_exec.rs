@@ -11,8 +11,8 @@ use proptest::prelude::*;
 use seed::SEED_FIRMWARE_QUERY;
 use twinhub::fuzzing::query::{ExpressionSource, Vocabulary};
 use twinhub::query::{
-    self, AggregateOperator, Aggregation, Filter, Plan, Projection, QueryError, QueryExpression,
-    QueryOptions, QueryProperty, ResultItem, SortKey, Strategy, TagQuery, naive,
+    self, AggregateOperator, Aggregation, Filter, Literal, Plan, Projection, QueryError,
+    QueryExpression, QueryOptions, QueryProperty, ResultItem, SortKey, Strategy, TagQuery, naive,
 };
 use twinhub::registry::{Registry, SharedRegistry};
 use twinhub::twin::{ConnectionState, DeviceStatus, Scalar, ServiceValue, Twin};
@@ -30,6 +30,7 @@ const VOCABULARY: Vocabulary = Vocabulary {
         "/3303/0/5700",
         "MemoryFree",
         "/3/0/9",
+        "/10/0/1",
     ],
     service: &["region", "level", "cfg", "cfg.mode", "missing"],
     fields: &[
@@ -59,7 +60,20 @@ const VOCABULARY: Vocabulary = Vocabulary {
         "enabled",
         "Connected",
     ],
-    numbers: &[0.0, 1.0, 2.0, 2.5, 50.0, 99.0, -1.0],
+    numbers: &[
+        Literal::Number(0.0),
+        Literal::Integer(1),
+        Literal::Number(2.0),
+        Literal::Number(2.5),
+        Literal::Integer(50),
+        Literal::Number(99.0),
+        Literal::Integer(-1),
+        // Exact integers an f64 cannot tell apart (`/10/0/1` holds them).
+        Literal::Integer(9_007_199_254_740_993),
+        Literal::Unsigned(9_223_372_036_854_775_809),
+        Literal::Number(9_223_372_036_854_775_808.0),
+        Literal::Unsigned(u64::MAX),
+    ],
     invalid: false,
 };
 
@@ -75,6 +89,22 @@ fn twin(n: u8, bytes: &[u8; 10]) -> Twin {
     }
     if !bytes[2].is_multiple_of(3) {
         t = t.with_device_property("BatteryLevel", (bytes[3] % 6) as i64 * 20, ts(2));
+    }
+    // Integers beside the floats nearest them, and floats written like integers.
+    let memory: Option<Scalar> = match (bytes[1] / 3) % 10 {
+        0 => Some(Scalar::from(9_007_199_254_740_992i64)),
+        1 => Some(Scalar::from(9_007_199_254_740_993i64)),
+        2 => Some(Scalar::from(9_007_199_254_740_992.0)),
+        3 => Some(Scalar::from(1u64 << 63)),
+        4 => Some(Scalar::from((1u64 << 63) + 1)),
+        5 => Some(Scalar::from(9_223_372_036_854_775_808.0)),
+        6 => Some(Scalar::from(u64::MAX)),
+        7 => Some(Scalar::from(2.0)),
+        8 => Some(Scalar::from(-1)),
+        _ => None,
+    };
+    if let Some(v) = memory {
+        t = t.with_device_property("/10/0/1", v, ts(2));
     }
     match bytes[4] % 4 {
         0 => {}
@@ -183,7 +213,10 @@ fn snapshot(reg: &Registry) -> Vec<Twin> {
     reg.iter().map(|t| t.to_twin()).collect()
 }
 
-/// Every page of `expr` from the executor under `strategy` equals the naive evaluator's.
+/// Every page of `expr` from the executor under `strategy` equals the naive evaluator's,
+/// each side following its own continuation tokens. The tokens themselves may differ in
+/// how a sort key is written (`1` or `1.0`: the index keeps one written form per value),
+/// never in what they resume.
 fn assert_same(
     reg: &Registry,
     twins: &[Twin],
@@ -191,20 +224,27 @@ fn assert_same(
     strategy: Strategy,
     page_size: usize,
 ) {
-    let mut token: Option<String> = None;
+    let (mut ours_token, mut theirs_token): (Option<String>, Option<String>) = (None, None);
     for _ in 0..100 {
-        let options = QueryOptions {
+        let options = |continuation: &Option<String>| QueryOptions {
             page_size,
-            continuation: token.clone(),
+            continuation: continuation.clone(),
             strategy,
         };
-        let ours = query::execute(reg, expr, &options)
+        let ours = query::execute(reg, expr, &options(&ours_token))
             .unwrap()
             .map_documents(|t| t.to_twin());
-        let theirs = naive::execute(twins, expr, &options).unwrap();
-        assert_eq!(ours, theirs, "strategy {strategy:?}, query {expr}");
-        token = ours.continuation;
-        if token.is_none() {
+        let theirs = naive::execute(twins, expr, &options(&theirs_token)).unwrap();
+        let context = format!("strategy {strategy:?}, query {expr}");
+        assert_eq!(ours.result, theirs.result, "{context}");
+        assert_eq!(ours.aggregate_result, theirs.aggregate_result, "{context}");
+        assert_eq!(
+            ours.continuation.is_some(),
+            theirs.continuation.is_some(),
+            "{context}"
+        );
+        (ours_token, theirs_token) = (ours.continuation, theirs.continuation);
+        if ours_token.is_none() {
             return;
         }
     }
@@ -712,10 +752,21 @@ fn aggregate_sums_are_exact_or_a_typed_error() {
         run(&[Scalar::from(big + 1), Scalar::from(big)]).unwrap()[0]["sum"],
         serde_json::json!(2 * big + 1)
     );
-    // Beyond i64: the nearest float, not a wrap.
+    // Beyond i64 and up to u64::MAX: still exact.
     let v = run(&[Scalar::from(i64::MAX), Scalar::from(i64::MAX)]).unwrap();
-    assert_eq!(v[0]["sum"].as_f64(), Some(2.0 * i64::MAX as f64));
+    assert_eq!(v[0]["sum"].as_u64(), Some(2 * i64::MAX as u64));
     assert_eq!(v[0]["avg"].as_f64(), Some(i64::MAX as f64));
+    let v = run(&[
+        Scalar::from(u64::MAX - 1),
+        Scalar::from(1),
+        Scalar::from(-5),
+    ])
+    .unwrap();
+    assert_eq!(v[0]["sum"].as_u64(), Some(u64::MAX - 5));
+    // Beyond u64: the nearest float, not a wrap.
+    let v = run(&[Scalar::from(u64::MAX), Scalar::from(u64::MAX)]).unwrap();
+    assert_eq!(v[0]["sum"].as_f64(), Some(2.0 * u64::MAX as f64));
+    assert_eq!(v[0]["avg"].as_f64(), Some(u64::MAX as f64));
     let floats = [
         Scalar::float(1e308).unwrap(),
         Scalar::float(1.5e308).unwrap(),
@@ -760,11 +811,14 @@ fn aggregate_names_that_would_collide_are_refused() {
 fn integer_literals_are_exact_and_non_finite_floats_are_refused() {
     let mut reg = Registry::new();
     for (id, v) in [
-        ("a", 9_007_199_254_740_992i64),
-        ("b", 9_007_199_254_740_993),
+        ("a", Scalar::from(9_007_199_254_740_992i64)),
+        ("b", Scalar::from(9_007_199_254_740_993i64)),
+        ("c", Scalar::from(1u64 << 63)),
+        ("d", Scalar::from((1u64 << 63) + 1)),
+        ("e", Scalar::from(u64::MAX)),
     ] {
         reg.create(Twin::new(DeviceId::new(id).unwrap())).unwrap();
-        reg.report_device_property(id, "/3303/0/5700", Scalar::from(v), Timestamp::EPOCH)
+        reg.report_device_property(id, "/3303/0/5700", v, Timestamp::EPOCH)
             .unwrap();
     }
     let twins: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
@@ -790,10 +844,28 @@ fn integer_literals_are_exact_and_non_finite_floats_are_refused() {
     assert_eq!(ids(&built), ["b"]);
     let gt = QueryExpression::new()
         .filter(QueryProperty::device("/3303/0/5700").gt(9_007_199_254_740_992i64));
-    assert_eq!(ids(&gt), ["b"]);
+    assert_eq!(ids(&gt), ["b", "c", "d", "e"]);
+    // Above i64::MAX, up to u64::MAX: exact too (each used to round to 2^63 or 2^64).
+    let text = r#"{"filter": {"type": "comparison", "comparisonOperator": "eq",
+        "property": {"name": "/3303/0/5700", "type": "device"}, "value": 9223372036854775809}}"#;
+    assert_eq!(ids(&query::parse(text).unwrap()), ["d"]);
+    let unsigned =
+        QueryExpression::new().filter(QueryProperty::device("/3303/0/5700").gt(1u64 << 63));
+    assert_eq!(ids(&unsigned), ["d", "e"]);
+    let float = QueryExpression::new()
+        .filter(QueryProperty::device("/3303/0/5700").eq(9_223_372_036_854_775_808.0));
+    assert_eq!(ids(&float), ["c"]);
+    let max = QueryExpression::new().filter(QueryProperty::device("/3303/0/5700").eq(u64::MAX));
+    assert_eq!(ids(&max), ["e"]);
+    // Beyond u64::MAX an integer literal is the nearest float (2^64: above every twin).
+    let text = r#"{"filter": {"type": "comparison", "comparisonOperator": "lt",
+        "property": {"name": "/3303/0/5700", "type": "device"}, "value": 18446744073709551616}}"#;
+    assert_eq!(ids(&query::parse(text).unwrap()), ["a", "b", "c", "d", "e"]);
     // Printing and parsing give back the same literal, integer or float.
     for expr in [
         built,
+        unsigned,
+        max,
         QueryExpression::new().filter(QueryProperty::device("x").eq(1.0)),
     ] {
         assert_eq!(query::parse(&expr.to_string()).unwrap(), expr);

@@ -64,8 +64,8 @@ pub struct Vocabulary {
     pub custom: &'static [&'static str],
     /// String values and tags.
     pub strings: &'static [&'static str],
-    /// Number values.
-    pub numbers: &'static [f64],
+    /// Number values (integers and floats: a literal keeps the variant given here).
+    pub numbers: &'static [Literal],
     /// Whether to also produce expressions that break the rules (for the parser's checks).
     pub invalid: bool,
 }
@@ -93,14 +93,15 @@ impl Vocabulary {
             "tags",
         ],
         numbers: &[
-            0.0,
-            -0.0,
-            1.0,
-            -1.5,
-            1e300,
-            2.5e-8,
-            9007199254740993.0,
-            100.0,
+            Literal::Number(0.0),
+            Literal::Number(-0.0),
+            Literal::Integer(1),
+            Literal::Number(-1.5),
+            Literal::Number(1e300),
+            Literal::Number(2.5e-8),
+            Literal::Integer(9007199254740993),
+            Literal::Unsigned(18446744073709551615),
+            Literal::Number(100.0),
         ],
         invalid: true,
     };
@@ -217,7 +218,10 @@ impl<'a> ExpressionSource<'a> {
     pub fn literal(&mut self) -> Literal {
         match self.below(5) {
             0 | 1 => Literal::String(self.pick(self.vocabulary.strings).to_owned()),
-            2 | 3 => Literal::Number(self.pick(self.vocabulary.numbers)),
+            2 | 3 => {
+                let numbers = self.vocabulary.numbers;
+                numbers[self.below(numbers.len())].clone()
+            }
             _ => Literal::Bool(self.byte() & 1 == 0),
         }
     }

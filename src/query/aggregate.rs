@@ -21,7 +21,7 @@ use indexmap::IndexMap;
 use super::ast::{AggregateOperator, Aggregation, PropertyType, SortKey, SortOrder};
 use super::exec::cmp_keys;
 use super::result::{AggregateRow, QueryError};
-use crate::twin::Scalar;
+use crate::twin::{Number, Scalar};
 
 /// A group's key values (or a sort key tuple), `None` where missing.
 pub(crate) type KeyTuple = Vec<Option<Scalar>>;
@@ -65,8 +65,7 @@ fn finish(
                 return Ok(None);
             }
             let exact: Option<i128> = numbers().try_fold(0i128, |sum, (x, c)| {
-                let x = x.is_integer().then(|| x.as_i64()).flatten()?;
-                sum.checked_add(x as i128 * c as i128)
+                sum.checked_add(x.integer()?.checked_mul(c.into())?)
             });
             if op == AggregateOperator::Avg {
                 let avg = match exact {
@@ -78,9 +77,9 @@ fn finish(
                 return Ok(Scalar::float(avg));
             }
             match exact {
-                Some(sum) => match i64::try_from(sum) {
-                    Ok(i) => Some(Scalar::from(i)),
-                    Err(_) => Scalar::float(sum as f64),
+                Some(sum) => match Number::from_i128(sum) {
+                    Some(n) => Some(Scalar::Number(n)),
+                    None => Scalar::float(sum as f64),
                 },
                 None => {
                     let sum: f64 = numbers().map(|(x, c)| x.as_f64() * c as f64).sum();

@@ -250,9 +250,10 @@ impl QueryProperty {
 
 /// A JSON scalar in a query: string, finite number or boolean.
 ///
-/// Integers that fit an `i64` are kept exactly ([`Literal::Integer`]: the parser reads
-/// `9007199254740993` as that integer, and `From<i64>` keeps it); other numbers are `f64`s
-/// ([`Literal::Number`]; a `u64` above `i64::MAX` rounds to one). JSON cannot write `NaN` or
+/// Integers are kept exactly: [`Literal::Integer`] when they fit an `i64` (the parser reads
+/// `9007199254740993` as that integer, and `From<i64>` keeps it), [`Literal::Unsigned`]
+/// above `i64::MAX` up to `u64::MAX`; other numbers are `f64`s ([`Literal::Number`]:
+/// fractions, exponents, and integers beyond the `u64` range). JSON cannot write `NaN` or
 /// infinities: [`Literal::number`] refuses them, and a literal made with `From<f64>` from
 /// one is refused when the expression is validated or run
 /// ([`InvalidExpression::NotFinite`](super::InvalidExpression::NotFinite)). Float literals
@@ -266,6 +267,9 @@ pub enum Literal {
     Number(f64),
     /// An integer, exact.
     Integer(i64),
+    /// An integer above `i64::MAX`, exact (the parser and `From<u64>` make one only
+    /// there; a smaller value matches what the equal [`Literal::Integer`] matches).
+    Unsigned(u64),
     /// A string.
     String(String),
 }
@@ -279,6 +283,7 @@ impl std::hash::Hash for Literal {
             // `-0.0 == 0.0`, so both hash as 0.0.
             Literal::Number(n) => (1u8, (n + 0.0).to_bits()).hash(state),
             Literal::Integer(i) => (3u8, i).hash(state),
+            Literal::Unsigned(u) => (4u8, u).hash(state),
             Literal::String(s) => (2u8, s).hash(state),
         }
     }
@@ -294,7 +299,7 @@ impl Literal {
     pub fn type_name(&self) -> &'static str {
         match self {
             Literal::Bool(_) => "boolean",
-            Literal::Number(_) | Literal::Integer(_) => "number",
+            Literal::Number(_) | Literal::Integer(_) | Literal::Unsigned(_) => "number",
             Literal::String(_) => "string",
         }
     }
@@ -330,9 +335,13 @@ impl From<f64> for Literal {
 macro_rules! literal_from_int {
     ($($t:ty),*) => {$(
         impl From<$t> for Literal {
-            /// Exact when it fits an `i64`; otherwise the nearest `f64`.
+            /// Exact: [`Literal::Integer`], or [`Literal::Unsigned`] above `i64::MAX`.
             fn from(n: $t) -> Self {
-                i64::try_from(n).map_or(Literal::Number(n as f64), Literal::Integer)
+                match i64::try_from(n) {
+                    Ok(i) => Literal::Integer(i),
+                    // Every integer type here fits a u64 when it does not fit an i64.
+                    Err(_) => Literal::Unsigned(n as u64),
+                }
             }
         }
     )*};
@@ -1024,6 +1033,7 @@ impl fmt::Display for Literal {
                 f.write_str(&s)
             }
             Literal::Integer(i) => write!(f, "{i}"),
+            Literal::Unsigned(u) => write!(f, "{u}"),
             Literal::String(s) => write_json_string(f, s),
         }
     }

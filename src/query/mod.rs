@@ -85,9 +85,11 @@
 //! Where the preview says nothing, these are the rules (each checked in
 //! `tests/query_exec.rs`, against the naive evaluator too):
 //!
-//! - **Numbers**: integer literals that fit an `i64` are exact; other numbers are `f64`.
-//!   An integer and a float of equal value are equal (`1 eq 1.0`). NaN and infinity are
-//!   refused ([`InvalidExpression::NotFinite`]).
+//! - **Numbers**: integers from `i64::MIN` to `u64::MAX` are exact, in literals and in
+//!   twins; other numbers are `f64`. An integer and a float of equal value are equal
+//!   (`1 eq 1.0`); an integer and a float compare exactly (`2^63 + 1 gt 2^63` holds even
+//!   against the float `9223372036854775808.0`). NaN and infinity are refused
+//!   ([`InvalidExpression::NotFinite`]).
 //! - **Types**: the scalar order is `false < true <` numbers `<` strings. Range comparisons
 //!   (`gt gte lt lte`) stay within the literal's type: a string or boolean is never `gt 0`.
 //! - **Missing values and `null`**: `eq null` matches twins lacking the property, `ne null`
@@ -98,7 +100,7 @@
 //!   engines put them first when ascending).
 //! - **Aggregates**: `count` without a property is the group's size, with one the number
 //!   of twins that have it; `sum` and `avg` take numbers only (an integer sum is exact,
-//!   beyond `i64` the nearest float; a float sum beyond `f64` is
+//!   beyond the `u64` range the nearest float; a float sum beyond `f64` is
 //!   [`QueryError::AggregateOverflow`]; over no numbers `null`); `min`/`max` use the scalar
 //!   order over every value. A column may not share a key's name, nor a key be given
 //!   twice.

@@ -303,11 +303,14 @@ impl<'s> Grammar<'s> {
             Err(_) => rest,
         };
         let text = &i[..i.len() - rest.len()];
-        // An integer that fits an i64 stays exact; anything else is an f64.
-        if !text.contains(['.', 'e', 'E'])
-            && let Ok(n) = text.parse::<i64>()
-        {
-            return Ok((rest, Literal::Integer(n)));
+        // An integer that fits an i64 or a u64 stays exact; anything else is an f64.
+        if !text.contains(['.', 'e', 'E']) {
+            if let Ok(n) = text.parse::<i64>() {
+                return Ok((rest, Literal::Integer(n)));
+            }
+            if let Ok(n) = text.parse::<u64>() {
+                return Ok((rest, Literal::Unsigned(n)));
+            }
         }
         match text.parse::<f64>() {
             Ok(n) if n.is_finite() => Ok((rest, Literal::Number(n))),

@@ -258,6 +258,7 @@ pub(crate) fn scalar(l: &Literal) -> Scalar {
         Literal::Bool(b) => Scalar::Bool(*b),
         Literal::Number(n) => Scalar::float(*n).unwrap_or(Scalar::from(0)),
         Literal::Integer(i) => Scalar::from(*i),
+        Literal::Unsigned(u) => Scalar::from(*u),
         Literal::String(s) => Scalar::from(s.as_str()),
     }
 }

@@ -259,6 +259,8 @@ enum StagedKind {
     Object,
     Bool,
     Int,
+    /// An integer above `i64::MAX`.
+    UInt,
     Float,
     Text,
     /// Loaded: the payload is the value id.
@@ -272,8 +274,9 @@ impl StagedValue {
         let (kind, payload) = match value {
             None => (StagedKind::Object, 0),
             Some(ScalarRef::Bool(b)) => (StagedKind::Bool, u64::from(b)),
-            Some(ScalarRef::Number(n)) => match n.as_i64() {
-                Some(i) if n.is_integer() => (StagedKind::Int, i as u64),
+            Some(ScalarRef::Number(n)) => match (n.is_integer(), n.as_i64(), n.as_u64()) {
+                (true, Some(i), _) => (StagedKind::Int, i as u64),
+                (true, None, Some(u)) => (StagedKind::UInt, u),
                 _ => (StagedKind::Float, n.as_f64().to_bits()),
             },
             Some(ScalarRef::String(s)) => {
@@ -295,6 +298,7 @@ impl StagedValue {
             StagedKind::Object | StagedKind::Loaded => return None,
             StagedKind::Bool => ScalarRef::Bool(p != 0),
             StagedKind::Int => ScalarRef::Number(Number::from(p as i64)),
+            StagedKind::UInt => ScalarRef::Number(Number::from(p)),
             StagedKind::Float => ScalarRef::Number(Number::from_f64(f64::from_bits(p))?),
             StagedKind::Text => ScalarRef::String(self.text(text)),
         })

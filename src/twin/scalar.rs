@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 /// A JSON number with a total order: integers and floats compare by their numeric value.
 ///
-/// Integers are kept exactly (`i64`); other numbers are finite `f64`s (JSON has no NaN or
-/// infinity, so neither does `Number`). `Number::from(1)` and `Number::from_f64(1.0)` are
-/// equal and hash alike, but each serialises as it was written (`1` and `1.0`). Integers
-/// above `i64::MAX` become floats (and may lose precision).
+/// Integers are kept exactly (every `i64` and every `u64`); other numbers are finite `f64`s
+/// (JSON has no NaN or infinity, so neither does `Number`). `Number::from(1)` and
+/// `Number::from_f64(1.0)` are equal and hash alike, but each serialises as it was written
+/// (`1` and `1.0`).
 ///
 /// ```
 /// use twinhub::twin::Number;
@@ -20,6 +20,8 @@ use std::sync::Arc;
 /// assert!(one < one_and_a_half);
 /// assert_eq!(one, Number::from_f64(1.0).unwrap());
 /// assert!(Number::from_f64(f64::NAN).is_none());
+/// // 2^63 + 1 is not 2^63 (an f64 cannot tell them apart).
+/// assert!(Number::from(9_223_372_036_854_775_809u64) > Number::from(1u64 << 63));
 /// ```
 #[derive(Clone, Copy)]
 pub struct Number(Repr);
@@ -27,8 +29,15 @@ pub struct Number(Repr);
 #[derive(Clone, Copy)]
 enum Repr {
     Int(i64),
+    /// An integer above `i64::MAX` (smaller ones are always `Int`: one value, one repr).
+    UInt(u64),
     Float(f64),
 }
+
+/// 2^63 as an `f64` (exact).
+const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+/// 2^64 as an `f64` (exact).
+const TWO_64: f64 = 18_446_744_073_709_551_616.0;
 
 impl Number {
     /// A float, or `None` when it is NaN or infinite.
@@ -40,7 +49,18 @@ impl Number {
     pub fn as_i64(&self) -> Option<i64> {
         match self.0 {
             Repr::Int(i) => Some(i),
+            Repr::UInt(_) => None,
             Repr::Float(f) => float_as_i64(f),
+        }
+    }
+
+    /// The value as a `u64` when it is a non-negative integer that fits (`2.0` counts as
+    /// one).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self.0 {
+            Repr::Int(i) => u64::try_from(i).ok(),
+            Repr::UInt(u) => Some(u),
+            Repr::Float(f) => float_as_u64(f),
         }
     }
 
@@ -48,32 +68,54 @@ impl Number {
     pub fn as_f64(&self) -> f64 {
         match self.0 {
             Repr::Int(i) => i as f64,
+            Repr::UInt(u) => u as f64,
             Repr::Float(f) => f,
         }
     }
 
     /// Whether the value was written as an integer (`1`, not `1.0`).
     pub fn is_integer(&self) -> bool {
-        matches!(self.0, Repr::Int(_))
+        !matches!(self.0, Repr::Float(_))
+    }
+
+    /// The exact value of a number written as an integer.
+    pub(crate) fn integer(&self) -> Option<i128> {
+        match self.0 {
+            Repr::Int(i) => Some(i.into()),
+            Repr::UInt(u) => Some(u.into()),
+            Repr::Float(_) => None,
+        }
+    }
+
+    /// The number written as an integer equal to `i`, if one is (`|i| < 2^64`).
+    pub(crate) fn from_i128(i: i128) -> Option<Number> {
+        match i64::try_from(i) {
+            Ok(i) => Some(Number(Repr::Int(i))),
+            Err(_) => u64::try_from(i).ok().map(Number::from),
+        }
     }
 }
 
 fn float_as_i64(f: f64) -> Option<i64> {
     // 2^63 is exactly representable; every float in [-2^63, 2^63) with no fraction fits.
-    (f.fract() == 0.0 && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f))
-        .then_some(f as i64)
+    (f.fract() == 0.0 && (-TWO_63..TWO_63).contains(&f)).then_some(f as i64)
 }
 
-/// Compares an integer with a finite float exactly (no rounding of the integer).
-fn cmp_int_float(i: i64, f: f64) -> Ordering {
-    if f >= 9_223_372_036_854_775_808.0 {
+fn float_as_u64(f: f64) -> Option<u64> {
+    (f.fract() == 0.0 && (0.0..TWO_64).contains(&f)).then_some(f as u64)
+}
+
+/// Compares an integer (`|i| <= 2^64`) with a finite float exactly (no rounding of the
+/// integer).
+fn cmp_int_float(i: i128, f: f64) -> Ordering {
+    if f >= TWO_64 * 2.0 {
         return Ordering::Less;
     }
-    if f < -9_223_372_036_854_775_808.0 {
+    if f < -TWO_64 * 2.0 {
         return Ordering::Greater;
     }
     let t = f.trunc();
-    match i.cmp(&(t as i64)) {
+    match i.cmp(&(t as i128)) {
         Ordering::Equal => 0.0f64.partial_cmp(&(f - t)).unwrap_or(Ordering::Equal),
         other => other,
     }
@@ -83,10 +125,14 @@ impl Ord for Number {
     fn cmp(&self, other: &Self) -> Ordering {
         match (self.0, other.0) {
             (Repr::Int(a), Repr::Int(b)) => a.cmp(&b),
-            (Repr::Int(a), Repr::Float(b)) => cmp_int_float(a, b),
-            (Repr::Float(a), Repr::Int(b)) => cmp_int_float(b, a).reverse(),
+            (Repr::UInt(a), Repr::UInt(b)) => a.cmp(&b),
+            // A `UInt` is above every `i64`.
+            (Repr::Int(_), Repr::UInt(_)) => Ordering::Less,
+            (Repr::UInt(_), Repr::Int(_)) => Ordering::Greater,
             // Both finite: partial_cmp is total here and makes -0.0 == 0.0.
             (Repr::Float(a), Repr::Float(b)) => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+            (_, Repr::Float(b)) => cmp_int_float(self.integer().unwrap_or_default(), b),
+            (Repr::Float(a), _) => cmp_int_float(other.integer().unwrap_or_default(), a).reverse(),
         }
     }
 }
@@ -110,9 +156,11 @@ impl Hash for Number {
         // Equal numbers hash alike: integral floats hash as the integer they equal.
         match self.0 {
             Repr::Int(i) => i.hash(state),
-            Repr::Float(f) => match float_as_i64(f) {
-                Some(i) => i.hash(state),
-                None => f.to_bits().hash(state),
+            Repr::UInt(u) => u.hash(state),
+            Repr::Float(f) => match (float_as_i64(f), float_as_u64(f)) {
+                (Some(i), _) => i.hash(state),
+                (None, Some(u)) => u.hash(state),
+                (None, None) => f.to_bits().hash(state),
             },
         }
     }
@@ -140,7 +188,7 @@ impl From<u64> for Number {
     fn from(u: u64) -> Self {
         match i64::try_from(u) {
             Ok(i) => Number(Repr::Int(i)),
-            Err(_) => Number(Repr::Float(u as f64)),
+            Err(_) => Number(Repr::UInt(u)),
         }
     }
 }
@@ -155,6 +203,7 @@ impl fmt::Display for Number {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Repr::Int(i) => write!(f, "{i}"),
+            Repr::UInt(u) => write!(f, "{u}"),
             // The same text serde_json writes.
             Repr::Float(x) => f.write_str(
                 &serde_json::Number::from_f64(x).map_or_else(|| x.to_string(), |n| n.to_string()),
@@ -167,6 +216,7 @@ impl serde::Serialize for Number {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             Repr::Int(i) => s.serialize_i64(i),
+            Repr::UInt(u) => s.serialize_u64(u),
             Repr::Float(f) => s.serialize_f64(f),
         }
     }
@@ -237,6 +287,7 @@ impl Scalar {
             Scalar::Bool(b) => serde_json::Value::Bool(*b),
             Scalar::Number(n) => match n.0 {
                 Repr::Int(i) => i.into(),
+                Repr::UInt(u) => u.into(),
                 Repr::Float(f) => serde_json::Number::from_f64(f)
                     .map_or(serde_json::Value::Null, serde_json::Value::Number),
             },
@@ -502,6 +553,34 @@ mod tests {
     }
 
     #[test]
+    fn integers_above_i64_stay_exact() {
+        let two_63 = Scalar::from(1u64 << 63);
+        let above = Scalar::from((1u64 << 63) + 1);
+        assert!(Scalar::from(i64::MAX) < two_63 && two_63 < above);
+        assert_eq!(two_63, Scalar::from(9_223_372_036_854_775_808.0));
+        assert_eq!(
+            hash_of(&two_63),
+            hash_of(&Scalar::from(9_223_372_036_854_775_808.0))
+        );
+        // The float nearest 2^63 + 1 is 2^63: below the integer, not equal to it.
+        assert!(above > Scalar::from((1u64 << 63) as f64 + 1.0));
+        assert!(Scalar::from(u64::MAX) < Scalar::from(18_446_744_073_709_551_616.0));
+        assert!(Scalar::from(u64::MAX) > Scalar::from(1.8e19));
+        assert_eq!(above.to_string(), "9223372036854775809");
+        assert_eq!(
+            serde_json::to_string(&above).unwrap(),
+            "9223372036854775809"
+        );
+        let back: Scalar = serde_json::from_str("9223372036854775809").unwrap();
+        assert_eq!(back, above);
+        assert_eq!(
+            above.as_number().and_then(|n| n.as_u64()),
+            Some((1 << 63) + 1)
+        );
+        assert_eq!(above.as_number().and_then(|n| n.as_i64()), None);
+    }
+
+    #[test]
     fn json_round_trip_keeps_integer_vs_float() {
         for text in ["1", "1.0", "-0.5", "true", "\"x\"", "18446744073709551615"] {
             let s: Scalar = serde_json::from_str(text).unwrap();
@@ -531,10 +610,24 @@ mod tests {
         }
 
         #[test]
+        fn big_integer_order_is_exact(a in any::<u64>(), b in any::<u64>(), f in 0f64..2e19) {
+            prop_assert_eq!(Number::from(a).cmp(&Number::from(b)), a.cmp(&b));
+            // Every float in this range with no fraction is an integer below 2^65.
+            let exact = if f.fract() == 0.0 {
+                (a as i128).cmp(&(f as i128))
+            } else {
+                (a as i128).cmp(&(f.trunc() as i128)).then(std::cmp::Ordering::Less)
+            };
+            prop_assert_eq!(Number::from(a).cmp(&Number::from_f64(f).unwrap()), exact);
+        }
+
+        #[test]
         fn order_is_transitive(mut v in proptest::collection::vec(
             prop_oneof![
                 any::<i64>().prop_map(Scalar::from),
+                any::<u64>().prop_map(Scalar::from),
                 (-1e20f64..1e20).prop_map(Scalar::from),
+                (0u64..4).prop_map(|d| Scalar::from(((1u64 << 63) + d) as f64)),
                 any::<bool>().prop_map(Scalar::from),
                 "[a-c]{0,3}".prop_map(Scalar::from),
             ], 0..30)) {
