@@ -76,7 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut registry = Registry::new();
     let rss_before = ndjson::status_mib("VmRSS:");
     let (loaded, elapsed) = if let Some(path) = file {
-        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+        let reader = std::fs::File::open(&path)?;
         let t = Instant::now();
         let loaded = ndjson::load(reader, &mut registry)?;
         (loaded, t.elapsed())

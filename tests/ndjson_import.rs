@@ -1,0 +1,170 @@
+//! The NDJSON import that the `bulk_load` example and the `query_file` bench share
+//! (`examples/support/ndjson.rs`): lines parsed on parser threads, in chunks, and added
+//! in input order. Checked against `Registry::load` of the same twins, across chunk
+//! boundaries of every size, and on bad input (the first bad line ends the load with its
+//! number, the lines before it stay loaded).
+
+#[path = "../examples/support/ndjson.rs"]
+#[allow(dead_code)]
+mod ndjson;
+
+use twinhub::registry::Registry;
+use twinhub::twin::{ConnectionState, DeviceStatus, Scalar, Twin};
+use twinhub::{DeviceId, Timestamp};
+
+/// Twins using everything a line can carry: escapes, big and float numbers, missing
+/// fields, tags.
+fn twins(n: usize) -> Vec<Twin> {
+    (0..n)
+        .map(|i| {
+            let at = Timestamp::from_millis(1_700_000_000_000 + i as u64 * 1_001);
+            let mut t = Twin::new(DeviceId::new(&format!("dev-{i:04}")).unwrap())
+                .with_device_property("FirmwareVersion", format!("1.{}", i % 3), at)
+                .with_device_property("/3303/0/5700", (i as f64) / 4.0, at)
+                .with_device_property("/10/0/1", (1u64 << 63) + i as u64, at)
+                .with_service_property("region", ["eu", "us", "quote\"d\\\u{e9}"][i % 3])
+                .with_service_property("level", i as i64 - 7);
+            if i % 4 == 0 {
+                t = t.with_device_property("/3442/0/1", "tab\there\n", at);
+            }
+            for tag in ["a", "b\"", "\u{1F600}"].iter().take(i % 4) {
+                t = t.with_tag(*tag);
+            }
+            if i % 5 == 1 {
+                t.status = DeviceStatus::Disabled;
+                t.status_reason = Some(format!("lost \"{i}\""));
+                t.status_updated_time = Some(at);
+            }
+            if i % 3 == 2 {
+                t.connection_state = ConnectionState::Connected;
+                t.connection_state_updated_time = Some(at);
+                t.last_activity_time = Some(at);
+                t.is_managed = true;
+            }
+            t
+        })
+        .collect()
+}
+
+/// The twins as NDJSON, with an empty line and a CRLF line end here and there.
+fn export(twins: &[Twin]) -> String {
+    let mut text = String::new();
+    for (i, t) in twins.iter().enumerate() {
+        text.push_str(&serde_json::to_string(t).unwrap());
+        text.push_str(if i % 7 == 3 { "\r\n" } else { "\n" });
+        if i % 11 == 5 {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn all(reg: &Registry) -> Vec<Twin> {
+    let mut v: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+    v.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    v
+}
+
+#[test]
+fn every_chunking_loads_what_registry_load_loads() {
+    let twins = twins(120);
+    let text = export(&twins);
+    let mut expected = Registry::new();
+    expected.load(twins.iter().cloned()).unwrap();
+    let expected = all(&expected);
+    for (parsers, chunk) in [(1, 1), (3, 1), (2, 7), (3, 200), (2, 4096), (1, 1 << 20)] {
+        let mut reg = Registry::new();
+        let loaded = ndjson::load_with(text.as_bytes(), &mut reg, parsers, chunk).unwrap();
+        assert_eq!(
+            loaded,
+            twins.len(),
+            "{parsers} parsers, {chunk}-byte chunks"
+        );
+        reg.validate().unwrap();
+        assert_eq!(
+            all(&reg),
+            expected,
+            "{parsers} parsers, {chunk}-byte chunks"
+        );
+    }
+    let back = Scalar::from((1u64 << 63) + 5);
+    let reg = {
+        let mut r = Registry::new();
+        ndjson::load(text.as_bytes(), &mut r).unwrap();
+        r
+    };
+    assert_eq!(
+        reg.get("dev-0005").unwrap().to_twin().device_properties["/10/0/1"].value,
+        back
+    );
+}
+
+/// Loads `text` with several chunkings; each must stop with the same error, having
+/// loaded the same devices.
+fn load_err(text: &[u8]) -> (String, Vec<String>) {
+    let mut seen: Option<(String, Vec<String>)> = None;
+    for (parsers, chunk) in [(1, 1 << 20), (2, 1), (3, 100), (2, 5000)] {
+        let mut reg = Registry::new();
+        let err = ndjson::load_with(text, &mut reg, parsers, chunk).unwrap_err();
+        let ids: Vec<String> = all(&reg).iter().map(|t| t.device_id.to_string()).collect();
+        match &seen {
+            None => seen = Some((err, ids)),
+            Some(first) => assert_eq!(first, &(err, ids), "{parsers} parsers, {chunk}-byte chunks"),
+        }
+    }
+    seen.unwrap()
+}
+
+#[test]
+fn the_first_bad_line_ends_the_load_with_its_number() {
+    let twins = twins(30);
+    let lines: Vec<String> = twins
+        .iter()
+        .map(|t| serde_json::to_string(t).unwrap())
+        .collect();
+    let with = |k: usize, bad: &[u8]| -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            if i == k {
+                out.extend_from_slice(bad);
+                out.push(b'\n');
+            }
+            out.extend_from_slice(l.as_bytes());
+            out.push(b'\n');
+        }
+        if k == lines.len() {
+            out.extend_from_slice(bad);
+        }
+        out
+    };
+    let loaded_before =
+        |k: usize| -> Vec<String> { (0..k).map(|i| format!("dev-{i:04}")).collect() };
+    // Not JSON; a value of the wrong type; not UTF-8; an id already loaded.
+    for (k, bad) in [
+        (0, b"{\"deviceId\": ".to_vec()),
+        (17, b"{\"deviceId\": 5}".to_vec()),
+        (9, b"{\"deviceId\": \"x\xff\"}".to_vec()),
+        (29, lines[3].clone().into_bytes()),
+    ] {
+        let (err, ids) = load_err(&with(k, &bad));
+        assert!(err.starts_with(&format!("line {}: ", k + 1)), "{err}");
+        assert_eq!(ids, loaded_before(k), "{err}");
+    }
+    // A line longer than the bound, last or not.
+    let long = format!(
+        "{{\"deviceId\": \"{}\"}}",
+        "x".repeat(ndjson::MAX_LINE_BYTES)
+    );
+    for k in [4, 30] {
+        let (err, ids) = load_err(&with(k, long.as_bytes()));
+        assert_eq!(
+            err,
+            format!(
+                "line {}: longer than {} bytes",
+                k + 1,
+                ndjson::MAX_LINE_BYTES
+            )
+        );
+        assert_eq!(ids, loaded_before(k));
+    }
+}
