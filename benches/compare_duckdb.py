@@ -10,7 +10,7 @@ one report time; ``timed``: every property with its own ``lastUpdatedTime`` and 
 distinct values) it
 
 1. runs ``cargo bench --bench query_file`` (which writes the export from the corpus when
-   it is missing, loads it line by line through borrowed rows, and measures the queries
+   it is missing, parses it on every core into borrowed rows, and measures the queries
    with criterion), then reads criterion's medians;
 2. in a fresh Python process, loads the same file into DuckDB (``read_json`` into a
    table, all cores) and times the same queries in SQL;

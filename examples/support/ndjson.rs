@@ -11,7 +11,9 @@
 //! bounded by a few chunks per core whatever the input's size.
 
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use std::borrow::Cow;
 use std::fmt;
 use std::io::Read;
@@ -220,19 +222,14 @@ impl Block {
                 block.error = Some((at, format!("longer than {MAX_LINE_BYTES} bytes")));
                 break;
             }
-            match serde_json::from_str::<Line>(line) {
-                Ok(parsed) => {
-                    let mut spans = Spans {
-                        base,
-                        len: text.len(),
-                        extra: &mut extra,
-                    };
-                    block.push(at, &parsed, &mut spans);
-                }
-                Err(e) => {
-                    block.error = Some((at, e.to_string()));
-                    break;
-                }
+            let mut spans = Spans {
+                base,
+                len: text.len(),
+                extra: &mut extra,
+            };
+            if let Err(e) = block.push(at, line, &mut spans) {
+                block.error = Some((at, e.to_string()));
+                break;
             }
         }
         block.lines = match (&block.error, chunk.error) {
@@ -248,36 +245,24 @@ impl Block {
         block
     }
 
-    /// Appends a parsed line's row and members.
-    fn push(&mut self, line: u64, parsed: &Line<'_>, spans: &mut Spans<'_>) {
-        let device_start = self.device.len() as u32;
-        for (name, p) in &parsed.device_properties {
-            let entry = (spans.span(name), spans.value(&p.value), p.at);
-            self.device.push(entry);
+    /// Parses a line straight into the block's tables (nothing allocated per line); on
+    /// an error the tables are as they were.
+    fn push(&mut self, line: u64, text: &str, spans: &mut Spans<'_>) -> serde_json::Result<()> {
+        let lens = (self.device.len(), self.service.len(), self.tags.len());
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed = LineSeed {
+            block: self,
+            spans,
+            line,
         }
-        let service_start = self.service.len() as u32;
-        for (name, v) in &parsed.service_properties.properties {
-            let entry = (spans.span(name), spans.value(v));
-            self.service.push(entry);
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if parsed.is_err() {
+            self.device.truncate(lens.0);
+            self.service.truncate(lens.1);
+            self.tags.truncate(lens.2);
         }
-        let tags_start = self.tags.len() as u32;
-        for tag in &parsed.service_properties.tags {
-            self.tags.push(spans.span(tag));
-        }
-        self.rows.push(Row {
-            line: line as u32,
-            device_id: spans.span(&parsed.device_id),
-            status: parsed.status,
-            status_reason: parsed.status_reason.as_ref().map(|r| spans.span(r)),
-            status_updated_time: parsed.status_updated_time,
-            connection_state: parsed.connection_state,
-            connection_state_updated_time: parsed.connection_state_updated_time,
-            last_activity_time: parsed.last_activity_time,
-            is_managed: parsed.is_managed,
-            device: device_start..self.device.len() as u32,
-            service: service_start..self.service.len() as u32,
-            tags: tags_start..self.tags.len() as u32,
-        });
+        parsed
     }
 
     fn str(&self, (start, len): Span) -> &str {
@@ -375,30 +360,173 @@ fn bytecount(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
-/// One NDJSON line, borrowed from the line's text where it can be.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Line<'a> {
-    #[serde(borrow)]
-    device_id: Text<'a>,
-    #[serde(default)]
-    status: DeviceStatus,
-    #[serde(borrow, default)]
-    status_reason: Option<Text<'a>>,
-    #[serde(default)]
-    status_updated_time: Option<Timestamp>,
-    #[serde(default)]
-    connection_state: ConnectionState,
-    #[serde(default)]
-    connection_state_updated_time: Option<Timestamp>,
-    #[serde(default)]
-    last_activity_time: Option<Timestamp>,
-    #[serde(default)]
-    is_managed: bool,
-    #[serde(borrow, default, deserialize_with = "pairs")]
-    device_properties: Vec<(Text<'a>, Reported<'a>)>,
-    #[serde(borrow, default)]
-    service_properties: Service<'a>,
+/// One NDJSON line (a twin in the preview's JSON shape), parsed into a [`Block`]: the
+/// row, its device properties, service properties and tags. Members this import does
+/// not take (etags, authentication, nested service objects...) are skipped.
+struct LineSeed<'b, 'e> {
+    block: &'b mut Block,
+    spans: &'b mut Spans<'e>,
+    line: u64,
+}
+
+impl<'de> DeserializeSeed<'de> for LineSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a twin")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let LineSeed { block, spans, line } = self;
+        let (device, service, tags) = (
+            block.device.len() as u32,
+            block.service.len() as u32,
+            block.tags.len() as u32,
+        );
+        let mut device_id = None;
+        let mut row = Row {
+            line: line as u32,
+            device_id: (0, 0),
+            status: DeviceStatus::default(),
+            status_reason: None,
+            status_updated_time: None,
+            connection_state: ConnectionState::default(),
+            connection_state_updated_time: None,
+            last_activity_time: None,
+            is_managed: false,
+            device: device..device,
+            service: service..service,
+            tags: tags..tags,
+        };
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key.0 {
+                "deviceId" => device_id = Some(spans.span(&map.next_value::<Text<'de>>()?)),
+                "status" => row.status = map.next_value()?,
+                "statusReason" => {
+                    row.status_reason = map
+                        .next_value::<Option<Text<'de>>>()?
+                        .map(|r| spans.span(&r))
+                }
+                "statusUpdatedTime" => row.status_updated_time = map.next_value()?,
+                "connectionState" => row.connection_state = map.next_value()?,
+                "connectionStateUpdatedTime" => {
+                    row.connection_state_updated_time = map.next_value()?
+                }
+                "lastActivityTime" => row.last_activity_time = map.next_value()?,
+                "isManaged" => row.is_managed = map.next_value()?,
+                "deviceProperties" => map.next_value_seed(Members {
+                    block: &mut *block,
+                    spans: &mut *spans,
+                    kind: MemberKind::Device,
+                })?,
+                "serviceProperties" => map.next_value_seed(Members {
+                    block: &mut *block,
+                    spans: &mut *spans,
+                    kind: MemberKind::Service,
+                })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        row.device_id = device_id.ok_or_else(|| A::Error::missing_field("deviceId"))?;
+        row.device.end = block.device.len() as u32;
+        row.service.end = block.service.len() as u32;
+        row.tags.end = block.tags.len() as u32;
+        block.rows.push(row);
+        Ok(())
+    }
+}
+
+/// Which members a [`Members`] seed parses.
+#[derive(Clone, Copy)]
+enum MemberKind {
+    /// `deviceProperties`: name -> `{value, lastUpdatedTime}`.
+    Device,
+    /// `serviceProperties`: `{properties: {name -> scalar}, tags: [..]}` (an object value
+    /// nested in `properties` is refused: this import takes scalars).
+    Service,
+    /// `serviceProperties.properties`.
+    ServiceScalars,
+    /// `serviceProperties.tags`.
+    Tags,
+}
+
+/// Parses members of a line straight into the block's tables.
+struct Members<'b, 'e> {
+    block: &'b mut Block,
+    spans: &'b mut Spans<'e>,
+    kind: MemberKind,
+}
+
+impl<'de> DeserializeSeed<'de> for Members<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        match self.kind {
+            MemberKind::Tags => d.deserialize_seq(self),
+            _ => d.deserialize_map(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Members<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self.kind {
+            MemberKind::Tags => "an array of tags",
+            _ => "an object",
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Members { block, spans, kind } = self;
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match kind {
+                MemberKind::Device => {
+                    let reported = map.next_value::<Reported<'de>>()?;
+                    let entry = (
+                        spans.span(&key),
+                        spans.value(&reported.value),
+                        reported.at.0,
+                    );
+                    block.device.push(entry);
+                }
+                MemberKind::ServiceScalars => {
+                    let value = map.next_value::<Raw<'de>>()?;
+                    let entry = (spans.span(&key), spans.value(&value));
+                    block.service.push(entry);
+                }
+                MemberKind::Service => {
+                    let kind = match &*key.0 {
+                        "properties" => MemberKind::ServiceScalars,
+                        "tags" => MemberKind::Tags,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    map.next_value_seed(Members {
+                        block: &mut *block,
+                        spans: &mut *spans,
+                        kind,
+                    })?;
+                }
+                MemberKind::Tags => return Err(A::Error::custom("tags are an array")),
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(tag) = seq.next_element::<Text<'de>>()? {
+            let span = self.spans.span(&tag);
+            self.block.tags.push(span);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -406,15 +534,39 @@ struct Reported<'a> {
     #[serde(borrow)]
     value: Raw<'a>,
     #[serde(rename = "lastUpdatedTime")]
-    at: Timestamp,
+    at: At,
 }
 
-#[derive(Deserialize, Default)]
-struct Service<'a> {
-    #[serde(borrow, default, deserialize_with = "pairs")]
-    properties: Vec<(Text<'a>, Raw<'a>)>,
-    #[serde(borrow, default)]
-    tags: Vec<Text<'a>>,
+/// A report time. The properties of a twin are often reported together, so the text
+/// is first compared with the one this thread parsed last (24 bytes) before parsing it.
+struct At(Timestamp);
+
+thread_local! {
+    static LAST_AT: std::cell::RefCell<(String, Timestamp)> =
+        const { std::cell::RefCell::new((String::new(), Timestamp::EPOCH)) };
+}
+
+impl<'de> Deserialize<'de> for At {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AtVisitor;
+        impl Visitor<'_> for AtVisitor {
+            type Value = At;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an RFC 3339 date-time")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<At, E> {
+                LAST_AT.with_borrow_mut(|(text, at)| {
+                    if text.as_str() != s {
+                        *at = s.parse().map_err(E::custom)?;
+                        text.clear();
+                        text.push_str(s);
+                    }
+                    Ok(At(*at))
+                })
+            }
+        }
+        d.deserialize_str(AtVisitor)
+    }
 }
 
 /// A JSON string, borrowed unless it has escapes (serde's own `Cow` impl always copies
@@ -478,27 +630,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
         }
         d.deserialize_any(RawVisitor(PhantomData))
     }
-}
-
-/// A JSON object as a list of its members, in order (no map built per line).
-fn pairs<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
-    d: D,
-) -> Result<Vec<(Text<'de>, V)>, D::Error> {
-    struct Pairs<V>(PhantomData<V>);
-    impl<'de, V: Deserialize<'de>> Visitor<'de> for Pairs<V> {
-        type Value = Vec<(Text<'de>, V)>;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
-            while let Some((k, v)) = map.next_entry::<Text<'de>, V>()? {
-                out.push((k, v));
-            }
-            Ok(out)
-        }
-    }
-    d.deserialize_map(Pairs(PhantomData))
 }
 
 /// A line of `/proc/self/status` in MiB (`VmRSS:` resident now, `VmHWM:` its peak; 0
