@@ -230,6 +230,8 @@ def fmt(seconds_or_mib, row):
     if row == "load":
         return f"{seconds_or_mib:.2f}"
     s = seconds_or_mib
+    if s < 1e-6:
+        return f"{s * 1e9:.0f} ns"
     if s < 1e-3:
         return f"{s * 1e6:.1f} µs"
     if s < 1:

@@ -11,9 +11,9 @@
 //!   (default `target/compare/<shape>-<devices>.ndjson`);
 //! - `TWINHUB_COMPARE_SUMMARY`: where to write the load's figures as JSON (optional).
 //!
-//! The load is the `bulk_load` example's: lines parsed into borrowed rows on every core
-//! (examples/support/ndjson.rs) and added to a `BulkLoad` in input order, a few chunks
-//! of lines in memory at a time, timed once, with the resident memory before and after. Then criterion measures, on the tag/eq/range filter of
+//! The load is `Registry::import_ndjson` (the `bulk_load` example's): lines parsed into
+//! borrowed rows on every core and added to a `BulkLoad` in input order, a few chunks of
+//! lines in memory at a time, timed once, with the resident memory before and after. Then criterion measures, on the tag/eq/range filter of
 //! benches/query.rs: `count_one_eq`, `count_filter`, the first 100 matches in id order as
 //! views (`first_100_full`) and projected to `deviceId` (`first_100_device_id`), the same
 //! two pages serialised to JSON text (`*_json`), and a count per FirmwareVersion
@@ -85,7 +85,7 @@ fn load() -> Registry {
     let before = ndjson::status_mib("VmRSS:");
     let t = Instant::now();
     let file = std::fs::File::open(&path).expect("the corpus file opens");
-    let loaded = ndjson::load(file, &mut registry).expect("the corpus file loads");
+    let loaded = registry.import_ndjson(file).expect("the corpus file loads");
     let seconds = t.elapsed().as_secs_f64();
     let after = ndjson::status_mib("VmRSS:");
     let peak = ndjson::status_mib("VmHWM:");

@@ -1,7 +1,7 @@
 //! Loads a fleet from NDJSON (one twin a line, in the preview's JSON shape) the way a
-//! service restoring an export would: each line is parsed into borrowed fields (strings
-//! point into the line) and handed to a `BulkLoad` as a `NewDevice` row; no `Twin` is
-//! built. Then it prints what the indexes hold and answers a query.
+//! service restoring an export would: `Registry::import_ndjson` parses chunks of lines on
+//! every core into borrowed rows and adds them to a `BulkLoad` in input order; no `Twin`
+//! is built. Then it prints what the indexes hold and answers a query.
 //!
 //! ```text
 //! cargo run --release --example bulk_load                  # 100,000 devices
@@ -9,7 +9,7 @@
 //! cargo run --release --example bulk_load -- --file twins.ndjson   # an export on disk
 //! ```
 //!
-//! With `--file` the export is streamed (one line in memory at a time) and the report
+//! With `--file` the export is streamed (a few chunks of lines in memory at a time) and the report
 //! gives the load's time and the process's resident memory before, after and at peak
 //! (from `/proc/self/status`, so Linux only; elsewhere it reads 0).
 
@@ -78,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (loaded, elapsed) = if let Some(path) = file {
         let reader = std::fs::File::open(&path)?;
         let t = Instant::now();
-        let loaded = ndjson::load(reader, &mut registry)?;
+        let loaded = registry.import_ndjson(reader)?;
         (loaded, t.elapsed())
     } else {
         let t = Instant::now();
@@ -93,7 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t.elapsed()
         );
         let t = Instant::now();
-        let loaded = ndjson::load(text.as_bytes(), &mut registry)?;
+        let loaded = registry.import_ndjson(text.as_bytes())?;
         (loaded, t.elapsed())
     };
     let (rss, peak) = (ndjson::status_mib("VmRSS:"), ndjson::status_mib("VmHWM:"));

@@ -1,14 +1,10 @@
-//! The NDJSON import that the `bulk_load` example and the `query_file` bench share
-//! (`examples/support/ndjson.rs`): lines parsed on parser threads, in chunks, and added
-//! in input order. Checked against `Registry::load` of the same twins, across chunk
+//! `Registry::import_ndjson`: lines parsed on parser threads, in chunks, and added in
+//! input order. Checked against `Registry::load` of the same twins, across chunk
 //! boundaries of every size, and on bad input (the first bad line ends the load with its
 //! number, the lines before it stay loaded).
 
-#[path = "../examples/support/ndjson.rs"]
-#[allow(dead_code)]
-mod ndjson;
-
 use twinhub::registry::Registry;
+use twinhub::registry::ndjson::{ImportErrorKind, ImportOptions, MAX_LINE_BYTES};
 use twinhub::twin::{ConnectionState, DeviceStatus, Scalar, Twin};
 use twinhub::{DeviceId, Timestamp};
 
@@ -74,7 +70,11 @@ fn every_chunking_loads_what_registry_load_loads() {
     let expected = all(&expected);
     for (parsers, chunk) in [(1, 1), (3, 1), (2, 7), (3, 200), (2, 4096), (1, 1 << 20)] {
         let mut reg = Registry::new();
-        let loaded = ndjson::load_with(text.as_bytes(), &mut reg, parsers, chunk).unwrap();
+        let options = ImportOptions {
+            parsers,
+            chunk_bytes: chunk,
+        };
+        let loaded = reg.import_ndjson_with(text.as_bytes(), options).unwrap();
         assert_eq!(
             loaded,
             twins.len(),
@@ -90,7 +90,7 @@ fn every_chunking_loads_what_registry_load_loads() {
     let back = Scalar::from((1u64 << 63) + 5);
     let reg = {
         let mut r = Registry::new();
-        ndjson::load(text.as_bytes(), &mut r).unwrap();
+        r.import_ndjson(text.as_bytes()).unwrap();
         r
     };
     assert_eq!(
@@ -105,7 +105,14 @@ fn load_err(text: &[u8]) -> (String, Vec<String>) {
     let mut seen: Option<(String, Vec<String>)> = None;
     for (parsers, chunk) in [(1, 1 << 20), (2, 1), (3, 100), (2, 5000)] {
         let mut reg = Registry::new();
-        let err = ndjson::load_with(text, &mut reg, parsers, chunk).unwrap_err();
+        let options = ImportOptions {
+            parsers,
+            chunk_bytes: chunk,
+        };
+        let err = reg
+            .import_ndjson_with(text, options)
+            .unwrap_err()
+            .to_string();
         let ids: Vec<String> = all(&reg).iter().map(|t| t.device_id.to_string()).collect();
         match &seen {
             None => seen = Some((err, ids)),
@@ -140,31 +147,76 @@ fn the_first_bad_line_ends_the_load_with_its_number() {
     let loaded_before =
         |k: usize| -> Vec<String> { (0..k).map(|i| format!("dev-{i:04}")).collect() };
     // Not JSON; a value of the wrong type; not UTF-8; an id already loaded.
+    let kind = |text: &[u8]| Registry::new().import_ndjson(text).unwrap_err().kind;
     for (k, bad) in [
         (0, b"{\"deviceId\": ".to_vec()),
         (17, b"{\"deviceId\": 5}".to_vec()),
         (9, b"{\"deviceId\": \"x\xff\"}".to_vec()),
         (29, lines[3].clone().into_bytes()),
     ] {
-        let (err, ids) = load_err(&with(k, &bad));
+        let text = with(k, &bad);
+        let (err, ids) = load_err(&text);
         assert!(err.starts_with(&format!("line {}: ", k + 1)), "{err}");
         assert_eq!(ids, loaded_before(k), "{err}");
+        let expected = match k {
+            9 => matches!(kind(&text), ImportErrorKind::NotUtf8),
+            29 => matches!(kind(&text), ImportErrorKind::Device(_)),
+            _ => matches!(kind(&text), ImportErrorKind::Json(_)),
+        };
+        assert!(expected, "{err}");
     }
     // A line longer than the bound, last or not.
-    let long = format!(
-        "{{\"deviceId\": \"{}\"}}",
-        "x".repeat(ndjson::MAX_LINE_BYTES)
-    );
+    let long = format!("{{\"deviceId\": \"{}\"}}", "x".repeat(MAX_LINE_BYTES));
     for k in [4, 30] {
         let (err, ids) = load_err(&with(k, long.as_bytes()));
         assert_eq!(
             err,
-            format!(
-                "line {}: longer than {} bytes",
-                k + 1,
-                ndjson::MAX_LINE_BYTES
-            )
+            format!("line {}: longer than {} bytes", k + 1, MAX_LINE_BYTES)
         );
         assert_eq!(ids, loaded_before(k));
+    }
+}
+
+/// A reader that fails after `left` bytes.
+struct Failing<'a> {
+    text: &'a [u8],
+    left: usize,
+}
+
+impl std::io::Read for Failing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("disk gone"));
+        }
+        let n = buf.len().min(self.left).min(self.text.len());
+        buf[..n].copy_from_slice(&self.text[..n]);
+        self.text = &self.text[n..];
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_failing_reader_ends_the_import_after_the_whole_lines_read() {
+    let twins = twins(20);
+    let text = export(&twins);
+    // Stop in the middle of the ninth twin's line.
+    let ninth = text.find("dev-0008").unwrap();
+    for chunk in [1, 64, 1 << 20] {
+        let mut reg = Registry::new();
+        let options = ImportOptions {
+            parsers: 2,
+            chunk_bytes: chunk,
+        };
+        let reader = Failing {
+            text: text.as_bytes(),
+            left: ninth,
+        };
+        let err = reg.import_ndjson_with(reader, options).unwrap_err();
+        assert!(matches!(err.kind, ImportErrorKind::Read(_)), "{err}");
+        assert!(err.to_string().contains("disk gone"), "{err}");
+        let lines_before = text[..ninth].matches('\n').count() as u64;
+        assert_eq!(err.line, lines_before + 1, "{err}");
+        assert_eq!(reg.len(), 8, "{err}");
     }
 }

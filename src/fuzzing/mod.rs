@@ -25,7 +25,7 @@ pub use lwm2m_server::{
     tlv_decode,
 };
 pub use query::{query_parse, query_roundtrip};
-pub use registry::registry_ops;
+pub use registry::{ndjson_import, registry_ops};
 pub use store::{job_rows, store_records};
 
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
@@ -42,6 +42,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("job_events", job_events),
     ("link_format", link_format),
     ("lwm2m_cbor_decode", lwm2m_cbor_decode),
+    ("ndjson_import", ndjson_import),
     ("query_parse", query_parse),
     ("query_roundtrip", query_roundtrip),
     ("registration", registration),

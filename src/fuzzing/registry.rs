@@ -243,3 +243,35 @@ pub fn registry_ops(data: &[u8]) {
         t.to_twin().validate().expect("stored twins are valid");
     }
 }
+
+/// The `ndjson_import` fuzz body: the bytes are an NDJSON export. Imported with one
+/// parser and whole-file chunks, and with three parsers and chunks of 1 to 64 bytes (the
+/// first byte picks), the outcome must be the same: the same devices loaded, the same
+/// error (line and message) or the same count. Either way the registry must agree with a
+/// full scan.
+pub fn ndjson_import(data: &[u8]) {
+    use crate::registry::ndjson::ImportOptions;
+    let run = |options: ImportOptions| {
+        let mut reg = Registry::new();
+        let outcome = reg
+            .import_ndjson_with(data, options)
+            .map_err(|e| (e.line, e.to_string()));
+        reg.validate()
+            .expect("an import leaves the registry consistent");
+        let mut ids: Vec<String> = reg.iter().map(|t| t.device_id().to_string()).collect();
+        ids.sort();
+        if let Ok(n) = outcome {
+            assert_eq!(n, ids.len(), "the count is what was loaded");
+        }
+        (outcome, ids)
+    };
+    let whole = run(ImportOptions {
+        parsers: 1,
+        chunk_bytes: 1 << 20,
+    });
+    let chunked = run(ImportOptions {
+        parsers: 3,
+        chunk_bytes: data.first().map_or(1, |b| usize::from(b % 64) + 1),
+    });
+    assert_eq!(whole, chunked, "chunking changed the outcome");
+}

@@ -79,6 +79,7 @@ mod id_order;
 mod index;
 mod lists;
 mod load;
+pub mod ndjson;
 mod restore;
 mod shared;
 mod sorted;

@@ -1,0 +1,753 @@
+//! Importing an NDJSON export: one twin a line, in the preview's JSON shape (what
+//! `serde_json` writes for a [`Twin`](crate::twin::Twin)), loaded through a
+//! [`BulkLoad`] as borrowed rows: no `Twin` is built per line.
+//!
+//! [`Registry::import_ndjson`] parses on every core: one thread reads the input in chunks
+//! of whole lines ([`ImportOptions::chunk_bytes`]), parser threads (one per core by
+//! default) parse each chunk straight into a block of row tables (the chunk's text, and
+//! each row's names, values and tags as ranges of it), and the calling thread adds the
+//! blocks' rows to the load in input order while the load indexes earlier batches on its
+//! own threads.
+//!
+//! What a line may carry: `deviceId` (required), `status`, `statusReason`,
+//! `statusUpdatedTime`, `connectionState`, `connectionStateUpdatedTime`,
+//! `lastActivityTime`, `isManaged`, `deviceProperties` (name -> `{value,
+//! lastUpdatedTime}`) and `serviceProperties` (`properties`: name -> scalar; `tags`).
+//! Other members (etags, generation ids, authentication, registration, configuration)
+//! are skipped: the import creates devices afresh. A service property whose value is an
+//! object is refused (load such twins with [`Registry::load`]).
+//!
+//! Bounds, each a count, and what happens at them:
+//!
+//! | bound | value | at it |
+//! |---|---|---|
+//! | [`MAX_LINE_BYTES`] | 1 MiB | a longer line ends the import with [`ImportErrorKind::LineTooLong`] |
+//! | chunks read ahead | 2 queued to each parser, 2 parsed blocks queued from each | the reader waits: memory is a few chunks per parser whatever the input's size |
+//!
+//! The first bad line ends the import with its number ([`ImportError::line`], from 1);
+//! the lines before it stay loaded, the registry stays consistent.
+
+use super::{BulkLoad, NewDevice, Registry, RegistryError};
+use crate::Timestamp;
+use crate::twin::{ConnectionState, DeviceStatus, Number, ScalarRef};
+use serde::Deserialize;
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Read;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::mpsc::{SyncSender, sync_channel};
+
+/// Lines longer than this are refused (an export line is a few KiB).
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Chunks queued for each parser, and blocks queued from each parser.
+const IN_FLIGHT: usize = 2;
+
+/// How an import runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Parser threads; 0 (the default) means one per core, at most 8.
+    pub parsers: usize,
+    /// Bytes of whole lines a chunk holds (more when one line is longer; default 1 MiB).
+    pub chunk_bytes: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            parsers: 0,
+            chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why an import stopped: the line (from 1) and what was wrong with it. The lines
+/// before it are loaded.
+#[derive(Debug)]
+pub struct ImportError {
+    /// The line's number, from 1.
+    pub line: u64,
+    /// What was wrong.
+    pub kind: ImportErrorKind,
+}
+
+/// What was wrong with a line.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ImportErrorKind {
+    /// Reading the input failed before this line.
+    Read(std::io::Error),
+    /// The line is longer than [`MAX_LINE_BYTES`].
+    LineTooLong,
+    /// The line is not UTF-8.
+    NotUtf8,
+    /// The line is not a twin in JSON (the parser's message).
+    Json(String),
+    /// The registry refused the device (an invalid name or value, an id it holds).
+    Device(RegistryError),
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: ", self.line)?;
+        match &self.kind {
+            ImportErrorKind::Read(e) => write!(f, "reading failed: {e}"),
+            ImportErrorKind::LineTooLong => write!(f, "longer than {MAX_LINE_BYTES} bytes"),
+            ImportErrorKind::NotUtf8 => f.write_str("not UTF-8"),
+            ImportErrorKind::Json(e) => f.write_str(e),
+            ImportErrorKind::Device(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ImportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ImportErrorKind::Read(e) => Some(e),
+            ImportErrorKind::Device(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl Registry {
+    /// Imports an NDJSON export (one twin a line; see [the module](self)), parsing on
+    /// every core; returns how many devices were added. Empty lines are skipped. The
+    /// first bad line ends the import with its number; the lines before it stay loaded.
+    ///
+    /// ```
+    /// use twinhub::registry::Registry;
+    /// let export = concat!(
+    ///     r#"{"deviceId": "d1", "deviceProperties": {"FirmwareVersion": {"value": "1.2", "#,
+    ///     r#""lastUpdatedTime": "2016-04-29T12:00:00.000Z"}}, "serviceProperties": "#,
+    ///     r#"{"properties": {"region": "eu"}, "tags": ["pilot"]}}"#,
+    ///     "\n",
+    ///     r#"{"deviceId": "d2"}"#,
+    ///     "\n",
+    /// );
+    /// let mut registry = Registry::new();
+    /// assert_eq!(registry.import_ndjson(export.as_bytes()).unwrap(), 2);
+    /// assert_eq!(registry.tag_bitmap("pilot").unwrap().len(), 1);
+    /// let err = registry.import_ndjson("\n{\"deviceId\": 7}".as_bytes()).unwrap_err();
+    /// assert_eq!(err.line, 2);
+    /// ```
+    pub fn import_ndjson(&mut self, reader: impl Read + Send) -> Result<usize, ImportError> {
+        self.import_ndjson_with(reader, ImportOptions::default())
+    }
+
+    /// [`Registry::import_ndjson`] with explicit threads and chunk size.
+    pub fn import_ndjson_with(
+        &mut self,
+        reader: impl Read + Send,
+        options: ImportOptions,
+    ) -> Result<usize, ImportError> {
+        let parsers = match options.parsers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            n => n,
+        };
+        let chunk_bytes = options.chunk_bytes.max(1);
+        std::thread::scope(|scope| {
+            let mut to_parsers = Vec::with_capacity(parsers);
+            let mut from_parsers = Vec::with_capacity(parsers);
+            for i in 0..parsers {
+                let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(IN_FLIGHT);
+                let (block_tx, block_rx) = sync_channel::<Block>(IN_FLIGHT);
+                std::thread::Builder::new()
+                    .name(format!("twinhub-import-{i}"))
+                    .spawn_scoped(scope, move || {
+                        for chunk in chunk_rx {
+                            if block_tx.send(Block::parse(chunk)).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .expect("a parser thread starts");
+                to_parsers.push(chunk_tx);
+                from_parsers.push(block_rx);
+            }
+            std::thread::Builder::new()
+                .name("twinhub-import-read".into())
+                .spawn_scoped(scope, move || read_chunks(reader, &to_parsers, chunk_bytes))
+                .expect("the reader thread starts");
+            // Chunk i went to parser i % parsers: taking blocks round-robin keeps input
+            // order. Returning early drops the receivers, which ends the parsers, then
+            // the reader.
+            let mut bulk = self.bulk_load();
+            let mut lines_before = 0u64;
+            for receiver in from_parsers.iter().cycle() {
+                let Ok(block) = receiver.recv() else { break };
+                let lines = block.lines;
+                block.add_to(&mut bulk, lines_before)?;
+                lines_before += lines;
+            }
+            Ok(bulk.finish())
+        })
+    }
+}
+
+/// Whole lines read from the input, or why reading stopped after them.
+struct Chunk {
+    bytes: Vec<u8>,
+    error: Option<ImportErrorKind>,
+}
+
+/// Reads `reader` into chunks of whole lines, dealt round-robin to the parsers; ends at
+/// the end of the input, at an error (sent after the lines before it), or when the
+/// parsers are gone.
+fn read_chunks(mut reader: impl Read, parsers: &[SyncSender<Chunk>], chunk_bytes: usize) {
+    let mut carry: Vec<u8> = Vec::new();
+    for to in parsers.iter().cycle() {
+        // The carried part of a line has no line end: look for one in what is read next.
+        let mut bytes = std::mem::take(&mut carry);
+        let mut searched = bytes.len();
+        let mut want = bytes.len() + chunk_bytes;
+        let mut error = None;
+        let mut eof;
+        loop {
+            match (&mut reader)
+                .take((want - bytes.len()) as u64)
+                .read_to_end(&mut bytes)
+            {
+                Ok(_) => eof = bytes.len() < want,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error = Some(ImportErrorKind::Read(e));
+                    eof = true;
+                }
+            }
+            if let Some(last) = bytes[searched..].iter().rposition(|&b| b == b'\n') {
+                if !eof {
+                    carry = bytes.split_off(searched + last + 1);
+                }
+                break;
+            }
+            if eof {
+                break;
+            }
+            if bytes.len() > MAX_LINE_BYTES {
+                // No line end yet: this line is too long (the lines before were sent).
+                bytes.clear();
+                error = Some(ImportErrorKind::LineTooLong);
+                eof = true;
+                break;
+            }
+            // A line longer than a chunk: read as much again.
+            searched = bytes.len();
+            want = 2 * bytes.len();
+        }
+        if matches!(error, Some(ImportErrorKind::Read(_))) {
+            // Reading failed: a line cut short is not a line.
+            let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            bytes.truncate(whole);
+        }
+        let stop = eof || error.is_some();
+        if (!bytes.is_empty() || error.is_some()) && to.send(Chunk { bytes, error }).is_err() {
+            return;
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// A text range of a [`Block`].
+type Span = (u32, u32);
+
+/// A scalar of a [`Block`]: a string is a range of its text.
+#[derive(Clone, Copy)]
+enum Value {
+    Bool(bool),
+    Number(Number),
+    String(Span),
+}
+
+/// One twin of a [`Block`]: its fields, and its members as ranges of the block's tables.
+struct Row {
+    /// The line within the block (0-based).
+    line: u32,
+    device_id: Span,
+    status: DeviceStatus,
+    status_reason: Option<Span>,
+    status_updated_time: Option<Timestamp>,
+    connection_state: ConnectionState,
+    connection_state_updated_time: Option<Timestamp>,
+    last_activity_time: Option<Timestamp>,
+    is_managed: bool,
+    device: Range<u32>,
+    service: Range<u32>,
+    tags: Range<u32>,
+}
+
+/// A chunk parsed: its text (then any unescaped strings), its rows, and the rows' members.
+struct Block {
+    text: String,
+    rows: Vec<Row>,
+    device: Vec<(Span, Value, Timestamp)>,
+    service: Vec<(Span, Value)>,
+    tags: Vec<Span>,
+    /// How many input lines the block covers.
+    lines: u64,
+    /// The first bad line (0-based in the block) and why; the block's rows precede it.
+    error: Option<(u64, ImportErrorKind)>,
+}
+
+impl Block {
+    fn parse(chunk: Chunk) -> Block {
+        let mut block = Block {
+            text: String::new(),
+            rows: Vec::new(),
+            device: Vec::new(),
+            service: Vec::new(),
+            tags: Vec::new(),
+            lines: 0,
+            error: None,
+        };
+        let text = match String::from_utf8(chunk.bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                // Keep the whole lines before the first invalid byte.
+                let valid = e.utf8_error().valid_up_to();
+                let mut bytes = e.into_bytes();
+                let cut = bytes[..valid]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |p| p + 1);
+                bytes.truncate(cut);
+                let lines = bytecount(&bytes);
+                block.error = Some((lines, ImportErrorKind::NotUtf8));
+                String::from_utf8(bytes).expect("cut at a line end before the invalid byte")
+            }
+        };
+        let mut extra = String::new();
+        let base = text.as_ptr() as usize;
+        let mut lines = 0u64;
+        for line in text.split_inclusive('\n') {
+            let at = lines;
+            lines += 1;
+            let line = line.trim_end();
+            if line.is_empty() {
+                continue;
+            }
+            if line.len() > MAX_LINE_BYTES {
+                block.error = Some((at, ImportErrorKind::LineTooLong));
+                break;
+            }
+            let mut spans = Spans {
+                base,
+                len: text.len(),
+                extra: &mut extra,
+            };
+            if let Err(e) = block.push(at, line, &mut spans) {
+                block.error = Some((at, ImportErrorKind::Json(e.to_string())));
+                break;
+            }
+        }
+        block.lines = match (&block.error, chunk.error) {
+            (Some((line, _)), _) => *line,
+            (None, Some(e)) => {
+                block.error = Some((lines, e));
+                lines
+            }
+            (None, None) => lines,
+        };
+        block.text = text;
+        block.text.push_str(&extra);
+        block
+    }
+
+    /// Parses a line straight into the block's tables (nothing allocated per line); on
+    /// an error the tables are as they were.
+    fn push(&mut self, line: u64, text: &str, spans: &mut Spans<'_>) -> serde_json::Result<()> {
+        let lens = (self.device.len(), self.service.len(), self.tags.len());
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed = LineSeed {
+            block: self,
+            spans,
+            line,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if parsed.is_err() {
+            self.device.truncate(lens.0);
+            self.service.truncate(lens.1);
+            self.tags.truncate(lens.2);
+        }
+        parsed
+    }
+
+    fn str(&self, (start, len): Span) -> &str {
+        &self.text[start as usize..(start + len) as usize]
+    }
+
+    fn scalar(&self, v: Value) -> ScalarRef<'_> {
+        match v {
+            Value::Bool(b) => ScalarRef::Bool(b),
+            Value::Number(n) => ScalarRef::Number(n),
+            Value::String(s) => ScalarRef::String(self.str(s)),
+        }
+    }
+
+    /// Adds the block's rows to the load, then reports its error; `lines_before` is the
+    /// number of input lines before the block.
+    fn add_to(self, bulk: &mut BulkLoad<'_>, lines_before: u64) -> Result<(), ImportError> {
+        let mut device = Vec::new();
+        let mut service = Vec::new();
+        let mut tags = Vec::new();
+        for row in &self.rows {
+            device.clear();
+            device.extend(
+                self.device[row.device.start as usize..row.device.end as usize]
+                    .iter()
+                    .map(|&(name, v, at)| (self.str(name), self.scalar(v), at)),
+            );
+            service.clear();
+            service.extend(
+                self.service[row.service.start as usize..row.service.end as usize]
+                    .iter()
+                    .map(|&(name, v)| (self.str(name), self.scalar(v))),
+            );
+            tags.clear();
+            tags.extend(
+                self.tags[row.tags.start as usize..row.tags.end as usize]
+                    .iter()
+                    .map(|&t| self.str(t)),
+            );
+            bulk.add(&NewDevice {
+                status: row.status,
+                status_reason: row.status_reason.map(|r| self.str(r)),
+                status_updated_time: row.status_updated_time,
+                connection_state: row.connection_state,
+                connection_state_updated_time: row.connection_state_updated_time,
+                last_activity_time: row.last_activity_time,
+                is_managed: row.is_managed,
+                device_properties: &device,
+                service_properties: &service,
+                tags: &tags,
+                ..NewDevice::new(self.str(row.device_id))
+            })
+            .map_err(|e| ImportError {
+                line: lines_before + u64::from(row.line) + 1,
+                kind: ImportErrorKind::Device(e),
+            })?;
+        }
+        match self.error {
+            Some((line, kind)) => Err(ImportError {
+                line: lines_before + line + 1,
+                kind,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Turns a line's strings into ranges of its block's text: a borrowed string is where it
+/// is in the chunk, an unescaped one is appended after the chunk.
+struct Spans<'e> {
+    /// The chunk's address and length.
+    base: usize,
+    len: usize,
+    /// Unescaped strings, to follow the chunk's text.
+    extra: &'e mut String,
+}
+
+impl Spans<'_> {
+    fn span(&mut self, s: &Text<'_>) -> Span {
+        match &s.0 {
+            Cow::Borrowed(b) => ((b.as_ptr() as usize - self.base) as u32, b.len() as u32),
+            Cow::Owned(o) => {
+                let start = self.len + self.extra.len();
+                self.extra.push_str(o);
+                (start as u32, o.len() as u32)
+            }
+        }
+    }
+
+    fn value(&mut self, v: &Raw<'_>) -> Value {
+        match v {
+            Raw::Bool(b) => Value::Bool(*b),
+            Raw::Number(n) => Value::Number(*n),
+            Raw::Str(s) => Value::String(self.span(s)),
+        }
+    }
+}
+
+/// How many line ends `bytes` holds.
+fn bytecount(bytes: &[u8]) -> u64 {
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// One NDJSON line (a twin in the preview's JSON shape), parsed into a [`Block`]: the
+/// row, its device properties, service properties and tags. Members this import does
+/// not take (etags, authentication, nested service objects...) are skipped.
+struct LineSeed<'b, 'e> {
+    block: &'b mut Block,
+    spans: &'b mut Spans<'e>,
+    line: u64,
+}
+
+impl<'de> DeserializeSeed<'de> for LineSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a twin")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let LineSeed { block, spans, line } = self;
+        let (device, service, tags) = (
+            block.device.len() as u32,
+            block.service.len() as u32,
+            block.tags.len() as u32,
+        );
+        let mut device_id = None;
+        let mut row = Row {
+            line: line as u32,
+            device_id: (0, 0),
+            status: DeviceStatus::default(),
+            status_reason: None,
+            status_updated_time: None,
+            connection_state: ConnectionState::default(),
+            connection_state_updated_time: None,
+            last_activity_time: None,
+            is_managed: false,
+            device: device..device,
+            service: service..service,
+            tags: tags..tags,
+        };
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key.0 {
+                "deviceId" => device_id = Some(spans.span(&map.next_value::<Text<'de>>()?)),
+                "status" => row.status = map.next_value()?,
+                "statusReason" => {
+                    row.status_reason = map
+                        .next_value::<Option<Text<'de>>>()?
+                        .map(|r| spans.span(&r))
+                }
+                "statusUpdatedTime" => row.status_updated_time = map.next_value()?,
+                "connectionState" => row.connection_state = map.next_value()?,
+                "connectionStateUpdatedTime" => {
+                    row.connection_state_updated_time = map.next_value()?
+                }
+                "lastActivityTime" => row.last_activity_time = map.next_value()?,
+                "isManaged" => row.is_managed = map.next_value()?,
+                "deviceProperties" => map.next_value_seed(Members {
+                    block: &mut *block,
+                    spans: &mut *spans,
+                    kind: MemberKind::Device,
+                })?,
+                "serviceProperties" => map.next_value_seed(Members {
+                    block: &mut *block,
+                    spans: &mut *spans,
+                    kind: MemberKind::Service,
+                })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        row.device_id = device_id.ok_or_else(|| A::Error::missing_field("deviceId"))?;
+        row.device.end = block.device.len() as u32;
+        row.service.end = block.service.len() as u32;
+        row.tags.end = block.tags.len() as u32;
+        block.rows.push(row);
+        Ok(())
+    }
+}
+
+/// Which members a [`Members`] seed parses.
+#[derive(Clone, Copy)]
+enum MemberKind {
+    /// `deviceProperties`: name -> `{value, lastUpdatedTime}`.
+    Device,
+    /// `serviceProperties`: `{properties: {name -> scalar}, tags: [..]}` (an object value
+    /// nested in `properties` is refused: this import takes scalars).
+    Service,
+    /// `serviceProperties.properties`.
+    ServiceScalars,
+    /// `serviceProperties.tags`.
+    Tags,
+}
+
+/// Parses members of a line straight into the block's tables.
+struct Members<'b, 'e> {
+    block: &'b mut Block,
+    spans: &'b mut Spans<'e>,
+    kind: MemberKind,
+}
+
+impl<'de> DeserializeSeed<'de> for Members<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        match self.kind {
+            MemberKind::Tags => d.deserialize_seq(self),
+            _ => d.deserialize_map(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Members<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self.kind {
+            MemberKind::Tags => "an array of tags",
+            _ => "an object",
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Members { block, spans, kind } = self;
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match kind {
+                MemberKind::Device => {
+                    let reported = map.next_value::<Reported<'de>>()?;
+                    let entry = (
+                        spans.span(&key),
+                        spans.value(&reported.value),
+                        reported.at.0,
+                    );
+                    block.device.push(entry);
+                }
+                MemberKind::ServiceScalars => {
+                    let value = map.next_value::<Raw<'de>>()?;
+                    let entry = (spans.span(&key), spans.value(&value));
+                    block.service.push(entry);
+                }
+                MemberKind::Service => {
+                    let kind = match &*key.0 {
+                        "properties" => MemberKind::ServiceScalars,
+                        "tags" => MemberKind::Tags,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    map.next_value_seed(Members {
+                        block: &mut *block,
+                        spans: &mut *spans,
+                        kind,
+                    })?;
+                }
+                MemberKind::Tags => return Err(A::Error::custom("tags are an array")),
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(tag) = seq.next_element::<Text<'de>>()? {
+            let span = self.spans.span(&tag);
+            self.block.tags.push(span);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct Reported<'a> {
+    #[serde(borrow)]
+    value: Raw<'a>,
+    #[serde(rename = "lastUpdatedTime")]
+    at: At,
+}
+
+/// A report time. The properties of a twin are often reported together, so the text
+/// is first compared with the one this thread parsed last (24 bytes) before parsing it.
+struct At(Timestamp);
+
+thread_local! {
+    static LAST_AT: std::cell::RefCell<(String, Timestamp)> =
+        const { std::cell::RefCell::new((String::new(), Timestamp::EPOCH)) };
+}
+
+impl<'de> Deserialize<'de> for At {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AtVisitor;
+        impl Visitor<'_> for AtVisitor {
+            type Value = At;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an RFC 3339 date-time")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<At, E> {
+                LAST_AT.with_borrow_mut(|(text, at)| {
+                    if text.as_str() != s {
+                        *at = s.parse().map_err(E::custom)?;
+                        text.clear();
+                        text.push_str(s);
+                    }
+                    Ok(At(*at))
+                })
+            }
+        }
+        d.deserialize_str(AtVisitor)
+    }
+}
+
+/// A JSON string, borrowed unless it has escapes (serde's own `Cow` impl always copies
+/// unless the field says `borrow`, which cannot reach inside a `Vec` or a tuple).
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for TextVisitor<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(TextVisitor(PhantomData))
+    }
+}
+
+/// A JSON scalar, a string borrowed unless it has escapes.
+enum Raw<'a> {
+    Bool(bool),
+    Number(Number),
+    Str(Text<'a>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RawVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for RawVisitor<'a> {
+            type Value = Raw<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a boolean, number or string")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Raw<'a>, E> {
+                Ok(Raw::Bool(b))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<Raw<'a>, E> {
+                Ok(Raw::Number(Number::from(i)))
+            }
+            fn visit_u64<E>(self, u: u64) -> Result<Raw<'a>, E> {
+                Ok(Raw::Number(Number::from(u)))
+            }
+            fn visit_f64<E: serde::de::Error>(self, f: f64) -> Result<Raw<'a>, E> {
+                Number::from_f64(f)
+                    .map(Raw::Number)
+                    .ok_or_else(|| E::custom("a number out of range"))
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Raw<'a>, E> {
+                Ok(Raw::Str(Text(Cow::Borrowed(s))))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Raw<'a>, E> {
+                Ok(Raw::Str(Text(Cow::Owned(s.to_string()))))
+            }
+        }
+        d.deserialize_any(RawVisitor(PhantomData))
+    }
+}
