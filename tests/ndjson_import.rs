@@ -146,13 +146,17 @@ fn the_first_bad_line_ends_the_load_with_its_number() {
     };
     let loaded_before =
         |k: usize| -> Vec<String> { (0..k).map(|i| format!("dev-{i:04}")).collect() };
-    // Not JSON; a value of the wrong type; not UTF-8; an id already loaded.
+    // Not JSON; a value of the wrong type; not UTF-8; an id already loaded; a whole twin
+    // followed by more text (found by cargo-fuzz: the row stayed, its members did not).
+    let mut trailing = lines[0].clone().into_bytes();
+    trailing.extend_from_slice(b" x");
     let kind = |text: &[u8]| Registry::new().import_ndjson(text).unwrap_err().kind;
     for (k, bad) in [
         (0, b"{\"deviceId\": ".to_vec()),
         (17, b"{\"deviceId\": 5}".to_vec()),
         (9, b"{\"deviceId\": \"x\xff\"}".to_vec()),
         (29, lines[3].clone().into_bytes()),
+        (12, trailing),
     ] {
         let text = with(k, &bad);
         let (err, ids) = load_err(&text);

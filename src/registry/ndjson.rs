@@ -362,7 +362,12 @@ impl Block {
     /// Parses a line straight into the block's tables (nothing allocated per line); on
     /// an error the tables are as they were.
     fn push(&mut self, line: u64, text: &str, spans: &mut Spans<'_>) -> serde_json::Result<()> {
-        let lens = (self.device.len(), self.service.len(), self.tags.len());
+        let lens = (
+            self.rows.len(),
+            self.device.len(),
+            self.service.len(),
+            self.tags.len(),
+        );
         let mut de = serde_json::Deserializer::from_str(text);
         let parsed = LineSeed {
             block: self,
@@ -372,9 +377,11 @@ impl Block {
         .deserialize(&mut de)
         .and_then(|()| de.end());
         if parsed.is_err() {
-            self.device.truncate(lens.0);
-            self.service.truncate(lens.1);
-            self.tags.truncate(lens.2);
+            // Also when the row was whole and only trailing text was wrong.
+            self.rows.truncate(lens.0);
+            self.device.truncate(lens.1);
+            self.service.truncate(lens.2);
+            self.tags.truncate(lens.3);
         }
         parsed
     }
