@@ -328,7 +328,8 @@ impl Block {
         for line in text.split_inclusive('\n') {
             let at = lines;
             lines += 1;
-            let line = line.trim_end();
+            // JSON's own whitespace only: a line ending in another space character stays invalid.
+            let line = line.trim_end_matches([' ', '\t', '\r', '\n']);
             if line.is_empty() {
                 continue;
             }
