@@ -224,3 +224,53 @@ fn a_failing_reader_ends_the_import_after_the_whole_lines_read() {
         assert_eq!(reg.len(), 8, "{err}");
     }
 }
+
+/// Found in review: an empty report time matched the parser thread's empty cache of the
+/// last time parsed (and loaded as the epoch); members given twice; the line bound
+/// measured after trimming.
+#[test]
+fn empty_times_repeated_members_and_padded_long_lines_are_refused() {
+    let empty_time =
+        r#"{"deviceId": "d", "deviceProperties": {"p": {"value": 1, "lastUpdatedTime": ""}}}"#;
+    let twice = r#"{"deviceId": "a", "deviceId": "b"}"#;
+    let twice_service = r#"{"deviceId": "a", "serviceProperties": {"tags": ["x"], "tags": ["y"]}}"#;
+    let twice_name = concat!(
+        r#"{"deviceId": "a", "deviceProperties": {"p": {"value": 1, "lastUpdatedTime": "#,
+        r#""2016-04-29T12:00:00Z"}, "p": {"value": 2, "lastUpdatedTime": "2016-04-29T12:00:00Z"}}}"#
+    );
+    for (line, kind) in [
+        (empty_time, "json"),
+        (twice, "json"),
+        (twice_service, "json"),
+        (twice_name, "device"),
+    ] {
+        for chunk in [1, 1 << 20] {
+            let mut reg = Registry::new();
+            let options = ImportOptions {
+                parsers: 2,
+                chunk_bytes: chunk,
+            };
+            let err = reg
+                .import_ndjson_with(line.as_bytes(), options)
+                .unwrap_err();
+            assert_eq!(err.line, 1, "{line}");
+            match kind {
+                "json" => assert!(matches!(err.kind, ImportErrorKind::Json(_)), "{err}"),
+                _ => assert!(matches!(err.kind, ImportErrorKind::Device(_)), "{err}"),
+            }
+            assert_eq!(reg.len(), 0);
+        }
+    }
+    // A twin padded with spaces past the bound is too long whatever the chunk size.
+    let padded = format!("{{\"deviceId\": \"d\"}}{}\n", " ".repeat(MAX_LINE_BYTES));
+    for chunk in [1 << 20, (1 << 20) + 1, 4096] {
+        let options = ImportOptions {
+            parsers: 1,
+            chunk_bytes: chunk,
+        };
+        let err = Registry::new()
+            .import_ndjson_with(padded.as_bytes(), options)
+            .unwrap_err();
+        assert!(matches!(err.kind, ImportErrorKind::LineTooLong), "{err}");
+    }
+}

@@ -246,8 +246,8 @@ pub fn registry_ops(data: &[u8]) {
 
 /// The `ndjson_import` fuzz body: the bytes are an NDJSON export. Imported with one
 /// parser and whole-file chunks, and with three parsers and chunks of 1 to 64 bytes (the
-/// first byte picks), the outcome must be the same: the same devices loaded, the same
-/// error (line and message) or the same count. Either way the registry must agree with a
+/// first byte picks), the outcome must be the same: the same twins loaded (every field
+/// and value), the same error (line and message) or the same count. Either way the registry must agree with a
 /// full scan.
 pub fn ndjson_import(data: &[u8]) {
     use crate::registry::ndjson::ImportOptions;
@@ -258,12 +258,12 @@ pub fn ndjson_import(data: &[u8]) {
             .map_err(|e| (e.line, e.to_string()));
         reg.validate()
             .expect("an import leaves the registry consistent");
-        let mut ids: Vec<String> = reg.iter().map(|t| t.device_id().to_string()).collect();
-        ids.sort();
+        let mut twins: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        twins.sort_by(|a, b| a.device_id.cmp(&b.device_id));
         if let Ok(n) = outcome {
-            assert_eq!(n, ids.len(), "the count is what was loaded");
+            assert_eq!(n, twins.len(), "the count is what was loaded");
         }
-        (outcome, ids)
+        (outcome, twins)
     };
     let whole = run(ImportOptions {
         parsers: 1,

@@ -268,7 +268,8 @@ pub enum Literal {
     /// An integer, exact.
     Integer(i64),
     /// An integer above `i64::MAX`, exact (the parser and `From<u64>` make one only
-    /// there; a smaller value matches what the equal [`Literal::Integer`] matches).
+    /// there; a smaller value matches what the equal [`Literal::Integer`] matches, but
+    /// prints as that integer, so it does not parse back to `Unsigned`).
     Unsigned(u64),
     /// A string.
     String(String),

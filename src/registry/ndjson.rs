@@ -25,7 +25,11 @@
 //! | chunks read ahead | 2 queued to each parser, 2 parsed blocks queued from each | the reader waits: memory is a few chunks per parser whatever the input's size |
 //!
 //! The first bad line ends the import with its number ([`ImportError::line`], from 1);
-//! the lines before it stay loaded, the registry stays consistent.
+//! the lines before it stay loaded, the registry stays consistent. A member given twice
+//! in a line is refused, and so is a property name given twice (where deserialising a
+//! `Twin` keeps the last). The import returns once its reader thread has stopped: after
+//! an error, that waits for a read already in progress (from a pipe or socket, until it
+//! returns).
 
 use super::{BulkLoad, NewDevice, Registry, RegistryError};
 use crate::Timestamp;
@@ -44,6 +48,11 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 /// Lines longer than this are refused (an export line is a few KiB).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
+/// The largest chunk size [`ImportOptions::chunk_bytes`] takes (256 MiB): a block's text
+/// ranges are `u32`s, and a block holds at most a chunk and one line, plus its unescaped
+/// strings (no longer than their escaped text).
+pub const MAX_CHUNK_BYTES: usize = 1 << 28;
+
 /// Chunks queued for each parser, and blocks queued from each parser.
 const IN_FLIGHT: usize = 2;
 
@@ -52,7 +61,8 @@ const IN_FLIGHT: usize = 2;
 pub struct ImportOptions {
     /// Parser threads; 0 (the default) means one per core, at most 8.
     pub parsers: usize,
-    /// Bytes of whole lines a chunk holds (more when one line is longer; default 1 MiB).
+    /// Bytes of whole lines a chunk holds (more when one line is longer; default 1 MiB, at
+    /// most [`MAX_CHUNK_BYTES`]).
     pub chunk_bytes: usize,
 }
 
@@ -149,7 +159,7 @@ impl Registry {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
             n => n,
         };
-        let chunk_bytes = options.chunk_bytes.max(1);
+        let chunk_bytes = options.chunk_bytes.clamp(1, MAX_CHUNK_BYTES);
         std::thread::scope(|scope| {
             let mut to_parsers = Vec::with_capacity(parsers);
             let mut from_parsers = Vec::with_capacity(parsers);
@@ -328,14 +338,15 @@ impl Block {
         for line in text.split_inclusive('\n') {
             let at = lines;
             lines += 1;
+            // The reader's measure: the line's bytes up to its `\n`, any `\r` included.
+            if line.strip_suffix('\n').unwrap_or(line).len() > MAX_LINE_BYTES {
+                block.error = Some((at, ImportErrorKind::LineTooLong));
+                break;
+            }
             // JSON's own whitespace only: a line ending in another space character stays invalid.
             let line = line.trim_end_matches([' ', '\t', '\r', '\n']);
             if line.is_empty() {
                 continue;
-            }
-            if line.len() > MAX_LINE_BYTES {
-                block.error = Some((at, ImportErrorKind::LineTooLong));
-                break;
             }
             let mut spans = Spans {
                 base,
@@ -531,7 +542,14 @@ impl<'de> Visitor<'de> for LineSeed<'_, '_> {
             service: service..service,
             tags: tags..tags,
         };
+        let mut seen = 0u16;
         while let Some(key) = map.next_key::<Text<'de>>()? {
+            if let Some(i) = LINE_FIELDS.iter().position(|f| *f == &*key.0) {
+                if seen & (1 << i) != 0 {
+                    return Err(A::Error::duplicate_field(LINE_FIELDS[i]));
+                }
+                seen |= 1 << i;
+            }
             match &*key.0 {
                 "deviceId" => device_id = Some(spans.span(&map.next_value::<Text<'de>>()?)),
                 "status" => row.status = map.next_value()?,
@@ -570,6 +588,20 @@ impl<'de> Visitor<'de> for LineSeed<'_, '_> {
         Ok(())
     }
 }
+
+/// The members of a line this import takes; each may appear once.
+const LINE_FIELDS: [&str; 10] = [
+    "deviceId",
+    "status",
+    "statusReason",
+    "statusUpdatedTime",
+    "connectionState",
+    "connectionStateUpdatedTime",
+    "lastActivityTime",
+    "isManaged",
+    "deviceProperties",
+    "serviceProperties",
+];
 
 /// Which members a [`Members`] seed parses.
 #[derive(Clone, Copy)]
@@ -612,6 +644,8 @@ impl<'de> Visitor<'de> for Members<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let Members { block, spans, kind } = self;
+        // `properties` and `tags` of `serviceProperties`, once each.
+        let mut seen = 0u8;
         while let Some(key) = map.next_key::<Text<'de>>()? {
             match kind {
                 MemberKind::Device => {
@@ -630,12 +664,20 @@ impl<'de> Visitor<'de> for Members<'_, '_> {
                 }
                 MemberKind::Service => {
                     let kind = match &*key.0 {
-                        "properties" => MemberKind::ServiceScalars,
-                        "tags" => MemberKind::Tags,
+                        "properties" if seen & 1 == 0 => MemberKind::ServiceScalars,
+                        "tags" if seen & 2 == 0 => MemberKind::Tags,
+                        "properties" | "tags" => {
+                            return Err(A::Error::custom(format!("duplicate field `{}`", key.0)));
+                        }
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
                         }
+                    };
+                    seen |= if matches!(kind, MemberKind::Tags) {
+                        2
+                    } else {
+                        1
                     };
                     map.next_value_seed(Members {
                         block: &mut *block,
@@ -670,8 +712,10 @@ struct Reported<'a> {
 struct At(Timestamp);
 
 thread_local! {
-    static LAST_AT: std::cell::RefCell<(String, Timestamp)> =
-        const { std::cell::RefCell::new((String::new(), Timestamp::EPOCH)) };
+    /// The text this thread parsed last and its time (none yet: an empty text must
+    /// not match an empty cache).
+    static LAST_AT: std::cell::RefCell<(String, Option<Timestamp>)> =
+        const { std::cell::RefCell::new((String::new(), None)) };
 }
 
 impl<'de> Deserialize<'de> for At {
@@ -683,13 +727,15 @@ impl<'de> Deserialize<'de> for At {
                 f.write_str("an RFC 3339 date-time")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<At, E> {
-                LAST_AT.with_borrow_mut(|(text, at)| {
-                    if text.as_str() != s {
-                        *at = s.parse().map_err(E::custom)?;
+                LAST_AT.with_borrow_mut(|(text, last)| match last {
+                    Some(at) if text.as_str() == s => Ok(At(*at)),
+                    _ => {
+                        let at = s.parse().map_err(E::custom)?;
                         text.clear();
                         text.push_str(s);
+                        *last = Some(at);
+                        Ok(At(at))
                     }
-                    Ok(At(*at))
                 })
             }
         }
