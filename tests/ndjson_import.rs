@@ -274,3 +274,25 @@ fn empty_times_repeated_members_and_padded_long_lines_are_refused() {
         assert!(matches!(err.kind, ImportErrorKind::LineTooLong), "{err}");
     }
 }
+
+/// `chunk_bytes` above `MAX_CHUNK_BYTES` is taken as that bound (block text ranges are
+/// `u32`): the largest setting loads what the default loads.
+#[test]
+fn chunk_sizes_above_the_bound_are_capped() {
+    let twins = twins(40);
+    let text = export(&twins);
+    let mut expected = Registry::new();
+    expected.import_ndjson(text.as_bytes()).unwrap();
+    for chunk in [twinhub::registry::ndjson::MAX_CHUNK_BYTES, usize::MAX] {
+        let mut reg = Registry::new();
+        let options = ImportOptions {
+            parsers: 2,
+            chunk_bytes: chunk,
+        };
+        assert_eq!(
+            reg.import_ndjson_with(text.as_bytes(), options).unwrap(),
+            40
+        );
+        assert_eq!(all(&reg), all(&expected));
+    }
+}
