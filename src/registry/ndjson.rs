@@ -218,6 +218,8 @@ fn read_chunks(mut reader: impl Read, parsers: &[SyncSender<Chunk>], chunk_bytes
         let mut error = None;
         let mut eof;
         loop {
+            // Room for the whole read up front: growing while reading would copy the chunk.
+            bytes.reserve_exact(want - bytes.len());
             match (&mut reader)
                 .take((want - bytes.len()) as u64)
                 .read_to_end(&mut bytes)
