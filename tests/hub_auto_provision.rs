@@ -7,7 +7,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};
-use twinhub::hub::{Hub, HubConfig};
+use twinhub::hub::{Hub, HubConfig, HubEvent, LifecycleKind, SubscribeOptions};
 use twinhub::registry::Registry;
 
 /// Sends one CON request and returns the answer (retrying a few times on loss).
@@ -92,8 +92,29 @@ fn auto_provisioned_twins_are_capped_and_expire_unless_adopted() {
     wait_until("auto-0 removed", || hub.twin("auto-0").is_none());
     assert!(hub.twin("auto-1").is_some());
     assert!(hub.twin("auto-2").is_some());
+    // The job engine forgot auto-0 with its twin: it keeps auto-1 (offline) and auto-2
+    // (its announced objects) only, so churning names cannot grow it.
+    assert_eq!(hub.metrics().job_device_states, 2);
     wait_until("a free place", || hub.auto_provisioned_count() < 3);
     assert_eq!(register(&sock, addr, "auto-3", 400).code, Code::CREATED);
     wait_until("auto-3's twin", || hub.twin("auto-3").is_some());
+    wait_until("auto-3 tracked", || hub.metrics().job_device_states == 3);
+    // A twin the service removes is forgotten too, registered (auto-2) or not (auto-1),
+    // and its registration's later end does not bring it back.
+    hub.remove_device("auto-1").unwrap();
+    hub.remove_device("auto-2").unwrap();
+    assert_eq!(hub.metrics().job_device_states, 1);
+    let sub = hub.subscribe(SubscribeOptions::default()).unwrap();
+    let mut m = Message::new(MessageType::Confirmable, Code::DELETE, 0);
+    m.set_uri_path(&format!("/{}", locations[2].join("/")));
+    assert_eq!(exchange(&sock, addr, m, 500).code, Code::DELETED);
+    // Published after the job engine has had the event.
+    wait_until("auto-2's de-registration published", || {
+        std::iter::from_fn(|| sub.try_recv().ok()).any(|e| {
+            matches!(e, HubEvent::Lifecycle(l)
+                if l.event == LifecycleKind::Deregistered && l.device == "auto-2")
+        })
+    });
+    assert_eq!(hub.metrics().job_device_states, 1);
     hub.stop();
 }

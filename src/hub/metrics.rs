@@ -174,6 +174,10 @@ pub struct HubMetrics {
     pub kept_jobs: usize,
     /// Jobs history retention dropped since the hub started.
     pub dropped_jobs: u64,
+    /// Devices whose registration state the job engine keeps (offline, announced
+    /// objects, LWM2M version): at most one a twin, as the engine forgets a removed twin's
+    /// device ([`JobEngine::device_states`](crate::job::JobEngine::device_states)).
+    pub job_device_states: usize,
     /// Live subscriptions.
     pub subscribers: usize,
     /// The change feed's newest sequence number.

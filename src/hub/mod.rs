@@ -570,6 +570,8 @@ impl Hub {
     /// sessions close when next used).
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
         let twin = self.inner.write_durably(|reg| reg.remove(id))?;
+        // After the registry's lock is released (the engine's lock comes first elsewhere).
+        lock(&self.inner.jobs).forget_device(&twin.device_id);
         #[cfg(feature = "dtls")]
         if let Some(secure) = self.inner.secure.get() {
             secure.store.remove_device(&twin.device_id);
@@ -788,13 +790,14 @@ impl Hub {
                 reg.last_seq(),
             )
         };
-        let (unfinished_jobs, job_operations_in_flight, kept_jobs, dropped_jobs) = {
+        let (unfinished_jobs, job_operations_in_flight, kept_jobs, dropped_jobs, job_device_states) = {
             let jobs = lock(&self.inner.jobs);
             (
                 jobs.unfinished_jobs(),
                 jobs.operations_in_flight(),
                 jobs.kept_jobs(),
                 jobs.dropped_jobs(),
+                jobs.device_states(),
             )
         };
         let (subscribers, published) = self.inner.publisher.status();
@@ -807,6 +810,7 @@ impl Hub {
             job_operations_in_flight,
             kept_jobs,
             dropped_jobs,
+            job_device_states,
             subscribers,
             feed_seq,
             publish_lag: if subscribers == 0 {
@@ -1060,6 +1064,16 @@ impl Inner {
             for event in batch.iter() {
                 self.apply(&mut reg, event, wall, &mut ops, &mut published);
             }
+            // The engine keeps the registration state of the devices the registry holds
+            // only: a name without a twin (the in-memory fleet registers any; a twin
+            // removed while its device was registered) would stay in it for good.
+            batch.retain(|event| match event {
+                DeviceEvent::Registered { device, .. }
+                | DeviceEvent::RegistrationUpdated { device, .. }
+                | DeviceEvent::Deregistered { device }
+                | DeviceEvent::Expired { device } => reg.contains(device.as_str()),
+                _ => true,
+            });
         }
         let mut job_ops = Vec::new();
         let updates: Vec<_> = {
@@ -1100,6 +1114,7 @@ impl Inner {
         if due.is_empty() {
             return;
         }
+        let mut removed = Vec::new();
         let mut reg = self.registry.write();
         for (device, verdict) in due {
             if verdict == Verdict::Expired {
@@ -1108,11 +1123,18 @@ impl Inner {
                         && t.service_properties().is_empty()
                         && t.connection_state() == ConnectionState::Disconnected
                 });
-                if unadopted {
-                    let _ = reg.remove(device.as_str());
+                if unadopted && reg.remove(device.as_str()).is_ok() {
+                    removed.push(device.clone());
                 }
             }
             self.provisioned.forget(&device);
+        }
+        drop(reg);
+        if !removed.is_empty() {
+            let mut jobs = lock(&self.jobs);
+            for device in &removed {
+                jobs.forget_device(device);
+            }
         }
     }
 

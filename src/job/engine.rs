@@ -47,6 +47,12 @@ pub const JOB_OP_ID_BASE: u64 = 1 << 63;
 ///
 /// Retention drops whole jobs from the oldest end only: the newest job is always kept,
 /// and a job that has not finished keeps itself and every job created after it.
+///
+/// The engine also keeps one small entry per device that registered or went offline
+/// (offline or not, its announced objects, whether it takes composite operations), until
+/// [`JobEngine::forget_device`]; the hub passes it the registrations of the devices its
+/// registry holds only, and has it forget a device whose twin is removed, so these
+/// entries number at most the twins ([`HubMetrics::job_device_states`](crate::hub::HubMetrics::job_device_states)).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
@@ -833,6 +839,33 @@ impl JobEngine {
     /// [`EngineConfig::max_object_sets`]).
     pub fn object_set_count(&self) -> usize {
         self.object_sets.len()
+    }
+
+    /// Devices whose registration the engine keeps track of (offline, the objects they
+    /// announced, whether they take composite operations): one entry a device that
+    /// registered or went offline, until [`JobEngine::forget_device`].
+    pub fn device_states(&self) -> usize {
+        let announced = self
+            .announced
+            .keys()
+            .filter(|d| !self.offline.contains(*d))
+            .count();
+        let composite = self
+            .composite_capable
+            .iter()
+            .filter(|d| !self.offline.contains(*d) && !self.announced.contains_key(*d))
+            .count();
+        self.offline.len() + announced + composite
+    }
+
+    /// The device is gone (removed from the registry): forgets its registration state,
+    /// which would otherwise stay for as long as the engine (a device that went offline is
+    /// remembered as offline until it registers again). Its jobs' children are left as
+    /// they are: they end as their deadlines say.
+    pub fn forget_device(&mut self, device: &DeviceId) {
+        self.offline.remove(device);
+        self.announced.remove(device);
+        self.composite_capable.remove(device);
     }
 
     // ---- poll_* ----
