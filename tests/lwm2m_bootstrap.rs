@@ -9,6 +9,9 @@
 
 #![cfg(all(feature = "device", feature = "dtls"))]
 
+mod e2e_support;
+
+use e2e_support::until;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::dtls::{PskCredentials, PskKey};
@@ -80,14 +83,6 @@ fn connected(hub: &Hub, id: &str) -> bool {
         .is_some_and(|t| t.connection_state() == ConnectionState::Connected)
 }
 
-fn until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_device_is_bootstrapped_then_registers_over_plain_coap() {
     let mut registry = Registry::new();
@@ -121,7 +116,7 @@ fn a_device_is_bootstrapped_then_registers_over_plain_coap() {
         (LifecycleKind::Bootstrapped, None)
     );
     next_of(&events, "bs-plain", &[LifecycleKind::Registered]);
-    until("the twin connected", || connected(&hub, "bs-plain"));
+    until("the twin connected", WAIT, || connected(&hub, "bs-plain"));
     let registration = hub
         .registry()
         .read()
@@ -170,14 +165,14 @@ fn a_device_is_bootstrapped_then_registers_over_plain_coap() {
 
     // The provisioned device syncs with one Observe-Composite, pushes with Send, and a
     // job reads two of its paths (one Read-Composite: it speaks LWM2M 1.1).
-    until("one composite observation", || {
+    until("one composite observation", WAIT, || {
         dev.with(|c| c.observed_paths()) == [Lwm2mPath::ROOT]
     });
     let name = Lwm2mPath::resource(10241, 0, 1);
     dev.with(|c| c.set_value(&name, ResourceValue::String("night-mode".into())))
         .unwrap();
     dev.with(|c| c.send(Instant::now(), &[name])).unwrap();
-    until("the sent value in the twin", || {
+    until("the sent value in the twin", WAIT, || {
         property(&hub, "bs-plain", "ConfigName") == Some(Scalar::from("night-mode"))
     });
     let job = JobId::new("read-two").unwrap();
@@ -188,7 +183,7 @@ fn a_device_is_bootstrapped_then_registers_over_plain_coap() {
         vec![DeviceId::new("bs-plain").unwrap()],
     ))
     .unwrap();
-    until("the read job", || {
+    until("the read job", WAIT, || {
         hub.job(&job).is_some_and(|j| j.status.is_terminal())
     });
     assert_eq!(hub.job(&job).unwrap().status, JobStatus::Completed);
@@ -254,7 +249,9 @@ fn a_device_bootstrapped_with_a_psk_registers_over_dtls() {
         (LifecycleKind::Bootstrapped, None)
     );
     next_of(&dm_events, "bs-dtls", &[LifecycleKind::Registered]);
-    until("the twin connected over DTLS", || connected(&dm, "bs-dtls"));
+    until("the twin connected over DTLS", WAIT, || {
+        connected(&dm, "bs-dtls")
+    });
     let identity = dm
         .registry()
         .read()
@@ -339,7 +336,7 @@ fn a_device_bootstraps_over_dtls_with_its_bootstrap_credentials() {
     assert_eq!(seen.lock().unwrap().as_deref(), Some("bs-secure-bs"));
     assert!(dev.dtls_handshakes() >= 1, "the bootstrap went over DTLS");
     next_of(&dm_events, "bs-secure", &[LifecycleKind::Registered]);
-    until("the twin connected", || connected(&dm, "bs-secure"));
+    until("the twin connected", WAIT, || connected(&dm, "bs-secure"));
     dm.stop();
     bs.stop();
 }

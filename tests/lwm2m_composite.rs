@@ -11,8 +11,8 @@
 
 mod e2e_support;
 
-use e2e_support::{Device, device_value, prop, start, wait_for};
-use std::time::{Duration, Instant};
+use e2e_support::{Device, device_value, prop, start, until, wait_for};
+use std::time::Duration;
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::registry::Registry;
 use twinhub::transport::{DeviceError, DeviceReply, DeviceRequest};
@@ -38,13 +38,6 @@ fn observed(device: &Device) -> Vec<Lwm2mPath> {
 }
 
 /// Waits (bounded) until `done`.
-fn until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn a_1_1_device_is_synced_by_one_observe_composite_and_answers_composite_requests() {
@@ -56,7 +49,7 @@ fn a_1_1_device_is_synced_by_one_observe_composite_and_answers_composite_request
             && prop(&hub, "comp-1", "FirmwareUpdateState").is_some()
     });
     // One observation on the device, at the root: the composite of /3/0, /1/0 and /5/0.
-    until("one composite observation", || {
+    until("one composite observation", WAIT, || {
         observed(&devices[0]) == [Lwm2mPath::ROOT]
     });
     // A change on the device reaches the twin through the composite's notification.
@@ -155,7 +148,9 @@ fn a_1_1_device_is_synced_by_one_observe_composite_and_answers_composite_request
         .wait(WAIT)
         .unwrap();
     assert_eq!(reply, DeviceReply::Done);
-    until("no observation left", || observed(&devices[0]).is_empty());
+    until("no observation left", WAIT, || {
+        observed(&devices[0]).is_empty()
+    });
     hub.stop();
 }
 
@@ -171,6 +166,6 @@ fn with_composite_sync_off_each_synced_instance_is_observed_alone() {
     wait_for(&mut devices, "the twin to fill", || {
         prop(&hub, "comp-2", "BatteryLevel").is_some()
     });
-    until("three observations", || observed(&devices[0]) == want);
+    until("three observations", WAIT, || observed(&devices[0]) == want);
     hub.stop();
 }

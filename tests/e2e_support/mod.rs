@@ -1,5 +1,5 @@
 //! Helpers shared by the end-to-end tests over real UDP (plain: `e2e_udp.rs`, DTLS:
-//! `dtls_e2e.rs`): devices built with the crate's device library, the application's side
+//! `dtls_e2e.rs`, and the LWM2M 1.1 and bootstrap tests): devices built with the crate's device library, the application's side
 //! of them, and waiting for jobs.
 #![allow(dead_code)]
 
@@ -109,6 +109,15 @@ pub fn wait_for(devices: &mut [Device], what: &str, mut done: impl FnMut() -> bo
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         serve(devices);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits (at most `wait`) for `done`, with devices that run on their own threads.
+pub fn until(what: &str, wait: Duration, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + wait;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
