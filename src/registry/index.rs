@@ -716,7 +716,8 @@ impl PropertyIndex {
         // appended: `exists` in one pass; a value new to the index takes its first slot
         // as is; the other slots are grouped by value and appended value by value.
         let mut slots: Vec<u32> = staged.iter().map(|s| s.slot).collect();
-        if !slots.is_sorted() {
+        let ascending = slots.is_sorted();
+        if !ascending {
             slots.sort_unstable();
         }
         add_sorted(&mut self.exists, &slots);
@@ -733,6 +734,10 @@ impl PropertyIndex {
         for group in pairs.chunk_by(|a, b| a.0 == b.0) {
             slots.clear();
             slots.extend(group.iter().map(|&(_, slot)| slot));
+            // A group keeps the batch's order, which reused slots can break.
+            if !ascending {
+                slots.sort_unstable();
+            }
             self.values[group[0].0 as usize].slots.extend(&slots);
         }
         if self.column.get().is_some() {
@@ -951,6 +956,28 @@ mod tests {
         let reused = p.insert(&Scalar::from("again"), 2);
         assert!(p.free_ids().len() < 100 && reused < 102, "ids are reused");
         assert_eq!(p.ordered_ids().count(), p.distinct() + p.dead());
+    }
+
+    /// A batch whose slots do not ascend (removed slots reused) adds each value's slots in
+    /// order: `[1, 5, 2, 4]` is not the range 1..=4 (found by `index_agrees_with_a_model`).
+    #[test]
+    fn a_batch_of_reused_slots_out_of_order_is_indexed_exactly() {
+        for batch in [vec![10, 1], vec![1, 5, 2, 4], vec![9, 8, 7]] {
+            let mut p = PropertyIndex::new(PropertyKind::Service, Arc::from("x"), None);
+            let value = Scalar::from("v19");
+            p.insert(&value, 0);
+            let mut text = String::new();
+            let mut staged: Vec<StagedValue> = batch
+                .iter()
+                .map(|&slot| StagedValue::new(Some(value.borrowed()), slot, &mut text))
+                .collect();
+            p.load(&mut staged, &text);
+            let mut want = batch.clone();
+            want.push(0);
+            want.sort_unstable();
+            let got: Vec<u32> = p.slots_of(&value).unwrap().iter().collect();
+            assert_eq!(got, want, "batch {batch:?}");
+        }
     }
 
     proptest::proptest! {
