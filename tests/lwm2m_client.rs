@@ -62,8 +62,12 @@ impl Harness {
     }
 
     fn registered_with(tree: ObjectTree) -> Harness {
+        Harness::registered_configured(ClientConfig::new("dev-1", server()), tree)
+    }
+
+    fn registered_configured(config: ClientConfig, tree: ObjectTree) -> Harness {
         let now = Instant::now();
-        let client = Lwm2mClient::new(now, ClientConfig::new("dev-1", server()), tree);
+        let client = Lwm2mClient::new(now, config, tree);
         let mut h = Harness {
             client,
             now,
@@ -144,6 +148,13 @@ impl Harness {
     fn advance(&mut self, secs: u64) {
         self.now += Duration::from_secs(secs);
         self.client.handle_timeout(self.now);
+    }
+
+    /// Acknowledges the client's CON message `m` (an empty ACK).
+    fn ack(&mut self, m: &Message) {
+        let ack = Message::empty(MessageType::Acknowledgement, m.message_id);
+        self.client
+            .handle_datagram(self.now, server(), &ack.to_bytes().unwrap());
     }
 }
 
@@ -1079,9 +1090,13 @@ fn a_confirmable_notification_at_least_daily() {
         for m in h.sent() {
             if m.observe().is_some() {
                 kinds.push(m.mtype);
+                if m.mtype == MessageType::Confirmable {
+                    h.ack(&m);
+                }
             }
         }
     }
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
     assert_eq!(kinds.len(), 25);
     assert_eq!(
         kinds
@@ -1091,4 +1106,186 @@ fn a_confirmable_notification_at_least_daily() {
         1
     );
     assert_eq!(kinds[23], MessageType::Confirmable);
+}
+
+/// A registered client with `confirmable_notifications`, observing the temperature
+/// (/3303/0/5700, default pmin 0); returns the harness and the observation's token.
+fn observing_confirmably() -> (Harness, twinhub::coap::Token) {
+    let mut config = ClientConfig::new("dev-1", server());
+    config.confirmable_notifications = true;
+    let mut h = Harness::registered_configured(config, tree());
+    let mut obs = Message::request(Code::GET, "/3303/0/5700");
+    obs.set_observe(0);
+    let r = h.request(obs);
+    assert_eq!(r.observe(), Some(0));
+    assert_eq!(
+        h.events(),
+        vec![ClientEvent::Observed { path: TEMPERATURE }]
+    );
+    (h, r.token())
+}
+
+const TEMPERATURE: Lwm2mPath = Lwm2mPath::resource(3303, 0, 5700);
+
+fn notifications(sent: Vec<Message>) -> Vec<Message> {
+    sent.into_iter().filter(|m| m.observe().is_some()).collect()
+}
+
+#[test]
+fn confirmable_notifications_are_retransmitted_until_acknowledged() {
+    let (mut h, token) = observing_confirmably();
+    h.client
+        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
+        .unwrap();
+    h.advance(0);
+    let n = notifications(h.sent());
+    assert_eq!(n.len(), 1);
+    assert_eq!(
+        (n[0].mtype, n[0].token(), text(&n[0]).as_str()),
+        (MessageType::Confirmable, token, "21")
+    );
+    assert_eq!(h.client.unacknowledged_notifications(), 1);
+    // ACK_TIMEOUT is 2 s times [1, 1.5): nothing after 1 s, the same datagram by 3 s.
+    h.advance(1);
+    assert!(h.sent().is_empty());
+    h.advance(2);
+    let again = notifications(h.sent());
+    assert_eq!(again, n, "the retransmission is the same message");
+    h.ack(&n[0]);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+    for _ in 0..100 {
+        h.advance(1);
+        assert!(notifications(h.sent()).is_empty());
+    }
+    assert_eq!(h.events(), vec![]);
+}
+
+#[test]
+fn a_newer_notification_takes_over_an_unacknowledged_one() {
+    let (mut h, _) = observing_confirmably();
+    h.client
+        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
+        .unwrap();
+    h.advance(0);
+    let first = notifications(h.sent()).remove(0);
+    h.advance(3);
+    assert_eq!(notifications(h.sent()), vec![first.clone()]);
+    // The second wait is 4-6 s from t=3; a change at t=4 goes out at once, CON.
+    h.advance(1);
+    h.client
+        .set_value(&TEMPERATURE, ResourceValue::Float(22.0))
+        .unwrap();
+    h.advance(0);
+    let second = notifications(h.sent()).remove(0);
+    assert_eq!(second.mtype, MessageType::Confirmable);
+    assert_ne!(second.message_id, first.message_id);
+    assert!(second.observe().unwrap() > first.observe().unwrap());
+    assert_eq!(text(&second), "22");
+    // It keeps the first one's schedule (RFC 7641 §4.5.2): the next retransmission comes
+    // by t=9, not 2-3 s after t=4 ... and it is the newer notification, never the old.
+    h.ack(&first);
+    assert_eq!(h.client.unacknowledged_notifications(), 1);
+    h.advance(2);
+    assert!(
+        h.sent().is_empty(),
+        "the take-over does not restart the timer"
+    );
+    let mut resent = Vec::new();
+    for _ in 0..3 {
+        h.advance(1);
+        resent.extend(notifications(h.sent()));
+    }
+    assert_eq!(resent, vec![second.clone()]);
+    h.ack(&second);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+}
+
+#[test]
+fn an_unacknowledged_notification_checks_the_registration_and_is_sent_again() {
+    let (mut h, token) = observing_confirmably();
+    h.client
+        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
+        .unwrap();
+    h.advance(0);
+    let n = notifications(h.sent()).remove(0);
+    // Four retransmissions (MAX_RETRANSMIT), then the last wait: 31 x 2-3 s in all.
+    let mut copies = 0;
+    let mut update = None;
+    for _ in 0..100 {
+        h.advance(1);
+        for m in h.sent() {
+            if m.observe().is_some() {
+                assert_eq!(m, n);
+                copies += 1;
+            } else if m.code == Code::POST {
+                update = Some(m);
+            }
+        }
+        if update.is_some() {
+            break;
+        }
+    }
+    assert_eq!(copies, 4);
+    let update = update.expect("a registration Update after the notification timed out");
+    assert_eq!(update.uri_path_string(), "rd/abc");
+    assert_eq!(
+        h.events(),
+        vec![ClientEvent::NotificationTimedOut { path: TEMPERATURE }]
+    );
+    // The observation stays; nothing is waiting for an ACK meanwhile.
+    assert_eq!(h.client.observation_count(), 1);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+    // The server accepts the Update: the current value is notified again, CON.
+    h.answer(&update, Code::CHANGED, |_| {});
+    assert_eq!(h.events(), vec![ClientEvent::RegistrationUpdated]);
+    let again = notifications(h.sent());
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].mtype, again[0].token(), text(&again[0]).as_str()),
+        (MessageType::Confirmable, token, "21")
+    );
+    assert!(again[0].observe().unwrap() > n.observe().unwrap());
+    h.ack(&again[0]);
+
+    // Next time the server has forgotten the registration: the client registers anew
+    // and the observation ends with it.
+    h.client
+        .set_value(&TEMPERATURE, ResourceValue::Float(23.0))
+        .unwrap();
+    h.advance(0);
+    let mut update = None;
+    for _ in 0..100 {
+        h.advance(1);
+        update = h.sent().into_iter().find(|m| m.code == Code::POST);
+        if update.is_some() {
+            break;
+        }
+    }
+    let update = update.expect("a second Update");
+    h.answer(&update, Code::NOT_FOUND, |_| {});
+    assert_eq!(h.client.observation_count(), 0);
+    h.advance(0);
+    assert!(
+        h.sent().iter().any(|m| m.uri_path_string() == "rd"),
+        "registers anew"
+    );
+}
+
+#[test]
+fn non_confirmable_notifications_wait_for_no_ack() {
+    let mut h = Harness::registered();
+    let mut obs = Message::request(Code::GET, "/3303/0/5700");
+    obs.set_observe(0);
+    assert_eq!(h.request(obs).observe(), Some(0));
+    h.client
+        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
+        .unwrap();
+    h.advance(0);
+    let n = notifications(h.sent());
+    assert_eq!(n[0].mtype, MessageType::NonConfirmable);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+    for _ in 0..100 {
+        h.advance(1);
+        assert!(notifications(h.sent()).is_empty());
+    }
 }

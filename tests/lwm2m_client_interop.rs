@@ -94,13 +94,12 @@ fn device_tree() -> ObjectTree {
     tree
 }
 
-fn start_device(port: u16, endpoint: &str) -> DeviceThread {
+/// A device on a thread; `confirmable`: every notification CON (else NON).
+fn start_device(port: u16, endpoint: &str, confirmable: bool) -> DeviceThread {
     let server = format!("127.0.0.1:{port}").parse().unwrap();
-    let client = Lwm2mClient::new(
-        Instant::now(),
-        ClientConfig::new(endpoint, server),
-        device_tree(),
-    );
+    let mut config = ClientConfig::new(endpoint, server);
+    config.confirmable_notifications = confirmable;
+    let client = Lwm2mClient::new(Instant::now(), config, device_tree());
     DeviceThread::spawn(client, "127.0.0.1:0".parse().unwrap()).unwrap()
 }
 
@@ -138,7 +137,7 @@ fn lwm2m_node_lib_server_drives_our_client() {
     cmd.arg(peers_dir().join("lwm2m_node_server.js"));
     let mut peer = Peer::spawn(cmd);
     let port = peer.port();
-    let device = start_device(port, "node-interop");
+    let device = start_device(port, "node-interop", false);
     let reg = peer.wait_for("REGISTERED ", Duration::from_secs(10));
     assert!(reg.starts_with("REGISTERED node-interop 300 "), "{reg}");
     assert!(reg.contains("</3/0>") && reg.contains("</5/0>") && !reg.contains("</0/"));
@@ -205,7 +204,7 @@ fn aiocoap_scripted_server_reads_writes_and_pushes_firmware() {
     cmd.arg(peers_dir().join("aiocoap_lwm2m_server.py"));
     let mut peer = Peer::spawn(cmd);
     let port = peer.port();
-    let device = start_device(port, "aiocoap-interop");
+    let device = start_device(port, "aiocoap-interop", true);
     let reg = peer.wait_for("REGISTERED ", Duration::from_secs(10));
     assert!(
         reg.starts_with("REGISTERED ep=aiocoap-interop&lt=300&lwm2m=1.1&b=U "),
@@ -220,6 +219,19 @@ fn aiocoap_scripted_server_reads_writes_and_pushes_firmware() {
         notified,
         r#"RESULT notify_composite 2.05 110 [{"n":"/3/0/9","v":42},{"n":"/3/0/15","vs":"Europe/Oslo"}]"#
     );
+    // Sent CON (the device is configured so) and acknowledged by aiocoap's message layer.
+    assert_eq!(
+        peer.wait_for("MTYPE notify_composite ", Duration::from_secs(5)),
+        "MTYPE notify_composite CON"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while device.with(|c| c.unacknowledged_notifications()) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "aiocoap never acknowledged the notification"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     peer.wait_for("DONE", Duration::from_secs(15));
 
     let tlv = result(&peer, "read_tlv");

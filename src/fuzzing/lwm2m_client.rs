@@ -124,6 +124,8 @@ pub fn client_requests(data: &[u8]) {
     let mut now = Instant::now();
     let mut config = ClientConfig::new("fuzz", server);
     config.max_body = 64 * 1024;
+    // Half the inputs notify confirmably (retransmitted until acknowledged).
+    config.confirmable_notifications = data.first().is_some_and(|b| b & 0x80 != 0);
     let mut client = Lwm2mClient::new(now, config, tree());
     client.handle_timeout(now);
     // Register.
@@ -174,6 +176,7 @@ pub fn client_requests(data: &[u8]) {
             panic!("object tree corrupted: {e}");
         }
         assert!(client.observation_count() <= client.config().max_observations);
+        assert!(client.unacknowledged_notifications() <= client.observation_count());
         assert!(client.attributes().len() <= crate::lwm2m::client::MAX_ATTRIBUTE_PATHS);
     }
 }

@@ -12,7 +12,8 @@ built by `json` and by cbor2 (a CBOR codec nobody here wrote): Read-Composite (F
 SenML JSON and in SenML CBOR (the CBOR answer decoded by cbor2 and printed as `DECODED`),
 Write-Composite (iPATCH /) and a read back, a Write-Composite that names a read-only
 resource (refused, nothing written), and an Observe-Composite: it prints `OBSERVING`
-after the first answer and waits (10 s at most) for one notification. One
+after the first answer and waits (10 s at most) for one notification (printing its
+message type: `MTYPE notify_composite CON`). One
 `RESULT <name> <code> <content-format> <payload>` line per request (payload as hex for
 TLV, opaque and CBOR). Then `DONE`. Exits after 30 s in any case.
 """
@@ -140,7 +141,9 @@ async def drive(context, remote):
     show("observe_composite", await asyncio.wait_for(observe.response, 10))
     out("OBSERVING")
     notifications = observe.observation.__aiter__()
-    show("notify_composite", await asyncio.wait_for(notifications.__anext__(), 10))
+    notification = await asyncio.wait_for(notifications.__anext__(), 10)
+    show("notify_composite", notification)
+    out("MTYPE notify_composite %s" % notification.mtype.name)
     observe.observation.cancel()
     package = bytes((i * 7) % 256 for i in range(3000))
     await request(

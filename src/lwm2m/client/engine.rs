@@ -45,6 +45,15 @@ pub struct ClientConfig {
     pub ack_timeout: Duration,
     /// CoAP MAX_RETRANSMIT.
     pub max_retransmit: u8,
+    /// Send every notification confirmable (CON), retransmitted until the server
+    /// acknowledges it, instead of non-confirmable (NON) with one CON at least every 24
+    /// hours (RFC 7641 §4.5). Costs an ACK per notification; a notification lost on the
+    /// way is then sent again rather than waiting for the next change or `pmax`. A
+    /// newer notification of the same observation takes over the retransmission of an
+    /// unacknowledged one (RFC 7641 §4.5.2); one that stays unacknowledged after
+    /// `max_retransmit` retransmissions raises [`ClientEvent::NotificationTimedOut`] and a
+    /// registration Update (see there). Default `false`, as in most LwM2M clients.
+    pub confirmable_notifications: bool,
     /// First wait before re-registering after a failure; doubles up to `retry_max`.
     pub retry_initial: Duration,
     /// Longest wait between registration attempts.
@@ -75,7 +84,8 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: lifetime 300 s, no queue mode, ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4, retries
+    /// Defaults: lifetime 300 s, no queue mode, ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4,
+    /// non-confirmable notifications (one CON a day), retries
     /// from 5 s to 10 min, 32 observations, 1024-byte blocks, 4 MiB bodies.
     pub fn new(endpoint: impl Into<String>, server: SocketAddr) -> Self {
         ClientConfig {
@@ -85,6 +95,7 @@ impl ClientConfig {
             queue_mode: false,
             ack_timeout: Duration::from_secs(2),
             max_retransmit: 4,
+            confirmable_notifications: false,
             retry_initial: Duration::from_secs(5),
             retry_max: Duration::from_secs(600),
             max_observations: 32,
@@ -197,6 +208,18 @@ pub enum ClientEvent {
     /// The server started observing a path.
     Observed {
         /// The observed path.
+        path: Lwm2mPath,
+    },
+    /// A confirmable notification of the observation of `path` was not acknowledged
+    /// after `max_retransmit` retransmissions. The client keeps the observation and sends
+    /// a registration Update at once to learn whether the server is still there: if the
+    /// Update is accepted, the current value is notified again (CON); if it fails, the
+    /// client registers anew, which ends every observation (the server observes again).
+    /// RFC 7641 lets a CoAP server drop such an observer; an LwM2M client has the
+    /// registration to check instead, and dropping it silently would leave the server's
+    /// copy stale.
+    NotificationTimedOut {
+        /// The observed path (the root for an Observe-Composite).
         path: Lwm2mPath,
     },
     /// The server acknowledged a Send ([`Lwm2mClient::send`]) with 2.04.
@@ -351,6 +374,21 @@ struct Observation {
     /// When the last confirmable notification went out (RFC 7641 §4.5: one at least every
     /// 24 hours, so a server that is gone is noticed by its RST or silence).
     last_confirmable: Instant,
+    /// The confirmable notification not yet acknowledged (at most one an observation:
+    /// a newer one takes over its retransmission).
+    unacked: Option<Unacked>,
+    /// The last confirmable notification timed out: notify the current value again once
+    /// a registration Update shows the server is there.
+    renotify: bool,
+}
+
+/// A confirmable notification waiting for its ACK.
+struct Unacked {
+    message_id: u16,
+    bytes: Vec<u8>,
+    retransmits: u8,
+    wait: Duration,
+    next: Instant,
 }
 
 /// A Block1 request being reassembled. Blocks are placed by byte offset (RFC 7959: block
@@ -516,6 +554,17 @@ impl Lwm2mClient {
     /// How many observations the server holds.
     pub fn observation_count(&self) -> usize {
         self.observations.len()
+    }
+
+    /// Confirmable notifications sent and not yet acknowledged (at most one an
+    /// observation). 0 means every CON notification reached the server, e.g. before the
+    /// device sleeps; non-confirmable ones are never counted (see
+    /// [`ClientConfig::confirmable_notifications`]).
+    pub fn unacknowledged_notifications(&self) -> usize {
+        self.observations
+            .iter()
+            .filter(|o| o.unacked.is_some())
+            .count()
     }
 
     /// The paths under observation.
@@ -697,6 +746,9 @@ impl Lwm2mClient {
             if let Some(d) = o.timer.deadline(&self.observation_attributes(o)) {
                 at(d);
             }
+            if let Some(u) = &o.unacked {
+                at(u.next);
+            }
         }
         t
     }
@@ -753,6 +805,11 @@ impl Lwm2mClient {
         if msg.encode(&mut payload).is_err() {
             return;
         }
+        self.push_bytes(destination, payload);
+    }
+
+    /// Queues an encoded datagram (the oldest is dropped past [`QUEUE_BOUND`]).
+    fn push_bytes(&mut self, destination: SocketAddr, payload: Vec<u8>) {
         if self.transmits.len() >= QUEUE_BOUND {
             self.transmits.pop_front();
         }
@@ -760,6 +817,14 @@ impl Lwm2mClient {
             destination,
             payload,
         });
+    }
+
+    /// The first wait for an ACK: ACK_TIMEOUT times a random factor in [1, 1.5)
+    /// (RFC 7252 §4.8).
+    fn first_ack_wait(&mut self) -> Duration {
+        self.next_token();
+        let jitter = (self.token_state >> 40) as f64 / (1u64 << 24) as f64;
+        self.config.ack_timeout.mul_f64(1.0 + 0.5 * jitter)
     }
 
     fn push_event(&mut self, e: ClientEvent) {
@@ -791,17 +856,15 @@ impl Lwm2mClient {
             next: now + wait,
             acked: false,
         });
-        if self.transmits.len() >= QUEUE_BOUND {
-            self.transmits.pop_front();
-        }
-        self.transmits.push_back(Transmit {
-            destination: to,
-            payload: bytes,
-        });
+        self.push_bytes(to, bytes);
     }
 
+    /// Retransmits the requests and confirmable notifications whose wait ran out; ends
+    /// the exchanges that ran out of retransmissions.
     fn retransmit(&mut self, now: Instant) {
         let mut failed = Vec::new();
+        let mut again = Vec::new();
+        let mut lost = Vec::new();
         for o in &mut self.outgoing {
             if o.next > now {
                 continue;
@@ -813,13 +876,35 @@ impl Lwm2mClient {
             o.retransmits += 1;
             o.wait *= 2;
             o.next = now + o.wait;
-            if self.transmits.len() >= QUEUE_BOUND {
-                self.transmits.pop_front();
+            again.push((o.destination, o.bytes.clone()));
+        }
+        for o in &mut self.observations {
+            let Some(u) = &mut o.unacked else {
+                continue;
+            };
+            if u.next > now {
+                continue;
             }
-            self.transmits.push_back(Transmit {
-                destination: o.destination,
-                payload: o.bytes.clone(),
-            });
+            if u.retransmits >= self.config.max_retransmit {
+                o.unacked = None;
+                o.renotify = true;
+                lost.push(o.path);
+                continue;
+            }
+            u.retransmits += 1;
+            u.wait *= 2;
+            u.next = now + u.wait;
+            again.push((self.config.server, u.bytes.clone()));
+        }
+        for (destination, bytes) in again {
+            self.push_bytes(destination, bytes);
+        }
+        if !lost.is_empty() {
+            // Is the server still there? The Update answers it (see NotificationTimedOut).
+            self.update_due = true;
+        }
+        for path in lost {
+            self.push_event(ClientEvent::NotificationTimedOut { path });
         }
         for token in failed {
             if let Some(at) = self.outgoing.iter().position(|o| o.token == token) {
@@ -998,6 +1083,14 @@ impl Lwm2mClient {
                 {
                     o.acked = true;
                     o.next = now + MAX_TRANSMIT_WAIT;
+                } else if from == self.config.server
+                    && let Some(o) = self.observations.iter_mut().find(|o| {
+                        o.unacked
+                            .as_ref()
+                            .is_some_and(|u| u.message_id == msg.message_id)
+                    })
+                {
+                    o.unacked = None;
                 }
             }
             MessageType::Reset => {
@@ -1072,6 +1165,12 @@ impl Lwm2mClient {
                     update_at,
                 };
                 self.push_event(ClientEvent::RegistrationUpdated);
+                // The server is there: notify what it may have missed.
+                for o in &mut self.observations {
+                    if std::mem::take(&mut o.renotify) {
+                        o.timer.pending = true;
+                    }
+                }
             }
             Purpose::Deregister => {
                 self.reg = RegState::Stopped;
@@ -1500,6 +1599,8 @@ impl Lwm2mClient {
                     timer: NotifyTimer::new(now, value),
                     last_message_id: 0,
                     last_confirmable: now,
+                    unacked: None,
+                    renotify: false,
                 });
                 resp.set_observe(0);
                 self.push_event(ClientEvent::Observed { path: *path });
@@ -1591,6 +1692,8 @@ impl Lwm2mClient {
                     timer: NotifyTimer::new(now, None),
                     last_message_id: 0,
                     last_confirmable: now,
+                    unacked: None,
+                    renotify: false,
                 });
                 resp.set_observe(0);
                 self.push_event(ClientEvent::Observed {
@@ -1937,17 +2040,22 @@ impl Lwm2mClient {
                 ),
             };
             let mid = self.next_mid();
+            let first_wait = self.first_ack_wait();
+            let always_con = self.config.confirmable_notifications;
             let o = &mut self.observations[i];
             o.seq = (o.seq + 1) & 0xff_ffff;
             o.last_message_id = mid;
             o.timer.sent(now, value);
-            let mtype =
-                if now.saturating_duration_since(o.last_confirmable) >= CONFIRMABLE_NOTIFY_EVERY {
-                    o.last_confirmable = now;
-                    MessageType::Confirmable
-                } else {
-                    MessageType::NonConfirmable
-                };
+            // An unacknowledged CON is taken over by this one, which must then be CON too.
+            let con = always_con
+                || o.unacked.is_some()
+                || now.saturating_duration_since(o.last_confirmable) >= CONFIRMABLE_NOTIFY_EVERY;
+            let mtype = if con {
+                o.last_confirmable = now;
+                MessageType::Confirmable
+            } else {
+                MessageType::NonConfirmable
+            };
             let mut m = Message::new(mtype, Code::CONTENT, mid);
             m.with_token(o.token);
             m.set_observe(o.seq);
@@ -1963,7 +2071,30 @@ impl Lwm2mClient {
             } else {
                 m.payload = body;
             }
-            self.push_transmit(self.config.server, &m);
+            let Ok(bytes) = m.to_bytes() else {
+                i += 1;
+                continue;
+            };
+            if con {
+                // RFC 7641 §4.5.2: a newer CON notification takes over the retransmission
+                // counter and timeout of one still unacknowledged.
+                let o = &mut self.observations[i];
+                o.unacked = Some(match o.unacked.take() {
+                    Some(old) => Unacked {
+                        message_id: mid,
+                        bytes: bytes.clone(),
+                        ..old
+                    },
+                    None => Unacked {
+                        message_id: mid,
+                        bytes: bytes.clone(),
+                        retransmits: 0,
+                        wait: first_wait,
+                        next: now + first_wait,
+                    },
+                });
+            }
+            self.push_bytes(self.config.server, bytes);
             i += 1;
         }
     }

@@ -58,10 +58,16 @@
 //!   so 10,000 devices fit in one process.
 //! - **Only the server may ask.** Requests from any address but the configured server's
 //!   are dropped; Security /0 answers 4.01 and is left out of the registration.
-//! - **Notifications are NON**, each with a fresh message id, except one CON at least
-//!   every 24 hours (RFC 7641 §4.5; not retransmitted); a RST to one cancels the
-//!   observation, as does GET with Observe=1. Observations end when the client
-//!   re-registers (the server re-observes, LWM2M §6.2).
+//! - **Notifications are NON** by default, each with a fresh message id, except one CON
+//!   at least every 24 hours (RFC 7641 §4.5); with
+//!   [`ClientConfig::confirmable_notifications`] every one is CON. A CON notification is
+//!   retransmitted until acknowledged (ACK_TIMEOUT x [1, 1.5), doubling, `max_retransmit`
+//!   times); a newer one of the same observation takes over its retransmission (RFC 7641
+//!   §4.5.2), so at most one waits per observation. One never acknowledged raises
+//!   [`ClientEvent::NotificationTimedOut`] and a registration Update: accepted, the
+//!   current value is notified again; refused or unanswered, the client registers anew.
+//!   A RST to a notification cancels the observation, as does GET with Observe=1.
+//!   Observations end when the client re-registers (the server re-observes, LWM2M §6.2).
 //! - **Composite operations** (LWM2M 1.1): Read- and Observe-Composite (`FETCH /` with a
 //!   SenML JSON or CBOR path list; paths with nothing to read are left out), and
 //!   Write-Composite (`iPATCH /`), validated in full before anything is written
