@@ -351,3 +351,79 @@ fn request_response_with_one_device() {
         .wait(Duration::from_secs(1));
     assert_eq!(err, Err(RequestError::HubStopped));
 }
+
+/// A twin removed while jobs target its device: the child holding the device, one waiting
+/// behind it in another job, and one that had not reached its turn all fail as
+/// `deviceRemoved`, and nothing more is sent to the device; the other devices finish.
+#[test]
+fn a_removed_twins_children_fail_as_device_removed() {
+    let mut transport = MemoryTransport::new(MemoryConfig::with_seed(11));
+    let mut registry = Registry::new();
+    let now = Instant::now();
+    let ids: Vec<DeviceId> = ["mute", "later", "fine"]
+        .iter()
+        .map(|s| DeviceId::new(s).unwrap())
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let mut faults = quick_faults();
+        // "mute" never answers: its child stays in progress until the twin goes.
+        faults.unresponsive = i == 0;
+        transport
+            .add_device(now, DeviceSpec::new(id.clone()).faults(faults))
+            .unwrap();
+        registry.create(Twin::new(id.clone())).unwrap();
+    }
+    let hub = Hub::with_transport(transport, registry, HubConfig::default());
+    wait_until("registrations", || {
+        ids.iter().all(|id| {
+            hub.twin(id.as_str())
+                .is_some_and(|t| t.connection_state == ConnectionState::Connected)
+        })
+    });
+    let config = |name: &str| JobType::ConfigurationUpdate {
+        name: name.into(),
+        value: "1".into(),
+    };
+    // One child at a time, in target order: "mute" holds the rollout.
+    let rollout = JobId::new("rollout").unwrap();
+    hub.create_job(JobSpec::new(rollout.clone(), config("a"), ids.clone()).max_in_flight(1))
+        .unwrap();
+    let behind = JobId::new("behind").unwrap();
+    hub.create_job(JobSpec::new(
+        behind.clone(),
+        config("b"),
+        vec![ids[0].clone()],
+    ))
+    .unwrap();
+    wait_until("mute in progress", || {
+        hub.job_statistics(&rollout).unwrap().running == 1
+    });
+    assert_eq!(hub.job_statistics(&rollout).unwrap().pending, 2);
+    assert_eq!(hub.job_statistics(&behind).unwrap().pending, 1);
+
+    // "later" goes while it waits for its turn, "mute" while it holds both jobs.
+    hub.remove_device("later").unwrap();
+    hub.remove_device("mute").unwrap();
+    for job in [&rollout, &behind] {
+        wait_until(&format!("{job} to end"), || {
+            hub.job(job).unwrap().status == JobStatus::Failed
+        });
+    }
+    let reason = |job: &JobId, device: &str| {
+        hub.job_children(job)
+            .into_iter()
+            .find(|r| r.device_id.as_ref().is_some_and(|d| d.as_str() == device))
+            .map(|r| (r.status, r.failure_reason))
+            .unwrap()
+    };
+    let removed = (JobStatus::Failed, Some("deviceRemoved".to_string()));
+    assert_eq!(reason(&rollout, "mute"), removed);
+    assert_eq!(reason(&rollout, "later"), removed);
+    assert_eq!(reason(&behind, "mute"), removed);
+    assert_eq!(reason(&rollout, "fine").0, JobStatus::Completed);
+    // The job engine keeps registration state of the remaining twin only.
+    wait_until("the engine forgot both", || {
+        hub.metrics().job_device_states == 1
+    });
+    hub.stop();
+}

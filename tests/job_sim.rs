@@ -1014,6 +1014,46 @@ fn every_child_transition_edge_is_exercised_by_the_engine() {
     );
     add(&sim);
 
+    // 6. A device's twin is removed: the child holding it and one blocked behind it in
+    // another job fail (a child that never started included).
+    let mut sim = Sim::new(25);
+    sim.add(DeviceSpec::new(dev(0)).faults(FaultProfile {
+        unresponsive: true,
+        ..FaultProfile::default()
+    }));
+    sim.run_for(Duration::from_secs(1));
+    let holding = jid("edges-6");
+    let waiting = jid("edges-6b");
+    for id in [&holding, &waiting] {
+        let spec = JobSpec::new(
+            id.clone(),
+            JobType::ConfigurationUpdate {
+                name: "a".into(),
+                value: "b".into(),
+            },
+            vec![dev(0)],
+        );
+        sim.jobs.create(sim.now, spec).unwrap();
+    }
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.jobs.statistics(&holding).unwrap().running, 1);
+    assert_eq!(sim.jobs.statistics(&waiting).unwrap().pending, 1);
+    assert_eq!(sim.jobs.forget_device(sim.now, &dev(0)), 2);
+    assert_eq!(
+        sim.jobs.forget_device(sim.now, &dev(0)),
+        0,
+        "nothing is left"
+    );
+    for id in [&holding, &waiting] {
+        assert_eq!(
+            sim.jobs.child_state(id, &dev(0)).unwrap(),
+            (ChildState::Failed, Some(&FailureReason::DeviceRemoved))
+        );
+        assert_eq!(sim.jobs.job_state(id), Some(ParentState::Failed));
+    }
+    sim.check_invariants();
+    add(&sim);
+
     let missing: Vec<_> = CHILD_TRANSITIONS
         .iter()
         .zip(&hits)

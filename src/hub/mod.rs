@@ -107,7 +107,9 @@ use crate::job::{
 use crate::lwm2m::server::{ServerConfig, UdpServer};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceValue};
 use crate::query::{QueryError, QueryExpression, QueryOptions, QueryResult};
-use crate::registry::{Change, FeedGap, Registry, RegistryError, SharedRegistry, StoreFailure};
+use crate::registry::{
+    Change, ChangeKind, FeedGap, Registry, RegistryError, SharedRegistry, StoreFailure,
+};
 use crate::store::SharedStore;
 use crate::transport::{
     DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId,
@@ -268,6 +270,9 @@ struct Inner {
     udp: Mutex<Option<UdpSlot>>,
     provisioned: Arc<AutoProvisioned>,
     last_sweep: Mutex<Instant>,
+    /// The change-feed sequence number through which the job engine heard of the
+    /// registry's removals (`u64::MAX`: not yet; see `forget_removed`).
+    engine_through: Mutex<u64>,
     /// Requests of [`Hub::request`] waiting for their answers.
     waiting: Arc<Waiting>,
     /// The hub's own sync observations (only the hub thread touches it).
@@ -426,6 +431,7 @@ impl Hub {
             udp: Mutex::new(udp),
             provisioned,
             last_sweep: Mutex::new(Instant::now()),
+            engine_through: Mutex::new(u64::MAX),
             waiting: Arc::default(),
             synced: Mutex::new(HashMap::new()),
             #[cfg(feature = "dtls")]
@@ -567,11 +573,11 @@ impl Hub {
     }
 
     /// Removes a device; returns its last twin. Its credentials go with it (its DTLS
-    /// sessions close when next used).
+    /// sessions close when next used). Its jobs' unfinished children fail as
+    /// `deviceRemoved` at the hub's next event or tick (the job engine reads removals from
+    /// the registry's change feed, so a removal through [`Hub::registry`] counts too).
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
         let twin = self.inner.write_durably(|reg| reg.remove(id))?;
-        // After the registry's lock is released (the engine's lock comes first elsewhere).
-        lock(&self.inner.jobs).forget_device(&twin.device_id);
         #[cfg(feature = "dtls")]
         if let Some(secure) = self.inner.secure.get() {
             secure.store.remove_device(&twin.device_id);
@@ -707,7 +713,7 @@ impl Hub {
             let record = jobs
                 .job(&id)
                 .ok_or_else(|| SpecError::UnknownJob(id.clone()))?;
-            (record, drain_ops(&mut jobs))
+            (record, self.inner.drain_job_ops(now, &mut jobs))
         };
         self.inner.publish_jobs();
         self.inner.send_job_ops(ops);
@@ -722,7 +728,7 @@ impl Hub {
             let mut jobs = lock(&self.inner.jobs);
             let status = jobs.cancel(now, id, mode)?;
             self.inner.commit_jobs(&mut jobs)?;
-            (status, drain_ops(&mut jobs))
+            (status, self.inner.drain_job_ops(now, &mut jobs))
         };
         self.inner.publish_jobs();
         self.inner.send_job_ops(ops);
@@ -1013,6 +1019,76 @@ impl Inner {
         if let Ok(restored) = store.load_jobs(config, now, Timestamp::now()) {
             // Operations of the old engine still in the outbox are dropped with it.
             *jobs = restored;
+            jobs.retain_devices(now, |d| reg.contains(d.as_str()));
+        }
+    }
+
+    /// Tells the job engine of the twins removed since it last heard: it forgets their
+    /// registration state and fails their unfinished children (`deviceRemoved`). The
+    /// removals are read from the registry's change feed, so a removal through
+    /// [`Hub::registry`] or the auto-provisioning sweep counts like
+    /// [`Hub::remove_device`]; where the feed no longer holds every change since (and at
+    /// the first call, after a restart), every device the engine knows is checked against
+    /// the registry instead. Called with the jobs lock held (the order is jobs, then
+    /// registry), after the engine handled its events, so a registration it took just
+    /// before a removal is forgotten too.
+    fn forget_removed(&self, now: Instant, jobs: &mut JobEngine) {
+        let reg = self.registry.read();
+        let mut through = lock(&self.engine_through);
+        let last = reg.last_seq();
+        if last == *through {
+            return;
+        }
+        let mut gone = Vec::new();
+        let complete = last > *through
+            && match reg.changes_after(*through) {
+                Ok(changes) => {
+                    for c in changes {
+                        if c.kind == ChangeKind::Removed && !reg.contains(c.device.as_str()) {
+                            gone.push(c.device.clone());
+                        }
+                    }
+                    true
+                }
+                Err(_) => false,
+            };
+        if complete {
+            for device in &gone {
+                jobs.forget_device(now, device);
+            }
+        } else {
+            jobs.retain_devices(now, |d| reg.contains(d.as_str()));
+        }
+        *through = last;
+    }
+
+    /// The engine's operations to send, once each device is checked against the registry
+    /// (with the jobs lock held): a child whose device's twin is gone fails as
+    /// `deviceRemoved` as it starts (the removal may not have reached the engine yet, or
+    /// the child had not reached its turn when it did), and its operation is not sent.
+    fn drain_job_ops(&self, now: Instant, jobs: &mut JobEngine) -> Vec<DeviceOp> {
+        let mut out = Vec::new();
+        loop {
+            let ops = drain_ops(jobs);
+            if ops.is_empty() {
+                return out;
+            }
+            let gone: Vec<DeviceId> = {
+                let reg = self.registry.read();
+                let (known, unknown): (Vec<_>, Vec<_>) = ops
+                    .into_iter()
+                    .partition(|op| reg.contains(op.device.as_str()));
+                out.extend(known);
+                unknown.into_iter().map(|op| op.device).collect()
+            };
+            if gone.is_empty() {
+                return out;
+            }
+            // Failing those children may start others and queue their operations: the
+            // loop ends as every child fails at most once and starts at most once a turn.
+            for device in &gone {
+                jobs.forget_device(now, device);
+            }
         }
     }
 
@@ -1082,7 +1158,8 @@ impl Inner {
                 jobs.handle_event(now, event);
             }
             jobs.handle_timeout(now);
-            job_ops.extend(drain_ops(&mut jobs));
+            self.forget_removed(now, &mut jobs);
+            job_ops.extend(self.drain_job_ops(now, &mut jobs));
             published.extend(self.job_progress(&mut jobs));
             std::iter::from_fn(|| jobs.poll_twin_update()).collect()
         };
@@ -1128,13 +1205,6 @@ impl Inner {
                 }
             }
             self.provisioned.forget(&device);
-        }
-        drop(reg);
-        if !removed.is_empty() {
-            let mut jobs = lock(&self.jobs);
-            for device in &removed {
-                jobs.forget_device(device);
-            }
         }
     }
 

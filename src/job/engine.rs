@@ -51,8 +51,10 @@ pub const JOB_OP_ID_BASE: u64 = 1 << 63;
 /// The engine also keeps one small entry per device that registered or went offline
 /// (offline or not, its announced objects, whether it takes composite operations), until
 /// [`JobEngine::forget_device`]; the hub passes it the registrations of the devices its
-/// registry holds only, and has it forget a device whose twin is removed, so these
-/// entries number at most the twins ([`HubMetrics::job_device_states`](crate::hub::HubMetrics::job_device_states)).
+/// registry holds only, and has it forget every removed twin it reads in the registry's
+/// change feed (at its next event or tick), so these entries number at most the twins
+/// plus those removed since
+/// ([`HubMetrics::job_device_states`](crate::hub::HubMetrics::job_device_states)).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
@@ -858,14 +860,59 @@ impl JobEngine {
         self.offline.len() + announced + composite
     }
 
-    /// The device is gone (removed from the registry): forgets its registration state,
-    /// which would otherwise stay for as long as the engine (a device that went offline is
-    /// remembered as offline until it registers again). Its jobs' children are left as
-    /// they are: they end as their deadlines say.
-    pub fn forget_device(&mut self, device: &DeviceId) {
+    /// The device's twin is gone (removed from the registry): forgets its registration
+    /// state, which would otherwise stay for as long as the engine (a device that went
+    /// offline is remembered as offline until it registers again), and fails the children
+    /// that hold or wait for the device with [`FailureReason::DeviceRemoved`] (an operation
+    /// in flight is abandoned; its answer is ignored). Returns how many children failed.
+    ///
+    /// A child that has not reached its turn yet is not looked for (that would take a scan
+    /// of every job): the hub checks each operation's device before sending it and calls
+    /// this again for one whose twin is gone, which fails that child as it starts. A
+    /// standalone engine's owner does the same.
+    pub fn forget_device(&mut self, now: Instant, device: &DeviceId) -> usize {
         self.offline.remove(device);
         self.announced.remove(device);
         self.composite_capable.remove(device);
+        // The blocked queue first: failing the holder would hand the device to it.
+        let mut doomed: Vec<u32> = self
+            .blocked
+            .remove(device)
+            .map(Vec::from)
+            .unwrap_or_default();
+        if let Some(&c) = self.holders.get(device) {
+            doomed.insert(0, c);
+        }
+        let mut failed = 0;
+        for c in doomed {
+            if self.children[c as usize].state.is_terminal() {
+                continue;
+            }
+            self.children[c as usize].failure = Some(Box::new(FailureReason::DeviceRemoved));
+            if self.child_apply(now, c, ChildEvent::Fail) {
+                failed += 1;
+            }
+        }
+        self.fail_refused(now);
+        failed
+    }
+
+    /// [`JobEngine::forget_device`] for every device the engine holds state of (registration
+    /// state, a child holding or waiting for it) that `keep` refuses; returns how many
+    /// children failed. For when the removals themselves are not known (the hub runs it
+    /// after a restart, and when its change feed lost track).
+    pub fn retain_devices(&mut self, now: Instant, keep: impl Fn(&DeviceId) -> bool) -> usize {
+        let gone: FxHashSet<DeviceId> = self
+            .offline
+            .iter()
+            .chain(self.announced.keys())
+            .chain(self.composite_capable.iter())
+            .chain(self.holders.keys())
+            .chain(self.blocked.keys())
+            .filter(|d| !keep(d))
+            .cloned()
+            .collect();
+        gone.iter().map(|d| self.forget_device(now, d)).sum()
     }
 
     // ---- poll_* ----

@@ -57,9 +57,13 @@
 //! Failures ([`FailureReason`], each child record's `failureReason` and status message):
 //! an error answer is `rejected:<CoAP code>` (`rejected:4.04`, ...); an Update Result
 //! 2..=11 is `deviceError:<code>`; no answer before the per-device timeout is `timedOut`;
-//! a device offline when time runs out is `deviceOffline`. A matching [`RetryRule`]
-//! starts a new attempt after its backoff (the firmware sequence re-synchronises from the
-//! device's State, so a retried download is not repeated blindly).
+//! a device offline when time runs out is `deviceOffline`; a device whose twin was
+//! removed ([`JobEngine::forget_device`], which the hub calls for every removal) is
+//! `deviceRemoved`, whether its child was in progress, waiting, or not started yet (the
+//! hub fails a child as it starts when its device's twin is gone, and sends it nothing).
+//! A matching [`RetryRule`] starts a new attempt after its backoff (the firmware sequence
+//! re-synchronises from the device's State, so a retried download is not repeated
+//! blindly); `deviceRemoved` is never retried.
 //!
 //! Lost messages and restarts, with no retry rule needed (defaults in [`EngineConfig`]):
 //! an operation whose answer the transport gave up on is sent again, up to

@@ -317,6 +317,9 @@ pub enum FailureReason {
     TimedOut,
     /// The device was offline when its timeout or the job's time ran out.
     DeviceOffline,
+    /// The device's twin was removed from the registry before its step finished (counted
+    /// as [`FailureKind::DeviceOffline`] by abort and retry rules; never retried).
+    DeviceRemoved,
     /// The device refused an operation.
     Rejected(DeviceError),
     /// The step addresses an object the device did not announce in its registration;
@@ -344,7 +347,9 @@ impl FailureReason {
     pub fn kind(&self) -> FailureKind {
         match self {
             FailureReason::TimedOut => FailureKind::TimedOut,
-            FailureReason::DeviceOffline => FailureKind::DeviceOffline,
+            FailureReason::DeviceOffline | FailureReason::DeviceRemoved => {
+                FailureKind::DeviceOffline
+            }
             FailureReason::Rejected(_) | FailureReason::NotAnnounced { .. } => {
                 FailureKind::Rejected
             }
@@ -354,7 +359,7 @@ impl FailureReason {
     }
 
     /// The short, stable `failureReason` string of the job history: `timedOut`,
-    /// `deviceOffline`, `rejected:<CoAP code or cause>` (`rejected:4.04`,
+    /// `deviceOffline`, `deviceRemoved`, `rejected:<CoAP code or cause>` (`rejected:4.04`,
     /// `rejected:reset`, `rejected:badPayload`, ...), `objectNotAnnounced:<object id>`,
     /// `deviceError:<Update Result>` or `unexpectedVersion`. The status message spells
     /// it out.
@@ -369,6 +374,7 @@ impl FailureReason {
         match self {
             FailureReason::TimedOut => "timedOut".into(),
             FailureReason::DeviceOffline => "deviceOffline".into(),
+            FailureReason::DeviceRemoved => "deviceRemoved".into(),
             FailureReason::Rejected(e) => format!("rejected:{}", device_error_code(e)),
             FailureReason::NotAnnounced { object } => format!("objectNotAnnounced:{object}"),
             FailureReason::FirmwareUpdateFailed { result } => format!("deviceError:{result}"),
@@ -418,6 +424,7 @@ impl fmt::Display for FailureReason {
         match self {
             FailureReason::TimedOut => f.write_str("timed out"),
             FailureReason::DeviceOffline => f.write_str("device offline"),
+            FailureReason::DeviceRemoved => f.write_str("the device's twin was removed"),
             FailureReason::Rejected(e) => write!(f, "rejected: {e}"),
             FailureReason::NotAnnounced { object } => write!(
                 f,

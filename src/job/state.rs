@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | Pending | Start | InProgress |
 //! | Pending | StartOffline | WaitingForDevice |
+//! | Pending | Fail | Failed |
 //! | Pending | Cancel | Cancelled |
 //! | WaitingForDevice | DeviceOnline | InProgress |
 //! | WaitingForDevice | Retry | RetryWait |
@@ -189,7 +190,8 @@ pub enum ChildEvent {
     RetryDue,
     /// The backoff ran out; the device is offline.
     RetryDueOffline,
-    /// The attempt failed for good (or the job ran out of time).
+    /// The attempt failed for good (or the job ran out of time, or the device's twin was
+    /// removed: the one failure a child that never started can have).
     Fail,
     /// The job was cancelled or aborted.
     Cancel,
@@ -218,6 +220,7 @@ pub const CHILD_TRANSITIONS: &[(ChildState, ChildEvent, ChildState)] = {
     &[
         (S::Pending, E::Start, S::InProgress),
         (S::Pending, E::StartOffline, S::WaitingForDevice),
+        (S::Pending, E::Fail, S::Failed),
         (S::Pending, E::Cancel, S::Cancelled),
         (S::WaitingForDevice, E::DeviceOnline, S::InProgress),
         (S::WaitingForDevice, E::Retry, S::RetryWait),
@@ -354,6 +357,7 @@ mod tests {
         let expected = [
             (S::Pending, E::Start, S::InProgress),
             (S::Pending, E::StartOffline, S::WaitingForDevice),
+            (S::Pending, E::Fail, S::Failed),
             (S::Pending, E::Cancel, S::Cancelled),
             (S::WaitingForDevice, E::DeviceOnline, S::InProgress),
             (S::WaitingForDevice, E::Retry, S::RetryWait),
