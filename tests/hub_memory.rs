@@ -425,5 +425,10 @@ fn a_removed_twins_children_fail_as_device_removed() {
     wait_until("the engine forgot both", || {
         hub.metrics().job_device_states == 1
     });
+    // A registry replaced wholesale (no removal in its log) is checked in full.
+    *hub.registry().write() = Registry::new();
+    wait_until("the engine forgot the last", || {
+        hub.metrics().job_device_states == 0
+    });
     hub.stop();
 }

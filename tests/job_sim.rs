@@ -1119,3 +1119,80 @@ fn lost_messages_are_resent_without_retry_rules() {
     }
     assert!(sim.fleet.stats().lost > 0, "the fleet lost messages");
 }
+
+/// Removed devices fail as `deviceRemoved` without tripping abort rules (a rule that
+/// aborts at the first failure of any kind stays quiet), found by `forget_device` or by
+/// `retain_devices`; the other devices finish.
+#[test]
+fn removed_devices_fail_without_tripping_abort_rules() {
+    let mut sim = Sim::new(26);
+    for i in 0..4 {
+        let spec = DeviceSpec::new(dev(i));
+        sim.add(if i < 2 {
+            spec.faults(FaultProfile {
+                unresponsive: true,
+                ..FaultProfile::default()
+            })
+        } else {
+            spec
+        });
+    }
+    sim.run_for(Duration::from_secs(1));
+    let job = jid("removals");
+    let spec = JobSpec::new(
+        job.clone(),
+        JobType::ConfigurationUpdate {
+            name: "a".into(),
+            value: "b".into(),
+        },
+        (0..4).map(dev).collect(),
+    )
+    .abort_rule(AbortRule {
+        on: None,
+        threshold_percent: 1.0,
+        min_finished: 1,
+    });
+    sim.jobs.create(sim.now, spec).unwrap();
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.jobs.statistics(&job).unwrap().running, 2);
+    assert_eq!(sim.jobs.forget_device(sim.now, &dev(0)), 1);
+    assert_eq!(
+        sim.jobs
+            .retain_devices(sim.now, |d| *d != dev(0) && *d != dev(1)),
+        1
+    );
+    sim.run_until_done(&job, Duration::from_secs(60));
+    for i in 0..2 {
+        assert_eq!(
+            sim.jobs.child_state(&job, &dev(i)).unwrap(),
+            (ChildState::Failed, Some(&FailureReason::DeviceRemoved))
+        );
+    }
+    for i in 2..4 {
+        assert_eq!(
+            sim.jobs.child_state(&job, &dev(i)).unwrap().0,
+            ChildState::Succeeded
+        );
+    }
+    let stats = sim.jobs.statistics(&job).unwrap();
+    assert_eq!((stats.failed, stats.succeeded, stats.cancelled), (2, 2, 0));
+    // Not aborted: it ran to its end, failed only by the removals.
+    assert_eq!(sim.jobs.job_state(&job), Some(ParentState::Failed));
+    assert!(
+        !sim.jobs
+            .job(&job)
+            .unwrap()
+            .status_message
+            .starts_with("aborted"),
+        "{}",
+        sim.jobs.job(&job).unwrap().status_message
+    );
+    assert!(
+        sim.jobs
+            .failures_by_kind(&job)
+            .unwrap()
+            .iter()
+            .all(|(_, n)| *n == 0)
+    );
+    sim.check_invariants();
+}

@@ -107,9 +107,7 @@ use crate::job::{
 use crate::lwm2m::server::{ServerConfig, UdpServer};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceValue};
 use crate::query::{QueryError, QueryExpression, QueryOptions, QueryResult};
-use crate::registry::{
-    Change, ChangeKind, FeedGap, Registry, RegistryError, SharedRegistry, StoreFailure,
-};
+use crate::registry::{Change, FeedGap, Registry, RegistryError, SharedRegistry, StoreFailure};
 use crate::store::SharedStore;
 use crate::transport::{
     DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, NotificationAttributes, OpId,
@@ -270,9 +268,9 @@ struct Inner {
     udp: Mutex<Option<UdpSlot>>,
     provisioned: Arc<AutoProvisioned>,
     last_sweep: Mutex<Instant>,
-    /// The change-feed sequence number through which the job engine heard of the
-    /// registry's removals (`u64::MAX`: not yet; see `forget_removed`).
-    engine_through: Mutex<u64>,
+    /// Where in the registry's removal log the job engine last heard of removals
+    /// (`None`: not yet; see `forget_removed`).
+    engine_heard: Mutex<Option<(u64, u64)>>,
     /// Requests of [`Hub::request`] waiting for their answers.
     waiting: Arc<Waiting>,
     /// The hub's own sync observations (only the hub thread touches it).
@@ -431,7 +429,7 @@ impl Hub {
             udp: Mutex::new(udp),
             provisioned,
             last_sweep: Mutex::new(Instant::now()),
-            engine_through: Mutex::new(u64::MAX),
+            engine_heard: Mutex::new(None),
             waiting: Arc::default(),
             synced: Mutex::new(HashMap::new()),
             #[cfg(feature = "dtls")]
@@ -575,7 +573,7 @@ impl Hub {
     /// Removes a device; returns its last twin. Its credentials go with it (its DTLS
     /// sessions close when next used). Its jobs' unfinished children fail as
     /// `deviceRemoved` at the hub's next event or tick (the job engine reads removals from
-    /// the registry's change feed, so a removal through [`Hub::registry`] counts too).
+    /// the registry, so a removal through [`Hub::registry`] counts too).
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
         let twin = self.inner.write_durably(|reg| reg.remove(id))?;
         #[cfg(feature = "dtls")]
@@ -1025,41 +1023,36 @@ impl Inner {
 
     /// Tells the job engine of the twins removed since it last heard: it forgets their
     /// registration state and fails their unfinished children (`deviceRemoved`). The
-    /// removals are read from the registry's change feed, so a removal through
+    /// removals are read from the registry's removal log, so a removal through
     /// [`Hub::registry`] or the auto-provisioning sweep counts like
-    /// [`Hub::remove_device`]; where the feed no longer holds every change since (and at
-    /// the first call, after a restart), every device the engine knows is checked against
-    /// the registry instead. Called with the jobs lock held (the order is jobs, then
-    /// registry), after the engine handled its events, so a registration it took just
-    /// before a removal is forgotten too.
+    /// [`Hub::remove_device`]; when the log no longer holds every removal since (more than
+    /// 4,096 of them), the registry was replaced, and at the first call (after a restart),
+    /// every device the engine knows is checked against the registry instead. Called with
+    /// the jobs lock held (the order is jobs, then registry), after the engine took its
+    /// events, so a registration it took just before a removal is forgotten too.
     fn forget_removed(&self, now: Instant, jobs: &mut JobEngine) {
         let reg = self.registry.read();
-        let mut through = lock(&self.engine_through);
-        let last = reg.last_seq();
-        if last == *through {
+        let mut heard = lock(&self.engine_heard);
+        let mark = reg.removals.mark();
+        if *heard == Some(mark) {
             return;
         }
-        let mut gone = Vec::new();
-        let complete = last > *through
-            && match reg.changes_after(*through) {
-                Ok(changes) => {
-                    for c in changes {
-                        if c.kind == ChangeKind::Removed && !reg.contains(c.device.as_str()) {
-                            gone.push(c.device.clone());
-                        }
-                    }
-                    true
+        let gone: Option<Vec<DeviceId>> = heard.and_then(|h| {
+            reg.removals
+                .since(h)
+                .map(|ids| ids.filter(|d| !reg.contains(d.as_str())).cloned().collect())
+        });
+        match gone {
+            Some(gone) => {
+                for device in &gone {
+                    jobs.forget_device(now, device);
                 }
-                Err(_) => false,
-            };
-        if complete {
-            for device in &gone {
-                jobs.forget_device(now, device);
             }
-        } else {
-            jobs.retain_devices(now, |d| reg.contains(d.as_str()));
+            None => {
+                jobs.retain_devices(now, |d| reg.contains(d.as_str()));
+            }
         }
-        *through = last;
+        *heard = Some(mark);
     }
 
     /// The engine's operations to send, once each device is checked against the registry
@@ -1067,10 +1060,18 @@ impl Inner {
     /// `deviceRemoved` as it starts (the removal may not have reached the engine yet, or
     /// the child had not reached its turn when it did), and its operation is not sent.
     fn drain_job_ops(&self, now: Instant, jobs: &mut JobEngine) -> Vec<DeviceOp> {
-        let mut out = Vec::new();
+        let mut out: Vec<DeviceOp> = Vec::new();
         loop {
             let ops = drain_ops(jobs);
             if ops.is_empty() {
+                // A child failed for its removed device may have tripped an abort rule
+                // that ended siblings whose operations were already queued: the engine no
+                // longer waits for those, so they are not sent (cancelled observations
+                // are fire-and-forget and go).
+                out.retain(|op| {
+                    jobs.is_outstanding(op.id)
+                        || matches!(op.request, DeviceRequest::CancelObserve { .. })
+                });
                 return out;
             }
             let gone: Vec<DeviceId> = {
@@ -1081,9 +1082,6 @@ impl Inner {
                 out.extend(known);
                 unknown.into_iter().map(|op| op.device).collect()
             };
-            if gone.is_empty() {
-                return out;
-            }
             // Failing those children may start others and queue their operations: the
             // loop ends as every child fails at most once and starts at most once a turn.
             for device in &gone {
@@ -1191,7 +1189,7 @@ impl Inner {
         if due.is_empty() {
             return;
         }
-        let mut removed = Vec::new();
+        // The job engine hears of these removals from the registry's removal log.
         let mut reg = self.registry.write();
         for (device, verdict) in due {
             if verdict == Verdict::Expired {
@@ -1200,8 +1198,8 @@ impl Inner {
                         && t.service_properties().is_empty()
                         && t.connection_state() == ConnectionState::Disconnected
                 });
-                if unadopted && reg.remove(device.as_str()).is_ok() {
-                    removed.push(device.clone());
+                if unadopted {
+                    let _ = reg.remove(device.as_str());
                 }
             }
             self.provisioned.forget(&device);

@@ -52,8 +52,8 @@ pub const JOB_OP_ID_BASE: u64 = 1 << 63;
 /// (offline or not, its announced objects, whether it takes composite operations), until
 /// [`JobEngine::forget_device`]; the hub passes it the registrations of the devices its
 /// registry holds only, and has it forget every removed twin it reads in the registry's
-/// change feed (at its next event or tick), so these entries number at most the twins
-/// plus those removed since
+/// removal log (at its next event or 20 ms tick), so these entries number at most the
+/// twins plus those removed since
 /// ([`HubMetrics::job_device_states`](crate::hub::HubMetrics::job_device_states)).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -243,7 +243,10 @@ pub(crate) struct Parent {
     cursor: u32,
     requeued: VecDeque<u32>,
     pub(crate) stats: JobStatistics,
+    /// Failed children by [`FailureKind`], for abort rules (removed devices not counted).
     failures: [u64; 4],
+    /// Children failed as [`FailureReason::DeviceRemoved`]: abort rules leave them out.
+    removed: u64,
     pub(crate) started: Option<Timestamp>,
     pub(crate) ended: Option<Timestamp>,
     window: VecDeque<Instant>,
@@ -642,6 +645,7 @@ impl JobEngine {
                 ..JobStatistics::default()
             },
             failures: [0; 4],
+            removed: 0,
             started: None,
             ended: None,
             window: VecDeque::new(),
@@ -900,7 +904,7 @@ impl JobEngine {
     /// [`JobEngine::forget_device`] for every device the engine holds state of (registration
     /// state, a child holding or waiting for it) that `keep` refuses; returns how many
     /// children failed. For when the removals themselves are not known (the hub runs it
-    /// after a restart, and when its change feed lost track).
+    /// after a restart, and when its removal log lost track).
     pub fn retain_devices(&mut self, now: Instant, keep: impl Fn(&DeviceId) -> bool) -> usize {
         let gone: FxHashSet<DeviceId> = self
             .offline
@@ -913,6 +917,13 @@ impl JobEngine {
             .cloned()
             .collect();
         gone.iter().map(|d| self.forget_device(now, d)).sum()
+    }
+
+    /// Whether the engine still waits for the answer to `op`: false once its child
+    /// ended (cancelled, aborted, failed) or moved on, and for the fire-and-forget
+    /// operations it never waits for (a cancelled observation).
+    pub fn is_outstanding(&self, op: OpId) -> bool {
+        self.ops.contains_key(&op)
     }
 
     // ---- poll_* ----
@@ -1015,10 +1026,12 @@ impl JobEngine {
         if par.state != ParentState::Running {
             return false;
         }
-        let finished = par.stats.succeeded + par.stats.failed;
+        // A removed device's child is neither a failure of the rollout nor a finished one.
+        let failed = par.stats.failed - par.removed;
+        let finished = par.stats.succeeded + failed;
         let hit = par.spec.abort_rules.iter().enumerate().find_map(|(i, r)| {
             let matching = match r.on {
-                None => par.stats.failed,
+                None => failed,
                 Some(k) => par.failures[k as usize],
             };
             (matching > 0
@@ -1221,7 +1234,11 @@ impl JobEngine {
         if to == ChildState::Failed
             && let Some(f) = &child.failure
         {
-            self.parents[p as usize].failures[f.kind() as usize] += 1;
+            let par = &mut self.parents[p as usize];
+            match **f {
+                FailureReason::DeviceRemoved => par.removed += 1,
+                _ => par.failures[f.kind() as usize] += 1,
+            }
         }
         if child.flags & FLAG_OBSERVING != 0 {
             child.flags &= !FLAG_OBSERVING;
@@ -2049,7 +2066,8 @@ impl JobEngine {
         self.by_id.get(id).copied()
     }
 
-    /// Failed children of a job, counted by failure class.
+    /// Failed children of a job, counted by failure class (those failed as
+    /// [`FailureReason::DeviceRemoved`] are in no class).
     pub fn failures_by_kind(&self, id: &JobId) -> Option<Vec<(FailureKind, u64)>> {
         let &p = self.by_id.get(id)?;
         let f = &self.parents[p as usize].failures;

@@ -60,10 +60,11 @@
 //! a device offline when time runs out is `deviceOffline`; a device whose twin was
 //! removed ([`JobEngine::forget_device`], which the hub calls for every removal) is
 //! `deviceRemoved`, whether its child was in progress, waiting, or not started yet (the
-//! hub fails a child as it starts when its device's twin is gone, and sends it nothing).
-//! A matching [`RetryRule`] starts a new attempt after its backoff (the firmware sequence
-//! re-synchronises from the device's State, so a retried download is not repeated
-//! blindly); `deviceRemoved` is never retried.
+//! hub fails a child as its turn comes when its device's twin is gone, and sends it
+//! nothing). A matching [`RetryRule`] starts a new attempt after its backoff (the firmware
+//! sequence re-synchronises from the device's State, so a retried download is not
+//! repeated blindly); `deviceRemoved` is never retried, and abort rules leave it out
+//! (neither failed nor finished there).
 //!
 //! Lost messages and restarts, with no retry rule needed (defaults in [`EngineConfig`]):
 //! an operation whose answer the transport gave up on is sent again, up to

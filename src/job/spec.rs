@@ -317,8 +317,10 @@ pub enum FailureReason {
     TimedOut,
     /// The device was offline when its timeout or the job's time ran out.
     DeviceOffline,
-    /// The device's twin was removed from the registry before its step finished (counted
-    /// as [`FailureKind::DeviceOffline`] by abort and retry rules; never retried).
+    /// The device's twin was removed from the registry before its step finished. Never
+    /// retried, and left out of abort rules (neither failed nor finished there: removing
+    /// decommissioned devices does not abort a rollout); [`FailureReason::kind`] calls it
+    /// [`FailureKind::DeviceOffline`].
     DeviceRemoved,
     /// The device refused an operation.
     Rejected(DeviceError),

@@ -320,6 +320,63 @@ pub struct Registry {
     pub(crate) seq: u64,
     /// Which store opening rebuilt this registry (0: none); see `restore.rs`.
     pub(crate) origin: u64,
+    /// The latest removals, for the hub's job engine (see [`RemovalLog`]).
+    pub(crate) removals: RemovalLog,
+}
+
+/// How many removals [`RemovalLog`] keeps: a consumer more than this many removals behind
+/// checks everything it holds against the registry instead.
+pub(crate) const REMOVAL_LOG_CAPACITY: usize = 4096;
+
+/// The ids of the last [`REMOVAL_LOG_CAPACITY`] removed twins, numbered, apart from the
+/// change feed: a consumer that only needs removals (the hub's job engine) reads these
+/// few instead of every change, and a burst of property changes cannot push them out.
+#[derive(Debug)]
+pub(crate) struct RemovalLog {
+    /// Tells this registry from one that replaced it (a reload, an assignment through
+    /// `Hub::registry().write()`): unique in the process.
+    instance: u64,
+    /// Removals so far; the newest in `recent` is number `count`.
+    count: u64,
+    recent: std::collections::VecDeque<crate::twin::DeviceId>,
+}
+
+impl RemovalLog {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        RemovalLog {
+            instance: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            count: 0,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, id: crate::twin::DeviceId) {
+        if self.recent.len() == REMOVAL_LOG_CAPACITY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(id);
+        self.count += 1;
+    }
+
+    /// Where the log is: (this registry's instance, removals so far).
+    pub(crate) fn mark(&self) -> (u64, u64) {
+        (self.instance, self.count)
+    }
+
+    /// The ids removed after `mark` (taken from this same registry), oldest first; `None`
+    /// when the log no longer holds them all, or `mark` is another registry's.
+    pub(crate) fn since(
+        &self,
+        mark: (u64, u64),
+    ) -> Option<impl Iterator<Item = &crate::twin::DeviceId>> {
+        let (instance, count) = mark;
+        let behind = self.count.checked_sub(count)?;
+        if instance != self.instance || behind > self.recent.len() as u64 {
+            return None;
+        }
+        Some(self.recent.range(self.recent.len() - behind as usize..))
+    }
 }
 
 impl Default for Registry {
@@ -375,6 +432,7 @@ impl Registry {
             feed: ChangeFeed::new(capacity),
             seq: 0,
             origin: 0,
+            removals: RemovalLog::new(),
         }
     }
 
@@ -984,6 +1042,7 @@ impl Registry {
             &mut self.free_slots,
         );
         let seq = self.next_seq();
+        self.removals.push(entry.id.clone());
         self.emit(seq, entry.id.clone(), ChangeKind::Removed);
         Ok(twin.expect("the slot was live"))
     }
@@ -1501,5 +1560,32 @@ impl Registry {
         self.tidy_extra(slot);
         self.finish_field_change(slot, ChangeKind::Authentication);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod removal_log_tests {
+    use super::*;
+
+    #[test]
+    fn the_removal_log_keeps_its_capacity_and_knows_its_registry() {
+        let mut log = RemovalLog::new();
+        let start = log.mark();
+        let id = |i: usize| crate::twin::DeviceId::new(&format!("d{i}")).unwrap();
+        log.push(id(0));
+        let one = log.mark();
+        assert_eq!(log.since(start).unwrap().collect::<Vec<_>>(), vec![&id(0)]);
+        assert_eq!(log.since(one).unwrap().count(), 0);
+        for i in 1..=REMOVAL_LOG_CAPACITY {
+            log.push(id(i));
+        }
+        // `one` is exactly the capacity behind: still whole; `start` is one more: gone.
+        assert_eq!(log.since(one).unwrap().count(), REMOVAL_LOG_CAPACITY);
+        assert_eq!(log.since(one).unwrap().next(), Some(&id(1)));
+        assert!(log.since(start).is_none());
+        assert_eq!(log.recent.len(), REMOVAL_LOG_CAPACITY);
+        // Another registry's mark, or one from the future, is refused.
+        assert!(RemovalLog::new().since(one).is_none());
+        assert!(log.since((one.0, log.count + 1)).is_none());
     }
 }

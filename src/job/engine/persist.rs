@@ -445,6 +445,7 @@ impl JobEngine {
                 ..JobStatistics::default()
             };
             let mut failures = [0u64; 4];
+            let mut removed = 0;
             e.index.add_children(r.first, r.end, kind);
             for c in r.first..r.end {
                 let child = &mut e.children[c as usize];
@@ -453,7 +454,10 @@ impl JobEngine {
                 if child.state == ChildState::Failed
                     && let Some(f) = &child.failure
                 {
-                    failures[f.kind() as usize] += 1;
+                    match **f {
+                        FailureReason::DeviceRemoved => removed += 1,
+                        _ => failures[f.kind() as usize] += 1,
+                    }
                 }
                 let status = child.state.status();
                 let pending = ChildState::Pending.status();
@@ -472,6 +476,7 @@ impl JobEngine {
                 requeued: VecDeque::new(),
                 stats,
                 failures,
+                removed,
                 started: r.started,
                 ended: r.ended,
                 window: VecDeque::new(),
