@@ -375,6 +375,17 @@ enum Timer {
     Retry(u32, u8),
 }
 
+/// What the job engine knows of one device's registration.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+struct DeviceState {
+    /// De-registered, expired, or answered "not registered": its children wait for it.
+    offline: bool,
+    /// The objects it announced, as an index into `object_sets` (`None`: not known).
+    objects: Option<u32>,
+    /// It speaks LWM2M 1.1 (Read-Composite) and has not refused it.
+    composite: bool,
+}
+
 /// The sans-IO job engine. See the [module docs](super) for the driving order.
 pub struct JobEngine {
     config: EngineConfig,
@@ -387,16 +398,14 @@ pub struct JobEngine {
     next_op: u64,
     holders: FxHashMap<DeviceId, u32>,
     blocked: FxHashMap<DeviceId, VecDeque<u32>>,
-    offline: FxHashSet<DeviceId>,
+    /// What the engine knows of each device's registration; a device with nothing to
+    /// know has no entry.
+    devices: FxHashMap<DeviceId, DeviceState>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     polls: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Children whose step addresses an object their device did not announce:
     /// `(child, attempt, object)`, failed before the current input returns.
     refused: VecDeque<(u32, u8, u16)>,
-    /// Announced object ids per registered device, as an index into `object_sets`.
-    announced: FxHashMap<DeviceId, u32>,
-    /// Registered devices that speak LWM2M 1.1 (Read-Composite) and have not refused it.
-    composite_capable: FxHashSet<DeviceId>,
     object_sets: Vec<Box<[u16]>>,
     object_set_ids: FxHashMap<Box<[u16]>, u32>,
     active: BTreeSet<u32>,
@@ -441,12 +450,10 @@ impl JobEngine {
             ops: FxHashMap::default(),
             holders: FxHashMap::default(),
             blocked: FxHashMap::default(),
-            offline: FxHashSet::default(),
+            devices: FxHashMap::default(),
             timers: BinaryHeap::new(),
             polls: BinaryHeap::new(),
             refused: VecDeque::new(),
-            announced: FxHashMap::default(),
-            composite_capable: FxHashSet::default(),
             object_sets: Vec::new(),
             object_set_ids: FxHashMap::default(),
             active: BTreeSet::new(),
@@ -720,7 +727,7 @@ impl JobEngine {
                 device,
                 registration,
             } => {
-                self.offline.remove(device);
+                self.device_mut(device).offline = false;
                 self.remember_objects(device, &registration.objects);
                 self.remember_version(device, registration.speaks_1_1());
                 if let Some(&c) = self.holders.get(device) {
@@ -731,9 +738,10 @@ impl JobEngine {
                 device,
                 registration,
             } => {
+                let was_offline = std::mem::take(&mut self.device_mut(device).offline);
                 self.remember_objects(device, &registration.objects);
                 self.remember_version(device, registration.speaks_1_1());
-                if self.offline.remove(device)
+                if was_offline
                     && let Some(&c) = self.holders.get(device)
                     && self.children[c as usize].state == ChildState::WaitingForDevice
                 {
@@ -741,9 +749,10 @@ impl JobEngine {
                 }
             }
             DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
-                self.offline.insert(device.clone());
-                self.announced.remove(device);
-                self.composite_capable.remove(device);
+                *self.device_mut(device) = DeviceState {
+                    offline: true,
+                    ..DeviceState::default()
+                };
                 if let Some(&c) = self.holders.get(device) {
                     self.on_offline(now, c);
                 }
@@ -810,35 +819,46 @@ impl JobEngine {
                 i
             }
             None => {
-                self.announced.remove(device);
+                self.device_mut(device).objects = None;
+                self.tidy(device);
                 return;
             }
         };
-        match self.announced.get_mut(device) {
-            Some(s) => *s = set,
-            None => {
-                self.announced.insert(device.clone(), set);
-            }
-        }
+        self.device_mut(device).objects = Some(set);
     }
 
     /// Remembers whether a (re-)registered device takes the composite operations.
     fn remember_version(&mut self, device: &DeviceId, speaks_1_1: bool) {
         if speaks_1_1 {
-            if !self.composite_capable.contains(device) {
-                self.composite_capable.insert(device.clone());
-            }
-        } else {
-            self.composite_capable.remove(device);
+            self.device_mut(device).composite = true;
+        } else if let Some(s) = self.devices.get_mut(device) {
+            s.composite = false;
+            self.tidy(device);
+        }
+    }
+
+    /// The device's entry, made when it has none.
+    fn device_mut(&mut self, device: &DeviceId) -> &mut DeviceState {
+        if !self.devices.contains_key(device) {
+            self.devices.insert(device.clone(), DeviceState::default());
+        }
+        self.devices.get_mut(device).expect("inserted above")
+    }
+
+    /// Drops the device's entry when there is nothing left in it.
+    fn tidy(&mut self, device: &DeviceId) {
+        if self.devices.get(device) == Some(&DeviceState::default()) {
+            self.devices.remove(device);
         }
     }
 
     /// Whether the device announced `object` in its registration: `false` only when its
     /// announcements are known and lack the object.
     fn may_have(&self, device: &DeviceId, object: u16) -> bool {
-        self.announced
+        self.devices
             .get(device)
-            .is_none_or(|&s| self.object_sets[s as usize].binary_search(&object).is_ok())
+            .and_then(|s| s.objects)
+            .is_none_or(|s| self.object_sets[s as usize].binary_search(&object).is_ok())
     }
 
     /// Distinct sets of announced objects the engine holds (at most
@@ -851,17 +871,7 @@ impl JobEngine {
     /// announced, whether they take composite operations): one entry a device that
     /// registered or went offline, until [`JobEngine::forget_device`].
     pub fn device_states(&self) -> usize {
-        let announced = self
-            .announced
-            .keys()
-            .filter(|d| !self.offline.contains(*d))
-            .count();
-        let composite = self
-            .composite_capable
-            .iter()
-            .filter(|d| !self.offline.contains(*d) && !self.announced.contains_key(*d))
-            .count();
-        self.offline.len() + announced + composite
+        self.devices.len()
     }
 
     /// The device's twin is gone (removed from the registry): forgets its registration
@@ -875,9 +885,7 @@ impl JobEngine {
     /// this again for one whose twin is gone, which fails that child as it starts. A
     /// standalone engine's owner does the same.
     pub fn forget_device(&mut self, now: Instant, device: &DeviceId) -> usize {
-        self.offline.remove(device);
-        self.announced.remove(device);
-        self.composite_capable.remove(device);
+        self.devices.remove(device);
         // The blocked queue first: failing the holder would hand the device to it.
         let mut doomed: Vec<u32> = self
             .blocked
@@ -907,10 +915,8 @@ impl JobEngine {
     /// after a restart, and when its removal log lost track).
     pub fn retain_devices(&mut self, now: Instant, keep: impl Fn(&DeviceId) -> bool) -> usize {
         let gone: FxHashSet<DeviceId> = self
-            .offline
-            .iter()
-            .chain(self.announced.keys())
-            .chain(self.composite_capable.iter())
+            .devices
+            .keys()
             .chain(self.holders.keys())
             .chain(self.blocked.keys())
             .filter(|d| !keep(d))
@@ -1136,7 +1142,7 @@ impl JobEngine {
                 child.flags = 0;
                 child.resends = 0;
                 child.polls = 0;
-                if self.offline.contains(&child.device) {
+                if is_offline(&self.devices, &child.device) {
                     self.child_apply(now, c, ChildEvent::RetryDueOffline);
                 } else if self.child_apply(now, c, ChildEvent::RetryDue) {
                     self.arm_deadline(now, c);
@@ -1242,7 +1248,7 @@ impl JobEngine {
         }
         if child.flags & FLAG_OBSERVING != 0 {
             child.flags &= !FLAG_OBSERVING;
-            if !self.offline.contains(&child.device) {
+            if !is_offline(&self.devices, &child.device) {
                 // Fire and forget: the answer carries an id the engine does not track.
                 let op = DeviceOp {
                     id: OpId(self.next_op),
@@ -1303,7 +1309,7 @@ impl JobEngine {
         child.flags = 0;
         child.resends = 0;
         child.polls = 0;
-        if self.offline.contains(&child.device) {
+        if is_offline(&self.devices, &child.device) {
             self.child_apply(now, c, ChildEvent::StartOffline);
         } else if self.child_apply(now, c, ChildEvent::Start) {
             self.arm_deadline(now, c);
@@ -1482,7 +1488,7 @@ impl JobEngine {
             JobType::ReadDeviceProperties { paths }
                 if step == 0
                     && paths.len() > 1
-                    && self.composite_capable.contains(&child.device)
+                    && self.devices.get(&child.device).is_some_and(|s| s.composite)
                     && paths.iter().all(|p| {
                         p.object_id()
                             .is_none_or(|o| self.may_have(&child.device, o))
@@ -1582,7 +1588,7 @@ impl JobEngine {
                     child.deadline = None;
                 }
                 let device = child.device.clone();
-                self.offline.insert(device);
+                self.device_mut(&device).offline = true;
                 self.child_apply(now, c, ChildEvent::DeviceOffline);
             }
             // A device that refuses Read-Composite is read path by path from now on.
@@ -1596,7 +1602,7 @@ impl JobEngine {
                 let child = &mut self.children[c as usize];
                 child.flags &= !FLAG_COMPOSITE;
                 let device = child.device.clone();
-                self.composite_capable.remove(&device);
+                self.remember_version(&device, false);
                 self.drive(now, c);
             }
             Err(e) => self.fail_attempt(now, c, FailureReason::Rejected(e.clone())),
@@ -2083,6 +2089,11 @@ impl JobEngine {
             .collect(),
         )
     }
+}
+
+/// Whether the device is known to be offline (a free function: callers hold a child).
+fn is_offline(devices: &FxHashMap<DeviceId, DeviceState>, device: &DeviceId) -> bool {
+    devices.get(device).is_some_and(|s| s.offline)
 }
 
 fn par_state(parents: &Slots<Parent>, p: u32) -> ParentState {

@@ -531,7 +531,7 @@ impl JobEngine {
             }
             let device = child.device.clone();
             self.holders.insert(device.clone(), c);
-            self.offline.insert(device);
+            self.devices.entry(device).or_default().offline = true;
         }
         for c in self.children.range() {
             let child = &mut self.children[c as usize];
