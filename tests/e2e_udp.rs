@@ -2,7 +2,9 @@
 //! built with the crate's device library, and a CoAP package server. Devices register,
 //! twins fill, queries answer (read-your-writes), each of the six job types succeeds,
 //! and the failures end with the right child statuses: a device that rejects the
-//! firmware (`deviceError:6`) and one that went offline (`deviceOffline`).
+//! firmware (`deviceError:6`) and one that went offline (`deviceOffline`). A device with
+//! confirmable notifications, behind a relay that loses the first copy of each
+//! notification and of each ACK, still gets its value into the twin.
 
 #![cfg(all(feature = "device", feature = "lwm2m"))]
 
@@ -302,5 +304,143 @@ fn request_response_over_udp() {
             let _ = t.shutdown(Duration::from_secs(2));
         }
     }
+    hub.stop();
+}
+
+/// What the relay in [`confirmable_notifications_survive_loss_to_the_hub`] saw.
+#[derive(Default, Debug)]
+struct RelayCounts {
+    /// Confirmable notifications dropped (the first copy of each).
+    dropped_notifications: usize,
+    /// Copies of those notifications passed on to the hub.
+    passed_notifications: usize,
+    /// The hub's ACKs to them: dropped (the first of each), passed on.
+    dropped_acks: usize,
+    passed_acks: usize,
+}
+
+/// Relays UDP between one device and the hub, dropping the first copy of every confirmable
+/// notification from the device and the first ACK the hub sends for each; ends when `stop`
+/// is set.
+fn lossy_relay(
+    hub: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<RelayCounts>) {
+    use std::collections::HashSet;
+    use std::net::UdpSocket;
+    use std::sync::atomic::Ordering;
+    use twinhub::coap::{Code, Message, MessageType};
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(hub).unwrap();
+    let timeout = Some(Duration::from_millis(5));
+    front.set_read_timeout(timeout).unwrap();
+    back.set_read_timeout(timeout).unwrap();
+    let addr = front.local_addr().unwrap();
+    let thread = std::thread::spawn(move || {
+        let mut counts = RelayCounts::default();
+        let mut device = None;
+        let mut notifications = HashSet::new();
+        let mut acked = HashSet::new();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Acquire) {
+            if let Ok((n, from)) = front.recv_from(&mut buf) {
+                device = Some(from);
+                let m = Message::decode(&buf[..n]).unwrap();
+                let notification = m.mtype == MessageType::Confirmable
+                    && m.code == Code::CONTENT
+                    && m.observe().is_some();
+                if notification && notifications.insert(m.message_id) {
+                    counts.dropped_notifications += 1;
+                    continue;
+                }
+                counts.passed_notifications += usize::from(notification);
+                back.send(&buf[..n]).unwrap();
+            }
+            if let Ok(n) = back.recv(&mut buf) {
+                let m = Message::decode(&buf[..n]).unwrap();
+                let ack = m.mtype == MessageType::Acknowledgement
+                    && m.code.is_empty()
+                    && notifications.contains(&m.message_id);
+                if ack && acked.insert(m.message_id) {
+                    counts.dropped_acks += 1;
+                    continue;
+                }
+                counts.passed_acks += usize::from(ack);
+                if let Some(d) = device {
+                    front.send_to(&buf[..n], d).unwrap();
+                }
+            }
+        }
+        counts
+    });
+    (addr, thread)
+}
+
+/// A device with `confirmable_notifications` behind a relay that loses the first copy of
+/// every notification and of every ACK the hub sends for one: the device sends each again
+/// until the hub's ACK gets through, the hub acknowledges the duplicate again, and the
+/// twin gets the value; nothing stays unacknowledged and no notification times out.
+#[test]
+fn confirmable_notifications_survive_loss_to_the_hub() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use twinhub::lwm2m::client::ClientEvent;
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("con-1").unwrap()))
+        .unwrap();
+    let hub = Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (relay, relay_thread) = lossy_relay(hub.local_addr().unwrap(), stop.clone());
+    let mut devices = vec![e2e_support::start_configured(
+        "con-1",
+        relay,
+        false,
+        None,
+        |c| c.confirmable_notifications = true,
+    )];
+    wait_for(&mut devices, "the twin to fill", || {
+        prop(&hub, "con-1", "BatteryLevel") == Some(Scalar::from(80i64))
+    });
+    let thread = devices[0].thread.as_ref().unwrap();
+    thread.with(|c| {
+        c.set_value(&Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(42))
+            .unwrap()
+    });
+    wait_for(&mut devices, "the notified value", || {
+        prop(&hub, "con-1", "BatteryLevel") == Some(Scalar::from(42i64))
+    });
+    let thread = devices[0].thread.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while thread.with(|c| c.unacknowledged_notifications()) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a notification stays unacknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let events: Vec<ClientEvent> = thread.events().try_iter().collect();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::NotificationTimedOut { .. })),
+        "{events:?}"
+    );
+    stop.store(true, Ordering::Release);
+    let counts = relay_thread.join().unwrap();
+    // One notification (the battery level): its first copy lost, the second passed and
+    // acknowledged with the ACK lost, the third passed and acknowledged again by the hub
+    // as a duplicate.
+    assert_eq!(
+        (
+            counts.dropped_notifications,
+            counts.passed_notifications,
+            counts.dropped_acks,
+            counts.passed_acks
+        ),
+        (1, 2, 1, 1),
+        "{counts:?}"
+    );
     hub.stop();
 }
