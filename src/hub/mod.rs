@@ -571,9 +571,10 @@ impl Hub {
     }
 
     /// Removes a device; returns its last twin. Its credentials go with it (its DTLS
-    /// sessions close when next used). Its jobs' unfinished children fail as
-    /// `deviceRemoved` at the hub's next event or tick (the job engine reads removals from
-    /// the registry, so a removal through [`Hub::registry`] counts too).
+    /// sessions close when next used). Its jobs' children that hold or wait for the
+    /// device fail as `deviceRemoved` at the hub's next event or tick, those that have not
+    /// reached their turn when it comes (the job engine reads removals from the registry,
+    /// so a removal through [`Hub::registry`] counts too).
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
         let twin = self.inner.write_durably(|reg| reg.remove(id))?;
         #[cfg(feature = "dtls")]
