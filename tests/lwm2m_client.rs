@@ -1181,21 +1181,18 @@ fn a_newer_notification_takes_over_an_unacknowledged_one() {
     assert_ne!(second.message_id, first.message_id);
     assert!(second.observe().unwrap() > first.observe().unwrap());
     assert_eq!(text(&second), "22");
-    // It keeps the first one's schedule (RFC 7641 §4.5.2): the next retransmission comes
-    // by t=9, not 2-3 s after t=4 ... and it is the newer notification, never the old.
+    // It keeps the first one's schedule (RFC 7641 §4.5.2): the second wait (2 x 2-3 s
+    // from t=3) ends in 7..9 s, where a timer restarted at t=4 would end in 6..7 s; and
+    // what is sent again is the newer notification, never the old.
     h.ack(&first);
     assert_eq!(h.client.unacknowledged_notifications(), 1);
-    h.advance(2);
+    h.advance(3);
     assert!(
         h.sent().is_empty(),
         "the take-over does not restart the timer"
     );
-    let mut resent = Vec::new();
-    for _ in 0..3 {
-        h.advance(1);
-        resent.extend(notifications(h.sent()));
-    }
-    assert_eq!(resent, vec![second.clone()]);
+    h.advance(2);
+    assert_eq!(notifications(h.sent()), vec![second.clone()]);
     h.ack(&second);
     assert_eq!(h.client.unacknowledged_notifications(), 0);
 }
@@ -1232,9 +1229,9 @@ fn an_unacknowledged_notification_checks_the_registration_and_is_sent_again() {
         h.events(),
         vec![ClientEvent::NotificationTimedOut { path: TEMPERATURE }]
     );
-    // The observation stays; nothing is waiting for an ACK meanwhile.
+    // The observation stays, and counts as not delivered until it is sent again.
     assert_eq!(h.client.observation_count(), 1);
-    assert_eq!(h.client.unacknowledged_notifications(), 0);
+    assert_eq!(h.client.unacknowledged_notifications(), 1);
     // The server accepts the Update: the current value is notified again, CON.
     h.answer(&update, Code::CHANGED, |_| {});
     assert_eq!(h.events(), vec![ClientEvent::RegistrationUpdated]);
@@ -1246,6 +1243,7 @@ fn an_unacknowledged_notification_checks_the_registration_and_is_sent_again() {
     );
     assert!(again[0].observe().unwrap() > n.observe().unwrap());
     h.ack(&again[0]);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
 
     // Next time the server has forgotten the registration: the client registers anew
     // and the observation ends with it.
@@ -1288,4 +1286,54 @@ fn non_confirmable_notifications_wait_for_no_ack() {
         h.advance(1);
         assert!(notifications(h.sent()).is_empty());
     }
+}
+
+#[test]
+fn a_timed_out_daily_con_is_sent_again_con() {
+    // Non-confirmable notifications (the default) with pmax 1 h: the daily CON goes
+    // unacknowledged, the Update is accepted, and its value is sent again CON, not NON.
+    let mut t = tree();
+    t.add(objects::server(1, 10 * 86400, "U"));
+    let mut h = Harness::registered_with(t);
+    let mut wa = Message::request(Code::PUT, "/3/0/13");
+    wa.add_uri_query("pmax=3600");
+    assert_eq!(h.request(wa).code, Code::CHANGED);
+    let mut obs = Message::request(Code::GET, "/3/0/13");
+    obs.set_observe(0);
+    assert_eq!(h.request(obs).observe(), Some(0));
+    h.events();
+    let mut daily = None;
+    for _ in 0..24 {
+        h.advance(3600);
+        daily = notifications(h.sent())
+            .into_iter()
+            .find(|m| m.mtype == MessageType::Confirmable);
+        if daily.is_some() {
+            break;
+        }
+    }
+    let daily = daily.expect("the daily confirmable notification");
+    let mut update = None;
+    for _ in 0..100 {
+        h.advance(1);
+        update = h.sent().into_iter().find(|m| m.code == Code::POST);
+        if update.is_some() {
+            break;
+        }
+    }
+    let update = update.expect("an Update after the daily CON timed out");
+    assert_eq!(
+        h.events(),
+        vec![ClientEvent::NotificationTimedOut {
+            path: Lwm2mPath::resource(3, 0, 13)
+        }]
+    );
+    h.answer(&update, Code::CHANGED, |_| {});
+    let again = notifications(h.sent());
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].mtype, MessageType::Confirmable);
+    assert!(again[0].observe().unwrap() > daily.observe().unwrap());
+    assert_eq!(h.client.unacknowledged_notifications(), 1);
+    h.ack(&again[0]);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
 }

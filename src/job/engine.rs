@@ -868,8 +868,8 @@ impl JobEngine {
     }
 
     /// Devices whose registration the engine keeps track of (offline, the objects they
-    /// announced, whether they take composite operations): one entry a device that
-    /// registered or went offline, until [`JobEngine::forget_device`].
+    /// announced, whether they take composite operations): one entry a device with any
+    /// of these known, until [`JobEngine::forget_device`].
     pub fn device_states(&self) -> usize {
         self.devices.len()
     }

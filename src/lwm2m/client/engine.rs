@@ -377,8 +377,9 @@ struct Observation {
     /// The confirmable notification not yet acknowledged (at most one an observation:
     /// a newer one takes over its retransmission).
     unacked: Option<Unacked>,
-    /// The last confirmable notification timed out: notify the current value again once
-    /// a registration Update shows the server is there.
+    /// The last confirmable notification timed out: the next notification goes CON, and
+    /// is sent once a registration Update shows the server is there (if no change sends
+    /// it sooner).
     renotify: bool,
 }
 
@@ -556,14 +557,16 @@ impl Lwm2mClient {
         self.observations.len()
     }
 
-    /// Confirmable notifications sent and not yet acknowledged (at most one an
-    /// observation). 0 means every CON notification reached the server, e.g. before the
-    /// device sleeps; non-confirmable ones are never counted (see
+    /// Observations whose last confirmable notification is not known to have reached
+    /// the server: sent and not yet acknowledged, or timed out and waiting to be sent
+    /// again (see [`ClientEvent::NotificationTimedOut`]). At most one an observation. 0
+    /// means every CON notification reached the server, e.g. before the device sleeps;
+    /// non-confirmable ones are never counted (see
     /// [`ClientConfig::confirmable_notifications`]).
     pub fn unacknowledged_notifications(&self) -> usize {
         self.observations
             .iter()
-            .filter(|o| o.unacked.is_some())
+            .filter(|o| o.unacked.is_some() || o.renotify)
             .count()
     }
 
@@ -1167,7 +1170,7 @@ impl Lwm2mClient {
                 self.push_event(ClientEvent::RegistrationUpdated);
                 // The server is there: notify what it may have missed.
                 for o in &mut self.observations {
-                    if std::mem::take(&mut o.renotify) {
+                    if o.renotify {
                         o.timer.pending = true;
                     }
                 }
@@ -2046,8 +2049,11 @@ impl Lwm2mClient {
             o.seq = (o.seq + 1) & 0xff_ffff;
             o.last_message_id = mid;
             o.timer.sent(now, value);
-            // An unacknowledged CON is taken over by this one, which must then be CON too.
+            // An unacknowledged CON is taken over by this one, which must then be CON too,
+            // as is the one after a CON that timed out.
+            let after_timeout = std::mem::take(&mut o.renotify);
             let con = always_con
+                || after_timeout
                 || o.unacked.is_some()
                 || now.saturating_duration_since(o.last_confirmable) >= CONFIRMABLE_NOTIFY_EVERY;
             let mtype = if con {
