@@ -1161,7 +1161,7 @@ fn confirmable_notifications_are_retransmitted_until_acknowledged() {
 }
 
 #[test]
-fn a_newer_notification_takes_over_an_unacknowledged_one() {
+fn a_newer_notification_replaces_an_unacknowledged_one_at_its_retransmission() {
     let (mut h, _) = observing_confirmably();
     h.client
         .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
@@ -1170,30 +1170,66 @@ fn a_newer_notification_takes_over_an_unacknowledged_one() {
     let first = notifications(h.sent()).remove(0);
     h.advance(3);
     assert_eq!(notifications(h.sent()), vec![first.clone()]);
-    // The second wait is 4-6 s from t=3; a change at t=4 goes out at once, CON.
+    // A change at t=4, while the first is still unacknowledged: nothing goes out at once
+    // (one notification in flight per observation, RFC 7641 §4.5.2) ...
     h.advance(1);
     h.client
         .set_value(&TEMPERATURE, ResourceValue::Float(22.0))
         .unwrap();
     h.advance(0);
+    assert!(
+        h.sent().is_empty(),
+        "the newer one waits for the older's turn"
+    );
+    assert_eq!(h.client.unacknowledged_notifications(), 1);
+    // ... it takes the first one's next retransmission: the second wait (2 x 2-3 s from
+    // t=3) ends in 7..9 s, where a timer restarted at t=4 would end by t=7.
+    h.advance(3);
+    assert!(h.sent().is_empty(), "the first one's timer is kept");
+    h.advance(2);
     let second = notifications(h.sent()).remove(0);
     assert_eq!(second.mtype, MessageType::Confirmable);
     assert_ne!(second.message_id, first.message_id);
     assert!(second.observe().unwrap() > first.observe().unwrap());
     assert_eq!(text(&second), "22");
-    // It keeps the first one's schedule (RFC 7641 §4.5.2): the second wait (2 x 2-3 s
-    // from t=3) ends in 7..9 s, where a timer restarted at t=4 would end in 6..7 s; and
-    // what is sent again is the newer notification, never the old.
+    // A late ACK of the replaced message changes nothing; the newer one's ACK ends it.
     h.ack(&first);
     assert_eq!(h.client.unacknowledged_notifications(), 1);
-    h.advance(3);
-    assert!(
-        h.sent().is_empty(),
-        "the take-over does not restart the timer"
-    );
-    h.advance(2);
-    assert_eq!(notifications(h.sent()), vec![second.clone()]);
     h.ack(&second);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+    for _ in 0..60 {
+        h.advance(1);
+        assert!(notifications(h.sent()).is_empty());
+    }
+}
+
+#[test]
+fn a_newer_notification_goes_out_when_the_older_is_acknowledged() {
+    let (mut h, _) = observing_confirmably();
+    h.client
+        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
+        .unwrap();
+    h.advance(0);
+    let first = notifications(h.sent()).remove(0);
+    h.client
+        .set_value(&TEMPERATURE, ResourceValue::Float(22.0))
+        .unwrap();
+    h.advance(1);
+    assert!(h.sent().is_empty());
+    h.ack(&first);
+    let second = notifications(h.sent());
+    assert_eq!(second.len(), 1, "sent as soon as the first is acknowledged");
+    assert_eq!(
+        (second[0].mtype, text(&second[0]).as_str()),
+        (MessageType::Confirmable, "22")
+    );
+    assert_eq!(h.client.unacknowledged_notifications(), 1);
+    // A fresh transmission: its first retransmission comes 2-3 s later.
+    h.advance(1);
+    assert!(h.sent().is_empty());
+    h.advance(2);
+    assert_eq!(notifications(h.sent()), second);
+    h.ack(&second[0]);
     assert_eq!(h.client.unacknowledged_notifications(), 0);
 }
 

@@ -48,9 +48,10 @@ pub struct ClientConfig {
     /// Send every notification confirmable (CON), retransmitted until the server
     /// acknowledges it, instead of non-confirmable (NON) with one CON at least every 24
     /// hours (RFC 7641 §4.5). Costs an ACK per notification; a notification lost on the
-    /// way is then sent again rather than waiting for the next change or `pmax`. A
-    /// newer notification of the same observation takes over the retransmission of an
-    /// unacknowledged one (RFC 7641 §4.5.2); one that stays unacknowledged after
+    /// way is then sent again rather than waiting for the next change or `pmax`. While
+    /// one is unacknowledged, a newer notification of the same observation waits and
+    /// replaces it at its next retransmission, or goes out when it is acknowledged (RFC
+    /// 7641 §4.5.2: one in flight per observation); one that stays unacknowledged after
     /// `max_retransmit` retransmissions raises [`ClientEvent::NotificationTimedOut`] and a
     /// registration Update (see there). Default `false`, as in most LwM2M clients.
     pub confirmable_notifications: bool,
@@ -375,7 +376,7 @@ struct Observation {
     /// 24 hours, so a server that is gone is noticed by its RST or silence).
     last_confirmable: Instant,
     /// The confirmable notification not yet acknowledged (at most one an observation:
-    /// a newer one takes over its retransmission).
+    /// a newer one waits behind it, see [`Unacked::newer`]).
     unacked: Option<Unacked>,
     /// The last confirmable notification timed out: the next notification goes CON, and
     /// is sent once a registration Update shows the server is there (if no change sends
@@ -385,11 +386,16 @@ struct Observation {
 
 /// A confirmable notification waiting for its ACK.
 struct Unacked {
+    /// The message on the wire: what an ACK or RST names, what is retransmitted.
     message_id: u16,
     bytes: Vec<u8>,
     retransmits: u8,
     wait: Duration,
     next: Instant,
+    /// A newer notification of the observation, waiting to replace this one: it goes out
+    /// at this one's next retransmission (with its counter and timer) or as soon as this
+    /// one is acknowledged, so one notification at most is in flight per observation.
+    newer: Option<(u16, Vec<u8>)>,
 }
 
 /// A Block1 request being reassembled. Blocks are placed by byte offset (RFC 7959: block
@@ -862,6 +868,33 @@ impl Lwm2mClient {
         self.push_bytes(to, bytes);
     }
 
+    /// An ACK for the notification on the wire with `message_id`: done, or the newer one
+    /// waiting behind it goes out now, as a fresh transmission.
+    fn notification_acknowledged(&mut self, now: Instant, message_id: u16) {
+        let Some(at) = self.observations.iter().position(|o| {
+            o.unacked
+                .as_ref()
+                .is_some_and(|u| u.message_id == message_id)
+        }) else {
+            return;
+        };
+        let wait = self.first_ack_wait();
+        let o = &mut self.observations[at];
+        let newer = o.unacked.take().and_then(|u| u.newer);
+        if let Some((mid, bytes)) = newer {
+            o.last_message_id = mid;
+            o.unacked = Some(Unacked {
+                message_id: mid,
+                bytes: bytes.clone(),
+                retransmits: 0,
+                wait,
+                next: now + wait,
+                newer: None,
+            });
+            self.push_bytes(self.config.server, bytes);
+        }
+    }
+
     /// Retransmits the requests and confirmable notifications whose wait ran out; ends
     /// the exchanges that ran out of retransmissions.
     fn retransmit(&mut self, now: Instant) {
@@ -893,6 +926,11 @@ impl Lwm2mClient {
                 o.renotify = true;
                 lost.push(o.path);
                 continue;
+            }
+            if let Some((mid, bytes)) = u.newer.take() {
+                u.message_id = mid;
+                u.bytes = bytes;
+                o.last_message_id = mid;
             }
             u.retransmits += 1;
             u.wait *= 2;
@@ -1086,14 +1124,8 @@ impl Lwm2mClient {
                 {
                     o.acked = true;
                     o.next = now + MAX_TRANSMIT_WAIT;
-                } else if from == self.config.server
-                    && let Some(o) = self.observations.iter_mut().find(|o| {
-                        o.unacked
-                            .as_ref()
-                            .is_some_and(|u| u.message_id == msg.message_id)
-                    })
-                {
-                    o.unacked = None;
+                } else if from == self.config.server {
+                    self.notification_acknowledged(now, msg.message_id);
                 }
             }
             MessageType::Reset => {
@@ -2047,7 +2079,6 @@ impl Lwm2mClient {
             let always_con = self.config.confirmable_notifications;
             let o = &mut self.observations[i];
             o.seq = (o.seq + 1) & 0xff_ffff;
-            o.last_message_id = mid;
             o.timer.sent(now, value);
             // An unacknowledged CON is taken over by this one, which must then be CON too,
             // as is the one after a CON that timed out.
@@ -2081,27 +2112,26 @@ impl Lwm2mClient {
                 i += 1;
                 continue;
             };
+            let o = &mut self.observations[i];
+            i += 1;
+            if let Some(u) = &mut o.unacked {
+                // RFC 7641 §4.5.2: one still unacknowledged is replaced by this one at its
+                // next retransmission (or when it is acknowledged), not joined by it.
+                u.newer = Some((mid, bytes));
+                continue;
+            }
+            o.last_message_id = mid;
             if con {
-                // RFC 7641 §4.5.2: a newer CON notification takes over the retransmission
-                // counter and timeout of one still unacknowledged.
-                let o = &mut self.observations[i];
-                o.unacked = Some(match o.unacked.take() {
-                    Some(old) => Unacked {
-                        message_id: mid,
-                        bytes: bytes.clone(),
-                        ..old
-                    },
-                    None => Unacked {
-                        message_id: mid,
-                        bytes: bytes.clone(),
-                        retransmits: 0,
-                        wait: first_wait,
-                        next: now + first_wait,
-                    },
+                o.unacked = Some(Unacked {
+                    message_id: mid,
+                    bytes: bytes.clone(),
+                    retransmits: 0,
+                    wait: first_wait,
+                    next: now + first_wait,
+                    newer: None,
                 });
             }
             self.push_bytes(self.config.server, bytes);
-            i += 1;
         }
     }
 

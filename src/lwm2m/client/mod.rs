@@ -62,8 +62,10 @@
 //!   at least every 24 hours (RFC 7641 §4.5); with
 //!   [`ClientConfig::confirmable_notifications`] every one is CON. A CON notification is
 //!   retransmitted until acknowledged (ACK_TIMEOUT x [1, 1.5), doubling, `max_retransmit`
-//!   times); a newer one of the same observation takes over its retransmission (RFC 7641
-//!   §4.5.2), so at most one waits per observation. One never acknowledged raises
+//!   times). While one is unacknowledged, a newer one of the same observation waits: it
+//!   replaces the older at its next retransmission (taking its counter and timer), or goes
+//!   out as soon as the older is acknowledged (RFC 7641 §4.5.2), so one notification at
+//!   most is in flight per observation. One never acknowledged raises
 //!   [`ClientEvent::NotificationTimedOut`] and a registration Update: accepted, the
 //!   current value is notified again; refused or unanswered, the client registers anew.
 //!   A RST to a notification cancels the observation, as does GET with Observe=1.
