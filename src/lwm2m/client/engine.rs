@@ -2080,7 +2080,7 @@ impl Lwm2mClient {
             let o = &mut self.observations[i];
             o.seq = (o.seq + 1) & 0xff_ffff;
             o.timer.sent(now, value);
-            // An unacknowledged CON is taken over by this one, which must then be CON too,
+            // One that waits behind an unacknowledged CON replaces it, so it is CON too,
             // as is the one after a CON that timed out.
             let after_timeout = std::mem::take(&mut o.renotify);
             let con = always_con
