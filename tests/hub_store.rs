@@ -1,4 +1,5 @@
-//! The hub with a durable store: service writes and device events survive a restart.
+//! The hub with a durable store: service writes and device events survive a restart, and a
+//! twin removed while the hub was down fails its restored job child as `deviceRemoved`.
 
 #![cfg(feature = "memory-fleet")]
 
@@ -240,5 +241,60 @@ fn jobs_their_history_and_their_work_in_flight_survive_restarts() {
         JobStatus::Completed
     );
     assert_eq!(hub.job_records().len(), history);
+    hub.stop();
+}
+
+/// A twin removed while the hub was down (straight in the store): after the restart, its
+/// job child, restored as waiting for the device, fails as `deviceRemoved` (before, it
+/// waited for a registration that would never reach the job engine, and kept the job and
+/// every later one from retention); the other device's child had finished.
+#[test]
+fn a_twin_removed_while_the_hub_was_down_fails_its_restored_job_child() {
+    use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
+    let dir = tempfile::tempdir().unwrap();
+    let present = DeviceId::new("pump-present").unwrap();
+    let absent = DeviceId::new("pump-absent").unwrap();
+    // Only `present` is in the simulated fleet: `absent` never registers.
+    let hub = durable_hub(dir.path(), std::slice::from_ref(&present));
+    for id in [&present, &absent] {
+        hub.create_device(Twin::new(id.clone())).unwrap();
+    }
+    let job = JobId::new("config").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::ConfigurationUpdate {
+            name: "mode".into(),
+            value: "eco".into(),
+        },
+        vec![present.clone(), absent.clone()],
+    ))
+    .unwrap();
+    wait_until("one done, one waiting", || {
+        let s = hub.job_statistics(&job).unwrap();
+        s.succeeded == 1 && s.waiting_for_device == 1
+    });
+    hub.stop();
+    drop(hub);
+
+    {
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        reg.remove(absent.as_str()).unwrap();
+        store.commit(&reg).unwrap();
+    }
+
+    let hub = durable_hub(dir.path(), std::slice::from_ref(&present));
+    wait_until("the job to end", || {
+        hub.job(&job).unwrap().status == JobStatus::Failed
+    });
+    let child = hub
+        .job_children(&job)
+        .into_iter()
+        .find(|r| r.device_id.as_ref() == Some(&absent))
+        .unwrap();
+    assert_eq!(
+        (child.status, child.failure_reason.as_deref()),
+        (JobStatus::Failed, Some("deviceRemoved"))
+    );
+    assert_eq!(hub.job_statistics(&job).unwrap().succeeded, 1);
     hub.stop();
 }
