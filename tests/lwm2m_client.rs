@@ -1373,3 +1373,36 @@ fn a_timed_out_daily_con_is_sent_again_con() {
     h.ack(&again[0]);
     assert_eq!(h.client.unacknowledged_notifications(), 0);
 }
+
+#[test]
+fn a_deleted_targets_final_notification_is_confirmable_and_retransmitted() {
+    let (mut h, token) = observing_confirmably();
+    // The application deletes the observed instance (a server's Delete drops the
+    // observations under it silently: the server knows).
+    let instance = Lwm2mPath::instance(3303, 0);
+    h.client.objects_mut().delete(&instance).unwrap();
+    h.client.notify_changed(&instance);
+    h.advance(0);
+    // The observation ends with an error notification, CON as its notifications are.
+    let last: Vec<Message> = h
+        .sent()
+        .into_iter()
+        .filter(|m| m.token() == token)
+        .collect();
+    assert_eq!(last.len(), 1, "{last:?}");
+    assert_eq!(
+        (last[0].mtype, last[0].code, last[0].observe()),
+        (MessageType::Confirmable, Code::NOT_FOUND, None)
+    );
+    assert_eq!(h.client.observation_count(), 0);
+    assert_eq!(h.client.unacknowledged_notifications(), 1);
+    // Retransmitted like any CON notification until acknowledged.
+    h.advance(3);
+    assert_eq!(h.sent(), last);
+    h.ack(&last[0]);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+    for _ in 0..60 {
+        h.advance(1);
+        assert!(h.sent().iter().all(|m| m.token() != token));
+    }
+}

@@ -398,6 +398,55 @@ struct Unacked {
     newer: Option<(u16, Vec<u8>)>,
 }
 
+/// What a confirmable notification's timer says at a given moment.
+enum Retransmit {
+    /// Not due yet.
+    Wait,
+    /// Send these bytes (message id) again, or the newer notification in their place.
+    Send(u16, Vec<u8>),
+    /// Out of retransmissions: it was never acknowledged.
+    GiveUp,
+}
+
+impl Unacked {
+    fn new(message_id: u16, bytes: Vec<u8>, now: Instant, wait: Duration) -> Self {
+        Unacked {
+            message_id,
+            bytes,
+            retransmits: 0,
+            wait,
+            next: now + wait,
+            newer: None,
+        }
+    }
+
+    /// Advances the timer at `now` (RFC 7252 back-off; a newer notification takes the
+    /// retransmission's place, RFC 7641 §4.5.2).
+    fn step(&mut self, now: Instant, max_retransmit: u8) -> Retransmit {
+        if self.next > now {
+            return Retransmit::Wait;
+        }
+        if self.retransmits >= max_retransmit {
+            return Retransmit::GiveUp;
+        }
+        if let Some((mid, bytes)) = self.newer.take() {
+            self.message_id = mid;
+            self.bytes = bytes;
+        }
+        self.retransmits += 1;
+        self.wait *= 2;
+        self.next = now + self.wait;
+        Retransmit::Send(self.message_id, self.bytes.clone())
+    }
+
+    /// The ACK for the message on the wire came: the newer notification waiting behind
+    /// it, to send now as a fresh transmission.
+    fn acknowledged(self, now: Instant, wait: Duration) -> Option<Unacked> {
+        self.newer
+            .map(|(mid, bytes)| Unacked::new(mid, bytes, now, wait))
+    }
+}
+
 /// A Block1 request being reassembled. Blocks are placed by byte offset (RFC 7959: block
 /// number x block size), so a change of block size that would leave a gap or an overlap
 /// is refused.
@@ -452,6 +501,10 @@ pub struct Lwm2mClient {
     tree: ObjectTree,
     attributes: AttributeTable,
     observations: Vec<Observation>,
+    /// The confirmable error notifications of observations that ended (their target
+    /// was deleted) not yet acknowledged: at most `max_observations`, the oldest dropped
+    /// past that.
+    finals: Vec<(Lwm2mPath, Unacked)>,
     reg: RegState,
     /// Registration attempts failed in a row (for the backoff).
     failures: u32,
@@ -503,6 +556,7 @@ impl Lwm2mClient {
             tree,
             attributes: AttributeTable::default(),
             observations: Vec::new(),
+            finals: Vec::new(),
             reg: RegState::Idle { at: now },
             failures: 0,
             update_due: false,
@@ -574,6 +628,7 @@ impl Lwm2mClient {
             .iter()
             .filter(|o| o.unacked.is_some() || o.renotify)
             .count()
+            + self.finals.len()
     }
 
     /// The paths under observation.
@@ -717,6 +772,7 @@ impl Lwm2mClient {
             _ => self.push_event(ClientEvent::Deregistered),
         }
         self.observations.clear();
+        self.finals.clear();
     }
 
     // ------------------------------------------------------------------ sans-IO interface
@@ -758,6 +814,9 @@ impl Lwm2mClient {
             if let Some(u) = &o.unacked {
                 at(u.next);
             }
+        }
+        for (_, u) in &self.finals {
+            at(u.next);
         }
         t
     }
@@ -871,26 +930,33 @@ impl Lwm2mClient {
     /// An ACK for the notification on the wire with `message_id`: done, or the newer one
     /// waiting behind it goes out now, as a fresh transmission.
     fn notification_acknowledged(&mut self, now: Instant, message_id: u16) {
-        let Some(at) = self.observations.iter().position(|o| {
+        let wait = self.first_ack_wait();
+        let next = if let Some(o) = self.observations.iter_mut().find(|o| {
             o.unacked
                 .as_ref()
                 .is_some_and(|u| u.message_id == message_id)
-        }) else {
-            return;
+        }) {
+            o.unacked = o.unacked.take().and_then(|u| u.acknowledged(now, wait));
+            let u = o.unacked.as_ref();
+            if let Some(u) = u {
+                o.last_message_id = u.message_id;
+            }
+            u.map(|u| u.bytes.clone())
+        } else if let Some(at) = self
+            .finals
+            .iter()
+            .position(|(_, u)| u.message_id == message_id)
+        {
+            let (path, u) = self.finals.remove(at);
+            u.acknowledged(now, wait).map(|u| {
+                let bytes = u.bytes.clone();
+                self.finals.push((path, u));
+                bytes
+            })
+        } else {
+            None
         };
-        let wait = self.first_ack_wait();
-        let o = &mut self.observations[at];
-        let newer = o.unacked.take().and_then(|u| u.newer);
-        if let Some((mid, bytes)) = newer {
-            o.last_message_id = mid;
-            o.unacked = Some(Unacked {
-                message_id: mid,
-                bytes: bytes.clone(),
-                retransmits: 0,
-                wait,
-                next: now + wait,
-                newer: None,
-            });
+        if let Some(bytes) = next {
             self.push_bytes(self.config.server, bytes);
         }
     }
@@ -914,29 +980,35 @@ impl Lwm2mClient {
             o.next = now + o.wait;
             again.push((o.destination, o.bytes.clone()));
         }
+        let max = self.config.max_retransmit;
         for o in &mut self.observations {
             let Some(u) = &mut o.unacked else {
                 continue;
             };
-            if u.next > now {
-                continue;
+            match u.step(now, max) {
+                Retransmit::Wait => {}
+                Retransmit::Send(mid, bytes) => {
+                    o.last_message_id = mid;
+                    again.push((self.config.server, bytes));
+                }
+                Retransmit::GiveUp => {
+                    o.unacked = None;
+                    o.renotify = true;
+                    lost.push(o.path);
+                }
             }
-            if u.retransmits >= self.config.max_retransmit {
-                o.unacked = None;
-                o.renotify = true;
-                lost.push(o.path);
-                continue;
-            }
-            if let Some((mid, bytes)) = u.newer.take() {
-                u.message_id = mid;
-                u.bytes = bytes;
-                o.last_message_id = mid;
-            }
-            u.retransmits += 1;
-            u.wait *= 2;
-            u.next = now + u.wait;
-            again.push((self.config.server, u.bytes.clone()));
         }
+        self.finals.retain_mut(|(path, u)| match u.step(now, max) {
+            Retransmit::Wait => true,
+            Retransmit::Send(_, bytes) => {
+                again.push((self.config.server, bytes));
+                true
+            }
+            Retransmit::GiveUp => {
+                lost.push(*path);
+                false
+            }
+        });
         for (destination, bytes) in again {
             self.push_bytes(destination, bytes);
         }
@@ -1082,6 +1154,7 @@ impl Lwm2mClient {
             Purpose::Update => {
                 // 4.04: the server forgot us; anything else: treat the server as lost.
                 self.observations.clear();
+                self.finals.clear();
                 if code == Some((4, 4)) {
                     self.reg = RegState::Idle { at: now };
                     self.push_event(ClientEvent::RegistrationFailed {
@@ -1140,6 +1213,7 @@ impl Lwm2mClient {
                     // RST to a notification cancels the observation (RFC 7641 §3.6).
                     self.observations
                         .retain(|o| o.last_message_id != msg.message_id);
+                    self.finals.retain(|(_, u)| u.message_id != msg.message_id);
                 }
             }
             MessageType::NonConfirmable => {}
@@ -1174,6 +1248,7 @@ impl Lwm2mClient {
                 }
                 self.failures = 0;
                 self.observations.clear();
+                self.finals.clear();
                 let update_at = self.update_deadline(now);
                 self.push_event(ClientEvent::Registered {
                     location: format!("/{}", location.join("/")),
@@ -2055,12 +2130,42 @@ impl Lwm2mClient {
             let content = match read {
                 Ok(c) => c,
                 Err(e) => {
-                    // The target is gone: a final error notification ends the observation.
+                    // The target is gone: a final error notification ends the observation,
+                    // CON (kept until acknowledged) when its notifications are.
                     let o = self.observations.remove(i);
-                    let mut m = Message::new(MessageType::NonConfirmable, code_for(&e), 0);
-                    m.message_id = self.next_mid();
+                    let con =
+                        self.config.confirmable_notifications || o.unacked.is_some() || o.renotify;
+                    let mtype = if con {
+                        MessageType::Confirmable
+                    } else {
+                        MessageType::NonConfirmable
+                    };
+                    let mid = self.next_mid();
+                    let mut m = Message::new(mtype, code_for(&e), mid);
                     m.with_token(o.token);
-                    self.push_transmit(self.config.server, &m);
+                    let Ok(bytes) = m.to_bytes() else {
+                        continue;
+                    };
+                    if !con {
+                        self.push_bytes(self.config.server, bytes);
+                        continue;
+                    }
+                    if self.finals.len() >= self.config.max_observations.max(1) {
+                        self.finals.remove(0);
+                    }
+                    match o.unacked {
+                        // One in flight per observation: it waits for its turn.
+                        Some(mut u) => {
+                            u.newer = Some((mid, bytes));
+                            self.finals.push((o.path, u));
+                        }
+                        None => {
+                            let wait = self.first_ack_wait();
+                            self.finals
+                                .push((o.path, Unacked::new(mid, bytes.clone(), now, wait)));
+                            self.push_bytes(self.config.server, bytes);
+                        }
+                    }
                     continue;
                 }
             };
@@ -2122,14 +2227,7 @@ impl Lwm2mClient {
             }
             o.last_message_id = mid;
             if con {
-                o.unacked = Some(Unacked {
-                    message_id: mid,
-                    bytes: bytes.clone(),
-                    retransmits: 0,
-                    wait: first_wait,
-                    next: now + first_wait,
-                    newer: None,
-                });
+                o.unacked = Some(Unacked::new(mid, bytes.clone(), now, first_wait));
             }
             self.push_bytes(self.config.server, bytes);
         }

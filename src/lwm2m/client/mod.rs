@@ -68,7 +68,9 @@
 //!   most is in flight per observation. One never acknowledged raises
 //!   [`ClientEvent::NotificationTimedOut`] and a registration Update: accepted, the
 //!   current value is notified again; refused or unanswered, the client registers anew.
-//!   A RST to a notification cancels the observation, as does GET with Observe=1.
+//!   The error notification that ends an observation whose target the application
+//!   deleted is CON too when its notifications are, and retransmitted the same way. A RST
+//!   to a notification cancels the observation, as does GET with Observe=1.
 //!   Observations end when the client re-registers (the server re-observes, LWM2M §6.2).
 //! - **Composite operations** (LWM2M 1.1): Read- and Observe-Composite (`FETCH /` with a
 //!   SenML JSON or CBOR path list; paths with nothing to read are left out), and
