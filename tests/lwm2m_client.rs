@@ -1071,11 +1071,11 @@ fn hand_written_object_is_served() {
     );
 }
 
-/// RFC 7641 §4.5: at least one confirmable notification every 24 hours.
-#[test]
-fn a_confirmable_notification_at_least_daily() {
+/// A registered client (default, non-confirmable notifications) whose server observes
+/// the current time /3/0/13 with pmax 1 h; a 10-day lifetime keeps registration updates
+/// out of the way.
+fn observing_hourly() -> Harness {
     let mut t = tree();
-    // A long lifetime keeps registration updates out of the way.
     t.add(objects::server(1, 10 * 86400, "U"));
     let mut h = Harness::registered_with(t);
     let mut wa = Message::request(Code::PUT, "/3/0/13");
@@ -1084,6 +1084,13 @@ fn a_confirmable_notification_at_least_daily() {
     let mut obs = Message::request(Code::GET, "/3/0/13");
     obs.set_observe(0);
     assert_eq!(h.request(obs).observe(), Some(0));
+    h
+}
+
+/// RFC 7641 §4.5: at least one confirmable notification every 24 hours.
+#[test]
+fn a_confirmable_notification_at_least_daily() {
+    let mut h = observing_hourly();
     let mut kinds = Vec::new();
     for _ in 0..25 {
         h.advance(3600);
@@ -1328,15 +1335,7 @@ fn non_confirmable_notifications_wait_for_no_ack() {
 fn a_timed_out_daily_con_is_sent_again_con() {
     // Non-confirmable notifications (the default) with pmax 1 h: the daily CON goes
     // unacknowledged, the Update is accepted, and its value is sent again CON, not NON.
-    let mut t = tree();
-    t.add(objects::server(1, 10 * 86400, "U"));
-    let mut h = Harness::registered_with(t);
-    let mut wa = Message::request(Code::PUT, "/3/0/13");
-    wa.add_uri_query("pmax=3600");
-    assert_eq!(h.request(wa).code, Code::CHANGED);
-    let mut obs = Message::request(Code::GET, "/3/0/13");
-    obs.set_observe(0);
-    assert_eq!(h.request(obs).observe(), Some(0));
+    let mut h = observing_hourly();
     h.events();
     let mut daily = None;
     for _ in 0..24 {
