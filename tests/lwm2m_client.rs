@@ -150,6 +150,22 @@ impl Harness {
         self.client.handle_timeout(self.now);
     }
 
+    /// Sets the observed temperature (/3303/0/5700) and lets the client notify it.
+    fn set_temperature(&mut self, celsius: f64) {
+        self.client
+            .set_value(&TEMPERATURE, ResourceValue::Float(celsius))
+            .unwrap();
+        self.advance(0);
+    }
+
+    /// Advances `secs` seconds, one at a time, checking that no notification goes out.
+    fn expect_no_notification_for(&mut self, secs: u64) {
+        for _ in 0..secs {
+            self.advance(1);
+            assert!(notifications(self.sent()).is_empty());
+        }
+    }
+
     /// Acknowledges the client's CON message `m` (an empty ACK).
     fn ack(&mut self, m: &Message) {
         let ack = Message::empty(MessageType::Acknowledgement, m.message_id);
@@ -1141,10 +1157,7 @@ fn notifications(sent: Vec<Message>) -> Vec<Message> {
 #[test]
 fn confirmable_notifications_are_retransmitted_until_acknowledged() {
     let (mut h, token) = observing_confirmably();
-    h.client
-        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
-        .unwrap();
-    h.advance(0);
+    h.set_temperature(21.0);
     let n = notifications(h.sent());
     assert_eq!(n.len(), 1);
     assert_eq!(
@@ -1160,30 +1173,21 @@ fn confirmable_notifications_are_retransmitted_until_acknowledged() {
     assert_eq!(again, n, "the retransmission is the same message");
     h.ack(&n[0]);
     assert_eq!(h.client.unacknowledged_notifications(), 0);
-    for _ in 0..100 {
-        h.advance(1);
-        assert!(notifications(h.sent()).is_empty());
-    }
+    h.expect_no_notification_for(100);
     assert_eq!(h.events(), vec![]);
 }
 
 #[test]
 fn a_newer_notification_replaces_an_unacknowledged_one_at_its_retransmission() {
     let (mut h, _) = observing_confirmably();
-    h.client
-        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
-        .unwrap();
-    h.advance(0);
+    h.set_temperature(21.0);
     let first = notifications(h.sent()).remove(0);
     h.advance(3);
     assert_eq!(notifications(h.sent()), vec![first.clone()]);
     // A change at t=4, while the first is still unacknowledged: nothing goes out at once
     // (one notification in flight per observation, RFC 7641 §4.5.2) ...
     h.advance(1);
-    h.client
-        .set_value(&TEMPERATURE, ResourceValue::Float(22.0))
-        .unwrap();
-    h.advance(0);
+    h.set_temperature(22.0);
     assert!(
         h.sent().is_empty(),
         "the newer one waits for the older's turn"
@@ -1204,19 +1208,13 @@ fn a_newer_notification_replaces_an_unacknowledged_one_at_its_retransmission() {
     assert_eq!(h.client.unacknowledged_notifications(), 1);
     h.ack(&second);
     assert_eq!(h.client.unacknowledged_notifications(), 0);
-    for _ in 0..60 {
-        h.advance(1);
-        assert!(notifications(h.sent()).is_empty());
-    }
+    h.expect_no_notification_for(60);
 }
 
 #[test]
 fn a_newer_notification_goes_out_when_the_older_is_acknowledged() {
     let (mut h, _) = observing_confirmably();
-    h.client
-        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
-        .unwrap();
-    h.advance(0);
+    h.set_temperature(21.0);
     let first = notifications(h.sent()).remove(0);
     h.client
         .set_value(&TEMPERATURE, ResourceValue::Float(22.0))
@@ -1243,10 +1241,7 @@ fn a_newer_notification_goes_out_when_the_older_is_acknowledged() {
 #[test]
 fn an_unacknowledged_notification_checks_the_registration_and_is_sent_again() {
     let (mut h, token) = observing_confirmably();
-    h.client
-        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
-        .unwrap();
-    h.advance(0);
+    h.set_temperature(21.0);
     let n = notifications(h.sent()).remove(0);
     // Four retransmissions (MAX_RETRANSMIT), then the last wait: 31 x 2-3 s in all.
     let mut copies = 0;
@@ -1290,10 +1285,7 @@ fn an_unacknowledged_notification_checks_the_registration_and_is_sent_again() {
 
     // Next time the server has forgotten the registration: the client registers anew
     // and the observation ends with it.
-    h.client
-        .set_value(&TEMPERATURE, ResourceValue::Float(23.0))
-        .unwrap();
-    h.advance(0);
+    h.set_temperature(23.0);
     let mut update = None;
     for _ in 0..100 {
         h.advance(1);
@@ -1318,17 +1310,11 @@ fn non_confirmable_notifications_wait_for_no_ack() {
     let mut obs = Message::request(Code::GET, "/3303/0/5700");
     obs.set_observe(0);
     assert_eq!(h.request(obs).observe(), Some(0));
-    h.client
-        .set_value(&TEMPERATURE, ResourceValue::Float(21.0))
-        .unwrap();
-    h.advance(0);
+    h.set_temperature(21.0);
     let n = notifications(h.sent());
     assert_eq!(n[0].mtype, MessageType::NonConfirmable);
     assert_eq!(h.client.unacknowledged_notifications(), 0);
-    for _ in 0..100 {
-        h.advance(1);
-        assert!(notifications(h.sent()).is_empty());
-    }
+    h.expect_no_notification_for(100);
 }
 
 #[test]
