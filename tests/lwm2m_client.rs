@@ -166,6 +166,18 @@ impl Harness {
         }
     }
 
+    /// Advances a second at a time, at most `secs` seconds, until the client sends a POST
+    /// (a registration Update here); returns it.
+    fn next_post(&mut self, secs: u64) -> Option<Message> {
+        for _ in 0..secs {
+            self.advance(1);
+            if let Some(m) = self.sent().into_iter().find(|m| m.code == Code::POST) {
+                return Some(m);
+            }
+        }
+        None
+    }
+
     /// Acknowledges the client's CON message `m` (an empty ACK).
     fn ack(&mut self, m: &Message) {
         let ack = Message::empty(MessageType::Acknowledgement, m.message_id);
@@ -1286,15 +1298,7 @@ fn an_unacknowledged_notification_checks_the_registration_and_is_sent_again() {
     // Next time the server has forgotten the registration: the client registers anew
     // and the observation ends with it.
     h.set_temperature(23.0);
-    let mut update = None;
-    for _ in 0..100 {
-        h.advance(1);
-        update = h.sent().into_iter().find(|m| m.code == Code::POST);
-        if update.is_some() {
-            break;
-        }
-    }
-    let update = update.expect("a second Update");
+    let update = h.next_post(100).expect("a second Update");
     h.answer(&update, Code::NOT_FOUND, |_| {});
     assert_eq!(h.client.observation_count(), 0);
     h.advance(0);
@@ -1334,15 +1338,9 @@ fn a_timed_out_daily_con_is_sent_again_con() {
         }
     }
     let daily = daily.expect("the daily confirmable notification");
-    let mut update = None;
-    for _ in 0..100 {
-        h.advance(1);
-        update = h.sent().into_iter().find(|m| m.code == Code::POST);
-        if update.is_some() {
-            break;
-        }
-    }
-    let update = update.expect("an Update after the daily CON timed out");
+    let update = h
+        .next_post(100)
+        .expect("an Update after the daily CON timed out");
     assert_eq!(
         h.events(),
         vec![ClientEvent::NotificationTimedOut {
