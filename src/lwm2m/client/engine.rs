@@ -619,8 +619,10 @@ impl Lwm2mClient {
 
     /// Observations whose last confirmable notification is not known to have reached
     /// the server: sent and not yet acknowledged, or timed out and waiting to be sent
-    /// again (see [`ClientEvent::NotificationTimedOut`]). At most one an observation. 0
-    /// means every CON notification reached the server, e.g. before the device sleeps;
+    /// again (see [`ClientEvent::NotificationTimedOut`]), at most one an observation;
+    /// plus the unacknowledged final (error) notifications of ended observations, at most
+    /// `max_observations`. 0 means every CON notification reached the server, e.g. before
+    /// the device sleeps;
     /// non-confirmable ones are never counted (see
     /// [`ClientConfig::confirmable_notifications`]).
     pub fn unacknowledged_notifications(&self) -> usize {
