@@ -1389,3 +1389,58 @@ fn a_deleted_targets_final_notification_is_confirmable_and_retransmitted() {
         assert!(h.sent().iter().all(|m| m.token() != token));
     }
 }
+
+#[test]
+fn final_notifications_kept_are_bounded_by_max_observations() {
+    // Two observations at most; three end unacknowledged: the oldest final is dropped
+    // (no longer retransmitted) and the two newest are kept.
+    let mut config = ClientConfig::new("dev-1", server());
+    config.confirmable_notifications = true;
+    config.max_observations = 2;
+    let mut t = tree();
+    t.add(
+        ValueObject::new(ObjectDef::new(
+            3304,
+            "Humidity",
+            true,
+            vec![ResourceDef::new(
+                5700,
+                "Sensor Value",
+                ResourceType::Float,
+                Access::Read,
+            )],
+        ))
+        .with_value(0, 5700, ResourceValue::Float(40.0))
+        .with_value(1, 5700, ResourceValue::Float(41.0))
+        .with_value(2, 5700, ResourceValue::Float(42.0)),
+    );
+    let mut h = Harness::registered_configured(config, t);
+    let mut tokens = Vec::new();
+    for iid in 0..3u16 {
+        let mut obs = Message::request(Code::GET, &format!("/3304/{iid}/5700"));
+        obs.set_observe(0);
+        let r = h.request(obs);
+        assert_eq!(r.observe(), Some(0));
+        tokens.push(r.token());
+        let instance = Lwm2mPath::instance(3304, iid);
+        h.client.objects_mut().delete(&instance).unwrap();
+        h.client.notify_changed(&instance);
+        h.advance(0);
+        let last: Vec<Message> = h.sent();
+        assert_eq!(last.len(), 1, "{last:?}");
+        assert_eq!(
+            (last[0].mtype, last[0].code, last[0].token()),
+            (MessageType::Confirmable, Code::NOT_FOUND, r.token())
+        );
+        assert_eq!(h.client.observation_count(), 0);
+        assert_eq!(
+            h.client.unacknowledged_notifications(),
+            (iid as usize + 1).min(2)
+        );
+    }
+    // Only the two newest are retransmitted.
+    h.advance(3);
+    let again: Vec<_> = h.sent().iter().map(|m| m.token()).collect();
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert!(tokens[1..].iter().all(|t| again.contains(t)), "{again:?}");
+}
