@@ -1196,3 +1196,32 @@ fn removed_devices_fail_without_tripping_abort_rules() {
     );
     sim.check_invariants();
 }
+
+#[test]
+fn a_reboot_that_never_reached_an_offline_device_is_sent_when_it_registers() {
+    // The Execute finds the device not registered; when it registers, the reboot is still
+    // to do (the registration is no proof of a reboot that was never delivered).
+    let mut sim = Sim::new(21);
+    sim.add(DeviceSpec::new(dev(0)).starts_offline());
+    sim.run_for(Duration::from_secs(1));
+    let job = jid("reboot-late");
+    let spec = JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration: true,
+        },
+        vec![dev(0)],
+    );
+    sim.jobs.create(sim.now, spec).unwrap();
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(
+        sim.jobs.child_state(&job, &dev(0)).unwrap().0,
+        ChildState::WaitingForDevice
+    );
+    sim.fleet.bring_online(sim.now, &dev(0)).unwrap();
+    sim.run_until_done(&job, Duration::from_secs(3600));
+    assert_eq!(sim.jobs.job(&job).unwrap().status, JobStatus::Completed);
+    // Registered when brought online, then again after the reboot.
+    assert_eq!(sim.fleet.registration_count(&dev(0)), 2);
+    sim.check_invariants();
+}

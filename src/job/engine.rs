@@ -1581,11 +1581,20 @@ impl JobEngine {
         }
         match result {
             Err(DeviceError::NotRegistered) => {
+                let kind = self.parents[self.children[c as usize].parent as usize].kind();
                 let child = &mut self.children[c as usize];
                 if child.flags & FLAG_TOUCHED == 0 {
                     // The attempt never reached the device: its timeout starts only once
                     // the device is back.
                     child.deadline = None;
+                }
+                if matches!(kind, JobKind::RebootDevice | JobKind::FactoryResetDevice)
+                    && child.step == 0
+                {
+                    // The transport refused the Execute (it was never sent, as the
+                    // reboot's Execute is sent once): the device's next registration is
+                    // no proof of a reboot, and the Execute goes once it is back.
+                    child.flags &= !FLAG_EXECUTE_SENT;
                 }
                 let device = child.device.clone();
                 self.device_mut(&device).offline = true;
