@@ -117,6 +117,7 @@ use crate::twin::{ConnectionState, RegistrationInfo, Scalar, Twin};
 use crate::{DeviceId, Timestamp};
 use provisioning::{AutoProvisioned, Verdict};
 use request::Waiting;
+use rustc_hash::FxHashSet;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1065,14 +1066,6 @@ impl Inner {
         loop {
             let ops = drain_ops(jobs);
             if ops.is_empty() {
-                // A child failed for its removed device may have tripped an abort rule
-                // that ended siblings whose operations were already queued: the engine no
-                // longer waits for those, so they are not sent (cancelled observations
-                // are fire-and-forget and go).
-                out.retain(|op| {
-                    jobs.is_outstanding(op.id)
-                        || matches!(op.request, DeviceRequest::CancelObserve { .. })
-                });
                 return out;
             }
             let gone: Vec<DeviceId> = {
@@ -1083,11 +1076,30 @@ impl Inner {
                 out.extend(known);
                 unknown.into_iter().map(|op| op.device).collect()
             };
+            if gone.is_empty() {
+                continue;
+            }
             // Failing those children may start others and queue their operations: the
             // loop ends as every child fails at most once and starts at most once a turn.
+            // It may also trip an abort rule that ends siblings whose operations are
+            // already in `out`: the engine no longer waits for those, so they are not sent
+            // (cancelled observations are fire-and-forget and go). Only those: an
+            // operation the engine had stopped waiting for before (a reboot's Execute
+            // whose child a second registration in the same batch completed) goes, as
+            // it always did.
+            let waited: FxHashSet<OpId> = out
+                .iter()
+                .map(|op| op.id)
+                .filter(|&id| jobs.is_outstanding(id))
+                .collect();
             for device in &gone {
                 jobs.forget_device(now, device);
             }
+            out.retain(|op| {
+                !waited.contains(&op.id)
+                    || jobs.is_outstanding(op.id)
+                    || matches!(op.request, DeviceRequest::CancelObserve { .. })
+            });
         }
     }
 

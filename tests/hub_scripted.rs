@@ -1,0 +1,120 @@
+//! The hub over a transport the test scripts event by event: orderings the simulated
+//! fleet does not produce on demand (two registrations of one device in one batch).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use twinhub::hub::{Hub, HubConfig};
+use twinhub::job::{JobId, JobSpec, JobType};
+use twinhub::registry::Registry;
+use twinhub::transport::{
+    DeviceError, DeviceEvent, DeviceOp, DeviceRequest, RegistrationInfo, Transport,
+};
+use twinhub::twin::Twin;
+use twinhub::{DeviceId, Lwm2mPath};
+
+/// What the test and the transport share: events to hand the hub, operations it sent.
+#[derive(Default)]
+struct Script {
+    events: VecDeque<DeviceEvent>,
+    submitted: Vec<DeviceOp>,
+    /// Answer every operation `NotRegistered` (the device is away).
+    away: bool,
+}
+
+struct Scripted(Arc<Mutex<Script>>);
+
+impl Transport for Scripted {
+    fn submit(&mut self, _: Instant, op: DeviceOp) {
+        let mut s = self.0.lock().unwrap();
+        if s.away {
+            s.events.push_back(DeviceEvent::Response {
+                op: op.id,
+                device: op.device.clone(),
+                result: Err(DeviceError::NotRegistered),
+            });
+        }
+        s.submitted.push(op);
+    }
+    fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.0.lock().unwrap().events.pop_front()
+    }
+    fn handle_timeout(&mut self, _: Instant) {}
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+fn registered(device: &DeviceId) -> DeviceEvent {
+    DeviceEvent::Registered {
+        device: device.clone(),
+        registration: RegistrationInfo {
+            endpoint: device.as_str().into(),
+            registration_id: "r1".into(),
+            lifetime: 300,
+            lwm2m_version: "1.0".into(),
+            binding: "U".into(),
+            queue_mode: false,
+            objects: vec![Lwm2mPath::instance(3, 0)],
+            address: None,
+            psk_identity: None,
+        },
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn executes(script: &Mutex<Script>) -> usize {
+    script
+        .lock()
+        .unwrap()
+        .submitted
+        .iter()
+        .filter(|op| matches!(op.request, DeviceRequest::Execute { .. }))
+        .count()
+}
+
+#[test]
+fn a_reboot_completed_by_a_second_registration_in_the_batch_still_sends_its_execute() {
+    let device = DeviceId::new("dev-1").unwrap();
+    let mut registry = Registry::new();
+    registry.create(Twin::new(device.clone())).unwrap();
+    let script = Arc::new(Mutex::new(Script {
+        away: true,
+        ..Script::default()
+    }));
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, HubConfig::default());
+    let job = JobId::new("reboot").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration: true,
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+    // The first Execute finds the device away: the child waits for it.
+    wait_until("the child to wait for its device", || {
+        hub.job_statistics(&job).unwrap().waiting_for_device == 1
+    });
+    assert_eq!(executes(&script), 1);
+    // The device registers twice in quick succession (one batch, most likely): the
+    // first registration queues the Execute, the second completes the child (a
+    // registration after an Execute is the reboot's proof). The Execute still goes.
+    {
+        let mut s = script.lock().unwrap();
+        s.away = false;
+        s.events.push_back(registered(&device));
+        s.events.push_back(registered(&device));
+    }
+    wait_until("the second Execute", || executes(&script) == 2);
+    wait_until("the job to end", || {
+        hub.job_statistics(&job).unwrap().succeeded == 1
+    });
+}
