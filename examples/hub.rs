@@ -9,13 +9,15 @@
 //! # durable: twins, tags and device properties survive a restart
 //! cargo run --example hub -- --data-dir /var/lib/twinhub --auto-provision
 //! # a bootstrap server beside it: devices that know only it get this hub's account
-//! cargo run --example hub -- --dtls-bind 0.0.0.0:5684 --bootstrap-bind 0.0.0.0:5783 \
+//! cargo run --example hub -- --dtls-bind 0.0.0.0:5684 --bootstrap-bind 127.0.0.1:5783 \
 //!     --psk sensor-1:sensor-1-id:00112233445566778899aabbccddeeff
 //! ```
 //!
 //! With `--bootstrap-bind` a second, plain-CoAP port serves the LWM2M bootstrap interface
 //! (`POST /bs`) from the hub's registry: a device the hub knows is given one server
-//! account, this hub's URI, with its `--psk` credentials when the hub speaks DTLS.
+//! account, this hub's URI, with its `--psk` credentials when the hub speaks DTLS; the
+//! key travels in clear, to whoever names the endpoint, so bind it where only your own
+//! devices can reach it (a lab, a provisioning network).
 //! `cargo run --example device -- sensor-1 --bootstrap coap://127.0.0.1:5783` bootstraps
 //! from it.
 //!
@@ -186,8 +188,9 @@ fn main() {
 }
 
 /// A plain-CoAP bootstrap server on `addr`, sharing the hub's registry: a device the hub
-/// knows gets one account, the hub's URI, with its PSK when the hub speaks DTLS. Its
-/// outcomes are printed.
+/// knows gets one account, the hub's URI, with its PSK when the hub speaks DTLS. The key
+/// goes in clear to whoever names the endpoint (a lab's setting: see
+/// `HubBuilder::bootstrap_from_registry`). Its outcomes are printed.
 fn bootstrap_server(
     hub: &Hub,
     addr: &str,
@@ -204,10 +207,11 @@ fn bootstrap_server(
     let bs = Hub::builder()
         .shared_registry(hub.registry().clone())
         .udp(addr)
-        .bootstrap_from_registry(uri.clone())
+        .bootstrap_from_registry_in_clear(uri.clone())
         .build()?;
     println!(
-        "bootstrap server on coap://{} (accounts for {uri})",
+        "bootstrap server on coap://{} (accounts for {uri}; keys sent in clear to whoever \
+         asks: for a lab)",
         bs.local_addr().ok_or("no bootstrap address")?
     );
     let events = bs.subscribe(SubscribeOptions {

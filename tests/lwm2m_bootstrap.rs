@@ -2,8 +2,9 @@
 //! interface (`HubBuilder::bootstrap`) provisions devices built with the crate's device
 //! library, which then register with the server they were given: plain CoAP, and DTLS
 //! with the PSK the bootstrap server wrote from the registry (a second hub bound to DTLS,
-//! sharing its registry). An endpoint the plan does not know, or a twin without a PSK for
-//! a `coaps` server, is refused and never registers. The provisioned device then syncs
+//! sharing its registry; the key goes over plain CoAP only when the service says so). An
+//! endpoint the plan does not know, or a twin without a PSK for a `coaps` server, is
+//! refused and never registers. The provisioned device then syncs
 //! with one Observe-Composite, pushes a value with Send, and answers a read job's
 //! Read-Composite.
 
@@ -228,12 +229,33 @@ fn a_device_bootstrapped_with_a_psk_registers_over_dtls() {
     )
     .unwrap();
     let dm_addr = dm.local_addr().unwrap();
-    // The bootstrap server: plain UDP, accounts made from the DM hub's registry (the
-    // twin's PSK identity and key).
-    let bs = Hub::builder()
+    // Over plain CoAP anyone may ask for any endpoint: the registry's plan gives no key
+    // to a peer that did not prove it is the device.
+    let strict = Hub::builder()
         .shared_registry(dm.registry().clone())
         .udp("127.0.0.1:0")
         .bootstrap_from_registry(format!("coaps://{dm_addr}"))
+        .build()
+        .unwrap();
+    let strict_events = lifecycle(&strict);
+    let asker = device("bs-dtls", strict.local_addr().unwrap());
+    assert_eq!(
+        next_of(
+            &strict_events,
+            "bs-dtls",
+            &[LifecycleKind::Bootstrapped, LifecycleKind::BootstrapFailed]
+        ),
+        (LifecycleKind::BootstrapFailed, Some("refused".into()))
+    );
+    assert_eq!(asker.dtls_handshakes(), 0);
+    drop(asker);
+    strict.stop();
+    // The bootstrap server of a lab: plain UDP, accounts made from the DM hub's
+    // registry (the twin's PSK identity and key), sent in clear.
+    let bs = Hub::builder()
+        .shared_registry(dm.registry().clone())
+        .udp("127.0.0.1:0")
+        .bootstrap_from_registry_in_clear(format!("coaps://{dm_addr}"))
         .build()
         .unwrap();
     let bs_events = lifecycle(&bs);

@@ -25,6 +25,10 @@ pub(crate) struct ServerParts {
     /// [`HubBuilder::bootstrap_from_registry`]'s server URI, turned into a plan at build.
     #[cfg(feature = "lwm2m")]
     pub(crate) bootstrap_to: Option<String>,
+    /// Whether that plan hands keys to a peer that did not prove it is the device
+    /// ([`HubBuilder::bootstrap_from_registry_in_clear`]).
+    #[cfg(feature = "lwm2m")]
+    pub(crate) bootstrap_keys_in_clear: bool,
 }
 
 /// What the hub runs on.
@@ -199,14 +203,33 @@ impl HubBuilder {
 
     /// Serves the bootstrap interface with a plan made from the registry: a device whose
     /// twin exists and is enabled gets one account (Short Server ID 1) for `server_uri`,
-    /// with its twin's PSK identity and key when it has both; a `coaps://` URI for a twin
-    /// without a PSK, any unknown or disabled endpoint, and (over DTLS) a bootstrap session
-    /// whose identity belongs to another device, is refused. Replaces
-    /// [`HubBuilder::bootstrap`]. For a bootstrap port beside a DTLS hub, build a second
-    /// hub on UDP with [`HubBuilder::shared_registry`] of the first's registry.
+    /// with its twin's PSK identity and key when it has both. The key goes only to a
+    /// bootstrap session that proved it is the device (DTLS, with an identity bound to
+    /// that endpoint): over plain CoAP anyone may send a Bootstrap-Request with any
+    /// endpoint name, so a twin with a key is refused there (see
+    /// [`HubBuilder::bootstrap_from_registry_in_clear`] for a provisioning network you
+    /// trust). Also refused: a `coaps://` URI for a twin without a PSK, any unknown or
+    /// disabled endpoint, and a DTLS session whose identity belongs to another device.
+    /// Replaces [`HubBuilder::bootstrap`]. For a bootstrap port beside a DTLS hub, build
+    /// a second hub with [`HubBuilder::shared_registry`] of the first's registry.
     #[cfg(feature = "lwm2m")]
     pub fn bootstrap_from_registry(mut self, server_uri: impl Into<String>) -> Self {
         self.parts.bootstrap_to = Some(server_uri.into());
+        self.parts.bootstrap_keys_in_clear = false;
+        self.parts.bootstrap = None;
+        self
+    }
+
+    /// [`HubBuilder::bootstrap_from_registry`] that also hands a twin's PSK to a peer that
+    /// did not prove it is the device: a Bootstrap-Request over plain CoAP, or over a
+    /// DTLS identity bound to no device. Whoever can reach the port and names an endpoint
+    /// gets its key, in clear over plain CoAP: for a lab, or a provisioning network
+    /// where only your own devices can send (the examples' `--bootstrap` uses it on
+    /// loopback).
+    #[cfg(feature = "lwm2m")]
+    pub fn bootstrap_from_registry_in_clear(mut self, server_uri: impl Into<String>) -> Self {
+        self.parts.bootstrap_to = Some(server_uri.into());
+        self.parts.bootstrap_keys_in_clear = true;
         self.parts.bootstrap = None;
         self
     }
@@ -268,7 +291,8 @@ impl HubBuilder {
             .unwrap_or_else(|| SharedRegistry::new(Registry::new()));
         #[cfg(feature = "lwm2m")]
         if let Some(uri) = self.parts.bootstrap_to.take() {
-            self.parts.bootstrap = Some(registry_bootstrap(registry.clone(), uri));
+            let in_clear = self.parts.bootstrap_keys_in_clear;
+            self.parts.bootstrap = Some(registry_bootstrap(registry.clone(), uri, in_clear));
         }
         let link = self
             .link
@@ -306,21 +330,22 @@ impl HubBuilder {
     }
 }
 
-/// The plan of [`HubBuilder::bootstrap_from_registry`].
+/// The plan of [`HubBuilder::bootstrap_from_registry`] (`keys_in_clear`: of
+/// [`HubBuilder::bootstrap_from_registry_in_clear`]).
 #[cfg(feature = "lwm2m")]
 fn registry_bootstrap(
     registry: SharedRegistry,
     server_uri: String,
+    keys_in_clear: bool,
 ) -> crate::lwm2m::server::Bootstrapper {
     use crate::lwm2m::server::{BootstrapPlan, ServerAccount};
     let secure = server_uri
         .get(..8)
         .is_some_and(|s| s.eq_ignore_ascii_case("coaps://"));
     Box::new(move |request| {
+        let proven = request.identity.as_ref().and_then(|i| i.device.as_ref());
         // Over DTLS, the bootstrap session's identity must be the endpoint's own.
-        if let Some(device) = request.identity.as_ref().and_then(|i| i.device.as_ref())
-            && device.as_str() != request.endpoint
-        {
+        if proven.is_some_and(|device| device.as_str() != request.endpoint) {
             return None;
         }
         let reg = registry.read();
@@ -331,9 +356,12 @@ fn registry_bootstrap(
         let auth = twin.authentication();
         let account = ServerAccount::new(1, server_uri.clone());
         let account = match (&auth.psk_identity, &auth.psk_key) {
-            (Some(identity), Some(key)) => {
+            // The key only to the device itself (or, when the service said so, to
+            // whoever asks for the endpoint).
+            (Some(identity), Some(key)) if proven.is_some() || keys_in_clear => {
                 account.with_psk(identity.clone(), key.expose().to_vec())
             }
+            (Some(_), Some(_)) => return None,
             _ if secure => return None,
             _ => account,
         };
