@@ -6,6 +6,10 @@
 const HEADER: usize = 13;
 /// ContentType handshake.
 const HANDSHAKE: u8 = 22;
+/// ContentType alert.
+const ALERT: u8 = 21;
+/// ContentType application_data.
+const APPLICATION_DATA: u8 = 23;
 /// HandshakeType client_hello.
 const CLIENT_HELLO: u8 = 1;
 /// HandshakeType server_hello.
@@ -39,6 +43,14 @@ pub(crate) fn is_client_hello(bytes: &[u8]) -> bool {
     })
 }
 
+/// Whether the datagram starts with a protected record of an established session
+/// (application data or an alert, epoch 1 or later): never part of a handshake in progress.
+pub(crate) fn is_session_traffic(bytes: &[u8]) -> bool {
+    records(bytes)
+        .next()
+        .is_some_and(|(ct, epoch, _)| matches!(ct, APPLICATION_DATA | ALERT) && epoch != 0)
+}
+
 /// Whether a datagram the server sends carries a ServerHello: the cookie was verified and
 /// the handshake proper has begun.
 pub(crate) fn has_server_hello(bytes: &[u8]) -> bool {
@@ -70,6 +82,16 @@ mod tests {
         short.truncate(14);
         assert!(!is_client_hello(&short));
         assert!(!is_client_hello(&[]));
+    }
+
+    #[test]
+    fn session_traffic_is_protected_data_or_alerts() {
+        assert!(is_session_traffic(&record(23, 1, &[0; 8])));
+        assert!(is_session_traffic(&record(21, 1, &[0; 8])));
+        // A handshake's own epoch-1 record (its Finished) is not.
+        assert!(!is_session_traffic(&record(22, 1, &[0; 8])));
+        assert!(!is_session_traffic(&record(23, 0, &[0; 8])));
+        assert!(!is_session_traffic(&[]));
     }
 
     #[test]

@@ -408,7 +408,12 @@ impl DtlsServer {
 
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-        if self.pending.contains_key(&peer) {
+        if record::is_session_traffic(bytes) && self.sessions.contains_key(&peer) {
+            // The session's records go to it, also while a handshake from its address is
+            // in progress: anyone can send a ClientHello from that address, and it must
+            // not divert the session's traffic (RFC 6347 §4.2.8).
+            self.feed_session(now, peer, bytes);
+        } else if self.pending.contains_key(&peer) {
             self.feed_pending(now, peer, bytes);
         } else if record::is_client_hello(bytes) {
             // A new handshake, also from an address that has a session (the device lost

@@ -325,3 +325,29 @@ fn keys_never_show_in_debug_output() {
         Err(CredentialsError::IdentityTaken { .. })
     ));
 }
+
+#[test]
+fn a_spoofed_client_hello_does_not_divert_an_established_session() {
+    let now = Instant::now();
+    let mut server = DtlsServer::new(
+        DtlsServerConfig::default(),
+        store_with("id-1", "dev-1", key(1)),
+    );
+    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
+    client.send(now, b"first");
+    assert_eq!(pump(now, &mut client, addr(1), &mut server).len(), 1);
+    // Someone else sends a ClientHello with the device's address as its source.
+    let mut forger = DtlsClient::new(now, creds("id-x", key(9)));
+    forger.send(now, b"x");
+    let hello = forger.poll_transmit().expect("a ClientHello");
+    server.handle_datagram(now, addr(1), &hello);
+    assert_eq!(server.stats().unverified, 1);
+    // The device's records still reach its session.
+    client.send(now, b"after");
+    let got = pump(now, &mut client, addr(1), &mut server);
+    assert_eq!(got.len(), 1, "the session's datagram was diverted");
+    assert_eq!(got[0].1, b"after");
+    server.send(now, addr(1), b"answer").unwrap();
+    pump(now, &mut client, addr(1), &mut server);
+    assert_eq!(client.poll_plaintext().as_deref(), Some(&b"answer"[..]));
+}
