@@ -87,10 +87,11 @@
 //! [`Lwm2mServer::require_identity`]: a Register is accepted only when the identity
 //! belongs to the endpoint it names (`ep` may be omitted; it is then the identity's
 //! device, as LWM2M 1.1 allows), and an Update or De-register only from the identity the
-//! device registered with; anything else gets 4.03 and changes nothing. Responses and
-//! notifications are matched by address and a random token, and the driver sends requests
-//! to a device only through a session of the identity it registered with
-//! ([`Lwm2mServer::identity_at`]). Over plain CoAP (`UdpServer::bind`) nothing is
+//! device registered with, while that identity still belongs to the device (a name
+//! moved to another device owns nothing of the old one); anything else gets 4.03 and
+//! changes nothing. Responses and notifications are matched by address and a random
+//! token, and the driver sends requests to a device only through a session of the
+//! identity it registered with ([`Lwm2mServer::may_send_to`]). Over plain CoAP (`UdpServer::bind`) nothing is
 //! authenticated: anyone who can reach the port can claim any endpoint the authorizer
 //! lets in; use it on trusted networks and in tests only.
 //!
@@ -366,6 +367,17 @@ impl Lwm2mServer {
     pub fn identity_at(&self, addr: SocketAddr) -> Option<Option<&str>> {
         let slot = *self.by_addr.get(&addr)?;
         self.slot(slot).map(|r| r.identity.as_deref())
+    }
+
+    /// Whether a datagram for the registration at `addr` may go through a session of
+    /// `session` (none: plain CoAP): true when no registration is at that address, or when
+    /// the session's identity is the one the registration was made with and is still
+    /// bound to the registration's device. A DTLS driver sends only when this holds.
+    pub fn may_send_to(&self, addr: SocketAddr, session: Option<&PeerIdentity>) -> bool {
+        match self.by_addr.get(&addr).and_then(|&slot| self.slot(slot)) {
+            None => true,
+            Some(reg) => identity_owns(reg, session),
+        }
     }
 
     /// Replaces the resource-type resolver used to decode TLV and text (default:
@@ -922,14 +934,14 @@ impl Lwm2mServer {
     }
 
     /// Whether the datagram being handled comes from the identity the registration in
-    /// `slot` was made with (plain registrations: from no identity). Emits a rejection if
-    /// not.
+    /// `slot` was made with, still bound to the registration's device (plain
+    /// registrations: from no identity). An identity name moved to another device since
+    /// does not own the registration. Emits a rejection if not.
     fn owns(&mut self, slot: u32, peer: SocketAddr) -> bool {
         let Some(reg) = self.slot(slot) else {
             return false;
         };
-        let current = self.current_identity.as_ref().map(|i| &*i.psk_identity);
-        if reg.identity.as_deref() == current {
+        if identity_owns(reg, self.current_identity.as_ref()) {
             return true;
         }
         let endpoint = reg.info.endpoint.clone();
@@ -1722,3 +1734,16 @@ impl Transport for Lwm2mServer {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `identity` (none: plain CoAP) is the one `reg` was made with, still bound to its
+/// device: the name alone is not enough, as an identity may be moved to another device.
+fn identity_owns(reg: &Registration, identity: Option<&PeerIdentity>) -> bool {
+    match (reg.identity.as_deref(), identity) {
+        (None, None) => true,
+        (Some(expected), Some(i)) => {
+            *i.psk_identity == *expected
+                && i.device.as_ref().map(DeviceId::as_str) == Some(reg.info.endpoint.as_str())
+        }
+        _ => false,
+    }
+}

@@ -38,16 +38,11 @@ impl DatagramLayer for SecureLayer {
     }
 
     fn transmit(&mut self, now: Instant, t: Transmit, server: &Lwm2mServer, _socket: &UdpSocket) {
-        if let Some(expected) = server.identity_at(t.destination) {
-            let session = self
-                .dtls
-                .session_identity(t.destination)
-                .map(|i| &*i.psk_identity);
-            if expected.is_none() || session != expected {
-                // The address now belongs to another identity (or none): the device's
-                // requests do not go to it. CoAP times the request out.
-                return;
-            }
+        if !server.may_send_to(t.destination, self.dtls.session_identity(t.destination)) {
+            // The address now belongs to another identity (or none, or the identity now
+            // belongs to another device): the device's requests do not go to it. CoAP
+            // times the request out.
+            return;
         }
         // No session: the datagram is dropped; nothing goes out in clear.
         let _ = self.dtls.send(now, t.destination, &t.payload);

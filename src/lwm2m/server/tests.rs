@@ -1768,3 +1768,48 @@ fn without_a_bootstrapper_bs_is_not_found_and_sessions_are_bounded() {
     assert_eq!(sim.out()[0].1.code, code(2, 4));
     assert_eq!(sim.server.bootstrap_sessions(), MAX_BOOTSTRAP_SESSIONS);
 }
+
+#[test]
+fn an_identity_moved_to_another_device_does_not_own_the_old_registration() {
+    let mut sim = Sim::open();
+    let a = addr(9100);
+    let ident = |device: &str| PeerIdentity {
+        psk_identity: "shared-name".into(),
+        device: Some(dev(device)),
+    };
+    let send_as = |sim: &mut Sim, who: &PeerIdentity, p: &Packet| {
+        sim.server
+            .handle_datagram_from(sim.now, a, Some(who), &p.encode());
+    };
+    // "pump" registers over the identity "shared-name".
+    let p = sim.request(wire::POST, &["rd"], &["ep=pump"], b"</3/0>");
+    send_as(&mut sim, &ident("pump"), &p);
+    let out = sim.out();
+    assert_eq!(out[0].1.code, code(2, 1), "{out:?}");
+    let loc: Vec<&[u8]> = out[0].1.opts(wire::LOCATION_PATH).collect();
+    let id = String::from_utf8(loc[1].to_vec()).unwrap();
+    sim.events();
+    assert!(sim.server.may_send_to(a, Some(&ident("pump"))));
+    // The name now belongs to "valve": it may neither update pump's registration nor
+    // receive pump's requests.
+    let p = sim.request(wire::POST, &["rd", &id], &[], b"");
+    send_as(&mut sim, &ident("valve"), &p);
+    assert_eq!(sim.out()[0].1.code, code(4, 3));
+    assert!(matches!(
+        &sim.events()[..],
+        [DeviceEvent::Rejected {
+            reason: RejectReason::IdentityMismatch,
+            ..
+        }]
+    ));
+    assert!(!sim.server.may_send_to(a, Some(&ident("valve"))));
+    assert!(!sim.server.may_send_to(a, None));
+    // The device itself still may.
+    let p = sim.request(wire::POST, &["rd", &id], &[], b"");
+    send_as(&mut sim, &ident("pump"), &p);
+    assert_eq!(sim.out()[0].1.code, code(2, 4));
+    assert!(
+        sim.server.may_send_to(addr(9999), None),
+        "no registration there"
+    );
+}
