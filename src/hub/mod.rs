@@ -530,6 +530,11 @@ impl Hub {
 
     /// The registry: read twins and indexes through `read()`, change them through
     /// `write()`. Prefer the hub's own methods, which say what they do.
+    ///
+    /// Do not call the hub while holding one of the registry's guards: the hub takes its
+    /// locks in the order jobs, registry, store (its loop does so every 20 ms), so a job
+    /// call (`create_job`, `job`, `query_jobs`, ...) made with a registry guard held can
+    /// deadlock. Take what you need, drop the guard, then call the hub.
     pub fn registry(&self) -> &SharedRegistry {
         &self.inner.registry
     }
@@ -1019,6 +1024,8 @@ impl Inner {
         if let Ok(restored) = store.load_jobs(config, now, Timestamp::now()) {
             // Operations of the old engine still in the outbox are dropped with it.
             *jobs = restored;
+            // The new engine reports progress to subscribers like the old one did.
+            jobs.enable_progress();
             jobs.retain_devices(now, |d| reg.contains(d.as_str()));
         }
     }
