@@ -1444,3 +1444,35 @@ fn final_notifications_kept_are_bounded_by_max_observations() {
     assert_eq!(again.len(), 2, "{again:?}");
     assert!(tokens[1..].iter().all(|t| again.contains(t)), "{again:?}");
 }
+
+#[test]
+fn a_final_notification_behind_an_unanswered_one_still_goes_out() {
+    let (mut h, token) = observing_confirmably();
+    h.set_temperature(21.0);
+    assert_eq!(notifications(h.sent()).len(), 1);
+    // Never acknowledged: past its fourth retransmission (15 x ACK_TIMEOUT x [1, 1.5)),
+    // before it gives up (31 x ...).
+    for _ in 0..46 {
+        h.advance(1);
+    }
+    h.sent();
+    let instance = Lwm2mPath::instance(3303, 0);
+    h.client.objects_mut().delete(&instance).unwrap();
+    h.client.notify_changed(&instance);
+    let mut last = None;
+    for _ in 0..100 {
+        h.advance(1);
+        if let Some(m) = h
+            .sent()
+            .into_iter()
+            .find(|m| m.token() == token && m.code == Code::NOT_FOUND)
+        {
+            last = Some(m);
+            break;
+        }
+    }
+    let last = last.expect("the final error notification");
+    assert_eq!(last.mtype, MessageType::Confirmable);
+    h.ack(&last);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+}

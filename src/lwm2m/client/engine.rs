@@ -1000,16 +1000,35 @@ impl Lwm2mClient {
                 }
             }
         }
+        // (Drawn only when needed: each draw moves the token sequence.)
+        let fresh_wait = if self
+            .finals
+            .iter()
+            .any(|(_, u)| u.newer.is_some() && u.next <= now && u.retransmits >= max)
+        {
+            self.first_ack_wait()
+        } else {
+            self.config.ack_timeout
+        };
         self.finals.retain_mut(|(path, u)| match u.step(now, max) {
             Retransmit::Wait => true,
             Retransmit::Send(_, bytes) => {
                 again.push((self.config.server, bytes));
                 true
             }
-            Retransmit::GiveUp => {
-                lost.push(*path);
-                false
-            }
+            Retransmit::GiveUp => match u.newer.take() {
+                // The last value notification before the final error went unanswered:
+                // the final still goes, as a fresh transmission.
+                Some((mid, bytes)) => {
+                    *u = Unacked::new(mid, bytes.clone(), now, fresh_wait);
+                    again.push((self.config.server, bytes));
+                    true
+                }
+                None => {
+                    lost.push(*path);
+                    false
+                }
+            },
         });
         for (destination, bytes) in again {
             self.push_bytes(destination, bytes);
