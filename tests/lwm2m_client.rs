@@ -1476,3 +1476,27 @@ fn a_final_notification_behind_an_unanswered_one_still_goes_out() {
     h.ack(&last);
     assert_eq!(h.client.unacknowledged_notifications(), 0);
 }
+
+#[test]
+fn an_observation_whose_notifications_are_never_acknowledged_ends() {
+    // The server accepts Updates but never acknowledges this observation's notifications:
+    // after the re-send that follows an accepted Update times out too, the observation
+    // ends (RFC 7641 §4.5) instead of looping through Updates and re-sends.
+    let (mut h, _) = observing_confirmably();
+    h.set_temperature(21.0);
+    for round in 0..2 {
+        let update = h
+            .next_post(200)
+            .unwrap_or_else(|| panic!("an Update after timeout {round}"));
+        assert_eq!(
+            h.events(),
+            vec![ClientEvent::NotificationTimedOut { path: TEMPERATURE }]
+        );
+        h.answer(&update, Code::CHANGED, |_| {});
+        h.events();
+    }
+    assert_eq!(h.client.observation_count(), 0);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+    h.set_temperature(25.0);
+    h.expect_no_notification_for(300);
+}

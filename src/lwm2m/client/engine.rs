@@ -218,7 +218,9 @@ pub enum ClientEvent {
     /// client registers anew, which ends every observation (the server observes again).
     /// RFC 7641 lets a CoAP server drop such an observer; an LwM2M client has the
     /// registration to check instead, and dropping it silently would leave the server's
-    /// copy stale.
+    /// copy stale. When that re-sent value times out too (the server answers Updates but
+    /// not this observation), the observation ends (RFC 7641 §4.5), with this event
+    /// again: no endless round of Updates and re-sends.
     NotificationTimedOut {
         /// The observed path (the root for an Observe-Composite).
         path: Lwm2mPath,
@@ -382,6 +384,10 @@ struct Observation {
     /// is sent once a registration Update shows the server is there (if no change sends
     /// it sooner).
     renotify: bool,
+    /// The notification in flight is that re-send after a timeout: if it times out too,
+    /// the server answers Updates but not this observation's notifications, and the
+    /// observation ends (RFC 7641 §4.5: an observer that does not acknowledge is removed).
+    resent: bool,
 }
 
 /// A confirmable notification waiting for its ACK.
@@ -939,6 +945,7 @@ impl Lwm2mClient {
                 .is_some_and(|u| u.message_id == message_id)
         }) {
             o.unacked = o.unacked.take().and_then(|u| u.acknowledged(now, wait));
+            o.resent = false;
             let u = o.unacked.as_ref();
             if let Some(u) = u {
                 o.last_message_id = u.message_id;
@@ -969,6 +976,7 @@ impl Lwm2mClient {
         let mut failed = Vec::new();
         let mut again = Vec::new();
         let mut lost = Vec::new();
+        let mut ended: Vec<Token> = Vec::new();
         for o in &mut self.outgoing {
             if o.next > now {
                 continue;
@@ -995,10 +1003,17 @@ impl Lwm2mClient {
                 }
                 Retransmit::GiveUp => {
                     o.unacked = None;
-                    o.renotify = true;
+                    if o.resent {
+                        ended.push(o.token);
+                    } else {
+                        o.renotify = true;
+                    }
                     lost.push(o.path);
                 }
             }
+        }
+        if !ended.is_empty() {
+            self.observations.retain(|o| !ended.contains(&o.token));
         }
         // (Drawn only when needed: each draw moves the token sequence.)
         let fresh_wait = if self
@@ -1732,6 +1747,7 @@ impl Lwm2mClient {
                     last_confirmable: now,
                     unacked: None,
                     renotify: false,
+                    resent: false,
                 });
                 resp.set_observe(0);
                 self.push_event(ClientEvent::Observed { path: *path });
@@ -1825,6 +1841,7 @@ impl Lwm2mClient {
                     last_confirmable: now,
                     unacked: None,
                     renotify: false,
+                    resent: false,
                 });
                 resp.set_observe(0);
                 self.push_event(ClientEvent::Observed {
@@ -2249,6 +2266,7 @@ impl Lwm2mClient {
             o.last_message_id = mid;
             if con {
                 o.unacked = Some(Unacked::new(mid, bytes.clone(), now, first_wait));
+                o.resent = after_timeout;
             }
             self.push_bytes(self.config.server, bytes);
         }
