@@ -1500,3 +1500,38 @@ fn an_observation_whose_notifications_are_never_acknowledged_ends() {
     h.set_temperature(25.0);
     h.expect_no_notification_for(300);
 }
+
+#[test]
+fn re_observing_with_the_same_token_goes_on_from_the_old_sequence() {
+    // RFC 7641 §4.1: an observer may re-register with the token it observes with; the
+    // Observe values must keep increasing (§4.4), or it takes them for stale ones.
+    let mut h = Harness::registered();
+    let mut obs = Message::request(Code::GET, "/3303/0/5700");
+    obs.set_observe(0);
+    let first = h.request(obs.clone());
+    let token = first.token();
+    let mut last = 0;
+    for t in [21.0, 22.0, 23.0] {
+        h.set_temperature(t);
+        h.advance(1);
+        for n in notifications(h.sent()) {
+            last = n.observe().unwrap();
+        }
+    }
+    assert!(last > 0);
+    obs.mtype = MessageType::Confirmable;
+    obs.message_id = 999;
+    obs.with_token(token);
+    h.client
+        .handle_datagram(h.now, server(), &obs.to_bytes().unwrap());
+    let again = h
+        .sent()
+        .into_iter()
+        .find(|m| m.message_id == 999)
+        .expect("the re-registration's response");
+    assert!(again.observe().unwrap() > last, "{again:?} after {last}");
+    assert_eq!(h.client.observation_count(), 1);
+    h.set_temperature(30.0);
+    let n = notifications(h.sent());
+    assert!(n[0].observe().unwrap() > again.observe().unwrap());
+}

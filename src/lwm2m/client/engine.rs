@@ -1733,27 +1733,55 @@ impl Lwm2mClient {
             && resp.code == Code::CONTENT
             && req.block2().is_none_or(|b| b.num == 0)
         {
-            self.observations.retain(|o| o.token != req.token());
-            if self.observations.len() < self.config.max_observations {
-                let value = single_numeric(&content, path);
-                self.observations.push(Observation {
-                    token: req.token(),
-                    path: *path,
-                    composite: None,
-                    format: number,
-                    seq: 1,
-                    timer: NotifyTimer::new(now, value),
-                    last_message_id: 0,
-                    last_confirmable: now,
-                    unacked: None,
-                    renotify: false,
-                    resent: false,
-                });
-                resp.set_observe(0);
+            let value = single_numeric(&content, path);
+            if let Some(first) =
+                self.start_observation(now, req.token(), *path, None, number, value)
+            {
+                resp.set_observe(first);
                 self.push_event(ClientEvent::Observed { path: *path });
             }
         }
         resp
+    }
+
+    /// Starts (or, for a token already observing, restarts) an observation; returns the
+    /// Observe value of the response, or `None` when `max_observations` are running. A
+    /// restart with the same token (RFC 7641 §4.1 re-registration) goes on from the old
+    /// sequence, so the observer never takes the response or the notifications after it
+    /// for stale ones (§3.4, §4.4); a notification of the old one still in flight is
+    /// replaced by the response.
+    fn start_observation(
+        &mut self,
+        now: Instant,
+        token: Token,
+        path: Lwm2mPath,
+        composite: Option<Vec<Lwm2mPath>>,
+        format: u16,
+        value: Option<f64>,
+    ) -> Option<u32> {
+        let previous = self
+            .observations
+            .iter()
+            .position(|o| o.token == token)
+            .map(|at| self.observations.remove(at).seq);
+        if self.observations.len() >= self.config.max_observations {
+            return None;
+        }
+        let first = previous.map_or(0, |seq| (seq + 1) & 0xff_ffff);
+        self.observations.push(Observation {
+            token,
+            path,
+            composite,
+            format,
+            seq: (first + 1) & 0xff_ffff,
+            timer: NotifyTimer::new(now, value),
+            last_message_id: 0,
+            last_confirmable: now,
+            unacked: None,
+            renotify: false,
+            resent: false,
+        });
+        Some(first)
     }
 
     /// The SenML format a composite request's body is in (4.15 for any other).
@@ -1828,22 +1856,11 @@ impl Lwm2mClient {
             && resp.code == Code::CONTENT
             && req.block2().is_none_or(|b| b.num == 0)
         {
-            self.observations.retain(|o| o.token != req.token());
-            if self.observations.len() < self.config.max_observations {
-                self.observations.push(Observation {
-                    token: req.token(),
-                    path: Lwm2mPath::ROOT,
-                    composite: Some(paths),
-                    format: answer.code(),
-                    seq: 1,
-                    timer: NotifyTimer::new(now, None),
-                    last_message_id: 0,
-                    last_confirmable: now,
-                    unacked: None,
-                    renotify: false,
-                    resent: false,
-                });
-                resp.set_observe(0);
+            let root = Lwm2mPath::ROOT;
+            if let Some(first) =
+                self.start_observation(now, req.token(), root, Some(paths), answer.code(), None)
+            {
+                resp.set_observe(first);
                 self.push_event(ClientEvent::Observed {
                     path: Lwm2mPath::ROOT,
                 });
