@@ -237,3 +237,20 @@ fn a_bootstrap_that_never_finishes_is_asked_again() {
     assert!(asked, "a new Bootstrap-Request went out");
     assert!(!h.client.is_registered());
 }
+
+#[test]
+fn a_bootstrap_read_with_observe_is_a_plain_read() {
+    // The bootstrap interface has no Observe: nothing starts an observation whose
+    // notifications would later go to the LwM2M server.
+    let mut h = Bs::new();
+    h.client.handle_timeout(h.now);
+    let (_, req) = h.sent().remove(0);
+    h.answer(&req, Code::CHANGED);
+    h.events();
+    let mut m = Message::request(Code::GET, "/1");
+    m.set_observe(0);
+    let r = h.request(m);
+    assert_eq!(r.code, Code::CONTENT);
+    assert_eq!(r.observe(), None);
+    assert_eq!(h.client.observation_count(), 0);
+}

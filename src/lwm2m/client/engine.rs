@@ -10,7 +10,7 @@ use super::firmware::{CoapUri, UpdateResult, UpdateState, parse_coap_uri};
 use super::formats;
 use super::model::{ObjectError, ResourceData, coerce, numeric};
 use super::tree::ObjectTree;
-use crate::coap::{BlockOption, Code, ContentFormat, Message, MessageType, Token};
+use crate::coap::{BlockOption, Code, ContentFormat, Message, MessageType, OptionNumber, Token};
 use crate::lwm2m::content::{ContentError, ContentFormat as Format};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 use crate::transport::WriteMode;
@@ -1426,7 +1426,12 @@ impl Lwm2mClient {
                 r.payload = self.tree.bootstrap_links().into_bytes();
                 r
             }
-            Code::GET if path.object_id() == Some(1) => self.read_or_observe(now, &path, req),
+            Code::GET if path.object_id() == Some(1) => {
+                // The bootstrap interface has no Observe: Bootstrap-Read is a read.
+                let mut read = req.clone();
+                read.remove_option(OptionNumber::OBSERVE);
+                self.read_or_observe(now, &path, &read)
+            }
             Code::PUT if path.depth() >= 2 => {
                 let content = match self.decode_payload(req, &req.payload, &path) {
                     Ok(c) => c,
