@@ -110,8 +110,9 @@ pub enum CredentialsError {
         /// The id asked for.
         device: String,
     },
-    /// The hub's durable store could not make the change durable; nothing changed (the
-    /// twin was rebuilt from the store, the key store put back).
+    /// The hub's durable store could not make the change durable. For `set_psk` nothing
+    /// changed (the twin was rebuilt from the store, the key store put back); for
+    /// `remove_psk` the key is out of the live key store but the twin still holds it.
     NotDurable {
         /// The store's error, as text.
         detail: String,

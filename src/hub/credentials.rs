@@ -146,23 +146,30 @@ impl Hub {
     }
 
     /// Removes a device's credentials (twin and key store); its sessions close. Returns
-    /// whether it had any. The device can then no longer complete a handshake.
-    pub fn remove_psk(&self, device: &str) -> bool {
+    /// whether it had any. The device can then no longer complete a handshake. With a
+    /// store, returns once the removal is durable; if it cannot be made durable, the key
+    /// is still out of the live key store (removing access is the safe direction) but the
+    /// twin keeps it, in memory and on disk, so a restart would let it in again: the
+    /// error says so, and a retry completes the removal.
+    pub fn remove_psk(&self, device: &str) -> Result<bool, CredentialsError> {
         let mut registry = self.inner.registry.write();
         let had = registry
             .get(device)
             .is_some_and(|t| !t.authentication().is_empty());
-        if had {
+        let durable = if had {
             let _ = registry.set_authentication(device, Authentication::default());
-            // Durable before the key goes (a failed commit keeps the old key out of the
-            // key store anyway: removing access is the safe direction).
-            let _ = self.inner.commit_held(&mut registry);
-        }
+            self.inner.commit_held(&mut registry)
+        } else {
+            Ok(())
+        };
         let in_store = match (self.inner.secure.get(), DeviceId::new(device)) {
             (Some(secure), Ok(id)) => secure.store.remove_device(&id),
             _ => false,
         };
-        had || in_store
+        durable.map_err(|error| CredentialsError::NotDurable {
+            detail: error.to_string(),
+        })?;
+        Ok(had || in_store)
     }
 
     /// The DTLS key store, when the hub runs a coaps listener.
