@@ -432,3 +432,44 @@ fn a_removed_twins_children_fail_as_device_removed() {
     });
     hub.stop();
 }
+
+#[test]
+fn a_twin_removed_and_created_again_at_once_fails_the_old_child() {
+    let mut transport = MemoryTransport::new(MemoryConfig::with_seed(12));
+    let mut registry = Registry::new();
+    let id = DeviceId::new("mute").unwrap();
+    let mut faults = quick_faults();
+    faults.unresponsive = true;
+    transport
+        .add_device(Instant::now(), DeviceSpec::new(id.clone()).faults(faults))
+        .unwrap();
+    registry.create(Twin::new(id.clone())).unwrap();
+    let hub = Hub::with_transport(transport, registry, HubConfig::default());
+    wait_until("registration", || {
+        hub.twin("mute")
+            .is_some_and(|t| t.connection_state == ConnectionState::Connected)
+    });
+    let job = JobId::new("held").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::ConfigurationUpdate {
+            name: "a".into(),
+            value: "1".into(),
+        },
+        vec![id.clone()],
+    ))
+    .unwrap();
+    wait_until("the child in progress", || {
+        hub.job_statistics(&job).unwrap().running == 1
+    });
+    // Removed, then a new twin under the same id before the hub's next tick: the old
+    // job's child still fails as deviceRemoved (it was for the device that went).
+    hub.remove_device("mute").unwrap();
+    hub.create_device(Twin::new(id.clone())).unwrap();
+    wait_until("the job to end", || {
+        hub.job(&job).unwrap().status == JobStatus::Failed
+    });
+    let child = hub.job_children(&job).pop().unwrap();
+    assert_eq!(child.failure_reason.as_deref(), Some("deviceRemoved"));
+    hub.stop();
+}

@@ -578,15 +578,21 @@ impl Hub {
 
     /// Removes a device; returns its last twin. Its credentials go with it (its DTLS
     /// sessions close when next used). Its jobs' children that hold or wait for the
-    /// device fail as `deviceRemoved` at the hub's next event or tick, those that have not
-    /// reached their turn when it comes (the job engine reads removals from the registry,
-    /// so a removal through [`Hub::registry`] counts too).
+    /// device fail as `deviceRemoved` before this returns, those that have not reached
+    /// their turn when it comes, so a twin created again under the same id is a new
+    /// device to the jobs. (The job engine reads removals from the registry, so a removal
+    /// through [`Hub::registry`] counts too, at the hub's next event or tick: a twin
+    /// removed and created again through it within that tick, 20 ms at most, is taken
+    /// for the same device.)
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
         let twin = self.inner.write_durably(|reg| reg.remove(id))?;
         #[cfg(feature = "dtls")]
         if let Some(secure) = self.inner.secure.get() {
             secure.store.remove_device(&twin.device_id);
         }
+        // The engine hears of it now, not at the next tick: a twin created again under
+        // the same id before then would be taken for the same device.
+        self.inner.forget_removed_now();
         Ok(twin)
     }
 
@@ -1030,6 +1036,12 @@ impl Inner {
         }
     }
 
+    /// [`Inner::forget_removed`] from outside the hub's loop (no lock held by the caller).
+    fn forget_removed_now(&self) {
+        let mut jobs = lock(&self.jobs);
+        self.forget_removed(Instant::now(), &mut jobs);
+    }
+
     /// Tells the job engine of the twins removed since it last heard: it forgets their
     /// registration state and fails their unfinished children (`deviceRemoved`). The
     /// removals are read from the registry's removal log, so a removal through
@@ -1224,6 +1236,9 @@ impl Inner {
             }
             self.provisioned.forget(&device);
         }
+        drop(reg);
+        // Before the next batch: a registration in it would create the twin again.
+        self.forget_removed_now();
     }
 
     fn apply(
