@@ -1225,3 +1225,53 @@ fn a_reboot_that_never_reached_an_offline_device_is_sent_when_it_registers() {
     assert_eq!(sim.fleet.registration_count(&dev(0)), 2);
     sim.check_invariants();
 }
+
+/// A child failed for its removed device before the device answered anything gives its
+/// start back to the rollout's rate window: removed devices do not slow the others.
+#[test]
+fn a_removed_devices_start_goes_back_to_the_rate_window() {
+    let mut sim = Sim::new(27);
+    for i in 0..3 {
+        let spec = DeviceSpec::new(dev(i));
+        // dev(1) never answers: its child waits until its twin is removed.
+        sim.add(if i == 1 {
+            spec.faults(FaultProfile {
+                unresponsive: true,
+                ..FaultProfile::default()
+            })
+        } else {
+            spec
+        });
+    }
+    sim.run_for(Duration::from_secs(1));
+    let job = jid("rated");
+    let spec = JobSpec::new(
+        job.clone(),
+        JobType::ConfigurationUpdate {
+            name: "a".into(),
+            value: "b".into(),
+        },
+        (0..3).map(dev).collect(),
+    )
+    .max_in_flight(1)
+    .max_per_minute(2);
+    sim.jobs.create(sim.now, spec).unwrap();
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(
+        sim.jobs.child_state(&job, &dev(0)).unwrap().0,
+        ChildState::Succeeded
+    );
+    assert_eq!(
+        sim.jobs.child_state(&job, &dev(1)).unwrap().0,
+        ChildState::InProgress
+    );
+    // Two starts in the minute: dev(2) would wait for the window. dev(1)'s start comes
+    // back with its removal, so dev(2) starts at once.
+    assert_eq!(sim.jobs.forget_device(sim.now, &dev(1)), 1);
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(
+        sim.jobs.child_state(&job, &dev(2)).unwrap().0,
+        ChildState::Succeeded
+    );
+    sim.check_invariants();
+}
