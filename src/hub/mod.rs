@@ -720,11 +720,14 @@ impl Hub {
         let (record, ops) = {
             let mut jobs = lock(&self.inner.jobs);
             jobs.create(now, spec)?;
+            // Drained before the commit: failing a child whose twin went meanwhile may
+            // start another, and nothing is sent before it is durable.
+            let ops = self.inner.drain_job_ops(now, &mut jobs);
             self.inner.commit_jobs(&mut jobs)?;
             let record = jobs
                 .job(&id)
                 .ok_or_else(|| SpecError::UnknownJob(id.clone()))?;
-            (record, self.inner.drain_job_ops(now, &mut jobs))
+            (record, ops)
         };
         self.inner.publish_jobs();
         self.inner.send_job_ops(ops);
@@ -738,8 +741,9 @@ impl Hub {
         let (status, ops) = {
             let mut jobs = lock(&self.inner.jobs);
             let status = jobs.cancel(now, id, mode)?;
+            let ops = self.inner.drain_job_ops(now, &mut jobs);
             self.inner.commit_jobs(&mut jobs)?;
-            (status, self.inner.drain_job_ops(now, &mut jobs))
+            (status, ops)
         };
         self.inner.publish_jobs();
         self.inner.send_job_ops(ops);
