@@ -1535,3 +1535,27 @@ fn re_observing_with_the_same_token_goes_on_from_the_old_sequence() {
     let n = notifications(h.sent());
     assert!(n[0].observe().unwrap() > again.observe().unwrap());
 }
+
+#[test]
+fn a_reset_to_an_earlier_notification_cancels_the_observation() {
+    // Notifications faster than the round trip: the observer's RST answers one that a
+    // newer one already followed; it still ends the observation (RFC 7641 §3.6).
+    let mut h = Harness::registered();
+    let mut obs = Message::request(Code::GET, "/3303/0/5700");
+    obs.set_observe(0);
+    let response = h.request(obs);
+    h.set_temperature(21.0);
+    let first = notifications(h.sent()).remove(0);
+    h.advance(1);
+    h.set_temperature(22.0);
+    assert_eq!(notifications(h.sent()).len(), 1);
+    // An RST naming the piggybacked response's id (the server's own) cancels nothing.
+    let rst = Message::empty(MessageType::Reset, response.message_id);
+    h.client
+        .handle_datagram(h.now, server(), &rst.to_bytes().unwrap());
+    assert_eq!(h.client.observation_count(), 1);
+    let rst = Message::empty(MessageType::Reset, first.message_id);
+    h.client
+        .handle_datagram(h.now, server(), &rst.to_bytes().unwrap());
+    assert_eq!(h.client.observation_count(), 0);
+}

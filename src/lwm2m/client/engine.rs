@@ -373,7 +373,10 @@ struct Observation {
     format: u16,
     seq: u32,
     timer: NotifyTimer,
-    last_message_id: u16,
+    /// The message ids of its last notifications on the wire (newest first): an RST
+    /// naming any of them cancels the observation (RFC 7641 §3.6), also one that answers
+    /// a notification a newer one already followed.
+    sent_ids: [Option<u16>; SENT_IDS],
     /// When the last confirmable notification went out (RFC 7641 §4.5: one at least every
     /// 24 hours, so a server that is gone is noticed by its RST or silence).
     last_confirmable: Instant,
@@ -388,6 +391,17 @@ struct Observation {
     /// the server answers Updates but not this observation's notifications, and the
     /// observation ends (RFC 7641 §4.5: an observer that does not acknowledge is removed).
     resent: bool,
+}
+
+/// How many recent notification message ids an observation remembers for RSTs.
+const SENT_IDS: usize = 4;
+
+impl Observation {
+    /// A notification of this observation went out with message id `mid`.
+    fn sent(&mut self, mid: u16) {
+        self.sent_ids.rotate_right(1);
+        self.sent_ids[0] = Some(mid);
+    }
 }
 
 /// A confirmable notification waiting for its ACK.
@@ -946,11 +960,11 @@ impl Lwm2mClient {
         }) {
             o.unacked = o.unacked.take().and_then(|u| u.acknowledged(now, wait));
             o.resent = false;
-            let u = o.unacked.as_ref();
-            if let Some(u) = u {
-                o.last_message_id = u.message_id;
-            }
-            u.map(|u| u.bytes.clone())
+            let next = o.unacked.as_ref().map(|u| (u.message_id, u.bytes.clone()));
+            next.map(|(mid, bytes)| {
+                o.sent(mid);
+                bytes
+            })
         } else if let Some(at) = self
             .finals
             .iter()
@@ -998,7 +1012,7 @@ impl Lwm2mClient {
             match u.step(now, max) {
                 Retransmit::Wait => {}
                 Retransmit::Send(mid, bytes) => {
-                    o.last_message_id = mid;
+                    o.sent(mid);
                     again.push((self.config.server, bytes));
                 }
                 Retransmit::GiveUp => {
@@ -1248,7 +1262,7 @@ impl Lwm2mClient {
                 } else if from == self.config.server {
                     // RST to a notification cancels the observation (RFC 7641 §3.6).
                     self.observations
-                        .retain(|o| o.last_message_id != msg.message_id);
+                        .retain(|o| !o.sent_ids.contains(&Some(msg.message_id)));
                     self.finals.retain(|(_, u)| u.message_id != msg.message_id);
                 }
             }
@@ -1368,12 +1382,15 @@ impl Lwm2mClient {
             self.dedup.pop_front();
         }
         self.dedup.push_back((req.message_id, now, bytes.clone()));
-        if let Some(o) = self
-            .observations
-            .iter_mut()
-            .find(|o| o.token == req.token() && resp.observe().is_some())
+        // A separate (NON) response is ours and may be RST; a piggybacked one carries the
+        // server's message id.
+        if resp.mtype != MessageType::Acknowledgement
+            && let Some(o) = self
+                .observations
+                .iter_mut()
+                .find(|o| o.token == req.token() && resp.observe().is_some())
         {
-            o.last_message_id = resp.message_id;
+            o.sent(resp.message_id);
         }
         if self.transmits.len() >= QUEUE_BOUND {
             self.transmits.pop_front();
@@ -1780,7 +1797,7 @@ impl Lwm2mClient {
             format,
             seq: (first + 1) & 0xff_ffff,
             timer: NotifyTimer::new(now, value),
-            last_message_id: 0,
+            sent_ids: [None; SENT_IDS],
             last_confirmable: now,
             unacked: None,
             renotify: false,
@@ -2285,7 +2302,7 @@ impl Lwm2mClient {
                 u.newer = Some((mid, bytes));
                 continue;
             }
-            o.last_message_id = mid;
+            o.sent(mid);
             if con {
                 o.unacked = Some(Unacked::new(mid, bytes.clone(), now, first_wait));
                 o.resent = after_timeout;
