@@ -196,20 +196,22 @@ impl DtlsStatsHandle {
 /// `handle_packet`, so the driver reads it right after.
 pub(crate) struct RecordingResolver {
     store: PskStore,
-    last: Mutex<Option<Arc<str>>>,
+    /// The identity resolved last and the revision of the key handed out.
+    last: Mutex<Option<(Arc<str>, u64)>>,
 }
 
 impl PskResolver for RecordingResolver {
     fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
         let identity = std::str::from_utf8(identity).ok()?;
         let entry = self.store.entry(identity)?;
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(identity.into());
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((identity.into(), entry.revision));
         Some(entry.key.expose().to_vec())
     }
 }
 
 impl RecordingResolver {
-    fn take(&self) -> Option<Arc<str>> {
+    fn take(&self) -> Option<(Arc<str>, u64)> {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
@@ -224,7 +226,8 @@ struct Pending {
     dtls: Dtls,
     phase: Phase,
     since: Instant,
-    identity: Option<Arc<str>>,
+    /// The identity the handshake resolved, and the revision of the key it got.
+    identity: Option<(Arc<str>, u64)>,
     timer: Option<Instant>,
 }
 
@@ -511,25 +514,23 @@ impl DtlsServer {
         let Some(p) = self.drop_pending(peer) else {
             return;
         };
-        let entry = p
-            .identity
-            .as_ref()
-            .and_then(|i| self.store.entry(i).map(|e| (i.clone(), e)));
+        let entry = p.identity.as_ref().and_then(|(i, revision)| {
+            self.store
+                .entry(i)
+                .filter(|e| e.revision == *revision)
+                .map(|e| (i.clone(), e))
+        });
         let Some((psk_identity, entry)) = entry else {
-            // Completed with an identity no longer in the store (removed meanwhile).
+            // Completed with an identity no longer in the store (removed meanwhile), or
+            // with a key rotated since it was resolved: no session on a stale key.
             bump(&self.counters.handshake_failures);
             return;
         };
         if let Some(old) = self.sessions.contains_key(&peer).then_some(peer) {
             self.close_session(old, CloseReason::Replaced);
         }
-        if self.sessions.len() >= self.config.max_sessions {
-            self.sweep_idle(now);
-        }
-        if self.sessions.len() >= self.config.max_sessions {
-            bump(&self.counters.refused_sessions);
-            return;
-        }
+        // The identity's own oldest sessions go first: a device handshaking again (its
+        // address changed) is not refused for a full table its old session helps fill.
         let cap = self.config.max_sessions_per_identity.max(1);
         while self.by_identity.get(&psk_identity).map_or(0, Vec::len) >= cap {
             let oldest = self.by_identity[&psk_identity]
@@ -540,6 +541,13 @@ impl DtlsServer {
                 Some(a) => self.close_session(a, CloseReason::Superseded),
                 None => break,
             }
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            self.sweep_idle(now);
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            bump(&self.counters.refused_sessions);
+            return;
         }
         let identity = PeerIdentity {
             psk_identity: psk_identity.clone(),

@@ -351,3 +351,29 @@ fn a_spoofed_client_hello_does_not_divert_an_established_session() {
     pump(now, &mut client, addr(1), &mut server);
     assert_eq!(client.poll_plaintext().as_deref(), Some(&b"answer"[..]));
 }
+
+#[test]
+fn a_full_table_still_takes_a_device_back_at_a_new_address() {
+    // Full, and the device's identity at its cap: its new session (its address changed)
+    // supersedes its old one rather than being refused.
+    let now = Instant::now();
+    let config = DtlsServerConfig {
+        max_sessions: 2,
+        ..DtlsServerConfig::default()
+    };
+    let store = store_with("id-1", "dev-1", key(1));
+    let mut server = DtlsServer::new(config, store);
+    for port in 1..=2 {
+        let mut c = DtlsClient::new(now, creds("id-1", key(1)));
+        c.send(now, b"x");
+        pump(now, &mut c, addr(port), &mut server);
+    }
+    assert_eq!(server.stats().sessions, 2);
+    let mut c = DtlsClient::new(now, creds("id-1", key(1)));
+    c.send(now, b"back");
+    let got = pump(now, &mut c, addr(3), &mut server);
+    assert_eq!(got.len(), 1);
+    assert_eq!(server.stats().refused_sessions, 0);
+    assert!(server.session_identity(addr(3)).is_some());
+    assert!(server.session_identity(addr(1)).is_none());
+}
