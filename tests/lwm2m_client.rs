@@ -1559,3 +1559,39 @@ fn a_reset_to_an_earlier_notification_cancels_the_observation() {
         .handle_datagram(h.now, server(), &rst.to_bytes().unwrap());
     assert_eq!(h.client.observation_count(), 0);
 }
+
+#[test]
+fn a_notification_timing_out_during_an_update_asks_no_second_update() {
+    // The Update in flight tells whether the server is there: its acceptance re-sends the
+    // value, and no second Update follows.
+    let (mut h, token) = observing_confirmably();
+    h.set_temperature(21.0);
+    for _ in 0..50 {
+        h.advance(1);
+        h.sent();
+    }
+    h.client.trigger_update();
+    let update = h.next_post(5).expect("the triggered Update");
+    // The notification gives up (31 x ACK_TIMEOUT x [1, 1.5) <= 93 s) while the Update,
+    // unanswered, is still being retransmitted.
+    let mut timed_out = false;
+    for _ in 0..50 {
+        h.advance(1);
+        h.sent();
+        timed_out |= h
+            .events()
+            .contains(&ClientEvent::NotificationTimedOut { path: TEMPERATURE });
+        if timed_out {
+            break;
+        }
+    }
+    assert!(timed_out);
+    h.answer(&update, Code::CHANGED, |_| {});
+    let again = notifications(h.sent());
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].mtype, again[0].token()),
+        (MessageType::Confirmable, token)
+    );
+    assert!(h.next_post(5).is_none(), "a second Update");
+}

@@ -1062,8 +1062,9 @@ impl Lwm2mClient {
         for (destination, bytes) in again {
             self.push_bytes(destination, bytes);
         }
-        if !lost.is_empty() {
-            // Is the server still there? The Update answers it (see NotificationTimedOut).
+        if !lost.is_empty() && !matches!(self.reg, RegState::Updating { .. }) {
+            // Is the server still there? The Update answers it (see NotificationTimedOut);
+            // one already in flight answers it as well.
             self.update_due = true;
         }
         for path in lost {
