@@ -983,21 +983,27 @@ impl Inner {
     /// as in a crash, and devices report them again.
     ///
     /// Lock order, here and everywhere: jobs, then the registry, then the store.
-    fn commit_events(&self) {
+    ///
+    /// Returns false when the commit failed: the job operations the batch queued belong
+    /// to an engine state that is gone, and are not sent (a reboot's Execute would go out
+    /// again once the restored child runs).
+    fn commit_events(&self) -> bool {
         let Some(store) = &self.config.store else {
-            return;
+            return true;
         };
         let mut jobs = lock(&self.jobs);
         if jobs.journal_is_empty()
             && self.registry.read().last_seq() == store.lock().committed_seq()
         {
-            return;
+            return true;
         }
         let mut reg = self.registry.write();
         let mut store = store.lock();
         if store.commit_with_jobs(&reg, &mut jobs).is_err() {
             self.reload(&mut jobs, &mut reg, &mut store);
+            return false;
         }
+        true
     }
 
     /// Commits the job engine's changes (with whatever the registry holds uncommitted)
@@ -1205,7 +1211,9 @@ impl Inner {
         }
         batch.clear();
         self.sweep_auto_provisioned(now);
-        self.commit_events();
+        if !self.commit_events() {
+            job_ops.clear();
+        }
         self.publisher.publish(&self.registry, published);
         self.send_sync_ops(ops);
         self.send_job_ops(job_ops);
