@@ -437,6 +437,14 @@ impl Store {
         self.poisoned = true;
     }
 
+    /// Fails the next commit as a failed write would (the store is poisoned until
+    /// reloaded), for the tests of what the hub does then.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fail_next_commit(&mut self) {
+        self.poison();
+    }
+
     /// Gives the file's free pages back to the file system (redb's compaction). Old
     /// versions of rewritten rows are reused by later commits anyway; this shrinks the
     /// file after a large delete.
