@@ -1120,15 +1120,12 @@ fn lost_messages_are_resent_without_retry_rules() {
     assert!(sim.fleet.stats().lost > 0, "the fleet lost messages");
 }
 
-/// Removed devices fail as `deviceRemoved` without tripping abort rules (a rule that
-/// aborts at the first failure of any kind stays quiet), found by `forget_device` or by
-/// `retain_devices`; the other devices finish.
-#[test]
-fn removed_devices_fail_without_tripping_abort_rules() {
-    let mut sim = Sim::new(26);
-    for i in 0..4 {
+/// A settled fleet of `n` devices; those `mute` picks never answer.
+fn sim_with_mute(seed: u64, n: usize, mute: impl Fn(usize) -> bool) -> Sim {
+    let mut sim = Sim::new(seed);
+    for i in 0..n {
         let spec = DeviceSpec::new(dev(i));
-        sim.add(if i < 2 {
+        sim.add(if mute(i) {
             spec.faults(FaultProfile {
                 unresponsive: true,
                 ..FaultProfile::default()
@@ -1138,16 +1135,29 @@ fn removed_devices_fail_without_tripping_abort_rules() {
         });
     }
     sim.run_for(Duration::from_secs(1));
-    let job = jid("removals");
-    let spec = JobSpec::new(
+    sim
+}
+
+/// A configuration update of devices `0..n`.
+fn config_job(job: &JobId, n: usize) -> JobSpec {
+    JobSpec::new(
         job.clone(),
         JobType::ConfigurationUpdate {
             name: "a".into(),
             value: "b".into(),
         },
-        (0..4).map(dev).collect(),
+        (0..n).map(dev).collect(),
     )
-    .abort_rule(AbortRule {
+}
+
+/// Removed devices fail as `deviceRemoved` without tripping abort rules (a rule that
+/// aborts at the first failure of any kind stays quiet), found by `forget_device` or by
+/// `retain_devices`; the other devices finish.
+#[test]
+fn removed_devices_fail_without_tripping_abort_rules() {
+    let mut sim = sim_with_mute(26, 4, |i| i < 2);
+    let job = jid("removals");
+    let spec = config_job(&job, 4).abort_rule(AbortRule {
         on: None,
         threshold_percent: 1.0,
         min_finished: 1,
@@ -1230,31 +1240,10 @@ fn a_reboot_that_never_reached_an_offline_device_is_sent_when_it_registers() {
 /// start back to the rollout's rate window: removed devices do not slow the others.
 #[test]
 fn a_removed_devices_start_goes_back_to_the_rate_window() {
-    let mut sim = Sim::new(27);
-    for i in 0..3 {
-        let spec = DeviceSpec::new(dev(i));
-        // dev(1) never answers: its child waits until its twin is removed.
-        sim.add(if i == 1 {
-            spec.faults(FaultProfile {
-                unresponsive: true,
-                ..FaultProfile::default()
-            })
-        } else {
-            spec
-        });
-    }
-    sim.run_for(Duration::from_secs(1));
+    // dev(1) never answers: its child waits until its twin is removed.
+    let mut sim = sim_with_mute(27, 3, |i| i == 1);
     let job = jid("rated");
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::ConfigurationUpdate {
-            name: "a".into(),
-            value: "b".into(),
-        },
-        (0..3).map(dev).collect(),
-    )
-    .max_in_flight(1)
-    .max_per_minute(2);
+    let spec = config_job(&job, 3).max_in_flight(1).max_per_minute(2);
     sim.jobs.create(sim.now, spec).unwrap();
     sim.run_for(Duration::from_secs(5));
     assert_eq!(
