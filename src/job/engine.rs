@@ -883,8 +883,8 @@ impl JobEngine {
     /// A child that has not reached its turn yet is not looked for (that would take a scan
     /// of every job): the hub checks each operation's device before sending it and calls
     /// this again for one whose twin is gone, which fails that child as it starts. A
-    /// standalone engine's owner does the same. A child failed before its device answered
-    /// anything gives its start back to its job's rate limit (`max_per_minute`).
+    /// standalone engine's owner does the same. A child failed that way, as it starts (at
+    /// the same `now`), gives its start back to its job's rate limit (`max_per_minute`).
     pub fn forget_device(&mut self, now: Instant, device: &DeviceId) -> usize {
         self.devices.remove(device);
         // The blocked queue first: failing the holder would hand the device to it.
@@ -902,17 +902,17 @@ impl JobEngine {
             if child.state.is_terminal() {
                 continue;
             }
+            let par = &mut self.parents[child.parent as usize];
             if child.state == ChildState::InProgress
                 && child.attempt <= 1
                 && child.flags & FLAG_TOUCHED == 0
+                && par.rate().is_some()
+                && par.window.back() == Some(&now)
             {
-                // Its device never answered it (usually: the hub failed it as it started,
-                // before anything was sent): its start goes back to the rollout's rate
-                // window, so removed devices do not slow the rollout of the others.
-                let par = &mut self.parents[child.parent as usize];
-                if par.rate().is_some() {
-                    par.window.pop_back();
-                }
+                // It started at this instant and its device never answered (the hub fails
+                // it as it starts, before anything is sent): its start goes back to the
+                // rollout's rate window, so removed devices do not slow the others.
+                par.window.pop_back();
             }
             self.children[c as usize].failure = Some(Box::new(FailureReason::DeviceRemoved));
             if self.child_apply(now, c, ChildEvent::Fail) {
