@@ -61,9 +61,9 @@ fn creds(identity: &str, k: PskKey) -> PskCredentials {
     PskCredentials::new(identity, k).unwrap()
 }
 
-#[test]
-fn handshake_carries_the_identity_and_plaintext_both_ways() {
-    let now = Instant::now();
+/// A server knowing `id-1` (device `dev-1`) and that identity's client at `addr(1)`,
+/// after the handshake that carried `first`; what the server delivered.
+fn connected(now: Instant) -> (DtlsServer, DtlsClient, Vec<(PeerIdentity, Vec<u8>)>) {
     let mut server = DtlsServer::new(
         DtlsServerConfig::default(),
         store_with("id-1", "dev-1", key(1)),
@@ -71,6 +71,13 @@ fn handshake_carries_the_identity_and_plaintext_both_ways() {
     let mut client = DtlsClient::new(now, creds("id-1", key(1)));
     client.send(now, b"first");
     let got = pump(now, &mut client, addr(1), &mut server);
+    (server, client, got)
+}
+
+#[test]
+fn handshake_carries_the_identity_and_plaintext_both_ways() {
+    let now = Instant::now();
+    let (mut server, mut client, got) = connected(now);
     assert!(client.is_connected());
     assert_eq!(got.len(), 1);
     assert_eq!(&*got[0].0.psk_identity, "id-1");
@@ -329,13 +336,8 @@ fn keys_never_show_in_debug_output() {
 #[test]
 fn a_spoofed_client_hello_does_not_divert_an_established_session() {
     let now = Instant::now();
-    let mut server = DtlsServer::new(
-        DtlsServerConfig::default(),
-        store_with("id-1", "dev-1", key(1)),
-    );
-    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
-    client.send(now, b"first");
-    assert_eq!(pump(now, &mut client, addr(1), &mut server).len(), 1);
+    let (mut server, mut client, got) = connected(now);
+    assert_eq!(got.len(), 1);
     // Someone else sends a ClientHello with the device's address as its source.
     let mut forger = DtlsClient::new(now, creds("id-x", key(9)));
     forger.send(now, b"x");
