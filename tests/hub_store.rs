@@ -126,6 +126,35 @@ fn a_registry_built_in_memory_is_imported_and_its_etags_move_past_the_directory(
     assert_eq!(ids, ["new", "newer"]);
 }
 
+#[test]
+fn a_registry_the_store_did_not_return_is_refused_until_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    reg.create(Twin::new(DeviceId::new("old").unwrap()))
+        .unwrap();
+    store.commit(&reg).unwrap();
+    let mut mem = Registry::new();
+    mem.create(Twin::new(DeviceId::new("new").unwrap()))
+        .unwrap();
+    // Its changes count from another history: committed as a delta they would write the
+    // wrong rows. Nothing is written and the store goes on.
+    assert!(matches!(
+        store.commit(&mem),
+        Err(twinhub::store::StoreError::ForeignRegistry)
+    ));
+    reg.create(Twin::new(DeviceId::new("older").unwrap()))
+        .unwrap();
+    store.commit(&reg).unwrap();
+    store.adopt(&mut mem).unwrap();
+    mem.create(Twin::new(DeviceId::new("newer").unwrap()))
+        .unwrap();
+    store.commit(&mem).unwrap();
+    drop(store);
+    let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let ids: Vec<String> = reg.iter().map(|t| t.device_id().to_string()).collect();
+    assert_eq!(ids, ["new", "newer"]);
+}
+
 fn job_id(s: &str) -> twinhub::job::JobId {
     twinhub::job::JobId::new(s).unwrap()
 }

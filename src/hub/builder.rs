@@ -60,6 +60,10 @@ pub enum BuildError {
     /// An authorizer or object types were given for a transport other than the bundled
     /// LWM2M server: they would not be used.
     NotForTransport(&'static str),
+    /// The registry could not be made the store's ([`Store::adopt`](crate::store::Store::adopt)
+    /// failed: a registry built in memory was not imported). The store is poisoned;
+    /// [`Store::reload`](crate::store::Store::reload) returns what the directory holds.
+    Store(crate::store::StoreError),
 }
 
 impl std::fmt::Display for BuildError {
@@ -72,6 +76,7 @@ impl std::fmt::Display for BuildError {
                 f,
                 "{what} applies to the bundled LWM2M server (udp or dtls), not to a custom transport"
             ),
+            BuildError::Store(e) => write!(f, "the registry could not be stored: {e}"),
         }
     }
 }
@@ -80,6 +85,7 @@ impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BuildError::Address(e) | BuildError::Bind(e) => Some(e),
+            BuildError::Store(e) => Some(e),
             _ => None,
         }
     }
@@ -289,6 +295,14 @@ impl HubBuilder {
         let registry = self
             .registry
             .unwrap_or_else(|| SharedRegistry::new(Registry::new()));
+        // Imported now, so that a failure is the build's error (the hub's start would
+        // only find the store poisoned).
+        if let Some(store) = &self.config.store {
+            store
+                .lock()
+                .adopt(&mut registry.write())
+                .map_err(BuildError::Store)?;
+        }
         #[cfg(feature = "lwm2m")]
         if let Some(uri) = self.parts.bootstrap_to.take() {
             let in_clear = self.parts.bootstrap_keys_in_clear;

@@ -108,6 +108,8 @@ impl Hub {
         let id = DeviceId::new(device).map_err(|_| CredentialsError::UnknownDevice {
             device: device.to_owned(),
         })?;
+        // Jobs before the registry, as everywhere: the commit takes the engine's journal.
+        let mut jobs = super::lock(&self.inner.jobs);
         let mut registry = self.inner.registry.write();
         let Some(previous) = registry.get(device).map(|t| t.authentication().clone()) else {
             return Err(CredentialsError::UnknownDevice {
@@ -128,7 +130,7 @@ impl Hub {
             .map_err(|_| CredentialsError::UnknownDevice {
                 device: device.to_owned(),
             })?;
-        if let Err(error) = self.inner.commit_held(&mut registry) {
+        if let Err(error) = self.inner.commit_locked(&mut jobs, &mut registry) {
             // The registry is back to what is durable; so is the key store.
             if let Some(secure) = self.inner.secure.get() {
                 let _ = secure.store.remove_device(&id);
@@ -152,13 +154,14 @@ impl Hub {
     /// twin keeps it, in memory and on disk, so a restart would let it in again: the
     /// error says so, and a retry completes the removal.
     pub fn remove_psk(&self, device: &str) -> Result<bool, CredentialsError> {
+        let mut jobs = super::lock(&self.inner.jobs);
         let mut registry = self.inner.registry.write();
         let had = registry
             .get(device)
             .is_some_and(|t| !t.authentication().is_empty());
         let durable = if had {
             let _ = registry.set_authentication(device, Authentication::default());
-            self.inner.commit_held(&mut registry)
+            self.inner.commit_locked(&mut jobs, &mut registry)
         } else {
             Ok(())
         };

@@ -30,7 +30,7 @@
 //! | call | takes | cost |
 //! |---|---|---|
 //! | [`Hub::twin`], [`Hub::query`], [`Hub::query_page`], [`Hub::count`], [`Hub::query_tags`], [`Hub::resolve_targets`], [`Hub::changes_after`] | registry read lock | microseconds to a few milliseconds (a page of results, bitmap counts); waits only while a writer holds the lock |
-//! | [`Hub::create_device`], [`Hub::remove_device`], [`Hub::add_tags`], [`Hub::set_service_property`] | registry write lock, then the store's commit | microseconds in memory; with a store, one durable redb commit (an fsync: milliseconds) |
+//! | [`Hub::create_device`], [`Hub::remove_device`], [`Hub::add_tags`], [`Hub::set_service_property`] | registry write lock; with a store, the job engine lock first, then the store's commit (of the jobs' changes too) | microseconds in memory; with a store, one durable redb commit (an fsync: milliseconds) |
 //! | [`Hub::create_job`], [`Hub::cancel_job`] | job engine lock (+ registry and store with a store) | proportional to the targets (validation, one child each); plus a commit with a store |
 //! | [`Hub::job`], [`Hub::job_statistics`], [`Hub::stats`] | job engine lock / atomics | microseconds |
 //! | [`Hub::job_children`], [`Hub::job_records`] | job engine lock while the records are copied | proportional to the children: about 26 ms under the lock at 100,000 children |
@@ -40,7 +40,9 @@
 //! | [`Hub::stop`], dropping the last clone | joins the hub's threads | milliseconds (the hub thread finishes its batch) |
 //!
 //! The hub thread applies up to 4,096 device events under one registry write lock, so
-//! a read may wait for one batch (typically well under a millisecond per hundred events).
+//! a read may wait for one batch (typically well under a millisecond per hundred events);
+//! it holds the job engine lock from the batch's first change through its commit, so a
+//! job call or a service write on a durable hub waits for the batch and its commit.
 //!
 //! **With tokio** (or any executor): call the read-lock calls directly from async code;
 //! `.await` a [`Reply`] and [`Subscription::recv_async`] (both are woken through the
@@ -195,9 +197,11 @@ pub struct HubConfig {
     /// A durable store (see [`crate::store`]); `None` keeps everything in memory only.
     /// Start the hub with the registry [`Store::open`](crate::store::Store::open)
     /// returned; another registry is imported into the store (see
-    /// [`Store::adopt`](crate::store::Store::adopt)). With a store, a service write
-    /// returns after it is durable, and every batch of device events is committed in one
-    /// transaction.
+    /// [`Store::adopt`](crate::store::Store::adopt)); [`HubBuilder::build`] reports an
+    /// import that fails ([`BuildError::Store`]), while [`Hub::start`] leaves the store
+    /// poisoned, and the first commit then rebuilds memory from the directory (the
+    /// imported twins are gone) and fails. With a store, a service write returns after it
+    /// is durable, and every batch of device events is committed in one transaction.
     #[serde(skip)]
     pub store: Option<SharedStore>,
 }
@@ -945,104 +949,110 @@ impl Inner {
     }
 
     /// Applies a service-side write and, with a store, returns only once it is durable.
-    /// If the commit fails the registry is rebuilt from the store before the lock is
-    /// released, so no reader sees a write that is not durable.
+    /// If the commit fails, the registry (and the jobs) are rebuilt from the store before
+    /// the locks are released ([`Inner::commit_locked`]), so no reader sees a write that
+    /// is not durable.
     fn write_durably<T>(
         &self,
         write: impl FnOnce(&mut Registry) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let out = {
+        let out = if self.config.store.is_some() {
+            let mut jobs = lock(&self.jobs);
             let mut reg = self.registry.write();
             let out = write(&mut reg)?;
-            self.commit_held(&mut reg)
+            self.commit_locked(&mut jobs, &mut reg)
                 .map_err(|error| RegistryError::NotDurable {
                     error: StoreFailure::new(error),
                 })?;
             out
+        } else {
+            write(&mut self.registry.write())?
         };
         self.publisher.publish(&self.registry, Vec::new());
         Ok(out)
     }
 
-    /// With a store, commits the registry whose write lock the caller holds; on failure
-    /// rebuilds it from the store before the lock is released.
-    fn commit_held(&self, reg: &mut Registry) -> Result<(), crate::store::StoreError> {
+    /// Commits the registry's changes and the job engine's journal in one transaction:
+    /// the one way the hub writes to its store. The caller holds the jobs lock and the
+    /// registry's write lock (the order is jobs, then the registry, then the store,
+    /// everywhere), so no other change, and no rebuild, lands between its change and
+    /// the commit.
+    ///
+    /// On failure (of this write, or of an earlier one that left the store poisoned)
+    /// memory is rebuilt from the store ([`Inner::recover`]): the caller's change is gone,
+    /// as in a crash, and the error says so.
+    fn commit_locked(
+        &self,
+        jobs: &mut JobEngine,
+        reg: &mut Registry,
+    ) -> Result<(), crate::store::StoreError> {
         let Some(store) = &self.config.store else {
             return Ok(());
         };
         let mut store = store.lock();
-        store.commit(reg).map(drop).inspect_err(|_| {
-            if let Ok(durable) = store.reload() {
-                *reg = durable;
-            }
-        })
+        store
+            .commit_with_jobs(reg, jobs)
+            .map(drop)
+            .inspect_err(|_| self.recover(jobs, reg, &mut store))
     }
 
-    /// Commits what the event batch changed in the twins and the jobs (one
-    /// transaction). A failure rebuilds both from the store: the batch's events are lost,
-    /// as in a crash, and devices report them again.
-    ///
-    /// Lock order, here and everywhere: jobs, then the registry, then the store.
+    /// Commits what the event batch changed in the twins and the jobs; the caller holds
+    /// the jobs lock, taken before the batch touched anything. A failure rebuilds both
+    /// from the store: the batch's events are lost, as in a crash, and devices report
+    /// them again.
     ///
     /// Returns false when the commit failed: the job operations the batch queued belong
     /// to an engine state that is gone, and are not sent (a reboot's Execute would go out
     /// again once the restored child runs).
-    fn commit_events(&self) -> bool {
+    fn commit_events(&self, jobs: &mut JobEngine) -> bool {
         let Some(store) = &self.config.store else {
             return true;
         };
-        let mut jobs = lock(&self.jobs);
         if jobs.journal_is_empty()
             && self.registry.read().last_seq() == store.lock().committed_seq()
         {
             return true;
         }
-        let mut reg = self.registry.write();
-        let mut store = store.lock();
-        if store.commit_with_jobs(&reg, &mut jobs).is_err() {
-            self.reload(&mut jobs, &mut reg, &mut store);
-            return false;
-        }
-        true
+        self.commit_locked(jobs, &mut self.registry.write()).is_ok()
     }
 
     /// Commits the job engine's changes (with whatever the registry holds uncommitted)
     /// before a job call returns. On failure the jobs and the registry are rebuilt from
     /// the store, so the change is not in memory either.
     fn commit_jobs(&self, jobs: &mut JobEngine) -> Result<(), SpecError> {
-        let Some(store) = &self.config.store else {
-            return Ok(());
-        };
-        let mut reg = self.registry.write();
-        let mut store = store.lock();
-        match store.commit_with_jobs(&reg, jobs) {
-            Ok(_) => Ok(()),
-            Err(error) => {
-                self.reload(jobs, &mut reg, &mut store);
-                Err(SpecError::NotDurable {
-                    error: StoreFailure::new(error),
-                })
-            }
-        }
+        self.commit_locked(jobs, &mut self.registry.write())
+            .map_err(|error| SpecError::NotDurable {
+                error: StoreFailure::new(error),
+            })
     }
 
-    /// Rebuilds the registry and the jobs from the store after a failed commit. The
-    /// rebuilt engine numbers its operations after the old one's, so answers to
+    /// Rebuilds the registry and the jobs from the store after a failed commit: both or
+    /// neither. An engine that did not come from the store must never commit (the failed
+    /// write took its journal's rows: a later commit would write children whose job never
+    /// reached the disk, and the store would refuse to open), nor may a registry rebuilt
+    /// alone drop twin changes the engine's progress rests on. When either rebuild fails
+    /// the store stays poisoned, memory keeps what it had (readers still see the failed
+    /// write, whose caller was told), and the next commit tries again.
+    ///
+    /// The rebuilt engine numbers its operations after the old one's, so answers to
     /// operations already sent are never taken for new ones.
-    fn reload(&self, jobs: &mut JobEngine, reg: &mut Registry, store: &mut crate::store::Store) {
+    fn recover(&self, jobs: &mut JobEngine, reg: &mut Registry, store: &mut crate::store::Store) {
         let Ok(durable) = store.reload() else {
             return;
         };
-        *reg = durable;
         let mut config = jobs.config().clone();
         config.op_id_base = jobs.next_op_id();
         let now = Instant::now();
-        if let Ok(restored) = store.load_jobs(config, now, Timestamp::now()) {
-            // Operations of the old engine still in the outbox are dropped with it.
-            *jobs = restored;
-            // The new engine reports progress to subscribers like the old one did.
-            jobs.enable_progress();
-            jobs.retain_devices(now, |d| reg.contains(d.as_str()));
+        match store.load_jobs(config, now, Timestamp::now()) {
+            Ok(mut restored) => {
+                // Operations of the old engine still in the outbox are dropped with it.
+                // The new engine reports progress to subscribers like the old one did.
+                restored.enable_progress();
+                restored.retain_devices(now, |d| durable.contains(d.as_str()));
+                *jobs = restored;
+                *reg = durable;
+            }
+            Err(_) => store.poison(),
         }
     }
 
@@ -1167,6 +1177,10 @@ impl Inner {
         let wall = Timestamp::now();
         let mut ops = Vec::new();
         let mut published = Vec::new();
+        // Held through the commit (jobs before the registry, as everywhere): no service
+        // write commits, or rebuilds memory from the store, between the batch's changes
+        // and their commit.
+        let mut jobs = lock(&self.jobs);
         if !batch.is_empty() {
             self.counters
                 .events
@@ -1191,18 +1205,13 @@ impl Inner {
                 _ => true,
             });
         }
-        let mut job_ops = Vec::new();
-        let updates: Vec<_> = {
-            let mut jobs = lock(&self.jobs);
-            for event in batch.iter() {
-                jobs.handle_event(now, event);
-            }
-            jobs.handle_timeout(now);
-            self.forget_removed(now, &mut jobs);
-            job_ops.extend(self.drain_job_ops(now, &mut jobs));
-            published.extend(self.job_progress(&mut jobs));
-            std::iter::from_fn(|| jobs.poll_twin_update()).collect()
-        };
+        for event in batch.iter() {
+            jobs.handle_event(now, event);
+        }
+        jobs.handle_timeout(now);
+        self.forget_removed(now, &mut jobs);
+        let mut job_ops = self.drain_job_ops(now, &mut jobs);
+        let updates: Vec<_> = std::iter::from_fn(|| jobs.poll_twin_update()).collect();
         if !updates.is_empty() {
             let mut reg = self.registry.write();
             for u in updates {
@@ -1210,10 +1219,13 @@ impl Inner {
             }
         }
         batch.clear();
-        self.sweep_auto_provisioned(now);
-        if !self.commit_events() {
+        self.sweep_auto_provisioned(now, &mut jobs);
+        if !self.commit_events(&mut jobs) {
             job_ops.clear();
         }
+        // After the commit: progress that a failed commit rebuilt away is not reported.
+        published.extend(self.job_progress(&mut jobs));
+        drop(jobs);
         self.publisher.publish(&self.registry, published);
         self.send_sync_ops(ops);
         self.send_job_ops(job_ops);
@@ -1221,7 +1233,7 @@ impl Inner {
 
     /// Removes the auto-provisioned twins whose time is up (see [`provisioning`]); at most
     /// once a second.
-    fn sweep_auto_provisioned(&self, now: Instant) {
+    fn sweep_auto_provisioned(&self, now: Instant, jobs: &mut JobEngine) {
         {
             let mut last = lock(&self.last_sweep);
             if now.saturating_duration_since(*last) < Duration::from_secs(1) {
@@ -1250,7 +1262,7 @@ impl Inner {
         }
         drop(reg);
         // Before the next batch: a registration in it would create the twin again.
-        self.forget_removed_now();
+        self.forget_removed(now, jobs);
     }
 
     fn apply(

@@ -76,6 +76,11 @@ pub enum StoreError {
         /// The engine's message.
         detail: String,
     },
+    /// The registry given to [`Store::commit`](super::Store::commit) is not the one this
+    /// store returned (from [`Store::open`](super::Store::open), `reload` or `adopt`);
+    /// nothing was written and the store is not poisoned. Use
+    /// [`Store::adopt`](super::Store::adopt) to make another registry the store's.
+    ForeignRegistry,
     /// An earlier write failed, so what is in memory may differ from the disk; reopen the
     /// directory ([`Store::open`](super::Store::open)) to continue from what is durable.
     Poisoned,
@@ -101,6 +106,9 @@ impl fmt::Display for StoreError {
             ),
             StoreError::Io { .. } => f.write_str("store input/output failed"),
             StoreError::Engine { detail } => write!(f, "storage engine error: {detail}"),
+            StoreError::ForeignRegistry => {
+                f.write_str("the registry is not the one this store returned; adopt it first")
+            }
             StoreError::Poisoned => {
                 f.write_str("an earlier store write failed; reopen the data directory")
             }

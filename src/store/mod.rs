@@ -38,7 +38,11 @@
 //! **Errors.** A failed write poisons the store ([`StoreError::Poisoned`]) until
 //! [`Store::reload`] rebuilds the registry from what is durable; callers that hold a
 //! registry lock while committing (the hub does) reload before anyone reads, so memory
-//! never runs ahead of disk for an acknowledged write.
+//! never runs ahead of disk for an acknowledged write. A caller with jobs reloads them
+//! too ([`Store::load_jobs`]) and never commits an engine that did not come from the
+//! store: the failed write took its journal's rows, and later rows without them would
+//! leave children whose job is not on disk. [`Store::commit`] refuses a registry this
+//! store did not return ([`StoreError::ForeignRegistry`]).
 //!
 //! **What is durable.** Every twin: identity, status, connection state and the
 //! registration (endpoint, objects, address), `isManaged`, authentication (the PSK key
@@ -189,6 +193,9 @@ pub struct Store {
     origin: u64,
     poisoned: bool,
     scratch: Vec<u8>,
+    /// The next reload fails (a test hook, see [`Store::fail_next_reload`]).
+    #[cfg(feature = "fuzzing")]
+    fail_reload: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -245,6 +252,8 @@ impl Store {
             origin: 0,
             poisoned: true,
             scratch: Vec::new(),
+            #[cfg(feature = "fuzzing")]
+            fail_reload: false,
         };
         let registry = store.reload()?;
         Ok((store, registry))
@@ -266,6 +275,12 @@ impl Store {
     pub fn reload(&mut self) -> Result<Registry, StoreError> {
         self.poisoned = true;
         self.db = None;
+        #[cfg(feature = "fuzzing")]
+        if std::mem::take(&mut self.fail_reload) {
+            return Err(StoreError::Engine {
+                detail: "reload failed (injected by fail_next_reload)".into(),
+            });
+        }
         // redb 2.6 asserts (panics) on some damaged files, e.g. one truncated below the
         // length its header records: that is a corrupted file, not a crash.
         let path = self.path.clone();
@@ -309,6 +324,7 @@ impl Store {
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
+        self.check_origin(registry)?;
         let last = registry.last_seq();
         if last == self.committed {
             return Ok(Committed {
@@ -340,6 +356,7 @@ impl Store {
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
+        self.check_origin(registry)?;
         let last = registry.last_seq();
         if last == self.committed && jobs.journal_is_empty() {
             return Ok(Committed {
@@ -432,6 +449,16 @@ impl Store {
         Ok(done)
     }
 
+    /// Refuses a registry this store did not return: its changes are counted from another
+    /// history than the disk's, so a commit of them would write the wrong rows.
+    fn check_origin(&self, registry: &Registry) -> Result<(), StoreError> {
+        if registry.origin() == self.origin {
+            Ok(())
+        } else {
+            Err(StoreError::ForeignRegistry)
+        }
+    }
+
     /// Refuses every commit until [`Store::reload`] (what a failed write does).
     pub(crate) fn poison(&mut self) {
         self.poisoned = true;
@@ -443,6 +470,14 @@ impl Store {
     #[doc(hidden)]
     pub fn fail_next_commit(&mut self) {
         self.poison();
+    }
+
+    /// Fails the next [`Store::reload`] as an unreadable disk would (the store stays
+    /// poisoned), for the tests of what the hub does then.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fail_next_reload(&mut self) {
+        self.fail_reload = true;
     }
 
     /// Gives the file's free pages back to the file system (redb's compaction). Old
