@@ -366,14 +366,14 @@ fn main() {
     );
     match hub.dtls_stats() {
         Some(d) => println!(
-            "dtls: {} handshakes, {} failed, {} sessions, {} refused (unverified {}, handshakes {}, sessions {})",
+            "dtls: {} handshakes, {} failed, {} sessions, {} refused (handshakes {}, sessions {}), {} unverified peers evicted",
             d.handshakes,
             d.handshake_failures,
             d.sessions,
-            d.refused_unverified + d.refused_handshakes + d.refused_sessions,
-            d.refused_unverified,
+            d.refused_handshakes + d.refused_sessions,
             d.refused_handshakes,
-            d.refused_sessions
+            d.refused_sessions,
+            d.evicted_unverified
         ),
         None => println!("plain CoAP (no DTLS)"),
     }

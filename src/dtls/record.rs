@@ -35,11 +35,18 @@ fn records(mut bytes: &[u8]) -> impl Iterator<Item = (u8, u16, &[u8])> {
     })
 }
 
-/// Whether the datagram starts with an epoch-0 handshake record holding a ClientHello:
-/// the only datagram from an unknown address that may create state.
-pub(crate) fn is_client_hello(bytes: &[u8]) -> bool {
+/// Whether the datagram starts with an epoch-0 handshake record holding the first
+/// ClientHello of a handshake (`message_seq` 0): the only datagram from an unknown address
+/// that may create state. A ClientHello that echoes a cookie (`message_seq` 1) for state the
+/// server no longer holds is not one: `dimpl` begins a handshake only at 0, so the client
+/// must start again (after its retransmissions time out).
+pub(crate) fn is_first_client_hello(bytes: &[u8]) -> bool {
     records(bytes).next().is_some_and(|(ct, epoch, f)| {
-        ct == HANDSHAKE && epoch == 0 && f.first() == Some(&CLIENT_HELLO)
+        // msg_type (1), length (3), message_seq (2)
+        ct == HANDSHAKE
+            && epoch == 0
+            && f.first() == Some(&CLIENT_HELLO)
+            && f.get(4..6) == Some(&[0, 0])
     })
 }
 
@@ -72,16 +79,20 @@ mod tests {
     }
 
     #[test]
-    fn client_hello_is_recognised_only_in_epoch_zero() {
-        assert!(is_client_hello(&record(22, 0, &[1, 0, 0])));
-        assert!(!is_client_hello(&record(22, 1, &[1, 0, 0])));
-        assert!(!is_client_hello(&record(23, 0, &[1, 0, 0])));
-        assert!(!is_client_hello(&record(22, 0, &[])));
+    fn a_first_client_hello_is_recognised_only_in_epoch_zero() {
+        let hello = [1, 0, 0, 0, 0, 0];
+        assert!(is_first_client_hello(&record(22, 0, &hello)));
+        assert!(!is_first_client_hello(&record(22, 1, &hello)));
+        assert!(!is_first_client_hello(&record(23, 0, &hello)));
+        assert!(!is_first_client_hello(&record(22, 0, &[])));
+        // The ClientHello echoing a cookie (message_seq 1), and one cut short.
+        assert!(!is_first_client_hello(&record(22, 0, &[1, 0, 0, 0, 0, 1])));
+        assert!(!is_first_client_hello(&record(22, 0, &[1, 0, 0, 0, 0])));
         // A length running past the datagram is not a record.
-        let mut short = record(22, 0, &[1, 0, 0]);
+        let mut short = record(22, 0, &hello);
         short.truncate(14);
-        assert!(!is_client_hello(&short));
-        assert!(!is_client_hello(&[]));
+        assert!(!is_first_client_hello(&short));
+        assert!(!is_first_client_hello(&[]));
     }
 
     #[test]

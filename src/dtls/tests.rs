@@ -159,7 +159,7 @@ fn a_replayed_record_is_delivered_once() {
 }
 
 #[test]
-fn the_unverified_table_stops_at_its_bound() {
+fn the_unverified_table_drops_its_oldest_peer_at_its_bound() {
     let now = Instant::now();
     let config = DtlsServerConfig {
         max_unverified: 4,
@@ -169,21 +169,70 @@ fn the_unverified_table_stops_at_its_bound() {
     let mut hello = DtlsClient::new(now, creds("id-1", key(1)));
     hello.send(now, b"x");
     let client_hello = hello.poll_transmit().unwrap();
-    // Spoofed ClientHellos from many addresses: each answered by a HelloVerifyRequest
-    // until the table is full, then dropped.
+    // Spoofed ClientHellos from many addresses: each is answered by a HelloVerifyRequest;
+    // past the bound, each pushes the oldest out.
     for port in 0..10 {
         server.handle_datagram(now, addr(1000 + port), &client_hello);
     }
     let stats = server.stats();
-    assert_eq!((stats.unverified, stats.refused_unverified), (4, 6));
-    assert_eq!(std::iter::from_fn(|| server.poll_transmit()).count(), 4);
-    // A real device still gets through once the unverified entries expire.
-    let later = now + Duration::from_secs(6);
-    let mut client = DtlsClient::new(later, creds("id-1", key(1)));
-    client.send(later, b"real");
-    let got = pump(later, &mut client, addr(1), &mut server);
+    assert_eq!((stats.unverified, stats.evicted_unverified), (4, 6));
+    assert_eq!(std::iter::from_fn(|| server.poll_transmit()).count(), 10);
+    // A real device during the flood: its ClientHello finds room, and its cookie comes
+    // back while the spoofed ClientHellos since have not pushed it out.
+    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
+    client.send(now, b"real");
+    let first = client.poll_transmit().unwrap();
+    server.handle_datagram(now, addr(1), &first);
+    for (to, d) in std::iter::from_fn(|| server.poll_transmit()) {
+        assert_eq!(to, addr(1));
+        client.handle_datagram(now, &d);
+    }
+    for port in 10..13 {
+        server.handle_datagram(now, addr(1000 + port), &client_hello);
+    }
+    let got = pump(now, &mut client, addr(1), &mut server);
     assert_eq!(got.len(), 1);
-    assert_eq!(server.stats().unverified, 0);
+    assert_eq!(server.stats().evicted_unverified, 10);
+    // A device pushed out before its cookie came back: its echo is dropped (no state is
+    // made for it), and it starts again.
+    let mut late = DtlsClient::new(now, creds("id-1", key(1)));
+    late.send(now, b"late");
+    let first = late.poll_transmit().unwrap();
+    server.handle_datagram(now, addr(2), &first);
+    for (to, d) in std::iter::from_fn(|| server.poll_transmit()) {
+        if to == addr(2) {
+            late.handle_datagram(now, &d);
+        }
+    }
+    for port in 20..24 {
+        server.handle_datagram(now, addr(1000 + port), &client_hello);
+    }
+    // Three spoofed peers and the late device pushed out.
+    assert_eq!(server.stats().evicted_unverified, 14);
+    assert!(pump(now, &mut late, addr(2), &mut server).is_empty());
+    assert_eq!(server.stats().unverified, 4);
+    let mut again = DtlsClient::new(now, creds("id-1", key(1)));
+    again.send(now, b"again");
+    let got = pump(now, &mut again, addr(2), &mut server);
+    assert_eq!(got.len(), 1);
+    // The bound holds throughout, and the order queue stays within its own.
+    assert!(server.stats().unverified <= 4);
+    assert!(server.unverified_order_len() <= 2 * 4 + 64);
+}
+
+#[test]
+fn a_bound_of_zero_unverified_peers_drops_every_client_hello() {
+    let now = Instant::now();
+    let config = DtlsServerConfig {
+        max_unverified: 0,
+        ..DtlsServerConfig::default()
+    };
+    let mut server = DtlsServer::new(config, store_with("id-1", "dev-1", key(1)));
+    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
+    client.send(now, b"x");
+    assert!(pump(now, &mut client, addr(1), &mut server).is_empty());
+    let stats = server.stats();
+    assert_eq!((stats.unverified, stats.evicted_unverified), (0, 1));
 }
 
 #[test]
