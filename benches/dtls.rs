@@ -8,6 +8,9 @@
 //! - `dtls/con_get/plain` and `dtls/con_get/dtls`: a CON GET and its piggybacked 2.05
 //!   between two CoAP [`Endpoint`]s, without and with a DTLS session between them (target:
 //!   DTLS throughput >= 60% of plain); the ratio is printed;
+//! - `dtls/spoofed_client_hello`: what a flood costs: one ClientHello from a new address
+//!   while the unverified table is full (the default 1,024 peers), answered with a
+//!   HelloVerifyRequest after the oldest unverified peer is dropped to make room;
 //! - `dtls/client_new`, `dtls/server_new`: building a client or a server (each builds a
 //!   `dimpl` configuration, which validates the crypto provider);
 //! - idle session memory (printed, not timed, only with `DTLS_BENCH_MEMORY=1`): the resident-set growth of a server holding
@@ -84,6 +87,27 @@ fn bench_handshake(c: &mut Criterion) {
             ))
         })
     });
+    let mut flooded = DtlsServer::new(DtlsServerConfig::default(), store(1));
+    let hello = {
+        let mut c = DtlsClient::new(now, creds(0));
+        c.send(now, b"x");
+        c.poll_transmit().expect("a ClientHello")
+    };
+    let mut spoofed = 0usize;
+    g.bench_function("spoofed_client_hello", |b| {
+        b.iter(|| {
+            spoofed += 1;
+            flooded.handle_datagram(now, addr(100_000 + spoofed % 1_000_000), &hello);
+            while let Some(t) = flooded.poll_transmit() {
+                black_box(t);
+            }
+        })
+    });
+    assert_eq!(
+        flooded.stats().unverified,
+        DtlsServerConfig::default().max_unverified as u64,
+        "the table stayed full"
+    );
     let mut i = 0usize;
     // One client, restarted each time: building a `dimpl` configuration costs ~8 ms (the
     // crate validates its crypto provider), measured apart as `client_new`.
