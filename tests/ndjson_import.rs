@@ -296,3 +296,65 @@ fn chunk_sizes_above_the_bound_are_capped() {
         assert_eq!(all(&reg), all(&expected));
     }
 }
+
+/// An endless input: `good` twins, one bad line, then twins forever; counts what it gave.
+struct Endless {
+    line: u64,
+    bad_at: u64,
+    pending: Vec<u8>,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::io::Read for Endless {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() {
+            self.line += 1;
+            self.pending = if self.line == self.bad_at {
+                b"{\"deviceId\": 7}\n".to_vec()
+            } else {
+                format!("{{\"deviceId\": \"d{}\"}}\n", self.line).into_bytes()
+            };
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[test]
+fn the_reader_stays_a_bounded_number_of_chunks_ahead() {
+    // Each parser has 2 chunks queued to it, 1 in hand and 2 parsed blocks queued from it;
+    // the reader holds one more, and the caller the block it is adding.
+    const PARSERS: u64 = 2;
+    const CHUNK: u64 = 4096;
+    const BAD_AT: u64 = 5_000;
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let input = Endless {
+        line: 0,
+        bad_at: BAD_AT,
+        pending: Vec::new(),
+        read: read.clone(),
+    };
+    let mut reg = Registry::new();
+    let options = ImportOptions {
+        parsers: PARSERS as usize,
+        chunk_bytes: CHUNK as usize,
+    };
+    // The endless input ends only by the bad line: the import returns once the reader
+    // found the parsers gone.
+    let err = reg.import_ndjson_with(input, options).unwrap_err();
+    assert_eq!(err.line, BAD_AT);
+    assert_eq!(reg.len() as u64, BAD_AT - 1);
+    let before_bad: u64 = (1..BAD_AT)
+        .map(|i| format!("{{\"deviceId\": \"d{i}\"}}\n").len() as u64)
+        .sum();
+    let ahead = read.load(std::sync::atomic::Ordering::Relaxed) - before_bad;
+    let bound = (PARSERS * 5 + 3) * (CHUNK + 64);
+    assert!(
+        ahead <= bound,
+        "read {ahead} bytes past the bad line, more than {bound}"
+    );
+}

@@ -22,7 +22,7 @@
 //! | bound | value | at it |
 //! |---|---|---|
 //! | [`MAX_LINE_BYTES`] | 1 MiB | a longer line ends the import with [`ImportErrorKind::LineTooLong`] |
-//! | chunks read ahead | 2 queued to each parser, 2 parsed blocks queued from each | the reader waits: memory is a few chunks per parser whatever the input's size |
+//! | chunks read ahead | 2 queued to each parser, 2 parsed blocks queued from each | the reader waits: at most 5 chunks a parser, plus 3, are read past the line being loaded, whatever the input's size (`tests/ndjson_import.rs` reads an endless input) |
 //!
 //! The first bad line ends the import with its number ([`ImportError::line`], from 1);
 //! the lines before it stay loaded, the registry stays consistent. A member given twice
