@@ -189,3 +189,42 @@ fn a_registry_the_store_cannot_import_is_the_builds_error() {
     let durable = store.lock().reload().unwrap();
     assert!(durable.get("pump").is_none());
 }
+
+#[test]
+fn with_nothing_else_to_commit_the_hub_still_rebuilds_memory_once_the_disk_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = DeviceId::new("pump").unwrap();
+    let (hub, store) = durable_hub(dir.path(), &id);
+    hub.create_device(Twin::new(id.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    {
+        let mut store = store.lock();
+        store.fail_next_commit();
+        store.fail_next_reload();
+    }
+    let lost = JobId::new("lost").unwrap();
+    let spec = JobSpec::new(
+        lost.clone(),
+        JobType::ConfigurationUpdate {
+            name: "a".into(),
+            value: "1".into(),
+        },
+        vec![id.clone()],
+    );
+    assert!(matches!(
+        hub.create_job(spec),
+        Err(SpecError::NotDurable { .. })
+    ));
+    // The failed write took the engine's journal and the rebuild failed: nothing is left
+    // to commit, and no service call comes. The hub's loop rebuilds memory by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hub.job(&lost).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a job refused as not durable stayed in memory"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!store.lock().is_poisoned());
+    hub.stop();
+}

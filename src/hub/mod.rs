@@ -273,6 +273,9 @@ struct Inner {
     udp: Mutex<Option<UdpSlot>>,
     provisioned: Arc<AutoProvisioned>,
     last_sweep: Mutex<Instant>,
+    /// When the event loop last tried to rebuild memory from a poisoned store with
+    /// nothing to commit (at most once a second: a rebuild reads the whole store).
+    last_idle_recovery: Mutex<Option<Instant>>,
     /// Where in the registry's removal log the job engine last heard of removals
     /// (`None`: not yet; see `forget_removed`).
     engine_heard: Mutex<Option<(u64, u64)>>,
@@ -434,6 +437,7 @@ impl Hub {
             udp: Mutex::new(udp),
             provisioned,
             last_sweep: Mutex::new(Instant::now()),
+            last_idle_recovery: Mutex::new(None),
             engine_heard: Mutex::new(None),
             waiting: Arc::default(),
             synced: Mutex::new(HashMap::new()),
@@ -1004,14 +1008,28 @@ impl Inner {
     /// Returns false when the commit failed: the job operations the batch queued belong
     /// to an engine state that is gone, and are not sent (a reboot's Execute would go out
     /// again once the restored child runs).
+    ///
+    /// A store left poisoned by a failure whose rebuild failed too is rebuilt from here
+    /// even with nothing to commit (at most once a second), so memory does not keep a
+    /// write that was refused for longer than the disk refuses.
     fn commit_events(&self, jobs: &mut JobEngine) -> bool {
         let Some(store) = &self.config.store else {
             return true;
         };
-        if jobs.journal_is_empty()
-            && self.registry.read().last_seq() == store.lock().committed_seq()
-        {
-            return true;
+        let (committed, poisoned) = {
+            let store = store.lock();
+            (store.committed_seq(), store.is_poisoned())
+        };
+        if jobs.journal_is_empty() && self.registry.read().last_seq() == committed {
+            if !poisoned {
+                return true;
+            }
+            let now = Instant::now();
+            let mut last = lock(&self.last_idle_recovery);
+            if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
+                return true;
+            }
+            *last = Some(now);
         }
         self.commit_locked(jobs, &mut self.registry.write()).is_ok()
     }

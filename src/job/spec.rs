@@ -778,7 +778,11 @@ pub enum SpecError {
         total: u64,
     },
     /// The hub's durable store could not make the job's creation or cancellation durable;
-    /// the jobs were rebuilt from the store, so the change is not in memory either.
+    /// the jobs were rebuilt from the store, so the change is not in memory either (a
+    /// failure in a commit's last step may have left it on disk, and then in the rebuilt
+    /// jobs: look the job up before creating it again). Should the rebuild fail too, the
+    /// change stays in memory, nothing of it is sent, and the hub's next commit rebuilds it
+    /// away.
     NotDurable {
         /// The store's error.
         error: crate::registry::StoreFailure,

@@ -163,7 +163,11 @@ pub enum RegistryError {
     /// All `u32` slots are in use.
     Full,
     /// The write was applied but could not be made durable, so it was undone (the
-    /// registry was rebuilt from what is durable): see [`crate::store`].
+    /// registry was rebuilt from what is durable): see [`crate::store`]. Rarely, a failure
+    /// in a commit's last step leaves the write on disk anyway; the rebuilt registry then
+    /// holds it, so read it back before retrying a create (which would find the device).
+    /// Should the rebuild fail too, the write stays in memory until the next commit
+    /// rebuilds it away (README, Durability).
     NotDurable {
         /// Why the store failed.
         error: StoreFailure,

@@ -196,6 +196,9 @@ pub struct Store {
     /// The next reload fails (a test hook, see [`Store::fail_next_reload`]).
     #[cfg(feature = "fuzzing")]
     fail_reload: bool,
+    /// The next write fails (a test hook, see [`Store::fail_next_commit`]).
+    #[cfg(feature = "fuzzing")]
+    fail_write: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -254,6 +257,8 @@ impl Store {
             scratch: Vec::new(),
             #[cfg(feature = "fuzzing")]
             fail_reload: false,
+            #[cfg(feature = "fuzzing")]
+            fail_write: false,
         };
         let registry = store.reload()?;
         Ok((store, registry))
@@ -267,6 +272,12 @@ impl Store {
     /// The registry sequence number through which everything is durable.
     pub fn committed_seq(&self) -> u64 {
         self.committed
+    }
+
+    /// Whether a failed write left the store refusing commits until
+    /// [`Store::reload`] ([`StoreError::Poisoned`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// Drops what is in memory and rebuilds the registry from the disk (what
@@ -464,12 +475,13 @@ impl Store {
         self.poisoned = true;
     }
 
-    /// Fails the next commit as a failed write would (the store is poisoned until
-    /// reloaded), for the tests of what the hub does then.
+    /// Fails the next commit that writes anything, in its write (after it took the job
+    /// engine's journal), as a failing disk would: the store is poisoned until reloaded.
+    /// For the tests of what the hub does then.
     #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
     pub fn fail_next_commit(&mut self) {
-        self.poison();
+        self.fail_write = true;
     }
 
     /// Fails the next [`Store::reload`] as an unreadable disk would (the store stays
@@ -522,6 +534,12 @@ impl Store {
         plan: Option<Plan>,
         job_rows: Vec<JobRow>,
     ) -> Result<Committed, StoreError> {
+        #[cfg(feature = "fuzzing")]
+        if std::mem::take(&mut self.fail_write) {
+            return Err(StoreError::Engine {
+                detail: "write failed (injected by fail_next_commit)".into(),
+            });
+        }
         let plan = plan.unwrap_or_else(|| self.plan(registry));
         let last = registry.last_seq();
         let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
