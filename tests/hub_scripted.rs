@@ -1,5 +1,6 @@
 //! The hub over a transport the test scripts event by event: orderings the simulated
-//! fleet does not produce on demand (two registrations of one device in one batch).
+//! fleet does not produce on demand (two registrations of one device in one batch; a
+//! batch whose commit fails after it queued a job's next operation).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -80,6 +81,18 @@ fn executes(script: &Mutex<Script>) -> usize {
         .count()
 }
 
+#[cfg(feature = "fuzzing")]
+fn execute_targets(script: &Mutex<Script>) -> Vec<DeviceId> {
+    script
+        .lock()
+        .unwrap()
+        .submitted
+        .iter()
+        .filter(|op| matches!(op.request, DeviceRequest::Execute { .. }))
+        .map(|op| op.device.clone())
+        .collect()
+}
+
 #[test]
 fn a_reboot_completed_by_a_second_registration_in_the_batch_still_sends_its_execute() {
     let device = DeviceId::new("dev-1").unwrap();
@@ -117,4 +130,90 @@ fn a_reboot_completed_by_a_second_registration_in_the_batch_still_sends_its_exec
     wait_until("the job to end", || {
         hub.job_statistics(&job).unwrap().succeeded == 1
     });
+}
+
+#[cfg(feature = "fuzzing")]
+#[test]
+fn a_batch_whose_commit_fails_sends_none_of_the_operations_it_queued() {
+    use twinhub::store::{SharedStore, Store, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let (a, b) = (
+        DeviceId::new("dev-a").unwrap(),
+        DeviceId::new("dev-b").unwrap(),
+    );
+    registry.create(Twin::new(a.clone())).unwrap();
+    registry.create(Twin::new(b.clone())).unwrap();
+    let store = SharedStore::new(store);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let config = HubConfig {
+        store: Some(store.clone()),
+        ..HubConfig::default()
+    };
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
+    script
+        .lock()
+        .unwrap()
+        .events
+        .extend([registered(&a), registered(&b)]);
+    wait_until("both registrations", || {
+        [&a, &b].iter().all(|d| {
+            hub.twin(d.as_str()).unwrap().connection_state
+                == twinhub::twin::ConnectionState::Connected
+        })
+    });
+    // One device at a time: b's Execute is queued in the batch that completes a's child.
+    let job = JobId::new("reboot").unwrap();
+    hub.create_job(
+        JobSpec::new(
+            job.clone(),
+            JobType::Reboot {
+                wait_for_registration: true,
+            },
+            vec![a.clone(), b.clone()],
+        )
+        .max_in_flight(1),
+    )
+    .unwrap();
+    wait_until("a's Execute", || executes(&script) == 1);
+    let first = script
+        .lock()
+        .unwrap()
+        .submitted
+        .iter()
+        .find(|op| matches!(op.request, DeviceRequest::Execute { .. }))
+        .cloned()
+        .unwrap();
+    assert_eq!(first.device, a);
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(DeviceEvent::Response {
+            op: first.id,
+            device: a.clone(),
+            result: Ok(twinhub::transport::DeviceReply::Done),
+        });
+    wait_until("the hub to take the answer", || {
+        script.lock().unwrap().events.is_empty()
+    });
+    // Its batch commits (a's child now waits for the reboot's registration).
+    std::thread::sleep(Duration::from_millis(200));
+    // a comes back (its reboot's proof): its child succeeds and b's starts, in a batch
+    // whose commit fails. Memory goes back to the store; b's Execute is not sent.
+    store.lock().fail_next_commit();
+    script.lock().unwrap().events.push_back(registered(&a));
+    wait_until("the failed commit's rebuild", || {
+        !store.lock().is_poisoned() && hub.job_statistics(&job).unwrap().succeeded == 0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        executes(&script),
+        1,
+        "an Execute of a batch whose commit failed was sent"
+    );
+    // The rebuilt engine waits for a's next registration, then goes on to b.
+    script.lock().unwrap().events.push_back(registered(&a));
+    wait_until("b's Execute", || executes(&script) == 2);
+    assert_eq!(execute_targets(&script), [a, b]);
 }
