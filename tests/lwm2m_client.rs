@@ -1561,6 +1561,33 @@ fn a_reset_to_an_earlier_notification_cancels_the_observation() {
 }
 
 #[test]
+fn a_reset_matches_only_the_last_four_notifications() {
+    // The client remembers the message ids of an observation's last 4 notifications: an
+    // RST to an older one matches nothing (the id may be another exchange's by now).
+    let mut h = Harness::registered();
+    let mut obs = Message::request(Code::GET, "/3303/0/5700");
+    obs.set_observe(0);
+    h.request(obs);
+    let mut ids = Vec::new();
+    for t in 0..5 {
+        h.advance(1);
+        h.set_temperature(21.0 + f64::from(t));
+        let n = notifications(h.sent());
+        assert_eq!(n.len(), 1);
+        ids.push(n[0].message_id);
+    }
+    let rst = |id: u16| Message::empty(MessageType::Reset, id).to_bytes().unwrap();
+    h.client.handle_datagram(h.now, server(), &rst(ids[0]));
+    assert_eq!(
+        h.client.observation_count(),
+        1,
+        "an RST to the fifth-last cancelled"
+    );
+    h.client.handle_datagram(h.now, server(), &rst(ids[1]));
+    assert_eq!(h.client.observation_count(), 0);
+}
+
+#[test]
 fn a_notification_timing_out_during_an_update_asks_no_second_update() {
     // The Update in flight tells whether the server is there: its acceptance re-sends the
     // value, and no second Update follows.
