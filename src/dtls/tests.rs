@@ -335,6 +335,71 @@ fn rotating_a_key_closes_the_session_and_the_new_key_works() {
     assert_eq!(pump(now, &mut rotated, addr(1), &mut server).len(), 1);
 }
 
+/// The records of a datagram, each as its own datagram.
+fn split_records(mut datagram: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while datagram.len() >= 13 {
+        let len = 13 + usize::from(u16::from_be_bytes([datagram[11], datagram[12]]));
+        let len = len.min(datagram.len());
+        out.push(datagram[..len].to_vec());
+        datagram = &datagram[len..];
+    }
+    out
+}
+
+#[test]
+fn a_key_rotated_between_the_key_exchange_and_finished_gives_no_session() {
+    // The server resolves the key at the ClientKeyExchange; the key is rotated before the
+    // client's Finished arrives. The handshake completes on the old key, so it must not
+    // become a session (the rotation closed every session of the old key).
+    let now = Instant::now();
+    let store = store_with("id-1", "dev-1", key(1));
+    let mut server = DtlsServer::new(DtlsServerConfig::default(), store.clone());
+    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
+    client.send(now, b"x");
+    let mut rotated = false;
+    for _ in 0..20 {
+        let mut moved = false;
+        while let Some(d) = client.poll_transmit() {
+            moved = true;
+            // ClientKeyExchange: an epoch-0 handshake record of type 16.
+            let records = split_records(&d);
+            let cke = records
+                .iter()
+                .position(|r| r[0] == 22 && r[3..5] == [0, 0] && r.get(13) == Some(&16));
+            match cke {
+                Some(i) if !rotated => {
+                    for r in &records[..=i] {
+                        server.handle_datagram(now, addr(1), r);
+                    }
+                    store
+                        .set(Some(DeviceId::new("dev-1").unwrap()), creds("id-1", key(7)))
+                        .unwrap();
+                    rotated = true;
+                    for r in &records[i + 1..] {
+                        server.handle_datagram(now, addr(1), r);
+                    }
+                }
+                _ => server.handle_datagram(now, addr(1), &d),
+            }
+        }
+        while let Some((_, d)) = server.poll_transmit() {
+            client.handle_datagram(now, &d);
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(rotated, "the client's flight held a ClientKeyExchange");
+    let delivered = std::iter::from_fn(|| server.poll_event())
+        .filter(|e| matches!(e, DtlsEvent::Plaintext { .. }))
+        .count();
+    assert_eq!(delivered, 0, "a handshake on a rotated key delivered");
+    assert_eq!(server.stats().sessions, 0);
+    assert!(server.stats().handshake_failures >= 1);
+}
+
 #[test]
 fn a_client_handshakes_again_after_the_server_lost_the_session() {
     let now = Instant::now();
