@@ -32,6 +32,18 @@ fn durable_hub(dir: &std::path::Path, id: &DeviceId) -> (Hub, SharedStore) {
     (Hub::with_transport(transport, registry, config), store)
 }
 
+/// A configuration update of one device: one write, answered at once by the fleet.
+fn config_job(name: &str, device: &DeviceId) -> JobSpec {
+    JobSpec::new(
+        JobId::new(name).unwrap(),
+        JobType::ConfigurationUpdate {
+            name: "a".into(),
+            value: "1".into(),
+        },
+        vec![device.clone()],
+    )
+}
+
 #[test]
 fn a_psk_removal_that_is_not_durable_says_so_and_a_retry_completes_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,16 +82,7 @@ fn after_a_job_commit_fails_subscribers_still_hear_job_progress() {
             ..SubscribeOptions::default()
         })
         .unwrap();
-    let spec = |name: &str| {
-        JobSpec::new(
-            JobId::new(name).unwrap(),
-            JobType::ConfigurationUpdate {
-                name: "a".into(),
-                value: "1".into(),
-            },
-            vec![id.clone()],
-        )
-    };
+    let spec = |name: &str| config_job(name, &id);
     store.lock().fail_next_commit();
     assert!(matches!(
         hub.create_job(spec("lost")),
@@ -108,16 +111,7 @@ fn after_a_job_commit_fails_subscribers_still_hear_job_progress() {
 fn a_job_refused_as_not_durable_never_runs_once_the_store_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let id = DeviceId::new("pump").unwrap();
-    let spec = |name: &str| {
-        JobSpec::new(
-            JobId::new(name).unwrap(),
-            JobType::ConfigurationUpdate {
-                name: "a".into(),
-                value: "1".into(),
-            },
-            vec![id.clone()],
-        )
-    };
+    let spec = |name: &str| config_job(name, &id);
     let job = |name: String| JobId::new(&name).unwrap();
     const ROUNDS: usize = 5;
     {
@@ -203,16 +197,8 @@ fn with_nothing_else_to_commit_the_hub_still_rebuilds_memory_once_the_disk_answe
         store.fail_next_reload();
     }
     let lost = JobId::new("lost").unwrap();
-    let spec = JobSpec::new(
-        lost.clone(),
-        JobType::ConfigurationUpdate {
-            name: "a".into(),
-            value: "1".into(),
-        },
-        vec![id.clone()],
-    );
     assert!(matches!(
-        hub.create_job(spec),
+        hub.create_job(config_job("lost", &id)),
         Err(SpecError::NotDurable { .. })
     ));
     // The failed write took the engine's journal and the rebuild failed: nothing is left

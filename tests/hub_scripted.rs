@@ -72,16 +72,10 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn executes(script: &Mutex<Script>) -> usize {
-    script
-        .lock()
-        .unwrap()
-        .submitted
-        .iter()
-        .filter(|op| matches!(op.request, DeviceRequest::Execute { .. }))
-        .count()
+    execute_targets(script).len()
 }
 
-#[cfg(feature = "fuzzing")]
+/// The devices the Executes went to, in order.
 fn execute_targets(script: &Mutex<Script>) -> Vec<DeviceId> {
     script
         .lock()
