@@ -211,3 +211,74 @@ fn a_batch_whose_commit_fails_sends_none_of_the_operations_it_queued() {
     wait_until("b's Execute", || executes(&script) == 2);
     assert_eq!(execute_targets(&script), [a, b]);
 }
+
+#[cfg(feature = "fuzzing")]
+#[test]
+fn a_store_failing_twice_in_a_row_is_left_alone_for_a_while_and_the_events_held_meanwhile_land_after()
+ {
+    use twinhub::registry::RegistryError;
+    use twinhub::store::{SharedStore, Store, StoreConfig, StoreError};
+    use twinhub::twin::ConnectionState;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let pump = DeviceId::new("pump").unwrap();
+    registry.create(Twin::new(pump.clone())).unwrap();
+    let store = SharedStore::new(store);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let config = HubConfig {
+        store: Some(store.clone()),
+        ..HubConfig::default()
+    };
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
+    let backing_off = |r: Result<_, RegistryError>| match r {
+        Err(RegistryError::NotDurable { error }) => error
+            .error()
+            .downcast_ref::<StoreError>()
+            .is_some_and(|e| matches!(e, StoreError::BackingOff { .. })),
+        _ => false,
+    };
+    // The first failure is retried at once; the second in a row starts the backoff.
+    store.lock().fail_next_commit();
+    store.lock().fail_next_commit();
+    for _ in 0..2 {
+        let r = hub.add_tags("pump", &["lost"], None);
+        assert!(matches!(r, Err(RegistryError::NotDurable { .. })) && !backing_off(r));
+    }
+    let backoff_started = Instant::now();
+    assert_eq!(hub.metrics().failed_commits, 2);
+    // Backing off, a write is refused at once and changes nothing.
+    let committed = store.lock().committed_seq();
+    assert!(backing_off(hub.add_tags("pump", &["refused"], None)));
+    assert!(hub.twin("pump").unwrap().service_properties.tags.is_empty());
+    // A device's events are held, unapplied, and a request is still answered.
+    let reply = hub.request(
+        &pump,
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 0),
+        },
+    );
+    script.lock().unwrap().events.extend([
+        registered(&pump),
+        DeviceEvent::Response {
+            op: reply.op(),
+            device: pump.clone(),
+            result: Ok(twinhub::transport::DeviceReply::Done),
+        },
+    ]);
+    assert!(reply.wait(Duration::from_secs(10)).is_ok());
+    // (Checked only within the backoff's first second: a slow machine may be past it.)
+    let held = hub.twin("pump").unwrap().connection_state == ConnectionState::Disconnected
+        && store.lock().committed_seq() == committed;
+    assert!(
+        held || backoff_started.elapsed() >= Duration::from_millis(900),
+        "an event was applied while the hub backed off"
+    );
+    // Once the backoff is over (1 s), the held registration lands and is committed.
+    wait_until("the held registration", || {
+        hub.twin("pump").unwrap().connection_state == ConnectionState::Connected
+    });
+    wait_until("its commit", || store.lock().committed_seq() > committed);
+    assert_eq!(hub.metrics().failed_commits, 0);
+    hub.add_tags("pump", &["kept"], None).unwrap();
+    assert_eq!(hub.stats().dropped_events, 0);
+}

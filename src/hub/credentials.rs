@@ -110,6 +110,11 @@ impl Hub {
         })?;
         // Jobs before the registry, as everywhere: the commit takes the engine's journal.
         let mut jobs = super::lock(&self.inner.jobs);
+        self.inner
+            .backing_off()
+            .map_err(|error| CredentialsError::NotDurable {
+                detail: error.to_string(),
+            })?;
         let mut registry = self.inner.registry.write();
         let Some(previous) = registry.get(device).map(|t| t.authentication().clone()) else {
             return Err(CredentialsError::UnknownDevice {
@@ -160,8 +165,12 @@ impl Hub {
             .get(device)
             .is_some_and(|t| !t.authentication().is_empty());
         let durable = if had {
-            let _ = registry.set_authentication(device, Authentication::default());
-            self.inner.commit_locked(&mut jobs, &mut registry)
+            // Backing off from a failing store, the twin keeps the key (as after a failed
+            // commit); the live key store still loses it below.
+            self.inner.backing_off().and_then(|()| {
+                let _ = registry.set_authentication(device, Authentication::default());
+                self.inner.commit_locked(&mut jobs, &mut registry)
+            })
         } else {
             Ok(())
         };

@@ -195,6 +195,9 @@ pub struct HubMetrics {
     /// Job and sync operations sent without timing because [`MAX_TIMED_OPS`] were
     /// already in flight.
     pub untimed_operations: u64,
+    /// Store commits that failed in a row (0 while the store works); from 2 the hub
+    /// backs off ([`backoff`](super::backoff)).
+    pub failed_commits: u32,
 }
 
 #[cfg(test)]

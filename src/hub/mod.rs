@@ -43,6 +43,9 @@
 //! a read may wait for one batch (typically well under a millisecond per hundred events);
 //! it holds the job engine lock from the batch's first change through its commit, so a
 //! job call or a service write on a durable hub waits for the batch and its commit.
+//! A failed commit rebuilds memory from the store under those locks (seconds at a
+//! million twins); a store that keeps failing is left alone for a while ([`backoff`]),
+//! so the rebuilds do not follow one another.
 //!
 //! **With tokio** (or any executor): call the read-lock calls directly from async code;
 //! `.await` a [`Reply`] and [`Subscription::recv_async`] (both are woken through the
@@ -76,6 +79,7 @@
 //! hub.stop();
 //! ```
 
+pub mod backoff;
 mod builder;
 #[cfg(feature = "dtls")]
 mod credentials;
@@ -242,6 +246,9 @@ pub struct HubStats {
     pub property_errors: u64,
     /// Operations sent to devices (sync and jobs).
     pub ops_sent: u64,
+    /// Device events dropped unapplied: they arrived while the hub backed off from a
+    /// failing store with [`backoff::MAX_HELD_EVENTS`] already held.
+    pub dropped_events: u64,
 }
 
 #[derive(Default)]
@@ -253,6 +260,7 @@ struct Counters {
     property_updates: AtomicU64,
     property_errors: AtomicU64,
     ops_sent: AtomicU64,
+    dropped_events: AtomicU64,
 }
 
 struct Inner {
@@ -273,9 +281,9 @@ struct Inner {
     udp: Mutex<Option<UdpSlot>>,
     provisioned: Arc<AutoProvisioned>,
     last_sweep: Mutex<Instant>,
-    /// When the event loop last tried to rebuild memory from a poisoned store with
-    /// nothing to commit (at most once a second: a rebuild reads the whole store).
-    last_idle_recovery: Mutex<Option<Instant>>,
+    /// Failed commits in a row, and how long the hub leaves the store alone after them
+    /// (a rebuild reads the whole store).
+    backoff: Mutex<backoff::StoreBackoff>,
     /// Where in the registry's removal log the job engine last heard of removals
     /// (`None`: not yet; see `forget_removed`).
     engine_heard: Mutex<Option<(u64, u64)>>,
@@ -437,7 +445,7 @@ impl Hub {
             udp: Mutex::new(udp),
             provisioned,
             last_sweep: Mutex::new(Instant::now()),
-            last_idle_recovery: Mutex::new(None),
+            backoff: Mutex::default(),
             engine_heard: Mutex::new(None),
             waiting: Arc::default(),
             synced: Mutex::new(HashMap::new()),
@@ -727,6 +735,7 @@ impl Hub {
         let id = spec.id.clone();
         let (record, ops) = {
             let mut jobs = lock(&self.inner.jobs);
+            self.inner.backing_off().map_err(spec_not_durable)?;
             jobs.create(now, spec)?;
             // Drained before the commit: failing a child whose twin went meanwhile may
             // start another, and nothing is sent before it is durable.
@@ -748,6 +757,7 @@ impl Hub {
         let now = Instant::now();
         let (status, ops) = {
             let mut jobs = lock(&self.inner.jobs);
+            self.inner.backing_off().map_err(spec_not_durable)?;
             let status = jobs.cancel(now, id, mode)?;
             let ops = self.inner.drain_job_ops(now, &mut jobs);
             self.inner.commit_jobs(&mut jobs)?;
@@ -803,6 +813,7 @@ impl Hub {
             property_updates: get(&c.property_updates),
             property_errors: get(&c.property_errors),
             ops_sent: get(&c.ops_sent),
+            dropped_events: get(&c.dropped_events),
         }
     }
 
@@ -851,6 +862,7 @@ impl Hub {
             job_operation_latency: self.inner.op_times.jobs.snapshot(),
             sync_latency: self.inner.op_times.sync.snapshot(),
             untimed_operations: self.inner.op_times.untimed.load(Ordering::Relaxed),
+            failed_commits: lock(&self.inner.backoff).failures(),
         }
     }
 
@@ -911,6 +923,12 @@ impl Inner {
     }
 }
 
+fn spec_not_durable(error: crate::store::StoreError) -> SpecError {
+    SpecError::NotDurable {
+        error: StoreFailure::new(error),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -934,12 +952,19 @@ fn to_scalar(value: &ResourceValue) -> Option<Scalar> {
 impl Inner {
     fn run(self: Arc<Self>, events: Receiver<DeviceEvent>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        // Device events kept unapplied while the hub backs off from a failing store.
+        let mut held = Vec::new();
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
-            let wait = lock(&self.jobs)
-                .poll_timeout()
-                .map_or(TICK, |t| t.saturating_duration_since(now))
-                .min(TICK);
+            // Backing off, the jobs wait too: their time-outs are not looked at.
+            let wait = if self.backing_off().is_err() {
+                TICK
+            } else {
+                lock(&self.jobs)
+                    .poll_timeout()
+                    .map_or(TICK, |t| t.saturating_duration_since(now))
+                    .min(TICK)
+            };
             match events.recv_timeout(wait) {
                 Ok(event) => {
                     batch.push(event);
@@ -948,7 +973,45 @@ impl Inner {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            if self.backing_off().is_err() {
+                self.hold(&mut batch, &mut held);
+                continue;
+            }
+            if !held.is_empty() {
+                // The events held while backing off go first, in the order they came.
+                held.append(&mut batch);
+                std::mem::swap(&mut held, &mut batch);
+            }
             self.process(Instant::now(), &mut batch);
+            batch.shrink_to(MAX_BATCH);
+        }
+    }
+
+    /// Keeps a batch of device events for when the hub stops backing off, at most
+    /// [`backoff::MAX_HELD_EVENTS`] (later ones are dropped and counted). Requests of
+    /// [`Hub::request`] are answered now: an answer needs no commit.
+    fn hold(&self, batch: &mut Vec<DeviceEvent>, held: &mut Vec<DeviceEvent>) {
+        for event in batch.drain(..) {
+            match &event {
+                DeviceEvent::Response { op, result, .. } => {
+                    self.op_times.finished(op.0);
+                    if self.waiting.is_waiting(*op) {
+                        let answer = result.clone().map_err(RequestError::Device);
+                        self.waiting.complete(*op, answer);
+                    }
+                }
+                DeviceEvent::TimedOut { op, .. } => {
+                    self.op_times.finished(op.0);
+                    self.waiting
+                        .complete(*op, Err(RequestError::TransportTimedOut));
+                }
+                _ => {}
+            }
+            if held.len() < backoff::MAX_HELD_EVENTS {
+                held.push(event);
+            } else {
+                self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -960,14 +1023,16 @@ impl Inner {
         &self,
         write: impl FnOnce(&mut Registry) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
+        let not_durable = |error| RegistryError::NotDurable {
+            error: StoreFailure::new(error),
+        };
         let out = if self.config.store.is_some() {
             let mut jobs = lock(&self.jobs);
+            self.backing_off().map_err(not_durable)?;
             let mut reg = self.registry.write();
             let out = write(&mut reg)?;
             self.commit_locked(&mut jobs, &mut reg)
-                .map_err(|error| RegistryError::NotDurable {
-                    error: StoreFailure::new(error),
-                })?;
+                .map_err(not_durable)?;
             out
         } else {
             write(&mut self.registry.write())?
@@ -994,10 +1059,35 @@ impl Inner {
             return Ok(());
         };
         let mut store = store.lock();
-        store
-            .commit_with_jobs(reg, jobs)
-            .map(drop)
-            .inspect_err(|_| self.recover(jobs, reg, &mut store))
+        // Only a commit that writes tells that the disk works again.
+        let writes = reg.last_seq() != store.committed_seq() || !jobs.journal_is_empty();
+        let outcome = store.commit_with_jobs(reg, jobs).map(drop);
+        match &outcome {
+            Ok(()) if writes => lock(&self.backoff).succeeded(),
+            Ok(()) => {}
+            Err(error) => {
+                self.recover(jobs, reg, &mut store);
+                // A commit refused only because an earlier failure poisoned the store,
+                // whose rebuild now succeeded, says nothing new about the disk.
+                let refused_only = matches!(error, crate::store::StoreError::Poisoned);
+                if !refused_only || store.is_poisoned() {
+                    lock(&self.backoff).failed(Instant::now());
+                }
+            }
+        }
+        outcome
+    }
+
+    /// [`StoreError::BackingOff`](crate::store::StoreError::BackingOff) while the hub
+    /// leaves a failing store alone ([`backoff`]): the caller changes nothing.
+    fn backing_off(&self) -> Result<(), crate::store::StoreError> {
+        if self.config.store.is_none() {
+            return Ok(());
+        }
+        match lock(&self.backoff).remaining(Instant::now()) {
+            Some(retry_in) => Err(crate::store::StoreError::BackingOff { retry_in }),
+            None => Ok(()),
+        }
     }
 
     /// Commits what the event batch changed in the twins and the jobs; the caller holds
@@ -1010,8 +1100,8 @@ impl Inner {
     /// again once the restored child runs).
     ///
     /// A store left poisoned by a failure whose rebuild failed too is rebuilt from here
-    /// even with nothing to commit (at most once a second), so memory does not keep a
-    /// write that was refused for longer than the disk refuses.
+    /// even with nothing to commit (when the hub is not backing off, see [`backoff`]), so
+    /// memory does not keep a write that was refused for longer than the disk refuses.
     fn commit_events(&self, jobs: &mut JobEngine) -> bool {
         let Some(store) = &self.config.store else {
             return true;
@@ -1020,16 +1110,9 @@ impl Inner {
             let store = store.lock();
             (store.committed_seq(), store.is_poisoned())
         };
-        if jobs.journal_is_empty() && self.registry.read().last_seq() == committed {
-            if !poisoned {
-                return true;
-            }
-            let now = Instant::now();
-            let mut last = lock(&self.last_idle_recovery);
-            if last.is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1)) {
-                return true;
-            }
-            *last = Some(now);
+        let idle = jobs.journal_is_empty() && self.registry.read().last_seq() == committed;
+        if idle && (!poisoned || self.backing_off().is_err()) {
+            return true;
         }
         self.commit_locked(jobs, &mut self.registry.write()).is_ok()
     }
@@ -1039,9 +1122,7 @@ impl Inner {
     /// the store, so the change is not in memory either.
     fn commit_jobs(&self, jobs: &mut JobEngine) -> Result<(), SpecError> {
         self.commit_locked(jobs, &mut self.registry.write())
-            .map_err(|error| SpecError::NotDurable {
-                error: StoreFailure::new(error),
-            })
+            .map_err(spec_not_durable)
     }
 
     /// Rebuilds the registry and the jobs from the store after a failed commit: both or

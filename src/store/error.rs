@@ -84,6 +84,14 @@ pub enum StoreError {
     /// An earlier write failed, so what is in memory may differ from the disk; reopen the
     /// directory ([`Store::open`](super::Store::open)) to continue from what is durable.
     Poisoned,
+    /// Returned by a [`Hub`](crate::hub::Hub), not by a `Store`: commits failed twice or
+    /// more in a row, and the hub tries none until `retry_in` has passed (each failure
+    /// rebuilds memory from the disk, see [`hub::backoff`](crate::hub::backoff)). Nothing
+    /// was changed, in memory or on disk.
+    BackingOff {
+        /// How long until the hub tries its store again.
+        retry_in: std::time::Duration,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -112,6 +120,11 @@ impl fmt::Display for StoreError {
             StoreError::Poisoned => {
                 f.write_str("an earlier store write failed; reopen the data directory")
             }
+            StoreError::BackingOff { retry_in } => write!(
+                f,
+                "store writes keep failing; the hub tries again in {} ms",
+                retry_in.as_millis()
+            ),
         }
     }
 }

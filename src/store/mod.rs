@@ -196,9 +196,9 @@ pub struct Store {
     /// The next reload fails (a test hook, see [`Store::fail_next_reload`]).
     #[cfg(feature = "fuzzing")]
     fail_reload: bool,
-    /// The next write fails (a test hook, see [`Store::fail_next_commit`]).
+    /// Writes still to fail (a test hook, see [`Store::fail_next_commit`]).
     #[cfg(feature = "fuzzing")]
-    fail_write: bool,
+    fail_writes: u32,
 }
 
 impl std::fmt::Debug for Store {
@@ -258,7 +258,7 @@ impl Store {
             #[cfg(feature = "fuzzing")]
             fail_reload: false,
             #[cfg(feature = "fuzzing")]
-            fail_write: false,
+            fail_writes: 0,
         };
         let registry = store.reload()?;
         Ok((store, registry))
@@ -477,11 +477,12 @@ impl Store {
 
     /// Fails the next commit that writes anything, in its write (after it took the job
     /// engine's journal), as a failing disk would: the store is poisoned until reloaded.
-    /// For the tests of what the hub does then.
+    /// Called n times, fails the next n such commits. For the tests of what the hub does
+    /// then.
     #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
     pub fn fail_next_commit(&mut self) {
-        self.fail_write = true;
+        self.fail_writes += 1;
     }
 
     /// Fails the next [`Store::reload`] as an unreadable disk would (the store stays
@@ -535,7 +536,8 @@ impl Store {
         job_rows: Vec<JobRow>,
     ) -> Result<Committed, StoreError> {
         #[cfg(feature = "fuzzing")]
-        if std::mem::take(&mut self.fail_write) {
+        if self.fail_writes > 0 {
+            self.fail_writes -= 1;
             return Err(StoreError::Engine {
                 detail: "write failed (injected by fail_next_commit)".into(),
             });
