@@ -10,6 +10,10 @@
 //! once with [`StoreError::BackingOff`](crate::store::StoreError::BackingOff) and touch
 //! nothing; device events are held unapplied (see [`MAX_HELD_EVENTS`]) and applied in
 //! one batch when the time is up; jobs make no progress. A commit that succeeds ends it.
+//!
+//! The device events of a batch whose commit failed are held too, and applied again at
+//! the next try: a disk that fails for a while loses none of them, up to
+//! [`MAX_TRIES`] failed commits (about a minute of failures with the waits above).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +22,13 @@ use std::time::{Duration, Instant};
 /// dropped notification is reported again at the device's next change, a dropped
 /// registration at its next Update.
 pub const MAX_HELD_EVENTS: usize = 65_536;
+
+/// Failed commits a held device event goes through before it is dropped (and counted
+/// in [`HubStats::dropped_events`](super::HubStats)): the first try and seven more, the
+/// last one about a minute after the first (0 + 0 + 1 + 2 + 4 + 8 + 16 + 30 s of waits).
+/// A bound of tries, so that an event whose commit could never succeed does not hold
+/// the hub's events for good.
+pub const MAX_TRIES: u32 = 8;
 
 /// The longest wait between two tries of a failing store.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);

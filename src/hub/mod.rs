@@ -246,8 +246,10 @@ pub struct HubStats {
     pub property_errors: u64,
     /// Operations sent to devices (sync and jobs).
     pub ops_sent: u64,
-    /// Device events dropped unapplied: they arrived while the hub backed off from a
-    /// failing store with [`backoff::MAX_HELD_EVENTS`] already held.
+    /// Device events dropped unapplied: they arrived while the hub held
+    /// [`backoff::MAX_HELD_EVENTS`] already (backing off from a failing store), or went
+    /// through [`backoff::MAX_TRIES`] failed commits. The counters above count an event
+    /// at each try.
     pub dropped_events: u64,
 }
 
@@ -952,8 +954,10 @@ fn to_scalar(value: &ResourceValue) -> Option<Scalar> {
 impl Inner {
     fn run(self: Arc<Self>, events: Receiver<DeviceEvent>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        // Device events kept unapplied while the hub backs off from a failing store.
+        // Device events kept unapplied while the hub backs off from a failing store, or
+        // because their batch's commit failed, and how many commits failed since.
         let mut held = Vec::new();
+        let mut failed_tries = 0;
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
             // Backing off, the jobs wait too: their time-outs are not looked at.
@@ -978,11 +982,25 @@ impl Inner {
                 continue;
             }
             if !held.is_empty() {
-                // The events held while backing off go first, in the order they came.
+                // The events held go first, in the order they came.
                 held.append(&mut batch);
                 std::mem::swap(&mut held, &mut batch);
             }
-            self.process(Instant::now(), &mut batch);
+            if self.process(Instant::now(), &batch) {
+                failed_tries = 0;
+            } else {
+                // Memory went back to what is durable: the events are applied again at
+                // the next try, up to a bound of tries and of events held.
+                failed_tries += 1;
+                if failed_tries < backoff::MAX_TRIES {
+                    self.hold(&mut batch, &mut held);
+                } else {
+                    failed_tries = 0;
+                    let n = batch.len() as u64;
+                    self.counters.dropped_events.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            batch.clear();
             batch.shrink_to(MAX_BATCH);
         }
     }
@@ -1092,12 +1110,11 @@ impl Inner {
 
     /// Commits what the event batch changed in the twins and the jobs; the caller holds
     /// the jobs lock, taken before the batch touched anything. A failure rebuilds both
-    /// from the store: the batch's events are lost, as in a crash, and devices report
-    /// them again.
+    /// from the store, and the hub's loop applies the batch's events again later.
     ///
-    /// Returns false when the commit failed: the job operations the batch queued belong
-    /// to an engine state that is gone, and are not sent (a reboot's Execute would go out
-    /// again once the restored child runs).
+    /// Returns false when the commit failed: the operations and events the batch queued
+    /// belong to a state that is gone, and are not sent (the batch's next try queues
+    /// them again).
     ///
     /// A store left poisoned by a failure whose rebuild failed too is rebuilt from here
     /// even with nothing to commit (when the hub is not backing off, see [`backoff`]), so
@@ -1272,7 +1289,7 @@ impl Inner {
     }
 
     /// Routes one batch of events into twins, then into the job engine.
-    fn process(&self, now: Instant, batch: &mut Vec<DeviceEvent>) {
+    fn process(&self, now: Instant, batch: &[DeviceEvent]) -> bool {
         let wall = Timestamp::now();
         let mut ops = Vec::new();
         let mut published = Vec::new();
@@ -1296,16 +1313,18 @@ impl Inner {
             // The engine keeps the registration state of the devices the registry holds
             // only: a name without a twin (the in-memory fleet registers any; a twin
             // removed while its device was registered) would stay in it for good.
-            batch.retain(|event| match event {
-                DeviceEvent::Registered { device, .. }
-                | DeviceEvent::RegistrationUpdated { device, .. }
-                | DeviceEvent::Deregistered { device }
-                | DeviceEvent::Expired { device } => reg.contains(device.as_str()),
-                _ => true,
-            });
-        }
-        for event in batch.iter() {
-            jobs.handle_event(now, event);
+            for event in batch.iter() {
+                let twin_less = match event {
+                    DeviceEvent::Registered { device, .. }
+                    | DeviceEvent::RegistrationUpdated { device, .. }
+                    | DeviceEvent::Deregistered { device }
+                    | DeviceEvent::Expired { device } => !reg.contains(device.as_str()),
+                    _ => false,
+                };
+                if !twin_less {
+                    jobs.handle_event(now, event);
+                }
+            }
         }
         jobs.handle_timeout(now);
         self.forget_removed(now, &mut jobs);
@@ -1317,10 +1336,15 @@ impl Inner {
                 self.apply_content(&mut reg, &u.device, &u.content, u.at);
             }
         }
-        batch.clear();
         self.sweep_auto_provisioned(now, &mut jobs);
-        if !self.commit_events(&mut jobs) {
+        let committed = self.commit_events(&mut jobs);
+        if !committed {
+            // The batch is applied again: what it did is not reported, nor sent, now.
             job_ops.clear();
+            published.clear();
+            for op in ops.drain(..) {
+                self.sync_lost(&op.device, op.id);
+            }
         }
         // After the commit: progress that a failed commit rebuilt away is not reported.
         published.extend(self.job_progress(&mut jobs));
@@ -1328,6 +1352,7 @@ impl Inner {
         self.publisher.publish(&self.registry, published);
         self.send_sync_ops(ops);
         self.send_job_ops(job_ops);
+        committed
     }
 
     /// Removes the auto-provisioned twins whose time is up (see [`provisioning`]); at most
