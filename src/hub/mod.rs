@@ -41,8 +41,10 @@
 //!
 //! The hub thread applies up to 4,096 device events under one registry write lock, so
 //! a read may wait for one batch (typically well under a millisecond per hundred events);
-//! it holds the job engine lock from the batch's first change through its commit, so a
-//! job call or a service write on a durable hub waits for the batch and its commit.
+//! it holds the job engine lock and that write lock from the batch's first change through
+//! its commit, so on a durable hub a read, a job call or a service write waits for the
+//! batch and its commit (an fsync: milliseconds), and no reader sees a device's change
+//! before it is durable.
 //! A failed commit rebuilds memory from the store under those locks (seconds at a
 //! million twins); a store that keeps failing is left alone for a while ([`backoff`]),
 //! so the rebuilds do not follow one another.
@@ -741,7 +743,9 @@ impl Hub {
             jobs.create(now, spec)?;
             // Drained before the commit: failing a child whose twin went meanwhile may
             // start another, and nothing is sent before it is durable.
-            let ops = self.inner.drain_job_ops(now, &mut jobs);
+            let ops = self
+                .inner
+                .drain_job_ops(&self.inner.registry.read(), now, &mut jobs);
             self.inner.commit_jobs(&mut jobs)?;
             let record = jobs
                 .job(&id)
@@ -761,7 +765,9 @@ impl Hub {
             let mut jobs = lock(&self.inner.jobs);
             self.inner.backing_off().map_err(spec_not_durable)?;
             let status = jobs.cancel(now, id, mode)?;
-            let ops = self.inner.drain_job_ops(now, &mut jobs);
+            let ops = self
+                .inner
+                .drain_job_ops(&self.inner.registry.read(), now, &mut jobs);
             self.inner.commit_jobs(&mut jobs)?;
             (status, ops)
         };
@@ -1119,7 +1125,7 @@ impl Inner {
     /// A store left poisoned by a failure whose rebuild failed too is rebuilt from here
     /// even with nothing to commit (when the hub is not backing off, see [`backoff`]), so
     /// memory does not keep a write that was refused for longer than the disk refuses.
-    fn commit_events(&self, jobs: &mut JobEngine) -> bool {
+    fn commit_events(&self, jobs: &mut JobEngine, reg: &mut Registry) -> bool {
         let Some(store) = &self.config.store else {
             return true;
         };
@@ -1127,11 +1133,11 @@ impl Inner {
             let store = store.lock();
             (store.committed_seq(), store.is_poisoned())
         };
-        let idle = jobs.journal_is_empty() && self.registry.read().last_seq() == committed;
+        let idle = jobs.journal_is_empty() && reg.last_seq() == committed;
         if idle && (!poisoned || self.backing_off().is_err()) {
             return true;
         }
-        self.commit_locked(jobs, &mut self.registry.write()).is_ok()
+        self.commit_locked(jobs, reg).is_ok()
     }
 
     /// Commits the job engine's changes (with whatever the registry holds uncommitted)
@@ -1175,7 +1181,7 @@ impl Inner {
     /// [`Inner::forget_removed`] from outside the hub's loop (no lock held by the caller).
     fn forget_removed_now(&self) {
         let mut jobs = lock(&self.jobs);
-        self.forget_removed(Instant::now(), &mut jobs);
+        self.forget_removed(&self.registry.read(), Instant::now(), &mut jobs);
     }
 
     /// Tells the job engine of the twins removed since it last heard: it forgets their
@@ -1187,8 +1193,7 @@ impl Inner {
     /// every device the engine knows is checked against the registry instead. Called with
     /// the jobs lock held (the order is jobs, then registry), after the engine took its
     /// events, so a registration it took just before a removal is forgotten too.
-    fn forget_removed(&self, now: Instant, jobs: &mut JobEngine) {
-        let reg = self.registry.read();
+    fn forget_removed(&self, reg: &Registry, now: Instant, jobs: &mut JobEngine) {
         let mut heard = lock(&self.engine_heard);
         let mark = reg.removals.mark();
         if *heard == Some(mark) {
@@ -1216,7 +1221,7 @@ impl Inner {
     /// (with the jobs lock held): a child whose device's twin is gone fails as
     /// `deviceRemoved` as it starts (the removal may not have reached the engine yet, or
     /// the child had not reached its turn when it did), and its operation is not sent.
-    fn drain_job_ops(&self, now: Instant, jobs: &mut JobEngine) -> Vec<DeviceOp> {
+    fn drain_job_ops(&self, reg: &Registry, now: Instant, jobs: &mut JobEngine) -> Vec<DeviceOp> {
         let mut out: Vec<DeviceOp> = Vec::new();
         loop {
             let ops = drain_ops(jobs);
@@ -1224,7 +1229,6 @@ impl Inner {
                 return out;
             }
             let gone: Vec<DeviceId> = {
-                let reg = self.registry.read();
                 let (known, unknown): (Vec<_>, Vec<_>) = ops
                     .into_iter()
                     .partition(|op| reg.contains(op.device.as_str()));
@@ -1293,10 +1297,11 @@ impl Inner {
         let wall = Timestamp::now();
         let mut ops = Vec::new();
         let mut published = Vec::new();
-        // Held through the commit (jobs before the registry, as everywhere): no service
-        // write commits, or rebuilds memory from the store, between the batch's changes
-        // and their commit.
+        // Both held through the commit (jobs before the registry, as everywhere): no
+        // service write commits, or rebuilds memory from the store, between the batch's
+        // changes and their commit, and no reader sees a change before it is durable.
         let mut jobs = lock(&self.jobs);
+        let mut reg = self.registry.write();
         if !batch.is_empty() {
             self.counters
                 .events
@@ -1306,7 +1311,6 @@ impl Inner {
                     self.op_times.finished(op.0);
                 }
             }
-            let mut reg = self.registry.write();
             for event in batch.iter() {
                 self.apply(&mut reg, event, wall, &mut ops, &mut published);
             }
@@ -1327,17 +1331,14 @@ impl Inner {
             }
         }
         jobs.handle_timeout(now);
-        self.forget_removed(now, &mut jobs);
-        let mut job_ops = self.drain_job_ops(now, &mut jobs);
-        let updates: Vec<_> = std::iter::from_fn(|| jobs.poll_twin_update()).collect();
-        if !updates.is_empty() {
-            let mut reg = self.registry.write();
-            for u in updates {
-                self.apply_content(&mut reg, &u.device, &u.content, u.at);
-            }
+        self.forget_removed(&reg, now, &mut jobs);
+        let mut job_ops = self.drain_job_ops(&reg, now, &mut jobs);
+        while let Some(u) = jobs.poll_twin_update() {
+            self.apply_content(&mut reg, &u.device, &u.content, u.at);
         }
-        self.sweep_auto_provisioned(now, &mut jobs);
-        let committed = self.commit_events(&mut jobs);
+        self.sweep_auto_provisioned(now, &mut jobs, &mut reg);
+        let committed = self.commit_events(&mut jobs, &mut reg);
+        drop(reg);
         if !committed {
             // The batch is applied again: what it did is not reported, nor sent, now.
             job_ops.clear();
@@ -1357,7 +1358,7 @@ impl Inner {
 
     /// Removes the auto-provisioned twins whose time is up (see [`provisioning`]); at most
     /// once a second.
-    fn sweep_auto_provisioned(&self, now: Instant, jobs: &mut JobEngine) {
+    fn sweep_auto_provisioned(&self, now: Instant, jobs: &mut JobEngine, reg: &mut Registry) {
         {
             let mut last = lock(&self.last_sweep);
             if now.saturating_duration_since(*last) < Duration::from_secs(1) {
@@ -1370,7 +1371,6 @@ impl Inner {
             return;
         }
         // The job engine hears of these removals from the registry's removal log.
-        let mut reg = self.registry.write();
         for (device, verdict) in due {
             if verdict == Verdict::Expired {
                 let unadopted = reg.get(device.as_str()).is_some_and(|t| {
@@ -1384,9 +1384,8 @@ impl Inner {
             }
             self.provisioned.forget(&device);
         }
-        drop(reg);
         // Before the next batch: a registration in it would create the twin again.
-        self.forget_removed(now, jobs);
+        self.forget_removed(reg, now, jobs);
     }
 
     fn apply(
