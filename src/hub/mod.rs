@@ -1011,7 +1011,8 @@ impl Inner {
         }
     }
 
-    /// Keeps a batch of device events for when the hub stops backing off, at most
+    /// Keeps a batch of device events for the hub's next try at committing them (after
+    /// a failed commit, or once it stops backing off), at most
     /// [`backoff::MAX_HELD_EVENTS`] (later ones are dropped and counted). Requests of
     /// [`Hub::request`] are answered now: an answer needs no commit.
     fn hold(&self, batch: &mut Vec<DeviceEvent>, held: &mut Vec<DeviceEvent>) {
