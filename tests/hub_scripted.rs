@@ -126,18 +126,23 @@ fn a_reboot_completed_by_a_second_registration_in_the_batch_still_sends_its_exec
     });
 }
 
+/// A hub with a store in a new directory (kept while the returned guard lives) and
+/// a twin for each of `devices`, over a scripted transport.
 #[cfg(feature = "fuzzing")]
-#[test]
-fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again() {
+fn durable_hub(
+    devices: &[&DeviceId],
+) -> (
+    Hub,
+    twinhub::store::SharedStore,
+    Arc<Mutex<Script>>,
+    tempfile::TempDir,
+) {
     use twinhub::store::{SharedStore, Store, StoreConfig};
     let dir = tempfile::tempdir().unwrap();
     let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    let (a, b) = (
-        DeviceId::new("dev-a").unwrap(),
-        DeviceId::new("dev-b").unwrap(),
-    );
-    registry.create(Twin::new(a.clone())).unwrap();
-    registry.create(Twin::new(b.clone())).unwrap();
+    for device in devices {
+        registry.create(Twin::new((*device).clone())).unwrap();
+    }
     let store = SharedStore::new(store);
     let script = Arc::new(Mutex::new(Script::default()));
     let config = HubConfig {
@@ -145,6 +150,17 @@ fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again()
         ..HubConfig::default()
     };
     let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
+    (hub, store, script, dir)
+}
+
+#[cfg(feature = "fuzzing")]
+#[test]
+fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again() {
+    let (a, b) = (
+        DeviceId::new("dev-a").unwrap(),
+        DeviceId::new("dev-b").unwrap(),
+    );
+    let (hub, store, script, _dir) = durable_hub(&[&a, &b]);
     script
         .lock()
         .unwrap()
@@ -233,19 +249,10 @@ fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again()
 fn a_store_failing_twice_in_a_row_is_left_alone_for_a_while_and_the_events_held_meanwhile_land_after()
  {
     use twinhub::registry::RegistryError;
-    use twinhub::store::{SharedStore, Store, StoreConfig, StoreError};
+    use twinhub::store::StoreError;
     use twinhub::twin::ConnectionState;
-    let dir = tempfile::tempdir().unwrap();
-    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
     let pump = DeviceId::new("pump").unwrap();
-    registry.create(Twin::new(pump.clone())).unwrap();
-    let store = SharedStore::new(store);
-    let script = Arc::new(Mutex::new(Script::default()));
-    let config = HubConfig {
-        store: Some(store.clone()),
-        ..HubConfig::default()
-    };
-    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
+    let (hub, store, script, _dir) = durable_hub(&[&pump]);
     let backing_off = |r: Result<_, RegistryError>| match r {
         Err(RegistryError::NotDurable { error }) => error
             .error()
