@@ -305,3 +305,63 @@ fn a_store_failing_twice_in_a_row_is_left_alone_for_a_while_and_the_events_held_
     hub.add_tags("pump", &["kept"], None).unwrap();
     assert_eq!(hub.stats().dropped_events, 0);
 }
+
+#[cfg(feature = "fuzzing")]
+#[test]
+fn a_disk_failing_for_a_while_costs_a_few_rebuilds_and_loses_no_notification() {
+    use twinhub::registry::ChangeKind;
+    use twinhub::{Content, ResourceValue, Scalar};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir) = durable_hub(&[&pump]);
+    let before = store.lock().committed_seq();
+    let battery = Lwm2mPath::resource(3, 0, 9);
+    // Every write fails for 1.5 s while the device notifies every 10 ms.
+    store.lock().fail_commits(u32::MAX);
+    let until = Instant::now() + Duration::from_millis(1500);
+    let mut sent = 0;
+    while Instant::now() < until {
+        script
+            .lock()
+            .unwrap()
+            .events
+            .push_back(DeviceEvent::Notification {
+                device: pump.clone(),
+                path: battery,
+                content: Content::single(battery, ResourceValue::Integer(sent)),
+            });
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // One failure, one retried at once, then one after the first second's backoff (a
+    // rebuild each); without the backoff, one a batch.
+    let failures = hub.metrics().failed_commits;
+    assert!(failures <= 4, "{failures} failed commits in 1.5 s");
+    store.lock().fail_commits(0);
+    wait_until("every notification committed", || {
+        hub.twin("pump")
+            .unwrap()
+            .device_properties
+            .get("BatteryLevel")
+            .map(|p| p.value.clone())
+            == Some(Scalar::from(sent - 1))
+            && store.lock().committed_seq() == hub.registry().read().last_seq()
+    });
+    let values: Vec<i64> = hub
+        .changes_after(before)
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| match c.kind {
+            ChangeKind::DeviceProperty {
+                value: Scalar::Number(n),
+                ..
+            } => n.as_i64(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        values,
+        (0..sent).collect::<Vec<_>>(),
+        "a notification was lost"
+    );
+    assert_eq!(hub.stats().dropped_events, 0);
+}

@@ -485,6 +485,14 @@ impl Store {
         self.fail_writes += 1;
     }
 
+    /// Fails the next `n` commits that write anything (0: none), as a disk that keeps
+    /// failing would; for the tests of what the hub does then.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fail_commits(&mut self, n: u32) {
+        self.fail_writes = n;
+    }
+
     /// Fails the next [`Store::reload`] as an unreadable disk would (the store stays
     /// poisoned), for the tests of what the hub does then.
     #[cfg(feature = "fuzzing")]
