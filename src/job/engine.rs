@@ -276,11 +276,14 @@ impl Parent {
     pub(crate) fn status_message(&self) -> String {
         let s = &self.stats;
         let n = s.device_count;
-        let devices = if n == 1 {
-            "1 device".to_owned()
-        } else {
-            format!("{n} devices")
+        let count = |n: u64| {
+            if n == 1 {
+                "1 device".to_owned()
+            } else {
+                format!("{n} devices")
+            }
         };
+        let devices = count(n);
         let verb = self.kind().done_verb();
         let tally = format!(
             "{} succeeded, {} failed, {} cancelled",
@@ -298,6 +301,11 @@ impl Parent {
                     s.running
                 )
             }
+            (ParentState::Completed, _) if self.removed > 0 => format!(
+                "{} {verb}, all succeeded; {} removed",
+                count(n - self.removed),
+                count(self.removed)
+            ),
             (ParentState::Completed, _) => format!("{devices} {verb}, all succeeded"),
             (
                 _,
@@ -1026,7 +1034,9 @@ impl JobEngine {
         if par.state != ParentState::Running || par.stats.finished() != par.stats.device_count {
             return;
         }
-        let ev = if par.stats.failed == 0 && par.stats.cancelled == 0 {
+        // A removed device's child fails (`deviceRemoved`) but is no failure of the job:
+        // a job whose other children all succeeded completes.
+        let ev = if par.stats.failed == par.removed && par.stats.cancelled == 0 {
             ParentEvent::AllSucceeded
         } else {
             ParentEvent::SomeFailed

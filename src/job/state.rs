@@ -247,9 +247,10 @@ pub enum ParentState {
     Running,
     /// Cancelled gracefully: children in progress finish, nothing new starts.
     Cancelling,
-    /// Every child succeeded.
+    /// Every child succeeded (but those whose device was removed meanwhile).
     Completed,
-    /// Some child failed, or an abort rule tripped, or the job ran out of time.
+    /// Some child failed (other than for its device's removal), or an abort rule
+    /// tripped, or the job ran out of time.
     Failed,
     /// Cancelled.
     Cancelled,
@@ -296,9 +297,10 @@ impl ParentState {
 pub enum ParentEvent {
     /// Its start time came.
     Start,
-    /// Every child finished and all succeeded.
+    /// Every child finished and all succeeded (but those whose device was removed).
     AllSucceeded,
-    /// Every child finished and at least one failed.
+    /// Every child finished and at least one failed (other than for its device's
+    /// removal) or was cancelled.
     SomeFailed,
     /// An abort rule tripped.
     Abort,
