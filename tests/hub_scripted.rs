@@ -334,8 +334,11 @@ fn a_disk_failing_for_a_while_costs_a_few_rebuilds_and_loses_no_notification() {
     }
     // One failure, one retried at once, then one after the first second's backoff (a
     // rebuild each); without the backoff, one a batch.
-    let failures = hub.metrics().failed_commits;
+    let metrics = hub.metrics();
+    let failures = metrics.failed_commits;
     assert!(failures <= 4, "{failures} failed commits in 1.5 s");
+    // From the second failure, the hub backs off holding the failed try's events.
+    assert!(failures < 2 || metrics.held_events > 0);
     store.lock().fail_commits(0);
     wait_until("every notification committed", || {
         hub.twin("pump")
@@ -363,5 +366,6 @@ fn a_disk_failing_for_a_while_costs_a_few_rebuilds_and_loses_no_notification() {
         (0..sent).collect::<Vec<_>>(),
         "a notification was lost"
     );
+    wait_until("nothing held", || hub.metrics().held_events == 0);
     assert_eq!(hub.stats().dropped_events, 0);
 }

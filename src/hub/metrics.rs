@@ -198,6 +198,10 @@ pub struct HubMetrics {
     /// Store commits that failed in a row (0 while the store works); from 2 the hub
     /// backs off ([`backoff`](super::backoff)).
     pub failed_commits: u32,
+    /// Device events held unapplied: while the hub backs off from a failing store, and
+    /// those of a batch whose commit failed, until their next try (at most
+    /// [`MAX_HELD_EVENTS`](super::backoff::MAX_HELD_EVENTS)).
+    pub held_events: u64,
 }
 
 #[cfg(test)]

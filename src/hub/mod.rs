@@ -265,6 +265,8 @@ struct Counters {
     property_errors: AtomicU64,
     ops_sent: AtomicU64,
     dropped_events: AtomicU64,
+    /// Device events the hub's loop holds right now (a gauge, see `HubMetrics`).
+    held_events: AtomicU64,
 }
 
 struct Inner {
@@ -871,6 +873,7 @@ impl Hub {
             sync_latency: self.inner.op_times.sync.snapshot(),
             untimed_operations: self.inner.op_times.untimed.load(Ordering::Relaxed),
             failed_commits: lock(&self.inner.backoff).failures(),
+            held_events: self.inner.counters.held_events.load(Ordering::Relaxed),
         }
     }
 
@@ -985,6 +988,9 @@ impl Inner {
             }
             if self.backing_off().is_err() {
                 self.hold(&mut batch, &mut held);
+                self.counters
+                    .held_events
+                    .store(held.len() as u64, Ordering::Relaxed);
                 continue;
             }
             if !held.is_empty() {
@@ -1008,6 +1014,9 @@ impl Inner {
             }
             batch.clear();
             batch.shrink_to(MAX_BATCH);
+            self.counters
+                .held_events
+                .store(held.len() as u64, Ordering::Relaxed);
         }
     }
 
