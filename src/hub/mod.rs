@@ -249,9 +249,9 @@ pub struct HubStats {
     /// Operations sent to devices (sync and jobs).
     pub ops_sent: u64,
     /// Device events dropped unapplied: they arrived while the hub held
-    /// [`backoff::MAX_HELD_EVENTS`] already (backing off from a failing store), or went
-    /// through [`backoff::MAX_TRIES`] failed commits. The counters above count an event
-    /// at each try.
+    /// [`backoff::MAX_HELD_EVENTS`] already (backing off from a failing store), went
+    /// through [`backoff::MAX_TRIES`] failed commits, or were held when the hub stopped.
+    /// The counters above count an event at each try.
     pub dropped_events: u64,
 }
 
@@ -1018,6 +1018,10 @@ impl Inner {
                 .held_events
                 .store(held.len() as u64, Ordering::Relaxed);
         }
+        // Stopped while backing off: what was held is never applied.
+        let left = (held.len() + batch.len()) as u64;
+        self.counters.dropped_events.fetch_add(left, Ordering::Relaxed);
+        self.counters.held_events.store(0, Ordering::Relaxed);
     }
 
     /// Keeps a batch of device events for the hub's next try at committing them (after
