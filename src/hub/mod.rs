@@ -1020,7 +1020,9 @@ impl Inner {
         }
         // Stopped while backing off: what was held is never applied.
         let left = (held.len() + batch.len()) as u64;
-        self.counters.dropped_events.fetch_add(left, Ordering::Relaxed);
+        self.counters
+            .dropped_events
+            .fetch_add(left, Ordering::Relaxed);
         self.counters.held_events.store(0, Ordering::Relaxed);
     }
 
