@@ -1194,7 +1194,15 @@ fn removed_devices_fail_without_tripping_abort_rules() {
         );
     }
     let stats = sim.jobs.statistics(&job).unwrap();
-    assert_eq!((stats.failed, stats.succeeded, stats.cancelled), (2, 2, 0));
+    assert_eq!(
+        (
+            stats.failed,
+            stats.removed,
+            stats.succeeded,
+            stats.cancelled
+        ),
+        (2, 2, 2, 0)
+    );
     // Not aborted: it ran to its end, and completed, its only failures the removals.
     assert_eq!(sim.jobs.job_state(&job), Some(ParentState::Completed));
     assert_eq!(

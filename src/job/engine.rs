@@ -190,6 +190,9 @@ pub struct JobStatistics {
     pub failed: u64,
     /// Cancelled.
     pub cancelled: u64,
+    /// Of `failed`, those failed as `deviceRemoved` (their twin was removed): no failure
+    /// of the job, which leaves them out of its outcome and its abort rules.
+    pub removed: u64,
 }
 
 impl JobStatistics {
@@ -245,8 +248,6 @@ pub(crate) struct Parent {
     pub(crate) stats: JobStatistics,
     /// Failed children by [`FailureKind`], for abort rules (removed devices not counted).
     failures: [u64; 4],
-    /// Children failed as [`FailureReason::DeviceRemoved`]: abort rules leave them out.
-    removed: u64,
     pub(crate) started: Option<Timestamp>,
     pub(crate) ended: Option<Timestamp>,
     window: VecDeque<Instant>,
@@ -301,10 +302,10 @@ impl Parent {
                     s.running
                 )
             }
-            (ParentState::Completed, _) if self.removed > 0 => format!(
+            (ParentState::Completed, _) if self.stats.removed > 0 => format!(
                 "{} {verb}, all succeeded; {} removed",
-                count(n - self.removed),
-                count(self.removed)
+                count(n - self.stats.removed),
+                count(self.stats.removed)
             ),
             (ParentState::Completed, _) => format!("{devices} {verb}, all succeeded"),
             (
@@ -660,7 +661,6 @@ impl JobEngine {
                 ..JobStatistics::default()
             },
             failures: [0; 4],
-            removed: 0,
             started: None,
             ended: None,
             window: VecDeque::new(),
@@ -1036,7 +1036,7 @@ impl JobEngine {
         }
         // A removed device's child fails (`deviceRemoved`) but is no failure of the job:
         // a job whose other children all succeeded completes.
-        let ev = if par.stats.failed == par.removed && par.stats.cancelled == 0 {
+        let ev = if par.stats.failed == par.stats.removed && par.stats.cancelled == 0 {
             ParentEvent::AllSucceeded
         } else {
             ParentEvent::SomeFailed
@@ -1057,7 +1057,7 @@ impl JobEngine {
             return false;
         }
         // A removed device's child is neither a failure of the rollout nor a finished one.
-        let failed = par.stats.failed - par.removed;
+        let failed = par.stats.failed - par.stats.removed;
         let finished = par.stats.succeeded + failed;
         let hit = par.spec.abort_rules.iter().enumerate().find_map(|(i, r)| {
             let matching = match r.on {
@@ -1266,7 +1266,7 @@ impl JobEngine {
         {
             let par = &mut self.parents[p as usize];
             match **f {
-                FailureReason::DeviceRemoved => par.removed += 1,
+                FailureReason::DeviceRemoved => par.stats.removed += 1,
                 _ => par.failures[f.kind() as usize] += 1,
             }
         }
@@ -1989,7 +1989,16 @@ impl JobEngine {
                 ..JobStatistics::default()
             };
             for c in par.first..par.end {
-                *counted.slot(self.children[c as usize].state) += 1;
+                let child = &self.children[c as usize];
+                *counted.slot(child.state) += 1;
+                if child.state == ChildState::Failed
+                    && child
+                        .failure
+                        .as_deref()
+                        .is_some_and(|f| *f == FailureReason::DeviceRemoved)
+                {
+                    counted.removed += 1;
+                }
             }
             if counted != par.stats {
                 return Err(format!(

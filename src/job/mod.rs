@@ -83,7 +83,8 @@
 //! it ends only after every child has: `completed` if all succeeded, `failed` if any
 //! failed (a child failed as `deviceRemoved`, its twin removed from the registry, is no
 //! failure of the job: like abort rules, the outcome leaves it out, and the status message
-//! counts it: `"3 devices updated, all succeeded; 1 device removed"`), an [`AbortRule`] tripped (the remaining children are cancelled) or the maximum
+//! and [`JobStatistics::removed`] count it: `"3 devices updated, all succeeded; 1 device
+//! removed"`), an [`AbortRule`] tripped (the remaining children are cancelled) or the maximum
 //! execution time ran out (pending children are cancelled, waiting ones fail as
 //! `deviceOffline`, in-progress ones as `timedOut`). [`JobEngine::cancel`] with
 //! [`CancelMode::Abandon`] cancels every unfinished child at once and ignores the answers of

@@ -445,7 +445,6 @@ impl JobEngine {
                 ..JobStatistics::default()
             };
             let mut failures = [0u64; 4];
-            let mut removed = 0;
             e.index.add_children(r.first, r.end, kind);
             for c in r.first..r.end {
                 let child = &mut e.children[c as usize];
@@ -455,7 +454,7 @@ impl JobEngine {
                     && let Some(f) = &child.failure
                 {
                     match **f {
-                        FailureReason::DeviceRemoved => removed += 1,
+                        FailureReason::DeviceRemoved => stats.removed += 1,
                         _ => failures[f.kind() as usize] += 1,
                     }
                 }
@@ -476,7 +475,6 @@ impl JobEngine {
                 requeued: VecDeque::new(),
                 stats,
                 failures,
-                removed,
                 started: r.started,
                 ended: r.ended,
                 window: VecDeque::new(),
