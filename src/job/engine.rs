@@ -170,7 +170,8 @@ pub enum CancelMode {
     FinishInFlight,
 }
 
-/// Per-job counts of children by state; they always add up to `device_count`.
+/// Per-job counts of children by state; they always add up to `device_count` (`removed`
+/// is a part of `failed`, not a state).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatistics {
