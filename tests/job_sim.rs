@@ -1219,6 +1219,25 @@ fn removed_devices_fail_without_tripping_abort_rules() {
     sim.check_invariants();
 }
 
+/// A job with a real failure besides a removal fails, and its message tells the removal
+/// apart.
+#[test]
+fn a_job_failed_besides_its_removals_says_how_many_were_removals() {
+    let mut sim = sim_with_mute(27, 3, |i| i < 2);
+    let job = jid("mixed");
+    let spec = config_job(&job, 3).device_timeout(Duration::from_secs(60));
+    sim.jobs.create(sim.now, spec).unwrap();
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.jobs.forget_device(sim.now, &dev(1)), 1);
+    sim.run_until_done(&job, Duration::from_secs(600));
+    assert_eq!(sim.jobs.job_state(&job), Some(ParentState::Failed));
+    assert_eq!(
+        sim.jobs.job(&job).unwrap().status_message,
+        "3 devices: 1 configured, 2 failed (1 removed), 0 cancelled"
+    );
+    sim.check_invariants();
+}
+
 #[test]
 fn a_reboot_that_never_reached_an_offline_device_is_sent_when_it_registers() {
     // The Execute finds the device not registered; when it registers, the reboot is still

@@ -287,8 +287,13 @@ impl Parent {
         };
         let devices = count(n);
         let verb = self.kind().done_verb();
+        let removed = if s.removed > 0 {
+            format!(" ({} removed)", s.removed)
+        } else {
+            String::new()
+        };
         let tally = format!(
-            "{} succeeded, {} failed, {} cancelled",
+            "{} succeeded, {} failed{removed}, {} cancelled",
             s.succeeded, s.failed, s.cancelled
         );
         match (self.state, self.ending) {
@@ -329,7 +334,7 @@ impl Parent {
             }
             (ParentState::Cancelled, _) => format!("cancelled; {tally}"),
             _ => format!(
-                "{devices}: {} {verb}, {} failed, {} cancelled",
+                "{devices}: {} {verb}, {} failed{removed}, {} cancelled",
                 s.succeeded, s.failed, s.cancelled
             ),
         }
