@@ -7,9 +7,10 @@
 //! the numeric values only, `min` and `max` over all scalar values in the scalar order
 //! (`false < true <` numbers `<` strings). Columns without values are `null`.
 //!
-//! Sums: when every value is an integer the sum is exact (an `i128` accumulator); it is
-//! reported as an integer when it fits an `i64`, otherwise as the nearest float. When any
-//! value is a float the sum is an `f64` (in ascending value order); a float sum beyond
+//! Sums: when every value is an integer (or a float equal to one, `2.0`: equal numbers
+//! sum alike, whichever form a twin holds) the sum is exact (an `i128` accumulator); it is
+//! reported as an integer when it fits an `i64` (or a `u64`), otherwise as the nearest
+//! float. When any value has a fraction the sum is an `f64` (in ascending value order); a float sum beyond
 //! the `f64` range is [`QueryError::AggregateOverflow`], never a `null`. Averages divide
 //! as they go (each value weighted by its share), so they never overflow.
 
@@ -64,8 +65,17 @@ fn finish(
             if n == 0 {
                 return Ok(None);
             }
+            // An integral float counts as the integer it equals: numbers that are equal
+            // (`2 == 2.0`) must sum alike, and a property's dictionary keeps one of the
+            // equal forms it was given.
+            let whole = |x: &Number| {
+                x.integer().or_else(|| {
+                    let f = x.as_f64();
+                    (f.fract() == 0.0 && f.abs() < 2f64.powi(64)).then_some(f as i128)
+                })
+            };
             let exact: Option<i128> = numbers().try_fold(0i128, |sum, (x, c)| {
-                sum.checked_add(x.integer()?.checked_mul(c.into())?)
+                sum.checked_add(whole(x)?.checked_mul(c.into())?)
             });
             if op == AggregateOperator::Avg {
                 let avg = match exact {
