@@ -571,8 +571,23 @@ fn credentials_are_set_rotated_and_removed_through_the_hub_and_never_printed() {
             .as_deref(),
         Some("cred-2-id")
     );
-    // Rotation replaces the identity and the key in the twin and the store.
+    // Rotation replaces the identity and the key in the twin and the store, and is
+    // published before the call returns, like every service write through the hub.
+    let sub = hub
+        .subscribe(twinhub::hub::SubscribeOptions::twins_only())
+        .unwrap();
+    let published = || {
+        std::iter::from_fn(|| sub.try_recv().ok())
+            .filter_map(|e| match e {
+                twinhub::hub::HubEvent::Twin(c) => Some((c.device.to_string(), c.kind)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let authentication =
+        |d: &str| vec![(d.to_owned(), twinhub::registry::ChangeKind::Authentication)];
     hub.set_psk("cred-1", creds("cred-1-new", 9)).unwrap();
+    assert_eq!(published(), authentication("cred-1"));
     assert_eq!(
         store.device_of("cred-1-new"),
         Some(DeviceId::new("cred-1").unwrap())
@@ -591,7 +606,9 @@ fn credentials_are_set_rotated_and_removed_through_the_hub_and_never_printed() {
         );
     }
     assert!(hub.remove_psk("cred-1").unwrap());
+    assert_eq!(published(), authentication("cred-1"));
     assert!(!hub.remove_psk("cred-1").unwrap());
+    assert_eq!(published(), vec![], "nothing changed, nothing published");
     assert!(hub.twin("cred-1").unwrap().authentication.is_empty());
     hub.remove_device("cred-2").unwrap();
     assert!(store.is_empty());

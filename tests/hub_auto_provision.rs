@@ -122,3 +122,60 @@ fn auto_provisioned_twins_are_capped_and_expire_unless_adopted() {
     assert_eq!(hub.metrics().job_device_states, 1);
     hub.stop();
 }
+
+/// A name stops counting against the limit as soon as the service adopts its twin (a tag,
+/// a service property) or removes it, through the hub at once, or through the registry at
+/// the hub's next sweep: the place goes to the next unknown device.
+#[test]
+fn a_twin_the_service_adopts_or_removes_gives_its_place_to_the_next_device() {
+    let config = HubConfig {
+        auto_provision: true,
+        auto_provision_limit: 1,
+        auto_provision_expiry: Duration::from_secs(3600),
+        sync: None,
+        ..HubConfig::default()
+    };
+    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), config).unwrap();
+    let addr = hub.local_addr().unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut mid = 1;
+    let mut next = |ep: &str| {
+        mid += 1;
+        let code = register(&sock, addr, ep, mid).code;
+        if code == Code::CREATED {
+            wait_until(ep, || hub.twin(ep).is_some());
+        }
+        code
+    };
+    assert_eq!(next("auto-0"), Code::CREATED);
+    assert_eq!(next("auto-1"), Code::FORBIDDEN, "the limit is one");
+    // Each way of adopting or removing frees the one place; the write through the hub
+    // before it returns.
+    hub.add_tags("auto-0", &["kept"], None).unwrap();
+    assert_eq!(hub.auto_provisioned_count(), 0);
+    assert_eq!(next("auto-1"), Code::CREATED);
+    hub.set_service_property("auto-1", "site", Some("north".into()), None)
+        .unwrap();
+    assert_eq!(hub.auto_provisioned_count(), 0);
+    assert_eq!(next("auto-2"), Code::CREATED);
+    hub.remove_device("auto-2").unwrap();
+    assert_eq!(hub.auto_provisioned_count(), 0);
+    assert_eq!(next("auto-3"), Code::CREATED);
+    hub.registry()
+        .write()
+        .add_tags("auto-3", &["kept"], None)
+        .unwrap();
+    wait_until("auto-3 adopted", || hub.auto_provisioned_count() == 0);
+    assert_eq!(next("auto-4"), Code::CREATED);
+    hub.registry().write().remove("auto-4").unwrap();
+    wait_until("auto-4 removed", || hub.auto_provisioned_count() == 0);
+    assert_eq!(next("auto-5"), Code::CREATED);
+    assert_eq!(next("auto-6"), Code::FORBIDDEN, "the place is taken again");
+    // The adopted twins are kept; the removed ones stay removed.
+    for (ep, kept) in [("auto-0", true), ("auto-1", true), ("auto-2", false)] {
+        assert_eq!(hub.twin(ep).is_some(), kept, "{ep}");
+    }
+    hub.stop();
+}

@@ -149,6 +149,13 @@ impl Hub {
                 detail: error.to_string(),
             });
         }
+        drop(registry);
+        drop(jobs);
+        // Published before returning, like every service write through the hub.
+        self.inner
+            .publisher
+            .publish(&self.inner.registry, Vec::new());
+        self.inner.note_adoption(device);
         Ok(())
     }
 
@@ -178,9 +185,16 @@ impl Hub {
             (Some(secure), Ok(id)) => secure.store.remove_device(&id),
             _ => false,
         };
+        drop(registry);
+        drop(jobs);
         durable.map_err(|error| CredentialsError::NotDurable {
             detail: error.to_string(),
         })?;
+        if had {
+            self.inner
+                .publisher
+                .publish(&self.inner.registry, Vec::new());
+        }
         Ok(had || in_store)
     }
 

@@ -191,7 +191,7 @@ pub struct HubConfig {
     /// (4.03) until one goes. Twins the service created are not counted, 10,000.
     pub auto_provision_limit: usize,
     /// How long after its registration ended an auto-provisioned twin that the service
-    /// never adopted (no tags, no service properties) is removed, 24 h.
+    /// never adopted (no tags, no service properties, no credentials) is removed, 24 h.
     #[serde(with = "crate::time::millis", rename = "autoProvisionExpiryMs")]
     pub auto_provision_expiry: Duration,
     /// The bundled LWM2M server's settings (used by `Hub::bind_udp` and `Hub::bind_dtls`).
@@ -608,6 +608,7 @@ impl Hub {
     /// for the same device.)
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
         let twin = self.inner.write_durably(|reg| reg.remove(id))?;
+        self.inner.provisioned.forget(&twin.device_id);
         #[cfg(feature = "dtls")]
         if let Some(secure) = self.inner.secure.get() {
             secure.store.remove_device(&twin.device_id);
@@ -630,8 +631,11 @@ impl Hub {
         tags: &[&str],
         if_match: Option<crate::twin::Etag>,
     ) -> Result<crate::twin::Etag, RegistryError> {
-        self.inner
-            .write_durably(|reg| reg.add_tags(id, tags, if_match))
+        let etag = self
+            .inner
+            .write_durably(|reg| reg.add_tags(id, tags, if_match))?;
+        self.inner.note_adoption(id);
+        Ok(etag)
     }
 
     /// Sets (or with `None` removes) a service property, If-Match on the etag when given;
@@ -643,8 +647,11 @@ impl Hub {
         value: Option<crate::twin::ServiceValue>,
         if_match: Option<crate::twin::Etag>,
     ) -> Result<crate::twin::Etag, RegistryError> {
-        self.inner
-            .write_durably(|reg| reg.set_service_property(id, name, value, if_match))
+        let etag = self
+            .inner
+            .write_durably(|reg| reg.set_service_property(id, name, value, if_match))?;
+        self.inner.note_adoption(id);
+        Ok(etag)
     }
 
     /// Runs a JSON query expression (the preview's format) on the twins: the first page.
@@ -934,6 +941,14 @@ impl Inner {
     }
 }
 
+/// Whether the service adopted a twin: gave it tags, a service property or credentials
+/// (see [`provisioning`]).
+fn adopted(twin: &crate::registry::TwinRef<'_>) -> bool {
+    twin.tags().len() > 0
+        || !twin.service_properties().is_empty()
+        || !twin.authentication().is_empty()
+}
+
 fn spec_not_durable(error: crate::store::StoreError) -> SpecError {
     SpecError::NotDurable {
         error: StoreFailure::new(error),
@@ -1194,6 +1209,18 @@ impl Inner {
         }
     }
 
+    /// After a service write to a twin: an auto-provisioned twin it adopted (or removed)
+    /// no longer counts against the limit, nor expires (see [`provisioning`]).
+    fn note_adoption(&self, id: &str) {
+        let Ok(device) = DeviceId::new(id) else {
+            return;
+        };
+        let keep = self.registry.read().get(id).is_some_and(|t| !adopted(&t));
+        if !keep {
+            self.provisioned.forget(&device);
+        }
+    }
+
     /// [`Inner::forget_removed`] from outside the hub's loop (no lock held by the caller).
     fn forget_removed_now(&self) {
         let mut jobs = lock(&self.jobs);
@@ -1382,6 +1409,9 @@ impl Inner {
             }
             *last = now;
         }
+        // Adopted or removed through `Hub::registry`: the name no longer counts.
+        self.provisioned
+            .retain(|d| reg.get(d.as_str()).is_some_and(|t| !adopted(&t)));
         let due = self.provisioned.due(now);
         if due.is_empty() {
             return;
@@ -1390,9 +1420,7 @@ impl Inner {
         for (device, verdict) in due {
             if verdict == Verdict::Expired {
                 let unadopted = reg.get(device.as_str()).is_some_and(|t| {
-                    t.tags().len() == 0
-                        && t.service_properties().is_empty()
-                        && t.connection_state() == ConnectionState::Disconnected
+                    !adopted(&t) && t.connection_state() == ConnectionState::Disconnected
                 });
                 if unadopted {
                     let _ = reg.remove(device.as_str());

@@ -11,10 +11,15 @@
 //!   A transport without the registration gate (the in-memory fleet) cannot refuse a
 //!   device: past the limit, the device stays registered there without a twin.
 //! - **An age**: a twin auto-provisioning created and the service never adopted (no tags,
-//!   no service properties) is removed [`HubConfig::auto_provision_expiry`](super::HubConfig)
-//!   after its registration ended (de-registered or expired; default 24 h); the name then
-//!   no longer counts. A twin the service adopted is kept (the name stops counting at
-//!   that point too).
+//!   no service properties, no credentials) is removed
+//!   [`HubConfig::auto_provision_expiry`](super::HubConfig) after its registration ended
+//!   (de-registered or expired; default 24 h); the name then no longer counts.
+//!
+//! A twin the service adopted (gave it tags, a service property or credentials) is kept,
+//! and its name stops counting at once when the write goes through the hub, or at the
+//! hub's next sweep (within a second) when it went through
+//! [`Hub::registry`](super::Hub::registry); so does the name of a twin the service
+//! removed. A removed device that registers again is auto-provisioned again, as new.
 
 use crate::twin::DeviceId;
 use std::collections::HashMap;
@@ -106,6 +111,13 @@ impl AutoProvisioned {
     /// Forgets a name: the service adopted or removed its twin.
     pub(crate) fn forget(&self, device: &DeviceId) {
         self.names().remove(device);
+    }
+
+    /// Forgets the names whose twin exists no longer or was adopted (`kept` says false):
+    /// those of devices that registered, not those admitted and waiting for their twin.
+    pub(crate) fn retain(&self, mut kept: impl FnMut(&DeviceId) -> bool) {
+        self.names()
+            .retain(|d, s| matches!(s, State::Admitted(_)) || kept(d));
     }
 
     /// The names whose time is up; the caller removes the unadopted twins and forgets
