@@ -1426,23 +1426,114 @@ fn final_notifications_kept_are_bounded_by_max_observations() {
         h.client.objects_mut().delete(&instance).unwrap();
         h.client.notify_changed(&instance);
         h.advance(0);
-        let last: Vec<Message> = h.sent();
-        assert_eq!(last.len(), 1, "{last:?}");
-        assert_eq!(
-            (last[0].mtype, last[0].code, last[0].token()),
-            (MessageType::Confirmable, Code::NOT_FOUND, r.token())
-        );
+        // One notification on the wire at a time (RFC 7641 §4.5.1): the first final goes
+        // out, the second waits behind it; the third drops the oldest (the one on the
+        // wire, no longer retransmitted), which lets the second out.
+        let sent: Vec<Message> = h.sent();
+        let goes = [Some(0), None, Some(1)][iid as usize].map(|i: usize| tokens[i]);
+        assert_eq!(sent.len(), usize::from(goes.is_some()), "{sent:?}");
+        if let Some(token) = goes {
+            assert_eq!(
+                (sent[0].mtype, sent[0].code, sent[0].token()),
+                (MessageType::Confirmable, Code::NOT_FOUND, token)
+            );
+        }
         assert_eq!(h.client.observation_count(), 0);
         assert_eq!(
             h.client.unacknowledged_notifications(),
             (iid as usize + 1).min(2)
         );
     }
-    // Only the two newest are retransmitted.
+    // Only the one on the wire is retransmitted; its ACK lets the newest out.
     h.advance(3);
-    let again: Vec<_> = h.sent().iter().map(|m| m.token()).collect();
-    assert_eq!(again.len(), 2, "{again:?}");
-    assert!(tokens[1..].iter().all(|t| again.contains(t)), "{again:?}");
+    let again: Vec<Message> = h.sent();
+    assert_eq!(
+        again.iter().map(|m| m.token()).collect::<Vec<_>>(),
+        vec![tokens[1]]
+    );
+    h.ack(&again[0]);
+    let last = h.sent();
+    assert_eq!(
+        last.iter().map(|m| m.token()).collect::<Vec<_>>(),
+        vec![tokens[2]]
+    );
+    assert_eq!(h.client.unacknowledged_notifications(), 1);
+    h.ack(&last[0]);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+}
+
+/// RFC 7641 §4.5.1: at most one confirmable notification outstanding to the server,
+/// whatever the observation; the others wait their turn, oldest first, each replaced in
+/// place by its own observation's newer value (keeping its turn).
+#[test]
+fn one_confirmable_notification_is_outstanding_at_a_time_across_observations() {
+    let mut config = ClientConfig::new("dev-1", server());
+    config.confirmable_notifications = true;
+    let mut t = tree();
+    let mut humidity = ValueObject::new(ObjectDef::new(
+        3304,
+        "Humidity",
+        true,
+        vec![ResourceDef::new(
+            5700,
+            "Sensor Value",
+            ResourceType::Float,
+            Access::Read,
+        )],
+    ));
+    for iid in 0..3 {
+        humidity = humidity.with_value(iid, 5700, ResourceValue::Float(40.0));
+    }
+    t.add(humidity);
+    let mut h = Harness::registered_configured(config, t);
+    let path = |iid| Lwm2mPath::resource(3304, iid, 5700);
+    let mut tokens = Vec::new();
+    for iid in 0..3u16 {
+        let mut obs = Message::request(Code::GET, &format!("/3304/{iid}/5700"));
+        obs.set_observe(0);
+        tokens.push(h.request(obs).token());
+    }
+    for iid in 0..3u16 {
+        h.client
+            .set_value(&path(iid), ResourceValue::Float(50.0 + f64::from(iid)))
+            .unwrap();
+    }
+    h.advance(0);
+    let on_wire = |sent: Vec<Message>| -> Vec<(twinhub::coap::Token, String)> {
+        notifications(sent)
+            .iter()
+            .map(|m| {
+                assert_eq!(m.mtype, MessageType::Confirmable);
+                (m.token(), text(m))
+            })
+            .collect()
+    };
+    let first = notifications(h.sent());
+    assert_eq!(
+        on_wire(first.clone()),
+        vec![(tokens[0], "50".to_owned())],
+        "one on the wire"
+    );
+    assert_eq!(h.client.unacknowledged_notifications(), 3);
+    // The second observation changes again while waiting: replaced where it stands.
+    h.client
+        .set_value(&path(1), ResourceValue::Float(61.0))
+        .unwrap();
+    h.advance(0);
+    assert!(h.sent().is_empty());
+    // Only the one on the wire is retransmitted (ACK_TIMEOUT 2-3 s).
+    h.advance(3);
+    assert_eq!(notifications(h.sent()), first);
+    h.ack(&first[0]);
+    let second = notifications(h.sent());
+    assert_eq!(on_wire(second.clone()), vec![(tokens[1], "61".to_owned())]);
+    h.ack(&second[0]);
+    let third = notifications(h.sent());
+    assert_eq!(on_wire(third.clone()), vec![(tokens[2], "52".to_owned())]);
+    assert_eq!(h.client.unacknowledged_notifications(), 1);
+    h.ack(&third[0]);
+    assert_eq!(h.client.unacknowledged_notifications(), 0);
+    h.expect_no_notification_for(30);
 }
 
 #[test]

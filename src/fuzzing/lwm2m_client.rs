@@ -182,5 +182,13 @@ pub fn client_requests(data: &[u8]) {
                 <= client.observation_count() + client.config().max_observations
         );
         assert!(client.attributes().len() <= crate::lwm2m::client::MAX_ATTRIBUTE_PATHS);
+        // One confirmable notification outstanding at most (RFC 7641 §4.5.1), and one
+        // whenever any waits for its turn: a waiting one is never stranded.
+        let (on_wire, waiting) = client.notification_queue();
+        assert!(on_wire <= 1, "{on_wire} notifications outstanding");
+        assert!(
+            waiting == 0 || on_wire == 1,
+            "{waiting} wait with none outstanding"
+        );
     }
 }

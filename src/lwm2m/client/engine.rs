@@ -404,11 +404,19 @@ impl Observation {
     }
 }
 
-/// A confirmable notification waiting for its ACK.
+/// A confirmable notification waiting for its ACK, or for its turn to go out.
+///
+/// RFC 7641 §4.5.1: a server MUST NOT have more than NSTART (1) notifications
+/// outstanding to a client. The client has one confirmable notification on the wire at
+/// a time, whatever the observation; the others wait their turn (oldest first, see
+/// [`Unacked::queued`]), each replaced in place by its observation's newer notification.
 struct Unacked {
     /// The message on the wire: what an ACK or RST names, what is retransmitted.
     message_id: u16,
     bytes: Vec<u8>,
+    /// `None` once on the wire; else its place in the queue for the wire (smaller goes
+    /// first): it was not sent yet, has no timer, and nothing acknowledges it.
+    queued: Option<u64>,
     retransmits: u8,
     wait: Duration,
     next: Instant,
@@ -433,6 +441,7 @@ impl Unacked {
         Unacked {
             message_id,
             bytes,
+            queued: None,
             retransmits: 0,
             wait,
             next: now + wait,
@@ -440,10 +449,41 @@ impl Unacked {
         }
     }
 
+    /// One waiting for the wire, with its place in the queue.
+    fn queued(message_id: u16, bytes: Vec<u8>, now: Instant, place: u64) -> Self {
+        Unacked {
+            queued: Some(place),
+            ..Unacked::new(message_id, bytes, now, Duration::ZERO)
+        }
+    }
+
+    /// Whether it was sent and waits for its ACK (not for its turn).
+    fn on_wire(&self) -> bool {
+        self.queued.is_none()
+    }
+
+    /// A newer notification of the same observation: it replaces a queued one in place
+    /// (keeping its turn), or waits behind the one on the wire.
+    fn replace(&mut self, message_id: u16, bytes: Vec<u8>) {
+        if self.on_wire() {
+            self.newer = Some((message_id, bytes));
+        } else {
+            self.message_id = message_id;
+            self.bytes = bytes;
+        }
+    }
+
+    /// Puts a queued one on the wire now: a fresh transmission.
+    fn start(&mut self, now: Instant, wait: Duration) {
+        self.queued = None;
+        self.wait = wait;
+        self.next = now + wait;
+    }
+
     /// Advances the timer at `now` (RFC 7252 back-off; a newer notification takes the
     /// retransmission's place, RFC 7641 §4.5.2).
     fn step(&mut self, now: Instant, max_retransmit: u8) -> Retransmit {
-        if self.next > now {
+        if !self.on_wire() || self.next > now {
             return Retransmit::Wait;
         }
         if self.retransmits >= max_retransmit {
@@ -460,10 +500,10 @@ impl Unacked {
     }
 
     /// The ACK for the message on the wire came: the newer notification waiting behind
-    /// it, to send now as a fresh transmission.
-    fn acknowledged(self, now: Instant, wait: Duration) -> Option<Unacked> {
+    /// it, queued for the wire at `place` (behind those already waiting).
+    fn acknowledged(self, now: Instant, place: u64) -> Option<Unacked> {
         self.newer
-            .map(|(mid, bytes)| Unacked::new(mid, bytes, now, wait))
+            .map(|(mid, bytes)| Unacked::queued(mid, bytes, now, place))
     }
 }
 
@@ -544,6 +584,9 @@ pub struct Lwm2mClient {
     token_state: u64,
     /// The latest `now` handed in (the client reads no clock).
     now: Instant,
+    /// The next place in the queue of confirmable notifications waiting for the wire
+    /// (see [`Unacked`]).
+    next_place: u64,
     /// A bootstrap server is configured and has not finished bootstrapping the client.
     needs_bootstrap: bool,
 }
@@ -593,6 +636,7 @@ impl Lwm2mClient {
             token_state,
             now,
             needs_bootstrap: false,
+            next_place: 0,
         };
         client.needs_bootstrap = client.config.bootstrap.is_some();
         client.refresh_defaults();
@@ -651,6 +695,22 @@ impl Lwm2mClient {
             .filter(|o| o.unacked.is_some() || o.renotify)
             .count()
             + self.finals.len()
+    }
+
+    /// Confirmable notifications on the wire, and those waiting for their turn (see
+    /// [`Unacked`]): for the fuzz harness's invariants.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn notification_queue(&self) -> (usize, usize) {
+        let all = || {
+            self.observations
+                .iter()
+                .filter_map(|o| o.unacked.as_ref())
+                .chain(self.finals.iter().map(|(_, u)| u))
+        };
+        (
+            all().filter(|u| u.on_wire()).count(),
+            all().filter(|u| !u.on_wire()).count(),
+        )
     }
 
     /// The paths under observation.
@@ -833,11 +893,11 @@ impl Lwm2mClient {
             if let Some(d) = o.timer.deadline(&self.observation_attributes(o)) {
                 at(d);
             }
-            if let Some(u) = &o.unacked {
+            if let Some(u) = o.unacked.as_ref().filter(|u| u.on_wire()) {
                 at(u.next);
             }
         }
-        for (_, u) in &self.finals {
+        for (_, u) in self.finals.iter().filter(|(_, u)| u.on_wire()) {
             at(u.next);
         }
         t
@@ -849,7 +909,9 @@ impl Lwm2mClient {
         self.retransmit(now);
         self.registration_step(now);
         self.collect_changes();
+        self.release_queued(now);
         self.flush_notifications(now);
+        self.release_queued(now);
     }
 
     /// Takes one datagram from `from`.
@@ -869,7 +931,9 @@ impl Lwm2mClient {
             self.handle_response(now, from, &msg);
         }
         self.collect_changes();
+        self.release_queued(now);
         self.flush_notifications(now);
+        self.release_queued(now);
     }
 
     // ------------------------------------------------------------------ internals: sending
@@ -949,39 +1013,75 @@ impl Lwm2mClient {
         self.push_bytes(to, bytes);
     }
 
-    /// An ACK for the notification on the wire with `message_id`: done, or the newer one
-    /// waiting behind it goes out now, as a fresh transmission.
+    /// An ACK for the notification on the wire with `message_id`: done, and the newer
+    /// one waiting behind it joins the queue for the wire (behind those already waiting;
+    /// the caller then puts the oldest on the wire, see [`Unacked`]).
     fn notification_acknowledged(&mut self, now: Instant, message_id: u16) {
-        let wait = self.first_ack_wait();
-        let next = if let Some(o) = self.observations.iter_mut().find(|o| {
-            o.unacked
-                .as_ref()
-                .is_some_and(|u| u.message_id == message_id)
-        }) {
-            o.unacked = o.unacked.take().and_then(|u| u.acknowledged(now, wait));
-            o.resent = false;
-            let next = o.unacked.as_ref().map(|u| (u.message_id, u.bytes.clone()));
-            next.map(|(mid, bytes)| {
-                o.sent(mid);
-                bytes
-            })
-        } else if let Some(at) = self
-            .finals
-            .iter()
-            .position(|(_, u)| u.message_id == message_id)
+        let place = self.next_place;
+        let acked = |u: &Unacked| u.on_wire() && u.message_id == message_id;
+        if let Some(o) = self
+            .observations
+            .iter_mut()
+            .find(|o| o.unacked.as_ref().is_some_and(acked))
         {
+            o.unacked = o.unacked.take().and_then(|u| u.acknowledged(now, place));
+            o.resent = false;
+        } else if let Some(at) = self.finals.iter().position(|(_, u)| acked(u)) {
             let (path, u) = self.finals.remove(at);
-            u.acknowledged(now, wait).map(|u| {
-                let bytes = u.bytes.clone();
+            if let Some(u) = u.acknowledged(now, place) {
                 self.finals.push((path, u));
-                bytes
-            })
+            }
         } else {
-            None
-        };
-        if let Some(bytes) = next {
-            self.push_bytes(self.config.server, bytes);
+            return;
         }
+        self.next_place += 1;
+    }
+
+    /// Puts the oldest confirmable notification waiting for the wire on it, when none is
+    /// there: one outstanding notification to the server at a time (RFC 7641 §4.5.1,
+    /// NSTART = 1; see [`Unacked`]).
+    fn release_queued(&mut self, now: Instant) {
+        let busy = self
+            .observations
+            .iter()
+            .filter_map(|o| o.unacked.as_ref())
+            .chain(self.finals.iter().map(|(_, u)| u))
+            .any(Unacked::on_wire);
+        if busy {
+            return;
+        }
+        // (place, is a final, index): the smallest place goes first.
+        let first = self
+            .observations
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| Some((o.unacked.as_ref()?.queued?, false, i)))
+            .chain(
+                self.finals
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (_, u))| Some((u.queued?, true, i))),
+            )
+            .min();
+        let Some((_, is_final, i)) = first else {
+            return;
+        };
+        let wait = self.first_ack_wait();
+        let bytes = if is_final {
+            let u = &mut self.finals[i].1;
+            u.start(now, wait);
+            u.bytes.clone()
+        } else {
+            let o = &mut self.observations[i];
+            let Some(u) = o.unacked.as_mut() else {
+                return;
+            };
+            u.start(now, wait);
+            let (mid, bytes) = (u.message_id, u.bytes.clone());
+            o.sent(mid);
+            bytes
+        };
+        self.push_bytes(self.config.server, bytes);
     }
 
     /// Retransmits the requests and confirmable notifications whose wait ran out; ends
@@ -1264,7 +1364,8 @@ impl Lwm2mClient {
                     // RST to a notification cancels the observation (RFC 7641 §3.6).
                     self.observations
                         .retain(|o| !o.sent_ids.contains(&Some(msg.message_id)));
-                    self.finals.retain(|(_, u)| u.message_id != msg.message_id);
+                    self.finals
+                        .retain(|(_, u)| !(u.on_wire() && u.message_id == msg.message_id));
                 }
             }
             MessageType::NonConfirmable => {}
@@ -2193,6 +2294,14 @@ impl Lwm2mClient {
     }
 
     fn flush_notifications(&mut self, now: Instant) {
+        // Whether a confirmable notification is on the wire: then a new one waits its
+        // turn (see [`Unacked`]). The caller put the oldest waiting one on the wire first.
+        let mut busy = self
+            .observations
+            .iter()
+            .filter_map(|o| o.unacked.as_ref())
+            .chain(self.finals.iter().map(|(_, u)| u))
+            .any(Unacked::on_wire);
         let mut i = 0;
         while i < self.observations.len() {
             let path = self.observations[i].path;
@@ -2229,19 +2338,28 @@ impl Lwm2mClient {
                         continue;
                     }
                     if self.finals.len() >= self.config.max_observations.max(1) {
+                        // Were it the one on the wire, the new one still queues: the
+                        // caller then puts the oldest waiting one on the wire.
                         self.finals.remove(0);
                     }
                     match o.unacked {
                         // One in flight per observation: it waits for its turn.
                         Some(mut u) => {
-                            u.newer = Some((mid, bytes));
+                            u.replace(mid, bytes);
                             self.finals.push((o.path, u));
+                        }
+                        None if busy => {
+                            let place = self.next_place;
+                            self.next_place += 1;
+                            self.finals
+                                .push((o.path, Unacked::queued(mid, bytes, now, place)));
                         }
                         None => {
                             let wait = self.first_ack_wait();
                             self.finals
                                 .push((o.path, Unacked::new(mid, bytes.clone(), now, wait)));
                             self.push_bytes(self.config.server, bytes);
+                            busy = true;
                         }
                     }
                     continue;
@@ -2295,18 +2413,27 @@ impl Lwm2mClient {
                 i += 1;
                 continue;
             };
+            let place = self.next_place;
             let o = &mut self.observations[i];
             i += 1;
             if let Some(u) = &mut o.unacked {
                 // RFC 7641 §4.5.2: one still unacknowledged is replaced by this one at its
-                // next retransmission (or when it is acknowledged), not joined by it.
-                u.newer = Some((mid, bytes));
+                // next retransmission (or when it is acknowledged), not joined by it; one
+                // still waiting for the wire is replaced in place.
+                u.replace(mid, bytes);
+                continue;
+            }
+            if con && busy {
+                o.unacked = Some(Unacked::queued(mid, bytes, now, place));
+                o.resent = after_timeout;
+                self.next_place += 1;
                 continue;
             }
             o.sent(mid);
             if con {
                 o.unacked = Some(Unacked::new(mid, bytes.clone(), now, first_wait));
                 o.resent = after_timeout;
+                busy = true;
             }
             self.push_bytes(self.config.server, bytes);
         }

@@ -64,8 +64,12 @@
 //!   retransmitted until acknowledged (ACK_TIMEOUT x [1, 1.5), doubling, `max_retransmit`
 //!   times). While one is unacknowledged, a newer one of the same observation waits: it
 //!   replaces the older at its next retransmission (taking its counter and timer), or goes
-//!   out as soon as the older is acknowledged (RFC 7641 §4.5.2), so one notification at
-//!   most is in flight per observation. One never acknowledged raises
+//!   out as soon as the older is acknowledged (RFC 7641 §4.5.2). And one CON notification
+//!   at most is outstanding to the server at a time, whatever the observation (RFC 7641
+//!   §4.5.1, NSTART = 1): the others wait their turn, oldest first, each replaced in place
+//!   by its observation's newer value (NON notifications do not wait). The client's own
+//!   requests (Register, Update, Send) are not held back by notifications, nor these by
+//!   them. One never acknowledged raises
 //!   [`ClientEvent::NotificationTimedOut`] and a registration Update: accepted, the
 //!   current value is notified again; refused or unanswered, the client registers anew.
 //!   The error notification that ends an observation whose target the application
