@@ -430,6 +430,40 @@ fn the_future_is_woken_by_the_hub_and_stopping_the_hub_ends_every_subscription()
     );
 }
 
+/// A subscription starts at the newest change whoever listened before: one dropped
+/// before a write that nobody has published yet (a write straight through the registry)
+/// does not hand that write to the next subscriber. A number the feed never reached is a
+/// gap, and a subscription made after the hub stopped is closed and not counted.
+#[test]
+fn a_subscription_starts_now_and_one_made_after_stop_is_closed() {
+    let hub = memory_hub(Registry::new());
+    hub.create_device(Twin::new(id("before"))).unwrap();
+    drop(hub.subscribe(SubscribeOptions::twins_only()).unwrap());
+    hub.registry()
+        .write()
+        .create(Twin::new(id("unpublished")))
+        .unwrap();
+    let sub = hub.subscribe(SubscribeOptions::twins_only()).unwrap();
+    hub.create_device(Twin::new(id("after"))).unwrap();
+    let seen = collect(&sub, |seen| !seen.is_empty());
+    assert!(
+        matches!(&seen[0], HubEvent::Twin(c) if c.device.as_str() == "after"),
+        "{seen:?}"
+    );
+    let newest = hub.registry().read().last_seq();
+    let ahead = SubscribeOptions {
+        after: Some(newest + 100),
+        ..SubscribeOptions::twins_only()
+    };
+    let gap = hub.subscribe(ahead).err().unwrap();
+    assert_eq!(gap.resume_after(), newest);
+    assert!(hub.changes_after(newest + 1).is_err());
+    hub.stop();
+    let late = hub.subscribe(SubscribeOptions::default()).unwrap();
+    assert_eq!(late.recv(), None);
+    assert_eq!(hub.metrics().subscribers, 0, "closed at birth, not counted");
+}
+
 #[test]
 fn metrics_count_devices_requests_subscribers_and_latencies() {
     let mut registry = Registry::new();

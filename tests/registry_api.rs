@@ -396,7 +396,16 @@ fn change_feed_is_resumable_and_reports_gaps() {
         "change feed gap: changes 1..=1 were dropped before they were read"
     );
     assert_eq!(reg.changes_after(gap.resume_after()).unwrap().count(), 4);
-    assert_eq!(reg.changes_after(99).unwrap().count(), 0);
+    assert_eq!(reg.changes_after(5).unwrap().count(), 0, "nothing new yet");
+    // A number this feed never reached comes from another history: a gap, not "nothing
+    // yet" (which would skip every change until the count caught up).
+    let ahead = reg.changes_after(99).err().unwrap();
+    assert_eq!(ahead.resume_after(), 5);
+    assert_eq!(
+        ahead.to_string(),
+        "change feed gap: sequence 99 is beyond the newest change (5); it comes from \
+         another history"
+    );
     reg.validate().unwrap();
 
     let mut none = Registry::with_feed_capacity(0);

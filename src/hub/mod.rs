@@ -516,6 +516,14 @@ impl Hub {
             let full = RequestError::Device(DeviceError::QueueFull);
             return self.inner.waiting.failed(op, full);
         };
+        // The hub may have stopped since the check above, after it failed every waiting
+        // request: this one would otherwise wait out its whole time-out.
+        if self.inner.stop.load(Ordering::Acquire) {
+            self.inner
+                .waiting
+                .complete(op, Err(RequestError::HubStopped));
+            return reply;
+        }
         self.inner.send(vec![DeviceOp {
             id: op,
             device: device.clone(),
@@ -563,7 +571,8 @@ impl Hub {
 
     /// Subscribes to twin changes, registrations and job progress (see
     /// [`Subscription`] for when events come, the lag signal and resuming). Fails only when
-    /// [`SubscribeOptions::after`] names changes the feed no longer holds.
+    /// [`SubscribeOptions::after`] names changes the feed no longer holds, or a number
+    /// beyond its newest change (see [`FeedGap`]).
     ///
     #[cfg_attr(feature = "memory-fleet", doc = "```")]
     #[cfg_attr(not(feature = "memory-fleet"), doc = "```ignore")]
@@ -727,7 +736,8 @@ impl Hub {
         Ok(ids)
     }
 
-    /// Changes after sequence number `after` (0 for all that the feed still holds).
+    /// Changes after sequence number `after` (0 for all that the feed still holds); a
+    /// [`FeedGap`] when the feed dropped some of them or never reached `after`.
     pub fn changes_after(&self, after: u64) -> Result<Vec<Change>, FeedGap> {
         let reg = self.inner.registry.read();
         reg.changes_after(after).map(|c| c.cloned().collect())

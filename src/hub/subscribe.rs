@@ -149,7 +149,9 @@ pub struct SubscribeOptions {
     /// and delivers [`HubEvent::Lagged`] (at least 1).
     pub capacity: usize,
     /// Replay the twin changes after this sequence number first (`None`: from now on).
-    /// The replay is not bounded by `capacity`, only by what the feed holds.
+    /// The replay is not bounded by `capacity`, only by what the feed holds. A number
+    /// the feed dropped, or one beyond its newest change (from another history), makes
+    /// [`Hub::subscribe`](super::Hub::subscribe) fail with a [`FeedGap`].
     pub after: Option<u64>,
 }
 
@@ -480,6 +482,8 @@ impl Publisher {
     ) -> Result<Subscription, FeedGap> {
         options.capacity = options.capacity.max(1);
         let mut state = self.lock();
+        // Dropped subscriptions count as nobody, here as in `publish`.
+        state.subscribers.retain(|s| Arc::strong_count(s) > 1);
         let reg = registry.read();
         if state.subscribers.is_empty() {
             // Nothing was fanned out while nobody listened.
@@ -514,7 +518,11 @@ impl Publisher {
             queue: Mutex::new(queue),
             ready: Condvar::new(),
         });
-        state.subscribers.push(shared.clone());
+        // A subscription made after the hub stopped is closed from the start; nothing
+        // would ever publish to it or take it out of the list.
+        if !state.closed {
+            state.subscribers.push(shared.clone());
+        }
         Ok(Subscription { shared })
     }
 

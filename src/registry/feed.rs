@@ -134,10 +134,17 @@ impl serde::Serialize for Change {
     }
 }
 
-/// A consumer asked for changes that the bounded feed has already dropped.
+/// A consumer asked for changes that the bounded feed has already dropped, or for
+/// changes after a sequence number this feed never reached.
 ///
 /// The consumer missed changes `after + 1 ..= dropped_through`; it must resynchronise
 /// (re-read the twins it cares about) and resume from [`FeedGap::resume_after`].
+///
+/// A number beyond the newest change (`after > dropped_through`) comes from another
+/// history: a registry that restarted without a store, say, and counts from 0 again.
+/// Answering "nothing yet" would silently skip every change until the count caught up
+/// with `after`, so it is a gap too, with `dropped_through` the newest change: the
+/// consumer resynchronises the same way.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FeedGap {
     /// The sequence the consumer asked to read after.
@@ -155,6 +162,14 @@ impl FeedGap {
 
 impl fmt::Display for FeedGap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.after > self.dropped_through {
+            return write!(
+                f,
+                "change feed gap: sequence {} is beyond the newest change ({}); it comes \
+                 from another history",
+                self.after, self.dropped_through
+            );
+        }
         write!(
             f,
             "change feed gap: changes {}..={} were dropped before they were read",

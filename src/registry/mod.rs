@@ -477,7 +477,8 @@ impl Registry {
 
     /// The changes after sequence `after`, oldest first (`after = 0` reads from the
     /// start). A consumer resumes by passing the last `seq` it processed. If the bounded
-    /// feed already dropped changes the consumer has not seen, this is a [`FeedGap`]
+    /// feed already dropped changes the consumer has not seen, or `after` is beyond
+    /// [`Registry::last_seq`] (a number from another history), this is a [`FeedGap`]
     /// error rather than a silent skip.
     ///
     /// ```
@@ -493,6 +494,12 @@ impl Registry {
     /// assert_eq!(gap.resume_after(), 1);
     /// ```
     pub fn changes_after(&self, after: u64) -> Result<impl Iterator<Item = &Change>, FeedGap> {
+        if after > self.seq {
+            return Err(FeedGap {
+                after,
+                dropped_through: self.seq,
+            });
+        }
         self.feed.after(after)
     }
 
