@@ -39,7 +39,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
 use twinhub::dtls::{PskCredentials, PskKey};
-use twinhub::hub::{Hub, HubConfig, HubEvent, LifecycleKind, PackageServer, SubscribeOptions};
+use twinhub::hub::{Hub, HubConfig, HubEvent, LifecycleKind, SubscribeOptions};
 use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
 use twinhub::query::{QueryExpression, QueryOptions, QueryProperty};
 use twinhub::registry::{ChangeKind, Registry};
@@ -124,9 +124,11 @@ fn main() {
         })
         .collect();
     let scheme = if plain { "coap" } else { "coaps" };
-    let packages = PackageServer::bind("127.0.0.1:0")
-        .unwrap_or_else(|e| fail(&format!("cannot start the package server: {e}")));
-    let package_uri = packages.publish("fw/2.0.bin", firmware_image(16 * 1024));
+    // The hub serves the image itself: each device pulls it over the session it
+    // registered on (DTLS unless --plain).
+    let package_uri = hub
+        .publish_package("fw/2.0.bin", firmware_image(16 * 1024))
+        .unwrap_or_else(|e| fail(&format!("cannot publish the firmware: {e}")));
     println!(
         "twinhub fleet: {devices} devices; hub on {scheme}://{server}; firmware at {package_uri}"
     );
@@ -323,7 +325,7 @@ fn main() {
                 s.waiting_for_device,
                 s.succeeded,
                 s.failed,
-                packages.downloads()
+                hub.package_downloads()
             );
             last = elapsed();
         }
@@ -355,7 +357,6 @@ fn main() {
         let _ = d.thread.shutdown(Duration::from_millis(500));
     }
     hub.stop();
-    packages.stop();
     println!(
         "\nhub: {} events, {} registrations, {} notifications, {} property updates, {} ops sent",
         hub_stats.events,

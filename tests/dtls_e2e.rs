@@ -186,6 +186,91 @@ fn devices_register_over_dtls_and_every_job_type_runs() {
     packages.stop();
 }
 
+/// Packages from the hub itself: a firmware job's Package URI is `coaps://` on the hub's
+/// own listener, and devices pull it over the session they registered on (no second
+/// handshake, no plain-CoAP package server). Only a registered peer gets it.
+#[test]
+fn a_package_is_pulled_from_the_hub_over_the_devices_own_session() {
+    let hub = hub_with(&["pkg-1", "pkg-2", "pkg-raw"]);
+    let server = hub.local_addr().unwrap();
+    let body: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let uri = hub.publish_package("fw/2.0.bin", body.clone()).unwrap();
+    assert_eq!(uri, format!("coaps://{server}/pkg/fw/2.0.bin"));
+    assert!(hub.publish_package("../etc", vec![1]).is_err());
+
+    // A peer with good credentials gets nothing before it registers; then block 0.
+    let mut raw = RawPeer::new(server, creds("pkg-raw-id", 3));
+    let get = |path: &str| Message::request(Code::GET, path);
+    assert_eq!(
+        raw.exchange(get("/pkg/fw/2.0.bin")).unwrap().code,
+        Code::NOT_FOUND
+    );
+    assert_eq!(raw.exchange(register(None)).unwrap().code, Code::CREATED);
+    let first = raw.exchange(get("/pkg/fw/2.0.bin")).unwrap();
+    assert_eq!(first.code, Code::CONTENT);
+    assert_eq!(first.block2().map(|b| (b.num, b.more)), Some((0, true)));
+    assert_eq!(first.payload, body[..first.payload.len()]);
+    assert_eq!(
+        raw.exchange(get("/pkg/fw/none")).unwrap().code,
+        Code::NOT_FOUND
+    );
+    let put = Message::request(Code::PUT, "/pkg/fw/2.0.bin");
+    assert_eq!(raw.exchange(put).unwrap().code, Code::METHOD_NOT_ALLOWED);
+    assert_eq!(hub.package_downloads(), 1);
+
+    // Devices built with the crate's library pull it in a firmware job.
+    let mut devices: Vec<Device> = ["pkg-1", "pkg-2"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            start_with(
+                n,
+                server,
+                false,
+                Some(creds(&format!("{n}-id"), i as u8 + 1)),
+            )
+        })
+        .collect();
+    wait_for(&mut devices, "twins to fill", || {
+        ["pkg-1", "pkg-2"]
+            .iter()
+            .all(|n| prop(&hub, n, "BatteryLevel").is_some())
+    });
+    let ids: Vec<DeviceId> = devices.iter().map(|d| d.id.clone()).collect();
+    let spec = JobSpec::new(
+        JobId::new("fw-from-hub").unwrap(),
+        JobType::FirmwareUpdate {
+            package_uri: uri,
+            expected_version: Some("2.0".into()),
+        },
+        ids,
+    );
+    assert_eq!(run_job(&hub, &mut devices, spec), JobStatus::Completed);
+    for d in &devices {
+        assert_eq!(
+            prop(&hub, d.id.as_str(), "FirmwareVersion"),
+            Some(Scalar::from("2.0"))
+        );
+        assert_eq!(d.package.lock().unwrap().as_deref(), Some(&body[..]));
+        assert_eq!(
+            d.thread.as_ref().unwrap().dtls_handshakes(),
+            1,
+            "downloaded over the session it registered on"
+        );
+    }
+    assert_eq!(hub.package_downloads(), 3);
+    // Withdrawn, it is gone for a new download.
+    assert!(hub.withdraw_package("fw/2.0.bin"));
+    assert_eq!(
+        raw.exchange(get("/pkg/fw/2.0.bin")).unwrap().code,
+        Code::NOT_FOUND
+    );
+    for d in devices.iter_mut() {
+        drop(d.thread.take());
+    }
+    hub.stop();
+}
+
 /// A peer speaking CoAP over DTLS by hand, to send what a well-behaved device would not.
 struct RawPeer {
     socket: UdpSocket,

@@ -12,7 +12,7 @@ mod e2e_support;
 
 use e2e_support::{Device, device_value, prop, run_job, serve, start, wait_for};
 use std::time::{Duration, Instant};
-use twinhub::hub::{Hub, HubConfig, PackageServer};
+use twinhub::hub::{Hub, HubConfig};
 use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
 use twinhub::query::{QueryExpression, QueryProperty};
 use twinhub::registry::Registry;
@@ -40,8 +40,9 @@ fn devices_register_twins_fill_and_every_job_type_runs_over_udp() {
         .unwrap();
     let hub = Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default()).unwrap();
     let server = hub.local_addr().unwrap();
-    let packages = PackageServer::bind("127.0.0.1:0").unwrap();
-    let uri = packages.publish("fw/2.0.bin", vec![7u8; 5000]);
+    // The hub serves the package itself, over plain CoAP here, to registered devices.
+    let uri = hub.publish_package("fw/2.0.bin", vec![7u8; 5000]).unwrap();
+    assert_eq!(uri, format!("coap://{server}/pkg/fw/2.0.bin"));
 
     let mut devices: Vec<Device> = names
         .iter()
@@ -151,7 +152,7 @@ fn devices_register_twins_fill_and_every_job_type_runs_over_udp() {
         prop(&hub, "e2e-reject", "FirmwareVersion"),
         Some(Scalar::from("1.0"))
     );
-    assert!(packages.downloads() >= 5);
+    assert!(hub.package_downloads() >= 5);
 
     let online: Vec<DeviceId> = devices[..5].iter().map(|d| d.id.clone()).collect();
     // 2. Reboot.
@@ -238,7 +239,6 @@ fn devices_register_twins_fill_and_every_job_type_runs_over_udp() {
         }
     }
     hub.stop();
-    packages.stop();
 }
 
 /// Issue #17: request/response with one device over real UDP: a read returns the value

@@ -75,7 +75,8 @@ impl Hub {
             }
         }
         let provisioned = AutoProvisioned::for_config(&config);
-        let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts);
+        let packages = crate::lwm2m::server::Packages::default();
+        let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts, &packages);
         let restored = super::udp::restore_registrations(&registry, &mut server);
         let dtls = DtlsServer::new(config.dtls.clone(), store.clone());
         let stats = dtls.stats_handle();
@@ -91,6 +92,7 @@ impl Hub {
             provisioned,
         );
         let _ = hub.inner.secure.set(Secure { store, stats });
+        let _ = hub.inner.packages.set(packages);
         hub.inner.resume_sync(restored);
         Ok(hub)
     }

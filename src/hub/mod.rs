@@ -106,6 +106,8 @@ pub use subscribe::{
     HubEvent, LifecycleEvent, LifecycleKind, RecvFuture, RecvTimeoutError, SubscribeOptions,
     Subscription, TryRecvError,
 };
+#[cfg(feature = "lwm2m")]
+pub use udp::PublishError;
 
 use crate::job::{
     CancelMode, EngineConfig, JobEngine, JobId, JobRecord, JobSpec, JobStatistics, JobStatus,
@@ -300,6 +302,9 @@ struct Inner {
     /// The coaps listener's key store and counters (set by `Hub::bind_dtls`).
     #[cfg(feature = "dtls")]
     secure: std::sync::OnceLock<credentials::Secure>,
+    /// The packages the bundled server hands the hub's devices (set by the UDP binds).
+    #[cfg(feature = "lwm2m")]
+    packages: std::sync::OnceLock<crate::lwm2m::server::Packages>,
     /// Subscribers and how far the change feed was published to them.
     publisher: Publisher,
 }
@@ -457,6 +462,8 @@ impl Hub {
             synced: Mutex::new(HashMap::new()),
             #[cfg(feature = "dtls")]
             secure: std::sync::OnceLock::new(),
+            #[cfg(feature = "lwm2m")]
+            packages: std::sync::OnceLock::new(),
             publisher: Publisher::default(),
         });
         let worker = inner.clone();

@@ -5,7 +5,9 @@
 use super::builder::ServerParts;
 use super::provisioning::AutoProvisioned;
 use super::{Hub, HubConfig};
-use crate::lwm2m::server::{Decision, Lwm2mServer, ServerConfig, UdpServer};
+use crate::lwm2m::server::{
+    Decision, Lwm2mServer, PACKAGE_PATH, PackageNameError, Packages, ServerConfig, UdpServer,
+};
 use crate::registry::{Registry, SharedRegistry};
 use crate::time::Timestamp;
 use crate::transport::RejectReason;
@@ -39,7 +41,8 @@ impl Hub {
         parts: ServerParts,
     ) -> std::io::Result<Hub> {
         let provisioned = AutoProvisioned::for_config(&config);
-        let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts);
+        let packages = Packages::default();
+        let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts, &packages);
         let restored = restore_registrations(&registry, &mut server);
         let (udp, events) = UdpServer::bind(addr, server)?;
         let local = udp.local_addr();
@@ -52,8 +55,54 @@ impl Hub {
             (Some(local), Some(udp)),
             provisioned,
         );
+        let _ = hub.inner.packages.set(packages);
         hub.inner.resume_sync(restored);
         Ok(hub)
+    }
+
+    /// Publishes (or replaces) a package, a firmware image or a configuration file, that
+    /// the hub's registered devices download from the hub itself, over the connection
+    /// they registered on: behind DTLS the download is authenticated and encrypted like
+    /// the registration (see [`Packages`] for who may download). Returns its URI, for a
+    /// firmware job's Package URI: `coaps://<listener>/pkg/<name>` on a hub bound with
+    /// DTLS, `coap://<listener>/pkg/<name>` on a plain one. (On a hub bound to an
+    /// unspecified address such as `0.0.0.0` the URI names that address: write it with
+    /// the address the devices reach instead.) The crate's device library downloads a
+    /// `coaps` URI over its session with its server.
+    ///
+    /// ```no_run
+    /// use twinhub::hub::{Hub, HubConfig};
+    /// use twinhub::registry::Registry;
+    /// let hub = Hub::bind_dtls("127.0.0.1:0", Registry::new(), HubConfig::default())?;
+    /// let uri = hub.publish_package("fw/2.0.bin", vec![0u8; 64 * 1024])?;
+    /// assert!(uri.starts_with("coaps://127.0.0.1:") && uri.ends_with("/pkg/fw/2.0.bin"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn publish_package(&self, name: &str, body: Vec<u8>) -> Result<String, PublishError> {
+        let (Some(packages), Some(addr)) = (self.inner.packages.get(), self.local_addr()) else {
+            return Err(PublishError::NoListener);
+        };
+        packages.publish(name, body).map_err(PublishError::Name)?;
+        #[cfg(feature = "dtls")]
+        let scheme = if self.inner.secure.get().is_some() {
+            "coaps"
+        } else {
+            "coap"
+        };
+        #[cfg(not(feature = "dtls"))]
+        let scheme = "coap";
+        Ok(format!("{scheme}://{addr}/{PACKAGE_PATH}/{name}"))
+    }
+
+    /// Withdraws a package [`Hub::publish_package`] published; returns whether it was.
+    /// Downloads under way finish.
+    pub fn withdraw_package(&self, name: &str) -> bool {
+        self.inner.packages.get().is_some_and(|p| p.withdraw(name))
+    }
+
+    /// How many downloads of the hub's packages started (first blocks served).
+    pub fn package_downloads(&self) -> u64 {
+        self.inner.packages.get().map_or(0, Packages::downloads)
     }
 
     /// The bundled server with the hub's authorizer: the device exists and is enabled
@@ -69,6 +118,7 @@ impl Hub {
         config: &HubConfig,
         provisioned: &Arc<AutoProvisioned>,
         parts: ServerParts,
+        packages: &Packages,
     ) -> Lwm2mServer {
         let gate = registry.clone();
         let auto = config.auto_provision;
@@ -88,13 +138,15 @@ impl Hub {
             })),
             None => server,
         };
-        server.with_authorizer(Box::new(move |request, identity| {
-            let decision = Self::gate(&gate, auto, &admit, request, identity);
-            match (&decision, &extra) {
-                (Decision::Accept, Some(extra)) => extra(request, identity),
-                _ => decision,
-            }
-        }))
+        server
+            .with_authorizer(Box::new(move |request, identity| {
+                let decision = Self::gate(&gate, auto, &admit, request, identity);
+                match (&decision, &extra) {
+                    (Decision::Accept, Some(extra)) => extra(request, identity),
+                    _ => decision,
+                }
+            }))
+            .with_packages(packages.clone())
     }
 
     /// The hub's own registration checks (see [`Hub::lwm2m_server`]).
@@ -170,3 +222,27 @@ pub(super) fn restore_registrations(
     }
     restored
 }
+
+/// Why [`Hub::publish_package`] refused a package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The name is not a plain URI path ([`Packages::publish`]).
+    Name(PackageNameError),
+    /// The hub runs no UDP listener (it was started on another transport): there is no
+    /// address to download from.
+    NoListener,
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Name(e) => e.fmt(f),
+            PublishError::NoListener => {
+                f.write_str("the hub runs no UDP listener to serve packages")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}

@@ -21,6 +21,8 @@ pub struct Device {
     pub thread: Option<DeviceThread>,
     pub update_requested: Arc<AtomicBool>,
     pub reboots: usize,
+    /// The last firmware package the device took (pushed or pulled).
+    pub package: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 /// A plain-CoAP device.
@@ -61,9 +63,16 @@ pub fn start_configured(
         flag.store(true, Ordering::Release);
         Ok(())
     });
-    if rejects_firmware {
-        firmware = firmware.on_package(|_| Err(UpdateResult::UnsupportedPackage));
-    }
+    let package: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+    let taken = package.clone();
+    firmware = if rejects_firmware {
+        firmware.on_package(|_| Err(UpdateResult::UnsupportedPackage))
+    } else {
+        firmware.on_package(move |body| {
+            *taken.lock().unwrap() = Some(body.to_vec());
+            Ok(())
+        })
+    };
     tree.set_firmware(firmware);
     tree.add(objects::config());
     let mut config = ClientConfig::new(id, server);
@@ -78,6 +87,7 @@ pub fn start_configured(
         thread: Some(thread),
         update_requested,
         reboots: 0,
+        package,
     }
 }
 

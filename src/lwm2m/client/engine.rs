@@ -640,6 +640,7 @@ impl Lwm2mClient {
         };
         client.needs_bootstrap = client.config.bootstrap.is_some();
         client.refresh_defaults();
+        client.sync_firmware_protocols();
         let mut drained = Vec::new();
         client.tree.drain_changes(&mut drained);
         client
@@ -1577,6 +1578,7 @@ impl Lwm2mClient {
         #[cfg(feature = "dtls")]
         {
             self.config.psk = account.psk;
+            self.sync_firmware_protocols();
         }
         self.config.server = account.server;
         self.needs_bootstrap = false;
@@ -2446,6 +2448,10 @@ impl Lwm2mClient {
             return;
         };
         match parse_coap_uri(&pull.uri) {
+            // A coaps download goes over the session with the server, so to it only.
+            Ok(uri) if uri.secure && !(self.secure() && uri.addr == self.config.server) => {
+                self.download_finished(Err(UpdateResult::UnsupportedProtocol))
+            }
             Ok(uri) => {
                 self.outgoing.retain(|o| o.purpose != Purpose::Download);
                 self.download = Some(Download {
@@ -2459,6 +2465,24 @@ impl Lwm2mClient {
             }
             Err(r) => self.download_finished(Err(r)),
         }
+    }
+
+    /// Tells the firmware object whether `coaps` Package URIs can be downloaded (see
+    /// [`FirmwareUpdate::set_coaps`](super::FirmwareUpdate)).
+    fn sync_firmware_protocols(&mut self) {
+        let secure = self.secure();
+        if let Some(f) = self.tree.firmware_mut() {
+            f.set_coaps(secure);
+        }
+    }
+
+    /// Whether the client talks to its server over DTLS (the driver wraps every datagram
+    /// to the server's address in its session).
+    fn secure(&self) -> bool {
+        #[cfg(feature = "dtls")]
+        return self.config.psk.is_some();
+        #[cfg(not(feature = "dtls"))]
+        false
     }
 
     fn send_download_request(&mut self, now: Instant) {

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! Update Result is reset to 0 whenever a download or an update starts. The package is
-//! pushed by a (block-wise) write of /5/0/0, or pulled from a `coap://` Package URI: the
+//! pushed by a (block-wise) write of /5/0/0, or pulled from a `coap://` Package URI (or a
+//! `coaps://` one naming the client's own server, over its DTLS session): the
 //! client core then fetches it with Block2 and reports the outcome through
 //! [`FirmwareUpdate::download_finished`].
 
@@ -131,6 +132,9 @@ pub struct FirmwareUpdate {
     pull: Option<PullRequest>,
     max_package: usize,
     changes: Vec<Lwm2mPath>,
+    /// `coaps` Package URIs can be downloaded (the client talks to its server over DTLS);
+    /// set by the client (see [`FirmwareUpdate::write_uri`]).
+    coaps: bool,
 }
 
 impl std::fmt::Debug for FirmwareUpdate {
@@ -160,6 +164,7 @@ impl FirmwareUpdate {
             pull: None,
             max_package: 4 << 20,
             changes: Vec::new(),
+            coaps: false,
         }
     }
 
@@ -258,9 +263,10 @@ impl FirmwareUpdate {
         }
     }
 
-    /// A write of /5/0/1. Empty resets to Idle (result 0). In Idle, a `coap://` URI starts
-    /// Downloading (result 0) and queues a [`PullRequest`]; an unparsable URI sets result 7
-    /// and another scheme result 9, staying Idle. Other states refuse a non-empty URI (4.05).
+    /// A write of /5/0/1. Empty resets to Idle (result 0). In Idle, a `coap://` URI (or a
+    /// `coaps://` one, when the client talks to its server over DTLS) starts Downloading
+    /// (result 0) and queues a [`PullRequest`]; an unparsable URI sets result 7 and another
+    /// scheme result 9, staying Idle. Other states refuse a non-empty URI (4.05).
     pub fn write_uri(&mut self, uri: &str) -> Result<(), ObjectError> {
         if uri.is_empty() {
             if self.state == UpdateState::Updating {
@@ -279,6 +285,9 @@ impl FirmwareUpdate {
         self.uri = uri.to_string();
         self.changed(1);
         match parse_coap_uri(uri) {
+            Ok(u) if u.secure && !self.coaps => {
+                self.set(UpdateState::Idle, UpdateResult::UnsupportedProtocol)
+            }
             Ok(_) => {
                 self.set(UpdateState::Downloading, UpdateResult::Initial);
                 self.pull = Some(PullRequest {
@@ -307,6 +316,14 @@ impl FirmwareUpdate {
         self.set(UpdateState::Downloading, UpdateResult::Initial);
         self.accept_package(package);
         Ok(())
+    }
+
+    /// Whether /5/0/8 (Firmware Update Protocol Support) lists CoAPS (1) beside CoAP (0).
+    /// The client sets it when it talks to its server over DTLS: it then downloads a
+    /// `coaps` Package URI that names its server's address over that session (any other
+    /// `coaps` URI fails with result 9, unsupported protocol).
+    pub(crate) fn set_coaps(&mut self, on: bool) {
+        self.coaps = on;
     }
 
     /// Takes the queued package download, if the Package URI asked for one.
@@ -377,10 +394,12 @@ impl FirmwareUpdate {
     }
 }
 
-/// Where a `coap://host:port/path?query` URI points. Only IP literals and `localhost` are
-/// accepted: the sans-IO client resolves no names.
+/// Where a `coap://host:port/path?query` (or `coaps://`) URI points. Only IP literals
+/// and `localhost` are accepted: the sans-IO client resolves no names.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct CoapUri {
+    /// `coaps`: over DTLS (default port 5684, else 5683).
+    pub secure: bool,
     /// The server's address.
     pub addr: std::net::SocketAddr,
     /// Uri-Path segments.
@@ -392,7 +411,8 @@ pub struct CoapUri {
 /// Parses a package URI: result 9 for another scheme, 7 for anything else wrong.
 pub fn parse_coap_uri(uri: &str) -> Result<CoapUri, UpdateResult> {
     let (scheme, rest) = uri.split_once("://").ok_or(UpdateResult::InvalidUri)?;
-    if !scheme.eq_ignore_ascii_case("coap") {
+    let secure = scheme.eq_ignore_ascii_case("coaps");
+    if !secure && !scheme.eq_ignore_ascii_case("coap") {
         return Err(
             if scheme
                 .chars()
@@ -411,7 +431,7 @@ pub fn parse_coap_uri(uri: &str) -> Result<CoapUri, UpdateResult> {
     let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
     let host_port = |host: &str, port: &str| -> Result<std::net::SocketAddr, UpdateResult> {
         let port: u16 = if port.is_empty() {
-            5683
+            if secure { 5684 } else { 5683 }
         } else {
             port.parse().map_err(|_| UpdateResult::InvalidUri)?
         };
@@ -440,6 +460,7 @@ pub fn parse_coap_uri(uri: &str) -> Result<CoapUri, UpdateResult> {
             .collect()
     };
     Ok(CoapUri {
+        secure,
         addr,
         path: split(path, '/'),
         query: split(query, '&'),
@@ -473,7 +494,13 @@ impl Object for FirmwareUpdate {
             5 => s(V::Integer(self.result as i64)),
             6 => s(V::String(self.pkg_name.clone())),
             7 => s(V::String(self.pkg_version.clone())),
-            8 => Ok(ResourceData::Multiple(vec![(0, V::Integer(0))])),
+            8 => {
+                let mut protocols = vec![(0, V::Integer(0))];
+                if self.coaps {
+                    protocols.push((1, V::Integer(1)));
+                }
+                Ok(ResourceData::Multiple(protocols))
+            }
             // Both push and pull.
             9 => s(V::Integer(2)),
             0 | 2 | 10 => Err(ObjectError::MethodNotAllowed),
@@ -562,6 +589,24 @@ mod tests {
         assert_eq!((f.state(), f.result()), (Idle, Res::UnsupportedProtocol));
         f.write_uri("coap://not a host/fw").unwrap();
         assert_eq!((f.state(), f.result()), (Idle, Res::InvalidUri));
+        // coaps only for a client that talks DTLS (the engine says so), and /5/0/8 says it.
+        f.write_uri("coaps://127.0.0.1/fw").unwrap();
+        assert_eq!((f.state(), f.result()), (Idle, Res::UnsupportedProtocol));
+        assert_eq!(
+            f.read(0, 8),
+            Ok(ResourceData::Multiple(vec![(0, V::Integer(0))]))
+        );
+        f.set_coaps(true);
+        assert_eq!(
+            f.read(0, 8),
+            Ok(ResourceData::Multiple(vec![
+                (0, V::Integer(0)),
+                (1, V::Integer(1))
+            ]))
+        );
+        f.write_uri("coaps://127.0.0.1/fw").unwrap();
+        assert_eq!((f.state(), f.result()), (Downloading, Res::Initial));
+        f.write_uri("").unwrap();
         // A new download resets the result.
         f.write_uri("coap://localhost/fw").unwrap();
         assert_eq!((f.state(), f.result()), (Downloading, Res::Initial));
@@ -712,7 +757,14 @@ mod tests {
         assert_eq!(u.path, vec!["fw", "v2.bin"]);
         assert_eq!(u.query, vec!["sig=1", "x"]);
         assert_eq!(parse_coap_uri("coap://[::1]").unwrap().addr.port(), 5683);
-        assert_eq!(parse_coap_uri("coaps://h/x"), Err(Res::UnsupportedProtocol));
+        let s = parse_coap_uri("coaps://127.0.0.1/pkg/fw").unwrap();
+        assert_eq!((s.secure, s.addr.port()), (true, 5684));
+        assert!(!u.secure);
+        assert_eq!(parse_coap_uri("coaps://h/x"), Err(Res::InvalidUri));
+        assert_eq!(
+            parse_coap_uri("https://1.2.3.4/x"),
+            Err(Res::UnsupportedProtocol)
+        );
         assert_eq!(parse_coap_uri("nonsense"), Err(Res::InvalidUri));
         assert_eq!(
             parse_coap_uri("coap://1.2.3.4:99999/"),

@@ -103,6 +103,7 @@
 
 pub mod bootstrap;
 mod config;
+mod packages;
 mod registration;
 #[cfg(feature = "dtls")]
 mod secure;
@@ -138,6 +139,7 @@ pub use bootstrap::{
     ServerAccount,
 };
 pub use config::{Authorizer, Decision, ServerConfig, Takeover};
+pub use packages::{MAX_PACKAGE_NAME, PACKAGE_PATH, PackageNameError, Packages};
 pub use registration::{
     DEFAULT_LIFETIME, MAX_ENDPOINT, MAX_LIFETIME, MAX_LINK_PAYLOAD, MAX_OBJECTS, MAX_QUERIES,
     RdMessage, RdMethod, RegistrationError, RegistrationRequest, SUPPORTED_VERSIONS, UpdateRequest,
@@ -274,6 +276,8 @@ pub struct Lwm2mServer {
     current_identity: Option<PeerIdentity>,
     /// The bootstrap interface: its plan maker and running sessions.
     bootstraps: bootstrap::Bootstraps,
+    /// The packages registered devices may download (see [`packages`]).
+    packages: Option<Packages>,
 }
 
 impl std::fmt::Debug for Lwm2mServer {
@@ -328,6 +332,7 @@ impl Lwm2mServer {
             events: VecDeque::new(),
             require_identity: false,
             current_identity: None,
+            packages: None,
             bootstraps: bootstrap::Bootstraps::default(),
         }
     }
@@ -344,6 +349,13 @@ impl Lwm2mServer {
     /// ```
     pub fn with_authorizer(mut self, authorizer: Authorizer) -> Self {
         self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Serves `packages` to registered devices at `/pkg/<name>`, over the connection
+    /// they registered on (see [`Packages`]).
+    pub fn with_packages(mut self, packages: Packages) -> Self {
+        self.packages = Some(packages);
         self
     }
 
@@ -574,6 +586,11 @@ impl Lwm2mServer {
             let _ = self.endpoint.respond(now, id, Message::response(code));
             return;
         }
+        if self.packages.is_some() && request.uri_path().next() == Some(PACKAGE_PATH) {
+            let response = self.package_request(peer, request);
+            let _ = self.endpoint.respond(now, id, response);
+            return;
+        }
         let (rcode, location) = self.registration_interface(now, peer, request);
         let mut r = Message::response(rcode);
         if let Some(id) = location {
@@ -623,6 +640,36 @@ impl Lwm2mServer {
             content,
         });
         Code::CHANGED
+    }
+
+    /// A package download (`GET /pkg/<name>`, see [`packages`]): 2.05 with the body (the
+    /// endpoint slices it into blocks), 4.04 from an address no registration holds or for
+    /// an unknown name, 4.03 from another identity than the registration's, 4.05 for
+    /// another method.
+    fn package_request(&mut self, peer: SocketAddr, m: &Message) -> Message {
+        if m.code != Code::GET {
+            return Message::response(Code::METHOD_NOT_ALLOWED);
+        }
+        let Some(&slot) = self.by_addr.get(&peer) else {
+            return Message::response(Code::NOT_FOUND);
+        };
+        if !self.owns(slot, peer) {
+            return Message::response(Code::FORBIDDEN);
+        }
+        let name = m.uri_path().skip(1).collect::<Vec<_>>().join("/");
+        let Some(packages) = &self.packages else {
+            return Message::response(Code::NOT_FOUND);
+        };
+        let Some(body) = packages.get(&name) else {
+            return Message::response(Code::NOT_FOUND);
+        };
+        if m.block2().is_none_or(|b| b.num == 0) {
+            packages.count_download();
+        }
+        let mut r = Message::response(Code::CONTENT);
+        r.set_content_format(coap::ContentFormat::OCTET_STREAM);
+        r.payload = body.to_vec();
+        r
     }
 
     /// Runs a registration-interface request; returns the response code and, for a
