@@ -302,6 +302,42 @@ fn block2_download_of_100_kb_is_reassembled() {
     assert_eq!(blocks_sent, 100);
 }
 
+/// `respond_shared`: two downloads of one body are served from one copy (the endpoint's
+/// block-wise transfers hold references to it), and both are reassembled whole.
+#[test]
+fn block2_downloads_of_a_shared_body_hold_it_once() {
+    let mut sim = Sim::new(9, Faults::NONE, &[cfg(), cfg(), cfg()]);
+    let server = sim.addr(2);
+    let shared = std::sync::Arc::new(body(20 * 1024));
+    let now = sim.now;
+    let ids = [0, 1].map(|node| {
+        sim.ep(node)
+            .send_request(now, server, Message::request(Code::GET, "/pkg/fw"))
+            .unwrap()
+    });
+    let mut asked = 0;
+    let mut got = Vec::new();
+    sim.run(Duration::from_secs(30), |sim, node, e| match (node, e) {
+        (2, Event::Request { id, .. }) => {
+            asked += 1;
+            let now = sim.now;
+            let head = Message::response(Code::CONTENT);
+            sim.ep(2)
+                .respond_shared(now, id, head, shared.clone())
+                .unwrap();
+        }
+        (client, Event::Response { id, response }) => {
+            assert_eq!(id, ids[client]);
+            got.push(response.payload);
+        }
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!(asked, 2);
+    assert_eq!(got, vec![shared.to_vec(), shared.to_vec()]);
+    // Ours, and one reference for each transfer the endpoint keeps for follow-ups.
+    assert_eq!(std::sync::Arc::strong_count(&shared), 3);
+}
+
 #[test]
 fn block2_under_loss_completes_or_times_out() {
     let faults = Faults {

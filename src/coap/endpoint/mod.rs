@@ -17,6 +17,7 @@ use rng::Rng;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A CoAP endpoint, client and server in one sans-IO state machine (RFC 7252, 7641, 7959).
@@ -280,10 +281,11 @@ struct Observer {
 enum BlockTransfer {
     /// A Block1 request body being received.
     Upload { body: Vec<u8>, stamp: u64 },
-    /// A sliced response body served to Block2 follow-up requests.
+    /// A sliced response body served to Block2 follow-up requests (shared: the downloads
+    /// of one [`Endpoint::respond_shared`] body hold it once).
     Download {
         head: Message,
-        body: Vec<u8>,
+        body: Arc<Vec<u8>>,
         szx: u8,
         stamp: u64,
     },
@@ -1571,7 +1573,33 @@ impl Endpoint {
             .incoming
             .remove(&id)
             .ok_or(RespondError::UnknownRequest(id))?;
-        let result = self.send_response(now, &inc, response, None);
+        let result = self.send_response(now, &inc, response, None, None);
+        if result.is_err() {
+            self.incoming.insert(id, inc);
+            return result;
+        }
+        self.peer_pending_done(inc.peer);
+        result
+    }
+
+    /// [`Endpoint::respond`] with the body shared instead of in `response.payload` (which
+    /// is ignored): a block-wise transfer keeps a reference, not a copy, so any number of
+    /// downloads of one body (a firmware image) hold it once.
+    pub fn respond_shared(
+        &mut self,
+        now: Instant,
+        id: IncomingRequestId,
+        response: Message,
+        body: Arc<Vec<u8>>,
+    ) -> Result<(), RespondError> {
+        if !response.code.is_response() {
+            return Err(RespondError::NotAResponse(response.code));
+        }
+        let inc = self
+            .incoming
+            .remove(&id)
+            .ok_or(RespondError::UnknownRequest(id))?;
+        let result = self.send_response(now, &inc, response, None, Some(body));
         if result.is_err() {
             self.incoming.insert(id, inc);
             return result;
@@ -1606,7 +1634,7 @@ impl Endpoint {
         let inc = self.incoming.remove(&id).expect("checked above");
         let obs = ObservationId(self.new_id());
         let seq = 0;
-        if let Err(e) = self.send_response(now, &inc, response, Some(seq)) {
+        if let Err(e) = self.send_response(now, &inc, response, Some(seq), None) {
             self.incoming.insert(id, inc);
             return Err(e);
         }
@@ -1639,6 +1667,7 @@ impl Endpoint {
         inc: &Incoming,
         mut resp: Message,
         observe_seq: Option<u32>,
+        shared: Option<Arc<Vec<u8>>>,
     ) -> Result<(), RespondError> {
         resp.with_token(inc.token);
         if let Some(b1) = inc.block1_echo {
@@ -1651,8 +1680,17 @@ impl Endpoint {
             .block2
             .map_or(self.config.block_szx, |b| b.szx.min(self.config.block_szx));
         let num = inc.block2.map_or(0, |b| (b.offset() >> (szx + 4)) as u32);
-        if resp.payload.len() > (1usize << (szx + 4)) || num > 0 {
-            let body = std::mem::take(&mut resp.payload);
+        let len = shared.as_ref().map_or(resp.payload.len(), |b| b.len());
+        if len <= (1usize << (szx + 4)) && num == 0 {
+            if let Some(body) = shared {
+                resp.payload = body.to_vec();
+            }
+        } else {
+            let body = match shared {
+                Some(body) => body,
+                None => Arc::new(std::mem::take(&mut resp.payload)),
+            };
+            resp.payload.clear();
             let mut head = resp.clone();
             head.remove_option(OptionNumber::OBSERVE);
             resp = match slice_block(&resp, &body, num, szx) {
@@ -1711,7 +1749,7 @@ impl Endpoint {
         peer: SocketAddr,
         key: Vec<u8>,
         head: Message,
-        body: Vec<u8>,
+        body: Arc<Vec<u8>>,
         szx: u8,
     ) {
         let k = (peer, key);
@@ -1793,7 +1831,7 @@ impl Endpoint {
         }
         let block2_key = o.block2_key.clone();
         if let Some((head, body)) = sliced {
-            self.store_download(now, peer, block2_key, head, body, szx);
+            self.store_download(now, peer, block2_key, head, Arc::new(body), szx);
         }
         if con {
             // RFC 7641 §4.5.2: a newer CON notification takes over the retransmission

@@ -587,8 +587,14 @@ impl Lwm2mServer {
             return;
         }
         if self.packages.is_some() && request.uri_path().next() == Some(PACKAGE_PATH) {
-            let response = self.package_request(peer, request);
-            let _ = self.endpoint.respond(now, id, response);
+            let _ = match self.package_request(peer, request) {
+                Ok(body) => {
+                    let mut head = Message::response(Code::CONTENT);
+                    head.set_content_format(coap::ContentFormat::OCTET_STREAM);
+                    self.endpoint.respond_shared(now, id, head, body)
+                }
+                Err(code) => self.endpoint.respond(now, id, Message::response(code)),
+            };
             return;
         }
         let (rcode, location) = self.registration_interface(now, peer, request);
@@ -642,34 +648,25 @@ impl Lwm2mServer {
         Code::CHANGED
     }
 
-    /// A package download (`GET /pkg/<name>`, see [`packages`]): 2.05 with the body (the
-    /// endpoint slices it into blocks), 4.04 from an address no registration holds or for
-    /// an unknown name, 4.03 from another identity than the registration's, 4.05 for
-    /// another method.
-    fn package_request(&mut self, peer: SocketAddr, m: &Message) -> Message {
+    /// A package download (`GET /pkg/<name>`, see [`packages`]): the body to answer 2.05
+    /// with (shared with the endpoint, which slices it into blocks), or 4.04 from an
+    /// address no registration holds or for an unknown name, 4.03 from another identity
+    /// than the registration's, 4.05 for another method.
+    fn package_request(&mut self, peer: SocketAddr, m: &Message) -> Result<Arc<Vec<u8>>, Code> {
         if m.code != Code::GET {
-            return Message::response(Code::METHOD_NOT_ALLOWED);
+            return Err(Code::METHOD_NOT_ALLOWED);
         }
-        let Some(&slot) = self.by_addr.get(&peer) else {
-            return Message::response(Code::NOT_FOUND);
-        };
+        let &slot = self.by_addr.get(&peer).ok_or(Code::NOT_FOUND)?;
         if !self.owns(slot, peer) {
-            return Message::response(Code::FORBIDDEN);
+            return Err(Code::FORBIDDEN);
         }
         let name = m.uri_path().skip(1).collect::<Vec<_>>().join("/");
-        let Some(packages) = &self.packages else {
-            return Message::response(Code::NOT_FOUND);
-        };
-        let Some(body) = packages.get(&name) else {
-            return Message::response(Code::NOT_FOUND);
-        };
+        let packages = self.packages.as_ref().ok_or(Code::NOT_FOUND)?;
+        let body = packages.get(&name).ok_or(Code::NOT_FOUND)?;
         if m.block2().is_none_or(|b| b.num == 0) {
             packages.count_download();
         }
-        let mut r = Message::response(Code::CONTENT);
-        r.set_content_format(coap::ContentFormat::OCTET_STREAM);
-        r.payload = body.to_vec();
-        r
+        Ok(body)
     }
 
     /// Runs a registration-interface request; returns the response code and, for a
