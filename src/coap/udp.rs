@@ -142,6 +142,12 @@ enum Command {
         observe: bool,
         reply: Sender<Result<Option<ObservationId>, RespondError>>,
     },
+    RespondShared {
+        id: IncomingRequestId,
+        response: Message,
+        body: std::sync::Arc<Vec<u8>>,
+        reply: Sender<Result<(), RespondError>>,
+    },
     Notify {
         id: ObservationId,
         response: Message,
@@ -298,6 +304,26 @@ impl DriverHandle {
     /// Answers an incoming request.
     pub fn respond(&self, id: IncomingRequestId, response: Message) -> Result<(), DriverError> {
         self.respond_inner(id, response, false).map(|_| ())
+    }
+
+    /// Answers an incoming request with a shared body (see
+    /// [`Endpoint::respond_shared`]): downloads of one body hold it once.
+    pub fn respond_shared(
+        &self,
+        id: IncomingRequestId,
+        response: Message,
+        body: std::sync::Arc<Vec<u8>>,
+    ) -> Result<(), DriverError> {
+        let (reply, rx) = mpsc::channel();
+        self.command(Command::RespondShared {
+            id,
+            response,
+            body,
+            reply,
+        })?;
+        rx.recv()
+            .map_err(|_| DriverError::Stopped)?
+            .map_err(DriverError::Respond)
     }
 
     /// Answers an Observe=0 request and registers the observer (see
@@ -594,6 +620,14 @@ fn run(
                         ep.respond(now, id, response).map(|()| None)
                     };
                     let _ = reply.send(r);
+                }
+                Ok(Command::RespondShared {
+                    id,
+                    response,
+                    body,
+                    reply,
+                }) => {
+                    let _ = reply.send(ep.respond_shared(now, id, response, body));
                 }
                 Ok(Command::Notify {
                     id,

@@ -58,27 +58,32 @@ impl PackageServer {
                     else {
                         continue;
                     };
-                    let response = if request.code != Code::GET {
-                        Message::response(Code::METHOD_NOT_ALLOWED)
-                    } else {
-                        let path = request.uri_path_string();
-                        let body = p
-                            .read()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(path.trim_start_matches('/'))
-                            .cloned();
-                        match body {
-                            Some(body) => {
+                    let body = (request.code == Code::GET)
+                        .then(|| {
+                            let path = request.uri_path_string();
+                            p.read()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get(path.trim_start_matches('/'))
+                                .cloned()
+                        })
+                        .flatten();
+                    match body {
+                        // Shared: the downloads of one package hold it once.
+                        Some(body) => {
+                            if request.block2().is_none_or(|b| b.num == 0) {
                                 n.fetch_add(1, Ordering::Relaxed);
-                                let mut m = Message::response(Code::CONTENT);
-                                m.set_content_format(ContentFormat::OCTET_STREAM);
-                                m.payload = body.to_vec();
-                                m
                             }
-                            None => Message::response(Code::NOT_FOUND),
+                            let mut head = Message::response(Code::CONTENT);
+                            head.set_content_format(ContentFormat::OCTET_STREAM);
+                            let _ = handle.respond_shared(id, head, body);
                         }
-                    };
-                    let _ = handle.respond(id, response);
+                        None if request.code != Code::GET => {
+                            let _ = handle.respond(id, Message::response(Code::METHOD_NOT_ALLOWED));
+                        }
+                        None => {
+                            let _ = handle.respond(id, Message::response(Code::NOT_FOUND));
+                        }
+                    }
                 }
                 driver.stop();
             })?;
