@@ -23,7 +23,7 @@ mod api;
 
 use sim::{Rng, SimDevice, firmware_image, serve_device, start_device};
 use std::time::Duration;
-use twinhub::hub::{Hub, HubConfig, PackageServer};
+use twinhub::hub::{Hub, HubConfig};
 use twinhub::registry::Registry;
 use twinhub::twin::Twin;
 
@@ -57,9 +57,10 @@ fn main() {
         .build()
         .unwrap_or_else(|e| fail(&format!("cannot start the hub on {}: {e}", args.bind)));
     let server = hub.local_addr().expect("a UDP hub");
-    let packages = PackageServer::bind("127.0.0.1:0")
-        .unwrap_or_else(|e| fail(&format!("cannot start the package server: {e}")));
-    let uri = packages.publish("fw/2.0.bin", firmware_image(16 * 1024));
+    // The hub serves the image itself, to its registered devices.
+    let uri = hub
+        .publish_package("fw/2.0.bin", firmware_image(16 * 1024))
+        .unwrap_or_else(|e| fail(&format!("cannot publish the firmware: {e}")));
 
     // The devices and their application side (boot into the new image on Update).
     let devices: Vec<SimDevice> = plan
@@ -102,7 +103,6 @@ fn main() {
             .await
             .unwrap_or_else(|e| fail(&format!("http: {e}")));
     });
-    packages.stop();
 }
 
 fn parse_args() -> Args {
