@@ -1813,3 +1813,98 @@ fn an_identity_moved_to_another_device_does_not_own_the_old_registration() {
         "no registration there"
     );
 }
+
+#[test]
+fn packages_go_to_the_registered_peer_with_its_identity_only() {
+    const BLOCK2: u16 = 23;
+    let packages = Packages::default();
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    packages.publish("fw/2.0.bin", body.clone()).unwrap();
+    let mut sim = Sim::open();
+    let server = std::mem::replace(&mut sim.server, Lwm2mServer::new(ServerConfig::default()));
+    sim.server = server.with_packages(packages.clone());
+    let (a, b) = (addr(9400), addr(9401));
+    let ident = |device: &str| PeerIdentity {
+        psk_identity: format!("{device}-id").into(),
+        device: Some(dev(device)),
+    };
+    let get = |sim: &mut Sim,
+               from: SocketAddr,
+               who: Option<&PeerIdentity>,
+               method: u8,
+               name: &str,
+               block: Option<u32>| {
+        let mut p = sim.request(method, &["pkg", "fw", name], &[], b"");
+        if let Some(num) = block {
+            p.add_uint(BLOCK2, (num << 4) | 6);
+        }
+        sim.server
+            .handle_datagram_from(sim.now, from, who, &p.encode());
+        let out = sim.out();
+        assert_eq!(out.len(), 1, "{out:?}");
+        out.into_iter().next().unwrap().1
+    };
+    // Before the device registers, nobody gets it.
+    let pump = ident("pump");
+    assert_eq!(
+        get(&mut sim, a, Some(&pump), wire::GET, "2.0.bin", None).code,
+        code(4, 4)
+    );
+    let p = sim.request(wire::POST, &["rd"], &["ep=pump"], b"</5/0>");
+    sim.server
+        .handle_datagram_from(sim.now, a, Some(&pump), &p.encode());
+    assert_eq!(sim.out()[0].1.code, code(2, 1));
+    sim.events();
+    // The registered peer: block 0, then block 1 from the endpoint's transfer.
+    let first = get(&mut sim, a, Some(&pump), wire::GET, "2.0.bin", None);
+    assert_eq!(first.code, code(2, 5));
+    assert_eq!(first.payload, body[..1024]);
+    assert_eq!(first.uint(BLOCK2), Some((1 << 3) | 6), "block 0, more");
+    let second = get(&mut sim, a, Some(&pump), wire::GET, "2.0.bin", Some(1));
+    assert_eq!(second.payload, body[1024..2048]);
+    assert_eq!(
+        packages.downloads(),
+        1,
+        "a download counts at its first block"
+    );
+    // Another identity at that address, another address, another method, another name.
+    assert_eq!(
+        get(
+            &mut sim,
+            a,
+            Some(&ident("valve")),
+            wire::GET,
+            "2.0.bin",
+            None
+        )
+        .code,
+        code(4, 3)
+    );
+    assert!(matches!(
+        &sim.events()[..],
+        [DeviceEvent::Rejected {
+            reason: RejectReason::IdentityMismatch,
+            ..
+        }]
+    ));
+    assert_eq!(
+        get(&mut sim, b, None, wire::GET, "2.0.bin", None).code,
+        code(4, 4)
+    );
+    assert_eq!(
+        get(&mut sim, a, Some(&pump), wire::PUT, "2.0.bin", None).code,
+        code(4, 5)
+    );
+    assert_eq!(
+        get(&mut sim, a, Some(&pump), wire::GET, "3.0.bin", None).code,
+        code(4, 4)
+    );
+    assert_eq!(packages.downloads(), 1);
+    // A server without packages knows no /pkg.
+    let mut plain = Sim::open();
+    plain.register(a, &["ep=pump"]);
+    assert_eq!(
+        get(&mut plain, a, None, wire::GET, "2.0.bin", None).code,
+        code(4, 4)
+    );
+}
