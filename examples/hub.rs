@@ -28,8 +28,11 @@
 //!
 //! It prints registrations and device property updates as they happen, and reads
 //! commands on stdin, one per line (`help` lists them): list devices, show a twin, run a
-//! query, start a job (firmware update, reboot, factory reset, configuration, read,
-//! write) and follow it. It exits on `quit` or at the end of its input.
+//! query, serve a firmware file to the registered devices (`publish`, over their own
+//! DTLS sessions on a `--dtls-bind` hub; `--package-host HOST:PORT` names the address
+//! devices reach when the hub is bound to `0.0.0.0`), start a job (firmware update,
+//! reboot, factory reset, configuration, read, write) and follow it. It exits on `quit`
+//! or at the end of its input.
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -55,6 +58,7 @@ commands:
   tags <tag> [tag ...]             devices that carry all these tags
   reboot <id|all> ...              reboot job
   reset <id|all> ...               factory reset job
+  publish <name> <file>            serve a file to registered devices; prints its URI
   fw <package-uri> <id|all> ...    firmware update job
   config <name> <value> <id|all>   configuration update job
   read <path> <id|all> ...         read device property job (e.g. read /3/0/9 all)
@@ -79,6 +83,12 @@ fn main() {
                     .unwrap_or_else(|| usage("--bind needs ADDR:PORT"))
             }
             "--auto-provision" => config.auto_provision = true,
+            "--package-host" => {
+                config.package_authority = Some(
+                    args.next()
+                        .unwrap_or_else(|| usage("--package-host needs HOST:PORT")),
+                )
+            }
             "--dtls-bind" => {
                 dtls_bind = Some(
                     args.next()
@@ -257,6 +267,11 @@ fn command(hub: &Hub, line: &str, words: &[&str], next_job: &mut u32) -> Result<
                     prop("BatteryLevel")
                 );
             }
+        }
+        ["publish", name, file] => {
+            let body = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+            let uri = hub.publish_package(name, body).map_err(|e| e.to_string())?;
+            println!("{file} published: {uri}");
         }
         ["twin", id] => {
             let twin = hub.twin(id).ok_or("no such device")?;
@@ -451,7 +466,7 @@ fn usage(problem: &str) -> ! {
         eprintln!("{problem}");
     }
     eprintln!(
-        "usage: hub [--bind ADDR:PORT | --dtls-bind ADDR:PORT] [--auto-provision] [--device ID]... [--psk ID:IDENTITY:HEXKEY]... [--data-dir DIR]"
+        "usage: hub [--bind ADDR:PORT | --dtls-bind ADDR:PORT] [--auto-provision] [--device ID]... [--psk ID:IDENTITY:HEXKEY]... [--data-dir DIR] [--bootstrap-bind ADDR:PORT] [--package-host HOST:PORT]"
     );
     std::process::exit(2)
 }

@@ -444,3 +444,24 @@ fn confirmable_notifications_survive_loss_to_the_hub() {
     );
     hub.stop();
 }
+
+/// A hub bound to every interface cannot name itself in a package URI: the service says
+/// where devices reach it (`packageAuthority` in the JSON settings).
+#[test]
+fn package_uris_name_the_configured_authority() {
+    let config: HubConfig = serde_json::from_str(r#"{"packageAuthority": "192.0.2.7:5683"}"#)
+        .expect("settings with the package authority");
+    let hub = Hub::bind_udp("0.0.0.0:0", Registry::new(), config).unwrap();
+    assert_eq!(
+        hub.publish_package("fw/2.0.bin", vec![1; 10]).unwrap(),
+        "coap://192.0.2.7:5683/pkg/fw/2.0.bin"
+    );
+    hub.stop();
+    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), HubConfig::default()).unwrap();
+    let uri = hub.publish_package("fw/2.0.bin", vec![1; 10]).unwrap();
+    assert_eq!(
+        uri,
+        format!("coap://{}/pkg/fw/2.0.bin", hub.local_addr().unwrap())
+    );
+    hub.stop();
+}

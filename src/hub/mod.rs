@@ -203,6 +203,11 @@ pub struct HubConfig {
     /// The DTLS layer's bounds (used by `Hub::bind_dtls`).
     #[cfg(feature = "dtls")]
     pub dtls: crate::dtls::DtlsServerConfig,
+    /// The `host:port` devices reach the hub at, for the URIs `Hub::publish_package`
+    /// returns (`"192.0.2.7:5684"`, `"[2001:db8::7]:5684"`); `None`: the listener's
+    /// address, which is `0.0.0.0` on a hub bound to every interface.
+    #[cfg(feature = "lwm2m")]
+    pub package_authority: Option<String>,
     /// A durable store (see [`crate::store`]); `None` keeps everything in memory only.
     /// Start the hub with the registry [`Store::open`](crate::store::Store::open)
     /// returned; another registry is imported into the store (see
@@ -227,6 +232,8 @@ impl Default for HubConfig {
             server: ServerConfig::default(),
             #[cfg(feature = "dtls")]
             dtls: crate::dtls::DtlsServerConfig::default(),
+            #[cfg(feature = "lwm2m")]
+            package_authority: None,
             store: None,
         }
     }

@@ -65,10 +65,10 @@ impl Hub {
     /// they registered on: behind DTLS the download is authenticated and encrypted like
     /// the registration (see [`Packages`] for who may download). Returns its URI, for a
     /// firmware job's Package URI: `coaps://<listener>/pkg/<name>` on a hub bound with
-    /// DTLS, `coap://<listener>/pkg/<name>` on a plain one. (On a hub bound to an
-    /// unspecified address such as `0.0.0.0` the URI names that address: write it with
-    /// the address the devices reach instead.) The crate's device library downloads a
-    /// `coaps` URI over its session with its server.
+    /// DTLS, `coap://<listener>/pkg/<name>` on a plain one, where `<listener>` is
+    /// [`HubConfig::package_authority`] when set (a hub bound to `0.0.0.0` needs it: the
+    /// address the devices reach), else the listener's address. The crate's device
+    /// library downloads a `coaps` URI over its session with its server.
     ///
     /// ```no_run
     /// use twinhub::hub::{Hub, HubConfig};
@@ -91,7 +91,11 @@ impl Hub {
         };
         #[cfg(not(feature = "dtls"))]
         let scheme = "coap";
-        Ok(format!("{scheme}://{addr}/{PACKAGE_PATH}/{name}"))
+        let authority = match &self.inner.config.package_authority {
+            Some(authority) => authority.clone(),
+            None => addr.to_string(),
+        };
+        Ok(format!("{scheme}://{authority}/{PACKAGE_PATH}/{name}"))
     }
 
     /// Withdraws a package [`Hub::publish_package`] published; returns whether it was.
