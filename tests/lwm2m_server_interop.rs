@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
-use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, UdpServer};
+use twinhub::lwm2m::server::{Lwm2mServer, Packages, ServerConfig, UdpServer};
 use twinhub::transport::{
     DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, OpId, WriteMode,
 };
@@ -335,7 +335,16 @@ fn aiocoap_scripted_client_tlv_and_senml_vectors() {
     if !peer_available("python3 + aiocoap", py_ok) {
         return;
     }
-    let (udp, events) = open_server();
+    // The server also hands out a package (a firmware image) to registered devices.
+    let packages = Packages::default();
+    let image: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    packages.publish("fw/2.0.bin", image.clone()).unwrap();
+    let server = Lwm2mServer::new(ServerConfig {
+        auto_provision: true,
+        ..ServerConfig::default()
+    })
+    .with_packages(packages.clone());
+    let (udp, events) = UdpServer::bind("127.0.0.1:0", server).unwrap();
     let port = udp.local_addr().port().to_string();
     let handle = udp.handle();
     let mut peer = Peer::spawn(
@@ -411,6 +420,15 @@ fn aiocoap_scripted_client_tlv_and_senml_vectors() {
         });
         assert_eq!(v, vec![(bat, ResourceValue::Integer(expected))]);
     }
+
+    // aiocoap pulls the package block-wise (5000 bytes: five 1024-byte blocks) and gets
+    // every byte; an unknown name is 4.04.
+    peer.say("download pkg/fw/2.0.bin");
+    let hex: String = image.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(peer.expect("DOWNLOAD"), format!("DOWNLOADED {hex}"));
+    assert_eq!(packages.downloads(), 1);
+    peer.say("download pkg/fw/none");
+    assert_eq!(peer.expect("DOWNLOAD"), "DOWNLOAD 4.04");
 
     peer.say("update");
     let updated = wait_for(&events, "registration updated", |e| match e {

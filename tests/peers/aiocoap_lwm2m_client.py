@@ -8,8 +8,12 @@ vector of the LWM2M 1.0 TS (section 6.4.3.1), and notifies /3/0/9 alternately in
 (11542) and SenML JSON (110) from recorded vectors.
 
   usage: aiocoap_lwm2m_client.py <host> <port> <endpoint>
-  stdout: REGISTERED <location>, OBSERVED, NOTIFIED <n>, UPDATED, DEREGISTERED, ERROR <text>
-  stdin:  notify | update | deregister | exit
+  stdout: REGISTERED <location>, OBSERVED, NOTIFIED <n>, UPDATED, DEREGISTERED,
+          DOWNLOADED <hex body> | DOWNLOAD <code>, ERROR <text>
+  stdin:  notify | update | download <path> | deregister | exit
+
+`download` GETs a path from the server over the same socket (aiocoap reassembles a
+Block2 response), as a device pulls a firmware package.
 """
 import asyncio
 import sys
@@ -102,6 +106,13 @@ async def main(host, port, endpoint):
             upd = Message(code=Code.POST, uri=base + "/" + location + "?lt=120")
             resp = await ctx.request(upd).response
             out("UPDATED" if resp.code == Code.CHANGED else "ERROR update %s" % resp.code)
+        elif line.startswith("download "):
+            path = line.split(" ", 1)[1]
+            resp = await ctx.request(Message(code=Code.GET, uri=base + "/" + path)).response
+            if resp.code == Code.CONTENT:
+                out("DOWNLOADED " + resp.payload.hex())
+            else:
+                out("DOWNLOAD %d.%02d" % (int(resp.code) >> 5, int(resp.code) & 31))
         elif line == "deregister":
             resp = await ctx.request(Message(code=Code.DELETE, uri=base + "/" + location)).response
             out("DEREGISTERED" if resp.code == Code.DELETED else "ERROR deregister %s" % resp.code)
