@@ -42,14 +42,10 @@ fn hub_with(names: &[&str]) -> Hub {
     hub
 }
 
-#[test]
-fn devices_register_over_dtls_and_every_job_type_runs() {
-    let names = ["sec-1", "sec-2", "sec-3"];
-    let hub = hub_with(&names);
-    let server = hub.local_addr().unwrap();
-    let packages = PackageServer::bind("127.0.0.1:0").unwrap();
-    let uri = packages.publish("fw/2.0.bin", vec![7u8; 5000]);
-    let mut devices: Vec<Device> = names
+/// Library devices for `names`, over DTLS with the credentials [`hub_with`] gave them
+/// (`names` in the same order as there).
+fn start_all(names: &[&str], server: SocketAddr) -> Vec<Device> {
+    names
         .iter()
         .enumerate()
         .map(|(i, n)| {
@@ -60,7 +56,17 @@ fn devices_register_over_dtls_and_every_job_type_runs() {
                 Some(creds(&format!("{n}-id"), i as u8 + 1)),
             )
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn devices_register_over_dtls_and_every_job_type_runs() {
+    let names = ["sec-1", "sec-2", "sec-3"];
+    let hub = hub_with(&names);
+    let server = hub.local_addr().unwrap();
+    let packages = PackageServer::bind("127.0.0.1:0").unwrap();
+    let uri = packages.publish("fw/2.0.bin", vec![7u8; 5000]);
+    let mut devices = start_all(&names, server);
     wait_for(&mut devices, "twins to fill", || {
         names
             .iter()
@@ -219,18 +225,7 @@ fn a_package_is_pulled_from_the_hub_over_the_devices_own_session() {
     assert_eq!(hub.package_downloads(), 1);
 
     // Devices built with the crate's library pull it in a firmware job.
-    let mut devices: Vec<Device> = ["pkg-1", "pkg-2"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            start_with(
-                n,
-                server,
-                false,
-                Some(creds(&format!("{n}-id"), i as u8 + 1)),
-            )
-        })
-        .collect();
+    let mut devices = start_all(&["pkg-1", "pkg-2"], server);
     wait_for(&mut devices, "twins to fill", || {
         ["pkg-1", "pkg-2"]
             .iter()

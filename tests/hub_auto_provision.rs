@@ -45,12 +45,13 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn auto_provisioned_twins_are_capped_and_expire_unless_adopted() {
+/// A UDP hub that auto-provisions at most `limit` twins, expiring unadopted ones after
+/// `expiry`; and a socket to talk to it from.
+fn auto_hub(limit: usize, expiry: Duration) -> (Hub, SocketAddr, UdpSocket) {
     let config = HubConfig {
         auto_provision: true,
-        auto_provision_limit: 3,
-        auto_provision_expiry: Duration::from_millis(500),
+        auto_provision_limit: limit,
+        auto_provision_expiry: expiry,
         sync: None,
         ..HubConfig::default()
     };
@@ -59,6 +60,12 @@ fn auto_provisioned_twins_are_capped_and_expire_unless_adopted() {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
+    (hub, addr, sock)
+}
+
+#[test]
+fn auto_provisioned_twins_are_capped_and_expire_unless_adopted() {
+    let (hub, addr, sock) = auto_hub(3, Duration::from_millis(500));
 
     let mut locations = Vec::new();
     for (i, ep) in ["auto-0", "auto-1", "auto-2"].iter().enumerate() {
@@ -128,18 +135,7 @@ fn auto_provisioned_twins_are_capped_and_expire_unless_adopted() {
 /// the hub's next sweep: the place goes to the next unknown device.
 #[test]
 fn a_twin_the_service_adopts_or_removes_gives_its_place_to_the_next_device() {
-    let config = HubConfig {
-        auto_provision: true,
-        auto_provision_limit: 1,
-        auto_provision_expiry: Duration::from_secs(3600),
-        sync: None,
-        ..HubConfig::default()
-    };
-    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), config).unwrap();
-    let addr = hub.local_addr().unwrap();
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    let (hub, addr, sock) = auto_hub(1, Duration::from_secs(3600));
     let mut mid = 1;
     let mut next = |ep: &str| {
         mid += 1;

@@ -1390,13 +1390,8 @@ fn a_deleted_targets_final_notification_is_confirmable_and_retransmitted() {
     }
 }
 
-#[test]
-fn final_notifications_kept_are_bounded_by_max_observations() {
-    // Two observations at most; three end unacknowledged: the oldest final is dropped
-    // (no longer retransmitted) and the two newest are kept.
-    let mut config = ClientConfig::new("dev-1", server());
-    config.confirmable_notifications = true;
-    config.max_observations = 2;
+/// [`tree`] with three Humidity instances (/3304/0..2/5700: 40, 41, 42).
+fn tree_with_humidity() -> ObjectTree {
     let mut t = tree();
     t.add(
         ValueObject::new(ObjectDef::new(
@@ -1414,7 +1409,17 @@ fn final_notifications_kept_are_bounded_by_max_observations() {
         .with_value(1, 5700, ResourceValue::Float(41.0))
         .with_value(2, 5700, ResourceValue::Float(42.0)),
     );
-    let mut h = Harness::registered_configured(config, t);
+    t
+}
+
+#[test]
+fn final_notifications_kept_are_bounded_by_max_observations() {
+    // Two observations at most; three end unacknowledged: the oldest final is dropped
+    // (no longer retransmitted) and the two newest are kept.
+    let mut config = ClientConfig::new("dev-1", server());
+    config.confirmable_notifications = true;
+    config.max_observations = 2;
+    let mut h = Harness::registered_configured(config, tree_with_humidity());
     let mut tokens = Vec::new();
     for iid in 0..3u16 {
         let mut obs = Message::request(Code::GET, &format!("/3304/{iid}/5700"));
@@ -1469,23 +1474,7 @@ fn final_notifications_kept_are_bounded_by_max_observations() {
 fn one_confirmable_notification_is_outstanding_at_a_time_across_observations() {
     let mut config = ClientConfig::new("dev-1", server());
     config.confirmable_notifications = true;
-    let mut t = tree();
-    let mut humidity = ValueObject::new(ObjectDef::new(
-        3304,
-        "Humidity",
-        true,
-        vec![ResourceDef::new(
-            5700,
-            "Sensor Value",
-            ResourceType::Float,
-            Access::Read,
-        )],
-    ));
-    for iid in 0..3 {
-        humidity = humidity.with_value(iid, 5700, ResourceValue::Float(40.0));
-    }
-    t.add(humidity);
-    let mut h = Harness::registered_configured(config, t);
+    let mut h = Harness::registered_configured(config, tree_with_humidity());
     let path = |iid| Lwm2mPath::resource(3304, iid, 5700);
     let mut tokens = Vec::new();
     for iid in 0..3u16 {

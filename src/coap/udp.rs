@@ -127,6 +127,13 @@ impl fmt::Display for DriverError {
 
 impl std::error::Error for DriverError {}
 
+/// How a [`Command::Respond`] answers.
+enum Answer {
+    Plain,
+    Observe,
+    Shared(std::sync::Arc<Vec<u8>>),
+}
+
 enum Command {
     Send {
         peer: SocketAddr,
@@ -139,14 +146,9 @@ enum Command {
     Respond {
         id: IncomingRequestId,
         response: Message,
-        observe: bool,
+        /// Observe (no shared body then), or answer with this shared body.
+        how: Answer,
         reply: Sender<Result<Option<ObservationId>, RespondError>>,
-    },
-    RespondShared {
-        id: IncomingRequestId,
-        response: Message,
-        body: std::sync::Arc<Vec<u8>>,
-        reply: Sender<Result<(), RespondError>>,
     },
     Notify {
         id: ObservationId,
@@ -303,7 +305,7 @@ impl DriverHandle {
 
     /// Answers an incoming request.
     pub fn respond(&self, id: IncomingRequestId, response: Message) -> Result<(), DriverError> {
-        self.respond_inner(id, response, false).map(|_| ())
+        self.respond_inner(id, response, Answer::Plain).map(|_| ())
     }
 
     /// Answers an incoming request with a shared body (see
@@ -314,16 +316,8 @@ impl DriverHandle {
         response: Message,
         body: std::sync::Arc<Vec<u8>>,
     ) -> Result<(), DriverError> {
-        let (reply, rx) = mpsc::channel();
-        self.command(Command::RespondShared {
-            id,
-            response,
-            body,
-            reply,
-        })?;
-        rx.recv()
-            .map_err(|_| DriverError::Stopped)?
-            .map_err(DriverError::Respond)
+        self.respond_inner(id, response, Answer::Shared(body))
+            .map(|_| ())
     }
 
     /// Answers an Observe=0 request and registers the observer (see
@@ -333,20 +327,20 @@ impl DriverHandle {
         id: IncomingRequestId,
         response: Message,
     ) -> Result<Option<ObservationId>, DriverError> {
-        self.respond_inner(id, response, true)
+        self.respond_inner(id, response, Answer::Observe)
     }
 
     fn respond_inner(
         &self,
         id: IncomingRequestId,
         response: Message,
-        observe: bool,
+        how: Answer,
     ) -> Result<Option<ObservationId>, DriverError> {
         let (reply, rx) = mpsc::channel();
         self.command(Command::Respond {
             id,
             response,
-            observe,
+            how,
             reply,
         })?;
         rx.recv()
@@ -611,23 +605,17 @@ fn run(
                 Ok(Command::Respond {
                     id,
                     response,
-                    observe,
+                    how,
                     reply,
                 }) => {
-                    let r = if observe {
-                        ep.respond_and_observe(now, id, response)
-                    } else {
-                        ep.respond(now, id, response).map(|()| None)
+                    let r = match how {
+                        Answer::Observe => ep.respond_and_observe(now, id, response),
+                        Answer::Plain => ep.respond(now, id, response).map(|()| None),
+                        Answer::Shared(body) => {
+                            ep.respond_shared(now, id, response, body).map(|()| None)
+                        }
                     };
                     let _ = reply.send(r);
-                }
-                Ok(Command::RespondShared {
-                    id,
-                    response,
-                    body,
-                    reply,
-                }) => {
-                    let _ = reply.send(ep.respond_shared(now, id, response, body));
                 }
                 Ok(Command::Notify {
                     id,

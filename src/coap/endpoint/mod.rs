@@ -1566,20 +1566,7 @@ impl Endpoint {
         id: IncomingRequestId,
         response: Message,
     ) -> Result<(), RespondError> {
-        if !response.code.is_response() {
-            return Err(RespondError::NotAResponse(response.code));
-        }
-        let inc = self
-            .incoming
-            .remove(&id)
-            .ok_or(RespondError::UnknownRequest(id))?;
-        let result = self.send_response(now, &inc, response, None, None);
-        if result.is_err() {
-            self.incoming.insert(id, inc);
-            return result;
-        }
-        self.peer_pending_done(inc.peer);
-        result
+        self.respond_with(now, id, response, None)
     }
 
     /// [`Endpoint::respond`] with the body shared instead of in `response.payload` (which
@@ -1592,6 +1579,16 @@ impl Endpoint {
         response: Message,
         body: Arc<Vec<u8>>,
     ) -> Result<(), RespondError> {
+        self.respond_with(now, id, response, Some(body))
+    }
+
+    fn respond_with(
+        &mut self,
+        now: Instant,
+        id: IncomingRequestId,
+        response: Message,
+        shared: Option<Arc<Vec<u8>>>,
+    ) -> Result<(), RespondError> {
         if !response.code.is_response() {
             return Err(RespondError::NotAResponse(response.code));
         }
@@ -1599,7 +1596,7 @@ impl Endpoint {
             .incoming
             .remove(&id)
             .ok_or(RespondError::UnknownRequest(id))?;
-        let result = self.send_response(now, &inc, response, None, Some(body));
+        let result = self.send_response(now, &inc, response, None, shared);
         if result.is_err() {
             self.incoming.insert(id, inc);
             return result;
