@@ -255,7 +255,8 @@ fn a_package_is_pulled_from_the_hub_over_the_devices_own_session() {
     }
     assert_eq!(hub.package_downloads(), 3);
     // Withdrawn, it is gone for a new download.
-    assert!(hub.withdraw_package("fw/2.0.bin"));
+    assert_eq!(hub.withdraw_package("fw/2.0.bin"), Ok(true));
+    assert!(hub.packages().is_empty());
     assert_eq!(
         raw.exchange(get("/pkg/fw/2.0.bin")).unwrap().code,
         Code::NOT_FOUND

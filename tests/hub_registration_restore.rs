@@ -116,3 +116,63 @@ fn a_restarted_hub_reaches_its_devices_without_a_new_registration() {
         hub.twin("kept").unwrap().connection_state == ConnectionState::Disconnected
     });
 }
+
+/// Packages the hub serves are durable with its store: a restarted hub serves what was
+/// published and not withdrawn, and a device pulls it in a firmware job; a publish the
+/// store refuses publishes nothing.
+#[test]
+fn published_packages_survive_a_restart() {
+    use twinhub::hub::PublishError;
+    use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let store = SharedStore::new(store);
+    let config = HubConfig {
+        store: Some(store.clone()),
+        ..HubConfig::default()
+    };
+    let hub = Hub::bind_udp("127.0.0.1:0", registry, config).unwrap();
+    let image: Vec<u8> = (0..4000u32).map(|i| (i % 253) as u8).collect();
+    hub.publish_package("fw/2.0.bin", image.clone()).unwrap();
+    hub.publish_package("fw/old.bin", vec![1; 100]).unwrap();
+    assert_eq!(hub.withdraw_package("fw/old.bin"), Ok(true));
+    store.lock().fail_next_commit();
+    assert!(matches!(
+        hub.publish_package("fw/lost.bin", vec![2; 100]),
+        Err(PublishError::NotDurable { .. })
+    ));
+    assert_eq!(hub.packages(), ["fw/2.0.bin"]);
+    hub.create_device(Twin::new(DeviceId::new("pulls").unwrap()))
+        .unwrap();
+    hub.stop();
+    drop(hub);
+    drop(store);
+
+    let hub = durable(dir.path(), "127.0.0.1:0");
+    assert_eq!(hub.packages(), ["fw/2.0.bin"]);
+    let addr = hub.local_addr().unwrap();
+    let mut devices = vec![start("pulls", addr, false)];
+    wait_for(&mut devices, "the twin to fill", || {
+        prop(&hub, "pulls", "BatteryLevel").is_some()
+    });
+    let spec = JobSpec::new(
+        JobId::new("fw-after-restart").unwrap(),
+        JobType::FirmwareUpdate {
+            package_uri: format!("coap://{addr}/pkg/fw/2.0.bin"),
+            expected_version: Some("2.0".into()),
+        },
+        vec![DeviceId::new("pulls").unwrap()],
+    );
+    assert_eq!(
+        e2e_support::run_job(&hub, &mut devices, spec),
+        JobStatus::Completed
+    );
+    assert_eq!(
+        devices[0].package.lock().unwrap().as_deref(),
+        Some(&image[..])
+    );
+    for d in devices.iter_mut() {
+        drop(d.thread.take());
+    }
+    hub.stop();
+}

@@ -75,7 +75,7 @@ impl Hub {
             }
         }
         let provisioned = AutoProvisioned::for_config(&config);
-        let packages = crate::lwm2m::server::Packages::default();
+        let packages = super::udp::stored_packages(&config)?;
         let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts, &packages);
         let restored = super::udp::restore_registrations(&registry, &mut server);
         let dtls = DtlsServer::new(config.dtls.clone(), store.clone());

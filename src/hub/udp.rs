@@ -8,7 +8,7 @@ use super::{Hub, HubConfig};
 use crate::lwm2m::server::{
     Decision, Lwm2mServer, PACKAGE_PATH, PackageNameError, Packages, ServerConfig, UdpServer,
 };
-use crate::registry::{Registry, SharedRegistry};
+use crate::registry::{Registry, SharedRegistry, StoreFailure};
 use crate::time::Timestamp;
 use crate::transport::RejectReason;
 use crate::twin::{ConnectionState, DeviceId, DeviceStatus, RegistrationInfo};
@@ -41,7 +41,7 @@ impl Hub {
         parts: ServerParts,
     ) -> std::io::Result<Hub> {
         let provisioned = AutoProvisioned::for_config(&config);
-        let packages = Packages::default();
+        let packages = stored_packages(&config)?;
         let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts, &packages);
         let restored = restore_registrations(&registry, &mut server);
         let (udp, events) = UdpServer::bind(addr, server)?;
@@ -78,10 +78,22 @@ impl Hub {
     /// assert!(uri.starts_with("coaps://127.0.0.1:") && uri.ends_with("/pkg/fw/2.0.bin"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// With a store ([`HubConfig::store`]) the package is written to it before it is
+    /// served, in a transaction of its own, and a restarted hub serves it again; if it
+    /// cannot be made durable, nothing is published and the error says so.
     pub fn publish_package(&self, name: &str, body: Vec<u8>) -> Result<String, PublishError> {
         let (Some(packages), Some(addr)) = (self.inner.packages.get(), self.local_addr()) else {
             return Err(PublishError::NoListener);
         };
+        Packages::check_name(name).map_err(PublishError::Name)?;
+        if let Some(store) = &self.inner.config.store {
+            let not_durable = |error| PublishError::NotDurable {
+                error: StoreFailure::new(error),
+            };
+            self.inner.backing_off().map_err(not_durable)?;
+            store.lock().put_package(name, &body).map_err(not_durable)?;
+        }
         packages.publish(name, body).map_err(PublishError::Name)?;
         #[cfg(feature = "dtls")]
         let scheme = if self.inner.secure.get().is_some() {
@@ -99,9 +111,28 @@ impl Hub {
     }
 
     /// Withdraws a package [`Hub::publish_package`] published; returns whether it was.
-    /// Downloads under way finish.
-    pub fn withdraw_package(&self, name: &str) -> bool {
-        self.inner.packages.get().is_some_and(|p| p.withdraw(name))
+    /// Downloads under way finish. With a store, it is removed from the store first (if
+    /// that fails, it stays published and the error says so).
+    pub fn withdraw_package(&self, name: &str) -> Result<bool, PublishError> {
+        let Some(packages) = self.inner.packages.get() else {
+            return Ok(false);
+        };
+        if let Some(store) = &self.inner.config.store {
+            let not_durable = |error| PublishError::NotDurable {
+                error: StoreFailure::new(error),
+            };
+            self.inner.backing_off().map_err(not_durable)?;
+            store.lock().remove_package(name).map_err(not_durable)?;
+        }
+        Ok(packages.withdraw(name))
+    }
+
+    /// The names of the packages published, in order.
+    pub fn packages(&self) -> Vec<String> {
+        self.inner
+            .packages
+            .get()
+            .map_or_else(Vec::new, Packages::names)
     }
 
     /// How many downloads of the hub's packages started (first blocks served).
@@ -227,8 +258,8 @@ pub(super) fn restore_registrations(
     restored
 }
 
-/// Why [`Hub::publish_package`] refused a package.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why [`Hub::publish_package`] (or [`Hub::withdraw_package`]) refused.
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum PublishError {
     /// The name is not a plain URI path ([`Packages::publish`]).
@@ -236,6 +267,11 @@ pub enum PublishError {
     /// The hub runs no UDP listener (it was started on another transport): there is no
     /// address to download from.
     NoListener,
+    /// The hub's store could not make the change durable; nothing changed.
+    NotDurable {
+        /// The store's error.
+        error: StoreFailure,
+    },
 }
 
 impl std::fmt::Display for PublishError {
@@ -245,8 +281,24 @@ impl std::fmt::Display for PublishError {
             PublishError::NoListener => {
                 f.write_str("the hub runs no UDP listener to serve packages")
             }
+            PublishError::NotDurable { error } => {
+                write!(f, "the package change could not be made durable: {error}")
+            }
         }
     }
 }
 
 impl std::error::Error for PublishError {}
+
+/// The packages a hub with a store published before it restarted (none without one).
+pub(super) fn stored_packages(config: &HubConfig) -> std::io::Result<Packages> {
+    let packages = Packages::default();
+    if let Some(store) = &config.store {
+        let stored = store.lock().packages().map_err(std::io::Error::other)?;
+        for (name, body) in stored {
+            // Names were checked when they were published.
+            let _ = packages.publish(&name, body);
+        }
+    }
+    Ok(packages)
+}

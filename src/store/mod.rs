@@ -131,6 +131,8 @@ const PROPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("device
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 const JOB_PARENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("job_parents");
 const JOB_CHILDREN: TableDefinition<u32, &[u8]> = TableDefinition::new("job_children");
+/// Packages the hub serves its devices (`Hub::publish_package`), by name.
+const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
 
 const META_FORMAT: &str = "format";
 const META_COMMITTED: &str = "committed_seq";
@@ -501,6 +503,57 @@ impl Store {
         self.fail_reload = true;
     }
 
+    /// Stores a package (a firmware image the hub serves, see `Hub::publish_package`)
+    /// under `name`, replacing one of that name, durably, in a transaction of its own.
+    /// Twins and jobs are not touched, so a failure here poisons nothing.
+    pub fn put_package(&mut self, name: &str, body: &[u8]) -> Result<(), StoreError> {
+        self.write_packages(|table| table.insert(name, body).map(drop))
+    }
+
+    /// Removes a stored package; returns whether there was one.
+    pub fn remove_package(&mut self, name: &str) -> Result<bool, StoreError> {
+        let mut had = false;
+        self.write_packages(|table| {
+            had = table.remove(name)?.is_some();
+            Ok(())
+        })?;
+        Ok(had)
+    }
+
+    /// Every stored package, by name.
+    pub fn packages(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(PACKAGES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn write_packages(
+        &mut self,
+        change: impl FnOnce(&mut redb::Table<'_, &str, &[u8]>) -> Result<(), redb::StorageError>,
+    ) -> Result<(), StoreError> {
+        #[cfg(feature = "fuzzing")]
+        if self.fail_writes > 0 {
+            self.fail_writes -= 1;
+            return Err(StoreError::Engine {
+                detail: "write failed (injected by fail_next_commit)".into(),
+            });
+        }
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(PACKAGES)?;
+            change(&mut table)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Gives the file's free pages back to the file system (redb's compaction). Old
     /// versions of rewritten rows are reused by later commits anyway; this shrinks the
     /// file after a large delete.
@@ -772,6 +825,7 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
         txn.open_table(FEED)?;
         txn.open_table(JOB_PARENTS)?;
         txn.open_table(JOB_CHILDREN)?;
+        txn.open_table(PACKAGES)?;
         (committed, start)
     };
     txn.commit()?;

@@ -68,13 +68,34 @@ impl Packages {
     /// own URI path, with no escaping; at most [`MAX_PACKAGE_NAME`] bytes. A download
     /// already under way keeps the body it started with.
     pub fn publish(&self, name: &str, body: Vec<u8>) -> Result<(), PackageNameError> {
-        if !valid_name(name) {
-            return Err(PackageNameError {
-                name: name.to_owned(),
-            });
-        }
+        Self::check_name(name)?;
         self.write().insert(name.to_owned(), Arc::new(body));
         Ok(())
+    }
+
+    /// Whether `name` may be published (see [`Packages::publish`]).
+    pub fn check_name(name: &str) -> Result<(), PackageNameError> {
+        if valid_name(name) {
+            Ok(())
+        } else {
+            Err(PackageNameError {
+                name: name.to_owned(),
+            })
+        }
+    }
+
+    /// The names published, in order.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .bodies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 
     /// Withdraws a package; returns whether it was published. Downloads under way finish.
