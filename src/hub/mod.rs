@@ -37,7 +37,7 @@
 //! | [`Hub::query_jobs`] | job engine lock while it takes the records changed since the previous query; then the history's own read lock (see [`LiveHistory`](crate::job::LiveHistory)) | the first call builds the indexes (about 0.5 s at 100,000 children); after that, proportional to what changed: 0.36 ms for a page of 100 at 100,000 children, 0.65 ms (median) while events are routed (`cargo bench --bench job_history`) |
 //! | [`Hub::request`] | nothing (queues the operation) | returns at once; [`Reply::wait`] blocks until the device answers, `.await` does not |
 //! | [`Hub::subscribe`] | publisher and registry read lock | proportional to the replay ([`SubscribeOptions::after`]); [`Subscription::recv`] blocks, [`Subscription::recv_async`] does not |
-//! | `Hub::publish_package`, `Hub::withdraw_package` (feature `lwm2m`) | the packages' write lock | microseconds (the body moves in; downloads under way keep theirs) |
+//! | `Hub::publish_package`, `Hub::withdraw_package` (feature `lwm2m`) | the packages' write lock; with a store, the store first (a transaction of its own) | microseconds in memory (the body moves in; downloads under way keep theirs); with a store, one redb commit of the body |
 //! | [`Hub::stop`], dropping the last clone | joins the hub's threads | milliseconds (the hub thread finishes its batch) |
 //!
 //! The hub thread applies up to 4,096 device events under one registry write lock, so
