@@ -257,6 +257,23 @@ fn a_package_is_pulled_from_the_hub_over_the_devices_own_session() {
     // Withdrawn, it is gone for a new download.
     assert_eq!(hub.withdraw_package("fw/2.0.bin"), Ok(true));
     assert!(hub.packages().is_empty());
+    // A firmware job naming one of the hub's packages that is not published is refused
+    // at creation, instead of failing every download.
+    let stale = JobSpec::new(
+        JobId::new("fw-withdrawn").unwrap(),
+        JobType::FirmwareUpdate {
+            package_uri: format!("coaps://{server}/pkg/fw/2.0.bin"),
+            expected_version: None,
+        },
+        vec![DeviceId::new("pkg-1").unwrap()],
+    );
+    assert!(matches!(
+        hub.create_job(stale),
+        Err(twinhub::job::SpecError::InvalidParameter {
+            name: "packageUri",
+            ..
+        })
+    ));
     assert_eq!(
         raw.exchange(get("/pkg/fw/2.0.bin")).unwrap().code,
         Code::NOT_FOUND

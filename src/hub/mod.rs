@@ -769,6 +769,10 @@ impl Hub {
                 return Err(SpecError::UnknownDevice(d.clone()));
             }
         }
+        #[cfg(feature = "lwm2m")]
+        if let crate::job::JobType::FirmwareUpdate { package_uri, .. } = &spec.job {
+            self.check_own_package(package_uri)?;
+        }
         let now = Instant::now();
         let id = spec.id.clone();
         let (record, ops) = {

@@ -127,6 +127,36 @@ impl Hub {
         Ok(packages.withdraw(name))
     }
 
+    /// A firmware job's Package URI that names one of this hub's packages (its
+    /// authority, `/pkg/<name>`) must name a published one: a typo would otherwise fail
+    /// every device's download. URIs elsewhere are the service's business.
+    pub(super) fn check_own_package(&self, uri: &str) -> Result<(), crate::job::SpecError> {
+        let (Some(packages), Some(addr)) = (self.inner.packages.get(), self.local_addr()) else {
+            return Ok(());
+        };
+        let Some((_, rest)) = uri.split_once("://") else {
+            return Ok(());
+        };
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let ours = match &self.inner.config.package_authority {
+            Some(a) => authority.eq_ignore_ascii_case(a),
+            None => authority == addr.to_string(),
+        };
+        let name = path.split('?').next().unwrap_or("");
+        match name
+            .strip_prefix(PACKAGE_PATH)
+            .and_then(|n| n.strip_prefix('/'))
+        {
+            Some(name) if ours && packages.get(name).is_none() => {
+                Err(crate::job::SpecError::InvalidParameter {
+                    name: "packageUri",
+                    reason: "names a package of this hub that is not published",
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The names of the packages published, in order.
     pub fn packages(&self) -> Vec<String> {
         self.inner
