@@ -347,7 +347,11 @@ fn a_disk_failing_for_a_while_costs_a_few_rebuilds_and_loses_no_notification() {
             .get("BatteryLevel")
             .map(|p| p.value.clone())
             == Some(Scalar::from(sent - 1))
-            && store.lock().committed_seq() == hub.registry().read().last_seq()
+            && {
+                // One lock at a time: the hub takes the registry before the store.
+                let last = hub.registry().read().last_seq();
+                store.lock().committed_seq() == last
+            }
     });
     let values: Vec<i64> = hub
         .changes_after(before)
