@@ -112,12 +112,12 @@ impl Hub {
         })?;
         // Jobs before the registry, as everywhere: the commit takes the engine's journal.
         let mut jobs = super::lock(&self.inner.jobs);
+        let mut registry = self.inner.registry.write();
         self.inner
-            .backing_off()
+            .ready_to_write(&mut jobs, &mut registry)
             .map_err(|error| CredentialsError::NotDurable {
                 detail: error.to_string(),
             })?;
-        let mut registry = self.inner.registry.write();
         let Some(previous) = registry.get(device).map(|t| t.authentication().clone()) else {
             return Err(CredentialsError::UnknownDevice {
                 device: device.to_owned(),
@@ -170,18 +170,21 @@ impl Hub {
     pub fn remove_psk(&self, device: &str) -> Result<bool, CredentialsError> {
         let mut jobs = super::lock(&self.inner.jobs);
         let mut registry = self.inner.registry.write();
+        // Checked first, so that memory holding a refused write is rebuilt from the disk
+        // before `had` is read (a retry must find the key the disk still has).
+        let ready = self.inner.ready_to_write(&mut jobs, &mut registry);
         let had = registry
             .get(device)
             .is_some_and(|t| !t.authentication().is_empty());
-        let durable = if had {
+        let durable = match ready {
             // Backing off from a failing store, the twin keeps the key (as after a failed
             // commit); the live key store still loses it below.
-            self.inner.backing_off().and_then(|()| {
+            Err(error) => Err(error),
+            Ok(()) if had => {
                 let _ = registry.set_authentication(device, Authentication::default());
                 self.inner.commit_locked(&mut jobs, &mut registry)
-            })
-        } else {
-            Ok(())
+            }
+            Ok(()) => Ok(()),
         };
         let in_store = match (self.inner.secure.get(), DeviceId::new(device)) {
             (Some(secure), Ok(id)) => secure.store.remove_device(&id),

@@ -777,7 +777,9 @@ impl Hub {
         let id = spec.id.clone();
         let (record, ops) = {
             let mut jobs = lock(&self.inner.jobs);
-            self.inner.backing_off().map_err(spec_not_durable)?;
+            self.inner
+                .ready_to_write(&mut jobs, &mut self.inner.registry.write())
+                .map_err(spec_not_durable)?;
             jobs.create(now, spec)?;
             // Drained before the commit: failing a child whose twin went meanwhile may
             // start another, and nothing is sent before it is durable.
@@ -801,7 +803,9 @@ impl Hub {
         let now = Instant::now();
         let (status, ops) = {
             let mut jobs = lock(&self.inner.jobs);
-            self.inner.backing_off().map_err(spec_not_durable)?;
+            self.inner
+                .ready_to_write(&mut jobs, &mut self.inner.registry.write())
+                .map_err(spec_not_durable)?;
             let status = jobs.cancel(now, id, mode)?;
             let ops = self
                 .inner
@@ -1112,8 +1116,9 @@ impl Inner {
         };
         let out = if self.config.store.is_some() {
             let mut jobs = lock(&self.jobs);
-            self.backing_off().map_err(not_durable)?;
             let mut reg = self.registry.write();
+            self.ready_to_write(&mut jobs, &mut reg)
+                .map_err(not_durable)?;
             let out = write(&mut reg)?;
             self.commit_locked(&mut jobs, &mut reg)
                 .map_err(not_durable)?;
@@ -1160,6 +1165,35 @@ impl Inner {
             }
         }
         outcome
+    }
+
+    /// Whether a service write may go ahead, checked with the jobs lock and the registry's
+    /// write lock held: not while the hub backs off from a failing store, and not on
+    /// memory that still holds a refused write. A store left poisoned by a failed commit
+    /// whose rebuild failed too is rebuilt first ([`Inner::recover`]), so the write is
+    /// checked against what is durable (a retry of a refused removal must find the twin
+    /// the disk still has); if the rebuild fails again, the write is refused
+    /// ([`StoreError::Poisoned`](crate::store::StoreError::Poisoned)) and counts as a
+    /// failure for the backoff.
+    fn ready_to_write(
+        &self,
+        jobs: &mut JobEngine,
+        reg: &mut Registry,
+    ) -> Result<(), crate::store::StoreError> {
+        self.backing_off()?;
+        let Some(store) = &self.config.store else {
+            return Ok(());
+        };
+        let mut store = store.lock();
+        if !store.is_poisoned() {
+            return Ok(());
+        }
+        self.recover(jobs, reg, &mut store);
+        if store.is_poisoned() {
+            lock(&self.backoff).failed(Instant::now());
+            return Err(crate::store::StoreError::Poisoned);
+        }
+        Ok(())
     }
 
     /// [`StoreError::BackingOff`](crate::store::StoreError::BackingOff) while the hub
