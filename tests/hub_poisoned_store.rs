@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use twinhub::DeviceId;
 use twinhub::hub::{Hub, HubConfig};
+use twinhub::registry::Registry;
 use twinhub::store::{SharedStore, Store, StoreConfig};
 use twinhub::transport::{DeviceEvent, DeviceOp, Transport};
 use twinhub::twin::Twin;
@@ -30,8 +31,9 @@ impl Transport for Silent {
     }
 }
 
-/// A durable hub over a store in a fresh directory holding the twin `pump`.
-fn durable_hub() -> (Hub, SharedStore, tempfile::TempDir) {
+/// A store in a fresh directory whose registry holds the twin `pump`, and a hub
+/// configuration that writes to it.
+fn store_with_pump() -> (SharedStore, Registry, HubConfig, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
     registry
@@ -42,6 +44,12 @@ fn durable_hub() -> (Hub, SharedStore, tempfile::TempDir) {
         store: Some(store.clone()),
         ..HubConfig::default()
     };
+    (store, registry, config, dir)
+}
+
+/// A durable hub over a store in a fresh directory holding the twin `pump`.
+fn durable_hub() -> (Hub, SharedStore, tempfile::TempDir) {
+    let (store, registry, config, dir) = store_with_pump();
     let hub = Hub::with_transport(Silent(Arc::default()), registry, config);
     (hub, store, dir)
 }
@@ -94,16 +102,7 @@ fn a_retried_removal_and_a_retried_job_go_through_after_a_failed_rebuild() {
 #[test]
 fn credentials_written_after_a_failed_rebuild_agree_in_twin_key_store_and_disk() {
     use twinhub::dtls::{CredentialsError, PskCredentials, PskKey};
-    let dir = tempfile::tempdir().unwrap();
-    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    registry
-        .create(Twin::new(DeviceId::new("pump").unwrap()))
-        .unwrap();
-    let store = SharedStore::new(store);
-    let config = HubConfig {
-        store: Some(store.clone()),
-        ..HubConfig::default()
-    };
+    let (store, registry, config, dir) = store_with_pump();
     let hub = Hub::bind_dtls("127.0.0.1:0", registry, config).unwrap();
     let pump = DeviceId::new("pump").unwrap();
     let creds = |n: u8| PskCredentials::new(&format!("id-{n}"), PskKey::new(vec![n; 16])).unwrap();

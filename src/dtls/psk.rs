@@ -210,6 +210,16 @@ impl PskStore {
         device: Option<DeviceId>,
         credentials: PskCredentials,
     ) -> Result<(), CredentialsError> {
+        self.replace(device, credentials).map(drop)
+    }
+
+    /// [`PskStore::set`], returning the device's earlier identity and entry for
+    /// [`PskStore::put_back`].
+    pub(crate) fn replace(
+        &self,
+        device: Option<DeviceId>,
+        credentials: PskCredentials,
+    ) -> Result<Option<(Arc<str>, PskEntry)>, CredentialsError> {
         let mut t = self.write();
         if let Some(existing) = t.by_identity.get(&credentials.identity)
             && let Some(owner) = &existing.device
@@ -219,11 +229,10 @@ impl PskStore {
                 device: owner.clone(),
             });
         }
-        if let Some(d) = &device
-            && let Some(old) = t.by_device.remove(d)
-        {
-            t.by_identity.remove(&old);
-        }
+        let earlier = device
+            .as_ref()
+            .and_then(|d| t.by_device.remove(d))
+            .and_then(|old| t.by_identity.remove(&old).map(|entry| (old, entry)));
         t.next_revision += 1;
         let revision = t.next_revision;
         if let Some(d) = &device {
@@ -237,7 +246,21 @@ impl PskStore {
                 revision,
             },
         );
-        Ok(())
+        Ok(earlier)
+    }
+
+    /// Undoes a [`PskStore::replace`] for `device`: its current identity goes, and the
+    /// earlier entry comes back as it was, revision included, so sessions made with the
+    /// earlier key stay open (a rotation that could not be made durable changed nothing).
+    pub(crate) fn put_back(&self, device: &DeviceId, earlier: Option<(Arc<str>, PskEntry)>) {
+        let mut t = self.write();
+        if let Some(current) = t.by_device.remove(device) {
+            t.by_identity.remove(&current);
+        }
+        if let Some((identity, entry)) = earlier {
+            t.by_device.insert(device.clone(), identity.clone());
+            t.by_identity.insert(identity, entry);
+        }
     }
 
     /// Removes an identity; true if it was there.

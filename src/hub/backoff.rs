@@ -8,27 +8,98 @@
 //! error costs one rebuild), and from the second failure in a row the hub *backs off*:
 //! for 1 s, then 2, 4, 8, 16 and at most 30 s, it tries no commit. Service writes fail at
 //! once with [`StoreError::BackingOff`](crate::store::StoreError::BackingOff) and touch
-//! nothing; device events are held unapplied (see [`MAX_HELD_EVENTS`]) and applied in
-//! one batch when the time is up; jobs make no progress. A commit that succeeds ends it.
+//! nothing; device events are held unapplied (see [`MAX_HELD_NOTIFICATIONS`]) and applied
+//! in one batch when the time is up; jobs make no progress. A commit that succeeds ends it.
 //!
 //! The device events of a batch whose commit failed are held too, and applied again at
 //! the next try: a disk that fails for a while loses none of them, up to
-//! [`MAX_TRIES`] failed commits (about a minute of failures with the waits above).
+//! [`MAX_TRIES`] failed commits *of each event* (about a minute of failures with the
+//! waits above), and up to the bounds on what is held ([`MAX_HELD_NOTIFICATIONS`],
+//! [`MAX_HELD_EVENTS`]).
 
+use crate::transport::DeviceEvent;
 use std::time::{Duration, Instant};
 
-/// Device events the hub holds, unapplied, while it backs off; an event arriving at the
-/// bound is dropped (and counted in [`HubStats::dropped_events`](super::HubStats)): a
-/// dropped notification is reported again at the device's next change, a dropped
-/// registration at its next Update.
+/// Notifications the hub holds, unapplied, while it backs off or after a failed commit;
+/// a notification arriving at the bound is dropped (and counted in
+/// [`HubStats::dropped_events`](super::HubStats)): the device reports the value again at
+/// its next change. A bound of its own, so that a chatty fleet filling it never crowds
+/// out the events nothing repeats (below).
+pub const MAX_HELD_NOTIFICATIONS: usize = 65_536;
+
+/// Device events other than notifications the hub holds (registrations, updates,
+/// de-registrations and expiries, answers to operations); one arriving at the bound is
+/// dropped and counted like a notification. What is lost then: a registration or
+/// update is made good at the device's next Update; a de-registration or an expiry is
+/// not (the twin stays `connected` until the device registers again or the hub
+/// restarts, whose registration check drops it); a job's answer lets its child time
+/// out and retry; a sync observation's answer is observed again at the next Update.
 pub const MAX_HELD_EVENTS: usize = 65_536;
 
 /// Failed commits a held device event goes through before it is dropped (and counted
 /// in [`HubStats::dropped_events`](super::HubStats)): the first try and seven more, the
 /// last one about a minute after the first (0 + 0 + 1 + 2 + 4 + 8 + 16 + 30 s of waits).
+/// Counted for each event: one that arrives while the hub backs off has its own eight.
 /// A bound of tries, so that an event whose commit could never succeed does not hold
 /// the hub's events for good.
 pub const MAX_TRIES: u32 = 8;
+
+/// Device events held unapplied, oldest first, each with the failed commits it went
+/// through.
+#[derive(Debug, Default)]
+pub(crate) struct HeldEvents {
+    events: Vec<DeviceEvent>,
+    /// `tries[i]`: the failed commits `events[i]` went through.
+    tries: Vec<u8>,
+    notifications: usize,
+}
+
+impl HeldEvents {
+    /// How many events are held.
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Holds `event`, which went through `tries` failed commits, behind those held; gives
+    /// it back (to be dropped) when it went through [`MAX_TRIES`] or its kind's bound is
+    /// reached.
+    #[must_use]
+    pub(crate) fn hold(&mut self, event: DeviceEvent, tries: u32) -> Option<DeviceEvent> {
+        let note = matches!(event, DeviceEvent::Notification { .. });
+        let full = if note {
+            self.notifications >= MAX_HELD_NOTIFICATIONS
+        } else {
+            self.events.len() - self.notifications >= MAX_HELD_EVENTS
+        };
+        if full || tries >= MAX_TRIES {
+            return Some(event);
+        }
+        self.notifications += usize::from(note);
+        self.events.push(event);
+        self.tries.push(tries as u8);
+        None
+    }
+
+    /// Moves every held event, oldest first, in front of `batch` (the newer events, never
+    /// tried), and returns the failed commits each event of the batch went through.
+    pub(crate) fn take_before(&mut self, batch: &mut Vec<DeviceEvent>) -> Vec<u8> {
+        let mut tries = std::mem::take(&mut self.tries);
+        tries.resize(self.events.len() + batch.len(), 0);
+        if !self.events.is_empty() {
+            self.events.append(batch);
+            std::mem::swap(&mut self.events, batch);
+        }
+        self.notifications = 0;
+        tries
+    }
+
+    /// Takes every held event (the hub stops).
+    pub(crate) fn take_all(&mut self) -> Vec<DeviceEvent> {
+        self.tries.clear();
+        self.notifications = 0;
+        std::mem::take(&mut self.events)
+    }
+}
 
 /// The longest wait between two tries of a failing store.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -90,5 +161,84 @@ mod tests {
         assert_eq!((b.failures(), b.remaining(now)), (0, None));
         b.failed(now);
         assert_eq!(b.remaining(now), None);
+    }
+
+    fn note(v: i64) -> DeviceEvent {
+        use crate::{Content, Lwm2mPath, ResourceValue};
+        let path = Lwm2mPath::resource(3, 0, 9);
+        DeviceEvent::Notification {
+            device: crate::DeviceId::new("d").unwrap(),
+            path,
+            content: Content::single(path, ResourceValue::Integer(v)),
+        }
+    }
+
+    fn gone_of(device: &str) -> DeviceEvent {
+        DeviceEvent::Deregistered {
+            device: crate::DeviceId::new(device).unwrap(),
+        }
+    }
+
+    fn gone() -> DeviceEvent {
+        gone_of("d")
+    }
+
+    /// Tries are counted per event: one that joins the held events late is not dropped
+    /// with the oldest.
+    #[test]
+    fn each_event_goes_through_its_own_tries_before_it_is_dropped() {
+        let mut held = HeldEvents::default();
+        let mut dropped = Vec::new();
+        // `old` fails seven commits alone; `late` joins before the eighth.
+        assert!(held.hold(gone_of("old"), 0).is_none());
+        for round in 0..MAX_TRIES {
+            let mut batch = if round == MAX_TRIES - 1 {
+                vec![gone_of("late")]
+            } else {
+                Vec::new()
+            };
+            let tries = held.take_before(&mut batch);
+            assert_eq!(tries.len(), batch.len());
+            for (event, tries) in batch.into_iter().zip(tries) {
+                if let Some(e) = held.hold(event, u32::from(tries) + 1) {
+                    dropped.push(e);
+                }
+            }
+        }
+        assert_eq!(dropped.len(), 1);
+        assert!(matches!(&dropped[0], DeviceEvent::Deregistered { device }
+            if device.as_str() == "old"));
+        let mut batch = Vec::new();
+        assert_eq!(held.take_before(&mut batch), [1]);
+        assert_eq!(batch.len(), 1);
+    }
+
+    /// Notifications and the other events have bounds of their own: a fleet's chatter
+    /// never crowds out a de-registration.
+    #[test]
+    fn notifications_at_their_bound_leave_room_for_other_events() {
+        let mut held = HeldEvents::default();
+        for v in 0..MAX_HELD_NOTIFICATIONS as i64 {
+            assert!(held.hold(note(v), 0).is_none());
+        }
+        assert!(held.hold(note(-1), 0).is_some());
+        assert!(held.hold(gone(), 0).is_none());
+        for _ in 1..MAX_HELD_EVENTS {
+            assert!(held.hold(gone(), 0).is_none());
+        }
+        assert!(held.hold(gone(), 0).is_some());
+        assert_eq!(held.len(), MAX_HELD_NOTIFICATIONS + MAX_HELD_EVENTS);
+        let mut batch = vec![note(7)];
+        let tries = held.take_before(&mut batch);
+        let all = MAX_HELD_NOTIFICATIONS + MAX_HELD_EVENTS + 1;
+        assert_eq!((batch.len(), tries.len(), held.len()), (all, all, 0));
+        assert!(tries.iter().all(|&t| t == 0));
+        assert!(matches!(
+            batch.last(),
+            Some(DeviceEvent::Notification { .. })
+        ));
+        // Taken, the bounds start again.
+        assert!(held.hold(note(0), 0).is_none());
+        assert_eq!(held.take_all().len(), 1);
     }
 }

@@ -118,14 +118,19 @@ impl Hub {
             .map_err(|error| CredentialsError::NotDurable {
                 detail: error.to_string(),
             })?;
-        let Some(previous) = registry.get(device).map(|t| t.authentication().clone()) else {
+        if !registry.contains(device) {
             return Err(CredentialsError::UnknownDevice {
                 device: device.to_owned(),
             });
-        };
-        if let Some(secure) = self.inner.secure.get() {
-            secure.store.set(Some(id.clone()), credentials.clone())?;
         }
+        let earlier = match self.inner.secure.get() {
+            Some(secure) => Some(
+                secure
+                    .store
+                    .replace(Some(id.clone()), credentials.clone())?,
+            ),
+            None => None,
+        };
         registry
             .set_authentication(
                 device,
@@ -138,14 +143,10 @@ impl Hub {
                 device: device.to_owned(),
             })?;
         if let Err(error) = self.inner.commit_locked(&mut jobs, &mut registry) {
-            // The registry is back to what is durable; so is the key store.
-            if let Some(secure) = self.inner.secure.get() {
-                let _ = secure.store.remove_device(&id);
-                if let (Some(identity), Some(key)) = (previous.psk_identity, previous.psk_key)
-                    && let Ok(old) = PskCredentials::new(&identity, key)
-                {
-                    let _ = secure.store.set(Some(id), old);
-                }
+            // The registry is back to what is durable; so is the key store, with the
+            // earlier key's revision unchanged: its live sessions stay open.
+            if let (Some(secure), Some(earlier)) = (self.inner.secure.get(), earlier) {
+                secure.store.put_back(&id, earlier);
             }
             return Err(CredentialsError::NotDurable {
                 detail: error.to_string(),
@@ -154,9 +155,7 @@ impl Hub {
         drop(registry);
         drop(jobs);
         // Published before returning, like every service write through the hub.
-        self.inner
-            .publisher
-            .publish(&self.inner.registry, Vec::new());
+        self.inner.publish(Vec::new());
         self.inner.note_adoption(device);
         Ok(())
     }
@@ -196,9 +195,7 @@ impl Hub {
             detail: error.to_string(),
         })?;
         if had {
-            self.inner
-                .publisher
-                .publish(&self.inner.registry, Vec::new());
+            self.inner.publish(Vec::new());
         }
         Ok(had || in_store)
     }

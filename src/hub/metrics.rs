@@ -200,7 +200,8 @@ pub struct HubMetrics {
     pub failed_commits: u32,
     /// Device events held unapplied: while the hub backs off from a failing store, and
     /// those of a batch whose commit failed, until their next try (at most
-    /// [`MAX_HELD_EVENTS`](super::backoff::MAX_HELD_EVENTS)).
+    /// [`MAX_HELD_NOTIFICATIONS`](super::backoff::MAX_HELD_NOTIFICATIONS) notifications and
+    /// [`MAX_HELD_EVENTS`](super::backoff::MAX_HELD_EVENTS) other events).
     pub held_events: u64,
 }
 

@@ -258,9 +258,10 @@ pub struct HubStats {
     pub property_errors: u64,
     /// Operations sent to devices (sync and jobs).
     pub ops_sent: u64,
-    /// Device events dropped unapplied: they arrived while the hub held
-    /// [`backoff::MAX_HELD_EVENTS`] already (backing off from a failing store), went
-    /// through [`backoff::MAX_TRIES`] failed commits, or were held when the hub stopped.
+    /// Device events dropped unapplied: they arrived while the hub held as many of their
+    /// kind as it may ([`backoff::MAX_HELD_NOTIFICATIONS`], [`backoff::MAX_HELD_EVENTS`]),
+    /// went through [`backoff::MAX_TRIES`] failed commits, or were held when the hub
+    /// stopped.
     /// The counters above count an event at each try.
     pub dropped_events: u64,
 }
@@ -320,6 +321,7 @@ struct Inner {
 /// One sync observation of a registered device: the Observe operation that established
 /// (or is establishing) it, and whether it is known to be gone. One entry per synced
 /// path per registered device; a device's entries go when it de-registers or expires.
+#[derive(Clone)]
 struct SyncObservation {
     /// The path observed, or the paths of an Observe-Composite.
     paths: SyncPaths,
@@ -380,6 +382,20 @@ impl Drop for StopOnDrop {
         self.0.stop();
     }
 }
+
+/// What became of a batch of device events ([`Inner::process`]).
+enum Outcome {
+    /// Applied, and durable (or no store).
+    Committed,
+    /// Applied, but the commit failed (or the rebuild of memory it needed): memory is
+    /// what is durable, and the batch is applied again at the next try.
+    Failed,
+    /// Not applied: the hub backs off from a failing store.
+    NotTried,
+}
+
+/// The sync table entries of some devices (`None`: the device had none), to put back.
+type SyncSnapshot = Vec<(DeviceId, Option<Vec<SyncObservation>>)>;
 
 /// Longest the hub thread waits for an event before it runs the job timers.
 const TICK: Duration = Duration::from_millis(20);
@@ -957,7 +973,25 @@ impl Inner {
     /// Publishes the job progress (and any twin change) not yet published.
     fn publish_jobs(&self) {
         let progress = self.job_progress(&mut lock(&self.jobs));
-        self.publisher.publish(&self.registry, progress);
+        self.publish(progress);
+    }
+
+    /// Publishes the registry's new changes, then `others`. While memory holds a write
+    /// the store refused (a failed commit whose rebuild failed too), the twin changes
+    /// wait: the rebuild that follows replaces them, so subscribers never see a change
+    /// that did not reach the disk.
+    fn publish(&self, others: Vec<HubEvent>) {
+        self.publisher
+            .publish(&self.registry, others, || !self.store_poisoned());
+    }
+
+    /// Whether a failed commit whose rebuild failed too left the store poisoned (memory
+    /// holds what the store refused).
+    fn store_poisoned(&self) -> bool {
+        self.config
+            .store
+            .as_ref()
+            .is_some_and(|s| s.lock().is_poisoned())
     }
 
     /// The engine's progress as events if anyone listens for them (else forgotten).
@@ -1012,9 +1046,8 @@ impl Inner {
     fn run(self: Arc<Self>, events: Receiver<DeviceEvent>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         // Device events kept unapplied while the hub backs off from a failing store, or
-        // because their batch's commit failed, and how many commits failed since.
-        let mut held = Vec::new();
-        let mut failed_tries = 0;
+        // because their batch's commit failed, with the failed commits of each.
+        let mut held = backoff::HeldEvents::default();
         while !self.stop.load(Ordering::Acquire) {
             let now = Instant::now();
             // Backing off, the jobs wait too: their time-outs are not looked at.
@@ -1035,71 +1068,72 @@ impl Inner {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             if self.backing_off().is_err() {
-                self.hold(&mut batch, &mut held);
-                self.counters
-                    .held_events
-                    .store(held.len() as u64, Ordering::Relaxed);
-                continue;
-            }
-            if !held.is_empty() {
-                // The events held go first, in the order they came.
-                held.append(&mut batch);
-                std::mem::swap(&mut held, &mut batch);
-            }
-            if self.process(Instant::now(), &batch) {
-                failed_tries = 0;
-            } else {
-                // Memory went back to what is durable: the events are applied again at
-                // the next try, up to a bound of tries and of events held.
-                failed_tries += 1;
-                if failed_tries < backoff::MAX_TRIES {
-                    self.hold(&mut batch, &mut held);
-                } else {
-                    failed_tries = 0;
-                    let n = batch.len() as u64;
-                    self.counters.dropped_events.fetch_add(n, Ordering::Relaxed);
+                for event in batch.drain(..) {
+                    self.hold(&mut held, event, 0);
                 }
+            } else {
+                // The events held go first, in the order they came.
+                let tries = held.take_before(&mut batch);
+                let failed = match self.process(Instant::now(), &batch) {
+                    Outcome::Committed => None,
+                    Outcome::Failed => Some(1),
+                    Outcome::NotTried => Some(0),
+                };
+                if let Some(failed) = failed {
+                    // Memory went back to what is durable: the events are applied again
+                    // at the next try, up to a bound of tries and of events held.
+                    for (event, tries) in batch.drain(..).zip(tries) {
+                        self.hold(&mut held, event, u32::from(tries) + failed);
+                    }
+                }
+                batch.clear();
+                batch.shrink_to(MAX_BATCH);
             }
-            batch.clear();
-            batch.shrink_to(MAX_BATCH);
             self.counters
                 .held_events
                 .store(held.len() as u64, Ordering::Relaxed);
         }
         // Stopped while backing off: what was held is never applied.
-        let left = (held.len() + batch.len()) as u64;
-        self.counters
-            .dropped_events
-            .fetch_add(left, Ordering::Relaxed);
+        for event in held.take_all().into_iter().chain(batch.drain(..)) {
+            self.dropped(&event);
+        }
         self.counters.held_events.store(0, Ordering::Relaxed);
     }
 
-    /// Keeps a batch of device events for the hub's next try at committing them (after
-    /// a failed commit, or once it stops backing off), at most
-    /// [`backoff::MAX_HELD_EVENTS`] (later ones are dropped and counted). Requests of
-    /// [`Hub::request`] are answered now: an answer needs no commit.
-    fn hold(&self, batch: &mut Vec<DeviceEvent>, held: &mut Vec<DeviceEvent>) {
-        for event in batch.drain(..) {
-            match &event {
-                DeviceEvent::Response { op, result, .. } => {
-                    self.op_times.finished(op.0);
-                    if self.waiting.is_waiting(*op) {
-                        let answer = result.clone().map_err(RequestError::Device);
-                        self.waiting.complete(*op, answer);
-                    }
+    /// Keeps a device event for the hub's next try at committing it (after a failed
+    /// commit, or once it stops backing off), within the bounds of [`backoff`] (past them
+    /// it is [`dropped`](Self::dropped)). An answer to a [`Hub::request`] is handed over
+    /// now: it needs no commit.
+    fn hold(&self, held: &mut backoff::HeldEvents, event: DeviceEvent, tries: u32) {
+        match &event {
+            DeviceEvent::Response { op, result, .. } => {
+                self.op_times.finished(op.0);
+                if self.waiting.is_waiting(*op) {
+                    let answer = result.clone().map_err(RequestError::Device);
+                    self.waiting.complete(*op, answer);
                 }
-                DeviceEvent::TimedOut { op, .. } => {
-                    self.op_times.finished(op.0);
-                    self.waiting
-                        .complete(*op, Err(RequestError::TransportTimedOut));
-                }
-                _ => {}
             }
-            if held.len() < backoff::MAX_HELD_EVENTS {
-                held.push(event);
-            } else {
-                self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
+            DeviceEvent::TimedOut { op, .. } => {
+                self.op_times.finished(op.0);
+                self.waiting
+                    .complete(*op, Err(RequestError::TransportTimedOut));
             }
+            _ => {}
+        }
+        if let Some(event) = held.hold(event, tries) {
+            self.dropped(&event);
+        }
+    }
+
+    /// Counts a device event dropped unapplied; a sync observation it answered counts as
+    /// gone (observed again at the device's next Update).
+    fn dropped(&self, event: &DeviceEvent) {
+        self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
+        if let DeviceEvent::Response { device, op, .. }
+        | DeviceEvent::TimedOut { device, op }
+        | DeviceEvent::ObservationEnded { device, op, .. } = event
+        {
+            self.sync_lost(device, *op);
         }
     }
 
@@ -1126,7 +1160,7 @@ impl Inner {
         } else {
             write(&mut self.registry.write())?
         };
-        self.publisher.publish(&self.registry, Vec::new());
+        self.publish(Vec::new());
         Ok(out)
     }
 
@@ -1261,8 +1295,12 @@ impl Inner {
         let now = Instant::now();
         match store.load_jobs(config, now, Timestamp::now()) {
             Ok(mut restored) => {
-                // Operations of the old engine still in the outbox are dropped with it.
-                // The new engine reports progress to subscribers like the old one did.
+                // Operations of the old engine still in the outbox are dropped with it;
+                // the steps they belong to are sent again by the new one, to the devices
+                // the old one knew online. The new engine reports progress to subscribers
+                // like the old one did (from here: the children it resumes at once never
+                // stopped in their view).
+                restored.carry_devices_from(now, jobs);
                 restored.enable_progress();
                 restored.retain_devices(now, |d| durable.contains(d.as_str()));
                 *jobs = restored;
@@ -1398,8 +1436,8 @@ impl Inner {
         self.send(ops);
     }
 
-    /// Routes one batch of events into twins, then into the job engine.
-    fn process(&self, now: Instant, batch: &[DeviceEvent]) -> bool {
+    /// Routes one batch of events into twins, then into the job engine, and commits.
+    fn process(&self, now: Instant, batch: &[DeviceEvent]) -> Outcome {
         let wall = Timestamp::now();
         let mut ops = Vec::new();
         let mut published = Vec::new();
@@ -1408,6 +1446,20 @@ impl Inner {
         // changes and their commit, and no reader sees a change before it is durable.
         let mut jobs = lock(&self.jobs);
         let mut reg = self.registry.write();
+        // Memory holding a write the store refused is rebuilt first, so the batch is
+        // applied once, to what is durable.
+        match self.ready_to_write(&mut jobs, &mut reg) {
+            Ok(()) => {}
+            Err(crate::store::StoreError::BackingOff { .. }) => return Outcome::NotTried,
+            Err(_) => return Outcome::Failed,
+        }
+        // The sync table is no part of the store: what the batch changes in it is put
+        // back by hand if the commit fails.
+        let sync_before = self
+            .config
+            .store
+            .is_some()
+            .then(|| self.sync_snapshot(batch));
         if !batch.is_empty() {
             self.counters
                 .events
@@ -1442,33 +1494,91 @@ impl Inner {
         while let Some(u) = jobs.poll_twin_update() {
             self.apply_content(&mut reg, &u.device, &u.content, u.at);
         }
-        self.sweep_auto_provisioned(now, &mut jobs, &mut reg);
+        let swept = self.sweep_auto_provisioned(now, &mut jobs, &mut reg);
         let committed = self.commit_events(&mut jobs, &mut reg);
         drop(reg);
-        if !committed {
-            // The batch is applied again: what it did is not reported, nor sent, now.
+        if committed {
+            for device in &swept {
+                self.provisioned.forget(device);
+            }
+        } else {
+            // The batch is applied again: what it did is not reported, nor sent, now,
+            // and the swept names are swept again at the next sweep.
             job_ops.clear();
             published.clear();
-            for op in ops.drain(..) {
-                self.sync_lost(&op.device, op.id);
+            ops.clear();
+            if let Some(before) = sync_before {
+                self.restore_sync(before);
+            }
+            if self.store_poisoned() {
+                // Not rebuilt either: the engine's progress is the failed batch's.
+                jobs.clear_progress();
             }
         }
         // After the commit: progress that a failed commit rebuilt away is not reported.
         published.extend(self.job_progress(&mut jobs));
         drop(jobs);
-        self.publisher.publish(&self.registry, published);
+        self.publish(published);
         self.send_sync_ops(ops);
         self.send_job_ops(job_ops);
-        committed
+        if committed {
+            Outcome::Committed
+        } else {
+            Outcome::Failed
+        }
+    }
+
+    /// The sync table entries of the devices whose events in `batch` may change them.
+    fn sync_snapshot(&self, batch: &[DeviceEvent]) -> SyncSnapshot {
+        let synced = lock(&self.synced);
+        let mut out: SyncSnapshot = Vec::new();
+        for event in batch {
+            let device = match event {
+                DeviceEvent::Registered { device, .. }
+                | DeviceEvent::RegistrationUpdated { device, .. }
+                | DeviceEvent::Deregistered { device }
+                | DeviceEvent::Expired { device }
+                | DeviceEvent::TimedOut { device, .. }
+                | DeviceEvent::ObservationEnded { device, .. } => device,
+                DeviceEvent::Response {
+                    device,
+                    op,
+                    result: Err(_),
+                } if op.0 < self.config.jobs.op_id_base => device,
+                _ => continue,
+            };
+            if !out.iter().any(|(d, _)| d == device) {
+                out.push((device.clone(), synced.get(device).cloned()));
+            }
+        }
+        out
+    }
+
+    /// Puts back the sync table entries of a [`Inner::sync_snapshot`].
+    fn restore_sync(&self, before: SyncSnapshot) {
+        let mut synced = lock(&self.synced);
+        for (device, entries) in before {
+            match entries {
+                Some(entries) => synced.insert(device, entries),
+                None => synced.remove(&device),
+            };
+        }
     }
 
     /// Removes the auto-provisioned twins whose time is up (see [`provisioning`]); at most
-    /// once a second.
-    fn sweep_auto_provisioned(&self, now: Instant, jobs: &mut JobEngine, reg: &mut Registry) {
+    /// once a second. Returns the names to forget once the removals are durable (when
+    /// the commit fails, the rebuild brings the twins back, and the next sweep removes
+    /// them again).
+    fn sweep_auto_provisioned(
+        &self,
+        now: Instant,
+        jobs: &mut JobEngine,
+        reg: &mut Registry,
+    ) -> Vec<DeviceId> {
         {
             let mut last = lock(&self.last_sweep);
             if now.saturating_duration_since(*last) < Duration::from_secs(1) {
-                return;
+                return Vec::new();
             }
             *last = now;
         }
@@ -1477,9 +1587,10 @@ impl Inner {
             .retain(|d| reg.get(d.as_str()).is_some_and(|t| !adopted(&t)));
         let due = self.provisioned.due(now);
         if due.is_empty() {
-            return;
+            return Vec::new();
         }
         // The job engine hears of these removals from the registry's removal log.
+        let mut swept = Vec::with_capacity(due.len());
         for (device, verdict) in due {
             if verdict == Verdict::Expired {
                 let unadopted = reg.get(device.as_str()).is_some_and(|t| {
@@ -1489,10 +1600,11 @@ impl Inner {
                     let _ = reg.remove(device.as_str());
                 }
             }
-            self.provisioned.forget(&device);
+            swept.push(device);
         }
         // Before the next batch: a registration in it would create the twin again.
         self.forget_removed(reg, now, jobs);
+        swept
     }
 
     fn apply(

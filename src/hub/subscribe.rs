@@ -545,11 +545,34 @@ impl Publisher {
             .any(|s| Arc::strong_count(s) > 1 && s.lock().options.jobs)
     }
 
-    /// Fans out the registry's new feed entries, then `others`, to every subscriber.
-    pub(crate) fn publish(&self, registry: &SharedRegistry, others: Vec<HubEvent>) {
+    /// Fans out the registry's new feed entries, then `others`, to every subscriber;
+    /// the registry's entries only when `durable` says that memory holds no write the
+    /// store refused (it is asked with the registry's read lock held, so no write lands
+    /// between the answer and the fan-out). Otherwise they wait: a rebuild from the store
+    /// replaces them, or a later publish sends them.
+    pub(crate) fn publish(
+        &self,
+        registry: &SharedRegistry,
+        others: Vec<HubEvent>,
+        durable: impl FnOnce() -> bool,
+    ) {
         let mut state = self.lock();
         state.subscribers.retain(|s| Arc::strong_count(s) > 1);
         let reg = registry.read();
+        if !durable() {
+            drop(reg);
+            let woken: Vec<bool> = state
+                .subscribers
+                .iter()
+                .map(|s| others.iter().fold(false, |w, e| s.offer(e) | w))
+                .collect();
+            for (s, woken) in state.subscribers.iter().zip(woken) {
+                if woken {
+                    s.wake();
+                }
+            }
+            return;
+        }
         let last = reg.last_seq();
         if state.subscribers.is_empty() {
             state.through = last;

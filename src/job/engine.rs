@@ -953,6 +953,35 @@ impl JobEngine {
         gone.iter().map(|d| self.forget_device(now, d)).sum()
     }
 
+    /// After [`JobEngine::restore`] inside a running hub (its store refused a commit and
+    /// memory was rebuilt from the disk; not a restart): takes what `earlier`, the engine
+    /// this one replaces, knew of each device (online or not, the objects it announced,
+    /// LWM2M 1.1), and sends again at once the step of every child the restore set
+    /// waiting for a device that `earlier` knew online. The devices never left, but this
+    /// engine does not recognise the answers to `earlier`'s operations; without this,
+    /// every job in progress would wait for its devices to register again (up to a
+    /// lifetime). A reboot or factory reset whose Execute went out is left waiting for
+    /// the device's registration, as after a restart: never executed twice.
+    pub fn carry_devices_from(&mut self, now: Instant, earlier: &JobEngine) {
+        self.devices = earlier.devices.clone();
+        self.object_sets = earlier.object_sets.clone();
+        self.object_set_ids = earlier.object_set_ids.clone();
+        let mut waiting: Vec<u32> = self
+            .holders
+            .iter()
+            .filter(|(d, c)| {
+                self.children[**c as usize].state == ChildState::WaitingForDevice
+                    && !is_offline(&self.devices, d)
+            })
+            .map(|(_, c)| *c)
+            .collect();
+        waiting.sort_unstable();
+        for c in waiting {
+            self.on_registered(now, c);
+        }
+        self.fail_refused(now);
+    }
+
     /// Whether the engine still waits for the answer to `op`: false once its child
     /// ended (cancelled, aborted, failed) or moved on, and for the fire-and-forget
     /// operations it never waits for (a cancelled observation).
