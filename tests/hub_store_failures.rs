@@ -631,3 +631,46 @@ fn a_failed_set_psk_leaves_the_devices_session_with_the_unchanged_key_alone() {
         "after a set_psk that changed nothing: read answered: {ok}, handshakes {before} -> {after}"
     );
 }
+
+/// A notification held while the hub backs off is stamped with the time it arrived, not
+/// the time it was applied (a second or more later).
+#[test]
+fn a_held_notification_keeps_the_time_it_arrived() {
+    use twinhub::{Content, ResourceValue, Scalar, Timestamp};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
+    std::thread::sleep(Duration::from_millis(100));
+    // Two failed commits in a row: the hub backs off for a second.
+    store.lock().fail_commits(2);
+    let battery = Lwm2mPath::resource(3, 0, 9);
+    let sent = Timestamp::now();
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(DeviceEvent::Notification {
+            device: pump.clone(),
+            path: battery,
+            content: Content::single(battery, ResourceValue::Integer(42)),
+        });
+    wait_until("the notification applied and committed", || {
+        hub.twin("pump")
+            .unwrap()
+            .device_properties
+            .get("BatteryLevel")
+            .is_some_and(|p| p.value == Scalar::from(42))
+    });
+    let applied = Timestamp::now();
+    let stamped = hub.twin("pump").unwrap().device_properties["BatteryLevel"].last_updated_time;
+    hub.stop();
+    assert!(
+        applied.since(sent) >= Duration::from_millis(900),
+        "the hub backed off"
+    );
+    assert!(
+        stamped >= sent && stamped.since(sent) < Duration::from_millis(500),
+        "stamped {} ms after it was sent, applied {} ms after",
+        stamped.since(sent).as_millis(),
+        applied.since(sent).as_millis()
+    );
+}

@@ -17,6 +17,7 @@
 //! waits above), and up to the bounds on what is held ([`MAX_HELD_NOTIFICATIONS`],
 //! [`MAX_HELD_EVENTS`]).
 
+use crate::time::Timestamp;
 use crate::transport::DeviceEvent;
 use std::time::{Duration, Instant};
 
@@ -45,13 +46,23 @@ pub const MAX_HELD_EVENTS: usize = 65_536;
 pub const MAX_TRIES: u32 = 8;
 
 /// Device events held unapplied, oldest first, each with the failed commits it went
-/// through.
+/// through and when it arrived.
 #[derive(Debug, Default)]
 pub(crate) struct HeldEvents {
     events: Vec<DeviceEvent>,
-    /// `tries[i]`: the failed commits `events[i]` went through.
-    tries: Vec<u8>,
+    /// `marks[i]`: what is known of `events[i]`.
+    marks: Vec<HeldMark>,
     notifications: usize,
+}
+
+/// What the hub keeps beside a held event.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct HeldMark {
+    /// Failed commits it went through.
+    pub(crate) tries: u32,
+    /// When the hub received it: the time its changes are stamped with, however late
+    /// they are applied.
+    pub(crate) arrived: Timestamp,
 }
 
 impl HeldEvents {
@@ -60,42 +71,52 @@ impl HeldEvents {
         self.events.len()
     }
 
-    /// Holds `event`, which went through `tries` failed commits, behind those held; gives
-    /// it back (to be dropped) when it went through [`MAX_TRIES`] or its kind's bound is
-    /// reached.
+    /// Holds `event` behind those held; gives it back (to be dropped) when it went
+    /// through [`MAX_TRIES`] failed commits or its kind's bound is reached.
     #[must_use]
-    pub(crate) fn hold(&mut self, event: DeviceEvent, tries: u32) -> Option<DeviceEvent> {
+    pub(crate) fn hold(&mut self, event: DeviceEvent, mark: HeldMark) -> Option<DeviceEvent> {
         let note = matches!(event, DeviceEvent::Notification { .. });
         let full = if note {
             self.notifications >= MAX_HELD_NOTIFICATIONS
         } else {
             self.events.len() - self.notifications >= MAX_HELD_EVENTS
         };
-        if full || tries >= MAX_TRIES {
+        if full || mark.tries >= MAX_TRIES {
             return Some(event);
         }
         self.notifications += usize::from(note);
         self.events.push(event);
-        self.tries.push(tries as u8);
+        self.marks.push(mark);
         None
     }
 
-    /// Moves every held event, oldest first, in front of `batch` (the newer events, never
-    /// tried), and returns the failed commits each event of the batch went through.
-    pub(crate) fn take_before(&mut self, batch: &mut Vec<DeviceEvent>) -> Vec<u8> {
-        let mut tries = std::mem::take(&mut self.tries);
-        tries.resize(self.events.len() + batch.len(), 0);
+    /// Moves every held event, oldest first, in front of `batch` (the newer events,
+    /// never tried, which arrived at `now`), and returns the mark of each event of the
+    /// batch.
+    pub(crate) fn take_before(
+        &mut self,
+        batch: &mut Vec<DeviceEvent>,
+        now: Timestamp,
+    ) -> Vec<HeldMark> {
+        let mut marks = std::mem::take(&mut self.marks);
+        marks.resize(
+            self.events.len() + batch.len(),
+            HeldMark {
+                tries: 0,
+                arrived: now,
+            },
+        );
         if !self.events.is_empty() {
             self.events.append(batch);
             std::mem::swap(&mut self.events, batch);
         }
         self.notifications = 0;
-        tries
+        marks
     }
 
     /// Takes every held event (the hub stops).
     pub(crate) fn take_all(&mut self) -> Vec<DeviceEvent> {
-        self.tries.clear();
+        self.marks.clear();
         self.notifications = 0;
         std::mem::take(&mut self.events)
     }
@@ -183,24 +204,35 @@ mod tests {
         gone_of("d")
     }
 
+    fn fresh() -> HeldMark {
+        HeldMark {
+            tries: 0,
+            arrived: Timestamp::from_millis(1),
+        }
+    }
+
     /// Tries are counted per event: one that joins the held events late is not dropped
-    /// with the oldest.
+    /// with the oldest. Each keeps the time it arrived.
     #[test]
     fn each_event_goes_through_its_own_tries_before_it_is_dropped() {
         let mut held = HeldEvents::default();
         let mut dropped = Vec::new();
         // `old` fails seven commits alone; `late` joins before the eighth.
-        assert!(held.hold(gone_of("old"), 0).is_none());
+        assert!(held.hold(gone_of("old"), fresh()).is_none());
         for round in 0..MAX_TRIES {
             let mut batch = if round == MAX_TRIES - 1 {
                 vec![gone_of("late")]
             } else {
                 Vec::new()
             };
-            let tries = held.take_before(&mut batch);
-            assert_eq!(tries.len(), batch.len());
-            for (event, tries) in batch.into_iter().zip(tries) {
-                if let Some(e) = held.hold(event, u32::from(tries) + 1) {
+            let marks = held.take_before(&mut batch, Timestamp::from_millis(2 + u64::from(round)));
+            assert_eq!(marks.len(), batch.len());
+            for (event, mark) in batch.into_iter().zip(marks) {
+                let failed = HeldMark {
+                    tries: mark.tries + 1,
+                    ..mark
+                };
+                if let Some(e) = held.hold(event, failed) {
                     dropped.push(e);
                 }
             }
@@ -208,9 +240,24 @@ mod tests {
         assert_eq!(dropped.len(), 1);
         assert!(matches!(&dropped[0], DeviceEvent::Deregistered { device }
             if device.as_str() == "old"));
-        let mut batch = Vec::new();
-        assert_eq!(held.take_before(&mut batch), [1]);
-        assert_eq!(batch.len(), 1);
+        let mut batch = vec![note(0)];
+        let marks = held.take_before(&mut batch, Timestamp::from_millis(100));
+        assert!(matches!(&batch[0], DeviceEvent::Deregistered { device }
+            if device.as_str() == "late"));
+        let arrived = |ms| Timestamp::from_millis(ms);
+        assert_eq!(
+            marks,
+            [
+                HeldMark {
+                    tries: 1,
+                    arrived: arrived(1 + u64::from(MAX_TRIES)),
+                },
+                HeldMark {
+                    tries: 0,
+                    arrived: arrived(100),
+                },
+            ]
+        );
     }
 
     /// Notifications and the other events have bounds of their own: a fleet's chatter
@@ -219,26 +266,27 @@ mod tests {
     fn notifications_at_their_bound_leave_room_for_other_events() {
         let mut held = HeldEvents::default();
         for v in 0..MAX_HELD_NOTIFICATIONS as i64 {
-            assert!(held.hold(note(v), 0).is_none());
+            assert!(held.hold(note(v), fresh()).is_none());
         }
-        assert!(held.hold(note(-1), 0).is_some());
-        assert!(held.hold(gone(), 0).is_none());
+        assert!(held.hold(note(-1), fresh()).is_some());
+        assert!(held.hold(gone(), fresh()).is_none());
         for _ in 1..MAX_HELD_EVENTS {
-            assert!(held.hold(gone(), 0).is_none());
+            assert!(held.hold(gone(), fresh()).is_none());
         }
-        assert!(held.hold(gone(), 0).is_some());
+        assert!(held.hold(gone(), fresh()).is_some());
         assert_eq!(held.len(), MAX_HELD_NOTIFICATIONS + MAX_HELD_EVENTS);
         let mut batch = vec![note(7)];
-        let tries = held.take_before(&mut batch);
+        let marks = held.take_before(&mut batch, Timestamp::from_millis(2));
         let all = MAX_HELD_NOTIFICATIONS + MAX_HELD_EVENTS + 1;
-        assert_eq!((batch.len(), tries.len(), held.len()), (all, all, 0));
-        assert!(tries.iter().all(|&t| t == 0));
+        assert_eq!((batch.len(), marks.len(), held.len()), (all, all, 0));
+        assert!(marks.iter().all(|m| m.tries == 0));
+        assert_eq!(marks[all - 1].arrived, Timestamp::from_millis(2));
         assert!(matches!(
             batch.last(),
             Some(DeviceEvent::Notification { .. })
         ));
         // Taken, the bounds start again.
-        assert!(held.hold(note(0), 0).is_none());
+        assert!(held.hold(note(0), fresh()).is_none());
         assert_eq!(held.take_all().len(), 1);
     }
 }

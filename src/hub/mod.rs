@@ -1067,14 +1067,16 @@ impl Inner {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            let arrived = Timestamp::now();
             if self.backing_off().is_err() {
                 for event in batch.drain(..) {
-                    self.hold(&mut held, event, 0);
+                    let mark = backoff::HeldMark { tries: 0, arrived };
+                    self.hold(&mut held, event, mark);
                 }
             } else {
                 // The events held go first, in the order they came.
-                let tries = held.take_before(&mut batch);
-                let failed = match self.process(Instant::now(), &batch) {
+                let marks = held.take_before(&mut batch, arrived);
+                let failed = match self.process(Instant::now(), &batch, &marks) {
                     Outcome::Committed => None,
                     Outcome::Failed => Some(1),
                     Outcome::NotTried => Some(0),
@@ -1082,8 +1084,12 @@ impl Inner {
                 if let Some(failed) = failed {
                     // Memory went back to what is durable: the events are applied again
                     // at the next try, up to a bound of tries and of events held.
-                    for (event, tries) in batch.drain(..).zip(tries) {
-                        self.hold(&mut held, event, u32::from(tries) + failed);
+                    for (event, mark) in batch.drain(..).zip(marks) {
+                        let mark = backoff::HeldMark {
+                            tries: mark.tries + failed,
+                            ..mark
+                        };
+                        self.hold(&mut held, event, mark);
                     }
                 }
                 batch.clear();
@@ -1104,7 +1110,7 @@ impl Inner {
     /// commit, or once it stops backing off), within the bounds of [`backoff`] (past them
     /// it is [`dropped`](Self::dropped)). An answer to a [`Hub::request`] is handed over
     /// now: it needs no commit.
-    fn hold(&self, held: &mut backoff::HeldEvents, event: DeviceEvent, tries: u32) {
+    fn hold(&self, held: &mut backoff::HeldEvents, event: DeviceEvent, mark: backoff::HeldMark) {
         match &event {
             DeviceEvent::Response { op, result, .. } => {
                 self.op_times.finished(op.0);
@@ -1120,7 +1126,7 @@ impl Inner {
             }
             _ => {}
         }
-        if let Some(event) = held.hold(event, tries) {
+        if let Some(event) = held.hold(event, mark) {
             self.dropped(&event);
         }
     }
@@ -1437,8 +1443,10 @@ impl Inner {
     }
 
     /// Routes one batch of events into twins, then into the job engine, and commits.
-    fn process(&self, now: Instant, batch: &[DeviceEvent]) -> Outcome {
-        let wall = Timestamp::now();
+    /// `marks` say when each event arrived (its changes are stamped with that time, also
+    /// when it was held for a while).
+    fn process(&self, now: Instant, batch: &[DeviceEvent], marks: &[backoff::HeldMark]) -> Outcome {
+        debug_assert_eq!(batch.len(), marks.len());
         let mut ops = Vec::new();
         let mut published = Vec::new();
         // Both held through the commit (jobs before the registry, as everywhere): no
@@ -1469,8 +1477,8 @@ impl Inner {
                     self.op_times.finished(op.0);
                 }
             }
-            for event in batch.iter() {
-                self.apply(&mut reg, event, wall, &mut ops, &mut published);
+            for (event, mark) in batch.iter().zip(marks) {
+                self.apply(&mut reg, event, mark.arrived, &mut ops, &mut published);
             }
             // The engine keeps the registration state of the devices the registry holds
             // only: a name without a twin (the in-memory fleet registers any; a twin
