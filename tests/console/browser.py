@@ -4,11 +4,13 @@ Usage: browser.py URL DEVICES SCREENSHOT
 
 Opens the console of a running `console` example, sees every device connected, runs a
 query and its error case, starts a firmware-update job over the devices on 1.0 and
-watches it complete, and sees the chart change. Exits non-zero (with the reason) on the
+watches it complete, sees the chart change, and sees a refused resume of the live view
+(409) followed by a fresh subscription. Exits non-zero (with the reason) on the
 first expectation that does not hold; saves a screenshot at the end.
 """
 import shutil
 import sys
+import time
 
 from playwright.sync_api import expect, sync_playwright
 
@@ -66,8 +68,35 @@ with sync_playwright() as p:
     page.locator("#devices tr").first.click()
     expect(page.locator("#twin")).to_contain_text('"deviceId": "device-00000"')
 
+    # A live view the hub refuses to resume (409: the id it last saw is not in this hub's
+    # history, as after a restart without a store) re-reads everything and subscribes
+    # afresh. Provoked by handing the page one made-up event whose id lies far beyond the
+    # hub's newest change, then ending that stream: the browser resumes from that id.
+    statuses = []
+    page.on(
+        "response",
+        lambda r: statuses.append(r.status) if "/api/events" in r.url else None,
+    )
+    page.route(
+        "**/api/events*",
+        lambda route: route.fulfill(
+            status=200,
+            headers={"content-type": "text/event-stream"},
+            body='retry: 200\nid: 999999999999\ndata: {"type":"none"}\n\n',
+        ),
+        times=1,
+    )
+    page.evaluate("connect()")
+    expect(page.locator("#live")).to_contain_text("live", timeout=10_000)
+    deadline = time.time() + 20
+    # The made-up stream (200), the refused resume (409), the fresh subscription (200).
+    while statuses[:3] != [200, 409, 200]:
+        assert time.time() < deadline, f"no refused resume and fresh subscription: {statuses}"
+        page.wait_for_timeout(100)
+    expect(page.locator("#live")).to_contain_text("● live", timeout=10_000)
+
     page.screenshot(path=screenshot, full_page=True)
     browser.close()
     if errors:
         sys.exit(f"the page raised: {errors}")
-print(f"console ok: {devices} devices connected, query and error shown, job over {on_1_0} devices completed, chart moved")
+print(f"console ok: {devices} devices connected, query and error shown, job over {on_1_0} devices completed, chart moved, refused resume resynced")
