@@ -119,7 +119,7 @@ fn a_restarted_hub_reaches_its_devices_without_a_new_registration() {
 
 /// Packages the hub serves are durable with its store: a restarted hub serves what was
 /// published and not withdrawn, and a device pulls it in a firmware job; a publish the
-/// store refuses publishes nothing.
+/// store refuses publishes nothing (and counts for the store's backoff).
 #[test]
 fn published_packages_survive_a_restart() {
     use twinhub::hub::PublishError;
@@ -142,6 +142,11 @@ fn published_packages_survive_a_restart() {
         Err(PublishError::NotDurable { .. })
     ));
     assert_eq!(hub.packages(), ["fw/2.0.bin"]);
+    // A package write counts for the store's backoff like a commit: a failure is one
+    // in a row, a success ends the count.
+    assert_eq!(hub.metrics().failed_commits, 1);
+    hub.publish_package("fw/2.0.bin", image.clone()).unwrap();
+    assert_eq!(hub.metrics().failed_commits, 0);
     hub.create_device(Twin::new(DeviceId::new("pulls").unwrap()))
         .unwrap();
     hub.stop();

@@ -1236,6 +1236,27 @@ impl Inner {
         Ok(())
     }
 
+    /// A write of the store outside the registry and the jobs (the packages), which
+    /// counts for the backoff like a commit: refused while the hub backs off, a failure
+    /// is one more in a row, a success ends the count. Nothing in memory depends on it,
+    /// so nothing is rebuilt.
+    pub(crate) fn write_store<T>(
+        &self,
+        write: impl FnOnce(&mut crate::store::Store) -> Result<T, crate::store::StoreError>,
+    ) -> Result<T, crate::store::StoreError> {
+        self.backing_off()?;
+        let Some(store) = &self.config.store else {
+            return Err(crate::store::StoreError::Poisoned);
+        };
+        let out = write(&mut store.lock());
+        match &out {
+            Ok(_) => lock(&self.backoff).succeeded(),
+            Err(crate::store::StoreError::Poisoned) => {}
+            Err(_) => lock(&self.backoff).failed(Instant::now()),
+        }
+        out
+    }
+
     /// [`StoreError::BackingOff`](crate::store::StoreError::BackingOff) while the hub
     /// leaves a failing store alone ([`backoff`]): the caller changes nothing.
     fn backing_off(&self) -> Result<(), crate::store::StoreError> {

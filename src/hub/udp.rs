@@ -87,12 +87,13 @@ impl Hub {
             return Err(PublishError::NoListener);
         };
         Packages::check_name(name).map_err(PublishError::Name)?;
-        if let Some(store) = &self.inner.config.store {
+        if self.inner.config.store.is_some() {
             let not_durable = |error| PublishError::NotDurable {
                 error: StoreFailure::new(error),
             };
-            self.inner.backing_off().map_err(not_durable)?;
-            store.lock().put_package(name, &body).map_err(not_durable)?;
+            self.inner
+                .write_store(|store| store.put_package(name, &body))
+                .map_err(not_durable)?;
         }
         packages.publish(name, body).map_err(PublishError::Name)?;
         #[cfg(feature = "dtls")]
@@ -117,12 +118,13 @@ impl Hub {
         let Some(packages) = self.inner.packages.get() else {
             return Ok(false);
         };
-        if let Some(store) = &self.inner.config.store {
+        if self.inner.config.store.is_some() {
             let not_durable = |error| PublishError::NotDurable {
                 error: StoreFailure::new(error),
             };
-            self.inner.backing_off().map_err(not_durable)?;
-            store.lock().remove_package(name).map_err(not_durable)?;
+            self.inner
+                .write_store(|store| store.remove_package(name))
+                .map_err(not_durable)?;
         }
         Ok(packages.withdraw(name))
     }
