@@ -1240,6 +1240,7 @@ impl Inner {
     /// counts for the backoff like a commit: refused while the hub backs off, a failure
     /// is one more in a row, a success ends the count. Nothing in memory depends on it,
     /// so nothing is rebuilt.
+    #[cfg(feature = "lwm2m")]
     pub(crate) fn write_store<T>(
         &self,
         write: impl FnOnce(&mut crate::store::Store) -> Result<T, crate::store::StoreError>,
