@@ -98,6 +98,66 @@ fn durable_hub(
     (hub, store, script, dir)
 }
 
+/// `device` reports its battery level (`/3/0/9`).
+fn battery_level(device: &DeviceId, level: i64) -> DeviceEvent {
+    use twinhub::{Content, ResourceValue};
+    let battery = Lwm2mPath::resource(3, 0, 9);
+    DeviceEvent::Notification {
+        device: device.clone(),
+        path: battery,
+        content: Content::single(battery, ResourceValue::Integer(level)),
+    }
+}
+
+/// `device` answers `op`: done.
+fn answer_done(script: &Mutex<Script>, device: &DeviceId, op: &DeviceOp) {
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(DeviceEvent::Response {
+            op: op.id,
+            device: device.clone(),
+            result: Ok(twinhub::transport::DeviceReply::Done),
+        });
+}
+
+/// Waits until everything the hub applied is durable. (The store's lock is released
+/// before the registry's is taken: the hub takes the registry's first.)
+fn wait_committed(hub: &Hub, store: &SharedStore, what: &str) {
+    wait_until(what, || {
+        let c = store.lock().committed_seq();
+        c == hub.registry().read().last_seq()
+    });
+}
+
+/// `device` registers (LWM2M 1.0) and its twin says so.
+fn register(hub: &Hub, script: &Mutex<Script>, device: &DeviceId) {
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(registered_v(device, "1.0"));
+    wait_until("the registration", || {
+        hub.twin(device.as_str()).unwrap().connection_state
+            == twinhub::twin::ConnectionState::Connected
+    });
+}
+
+/// A configuration-update job `job` over `device` (one Write, then a read-back).
+fn start_config_job(hub: &Hub, job: &twinhub::job::JobId, device: &DeviceId) {
+    use twinhub::job::{JobSpec, JobType};
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::ConfigurationUpdate {
+            name: "a".into(),
+            value: "1".into(),
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+}
+
 fn observes(script: &Mutex<Script>) -> Vec<DeviceOp> {
     script
         .lock()
@@ -133,10 +193,7 @@ fn composite_refusal(fail: bool) -> usize {
         DeviceRequest::ObserveComposite { .. }
     ));
     // Let the registration's batch commit.
-    wait_until("the registration's commit", || {
-        let c = store.lock().committed_seq();
-        c == hub.registry().read().last_seq()
-    });
+    wait_committed(&hub, &store, "the registration's commit");
     std::thread::sleep(Duration::from_millis(100));
     if fail {
         store.lock().fail_next_commit();
@@ -193,32 +250,14 @@ fn job_ops(script: &Mutex<Script>) -> Vec<DeviceOp> {
 /// device it knew online (it used to take the device for offline and wait for its next
 /// registration): the job completes.
 fn job_answer_in_failed_batch(fail: bool) -> twinhub::job::JobStatistics {
-    use twinhub::job::{JobId, JobSpec, JobType};
+    use twinhub::job::JobId;
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(registered_v(&pump, "1.0"));
-    wait_until("the registration", || {
-        hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Connected
-    });
+    register(&hub, &script, &pump);
     let job = JobId::new("cfg").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::ConfigurationUpdate {
-            name: "a".into(),
-            value: "1".into(),
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
+    start_config_job(&hub, &job, &pump);
     wait_until("the job's Write", || !job_ops(&script).is_empty());
-    wait_until("everything committed", || {
-        let c = store.lock().committed_seq();
-        c == hub.registry().read().last_seq()
-    });
+    wait_committed(&hub, &store, "everything committed");
     std::thread::sleep(Duration::from_millis(100));
     if fail {
         store.lock().fail_next_commit();
@@ -229,15 +268,7 @@ fn job_answer_in_failed_batch(fail: bool) -> twinhub::job::JobStatistics {
     while Instant::now() < deadline {
         for op in job_ops(&script) {
             if answered.insert(op.id) {
-                script
-                    .lock()
-                    .unwrap()
-                    .events
-                    .push_back(DeviceEvent::Response {
-                        op: op.id,
-                        device: pump.clone(),
-                        result: Ok(twinhub::transport::DeviceReply::Done),
-                    });
+                answer_done(&script, &pump, &op);
             }
         }
         if hub.job_statistics(&job).unwrap().succeeded == 1 {
@@ -298,10 +329,7 @@ fn expiry_sweep(fail: bool) -> (bool, usize) {
     wait_until("the de-registration", || {
         hub.twin("cam").unwrap().connection_state == twinhub::twin::ConnectionState::Disconnected
     });
-    wait_until("its commit", || {
-        let c = store.lock().committed_seq();
-        c == hub.registry().read().last_seq()
-    });
+    wait_committed(&hub, &store, "its commit");
     assert_eq!(hub.auto_provisioned_count(), 1);
     if fail {
         // The next commit that writes is the sweep's removal.
@@ -338,9 +366,9 @@ fn an_expiry_sweep_whose_commit_failed_still_removes_the_twin_later() {
 /// reached the disk, then the same notification again once it was committed).
 #[test]
 fn a_batch_whose_commit_and_rebuild_failed_publishes_no_twin_change() {
+    use twinhub::Scalar;
     use twinhub::hub::{HubEvent, SubscribeOptions};
     use twinhub::registry::ChangeKind;
-    use twinhub::{Content, ResourceValue, Scalar};
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
     let events = hub.subscribe(SubscribeOptions::twins_only()).unwrap();
@@ -348,16 +376,11 @@ fn a_batch_whose_commit_and_rebuild_failed_publishes_no_twin_change() {
     let committed = store.lock().committed_seq();
     store.lock().fail_next_commit();
     store.lock().fail_next_reload();
-    let battery = Lwm2mPath::resource(3, 0, 9);
     script
         .lock()
         .unwrap()
         .events
-        .push_back(DeviceEvent::Notification {
-            device: pump.clone(),
-            path: battery,
-            content: Content::single(battery, ResourceValue::Integer(42)),
-        });
+        .push_back(battery_level(&pump, 42));
     wait_until("the notification committed", || {
         store.lock().committed_seq() > committed
             && hub
@@ -388,17 +411,10 @@ fn a_batch_whose_commit_and_rebuild_failed_publishes_no_twin_change() {
 #[test]
 fn a_job_completion_in_a_batch_whose_commit_and_rebuild_failed_is_not_reported() {
     use twinhub::hub::{HubEvent, SubscribeOptions};
-    use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
+    use twinhub::job::{JobId, JobStatus};
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(registered_v(&pump, "1.0"));
-    wait_until("the registration", || {
-        hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Connected
-    });
+    register(&hub, &script, &pump);
     let progress = hub
         .subscribe(SubscribeOptions {
             twins: false,
@@ -408,36 +424,15 @@ fn a_job_completion_in_a_batch_whose_commit_and_rebuild_failed_is_not_reported()
         })
         .unwrap();
     let job = JobId::new("cfg").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::ConfigurationUpdate {
-            name: "a".into(),
-            value: "1".into(),
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
-    let answer = |op: &DeviceOp| {
-        script
-            .lock()
-            .unwrap()
-            .events
-            .push_back(DeviceEvent::Response {
-                op: op.id,
-                device: pump.clone(),
-                result: Ok(twinhub::transport::DeviceReply::Done),
-            })
-    };
+    start_config_job(&hub, &job, &pump);
+    let answer = |op: &DeviceOp| answer_done(&script, &pump, op);
     // Step 0 (the Write) is answered and committed normally.
     wait_until("the Write", || job_ops(&script).len() == 1);
     answer(&job_ops(&script)[0]);
     wait_until("the second step's operation", || {
         job_ops(&script).len() == 2
     });
-    wait_until("everything committed", || {
-        let c = store.lock().committed_seq();
-        c == hub.registry().read().last_seq()
-    });
+    wait_committed(&hub, &store, "everything committed");
     std::thread::sleep(Duration::from_millis(100));
     std::iter::from_fn(|| progress.try_recv().ok()).for_each(drop);
     // The last answer lands in a batch whose commit and rebuild fail.
@@ -469,7 +464,6 @@ fn a_job_completion_in_a_batch_whose_commit_and_rebuild_failed_is_not_reported()
 #[test]
 fn a_deregistration_arriving_at_the_held_bound_is_not_lost_for_good() {
     use twinhub::twin::ConnectionState;
-    use twinhub::{Content, ResourceValue};
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(
         &[&pump],
@@ -478,24 +472,9 @@ fn a_deregistration_arriving_at_the_held_bound_is_not_lost_for_good() {
             ..HubConfig::default()
         },
     );
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(registered_v(&pump, "1.0"));
-    wait_until("the registration", || {
-        hub.twin("pump").unwrap().connection_state == ConnectionState::Connected
-    });
-    wait_until("its commit", || {
-        let c = store.lock().committed_seq();
-        c == hub.registry().read().last_seq()
-    });
-    let battery = Lwm2mPath::resource(3, 0, 9);
-    let note = |v: i64| DeviceEvent::Notification {
-        device: pump.clone(),
-        path: battery,
-        content: Content::single(battery, ResourceValue::Integer(v)),
-    };
+    register(&hub, &script, &pump);
+    wait_committed(&hub, &store, "its commit");
+    let note = |v: i64| battery_level(&pump, v);
     store.lock().fail_commits(u32::MAX);
     script.lock().unwrap().events.push_back(note(-1));
     wait_until("the backoff", || hub.metrics().failed_commits >= 2);
@@ -579,10 +558,7 @@ fn failed_rotation_session(fail: Failure) -> (bool, u64, u64) {
     assert!(matches!(read(), Ok(DeviceReply::Content(_))));
     let before = hub.dtls_stats().unwrap().handshakes;
     // The read's answer is committed by the hub's loop before the failure is injected.
-    wait_until("the answer's commit", || {
-        let c = store.lock().committed_seq();
-        c == hub.registry().read().last_seq()
-    });
+    wait_committed(&hub, &store, "the answer's commit");
     std::thread::sleep(Duration::from_millis(100));
     if fail == Failure::Rotation {
         store.lock().fail_next_commit();
@@ -636,23 +612,18 @@ fn a_failed_set_psk_leaves_the_devices_session_with_the_unchanged_key_alone() {
 /// the time it was applied (a second or more later).
 #[test]
 fn a_held_notification_keeps_the_time_it_arrived() {
-    use twinhub::{Content, ResourceValue, Scalar, Timestamp};
+    use twinhub::{Scalar, Timestamp};
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
     std::thread::sleep(Duration::from_millis(100));
     // Two failed commits in a row: the hub backs off for a second.
     store.lock().fail_commits(2);
-    let battery = Lwm2mPath::resource(3, 0, 9);
     let sent = Timestamp::now();
     script
         .lock()
         .unwrap()
         .events
-        .push_back(DeviceEvent::Notification {
-            device: pump.clone(),
-            path: battery,
-            content: Content::single(battery, ResourceValue::Integer(42)),
-        });
+        .push_back(battery_level(&pump, 42));
     wait_until("the notification applied and committed", || {
         hub.twin("pump")
             .unwrap()

@@ -1526,12 +1526,14 @@ impl Inner {
         }
         let swept = self.sweep_auto_provisioned(now, &mut jobs, &mut reg);
         let committed = self.commit_events(&mut jobs, &mut reg);
-        drop(reg);
         if committed {
+            // Before readers see the removals: a twin gone no longer counts.
             for device in &swept {
                 self.provisioned.forget(device);
             }
-        } else {
+        }
+        drop(reg);
+        if !committed {
             // The batch is applied again: what it did is not reported, nor sent, now,
             // and the swept names are swept again at the next sweep.
             job_ops.clear();
