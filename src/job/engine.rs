@@ -957,11 +957,13 @@ impl JobEngine {
     /// memory was rebuilt from the disk; not a restart): takes what `earlier`, the engine
     /// this one replaces, knew of each device (online or not, the objects it announced,
     /// LWM2M 1.1), and sends again at once the step of every child the restore set
-    /// waiting for a device that `earlier` knew online. The devices never left, but this
-    /// engine does not recognise the answers to `earlier`'s operations; without this,
-    /// every job in progress would wait for its devices to register again (up to a
-    /// lifetime). A reboot or factory reset whose Execute went out is left waiting for
-    /// the device's registration, as after a restart: never executed twice.
+    /// waiting for a device that `earlier` knew online, when the step is safe to repeat
+    /// (configuration update, write and read properties). The devices never left, but
+    /// this engine does not recognise the answers to `earlier`'s operations; without
+    /// this, those jobs would wait for their devices to register again (up to a
+    /// lifetime). Reboots, factory resets and firmware updates still wait for the
+    /// registration, as after a restart: an Execute is never sent twice, and a
+    /// registration re-applied from the failed batch never counts as the reboot.
     pub fn carry_devices_from(&mut self, now: Instant, earlier: &JobEngine) {
         self.devices = earlier.devices.clone();
         self.object_sets = earlier.object_sets.clone();
@@ -970,7 +972,19 @@ impl JobEngine {
             .holders
             .iter()
             .filter(|(d, c)| {
-                self.children[**c as usize].state == ChildState::WaitingForDevice
+                let child = &self.children[**c as usize];
+                // Only steps that are safe to repeat: a reboot, a factory reset or a
+                // firmware update keeps waiting for the device's registration, as after
+                // a restart (a registration re-applied from the failed batch would
+                // otherwise count as the reboot, or a firmware Execute go twice).
+                let repeatable = matches!(
+                    self.parents[child.parent as usize].kind(),
+                    JobKind::UpdateDeviceConfiguration
+                        | JobKind::WriteDeviceProperties
+                        | JobKind::ReadDeviceProperties
+                );
+                repeatable
+                    && child.state == ChildState::WaitingForDevice
                     && !is_offline(&self.devices, d)
             })
             .map(|(_, c)| *c)

@@ -1,0 +1,570 @@
+//! A second review of the failing-store path (findings of a review helper): a reboot,
+//! factory reset or firmware update is not resumed by the engine rebuilt after a failed
+//! commit. The tests marked `ignore` show bugs still open (see the closing note).
+//!
+//! Device events whose commit fails, and the state outside the store that the hub's
+//! rebuild from the store does not restore: each test injects a failed commit (and
+//! sometimes a failed rebuild too) where a device event or a service write lands, and
+//! checks that nothing is lost, stalled or reported that is not durable. Each has a
+//! control without the failure where the difference is not obvious. (Findings of a
+//! review helper; every test failed before its fix.)
+#![cfg(all(feature = "fuzzing", feature = "memory-fleet"))]
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use twinhub::hub::{Hub, HubConfig};
+use twinhub::registry::Registry;
+use twinhub::store::{SharedStore, Store, StoreConfig};
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, RegistrationInfo, Transport};
+use twinhub::twin::Twin;
+use twinhub::{DeviceId, Lwm2mPath};
+
+#[derive(Default)]
+struct Script {
+    events: VecDeque<DeviceEvent>,
+    submitted: Vec<DeviceOp>,
+}
+
+struct Scripted(Arc<Mutex<Script>>);
+
+impl Transport for Scripted {
+    fn submit(&mut self, _: Instant, op: DeviceOp) {
+        self.0.lock().unwrap().submitted.push(op);
+    }
+    fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.0.lock().unwrap().events.pop_front()
+    }
+    fn handle_timeout(&mut self, _: Instant) {}
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+fn registered_v(device: &DeviceId, version: &str) -> DeviceEvent {
+    DeviceEvent::Registered {
+        device: device.clone(),
+        registration: RegistrationInfo {
+            endpoint: device.as_str().into(),
+            registration_id: "r1".into(),
+            lifetime: 300,
+            lwm2m_version: version.into(),
+            binding: "U".into(),
+            queue_mode: false,
+            objects: vec![
+                Lwm2mPath::instance(3, 0),
+                Lwm2mPath::instance(1, 0),
+                Lwm2mPath::instance(10241, 0),
+            ],
+            address: None,
+            psk_identity: None,
+        },
+    }
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A store in a fresh directory whose registry holds `devices`, and `config` writing to
+/// it.
+fn durable_store(
+    devices: &[&DeviceId],
+    config: HubConfig,
+) -> (SharedStore, Registry, HubConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    for device in devices {
+        registry.create(Twin::new((*device).clone())).unwrap();
+    }
+    let store = SharedStore::new(store);
+    let config = HubConfig {
+        store: Some(store.clone()),
+        ..config
+    };
+    (store, registry, config, dir)
+}
+
+/// A hub over [`durable_store`] whose devices are scripted.
+fn durable_hub(
+    devices: &[&DeviceId],
+    config: HubConfig,
+) -> (Hub, SharedStore, Arc<Mutex<Script>>, tempfile::TempDir) {
+    let (store, registry, config, dir) = durable_store(devices, config);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
+    (hub, store, script, dir)
+}
+
+/// `device` reports its battery level (`/3/0/9`).
+fn battery_level(device: &DeviceId, level: i64) -> DeviceEvent {
+    use twinhub::{Content, ResourceValue};
+    let battery = Lwm2mPath::resource(3, 0, 9);
+    DeviceEvent::Notification {
+        device: device.clone(),
+        path: battery,
+        content: Content::single(battery, ResourceValue::Integer(level)),
+    }
+}
+
+/// `device` answers `op`: done.
+fn answer_done(script: &Mutex<Script>, device: &DeviceId, op: &DeviceOp) {
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(DeviceEvent::Response {
+            op: op.id,
+            device: device.clone(),
+            result: Ok(twinhub::transport::DeviceReply::Done),
+        });
+}
+
+/// Waits until everything the hub applied is durable. (The store's lock is released
+/// before the registry's is taken: the hub takes the registry's first.)
+fn wait_committed(hub: &Hub, store: &SharedStore, what: &str) {
+    wait_until(what, || {
+        let c = store.lock().committed_seq();
+        c == hub.registry().read().last_seq()
+    });
+}
+
+/// `device` registers (LWM2M 1.0) and its twin says so.
+fn register(hub: &Hub, script: &Mutex<Script>, device: &DeviceId) {
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(registered_v(device, "1.0"));
+    wait_until("the registration", || {
+        hub.twin(device.as_str()).unwrap().connection_state
+            == twinhub::twin::ConnectionState::Connected
+    });
+}
+
+/// A configuration-update job `job` over `device` (one Write, then a read-back).
+fn start_config_job(hub: &Hub, job: &twinhub::job::JobId, device: &DeviceId) {
+    use twinhub::job::{JobSpec, JobType};
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::ConfigurationUpdate {
+            name: "a".into(),
+            value: "1".into(),
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+}
+
+fn observes(script: &Mutex<Script>) -> Vec<DeviceOp> {
+    script
+        .lock()
+        .unwrap()
+        .submitted
+        .iter()
+        .filter(|op| {
+            matches!(
+                op.request,
+                DeviceRequest::Observe { .. } | DeviceRequest::ObserveComposite { .. }
+            )
+        })
+        .cloned()
+        .collect()
+}
+
+fn job_ops(script: &Mutex<Script>) -> Vec<DeviceOp> {
+    let base = twinhub::job::EngineConfig::default().op_id_base;
+    script
+        .lock()
+        .unwrap()
+        .submitted
+        .iter()
+        .filter(|op| op.id.0 >= base)
+        .cloned()
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Review 2 findings.
+
+fn child_status(hub: &Hub, job: &twinhub::job::JobId) -> twinhub::job::JobStatistics {
+    hub.job_statistics(job).unwrap()
+}
+
+/// A reboot job (no wait for registration: success is the Execute's answer) waits for
+/// its offline device. The device registers in a batch whose commit fails once. The
+/// device never answers anything: the child must not succeed.
+fn reboot_on_registration(fail: bool) -> (twinhub::job::JobStatistics, usize) {
+    use twinhub::job::{JobId, JobSpec, JobType};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
+    register(&hub, &script, &pump);
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(DeviceEvent::Deregistered {
+            device: pump.clone(),
+        });
+    wait_until("the de-registration", || {
+        hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Disconnected
+    });
+    let job = JobId::new("rb").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration: false,
+        },
+        vec![pump.clone()],
+    ))
+    .unwrap();
+    wait_until("the child waits for its device", || {
+        child_status(&hub, &job).waiting_for_device == 1
+    });
+    wait_committed(&hub, &store, "everything committed");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(job_ops(&script).is_empty());
+    if fail {
+        store.lock().fail_next_commit();
+    }
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(registered_v(&pump, "1.0"));
+    wait_until("the Execute", || !job_ops(&script).is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = child_status(&hub, &job);
+    let executes = job_ops(&script).len();
+    hub.stop();
+    (stats, executes)
+}
+
+#[test]
+fn control_a_reboot_whose_execute_is_unanswered_is_in_progress() {
+    let (stats, executes) = reboot_on_registration(false);
+    assert_eq!(
+        (stats.succeeded, stats.running, executes),
+        (0, 1, 1),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn a_reboot_whose_registration_batch_failed_does_not_succeed_before_its_execute_is_answered() {
+    let (stats, executes) = reboot_on_registration(true);
+    assert_eq!(
+        (stats.succeeded, stats.running, executes),
+        (0, 1, 1),
+        "the device answered nothing, yet: {stats:?} (Executes sent: {executes})"
+    );
+}
+
+/// A rollout limited to one start a minute over three online devices: its first child
+/// starts, then a commit (of an unrelated notification) fails. The rebuilt engine's
+/// per-minute window starts empty, so a second child starts at once.
+fn rate_limited_rollout(fail: bool) -> usize {
+    use twinhub::job::{JobId, JobSpec, JobType};
+    let ids: Vec<DeviceId> = ["a", "b", "c"]
+        .iter()
+        .map(|s| DeviceId::new(s).unwrap())
+        .collect();
+    let refs: Vec<&DeviceId> = ids.iter().collect();
+    let (hub, store, script, _dir) = durable_hub(&refs, HubConfig::default());
+    for d in &ids {
+        register(&hub, &script, d);
+    }
+    let job = JobId::new("slow").unwrap();
+    hub.create_job(
+        JobSpec::new(
+            job.clone(),
+            JobType::ConfigurationUpdate {
+                name: "a".into(),
+                value: "1".into(),
+            },
+            ids.clone(),
+        )
+        .max_per_minute(1),
+    )
+    .unwrap();
+    wait_until("the first child's Write", || !job_ops(&script).is_empty());
+    wait_committed(&hub, &store, "everything committed");
+    std::thread::sleep(Duration::from_millis(100));
+    if fail {
+        store.lock().fail_next_commit();
+    }
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(battery_level(&ids[2], 42));
+    std::thread::sleep(Duration::from_millis(800));
+    let mut devices: Vec<DeviceId> = job_ops(&script).into_iter().map(|o| o.device).collect();
+    devices.sort();
+    devices.dedup();
+    hub.stop();
+    devices.len()
+}
+
+#[test]
+fn control_a_rollout_of_one_a_minute_starts_one_child() {
+    assert_eq!(rate_limited_rollout(false), 1);
+}
+
+#[test]
+#[ignore = "open: the rollout window is not carried over a rebuild"]
+fn a_failed_commit_does_not_start_another_child_of_a_rollout_of_one_a_minute() {
+    assert_eq!(
+        rate_limited_rollout(true),
+        1,
+        "one failed commit, and a rollout limited to one start a minute started more"
+    );
+}
+
+/// A registration dropped at the held bound is "made good at the device's next Update"
+/// (backoff docs): the twin is connected again, but the Update observes nothing (the
+/// sync table has no entry for the device), so its synced paths stay unobserved until
+/// it registers again.
+fn dropped_registration_then_update(fill: bool) -> (bool, usize) {
+    use twinhub::twin::ConnectionState;
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
+    std::thread::sleep(Duration::from_millis(100));
+    store.lock().fail_commits(u32::MAX);
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(battery_level(&pump, 1));
+    wait_until("the backoff", || hub.metrics().failed_commits >= 2);
+    {
+        let mut s = script.lock().unwrap();
+        if fill {
+            let ghost = DeviceId::new("ghost").unwrap();
+            s.events
+                .extend((0..twinhub::hub::backoff::MAX_HELD_EVENTS).map(|_| {
+                    DeviceEvent::Deregistered {
+                        device: ghost.clone(),
+                    }
+                }));
+        }
+        s.events.push_back(registered_v(&pump, "1.0"));
+    }
+    wait_until("everything taken", || {
+        script.lock().unwrap().events.is_empty() && (!fill || hub.stats().dropped_events > 0)
+    });
+    store.lock().fail_commits(0);
+    wait_until("the held events applied", || {
+        hub.metrics().held_events == 0 && hub.metrics().failed_commits == 0 && {
+            let c = store.lock().committed_seq();
+            c == hub.registry().read().last_seq()
+        }
+    });
+    let before = observes(&script).len();
+    // The device's next Update.
+    let DeviceEvent::Registered { registration, .. } = registered_v(&pump, "1.0") else {
+        unreachable!()
+    };
+    script
+        .lock()
+        .unwrap()
+        .events
+        .push_back(DeviceEvent::RegistrationUpdated {
+            device: pump.clone(),
+            registration,
+        });
+    wait_until("the update", || {
+        hub.twin("pump").unwrap().connection_state == ConnectionState::Connected
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let connected = hub.twin("pump").unwrap().connection_state == ConnectionState::Connected;
+    let observed = observes(&script)
+        .iter()
+        .filter(|o| o.device == pump)
+        .count();
+    let _ = before;
+    hub.stop();
+    (connected, observed)
+}
+
+#[test]
+fn control_a_held_registration_observes_the_synced_paths() {
+    let (connected, observed) = dropped_registration_then_update(false);
+    assert!(connected && observed > 0, "{connected} {observed}");
+}
+
+#[test]
+#[ignore = "open: an Update does not create the sync table entries a dropped registration would have"]
+fn a_registration_dropped_at_the_bound_is_made_good_at_the_next_update_sync_included() {
+    let (connected, observed) = dropped_registration_then_update(true);
+    assert!(
+        connected && observed > 0,
+        "after the device's Update: connected {connected}, Observes sent to it {observed}"
+    );
+}
+
+/// A set_psk whose commit fails "changes nothing": also when the identity it names was
+/// in the key store without a device (a shared identity set through `psk_store().set(None,
+/// ..)`): `replace` overwrote that entry and `put_back` only restores the device's own
+/// earlier entry, so the unowned identity is gone from the key store.
+#[cfg(feature = "dtls")]
+fn failed_set_psk_over_unowned_identity(fail: bool) -> usize {
+    use twinhub::dtls::{PskCredentials, PskKey};
+    let pump = DeviceId::new("pump").unwrap();
+    let (store, registry, config, _dir) = durable_store(
+        &[&pump],
+        HubConfig {
+            sync: None,
+            ..HubConfig::default()
+        },
+    );
+    let hub = Hub::bind_dtls("127.0.0.1:0", registry, config).unwrap();
+    let shared = PskCredentials::new("shared", PskKey::new(vec![7; 16])).unwrap();
+    hub.psk_store().unwrap().set(None, shared.clone()).unwrap();
+    let before = hub.psk_store().unwrap().len();
+    wait_committed(&hub, &store, "idle");
+    std::thread::sleep(Duration::from_millis(100));
+    let mine = PskCredentials::new("shared", PskKey::new(vec![9; 16])).unwrap();
+    if fail {
+        store.lock().fail_next_commit();
+        assert!(hub.set_psk("pump", mine).is_err());
+    }
+    let after = hub.psk_store().unwrap().len();
+    hub.stop();
+    assert_eq!(before, 1);
+    after
+}
+
+#[cfg(feature = "dtls")]
+#[test]
+fn control_the_unowned_identity_is_in_the_key_store() {
+    assert_eq!(failed_set_psk_over_unowned_identity(false), 1);
+}
+
+#[cfg(feature = "dtls")]
+#[test]
+#[ignore = "open: put_back restores only the device's own earlier entry"]
+fn a_failed_set_psk_leaves_an_unowned_identity_it_named_in_the_key_store() {
+    assert_eq!(
+        failed_set_psk_over_unowned_identity(true),
+        1,
+        "set_psk failed (nothing changes), yet the key store lost the identity it held"
+    );
+}
+
+/// A firmware update's Execute of `/5/0/2` is answered in a batch whose commit fails.
+/// The rebuilt engine (which has the Execute as sent, not as answered) re-observes
+/// `/5/0` at once, and a device that still says Downloaded (it answered the Execute and
+/// has not started updating yet) gets a second Execute of Update.
+fn firmware_execute_answer_in_failed_batch(fail: bool) -> usize {
+    use twinhub::job::{JobId, JobSpec, JobType};
+    use twinhub::transport::DeviceReply;
+    use twinhub::{Content, ResourceValue};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir) = durable_hub(
+        &[&pump],
+        HubConfig {
+            sync: None,
+            ..HubConfig::default()
+        },
+    );
+    let mut reg = registered_v(&pump, "1.0");
+    if let DeviceEvent::Registered { registration, .. } = &mut reg {
+        registration.objects.push(Lwm2mPath::instance(5, 0));
+    }
+    script.lock().unwrap().events.push_back(reg);
+    wait_until("the registration", || {
+        hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Connected
+    });
+    let fw = |state: i64| Content {
+        values: vec![
+            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(state)),
+            (Lwm2mPath::resource(5, 0, 5), ResourceValue::Integer(0)),
+        ],
+    };
+    let job = JobId::new("fw").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::FirmwareUpdate {
+            package_uri: "coap://example/fw.bin".into(),
+            expected_version: None,
+        },
+        vec![pump.clone()],
+    ))
+    .unwrap();
+    let is_exec = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { path, .. } if path == Lwm2mPath::resource(5, 0, 2));
+    let mut answered = std::collections::HashSet::new();
+    let mut uri_written = false;
+    let mut executes = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        for op in job_ops(&script) {
+            if !answered.insert(op.id) {
+                continue;
+            }
+            let reply = match &op.request {
+                DeviceRequest::Observe { .. } | DeviceRequest::Read { .. } => {
+                    DeviceReply::Content(fw(if uri_written { 2 } else { 0 }))
+                }
+                DeviceRequest::Write { .. } => {
+                    uri_written = true;
+                    // The download completes at once.
+                    script
+                        .lock()
+                        .unwrap()
+                        .events
+                        .push_back(DeviceEvent::Notification {
+                            device: pump.clone(),
+                            path: Lwm2mPath::instance(5, 0),
+                            content: fw(2),
+                        });
+                    DeviceReply::Done
+                }
+                _ if is_exec(&op) => {
+                    executes += 1;
+                    if executes == 1 {
+                        wait_committed(&hub, &store, "the Execute's batch");
+                        std::thread::sleep(Duration::from_millis(100));
+                        if fail {
+                            store.lock().fail_next_commit();
+                        }
+                    }
+                    DeviceReply::Done
+                }
+                _ => DeviceReply::Done,
+            };
+            script
+                .lock()
+                .unwrap()
+                .events
+                .push_back(DeviceEvent::Response {
+                    op: op.id,
+                    device: pump.clone(),
+                    result: Ok(reply),
+                });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(executes >= 1, "the update was executed");
+    hub.stop();
+    executes
+}
+
+#[test]
+fn control_a_firmware_update_is_executed_once() {
+    assert_eq!(firmware_execute_answer_in_failed_batch(false), 1);
+}
+
+#[test]
+fn a_firmware_update_whose_execute_answer_failed_to_commit_is_executed_once() {
+    assert_eq!(
+        firmware_execute_answer_in_failed_batch(true),
+        1,
+        "the device answered the Execute of Update once; the hub executed it again"
+    );
+}
