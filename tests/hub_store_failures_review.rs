@@ -1,6 +1,8 @@
 //! A second review of the failing-store path (findings of a review helper): a reboot,
 //! factory reset or firmware update is not resumed by the engine rebuilt after a failed
-//! commit. The tests marked `ignore` show bugs still open (see the closing note).
+//! commit; a rollout keeps its rate window over the rebuild; a failed `set_psk` puts back
+//! an unowned identity it overwrote; an Update observes the synced paths of a device
+//! whose registration was dropped. Every finding's test failed before its fix.
 //!
 //! Device events whose commit fails, and the state outside the store that the hub's
 //! rebuild from the store does not restore: each test injects a failed commit (and
@@ -267,7 +269,7 @@ fn a_reboot_whose_registration_batch_failed_does_not_succeed_before_its_execute_
 
 /// A rollout limited to one start a minute over three online devices: its first child
 /// starts, then a commit (of an unrelated notification) fails. The rebuilt engine's
-/// per-minute window starts empty, so a second child starts at once.
+/// per-minute window started empty, so a second child started at once.
 fn rate_limited_rollout(fail: bool) -> usize {
     use twinhub::job::{JobId, JobSpec, JobType};
     let ids: Vec<DeviceId> = ["a", "b", "c"]
@@ -317,7 +319,6 @@ fn control_a_rollout_of_one_a_minute_starts_one_child() {
 }
 
 #[test]
-#[ignore = "open: the rollout window is not carried over a rebuild"]
 fn a_failed_commit_does_not_start_another_child_of_a_rollout_of_one_a_minute() {
     assert_eq!(
         rate_limited_rollout(true),
@@ -327,9 +328,9 @@ fn a_failed_commit_does_not_start_another_child_of_a_rollout_of_one_a_minute() {
 }
 
 /// A registration dropped at the held bound is "made good at the device's next Update"
-/// (backoff docs): the twin is connected again, but the Update observes nothing (the
-/// sync table has no entry for the device), so its synced paths stay unobserved until
-/// it registers again.
+/// (backoff docs): the twin is connected again, and the Update observed nothing (the
+/// sync table has no entry for the device), so its synced paths stayed unobserved until
+/// it registered again.
 fn dropped_registration_then_update(fill: bool) -> (bool, usize) {
     use twinhub::twin::ConnectionState;
     let pump = DeviceId::new("pump").unwrap();
@@ -399,7 +400,6 @@ fn control_a_held_registration_observes_the_synced_paths() {
 }
 
 #[test]
-#[ignore = "open: an Update does not create the sync table entries a dropped registration would have"]
 fn a_registration_dropped_at_the_bound_is_made_good_at_the_next_update_sync_included() {
     let (connected, observed) = dropped_registration_then_update(true);
     assert!(
@@ -410,8 +410,8 @@ fn a_registration_dropped_at_the_bound_is_made_good_at_the_next_update_sync_incl
 
 /// A set_psk whose commit fails "changes nothing": also when the identity it names was
 /// in the key store without a device (a shared identity set through `psk_store().set(None,
-/// ..)`): `replace` overwrote that entry and `put_back` only restores the device's own
-/// earlier entry, so the unowned identity is gone from the key store.
+/// ..)`): `replace` overwrote that entry and `put_back` only restored the device's own
+/// earlier entry, so the unowned identity was gone from the key store.
 #[cfg(feature = "dtls")]
 fn failed_set_psk_over_unowned_identity(fail: bool) -> usize {
     use twinhub::dtls::{PskCredentials, PskKey};
@@ -448,7 +448,6 @@ fn control_the_unowned_identity_is_in_the_key_store() {
 
 #[cfg(feature = "dtls")]
 #[test]
-#[ignore = "open: put_back restores only the device's own earlier entry"]
 fn a_failed_set_psk_leaves_an_unowned_identity_it_named_in_the_key_store() {
     assert_eq!(
         failed_set_psk_over_unowned_identity(true),

@@ -151,6 +151,14 @@ pub(crate) struct PskEntry {
     pub(crate) revision: u64,
 }
 
+/// What a [`PskStore::replace`] took out of the key store.
+pub(crate) struct Displaced {
+    /// The device's earlier identity and entry.
+    own: Option<(Arc<str>, PskEntry)>,
+    /// The entry, owned by no device, that the new credentials' identity overwrote.
+    unowned: Option<(Arc<str>, PskEntry)>,
+}
+
 #[derive(Default)]
 struct Tables {
     by_identity: HashMap<Arc<str>, PskEntry>,
@@ -213,13 +221,12 @@ impl PskStore {
         self.replace(device, credentials).map(drop)
     }
 
-    /// [`PskStore::set`], returning the device's earlier identity and entry for
-    /// [`PskStore::put_back`].
+    /// [`PskStore::set`], returning what it displaced, for [`PskStore::put_back`].
     pub(crate) fn replace(
         &self,
         device: Option<DeviceId>,
         credentials: PskCredentials,
-    ) -> Result<Option<(Arc<str>, PskEntry)>, CredentialsError> {
+    ) -> Result<Displaced, CredentialsError> {
         let mut t = self.write();
         if let Some(existing) = t.by_identity.get(&credentials.identity)
             && let Some(owner) = &existing.device
@@ -229,7 +236,7 @@ impl PskStore {
                 device: owner.clone(),
             });
         }
-        let earlier = device
+        let own = device
             .as_ref()
             .and_then(|d| t.by_device.remove(d))
             .and_then(|old| t.by_identity.remove(&old).map(|entry| (old, entry)));
@@ -238,26 +245,36 @@ impl PskStore {
         if let Some(d) = &device {
             t.by_device.insert(d.clone(), credentials.identity.clone());
         }
-        t.by_identity.insert(
-            credentials.identity,
-            PskEntry {
-                key: credentials.key,
-                device,
-                revision,
-            },
-        );
-        Ok(earlier)
+        let identity = credentials.identity;
+        // What is left under the identity belongs to no device (another device's entry
+        // was refused above, this device's removed with `own`).
+        let unowned = t
+            .by_identity
+            .insert(
+                identity.clone(),
+                PskEntry {
+                    key: credentials.key,
+                    device,
+                    revision,
+                },
+            )
+            .map(|entry| (identity, entry));
+        Ok(Displaced { own, unowned })
     }
 
-    /// Undoes a [`PskStore::replace`] for `device`: its current identity goes, and the
-    /// earlier entry comes back as it was, revision included, so sessions made with the
-    /// earlier key stay open (a rotation that could not be made durable changed nothing).
-    pub(crate) fn put_back(&self, device: &DeviceId, earlier: Option<(Arc<str>, PskEntry)>) {
+    /// Undoes a [`PskStore::replace`] for `device`: its current identity goes, and what
+    /// the replace displaced comes back as it was, revisions included, so sessions made
+    /// with the earlier keys stay open (a rotation that could not be made durable changed
+    /// nothing).
+    pub(crate) fn put_back(&self, device: &DeviceId, displaced: Displaced) {
         let mut t = self.write();
         if let Some(current) = t.by_device.remove(device) {
             t.by_identity.remove(&current);
         }
-        if let Some((identity, entry)) = earlier {
+        if let Some((identity, entry)) = displaced.unowned {
+            t.by_identity.insert(identity, entry);
+        }
+        if let Some((identity, entry)) = displaced.own {
             t.by_device.insert(device.clone(), identity.clone());
             t.by_identity.insert(identity, entry);
         }

@@ -31,7 +31,8 @@ pub const MAX_HELD_NOTIFICATIONS: usize = 65_536;
 /// Device events other than notifications the hub holds (registrations, updates,
 /// de-registrations and expiries, answers to operations); one arriving at the bound is
 /// dropped and counted like a notification. What is lost then: a registration or
-/// update is made good at the device's next Update; a de-registration or an expiry is
+/// update is made good at the device's next Update (the twin is connected again, and a
+/// device the hub has no sync observations for is observed afresh); a de-registration or an expiry is
 /// not (the twin stays `connected` until the device registers again or the hub
 /// restarts, whose registration check drops it); a job's answer lets its child time
 /// out and retry; a sync observation's answer is observed again at the next Update.

@@ -144,7 +144,7 @@ impl Hub {
             })?;
         if let Err(error) = self.inner.commit_locked(&mut jobs, &mut registry) {
             // The registry is back to what is durable; so is the key store, with the
-            // earlier key's revision unchanged: its live sessions stay open.
+            // earlier keys' revisions unchanged: their live sessions stay open.
             if let (Some(secure), Some(earlier)) = (self.inner.secure.get(), earlier) {
                 secure.store.put_back(&id, earlier);
             }

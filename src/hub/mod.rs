@@ -1312,23 +1312,20 @@ impl Inner {
     /// the store stays poisoned, memory keeps what it had (readers still see the failed
     /// write, whose caller was told), and the next commit tries again.
     ///
-    /// The rebuilt engine numbers its operations after the old one's, so answers to
-    /// operations already sent are never taken for new ones.
+    /// The rebuilt engine takes over what only the old one held (see
+    /// `JobEngine::restore_after`).
     fn recover(&self, jobs: &mut JobEngine, reg: &mut Registry, store: &mut crate::store::Store) {
         let Ok(durable) = store.reload() else {
             return;
         };
-        let mut config = jobs.config().clone();
-        config.op_id_base = jobs.next_op_id();
         let now = Instant::now();
-        match store.load_jobs(config, now, Timestamp::now()) {
+        match store.reload_jobs(jobs, now, Timestamp::now()) {
             Ok(mut restored) => {
                 // Operations of the old engine still in the outbox are dropped with it;
                 // the steps they belong to are sent again by the new one, to the devices
                 // the old one knew online. The new engine reports progress to subscribers
                 // like the old one did (from here: the children it resumes at once never
                 // stopped in their view).
-                restored.carry_devices_from(now, jobs);
                 restored.enable_progress();
                 restored.retain_devices(now, |d| durable.contains(d.as_str()));
                 *jobs = restored;
@@ -1706,7 +1703,19 @@ impl Inner {
                         reg.set_connection_state(device.as_str(), ConnectionState::Connected, at);
                 }
                 let _ = reg.set_last_activity(device.as_str(), at);
-                self.resync(device, ops);
+                if lock(&self.synced).contains_key(device) {
+                    self.resync(device, ops);
+                } else {
+                    // No sync table entry: the registration that makes one was lost (a
+                    // registration dropped at the held-events bound). The device then
+                    // registered since its last observations, so none of them lives.
+                    self.sync_ops(
+                        device,
+                        &registration.objects,
+                        registration.speaks_1_1(),
+                        ops,
+                    );
+                }
                 crate::trace_event!(debug, device = device.as_str(), "registration updated");
                 let mut e = LifecycleEvent::new(device, LifecycleKind::Updated, at);
                 e.address = registration.address;

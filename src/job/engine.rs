@@ -953,7 +953,7 @@ impl JobEngine {
         gone.iter().map(|d| self.forget_device(now, d)).sum()
     }
 
-    /// After [`JobEngine::restore`] inside a running hub (its store refused a commit and
+    /// After `JobEngine::restore_after` inside a running hub (its store refused a commit and
     /// memory was rebuilt from the disk; not a restart): takes what `earlier`, the engine
     /// this one replaces, knew of each device (online or not, the objects it announced,
     /// LWM2M 1.1), and sends again at once the step of every child the restore set
@@ -964,7 +964,7 @@ impl JobEngine {
     /// lifetime). Reboots, factory resets and firmware updates still wait for the
     /// registration, as after a restart: an Execute is never sent twice, and a
     /// registration re-applied from the failed batch never counts as the reboot.
-    pub fn carry_devices_from(&mut self, now: Instant, earlier: &JobEngine) {
+    pub(crate) fn carry_devices_from(&mut self, now: Instant, earlier: &JobEngine) {
         self.devices = earlier.devices.clone();
         self.object_sets = earlier.object_sets.clone();
         self.object_set_ids = earlier.object_set_ids.clone();

@@ -313,12 +313,15 @@ impl Store {
         let registry = rebuild(&db, &self.config, origin, committed, start)?;
         // The job rows are checked now, so that a damaged one is an error of the opening,
         // not of the hub that loads the jobs later.
-        load_jobs(
-            &db,
+        let (parents, children) = job_rows(&db)?;
+        JobEngine::restore(
             EngineConfig::default(),
             Instant::now(),
             Timestamp::now(),
-        )?;
+            parents,
+            children,
+        )
+        .map_err(bad_job_row)?;
         self.db = Some(db);
         self.committed = committed;
         self.origin = origin;
@@ -395,7 +398,22 @@ impl Store {
         wall: Timestamp,
     ) -> Result<JobEngine, StoreError> {
         let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
-        load_jobs(db, config, now, wall)
+        let (parents, children) = job_rows(db)?;
+        JobEngine::restore(config, now, wall, parents, children).map_err(bad_job_row)
+    }
+
+    /// [`Store::load_jobs`] in a running hub whose store refused a commit: the new engine
+    /// replaces `earlier` and takes over what only memory held (see
+    /// `JobEngine::restore_after`).
+    pub(crate) fn reload_jobs(
+        &self,
+        earlier: &JobEngine,
+        now: Instant,
+        wall: Timestamp,
+    ) -> Result<JobEngine, StoreError> {
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
+        let (parents, children) = job_rows(db)?;
+        JobEngine::restore_after(earlier, now, wall, parents, children).map_err(bad_job_row)
     }
 
     /// Rewrites every twin from `registry` in one transaction (an import of a registry
@@ -934,12 +952,9 @@ fn rebuild(
 }
 
 /// Reads every job row and restores the engine from them.
-fn load_jobs(
-    db: &Database,
-    config: EngineConfig,
-    now: Instant,
-    wall: Timestamp,
-) -> Result<JobEngine, StoreError> {
+/// The job parents' and children's rows, in key order.
+#[allow(clippy::type_complexity)]
+fn job_rows(db: &Database) -> Result<(Vec<(u32, Vec<u8>)>, Vec<(u32, Vec<u8>)>), StoreError> {
     let txn = db.begin_read()?;
     let read = |table: TableDefinition<u32, &[u8]>| -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
         let t = txn.open_table(table)?;
@@ -950,13 +965,15 @@ fn load_jobs(
         }
         Ok(rows)
     };
-    let parents = read(JOB_PARENTS)?;
-    let children = read(JOB_CHILDREN)?;
-    JobEngine::restore(config, now, wall, parents, children).map_err(|e| StoreError::BadRecord {
+    Ok((read(JOB_PARENTS)?, read(JOB_CHILDREN)?))
+}
+
+fn bad_job_row(e: crate::job::JobRowError) -> StoreError {
+    StoreError::BadRecord {
         table: e.table,
         key: e.key.to_string(),
         detail: e.detail,
-    })
+    }
 }
 
 /// The fuzz body behind `fuzzing::store_records`: decodes `row` as a twin head

@@ -26,7 +26,8 @@
 //! - configuration updates and property writes start again from the first write, reads
 //!   read again (all idempotent);
 //! - a child waiting for a retry retries once its device is back;
-//! - pending children start as the rollout allows (its per-minute window starts empty).
+//! - pending children start as the rollout allows (its per-minute window starts empty
+//!   after a restart; an engine rebuilt in a running hub keeps the one it replaces).
 //!
 //! A scheduled job starts at its wall-clock start time; a running job's maximum
 //! execution time still counts from its wall-clock start. The per-device timeout of an
@@ -397,6 +398,38 @@ impl JobEngine {
         parents: impl IntoIterator<Item = (u32, Vec<u8>)>,
         children: impl IntoIterator<Item = (u32, Vec<u8>)>,
     ) -> Result<JobEngine, JobRowError> {
+        Self::restore_seeded(config, now, wall, parents, children, None)
+    }
+
+    /// [`JobEngine::restore`] inside a running hub, to replace `earlier` (its store
+    /// refused a commit and memory is rebuilt from the disk; not a restart). The new
+    /// engine numbers its operations after `earlier`'s, so answers to operations already
+    /// sent are never taken for new ones; each rollout keeps its per-minute window (a
+    /// failed commit must not let more children start: a start that did not reach the
+    /// disk still counts, so the window errs on the slow side); and
+    /// [`JobEngine::carry_devices_from`] takes over what `earlier` knew of the devices.
+    pub(crate) fn restore_after(
+        earlier: &JobEngine,
+        now: Instant,
+        wall: Timestamp,
+        parents: impl IntoIterator<Item = (u32, Vec<u8>)>,
+        children: impl IntoIterator<Item = (u32, Vec<u8>)>,
+    ) -> Result<JobEngine, JobRowError> {
+        let mut config = earlier.config().clone();
+        config.op_id_base = earlier.next_op_id();
+        let mut e = Self::restore_seeded(config, now, wall, parents, children, Some(earlier))?;
+        e.carry_devices_from(now, earlier);
+        Ok(e)
+    }
+
+    fn restore_seeded(
+        config: EngineConfig,
+        now: Instant,
+        wall: Timestamp,
+        parents: impl IntoIterator<Item = (u32, Vec<u8>)>,
+        children: impl IntoIterator<Item = (u32, Vec<u8>)>,
+        earlier: Option<&JobEngine>,
+    ) -> Result<JobEngine, JobRowError> {
         let mut e = JobEngine::new(config, now, wall);
         e.enable_journal();
         for (c, row) in children {
@@ -489,6 +522,14 @@ impl JobEngine {
                 key: next_child,
                 detail: "no parent holds this child".into(),
             });
+        }
+        if let Some(earlier) = earlier {
+            for p in e.parents.range() {
+                let par = &mut e.parents[p as usize];
+                if let Some(&q) = earlier.by_id.get(&par.id) {
+                    par.window = earlier.parents[q as usize].window.clone();
+                }
+            }
         }
         e.resume_after_restore(now);
         // Retention settings may have shrunk since the rows were written.
