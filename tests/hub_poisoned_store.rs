@@ -7,50 +7,25 @@
 
 #![cfg(feature = "fuzzing")]
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+mod hub_support;
+
+use hub_support::durable_store;
 use twinhub::DeviceId;
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::registry::Registry;
 use twinhub::store::{SharedStore, Store, StoreConfig};
-use twinhub::transport::{DeviceEvent, DeviceOp, Transport};
-use twinhub::twin::Twin;
-
-/// A transport with no devices: these tests are about service writes.
-struct Silent(Arc<Mutex<VecDeque<DeviceEvent>>>);
-
-impl Transport for Silent {
-    fn submit(&mut self, _: Instant, _: DeviceOp) {}
-    fn poll_event(&mut self) -> Option<DeviceEvent> {
-        self.0.lock().unwrap().pop_front()
-    }
-    fn handle_timeout(&mut self, _: Instant) {}
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-}
 
 /// A store in a fresh directory whose registry holds the twin `pump`, and a hub
 /// configuration that writes to it.
 fn store_with_pump() -> (SharedStore, Registry, HubConfig, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    registry
-        .create(Twin::new(DeviceId::new("pump").unwrap()))
-        .unwrap();
-    let store = SharedStore::new(store);
-    let config = HubConfig {
-        store: Some(store.clone()),
-        ..HubConfig::default()
-    };
-    (store, registry, config, dir)
+    durable_store(&[&DeviceId::new("pump").unwrap()], HubConfig::default())
 }
 
-/// A durable hub over a store in a fresh directory holding the twin `pump`.
+/// A durable hub over a store in a fresh directory holding the twin `pump`, with no
+/// devices talking: these tests are about service writes.
 fn durable_hub() -> (Hub, SharedStore, tempfile::TempDir) {
-    let (store, registry, config, dir) = store_with_pump();
-    let hub = Hub::with_transport(Silent(Arc::default()), registry, config);
+    let (hub, store, _script, dir) =
+        hub_support::durable_hub(&[&DeviceId::new("pump").unwrap()], HubConfig::default());
     (hub, store, dir)
 }
 

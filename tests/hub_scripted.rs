@@ -2,50 +2,20 @@
 //! fleet does not produce on demand (two registrations of one device in one batch; a
 //! batch whose commit fails after it queued a job's next operation; a store that keeps failing).
 
-use std::collections::VecDeque;
+mod hub_support;
+
+use hub_support::{Script, Scripted, wait_until};
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "fuzzing")]
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::job::{JobId, JobSpec, JobType};
 use twinhub::registry::Registry;
-use twinhub::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceRequest, RegistrationInfo, Transport,
-};
+use twinhub::transport::{DeviceEvent, DeviceRequest, RegistrationInfo};
 use twinhub::twin::Twin;
 use twinhub::{DeviceId, Lwm2mPath};
 
-/// What the test and the transport share: events to hand the hub, operations it sent.
-#[derive(Default)]
-struct Script {
-    events: VecDeque<DeviceEvent>,
-    submitted: Vec<DeviceOp>,
-    /// Answer every operation `NotRegistered` (the device is away).
-    away: bool,
-}
-
-struct Scripted(Arc<Mutex<Script>>);
-
-impl Transport for Scripted {
-    fn submit(&mut self, _: Instant, op: DeviceOp) {
-        let mut s = self.0.lock().unwrap();
-        if s.away {
-            s.events.push_back(DeviceEvent::Response {
-                op: op.id,
-                device: op.device.clone(),
-                result: Err(DeviceError::NotRegistered),
-            });
-        }
-        s.submitted.push(op);
-    }
-    fn poll_event(&mut self) -> Option<DeviceEvent> {
-        self.0.lock().unwrap().events.pop_front()
-    }
-    fn handle_timeout(&mut self, _: Instant) {}
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-}
-
+/// `device` registers (LWM2M 1.0) with `/3/0` alone.
 fn registered(device: &DeviceId) -> DeviceEvent {
     DeviceEvent::Registered {
         device: device.clone(),
@@ -60,14 +30,6 @@ fn registered(device: &DeviceId) -> DeviceEvent {
             address: None,
             psk_identity: None,
         },
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -126,33 +88,6 @@ fn a_reboot_completed_by_a_second_registration_in_the_batch_still_sends_its_exec
     });
 }
 
-/// A hub with a store in a new directory (kept while the returned guard lives) and
-/// a twin for each of `devices`, over a scripted transport.
-#[cfg(feature = "fuzzing")]
-fn durable_hub(
-    devices: &[&DeviceId],
-) -> (
-    Hub,
-    twinhub::store::SharedStore,
-    Arc<Mutex<Script>>,
-    tempfile::TempDir,
-) {
-    use twinhub::store::{SharedStore, Store, StoreConfig};
-    let dir = tempfile::tempdir().unwrap();
-    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    for device in devices {
-        registry.create(Twin::new((*device).clone())).unwrap();
-    }
-    let store = SharedStore::new(store);
-    let script = Arc::new(Mutex::new(Script::default()));
-    let config = HubConfig {
-        store: Some(store.clone()),
-        ..HubConfig::default()
-    };
-    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
-    (hub, store, script, dir)
-}
-
 #[cfg(feature = "fuzzing")]
 #[test]
 fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again() {
@@ -160,7 +95,7 @@ fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again()
         DeviceId::new("dev-a").unwrap(),
         DeviceId::new("dev-b").unwrap(),
     );
-    let (hub, store, script, _dir) = durable_hub(&[&a, &b]);
+    let (hub, store, script, _dir) = hub_support::durable_hub(&[&a, &b], HubConfig::default());
     script
         .lock()
         .unwrap()
@@ -252,7 +187,7 @@ fn a_store_failing_twice_in_a_row_is_left_alone_for_a_while_and_the_events_held_
     use twinhub::store::StoreError;
     use twinhub::twin::ConnectionState;
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir) = durable_hub(&[&pump]);
+    let (hub, store, script, _dir) = hub_support::durable_hub(&[&pump], HubConfig::default());
     let backing_off = |r: Result<_, RegistryError>| match r {
         Err(RegistryError::NotDurable { error }) => error
             .error()
@@ -312,7 +247,7 @@ fn a_disk_failing_for_a_while_costs_a_few_rebuilds_and_loses_no_notification() {
     use twinhub::registry::ChangeKind;
     use twinhub::{Content, ResourceValue, Scalar};
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir) = durable_hub(&[&pump]);
+    let (hub, store, script, _dir) = hub_support::durable_hub(&[&pump], HubConfig::default());
     let before = store.lock().committed_seq();
     let battery = Lwm2mPath::resource(3, 0, 9);
     // Every write fails for 1.5 s while the device notifies every 10 ms.

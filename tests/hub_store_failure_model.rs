@@ -6,32 +6,20 @@
 
 #![cfg(all(feature = "fuzzing", feature = "memory-fleet"))]
 
+mod hub_support;
+
+use hub_support::{durable_hub, push};
 use proptest::prelude::*;
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use twinhub::hub::{Hub, HubConfig, HubEvent, SubscribeOptions};
+use twinhub::hub::{HubConfig, HubEvent, SubscribeOptions};
 use twinhub::registry::{ChangeKind, Registry};
-use twinhub::store::{SharedStore, Store, StoreConfig};
-use twinhub::transport::{DeviceEvent, DeviceOp, RegistrationInfo, Transport};
-use twinhub::twin::{ConnectionState, Scalar, Twin};
+use twinhub::store::{Store, StoreConfig};
+use twinhub::transport::{DeviceEvent, RegistrationInfo};
+use twinhub::twin::{ConnectionState, Scalar};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
 
 const DEVICES: usize = 3;
-
-/// Device events pushed one at a time.
-struct Script(Arc<Mutex<VecDeque<DeviceEvent>>>);
-
-impl Transport for Script {
-    fn submit(&mut self, _: Instant, _: DeviceOp) {}
-    fn poll_event(&mut self) -> Option<DeviceEvent> {
-        self.0.lock().unwrap().pop_front()
-    }
-    fn handle_timeout(&mut self, _: Instant) {}
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -110,23 +98,13 @@ fn observe(registry: &Registry) -> (BTreeMap<String, Scalar>, BTreeMap<String, b
 }
 
 fn run(steps: &[Step]) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let devices: Vec<DeviceId> = (0..DEVICES).map(device).collect();
+    let (hub, store, script, dir) =
+        durable_hub(&devices.iter().collect::<Vec<_>>(), HubConfig::default());
     let mut model = Model::default();
-    for d in 0..DEVICES {
-        registry.create(Twin::new(device(d))).unwrap();
-        model.connected.insert(device(d).as_str().to_owned(), false);
+    for d in &devices {
+        model.connected.insert(d.as_str().to_owned(), false);
     }
-    let store = SharedStore::new(store);
-    let events = Arc::new(Mutex::new(VecDeque::new()));
-    let hub = Hub::with_transport(
-        Script(events.clone()),
-        registry,
-        HubConfig {
-            store: Some(store.clone()),
-            ..HubConfig::default()
-        },
-    );
     let feed = hub.subscribe(SubscribeOptions::twins_only()).unwrap();
     // A failure is injected right before the next event that surely writes (a
     // notification or a registration), one at a time: retried at once, never backed off
@@ -168,7 +146,7 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                 DeviceEvent::Deregistered { device: device(d) }
             }
         };
-        events.lock().unwrap().push_back(event);
+        push(&script, event);
         // Applied and committed (a failed commit is retried at once) before the next.
         // The hub is watched for the state the model expects (every notification's value
         // is new, so the state tells that it was applied), not for counters of held
@@ -179,7 +157,7 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
                 let reg = hub.registry().read();
                 let committed = store.lock().committed_seq();
                 (
-                    events.lock().unwrap().is_empty(),
+                    script.lock().unwrap().events.is_empty(),
                     committed == reg.last_seq(),
                     observe(&reg),
                 )

@@ -6,173 +6,13 @@
 //! review helper; every test failed before its fix.)
 #![cfg(all(feature = "fuzzing", feature = "memory-fleet"))]
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+mod hub_support;
+
+use hub_support::*;
 use std::time::{Duration, Instant};
-use twinhub::hub::{Hub, HubConfig};
-use twinhub::registry::Registry;
-use twinhub::store::{SharedStore, Store, StoreConfig};
-use twinhub::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceRequest, RegistrationInfo, Transport,
-};
-use twinhub::twin::Twin;
-use twinhub::{DeviceId, Lwm2mPath};
-
-#[derive(Default)]
-struct Script {
-    events: VecDeque<DeviceEvent>,
-    submitted: Vec<DeviceOp>,
-}
-
-struct Scripted(Arc<Mutex<Script>>);
-
-impl Transport for Scripted {
-    fn submit(&mut self, _: Instant, op: DeviceOp) {
-        self.0.lock().unwrap().submitted.push(op);
-    }
-    fn poll_event(&mut self) -> Option<DeviceEvent> {
-        self.0.lock().unwrap().events.pop_front()
-    }
-    fn handle_timeout(&mut self, _: Instant) {}
-    fn poll_timeout(&self) -> Option<Instant> {
-        None
-    }
-}
-
-fn registered_v(device: &DeviceId, version: &str) -> DeviceEvent {
-    DeviceEvent::Registered {
-        device: device.clone(),
-        registration: RegistrationInfo {
-            endpoint: device.as_str().into(),
-            registration_id: "r1".into(),
-            lifetime: 300,
-            lwm2m_version: version.into(),
-            binding: "U".into(),
-            queue_mode: false,
-            objects: vec![
-                Lwm2mPath::instance(3, 0),
-                Lwm2mPath::instance(1, 0),
-                Lwm2mPath::instance(10241, 0),
-            ],
-            address: None,
-            psk_identity: None,
-        },
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A store in a fresh directory whose registry holds `devices`, and `config` writing to
-/// it.
-fn durable_store(
-    devices: &[&DeviceId],
-    config: HubConfig,
-) -> (SharedStore, Registry, HubConfig, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    for device in devices {
-        registry.create(Twin::new((*device).clone())).unwrap();
-    }
-    let store = SharedStore::new(store);
-    let config = HubConfig {
-        store: Some(store.clone()),
-        ..config
-    };
-    (store, registry, config, dir)
-}
-
-/// A hub over [`durable_store`] whose devices are scripted.
-fn durable_hub(
-    devices: &[&DeviceId],
-    config: HubConfig,
-) -> (Hub, SharedStore, Arc<Mutex<Script>>, tempfile::TempDir) {
-    let (store, registry, config, dir) = durable_store(devices, config);
-    let script = Arc::new(Mutex::new(Script::default()));
-    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
-    (hub, store, script, dir)
-}
-
-/// `device` reports its battery level (`/3/0/9`).
-fn battery_level(device: &DeviceId, level: i64) -> DeviceEvent {
-    use twinhub::{Content, ResourceValue};
-    let battery = Lwm2mPath::resource(3, 0, 9);
-    DeviceEvent::Notification {
-        device: device.clone(),
-        path: battery,
-        content: Content::single(battery, ResourceValue::Integer(level)),
-    }
-}
-
-/// `device` answers `op`: done.
-fn answer_done(script: &Mutex<Script>, device: &DeviceId, op: &DeviceOp) {
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(DeviceEvent::Response {
-            op: op.id,
-            device: device.clone(),
-            result: Ok(twinhub::transport::DeviceReply::Done),
-        });
-}
-
-/// Waits until everything the hub applied is durable. (The store's lock is released
-/// before the registry's is taken: the hub takes the registry's first.)
-fn wait_committed(hub: &Hub, store: &SharedStore, what: &str) {
-    wait_until(what, || {
-        let c = store.lock().committed_seq();
-        c == hub.registry().read().last_seq()
-    });
-}
-
-/// `device` registers (LWM2M 1.0) and its twin says so.
-fn register(hub: &Hub, script: &Mutex<Script>, device: &DeviceId) {
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(registered_v(device, "1.0"));
-    wait_until("the registration", || {
-        hub.twin(device.as_str()).unwrap().connection_state
-            == twinhub::twin::ConnectionState::Connected
-    });
-}
-
-/// A configuration-update job `job` over `device` (one Write, then a read-back).
-fn start_config_job(hub: &Hub, job: &twinhub::job::JobId, device: &DeviceId) {
-    use twinhub::job::{JobSpec, JobType};
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::ConfigurationUpdate {
-            name: "a".into(),
-            value: "1".into(),
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
-}
-
-fn observes(script: &Mutex<Script>) -> Vec<DeviceOp> {
-    script
-        .lock()
-        .unwrap()
-        .submitted
-        .iter()
-        .filter(|op| {
-            matches!(
-                op.request,
-                DeviceRequest::Observe { .. } | DeviceRequest::ObserveComposite { .. }
-            )
-        })
-        .cloned()
-        .collect()
-}
+use twinhub::DeviceId;
+use twinhub::hub::HubConfig;
+use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceRequest};
 
 /// A refused Observe-Composite is replaced at once by one Observe per path, also when
 /// the batch carrying the refusal fails to commit: the retry must find the composite's
@@ -231,18 +71,6 @@ fn a_refused_composite_in_a_batch_whose_commit_failed_is_still_replaced_by_per_p
         2,
         "after the failed commit and its successful retry, no per-path Observe was sent"
     );
-}
-
-fn job_ops(script: &Mutex<Script>) -> Vec<DeviceOp> {
-    let base = twinhub::job::EngineConfig::default().op_id_base;
-    script
-        .lock()
-        .unwrap()
-        .submitted
-        .iter()
-        .filter(|op| op.id.0 >= base)
-        .cloned()
-        .collect()
 }
 
 /// A configuration-update job's Write is answered in a batch whose commit fails. The
@@ -537,7 +365,7 @@ fn failed_rotation_session(fail: Failure) -> (bool, u64, u64) {
             ..HubConfig::default()
         },
     );
-    let hub = Hub::bind_dtls("127.0.0.1:0", registry, config).unwrap();
+    let hub = twinhub::hub::Hub::bind_dtls("127.0.0.1:0", registry, config).unwrap();
     let creds = |n: u8| PskCredentials::new(&format!("id-{n}"), PskKey::new(vec![n; 16])).unwrap();
     hub.set_psk("pump", creds(1)).unwrap();
     let mut device =
@@ -550,7 +378,7 @@ fn failed_rotation_session(fail: Failure) -> (bool, u64, u64) {
         hub.request(
             &pump,
             DeviceRequest::Read {
-                path: Lwm2mPath::resource(3, 0, 9),
+                path: twinhub::Lwm2mPath::resource(3, 0, 9),
             },
         )
         .wait(Duration::from_secs(3))

@@ -1,0 +1,192 @@
+//! A hub over a scripted transport, for the hub tests that drive device events by hand:
+//! the test pushes the events the hub will read and looks at the operations it sent.
+//! Shared by the `hub_*` test files (each is its own crate; each uses a part).
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use twinhub::hub::{Hub, HubConfig};
+use twinhub::registry::Registry;
+use twinhub::store::{SharedStore, Store, StoreConfig};
+use twinhub::transport::{
+    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo, Transport,
+};
+use twinhub::twin::{ConnectionState, Twin};
+use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
+
+/// What the transport hands the hub next, and what the hub sent.
+#[derive(Default)]
+pub struct Script {
+    /// Device events, read by the hub in order.
+    pub events: VecDeque<DeviceEvent>,
+    /// Every operation the hub submitted, in order.
+    pub submitted: Vec<DeviceOp>,
+    /// Every operation is answered at once with `NotRegistered` (the device went away).
+    pub away: bool,
+}
+
+/// The transport over a shared [`Script`].
+pub struct Scripted(pub Arc<Mutex<Script>>);
+
+impl Transport for Scripted {
+    fn submit(&mut self, _: Instant, op: DeviceOp) {
+        let mut s = self.0.lock().unwrap();
+        if s.away {
+            s.events.push_back(DeviceEvent::Response {
+                op: op.id,
+                device: op.device.clone(),
+                result: Err(DeviceError::NotRegistered),
+            });
+        }
+        s.submitted.push(op);
+    }
+    fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.0.lock().unwrap().events.pop_front()
+    }
+    fn handle_timeout(&mut self, _: Instant) {}
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Queues `event` for the hub.
+pub fn push(script: &Mutex<Script>, event: DeviceEvent) {
+    script.lock().unwrap().events.push_back(event);
+}
+
+/// `device` registers speaking LWM2M `version`, with `/3/0`, `/1/0` and `/10241/0`.
+pub fn registered_v(device: &DeviceId, version: &str) -> DeviceEvent {
+    DeviceEvent::Registered {
+        device: device.clone(),
+        registration: RegistrationInfo {
+            endpoint: device.as_str().into(),
+            registration_id: "r1".into(),
+            lifetime: 300,
+            lwm2m_version: version.into(),
+            binding: "U".into(),
+            queue_mode: false,
+            objects: vec![
+                Lwm2mPath::instance(3, 0),
+                Lwm2mPath::instance(1, 0),
+                Lwm2mPath::instance(10241, 0),
+            ],
+            address: None,
+            psk_identity: None,
+        },
+    }
+}
+
+/// Polls `cond` every 5 ms; fails the test after 90 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A store in a fresh directory whose registry holds `devices`, and `config` writing to
+/// it.
+pub fn durable_store(
+    devices: &[&DeviceId],
+    config: HubConfig,
+) -> (SharedStore, Registry, HubConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    for device in devices {
+        registry.create(Twin::new((*device).clone())).unwrap();
+    }
+    let store = SharedStore::new(store);
+    let config = HubConfig {
+        store: Some(store.clone()),
+        ..config
+    };
+    (store, registry, config, dir)
+}
+
+/// A hub over [`durable_store`] whose devices are scripted.
+pub fn durable_hub(
+    devices: &[&DeviceId],
+    config: HubConfig,
+) -> (Hub, SharedStore, Arc<Mutex<Script>>, tempfile::TempDir) {
+    let (store, registry, config, dir) = durable_store(devices, config);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
+    (hub, store, script, dir)
+}
+
+/// `device` reports its battery level (`/3/0/9`).
+pub fn battery_level(device: &DeviceId, level: i64) -> DeviceEvent {
+    let battery = Lwm2mPath::resource(3, 0, 9);
+    DeviceEvent::Notification {
+        device: device.clone(),
+        path: battery,
+        content: Content::single(battery, ResourceValue::Integer(level)),
+    }
+}
+
+/// `device` answers `op`: done.
+pub fn answer_done(script: &Mutex<Script>, device: &DeviceId, op: &DeviceOp) {
+    push(
+        script,
+        DeviceEvent::Response {
+            op: op.id,
+            device: device.clone(),
+            result: Ok(DeviceReply::Done),
+        },
+    );
+}
+
+/// Waits until everything the hub applied is durable. (The store's lock is released
+/// before the registry's is taken: the hub takes the registry's first.)
+pub fn wait_committed(hub: &Hub, store: &SharedStore, what: &str) {
+    wait_until(what, || {
+        let c = store.lock().committed_seq();
+        c == hub.registry().read().last_seq()
+    });
+}
+
+/// `device` registers (LWM2M 1.0) and its twin says so.
+pub fn register(hub: &Hub, script: &Mutex<Script>, device: &DeviceId) {
+    push(script, registered_v(device, "1.0"));
+    wait_until("the registration", || {
+        hub.twin(device.as_str()).unwrap().connection_state == ConnectionState::Connected
+    });
+}
+
+/// A configuration-update job `job` over `device` (one Write, then a read-back).
+pub fn start_config_job(hub: &Hub, job: &twinhub::job::JobId, device: &DeviceId) {
+    use twinhub::job::{JobSpec, JobType};
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::ConfigurationUpdate {
+            name: "a".into(),
+            value: "1".into(),
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+}
+
+/// The Observes and Observe-Composites the hub sent.
+pub fn observes(script: &Mutex<Script>) -> Vec<DeviceOp> {
+    submitted_where(script, |op| {
+        matches!(
+            op.request,
+            DeviceRequest::Observe { .. } | DeviceRequest::ObserveComposite { .. }
+        )
+    })
+}
+
+/// The operations the job engine sent (numbered from its `op_id_base`).
+pub fn job_ops(script: &Mutex<Script>) -> Vec<DeviceOp> {
+    let base = twinhub::job::EngineConfig::default().op_id_base;
+    submitted_where(script, |op| op.id.0 >= base)
+}
+
+/// The operations the hub sent that match `keep`.
+pub fn submitted_where(script: &Mutex<Script>, keep: impl Fn(&DeviceOp) -> bool) -> Vec<DeviceOp> {
+    let s = script.lock().unwrap();
+    s.submitted.iter().filter(|op| keep(op)).cloned().collect()
+}
