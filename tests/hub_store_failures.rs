@@ -473,3 +473,123 @@ fn a_held_notification_keeps_the_time_it_arrived() {
         applied.since(sent).as_millis()
     );
 }
+
+/// A firmware update is downloading (its package URI written, the device says
+/// Downloading) when the commit of an unrelated notification fails. The rebuilt engine
+/// restored the child as waiting for its device; the device never left, so nothing but a
+/// full registration would have resumed it (an Update does not: the engine knows the
+/// device online). It resumes once the failed batch is applied again: `/5/0` is read
+/// or observed anew, and the package the device then reports downloaded is installed,
+/// with one Execute.
+fn firmware_download_across_a_failed_commit(fail: bool) -> (twinhub::job::JobStatistics, usize) {
+    use twinhub::job::{JobId, JobSpec, JobType};
+    use twinhub::transport::DeviceReply;
+    use twinhub::{Content, Lwm2mPath, ResourceValue};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir) = durable_hub(
+        &[&pump],
+        HubConfig {
+            sync: None,
+            ..HubConfig::default()
+        },
+    );
+    let mut reg = registered_v(&pump, "1.0");
+    if let DeviceEvent::Registered { registration, .. } = &mut reg {
+        registration.objects.push(Lwm2mPath::instance(5, 0));
+    }
+    push(&script, reg);
+    wait_until("the registration", || {
+        hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Connected
+    });
+    let fw = |state: i64| Content {
+        values: vec![
+            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(state)),
+            (Lwm2mPath::resource(5, 0, 5), ResourceValue::Integer(0)),
+        ],
+    };
+    let job = JobId::new("fw").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::FirmwareUpdate {
+            package_uri: "coap://example/fw.bin".into(),
+            expected_version: None,
+        },
+        vec![pump.clone()],
+    ))
+    .unwrap();
+    let is_exec = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { path, .. } if path == Lwm2mPath::resource(5, 0, 2));
+    let mut answered = std::collections::HashSet::new();
+    // 0: idle; 1: downloading (after the URI is written); 2: downloaded (once the commit
+    // failed, or at once without a failure).
+    let mut state = 0;
+    let mut failed = false;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        if state == 1 && !failed {
+            wait_committed(&hub, &store, "the download's start");
+            std::thread::sleep(Duration::from_millis(100));
+            if fail {
+                store.lock().fail_next_commit();
+                push(&script, battery_level(&pump, 7));
+                wait_until("the failed commit", || hub.metrics().failed_commits >= 1);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            failed = true;
+            state = 2;
+            if !fail {
+                push(
+                    &script,
+                    DeviceEvent::Notification {
+                        device: pump.clone(),
+                        path: Lwm2mPath::instance(5, 0),
+                        content: fw(2),
+                    },
+                );
+            }
+        }
+        for op in job_ops(&script) {
+            if !answered.insert(op.id) {
+                continue;
+            }
+            let reply = match &op.request {
+                DeviceRequest::Observe { .. } | DeviceRequest::Read { .. } => {
+                    DeviceReply::Content(fw(state))
+                }
+                DeviceRequest::Write { .. } => {
+                    state = 1;
+                    DeviceReply::Done
+                }
+                _ => DeviceReply::Done,
+            };
+            push(
+                &script,
+                DeviceEvent::Response {
+                    op: op.id,
+                    device: pump.clone(),
+                    result: Ok(reply),
+                },
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let executes = job_ops(&script).iter().filter(|o| is_exec(o)).count();
+    let stats = hub.job_statistics(&job).unwrap();
+    hub.stop();
+    (stats, executes)
+}
+
+#[test]
+fn control_a_downloaded_firmware_is_installed() {
+    let (stats, executes) = firmware_download_across_a_failed_commit(false);
+    assert_eq!((stats.waiting_for_device, executes), (0, 1), "{stats:?}");
+}
+
+#[test]
+fn a_firmware_download_across_a_failed_commit_goes_on_without_a_registration() {
+    let (stats, executes) = firmware_download_across_a_failed_commit(true);
+    assert_eq!(
+        (stats.waiting_for_device, executes),
+        (0, 1),
+        "the device never left, yet after one failed commit: {stats:?}, {executes} Executes"
+    );
+}

@@ -1515,6 +1515,9 @@ impl Inner {
                 }
             }
         }
+        // Every event held through a failed commit went first in this batch: the steps
+        // a rebuilt engine kept back (reboots and the like) go out now.
+        jobs.resume_deferred(now);
         jobs.handle_timeout(now);
         self.forget_removed(&reg, now, &mut jobs);
         let mut job_ops = self.drain_job_ops(&reg, now, &mut jobs);

@@ -437,6 +437,9 @@ pub struct JobEngine {
     pub(crate) view_marks: Option<persist::Journal>,
     /// Jobs dropped by history retention (see `retention`).
     dropped_jobs: u64,
+    /// Children of an engine rebuilt after a failed commit whose step goes out only once
+    /// the failed batch is applied again (see [`JobEngine::carry_devices_from`]).
+    deferred: Vec<u32>,
 }
 
 impl std::fmt::Debug for JobEngine {
@@ -480,6 +483,7 @@ impl JobEngine {
             watch: None,
             view_marks: None,
             dropped_jobs: 0,
+            deferred: Vec::new(),
         }
     }
 
@@ -956,42 +960,68 @@ impl JobEngine {
     /// After `JobEngine::restore_after` inside a running hub (its store refused a commit and
     /// memory was rebuilt from the disk; not a restart): takes what `earlier`, the engine
     /// this one replaces, knew of each device (online or not, the objects it announced,
-    /// LWM2M 1.1), and sends again at once the step of every child the restore set
-    /// waiting for a device that `earlier` knew online, when the step is safe to repeat
-    /// (configuration update, write and read properties). The devices never left, but
-    /// this engine does not recognise the answers to `earlier`'s operations; without
-    /// this, those jobs would wait for their devices to register again (up to a
-    /// lifetime). Reboots, factory resets and firmware updates still wait for the
-    /// registration, as after a restart: an Execute is never sent twice, and a
-    /// registration re-applied from the failed batch never counts as the reboot.
+    /// LWM2M 1.1), and resumes every child the restore set waiting for a device that
+    /// `earlier` knew online: the devices never left, but this engine does not recognise
+    /// the answers to `earlier`'s operations; without this, those jobs would wait for
+    /// their devices to register again (up to a lifetime).
+    ///
+    /// A step safe to repeat (configuration update, write and read properties) is sent
+    /// again at once. A reboot, factory reset or firmware update is resumed only by
+    /// [`JobEngine::resume_deferred`], once the failed batch has been applied again: a
+    /// registration in that batch must not count as the reboot of an Execute sent before
+    /// it (it resumes the child the ordinary way). A firmware update whose Execute of
+    /// Update went out waits for the registration, as after a restart: it is never
+    /// executed twice.
     pub(crate) fn carry_devices_from(&mut self, now: Instant, earlier: &JobEngine) {
         self.devices = earlier.devices.clone();
         self.object_sets = earlier.object_sets.clone();
         self.object_set_ids = earlier.object_set_ids.clone();
-        let mut waiting: Vec<u32> = self
-            .holders
-            .iter()
-            .filter(|(d, c)| {
-                let child = &self.children[**c as usize];
-                // Only steps that are safe to repeat: a reboot, a factory reset or a
-                // firmware update keeps waiting for the device's registration, as after
-                // a restart (a registration re-applied from the failed batch would
-                // otherwise count as the reboot, or a firmware Execute go twice).
-                let repeatable = matches!(
-                    self.parents[child.parent as usize].kind(),
-                    JobKind::UpdateDeviceConfiguration
-                        | JobKind::WriteDeviceProperties
-                        | JobKind::ReadDeviceProperties
-                );
-                repeatable
-                    && child.state == ChildState::WaitingForDevice
-                    && !is_offline(&self.devices, d)
-            })
-            .map(|(_, c)| *c)
-            .collect();
+        let mut waiting: Vec<u32> = Vec::new();
+        self.deferred.clear();
+        for (d, &c) in &self.holders {
+            let child = &self.children[c as usize];
+            if child.state != ChildState::WaitingForDevice || is_offline(&self.devices, d) {
+                continue;
+            }
+            match self.parents[child.parent as usize].kind() {
+                JobKind::UpdateDeviceConfiguration
+                | JobKind::WriteDeviceProperties
+                | JobKind::ReadDeviceProperties => waiting.push(c),
+                JobKind::RebootDevice | JobKind::FactoryResetDevice => self.deferred.push(c),
+                JobKind::FirmwareUpdate => {
+                    if child.flags & FLAG_EXECUTE_SENT == 0 {
+                        self.deferred.push(c);
+                    }
+                }
+            }
+        }
         waiting.sort_unstable();
+        self.deferred.sort_unstable();
         for c in waiting {
             self.on_registered(now, c);
+        }
+        self.fail_refused(now);
+    }
+
+    /// Resumes the children [`JobEngine::carry_devices_from`] kept back, whose devices
+    /// are still online and who still wait for them (a registration since resumed them
+    /// the ordinary way). The hub calls it once the batch whose commit failed has been
+    /// applied again; the steps go out with that batch's commit.
+    pub(crate) fn resume_deferred(&mut self, now: Instant) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        for c in std::mem::take(&mut self.deferred) {
+            if !self.children.range().contains(&c) {
+                continue; // dropped by history retention
+            }
+            let child = &self.children[c as usize];
+            if child.state == ChildState::WaitingForDevice
+                && self.holders.get(&child.device) == Some(&c)
+                && !is_offline(&self.devices, &child.device)
+            {
+                self.on_registered(now, c);
+            }
         }
         self.fail_refused(now);
     }
