@@ -181,3 +181,66 @@ fn published_packages_survive_a_restart() {
     }
     hub.stop();
 }
+
+/// The packages are bounded by a count and a total of bytes: a publication past either
+/// is refused and reaches neither memory nor the store; a replacement counts its new
+/// body instead of the old one. A hub restarted with lower limits keeps every package
+/// its store held and refuses new ones until enough are withdrawn.
+#[test]
+fn packages_past_their_limits_are_refused_and_a_restart_under_lower_limits_keeps_them() {
+    use twinhub::hub::PublishError;
+    use twinhub::lwm2m::server::{PackageError, PackageLimits};
+    let dir = tempfile::tempdir().unwrap();
+    let bind = |limits: PackageLimits| {
+        let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let config = HubConfig {
+            store: Some(SharedStore::new(store)),
+            package_limits: limits,
+            ..HubConfig::default()
+        };
+        Hub::bind_udp("127.0.0.1:0", registry, config).unwrap()
+    };
+    let full = |r: Result<String, PublishError>| {
+        matches!(r, Err(PublishError::Package(PackageError::Full { .. })))
+    };
+    let hub = bind(PackageLimits {
+        max_packages: 2,
+        max_total_bytes: 1000,
+    });
+    hub.publish_package("a", vec![1; 400]).unwrap();
+    hub.publish_package("b", vec![2; 400]).unwrap();
+    assert!(
+        full(hub.publish_package("c", vec![3; 1])),
+        "a third package"
+    );
+    assert!(full(hub.publish_package("b", vec![2; 601])), "1,001 bytes");
+    // Replacing `b` with 600 bytes makes 1,000: allowed.
+    hub.publish_package("b", vec![2; 600]).unwrap();
+    assert_eq!(hub.packages(), ["a", "b"]);
+    hub.stop();
+    drop(hub);
+
+    let hub = bind(PackageLimits {
+        max_packages: 1,
+        max_total_bytes: 100,
+    });
+    assert_eq!(
+        hub.packages(),
+        ["a", "b"],
+        "the store's packages are all kept"
+    );
+    assert!(full(hub.publish_package("a", vec![1; 10])));
+    assert_eq!(hub.withdraw_package("b"), Ok(true));
+    assert!(full(hub.publish_package("a", vec![1; 101])));
+    hub.publish_package("a", vec![1; 100]).unwrap();
+    hub.stop();
+    drop(hub);
+
+    let hub = durable(dir.path(), "127.0.0.1:0");
+    assert_eq!(
+        hub.packages(),
+        ["a"],
+        "the refused publications never reached the store"
+    );
+    hub.stop();
+}

@@ -208,6 +208,11 @@ pub struct HubConfig {
     /// address, which is `0.0.0.0` on a hub bound to every interface.
     #[cfg(feature = "lwm2m")]
     pub package_authority: Option<String>,
+    /// How many packages, of how many bytes together, `Hub::publish_package` keeps in
+    /// memory (default 1,024 and 2 GiB); past them it refuses with
+    /// `PublishError::Package(PackageError::Full)`.
+    #[cfg(feature = "lwm2m")]
+    pub package_limits: crate::lwm2m::server::PackageLimits,
     /// A durable store (see [`crate::store`]); `None` keeps everything in memory only.
     /// Start the hub with the registry [`Store::open`](crate::store::Store::open)
     /// returned; another registry is imported into the store (see
@@ -234,6 +239,8 @@ impl Default for HubConfig {
             dtls: crate::dtls::DtlsServerConfig::default(),
             #[cfg(feature = "lwm2m")]
             package_authority: None,
+            #[cfg(feature = "lwm2m")]
+            package_limits: crate::lwm2m::server::PackageLimits::default(),
             store: None,
         }
     }

@@ -6,7 +6,7 @@ use super::builder::ServerParts;
 use super::provisioning::AutoProvisioned;
 use super::{Hub, HubConfig};
 use crate::lwm2m::server::{
-    Decision, Lwm2mServer, PACKAGE_PATH, PackageNameError, Packages, ServerConfig, UdpServer,
+    Decision, Lwm2mServer, PACKAGE_PATH, PackageError, Packages, ServerConfig, UdpServer,
 };
 use crate::registry::{Registry, SharedRegistry, StoreFailure};
 use crate::time::Timestamp;
@@ -86,16 +86,16 @@ impl Hub {
         let (Some(packages), Some(addr)) = (self.inner.packages.get(), self.local_addr()) else {
             return Err(PublishError::NoListener);
         };
-        Packages::check_name(name).map_err(PublishError::Name)?;
-        if self.inner.config.store.is_some() {
-            let not_durable = |error| PublishError::NotDurable {
-                error: StoreFailure::new(error),
-            };
-            self.inner
-                .write_store(|store| store.put_package(name, &body))
-                .map_err(not_durable)?;
-        }
-        packages.publish(name, body).map_err(PublishError::Name)?;
+        packages.publish_with(name, body, |body| {
+            if self.inner.config.store.is_some() {
+                self.inner
+                    .write_store(|store| store.put_package(name, body))
+                    .map_err(|error| PublishError::NotDurable {
+                        error: StoreFailure::new(error),
+                    })?;
+            }
+            Ok::<(), PublishError>(())
+        })?;
         #[cfg(feature = "dtls")]
         let scheme = if self.inner.secure.get().is_some() {
             "coaps"
@@ -118,15 +118,16 @@ impl Hub {
         let Some(packages) = self.inner.packages.get() else {
             return Ok(false);
         };
-        if self.inner.config.store.is_some() {
-            let not_durable = |error| PublishError::NotDurable {
-                error: StoreFailure::new(error),
-            };
-            self.inner
-                .write_store(|store| store.remove_package(name))
-                .map_err(not_durable)?;
-        }
-        Ok(packages.withdraw(name))
+        packages.withdraw_with(name, || {
+            if self.inner.config.store.is_some() {
+                self.inner
+                    .write_store(|store| store.remove_package(name))
+                    .map_err(|error| PublishError::NotDurable {
+                        error: StoreFailure::new(error),
+                    })?;
+            }
+            Ok::<(), PublishError>(())
+        })
     }
 
     /// A firmware job's Package URI that names one of this hub's packages (its
@@ -294,8 +295,9 @@ pub(super) fn restore_registrations(
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum PublishError {
-    /// The name is not a plain URI path ([`Packages::publish`]).
-    Name(PackageNameError),
+    /// The name is not a plain URI path, the body is too large, or the packages are
+    /// full ([`Packages::publish`], [`HubConfig::package_limits`]).
+    Package(PackageError),
     /// The hub runs no UDP listener (it was started on another transport): there is no
     /// address to download from.
     NoListener,
@@ -309,7 +311,7 @@ pub enum PublishError {
 impl std::fmt::Display for PublishError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PublishError::Name(e) => e.fmt(f),
+            PublishError::Package(e) => e.fmt(f),
             PublishError::NoListener => {
                 f.write_str("the hub runs no UDP listener to serve packages")
             }
@@ -322,14 +324,20 @@ impl std::fmt::Display for PublishError {
 
 impl std::error::Error for PublishError {}
 
+impl From<PackageError> for PublishError {
+    fn from(e: PackageError) -> Self {
+        PublishError::Package(e)
+    }
+}
+
 /// The packages a hub with a store published before it restarted (none without one).
 pub(super) fn stored_packages(config: &HubConfig) -> std::io::Result<Packages> {
-    let packages = Packages::default();
+    let packages = Packages::with_limits(config.package_limits);
     if let Some(store) = &config.store {
         let stored = store.lock().packages().map_err(std::io::Error::other)?;
         for (name, body) in stored {
-            // Names were checked when they were published.
-            let _ = packages.publish(&name, body);
+            // Checked when they were published; all kept, past lowered limits too.
+            let _ = packages.restore(&name, body);
         }
     }
     Ok(packages)

@@ -139,7 +139,10 @@ pub use bootstrap::{
     ServerAccount,
 };
 pub use config::{Authorizer, Decision, ServerConfig, Takeover};
-pub use packages::{MAX_PACKAGE_NAME, PACKAGE_PATH, PackageNameError, Packages};
+pub use packages::{
+    MAX_PACKAGE_BYTES, MAX_PACKAGE_NAME, PACKAGE_PATH, PackageError, PackageLimits,
+    PackageNameError, Packages,
+};
 pub use registration::{
     DEFAULT_LIFETIME, MAX_ENDPOINT, MAX_LIFETIME, MAX_LINK_PAYLOAD, MAX_OBJECTS, MAX_QUERIES,
     RdMessage, RdMethod, RegistrationError, RegistrationRequest, SUPPORTED_VERSIONS, UpdateRequest,
