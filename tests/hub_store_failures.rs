@@ -593,3 +593,53 @@ fn a_firmware_download_across_a_failed_commit_goes_on_without_a_registration() {
         "the device never left, yet after one failed commit: {stats:?}, {executes} Executes"
     );
 }
+
+/// A de-registration arriving when [`MAX_HELD_EVENTS`](twinhub::hub::backoff::MAX_HELD_EVENTS)
+/// other events are held is kept (the newest per device) and applied after them: the
+/// twin of a device that left ends `disconnected` (it stayed `connected` for good).
+#[test]
+fn a_deregistration_past_the_held_events_bound_is_applied_once_the_store_recovers() {
+    use twinhub::twin::ConnectionState;
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir) = durable_hub(
+        &[&pump],
+        HubConfig {
+            sync: None,
+            ..HubConfig::default()
+        },
+    );
+    register(&hub, &script, &pump);
+    wait_committed(&hub, &store, "its commit");
+    store.lock().fail_commits(u32::MAX);
+    push(&script, battery_level(&pump, 1));
+    wait_until("the backoff", || hub.metrics().failed_commits >= 2);
+    {
+        let ghost = DeviceId::new("ghost").unwrap();
+        let mut s = script.lock().unwrap();
+        s.events
+            .extend((0..twinhub::hub::backoff::MAX_HELD_EVENTS).map(|_| {
+                DeviceEvent::Deregistered {
+                    device: ghost.clone(),
+                }
+            }));
+        s.events.push_back(DeviceEvent::Deregistered {
+            device: pump.clone(),
+        });
+    }
+    wait_until("everything taken", || {
+        script.lock().unwrap().events.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let dropped = hub.stats().dropped_events;
+    store.lock().fail_commits(0);
+    wait_until("the held events applied", || {
+        hub.metrics().held_events == 0 && hub.metrics().failed_commits == 0 && {
+            let c = store.lock().committed_seq();
+            c == hub.registry().read().last_seq()
+        }
+    });
+    let state = hub.twin("pump").unwrap().connection_state;
+    hub.stop();
+    assert_eq!(dropped, 0, "the De-register past the bound was dropped");
+    assert_eq!(state, ConnectionState::Disconnected);
+}

@@ -15,10 +15,12 @@
 //! the next try: a disk that fails for a while loses none of them, up to
 //! [`MAX_TRIES`] failed commits *of each event* (about a minute of failures with the
 //! waits above), and up to the bounds on what is held ([`MAX_HELD_NOTIFICATIONS`],
-//! [`MAX_HELD_EVENTS`]).
+//! [`MAX_HELD_EVENTS`], [`MAX_HELD_OFFLINE`]).
 
 use crate::time::Timestamp;
 use crate::transport::DeviceEvent;
+use crate::twin::DeviceId;
+use indexmap::IndexMap;
 use std::time::{Duration, Instant};
 
 /// Notifications the hub holds, unapplied, while it backs off or after a failed commit;
@@ -30,13 +32,22 @@ pub const MAX_HELD_NOTIFICATIONS: usize = 65_536;
 
 /// Device events other than notifications the hub holds (registrations, updates,
 /// de-registrations and expiries, answers to operations); one arriving at the bound is
-/// dropped and counted like a notification. What is lost then: a registration or
-/// update is made good at the device's next Update (the twin is connected again, and a
-/// device the hub has no sync observations for is observed afresh); a de-registration or an expiry is
-/// not (the twin stays `connected` until the device registers again or the hub
-/// restarts, whose registration check drops it); a job's answer lets its child time
-/// out and retry; a sync observation's answer is observed again at the next Update.
+/// dropped and counted like a notification, except a de-registration or an expiry (see
+/// [`MAX_HELD_OFFLINE`]). What is lost then: a registration or update is made good at
+/// the device's next Update (the twin is connected again, and a device the hub has no
+/// sync observations for is observed afresh); a job's answer lets its child time out and
+/// retry; a sync observation's answer is observed again at the next Update.
 pub const MAX_HELD_EVENTS: usize = 65_536;
+
+/// Devices whose de-registration or expiry arrived with [`MAX_HELD_EVENTS`] reached: the
+/// hub keeps the newest for each such device (nothing would repeat it: the twin would
+/// stay `connected` for good), to be applied after the events held, and forgets it when
+/// a newer registration or update of the device comes. One entry per device, so a
+/// million-device fleet leaving during one backoff fits; a device arriving past this
+/// bound has its event dropped and counted (the twin stays `connected` until the device
+/// registers again or the hub restarts, whose registration check drops it). An entry
+/// goes through [`MAX_TRIES`] failed commits like a held event.
+pub const MAX_HELD_OFFLINE: usize = 1 << 20;
 
 /// Failed commits a held device event goes through before it is dropped (and counted
 /// in [`HubStats::dropped_events`](super::HubStats)): the first try and seven more, the
@@ -54,6 +65,10 @@ pub(crate) struct HeldEvents {
     /// `marks[i]`: what is known of `events[i]`.
     marks: Vec<HeldMark>,
     notifications: usize,
+    /// The newest de-registration or expiry of each device that arrived past
+    /// [`MAX_HELD_EVENTS`] (see [`MAX_HELD_OFFLINE`]); newer than every event of the
+    /// device in `events`, so applied after them.
+    offline: IndexMap<DeviceId, (DeviceEvent, HeldMark)>,
 }
 
 /// What the hub keeps beside a held event.
@@ -69,7 +84,7 @@ pub(crate) struct HeldMark {
 impl HeldEvents {
     /// How many events are held.
     pub(crate) fn len(&self) -> usize {
-        self.events.len()
+        self.events.len() + self.offline.len()
     }
 
     /// Holds `event` behind those held; gives it back (to be dropped) when it went
@@ -82,8 +97,32 @@ impl HeldEvents {
         } else {
             self.events.len() - self.notifications >= MAX_HELD_EVENTS
         };
-        if full || mark.tries >= MAX_TRIES {
+        if mark.tries >= MAX_TRIES {
             return Some(event);
+        }
+        // A lifecycle event of a device supersedes the de-registration kept for it.
+        let lifecycle = match &event {
+            DeviceEvent::Registered { device, .. }
+            | DeviceEvent::RegistrationUpdated { device, .. } => Some((device, false)),
+            DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
+                Some((device, true))
+            }
+            _ => None,
+        };
+        if let Some((device, _)) = lifecycle {
+            self.offline.shift_remove(device);
+        }
+        if full {
+            return match lifecycle {
+                Some((device, true))
+                    if self.offline.len() < MAX_HELD_OFFLINE
+                        || self.offline.contains_key(device) =>
+                {
+                    self.offline.insert(device.clone(), (event, mark));
+                    None
+                }
+                _ => Some(event),
+            };
         }
         self.notifications += usize::from(note);
         self.events.push(event);
@@ -100,6 +139,10 @@ impl HeldEvents {
         now: Timestamp,
     ) -> Vec<HeldMark> {
         let mut marks = std::mem::take(&mut self.marks);
+        for (_, (event, mark)) in self.offline.drain(..) {
+            self.events.push(event);
+            marks.push(mark);
+        }
         marks.resize(
             self.events.len() + batch.len(),
             HeldMark {
@@ -119,7 +162,9 @@ impl HeldEvents {
     pub(crate) fn take_all(&mut self) -> Vec<DeviceEvent> {
         self.marks.clear();
         self.notifications = 0;
-        std::mem::take(&mut self.events)
+        let mut events = std::mem::take(&mut self.events);
+        events.extend(self.offline.drain(..).map(|(_, (event, _))| event));
+        events
     }
 }
 
@@ -274,11 +319,18 @@ mod tests {
         for _ in 1..MAX_HELD_EVENTS {
             assert!(held.hold(gone(), fresh()).is_none());
         }
-        assert!(held.hold(gone(), fresh()).is_some());
-        assert_eq!(held.len(), MAX_HELD_NOTIFICATIONS + MAX_HELD_EVENTS);
+        // Past the bound, a de-registration is kept (the newest per device), an answer
+        // is dropped.
+        let answer = DeviceEvent::TimedOut {
+            device: crate::DeviceId::new("d").unwrap(),
+            op: crate::transport::OpId(1),
+        };
+        assert!(held.hold(answer, fresh()).is_some());
+        assert!(held.hold(gone(), fresh()).is_none());
+        assert_eq!(held.len(), MAX_HELD_NOTIFICATIONS + MAX_HELD_EVENTS + 1);
         let mut batch = vec![note(7)];
         let marks = held.take_before(&mut batch, Timestamp::from_millis(2));
-        let all = MAX_HELD_NOTIFICATIONS + MAX_HELD_EVENTS + 1;
+        let all = MAX_HELD_NOTIFICATIONS + MAX_HELD_EVENTS + 2;
         assert_eq!((batch.len(), marks.len(), held.len()), (all, all, 0));
         assert!(marks.iter().all(|m| m.tries == 0));
         assert_eq!(marks[all - 1].arrived, Timestamp::from_millis(2));
@@ -289,5 +341,66 @@ mod tests {
         // Taken, the bounds start again.
         assert!(held.hold(note(0), fresh()).is_none());
         assert_eq!(held.take_all().len(), 1);
+    }
+
+    /// Past [`MAX_HELD_EVENTS`], the newest de-registration or expiry of each device is
+    /// kept and applied after the held events; a newer registration of the device
+    /// forgets it; past [`MAX_HELD_OFFLINE`] devices, it is dropped.
+    #[test]
+    fn offline_events_past_the_bound_are_kept_per_device_until_superseded() {
+        let reg = |d: &str| DeviceEvent::RegistrationUpdated {
+            device: crate::DeviceId::new(d).unwrap(),
+            registration: crate::transport::RegistrationInfo {
+                endpoint: d.into(),
+                registration_id: "r".into(),
+                lifetime: 60,
+                lwm2m_version: "1.0".into(),
+                binding: "U".into(),
+                queue_mode: false,
+                objects: Vec::new(),
+                address: None,
+                psk_identity: None,
+            },
+        };
+        let mut held = HeldEvents::default();
+        for _ in 0..MAX_HELD_EVENTS {
+            assert!(held.hold(gone_of("filler"), fresh()).is_none());
+        }
+        assert!(held.hold(gone_of("a"), fresh()).is_none());
+        assert!(held.hold(gone_of("b"), fresh()).is_none());
+        assert!(
+            held.hold(gone_of("a"), fresh()).is_none(),
+            "the newest, once"
+        );
+        // `b` registers again (dropped at the bound, made good at its next Update):
+        // its kept de-registration is forgotten.
+        assert!(held.hold(reg("b"), fresh()).is_some());
+        assert_eq!(held.len(), MAX_HELD_EVENTS + 1);
+        let mut batch = vec![note(1)];
+        let _ = held.take_before(&mut batch, Timestamp::from_millis(2));
+        assert_eq!(batch.len(), MAX_HELD_EVENTS + 2);
+        assert!(
+            matches!(&batch[MAX_HELD_EVENTS], DeviceEvent::Deregistered { device }
+            if device.as_str() == "a")
+        );
+        // A kept event goes through its tries like any other.
+        let spent = HeldMark {
+            tries: MAX_TRIES,
+            ..fresh()
+        };
+        assert!(held.hold(gone_of("a"), spent).is_some());
+        // The bound on devices.
+        for _ in 0..MAX_HELD_EVENTS {
+            assert!(held.hold(gone_of("filler"), fresh()).is_none());
+        }
+        for i in 0..MAX_HELD_OFFLINE {
+            assert!(held.hold(gone_of(&format!("d{i}")), fresh()).is_none());
+        }
+        assert!(held.hold(gone_of("one-too-many"), fresh()).is_some());
+        assert!(
+            held.hold(gone_of("d7"), fresh()).is_none(),
+            "a device kept already"
+        );
+        assert_eq!(held.take_all().len(), MAX_HELD_EVENTS + MAX_HELD_OFFLINE);
     }
 }

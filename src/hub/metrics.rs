@@ -201,7 +201,9 @@ pub struct HubMetrics {
     /// Device events held unapplied: while the hub backs off from a failing store, and
     /// those of a batch whose commit failed, until their next try (at most
     /// [`MAX_HELD_NOTIFICATIONS`](super::backoff::MAX_HELD_NOTIFICATIONS) notifications and
-    /// [`MAX_HELD_EVENTS`](super::backoff::MAX_HELD_EVENTS) other events).
+    /// [`MAX_HELD_EVENTS`](super::backoff::MAX_HELD_EVENTS) other events, and past those
+    /// the de-registrations of at most
+    /// [`MAX_HELD_OFFLINE`](super::backoff::MAX_HELD_OFFLINE) devices).
     pub held_events: u64,
 }
 
