@@ -1,5 +1,9 @@
-//! A third review of the failing-store path (after 540a9ba and 3cfcca3). Each finding
-//! has a control without the failure injection; the finding's test fails today.
+//! A third review of the failing-store path (findings of a review helper after 540a9ba
+//! and 3cfcca3): an Update under a registration the hub never applied counts as the
+//! registration; a reboot whose Execute answer lands in a failed batch still succeeds on
+//! it; a firmware download resumed after a failed commit keeps its observation of
+//! `/5/0`. Each has a control without the failure injection; each finding's test failed
+//! before its fix.
 #![cfg(all(feature = "fuzzing", feature = "memory-fleet"))]
 
 mod hub_support;

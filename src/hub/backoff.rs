@@ -34,8 +34,9 @@ pub const MAX_HELD_NOTIFICATIONS: usize = 65_536;
 /// de-registrations and expiries, answers to operations); one arriving at the bound is
 /// dropped and counted like a notification, except a de-registration or an expiry (see
 /// [`MAX_HELD_OFFLINE`]). What is lost then: a registration or update is made good at
-/// the device's next Update (the twin is connected again, and a device the hub has no
-/// sync observations for is observed afresh); a job's answer lets its child time out and
+/// the device's next Update (an Update under a registration id the twin does not hold is
+/// applied as that registration; a device the hub has no sync observations for is
+/// observed afresh); a job's answer lets its child time out and
 /// retry; a sync observation's answer is observed again at the next Update.
 pub const MAX_HELD_EVENTS: usize = 65_536;
 

@@ -971,8 +971,17 @@ impl Inner {
     #[cfg_attr(not(feature = "lwm2m"), allow(dead_code))]
     fn resume_sync(&self, restored: Vec<(DeviceId, RegistrationInfo)>) {
         let mut ops = Vec::new();
-        for (device, info) in restored {
-            self.sync_ops(&device, &info.objects, info.speaks_1_1(), &mut ops);
+        {
+            // The hub's thread already runs: the registry's lock keeps it from applying
+            // an event meanwhile, and a device whose Update (or registration) it applied
+            // since has its observations already.
+            let _applying = self.registry.write();
+            for (device, info) in restored {
+                if lock(&self.synced).contains_key(&device) {
+                    continue;
+                }
+                self.sync_ops(&device, &info.objects, info.speaks_1_1(), &mut ops);
+            }
         }
         self.send_sync_ops(ops);
     }
@@ -1046,6 +1055,26 @@ fn to_scalar(value: &ResourceValue) -> Option<Scalar> {
         ResourceValue::Float(f) => Scalar::float(*f)?,
         ResourceValue::Boolean(b) => Scalar::from(*b),
         ResourceValue::ObjectLink(..) | ResourceValue::Opaque(_) => Scalar::from(value.to_string()),
+    })
+}
+
+/// `event` as a [`DeviceEvent::Registered`] when it is an Update under a registration id
+/// other than the one the device's twin holds (or a twin that holds none): the device
+/// registered again and the hub never applied that registration (see
+/// [`backoff::MAX_HELD_EVENTS`]). The device's observations ended with it.
+fn renewed_registration(reg: &Registry, event: &DeviceEvent) -> Option<DeviceEvent> {
+    let DeviceEvent::RegistrationUpdated {
+        device,
+        registration,
+    } = event
+    else {
+        return None;
+    };
+    let twin = reg.get(device.as_str())?;
+    let known = twin.registration().map(|r| r.registration_id.as_str());
+    (known != Some(registration.registration_id.as_str())).then(|| DeviceEvent::Registered {
+        device: device.clone(),
+        registration: registration.clone(),
     })
 }
 
@@ -1503,13 +1532,23 @@ impl Inner {
                     self.op_times.finished(op.0);
                 }
             }
-            for (event, mark) in batch.iter().zip(marks) {
+            // An Update under a registration the twin does not hold is a registration
+            // the hub never applied (dropped at the held-events bound): it is applied as
+            // one, by the registry and the jobs alike.
+            let mut renewed: Vec<Option<DeviceEvent>> = Vec::new();
+            for (i, (event, mark)) in batch.iter().zip(marks).enumerate() {
+                if let Some(registered) = renewed_registration(&reg, event) {
+                    renewed.resize(i + 1, None);
+                    renewed[i] = Some(registered);
+                }
+                let event = renewed.get(i).and_then(Option::as_ref).unwrap_or(event);
                 self.apply(&mut reg, event, mark.arrived, &mut ops, &mut published);
             }
             // The engine keeps the registration state of the devices the registry holds
             // only: a name without a twin (the in-memory fleet registers any; a twin
             // removed while its device was registered) would stay in it for good.
-            for event in batch.iter() {
+            for (i, event) in batch.iter().enumerate() {
+                let event = renewed.get(i).and_then(Option::as_ref).unwrap_or(event);
                 let twin_less = match event {
                     DeviceEvent::Registered { device, .. }
                     | DeviceEvent::RegistrationUpdated { device, .. }

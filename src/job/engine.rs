@@ -976,6 +976,7 @@ impl JobEngine {
         self.devices = earlier.devices.clone();
         self.object_sets = earlier.object_sets.clone();
         self.object_set_ids = earlier.object_set_ids.clone();
+        self.adopt_executes(now, earlier);
         let mut waiting: Vec<u32> = Vec::new();
         self.deferred.clear();
         for (d, &c) in &self.holders {
@@ -1003,6 +1004,47 @@ impl JobEngine {
         self.fail_refused(now);
     }
 
+    /// A reboot or factory reset whose Execute `earlier` sent and still waits on is
+    /// restored as if its answer were lost (the next registration is the reboot, within
+    /// `reboot_wait`); but the answer may be in the failed batch, applied again soon.
+    /// The child takes `earlier`'s operation back, so that answer counts (without it the
+    /// child ended `timedOut`, or a retry executed it twice); the per-device timeout
+    /// starts again.
+    fn adopt_executes(&mut self, now: Instant, earlier: &JobEngine) {
+        let mut adopted: Vec<(OpId, u32)> = earlier
+            .ops
+            .iter()
+            .filter(|&(op, &c)| {
+                if !self.children.range().contains(&c) {
+                    return false;
+                }
+                let (old, new) = (&earlier.children[c as usize], &self.children[c as usize]);
+                matches!(
+                    self.parents[new.parent as usize].kind(),
+                    JobKind::RebootDevice | JobKind::FactoryResetDevice
+                ) && old.op == Some(*op)
+                    && old.state == ChildState::InProgress
+                    && old.step == 0
+                    && new.state == ChildState::InProgress
+                    && new.attempt == old.attempt
+                    && new.flags & FLAG_EXECUTE_SENT != 0
+                    && new.op.is_none()
+            })
+            .map(|(&op, &c)| (op, c))
+            .collect();
+        adopted.sort_unstable_by_key(|&(_, c)| c);
+        for (op, c) in adopted {
+            let child = &mut self.children[c as usize];
+            child.step = 0;
+            child.op = Some(op);
+            // The restore's wait for a registration no longer applies.
+            child.next_poll = None;
+            self.ops.insert(op, c);
+            self.mark_child(c);
+            self.arm_deadline(now, c);
+        }
+    }
+
     /// Resumes the children [`JobEngine::carry_devices_from`] kept back, whose devices
     /// are still online and who still wait for them (a registration since resumed them
     /// the ordinary way). The hub calls it once the batch whose commit failed has been
@@ -1016,11 +1058,29 @@ impl JobEngine {
                 continue; // dropped by history retention
             }
             let child = &self.children[c as usize];
-            if child.state == ChildState::WaitingForDevice
-                && self.holders.get(&child.device) == Some(&c)
-                && !is_offline(&self.devices, &child.device)
+            if child.state != ChildState::WaitingForDevice
+                || self.holders.get(&child.device) != Some(&c)
+                || is_offline(&self.devices, &child.device)
             {
+                continue;
+            }
+            if self.parents[child.parent as usize].kind() != JobKind::FirmwareUpdate {
                 self.on_registered(now, c);
+            } else if self.child_apply(now, c, ChildEvent::DeviceOnline) {
+                // Not a registration: the device kept its download and the observation
+                // of `/5/0` (whose notifications reach this engine by device). Read the
+                // state again, keeping the observation, which the child's end cancels.
+                // One that may have gone out unanswered counts as made.
+                self.arm_deadline(now, c);
+                let observed = !self.host_observes_firmware();
+                let child = &mut self.children[c as usize];
+                if observed && (child.step == FW_OBSERVE || child.flags & FLAG_OBSERVING != 0) {
+                    child.flags |= FLAG_OBSERVING;
+                }
+                child.step = FW_SYNC;
+                child.next_poll = None;
+                child.polls = 0;
+                self.drive(now, c);
             }
         }
         self.fail_refused(now);
