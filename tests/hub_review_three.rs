@@ -227,30 +227,10 @@ fn firmware_observations(fail: bool) -> (JobStatistics, usize, usize) {
             ..HubConfig::default()
         },
     );
-    let mut reg = registered_v(&pump, "1.0");
-    if let DeviceEvent::Registered { registration, .. } = &mut reg {
-        registration.objects.push(Lwm2mPath::instance(5, 0));
-    }
-    push(&script, reg);
-    wait_until("the registration", || {
-        hub.twin("pump").unwrap().connection_state == ConnectionState::Connected
-    });
-    let fw = |state: i64, result: i64| Content {
-        values: vec![
-            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(state)),
-            (Lwm2mPath::resource(5, 0, 5), ResourceValue::Integer(result)),
-        ],
-    };
+    register_with_firmware(&hub, &script, &pump);
+    let fw = firmware_state;
     let job = JobId::new("fw").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::FirmwareUpdate {
-            package_uri: "coap://example/fw.bin".into(),
-            expected_version: None,
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
+    start_firmware_job(&hub, &job, &pump);
     let fw_path = Lwm2mPath::instance(5, 0);
     let mut answered = std::collections::HashSet::new();
     let (mut state, mut result) = (0i64, 0i64);

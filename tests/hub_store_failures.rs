@@ -482,9 +482,9 @@ fn a_held_notification_keeps_the_time_it_arrived() {
 /// or observed anew, and the package the device then reports downloaded is installed,
 /// with one Execute.
 fn firmware_download_across_a_failed_commit(fail: bool) -> (twinhub::job::JobStatistics, usize) {
-    use twinhub::job::{JobId, JobSpec, JobType};
+    use twinhub::Lwm2mPath;
+    use twinhub::job::JobId;
     use twinhub::transport::DeviceReply;
-    use twinhub::{Content, Lwm2mPath, ResourceValue};
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(
         &[&pump],
@@ -493,30 +493,10 @@ fn firmware_download_across_a_failed_commit(fail: bool) -> (twinhub::job::JobSta
             ..HubConfig::default()
         },
     );
-    let mut reg = registered_v(&pump, "1.0");
-    if let DeviceEvent::Registered { registration, .. } = &mut reg {
-        registration.objects.push(Lwm2mPath::instance(5, 0));
-    }
-    push(&script, reg);
-    wait_until("the registration", || {
-        hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Connected
-    });
-    let fw = |state: i64| Content {
-        values: vec![
-            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(state)),
-            (Lwm2mPath::resource(5, 0, 5), ResourceValue::Integer(0)),
-        ],
-    };
+    register_with_firmware(&hub, &script, &pump);
+    let fw = |state: i64| firmware_state(state, 0);
     let job = JobId::new("fw").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::FirmwareUpdate {
-            package_uri: "coap://example/fw.bin".into(),
-            expected_version: None,
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
+    start_firmware_job(&hub, &job, &pump);
     let is_exec = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { path, .. } if path == Lwm2mPath::resource(5, 0, 2));
     let mut answered = std::collections::HashSet::new();
     // 0: idle; 1: downloading (after the URI is written); 2: downloaded (once the commit

@@ -290,9 +290,9 @@ fn a_failed_set_psk_leaves_an_unowned_identity_it_named_in_the_key_store() {
 /// `/5/0` at once, and a device that still says Downloaded (it answered the Execute and
 /// has not started updating yet) gets a second Execute of Update.
 fn firmware_execute_answer_in_failed_batch(fail: bool) -> usize {
-    use twinhub::job::{JobId, JobSpec, JobType};
+    use twinhub::job::JobId;
     use twinhub::transport::DeviceReply;
-    use twinhub::{Content, ResourceValue};
+
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(
         &[&pump],
@@ -301,30 +301,10 @@ fn firmware_execute_answer_in_failed_batch(fail: bool) -> usize {
             ..HubConfig::default()
         },
     );
-    let mut reg = registered_v(&pump, "1.0");
-    if let DeviceEvent::Registered { registration, .. } = &mut reg {
-        registration.objects.push(Lwm2mPath::instance(5, 0));
-    }
-    script.lock().unwrap().events.push_back(reg);
-    wait_until("the registration", || {
-        hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Connected
-    });
-    let fw = |state: i64| Content {
-        values: vec![
-            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(state)),
-            (Lwm2mPath::resource(5, 0, 5), ResourceValue::Integer(0)),
-        ],
-    };
+    register_with_firmware(&hub, &script, &pump);
+    let fw = |state: i64| firmware_state(state, 0);
     let job = JobId::new("fw").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::FirmwareUpdate {
-            package_uri: "coap://example/fw.bin".into(),
-            expected_version: None,
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
+    start_firmware_job(&hub, &job, &pump);
     let is_exec = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { path, .. } if path == Lwm2mPath::resource(5, 0, 2));
     let mut answered = std::collections::HashSet::new();
     let mut uri_written = false;

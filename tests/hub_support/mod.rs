@@ -190,3 +190,41 @@ pub fn submitted_where(script: &Mutex<Script>, keep: impl Fn(&DeviceOp) -> bool)
     let s = script.lock().unwrap();
     s.submitted.iter().filter(|op| keep(op)).cloned().collect()
 }
+
+/// `device` registers (LWM2M 1.0) with `/5/0` (firmware update) beside
+/// [`registered_v`]'s objects, and its twin says so.
+pub fn register_with_firmware(hub: &Hub, script: &Mutex<Script>, device: &DeviceId) {
+    let mut reg = registered_v(device, "1.0");
+    if let DeviceEvent::Registered { registration, .. } = &mut reg {
+        registration.objects.push(Lwm2mPath::instance(5, 0));
+    }
+    push(script, reg);
+    wait_until("the registration", || {
+        hub.twin(device.as_str()).unwrap().connection_state == ConnectionState::Connected
+    });
+}
+
+/// `/5/0` holding State `state` and Update Result `result`.
+pub fn firmware_state(state: i64, result: i64) -> Content {
+    Content {
+        values: vec![
+            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(state)),
+            (Lwm2mPath::resource(5, 0, 5), ResourceValue::Integer(result)),
+        ],
+    }
+}
+
+/// A firmware-update job `job` over `device`, from a package URI elsewhere, no version
+/// check.
+pub fn start_firmware_job(hub: &Hub, job: &twinhub::job::JobId, device: &DeviceId) {
+    use twinhub::job::{JobSpec, JobType};
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::FirmwareUpdate {
+            package_uri: "coap://example/fw.bin".into(),
+            expected_version: None,
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+}
