@@ -74,12 +74,7 @@ fn re_registration_dropped_then_update(fill: bool) -> usize {
         script.lock().unwrap().events.is_empty() && (!fill || hub.stats().dropped_events > 0)
     });
     store.lock().fail_commits(0);
-    wait_until("the held events applied", || {
-        hub.metrics().held_events == 0 && hub.metrics().failed_commits == 0 && {
-            let c = store.lock().committed_seq();
-            c == hub.registry().read().last_seq()
-        }
-    });
+    wait_held_applied(&hub, &store);
     std::thread::sleep(Duration::from_millis(200));
     let before = observes(&script).len();
     // The device's next Update, in its new registration.

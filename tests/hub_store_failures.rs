@@ -318,12 +318,7 @@ fn a_deregistration_arriving_at_the_held_bound_is_not_lost_for_good() {
         script.lock().unwrap().events.is_empty() && hub.stats().dropped_events > 0
     });
     store.lock().fail_commits(0);
-    wait_until("the held events applied", || {
-        hub.metrics().held_events == 0 && hub.metrics().failed_commits == 0 && {
-            let c = store.lock().committed_seq();
-            c == hub.registry().read().last_seq()
-        }
-    });
+    wait_held_applied(&hub, &store);
     let state = hub.twin("pump").unwrap().connection_state;
     let dropped = hub.stats().dropped_events;
     hub.stop();
@@ -612,12 +607,7 @@ fn a_deregistration_past_the_held_events_bound_is_applied_once_the_store_recover
     std::thread::sleep(Duration::from_millis(100));
     let dropped = hub.stats().dropped_events;
     store.lock().fail_commits(0);
-    wait_until("the held events applied", || {
-        hub.metrics().held_events == 0 && hub.metrics().failed_commits == 0 && {
-            let c = store.lock().committed_seq();
-            c == hub.registry().read().last_seq()
-        }
-    });
+    wait_held_applied(&hub, &store);
     let state = hub.twin("pump").unwrap().connection_state;
     hub.stop();
     assert_eq!(dropped, 0, "the De-register past the bound was dropped");

@@ -189,12 +189,7 @@ fn dropped_registration_then_update(fill: bool) -> (bool, usize) {
         script.lock().unwrap().events.is_empty() && (!fill || hub.stats().dropped_events > 0)
     });
     store.lock().fail_commits(0);
-    wait_until("the held events applied", || {
-        hub.metrics().held_events == 0 && hub.metrics().failed_commits == 0 && {
-            let c = store.lock().committed_seq();
-            c == hub.registry().read().last_seq()
-        }
-    });
+    wait_held_applied(&hub, &store);
     let before = observes(&script).len();
     // The device's next Update.
     let DeviceEvent::Registered { registration, .. } = registered_v(&pump, "1.0") else {

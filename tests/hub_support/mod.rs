@@ -228,3 +228,14 @@ pub fn start_firmware_job(hub: &Hub, job: &twinhub::job::JobId, device: &DeviceI
     ))
     .unwrap();
 }
+
+/// Waits until the store takes commits again and every event the hub held is applied
+/// and durable.
+pub fn wait_held_applied(hub: &Hub, store: &SharedStore) {
+    wait_until("the held events applied", || {
+        hub.metrics().held_events == 0 && hub.metrics().failed_commits == 0 && {
+            let c = store.lock().committed_seq();
+            c == hub.registry().read().last_seq()
+        }
+    });
+}
