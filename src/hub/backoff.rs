@@ -60,8 +60,11 @@ pub const MAX_TRIES: u32 = 8;
 
 /// Device events held unapplied, oldest first, each with the failed commits it went
 /// through and when it arrived.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct HeldEvents {
+    /// Notifications, other events, devices kept offline: [`MAX_HELD_NOTIFICATIONS`],
+    /// [`MAX_HELD_EVENTS`], [`MAX_HELD_OFFLINE`] (smaller in the model test).
+    bounds: (usize, usize, usize),
     events: Vec<DeviceEvent>,
     /// `marks[i]`: what is known of `events[i]`.
     marks: Vec<HeldMark>,
@@ -82,6 +85,18 @@ pub(crate) struct HeldMark {
     pub(crate) arrived: Timestamp,
 }
 
+impl Default for HeldEvents {
+    fn default() -> Self {
+        HeldEvents {
+            bounds: (MAX_HELD_NOTIFICATIONS, MAX_HELD_EVENTS, MAX_HELD_OFFLINE),
+            events: Vec::new(),
+            marks: Vec::new(),
+            notifications: 0,
+            offline: IndexMap::new(),
+        }
+    }
+}
+
 impl HeldEvents {
     /// How many events are held.
     pub(crate) fn len(&self) -> usize {
@@ -94,9 +109,9 @@ impl HeldEvents {
     pub(crate) fn hold(&mut self, event: DeviceEvent, mark: HeldMark) -> Option<DeviceEvent> {
         let note = matches!(event, DeviceEvent::Notification { .. });
         let full = if note {
-            self.notifications >= MAX_HELD_NOTIFICATIONS
+            self.notifications >= self.bounds.0
         } else {
-            self.events.len() - self.notifications >= MAX_HELD_EVENTS
+            self.events.len() - self.notifications >= self.bounds.1
         };
         if mark.tries >= MAX_TRIES {
             return Some(event);
@@ -116,8 +131,7 @@ impl HeldEvents {
         if full {
             return match lifecycle {
                 Some((device, true))
-                    if self.offline.len() < MAX_HELD_OFFLINE
-                        || self.offline.contains_key(device) =>
+                    if self.offline.len() < self.bounds.2 || self.offline.contains_key(device) =>
                 {
                     self.offline.insert(device.clone(), (event, mark));
                     None
@@ -403,5 +417,157 @@ mod tests {
             "a device kept already"
         );
         assert_eq!(held.take_all().len(), MAX_HELD_EVENTS + MAX_HELD_OFFLINE);
+    }
+
+    /// Random arrivals, failed commits and commits against a naive model, with small
+    /// bounds: each device's lifecycle events are applied in the order they arrived,
+    /// none twice; every event neither dropped nor superseded is applied; with fewer
+    /// failed commits than `MAX_TRIES` (and room for every device past the bound), the
+    /// last de-registration of a device is never lost.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Arrive(u8, u8),
+            Fail,
+            Commit,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                5 => (0u8..2, 0u8..4).prop_map(|(d, k)| Op::Arrive(d, k)),
+                3 => Just(Op::Fail),
+                1 => Just(Op::Commit),
+            ]
+        }
+
+        fn event(d: u8, kind: u8) -> DeviceEvent {
+            let device = crate::DeviceId::new(&format!("d{d}")).unwrap();
+            match kind {
+                0 => DeviceEvent::Deregistered { device },
+                1 => DeviceEvent::RegistrationUpdated {
+                    device,
+                    registration: crate::transport::RegistrationInfo {
+                        endpoint: "e".into(),
+                        registration_id: "r".into(),
+                        lifetime: 60,
+                        lwm2m_version: "1.0".into(),
+                        binding: "U".into(),
+                        queue_mode: false,
+                        objects: Vec::new(),
+                        address: None,
+                        psk_identity: None,
+                    },
+                },
+                2 => DeviceEvent::TimedOut {
+                    device,
+                    op: crate::transport::OpId(1),
+                },
+                _ => {
+                    let path = crate::Lwm2mPath::resource(3, 0, 9);
+                    DeviceEvent::Notification {
+                        device,
+                        path,
+                        content: crate::Content::single(path, crate::ResourceValue::Integer(0)),
+                    }
+                }
+            }
+        }
+
+        /// `Some(true)`: online, `Some(false)`: offline, `None`: not lifecycle.
+        fn lifecycle(e: &DeviceEvent) -> Option<(String, bool)> {
+            match e {
+                DeviceEvent::RegistrationUpdated { device, .. } => {
+                    Some((device.as_str().to_owned(), true))
+                }
+                DeviceEvent::Deregistered { device } => Some((device.as_str().to_owned(), false)),
+                _ => None,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+            #[test]
+            fn held_events_keep_each_devices_lifecycle_in_order(
+                ops in proptest::collection::vec(op(), 1..80)
+            ) {
+                let mut held = HeldEvents {
+                    bounds: (2, 2, 3),
+                    ..HeldEvents::default()
+                };
+                let mut arrived: Vec<DeviceEvent> = Vec::new();
+                let mut dropped = std::collections::BTreeSet::new();
+                let mut applied = std::collections::BTreeSet::new();
+                let mut state: std::collections::BTreeMap<String, (u64, bool)> =
+                    Default::default();
+                let mut failures = 0;
+                let ops = ops.into_iter().chain([Op::Commit]);
+                for op in ops {
+                    match op {
+                        Op::Arrive(d, k) => {
+                            let idx = arrived.len() as u64;
+                            arrived.push(event(d, k));
+                            let mark = HeldMark { tries: 0, arrived: Timestamp::from_millis(idx) };
+                            if held.hold(event(d, k), mark).is_some() {
+                                dropped.insert(idx);
+                            }
+                        }
+                        Op::Fail => {
+                            failures += 1;
+                            let mut batch = Vec::new();
+                            let marks = held.take_before(&mut batch, Timestamp::from_millis(0));
+                            for (e, m) in batch.into_iter().zip(marks) {
+                                let m = HeldMark { tries: m.tries + 1, ..m };
+                                if held.hold(e, m).is_some() {
+                                    dropped.insert(m.arrived.as_millis());
+                                }
+                            }
+                        }
+                        Op::Commit => {
+                            let mut batch = Vec::new();
+                            let marks = held.take_before(&mut batch, Timestamp::from_millis(0));
+                            for (e, m) in batch.iter().zip(marks) {
+                                let idx = m.arrived.as_millis();
+                                prop_assert!(applied.insert(idx), "event {idx} applied twice");
+                                if let Some((d, online)) = lifecycle(e) {
+                                    if let Some(&(last, _)) = state.get(&d) {
+                                        prop_assert!(idx > last, "{d}: {idx} applied after {last}");
+                                    }
+                                    state.insert(d, (idx, online));
+                                }
+                            }
+                            prop_assert_eq!(held.len(), 0);
+                        }
+                    }
+                }
+                for (i, e) in arrived.iter().enumerate() {
+                    let idx = i as u64;
+                    prop_assert!(!(applied.contains(&idx) && dropped.contains(&idx)));
+                    if applied.contains(&idx) || dropped.contains(&idx) {
+                        continue;
+                    }
+                    // Neither: only a de-registration kept past the bound that a newer
+                    // lifecycle event of its device superseded.
+                    let (d, _) = lifecycle(e).expect("only lifecycle events are coalesced");
+                    prop_assert!(
+                        arrived[i + 1..].iter().any(|n| lifecycle(n).is_some_and(|(m, _)| m == d)),
+                        "event {idx} lost without a newer lifecycle event of {d}"
+                    );
+                }
+                for d in 0..2u8 {
+                    let name = format!("d{d}");
+                    let last = arrived.iter().enumerate().rev()
+                        .find_map(|(i, e)| lifecycle(e).filter(|(n, _)| *n == name).map(|(_, on)| (i as u64, on)));
+                    if let Some((i, false)) = last
+                        && failures < MAX_TRIES
+                    {
+                        prop_assert!(!dropped.contains(&i), "{name}'s last de-registration dropped");
+                        prop_assert_eq!(state.get(&name).map(|s| s.1), Some(false));
+                    }
+                }
+            }
+        }
     }
 }

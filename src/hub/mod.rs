@@ -1059,9 +1059,11 @@ fn to_scalar(value: &ResourceValue) -> Option<Scalar> {
 }
 
 /// `event` as a [`DeviceEvent::Registered`] when it is an Update under a registration id
-/// other than the one the device's twin holds (or a twin that holds none): the device
-/// registered again and the hub never applied that registration (see
-/// [`backoff::MAX_HELD_EVENTS`]). The device's observations ended with it.
+/// other than the one the device's twin holds: the device registered again and the hub
+/// never applied that registration (see [`backoff::MAX_HELD_EVENTS`]). The device's
+/// observations ended with it. A twin that holds no registration (created after its
+/// device registered, or re-created) takes the Update as an Update: nothing says its
+/// device registered again.
 fn renewed_registration(reg: &Registry, event: &DeviceEvent) -> Option<DeviceEvent> {
     let DeviceEvent::RegistrationUpdated {
         device,
@@ -1071,8 +1073,8 @@ fn renewed_registration(reg: &Registry, event: &DeviceEvent) -> Option<DeviceEve
         return None;
     };
     let twin = reg.get(device.as_str())?;
-    let known = twin.registration().map(|r| r.registration_id.as_str());
-    (known != Some(registration.registration_id.as_str())).then(|| DeviceEvent::Registered {
+    let known = twin.registration()?.registration_id.as_str();
+    (known != registration.registration_id).then(|| DeviceEvent::Registered {
         device: device.clone(),
         registration: registration.clone(),
     })
@@ -1228,8 +1230,11 @@ impl Inner {
         let writes = reg.last_seq() != store.committed_seq() || !jobs.journal_is_empty();
         let outcome = store.commit_with_jobs(reg, jobs).map(drop);
         match &outcome {
-            Ok(()) if writes => lock(&self.backoff).succeeded(),
-            Ok(()) => {}
+            Ok(()) if writes => {
+                jobs.committed();
+                lock(&self.backoff).succeeded();
+            }
+            Ok(()) => jobs.committed(),
             Err(error) => {
                 self.recover(jobs, reg, &mut store);
                 // A commit refused only because an earlier failure poisoned the store,

@@ -440,6 +440,11 @@ pub struct JobEngine {
     /// Children of an engine rebuilt after a failed commit whose step goes out only once
     /// the failed batch is applied again (see [`JobEngine::carry_devices_from`]).
     deferred: Vec<u32>,
+    /// Executes of reboots and factory resets answered since the last commit that
+    /// succeeded (journal on only): `(op, child, attempt)`. An engine rebuilt after a
+    /// failed commit takes them over, so the answer, applied again, counts (see
+    /// `adopt_executes`). Cleared by [`JobEngine::committed`]; at most one a child.
+    settled: Vec<(OpId, u32, u8)>,
 }
 
 impl std::fmt::Debug for JobEngine {
@@ -484,6 +489,7 @@ impl JobEngine {
             view_marks: None,
             dropped_jobs: 0,
             deferred: Vec::new(),
+            settled: Vec::new(),
         }
     }
 
@@ -731,12 +737,14 @@ impl JobEngine {
         match event {
             DeviceEvent::Response { op, result, .. } => {
                 if let Some(c) = self.ops.remove(op) {
+                    self.note_settled(*op, c);
                     self.children[c as usize].op = None;
                     self.on_response(now, c, result);
                 }
             }
             DeviceEvent::TimedOut { op, .. } => {
                 if let Some(c) = self.ops.remove(op) {
+                    self.note_settled(*op, c);
                     self.children[c as usize].op = None;
                     self.on_op_timeout(now, c);
                 }
@@ -1004,35 +1012,59 @@ impl JobEngine {
         self.fail_refused(now);
     }
 
-    /// A reboot or factory reset whose Execute `earlier` sent and still waits on is
-    /// restored as if its answer were lost (the next registration is the reboot, within
-    /// `reboot_wait`); but the answer may be in the failed batch, applied again soon.
-    /// The child takes `earlier`'s operation back, so that answer counts (without it the
+    /// Remembers that `op`, the Execute of a reboot or factory reset, was answered (see
+    /// `settled`).
+    fn note_settled(&mut self, op: OpId, c: u32) {
+        let child = &self.children[c as usize];
+        if self.journal.is_some()
+            && child.step == 0
+            && matches!(
+                self.parents[child.parent as usize].kind(),
+                JobKind::RebootDevice | JobKind::FactoryResetDevice
+            )
+        {
+            self.settled.push((op, c, child.attempt));
+        }
+    }
+
+    /// Everything the engine did is durable: the answers it took can no longer be
+    /// applied again (see `settled`).
+    pub(crate) fn committed(&mut self) {
+        self.settled.clear();
+    }
+
+    /// A reboot or factory reset whose Execute `earlier` sent, and which `earlier` still
+    /// waits on or whose answer it took since the last commit that succeeded, is restored
+    /// as if its answer were lost (the next registration is the reboot, within
+    /// `reboot_wait`); but the answer may be in the failed batch, applied again soon. The
+    /// child takes `earlier`'s operation back, so that answer counts (without it the
     /// child ended `timedOut`, or a retry executed it twice); the per-device timeout
     /// starts again.
     fn adopt_executes(&mut self, now: Instant, earlier: &JobEngine) {
-        let mut adopted: Vec<(OpId, u32)> = earlier
-            .ops
-            .iter()
-            .filter(|&(op, &c)| {
+        let outstanding = earlier.ops.iter().filter_map(|(&op, &c)| {
+            let old = &earlier.children[c as usize];
+            (old.op == Some(op) && old.state == ChildState::InProgress && old.step == 0)
+                .then_some((op, c, old.attempt))
+        });
+        let mut adopted: Vec<(OpId, u32)> = outstanding
+            .chain(earlier.settled.iter().copied())
+            .filter(|&(_, c, attempt)| {
                 if !self.children.range().contains(&c) {
                     return false;
                 }
-                let (old, new) = (&earlier.children[c as usize], &self.children[c as usize]);
+                let new = &self.children[c as usize];
                 matches!(
                     self.parents[new.parent as usize].kind(),
                     JobKind::RebootDevice | JobKind::FactoryResetDevice
-                ) && old.op == Some(*op)
-                    && old.state == ChildState::InProgress
-                    && old.step == 0
-                    && new.state == ChildState::InProgress
-                    && new.attempt == old.attempt
+                ) && new.state == ChildState::InProgress
+                    && new.attempt == attempt
                     && new.flags & FLAG_EXECUTE_SENT != 0
                     && new.op.is_none()
             })
-            .map(|(&op, &c)| (op, c))
+            .map(|(op, c, _)| (op, c))
             .collect();
         adopted.sort_unstable_by_key(|&(_, c)| c);
+        adopted.dedup_by_key(|&mut (_, c)| c);
         for (op, c) in adopted {
             let child = &mut self.children[c as usize];
             child.step = 0;
