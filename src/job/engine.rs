@@ -440,11 +440,15 @@ pub struct JobEngine {
     /// Children of an engine rebuilt after a failed commit whose step goes out only once
     /// the failed batch is applied again (see [`JobEngine::carry_devices_from`]).
     deferred: Vec<u32>,
-    /// Executes of reboots and factory resets answered since the last commit that
-    /// succeeded (journal on only): `(op, child, attempt)`. An engine rebuilt after a
-    /// failed commit takes them over, so the answer, applied again, counts (see
-    /// `adopt_executes`). Cleared by [`JobEngine::committed`]; at most one a child.
+    /// Executes of reboots and factory resets answered, or given up by a cancellation,
+    /// since the last commit that succeeded (journal on only): `(op, child, attempt)`. An
+    /// engine rebuilt after a failed commit takes them over, so an answer applied again
+    /// counts (see `adopt_executes`). Cleared by [`JobEngine::committed`].
     settled: Vec<(OpId, u32, u8)>,
+    /// Operations numbered below this were made before the last commit that succeeded
+    /// (or this engine's start), so they went out; later ones may belong to a batch whose
+    /// commit fails, and were never sent then.
+    sent_below: u64,
 }
 
 impl std::fmt::Debug for JobEngine {
@@ -462,6 +466,7 @@ impl JobEngine {
     /// `now: Instant` maps to `anchor_wall + (now - anchor)` for job history times, and a
     /// job's wall-clock `start_at` maps back the same way.
     pub fn new(config: EngineConfig, anchor: Instant, anchor_wall: Timestamp) -> Self {
+        let sent_below = config.op_id_base;
         JobEngine {
             next_op: config.op_id_base,
             config,
@@ -490,6 +495,7 @@ impl JobEngine {
             dropped_jobs: 0,
             deferred: Vec::new(),
             settled: Vec::new(),
+            sent_below,
         }
     }
 
@@ -1031,6 +1037,7 @@ impl JobEngine {
     /// applied again (see `settled`).
     pub(crate) fn committed(&mut self) {
         self.settled.clear();
+        self.sent_below = self.next_op;
     }
 
     /// A reboot or factory reset whose Execute `earlier` sent, and which `earlier` still
@@ -1041,15 +1048,23 @@ impl JobEngine {
     /// child ended `timedOut`, or a retry executed it twice); the per-device timeout
     /// starts again.
     fn adopt_executes(&mut self, now: Instant, earlier: &JobEngine) {
+        // Only operations that went out: one made in the failed batch was never sent
+        // (its answer would never come, and a refusal of the one before it would be lost).
         let outstanding = earlier.ops.iter().filter_map(|(&op, &c)| {
             let old = &earlier.children[c as usize];
-            (old.op == Some(op) && old.state == ChildState::InProgress && old.step == 0)
+            (op.0 < earlier.sent_below
+                && old.op == Some(op)
+                && old.state == ChildState::InProgress
+                && old.step == 0)
                 .then_some((op, c, old.attempt))
         });
-        let mut adopted: Vec<(OpId, u32)> = outstanding
-            .chain(earlier.settled.iter().copied())
-            .filter(|&(_, c, attempt)| {
-                if !self.children.range().contains(&c) {
+        let mut adopted: Vec<(OpId, u32)> = earlier
+            .settled
+            .iter()
+            .copied()
+            .chain(outstanding)
+            .filter(|&(op, c, attempt)| {
+                if op.0 >= earlier.sent_below || !self.children.range().contains(&c) {
                     return false;
                 }
                 let new = &self.children[c as usize];
@@ -1063,7 +1078,8 @@ impl JobEngine {
             })
             .map(|(op, c, _)| (op, c))
             .collect();
-        adopted.sort_unstable_by_key(|&(_, c)| c);
+        // One an answer the child waits on; an answered one first.
+        adopted.sort_by_key(|&(_, c)| c);
         adopted.dedup_by_key(|&mut (_, c)| c);
         for (op, c) in adopted {
             let child = &mut self.children[c as usize];
@@ -1108,6 +1124,11 @@ impl JobEngine {
                 let child = &mut self.children[c as usize];
                 if observed && (child.step == FW_OBSERVE || child.flags & FLAG_OBSERVING != 0) {
                     child.flags |= FLAG_OBSERVING;
+                }
+                if child.step == FW_WRITE_URI {
+                    // The Write went out (its answer may be in the failed batch): a
+                    // download under way is followed, not started again.
+                    child.flags |= FLAG_URI_BEFORE_RESTART;
                 }
                 child.step = FW_SYNC;
                 child.next_poll = None;
@@ -1401,11 +1422,13 @@ impl JobEngine {
             self.index.set_status(c, from.status(), to.status());
         }
         if to != ChildState::InProgress {
-            let child = &mut self.children[c as usize];
-            if let Some(op) = child.op.take() {
+            if let Some(op) = self.children[c as usize].op.take() {
                 self.ops.remove(&op);
+                // Its answer may still come in a batch applied again (a cancellation
+                // whose commit failed): a rebuilt engine takes it over.
+                self.note_settled(op, c);
             }
-            child.next_poll = None;
+            self.children[c as usize].next_poll = None;
         }
         if to.is_terminal() {
             self.on_child_terminal(now, c, to);
