@@ -1760,9 +1760,10 @@ impl Inner {
                 if lock(&self.synced).contains_key(device) {
                     self.resync(device, ops);
                 } else {
-                    // No sync table entry: the registration that makes one was lost (a
-                    // registration dropped at the held-events bound). The device then
-                    // registered since its last observations, so none of them lives.
+                    // No sync table entry: the registration that makes one never reached
+                    // this hub (dropped at the held-events bound, or made before a hub
+                    // over a transport of its own started), so no observation of the
+                    // hub's lives on the device: observe afresh.
                     self.sync_ops(
                         device,
                         &registration.objects,

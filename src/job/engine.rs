@@ -1018,8 +1018,8 @@ impl JobEngine {
         self.fail_refused(now);
     }
 
-    /// Remembers that `op`, the Execute of a reboot or factory reset, was answered (see
-    /// `settled`).
+    /// Remembers that `op`, the Execute of a reboot or factory reset, was answered or
+    /// given up (see `settled`).
     fn note_settled(&mut self, op: OpId, c: u32) {
         let child = &self.children[c as usize];
         if self.journal.is_some()
@@ -1078,7 +1078,7 @@ impl JobEngine {
             })
             .map(|(op, c, _)| (op, c))
             .collect();
-        // One an answer the child waits on; an answered one first.
+        // One operation a child: an answered one before an outstanding one.
         adopted.sort_by_key(|&(_, c)| c);
         adopted.dedup_by_key(|&mut (_, c)| c);
         for (op, c) in adopted {
