@@ -130,9 +130,7 @@ impl HeldEvents {
         }
         if full {
             return match lifecycle {
-                Some((device, true))
-                    if self.offline.len() < self.bounds.2 || self.offline.contains_key(device) =>
-                {
+                Some((device, true)) if self.offline.len() < self.bounds.2 => {
                     self.offline.insert(device.clone(), (event, mark));
                     None
                 }
