@@ -440,8 +440,9 @@ pub struct JobEngine {
     /// Children of an engine rebuilt after a failed commit whose step goes out only once
     /// the failed batch is applied again (see [`JobEngine::carry_devices_from`]).
     deferred: Vec<u32>,
-    /// Executes of reboots and factory resets answered, or given up by a cancellation,
-    /// since the last commit that succeeded (journal on only): `(op, child, attempt)`. An
+    /// Executes of reboots and factory resets, and firmware Package URI Writes, answered
+    /// or given up by a cancellation since the last commit that succeeded (journal on
+    /// only): `(op, child, attempt)`. An
     /// engine rebuilt after a failed commit takes them over, so an answer applied again
     /// counts (see `adopt_executes`). Cleared by [`JobEngine::committed`].
     settled: Vec<(OpId, u32, u8)>,
@@ -1018,18 +1019,23 @@ impl JobEngine {
         self.fail_refused(now);
     }
 
-    /// Remembers that `op`, the Execute of a reboot or factory reset, was answered or
-    /// given up (see `settled`).
+    /// Remembers that `op`, of a step `adopt_executes` takes over, was answered or given
+    /// up (see `settled`).
     fn note_settled(&mut self, op: OpId, c: u32) {
         let child = &self.children[c as usize];
-        if self.journal.is_some()
-            && child.step == 0
-            && matches!(
-                self.parents[child.parent as usize].kind(),
-                JobKind::RebootDevice | JobKind::FactoryResetDevice
-            )
-        {
+        if self.journal.is_some() && self.adoptable_step(c) == Some(child.step) {
             self.settled.push((op, c, child.attempt));
+        }
+    }
+
+    /// The step whose operation an engine rebuilt after a failed commit takes over (see
+    /// `adopt_executes`): a reboot's or factory reset's Execute, a firmware update's
+    /// Package URI Write.
+    fn adoptable_step(&self, c: u32) -> Option<u8> {
+        match self.parents[self.children[c as usize].parent as usize].kind() {
+            JobKind::RebootDevice | JobKind::FactoryResetDevice => Some(0),
+            JobKind::FirmwareUpdate => Some(FW_WRITE_URI),
+            _ => None,
         }
     }
 
@@ -1043,10 +1049,12 @@ impl JobEngine {
     /// A reboot or factory reset whose Execute `earlier` sent, and which `earlier` still
     /// waits on or whose answer it took since the last commit that succeeded, is restored
     /// as if its answer were lost (the next registration is the reboot, within
-    /// `reboot_wait`); but the answer may be in the failed batch, applied again soon. The
-    /// child takes `earlier`'s operation back, so that answer counts (without it the
-    /// child ended `timedOut`, or a retry executed it twice); the per-device timeout
-    /// starts again.
+    /// `reboot_wait`); a firmware update whose Package URI Write is in the same case is
+    /// restored waiting for its device. But the answer may be in the failed batch,
+    /// applied again soon. The child takes `earlier`'s operation back, so that answer
+    /// counts (without it a reboot ended `timedOut`, or a retry executed it twice; a
+    /// refused Write went unseen and a package the device already held could be
+    /// installed); the per-device timeout starts again.
     fn adopt_executes(&mut self, now: Instant, earlier: &JobEngine) {
         // Only operations that went out: one made in the failed batch was never sent
         // (its answer would never come, and a refusal of the one before it would be lost).
@@ -1055,8 +1063,8 @@ impl JobEngine {
             (op.0 < earlier.sent_below
                 && old.op == Some(op)
                 && old.state == ChildState::InProgress
-                && old.step == 0)
-                .then_some((op, c, old.attempt))
+                && earlier.adoptable_step(c) == Some(old.step))
+            .then_some((op, c, old.attempt))
         });
         let mut adopted: Vec<(OpId, u32)> = earlier
             .settled
@@ -1068,13 +1076,23 @@ impl JobEngine {
                     return false;
                 }
                 let new = &self.children[c as usize];
-                matches!(
-                    self.parents[new.parent as usize].kind(),
-                    JobKind::RebootDevice | JobKind::FactoryResetDevice
-                ) && new.state == ChildState::InProgress
-                    && new.attempt == attempt
-                    && new.flags & FLAG_EXECUTE_SENT != 0
-                    && new.op.is_none()
+                if new.attempt != attempt || new.op.is_some() {
+                    return false;
+                }
+                match self.parents[new.parent as usize].kind() {
+                    // Restored as executed, waiting for the registration.
+                    JobKind::RebootDevice | JobKind::FactoryResetDevice => {
+                        new.state == ChildState::InProgress && new.flags & FLAG_EXECUTE_SENT != 0
+                    }
+                    // Restored waiting for its device, the Write not known answered.
+                    JobKind::FirmwareUpdate => {
+                        new.state == ChildState::WaitingForDevice
+                            && new.step == FW_WRITE_URI
+                            && new.flags & (FLAG_URI_WRITTEN | FLAG_EXECUTE_SENT) == 0
+                            && !is_offline(&self.devices, &new.device)
+                    }
+                    _ => false,
+                }
             })
             .map(|(op, c, _)| (op, c))
             .collect();
@@ -1082,8 +1100,14 @@ impl JobEngine {
         adopted.sort_by_key(|&(_, c)| c);
         adopted.dedup_by_key(|&mut (_, c)| c);
         for (op, c) in adopted {
+            if self.children[c as usize].state == ChildState::WaitingForDevice
+                && !self.child_apply(now, c, ChildEvent::DeviceOnline)
+            {
+                continue;
+            }
+            let step = self.adoptable_step(c).unwrap_or(0);
             let child = &mut self.children[c as usize];
-            child.step = 0;
+            child.step = step;
             child.op = Some(op);
             // The restore's wait for a registration no longer applies.
             child.next_poll = None;
@@ -1124,11 +1148,6 @@ impl JobEngine {
                 let child = &mut self.children[c as usize];
                 if observed && (child.step == FW_OBSERVE || child.flags & FLAG_OBSERVING != 0) {
                     child.flags |= FLAG_OBSERVING;
-                }
-                if child.step == FW_WRITE_URI {
-                    // The Write went out (its answer may be in the failed batch): a
-                    // download under way is followed, not started again.
-                    child.flags |= FLAG_URI_BEFORE_RESTART;
                 }
                 child.step = FW_SYNC;
                 child.next_poll = None;
