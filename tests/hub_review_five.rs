@@ -11,7 +11,7 @@ mod hub_support;
 use hub_support::*;
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{CancelMode, EngineConfig, JobId, JobSpec, JobStatistics, JobType, RetryRule};
+use twinhub::job::{CancelMode, EngineConfig, JobId, JobSpec, JobStatistics, JobType};
 use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
 
@@ -256,33 +256,7 @@ fn check_a_downloaded_notification_in_a_failed_batch_is_executed_once() {
 
 fn reboot_after_a_refused_cancel(cancel: bool) -> (JobStatistics, usize) {
     let pump = DeviceId::new("pump").unwrap();
-    let config = HubConfig {
-        sync: None,
-        jobs: EngineConfig {
-            reboot_wait: Duration::from_millis(700),
-            ..EngineConfig::default()
-        },
-        ..HubConfig::default()
-    };
-    let (hub, store, script, _dir) = durable_hub(&[&pump], config);
-    register(&hub, &script, &pump);
-    let job = JobId::new("rb").unwrap();
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![pump.clone()],
-    )
-    .retry(RetryRule {
-        initial_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_millis(100),
-        ..RetryRule::new(None, 1)
-    });
-    hub.create_job(spec).unwrap();
-    wait_until("the Execute", || job_ops(&script).iter().any(is_exec));
-    wait_committed(&hub, &store, "the Execute is durable");
-    std::thread::sleep(Duration::from_millis(100));
+    let (hub, store, script, _dir, job) = reboot_in_flight(&pump, true);
     store.lock().fail_next_commit();
     if cancel {
         // The cancel is refused (not durable): the job goes on as if never cancelled.
@@ -326,33 +300,7 @@ fn a_reboot_answered_done_after_a_refused_cancel_succeeds_once() {
 
 fn reboot_rejected_in_failed_batches(failures: u32) -> (JobStatistics, usize) {
     let pump = DeviceId::new("pump").unwrap();
-    let config = HubConfig {
-        sync: None,
-        jobs: EngineConfig {
-            reboot_wait: Duration::from_millis(700),
-            ..EngineConfig::default()
-        },
-        ..HubConfig::default()
-    };
-    let (hub, store, script, _dir) = durable_hub(&[&pump], config);
-    register(&hub, &script, &pump);
-    let job = JobId::new("rb").unwrap();
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![pump.clone()],
-    )
-    .retry(RetryRule {
-        initial_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_millis(100),
-        ..RetryRule::new(None, 1)
-    });
-    hub.create_job(spec).unwrap();
-    wait_until("the Execute", || job_ops(&script).iter().any(is_exec));
-    wait_committed(&hub, &store, "the Execute is durable");
-    std::thread::sleep(Duration::from_millis(100));
+    let (hub, store, script, _dir, job) = reboot_in_flight(&pump, true);
     store.lock().fail_commits(failures);
     let exec = job_ops(&script).into_iter().find(is_exec).unwrap();
     push(

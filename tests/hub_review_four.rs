@@ -11,7 +11,7 @@ use hub_support::*;
 use std::time::Duration;
 use twinhub::DeviceId;
 use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{EngineConfig, JobId, JobSpec, JobStatistics, JobType, RetryRule};
+use twinhub::job::{EngineConfig, JobId, JobSpec, JobStatistics, JobType};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest};
 use twinhub::twin::Twin;
 
@@ -112,35 +112,7 @@ fn a_plain_update_to_a_re_created_twin_does_not_complete_a_reboot() {
 
 fn reboot_answered_in_a_failed_batch(fail: bool, retry: bool) -> (JobStatistics, usize) {
     let pump = DeviceId::new("pump").unwrap();
-    let config = HubConfig {
-        sync: None,
-        jobs: EngineConfig {
-            reboot_wait: Duration::from_millis(700),
-            ..EngineConfig::default()
-        },
-        ..HubConfig::default()
-    };
-    let (hub, store, script, _dir) = durable_hub(&[&pump], config);
-    register(&hub, &script, &pump);
-    let job = JobId::new("rb").unwrap();
-    let mut spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![pump.clone()],
-    );
-    if retry {
-        spec = spec.retry(RetryRule {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(100),
-            ..RetryRule::new(None, 1)
-        });
-    }
-    hub.create_job(spec).unwrap();
-    wait_until("the Execute", || job_ops(&script).iter().any(is_exec));
-    wait_committed(&hub, &store, "the Execute is durable");
-    std::thread::sleep(Duration::from_millis(100));
+    let (hub, store, script, _dir, job) = reboot_in_flight(&pump, retry);
     if fail {
         // The batch holding the answer fails to commit.
         store.lock().fail_next_commit();

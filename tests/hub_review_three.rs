@@ -11,7 +11,7 @@ mod hub_support;
 use hub_support::*;
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{EngineConfig, JobId, JobSpec, JobStatistics, JobType, RetryRule};
+use twinhub::job::{JobId, JobStatistics};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::twin::ConnectionState;
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
@@ -128,36 +128,8 @@ fn a_dropped_re_registration_of_an_observed_device_is_made_good_at_the_next_upda
 
 fn reboot_answered_after_rebuild(fail: bool, retry: bool) -> (JobStatistics, usize) {
     let pump = DeviceId::new("pump").unwrap();
-    let config = HubConfig {
-        sync: None,
-        jobs: EngineConfig {
-            reboot_wait: Duration::from_millis(700),
-            ..EngineConfig::default()
-        },
-        ..HubConfig::default()
-    };
-    let (hub, store, script, _dir) = durable_hub(&[&pump], config);
-    register(&hub, &script, &pump);
-    let job = JobId::new("rb").unwrap();
-    let mut spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![pump.clone()],
-    );
-    if retry {
-        spec = spec.retry(RetryRule {
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_millis(100),
-            ..RetryRule::new(None, 1)
-        });
-    }
-    hub.create_job(spec).unwrap();
+    let (hub, store, script, _dir, job) = reboot_in_flight(&pump, retry);
     let is_exec = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { .. });
-    wait_until("the Execute", || job_ops(&script).iter().any(is_exec));
-    wait_committed(&hub, &store, "the Execute is durable");
-    std::thread::sleep(Duration::from_millis(100));
     if fail {
         store.lock().fail_next_commit();
         push(&script, battery_level(&pump, 7));

@@ -239,3 +239,52 @@ pub fn wait_held_applied(hub: &Hub, store: &SharedStore) {
         }
     });
 }
+
+/// A durable hub (sync off, `reboot_wait` 700 ms) where `device` registered, running the
+/// reboot job `rb` over it (success is the Execute's answer; with `retry`, one retry
+/// 100 ms after a failed attempt). Returns once the job's Execute went out and is
+/// durable.
+#[allow(clippy::type_complexity)]
+pub fn reboot_in_flight(
+    device: &DeviceId,
+    retry: bool,
+) -> (
+    Hub,
+    SharedStore,
+    Arc<Mutex<Script>>,
+    tempfile::TempDir,
+    twinhub::job::JobId,
+) {
+    use twinhub::job::{EngineConfig, JobId, JobSpec, JobType, RetryRule};
+    let config = HubConfig {
+        sync: None,
+        jobs: EngineConfig {
+            reboot_wait: Duration::from_millis(700),
+            ..EngineConfig::default()
+        },
+        ..HubConfig::default()
+    };
+    let (hub, store, script, dir) = durable_hub(&[device], config);
+    register(&hub, &script, device);
+    let job = JobId::new("rb").unwrap();
+    let mut spec = JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration: false,
+        },
+        vec![device.clone()],
+    );
+    if retry {
+        spec = spec.retry(RetryRule {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(100),
+            ..RetryRule::new(None, 1)
+        });
+    }
+    hub.create_job(spec).unwrap();
+    let is_exec = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { .. });
+    wait_until("the Execute", || job_ops(&script).iter().any(is_exec));
+    wait_committed(&hub, &store, "the Execute is durable");
+    std::thread::sleep(Duration::from_millis(100));
+    (hub, store, script, dir, job)
+}
