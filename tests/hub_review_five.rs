@@ -117,16 +117,7 @@ fn a_refused_reboot_execute_in_a_failed_batch_does_not_succeed_unsent() {
 /// the batch with the Downloaded notification, after the Write's answer was committed.
 fn firmware_uri_answered_in_a_failed_batch(fail: u8) -> (JobStatistics, usize, usize) {
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir) = durable_hub(
-        &[&pump],
-        HubConfig {
-            sync: None,
-            ..HubConfig::default()
-        },
-    );
-    register_with_firmware(&hub, &script, &pump);
-    let job = JobId::new("fw").unwrap();
-    start_firmware_job(&hub, &job, &pump);
+    let (hub, store, script, _dir, job) = firmware_job_started(&pump);
     let fw_path = Lwm2mPath::instance(5, 0);
     let uri_path = Lwm2mPath::resource(5, 0, 1);
     let mut answered = std::collections::HashSet::new();

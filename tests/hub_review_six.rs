@@ -9,7 +9,7 @@ mod hub_support;
 
 use hub_support::*;
 use std::time::{Duration, Instant};
-use twinhub::hub::{Hub, HubConfig};
+use twinhub::hub::Hub;
 use twinhub::job::{JobId, JobStatistics};
 use twinhub::transport::{DeviceError, DeviceEvent, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
@@ -46,16 +46,7 @@ fn firmware_write_answer_in_failed_batch(
     fail: bool,
 ) -> (JobStatistics, usize, usize) {
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir) = durable_hub(
-        &[&pump],
-        HubConfig {
-            sync: None,
-            ..HubConfig::default()
-        },
-    );
-    register_with_firmware(&hub, &script, &pump);
-    let job = JobId::new("fw").unwrap();
-    start_firmware_job(&hub, &job, &pump);
+    let (hub, store, script, _dir, job) = firmware_job_started(&pump);
     let fw_path = Lwm2mPath::instance(5, 0);
     let uri_path = Lwm2mPath::resource(5, 0, 1);
     let mut answered = std::collections::HashSet::new();

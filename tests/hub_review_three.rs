@@ -187,17 +187,8 @@ fn a_reboot_answered_done_after_a_failed_commit_is_not_executed_again() {
 
 fn firmware_observations(fail: bool) -> (JobStatistics, usize, usize) {
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir) = durable_hub(
-        &[&pump],
-        HubConfig {
-            sync: None,
-            ..HubConfig::default()
-        },
-    );
-    register_with_firmware(&hub, &script, &pump);
+    let (hub, store, script, _dir, job) = firmware_job_started(&pump);
     let fw = firmware_state;
-    let job = JobId::new("fw").unwrap();
-    start_firmware_job(&hub, &job, &pump);
     let fw_path = Lwm2mPath::instance(5, 0);
     let mut answered = std::collections::HashSet::new();
     let (mut state, mut result) = (0i64, 0i64);

@@ -478,20 +478,10 @@ fn a_held_notification_keeps_the_time_it_arrived() {
 /// with one Execute.
 fn firmware_download_across_a_failed_commit(fail: bool) -> (twinhub::job::JobStatistics, usize) {
     use twinhub::Lwm2mPath;
-    use twinhub::job::JobId;
     use twinhub::transport::DeviceReply;
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir) = durable_hub(
-        &[&pump],
-        HubConfig {
-            sync: None,
-            ..HubConfig::default()
-        },
-    );
-    register_with_firmware(&hub, &script, &pump);
+    let (hub, store, script, _dir, job) = firmware_job_started(&pump);
     let fw = |state: i64| firmware_state(state, 0);
-    let job = JobId::new("fw").unwrap();
-    start_firmware_job(&hub, &job, &pump);
     let is_exec = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { path, .. } if path == Lwm2mPath::resource(5, 0, 2));
     let mut answered = std::collections::HashSet::new();
     // 0: idle; 1: downloading (after the URI is written); 2: downloaded (once the commit

@@ -285,21 +285,11 @@ fn a_failed_set_psk_leaves_an_unowned_identity_it_named_in_the_key_store() {
 /// `/5/0` at once, and a device that still says Downloaded (it answered the Execute and
 /// has not started updating yet) gets a second Execute of Update.
 fn firmware_execute_answer_in_failed_batch(fail: bool) -> usize {
-    use twinhub::job::JobId;
     use twinhub::transport::DeviceReply;
 
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir) = durable_hub(
-        &[&pump],
-        HubConfig {
-            sync: None,
-            ..HubConfig::default()
-        },
-    );
-    register_with_firmware(&hub, &script, &pump);
+    let (hub, store, script, _dir, _job) = firmware_job_started(&pump);
     let fw = |state: i64| firmware_state(state, 0);
-    let job = JobId::new("fw").unwrap();
-    start_firmware_job(&hub, &job, &pump);
     let is_exec = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { path, .. } if path == Lwm2mPath::resource(5, 0, 2));
     let mut answered = std::collections::HashSet::new();
     let mut uri_written = false;

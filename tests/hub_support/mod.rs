@@ -288,3 +288,26 @@ pub fn reboot_in_flight(
     std::thread::sleep(Duration::from_millis(100));
     (hub, store, script, dir, job)
 }
+
+/// A durable hub (sync off: the job observes `/5/0` itself) where `device` registered
+/// with `/5/0`, running the firmware job `fw` over it ([`start_firmware_job`]).
+#[allow(clippy::type_complexity)]
+pub fn firmware_job_started(
+    device: &DeviceId,
+) -> (
+    Hub,
+    SharedStore,
+    Arc<Mutex<Script>>,
+    tempfile::TempDir,
+    twinhub::job::JobId,
+) {
+    let config = HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    };
+    let (hub, store, script, dir) = durable_hub(&[device], config);
+    register_with_firmware(&hub, &script, device);
+    let job = twinhub::job::JobId::new("fw").unwrap();
+    start_firmware_job(&hub, &job, device);
+    (hub, store, script, dir, job)
+}
