@@ -263,6 +263,24 @@ mod tests {
         gone_of("d")
     }
 
+    /// `device` updates its registration.
+    fn updated_of(device: &str) -> DeviceEvent {
+        DeviceEvent::RegistrationUpdated {
+            device: crate::DeviceId::new(device).unwrap(),
+            registration: crate::transport::RegistrationInfo {
+                endpoint: device.into(),
+                registration_id: "r".into(),
+                lifetime: 60,
+                lwm2m_version: "1.0".into(),
+                binding: "U".into(),
+                queue_mode: false,
+                objects: Vec::new(),
+                address: None,
+                psk_identity: None,
+            },
+        }
+    }
+
     fn fresh() -> HeldMark {
         HeldMark {
             tries: 0,
@@ -361,20 +379,7 @@ mod tests {
     /// forgets it; past [`MAX_HELD_OFFLINE`] devices, it is dropped.
     #[test]
     fn offline_events_past_the_bound_are_kept_per_device_until_superseded() {
-        let reg = |d: &str| DeviceEvent::RegistrationUpdated {
-            device: crate::DeviceId::new(d).unwrap(),
-            registration: crate::transport::RegistrationInfo {
-                endpoint: d.into(),
-                registration_id: "r".into(),
-                lifetime: 60,
-                lwm2m_version: "1.0".into(),
-                binding: "U".into(),
-                queue_mode: false,
-                objects: Vec::new(),
-                address: None,
-                psk_identity: None,
-            },
-        };
+        let reg = updated_of;
         let mut held = HeldEvents::default();
         for _ in 0..MAX_HELD_EVENTS {
             assert!(held.hold(gone_of("filler"), fresh()).is_none());
@@ -445,20 +450,7 @@ mod tests {
             let device = crate::DeviceId::new(&format!("d{d}")).unwrap();
             match kind {
                 0 => DeviceEvent::Deregistered { device },
-                1 => DeviceEvent::RegistrationUpdated {
-                    device,
-                    registration: crate::transport::RegistrationInfo {
-                        endpoint: "e".into(),
-                        registration_id: "r".into(),
-                        lifetime: 60,
-                        lwm2m_version: "1.0".into(),
-                        binding: "U".into(),
-                        queue_mode: false,
-                        objects: Vec::new(),
-                        address: None,
-                        psk_identity: None,
-                    },
-                },
+                1 => updated_of(device.as_str()),
                 2 => DeviceEvent::TimedOut {
                     device,
                     op: crate::transport::OpId(1),
