@@ -65,7 +65,7 @@ fn devices_register_over_dtls_and_every_job_type_runs() {
     let hub = hub_with(&names);
     let server = hub.local_addr().unwrap();
     let packages = PackageServer::bind("127.0.0.1:0").unwrap();
-    let uri = packages.publish("fw/2.0.bin", vec![7u8; 5000]);
+    let uri = packages.publish("fw/2.0.bin", vec![7u8; 5000]).unwrap();
     let mut devices = start_all(&names, server);
     wait_for(&mut devices, "twins to fill", || {
         names

@@ -140,7 +140,7 @@ fn a_device_restarted_mid_download_gets_the_package_uri_again_over_udp() {
     let hub = Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default()).unwrap();
     let server = hub.local_addr().unwrap();
     let packages = PackageServer::bind("127.0.0.1:0").unwrap();
-    packages.publish("fw/2.0.bin", vec![7u8; 8 * 1024]);
+    packages.publish("fw/2.0.bin", vec![7u8; 8 * 1024]).unwrap();
     let gate = Gate::start(packages.local_addr());
     let uri = format!("coap://{}/fw/2.0.bin", gate.addr);
 
