@@ -576,6 +576,10 @@ pub struct Lwm2mClient {
     transmits: VecDeque<Transmit>,
     events: VecDeque<ClientEvent>,
     dedup: VecDeque<(u16, Instant, Vec<u8>)>,
+    /// Confirmable (separate) responses acknowledged lately, by sender and message id: a
+    /// copy of one (the server retransmits when our ACK is lost) is acknowledged again,
+    /// not reset (RFC 7252 §4.5). At most [`DEDUP_ENTRIES`], each for EXCHANGE_LIFETIME.
+    acked_responses: VecDeque<(SocketAddr, u16, Instant)>,
     block1: Option<Block1>,
     download: Option<Download>,
     changed: Vec<Lwm2mPath>,
@@ -628,6 +632,7 @@ impl Lwm2mClient {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             dedup: VecDeque::new(),
+            acked_responses: VecDeque::new(),
             block1: None,
             download: None,
             changed: Vec::new(),
@@ -1379,7 +1384,21 @@ impl Lwm2mClient {
             .iter()
             .position(|o| o.token == msg.token() && o.destination == from)
         else {
-            if msg.mtype == MessageType::Confirmable || msg.mtype == MessageType::NonConfirmable {
+            self.acked_responses
+                .retain(|(_, _, t)| now.saturating_duration_since(*t) < EXCHANGE_LIFETIME);
+            let duplicate = msg.mtype == MessageType::Confirmable
+                && self
+                    .acked_responses
+                    .iter()
+                    .any(|(peer, mid, _)| *peer == from && *mid == msg.message_id);
+            if duplicate {
+                self.push_transmit(
+                    from,
+                    &Message::empty(MessageType::Acknowledgement, msg.message_id),
+                );
+            } else if msg.mtype == MessageType::Confirmable
+                || msg.mtype == MessageType::NonConfirmable
+            {
                 self.push_transmit(from, &Message::empty(MessageType::Reset, msg.message_id));
             }
             return;
@@ -1389,6 +1408,10 @@ impl Lwm2mClient {
                 from,
                 &Message::empty(MessageType::Acknowledgement, msg.message_id),
             );
+            if self.acked_responses.len() >= DEDUP_ENTRIES {
+                self.acked_responses.pop_front();
+            }
+            self.acked_responses.push_back((from, msg.message_id, now));
         }
         let o = self.outgoing.remove(at);
         let code = msg.code;

@@ -508,6 +508,46 @@ impl Object for FirmwareUpdate {
         }
     }
 
+    /// What [`FirmwareUpdate::write_package`] and [`FirmwareUpdate::write_uri`] would
+    /// refuse, checked against the state before the request: a package or a URI outside
+    /// Idle, a reset while Updating, a value of the wrong type. A package and a URI in one
+    /// request (both non-empty) are refused as well (4.00): they would start two updates.
+    fn validate_write(
+        &mut self,
+        iid: u16,
+        writes: &[(u16, ResourceData)],
+    ) -> Result<(), ObjectError> {
+        if iid != 0 {
+            return Err(ObjectError::NotFound);
+        }
+        let mut starts = 0;
+        for (rid, data) in writes {
+            let empty = match (rid, data) {
+                (0, ResourceData::Single(V::Opaque(p))) => p.is_empty() || p[..] == [0],
+                (1, ResourceData::Single(V::String(u))) => u.is_empty(),
+                (0 | 1, _) => {
+                    return Err(ObjectError::TypeMismatch {
+                        expected: if *rid == 0 { T::Opaque } else { T::String },
+                    });
+                }
+                _ => return Err(ObjectError::MethodNotAllowed),
+            };
+            let allowed = if empty {
+                self.state != UpdateState::Updating
+            } else {
+                starts += 1;
+                self.state == UpdateState::Idle
+            };
+            if !allowed {
+                return Err(ObjectError::MethodNotAllowed);
+            }
+        }
+        if starts > 1 {
+            return Err(ObjectError::Rejected);
+        }
+        Ok(())
+    }
+
     fn write(
         &mut self,
         iid: u16,

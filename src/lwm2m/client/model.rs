@@ -250,6 +250,22 @@ pub trait Object: Send {
         Ok(())
     }
 
+    /// Checks all the values one request writes into instance `iid` (by resource id,
+    /// ascending) before any of them is written: a Write, a Write-Composite's values in
+    /// this instance, a Create, a Bootstrap-Write. A refusal writes nothing. The default
+    /// checks each value with [`Object::validate`]; override it when the values constrain
+    /// one another, or when the object's state decides what may be written, so that
+    /// [`Object::write`] is not left to refuse after earlier values went in.
+    fn validate_write(
+        &mut self,
+        iid: u16,
+        writes: &[(u16, ResourceData)],
+    ) -> Result<(), ObjectError> {
+        writes
+            .iter()
+            .try_for_each(|(rid, data)| self.validate(iid, *rid, data))
+    }
+
     /// Writes resource `rid` of instance `iid`. For a multiple resource, `Replace` replaces
     /// all its instances and `PartialUpdate` merges the given ones in.
     fn write(

@@ -211,9 +211,7 @@ impl ObjectTree {
             mode
         };
         let writes = group(object, path, content, |d| d.access.writable())?;
-        for (rid, data) in &writes {
-            object.validate(iid, *rid, data)?;
-        }
+        object.validate_write(iid, &writes)?;
         let mut written = Vec::with_capacity(writes.len());
         for (rid, data) in writes {
             object.write(iid, rid, data, mode)?;
@@ -249,9 +247,7 @@ impl ObjectTree {
                 return Err(ObjectError::NotFound);
             }
             let writes = group(object, &instance, values, |d| d.access.writable())?;
-            for (rid, data) in &writes {
-                object.validate(iid, *rid, data)?;
-            }
+            object.validate_write(iid, &writes)?;
             planned.push((oid, iid, writes));
         }
         let mut written = Vec::new();
@@ -317,9 +313,7 @@ impl ObjectTree {
                 .collect(),
         };
         let values = group(object, &target, content, |_| true)?;
-        for (rid, data) in &values {
-            object.validate(iid, *rid, data)?;
-        }
+        object.validate_write(iid, &values)?;
         object.create(iid, values)?;
         Ok(target)
     }
@@ -458,9 +452,7 @@ impl ObjectTree {
         let object = self.object_mut(oid).ok_or(ObjectError::NotFound)?;
         let target = Lwm2mPath::instance(oid, iid);
         let values = group(object, &target, content, |_| true)?;
-        for (rid, data) in &values {
-            object.validate(iid, *rid, data)?;
-        }
+        object.validate_write(iid, &values)?;
         let written = values
             .iter()
             .map(|(rid, _)| Lwm2mPath::resource(oid, iid, *rid))
