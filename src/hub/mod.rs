@@ -610,7 +610,7 @@ impl Hub {
     /// Subscribes to twin changes, registrations and job progress (see
     /// [`Subscription`] for when events come, the lag signal and resuming). Fails only when
     /// [`SubscribeOptions::after`] names changes the feed no longer holds, or a number
-    /// beyond its newest change (see [`FeedGap`]).
+    /// this history never handed out (see [`FeedGap`]).
     ///
     #[cfg_attr(feature = "memory-fleet", doc = "```")]
     #[cfg_attr(not(feature = "memory-fleet"), doc = "```ignore")]
@@ -637,7 +637,9 @@ impl Hub {
     pub fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, FeedGap> {
         self.inner
             .publisher
-            .subscribe(&self.inner.registry, options)
+            .subscribe(&self.inner.registry, options, |reg| {
+                self.inner.publishable(reg)
+            })
     }
 
     /// Creates a device twin.
@@ -992,13 +994,22 @@ impl Inner {
         self.publish(progress);
     }
 
-    /// Publishes the registry's new changes, then `others`. While memory holds a write
-    /// the store refused (a failed commit whose rebuild failed too), the twin changes
-    /// wait: the rebuild that follows replaces them, so subscribers never see a change
-    /// that did not reach the disk.
+    /// Publishes the registry's new changes, then `others`. With a store, only the
+    /// committed changes go out: a change not yet committed waits for its commit, and one
+    /// whose commit failed is replaced by the rebuild, so subscribers never see (nor
+    /// replay, with `after`) a change that did not reach the disk.
     fn publish(&self, others: Vec<HubEvent>) {
         self.publisher
-            .publish(&self.registry, others, || !self.store_poisoned());
+            .publish(&self.registry, others, |reg| self.publishable(reg));
+    }
+
+    /// The newest change subscribers may see: the store's committed one, or without a
+    /// store the registry's newest.
+    fn publishable(&self, reg: &Registry) -> u64 {
+        match &self.config.store {
+            Some(store) => store.lock().committed_seq().min(reg.last_seq()),
+            None => reg.last_seq(),
+        }
     }
 
     /// Whether a failed commit whose rebuild failed too left the store poisoned (memory

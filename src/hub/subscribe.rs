@@ -2,7 +2,7 @@
 //! [`Subscription`]).
 
 use crate::job::JobProgress;
-use crate::registry::{Change, FeedGap, SharedRegistry};
+use crate::registry::{Change, FeedGap, Registry, SharedRegistry};
 use crate::transport::RejectReason;
 use crate::{DeviceId, Timestamp};
 use std::collections::VecDeque;
@@ -32,7 +32,9 @@ pub enum HubEvent {
     Job(JobProgress),
     /// Events were dropped: the queue was full, or the feed itself dropped twin changes
     /// before they were published (a write of more changes than the feed holds). Every
-    /// event before this one was delivered; `missed` events at this point were not.
+    /// event before this one was delivered; `missed` events at this point were not (for
+    /// changes the feed dropped, all of them, whatever the subscription's filters: which
+    /// ones the filters would have kept is no longer known).
     /// Twin changes after `resume_after` can be read again from the feed
     /// ([`SubscribeOptions::after`]) while it still holds them (else that is a
     /// [`FeedGap`]: re-read the twins).
@@ -148,10 +150,13 @@ pub struct SubscribeOptions {
     /// Most events queued for this subscription; beyond it the hub drops events for it
     /// and delivers [`HubEvent::Lagged`] (at least 1).
     pub capacity: usize,
-    /// Replay the twin changes after this sequence number first (`None`: from now on).
-    /// The replay is not bounded by `capacity`, only by what the feed holds. A number
-    /// the feed dropped, or one beyond its newest change (from another history), makes
-    /// [`Hub::subscribe`](super::Hub::subscribe) fail with a [`FeedGap`].
+    /// Replay the twin changes after this sequence number first (`None`: from now on,
+    /// that is after the registry's newest change, published yet or not, whoever else
+    /// listens). The replay is not bounded by `capacity`, only by what the feed holds;
+    /// with a store it replays committed changes only. A number the feed dropped, or one
+    /// this history never handed out (from another history: beyond the newest number,
+    /// or on a hub restarted from a store one the store reserved that no change used),
+    /// makes [`Hub::subscribe`](super::Hub::subscribe) fail with a [`FeedGap`].
     pub after: Option<u64>,
 }
 
@@ -375,7 +380,10 @@ impl Subscription {
 
     /// The next event, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<HubEvent, RecvTimeoutError> {
-        let deadline = Instant::now() + timeout;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            // Longer than the clock can count: as long as it takes.
+            return self.recv().ok_or(RecvTimeoutError::Closed);
+        };
         let mut q = self.shared.lock();
         loop {
             if let Some(e) = Shared::pop(&mut q) {
@@ -464,6 +472,7 @@ pub(crate) struct Publisher {
 #[derive(Default)]
 struct PublisherState {
     /// The newest feed sequence number fanned out (or skipped with nobody listening).
+    /// Never past what the hub says is publishable (with a store, what is committed).
     through: u64,
     subscribers: Vec<Arc<Shared>>,
     closed: bool,
@@ -474,11 +483,14 @@ impl Publisher {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new subscription; with `options.after`, the feed's changes after it first.
+    /// A new subscription; with `options.after`, the feed's changes after it first (those
+    /// `publishable` allows: see [`Publisher::publish`]), else everything after the
+    /// registry's newest change, published or not.
     pub(crate) fn subscribe(
         &self,
         registry: &SharedRegistry,
         mut options: SubscribeOptions,
+        publishable: impl FnOnce(&Registry) -> u64,
     ) -> Result<Subscription, FeedGap> {
         options.capacity = options.capacity.max(1);
         let mut state = self.lock();
@@ -487,15 +499,18 @@ impl Publisher {
         let reg = registry.read();
         if state.subscribers.is_empty() {
             // Nothing was fanned out while nobody listened.
-            state.through = reg.last_seq();
+            state.through = publishable(&reg);
         }
+        // From now on: a change made before this call, even one not published yet, is
+        // not this subscription's, whoever else listens.
+        let now = reg.last_seq().max(state.through);
         let mut queue = Queue {
             options,
             events: VecDeque::new(),
             lagging: false,
             missed: 0,
-            queued_through: state.through,
-            skip_through: 0,
+            queued_through: now,
+            skip_through: now,
             closed: state.closed,
             waker: None,
         };
@@ -545,48 +560,35 @@ impl Publisher {
             .any(|s| Arc::strong_count(s) > 1 && s.lock().options.jobs)
     }
 
-    /// Fans out the registry's new feed entries, then `others`, to every subscriber;
-    /// the registry's entries only when `durable` says that memory holds no write the
-    /// store refused (it is asked with the registry's read lock held, so no write lands
-    /// between the answer and the fan-out). Otherwise they wait: a rebuild from the store
-    /// replaces them, or a later publish sends them.
+    /// Fans out the registry's new feed entries through the sequence number
+    /// `publishable` names, then `others`, to every subscriber. With a store that is the
+    /// committed one: a change not yet on the disk waits (a rebuild from the store may
+    /// replace it; a later publish sends it). It is asked with the registry's read lock
+    /// held, so no write lands between the answer and the fan-out.
     pub(crate) fn publish(
         &self,
         registry: &SharedRegistry,
         others: Vec<HubEvent>,
-        durable: impl FnOnce() -> bool,
+        publishable: impl FnOnce(&Registry) -> u64,
     ) {
         let mut state = self.lock();
         state.subscribers.retain(|s| Arc::strong_count(s) > 1);
         let reg = registry.read();
-        if !durable() {
-            drop(reg);
-            let woken: Vec<bool> = state
-                .subscribers
-                .iter()
-                .map(|s| others.iter().fold(false, |w, e| s.offer(e) | w))
-                .collect();
-            for (s, woken) in state.subscribers.iter().zip(woken) {
-                if woken {
-                    s.wake();
-                }
-            }
-            return;
-        }
-        let last = reg.last_seq();
+        let limit = publishable(&reg).min(reg.last_seq());
         if state.subscribers.is_empty() {
-            state.through = last;
+            state.through = limit;
             return;
         }
         let mut woken = vec![false; state.subscribers.len()];
-        if last < state.through {
+        if limit < state.through {
             // The registry was rebuilt from the store behind what was published.
-            state.through = last;
+            state.through = limit;
         }
         let from = state.through;
+        let mut through = limit;
         match reg.changes_after(from) {
             Ok(changes) => {
-                for c in changes {
+                for c in changes.take_while(|c| c.seq <= limit) {
                     let event = HubEvent::Twin(c.clone());
                     for (i, s) in state.subscribers.iter().enumerate() {
                         woken[i] |= s.offer(&event);
@@ -595,12 +597,14 @@ impl Publisher {
             }
             Err(gap) => {
                 // The feed dropped changes before they were published (a bulk load larger
-                // than the feed): every twin subscriber is told, in order, then gets what
-                // the feed still holds.
-                let dropped = gap.dropped_through - from;
+                // than the feed): every twin subscriber that had not got past them is
+                // told, in order, then gets what the feed still holds.
+                through = through.max(gap.dropped_through);
                 for (i, s) in state.subscribers.iter().enumerate() {
                     let mut q = s.lock();
-                    if !q.options.twins || q.closed {
+                    // A subscription resumed (`after`) past some of them missed only the rest.
+                    let dropped = gap.dropped_through.saturating_sub(from.max(q.skip_through));
+                    if !q.options.twins || q.closed || dropped == 0 {
                         continue;
                     }
                     if q.lagging || q.events.len() >= q.options.capacity {
@@ -616,7 +620,7 @@ impl Publisher {
                     woken[i] = true;
                 }
                 if let Ok(changes) = reg.changes_after(gap.dropped_through) {
-                    for c in changes {
+                    for c in changes.take_while(|c| c.seq <= limit) {
                         let event = HubEvent::Twin(c.clone());
                         for s in &state.subscribers {
                             s.offer(&event);
@@ -625,7 +629,7 @@ impl Publisher {
                 }
             }
         }
-        state.through = last;
+        state.through = through;
         drop(reg);
         for event in &others {
             for (i, s) in state.subscribers.iter().enumerate() {

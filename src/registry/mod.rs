@@ -322,6 +322,9 @@ pub struct Registry {
     pub(crate) tag_ids: FastMap<Arc<str>, u32>,
     pub(crate) feed: ChangeFeed,
     pub(crate) seq: u64,
+    /// Sequence numbers strictly between these two were reserved by a store but used by
+    /// no change that survived a restart: no consumer of this history holds one.
+    pub(crate) unused: (u64, u64),
     /// Which store opening rebuilt this registry (0: none); see `restore.rs`.
     pub(crate) origin: u64,
     /// The latest removals, for the hub's job engine (see [`RemovalLog`]).
@@ -437,6 +440,7 @@ impl Registry {
             seq: 0,
             origin: 0,
             removals: RemovalLog::new(),
+            unused: (0, 0),
         }
     }
 
@@ -477,8 +481,10 @@ impl Registry {
 
     /// The changes after sequence `after`, oldest first (`after = 0` reads from the
     /// start). A consumer resumes by passing the last `seq` it processed. If the bounded
-    /// feed already dropped changes the consumer has not seen, or `after` is beyond
-    /// [`Registry::last_seq`] (a number from another history), this is a [`FeedGap`]
+    /// feed already dropped changes the consumer has not seen, or `after` is a number
+    /// this history never handed out (beyond [`Registry::last_seq`]; or, in a registry a
+    /// store rebuilt, one of the numbers the store reserved before the restart that no
+    /// surviving change used), it comes from another history and this is a [`FeedGap`]
     /// error rather than a silent skip.
     ///
     /// ```
@@ -494,10 +500,11 @@ impl Registry {
     /// assert_eq!(gap.resume_after(), 1);
     /// ```
     pub fn changes_after(&self, after: u64) -> Result<impl Iterator<Item = &Change>, FeedGap> {
-        if after > self.seq {
+        let (below, above) = self.unused;
+        if after > self.seq || (after > below && after < above) {
             return Err(FeedGap {
                 after,
-                dropped_through: self.seq,
+                dropped_through: if after > self.seq { self.seq } else { below },
             });
         }
         self.feed.after(after)

@@ -82,18 +82,24 @@ impl Registry {
         self.origin
     }
 
-    /// Marks the registry as `origin`'s and continues the sequence after `seq` (the highest number possibly handed out before
-    /// the restart) and replaces the change feed with `changes` (increasing), everything
-    /// through `dropped_through` counting as dropped.
+    /// Marks the registry as `origin`'s and continues the sequence after `seq` (the
+    /// highest number possibly handed out before the restart) and replaces the change feed
+    /// with `changes` (increasing), everything through `dropped_through` counting as
+    /// dropped. `committed` is the newest number the store acknowledged: the numbers
+    /// after it and the newest change, up to `seq`, were reserved but never used by a
+    /// change that survived, so a consumer resuming after one of them is told of a gap
+    /// (see [`Registry::changes_after`]).
     pub(crate) fn restore_feed(
         &mut self,
         origin: u64,
         seq: u64,
         dropped_through: u64,
+        committed: u64,
         changes: Vec<Change>,
     ) {
         self.origin = origin;
         self.seq = seq;
         self.feed.restore(dropped_through, changes);
+        self.unused = (self.feed.newest().max(committed), seq);
     }
 }

@@ -433,7 +433,8 @@ impl Store {
     /// The committed changes after sequence `after`, oldest first, at most `limit`, read
     /// from the disk: how a consumer resumes after a restart. Changes the store no longer
     /// keeps ([`StoreConfig::feed_retention`]) are a [`FeedGap`]: the consumer re-reads
-    /// the twins it cares about and resumes from [`FeedGap::resume_after`]. Changes made
+    /// the twins it cares about and resumes from [`FeedGap::resume_after`]; so is a
+    /// number past [`Store::committed_seq`] (from another history). Changes made
     /// in memory but not yet committed are only in the registry's own feed
     /// ([`Registry::changes_after`]).
     pub fn changes_after(
@@ -452,6 +453,14 @@ impl Store {
             }));
         }
         let rows = txn.open_table(FEED)?;
+        // A number past everything committed comes from another history: a gap, as in
+        // `Registry::changes_after`, not a silent skip.
+        if after > self.committed {
+            return Ok(Err(FeedGap {
+                after,
+                dropped_through: self.committed,
+            }));
+        }
         let mut out = Vec::new();
         for row in rows.range(after.saturating_add(1)..)?.take(limit) {
             let (k, v) = row?;
@@ -476,7 +485,7 @@ impl Store {
             .changes_after(0)
             .map(|c| c.cloned().collect())
             .unwrap_or_default();
-        registry.restore_feed(self.origin, seq, committed.min(seq), changes);
+        registry.restore_feed(self.origin, seq, committed.min(seq), committed, changes);
         Ok(done)
     }
 
@@ -947,7 +956,7 @@ fn rebuild(
     if changes.is_empty() {
         dropped = dropped.max(committed);
     }
-    registry.restore_feed(origin, start, dropped, changes);
+    registry.restore_feed(origin, start, dropped, committed, changes);
     Ok(registry)
 }
 
