@@ -143,6 +143,7 @@ fn a_slow_consumer_gets_a_lag_signal_and_resumes_without_gap_or_repeat() {
         hub.add_tags("d1", &[&format!("t{i}")], None).unwrap();
     }
     let written: Vec<u64> = (start + 1..=start + 10).collect();
+    assert_eq!(slow.len(), 4, "three queued, and the lag signal waiting");
     let first = collect(&slow, |s| s.len() == 4);
     assert_eq!(twin_seqs(&first), written[..3]);
     let HubEvent::Lagged {
@@ -428,6 +429,42 @@ fn the_future_is_woken_by_the_hub_and_stopping_the_hub_ends_every_subscription()
         sub.recv_timeout(Duration::from_millis(10)),
         Err(RecvTimeoutError::Closed)
     );
+}
+
+/// A waker that calls the hub when woken (an executor polling the task at once) does not
+/// deadlock the publication that wakes it: wakers run with no hub lock held.
+#[test]
+fn a_waker_that_calls_the_hub_does_not_deadlock_it() {
+    struct Resubscribe(Hub, std::sync::mpsc::Sender<bool>);
+    impl Wake for Resubscribe {
+        fn wake(self: Arc<Self>) {
+            let _ = self
+                .1
+                .send(self.0.subscribe(SubscribeOptions::default()).is_ok());
+        }
+    }
+    let hub = memory_hub(Registry::new());
+    let mut sub = hub.subscribe(SubscribeOptions::twins_only()).unwrap();
+    let (woken, wakes) = std::sync::mpsc::channel();
+    let waker = Arc::new(Resubscribe(hub.clone(), woken)).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut recv = sub.recv_async();
+    assert!(std::pin::Pin::new(&mut recv).poll(&mut cx).is_pending());
+    let writer = hub.clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(writer.create_device(Twin::new(id("d1"))).is_ok());
+    });
+    assert_eq!(
+        wakes.recv_timeout(Duration::from_secs(5)),
+        Ok(true),
+        "the waker's own subscribe returned"
+    );
+    assert_eq!(finished.recv_timeout(Duration::from_secs(5)), Ok(true));
+    assert!(matches!(
+        std::pin::Pin::new(&mut recv).poll(&mut cx),
+        Poll::Ready(Some(HubEvent::Twin(_)))
+    ));
 }
 
 /// A subscription starts at the newest change whoever listened before: one dropped

@@ -286,12 +286,12 @@ impl Shared {
         true
     }
 
-    fn wake(&self) {
+    /// Wakes the threads waiting in `recv`; returns the task's waker for the caller to
+    /// wake once it holds no lock.
+    fn notify(&self) -> Option<Waker> {
         let waker = self.lock().waker.take();
         self.ready.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        waker
     }
 
     fn pop(q: &mut Queue) -> Option<HubEvent> {
@@ -421,12 +421,13 @@ impl Subscription {
         RecvFuture { sub: self }
     }
 
-    /// Events queued now.
+    /// Events queued now, counting a [`HubEvent::Lagged`] waiting to be delivered.
     pub fn len(&self) -> usize {
-        self.shared.lock().events.len()
+        let q = self.shared.lock();
+        q.events.len() + usize::from(q.lagging)
     }
 
-    /// Whether no event is queued now.
+    /// Whether no event is queued now (nor a [`HubEvent::Lagged`]).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -636,20 +637,32 @@ impl Publisher {
                 woken[i] |= s.offer(event);
             }
         }
-        for (i, s) in state.subscribers.iter().enumerate() {
-            if woken[i] || s.lock().lagging {
-                s.wake();
-            }
-        }
+        let wakers: Vec<Waker> = state
+            .subscribers
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| woken[*i] || s.lock().lagging)
+            .filter_map(|(_, s)| s.notify())
+            .collect();
+        // Tasks' wakers run with no lock held: one that polls its task at once may call
+        // the hub.
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
     }
 
     /// Ends every subscription (the hub stopped): queued events are still delivered.
     pub(crate) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        for s in state.subscribers.drain(..) {
-            s.lock().closed = true;
-            s.wake();
-        }
+        let wakers: Vec<Waker> = state
+            .subscribers
+            .drain(..)
+            .filter_map(|s| {
+                s.lock().closed = true;
+                s.notify()
+            })
+            .collect();
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
