@@ -5,7 +5,7 @@ use crate::twin::DeviceId;
 pub use crate::twin::PskKey;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Longest PSK identity accepted, in bytes (RFC 4279 §5.3 allows 2^16 - 1; LWM2M
 /// identities are short names).
@@ -151,14 +151,6 @@ pub(crate) struct PskEntry {
     pub(crate) revision: u64,
 }
 
-/// What a [`PskStore::replace`] took out of the key store.
-pub(crate) struct Displaced {
-    /// The device's earlier identity and entry.
-    own: Option<(Arc<str>, PskEntry)>,
-    /// The entry, owned by no device, that the new credentials' identity overwrote.
-    unowned: Option<(Arc<str>, PskEntry)>,
-}
-
 #[derive(Default)]
 struct Tables {
     by_identity: HashMap<Arc<str>, PskEntry>,
@@ -186,6 +178,10 @@ struct Tables {
 #[derive(Clone, Default)]
 pub struct PskStore {
     tables: Arc<RwLock<Tables>>,
+    /// Held by every change from its checks to its end, so that a change can be made
+    /// durable in between ([`PskStore::set_with`]) with no other change interleaved and
+    /// no reader kept waiting.
+    writer: Arc<Mutex<()>>,
 }
 
 impl fmt::Debug for PskStore {
@@ -210,6 +206,10 @@ impl PskStore {
         self.tables.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Sets credentials, for a device (`Some`) or for a peer that belongs to no device
     /// (`None`: e.g. a plain CoAP client allowed on the coaps endpoint). A device's earlier
     /// identity is removed (rotation); an identity held by another device is refused.
@@ -218,17 +218,20 @@ impl PskStore {
         device: Option<DeviceId>,
         credentials: PskCredentials,
     ) -> Result<(), CredentialsError> {
-        self.replace(device, credentials).map(drop)
+        self.set_with(device, credentials, || Ok::<(), CredentialsError>(()))?
     }
 
-    /// [`PskStore::set`], returning what it displaced, for [`PskStore::put_back`].
-    pub(crate) fn replace(
+    /// [`PskStore::set`], running `durable` (a store's write) after the checks and before
+    /// the change, with other changes held off: the new key is usable only once `durable`
+    /// succeeded, and an error of `durable` (the inner one) changes nothing.
+    pub(crate) fn set_with<E>(
         &self,
         device: Option<DeviceId>,
         credentials: PskCredentials,
-    ) -> Result<Displaced, CredentialsError> {
-        let mut t = self.write();
-        if let Some(existing) = t.by_identity.get(&credentials.identity)
+        durable: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Result<(), E>, CredentialsError> {
+        let _writer = self.writer();
+        if let Some(existing) = self.read().by_identity.get(&credentials.identity)
             && let Some(owner) = &existing.device
             && Some(owner) != device.as_ref()
         {
@@ -236,52 +239,34 @@ impl PskStore {
                 device: owner.clone(),
             });
         }
-        let own = device
-            .as_ref()
-            .and_then(|d| t.by_device.remove(d))
-            .and_then(|old| t.by_identity.remove(&old).map(|entry| (old, entry)));
+        if let Err(e) = durable() {
+            return Ok(Err(e));
+        }
+        let mut t = self.write();
+        if let Some(old) = device.as_ref().and_then(|d| t.by_device.remove(d)) {
+            t.by_identity.remove(&old);
+        }
         t.next_revision += 1;
         let revision = t.next_revision;
         if let Some(d) = &device {
             t.by_device.insert(d.clone(), credentials.identity.clone());
         }
-        let identity = credentials.identity;
         // What is left under the identity belongs to no device (another device's entry
-        // was refused above, this device's removed with `own`).
-        let unowned = t
-            .by_identity
-            .insert(
-                identity.clone(),
-                PskEntry {
-                    key: credentials.key,
-                    device,
-                    revision,
-                },
-            )
-            .map(|entry| (identity, entry));
-        Ok(Displaced { own, unowned })
-    }
-
-    /// Undoes a [`PskStore::replace`] for `device`: its current identity goes, and what
-    /// the replace displaced comes back as it was, revisions included, so sessions made
-    /// with the earlier keys stay open (a rotation that could not be made durable changed
-    /// nothing).
-    pub(crate) fn put_back(&self, device: &DeviceId, displaced: Displaced) {
-        let mut t = self.write();
-        if let Some(current) = t.by_device.remove(device) {
-            t.by_identity.remove(&current);
-        }
-        if let Some((identity, entry)) = displaced.unowned {
-            t.by_identity.insert(identity, entry);
-        }
-        if let Some((identity, entry)) = displaced.own {
-            t.by_device.insert(device.clone(), identity.clone());
-            t.by_identity.insert(identity, entry);
-        }
+        // was refused above, this device's removed with its identity): it is replaced.
+        t.by_identity.insert(
+            credentials.identity,
+            PskEntry {
+                key: credentials.key,
+                device,
+                revision,
+            },
+        );
+        Ok(Ok(()))
     }
 
     /// Removes an identity; true if it was there.
     pub fn remove_identity(&self, identity: &str) -> bool {
+        let _writer = self.writer();
         let mut t = self.write();
         match t.by_identity.remove(identity) {
             Some(entry) => {
@@ -296,6 +281,7 @@ impl PskStore {
 
     /// Removes a device's credentials; true if it had some.
     pub fn remove_device(&self, device: &DeviceId) -> bool {
+        let _writer = self.writer();
         let mut t = self.write();
         match t.by_device.remove(device) {
             Some(identity) => {

@@ -493,3 +493,40 @@ fn a_full_table_still_takes_a_device_back_at_a_new_address() {
     assert!(server.session_identity(addr(3)).is_some());
     assert!(server.session_identity(addr(1)).is_none());
 }
+
+#[test]
+fn a_new_key_lets_a_device_in_only_once_its_durable_step_succeeded() {
+    let now = Instant::now();
+    let store = store_with("id-1", "dev-1", key(1));
+    let mut server = DtlsServer::new(DtlsServerConfig::default(), store.clone());
+    let dev = DeviceId::new("dev-1").unwrap();
+    let handshake = |server: &mut DtlsServer, port: u16, identity: &str, k: PskKey| {
+        let mut client = DtlsClient::new(now, creds(identity, k));
+        client.send(now, b"hello");
+        !pump(now, &mut client, addr(port), server).is_empty()
+    };
+    // While the rotation is being made durable, the new key opens nothing and the old
+    // one still works; a refusal there changes nothing.
+    let refused = store.set_with(Some(dev.clone()), creds("id-2", key(2)), || {
+        assert!(!handshake(&mut server, 1, "id-2", key(2)), "new key before durable");
+        assert!(handshake(&mut server, 2, "id-1", key(1)), "old key before durable");
+        Err("disk full")
+    });
+    assert_eq!(refused, Ok(Err("disk full")));
+    assert_eq!(store.identity_of(&dev).as_deref(), Some("id-1"));
+    assert!(handshake(&mut server, 3, "id-1", key(1)));
+    assert!(!handshake(&mut server, 4, "id-2", key(2)));
+    // Once durable, the new key works and the old one is gone.
+    assert_eq!(
+        store.set_with(Some(dev.clone()), creds("id-2", key(2)), || Ok::<(), ()>(())),
+        Ok(Ok(()))
+    );
+    assert!(handshake(&mut server, 5, "id-2", key(2)));
+    assert!(!handshake(&mut server, 6, "id-1", key(1)));
+    // Another device's identity is refused before the durable step runs.
+    let other = DeviceId::new("dev-2").unwrap();
+    let taken = store.set_with(Some(other), creds("id-2", key(3)), || -> Result<(), ()> {
+        panic!("the durable step of a refused change ran")
+    });
+    assert_eq!(taken.map(drop), Err(CredentialsError::IdentityTaken { device: dev }));
+}

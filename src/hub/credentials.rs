@@ -123,34 +123,32 @@ impl Hub {
                 device: device.to_owned(),
             });
         }
-        let earlier = match self.inner.secure.get() {
-            Some(secure) => Some(
-                secure
-                    .store
-                    .replace(Some(id.clone()), credentials.clone())?,
-            ),
-            None => None,
+        // The twin first, then the commit, then the key store: the new key lets a device
+        // in only once it is durable. A failed commit leaves the registry as the disk has
+        // it and the key store untouched (the earlier key's sessions stay open).
+        let mut durable = || {
+            registry
+                .set_authentication(
+                    device,
+                    Authentication {
+                        psk_identity: Some(credentials.identity().to_owned()),
+                        psk_key: Some(credentials.key().clone()),
+                    },
+                )
+                .map_err(|_| CredentialsError::UnknownDevice {
+                    device: device.to_owned(),
+                })?;
+            self.inner
+                .commit_locked(&mut jobs, &mut registry)
+                .map_err(|error| CredentialsError::NotDurable {
+                    detail: error.to_string(),
+                })
         };
-        registry
-            .set_authentication(
-                device,
-                Authentication {
-                    psk_identity: Some(credentials.identity().to_owned()),
-                    psk_key: Some(credentials.key().clone()),
-                },
-            )
-            .map_err(|_| CredentialsError::UnknownDevice {
-                device: device.to_owned(),
-            })?;
-        if let Err(error) = self.inner.commit_locked(&mut jobs, &mut registry) {
-            // The registry is back to what is durable; so is the key store, with the
-            // earlier keys' revisions unchanged: their live sessions stay open.
-            if let (Some(secure), Some(earlier)) = (self.inner.secure.get(), earlier) {
-                secure.store.put_back(&id, earlier);
-            }
-            return Err(CredentialsError::NotDurable {
-                detail: error.to_string(),
-            });
+        match self.inner.secure.get() {
+            Some(secure) => secure
+                .store
+                .set_with(Some(id), credentials.clone(), durable)??,
+            None => durable()?,
         }
         drop(registry);
         drop(jobs);
