@@ -508,8 +508,14 @@ fn a_new_key_lets_a_device_in_only_once_its_durable_step_succeeded() {
     // While the rotation is being made durable, the new key opens nothing and the old
     // one still works; a refusal there changes nothing.
     let refused = store.set_with(Some(dev.clone()), creds("id-2", key(2)), || {
-        assert!(!handshake(&mut server, 1, "id-2", key(2)), "new key before durable");
-        assert!(handshake(&mut server, 2, "id-1", key(1)), "old key before durable");
+        assert!(
+            !handshake(&mut server, 1, "id-2", key(2)),
+            "new key before durable"
+        );
+        assert!(
+            handshake(&mut server, 2, "id-1", key(1)),
+            "old key before durable"
+        );
         Err("disk full")
     });
     assert_eq!(refused, Ok(Err("disk full")));
@@ -518,7 +524,11 @@ fn a_new_key_lets_a_device_in_only_once_its_durable_step_succeeded() {
     assert!(!handshake(&mut server, 4, "id-2", key(2)));
     // Once durable, the new key works and the old one is gone.
     assert_eq!(
-        store.set_with(Some(dev.clone()), creds("id-2", key(2)), || Ok::<(), ()>(())),
+        store.set_with(
+            Some(dev.clone()),
+            creds("id-2", key(2)),
+            || Ok::<(), ()>(())
+        ),
         Ok(Ok(()))
     );
     assert!(handshake(&mut server, 5, "id-2", key(2)));
@@ -528,5 +538,8 @@ fn a_new_key_lets_a_device_in_only_once_its_durable_step_succeeded() {
     let taken = store.set_with(Some(other), creds("id-2", key(3)), || -> Result<(), ()> {
         panic!("the durable step of a refused change ran")
     });
-    assert_eq!(taken.map(drop), Err(CredentialsError::IdentityTaken { device: dev }));
+    assert_eq!(
+        taken.map(drop),
+        Err(CredentialsError::IdentityTaken { device: dev })
+    );
 }

@@ -246,6 +246,10 @@ pub(crate) struct Parent {
     pub(crate) end: u32,
     cursor: u32,
     requeued: VecDeque<u32>,
+    /// Children ready to go on (a retry came due, a device came back) while
+    /// `max_in_flight` children were in progress: [`JobEngine::pump`] resumes them before
+    /// it starts new ones. A child is in it at most once (`Child::held`).
+    held: VecDeque<u32>,
     pub(crate) stats: JobStatistics,
     /// Failed children by [`FailureKind`], for abort rules (removed devices not counted).
     failures: [u64; 4],
@@ -374,6 +378,8 @@ pub(crate) struct Child {
     resends: u8,
     /// Polls since the current step began (the poll wait doubles with each).
     polls: u8,
+    /// In its parent's `held` queue.
+    held: bool,
     op: Option<OpId>,
     deadline: Option<Instant>,
     next_poll: Option<Instant>,
@@ -648,6 +654,7 @@ impl JobEngine {
                 flags: 0,
                 resends: 0,
                 polls: 0,
+                held: false,
                 op: None,
                 deadline: None,
                 next_poll: None,
@@ -678,6 +685,7 @@ impl JobEngine {
             end,
             cursor: first,
             requeued: VecDeque::new(),
+            held: VecDeque::new(),
             stats: JobStatistics {
                 device_count: n,
                 pending: n,
@@ -1305,6 +1313,11 @@ impl JobEngine {
             {
                 return;
             }
+            // Children already started go on before new ones start (no rate applies).
+            if let Some(c) = par.held.pop_front() {
+                self.resume_held(now, c);
+                continue;
+            }
             let rate = par.rate();
             if let Some(rate) = rate {
                 while par
@@ -1371,19 +1384,60 @@ impl JobEngine {
                 if child.state != ChildState::RetryWait || child.attempt != attempt {
                     return;
                 }
-                let child = &mut self.children[c as usize];
-                child.attempt = child.attempt.saturating_add(1);
-                child.step = 0;
-                child.flags = 0;
-                child.resends = 0;
-                child.polls = 0;
-                if is_offline(&self.devices, &child.device) {
-                    self.child_apply(now, c, ChildEvent::RetryDueOffline);
-                } else if self.child_apply(now, c, ChildEvent::RetryDue) {
-                    self.arm_deadline(now, c);
-                    self.drive(now, c);
+                if !is_offline(&self.devices, &child.device) && self.hold_if_full(c) {
+                    return;
+                }
+                self.retry_due(now, c);
+            }
+        }
+    }
+
+    /// Whether the child's parent has `max_in_flight` children in progress; then the
+    /// child is queued to go on when one of them ends (see `Parent::held`).
+    fn hold_if_full(&mut self, c: u32) -> bool {
+        let child = &mut self.children[c as usize];
+        let par = &mut self.parents[child.parent as usize];
+        let full = par
+            .spec
+            .rollout
+            .max_in_flight
+            .is_some_and(|max| par.stats.running >= max as u64);
+        if full && !child.held {
+            child.held = true;
+            par.held.push_back(c);
+        }
+        full
+    }
+
+    /// A held child goes on, if it still waits for what it was held at.
+    fn resume_held(&mut self, now: Instant, c: u32) {
+        let child = &mut self.children[c as usize];
+        child.held = false;
+        let online = !is_offline(&self.devices, &child.device);
+        match child.state {
+            ChildState::RetryWait => self.retry_due(now, c),
+            ChildState::WaitingForDevice if online => {
+                if self.child_apply(now, c, ChildEvent::DeviceOnline) {
+                    self.resume(now, c);
                 }
             }
+            _ => {}
+        }
+    }
+
+    /// A child's retry came due: its next attempt starts (or waits for its device).
+    fn retry_due(&mut self, now: Instant, c: u32) {
+        let child = &mut self.children[c as usize];
+        child.attempt = child.attempt.saturating_add(1);
+        child.step = 0;
+        child.flags = 0;
+        child.resends = 0;
+        child.polls = 0;
+        if is_offline(&self.devices, &child.device) {
+            self.child_apply(now, c, ChildEvent::RetryDueOffline);
+        } else if self.child_apply(now, c, ChildEvent::RetryDue) {
+            self.arm_deadline(now, c);
+            self.drive(now, c);
         }
     }
 
@@ -2118,6 +2172,7 @@ impl JobEngine {
         self.mark_child(c);
         let state = self.children[c as usize].state;
         match state {
+            ChildState::WaitingForDevice if self.hold_if_full(c) => {}
             ChildState::WaitingForDevice if self.child_apply(now, c, ChildEvent::DeviceOnline) => {
                 self.resume(now, c);
             }
@@ -2221,6 +2276,14 @@ impl JobEngine {
             }
             if par.stats.total() != par.stats.device_count {
                 return Err(format!("job {}: statistics do not add up", par.id));
+            }
+            if let Some(max) = par.spec.rollout.max_in_flight
+                && par.stats.running > max as u64
+            {
+                return Err(format!(
+                    "job {}: {} children in progress, max_in_flight {max}",
+                    par.id, par.stats.running
+                ));
             }
             if par.state.is_terminal() && par.stats.finished() != par.stats.device_count {
                 return Err(format!(

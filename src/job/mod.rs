@@ -34,7 +34,8 @@
 //!
 //! The states and their transitions are the table in [`state`] ([`CHILD_TRANSITIONS`]).
 //! A child starts when the rollout admits it: at most `max_per_minute` starts in any
-//! sliding minute (or the ramped rate), at most `max_in_flight` children in progress, and
+//! sliding minute (or the ramped rate), at most `max_in_flight` children in progress (a
+//! retry come due or a device come back waits for a slot too, ahead of new starts), and
 //! at most one child per device across all jobs (a child whose device is busy with
 //! another job waits its turn, still `enqueued`). A child whose device is offline waits
 //! (`running`, "waiting for the device") until the device registers again or the job's
@@ -181,8 +182,8 @@ pub use history::{HistoryCursor, HistoryFilter, HistoryPage, JobRecord, RecordSc
 pub use history_query::{HistoryChanges, HistoryProperty, HistorySnapshot, LiveHistory};
 pub use spec::{
     AbortRule, ExponentialRamp, FailureKind, FailureReason, JobId, JobIdError, JobKind, JobSpec,
-    JobType, MAX_JOB_ID_LEN, MAX_JOB_PROPERTIES, MAX_PACKAGE_URI_LEN, RetryRule, Rollout,
-    SpecError, update_result_text,
+    JobType, MAX_JOB_DURATION, MAX_JOB_ID_LEN, MAX_JOB_PROPERTIES, MAX_PACKAGE_URI_LEN, RetryRule,
+    Rollout, SpecError, update_result_text,
 };
 pub use state::{
     CHILD_TRANSITIONS, ChildEvent, ChildState, JobStatus, PARENT_TRANSITIONS, ParentEvent,

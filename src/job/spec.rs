@@ -17,6 +17,11 @@ pub const MAX_JOB_PROPERTIES: usize = 64;
 /// Most bytes of a firmware package URI (the preview's limit for `/5/0/1`).
 pub const MAX_PACKAGE_URI_LEN: usize = 255;
 
+/// The longest time a job spec may name (a device timeout, a maximum execution time, a
+/// retry's backoff): 100 years. Longer ones are refused by [`JobSpec::validate`]; they
+/// would pass the range of the clock the engine schedules on.
+pub const MAX_JOB_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// A validated job id: 1 to 64 ASCII letters, digits and `-` (IoT Hub's rule).
 ///
 /// ```
@@ -468,7 +473,10 @@ pub struct Rollout {
     /// Optional ramp-up; the rate is capped by `max_per_minute` when both are set.
     pub ramp: Option<ExponentialRamp>,
     /// At most this many children in progress at once (waiting for an offline device or
-    /// for a retry does not count).
+    /// for a retry does not count). A child whose retry comes due, or whose device comes
+    /// back, while this many are in progress waits for one of them to end, and goes on
+    /// before any new child starts (its resumption is not a start: `max_per_minute` does
+    /// not apply to it).
     pub max_in_flight: Option<u32>,
 }
 
@@ -521,12 +529,18 @@ impl RetryRule {
         }
     }
 
-    /// The wait before retry number `retry` (1-based).
+    /// The wait before retry number `retry` (1-based): `initial_backoff` times
+    /// `multiplier` to the power `retry - 1`, at most `max_backoff` (which it is also
+    /// when the product is too large to compute).
     pub fn backoff(&self, retry: u32) -> Duration {
         let f = self.multiplier.powi(retry.saturating_sub(1).min(64) as i32);
-        self.initial_backoff
-            .mul_f64(f.min(1e9))
-            .min(self.max_backoff)
+        let secs = self.initial_backoff.as_secs_f64() * f;
+        // Also false for NaN and infinity.
+        if secs < self.max_backoff.as_secs_f64() {
+            Duration::try_from_secs_f64(secs).map_or(self.max_backoff, |d| d.min(self.max_backoff))
+        } else {
+            self.max_backoff
+        }
     }
 }
 
@@ -717,11 +731,14 @@ impl JobSpec {
             }
             JobType::Reboot { .. } | JobType::FactoryReset { .. } => {}
         }
-        if self.device_timeout.is_zero() {
-            return bad("deviceTimeout", "must be positive");
+        if self.device_timeout.is_zero() || self.device_timeout > MAX_JOB_DURATION {
+            return bad("deviceTimeout", "must be positive and at most 100 years");
         }
-        if self.max_execution_time.is_some_and(|d| d.is_zero()) {
-            return bad("maxExecutionTime", "must be positive");
+        if self
+            .max_execution_time
+            .is_some_and(|d| d.is_zero() || d > MAX_JOB_DURATION)
+        {
+            return bad("maxExecutionTime", "must be positive and at most 100 years");
         }
         if self.rollout.max_per_minute == Some(0) || self.rollout.max_in_flight == Some(0) {
             return bad("rollout", "limits must be at least 1");
@@ -745,8 +762,16 @@ impl JobSpec {
             }
         }
         for r in &self.retries {
-            if r.max_retries > 10 || r.multiplier.is_nan() || r.multiplier < 1.0 {
-                return bad("retries", "at most 10 retries and a multiplier >= 1");
+            if r.max_retries > 10
+                || !r.multiplier.is_finite()
+                || r.multiplier < 1.0
+                || r.initial_backoff > MAX_JOB_DURATION
+                || r.max_backoff > MAX_JOB_DURATION
+            {
+                return bad(
+                    "retries",
+                    "at most 10 retries, a finite multiplier >= 1 and backoffs of at most 100 years",
+                );
             }
         }
         Ok(())
