@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A wall-clock instant: milliseconds since the Unix epoch (UTC).
 ///
 /// Serialises as an RFC 3339 string with millisecond precision, e.g.
-/// `2016-04-29T12:00:00.000Z`.
+/// `2016-04-29T12:00:00.000Z`. Runs from the epoch to [`Timestamp::MAX`],
+/// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write: a later one given in
+/// milliseconds is taken as `MAX` (so whatever is stored or exported reads back; a year
+/// past 9999 would not parse).
 ///
 /// ```
 /// use twinhub::Timestamp;
@@ -25,9 +28,16 @@ impl Timestamp {
     /// The Unix epoch, 1970-01-01T00:00:00Z.
     pub const EPOCH: Timestamp = Timestamp(0);
 
-    /// A timestamp from milliseconds since the Unix epoch.
+    /// The last instant a timestamp holds, 9999-12-31T23:59:59.999Z.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+
+    /// A timestamp from milliseconds since the Unix epoch, at most [`Timestamp::MAX`].
     pub const fn from_millis(ms: u64) -> Self {
-        Timestamp(ms)
+        if ms > Self::MAX.0 {
+            Self::MAX
+        } else {
+            Timestamp(ms)
+        }
     }
 
     /// Milliseconds since the Unix epoch.
@@ -41,12 +51,15 @@ impl Timestamp {
         let d = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        Timestamp(d.as_millis() as u64)
+        Timestamp::from_millis(d.as_millis().min(u128::from(u64::MAX)) as u64)
     }
 
-    /// This timestamp moved forward by `d` (saturating).
+    /// This timestamp moved forward by `d` (saturating at [`Timestamp::MAX`]).
     pub fn saturating_add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_millis() as u64))
+        Timestamp::from_millis(
+            self.0
+                .saturating_add(d.as_millis().min(u128::from(u64::MAX)) as u64),
+        )
     }
 
     /// The time elapsed from `earlier` to `self`, zero if `earlier` is later.
@@ -157,7 +170,8 @@ impl std::error::Error for TimestampParseError {}
 impl std::str::FromStr for Timestamp {
     type Err = TimestampParseError;
 
-    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`; years 1970..=9999.
+    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`; from the epoch to
+    /// [`Timestamp::MAX`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         parse_millis(s.as_bytes())
             .map(Timestamp)
@@ -233,7 +247,10 @@ fn parse_millis(b: &[u8]) -> Option<u64> {
     };
     let days = days_from_civil(i64::from(y), mo, d);
     let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + se.min(59)) - offset_secs;
-    u64::try_from(secs).ok().map(|secs| secs * 1000 + ms)
+    u64::try_from(secs)
+        .ok()
+        .map(|secs| secs * 1000 + ms)
+        .filter(|&ms| ms <= Timestamp::MAX.0)
 }
 
 impl serde::Serialize for Timestamp {
@@ -410,7 +427,7 @@ mod tests {
         let days = days_from_civil(y as i64, mo, d);
         let secs =
             days * 86_400 + (h as i64) * 3600 + (mi as i64) * 60 + se.min(59) as i64 - offset_secs;
-        if secs < 0 {
+        if secs < 0 || secs as u64 * 1000 + ms > Timestamp::MAX.0 {
             return Err(err());
         }
         Ok(Timestamp(secs as u64 * 1000 + ms))
@@ -430,13 +447,18 @@ mod tests {
     }
 
     #[test]
-    fn years_past_9999_are_formatted_too() {
-        let t = Timestamp::from_millis(253_402_300_800_000); // 10000-01-01
-        assert_eq!(t.to_string(), "10000-01-01T00:00:00.000Z");
-        assert_eq!(
-            serde_json::to_string(&t).unwrap(),
-            "\"10000-01-01T00:00:00.000Z\""
-        );
+    fn times_past_9999_are_the_last_instant_of_9999_and_read_back() {
+        for ms in [253_402_300_800_000, u64::MAX] {
+            let t = Timestamp::from_millis(ms); // 10000-01-01, and the largest
+            assert_eq!(t, Timestamp::MAX);
+            assert_eq!(t.to_string(), "9999-12-31T23:59:59.999Z");
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        }
+        assert_eq!(Timestamp::MAX.saturating_add(Duration::MAX), Timestamp::MAX);
+        // Past the end by way of an offset: refused, not wrapped.
+        assert!("9999-12-31T23:30:00-01:00".parse::<Timestamp>().is_err());
+        assert!("9999-12-31T23:30:00+01:00".parse::<Timestamp>().is_ok());
     }
 
     proptest! {
@@ -453,7 +475,7 @@ mod tests {
         }
 
         #[test]
-        fn display_parse_round_trip(ms in 0u64..253_402_300_799_000) {
+        fn display_parse_round_trip(ms in any::<u64>()) {
             let t = Timestamp::from_millis(ms);
             prop_assert_eq!(t.to_string().parse::<Timestamp>().unwrap(), t);
         }

@@ -77,6 +77,20 @@ impl Registry {
         }
     }
 
+    /// Gives every twin's generation id and etags one new sequence number, the next: a
+    /// registry a store adopts must show no number the store's directory handed out
+    /// (a client's `If-Match` with an etag of the content it replaced must fail). Call
+    /// after [`Registry::advance_seq`].
+    pub(crate) fn renumber_versions(&mut self) {
+        self.seq += 1;
+        let n = self.seq;
+        for e in self.slots.iter_mut().flatten() {
+            e.generation = n;
+            e.etag = n;
+            e.service_etag = n;
+        }
+    }
+
     /// Which store opening rebuilt this registry (0: none).
     pub(crate) fn origin(&self) -> u64 {
         self.origin

@@ -416,8 +416,11 @@ impl Store {
         JobEngine::restore_after(earlier, now, wall, parents, children).map_err(bad_job_row)
     }
 
-    /// Rewrites every twin from `registry` in one transaction (an import of a registry
-    /// built in memory, or a repair); returns once it is on disk.
+    /// Rewrites every twin from `registry` in one transaction (a repair, or an import of
+    /// a registry built in memory); returns once it is on disk. The registry's numbers
+    /// are written as they are: a registry from another history may show etags and
+    /// sequence numbers this directory handed out before (a consumer resuming past its
+    /// last number gets a [`FeedGap`]). [`Store::adopt`] is the import that renumbers.
     pub fn commit_all(&mut self, registry: &Registry) -> Result<Committed, StoreError> {
         if self.poisoned {
             return Err(StoreError::Poisoned);
@@ -472,13 +475,16 @@ impl Store {
     /// Makes `registry` the store's content and commits it. The registry
     /// [`Store::open`] (or [`Store::reload`]) returned is committed as usual. A registry
     /// built elsewhere is imported: its twins replace what the directory held, its
-    /// sequence first moves past every number the directory ever handed out (so no
-    /// etag repeats), and it becomes this store's registry.
+    /// sequence first moves past every number the directory ever handed out, and every
+    /// twin's generation id and etags take a number after those (so no etag repeats: a
+    /// client's `If-Match` from before fails), and it becomes this store's registry. A
+    /// consumer resuming the change feed from before gets a [`FeedGap`].
     pub fn adopt(&mut self, registry: &mut Registry) -> Result<Committed, StoreError> {
         if registry.origin() == self.origin {
             return self.commit(registry);
         }
         registry.advance_seq(self.reserved);
+        registry.renumber_versions();
         let done = self.commit_all(registry)?;
         let (seq, committed) = (registry.last_seq(), self.committed);
         let changes = registry
