@@ -114,8 +114,8 @@ fn a_retry_coming_due_waits_for_a_slot_under_max_in_flight() {
     assert_eq!(e.child_state(&id, &b).unwrap().0, ChildState::Succeeded);
     let ops = drain(&mut e);
     assert_eq!(
-        ops.iter().map(|o| o.device.clone()).collect::<Vec<_>>(),
-        [a.clone()],
+        ops.iter().map(|o| o.device.as_str()).collect::<Vec<_>>(),
+        ["a"],
         "a's second attempt takes the slot"
     );
     assert_eq!(e.child_state(&id, &a).unwrap().0, ChildState::InProgress);
@@ -180,8 +180,8 @@ fn a_device_coming_back_waits_for_a_slot_under_max_in_flight() {
     assert_eq!(e.child_state(&id, &b).unwrap().0, ChildState::Succeeded);
     let ops = drain(&mut e);
     assert_eq!(
-        ops.iter().map(|o| o.device.clone()).collect::<Vec<_>>(),
-        [a.clone()]
+        ops.iter().map(|o| o.device.as_str()).collect::<Vec<_>>(),
+        ["a"]
     );
     assert_eq!(in_progress(&e, &id), 1);
 }
@@ -226,7 +226,7 @@ fn a_retry_rule_past_the_bounds_is_refused_and_backoff_never_panics() {
     let rule = &spec.retries[0];
     assert_eq!(rule.backoff(1), Duration::from_secs(1));
     assert_eq!(rule.backoff(3), Duration::from_secs(1));
-    let mut extreme = rule.clone();
+    let mut extreme = *rule;
     extreme.initial_backoff = Duration::MAX;
     extreme.max_backoff = Duration::MAX;
     extreme.multiplier = f64::INFINITY;

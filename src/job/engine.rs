@@ -1414,12 +1414,13 @@ impl JobEngine {
         let child = &mut self.children[c as usize];
         child.held = false;
         let online = !is_offline(&self.devices, &child.device);
-        match child.state {
+        let state = child.state;
+        match state {
             ChildState::RetryWait => self.retry_due(now, c),
-            ChildState::WaitingForDevice if online => {
-                if self.child_apply(now, c, ChildEvent::DeviceOnline) {
-                    self.resume(now, c);
-                }
+            ChildState::WaitingForDevice
+                if online && self.child_apply(now, c, ChildEvent::DeviceOnline) =>
+            {
+                self.resume(now, c);
             }
             _ => {}
         }
