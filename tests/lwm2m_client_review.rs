@@ -241,3 +241,29 @@ fn a_duplicate_separate_register_response_is_acknowledged_not_reset() {
         "the duplicate CON response is acknowledged again: {again:?}"
     );
 }
+
+/// Create (LwM2M 1.1 §5.4.5: "Create ... a new Object Instance"): content naming two
+/// instances was silently merged into the first one's id; it is refused now (4.00) and
+/// creates nothing.
+#[test]
+fn a_create_naming_two_instances_is_refused_and_creates_nothing() {
+    let mut h = Harness::registered();
+    let body = br#"[{"n":"/3303/1/5701","vs":"Far"},{"n":"/3303/2/5701","vs":"Cel"}]"#;
+    let mut post = Message::request(Code::POST, "/3303");
+    post.set_content_format(ContentFormat(Cf::SenmlJson.code()));
+    post.payload = body.to_vec();
+    assert_eq!(h.request(post).code, Code::BAD_REQUEST);
+    for path in ["/3303/1", "/3303/2"] {
+        assert_eq!(
+            h.request(Message::request(Code::GET, path)).code,
+            Code::NOT_FOUND,
+            "{path}"
+        );
+    }
+    // One instance in the content is created as before.
+    let mut post = Message::request(Code::POST, "/3303");
+    post.set_content_format(ContentFormat(Cf::SenmlJson.code()));
+    post.payload = br#"[{"n":"/3303/1/5701","vs":"Far"}]"#.to_vec();
+    assert_eq!(h.request(post).code, Code::CREATED);
+    assert_eq!(h.read_text("/3303/1/5701"), "Far");
+}

@@ -1177,7 +1177,17 @@ impl JobEngine {
 
     /// The next operation to submit to the transport.
     pub fn poll_op(&mut self) -> Option<DeviceOp> {
-        self.outbox.pop_front()
+        // An operation whose child no longer waits for it (cancelled, timed out, its
+        // device gone, before the operation was taken) is not sent: a cancelled reboot
+        // must not reach the device. Cancelling an observation is tracked by no child.
+        while let Some(op) = self.outbox.pop_front() {
+            if self.ops.contains_key(&op.id)
+                || matches!(op.request, DeviceRequest::CancelObserve { .. })
+            {
+                return Some(op);
+            }
+        }
+        None
     }
 
     /// The next batch of values read from a device, for the twin.

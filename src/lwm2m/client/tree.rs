@@ -278,10 +278,18 @@ impl ObjectTree {
     }
 
     /// Creates an instance under `/oid` (the id comes from the content's paths, or is the
-    /// lowest free one) or at `/oid/iid`. Returns the new instance's path.
+    /// lowest free one) or at `/oid/iid`. Returns the new instance's path. Content naming
+    /// more than one instance is refused ([`ObjectError::Rejected`], 4.00).
     pub fn create(&mut self, path: &Lwm2mPath, content: Content) -> Result<Lwm2mPath, ObjectError> {
         let object = self.server_object(path)?;
         let oid = object.definition().id;
+        // One instance a Create: content naming several is refused, not merged into one.
+        let mut named = content.values.iter().filter_map(|(p, _)| p.instance_id());
+        if let Some(first) = named.next()
+            && named.any(|i| i != first)
+        {
+            return Err(ObjectError::Rejected);
+        }
         let existing = object.instance_ids();
         let iid = match *path.ids() {
             [_] => match content.values.first() {
