@@ -12,7 +12,8 @@ use twinhub::lwm2m::client::{
     Access, ClientConfig, ClientEvent, FirmwareUpdate, Lwm2mClient, ObjectDef, ObjectError,
     ObjectTree, ResourceData, ResourceDef, UpdateResult, UpdateState, ValueObject, objects,
 };
-use twinhub::{Lwm2mPath, ResourceType, ResourceValue};
+use twinhub::lwm2m::content::{self, ContentFormat as Cf};
+use twinhub::{Content, Lwm2mPath, ResourceType, ResourceValue};
 
 const SERVER: &str = "127.0.0.1:5683";
 
@@ -1701,4 +1702,185 @@ fn a_notification_timing_out_during_an_update_asks_no_second_update() {
         (MessageType::Confirmable, token)
     );
     assert!(h.next_post(5).is_none(), "a second Update");
+}
+
+/// Reads `path` as text (2.05 expected).
+fn read_text(h: &mut Harness, path: &str) -> String {
+    let r = h.get(path, None);
+    assert_eq!(r.code, Code::CONTENT, "GET {path}");
+    text(&r)
+}
+
+/// Hands the client a datagram from the server.
+fn feed(h: &mut Harness, m: &Message) {
+    h.client
+        .handle_datagram(h.now, server(), &m.to_bytes().unwrap());
+}
+
+/// README, "The device library": "Write-Composite (`iPATCH /`; every value is checked and
+/// validated before any is written, so one refusal changes nothing)"; module docs: "validated
+/// in full before anything is written ([`ObjectTree::write_composite`])".
+///
+/// A hostile server sends a Write-Composite that changes /3303/0/5701 and writes a Package
+/// URI while the firmware object is not Idle. The firmware object refuses the URI (4.05), but
+/// only inside `Object::write` (it had no `validate`), after /3303/0/5701 was already
+/// written: the refusal was answered, and the other value stayed changed (a review
+/// helper's finding; `Object::validate_write` checks the whole write first now).
+#[test]
+fn write_composite_refused_by_the_firmware_object_changes_nothing() {
+    let mut h = Harness::registered();
+    // Push a package: the firmware object goes Downloaded (state 2), no longer Idle.
+    let mut push = Message::request(Code::PUT, "/5/0/0");
+    push.set_content_format(ContentFormat::OCTET_STREAM);
+    push.payload = b"package".to_vec();
+    assert_eq!(h.request(push).code, Code::CHANGED);
+    assert_eq!(read_text(&mut h, "/5/0/3"), "2");
+
+    let body =
+        br#"[{"n":"/3303/0/5701","vs":"Far"},{"n":"/5/0/1","vs":"coap://127.0.0.1:5683/fw"}]"#;
+    let mut patch = Message::request(Code::IPATCH, "/");
+    patch.set_content_format(ContentFormat(Cf::SenmlJson.code()));
+    patch.payload = body.to_vec();
+    let r = h.request(patch);
+    assert!(
+        !r.code.is_success(),
+        "a Package URI write in state Downloaded is refused, got {:?}",
+        r.code
+    );
+    assert_eq!(
+        read_text(&mut h, "/3303/0/5701"),
+        "Cel",
+        "the refused Write-Composite ({:?}) changed /3303/0/5701 anyway",
+        r.code
+    );
+}
+
+/// tree.rs, `ObjectTree::write` (the Write of an instance, `PUT /5/0`): "Every value is
+/// type-checked and validated before any is written; a refusal writes nothing."
+///
+/// A Write (Replace) of the Firmware Update instance with both the Package (/5/0/0) and a
+/// Package URI (/5/0/1): the package was applied (state Downloaded, the application's
+/// `on_package` ran), then the URI refused because the state was no longer Idle, and the
+/// server got 4.05 for a write that did change the device. Now the pair is refused (4.00:
+/// it would start two updates) before either is written.
+#[test]
+fn a_refused_instance_write_writes_nothing() {
+    let mut h = Harness::registered();
+    assert_eq!(read_text(&mut h, "/5/0/3"), "0");
+    let instance = Lwm2mPath::instance(5, 0);
+    let values = Content {
+        values: vec![
+            (
+                Lwm2mPath::resource(5, 0, 0),
+                ResourceValue::Opaque(b"package".to_vec()),
+            ),
+            (
+                Lwm2mPath::resource(5, 0, 1),
+                ResourceValue::String("coap://127.0.0.1:5683/fw".into()),
+            ),
+        ],
+    };
+    let mut put = Message::request(Code::PUT, "/5/0");
+    put.set_content_format(ContentFormat(Cf::Tlv.code()));
+    put.payload = content::encode(Cf::Tlv, &instance, &values).unwrap();
+    let r = h.request(put);
+    assert_eq!(
+        r.code,
+        Code::BAD_REQUEST,
+        "a package and a URI in one Write"
+    );
+    assert_eq!(
+        read_text(&mut h, "/5/0/3"),
+        "0",
+        "the Write was refused ({:?}) but the package was applied (state changed)",
+        r.code
+    );
+    assert_eq!(
+        read_text(&mut h, "/5/0/1"),
+        "",
+        "the URI was not written either"
+    );
+}
+
+/// RFC 7252 §4.5 (the CoAP the LWM2M client speaks; module docs: "Its own small CoAP
+/// exchange layer"): "The recipient SHOULD acknowledge each duplicate copy of a Confirmable
+/// message using the same Acknowledgement or Reset message but SHOULD process any request or
+/// response in the message only once."
+///
+/// The server answers Register with an empty ACK, then a separate CON 2.01. Its copy of the
+/// client's ACK is lost, so it retransmits the 2.01 (same message id): the client must ACK
+/// it again. It answered with a RST instead (the exchange was gone from `outgoing`, so the
+/// duplicate was taken for an unknown response), which told the server its Register
+/// response was rejected (a review helper's finding).
+#[test]
+fn a_duplicate_separate_register_response_is_acknowledged_not_reset() {
+    let now = Instant::now();
+    let mut h = Harness {
+        client: Lwm2mClient::new(now, ClientConfig::new("dev-1", server()), tree()),
+        now,
+        mid: 100,
+        token: 1,
+        backlog: Vec::new(),
+    };
+    h.client.handle_timeout(h.now);
+    let reg = h.sent().pop().expect("register sent");
+    assert_eq!(reg.code, Code::POST);
+    feed(
+        &mut h,
+        &Message::empty(MessageType::Acknowledgement, reg.message_id),
+    );
+    let mut created = Message::new(MessageType::Confirmable, Code::CREATED, 7000);
+    created.with_token(reg.token());
+    created.add_location_path("rd");
+    created.add_location_path("abc");
+    feed(&mut h, &created);
+    let first = h.sent();
+    assert!(
+        first
+            .iter()
+            .any(|m| m.mtype == MessageType::Acknowledgement && m.message_id == 7000),
+        "the separate response is acknowledged: {first:?}"
+    );
+    assert!(h.client.is_registered());
+    // The ACK was lost: the server retransmits the same CON response.
+    feed(&mut h, &created);
+    let again = h.sent();
+    assert!(
+        again
+            .iter()
+            .all(|m| !(m.mtype == MessageType::Reset && m.message_id == 7000)),
+        "the duplicate CON response got a RST: {again:?}"
+    );
+    assert!(
+        again
+            .iter()
+            .any(|m| m.mtype == MessageType::Acknowledgement && m.message_id == 7000),
+        "the duplicate CON response is acknowledged again: {again:?}"
+    );
+}
+
+/// Create (LwM2M 1.1 §5.4.5: "Create ... a new Object Instance"): content naming two
+/// instances was silently merged into the first one's id; it is refused now (4.00) and
+/// creates nothing.
+#[test]
+fn a_create_naming_two_instances_is_refused_and_creates_nothing() {
+    let mut h = Harness::registered();
+    let body = br#"[{"n":"/3303/1/5701","vs":"Far"},{"n":"/3303/2/5701","vs":"Cel"}]"#;
+    let mut post = Message::request(Code::POST, "/3303");
+    post.set_content_format(ContentFormat(Cf::SenmlJson.code()));
+    post.payload = body.to_vec();
+    assert_eq!(h.request(post).code, Code::BAD_REQUEST);
+    for path in ["/3303/1", "/3303/2"] {
+        assert_eq!(
+            h.request(Message::request(Code::GET, path)).code,
+            Code::NOT_FOUND,
+            "{path}"
+        );
+    }
+    // One instance in the content is created as before.
+    let mut post = Message::request(Code::POST, "/3303");
+    post.set_content_format(ContentFormat(Cf::SenmlJson.code()));
+    post.payload = br#"[{"n":"/3303/1/5701","vs":"Far"}]"#.to_vec();
+    assert_eq!(h.request(post).code, Code::CREATED);
+    assert_eq!(read_text(&mut h, "/3303/1/5701"), "Far");
 }
