@@ -1865,7 +1865,14 @@ impl Inner {
                         Err(e) => self.sync_failed(device, *op, e, ops),
                     }
                 }
-                let _ = reg.set_last_activity(device.as_str(), at);
+                // A failure the transport made up (not registered, queue full) is not the
+                // device being heard from.
+                if !matches!(
+                    result,
+                    Err(DeviceError::NotRegistered | DeviceError::QueueFull)
+                ) {
+                    let _ = reg.set_last_activity(device.as_str(), at);
+                }
             }
         }
     }

@@ -367,7 +367,9 @@ pub struct Twin {
     /// Authentication material (the key is never serialized).
     #[serde(default)]
     pub authentication: Authentication,
-    /// The device's current LWM2M registration, while it has one.
+    /// The device's latest LWM2M registration. It stays after the device de-registers or
+    /// its registration expires (`connection_state` then says `Disconnected`), so its last
+    /// address, lifetime and objects remain visible; the next registration replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<RegistrationInfo>,
     /// The configuration string set by the `updateDeviceConfiguration` job.

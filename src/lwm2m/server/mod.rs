@@ -565,13 +565,15 @@ impl Lwm2mServer {
         identity: Option<&PeerIdentity>,
         bytes: &[u8],
     ) {
-        if let Some(&slot) = self.by_addr.get(&peer) {
-            self.device_talked(now, slot);
-        }
         self.current_identity = identity.cloned();
         self.endpoint.handle_datagram(now, peer, bytes);
         self.drain_endpoint(now);
         self.current_identity = None;
+        // Queued operations go out once the datagram was handled: a device that woke to
+        // de-register gets none of them (they fail with NotRegistered instead).
+        if let Some(&slot) = self.by_addr.get(&peer) {
+            self.device_talked(now, slot);
+        }
     }
 
     fn handle_request(
@@ -915,7 +917,8 @@ impl Lwm2mServer {
         }
     }
 
-    /// The old address answered a takeover probe (a response or an RST).
+    /// The old address answered a takeover probe (a response or an RST), or the
+    /// registration's owner sent an Update meanwhile.
     fn probe_answered(&mut self, now: Instant, id: RequestId) {
         let Some((slot, generation)) = self.probes.remove(&id) else {
             return;
@@ -938,6 +941,11 @@ impl Lwm2mServer {
         let awake = now + self.config.awake_window;
         let Some(reg) = self.slot_mut(slot) else {
             return Code::NOT_FOUND;
+        };
+        // The registration's owner is alive: a takeover probe under way is answered.
+        let probing = match reg.probe {
+            Probe::InFlight(id) => Some(id),
+            _ => None,
         };
         if let Some(lt) = u.lifetime {
             reg.info.lifetime = lt;
@@ -976,6 +984,9 @@ impl Lwm2mServer {
         self.timers
             .push(Reverse((expires, Timer::Expiry { slot, generation })));
         self.events.push_back(event);
+        if let Some(id) = probing {
+            self.probe_answered(now, id);
+        }
         self.pump(now, slot);
         Code::CHANGED
     }
@@ -1160,7 +1171,9 @@ impl Lwm2mServer {
         if refused && self.fall_back(now, &o) {
             return;
         }
-        let result = if m.code.class() == 2 {
+        // 2.31 Continue is no outcome (RFC 7959 §2.9.1): the endpoint takes it inside a
+        // Block1 upload; one reaching here is an answer that says nothing was done.
+        let result = if m.code.class() == 2 && m.code != Code::CONTINUE {
             self.reply(now, &o, m, id)
         } else {
             Err(match (m.code.class(), m.code.detail()) {
