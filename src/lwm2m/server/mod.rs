@@ -953,7 +953,12 @@ impl Lwm2mServer {
         if let Some(b) = u.binding {
             reg.info.binding = b;
         }
-        if let Some(q) = u.queue_mode {
+        // LwM2M 1.0 says queue mode in the binding (`UQ`), so an Update's binding sets
+        // it either way; 1.1 says it with the Register's `Q` flag and has no `Q` binding,
+        // so a 1.1 Update's `b=U` leaves it on.
+        if let Some(q) = u.queue_mode
+            && (q || reg.info.lwm2m_version.starts_with("1.0"))
+        {
             reg.info.queue_mode = q;
         }
         if let Some(objects) = u.objects {

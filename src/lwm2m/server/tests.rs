@@ -845,6 +845,37 @@ fn queue_mode_holds_requests_until_the_device_talks() {
     assert!(sim.out().is_empty());
 }
 
+/// LwM2M 1.1 says queue mode with the Register's `Q` flag; its bindings carry no `Q`, so an
+/// Update's `b=U` from a 1.1 device leaves queue mode on. From a 1.0 device (`b=UQ` at
+/// Register) `b=U` ends it.
+#[test]
+fn a_binding_without_q_ends_queue_mode_for_1_0_devices_only() {
+    let mut sim = Sim::new(ServerConfig {
+        auto_provision: true,
+        ..ServerConfig::default()
+    });
+    let (a, b) = (addr(9000), addr(9001));
+    let new = sim.register(a, &["ep=new", "lwm2m=1.1", "b=U", "Q", "lt=3600"]);
+    let old = sim.register(b, &["ep=old", "lwm2m=1.0", "b=UQ", "lt=3600"]);
+    sim.events();
+    for (peer, id) in [(a, &new), (b, &old)] {
+        let p = sim.request(wire::POST, &["rd", id], &["b=U"], b"");
+        sim.send(peer, &p);
+    }
+    let queue_mode = |events: &[DeviceEvent], who: &str| {
+        events.iter().find_map(|e| match e {
+            DeviceEvent::RegistrationUpdated {
+                device,
+                registration,
+            } if device.as_str() == who => Some(registration.queue_mode),
+            _ => None,
+        })
+    };
+    let events = sim.events();
+    assert_eq!(queue_mode(&events, "new"), Some(true));
+    assert_eq!(queue_mode(&events, "old"), Some(false));
+}
+
 #[test]
 fn reregistration_replaces_and_drops_observations() {
     // From another address: with the policy that lets it replace at once.
