@@ -308,3 +308,53 @@ fn a_disk_failing_for_a_while_costs_a_few_rebuilds_and_loses_no_notification() {
     wait_until("nothing held", || hub.metrics().held_events == 0);
     assert_eq!(hub.stats().dropped_events, 0);
 }
+
+/// An Update that announces a synced object the device did not have at its registration
+/// (a firmware object after an install) gets it observed; one that drops it forgets that
+/// observation, and announcing it again observes it anew.
+#[test]
+fn an_update_announcing_a_synced_object_gets_it_observed() {
+    let script = Arc::new(Mutex::new(Script::default()));
+    let mut registry = Registry::new();
+    let dev = DeviceId::new("grower").unwrap();
+    registry.create(Twin::new(dev.clone())).unwrap();
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, HubConfig::default());
+    hub_support::push(&script, registered(&dev));
+    let observed = |path: Lwm2mPath| {
+        hub_support::observes(&script)
+            .iter()
+            .filter(|op| op.request == DeviceRequest::Observe { path })
+            .count()
+    };
+    wait_until("the Device object observed", || {
+        observed(Lwm2mPath::instance(3, 0)) == 1
+    });
+    let update = |objects: Vec<Lwm2mPath>| {
+        let DeviceEvent::Registered {
+            device,
+            mut registration,
+        } = registered(&dev)
+        else {
+            unreachable!()
+        };
+        registration.objects = objects;
+        DeviceEvent::RegistrationUpdated {
+            device,
+            registration,
+        }
+    };
+    let (device, firmware) = (Lwm2mPath::instance(3, 0), Lwm2mPath::instance(5, 0));
+    hub_support::push(&script, update(vec![device, firmware]));
+    wait_until("the firmware object observed", || observed(firmware) == 1);
+    hub_support::push(&script, update(vec![device]));
+    hub_support::push(&script, update(vec![device, firmware]));
+    wait_until("the firmware object observed again", || {
+        observed(firmware) == 2
+    });
+    assert_eq!(
+        observed(device),
+        1,
+        "the Device object's observation stands"
+    );
+    hub.stop();
+}

@@ -2,9 +2,8 @@
 
 use std::time::{Duration, Instant};
 use twinhub::job::{
-    CancelMode, ChildState, EngineConfig, FailureKind, FailureReason, FirmwareStates,
-    JOB_OP_ID_BASE, JobEngine, JobId, JobSpec, JobStatus, JobType, MAX_JOB_DURATION, RetryRule,
-    SpecError,
+    ChildState, EngineConfig, FailureKind, FailureReason, FirmwareStates, JOB_OP_ID_BASE,
+    JobEngine, JobId, JobSpec, JobStatus, JobType, MAX_JOB_DURATION, RetryRule, SpecError,
 };
 use twinhub::transport::{
     DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo,
@@ -272,16 +271,6 @@ fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceI
         .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
         .unwrap();
     (engine, t0, dev, id)
-}
-
-/// A job cancelled before its operations were taken sends none of them: the cancelled
-/// children no longer wait for them (a reboot must not reach the device).
-#[test]
-fn operations_queued_before_a_cancel_are_not_sent() {
-    let (mut engine, t0, _dev, id) = one_child(EngineConfig::default(), reboot_job());
-    engine.cancel(t0, &id, CancelMode::Abandon).unwrap();
-    assert_eq!(engine.poll_op().map(|op| op.request), None);
-    assert_eq!(engine.statistics(&id).unwrap().cancelled, 1);
 }
 
 fn fw_job() -> JobType {

@@ -344,6 +344,14 @@ enum SyncPaths {
 }
 
 impl SyncObservation {
+    /// The paths it observes.
+    fn paths(&self) -> &[Lwm2mPath] {
+        match &self.paths {
+            SyncPaths::One(path) => std::slice::from_ref(path),
+            SyncPaths::Composite(paths) => paths,
+        }
+    }
+
     fn request(&self) -> DeviceRequest {
         match &self.paths {
             SyncPaths::One(path) => DeviceRequest::Observe { path: *path },
@@ -1770,6 +1778,7 @@ impl Inner {
                 let _ = reg.set_last_activity(device.as_str(), at);
                 if lock(&self.synced).contains_key(device) {
                     self.resync(device, ops);
+                    self.sync_objects_changed(device, &registration.objects, ops);
                 } else {
                     // No sync table entry: the registration that makes one never reached
                     // this hub (dropped at the held-events bound, or made before a hub
@@ -1982,6 +1991,53 @@ impl Inner {
                 device: device.clone(),
                 request: e.request(),
             });
+        }
+    }
+
+    /// After an Update: observes the synced paths the device announces now and no
+    /// observation covers (an object it added since it registered: a firmware object after
+    /// an install, say), path by path; forgets the observations of paths it no longer
+    /// announces (the device ended them with the instances).
+    fn sync_objects_changed(
+        &self,
+        device: &DeviceId,
+        objects: &[Lwm2mPath],
+        ops: &mut Vec<DeviceOp>,
+    ) {
+        let Some(sync) = &self.config.sync else {
+            return;
+        };
+        let mut synced = lock(&self.synced);
+        let Some(entries) = synced.get_mut(device) else {
+            return;
+        };
+        let announced = |p: &Lwm2mPath| objects.iter().any(|o| o.contains(p));
+        entries.retain(|e| e.paths().iter().any(announced));
+        for path in sync.paths.iter().filter(|p| announced(p)) {
+            if entries.iter().any(|e| e.paths().contains(path)) {
+                continue;
+            }
+            if sync.attributes != NotificationAttributes::default() {
+                ops.push(DeviceOp {
+                    id: self.next_op_id(),
+                    device: device.clone(),
+                    request: DeviceRequest::WriteAttributes {
+                        path: *path,
+                        attributes: sync.attributes,
+                    },
+                });
+            }
+            let entry = SyncObservation {
+                paths: SyncPaths::One(*path),
+                op: self.next_op_id(),
+                lost: false,
+            };
+            ops.push(DeviceOp {
+                id: entry.op,
+                device: device.clone(),
+                request: entry.request(),
+            });
+            entries.push(entry);
         }
     }
 

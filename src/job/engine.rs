@@ -1175,19 +1175,13 @@ impl JobEngine {
 
     // ---- poll_* ----
 
-    /// The next operation to submit to the transport.
+    /// The next operation to submit to the transport. The engine counts an operation as
+    /// sent once it is queued (a registration after a reboot's queued Execute is the
+    /// reboot's proof), so every one must go out, even one whose child has ended since:
+    /// drain this after every call, as the hub does under its lock (a job created and
+    /// cancelled before a drain still sends its first operations).
     pub fn poll_op(&mut self) -> Option<DeviceOp> {
-        // An operation whose child no longer waits for it (cancelled, timed out, its
-        // device gone, before the operation was taken) is not sent: a cancelled reboot
-        // must not reach the device. Cancelling an observation is tracked by no child.
-        while let Some(op) = self.outbox.pop_front() {
-            if self.ops.contains_key(&op.id)
-                || matches!(op.request, DeviceRequest::CancelObserve { .. })
-            {
-                return Some(op);
-            }
-        }
-        None
+        self.outbox.pop_front()
     }
 
     /// The next batch of values read from a device, for the twin.
