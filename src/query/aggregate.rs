@@ -93,6 +93,18 @@ fn finish(
                 },
                 None => {
                     let sum: f64 = numbers().map(|(x, c)| x.as_f64() * c as f64).sum();
+                    // A value times its count can pass the f64 range where the sum does
+                    // not (1e308 twice, less 1e308): the same sum taken scaled down by
+                    // 2^-64 (exact for all but subnormal values) says which.
+                    let sum = if sum.is_finite() {
+                        sum
+                    } else {
+                        const SCALE: f64 = 18_446_744_073_709_551_616.0; // 2^64
+                        let scaled: f64 = numbers()
+                            .map(|(x, c)| (x.as_f64() / SCALE) * c as f64)
+                            .sum();
+                        scaled * SCALE
+                    };
                     Some(Scalar::float(sum).ok_or(Overflow)?)
                 }
             }

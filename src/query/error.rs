@@ -334,6 +334,15 @@ pub enum ParseErrorKind {
         /// The input's length, in bytes.
         actual: usize,
     },
+    /// The input is within the limit but the expression's canonical text (what
+    /// `to_string` writes, every default spelled out) is not, so it could not be parsed
+    /// back: shorten the expression.
+    CanonicalTooLarge {
+        /// The limit, in bytes.
+        max: usize,
+        /// The canonical text's length, in bytes.
+        actual: usize,
+    },
     /// The expression breaks a rule of the grammar.
     Invalid(InvalidExpression),
     /// A parser error that was not mapped to a kind above: a bug in this crate, never the
@@ -384,6 +393,10 @@ impl fmt::Display for ParseErrorKind {
             InputTooLarge { max, actual } => {
                 write!(f, "query is {actual} bytes long, the limit is {max}")
             }
+            CanonicalTooLarge { max, actual } => write!(
+                f,
+                "query's canonical text would be {actual} bytes long, the limit is {max}"
+            ),
             Invalid(invalid) => invalid.fmt(f),
             Internal { detail } => write!(f, "internal parser error ({detail})"),
         }

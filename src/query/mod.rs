@@ -100,13 +100,19 @@
 //!   engines put them first when ascending).
 //! - **Aggregates**: `count` without a property is the group's size, with one the number
 //!   of twins that have it; `sum` and `avg` take numbers only (an integer sum is exact,
-//!   beyond the `u64` range the nearest float; a float sum beyond `f64` is
-//!   [`QueryError::AggregateOverflow`]; over no numbers `null`); `min`/`max` use the scalar
+//!   beyond the `u64` range the nearest float; a float sum whose result is beyond `f64`
+//!   is [`QueryError::AggregateOverflow`], however large its parts; over no numbers
+//!   `null`); `min`/`max` use the scalar
 //!   order over every value. A column may not share a key's name, nor a key be given
 //!   twice.
 //! - **Paging**: a twin whose sort key does not change between two pages is never skipped
 //!   or repeated; a twin whose sort key changes in between may be seen twice or not at
-//!   all (as with a SQL keyset page).
+//!   all (as with a SQL keyset page). A token carries the last row's sort values: usually
+//!   under 200 bytes, at most [`MAX_TOKEN_LEN`] (a query has at most [`MAX_SORT_KEYS`]).
+//! - **Canonical text**: `to_string` spells every default out, so it can be longer than
+//!   the input; an input whose canonical text would pass the length limit is refused
+//!   ([`ParseErrorKind::CanonicalTooLarge`]), so what the parser accepts its text parses
+//!   back.
 //! - **Depth**: parsing never nests deeper than [`MAX_QUERY_DEPTH`] (128), whatever
 //!   [`QueryLimits`] says; running checks the default limits (32).
 //!
@@ -147,7 +153,7 @@ pub use ast::{
 };
 pub use error::{Expected, InvalidExpression, Origin, ParseError, ParseErrorKind, Span};
 pub use exec::{TagQuery, count, execute, execute_text, matching_slots, plan, tag_query};
-pub use parse::{MAX_QUERY_DEPTH, parse, parse_with_limits};
+pub use parse::{MAX_QUERY_DEPTH, MAX_SORT_KEYS, parse, parse_with_limits};
 pub use plan::Plan;
 pub use result::{
     AggregateRow, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TOKEN_LEN, QueryError, QueryOptions,

@@ -98,6 +98,11 @@ pub fn parse(text: &str) -> Result<QueryExpression, ParseError> {
 /// running a parsed expression stay within a 2 MiB thread stack (tested).
 pub const MAX_QUERY_DEPTH: usize = 128;
 
+/// The most sort keys any expression may have, whatever [`QueryLimits::max_sort_keys`]
+/// says: a continuation token carries the last row's value of each, and must stay within
+/// [`MAX_TOKEN_LEN`](super::MAX_TOKEN_LEN).
+pub const MAX_SORT_KEYS: usize = 16;
+
 /// Parses `text` as a query expression under the given limits (`max_depth` is capped at
 /// [`MAX_QUERY_DEPTH`]).
 pub fn parse_with_limits(text: &str, limits: &QueryLimits) -> Result<QueryExpression, ParseError> {
@@ -115,6 +120,7 @@ pub fn parse_with_limits(text: &str, limits: &QueryLimits) -> Result<QueryExpres
     // equality and execution of the tree it builds) run deeper than MAX_QUERY_DEPTH.
     let limits = QueryLimits {
         max_depth: limits.max_depth.min(MAX_QUERY_DEPTH),
+        max_sort_keys: limits.max_sort_keys.min(MAX_SORT_KEYS),
         ..*limits
     };
     let grammar = Grammar {
@@ -149,7 +155,35 @@ pub fn parse_with_limits(text: &str, limits: &QueryLimits) -> Result<QueryExpres
             ParseErrorKind::Invalid(invalid),
         )
     })?;
+    // The canonical text spells out what the input may leave out (defaults, `.0`), so it
+    // can be longer than the input: refused here when past the limit, every accepted
+    // expression prints as text the same limits parse back.
+    let canonical = canonical_len(&q);
+    if canonical > limits.max_input_bytes {
+        return Err(ParseError::new(
+            text,
+            Span::new(0, text.len()),
+            ParseErrorKind::CanonicalTooLarge {
+                max: limits.max_input_bytes,
+                actual: canonical,
+            },
+        ));
+    }
     Ok(q)
+}
+
+/// The length of `q`'s canonical text, without keeping it.
+fn canonical_len(q: &QueryExpression) -> usize {
+    struct Count(usize);
+    impl std::fmt::Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = std::fmt::write(&mut count, format_args!("{q}"));
+    count.0
 }
 
 impl std::str::FromStr for QueryExpression {

@@ -13,8 +13,11 @@ use crate::twin::Scalar;
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// The largest page a query returns (the preview's tag query allowed 1000).
 pub const MAX_PAGE_SIZE: usize = 1000;
-/// Longest continuation token accepted, in bytes.
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Longest continuation token accepted, in bytes: 1 MiB. A token carries the last row's
+/// sort values, at most [`MAX_SORT_KEYS`](super::MAX_SORT_KEYS) of them, each at most a
+/// 4 KiB string, JSON-escaped (up to 6 bytes a byte) and base64url-encoded: under 700 KiB,
+/// so every token a query hands out is accepted back. A typical one is under 200 bytes.
+pub const MAX_TOKEN_LEN: usize = 1 << 20;
 
 /// Which physical strategy the executor uses; tests force each one against the naive
 /// evaluator. Not part of the stable API.
@@ -241,31 +244,27 @@ pub(crate) fn fingerprint(text: &str) -> u64 {
 }
 
 impl Cursor {
-    /// The opaque token: hex of `[fingerprint, [keys], id]` as JSON.
+    /// The opaque token: base64url (no padding) of `[fingerprint, [keys], id]` as JSON.
     pub(crate) fn encode(&self) -> String {
+        use base64::Engine;
         let keys: Vec<serde_json::Value> = self
             .keys
             .iter()
             .map(|k| k.as_ref().map_or(serde_json::Value::Null, Scalar::to_json))
             .collect();
         let json = serde_json::json!([self.fingerprint.to_string(), keys, self.id]).to_string();
-        let mut out = String::with_capacity(json.len() * 2);
-        for b in json.bytes() {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
     }
 
     /// Decodes a token made by [`Cursor::encode`].
     pub(crate) fn decode(token: &str) -> Result<Cursor, QueryError> {
-        if token.len() > MAX_TOKEN_LEN || !token.len().is_multiple_of(2) {
+        use base64::Engine;
+        if token.len() > MAX_TOKEN_LEN {
             return Err(QueryError::BadContinuation);
         }
-        let bytes: Option<Vec<u8>> = (0..token.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
-            .collect();
-        let bytes = bytes.ok_or(QueryError::BadContinuation)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| QueryError::BadContinuation)?;
         let value: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|_| QueryError::BadContinuation)?;
         let serde_json::Value::Array(parts) = value else {

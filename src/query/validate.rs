@@ -135,13 +135,14 @@ pub(crate) fn expression(q: &QueryExpression, limits: &QueryLimits) -> Check {
             }
         }
     }
-    if q.sort.len() > limits.max_sort_keys {
+    let max_sort_keys = limits.max_sort_keys.min(super::MAX_SORT_KEYS);
+    if q.sort.len() > max_sort_keys {
         return at(
             InvalidExpression::TooMany {
                 what: "sort keys",
-                max: limits.max_sort_keys,
+                max: max_sort_keys,
             },
-            q.sort[limits.max_sort_keys].origin,
+            q.sort[max_sort_keys].origin,
         );
     }
     for key in &q.sort {
