@@ -1108,6 +1108,17 @@ impl Registry {
             None => {
                 let parsed = DevicePropertyName::parse(name).map_err(invalid)?;
                 parsed.check_value(&value).map_err(invalid)?;
+                // A name no device had yet is new to this twin too: the bound is checked
+                // before the name is interned, so a refused report leaves nothing behind.
+                let entry = self.slots[slot as usize].as_ref().expect("checked above");
+                if entry.lists.device_len() >= MAX_DEVICE_PROPERTIES {
+                    return Err(RegistryError::Invalid {
+                        id: entry.id.to_string(),
+                        error: TwinError::TooManyDeviceProperties {
+                            count: entry.lists.device_len() + 1,
+                        },
+                    });
+                }
                 self.intern_property(PropertyKind::Device, parsed.as_str())
             }
         };

@@ -11,7 +11,8 @@ use std::sync::Arc;
 /// Integers are kept exactly (every `i64` and every `u64`); other numbers are finite `f64`s
 /// (JSON has no NaN or infinity, so neither does `Number`). `Number::from(1)` and
 /// `Number::from_f64(1.0)` are equal and hash alike, but each serialises as it was written
-/// (`1` and `1.0`).
+/// (`1` and `1.0`). `-0.0` is taken as `0.0`: they are equal, and the registry keeps one
+/// spelling of equal floats, so a sign kept in one place would be lost in another.
 ///
 /// ```
 /// use twinhub::twin::Number;
@@ -40,9 +41,10 @@ const TWO_63: f64 = 9_223_372_036_854_775_808.0;
 const TWO_64: f64 = 18_446_744_073_709_551_616.0;
 
 impl Number {
-    /// A float, or `None` when it is NaN or infinite.
+    /// A float, or `None` when it is NaN or infinite (`-0.0` becomes `0.0`).
     pub fn from_f64(f: f64) -> Option<Number> {
-        f.is_finite().then_some(Number(Repr::Float(f)))
+        // `+ 0.0` turns -0.0 into 0.0 and leaves every other value as it is.
+        f.is_finite().then_some(Number(Repr::Float(f + 0.0)))
     }
 
     /// The value as an `i64` when it is an integer that fits (`2.0` counts as one).
