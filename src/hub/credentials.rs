@@ -3,10 +3,12 @@
 //! A device's PSK credentials are part of its identity in the registry: the twin's
 //! [`Authentication`] holds the identity and the key (the key is never serialized and
 //! prints as `<redacted>`). The DTLS layer reads keys from a [`PskStore`] (identity ->
-//! key and device), which the hub keeps in step with the twins: [`Hub::set_psk`] writes
-//! both, [`Hub::remove_psk`] and [`Hub::remove_device`] clear both, and
-//! [`Hub::bind_dtls`] fills the store from the twins it starts with. A session made with a
-//! rotated or removed key is closed the next time a datagram goes either way on it.
+//! key and device), which the hub keeps in step with the twins: [`Hub::set_psk`] and
+//! [`Hub::create_device`] write both (the key store last, once the twin is durable),
+//! [`Hub::remove_psk`] and [`Hub::remove_device`] clear both, and [`Hub::bind_dtls`] fills
+//! the store from the twins it starts with (an identity two twins claim, written around
+//! the hub, for neither of them). A session made with a rotated or removed key is closed
+//! the next time a datagram goes either way on it.
 
 use super::provisioning::AutoProvisioned;
 use super::{Hub, HubConfig};
@@ -14,8 +16,8 @@ use crate::dtls::{
     CredentialsError, DtlsServer, DtlsStats, DtlsStatsHandle, PskCredentials, PskStore,
 };
 use crate::lwm2m::server::UdpServer;
-use crate::registry::{Registry, SharedRegistry};
-use crate::twin::{Authentication, DeviceId};
+use crate::registry::{Registry, RegistryError, SharedRegistry};
+use crate::twin::{Authentication, DeviceId, Twin, TwinError};
 use std::net::ToSocketAddrs;
 
 /// The coaps listener's shared parts.
@@ -65,13 +67,32 @@ impl Hub {
         parts: super::builder::ServerParts,
     ) -> std::io::Result<Hub> {
         let store = PskStore::new();
-        for twin in registry.read().iter() {
-            let auth = twin.authentication();
-            if let (Some(identity), Some(key)) = (&auth.psk_identity, &auth.psk_key)
-                && let Ok(creds) = PskCredentials::new(identity, key.clone())
-            {
-                // An identity claimed by two twins keeps its first owner.
-                let _ = store.set(Some(twin.device_id().clone()), creds);
+        {
+            // An identity two twins claim (written around the hub, or before it had a
+            // coaps listener) is loaded for neither: which one is the device is not
+            // known, and taking the first by id order could hand one device's identity
+            // to another.
+            let registry = registry.read();
+            let mut claims: std::collections::HashMap<&str, usize> = Default::default();
+            for twin in registry.iter() {
+                if let Some(identity) = twin.authentication().psk_identity.as_deref() {
+                    *claims.entry(identity).or_default() += 1;
+                }
+            }
+            for twin in registry.iter() {
+                let auth = twin.authentication();
+                if let (Some(identity), Some(key)) = (&auth.psk_identity, &auth.psk_key)
+                    && claims.get(identity.as_str()) == Some(&1)
+                    && let Ok(creds) = PskCredentials::new(identity, key.clone())
+                {
+                    let _ = store.set(Some(twin.device_id().clone()), creds);
+                } else if auth.psk_identity.is_some() {
+                    crate::trace_event!(
+                        warn,
+                        device = twin.device_id().as_str(),
+                        "PSK credentials not loaded: identity claimed twice, or out of bounds"
+                    );
+                }
             }
         }
         let provisioned = AutoProvisioned::for_config(&config);
@@ -196,6 +217,73 @@ impl Hub {
             self.inner.publish(Vec::new());
         }
         Ok(had || in_store)
+    }
+
+    /// Whether [`Hub::create_device`] takes `twin` through [`Hub::create_with_psk`]: it
+    /// carries credentials and the hub has a coaps listener.
+    pub(super) fn takes_psk(&self, twin: &Twin) -> bool {
+        let auth = &twin.authentication;
+        self.inner.secure.get().is_some() && (auth.psk_identity.is_some() || auth.psk_key.is_some())
+    }
+
+    /// [`Hub::create_device`] for a twin carrying PSK credentials on a hub with a coaps
+    /// listener: the identity checked against the key store, the twin created and
+    /// committed, then the key stored, in `set_psk`'s lock order.
+    pub(super) fn create_with_psk(&self, twin: Twin) -> Result<(), RegistryError> {
+        let id = twin.device_id.clone();
+        let invalid = |error| RegistryError::Invalid {
+            id: id.to_string(),
+            error,
+        };
+        let (Some(secure), Some(identity), Some(key)) = (
+            self.inner.secure.get(),
+            twin.authentication.psk_identity.clone(),
+            twin.authentication.psk_key.clone(),
+        ) else {
+            return Err(invalid(TwinError::BadCredentials {
+                detail: "an identity and a key are given together".into(),
+            }));
+        };
+        let credentials = PskCredentials::new(&identity, key).map_err(|e| {
+            invalid(TwinError::BadCredentials {
+                detail: e.to_string(),
+            })
+        })?;
+        let outcome = {
+            let mut jobs = super::lock(&self.inner.jobs);
+            let mut registry = self.inner.registry.write();
+            if self.inner.config.store.is_some()
+                && let Err(error) = self.inner.ready_to_write(&mut jobs, &mut registry)
+            {
+                return Err(RegistryError::NotDurable {
+                    error: crate::registry::StoreFailure::new(error),
+                });
+            }
+            let durable = || -> Result<(), RegistryError> {
+                registry.create(twin)?;
+                self.inner
+                    .commit_locked(&mut jobs, &mut registry)
+                    .map_err(|error| RegistryError::NotDurable {
+                        error: crate::registry::StoreFailure::new(error),
+                    })
+            };
+            match secure
+                .store
+                .set_with(Some(id.clone()), credentials, durable)
+            {
+                Ok(done) => done,
+                Err(CredentialsError::IdentityTaken { device }) => {
+                    Err(invalid(TwinError::PskIdentityTaken { device }))
+                }
+                Err(e) => Err(invalid(TwinError::BadCredentials {
+                    detail: e.to_string(),
+                })),
+            }
+        };
+        if outcome.is_ok() {
+            self.inner.publish(Vec::new());
+        }
+        outcome
     }
 
     /// The DTLS key store, when the hub runs a coaps listener.

@@ -650,8 +650,17 @@ impl Hub {
             })
     }
 
-    /// Creates a device twin.
+    /// Creates a device twin. On a hub with a `coaps` listener, PSK credentials in the
+    /// twin's authentication are checked and taken as [`Hub::set_psk`] takes them (an
+    /// identity another device holds is refused, [`TwinError::PskIdentityTaken`]; the
+    /// key is usable once the twin is durable).
+    ///
+    /// [`TwinError::PskIdentityTaken`]: crate::twin::TwinError::PskIdentityTaken
     pub fn create_device(&self, twin: Twin) -> Result<(), RegistryError> {
+        #[cfg(feature = "dtls")]
+        if self.takes_psk(&twin) {
+            return self.create_with_psk(twin);
+        }
         self.inner.write_durably(|reg| reg.create(twin).map(|_| ()))
     }
 
@@ -664,12 +673,19 @@ impl Hub {
     /// removed and created again through it within that tick, 20 ms at most, is taken
     /// for the same device.)
     pub fn remove_device(&self, id: &str) -> Result<Twin, RegistryError> {
-        let twin = self.inner.write_durably(|reg| reg.remove(id))?;
+        // The key goes with the twin, under the registry's lock: a twin created again
+        // and given credentials right after keeps them. (If the removal cannot be made
+        // durable, the key is out of the live key store anyway: the safe direction, as
+        // with `remove_psk`.)
+        let twin = self.inner.write_durably(|reg| {
+            let twin = reg.remove(id)?;
+            #[cfg(feature = "dtls")]
+            if let Some(secure) = self.inner.secure.get() {
+                secure.store.remove_device(&twin.device_id);
+            }
+            Ok(twin)
+        })?;
         self.inner.provisioned.forget(&twin.device_id);
-        #[cfg(feature = "dtls")]
-        if let Some(secure) = self.inner.secure.get() {
-            secure.store.remove_device(&twin.device_id);
-        }
         // The engine hears of it now, not at the next tick: a twin created again under
         // the same id before then would be taken for the same device.
         self.inner.forget_removed_now();

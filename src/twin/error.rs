@@ -134,6 +134,17 @@ pub enum TwinError {
         /// Its length in bytes.
         len: usize,
     },
+    /// The twin's PSK credentials are not usable (an identity or key out of its bounds,
+    /// or only one of the two), checked where a hub with a `coaps` listener takes them.
+    BadCredentials {
+        /// Why.
+        detail: String,
+    },
+    /// The twin's PSK identity belongs to another device.
+    PskIdentityTaken {
+        /// The device that holds it.
+        device: crate::DeviceId,
+    },
 }
 
 impl fmt::Display for TwinError {
@@ -212,6 +223,10 @@ impl fmt::Display for TwinError {
                 write!(f, "property {name:?} is given more than once")
             }
             TwinError::BadDeviceId(error) => write!(f, "{error}"),
+            TwinError::BadCredentials { detail } => write!(f, "PSK credentials: {detail}"),
+            TwinError::PskIdentityTaken { device } => {
+                write!(f, "the PSK identity belongs to device {device}")
+            }
         }
     }
 }
