@@ -41,7 +41,8 @@ pub struct DtlsServerConfig {
     #[serde(with = "crate::time::millis", rename = "handshakeTimeoutMs")]
     pub handshake_timeout: Duration,
     /// Established sessions. At the bound, sessions idle longer than
-    /// [`Self::session_idle_timeout`] are evicted; if none is, the new session is refused
+    /// [`Self::session_idle_timeout`] are evicted, and so are those whose key was rotated
+    /// or removed since they were made; if none is, the new session is refused
     /// (its peer's handshake completes on its side; its first record is dropped and it
     /// handshakes again later). Existing devices are never pushed out by newcomers.
     pub max_sessions: usize,
@@ -805,16 +806,25 @@ impl DtlsServer {
             .min();
     }
 
+    /// Closes the sessions idle past the timeout, and those whose key was rotated or
+    /// removed since (closed at their next datagram otherwise, they would hold places in
+    /// the table until then).
     fn sweep_idle(&mut self, now: Instant) {
         let idle = self.config.session_idle_timeout;
-        let old: Vec<SocketAddr> = self
+        let old: Vec<(SocketAddr, CloseReason)> = self
             .sessions
             .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.last) >= idle)
-            .map(|(a, _)| *a)
+            .filter_map(|(a, s)| {
+                if !self.session_current(s) {
+                    Some((*a, CloseReason::CredentialsChanged))
+                } else {
+                    (now.saturating_duration_since(s.last) >= idle)
+                        .then_some((*a, CloseReason::Idle))
+                }
+            })
             .collect();
-        for a in old {
-            self.remove_session(a, CloseReason::Idle);
+        for (a, reason) in old {
+            self.remove_session(a, reason);
         }
     }
 

@@ -543,3 +543,35 @@ fn a_new_key_lets_a_device_in_only_once_its_durable_step_succeeded() {
         Err(CredentialsError::IdentityTaken { device: dev })
     );
 }
+
+#[test]
+fn sessions_whose_key_went_make_room_in_a_full_table() {
+    let now = Instant::now();
+    let store = store_with("id-1", "dev-1", key(1));
+    let dev2 = DeviceId::new("dev-2").unwrap();
+    store
+        .set(Some(dev2.clone()), creds("id-2", key(2)))
+        .unwrap();
+    let config = DtlsServerConfig {
+        max_sessions: 2,
+        ..DtlsServerConfig::default()
+    };
+    let mut server = DtlsServer::new(config, store.clone());
+    for port in 1..=2 {
+        let mut c = DtlsClient::new(now, creds("id-1", key(1)));
+        c.send(now, b"x");
+        pump(now, &mut c, addr(port), &mut server);
+    }
+    assert_eq!(server.stats().sessions, 2);
+    // dev-1's key is removed: its two sessions are dead, though silent.
+    assert!(store.remove_device(&DeviceId::new("dev-1").unwrap()));
+    let mut c = DtlsClient::new(now, creds("id-2", key(2)));
+    c.send(now, b"x");
+    assert!(!pump(now, &mut c, addr(3), &mut server).is_empty());
+    assert_eq!(server.stats().sessions, 1);
+    assert_eq!(server.stats().refused_sessions, 0);
+    assert_eq!(
+        server.session_identity(addr(3)).map(|i| i.device.clone()),
+        Some(Some(dev2))
+    );
+}
