@@ -273,10 +273,16 @@ struct Observer {
     seq: u32,
     last_con: Instant,
     con_mid: Option<u16>,
-    non_mid: Option<u16>,
+    /// The message ids of the last [`NON_NOTIFICATIONS_KEPT`] NON notifications, newest
+    /// last: an RST to any of them ends the relation (RFC 7641 §3.6), not only one to the
+    /// newest (which may be the one lost).
+    non_mids: [Option<u16>; NON_NOTIFICATIONS_KEPT],
     block2_key: Vec<u8>,
     szx: u8,
 }
+
+/// How many recent NON notifications of one observation an RST still matches.
+const NON_NOTIFICATIONS_KEPT: usize = 4;
 
 enum BlockTransfer {
     /// A Block1 request body being received.
@@ -816,8 +822,10 @@ impl Endpoint {
                     if is_con && o.con_mid == Some(key.1) {
                         o.con_mid = None;
                     }
-                    if !is_con && o.non_mid == Some(key.1) {
-                        o.non_mid = None;
+                    if !is_con {
+                        for m in o.non_mids.iter_mut().filter(|m| **m == Some(key.1)) {
+                            *m = None;
+                        }
                     }
                 }
                 if reset {
@@ -1101,7 +1109,12 @@ impl Endpoint {
                 self.fail_request(now, id, RequestError::BlockMismatch);
                 return;
             };
-            if !resp.code.is_success() || blk.offset() != b2.body.len() {
+            // Every block of one representation (RFC 7959 §2.4): a block whose ETag is not
+            // the first block's comes from another one, and is not spliced in.
+            if !resp.code.is_success()
+                || blk.offset() != b2.body.len()
+                || resp.etag() != b2.head.etag()
+            {
                 self.fail_request(now, id, RequestError::BlockMismatch);
                 return;
             }
@@ -1315,7 +1328,9 @@ impl Endpoint {
         }
         // Block2 follow-up served from a sliced body.
         let block2 = msg.block2();
-        let block2_key = resource_key(b'2', None, &msg);
+        // The method is part of the key: a GET's follow-up is never served from a POST's
+        // (or another FETCH's) body.
+        let block2_key = resource_key(b'2', Some(msg.code), &msg);
         if let Some(b2) = block2
             && b2.num > 0
             && msg.observe().is_none()
@@ -1625,12 +1640,18 @@ impl Endpoint {
             return self.respond(now, id, response).map(|()| None);
         }
         let (peer, token) = (inc.peer, inc.token);
+        // A registration again with the same token goes on from the old sequence number:
+        // restarting at 0 would make the peer take every notification for stale (RFC 7641
+        // §3.4) for up to 128 s.
+        let mut seq = 0;
         if let Some(&old) = self.observer_by_token.get(&(peer, token)) {
+            if let Some(o) = self.observers.get(&old) {
+                seq = (o.seq + 1) & 0xff_ffff;
+            }
             self.end_observation(old, ObservationEndReason::Replaced);
         }
         let inc = self.incoming.remove(&id).expect("checked above");
         let obs = ObservationId(self.new_id());
-        let seq = 0;
         if let Err(e) = self.send_response(now, &inc, response, Some(seq), None) {
             self.incoming.insert(id, inc);
             return Err(e);
@@ -1644,7 +1665,7 @@ impl Endpoint {
                 seq,
                 last_con: now,
                 con_mid: None,
-                non_mid: None,
+                non_mids: [None; NON_NOTIFICATIONS_KEPT],
                 block2_key: inc.block2_key.clone(),
                 szx: inc
                     .block2
@@ -1819,12 +1840,15 @@ impl Endpoint {
         let bytes = response.to_bytes().map_err(RespondError::Encode)?;
         let o = self.observers.get_mut(&id).expect("checked above");
         o.seq = seq;
-        let (old_con, old_non) = (o.con_mid, o.non_mid);
+        let old_con = o.con_mid;
+        let mut old_non = None;
         if con {
             o.con_mid = Some(mid);
             o.last_con = now;
         } else {
-            o.non_mid = Some(mid);
+            old_non = o.non_mids[0];
+            o.non_mids.rotate_left(1);
+            o.non_mids[NON_NOTIFICATIONS_KEPT - 1] = Some(mid);
         }
         let block2_key = o.block2_key.clone();
         if let Some((head, body)) = sliced {
@@ -1895,7 +1919,7 @@ impl Endpoint {
             return false;
         };
         self.observer_by_token.remove(&(o.peer, o.token));
-        if let Some(m) = o.non_mid {
+        for m in o.non_mids.into_iter().flatten() {
             self.sent.remove(&(o.peer, m));
         }
         if let Some(p) = self.peers.get_mut(&o.peer) {
