@@ -27,6 +27,9 @@ const MAX_TRANSMIT_WAIT: Duration = Duration::from_secs(93);
 const CONFIRMABLE_NOTIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// Cached responses for duplicate detection.
 const DEDUP_ENTRIES: usize = 8;
+/// Registers refused or lost in a row after which a client with a bootstrap server
+/// bootstraps again (LwM2M 1.1's default sequence: 5 attempts).
+const REGISTER_ATTEMPTS_BEFORE_BOOTSTRAP: u32 = 5;
 /// Queued events / datagrams kept when the application does not drain them (oldest dropped).
 const QUEUE_BOUND: usize = 256;
 
@@ -568,6 +571,10 @@ pub struct Lwm2mClient {
     reg: RegState,
     /// Registration attempts failed in a row (for the backoff).
     failures: u32,
+    /// Registers refused or lost in a row since the last registration or bootstrap: at
+    /// [`REGISTER_ATTEMPTS_BEFORE_BOOTSTRAP`] a client with a bootstrap server bootstraps
+    /// again (LwM2M 1.1 `/1/x/16` "Bootstrap on Registration Failure", unless false).
+    failed_registers: u32,
     /// An update should go out as soon as possible (trigger, lifetime change).
     update_due: bool,
     /// The object list changed: the next update carries it.
@@ -626,6 +633,7 @@ impl Lwm2mClient {
             finals: Vec::new(),
             reg: RegState::Idle { at: now },
             failures: 0,
+            failed_registers: 0,
             update_due: false,
             objects_changed: false,
             outgoing: Vec::new(),
@@ -644,6 +652,14 @@ impl Lwm2mClient {
             next_place: 0,
         };
         client.needs_bootstrap = client.config.bootstrap.is_some();
+        if client.needs_bootstrap
+            && let Some(secs) = client.tree.bootstrap_hold_off()
+        {
+            // Client Hold Off Time: the wait before a client-initiated bootstrap.
+            client.reg = RegState::Idle {
+                at: now + Duration::from_secs(secs.min(u64::from(u32::MAX))),
+            };
+        }
         client.refresh_defaults();
         client.sync_firmware_protocols();
         let mut drained = Vec::new();
@@ -1307,7 +1323,24 @@ impl Lwm2mClient {
 
     fn exchange_failed(&mut self, now: Instant, purpose: Purpose, code: Option<(u8, u8)>) {
         match purpose {
-            Purpose::Register | Purpose::Bootstrap => self.backoff(now, code),
+            Purpose::Register => {
+                self.backoff(now, code);
+                self.failed_registers = self.failed_registers.saturating_add(1);
+                let bootstrap_on_failure = !self
+                    .tree
+                    .read(&Lwm2mPath::resource(1, 0, 16))
+                    .is_ok_and(|c| {
+                        matches!(c.values.as_slice(), [(_, ResourceValue::Boolean(false))])
+                    });
+                if self.config.bootstrap.is_some()
+                    && self.failed_registers >= REGISTER_ATTEMPTS_BEFORE_BOOTSTRAP
+                    && bootstrap_on_failure
+                {
+                    self.failed_registers = 0;
+                    self.needs_bootstrap = true;
+                }
+            }
+            Purpose::Bootstrap => self.backoff(now, code),
             Purpose::Update => {
                 // 4.04: the server forgot us; anything else: treat the server as lost.
                 self.observations.clear();
@@ -1423,6 +1456,7 @@ impl Lwm2mClient {
                     return;
                 }
                 self.failures = 0;
+                self.failed_registers = 0;
                 self.observations.clear();
                 self.finals.clear();
                 let update_at = self.update_deadline(now);
@@ -1566,7 +1600,7 @@ impl Lwm2mClient {
             Code::GET if req.accept() == Some(ContentFormat::LINK_FORMAT) => {
                 let mut r = Message::response(Code::CONTENT);
                 r.set_content_format(ContentFormat::LINK_FORMAT);
-                r.payload = self.tree.bootstrap_links().into_bytes();
+                r.payload = self.tree.bootstrap_links_of(path.object_id()).into_bytes();
                 r
             }
             Code::GET if path.object_id() == Some(1) => {
@@ -1575,7 +1609,7 @@ impl Lwm2mClient {
                 read.remove_option(OptionNumber::OBSERVE);
                 self.read_or_observe(now, &path, &read)
             }
-            Code::PUT if path.depth() >= 2 => {
+            Code::PUT if path.depth() >= 1 => {
                 let content = match self.decode_payload(req, &req.payload, &path) {
                     Ok(c) => c,
                     Err(code) => return Message::response(code),

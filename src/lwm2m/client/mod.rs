@@ -82,8 +82,11 @@
 //!   ([`ObjectTree::write_composite`]).
 //! - **Bootstrap** ([`ClientConfig::with_bootstrap`]): client-initiated, over plain CoAP.
 //!   While it runs, only the bootstrap server's requests are served (Discover, Write and
-//!   Delete on any object, Security `/0` included; Finish); at Finish the client registers
-//!   with the account it was given.
+//!   Delete on any object, Security `/0` included, a whole object or an instance; Finish);
+//!   at Finish the client registers with the account it was given. The first
+//!   Bootstrap-Request waits the bootstrap account's Client Hold Off Time (`/0/x/11`);
+//!   after 5 Registers refused or lost in a row the client bootstraps again, unless
+//!   `/1/0/16` (Bootstrap on Registration Failure) is false.
 //! - **Queue mode** only announces itself (`Q`); the client does not yet sleep between
 //!   updates.
 //! - Payload formats are the crate's [`lwm2m::content`](crate::lwm2m::content) codecs,

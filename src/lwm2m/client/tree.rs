@@ -404,8 +404,17 @@ impl ObjectTree {
     /// object (Security `/0` included) and instance, the Security and Server instances
     /// with their Short Server ID (`ssid`; a Security instance's Server URI as `uri`).
     pub fn bootstrap_links(&mut self) -> String {
+        self.bootstrap_links_of(None)
+    }
+
+    /// [`ObjectTree::bootstrap_links`] of one object (Bootstrap-Discover of `/oid`), or of
+    /// every object with `None`.
+    pub fn bootstrap_links_of(&mut self, only: Option<u16>) -> String {
         let mut out = String::from("lwm2m=\"1.1\"");
         for oid in self.object_ids() {
+            if only.is_some_and(|o| o != oid) {
+                continue;
+            }
             let Some(object) = self.object_mut(oid) else {
                 continue;
             };
@@ -437,6 +446,17 @@ impl ObjectTree {
         out
     }
 
+    /// The bootstrap account's Client Hold Off Time (`/0/iid/11`, seconds): how long the
+    /// client waits before its first Bootstrap-Request. `None` when not set.
+    pub fn bootstrap_hold_off(&mut self) -> Option<u64> {
+        let ids = self.object_mut(0)?.instance_ids();
+        let iid = ids.into_iter().find(|&i| self.is_bootstrap_account(i))?;
+        match self.object_mut(0)?.read(iid, 11).ok()? {
+            ResourceData::Single(ResourceValue::Integer(s)) => u64::try_from(s).ok(),
+            _ => None,
+        }
+    }
+
     /// Whether Security instance `iid` is the bootstrap server's own account (`/0/iid/1`
     /// true): Bootstrap-Delete keeps it.
     pub fn is_bootstrap_account(&mut self, iid: u16) -> bool {
@@ -453,24 +473,48 @@ impl ObjectTree {
         path: &Lwm2mPath,
         content: Content,
     ) -> Result<Vec<Lwm2mPath>, ObjectError> {
-        let (oid, iid) = match *path.ids() {
-            [oid, iid, ..] => (oid, iid),
+        // A whole object (`/oid`): its instances as the content's paths name them, each
+        // checked before any is written.
+        let instances: Vec<(u16, Content)> = match *path.ids() {
+            [oid] => {
+                let mut by: Vec<(u16, Content)> = Vec::new();
+                for (p, v) in content.values {
+                    let Some(iid) = p.instance_id().filter(|_| p.object_id() == Some(oid)) else {
+                        return Err(ObjectError::Rejected);
+                    };
+                    match by.iter_mut().find(|(i, _)| *i == iid) {
+                        Some((_, c)) => c.values.push((p, v)),
+                        None => by.push((iid, Content::single(p, v))),
+                    }
+                }
+                by
+            }
+            [_, iid, ..] => vec![(iid, content)],
             _ => return Err(ObjectError::MethodNotAllowed),
         };
+        let oid = path.object_id().expect("an object path or deeper");
         let object = self.object_mut(oid).ok_or(ObjectError::NotFound)?;
-        let target = Lwm2mPath::instance(oid, iid);
-        let values = group(object, &target, content, |_| true)?;
-        object.validate_write(iid, &values)?;
-        let written = values
-            .iter()
-            .map(|(rid, _)| Lwm2mPath::resource(oid, iid, *rid))
-            .collect();
-        if object.instance_ids().contains(&iid) {
-            for (rid, data) in values {
-                object.write(iid, rid, data, WriteMode::Replace)?;
+        let mut planned = Vec::with_capacity(instances.len());
+        for (iid, content) in instances {
+            let target = Lwm2mPath::instance(oid, iid);
+            let values = group(object, &target, content, |_| true)?;
+            object.validate_write(iid, &values)?;
+            planned.push((iid, values));
+        }
+        let mut written = Vec::new();
+        for (iid, values) in planned {
+            written.extend(
+                values
+                    .iter()
+                    .map(|(rid, _)| Lwm2mPath::resource(oid, iid, *rid)),
+            );
+            if object.instance_ids().contains(&iid) {
+                for (rid, data) in values {
+                    object.write(iid, rid, data, WriteMode::Replace)?;
+                }
+            } else {
+                object.create(iid, values)?;
             }
-        } else {
-            object.create(iid, values)?;
         }
         Ok(written)
     }
