@@ -75,7 +75,8 @@ impl Hub {
             let registry = registry.read();
             let mut claims: std::collections::HashMap<&str, usize> = Default::default();
             for twin in registry.iter() {
-                if let Some(identity) = twin.authentication().psk_identity.as_deref() {
+                let auth = twin.authentication();
+                if let (Some(identity), Some(_)) = (auth.psk_identity.as_deref(), &auth.psk_key) {
                     *claims.entry(identity).or_default() += 1;
                 }
             }
@@ -222,8 +223,10 @@ impl Hub {
     /// Whether [`Hub::create_device`] takes `twin` through [`Hub::create_with_psk`]: it
     /// carries credentials and the hub has a coaps listener.
     pub(super) fn takes_psk(&self, twin: &Twin) -> bool {
+        // A twin with an identity and no key (the key is never serialised: a twin read
+        // back from JSON looks so) is created as any other; it lets no device in.
         let auth = &twin.authentication;
-        self.inner.secure.get().is_some() && (auth.psk_identity.is_some() || auth.psk_key.is_some())
+        self.inner.secure.get().is_some() && auth.psk_identity.is_some() && auth.psk_key.is_some()
     }
 
     /// [`Hub::create_device`] for a twin carrying PSK credentials on a hub with a coaps

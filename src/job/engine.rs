@@ -378,8 +378,8 @@ pub(crate) struct Child {
     resends: u8,
     /// Polls since the current step began (the poll wait doubles with each).
     polls: u8,
-    /// In its parent's `held` queue.
-    held: bool,
+    /// In its parent's `held` queue, with the state it was held in.
+    held: Option<ChildState>,
     op: Option<OpId>,
     deadline: Option<Instant>,
     next_poll: Option<Instant>,
@@ -654,7 +654,7 @@ impl JobEngine {
                 flags: 0,
                 resends: 0,
                 polls: 0,
-                held: false,
+                held: None,
                 op: None,
                 deadline: None,
                 next_poll: None,
@@ -1406,9 +1406,14 @@ impl JobEngine {
             .rollout
             .max_in_flight
             .is_some_and(|max| par.stats.running >= max as u64);
-        if full && !child.held {
-            child.held = true;
+        if full && child.held.is_none() {
+            child.held = Some(child.state);
             par.held.push_back(c);
+            // A device that came back is not offline: its timeout starts when the child
+            // goes on (`resume` arms it), not while the child waits for a slot.
+            if child.state == ChildState::WaitingForDevice {
+                child.deadline = None;
+            }
         }
         full
     }
@@ -1416,9 +1421,12 @@ impl JobEngine {
     /// A held child goes on, if it still waits for what it was held at.
     fn resume_held(&mut self, now: Instant, c: u32) {
         let child = &mut self.children[c as usize];
-        child.held = false;
+        let held_as = child.held.take();
         let online = !is_offline(&self.devices, &child.device);
         let state = child.state;
+        if held_as != Some(state) {
+            return;
+        }
         match state {
             ChildState::RetryWait => self.retry_due(now, c),
             ChildState::WaitingForDevice

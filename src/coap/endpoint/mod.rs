@@ -1240,6 +1240,11 @@ impl Endpoint {
         msg.remove_option(OptionNumber::OBSERVE);
         msg.remove_option(OptionNumber::BLOCK1);
         msg.remove_option(OptionNumber::SIZE1);
+        // A FETCH's body says what is fetched (RFC 8132 §2.3.2): each follow-up repeats it
+        // when it fits one datagram (a body sent block-wise is not sent again).
+        if msg.code == Code::FETCH && r.block1.is_none() && r.body.len() <= 1024 {
+            msg.payload = r.body.clone();
+        }
         msg.set_block2(BlockOption {
             num,
             more: false,
@@ -1328,9 +1333,13 @@ impl Endpoint {
         }
         // Block2 follow-up served from a sliced body.
         let block2 = msg.block2();
-        // The method is part of the key: a GET's follow-up is never served from a POST's
-        // (or another FETCH's) body.
-        let block2_key = resource_key(b'2', Some(msg.code), &msg);
+        // The method is part of the key, and a FETCH's body (what it fetches, repeated by
+        // each follow-up, RFC 8132): a GET's follow-up is never served from a POST's body,
+        // nor one FETCH's from another's.
+        let mut block2_key = resource_key(b'2', Some(msg.code), &msg);
+        if msg.code == Code::FETCH {
+            block2_key.extend_from_slice(&msg.payload);
+        }
         if let Some(b2) = block2
             && b2.num > 0
             && msg.observe().is_none()

@@ -178,7 +178,7 @@ impl ChildRow {
             flags: self.flags,
             resends: 0,
             polls: 0,
-            held: false,
+            held: None,
             op: None,
             deadline: None,
             next_poll: None,

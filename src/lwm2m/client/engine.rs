@@ -1639,7 +1639,8 @@ impl Lwm2mClient {
         }
         self.config.server = account.server;
         self.needs_bootstrap = false;
-        self.failures = 0;
+        // Not `failures`: a server that keeps refusing Registers (and sends the client
+        // back to bootstrap every 5) must see the backoff go on growing to `retry_max`.
         self.outgoing.retain(|o| o.purpose != Purpose::Bootstrap);
         self.reg = RegState::Idle { at: now };
         self.refresh_defaults();

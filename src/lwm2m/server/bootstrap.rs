@@ -399,8 +399,9 @@ impl Lwm2mServer {
         let code = match answer {
             Ok(m) => m.code,
             // A 1.0 client that does not know Bootstrap-Discover may reset it: like an
-            // error answer, that does not stop the session.
-            Err(_) if matches!(step, Step::Discover) => Code::NOT_FOUND,
+            // error answer, that does not stop the session (a time-out does: the device
+            // is gone).
+            Err(RequestError::Reset) if matches!(step, Step::Discover) => Code::NOT_FOUND,
             Err(e) => return self.end_bootstrap(peer, Err(format!("{}: {e}", step.name()))),
         };
         let done = match step {
