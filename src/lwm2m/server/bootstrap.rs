@@ -345,10 +345,17 @@ impl Lwm2mServer {
                 steps,
                 current: None,
             },
-        ) && let Some((rid, _)) = old.current
-        {
-            self.bootstraps.by_request.remove(&rid);
-            self.endpoint.forget_request(now, rid);
+        ) {
+            if let Some((rid, _)) = old.current {
+                self.bootstraps.by_request.remove(&rid);
+                self.endpoint.forget_request(now, rid);
+            }
+            // Every session ends with an outcome, this one too.
+            self.events.push_back(DeviceEvent::Bootstrap {
+                endpoint: old.endpoint,
+                address: Some(peer),
+                outcome: BootstrapOutcome::Failed("replaced by a new Bootstrap-Request".into()),
+            });
         }
         Code::CHANGED
     }

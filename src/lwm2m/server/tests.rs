@@ -1771,6 +1771,23 @@ fn bootstrap_provisions_accounts_step_by_step() {
         other => panic!("{other:?}"),
     }
     assert_eq!(sim.server.bootstrap_sessions(), 0);
+    // A second Bootstrap-Request from the address mid-session replaces the session, and
+    // the first one ends with an outcome too.
+    for _ in 0..2 {
+        let req = sim.request(wire::POST, &["bs"], &["ep=dev"], b"");
+        sim.send(a, &req);
+    }
+    sim.out();
+    match sim.events().as_slice() {
+        [
+            DeviceEvent::Bootstrap {
+                outcome: BootstrapOutcome::Failed(why),
+                ..
+            },
+        ] => assert_eq!(why, "replaced by a new Bootstrap-Request"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sim.server.bootstrap_sessions(), 1);
 }
 
 #[test]
