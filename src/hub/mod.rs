@@ -2010,6 +2010,27 @@ impl Inner {
         }
     }
 
+    /// The Write-Attributes that goes before a sync observation of `path`, when the sync
+    /// settings name attributes.
+    fn write_sync_attributes(
+        &self,
+        sync: &PropertySync,
+        device: &DeviceId,
+        path: &Lwm2mPath,
+        ops: &mut Vec<DeviceOp>,
+    ) {
+        if sync.attributes != NotificationAttributes::default() {
+            ops.push(DeviceOp {
+                id: self.next_op_id(),
+                device: device.clone(),
+                request: DeviceRequest::WriteAttributes {
+                    path: *path,
+                    attributes: sync.attributes,
+                },
+            });
+        }
+    }
+
     /// After an Update: observes the synced paths the device announces now and no
     /// observation covers (an object it added since it registered: a firmware object after
     /// an install, say), path by path; forgets the observations of paths it no longer
@@ -2033,16 +2054,7 @@ impl Inner {
             if entries.iter().any(|e| e.paths().contains(path)) {
                 continue;
             }
-            if sync.attributes != NotificationAttributes::default() {
-                ops.push(DeviceOp {
-                    id: self.next_op_id(),
-                    device: device.clone(),
-                    request: DeviceRequest::WriteAttributes {
-                        path: *path,
-                        attributes: sync.attributes,
-                    },
-                });
-            }
+            self.write_sync_attributes(sync, device, path, ops);
             let entry = SyncObservation {
                 paths: SyncPaths::One(*path),
                 op: self.next_op_id(),
@@ -2077,16 +2089,7 @@ impl Inner {
             if !objects.iter().any(|o| o.contains(path)) {
                 continue;
             }
-            if sync.attributes != NotificationAttributes::default() {
-                ops.push(DeviceOp {
-                    id: self.next_op_id(),
-                    device: device.clone(),
-                    request: DeviceRequest::WriteAttributes {
-                        path: *path,
-                        attributes: sync.attributes,
-                    },
-                });
-            }
+            self.write_sync_attributes(sync, device, path, ops);
             if composite {
                 together.push(*path);
             } else {
