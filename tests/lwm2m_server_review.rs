@@ -345,3 +345,75 @@ fn an_execute_answered_2_31_continue_is_not_reported_done() {
     );
     hub.stop();
 }
+
+/// Updates until one is answered `want` (the hub ends a removed twin's registration from
+/// its own thread, a moment after `remove_device` returns); the codes seen, in order.
+fn update_until(dev: &mut Device, id: &str, want: Code) -> Vec<Code> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen = Vec::new();
+    loop {
+        let code = dev.update(id, &[]);
+        seen.push(code);
+        if code == want || Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `Hub::remove_device` ends the device's registration in the server: the device's next
+/// Update gets 4.04 (LWM2M 1.1 §6.2.2: the client registers again). Before, its Updates
+/// were answered 2.04 until the registration expired (a day, by default) and its
+/// notifications were dropped, there being no twin.
+#[test]
+fn a_removed_device_s_next_update_is_not_found() {
+    let hub = hub_with(&["removed"], quiet_config());
+    let (mut dev, id) = registered(&hub, "removed");
+    assert_eq!(dev.update(&id, &[]), Code::CHANGED);
+    hub.remove_device("removed").unwrap();
+    let seen = update_until(&mut dev, &id, Code::NOT_FOUND);
+    assert_eq!(
+        seen.last(),
+        Some(&Code::NOT_FOUND),
+        "the removed device's Updates were answered {seen:?}"
+    );
+    // The device, unknown now, cannot register again (no auto-provisioning).
+    let (code, _) = dev.register(&["ep=removed", "lt=300", "lwm2m=1.0", "b=U"], "</3/0>");
+    assert_ne!(code, Code::CREATED);
+    hub.stop();
+}
+
+/// A twin created again under a removed device's id starts without a registration: the
+/// old registration's Updates are 4.04, and the device's fresh Register connects it under
+/// a new registration id. Before, the old registration's next Update was applied to the
+/// new twin as if it were the new twin's registration.
+#[test]
+fn a_twin_created_again_does_not_inherit_the_removed_registration() {
+    let hub = hub_with(&["reborn"], quiet_config());
+    let (mut dev, id) = registered(&hub, "reborn");
+    hub.remove_device("reborn").unwrap();
+    hub.create_device(Twin::new(DeviceId::new("reborn").unwrap()))
+        .unwrap();
+    let seen = update_until(&mut dev, &id, Code::NOT_FOUND);
+    assert_eq!(
+        seen.last(),
+        Some(&Code::NOT_FOUND),
+        "the old registration lived on: its Updates were answered {seen:?}"
+    );
+    assert_eq!(connection(&hub, "reborn"), ConnectionState::Disconnected);
+    let (code, new_id) = dev.register(&["ep=reborn", "lt=300", "lwm2m=1.0", "b=U"], "</3/0>");
+    assert_eq!(code, Code::CREATED);
+    let new_id = new_id.unwrap();
+    assert_ne!(new_id, id);
+    wait_until("connected again", || {
+        connection(&hub, "reborn") == ConnectionState::Connected
+    });
+    assert_eq!(
+        hub.twin("reborn")
+            .unwrap()
+            .registration
+            .map(|r| r.registration_id),
+        Some(new_id)
+    );
+    hub.stop();
+}

@@ -1423,10 +1423,15 @@ impl Inner {
         }
     }
 
-    /// [`Inner::forget_removed`] from outside the hub's loop (no lock held by the caller).
+    /// [`Inner::forget_removed`] from outside the hub's loop (no lock held by the caller);
+    /// sends the registrations to end at once (the removal is durable).
     fn forget_removed_now(&self) {
-        let mut jobs = lock(&self.jobs);
-        self.forget_removed(&self.registry.read(), Instant::now(), &mut jobs);
+        let mut ends = Vec::new();
+        {
+            let mut jobs = lock(&self.jobs);
+            self.forget_removed(&self.registry.read(), Instant::now(), &mut jobs, &mut ends);
+        }
+        self.send(ends);
     }
 
     /// Tells the job engine of the twins removed since it last heard: it forgets their
@@ -1438,16 +1443,42 @@ impl Inner {
     /// every device the engine knows is checked against the registry instead. Called with
     /// the jobs lock held (the order is jobs, then registry), after the engine took its
     /// events, so a registration it took just before a removal is forgotten too.
-    fn forget_removed(&self, reg: &Registry, now: Instant, jobs: &mut JobEngine) {
+    ///
+    /// Adds to `ends` an [`DeviceRequest::EndRegistration`] for every removed twin that was
+    /// connected, for the caller to send once the removal is durable: a removed device's
+    /// Updates were answered 2.04 until its registration expired, and a twin created again
+    /// under its id inherited it. (Registrations of removals the log no longer holds are
+    /// not ended: they expire at their lifetime.)
+    fn forget_removed(
+        &self,
+        reg: &Registry,
+        now: Instant,
+        jobs: &mut JobEngine,
+        ends: &mut Vec<DeviceOp>,
+    ) {
         let mut heard = lock(&self.engine_heard);
         let mark = reg.removals.mark();
         if *heard == Some(mark) {
             return;
         }
         let gone: Option<Vec<DeviceId>> = heard.and_then(|h| {
-            reg.removals
-                .since(h)
-                .map(|ids| ids.filter(|d| !reg.contains(d.as_str())).cloned().collect())
+            let removals = reg.removals.since(h)?;
+            let mut gone = Vec::new();
+            for removal in removals {
+                if let Some(registration_id) = &removal.registration_id {
+                    ends.push(DeviceOp {
+                        id: self.next_op_id(),
+                        device: removal.id.clone(),
+                        request: DeviceRequest::EndRegistration {
+                            registration_id: registration_id.clone(),
+                        },
+                    });
+                }
+                if !reg.contains(removal.id.as_str()) {
+                    gone.push(removal.id.clone());
+                }
+            }
+            Some(gone)
         });
         match gone {
             Some(gone) => {
@@ -1605,12 +1636,15 @@ impl Inner {
         // a rebuilt engine kept back (reboots and the like) go out now.
         jobs.resume_deferred(now);
         jobs.handle_timeout(now);
-        self.forget_removed(&reg, now, &mut jobs);
+        // Registrations of twins removed through `Hub::registry`, ended once the batch
+        // is durable.
+        let mut ends = Vec::new();
+        self.forget_removed(&reg, now, &mut jobs, &mut ends);
         let mut job_ops = self.drain_job_ops(&reg, now, &mut jobs);
         while let Some(u) = jobs.poll_twin_update() {
             self.apply_content(&mut reg, &u.device, &u.content, u.at);
         }
-        let swept = self.sweep_auto_provisioned(now, &mut jobs, &mut reg);
+        let swept = self.sweep_auto_provisioned(now, &mut jobs, &mut reg, &mut ends);
         let committed = self.commit_events(&mut jobs, &mut reg);
         if committed {
             // Before readers see the removals: a twin gone no longer counts.
@@ -1625,6 +1659,7 @@ impl Inner {
             job_ops.clear();
             published.clear();
             ops.clear();
+            ends.clear();
             if let Some(before) = sync_before {
                 self.restore_sync(before);
             }
@@ -1639,6 +1674,7 @@ impl Inner {
         self.publish(published);
         self.send_sync_ops(ops);
         self.send_job_ops(job_ops);
+        self.send(ends);
         if committed {
             Outcome::Committed
         } else {
@@ -1692,6 +1728,7 @@ impl Inner {
         now: Instant,
         jobs: &mut JobEngine,
         reg: &mut Registry,
+        ends: &mut Vec<DeviceOp>,
     ) -> Vec<DeviceId> {
         {
             let mut last = lock(&self.last_sweep);
@@ -1721,7 +1758,7 @@ impl Inner {
             swept.push(device);
         }
         // Before the next batch: a registration in it would create the twin again.
-        self.forget_removed(reg, now, jobs);
+        self.forget_removed(reg, now, jobs, ends);
         swept
     }
 

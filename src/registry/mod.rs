@@ -335,9 +335,10 @@ pub struct Registry {
 /// checks everything it holds against the registry instead.
 pub(crate) const REMOVAL_LOG_CAPACITY: usize = 4096;
 
-/// The ids of the last [`REMOVAL_LOG_CAPACITY`] removed twins, numbered, apart from the
-/// change feed: a consumer that only needs removals (the hub's job engine) reads these
-/// few instead of every change, and a burst of property changes cannot push them out.
+/// The last [`REMOVAL_LOG_CAPACITY`] removed twins, numbered, apart from the change feed:
+/// a consumer that only needs removals (the hub: its job engine, and the transport's
+/// registrations to end) reads these few instead of every change, and a burst of property
+/// changes cannot push them out.
 #[derive(Debug)]
 pub(crate) struct RemovalLog {
     /// Tells this registry from one that replaced it (a reload, an assignment through
@@ -345,7 +346,16 @@ pub(crate) struct RemovalLog {
     instance: u64,
     /// Removals so far; the newest in `recent` is number `count`.
     count: u64,
-    recent: std::collections::VecDeque<crate::twin::DeviceId>,
+    recent: std::collections::VecDeque<Removal>,
+}
+
+/// One removed twin, as [`RemovalLog`] keeps it.
+#[derive(Debug)]
+pub(crate) struct Removal {
+    /// The removed twin's id.
+    pub(crate) id: crate::twin::DeviceId,
+    /// The registration id the twin held while connected (none when it was not).
+    pub(crate) registration_id: Option<String>,
 }
 
 impl RemovalLog {
@@ -358,11 +368,11 @@ impl RemovalLog {
         }
     }
 
-    fn push(&mut self, id: crate::twin::DeviceId) {
+    fn push(&mut self, removal: Removal) {
         if self.recent.len() == REMOVAL_LOG_CAPACITY {
             self.recent.pop_front();
         }
-        self.recent.push_back(id);
+        self.recent.push_back(removal);
         self.count += 1;
     }
 
@@ -371,12 +381,9 @@ impl RemovalLog {
         (self.instance, self.count)
     }
 
-    /// The ids removed after `mark` (taken from this same registry), oldest first; `None`
+    /// The removals after `mark` (taken from this same registry), oldest first; `None`
     /// when the log no longer holds them all, or `mark` is another registry's.
-    pub(crate) fn since(
-        &self,
-        mark: (u64, u64),
-    ) -> Option<impl Iterator<Item = &crate::twin::DeviceId>> {
+    pub(crate) fn since(&self, mark: (u64, u64)) -> Option<impl Iterator<Item = &Removal>> {
         let (instance, count) = mark;
         let behind = self.count.checked_sub(count)?;
         if instance != self.instance || behind > self.recent.len() as u64 {
@@ -1060,7 +1067,15 @@ impl Registry {
             &mut self.free_slots,
         );
         let seq = self.next_seq();
-        self.removals.push(entry.id.clone());
+        let registration_id = twin
+            .as_ref()
+            .filter(|t| t.connection_state == crate::twin::ConnectionState::Connected)
+            .and_then(|t| t.registration.as_ref())
+            .map(|r| r.registration_id.clone());
+        self.removals.push(Removal {
+            id: entry.id.clone(),
+            registration_id,
+        });
         self.emit(seq, entry.id.clone(), ChangeKind::Removed);
         Ok(twin.expect("the slot was live"))
     }
@@ -1601,16 +1616,26 @@ mod removal_log_tests {
         let mut log = RemovalLog::new();
         let start = log.mark();
         let id = |i: usize| crate::twin::DeviceId::new(&format!("d{i}")).unwrap();
-        log.push(id(0));
+        let removal = |i: usize| Removal {
+            id: id(i),
+            registration_id: None,
+        };
+        log.push(removal(0));
         let one = log.mark();
-        assert_eq!(log.since(start).unwrap().collect::<Vec<_>>(), vec![&id(0)]);
+        let ids = |mark| {
+            log.since(mark)
+                .unwrap()
+                .map(|r| r.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(start), vec![id(0)]);
         assert_eq!(log.since(one).unwrap().count(), 0);
         for i in 1..=REMOVAL_LOG_CAPACITY {
-            log.push(id(i));
+            log.push(removal(i));
         }
         // `one` is exactly the capacity behind: still whole; `start` is one more: gone.
         assert_eq!(log.since(one).unwrap().count(), REMOVAL_LOG_CAPACITY);
-        assert_eq!(log.since(one).unwrap().next(), Some(&id(1)));
+        assert_eq!(log.since(one).unwrap().next().map(|r| &r.id), Some(&id(1)));
         assert!(log.since(start).is_none());
         assert_eq!(log.recent.len(), REMOVAL_LOG_CAPACITY);
         // Another registry's mark, or one from the future, is refused.

@@ -128,6 +128,19 @@ pub enum DeviceRequest {
         /// The paths the observation was established with.
         paths: Vec<Lwm2mPath>,
     },
+    /// Ends the device's registration at the transport, nothing sent to the device: its
+    /// observations, queued requests (failed with [`DeviceError::NotRegistered`]) and
+    /// address binding go, as at a de-registration, but no
+    /// [`DeviceEvent::Deregistered`](crate::transport::DeviceEvent::Deregistered) follows.
+    /// The device learns at its next Update (4.04 Not Found) and registers again. The hub
+    /// sends it when a connected twin is removed. Only the registration with this id ends
+    /// (a newer one stays): answered [`DeviceReply::Done`], or `NotRegistered` when the
+    /// device holds no registration with that id.
+    EndRegistration {
+        /// The registration to end (the `rd/{id}` location's id, as
+        /// [`RegistrationInfo::registration_id`](crate::twin::RegistrationInfo) says).
+        registration_id: String,
+    },
 }
 
 impl DeviceRequest {
@@ -138,7 +151,8 @@ impl DeviceRequest {
             DeviceRequest::ReadComposite { .. }
             | DeviceRequest::WriteComposite { .. }
             | DeviceRequest::ObserveComposite { .. }
-            | DeviceRequest::CancelObserveComposite { .. } => &Lwm2mPath::ROOT,
+            | DeviceRequest::CancelObserveComposite { .. }
+            | DeviceRequest::EndRegistration { .. } => &Lwm2mPath::ROOT,
             DeviceRequest::Read { path }
             | DeviceRequest::Discover { path }
             | DeviceRequest::Write { path, .. }

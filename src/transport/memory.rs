@@ -478,6 +478,12 @@ enum Action {
         dev: u32,
         generation: u32,
     },
+    /// A device whose registration the server ended registers again (its Update got
+    /// 4.04).
+    Reregister {
+        dev: u32,
+        generation: u32,
+    },
 }
 
 struct Scheduled {
@@ -995,7 +1001,43 @@ impl MemoryTransport {
             DeviceRequest::WriteComposite { content } => {
                 (self.write(now, dev, &Lwm2mPath::ROOT, content), false)
             }
+            // Taken by `submit`: it never reaches the device.
+            DeviceRequest::EndRegistration { .. } => (Err(DeviceError::BadRequest), false),
         }
+    }
+
+    /// [`DeviceRequest::EndRegistration`]: the server forgets the registration named (and
+    /// the device's observations); the device registers again at its next Update, half its
+    /// lifetime later.
+    fn end_registration(
+        &mut self,
+        now: Instant,
+        dev: u32,
+        op: crate::transport::OpId,
+        registration_id: &str,
+    ) {
+        self.stats.answered += 1;
+        let device = self.devices[dev as usize].id.clone();
+        if self.registration(dev).registration_id != registration_id {
+            self.events.push_back(DeviceEvent::Response {
+                op,
+                device,
+                result: Err(DeviceError::NotRegistered),
+            });
+            return;
+        }
+        let half_lifetime = self.lifetime(dev) / 2;
+        let d = &mut self.devices[dev as usize];
+        d.registered = false;
+        d.observed.clear();
+        d.observed_composite.clear();
+        let generation = d.generation;
+        self.schedule(now + half_lifetime, Action::Reregister { dev, generation });
+        self.events.push_back(DeviceEvent::Response {
+            op,
+            device,
+            result: Ok(DeviceReply::Done),
+        });
     }
 
     fn write(
@@ -1266,6 +1308,21 @@ impl MemoryTransport {
                 let generation = self.devices[dev as usize].generation;
                 self.schedule(now + back, Action::Boot { dev, generation });
             }
+            Action::Reregister { dev, generation } => {
+                let d = &mut self.devices[dev as usize];
+                if d.generation != generation || !d.up || d.registered {
+                    return;
+                }
+                d.registered = true;
+                d.registration_count += 1;
+                self.stats.registrations += 1;
+                let registration = self.registration(dev);
+                let device = self.devices[dev as usize].id.clone();
+                self.events.push_back(DeviceEvent::Registered {
+                    device,
+                    registration,
+                });
+            }
             Action::Expire { dev, generation } => {
                 let d = &mut self.devices[dev as usize];
                 if d.generation != generation || d.up || !d.registered {
@@ -1299,6 +1356,9 @@ impl Transport for MemoryTransport {
                 result: Err(DeviceError::NotRegistered),
             });
             return;
+        }
+        if let DeviceRequest::EndRegistration { registration_id } = &op.request {
+            return self.end_registration(now, dev, op.id, registration_id);
         }
         if self.lost(dev) {
             // Half the losses drop the request, half the response (after the device acted).

@@ -1068,6 +1068,24 @@ impl Lwm2mServer {
         Some(device)
     }
 
+    /// [`DeviceRequest::EndRegistration`]: the registration in `slot` ends if it is the one
+    /// named (the device's Updates then get 4.04 and it registers again).
+    fn end_registration(&mut self, now: Instant, slot: u32, op: DeviceOp, registration_id: &str) {
+        let held = self
+            .slot(slot)
+            .is_some_and(|r| r.info.registration_id == registration_id);
+        if !held {
+            return self.fail(op, DeviceError::NotRegistered);
+        }
+        self.remove(now, slot);
+        self.drain_endpoint(now);
+        self.events.push_back(DeviceEvent::Response {
+            op: op.id,
+            device: op.device,
+            result: Ok(DeviceReply::Done),
+        });
+    }
+
     fn device_talked(&mut self, now: Instant, slot: u32) {
         let window = self.config.awake_window;
         if let Some(reg) = self.slot_mut(slot) {
@@ -1688,6 +1706,8 @@ impl Lwm2mServer {
                 m.payload = encoded(&Lwm2mPath::ROOT, content, f)?;
                 chosen = Some(f);
             }
+            // Taken by `submit`: nothing goes to the device.
+            DeviceRequest::EndRegistration { .. } => return Err(DeviceError::BadRequest),
         }
         if let Some(alt) = &reg.alternate_path {
             for seg in alt.split('/').filter(|s| !s.is_empty()) {
@@ -1758,6 +1778,10 @@ impl Transport for Lwm2mServer {
         let Some(&slot) = self.by_endpoint.get(&op.device) else {
             return self.fail(op, DeviceError::NotRegistered);
         };
+        if let DeviceRequest::EndRegistration { registration_id } = &op.request {
+            let registration_id = registration_id.clone();
+            return self.end_registration(now, slot, op, &registration_id);
+        }
         if self.queues[slot as usize].len() >= self.config.queue_capacity {
             return self.fail(op, DeviceError::QueueFull);
         }
