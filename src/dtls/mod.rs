@@ -52,6 +52,10 @@ use dimpl::crypto::Dtls12CipherSuite;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The longest handshake timeout `dimpl` takes (ten years): a longer one (e.g. "no limit"
+/// in a configuration) is taken as this.
+const DIMPL_MAX_TIMEOUT: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// The one `dimpl` configuration both sides use: DTLS 1.2 only, PSK with AES-128-CCM-8.
 fn psk_config(
     builder: dimpl::ConfigBuilder,
@@ -62,10 +66,10 @@ fn psk_config(
         .dtls12_cipher_suites(&[Dtls12CipherSuite::PSK_AES128_CCM_8])
         .dtls13_cipher_suites(&[])
         .mtu(mtu.max(64))
-        .handshake_timeout(handshake_timeout.max(Duration::from_millis(1)))
+        .handshake_timeout(handshake_timeout.clamp(Duration::from_millis(1), DIMPL_MAX_TIMEOUT))
         .build()
         // Only fails for settings outside the crate's limits, and ours are constants or
-        // validated by the caller's config; a failure is a bug in this module.
+        // clamped into them; a failure is a bug in this module.
         .expect("the dtls psk configuration is valid");
     Arc::new(config)
 }

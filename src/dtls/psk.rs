@@ -243,11 +243,23 @@ impl PskStore {
             return Ok(Err(e));
         }
         let mut t = self.write();
+        // The same key for the same owner again (a retried or repeated `set_psk`) keeps
+        // its revision: the key did not change, so its sessions stay.
+        let unchanged = t
+            .by_identity
+            .get(&credentials.identity)
+            .filter(|e| e.key == credentials.key && e.device == device)
+            .map(|e| e.revision);
         if let Some(old) = device.as_ref().and_then(|d| t.by_device.remove(d)) {
             t.by_identity.remove(&old);
         }
-        t.next_revision += 1;
-        let revision = t.next_revision;
+        let revision = match unchanged {
+            Some(revision) => revision,
+            None => {
+                t.next_revision += 1;
+                t.next_revision
+            }
+        };
         if let Some(d) = &device {
             t.by_device.insert(d.clone(), credentials.identity.clone());
         }

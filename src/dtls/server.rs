@@ -31,13 +31,16 @@ pub struct DtlsServerConfig {
     /// only when more than this many arrive within the device's round trip (1,024 in
     /// 200 ms: over 5,000 a second); with a bound of 0 every ClientHello is dropped.
     pub max_unverified: usize,
-    /// How long an unverified peer is kept.
+    /// How long an unverified peer is kept (a span past the clock's range: for ever,
+    /// evicted only by newcomers at [`Self::max_unverified`]). It is sent one
+    /// HelloVerifyRequest per ClientHello, never one on a timer.
     #[serde(with = "crate::time::millis", rename = "unverifiedTimeoutMs")]
     pub unverified_timeout: Duration,
     /// Handshakes past the cookie exchange and not finished. At the bound, a peer that
     /// proves its address (echoes the cookie) is dropped before the ServerHello goes out.
     pub max_handshakes: usize,
-    /// How long a handshake may take from its ServerHello; then it is dropped.
+    /// How long a handshake may take from its ServerHello; then it is dropped (a span past
+    /// the clock's range: never; in effect at most ten years, `dimpl`'s limit).
     #[serde(with = "crate::time::millis", rename = "handshakeTimeoutMs")]
     pub handshake_timeout: Duration,
     /// Established sessions. At the bound, sessions idle longer than
@@ -238,12 +241,20 @@ struct Pending {
 }
 
 impl Pending {
-    fn expires(&self, config: &DtlsServerConfig) -> Instant {
-        self.since
-            + match self.phase {
-                Phase::Unverified => config.unverified_timeout,
-                Phase::Handshaking => config.handshake_timeout,
-            }
+    /// When the handshake is given up; a limit past the clock's range is never.
+    fn expires(&self, config: &DtlsServerConfig) -> Option<Instant> {
+        self.since.checked_add(match self.phase {
+            Phase::Unverified => config.unverified_timeout,
+            Phase::Handshaking => config.handshake_timeout,
+        })
+    }
+}
+
+/// The earlier of two optional instants (`None`: never).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -363,7 +374,11 @@ impl DtlsServer {
         let dimpl = psk_config(
             dimpl::Config::builder().with_psk_server(None, resolver.clone()),
             config.mtu,
-            config.handshake_timeout,
+            // dimpl's clock runs from the first ClientHello, ours from the ServerHello:
+            // it gets both spans, so the documented limit (ours) is the one that applies.
+            config
+                .handshake_timeout
+                .saturating_add(config.unverified_timeout),
         );
         DtlsServer {
             config,
@@ -467,7 +482,7 @@ impl DtlsServer {
             };
             let expired = match self.pending.get(&peer) {
                 Some(p) if p.phase == Phase::Unverified && p.since == since => {
-                    p.expires(&self.config) <= now
+                    p.expires(&self.config).is_some_and(|e| e <= now)
                 }
                 _ => continue,
             };
@@ -505,9 +520,16 @@ impl DtlsServer {
             return;
         };
         self.resolver.take();
+        // An unverified peer's timers are not driven (see `after_pending`): its clock
+        // stays at its first ClientHello, where nothing is due. (dimpl needs the call: it
+        // draws the server random there.)
+        let clock = match p.phase {
+            Phase::Unverified => p.since,
+            Phase::Handshaking => now,
+        };
         let result = p
             .dtls
-            .handle_timeout(now)
+            .handle_timeout(clock)
             .and_then(|()| p.dtls.handle_packet(bytes));
         if let Some(identity) = self.resolver.take() {
             p.identity = Some(identity);
@@ -527,7 +549,6 @@ impl DtlsServer {
         let Some(p) = self.pending.get_mut(&peer) else {
             return;
         };
-        p.timer = d.timer;
         if d.server_hello && p.phase == Phase::Unverified {
             if self.in_handshake >= self.config.max_handshakes {
                 self.drop_pending(peer);
@@ -538,9 +559,18 @@ impl DtlsServer {
             p.since = now;
             self.in_handshake += 1;
         }
-        let expires = p.expires(&self.config);
-        let due = d.timer.map_or(expires, |t| t.min(expires));
-        self.next_pending_check = Some(self.next_pending_check.map_or(due, |n| n.min(due)));
+        // An unverified peer gets one HelloVerifyRequest a ClientHello and nothing on a
+        // timer: the cookie exchange answers, it does not retransmit (RFC 6347 §4.2.1; the
+        // client's retransmitted ClientHello recovers a lost one). Driving dimpl's timer
+        // sent a spoofed address three HelloVerifyRequests for one ClientHello.
+        p.timer = match p.phase {
+            Phase::Unverified => None,
+            Phase::Handshaking => d.timer,
+        };
+        let due = earliest(p.timer, p.expires(&self.config));
+        if let Some(due) = due {
+            self.next_pending_check = Some(self.next_pending_check.map_or(due, |n| n.min(due)));
+        }
         for packet in d.packets {
             self.transmits.push_back((peer, packet));
         }
@@ -768,7 +798,7 @@ impl DtlsServer {
         let expired: Vec<SocketAddr> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.expires(&self.config) <= now)
+            .filter(|(_, p)| p.expires(&self.config).is_some_and(|e| e <= now))
             .map(|(a, _)| *a)
             .collect();
         for a in expired {
@@ -799,10 +829,7 @@ impl DtlsServer {
         self.next_pending_check = self
             .pending
             .values()
-            .map(|p| {
-                let e = p.expires(&self.config);
-                p.timer.map_or(e, |t| t.min(e))
-            })
+            .filter_map(|p| earliest(p.timer, p.expires(&self.config)))
             .min();
     }
 
