@@ -1,4 +1,5 @@
 //! Hostile review of the DTLS layer (src/dtls): probes through the public sans-IO API.
+//! Each test failed on the code as reviewed; each is fixed since.
 #![cfg(feature = "dtls")]
 
 use std::net::SocketAddr;
@@ -100,10 +101,10 @@ fn drain_server(s: &mut DtlsServer) -> Vec<Vec<u8>> {
 
 /// What: re-setting a device's credentials to the very same identity and key (an
 /// idempotent provisioning step, `Hub::set_psk` run twice) must leave its live session alone.
-/// Why a bug: the store's revision is documented as "Bumped when the key changes; a session
+/// Why it was a bug: the store's revision is documented as "Bumped when the key changes; a session
 /// keyed with an older revision is closed" (src/dtls/psk.rs, `PskEntry::revision`), and
 /// `PskStore` says sessions close when made "with a replaced or removed key"; here the key did
-/// not change. Now: `PskStore::set_with` bumps the revision on every set, so the next send
+/// not change. Before the fix: `PskStore::set_with` bumps the revision on every set, so the next send
 /// (or datagram) closes the session with `CredentialsChanged` and the device must handshake again.
 #[test]
 fn resetting_identical_credentials_closes_the_live_session() {
@@ -124,9 +125,9 @@ fn resetting_identical_credentials_closes_the_live_session() {
 
 /// What: a handshake whose cookie exchange took 0.5 s and whose final flight arrives 9.7 s
 /// after the ServerHello (10.2 s after the first ClientHello) completes.
-/// Why a bug: `DtlsServerConfig::handshake_timeout` is documented as "How long a handshake may
+/// Why it was a bug: `DtlsServerConfig::handshake_timeout` is documented as "How long a handshake may
 /// take from its ServerHello; then it is dropped" (src/dtls/server.rs), and the bounds table
-/// says "handshakes in progress | 256, 10 s timeout". Now: the `dimpl` instance is created at
+/// says "handshakes in progress | 256, 10 s timeout". Before the fix: the `dimpl` instance is created at
 /// the first ClientHello with `handshake_timeout` as its own deadline (psk_config in
 /// src/dtls/mod.rs, `Dtls::new_12_psk(.., now)` in `handle_datagram`), so the handshake dies
 /// 10 s after the ClientHello; the time spent unverified (up to 5 s) is taken off the
@@ -170,7 +171,7 @@ fn handshake_deadline_runs_from_the_server_hello_as_documented() {
 
 /// What: one spoofed ClientHello, with the server's timers driven for 6 s (past the 5 s an
 /// unverified peer is kept), gets exactly one HelloVerifyRequest back.
-/// Why a bug: the cookie exchange exists so a spoofed ClientHello reflects at most one small,
+/// Why it was a bug: the cookie exchange exists so a spoofed ClientHello reflects at most one small,
 /// stateless reply to the forged address (RFC 6347 §4.2.1; the client, not the server,
 /// retransmits to recover a lost HelloVerifyRequest, §4.2.4). The docs count the unverified
 /// table as the only cost of a spoofed ClientHello ("A flood of spoofed ClientHellos fills only
@@ -215,10 +216,10 @@ fn a_spoofed_client_hello_is_answered_with_one_hello_verify_request() {
 
 /// What: a `DtlsServerConfig` with a very long handshake timeout (11 years, e.g. a
 /// `handshakeTimeoutMs` meant as "no limit" in a JSON config) builds a server.
-/// Why a bug: `DtlsServer::new` is infallible and `Hub::bind_dtls` returns `io::Result`; the
+/// Why it was a bug: `DtlsServer::new` is infallible and `Hub::bind_dtls` returns `io::Result`; the
 /// config is `Deserialize` with no validation, and `psk_config` (src/dtls/mod.rs) clamps the low
 /// end (`.max(1 ms)`, `mtu.max(64)`) but not the high end while claiming the values are
-/// "constants or validated by the caller's config". Now: `dimpl` refuses timeouts over 10
+/// "constants or validated by the caller's config". Before the fix: `dimpl` refuses timeouts over 10
 /// years and `psk_config`'s `.expect("the dtls psk configuration is valid")` panics.
 #[test]
 fn a_long_handshake_timeout_does_not_panic_the_server() {
@@ -235,9 +236,9 @@ fn a_long_handshake_timeout_does_not_panic_the_server() {
 
 /// What: a server whose unverified peers never expire (`unverified_timeout: Duration::MAX`,
 /// the usual "forever"; the table stays bounded by `max_unverified`) survives a ClientHello.
-/// Why a bug: the field is a public, unvalidated `Duration` of an infallible constructor, and
+/// Why it was a bug: the field is a public, unvalidated `Duration` of an infallible constructor, and
 /// any datagram from the network must not crash the server thread (the hub's UDP driver runs
-/// it). Now: `Pending::expires` (src/dtls/server.rs) computes `since + unverified_timeout`
+/// it). Before the fix: `Pending::expires` (src/dtls/server.rs) computes `since + unverified_timeout`
 /// with `Instant + Duration`, which panics on overflow at the first ClientHello, so one
 /// unauthenticated datagram takes the coaps listener down.
 #[test]

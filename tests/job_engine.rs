@@ -495,9 +495,8 @@ fn a_lost_firmware_execute_answer_is_checked_before_it_is_sent_again() {
         &mut engine,
         t0,
         &observe,
-        DeviceReply::Content(fw_state(2, 0)),
+        DeviceReply::Content(fw_state(0, 0)),
     );
-    // The device already holds a package: written URI first (not written by this job).
     let write = one_op(&mut engine);
     answer(&mut engine, t0, &write, DeviceReply::Done);
     let poll_at = engine.poll_timeout().unwrap();

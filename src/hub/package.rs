@@ -73,17 +73,19 @@ impl PackageServer {
                     let body = (request.code == Code::GET)
                         .then(|| {
                             let path = request.uri_path_string();
-                            p.get(path.trim_start_matches('/'))
+                            p.get_tagged(path.trim_start_matches('/'))
                         })
                         .flatten();
                     match body {
-                        // Shared: the downloads of one package hold it once.
-                        Some(body) => {
+                        // Shared: the downloads of one package hold it once. The ETag
+                        // tells a replaced body from the one a download began with.
+                        Some((body, etag)) => {
                             if request.block2().is_none_or(|b| b.num == 0) {
                                 p.count_download();
                             }
                             let mut head = Message::response(Code::CONTENT);
                             head.set_content_format(ContentFormat::OCTET_STREAM);
+                            head.add_etag(&etag);
                             let _ = handle.respond_shared(id, head, body);
                         }
                         None if request.code != Code::GET => {

@@ -353,6 +353,9 @@ const FW_AWAIT_UPDATE: u8 = 4;
 const FW_VERIFY: u8 = 5;
 /// Read `/5/0` to learn where the device is (instead of observing it).
 const FW_SYNC: u8 = 6;
+/// Write an empty Package URI: the device holds a download or a package that is not the
+/// job's, and object 5 takes a new URI only in Idle (4.05 otherwise).
+const FW_RESET: u8 = 7;
 
 const FLAG_URI_WRITTEN: u8 = 1;
 const FLAG_EXECUTED: u8 = 2;
@@ -361,7 +364,9 @@ const FLAG_OBSERVING: u8 = 4;
 const FLAG_TOUCHED: u8 = 8;
 /// The Execute of this attempt (firmware Update, reboot, factory reset) was sent.
 const FLAG_EXECUTE_SENT: u8 = 16;
-/// The package URI was written before the device registered again (a restart).
+/// The package URI may have reached the device without its answer reaching us (written
+/// before the device registered again, or the Write's answer was lost): a download or
+/// package the device then holds is followed, not reset.
 const FLAG_URI_BEFORE_RESTART: u8 = 32;
 /// This attempt reads all its paths with one Read-Composite.
 const FLAG_COMPOSITE: u8 = 64;
@@ -1443,7 +1448,9 @@ impl JobEngine {
         let child = &mut self.children[c as usize];
         child.attempt = child.attempt.saturating_add(1);
         child.step = 0;
-        child.flags = 0;
+        // An observation of /5/0 the last attempt opened goes on serving this one (a
+        // second would be left on the device: only the newest is cancelled at the end).
+        child.flags &= FLAG_OBSERVING;
         child.resends = 0;
         child.polls = 0;
         if is_offline(&self.devices, &child.device) {
@@ -1819,9 +1826,14 @@ impl JobEngine {
                 }
             }
             JobType::FirmwareUpdate { package_uri, .. } => match step {
-                FW_OBSERVE if !self.host_observes_firmware() => DeviceRequest::Observe {
-                    path: Lwm2mPath::instance(5, 0),
-                },
+                FW_OBSERVE
+                    if !self.host_observes_firmware()
+                        && self.children[c as usize].flags & FLAG_OBSERVING == 0 =>
+                {
+                    DeviceRequest::Observe {
+                        path: Lwm2mPath::instance(5, 0),
+                    }
+                }
                 FW_OBSERVE | FW_SYNC => DeviceRequest::Read {
                     path: Lwm2mPath::instance(5, 0),
                 },
@@ -1831,6 +1843,14 @@ impl JobEngine {
                     content: Content::single(
                         Lwm2mPath::resource(5, 0, 1),
                         ResourceValue::String(package_uri.clone()),
+                    ),
+                },
+                FW_RESET => DeviceRequest::Write {
+                    path: Lwm2mPath::resource(5, 0, 1),
+                    mode: WriteMode::Replace,
+                    content: Content::single(
+                        Lwm2mPath::resource(5, 0, 1),
+                        ResourceValue::String(String::new()),
                     ),
                 },
                 FW_EXECUTE => DeviceRequest::Execute {
@@ -1960,6 +1980,11 @@ impl JobEngine {
             // Did the Execute arrive? The device's State tells (see firmware_content).
             child.step = FW_SYNC;
         }
+        if kind == JobKind::FirmwareUpdate && child.step == FW_WRITE_URI {
+            // Did the URI arrive? A second one in Downloading would be refused (4.05).
+            child.flags |= FLAG_URI_BEFORE_RESTART;
+            child.step = FW_SYNC;
+        }
         self.drive(now, c);
     }
 
@@ -2019,6 +2044,10 @@ impl JobEngine {
                         self.children[c as usize].flags |= FLAG_OBSERVING;
                     }
                     self.firmware_content(now, c, content);
+                }
+                FW_RESET => {
+                    self.children[c as usize].step = FW_WRITE_URI;
+                    self.drive(now, c);
                 }
                 FW_WRITE_URI => {
                     let child = &mut self.children[c as usize];
@@ -2143,14 +2172,32 @@ impl JobEngine {
                 }
                 _ => FW_AWAIT_DOWNLOAD,
             }
-        } else if flags & FLAG_URI_BEFORE_RESTART != 0 && matches!(state, 1 | 2) {
-            // The device registered again after the URI was written and kept (or resumed)
-            // the download: follow it rather than restart it.
-            self.children[c as usize].flags |= FLAG_URI_WRITTEN;
-            if state == 2 {
-                FW_EXECUTE
+        } else if matches!(state, 1 | 2) {
+            // The device holds a download or a package. Ours (the URI may have reached it:
+            // it registered again after the Write, or the Write's answer was lost; or its
+            // Package URI is the job's): follow it rather than restart it. Another (left
+            // by a cancelled or timed-out job, or pushed): reset the object first, as a
+            // new URI is refused outside Idle.
+            let package_uri = match &self.parents[self.children[c as usize].parent as usize]
+                .spec
+                .job
+            {
+                JobType::FirmwareUpdate { package_uri, .. } => Some(package_uri.as_str()),
+                _ => None,
+            };
+            let same_uri = matches!(
+                (content.get(&Lwm2mPath::resource(5, 0, 1)), package_uri),
+                (Some(ResourceValue::String(u)), Some(p)) if u == p
+            );
+            if flags & FLAG_URI_BEFORE_RESTART != 0 || same_uri {
+                self.children[c as usize].flags |= FLAG_URI_WRITTEN;
+                if state == 2 {
+                    FW_EXECUTE
+                } else {
+                    FW_AWAIT_DOWNLOAD
+                }
             } else {
-                FW_AWAIT_DOWNLOAD
+                FW_RESET
             }
         } else {
             FW_WRITE_URI
@@ -2190,6 +2237,8 @@ impl JobEngine {
                 self.resume(now, c);
             }
             ChildState::InProgress => self.redo_step(now, c),
+            // The registration dropped the device's observations (kept across retries).
+            ChildState::RetryWait => self.children[c as usize].flags &= !FLAG_OBSERVING,
             _ => {}
         }
     }

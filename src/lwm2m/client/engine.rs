@@ -32,6 +32,8 @@ const DEDUP_ENTRIES: usize = 8;
 const REGISTER_ATTEMPTS_BEFORE_BOOTSTRAP: u32 = 5;
 /// Queued events / datagrams kept when the application does not drain them (oldest dropped).
 const QUEUE_BOUND: usize = 256;
+/// The Firmware Update object's Package resource, which a server may push block-wise.
+const PACKAGE: Lwm2mPath = Lwm2mPath::resource(5, 0, 0);
 
 /// How a client is set up. [`ClientConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
@@ -528,6 +530,9 @@ struct Download {
     body: Vec<u8>,
     next_num: u32,
     szx: u8,
+    /// The first block's ETag: every later block must carry the same (RFC 7959 §2.4), or
+    /// the package changed under the download and its blocks would be spliced.
+    etag: Option<Vec<u8>>,
 }
 
 /// The sans-IO LWM2M client: one device, one server.
@@ -582,7 +587,7 @@ pub struct Lwm2mClient {
     outgoing: Vec<Outgoing>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<ClientEvent>,
-    dedup: VecDeque<(u16, Instant, Vec<u8>)>,
+    dedup: VecDeque<(SocketAddr, u16, Instant, Vec<u8>)>,
     /// Confirmable (separate) responses acknowledged lately, by sender and message id: a
     /// copy of one (the server retransmits when our ACK is lost) is acknowledged again,
     /// not reset (RFC 7252 §4.5). At most [`DEDUP_ENTRIES`], each for EXCHANGE_LIFETIME.
@@ -945,7 +950,16 @@ impl Lwm2mClient {
         if msg.code.is_empty() {
             self.handle_empty(now, from, &msg);
         } else if msg.code.is_request() {
-            if from != self.config.server && !self.bootstrapping_from(from) {
+            // While bootstrapping, only the bootstrap server's requests are served: the
+            // LWM2M server's account is being rewritten, and behind DTLS the session is the
+            // bootstrap server's, so a request "from" the LWM2M server's address arrives
+            // unauthenticated, in plain text. Otherwise only the LWM2M server's.
+            let allowed = if matches!(self.reg, RegState::Bootstrapping { .. }) {
+                self.bootstrapping_from(from)
+            } else {
+                from == self.config.server
+            };
+            if !allowed {
                 return;
             }
             self.handle_request(now, from, &msg);
@@ -1509,8 +1523,14 @@ impl Lwm2mClient {
     fn handle_request(&mut self, now: Instant, from: SocketAddr, req: &Message) {
         let confirmable = req.mtype == MessageType::Confirmable;
         self.dedup
-            .retain(|(_, t, _)| now.saturating_duration_since(*t) < EXCHANGE_LIFETIME);
-        if let Some((_, _, cached)) = self.dedup.iter().find(|(mid, _, _)| *mid == req.message_id) {
+            .retain(|(_, _, t, _)| now.saturating_duration_since(*t) < EXCHANGE_LIFETIME);
+        // A duplicate is the same message id from the same peer (RFC 7252 §4.5): the
+        // bootstrap server's and the LWM2M server's ids are their own.
+        if let Some((_, _, _, cached)) = self
+            .dedup
+            .iter()
+            .find(|(peer, mid, _, _)| *peer == from && *mid == req.message_id)
+        {
             let payload = cached.clone();
             if self.transmits.len() < QUEUE_BOUND {
                 self.transmits.push_back(Transmit {
@@ -1541,7 +1561,8 @@ impl Lwm2mClient {
         if self.dedup.len() >= DEDUP_ENTRIES {
             self.dedup.pop_front();
         }
-        self.dedup.push_back((req.message_id, now, bytes.clone()));
+        self.dedup
+            .push_back((from, req.message_id, now, bytes.clone()));
         // A separate (NON) response is ours and may be RST; a piggybacked one carries the
         // server's message id.
         if resp.mtype != MessageType::Acknowledgement
@@ -1740,6 +1761,9 @@ impl Lwm2mClient {
         // Block1: reassemble, answer 2.31 until the last block.
         let mut assembled = None;
         if let Some(b1) = req.block1() {
+            if let Some(refused) = self.package_push_step(&path, req, b1) {
+                return refused;
+            }
             match self.block1_step(&path, req, b1) {
                 Ok(Some(body)) => assembled = Some(body),
                 Ok(None) => {
@@ -1748,6 +1772,11 @@ impl Lwm2mClient {
                     return r;
                 }
                 Err(code) => {
+                    if path == PACKAGE {
+                        if let Some(fw) = self.tree.firmware_mut() {
+                            fw.push_abandoned();
+                        }
+                    }
                     let mut r = Message::response(code);
                     if code == Code::REQUEST_ENTITY_TOO_LARGE {
                         r.set_size1(self.config.max_body as u32);
@@ -1779,6 +1808,47 @@ impl Lwm2mClient {
             resp.set_block1(b1);
         }
         resp
+    }
+
+    /// The firmware object's side of a Block1 transfer: a push of /5/0/0 puts it in
+    /// Downloading at its first block (or is refused there, 4.05, outside Idle), and a
+    /// push the object no longer takes (cancelled, reset) ends with 4.08; another
+    /// transfer starting breaks off a push under way. `Some` is the refusal to answer.
+    fn package_push_step(
+        &mut self,
+        path: &Lwm2mPath,
+        req: &Message,
+        b1: BlockOption,
+    ) -> Option<Message> {
+        let pushing = |s: &mut Self| s.tree.firmware_mut().is_some_and(|f| f.push_under_way());
+        let is_package = *path == PACKAGE && matches!(req.code, Code::PUT | Code::POST);
+        if b1.num == 0 && pushing(self) {
+            // A new transfer (of the package again, or of anything else) replaces it.
+            if let Some(fw) = self.tree.firmware_mut() {
+                fw.push_abandoned();
+            }
+        }
+        if !is_package || self.tree.firmware_mut().is_none() {
+            return None;
+        }
+        if b1.num == 0 {
+            if !b1.more {
+                return None; // one block: an ordinary write
+            }
+            let started = self.tree.firmware_mut().map(|f| f.push_started());
+            if let Some(Err(e)) = started {
+                self.block1 = None;
+                self.collect_changes();
+                return Some(Message::response(code_for(&e)));
+            }
+            self.collect_changes();
+            return None;
+        }
+        if !pushing(self) {
+            self.block1 = None;
+            return Some(Message::response(Code::REQUEST_ENTITY_INCOMPLETE));
+        }
+        None
     }
 
     fn block1_step(
@@ -1816,7 +1886,8 @@ impl Lwm2mClient {
             self.block1 = None;
             return Err(Code::REQUEST_ENTITY_INCOMPLETE);
         }
-        if b1.more && req.payload.len() != b1.size() {
+        // Every block is its size; only the last may be shorter (RFC 7959 §2.2).
+        if req.payload.len() > b1.size() || (b1.more && req.payload.len() != b1.size()) {
             self.block1 = None;
             return Err(Code::BAD_REQUEST);
         }
@@ -2517,6 +2588,7 @@ impl Lwm2mClient {
                     body: Vec::new(),
                     next_num: 0,
                     szx: BlockOption::szx_for_size(self.config.block_size.clamp(16, 1024)),
+                    etag: None,
                 });
                 self.push_event(ClientEvent::FirmwareDownloadStarted { uri: pull.uri });
                 self.send_download_request(now);
@@ -2563,15 +2635,34 @@ impl Lwm2mClient {
 
     fn download_block(&mut self, now: Instant, msg: &Message) {
         let max = self.config.max_body;
+        // Cancelled or reset since it started (Cancel /5/0/10, an empty Package URI): the
+        // download ends here, with nothing more requested.
+        if !self
+            .tree
+            .firmware_mut()
+            .is_some_and(|f| f.state() == UpdateState::Downloading)
+        {
+            self.download = None;
+            self.outgoing.retain(|o| o.purpose != Purpose::Download);
+            return;
+        }
         let Some(d) = self.download.as_mut() else {
             return;
         };
+        let etag = msg.etag().map(<[u8]>::to_vec);
+        if d.next_num == 0 {
+            d.etag = etag;
+        } else if etag != d.etag {
+            // Blocks of two versions of the package: refuse the splice.
+            return self.download_finished(Err(UpdateResult::IntegrityCheckFailure));
+        }
         match msg.block2() {
-            None => {
-                d.body = msg.payload.clone();
-                let body = std::mem::take(&mut d.body);
+            // The whole package at once: only as the answer to the first request.
+            None if d.next_num == 0 => {
+                let body = msg.payload.clone();
                 self.download_finished(Ok(body));
             }
+            None => self.download_finished(Err(UpdateResult::ConnectionLost)),
             Some(b) if b.num != d.next_num => {
                 self.download_finished(Err(UpdateResult::ConnectionLost))
             }

@@ -135,6 +135,8 @@ pub struct FirmwareUpdate {
     /// `coaps` Package URIs can be downloaded (the client talks to its server over DTLS);
     /// set by the client (see [`FirmwareUpdate::write_uri`]).
     coaps: bool,
+    /// A Block1 push of /5/0/0 is under way (State Downloading since its first block).
+    pushing: bool,
 }
 
 impl std::fmt::Debug for FirmwareUpdate {
@@ -165,6 +167,7 @@ impl FirmwareUpdate {
             max_package: 4 << 20,
             changes: Vec::new(),
             coaps: false,
+            pushing: false,
         }
     }
 
@@ -229,6 +232,9 @@ impl FirmwareUpdate {
     }
 
     fn set(&mut self, state: UpdateState, result: UpdateResult) {
+        if state != UpdateState::Downloading {
+            self.pushing = false;
+        }
         if self.state != state {
             self.state = state;
             self.changed(3);
@@ -310,12 +316,42 @@ impl FirmwareUpdate {
             self.reset();
             return Ok(());
         }
-        if self.state != UpdateState::Idle {
+        if !self.takes_package() {
             return Err(ObjectError::MethodNotAllowed);
         }
         self.set(UpdateState::Downloading, UpdateResult::Initial);
         self.accept_package(package);
         Ok(())
+    }
+
+    /// A package is taken in Idle, or at the end of a Block1 push this object is in.
+    fn takes_package(&self) -> bool {
+        self.state == UpdateState::Idle || (self.state == UpdateState::Downloading && self.pushing)
+    }
+
+    /// The first block of a Block1 push of /5/0/0 arrived: Idle → Downloading (OMA object
+    /// 5: State 1 while the package is received), so the server sees the push under way.
+    /// Outside Idle, 4.05, before any more blocks are sent.
+    pub(crate) fn push_started(&mut self) -> Result<(), ObjectError> {
+        if self.state != UpdateState::Idle {
+            return Err(ObjectError::MethodNotAllowed);
+        }
+        self.set(UpdateState::Downloading, UpdateResult::Initial);
+        self.pushing = true;
+        Ok(())
+    }
+
+    /// Whether a Block1 push is under way (a Cancel or a reset ends it).
+    pub(crate) fn push_under_way(&self) -> bool {
+        self.pushing && self.state == UpdateState::Downloading
+    }
+
+    /// The push under way broke off (a block out of order, too large, another transfer):
+    /// Idle with result 4, connection lost.
+    pub(crate) fn push_abandoned(&mut self) {
+        if self.push_under_way() {
+            self.set(UpdateState::Idle, UpdateResult::ConnectionLost);
+        }
     }
 
     /// Whether /5/0/8 (Firmware Update Protocol Support) lists CoAPS (1) beside CoAP (0).
@@ -362,8 +398,9 @@ impl FirmwareUpdate {
     }
 
     /// The application's report that the update it started has ended: success → Idle with
-    /// result 1; failure → Downloaded with the given result (8 if none better). Ignored
-    /// unless Updating.
+    /// result 1; failure → Downloaded with the given result, 8 (update failed) when it is
+    /// no failure code (0 or 1: Downloaded with 0 is what a package never run says).
+    /// Ignored unless Updating.
     pub fn update_finished(&mut self, outcome: Result<(), UpdateResult>) {
         if self.state != UpdateState::Updating {
             return;
@@ -376,7 +413,13 @@ impl FirmwareUpdate {
                     self.changed(1);
                 }
             }
-            Err(r) => self.set(UpdateState::Downloaded, r),
+            Err(r) => {
+                let r = match r {
+                    UpdateResult::Initial | UpdateResult::Success => UpdateResult::UpdateFailed,
+                    r => r,
+                };
+                self.set(UpdateState::Downloaded, r)
+            }
         }
     }
 
@@ -536,7 +579,11 @@ impl Object for FirmwareUpdate {
                 self.state != UpdateState::Updating
             } else {
                 starts += 1;
-                self.state == UpdateState::Idle
+                if *rid == 0 {
+                    self.takes_package()
+                } else {
+                    self.state == UpdateState::Idle
+                }
             };
             if !allowed {
                 return Err(ObjectError::MethodNotAllowed);

@@ -593,9 +593,10 @@ impl Lwm2mServer {
         }
         if self.packages.is_some() && request.uri_path().next() == Some(PACKAGE_PATH) {
             let _ = match self.package_request(peer, request) {
-                Ok(body) => {
+                Ok((body, etag)) => {
                     let mut head = Message::response(Code::CONTENT);
                     head.set_content_format(coap::ContentFormat::OCTET_STREAM);
+                    head.add_etag(&etag);
                     self.endpoint.respond_shared(now, id, head, body)
                 }
                 Err(code) => self.endpoint.respond(now, id, Message::response(code)),
@@ -654,10 +655,14 @@ impl Lwm2mServer {
     }
 
     /// A package download (`GET /pkg/<name>`, see [`packages`]): the body to answer 2.05
-    /// with (shared with the endpoint, which slices it into blocks), or 4.04 from an
+    /// with (shared with the endpoint, which slices it into blocks) and its ETag, or 4.04 from an
     /// address no registration holds or for an unknown name, 4.03 from another identity
     /// than the registration's, 4.05 for another method.
-    fn package_request(&mut self, peer: SocketAddr, m: &Message) -> Result<Arc<Vec<u8>>, Code> {
+    fn package_request(
+        &mut self,
+        peer: SocketAddr,
+        m: &Message,
+    ) -> Result<(Arc<Vec<u8>>, [u8; 8]), Code> {
         if m.code != Code::GET {
             return Err(Code::METHOD_NOT_ALLOWED);
         }
@@ -667,11 +672,11 @@ impl Lwm2mServer {
         }
         let name = m.uri_path().skip(1).collect::<Vec<_>>().join("/");
         let packages = self.packages.as_ref().ok_or(Code::NOT_FOUND)?;
-        let body = packages.get(&name).ok_or(Code::NOT_FOUND)?;
+        let tagged = packages.get_tagged(&name).ok_or(Code::NOT_FOUND)?;
         if m.block2().is_none_or(|b| b.num == 0) {
             packages.count_download();
         }
-        Ok(body)
+        Ok(tagged)
     }
 
     /// Runs a registration-interface request; returns the response code and, for a

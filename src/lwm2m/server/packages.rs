@@ -9,6 +9,13 @@
 //! else gets 4.04 (as for Send). The check runs at the first block; the CoAP endpoint
 //! serves the follow-up blocks from the body it sliced for that transfer.
 //!
+//! **Versions.** Every answer carries an ETag, a 64-bit hash of the body (foldhash with a
+//! fixed seed: the same body has the same tag across restarts of one build), so a device
+//! whose transfer the endpoint dropped, and whose next block then comes from a body
+//! replaced meanwhile, sees the change (RFC 7959 §2.4) rather than splicing two versions;
+//! the device library then fails the download (result 5). A hash, not a counter: a package
+//! restored at a restart keeps its tag, and a download survives the restart.
+//!
 //! **Bounds.** A body holds at most [`MAX_PACKAGE_BYTES`] (what block-wise transfer can
 //! address); all the packages together at most [`PackageLimits`] (a count and a total of
 //! bytes, 1,024 packages and 2 GiB by default). A publication past either is refused with
@@ -151,9 +158,24 @@ struct Inner {
     downloads: AtomicU64,
 }
 
+/// One published body with its ETag.
+#[derive(Debug)]
+struct Package {
+    body: Arc<Vec<u8>>,
+    etag: [u8; 8],
+}
+
+/// A body's ETag: its 64-bit hash (a fixed seed, so it is the same at every start).
+fn etag_of(body: &[u8]) -> [u8; 8] {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x7477_696e_6875_62)
+        .hash_one(body)
+        .to_be_bytes()
+}
+
 #[derive(Debug, Default)]
 struct Table {
-    bodies: HashMap<String, Arc<Vec<u8>>>,
+    bodies: HashMap<String, Package>,
     /// The bodies' bytes together.
     bytes: u64,
 }
@@ -161,8 +183,13 @@ struct Table {
 impl Table {
     fn insert(&mut self, name: &str, body: Vec<u8>) {
         self.bytes += body.len() as u64;
-        if let Some(old) = self.bodies.insert(name.to_owned(), Arc::new(body)) {
-            self.bytes -= old.len() as u64;
+        let etag = etag_of(&body);
+        let package = Package {
+            body: Arc::new(body),
+            etag,
+        };
+        if let Some(old) = self.bodies.insert(name.to_owned(), package) {
+            self.bytes -= old.body.len() as u64;
         }
     }
 
@@ -172,7 +199,7 @@ impl Table {
         if len > MAX_PACKAGE_BYTES {
             return Err(PackageError::TooLarge { len });
         }
-        let old = self.bodies.get(name).map(|b| b.len() as u64);
+        let old = self.bodies.get(name).map(|p| p.body.len() as u64);
         let packages = self.bodies.len() + usize::from(old.is_none());
         let bytes = self.bytes - old.unwrap_or(0) + len as u64;
         if packages > limits.max_packages || bytes > limits.max_total_bytes {
@@ -277,8 +304,8 @@ impl Packages {
     pub fn withdraw(&self, name: &str) -> bool {
         let mut t = self.write();
         match t.bodies.remove(name) {
-            Some(body) => {
-                t.bytes -= body.len() as u64;
+            Some(package) => {
+                t.bytes -= package.body.len() as u64;
                 true
             }
             None => false,
@@ -287,7 +314,15 @@ impl Packages {
 
     /// A published package's body.
     pub fn get(&self, name: &str) -> Option<Arc<Vec<u8>>> {
-        self.read().bodies.get(name).cloned()
+        self.read().bodies.get(name).map(|p| p.body.clone())
+    }
+
+    /// A published package's body and the ETag its answers carry (see the module docs).
+    pub fn get_tagged(&self, name: &str) -> Option<(Arc<Vec<u8>>, [u8; 8])> {
+        self.read()
+            .bodies
+            .get(name)
+            .map(|p| (p.body.clone(), p.etag))
     }
 
     /// How many downloads started (first blocks served).
