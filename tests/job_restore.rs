@@ -297,6 +297,44 @@ fn a_property_write_is_sent_again_from_the_first_path_after_a_restart() {
     assert_eq!(e.job(&job).unwrap().status, JobStatus::Completed);
 }
 
+/// A graceful cancel survives restarts: the child that was in progress waits for its
+/// device's next registration (through a second restart too), then finishes, and only
+/// then does the job end `cancelled` (tests/job_history_review.rs has the first half).
+#[test]
+fn a_child_in_progress_under_a_graceful_cancel_finishes_after_restarts() {
+    use twinhub::job::CancelMode;
+    let path = Lwm2mPath::resource(3, 0, 0);
+    let (mut e, mut rows, job, dev, t0) =
+        one_job(JobType::ReadDeviceProperties { paths: vec![path] });
+    assert_eq!(ops(&mut e).len(), 1);
+    e.cancel(t0, &job, CancelMode::FinishInFlight).unwrap();
+    rows.apply(e.take_journal());
+    for _ in 0..2 {
+        let mut e = rows.restore(t0);
+        assert_eq!(
+            e.child_state(&job, &dev).map(|(s, _)| s),
+            Some(ChildState::WaitingForDevice)
+        );
+        assert_eq!(e.job(&job).unwrap().status, JobStatus::Running);
+        rows.apply(e.take_journal());
+    }
+    let mut e = rows.restore(t0);
+    e.handle_event(t0, &registered(&dev));
+    let again = ops(&mut e);
+    assert!(
+        matches!(again[..], [DeviceOp { request: DeviceRequest::Read { path: p }, .. }] if p == path),
+        "{again:?}"
+    );
+    let content = Content::single(path, ResourceValue::String("acme".into()));
+    answer(&mut e, t0, &again[0], DeviceReply::Content(content));
+    assert_eq!(
+        e.child_state(&job, &dev).map(|(s, _)| s),
+        Some(ChildState::Succeeded)
+    );
+    assert_eq!(e.job(&job).unwrap().status, JobStatus::Cancelled);
+    e.validate().unwrap();
+}
+
 #[test]
 fn finished_jobs_and_their_history_come_back_unchanged() {
     let (mut e, mut rows, job, _dev, t0) = one_job(JobType::Reboot {

@@ -1229,8 +1229,9 @@ impl JobEngine {
             par.started = Some(wall);
         }
         if to.is_terminal() {
+            // Only the start sets the start time: a job cancelled while enqueued never
+            // started and keeps none, as its children do.
             par.ended = Some(wall);
-            par.started.get_or_insert(wall);
             par.deadlines.clear();
             self.active.remove(&p);
         }
@@ -1496,9 +1497,27 @@ impl JobEngine {
 
     // ---- internals: children ----
 
-    /// The single place child states change: the table, statistics, the history index,
-    /// and what follows a terminal state.
+    /// A child's transition, and under a graceful cancel the cancellation of a child that
+    /// is not (or no longer) in progress: nothing new starts there.
     fn child_apply(&mut self, now: Instant, c: u32, ev: ChildEvent) -> bool {
+        if !self.child_move(now, c, ev) {
+            return false;
+        }
+        let child = &self.children[c as usize];
+        if !child.state.is_terminal()
+            && child.state != ChildState::InProgress
+            && par_state(&self.parents, child.parent) == ParentState::Cancelling
+        {
+            self.child_apply(now, c, ChildEvent::Cancel);
+        }
+        true
+    }
+
+    /// The single place child states change: the table, statistics, the history index,
+    /// and what follows a terminal state. Only a restore calls it directly (a restart is
+    /// no reason to cancel what was in progress); everything else goes through
+    /// [`JobEngine::child_apply`].
+    fn child_move(&mut self, now: Instant, c: u32, ev: ChildEvent) -> bool {
         self.mark_child(c);
         let child = &mut self.children[c as usize];
         let from = child.state;
@@ -1525,10 +1544,6 @@ impl JobEngine {
         }
         if to.is_terminal() {
             self.on_child_terminal(now, c, to);
-        } else if par_state(&self.parents, p) == ParentState::Cancelling
-            && to != ChildState::InProgress
-        {
-            self.child_apply(now, c, ChildEvent::Cancel);
         }
         if from == ChildState::InProgress {
             // A slot for max_in_flight may have opened.

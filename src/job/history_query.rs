@@ -316,24 +316,25 @@ impl HistorySnapshot {
         self.records[i] = record;
     }
 
-    /// Forgets every record before `slot`.
+    /// Forgets every record before `slot`, and starts the snapshot there. `slot` may lie
+    /// past the records held: retention can drop jobs created (and finished) since the
+    /// last take, and the next record the engine adds is numbered from `slot`.
     fn drop_before(&mut self, slot: u32) {
-        let n = (slot.saturating_sub(self.base) as usize).min(self.records.len());
-        if n == 0 {
+        if slot <= self.base {
             return;
         }
-        for r in self.records.drain(..n) {
-            let key = (Box::<str>::from(r.job_id.as_str()), self.base);
+        let n = ((slot - self.base) as usize).min(self.records.len());
+        for (i, r) in self.records.drain(..n).enumerate() {
+            let key = (Box::<str>::from(r.job_id.as_str()), self.base + i as u32);
             self.ids.remove(&key);
-            self.base += 1;
         }
-        self.universe.remove_range(..self.base);
+        self.base = slot;
+        self.universe.remove_range(..slot);
         for column in &mut self.columns {
             column.values.drain(..n);
-            column.exists.remove_range(..self.base);
-            let base = self.base;
+            column.exists.remove_range(..slot);
             column.index.retain(|_, b| {
-                b.remove_range(..base);
+                b.remove_range(..slot);
                 !b.is_empty()
             });
         }

@@ -588,7 +588,9 @@ pub struct JobSpec {
     /// What each child does.
     pub job: JobType,
     /// The devices, one child each, in rollout order. A query is resolved to this list by
-    /// the caller (the hub) when the job is created: the target set is frozen.
+    /// the caller (the hub) when the job is created: the target set is frozen. An empty
+    /// list is accepted on purpose (a target query that matched nothing, as on a hosted
+    /// hub): the job completes at once and reports 0 devices.
     #[serde(default)]
     pub targets: Vec<DeviceId>,
     /// Wall-clock start; `None` starts at creation.
@@ -697,7 +699,8 @@ impl JobSpec {
         self
     }
 
-    /// Checks every parameter; returns the first problem.
+    /// Checks every parameter; returns the first problem. No targets is no problem (see
+    /// [`JobSpec::targets`]).
     pub fn validate(&self) -> Result<(), SpecError> {
         let bad = |name: &'static str, reason: &'static str| {
             Err(SpecError::InvalidParameter { name, reason })

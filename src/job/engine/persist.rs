@@ -589,8 +589,11 @@ impl JobEngine {
                         child.next_poll = Some(at);
                         self.polls.push(Reverse((at, c)));
                     } else {
+                        // Under a graceful cancel too: the child still waits for its
+                        // device's next registration and finishes, as it would have
+                        // without the restart.
                         self.mark_child(c);
-                        self.child_apply(now, c, ChildEvent::DeviceOffline);
+                        self.child_move(now, c, ChildEvent::DeviceOffline);
                     }
                 }
                 ChildState::RetryWait => {

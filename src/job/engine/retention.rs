@@ -33,7 +33,7 @@ impl JobEngine {
             let too_old = self.config.retain_for.is_some_and(|keep| {
                 front
                     .ended
-                    .is_some_and(|ended| ended.saturating_add(keep) <= wall)
+                    .is_some_and(|ended| ended.saturating_add(keep) < wall)
             });
             if !(too_many || too_old) || !front.state.is_terminal() {
                 break;
