@@ -1772,10 +1772,10 @@ impl Lwm2mClient {
                     return r;
                 }
                 Err(code) => {
-                    if path == PACKAGE {
-                        if let Some(fw) = self.tree.firmware_mut() {
-                            fw.push_abandoned();
-                        }
+                    if path == PACKAGE
+                        && let Some(fw) = self.tree.firmware_mut()
+                    {
+                        fw.push_abandoned();
                     }
                     let mut r = Message::response(code);
                     if code == Code::REQUEST_ENTITY_TOO_LARGE {

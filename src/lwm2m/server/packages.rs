@@ -168,7 +168,7 @@ struct Package {
 /// A body's ETag: its 64-bit hash (a fixed seed, so it is the same at every start).
 fn etag_of(body: &[u8]) -> [u8; 8] {
     use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x7477_696e_6875_62)
+    foldhash::fast::FixedState::with_seed(0x0074_7769_6e68_7562)
         .hash_one(body)
         .to_be_bytes()
 }
