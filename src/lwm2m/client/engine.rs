@@ -376,6 +376,10 @@ struct Observation {
     /// An Observe-Composite's paths (each notification reads them all).
     composite: Option<Vec<Lwm2mPath>>,
     format: u16,
+    /// The format is the one the observer's Accept named: notifications stay in it (an
+    /// error ends the observation when a value cannot be put in it, RFC 7641 §4.2), never
+    /// falling back to TLV as those of an observation without Accept may.
+    accepted: bool,
     seq: u32,
     timer: NotifyTimer,
     /// The message ids of its last notifications on the wire (newest first): an RST
@@ -1976,10 +1980,14 @@ impl Lwm2mClient {
             Ok(x) => x,
             Err(code) => return Message::response(code),
         };
-        let body = match formats::encode(fmt, path, &content) {
-            Ok(b) => b,
+        let (body, number) = match formats::encode(fmt, path, &content) {
+            Ok(b) => (b, number),
+            // No Accept: TLV carries what text cannot (a non-finite float), and says so.
             Err(_) if req.accept().is_none() => {
-                formats::encode(Format::Tlv, path, &content).unwrap_or_default()
+                match formats::encode(Format::Tlv, path, &content) {
+                    Ok(b) => (b, Format::Tlv.code()),
+                    Err(_) => return Message::response(Code::INTERNAL_SERVER_ERROR),
+                }
             }
             Err(_) => return Message::response(Code::NOT_ACCEPTABLE),
         };
@@ -1989,8 +1997,9 @@ impl Lwm2mClient {
             && req.block2().is_none_or(|b| b.num == 0)
         {
             let value = single_numeric(&content, path);
+            let accepted = req.accept().is_some();
             if let Some(first) =
-                self.start_observation(now, req.token(), *path, None, number, value)
+                self.start_observation(now, req.token(), *path, None, (number, accepted), value)
             {
                 resp.set_observe(first);
                 self.push_event(ClientEvent::Observed { path: *path });
@@ -2011,7 +2020,7 @@ impl Lwm2mClient {
         token: Token,
         path: Lwm2mPath,
         composite: Option<Vec<Lwm2mPath>>,
-        format: u16,
+        (format, accepted): (u16, bool),
         value: Option<f64>,
     ) -> Option<u32> {
         let previous = self
@@ -2028,6 +2037,7 @@ impl Lwm2mClient {
             path,
             composite,
             format,
+            accepted,
             seq: (first + 1) & 0xff_ffff,
             timer: NotifyTimer::new(now, value),
             sent_ids: [None; SENT_IDS],
@@ -2112,8 +2122,9 @@ impl Lwm2mClient {
             && req.block2().is_none_or(|b| b.num == 0)
         {
             let root = Lwm2mPath::ROOT;
+            let format = (answer.code(), req.accept().is_some());
             if let Some(first) =
-                self.start_observation(now, req.token(), root, Some(paths), answer.code(), None)
+                self.start_observation(now, req.token(), root, Some(paths), format, None)
             {
                 resp.set_observe(first);
                 self.push_event(ClientEvent::Observed {
@@ -2445,11 +2456,27 @@ impl Lwm2mClient {
                 Some(paths) => self.read_paths(&paths),
                 None => self.tree.read(&path),
             };
-            let content = match read {
-                Ok(c) => c,
-                Err(e) => {
-                    // The target is gone: a final error notification ends the observation,
-                    // CON (kept until acknowledged) when its notifications are.
+            let (number, accepted) = (self.observations[i].format, self.observations[i].accepted);
+            let fmt = Format::from_code(number).unwrap_or(Format::Tlv);
+            let encoded = read.map_err(|e| code_for(&e)).and_then(|content| {
+                match formats::encode(fmt, &path, &content) {
+                    Ok(b) => Ok((content, b, number)),
+                    // The observer named this format: 4.06, as a read with that Accept.
+                    Err(_) if accepted => Err(Code::NOT_ACCEPTABLE),
+                    // No Accept: TLV where it can carry the value (not at the root of a
+                    // composite), labelled as TLV.
+                    Err(_) => match formats::encode(Format::Tlv, &path, &content) {
+                        Ok(b) => Ok((content, b, Format::Tlv.code())),
+                        Err(_) => Err(Code::INTERNAL_SERVER_ERROR),
+                    },
+                }
+            });
+            let (content, body, number) = match encoded {
+                Ok(x) => x,
+                Err(code) => {
+                    // The target is gone, or its value has no form the observer takes: a
+                    // final error notification ends the observation (RFC 7641 §4.2), CON
+                    // (kept until acknowledged) when its notifications are.
                     let o = self.observations.remove(i);
                     let con =
                         self.config.confirmable_notifications || o.unacked.is_some() || o.renotify;
@@ -2459,7 +2486,7 @@ impl Lwm2mClient {
                         MessageType::NonConfirmable
                     };
                     let mid = self.next_mid();
-                    let mut m = Message::new(mtype, code_for(&e), mid);
+                    let mut m = Message::new(mtype, code, mid);
                     m.with_token(o.token);
                     let Ok(bytes) = m.to_bytes() else {
                         continue;
@@ -2497,15 +2524,6 @@ impl Lwm2mClient {
                 }
             };
             let value = single_numeric(&content, &path);
-            let number = self.observations[i].format;
-            let fmt = Format::from_code(number).unwrap_or(Format::Tlv);
-            let (body, number) = match formats::encode(fmt, &path, &content) {
-                Ok(b) => (b, number),
-                Err(_) => (
-                    formats::encode(Format::Tlv, &path, &content).unwrap_or_default(),
-                    Format::Tlv.code(),
-                ),
-            };
             let mid = self.next_mid();
             let first_wait = self.first_ack_wait();
             let always_con = self.config.confirmable_notifications;

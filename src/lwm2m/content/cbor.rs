@@ -18,6 +18,16 @@ pub(crate) enum Num {
     F(f64),
 }
 
+impl Num {
+    pub(crate) fn as_f64(self) -> f64 {
+        match self {
+            Num::I(i) => i as f64,
+            Num::U(u) => u as f64,
+            Num::F(x) => x,
+        }
+    }
+}
+
 /// Malformed (or unsupported) CBOR at the decoder's position.
 pub(crate) fn malformed(d: &Decoder<'_>) -> ContentError {
     ContentError::Cbor {
@@ -98,14 +108,25 @@ pub(crate) fn text(d: &mut Decoder<'_>, max: usize) -> Result<Option<String>, Co
         Type::StringIndef => {
             let mut out = String::new();
             let mut too_long = false;
-            let mut iter = d.str_iter().map_err(|_| ContentError::Cbor { offset: 0 })?;
-            for part in &mut iter {
-                let part = part.map_err(|_| ContentError::Cbor { offset: 0 })?;
-                if out.len() + part.len() > max {
-                    too_long = true;
-                } else {
-                    out.push_str(part);
+            // The iterator borrows the decoder: a bad chunk ends the loop, and the error
+            // names where the decoder stopped once the borrow is over.
+            let mut failed = false;
+            let at = d.position();
+            for part in d
+                .str_iter()
+                .map_err(|_| ContentError::Cbor { offset: at })?
+            {
+                match part {
+                    Ok(part) if out.len() + part.len() > max => too_long = true,
+                    Ok(part) => out.push_str(part),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
                 }
+            }
+            if failed {
+                return Err(malformed(d));
             }
             Ok((!too_long).then_some(out))
         }
@@ -119,11 +140,23 @@ pub(crate) fn bytes(d: &mut Decoder<'_>) -> Result<Vec<u8>, ContentError> {
         Type::Bytes => Ok(d.bytes().map_err(|_| malformed(d))?.to_vec()),
         Type::BytesIndef => {
             let mut out = Vec::new();
-            let mut iter = d
+            // As for text: the error's offset is read after the iterator's borrow ends.
+            let mut failed = false;
+            let at = d.position();
+            for part in d
                 .bytes_iter()
-                .map_err(|_| ContentError::Cbor { offset: 0 })?;
-            for part in &mut iter {
-                out.extend_from_slice(part.map_err(|_| ContentError::Cbor { offset: 0 })?);
+                .map_err(|_| ContentError::Cbor { offset: at })?
+            {
+                match part {
+                    Ok(part) => out.extend_from_slice(part),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                return Err(malformed(d));
             }
             Ok(out)
         }
@@ -192,9 +225,21 @@ pub(crate) fn skip(d: &mut Decoder<'_>, depth: usize) -> Result<(), ContentError
     }
 }
 
-/// Skips any tags in front of the next item (at most [`MAX_CBOR_DEPTH`] of them).
-pub(crate) fn untag(d: &mut Decoder<'_>) -> Result<(), ContentError> {
-    untag_except(d, &[])
+/// Skips any tags in front of the next item, which `depth` containers enclose. Each tag
+/// is one level more, as in [`skip`] (tags stripped uncounted let a field nest deeper than
+/// [`MAX_CBOR_DEPTH`]); returns the depth of the item after them.
+pub(crate) fn untag_at(d: &mut Decoder<'_>, mut depth: usize) -> Result<usize, ContentError> {
+    while datatype(d)? == Type::Tag {
+        if depth >= MAX_CBOR_DEPTH {
+            return Err(ContentError::TooDeep {
+                offset: d.position(),
+                max: MAX_CBOR_DEPTH,
+            });
+        }
+        d.tag().map_err(|_| malformed(d))?;
+        depth += 1;
+    }
+    Ok(depth)
 }
 
 /// Skips tags in front of the next item up to one in `keep`, which stays to be read.

@@ -133,6 +133,9 @@ pub enum RecordProblem {
     MustUnderstand(String),
     /// A name or string longer than the limit.
     TooLong,
+    /// The pack's base version (`bver`) is newer than SenML 10, the one this crate reads
+    /// (RFC 8428 §4.4: such a pack must not be processed).
+    UnsupportedVersion,
     /// A composite request's path list names a relative path (`bn` + `n` must start with
     /// `/`: there is no request path to be relative to).
     RelativeName(String),
@@ -208,6 +211,7 @@ impl fmt::Display for RecordProblem {
             RecordProblem::TypeMismatch(t) => write!(f, "value does not match type {t:?}"),
             RecordProblem::MustUnderstand(k) => write!(f, "unknown must-understand field {k}"),
             RecordProblem::TooLong => f.write_str("name or string too long"),
+            RecordProblem::UnsupportedVersion => f.write_str("senml version newer than 10"),
             RecordProblem::RelativeName(n) => write!(f, "{n:?} is not an absolute path"),
         }
     }

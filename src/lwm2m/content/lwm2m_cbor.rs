@@ -184,8 +184,15 @@ impl Walk<'_> {
     }
 }
 
-/// A decimal fraction's `[exponent, mantissa]` as a float (after its tag); `None` when
-/// it is not one.
+/// The powers of ten that are exact in an f64 (10^22 is the last).
+const EXACT_POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// A decimal fraction's `[exponent, mantissa]` as a float (after its tag), rounded once to
+/// the nearest f64; `None` when it is not one. `m * 10f64.powi(e)` rounds 10^e first
+/// (0.1 is not exact), so `4([-1, 3])` came out as 0.30000000000000004.
 fn decimal(d: &mut Decoder<'_>) -> Option<f64> {
     if d.array().ok()? != Some(2) {
         return None;
@@ -196,8 +203,16 @@ fn decimal(d: &mut Decoder<'_>) -> Option<f64> {
     };
     let exp = part(d)?;
     let mantissa = part(d)?;
+    // Beyond ±400 every i64 mantissa is 0 or infinite already.
     let exp = i32::try_from(exp).ok()?.clamp(-400, 400);
-    Some(mantissa as f64 * 10f64.powi(exp))
+    // Both operands exact: one IEEE operation rounds once.
+    let pow = EXACT_POW10.get(exp.unsigned_abs() as usize);
+    if let Some(&pow) = pow.filter(|_| mantissa.unsigned_abs() <= 1 << 53) {
+        let m = mantissa as f64;
+        return Some(if exp < 0 { m / pow } else { m * pow });
+    }
+    // Else the decimal text, which Rust parses correctly rounded (at most ~25 bytes).
+    format!("{mantissa}e{exp}").parse().ok()
 }
 
 pub(crate) fn decode(

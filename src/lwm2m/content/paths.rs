@@ -76,9 +76,9 @@ pub fn decode_paths(format: ContentFormat, bytes: &[u8]) -> Result<Vec<Lwm2mPath
             }
         }
         ContentFormat::SenmlCbor => {
-            let mut pack = senml_cbor::Pack::open(bytes, MAX_COMPOSITE_PATHS)?;
+            let mut pack = senml_cbor::Pack::open(bytes, MAX_COMPOSITE_PATHS, false)?;
             while let Some((index, rec)) = pack.next_record()? {
-                list.bn.clone_from(&pack.bn);
+                list.bn.clone_from(&pack.base.bn);
                 list.push(index, rec.n.as_deref().unwrap_or(""))?;
             }
         }

@@ -4,11 +4,16 @@
 //!
 //! A record's path is the current base name (`bn`, sticky across records) followed by its
 //! name (`n`); a name that does not start with `/` is taken relative to the request path.
-//! Timestamps (`bt`, `t`) are validated as numbers and dropped: [`Content`] holds the
-//! latest values, not a time series. Records for the same path are all kept, in order.
-//! Unknown fields are ignored except SenML's must-understand ones (ending in `_`).
+//! The base value (`bv`, sticky, SenML only: LwM2M JSON's `bv` is a boolean) is added to
+//! `v` (RFC 8428 §4.1); a pack whose `bver` is above 10 is refused (§4.4). Records for the
+//! same path are all kept, but [`Content`] is applied in order, so the records come out
+//! oldest first by their time (`bt` + `t`, [`newest_last`]): the last value of a path is
+//! its latest. A value field of the wrong kind for the resource's known type (`vb` for an
+//! integer, `v` for a string) is [`RecordProblem::TypeMismatch`]; `vs` is parsed as the
+//! type. Unknown fields are ignored except SenML's must-understand ones (ending in `_`).
 //! Both encode with the same base name (the deepest path every value lies strictly below).
 
+use super::cbor::{self, Num};
 use super::text::parse_text_value;
 use super::{ContentError, MAX_VALUES, RecordProblem, base64url, type_key};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue, base64_encode};
@@ -75,17 +80,109 @@ pub(crate) fn bad(index: usize, problem: RecordProblem) -> ContentError {
     ContentError::BadRecord { index, problem }
 }
 
+/// The SenML version this crate reads (RFC 8428 §4.4); a pack whose `bver` is higher must
+/// not be processed. SenML CBOR shares it.
+pub(crate) fn check_version(bver: f64, index: usize) -> Result<(), ContentError> {
+    if bver > 10.0 || bver.is_nan() {
+        return Err(bad(index, RecordProblem::UnsupportedVersion));
+    }
+    Ok(())
+}
+
+/// `v` plus the base value in force (RFC 8428 §4.1): integers stay integers while the
+/// sum fits one; anything with a float is a float. SenML CBOR shares it.
+pub(crate) fn with_base_value(bv: Option<Num>, v: Num, index: usize) -> Result<Num, ContentError> {
+    let Some(bv) = bv else {
+        return Ok(v);
+    };
+    let int = |n| match n {
+        Num::I(i) => Some(i128::from(i)),
+        Num::U(u) => Some(i128::from(u)),
+        Num::F(_) => None,
+    };
+    match (int(bv), int(v)) {
+        // Two values within ±2^64 cannot overflow an i128.
+        (Some(a), Some(b)) => {
+            let sum = a + b;
+            i64::try_from(sum)
+                .map(Num::I)
+                .or(u64::try_from(sum).map(Num::U))
+                .map_err(|_| bad(index, RecordProblem::NumberOutOfRange))
+        }
+        _ => Ok(Num::F(bv.as_f64() + v.as_f64())),
+    }
+}
+
+/// What a SenML value field says its value is (`vs` aside: text is parsed as the type).
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Kind {
+    /// `v`
+    Number,
+    /// `vb`
+    Boolean,
+    /// `vd`
+    Data,
+    /// `vlo`
+    Link,
+}
+
+/// Refuses a value field whose kind contradicts the resource's known type, so that a
+/// boolean never lands in an integer resource. Numbers go to any numeric type (integer,
+/// unsigned, float, time, as [`cbor::number_value`] converts them); an unknown type or
+/// an executable (no value type) takes anything. SenML CBOR shares it.
+pub(crate) fn check_kind(
+    kind: Kind,
+    ty: Option<ResourceType>,
+    index: usize,
+) -> Result<(), ContentError> {
+    use ResourceType as T;
+    let fits = match ty {
+        None | Some(T::None) => true,
+        Some(T::Integer | T::UnsignedInteger | T::Float | T::Time) => kind == Kind::Number,
+        Some(T::Boolean) => kind == Kind::Boolean,
+        Some(T::Opaque) => kind == Kind::Data,
+        Some(T::ObjectLink) => kind == Kind::Link,
+        Some(T::String) => false,
+    };
+    match ty {
+        Some(t) if !fits => Err(bad(index, RecordProblem::TypeMismatch(t))),
+        _ => Ok(()),
+    }
+}
+
+/// Puts decoded records oldest first by their resolved time (`bt` + `t`, one per value),
+/// keeping pack order among equal times, because the hub applies [`Content`] in order and
+/// the last value of a path must be its newest. Below 2^28 a time is relative to now
+/// (RFC 8428 §4.5.3; no time is 0, now); the decoder has no clock, so it takes now to be
+/// after every absolute time in the pack. SenML CBOR shares it.
+pub(crate) fn newest_last(
+    values: Vec<(Lwm2mPath, ResourceValue)>,
+    times: &[f64],
+) -> Vec<(Lwm2mPath, ResourceValue)> {
+    if times.windows(2).all(|w| w[0].total_cmp(&w[1]).is_le()) {
+        return values;
+    }
+    let key = |t: f64| (t.abs() < (1u64 << 28) as f64, t);
+    let mut keyed: Vec<_> = times.iter().map(|t| key(*t)).zip(values).collect();
+    // A stable sort: records of one time keep their pack order.
+    keyed.sort_by(|(a, _), (b, _)| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    keyed.into_iter().map(|(_, v)| v).collect()
+}
+
 /// Field names of one dialect.
 struct Dialect {
     string: &'static [&'static str],
     boolean: &'static [&'static str],
     objlnk: &'static [&'static str],
+    /// SenML's base fields `bv` and `bver` (in LwM2M JSON `bv` is a boolean value).
+    senml: bool,
 }
 
 const SENML: Dialect = Dialect {
     string: &["vs"],
     boolean: &["vb"],
     objlnk: &["vlo"],
+    senml: true,
 };
 
 /// LwM2M JSON 1.0 names, plus SenML's for clients that mix them.
@@ -93,6 +190,7 @@ const OLD_JSON: Dialect = Dialect {
     string: &["sv", "vs"],
     boolean: &["bv", "vb"],
     objlnk: &["ov", "vlo"],
+    senml: false,
 };
 
 struct Records<'a> {
@@ -100,7 +198,12 @@ struct Records<'a> {
     types: &'a dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
     dialect: &'a Dialect,
     bn: String,
+    /// The base time and base value in force (sticky like `bn`).
+    bt: f64,
+    bv: Option<Num>,
     out: Vec<(Lwm2mPath, ResourceValue)>,
+    /// Each record's resolved time, for [`newest_last`].
+    times: Vec<f64>,
 }
 
 fn opt_str<'v>(
@@ -115,47 +218,30 @@ fn opt_str<'v>(
     }
 }
 
-fn check_number(
+/// A numeric field as a number (`None` when absent); anything else is the wrong type.
+fn opt_number(
     rec: &Map<String, Value>,
     key: &'static str,
     index: usize,
-) -> Result<(), ContentError> {
+) -> Result<Option<Num>, ContentError> {
     match rec.get(key) {
-        None | Some(Value::Number(_)) => Ok(()),
+        None => Ok(None),
+        Some(Value::Number(n)) => Ok(Some(num(n))),
         Some(_) => Err(bad(index, RecordProblem::WrongFieldType(key))),
     }
 }
 
-fn number_value(n: &serde_json::Number, ty: Option<ResourceType>) -> ResourceValue {
-    let integral = n.as_f64().filter(|x| x.fract() == 0.0 && x.abs() < 9.0e15);
-    match ty {
-        Some(ResourceType::Float) => {
-            return ResourceValue::Float(n.as_f64().unwrap_or(0.0));
-        }
-        Some(ResourceType::Time) => {
-            if let Some(i) = n.as_i64().or(integral.map(|x| x as i64)) {
-                return ResourceValue::Time(i);
-            }
-        }
-        Some(ResourceType::Integer) => {
-            if let Some(i) = n.as_i64().or(integral.map(|x| x as i64)) {
-                return ResourceValue::Integer(i);
-            }
-        }
-        Some(ResourceType::UnsignedInteger) => {
-            if let Some(u) = n.as_u64() {
-                return ResourceValue::UnsignedInteger(u);
-            }
-        }
-        _ => {}
-    }
+/// A JSON number as the CBOR decoder sees one, so both formats type numbers through
+/// [`cbor::number_value`] alike (an integral `5.0` for an unsigned resource was a float
+/// here and an unsigned integer in CBOR).
+fn num(n: &serde_json::Number) -> Num {
     if let Some(i) = n.as_i64() {
-        ResourceValue::Integer(i)
+        Num::I(i)
     } else if let Some(u) = n.as_u64() {
-        ResourceValue::UnsignedInteger(u)
+        Num::U(u)
     } else {
         // serde_json without arbitrary_precision always has an f64 here.
-        ResourceValue::Float(n.as_f64().unwrap_or(0.0))
+        Num::F(n.as_f64().unwrap_or(0.0))
     }
 }
 
@@ -173,8 +259,18 @@ impl Records<'_> {
             }
             self.bn = bn.to_owned();
         }
-        check_number(rec, "bt", index)?;
-        check_number(rec, "t", index)?;
+        if self.dialect.senml {
+            if let Some(bver) = opt_number(rec, "bver", index)? {
+                check_version(bver.as_f64(), index)?;
+            }
+            if let Some(bv) = opt_number(rec, "bv", index)? {
+                self.bv = Some(bv);
+            }
+        }
+        if let Some(bt) = opt_number(rec, "bt", index)? {
+            self.bt = bt.as_f64();
+        }
+        let t = opt_number(rec, "t", index)?.map_or(0.0, Num::as_f64);
         let n = opt_str(rec, "n", index)?.unwrap_or("");
         let path = record_path(self.base, &self.bn, n, index)?;
         let value = self.value(index, rec, &path)?;
@@ -182,6 +278,7 @@ impl Records<'_> {
             return Err(ContentError::TooManyValues { max: MAX_VALUES });
         }
         self.out.push((path, value));
+        self.times.push(self.bt + t);
         Ok(())
     }
 
@@ -199,11 +296,10 @@ impl Records<'_> {
             }
             Ok(())
         };
-        if let Some(v) = rec.get("v") {
-            let Value::Number(n) = v else {
-                return Err(bad(index, RecordProblem::WrongFieldType("v")));
-            };
-            set(number_value(n, ty))?;
+        if let Some(v) = opt_number(rec, "v", index)? {
+            check_kind(Kind::Number, ty, index)?;
+            let v = with_base_value(self.bv, v, index)?;
+            set(cbor::number_value(v, ty))?;
         }
         for &k in self.dialect.string {
             if let Some(s) = opt_str(rec, k, index)? {
@@ -221,18 +317,23 @@ impl Records<'_> {
         for &k in self.dialect.boolean {
             match rec.get(k) {
                 None => {}
-                Some(Value::Bool(b)) => set(ResourceValue::Boolean(*b))?,
+                Some(Value::Bool(b)) => {
+                    check_kind(Kind::Boolean, ty, index)?;
+                    set(ResourceValue::Boolean(*b))?
+                }
                 Some(_) => return Err(bad(index, RecordProblem::WrongFieldType(k))),
             }
         }
         if let Some(s) = opt_str(rec, "vd", index)? {
             let b = base64url::decode(s).ok_or(bad(index, RecordProblem::BadBase64))?;
+            check_kind(Kind::Data, ty, index)?;
             set(ResourceValue::Opaque(b))?;
         }
         for &k in self.dialect.objlnk {
             if let Some(s) = opt_str(rec, k, index)? {
                 let v = parse_text_value(s, ResourceType::ObjectLink)
                     .ok_or(bad(index, RecordProblem::BadObjectLink))?;
+                check_kind(Kind::Link, ty, index)?;
                 set(v)?;
             }
         }
@@ -240,12 +341,14 @@ impl Records<'_> {
     }
 }
 
+/// The records of `list`, with the base name `bn` and base time `bt` a LwM2M JSON 1.0
+/// document gives (empty and 0 for SenML).
 fn records(
     list: &[Value],
     base: &Lwm2mPath,
     types: &dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
     dialect: &Dialect,
-    bn: String,
+    (bn, bt): (String, f64),
 ) -> Result<Content, ContentError> {
     if list.len() > MAX_VALUES {
         return Err(ContentError::TooManyValues { max: MAX_VALUES });
@@ -255,12 +358,17 @@ fn records(
         types,
         dialect,
         bn,
+        bt,
+        bv: None,
         out: Vec::with_capacity(list.len()),
+        times: Vec::with_capacity(list.len()),
     };
     for (index, rec) in list.iter().enumerate() {
         r.record(index, rec)?;
     }
-    Ok(Content { values: r.out })
+    Ok(Content {
+        values: newest_last(r.out, &r.times),
+    })
 }
 
 pub(crate) fn decode_senml(
@@ -269,7 +377,7 @@ pub(crate) fn decode_senml(
     types: &dyn Fn(&Lwm2mPath) -> Option<ResourceType>,
 ) -> Result<Content, ContentError> {
     match parse_json(bytes)? {
-        Value::Array(list) => records(&list, base, types, &SENML, String::new()),
+        Value::Array(list) => records(&list, base, types, &SENML, (String::new(), 0.0)),
         _ => Err(bad(0, RecordProblem::NotAnObject)),
     }
 }
@@ -281,7 +389,7 @@ pub(crate) fn decode_lwm2m_json(
 ) -> Result<Content, ContentError> {
     match parse_json(bytes)? {
         // Some pre-standard clients already send SenML under 1543.
-        Value::Array(list) => records(&list, base, types, &OLD_JSON, String::new()),
+        Value::Array(list) => records(&list, base, types, &OLD_JSON, (String::new(), 0.0)),
         Value::Object(doc) => {
             let bn = match doc.get("bn") {
                 None => String::new(),
@@ -289,9 +397,9 @@ pub(crate) fn decode_lwm2m_json(
                 Some(Value::String(_)) => return Err(bad(0, RecordProblem::TooLong)),
                 Some(_) => return Err(bad(0, RecordProblem::WrongFieldType("bn"))),
             };
-            check_number(&doc, "bt", 0)?;
+            let bt = opt_number(&doc, "bt", 0)?.map_or(0.0, Num::as_f64);
             match doc.get("e") {
-                Some(Value::Array(list)) => records(list, base, types, &OLD_JSON, bn),
+                Some(Value::Array(list)) => records(list, base, types, &OLD_JSON, (bn, bt)),
                 _ => Err(bad(0, RecordProblem::WrongFieldType("e"))),
             }
         }

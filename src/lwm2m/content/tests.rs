@@ -328,9 +328,12 @@ fn senml_json_vectors() {
         {"n":"17","vs":"x"},{"bn":"/5/0/","n":"0","vd":"AP8"},{"n":"4","vb":true},
         {"bn":"/3/0/","n":"22/0","vlo":"3:7"},{"n":"21","v":2.5,"t":-5}]"#;
     let c = decode(ContentFormat::SenmlJson, doc, &Lwm2mPath::ROOT, &std_types).unwrap();
+    // The record 5 s old comes first: the others, without a time, are now.
     assert_eq!(
         c.values,
         vec![
+            // An integer-typed resource with a fractional value keeps the fraction.
+            (Lwm2mPath::resource(3, 0, 21), V::Float(2.5)),
             (
                 Lwm2mPath::resource(3, 0, 0),
                 V::String("Open Mobile Alliance".into())
@@ -345,8 +348,6 @@ fn senml_json_vectors() {
                 Lwm2mPath::resource_instance(3, 0, 22, 0),
                 V::ObjectLink(3, 7)
             ),
-            // An integer-typed resource with a fractional value keeps the fraction.
-            (Lwm2mPath::resource(3, 0, 21), V::Float(2.5)),
         ]
     );
     // Unknown resources: typed by JSON shape; names relative to the request path.
@@ -938,13 +939,14 @@ fn senml_cbor_spec_time_series_and_links() {
         &|_: &Lwm2mPath| None,
     )
     .unwrap();
+    // Oldest first (t -50, -30, -5), so the last value of the path is its latest.
     let p = Lwm2mPath::resource(72, 1, 2);
     assert_eq!(
         c.values,
         vec![
-            (p, V::Float(22.4)),
+            (p, V::Float(24.1)),
             (p, V::Float(22.9)),
-            (p, V::Float(24.1))
+            (p, V::Float(22.4))
         ]
     );
     // Table 7.4.4-4 (part): object links under the text label "vlo", base name "/".
@@ -1348,4 +1350,58 @@ fn plain_cbor_single_values() {
         .unwrap(),
         hex("18 64")
     );
+}
+
+/// The review's content findings (tests/content_review.rs) from the sides it does not
+/// cover: SenML CBOR's kind check, base values over integers, mixed absolute and relative
+/// times, decimal fractions beyond the exact fast path.
+#[test]
+fn senml_kinds_base_values_times_and_decimals() {
+    let p = Lwm2mPath::instance(3, 0);
+    let cbor = |h: &str| decode(ContentFormat::SenmlCbor, &hex(h), &p, &std_types);
+    // [{0: "9", 4: true}]: a boolean for the integer /3/0/9.
+    assert_eq!(
+        cbor("81 a2 00 61 39 04 f5"),
+        Err(ContentError::BadRecord {
+            index: 0,
+            problem: RecordProblem::TypeMismatch(ResourceType::Integer)
+        })
+    );
+    // [{-5: 1, 0: "9", 2: 2}, {0: "10", 2: -1}]: bv is sticky; integers stay integers.
+    let c = cbor("82 a3 24 01 00 61 39 02 02 a2 00 62 31 30 02 20").unwrap();
+    assert_eq!(
+        c.values,
+        vec![
+            (Lwm2mPath::resource(3, 0, 9), V::Integer(3)),
+            (Lwm2mPath::resource(3, 0, 10), V::Integer(0)),
+        ]
+    );
+    // An absolute time is older than any relative one (now is later than it).
+    let c = decode(
+        ContentFormat::SenmlJson,
+        br#"[{"n":"9","v":1,"t":-5},{"n":"9","v":2,"t":1700000000},{"n":"9","v":3}]"#,
+        &p,
+        &std_types,
+    )
+    .unwrap();
+    let order: Vec<&V> = c.values.iter().map(|(_, v)| v).collect();
+    assert_eq!(order, [&V::Integer(2), &V::Integer(1), &V::Integer(3)]);
+    // 4([-30, 12345]) and 4([3, 2^60]) (= 125 * 2^63, exact): outside the exact fast path,
+    // still rounded once.
+    let float = |_: &Lwm2mPath| Some(ResourceType::Float);
+    let r = Lwm2mPath::resource(9, 0, 1);
+    let c = decode(
+        ContentFormat::Cbor,
+        &hex("c4 82 38 1d 19 30 39"),
+        &r,
+        &float,
+    );
+    assert_eq!(c, Ok(Content::single(r, V::Float(12345e-30))));
+    let c = decode(
+        ContentFormat::Cbor,
+        &hex("c4 82 03 1b 10 00 00 00 00 00 00 00"),
+        &r,
+        &float,
+    );
+    assert_eq!(c, Ok(Content::single(r, V::Float(125.0 * 2f64.powi(63)))));
 }

@@ -1163,6 +1163,16 @@ impl Lwm2mServer {
             }
         };
         if m.payload.is_empty() && cf.canonical() != ContentFormat::Opaque {
+            // Text that says it is text, for one resource, is a value even when empty: a
+            // string resource's "" (an opaque one's no bytes); types that have no empty
+            // text form (numbers, booleans, links) still decode to nothing.
+            if m.content_format().is_some()
+                && cf.canonical() == ContentFormat::Text
+                && path.depth() >= 3
+                && let Ok(c) = content::decode(cf, &m.payload, path, &*self.types)
+            {
+                return Ok(c);
+            }
             return Ok(Content::default());
         }
         content::decode(cf, &m.payload, path, &*self.types)
