@@ -521,12 +521,12 @@ impl DtlsServer {
         };
         self.resolver.take();
         // An unverified peer's timers are not driven (see `after_pending`): its clock
-        // stays at its first ClientHello, where nothing is due. (dimpl needs the call: it
-        // draws the server random there.)
-        let clock = match p.phase {
-            Phase::Unverified => p.since,
-            Phase::Handshaking => now,
-        };
+        // stays at its first ClientHello, where nothing is due (driving it on would
+        // resend the HelloVerifyRequest, and a resent one has dimpl expect another
+        // ClientHello than the cookie's). dimpl needs the call: it draws the server random
+        // there.
+        let unverified = p.phase == Phase::Unverified;
+        let clock = if unverified { p.since } else { now };
         let result = p
             .dtls
             .handle_timeout(clock)
@@ -539,7 +539,18 @@ impl DtlsServer {
             bump(&self.counters.handshake_failures);
             return;
         }
-        let d = drain(&mut p.dtls, &mut self.buf);
+        let mut d = drain(&mut p.dtls, &mut self.buf);
+        if unverified && d.server_hello && p.dtls.handle_timeout(now).is_ok() {
+            // Past the cookie: the clock catches up, so the flight's retransmission timer
+            // runs from now. (After a cookie round trip longer than the first timeout the
+            // flight goes out a second time here.)
+            let more = drain(&mut p.dtls, &mut self.buf);
+            d.packets.extend(more.packets);
+            d.timer = more.timer;
+            d.connected |= more.connected;
+            d.closed |= more.closed;
+            d.data.extend(more.data);
+        }
         self.after_pending(now, peer, d);
     }
 

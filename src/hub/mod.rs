@@ -129,7 +129,7 @@ use crate::{DeviceId, Timestamp};
 use provisioning::{AutoProvisioned, Verdict};
 use request::Waiting;
 use rustc_hash::FxHashSet;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -178,6 +178,9 @@ impl Default for PropertySync {
         }
     }
 }
+
+/// The most [`DeviceRequest::EndRegistration`]s the hub remembers as unanswered.
+const MAX_ENDS_IN_FLIGHT: usize = 4096;
 
 /// Settings of a [`Hub`]. `Default` has property sync on and auto-provisioning off.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -311,6 +314,10 @@ struct Inner {
     /// Where in the registry's removal log the job engine last heard of removals
     /// (`None`: not yet; see `forget_removed`).
     engine_heard: Mutex<Option<(u64, u64)>>,
+    /// The [`DeviceRequest::EndRegistration`]s sent and not yet answered (the newest
+    /// [`MAX_ENDS_IN_FLIGHT`]; the transports answer at once): their answers are the
+    /// transport's, so they are not the device being heard from.
+    ends_in_flight: Mutex<VecDeque<OpId>>,
     /// Requests of [`Hub::request`] waiting for their answers.
     waiting: Arc<Waiting>,
     /// The hub's own sync observations (only the hub thread touches it).
@@ -497,6 +504,7 @@ impl Hub {
             last_sweep: Mutex::new(Instant::now()),
             backoff: Mutex::default(),
             engine_heard: Mutex::new(None),
+            ends_in_flight: Mutex::new(VecDeque::new()),
             waiting: Arc::default(),
             synced: Mutex::new(HashMap::new()),
             #[cfg(feature = "dtls")]
@@ -1431,7 +1439,37 @@ impl Inner {
             let mut jobs = lock(&self.jobs);
             self.forget_removed(&self.registry.read(), Instant::now(), &mut jobs, &mut ends);
         }
+        self.send_ends(ends);
+    }
+
+    /// Sends [`DeviceRequest::EndRegistration`]s, noting them so that their answers are not
+    /// taken for the device's activity.
+    fn send_ends(&self, ends: Vec<DeviceOp>) {
+        if ends.is_empty() {
+            return;
+        }
+        {
+            let mut in_flight = lock(&self.ends_in_flight);
+            for op in &ends {
+                if in_flight.len() == MAX_ENDS_IN_FLIGHT {
+                    in_flight.pop_front();
+                }
+                in_flight.push_back(op.id);
+            }
+        }
         self.send(ends);
+    }
+
+    /// Whether `op` is an [`DeviceRequest::EndRegistration`] the hub sent (now answered).
+    fn end_answered(&self, op: OpId) -> bool {
+        let mut in_flight = lock(&self.ends_in_flight);
+        match in_flight.iter().position(|&o| o == op) {
+            Some(i) => {
+                in_flight.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Tells the job engine of the twins removed since it last heard: it forgets their
@@ -1674,7 +1712,7 @@ impl Inner {
         self.publish(published);
         self.send_sync_ops(ops);
         self.send_job_ops(job_ops);
-        self.send(ends);
+        self.send_ends(ends);
         if committed {
             Outcome::Committed
         } else {
@@ -1901,6 +1939,11 @@ impl Inner {
                 )));
             }
             DeviceEvent::Response { op, device, result } => {
+                // The transport's answer to ending a removed twin's registration: nothing
+                // of the device's (a twin created again under the id was not heard from).
+                if self.end_answered(*op) {
+                    return;
+                }
                 #[cfg(feature = "tracing")]
                 if let Err(DeviceError::BadPayload(why)) = result {
                     crate::trace_event!(

@@ -1779,7 +1779,11 @@ impl Lwm2mClient {
                     if path == PACKAGE
                         && let Some(fw) = self.tree.firmware_mut()
                     {
-                        fw.push_abandoned();
+                        fw.push_abandoned(if code == Code::REQUEST_ENTITY_TOO_LARGE {
+                            UpdateResult::NotEnoughFlash
+                        } else {
+                            UpdateResult::ConnectionLost
+                        });
                     }
                     let mut r = Message::response(code);
                     if code == Code::REQUEST_ENTITY_TOO_LARGE {
@@ -1829,7 +1833,7 @@ impl Lwm2mClient {
         if b1.num == 0 && pushing(self) {
             // A new transfer (of the package again, or of anything else) replaces it.
             if let Some(fw) = self.tree.firmware_mut() {
-                fw.push_abandoned();
+                fw.push_abandoned(UpdateResult::ConnectionLost);
             }
         }
         if !is_package || self.tree.firmware_mut().is_none() {
@@ -2667,11 +2671,14 @@ impl Lwm2mClient {
         let Some(d) = self.download.as_mut() else {
             return;
         };
-        let etag = msg.etag().map(<[u8]>::to_vec);
+        let etag = msg.etag();
         if d.next_num == 0 {
-            d.etag = etag;
-        } else if etag != d.etag {
-            // Blocks of two versions of the package: refuse the splice.
+            d.etag = etag.map(<[u8]>::to_vec);
+        } else if let (Some(first), Some(now)) = (d.etag.as_deref(), etag)
+            && first != now
+        {
+            // Blocks of two versions of the package: refuse the splice. (A block without
+            // an ETag says nothing either way.)
             return self.download_finished(Err(UpdateResult::IntegrityCheckFailure));
         }
         match msg.block2() {

@@ -346,11 +346,12 @@ impl FirmwareUpdate {
         self.pushing && self.state == UpdateState::Downloading
     }
 
-    /// The push under way broke off (a block out of order, too large, another transfer):
-    /// Idle with result 4, connection lost.
-    pub(crate) fn push_abandoned(&mut self) {
+    /// The push under way broke off: Idle with `result` (2, not enough flash, for a
+    /// package too large; 4, connection lost, for a block out of order or another
+    /// transfer).
+    pub(crate) fn push_abandoned(&mut self, result: UpdateResult) {
         if self.push_under_way() {
-            self.set(UpdateState::Idle, UpdateResult::ConnectionLost);
+            self.set(UpdateState::Idle, result);
         }
     }
 
