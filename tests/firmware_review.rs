@@ -3,6 +3,8 @@
 //! Every test here failed on the code as reviewed because of the bug it names; each is
 //! fixed since, and the test keeps it fixed.
 
+#![cfg(all(feature = "lwm2m", feature = "device"))]
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

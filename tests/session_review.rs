@@ -2,6 +2,8 @@
 //! firmware update push/pull). Every test here failed on the code as reviewed because of
 //! the mistake its comment names; each is fixed since.
 
+#![cfg(all(feature = "lwm2m", feature = "device"))]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
