@@ -131,7 +131,7 @@ pub enum DeviceRequest {
     /// Ends the device's registration at the transport, nothing sent to the device: its
     /// observations, queued requests (failed with [`DeviceError::NotRegistered`]) and
     /// address binding go, as at a de-registration, but no
-    /// [`DeviceEvent::Deregistered`](crate::transport::DeviceEvent::Deregistered) follows.
+    /// [`DeviceEvent::Deregistered`] follows.
     /// The device learns at its next Update (4.04 Not Found) and registers again. The hub
     /// sends it when a connected twin is removed. Only the registration with this id ends
     /// (a newer one stays): answered [`DeviceReply::Done`], or `NotRegistered` when the
