@@ -640,3 +640,67 @@ fn cancel_during_a_pull_stops_the_download() {
     );
     assert!(got.lock().unwrap().is_empty());
 }
+
+// ------------------------------------------- from the review of the fixes (session_review)
+
+/// Checks: a Block2 pull from a package server that puts an ETag on the first block
+/// only (the later blocks carry none) installs the package.
+/// Why wrong: an absent ETag is not a different ETag: nothing says the representation
+/// changed (RFC 7959 §2.4 only asks the client to notice a *changed* ETag; many
+/// servers tag the first answer only). src/lwm2m/client/engine.rs `download_block`
+/// (~line 2653) stores block 0's tag and compares `Option`s, so `None != Some(tag)`.
+/// Before the fix: the download fails with Update Result 5 (integrity check failure): the package
+/// is refused and the server is told it was corrupt, though every byte was right.
+#[test]
+fn a_pull_whose_later_blocks_carry_no_etag_installs() {
+    let (mut h, got, get0) = pulling();
+    let szx = get0.block2().unwrap().szx;
+    let size = get0.block2().unwrap().size();
+    let mut r = Message::response(Code::CONTENT);
+    r.add_option(OptionNumber::ETAG, b"A");
+    r.set_block2(BlockOption::new(0, true, szx).unwrap());
+    r.payload = vec![b'A'; size];
+    serve_block(&mut h, &get0, r);
+    let get1 = h
+        .sent()
+        .into_iter()
+        .find(|m| m.code == Code::GET)
+        .expect("block 1 requested");
+    let mut r = Message::response(Code::CONTENT);
+    r.set_block2(BlockOption::new(1, false, szx).unwrap());
+    r.payload = vec![b'A'; 10];
+    serve_block(&mut h, &get1, r);
+    assert_eq!(
+        got.lock().unwrap().len(),
+        1,
+        "package refused: State {} Update Result {}",
+        h.get_text("/5/0/3"),
+        h.get_text("/5/0/5")
+    );
+}
+
+/// Checks: a Block1 push of /5/0/0 refused at its first block as too large (Size1 past
+/// the device's limit, 4.13) does not report Update Result 4 "connection lost".
+/// Why wrong: nothing was lost: the device refused the size. OMA object 5 has result 2
+/// (not enough flash) for that, and this library's pull of a too-large package reports
+/// 2 (`NotEnoughFlash`, engine.rs `download_block`); before this change the refused
+/// push left State Idle with result 0. `package_push_step` (engine.rs ~line 1833) puts
+/// the object in Downloading before `block1_step` checks the size, and the 4.13 then
+/// goes through `push_abandoned` (firmware.rs ~line 350): Idle with result 4.
+/// Before the fix: State 0, Update Result 4 (connection lost during download).
+#[test]
+fn a_push_refused_as_too_large_does_not_report_connection_lost() {
+    let mut h = Harness::registered_with(tree_with(FirmwareUpdate::new()));
+    let mut m = Message::request(Code::PUT, "/5/0/0");
+    m.set_content_format(ContentFormat::OCTET_STREAM);
+    m.set_block1(BlockOption::new(0, true, 6).unwrap());
+    m.set_size1(200_000_000);
+    m.payload = vec![1; 1024];
+    let r = h.request(m);
+    assert_eq!(r.code, Code::REQUEST_ENTITY_TOO_LARGE);
+    let result = h.get_text("/5/0/5");
+    assert!(
+        result == "0" || result == "2",
+        "a push refused for its size reports Update Result {result} (4: connection lost)"
+    );
+}
