@@ -202,7 +202,7 @@ impl serde::Serialize for JobKind {
 /// assert!(matches!(job, JobType::WriteDeviceProperties { .. }));
 /// ```
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "type")]
+#[serde(tag = "type", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum JobType {
     /// Write `/5/0/1` (package URI), follow `/5/0/3` to Downloaded (observe plus periodic
@@ -454,7 +454,7 @@ impl fmt::Display for FailureReason {
 /// `base_per_minute`, multiply by `increment_factor` every `every_succeeded` successes,
 /// never above the rollout's `max_per_minute`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExponentialRamp {
     /// Starting rate, devices per minute (>= 1).
     pub base_per_minute: u32,
@@ -466,7 +466,7 @@ pub struct ExponentialRamp {
 
 /// How fast a job starts children.
 #[derive(Clone, Copy, Debug, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Rollout {
     /// At most this many children start in any sliding 60-second window.
     pub max_per_minute: Option<u32>,
@@ -483,12 +483,13 @@ pub struct Rollout {
 /// Cancel the rest of a job when too many children fail (AWS IoT's abort criteria;
 /// hawkBit's error condition).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AbortRule {
     /// Which failures count; `None` counts every failure.
     #[serde(default)]
     pub on: Option<FailureKind>,
-    /// Abort when matching failures reach this percentage (0-100) of finished children.
+    /// Abort when matching failures reach this percentage (0-100) of finished children
+    /// ([`JobSpec::validate`] refuses a value outside it, and NaN).
     pub threshold_percent: f64,
     /// ... but only once at least this many children have finished (>= 1).
     pub min_finished: u32,
@@ -496,22 +497,26 @@ pub struct AbortRule {
 
 /// Retry children that failed in a given way, with exponential backoff.
 ///
+/// [`JobSpec::validate`] (which creating a job runs) refuses a rule with more than 10
+/// retries, a multiplier below 1 or not finite, a backoff past [`MAX_JOB_DURATION`], or
+/// an initial backoff longer than the longest.
+///
 /// JSON: `{"on": "timedOut", "maxRetries": 3, "initialBackoffMs": 10000, "multiplier": 2.0,
 /// "maxBackoffMs": 600000}`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryRule {
     /// Which failures are retried; `None` retries every failure.
     #[serde(default)]
     pub on: Option<FailureKind>,
     /// Retries after the first attempt (0-10).
     pub max_retries: u32,
-    /// Wait before the first retry.
+    /// Wait before the first retry (at most `max_backoff`; 0 retries at once).
     #[serde(rename = "initialBackoffMs", with = "millis")]
     pub initial_backoff: Duration,
-    /// Factor applied per further retry (>= 1.0).
+    /// Factor applied per further retry (finite, >= 1.0).
     pub multiplier: f64,
-    /// Longest wait.
+    /// Longest wait (at most [`MAX_JOB_DURATION`]).
     #[serde(rename = "maxBackoffMs", with = "millis")]
     pub max_backoff: Duration,
 }
@@ -566,7 +571,11 @@ impl RetryRule {
 /// ```
 ///
 /// Its JSON form (camelCase; durations in milliseconds; what is left out takes
-/// [`JobSpec::new`]'s default, and `"maxExecutionTimeMs": null` means no limit):
+/// [`JobSpec::new`]'s default, and `"maxExecutionTimeMs": null` means no limit). A field
+/// the form does not know is an error that names it, at every level (the spec, its
+/// `job`, `rollout`, `ramp`, `abortRules` and `retries`): a misspelt limit is never
+/// dropped silently for its default. Deserialising checks the form only; the values'
+/// ranges are [`JobSpec::validate`]'s, which creating a job runs.
 ///
 /// ```
 /// use twinhub::job::JobSpec;
@@ -579,9 +588,16 @@ impl RetryRule {
 /// }"#).unwrap();
 /// assert_eq!(spec.targets.len(), 2);
 /// assert_eq!(spec.max_execution_time, Some(std::time::Duration::from_secs(86_400)));
+///
+/// let typo = serde_json::from_str::<JobSpec>(r#"{
+///     "id": "reboot-all",
+///     "job": {"type": "rebootDevice"},
+///     "rollout": {"maxConcurency": 10}
+/// }"#).unwrap_err();
+/// assert!(typo.to_string().contains("unknown field `maxConcurency`"));
 /// ```
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobSpec {
     /// The parent job's id.
     pub id: JobId,
@@ -775,6 +791,9 @@ impl JobSpec {
                     "retries",
                     "at most 10 retries, a finite multiplier >= 1 and backoffs of at most 100 years",
                 );
+            }
+            if r.initial_backoff > r.max_backoff {
+                return bad("retries", "initialBackoffMs must not exceed maxBackoffMs");
             }
         }
         Ok(())

@@ -250,7 +250,12 @@ pub(crate) fn decode_parent(p: u32, row: &[u8]) -> Result<ParentRowDecoded, JobR
         key: p,
         detail,
     };
-    let r: ParentRow = serde_json::from_slice(row).map_err(|e| bad(e.to_string()))?;
+    let mut r: ParentRow = serde_json::from_slice(row).map_err(|e| bad(e.to_string()))?;
+    // Creation refuses a retry rule whose initial backoff exceeds its longest; a job made
+    // before it did keeps its rule at the longest, which is the backoff it always waited.
+    for rule in &mut r.spec.retries {
+        rule.initial_backoff = rule.initial_backoff.min(rule.max_backoff);
+    }
     if r.v != ROW_VERSION {
         return Err(bad(format!("record version {}", r.v)));
     }

@@ -1,0 +1,258 @@
+//! A review of the job subsystem: spec JSON that misspells a field, retry and abort rules
+//! out of range, history paging with a zero limit, Firmware Update Result 10 and 11, and
+//! the recorded end time of an expired job. Each test of a fix failed before it; the
+//! others (`the_well_formed_json_parses`, `rules_outside_their_documented_ranges_are_refused`)
+//! show what was already right.
+
+use std::time::{Duration, Instant};
+use twinhub::job::{
+    AbortRule, EngineConfig, FailureKind, JobEngine, JobId, JobSpec, JobStatus, JobType, RetryRule,
+    SpecError,
+};
+use twinhub::{DeviceId, Timestamp};
+
+// ---- 1. unknown fields in a spec's JSON ----
+
+/// A spec's JSON from its parts; `extra_top` goes at the end of the top-level object.
+fn spec_json(extra_top: &str, job: &str, rollout: &str, abort: &str, retry: &str) -> String {
+    format!(
+        r#"{{
+            "id": "fw",
+            "job": {job},
+            "targets": ["a"],
+            "deviceTimeoutMs": 60000,
+            "rollout": {rollout},
+            "abortRules": [{abort}],
+            "retries": [{retry}]{extra_top}
+        }}"#
+    )
+}
+
+const JOB: &str = r#"{"type": "firmwareUpdate", "packageUri": "coap://fw/2.0.bin"}"#;
+const ROLLOUT: &str = r#"{"maxPerMinute": 10, "maxInFlight": 5, "ramp": {"basePerMinute": 1, "incrementFactor": 2.0, "everySucceeded": 1}}"#;
+const ABORT: &str = r#"{"on": "timedOut", "thresholdPercent": 50.0, "minFinished": 10}"#;
+const RETRY: &str = r#"{"on": "timedOut", "maxRetries": 3, "initialBackoffMs": 1000, "multiplier": 2.0, "maxBackoffMs": 60000}"#;
+
+fn parse(json: &str) -> Result<JobSpec, String> {
+    serde_json::from_str::<JobSpec>(json).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_well_formed_json_parses() {
+    let spec = parse(&spec_json("", JOB, ROLLOUT, ABORT, RETRY)).unwrap();
+    assert_eq!(spec.rollout.max_in_flight, Some(5));
+    assert_eq!(spec.retries[0].max_backoff, Duration::from_secs(60));
+    spec.validate().unwrap();
+}
+
+#[test]
+fn a_misspelt_field_anywhere_in_a_spec_is_an_error_naming_it() {
+    let cases = [
+        spec_json(r#", "maxConcurency": 5"#, JOB, ROLLOUT, ABORT, RETRY),
+        spec_json(r#", "deviceTimeoutMS": 5"#, JOB, ROLLOUT, ABORT, RETRY),
+        spec_json(
+            "",
+            r#"{"type": "firmwareUpdate", "packageUri": "coap://fw/2.0.bin", "expectedVerison": "2.0"}"#,
+            ROLLOUT,
+            ABORT,
+            RETRY,
+        ),
+        spec_json(
+            "",
+            r#"{"type": "rebootDevice", "waitForRegistation": true}"#,
+            ROLLOUT,
+            ABORT,
+            RETRY,
+        ),
+        spec_json(
+            "",
+            JOB,
+            r#"{"maxPerMinute": 10, "maxConcurrent": 5}"#,
+            ABORT,
+            RETRY,
+        ),
+        spec_json(
+            "",
+            JOB,
+            r#"{"ramp": {"basePerMinute": 1, "incrementFactor": 2.0, "everySucceeded": 1, "maxRate": 9}}"#,
+            ABORT,
+            RETRY,
+        ),
+        spec_json(
+            "",
+            JOB,
+            ROLLOUT,
+            r#"{"thresholdPercent": 50.0, "minFinished": 10, "minExecuted": 3}"#,
+            RETRY,
+        ),
+        spec_json(
+            "",
+            JOB,
+            ROLLOUT,
+            ABORT,
+            r#"{"maxRetries": 3, "initialBackoffMs": 1000, "multiplier": 2.0, "maxBackoffMs": 60000, "backoffMs": 9}"#,
+        ),
+    ];
+    let names = [
+        "maxConcurency",
+        "deviceTimeoutMS",
+        "expectedVerison",
+        "waitForRegistation",
+        "maxConcurrent",
+        "maxRate",
+        "minExecuted",
+        "backoffMs",
+    ];
+    for (json, name) in cases.iter().zip(names) {
+        let err = parse(json).expect_err(name);
+        assert!(
+            err.contains(&format!("unknown field `{name}`")),
+            "{name}: {err}"
+        );
+    }
+}
+
+// ---- 2. rules out of range ----
+
+fn reboot_spec() -> JobSpec {
+    JobSpec::new(
+        JobId::new("r").unwrap(),
+        JobType::Reboot {
+            wait_for_registration: false,
+        },
+        vec![DeviceId::new("a").unwrap()],
+    )
+}
+
+/// `spec` is refused by `validate`, by `JobEngine::create` (which creates nothing) and
+/// names `name`.
+fn refused(spec: JobSpec, name: &str) {
+    let err = spec.validate().expect_err(name);
+    assert!(
+        matches!(&err, SpecError::InvalidParameter { name: n, .. } if *n == name),
+        "{err:?}"
+    );
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
+    assert_eq!(engine.create(t0, spec.clone()), Err(err));
+    assert!(engine.job(&spec.id).is_none());
+}
+
+#[test]
+fn a_retry_rule_whose_first_backoff_exceeds_its_longest_is_refused() {
+    let mut rule = RetryRule::new(Some(FailureKind::TimedOut), 3);
+    rule.initial_backoff = Duration::from_secs(601);
+    rule.max_backoff = Duration::from_secs(600);
+    refused(reboot_spec().retry(rule), "retries");
+    // Equal is fine: every retry waits the same.
+    rule.initial_backoff = Duration::from_secs(600);
+    reboot_spec().retry(rule).validate().unwrap();
+    // So is JSON's; the message says which bound was crossed.
+    let json = spec_json(
+        "",
+        JOB,
+        ROLLOUT,
+        ABORT,
+        r#"{"maxRetries": 3, "initialBackoffMs": 70000, "multiplier": 2.0, "maxBackoffMs": 60000}"#,
+    );
+    let err = parse(&json).unwrap().validate().unwrap_err();
+    assert!(err.to_string().contains("initialBackoffMs"), "{err}");
+}
+
+// A job created before creation refused such a rule still restores (a store written by
+// an earlier version), waiting what it always waited: the longest backoff.
+#[test]
+fn a_stored_job_with_such_a_rule_still_restores() {
+    use twinhub::job::JobRow;
+    let t0 = Instant::now();
+    let wall = Timestamp::from_millis(0);
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, wall);
+    engine.enable_journal();
+    engine
+        .create(t0, reboot_spec().retry(RetryRule::new(None, 2)))
+        .unwrap();
+    let (mut parents, mut children) = (Vec::new(), Vec::new());
+    for row in engine.take_journal() {
+        match row {
+            JobRow::Parent(p, b) => parents.push((p, b)),
+            JobRow::Child(c, b) => children.push((c, b)),
+            JobRow::DropBefore { .. } => {}
+        }
+    }
+    let text = String::from_utf8(parents[0].1.clone()).unwrap();
+    let old = text.replace("\"initialBackoffMs\":10000", "\"initialBackoffMs\":700000");
+    assert_ne!(old, text);
+    parents[0].1 = old.into_bytes();
+    let back = JobEngine::restore(EngineConfig::default(), t0, wall, parents, children).unwrap();
+    assert_eq!(
+        back.job(&JobId::new("r").unwrap()).unwrap().status,
+        JobStatus::Running
+    );
+}
+
+#[test]
+fn rules_outside_their_documented_ranges_are_refused() {
+    let base = RetryRule::new(None, 3);
+    for bad in [
+        RetryRule {
+            multiplier: 0.5,
+            ..base
+        },
+        RetryRule {
+            multiplier: f64::NAN,
+            ..base
+        },
+        RetryRule {
+            multiplier: f64::INFINITY,
+            ..base
+        },
+        RetryRule {
+            max_retries: 11,
+            ..base
+        },
+    ] {
+        refused(reboot_spec().retry(bad), "retries");
+    }
+    reboot_spec()
+        .retry(RetryRule {
+            max_retries: 10,
+            multiplier: 1.0,
+            ..base
+        })
+        .validate()
+        .unwrap();
+    let rule = AbortRule {
+        on: None,
+        threshold_percent: 50.0,
+        min_finished: 1,
+    };
+    for bad in [
+        AbortRule {
+            threshold_percent: 100.5,
+            ..rule
+        },
+        AbortRule {
+            threshold_percent: -1.0,
+            ..rule
+        },
+        AbortRule {
+            threshold_percent: f64::NAN,
+            ..rule
+        },
+        AbortRule {
+            min_finished: 0,
+            ..rule
+        },
+    ] {
+        refused(reboot_spec().abort_rule(bad), "abortRules");
+    }
+    for ok in [0.0, 100.0] {
+        reboot_spec()
+            .abort_rule(AbortRule {
+                threshold_percent: ok,
+                ..rule
+            })
+            .validate()
+            .unwrap();
+    }
+}
