@@ -121,7 +121,9 @@ fn the_oldest_finished_jobs_are_dropped_and_the_history_starts_after_them() {
     );
     assert!(e.job(&JobId::new("j0").unwrap()).is_none());
     // A cursor from the very start continues at the oldest record kept.
-    let page = e.history(&HistoryFilter::default(), HistoryCursor::default(), 100);
+    let page = e
+        .history(&HistoryFilter::default(), HistoryCursor::default(), 100)
+        .unwrap();
     assert_eq!(page.records.len(), 9);
     assert_eq!(page.records[0].job_id, "j3");
     assert_eq!(e.history_snapshot().len(), 9);
@@ -434,7 +436,9 @@ proptest! {
             prop_assert_eq!(e.kept_children() as u64, children);
             prop_assert_eq!(rows.parents.len(), want.len());
             prop_assert_eq!(rows.children.len() as u64, children);
-            let records = e.history(&HistoryFilter::default(), HistoryCursor::default(), 1_000);
+            let records = e
+                .history(&HistoryFilter::default(), HistoryCursor::default(), 1_000)
+                .unwrap();
             prop_assert_eq!(records.records.len() as u64, want.len() as u64 + children);
         }
     }

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 use twinhub::job::{
-    AbortRule, EngineConfig, FailureKind, JobEngine, JobId, JobSpec, JobStatus, JobType, RetryRule,
-    SpecError,
+    AbortRule, EngineConfig, FailureKind, HistoryCursor, HistoryError, HistoryFilter, JobEngine,
+    JobId, JobSpec, JobStatus, JobType, RetryRule, SpecError,
 };
 use twinhub::{DeviceId, Timestamp};
 
@@ -254,5 +254,51 @@ fn rules_outside_their_documented_ranges_are_refused() {
             })
             .validate()
             .unwrap();
+    }
+}
+
+// ---- 3. history paging with limit 0 ----
+
+#[test]
+fn a_history_page_of_zero_records_is_refused_and_paging_terminates() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
+    let devices: Vec<DeviceId> = (0..3)
+        .map(|i| DeviceId::new(&format!("d{i}")).unwrap())
+        .collect();
+    engine
+        .create(
+            t0,
+            JobSpec::new(
+                JobId::new("r").unwrap(),
+                JobType::Reboot {
+                    wait_for_registration: false,
+                },
+                devices,
+            ),
+        )
+        .unwrap();
+    let all = HistoryFilter::default();
+    assert_eq!(
+        engine.history(&all, HistoryCursor::default(), 0),
+        Err(HistoryError::ZeroLimit)
+    );
+    // Any positive limit makes progress: a loop until `next` is None ends.
+    for limit in [1, 2, 3, 4, 100] {
+        let mut cursor = HistoryCursor::default();
+        let mut seen = 0;
+        for _ in 0..10 {
+            let page = engine.history(&all, cursor, limit).unwrap();
+            assert!(!page.records.is_empty());
+            seen += page.records.len();
+            match page.next {
+                Some(next) => {
+                    assert!(next > cursor);
+                    cursor = next;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, 4, "limit {limit}");
     }
 }

@@ -775,7 +775,7 @@ fn history_paging_never_duplicates_or_skips() {
             let mut got = Vec::new();
             let mut cursor = HistoryCursor::default();
             loop {
-                let page = sim.jobs.history(&filter, cursor, limit);
+                let page = sim.jobs.history(&filter, cursor, limit).unwrap();
                 assert!(page.records.len() <= limit);
                 got.extend(page.records);
                 match page.next {
@@ -801,14 +801,17 @@ fn history_paging_never_duplicates_or_skips() {
     }
     // Filters by device, type and time agree with a scan of every record.
     let d = dev(6);
-    let by_device = sim.jobs.history(
-        &HistoryFilter {
-            device: Some(d.clone()),
-            ..HistoryFilter::default()
-        },
-        HistoryCursor::default(),
-        100,
-    );
+    let by_device = sim
+        .jobs
+        .history(
+            &HistoryFilter {
+                device: Some(d.clone()),
+                ..HistoryFilter::default()
+            },
+            HistoryCursor::default(),
+            100,
+        )
+        .unwrap();
     let scan: Vec<&JobRecord> = all
         .iter()
         .filter(|r| r.device_id.as_ref() == Some(&d))

@@ -158,6 +158,27 @@ pub struct HistoryPage {
     pub next: Option<HistoryCursor>,
 }
 
+/// Why [`JobEngine::history`] answered no page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// The page size was 0; it must be at least 1 (a page of no records cannot move the
+    /// cursor on, so paging would never end).
+    ZeroLimit,
+}
+
+impl std::fmt::Display for HistoryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HistoryError::ZeroLimit => {
+                f.write_str("a history page must hold at least 1 record; the limit was 0")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HistoryError {}
+
 fn in_range(t: Option<Timestamp>, from: Option<Timestamp>, before: Option<Timestamp>) -> bool {
     if from.is_none() && before.is_none() {
         return true;
@@ -270,12 +291,21 @@ impl JobEngine {
 
     /// Up to `limit` records matching `filter`, starting at `from` (use
     /// [`HistoryCursor::default`] for the first page).
+    ///
+    /// A `limit` of 0 is refused ([`HistoryError::ZeroLimit`]): a page of no records could
+    /// only hand back the cursor it was given, and a caller paging until `next` is `None`
+    /// would never end. With a `limit` of 1 or more, every page holds at least one record
+    /// and its `next` lies past them, so such a loop ends. `limit` bounds the records one
+    /// page holds, not the records scanned to find them.
     pub fn history(
         &self,
         filter: &HistoryFilter,
         from: HistoryCursor,
         limit: usize,
-    ) -> HistoryPage {
+    ) -> Result<HistoryPage, HistoryError> {
+        if limit == 0 {
+            return Err(HistoryError::ZeroLimit);
+        }
         let mut records = Vec::new();
         let mut next = None;
         self.scan(filter, from, |pos, slot| {
@@ -289,7 +319,7 @@ impl JobEngine {
             });
             true
         });
-        HistoryPage { records, next }
+        Ok(HistoryPage { records, next })
     }
 
     /// Number of records matching `filter`; child statuses, types and parents are counted

@@ -115,7 +115,9 @@
 //! to ask: [`JobEngine::history_snapshot`] gives a [`HistorySnapshot`] that the query
 //! engine runs the JSON query expressions over (filter, project, aggregate, sort, paging;
 //! see [`history_query`]); [`history`] has a typed filter answered from live bitmap
-//! indexes, with cursor paging and group-by-failure-reason counts.
+//! indexes, with cursor paging (a page of at least one record: a limit of 0 is
+//! [`HistoryError::ZeroLimit`], so paging until `next` is `None` always ends) and
+//! group-by-failure-reason counts.
 //!
 //! The history is bounded by counts: [`EngineConfig::retain_jobs`] jobs and
 //! [`EngineConfig::retain_children`] child records. Creating a job beyond either drops
@@ -178,7 +180,9 @@ pub use engine::{
     CancelMode, EngineConfig, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobProgress, JobRow,
     JobRowError, JobStatistics, TwinUpdate,
 };
-pub use history::{HistoryCursor, HistoryFilter, HistoryPage, JobRecord, RecordScope};
+pub use history::{
+    HistoryCursor, HistoryError, HistoryFilter, HistoryPage, JobRecord, RecordScope,
+};
 pub use history_query::{HistoryChanges, HistoryProperty, HistorySnapshot, LiveHistory};
 pub use spec::{
     AbortRule, ExponentialRamp, FailureKind, FailureReason, JobId, JobIdError, JobKind, JobSpec,
