@@ -6,10 +6,11 @@
 
 use std::time::{Duration, Instant};
 use twinhub::job::{
-    AbortRule, EngineConfig, FailureKind, HistoryCursor, HistoryError, HistoryFilter, JobEngine,
-    JobId, JobSpec, JobStatus, JobType, RetryRule, SpecError,
+    AbortRule, EngineConfig, FailureKind, FailureReason, HistoryCursor, HistoryError,
+    HistoryFilter, JobEngine, JobId, JobSpec, JobStatus, JobType, RetryRule, SpecError,
 };
-use twinhub::{DeviceId, Timestamp};
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo};
+use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 // ---- 1. unknown fields in a spec's JSON ----
 
@@ -301,4 +302,239 @@ fn a_history_page_of_zero_records_is_refused_and_paging_terminates() {
         }
         assert_eq!(seen, 4, "limit {limit}");
     }
+}
+
+// ---- 4. Firmware Update Result 11 (deferred) and 10 (cancelled) ----
+
+fn registered(device: &DeviceId) -> DeviceEvent {
+    DeviceEvent::Registered {
+        device: device.clone(),
+        registration: RegistrationInfo {
+            endpoint: device.to_string(),
+            registration_id: "0123456789abcdef".into(),
+            lifetime: 300,
+            lwm2m_version: "1.1".into(),
+            binding: "U".into(),
+            queue_mode: false,
+            objects: vec![
+                Lwm2mPath::instance(3, 0),
+                Lwm2mPath::instance(5, 0),
+                Lwm2mPath::instance(10241, 0),
+            ],
+            address: None,
+            psk_identity: None,
+        },
+    }
+}
+
+fn fw_state(state: i64, result: i64) -> Content {
+    Content {
+        values: vec![
+            (
+                Lwm2mPath::resource(5, 0, 1),
+                ResourceValue::String(URI.into()),
+            ),
+            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(state)),
+            (Lwm2mPath::resource(5, 0, 5), ResourceValue::Integer(result)),
+        ],
+    }
+}
+
+const URI: &str = "coap://fw/2.0.bin";
+
+fn answer(engine: &mut JobEngine, now: Instant, op: &DeviceOp, reply: DeviceReply) {
+    engine.handle_event(
+        now,
+        &DeviceEvent::Response {
+            op: op.id,
+            device: op.device.clone(),
+            result: Ok(reply),
+        },
+    );
+}
+
+fn notify(engine: &mut JobEngine, now: Instant, dev: &DeviceId, content: Content) {
+    engine.handle_event(
+        now,
+        &DeviceEvent::Notification {
+            device: dev.clone(),
+            path: Lwm2mPath::instance(5, 0),
+            content,
+        },
+    );
+}
+
+/// Every operation the engine has to send now.
+fn drain(engine: &mut JobEngine) -> Vec<DeviceOp> {
+    std::iter::from_fn(|| engine.poll_op()).collect()
+}
+
+/// The only operation the engine has to send now.
+fn one_op(engine: &mut JobEngine) -> DeviceOp {
+    let ops = drain(engine);
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    ops.into_iter().next().unwrap()
+}
+
+fn is_execute(op: &DeviceOp) -> bool {
+    op.request
+        == DeviceRequest::Execute {
+            path: Lwm2mPath::resource(5, 0, 2),
+            args: None,
+        }
+}
+
+/// A firmware job on one registered device, driven up to the answered Execute.
+fn fw_executed(spec: impl FnOnce(JobSpec) -> JobSpec) -> (JobEngine, Instant, DeviceId, JobId) {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &registered(&dev));
+    let id = JobId::new("fw").unwrap();
+    let job = JobType::FirmwareUpdate {
+        package_uri: URI.into(),
+        expected_version: None,
+    };
+    engine
+        .create(t0, spec(JobSpec::new(id.clone(), job, vec![dev.clone()])))
+        .unwrap();
+    let observe = one_op(&mut engine);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let write = one_op(&mut engine);
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    notify(&mut engine, t0, &dev, fw_state(2, 0));
+    let execute = one_op(&mut engine);
+    assert!(is_execute(&execute), "{execute:?}");
+    answer(&mut engine, t0, &execute, DeviceReply::Done);
+    (engine, t0, dev, id)
+}
+
+fn child(
+    engine: &JobEngine,
+    id: &JobId,
+    dev: &DeviceId,
+) -> (twinhub::job::ChildState, Option<FailureReason>) {
+    let (s, r) = engine.child_state(id, dev).unwrap();
+    (s, r.cloned())
+}
+
+#[test]
+fn a_deferred_update_keeps_the_child_waiting_until_the_device_applies_it() {
+    use twinhub::job::ChildState;
+    let (mut engine, t0, dev, id) = fw_executed(|s| s);
+    // The device defers the update (LwM2M 1.1 Update Result 11): it keeps the package.
+    notify(&mut engine, t0, &dev, fw_state(2, 11));
+    assert_eq!(child(&engine, &id, &dev), (ChildState::InProgress, None));
+    // Deferred is no lost Execute: the engine does not send it again.
+    let later = t0 + Duration::from_secs(120);
+    engine.handle_timeout(later);
+    assert!(drain(&mut engine).iter().all(|op| !is_execute(op)));
+    // Later the device applies it.
+    notify(&mut engine, later, &dev, fw_state(3, 0));
+    notify(&mut engine, later, &dev, fw_state(0, 1));
+    let ops = drain(&mut engine);
+    let verify = ops
+        .iter()
+        .find(|op| matches!(&op.request, DeviceRequest::Read { path } if *path == Lwm2mPath::resource(3, 0, 3)))
+        .expect("the version read");
+    answer(
+        &mut engine,
+        later,
+        verify,
+        DeviceReply::Content(Content::single(
+            Lwm2mPath::resource(3, 0, 3),
+            ResourceValue::String("2.0".into()),
+        )),
+    );
+    assert_eq!(child(&engine, &id, &dev), (ChildState::Succeeded, None));
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Completed);
+}
+
+#[test]
+fn an_update_still_deferred_at_the_device_timeout_fails_as_deferred_and_a_rule_retries_it() {
+    use twinhub::job::ChildState;
+    let mut rule = RetryRule::new(Some(FailureKind::Deferred), 1);
+    rule.initial_backoff = Duration::from_secs(60);
+    let timeout = Duration::from_secs(600);
+    let (mut engine, t0, dev, id) = fw_executed(|s| s.device_timeout(timeout).retry(rule));
+    notify(&mut engine, t0, &dev, fw_state(2, 11));
+    // The device timeout runs out while the device still defers.
+    let mut now = t0;
+    while now < t0 + timeout {
+        now = engine
+            .poll_timeout()
+            .unwrap()
+            .max(now + Duration::from_millis(1));
+        engine.handle_timeout(now);
+        for op in drain(&mut engine) {
+            if matches!(op.request, DeviceRequest::Read { .. }) {
+                answer(&mut engine, now, &op, DeviceReply::Content(fw_state(2, 11)));
+            }
+        }
+    }
+    let (state, reason) = child(&engine, &id, &dev);
+    assert_eq!(state, ChildState::RetryWait);
+    let reason = reason.unwrap();
+    assert_eq!(reason, FailureReason::FirmwareUpdateDeferred);
+    assert_eq!(reason.kind(), FailureKind::Deferred);
+    assert_eq!(reason.code(), "deferred");
+    // The retry asks the device again: it still holds the job's package, so the engine
+    // executes Update again (and does not download again).
+    let mut executed = false;
+    for _ in 0..20 {
+        let Some(next) = engine.poll_timeout() else {
+            break;
+        };
+        now = next.max(now);
+        engine.handle_timeout(now);
+        // Answers may send more: until the engine has nothing more to send now.
+        while let Some(op) = engine.poll_op() {
+            match &op.request {
+                DeviceRequest::Observe { .. } | DeviceRequest::Read { .. } => {
+                    answer(&mut engine, now, &op, DeviceReply::Content(fw_state(2, 11)))
+                }
+                DeviceRequest::Write { .. } => panic!("downloaded again: {op:?}"),
+                _ if is_execute(&op) => {
+                    answer(&mut engine, now, &op, DeviceReply::Done);
+                    executed = true;
+                }
+                _ => {}
+            }
+        }
+        if executed {
+            break;
+        }
+    }
+    assert!(executed, "the retry executes Update again");
+    // Deferred a second time, past the last retry: the child fails as deferred.
+    notify(&mut engine, now, &dev, fw_state(2, 11));
+    engine.handle_timeout(now + timeout);
+    let (state, reason) = child(&engine, &id, &dev);
+    assert_eq!(state, ChildState::Failed);
+    assert_eq!(reason, Some(FailureReason::FirmwareUpdateDeferred));
+    let record = engine.children(&id).next().unwrap();
+    assert_eq!(record.failure_reason.as_deref(), Some("deferred"));
+    assert!(
+        record.status_message.contains("deferred"),
+        "{}",
+        record.status_message
+    );
+}
+
+#[test]
+fn an_update_the_device_cancels_unprompted_fails_as_a_refusal() {
+    use twinhub::job::ChildState;
+    let (mut engine, t0, dev, id) = fw_executed(|s| s);
+    notify(&mut engine, t0, &dev, fw_state(0, 10));
+    let (state, reason) = child(&engine, &id, &dev);
+    assert_eq!(state, ChildState::Failed);
+    let reason = reason.unwrap();
+    assert_eq!(reason, FailureReason::FirmwareUpdateFailed { result: 10 });
+    assert_eq!(reason.kind(), FailureKind::Rejected);
+    assert_eq!(reason.code(), "deviceError:10");
 }

@@ -252,7 +252,7 @@ pub(crate) struct Parent {
     held: VecDeque<u32>,
     pub(crate) stats: JobStatistics,
     /// Failed children by [`FailureKind`], for abort rules (removed devices not counted).
-    failures: [u64; 4],
+    failures: [u64; FailureKind::ALL.len()],
     pub(crate) started: Option<Timestamp>,
     pub(crate) ended: Option<Timestamp>,
     window: VecDeque<Instant>,
@@ -357,6 +357,9 @@ const FW_SYNC: u8 = 6;
 /// job's, and object 5 takes a new URI only in Idle (4.05 otherwise).
 const FW_RESET: u8 = 7;
 
+/// Firmware Update Result 11 (LwM2M 1.1): the device deferred the update.
+const UPDATE_DEFERRED: i64 = 11;
+
 const FLAG_URI_WRITTEN: u8 = 1;
 const FLAG_EXECUTED: u8 = 2;
 const FLAG_OBSERVING: u8 = 4;
@@ -370,6 +373,9 @@ const FLAG_EXECUTE_SENT: u8 = 16;
 const FLAG_URI_BEFORE_RESTART: u8 = 32;
 /// This attempt reads all its paths with one Read-Composite.
 const FLAG_COMPOSITE: u8 = 64;
+/// The device deferred the firmware update (Update Result 11) and has not applied it
+/// since: the attempt's time running out fails it as deferred, not timed out.
+const FLAG_DEFERRED: u8 = 128;
 
 pub(crate) struct Child {
     pub(crate) device: DeviceId,
@@ -696,7 +702,7 @@ impl JobEngine {
                 pending: n,
                 ..JobStatistics::default()
             },
-            failures: [0; 4],
+            failures: [0; FailureKind::ALL.len()],
             started: None,
             ended: None,
             window: VecDeque::new(),
@@ -1481,7 +1487,11 @@ impl JobEngine {
                     self.child_apply(now, c, ChildEvent::Fail);
                 }
                 ChildState::InProgress => {
-                    child.failure = Some(Box::new(FailureReason::TimedOut));
+                    child.failure = Some(Box::new(if child.flags & FLAG_DEFERRED != 0 {
+                        FailureReason::FirmwareUpdateDeferred
+                    } else {
+                        FailureReason::TimedOut
+                    }));
                     self.child_apply(now, c, ChildEvent::Fail);
                 }
                 ChildState::RetryWait => {
@@ -1661,6 +1671,9 @@ impl JobEngine {
             return;
         }
         let reason = match child.state {
+            ChildState::InProgress if child.flags & FLAG_DEFERRED != 0 => {
+                FailureReason::FirmwareUpdateDeferred
+            }
             ChildState::InProgress => FailureReason::TimedOut,
             ChildState::WaitingForDevice => FailureReason::DeviceOffline,
             _ => return,
@@ -2140,6 +2153,10 @@ impl JobEngine {
             return;
         };
         let result = int(5);
+        if result.is_some_and(|r| r != UPDATE_DEFERRED) {
+            // Another result: the deferral is over.
+            self.children[c as usize].flags &= !FLAG_DEFERRED;
+        }
         let flags = self.children[c as usize].flags;
         let written = flags & FLAG_URI_WRITTEN != 0;
         let executed = flags & FLAG_EXECUTED != 0;
@@ -2147,6 +2164,14 @@ impl JobEngine {
         let next = if executed || flags & FLAG_EXECUTE_SENT != 0 {
             match (state, result) {
                 (0, Some(1)) => FW_VERIFY,
+                // Deferred (LwM2M 1.1): the device took the Execute and postponed the
+                // update; it keeps the package and may apply it later. The child keeps
+                // waiting for State Idle with result 1, within its per-device timeout (then
+                // it fails as deferred), and does not send the Execute again.
+                (_, Some(UPDATE_DEFERRED)) => {
+                    self.children[c as usize].flags |= FLAG_DEFERRED | FLAG_EXECUTED;
+                    FW_AWAIT_UPDATE
+                }
                 (_, Some(r)) if failed.is_some() => {
                     return self.fail_attempt(
                         now,
@@ -2473,15 +2498,10 @@ impl JobEngine {
         let &p = self.by_id.get(id)?;
         let f = &self.parents[p as usize].failures;
         Some(
-            [
-                FailureKind::TimedOut,
-                FailureKind::Rejected,
-                FailureKind::DeviceOffline,
-                FailureKind::DeviceError,
-            ]
-            .into_iter()
-            .map(|k| (k, f[k as usize]))
-            .collect(),
+            FailureKind::ALL
+                .into_iter()
+                .map(|k| (k, f[k as usize]))
+                .collect(),
         )
     }
 }

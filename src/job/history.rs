@@ -44,7 +44,7 @@ pub struct JobRecord {
     pub end_time_utc: Option<Timestamp>,
     /// Why it failed (children only): `timedOut`, `deviceOffline`,
     /// `rejected:<CoAP code or cause>`, `objectNotAnnounced:<object id>`,
-    /// `deviceError:<Update Result>`, `unexpectedVersion` (see
+    /// `deviceError:<Update Result>`, `deferred`, `unexpectedVersion` (see
     /// [`FailureReason::code`](super::FailureReason::code)); the status message spells it
     /// out.
     pub failure_reason: Option<String>,

@@ -57,12 +57,21 @@
 //!
 //! Failures ([`FailureReason`], each child record's `failureReason` and status message):
 //! an error answer is `rejected:<CoAP code>` (`rejected:4.04`, ...); an Update Result
-//! 2..=11 is `deviceError:<code>`; no answer before the per-device timeout is `timedOut`;
+//! 2..=10 is `deviceError:<code>` (kind `deviceError`, but 10, an update cancelled on the
+//! device, is of kind `rejected`: the engine never cancels an update, so the device, its
+//! user or another server declined it); no answer before the per-device timeout is `timedOut`;
 //! a device offline when time runs out is `deviceOffline`; a device whose twin was
 //! removed ([`JobEngine::forget_device`], which the hub calls for every removal) is
 //! `deviceRemoved`, whether its child was in progress, waiting, or not started yet (the
 //! hub fails a child as its turn comes when its device's twin is gone, and sends it
-//! nothing). A matching [`RetryRule`] starts a new attempt after its backoff (the firmware
+//! nothing). Update Result 11 (LwM2M 1.1: the device deferred the update after our
+//! Execute; it keeps the package and may apply it within its Maximum Defer Period
+//! `/5/0/13`) is no failure: the child keeps waiting for State Idle with result 1, and does
+//! not send the Execute again; if the per-device timeout (or the job's time) runs out
+//! first, it fails as `deferred` (kind [`FailureKind::Deferred`]), which a retry rule can
+//! select to ask the device again (the retry finds the package and executes Update
+//! again). A device timeout at least the devices' Maximum Defer Period waits a deferral
+//! out. A matching [`RetryRule`] starts a new attempt after its backoff (the firmware
 //! sequence re-synchronises from the device's State, so a retried download is not
 //! repeated blindly); `deviceRemoved` is never retried, and abort rules leave it out
 //! (neither failed nor finished there).

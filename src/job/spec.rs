@@ -296,7 +296,8 @@ impl JobType {
 }
 
 /// Failure classes that abort and retry rules select on (AWS IoT's FAILED / REJECTED /
-/// TIMED_OUT, plus offline). JSON: `timedOut`, `rejected`, `deviceOffline`, `deviceError`.
+/// TIMED_OUT, plus offline and deferred). JSON: `timedOut`, `rejected`, `deviceOffline`,
+/// `deviceError`, `deferred`.
 #[derive(
     Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -304,12 +305,28 @@ impl JobType {
 pub enum FailureKind {
     /// The device did not answer, or the per-device timeout ran out.
     TimedOut,
-    /// The device refused an operation (a 4.xx/5.xx answer).
+    /// The device refused an operation (a 4.xx/5.xx answer), or cancelled a firmware
+    /// update itself (Update Result 10: a cancel we did not ask for).
     Rejected,
     /// The device stayed offline.
     DeviceOffline,
     /// The device ran the operation and reported a failure (e.g. an Update Result code).
     DeviceError,
+    /// The device deferred the firmware update (Update Result 11, LwM2M 1.1) and had not
+    /// applied it when the per-device timeout ran out
+    /// ([`FailureReason::FirmwareUpdateDeferred`]). A retry rule on it asks again.
+    Deferred,
+}
+
+impl FailureKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [FailureKind; 5] = [
+        FailureKind::TimedOut,
+        FailureKind::Rejected,
+        FailureKind::DeviceOffline,
+        FailureKind::DeviceError,
+        FailureKind::Deferred,
+    ];
 }
 
 /// Why one child job failed. JSON: `{"kind": "timedOut"}`,
@@ -335,11 +352,18 @@ pub enum FailureReason {
         /// The object id (e.g. 10241 for the configuration object).
         object: u16,
     },
-    /// The firmware update failed with this Update Result (`/5/0/5`) code.
+    /// The firmware update failed with this Update Result (`/5/0/5`) code. Its kind is
+    /// [`FailureKind::DeviceError`], but for 10 (the update was cancelled on the device:
+    /// the engine never cancels one, so someone else did) [`FailureKind::Rejected`].
     FirmwareUpdateFailed {
-        /// The Update Result code (2..=11).
+        /// The Update Result code (2..=10, or a code LwM2M does not define).
         result: u8,
     },
+    /// The device deferred the firmware update (Update Result 11, LwM2M 1.1: it keeps the
+    /// package and may apply it later, within its Maximum Defer Period `/5/0/13`) and had
+    /// not applied it when the attempt's per-device timeout (or the job's time) ran out.
+    /// Until then a deferral is no failure: the child keeps waiting for the update.
+    FirmwareUpdateDeferred,
     /// The update finished but the device reports another firmware version.
     UnexpectedVersion {
         /// The version the job expected.
@@ -360,16 +384,18 @@ impl FailureReason {
             FailureReason::Rejected(_) | FailureReason::NotAnnounced { .. } => {
                 FailureKind::Rejected
             }
+            FailureReason::FirmwareUpdateFailed { result: 10 } => FailureKind::Rejected,
             FailureReason::FirmwareUpdateFailed { .. }
             | FailureReason::UnexpectedVersion { .. } => FailureKind::DeviceError,
+            FailureReason::FirmwareUpdateDeferred => FailureKind::Deferred,
         }
     }
 
     /// The short, stable `failureReason` string of the job history: `timedOut`,
     /// `deviceOffline`, `deviceRemoved`, `rejected:<CoAP code or cause>` (`rejected:4.04`,
     /// `rejected:reset`, `rejected:badPayload`, ...), `objectNotAnnounced:<object id>`,
-    /// `deviceError:<Update Result>` or `unexpectedVersion`. The status message spells
-    /// it out.
+    /// `deviceError:<Update Result>`, `deferred` or `unexpectedVersion`. The status message
+    /// spells it out.
     ///
     /// ```
     /// use twinhub::job::FailureReason;
@@ -385,6 +411,7 @@ impl FailureReason {
             FailureReason::Rejected(e) => format!("rejected:{}", device_error_code(e)),
             FailureReason::NotAnnounced { object } => format!("objectNotAnnounced:{object}"),
             FailureReason::FirmwareUpdateFailed { result } => format!("deviceError:{result}"),
+            FailureReason::FirmwareUpdateDeferred => "deferred".into(),
             FailureReason::UnexpectedVersion { .. } => "unexpectedVersion".into(),
         }
     }
@@ -437,10 +464,16 @@ impl fmt::Display for FailureReason {
                 f,
                 "object /{object} not announced: the device's registration does not list it, so nothing was sent"
             ),
+            FailureReason::FirmwareUpdateFailed { result: 10 } => f.write_str(
+                "the firmware update was cancelled on the device, not by this job (update result 10)",
+            ),
             FailureReason::FirmwareUpdateFailed { result } => write!(
                 f,
                 "firmware update failed: {} (update result {result})",
                 update_result_text(*result)
+            ),
+            FailureReason::FirmwareUpdateDeferred => f.write_str(
+                "the device deferred the firmware update (update result 11) and had not applied it in time",
             ),
             FailureReason::UnexpectedVersion { expected, actual } => write!(
                 f,
@@ -937,6 +970,7 @@ mod tests {
             FailureReason::Rejected(DeviceError::BadPayload("x".into())),
             FailureReason::NotAnnounced { object: 10241 },
             FailureReason::FirmwareUpdateFailed { result: 5 },
+            FailureReason::FirmwareUpdateDeferred,
             FailureReason::UnexpectedVersion {
                 expected: "2".into(),
                 actual: "1".into(),

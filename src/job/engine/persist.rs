@@ -34,7 +34,7 @@
 //! attempt in flight starts again when the device is back.
 
 use super::{Child, Ending, JobEngine, Parent, Timer};
-use crate::job::spec::{FailureReason, JobSpec};
+use crate::job::spec::{FailureKind, FailureReason, JobSpec};
 use crate::job::state::{ChildEvent, ChildState, ParentState};
 use crate::job::{EngineConfig, JobKind, JobStatistics};
 use crate::time::Timestamp;
@@ -483,7 +483,7 @@ impl JobEngine {
                 device_count: (r.end - r.first) as u64,
                 ..JobStatistics::default()
             };
-            let mut failures = [0u64; 4];
+            let mut failures = [0u64; FailureKind::ALL.len()];
             e.index.add_children(r.first, r.end, kind);
             for c in r.first..r.end {
                 let child = &mut e.children[c as usize];
