@@ -538,3 +538,98 @@ fn an_update_the_device_cancels_unprompted_fails_as_a_refusal() {
     assert_eq!(reason.kind(), FailureKind::Rejected);
     assert_eq!(reason.code(), "deviceError:10");
 }
+
+// ---- 5a. the end time of an expired job ----
+
+#[test]
+fn an_expired_job_ends_at_its_expiry_not_when_the_timer_ran() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(
+        EngineConfig::default(),
+        t0,
+        Timestamp::from_millis(1_000_000),
+    );
+    let dev = DeviceId::new("d").unwrap();
+    // The device never registers: its child waits until the job's time runs out.
+    engine.handle_event(
+        t0,
+        &DeviceEvent::Deregistered {
+            device: dev.clone(),
+        },
+    );
+    let id = JobId::new("r").unwrap();
+    let max = Duration::from_secs(60);
+    engine
+        .create(
+            t0,
+            JobSpec::new(
+                id.clone(),
+                JobType::Reboot {
+                    wait_for_registration: false,
+                },
+                vec![dev.clone()],
+            )
+            .max_execution_time(Some(max)),
+        )
+        .unwrap();
+    assert_eq!(engine.poll_timeout(), Some(t0 + max));
+    // The caller runs the timers 5 s late (a busy hub, or a restart).
+    engine.handle_timeout(t0 + max + Duration::from_secs(5));
+    let parent = engine.job(&id).unwrap();
+    assert_eq!(parent.status, JobStatus::Failed);
+    let expiry = Timestamp::from_millis(1_000_000 + 60_000);
+    assert_eq!(parent.end_time_utc, Some(expiry));
+    let record = engine.children(&id).next().unwrap();
+    assert_eq!(record.end_time_utc, Some(expiry));
+}
+
+// The same after a restart: a job whose time ran out while the hub was down ends at its
+// expiry, not at the restart.
+#[test]
+fn a_job_that_expired_while_the_hub_was_down_ends_at_its_expiry() {
+    use twinhub::job::JobRow;
+    let t0 = Instant::now();
+    let wall0 = 1_000_000;
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(wall0));
+    engine.enable_journal();
+    let id = JobId::new("r").unwrap();
+    let dev = DeviceId::new("d").unwrap();
+    engine
+        .create(
+            t0,
+            JobSpec::new(
+                id.clone(),
+                JobType::Reboot {
+                    wait_for_registration: false,
+                },
+                vec![dev],
+            )
+            .max_execution_time(Some(Duration::from_secs(60))),
+        )
+        .unwrap();
+    let (mut parents, mut children) = (Vec::new(), Vec::new());
+    for row in engine.take_journal() {
+        match row {
+            JobRow::Parent(p, b) => parents.push((p, b)),
+            JobRow::Child(c, b) => children.push((c, b)),
+            JobRow::DropBefore { .. } => {}
+        }
+    }
+    // Back an hour later.
+    let t1 = Instant::now();
+    let mut back = JobEngine::restore(
+        EngineConfig::default(),
+        t1,
+        Timestamp::from_millis(wall0 + 3_600_000),
+        parents,
+        children,
+    )
+    .unwrap();
+    back.handle_timeout(t1);
+    let parent = back.job(&id).unwrap();
+    assert_eq!(parent.status, JobStatus::Failed);
+    let expiry = Timestamp::from_millis(wall0 + 60_000);
+    assert_eq!(parent.end_time_utc, Some(expiry));
+    let record = back.children(&id).next().unwrap();
+    assert_eq!(record.end_time_utc, Some(expiry));
+}

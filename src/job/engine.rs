@@ -467,6 +467,10 @@ pub struct JobEngine {
     /// (or this engine's start), so they went out; later ones may belong to a batch whose
     /// commit fails, and were never sent then.
     sent_below: u64,
+    /// While a job expires: the job and the wall-clock time its time ran out, which its
+    /// records take as their end time (the timer may run later than it was due, or
+    /// after a restart).
+    ending_at: Option<(u32, Timestamp)>,
 }
 
 impl std::fmt::Debug for JobEngine {
@@ -514,6 +518,7 @@ impl JobEngine {
             deferred: Vec::new(),
             settled: Vec::new(),
             sent_below,
+            ending_at: None,
         }
     }
 
@@ -829,7 +834,7 @@ impl JobEngine {
                 break;
             }
             self.timers.pop();
-            self.on_timer(at.max(now), timer);
+            self.on_timer(now, timer);
         }
         while let Some(&Reverse((at, c))) = self.polls.peek() {
             if at > now {
@@ -1223,9 +1228,19 @@ impl JobEngine {
 
     // ---- internals: parents ----
 
+    /// The wall-clock end time of a record of job `p` that ends at `now`: `now`, or while
+    /// the job expires the time its time ran out (never before the record's `started`).
+    fn end_wall(&self, now: Instant, p: u32, started: Option<Timestamp>) -> Timestamp {
+        match self.ending_at {
+            Some((q, due)) if q == p => due.max(started.unwrap_or_default()),
+            _ => self.wall(now),
+        }
+    }
+
     fn parent_transition(&mut self, now: Instant, p: u32, ev: ParentEvent) -> bool {
         self.mark_parent(p);
         let wall = self.wall(now);
+        let end_wall = self.end_wall(now, p, self.parents[p as usize].started);
         let par = &mut self.parents[p as usize];
         let Some(to) = par.state.next(ev) else {
             return false;
@@ -1237,7 +1252,7 @@ impl JobEngine {
         if to.is_terminal() {
             // Only the start sets the start time: a job cancelled while enqueued never
             // started and keeps none, as its children do.
-            par.ended = Some(wall);
+            par.ended = Some(end_wall);
             par.deadlines.clear();
             self.active.remove(&p);
         }
@@ -1393,7 +1408,18 @@ impl JobEngine {
                 }
                 self.pump(now, p);
             }
-            Timer::JobExpire(p) => self.expire(now, p),
+            Timer::JobExpire(p) => {
+                // The job ended when its time ran out, not when the timer ran.
+                let par = &self.parents[p as usize];
+                let wall = self.wall(now);
+                let due = match (par.started, par.spec.max_execution_time) {
+                    (Some(started), Some(max)) => started.saturating_add(max).min(wall),
+                    _ => wall,
+                };
+                self.ending_at = Some((p, due));
+                self.expire(now, p);
+                self.ending_at = None;
+            }
             Timer::Retry(c, attempt) => {
                 self.mark_child(c);
                 let child = &self.children[c as usize];
@@ -1565,7 +1591,8 @@ impl JobEngine {
     }
 
     fn on_child_terminal(&mut self, now: Instant, c: u32, to: ChildState) {
-        let wall = self.wall(now);
+        let child = &self.children[c as usize];
+        let wall = self.end_wall(now, child.parent, child.started);
         let child = &mut self.children[c as usize];
         child.ended = Some(wall);
         child.deadline = None;

@@ -96,7 +96,9 @@
 //! and [`JobStatistics::removed`] count it: `"3 devices updated, all succeeded; 1 device
 //! removed"`), an [`AbortRule`] tripped (the remaining children are cancelled) or the maximum
 //! execution time ran out (pending children are cancelled, waiting ones fail as
-//! `deviceOffline`, in-progress ones as `timedOut`). [`JobEngine::cancel`] with
+//! `deviceOffline`, in-progress ones as `timedOut`, or `deferred` when their device
+//! deferred the update; the job and these children record the expiry instant as their
+//! end time, however late [`JobEngine::handle_timeout`] runs, even after a restart). [`JobEngine::cancel`] with
 //! [`CancelMode::Abandon`] cancels every unfinished child at once and ignores the answers of
 //! operations already sent (nothing is undone on the device); with
 //! [`CancelMode::FinishInFlight`] children in progress run to their end first.
