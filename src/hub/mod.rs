@@ -1970,11 +1970,13 @@ impl Inner {
                         Err(e) => self.sync_failed(device, *op, e, ops),
                     }
                 }
-                // A failure the transport made up (not registered, queue full) is not the
-                // device being heard from.
+                // A failure the transport made up (not registered, queue full, the
+                // registration ended) is not the device being heard from.
                 if !matches!(
                     result,
-                    Err(DeviceError::NotRegistered | DeviceError::QueueFull)
+                    Err(DeviceError::NotRegistered
+                        | DeviceError::QueueFull
+                        | DeviceError::RegistrationEnded)
                 ) {
                     let _ = reg.set_last_activity(device.as_str(), at);
                 }
