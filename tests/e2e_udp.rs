@@ -465,3 +465,72 @@ fn package_uris_name_the_configured_authority() {
     );
     hub.stop();
 }
+
+/// A firmware job naming one of the hub's packages that is not published is refused at
+/// creation, however the URI spells the hub's authority: the port the scheme implies or
+/// written out, the host in any case. A URI naming another port, another host or another
+/// scheme is not the hub's (taken as given). Before, the authority was compared as text:
+/// `coap://hub.example/pkg/..` against `hub.example:5683` was taken for another server,
+/// and the job failed every device's download instead.
+#[test]
+fn a_package_uri_names_the_hub_by_its_parsed_authority() {
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("d").unwrap()))
+        .unwrap();
+    let config = HubConfig {
+        package_authority: Some("Hub.Example:5683".into()),
+        ..HubConfig::default()
+    };
+    let hub = Hub::bind_udp("127.0.0.1:0", registry, config).unwrap();
+    hub.publish_package("fw/2.0.bin", vec![1; 10]).unwrap();
+    let job = |n: usize, uri: &str| {
+        JobSpec::new(
+            JobId::new(&format!("fw-{n}")).unwrap(),
+            JobType::FirmwareUpdate {
+                package_uri: uri.into(),
+                expected_version: None,
+            },
+            vec![DeviceId::new("d").unwrap()],
+        )
+    };
+    let refused = |r: Result<_, twinhub::job::SpecError>| {
+        matches!(
+            r,
+            Err(twinhub::job::SpecError::InvalidParameter {
+                name: "packageUri",
+                ..
+            })
+        )
+    };
+    let ours = [
+        "coap://hub.example/pkg/fw/3.0.bin",
+        "coap://HUB.EXAMPLE:5683/pkg/fw/3.0.bin",
+        "COAP://hub.example:/pkg/fw/3.0.bin",
+    ];
+    let foreign = [
+        "coap://hub.example:5684/pkg/fw/3.0.bin",
+        "coaps://hub.example/pkg/fw/3.0.bin",
+        "coap://other.example/pkg/fw/3.0.bin",
+        "http://hub.example:5683/pkg/fw/3.0.bin",
+    ];
+    let mut n = 0;
+    for uri in ours {
+        n += 1;
+        assert!(refused(hub.create_job(job(n, uri))), "{uri} is the hub's");
+    }
+    for uri in foreign {
+        n += 1;
+        assert!(
+            !refused(hub.create_job(job(n, uri))),
+            "{uri} is not the hub's"
+        );
+    }
+    // Published: taken whatever the spelling.
+    n += 1;
+    assert!(
+        hub.create_job(job(n, "coap://hub.example/pkg/fw/2.0.bin"))
+            .is_ok()
+    );
+    hub.stop();
+}

@@ -1098,3 +1098,66 @@ fn create_job_with_a_huge_device_timeout_is_a_typed_error() {
     assert!(hub.job(&id).is_some());
     hub.stop();
 }
+
+/// The transport says the registration ended while an operation was in flight
+/// (`RegistrationEnded`: sent, outcome unknown), in the server's order: the failure,
+/// then the Deregistered, or, for a new Register replacing the registration, the
+/// Registered. A reboot whose Execute went is never executed again and succeeds at the
+/// registration; a configuration update waits for the device and writes again; neither
+/// fails as rejected.
+#[test]
+fn a_registration_ended_mid_step_is_the_device_going_offline() {
+    let ended = |engine: &mut JobEngine, now: Instant, op: &DeviceOp| {
+        engine.handle_event(
+            now,
+            &DeviceEvent::Response {
+                op: op.id,
+                device: op.device.clone(),
+                result: Err(DeviceError::RegistrationEnded),
+            },
+        );
+    };
+    // A reboot: the device de-registers before answering, then comes back.
+    let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), reboot_job());
+    let execute = one_op(&mut engine);
+    let t1 = t0 + Duration::from_secs(1);
+    ended(&mut engine, t1, &execute);
+    engine.handle_event(
+        t1,
+        &DeviceEvent::Deregistered {
+            device: dev.clone(),
+        },
+    );
+    assert!(engine.poll_op().is_none());
+    assert_eq!(child_status(&engine, &id, &dev).0, ChildState::InProgress);
+    engine.handle_event(
+        t1 + Duration::from_secs(20),
+        &registered(&dev, &all_objects()),
+    );
+    assert!(engine.poll_op().is_none(), "the reboot is not repeated");
+    assert_eq!(
+        child_status(&engine, &id, &dev),
+        (ChildState::Succeeded, None)
+    );
+    engine.validate().unwrap();
+
+    // A configuration update: a new Register replaces the registration mid-write.
+    let config_job = JobType::ConfigurationUpdate {
+        name: "n".into(),
+        value: "v".into(),
+    };
+    let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), config_job);
+    let write = one_op(&mut engine);
+    ended(&mut engine, t0, &write);
+    assert!(engine.poll_op().is_none());
+    assert_eq!(
+        child_status(&engine, &id, &dev).0,
+        ChildState::WaitingForDevice
+    );
+    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    let again = one_op(&mut engine);
+    assert!(is_write_of(&again, Lwm2mPath::instance(10241, 0)));
+    answer(&mut engine, t0, &again, DeviceReply::Done);
+    assert_ne!(child_status(&engine, &id, &dev).0, ChildState::Failed);
+    engine.validate().unwrap();
+}

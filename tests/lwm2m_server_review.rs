@@ -417,3 +417,38 @@ fn a_twin_created_again_does_not_inherit_the_removed_registration() {
     );
     hub.stop();
 }
+
+/// A request the hub sent and the device had not answered when it de-registered fails at
+/// once for the service, with a typed error saying the registration ended (the request
+/// may have been carried out), not after the CoAP exchange's 93 s
+/// ([`RequestError::TransportTimedOut`]); nothing more goes to the device.
+#[test]
+fn a_request_in_flight_fails_at_once_when_the_device_deregisters() {
+    let hub = hub_with(&["leaving"], quiet_config());
+    let (mut dev, id) = registered(&hub, "leaving");
+    let device = DeviceId::new("leaving").unwrap();
+    let reply = hub.request(
+        &device,
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    // The request arrives; the device leaves without answering it.
+    let request = next_request(&mut dev);
+    assert_eq!(request.code, Code::GET);
+    assert_eq!(dev.deregister(&id), Code::DELETED);
+    let asked = Instant::now();
+    let answer = reply.wait(Duration::from_secs(10));
+    assert_eq!(
+        answer,
+        Err(RequestError::Device(DeviceError::RegistrationEnded)),
+        "after {:?}",
+        asked.elapsed()
+    );
+    // No retransmission of it (the first would come 2-3 s after the request).
+    assert!(
+        dev.recv(Duration::from_secs(4)).is_none(),
+        "the request was retransmitted to the de-registered device"
+    );
+    hub.stop();
+}

@@ -94,11 +94,12 @@ fn reply_for(op: &DeviceOp, b: u8) -> DeviceReply {
 }
 
 fn error_for(b: u8) -> DeviceError {
-    match b % 5 {
+    match b % 6 {
         0 => DeviceError::NotRegistered,
         1 => DeviceError::MethodNotAllowed,
         2 => DeviceError::NotFound,
         3 => DeviceError::Code(5, 0),
+        4 => DeviceError::RegistrationEnded,
         _ => DeviceError::BadRequest,
     }
 }

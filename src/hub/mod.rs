@@ -179,8 +179,56 @@ impl Default for PropertySync {
     }
 }
 
-/// The most [`DeviceRequest::EndRegistration`]s the hub remembers as unanswered.
-const MAX_ENDS_IN_FLIGHT: usize = 4096;
+/// The most [`DeviceRequest::EndRegistration`]s the hub remembers (the newest, answered
+/// or not; see [`SentEnds`]). About 100 bytes each.
+const MAX_ENDS_REMEMBERED: usize = 4096;
+
+/// The [`DeviceRequest::EndRegistration`]s the hub sent most recently, at most
+/// [`MAX_ENDS_REMEMBERED`] (the oldest is forgotten first):
+///
+/// - their answers are the transport's, not the device being heard from;
+/// - an Update under a registration being ended (or ended) is not the device's
+///   current registration: the transport answered it before the end reached it. It is
+///   not applied, so a twin created again under the id meanwhile does not adopt a
+///   registration that is about to end; nor is the registration ended a second time.
+///
+/// Registration ids are never reused by the bundled server (random 64-bit), so an entry
+/// stays true after the answer; one forgotten at the bound costs at most what the hub did
+/// before it kept them (the Update applied, or one end more).
+#[derive(Default)]
+struct SentEnds {
+    order: VecDeque<OpId>,
+    ops: HashMap<OpId, (DeviceId, String)>,
+    registrations: HashMap<(DeviceId, String), OpId>,
+}
+
+impl SentEnds {
+    fn note(&mut self, op: &DeviceOp) {
+        let DeviceRequest::EndRegistration { registration_id } = &op.request else {
+            return;
+        };
+        if self.order.len() == MAX_ENDS_REMEMBERED
+            && let Some(old) = self.order.pop_front()
+            && let Some(key) = self.ops.remove(&old)
+            && self.registrations.get(&key) == Some(&old)
+        {
+            self.registrations.remove(&key);
+        }
+        let key = (op.device.clone(), registration_id.clone());
+        self.order.push_back(op.id);
+        self.ops.insert(op.id, key.clone());
+        self.registrations.insert(key, op.id);
+    }
+
+    fn is_end(&self, op: OpId) -> bool {
+        self.ops.contains_key(&op)
+    }
+
+    fn ending(&self, device: &DeviceId, registration_id: &str) -> bool {
+        self.registrations
+            .contains_key(&(device.clone(), registration_id.to_owned()))
+    }
+}
 
 /// Settings of a [`Hub`]. `Default` has property sync on and auto-provisioning off.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -314,10 +362,8 @@ struct Inner {
     /// Where in the registry's removal log the job engine last heard of removals
     /// (`None`: not yet; see `forget_removed`).
     engine_heard: Mutex<Option<(u64, u64)>>,
-    /// The [`DeviceRequest::EndRegistration`]s sent and not yet answered (the newest
-    /// [`MAX_ENDS_IN_FLIGHT`]; the transports answer at once): their answers are the
-    /// transport's, so they are not the device being heard from.
-    ends_in_flight: Mutex<VecDeque<OpId>>,
+    /// The [`DeviceRequest::EndRegistration`]s sent lately (see [`SentEnds`]).
+    ends_sent: Mutex<SentEnds>,
     /// Requests of [`Hub::request`] waiting for their answers.
     waiting: Arc<Waiting>,
     /// The hub's own sync observations (only the hub thread touches it).
@@ -504,7 +550,7 @@ impl Hub {
             last_sweep: Mutex::new(Instant::now()),
             backoff: Mutex::default(),
             engine_heard: Mutex::new(None),
-            ends_in_flight: Mutex::new(VecDeque::new()),
+            ends_sent: Mutex::default(),
             waiting: Arc::default(),
             synced: Mutex::new(HashMap::new()),
             #[cfg(feature = "dtls")]
@@ -1442,34 +1488,62 @@ impl Inner {
         self.send_ends(ends);
     }
 
-    /// Sends [`DeviceRequest::EndRegistration`]s, noting them so that their answers are not
-    /// taken for the device's activity.
+    /// Sends [`DeviceRequest::EndRegistration`]s, noting them (see [`SentEnds`]).
     fn send_ends(&self, ends: Vec<DeviceOp>) {
         if ends.is_empty() {
             return;
         }
         {
-            let mut in_flight = lock(&self.ends_in_flight);
+            let mut sent = lock(&self.ends_sent);
             for op in &ends {
-                if in_flight.len() == MAX_ENDS_IN_FLIGHT {
-                    in_flight.pop_front();
-                }
-                in_flight.push_back(op.id);
+                sent.note(op);
             }
         }
         self.send(ends);
     }
 
     /// Whether `op` is an [`DeviceRequest::EndRegistration`] the hub sent (now answered).
+    /// Kept after the answer: a batch whose commit failed is applied again.
     fn end_answered(&self, op: OpId) -> bool {
-        let mut in_flight = lock(&self.ends_in_flight);
-        match in_flight.iter().position(|&o| o == op) {
-            Some(i) => {
-                in_flight.remove(i);
-                true
-            }
-            None => false,
+        lock(&self.ends_sent).is_end(op)
+    }
+
+    /// What an Update (`event`) says about ending its registration, applied to `reg` as
+    /// it is when the event's turn comes: `true` when it is an Update under a
+    /// registration the hub is ending (or ended), not to be applied. An Update of a
+    /// registration whose twin is gone, and that no end names yet, adds an end to
+    /// `ends`: its removal's end was lost (more removals than the registry's removal log
+    /// holds between two of the hub's looks, a replaced registry), and the device would
+    /// otherwise stay registered to a twin that does not exist until its lifetime ran
+    /// out, its Updates answered and its notifications dropped. One end per Update at
+    /// most; it goes once the batch is durable, like the removals' ends.
+    fn stale_update(&self, reg: &Registry, event: &DeviceEvent, ends: &mut Vec<DeviceOp>) -> bool {
+        let DeviceEvent::RegistrationUpdated {
+            device,
+            registration,
+        } = event
+        else {
+            return false;
+        };
+        let id = &registration.registration_id;
+        if lock(&self.ends_sent).ending(device, id) {
+            return true;
         }
+        let named = |op: &DeviceOp| {
+            &op.device == device
+                && matches!(&op.request, DeviceRequest::EndRegistration { registration_id }
+                    if registration_id == id)
+        };
+        if !reg.contains(device.as_str()) && !ends.iter().any(named) {
+            ends.push(DeviceOp {
+                id: self.next_op_id(),
+                device: device.clone(),
+                request: DeviceRequest::EndRegistration {
+                    registration_id: id.clone(),
+                },
+            });
+        }
+        false
     }
 
     /// Tells the job engine of the twins removed since it last heard: it forgets their
@@ -1486,7 +1560,7 @@ impl Inner {
     /// connected, for the caller to send once the removal is durable: a removed device's
     /// Updates were answered 2.04 until its registration expired, and a twin created again
     /// under its id inherited it. (Registrations of removals the log no longer holds are
-    /// not ended: they expire at their lifetime.)
+    /// ended at the device's next Update instead: see [`Inner::stale_update`].)
     fn forget_removed(
         &self,
         reg: &Registry,
@@ -1613,6 +1687,8 @@ impl Inner {
         debug_assert_eq!(batch.len(), marks.len());
         let mut ops = Vec::new();
         let mut published = Vec::new();
+        // Registrations to end once the batch is durable.
+        let mut ends = Vec::new();
         // Both held through the commit (jobs before the registry, as everywhere): no
         // service write commits, or rebuilds memory from the store, between the batch's
         // changes and their commit, and no reader sees a change before it is durable.
@@ -1645,7 +1721,15 @@ impl Inner {
             // the hub never applied (dropped at the held-events bound): it is applied as
             // one, by the registry and the jobs alike.
             let mut renewed: Vec<Option<DeviceEvent>> = Vec::new();
+            // Updates under a registration being ended: applied neither to the registry
+            // nor to the jobs (see `stale_update`).
+            let mut stale: Vec<bool> = Vec::new();
             for (i, (event, mark)) in batch.iter().zip(marks).enumerate() {
+                if self.stale_update(&reg, event, &mut ends) {
+                    stale.resize(i + 1, false);
+                    stale[i] = true;
+                    continue;
+                }
                 if let Some(registered) = renewed_registration(&reg, event) {
                     renewed.resize(i + 1, None);
                     renewed[i] = Some(registered);
@@ -1657,6 +1741,9 @@ impl Inner {
             // only: a name without a twin (the in-memory fleet registers any; a twin
             // removed while its device was registered) would stay in it for good.
             for (i, event) in batch.iter().enumerate() {
+                if stale.get(i).copied().unwrap_or(false) {
+                    continue;
+                }
                 let event = renewed.get(i).and_then(Option::as_ref).unwrap_or(event);
                 let twin_less = match event {
                     DeviceEvent::Registered { device, .. }
@@ -1676,7 +1763,6 @@ impl Inner {
         jobs.handle_timeout(now);
         // Registrations of twins removed through `Hub::registry`, ended once the batch
         // is durable.
-        let mut ends = Vec::new();
         self.forget_removed(&reg, now, &mut jobs, &mut ends);
         let mut job_ops = self.drain_job_ops(&reg, now, &mut jobs);
         while let Some(u) = jobs.poll_twin_update() {
@@ -1970,11 +2056,13 @@ impl Inner {
                         Err(e) => self.sync_failed(device, *op, e, ops),
                     }
                 }
-                // A failure the transport made up (not registered, queue full) is not the
-                // device being heard from.
+                // A failure the transport made up (not registered, queue full, the
+                // registration ended) is not the device being heard from.
                 if !matches!(
                     result,
-                    Err(DeviceError::NotRegistered | DeviceError::QueueFull)
+                    Err(DeviceError::NotRegistered
+                        | DeviceError::QueueFull
+                        | DeviceError::RegistrationEnded)
                 ) {
                     let _ = reg.set_last_activity(device.as_str(), at);
                 }

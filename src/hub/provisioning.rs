@@ -9,7 +9,9 @@
 //!   exist at once (default 10,000). An unknown device beyond it gets 4.03 (rejected as
 //!   unknown) until one goes; devices the service created are never counted or refused.
 //!   A transport without the registration gate (the in-memory fleet) cannot refuse a
-//!   device: past the limit, the device stays registered there without a twin.
+//!   device: past the limit, the device is registered there without a twin, until its
+//!   next Update, when the hub ends the registration (as it ends every registration
+//!   whose twin is gone); it registers again and gets a twin once a place is free.
 //! - **An age**: a twin auto-provisioning created and the service never adopted (no tags,
 //!   no service properties, no credentials) is removed
 //!   [`HubConfig::auto_provision_expiry`](super::HubConfig) after its registration ended

@@ -133,18 +133,37 @@ impl Hub {
     /// A firmware job's Package URI that names one of this hub's packages (its
     /// authority, `/pkg/<name>`) must name a published one: a typo would otherwise fail
     /// every device's download. URIs elsewhere are the service's business.
+    ///
+    /// The authority is compared parsed, as RFC 3986 §6.2.3 compares URIs: the host
+    /// without regard to case (an IP address by its value), the port the scheme's
+    /// default when absent (5683 for `coap`, 5684 for `coaps`), user information
+    /// ignored. Only a `coap` or `coaps` URI can name the hub's packages (the hub serves
+    /// them over CoAP). The hub's own authority is [`HubConfig::package_authority`],
+    /// read with the scheme the hub publishes under, else its UDP address.
     pub(super) fn check_own_package(&self, uri: &str) -> Result<(), crate::job::SpecError> {
         let (Some(packages), Some(addr)) = (self.inner.packages.get(), self.local_addr()) else {
             return Ok(());
         };
-        let Some((_, rest)) = uri.split_once("://") else {
+        let Some((scheme, rest)) = uri.split_once("://") else {
             return Ok(());
         };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let ours = match &self.inner.config.package_authority {
-            Some(a) => authority.eq_ignore_ascii_case(a),
-            None => authority == addr.to_string(),
+        #[cfg(feature = "dtls")]
+        let own_scheme = if self.inner.secure.get().is_some() {
+            "coaps"
+        } else {
+            "coap"
         };
+        #[cfg(not(feature = "dtls"))]
+        let own_scheme = "coap";
+        let own = match &self.inner.config.package_authority {
+            Some(a) => Authority::parse(own_scheme, a),
+            None => Some(Authority {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            }),
+        };
+        let ours = own.is_some() && Authority::parse(scheme, authority) == own;
         let name = path.split('?').next().unwrap_or("");
         match name
             .strip_prefix(PACKAGE_PATH)
@@ -330,6 +349,53 @@ impl From<PackageError> for PublishError {
     }
 }
 
+/// A CoAP URI's authority, normalised for comparison (see `Hub::check_own_package`).
+#[derive(Debug, PartialEq, Eq)]
+struct Authority {
+    /// Lower-case; an IP address in its canonical text (IPv6 without brackets).
+    host: String,
+    port: u16,
+}
+
+impl Authority {
+    /// `authority` (`[userinfo@]host[:port]`) under `scheme`; `None` for a scheme other
+    /// than CoAP's, an empty host or a port that is not a number.
+    fn parse(scheme: &str, authority: &str) -> Option<Authority> {
+        let default = match scheme.to_ascii_lowercase().as_str() {
+            "coap" | "coap+tcp" => 5683,
+            "coaps" | "coaps+tcp" => 5684,
+            _ => return None,
+        };
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(rest) => {
+                let (host, after) = rest.split_once(']')?;
+                match after {
+                    "" => (host, None),
+                    p => (host, Some(p.strip_prefix(':')?)),
+                }
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() {
+            return None;
+        }
+        let port = match port {
+            None | Some("") => default,
+            Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
+            Some(_) => return None,
+        };
+        let host = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => host.to_ascii_lowercase(),
+        };
+        Some(Authority { host, port })
+    }
+}
+
 /// The packages a hub with a store published before it restarted (none without one).
 pub(super) fn stored_packages(config: &HubConfig) -> std::io::Result<Packages> {
     let packages = Packages::with_limits(config.package_limits);
@@ -341,4 +407,41 @@ pub(super) fn stored_packages(config: &HubConfig) -> std::io::Result<Packages> {
         }
     }
     Ok(packages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Authority;
+
+    fn parse(scheme: &str, authority: &str) -> Option<(String, u16)> {
+        Authority::parse(scheme, authority).map(|a| (a.host, a.port))
+    }
+
+    #[test]
+    fn authorities_compare_by_host_value_and_effective_port() {
+        let at = |h: &str, p| Some((h.to_string(), p));
+        assert_eq!(parse("coap", "127.0.0.1"), at("127.0.0.1", 5683));
+        assert_eq!(parse("coap", "127.0.0.1:5683"), at("127.0.0.1", 5683));
+        assert_eq!(parse("COAP", "127.0.0.1:"), at("127.0.0.1", 5683));
+        assert_eq!(parse("coaps", "Hub.Example"), at("hub.example", 5684));
+        assert_eq!(
+            parse("coaps", "user@HUB.example:05684"),
+            at("hub.example", 5684)
+        );
+        assert_eq!(parse("coap", "[::1]"), at("::1", 5683));
+        assert_eq!(parse("coap", "[0:0::1]:9"), at("::1", 9));
+        assert_eq!(parse("coap+tcp", "h"), at("h", 5683));
+        for (scheme, bad) in [
+            ("http", "hub.example"),
+            ("coap", ""),
+            ("coap", ":5683"),
+            ("coap", "h:x"),
+            ("coap", "h:+1"),
+            ("coap", "h:70000"),
+            ("coap", "[::1"),
+            ("coap", "[::1]5683"),
+        ] {
+            assert_eq!(parse(scheme, bad), None, "{scheme}://{bad}");
+        }
+    }
 }

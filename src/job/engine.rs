@@ -1979,6 +1979,17 @@ impl JobEngine {
                 self.device_mut(&device).offline = true;
                 self.child_apply(now, c, ChildEvent::DeviceOffline);
             }
+            Err(DeviceError::RegistrationEnded) => {
+                // Sent, but the registration ended before the answer: the device went
+                // away (its Deregistered or Expired follows) or registered anew, and
+                // may or may not have carried the step out. Like any device that goes
+                // offline mid-step: a reboot whose Execute went waits for the
+                // registration that proves it, every other job picks its step up again
+                // (see `redo_step`) once the device is back.
+                let device = self.children[c as usize].device.clone();
+                self.device_mut(&device).offline = true;
+                self.on_offline(now, c);
+            }
             // A device that refuses Read-Composite is read path by path from now on.
             Err(
                 DeviceError::MethodNotAllowed

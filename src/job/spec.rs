@@ -428,6 +428,7 @@ fn device_error_code(e: &DeviceError) -> String {
         DeviceError::UnsupportedContentFormat => "4.15".into(),
         DeviceError::Code(c, d) => format!("{c}.{d:02}"),
         DeviceError::NotRegistered => "notRegistered".into(),
+        DeviceError::RegistrationEnded => "registrationEnded".into(),
         DeviceError::QueueFull => "queueFull".into(),
         DeviceError::BadPayload(_) => "badPayload".into(),
         DeviceError::Reset => "reset".into(),

@@ -129,8 +129,9 @@ pub enum DeviceRequest {
         paths: Vec<Lwm2mPath>,
     },
     /// Ends the device's registration at the transport, nothing sent to the device: its
-    /// observations, queued requests (failed with [`DeviceError::NotRegistered`]) and
-    /// address binding go, as at a de-registration, but no
+    /// observations, requests in flight (failed with [`DeviceError::RegistrationEnded`]),
+    /// queued requests (failed with [`DeviceError::NotRegistered`]) and address binding
+    /// go, as at a de-registration, but no
     /// [`DeviceEvent::Deregistered`] follows.
     /// The device learns at its next Update (4.04 Not Found) and registers again. The hub
     /// sends it when a connected twin is removed. Only the registration with this id ends
@@ -211,8 +212,14 @@ pub enum DeviceError {
     UnsupportedContentFormat,
     /// Another CoAP response code (class and detail, e.g. 5.00 is `(5, 0)`).
     Code(u8, u8),
-    /// The device is not registered (or its registration expired).
+    /// The device is not registered (or its registration expired). The request never
+    /// reached the device.
     NotRegistered,
+    /// The request was sent, but the device's registration ended before the answer came
+    /// (it de-registered, its registration expired or was ended by the service, or a new
+    /// registration replaced it): whether the device carried it out is unknown. Reported
+    /// as the registration ends, not after the transport's exchange timeout.
+    RegistrationEnded,
     /// A sleeping (queue-mode) device's queue is full.
     QueueFull,
     /// The device's answer could not be decoded.
@@ -235,6 +242,9 @@ impl fmt::Display for DeviceError {
             }
             DeviceError::Code(c, d) => write!(f, "device answered {c}.{d:02}"),
             DeviceError::NotRegistered => f.write_str("device is not registered"),
+            DeviceError::RegistrationEnded => {
+                f.write_str("the device's registration ended before it answered")
+            }
             DeviceError::QueueFull => f.write_str("device's request queue is full"),
             DeviceError::BadPayload(why) => write!(f, "undecodable payload: {why}"),
             DeviceError::Reset => f.write_str("device reset the request"),

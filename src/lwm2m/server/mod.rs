@@ -70,6 +70,15 @@
 //!   requests wait until it talks (register, update, notification, any datagram) and go out
 //!   during its awake window. Full queue: [`DeviceError::QueueFull`]; waiting longer than
 //!   [`ServerConfig::queue_timeout`]: [`DeviceEvent::TimedOut`].
+//! - **When a registration ends** (De-register, expiry, the hub's
+//!   [`DeviceRequest::EndRegistration`], a takeover, or a new Register of the same
+//!   endpoint replacing it): its requests in flight fail at once with
+//!   [`DeviceError::RegistrationEnded`] (sent, outcome unknown) and are no longer
+//!   retransmitted, as Leshan cancels a registration's ongoing requests; waiting for the
+//!   CoAP exchange to give up would hold the caller up to 93 s and, after a new Register,
+//!   put a second request in flight to the device beside the new registration's. Queued
+//!   requests (never sent) fail with [`DeviceError::NotRegistered`] when the device is
+//!   gone, and stay queued for the new registration when a Register replaced the old one.
 //!
 //! # Memory
 //!
@@ -1034,7 +1043,8 @@ impl Lwm2mServer {
         Code::DELETED
     }
 
-    /// Drops a registration's indexes and observations; keeps the slot and queue.
+    /// Drops a registration's indexes and observations, and fails its requests in
+    /// flight ([`DeviceError::RegistrationEnded`]); keeps the slot and queue.
     fn unlink(&mut self, now: Instant, slot: u32) {
         let Some(reg) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
             return;
@@ -1055,9 +1065,33 @@ impl Lwm2mServer {
             // The next notification gets RST, which ends it on the device too.
             self.endpoint.forget_request(now, id);
         }
+        // Requests in flight under the registration fail now, not when the CoAP exchange
+        // gives up (up to 93 s later), and are not retransmitted: the device that gets a
+        // late retransmission may be another one behind the old address, and a new
+        // registration's requests go one at a time (NSTART) from here. Oldest first.
+        let mut ended: Vec<RequestId> = self
+            .outstanding
+            .iter()
+            .filter(|(_, o)| o.slot == slot && o.generation == reg.generation)
+            .map(|(id, _)| *id)
+            .collect();
+        ended.sort_unstable();
+        for id in ended {
+            let Some(o) = self.outstanding.remove(&id) else {
+                continue;
+            };
+            self.endpoint.forget_request(now, id);
+            self.events.push_back(DeviceEvent::Response {
+                op: o.op,
+                device: o.device,
+                result: Err(DeviceError::RegistrationEnded),
+            });
+        }
     }
 
-    /// Removes a registration entirely; its queued operations fail with NotRegistered.
+    /// Removes a registration entirely; its requests in flight fail with
+    /// RegistrationEnded (see [`Self::unlink`]), its queued operations (never sent) with
+    /// NotRegistered.
     fn remove(&mut self, now: Instant, slot: u32) -> Option<DeviceId> {
         let device = self.slot(slot)?.device.clone();
         self.unlink(now, slot);

@@ -1956,3 +1956,150 @@ fn packages_go_to_the_registered_peer_with_its_identity_only() {
         code(4, 4)
     );
 }
+
+/// A scripted server with `d` registered at `a` (and `lt=lifetime`), a Read of
+/// `/3/0/0` (op 1) sent and unanswered, and a Read of `/3/0/9` (op 2) waiting behind it
+/// (NSTART 1). Returns the location and op 1's request.
+fn one_in_flight_one_queued(sim: &mut Sim, a: SocketAddr, queries: &[&str]) -> (String, Packet) {
+    let location = sim.register(a, queries);
+    sim.events();
+    for (op, res) in [(1, 0), (2, 9)] {
+        sim.submit(
+            op,
+            "d",
+            DeviceRequest::Read {
+                path: Lwm2mPath::resource(3, 0, res),
+            },
+        );
+    }
+    let out = sim.out();
+    assert_eq!(
+        out.len(),
+        1,
+        "NSTART 1: one request goes, one waits: {out:?}"
+    );
+    assert_eq!(path_of(&out[0].1), "/3/0/0");
+    assert!(sim.events().is_empty());
+    (location, out[0].1.clone())
+}
+
+/// Retransmissions (or any datagram) the server sends over `d` in the next 100 s.
+fn sent_in_100_s(sim: &mut Sim) -> Vec<(SocketAddr, Packet)> {
+    let mut sent = Vec::new();
+    for _ in 0..50 {
+        sim.advance(Duration::from_secs(2));
+        sent.extend(sim.out());
+    }
+    sent
+}
+
+/// A request sent to a device whose registration then ends (De-register, expiry, the hub
+/// ending it, a new Register replacing it) fails at once with
+/// [`DeviceError::RegistrationEnded`], and is not retransmitted any further; a request
+/// still waiting in the queue (never sent) fails with [`DeviceError::NotRegistered`], or,
+/// when a new Register replaced the registration, goes to the new one.
+#[test]
+fn requests_in_flight_fail_at_once_when_the_registration_ends() {
+    // De-register.
+    let mut sim = Sim::open();
+    let a = addr(9000);
+    let (location, _) = one_in_flight_one_queued(&mut sim, a, &["ep=d", "lt=300"]);
+    let p = sim.request(wire::DELETE, &["rd", &location], &[], b"");
+    sim.send(a, &p);
+    assert_eq!(sim.out()[0].1.code, code(2, 2));
+    let ev = sim.events();
+    assert_eq!(response(&ev, 1), &Err(DeviceError::RegistrationEnded));
+    assert_eq!(response(&ev, 2), &Err(DeviceError::NotRegistered));
+    assert!(ev.contains(&DeviceEvent::Deregistered { device: dev("d") }));
+    assert!(sent_in_100_s(&mut sim).is_empty(), "nothing retransmitted");
+    assert!(sim.events().is_empty(), "no late TimedOut for op 1");
+    assert_eq!(sim.server.endpoint().outstanding_requests(), 0);
+
+    // Expiry (lt=20 + 30 s grace: long before the 93 s exchange would give up).
+    let mut sim = Sim::open();
+    one_in_flight_one_queued(&mut sim, a, &["ep=d", "lt=20"]);
+    let start = sim.now;
+    let mut ended = None;
+    for _ in 0..60 {
+        sim.advance(Duration::from_secs(1));
+        sim.out();
+        let ev = sim.events();
+        if ev.iter().any(|e| matches!(e, DeviceEvent::Expired { .. })) {
+            ended = Some((sim.now - start, ev));
+            break;
+        }
+    }
+    let (after, ev) = ended.expect("expired");
+    assert!(after <= Duration::from_secs(51), "{after:?}");
+    assert_eq!(response(&ev, 1), &Err(DeviceError::RegistrationEnded));
+    assert_eq!(response(&ev, 2), &Err(DeviceError::NotRegistered));
+    assert!(sent_in_100_s(&mut sim).is_empty());
+    assert!(sim.events().is_empty());
+
+    // Ended by the hub (a removed twin).
+    let mut sim = Sim::open();
+    let (location, _) = one_in_flight_one_queued(&mut sim, a, &["ep=d", "lt=300"]);
+    sim.submit(
+        3,
+        "d",
+        DeviceRequest::EndRegistration {
+            registration_id: location,
+        },
+    );
+    let ev = sim.events();
+    assert_eq!(response(&ev, 3), &Ok(DeviceReply::Done));
+    assert_eq!(response(&ev, 1), &Err(DeviceError::RegistrationEnded));
+    assert_eq!(response(&ev, 2), &Err(DeviceError::NotRegistered));
+    assert!(sent_in_100_s(&mut sim).is_empty());
+    assert!(sim.events().is_empty());
+}
+
+/// NSTART holds across a new Register: the old registration's request in flight (to the
+/// old address) fails at once as [`DeviceError::RegistrationEnded`] and is not
+/// retransmitted, so the queued request that goes to the new registration is the only
+/// one in flight to the device.
+#[test]
+fn a_new_register_leaves_one_request_in_flight() {
+    for queue_mode in [false, true] {
+        let mut sim = Sim::new(ServerConfig {
+            auto_provision: true,
+            takeover: Takeover::Replace,
+            ..ServerConfig::default()
+        });
+        let (a, b) = (addr(9000), addr(9001));
+        let q: &[&str] = if queue_mode {
+            &["ep=d", "lt=300", "b=UQ"]
+        } else {
+            &["ep=d", "lt=300"]
+        };
+        one_in_flight_one_queued(&mut sim, a, q);
+        // The device restarts behind a NAT (a new port) and registers anew.
+        let p = sim.request(wire::POST, &["rd"], q, b"</3/0>");
+        sim.send(b, &p);
+        let out = sim.out();
+        let ev = sim.events();
+        assert_eq!(
+            response(&ev, 1),
+            &Err(DeviceError::RegistrationEnded),
+            "queue mode {queue_mode}"
+        );
+        let requests: Vec<_> = out
+            .iter()
+            .filter(|(_, m)| m.mtype == MsgType::Con)
+            .collect();
+        assert_eq!(requests.len(), 1, "{out:?}");
+        assert_eq!(requests[0].0, b);
+        assert_eq!(path_of(&requests[0].1), "/3/0/9");
+        let req = requests[0].1.clone();
+        // Until op 2 is answered nothing else goes to either address.
+        sim.advance(Duration::from_secs(1));
+        assert!(sim.out().is_empty());
+        sim.answer(b, &req, code(2, 5), None, b"7");
+        assert!(response(&sim.events(), 2).is_ok());
+        let later = sent_in_100_s(&mut sim);
+        assert!(
+            later.iter().all(|(to, _)| *to != a),
+            "nothing more to the old address: {later:?}"
+        );
+    }
+}
