@@ -376,6 +376,65 @@ fn client_notification_switches_to_a_format_not_accepted() {
     }
 }
 
+// Checks: an observation made without an Accept keeps the client's default format for its
+// path (text for a single resource), whatever the format of the first response was. TLV is
+// a per-message fallback for a value text cannot carry (a non-finite float), as for a read.
+// Failed on the code as reviewed: engine.rs `read_or_observe` stored the format of the
+// response body in the observation, so one established while the value needed the TLV
+// fallback notified in TLV for ever, even once the value was text again; one established
+// in text went back to text after its fallback. Now both notify in the default format and
+// fall back per notification.
+#[test]
+fn client_observation_established_in_the_tlv_fallback_notifies_in_its_default_format() {
+    let mut h = Harness::registered();
+    h.client
+        .set_value(&TEMPERATURE, V::Float(f64::INFINITY))
+        .unwrap();
+    let _ = h.sent();
+    let mut m = Message::request(Code::GET, "/3303/0/5700");
+    m.set_observe(0);
+    let r = h.request(m);
+    assert_eq!(r.code, Code::CONTENT);
+    assert_eq!(r.observe(), Some(0), "observation not established");
+    assert_eq!(
+        r.content_format().map(|c| c.0),
+        Some(Cf::Tlv.code()),
+        "infinity has no text form: the first answer falls back to TLV"
+    );
+    let notes = |h: &mut Harness| -> Vec<Message> {
+        for _ in 0..3 {
+            h.now += std::time::Duration::from_secs(1);
+            h.client.handle_timeout(h.now);
+        }
+        h.sent()
+            .into_iter()
+            .filter(|m| m.observe().is_some() && m.code == Code::CONTENT)
+            .collect()
+    };
+    h.client.set_value(&TEMPERATURE, V::Float(21.5)).unwrap();
+    let first = notes(&mut h);
+    assert!(!first.is_empty(), "no notification of the change");
+    for n in &first {
+        assert_eq!(
+            (n.content_format().map(|c| c.0), n.payload.as_slice()),
+            (Some(0), &b"21.5"[..]),
+            "a finite value notified in the fallback format, not the observation's default"
+        );
+    }
+    // Non-finite again: that notification falls back to TLV, labelled so.
+    h.client
+        .set_value(&TEMPERATURE, V::Float(f64::NEG_INFINITY))
+        .unwrap();
+    let second = notes(&mut h);
+    assert!(!second.is_empty(), "no notification of the change");
+    for n in &second {
+        let cf = n.content_format().map(|c| c.0);
+        assert_eq!(cf, Some(Cf::Tlv.code()));
+        let d = content::decode(Cf::Tlv, &n.payload, &TEMPERATURE, &types).unwrap();
+        assert_eq!(d.get(&TEMPERATURE), Some(&V::Float(f64::NEG_INFINITY)));
+    }
+}
+
 // ------------------------------------------------------------------ hub server
 
 mod server {
