@@ -493,6 +493,25 @@ fn requests_from_other_addresses_are_ignored() {
     assert!(h.client.poll_transmit().is_none());
 }
 
+/// Checks: the Server object's periods (/1/0/2 Default Minimum Period, /1/0/3 Default
+/// Maximum Period, /1/0/5 Disable Timeout, all seconds) refuse a negative value (4.00), as
+/// the lifetime /1/0/1 refuses one below 1 s, and keep what they held.
+/// Before the fix: `PUT /1/0/2 "-5"` answered 2.04 and /1/0/2 read -5 afterwards, a value
+/// the client core then ignored (`refresh_defaults` takes only values >= 0), so the server
+/// was told the write took effect while the notifications kept the old default.
+#[test]
+fn server_periods_refuse_negative_seconds() {
+    let mut h = Harness::registered();
+    for rid in [2, 3, 5] {
+        let path = format!("/1/0/{rid}");
+        let before = text(&h.get(&path, None));
+        assert_eq!(h.put_text(&path, "-5").code, Code::BAD_REQUEST, "{path}");
+        assert_eq!(text(&h.get(&path, None)), before, "{path} changed");
+        assert_eq!(h.put_text(&path, "30").code, Code::CHANGED, "{path}");
+        assert_eq!(text(&h.get(&path, None)), "30", "{path}");
+    }
+}
+
 #[test]
 fn discover_and_write_attributes() {
     let mut h = Harness::registered();
