@@ -540,6 +540,46 @@ fn discover_and_write_attributes() {
     assert!(text(&r).contains("</3/0/11>;dim=1"));
 }
 
+/// Checks: a Write-Attributes that leaves a resource's thresholds inconsistent (LWM2M 1.1
+/// §5.1.2: `lt` < `gt` and `lt` + 2·`st` < `gt`) is refused (4.00) and nothing is stored,
+/// counting the attributes already set there (as Anjay checks them).
+/// Before the fix: `lt=30` on a resource with `gt=25.5` answered 2.04 and Discover listed
+/// both: the table stored whatever the query said, with no notification rule able to hold.
+#[test]
+fn write_attributes_refuse_inconsistent_thresholds() {
+    let mut h = Harness::registered();
+    let wa = |h: &mut Harness, q: &[&str]| {
+        let mut m = Message::request(Code::PUT, "/3303/0/5700");
+        for q in q {
+            m.add_uri_query(q);
+        }
+        h.request(m).code
+    };
+    assert_eq!(wa(&mut h, &["gt=25.5"]), Code::CHANGED);
+    assert_eq!(wa(&mut h, &["lt=30"]), Code::BAD_REQUEST, "lt above gt");
+    assert_eq!(
+        wa(&mut h, &["lt=25.5"]),
+        Code::BAD_REQUEST,
+        "lt equal to gt"
+    );
+    assert_eq!(
+        wa(&mut h, &["lt=20", "st=3"]),
+        Code::BAD_REQUEST,
+        "lt + 2 st >= gt"
+    );
+    assert_eq!(
+        text(&h.get("/3303/0", Some(40))),
+        "</3303/0>,</3303/0/5700>;gt=25.5,</3303/0/5701>",
+        "a refused Write-Attributes stored something"
+    );
+    assert_eq!(wa(&mut h, &["lt=20", "st=2"]), Code::CHANGED);
+    assert_eq!(
+        wa(&mut h, &["gt"]),
+        Code::CHANGED,
+        "unsetting gt is always consistent"
+    );
+}
+
 #[test]
 fn observe_notify_honours_pmin_pmax_and_thresholds() {
     let mut h = Harness::registered();
