@@ -146,7 +146,7 @@ impl Walk<'_> {
 
     /// The value of the resource (instance) `ids`, which `depth` containers enclose (a
     /// kept tag 1 or 4 in front of it included). Its CBOR kind must fit the resource's
-    /// known type as a SenML value field's must ([`check_kind`]): a number for a numeric
+    /// known type as a SenML value field's must ([`kind_fits`]): a number for a numeric
     /// type, a boolean for a boolean, a byte string for opaque; a text string is parsed as
     /// the type (as SenML `vs` is). Else [`ContentError::TypeMismatch`].
     fn value(
