@@ -704,3 +704,64 @@ fn a_push_refused_as_too_large_does_not_report_connection_lost() {
         "a push refused for its size reports Update Result {result} (4: connection lost)"
     );
 }
+
+// ------------------------------------------- Package URI the device refuses (dev-fix)
+
+/// Checks: a Package URI the device refuses (Update Result 7, invalid URI, or 9,
+/// unsupported protocol) is not kept in /5/0/1.
+/// Why wrong: /5/0/1 names the package the device downloads or downloaded; a URI it
+/// refused names nothing, yet it stayed readable, so a server reading the object saw State
+/// Idle beside a URI it could take for one about to be fetched (Wakaama's client keeps no
+/// URI, Anjay refuses an unsupported scheme without storing it). A URI over 255 bytes was
+/// already not kept: the other refusals now match it (firmware.rs module docs).
+/// Before the fix: /5/0/1 read back the refused URI after results 9 and 7.
+#[test]
+fn a_refused_package_uri_is_not_kept() {
+    let mut h = Harness::registered_with(tree_with(FirmwareUpdate::new()));
+    for (uri, result) in [
+        ("http://example.com/fw", "9"),
+        ("coap://not a host/fw", "7"),
+        ("nonsense", "7"),
+        ("coaps://127.0.0.1/fw", "9"),
+        (&format!("coap://127.0.0.1/{}", "a".repeat(300)), "7"),
+    ] {
+        assert_eq!(h.put_text("/5/0/1", uri).code, Code::CHANGED, "{uri}");
+        assert_eq!(
+            (h.get_text("/5/0/3"), h.get_text("/5/0/5")),
+            ("0".to_string(), result.to_string()),
+            "{uri}"
+        );
+        assert_eq!(h.get_text("/5/0/1"), "", "refused URI {uri} kept in /5/0/1");
+    }
+    // A URI the package server does not know (4.04): result 7 too, and not kept.
+    let (mut h, _got, get) = pulling();
+    serve_block(&mut h, &get, Message::response(Code::NOT_FOUND));
+    assert_eq!(
+        (h.get_text("/5/0/3"), h.get_text("/5/0/5")),
+        ("0".to_string(), "7".to_string())
+    );
+    assert_eq!(h.get_text("/5/0/1"), "", "URI answered 4.04 kept in /5/0/1");
+}
+
+/// Checks: the URI of a download that failed for another reason (here the package
+/// server unreachable: result 4) stays in /5/0/1, and a refused URI written after it
+/// clears it (the refused one replaces it; it is not kept either).
+/// The documented other half of the rule above. Before the fix: the refused URI replaced
+/// the kept one in /5/0/1 (`write_uri` stored a URI before parsing it).
+#[test]
+fn a_failed_download_keeps_its_uri_until_a_refused_one_replaces_it() {
+    let (mut h, _got, _get) = pulling();
+    for _ in 0..100 {
+        h.now += Duration::from_secs(5);
+        h.client.handle_timeout(h.now);
+        h.sent();
+    }
+    assert_eq!(
+        (h.get_text("/5/0/3"), h.get_text("/5/0/5")),
+        ("0".to_string(), "4".to_string())
+    );
+    assert_eq!(h.get_text("/5/0/1"), "coap://127.0.0.7:5700/fw/v2.bin");
+    assert_eq!(h.put_text("/5/0/1", "ftp://x/fw").code, Code::CHANGED);
+    assert_eq!(h.get_text("/5/0/5"), "9");
+    assert_eq!(h.get_text("/5/0/1"), "");
+}

@@ -493,6 +493,25 @@ fn requests_from_other_addresses_are_ignored() {
     assert!(h.client.poll_transmit().is_none());
 }
 
+/// Checks: the Server object's periods (/1/0/2 Default Minimum Period, /1/0/3 Default
+/// Maximum Period, /1/0/5 Disable Timeout, all seconds) refuse a negative value (4.00), as
+/// the lifetime /1/0/1 refuses one below 1 s, and keep what they held.
+/// Before the fix: `PUT /1/0/2 "-5"` answered 2.04 and /1/0/2 read -5 afterwards, a value
+/// the client core then ignored (`refresh_defaults` takes only values >= 0), so the server
+/// was told the write took effect while the notifications kept the old default.
+#[test]
+fn server_periods_refuse_negative_seconds() {
+    let mut h = Harness::registered();
+    for rid in [2, 3, 5] {
+        let path = format!("/1/0/{rid}");
+        let before = text(&h.get(&path, None));
+        assert_eq!(h.put_text(&path, "-5").code, Code::BAD_REQUEST, "{path}");
+        assert_eq!(text(&h.get(&path, None)), before, "{path} changed");
+        assert_eq!(h.put_text(&path, "30").code, Code::CHANGED, "{path}");
+        assert_eq!(text(&h.get(&path, None)), "30", "{path}");
+    }
+}
+
 #[test]
 fn discover_and_write_attributes() {
     let mut h = Harness::registered();
@@ -519,6 +538,46 @@ fn discover_and_write_attributes() {
     let r = h.get("/3", Some(40));
     assert!(text(&r).starts_with("</3>,</3/0>,</3/0/0>,</3/0/1>"));
     assert!(text(&r).contains("</3/0/11>;dim=1"));
+}
+
+/// Checks: a Write-Attributes that leaves a resource's thresholds inconsistent (LWM2M 1.1
+/// §5.1.2: `lt` < `gt` and `lt` + 2·`st` < `gt`) is refused (4.00) and nothing is stored,
+/// counting the attributes already set there (as Anjay checks them).
+/// Before the fix: `lt=30` on a resource with `gt=25.5` answered 2.04 and Discover listed
+/// both: the table stored whatever the query said, with no notification rule able to hold.
+#[test]
+fn write_attributes_refuse_inconsistent_thresholds() {
+    let mut h = Harness::registered();
+    let wa = |h: &mut Harness, q: &[&str]| {
+        let mut m = Message::request(Code::PUT, "/3303/0/5700");
+        for q in q {
+            m.add_uri_query(q);
+        }
+        h.request(m).code
+    };
+    assert_eq!(wa(&mut h, &["gt=25.5"]), Code::CHANGED);
+    assert_eq!(wa(&mut h, &["lt=30"]), Code::BAD_REQUEST, "lt above gt");
+    assert_eq!(
+        wa(&mut h, &["lt=25.5"]),
+        Code::BAD_REQUEST,
+        "lt equal to gt"
+    );
+    assert_eq!(
+        wa(&mut h, &["lt=20", "st=3"]),
+        Code::BAD_REQUEST,
+        "lt + 2 st >= gt"
+    );
+    assert_eq!(
+        text(&h.get("/3303/0", Some(40))),
+        "</3303/0>,</3303/0/5700>;gt=25.5,</3303/0/5701>",
+        "a refused Write-Attributes stored something"
+    );
+    assert_eq!(wa(&mut h, &["lt=20", "st=2"]), Code::CHANGED);
+    assert_eq!(
+        wa(&mut h, &["gt"]),
+        Code::CHANGED,
+        "unsetting gt is always consistent"
+    );
 }
 
 #[test]

@@ -40,6 +40,9 @@ pub enum AttributeError {
     BadValue(String),
     /// gt / lt / st on something other than a numeric resource.
     NotNumeric,
+    /// The thresholds at the path would contradict each other: with both `lt` and `gt`
+    /// set, `lt` + 2·`st` (`st` 0 when unset) must be below `gt` (LWM2M 1.1 §5.1.2).
+    Inconsistent,
     /// The table of paths with attributes is full.
     TableFull,
 }
@@ -52,6 +55,7 @@ impl fmt::Display for AttributeError {
             AttributeError::NotNumeric => {
                 f.write_str("gt, lt and st apply only to numeric resources")
             }
+            AttributeError::Inconsistent => f.write_str("lt + 2 * st must be below gt"),
             AttributeError::TableFull => f.write_str("too many paths carry attributes"),
         }
     }
@@ -126,7 +130,9 @@ pub struct AttributeTable {
 }
 
 impl AttributeTable {
-    /// Applies changes to `path`. All or nothing.
+    /// Applies changes to `path`. All or nothing: the attributes the path would then have
+    /// (those set there merged with the changes) are checked first, and thresholds that
+    /// contradict each other ([`AttributeError::Inconsistent`]) change nothing.
     pub fn apply(
         &mut self,
         path: Lwm2mPath,
@@ -135,7 +141,7 @@ impl AttributeTable {
         if !self.by_path.contains_key(&path) && self.by_path.len() >= MAX_ATTRIBUTE_PATHS {
             return Err(AttributeError::TableFull);
         }
-        let a = self.by_path.entry(path).or_default();
+        let mut a = self.by_path.get(&path).copied().unwrap_or_default();
         for c in changes {
             match *c {
                 AttributeChange::Pmin(v) => a.pmin = v,
@@ -145,8 +151,15 @@ impl AttributeTable {
                 AttributeChange::St(v) => a.st = v,
             }
         }
-        if *a == NotificationAttributes::default() {
+        if let (Some(lt), Some(gt)) = (a.lt, a.gt)
+            && lt + 2.0 * a.st.unwrap_or(0.0) >= gt
+        {
+            return Err(AttributeError::Inconsistent);
+        }
+        if a == NotificationAttributes::default() {
             self.by_path.remove(&path);
+        } else {
+            self.by_path.insert(path, a);
         }
         Ok(())
     }
@@ -347,6 +360,38 @@ mod tests {
         assert!(t.at(&r).is_none());
         t.remove_under(&Lwm2mPath::object(3));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn inconsistent_thresholds_change_nothing() {
+        let mut t = AttributeTable::default();
+        let r = Lwm2mPath::resource(3303, 0, 5700);
+        t.apply(r, &[AttributeChange::Gt(Some(10.0))]).unwrap();
+        assert_eq!(
+            t.apply(
+                r,
+                &[
+                    AttributeChange::Pmin(Some(5)),
+                    AttributeChange::Lt(Some(10.0))
+                ]
+            ),
+            Err(AttributeError::Inconsistent)
+        );
+        assert_eq!((t.at(&r).unwrap().pmin, t.at(&r).unwrap().lt), (None, None));
+        // lt + 2 st: 4 + 2 * 2 = 8 is below 10; with st 3, 10 is not.
+        t.apply(
+            r,
+            &[
+                AttributeChange::Lt(Some(4.0)),
+                AttributeChange::St(Some(2.0)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            t.apply(r, &[AttributeChange::St(Some(3.0))]),
+            Err(AttributeError::Inconsistent)
+        );
+        assert_eq!(t.at(&r).unwrap().st, Some(2.0));
     }
 
     #[test]

@@ -1984,6 +1984,10 @@ impl Lwm2mClient {
             Ok(x) => x,
             Err(code) => return Message::response(code),
         };
+        // The observation keeps the format negotiated here (the Accept, or the default for
+        // the path), not a fallback this one answer needs: each notification falls back
+        // on its own, as this read does.
+        let negotiated = number;
         let (body, number) = match formats::encode(fmt, path, &content) {
             Ok(b) => (b, number),
             // No Accept: TLV carries what text cannot (a non-finite float), and says so.
@@ -2003,7 +2007,7 @@ impl Lwm2mClient {
             let value = single_numeric(&content, path);
             let accepted = req.accept().is_some();
             if let Some(first) =
-                self.start_observation(now, req.token(), *path, None, (number, accepted), value)
+                self.start_observation(now, req.token(), *path, None, (negotiated, accepted), value)
             {
                 resp.set_observe(first);
                 self.push_event(ClientEvent::Observed { path: *path });

@@ -17,11 +17,25 @@
 //! `coaps://` one naming the client's own server, over its DTLS session): the
 //! client core then fetches it with Block2 and reports the outcome through
 //! [`FirmwareUpdate::download_finished`].
+//!
+//! **Package URI /5/0/1** holds the URI of the pull download under way, or of the last
+//! one the device accepted: it stays after that download fails for a reason of its own
+//! (results 2-6) or is cancelled (10), so the server can read what failed, and empties on
+//! a reset or a successful update. A URI the device refuses, with result 7 (invalid URI:
+//! not parsable, over [`MAX_URI`] bytes, or answered 4.04 by its server) or 9 (unsupported
+//! protocol), is not kept, nor the one it replaced; the write still answers 2.04 (Update
+//! Result is where object 5 reports it). So /5/0/1 never names a package the device
+//! refused. The spec is silent here; Wakaama's client keeps no URI at all and Anjay does
+//! not store one with an unsupported scheme.
 
 use super::model::{Access, Object, ObjectDef, ObjectError, ResourceData, ResourceDef};
 use crate::lwm2m::{Lwm2mPath, ResourceType as T, ResourceValue as V};
 use crate::transport::WriteMode;
 use std::borrow::Cow;
+
+/// The longest Package URI accepted, in bytes (OMA object 5: String, 0..255 bytes); a
+/// longer one is refused with result 7 (invalid URI) and not kept.
+pub const MAX_URI: usize = 255;
 
 /// Firmware Update /5 (LWM2M 1.1 object, the resources the client implements).
 pub static FIRMWARE_UPDATE: ObjectDef = ObjectDef {
@@ -271,8 +285,9 @@ impl FirmwareUpdate {
 
     /// A write of /5/0/1. Empty resets to Idle (result 0). In Idle, a `coap://` URI (or a
     /// `coaps://` one, when the client talks to its server over DTLS) starts Downloading
-    /// (result 0) and queues a [`PullRequest`]; an unparsable URI sets result 7 and another
-    /// scheme result 9, staying Idle. Other states refuse a non-empty URI (4.05).
+    /// (result 0) and queues a [`PullRequest`]; an unparsable URI (or one longer than 255
+    /// bytes) sets result 7 and another scheme result 9, staying Idle with /5/0/1 empty
+    /// (the refused URI is not kept). Other states refuse a non-empty URI (4.05).
     pub fn write_uri(&mut self, uri: &str) -> Result<(), ObjectError> {
         if uri.is_empty() {
             if self.state == UpdateState::Updating {
@@ -284,25 +299,37 @@ impl FirmwareUpdate {
         if self.state != UpdateState::Idle {
             return Err(ObjectError::MethodNotAllowed);
         }
-        if uri.len() > 255 {
-            self.set(UpdateState::Idle, UpdateResult::InvalidUri);
+        if uri.len() > MAX_URI {
+            self.refuse_uri(UpdateResult::InvalidUri);
             return Ok(());
         }
-        self.uri = uri.to_string();
-        self.changed(1);
         match parse_coap_uri(uri) {
-            Ok(u) if u.secure && !self.coaps => {
-                self.set(UpdateState::Idle, UpdateResult::UnsupportedProtocol)
-            }
+            Ok(u) if u.secure && !self.coaps => self.refuse_uri(UpdateResult::UnsupportedProtocol),
             Ok(_) => {
+                if self.uri != uri {
+                    self.uri = uri.to_string();
+                    self.changed(1);
+                }
                 self.set(UpdateState::Downloading, UpdateResult::Initial);
                 self.pull = Some(PullRequest {
                     uri: uri.to_string(),
                 });
             }
-            Err(r) => self.set(UpdateState::Idle, r),
+            Err(r) => self.refuse_uri(r),
         }
         Ok(())
+    }
+
+    /// The Package URI is refused (result 7, invalid URI, or 9, unsupported protocol):
+    /// Idle with that result, and /5/0/1 empty (a refused URI is not kept, nor the one it
+    /// replaced: see the module docs).
+    fn refuse_uri(&mut self, result: UpdateResult) {
+        self.pull = None;
+        if !self.uri.is_empty() {
+            self.uri.clear();
+            self.changed(1);
+        }
+        self.set(UpdateState::Idle, result);
     }
 
     /// A write of /5/0/0 with a complete package. Empty (or a single `\0`) resets to Idle,
@@ -369,13 +396,18 @@ impl FirmwareUpdate {
     }
 
     /// The outcome of a pull download. Ignored unless the state is Downloading (a
-    /// cancelled or reset download's late outcome changes nothing).
+    /// cancelled or reset download's late outcome changes nothing). A failure goes Idle
+    /// with its result; result 7 (invalid URI, e.g. the package server answered 4.04) or 9
+    /// (unsupported protocol) also empties /5/0/1, as a refused write does.
     pub fn download_finished(&mut self, outcome: Result<&[u8], UpdateResult>) {
         if self.state != UpdateState::Downloading {
             return;
         }
         match outcome {
             Ok(package) => self.accept_package(package),
+            Err(r @ (UpdateResult::InvalidUri | UpdateResult::UnsupportedProtocol)) => {
+                self.refuse_uri(r)
+            }
             Err(r) => self.set(UpdateState::Idle, r),
         }
     }

@@ -111,8 +111,8 @@ pub use driver::MIN_DTLS_STACK;
 pub use driver::{DeviceThread, DriverOptions};
 pub use engine::{ClientConfig, ClientError, ClientEvent, Lwm2mClient, SendError, Transmit};
 pub use firmware::{
-    CoapUri, FIRMWARE_UPDATE, FirmwareUpdate, PackageFn, PullRequest, UpdateFn, UpdateResult,
-    UpdateState, parse_coap_uri,
+    CoapUri, FIRMWARE_UPDATE, FirmwareUpdate, MAX_URI, PackageFn, PullRequest, UpdateFn,
+    UpdateResult, UpdateState, parse_coap_uri,
 };
 pub use model::{Access, Object, ObjectDef, ObjectError, ResourceData, ResourceDef, coerce};
 pub use tree::{MAX_CREATED_INSTANCES, ObjectTree};

@@ -191,19 +191,27 @@ pub fn bootstrap_security(bootstrap_uri: &str) -> ValueObject {
 
 /// Server /1 with no instance yet: the bootstrap server writes `/1/0` (the client reads
 /// its lifetime and default periods from instance 0). The same validation as
-/// [`server()`]'s: lifetime at least 1 s, binding `U` or `UQ`.
+/// [`server()`]'s: lifetime at least 1 s, periods not negative, binding `U` or `UQ`.
 pub fn unprovisioned_server() -> ValueObject {
     server_rules(ValueObject::new(&SERVER).creatable(true, 2))
 }
 
-/// Server /1's rules: lifetime at least 1 s, binding `U` or `UQ`, and a Registration
-/// Update Trigger that the client core acts on.
+/// Server /1's rules: lifetime 1 s to `u32::MAX` s; the default periods (2, 3) and the
+/// Disable Timeout (5) 0 to `u32::MAX` s (a negative number of seconds is refused, 4.00,
+/// rather than stored and ignored); binding `U` or `UQ`; and a Registration Update
+/// Trigger that the client core acts on.
 fn server_rules(object: ValueObject) -> ValueObject {
-    object
-        .on_validate(1, |_, d| match d {
-            ResourceData::Single(V::Integer(lt)) if *lt >= 1 && *lt <= u32::MAX as i64 => Ok(()),
+    let seconds = |min: i64| {
+        move |_: u16, d: &ResourceData| match d {
+            ResourceData::Single(V::Integer(s)) if *s >= min && *s <= u32::MAX as i64 => Ok(()),
             _ => Err(super::ObjectError::Rejected),
-        })
+        }
+    };
+    object
+        .on_validate(1, seconds(1))
+        .on_validate(2, seconds(0))
+        .on_validate(3, seconds(0))
+        .on_validate(5, seconds(0))
         .on_validate(7, |_, d| match d {
             ResourceData::Single(V::String(b)) if matches!(b.as_str(), "U" | "UQ") => Ok(()),
             _ => Err(super::ObjectError::Rejected),

@@ -228,7 +228,19 @@ pub(crate) fn skip(d: &mut Decoder<'_>, depth: usize) -> Result<(), ContentError
 /// Skips any tags in front of the next item, which `depth` containers enclose. Each tag
 /// is one level more, as in [`skip`] (tags stripped uncounted let a field nest deeper than
 /// [`MAX_CBOR_DEPTH`]); returns the depth of the item after them.
-pub(crate) fn untag_at(d: &mut Decoder<'_>, mut depth: usize) -> Result<usize, ContentError> {
+pub(crate) fn untag_at(d: &mut Decoder<'_>, depth: usize) -> Result<usize, ContentError> {
+    untag_keeping(d, depth, &[])
+}
+
+/// Skips tags in front of the next item up to one in `keep`, which stays to be read; the
+/// item (or the kept tag) is enclosed by `depth` containers. Each tag is one level, as in
+/// [`untag_at`], the kept one included: a tag at [`MAX_CBOR_DEPTH`] is
+/// [`ContentError::TooDeep`]. Returns the depth of the item after the skipped tags.
+pub(crate) fn untag_keeping(
+    d: &mut Decoder<'_>,
+    mut depth: usize,
+    keep: &[u64],
+) -> Result<usize, ContentError> {
     while datatype(d)? == Type::Tag {
         if depth >= MAX_CBOR_DEPTH {
             return Err(ContentError::TooDeep {
@@ -236,29 +248,15 @@ pub(crate) fn untag_at(d: &mut Decoder<'_>, mut depth: usize) -> Result<usize, C
                 max: MAX_CBOR_DEPTH,
             });
         }
-        d.tag().map_err(|_| malformed(d))?;
-        depth += 1;
-    }
-    Ok(depth)
-}
-
-/// Skips tags in front of the next item up to one in `keep`, which stays to be read.
-pub(crate) fn untag_except(d: &mut Decoder<'_>, keep: &[u64]) -> Result<(), ContentError> {
-    for _ in 0..MAX_CBOR_DEPTH {
-        if datatype(d)? != Type::Tag {
-            return Ok(());
-        }
         let at = d.position();
         let tag = d.tag().map_err(|_| malformed(d))?;
         if keep.iter().any(|k| minicbor::data::Tag::new(*k) == tag) {
             d.set_position(at);
-            return Ok(());
+            break;
         }
+        depth += 1;
     }
-    Err(ContentError::TooDeep {
-        offset: d.position(),
-        max: MAX_CBOR_DEPTH,
-    })
+    Ok(depth)
 }
 
 /// The shortest float encoding that keeps `x` exactly (f32 or f64).

@@ -43,6 +43,16 @@ pub enum ContentError {
         /// The type it was decoded as.
         expected: ResourceType,
     },
+    /// A value's kind contradicts the resource's known type (LwM2M CBOR and plain CBOR: a
+    /// boolean, byte string or number for a resource of another type, or a text string that
+    /// does not parse as the type). The SenML decoders report the same per record, as
+    /// [`ContentError::BadRecord`] with [`RecordProblem::TypeMismatch`].
+    TypeMismatch {
+        /// The value's path.
+        path: Lwm2mPath,
+        /// The resource's type.
+        expected: ResourceType,
+    },
     /// A string value is not UTF-8.
     InvalidUtf8 {
         /// The value's path.
@@ -161,6 +171,9 @@ impl fmt::Display for ContentError {
             } => write!(f, "tlv {kind} at byte {offset} cannot appear under {under}"),
             ContentError::BadValue { path, expected } => {
                 write!(f, "value at {path} is not a valid {expected:?}")
+            }
+            ContentError::TypeMismatch { path, expected } => {
+                write!(f, "value at {path} does not match type {expected:?}")
             }
             ContentError::InvalidUtf8 { path } => write!(f, "string at {path} is not utf-8"),
             ContentError::NotSingleResource { path } => {

@@ -5,14 +5,21 @@
 //!
 //! Values: integers and floats (a decimal fraction, tag 4, is read as a float), text
 //! (a string, or `"oid:iid"` for an object link), byte strings (opaque), booleans; tag 1
-//! marks a time; other tags are skipped; `null` carries no value and is dropped. The
-//! resolver's type decides where CBOR's own type does not (a text for an integer
-//! resource is parsed).
+//! marks a time (for a resource of another numeric type, the number); other tags are
+//! skipped; `null` carries no value and is dropped. Where the resolver knows the
+//! resource's type, the value's CBOR kind must fit it as a SenML value field's must: a
+//! number for Integer, Unsigned Integer, Float or Time, a boolean for Boolean, a byte
+//! string for Opaque; a text string is parsed as the type (as SenML `vs` is, so `"87"`
+//! fits an Integer and `"3:0"` an Object Link). Anything else is
+//! [`ContentError::TypeMismatch`] naming the path and the type. An unknown type (and an
+//! executable's) takes any kind, typed by its CBOR shape.
 //!
-//! Bounds: at most [`MAX_VALUES`] values, paths of at most 4 ids (so maps nest at most 4
-//! deep, well inside [`MAX_CBOR_DEPTH`](super::MAX_CBOR_DEPTH)), text values bounded only
-//! by the payload, the same path twice ([`ContentError::DuplicatePath`]) or a resource
-//! both with a value and with instances ([`ContentError::ConflictingPaths`]) refused.
+//! Bounds: at most [`MAX_VALUES`] values, paths of at most 4 ids (so at most 4 maps),
+//! nesting at most [`MAX_CBOR_DEPTH`] containers with maps and tags counted together (a
+//! tag in front of a value or a map is one level, a decimal fraction's tag and array two):
+//! one more is [`ContentError::TooDeep`]. Text values are bounded only by the payload; the
+//! same path twice ([`ContentError::DuplicatePath`]) or a resource both with a value and
+//! with instances ([`ContentError::ConflictingPaths`]) are refused.
 //!
 //! The encoder writes the deepest path all values share as one array key, then one
 //! level per id below it, ids in ascending order.
@@ -21,8 +28,9 @@
 //! (instance) at the request path: [`decode_single`] and [`encode_single`].
 
 use super::cbor::{self, Num};
+use super::senml_json::{Kind, kind_fits};
 use super::text::parse_text_value;
-use super::{ContentError, MAX_VALUES, type_key};
+use super::{ContentError, MAX_CBOR_DEPTH, MAX_VALUES, type_key};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 use minicbor::data::{Tag, Type};
 use minicbor::{Decoder, Encoder};
@@ -44,8 +52,20 @@ fn path_of(ids: &[u16], d: &Decoder<'_>) -> Result<Lwm2mPath, ContentError> {
 }
 
 impl Walk<'_> {
-    /// One map whose keys continue the path `prefix`.
-    fn map(&mut self, d: &mut Decoder<'_>, prefix: &[u16]) -> Result<(), ContentError> {
+    /// One map whose keys continue the path `prefix`; `depth` containers (maps and tags)
+    /// enclose the map itself.
+    fn map(
+        &mut self,
+        d: &mut Decoder<'_>,
+        prefix: &[u16],
+        depth: usize,
+    ) -> Result<(), ContentError> {
+        if depth >= MAX_CBOR_DEPTH {
+            return Err(ContentError::TooDeep {
+                offset: d.position(),
+                max: MAX_CBOR_DEPTH,
+            });
+        }
         let len = match cbor::datatype(d)? {
             Type::Map | Type::MapIndef => d.map().map_err(|_| cbor::malformed(d))?,
             _ => return Err(cbor::malformed(d)),
@@ -63,12 +83,13 @@ impl Walk<'_> {
             }
             let mut ids = [0u16; 4];
             ids[..prefix.len()].copy_from_slice(prefix);
-            let depth = self.key(d, &mut ids, prefix.len())?;
-            cbor::untag_except(d, &[TAG_TIME, TAG_DECIMAL])?;
+            let ids_len = self.key(d, &mut ids, prefix.len())?;
+            // The map's values are enclosed by one more level; each tag is another.
+            let at = cbor::untag_keeping(d, depth + 1, &[TAG_TIME, TAG_DECIMAL])?;
             match cbor::datatype(d)? {
-                Type::Map | Type::MapIndef if depth < 4 => self.map(d, &ids[..depth])?,
+                Type::Map | Type::MapIndef if ids_len < 4 => self.map(d, &ids[..ids_len], at)?,
                 Type::Map | Type::MapIndef => return Err(cbor::malformed(d)),
-                _ => self.value(d, &ids[..depth])?,
+                _ => self.value(d, &ids[..ids_len], at)?,
             }
         }
         Ok(())
@@ -123,7 +144,17 @@ impl Walk<'_> {
         }
     }
 
-    fn value(&mut self, d: &mut Decoder<'_>, ids: &[u16]) -> Result<(), ContentError> {
+    /// The value of the resource (instance) `ids`, which `depth` containers enclose (a
+    /// kept tag 1 or 4 in front of it included). Its CBOR kind must fit the resource's
+    /// known type as a SenML value field's must ([`kind_fits`]): a number for a numeric
+    /// type, a boolean for a boolean, a byte string for opaque; a text string is parsed as
+    /// the type (as SenML `vs` is). Else [`ContentError::TypeMismatch`].
+    fn value(
+        &mut self,
+        d: &mut Decoder<'_>,
+        ids: &[u16],
+        depth: usize,
+    ) -> Result<(), ContentError> {
         let path = path_of(ids, d)?;
         if path.depth() < 3 {
             return Err(ContentError::UnexpectedEntry {
@@ -137,6 +168,10 @@ impl Walk<'_> {
             path,
             expected: ty.unwrap_or(ResourceType::None),
         };
+        let kind = |k: Kind| match ty {
+            Some(t) if !kind_fits(k, t) => Err(ContentError::TypeMismatch { path, expected: t }),
+            _ => Ok(()),
+        };
         let value = match cbor::datatype(d)? {
             Type::Null | Type::Undefined => {
                 d.skip().map_err(|_| cbor::malformed(d))?;
@@ -144,32 +179,56 @@ impl Walk<'_> {
             }
             Type::Tag => {
                 let tag = d.tag().map_err(|_| cbor::malformed(d))?;
+                kind(Kind::Number)?;
                 if tag == Tag::new(TAG_TIME) {
-                    match cbor::number(d)? {
-                        Some(Ok(Num::I(i))) => ResourceValue::Time(i),
-                        Some(Ok(Num::F(x))) if x.fract() == 0.0 && x.abs() < 9.0e15 => {
-                            ResourceValue::Time(x as i64)
-                        }
+                    let secs = match cbor::number(d)? {
+                        Some(Ok(Num::I(i))) => i,
+                        Some(Ok(Num::F(x))) if x.fract() == 0.0 && x.abs() < 9.0e15 => x as i64,
                         _ => return Err(bad),
+                    };
+                    // A time for a time (or untyped) resource; another numeric type takes
+                    // the number as its own.
+                    match ty {
+                        None | Some(ResourceType::Time) | Some(ResourceType::None) => {
+                            ResourceValue::Time(secs)
+                        }
+                        _ => cbor::number_value(Num::I(secs), ty),
                     }
                 } else {
+                    // The fraction's array sits inside the tag.
+                    if depth + 1 >= MAX_CBOR_DEPTH {
+                        return Err(ContentError::TooDeep {
+                            offset: d.position(),
+                            max: MAX_CBOR_DEPTH,
+                        });
+                    }
                     let x = decimal(d).ok_or(bad)?;
                     cbor::number_value(Num::F(x), ty)
                 }
             }
-            Type::Bool => ResourceValue::Boolean(d.bool().map_err(|_| cbor::malformed(d))?),
-            Type::Bytes | Type::BytesIndef => ResourceValue::Opaque(cbor::bytes(d)?),
+            Type::Bool => {
+                kind(Kind::Boolean)?;
+                ResourceValue::Boolean(d.bool().map_err(|_| cbor::malformed(d))?)
+            }
+            Type::Bytes | Type::BytesIndef => {
+                kind(Kind::Data)?;
+                ResourceValue::Opaque(cbor::bytes(d)?)
+            }
             Type::String | Type::StringIndef => {
                 let s = cbor::text(d, usize::MAX)?.unwrap_or_default();
                 match ty {
                     None | Some(ResourceType::String) | Some(ResourceType::None) => {
                         ResourceValue::String(s)
                     }
-                    Some(t) => parse_text_value(&s, t).ok_or(bad)?,
+                    Some(t) => parse_text_value(&s, t)
+                        .ok_or(ContentError::TypeMismatch { path, expected: t })?,
                 }
             }
             _ => match cbor::number(d)? {
-                Some(Ok(n)) => cbor::number_value(n, ty),
+                Some(Ok(n)) => {
+                    kind(Kind::Number)?;
+                    cbor::number_value(n, ty)
+                }
                 _ => return Err(bad),
             },
         };
@@ -226,7 +285,7 @@ pub(crate) fn decode(
         out: Vec::new(),
         seen: HashSet::new(),
     };
-    walk.map(&mut d, &[])?;
+    walk.map(&mut d, &[], 0)?;
     if d.position() != bytes.len() {
         return Err(cbor::malformed(&d));
     }
@@ -365,8 +424,8 @@ pub(crate) fn decode_single(
         out: Vec::new(),
         seen: HashSet::new(),
     };
-    cbor::untag_except(&mut d, &[TAG_TIME, TAG_DECIMAL])?;
-    walk.value(&mut d, base.ids())?;
+    let depth = cbor::untag_keeping(&mut d, 0, &[TAG_TIME, TAG_DECIMAL])?;
+    walk.value(&mut d, base.ids(), depth)?;
     if d.position() != bytes.len() {
         return Err(cbor::malformed(&d));
     }

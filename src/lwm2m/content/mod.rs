@@ -19,6 +19,12 @@
 //! The composite operations' path lists (SenML records with names only) have their own
 //! pair, [`decode_paths`] and [`encode_paths`].
 //!
+//! Where the resource's type is known, a value of another kind is refused: SenML (JSON and
+//! CBOR) with [`RecordProblem::TypeMismatch`] for the record, LwM2M CBOR and plain CBOR
+//! with [`ContentError::TypeMismatch`] for the path (a number for a numeric type, a boolean
+//! for a boolean, bytes for opaque, an object link for an object link; text is parsed as
+//! the type).
+//!
 //! TLV carries no types on the wire: [`decode`] takes a type resolver (any
 //! `Fn(&Lwm2mPath) -> Option<ResourceType>`; [`standard_resource_type`] knows the objects
 //! 0, 1, 3, 5 and the vendor Config object 10241). A value whose type the resolver does
@@ -26,7 +32,7 @@
 //!
 //! Decoders never panic on input and are bounded: at most [`MAX_PAYLOAD`] bytes and
 //! [`MAX_VALUES`] values per payload; TLV nesting is at most three levels by construction,
-//! CBOR nesting at most [`MAX_CBOR_DEPTH`] levels; SenML names (`bn` + `n`) at most
+//! CBOR nesting (maps, arrays and tags together) at most [`MAX_CBOR_DEPTH`] levels; SenML names (`bn` + `n`) at most
 //! 64 bytes in JSON and CBOR alike.
 //!
 //! **CBOR crate.** The CBOR formats sit on [`minicbor`](https://docs.rs/minicbor): a pull
@@ -79,9 +85,11 @@ pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 /// The most values one payload may decode to.
 pub const MAX_VALUES: usize = 65_536;
 
-/// The deepest CBOR nesting (arrays, maps and tags inside each other) a CBOR decoder
-/// follows. SenML CBOR needs 2 levels and LwM2M CBOR 5; anything nested deeper is refused
-/// with [`ContentError::TooDeep`] (at exactly this depth).
+/// The deepest CBOR nesting (arrays, maps and tags inside each other, each tag one level)
+/// a CBOR decoder follows: an item may be enclosed by at most this many containers.
+/// SenML CBOR needs 2 levels (the pack's array, a record's map) and LwM2M CBOR 6 (four
+/// maps, a decimal fraction's tag and its array); a container that would put its contents
+/// deeper is refused with [`ContentError::TooDeep`], in every CBOR format alike.
 pub const MAX_CBOR_DEPTH: usize = 16;
 
 /// A CoAP content format that LWM2M uses, with its registered number.

@@ -135,18 +135,23 @@ pub(crate) fn check_kind(
     ty: Option<ResourceType>,
     index: usize,
 ) -> Result<(), ContentError> {
-    use ResourceType as T;
-    let fits = match ty {
-        None | Some(T::None) => true,
-        Some(T::Integer | T::UnsignedInteger | T::Float | T::Time) => kind == Kind::Number,
-        Some(T::Boolean) => kind == Kind::Boolean,
-        Some(T::Opaque) => kind == Kind::Data,
-        Some(T::ObjectLink) => kind == Kind::Link,
-        Some(T::String) => false,
-    };
     match ty {
-        Some(t) if !fits => Err(bad(index, RecordProblem::TypeMismatch(t))),
+        Some(t) if !kind_fits(kind, t) => Err(bad(index, RecordProblem::TypeMismatch(t))),
         _ => Ok(()),
+    }
+}
+
+/// Whether a value of this kind may go to a resource of type `ty` (see [`check_kind`]);
+/// LwM2M CBOR checks its values' CBOR kinds by it too.
+pub(crate) fn kind_fits(kind: Kind, ty: ResourceType) -> bool {
+    use ResourceType as T;
+    match ty {
+        T::None => true,
+        T::Integer | T::UnsignedInteger | T::Float | T::Time => kind == Kind::Number,
+        T::Boolean => kind == Kind::Boolean,
+        T::Opaque => kind == Kind::Data,
+        T::ObjectLink => kind == Kind::Link,
+        T::String => false,
     }
 }
 

@@ -1221,7 +1221,7 @@ fn lwm2m_cbor_values() {
     assert_eq!(c.values, vec![(p.child(3).unwrap(), V::Integer(5))]);
     let c = decode(
         ContentFormat::Lwm2mCbor,
-        &hex("a1 82 03 00 a5 00 63 41 43 4d 0d c1 1a 51 82 42 8f 10 f5 16 63 33 3a 30 0b 42 01 02"),
+        &hex("a1 82 03 00 a5 00 63 41 43 4d 0d c1 1a 51 82 42 8f 18 64 f5 16 63 33 3a 30 18 63 42 01 02"),
         &Lwm2mPath::instance(3, 0),
         &std_types,
     )
@@ -1231,9 +1231,11 @@ fn lwm2m_cbor_values() {
         vec![
             (Lwm2mPath::resource(3, 0, 0), V::String("ACM".into())),
             (Lwm2mPath::resource(3, 0, 13), V::Time(1367491215)),
-            (Lwm2mPath::resource(3, 0, 16), V::Boolean(true)),
+            (Lwm2mPath::resource(3, 0, 100), V::Boolean(true)),
             (Lwm2mPath::resource(3, 0, 22), V::ObjectLink(3, 0)),
-            (Lwm2mPath::resource(3, 0, 11), V::Opaque(vec![1, 2])),
+            // A boolean and bytes for resources of unknown type (/3/0/100, /3/0/99): String
+            // /3/0/16 and Integer /3/0/11 would refuse them (TypeMismatch, as SenML does).
+            (Lwm2mPath::resource(3, 0, 99), V::Opaque(vec![1, 2])),
         ]
     );
 }
