@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 use twinhub::job::{
     ChildState, EngineConfig, FailureKind, FailureReason, FirmwareStates, JOB_OP_ID_BASE,
-    JobEngine, JobId, JobSpec, JobStatus, JobType, MAX_JOB_DURATION, RetryRule, SpecError,
+    JobEngine, JobId, JobSpec, JobStatus, JobType, RetryRule, SpecError,
 };
 use twinhub::transport::{
     DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo,
@@ -1060,6 +1060,7 @@ fn a_retry_rule_past_the_bounds_is_refused_and_backoff_never_panics() {
 #[test]
 fn create_job_with_a_huge_device_timeout_is_a_typed_error() {
     use twinhub::hub::{Hub, HubConfig};
+    use twinhub::job::MAX_JOB_DURATION;
     use twinhub::registry::Registry;
     use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
     use twinhub::twin::Twin;

@@ -7,7 +7,7 @@
 
 mod hub_support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use twinhub::job::{CancelMode, EngineConfig, JobEngine, JobId, JobSpec, JobType, LiveHistory};
 use twinhub::query::{QueryOptions, execute, parse};
@@ -136,7 +136,7 @@ fn hub_query_jobs_sees_a_job_created_after_retention_dropped_another() {
     }
     let mut config = HubConfig::default();
     config.jobs.retain_jobs = 1;
-    let script = Arc::new(Mutex::new(hub_support::Script::default()));
+    let script = std::sync::Arc::new(Mutex::new(hub_support::Script::default()));
     let hub = Hub::with_transport(hub_support::Scripted(script), registry, config);
     let reboot = JobType::Reboot {
         wait_for_registration: false,

@@ -633,3 +633,165 @@ fn a_job_that_expired_while_the_hub_was_down_ends_at_its_expiry() {
     let record = back.children(&id).next().unwrap();
     assert_eq!(record.end_time_utc, Some(expiry));
 }
+
+// ---- 5b. a graceful cancel and a device that goes offline mid-attempt ----
+
+// `CancelMode::FinishInFlight` lets children in progress run to their end. A firmware
+// download that reached the device is in flight even while the device is briefly offline
+// (it restarts, its registration lapses): it was cancelled at once, though the device went
+// on with the update and the history then said "cancelled" for an updated device.
+#[test]
+fn a_graceful_cancel_lets_an_attempt_whose_device_went_offline_finish() {
+    use twinhub::job::{CancelMode, ChildState};
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    let idle = DeviceId::new("e").unwrap();
+    engine.handle_event(t0, &registered(&dev));
+    let id = JobId::new("fw").unwrap();
+    let job = JobType::FirmwareUpdate {
+        package_uri: URI.into(),
+        expected_version: None,
+    };
+    // One in flight at a time: `e` waits, not started.
+    engine
+        .create(
+            t0,
+            JobSpec::new(id.clone(), job, vec![dev.clone(), idle.clone()]).max_in_flight(1),
+        )
+        .unwrap();
+    let observe = one_op(&mut engine);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let write = one_op(&mut engine);
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    notify(&mut engine, t0, &dev, fw_state(1, 0));
+    assert_eq!(
+        engine.cancel(t0, &id, CancelMode::FinishInFlight).unwrap(),
+        JobStatus::Running
+    );
+    assert_eq!(child(&engine, &id, &idle).0, ChildState::Cancelled);
+    // The device goes offline mid-download, and comes back with the package.
+    engine.handle_event(
+        t0,
+        &DeviceEvent::Expired {
+            device: dev.clone(),
+        },
+    );
+    assert_eq!(child(&engine, &id, &dev).0, ChildState::WaitingForDevice);
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Running);
+    let later = t0 + Duration::from_secs(60);
+    engine.handle_event(later, &registered(&dev));
+    assert_eq!(child(&engine, &id, &dev).0, ChildState::InProgress);
+    // It re-synchronises, installs, and the job ends cancelled with the device updated.
+    let mut updated = false;
+    for _ in 0..20 {
+        let Some(op) = engine.poll_op() else { break };
+        match &op.request {
+            DeviceRequest::Observe { .. } | DeviceRequest::Read { .. } if !updated => answer(
+                &mut engine,
+                later,
+                &op,
+                DeviceReply::Content(fw_state(2, 0)),
+            ),
+            DeviceRequest::Read { path } if *path == Lwm2mPath::resource(3, 0, 3) => answer(
+                &mut engine,
+                later,
+                &op,
+                DeviceReply::Content(Content::single(
+                    Lwm2mPath::resource(3, 0, 3),
+                    ResourceValue::String("2.0".into()),
+                )),
+            ),
+            _ if is_execute(&op) => {
+                answer(&mut engine, later, &op, DeviceReply::Done);
+                updated = true;
+                notify(&mut engine, later, &dev, fw_state(0, 1));
+            }
+            _ => {}
+        }
+    }
+    assert!(updated);
+    assert_eq!(child(&engine, &id, &dev), (ChildState::Succeeded, None));
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Cancelled);
+}
+
+// An attempt that never reached its device (the device was offline when it started) is
+// not in flight: a graceful cancel cancels it at once, as it cancels children not started.
+#[test]
+fn a_graceful_cancel_cancels_an_attempt_that_never_reached_its_offline_device() {
+    use twinhub::job::{CancelMode, ChildState};
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(
+        t0,
+        &DeviceEvent::Deregistered {
+            device: dev.clone(),
+        },
+    );
+    let id = JobId::new("fw").unwrap();
+    let job = JobType::FirmwareUpdate {
+        package_uri: URI.into(),
+        expected_version: None,
+    };
+    engine
+        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
+        .unwrap();
+    assert_eq!(child(&engine, &id, &dev).0, ChildState::WaitingForDevice);
+    assert_eq!(
+        engine.cancel(t0, &id, CancelMode::FinishInFlight).unwrap(),
+        JobStatus::Cancelled
+    );
+    assert_eq!(child(&engine, &id, &dev).0, ChildState::Cancelled);
+}
+
+// Such a child whose device came back while `max_in_flight` held it for a slot goes on
+// at the graceful cancel (it waited for nothing else, and nothing new starts).
+#[test]
+fn a_graceful_cancel_resumes_an_in_flight_child_held_for_a_slot() {
+    use twinhub::job::{CancelMode, ChildState};
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
+    let d = DeviceId::new("d").unwrap();
+    let e = DeviceId::new("e").unwrap();
+    engine.handle_event(t0, &registered(&d));
+    engine.handle_event(t0, &registered(&e));
+    let id = JobId::new("fw").unwrap();
+    let job = JobType::FirmwareUpdate {
+        package_uri: URI.into(),
+        expected_version: None,
+    };
+    engine
+        .create(
+            t0,
+            JobSpec::new(id.clone(), job, vec![d.clone(), e.clone()]).max_in_flight(1),
+        )
+        .unwrap();
+    let observe = one_op(&mut engine);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let _write = one_op(&mut engine);
+    // `d` goes offline mid-attempt: its slot goes to `e`.
+    engine.handle_event(t0, &DeviceEvent::Expired { device: d.clone() });
+    assert_eq!(child(&engine, &id, &e).0, ChildState::InProgress);
+    drain(&mut engine);
+    // `d` comes back while `e` holds the only slot: it waits for it.
+    engine.handle_event(t0, &registered(&d));
+    assert_eq!(child(&engine, &id, &d).0, ChildState::WaitingForDevice);
+    assert!(engine.poll_op().is_none());
+    engine.cancel(t0, &id, CancelMode::FinishInFlight).unwrap();
+    assert_eq!(child(&engine, &id, &d).0, ChildState::InProgress);
+    assert_eq!(child(&engine, &id, &e).0, ChildState::InProgress);
+    let resumed = drain(&mut engine);
+    assert!(resumed.iter().any(|op| op.device == d), "{resumed:?}");
+    assert_eq!(engine.job(&id).unwrap().status, JobStatus::Running);
+}

@@ -1014,6 +1014,7 @@ fn every_child_transition_edge_is_exercised_by_the_engine() {
     .max_execution_time(Some(Duration::from_secs(200)))
     .retry(RetryRule {
         initial_backoff: Duration::from_secs(1000),
+        max_backoff: Duration::from_secs(1000),
         ..RetryRule::new(None, 3)
     });
     sim.jobs.create(sim.now, spec).unwrap();

@@ -165,8 +165,13 @@ pub enum CancelMode {
     /// abandoned: their answers are ignored and nothing is undone on the device (a
     /// download that started keeps going there).
     Abandon,
-    /// Children not in progress are cancelled; children in progress run to their end (the
-    /// parent shows `running` meanwhile, then `cancelled`).
+    /// Children not in flight are cancelled; children in flight run to their end (the
+    /// parent shows `running` meanwhile, then `cancelled`). In flight: in progress, or
+    /// waiting for a device that went offline after the attempt reached it (it may go on
+    /// with the step, a firmware update above all, and its child waits for it as it would
+    /// have without the cancel, until the job's maximum execution time). Not in flight:
+    /// children not started, waiting for a retry, or whose attempt never reached their
+    /// offline device. Cancelling again with [`CancelMode::Abandon`] stops the wait.
     FinishInFlight,
 }
 
@@ -745,9 +750,14 @@ impl JobEngine {
                 let par = &self.parents[p as usize];
                 for c in par.first..par.end {
                     let s = self.children[c as usize].state;
-                    if !s.is_terminal() && s != ChildState::InProgress {
+                    if !s.is_terminal() && !self.in_flight(c) {
                         self.child_apply(now, c, ChildEvent::Cancel);
                     }
+                }
+                // In-flight children whose devices came back while `max_in_flight` held
+                // them go on now (nothing new starts, so no slot is waited for).
+                while let Some(c) = self.parents[p as usize].held.pop_front() {
+                    self.resume_held(now, c);
                 }
                 self.check_drained(now, p);
             }
@@ -1439,11 +1449,13 @@ impl JobEngine {
     fn hold_if_full(&mut self, c: u32) -> bool {
         let child = &mut self.children[c as usize];
         let par = &mut self.parents[child.parent as usize];
-        let full = par
-            .spec
-            .rollout
-            .max_in_flight
-            .is_some_and(|max| par.stats.running >= max as u64);
+        // Under a graceful cancel nothing new starts, and what comes back goes on.
+        let full = par.state == ParentState::Running
+            && par
+                .spec
+                .rollout
+                .max_in_flight
+                .is_some_and(|max| par.stats.running >= max as u64);
         if full && child.held.is_none() {
             child.held = Some(child.state);
             par.held.push_back(c);
@@ -1533,15 +1545,28 @@ impl JobEngine {
 
     // ---- internals: children ----
 
+    /// Whether a child's attempt is in flight, which a graceful cancel lets run to its
+    /// end: in progress, or waiting for its device that went offline after the attempt
+    /// reached it (the device may go on with it, a firmware update above all). An attempt
+    /// that never reached its device, or a retry not yet begun, is not.
+    fn in_flight(&self, c: u32) -> bool {
+        let child = &self.children[c as usize];
+        match child.state {
+            ChildState::InProgress => true,
+            ChildState::WaitingForDevice => child.flags & FLAG_TOUCHED != 0,
+            _ => false,
+        }
+    }
+
     /// A child's transition, and under a graceful cancel the cancellation of a child that
-    /// is not (or no longer) in progress: nothing new starts there.
+    /// is not (or no longer) in flight: nothing new starts there.
     fn child_apply(&mut self, now: Instant, c: u32, ev: ChildEvent) -> bool {
         if !self.child_move(now, c, ev) {
             return false;
         }
         let child = &self.children[c as usize];
         if !child.state.is_terminal()
-            && child.state != ChildState::InProgress
+            && !self.in_flight(c)
             && par_state(&self.parents, child.parent) == ParentState::Cancelling
         {
             self.child_apply(now, c, ChildEvent::Cancel);

@@ -101,7 +101,9 @@
 //! end time, however late [`JobEngine::handle_timeout`] runs, even after a restart). [`JobEngine::cancel`] with
 //! [`CancelMode::Abandon`] cancels every unfinished child at once and ignores the answers of
 //! operations already sent (nothing is undone on the device); with
-//! [`CancelMode::FinishInFlight`] children in progress run to their end first.
+//! [`CancelMode::FinishInFlight`] children in flight run to their end first (in progress,
+//! or waiting for a device that went offline after their attempt reached it; see
+//! [`CancelMode`]).
 //!
 //! # Restarts
 //!
