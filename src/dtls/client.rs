@@ -130,6 +130,14 @@ impl DtlsClient {
     /// Encrypts and queues `data` for the server; before the handshake completes it waits
     /// (at most [`MAX_QUEUED_PLAINTEXT`] datagrams).
     pub fn send(&mut self, now: Instant, data: &[u8]) {
+        if self.connected {
+            // The time first, and what it produced polled (see `handle_datagram`).
+            if self.dtls.handle_timeout(now).is_err() {
+                self.fail();
+            } else {
+                self.drain();
+            }
+        }
         if self.failed {
             self.restart(now);
         }
@@ -143,10 +151,8 @@ impl DtlsClient {
             }
             return;
         }
-        let _ = self.dtls.handle_timeout(now);
         if self.dtls.send_application_data(data).is_err() {
-            self.failed = true;
-            self.connected = false;
+            self.fail();
             return;
         }
         self.drain();
@@ -157,11 +163,19 @@ impl DtlsClient {
         if !self.started {
             return;
         }
-        let result = self
-            .dtls
-            .handle_timeout(now)
-            .and_then(|()| self.dtls.handle_packet(bytes));
-        if result.is_err() {
+        // The time first, and what it produced (a due retransmission) polled before the
+        // datagram: `dimpl` wants its output polled after each step. Fed right after a
+        // retransmission with nothing polled in between, a server flight (itself a
+        // retransmission) was not answered, and the handshake stalled for a timeout.
+        if self.dtls.handle_timeout(now).is_err() {
+            self.fail();
+            return;
+        }
+        self.drain();
+        if self.failed {
+            return;
+        }
+        if self.dtls.handle_packet(bytes).is_err() {
             self.fail();
             return;
         }
