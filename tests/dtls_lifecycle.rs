@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
 use twinhub::dtls::{
-    DtlsClient, DtlsEvent, DtlsServer, DtlsServerConfig, PskCredentials, PskKey, PskStore,
+    CloseReason, DtlsClient, DtlsEvent, DtlsServer, DtlsServerConfig, PskCredentials, PskKey,
+    PskStore,
 };
 
 fn addr(port: u16) -> SocketAddr {
@@ -239,4 +240,241 @@ fn a_client_flight_arriving_when_the_server_timer_is_due_completes_the_handshake
         "the late flight was not answered: {:?}",
         server.stats()
     );
+}
+
+/// A server knowing `id-1` (device `dev-1`) and `id-2` (`dev-2`), under `config`.
+fn server_with_two(config: DtlsServerConfig) -> DtlsServer {
+    let store = store_with("id-1", "dev-1", key(1));
+    store
+        .set(Some(DeviceId::new("dev-2").unwrap()), creds("id-2", key(2)))
+        .unwrap();
+    DtlsServer::new(config, store)
+}
+
+/// A client of `identity` with an established session at `from`, its first plaintext
+/// delivered.
+fn connect(now: Instant, server: &mut DtlsServer, identity: &str, k: u8, from: u16) -> DtlsClient {
+    let mut client = DtlsClient::new(now, creds(identity, key(k)));
+    client.send(now, b"hello");
+    for _ in 0..5 {
+        for d in drain_client(&mut client) {
+            server.handle_datagram(now, addr(from), &d);
+        }
+        for (to, d) in std::iter::from_fn(|| server.poll_transmit()).collect::<Vec<_>>() {
+            if to == addr(from) {
+                client.handle_datagram(now, &d);
+            }
+        }
+    }
+    assert!(client.is_connected());
+    client
+}
+
+/// Closed events with their addresses.
+fn closed(server: &mut DtlsServer) -> Vec<(SocketAddr, CloseReason)> {
+    std::iter::from_fn(|| server.poll_event())
+        .filter_map(|e| match e {
+            DtlsEvent::Closed { peer, reason, .. } => Some((peer, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Delivers what the server sends to `from` to the client; whether the client then knows
+/// its session is gone (it received a close_notify it could read).
+fn client_learns(
+    now: Instant,
+    server: &mut DtlsServer,
+    client: &mut DtlsClient,
+    from: u16,
+) -> bool {
+    let mut got = 0;
+    for (to, d) in std::iter::from_fn(|| server.poll_transmit()).collect::<Vec<_>>() {
+        if to == addr(from) {
+            got += 1;
+            client.handle_datagram(now, &d);
+        }
+    }
+    got > 0 && !client.is_connected() && client.has_failed()
+}
+
+/// What: the server evicts a session idle past its timeout; the device is told
+/// (close_notify) instead of finding out by its requests timing out.
+/// Before the fix: the idle sweep forgot the session without a word.
+#[test]
+fn an_idle_session_is_closed_with_close_notify() {
+    let t0 = Instant::now();
+    let config = DtlsServerConfig {
+        session_idle_timeout: Duration::from_secs(60),
+        ..DtlsServerConfig::default()
+    };
+    let mut server = server_with_two(config);
+    let mut client = connect(t0, &mut server, "id-1", 1, 1);
+    closed(&mut server);
+    let mut t = t0;
+    for _ in 0..10 {
+        let Some(next) = server.poll_timeout() else {
+            break;
+        };
+        t = next;
+        server.handle_timeout(t);
+        if server.stats().sessions == 0 {
+            break;
+        }
+    }
+    assert!(t >= t0 + Duration::from_secs(60));
+    assert_eq!(closed(&mut server), vec![(addr(1), CloseReason::Idle)]);
+    assert!(
+        client_learns(t, &mut server, &mut client, 1),
+        "no close_notify for the idle session"
+    );
+    // The device's next send handshakes again.
+    client.send(t, b"back");
+    for _ in 0..5 {
+        for d in drain_client(&mut client) {
+            server.handle_datagram(t, addr(1), &d);
+        }
+        for d in drain_server(&mut server) {
+            client.handle_datagram(t, &d);
+        }
+    }
+    assert!(client.is_connected() && client.handshakes() == 2);
+}
+
+/// What: with the session table full, a newcomer's handshake evicts a session idle past
+/// its timeout (not yet swept); that device is told.
+/// Before the fix: evicted without a word.
+#[test]
+fn a_session_evicted_at_the_bound_is_closed_with_close_notify() {
+    let t0 = Instant::now();
+    let config = DtlsServerConfig {
+        max_sessions: 1,
+        // Swept every 60 s; the newcomer comes between sweeps.
+        session_idle_timeout: Duration::from_secs(600),
+        ..DtlsServerConfig::default()
+    };
+    let mut server = server_with_two(config);
+    let mut old = connect(t0, &mut server, "id-1", 1, 1);
+    closed(&mut server);
+    let t = t0 + Duration::from_secs(601);
+    assert!(server.poll_timeout().is_some_and(|s| s < t));
+    // The newcomer's handshake, without the sweep having run.
+    let mut new = DtlsClient::new(t, creds("id-2", key(2)));
+    new.send(t, b"hi");
+    let mut to_old = Vec::new();
+    for _ in 0..5 {
+        for d in drain_client(&mut new) {
+            server.handle_datagram(t, addr(2), &d);
+        }
+        for (to, d) in std::iter::from_fn(|| server.poll_transmit()).collect::<Vec<_>>() {
+            if to == addr(2) {
+                new.handle_datagram(t, &d);
+            } else {
+                to_old.push(d);
+            }
+        }
+    }
+    assert!(new.is_connected());
+    assert_eq!(closed(&mut server), vec![(addr(1), CloseReason::Idle)]);
+    for d in &to_old {
+        old.handle_datagram(t, d);
+    }
+    assert!(
+        !to_old.is_empty() && old.has_failed(),
+        "no close_notify for the evicted session"
+    );
+}
+
+/// What: a device's key is removed (revoked) while its session is quiet; at the server's
+/// next sweep the session closes and the device is told.
+/// Before the fix: the sweep forgot the session without a word.
+#[test]
+fn a_session_whose_key_was_revoked_is_closed_with_close_notify() {
+    let t0 = Instant::now();
+    let mut server = server_with_two(DtlsServerConfig::default());
+    let mut client = connect(t0, &mut server, "id-1", 1, 1);
+    closed(&mut server);
+    assert!(server.store().remove_identity("id-1"));
+    // The sweep runs at most a minute later.
+    let mut t = t0;
+    for _ in 0..10 {
+        let Some(next) = server.poll_timeout() else {
+            break;
+        };
+        t = next;
+        server.handle_timeout(t);
+        if server.stats().sessions == 0 {
+            break;
+        }
+    }
+    assert!(t <= t0 + Duration::from_secs(60));
+    assert_eq!(
+        closed(&mut server),
+        vec![(addr(1), CloseReason::CredentialsChanged)]
+    );
+    assert!(
+        client_learns(t, &mut server, &mut client, 1),
+        "no close_notify for the revoked session"
+    );
+}
+
+/// What: `DtlsClient::close` sends close_notify; the server drops the session
+/// (`CloseReason::PeerClosed`), and the client handshakes again at its next send, also
+/// when the server's answering close_notify arrives after the new handshake began.
+#[test]
+fn a_client_close_sends_close_notify_and_the_next_send_handshakes_again() {
+    let t0 = Instant::now();
+    let mut server = server_with_two(DtlsServerConfig::default());
+    let mut client = connect(t0, &mut server, "id-1", 1, 1);
+    closed(&mut server);
+    assert!(client.close(t0));
+    assert!(!client.is_connected());
+    // The close_notify, then at once a new ClientHello.
+    client.send(t0, b"again");
+    let mut delivered = Vec::new();
+    for _ in 0..6 {
+        for d in drain_client(&mut client) {
+            server.handle_datagram(t0, addr(1), &d);
+        }
+        for d in drain_server(&mut server) {
+            client.handle_datagram(t0, &d);
+        }
+        for e in std::iter::from_fn(|| server.poll_event()) {
+            match e {
+                DtlsEvent::Closed { reason, .. } => delivered.push(format!("{reason:?}")),
+                DtlsEvent::Plaintext { data, .. } => {
+                    delivered.push(String::from_utf8(data).unwrap())
+                }
+                DtlsEvent::Connected { .. } => delivered.push("connected".into()),
+            }
+        }
+    }
+    assert_eq!(delivered, ["PeerClosed", "connected", "again"]);
+    assert!(client.is_connected() && client.handshakes() == 2);
+    // Closing a client that never connected sends nothing.
+    let mut idle = DtlsClient::new(t0, creds("id-2", key(2)));
+    assert!(!idle.close(t0));
+    assert!(idle.poll_transmit().is_none());
+}
+
+/// What: a device handshakes again from the same address (it rebooted); the old session
+/// is replaced, and the close_notify sent under the old session's keys does not disturb
+/// the new one (its client cannot read it and discards it).
+#[test]
+fn a_replaced_session_close_notify_does_not_disturb_the_new_session() {
+    let t0 = Instant::now();
+    let mut server = server_with_two(DtlsServerConfig::default());
+    let _old = connect(t0, &mut server, "id-1", 1, 1);
+    closed(&mut server);
+    let mut rebooted = connect(t0, &mut server, "id-1", 1, 1);
+    assert_eq!(closed(&mut server), vec![(addr(1), CloseReason::Replaced)]);
+    assert!(rebooted.is_connected() && !rebooted.has_failed());
+    rebooted.send(t0, b"still here");
+    for d in drain_client(&mut rebooted) {
+        server.handle_datagram(t0, addr(1), &d);
+    }
+    assert!(std::iter::from_fn(|| server.poll_event()).any(|e| matches!(
+        e,
+        DtlsEvent::Plaintext { ref data, .. } if data == b"still here"
+    )));
 }

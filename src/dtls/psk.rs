@@ -161,7 +161,8 @@ struct Tables {
 /// Identity -> key (and the device it belongs to), shared between the hub's API and the
 /// DTLS server: cheap to clone, every clone sees the same table. A device has at most one
 /// identity; setting a new one replaces (rotates) the old one, and the DTLS server closes
-/// sessions made with a replaced or removed key the next time they are used.
+/// sessions made with a replaced or removed key (with a close_notify) the next time they
+/// are used, or at its next sweep (within a minute).
 ///
 /// ```
 /// use twinhub::dtls::{PskCredentials, PskKey, PskStore};

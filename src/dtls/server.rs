@@ -46,14 +46,17 @@ pub struct DtlsServerConfig {
     /// Established sessions. At the bound, sessions idle longer than
     /// [`Self::session_idle_timeout`] are evicted, and so are those whose key was rotated
     /// or removed since they were made; if none is, the new session is refused
-    /// (its peer's handshake completes on its side; its first record is dropped and it
-    /// handshakes again later). Existing devices are never pushed out by newcomers.
+    /// (its peer's handshake completes on its side; no close_notify is sent, its first
+    /// record is dropped and it handshakes again later). Existing devices are never pushed
+    /// out by newcomers; an evicted session's peer is sent close_notify.
     pub max_sessions: usize,
     /// Sessions per PSK identity (a device that re-handshakes from a new port after a NAT
     /// rebinding has two for a while). At the bound, the identity's least recently
     /// active session is closed to make room.
     pub max_sessions_per_identity: usize,
-    /// A session with no authenticated record for this long is evicted. Longer than the
+    /// A session with no authenticated record for this long is evicted, with a
+    /// close_notify to its peer (at the sweep, every quarter of this and at least once a
+    /// minute, or when a full table makes room). Longer than the
     /// default LWM2M lifetime (24 h) so a device that only updates daily keeps its session.
     #[serde(with = "crate::time::millis", rename = "sessionIdleTimeoutMs")]
     pub session_idle_timeout: Duration,
@@ -106,23 +109,26 @@ pub enum DtlsEvent {
     },
 }
 
-/// Why a session ended.
+/// Why a session ended (and whether the peer was sent close_notify: see the module docs'
+/// table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// The peer sent close_notify.
+    /// The peer sent close_notify (`dimpl` answers with its own).
     PeerClosed,
-    /// The identity's key was rotated or removed.
+    /// The identity's key was rotated or removed (close_notify sent).
     CredentialsChanged,
-    /// Idle longer than the idle timeout.
+    /// Idle longer than the idle timeout (close_notify sent).
     Idle,
-    /// The same identity opened more sessions than allowed; this was the oldest.
+    /// The same identity opened more sessions than allowed; this was the oldest
+    /// (close_notify sent to its address).
     Superseded,
-    /// A new handshake from the same address completed.
+    /// A new handshake from the same address completed (close_notify sent under the old
+    /// keys; the new session's client discards it).
     Replaced,
-    /// A fatal DTLS error.
+    /// A fatal DTLS error (no close_notify).
     Error,
-    /// Closed by the application ([`DtlsServer::close_identity`]).
+    /// Closed by the application ([`DtlsServer::close_identity`]; close_notify sent).
     Local,
 }
 
@@ -887,7 +893,7 @@ impl DtlsServer {
 
     /// Closes the sessions idle past the timeout, and those whose key was rotated or
     /// removed since (closed at their next datagram otherwise, they would hold places in
-    /// the table until then).
+    /// the table until then), each with a close_notify to its peer.
     fn sweep_idle(&mut self, now: Instant) {
         let idle = self.config.session_idle_timeout;
         let old: Vec<(SocketAddr, CloseReason)> = self
@@ -903,7 +909,7 @@ impl DtlsServer {
             })
             .collect();
         for (a, reason) in old {
-            self.remove_session(a, reason);
+            self.close_session(a, reason);
         }
     }
 

@@ -7,8 +7,9 @@
 //! [`Hub::create_device`] write both (the key store last, once the twin is durable),
 //! [`Hub::remove_psk`] and [`Hub::remove_device`] clear both, and [`Hub::bind_dtls`] fills
 //! the store from the twins it starts with (an identity two twins claim, written around
-//! the hub, for neither of them). A session made with a rotated or removed key is closed
-//! the next time a datagram goes either way on it.
+//! the hub, for neither of them). A session made with a rotated or removed key is closed,
+//! with a close_notify to the device, the next time a datagram goes either way on it or
+//! at the DTLS server's next sweep (within a minute).
 
 use super::provisioning::AutoProvisioned;
 use super::{Hub, HubConfig};
