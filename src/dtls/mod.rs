@@ -64,7 +64,8 @@ mod tests;
 
 pub use client::{DtlsClient, MAX_QUEUED_PLAINTEXT};
 pub use psk::{
-    CredentialsError, MAX_IDENTITY, MAX_KEY, PskCredentials, PskKey, PskStore, key_from_hex,
+    CredentialsError, MAX_IDENTITY, MAX_KEY, PskCredentials, PskKey, PskStore, PskStoreView,
+    key_from_hex,
 };
 pub use server::{
     CloseReason, DtlsEvent, DtlsServer, DtlsServerConfig, DtlsStats, DtlsStatsHandle, NoSession,
