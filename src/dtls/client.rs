@@ -26,7 +26,10 @@ impl PskResolver for OwnKey {
 /// [`DtlsClient::handle_datagram`], send what [`DtlsClient::poll_transmit`] yields, read
 /// [`DtlsClient::poll_plaintext`], and call [`DtlsClient::handle_timeout`] at
 /// [`DtlsClient::poll_timeout`]. [`DtlsClient::restart`] throws the session away and
-/// handshakes again (after the server lost it, or after a NAT rebinding).
+/// handshakes again (after the server lost it, or after a NAT rebinding);
+/// [`DtlsClient::close`] ends it politely (close_notify). A close_notify from the server
+/// (it evicted the session, or the key changed) ends the session too: the next send
+/// handshakes again.
 ///
 /// ```
 /// use twinhub::dtls::{DtlsClient, PskCredentials, PskKey};
@@ -121,6 +124,36 @@ impl DtlsClient {
         }
     }
 
+    /// Ends the session: when it is established, a close_notify alert is queued for the
+    /// server ([`DtlsClient::poll_transmit`]; sent once, not retransmitted: RFC 6347
+    /// §4.2.7); a handshake in progress is abandoned without one. Plaintext still queued
+    /// for the handshake is dropped. Afterwards the client is as new: the next
+    /// [`DtlsClient::send`] handshakes again. Returns whether a close_notify was queued.
+    ///
+    /// The server drops its session at once (the hub's answers to this session's address
+    /// stop); what else ends is the server's business: the hub keeps the device's LWM2M
+    /// registration, which outlives the session, so the device can handshake again and
+    /// Update it. A close_notify the server sends back may arrive after the next
+    /// handshake began; it belongs to the old session and is discarded.
+    pub fn close(&mut self, now: Instant) -> bool {
+        let mut sent = false;
+        if self.connected && self.dtls.handle_timeout(now).is_ok() {
+            self.drain();
+            if self.connected && self.dtls.close().is_ok() {
+                let before = self.transmits.len();
+                self.drain();
+                sent = self.transmits.len() > before;
+            }
+        }
+        self.queued.clear();
+        self.dtls = Self::fresh(&self.config, now);
+        self.started = false;
+        self.connected = false;
+        self.failed = false;
+        self.timer = None;
+        sent
+    }
+
     fn start(&mut self, now: Instant) {
         self.started = true;
         let _ = self.dtls.handle_timeout(now);
@@ -130,6 +163,14 @@ impl DtlsClient {
     /// Encrypts and queues `data` for the server; before the handshake completes it waits
     /// (at most [`MAX_QUEUED_PLAINTEXT`] datagrams).
     pub fn send(&mut self, now: Instant, data: &[u8]) {
+        if self.connected {
+            // The time first, and what it produced polled (see `handle_datagram`).
+            if self.dtls.handle_timeout(now).is_err() {
+                self.fail();
+            } else {
+                self.drain();
+            }
+        }
         if self.failed {
             self.restart(now);
         }
@@ -143,10 +184,8 @@ impl DtlsClient {
             }
             return;
         }
-        let _ = self.dtls.handle_timeout(now);
         if self.dtls.send_application_data(data).is_err() {
-            self.failed = true;
-            self.connected = false;
+            self.fail();
             return;
         }
         self.drain();
@@ -157,11 +196,19 @@ impl DtlsClient {
         if !self.started {
             return;
         }
-        let result = self
-            .dtls
-            .handle_timeout(now)
-            .and_then(|()| self.dtls.handle_packet(bytes));
-        if result.is_err() {
+        // The time first, and what it produced (a due retransmission) polled before the
+        // datagram: `dimpl` wants its output polled after each step. Fed right after a
+        // retransmission with nothing polled in between, a server flight (itself a
+        // retransmission) was not answered, and the handshake stalled for a timeout.
+        if self.dtls.handle_timeout(now).is_err() {
+            self.fail();
+            return;
+        }
+        self.drain();
+        if self.failed {
+            return;
+        }
+        if self.dtls.handle_packet(bytes).is_err() {
             self.fail();
             return;
         }
@@ -189,7 +236,8 @@ impl DtlsClient {
                 }
                 Output::ApplicationData(d) => self.received.push_back(d.to_vec()),
                 Output::CloseNotify => {
-                    // The server closed the session (e.g. our key was rotated): the next
+                    // The server closed the session (idle, its key rotated or removed,
+                    // evicted, superseded by a newer session of the identity): the next
                     // send handshakes again.
                     self.fail();
                     return;

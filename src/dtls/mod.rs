@@ -27,6 +27,30 @@
 //! of one datagram (CoAP sends one per datagram), and a PSK ClientHello carries an empty
 //! `supported_groups` extension (libcoap/OpenSSL and GnuTLS accept it).
 //!
+//! # How a session ends, and what the peer sees
+//!
+//! A session the server drops is closed with a `close_notify` alert (`dimpl`'s
+//! `Dtls::close`: sent once, not retransmitted, RFC 6347 §4.2.7), so the device learns at
+//! once instead of by its requests timing out; [`DtlsClient`] then handshakes again at its
+//! next send. By [`CloseReason`]:
+//!
+//! | reason | close_notify | when |
+//! |---|---|---|
+//! | `Idle` | yes | at the sweep (every idle timeout / 4, at most a minute), or when a full table makes room |
+//! | `CredentialsChanged` | yes | the key was rotated or removed: at the next datagram either way, or at the sweep |
+//! | `Superseded` | yes, to the old address | the identity opened one session too many |
+//! | `Replaced` | yes, under the old keys | a new handshake from the same address completed: the new session's client cannot read it and discards it |
+//! | `Local` | yes | [`DtlsServer::close_identity`] |
+//! | `PeerClosed` | `dimpl` answers the peer's with its own | the peer sent close_notify ([`DtlsClient::close`]) |
+//! | `Error` | no | a fatal DTLS error (`dimpl` sends its own alert where the protocol says so) |
+//!
+//! A handshake refused at [`DtlsServerConfig::max_sessions`] gets no close_notify (it never
+//! was a session): its first record is dropped and the device handshakes again once its
+//! request times out, which keeps a full server from being asked again at once. Dropping
+//! a [`DtlsServer`] (the hub stopping) sends nothing. A session's end is the transport's:
+//! the LWM2M registration made over it outlives it (as in Leshan), and the device Updates
+//! it over a new session.
+//!
 //! # Not yet
 //!
 //! Raw public keys, X.509 certificates, DTLS 1.3, OSCORE, session resumption.
@@ -40,7 +64,8 @@ mod tests;
 
 pub use client::{DtlsClient, MAX_QUEUED_PLAINTEXT};
 pub use psk::{
-    CredentialsError, MAX_IDENTITY, MAX_KEY, PskCredentials, PskKey, PskStore, key_from_hex,
+    CredentialsError, MAX_IDENTITY, MAX_KEY, PskCredentials, PskKey, PskStore, PskStoreView,
+    key_from_hex,
 };
 pub use server::{
     CloseReason, DtlsEvent, DtlsServer, DtlsServerConfig, DtlsStats, DtlsStatsHandle, NoSession,

@@ -161,7 +161,8 @@ struct Tables {
 /// Identity -> key (and the device it belongs to), shared between the hub's API and the
 /// DTLS server: cheap to clone, every clone sees the same table. A device has at most one
 /// identity; setting a new one replaces (rotates) the old one, and the DTLS server closes
-/// sessions made with a replaced or removed key the next time they are used.
+/// sessions made with a replaced or removed key (with a close_notify) the next time they
+/// are used, or at its next sweep (within a minute).
 ///
 /// ```
 /// use twinhub::dtls::{PskCredentials, PskKey, PskStore};
@@ -329,6 +330,11 @@ impl PskStore {
         self.len() == 0
     }
 
+    /// A read-only view of this store (every clone sees the same table).
+    pub fn view(&self) -> PskStoreView {
+        PskStoreView(self.clone())
+    }
+
     /// The entry of an identity (key, device, revision).
     pub(crate) fn entry(&self, identity: &str) -> Option<PskEntry> {
         self.read().by_identity.get(identity).cloned()
@@ -337,5 +343,60 @@ impl PskStore {
     /// The current revision of an identity's key, if it still exists.
     pub(crate) fn revision(&self, identity: &str) -> Option<u64> {
         self.read().by_identity.get(identity).map(|e| e.revision)
+    }
+}
+
+/// A read-only view of a [`PskStore`]: which device holds which identity, and nothing to
+/// change. The hub hands out this rather than its key store: a device's credentials live
+/// in its twin (durable with the hub's store) and in the key store together, so they
+/// change only through the hub's credential calls (`set_psk`, `remove_psk`,
+/// `create_device`, `remove_device`). A write to the key store alone bypassed the twin and
+/// the disk and was lost at the next restart.
+///
+/// ```
+/// use twinhub::dtls::{PskCredentials, PskKey, PskStore};
+/// use twinhub::DeviceId;
+/// let store = PskStore::new();
+/// let view = store.view();
+/// let id = DeviceId::new("pump-7").unwrap();
+/// store
+///     .set(Some(id.clone()), PskCredentials::new("pump-7", PskKey::new(vec![7; 16])).unwrap())
+///     .unwrap();
+/// assert_eq!(view.device_of("pump-7"), Some(id));
+/// assert_eq!(view.len(), 1);
+/// ```
+#[derive(Clone)]
+pub struct PskStoreView(PskStore);
+
+impl fmt::Debug for PskStoreView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PskStoreView {
+    /// The device an identity belongs to.
+    pub fn device_of(&self, identity: &str) -> Option<DeviceId> {
+        self.0.device_of(identity)
+    }
+
+    /// A device's identity.
+    pub fn identity_of(&self, device: &DeviceId) -> Option<Arc<str>> {
+        self.0.identity_of(device)
+    }
+
+    /// Whether the device has credentials (then it may only register over DTLS).
+    pub fn has_device(&self, device: &DeviceId) -> bool {
+        self.0.has_device(device)
+    }
+
+    /// How many identities the store holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }

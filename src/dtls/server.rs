@@ -46,14 +46,17 @@ pub struct DtlsServerConfig {
     /// Established sessions. At the bound, sessions idle longer than
     /// [`Self::session_idle_timeout`] are evicted, and so are those whose key was rotated
     /// or removed since they were made; if none is, the new session is refused
-    /// (its peer's handshake completes on its side; its first record is dropped and it
-    /// handshakes again later). Existing devices are never pushed out by newcomers.
+    /// (its peer's handshake completes on its side; no close_notify is sent, its first
+    /// record is dropped and it handshakes again later). Existing devices are never pushed
+    /// out by newcomers; an evicted session's peer is sent close_notify.
     pub max_sessions: usize,
     /// Sessions per PSK identity (a device that re-handshakes from a new port after a NAT
     /// rebinding has two for a while). At the bound, the identity's least recently
     /// active session is closed to make room.
     pub max_sessions_per_identity: usize,
-    /// A session with no authenticated record for this long is evicted. Longer than the
+    /// A session with no authenticated record for this long is evicted, with a
+    /// close_notify to its peer (at the sweep, every quarter of this and at least once a
+    /// minute, or when a full table makes room). Longer than the
     /// default LWM2M lifetime (24 h) so a device that only updates daily keeps its session.
     #[serde(with = "crate::time::millis", rename = "sessionIdleTimeoutMs")]
     pub session_idle_timeout: Duration,
@@ -106,23 +109,26 @@ pub enum DtlsEvent {
     },
 }
 
-/// Why a session ended.
+/// Why a session ended (and whether the peer was sent close_notify: see the module docs'
+/// table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// The peer sent close_notify.
+    /// The peer sent close_notify (`dimpl` answers with its own).
     PeerClosed,
-    /// The identity's key was rotated or removed.
+    /// The identity's key was rotated or removed (close_notify sent).
     CredentialsChanged,
-    /// Idle longer than the idle timeout.
+    /// Idle longer than the idle timeout (close_notify sent).
     Idle,
-    /// The same identity opened more sessions than allowed; this was the oldest.
+    /// The same identity opened more sessions than allowed; this was the oldest
+    /// (close_notify sent to its address).
     Superseded,
-    /// A new handshake from the same address completed.
+    /// A new handshake from the same address completed (close_notify sent under the old
+    /// keys; the new session's client discards it).
     Replaced,
-    /// A fatal DTLS error.
+    /// A fatal DTLS error (no close_notify).
     Error,
-    /// Closed by the application ([`DtlsServer::close_identity`]).
+    /// Closed by the application ([`DtlsServer::close_identity`]; close_notify sent).
     Local,
 }
 
@@ -235,6 +241,9 @@ struct Pending {
     dtls: Dtls,
     phase: Phase,
     since: Instant,
+    /// The state machine's clock while unverified: the last instant it was given, which
+    /// moves only when a new flight is about to go out (see `feed_pending`).
+    clock: Instant,
     /// The identity the handshake resolved, and the revision of the key it got.
     identity: Option<(Arc<str>, u64)>,
     timer: Option<Instant>,
@@ -274,6 +283,44 @@ struct Drained {
     timer: Option<Instant>,
     packets: Vec<Vec<u8>>,
     data: Vec<Vec<u8>>,
+}
+
+/// Whether the state machine holds a record to send, without taking it: asked for output
+/// into an empty buffer, `dimpl` answers `BufferTooSmall` and leaves the record queued and
+/// its flight's timer unarmed (only a polled record arms it). Only for a peer that has not
+/// passed the cookie: there is no application data, close_notify or local event to take
+/// then (those would be consumed here).
+fn has_queued_packet(dtls: &mut Dtls) -> bool {
+    matches!(dtls.poll_output(&mut []), Output::BufferTooSmall { .. })
+}
+
+impl Drained {
+    /// Adds what a later drain of the same state machine produced.
+    fn absorb(&mut self, later: Drained) {
+        self.connected |= later.connected;
+        self.closed |= later.closed;
+        self.server_hello |= later.server_hello;
+        self.timer = later.timer;
+        self.packets.extend(later.packets);
+        self.data.extend(later.data);
+    }
+}
+
+/// Gives a state machine the time, takes what that produced (a due retransmission), then
+/// gives it `input` and takes what that produced. `dimpl` wants its output polled after
+/// each step: a datagram handled right after a retransmission, with nothing polled in
+/// between, was not answered (the handshake stalled until the next timeout).
+fn step(
+    dtls: &mut Dtls,
+    buf: &mut Vec<u8>,
+    now: Instant,
+    input: impl FnOnce(&mut Dtls) -> Result<(), dimpl::Error>,
+) -> Result<Drained, dimpl::Error> {
+    dtls.handle_timeout(now)?;
+    let mut d = drain(dtls, buf);
+    input(dtls)?;
+    d.absorb(drain(dtls, buf));
+    Ok(d)
 }
 
 fn drain(dtls: &mut Dtls, buf: &mut Vec<u8>) -> Drained {
@@ -460,6 +507,7 @@ impl DtlsServer {
                     dtls,
                     phase: Phase::Unverified,
                     since: now,
+                    clock: now,
                     identity: None,
                     timer: None,
                 },
@@ -521,36 +569,38 @@ impl DtlsServer {
         };
         self.resolver.take();
         // An unverified peer's timers are not driven (see `after_pending`): its clock
-        // stays at its first ClientHello, where nothing is due (driving it on would
+        // stays where its last flight went out, where nothing is due (driving it on would
         // resend the HelloVerifyRequest, and a resent one has dimpl expect another
         // ClientHello than the cookie's). dimpl needs the call: it draws the server random
         // there.
         let unverified = p.phase == Phase::Unverified;
-        let clock = if unverified { p.since } else { now };
-        let result = p
-            .dtls
-            .handle_timeout(clock)
-            .and_then(|()| p.dtls.handle_packet(bytes));
+        let clock = if unverified { p.clock } else { now };
+        let mut d = Drained::default();
+        let mut result = p.dtls.handle_timeout(clock).and_then(|()| {
+            d = drain(&mut p.dtls, &mut self.buf);
+            p.dtls.handle_packet(bytes)
+        });
         if let Some(identity) = self.resolver.take() {
             p.identity = Some(identity);
+        }
+        if result.is_ok() && unverified && has_queued_packet(&mut p.dtls) {
+            // The datagram began a flight (the ServerHello flight past the cookie, or a
+            // HelloVerifyRequest again): its retransmission timer is armed only when its
+            // first record is polled, at the clock of that moment. The clock catches up
+            // first, so the timer runs from now, and nothing fires on the way (the
+            // earlier flight's timer ended when this one began). Caught up after the
+            // polling instead, a cookie round trip longer than the first timeout sent the
+            // flight twice at once and the next copy only two timeouts later, and a
+            // shorter one retransmitted it early, as if sent at the first ClientHello.
+            result = p.dtls.handle_timeout(now);
+            p.clock = now;
         }
         if result.is_err() {
             self.drop_pending(peer);
             bump(&self.counters.handshake_failures);
             return;
         }
-        let mut d = drain(&mut p.dtls, &mut self.buf);
-        if unverified && d.server_hello && p.dtls.handle_timeout(now).is_ok() {
-            // Past the cookie: the clock catches up, so the flight's retransmission timer
-            // runs from now. (After a cookie round trip longer than the first timeout the
-            // flight goes out a second time here.)
-            let more = drain(&mut p.dtls, &mut self.buf);
-            d.packets.extend(more.packets);
-            d.timer = more.timer;
-            d.connected |= more.connected;
-            d.closed |= more.closed;
-            d.data.extend(more.data);
-        }
+        d.absorb(drain(&mut p.dtls, &mut self.buf));
         self.after_pending(now, peer, d);
     }
 
@@ -687,15 +737,12 @@ impl DtlsServer {
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
-        let result = s
-            .dtls
-            .handle_timeout(now)
-            .and_then(|()| s.dtls.handle_packet(bytes));
-        if result.is_err() {
+        let Ok(d) = step(&mut s.dtls, &mut self.buf, now, |dtls| {
+            dtls.handle_packet(bytes)
+        }) else {
             self.remove_session(peer, CloseReason::Error);
             return;
-        }
-        let d = drain(&mut s.dtls, &mut self.buf);
+        };
         if !d.data.is_empty() {
             s.last = now;
         }
@@ -733,13 +780,13 @@ impl DtlsServer {
         let Some(s) = self.sessions.get_mut(&to) else {
             return Err(NoSession(to));
         };
-        let _ = s.dtls.handle_timeout(now);
-        if s.dtls.send_application_data(data).is_err() {
+        let Ok(d) = step(&mut s.dtls, &mut self.buf, now, |dtls| {
+            dtls.send_application_data(data).map(drop)
+        }) else {
             self.remove_session(to, CloseReason::Error);
             self.sync_gauges();
             return Err(NoSession(to));
-        }
-        let d = drain(&mut s.dtls, &mut self.buf);
+        };
         for packet in d.packets {
             self.transmits.push_back((to, packet));
         }
@@ -846,7 +893,7 @@ impl DtlsServer {
 
     /// Closes the sessions idle past the timeout, and those whose key was rotated or
     /// removed since (closed at their next datagram otherwise, they would hold places in
-    /// the table until then).
+    /// the table until then), each with a close_notify to its peer.
     fn sweep_idle(&mut self, now: Instant) {
         let idle = self.config.session_idle_timeout;
         let old: Vec<(SocketAddr, CloseReason)> = self
@@ -862,7 +909,7 @@ impl DtlsServer {
             })
             .collect();
         for (a, reason) in old {
-            self.remove_session(a, reason);
+            self.close_session(a, reason);
         }
     }
 

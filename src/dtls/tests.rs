@@ -575,3 +575,32 @@ fn sessions_whose_key_went_make_room_in_a_full_table() {
         Some(Some(dev2))
     );
 }
+
+/// A change whose durable step fails changes nothing, also when the identity it names was
+/// held by no device: `replace` overwrote that entry and `put_back` only restored the
+/// device's own earlier entry, so the unowned identity was gone (moved here from
+/// tests/hub_store_failures_review.rs, where it went through the hub's key store, now
+/// read-only).
+#[test]
+fn a_refused_durable_step_leaves_an_unowned_identity_it_named_in_place() {
+    let store = PskStore::new();
+    let shared = creds("shared", key(7));
+    store.set(None, shared).unwrap();
+    let pump = DeviceId::new("pump").unwrap();
+    let refused = store.set_with(Some(pump.clone()), creds("shared", key(9)), || {
+        Err("commit failed")
+    });
+    assert_eq!(refused, Ok(Err("commit failed")));
+    assert_eq!(store.len(), 1);
+    assert_eq!(store.device_of("shared"), None);
+    assert_eq!(store.entry("shared").map(|e| e.key), Some(key(7)));
+    assert!(!store.has_device(&pump));
+    // Control: the same change with its durable step succeeding takes the identity.
+    store
+        .set_with(Some(pump.clone()), creds("shared", key(9)), || {
+            Ok::<(), ()>(())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.device_of("shared"), Some(pump));
+}

@@ -7,13 +7,16 @@
 //! [`Hub::create_device`] write both (the key store last, once the twin is durable),
 //! [`Hub::remove_psk`] and [`Hub::remove_device`] clear both, and [`Hub::bind_dtls`] fills
 //! the store from the twins it starts with (an identity two twins claim, written around
-//! the hub, for neither of them). A session made with a rotated or removed key is closed
-//! the next time a datagram goes either way on it.
+//! the hub, for neither of them); callers read the key store through [`Hub::psk_store`],
+//! which cannot write it. A session made with a rotated or removed key is closed,
+//! with a close_notify to the device, the next time a datagram goes either way on it or
+//! at the DTLS server's next sweep (within a minute).
 
 use super::provisioning::AutoProvisioned;
 use super::{Hub, HubConfig};
 use crate::dtls::{
     CredentialsError, DtlsServer, DtlsStats, DtlsStatsHandle, PskCredentials, PskStore,
+    PskStoreView,
 };
 use crate::lwm2m::server::UdpServer;
 use crate::registry::{Registry, RegistryError, SharedRegistry};
@@ -23,6 +26,8 @@ use std::net::ToSocketAddrs;
 /// The coaps listener's shared parts.
 pub(super) struct Secure {
     pub(super) store: PskStore,
+    /// What callers get ([`Hub::psk_store`]): the store, read-only.
+    view: PskStoreView,
     stats: DtlsStatsHandle,
 }
 
@@ -113,7 +118,8 @@ impl Hub {
             (Some(local), Some(udp)),
             provisioned,
         );
-        let _ = hub.inner.secure.set(Secure { store, stats });
+        let view = store.view();
+        let _ = hub.inner.secure.set(Secure { store, view, stats });
         let _ = hub.inner.packages.set(packages);
         hub.inner.resume_sync(restored);
         Ok(hub)
@@ -289,9 +295,23 @@ impl Hub {
         outcome
     }
 
-    /// The DTLS key store, when the hub runs a coaps listener.
-    pub fn psk_store(&self) -> Option<&PskStore> {
-        self.inner.secure.get().map(|s| &s.store)
+    /// The DTLS key store, read-only, when the hub runs a coaps listener: which device
+    /// holds which identity. Credentials change only through [`Hub::set_psk`],
+    /// [`Hub::remove_psk`], [`Hub::create_device`] and [`Hub::remove_device`], which keep
+    /// the twin, the hub's store (durable on return) and the key store in step; the key
+    /// store cannot be written around them (such a write reached neither the twin nor the
+    /// disk, and was lost at the next restart).
+    ///
+    /// ```compile_fail
+    /// use twinhub::dtls::{PskCredentials, PskKey};
+    /// use twinhub::hub::{Hub, HubConfig};
+    /// use twinhub::registry::Registry;
+    /// let hub = Hub::bind_dtls("127.0.0.1:0", Registry::new(), HubConfig::default()).unwrap();
+    /// let creds = PskCredentials::new("pump-7", PskKey::new(vec![7; 16])).unwrap();
+    /// hub.psk_store().unwrap().set(None, creds).unwrap(); // no such method: use set_psk
+    /// ```
+    pub fn psk_store(&self) -> Option<&PskStoreView> {
+        self.inner.secure.get().map(|s| &s.view)
     }
 
     /// The DTLS layer's counters (handshakes, refusals, table sizes), when the hub runs a

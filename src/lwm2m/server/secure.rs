@@ -1,4 +1,14 @@
 //! The server behind DTLS: the UDP driver's datagram layer that runs a [`DtlsServer`].
+//!
+//! A registration outlives the DTLS session it was made over, as in Leshan: when the
+//! session ends (the device sent close_notify, or the DTLS server closed it: idle, key
+//! rotated, superseded), the registration, its observations and queued requests stay
+//! until its lifetime runs out or the device de-registers. The device handshakes again
+//! and Updates it over the new session (from any address, under the same identity).
+//! Meanwhile nothing reaches the device: a request to it finds no session and is dropped
+//! (CoAP times it out), and nothing goes out in clear. A removed or rotated key ends the
+//! session, not the registration: the device must handshake with its current key to
+//! Update it (`tests/dtls_close_registration.rs`).
 
 use super::udp::DatagramLayer;
 use super::{Lwm2mServer, Transmit, UdpServer};
