@@ -284,33 +284,10 @@ use twinhub::job::{
     ChildState, EngineConfig, FailureKind, FailureReason, JobEngine, JobId, JobSpec, JobType,
     RetryRule,
 };
-use twinhub::transport::{DeviceEvent, DeviceOp, RegistrationInfo};
+use twinhub::transport::{DeviceEvent, DeviceOp};
 
-fn registered(device: &DeviceId) -> DeviceEvent {
-    DeviceEvent::Registered {
-        device: device.clone(),
-        registration: RegistrationInfo {
-            endpoint: device.to_string(),
-            registration_id: "0123456789abcdef".into(),
-            lifetime: 300,
-            lwm2m_version: "1.1".into(),
-            binding: "U".into(),
-            queue_mode: false,
-            objects: vec![
-                Lwm2mPath::instance(1, 0),
-                Lwm2mPath::instance(3, 0),
-                Lwm2mPath::instance(5, 0),
-                Lwm2mPath::instance(10241, 0),
-            ],
-            address: None,
-            psk_identity: None,
-        },
-    }
-}
-
-fn drain_ops(engine: &mut JobEngine) -> Vec<DeviceOp> {
-    std::iter::from_fn(|| engine.poll_op()).collect()
-}
+mod job_support;
+use job_support::{drain as drain_ops, registered};
 
 fn write_job(id: &JobId, devices: Vec<DeviceId>) -> JobSpec {
     JobSpec::new(

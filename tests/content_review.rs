@@ -7,10 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 use twinhub::coap::{Code, ContentFormat, Message, MessageType};
-use twinhub::lwm2m::client::{
-    Access, ClientConfig, ClientEvent, Lwm2mClient, ObjectDef, ObjectTree, ResourceDef,
-    ValueObject, objects,
-};
+use twinhub::lwm2m::client::{Access, ObjectDef, ObjectTree, ResourceDef, ValueObject, objects};
 use twinhub::lwm2m::content::{
     self, ContentError, ContentFormat as Cf, MAX_CBOR_DEPTH, standard_resource_type,
 };
@@ -426,11 +423,8 @@ fn lwm2m_cbor_nesting_counts_maps_and_tags_to_the_bound() {
 
 // ------------------------------------------------------------------ client harness
 
-const SERVER: &str = "127.0.0.1:5683";
-
-fn server() -> SocketAddr {
-    SERVER.parse().unwrap()
-}
+mod client_support;
+use client_support::{Harness, SERVER};
 
 fn tree() -> ObjectTree {
     let mut t = ObjectTree::new();
@@ -453,62 +447,9 @@ fn tree() -> ObjectTree {
     t
 }
 
-struct Harness {
-    client: Lwm2mClient,
-    now: Instant,
-    mid: u16,
-    token: u32,
-    backlog: Vec<Message>,
-}
-
 impl Harness {
     fn registered() -> Harness {
-        let now = Instant::now();
-        let client = Lwm2mClient::new(now, ClientConfig::new("dev-1", server()), tree());
-        let mut h = Harness {
-            client,
-            now,
-            mid: 100,
-            token: 1,
-            backlog: Vec::new(),
-        };
-        h.client.handle_timeout(now);
-        let reg = h.sent().pop().expect("register sent");
-        let mut r = Message::new(MessageType::Acknowledgement, Code::CREATED, reg.message_id);
-        r.with_token(reg.token());
-        r.add_location_path("rd");
-        r.add_location_path("abc");
-        h.client
-            .handle_datagram(h.now, server(), &r.to_bytes().unwrap());
-        let ev: Vec<ClientEvent> = std::iter::from_fn(|| h.client.poll_event()).collect();
-        assert!(matches!(ev.as_slice(), [ClientEvent::Registered { .. }]));
-        h
-    }
-
-    fn sent(&mut self) -> Vec<Message> {
-        let mut out = std::mem::take(&mut self.backlog);
-        while let Some(t) = self.client.poll_transmit() {
-            out.push(Message::decode(&t.payload).expect("client sends valid CoAP"));
-        }
-        out
-    }
-
-    fn request(&mut self, mut req: Message) -> Message {
-        self.mid = self.mid.wrapping_add(1);
-        self.token += 1;
-        req.mtype = MessageType::Confirmable;
-        req.message_id = self.mid;
-        req.set_token(&self.token.to_be_bytes());
-        self.client
-            .handle_datagram(self.now, server(), &req.to_bytes().unwrap());
-        let mut sent = self.sent();
-        let pos = sent
-            .iter()
-            .position(|m| m.message_id == self.mid && m.mtype == MessageType::Acknowledgement)
-            .expect("piggybacked response");
-        let resp = sent.remove(pos);
-        self.backlog.extend(sent);
-        resp
+        Harness::registered_with(tree())
     }
 }
 

@@ -6,40 +6,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
-use twinhub::dtls::{
-    CloseReason, DtlsClient, DtlsEvent, DtlsServer, DtlsServerConfig, PskCredentials, PskKey,
-    PskStore,
-};
+use twinhub::dtls::{CloseReason, DtlsClient, DtlsEvent, DtlsServer, DtlsServerConfig};
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], port))
-}
-
-fn key(b: u8) -> PskKey {
-    PskKey::new(vec![b; 16])
-}
-
-fn creds(identity: &str, k: PskKey) -> PskCredentials {
-    PskCredentials::new(identity, k).unwrap()
-}
-
-fn store_with(identity: &str, device: &str, k: PskKey) -> PskStore {
-    let store = PskStore::new();
-    store
-        .set(Some(DeviceId::new(device).unwrap()), creds(identity, k))
-        .unwrap();
-    store
-}
-
-fn drain_client(c: &mut DtlsClient) -> Vec<Vec<u8>> {
-    std::iter::from_fn(|| c.poll_transmit()).collect()
-}
-
-fn drain_server(s: &mut DtlsServer) -> Vec<Vec<u8>> {
-    std::iter::from_fn(|| s.poll_transmit())
-        .map(|(_, d)| d)
-        .collect()
-}
+mod dtls_support;
+use dtls_support::{addr, creds, drain_client, drain_server, key, store_with};
 
 /// Whether a datagram carries an epoch-0 ServerHello (handshake type 2) in its first record.
 fn has_server_hello(d: &[u8]) -> bool {

@@ -6,29 +6,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
 use twinhub::dtls::{
-    CloseReason, DtlsClient, DtlsEvent, DtlsServer, DtlsServerConfig, PeerIdentity, PskCredentials,
-    PskKey, PskStore,
+    CloseReason, DtlsClient, DtlsEvent, DtlsServer, DtlsServerConfig, PeerIdentity, PskStore,
 };
 
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, 1], port))
-}
-
-fn key(b: u8) -> PskKey {
-    PskKey::new(vec![b; 16])
-}
-
-fn creds(identity: &str, k: PskKey) -> PskCredentials {
-    PskCredentials::new(identity, k).unwrap()
-}
-
-fn store_with(identity: &str, device: &str, k: PskKey) -> PskStore {
-    let store = PskStore::new();
-    store
-        .set(Some(DeviceId::new(device).unwrap()), creds(identity, k))
-        .unwrap();
-    store
-}
+mod dtls_support;
+use dtls_support::{addr, creds, drain_client, drain_server, key, store_with};
 
 fn pump(
     now: Instant,
@@ -87,16 +69,6 @@ fn still_works(now: Instant, server: &mut DtlsServer, client: &mut DtlsClient) -
     client.send(now, b"after");
     let got = pump(now, client, addr(1), server);
     got.len() == 1 && got[0].1 == b"after"
-}
-
-fn drain_client(c: &mut DtlsClient) -> Vec<Vec<u8>> {
-    std::iter::from_fn(|| c.poll_transmit()).collect()
-}
-
-fn drain_server(s: &mut DtlsServer) -> Vec<Vec<u8>> {
-    std::iter::from_fn(|| s.poll_transmit())
-        .map(|(_, d)| d)
-        .collect()
 }
 
 /// What: re-setting a device's credentials to the very same identity and key (an

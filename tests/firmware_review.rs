@@ -10,21 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinhub::coap::{BlockOption, Code, ContentFormat, Message, MessageType, OptionNumber};
 use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
-use twinhub::lwm2m::client::{
-    ClientConfig, FirmwareUpdate, Lwm2mClient, ObjectTree, UpdateResult, UpdateState, objects,
-};
-use twinhub::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo,
-};
+use twinhub::lwm2m::client::{FirmwareUpdate, ObjectTree, UpdateResult, UpdateState, objects};
+use twinhub::transport::{DeviceError, DeviceEvent, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
+
+mod job_support;
+use job_support::{answer, fw_state, registered};
 
 // ---------------------------------------------------------------- client harness
 
-const SERVER: &str = "127.0.0.1:5683";
-
-fn server() -> SocketAddr {
-    SERVER.parse().unwrap()
-}
+mod client_support;
+use client_support::{Harness, SERVER};
 
 fn tree_with(fw: FirmwareUpdate) -> ObjectTree {
     let mut t = ObjectTree::new();
@@ -33,76 +29,6 @@ fn tree_with(fw: FirmwareUpdate) -> ObjectTree {
     t.add(objects::device("Contoso", "MX1", "SN-42", "1.0.0"));
     t.set_firmware(fw);
     t
-}
-
-struct Harness {
-    client: Lwm2mClient,
-    now: Instant,
-    mid: u16,
-    token: u32,
-    backlog: Vec<Message>,
-}
-
-impl Harness {
-    fn registered_with(tree: ObjectTree) -> Harness {
-        let now = Instant::now();
-        let client = Lwm2mClient::new(now, ClientConfig::new("dev-1", server()), tree);
-        let mut h = Harness {
-            client,
-            now,
-            mid: 100,
-            token: 1,
-            backlog: Vec::new(),
-        };
-        h.client.handle_timeout(now);
-        let reg = h.sent().pop().expect("register sent");
-        let mut r = Message::new(MessageType::Acknowledgement, Code::CREATED, reg.message_id);
-        r.with_token(reg.token());
-        r.add_location_path("rd");
-        r.add_location_path("abc");
-        h.client
-            .handle_datagram(h.now, server(), &r.to_bytes().unwrap());
-        while h.client.poll_event().is_some() {}
-        h
-    }
-
-    fn sent(&mut self) -> Vec<Message> {
-        let mut out = std::mem::take(&mut self.backlog);
-        while let Some(t) = self.client.poll_transmit() {
-            out.push(Message::decode(&t.payload).expect("valid CoAP"));
-        }
-        out
-    }
-
-    fn request(&mut self, mut req: Message) -> Message {
-        self.mid = self.mid.wrapping_add(1);
-        self.token += 1;
-        req.mtype = MessageType::Confirmable;
-        req.message_id = self.mid;
-        req.set_token(&self.token.to_be_bytes());
-        self.client
-            .handle_datagram(self.now, server(), &req.to_bytes().unwrap());
-        let mut sent = self.sent();
-        let pos = sent
-            .iter()
-            .position(|m| m.message_id == self.mid && m.mtype == MessageType::Acknowledgement)
-            .expect("piggybacked response");
-        let resp = sent.remove(pos);
-        self.backlog.extend(sent);
-        resp
-    }
-
-    fn get_text(&mut self, path: &str) -> String {
-        let r = self.request(Message::request(Code::GET, path));
-        String::from_utf8_lossy(&r.payload).into_owned()
-    }
-
-    fn put_text(&mut self, path: &str, text: &str) -> Message {
-        let mut m = Message::request(Code::PUT, path);
-        m.set_content_format(ContentFormat::TEXT_PLAIN);
-        m.payload = text.as_bytes().to_vec();
-        self.request(m)
-    }
 }
 
 fn block1_put(num: u32, more: bool, szx: u8, payload: Vec<u8>) -> Message {
@@ -274,47 +200,6 @@ fn update_failure_without_a_failure_code_reports_update_failed() {
 }
 
 // ---------------------------------------------------------------- job engine
-
-fn registered(device: &DeviceId) -> DeviceEvent {
-    DeviceEvent::Registered {
-        device: device.clone(),
-        registration: RegistrationInfo {
-            endpoint: device.to_string(),
-            registration_id: "0123456789abcdef".into(),
-            lifetime: 300,
-            lwm2m_version: "1.1".into(),
-            binding: "U".into(),
-            queue_mode: false,
-            objects: vec![
-                Lwm2mPath::instance(1, 0),
-                Lwm2mPath::instance(3, 0),
-                Lwm2mPath::instance(5, 0),
-            ],
-            address: None,
-            psk_identity: None,
-        },
-    }
-}
-
-fn fw_state(state: i64, result: i64) -> Content {
-    Content {
-        values: vec![
-            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(state)),
-            (Lwm2mPath::resource(5, 0, 5), ResourceValue::Integer(result)),
-        ],
-    }
-}
-
-fn answer(engine: &mut JobEngine, now: Instant, op: &DeviceOp, reply: DeviceReply) {
-    engine.handle_event(
-        now,
-        &DeviceEvent::Response {
-            op: op.id,
-            device: op.device.clone(),
-            result: Ok(reply),
-        },
-    );
-}
 
 /// Checks: a firmware job on a device whose /5 already holds a package (State 2
 /// Downloaded, e.g. left by a cancelled or timed-out earlier job: cancel sends the device

@@ -5,36 +5,13 @@ use twinhub::job::{
     ChildState, EngineConfig, FailureKind, FailureReason, FirmwareStates, JOB_OP_ID_BASE,
     JobEngine, JobId, JobSpec, JobStatus, JobType, RetryRule, SpecError,
 };
-use twinhub::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo,
-};
+use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
-fn fw_state(state: i64, result: i64) -> Content {
-    Content {
-        values: vec![
-            (Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(state)),
-            (Lwm2mPath::resource(5, 0, 5), ResourceValue::Integer(result)),
-        ],
-    }
-}
-
-fn answer(engine: &mut JobEngine, now: Instant, op: &DeviceOp, reply: DeviceReply) {
-    engine.handle_event(
-        now,
-        &DeviceEvent::Response {
-            op: op.id,
-            device: op.device.clone(),
-            result: Ok(reply),
-        },
-    );
-}
-
-fn one_op(engine: &mut JobEngine) -> DeviceOp {
-    let op = engine.poll_op().expect("an operation");
-    assert!(engine.poll_op().is_none(), "more than one operation");
-    op
-}
+mod job_support;
+use job_support::{
+    answer, drain, fw_state, is_write_of, one_op, registered, registered_with, timed_out,
+};
 
 /// Runs a firmware update through its steps with the given State numbering.
 fn firmware_steps(encoding: FirmwareStates, idle: i64, downloading: i64, downloaded: i64) {
@@ -220,52 +197,12 @@ fn dry_run_returns_the_frozen_targets_and_rejects_duplicates() {
 // ---- Issue #16 findings 7, 8 and 9: restarts, lost messages, shared observations and
 // objects a device did not announce. ----
 
-fn registered(device: &DeviceId, objects: &[Lwm2mPath]) -> DeviceEvent {
-    DeviceEvent::Registered {
-        device: device.clone(),
-        registration: RegistrationInfo {
-            endpoint: device.to_string(),
-            registration_id: "0123456789abcdef".into(),
-            lifetime: 300,
-            lwm2m_version: "1.1".into(),
-            binding: "U".into(),
-            queue_mode: false,
-            objects: objects.to_vec(),
-            address: None,
-            psk_identity: None,
-        },
-    }
-}
-
-fn all_objects() -> Vec<Lwm2mPath> {
-    vec![
-        Lwm2mPath::instance(1, 0),
-        Lwm2mPath::instance(3, 0),
-        Lwm2mPath::instance(5, 0),
-        Lwm2mPath::instance(10241, 0),
-    ]
-}
-
-fn timed_out(engine: &mut JobEngine, now: Instant, op: &DeviceOp) {
-    engine.handle_event(
-        now,
-        &DeviceEvent::TimedOut {
-            op: op.id,
-            device: op.device.clone(),
-        },
-    );
-}
-
-fn is_write_of(op: &DeviceOp, path: Lwm2mPath) -> bool {
-    matches!(&op.request, DeviceRequest::Write { path: p, .. } if *p == path)
-}
-
 /// An engine with one registered device and one job of `job` on it.
 fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
     let t0 = Instant::now();
     let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
     let dev = DeviceId::new("d").unwrap();
-    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    engine.handle_event(t0, &registered(&dev));
     let id = JobId::new("j").unwrap();
     engine
         .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
@@ -314,7 +251,7 @@ fn a_device_that_restarts_mid_download_gets_the_package_uri_again() {
     );
     // The device restarts: it registers again and has forgotten the download.
     let t1 = t0 + Duration::from_secs(3);
-    engine.handle_event(t1, &registered(&dev, &all_objects()));
+    engine.handle_event(t1, &registered(&dev));
     let resync = one_op(&mut engine);
     assert_eq!(*resync.request.path(), Lwm2mPath::instance(5, 0));
     answer(
@@ -348,7 +285,7 @@ fn a_restart_that_kept_the_downloaded_package_goes_on_to_install_it() {
     );
     let write = one_op(&mut engine);
     answer(&mut engine, t0, &write, DeviceReply::Done);
-    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    engine.handle_event(t0, &registered(&dev));
     let resync = one_op(&mut engine);
     answer(
         &mut engine,
@@ -372,10 +309,7 @@ fn a_registration_after_the_reboot_execute_counts_as_the_reboot() {
     let execute = one_op(&mut engine);
     assert!(matches!(execute.request, DeviceRequest::Execute { .. }));
     // No answer (the device rebooted before answering); it registers again.
-    engine.handle_event(
-        t0 + Duration::from_secs(5),
-        &registered(&dev, &all_objects()),
-    );
+    engine.handle_event(t0 + Duration::from_secs(5), &registered(&dev));
     assert!(engine.poll_op().is_none(), "the reboot is not repeated");
     assert_eq!(
         child_status(&engine, &id, &dev),
@@ -394,10 +328,7 @@ fn a_lost_reboot_answer_waits_for_the_registration_and_never_executes_twice() {
     let t1 = t0 + Duration::from_secs(93);
     timed_out(&mut engine, t1, &execute);
     assert!(engine.poll_op().is_none());
-    engine.handle_event(
-        t1 + Duration::from_secs(30),
-        &registered(&dev, &all_objects()),
-    );
+    engine.handle_event(t1 + Duration::from_secs(30), &registered(&dev));
     assert_eq!(child_status(&engine, &id, &dev).0, ChildState::Succeeded);
 
     // Without a registration the attempt fails after reboot_wait, well before the
@@ -427,7 +358,7 @@ fn steps_in_flight_are_sent_again_when_the_device_registers_again() {
     answer(&mut engine, t0, &write, DeviceReply::Done);
     let _execute = one_op(&mut engine);
     // A restart while the apply is in flight: the configuration is written again.
-    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    engine.handle_event(t0, &registered(&dev));
     let write2 = one_op(&mut engine);
     assert!(is_write_of(&write2, Lwm2mPath::instance(10241, 0)));
     answer(&mut engine, t0, &write2, DeviceReply::Done);
@@ -440,7 +371,7 @@ fn steps_in_flight_are_sent_again_when_the_device_registers_again() {
     };
     let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), read_job);
     let read = one_op(&mut engine);
-    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    engine.handle_event(t0, &registered(&dev));
     let read2 = one_op(&mut engine);
     assert_eq!(read2.request, read.request);
     // The old operation's late answer is ignored; the new one completes the child.
@@ -640,7 +571,7 @@ fn a_step_for_an_object_the_device_did_not_announce_fails_at_once() {
     let unknown = DeviceId::new("never-registered").unwrap();
     engine.handle_event(
         t0,
-        &registered(
+        &registered_with(
             &plain,
             &[Lwm2mPath::instance(1, 0), Lwm2mPath::instance(3, 0)],
         ),
@@ -709,7 +640,7 @@ fn many_devices_without_the_object_fail_without_deep_recursion() {
         .map(|i| DeviceId::new(&format!("d{i}")).unwrap())
         .collect();
     for d in &devices {
-        engine.handle_event(t0, &registered(d, &[Lwm2mPath::instance(3, 0)]));
+        engine.handle_event(t0, &registered_with(d, &[Lwm2mPath::instance(3, 0)]));
     }
     let id = JobId::new("cfg").unwrap();
     let job = JobType::ConfigurationUpdate {
@@ -740,13 +671,13 @@ fn announced_object_sets_are_shared_and_bounded() {
     ];
     for i in 0..100 {
         let d = DeviceId::new(&format!("a{i}")).unwrap();
-        engine.handle_event(t0, &registered(&d, sets[i % 2]));
+        engine.handle_event(t0, &registered_with(&d, sets[i % 2]));
     }
     assert_eq!(engine.object_set_count(), 2);
     // A third distinct set is past the bound: that device counts as unknown, so its
     // step is sent and the device's answer decides.
     let third = DeviceId::new("third").unwrap();
-    engine.handle_event(t0, &registered(&third, sets[2]));
+    engine.handle_event(t0, &registered_with(&third, sets[2]));
     assert_eq!(engine.object_set_count(), 2);
     let id = JobId::new("cfg").unwrap();
     let job = JobType::ConfigurationUpdate {
@@ -796,7 +727,7 @@ fn an_lwm2m_1_0_device_is_read_path_by_path() {
     let DeviceEvent::Registered {
         device,
         mut registration,
-    } = registered(&dev, &all_objects())
+    } = registered(&dev)
     else {
         unreachable!()
     };
@@ -855,10 +786,6 @@ fn a_refused_read_composite_falls_back_to_one_read_per_path() {
 // ---- A review of the rollout limits and spec bounds (findings fixed; each test says
 // what happened before). ----
 
-fn drain(engine: &mut JobEngine) -> Vec<DeviceOp> {
-    std::iter::from_fn(|| engine.poll_op()).collect()
-}
-
 fn in_progress(engine: &JobEngine, id: &JobId) -> u64 {
     engine.statistics(id).unwrap().running
 }
@@ -877,8 +804,8 @@ fn a_retry_coming_due_waits_for_a_slot_under_max_in_flight() {
     let mut e = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
     let a = DeviceId::new("a").unwrap();
     let b = DeviceId::new("b").unwrap();
-    e.handle_event(t0, &registered(&a, &all_objects()));
-    e.handle_event(t0, &registered(&b, &all_objects()));
+    e.handle_event(t0, &registered(&a));
+    e.handle_event(t0, &registered(&b));
     let id = JobId::new("j").unwrap();
     let mut retry = RetryRule::new(Some(FailureKind::Rejected), 1);
     retry.initial_backoff = Duration::from_secs(1);
@@ -926,7 +853,7 @@ fn a_retry_coming_due_waits_for_a_slot_under_max_in_flight() {
             result: Ok(twinhub::resource::DeviceReply::Done),
         },
     );
-    e.handle_event(t1, &registered(&b, &all_objects()));
+    e.handle_event(t1, &registered(&b));
     assert_eq!(e.child_state(&id, &b).unwrap().0, ChildState::Succeeded);
     let ops = drain(&mut e);
     assert_eq!(
@@ -946,8 +873,8 @@ fn a_device_coming_back_waits_for_a_slot_under_max_in_flight() {
     let mut e = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
     let a = DeviceId::new("a").unwrap();
     let b = DeviceId::new("b").unwrap();
-    e.handle_event(t0, &registered(&a, &all_objects()));
-    e.handle_event(t0, &registered(&b, &all_objects()));
+    e.handle_event(t0, &registered(&a));
+    e.handle_event(t0, &registered(&b));
     let id = JobId::new("j").unwrap();
     e.create(
         t0,
@@ -977,7 +904,7 @@ fn a_device_coming_back_waits_for_a_slot_under_max_in_flight() {
     assert_eq!(in_progress(&e, &id), 1);
     let b_write = ops.iter().find(|o| o.device == b).unwrap().id;
     let t1 = t0 + Duration::from_secs(1);
-    e.handle_event(t1, &registered(&a, &all_objects()));
+    e.handle_event(t1, &registered(&a));
     assert!(drain(&mut e).is_empty(), "nothing for a while b runs");
     assert!(
         in_progress(&e, &id) <= 1,
@@ -1131,10 +1058,7 @@ fn a_registration_ended_mid_step_is_the_device_going_offline() {
     );
     assert!(engine.poll_op().is_none());
     assert_eq!(child_status(&engine, &id, &dev).0, ChildState::InProgress);
-    engine.handle_event(
-        t1 + Duration::from_secs(20),
-        &registered(&dev, &all_objects()),
-    );
+    engine.handle_event(t1 + Duration::from_secs(20), &registered(&dev));
     assert!(engine.poll_op().is_none(), "the reboot is not repeated");
     assert_eq!(
         child_status(&engine, &id, &dev),
@@ -1155,7 +1079,7 @@ fn a_registration_ended_mid_step_is_the_device_going_offline() {
         child_status(&engine, &id, &dev).0,
         ChildState::WaitingForDevice
     );
-    engine.handle_event(t0, &registered(&dev, &all_objects()));
+    engine.handle_event(t0, &registered(&dev));
     let again = one_op(&mut engine);
     assert!(is_write_of(&again, Lwm2mPath::instance(10241, 0)));
     answer(&mut engine, t0, &again, DeviceReply::Done);

@@ -9,8 +9,11 @@ use twinhub::job::{
     AbortRule, EngineConfig, FailureKind, FailureReason, HistoryCursor, HistoryError,
     HistoryFilter, JobEngine, JobId, JobSpec, JobStatus, JobType, RetryRule, SpecError,
 };
-use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo};
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
+
+mod job_support;
+use job_support::{answer, drain, notify_firmware, one_op, registered};
 
 // ---- 1. unknown fields in a spec's JSON ----
 
@@ -306,27 +309,6 @@ fn a_history_page_of_zero_records_is_refused_and_paging_terminates() {
 
 // ---- 4. Firmware Update Result 11 (deferred) and 10 (cancelled) ----
 
-fn registered(device: &DeviceId) -> DeviceEvent {
-    DeviceEvent::Registered {
-        device: device.clone(),
-        registration: RegistrationInfo {
-            endpoint: device.to_string(),
-            registration_id: "0123456789abcdef".into(),
-            lifetime: 300,
-            lwm2m_version: "1.1".into(),
-            binding: "U".into(),
-            queue_mode: false,
-            objects: vec![
-                Lwm2mPath::instance(3, 0),
-                Lwm2mPath::instance(5, 0),
-                Lwm2mPath::instance(10241, 0),
-            ],
-            address: None,
-            psk_identity: None,
-        },
-    }
-}
-
 fn fw_state(state: i64, result: i64) -> Content {
     Content {
         values: vec![
@@ -341,40 +323,6 @@ fn fw_state(state: i64, result: i64) -> Content {
 }
 
 const URI: &str = "coap://fw/2.0.bin";
-
-fn answer(engine: &mut JobEngine, now: Instant, op: &DeviceOp, reply: DeviceReply) {
-    engine.handle_event(
-        now,
-        &DeviceEvent::Response {
-            op: op.id,
-            device: op.device.clone(),
-            result: Ok(reply),
-        },
-    );
-}
-
-fn notify(engine: &mut JobEngine, now: Instant, dev: &DeviceId, content: Content) {
-    engine.handle_event(
-        now,
-        &DeviceEvent::Notification {
-            device: dev.clone(),
-            path: Lwm2mPath::instance(5, 0),
-            content,
-        },
-    );
-}
-
-/// Every operation the engine has to send now.
-fn drain(engine: &mut JobEngine) -> Vec<DeviceOp> {
-    std::iter::from_fn(|| engine.poll_op()).collect()
-}
-
-/// The only operation the engine has to send now.
-fn one_op(engine: &mut JobEngine) -> DeviceOp {
-    let ops = drain(engine);
-    assert_eq!(ops.len(), 1, "{ops:?}");
-    ops.into_iter().next().unwrap()
-}
 
 fn is_execute(op: &DeviceOp) -> bool {
     op.request
@@ -407,7 +355,7 @@ fn fw_executed(spec: impl FnOnce(JobSpec) -> JobSpec) -> (JobEngine, Instant, De
     );
     let write = one_op(&mut engine);
     answer(&mut engine, t0, &write, DeviceReply::Done);
-    notify(&mut engine, t0, &dev, fw_state(2, 0));
+    notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
     let execute = one_op(&mut engine);
     assert!(is_execute(&execute), "{execute:?}");
     answer(&mut engine, t0, &execute, DeviceReply::Done);
@@ -428,15 +376,15 @@ fn a_deferred_update_keeps_the_child_waiting_until_the_device_applies_it() {
     use twinhub::job::ChildState;
     let (mut engine, t0, dev, id) = fw_executed(|s| s);
     // The device defers the update (LwM2M 1.1 Update Result 11): it keeps the package.
-    notify(&mut engine, t0, &dev, fw_state(2, 11));
+    notify_firmware(&mut engine, t0, &dev, fw_state(2, 11));
     assert_eq!(child(&engine, &id, &dev), (ChildState::InProgress, None));
     // Deferred is no lost Execute: the engine does not send it again.
     let later = t0 + Duration::from_secs(120);
     engine.handle_timeout(later);
     assert!(drain(&mut engine).iter().all(|op| !is_execute(op)));
     // Later the device applies it.
-    notify(&mut engine, later, &dev, fw_state(3, 0));
-    notify(&mut engine, later, &dev, fw_state(0, 1));
+    notify_firmware(&mut engine, later, &dev, fw_state(3, 0));
+    notify_firmware(&mut engine, later, &dev, fw_state(0, 1));
     let ops = drain(&mut engine);
     let verify = ops
         .iter()
@@ -462,7 +410,7 @@ fn an_update_still_deferred_at_the_device_timeout_fails_as_deferred_and_a_rule_r
     rule.initial_backoff = Duration::from_secs(60);
     let timeout = Duration::from_secs(600);
     let (mut engine, t0, dev, id) = fw_executed(|s| s.device_timeout(timeout).retry(rule));
-    notify(&mut engine, t0, &dev, fw_state(2, 11));
+    notify_firmware(&mut engine, t0, &dev, fw_state(2, 11));
     // The device timeout runs out while the device still defers.
     let mut now = t0;
     while now < t0 + timeout {
@@ -512,7 +460,7 @@ fn an_update_still_deferred_at_the_device_timeout_fails_as_deferred_and_a_rule_r
     }
     assert!(executed, "the retry executes Update again");
     // Deferred a second time, past the last retry: the child fails as deferred.
-    notify(&mut engine, now, &dev, fw_state(2, 11));
+    notify_firmware(&mut engine, now, &dev, fw_state(2, 11));
     engine.handle_timeout(now + timeout);
     let (state, reason) = child(&engine, &id, &dev);
     assert_eq!(state, ChildState::Failed);
@@ -530,7 +478,7 @@ fn an_update_still_deferred_at_the_device_timeout_fails_as_deferred_and_a_rule_r
 fn an_update_the_device_cancels_unprompted_fails_as_a_refusal() {
     use twinhub::job::ChildState;
     let (mut engine, t0, dev, id) = fw_executed(|s| s);
-    notify(&mut engine, t0, &dev, fw_state(0, 10));
+    notify_firmware(&mut engine, t0, &dev, fw_state(0, 10));
     let (state, reason) = child(&engine, &id, &dev);
     assert_eq!(state, ChildState::Failed);
     let reason = reason.unwrap();
@@ -669,7 +617,7 @@ fn a_graceful_cancel_lets_an_attempt_whose_device_went_offline_finish() {
     );
     let write = one_op(&mut engine);
     answer(&mut engine, t0, &write, DeviceReply::Done);
-    notify(&mut engine, t0, &dev, fw_state(1, 0));
+    notify_firmware(&mut engine, t0, &dev, fw_state(1, 0));
     assert_eq!(
         engine.cancel(t0, &id, CancelMode::FinishInFlight).unwrap(),
         JobStatus::Running
@@ -710,7 +658,7 @@ fn a_graceful_cancel_lets_an_attempt_whose_device_went_offline_finish() {
             _ if is_execute(&op) => {
                 answer(&mut engine, later, &op, DeviceReply::Done);
                 updated = true;
-                notify(&mut engine, later, &dev, fw_state(0, 1));
+                notify_firmware(&mut engine, later, &dev, fw_state(0, 1));
             }
             _ => {}
         }

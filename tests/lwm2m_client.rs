@@ -15,11 +15,8 @@ use twinhub::lwm2m::client::{
 use twinhub::lwm2m::content::{self, ContentFormat as Cf};
 use twinhub::{Content, Lwm2mPath, ResourceType, ResourceValue};
 
-const SERVER: &str = "127.0.0.1:5683";
-
-fn server() -> SocketAddr {
-    SERVER.parse().unwrap()
-}
+mod client_support;
+use client_support::{Harness, SERVER, server};
 
 fn tree() -> ObjectTree {
     let mut t = ObjectTree::new();
@@ -47,108 +44,10 @@ fn tree() -> ObjectTree {
     t
 }
 
-struct Harness {
-    client: Lwm2mClient,
-    now: Instant,
-    mid: u16,
-    token: u32,
-    /// Datagrams the client sent besides the response `request` returned.
-    backlog: Vec<Message>,
-}
-
 impl Harness {
     /// A client that has registered (the server answered 2.01 rd/abc).
     fn registered() -> Harness {
         Harness::registered_with(tree())
-    }
-
-    fn registered_with(tree: ObjectTree) -> Harness {
-        Harness::registered_configured(ClientConfig::new("dev-1", server()), tree)
-    }
-
-    fn registered_configured(config: ClientConfig, tree: ObjectTree) -> Harness {
-        let now = Instant::now();
-        let client = Lwm2mClient::new(now, config, tree);
-        let mut h = Harness {
-            client,
-            now,
-            mid: 100,
-            token: 1,
-            backlog: Vec::new(),
-        };
-        h.client.handle_timeout(now);
-        let reg = h.sent().pop().expect("register sent");
-        h.answer(&reg, Code::CREATED, |r| {
-            r.add_location_path("rd");
-            r.add_location_path("abc");
-        });
-        assert_eq!(
-            h.events(),
-            vec![ClientEvent::Registered {
-                location: "/rd/abc".into()
-            }]
-        );
-        h
-    }
-
-    fn sent(&mut self) -> Vec<Message> {
-        let mut out = std::mem::take(&mut self.backlog);
-        while let Some(t) = self.client.poll_transmit() {
-            out.push(Message::decode(&t.payload).expect("client sends valid CoAP"));
-        }
-        out
-    }
-
-    fn events(&mut self) -> Vec<ClientEvent> {
-        std::iter::from_fn(|| self.client.poll_event()).collect()
-    }
-
-    /// Answers a client request (piggybacked ACK).
-    fn answer(&mut self, req: &Message, code: Code, f: impl FnOnce(&mut Message)) {
-        let mut r = Message::new(MessageType::Acknowledgement, code, req.message_id);
-        r.with_token(req.token());
-        f(&mut r);
-        self.client
-            .handle_datagram(self.now, server(), &r.to_bytes().unwrap());
-    }
-
-    /// Sends a CON request from the server; returns the client's response.
-    fn request(&mut self, mut req: Message) -> Message {
-        self.mid = self.mid.wrapping_add(1);
-        self.token += 1;
-        req.mtype = MessageType::Confirmable;
-        req.message_id = self.mid;
-        req.set_token(&self.token.to_be_bytes());
-        self.client
-            .handle_datagram(self.now, server(), &req.to_bytes().unwrap());
-        let mut sent = self.sent();
-        let pos = sent
-            .iter()
-            .position(|m| m.message_id == self.mid && m.mtype == MessageType::Acknowledgement)
-            .expect("piggybacked response");
-        let resp = sent.remove(pos);
-        self.backlog.extend(sent);
-        resp
-    }
-
-    fn get(&mut self, path: &str, accept: Option<u16>) -> Message {
-        let mut m = Message::request(Code::GET, path);
-        if let Some(a) = accept {
-            m.set_accept(ContentFormat(a));
-        }
-        self.request(m)
-    }
-
-    fn put_text(&mut self, path: &str, text: &str) -> Message {
-        let mut m = Message::request(Code::PUT, path);
-        m.set_content_format(ContentFormat::TEXT_PLAIN);
-        m.payload = text.as_bytes().to_vec();
-        self.request(m)
-    }
-
-    fn advance(&mut self, secs: u64) {
-        self.now += Duration::from_secs(secs);
-        self.client.handle_timeout(self.now);
     }
 
     /// Sets the observed temperature (/3303/0/5700) and lets the client notify it.
@@ -177,13 +76,6 @@ impl Harness {
             }
         }
         None
-    }
-
-    /// Acknowledges the client's CON message `m` (an empty ACK).
-    fn ack(&mut self, m: &Message) {
-        let ack = Message::empty(MessageType::Acknowledgement, m.message_id);
-        self.client
-            .handle_datagram(self.now, server(), &ack.to_bytes().unwrap());
     }
 }
 
@@ -1878,13 +1770,7 @@ fn a_refused_instance_write_writes_nothing() {
 #[test]
 fn a_duplicate_separate_register_response_is_acknowledged_not_reset() {
     let now = Instant::now();
-    let mut h = Harness {
-        client: Lwm2mClient::new(now, ClientConfig::new("dev-1", server()), tree()),
-        now,
-        mid: 100,
-        token: 1,
-        backlog: Vec::new(),
-    };
+    let mut h = Harness::new(now, ClientConfig::new("dev-1", server()), tree());
     h.client.handle_timeout(h.now);
     let reg = h.sent().pop().expect("register sent");
     assert_eq!(reg.code, Code::POST);

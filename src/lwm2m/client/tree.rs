@@ -190,7 +190,10 @@ impl ObjectTree {
 
     /// Writes `content` at `path` (an instance, a resource or a resource instance). Every
     /// value is type-checked and validated before any is written; a refusal writes nothing.
-    /// Returns the resource paths written.
+    /// (That holds for objects that refuse in [`Object::validate_write`]: an
+    /// [`Object::write`] that refuses after it passed leaves the values before it written,
+    /// which is why that method's docs ask objects to refuse there.) Returns the resource
+    /// paths written.
     pub fn write(
         &mut self,
         path: &Lwm2mPath,
@@ -223,7 +226,8 @@ impl ObjectTree {
     /// Write-Composite (LWM2M 1.1): values in several instances, possibly of several
     /// objects. Every instance's values are checked and validated before any is written,
     /// so a refusal (an unknown instance, a read-only resource, a value the application
-    /// rejects) changes nothing. Resources not named keep their values (partial update).
+    /// rejects in [`Object::validate_write`]) changes nothing. Resources not named keep
+    /// their values (partial update).
     /// Returns the resources written.
     pub fn write_composite(&mut self, content: Content) -> Result<Vec<Lwm2mPath>, ObjectError> {
         let mut by_instance: Vec<(Lwm2mPath, Content)> = Vec::new();
