@@ -699,7 +699,9 @@ fn a_graceful_cancel_cancels_an_attempt_that_never_reached_its_offline_device() 
 }
 
 // Such a child whose device came back while `max_in_flight` held it for a slot goes on
-// at the graceful cancel (it waited for nothing else, and nothing new starts).
+// under the graceful cancel once a slot opens (the job could stay "cancelling" forever);
+// the bound still holds meanwhile (a review of this fix found both children in progress
+// under `max_in_flight(1)`; `JobEngine::validate` checks it).
 #[test]
 fn a_graceful_cancel_resumes_an_in_flight_child_held_for_a_slot() {
     use twinhub::job::{CancelMode, ChildState};
@@ -731,14 +733,28 @@ fn a_graceful_cancel_resumes_an_in_flight_child_held_for_a_slot() {
     // `d` goes offline mid-attempt: its slot goes to `e`.
     engine.handle_event(t0, &DeviceEvent::Expired { device: d.clone() });
     assert_eq!(child(&engine, &id, &e).0, ChildState::InProgress);
-    drain(&mut engine);
+    let e_ops = drain(&mut engine);
     // `d` comes back while `e` holds the only slot: it waits for it.
     engine.handle_event(t0, &registered(&d));
     assert_eq!(child(&engine, &id, &d).0, ChildState::WaitingForDevice);
     assert!(engine.poll_op().is_none());
     engine.cancel(t0, &id, CancelMode::FinishInFlight).unwrap();
-    assert_eq!(child(&engine, &id, &d).0, ChildState::InProgress);
+    assert_eq!(child(&engine, &id, &d).0, ChildState::WaitingForDevice);
     assert_eq!(child(&engine, &id, &e).0, ChildState::InProgress);
+    engine.validate().unwrap();
+    assert!(engine.poll_op().is_none());
+    // `e`'s attempt ends (refused): its slot goes to `d`, which goes on.
+    engine.handle_event(
+        t0,
+        &DeviceEvent::Response {
+            op: e_ops[0].id,
+            device: e.clone(),
+            result: Err(twinhub::transport::DeviceError::Code(4, 4)),
+        },
+    );
+    assert_eq!(child(&engine, &id, &e).0, ChildState::Failed);
+    assert_eq!(child(&engine, &id, &d).0, ChildState::InProgress);
+    engine.validate().unwrap();
     let resumed = drain(&mut engine);
     assert!(resumed.iter().any(|op| op.device == d), "{resumed:?}");
     assert_eq!(engine.job(&id).unwrap().status, JobStatus::Running);

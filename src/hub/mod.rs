@@ -193,8 +193,10 @@ const MAX_ENDS_REMEMBERED: usize = 4096;
 ///   registration that is about to end; nor is the registration ended a second time.
 ///
 /// Registration ids are never reused by the bundled server (random 64-bit), so an entry
-/// stays true after the answer; one forgotten at the bound costs at most what the hub did
-/// before it kept them (the Update applied, or one end more).
+/// stays true after the answer; a transport that reuses them makes the registration
+/// current again with its Register (the entry is dropped then). One forgotten at the bound
+/// costs at most what the hub did before it kept them (the Update applied, or one end
+/// more).
 #[derive(Default)]
 struct SentEnds {
     order: VecDeque<OpId>,
@@ -227,6 +229,14 @@ impl SentEnds {
     fn ending(&self, device: &DeviceId, registration_id: &str) -> bool {
         self.registrations
             .contains_key(&(device.clone(), registration_id.to_owned()))
+    }
+
+    /// A Register under `registration_id` names the device's current registration: a
+    /// transport that reuses ids (the bundled server does not) made it anew, and its
+    /// Updates apply again. The end's answer stays recognised.
+    fn registered(&mut self, device: &DeviceId, registration_id: &str) {
+        self.registrations
+            .remove(&(device.clone(), registration_id.to_owned()));
     }
 }
 
@@ -1516,14 +1526,22 @@ impl Inner {
     /// holds between two of the hub's looks, a replaced registry), and the device would
     /// otherwise stay registered to a twin that does not exist until its lifetime ran
     /// out, its Updates answered and its notifications dropped. One end per Update at
-    /// most; it goes once the batch is durable, like the removals' ends.
+    /// most; it goes once the batch is durable, like the removals' ends. A Register makes
+    /// its registration current again (see [`SentEnds`]).
     fn stale_update(&self, reg: &Registry, event: &DeviceEvent, ends: &mut Vec<DeviceOp>) -> bool {
-        let DeviceEvent::RegistrationUpdated {
-            device,
-            registration,
-        } = event
-        else {
-            return false;
+        let (device, registration) = match event {
+            DeviceEvent::RegistrationUpdated {
+                device,
+                registration,
+            } => (device, registration),
+            DeviceEvent::Registered {
+                device,
+                registration,
+            } => {
+                lock(&self.ends_sent).registered(device, &registration.registration_id);
+                return false;
+            }
+            _ => return false,
         };
         let id = &registration.registration_id;
         if lock(&self.ends_sent).ending(device, id) {
@@ -1575,9 +1593,19 @@ impl Inner {
         }
         let gone: Option<Vec<DeviceId>> = heard.and_then(|h| {
             let removals = reg.removals.since(h)?;
+            let sent = lock(&self.ends_sent);
             let mut gone = Vec::new();
             for removal in removals {
-                if let Some(registration_id) = &removal.registration_id {
+                // One end per registration: an Update of the same batch may have asked
+                // for it already (`stale_update`), or an earlier batch sent it.
+                if let Some(registration_id) = &removal.registration_id
+                    && !sent.ending(&removal.id, registration_id)
+                    && !ends.iter().any(|op| {
+                        op.device == removal.id
+                            && matches!(&op.request, DeviceRequest::EndRegistration { registration_id: r }
+                                if r == registration_id)
+                    })
+                {
                     ends.push(DeviceOp {
                         id: self.next_op_id(),
                         device: removal.id.clone(),

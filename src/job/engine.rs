@@ -755,10 +755,8 @@ impl JobEngine {
                     }
                 }
                 // In-flight children whose devices came back while `max_in_flight` held
-                // them go on now (nothing new starts, so no slot is waited for).
-                while let Some(c) = self.parents[p as usize].held.pop_front() {
-                    self.resume_held(now, c);
-                }
+                // them go on as slots open (nothing new starts; the bound still holds).
+                self.pump(now, p);
                 self.check_drained(now, p);
             }
             (ParentState::Scheduled | ParentState::Running | ParentState::Cancelling, _) => {
@@ -1261,7 +1259,18 @@ impl JobEngine {
         }
         if to.is_terminal() {
             // Only the start sets the start time: a job cancelled while enqueued never
-            // started and keeps none, as its children do.
+            // started and keeps none, as its children do. A job that expires ends at its
+            // expiry, but never before a child that ended (its answer applied before the
+            // expiry timer ran).
+            let end_wall = if self.ending_at.is_some_and(|(q, _)| q == p) {
+                let (first, end) = (par.first, par.end);
+                (first..end)
+                    .filter_map(|c| self.children[c as usize].ended)
+                    .fold(end_wall, Timestamp::max)
+            } else {
+                end_wall
+            };
+            let par = &mut self.parents[p as usize];
             par.ended = Some(end_wall);
             par.deadlines.clear();
             self.active.remove(&p);
@@ -1342,11 +1351,13 @@ impl JobEngine {
         true
     }
 
-    /// Starts as many children as the rollout limits allow.
+    /// Starts as many children as the rollout limits allow. Under a graceful cancel
+    /// nothing new starts, but held in-flight children still go on as slots open.
     fn pump(&mut self, now: Instant, p: u32) {
         loop {
             let par = &mut self.parents[p as usize];
-            if par.state != ParentState::Running {
+            let cancelling = par.state == ParentState::Cancelling;
+            if par.state != ParentState::Running && !cancelling {
                 return;
             }
             if let Some(max) = par.spec.rollout.max_in_flight
@@ -1358,6 +1369,9 @@ impl JobEngine {
             if let Some(c) = par.held.pop_front() {
                 self.resume_held(now, c);
                 continue;
+            }
+            if cancelling {
+                return;
             }
             let rate = par.rate();
             if let Some(rate) = rate {
@@ -1449,8 +1463,9 @@ impl JobEngine {
     fn hold_if_full(&mut self, c: u32) -> bool {
         let child = &mut self.children[c as usize];
         let par = &mut self.parents[child.parent as usize];
-        // Under a graceful cancel nothing new starts, and what comes back goes on.
-        let full = par.state == ParentState::Running
+        // Under a graceful cancel nothing new starts, but the bound still holds for
+        // in-flight children that come back: they wait for a slot as before.
+        let full = matches!(par.state, ParentState::Running | ParentState::Cancelling)
             && par
                 .spec
                 .rollout
@@ -1681,7 +1696,10 @@ impl JobEngine {
                 self.pump(now, p);
                 self.check_complete(now, p);
             }
-            ParentState::Cancelling => self.check_drained(now, p),
+            ParentState::Cancelling => {
+                self.pump(now, p);
+                self.check_drained(now, p);
+            }
             _ => {}
         }
     }
@@ -2011,7 +2029,11 @@ impl JobEngine {
                 // offline mid-step: a reboot whose Execute went waits for the
                 // registration that proves it, every other job picks its step up again
                 // (see `redo_step`) once the device is back.
-                let device = self.children[c as usize].device.clone();
+                // The request went out, so the attempt may have reached the device: a
+                // graceful cancel lets it finish (`in_flight`).
+                let child = &mut self.children[c as usize];
+                child.flags |= FLAG_TOUCHED;
+                let device = child.device.clone();
                 self.device_mut(&device).offline = true;
                 self.on_offline(now, c);
             }
