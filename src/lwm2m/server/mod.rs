@@ -197,7 +197,9 @@ struct Registration {
     refused: Vec<ContentFormat>,
     alternate_path: Option<Box<str>>,
     awake_until: Option<Instant>,
-    in_flight: usize,
+    /// The requests sent under it and not yet answered, oldest first (at most
+    /// [`ServerConfig::nstart`]): failed at once when the registration ends.
+    in_flight: Vec<RequestId>,
     /// The PSK identity it registered with (none over plain CoAP).
     identity: Option<Arc<str>>,
     /// Where a takeover check of this registration stands ([`Takeover`]).
@@ -480,7 +482,7 @@ impl Lwm2mServer {
             refused: Vec::new(),
             alternate_path: None,
             awake_until: None,
-            in_flight: 0,
+            in_flight: Vec::new(),
             probe: Probe::Idle,
             identity,
         });
@@ -864,7 +866,7 @@ impl Lwm2mServer {
             refused: Vec::new(),
             alternate_path: r.alternate_path.map(String::into_boxed_str),
             awake_until: Some(now + self.config.awake_window),
-            in_flight: 0,
+            in_flight: Vec::new(),
             probe: Probe::Idle,
             identity: identity.map(|i| i.psk_identity),
         });
@@ -1068,15 +1070,9 @@ impl Lwm2mServer {
         // Requests in flight under the registration fail now, not when the CoAP exchange
         // gives up (up to 93 s later), and are not retransmitted: the device that gets a
         // late retransmission may be another one behind the old address, and a new
-        // registration's requests go one at a time (NSTART) from here. Oldest first.
-        let mut ended: Vec<RequestId> = self
-            .outstanding
-            .iter()
-            .filter(|(_, o)| o.slot == slot && o.generation == reg.generation)
-            .map(|(id, _)| *id)
-            .collect();
-        ended.sort_unstable();
-        for id in ended {
+        // registration's requests go one at a time (NSTART) from here. Oldest first; the
+        // registration's own list, not a scan of every request outstanding.
+        for id in reg.in_flight {
             let Some(o) = self.outstanding.remove(&id) else {
                 continue;
             };
@@ -1372,7 +1368,7 @@ impl Lwm2mServer {
         let live = self
             .slot_mut(o.slot)
             .filter(|r| r.generation == o.generation)
-            .map(|r| r.in_flight = r.in_flight.saturating_sub(1))
+            .map(|r| r.in_flight.retain(|&sent| sent != id))
             .is_some();
         if live {
             self.pump(now, o.slot);
@@ -1388,7 +1384,7 @@ impl Lwm2mServer {
             let nstart = self.config.nstart;
             let Some(reg) = self.slot(slot) else { return };
             let reachable = !reg.info.queue_mode || reg.awake_until.is_some_and(|t| t > now);
-            if !reachable || reg.in_flight >= nstart {
+            if !reachable || reg.in_flight.len() >= nstart {
                 return;
             }
             let Some(q) = self.queues[slot as usize].pop_front() else {
@@ -1479,8 +1475,10 @@ impl Lwm2mServer {
                 format,
             },
         );
-        if let Some(reg) = self.slot_mut(slot) {
-            reg.in_flight += 1;
+        if let Some(reg) = self.slot_mut(slot)
+            && reg.generation == generation
+        {
+            reg.in_flight.push(id);
         }
     }
 
