@@ -1594,13 +1594,16 @@ impl Inner {
         let gone: Option<Vec<DeviceId>> = heard.and_then(|h| {
             let removals = reg.removals.since(h)?;
             let sent = lock(&self.ends_sent);
+            // The ends Updates of this batch asked for (`stale_update`); the removals' own
+            // are one per registration already.
+            let asked = ends.len();
             let mut gone = Vec::new();
             for removal in removals {
                 // One end per registration: an Update of the same batch may have asked
-                // for it already (`stale_update`), or an earlier batch sent it.
+                // for it already, or an earlier batch sent it.
                 if let Some(registration_id) = &removal.registration_id
                     && !sent.ending(&removal.id, registration_id)
-                    && !ends.iter().any(|op| {
+                    && !ends[..asked].iter().any(|op| {
                         op.device == removal.id
                             && matches!(&op.request, DeviceRequest::EndRegistration { registration_id: r }
                                 if r == registration_id)
