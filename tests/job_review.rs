@@ -531,6 +531,45 @@ fn an_expired_job_ends_at_its_expiry_not_when_the_timer_ran() {
     assert_eq!(record.end_time_utc, Some(expiry));
 }
 
+// A child whose attempt timed out (its device timeout) ends at its deadline, not when
+// the timer ran (it recorded the later time before).
+#[test]
+fn a_timed_out_child_ends_at_its_deadline_not_when_the_timer_ran() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(
+        EngineConfig::default(),
+        t0,
+        Timestamp::from_millis(1_000_000),
+    );
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &registered(&dev));
+    let id = JobId::new("r").unwrap();
+    let timeout = Duration::from_secs(60);
+    engine
+        .create(
+            t0,
+            JobSpec::new(
+                id.clone(),
+                JobType::Reboot {
+                    wait_for_registration: false,
+                },
+                vec![dev.clone()],
+            )
+            .device_timeout(timeout),
+        )
+        .unwrap();
+    // The Execute goes out and is never answered.
+    let _execute = one_op(&mut engine);
+    // The caller runs the timers 5 s late.
+    engine.handle_timeout(t0 + timeout + Duration::from_secs(5));
+    let record = engine.children(&id).next().unwrap();
+    assert_eq!(record.status, twinhub::job::JobStatus::Failed, "{record:?}");
+    assert_eq!(
+        record.end_time_utc,
+        Some(Timestamp::from_millis(1_000_000 + 60_000))
+    );
+}
+
 // The same after a restart: a job whose time ran out while the hub was down ends at its
 // expiry, not at the restart.
 #[test]

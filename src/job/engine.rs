@@ -476,6 +476,9 @@ pub struct JobEngine {
     /// records take as their end time (the timer may run later than it was due, or
     /// after a restart).
     ending_at: Option<(u32, Timestamp)>,
+    /// While a child's attempt times out: the child and the wall-clock time of its
+    /// deadline, which its record takes as its end time if it fails for good.
+    timing_out: Option<(u32, Timestamp)>,
 }
 
 impl std::fmt::Debug for JobEngine {
@@ -524,6 +527,7 @@ impl JobEngine {
             settled: Vec::new(),
             sent_below,
             ending_at: None,
+            timing_out: None,
         }
     }
 
@@ -1632,7 +1636,10 @@ impl JobEngine {
 
     fn on_child_terminal(&mut self, now: Instant, c: u32, to: ChildState) {
         let child = &self.children[c as usize];
-        let wall = self.end_wall(now, child.parent, child.started);
+        let wall = match self.timing_out {
+            Some((t, due)) if t == c => due.max(child.started.unwrap_or_default()),
+            _ => self.end_wall(now, child.parent, child.started),
+        };
         let child = &mut self.children[c as usize];
         child.ended = Some(wall);
         child.deadline = None;
@@ -1748,7 +1755,10 @@ impl JobEngine {
             ChildState::WaitingForDevice => FailureReason::DeviceOffline,
             _ => return,
         };
+        // The attempt ended at its deadline, not when the timer ran.
+        self.timing_out = Some((c, self.wall(at.min(now))));
         self.fail_attempt(now, c, reason);
+        self.timing_out = None;
     }
 
     fn fail_attempt(&mut self, now: Instant, c: u32, reason: FailureReason) {
