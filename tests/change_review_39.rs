@@ -6,31 +6,11 @@ mod hub_support;
 
 use std::time::{Duration, Instant};
 use twinhub::job::{CancelMode, ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
-use twinhub::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo,
-};
+use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
-fn registered(device: &DeviceId, registration_id: &str) -> DeviceEvent {
-    DeviceEvent::Registered {
-        device: device.clone(),
-        registration: RegistrationInfo {
-            endpoint: device.to_string(),
-            registration_id: registration_id.into(),
-            lifetime: 300,
-            lwm2m_version: "1.1".into(),
-            binding: "U".into(),
-            queue_mode: false,
-            objects: vec![
-                Lwm2mPath::instance(3, 0),
-                Lwm2mPath::instance(5, 0),
-                Lwm2mPath::instance(10241, 0),
-            ],
-            address: None,
-            psk_identity: None,
-        },
-    }
-}
+mod job_support;
+use job_support::{drain, registered_under as registered};
 
 fn respond(
     engine: &mut JobEngine,
@@ -46,10 +26,6 @@ fn respond(
             result,
         },
     );
-}
-
-fn drain(engine: &mut JobEngine) -> Vec<DeviceOp> {
-    std::iter::from_fn(|| engine.poll_op()).collect()
 }
 
 fn write_job(id: &JobId, devices: Vec<DeviceId>) -> JobSpec {

@@ -11,10 +11,11 @@ use twinhub::job::{
     ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobStatus, JobType, RetryRule,
 };
 use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
-use twinhub::transport::{
-    DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo, Transport,
-};
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, Transport};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
+
+mod job_support;
+use job_support::{answer, drain as ops, registered_under};
 
 /// What a store would hold: the newest row per key.
 #[derive(Default)]
@@ -56,46 +57,15 @@ impl Rows {
     }
 }
 
+/// `device` registered under the id `r1`.
+fn registered(device: &DeviceId) -> DeviceEvent {
+    registered_under(device, "r1")
+}
+
 fn engine(now: Instant) -> JobEngine {
     let mut e = JobEngine::new(EngineConfig::default(), now, Timestamp::now());
     e.enable_journal();
     e
-}
-
-fn registered(device: &DeviceId) -> DeviceEvent {
-    DeviceEvent::Registered {
-        device: device.clone(),
-        registration: RegistrationInfo {
-            endpoint: device.to_string(),
-            registration_id: "r1".into(),
-            lifetime: 300,
-            lwm2m_version: "1.1".into(),
-            binding: "U".into(),
-            queue_mode: false,
-            objects: vec![
-                Lwm2mPath::instance(3, 0),
-                Lwm2mPath::instance(5, 0),
-                Lwm2mPath::instance(10241, 0),
-            ],
-            address: None,
-            psk_identity: None,
-        },
-    }
-}
-
-fn ops(e: &mut JobEngine) -> Vec<DeviceOp> {
-    std::iter::from_fn(|| e.poll_op()).collect()
-}
-
-fn answer(e: &mut JobEngine, now: Instant, op: &DeviceOp, reply: DeviceReply) {
-    e.handle_event(
-        now,
-        &DeviceEvent::Response {
-            op: op.id,
-            device: op.device.clone(),
-            result: Ok(reply),
-        },
-    );
 }
 
 fn one_job(kind: JobType) -> (JobEngine, Rows, JobId, DeviceId, Instant) {

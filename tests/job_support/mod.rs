@@ -21,11 +21,20 @@ pub fn all_objects() -> Vec<Lwm2mPath> {
 
 /// `device` registered (LwM2M 1.1, UDP) announcing `objects`.
 pub fn registered_with(device: &DeviceId, objects: &[Lwm2mPath]) -> DeviceEvent {
+    registration(device, "0123456789abcdef", objects)
+}
+
+/// `device` registered under `registration_id`, announcing [`all_objects`].
+pub fn registered_under(device: &DeviceId, registration_id: &str) -> DeviceEvent {
+    registration(device, registration_id, &all_objects())
+}
+
+fn registration(device: &DeviceId, registration_id: &str, objects: &[Lwm2mPath]) -> DeviceEvent {
     DeviceEvent::Registered {
         device: device.clone(),
         registration: RegistrationInfo {
             endpoint: device.to_string(),
-            registration_id: "0123456789abcdef".into(),
+            registration_id: registration_id.into(),
             lifetime: 300,
             lwm2m_version: "1.1".into(),
             binding: "U".into(),
