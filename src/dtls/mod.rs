@@ -37,17 +37,21 @@
 //! | reason | close_notify | when |
 //! |---|---|---|
 //! | `Idle` | yes | at the sweep (every idle timeout / 4, at most a minute), or when a full table makes room |
-//! | `CredentialsChanged` | yes | the key was rotated or removed: at the next datagram either way, or at the sweep |
+//! | `CredentialsChanged` | yes | the key was rotated or removed: at the next [`DtlsServer::handle_timeout`] (the hub's driver: within a quarter second) or the next datagram either way, whichever is first; its records are refused from the change on |
 //! | `Superseded` | yes, to the old address | the identity opened one session too many |
 //! | `Replaced` | yes, under the old keys | a new handshake from the same address completed: the new session's client cannot read it and discards it |
 //! | `Local` | yes | [`DtlsServer::close_identity`] |
+//! | `Shutdown` | yes | [`DtlsServer::close_all`]: the hub's UDP driver stopping (the hub stopped or dropped) |
 //! | `PeerClosed` | `dimpl` answers the peer's with its own | the peer sent close_notify ([`DtlsClient::close`]) |
 //! | `Error` | no | a fatal DTLS error (`dimpl` sends its own alert where the protocol says so) |
 //!
 //! A handshake refused at [`DtlsServerConfig::max_sessions`] gets no close_notify (it never
 //! was a session): its first record is dropped and the device handshakes again once its
-//! request times out, which keeps a full server from being asked again at once. Dropping
-//! a [`DtlsServer`] (the hub stopping) sends nothing. A session's end is the transport's:
+//! request times out, which keeps a full server from being asked again at once. When the
+//! hub stops (or its last handle is dropped), its UDP driver closes every session with one
+//! close_notify ([`DtlsServer::close_all`]: at most [`DtlsServerConfig::max_sessions`]
+//! datagrams, sent back to back before the driver's thread ends; handshakes in progress
+//! get nothing); a [`DtlsServer`] merely dropped sends nothing. A session's end is the transport's:
 //! the LWM2M registration made over it outlives it (as in Leshan), and the device Updates
 //! it over a new session.
 //!

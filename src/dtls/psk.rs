@@ -5,6 +5,7 @@ use crate::twin::DeviceId;
 pub use crate::twin::PskKey;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Longest PSK identity accepted, in bytes (RFC 4279 §5.3 allows 2^16 - 1; LWM2M
@@ -160,9 +161,13 @@ struct Tables {
 
 /// Identity -> key (and the device it belongs to), shared between the hub's API and the
 /// DTLS server: cheap to clone, every clone sees the same table. A device has at most one
-/// identity; setting a new one replaces (rotates) the old one, and the DTLS server closes
-/// sessions made with a replaced or removed key (with a close_notify) the next time they
-/// are used, or at its next sweep (within a minute).
+/// identity; setting a new one replaces (rotates) the old one. From the change on, the DTLS
+/// server refuses the records of sessions made with a replaced or removed key, and it
+/// closes them (with a close_notify) at its next [`DtlsServer::handle_timeout`]
+/// (the hub's driver calls it at least every quarter second) or at their next datagram,
+/// whichever comes first.
+///
+/// [`DtlsServer::handle_timeout`]: super::DtlsServer::handle_timeout
 ///
 /// ```
 /// use twinhub::dtls::{PskCredentials, PskKey, PskStore};
@@ -183,6 +188,10 @@ pub struct PskStore {
     /// durable in between ([`PskStore::set_with`]) with no other change interleaved and
     /// no reader kept waiting.
     writer: Arc<Mutex<()>>,
+    /// Keys withdrawn so far (an identity's key replaced or removed), bumped after the
+    /// table changed: a DTLS server that sees it move closes the sessions it holds under
+    /// withdrawn keys.
+    withdrawals: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for PskStore {
@@ -244,6 +253,8 @@ impl PskStore {
             return Ok(Err(e));
         }
         let mut t = self.write();
+        let replaced = t.by_identity.contains_key(&credentials.identity)
+            || device.as_ref().is_some_and(|d| t.by_device.contains_key(d));
         // The same key for the same owner again (a retried or repeated `set_psk`) keeps
         // its revision: the key did not change, so its sessions stay.
         let unchanged = t
@@ -274,6 +285,12 @@ impl PskStore {
                 revision,
             },
         );
+        drop(t);
+        // Unchanged, the entry under the identity was this device's own with the same
+        // key: nothing was withdrawn.
+        if replaced && unchanged.is_none() {
+            self.withdrawn();
+        }
         Ok(Ok(()))
     }
 
@@ -286,6 +303,8 @@ impl PskStore {
                 if let Some(d) = entry.device {
                     t.by_device.remove(&d);
                 }
+                drop(t);
+                self.withdrawn();
                 true
             }
             None => false,
@@ -299,6 +318,8 @@ impl PskStore {
         match t.by_device.remove(device) {
             Some(identity) => {
                 t.by_identity.remove(&identity);
+                drop(t);
+                self.withdrawn();
                 true
             }
             None => false,
@@ -338,6 +359,17 @@ impl PskStore {
     /// The entry of an identity (key, device, revision).
     pub(crate) fn entry(&self, identity: &str) -> Option<PskEntry> {
         self.read().by_identity.get(identity).cloned()
+    }
+
+    /// Counts a withdrawn key (after the tables changed; the writer lock held).
+    fn withdrawn(&self) {
+        self.withdrawals.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many keys were withdrawn (replaced or removed) so far: when it moved, sessions
+    /// under a withdrawn key may exist.
+    pub(crate) fn withdrawals(&self) -> u64 {
+        self.withdrawals.load(Ordering::Acquire)
     }
 
     /// The current revision of an identity's key, if it still exists.

@@ -130,6 +130,8 @@ pub enum CloseReason {
     Error,
     /// Closed by the application ([`DtlsServer::close_identity`]; close_notify sent).
     Local,
+    /// The server is shutting down ([`DtlsServer::close_all`]; close_notify sent).
+    Shutdown,
 }
 
 /// Counters and table sizes of a [`DtlsServer`].
@@ -385,6 +387,8 @@ pub struct DtlsServer {
     by_identity: HashMap<Arc<str>, Vec<SocketAddr>>,
     next_pending_check: Option<Instant>,
     next_idle_sweep: Option<Instant>,
+    /// The store's count of withdrawn keys when its sessions were last checked against it.
+    seen_withdrawals: u64,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<DtlsEvent>,
     counters: Arc<Counters>,
@@ -427,6 +431,7 @@ impl DtlsServer {
                 .handshake_timeout
                 .saturating_add(config.unverified_timeout),
         );
+        let seen_withdrawals = store.withdrawals();
         DtlsServer {
             config,
             store,
@@ -439,6 +444,7 @@ impl DtlsServer {
             by_identity: HashMap::new(),
             next_pending_check: None,
             next_idle_sweep: None,
+            seen_withdrawals,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Arc::default(),
@@ -803,6 +809,28 @@ impl DtlsServer {
         addrs.len()
     }
 
+    /// Closes every session, each with one close_notify (queued for
+    /// [`DtlsServer::poll_transmit`]: at most one datagram per session, so at most
+    /// [`DtlsServerConfig::max_sessions`]), and drops the handshakes in progress and the
+    /// unverified peers without a word (they never were sessions). Returns how many
+    /// sessions were closed. For a server about to stop: the hub's UDP driver calls it
+    /// when it stops (the hub stopped or dropped), sends what it queued, and exits, so
+    /// devices learn at once instead of keeping a dead session until their requests time
+    /// out. The server stays usable: new handshakes are taken as before.
+    pub fn close_all(&mut self) -> usize {
+        let addrs: Vec<SocketAddr> = self.sessions.keys().copied().collect();
+        for a in &addrs {
+            self.close_session(*a, CloseReason::Shutdown);
+        }
+        self.pending.clear();
+        self.unverified_order.clear();
+        self.in_handshake = 0;
+        self.next_pending_check = None;
+        self.next_idle_sweep = None;
+        self.sync_gauges();
+        addrs.len()
+    }
+
     /// Closes a session politely (close_notify goes out) and forgets it.
     fn close_session(&mut self, peer: SocketAddr, reason: CloseReason) {
         if let Some(s) = self.sessions.get_mut(&peer) {
@@ -838,8 +866,18 @@ impl DtlsServer {
 
     // ------------------------------------------------------------------ timers
 
-    /// Runs retransmissions and handshake timeouts, and evicts idle sessions.
+    /// Runs retransmissions and handshake timeouts, evicts idle sessions, and closes the
+    /// sessions whose key was rotated or removed since the last call (with a close_notify;
+    /// their records are refused from the change on either way). Call it after changing
+    /// credentials for their sessions to close at once; the hub's driver calls it at
+    /// least every quarter second.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let withdrawals = self.store.withdrawals();
+        if withdrawals != self.seen_withdrawals {
+            // Read before the sweep: a key withdrawn during it is met at the next call.
+            self.seen_withdrawals = withdrawals;
+            self.close_withdrawn();
+        }
         if self.next_pending_check.is_some_and(|t| t <= now) {
             self.expire_pending(now);
         }
@@ -889,6 +927,21 @@ impl DtlsServer {
             .values()
             .filter_map(|p| earliest(p.timer, p.expires(&self.config)))
             .min();
+    }
+
+    /// Closes (with a close_notify) the sessions whose key was rotated or removed: one
+    /// pass over the session table, run once per [`DtlsServer::handle_timeout`] that finds
+    /// keys withdrawn since the last (many changes between two calls cost one pass).
+    fn close_withdrawn(&mut self) {
+        let withdrawn: Vec<SocketAddr> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !self.session_current(s))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in withdrawn {
+            self.close_session(a, CloseReason::CredentialsChanged);
+        }
     }
 
     /// Closes the sessions idle past the timeout, and those whose key was rotated or

@@ -8,9 +8,12 @@
 //! [`Hub::remove_psk`] and [`Hub::remove_device`] clear both, and [`Hub::bind_dtls`] fills
 //! the store from the twins it starts with (an identity two twins claim, written around
 //! the hub, for neither of them); callers read the key store through [`Hub::psk_store`],
-//! which cannot write it. A session made with a rotated or removed key is closed,
-//! with a close_notify to the device, the next time a datagram goes either way on it or
-//! at the DTLS server's next sweep (within a minute).
+//! which cannot write it. A session made with a rotated or removed key carries nothing
+//! more once the change is applied (when the call returns): its records are refused, and
+//! it is closed, with a close_notify to the device, within a quarter second (the UDP
+//! driver's next turn), or at once if a datagram goes either way on it first. The
+//! device's LWM2M registration stays until its lifetime runs out; to Update it, the device
+//! must handshake with its current key.
 
 use super::provisioning::AutoProvisioned;
 use super::{Hub, HubConfig};

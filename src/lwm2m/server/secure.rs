@@ -72,6 +72,13 @@ impl DatagramLayer for SecureLayer {
     fn poll_timeout(&self) -> Option<Instant> {
         self.dtls.poll_timeout()
     }
+
+    fn shutdown(&mut self, socket: &UdpSocket) {
+        // One close_notify per session, at most `max_sessions` datagrams, sent back to back
+        // (a send error loses that one: the device then finds out by its own timeouts).
+        self.dtls.close_all();
+        self.flush(socket);
+    }
 }
 
 impl UdpServer {

@@ -200,6 +200,9 @@ pub(super) trait DatagramLayer: Send + 'static {
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }
+    /// The driver is stopping: send what the layer owes its peers now (DTLS: one
+    /// close_notify per session). Runs once, after the last datagram was handled.
+    fn shutdown(&mut self, _socket: &UdpSocket) {}
 }
 
 /// Plain CoAP: datagrams go straight through.
@@ -267,5 +270,6 @@ fn run<L: DatagramLayer>(
             Err(_) => {}
         }
     }
+    layer.shutdown(&socket);
     server
 }
