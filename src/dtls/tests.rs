@@ -604,3 +604,68 @@ fn a_refused_durable_step_leaves_an_unowned_identity_it_named_in_place() {
         .unwrap();
     assert_eq!(store.device_of("shared"), Some(pump));
 }
+
+/// Why the cookie exchange is bounded, not stateless (module docs): `dimpl` 0.9 keeps its
+/// cookie secret per state machine, and a state machine with its own cookie step off
+/// (`use_server_cookie(false)`) cannot begin a handshake at the ClientHello that echoes
+/// a cookie (message_seq 1, RFC 6347 §4.2.2): it waits for message_seq 0 and answers
+/// nothing. So the HelloVerifyRequest cannot be made by a throwaway instance (or by us)
+/// with the real instance created when the cookie comes back. Should a `dimpl` upgrade
+/// make either work, this test fails: then the unverified table can go.
+#[test]
+fn dimpl_cannot_take_over_a_handshake_at_the_echoed_cookie() {
+    struct Resolver;
+    impl dimpl::PskResolver for Resolver {
+        fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+            (identity == b"id-1").then(|| vec![1; 16])
+        }
+    }
+    let now = Instant::now();
+    let builder = |cookie: bool| {
+        dimpl::Config::builder()
+            .with_psk_server(None, std::sync::Arc::new(Resolver))
+            .use_server_cookie(cookie)
+    };
+    let first = psk_config(builder(true), 1280, Duration::from_secs(10));
+    let second = psk_config(builder(false), 1280, Duration::from_secs(10));
+    let mut buf = vec![0u8; 2048];
+    let mut out = |dtls: &mut dimpl::Dtls| {
+        let mut packets = Vec::new();
+        for _ in 0..64 {
+            match dtls.poll_output(&mut buf) {
+                dimpl::Output::Packet(p) => packets.push(p.to_vec()),
+                dimpl::Output::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        packets
+    };
+    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
+    client.send(now, b"x");
+    // One instance answers the first ClientHello (HelloVerifyRequest) and is dropped.
+    let mut throwaway = dimpl::Dtls::new_12_psk(first, now);
+    throwaway.handle_timeout(now).unwrap();
+    for d in std::iter::from_fn(|| client.poll_transmit()).collect::<Vec<_>>() {
+        throwaway.handle_packet(&d).unwrap();
+    }
+    let hvr = out(&mut throwaway);
+    assert_eq!(hvr.len(), 1, "the HelloVerifyRequest");
+    drop(throwaway);
+    for d in &hvr {
+        client.handle_datagram(now, d);
+    }
+    let echoed: Vec<Vec<u8>> = std::iter::from_fn(|| client.poll_transmit()).collect();
+    assert!(!echoed.is_empty(), "the ClientHello with the cookie");
+    // A fresh instance, its cookie step off, takes the echoed ClientHello: nothing.
+    let mut fresh = dimpl::Dtls::new_12_psk(second, now);
+    fresh.handle_timeout(now).unwrap();
+    out(&mut fresh);
+    for d in &echoed {
+        let _ = fresh.handle_packet(d);
+    }
+    assert!(
+        out(&mut fresh).is_empty(),
+        "dimpl now answers a handshake begun at the echoed cookie: the cookie exchange can \
+         be made stateless (see the unverified table in src/dtls/server.rs)"
+    );
+}
