@@ -10,8 +10,10 @@ use twinhub::DeviceId;
 use twinhub::dtls::{PskCredentials, PskKey};
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::registry::Registry;
-use twinhub::store::{SharedStore, Store, StoreConfig};
 use twinhub::twin::{Authentication, Twin};
+
+mod hub_support;
+use hub_support::open_dtls_hub;
 
 fn dev(s: &str) -> DeviceId {
     DeviceId::new(s).unwrap()
@@ -64,14 +66,7 @@ fn a_twin_created_with_credentials_is_in_the_live_key_store() {
 #[test]
 fn a_created_twin_cannot_take_another_devices_identity_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let config = HubConfig {
-            store: Some(SharedStore::new(store)),
-            ..HubConfig::default()
-        };
-        Hub::bind_dtls("127.0.0.1:0", registry, config).unwrap()
-    };
+    let open = || open_dtls_hub(dir.path());
     let hub = open();
     hub.create_device(Twin::new(dev("zzz-owner"))).unwrap();
     hub.set_psk("zzz-owner", creds("shared-id", 1)).unwrap();

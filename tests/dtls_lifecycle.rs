@@ -9,7 +9,7 @@ use twinhub::DeviceId;
 use twinhub::dtls::{CloseReason, DtlsClient, DtlsEvent, DtlsServer, DtlsServerConfig};
 
 mod dtls_support;
-use dtls_support::{addr, creds, drain_client, drain_server, key, store_with};
+use dtls_support::{addr, creds, drain_client, drain_server, first_flight, key, store_with};
 
 /// Whether a datagram carries an epoch-0 ServerHello (handshake type 2) in its first record.
 fn has_server_hello(d: &[u8]) -> bool {
@@ -28,12 +28,7 @@ const FIRST_RTO_MAX: Duration = Duration::from_millis(1250);
 /// out, relative to the cookie's arrival).
 fn slow_cookie_then_lost_flight(round_trip: Duration) -> (usize, Duration) {
     let t0 = Instant::now();
-    let mut server = DtlsServer::new(
-        DtlsServerConfig::default(),
-        store_with("id-1", "dev-1", key(1)),
-    );
-    let mut client = DtlsClient::new(t0, creds("id-1", key(1)));
-    client.send(t0, b"x");
+    let (mut server, mut client) = first_flight(t0, b"x");
     for d in drain_client(&mut client) {
         server.handle_datagram(t0, addr(1), &d);
     }
@@ -118,12 +113,7 @@ fn a_lost_server_flight_after_a_slow_cookie_round_trip_is_sent_again_on_schedule
 /// Runs a handshake at `addr(1)` to the point where the server's first answer past the
 /// cookie (its ServerHello flight) is out; returns it, undelivered.
 fn up_to_server_flight(t0: Instant) -> (DtlsServer, DtlsClient, Vec<Vec<u8>>) {
-    let mut server = DtlsServer::new(
-        DtlsServerConfig::default(),
-        store_with("id-1", "dev-1", key(1)),
-    );
-    let mut client = DtlsClient::new(t0, creds("id-1", key(1)));
-    client.send(t0, b"x");
+    let (mut server, mut client) = first_flight(t0, b"x");
     for _ in 0..2 {
         for d in drain_client(&mut client) {
             server.handle_datagram(t0, addr(1), &d);

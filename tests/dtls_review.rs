@@ -10,7 +10,9 @@ use twinhub::dtls::{
 };
 
 mod dtls_support;
-use dtls_support::{addr, creds, drain_client, drain_server, key, store_with};
+use dtls_support::{
+    addr, creds, drain_client, drain_server, first_flight, first_flight_with, key, store_with,
+};
 
 fn pump(
     now: Instant,
@@ -44,12 +46,7 @@ fn pump(
 }
 
 fn connected(now: Instant) -> (DtlsServer, DtlsClient) {
-    let mut server = DtlsServer::new(
-        DtlsServerConfig::default(),
-        store_with("id-1", "dev-1", key(1)),
-    );
-    let mut client = DtlsClient::new(now, creds("id-1", key(1)));
-    client.send(now, b"first");
+    let (mut server, mut client) = first_flight(now, b"first");
     let got = pump(now, &mut client, addr(1), &mut server);
     assert_eq!(got.len(), 1);
     assert!(client.is_connected());
@@ -107,12 +104,7 @@ fn resetting_identical_credentials_closes_the_live_session() {
 #[test]
 fn handshake_deadline_runs_from_the_server_hello_as_documented() {
     let t0 = Instant::now();
-    let mut server = DtlsServer::new(
-        DtlsServerConfig::default(),
-        store_with("id-1", "dev-1", key(1)),
-    );
-    let mut client = DtlsClient::new(t0, creds("id-1", key(1)));
-    client.send(t0, b"x");
+    let (mut server, mut client) = first_flight(t0, b"x");
     for d in drain_client(&mut client) {
         server.handle_datagram(t0, addr(1), &d);
     }
@@ -221,9 +213,7 @@ fn a_never_expiring_unverified_table_survives_a_client_hello() {
     };
     let handled = std::panic::catch_unwind(|| {
         let now = Instant::now();
-        let mut server = DtlsServer::new(config, store_with("id-1", "dev-1", key(1)));
-        let mut client = DtlsClient::new(now, creds("id-1", key(1)));
-        client.send(now, b"x");
+        let (mut server, mut client) = first_flight_with(config, now, b"x");
         let hello = client.poll_transmit().unwrap();
         server.handle_datagram(now, addr(1), &hello);
         server.stats().unverified

@@ -6,9 +6,11 @@
 
 use twinhub::DeviceId;
 use twinhub::dtls::{PskCredentials, PskKey};
-use twinhub::hub::{Hub, HubConfig};
-use twinhub::store::{SharedStore, Store, StoreConfig};
+use twinhub::hub::Hub;
 use twinhub::twin::{Authentication, Twin};
+
+mod hub_support;
+use hub_support::open_dtls_hub;
 
 fn dev(s: &str) -> DeviceId {
     DeviceId::new(s).unwrap()
@@ -32,14 +34,7 @@ fn holder(hub: &Hub, identity: &str) -> (Option<DeviceId>, Option<String>) {
 #[test]
 fn credentials_set_through_the_hub_outlive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let config = HubConfig {
-            store: Some(SharedStore::new(store)),
-            ..HubConfig::default()
-        };
-        Hub::bind_dtls("127.0.0.1:0", registry, config).unwrap()
-    };
+    let open = || open_dtls_hub(dir.path());
     let hub = open();
     // set_psk on an existing twin; a rotation; create_device with credentials; a removal.
     hub.create_device(Twin::new(dev("pump"))).unwrap();

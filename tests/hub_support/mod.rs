@@ -311,3 +311,15 @@ pub fn firmware_job_started(
     start_firmware_job(&hub, &job, device);
     (hub, store, script, dir, job)
 }
+
+/// A hub behind DTLS on loopback (port 0) over the store in `dir`: opened afresh, a
+/// restart when a hub ran on it before (the earlier one stopped and dropped first).
+#[cfg(feature = "dtls")]
+pub fn open_dtls_hub(dir: &std::path::Path) -> Hub {
+    let (store, registry) = Store::open(dir, StoreConfig::default()).unwrap();
+    let config = HubConfig {
+        store: Some(SharedStore::new(store)),
+        ..HubConfig::default()
+    };
+    Hub::bind_dtls("127.0.0.1:0", registry, config).unwrap()
+}
