@@ -23,7 +23,11 @@
 //!
 //! `dimpl` keeps its cookie secret per state machine, so the cookie exchange here is
 //! *bounded*, not stateless: a peer that has not echoed its cookie costs one entry of the
-//! unverified table. Two quirks of `dimpl` 0.9 worth knowing: it reads at most 8 records
+//! unverified table. It cannot be made stateless around `dimpl` 0.9 either: a state
+//! machine with its own cookie step off cannot begin a handshake at the ClientHello that
+//! echoes a cookie (it waits for the first one, message_seq 0), so neither a throwaway
+//! instance nor a cookie of ours can answer the first ClientHello (a unit test pins this,
+//! and fails once a `dimpl` upgrade allows it). Two quirks of `dimpl` 0.9 worth knowing: it reads at most 8 records
 //! of one datagram (CoAP sends one per datagram), and a PSK ClientHello carries an empty
 //! `supported_groups` extension (libcoap/OpenSSL and GnuTLS accept it).
 //!
