@@ -1034,7 +1034,9 @@ impl Hub {
     /// reads but no longer hear from devices. Blocks until the hub thread has finished the
     /// batch of events it is applying (it looks for the stop every 20 ms at least) and the
     /// transport's threads have ended (the UDP driver is woken at once, and looks at least
-    /// every 250 ms): typically milliseconds. Dropping the last clone does the same.
+    /// every 250 ms): typically milliseconds. Dropping the last clone does the same. A hub
+    /// behind DTLS sends each session one close_notify as its UDP driver ends (at most
+    /// `HubConfig::dtls.max_sessions` datagrams), so devices learn at once.
     pub fn stop(&self) {
         self.inner.stop();
     }
