@@ -217,7 +217,8 @@ pub enum DeviceError {
     NotRegistered,
     /// The request was sent, but the device's registration ended before the answer came
     /// (it de-registered, its registration expired or was ended by the service, or a new
-    /// registration replaced it): whether the device carried it out is unknown. Reported
+    /// registration replaced it, or the device's Update moved it to a new address while
+    /// the request was out): whether the device carried it out is unknown. Reported
     /// as the registration ends, not after the transport's exchange timeout.
     RegistrationEnded,
     /// A sleeping (queue-mode) device's queue is full.

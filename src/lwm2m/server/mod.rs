@@ -30,7 +30,13 @@
 //!   touched. An Update refreshes the lifetime, applies what it carries and follows an
 //!   address change (NAT rebinding): knowing the location is the proof, since only the
 //!   device and the server have it (over plain CoAP an on-path observer sees it too; only
-//!   DTLS closes that). De-register answers 2.02. A registration expires `lifetime +
+//!   DTLS closes that). The registration's requests in flight to the old address then
+//!   fail at once with [`DeviceError::RegistrationEnded`] (sent, outcome unknown), reported
+//!   before the Update, and queued ones go to the new address: as Leshan cancels a
+//!   registration's ongoing requests when an Update changes its address. Retransmitting
+//!   them to the new address is not done: a CoAP exchange is bound to its peer (message
+//!   id, token, duplicate detection), and the old address may be someone else's by now.
+//!   De-register answers 2.02. A registration expires `lifetime +
 //!   lifetime_grace` after the device last registered or updated; its observations go with
 //!   it. Each becomes a [`DeviceEvent`].
 //! - **Who may register**: the [`Authorizer`] given to [`Lwm2mServer::with_authorizer`];
@@ -985,6 +991,12 @@ impl Lwm2mServer {
             reg.refused.clear();
         }
         let old_addr = reg.addr;
+        // Sent to the old address: see below.
+        let stranded = if old_addr != peer {
+            std::mem::take(&mut reg.in_flight)
+        } else {
+            Vec::new()
+        };
         reg.addr = peer;
         reg.info.address = Some(peer);
         reg.expires = now + Duration::from_secs(reg.info.lifetime as u64) + grace;
@@ -996,11 +1008,15 @@ impl Lwm2mServer {
         };
         if old_addr != peer {
             // NAT rebinding (or a client that updates from a fresh port): follow it.
-            // Requests already in flight to the old address run their course.
+            // Requests in flight to the old address fail now, before the Update is
+            // reported, as at the registration's end (see the module docs): retransmitted
+            // there they would reach nobody, or whoever holds the address now, for up to
+            // 93 s while the queue waits behind them (NSTART).
             if self.by_addr.get(&old_addr) == Some(&slot) {
                 self.by_addr.remove(&old_addr);
             }
             self.by_addr.insert(peer, slot);
+            self.fail_in_flight(now, stranded);
         }
         self.timers
             .push(Reverse((expires, Timer::Expiry { slot, generation })));
@@ -1072,7 +1088,13 @@ impl Lwm2mServer {
         // late retransmission may be another one behind the old address, and a new
         // registration's requests go one at a time (NSTART) from here. Oldest first; the
         // registration's own list, not a scan of every request outstanding.
-        for id in reg.in_flight {
+        self.fail_in_flight(now, reg.in_flight);
+    }
+
+    /// Fails requests sent and not yet answered with
+    /// [`DeviceError::RegistrationEnded`] (oldest first) and stops their retransmission.
+    fn fail_in_flight(&mut self, now: Instant, in_flight: Vec<RequestId>) {
+        for id in in_flight {
             let Some(o) = self.outstanding.remove(&id) else {
                 continue;
             };

@@ -2103,3 +2103,68 @@ fn a_new_register_leaves_one_request_in_flight() {
         );
     }
 }
+
+/// NAT rebinding: an Update from a new address moves the registration there, and its
+/// request in flight to the old address fails at once as
+/// [`DeviceError::RegistrationEnded`] (sent, outcome unknown), before the
+/// [`DeviceEvent::RegistrationUpdated`] (a job engine sees the device go and come
+/// back, and redoes the step), as Leshan cancels a registration's ongoing requests when
+/// an Update changes its address. It is not retransmitted to the old address, and the
+/// queued request goes to the new one at once instead of waiting up to 93 s behind it
+/// (NSTART 1).
+#[test]
+fn an_update_from_a_new_address_fails_the_request_in_flight_to_the_old_one() {
+    for queue_mode in [false, true] {
+        let mut sim = Sim::open();
+        let (a, b) = (addr(9000), addr(9001));
+        let q: &[&str] = if queue_mode {
+            &["ep=d", "lt=300", "b=UQ"]
+        } else {
+            &["ep=d", "lt=300"]
+        };
+        let (location, _) = one_in_flight_one_queued(&mut sim, a, q);
+        let p = sim.request(wire::POST, &["rd", &location], &[], b"");
+        sim.send(b, &p);
+        let out = sim.out();
+        let ev = sim.events();
+        let ended = ev.iter().position(|e| {
+            matches!(
+                e,
+                DeviceEvent::Response {
+                    op: OpId(1),
+                    result: Err(DeviceError::RegistrationEnded),
+                    ..
+                }
+            )
+        });
+        let updated = ev
+            .iter()
+            .position(|e| matches!(e, DeviceEvent::RegistrationUpdated { .. }));
+        assert!(
+            ended.is_some() && ended < updated,
+            "op 1 fails before the Update is reported (queue mode {queue_mode}): {ev:?}"
+        );
+        let requests: Vec<_> = out
+            .iter()
+            .filter(|(_, m)| m.mtype == MsgType::Con)
+            .collect();
+        assert_eq!(requests.len(), 1, "{out:?}");
+        assert_eq!(requests[0].0, b);
+        assert_eq!(path_of(&requests[0].1), "/3/0/9");
+        let req = requests[0].1.clone();
+        sim.answer(b, &req, code(2, 5), None, b"7");
+        assert!(response(&sim.events(), 2).is_ok());
+        let later = sent_in_100_s(&mut sim);
+        assert!(
+            later.iter().all(|(to, _)| *to != a),
+            "nothing more to the old address: {later:?}"
+        );
+        assert!(
+            sim.events()
+                .iter()
+                .all(|e| !matches!(e, DeviceEvent::TimedOut { .. })),
+            "no late TimedOut for op 1"
+        );
+        assert_eq!(sim.server.endpoint().outstanding_requests(), 0);
+    }
+}
