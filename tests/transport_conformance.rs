@@ -124,6 +124,7 @@ fn notification<H: Harness>(h: &mut World<H>, d: &DeviceId, at: Lwm2mPath) -> Co
             device,
             path,
             content,
+            ..
         } if device == d && *path == at => Some(content.clone()),
         _ => None,
     })

@@ -371,10 +371,15 @@ pub enum DeviceEvent {
         /// The answer.
         result: Result<DeviceReply, DeviceError>,
     },
-    /// A notification for an observed path.
+    /// A notification for an observed path, or values the device sent unasked (LWM2M
+    /// Send, at the root `/`).
     Notification {
         /// The device.
         device: DeviceId,
+        /// The registration it came under (the `rd/{id}` location's id, as
+        /// [`RegistrationInfo::registration_id`](crate::twin::RegistrationInfo) says):
+        /// the hub ends it when the device's twin is gone.
+        registration_id: String,
         /// The observed path (the root `/` for an Observe-Composite).
         path: Lwm2mPath,
         /// The new values.

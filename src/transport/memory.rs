@@ -712,6 +712,11 @@ impl MemoryTransport {
         );
     }
 
+    /// The id of the device's registration (the newest, when it holds none).
+    fn registration_id(&self, dev: u32) -> String {
+        format!("sim{dev}.{}", self.devices[dev as usize].registration_count)
+    }
+
     fn registration(&self, dev: u32) -> RegistrationInfo {
         let d = &self.devices[dev as usize];
         let lifetime = match d.values.get(&Lwm2mPath::resource(1, 0, 1)) {
@@ -724,7 +729,7 @@ impl MemoryTransport {
         };
         RegistrationInfo {
             endpoint: d.id.to_string(),
-            registration_id: format!("sim{dev}.{}", d.registration_count),
+            registration_id: self.registration_id(dev),
             lifetime,
             lwm2m_version: "1.1".to_owned(),
             queue_mode: binding.contains('Q'),
@@ -877,10 +882,12 @@ impl MemoryTransport {
             }
             let d = self.latency(dev);
             let device = self.devices[dev as usize].id.clone();
+            let registration_id = self.registration_id(dev);
             self.schedule(
                 now + d,
                 Action::Deliver(DeviceEvent::Notification {
                     device,
+                    registration_id,
                     path,
                     content,
                 }),

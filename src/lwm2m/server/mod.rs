@@ -660,11 +660,15 @@ impl Lwm2mServer {
         let Ok(content) = self.decode(m, &Lwm2mPath::ROOT) else {
             return Code::BAD_REQUEST;
         };
-        let Some(device) = self.slot(slot).map(|r| r.device.clone()) else {
+        let Some((device, registration_id)) = self
+            .slot(slot)
+            .map(|r| (r.device.clone(), r.info.registration_id.clone()))
+        else {
             return Code::NOT_FOUND;
         };
         self.events.push_back(DeviceEvent::Notification {
             device,
+            registration_id,
             path: Lwm2mPath::ROOT,
             content,
         });
@@ -1174,6 +1178,14 @@ impl Lwm2mServer {
             return;
         }
         let (device, path) = (obs.device.clone(), obs.path);
+        // An observation goes with its registration: the one it was made under is live.
+        let Some(registration_id) = self
+            .slot(obs.slot)
+            .filter(|r| r.generation == obs.generation)
+            .map(|r| r.info.registration_id.clone())
+        else {
+            return;
+        };
         // A notification we cannot decode carries nothing the hub can use.
         let Ok(mut content) = self.decode(m, &path) else {
             return;
@@ -1186,6 +1198,7 @@ impl Lwm2mServer {
         self.values_outside_path += keep_within(&mut content, scope);
         self.events.push_back(DeviceEvent::Notification {
             device,
+            registration_id,
             path,
             content,
         });
