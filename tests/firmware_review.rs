@@ -438,6 +438,7 @@ fn a_retried_firmware_child_cancels_every_observation_it_opened() {
                 now,
                 &DeviceEvent::Notification {
                     device: dev.clone(),
+                    registration_id: "r1".into(),
                     path: Lwm2mPath::instance(5, 0),
                     content: fw_state(s, r),
                 },

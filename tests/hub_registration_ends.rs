@@ -4,13 +4,15 @@
 
 mod hub_support;
 
-use hub_support::{Script, Scripted, answer_done, push, register, submitted_where, wait_until};
+use hub_support::{
+    Script, Scripted, answer_done, battery_level, push, register, submitted_where, wait_until,
+};
 use std::sync::{Arc, Mutex};
-use twinhub::DeviceId;
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::registry::Registry;
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest};
 use twinhub::twin::{ConnectionState, Twin};
+use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Scalar};
 
 fn hub_over(devices: &[&DeviceId]) -> (Hub, Arc<Mutex<Script>>) {
     let mut registry = Registry::new();
@@ -147,5 +149,127 @@ fn a_registration_whose_twin_is_gone_is_ended_at_its_next_update() {
     push(&script, updated(&d));
     applied_so_far(&hub, &script, &marker);
     assert_eq!(ends(&script).len(), 2);
+    hub.stop();
+}
+
+/// A device whose twin is gone, with the removal's end lost, that only notifies (or
+/// Sends, which arrives as a notification at `/`), its lifetime long: its registration
+/// is ended at its first notification, once, as at an Update. Before, its notifications
+/// were answered (ACKed, 2.04) and dropped, and it stayed registered until its lifetime
+/// ran out.
+#[test]
+fn a_registration_whose_twin_is_gone_is_ended_at_its_next_notification_or_send() {
+    let lost = DeviceId::new("lost").unwrap();
+    let marker = DeviceId::new("marker").unwrap();
+    let others: Vec<DeviceId> = (0..4_200)
+        .map(|i| DeviceId::new(&format!("other-{i}")).unwrap())
+        .collect();
+    let mut all: Vec<&DeviceId> = others.iter().collect();
+    all.push(&lost);
+    all.push(&marker);
+    let (hub, script) = hub_over(&all);
+    register(&hub, &script, &lost);
+    register(&hub, &script, &marker);
+    {
+        let mut reg = hub.registry().write();
+        reg.remove("lost").unwrap();
+        for d in &others {
+            reg.remove(d.as_str()).unwrap();
+        }
+    }
+    applied_so_far(&hub, &script, &marker);
+    assert!(
+        ends(&script).is_empty(),
+        "the removal log covered 4,201 removals"
+    );
+    let send = || DeviceEvent::Notification {
+        device: lost.clone(),
+        registration_id: "r1".into(),
+        path: Lwm2mPath::ROOT,
+        content: Content::single(Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(5)),
+    };
+    // Notifications and a Send in one batch, and more after: one end.
+    push(&script, battery_level(&lost, 40));
+    push(&script, send());
+    applied_so_far(&hub, &script, &marker);
+    let sent = ends(&script);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].device, lost);
+    assert_eq!(
+        sent[0].request,
+        DeviceRequest::EndRegistration {
+            registration_id: "r1".into()
+        }
+    );
+    push(&script, send());
+    applied_so_far(&hub, &script, &marker);
+    answer_done(&script, &lost, &sent[0]);
+    push(&script, battery_level(&lost, 39));
+    applied_so_far(&hub, &script, &marker);
+    assert_eq!(ends(&script).len(), 1);
+
+    // A Send alone ends it too (another device, its twin removed the same way).
+    let quiet = DeviceId::new("quiet").unwrap();
+    hub.create_device(Twin::new(quiet.clone())).unwrap();
+    register(&hub, &script, &quiet);
+    {
+        let mut reg = hub.registry().write();
+        reg.remove("quiet").unwrap();
+        for d in &others {
+            let _ = reg.create(Twin::new(d.clone()));
+        }
+        for d in &others {
+            reg.remove(d.as_str()).unwrap();
+        }
+    }
+    applied_so_far(&hub, &script, &marker);
+    assert_eq!(ends(&script).len(), 1, "the removal log lost this one too");
+    push(
+        &script,
+        DeviceEvent::Notification {
+            device: quiet.clone(),
+            registration_id: "r1".into(),
+            path: Lwm2mPath::ROOT,
+            content: Content::default(),
+        },
+    );
+    applied_so_far(&hub, &script, &marker);
+    let sent = ends(&script);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1].device, quiet);
+    hub.stop();
+}
+
+/// A twin removed and created again while its device's notification was on its way:
+/// the notification came under the registration being ended, and the new twin does not
+/// take its values (as it does not take the registration's Updates).
+#[test]
+fn a_notification_under_a_registration_being_ended_is_not_applied_to_a_twin_created_again() {
+    let d = DeviceId::new("reborn").unwrap();
+    let marker = DeviceId::new("marker").unwrap();
+    let (hub, script) = hub_over(&[&d, &marker]);
+    register(&hub, &script, &d);
+    register(&hub, &script, &marker);
+    push(&script, battery_level(&d, 10));
+    applied_so_far(&hub, &script, &marker);
+    let battery = |hub: &Hub| {
+        hub.twin("reborn")
+            .unwrap()
+            .device_properties
+            .get("BatteryLevel")
+            .map(|p| p.value.clone())
+    };
+    assert_eq!(
+        battery(&hub),
+        Some(Scalar::from(10)),
+        "applied while current"
+    );
+    hub.remove_device("reborn").unwrap();
+    wait_until("the end", || ends(&script).len() == 1);
+    hub.create_device(Twin::new(d.clone())).unwrap();
+    push(&script, battery_level(&d, 11));
+    applied_so_far(&hub, &script, &marker);
+    assert_eq!(battery(&hub), None);
+    assert_eq!(ends(&script).len(), 1, "no second end");
     hub.stop();
 }

@@ -136,6 +136,7 @@ fn firmware_uri_answered_in_a_failed_batch(fail: u8) -> (JobStatistics, usize, u
                 &script,
                 DeviceEvent::Notification {
                     device: pump.clone(),
+                    registration_id: "r1".into(),
                     path: fw_path,
                     content: firmware_state(state, result),
                 },
@@ -152,6 +153,7 @@ fn firmware_uri_answered_in_a_failed_batch(fail: u8) -> (JobStatistics, usize, u
             };
             let note = |state, result| DeviceEvent::Notification {
                 device: pump.clone(),
+                registration_id: "r1".into(),
                 path: fw_path,
                 content: firmware_state(state, result),
             };

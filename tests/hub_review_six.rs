@@ -72,6 +72,7 @@ fn firmware_write_answer_in_failed_batch(
             };
             let note = |state, result| DeviceEvent::Notification {
                 device: pump.clone(),
+                registration_id: "r1".into(),
                 path: fw_path,
                 content: firmware_state(state, result),
             };

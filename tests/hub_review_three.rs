@@ -210,6 +210,7 @@ fn firmware_observations(fail: bool) -> (JobStatistics, usize, usize) {
                 &script,
                 DeviceEvent::Notification {
                     device: pump.clone(),
+                    registration_id: "r1".into(),
                     path: fw_path,
                     content: fw(state, result),
                 },
@@ -248,6 +249,7 @@ fn firmware_observations(fail: bool) -> (JobStatistics, usize, usize) {
                         &script,
                         DeviceEvent::Notification {
                             device: pump.clone(),
+                            registration_id: "r1".into(),
                             path: fw_path,
                             content: fw(state, result),
                         },

@@ -261,6 +261,7 @@ fn a_disk_failing_for_a_while_costs_a_few_rebuilds_and_loses_no_notification() {
             .events
             .push_back(DeviceEvent::Notification {
                 device: pump.clone(),
+                registration_id: "r1".into(),
                 path: battery,
                 content: Content::single(battery, ResourceValue::Integer(sent)),
             });

@@ -69,6 +69,7 @@ fn notified(d: usize, v: i64) -> DeviceEvent {
     let battery = Lwm2mPath::resource(3, 0, 9);
     DeviceEvent::Notification {
         device: device(d),
+        registration_id: "r1".into(),
         path: battery,
         content: Content::single(battery, ResourceValue::Integer(v)),
     }

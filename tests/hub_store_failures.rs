@@ -506,6 +506,7 @@ fn firmware_download_across_a_failed_commit(fail: bool) -> (twinhub::job::JobSta
                     &script,
                     DeviceEvent::Notification {
                         device: pump.clone(),
+                        registration_id: "r1".into(),
                         path: Lwm2mPath::instance(5, 0),
                         content: fw(2),
                     },

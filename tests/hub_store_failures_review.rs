@@ -271,6 +271,7 @@ fn firmware_execute_answer_in_failed_batch(fail: bool) -> usize {
                         .events
                         .push_back(DeviceEvent::Notification {
                             device: pump.clone(),
+                            registration_id: "r1".into(),
                             path: Lwm2mPath::instance(5, 0),
                             content: fw(2),
                         });

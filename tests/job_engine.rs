@@ -58,6 +58,7 @@ fn firmware_steps(encoding: FirmwareStates, idle: i64, downloading: i64, downloa
             now,
             &DeviceEvent::Notification {
                 device: dev.clone(),
+                registration_id: "r1".into(),
                 path: Lwm2mPath::instance(5, 0),
                 content,
             },
@@ -134,6 +135,7 @@ fn update_result_codes_become_failure_reasons() {
         t0,
         &DeviceEvent::Notification {
             device: dev.clone(),
+            registration_id: "r1".into(),
             path: Lwm2mPath::instance(5, 0),
             content: fw_state(0, 7),
         },
@@ -245,6 +247,7 @@ fn a_device_that_restarts_mid_download_gets_the_package_uri_again() {
         t0,
         &DeviceEvent::Notification {
             device: dev.clone(),
+            registration_id: "r1".into(),
             path: Lwm2mPath::instance(5, 0),
             content: fw_state(1, 0),
         },
@@ -531,6 +534,7 @@ fn a_firmware_job_follows_the_hosts_observation_instead_of_observing_again() {
             t0,
             &DeviceEvent::Notification {
                 device: dev.clone(),
+                registration_id: "r1".into(),
                 path: Lwm2mPath::instance(5, 0),
                 content,
             },

@@ -415,6 +415,7 @@ fn aiocoap_scripted_client_tlv_and_senml_vectors() {
                 device: d,
                 path,
                 content,
+                ..
             } if *d == device && *path == bat => Some(content.values.clone()),
             _ => None,
         });

@@ -7,8 +7,9 @@
 //! - the in-memory transport ([`MemoryTransport`]).
 //!
 //! Scenarios: register, read, write (and read back), execute, observe + notify, an
-//! unreachable device times out, deregister, and every operation ending in exactly one
-//! outcome under loss.
+//! unreachable device times out, deregister, a registration's end (the hub's, a
+//! De-register) failing its requests in flight at once, and every operation ending in
+//! exactly one outcome under loss.
 
 #![cfg(all(feature = "lwm2m", feature = "memory-fleet"))]
 
@@ -37,7 +38,7 @@ trait Harness {
     fn add_device(&mut self, id: &DeviceId);
     /// The device goes silent: it neither answers nor de-registers.
     fn silence(&mut self, id: &DeviceId);
-    /// The device de-registers.
+    /// The device de-registers (a silenced one too: it stops answering, not talking).
     fn deregister(&mut self, id: &DeviceId);
     /// A value changes on the device (observers get notified).
     fn set_value(&mut self, id: &DeviceId, path: Lwm2mPath, value: ResourceValue);
@@ -124,6 +125,7 @@ fn notification<H: Harness>(h: &mut World<H>, d: &DeviceId, at: Lwm2mPath) -> Co
             device,
             path,
             content,
+            ..
         } if device == d && *path == at => Some(content.clone()),
         _ => None,
     })
@@ -131,6 +133,11 @@ fn notification<H: Harness>(h: &mut World<H>, d: &DeviceId, at: Lwm2mPath) -> Co
 }
 
 fn registered<H: Harness>(h: &mut World<H>, id: &DeviceId) {
+    registered_as(h, id);
+}
+
+/// Adds `id` and waits for its registration; returns the registration id.
+fn registered_as<H: Harness>(h: &mut World<H>, id: &DeviceId) -> String {
     h.add_device(id);
     run_until(h, Duration::from_secs(10), |e| match e {
         DeviceEvent::Registered {
@@ -138,10 +145,11 @@ fn registered<H: Harness>(h: &mut World<H>, id: &DeviceId) {
             registration,
         } if device == id => {
             assert_eq!(registration.endpoint, id.as_str());
-            Some(())
+            Some(registration.registration_id.clone())
         }
         _ => None,
-    });
+    })
+    .0
 }
 
 fn scenario_register_read_write_execute<H: Harness>(h: &mut World<H>) {
@@ -270,6 +278,62 @@ fn scenario_deregister<H: Harness>(h: &mut World<H>) {
     });
     h.submit(op(1, &d, DeviceRequest::Read { path: BATTERY }));
     assert_eq!(outcome(h, 1), Err(DeviceError::NotRegistered));
+}
+
+/// A request sent to a device that does not answer fails at once with
+/// [`DeviceError::RegistrationEnded`] when the registration ends (the hub ends it, the
+/// device de-registers), not with a [`DeviceEvent::TimedOut`] up to 93 s later, and
+/// nothing more comes for it.
+fn scenario_registration_end_fails_requests_in_flight<H: Harness>(h: &mut World<H>) {
+    for hub_ends_it in [true, false] {
+        let d = dev(if hub_ends_it { "conf-6" } else { "conf-7" });
+        let registration_id = registered_as(h, &d);
+        h.silence(&d);
+        h.submit(op(1, &d, DeviceRequest::Read { path: BATTERY }));
+        let seen = h.run(Duration::from_secs(2));
+        assert!(
+            !seen
+                .iter()
+                .any(|e| matches!(e, DeviceEvent::Response { op: OpId(1), .. })),
+            "a silent device does not answer: {seen:?}"
+        );
+        if hub_ends_it {
+            h.submit(op(
+                2,
+                &d,
+                DeviceRequest::EndRegistration { registration_id },
+            ));
+        } else {
+            h.deregister(&d);
+        }
+        let (result, before) = run_until(h, Duration::from_secs(5), |e| match e {
+            DeviceEvent::Response {
+                op: OpId(1),
+                result,
+                ..
+            } => Some(result.clone()),
+            DeviceEvent::TimedOut { op: OpId(1), .. } => panic!("op 1 timed out"),
+            _ => None,
+        });
+        assert_eq!(result, Err(DeviceError::RegistrationEnded), "{before:?}");
+        if hub_ends_it {
+            assert_eq!(outcome(h, 2), Ok(DeviceReply::Done));
+        } else {
+            run_until(h, Duration::from_secs(5), |e| {
+                matches!(e, DeviceEvent::Deregistered { device } if *device == d).then_some(())
+            });
+        }
+        let mut later: Vec<DeviceEvent> = h.backlog.drain(..).collect();
+        later.extend(h.h.run(Duration::from_secs(120)));
+        assert!(
+            !later.iter().any(|e| matches!(
+                e,
+                DeviceEvent::Response { op: OpId(1), .. }
+                    | DeviceEvent::TimedOut { op: OpId(1), .. }
+            )),
+            "one outcome for op 1: {later:?}"
+        );
+    }
 }
 
 /// Under loss every operation ends in exactly one outcome, and every successful read is
@@ -527,6 +591,16 @@ impl Harness for Lwm2mHarness {
         let d = self.devices.get_mut(id).unwrap();
         let loc = d.location.clone().expect("registered");
         d.request(now, server, Message::request(Code::DELETE, &loc));
+        if d.silent {
+            // Past the network's silence filter: the De-register goes out.
+            let out: Vec<Vec<u8>> = std::iter::from_fn(|| d.endpoint.poll_transmit())
+                .map(|t| t.payload)
+                .collect();
+            let from = d.addr;
+            for bytes in out {
+                self.server.handle_datagram(now, from, &bytes);
+            }
+        }
     }
 
     fn set_value(&mut self, id: &DeviceId, path: Lwm2mPath, value: ResourceValue) {
@@ -726,6 +800,7 @@ conformance! {
     observed_twice_cancel_once: scenario_observed_twice_cancel_once;
     unreachable_device_times_out: scenario_unreachable_device_times_out;
     deregister: scenario_deregister;
+    registration_end_fails_requests_in_flight: scenario_registration_end_fails_requests_in_flight;
 }
 
 #[test]

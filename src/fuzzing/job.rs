@@ -211,6 +211,7 @@ pub fn job_events(data: &[u8]) {
                 now,
                 &DeviceEvent::Notification {
                     device: dev,
+                    registration_id: "r1".into(),
                     path: Lwm2mPath::instance(5, 0),
                     content: firmware_content(c),
                 },

@@ -248,6 +248,7 @@ mod tests {
         let path = Lwm2mPath::resource(3, 0, 9);
         DeviceEvent::Notification {
             device: crate::DeviceId::new("d").unwrap(),
+            registration_id: "r1".into(),
             path,
             content: Content::single(path, ResourceValue::Integer(v)),
         }
@@ -459,6 +460,7 @@ mod tests {
                     let path = crate::Lwm2mPath::resource(3, 0, 9);
                     DeviceEvent::Notification {
                         device,
+                        registration_id: "r1".into(),
                         path,
                         content: crate::Content::single(path, crate::ResourceValue::Integer(0)),
                     }

@@ -214,8 +214,14 @@ impl HubBuilder {
     /// that endpoint): over plain CoAP anyone may send a Bootstrap-Request with any
     /// endpoint name, so a twin with a key is refused there (see
     /// [`HubBuilder::bootstrap_from_registry_in_clear`] for a provisioning network you
-    /// trust). Also refused: a `coaps://` URI for a twin without a PSK, any unknown or
-    /// disabled endpoint, and a DTLS session whose identity belongs to another device.
+    /// trust). Also refused: a `coaps://` URI for a twin without a PSK, a `coap://` (or
+    /// any other not `coaps://`) URI for a twin with one (the device would be told to
+    /// use a key with a server in clear: a client either fails to connect or registers
+    /// in clear, which the hub refuses for a device with credentials; the key would also
+    /// travel for nothing), any unknown or disabled endpoint, and a DTLS session whose
+    /// identity belongs to another device. So the URI's scheme and the twin's credentials
+    /// must agree; a refused device gets the bootstrap interface's 4.00 and a
+    /// `BootstrapFailed` lifecycle event.
     /// Replaces [`HubBuilder::bootstrap`]. For a bootstrap port beside a DTLS hub, build
     /// a second hub with [`HubBuilder::shared_registry`] of the first's registry.
     #[cfg(feature = "lwm2m")]
@@ -370,6 +376,8 @@ fn registry_bootstrap(
         let auth = twin.authentication();
         let account = ServerAccount::new(1, server_uri.clone());
         let account = match (&auth.psk_identity, &auth.psk_key) {
+            // A key is for a `coaps` server only (see the builder's docs).
+            (Some(_), Some(_)) if !secure => return None,
             // The key only to the device itself (or, when the service said so, to
             // whoever asks for the endpoint).
             (Some(identity), Some(key)) if proven.is_some() || keys_in_clear => {
@@ -381,4 +389,63 @@ fn registry_bootstrap(
         };
         Some(BootstrapPlan::new(vec![account]))
     })
+}
+
+#[cfg(all(test, feature = "lwm2m"))]
+mod tests {
+    use super::*;
+    use crate::lwm2m::server::{AccountSecurity, BootstrapRequest};
+    use crate::twin::{Authentication, DeviceId, PskKey, Twin};
+
+    fn plan(
+        server_uri: &str,
+        in_clear: bool,
+        with_key: bool,
+    ) -> Option<crate::lwm2m::server::BootstrapPlan> {
+        let mut registry = Registry::new();
+        registry
+            .create(Twin::new(DeviceId::new("d").unwrap()))
+            .unwrap();
+        if with_key {
+            registry
+                .set_authentication(
+                    "d",
+                    Authentication {
+                        psk_identity: Some("d-id".into()),
+                        psk_key: Some(PskKey::new(vec![7; 16])),
+                    },
+                )
+                .unwrap();
+        }
+        let bootstrap =
+            registry_bootstrap(SharedRegistry::new(registry), server_uri.into(), in_clear);
+        bootstrap(&BootstrapRequest {
+            endpoint: "d".into(),
+            address: "127.0.0.1:5783".parse().unwrap(),
+            identity: Some(crate::transport::PeerIdentity {
+                psk_identity: "d-id".into(),
+                device: Some(DeviceId::new("d").unwrap()),
+            }),
+        })
+    }
+
+    /// A twin with a PSK is not bootstrapped to a `coap://` server (before, it got a PSK
+    /// account for a server in clear: unusable), even from a session that proved it is
+    /// the device; a `coaps://` one gets the key, and a twin without a key gets a NoSec
+    /// account for `coap://` only.
+    #[test]
+    fn the_server_uri_scheme_and_the_twins_key_must_agree() {
+        for in_clear in [false, true] {
+            assert!(plan("coap://10.0.0.1:5683", in_clear, true).is_none());
+            assert!(plan("COAP://10.0.0.1", in_clear, true).is_none());
+            let secure = plan("coaps://10.0.0.1:5684", in_clear, true).expect("a plan");
+            assert!(matches!(
+                &secure.servers[0].security,
+                AccountSecurity::Psk { identity, .. } if identity == "d-id"
+            ));
+            let plain = plan("coap://10.0.0.1:5683", in_clear, false).expect("a plan");
+            assert!(plain.servers[0].security == AccountSecurity::NoSec);
+            assert!(plan("coaps://10.0.0.1:5684", in_clear, false).is_none());
+        }
+    }
 }

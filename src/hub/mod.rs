@@ -187,16 +187,17 @@ const MAX_ENDS_REMEMBERED: usize = 4096;
 /// [`MAX_ENDS_REMEMBERED`] (the oldest is forgotten first):
 ///
 /// - their answers are the transport's, not the device being heard from;
-/// - an Update under a registration being ended (or ended) is not the device's
-///   current registration: the transport answered it before the end reached it. It is
-///   not applied, so a twin created again under the id meanwhile does not adopt a
-///   registration that is about to end; nor is the registration ended a second time.
+/// - an Update or a notification under a registration being ended (or ended) is not
+///   the device's current registration: the transport took it before the end reached
+///   it. It is not applied, so a twin created again under the id meanwhile does not
+///   adopt a registration (or its data) that is about to end; nor is the registration
+///   ended a second time.
 ///
 /// Registration ids are never reused by the bundled server (random 64-bit), so an entry
 /// stays true after the answer; a transport that reuses them makes the registration
 /// current again with its Register (the entry is dropped then). One forgotten at the bound
-/// costs at most what the hub did before it kept them (the Update applied, or one end
-/// more).
+/// costs at most what the hub did before it kept them (the Update or notification
+/// applied, or one end more).
 #[derive(Default)]
 struct SentEnds {
     order: VecDeque<OpId>,
@@ -1520,22 +1521,29 @@ impl Inner {
         lock(&self.ends_sent).is_end(op)
     }
 
-    /// What an Update (`event`) says about ending its registration, applied to `reg` as
-    /// it is when the event's turn comes: `true` when it is an Update under a
-    /// registration the hub is ending (or ended), not to be applied. An Update of a
+    /// What an Update or a notification (`event`) says about ending its registration,
+    /// applied to `reg` as it is when the event's turn comes: `true` when it comes under
+    /// a registration the hub is ending (or ended), not to be applied. One of a
     /// registration whose twin is gone, and that no end names yet, adds an end to
     /// `ends`: its removal's end was lost (more removals than the registry's removal log
     /// holds between two of the hub's looks, a replaced registry), and the device would
     /// otherwise stay registered to a twin that does not exist until its lifetime ran
-    /// out, its Updates answered and its notifications dropped. One end per Update at
-    /// most; it goes once the batch is durable, like the removals' ends. A Register makes
-    /// its registration current again (see [`SentEnds`]).
+    /// out, its Updates and notifications answered and its data dropped. A device that
+    /// only notifies (or Sends, which arrives as a notification) is ended like one that
+    /// updates. One end per event at most, and none while the end sent is remembered
+    /// (see [`SentEnds`]); it goes once the batch is durable, like the removals' ends. A
+    /// Register makes its registration current again.
     fn stale_update(&self, reg: &Registry, event: &DeviceEvent, ends: &mut Vec<DeviceOp>) -> bool {
-        let (device, registration) = match event {
+        let (device, id) = match event {
             DeviceEvent::RegistrationUpdated {
                 device,
                 registration,
-            } => (device, registration),
+            } => (device, &registration.registration_id),
+            DeviceEvent::Notification {
+                device,
+                registration_id,
+                ..
+            } => (device, registration_id),
             DeviceEvent::Registered {
                 device,
                 registration,
@@ -1545,7 +1553,6 @@ impl Inner {
             }
             _ => return false,
         };
-        let id = &registration.registration_id;
         if lock(&self.ends_sent).ending(device, id) {
             return true;
         }
@@ -1580,7 +1587,7 @@ impl Inner {
     /// connected, for the caller to send once the removal is durable: a removed device's
     /// Updates were answered 2.04 until its registration expired, and a twin created again
     /// under its id inherited it. (Registrations of removals the log no longer holds are
-    /// ended at the device's next Update instead: see [`Inner::stale_update`].)
+    /// ended at the device's next Update or notification instead: see [`Inner::stale_update`].)
     fn forget_removed(
         &self,
         reg: &Registry,
@@ -1596,8 +1603,8 @@ impl Inner {
         let gone: Option<Vec<DeviceId>> = heard.and_then(|h| {
             let removals = reg.removals.since(h)?;
             let sent = lock(&self.ends_sent);
-            // The ends Updates of this batch asked for (`stale_update`); the removals' own
-            // are one per registration already.
+            // The ends Updates and notifications of this batch asked for (`stale_update`);
+            // the removals' own are one per registration already.
             let asked = ends.len();
             let mut gone = Vec::new();
             for removal in removals {
@@ -1754,8 +1761,8 @@ impl Inner {
             // the hub never applied (dropped at the held-events bound): it is applied as
             // one, by the registry and the jobs alike.
             let mut renewed: Vec<Option<DeviceEvent>> = Vec::new();
-            // Updates under a registration being ended: applied neither to the registry
-            // nor to the jobs (see `stale_update`).
+            // Updates and notifications under a registration being ended: applied neither
+            // to the registry nor to the jobs (see `stale_update`).
             let mut stale: Vec<bool> = Vec::new();
             for (i, (event, mark)) in batch.iter().zip(marks).enumerate() {
                 if self.stale_update(&reg, event, &mut ends) {

@@ -217,7 +217,8 @@ pub enum DeviceError {
     NotRegistered,
     /// The request was sent, but the device's registration ended before the answer came
     /// (it de-registered, its registration expired or was ended by the service, or a new
-    /// registration replaced it): whether the device carried it out is unknown. Reported
+    /// registration replaced it, or the device's Update moved it to a new address while
+    /// the request was out): whether the device carried it out is unknown. Reported
     /// as the registration ends, not after the transport's exchange timeout.
     RegistrationEnded,
     /// A sleeping (queue-mode) device's queue is full.
@@ -370,10 +371,15 @@ pub enum DeviceEvent {
         /// The answer.
         result: Result<DeviceReply, DeviceError>,
     },
-    /// A notification for an observed path.
+    /// A notification for an observed path, or values the device sent unasked (LWM2M
+    /// Send, at the root `/`).
     Notification {
         /// The device.
         device: DeviceId,
+        /// The registration it came under (the `rd/{id}` location's id, as
+        /// [`RegistrationInfo::registration_id`](crate::twin::RegistrationInfo) says):
+        /// the hub ends it when the device's twin is gone.
+        registration_id: String,
         /// The observed path (the root `/` for an Observe-Composite).
         path: Lwm2mPath,
         /// The new values.

@@ -60,6 +60,15 @@
 //! Requests for a device the server holds no registration for are answered at once with
 //! [`DeviceError::NotRegistered`], like the LWM2M server transport does.
 //!
+//! When a registration ends (the device de-registers, it expires, the hub's
+//! [`DeviceRequest::EndRegistration`], or a Register after a reboot or an offline period
+//! replaces it), its requests in flight (submitted, not yet answered) fail at once with
+//! [`DeviceError::RegistrationEnded`], before the event that says so, as the LWM2M server
+//! fails them; a device that is up still carries out one that reaches it later, but its
+//! answer, and a notification still on its way under the old registration, go nowhere.
+//! There is no queue (every request is sent at once), so nothing waits for a new
+//! registration.
+//!
 //! ```
 //! use std::time::{Duration, Instant};
 //! use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
@@ -446,6 +455,9 @@ struct SimDevice {
     pending_version: Option<String>,
     applied_config: Option<(String, String)>,
     registration_count: u64,
+    /// Operations submitted under the current registration and not yet answered
+    /// (oldest first): they fail with [`DeviceError::RegistrationEnded`] when it ends.
+    in_flight: Vec<crate::transport::OpId>,
 }
 
 enum Action {
@@ -572,6 +584,7 @@ impl MemoryTransport {
             pending_version: None,
             applied_config: None,
             registration_count: 0,
+            in_flight: Vec::new(),
         });
         if !spec.starts_offline {
             let d = self.latency(dev);
@@ -591,6 +604,7 @@ impl MemoryTransport {
         let dev = self.index(id)?;
         if mode == OfflineMode::Deregister && self.devices[dev as usize].registered {
             self.devices[dev as usize].registered = false;
+            self.end_in_flight(dev);
             self.events
                 .push_back(DeviceEvent::Deregistered { device: id.clone() });
         }
@@ -712,6 +726,45 @@ impl MemoryTransport {
         );
     }
 
+    /// The device's registration ended (de-registered, expired, ended by the hub, or
+    /// replaced by a new Register): its operations in flight fail now with
+    /// [`DeviceError::RegistrationEnded`], oldest first, as the LWM2M server fails them;
+    /// their answers (or timeouts) still under way are dropped when they come.
+    fn end_in_flight(&mut self, dev: u32) {
+        let d = &mut self.devices[dev as usize];
+        let ops = std::mem::take(&mut d.in_flight);
+        let device = d.id.clone();
+        for op in ops {
+            self.stats.answered += 1;
+            self.events.push_back(DeviceEvent::Response {
+                op,
+                device: device.clone(),
+                result: Err(DeviceError::RegistrationEnded),
+            });
+        }
+    }
+
+    /// Takes `op` out of the device's operations in flight; `false` when it is not
+    /// there (its registration ended: it was failed then).
+    fn settle(&mut self, device: &DeviceId, op: crate::transport::OpId) -> bool {
+        let Some(&dev) = self.by_id.get(device) else {
+            return false;
+        };
+        let in_flight = &mut self.devices[dev as usize].in_flight;
+        match in_flight.iter().position(|&o| o == op) {
+            Some(at) => {
+                in_flight.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The id of the device's registration (the newest, when it holds none).
+    fn registration_id(&self, dev: u32) -> String {
+        format!("sim{dev}.{}", self.devices[dev as usize].registration_count)
+    }
+
     fn registration(&self, dev: u32) -> RegistrationInfo {
         let d = &self.devices[dev as usize];
         let lifetime = match d.values.get(&Lwm2mPath::resource(1, 0, 1)) {
@@ -724,7 +777,7 @@ impl MemoryTransport {
         };
         RegistrationInfo {
             endpoint: d.id.to_string(),
-            registration_id: format!("sim{dev}.{}", d.registration_count),
+            registration_id: self.registration_id(dev),
             lifetime,
             lwm2m_version: "1.1".to_owned(),
             queue_mode: binding.contains('Q'),
@@ -877,10 +930,12 @@ impl MemoryTransport {
             }
             let d = self.latency(dev);
             let device = self.devices[dev as usize].id.clone();
+            let registration_id = self.registration_id(dev);
             self.schedule(
                 now + d,
                 Action::Deliver(DeviceEvent::Notification {
                     device,
+                    registration_id,
                     path,
                     content,
                 }),
@@ -1027,8 +1082,9 @@ impl MemoryTransport {
             return;
         }
         let half_lifetime = self.lifetime(dev) / 2;
+        self.devices[dev as usize].registered = false;
+        self.end_in_flight(dev);
         let d = &mut self.devices[dev as usize];
-        d.registered = false;
         d.observed.clear();
         d.observed_composite.clear();
         let generation = d.generation;
@@ -1170,6 +1226,27 @@ impl MemoryTransport {
     fn run(&mut self, now: Instant, action: Action) {
         match action {
             Action::Deliver(event) => {
+                if let DeviceEvent::Response { op, device, .. }
+                | DeviceEvent::TimedOut { op, device } = &event
+                    && !self.settle(device, *op)
+                {
+                    // Failed with RegistrationEnded when its registration ended.
+                    return;
+                }
+                if let DeviceEvent::Notification {
+                    device,
+                    registration_id,
+                    ..
+                } = &event
+                    && self.by_id.get(device).is_none_or(|&dev| {
+                        !self.devices[dev as usize].registered
+                            || self.registration_id(dev) != *registration_id
+                    })
+                {
+                    // Its registration ended while it travelled: the server no longer
+                    // holds the observation.
+                    return;
+                }
                 match &event {
                     DeviceEvent::Response { .. } => self.stats.answered += 1,
                     DeviceEvent::TimedOut { .. } => self.stats.timed_out += 1,
@@ -1186,11 +1263,22 @@ impl MemoryTransport {
             } => {
                 let timeout_at = submitted + self.config.request_timeout;
                 let d = &self.devices[dev as usize];
+                // Its registration ended while it travelled (it was failed then): a
+                // device that is up still carries it out, its answer goes nowhere.
+                let orphan = !d.in_flight.contains(&op.id);
                 if !d.up || d.faults.unresponsive {
-                    self.time_out(timeout_at, &op);
+                    if !orphan {
+                        self.time_out(timeout_at, &op);
+                    }
                     return;
                 }
                 let (result, reboot) = self.serve(now, dev, &op.request);
+                if orphan {
+                    if reboot {
+                        self.reboot(now, dev);
+                    }
+                    return;
+                }
                 if drop_response {
                     self.time_out(timeout_at.max(now), &op);
                 } else {
@@ -1283,6 +1371,8 @@ impl MemoryTransport {
                 d.observed.clear();
                 d.observed_composite.clear();
                 self.stats.registrations += 1;
+                // A new Register replaces the registration it still held (a reboot).
+                self.end_in_flight(dev);
                 let registration = self.registration(dev);
                 let device = self.devices[dev as usize].id.clone();
                 self.events.push_back(DeviceEvent::Registered {
@@ -1316,6 +1406,7 @@ impl MemoryTransport {
                 d.registered = true;
                 d.registration_count += 1;
                 self.stats.registrations += 1;
+                self.end_in_flight(dev);
                 let registration = self.registration(dev);
                 let device = self.devices[dev as usize].id.clone();
                 self.events.push_back(DeviceEvent::Registered {
@@ -1330,6 +1421,7 @@ impl MemoryTransport {
                 }
                 d.registered = false;
                 let device = d.id.clone();
+                self.end_in_flight(dev);
                 self.events.push_back(DeviceEvent::Expired { device });
             }
         }
@@ -1360,6 +1452,7 @@ impl Transport for MemoryTransport {
         if let DeviceRequest::EndRegistration { registration_id } = &op.request {
             return self.end_registration(now, dev, op.id, registration_id);
         }
+        self.devices[dev as usize].in_flight.push(op.id);
         if self.lost(dev) {
             // Half the losses drop the request, half the response (after the device acted).
             if self.rng.chance(0.5) {
@@ -1854,5 +1947,69 @@ mod tests {
         assert_ne!(a, run(12));
         assert!(a.iter().any(|l| l.contains("TimedOut")));
         assert!(a.iter().any(|l| l.contains("Expired")));
+    }
+
+    /// A request in flight when the registration ends by expiry, or by a new Register
+    /// (the device comes back from an offline period), fails at once with
+    /// RegistrationEnded, before the event, not with a TimedOut 93 s after it was sent;
+    /// nothing more comes for it.
+    #[test]
+    fn requests_in_flight_fail_when_the_registration_expires_or_is_replaced() {
+        for replaced in [false, true] {
+            let t0 = Instant::now();
+            let mut t = MemoryTransport::new(MemoryConfig::with_seed(3));
+            let d = id("d");
+            t.add_device(t0, DeviceSpec::new(d.clone()).lifetime(30))
+                .unwrap();
+            drain(&mut t, t0 + Duration::from_secs(1));
+            let now = t0 + Duration::from_secs(1);
+            t.take_offline(now, &d, OfflineMode::Silent, None).unwrap();
+            t.submit(
+                now,
+                op(
+                    1,
+                    &d,
+                    DeviceRequest::Read {
+                        path: Lwm2mPath::resource(3, 0, 9),
+                    },
+                ),
+            );
+            let mut events = drain(&mut t, now + Duration::from_secs(10));
+            if replaced {
+                t.bring_online(now + Duration::from_secs(10), &d).unwrap();
+            }
+            events.extend(drain(&mut t, now + Duration::from_secs(200)));
+            let ends: Vec<usize> = events
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, e))| {
+                    matches!(
+                        e,
+                        DeviceEvent::Response { op: OpId(1), .. }
+                            | DeviceEvent::TimedOut { op: OpId(1), .. }
+                    )
+                })
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(ends.len(), 1, "one outcome: {events:?}");
+            let (at, outcome) = &events[ends[0]];
+            assert!(
+                matches!(
+                    outcome,
+                    DeviceEvent::Response {
+                        result: Err(DeviceError::RegistrationEnded),
+                        ..
+                    }
+                ),
+                "{outcome:?}"
+            );
+            assert!(*at < now + Duration::from_secs(60), "{at:?}");
+            let next = &events[ends[0] + 1].1;
+            if replaced {
+                assert!(matches!(next, DeviceEvent::Registered { .. }), "{next:?}");
+            } else {
+                assert!(matches!(next, DeviceEvent::Expired { .. }), "{next:?}");
+            }
+        }
     }
 }

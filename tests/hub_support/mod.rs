@@ -121,6 +121,7 @@ pub fn battery_level(device: &DeviceId, level: i64) -> DeviceEvent {
     let battery = Lwm2mPath::resource(3, 0, 9);
     DeviceEvent::Notification {
         device: device.clone(),
+        registration_id: "r1".into(),
         path: battery,
         content: Content::single(battery, ResourceValue::Integer(level)),
     }

@@ -90,6 +90,7 @@ pub fn notify_firmware(engine: &mut JobEngine, now: Instant, device: &DeviceId, 
         now,
         &DeviceEvent::Notification {
             device: device.clone(),
+            registration_id: "r1".into(),
             path: Lwm2mPath::instance(5, 0),
             content,
         },

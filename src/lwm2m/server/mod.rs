@@ -30,7 +30,13 @@
 //!   touched. An Update refreshes the lifetime, applies what it carries and follows an
 //!   address change (NAT rebinding): knowing the location is the proof, since only the
 //!   device and the server have it (over plain CoAP an on-path observer sees it too; only
-//!   DTLS closes that). De-register answers 2.02. A registration expires `lifetime +
+//!   DTLS closes that). The registration's requests in flight to the old address then
+//!   fail at once with [`DeviceError::RegistrationEnded`] (sent, outcome unknown), reported
+//!   before the Update, and queued ones go to the new address: as Leshan cancels a
+//!   registration's ongoing requests when an Update changes its address. Retransmitting
+//!   them to the new address is not done: a CoAP exchange is bound to its peer (message
+//!   id, token, duplicate detection), and the old address may be someone else's by now.
+//!   De-register answers 2.02. A registration expires `lifetime +
 //!   lifetime_grace` after the device last registered or updated; its observations go with
 //!   it. Each becomes a [`DeviceEvent`].
 //! - **Who may register**: the [`Authorizer`] given to [`Lwm2mServer::with_authorizer`];
@@ -654,11 +660,15 @@ impl Lwm2mServer {
         let Ok(content) = self.decode(m, &Lwm2mPath::ROOT) else {
             return Code::BAD_REQUEST;
         };
-        let Some(device) = self.slot(slot).map(|r| r.device.clone()) else {
+        let Some((device, registration_id)) = self
+            .slot(slot)
+            .map(|r| (r.device.clone(), r.info.registration_id.clone()))
+        else {
             return Code::NOT_FOUND;
         };
         self.events.push_back(DeviceEvent::Notification {
             device,
+            registration_id,
             path: Lwm2mPath::ROOT,
             content,
         });
@@ -985,6 +995,12 @@ impl Lwm2mServer {
             reg.refused.clear();
         }
         let old_addr = reg.addr;
+        // Sent to the old address: see below.
+        let stranded = if old_addr != peer {
+            std::mem::take(&mut reg.in_flight)
+        } else {
+            Vec::new()
+        };
         reg.addr = peer;
         reg.info.address = Some(peer);
         reg.expires = now + Duration::from_secs(reg.info.lifetime as u64) + grace;
@@ -996,11 +1012,15 @@ impl Lwm2mServer {
         };
         if old_addr != peer {
             // NAT rebinding (or a client that updates from a fresh port): follow it.
-            // Requests already in flight to the old address run their course.
+            // Requests in flight to the old address fail now, before the Update is
+            // reported, as at the registration's end (see the module docs): retransmitted
+            // there they would reach nobody, or whoever holds the address now, for up to
+            // 93 s while the queue waits behind them (NSTART).
             if self.by_addr.get(&old_addr) == Some(&slot) {
                 self.by_addr.remove(&old_addr);
             }
             self.by_addr.insert(peer, slot);
+            self.fail_in_flight(now, stranded);
         }
         self.timers
             .push(Reverse((expires, Timer::Expiry { slot, generation })));
@@ -1072,7 +1092,13 @@ impl Lwm2mServer {
         // late retransmission may be another one behind the old address, and a new
         // registration's requests go one at a time (NSTART) from here. Oldest first; the
         // registration's own list, not a scan of every request outstanding.
-        for id in reg.in_flight {
+        self.fail_in_flight(now, reg.in_flight);
+    }
+
+    /// Fails requests sent and not yet answered with
+    /// [`DeviceError::RegistrationEnded`] (oldest first) and stops their retransmission.
+    fn fail_in_flight(&mut self, now: Instant, in_flight: Vec<RequestId>) {
+        for id in in_flight {
             let Some(o) = self.outstanding.remove(&id) else {
                 continue;
             };
@@ -1152,6 +1178,14 @@ impl Lwm2mServer {
             return;
         }
         let (device, path) = (obs.device.clone(), obs.path);
+        // An observation goes with its registration: the one it was made under is live.
+        let Some(registration_id) = self
+            .slot(obs.slot)
+            .filter(|r| r.generation == obs.generation)
+            .map(|r| r.info.registration_id.clone())
+        else {
+            return;
+        };
         // A notification we cannot decode carries nothing the hub can use.
         let Ok(mut content) = self.decode(m, &path) else {
             return;
@@ -1164,6 +1198,7 @@ impl Lwm2mServer {
         self.values_outside_path += keep_within(&mut content, scope);
         self.events.push_back(DeviceEvent::Notification {
             device,
+            registration_id,
             path,
             content,
         });

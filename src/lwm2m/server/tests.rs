@@ -488,7 +488,7 @@ fn write_attributes_discover_create_delete() {
 fn observe_notify_cancel() {
     let mut sim = Sim::open();
     let a = addr(9000);
-    sim.register(a, &["ep=d"]);
+    let location = sim.register(a, &["ep=d"]);
     sim.events();
     let bat = Lwm2mPath::resource(3, 0, 9);
     sim.submit(1, "d", DeviceRequest::Observe { path: bat });
@@ -521,6 +521,7 @@ fn observe_notify_cancel() {
         sim.events(),
         vec![DeviceEvent::Notification {
             device: dev("d"),
+            registration_id: location.clone(),
             path: bat,
             content: Content::single(bat, ResourceValue::Integer(75)),
         }]
@@ -544,7 +545,7 @@ fn observe_notify_cancel() {
 fn cancel_ends_the_newest_observation_of_a_path() {
     let mut sim = Sim::open();
     let a = addr(9000);
-    sim.register(a, &["ep=d"]);
+    let location = sim.register(a, &["ep=d"]);
     sim.events();
     let fw = Lwm2mPath::instance(5, 0);
     let mut tokens = Vec::new();
@@ -576,6 +577,7 @@ fn cancel_ends_the_newest_observation_of_a_path() {
         sim.events(),
         vec![DeviceEvent::Notification {
             device: dev("d"),
+            registration_id: location.clone(),
             path: fw,
             content: Content::single(Lwm2mPath::resource(5, 0, 3), ResourceValue::Integer(2)),
         }]
@@ -1043,7 +1045,7 @@ fn update_for_a_location_from_before_a_restart_gets_not_found() {
 fn values_outside_the_requested_path_are_dropped_and_counted() {
     let mut sim = Sim::open();
     let a = addr(9100);
-    sim.register(a, &["ep=d", "lwm2m=1.1"]);
+    let location = sim.register(a, &["ep=d", "lwm2m=1.1"]);
     sim.events();
     let dev3 = Lwm2mPath::instance(3, 0);
     sim.submit(1, "d", DeviceRequest::Observe { path: dev3 });
@@ -1072,6 +1074,7 @@ fn values_outside_the_requested_path_are_dropped_and_counted() {
         sim.events(),
         vec![DeviceEvent::Notification {
             device: dev("d"),
+            registration_id: location.clone(),
             path: dev3,
             content: Content::default(),
         }]
@@ -1404,7 +1407,7 @@ fn unsupported_and_malformed_versions_are_refused() {
 fn send_is_taken_from_a_registered_device_only_in_senml_or_lwm2m_cbor() {
     let mut sim = Sim::open();
     let from = addr(9300);
-    sim.register(from, &["ep=sender", "lwm2m=1.1"]);
+    let location = sim.register(from, &["ep=sender", "lwm2m=1.1"]);
     sim.events();
     let senml = br#"[{"bn":"/3/0/","n":"9","v":42},{"n":"15","vs":"UTC"}]"#;
     let send = |sim: &mut Sim, at: SocketAddr, method: u8, cf: Option<u16>, body: &[u8]| {
@@ -1425,6 +1428,7 @@ fn send_is_taken_from_a_registered_device_only_in_senml_or_lwm2m_cbor() {
     let [
         DeviceEvent::Notification {
             device,
+            registration_id,
             path,
             content,
         },
@@ -1433,6 +1437,7 @@ fn send_is_taken_from_a_registered_device_only_in_senml_or_lwm2m_cbor() {
         panic!("{events:?}");
     };
     assert_eq!((device, path), (&dev("sender"), &Lwm2mPath::ROOT));
+    assert_eq!(registration_id, &location);
     assert_eq!(
         content.values,
         [
@@ -1468,7 +1473,7 @@ fn send_is_taken_from_a_registered_device_only_in_senml_or_lwm2m_cbor() {
 fn composite_operations_on_the_wire() {
     let mut sim = Sim::open();
     let a = addr(9000);
-    sim.register(a, &["ep=d", "lwm2m=1.1"]);
+    let location = sim.register(a, &["ep=d", "lwm2m=1.1"]);
     sim.events();
     let battery = Lwm2mPath::resource(3, 0, 9);
     let paths = vec![battery, Lwm2mPath::instance(5, 0)];
@@ -1599,6 +1604,7 @@ fn composite_operations_on_the_wire() {
         sim.events(),
         vec![DeviceEvent::Notification {
             device: dev("d"),
+            registration_id: location.clone(),
             path: Lwm2mPath::ROOT,
             content: changed,
         }]
@@ -2101,5 +2107,70 @@ fn a_new_register_leaves_one_request_in_flight() {
             later.iter().all(|(to, _)| *to != a),
             "nothing more to the old address: {later:?}"
         );
+    }
+}
+
+/// NAT rebinding: an Update from a new address moves the registration there, and its
+/// request in flight to the old address fails at once as
+/// [`DeviceError::RegistrationEnded`] (sent, outcome unknown), before the
+/// [`DeviceEvent::RegistrationUpdated`] (a job engine sees the device go and come
+/// back, and redoes the step), as Leshan cancels a registration's ongoing requests when
+/// an Update changes its address. It is not retransmitted to the old address, and the
+/// queued request goes to the new one at once instead of waiting up to 93 s behind it
+/// (NSTART 1).
+#[test]
+fn an_update_from_a_new_address_fails_the_request_in_flight_to_the_old_one() {
+    for queue_mode in [false, true] {
+        let mut sim = Sim::open();
+        let (a, b) = (addr(9000), addr(9001));
+        let q: &[&str] = if queue_mode {
+            &["ep=d", "lt=300", "b=UQ"]
+        } else {
+            &["ep=d", "lt=300"]
+        };
+        let (location, _) = one_in_flight_one_queued(&mut sim, a, q);
+        let p = sim.request(wire::POST, &["rd", &location], &[], b"");
+        sim.send(b, &p);
+        let out = sim.out();
+        let ev = sim.events();
+        let ended = ev.iter().position(|e| {
+            matches!(
+                e,
+                DeviceEvent::Response {
+                    op: OpId(1),
+                    result: Err(DeviceError::RegistrationEnded),
+                    ..
+                }
+            )
+        });
+        let updated = ev
+            .iter()
+            .position(|e| matches!(e, DeviceEvent::RegistrationUpdated { .. }));
+        assert!(
+            ended.is_some() && ended < updated,
+            "op 1 fails before the Update is reported (queue mode {queue_mode}): {ev:?}"
+        );
+        let requests: Vec<_> = out
+            .iter()
+            .filter(|(_, m)| m.mtype == MsgType::Con)
+            .collect();
+        assert_eq!(requests.len(), 1, "{out:?}");
+        assert_eq!(requests[0].0, b);
+        assert_eq!(path_of(&requests[0].1), "/3/0/9");
+        let req = requests[0].1.clone();
+        sim.answer(b, &req, code(2, 5), None, b"7");
+        assert!(response(&sim.events(), 2).is_ok());
+        let later = sent_in_100_s(&mut sim);
+        assert!(
+            later.iter().all(|(to, _)| *to != a),
+            "nothing more to the old address: {later:?}"
+        );
+        assert!(
+            sim.events()
+                .iter()
+                .all(|e| !matches!(e, DeviceEvent::TimedOut { .. })),
+            "no late TimedOut for op 1"
+        );
+        assert_eq!(sim.server.endpoint().outstanding_requests(), 0);
     }
 }
