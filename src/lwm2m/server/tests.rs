@@ -1179,7 +1179,15 @@ fn a_1_1_device_without_ct_is_asked_for_cbor_and_falls_back() {
     sim.events();
     let inst = Lwm2mPath::instance(3, 0);
     sim.submit(1, "d", DeviceRequest::Read { path: inst });
-    // Best first: SenML CBOR, then SenML JSON, then TLV, each after a 4.06.
+    assert_eq!(
+        sim.events(),
+        [DeviceEvent::Sent {
+            op: OpId(1),
+            device: dev("d")
+        }]
+    );
+    // Best first: SenML CBOR, then SenML JSON, then TLV, each after a 4.06 (the request
+    // sent again in another format is not reported `Sent` again).
     for accept in [112u32, 110] {
         let req = sim.out()[0].1.clone();
         assert_eq!(req.uint(wire::ACCEPT), Some(accept));
@@ -1979,7 +1987,14 @@ fn one_in_flight_one_queued(sim: &mut Sim, a: SocketAddr, queries: &[&str]) -> (
         "NSTART 1: one request goes, one waits: {out:?}"
     );
     assert_eq!(path_of(&out[0].1), "/3/0/0");
-    assert!(sim.events().is_empty());
+    assert_eq!(
+        sim.events(),
+        [DeviceEvent::Sent {
+            op: OpId(1),
+            device: dev("d")
+        }],
+        "only the request that went is reported sent"
+    );
     (location, out[0].1.clone())
 }
 
