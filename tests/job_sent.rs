@@ -112,7 +112,10 @@ fn an_execute_that_timed_out_in_the_queue_is_sent_again() {
     sent(&mut engine, t1, &again);
     // Its answer is lost this time: the registration that follows is the reboot.
     timed_out(&mut engine, t1 + Duration::from_secs(93), &again);
-    assert!(drain(&mut engine).is_empty(), "never sent twice once it left");
+    assert!(
+        drain(&mut engine).is_empty(),
+        "never sent twice once it left"
+    );
     engine.handle_event(t1 + Duration::from_secs(120), &registered(&dev));
     assert_eq!(state(&engine, &id, &dev), (ChildState::Succeeded, None));
     engine.validate().unwrap();

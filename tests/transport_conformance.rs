@@ -362,7 +362,11 @@ fn scenario_sent_before_the_answer<H: Harness>(h: &mut World<H>) {
     );
     h.submit(op(2, &dev("nobody"), DeviceRequest::Read { path: BATTERY }));
     let (_, seen) = run_until(h, Duration::from_secs(10), |e| match e {
-        DeviceEvent::Response { op: OpId(2), result, .. } => {
+        DeviceEvent::Response {
+            op: OpId(2),
+            result,
+            ..
+        } => {
             assert_eq!(result, &Err(DeviceError::NotRegistered));
             Some(())
         }

@@ -1155,8 +1155,7 @@ impl JobEngine {
                     // queue (no `Sent` yet): it takes that one back rather than send a
                     // second.
                     JobKind::RebootDevice | JobKind::FactoryResetDevice => {
-                        (new.state == ChildState::InProgress
-                            && new.flags & FLAG_EXECUTE_SENT != 0)
+                        (new.state == ChildState::InProgress && new.flags & FLAG_EXECUTE_SENT != 0)
                             || (new.state == ChildState::WaitingForDevice
                                 && new.step == 0
                                 && new.flags & FLAG_EXECUTE_SENT == 0

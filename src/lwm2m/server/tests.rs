@@ -2164,7 +2164,10 @@ fn a_queued_reboot_execute_leaves_after_the_registration_that_woke_the_device() 
         )
         .unwrap();
     feed(&mut sim, &mut engine);
-    assert!(sim.out().is_empty(), "asleep: the Execute waits in the queue");
+    assert!(
+        sim.out().is_empty(),
+        "asleep: the Execute waits in the queue"
+    );
     let ev = feed(&mut sim, &mut engine);
     assert!(
         !ev.iter().any(|e| matches!(e, DeviceEvent::Sent { .. })),
