@@ -88,6 +88,96 @@ fn a_reboot_completed_by_a_second_registration_in_the_batch_still_sends_its_exec
     });
 }
 
+/// [`Scripted`] as a transport that queues requests for sleeping devices and reports
+/// when each leaves ([`DeviceEvent::Sent`], pushed by the test).
+struct SentScripted(Scripted);
+
+impl twinhub::transport::Transport for SentScripted {
+    fn submit(&mut self, now: std::time::Instant, op: twinhub::transport::DeviceOp) {
+        self.0.submit(now, op);
+    }
+    fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.0.poll_event()
+    }
+    fn handle_timeout(&mut self, now: std::time::Instant) {
+        self.0.handle_timeout(now);
+    }
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        self.0.poll_timeout()
+    }
+    fn reports_sent(&self) -> bool {
+        true
+    }
+}
+
+/// The hub tells its job engine that the transport reports `Sent`: a registration that
+/// comes while a reboot's Execute is still queued for the sleeping device is no proof of
+/// the reboot (the job reported success, and the Execute rebooted the device after).
+#[test]
+fn a_registration_before_the_queued_execute_left_does_not_complete_a_reboot() {
+    use twinhub::transport::Transport as _;
+    let device = DeviceId::new("dev-1").unwrap();
+    let mut registry = Registry::new();
+    registry.create(Twin::new(device.clone())).unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    script.lock().unwrap().events.push_back(registered(&device));
+    let transport = SentScripted(Scripted(script.clone()));
+    assert!(transport.reports_sent());
+    let hub = Hub::with_transport(transport, registry, HubConfig::default());
+    wait_until("the registration", || {
+        hub.twin(device.as_str()).unwrap().connection_state
+            == twinhub::twin::ConnectionState::Connected
+    });
+    let job = JobId::new("reboot").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration: true,
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+    wait_until("the Execute", || executes(&script) == 1);
+    // The device wakes by registering: the Execute is still queued.
+    script.lock().unwrap().events.push_back(registered(&device));
+    wait_until("the hub to take the registration", || {
+        script.lock().unwrap().events.is_empty()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let stats = hub.job_statistics(&job).unwrap();
+    assert_eq!(
+        (stats.running, stats.succeeded),
+        (1, 0),
+        "no proof of a reboot yet: {stats:?}"
+    );
+    // It leaves, the device answers, reboots and registers: that is the reboot.
+    let execute = script
+        .lock()
+        .unwrap()
+        .submitted
+        .iter()
+        .find(|op| matches!(op.request, DeviceRequest::Execute { .. }))
+        .cloned()
+        .unwrap();
+    {
+        let mut s = script.lock().unwrap();
+        s.events.push_back(DeviceEvent::Sent {
+            op: execute.id,
+            device: device.clone(),
+        });
+        s.events.push_back(DeviceEvent::Response {
+            op: execute.id,
+            device: device.clone(),
+            result: Ok(twinhub::transport::DeviceReply::Done),
+        });
+        s.events.push_back(registered(&device));
+    }
+    wait_until("the job to end", || {
+        hub.job_statistics(&job).unwrap().succeeded == 1
+    });
+    assert_eq!(executes(&script), 1, "executed once");
+}
+
 #[cfg(feature = "fuzzing")]
 #[test]
 fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again() {

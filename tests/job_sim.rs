@@ -36,9 +36,15 @@ struct Sim {
 impl Sim {
     fn new(seed: u64) -> Self {
         let t0 = Instant::now();
+        let fleet = MemoryTransport::new(MemoryConfig::with_seed(seed));
+        // The engine waits for the fleet's `Sent`, as the hub has it.
+        let config = EngineConfig {
+            transport_reports_sent: fleet.reports_sent(),
+            ..EngineConfig::default()
+        };
         Sim {
-            fleet: MemoryTransport::new(MemoryConfig::with_seed(seed)),
-            jobs: JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(WALL0)),
+            fleet,
+            jobs: JobEngine::new(config, t0, Timestamp::from_millis(WALL0)),
             t0,
             now: t0,
             twin_updates: Vec::new(),

@@ -343,6 +343,8 @@ fn scenario_lossy_outcomes<H: Harness>(h: &mut World<H>) {
     registered(h, &d);
     let n = 12u64;
     let mut outcomes: HashMap<u64, usize> = HashMap::new();
+    let mut sent: HashMap<u64, usize> = HashMap::new();
+    let mut refused = 0;
     let mut ok = 0;
     for i in 0..n {
         h.submit(op(100 + i, &d, DeviceRequest::Read { path: BATTERY }));
@@ -354,6 +356,12 @@ fn scenario_lossy_outcomes<H: Harness>(h: &mut World<H>) {
             match e {
                 DeviceEvent::Response { op, result, .. } => {
                     *outcomes.entry(op.0).or_default() += 1;
+                    if matches!(
+                        result,
+                        Err(DeviceError::NotRegistered | DeviceError::QueueFull)
+                    ) {
+                        refused += 1;
+                    }
                     if let Ok(reply) = result {
                         assert_eq!(
                             reply,
@@ -366,6 +374,14 @@ fn scenario_lossy_outcomes<H: Harness>(h: &mut World<H>) {
                     }
                 }
                 DeviceEvent::TimedOut { op, .. } => *outcomes.entry(op.0).or_default() += 1,
+                DeviceEvent::Sent { op, .. } => {
+                    assert!(
+                        !outcomes.contains_key(&op.0),
+                        "op {} reported sent after its outcome",
+                        op.0
+                    );
+                    *sent.entry(op.0).or_default() += 1;
+                }
                 _ => {}
             }
         }
@@ -378,7 +394,64 @@ fn scenario_lossy_outcomes<H: Harness>(h: &mut World<H>) {
         outcomes.values().all(|&c| c == 1),
         "exactly once: {outcomes:?}"
     );
+    // Every request the transport did not refuse itself left: one Sent each, lost or not.
+    assert_eq!(sent.len() as u64 + refused, n, "every op sent: {sent:?}");
+    assert!(sent.values().all(|&c| c == 1), "sent once: {sent:?}");
     assert!(ok > 0, "some reads succeed under 20% loss");
+}
+
+/// Every request that leaves for a registered device is reported once as `Sent`, before
+/// its answer; one the transport refuses itself (no registration) and the ending of a
+/// registration are not.
+fn scenario_sent_before_the_answer<H: Harness>(h: &mut World<H>) {
+    let d = dev("conf-6");
+    registered(h, &d);
+    h.submit(op(1, &d, DeviceRequest::Read { path: BATTERY }));
+    let (_, seen) = run_until(h, Duration::from_secs(30), |e| match e {
+        DeviceEvent::Response { op: OpId(1), .. } => Some(()),
+        DeviceEvent::TimedOut { op: OpId(1), .. } => panic!("op 1 timed out"),
+        _ => None,
+    });
+    let sent: Vec<&DeviceEvent> = seen
+        .iter()
+        .filter(|e| matches!(e, DeviceEvent::Sent { .. }))
+        .collect();
+    assert_eq!(
+        sent,
+        [&DeviceEvent::Sent {
+            op: OpId(1),
+            device: d.clone()
+        }],
+        "one Sent, before the answer: {seen:?}"
+    );
+    h.submit(op(2, &dev("nobody"), DeviceRequest::Read { path: BATTERY }));
+    let (_, seen) = run_until(h, Duration::from_secs(10), |e| match e {
+        DeviceEvent::Response {
+            op: OpId(2),
+            result,
+            ..
+        } => {
+            assert_eq!(result, &Err(DeviceError::NotRegistered));
+            Some(())
+        }
+        _ => None,
+    });
+    assert!(
+        !seen
+            .iter()
+            .chain(h.backlog.iter())
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(2), .. })),
+        "a refused request never left: {seen:?}"
+    );
+    // A later answer carries no second Sent for op 1.
+    let later = h.h.run(Duration::from_secs(1));
+    assert!(
+        !later
+            .iter()
+            .chain(h.backlog.iter())
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(1), .. })),
+        "{later:?}"
+    );
 }
 
 // ------------------------------------------------------------------ LWM2M server harness
@@ -801,6 +874,7 @@ conformance! {
     unreachable_device_times_out: scenario_unreachable_device_times_out;
     deregister: scenario_deregister;
     registration_end_fails_requests_in_flight: scenario_registration_end_fails_requests_in_flight;
+    sent_before_the_answer: scenario_sent_before_the_answer;
 }
 
 #[test]

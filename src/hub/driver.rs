@@ -17,6 +17,11 @@ pub trait DeviceLink: Send + Sync {
     fn submit(&self, op: DeviceOp);
     /// Asks the transport to stop; returns at once.
     fn stop(&self);
+    /// Whether the transport emits [`DeviceEvent::Sent`] (see
+    /// [`Transport::reports_sent`]); the hub tells its job engine. Default: no.
+    fn reports_sent(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(feature = "lwm2m")]
@@ -26,6 +31,9 @@ impl DeviceLink for UdpServerHandle {
     }
     fn stop(&self) {
         UdpServerHandle::stop(self);
+    }
+    fn reports_sent(&self) -> bool {
+        true
     }
 }
 
@@ -42,6 +50,7 @@ impl DeviceLink for UdpServerHandle {
 /// ```
 pub struct TransportThread {
     ops: Sender<DeviceOp>,
+    reports_sent: bool,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -60,6 +69,7 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 impl TransportThread {
     /// Starts the thread; returns it and the receiving end of its event channel.
     pub fn spawn<T: Transport + Send + 'static>(mut transport: T) -> (Self, Receiver<DeviceEvent>) {
+        let reports_sent = transport.reports_sent();
         let (ops_tx, ops_rx) = mpsc::channel::<DeviceOp>();
         let (events_tx, events_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -96,6 +106,7 @@ impl TransportThread {
         (
             TransportThread {
                 ops: ops_tx,
+                reports_sent,
                 stop,
                 thread: Some(thread),
             },
@@ -110,6 +121,9 @@ impl DeviceLink for TransportThread {
     }
     fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+    }
+    fn reports_sent(&self) -> bool {
+        self.reports_sent
     }
 }
 

@@ -519,6 +519,9 @@ impl Hub {
         // The job engine follows the sync observations instead of observing the same
         // paths a second time (a device may keep one observation per path).
         let mut jobs_config = config.jobs.clone();
+        // The engine counts a reboot's Execute as sent at the transport's `Sent` when
+        // the transport reports it (a sleeping device's queued request has not left).
+        jobs_config.transport_reports_sent = link.reports_sent();
         if let Some(sync) = &config.sync {
             for path in &sync.paths {
                 if !jobs_config.host_observes.contains(path) {
@@ -2064,6 +2067,10 @@ impl Inner {
                     endpoint, outcome, *address, at,
                 )));
             }
+            // For the job engine only (when a queued request left): no change of the
+            // twin, nothing published to change feeds or subscriptions, and no sign of
+            // life from the device (nothing was heard from it).
+            DeviceEvent::Sent { .. } => {}
             DeviceEvent::Response { op, device, result } => {
                 // The transport's answer to ending a removed twin's registration: nothing
                 // of the device's (a twin created again under the id was not heard from).

@@ -104,6 +104,14 @@ pub struct EngineConfig {
     /// run, so a job may outlive it until then.
     #[serde(with = "crate::time::millis_opt", rename = "retainForMs")]
     pub retain_for: Option<Duration>,
+    /// Whether the transport emits [`DeviceEvent::Sent`] when an operation leaves for
+    /// its device (default `false`; see [`JobEngine::set_transport_reports_sent`] for
+    /// what it changes). Not a setting of the configuration file: the hub sets it from
+    /// its transport; set it yourself when you drive the engine over a transport that
+    /// reports `Sent`. Given here so that a restored engine knows it before it resumes
+    /// its jobs.
+    #[serde(skip)]
+    pub transport_reports_sent: bool,
 }
 
 /// The two numberings of Firmware Update State (`/5/0/3`) found in the field.
@@ -142,6 +150,7 @@ impl Default for EngineConfig {
             retain_jobs: 10_000,
             retain_children: 5_000_000,
             retain_for: None,
+            transport_reports_sent: false,
         }
     }
 }
@@ -370,7 +379,9 @@ const FLAG_EXECUTED: u8 = 2;
 const FLAG_OBSERVING: u8 = 4;
 /// The device answered at least once in this attempt.
 const FLAG_TOUCHED: u8 = 8;
-/// The Execute of this attempt (firmware Update, reboot, factory reset) was sent.
+/// The Execute of this attempt (firmware Update, reboot, factory reset) was sent: its
+/// [`DeviceEvent::Sent`] or its answer came (or, with a transport that does not report
+/// `Sent`, it was handed over; see [`JobEngine::set_transport_reports_sent`]).
 const FLAG_EXECUTE_SENT: u8 = 16;
 /// The package URI may have reached the device without its answer reaching us (written
 /// before the device registered again, or the Write's answer was lost): a download or
@@ -472,6 +483,9 @@ pub struct JobEngine {
     /// (or this engine's start), so they went out; later ones may belong to a batch whose
     /// commit fails, and were never sent then.
     sent_below: u64,
+    /// Operations in `ops` handed to a transport that reports `Sent` whose `Sent` (or
+    /// answer) has not come: still queued for their device. Always a subset of `ops`.
+    unsent: FxHashSet<OpId>,
     /// While a job expires: the job and the wall-clock time its time ran out, which its
     /// records take as their end time (the timer may run later than it was due, or
     /// after a restart).
@@ -526,6 +540,7 @@ impl JobEngine {
             deferred: Vec::new(),
             settled: Vec::new(),
             sent_below,
+            unsent: FxHashSet::default(),
             ending_at: None,
             timing_out: None,
         }
@@ -778,8 +793,25 @@ impl JobEngine {
     /// every event through.
     pub fn handle_event(&mut self, now: Instant, event: &DeviceEvent) {
         match event {
+            DeviceEvent::Sent { op, .. } => {
+                if self.unsent.remove(op)
+                    && let Some(&c) = self.ops.get(op)
+                {
+                    self.on_sent(now, c);
+                }
+            }
             DeviceEvent::Response { op, result, .. } => {
                 if let Some(c) = self.ops.remove(op) {
+                    // An answer without its `Sent`: the transport's own refusals never
+                    // left; anything else did (the answer is the proof).
+                    if self.unsent.remove(op)
+                        && !matches!(
+                            result,
+                            Err(DeviceError::NotRegistered | DeviceError::QueueFull)
+                        )
+                    {
+                        self.on_sent(now, c);
+                    }
                     self.note_settled(*op, c);
                     self.children[c as usize].op = None;
                     self.on_response(now, c, result);
@@ -787,9 +819,11 @@ impl JobEngine {
             }
             DeviceEvent::TimedOut { op, .. } => {
                 if let Some(c) = self.ops.remove(op) {
+                    // Timed out in the transport's queue: it never left.
+                    let never_sent = self.unsent.remove(op);
                     self.note_settled(*op, c);
                     self.children[c as usize].op = None;
-                    self.on_op_timeout(now, c);
+                    self.on_op_timeout(now, c, never_sent);
                 }
             }
             DeviceEvent::Registered {
@@ -1116,9 +1150,17 @@ impl JobEngine {
                     return false;
                 }
                 match self.parents[new.parent as usize].kind() {
-                    // Restored as executed, waiting for the registration.
+                    // Restored as executed, waiting for the registration; or restored
+                    // waiting for its device with the Execute still in the transport's
+                    // queue (no `Sent` yet): it takes that one back rather than send a
+                    // second.
                     JobKind::RebootDevice | JobKind::FactoryResetDevice => {
-                        new.state == ChildState::InProgress && new.flags & FLAG_EXECUTE_SENT != 0
+                        (new.state == ChildState::InProgress && new.flags & FLAG_EXECUTE_SENT != 0)
+                            || (new.state == ChildState::WaitingForDevice
+                                && new.step == 0
+                                && new.flags & FLAG_EXECUTE_SENT == 0
+                                && earlier.unsent.contains(&op)
+                                && !is_offline(&self.devices, &new.device))
                     }
                     // Restored waiting for its device, the Write not known answered.
                     JobKind::FirmwareUpdate => {
@@ -1148,8 +1190,13 @@ impl JobEngine {
             // The restore's wait for a registration no longer applies.
             child.next_poll = None;
             self.ops.insert(op, c);
+            if earlier.unsent.contains(&op) {
+                // Still queued at the transport: its `Sent` starts the timeout.
+                self.unsent.insert(op);
+            } else {
+                self.arm_deadline(now, c);
+            }
             self.mark_child(c);
-            self.arm_deadline(now, c);
         }
     }
 
@@ -1194,6 +1241,33 @@ impl JobEngine {
         self.fail_refused(now);
     }
 
+    /// Tells the engine whether its transport emits [`DeviceEvent::Sent`] when an
+    /// operation leaves for its device (the transport's `reports_sent`; default `false`).
+    /// The hub sets it from its transport; set it before the first operation when you
+    /// drive the engine yourself.
+    ///
+    /// With `true`, a reboot's, factory reset's or firmware update's Execute counts as
+    /// possibly carried out only once its `Sent` (or its answer) came, a registration
+    /// while the child's operation is still queued proves nothing and leaves the
+    /// operation to go to the new registration, an operation that times out before its
+    /// `Sent` is sent again (within [`EngineConfig::max_resends`]: it never reached the
+    /// device), and an attempt's per-device timeout starts at its first `Sent`. With
+    /// `false`, an operation counts as sent once [`JobEngine::poll_op`] gave it out, and
+    /// the timeout starts with the attempt. Operations already given out keep the rule
+    /// they were given out under, except that turning it off counts every one as sent.
+    pub fn set_transport_reports_sent(&mut self, reports: bool) {
+        self.config.transport_reports_sent = reports;
+        if !reports {
+            self.unsent.clear();
+        }
+    }
+
+    /// Whether the engine waits for [`DeviceEvent::Sent`] (see
+    /// [`JobEngine::set_transport_reports_sent`]).
+    pub fn transport_reports_sent(&self) -> bool {
+        self.config.transport_reports_sent
+    }
+
     /// Whether the engine still waits for the answer to `op`: false once its child
     /// ended (cancelled, aborted, failed) or moved on, and for the fire-and-forget
     /// operations it never waits for (a cancelled observation).
@@ -1203,11 +1277,20 @@ impl JobEngine {
 
     // ---- poll_* ----
 
-    /// The next operation to submit to the transport. The engine counts an operation as
-    /// sent once it is queued (a registration after a reboot's queued Execute is the
-    /// reboot's proof), so every one must go out, even one whose child has ended since:
-    /// drain this after every call, as the hub does under its lock (a job created and
-    /// cancelled before a drain still sends its first operations).
+    /// The next operation to submit to the transport. Every one must go out, even one
+    /// whose child has ended since: drain this after every call, as the hub does under
+    /// its lock (a job created and cancelled before a drain still sends its first
+    /// operations).
+    ///
+    /// When an operation counts as having reached the device depends on the transport
+    /// (see [`JobEngine::set_transport_reports_sent`]). With one that reports
+    /// [`DeviceEvent::Sent`], a reboot's, factory reset's or firmware update's Execute (or
+    /// a Package URI Write) counts only once its `Sent` or its answer came: a registration
+    /// before that proves nothing (the request is still queued for a sleeping device, and
+    /// goes to the new registration), and the attempt's per-device timeout starts at the
+    /// first `Sent`. With one that does not, the engine counts an operation as sent once
+    /// it is taken from here: a registration after a reboot's Execute was taken is the
+    /// reboot's proof, and the timeout starts at once.
     pub fn poll_op(&mut self) -> Option<DeviceOp> {
         self.outbox.pop_front()
     }
@@ -1616,6 +1699,7 @@ impl JobEngine {
         if to != ChildState::InProgress {
             if let Some(op) = self.children[c as usize].op.take() {
                 self.ops.remove(&op);
+                self.unsent.remove(&op);
                 // Its answer may still come in a batch applied again (a cancellation
                 // whose commit failed): a rebuilt engine takes it over.
                 self.note_settled(op, c);
@@ -1725,7 +1809,7 @@ impl JobEngine {
         if is_offline(&self.devices, &child.device) {
             self.child_apply(now, c, ChildEvent::StartOffline);
         } else if self.child_apply(now, c, ChildEvent::Start) {
-            self.arm_deadline(now, c);
+            self.arm_deadline_unless_sent_reported(now, c);
             self.drive(now, c);
         }
     }
@@ -1807,8 +1891,12 @@ impl JobEngine {
         let child = &mut self.children[c as usize];
         if let Some(old) = child.op.replace(id) {
             self.ops.remove(&old);
+            self.unsent.remove(&old);
         }
         self.ops.insert(id, c);
+        if self.config.transport_reports_sent {
+            self.unsent.insert(id);
+        }
         self.outbox.push_back(DeviceOp {
             id,
             device: child.device.clone(),
@@ -1983,7 +2071,8 @@ impl JobEngine {
             self.refused.push_back((c, attempt, object));
             return;
         }
-        if matches!(request, DeviceRequest::Execute { .. }) {
+        if matches!(request, DeviceRequest::Execute { .. }) && !self.config.transport_reports_sent {
+            // No `Sent` will say when it leaves: handed over counts as sent.
             self.children[c as usize].flags |= FLAG_EXECUTE_SENT;
         }
         self.submit(c, request);
@@ -2071,7 +2160,10 @@ impl JobEngine {
         }
     }
 
-    fn on_op_timeout(&mut self, now: Instant, c: u32) {
+    /// The transport gave up on the child's operation; `never_sent`: it timed out in the
+    /// transport's queue (no [`DeviceEvent::Sent`] came), so it never reached the device
+    /// and is sent again like any other (within `max_resends`), a reboot's Execute too.
+    fn on_op_timeout(&mut self, now: Instant, c: u32, never_sent: bool) {
         self.mark_child(c);
         let child = &mut self.children[c as usize];
         if child.state != ChildState::InProgress {
@@ -2079,6 +2171,7 @@ impl JobEngine {
         }
         let kind = self.parents[child.parent as usize].kind();
         match kind {
+            JobKind::RebootDevice | JobKind::FactoryResetDevice if never_sent => {}
             JobKind::RebootDevice | JobKind::FactoryResetDevice => {
                 // Never sent twice: wait for the registration that proves the reboot.
                 child.step = 1;
@@ -2103,7 +2196,7 @@ impl JobEngine {
             // Did the Execute arrive? The device's State tells (see firmware_content).
             child.step = FW_SYNC;
         }
-        if kind == JobKind::FirmwareUpdate && child.step == FW_WRITE_URI {
+        if kind == JobKind::FirmwareUpdate && child.step == FW_WRITE_URI && !never_sent {
             // Did the URI arrive? A second one in Downloading would be refused (4.05).
             child.flags |= FLAG_URI_BEFORE_RESTART;
             child.step = FW_SYNC;
@@ -2371,6 +2464,7 @@ impl JobEngine {
             ChildState::WaitingForDevice if self.child_apply(now, c, ChildEvent::DeviceOnline) => {
                 self.resume(now, c);
             }
+            ChildState::InProgress if self.op_queued(c) => self.registered_while_queued(c),
             ChildState::InProgress => self.redo_step(now, c),
             // The registration dropped the device's observations (kept across retries).
             ChildState::RetryWait => self.children[c as usize].flags &= !FLAG_OBSERVING,
@@ -2379,8 +2473,63 @@ impl JobEngine {
     }
 
     fn resume(&mut self, now: Instant, c: u32) {
-        self.arm_deadline(now, c);
+        self.arm_deadline_unless_sent_reported(now, c);
         self.redo_step(now, c);
+    }
+
+    /// Whether the child's operation is still queued at the transport (handed over, no
+    /// [`DeviceEvent::Sent`] nor answer yet).
+    fn op_queued(&self, c: u32) -> bool {
+        self.children[c as usize]
+            .op
+            .is_some_and(|op| self.unsent.contains(&op))
+    }
+
+    /// The child's operation left for the device ([`DeviceEvent::Sent`], or an answer
+    /// that came without one): an Execute of the attempt may now have been carried out,
+    /// and the attempt's per-device timeout runs from here.
+    fn on_sent(&mut self, now: Instant, c: u32) {
+        let child = &self.children[c as usize];
+        if child.state != ChildState::InProgress {
+            return;
+        }
+        let execute = match self.parents[child.parent as usize].kind() {
+            JobKind::RebootDevice | JobKind::FactoryResetDevice => child.step == 0,
+            JobKind::FirmwareUpdate => child.step == FW_EXECUTE,
+            _ => false,
+        };
+        if execute && child.flags & FLAG_EXECUTE_SENT == 0 {
+            self.mark_child(c);
+            self.children[c as usize].flags |= FLAG_EXECUTE_SENT;
+        }
+        self.arm_deadline(now, c);
+    }
+
+    /// Starts the attempt's per-device timeout now, or, with a transport that reports
+    /// [`DeviceEvent::Sent`], at the first `Sent` of the attempt (a sleeping device's
+    /// queued request has not reached it: its time does not count).
+    fn arm_deadline_unless_sent_reported(&mut self, now: Instant, c: u32) {
+        if !self.config.transport_reports_sent {
+            self.arm_deadline(now, c);
+        }
+    }
+
+    /// The device registered while the child's operation still waits in the transport's
+    /// queue: the registration is no proof of anything (the operation has not reached the
+    /// device) and the operation goes to the new registration, so the child keeps waiting
+    /// for it instead of starting the step again (which would send it twice). Only what
+    /// the registration did to the device's state is taken in: its observations are gone,
+    /// and a Package URI written before may have been lost with a restart.
+    fn registered_while_queued(&mut self, c: u32) {
+        self.mark_child(c);
+        let child = &mut self.children[c as usize];
+        if self.parents[child.parent as usize].kind() == JobKind::FirmwareUpdate {
+            child.flags &= !FLAG_OBSERVING;
+            if child.flags & (FLAG_EXECUTE_SENT | FLAG_URI_WRITTEN) == FLAG_URI_WRITTEN {
+                child.flags &= !FLAG_URI_WRITTEN;
+                child.flags |= FLAG_URI_BEFORE_RESTART;
+            }
+        }
     }
 
     /// The device registered (again) while the child waited on it: it may have restarted
@@ -2488,6 +2637,9 @@ impl JobEngine {
                     par.id, par.state
                 ));
             }
+        }
+        if let Some(op) = self.unsent.iter().find(|op| !self.ops.contains_key(op)) {
+            return Err(format!("op {op:?} counted unsent but not outstanding"));
         }
         for (&op, &c) in &self.ops {
             let child = &self.children[c as usize];

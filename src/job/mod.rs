@@ -87,6 +87,39 @@
 //! package URI is written again), configuration and property writes are sent again from
 //! the first, a read is sent again.
 //!
+//! # When an operation counts as sent
+//!
+//! A transport may hold a request back: the bundled LWM2M server queues requests for a
+//! sleeping (queue-mode) device until it talks, and a request queued when the device
+//! registers anew goes to the new registration. Such a transport reports each request's
+//! first transmission as [`DeviceEvent::Sent`](crate::resource::DeviceEvent::Sent) and
+//! says so (the transport's `reports_sent`; the hub copies it into
+//! [`EngineConfig::transport_reports_sent`], and
+//! [`JobEngine::set_transport_reports_sent`] sets it when you drive the engine yourself).
+//! The engine then counts a reboot's, factory reset's or firmware update's Execute (and a
+//! Package URI Write) as possibly carried out only once its `Sent` or its answer came:
+//!
+//! - a registration while the child's operation is still queued proves nothing: the
+//!   child keeps waiting for that operation (which follows the device to its new
+//!   registration) and sends nothing again; without this, a reboot job on a sleeping
+//!   device that woke by registering reported success, and the Execute then rebooted the
+//!   device after the job said it was done;
+//! - an operation that times out in the transport's queue (no `Sent`) never reached the
+//!   device: it is sent again within `max_resends`, a reboot's Execute too, and then
+//!   fails as `timedOut`;
+//! - the per-device timeout of an attempt runs from its first `Sent`, not from when its
+//!   first request was queued: a sleeping device's time in the queue does not count, as
+//!   the preview's firmware `Timeout` is the time the device has to carry the update out
+//!   (and as Azure IoT Hub separates waiting for a device to connect from its response
+//!   timeout). A device that never wakes is bounded by the transport's queue timeout
+//!   (sent again up to `max_resends` times) and the job's maximum execution time.
+//!
+//! With a transport that does not report `Sent` (a third-party transport that keeps the
+//! trait's default), the engine cannot tell a queued request from one that
+//! left: it counts an operation as sent once [`JobEngine::poll_op`] gave it out (right for
+//! a transport that transmits at once), and the per-device timeout starts with the
+//! attempt.
+//!
 //! # Parent jobs, abort and cancel
 //!
 //! A parent ([`PARENT_TRANSITIONS`]) is `enqueued` until its start time, then `running`;
@@ -115,7 +148,11 @@
 //! has seen no registration, so every started, unfinished child waits for its device's
 //! next registration and then takes the rules above for a device that registers again: a
 //! reboot or factory reset whose Execute was sent is not sent again (the registration
-//! counts as the reboot; none within `reboot_wait` fails the attempt as `timedOut`), a
+//! counts as the reboot; none within `reboot_wait` fails the attempt as `timedOut`); one
+//! whose Execute was handed to a transport that reports `Sent`, but whose `Sent` was not
+//! recorded, counts as not sent and is sent again (the transport's queue did not survive
+//! the restart; only a restart between the transmission and the commit of its `Sent`
+//! makes this a second reboot), a
 //! firmware update re-synchronises from `/5/0` and `/3/0/3`, writes and configuration
 //! updates start again from the first write, reads read again, and a child waiting for
 //! a retry retries. Scheduled starts and maximum execution times keep their wall-clock

@@ -385,6 +385,23 @@ pub enum DeviceEvent {
         /// The new values.
         content: Content,
     },
+    /// A submitted operation left for the device: its first transmission went out,
+    /// either at once or, for a sleeping (queue-mode) device, once the device woke and the
+    /// transport took the request from its queue. Sent once per operation, before its
+    /// [`DeviceEvent::Response`] (an operation answered without being sent, such as one
+    /// refused as not registered or queue full, or an `EndRegistration`, has none).
+    ///
+    /// The job engine takes it as the moment a reboot's, factory reset's or firmware
+    /// update's Execute (or a Package URI Write) may have reached the device: a
+    /// registration seen before it proves nothing. Only transports that say so emit it
+    /// (the transport's `reports_sent`); the hub passes it to the job engine only,
+    /// never to change feeds or subscriptions.
+    Sent {
+        /// The operation.
+        op: OpId,
+        /// The device it was for.
+        device: DeviceId,
+    },
     /// A submitted operation got no answer in time (CoAP retransmissions exhausted, or a
     /// queued request waited too long).
     TimedOut {

@@ -58,7 +58,9 @@
 //! registration expires after its lifetime, it registers again later); failing downloads or
 //! updates; and devices that never answer (they register but every request times out).
 //! Requests for a device the server holds no registration for are answered at once with
-//! [`DeviceError::NotRegistered`], like the LWM2M server transport does.
+//! [`DeviceError::NotRegistered`], like the LWM2M server transport does. Every other request
+//! leaves at once: [`DeviceEvent::Sent`] follows its submission (the simulation has no
+//! sleeping devices and queues nothing).
 //!
 //! When a registration ends (the device de-registers, it expires, the hub's
 //! [`DeviceRequest::EndRegistration`], or a Register after a reboot or an offline period
@@ -1453,6 +1455,12 @@ impl Transport for MemoryTransport {
             return self.end_registration(now, dev, op.id, registration_id);
         }
         self.devices[dev as usize].in_flight.push(op.id);
+        // The simulated server queues nothing: a request leaves at once (and may be lost
+        // on the way).
+        self.events.push_back(DeviceEvent::Sent {
+            op: op.id,
+            device: op.device.clone(),
+        });
         if self.lost(dev) {
             // Half the losses drop the request, half the response (after the device acted).
             if self.rng.chance(0.5) {
@@ -1502,6 +1510,12 @@ impl Transport for MemoryTransport {
 
     fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse(s)| s.at)
+    }
+
+    /// Yes: [`DeviceEvent::Sent`] follows every request for a registered device at once
+    /// (the simulation queues nothing).
+    fn reports_sent(&self) -> bool {
+        true
     }
 }
 

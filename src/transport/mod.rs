@@ -14,6 +14,11 @@
 //! 4. sleep until [`Transport::poll_timeout`] (or until new input), then call
 //!    [`Transport::handle_timeout`] and go to 3.
 //!
+//! A transport that queues requests (for sleeping, queue-mode devices) says when each one
+//! actually leaves with [`DeviceEvent::Sent`] and returns `true` from
+//! [`Transport::reports_sent`]; the job engine needs it to tell an Execute that reached
+//! the device from one still queued.
+//!
 //! Two transports ship with the crate: the bundled LWM2M server over CoAP/UDP
 //! (`lwm2m::server`) and an in-memory simulated fleet (`transport::memory`) with seeded
 //! faults for deterministic tests. Both pass one conformance suite.
@@ -45,4 +50,20 @@ pub trait Transport {
 
     /// When [`Transport::handle_timeout`] should next be called.
     fn poll_timeout(&self) -> Option<Instant>;
+
+    /// Whether this transport emits [`DeviceEvent::Sent`] for every operation it
+    /// transmits (default: no). Both bundled transports do.
+    ///
+    /// The job engine relies on it to tell a request that reached the device from one
+    /// still waiting in a queue: with `true`, a reboot's, factory reset's or firmware
+    /// update's Execute (or a Package URI Write) counts as possibly carried out only once
+    /// its `Sent` (or its answer) arrived, and a registration before that is no proof of
+    /// anything. With `false` the engine cannot know, and counts an operation as sent when
+    /// it is handed over: right for a transport that transmits at once, wrong for one that
+    /// queues requests for sleeping devices (a reboot job may then report success on a
+    /// registration that came before its Execute went out). A transport that queues should
+    /// emit `Sent` and return `true`.
+    fn reports_sent(&self) -> bool {
+        false
+    }
 }

@@ -85,6 +85,12 @@
 //!   put a second request in flight to the device beside the new registration's. Queued
 //!   requests (never sent) fail with [`DeviceError::NotRegistered`] when the device is
 //!   gone, and stay queued for the new registration when a Register replaced the old one.
+//! - **Sent**: a request's first transmission (at once, or from the queue when a
+//!   queue-mode device wakes) is reported as [`DeviceEvent::Sent`], before its answer;
+//!   one answered by the server itself (not registered, queue full, unencodable) and an
+//!   `EndRegistration` have none, and a request sent again in another content format
+//!   is not reported again. The job engine needs it to tell an Execute that reached a
+//!   sleeping device from one still queued.
 //!
 //! # Memory
 //!
@@ -231,6 +237,9 @@ enum Probe {
 struct Queued {
     op: DeviceOp,
     deadline: Instant,
+    /// Sent before (queued again by [`Lwm2mServer::fall_back`] with another format): its
+    /// [`DeviceEvent::Sent`] was already reported.
+    resent: bool,
 }
 
 /// A request handed to the CoAP endpoint and not yet answered.
@@ -1425,8 +1434,16 @@ impl Lwm2mServer {
             let Some(q) = self.queues[slot as usize].pop_front() else {
                 return;
             };
-            self.dispatch(now, slot, q.op);
+            self.dispatch(now, slot, q.op, !q.resent);
         }
+    }
+
+    /// Reports that `op` left for its device.
+    fn sent(&mut self, op: &DeviceOp) {
+        self.events.push_back(DeviceEvent::Sent {
+            op: op.id,
+            device: op.device.clone(),
+        });
     }
 
     fn fail(&mut self, op: DeviceOp, error: DeviceError) {
@@ -1437,7 +1454,10 @@ impl Lwm2mServer {
         });
     }
 
-    fn dispatch(&mut self, now: Instant, slot: u32, op: DeviceOp) {
+    /// Hands `op` to the CoAP endpoint, which transmits it (within the peer's CoAP NSTART;
+    /// the server's own per-device NSTART keeps that bound). `first`: its first
+    /// transmission, reported as [`DeviceEvent::Sent`].
+    fn dispatch(&mut self, now: Instant, slot: u32, op: DeviceOp, first: bool) {
         let Some(reg) = self.slot(slot) else { return };
         let (peer, generation) = (reg.addr, reg.generation);
         let cancels: Option<(Lwm2mPath, Option<&[Lwm2mPath]>)> = match &op.request {
@@ -1472,6 +1492,9 @@ impl Lwm2mServer {
                 // observation of a path the hub also observes may end the hub's).
                 self.observation_ended(id);
                 if self.endpoint.cancel_observation(now, id) {
+                    if first {
+                        self.sent(&op);
+                    }
                     self.track(slot, generation, id, op, None);
                     return;
                 }
@@ -1482,7 +1505,12 @@ impl Lwm2mServer {
             Err(e) => return self.fail(op, e),
         };
         match self.endpoint.send_request(now, peer, message) {
-            Ok(id) => self.track(slot, generation, id, op, format),
+            Ok(id) => {
+                if first {
+                    self.sent(&op);
+                }
+                self.track(slot, generation, id, op, format)
+            }
             // The CoAP layer is at one of its bounds: the request cannot wait anywhere.
             Err(
                 SendError::TooManyRequests | SendError::PeerQueueFull | SendError::TooManyPeers,
@@ -1674,6 +1702,7 @@ impl Lwm2mServer {
                 request: o.request.clone(),
             },
             deadline,
+            resent: true,
         });
         self.pump(now, o.slot);
         true
@@ -1868,7 +1897,11 @@ impl Transport for Lwm2mServer {
             return self.fail(op, DeviceError::QueueFull);
         }
         let deadline = now + self.config.queue_timeout;
-        self.queues[slot as usize].push_back(Queued { op, deadline });
+        self.queues[slot as usize].push_back(Queued {
+            op,
+            deadline,
+            resent: false,
+        });
         let generation = self.slot(slot).map_or(0, |r| r.generation);
         self.timers
             .push(Reverse((deadline, Timer::Queue { slot, generation })));
@@ -1900,6 +1933,12 @@ impl Transport for Lwm2mServer {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Yes: every request's first transmission is reported as [`DeviceEvent::Sent`]
+    /// (at once for an awake device, when it wakes for a queue-mode one).
+    fn reports_sent(&self) -> bool {
+        true
     }
 }
 

@@ -1182,7 +1182,15 @@ fn a_1_1_device_without_ct_is_asked_for_cbor_and_falls_back() {
     sim.events();
     let inst = Lwm2mPath::instance(3, 0);
     sim.submit(1, "d", DeviceRequest::Read { path: inst });
-    // Best first: SenML CBOR, then SenML JSON, then TLV, each after a 4.06.
+    assert_eq!(
+        sim.events(),
+        [DeviceEvent::Sent {
+            op: OpId(1),
+            device: dev("d")
+        }]
+    );
+    // Best first: SenML CBOR, then SenML JSON, then TLV, each after a 4.06 (the request
+    // sent again in another format is not reported `Sent` again).
     for accept in [112u32, 110] {
         let req = sim.out()[0].1.clone();
         assert_eq!(req.uint(wire::ACCEPT), Some(accept));
@@ -1985,7 +1993,14 @@ fn one_in_flight_one_queued(sim: &mut Sim, a: SocketAddr, queries: &[&str]) -> (
         "NSTART 1: one request goes, one waits: {out:?}"
     );
     assert_eq!(path_of(&out[0].1), "/3/0/0");
-    assert!(sim.events().is_empty());
+    assert_eq!(
+        sim.events(),
+        [DeviceEvent::Sent {
+            op: OpId(1),
+            device: dev("d")
+        }],
+        "only the request that went is reported sent"
+    );
     (location, out[0].1.clone())
 }
 
@@ -2173,4 +2188,104 @@ fn an_update_from_a_new_address_fails_the_request_in_flight_to_the_old_one() {
         );
         assert_eq!(sim.server.endpoint().outstanding_requests(), 0);
     }
+}
+
+/// A queue-mode device's queued request is reported [`DeviceEvent::Sent`] only when it
+/// leaves (the device woke), after the `Registered` of the registration that woke it; a
+/// reboot job over the server then does not take that registration for its reboot (it
+/// did, and reported success before its Execute reached the device).
+#[test]
+fn a_queued_reboot_execute_leaves_after_the_registration_that_woke_the_device() {
+    use crate::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
+    let mut sim = Sim::open();
+    let a = addr(9100);
+    let q: &[&str] = &["ep=q", "b=UQ", "lt=3600"];
+    sim.register(a, q);
+    assert!(sim.server.reports_sent());
+    let config = EngineConfig {
+        transport_reports_sent: sim.server.reports_sent(),
+        ..EngineConfig::default()
+    };
+    let mut engine = JobEngine::new(config, sim.now, crate::time::Timestamp::from_millis(0));
+    // Hands the server's events to the engine and the engine's operations to the server.
+    let feed = |sim: &mut Sim, engine: &mut JobEngine| -> Vec<DeviceEvent> {
+        let events = sim.events();
+        for e in &events {
+            engine.handle_event(sim.now, e);
+        }
+        let ops: Vec<DeviceOp> = std::iter::from_fn(|| engine.poll_op()).collect();
+        for op in ops {
+            sim.server.submit(sim.now, op);
+        }
+        events
+    };
+    feed(&mut sim, &mut engine);
+    sim.advance(Duration::from_secs(100)); // past the awake window: asleep
+    let id = JobId::new("r").unwrap();
+    engine
+        .create(
+            sim.now,
+            JobSpec::new(
+                id.clone(),
+                JobType::Reboot {
+                    wait_for_registration: true,
+                },
+                vec![dev("q")],
+            ),
+        )
+        .unwrap();
+    feed(&mut sim, &mut engine);
+    assert!(
+        sim.out().is_empty(),
+        "asleep: the Execute waits in the queue"
+    );
+    let ev = feed(&mut sim, &mut engine);
+    assert!(
+        !ev.iter().any(|e| matches!(e, DeviceEvent::Sent { .. })),
+        "not sent while asleep: {ev:?}"
+    );
+    // The device restarts on its own and registers anew: the queued Execute goes to the
+    // new registration.
+    let p = sim.request(wire::POST, &["rd"], q, b"</1/0>,</3/0>,</5/0>");
+    sim.send(a, &p);
+    let out = sim.out();
+    let execute = out
+        .iter()
+        .find(|(_, m)| m.mtype == MsgType::Con)
+        .map(|(_, m)| m.clone())
+        .unwrap_or_else(|| panic!("the Execute went out: {out:?}"));
+    assert_eq!(path_of(&execute), "/3/0/4");
+    let ev = feed(&mut sim, &mut engine);
+    let registered = ev
+        .iter()
+        .position(|e| matches!(e, DeviceEvent::Registered { .. }))
+        .expect("registered");
+    let sent = ev
+        .iter()
+        .position(|e| matches!(e, DeviceEvent::Sent { .. }))
+        .unwrap_or_else(|| panic!("the Execute is reported sent: {ev:?}"));
+    assert!(registered < sent, "{ev:?}");
+    assert_eq!(
+        engine.child_state(&id, &dev("q")).unwrap().0,
+        ChildState::InProgress,
+        "the registration came before the Execute left: no proof of the reboot"
+    );
+    // The device answers, reboots and registers: that is the reboot.
+    sim.answer(a, &execute, code(2, 4), None, b"");
+    feed(&mut sim, &mut engine);
+    assert_eq!(
+        engine.child_state(&id, &dev("q")).unwrap().0,
+        ChildState::InProgress
+    );
+    sim.advance(Duration::from_secs(5));
+    let p = sim.request(wire::POST, &["rd"], q, b"</1/0>,</3/0>,</5/0>");
+    sim.send(a, &p);
+    sim.out();
+    feed(&mut sim, &mut engine);
+    assert_eq!(
+        engine.child_state(&id, &dev("q")).unwrap().0,
+        ChildState::Succeeded
+    );
+    assert!(sim.out().is_empty(), "one Execute only");
+    engine.validate().unwrap();
 }

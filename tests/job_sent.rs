@@ -1,0 +1,258 @@
+//! The job engine over a transport that reports when a request leaves
+//! (`DeviceEvent::Sent`), played by hand: a sleeping (queue-mode) device's requests wait
+//! in the transport's queue, and a registration seen before they left proves nothing.
+
+use std::time::{Duration, Instant};
+use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobType};
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
+use twinhub::{DeviceId, Lwm2mPath, Timestamp};
+
+mod job_support;
+use job_support::{answer, drain, fw_state, notify_firmware, one_op, registered, timed_out};
+
+fn reports_sent() -> EngineConfig {
+    EngineConfig {
+        transport_reports_sent: true,
+        ..EngineConfig::default()
+    }
+}
+
+/// An engine with one registered device and one job of `job` on it.
+fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &registered(&dev));
+    let id = JobId::new("j").unwrap();
+    engine
+        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
+        .unwrap();
+    (engine, t0, dev, id)
+}
+
+fn reboot(wait_for_registration: bool) -> JobType {
+    JobType::Reboot {
+        wait_for_registration,
+    }
+}
+
+fn sent(engine: &mut JobEngine, now: Instant, op: &DeviceOp) {
+    engine.handle_event(
+        now,
+        &DeviceEvent::Sent {
+            op: op.id,
+            device: op.device.clone(),
+        },
+    );
+}
+
+fn state(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
+    let (state, reason) = engine.child_state(id, dev).unwrap();
+    (state, reason.map(|r| r.code()))
+}
+
+/// The bug: the Execute waits in the queue of a sleeping device; the device registers
+/// (it restarted for a reason of its own); the job took that for the reboot and reported
+/// success, then the Execute went out and the device rebooted after the job was done.
+#[test]
+fn a_registration_before_the_queued_reboot_execute_left_proves_nothing() {
+    for kind in [reboot(false), reboot(true)] {
+        let (mut engine, t0, dev, id) = one_child(reports_sent(), kind.clone());
+        let execute = one_op(&mut engine);
+        assert!(matches!(execute.request, DeviceRequest::Execute { .. }));
+        let t1 = t0 + Duration::from_secs(600);
+        engine.handle_event(t1, &registered(&dev));
+        assert_eq!(
+            state(&engine, &id, &dev),
+            (ChildState::InProgress, None),
+            "{kind:?}: the registration came before the Execute left"
+        );
+        assert!(
+            drain(&mut engine).is_empty(),
+            "{kind:?}: the queued Execute goes to the new registration; no second one"
+        );
+        // Now it leaves, and the device answers before rebooting.
+        sent(&mut engine, t1, &execute);
+        answer(&mut engine, t1, &execute, DeviceReply::Done);
+        if kind == reboot(true) {
+            assert_eq!(state(&engine, &id, &dev).0, ChildState::InProgress);
+            engine.handle_event(t1 + Duration::from_secs(20), &registered(&dev));
+        }
+        assert_eq!(state(&engine, &id, &dev), (ChildState::Succeeded, None));
+        assert!(drain(&mut engine).is_empty(), "executed once");
+        engine.validate().unwrap();
+    }
+}
+
+/// Once the Execute left, a registration is the reboot's proof, as before (the answer
+/// may be lost with the reboot).
+#[test]
+fn a_registration_after_the_execute_left_is_the_reboot() {
+    let (mut engine, t0, dev, id) = one_child(reports_sent(), reboot(true));
+    let execute = one_op(&mut engine);
+    sent(&mut engine, t0, &execute);
+    engine.handle_event(t0 + Duration::from_secs(30), &registered(&dev));
+    assert_eq!(state(&engine, &id, &dev), (ChildState::Succeeded, None));
+    assert!(drain(&mut engine).is_empty());
+    engine.validate().unwrap();
+}
+
+/// An Execute that timed out in the transport's queue never reached the device: it is
+/// sent again (a registration would otherwise count as a reboot that never happened).
+#[test]
+fn an_execute_that_timed_out_in_the_queue_is_sent_again() {
+    let (mut engine, t0, dev, id) = one_child(reports_sent(), reboot(false));
+    let execute = one_op(&mut engine);
+    let t1 = t0 + Duration::from_secs(600);
+    timed_out(&mut engine, t1, &execute);
+    let again = one_op(&mut engine);
+    assert_eq!(again.request, execute.request, "sent again");
+    engine.handle_event(t1, &registered(&dev));
+    assert_eq!(state(&engine, &id, &dev).0, ChildState::InProgress);
+    sent(&mut engine, t1, &again);
+    // Its answer is lost this time: the registration that follows is the reboot.
+    timed_out(&mut engine, t1 + Duration::from_secs(93), &again);
+    assert!(
+        drain(&mut engine).is_empty(),
+        "never sent twice once it left"
+    );
+    engine.handle_event(t1 + Duration::from_secs(120), &registered(&dev));
+    assert_eq!(state(&engine, &id, &dev), (ChildState::Succeeded, None));
+    engine.validate().unwrap();
+}
+
+/// The per-device timeout runs from when the request left, not from when it was queued
+/// for a device that sleeps.
+#[test]
+fn the_device_timeout_runs_from_the_first_sent() {
+    let timeout = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(reports_sent(), t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &registered(&dev));
+    let id = JobId::new("j").unwrap();
+    engine
+        .create(
+            t0,
+            JobSpec::new(id.clone(), reboot(true), vec![dev.clone()]).device_timeout(timeout),
+        )
+        .unwrap();
+    let execute = one_op(&mut engine);
+    let woke = t0 + Duration::from_secs(100);
+    engine.handle_timeout(woke);
+    assert_eq!(
+        state(&engine, &id, &dev),
+        (ChildState::InProgress, None),
+        "asleep past the timeout: its time has not started"
+    );
+    sent(&mut engine, woke, &execute);
+    answer(&mut engine, woke, &execute, DeviceReply::Done);
+    assert_eq!(engine.poll_timeout(), Some(woke + timeout));
+    engine.handle_timeout(woke + timeout);
+    assert_eq!(
+        state(&engine, &id, &dev),
+        (ChildState::Failed, Some("timedOut".into())),
+        "no registration within the timeout after the Execute left"
+    );
+    engine.validate().unwrap();
+}
+
+/// Without `Sent` (a transport that does not report it) an operation counts as sent when
+/// it is handed over: the engine keeps working as before.
+#[test]
+fn without_sent_a_handed_over_execute_counts_as_sent() {
+    let (mut engine, t0, dev, id) = one_child(EngineConfig::default(), reboot(true));
+    assert!(!engine.transport_reports_sent());
+    let _execute = one_op(&mut engine);
+    engine.handle_event(t0 + Duration::from_secs(30), &registered(&dev));
+    assert_eq!(state(&engine, &id, &dev), (ChildState::Succeeded, None));
+    engine.validate().unwrap();
+}
+
+/// A firmware update's Execute of Update waits in the queue when the device registers:
+/// it is not executed a second time (the first would follow it to the device).
+#[test]
+fn a_queued_firmware_execute_is_not_sent_twice_on_a_registration() {
+    let job = JobType::FirmwareUpdate {
+        package_uri: "coap://x/2.0".into(),
+        expected_version: None,
+    };
+    let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
+    let observe = one_op(&mut engine);
+    sent(&mut engine, t0, &observe);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let write = one_op(&mut engine);
+    sent(&mut engine, t0, &write);
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
+    let execute = one_op(&mut engine);
+    assert_eq!(
+        execute.request,
+        DeviceRequest::Execute {
+            path: Lwm2mPath::resource(5, 0, 2),
+            args: None
+        }
+    );
+    let t1 = t0 + Duration::from_secs(600);
+    engine.handle_event(t1, &registered(&dev));
+    assert!(
+        drain(&mut engine).is_empty(),
+        "the queued Execute goes to the new registration; nothing else"
+    );
+    sent(&mut engine, t1, &execute);
+    answer(&mut engine, t1, &execute, DeviceReply::Done);
+    notify_firmware(&mut engine, t1, &dev, fw_state(3, 0));
+    assert!(drain(&mut engine).is_empty());
+    assert_eq!(state(&engine, &id, &dev).0, ChildState::InProgress);
+    engine.validate().unwrap();
+}
+
+/// A restored engine cannot know whether an Execute handed over before the restart left
+/// (its `Sent` was never recorded): the transport's queue did not survive the restart, so
+/// it counts as not sent, and the device's next registration brings a new Execute rather
+/// than a success.
+#[test]
+fn a_restored_engine_sends_an_execute_whose_sent_was_not_recorded() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(reports_sent(), t0, Timestamp::from_millis(0));
+    engine.enable_journal();
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &registered(&dev));
+    let id = JobId::new("j").unwrap();
+    engine
+        .create(
+            t0,
+            JobSpec::new(id.clone(), reboot(true), vec![dev.clone()]),
+        )
+        .unwrap();
+    let _execute = one_op(&mut engine);
+    let mut parents = std::collections::BTreeMap::new();
+    let mut children = std::collections::BTreeMap::new();
+    for row in engine.take_journal() {
+        match row {
+            JobRow::Parent(p, b) => parents.insert(p, b),
+            JobRow::Child(c, b) => children.insert(c, b),
+            JobRow::DropBefore { .. } => None,
+        };
+    }
+    let t1 = t0 + Duration::from_secs(60);
+    let mut restored = JobEngine::restore(
+        reports_sent(),
+        t1,
+        Timestamp::from_millis(60_000),
+        parents,
+        children,
+    )
+    .unwrap();
+    assert!(drain(&mut restored).is_empty());
+    restored.handle_event(t1, &registered(&dev));
+    let again = one_op(&mut restored);
+    assert!(matches!(again.request, DeviceRequest::Execute { .. }));
+    assert_eq!(state(&restored, &id, &dev).0, ChildState::InProgress);
+    restored.validate().unwrap();
+}
