@@ -836,6 +836,62 @@ mod tests {
         assert_eq!(fw.values[0].1, V::Integer(0));
     }
 
+    /// The library's own objects refuse in `validate_write` whatever `write` would refuse,
+    /// so a refused request writes nothing: Server /1 (its rules run in `on_validate`), and
+    /// Firmware Update /5 (state and type checked before any value goes in).
+    #[test]
+    fn library_objects_refuse_before_anything_is_written() {
+        let mut t = tree();
+        let lifetime = Lwm2mPath::resource(1, 0, 1);
+        let binding = Lwm2mPath::resource(1, 0, 7);
+        let server = Content {
+            values: vec![(lifetime, V::Integer(60)), (binding, V::String("X".into()))],
+        };
+        assert_eq!(
+            t.write(&Lwm2mPath::instance(1, 0), server, WriteMode::PartialUpdate),
+            Err(ObjectError::Rejected)
+        );
+        assert_eq!(t.read(&lifetime).unwrap().values[0].1, V::Integer(300));
+        // A package and a URI in one request would start two updates: refused whole.
+        let package = Lwm2mPath::resource(5, 0, 0);
+        let uri = Lwm2mPath::resource(5, 0, 1);
+        let both = Content {
+            values: vec![
+                (package, V::Opaque(b"image".to_vec())),
+                (uri, V::String("coap://127.0.0.1:5683/fw".into())),
+            ],
+        };
+        assert_eq!(
+            t.write(&Lwm2mPath::instance(5, 0), both, WriteMode::PartialUpdate),
+            Err(ObjectError::Rejected)
+        );
+        let state = t.read(&Lwm2mPath::resource(5, 0, 3)).unwrap();
+        assert_eq!(state.values[0].1, V::Integer(0), "still Idle");
+        // Once Downloading, a package is refused before the reset beside it goes in.
+        t.write(
+            &uri,
+            one(uri, V::String("coap://127.0.0.1:5683/fw".into())),
+            WriteMode::Replace,
+        )
+        .unwrap();
+        let reset_and_package = Content {
+            values: vec![
+                (package, V::Opaque(b"image".to_vec())),
+                (uri, V::String(String::new())),
+            ],
+        };
+        assert_eq!(
+            t.write(
+                &Lwm2mPath::instance(5, 0),
+                reset_and_package,
+                WriteMode::PartialUpdate
+            ),
+            Err(ObjectError::MethodNotAllowed)
+        );
+        let state = t.read(&Lwm2mPath::resource(5, 0, 3)).unwrap();
+        assert_eq!(state.values[0].1, V::Integer(1), "still Downloading");
+    }
+
     #[test]
     fn write_checks_access_type_and_validates_all_first() {
         let mut t = tree();

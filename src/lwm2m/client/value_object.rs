@@ -238,6 +238,12 @@ impl ValueObject {
 
     /// Registers a write callback for resource `rid`; it runs before the value is stored
     /// and an error leaves the stored value unchanged.
+    ///
+    /// Refuse in [`ValueObject::on_validate`], not here: validation runs for every value
+    /// of a request before any is written, while a write callback's error comes after the
+    /// resources before it in the same request (ascending ids) were written
+    /// ([`ObjectTree::write`](super::ObjectTree::write)). Nothing else in a `ValueObject`
+    /// refuses a write, so with refusals in `on_validate` a refused request writes nothing.
     pub fn on_write(
         mut self,
         rid: u16,
