@@ -359,6 +359,12 @@ fn a_device_bootstraps_over_dtls_with_its_bootstrap_credentials() {
     assert!(dev.dtls_handshakes() >= 1, "the bootstrap went over DTLS");
     next_of(&dm_events, "bs-secure", &[LifecycleKind::Registered]);
     until("the twin connected", WAIT, || connected(&dm, "bs-secure"));
+    // Leaving the bootstrap server, the device closed its session there (close_notify):
+    // the bootstrap server holds none, rather than one idling until its timeout.
+    until("the bootstrap session to close", WAIT, || {
+        bs.dtls_stats().unwrap().sessions == 0
+    });
+    assert_eq!(bs.dtls_stats().unwrap().evicted_idle, 0);
     dm.stop();
     bs.stop();
 }

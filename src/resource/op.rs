@@ -27,8 +27,11 @@ pub enum WriteMode {
 
 /// Notification attributes for Write-Attributes and observations (LWM2M §5.1.2).
 /// `None` leaves an attribute as it is.
+///
+/// JSON: `{"pmin": 1, "pmax": 3600}`; absent keys are `None`, any other key is refused
+/// (`unknown field`), so a misspelt `"pmn"` fails rather than leaving pmin unset.
 #[derive(Clone, Copy, PartialEq, Debug, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct NotificationAttributes {
     /// Minimum period between notifications, seconds.
     pub pmin: Option<u32>,
@@ -432,4 +435,31 @@ pub enum DeviceEvent {
         /// How it ended.
         outcome: BootstrapOutcome,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_json_refuses_unknown_keys() {
+        let a: NotificationAttributes = serde_json::from_str(r#"{"pmin":1,"pmax":60}"#).unwrap();
+        assert_eq!((a.pmin, a.pmax, a.gt), (Some(1), Some(60), None));
+        let none: NotificationAttributes = serde_json::from_str("{}").unwrap();
+        assert_eq!(none, NotificationAttributes::default());
+        let err = serde_json::from_str::<NotificationAttributes>(r#"{"pmn":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn device_error_json_refuses_extra_keys() {
+        let e: DeviceError = serde_json::from_str(r#"{"code":[5,0]}"#).unwrap();
+        assert_eq!(e, DeviceError::Code(5, 0));
+        assert_eq!(
+            serde_json::from_str::<DeviceError>(r#""notFound""#).unwrap(),
+            DeviceError::NotFound
+        );
+        assert!(serde_json::from_str::<DeviceError>(r#"{"code":[5,0],"why":"x"}"#).is_err());
+        assert!(serde_json::from_str::<DeviceError>(r#""notFund""#).is_err());
+    }
 }

@@ -32,8 +32,16 @@ pub enum ResourceType {
 /// JSON: `{"type": "string", "value": "x"}`, `{"type": "integer", "value": 5}`,
 /// `{"type": "unsignedInteger", ...}`, `float`, `boolean`, `opaque` (an array of byte
 /// values), `time` (seconds), `objectLink` (`[object, instance]`).
+///
+/// Any other key is refused (`invalid value: string "valeu", expected "type" or "value"`),
+/// so a misspelt key fails to parse rather than being ignored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "type", content = "value", rename_all = "camelCase")]
+#[serde(
+    tag = "type",
+    content = "value",
+    rename_all = "camelCase",
+    deny_unknown_fields
+)]
 #[non_exhaustive]
 pub enum ResourceValue {
     /// UTF-8 string.
@@ -152,6 +160,59 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
         ] {
             assert_eq!(base64_encode(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn json_form_refuses_unknown_keys() {
+        // Every form accepted before still parses.
+        for (text, value) in [
+            (
+                r#"{"type":"string","value":"x"}"#,
+                ResourceValue::String("x".into()),
+            ),
+            (r#"{"value":5,"type":"integer"}"#, ResourceValue::Integer(5)),
+            (
+                r#"{"type":"unsignedInteger","value":7}"#,
+                ResourceValue::UnsignedInteger(7),
+            ),
+            (r#"{"type":"float","value":2.5}"#, ResourceValue::Float(2.5)),
+            (
+                r#"{"type":"boolean","value":true}"#,
+                ResourceValue::Boolean(true),
+            ),
+            (
+                r#"{"type":"opaque","value":[1,2]}"#,
+                ResourceValue::Opaque(vec![1, 2]),
+            ),
+            (r#"{"type":"time","value":9}"#, ResourceValue::Time(9)),
+            (
+                r#"{"type":"objectLink","value":[3,0]}"#,
+                ResourceValue::ObjectLink(3, 0),
+            ),
+        ] {
+            let parsed: ResourceValue = serde_json::from_str(text).unwrap();
+            assert_eq!(parsed, value, "{text}");
+            let again = serde_json::to_string(&parsed).unwrap();
+            assert_eq!(
+                serde_json::from_str::<ResourceValue>(&again).unwrap(),
+                value
+            );
+        }
+        // The error names the key and the two keys there may be.
+        for (text, key) in [
+            (r#"{"type":"integer","value":5,"unit":"s"}"#, "unit"),
+            (r#"{"type":"integer","valeu":5}"#, "valeu"),
+            (r#"{"typ":"integer","value":5}"#, "typ"),
+        ] {
+            let err = serde_json::from_str::<ResourceValue>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("\"{key}\""))
+                    && err.contains(r#"expected "type" or "value""#),
+                "{text}: {err}"
+            );
         }
     }
 

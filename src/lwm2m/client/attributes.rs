@@ -43,6 +43,17 @@ pub enum AttributeError {
     /// The thresholds at the path would contradict each other: with both `lt` and `gt`
     /// set, `lt` + 2·`st` (`st` 0 when unset) must be below `gt` (LWM2M 1.1 §5.1.2).
     Inconsistent,
+    /// The minimum period would exceed the maximum period (LWM2M 1.1.1 §5.1.2: pmax must
+    /// not be below pmin) at `path`: the written path, or a path beneath it whose own
+    /// attributes combine with the inherited ones into such a pair.
+    PeriodsInverted {
+        /// Where the effective pair would be inverted.
+        path: Lwm2mPath,
+        /// The effective minimum period there, seconds.
+        pmin: u32,
+        /// The effective maximum period there, seconds.
+        pmax: u32,
+    },
     /// The table of paths with attributes is full.
     TableFull,
 }
@@ -56,6 +67,9 @@ impl fmt::Display for AttributeError {
                 f.write_str("gt, lt and st apply only to numeric resources")
             }
             AttributeError::Inconsistent => f.write_str("lt + 2 * st must be below gt"),
+            AttributeError::PeriodsInverted { path, pmin, pmax } => {
+                write!(f, "pmin {pmin} above pmax {pmax} at {path}")
+            }
             AttributeError::TableFull => f.write_str("too many paths carry attributes"),
         }
     }
@@ -133,6 +147,16 @@ impl AttributeTable {
     /// Applies changes to `path`. All or nothing: the attributes the path would then have
     /// (those set there merged with the changes) are checked first, and thresholds that
     /// contradict each other ([`AttributeError::Inconsistent`]) change nothing.
+    ///
+    /// Periods are judged as they take effect: the pmin / pmax pair in force (what
+    /// [`AttributeTable::effective`] gives, inheriting from instance and object) at `path`
+    /// and at every path beneath it that carries attributes of its own must keep
+    /// pmin ≤ pmax, else [`AttributeError::PeriodsInverted`] and nothing changes. So
+    /// `pmin=60` on an object refuses when one of its resources has `pmax=30`. Equal periods
+    /// are allowed (as Leshan allows them). The server's default periods (`/1/x/2`, `/1/x/3`)
+    /// are not part of the check: they belong to another object and change on their own,
+    /// and a notification timer whose pmax is below its pmin ignores pmax
+    /// ([`NotifyTimer::deadline`]).
     pub fn apply(
         &mut self,
         path: Lwm2mPath,
@@ -156,12 +180,42 @@ impl AttributeTable {
         {
             return Err(AttributeError::Inconsistent);
         }
+        let before = self.by_path.get(&path).copied();
+        self.set(path, a);
+        // The pairs that can change: at `path` and beneath it (a path without entries of
+        // its own has the pair of its nearest ancestor that has some).
+        let inverted = std::iter::once(path)
+            .chain(
+                self.by_path
+                    .keys()
+                    .filter(|p| **p != path && path.contains(p))
+                    .copied(),
+            )
+            .find_map(|p| match self.effective(&p, None, None) {
+                NotificationAttributes {
+                    pmin: Some(pmin),
+                    pmax: Some(pmax),
+                    ..
+                } if pmin > pmax => Some(AttributeError::PeriodsInverted {
+                    path: p,
+                    pmin,
+                    pmax,
+                }),
+                _ => None,
+            });
+        if let Some(e) = inverted {
+            self.set(path, before.unwrap_or_default());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, path: Lwm2mPath, a: NotificationAttributes) {
         if a == NotificationAttributes::default() {
             self.by_path.remove(&path);
         } else {
             self.by_path.insert(path, a);
         }
-        Ok(())
     }
 
     /// The attributes set at exactly `path`.
@@ -392,6 +446,72 @@ mod tests {
             Err(AttributeError::Inconsistent)
         );
         assert_eq!(t.at(&r).unwrap().st, Some(2.0));
+    }
+
+    #[test]
+    fn inverted_periods_change_nothing() {
+        let mut t = AttributeTable::default();
+        let o = Lwm2mPath::object(3303);
+        let i = Lwm2mPath::instance(3303, 0);
+        let r = Lwm2mPath::resource(3303, 0, 5700);
+        // In one request.
+        assert_eq!(
+            t.apply(
+                r,
+                &[
+                    AttributeChange::Pmin(Some(60)),
+                    AttributeChange::Pmax(Some(30))
+                ]
+            ),
+            Err(AttributeError::PeriodsInverted {
+                path: r,
+                pmin: 60,
+                pmax: 30
+            })
+        );
+        assert!(t.is_empty());
+        // Equal periods are fine.
+        t.apply(
+            r,
+            &[
+                AttributeChange::Pmin(Some(30)),
+                AttributeChange::Pmax(Some(30)),
+            ],
+        )
+        .unwrap();
+        // Across requests at one path.
+        assert!(matches!(
+            t.apply(r, &[AttributeChange::Pmin(Some(31))]),
+            Err(AttributeError::PeriodsInverted { .. })
+        ));
+        assert_eq!(t.at(&r).unwrap().pmin, Some(30));
+        // Inherited: pmax 10 on the instance, pmin 20 on the resource below it; the
+        // resource's own pmax no longer hides the instance's once unset.
+        t.apply(r, &[AttributeChange::Pmax(None)]).unwrap();
+        assert!(matches!(
+            t.apply(i, &[AttributeChange::Pmax(Some(10))]),
+            Err(AttributeError::PeriodsInverted { path, pmin: 30, pmax: 10 }) if path == r
+        ));
+        assert!(t.at(&i).is_none(), "the refused write left nothing behind");
+        t.apply(i, &[AttributeChange::Pmax(Some(100))]).unwrap();
+        // From above: pmin on the object above the instance's pmax.
+        assert!(matches!(
+            t.apply(o, &[AttributeChange::Pmin(Some(101))]),
+            Err(AttributeError::PeriodsInverted { .. })
+        ));
+        assert!(t.at(&o).is_none());
+        // A deeper pmin overrides the object's, so the object's own pair may be anything
+        // the paths beneath do not inherit inverted.
+        t.apply(o, &[AttributeChange::Pmin(Some(50))]).unwrap();
+        let e = t.effective(&r, Some(1), Some(300));
+        assert_eq!((e.pmin, e.pmax), (Some(30), Some(100)));
+        // The object's own pair counts too: pmax 20 under its pmin 50.
+        assert!(matches!(
+            t.apply(o, &[AttributeChange::Pmax(Some(20))]),
+            Err(AttributeError::PeriodsInverted { path, .. }) if path == o
+        ));
+        t.apply(i, &[AttributeChange::Pmax(None)]).unwrap();
+        assert_eq!(t.effective(&r, None, None).pmax, None);
     }
 
     #[test]

@@ -24,6 +24,13 @@
 //! CoAP, or DTLS with its bootstrap PSK); at Bootstrap-Finish the thread switches to the
 //! provisioned server, over DTLS when the bootstrap server gave a PSK.
 //!
+//! **Ending a session.** When the thread stops ([`DeviceThread::shutdown`], or the handle
+//! dropped) and when it leaves the bootstrap server for the provisioned one, it closes
+//! its DTLS session with a close_notify ([`DtlsClient::close`](crate::dtls::DtlsClient::close)),
+//! so the server drops the session at once instead of keeping it until its idle timeout.
+//! The alert is sent once; if it is lost the server's idle timeout ends the session as
+//! before.
+//!
 //! To run the client under another runtime (tokio, an embedded loop), do what
 //! [`DeviceThread`] does: feed datagrams to `handle_datagram`, send `poll_transmit`,
 //! sleep until `poll_timeout` and call `handle_timeout`.
@@ -300,8 +307,26 @@ impl Worker {
                 Err(e) => return Err(e),
             }
         }
+        // Stopped: end the DTLS session so the server drops it at once.
+        self.close_dtls();
         Ok(())
     }
+
+    /// Ends the DTLS session with the current server, if one is up: its close_notify goes
+    /// out now (once: RFC 6347 does not retransmit alerts).
+    #[cfg(feature = "dtls")]
+    fn close_dtls(&mut self) {
+        if let Some(d) = self.dtls.as_mut()
+            && d.close(Instant::now())
+        {
+            while let Some(record) = d.poll_transmit() {
+                let _ = self.socket.send_to(&record, self.server);
+            }
+        }
+    }
+
+    #[cfg(not(feature = "dtls"))]
+    fn close_dtls(&mut self) {}
 
     /// Runs the DTLS handshake's retransmissions; returns its next deadline.
     #[cfg(feature = "dtls")]
@@ -358,6 +383,9 @@ impl Worker {
         while let Some(e) = c.poll_event() {
             // Bootstrapped: the server (and its credentials) are the provisioned ones.
             if let ClientEvent::Bootstrapped { server, .. } = e {
+                // The bootstrap server's session ends now (its close_notify follows the
+                // answer to Bootstrap-Finish), not when the server's idle timer runs out.
+                self.close_dtls();
                 self.server = server;
                 #[cfg(feature = "dtls")]
                 {

@@ -199,6 +199,13 @@ pub enum ObjectError {
     Full,
     /// The application failed to carry out an execute or write (5.00).
     Failed,
+    /// A value the device holds (a read callback's, a custom [`Object`]'s) does not fit,
+    /// and cannot be read as, its resource's declared type (5.00: the device's fault, not
+    /// the request's). The read answers this rather than send a value of another type.
+    HeldTypeMismatch {
+        /// The resource's declared type.
+        expected: ResourceType,
+    },
 }
 
 impl fmt::Display for ObjectError {
@@ -214,6 +221,12 @@ impl fmt::Display for ObjectError {
             ObjectError::AlreadyExists => f.write_str("the instance already exists"),
             ObjectError::Full => f.write_str("a bounded table is full"),
             ObjectError::Failed => f.write_str("the application failed to carry out the operation"),
+            ObjectError::HeldTypeMismatch { expected } => {
+                write!(
+                    f,
+                    "the value held is not of the resource's type {expected:?}"
+                )
+            }
         }
     }
 }

@@ -158,7 +158,7 @@ impl ObjectTree {
             [_, iid, rid] | [_, iid, rid, _] => {
                 let def = readable_def(object, iid, rid)?;
                 let data = object.read(iid, rid)?;
-                push_data(&mut values, Lwm2mPath::resource(oid, iid, rid), &def, data);
+                push_data(&mut values, Lwm2mPath::resource(oid, iid, rid), &def, data)?;
                 if let Some(riid) = path.resource_instance_id() {
                     values.retain(|(p, _)| p.resource_instance_id() == Some(riid));
                     if values.is_empty() {
@@ -644,7 +644,7 @@ fn read_instance(
             continue;
         }
         match object.read(iid, rid) {
-            Ok(data) => push_data(values, Lwm2mPath::resource(oid, iid, rid), &def, data),
+            Ok(data) => push_data(values, Lwm2mPath::resource(oid, iid, rid), &def, data)?,
             // A resource that cannot be read right now is left out of a bulk read.
             Err(ObjectError::NotFound) => {}
             Err(e) => return Err(e),
@@ -653,23 +653,32 @@ fn read_instance(
     Ok(())
 }
 
+/// Adds a read resource's values, each as the resource's declared type ([`coerce`]): what
+/// the hub receives is typed by the model, whatever the object held (`Float(3.0)` in an
+/// Integer resource reads as `Integer(3)`). A value that does not fit (`Float(3.5)` there)
+/// fails the read with [`ObjectError::HeldTypeMismatch`] (5.00) rather than reach the
+/// server as another type.
 fn push_data(
     values: &mut Vec<(Lwm2mPath, ResourceValue)>,
     path: Lwm2mPath,
     def: &ResourceDef,
     data: ResourceData,
-) {
+) -> Result<(), ObjectError> {
+    let typed = |v: ResourceValue| {
+        coerce(v, def.kind).map_err(|_| ObjectError::HeldTypeMismatch { expected: def.kind })
+    };
     match data {
         ResourceData::Single(v) if def.multiple => {
-            values.push((path.child(0).unwrap_or(path), v));
+            values.push((path.child(0).unwrap_or(path), typed(v)?));
         }
-        ResourceData::Single(v) => values.push((path, v)),
+        ResourceData::Single(v) => values.push((path, typed(v)?)),
         ResourceData::Multiple(vs) => {
             for (ri, v) in vs {
-                values.push((path.child(ri).unwrap_or(path), v));
+                values.push((path.child(ri).unwrap_or(path), typed(v)?));
             }
         }
     }
+    Ok(())
 }
 
 /// Groups content values under `target` by resource, checking each is declared, allowed
@@ -825,6 +834,62 @@ mod tests {
         // Firmware (typed object) reads too.
         let fw = t.read(&Lwm2mPath::resource(5, 0, 3)).unwrap();
         assert_eq!(fw.values[0].1, V::Integer(0));
+    }
+
+    /// The library's own objects refuse in `validate_write` whatever `write` would refuse,
+    /// so a refused request writes nothing: Server /1 (its rules run in `on_validate`), and
+    /// Firmware Update /5 (state and type checked before any value goes in).
+    #[test]
+    fn library_objects_refuse_before_anything_is_written() {
+        let mut t = tree();
+        let lifetime = Lwm2mPath::resource(1, 0, 1);
+        let binding = Lwm2mPath::resource(1, 0, 7);
+        let server = Content {
+            values: vec![(lifetime, V::Integer(60)), (binding, V::String("X".into()))],
+        };
+        assert_eq!(
+            t.write(&Lwm2mPath::instance(1, 0), server, WriteMode::PartialUpdate),
+            Err(ObjectError::Rejected)
+        );
+        assert_eq!(t.read(&lifetime).unwrap().values[0].1, V::Integer(300));
+        // A package and a URI in one request would start two updates: refused whole.
+        let package = Lwm2mPath::resource(5, 0, 0);
+        let uri = Lwm2mPath::resource(5, 0, 1);
+        let both = Content {
+            values: vec![
+                (package, V::Opaque(b"image".to_vec())),
+                (uri, V::String("coap://127.0.0.1:5683/fw".into())),
+            ],
+        };
+        assert_eq!(
+            t.write(&Lwm2mPath::instance(5, 0), both, WriteMode::PartialUpdate),
+            Err(ObjectError::Rejected)
+        );
+        let state = t.read(&Lwm2mPath::resource(5, 0, 3)).unwrap();
+        assert_eq!(state.values[0].1, V::Integer(0), "still Idle");
+        // Once Downloading, a package is refused before the reset beside it goes in.
+        t.write(
+            &uri,
+            one(uri, V::String("coap://127.0.0.1:5683/fw".into())),
+            WriteMode::Replace,
+        )
+        .unwrap();
+        let reset_and_package = Content {
+            values: vec![
+                (package, V::Opaque(b"image".to_vec())),
+                (uri, V::String(String::new())),
+            ],
+        };
+        assert_eq!(
+            t.write(
+                &Lwm2mPath::instance(5, 0),
+                reset_and_package,
+                WriteMode::PartialUpdate
+            ),
+            Err(ObjectError::MethodNotAllowed)
+        );
+        let state = t.read(&Lwm2mPath::resource(5, 0, 3)).unwrap();
+        assert_eq!(state.values[0].1, V::Integer(1), "still Downloading");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`ValueObject`]: an object that stores plain values and takes per-resource closures.
 
-use super::model::{Object, ObjectDef, ObjectError, ResourceData};
+use super::model::{Object, ObjectDef, ObjectError, ResourceData, coerce};
 use crate::lwm2m::{Lwm2mPath, ResourceValue};
 use crate::transport::WriteMode;
 use std::borrow::Cow;
@@ -42,7 +42,9 @@ struct Instance {
 /// let mut temp = ValueObject::new(def)
 ///     .with_instance(0)
 ///     .on_read(5700, |_iid| Ok(ResourceData::Single(ResourceValue::Float(21.5))));
-/// temp.set(0, 5750, ResourceValue::String("room".into()));
+/// temp.set(0, 5750, ResourceValue::String("room".into())).unwrap();
+/// // A value that does not fit the declared type is refused: a Boolean is no String.
+/// assert!(temp.set(0, 5750, ResourceValue::Boolean(true)).is_err());
 /// assert_eq!(temp.read(0, 5700), Ok(ResourceData::Single(ResourceValue::Float(21.5))));
 /// assert_eq!(temp.resource_ids(0), vec![5700, 5750]);
 /// ```
@@ -110,13 +112,43 @@ impl ValueObject {
 
     /// Sets a stored value (creating the instance if needed), without access checks, and
     /// records the change for observers when the value differs. Returns whether it changed.
-    pub fn set(&mut self, iid: u16, rid: u16, value: ResourceValue) -> bool {
+    ///
+    /// The value is stored as the resource's declared type ([`coerce`]: `Float(3.0)` into an
+    /// Integer resource is stored as `Integer(3)`); one that does not fit it (`Float(3.5)`
+    /// into an Integer, a string into a Boolean, anything into an executable) is refused
+    /// with [`ObjectError::TypeMismatch`] and nothing changes. A resource the definition
+    /// does not declare is stored as given (it is never read: reads list declared
+    /// resources only).
+    pub fn set(&mut self, iid: u16, rid: u16, value: ResourceValue) -> Result<bool, ObjectError> {
         self.set_data(iid, rid, ResourceData::Single(value))
     }
 
-    /// Like [`ValueObject::set`] for any [`ResourceData`] (e.g. a multiple resource).
-    pub fn set_data(&mut self, iid: u16, rid: u16, data: ResourceData) -> bool {
-        self.put(iid, rid, data, true)
+    /// Like [`ValueObject::set`] for any [`ResourceData`] (e.g. a multiple resource): every
+    /// value must fit the declared type.
+    pub fn set_data(
+        &mut self,
+        iid: u16,
+        rid: u16,
+        data: ResourceData,
+    ) -> Result<bool, ObjectError> {
+        let data = self.fit(rid, data)?;
+        Ok(self.put(iid, rid, data, true))
+    }
+
+    /// `data` as the declared type of resource `rid` (as it is when the definition does not
+    /// declare `rid`).
+    fn fit(&self, rid: u16, data: ResourceData) -> Result<ResourceData, ObjectError> {
+        let Some(kind) = self.def.resource(rid).map(|d| d.kind) else {
+            return Ok(data);
+        };
+        Ok(match data {
+            ResourceData::Single(v) => ResourceData::Single(coerce(v, kind)?),
+            ResourceData::Multiple(vs) => ResourceData::Multiple(
+                vs.into_iter()
+                    .map(|(ri, v)| Ok((ri, coerce(v, kind)?)))
+                    .collect::<Result<_, ObjectError>>()?,
+            ),
+        })
     }
 
     fn put(&mut self, iid: u16, rid: u16, data: ResourceData, record: bool) -> bool {
@@ -143,14 +175,29 @@ impl ValueObject {
     }
 
     /// Builder form of [`ValueObject::set`].
-    pub fn with_value(mut self, iid: u16, rid: u16, value: ResourceValue) -> Self {
-        self.put(iid, rid, ResourceData::Single(value), false);
-        self
+    ///
+    /// # Panics
+    ///
+    /// When the value does not fit the resource's declared type (the object is being
+    /// built with a value of the wrong kind, a programming error); use
+    /// [`ValueObject::set`] for values that come from elsewhere.
+    pub fn with_value(self, iid: u16, rid: u16, value: ResourceValue) -> Self {
+        self.with_data(iid, rid, ResourceData::Single(value))
     }
 
     /// Builder form of [`ValueObject::set_data`].
+    ///
+    /// # Panics
+    ///
+    /// As [`ValueObject::with_value`].
     pub fn with_data(mut self, iid: u16, rid: u16, data: ResourceData) -> Self {
-        self.put(iid, rid, data, false);
+        let oid = self.def.id;
+        match self.fit(rid, data) {
+            Ok(data) => {
+                self.put(iid, rid, data, false);
+            }
+            Err(e) => panic!("/{oid}/{iid}/{rid}: {e}"),
+        }
         self
     }
 
@@ -191,6 +238,12 @@ impl ValueObject {
 
     /// Registers a write callback for resource `rid`; it runs before the value is stored
     /// and an error leaves the stored value unchanged.
+    ///
+    /// Refuse in [`ValueObject::on_validate`], not here: validation runs for every value
+    /// of a request before any is written, while a write callback's error comes after the
+    /// resources before it in the same request (ascending ids) were written
+    /// ([`ObjectTree::write`](super::ObjectTree::write)). Nothing else in a `ValueObject`
+    /// refuses a write, so with refusals in `on_validate` a refused request writes nothing.
     pub fn on_write(
         mut self,
         rid: u16,
@@ -372,10 +425,62 @@ mod tests {
     }
 
     #[test]
+    fn set_stores_the_declared_type_or_refuses() {
+        let mut o = ValueObject::new(def()).with_instance(0);
+        // A whole float fits an Integer resource and is stored as an integer.
+        assert!(
+            o.set_data(
+                0,
+                1,
+                ResourceData::Multiple(vec![(0, ResourceValue::Float(3.0))])
+            )
+            .unwrap()
+        );
+        assert_eq!(
+            o.read(0, 1),
+            Ok(ResourceData::Multiple(vec![(0, ResourceValue::Integer(3))]))
+        );
+        // A fractional one does not, and changes nothing.
+        assert_eq!(
+            o.set_data(
+                0,
+                1,
+                ResourceData::Multiple(vec![
+                    (0, ResourceValue::Integer(4)),
+                    (1, ResourceValue::Float(3.5))
+                ])
+            ),
+            Err(ObjectError::TypeMismatch {
+                expected: ResourceType::Integer
+            })
+        );
+        assert_eq!(
+            o.value(0, 1),
+            Some(&ResourceData::Multiple(vec![(
+                0,
+                ResourceValue::Integer(3)
+            )]))
+        );
+        assert!(
+            o.set(0, 2, ResourceValue::Integer(1)).is_err(),
+            "executable"
+        );
+        let mut out = Vec::new();
+        o.drain_changes(&mut out);
+        assert_eq!(out, vec![Lwm2mPath::resource(9000, 0, 1)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "/9000/0/1")]
+    fn building_with_a_value_of_the_wrong_type_panics() {
+        let _ = ValueObject::new(def()).with_value(0, 1, ResourceValue::Float(0.5));
+    }
+
+    #[test]
     fn set_records_changes_only_when_different() {
         let mut o = ValueObject::new(def()).with_instance(0);
-        assert!(o.set(0, 0, ResourceValue::String("a".into())));
-        assert!(!o.set(0, 0, ResourceValue::String("a".into())));
+        assert!(o.set(0, 0, ResourceValue::String("a".into())).unwrap());
+        assert!(!o.set(0, 0, ResourceValue::String("a".into())).unwrap());
         let mut out = Vec::new();
         o.drain_changes(&mut out);
         assert_eq!(out, vec![Lwm2mPath::resource(9000, 0, 0)]);
