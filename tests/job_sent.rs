@@ -256,3 +256,55 @@ fn a_restored_engine_sends_an_execute_whose_sent_was_not_recorded() {
     assert_eq!(state(&restored, &id, &dev).0, ChildState::InProgress);
     restored.validate().unwrap();
 }
+
+/// NAT rebinding: the Execute left, then the device's Update from a new address failed it
+/// with `RegistrationEnded` (sent, outcome unknown) before the `RegistrationUpdated`. An
+/// Update is not a reboot: the child keeps waiting for the Register that proves it (and
+/// never executes twice); without one, it times out.
+#[test]
+fn an_update_after_a_rebinding_failed_the_execute_is_not_the_reboot() {
+    use twinhub::transport::DeviceError;
+    for with_register in [true, false] {
+        let (mut engine, t0, dev, id) = one_child(reports_sent(), reboot(true));
+        let execute = one_op(&mut engine);
+        sent(&mut engine, t0, &execute);
+        let t1 = t0 + Duration::from_secs(2);
+        engine.handle_event(
+            t1,
+            &DeviceEvent::Response {
+                op: execute.id,
+                device: dev.clone(),
+                result: Err(DeviceError::RegistrationEnded),
+            },
+        );
+        let DeviceEvent::Registered { registration, .. } = registered(&dev) else {
+            unreachable!()
+        };
+        engine.handle_event(
+            t1,
+            &DeviceEvent::RegistrationUpdated {
+                device: dev.clone(),
+                registration,
+            },
+        );
+        assert_eq!(
+            state(&engine, &id, &dev),
+            (ChildState::InProgress, None),
+            "an Update proves no reboot"
+        );
+        assert!(drain(&mut engine).is_empty(), "never executed twice");
+        if with_register {
+            engine.handle_event(t1 + Duration::from_secs(10), &registered(&dev));
+            assert_eq!(state(&engine, &id, &dev), (ChildState::Succeeded, None));
+        } else {
+            let end = t0 + Duration::from_secs(31 * 60);
+            engine.handle_timeout(end);
+            assert_eq!(
+                state(&engine, &id, &dev),
+                (ChildState::Failed, Some("timedOut".into()))
+            );
+            assert!(drain(&mut engine).is_empty(), "never executed twice");
+        }
+        engine.validate().unwrap();
+    }
+}
