@@ -1,0 +1,251 @@
+//! Review of the merged change 80d3613..1f3ea32 (`DeviceEvent::Sent` and the job engine,
+//! registration ends in the hub and the transports, DTLS session closes, the device
+//! library's typed values and attributes): each test marked `#[ignore = "bug: ..."]`
+//! fails on the code it was written against, and says what is wrong and what the right
+//! behaviour is. Run them with `--include-ignored`.
+
+#![cfg(all(feature = "lwm2m", feature = "memory-fleet", feature = "fuzzing"))]
+
+mod hub_support;
+mod job_support;
+
+use hub_support::{Script, Scripted, durable_store, job_ops, register, wait_until};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use twinhub::hub::{Hub, HubConfig};
+use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, Transport};
+use twinhub::{DeviceId, Timestamp};
+
+/// The scripted transport of `hub_support`, saying it reports [`DeviceEvent::Sent`] (as
+/// both bundled transports do); the test pushes the `Sent` events itself.
+struct SentScripted(Scripted);
+
+impl Transport for SentScripted {
+    fn submit(&mut self, now: Instant, op: DeviceOp) {
+        self.0.submit(now, op);
+    }
+    fn poll_event(&mut self) -> Option<DeviceEvent> {
+        self.0.poll_event()
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.0.handle_timeout(now);
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.0.poll_timeout()
+    }
+    fn reports_sent(&self) -> bool {
+        true
+    }
+}
+
+fn is_execute(op: &DeviceOp) -> bool {
+    matches!(op.request, DeviceRequest::Execute { .. })
+}
+
+fn sent_event(op: &DeviceOp) -> DeviceEvent {
+    DeviceEvent::Sent {
+        op: op.id,
+        device: op.device.clone(),
+    }
+}
+
+/// BUG (hub + job engine, `adopt_executes` in src/job/engine.rs): the `Sent` of a
+/// reboot's Execute arrives in a batch whose commit fails. The hub rebuilds its job
+/// engine from the disk, where the child is `inProgress` with the Execute not sent
+/// (over a transport that reports `Sent`, handing the Execute over no longer sets
+/// `FLAG_EXECUTE_SENT`; its `Sent` does, and that did not reach the disk). The rebuilt
+/// engine takes the earlier engine's operation back only when the earlier engine still
+/// counted it *unsent*; but the earlier engine had already taken the `Sent`, so the
+/// operation is not adopted, the `Sent` applied again finds no operation, and the child
+/// resumes from step 0: a second Execute goes to a device that already got the first
+/// (two reboots, or a reboot cut short by another). Before the change the flag was set
+/// when the Execute was handed over, so this could not happen.
+///
+/// Right: an Execute that left (its `Sent` taken by the earlier engine, durable or not)
+/// is never sent again; the rebuilt engine adopts the operation whether or not the
+/// earlier one had seen its `Sent` (and lets the `Sent` applied again mark it), so the
+/// device's next registration completes the reboot with one Execute.
+#[test]
+#[ignore = "bug: a reboot's Execute whose Sent was in a failed commit is executed twice"]
+fn an_execute_whose_sent_was_in_a_failed_commit_is_not_sent_again() {
+    let device = DeviceId::new("dev-1").unwrap();
+    let config = HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    };
+    let (store, registry, config, _dir) = durable_store(&[&device], config);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
+    register(&hub, &script, &device);
+    let job = JobId::new("rb").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration: true,
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
+    // Let the batch that handed the Execute over become durable.
+    std::thread::sleep(Duration::from_millis(300));
+    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    // The Execute leaves; the batch that carries its `Sent` fails to commit.
+    store.lock().fail_next_commit();
+    hub_support::push(&script, sent_event(&execute));
+    wait_until("the hub to take the Sent", || {
+        script.lock().unwrap().events.is_empty()
+    });
+    // The rebuild, the batch applied again, and whatever the engine sends then.
+    std::thread::sleep(Duration::from_millis(800));
+    let executes = job_ops(&script).into_iter().filter(is_execute).count();
+    // The device reboots and registers: that is the reboot.
+    hub_support::push(&script, hub_support::registered_v(&device, "1.0"));
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = hub.job_statistics(&job).unwrap();
+    let executes_after = job_ops(&script).into_iter().filter(is_execute).count();
+    hub.stop();
+    assert_eq!(
+        executes, 1,
+        "the Execute left once (its Sent was taken); the failed commit of that Sent \
+         must not send it again"
+    );
+    assert_eq!(
+        (stats.succeeded, executes_after),
+        (1, 1),
+        "the registration after the Execute left is the reboot: {stats:?}"
+    );
+}
+
+/// Control for the test above: the same run without the failed commit executes once
+/// and succeeds on the registration.
+#[test]
+fn control_an_execute_whose_sent_commits_is_sent_once() {
+    let device = DeviceId::new("dev-1").unwrap();
+    let config = HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    };
+    let (_store, registry, config, _dir) = durable_store(&[&device], config);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
+    register(&hub, &script, &device);
+    let job = JobId::new("rb").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration: true,
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
+    std::thread::sleep(Duration::from_millis(300));
+    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    hub_support::push(&script, sent_event(&execute));
+    std::thread::sleep(Duration::from_millis(500));
+    hub_support::push(&script, hub_support::registered_v(&device, "1.0"));
+    wait_until("the reboot job to succeed", || {
+        hub.job_statistics(&job).unwrap().succeeded == 1
+    });
+    let executes = job_ops(&script).into_iter().filter(is_execute).count();
+    hub.stop();
+    assert_eq!(executes, 1);
+}
+
+fn reports_sent() -> EngineConfig {
+    EngineConfig {
+        transport_reports_sent: true,
+        ..EngineConfig::default()
+    }
+}
+
+fn state(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
+    let (state, reason) = engine.child_state(id, dev).unwrap();
+    (state, reason.map(|r| r.code()))
+}
+
+/// BUG (src/job/engine.rs, `JobEngine::set_transport_reports_sent`): its docs say that
+/// turning `Sent` reporting off "counts every one [operation already given out] as
+/// sent". It only forgets which operations were unsent: a reboot's Execute handed over
+/// while reporting was on never gets `FLAG_EXECUTE_SENT`, so the device's next
+/// registration does not count as the reboot; the engine starts the step again and
+/// sends a second Execute (a second reboot). Right: as documented, the Execute counts as
+/// sent (set the flag for an Execute step, as `on_sent` does, for every operation taken
+/// out of `unsent`), so the registration completes the job with one Execute.
+#[test]
+#[ignore = "bug: turning Sent reporting off does not count a handed-over Execute as sent"]
+fn turning_sent_reporting_off_counts_a_handed_over_execute_as_sent() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(reports_sent(), t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &job_support::registered(&dev));
+    let id = JobId::new("j").unwrap();
+    engine
+        .create(
+            t0,
+            JobSpec::new(
+                id.clone(),
+                JobType::Reboot {
+                    wait_for_registration: true,
+                },
+                vec![dev.clone()],
+            ),
+        )
+        .unwrap();
+    let execute = job_support::one_op(&mut engine);
+    assert!(is_execute(&execute));
+    engine.set_transport_reports_sent(false);
+    let t1 = t0 + Duration::from_secs(30);
+    engine.handle_event(t1, &job_support::registered(&dev));
+    let again = job_support::drain(&mut engine);
+    assert!(
+        again.is_empty(),
+        "the Execute counts as sent: no second one ({again:?})"
+    );
+    assert_eq!(state(&engine, &id, &dev), (ChildState::Succeeded, None));
+    engine.validate().unwrap();
+}
+
+/// BUG (src/job/engine.rs, `set_transport_reports_sent` with `arm_deadline_unless_sent_reported`):
+/// an attempt started while `Sent` reporting was on has no per-device timeout until its
+/// first `Sent`; turning reporting off forgets the unsent operations but arms nothing,
+/// so no `Sent` will ever start the timeout and the attempt has none at all: a device
+/// that never answers keeps the child `inProgress` past `device_timeout` (until the
+/// job's own expiry, if any). Right: once an operation counts as sent (the docs: turning
+/// it off counts every one as sent), the attempt's timeout runs, from then at the latest.
+#[test]
+#[ignore = "bug: after turning Sent reporting off, an attempt has no device timeout"]
+fn turning_sent_reporting_off_starts_the_device_timeout() {
+    let timeout = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(reports_sent(), t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &job_support::registered(&dev));
+    let id = JobId::new("j").unwrap();
+    engine
+        .create(
+            t0,
+            JobSpec::new(
+                id.clone(),
+                JobType::ConfigurationUpdate {
+                    name: "a".into(),
+                    value: "1".into(),
+                },
+                vec![dev.clone()],
+            )
+            .device_timeout(timeout),
+        )
+        .unwrap();
+    let _write = job_support::one_op(&mut engine);
+    engine.set_transport_reports_sent(false);
+    let late = t0 + timeout + Duration::from_secs(1);
+    engine.handle_timeout(late);
+    assert_eq!(
+        state(&engine, &id, &dev),
+        (ChildState::Failed, Some("timedOut".into())),
+        "the Write counts as sent: the device had its {timeout:?}"
+    );
+    engine.validate().unwrap();
+}
