@@ -1126,6 +1126,26 @@ impl JobEngine {
     /// refused Write went unseen and a package the device already held could be
     /// installed); the per-device timeout starts again.
     fn adopt_executes(&mut self, now: Instant, earlier: &JobEngine) {
+        // A `Sent` (or answer) the earlier engine took is the transport's fact, whether or
+        // not the batch that carried it committed: the same attempt keeps it, so an
+        // Execute that left is never sent again (the batch applied again finds its `Sent`
+        // no longer awaited).
+        for c in self.children.range() {
+            if !earlier.children.range().contains(&c) {
+                continue;
+            }
+            let old = &earlier.children[c as usize];
+            let new = &self.children[c as usize];
+            if old.flags & FLAG_EXECUTE_SENT != 0
+                && new.flags & FLAG_EXECUTE_SENT == 0
+                && old.attempt == new.attempt
+                && old.device == new.device
+                && !new.state.is_terminal()
+            {
+                self.children[c as usize].flags |= FLAG_EXECUTE_SENT;
+                self.mark_child(c);
+            }
+        }
         // Only operations that went out: one made in the failed batch was never sent
         // (its answer would never come, and a refusal of the one before it would be lost).
         let outstanding = earlier.ops.iter().filter_map(|(&op, &c)| {
@@ -1158,8 +1178,8 @@ impl JobEngine {
                         (new.state == ChildState::InProgress && new.flags & FLAG_EXECUTE_SENT != 0)
                             || (new.state == ChildState::WaitingForDevice
                                 && new.step == 0
-                                && new.flags & FLAG_EXECUTE_SENT == 0
-                                && earlier.unsent.contains(&op)
+                                && (earlier.unsent.contains(&op)
+                                    || new.flags & FLAG_EXECUTE_SENT != 0)
                                 && !is_offline(&self.devices, &new.device))
                     }
                     // Restored waiting for its device, the Write not known answered.
@@ -1254,11 +1274,22 @@ impl JobEngine {
     /// device), and an attempt's per-device timeout starts at its first `Sent`. With
     /// `false`, an operation counts as sent once [`JobEngine::poll_op`] gave it out, and
     /// the timeout starts with the attempt. Operations already given out keep the rule
-    /// they were given out under, except that turning it off counts every one as sent.
-    pub fn set_transport_reports_sent(&mut self, reports: bool) {
+    /// they were given out under, except that turning it off counts every one still
+    /// waiting for its `Sent` as sent at `now` (an Execute among them as carried out, and
+    /// its attempt's timeout starts then).
+    pub fn set_transport_reports_sent(&mut self, now: Instant, reports: bool) {
         self.config.transport_reports_sent = reports;
         if !reports {
-            self.unsent.clear();
+            let mut unsent: Vec<(OpId, u32)> = self
+                .unsent
+                .drain()
+                .filter_map(|op| self.ops.get(&op).map(|&c| (op, c)))
+                .collect();
+            // In submission order, so the outcome does not depend on the set's order.
+            unsent.sort_unstable_by_key(|&(op, _)| op.0);
+            for (_, c) in unsent {
+                self.on_sent(now, c);
+            }
         }
     }
 
