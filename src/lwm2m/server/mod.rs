@@ -184,7 +184,7 @@ use crate::transport::{
 };
 use crate::twin::DeviceId;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -303,6 +303,14 @@ pub struct Lwm2mServer {
     require_identity: bool,
     /// The identity of the datagram being handled.
     current_identity: Option<PeerIdentity>,
+    /// Behind a DTLS layer ([`UdpServer::bind_secure`]): the addresses with an
+    /// established session, as the layer reports them (`None`: not tracked; every
+    /// registration's address counts as reachable). A request for a registration whose
+    /// address has no session waits in its queue, as a sleeping device's does: handed to
+    /// the endpoint it would be dropped by the layer, yet reported
+    /// [`DeviceEvent::Sent`] (a reboot job then took the device's next Register for the
+    /// reboot). At most one entry per DTLS session (`DtlsServerConfig::max_sessions`).
+    sessions: Option<HashSet<SocketAddr>>,
     /// The bootstrap interface: its plan maker and running sessions.
     bootstraps: bootstrap::Bootstraps,
     /// The packages registered devices may download (see [`packages`]).
@@ -361,6 +369,7 @@ impl Lwm2mServer {
             events: VecDeque::new(),
             require_identity: false,
             current_identity: None,
+            sessions: None,
             packages: None,
             bootstraps: bootstrap::Bootstraps::default(),
         }
@@ -399,6 +408,30 @@ impl Lwm2mServer {
     pub fn require_identity(mut self) -> Self {
         self.require_identity = true;
         self
+    }
+
+    /// Tracks which addresses have a DTLS session (see [`Self::session_changed`]):
+    /// requests for a registration whose address has none wait in its queue.
+    pub(crate) fn track_sessions(mut self) -> Self {
+        self.sessions = Some(HashSet::new());
+        self
+    }
+
+    /// The DTLS layer's word that `peer` has (`up`) or no longer has a session. A session
+    /// that comes up sends the requests queued for the registration at that address.
+    pub(crate) fn session_changed(&mut self, now: Instant, peer: SocketAddr, up: bool) {
+        let Some(sessions) = &mut self.sessions else {
+            return;
+        };
+        if !up {
+            sessions.remove(&peer);
+            return;
+        }
+        sessions.insert(peer);
+        if let Some(&slot) = self.by_addr.get(&peer) {
+            self.pump(now, slot);
+            self.drain_endpoint(now);
+        }
     }
 
     /// Where the registration at `addr` expects its requests to go: `None` when no
@@ -1427,8 +1460,9 @@ impl Lwm2mServer {
         loop {
             let nstart = self.config.nstart;
             let Some(reg) = self.slot(slot) else { return };
-            let reachable = !reg.info.queue_mode || reg.awake_until.is_some_and(|t| t > now);
-            if !reachable || reg.in_flight.len() >= nstart {
+            let awake = !reg.info.queue_mode || reg.awake_until.is_some_and(|t| t > now);
+            let session = self.sessions.as_ref().is_none_or(|s| s.contains(&reg.addr));
+            if !awake || !session || reg.in_flight.len() >= nstart {
                 return;
             }
             let Some(q) = self.queues[slot as usize].pop_front() else {

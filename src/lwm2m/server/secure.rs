@@ -5,8 +5,12 @@
 //! rotated, superseded), the registration, its observations and queued requests stay
 //! until its lifetime runs out or the device de-registers. The device handshakes again
 //! and Updates it over the new session (from any address, under the same identity).
-//! Meanwhile nothing reaches the device: a request to it finds no session and is dropped
-//! (CoAP times it out), and nothing goes out in clear. A removed or rotated key ends the
+//! Meanwhile nothing reaches the device and nothing goes out in clear: a request to it
+//! waits in its queue, as a sleeping device's does ([`ServerConfig::queue_timeout`](super::ServerConfig::queue_timeout)), and
+//! is sent (and reported [`DeviceEvent::Sent`]) once a session to the registration's
+//! address is up again, or goes to the device's new registration. One already sent when
+//! the session ended is retransmitted into nothing until CoAP gives up or the
+//! registration ends. A removed or rotated key ends the
 //! session, not the registration: the device must handshake with its current key to
 //! Update it (`tests/dtls_close_registration.rs`).
 
@@ -29,13 +33,18 @@ pub(super) struct SecureLayer {
 impl SecureLayer {
     fn deliver(&mut self, now: Instant, server: &mut Lwm2mServer) {
         while let Some(event) = self.dtls.poll_event() {
-            if let DtlsEvent::Plaintext {
-                peer,
-                identity,
-                data,
-            } = event
-            {
-                server.handle_datagram_from(now, peer, Some(&identity), &data);
+            match event {
+                DtlsEvent::Plaintext {
+                    peer,
+                    identity,
+                    data,
+                } => server.handle_datagram_from(now, peer, Some(&identity), &data),
+                // The session table as it is now (a session replaced at the same address
+                // may close after its successor connected).
+                DtlsEvent::Connected { peer, .. } | DtlsEvent::Closed { peer, .. } => {
+                    let up = self.dtls.session_identity(peer).is_some();
+                    server.session_changed(now, peer, up);
+                }
             }
         }
     }
@@ -101,6 +110,10 @@ impl UdpServer {
         server: Lwm2mServer,
         dtls: DtlsServer,
     ) -> io::Result<(UdpServer, Receiver<DeviceEvent>)> {
-        Self::bind_layer(addr, server.require_identity(), SecureLayer { dtls })
+        Self::bind_layer(
+            addr,
+            server.require_identity().track_sessions(),
+            SecureLayer { dtls },
+        )
     }
 }
