@@ -36,6 +36,25 @@
 //!   registration's ongoing requests when an Update changes its address. Retransmitting
 //!   them to the new address is not done: a CoAP exchange is bound to its peer (message
 //!   id, token, duplicate detection), and the old address may be someone else's by now.
+//!   The registration's observations follow it: their notifications are taken from the
+//!   new address only (the old one's get RST), and their cancels go there. A device's
+//!   first message after a rebinding may well be a notification: a fresh notification
+//!   (RFC 7641 freshness; an error response too) from a new address, carrying the token
+//!   of one of a registration's observations, moves the registration there as an Update
+//!   would ([`DeviceEvent::RegistrationUpdated`] with the new address, requests in flight
+//!   to the old one failed first), without refreshing its lifetime, which only an Update
+//!   does. The token is the proof, as the location is for an Update: a random 64-bit
+//!   number from the OS CSPRNG that only the device and the server know (over plain CoAP
+//!   an on-path observer sees it too); over DTLS the datagram must also come through a
+//!   session of the identity the device registered with, still bound to it, and from
+//!   any other identity (or none) it gets RST and changes nothing. This is what Leshan
+//!   does over DTLS (notifications are matched by the session's identity, not the
+//!   address) and offers for plain CoAP as an option (update the registration on a
+//!   notification); Californium's strict address matching would drop the observation
+//!   with nobody told. A notification from an address another registration holds moves
+//!   nothing: it gets RST (on which the device drops the observation) and the hub gets
+//!   [`DeviceEvent::ObservationEnded`], so it observes again; an older one than the last
+//!   taken (reordered across the move) gets RST and changes nothing.
 //!   De-register answers 2.02. A registration expires `lifetime +
 //!   lifetime_grace` after the device last registered or updated; its observations go with
 //!   it. Each becomes a [`DeviceEvent`].
@@ -110,8 +129,9 @@
 //! device, as LWM2M 1.1 allows), and an Update or De-register only from the identity the
 //! device registered with, while that identity still belongs to the device (a name
 //! moved to another device owns nothing of the old one); anything else gets 4.03 and
-//! changes nothing. Responses and notifications are matched by address and a random
-//! token, and the driver sends requests to a device only through a session of the
+//! changes nothing. Responses are matched by address and a random token, notifications
+//! too, or by token from a new address through a session of the registration's identity
+//! (NAT rebinding, see above), and the driver sends requests to a device only through a session of the
 //! identity it registered with ([`Lwm2mServer::may_send_to`]). Over plain CoAP (`UdpServer::bind`) nothing is
 //! authenticated: anyone who can reach the port can claim any endpoint the authorizer
 //! lets in; use it on trusted networks and in tests only.

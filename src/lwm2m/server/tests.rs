@@ -2354,10 +2354,7 @@ fn observations_follow_an_update_from_a_new_address() {
     let out = sim.out();
     assert_eq!((out[0].0, out[0].1.mtype), (a, MsgType::Rst), "{out:?}");
     assert!(sim.events().is_empty());
-    assert_eq!(
-        sim.server.registration(&dev("d")).unwrap().address,
-        Some(b)
-    );
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
     // The cancel goes to where the device is.
     sim.submit(2, "d", DeviceRequest::CancelObserve { path: bat });
     let out = sim.out();
@@ -2427,10 +2424,7 @@ fn a_notification_from_a_new_address_moves_the_registration() {
         ended.is_some() && ended < updated && updated < notified,
         "{ev:?}"
     );
-    assert_eq!(
-        sim.server.registration(&dev("d")).unwrap().address,
-        Some(b)
-    );
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
     // The next request goes to the new address.
     sim.submit(3, "d", DeviceRequest::Read { path: bat });
     let out = sim.out();
@@ -2471,14 +2465,8 @@ fn a_notification_from_another_registrations_address_ends_the_observation() {
         }]
     );
     assert_eq!(sim.server.observation_count(), 0);
-    assert_eq!(
-        sim.server.registration(&dev("d")).unwrap().address,
-        Some(a)
-    );
-    assert_eq!(
-        sim.server.registration(&dev("e")).unwrap().address,
-        Some(b)
-    );
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(a));
+    assert_eq!(sim.server.registration(&dev("e")).unwrap().address, Some(b));
     let _ = location;
 }
 
@@ -2517,10 +2505,7 @@ fn a_notification_from_a_new_address_over_dtls_needs_the_registrations_identity(
         assert_eq!((out[0].0, out[0].1.mtype), (b, MsgType::Rst), "{out:?}");
         assert!(sim.events().is_empty(), "{who:?}");
         assert_eq!(sim.server.observation_count(), 1);
-        assert_eq!(
-            sim.server.registration(&dev("d")).unwrap().address,
-            Some(a)
-        );
+        assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(a));
     }
     // The registration's identity from a new session at a new address: followed.
     let n = battery_notification(4002, &req.token, 3, 74);
@@ -2534,9 +2519,6 @@ fn a_notification_from_a_new_address_over_dtls_needs_the_registrations_identity(
             .any(|e| matches!(e, DeviceEvent::Notification { .. })),
         "{ev:?}"
     );
-    assert_eq!(
-        sim.server.registration(&dev("d")).unwrap().address,
-        Some(c)
-    );
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(c));
     assert!(sim.server.may_send_to(c, Some(&d)));
 }
