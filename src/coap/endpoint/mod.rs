@@ -54,7 +54,13 @@ use std::time::{Duration, Instant};
 ///   travels as a separate CON response (retransmitted). NON requests get NON responses.
 /// - **Matching**: responses match our requests by (peer, token); tokens are 8 random bytes
 ///   from the OS CSPRNG (`getrandom`), as is the first message id. An unknown response
-///   gets RST; an empty CON (ping) gets RST.
+///   gets RST; an empty CON (ping) gets RST. A peer whose address changed (NAT rebinding)
+///   is followed only when the application says so: it asks
+///   [`observation_elsewhere`](Endpoint::observation_elsewhere) whether a datagram is a
+///   notification of an observation registered with another address, and moves the
+///   request there with [`move_request`](Endpoint::move_request) before handing the
+///   datagram in (the endpoint itself cannot tell the device from whoever holds the
+///   address now).
 /// - **Bounds** (all in [`EndpointConfig`]): peers, duplicate-detection entries (the
 ///   oldest are forgotten), pending incoming requests (excess CON requests get 5.03
 ///   Service Unavailable with Max-Age 1, excess NON requests are dropped), outstanding
@@ -126,6 +132,10 @@ pub struct Endpoint {
     // client role
     requests: HashMap<RequestId, OutRequest>,
     by_token: HashMap<(SocketAddr, Token), RequestId>,
+    /// Registered observations by token alone: a notification from another address
+    /// ([`Endpoint::observation_elsewhere`], NAT rebinding). One entry per registered
+    /// observation, so bounded by `max_outstanding_requests`.
+    observe_by_token: HashMap<Token, RequestId>,
     request_deadlines: VecDeque<(Instant, RequestId, u64)>,
     // messages we sent that an ACK or RST may refer to
     sent: HashMap<(SocketAddr, u16), Sent>,
@@ -373,6 +383,7 @@ impl Endpoint {
             peers: HashMap::new(),
             requests: HashMap::new(),
             by_token: HashMap::new(),
+            observe_by_token: HashMap::new(),
             request_deadlines: VecDeque::new(),
             sent: HashMap::new(),
             retransmit_timers: BinaryHeap::new(),
@@ -956,6 +967,9 @@ impl Endpoint {
             return false;
         }
         r.observe = None;
+        if self.observe_by_token.get(&r.token) == Some(&id) {
+            self.observe_by_token.remove(&r.token);
+        }
         r.head.set_observe(1);
         r.block2 = None;
         r.block1 = None;
@@ -977,6 +991,112 @@ impl Endpoint {
             }
             None => false,
         }
+    }
+
+    /// The registered observation (client role) that the datagram `bytes` from `peer`
+    /// is a notification of, when the observation was registered with *another* peer:
+    /// the device may have moved (NAT rebinding). `None` for anything else: not a CON or
+    /// NON response, a token this endpoint does not observe with, one it already
+    /// matches from `peer`, or a notification that is not fresh (RFC 7641 §3.4: older
+    /// than the last one taken, so a datagram reordered across the move cannot move the
+    /// observation back); an error response (the device ending the observation) counts.
+    /// The header and token are read first; the datagram is decoded only when its token
+    /// is an observation's. Handed in as is, such a datagram gets RST. An application
+    /// that knows the new address is the device's calls
+    /// [`move_request`](Endpoint::move_request) first.
+    pub fn observation_elsewhere(
+        &self,
+        now: Instant,
+        peer: SocketAddr,
+        bytes: &[u8],
+    ) -> Option<RequestId> {
+        let (&first, rest) = bytes.split_first()?;
+        let (&code, rest) = rest.split_first()?;
+        let tkl = usize::from(first & 0x0f);
+        // Version 1, CON (0) or NON (1), a response code (classes 2 to 5).
+        if first >> 6 != 1 || (first >> 4) & 3 > 1 || !(2..=5).contains(&(code >> 5)) {
+            return None;
+        }
+        let token = Token::from_slice(rest.get(2..2 + tkl)?)?;
+        if self.by_token.contains_key(&(peer, token)) {
+            return None;
+        }
+        let id = *self.observe_by_token.get(&token)?;
+        let r = self.requests.get(&id).filter(|r| r.peer != peer)?;
+        let msg = Message::decode(bytes).ok()?;
+        if !msg.code.is_success() {
+            return Some(id);
+        }
+        let seq = msg.observe()?;
+        match r.observe.as_ref()?.last {
+            Some((v1, t1)) if !notification_is_fresh(v1, t1, seq, now) => None,
+            _ => Some(id),
+        }
+    }
+
+    /// Moves a request we sent (client role) to another peer: its responses and
+    /// notifications are matched from `peer` from now on, not from the old address,
+    /// and anything sent for it later (a cancel, a Block2 follow-up) goes there. For an
+    /// observation whose device changed address (NAT rebinding). A registered
+    /// observation's message still unacknowledged at the old address (a Block2
+    /// follow-up of a notification) is no longer retransmitted and that download is
+    /// dropped: the device's next notification brings the value again. Any other request
+    /// with a message in flight is sent again to `peer` (a new message id, the same
+    /// token, from its first block); one still queued (NSTART) joins `peer`'s queue.
+    /// False when `id` is not a request in progress, or when `peer` is new and the peer
+    /// table is full (`max_peers`; the request then stays where it was).
+    pub fn move_request(&mut self, now: Instant, id: RequestId, peer: SocketAddr) -> bool {
+        let Some(r) = self.requests.get(&id) else {
+            return false;
+        };
+        let old = r.peer;
+        if old == peer {
+            return true;
+        }
+        if !self.admit_peer(peer) {
+            return false;
+        }
+        let r = self.requests.get_mut(&id).expect("checked above");
+        let in_flight = r.in_flight.take();
+        let sub_token = r.block2.take().map(|b2| b2.sub_token);
+        let observing = r.observe.as_ref().is_some_and(|o| o.registered);
+        if observing {
+            // Nothing of it is awaited any more: no response deadline.
+            r.deadline_gen = 0;
+        } else if let Some(b1) = r.block1.as_mut() {
+            b1.offset = 0;
+            b1.len = 0;
+        }
+        let token = r.token;
+        r.peer = peer;
+        if let Some((mid, _)) = in_flight {
+            self.remove_sent((old, mid));
+        }
+        if let Some(t) = sub_token {
+            self.by_token.remove(&(old, t));
+        }
+        self.by_token.remove(&(old, token));
+        self.by_token.insert((peer, token), id);
+        let mut queued = false;
+        if let Some(p) = self.peers.get_mut(&old) {
+            p.refs = p.refs.saturating_sub(1);
+            if let Some(pos) = p.queue.iter().position(|q| *q == id) {
+                p.queue.remove(pos);
+                queued = true;
+            }
+        }
+        let p = self.peers.get_mut(&peer).expect("admitted");
+        p.refs += 1;
+        if queued {
+            p.queue.push_back(id);
+        }
+        self.gc_peer(old);
+        if in_flight.is_some() && !observing {
+            self.start_request(now, id);
+        }
+        self.pump_queue(now, old);
+        self.pump_queue(now, peer);
+        true
     }
 
     fn start_request(&mut self, now: Instant, id: RequestId) {
@@ -1193,6 +1313,9 @@ impl Endpoint {
                     obs.registered = true;
                     obs.last = Some((seq, now));
                     r.deadline_gen = 0; // an observation has no response timeout
+                    // Tokens are random 64-bit numbers: two registered observations
+                    // sharing one is not expected; the first keeps it.
+                    self.observe_by_token.entry(r.token).or_insert(id);
                 }
                 (_, None) => {
                     r.observe = None; // a final response ends the observation
@@ -1285,6 +1408,9 @@ impl Endpoint {
     fn finish_request(&mut self, id: RequestId) -> Option<OutRequest> {
         let r = self.requests.remove(&id)?;
         self.by_token.remove(&(r.peer, r.token));
+        if self.observe_by_token.get(&r.token) == Some(&id) {
+            self.observe_by_token.remove(&r.token);
+        }
         if let Some(b2) = &r.block2 {
             self.by_token.remove(&(r.peer, b2.sub_token));
         }

@@ -36,6 +36,25 @@
 //!   registration's ongoing requests when an Update changes its address. Retransmitting
 //!   them to the new address is not done: a CoAP exchange is bound to its peer (message
 //!   id, token, duplicate detection), and the old address may be someone else's by now.
+//!   The registration's observations follow it: their notifications are taken from the
+//!   new address only (the old one's get RST), and their cancels go there. A device's
+//!   first message after a rebinding may well be a notification: a fresh notification
+//!   (RFC 7641 freshness; an error response too) from a new address, carrying the token
+//!   of one of a registration's observations, moves the registration there as an Update
+//!   would ([`DeviceEvent::RegistrationUpdated`] with the new address, requests in flight
+//!   to the old one failed first), without refreshing its lifetime, which only an Update
+//!   does. The token is the proof, as the location is for an Update: a random 64-bit
+//!   number from the OS CSPRNG that only the device and the server know (over plain CoAP
+//!   an on-path observer sees it too); over DTLS the datagram must also come through a
+//!   session of the identity the device registered with, still bound to it, and from
+//!   any other identity (or none) it gets RST and changes nothing. This is what Leshan
+//!   does over DTLS (notifications are matched by the session's identity, not the
+//!   address) and offers for plain CoAP as an option (update the registration on a
+//!   notification); Californium's strict address matching would drop the observation
+//!   with nobody told. A notification from an address another registration holds moves
+//!   nothing: it gets RST (on which the device drops the observation) and the hub gets
+//!   [`DeviceEvent::ObservationEnded`], so it observes again; an older one than the last
+//!   taken (reordered across the move) gets RST and changes nothing.
 //!   De-register answers 2.02. A registration expires `lifetime +
 //!   lifetime_grace` after the device last registered or updated; its observations go with
 //!   it. Each becomes a [`DeviceEvent`].
@@ -110,8 +129,9 @@
 //! device, as LWM2M 1.1 allows), and an Update or De-register only from the identity the
 //! device registered with, while that identity still belongs to the device (a name
 //! moved to another device owns nothing of the old one); anything else gets 4.03 and
-//! changes nothing. Responses and notifications are matched by address and a random
-//! token, and the driver sends requests to a device only through a session of the
+//! changes nothing. Responses are matched by address and a random token, notifications
+//! too, or by token from a new address through a session of the registration's identity
+//! (NAT rebinding, see above), and the driver sends requests to a device only through a session of the
 //! identity it registered with ([`Lwm2mServer::may_send_to`]). Over plain CoAP (`UdpServer::bind`) nothing is
 //! authenticated: anyone who can reach the port can claim any endpoint the authorizer
 //! lets in; use it on trusted networks and in tests only.
@@ -625,6 +645,7 @@ impl Lwm2mServer {
         bytes: &[u8],
     ) {
         self.current_identity = identity.cloned();
+        self.rebinding_notification(now, peer, bytes);
         self.endpoint.handle_datagram(now, peer, bytes);
         self.drain_endpoint(now);
         self.current_identity = None;
@@ -1036,34 +1057,18 @@ impl Lwm2mServer {
             reg.content_formats = cts;
             reg.refused.clear();
         }
-        let old_addr = reg.addr;
-        // Sent to the old address: see below.
-        let stranded = if old_addr != peer {
-            std::mem::take(&mut reg.in_flight)
-        } else {
-            Vec::new()
-        };
-        reg.addr = peer;
-        reg.info.address = Some(peer);
         reg.expires = now + Duration::from_secs(reg.info.lifetime as u64) + grace;
         reg.awake_until = Some(awake);
         let (expires, generation) = (reg.expires, reg.generation);
+        // NAT rebinding (or a client that updates from a fresh port): follow it.
+        self.follow_address(now, slot, peer);
+        let Some(reg) = self.slot(slot) else {
+            return Code::NOT_FOUND;
+        };
         let event = DeviceEvent::RegistrationUpdated {
             device: reg.device.clone(),
             registration: reg.info.clone(),
         };
-        if old_addr != peer {
-            // NAT rebinding (or a client that updates from a fresh port): follow it.
-            // Requests in flight to the old address fail now, before the Update is
-            // reported, as at the registration's end (see the module docs): retransmitted
-            // there they would reach nobody, or whoever holds the address now, for up to
-            // 93 s while the queue waits behind them (NSTART).
-            if self.by_addr.get(&old_addr) == Some(&slot) {
-                self.by_addr.remove(&old_addr);
-            }
-            self.by_addr.insert(peer, slot);
-            self.fail_in_flight(now, stranded);
-        }
         self.timers
             .push(Reverse((expires, Timer::Expiry { slot, generation })));
         self.events.push_back(event);
@@ -1072,6 +1077,97 @@ impl Lwm2mServer {
         }
         self.pump(now, slot);
         Code::CHANGED
+    }
+
+    /// Moves the registration in `slot` to `peer` (NAT rebinding: an Update, or a
+    /// notification of one of its observations, from a new address). Requests in flight
+    /// to the old address fail now ([`DeviceError::RegistrationEnded`]), before the move
+    /// is reported, as at the registration's end (see the module docs): retransmitted
+    /// there they would reach nobody, or whoever holds the address now, for up to 93 s
+    /// while the queue waits behind them (NSTART). Its observations follow it: their
+    /// notifications are taken from `peer` only, and their cancels go there. An
+    /// observation the CoAP endpoint cannot move (its peer table is full) ends
+    /// ([`DeviceEvent::ObservationEnded`], the hub observes again).
+    fn follow_address(&mut self, now: Instant, slot: u32, peer: SocketAddr) {
+        let Some(reg) = self.slot_mut(slot) else {
+            return;
+        };
+        let old = reg.addr;
+        if old == peer {
+            return;
+        }
+        let stranded = std::mem::take(&mut reg.in_flight);
+        reg.addr = peer;
+        reg.info.address = Some(peer);
+        let generation = reg.generation;
+        if self.by_addr.get(&old) == Some(&slot) {
+            self.by_addr.remove(&old);
+        }
+        self.by_addr.insert(peer, slot);
+        self.fail_in_flight(now, stranded);
+        let mut moving: Vec<RequestId> = self
+            .observations
+            .iter()
+            .filter(|(_, o)| o.slot == slot && o.generation == generation)
+            .map(|(id, _)| *id)
+            .collect();
+        // Oldest first, so that what the hub sees does not depend on hash order.
+        moving.sort_unstable();
+        for id in moving {
+            if !self.endpoint.move_request(now, id, peer) {
+                self.endpoint.forget_request(now, id);
+                self.observation_ended(id);
+            }
+        }
+    }
+
+    /// NAT rebinding seen first in a notification (RFC 7641 notifications may come
+    /// before any Update): a datagram from `peer` that notifies an observation of a
+    /// registration at another address. It moves the
+    /// registration there as an Update from the new address would (without refreshing
+    /// its lifetime, which only an Update does), when it comes from the registration's
+    /// identity (DTLS) or from none for a plain registration: the observation's token,
+    /// a random 64-bit number only the device and the server know, is the proof, as the
+    /// location is for an Update. From an address another registration holds, the
+    /// observation ends instead ([`DeviceEvent::ObservationEnded`]): the endpoint
+    /// answers RST, on which the device drops it. From another identity, nothing
+    /// changes (RST). Called before the endpoint sees the datagram.
+    fn rebinding_notification(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        let Some(id) = self.endpoint.observation_elsewhere(now, peer, bytes) else {
+            return;
+        };
+        let Some(&Observation {
+            slot, generation, ..
+        }) = self.observations.get(&id)
+        else {
+            return;
+        };
+        let Some(reg) = self.slot(slot).filter(|r| r.generation == generation) else {
+            return;
+        };
+        if !identity_owns(reg, self.current_identity.as_ref()) {
+            return;
+        }
+        if self.by_addr.get(&peer).is_some_and(|&other| other != slot) {
+            self.endpoint.forget_request(now, id);
+            self.observation_ended(id);
+            return;
+        }
+        let probing = match reg.probe {
+            Probe::InFlight(probe) => Some(probe),
+            _ => None,
+        };
+        self.follow_address(now, slot, peer);
+        if let Some(reg) = self.slot(slot) {
+            self.events.push_back(DeviceEvent::RegistrationUpdated {
+                device: reg.device.clone(),
+                registration: reg.info.clone(),
+            });
+        }
+        // The registration's owner is alive: a takeover probe under way is answered.
+        if let Some(probe) = probing {
+            self.probe_answered(now, probe);
+        }
     }
 
     /// Whether the datagram being handled comes from the identity the registration in

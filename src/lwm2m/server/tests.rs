@@ -2289,3 +2289,236 @@ fn a_queued_reboot_execute_leaves_after_the_registration_that_woke_the_device() 
     assert!(sim.out().is_empty(), "one Execute only");
     engine.validate().unwrap();
 }
+
+/// Establishes an observation of `path` (op `op`) with the device at `at`; returns its
+/// token.
+fn observe_at(sim: &mut Sim, at: SocketAddr, op: u64, device: &str, path: Lwm2mPath) -> Vec<u8> {
+    sim.submit(op, device, DeviceRequest::Observe { path });
+    let out = sim.out();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, at);
+    let req = out[0].1.clone();
+    let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+    r.add_uint(wire::OBSERVE, 1);
+    r.payload = b"80".to_vec();
+    sim.send(at, &r);
+    assert!(response(&sim.events(), op).is_ok());
+    req.token
+}
+
+/// A CON notification of `/3/0/9` carrying `value` in TLV.
+fn battery_notification(mid: u16, token: &[u8], seq: u32, value: u8) -> Packet {
+    let mut n = Packet::new(MsgType::Con, code(2, 5), mid, token);
+    n.add_uint(wire::OBSERVE, seq);
+    n.add_uint(wire::CONTENT_FORMAT, 11542);
+    n.payload = vec![0xC1, 0x09, value];
+    n
+}
+
+/// NAT rebinding: after an Update from a new address, the registration's observations
+/// follow it. A notification from the new address is delivered (and acknowledged there),
+/// not answered with RST (which makes the device cancel the observation without the hub
+/// knowing), and the cancel goes to the new address.
+#[test]
+fn observations_follow_an_update_from_a_new_address() {
+    let mut sim = Sim::open();
+    let (a, b) = (addr(9500), addr(9501));
+    let location = sim.register(a, &["ep=d", "lt=300"]);
+    sim.events();
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    let token = observe_at(&mut sim, a, 1, "d", bat);
+    let p = sim.request(wire::POST, &["rd", &location], &[], b"");
+    sim.send(b, &p);
+    assert_eq!(sim.out()[0].1.code, code(2, 4));
+    sim.events();
+    sim.send(b, &battery_notification(4000, &token, 2, 75));
+    let out = sim.out();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        (out[0].0, out[0].1.mtype, out[0].1.mid),
+        (b, MsgType::Ack, 4000),
+        "acknowledged at the new address, not reset"
+    );
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::Notification {
+            device: dev("d"),
+            registration_id: location.clone(),
+            path: bat,
+            content: Content::single(bat, ResourceValue::Integer(75)),
+        }]
+    );
+    // A notification older than the one taken, from the old address (reordered across
+    // the rebinding), moves nothing back: RST, as from anyone.
+    sim.send(a, &battery_notification(3999, &token, 1, 74));
+    let out = sim.out();
+    assert_eq!((out[0].0, out[0].1.mtype), (a, MsgType::Rst), "{out:?}");
+    assert!(sim.events().is_empty());
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
+    // The cancel goes to where the device is.
+    sim.submit(2, "d", DeviceRequest::CancelObserve { path: bat });
+    let out = sim.out();
+    assert_eq!(out[0].0, b);
+    assert_eq!(
+        (out[0].1.uint(wire::OBSERVE), &out[0].1.token),
+        (Some(1), &token)
+    );
+}
+
+/// NAT rebinding seen first in a notification (before any Update): the token of one of the
+/// registration's observations proves the device, as the location does for an Update.
+/// The registration follows the new address (reported as an Update, with no lifetime
+/// refresh), the notification is delivered, requests in flight to the old address fail
+/// with RegistrationEnded and the next ones go to the new address.
+#[test]
+fn a_notification_from_a_new_address_moves_the_registration() {
+    let mut sim = Sim::open();
+    let (a, b) = (addr(9510), addr(9511));
+    let location = sim.register(a, &["ep=d", "lt=300"]);
+    sim.events();
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    let token = observe_at(&mut sim, a, 1, "d", bat);
+    sim.advance(Duration::from_secs(100));
+    sim.out();
+    sim.events();
+    // A read to the old address, unanswered.
+    sim.submit(2, "d", DeviceRequest::Read { path: bat });
+    let out = sim.out();
+    assert_eq!(out[0].0, a);
+    sim.events();
+    sim.send(b, &battery_notification(4000, &token, 2, 75));
+    let out = sim.out();
+    assert!(
+        out.iter()
+            .any(|(to, m)| *to == b && m.mtype == MsgType::Ack && m.mid == 4000),
+        "acknowledged at the new address: {out:?}"
+    );
+    assert!(
+        out.iter().all(|(_, m)| m.mtype != MsgType::Rst),
+        "not reset: {out:?}"
+    );
+    let ev = sim.events();
+    let ended = ev.iter().position(|e| {
+        matches!(
+            e,
+            DeviceEvent::Response {
+                op: OpId(2),
+                result: Err(DeviceError::RegistrationEnded),
+                ..
+            }
+        )
+    });
+    let updated = ev.iter().position(|e| {
+        matches!(e, DeviceEvent::RegistrationUpdated { registration, .. }
+            if registration.address == Some(b) && registration.registration_id == location)
+    });
+    let notified = ev.iter().position(|e| {
+        *e == DeviceEvent::Notification {
+            device: dev("d"),
+            registration_id: location.clone(),
+            path: bat,
+            content: Content::single(bat, ResourceValue::Integer(75)),
+        }
+    });
+    assert!(
+        ended.is_some() && ended < updated && updated < notified,
+        "{ev:?}"
+    );
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
+    // The next request goes to the new address.
+    sim.submit(3, "d", DeviceRequest::Read { path: bat });
+    let out = sim.out();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, b);
+    // No lifetime refresh: the registration still expires 300 s + grace after the
+    // Register (100 s ago), as without the notification.
+    let grace = sim.server.config().lifetime_grace;
+    sim.advance(Duration::from_secs(200) + grace - Duration::from_secs(1));
+    assert!(sim.server.registration(&dev("d")).is_some());
+    sim.advance(Duration::from_secs(2));
+    assert!(sim.server.registration(&dev("d")).is_none());
+}
+
+/// A notification with a registration's token from an address another registration
+/// holds does not move anything (the address is that registration's): it gets RST, as
+/// before, and the device cancels the observation on it (RFC 7641 §3.6). The hub is told
+/// ([`DeviceEvent::ObservationEnded`]), so it observes again, instead of waiting for
+/// notifications that will never come.
+#[test]
+fn a_notification_from_another_registrations_address_ends_the_observation() {
+    let mut sim = Sim::open();
+    let (a, b) = (addr(9520), addr(9521));
+    let location = sim.register(a, &["ep=d", "lt=300"]);
+    sim.register(b, &["ep=e", "lt=300"]);
+    sim.events();
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    let token = observe_at(&mut sim, a, 1, "d", bat);
+    sim.send(b, &battery_notification(4000, &token, 2, 75));
+    let out = sim.out();
+    assert_eq!((out[0].0, out[0].1.mtype), (b, MsgType::Rst), "{out:?}");
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::ObservationEnded {
+            device: dev("d"),
+            path: bat,
+            op: OpId(1),
+        }]
+    );
+    assert_eq!(sim.server.observation_count(), 0);
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(a));
+    assert_eq!(sim.server.registration(&dev("e")).unwrap().address, Some(b));
+    let _ = location;
+}
+
+/// Over DTLS the token is not enough: a notification from a new address follows the
+/// registration only through a session of the identity it registered with. Another
+/// identity (or none) gets RST and changes nothing: the device's observation at its own
+/// address goes on.
+#[test]
+fn a_notification_from_a_new_address_over_dtls_needs_the_registrations_identity() {
+    let mut sim = Sim::open();
+    let (a, b, c) = (addr(9530), addr(9531), addr(9532));
+    let ident = |device: &str| PeerIdentity {
+        psk_identity: format!("{device}-id").into(),
+        device: Some(dev(device)),
+    };
+    let d = ident("d");
+    let p = sim.request(wire::POST, &["rd"], &["ep=d", "lt=300"], b"</3/0>");
+    sim.server
+        .handle_datagram_from(sim.now, a, Some(&d), &p.encode());
+    assert_eq!(sim.out()[0].1.code, code(2, 1));
+    sim.events();
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    sim.submit(1, "d", DeviceRequest::Observe { path: bat });
+    let req = sim.out()[0].1.clone();
+    let mut r = Packet::new(MsgType::Ack, code(2, 5), req.mid, &req.token);
+    r.add_uint(wire::OBSERVE, 1);
+    r.payload = b"80".to_vec();
+    sim.server
+        .handle_datagram_from(sim.now, a, Some(&d), &r.encode());
+    assert!(response(&sim.events(), 1).is_ok());
+    for (who, mid) in [(Some(ident("e")), 4000), (None, 4001)] {
+        let n = battery_notification(mid, &req.token, 2, 75);
+        sim.server
+            .handle_datagram_from(sim.now, b, who.as_ref(), &n.encode());
+        let out = sim.out();
+        assert_eq!((out[0].0, out[0].1.mtype), (b, MsgType::Rst), "{out:?}");
+        assert!(sim.events().is_empty(), "{who:?}");
+        assert_eq!(sim.server.observation_count(), 1);
+        assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(a));
+    }
+    // The registration's identity from a new session at a new address: followed.
+    let n = battery_notification(4002, &req.token, 3, 74);
+    sim.server
+        .handle_datagram_from(sim.now, c, Some(&d), &n.encode());
+    let out = sim.out();
+    assert_eq!((out[0].0, out[0].1.mtype), (c, MsgType::Ack), "{out:?}");
+    let ev = sim.events();
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, DeviceEvent::Notification { .. })),
+        "{ev:?}"
+    );
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(c));
+    assert!(sim.server.may_send_to(c, Some(&d)));
+}
