@@ -1129,8 +1129,13 @@ impl JobEngine {
         // A `Sent` (or answer) the earlier engine took is the transport's fact, whether or
         // not the batch that carried it committed: the same attempt keeps it, so an
         // Execute that left is never sent again (the batch applied again finds its `Sent`
-        // no longer awaited).
+        // no longer awaited). Only with a transport that reports `Sent`: otherwise the
+        // flag was set at the handover, and an Execute handed over in the failed batch
+        // never went out.
         for c in self.children.range() {
+            if !earlier.config.transport_reports_sent {
+                break;
+            }
             if !earlier.children.range().contains(&c) {
                 continue;
             }
