@@ -432,6 +432,7 @@ impl Lwm2mServer {
 
     /// Tracks which addresses have a DTLS session (see [`Self::session_changed`]):
     /// requests for a registration whose address has none wait in its queue.
+    #[cfg(feature = "dtls")]
     pub(crate) fn track_sessions(mut self) -> Self {
         self.sessions = Some(HashSet::new());
         self
@@ -439,6 +440,7 @@ impl Lwm2mServer {
 
     /// The DTLS layer's word that `peer` has (`up`) or no longer has a session. A session
     /// that comes up sends the requests queued for the registration at that address.
+    #[cfg(feature = "dtls")]
     pub(crate) fn session_changed(&mut self, now: Instant, peer: SocketAddr, up: bool) {
         let Some(sessions) = &mut self.sessions else {
             return;
