@@ -3,8 +3,9 @@
 //! of them, and waiting for jobs.
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinhub::dtls::PskCredentials;
 use twinhub::hub::Hub;
@@ -13,7 +14,7 @@ use twinhub::lwm2m::client::{
     ClientConfig, ClientEvent, DeviceThread, FirmwareUpdate, Lwm2mClient, ObjectTree, UpdateResult,
     objects,
 };
-use twinhub::twin::Scalar;
+use twinhub::twin::{ConnectionState, Scalar};
 use twinhub::{DeviceId, Lwm2mPath, ResourceValue};
 
 pub struct Device {
@@ -161,4 +162,79 @@ pub fn device_value(d: &Device, path: Lwm2mPath) -> Option<ResourceValue> {
     d.thread
         .as_ref()?
         .with(|c| c.objects_mut().read(&path).ok()?.get(&path).cloned())
+}
+
+/// A NAT between a device and the hub: the device talks to `front`; the NAT forwards from
+/// `back`, whose port [`Nat::rebind`] changes, as a NAT that forgot its mapping would.
+pub struct Nat {
+    pub front: SocketAddr,
+    back: Arc<Mutex<UdpSocket>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn short_timeout(s: &UdpSocket) {
+    s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+}
+
+impl Nat {
+    pub fn start(hub: SocketAddr) -> Nat {
+        let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+        short_timeout(&front);
+        let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+        short_timeout(&back);
+        let back = Arc::new(Mutex::new(back));
+        let stop = Arc::new(AtomicBool::new(false));
+        let front_addr = front.local_addr().unwrap();
+        let (b, s) = (back.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut device: Option<SocketAddr> = None;
+            let mut buf = vec![0u8; 65_536];
+            while !s.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = front.recv_from(&mut buf) {
+                    device = Some(from);
+                    let _ = b.lock().unwrap().send_to(&buf[..n], hub);
+                }
+                let got = b.lock().unwrap().recv_from(&mut buf);
+                if let (Ok((n, _)), Some(d)) = (got, device) {
+                    let _ = front.send_to(&buf[..n], d);
+                }
+            }
+        });
+        Nat {
+            front: front_addr,
+            back,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn outside_port(&self) -> u16 {
+        self.back.lock().unwrap().local_addr().unwrap().port()
+    }
+
+    pub fn rebind(&self) {
+        let fresh = UdpSocket::bind("127.0.0.1:0").unwrap();
+        short_timeout(&fresh);
+        *self.back.lock().unwrap() = fresh;
+    }
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The port of `id`'s registration while its twin is Connected.
+pub fn registered_port(hub: &Hub, id: &str) -> Option<u16> {
+    let reg = hub.registry().read();
+    let twin = reg.get(id)?;
+    if twin.connection_state() != ConnectionState::Connected {
+        return None;
+    }
+    twin.registration()?.address.map(|a| a.port())
 }
