@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobType};
-use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
+use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{DeviceId, Lwm2mPath, Timestamp};
 
 mod job_support;
@@ -263,7 +263,6 @@ fn a_restored_engine_sends_an_execute_whose_sent_was_not_recorded() {
 /// never executes twice); without one, it times out.
 #[test]
 fn an_update_after_a_rebinding_failed_the_execute_is_not_the_reboot() {
-    use twinhub::transport::DeviceError;
     for with_register in [true, false] {
         let (mut engine, t0, dev, id) = one_child(reports_sent(), reboot(true));
         let execute = one_op(&mut engine);
@@ -307,4 +306,41 @@ fn an_update_after_a_rebinding_failed_the_execute_is_not_the_reboot() {
         }
         engine.validate().unwrap();
     }
+}
+
+/// The device refuses `op` with `error` (after its `Sent`).
+fn refused(engine: &mut JobEngine, now: Instant, op: &DeviceOp, error: DeviceError) {
+    engine.handle_event(
+        now,
+        &DeviceEvent::Response {
+            op: op.id,
+            device: op.device.clone(),
+            result: Err(error),
+        },
+    );
+}
+
+/// NAT rebinding failed the reboot's Execute with `RegistrationEnded` after it left: its
+/// answer is lost, as when it times out, so `reboot_wait` (5 min) bounds the wait for the
+/// Register that proves the reboot, not the per-device timeout (30 min). Before the fix
+/// the child waited the device timeout.
+#[test]
+fn a_reboot_whose_execute_ended_with_the_registration_waits_reboot_wait() {
+    let (mut engine, t0, dev, id) = one_child(reports_sent(), reboot(true));
+    let reboot_wait = engine.config().reboot_wait;
+    let execute = one_op(&mut engine);
+    sent(&mut engine, t0, &execute);
+    let t1 = t0 + Duration::from_secs(2);
+    refused(&mut engine, t1, &execute, DeviceError::RegistrationEnded);
+    assert_eq!(engine.poll_timeout(), Some(t1 + reboot_wait));
+    engine.handle_timeout(t1 + reboot_wait - Duration::from_millis(1));
+    assert_eq!(state(&engine, &id, &dev), (ChildState::InProgress, None));
+    engine.handle_timeout(t1 + reboot_wait);
+    assert_eq!(
+        state(&engine, &id, &dev),
+        (ChildState::Failed, Some("timedOut".into())),
+        "no Register within reboot_wait after the answer was lost"
+    );
+    assert!(drain(&mut engine).is_empty(), "never executed twice");
+    engine.validate().unwrap();
 }

@@ -39,7 +39,7 @@ pub const JOB_OP_ID_BASE: u64 = 1 << 63;
 /// |---|---|---|
 /// | `poll_min` .. `poll_interval` | 1 s .. 30 s | while a firmware download or install runs, `/5/0` is read 1 s after the step began, then after 2, 4, 8, 16 s, then every 30 s: a lost (non-confirmable) notification costs at most that wait |
 /// | `max_resends` | 4 | an operation whose answer the transport gave up on is sent again, up to this many times in a row; the next time-out fails the attempt as `timedOut` (then the job's retry rules decide) |
-/// | `reboot_wait` | 5 min | a reboot or factory-reset Execute whose answer was lost is never sent again; the device's next registration counts as the reboot, and without one within this time the attempt fails as `timedOut` |
+/// | `reboot_wait` | 5 min | a reboot or factory-reset Execute whose answer was lost (the transport timed it out, or the registration ended before it came: `RegistrationEnded`, as a NAT rebinding does) is never sent again; the device's next registration counts as the reboot, and without one within this time from the loss the attempt fails as `timedOut` (the per-device timeout, running since the Execute left, applies too: whichever comes first) |
 /// | `max_object_sets` | 4,096 | distinct sets of announced objects remembered; a device whose set is new beyond it counts as "announcements unknown" (its steps are sent and the device's own answer decides) |
 /// | `retain_jobs` | 10,000 | jobs kept in the history; creating one more drops the oldest finished jobs (parent and children) from memory, the history and the store |
 /// | `retain_children` | 5,000,000 | child records kept in the history (about 100 bytes of memory and 40 on disk each); beyond it, creating a job drops the oldest finished jobs the same way |
@@ -72,8 +72,9 @@ pub struct EngineConfig {
     /// read shows the device is still Downloaded). Never sent again: reboot and factory
     /// reset.
     pub max_resends: u8,
-    /// How long a reboot or factory reset whose Execute answer was lost waits for the
-    /// device's registration before the attempt fails as `timedOut` (default 5 min).
+    /// How long a reboot or factory reset whose Execute answer was lost (timed out, or
+    /// failed with `RegistrationEnded`: sent, outcome unknown) waits for the device's
+    /// registration before the attempt fails as `timedOut` (default 5 min).
     #[serde(with = "crate::time::millis", rename = "rebootWaitMs")]
     pub reboot_wait: Duration,
     /// Paths the host (the hub's property sync) observes on every device that announced
@@ -2168,7 +2169,16 @@ impl JobEngine {
                 // graceful cancel lets it finish (`in_flight`).
                 let child = &mut self.children[c as usize];
                 child.flags |= FLAG_TOUCHED;
-                let device = child.device.clone();
+                let kind = self.parents[child.parent as usize].kind();
+                if matches!(kind, JobKind::RebootDevice | JobKind::FactoryResetDevice)
+                    && child.step == 0
+                    && child.flags & FLAG_EXECUTE_SENT != 0
+                {
+                    // The Execute's answer is lost, as when it times out: `reboot_wait`
+                    // bounds the wait for the registration that proves the reboot.
+                    self.await_reboot(now, c);
+                }
+                let device = self.children[c as usize].device.clone();
                 self.device_mut(&device).offline = true;
                 self.on_offline(now, c);
             }
@@ -2210,11 +2220,7 @@ impl JobEngine {
             JobKind::RebootDevice | JobKind::FactoryResetDevice if never_sent => {}
             JobKind::RebootDevice | JobKind::FactoryResetDevice => {
                 // Never sent twice: wait for the registration that proves the reboot.
-                child.step = 1;
-                let at = now + self.config.reboot_wait;
-                child.next_poll = Some(at);
-                self.polls.push(Reverse((at, c)));
-                return;
+                return self.await_reboot(now, c);
             }
             JobKind::FirmwareUpdate
                 if matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE) =>
@@ -2238,6 +2244,20 @@ impl JobEngine {
             child.step = FW_SYNC;
         }
         self.drive(now, c);
+    }
+
+    /// A reboot's or factory reset's Execute left and its answer is lost (the transport
+    /// timed it out, or the registration ended before it came): it is never sent again.
+    /// The device's next registration counts as the reboot; without one within
+    /// [`EngineConfig::reboot_wait`] from now, the attempt fails as `timedOut` (and the
+    /// per-device timeout, running since the Execute left, still applies if it comes
+    /// first).
+    fn await_reboot(&mut self, now: Instant, c: u32) {
+        let child = &mut self.children[c as usize];
+        child.step = 1;
+        let at = now + self.config.reboot_wait;
+        child.next_poll = Some(at);
+        self.polls.push(Reverse((at, c)));
     }
 
     fn advance(&mut self, now: Instant, c: u32, reply: &DeviceReply) {

@@ -82,10 +82,11 @@
 //! observes, writes, the configuration apply, a firmware Execute after a read shows the
 //! device still Downloaded); a reboot or factory reset is never executed twice: a
 //! registration after its Execute was sent counts as the reboot, and without one the
-//! attempt fails after `reboot_wait` (5 min). A device that registers again while its
-//! child waits on it gets the step again: a firmware download it lost starts again (the
-//! package URI is written again), configuration and property writes are sent again from
-//! the first, a read is sent again.
+//! attempt fails `reboot_wait` (5 min) after the Execute's answer was lost (timed out, or
+//! the registration ended before it came, as a NAT rebinding does). A device that
+//! registers again while its child waits on it gets the step again: a firmware download
+//! it lost starts again (the package URI is written again), configuration and property
+//! writes are sent again from the first, a read is sent again.
 //!
 //! # When an operation counts as sent
 //!
