@@ -408,6 +408,12 @@ pub(crate) struct Child {
     polls: u8,
     /// In its parent's `held` queue, with the state it was held in.
     held: Option<ChildState>,
+    /// The device registered while this attempt's firmware Execute of Update still waited
+    /// in the transport's queue: it may have restarted and lost its package. The
+    /// device's refusal of that Execute (4.05, not Downloaded) then re-synchronises the
+    /// child from `/5/0` instead of failing it, once (see `resync_after_refused_execute`).
+    /// Not stored: a restored child re-synchronises anyway.
+    execute_after_restart: bool,
     op: Option<OpId>,
     deadline: Option<Instant>,
     next_poll: Option<Instant>,
@@ -696,6 +702,7 @@ impl JobEngine {
                 resends: 0,
                 polls: 0,
                 held: None,
+                execute_after_restart: false,
                 op: None,
                 deadline: None,
                 next_poll: None,
@@ -1632,6 +1639,7 @@ impl JobEngine {
         let child = &mut self.children[c as usize];
         child.attempt = child.attempt.saturating_add(1);
         child.step = 0;
+        child.execute_after_restart = false;
         // An observation of /5/0 the last attempt opened goes on serving this one (a
         // second would be left on the device: only the newest is cancelled at the end).
         child.flags &= FLAG_OBSERVING;
@@ -1841,6 +1849,7 @@ impl JobEngine {
         child.attempt = 1;
         child.step = 0;
         child.flags = 0;
+        child.execute_after_restart = false;
         child.resends = 0;
         child.polls = 0;
         if is_offline(&self.devices, &child.device) {
@@ -2196,11 +2205,18 @@ impl JobEngine {
                 self.remember_version(&device, false);
                 self.drive(now, c);
             }
+            Err(DeviceError::MethodNotAllowed)
+                if self.children[c as usize].execute_after_restart
+                    && self.children[c as usize].step == FW_EXECUTE =>
+            {
+                self.resync_after_refused_execute(now, c);
+            }
             Err(e) => self.fail_attempt(now, c, FailureReason::Rejected(e.clone())),
             Ok(reply) => {
                 let child = &mut self.children[c as usize];
                 child.flags |= FLAG_TOUCHED;
                 child.resends = 0;
+                child.execute_after_restart = false;
                 self.advance(now, c, reply)
             }
         }
@@ -2243,6 +2259,27 @@ impl JobEngine {
             child.flags |= FLAG_URI_BEFORE_RESTART;
             child.step = FW_SYNC;
         }
+        self.drive(now, c);
+    }
+
+    /// The device refused (4.05) the firmware Execute of Update that waited in the
+    /// transport's queue while it registered again: it is not Downloaded any more, most
+    /// likely because it restarted and lost the package (LwM2M's Update is executable in
+    /// Downloaded only). The Execute was not carried out. As for any device that registers
+    /// again mid-update, the child re-synchronises from `/5/0` (observing it again: the
+    /// registration dropped the observation) and the State decides: Idle writes the
+    /// package URI again (a new download), Downloaded executes again, a download under
+    /// way is followed. Once per such registration: a second refusal without a new
+    /// registration fails the attempt as `rejected:4.05`, and the attempt's per-device
+    /// timeout (running since its first `Sent`) bounds the new download.
+    fn resync_after_refused_execute(&mut self, now: Instant, c: u32) {
+        let child = &mut self.children[c as usize];
+        child.execute_after_restart = false;
+        child.flags &= !FLAG_EXECUTE_SENT;
+        child.flags |= FLAG_TOUCHED;
+        child.step = FW_OBSERVE;
+        child.polls = 0;
+        child.next_poll = None;
         self.drive(now, c);
     }
 
@@ -2584,6 +2621,11 @@ impl JobEngine {
             if child.flags & (FLAG_EXECUTE_SENT | FLAG_URI_WRITTEN) == FLAG_URI_WRITTEN {
                 child.flags &= !FLAG_URI_WRITTEN;
                 child.flags |= FLAG_URI_BEFORE_RESTART;
+            }
+            if child.step == FW_EXECUTE && child.flags & FLAG_EXECUTE_SENT == 0 {
+                // The queued Execute of Update reaches a device that may have lost its
+                // package with the restart: its refusal is not final (see the field).
+                child.execute_after_restart = true;
             }
         }
     }

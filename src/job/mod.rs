@@ -104,7 +104,13 @@
 //!   child keeps waiting for that operation (which follows the device to its new
 //!   registration) and sends nothing again; without this, a reboot job on a sleeping
 //!   device that woke by registering reported success, and the Execute then rebooted the
-//!   device after the job said it was done;
+//!   device after the job said it was done. A firmware update's Execute of Update that
+//!   waited across such a registration may reach a device that restarted and lost its
+//!   package: its refusal (4.05, the device is not Downloaded) does not fail the attempt
+//!   but re-synchronises it from `/5/0` (observed again), as for any device that
+//!   registers again mid-update, so a lost download starts again (the package URI is
+//!   written again) within the attempt's per-device timeout. Once per such registration:
+//!   a second refusal fails the attempt as `rejected:4.05`;
 //! - an operation that times out in the transport's queue (no `Sent`) never reached the
 //!   device: it is sent again within `max_resends`, a reboot's Execute too, and then
 //!   fails as `timedOut`;
