@@ -21,6 +21,8 @@ mod persist;
 mod progress;
 mod retention;
 mod slots;
+#[cfg(test)]
+mod tests;
 #[doc(hidden)]
 pub use persist::fuzz_decode_job_row;
 pub use persist::{JobRow, JobRowError};
@@ -811,11 +813,17 @@ impl JobEngine {
             DeviceEvent::Response { op, result, .. } => {
                 if let Some(c) = self.ops.remove(op) {
                     // An answer without its `Sent`: the transport's own refusals never
-                    // left; anything else did (the answer is the proof).
+                    // left; anything else did (the answer is the proof). `BadPayload` is a
+                    // refusal here: a transport that reports `Sent` does so before the
+                    // device can answer, so an undecodable answer of the device comes
+                    // after it, and one before it is the transport's own (its encoder
+                    // refused the value, or it could not send the request).
                     if self.unsent.remove(op)
                         && !matches!(
                             result,
-                            Err(DeviceError::NotRegistered | DeviceError::QueueFull)
+                            Err(DeviceError::NotRegistered
+                                | DeviceError::QueueFull
+                                | DeviceError::BadPayload(_))
                         )
                     {
                         self.on_sent(now, c);

@@ -114,6 +114,11 @@
 //! - an operation that times out in the transport's queue (no `Sent`) never reached the
 //!   device: it is sent again within `max_resends`, a reboot's Execute too, and then
 //!   fails as `timedOut`;
+//! - an operation the transport answers itself before any `Sent` never reached the
+//!   device either: `NotRegistered` and `QueueFull`, and `BadPayload` (the transport
+//!   could not encode or send the request; a device's undecodable answer comes after
+//!   the request's `Sent`). A refused Execute counts as not carried out, and the refusal
+//!   does not start the per-device timeout;
 //! - the per-device timeout of an attempt runs from its first `Sent`, not from when its
 //!   first request was queued: a sleeping device's time in the queue does not count, as
 //!   the preview's firmware `Timeout` is the time the device has to carry the update out
