@@ -432,6 +432,18 @@ enum Timer {
     Retry(u32, u8),
 }
 
+/// An operation of a step an engine rebuilt after a failed commit takes over (see
+/// `JobEngine::settled`).
+#[derive(Clone, Copy, Debug)]
+struct Settled {
+    op: OpId,
+    child: u32,
+    attempt: u8,
+    step: u8,
+    /// The child's `execute_after_restart` when the operation was answered or given up.
+    execute_after_restart: bool,
+}
+
 /// What the job engine knows of one device's registration.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 struct DeviceState {
@@ -482,12 +494,13 @@ pub struct JobEngine {
     /// Children of an engine rebuilt after a failed commit whose step goes out only once
     /// the failed batch is applied again (see [`JobEngine::carry_devices_from`]).
     deferred: Vec<u32>,
-    /// Executes of reboots and factory resets, and firmware Package URI Writes, answered
-    /// or given up by a cancellation since the last commit that succeeded (journal on
-    /// only): `(op, child, attempt)`. An
+    /// Executes of reboots and factory resets, and firmware Package URI Writes and
+    /// Executes of Update, answered or given up by a cancellation since the last commit
+    /// that succeeded (journal on only). An
     /// engine rebuilt after a failed commit takes them over, so an answer applied again
-    /// counts (see `adopt_executes`). Cleared by [`JobEngine::committed`].
-    settled: Vec<(OpId, u32, u8)>,
+    /// counts (see `adopt_executes`). Cleared by [`JobEngine::committed`]: one entry per
+    /// answer or cancellation taken since that commit.
+    settled: Vec<Settled>,
     /// Operations numbered below this were made before the last commit that succeeded
     /// (or this engine's start), so they went out; later ones may belong to a batch whose
     /// commit fails, and were never sent then.
@@ -1071,8 +1084,19 @@ impl JobEngine {
     /// [`JobEngine::resume_deferred`], once the failed batch has been applied again: a
     /// registration in that batch must not count as the reboot of an Execute sent before
     /// it (it resumes the child the ordinary way). A firmware update whose Execute of
-    /// Update went out waits for the registration, as after a restart: it is never
-    /// executed twice.
+    /// Update went out unanswered (and is not taken back, see below) waits for the
+    /// registration, as after a restart: it is never executed twice; one whose Execute
+    /// was answered re-synchronises from `/5/0` like the others.
+    ///
+    /// Operations of `earlier` still in flight: the steps that must not be carried out
+    /// twice (a reboot's or factory reset's Execute, a firmware update's Package URI
+    /// Write and Execute of Update) take `earlier`'s operation back (`adopt_executes`),
+    /// so its `Sent` and answer count when they come; every other step (reads, writes,
+    /// the configuration apply, the firmware Observe, Reads and the empty-URI reset) is
+    /// sent again under a new operation id, and the answer to `earlier`'s operation,
+    /// which this engine does not know, is ignored: each step's answer counts once, and
+    /// the device carries the step out twice at most, which these steps allow (they
+    /// read, or write the same values again).
     pub(crate) fn carry_devices_from(&mut self, now: Instant, earlier: &JobEngine) {
         self.devices = earlier.devices.clone();
         self.object_sets = earlier.object_sets.clone();
@@ -1091,7 +1115,13 @@ impl JobEngine {
                 | JobKind::ReadDeviceProperties => waiting.push(c),
                 JobKind::RebootDevice | JobKind::FactoryResetDevice => self.deferred.push(c),
                 JobKind::FirmwareUpdate => {
-                    if child.flags & FLAG_EXECUTE_SENT == 0 {
+                    // An Execute of Update that went out unanswered, and that was not
+                    // taken back, waits for the registration of the new image. One
+                    // answered re-synchronises: the State and Update Result decide (an
+                    // update that failed or was deferred without a reboot would
+                    // otherwise wait for a registration that never comes), and Update is
+                    // never executed again once answered.
+                    if child.flags & FLAG_EXECUTE_SENT == 0 || child.flags & FLAG_EXECUTED != 0 {
                         self.deferred.push(c);
                     }
                 }
@@ -1109,19 +1139,26 @@ impl JobEngine {
     /// up (see `settled`).
     fn note_settled(&mut self, op: OpId, c: u32) {
         let child = &self.children[c as usize];
-        if self.journal.is_some() && self.adoptable_step(c) == Some(child.step) {
-            self.settled.push((op, c, child.attempt));
+        if self.journal.is_some() && self.adoptable(c, child.step) {
+            self.settled.push(Settled {
+                op,
+                child: c,
+                attempt: child.attempt,
+                step: child.step,
+                execute_after_restart: child.execute_after_restart,
+            });
         }
     }
 
-    /// The step whose operation an engine rebuilt after a failed commit takes over (see
-    /// `adopt_executes`): a reboot's or factory reset's Execute, a firmware update's
-    /// Package URI Write.
-    fn adoptable_step(&self, c: u32) -> Option<u8> {
+    /// Whether an engine rebuilt after a failed commit takes over the operation of step
+    /// `step` of child `c` (see `adopt_executes`): a reboot's or factory reset's Execute,
+    /// a firmware update's Package URI Write or Execute of Update: the steps that must
+    /// not be carried out twice, nor be taken as not done when they were.
+    fn adoptable(&self, c: u32, step: u8) -> bool {
         match self.parents[self.children[c as usize].parent as usize].kind() {
-            JobKind::RebootDevice | JobKind::FactoryResetDevice => Some(0),
-            JobKind::FirmwareUpdate => Some(FW_WRITE_URI),
-            _ => None,
+            JobKind::RebootDevice | JobKind::FactoryResetDevice => step == 0,
+            JobKind::FirmwareUpdate => matches!(step, FW_WRITE_URI | FW_EXECUTE),
+            _ => false,
         }
     }
 
@@ -1135,12 +1172,16 @@ impl JobEngine {
     /// A reboot or factory reset whose Execute `earlier` sent, and which `earlier` still
     /// waits on or whose answer it took since the last commit that succeeded, is restored
     /// as if its answer were lost (the next registration is the reboot, within
-    /// `reboot_wait`); a firmware update whose Package URI Write is in the same case is
-    /// restored waiting for its device. But the answer may be in the failed batch,
+    /// `reboot_wait`); a firmware update whose Package URI Write or Execute of Update is
+    /// in the same case is restored waiting for its device. But the answer may be in the
+    /// failed batch,
     /// applied again soon. The child takes `earlier`'s operation back, so that answer
     /// counts (without it a reboot ended `timedOut`, or a retry executed it twice; a
     /// refused Write went unseen and a package the device already held could be
-    /// installed); the per-device timeout starts again.
+    /// installed; an Execute of Update still queued at the transport went out behind the
+    /// rebuilt engine's Read of `/5/0`, which then took the update under way for a
+    /// download and, once the device rebooted into the new image, wrote the package again
+    /// and installed it twice); the per-device timeout starts again.
     fn adopt_executes(&mut self, now: Instant, earlier: &JobEngine) {
         // A `Sent` (or answer) the earlier engine took is the transport's fact, whether or
         // not the batch that carried it committed: the same attempt keeps it, so an
@@ -1174,15 +1215,22 @@ impl JobEngine {
             (op.0 < earlier.sent_below
                 && old.op == Some(op)
                 && old.state == ChildState::InProgress
-                && earlier.adoptable_step(c) == Some(old.step))
-            .then_some((op, c, old.attempt))
+                && earlier.adoptable(c, old.step))
+            .then_some(Settled {
+                op,
+                child: c,
+                attempt: old.attempt,
+                step: old.step,
+                execute_after_restart: old.execute_after_restart,
+            })
         });
-        let mut adopted: Vec<(OpId, u32)> = earlier
+        let mut adopted: Vec<Settled> = earlier
             .settled
             .iter()
             .copied()
             .chain(outstanding)
-            .filter(|&(op, c, attempt)| {
+            .filter(|s| {
+                let (op, c, attempt) = (s.op, s.child, s.attempt);
                 if op.0 >= earlier.sent_below || !self.children.range().contains(&c) {
                     return false;
                 }
@@ -1203,30 +1251,37 @@ impl JobEngine {
                                     || new.flags & FLAG_EXECUTE_SENT != 0)
                                 && !is_offline(&self.devices, &new.device))
                     }
-                    // Restored waiting for its device, the Write not known answered.
+                    // Restored waiting for its device at the step of the operation: the
+                    // Write not known answered, or the Execute of Update not known
+                    // answered (queued, sent, or answered in the failed batch).
                     JobKind::FirmwareUpdate => {
                         new.state == ChildState::WaitingForDevice
-                            && new.step == FW_WRITE_URI
-                            && new.flags & (FLAG_URI_WRITTEN | FLAG_EXECUTE_SENT) == 0
+                            && new.step == s.step
                             && !is_offline(&self.devices, &new.device)
+                            && match s.step {
+                                FW_WRITE_URI => {
+                                    new.flags & (FLAG_URI_WRITTEN | FLAG_EXECUTE_SENT) == 0
+                                }
+                                _ => new.flags & FLAG_EXECUTED == 0,
+                            }
                     }
                     _ => false,
                 }
             })
-            .map(|(op, c, _)| (op, c))
             .collect();
         // One operation a child: an answered one before an outstanding one.
-        adopted.sort_by_key(|&(_, c)| c);
-        adopted.dedup_by_key(|&mut (_, c)| c);
-        for (op, c) in adopted {
+        adopted.sort_by_key(|s| s.child);
+        adopted.dedup_by_key(|s| s.child);
+        for s in adopted {
+            let (op, c) = (s.op, s.child);
             if self.children[c as usize].state == ChildState::WaitingForDevice
                 && !self.child_apply(now, c, ChildEvent::DeviceOnline)
             {
                 continue;
             }
-            let step = self.adoptable_step(c).unwrap_or(0);
             let child = &mut self.children[c as usize];
-            child.step = step;
+            child.step = s.step;
+            child.execute_after_restart = s.execute_after_restart;
             child.op = Some(op);
             // The restore's wait for a registration no longer applies.
             child.next_poll = None;
