@@ -832,6 +832,9 @@ fn a_deferred_update_is_polled_a_bounded_number_of_times() {
     assert_eq!(now, t0 + timeout);
     assert_eq!(
         child(&engine, &id, &dev),
-        (ChildState::Failed, Some(FailureReason::FirmwareUpdateDeferred))
+        (
+            ChildState::Failed,
+            Some(FailureReason::FirmwareUpdateDeferred)
+        )
     );
 }

@@ -40,14 +40,9 @@ impl Disk {
         let dropped: Vec<DeviceOp> = std::iter::from_fn(|| e.poll_op()).collect();
         let _ = e.take_journal();
         let wall = e.wall(now);
-        let rebuilt = JobEngine::restore_after(
-            e,
-            now,
-            wall,
-            self.parents.clone(),
-            self.children.clone(),
-        )
-        .expect("the rows decode");
+        let rebuilt =
+            JobEngine::restore_after(e, now, wall, self.parents.clone(), self.children.clone())
+                .expect("the rows decode");
         *e = rebuilt;
         dropped
     }
@@ -174,10 +169,7 @@ impl Device {
                 DeviceRequest::Observe { path } | DeviceRequest::Read { path }
                     if *path == fw_path =>
                 {
-                    (
-                        Ok(DeviceReply::Content(fw(self.state, self.result))),
-                        false,
-                    )
+                    (Ok(DeviceReply::Content(fw(self.state, self.result))), false)
                 }
                 DeviceRequest::Read { path } if *path == Lwm2mPath::resource(3, 0, 3) => (
                     Ok(DeviceReply::Content(Content::single(
@@ -266,10 +258,18 @@ fn a_queued_firmware_execute_is_taken_back_by_a_rebuilt_engine() {
         }
         e.resume_deferred(t1);
         if fail {
-            assert_eq!(e.poll_op(), None, "nothing new: the queued Execute is taken back");
+            assert_eq!(
+                e.poll_op(),
+                None,
+                "nothing new: the queued Execute is taken back"
+            );
         }
         run(&mut e, &mut device, t1 + Duration::from_secs(600), &id);
-        assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None), "fail {fail}");
+        assert_eq!(
+            child(&e, &id, &dev),
+            (ChildState::Succeeded, None),
+            "fail {fail}"
+        );
         assert_eq!(
             (device.uri_writes, device.executes),
             (1, 1),
@@ -361,7 +361,12 @@ fn a_rebuilt_engine_reads_again_and_ignores_the_old_answer() {
     let mut disk = Disk::default();
     let read = one_op(&mut e);
     disk.commit(&mut e);
-    let value = |v| Ok(DeviceReply::Content(Content::single(path, ResourceValue::Integer(v))));
+    let value = |v| {
+        Ok(DeviceReply::Content(Content::single(
+            path,
+            ResourceValue::Integer(v),
+        )))
+    };
     let batch = [sent(&read), answer(&read, value(40))];
     for ev in &batch {
         e.handle_event(t0, ev);
