@@ -468,3 +468,33 @@ fn a_reboot_whose_execute_ended_with_the_registration_waits_reboot_wait() {
     assert!(drain(&mut engine).is_empty(), "never executed twice");
     engine.validate().unwrap();
 }
+
+/// The mark a registration leaves on a queued Execute of Update belongs to that Execute
+/// only: when it times out in the queue (never sent), the child reads `/5/0`, finds the
+/// package kept (Downloaded) and executes again; the device's refusal of that new
+/// Execute, with no registration since, is final.
+#[test]
+fn a_refusal_of_a_later_execute_after_the_queued_one_timed_out_is_final() {
+    let (mut engine, t0, dev, id, execute) = firmware_at_execute();
+    let t1 = t0 + Duration::from_secs(600);
+    engine.handle_event(t1, &registered(&dev));
+    timed_out(&mut engine, t1, &execute);
+    let read = one_op(&mut engine);
+    assert_eq!(
+        read.request,
+        DeviceRequest::Read {
+            path: Lwm2mPath::instance(5, 0)
+        }
+    );
+    sent(&mut engine, t1, &read);
+    answer(&mut engine, t1, &read, DeviceReply::Content(fw_state(2, 0)));
+    let again = one_op(&mut engine);
+    assert_eq!(again.request, update_execute());
+    sent(&mut engine, t1, &again);
+    refused(&mut engine, t1, &again, DeviceError::MethodNotAllowed);
+    assert_eq!(
+        state(&engine, &id, &dev),
+        (ChildState::Failed, Some("rejected:4.05".into()))
+    );
+    engine.validate().unwrap();
+}
