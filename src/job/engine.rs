@@ -1095,8 +1095,8 @@ impl JobEngine {
     /// the configuration apply, the firmware Observe, Reads and the empty-URI reset) is
     /// sent again under a new operation id, and the answer to `earlier`'s operation,
     /// which this engine does not know, is ignored: each step's answer counts once, and
-    /// the device carries the step out twice at most, which these steps allow (they
-    /// read, or write the same values again).
+    /// the device may carry such a step out once more per rebuild, which these steps
+    /// allow (they read, or write the same values again).
     pub(crate) fn carry_devices_from(&mut self, now: Instant, earlier: &JobEngine) {
         self.devices = earlier.devices.clone();
         self.object_sets = earlier.object_sets.clone();
