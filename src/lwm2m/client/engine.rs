@@ -2246,6 +2246,9 @@ impl Lwm2mClient {
     ) -> Result<Content, Code> {
         let number = req.content_format().map_or(Format::Text.code(), |c| c.0);
         let fmt = Format::from_code(number).ok_or(Code::UNSUPPORTED_CONTENT_FORMAT)?;
+        if !formats::fits(fmt, self.tree.resource_type(base)) {
+            return Err(Code::BAD_REQUEST);
+        }
         let types = |p: &Lwm2mPath| formats::write_types(self.tree.resource_type(p));
         formats::decode(fmt, payload, base, &types).map_err(|e| match e {
             ContentError::UnsupportedFormat(_) => Code::UNSUPPORTED_CONTENT_FORMAT,
