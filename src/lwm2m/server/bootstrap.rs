@@ -22,6 +22,11 @@
 //!
 //! Any other error or a time-out ends the session as failed; the device retries on its
 //! own (its hold-off and retry timers). The outcome is a [`DeviceEvent::Bootstrap`].
+//! A Finish whose answer is lost is retransmitted like any request, and a client that
+//! already left for its LWM2M server answers the copy from its duplicate cache (the
+//! crate's device library does, also over DTLS), so one answer getting through ends the
+//! session finished; a Finish that times out (no answer got through) is reported failed,
+//! although the device may have applied it and registered.
 //!
 //! Bounds: at most [`MAX_BOOTSTRAP_SESSIONS`] sessions at once (a request beyond them is
 //! answered 5.03 and nothing starts; the device retries later); a new request from an
