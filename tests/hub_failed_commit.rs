@@ -98,7 +98,10 @@ fn after_a_job_commit_fails_subscribers_still_hear_job_progress() {
             Err(e) => panic!("{e}"),
         }
     });
-    assert!(refused.is_some(), "no job creation took the injected failure");
+    assert!(
+        refused.is_some(),
+        "no job creation took the injected failure"
+    );
     // The engine rebuilt from the store reports the next job's progress.
     hub.create_job(spec("kept")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

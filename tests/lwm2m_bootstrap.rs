@@ -373,3 +373,83 @@ fn a_device_bootstraps_over_dtls_with_its_bootstrap_credentials() {
     dm.stop();
     bs.stop();
 }
+
+#[test]
+fn a_device_that_goes_back_to_bootstrap_does_so_over_dtls() {
+    // The provisioned server never answers (a socket nobody reads): after 5 Registers
+    // lost in a row the device goes back to its bootstrap server, which speaks DTLS only.
+    // Its second Bootstrap-Request went out in plain CoAP before (the thread had switched
+    // to the provisioned server's plain link and never back), so the bootstrap server
+    // dropped it and the device was stuck.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dm_uri = format!("coap://{}", silent.local_addr().unwrap());
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("bs-again").unwrap()))
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let bs = Hub::builder()
+        .registry(registry)
+        .dtls("127.0.0.1:0")
+        .bootstrap(move |request| {
+            record.lock().unwrap().push(
+                request
+                    .identity
+                    .as_ref()
+                    .map(|i| i.psk_identity.to_string()),
+            );
+            Some(BootstrapPlan::new(vec![ServerAccount::new(
+                2,
+                dm_uri.clone(),
+            )]))
+        })
+        .build()
+        .unwrap();
+    let bootstrap_creds = PskCredentials::new("bs-again-bs", PskKey::new(vec![0x44; 16])).unwrap();
+    bs.set_psk("bs-again", bootstrap_creds.clone()).unwrap();
+    let bs_events = lifecycle(&bs);
+
+    let bs_addr = bs.local_addr().unwrap();
+    let mut tree = ObjectTree::new();
+    tree.add(objects::bootstrap_security(&format!("coaps://{bs_addr}")));
+    tree.add(objects::unprovisioned_server());
+    tree.add(objects::device("twinhub", "bs", "bs-again", "1.0"));
+    let mut config = ClientConfig::new("bs-again", bs_addr)
+        .with_bootstrap(bs_addr)
+        .with_bootstrap_psk(bootstrap_creds);
+    // A Register is given up after about 0.6 s; the retries wait 0.1, 0.2, 0.4, 0.8 s.
+    config.ack_timeout = Duration::from_millis(200);
+    config.max_retransmit = 1;
+    config.retry_initial = Duration::from_millis(100);
+    let _dev = DeviceThread::spawn(
+        Lwm2mClient::new(Instant::now(), config, tree),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let wait = Duration::from_secs(30);
+    for round in 0..2 {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match bs_events.recv_timeout(left) {
+                Ok(HubEvent::Lifecycle(e)) if e.device == "bs-again" => {
+                    if e.event == LifecycleKind::Bootstrapped {
+                        break;
+                    }
+                    assert_ne!(e.event, LifecycleKind::BootstrapFailed, "{e:?}");
+                }
+                Ok(_) => {}
+                Err(e) => panic!("no bootstrap {} within {wait:?}: {e:?}", round + 1),
+            }
+        }
+    }
+    // Both Bootstrap-Requests came over DTLS, from the bootstrap identity.
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|i| i.as_deref() == Some("bs-again-bs")),
+        "{seen:?}"
+    );
+    bs.stop();
+}

@@ -22,7 +22,11 @@
 //!
 //! **Bootstrap.** A client configured with a bootstrap server talks to it first (plain
 //! CoAP, or DTLS with its bootstrap PSK); at Bootstrap-Finish the thread switches to the
-//! provisioned server, over DTLS when the bootstrap server gave a PSK.
+//! provisioned server, over DTLS when the bootstrap server gave a PSK. When the client
+//! goes back to its bootstrap server (5 Registers refused or lost in a row), the thread
+//! switches back before the Bootstrap-Request goes out: the session with the provisioned
+//! server ends with a close_notify and a new one is made with the bootstrap credentials
+//! (the request went out in plain CoAP, which a DTLS bootstrap server drops).
 //!
 //! **Ending a session.** When the thread stops ([`DeviceThread::shutdown`], or the handle
 //! dropped) and when it leaves the bootstrap server for the provisioned one, it closes
@@ -165,6 +169,8 @@ impl DeviceThread {
             dtls,
             #[cfg(feature = "dtls")]
             lingering: None,
+            #[cfg(feature = "dtls")]
+            at_bootstrap: bootstrapping,
             handshakes: handshakes.clone(),
             client: client.clone(),
             socket: socket.clone(),
@@ -269,6 +275,9 @@ struct Worker {
     /// closes: kept for the server's retransmitted Finish (see the module docs).
     #[cfg(feature = "dtls")]
     lingering: Option<(SocketAddr, DtlsClient, Instant)>,
+    /// Whether `server` (and `dtls`) are the bootstrap server's.
+    #[cfg(feature = "dtls")]
+    at_bootstrap: bool,
     #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
     handshakes: Arc<AtomicU64>,
     client: Arc<Mutex<Lwm2mClient>>,
@@ -412,6 +421,7 @@ impl Worker {
     /// bootstrap server's idle timer runs out.
     #[cfg(feature = "dtls")]
     fn leave_bootstrap_server(&mut self, c: &Lwm2mClient, server: SocketAddr) {
+        self.at_bootstrap = false;
         self.close_lingering();
         let old = std::mem::replace(
             &mut self.dtls,
@@ -439,9 +449,31 @@ impl Worker {
         self.server = server;
     }
 
+    /// The client went back to its bootstrap server (its Bootstrap-Request is about to
+    /// go out): the provisioned server's session ends with a close_notify, and the
+    /// bootstrap server's is made with the bootstrap credentials (see the module docs).
+    #[cfg(feature = "dtls")]
+    fn return_to_bootstrap_server(&mut self, c: &Lwm2mClient) {
+        let Some(bootstrap) = c.config().bootstrap else {
+            return;
+        };
+        self.close_dtls();
+        self.server = bootstrap;
+        self.dtls = c
+            .config()
+            .bootstrap_psk
+            .clone()
+            .map(|creds| DtlsClient::new(Instant::now(), creds));
+        self.at_bootstrap = true;
+    }
+
     fn flush(&mut self, c: &mut Lwm2mClient) {
         #[cfg(feature = "dtls")]
         let now = Instant::now();
+        #[cfg(feature = "dtls")]
+        if !self.at_bootstrap && c.is_bootstrapping() {
+            self.return_to_bootstrap_server(c);
+        }
         while let Some(t) = c.poll_transmit() {
             #[cfg(feature = "dtls")]
             if let Some(d) = self.dtls.as_mut()

@@ -697,6 +697,12 @@ impl Lwm2mClient {
         )
     }
 
+    /// Whether a Bootstrap-Request is out (the client talks to its bootstrap server).
+    #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
+    pub(crate) fn is_bootstrapping(&self) -> bool {
+        matches!(self.reg, RegState::Bootstrapping { .. })
+    }
+
     /// The registration's location (`/rd/...`) while registered.
     pub fn location(&self) -> Option<String> {
         match &self.reg {
