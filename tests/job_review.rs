@@ -798,3 +798,40 @@ fn a_graceful_cancel_resumes_an_in_flight_child_held_for_a_slot() {
     assert!(resumed.iter().any(|op| op.device == d), "{resumed:?}");
     assert_eq!(engine.job(&id).unwrap().status, JobStatus::Running);
 }
+
+/// Item 2 of a later review: a deferred update is followed by the observation of `/5/0`
+/// (State and Update Result, which the engine observes itself here) and backed by reads
+/// of `/5/0` that back off to `poll_interval`, a bounded number of times: in a wait
+/// step of `T` (here the 10-min device timeout) at most 5 + ⌊(T − 31 s) / 30 s⌋ reads, 23,
+/// one at a time, then the attempt fails as `deferred`.
+#[test]
+fn a_deferred_update_is_polled_a_bounded_number_of_times() {
+    use twinhub::job::ChildState;
+    let timeout = Duration::from_secs(600);
+    let (mut engine, t0, dev, id) = fw_executed(|s| s.device_timeout(timeout));
+    notify_firmware(&mut engine, t0, &dev, fw_state(2, 11));
+    let mut reads = Vec::new();
+    let mut now = t0;
+    while let Some(next) = engine.poll_timeout() {
+        now = next;
+        engine.handle_timeout(now);
+        for op in drain(&mut engine) {
+            if let DeviceRequest::Read { path } = op.request {
+                assert_eq!(path, Lwm2mPath::instance(5, 0));
+                reads.push(now - t0);
+                answer(&mut engine, now, &op, DeviceReply::Content(fw_state(2, 11)));
+            }
+        }
+        if engine.job(&id).unwrap().status.is_terminal() {
+            break;
+        }
+    }
+    let expected = 5 + (timeout.as_secs() - 31) / 30;
+    assert_eq!(reads.len() as u64, expected, "{reads:?}");
+    assert_eq!(reads[..6], [1, 3, 7, 15, 31, 61].map(Duration::from_secs));
+    assert_eq!(now, t0 + timeout);
+    assert_eq!(
+        child(&engine, &id, &dev),
+        (ChildState::Failed, Some(FailureReason::FirmwareUpdateDeferred))
+    );
+}

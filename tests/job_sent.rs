@@ -4,11 +4,13 @@
 
 use std::time::{Duration, Instant};
 use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobType};
-use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
-use twinhub::{DeviceId, Lwm2mPath, Timestamp};
+use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
+use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
-use job_support::{answer, drain, fw_state, notify_firmware, one_op, registered, timed_out};
+use job_support::{
+    answer, drain, fw_state, is_write_of, notify_firmware, one_op, registered, timed_out,
+};
 
 fn reports_sent() -> EngineConfig {
     EngineConfig {
@@ -263,7 +265,6 @@ fn a_restored_engine_sends_an_execute_whose_sent_was_not_recorded() {
 /// never executes twice); without one, it times out.
 #[test]
 fn an_update_after_a_rebinding_failed_the_execute_is_not_the_reboot() {
-    use twinhub::transport::DeviceError;
     for with_register in [true, false] {
         let (mut engine, t0, dev, id) = one_child(reports_sent(), reboot(true));
         let execute = one_op(&mut engine);
@@ -307,4 +308,163 @@ fn an_update_after_a_rebinding_failed_the_execute_is_not_the_reboot() {
         }
         engine.validate().unwrap();
     }
+}
+
+/// The device refuses `op` with `error` (after its `Sent`).
+fn refused(engine: &mut JobEngine, now: Instant, op: &DeviceOp, error: DeviceError) {
+    engine.handle_event(
+        now,
+        &DeviceEvent::Response {
+            op: op.id,
+            device: op.device.clone(),
+            result: Err(error),
+        },
+    );
+}
+
+/// A firmware job over `d` (reports `Sent`) driven to its Execute of Update, which is
+/// handed to the transport (not sent yet).
+fn firmware_at_execute() -> (JobEngine, Instant, DeviceId, JobId, DeviceOp) {
+    let job = JobType::FirmwareUpdate {
+        package_uri: "coap://x/2.0".into(),
+        expected_version: Some("2.0".into()),
+    };
+    let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
+    let observe = one_op(&mut engine);
+    sent(&mut engine, t0, &observe);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let write = one_op(&mut engine);
+    assert!(is_write_of(&write, Lwm2mPath::resource(5, 0, 1)));
+    sent(&mut engine, t0, &write);
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
+    let execute = one_op(&mut engine);
+    assert_eq!(execute.request, update_execute());
+    (engine, t0, dev, id, execute)
+}
+
+fn update_execute() -> DeviceRequest {
+    DeviceRequest::Execute {
+        path: Lwm2mPath::resource(5, 0, 2),
+        args: None,
+    }
+}
+
+/// The Execute of Update waits in the queue of a sleeping device, which restarts and
+/// loses its downloaded package meanwhile (it registers again, Idle). The queued Execute
+/// reaches it in Idle and is refused (4.05, Update is executable in Downloaded only): the
+/// child does not fail but re-synchronises, as it does for a registration while nothing
+/// was queued: it observes `/5/0` again (the registration dropped the observation),
+/// finds the device Idle and writes the package URI again. Once per registration: a
+/// second refusal with no registration in between fails the attempt as `rejected:4.05`.
+/// (Before the fix the first refusal failed the child as `rejected:4.05`.)
+#[test]
+fn a_queued_firmware_execute_refused_after_a_restart_downloads_again() {
+    for refused_again in [false, true] {
+        let (mut engine, t0, dev, id, execute) = firmware_at_execute();
+        let t1 = t0 + Duration::from_secs(600);
+        engine.handle_event(t1, &registered(&dev));
+        assert!(drain(&mut engine).is_empty(), "the Execute stays queued");
+        sent(&mut engine, t1, &execute);
+        refused(&mut engine, t1, &execute, DeviceError::MethodNotAllowed);
+        assert_eq!(
+            state(&engine, &id, &dev),
+            (ChildState::InProgress, None),
+            "the device lost its package: not a refusal of the update"
+        );
+        let observe = one_op(&mut engine);
+        assert_eq!(
+            observe.request,
+            DeviceRequest::Observe {
+                path: Lwm2mPath::instance(5, 0)
+            },
+            "observed again after the registration"
+        );
+        sent(&mut engine, t1, &observe);
+        answer(
+            &mut engine,
+            t1,
+            &observe,
+            DeviceReply::Content(fw_state(0, 0)),
+        );
+        let write = one_op(&mut engine);
+        assert!(
+            is_write_of(&write, Lwm2mPath::resource(5, 0, 1)),
+            "Idle: the package URI is written again, {write:?}"
+        );
+        sent(&mut engine, t1, &write);
+        answer(&mut engine, t1, &write, DeviceReply::Done);
+        notify_firmware(&mut engine, t1, &dev, fw_state(2, 0));
+        let again = one_op(&mut engine);
+        assert_eq!(again.request, update_execute());
+        sent(&mut engine, t1, &again);
+        if refused_again {
+            refused(&mut engine, t1, &again, DeviceError::MethodNotAllowed);
+            assert_eq!(
+                state(&engine, &id, &dev),
+                (ChildState::Failed, Some("rejected:4.05".into())),
+                "no registration since: the refusal is final"
+            );
+        } else {
+            answer(&mut engine, t1, &again, DeviceReply::Done);
+            notify_firmware(&mut engine, t1, &dev, fw_state(0, 1));
+            let verify = one_op(&mut engine);
+            sent(&mut engine, t1, &verify);
+            answer(
+                &mut engine,
+                t1,
+                &verify,
+                DeviceReply::Content(Content::single(
+                    Lwm2mPath::resource(3, 0, 3),
+                    ResourceValue::String("2.0".into()),
+                )),
+            );
+            assert_eq!(state(&engine, &id, &dev), (ChildState::Succeeded, None));
+        }
+        engine.validate().unwrap();
+    }
+}
+
+/// Control: a refusal of an Execute of Update that was not queued across a registration
+/// is the device's answer: the attempt fails as `rejected:4.05` at once.
+#[test]
+fn a_firmware_execute_refused_without_a_registration_is_rejected() {
+    let (mut engine, t0, dev, id, execute) = firmware_at_execute();
+    sent(&mut engine, t0, &execute);
+    refused(&mut engine, t0, &execute, DeviceError::MethodNotAllowed);
+    assert_eq!(
+        state(&engine, &id, &dev),
+        (ChildState::Failed, Some("rejected:4.05".into()))
+    );
+    engine.validate().unwrap();
+}
+
+/// NAT rebinding failed the reboot's Execute with `RegistrationEnded` after it left: its
+/// answer is lost, as when it times out, so `reboot_wait` (5 min) bounds the wait for the
+/// Register that proves the reboot, not the per-device timeout (30 min). Before the fix
+/// the child waited the device timeout.
+#[test]
+fn a_reboot_whose_execute_ended_with_the_registration_waits_reboot_wait() {
+    let (mut engine, t0, dev, id) = one_child(reports_sent(), reboot(true));
+    let reboot_wait = engine.config().reboot_wait;
+    let execute = one_op(&mut engine);
+    sent(&mut engine, t0, &execute);
+    let t1 = t0 + Duration::from_secs(2);
+    refused(&mut engine, t1, &execute, DeviceError::RegistrationEnded);
+    assert_eq!(engine.poll_timeout(), Some(t1 + reboot_wait));
+    engine.handle_timeout(t1 + reboot_wait - Duration::from_millis(1));
+    assert_eq!(state(&engine, &id, &dev), (ChildState::InProgress, None));
+    engine.handle_timeout(t1 + reboot_wait);
+    assert_eq!(
+        state(&engine, &id, &dev),
+        (ChildState::Failed, Some("timedOut".into())),
+        "no Register within reboot_wait after the answer was lost"
+    );
+    assert!(drain(&mut engine).is_empty(), "never executed twice");
+    engine.validate().unwrap();
 }

@@ -31,13 +31,25 @@ use std::time::{Duration, Instant};
 pub const MAX_HELD_NOTIFICATIONS: usize = 65_536;
 
 /// Device events other than notifications the hub holds (registrations, updates,
-/// de-registrations and expiries, answers to operations); one arriving at the bound is
-/// dropped and counted like a notification, except a de-registration or an expiry (see
-/// [`MAX_HELD_OFFLINE`]). What is lost then: a registration or update is made good at
+/// de-registrations and expiries, answers to operations and time-outs, and
+/// [`DeviceEvent::Sent`]s: the transport emits one at most for each operation the hub
+/// submitted, so they come no faster than the hub's own operations); one arriving at the
+/// bound is dropped and counted like a notification, except a de-registration or an
+/// expiry (see [`MAX_HELD_OFFLINE`]). A `Sent` for an operation no one tracks any more (a
+/// job child that ended, the hub's own operations) takes a place here like any event,
+/// and nothing beyond it: neither the hub nor the job engine keeps anything for it. What
+/// is lost when an event is dropped: a registration or update is made good at
 /// the device's next Update (an Update under a registration id the twin does not hold is
 /// applied as that registration; a device the hub has no sync observations for is
 /// observed afresh); a job's answer lets its child time out and
-/// retry; a sync observation's answer is observed again at the next Update.
+/// retry; a sync observation's answer is observed again at the next Update; a `Sent`
+/// leaves the job engine counting its operation as still queued at the transport, so
+/// the operation's answer counts as the `Sent` (an answer is the proof), a registration
+/// before that answer proves nothing for it, and should the transport time it out, the
+/// engine takes it for a request that never left and sends it again (within
+/// `max_resends`): a reboot's or factory reset's Execute among them may then be carried
+/// out twice (not a firmware Execute of Update: the engine reads the device's State
+/// before it executes Update again).
 pub const MAX_HELD_EVENTS: usize = 65_536;
 
 /// Devices whose de-registration or expiry arrived with [`MAX_HELD_EVENTS`] reached: the

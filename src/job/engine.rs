@@ -21,6 +21,8 @@ mod persist;
 mod progress;
 mod retention;
 mod slots;
+#[cfg(test)]
+mod tests;
 #[doc(hidden)]
 pub use persist::fuzz_decode_job_row;
 pub use persist::{JobRow, JobRowError};
@@ -37,9 +39,9 @@ pub const JOB_OP_ID_BASE: u64 = 1 << 63;
 ///
 /// | setting | default | what happens at it |
 /// |---|---|---|
-/// | `poll_min` .. `poll_interval` | 1 s .. 30 s | while a firmware download or install runs, `/5/0` is read 1 s after the step began, then after 2, 4, 8, 16 s, then every 30 s: a lost (non-confirmable) notification costs at most that wait |
+/// | `poll_min` .. `poll_interval` | 1 s .. 30 s | while a firmware download or install runs (a deferred update too), `/5/0` is read 1 s after the step began, then after 2, 4, 8, 16 s, then every 30 s: a lost (non-confirmable) notification costs at most that wait. The reads back the child's observation of `/5/0` (its own, or the host's: see `host_observes`), which carries State and Update Result; they are no replacement for it. One read at a time (none while the last is unanswered); a wait step lasting `T` ≥ 31 s reads at most 5 + ⌊(T − 31 s) / 30 s⌋ times (23 in 10 min, 63 in the default 30-min device timeout), and no step outlasts the attempt's per-device timeout: at it the attempt fails as `timedOut` (`deferred` when the device deferred the update) and the retry rules decide |
 /// | `max_resends` | 4 | an operation whose answer the transport gave up on is sent again, up to this many times in a row; the next time-out fails the attempt as `timedOut` (then the job's retry rules decide) |
-/// | `reboot_wait` | 5 min | a reboot or factory-reset Execute whose answer was lost is never sent again; the device's next registration counts as the reboot, and without one within this time the attempt fails as `timedOut` |
+/// | `reboot_wait` | 5 min | a reboot or factory-reset Execute whose answer was lost (the transport timed it out, or the registration ended before it came: `RegistrationEnded`, as a NAT rebinding does) is never sent again; the device's next registration counts as the reboot, and without one within this time from the loss the attempt fails as `timedOut` (the per-device timeout, running since the Execute left, applies too: whichever comes first) |
 /// | `max_object_sets` | 4,096 | distinct sets of announced objects remembered; a device whose set is new beyond it counts as "announcements unknown" (its steps are sent and the device's own answer decides) |
 /// | `retain_jobs` | 10,000 | jobs kept in the history; creating one more drops the oldest finished jobs (parent and children) from memory, the history and the store |
 /// | `retain_children` | 5,000,000 | child records kept in the history (about 100 bytes of memory and 40 on disk each); beyond it, creating a job drops the oldest finished jobs the same way |
@@ -72,8 +74,9 @@ pub struct EngineConfig {
     /// read shows the device is still Downloaded). Never sent again: reboot and factory
     /// reset.
     pub max_resends: u8,
-    /// How long a reboot or factory reset whose Execute answer was lost waits for the
-    /// device's registration before the attempt fails as `timedOut` (default 5 min).
+    /// How long a reboot or factory reset whose Execute answer was lost (timed out, or
+    /// failed with `RegistrationEnded`: sent, outcome unknown) waits for the device's
+    /// registration before the attempt fails as `timedOut` (default 5 min).
     #[serde(with = "crate::time::millis", rename = "rebootWaitMs")]
     pub reboot_wait: Duration,
     /// Paths the host (the hub's property sync) observes on every device that announced
@@ -407,6 +410,12 @@ pub(crate) struct Child {
     polls: u8,
     /// In its parent's `held` queue, with the state it was held in.
     held: Option<ChildState>,
+    /// The device registered while this attempt's firmware Execute of Update still waited
+    /// in the transport's queue: it may have restarted and lost its package. The
+    /// device's refusal of that Execute (4.05, not Downloaded) then re-synchronises the
+    /// child from `/5/0` instead of failing it, once (see `resync_after_refused_execute`).
+    /// Not stored: a restored child re-synchronises anyway.
+    execute_after_restart: bool,
     op: Option<OpId>,
     deadline: Option<Instant>,
     next_poll: Option<Instant>,
@@ -421,6 +430,18 @@ enum Timer {
     JobExpire(u32),
     RolloutWake(u32),
     Retry(u32, u8),
+}
+
+/// An operation of a step an engine rebuilt after a failed commit takes over (see
+/// `JobEngine::settled`).
+#[derive(Clone, Copy, Debug)]
+struct Settled {
+    op: OpId,
+    child: u32,
+    attempt: u8,
+    step: u8,
+    /// The child's `execute_after_restart` when the operation was answered or given up.
+    execute_after_restart: bool,
 }
 
 /// What the job engine knows of one device's registration.
@@ -473,12 +494,13 @@ pub struct JobEngine {
     /// Children of an engine rebuilt after a failed commit whose step goes out only once
     /// the failed batch is applied again (see [`JobEngine::carry_devices_from`]).
     deferred: Vec<u32>,
-    /// Executes of reboots and factory resets, and firmware Package URI Writes, answered
-    /// or given up by a cancellation since the last commit that succeeded (journal on
-    /// only): `(op, child, attempt)`. An
+    /// Executes of reboots and factory resets, and firmware Package URI Writes and
+    /// Executes of Update, answered or given up by a cancellation since the last commit
+    /// that succeeded (journal on only). An
     /// engine rebuilt after a failed commit takes them over, so an answer applied again
-    /// counts (see `adopt_executes`). Cleared by [`JobEngine::committed`].
-    settled: Vec<(OpId, u32, u8)>,
+    /// counts (see `adopt_executes`). Cleared by [`JobEngine::committed`]: one entry per
+    /// answer or cancellation taken since that commit.
+    settled: Vec<Settled>,
     /// Operations numbered below this were made before the last commit that succeeded
     /// (or this engine's start), so they went out; later ones may belong to a batch whose
     /// commit fails, and were never sent then.
@@ -695,6 +717,7 @@ impl JobEngine {
                 resends: 0,
                 polls: 0,
                 held: None,
+                execute_after_restart: false,
                 op: None,
                 deadline: None,
                 next_poll: None,
@@ -803,11 +826,17 @@ impl JobEngine {
             DeviceEvent::Response { op, result, .. } => {
                 if let Some(c) = self.ops.remove(op) {
                     // An answer without its `Sent`: the transport's own refusals never
-                    // left; anything else did (the answer is the proof).
+                    // left; anything else did (the answer is the proof). `BadPayload` is a
+                    // refusal here: a transport that reports `Sent` does so before the
+                    // device can answer, so an undecodable answer of the device comes
+                    // after it, and one before it is the transport's own (its encoder
+                    // refused the value, or it could not send the request).
                     if self.unsent.remove(op)
                         && !matches!(
                             result,
-                            Err(DeviceError::NotRegistered | DeviceError::QueueFull)
+                            Err(DeviceError::NotRegistered
+                                | DeviceError::QueueFull
+                                | DeviceError::BadPayload(_))
                         )
                     {
                         self.on_sent(now, c);
@@ -1055,8 +1084,19 @@ impl JobEngine {
     /// [`JobEngine::resume_deferred`], once the failed batch has been applied again: a
     /// registration in that batch must not count as the reboot of an Execute sent before
     /// it (it resumes the child the ordinary way). A firmware update whose Execute of
-    /// Update went out waits for the registration, as after a restart: it is never
-    /// executed twice.
+    /// Update went out unanswered (and is not taken back, see below) waits for the
+    /// registration, as after a restart: it is never executed twice; one whose Execute
+    /// was answered re-synchronises from `/5/0` like the others.
+    ///
+    /// Operations of `earlier` still in flight: the steps that must not be carried out
+    /// twice (a reboot's or factory reset's Execute, a firmware update's Package URI
+    /// Write and Execute of Update) take `earlier`'s operation back (`adopt_executes`),
+    /// so its `Sent` and answer count when they come; every other step (reads, writes,
+    /// the configuration apply, the firmware Observe, Reads and the empty-URI reset) is
+    /// sent again under a new operation id, and the answer to `earlier`'s operation,
+    /// which this engine does not know, is ignored: each step's answer counts once, and
+    /// the device carries the step out twice at most, which these steps allow (they
+    /// read, or write the same values again).
     pub(crate) fn carry_devices_from(&mut self, now: Instant, earlier: &JobEngine) {
         self.devices = earlier.devices.clone();
         self.object_sets = earlier.object_sets.clone();
@@ -1075,7 +1115,13 @@ impl JobEngine {
                 | JobKind::ReadDeviceProperties => waiting.push(c),
                 JobKind::RebootDevice | JobKind::FactoryResetDevice => self.deferred.push(c),
                 JobKind::FirmwareUpdate => {
-                    if child.flags & FLAG_EXECUTE_SENT == 0 {
+                    // An Execute of Update that went out unanswered, and that was not
+                    // taken back, waits for the registration of the new image. One
+                    // answered re-synchronises: the State and Update Result decide (an
+                    // update that failed or was deferred without a reboot would
+                    // otherwise wait for a registration that never comes), and Update is
+                    // never executed again once answered.
+                    if child.flags & FLAG_EXECUTE_SENT == 0 || child.flags & FLAG_EXECUTED != 0 {
                         self.deferred.push(c);
                     }
                 }
@@ -1093,19 +1139,26 @@ impl JobEngine {
     /// up (see `settled`).
     fn note_settled(&mut self, op: OpId, c: u32) {
         let child = &self.children[c as usize];
-        if self.journal.is_some() && self.adoptable_step(c) == Some(child.step) {
-            self.settled.push((op, c, child.attempt));
+        if self.journal.is_some() && self.adoptable(c, child.step) {
+            self.settled.push(Settled {
+                op,
+                child: c,
+                attempt: child.attempt,
+                step: child.step,
+                execute_after_restart: child.execute_after_restart,
+            });
         }
     }
 
-    /// The step whose operation an engine rebuilt after a failed commit takes over (see
-    /// `adopt_executes`): a reboot's or factory reset's Execute, a firmware update's
-    /// Package URI Write.
-    fn adoptable_step(&self, c: u32) -> Option<u8> {
+    /// Whether an engine rebuilt after a failed commit takes over the operation of step
+    /// `step` of child `c` (see `adopt_executes`): a reboot's or factory reset's Execute,
+    /// a firmware update's Package URI Write or Execute of Update: the steps that must
+    /// not be carried out twice, nor be taken as not done when they were.
+    fn adoptable(&self, c: u32, step: u8) -> bool {
         match self.parents[self.children[c as usize].parent as usize].kind() {
-            JobKind::RebootDevice | JobKind::FactoryResetDevice => Some(0),
-            JobKind::FirmwareUpdate => Some(FW_WRITE_URI),
-            _ => None,
+            JobKind::RebootDevice | JobKind::FactoryResetDevice => step == 0,
+            JobKind::FirmwareUpdate => matches!(step, FW_WRITE_URI | FW_EXECUTE),
+            _ => false,
         }
     }
 
@@ -1119,12 +1172,16 @@ impl JobEngine {
     /// A reboot or factory reset whose Execute `earlier` sent, and which `earlier` still
     /// waits on or whose answer it took since the last commit that succeeded, is restored
     /// as if its answer were lost (the next registration is the reboot, within
-    /// `reboot_wait`); a firmware update whose Package URI Write is in the same case is
-    /// restored waiting for its device. But the answer may be in the failed batch,
+    /// `reboot_wait`); a firmware update whose Package URI Write or Execute of Update is
+    /// in the same case is restored waiting for its device. But the answer may be in the
+    /// failed batch,
     /// applied again soon. The child takes `earlier`'s operation back, so that answer
     /// counts (without it a reboot ended `timedOut`, or a retry executed it twice; a
     /// refused Write went unseen and a package the device already held could be
-    /// installed); the per-device timeout starts again.
+    /// installed; an Execute of Update still queued at the transport went out behind the
+    /// rebuilt engine's Read of `/5/0`, which then took the update under way for a
+    /// download and, once the device rebooted into the new image, wrote the package again
+    /// and installed it twice); the per-device timeout starts again.
     fn adopt_executes(&mut self, now: Instant, earlier: &JobEngine) {
         // A `Sent` (or answer) the earlier engine took is the transport's fact, whether or
         // not the batch that carried it committed: the same attempt keeps it, so an
@@ -1158,15 +1215,22 @@ impl JobEngine {
             (op.0 < earlier.sent_below
                 && old.op == Some(op)
                 && old.state == ChildState::InProgress
-                && earlier.adoptable_step(c) == Some(old.step))
-            .then_some((op, c, old.attempt))
+                && earlier.adoptable(c, old.step))
+            .then_some(Settled {
+                op,
+                child: c,
+                attempt: old.attempt,
+                step: old.step,
+                execute_after_restart: old.execute_after_restart,
+            })
         });
-        let mut adopted: Vec<(OpId, u32)> = earlier
+        let mut adopted: Vec<Settled> = earlier
             .settled
             .iter()
             .copied()
             .chain(outstanding)
-            .filter(|&(op, c, attempt)| {
+            .filter(|s| {
+                let (op, c, attempt) = (s.op, s.child, s.attempt);
                 if op.0 >= earlier.sent_below || !self.children.range().contains(&c) {
                     return false;
                 }
@@ -1187,30 +1251,37 @@ impl JobEngine {
                                     || new.flags & FLAG_EXECUTE_SENT != 0)
                                 && !is_offline(&self.devices, &new.device))
                     }
-                    // Restored waiting for its device, the Write not known answered.
+                    // Restored waiting for its device at the step of the operation: the
+                    // Write not known answered, or the Execute of Update not known
+                    // answered (queued, sent, or answered in the failed batch).
                     JobKind::FirmwareUpdate => {
                         new.state == ChildState::WaitingForDevice
-                            && new.step == FW_WRITE_URI
-                            && new.flags & (FLAG_URI_WRITTEN | FLAG_EXECUTE_SENT) == 0
+                            && new.step == s.step
                             && !is_offline(&self.devices, &new.device)
+                            && match s.step {
+                                FW_WRITE_URI => {
+                                    new.flags & (FLAG_URI_WRITTEN | FLAG_EXECUTE_SENT) == 0
+                                }
+                                _ => new.flags & FLAG_EXECUTED == 0,
+                            }
                     }
                     _ => false,
                 }
             })
-            .map(|(op, c, _)| (op, c))
             .collect();
         // One operation a child: an answered one before an outstanding one.
-        adopted.sort_by_key(|&(_, c)| c);
-        adopted.dedup_by_key(|&mut (_, c)| c);
-        for (op, c) in adopted {
+        adopted.sort_by_key(|s| s.child);
+        adopted.dedup_by_key(|s| s.child);
+        for s in adopted {
+            let (op, c) = (s.op, s.child);
             if self.children[c as usize].state == ChildState::WaitingForDevice
                 && !self.child_apply(now, c, ChildEvent::DeviceOnline)
             {
                 continue;
             }
-            let step = self.adoptable_step(c).unwrap_or(0);
             let child = &mut self.children[c as usize];
-            child.step = step;
+            child.step = s.step;
+            child.execute_after_restart = s.execute_after_restart;
             child.op = Some(op);
             // The restore's wait for a registration no longer applies.
             child.next_poll = None;
@@ -1631,6 +1702,7 @@ impl JobEngine {
         let child = &mut self.children[c as usize];
         child.attempt = child.attempt.saturating_add(1);
         child.step = 0;
+        child.execute_after_restart = false;
         // An observation of /5/0 the last attempt opened goes on serving this one (a
         // second would be left on the device: only the newest is cancelled at the end).
         child.flags &= FLAG_OBSERVING;
@@ -1840,6 +1912,7 @@ impl JobEngine {
         child.attempt = 1;
         child.step = 0;
         child.flags = 0;
+        child.execute_after_restart = false;
         child.resends = 0;
         child.polls = 0;
         if is_offline(&self.devices, &child.device) {
@@ -2168,7 +2241,16 @@ impl JobEngine {
                 // graceful cancel lets it finish (`in_flight`).
                 let child = &mut self.children[c as usize];
                 child.flags |= FLAG_TOUCHED;
-                let device = child.device.clone();
+                let kind = self.parents[child.parent as usize].kind();
+                if matches!(kind, JobKind::RebootDevice | JobKind::FactoryResetDevice)
+                    && child.step == 0
+                    && child.flags & FLAG_EXECUTE_SENT != 0
+                {
+                    // The Execute's answer is lost, as when it times out: `reboot_wait`
+                    // bounds the wait for the registration that proves the reboot.
+                    self.await_reboot(now, c);
+                }
+                let device = self.children[c as usize].device.clone();
                 self.device_mut(&device).offline = true;
                 self.on_offline(now, c);
             }
@@ -2186,11 +2268,18 @@ impl JobEngine {
                 self.remember_version(&device, false);
                 self.drive(now, c);
             }
+            Err(DeviceError::MethodNotAllowed)
+                if self.children[c as usize].execute_after_restart
+                    && self.children[c as usize].step == FW_EXECUTE =>
+            {
+                self.resync_after_refused_execute(now, c);
+            }
             Err(e) => self.fail_attempt(now, c, FailureReason::Rejected(e.clone())),
             Ok(reply) => {
                 let child = &mut self.children[c as usize];
                 child.flags |= FLAG_TOUCHED;
                 child.resends = 0;
+                child.execute_after_restart = false;
                 self.advance(now, c, reply)
             }
         }
@@ -2210,11 +2299,7 @@ impl JobEngine {
             JobKind::RebootDevice | JobKind::FactoryResetDevice if never_sent => {}
             JobKind::RebootDevice | JobKind::FactoryResetDevice => {
                 // Never sent twice: wait for the registration that proves the reboot.
-                child.step = 1;
-                let at = now + self.config.reboot_wait;
-                child.next_poll = Some(at);
-                self.polls.push(Reverse((at, c)));
-                return;
+                return self.await_reboot(now, c);
             }
             JobKind::FirmwareUpdate
                 if matches!(child.step, FW_AWAIT_DOWNLOAD | FW_AWAIT_UPDATE) =>
@@ -2238,6 +2323,41 @@ impl JobEngine {
             child.step = FW_SYNC;
         }
         self.drive(now, c);
+    }
+
+    /// The device refused (4.05) the firmware Execute of Update that waited in the
+    /// transport's queue while it registered again: it is not Downloaded any more, most
+    /// likely because it restarted and lost the package (LwM2M's Update is executable in
+    /// Downloaded only). The Execute was not carried out. As for any device that registers
+    /// again mid-update, the child re-synchronises from `/5/0` (observing it again: the
+    /// registration dropped the observation) and the State decides: Idle writes the
+    /// package URI again (a new download), Downloaded executes again, a download under
+    /// way is followed. Once per such registration: a second refusal without a new
+    /// registration fails the attempt as `rejected:4.05`, and the attempt's per-device
+    /// timeout (running since its first `Sent`) bounds the new download.
+    fn resync_after_refused_execute(&mut self, now: Instant, c: u32) {
+        let child = &mut self.children[c as usize];
+        child.execute_after_restart = false;
+        child.flags &= !FLAG_EXECUTE_SENT;
+        child.flags |= FLAG_TOUCHED;
+        child.step = FW_OBSERVE;
+        child.polls = 0;
+        child.next_poll = None;
+        self.drive(now, c);
+    }
+
+    /// A reboot's or factory reset's Execute left and its answer is lost (the transport
+    /// timed it out, or the registration ended before it came): it is never sent again.
+    /// The device's next registration counts as the reboot; without one within
+    /// [`EngineConfig::reboot_wait`] from now, the attempt fails as `timedOut` (and the
+    /// per-device timeout, running since the Execute left, still applies if it comes
+    /// first).
+    fn await_reboot(&mut self, now: Instant, c: u32) {
+        let child = &mut self.children[c as usize];
+        child.step = 1;
+        let at = now + self.config.reboot_wait;
+        child.next_poll = Some(at);
+        self.polls.push(Reverse((at, c)));
     }
 
     fn advance(&mut self, now: Instant, c: u32, reply: &DeviceReply) {
@@ -2564,6 +2684,11 @@ impl JobEngine {
             if child.flags & (FLAG_EXECUTE_SENT | FLAG_URI_WRITTEN) == FLAG_URI_WRITTEN {
                 child.flags &= !FLAG_URI_WRITTEN;
                 child.flags |= FLAG_URI_BEFORE_RESTART;
+            }
+            if child.step == FW_EXECUTE && child.flags & FLAG_EXECUTE_SENT == 0 {
+                // The queued Execute of Update reaches a device that may have lost its
+                // package with the restart: its refusal is not final (see the field).
+                child.execute_after_restart = true;
             }
         }
     }

@@ -82,10 +82,11 @@
 //! observes, writes, the configuration apply, a firmware Execute after a read shows the
 //! device still Downloaded); a reboot or factory reset is never executed twice: a
 //! registration after its Execute was sent counts as the reboot, and without one the
-//! attempt fails after `reboot_wait` (5 min). A device that registers again while its
-//! child waits on it gets the step again: a firmware download it lost starts again (the
-//! package URI is written again), configuration and property writes are sent again from
-//! the first, a read is sent again.
+//! attempt fails `reboot_wait` (5 min) after the Execute's answer was lost (timed out, or
+//! the registration ended before it came, as a NAT rebinding does). A device that
+//! registers again while its child waits on it gets the step again: a firmware download
+//! it lost starts again (the package URI is written again), configuration and property
+//! writes are sent again from the first, a read is sent again.
 //!
 //! # When an operation counts as sent
 //!
@@ -103,10 +104,21 @@
 //!   child keeps waiting for that operation (which follows the device to its new
 //!   registration) and sends nothing again; without this, a reboot job on a sleeping
 //!   device that woke by registering reported success, and the Execute then rebooted the
-//!   device after the job said it was done;
+//!   device after the job said it was done. A firmware update's Execute of Update that
+//!   waited across such a registration may reach a device that restarted and lost its
+//!   package: its refusal (4.05, the device is not Downloaded) does not fail the attempt
+//!   but re-synchronises it from `/5/0` (observed again), as for any device that
+//!   registers again mid-update, so a lost download starts again (the package URI is
+//!   written again) within the attempt's per-device timeout. Once per such registration:
+//!   a second refusal fails the attempt as `rejected:4.05`;
 //! - an operation that times out in the transport's queue (no `Sent`) never reached the
 //!   device: it is sent again within `max_resends`, a reboot's Execute too, and then
 //!   fails as `timedOut`;
+//! - an operation the transport answers itself before any `Sent` never reached the
+//!   device either: `NotRegistered` and `QueueFull`, and `BadPayload` (the transport
+//!   could not encode or send the request; a device's undecodable answer comes after
+//!   the request's `Sent`). A refused Execute counts as not carried out, and the refusal
+//!   does not start the per-device timeout;
 //! - the per-device timeout of an attempt runs from its first `Sent`, not from when its
 //!   first request was queued: a sleeping device's time in the queue does not count, as
 //!   the preview's firmware `Timeout` is the time the device has to carry the update out

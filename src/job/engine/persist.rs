@@ -185,6 +185,7 @@ impl ChildRow {
             resends: 0,
             polls: 0,
             held: None,
+            execute_after_restart: false,
             op: None,
             deadline: None,
             next_poll: None,
