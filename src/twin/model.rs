@@ -614,6 +614,26 @@ mod tests {
         assert_eq!(back, expected);
     }
 
+    /// Checks: a twin is read from exports (the preview's, the hub's own, the store's),
+    /// so members twinhub does not model are skipped, not refused: the preview's
+    /// `cloudToDeviceMessageCount`, an authentication method it does not know, and a
+    /// registration member a newer export may carry. (Hand-written inputs, such as
+    /// `JobSpec`, `ResourceValue` and the configurations, refuse unknown members.)
+    #[test]
+    fn exports_with_members_twinhub_does_not_model_still_read() {
+        let export = r#"{"deviceId":"d","generationId":"63","etag":"9",
+            "cloudToDeviceMessageCount":0,
+            "authentication":{"symmetricKey":{"primaryKey":null}},
+            "registration":{"endpoint":"d","registrationId":"r1","lifetime":300,
+                "lwm2mVersion":"1.1","binding":"U","queueMode":false,"objects":["/3/0"],
+                "rootPath":"/"}}"#;
+        let t: Twin = serde_json::from_str(export).unwrap();
+        assert_eq!(t.device_id.as_str(), "d");
+        assert!(t.authentication.is_empty());
+        let r = t.registration.unwrap();
+        assert_eq!((r.registration_id.as_str(), r.lifetime), ("r1", 300));
+    }
+
     #[test]
     fn minimal_twin_json() {
         let t = Twin::new(DeviceId::new("d").unwrap());

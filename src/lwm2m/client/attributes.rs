@@ -40,9 +40,14 @@ pub enum AttributeError {
     BadValue(String),
     /// gt / lt / st on something other than a numeric resource.
     NotNumeric,
-    /// The thresholds at the path would contradict each other: with both `lt` and `gt`
-    /// set, `lt` + 2·`st` (`st` 0 when unset) must be below `gt` (LWM2M 1.1 §5.1.2).
-    Inconsistent,
+    /// The thresholds in force at `path` would contradict each other: with both `lt` and
+    /// `gt` set, `lt` + 2·`st` (`st` 0 when unset) must be below `gt` (LWM2M 1.1 §5.1.2).
+    /// `path` is the written path, or a path beneath it whose own thresholds combine with
+    /// the inherited ones into such a set.
+    Inconsistent {
+        /// Where the thresholds in force would contradict each other.
+        path: Lwm2mPath,
+    },
     /// The minimum period would exceed the maximum period (LWM2M 1.1.1 §5.1.2: pmax must
     /// not be below pmin) at `path`: the written path, or a path beneath it whose own
     /// attributes combine with the inherited ones into such a pair.
@@ -66,7 +71,9 @@ impl fmt::Display for AttributeError {
             AttributeError::NotNumeric => {
                 f.write_str("gt, lt and st apply only to numeric resources")
             }
-            AttributeError::Inconsistent => f.write_str("lt + 2 * st must be below gt"),
+            AttributeError::Inconsistent { path } => {
+                write!(f, "lt + 2 * st must be below gt at {path}")
+            }
             AttributeError::PeriodsInverted { path, pmin, pmax } => {
                 write!(f, "pmin {pmin} above pmax {pmax} at {path}")
             }
@@ -145,8 +152,17 @@ pub struct AttributeTable {
 
 impl AttributeTable {
     /// Applies changes to `path`. All or nothing: the attributes the path would then have
-    /// (those set there merged with the changes) are checked first, and thresholds that
-    /// contradict each other ([`AttributeError::Inconsistent`]) change nothing.
+    /// (those set there merged with the changes) are checked first, and a refusal changes
+    /// nothing.
+    ///
+    /// Thresholds are judged as they take effect: the `gt` / `lt` / `st` in force at
+    /// `path` and at every path beneath it that carries attributes of its own (each
+    /// taken from the deepest of the path, its resource, instance and object that sets it,
+    /// as a resource inherits them; an object or instance path is judged by what a
+    /// resource beneath it without attributes of its own would inherit) must keep
+    /// `lt` + 2·`st` below `gt`, else [`AttributeError::Inconsistent`] naming the first
+    /// such path. So `gt=5` on `/3303/0/5700/0` refuses when `/3303/0/5700` has `lt=10`,
+    /// and so does the reverse order.
     ///
     /// Periods are judged as they take effect: the pmin / pmax pair in force (what
     /// [`AttributeTable::effective`] gives, inheriting from instance and object) at `path`
@@ -175,39 +191,68 @@ impl AttributeTable {
                 AttributeChange::St(v) => a.st = v,
             }
         }
-        if let (Some(lt), Some(gt)) = (a.lt, a.gt)
-            && lt + 2.0 * a.st.unwrap_or(0.0) >= gt
-        {
-            return Err(AttributeError::Inconsistent);
-        }
         let before = self.by_path.get(&path).copied();
         self.set(path, a);
-        // The pairs that can change: at `path` and beneath it (a path without entries of
-        // its own has the pair of its nearest ancestor that has some).
-        let inverted = std::iter::once(path)
-            .chain(
-                self.by_path
-                    .keys()
-                    .filter(|p| **p != path && path.contains(p))
-                    .copied(),
-            )
-            .find_map(|p| match self.effective(&p, None, None) {
-                NotificationAttributes {
-                    pmin: Some(pmin),
-                    pmax: Some(pmax),
-                    ..
-                } if pmin > pmax => Some(AttributeError::PeriodsInverted {
-                    path: p,
-                    pmin,
-                    pmax,
-                }),
+        // The sets that can change: at `path` and beneath it (a path without entries of
+        // its own has the set of its nearest ancestor that has some).
+        let affected = std::iter::once(path).chain(
+            self.by_path
+                .keys()
+                .filter(|p| **p != path && path.contains(p))
+                .copied(),
+        );
+        let refused = affected.clone().find_map(|p| {
+            let t = self.inherited(&p);
+            match (t.lt, t.gt) {
+                (Some(lt), Some(gt)) if lt + 2.0 * t.st.unwrap_or(0.0) >= gt => {
+                    Some(AttributeError::Inconsistent { path: p })
+                }
                 _ => None,
-            });
-        if let Some(e) = inverted {
+            }
+        });
+        let refused = refused.or_else(|| {
+            affected
+                .clone()
+                .find_map(|p| match self.effective(&p, None, None) {
+                    NotificationAttributes {
+                        pmin: Some(pmin),
+                        pmax: Some(pmax),
+                        ..
+                    } if pmin > pmax => Some(AttributeError::PeriodsInverted {
+                        path: p,
+                        pmin,
+                        pmax,
+                    }),
+                    _ => None,
+                })
+        });
+        if let Some(e) = refused {
             self.set(path, before.unwrap_or_default());
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Every attribute as a resource at or beneath `path` with no attributes of its own
+    /// below `path` inherits it: each from the deepest of `path` and its ancestors that
+    /// sets it, thresholds included whatever the depth (no server defaults).
+    fn inherited(&self, path: &Lwm2mPath) -> NotificationAttributes {
+        let mut out = NotificationAttributes::default();
+        let mut p = Some(*path);
+        while let Some(q) = p {
+            if q.depth() == 0 {
+                break;
+            }
+            if let Some(a) = self.by_path.get(&q) {
+                out.pmin = out.pmin.or(a.pmin);
+                out.pmax = out.pmax.or(a.pmax);
+                out.gt = out.gt.or(a.gt);
+                out.lt = out.lt.or(a.lt);
+                out.st = out.st.or(a.st);
+            }
+            p = q.parent();
+        }
+        out
     }
 
     fn set(&mut self, path: Lwm2mPath, a: NotificationAttributes) {
@@ -429,7 +474,7 @@ mod tests {
                     AttributeChange::Lt(Some(10.0))
                 ]
             ),
-            Err(AttributeError::Inconsistent)
+            Err(AttributeError::Inconsistent { path: r })
         );
         assert_eq!((t.at(&r).unwrap().pmin, t.at(&r).unwrap().lt), (None, None));
         // lt + 2 st: 4 + 2 * 2 = 8 is below 10; with st 3, 10 is not.
@@ -443,9 +488,84 @@ mod tests {
         .unwrap();
         assert_eq!(
             t.apply(r, &[AttributeChange::St(Some(3.0))]),
-            Err(AttributeError::Inconsistent)
+            Err(AttributeError::Inconsistent { path: r })
         );
         assert_eq!(t.at(&r).unwrap().st, Some(2.0));
+    }
+
+    /// Checks: thresholds are judged on the set in force at the written path and beneath
+    /// it, inheriting as a resource (instance) does.
+    /// Before the fix: only the written path's own gt / lt / st were compared, so `gt=5`
+    /// on a resource instance under a resource with `lt=10` (and the reverse order, and
+    /// a `gt` on the object above a resource with `lt` / `st`) was stored, leaving a
+    /// notification band that no value can leave.
+    #[test]
+    fn inherited_thresholds_are_judged_where_they_take_effect() {
+        let mut t = AttributeTable::default();
+        let o = Lwm2mPath::object(3303);
+        let i = Lwm2mPath::instance(3303, 0);
+        let r = Lwm2mPath::resource(3303, 0, 5700);
+        let ri = Lwm2mPath::resource_instance(3303, 0, 5700, 0);
+        // From below: gt on the resource instance under the resource's lt.
+        t.apply(r, &[AttributeChange::Lt(Some(10.0))]).unwrap();
+        assert_eq!(
+            t.apply(ri, &[AttributeChange::Gt(Some(5.0))]),
+            Err(AttributeError::Inconsistent { path: ri })
+        );
+        assert!(t.at(&ri).is_none(), "the refused write left nothing behind");
+        // From above: the resource's lt under the resource instance's gt.
+        t.apply(r, &[AttributeChange::Lt(None)]).unwrap();
+        t.apply(ri, &[AttributeChange::Gt(Some(5.0))]).unwrap();
+        assert_eq!(
+            t.apply(r, &[AttributeChange::Lt(Some(10.0))]),
+            Err(AttributeError::Inconsistent { path: ri })
+        );
+        assert!(t.at(&r).is_none());
+        // st counts where it is inherited: lt 1 + 2 * st 2 = 5 is not below gt 5.
+        t.apply(r, &[AttributeChange::Lt(Some(1.0))]).unwrap();
+        assert_eq!(
+            t.apply(o, &[AttributeChange::St(Some(2.0))]),
+            Err(AttributeError::Inconsistent { path: ri })
+        );
+        assert!(t.at(&o).is_none());
+        t.apply(o, &[AttributeChange::St(Some(1.5))]).unwrap();
+        // A resource's own st hides the object's.
+        t.apply(r, &[AttributeChange::St(Some(0.5))]).unwrap();
+        t.apply(o, &[AttributeChange::St(Some(9.0))]).unwrap();
+        let e = t.effective(&ri, None, None);
+        assert_eq!((e.gt, e.lt, e.st), (Some(5.0), Some(1.0), Some(0.5)));
+        // An instance's thresholds with the object's gt: what every resource beneath
+        // without its own would inherit (gt 10, lt 9, st 1) is inconsistent.
+        let mut t = AttributeTable::default();
+        t.apply(o, &[AttributeChange::Gt(Some(10.0))]).unwrap();
+        assert_eq!(
+            t.apply(
+                i,
+                &[
+                    AttributeChange::Lt(Some(9.0)),
+                    AttributeChange::St(Some(1.0))
+                ]
+            ),
+            Err(AttributeError::Inconsistent { path: i })
+        );
+        assert!(t.at(&i).is_none());
+        t.apply(i, &[AttributeChange::Lt(Some(7.0))]).unwrap();
+        // Unsetting a deeper gt lets the inherited one take over, and is judged too.
+        let mut t = AttributeTable::default();
+        t.apply(o, &[AttributeChange::Gt(Some(3.0))]).unwrap();
+        t.apply(
+            r,
+            &[
+                AttributeChange::Gt(Some(20.0)),
+                AttributeChange::Lt(Some(5.0)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            t.apply(r, &[AttributeChange::Gt(None)]),
+            Err(AttributeError::Inconsistent { path: r })
+        );
+        assert_eq!(t.at(&r).unwrap().gt, Some(20.0));
     }
 
     #[test]

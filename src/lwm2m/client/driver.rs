@@ -31,6 +31,15 @@
 //! The alert is sent once; if it is lost the server's idle timeout ends the session as
 //! before.
 //!
+//! Leaving a bootstrap server at another address, the thread keeps its session open for
+//! MAX_TRANSMIT_SPAN (RFC 7252 §4.8.2, from the client's `ack_timeout` and
+//! `max_retransmit`: 45 s by default; at most EXCHANGE_LIFETIME, 247 s, which is how long
+//! the client remembers its answers) before the close_notify: if the answer to
+//! Bootstrap-Finish was lost, the bootstrap server retransmits the Finish over that
+//! session until then, and the client answers the copy from its duplicate cache (it
+//! serves nothing else of the bootstrap server's any more), so the server sees the
+//! bootstrap finish rather than time out. A thread that stops sooner closes it at once.
+//!
 //! To run the client under another runtime (tokio, an embedded loop), do what
 //! [`DeviceThread`] does: feed datagrams to `handle_datagram`, send `poll_transmit`,
 //! sleep until `poll_timeout` and call `handle_timeout`.
@@ -154,6 +163,8 @@ impl DeviceThread {
             server,
             #[cfg(feature = "dtls")]
             dtls,
+            #[cfg(feature = "dtls")]
+            lingering: None,
             handshakes: handshakes.clone(),
             client: client.clone(),
             socket: socket.clone(),
@@ -254,6 +265,10 @@ struct Worker {
     server: SocketAddr,
     #[cfg(feature = "dtls")]
     dtls: Option<DtlsClient>,
+    /// The bootstrap server's session after Bootstrap-Finish, its address, and when it
+    /// closes: kept for the server's retransmitted Finish (see the module docs).
+    #[cfg(feature = "dtls")]
+    lingering: Option<(SocketAddr, DtlsClient, Instant)>,
     #[cfg_attr(not(feature = "dtls"), allow(dead_code))]
     handshakes: Arc<AtomicU64>,
     client: Arc<Mutex<Lwm2mClient>>,
@@ -312,31 +327,51 @@ impl Worker {
         Ok(())
     }
 
-    /// Ends the DTLS session with the current server, if one is up: its close_notify goes
-    /// out now (once: RFC 6347 does not retransmit alerts).
+    /// Ends the DTLS sessions, with the current server and a lingering bootstrap
+    /// server's, if they are up: their close_notify goes out now (once: RFC 6347 does not
+    /// retransmit alerts).
     #[cfg(feature = "dtls")]
     fn close_dtls(&mut self) {
-        if let Some(d) = self.dtls.as_mut()
-            && d.close(Instant::now())
-        {
-            while let Some(record) = d.poll_transmit() {
-                let _ = self.socket.send_to(&record, self.server);
-            }
+        self.close_lingering();
+        if let Some(d) = self.dtls.as_mut() {
+            close_session(&self.socket, d, self.server);
+        }
+    }
+
+    /// Ends the bootstrap server's lingering session, if any.
+    #[cfg(feature = "dtls")]
+    fn close_lingering(&mut self) {
+        if let Some((to, mut d, _)) = self.lingering.take() {
+            close_session(&self.socket, &mut d, to);
         }
     }
 
     #[cfg(not(feature = "dtls"))]
     fn close_dtls(&mut self) {}
 
-    /// Runs the DTLS handshake's retransmissions; returns its next deadline.
+    /// Runs the DTLS handshake's retransmissions and ends a lingering bootstrap session
+    /// whose time is up; returns the next deadline of either.
     #[cfg(feature = "dtls")]
     fn dtls_timeout(&mut self, now: Instant) -> Option<Instant> {
-        let d = self.dtls.as_mut()?;
-        d.handle_timeout(now);
-        while let Some(record) = d.poll_transmit() {
-            let _ = self.socket.send_to(&record, self.server);
+        if self
+            .lingering
+            .as_ref()
+            .is_some_and(|(_, _, until)| *until <= now)
+        {
+            self.close_lingering();
         }
-        d.poll_timeout()
+        let lingering = self.lingering.as_ref().map(|(_, _, until)| *until);
+        let own = self.dtls.as_mut().and_then(|d| {
+            d.handle_timeout(now);
+            while let Some(record) = d.poll_transmit() {
+                let _ = self.socket.send_to(&record, self.server);
+            }
+            d.poll_timeout()
+        });
+        match (own, lingering) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     #[cfg(not(feature = "dtls"))]
@@ -346,6 +381,16 @@ impl Worker {
 
     fn receive(&mut self, c: &mut Lwm2mClient, from: SocketAddr, bytes: &[u8]) {
         let now = Instant::now();
+        #[cfg(feature = "dtls")]
+        if let Some((to, d, _)) = self.lingering.as_mut()
+            && from == *to
+        {
+            d.handle_datagram(now, bytes);
+            while let Some(plain) = d.poll_plaintext() {
+                c.handle_datagram(now, from, &plain);
+            }
+            return;
+        }
         #[cfg(feature = "dtls")]
         if let Some(d) = self.dtls.as_mut()
             && from == self.server
@@ -360,6 +405,40 @@ impl Worker {
         c.handle_datagram(now, from, bytes);
     }
 
+    /// Switches to the provisioned server at `server`. The bootstrap server's session
+    /// (the answer to Bootstrap-Finish already went out over it) ends with a close_notify,
+    /// now if the provisioned server has the same address (the new session replaces it
+    /// there), else after MAX_TRANSMIT_SPAN (see the module docs), not when the
+    /// bootstrap server's idle timer runs out.
+    #[cfg(feature = "dtls")]
+    fn leave_bootstrap_server(&mut self, c: &Lwm2mClient, server: SocketAddr) {
+        self.close_lingering();
+        let old = std::mem::replace(
+            &mut self.dtls,
+            c.config()
+                .psk
+                .clone()
+                .map(|creds| DtlsClient::new(Instant::now(), creds)),
+        );
+        let bootstrap = std::mem::replace(&mut self.server, server);
+        if let Some(mut d) = old {
+            if bootstrap == server {
+                close_session(&self.socket, &mut d, bootstrap);
+            } else {
+                let config = c.config();
+                let span = max_transmit_span(config.ack_timeout, config.max_retransmit);
+                // A copy arriving later finds no answer in the client's duplicate cache.
+                let span = span.min(super::engine::EXCHANGE_LIFETIME);
+                self.lingering = Some((bootstrap, d, Instant::now() + span));
+            }
+        }
+    }
+
+    #[cfg(not(feature = "dtls"))]
+    fn leave_bootstrap_server(&mut self, _c: &Lwm2mClient, server: SocketAddr) {
+        self.server = server;
+    }
+
     fn flush(&mut self, c: &mut Lwm2mClient) {
         #[cfg(feature = "dtls")]
         let now = Instant::now();
@@ -367,6 +446,13 @@ impl Worker {
             #[cfg(feature = "dtls")]
             if let Some(d) = self.dtls.as_mut()
                 && t.destination == self.server
+            {
+                d.send(now, &t.payload);
+                continue;
+            }
+            #[cfg(feature = "dtls")]
+            if let Some((to, d, _)) = self.lingering.as_mut()
+                && t.destination == *to
             {
                 d.send(now, &t.payload);
                 continue;
@@ -380,21 +466,16 @@ impl Worker {
                 let _ = self.socket.send_to(&record, self.server);
             }
         }
+        #[cfg(feature = "dtls")]
+        if let Some((to, d, _)) = self.lingering.as_mut() {
+            while let Some(record) = d.poll_transmit() {
+                let _ = self.socket.send_to(&record, *to);
+            }
+        }
         while let Some(e) = c.poll_event() {
             // Bootstrapped: the server (and its credentials) are the provisioned ones.
             if let ClientEvent::Bootstrapped { server, .. } = e {
-                // The bootstrap server's session ends now (its close_notify follows the
-                // answer to Bootstrap-Finish), not when the server's idle timer runs out.
-                self.close_dtls();
-                self.server = server;
-                #[cfg(feature = "dtls")]
-                {
-                    self.dtls = c
-                        .config()
-                        .psk
-                        .clone()
-                        .map(|creds| DtlsClient::new(Instant::now(), creds));
-                }
+                self.leave_bootstrap_server(c, server);
             }
             // Unanswered: the server may have lost our session (restart, NAT rebinding):
             // handshake again for the next attempt.
@@ -408,5 +489,42 @@ impl Worker {
                 break;
             }
         }
+    }
+}
+
+/// Sends `d`'s close_notify to `to`, if its session is up.
+#[cfg(feature = "dtls")]
+fn close_session(socket: &UdpSocket, d: &mut DtlsClient, to: SocketAddr) {
+    if d.close(Instant::now()) {
+        while let Some(record) = d.poll_transmit() {
+            let _ = socket.send_to(&record, to);
+        }
+    }
+}
+
+/// RFC 7252 §4.8.2 MAX_TRANSMIT_SPAN: ACK_TIMEOUT x (2^MAX_RETRANSMIT - 1) x
+/// ACK_RANDOM_FACTOR (1.5), the longest a sender goes on retransmitting one message
+/// (45 s with the defaults).
+#[cfg(feature = "dtls")]
+fn max_transmit_span(ack_timeout: Duration, max_retransmit: u8) -> Duration {
+    let factor = (1u32 << u32::from(max_retransmit.min(16))) - 1;
+    let span = ack_timeout.saturating_mul(factor);
+    span.saturating_add(span / 2)
+}
+
+#[cfg(all(test, feature = "dtls"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_transmit_span_is_rfc_7252_s() {
+        assert_eq!(
+            max_transmit_span(Duration::from_secs(2), 4),
+            Duration::from_secs(45)
+        );
+        assert_eq!(
+            max_transmit_span(Duration::from_millis(500), 2),
+            Duration::from_millis(2250)
+        );
     }
 }

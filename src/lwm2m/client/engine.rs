@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// RFC 7252 EXCHANGE_LIFETIME: how long a duplicate request is answered from the cache.
-const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
+pub(super) const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 /// RFC 7252 MAX_TRANSMIT_WAIT: how long to wait for a separate response after an empty ACK.
 const MAX_TRANSMIT_WAIT: Duration = Duration::from_secs(93);
 /// RFC 7641 §4.5: a notification is sent confirmable at least this often.
@@ -963,6 +963,16 @@ impl Lwm2mClient {
             } else {
                 from == self.config.server
             };
+            // A copy of a request already answered gets the same answer again (RFC 7252
+            // §4.5): also a copy from the bootstrap server once the client has left it,
+            // which is its retransmitted Bootstrap-Finish when the answer was lost (else
+            // it would time out there and the bootstrap be reported failed). Only a copy:
+            // nothing the bootstrap server sends then is served anew.
+            if (allowed || self.config.bootstrap == Some(from))
+                && self.replay_duplicate(now, from, &msg)
+            {
+                return;
+            }
             if !allowed {
                 return;
             }
@@ -1524,26 +1534,32 @@ impl Lwm2mClient {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, from: SocketAddr, req: &Message) {
-        let confirmable = req.mtype == MessageType::Confirmable;
+    /// Answers a duplicate request from the cache of recent answers; `false` when `req`
+    /// is not one. A duplicate is the same message id from the same peer (RFC 7252 §4.5):
+    /// the bootstrap server's and the LWM2M server's ids are their own. Entries live
+    /// EXCHANGE_LIFETIME, at most [`DEDUP_ENTRIES`] of them (the oldest goes first).
+    fn replay_duplicate(&mut self, now: Instant, from: SocketAddr, req: &Message) -> bool {
         self.dedup
             .retain(|(_, _, t, _)| now.saturating_duration_since(*t) < EXCHANGE_LIFETIME);
-        // A duplicate is the same message id from the same peer (RFC 7252 §4.5): the
-        // bootstrap server's and the LWM2M server's ids are their own.
-        if let Some((_, _, _, cached)) = self
+        let Some((_, _, _, cached)) = self
             .dedup
             .iter()
             .find(|(peer, mid, _, _)| *peer == from && *mid == req.message_id)
-        {
-            let payload = cached.clone();
-            if self.transmits.len() < QUEUE_BOUND {
-                self.transmits.push_back(Transmit {
-                    destination: from,
-                    payload,
-                });
-            }
-            return;
+        else {
+            return false;
+        };
+        let payload = cached.clone();
+        if self.transmits.len() < QUEUE_BOUND {
+            self.transmits.push_back(Transmit {
+                destination: from,
+                payload,
+            });
         }
+        true
+    }
+
+    fn handle_request(&mut self, now: Instant, from: SocketAddr, req: &Message) {
+        let confirmable = req.mtype == MessageType::Confirmable;
         let mut resp = if req.unrecognized_critical_option().is_some() {
             Message::response(Code::BAD_OPTION)
         } else if self.bootstrapping_from(from) {
@@ -2230,6 +2246,9 @@ impl Lwm2mClient {
     ) -> Result<Content, Code> {
         let number = req.content_format().map_or(Format::Text.code(), |c| c.0);
         let fmt = Format::from_code(number).ok_or(Code::UNSUPPORTED_CONTENT_FORMAT)?;
+        if !formats::fits(fmt, self.tree.resource_type(base)) {
+            return Err(Code::BAD_REQUEST);
+        }
         let types = |p: &Lwm2mPath| formats::write_types(self.tree.resource_type(p));
         formats::decode(fmt, payload, base, &types).map_err(|e| match e {
             ContentError::UnsupportedFormat(_) => Code::UNSUPPORTED_CONTENT_FORMAT,

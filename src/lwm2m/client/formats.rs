@@ -51,12 +51,24 @@ pub(crate) fn decode(
     Ok(c)
 }
 
-/// The type a written value decodes as: the declared type from the tree's definitions,
-/// except opaque, which stays undecided so that text (and SenML `vs`) written to an opaque
-/// resource keeps its bytes as they are rather than being read as base64; the tree then
-/// coerces every value to its declared type ([`coerce`](super::coerce)).
+/// The type a written value decodes as: the declared type from the tree's definitions
+/// (none for an executable resource, which holds no value). So every format hands the
+/// tree the same value for the same resource: an opaque resource's bytes are base64 in
+/// text (LWM2M 1.1 Appendix C, as Leshan reads them) and `vd` in SenML, a SenML `vs` there
+/// is a string, not bytes, and refused. The tree then coerces every value to its declared
+/// type ([`coerce`](super::coerce)).
 pub(crate) fn write_types(declared: Option<ResourceType>) -> Option<ResourceType> {
-    declared.filter(|t| *t != ResourceType::Opaque && *t != ResourceType::None)
+    declared.filter(|t| *t != ResourceType::None)
+}
+
+/// Whether a payload in `format` may be written to a resource declared `declared`: the
+/// opaque format (42, and the pre-standard 1544) carries the bytes of an Opaque resource
+/// only (LWM2M 1.1 §7.4.2; Leshan refuses it elsewhere too), since its bytes say nothing
+/// of a number's width or a string's encoding. An unknown resource is for the tree to
+/// refuse.
+pub(crate) fn fits(format: ContentFormat, declared: Option<ResourceType>) -> bool {
+    format.canonical() != ContentFormat::Opaque
+        || declared.is_none_or(|t| t == ResourceType::Opaque)
 }
 
 #[cfg(test)]
@@ -110,7 +122,7 @@ mod tests {
     }
 
     #[test]
-    fn writes_are_bounded_and_opaque_text_keeps_its_bytes() {
+    fn writes_are_bounded_and_typed_alike_in_every_format() {
         let base = Lwm2mPath::instance(3, 0);
         let many: Vec<u8> = (0..=MAX_VALUES as u16)
             .flat_map(|rid| [0xE1, (rid >> 8) as u8, rid as u8, 0])
@@ -119,15 +131,27 @@ mod tests {
             decode(ContentFormat::Tlv, &many, &base, &untyped),
             Err(ContentError::TooManyValues { max: MAX_VALUES })
         );
-        assert_eq!(write_types(Some(ResourceType::Opaque)), None);
+        assert_eq!(
+            write_types(Some(ResourceType::Opaque)),
+            Some(ResourceType::Opaque)
+        );
+        assert_eq!(write_types(Some(ResourceType::None)), None);
         assert_eq!(
             write_types(Some(ResourceType::Time)),
             Some(ResourceType::Time)
         );
+        // Text to an opaque resource is base64 (LWM2M 1.1 Appendix C).
         let p = Lwm2mPath::resource(5, 0, 0);
         let typed =
             |q: &Lwm2mPath| write_types(Some(crate::lwm2m::content::standard_resource_type(q)?));
-        let c = decode(ContentFormat::Text, b"not base64!", &p, &typed).unwrap();
-        assert_eq!(c.values[0].1, V::String("not base64!".into()));
+        let c = decode(ContentFormat::Text, b"AP8H", &p, &typed).unwrap();
+        assert_eq!(c.values[0].1, V::Opaque(vec![0, 0xff, 7]));
+        assert!(decode(ContentFormat::Text, b"not base64!", &p, &typed).is_err());
+        // The opaque format is for opaque resources only.
+        assert!(fits(ContentFormat::Opaque, Some(ResourceType::Opaque)));
+        assert!(fits(ContentFormat::OldOpaque, None));
+        assert!(!fits(ContentFormat::Opaque, Some(ResourceType::Integer)));
+        assert!(!fits(ContentFormat::OldOpaque, Some(ResourceType::String)));
+        assert!(fits(ContentFormat::Text, Some(ResourceType::Integer)));
     }
 }

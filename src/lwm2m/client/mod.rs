@@ -83,7 +83,12 @@
 //! - **Bootstrap** ([`ClientConfig::with_bootstrap`]): client-initiated, over plain CoAP.
 //!   While it runs, only the bootstrap server's requests are served (Discover, Write and
 //!   Delete on any object, Security `/0` included, a whole object or an instance; Finish);
-//!   at Finish the client registers with the account it was given. The first
+//!   at Finish the client registers with the account it was given. If the answer to
+//!   Finish is lost, the bootstrap server's retransmitted Finish is answered again from
+//!   the duplicate cache (for EXCHANGE_LIFETIME, 247 s; nothing else of the bootstrap
+//!   server's is served once it finished), and [`DeviceThread`] keeps a DTLS bootstrap
+//!   session open for MAX_TRANSMIT_SPAN (45 s) for it, so the server sees the bootstrap
+//!   finish instead of timing out. The first
 //!   Bootstrap-Request waits the bootstrap account's Client Hold Off Time (`/0/x/11`);
 //!   after 5 Registers refused or lost in a row the client bootstraps again, unless
 //!   `/1/0/16` (Bootstrap on Registration Failure) is false.

@@ -317,6 +317,14 @@ pub trait Object: Send {
 /// Reads `value` as a value of type `kind`, converting where LWM2M allows it: text payloads
 /// arrive as strings, TLV payloads of unknown type as raw bytes.
 ///
+/// Raw bytes (`Opaque`) read as LWM2M 1.1's TLV value encodings (Appendix C): an Integer
+/// or a Time from 1, 2, 4 or 8 big-endian bytes, two's complement (`0xff` is -1); an
+/// Unsigned Integer from 1, 2, 4 or 8 big-endian bytes, unsigned (`0xff` is 255, eight
+/// `0xff` are `u64::MAX`); a Float from 4 (single precision) or 8 (double) bytes; a
+/// Boolean from one byte 0 or 1; an Objlnk from 4 bytes. Other lengths are a
+/// [`ObjectError::TypeMismatch`]. Text reads as the type's decimal form, an Unsigned
+/// Integer to `u64::MAX`.
+///
 /// ```
 /// use twinhub::lwm2m::client::coerce;
 /// use twinhub::{ResourceType, ResourceValue};
@@ -339,11 +347,7 @@ pub fn coerce(value: ResourceValue, kind: ResourceType) -> Result<ResourceValue,
         (ResourceType::Opaque, V::String(s)) => V::Opaque(s.into_bytes()),
         (ResourceType::Integer, v) => V::Integer(as_integer(&v).ok_or(bad)?),
         (ResourceType::Time, v) => V::Time(as_integer(&v).ok_or(bad)?),
-        (ResourceType::UnsignedInteger, v) => V::UnsignedInteger(
-            as_integer(&v)
-                .and_then(|i| u64::try_from(i).ok())
-                .ok_or(bad)?,
-        ),
+        (ResourceType::UnsignedInteger, v) => V::UnsignedInteger(as_unsigned(&v).ok_or(bad)?),
         (ResourceType::Float, V::Integer(i)) => V::Float(i as f64),
         (ResourceType::Float, V::UnsignedInteger(u)) => V::Float(u as f64),
         (ResourceType::Float, V::String(s)) => V::Float(
@@ -406,6 +410,20 @@ fn as_integer(v: &ResourceValue) -> Option<i64> {
     }
 }
 
+/// An unsigned integer from an unsigned integer, a non-negative integer or time, decimal
+/// text (to `u64::MAX`), or 1/2/4/8 big-endian bytes read unsigned (TLV).
+fn as_unsigned(v: &ResourceValue) -> Option<u64> {
+    match v {
+        ResourceValue::UnsignedInteger(u) => Some(*u),
+        ResourceValue::String(s) => s.trim().parse().ok(),
+        ResourceValue::Opaque(b) if matches!(b.len(), 1 | 2 | 4 | 8) => {
+            Some(b.iter().fold(0u64, |a, &x| (a << 8) | u64::from(x)))
+        }
+        ResourceValue::Opaque(_) => None,
+        other => as_integer(other).and_then(|i| u64::try_from(i).ok()),
+    }
+}
+
 /// A value as a number, for the gt / lt / st notification attributes.
 pub(crate) fn numeric(v: &ResourceValue) -> Option<f64> {
     match v {
@@ -459,6 +477,90 @@ mod tests {
         assert!(t(V::String("nan".into()), ResourceType::Float).is_err());
         assert!(t(V::Boolean(true), ResourceType::ObjectLink).is_err());
         assert_eq!(t(V::Integer(5), ResourceType::Time), Ok(V::Time(5)));
+    }
+
+    /// Checks: raw bytes read as the declared type's TLV encoding, signed for Integer and
+    /// Time, unsigned for Unsigned Integer, at every width LWM2M allows (1, 2, 4, 8), and
+    /// decimal text to the type's full range.
+    /// Before the fix: Unsigned Integer went through the signed reading, so `0xff` (255)
+    /// was -1 and refused, as were `0xffff`, `0xffffffff`, eight `0xff` (`u64::MAX`) and
+    /// the text "18446744073709551615".
+    #[test]
+    fn opaque_bytes_and_text_read_with_the_declared_signedness_at_every_width() {
+        use ResourceValue as V;
+        let t = |v: Vec<u8>, k| coerce(V::Opaque(v), k);
+        let widths: [(Vec<u8>, i64, u64); 8] = [
+            (vec![0x7f], 127, 127),
+            (vec![0xff], -1, 255),
+            (vec![0x80, 0x00], i64::from(i16::MIN), 0x8000),
+            (vec![0xff; 2], -1, u64::from(u16::MAX)),
+            (vec![0x80, 0, 0, 0], i64::from(i32::MIN), 0x8000_0000),
+            (vec![0xff; 4], -1, u64::from(u32::MAX)),
+            (vec![0x80, 0, 0, 0, 0, 0, 0, 0], i64::MIN, 1 << 63),
+            (vec![0xff; 8], -1, u64::MAX),
+        ];
+        for (bytes, signed, unsigned) in widths {
+            assert_eq!(
+                t(bytes.clone(), ResourceType::Integer),
+                Ok(V::Integer(signed)),
+                "{bytes:02x?}"
+            );
+            assert_eq!(
+                t(bytes.clone(), ResourceType::Time),
+                Ok(V::Time(signed)),
+                "{bytes:02x?}"
+            );
+            assert_eq!(
+                t(bytes.clone(), ResourceType::UnsignedInteger),
+                Ok(V::UnsignedInteger(unsigned)),
+                "{bytes:02x?}"
+            );
+        }
+        // Lengths LWM2M does not have are refused, signed or not.
+        for len in [0, 3, 5, 6, 7, 9] {
+            for k in [
+                ResourceType::Integer,
+                ResourceType::Time,
+                ResourceType::UnsignedInteger,
+            ] {
+                assert_eq!(
+                    t(vec![1; len], k),
+                    Err(ObjectError::TypeMismatch { expected: k }),
+                    "{len} bytes as {k:?}"
+                );
+            }
+        }
+        // Floats: 4 bytes single, 8 double, nothing else.
+        assert_eq!(
+            t(1.5f32.to_be_bytes().to_vec(), ResourceType::Float),
+            Ok(V::Float(1.5))
+        );
+        assert_eq!(
+            t((-2.25f64).to_be_bytes().to_vec(), ResourceType::Float),
+            Ok(V::Float(-2.25))
+        );
+        for len in [1, 2, 3, 5, 7, 9] {
+            assert!(t(vec![0x3f; len], ResourceType::Float).is_err(), "{len}");
+        }
+        // Text: the whole unsigned range, and no negative unsigned.
+        let text = |s: &str, k| coerce(V::String(s.into()), k);
+        assert_eq!(
+            text("18446744073709551615", ResourceType::UnsignedInteger),
+            Ok(V::UnsignedInteger(u64::MAX))
+        );
+        assert!(text("-1", ResourceType::UnsignedInteger).is_err());
+        assert!(text("18446744073709551616", ResourceType::UnsignedInteger).is_err());
+        assert_eq!(
+            text("-9223372036854775808", ResourceType::Integer),
+            Ok(V::Integer(i64::MIN))
+        );
+        // Across types: a negative number is no Unsigned Integer, one above i64 no Integer.
+        assert!(coerce(V::Integer(-1), ResourceType::UnsignedInteger).is_err());
+        assert!(coerce(V::UnsignedInteger(u64::MAX), ResourceType::Integer).is_err());
+        assert_eq!(
+            coerce(V::UnsignedInteger(7), ResourceType::Integer),
+            Ok(V::Integer(7))
+        );
     }
 
     #[test]

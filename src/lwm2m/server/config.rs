@@ -26,8 +26,12 @@ pub type Authorizer = Box<dyn Fn(&RegistrationRequest, Option<&PeerIdentity>) ->
 /// lets any host that knows an endpoint name take the device over (its operations, its
 /// twin's device properties), so the default checks first whether the old address still
 /// answers.
+///
+/// In JSON (a member of [`ServerConfig`]): `{"policy": "replace"}` or
+/// `{"policy": "probeOldAddress", "probeTimeoutMs": 5000}`; any other member is an error
+/// that names it, as everywhere in the configuration.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "policy", rename_all = "camelCase")]
+#[serde(tag = "policy", rename_all = "camelCase", try_from = "TakeoverJson")]
 #[non_exhaustive]
 pub enum Takeover {
     /// The new Register replaces the old registration (what LWM2M servers commonly do).
@@ -46,6 +50,41 @@ pub enum Takeover {
         #[serde(with = "crate::time::millis", rename = "probeTimeoutMs")]
         probe_timeout: Duration,
     },
+}
+
+/// [`Takeover`] as JSON is read: every member named, none unknown. (serde's own reading
+/// of an internally tagged enum lets a unit variant such as `replace` take members it does
+/// not know, and drops them.)
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TakeoverJson {
+    policy: TakeoverPolicy,
+    #[serde(default)]
+    probe_timeout_ms: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+enum TakeoverPolicy {
+    Replace,
+    ProbeOldAddress,
+}
+
+impl TryFrom<TakeoverJson> for Takeover {
+    type Error = String;
+
+    fn try_from(json: TakeoverJson) -> Result<Self, String> {
+        match (json.policy, json.probe_timeout_ms) {
+            (TakeoverPolicy::Replace, None) => Ok(Takeover::Replace),
+            (TakeoverPolicy::Replace, Some(_)) => {
+                Err("unknown field `probeTimeoutMs` for policy `replace`".into())
+            }
+            (TakeoverPolicy::ProbeOldAddress, Some(ms)) => Ok(Takeover::ProbeOldAddress {
+                probe_timeout: Duration::from_millis(ms),
+            }),
+            (TakeoverPolicy::ProbeOldAddress, None) => Err("missing field `probeTimeoutMs`".into()),
+        }
+    }
 }
 
 impl Default for Takeover {
@@ -118,6 +157,50 @@ impl Default for ServerConfig {
                 max_block1_bytes_per_peer: 64 * 1024,
                 ..EndpointConfig::default()
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks: the takeover policy, a member of the hand-written server (and hub)
+    /// configuration, refuses members it does not know, as the rest of it does.
+    /// Before the fix: `{"policy": "probeOldAddress", "probeTimeoutMs": 100, "retries": 3}`
+    /// and `{"policy": "replace", "probeTimeoutMs": 100}` were taken, the extra member
+    /// dropped without a word.
+    #[test]
+    fn takeover_refuses_unknown_members() {
+        let probe: Takeover =
+            serde_json::from_str(r#"{"policy":"probeOldAddress","probeTimeoutMs":100}"#).unwrap();
+        assert_eq!(
+            probe,
+            Takeover::ProbeOldAddress {
+                probe_timeout: Duration::from_millis(100)
+            }
+        );
+        let replace: Takeover = serde_json::from_str(r#"{"policy":"replace"}"#).unwrap();
+        assert_eq!(replace, Takeover::Replace);
+        for bad in [
+            r#"{"policy":"probeOldAddress","probeTimeoutMs":100,"retries":3}"#,
+            r#"{"policy":"replace","probeTimeoutMs":100}"#,
+        ] {
+            let e = serde_json::from_str::<Takeover>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("unknown field"), "{bad}: {e}");
+        }
+        let e = serde_json::from_str::<ServerConfig>(
+            r#"{"takeover":{"policy":"replace","probeTimeoutMS":1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("probeTimeoutMS"), "{e}");
+        // What the configuration writes, it reads back.
+        for t in [Takeover::Replace, Takeover::default()] {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(serde_json::from_str::<Takeover>(&json).unwrap(), t);
         }
     }
 }

@@ -1,0 +1,413 @@
+//! A lost answer to Bootstrap-Finish, sans-IO under a simulated clock: the device library
+//! bootstraps from one LwM2M server (the crate's bootstrap interface) and registers with
+//! another, over a link that loses the device's 2.04 to `POST /bs` (and, in the second
+//! test, any datagram at random). The bootstrap server retransmits the Finish after the
+//! device has left it for the management server; the device answers the copy from its
+//! duplicate cache, so both sides end right: the device registered with the management
+//! server, the bootstrap session finished (not failed by a time-out).
+
+#![cfg(all(feature = "device", feature = "lwm2m"))]
+
+mod coap_sim;
+
+use coap_sim::SimRng;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use twinhub::coap::{Code, Message, MessageType};
+use twinhub::lwm2m::client::{ClientConfig, ClientEvent, Lwm2mClient, ObjectTree, objects};
+use twinhub::lwm2m::server::{BootstrapPlan, Lwm2mServer, ServerAccount, ServerConfig};
+use twinhub::transport::{BootstrapOutcome, DeviceEvent, Transport};
+
+fn dev() -> SocketAddr {
+    "127.0.0.1:7000".parse().unwrap()
+}
+fn bs() -> SocketAddr {
+    "127.0.0.1:5783".parse().unwrap()
+}
+fn dm() -> SocketAddr {
+    "127.0.0.1:5683".parse().unwrap()
+}
+
+/// The device, the bootstrap server and the management server on a simulated link.
+struct Net {
+    now: Instant,
+    client: Lwm2mClient,
+    bs: Lwm2mServer,
+    dm: Lwm2mServer,
+    /// Datagrams in flight: (arrival, sequence, from, to, bytes).
+    wire: Vec<(Instant, u64, SocketAddr, SocketAddr, Vec<u8>)>,
+    seq: u64,
+    rng: SimRng,
+    /// Chance that any datagram is lost.
+    loss: f64,
+    /// Lose the device's first 2.04 answer to each Bootstrap-Finish.
+    lose_finish_answer: bool,
+    /// The Finish message ids whose first answer was lost.
+    finish_answers_lost: Vec<u16>,
+    /// Message ids of the Bootstrap-Finish requests the bootstrap server sent.
+    finish_ids: Vec<u16>,
+    /// Bootstrap-Finish transmissions that reached the device.
+    finishes_delivered: usize,
+    /// The device's answers to the latest Finish that reached the bootstrap server.
+    finish_answers_delivered: usize,
+    outcomes: Vec<BootstrapOutcome>,
+    registered_at_dm: usize,
+    client_events: Vec<ClientEvent>,
+}
+
+impl Net {
+    fn new(seed: u64, loss: f64, lose_finish_answer: bool) -> Net {
+        let now = Instant::now();
+        let mut tree = ObjectTree::new();
+        tree.add(objects::bootstrap_security(&format!("coap://{}", bs())));
+        tree.add(objects::unprovisioned_server());
+        tree.add(objects::device("Contoso", "MX1", "SN-7", "1.0.0"));
+        let config = ClientConfig::new("dev-7", bs()).with_bootstrap(bs());
+        let uri = format!("coap://{}", dm());
+        let bs_server = Lwm2mServer::with_seed(ServerConfig::default(), seed ^ 0xb5)
+            .with_bootstrap(Box::new(move |_| {
+                Some(BootstrapPlan::new(vec![ServerAccount::new(1, uri.clone())]))
+            }));
+        let dm_server = Lwm2mServer::with_seed(
+            ServerConfig {
+                auto_provision: true,
+                ..ServerConfig::default()
+            },
+            seed ^ 0xd3,
+        );
+        Net {
+            now,
+            client: Lwm2mClient::new(now, config, tree),
+            bs: bs_server,
+            dm: dm_server,
+            wire: Vec::new(),
+            seq: 0,
+            rng: SimRng(seed),
+            loss,
+            lose_finish_answer,
+            finish_answers_lost: Vec::new(),
+            finish_ids: Vec::new(),
+            finishes_delivered: 0,
+            finish_answers_delivered: 0,
+            outcomes: Vec::new(),
+            registered_at_dm: 0,
+            client_events: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
+        let msg = Message::decode(&bytes).ok();
+        if let Some(m) = &msg {
+            if from == bs()
+                && m.mtype == MessageType::Confirmable
+                && m.uri_path().eq(["bs"])
+                && self.finish_ids.last() != Some(&m.message_id)
+            {
+                self.finish_ids.push(m.message_id);
+                self.finish_answers_delivered = 0;
+            }
+            if from == dev()
+                && to == bs()
+                && m.mtype == MessageType::Acknowledgement
+                && m.code == Code::CHANGED
+                && self.finish_ids.contains(&m.message_id)
+                && self.lose_finish_answer
+                && !self.finish_answers_lost.contains(&m.message_id)
+            {
+                self.finish_answers_lost.push(m.message_id);
+                return;
+            }
+        }
+        if self.rng.chance(self.loss) {
+            return;
+        }
+        if let Some(m) = &msg {
+            if from == bs() && m.mtype == MessageType::Confirmable && m.uri_path().eq(["bs"]) {
+                self.finishes_delivered += 1;
+            }
+            if to == bs()
+                && m.mtype == MessageType::Acknowledgement
+                && self.finish_ids.last() == Some(&m.message_id)
+            {
+                self.finish_answers_delivered += 1;
+            }
+        }
+        self.seq += 1;
+        let at = self.now + Duration::from_millis(1 + self.rng.below(20));
+        self.wire.push((at, self.seq, from, to, bytes));
+    }
+
+    fn flush(&mut self) {
+        while let Some(t) = self.client.poll_transmit() {
+            self.put(dev(), t.destination, t.payload);
+        }
+        while let Some(t) = self.bs.poll_transmit() {
+            self.put(bs(), t.destination, t.payload);
+        }
+        while let Some(t) = self.dm.poll_transmit() {
+            self.put(dm(), t.destination, t.payload);
+        }
+        while let Some(e) = self.client.poll_event() {
+            self.client_events.push(e);
+        }
+        while let Some(e) = self.bs.poll_event() {
+            if let DeviceEvent::Bootstrap { outcome, .. } = e {
+                self.outcomes.push(outcome);
+            }
+        }
+        while let Some(e) = self.dm.poll_event() {
+            if let DeviceEvent::Registered { .. } = e {
+                self.registered_at_dm += 1;
+            }
+        }
+    }
+
+    /// Runs `duration` of simulated time (bounded in steps).
+    fn run(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        self.client.handle_timeout(self.now);
+        for _ in 0..200_000 {
+            self.flush();
+            let next_wire = self
+                .wire
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, d)| (d.0, d.1))
+                .map(|(i, d)| (i, d.0));
+            let timers = [
+                self.client.poll_timeout(),
+                self.bs.poll_timeout(),
+                self.dm.poll_timeout(),
+            ];
+            let next_timer = timers.iter().flatten().min().copied();
+            match (next_wire, next_timer) {
+                (Some((i, at)), t) if at <= end && t.is_none_or(|t| at <= t) => {
+                    let (_, _, from, to, bytes) = self.wire.swap_remove(i);
+                    self.now = self.now.max(at);
+                    let now = self.now;
+                    if to == dev() {
+                        self.client.handle_datagram(now, from, &bytes);
+                    } else if to == bs() {
+                        self.bs.handle_datagram(now, from, &bytes);
+                    } else if to == dm() {
+                        self.dm.handle_datagram(now, from, &bytes);
+                    }
+                }
+                (_, Some(t)) if t <= end => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    self.client.handle_timeout(now);
+                    self.bs.handle_timeout(now);
+                    self.dm.handle_timeout(now);
+                }
+                _ => {
+                    self.now = end;
+                    self.flush();
+                    return;
+                }
+            }
+        }
+        panic!("the simulation does not settle");
+    }
+}
+
+#[test]
+fn a_lost_answer_to_bootstrap_finish_is_answered_again_from_the_duplicate_cache() {
+    let mut net = Net::new(1, 0.0, true);
+    net.run(Duration::from_secs(300));
+    assert!(
+        net.finishes_delivered >= 2,
+        "the bootstrap server retransmitted the Finish ({} delivered)",
+        net.finishes_delivered
+    );
+    assert!(net.client.is_registered(), "{:?}", net.client_events);
+    assert_eq!(net.registered_at_dm, 1);
+    assert_eq!(
+        net.outcomes,
+        vec![BootstrapOutcome::Finished],
+        "the bootstrap server saw the Finish acknowledged"
+    );
+    // One bootstrap, one registration: the copy of the Finish changed nothing.
+    let bootstrapped = net
+        .client_events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Bootstrapped { .. }))
+        .count();
+    assert_eq!(bootstrapped, 1, "{:?}", net.client_events);
+    assert_eq!(net.bs.bootstrap_sessions(), 0);
+}
+
+/// Over a link that loses 20 % of all datagrams (and the first answer to every Finish),
+/// for 24 seeds: the device always ends registered, and the bootstrap server reports the
+/// bootstrap finished whenever one of the device's answers to the Finish reached it.
+/// Only when every transmission of the Finish or its answer was lost (the exchange failed
+/// for CoAP: nothing the device can do about it) is the session reported failed, although
+/// the device applied it. Before the fix, every seed ended that way: the device dropped
+/// each retransmitted Finish once it had left the bootstrap server.
+#[test]
+fn over_a_lossy_link_the_bootstrap_ends_finished_when_an_answer_gets_through() {
+    let mut finished = 0;
+    for seed in 0..24u64 {
+        let mut net = Net::new(seed, 0.2, true);
+        net.run(Duration::from_secs(900));
+        assert!(
+            net.client.is_registered(),
+            "seed {seed}: {:?} {:?}",
+            net.client_events,
+            net.outcomes
+        );
+        match net.outcomes.last() {
+            Some(BootstrapOutcome::Finished) => finished += 1,
+            Some(BootstrapOutcome::Failed(why)) if why.starts_with("finish") => assert_eq!(
+                net.finish_answers_delivered, 0,
+                "seed {seed}: an answer to the Finish reached the server, yet: {why}"
+            ),
+            other => panic!("seed {seed}: {other:?} ({:?})", net.outcomes),
+        }
+    }
+    assert!(finished >= 20, "only {finished} of 24 bootstraps finished");
+}
+
+/// The same over DTLS, through the hub's bootstrap interface on real UDP (loopback): a
+/// relay between the device and the bootstrap hub loses the device's answer to the
+/// Finish (the application-data record that follows the hub's sixth: the answer to
+/// Bootstrap-Request, then Discover, Delete, two Writes, Finish). The device keeps its
+/// bootstrap session after Finish, so the hub's retransmitted Finish reaches it, and is
+/// answered from the duplicate cache: the hub reports the bootstrap finished and the
+/// device registers with the management hub. Before the fix, the device had closed that
+/// session (close_notify) at Finish and dropped the bootstrap server's datagrams, so the
+/// Finish timed out (MAX_TRANSMIT_WAIT, 93 s) and the hub reported the bootstrap failed.
+#[cfg(feature = "dtls")]
+#[test]
+fn over_dtls_a_lost_answer_to_finish_reaches_the_device_through_its_bootstrap_session() {
+    use std::net::UdpSocket;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use twinhub::DeviceId;
+    use twinhub::dtls::{PskCredentials, PskKey};
+    use twinhub::hub::{Hub, HubEvent, LifecycleKind, SubscribeOptions};
+    use twinhub::lwm2m::client::DeviceThread;
+    use twinhub::registry::Registry;
+    use twinhub::twin::{ConnectionState, Twin};
+
+    const WAIT: Duration = Duration::from_secs(20);
+    const ID: &str = "bs-lost";
+    let twin_registry = || {
+        let mut r = Registry::new();
+        r.create(Twin::new(DeviceId::new(ID).unwrap())).unwrap();
+        r
+    };
+    let dm = Hub::bind_udp("127.0.0.1:0", twin_registry(), Default::default()).unwrap();
+    let dm_uri = format!("coap://{}", dm.local_addr().unwrap());
+    let bs = Hub::builder()
+        .registry(twin_registry())
+        .dtls("127.0.0.1:0")
+        .bootstrap(move |_| {
+            Some(BootstrapPlan::new(vec![ServerAccount::new(
+                2,
+                dm_uri.clone(),
+            )]))
+        })
+        .build()
+        .unwrap();
+    let creds = PskCredentials::new("bs-lost-bs", PskKey::new(vec![0x44; 16])).unwrap();
+    bs.set_psk(ID, creds.clone()).unwrap();
+    let events = bs
+        .subscribe(SubscribeOptions {
+            twins: false,
+            jobs: false,
+            ..SubscribeOptions::default()
+        })
+        .unwrap();
+
+    // The relay: the device talks to `front`, the bootstrap hub sees `back`.
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for s in [&front, &back] {
+        s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    }
+    let front_addr = front.local_addr().unwrap();
+    let hub_addr = bs.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let from_hub = Arc::new(AtomicUsize::new(0));
+    let lost = Arc::new(AtomicUsize::new(0));
+    let relay = {
+        let (stop, from_hub, lost) = (stop.clone(), from_hub.clone(), lost.clone());
+        std::thread::spawn(move || {
+            const APPLICATION_DATA: u8 = 23;
+            let mut device = None;
+            let mut buf = vec![0u8; 65_536];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = front.recv_from(&mut buf) {
+                    device = Some(from);
+                    let answer_to_finish = buf[0] == APPLICATION_DATA
+                        && from_hub.load(Ordering::SeqCst) == 6
+                        && lost.load(Ordering::SeqCst) == 0;
+                    if answer_to_finish {
+                        lost.store(1, Ordering::SeqCst);
+                    } else {
+                        let _ = back.send_to(&buf[..n], hub_addr);
+                    }
+                }
+                if let (Ok((n, _)), Some(d)) = (back.recv_from(&mut buf), device) {
+                    if buf[0] == APPLICATION_DATA {
+                        from_hub.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _ = front.send_to(&buf[..n], d);
+                }
+            }
+        })
+    };
+
+    let mut tree = ObjectTree::new();
+    tree.add(objects::bootstrap_security(&format!(
+        "coaps://{front_addr}"
+    )));
+    tree.add(objects::unprovisioned_server());
+    tree.add(objects::device("twinhub", "bs", ID, "1.0"));
+    let config = ClientConfig::new(ID, front_addr)
+        .with_bootstrap(front_addr)
+        .with_bootstrap_psk(creds);
+    let dev = DeviceThread::spawn(
+        Lwm2mClient::new(Instant::now(), config, tree),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let outcome = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(HubEvent::Lifecycle(e))
+                if e.device == ID
+                    && matches!(
+                        e.event,
+                        LifecycleKind::Bootstrapped | LifecycleKind::BootstrapFailed
+                    ) =>
+            {
+                break (e.event, e.reason);
+            }
+            Ok(_) => {}
+            Err(e) => panic!("no bootstrap outcome: {e:?}"),
+        }
+    };
+    assert_eq!(outcome, (LifecycleKind::Bootstrapped, None));
+    assert_eq!(
+        lost.load(Ordering::SeqCst),
+        1,
+        "the answer to Finish was lost"
+    );
+    assert!(
+        from_hub.load(Ordering::SeqCst) >= 7,
+        "the hub retransmitted the Finish"
+    );
+    let deadline = Instant::now() + WAIT;
+    while dm.registry().read().get(ID).unwrap().connection_state() != ConnectionState::Connected {
+        assert!(Instant::now() < deadline, "the device never registered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    dev.shutdown(Duration::from_secs(5)).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    relay.join().unwrap();
+    dm.stop();
+    bs.stop();
+}
