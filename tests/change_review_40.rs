@@ -6,6 +6,8 @@
 
 #![cfg(all(feature = "lwm2m", feature = "memory-fleet", feature = "fuzzing"))]
 
+#[cfg(feature = "dtls")]
+mod dtls_support;
 mod hub_support;
 mod job_support;
 
@@ -412,88 +414,6 @@ fn turning_sent_reporting_off_starts_the_device_timeout() {
     engine.validate().unwrap();
 }
 
-/// A raw CoAP device on a `DtlsClient` (as in `tests/dtls_close_registration.rs`) that
-/// records every request the hub's datagrams carried to it.
-#[cfg(feature = "dtls")]
-struct DtlsPeer {
-    socket: std::net::UdpSocket,
-    dtls: twinhub::dtls::DtlsClient,
-    server: std::net::SocketAddr,
-    next_mid: u16,
-    /// The paths of the requests the hub sent the device.
-    requests: Vec<String>,
-}
-
-#[cfg(feature = "dtls")]
-impl DtlsPeer {
-    fn flush(&mut self) {
-        while let Some(r) = self.dtls.poll_transmit() {
-            self.socket.send_to(&r, self.server).unwrap();
-        }
-    }
-
-    /// Reads for `wait`; returns the answer to message id `mid` if it came.
-    fn pump(&mut self, wait: Duration, mid: Option<u16>) -> Option<twinhub::coap::Message> {
-        use twinhub::coap::{Message, MessageType};
-        let deadline = Instant::now() + wait;
-        let mut buf = vec![0u8; 2048];
-        while Instant::now() < deadline {
-            self.flush();
-            if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
-                self.dtls.handle_datagram(Instant::now(), &buf[..n]);
-            }
-            self.dtls.handle_timeout(Instant::now());
-            while let Some(plain) = self.dtls.poll_plaintext() {
-                let Ok(m) = Message::decode(&plain) else {
-                    continue;
-                };
-                if m.code.is_request() {
-                    self.requests.push(m.uri_path_string());
-                } else if Some(m.message_id) == mid && m.mtype == MessageType::Acknowledgement {
-                    return Some(m);
-                }
-            }
-        }
-        None
-    }
-
-    fn exchange(&mut self, mut m: twinhub::coap::Message) -> Option<twinhub::coap::Message> {
-        self.next_mid += 1;
-        m.message_id = self.next_mid;
-        m.set_token(&self.next_mid.to_be_bytes());
-        let mut bytes = Vec::new();
-        m.encode(&mut bytes).unwrap();
-        self.dtls.send(Instant::now(), &bytes);
-        self.pump(Duration::from_secs(5), Some(self.next_mid))
-    }
-
-    fn register(&mut self) -> twinhub::coap::Message {
-        use twinhub::coap::{Code, Message};
-        let mut register = Message::request(Code::POST, "/rd");
-        register.add_uri_query("ep=cl-1");
-        register.add_uri_query("lt=300");
-        register.payload = b"</3/0>".to_vec();
-        let answer = self.exchange(register).expect("an answer to Register");
-        assert_eq!(answer.code, Code::CREATED);
-        answer
-    }
-}
-
-/// BUG (src/lwm2m/server/mod.rs `dispatch` with src/lwm2m/server/secure.rs `transmit`):
-/// over DTLS, a request for a device whose registration outlived its DTLS session (the
-/// device closed it, or the hub closed it at once for a rotated or removed key, as this
-/// change does) is reported as [`DeviceEvent::Sent`] although the secure layer drops it
-/// ("no session: the datagram is dropped"). `Sent` says "its first transmission went
-/// out", and the job engine relies on it: here a reboot's Execute counts as sent, the
-/// device handshakes again and registers afresh (the new Register ends the old
-/// registration, so the Execute is not even retransmitted over the new session), and
-/// the registration is taken as the reboot: the job reports success for a device that
-/// never received the Execute, never rebooted.
-///
-/// Right: a request that cannot leave for lack of a session is not `Sent`: it waits (as
-/// for a sleeping device) until the device has a session again and goes to the new
-/// registration, or fails as not sent; either way the job does not succeed on a
-/// registration before its Execute reached the device.
 /// A DTLS hub (sync off) where the raw device `cl-1` registered; with `close_session` its
 /// DTLS session then ends (its close_notify) while the registration lives on. A reboot
 /// job (success on the next registration) starts; 300 ms later the device registers
@@ -502,7 +422,8 @@ impl DtlsPeer {
 /// received.
 #[cfg(feature = "dtls")]
 fn reboot_over_dtls(close_session: bool) -> (twinhub::job::JobStatistics, Vec<String>) {
-    use twinhub::dtls::{DtlsClient, PskCredentials, PskKey};
+    use dtls_support::RawDtlsDevice;
+    use twinhub::dtls::{PskCredentials, PskKey};
     use twinhub::registry::Registry;
     use twinhub::twin::{ConnectionState, Twin};
     let creds = || PskCredentials::new("cl-1-id", PskKey::new(vec![5; 16])).unwrap();
@@ -515,18 +436,8 @@ fn reboot_over_dtls(close_session: bool) -> (twinhub::job::JobStatistics, Vec<St
     };
     let hub = Hub::bind_dtls("127.0.0.1:0", registry, config).unwrap();
     hub.set_psk("cl-1", creds()).unwrap();
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
-    let mut peer = DtlsPeer {
-        socket,
-        dtls: DtlsClient::new(Instant::now(), creds()),
-        server: hub.local_addr().unwrap(),
-        next_mid: 100,
-        requests: Vec::new(),
-    };
-    peer.register();
+    let mut peer = RawDtlsDevice::new(hub.local_addr().unwrap(), creds());
+    peer.register("cl-1");
     wait_until("the registration", || {
         hub.twin("cl-1").unwrap().connection_state == ConnectionState::Connected
     });
@@ -549,7 +460,7 @@ fn reboot_over_dtls(close_session: bool) -> (twinhub::job::JobStatistics, Vec<St
     .unwrap();
     peer.pump(Duration::from_millis(300), None);
     // The device registers afresh (handshaking again first if its session was closed).
-    peer.register();
+    peer.register("cl-1");
     peer.pump(Duration::from_secs(4), None);
     let stats = hub.job_statistics(&job).unwrap();
     hub.stop();

@@ -119,3 +119,137 @@ fn a_plain_request_in_flight_is_sent_again_to_the_new_peer_only() {
     assert_eq!(ep.outstanding_requests(), 0);
     assert!(!ep.move_request(now, id, a), "no longer in progress");
 }
+
+/// NSTART holds at the new peer: a plain CON request in flight moved to a peer that
+/// already has one in flight waits in that peer's queue, and goes out once the peer's
+/// request is answered. Before, it was sent again at once: two CON requests in flight
+/// to one peer with NSTART 1 (RFC 7252 §4.7).
+#[test]
+fn a_request_moved_to_a_busy_peer_waits_for_nstart() {
+    let mut ep = Endpoint::new_seeded(EndpointConfig::default(), 5);
+    let now = Instant::now();
+    let (a, b) = (addr(7020), addr(7021));
+    let at_b = ep
+        .send_request(now, b, Message::request(Code::GET, "/3/0/1"))
+        .unwrap();
+    let b_req = sent(&mut ep).remove(0).1;
+    let moving = ep
+        .send_request(now, a, Message::request(Code::GET, "/3/0/2"))
+        .unwrap();
+    let first = sent(&mut ep).remove(0).1;
+    assert!(ep.move_request(now, moving, b));
+    assert!(
+        sent(&mut ep).is_empty(),
+        "sent to a peer with a CON in flight"
+    );
+    // Nothing is retransmitted to the old address either.
+    let mut t = now;
+    while let Some(due) = ep
+        .poll_timeout()
+        .filter(|d| *d <= now + Duration::from_secs(10))
+    {
+        t = t.max(due);
+        ep.handle_timeout(t);
+        assert!(sent(&mut ep).iter().all(|(to, _)| *to == b));
+    }
+    // The peer's request is answered: the moved one goes out (same token, new id).
+    let mut ack = Message::response(Code::CONTENT);
+    ack.mtype = MessageType::Acknowledgement;
+    ack.message_id = b_req.message_id;
+    ack.with_token(b_req.token());
+    ep.handle_datagram(t, b, &ack.to_bytes().unwrap());
+    assert!(matches!(ep.poll_event(), Some(Event::Response { id, .. }) if id == at_b));
+    let out = sent(&mut ep);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!((out[0].0, out[0].1.token()), (b, first.token()));
+    assert_ne!(out[0].1.message_id, first.message_id);
+}
+
+/// A request that would have to wait at a peer whose queue is full is not moved: false,
+/// and it carries on at its old address (answered there).
+#[test]
+fn a_request_is_not_moved_into_a_full_queue() {
+    let config = EndpointConfig {
+        max_queued_per_peer: 1,
+        ..EndpointConfig::default()
+    };
+    let mut ep = Endpoint::new_seeded(config, 6);
+    let now = Instant::now();
+    let (a, b) = (addr(7030), addr(7031));
+    ep.send_request(now, b, Message::request(Code::GET, "/3/0/1"))
+        .unwrap();
+    ep.send_request(now, b, Message::request(Code::GET, "/3/0/3"))
+        .unwrap();
+    sent(&mut ep);
+    let id = ep
+        .send_request(now, a, Message::request(Code::GET, "/3/0/2"))
+        .unwrap();
+    let req = sent(&mut ep).remove(0).1;
+    assert!(!ep.move_request(now, id, b));
+    assert!(sent(&mut ep).is_empty());
+    let mut ack = Message::response(Code::CONTENT);
+    ack.mtype = MessageType::Acknowledgement;
+    ack.message_id = req.message_id;
+    ack.with_token(req.token());
+    ep.handle_datagram(now, a, &ack.to_bytes().unwrap());
+    assert!(matches!(ep.poll_event(), Some(Event::Response { id: got, .. }) if got == id));
+}
+
+/// A notification of a moved observation that arrives late from the old address, older
+/// than the one that moved it (reordered across the NAT rebinding), is acknowledged (CON)
+/// or ignored (NON), and not delivered. Before, it got RST, on which the device drops
+/// the observation (RFC 7641 §4.5) although it works at the new address. A fresh one from
+/// the old address (the application did not move the observation back) still gets RST.
+#[test]
+fn a_stale_notification_from_the_old_address_is_not_reset() {
+    let mut ep = Endpoint::new_seeded(EndpointConfig::default(), 7);
+    let now = Instant::now();
+    let (a, b) = (addr(7040), addr(7041));
+    let mut get = Message::request(Code::GET, "/3/0/9");
+    get.set_observe(0);
+    let id = ep.send_request(now, a, get).unwrap();
+    let req = sent(&mut ep).remove(0).1;
+    ep.handle_datagram(now, a, &separate(&req, 2, Some(5)));
+    assert!(matches!(ep.poll_event(), Some(Event::Response { .. })));
+    sent(&mut ep);
+    assert_eq!(
+        ep.observation_elsewhere(now, b, &separate(&req, 3, Some(6))),
+        Some(id)
+    );
+    assert!(ep.move_request(now, id, b));
+    ep.handle_datagram(now, b, &separate(&req, 3, Some(6)));
+    assert!(matches!(ep.poll_event(), Some(Event::Notification { .. })));
+    sent(&mut ep);
+    // Seq 5 (sent before the move, reordered) from the old address: ACK, nothing delivered.
+    let stale = separate(&req, 4, Some(5));
+    ep.handle_datagram(now, a, &stale);
+    assert!(ep.poll_event().is_none());
+    let out = sent(&mut ep);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        (out[0].0, out[0].1.mtype, out[0].1.message_id),
+        (a, MessageType::Acknowledgement, 4)
+    );
+    // Its retransmission: the same ACK.
+    ep.handle_datagram(now, a, &stale);
+    assert!(ep.poll_event().is_none());
+    let out = sent(&mut ep);
+    assert_eq!(
+        (out.len(), out[0].1.mtype),
+        (1, MessageType::Acknowledgement)
+    );
+    // A NON one: nothing at all.
+    let mut non = Message::decode(&separate(&req, 5, Some(4))).unwrap();
+    non.mtype = MessageType::NonConfirmable;
+    ep.handle_datagram(now, a, &non.to_bytes().unwrap());
+    assert!(ep.poll_event().is_none());
+    assert!(sent(&mut ep).is_empty());
+    // A fresh one from the old address: RST, as before.
+    ep.handle_datagram(now, a, &separate(&req, 6, Some(7)));
+    assert!(ep.poll_event().is_none());
+    let out = sent(&mut ep);
+    assert_eq!((out[0].0, out[0].1.mtype), (a, MessageType::Reset));
+    // The observation lives on at the new address.
+    ep.handle_datagram(now, b, &separate(&req, 7, Some(8)));
+    assert!(matches!(ep.poll_event(), Some(Event::Notification { id: got, .. }) if got == id));
+}

@@ -1,63 +1,22 @@
 //! A device closes its DTLS session (close_notify): its LWM2M registration outlives the
 //! session, as in Leshan; the device handshakes again and Updates the registration.
-//! Over real UDP on loopback, the device side a raw CoAP peer on a `DtlsClient`.
+//! Over real UDP on loopback, the device side a raw CoAP peer on a `DtlsClient`
+//! (`dtls_support::RawDtlsDevice`).
 #![cfg(feature = "dtls")]
 
-use std::net::{SocketAddr, UdpSocket};
+mod dtls_support;
+
+use dtls_support::RawDtlsDevice;
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
-use twinhub::coap::{Code, Message, MessageType};
-use twinhub::dtls::{DtlsClient, PskCredentials, PskKey};
+use twinhub::coap::{Code, Message};
+use twinhub::dtls::{PskCredentials, PskKey};
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::registry::Registry;
 use twinhub::twin::{ConnectionState, Twin};
 
 fn creds() -> PskCredentials {
     PskCredentials::new("cl-1-id", PskKey::new(vec![5; 16])).unwrap()
-}
-
-struct Peer {
-    socket: UdpSocket,
-    dtls: DtlsClient,
-    server: SocketAddr,
-    next_mid: u16,
-}
-
-impl Peer {
-    fn flush(&mut self) {
-        while let Some(r) = self.dtls.poll_transmit() {
-            self.socket.send_to(&r, self.server).unwrap();
-        }
-    }
-
-    /// Sends a CON request and waits (at most 5 s) for its piggybacked answer; the hub's
-    /// own requests to the device go unanswered.
-    fn exchange(&mut self, mut m: Message) -> Option<Message> {
-        self.next_mid += 1;
-        m.message_id = self.next_mid;
-        m.set_token(&self.next_mid.to_be_bytes());
-        let mut bytes = Vec::new();
-        m.encode(&mut bytes).unwrap();
-        self.dtls.send(Instant::now(), &bytes);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut buf = vec![0u8; 2048];
-        while Instant::now() < deadline {
-            self.flush();
-            if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
-                self.dtls.handle_datagram(Instant::now(), &buf[..n]);
-            }
-            self.dtls.handle_timeout(Instant::now());
-            while let Some(plain) = self.dtls.poll_plaintext() {
-                if let Ok(answer) = Message::decode(&plain)
-                    && answer.message_id == self.next_mid
-                    && answer.mtype == MessageType::Acknowledgement
-                {
-                    return Some(answer);
-                }
-            }
-        }
-        None
-    }
 }
 
 fn wait(what: &str, mut cond: impl FnMut() -> bool) {
@@ -86,16 +45,7 @@ fn a_registration_outlives_a_closed_dtls_session_and_is_updated_over_a_new_one()
         .unwrap();
     let hub = Hub::bind_dtls("127.0.0.1:0", registry, HubConfig::default()).unwrap();
     hub.set_psk("cl-1", creds()).unwrap();
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(20)))
-        .unwrap();
-    let mut peer = Peer {
-        socket,
-        dtls: DtlsClient::new(Instant::now(), creds()),
-        server: hub.local_addr().unwrap(),
-        next_mid: 100,
-    };
+    let mut peer = RawDtlsDevice::new(hub.local_addr().unwrap(), creds());
     let mut register = Message::request(Code::POST, "/rd");
     register.add_uri_query("ep=cl-1");
     register.add_uri_query("lt=300");

@@ -1,115 +1,24 @@
 //! What a device's DTLS session sees of the hub's credential changes and of the hub
-//! stopping, over real UDP on loopback (the device a raw CoAP peer on a `DtlsClient`):
+//! stopping, over real UDP on loopback (the device a raw CoAP peer on a `DtlsClient`,
+//! `dtls_support::RawDtlsDevice`):
 //! a rotated or revoked key (`Hub::set_psk`, `Hub::remove_psk`, `Hub::remove_device`)
 //! closes its sessions at once, with a close_notify, and their records are refused from
 //! the change on; a hub that stops sends every session a close_notify.
 #![cfg(feature = "dtls")]
 
-use std::net::{SocketAddr, UdpSocket};
+mod dtls_support;
+
+use dtls_support::RawDtlsDevice;
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
-use twinhub::coap::{Code, Message, MessageType};
-use twinhub::dtls::{DtlsClient, PskCredentials, PskKey};
+use twinhub::coap::{Code, Message};
+use twinhub::dtls::{PskCredentials, PskKey};
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::registry::Registry;
 use twinhub::twin::Twin;
 
 fn creds(identity: &str, seed: u8) -> PskCredentials {
     PskCredentials::new(identity, PskKey::new(vec![seed; 16])).unwrap()
-}
-
-/// A device: its socket, its DTLS client, the hub's address.
-struct Peer {
-    socket: UdpSocket,
-    dtls: DtlsClient,
-    server: SocketAddr,
-    next_mid: u16,
-}
-
-impl Peer {
-    fn new(server: SocketAddr, credentials: PskCredentials) -> Peer {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        Peer {
-            socket,
-            dtls: DtlsClient::new(Instant::now(), credentials),
-            server,
-            next_mid: 100,
-        }
-    }
-
-    fn flush(&mut self) {
-        while let Some(r) = self.dtls.poll_transmit() {
-            self.socket.send_to(&r, self.server).unwrap();
-        }
-    }
-
-    /// `m` with the next message id and token, encoded.
-    fn encode(&mut self, mut m: Message) -> Vec<u8> {
-        self.next_mid += 1;
-        m.message_id = self.next_mid;
-        m.set_token(&self.next_mid.to_be_bytes());
-        let mut bytes = Vec::new();
-        m.encode(&mut bytes).unwrap();
-        bytes
-    }
-
-    /// Sends a CON request and waits (at most 5 s) for its piggybacked answer.
-    fn exchange(&mut self, m: Message) -> Option<Message> {
-        let bytes = self.encode(m);
-        self.dtls.send(Instant::now(), &bytes);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut buf = vec![0u8; 2048];
-        while Instant::now() < deadline {
-            self.flush();
-            if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
-                self.dtls.handle_datagram(Instant::now(), &buf[..n]);
-            }
-            self.dtls.handle_timeout(Instant::now());
-            while let Some(plain) = self.dtls.poll_plaintext() {
-                if let Ok(answer) = Message::decode(&plain)
-                    && answer.message_id == self.next_mid
-                    && answer.mtype == MessageType::Acknowledgement
-                {
-                    return Some(answer);
-                }
-            }
-        }
-        None
-    }
-
-    /// Reads what the hub sends for up to `within`, sending nothing; true once the session
-    /// was closed by the hub (a close_notify arrived).
-    fn sees_close_within(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        let mut buf = vec![0u8; 2048];
-        while Instant::now() < deadline {
-            if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
-                self.dtls.handle_datagram(Instant::now(), &buf[..n]);
-            }
-            if self.dtls.has_failed() {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Registers as `ep` (lifetime 300 s); returns the registration's location.
-    fn register(&mut self, ep: &str) -> String {
-        let mut register = Message::request(Code::POST, "/rd");
-        register.add_uri_query(&format!("ep={ep}"));
-        register.add_uri_query("lt=300");
-        register.payload = b"</3/0>".to_vec();
-        let answer = self.exchange(register).expect("an answer to Register");
-        assert_eq!(answer.code, Code::CREATED);
-        answer
-            .location_path()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-            .join("/")
-    }
 }
 
 fn update(location: &str, lifetime: u32) -> Message {
@@ -166,7 +75,7 @@ fn lifetime(hub: &Hub, device: &str) -> Option<u32> {
 /// from the change on already: the held Update checks that this stays so).
 fn withdrawn_key_closes_the_session_at_once(what: &str, change: impl FnOnce(&Hub)) {
     let hub = hub_with(&["kr-1"]);
-    let mut peer = Peer::new(hub.local_addr().unwrap(), creds("kr-1-id", 1));
+    let mut peer = RawDtlsDevice::new(hub.local_addr().unwrap(), creds("kr-1-id", 1));
     let location = peer.register("kr-1");
     let answer = peer
         .exchange(update(&location, 400))
@@ -243,7 +152,7 @@ fn a_removed_device_closes_its_session_at_once() {
 #[test]
 fn the_same_credentials_again_keep_the_session() {
     let hub = hub_with(&["kr-1"]);
-    let mut peer = Peer::new(hub.local_addr().unwrap(), creds("kr-1-id", 1));
+    let mut peer = RawDtlsDevice::new(hub.local_addr().unwrap(), creds("kr-1-id", 1));
     let location = peer.register("kr-1");
     hub.set_psk("kr-1", creds("kr-1-id", 1)).unwrap();
     assert!(
@@ -263,11 +172,11 @@ fn the_same_credentials_again_keep_the_session() {
 /// the devices kept sessions to a hub that was gone until their own requests timed out.
 fn stopping_sends_close_notify(stop: impl FnOnce(Hub)) {
     let hub = hub_with(&["sd-1", "sd-2"]);
-    let mut peers: Vec<Peer> = ["sd-1", "sd-2"]
+    let mut peers: Vec<RawDtlsDevice> = ["sd-1", "sd-2"]
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let mut peer = Peer::new(
+            let mut peer = RawDtlsDevice::new(
                 hub.local_addr().unwrap(),
                 creds(&format!("{d}-id"), i as u8 + 1),
             );

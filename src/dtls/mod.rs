@@ -41,13 +41,15 @@
 //! | reason | close_notify | when |
 //! |---|---|---|
 //! | `Idle` | yes | at the sweep (every idle timeout / 4, at most a minute), or when a full table makes room |
-//! | `CredentialsChanged` | yes | the key was rotated or removed: at the next [`DtlsServer::handle_timeout`] (the hub's driver: within a quarter second) or the next datagram either way, whichever is first; its records are refused from the change on |
+//! | `CredentialsChanged` | yes | the key was rotated or removed: at the server's next call of [`DtlsServer::handle_datagram`] (from any peer), [`DtlsServer::send`] or [`DtlsServer::handle_timeout`] (the hub's driver: within a quarter second; a driver of your own: see "Withdrawn keys" on [`DtlsServer`]); its records are refused from the change on |
 //! | `Superseded` | yes, to the old address | the identity opened one session too many |
 //! | `Replaced` | yes, under the old keys | a new handshake from the same address completed: the new session's client cannot read it and discards it |
 //! | `Local` | yes | [`DtlsServer::close_identity`] |
 //! | `Shutdown` | yes | [`DtlsServer::close_all`]: the hub's UDP driver stopping (the hub stopped or dropped) |
 //! | `PeerClosed` | `dimpl` answers the peer's with its own | the peer sent close_notify ([`DtlsClient::close`]) |
 //! | `Error` | no | a fatal DTLS error (`dimpl` sends its own alert where the protocol says so) |
+//!
+//! Each ended session is counted once in [`DtlsStats`], under its reason.
 //!
 //! A handshake refused at [`DtlsServerConfig::max_sessions`] gets no close_notify (it never
 //! was a session): its first record is dropped and the device handshakes again once its

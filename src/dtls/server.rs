@@ -135,6 +135,10 @@ pub enum CloseReason {
 }
 
 /// Counters and table sizes of a [`DtlsServer`].
+///
+/// Every session that ended is counted once, under its [`CloseReason`]: once a call into
+/// the server has returned, `handshakes` equals `sessions` plus `evicted_idle`, `closed_key_withdrawn`, `closed_shutdown`,
+/// `closed_local`, `closed_by_peer`, `superseded`, `replaced` and `session_errors`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DtlsStats {
     /// Handshakes completed.
@@ -148,8 +152,27 @@ pub struct DtlsStats {
     pub refused_handshakes: u64,
     /// Completed handshakes refused because the session table was full.
     pub refused_sessions: u64,
-    /// Sessions evicted for idleness.
+    /// Sessions evicted for idleness ([`CloseReason::Idle`]).
     pub evicted_idle: u64,
+    /// Sessions closed because their key was rotated or removed
+    /// ([`CloseReason::CredentialsChanged`]), whether met by the sweep after the change or
+    /// at the session's own next datagram or send.
+    pub closed_key_withdrawn: u64,
+    /// Sessions closed by [`DtlsServer::close_all`] ([`CloseReason::Shutdown`]: the
+    /// hub's UDP driver stopping).
+    pub closed_shutdown: u64,
+    /// Sessions closed by [`DtlsServer::close_identity`] ([`CloseReason::Local`]).
+    pub closed_local: u64,
+    /// Sessions their peer closed with close_notify ([`CloseReason::PeerClosed`]).
+    pub closed_by_peer: u64,
+    /// Sessions closed to keep an identity within
+    /// [`DtlsServerConfig::max_sessions_per_identity`] ([`CloseReason::Superseded`]).
+    pub superseded: u64,
+    /// Sessions replaced by a new handshake from the same address
+    /// ([`CloseReason::Replaced`]).
+    pub replaced: u64,
+    /// Sessions ended by a fatal DTLS error ([`CloseReason::Error`]).
+    pub session_errors: u64,
     /// Datagrams from addresses with no session that were not a ClientHello.
     pub dropped_no_session: u64,
     /// Peers in the unverified table now.
@@ -168,6 +191,13 @@ struct Counters {
     refused_handshakes: AtomicU64,
     refused_sessions: AtomicU64,
     evicted_idle: AtomicU64,
+    closed_key_withdrawn: AtomicU64,
+    closed_shutdown: AtomicU64,
+    closed_local: AtomicU64,
+    closed_by_peer: AtomicU64,
+    superseded: AtomicU64,
+    replaced: AtomicU64,
+    session_errors: AtomicU64,
     dropped_no_session: AtomicU64,
     unverified: AtomicU64,
     in_handshake: AtomicU64,
@@ -200,6 +230,13 @@ impl DtlsStatsHandle {
             refused_handshakes: l(&c.refused_handshakes),
             refused_sessions: l(&c.refused_sessions),
             evicted_idle: l(&c.evicted_idle),
+            closed_key_withdrawn: l(&c.closed_key_withdrawn),
+            closed_shutdown: l(&c.closed_shutdown),
+            closed_local: l(&c.closed_local),
+            closed_by_peer: l(&c.closed_by_peer),
+            superseded: l(&c.superseded),
+            replaced: l(&c.replaced),
+            session_errors: l(&c.session_errors),
             dropped_no_session: l(&c.dropped_no_session),
             unverified: l(&c.unverified),
             in_handshake: l(&c.in_handshake),
@@ -357,6 +394,22 @@ fn drain(dtls: &mut Dtls, buf: &mut Vec<u8>) -> Drained {
 /// [`DtlsServer::poll_transmit`] yields, drain [`DtlsServer::poll_event`], and call
 /// [`DtlsServer::handle_timeout`] at [`DtlsServer::poll_timeout`].
 ///
+/// **Withdrawn keys.** A key rotated or removed in the server's [`PskStore`] (from any
+/// thread, through a clone of it) is met at the server's next [`DtlsServer::handle_datagram`]
+/// (from any peer), [`DtlsServer::send`] or [`DtlsServer::handle_timeout`]: one comparison
+/// of the store's withdrawal count, and one pass over the session table when it moved.
+/// The key's sessions are then closed, each with a close_notify
+/// ([`CloseReason::CredentialsChanged`], counted in [`DtlsStats::closed_key_withdrawn`]).
+/// Their records are refused from the change on either way, so a session closed late
+/// only holds its place in the table and leaves its device unaware for longer. A driver
+/// that sleeps until [`DtlsServer::poll_timeout`] between datagrams meets a change on an
+/// otherwise quiet server at the next idle sweep (every quarter of
+/// [`DtlsServerConfig::session_idle_timeout`], at most a minute): `poll_timeout` does
+/// not move for a change made elsewhere. To close such sessions sooner, call
+/// `handle_timeout` right after changing keys on the driver's thread, or wake the
+/// driver at least as often as the delay you accept (the hub's driver wakes every
+/// quarter second).
+///
 /// Only `TLS_PSK_WITH_AES_128_CCM_8` is offered (RFC 7925). A datagram from an address
 /// without a session creates state only if it is a ClientHello, and then only in the
 /// bounded unverified table (see [`DtlsServerConfig`]). Replayed records are dropped by
@@ -491,6 +544,7 @@ impl DtlsServer {
 
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        self.close_withdrawn_if_any();
         if record::is_session_traffic(bytes) && self.sessions.contains_key(&peer) {
             // The session's records go to it, also while a handshake from its address is
             // in progress: anyone can send a ClientHello from that address, and it must
@@ -773,12 +827,18 @@ impl DtlsServer {
     /// Encrypts `data` for the session at `to`. Fails when there is no session there (or
     /// its key was rotated, which closes it): nothing goes out unencrypted.
     pub fn send(&mut self, now: Instant, to: SocketAddr, data: &[u8]) -> Result<(), NoSession> {
+        self.close_withdrawn_if_any();
+        let sent = self.send_inner(now, to, data);
+        self.sync_gauges();
+        sent
+    }
+
+    fn send_inner(&mut self, now: Instant, to: SocketAddr, data: &[u8]) -> Result<(), NoSession> {
         let current = self.sessions.get(&to).map(|s| self.session_current(s));
         match current {
             None => return Err(NoSession(to)),
             Some(false) => {
                 self.close_session(to, CloseReason::CredentialsChanged);
-                self.sync_gauges();
                 return Err(NoSession(to));
             }
             Some(true) => {}
@@ -790,7 +850,6 @@ impl DtlsServer {
             dtls.send_application_data(data).map(drop)
         }) else {
             self.remove_session(to, CloseReason::Error);
-            self.sync_gauges();
             return Err(NoSession(to));
         };
         for packet in d.packets {
@@ -854,9 +913,17 @@ impl DtlsServer {
                 self.by_identity.remove(&s.identity.psk_identity);
             }
         }
-        if reason == CloseReason::Idle {
-            bump(&self.counters.evicted_idle);
-        }
+        let c = &self.counters;
+        bump(match reason {
+            CloseReason::Idle => &c.evicted_idle,
+            CloseReason::CredentialsChanged => &c.closed_key_withdrawn,
+            CloseReason::Shutdown => &c.closed_shutdown,
+            CloseReason::Local => &c.closed_local,
+            CloseReason::PeerClosed => &c.closed_by_peer,
+            CloseReason::Superseded => &c.superseded,
+            CloseReason::Replaced => &c.replaced,
+            CloseReason::Error => &c.session_errors,
+        });
         self.events.push_back(DtlsEvent::Closed {
             peer,
             identity: s.identity,
@@ -867,17 +934,12 @@ impl DtlsServer {
     // ------------------------------------------------------------------ timers
 
     /// Runs retransmissions and handshake timeouts, evicts idle sessions, and closes the
-    /// sessions whose key was rotated or removed since the last call (with a close_notify;
-    /// their records are refused from the change on either way). Call it after changing
-    /// credentials for their sessions to close at once; the hub's driver calls it at
-    /// least every quarter second.
+    /// sessions whose key was rotated or removed since the server last looked (with a
+    /// close_notify; their records are refused from the change on either way). Call it
+    /// after changing credentials for their sessions to close at once (see "Withdrawn
+    /// keys" on [`DtlsServer`]); the hub's driver calls it at least every quarter second.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let withdrawals = self.store.withdrawals();
-        if withdrawals != self.seen_withdrawals {
-            // Read before the sweep: a key withdrawn during it is met at the next call.
-            self.seen_withdrawals = withdrawals;
-            self.close_withdrawn();
-        }
+        self.close_withdrawn_if_any();
         if self.next_pending_check.is_some_and(|t| t <= now) {
             self.expire_pending(now);
         }
@@ -929,9 +991,19 @@ impl DtlsServer {
             .min();
     }
 
-    /// Closes (with a close_notify) the sessions whose key was rotated or removed: one
-    /// pass over the session table, run once per [`DtlsServer::handle_timeout`] that finds
-    /// keys withdrawn since the last (many changes between two calls cost one pass).
+    /// Closes the sessions of keys withdrawn since the last look: one comparison of the
+    /// store's withdrawal count, and a pass over the session table only when it moved
+    /// (many changes between two calls cost one pass).
+    fn close_withdrawn_if_any(&mut self) {
+        let withdrawals = self.store.withdrawals();
+        if withdrawals != self.seen_withdrawals {
+            // Read before the sweep: a key withdrawn during it is met at the next call.
+            self.seen_withdrawals = withdrawals;
+            self.close_withdrawn();
+        }
+    }
+
+    /// Closes (with a close_notify) the sessions whose key was rotated or removed.
     fn close_withdrawn(&mut self) {
         let withdrawn: Vec<SocketAddr> = self
             .sessions

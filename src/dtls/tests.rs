@@ -669,3 +669,161 @@ fn dimpl_cannot_take_over_a_handshake_at_the_echoed_cookie() {
          be made stateless (see the unverified table in src/dtls/server.rs)"
     );
 }
+
+/// A server knowing `id-1` (dev-1, key 1) and `id-2` (dev-2, key 2), with a session of
+/// each: `id-1` at `addr(1)`, `id-2` at `addr(2)`. Events and datagrams drained.
+fn two_sessions(now: Instant) -> (DtlsServer, DtlsClient, DtlsClient) {
+    let store = store_with("id-1", "dev-1", key(1));
+    store
+        .set(Some(DeviceId::new("dev-2").unwrap()), creds("id-2", key(2)))
+        .unwrap();
+    let mut server = DtlsServer::new(DtlsServerConfig::default(), store);
+    let mut one = DtlsClient::new(now, creds("id-1", key(1)));
+    one.send(now, b"x");
+    pump(now, &mut one, addr(1), &mut server);
+    let mut two = DtlsClient::new(now, creds("id-2", key(2)));
+    two.send(now, b"x");
+    pump(now, &mut two, addr(2), &mut server);
+    assert_eq!(server.stats().sessions, 2);
+    while server.poll_event().is_some() {}
+    (server, one, two)
+}
+
+/// The sessions closed as `CredentialsChanged` among the server's events, and whether a
+/// datagram (the close_notify) went to each; drains both queues.
+fn closed_for_credentials(server: &mut DtlsServer) -> Vec<(SocketAddr, bool)> {
+    let sent: Vec<SocketAddr> = std::iter::from_fn(|| server.poll_transmit())
+        .map(|(to, _)| to)
+        .collect();
+    std::iter::from_fn(|| server.poll_event())
+        .filter_map(|e| match e {
+            DtlsEvent::Closed {
+                peer,
+                reason: CloseReason::CredentialsChanged,
+                ..
+            } => Some((peer, sent.contains(&peer))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A standalone server (no hub driver calling `handle_timeout` every quarter second):
+/// `id-1`'s key is removed while `id-1` is silent; `id-2`'s next datagram, or a send to
+/// `id-2`, closes `id-1`'s session at once with a close_notify. Before, only
+/// `handle_timeout` looked at the store's withdrawals: a driver sleeping until
+/// `poll_timeout` (up to a minute, the idle sweep) left the session open meanwhile,
+/// however busy the server was with other peers.
+#[test]
+fn another_peers_datagram_or_a_send_closes_the_sessions_of_a_withdrawn_key() {
+    let now = Instant::now();
+    // Another peer's datagram.
+    let (mut server, _one, mut two) = two_sessions(now);
+    assert!(server.store().remove_identity("id-1"));
+    two.send(now, b"from id-2");
+    let record = two.poll_transmit().unwrap();
+    server.handle_datagram(now, addr(2), &record);
+    let delivered = matches!(
+        server.poll_event(),
+        Some(DtlsEvent::Closed { peer, .. }) if peer == addr(1)
+    );
+    assert!(delivered, "id-1's session was not closed first");
+    assert!(matches!(
+        server.poll_event(),
+        Some(DtlsEvent::Plaintext { peer, .. }) if peer == addr(2)
+    ));
+    assert_eq!(server.stats().sessions, 1);
+    assert!(
+        std::iter::from_fn(|| server.poll_transmit()).any(|(to, _)| to == addr(1)),
+        "no close_notify to id-1"
+    );
+    assert_eq!(server.stats().closed_key_withdrawn, 1);
+
+    // A send to another peer.
+    let (mut server, _one, _two) = two_sessions(now);
+    server
+        .store()
+        .set(Some(DeviceId::new("dev-1").unwrap()), creds("id-1", key(9)))
+        .unwrap();
+    server.send(now, addr(2), b"to id-2").unwrap();
+    assert_eq!(closed_for_credentials(&mut server), vec![(addr(1), true)]);
+    assert_eq!(server.stats().sessions, 1);
+    assert_eq!(server.stats().closed_key_withdrawn, 1);
+}
+
+/// Control: a change that withdraws nothing (the same credentials again) closes nothing,
+/// and `handle_timeout` still closes a withdrawn key's sessions on a server that hears
+/// from nobody.
+#[test]
+fn control_handle_timeout_alone_closes_the_sessions_of_a_withdrawn_key() {
+    let now = Instant::now();
+    let (mut server, _one, _two) = two_sessions(now);
+    server
+        .store()
+        .set(Some(DeviceId::new("dev-2").unwrap()), creds("id-2", key(2)))
+        .unwrap();
+    server.handle_timeout(now);
+    assert_eq!(closed_for_credentials(&mut server), vec![]);
+    assert!(server.store().remove_identity("id-2"));
+    server.handle_timeout(now);
+    assert_eq!(closed_for_credentials(&mut server), vec![(addr(2), true)]);
+    assert_eq!(server.stats().sessions, 1);
+}
+
+/// Every ended session is counted once under its reason; before, sessions closed for a
+/// withdrawn key, by `close_all`, by `close_identity`, by their peer, superseded or
+/// replaced were counted nowhere (only idle evictions were), so `handshakes` minus
+/// `sessions` could not be told apart.
+#[test]
+fn every_closed_session_is_counted_under_its_reason() {
+    let now = Instant::now();
+    let store = store_with("id-1", "dev-1", key(1));
+    for (n, id) in [(2, "id-2"), (3, "id-3"), (4, "id-4")] {
+        store
+            .set(
+                Some(DeviceId::new(&format!("dev-{n}")).unwrap()),
+                creds(id, key(n)),
+            )
+            .unwrap();
+    }
+    let mut server = DtlsServer::new(DtlsServerConfig::default(), store.clone());
+    let connect = |server: &mut DtlsServer, id: &str, k: u8, port: u16| {
+        let mut c = DtlsClient::new(now, creds(id, key(k)));
+        c.send(now, b"x");
+        assert_eq!(pump(now, &mut c, addr(port), server).len(), 1);
+        c
+    };
+    // id-1 three times: the third supersedes the first (two per identity).
+    connect(&mut server, "id-1", 1, 1);
+    connect(&mut server, "id-1", 1, 2);
+    connect(&mut server, "id-1", 1, 3);
+    // id-2 twice from the same address: the second replaces the first.
+    connect(&mut server, "id-2", 2, 4);
+    let mut two = connect(&mut server, "id-2", 2, 4);
+    // id-2 closes its session itself.
+    assert!(two.close(now));
+    pump(now, &mut two, addr(4), &mut server);
+    // id-3's key goes (met by handle_timeout); id-4 is closed by the application.
+    connect(&mut server, "id-3", 3, 5);
+    connect(&mut server, "id-4", 4, 6);
+    assert!(store.remove_identity("id-3"));
+    server.handle_timeout(now);
+    assert_eq!(server.close_identity("id-4"), 1);
+    // The rest (id-1's two sessions) at shutdown.
+    assert_eq!(server.close_all(), 2);
+    let s = server.stats();
+    assert_eq!(
+        (
+            s.superseded,
+            s.replaced,
+            s.closed_by_peer,
+            s.closed_key_withdrawn,
+            s.closed_local,
+            s.closed_shutdown,
+            s.evicted_idle,
+            s.session_errors,
+            s.sessions,
+        ),
+        (1, 1, 1, 1, 1, 2, 0, 0, 0)
+    );
+    assert_eq!(s.handshakes, 7);
+}

@@ -1,11 +1,13 @@
 //! Keys, credentials and datagram plumbing for the DTLS tests that drive the sans-IO
-//! server and client by hand. Shared by the `dtls_*` test files (each is its own crate;
-//! each uses a part).
+//! server and client by hand, and [`RawDtlsDevice`], a raw CoAP device on a `DtlsClient`
+//! speaking to a hub over loopback UDP. Shared by the DTLS test files (each is its own
+//! crate; each uses a part).
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
 use twinhub::DeviceId;
+use twinhub::coap::{Code, Message, MessageType};
 use twinhub::dtls::{DtlsClient, DtlsServer, DtlsServerConfig, PskCredentials, PskKey, PskStore};
 
 /// A device's address (10.0.0.1, `port`).
@@ -61,4 +63,120 @@ pub fn first_flight_with(
     let mut client = DtlsClient::new(t0, creds("id-1", key(1)));
     client.send(t0, first);
     (server, client)
+}
+
+/// A raw CoAP device over real UDP on loopback: its own socket and a [`DtlsClient`]
+/// (handshake, then CoAP messages inside the session). It answers nothing the hub sends
+/// it; it records the paths of the requests the hub's datagrams carried
+/// ([`RawDtlsDevice::requests`]).
+pub struct RawDtlsDevice {
+    /// The device's socket (loopback, port 0, read timeout 20 ms).
+    pub socket: UdpSocket,
+    /// Its DTLS client.
+    pub dtls: DtlsClient,
+    /// The hub's address.
+    pub server: SocketAddr,
+    /// The last message id (and token) used; the next message takes the one after.
+    pub next_mid: u16,
+    /// The paths of the requests the hub sent the device, in arrival order.
+    pub requests: Vec<String>,
+}
+
+impl RawDtlsDevice {
+    /// A device of `credentials` speaking to the hub at `server`.
+    pub fn new(server: SocketAddr, credentials: PskCredentials) -> RawDtlsDevice {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        RawDtlsDevice {
+            socket,
+            dtls: DtlsClient::new(Instant::now(), credentials),
+            server,
+            next_mid: 100,
+            requests: Vec::new(),
+        }
+    }
+
+    /// Sends every record the DTLS client has queued.
+    pub fn flush(&mut self) {
+        while let Some(r) = self.dtls.poll_transmit() {
+            self.socket.send_to(&r, self.server).unwrap();
+        }
+    }
+
+    /// `m` with the next message id and token, encoded.
+    pub fn encode(&mut self, mut m: Message) -> Vec<u8> {
+        self.next_mid += 1;
+        m.message_id = self.next_mid;
+        m.set_token(&self.next_mid.to_be_bytes());
+        let mut bytes = Vec::new();
+        m.encode(&mut bytes).unwrap();
+        bytes
+    }
+
+    /// Sends what is queued and reads for up to `wait`, recording the hub's requests;
+    /// returns the piggybacked answer (an ACK) to message id `mid` as soon as it comes.
+    pub fn pump(&mut self, wait: Duration, mid: Option<u16>) -> Option<Message> {
+        let deadline = Instant::now() + wait;
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < deadline {
+            self.flush();
+            if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
+                self.dtls.handle_datagram(Instant::now(), &buf[..n]);
+            }
+            self.dtls.handle_timeout(Instant::now());
+            while let Some(plain) = self.dtls.poll_plaintext() {
+                let Ok(m) = Message::decode(&plain) else {
+                    continue;
+                };
+                if m.code.is_request() {
+                    self.requests.push(m.uri_path_string());
+                } else if Some(m.message_id) == mid && m.mtype == MessageType::Acknowledgement {
+                    return Some(m);
+                }
+            }
+        }
+        None
+    }
+
+    /// Sends a CON request (handshaking first if there is no session) and waits (at most
+    /// 5 s) for its piggybacked answer.
+    pub fn exchange(&mut self, m: Message) -> Option<Message> {
+        let bytes = self.encode(m);
+        self.dtls.send(Instant::now(), &bytes);
+        self.pump(Duration::from_secs(5), Some(self.next_mid))
+    }
+
+    /// Reads what the hub sends for up to `within`, sending nothing; true once the
+    /// session was closed by the hub (a close_notify arrived).
+    pub fn sees_close_within(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = self.socket.recv_from(&mut buf) {
+                self.dtls.handle_datagram(Instant::now(), &buf[..n]);
+            }
+            if self.dtls.has_failed() {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Registers as `ep` (lifetime 300 s, object 3 instance 0), asserting 2.01 Created;
+    /// returns the registration's location (`rd/...`).
+    pub fn register(&mut self, ep: &str) -> String {
+        let mut register = Message::request(Code::POST, "/rd");
+        register.add_uri_query(&format!("ep={ep}"));
+        register.add_uri_query("lt=300");
+        register.payload = b"</3/0>".to_vec();
+        let answer = self.exchange(register).expect("an answer to Register");
+        assert_eq!(answer.code, Code::CREATED);
+        answer
+            .location_path()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+            .join("/")
+    }
 }

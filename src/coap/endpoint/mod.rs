@@ -3,6 +3,8 @@
 
 mod config;
 pub(crate) mod rng;
+#[cfg(test)]
+mod tests;
 mod types;
 
 pub use config::EndpointConfig;
@@ -60,11 +62,18 @@ use std::time::{Duration, Instant};
 ///   notification of an observation registered with another address, and moves the
 ///   request there with [`move_request`](Endpoint::move_request) before handing the
 ///   datagram in (the endpoint itself cannot tell the device from whoever holds the
-///   address now).
+///   address now). A notification of an observation from an address other than the
+///   observation's, older (RFC 7641 §3.4) than the last one taken (one reordered
+///   across a move, arriving late from the address the observation left), is not
+///   answered with RST, which would make the device drop an observation that works at
+///   its new address (RFC 7641 §4.5): it is acknowledged if CON, and dropped.
 /// - **Bounds** (all in [`EndpointConfig`]): peers, duplicate-detection entries (the
 ///   oldest are forgotten), pending incoming requests (excess CON requests get 5.03
 ///   Service Unavailable with Max-Age 1, excess NON requests are dropped), outstanding
-///   requests (`send_request` fails), block-wise transfers (oldest dropped), observers
+///   requests (`send_request` fails; the token index behind
+///   [`observation_elsewhere`](Endpoint::observation_elsewhere) holds one entry per
+///   registered observation among them, freed when the observation ends), block-wise
+///   transfers (oldest dropped), observers
 ///   (excess registrations are answered as plain responses). A flood cannot grow memory
 ///   past these: the timer queues behind them are swept so that each holds at most twice
 ///   its live entries plus 64, whatever the message rate
@@ -850,6 +859,17 @@ impl Endpoint {
     fn handle_separate_response(&mut self, now: Instant, peer: SocketAddr, msg: Message) {
         let con = msg.mtype == MessageType::Confirmable;
         let known = self.by_token.get(&(peer, msg.token())).copied();
+        if known.is_none() && self.stale_notification_elsewhere(now, peer, &msg) {
+            // A notification older than the observation's last one, from an address the
+            // observation left (reordered across a NAT rebinding): RST would end an
+            // observation alive at the new address (RFC 7641 §3.6, §4.5); it is
+            // acknowledged (a CON; the device stops retransmitting it) and dropped.
+            if con {
+                self.send_empty(peer, MessageType::Acknowledgement, msg.message_id);
+                self.set_dedup_reply(peer, msg.message_id, Reply::EmptyAck);
+            }
+            return;
+        }
         let Some(id) = known.filter(|_| msg.unrecognized_critical_option().is_none()) else {
             // Unknown response (or a notification we no longer want, or one with an
             // unrecognized critical option, RFC 7252 §5.4.1): reject.
@@ -1001,8 +1021,9 @@ impl Endpoint {
     /// than the last one taken, so a datagram reordered across the move cannot move the
     /// observation back); an error response (the device ending the observation) counts.
     /// The header and token are read first; the datagram is decoded only when its token
-    /// is an observation's. Handed in as is, such a datagram gets RST. An application
-    /// that knows the new address is the device's calls
+    /// is an observation's. Handed in as is, a datagram found here gets RST (one left
+    /// out for not being fresh is acknowledged if CON, and dropped: see "Matching" on
+    /// [`Endpoint`]). An application that knows the new address is the device's calls
     /// [`move_request`](Endpoint::move_request) first.
     pub fn observation_elsewhere(
         &self,
@@ -1034,6 +1055,28 @@ impl Endpoint {
         }
     }
 
+    /// Whether `msg` from `peer` is a notification of a registered observation now
+    /// matched from another address, and not fresh (RFC 7641 §3.4) against the last
+    /// notification that observation took.
+    fn stale_notification_elsewhere(&self, now: Instant, peer: SocketAddr, msg: &Message) -> bool {
+        let Some(r) = self
+            .observe_by_token
+            .get(&msg.token())
+            .and_then(|id| self.requests.get(id))
+        else {
+            return false;
+        };
+        let Some(seq) = msg.observe().filter(|_| msg.code.is_success()) else {
+            return false;
+        };
+        r.peer != peer
+            && r.observe.as_ref().is_some_and(|o| {
+                o.registered
+                    && o.last
+                        .is_some_and(|(v1, t1)| !notification_is_fresh(v1, t1, seq, now))
+            })
+    }
+
     /// Moves a request we sent (client role) to another peer: its responses and
     /// notifications are matched from `peer` from now on, not from the old address,
     /// and anything sent for it later (a cancel, a Block2 follow-up) goes there. For an
@@ -1041,10 +1084,14 @@ impl Endpoint {
     /// observation's message still unacknowledged at the old address (a Block2
     /// follow-up of a notification) is no longer retransmitted and that download is
     /// dropped: the device's next notification brings the value again. Any other request
-    /// with a message in flight is sent again to `peer` (a new message id, the same
-    /// token, from its first block); one still queued (NSTART) joins `peer`'s queue.
-    /// False when `id` is not a request in progress, or when `peer` is new and the peer
-    /// table is full (`max_peers`; the request then stays where it was).
+    /// with a message in flight (an observe request not answered yet, a plain request)
+    /// is sent again to `peer` (a new message id, the same token, from its first block),
+    /// within NSTART: when `peer` already has [`EndpointConfig::nstart`] CON requests in
+    /// flight, it joins the back of `peer`'s queue instead, as does one that was still
+    /// queued at the old address. False, and nothing changed, when `id` is not a request
+    /// in progress, when `peer` is new and the peer table is full (`max_peers`), or when
+    /// the request would have to wait and `peer`'s queue is full
+    /// ([`EndpointConfig::max_queued_per_peer`]).
     pub fn move_request(&mut self, now: Instant, id: RequestId, peer: SocketAddr) -> bool {
         let Some(r) = self.requests.get(&id) else {
             return false;
@@ -1053,13 +1100,22 @@ impl Endpoint {
         if old == peer {
             return true;
         }
+        let observing = r.observe.as_ref().is_some_and(|o| o.registered);
+        let restart = r.in_flight.is_some() && !observing;
+        let was_queued = self.peers.get(&old).is_some_and(|p| p.queue.contains(&id));
+        let con = r.con;
         if !self.admit_peer(peer) {
+            return false;
+        }
+        let target = self.peers.get(&peer).expect("admitted");
+        let wait = was_queued || (restart && con && target.con_in_flight >= self.config.nstart);
+        if wait && target.queue.len() >= self.config.max_queued_per_peer {
+            self.gc_peer(peer);
             return false;
         }
         let r = self.requests.get_mut(&id).expect("checked above");
         let in_flight = r.in_flight.take();
         let sub_token = r.block2.take().map(|b2| b2.sub_token);
-        let observing = r.observe.as_ref().is_some_and(|o| o.registered);
         if observing {
             // Nothing of it is awaited any more: no response deadline.
             r.deadline_gen = 0;
@@ -1077,21 +1133,17 @@ impl Endpoint {
         }
         self.by_token.remove(&(old, token));
         self.by_token.insert((peer, token), id);
-        let mut queued = false;
         if let Some(p) = self.peers.get_mut(&old) {
             p.refs = p.refs.saturating_sub(1);
-            if let Some(pos) = p.queue.iter().position(|q| *q == id) {
-                p.queue.remove(pos);
-                queued = true;
-            }
+            p.queue.retain(|q| *q != id);
         }
         let p = self.peers.get_mut(&peer).expect("admitted");
         p.refs += 1;
-        if queued {
+        if wait {
             p.queue.push_back(id);
         }
         self.gc_peer(old);
-        if in_flight.is_some() && !observing {
+        if restart && !wait {
             self.start_request(now, id);
         }
         self.pump_queue(now, old);

@@ -37,7 +37,10 @@
 //!   them to the new address is not done: a CoAP exchange is bound to its peer (message
 //!   id, token, duplicate detection), and the old address may be someone else's by now.
 //!   The registration's observations follow it: their notifications are taken from the
-//!   new address only (the old one's get RST), and their cancels go there. A device's
+//!   new address only, and their cancels go there. From the old address a fresh one gets
+//!   RST; an older one (RFC 7641 §3.4: reordered across the move) is acknowledged if CON
+//!   and dropped, since RST would make the device drop an observation that works at its
+//!   new address (RFC 7641 §4.5). A device's
 //!   first message after a rebinding may well be a notification: a fresh notification
 //!   (RFC 7641 freshness; an error response too) from a new address, carrying the token
 //!   of one of a registration's observations, moves the registration there as an Update
@@ -1087,9 +1090,11 @@ impl Lwm2mServer {
     /// is reported, as at the registration's end (see the module docs): retransmitted
     /// there they would reach nobody, or whoever holds the address now, for up to 93 s
     /// while the queue waits behind them (NSTART). Its observations follow it: their
-    /// notifications are taken from `peer` only, and their cancels go there. An
-    /// observation the CoAP endpoint cannot move (its peer table is full) ends
-    /// ([`DeviceEvent::ObservationEnded`], the hub observes again).
+    /// notifications are taken from `peer` only, and their cancels go there (only
+    /// registered observations are moved: an observe request not answered yet is in
+    /// flight, and fails with the others). An observation the CoAP endpoint cannot move
+    /// (its peer table is full) ends ([`DeviceEvent::ObservationEnded`], the hub
+    /// observes again).
     fn follow_address(&mut self, now: Instant, slot: u32, peer: SocketAddr) {
         let Some(reg) = self.slot_mut(slot) else {
             return;

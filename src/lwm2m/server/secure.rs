@@ -117,3 +117,132 @@ impl UdpServer {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The server's set of addresses with a DTLS session (`Lwm2mServer::sessions`) at the
+    //! DTLS server's session bound, driven through the layer as the UDP driver does.
+
+    use super::*;
+    use crate::dtls::{DtlsClient, DtlsServerConfig, PskCredentials, PskKey, PskStore};
+    use crate::lwm2m::server::ServerConfig;
+    use crate::twin::DeviceId;
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 2], port))
+    }
+
+    fn creds(n: u16) -> PskCredentials {
+        PskCredentials::new(&format!("id-{n}"), PskKey::new(vec![n as u8; 16])).unwrap()
+    }
+
+    /// Handshakes device `n` from `addr(n)` through the layer; returns its client.
+    fn connect(
+        now: Instant,
+        n: u16,
+        layer: &mut SecureLayer,
+        server: &mut Lwm2mServer,
+    ) -> DtlsClient {
+        let mut client = DtlsClient::new(now, creds(n));
+        client.send(now, b"x");
+        for _ in 0..50 {
+            let mut moved = false;
+            while let Some(d) = client.poll_transmit() {
+                layer.receive(now, addr(n), &d, server);
+                moved = true;
+            }
+            while let Some((to, d)) = layer.dtls.poll_transmit() {
+                if to == addr(n) {
+                    client.handle_datagram(now, &d);
+                }
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        client
+    }
+
+    /// The server's set, and the DTLS server's session table.
+    fn tables(
+        layer: &SecureLayer,
+        server: &Lwm2mServer,
+    ) -> (HashSet<SocketAddr>, HashSet<SocketAddr>) {
+        let tracked = server.sessions.clone().expect("tracked");
+        let live = (1..=40)
+            .map(addr)
+            .filter(|a| layer.dtls.session_identity(*a).is_some())
+            .collect();
+        (tracked, live)
+    }
+
+    /// The set holds exactly the DTLS server's sessions after every step, so it never
+    /// exceeds `DtlsServerConfig::max_sessions`: devices handshaking past the bound are
+    /// refused by the DTLS server and leave no entry; idle sessions evicted to make room,
+    /// sessions of a withdrawn key and those closed at shutdown leave none behind.
+    #[test]
+    fn the_session_set_follows_the_dtls_table_and_stays_within_max_sessions() {
+        const MAX: usize = 3;
+        let t0 = Instant::now();
+        let store = PskStore::new();
+        for n in 1..=40 {
+            store
+                .set(Some(DeviceId::new(&format!("d-{n}")).unwrap()), creds(n))
+                .unwrap();
+        }
+        let config = DtlsServerConfig {
+            max_sessions: MAX,
+            session_idle_timeout: Duration::from_secs(60),
+            ..DtlsServerConfig::default()
+        };
+        let mut layer = SecureLayer {
+            dtls: DtlsServer::new(config, store.clone()),
+        };
+        let mut server = Lwm2mServer::new(ServerConfig::default())
+            .require_identity()
+            .track_sessions();
+        // To the bound and past it, all at once: the first MAX get sessions.
+        for n in 1..=MAX as u16 + 4 {
+            connect(t0, n, &mut layer, &mut server);
+            let (tracked, live) = tables(&layer, &server);
+            assert_eq!(tracked, live, "device {n}");
+            assert!(tracked.len() <= MAX, "device {n}: {}", tracked.len());
+        }
+        assert_eq!(layer.dtls.stats().sessions, MAX as u64);
+        assert_eq!(layer.dtls.stats().refused_sessions, 4);
+        // Later, the idle sessions make room for newcomers, many times over.
+        let mut now = t0;
+        for round in 0..4u16 {
+            now += Duration::from_secs(61);
+            for k in 0..MAX as u16 + 2 {
+                let n = 10 + round * 6 + k;
+                connect(now, n, &mut layer, &mut server);
+                let (tracked, live) = tables(&layer, &server);
+                assert_eq!(tracked, live, "round {round}, device {n}");
+                assert!(tracked.len() <= MAX);
+            }
+            layer.handle_timeout(now, &mut server);
+            let (tracked, live) = tables(&layer, &server);
+            assert_eq!(tracked, live, "round {round}");
+            assert_eq!(tracked.len(), MAX);
+        }
+        // A withdrawn key's session leaves the set at the layer's next timeout.
+        let (tracked, _) = tables(&layer, &server);
+        let gone = *tracked.iter().next().unwrap();
+        let identity = layer
+            .dtls
+            .session_identity(gone)
+            .unwrap()
+            .psk_identity
+            .clone();
+        assert!(store.remove_identity(&identity));
+        layer.handle_timeout(now, &mut server);
+        let (tracked, live) = tables(&layer, &server);
+        assert_eq!(tracked, live);
+        assert_eq!(tracked.len(), MAX - 1);
+        assert!(!tracked.contains(&gone));
+    }
+}

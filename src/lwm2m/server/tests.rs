@@ -2349,12 +2349,33 @@ fn observations_follow_an_update_from_a_new_address() {
         }]
     );
     // A notification older than the one taken, from the old address (reordered across
-    // the rebinding), moves nothing back: RST, as from anyone.
+    // the rebinding), moves nothing back and is not delivered. It is acknowledged, not
+    // reset: RST makes the device drop the observation (RFC 7641 §4.5), which works at
+    // the new address (before, it was reset, and the hub's sync of the value stopped).
     sim.send(a, &battery_notification(3999, &token, 1, 74));
     let out = sim.out();
-    assert_eq!((out[0].0, out[0].1.mtype), (a, MsgType::Rst), "{out:?}");
+    assert_eq!(
+        out.iter()
+            .map(|(to, m)| (*to, m.mtype, m.mid))
+            .collect::<Vec<_>>(),
+        vec![(a, MsgType::Ack, 3999)],
+        "acknowledged at the old address, not reset"
+    );
     assert!(sim.events().is_empty());
     assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
+    // Its retransmission (a duplicate) is acknowledged again, still not delivered; a NON
+    // one gets nothing.
+    sim.send(a, &battery_notification(3999, &token, 1, 74));
+    assert_eq!(sim.out().len(), 1);
+    let mut non = battery_notification(3998, &token, 1, 74);
+    non.mtype = MsgType::Non;
+    sim.send(a, &non);
+    assert!(sim.out().is_empty());
+    assert!(sim.events().is_empty());
+    // Still notified at the new address.
+    sim.send(b, &battery_notification(4001, &token, 3, 76));
+    assert_eq!(sim.out()[0].1.mtype, MsgType::Ack);
+    assert_eq!(sim.events().len(), 1);
     // The cancel goes to where the device is.
     sim.submit(2, "d", DeviceRequest::CancelObserve { path: bat });
     let out = sim.out();
