@@ -162,6 +162,63 @@ fn a_firmware_execute_whose_sent_was_dropped_is_not_installed_twice() {
     engine.validate().unwrap();
 }
 
+/// What is wrong: the Execute of Update left (`Sent`) and the registration ended before
+/// its answer (`RegistrationEnded`: "sent, outcome unknown"), because the device
+/// restarted; it registers again Idle with Update Result 0, i.e. it lost its package and
+/// installed nothing (a carried-out update ends Idle with result 1, or Updating /
+/// a failure result). The job docs (src/job/mod.rs: "a device that registers again while
+/// its child waits on it gets the step again: a firmware download it lost starts again
+/// (the package URI is written again)") and the fix of 795fedd (a queued Execute refused
+/// after a restart downloads again) say the download starts again; but `firmware_content`
+/// (src/job/engine.rs) treats any State once `FLAG_EXECUTE_SENT` is set as "wait for the
+/// update" (`_ => FW_AWAIT_UPDATE`), so the child polls an Idle device until the
+/// per-device timeout (30 min) and fails `timedOut`. Right: after a registration, Idle
+/// with result 0 and no answer to the Execute means Update was not carried out: clear
+/// `FLAG_EXECUTE_SENT` and write the package URI again (as `resync_after_refused_execute`
+/// does), within the attempt's per-device timeout.
+#[test]
+#[ignore = "bug: an Execute lost with a restart (RegistrationEnded) leaves the child waiting on an Idle device"]
+fn a_sent_firmware_execute_lost_with_a_restart_downloads_again() {
+    let (mut engine, t0, dev, id, execute) = firmware_at_execute();
+    sent(&mut engine, t0, &execute);
+    let t1 = t0 + Duration::from_secs(5);
+    engine.handle_event(
+        t1,
+        &DeviceEvent::Response {
+            op: execute.id,
+            device: execute.device.clone(),
+            result: Err(twinhub::transport::DeviceError::RegistrationEnded),
+        },
+    );
+    engine.handle_event(t1, &registered(&dev));
+    let observe = one_op(&mut engine);
+    sent(&mut engine, t1, &observe);
+    answer(&mut engine, t1, &observe, DeviceReply::Content(fw_state(0, 0)));
+    // Polls of the Idle device change nothing.
+    let mut now = t1;
+    let mut written = false;
+    for _ in 0..8 {
+        for op in drain(&mut engine) {
+            written |= is_write_of(&op, Lwm2mPath::resource(5, 0, 1));
+            sent(&mut engine, now, &op);
+            if !written {
+                answer(&mut engine, now, &op, DeviceReply::Content(fw_state(0, 0)));
+            }
+        }
+        if written {
+            break;
+        }
+        now += Duration::from_secs(30);
+        engine.handle_timeout(now);
+    }
+    assert!(
+        written,
+        "the device lost its package: the URI is written again, {:?}",
+        state(&engine, &id, &dev)
+    );
+    engine.validate().unwrap();
+}
+
 // ------------------------------------------------------------------ device library
 
 fn dev_addr() -> SocketAddr {
