@@ -9,7 +9,9 @@
 
 mod job_support;
 
-use job_support::{answer, drain, fw_state, is_write_of, notify_firmware, one_op, registered, timed_out};
+use job_support::{
+    answer, drain, fw_state, is_write_of, notify_firmware, one_op, registered, timed_out,
+};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};
@@ -81,7 +83,12 @@ fn firmware_at_execute() -> (JobEngine, Instant, DeviceId, JobId, DeviceOp) {
     let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
     let observe = one_op(&mut engine);
     sent(&mut engine, t0, &observe);
-    answer(&mut engine, t0, &observe, DeviceReply::Content(fw_state(0, 0)));
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
     let write = one_op(&mut engine);
     assert!(is_write_of(&write, Lwm2mPath::resource(5, 0, 1)));
     sent(&mut engine, t0, &write);
@@ -143,7 +150,12 @@ fn a_firmware_execute_whose_sent_was_dropped_is_not_installed_twice() {
         DeviceRequest::Observe { .. } | DeviceRequest::Read { .. }
     ));
     sent(&mut engine, t2, &observe);
-    answer(&mut engine, t2, &observe, DeviceReply::Content(fw_state(0, 1)));
+    answer(
+        &mut engine,
+        t2,
+        &observe,
+        DeviceReply::Content(fw_state(0, 1)),
+    );
     let next = one_op(&mut engine);
     assert!(
         !is_write_of(&next, Lwm2mPath::resource(5, 0, 1)),
@@ -193,7 +205,12 @@ fn a_sent_firmware_execute_lost_with_a_restart_downloads_again() {
     engine.handle_event(t1, &registered(&dev));
     let observe = one_op(&mut engine);
     sent(&mut engine, t1, &observe);
-    answer(&mut engine, t1, &observe, DeviceReply::Content(fw_state(0, 0)));
+    answer(
+        &mut engine,
+        t1,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
     // Polls of the Idle device change nothing.
     let mut now = t1;
     let mut written = false;
@@ -251,7 +268,10 @@ impl BsNet {
     fn new() -> BsNet {
         let now = Instant::now();
         let mut tree = ObjectTree::new();
-        tree.add(objects::bootstrap_security(&format!("coap://{}", bs_addr())));
+        tree.add(objects::bootstrap_security(&format!(
+            "coap://{}",
+            bs_addr()
+        )));
         tree.add(objects::unprovisioned_server());
         tree.add(objects::device("Contoso", "MX1", "SN-7", "1.0.0"));
         let config = ClientConfig::new("dev-41", bs_addr()).with_bootstrap(bs_addr());
@@ -274,8 +294,7 @@ impl BsNet {
 
     fn put(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
         if let Ok(m) = Message::decode(&bytes) {
-            if from == bs_addr() && m.mtype == MessageType::Confirmable && m.uri_path().eq(["bs"])
-            {
+            if from == bs_addr() && m.mtype == MessageType::Confirmable && m.uri_path().eq(["bs"]) {
                 self.finish_mid = Some(m.message_id);
             }
             if from == dev_addr()
@@ -380,7 +399,10 @@ fn a_retransmitted_finish_is_answered_after_the_management_server_sent_eight_req
             .iter()
             .any(|e| matches!(e, ClientEvent::Bootstrapped { .. }))
     });
-    assert!(net.finish_answer_lost, "the first answer to Finish was lost");
+    assert!(
+        net.finish_answer_lost,
+        "the first answer to Finish was lost"
+    );
     assert!(net.outcomes.is_empty(), "the bootstrap server waits for it");
     // The management server reads the device eight times (its Register was taken; the
     // test plays the server's requests), before the Finish is retransmitted.
