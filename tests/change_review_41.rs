@@ -114,7 +114,6 @@ fn firmware_at_execute() -> (JobEngine, Instant, DeviceId, JobId, DeviceOp) {
 /// arrived: mark it executed and wait for the update (`FW_AWAIT_UPDATE`), so the
 /// registration with Idle / result 1 goes to the version check.
 #[test]
-#[ignore = "bug: an Updating device whose Execute's Sent was dropped is installed twice"]
 fn a_firmware_execute_whose_sent_was_dropped_is_not_installed_twice() {
     let (mut engine, t0, dev, id, execute) = firmware_at_execute();
     // The Execute leaves; its `Sent` is dropped (held events at their bound); the device
@@ -187,7 +186,6 @@ fn a_firmware_execute_whose_sent_was_dropped_is_not_installed_twice() {
 /// download resets the result to 0, LwM2M 1.1 E.6): check the version
 /// (`FW_VERIFY`), and never write the package again.
 #[test]
-#[ignore = "bug: a restored engine installs an update twice when the Execute's Sent was not committed"]
 fn a_restored_engine_does_not_install_an_update_twice() {
     use twinhub::job::JobRow;
     let t0 = Instant::now();
@@ -277,7 +275,6 @@ fn a_restored_engine_does_not_install_an_update_twice() {
 /// `FLAG_EXECUTE_SENT` and write the package URI again (as `resync_after_refused_execute`
 /// does), within the attempt's per-device timeout.
 #[test]
-#[ignore = "bug: an Execute lost with a restart (RegistrationEnded) leaves the child waiting on an Idle device"]
 fn a_sent_firmware_execute_lost_with_a_restart_downloads_again() {
     let (mut engine, t0, dev, id, execute) = firmware_at_execute();
     sent(&mut engine, t0, &execute);
@@ -479,7 +476,6 @@ impl BsNet {
 /// Bootstrap-Finish stays answerable for the time promised whatever the management
 /// server sends (keep it apart from the shared bound, or bound the cache per peer).
 #[test]
-#[ignore = "bug: 8 requests of the management server evict the cached answer to Bootstrap-Finish"]
 fn a_retransmitted_finish_is_answered_after_the_management_server_sent_eight_requests() {
     let mut net = BsNet::new();
     net.run_until(Duration::from_secs(60), |n| {

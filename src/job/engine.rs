@@ -416,6 +416,13 @@ pub(crate) struct Child {
     /// child from `/5/0` instead of failing it, once (see `resync_after_refused_execute`).
     /// Not stored: a restored child re-synchronises anyway.
     execute_after_restart: bool,
+    /// This attempt's firmware Execute of Update was handed over and neither its `Sent`
+    /// nor its answer reached the engine (the `Sent` dropped at the hub's held-events
+    /// bound, or not committed before a restart; the answer lost): it may have been
+    /// carried out. The device's State decides (see `firmware_content`): Updating, or
+    /// Idle with Update Result 1, is the update under way or done, never a reason to
+    /// write the package again. Not stored: a restored child sets it again from its step.
+    execute_unconfirmed: bool,
     op: Option<OpId>,
     deadline: Option<Instant>,
     next_poll: Option<Instant>,
@@ -718,6 +725,7 @@ impl JobEngine {
                 polls: 0,
                 held: None,
                 execute_after_restart: false,
+                execute_unconfirmed: false,
                 op: None,
                 deadline: None,
                 next_poll: None,
@@ -1703,6 +1711,7 @@ impl JobEngine {
         child.attempt = child.attempt.saturating_add(1);
         child.step = 0;
         child.execute_after_restart = false;
+        child.execute_unconfirmed = false;
         // An observation of /5/0 the last attempt opened goes on serving this one (a
         // second would be left on the device: only the newest is cancelled at the end).
         child.flags &= FLAG_OBSERVING;
@@ -1913,6 +1922,7 @@ impl JobEngine {
         child.step = 0;
         child.flags = 0;
         child.execute_after_restart = false;
+        child.execute_unconfirmed = false;
         child.resends = 0;
         child.polls = 0;
         if is_offline(&self.devices, &child.device) {
@@ -2315,6 +2325,9 @@ impl JobEngine {
         child.resends += 1;
         if kind == JobKind::FirmwareUpdate && child.step == FW_EXECUTE {
             // Did the Execute arrive? The device's State tells (see firmware_content).
+            if child.flags & (FLAG_EXECUTE_SENT | FLAG_EXECUTED) == 0 && !never_sent {
+                child.execute_unconfirmed = true;
+            }
             child.step = FW_SYNC;
         }
         if kind == JobKind::FirmwareUpdate && child.step == FW_WRITE_URI && !never_sent {
@@ -2505,6 +2518,7 @@ impl JobEngine {
         let written = flags & FLAG_URI_WRITTEN != 0;
         let executed = flags & FLAG_EXECUTED != 0;
         let failed = result.filter(|r| (2..=255).contains(r));
+        let unconfirmed = self.children[c as usize].execute_unconfirmed;
         let next = if executed || flags & FLAG_EXECUTE_SENT != 0 {
             match (state, result) {
                 (0, Some(1)) => FW_VERIFY,
@@ -2530,6 +2544,17 @@ impl JobEngine {
                     self.children[c as usize].flags |= FLAG_EXECUTED;
                     FW_AWAIT_UPDATE
                 }
+                // The Execute left unanswered and the device is Idle with Update Result 0:
+                // it lost its package (a restart) and installed nothing (an update under
+                // way is Updating, one carried out ends with result 1, a failed one with
+                // its failure). Download again, within the attempt's per-device timeout.
+                (0, Some(0)) if !executed => {
+                    let child = &mut self.children[c as usize];
+                    child.flags &=
+                        !(FLAG_EXECUTE_SENT | FLAG_URI_WRITTEN | FLAG_URI_BEFORE_RESTART);
+                    child.execute_unconfirmed = false;
+                    FW_WRITE_URI
+                }
                 (0, None) => {
                     // A State-only notification: read the whole instance to see the result.
                     if self.children[c as usize].op.is_none() {
@@ -2547,6 +2572,17 @@ impl JobEngine {
         } else if written {
             match (state, result) {
                 (2, _) => FW_EXECUTE,
+                // Only an Execute of Update moves a device to Updating: ours arrived,
+                // its `Sent` and answer lost. Never a download to follow (which, once
+                // the device is Idle in its new image, would write the package again).
+                (3, _) => {
+                    self.children[c as usize].flags |= FLAG_EXECUTED;
+                    FW_AWAIT_UPDATE
+                }
+                (0, Some(1)) if unconfirmed => {
+                    self.children[c as usize].flags |= FLAG_EXECUTED;
+                    FW_VERIFY
+                }
                 (0, Some(r)) if failed.is_some() => {
                     return self.fail_attempt(
                         now,
@@ -2582,6 +2618,18 @@ impl JobEngine {
                 }
             } else {
                 FW_RESET
+            }
+        } else if unconfirmed && (state == 3 || (state, result) == (0, Some(1))) {
+            // Our Execute of Update may have left unseen (see the field), and the device
+            // is updating, or Idle with Update Result 1: a new download resets the result
+            // to 0 (LwM2M 1.1, E.6), so after the package we wrote and Downloaded, 1 is
+            // our update done. Follow it, and check the version; never write the package
+            // again, which would install it twice.
+            self.children[c as usize].flags |= FLAG_EXECUTED;
+            if state == 3 {
+                FW_AWAIT_UPDATE
+            } else {
+                FW_VERIFY
             }
         } else {
             FW_WRITE_URI
@@ -2721,6 +2769,12 @@ impl JobEngine {
             JobKind::FirmwareUpdate => {
                 // A new registration drops observations: observe (or read) again.
                 child.flags &= !FLAG_OBSERVING;
+                if child.step == FW_EXECUTE
+                    && child.flags & (FLAG_EXECUTE_SENT | FLAG_EXECUTED) == 0
+                {
+                    // The Execute of Update may have left unseen (see the field).
+                    child.execute_unconfirmed = true;
+                }
                 if child.flags & (FLAG_EXECUTE_SENT | FLAG_URI_WRITTEN) == FLAG_URI_WRITTEN {
                     child.flags &= !FLAG_URI_WRITTEN;
                     child.flags |= FLAG_URI_BEFORE_RESTART;

@@ -186,6 +186,7 @@ impl ChildRow {
             polls: 0,
             held: None,
             execute_after_restart: false,
+            execute_unconfirmed: false,
             op: None,
             deadline: None,
             next_poll: None,

@@ -25,7 +25,10 @@ pub(super) const EXCHANGE_LIFETIME: Duration = Duration::from_secs(247);
 const MAX_TRANSMIT_WAIT: Duration = Duration::from_secs(93);
 /// RFC 7641 §4.5: a notification is sent confirmable at least this often.
 const CONFIRMABLE_NOTIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
-/// Cached responses for duplicate detection.
+/// Cached responses for duplicate detection, a peer (the LWM2M server's and the bootstrap
+/// server's kept apart, so that the first requests of the server a device registers with
+/// do not push out the answer to a Bootstrap-Finish the bootstrap server may retransmit);
+/// twice this in all.
 const DEDUP_ENTRIES: usize = 8;
 /// Registers refused or lost in a row after which a client with a bootstrap server
 /// bootstraps again (LwM2M 1.1's default sequence: 5 attempts).
@@ -1543,7 +1546,8 @@ impl Lwm2mClient {
     /// Answers a duplicate request from the cache of recent answers; `false` when `req`
     /// is not one. A duplicate is the same message id from the same peer (RFC 7252 §4.5):
     /// the bootstrap server's and the LWM2M server's ids are their own. Entries live
-    /// EXCHANGE_LIFETIME, at most [`DEDUP_ENTRIES`] of them (the oldest goes first).
+    /// EXCHANGE_LIFETIME, at most [`DEDUP_ENTRIES`] a peer and twice that in all (the
+    /// peer's oldest goes first, then the oldest of all).
     fn replay_duplicate(&mut self, now: Instant, from: SocketAddr, req: &Message) -> bool {
         self.dedup
             .retain(|(_, _, t, _)| now.saturating_duration_since(*t) < EXCHANGE_LIFETIME);
@@ -1584,7 +1588,12 @@ impl Lwm2mClient {
         let Ok(bytes) = resp.to_bytes() else {
             return;
         };
-        if self.dedup.len() >= DEDUP_ENTRIES {
+        let own = self.dedup.iter().filter(|(peer, ..)| *peer == from).count();
+        if own >= DEDUP_ENTRIES {
+            if let Some(i) = self.dedup.iter().position(|(peer, ..)| *peer == from) {
+                self.dedup.remove(i);
+            }
+        } else if self.dedup.len() >= 2 * DEDUP_ENTRIES {
             self.dedup.pop_front();
         }
         self.dedup

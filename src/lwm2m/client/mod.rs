@@ -53,7 +53,7 @@
 //! - **Its own small CoAP exchange layer** over the crate's codec rather than
 //!   [`coap::Endpoint`](crate::coap::Endpoint): a client talks to one server (and, while
 //!   downloading, one package server), so a handful of bounded tables suffices (8 cached
-//!   responses for duplicate detection, one Block1 reassembly, the outstanding requests),
+//!   responses a peer for duplicate detection, 16 in all, one Block1 reassembly, the outstanding requests),
 //!   and an idle registered client stays near 6 KB (measured in the `lwm2m_client` bench),
 //!   so 10,000 devices fit in one process.
 //! - **Only the server may ask.** Requests from any address but the configured server's
@@ -85,8 +85,9 @@
 //!   Delete on any object, Security `/0` included, a whole object or an instance; Finish);
 //!   at Finish the client registers with the account it was given. If the answer to
 //!   Finish is lost, the bootstrap server's retransmitted Finish is answered again from
-//!   the duplicate cache (for EXCHANGE_LIFETIME, 247 s; nothing else of the bootstrap
-//!   server's is served once it finished), and [`DeviceThread`] keeps a DTLS bootstrap
+//!   the duplicate cache (for EXCHANGE_LIFETIME, 247 s, kept apart from the LWM2M
+//!   server's answers so that its first requests cannot push it out; nothing else of the
+//!   bootstrap server's is served once it finished), and [`DeviceThread`] keeps a DTLS bootstrap
 //!   session open for MAX_TRANSMIT_SPAN (45 s) for it, so the server sees the bootstrap
 //!   finish instead of timing out. The first
 //!   Bootstrap-Request waits the bootstrap account's Client Hold Off Time (`/0/x/11`);
