@@ -2,8 +2,9 @@
 //! refused queued Execute, BadPayload before `Sent`, reboot_wait after RegistrationEnded,
 //! adoption of a firmware Execute by a rebuilt engine; the device library's answer to a
 //! retransmitted Bootstrap-Finish, inherited thresholds, opaque coercion; DTLS and NAT
-//! rebinding loose ends). Each `#[ignore = "bug: ..."]` test fails on that code and says
-//! what is wrong and what the right behaviour is; the others pin behaviour checked right.
+//! rebinding loose ends). Each test but the control failed on that code (they were
+//! `#[ignore = "bug: ..."]` until d42d716 fixed them) and says what was wrong and what the
+//! right behaviour is; the control pins behaviour checked right.
 
 #![cfg(all(feature = "lwm2m", feature = "device", feature = "memory-fleet"))]
 
