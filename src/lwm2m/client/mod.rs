@@ -53,8 +53,8 @@
 //! - **Its own small CoAP exchange layer** over the crate's codec rather than
 //!   [`coap::Endpoint`](crate::coap::Endpoint): a client talks to one server (and, while
 //!   downloading, one package server), so a handful of bounded tables suffices (8 cached
-//!   responses a peer for duplicate detection, 16 in all, one Block1 reassembly, the outstanding requests),
-//!   and an idle registered client stays near 6 KB (measured in the `lwm2m_client` bench),
+//!   responses a peer for duplicate detection, 16 in all; one Block1 reassembly; the
+//!   outstanding requests), and an idle registered client stays near 6 KB (measured in the `lwm2m_client` bench),
 //!   so 10,000 devices fit in one process.
 //! - **Only the server may ask.** Requests from any address but the configured server's
 //!   are dropped; Security /0 answers 4.01 and is left out of the registration.
@@ -87,9 +87,9 @@
 //!   Finish is lost, the bootstrap server's retransmitted Finish is answered again from
 //!   the duplicate cache (for EXCHANGE_LIFETIME, 247 s, kept apart from the LWM2M
 //!   server's answers so that its first requests cannot push it out; nothing else of the
-//!   bootstrap server's is served once it finished), and [`DeviceThread`] keeps a DTLS bootstrap
-//!   session open for MAX_TRANSMIT_SPAN (45 s) for it, so the server sees the bootstrap
-//!   finish instead of timing out. The first
+//!   bootstrap server's is served once it finished), and [`DeviceThread`] keeps a DTLS
+//!   bootstrap session open for MAX_TRANSMIT_SPAN (45 s) for it, so the server sees the
+//!   bootstrap finish instead of timing out. The first
 //!   Bootstrap-Request waits the bootstrap account's Client Hold Off Time (`/0/x/11`);
 //!   after 5 Registers refused or lost in a row the client bootstraps again, unless
 //!   `/1/0/16` (Bootstrap on Registration Failure) is false.
