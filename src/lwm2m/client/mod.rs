@@ -54,8 +54,8 @@
 //!   [`coap::Endpoint`](crate::coap::Endpoint): a client talks to one server (and, while
 //!   downloading, one package server), so a handful of bounded tables suffices (8 cached
 //!   responses a peer for duplicate detection, 16 in all; one Block1 reassembly; the
-//!   outstanding requests), and an idle registered client stays near 6 KB (measured in the `lwm2m_client` bench),
-//!   so 10,000 devices fit in one process.
+//!   outstanding requests), and an idle registered client stays near 6 KB (measured in
+//!   the `lwm2m_client` bench), so 10,000 devices fit in one process.
 //! - **Only the server may ask.** Requests from any address but the configured server's
 //!   are dropped; Security /0 answers 4.01 and is left out of the registration.
 //! - **Notifications are NON** by default, each with a fresh message id, except one CON
