@@ -623,8 +623,8 @@ impl Publisher {
                 if let Ok(changes) = reg.changes_after(gap.dropped_through) {
                     for c in changes.take_while(|c| c.seq <= limit) {
                         let event = HubEvent::Twin(c.clone());
-                        for s in &state.subscribers {
-                            s.offer(&event);
+                        for (i, s) in state.subscribers.iter().enumerate() {
+                            woken[i] |= s.offer(&event);
                         }
                     }
                 }
@@ -664,5 +664,77 @@ impl Publisher {
             .collect();
         drop(state);
         wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::twin::{ServiceValue, Twin};
+    use std::sync::mpsc;
+
+    fn id(s: &str) -> DeviceId {
+        DeviceId::new(s).unwrap()
+    }
+
+    /// A subscriber made after the feed dropped unpublished changes (so it missed none of
+    /// them) is woken for the changes after it that the same publication queues for it.
+    #[test]
+    fn a_publication_past_a_feed_gap_wakes_a_subscriber_that_missed_nothing() {
+        let registry = SharedRegistry::new(Registry::with_feed_capacity(4));
+        let publisher = Publisher::default();
+        let newest = |r: &Registry| r.last_seq();
+        // Someone listens, so nothing is skipped as unheard: `through` stays at 0.
+        let early = publisher
+            .subscribe(&registry, SubscribeOptions::twins_only(), newest)
+            .unwrap();
+        {
+            let mut w = registry.write();
+            for i in 0..10 {
+                w.create(Twin::new(id(&format!("d{i}")))).unwrap();
+            }
+        }
+        let late = publisher
+            .subscribe(&registry, SubscribeOptions::twins_only(), newest)
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let event = late.recv();
+            tx.send(event).unwrap();
+        });
+        // Let the waiter block in `recv` before anything is queued for it.
+        std::thread::sleep(Duration::from_millis(50));
+        registry
+            .write()
+            .set_service_property("d1", "region", Some(ServiceValue::from("eu")), None)
+            .unwrap();
+        publisher.publish(&registry, Vec::new(), newest);
+        let got = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the late subscriber was woken for the change queued for it");
+        match got {
+            Some(HubEvent::Twin(c)) => assert_eq!(c.device.as_str(), "d1"),
+            other => panic!("expected the twin change, got {other:?}"),
+        }
+        waiter.join().unwrap();
+        // The early one missed what the feed dropped (changes 1 to 7 of 11) and was told
+        // so first, then got the four the feed held.
+        let first = early.try_recv();
+        assert!(
+            matches!(
+                first,
+                Ok(HubEvent::Lagged {
+                    missed: 7,
+                    resume_after: 0
+                })
+            ),
+            "{first:?}"
+        );
+        let rest: Vec<u64> = std::iter::from_fn(|| match early.try_recv() {
+            Ok(HubEvent::Twin(c)) => Some(c.seq),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(rest, [8, 9, 10, 11]);
     }
 }
