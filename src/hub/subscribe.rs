@@ -37,7 +37,9 @@ pub enum HubEvent {
     /// ones the filters would have kept is no longer known).
     /// Twin changes after `resume_after` can be read again from the feed
     /// ([`SubscribeOptions::after`]) while it still holds them (else that is a
-    /// [`FeedGap`]: re-read the twins).
+    /// [`FeedGap`]: re-read the twins). Events dropped while a `Lagged` is the last one
+    /// queued join its `missed` (they are missed at the same point); once it was taken,
+    /// the next `Lagged` may repeat its `resume_after`.
     #[serde(rename_all = "camelCase")]
     Lagged {
         /// How many events were dropped.
@@ -275,8 +277,7 @@ impl Shared {
             return false;
         }
         if q.lagging || q.events.len() >= q.options.capacity {
-            q.lagging = true;
-            q.missed += 1;
+            Shared::drop_events(&mut q, 1);
             return false;
         }
         if let HubEvent::Twin(c) = event {
@@ -284,6 +285,21 @@ impl Shared {
         }
         q.events.push_back(event.clone());
         true
+    }
+
+    /// Counts `n` events dropped for a full queue. When the queue ends with a
+    /// [`HubEvent::Lagged`] (a feed gap's) and nothing was queued after it, these drops
+    /// happen at the same point: they join its count, so a consumer never gets two
+    /// `Lagged` in a row.
+    fn drop_events(q: &mut Queue, n: u64) {
+        if !q.lagging
+            && let Some(HubEvent::Lagged { missed, .. }) = q.events.back_mut()
+        {
+            *missed += n;
+            return;
+        }
+        q.lagging = true;
+        q.missed += n;
     }
 
     /// Wakes the threads waiting in `recv`; returns the task's waker for the caller to
@@ -609,8 +625,7 @@ impl Publisher {
                         continue;
                     }
                     if q.lagging || q.events.len() >= q.options.capacity {
-                        q.lagging = true;
-                        q.missed += dropped;
+                        Shared::drop_events(&mut q, dropped);
                     } else {
                         let resume_after = q.queued_through;
                         q.events.push_back(HubEvent::Lagged {
@@ -736,5 +751,217 @@ mod tests {
         })
         .collect();
         assert_eq!(rest, [8, 9, 10, 11]);
+    }
+
+    mod model {
+        //! Random sequences of writes, publications (behind a lagging "committed" mark,
+        //! as with a store), subscriptions (live or resumed), receives and drops, checked
+        //! against the list of every change made: each subscription's twin changes come
+        //! in order, each once, each wanted, and every wanted change it did not get lies
+        //! in a window a `Lagged` announced, whose `resume_after` is the last change
+        //! delivered before it (or a change it did not want after that one).
+        use super::*;
+        use crate::twin::{Scalar, Twin};
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// Device `d` reports BatteryLevel `v` (the same value again: a re-report).
+            Report { d: u8, v: u8 },
+            /// The committed mark moves to `lag` changes behind the newest, then the hub
+            /// publishes through it.
+            Publish { lag: u8 },
+            /// A new subscription; `resume: Some(back)` resumes `back` changes before the
+            /// newest.
+            Subscribe {
+                capacity: u8,
+                rereports: bool,
+                resume: Option<u8>,
+            },
+            /// Subscription `i` (modulo those alive) takes up to `n` queued events.
+            Recv { i: u8, n: u8 },
+            /// Subscription `i` is dropped.
+            Drop { i: u8 },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (0u8..3, 0u8..3).prop_map(|(d, v)| Op::Report { d, v }),
+                2 => (0u8..4).prop_map(|lag| Op::Publish { lag }),
+                1 => (1u8..5, any::<bool>(), proptest::option::of(0u8..12)).prop_map(
+                    |(capacity, rereports, resume)| Op::Subscribe { capacity, rereports, resume }
+                ),
+                2 => (any::<u8>(), 1u8..6).prop_map(|(i, n)| Op::Recv { i, n }),
+                1 => any::<u8>().prop_map(|i| Op::Drop { i }),
+            ]
+        }
+
+        struct Sub {
+            sub: Subscription,
+            rereports: bool,
+            /// Changes after this one are the subscription's.
+            start: u64,
+            got: Vec<HubEvent>,
+        }
+
+        fn take(s: &mut Sub, n: usize) {
+            for _ in 0..n {
+                match s.sub.try_recv() {
+                    Ok(e) => s.got.push(e),
+                    Err(_) => break,
+                }
+            }
+        }
+
+        /// `published`: the newest change published (the end of what `s` is owed).
+        fn check(s: &Sub, rereport: &[bool], published: u64) -> Result<(), TestCaseError> {
+            let wanted = |seq: u64| s.rereports || !rereport[seq as usize - 1];
+            let mut last = s.start;
+            // (resume_after, missed) of a Lagged whose window is still open.
+            let mut open: Option<(u64, u64)> = None;
+            let close = |open: &mut Option<(u64, u64)>, upto: u64| -> Result<(), TestCaseError> {
+                if let Some((from, missed)) = open.take() {
+                    let lost = (from + 1..upto).filter(|&q| wanted(q)).count() as u64;
+                    prop_assert!(
+                        missed >= lost,
+                        "Lagged({from}) counts {missed}, lost {lost}"
+                    );
+                    if s.rereports {
+                        prop_assert_eq!(missed, lost, "Lagged({}) before {}", from, upto);
+                    }
+                }
+                Ok(())
+            };
+            for e in &s.got {
+                match e {
+                    HubEvent::Twin(c) => {
+                        prop_assert!(c.seq > last, "{} after {}", c.seq, last);
+                        prop_assert!(wanted(c.seq), "unwanted {}", c.seq);
+                        match open {
+                            Some(_) => close(&mut open, c.seq)?,
+                            None => {
+                                for q in last + 1..c.seq {
+                                    prop_assert!(!wanted(q), "{} skipped before {}", q, c.seq);
+                                }
+                            }
+                        }
+                        last = c.seq;
+                    }
+                    HubEvent::Lagged {
+                        missed,
+                        resume_after,
+                    } => {
+                        // Another `Lagged` before any change: more missed at the same
+                        // point (the consumer took the first before the second drop).
+                        if let Some((from, before)) = open {
+                            prop_assert_eq!(*resume_after, from);
+                            open = Some((from, before + missed));
+                            continue;
+                        }
+                        // Where to resume: the last change delivered, or past changes
+                        // it did not want after that one.
+                        prop_assert!(*resume_after >= last, "resume {} < {}", resume_after, last);
+                        for q in last + 1..=*resume_after {
+                            prop_assert!(!wanted(q), "{} skipped before Lagged", q);
+                        }
+                        prop_assert!(*missed > 0);
+                        open = Some((*resume_after, *missed));
+                    }
+                    other => prop_assert!(false, "not asked for: {:?}", other),
+                }
+            }
+            let end = published.max(last) + 1;
+            match open {
+                Some(_) => close(&mut open, end)?,
+                None => {
+                    for q in last + 1..end {
+                        prop_assert!(!wanted(q), "{} never delivered", q);
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+            #[test]
+            fn subscriptions_deliver_every_wanted_change_once_in_order_or_announce_the_gap(
+                ops in proptest::collection::vec(op(), 1..80)
+            ) {
+                let registry = SharedRegistry::new(Registry::with_feed_capacity(8));
+                for d in 0..3 {
+                    registry.write().create(Twin::new(id(&format!("d{d}")))).unwrap();
+                }
+                let publisher = Publisher::default();
+                // rereport[seq - 1]: whether change `seq` is a re-report.
+                let mut rereport: Vec<bool> = vec![false; 3];
+                let mut committed = registry.read().last_seq();
+                let mut published = 0;
+                let mut subs: Vec<Sub> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Report { d, v } => {
+                            let mut w = registry.write();
+                            w.report_device_property(
+                                &format!("d{d}"),
+                                "BatteryLevel",
+                                Scalar::from(i64::from(v)),
+                                Timestamp::from_millis(1 + rereport.len() as u64),
+                            )
+                            .unwrap();
+                            let c = w.changes_after(w.last_seq() - 1).unwrap().next().unwrap();
+                            prop_assert_eq!(c.seq as usize, rereport.len() + 1);
+                            rereport.push(c.kind.is_rereport());
+                        }
+                        Op::Publish { lag } => {
+                            let newest = registry.read().last_seq();
+                            committed = committed.max(newest.saturating_sub(u64::from(lag)));
+                            publisher.publish(&registry, Vec::new(), |_| committed);
+                            published = committed;
+                        }
+                        Op::Subscribe { capacity, rereports, resume } => {
+                            let newest = registry.read().last_seq();
+                            let options = SubscribeOptions {
+                                capacity: usize::from(capacity),
+                                rereports,
+                                after: resume.map(|back| newest.saturating_sub(u64::from(back))),
+                                ..SubscribeOptions::twins_only()
+                            };
+                            let after = options.after;
+                            // Nothing publishes between here and the subscription: `start`
+                            // is the newest change unless resumed.
+                            if let Ok(sub) = publisher.subscribe(&registry, options, |_| committed) {
+                                subs.push(Sub {
+                                    sub,
+                                    rereports,
+                                    start: after.unwrap_or(newest),
+                                    got: Vec::new(),
+                                });
+                            }
+                        }
+                        Op::Recv { i, n } if !subs.is_empty() => {
+                            let k = usize::from(i) % subs.len();
+                            take(&mut subs[k], usize::from(n));
+                        }
+                        Op::Drop { i } if !subs.is_empty() => {
+                            let k = usize::from(i) % subs.len();
+                            // What it still holds counts as delivered: take it first.
+                            let mut s = subs.swap_remove(k);
+                            take(&mut s, usize::MAX);
+                            check(&s, &rereport, published)?;
+                        }
+                        Op::Recv { .. } | Op::Drop { .. } => {}
+                    }
+                }
+                // Everything committed and published; each drains its queue in turns (a
+                // queue holds `capacity` events at most, so one pass may not do).
+                committed = registry.read().last_seq();
+                publisher.publish(&registry, Vec::new(), |_| committed);
+                for s in &mut subs {
+                    take(s, usize::MAX);
+                    check(s, &rereport, committed)?;
+                }
+            }
+        }
     }
 }
