@@ -17,7 +17,10 @@
 //!   BatteryLevel descending (an ordered index walk);
 //! - `first_100_views_to_json` / `first_100_device_id_to_json`: the first page serialised
 //!   to JSON as full twins and projected to `deviceId` (projected rows are built from the
-//!   registry's views, so the narrow page costs less than the full one).
+//!   registry's views, so the narrow page costs less than the full one);
+//! - `query_tags_top100/<tag>` / `query_tags_sort_all/<tag>`: `Hub::query_tags`'s first
+//!   100 ids carrying a common and a rarer tag, against collecting and sorting every
+//!   match's id (what it did before).
 //!
 //! benches/query_compare.rs runs the same queries on the naive evaluator and SQLite.
 
@@ -103,6 +106,49 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+    #[cfg(feature = "memory-fleet")]
+    query_tags(c, reg);
+}
+
+/// `Hub::query_tags` (the first 100 ids carrying a tag, in id order) against what it did
+/// before: every match's id collected and sorted (`query_tags_sort_all`).
+#[cfg(feature = "memory-fleet")]
+fn query_tags(c: &mut Criterion, reg: twinhub::registry::Registry) {
+    use twinhub::hub::{Hub, HubConfig};
+    use twinhub::transport::memory::{MemoryConfig, MemoryTransport};
+    let hub = Hub::with_transport(
+        MemoryTransport::new(MemoryConfig::default()),
+        reg,
+        HubConfig::default(),
+    );
+    let common = corpus::tag(0);
+    let rarer = corpus::tag(37);
+    let mut g = c.benchmark_group("query");
+    for tag in [&common, &rarer] {
+        let matches = hub.registry().read().tag_bitmap(tag).map_or(0, |b| b.len());
+        eprintln!("query bench: tag {tag} is on {matches} twins");
+        g.bench_function(format!("query_tags_top100/{tag}"), |b| {
+            b.iter(|| hub.query_tags(&[black_box(tag.as_str())], 100).len())
+        });
+        g.bench_function(format!("query_tags_sort_all/{tag}"), |b| {
+            b.iter(|| {
+                let reg = hub.registry().read();
+                let slots = reg.tag_bitmap(black_box(tag)).unwrap();
+                let mut ids: Vec<twinhub::DeviceId> = slots
+                    .iter()
+                    .filter_map(|s| {
+                        reg.twin_at(twinhub::registry::Slot(s))
+                            .map(|t| t.device_id().clone())
+                    })
+                    .collect();
+                ids.sort();
+                ids.truncate(100);
+                ids.len()
+            })
+        });
+    }
+    g.finish();
+    hub.stop();
 }
 
 criterion_group!(query_benches, benches);
