@@ -1252,8 +1252,21 @@ impl Inner {
     /// Keeps a device event for the hub's next try at committing it (after a failed
     /// commit, or once it stops backing off), within the bounds of [`backoff`] (past them
     /// it is [`dropped`](Self::dropped)). An answer to a [`Hub::request`] is handed over
-    /// now: it needs no commit.
+    /// now: it needs no commit. A [`DeviceEvent::Sent`] is held only when the job engine
+    /// waits for it, and then outside the bound on events (see
+    /// [`backoff::MAX_HELD_EVENTS`]); past [`backoff::MAX_TRIES`] it goes to the engine.
     fn hold(&self, held: &mut backoff::HeldEvents, event: DeviceEvent, mark: backoff::HeldMark) {
+        if let DeviceEvent::Sent { op, .. } = &event {
+            let mut jobs = lock(&self.jobs);
+            if jobs.awaits_sent(*op)
+                && let Some(sent) = held.hold_awaited_sent(event, mark)
+            {
+                // Every event held before it went through as many failed commits and was
+                // dropped: it is next in line.
+                jobs.handle_event(Instant::now(), &sent);
+            }
+            return;
+        }
         match &event {
             DeviceEvent::Response { op, result, .. } => {
                 self.op_times.finished(op.0);

@@ -417,8 +417,9 @@ pub(crate) struct Child {
     /// Not stored: a restored child re-synchronises anyway.
     execute_after_restart: bool,
     /// This attempt's firmware Execute of Update was handed over and neither its `Sent`
-    /// nor its answer reached the engine (the `Sent` dropped at the hub's held-events
-    /// bound, or not committed before a restart; the answer lost): it may have been
+    /// nor its answer reached the engine (the `Sent` not committed before a restart, or
+    /// still held by the hub, its store failing, when it stopped; the answer lost): it
+    /// may have been
     /// carried out. The device's State decides (see `firmware_content`): Updating, or
     /// Idle with Update Result 1, is the update under way or done, never a reason to
     /// write the package again. Not stored: a restored child sets it again from its step.
@@ -1388,6 +1389,16 @@ impl JobEngine {
     /// operations it never waits for (a cancelled observation).
     pub fn is_outstanding(&self, op: OpId) -> bool {
         self.ops.contains_key(&op)
+    }
+
+    /// Whether the engine waits for the [`DeviceEvent::Sent`] of `op` (an operation of a
+    /// child in progress, handed to a transport that reports `Sent`, neither its `Sent`
+    /// nor its answer taken yet). At most one such operation per child in progress. An
+    /// engine rebuilt after a failed commit waits only for what the one it replaced
+    /// waited for (it takes those waits over), so a `Sent` no engine waits for changes
+    /// nothing, now or later.
+    pub(crate) fn awaits_sent(&self, op: OpId) -> bool {
+        self.unsent.contains(&op)
     }
 
     // ---- poll_* ----
