@@ -3,7 +3,9 @@
 //! events, whatever the bound on held events ([`MAX_HELD_EVENTS`]). Before, it was
 //! dropped at that bound like any event: the engine kept the reboot's Execute for one
 //! still queued at the transport, and when the transport then timed the Execute out (its
-//! answer lost), the engine sent it again: a second reboot.
+//! answer lost), the engine sent it again: a second reboot. And an Execute still queued
+//! at the transport when a failed commit rebuilds the engine is taken back, never sent
+//! a second time beside it.
 //!
 //! [`MAX_HELD_EVENTS`]: twinhub::hub::backoff::MAX_HELD_EVENTS
 #![cfg(all(feature = "fuzzing", feature = "memory-fleet"))]
@@ -131,4 +133,48 @@ fn a_reboot_execute_sent_at_the_held_events_bound_is_never_sent_twice() {
         twinhub::hub::backoff::MAX_HELD_EVENTS
     );
     assert_eq!(dropped, 0, "no event was past a bound but the Sent");
+}
+
+/// A reboot whose Execute is still queued at the transport (no `Sent` yet) is cancelled
+/// (`Abandon`), and the cancellation's commit fails: the job engine is rebuilt from the
+/// store, where the child is still in progress. The rebuilt engine must take the queued
+/// Execute back (its `Sent` and answer count when they come) rather than send a second
+/// one beside it: both would reach the device, two reboots. Before, the cancellation had
+/// forgotten that the Execute was queued, so the rebuilt engine took it for one that left
+/// unanswered, did not take it back, and resumed the child with a new Execute.
+#[test]
+fn a_queued_reboot_execute_whose_cancellation_failed_to_commit_is_not_sent_twice() {
+    use twinhub::job::{CancelMode, SpecError};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir, execute) = reboot_handed_over(&pump);
+    let job = JobId::new("rb").unwrap();
+    store.lock().fail_next_commit();
+    assert!(matches!(
+        hub.cancel_job(&job, CancelMode::Abandon),
+        Err(SpecError::NotDurable { .. })
+    ));
+    // The rebuilt engine resumes what it resumes with the hub's next batch.
+    push(&script, battery_level(&pump, 1));
+    wait_committed(&hub, &store, "the notification's commit");
+    std::thread::sleep(Duration::from_millis(200));
+    let executes = || job_ops(&script).iter().filter(|o| is_execute(o)).count();
+    assert_eq!(
+        executes(),
+        1,
+        "a second Execute was sent beside the one still queued"
+    );
+    // The queued Execute leaves and is answered: the job completes on it.
+    push(
+        &script,
+        DeviceEvent::Sent {
+            op: execute.id,
+            device: pump.clone(),
+        },
+    );
+    answer_done(&script, &pump, &execute);
+    wait_until("the job's end", || {
+        hub.job_statistics(&job).unwrap().succeeded == 1
+    });
+    assert_eq!(executes(), 1);
+    hub.stop();
 }

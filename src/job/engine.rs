@@ -450,6 +450,9 @@ struct Settled {
     step: u8,
     /// The child's `execute_after_restart` when the operation was answered or given up.
     execute_after_restart: bool,
+    /// Still queued at the transport (no `Sent` nor answer came) when it was given up:
+    /// the engine that takes it over waits for its `Sent`.
+    queued: bool,
 }
 
 /// What the job engine knows of one device's registration.
@@ -850,7 +853,7 @@ impl JobEngine {
                     {
                         self.on_sent(now, c);
                     }
-                    self.note_settled(*op, c);
+                    self.note_settled(*op, c, false);
                     self.children[c as usize].op = None;
                     self.on_response(now, c, result);
                 }
@@ -859,7 +862,7 @@ impl JobEngine {
                 if let Some(c) = self.ops.remove(op) {
                     // Timed out in the transport's queue: it never left.
                     let never_sent = self.unsent.remove(op);
-                    self.note_settled(*op, c);
+                    self.note_settled(*op, c, false);
                     self.children[c as usize].op = None;
                     self.on_op_timeout(now, c, never_sent);
                 }
@@ -1145,8 +1148,8 @@ impl JobEngine {
     }
 
     /// Remembers that `op`, of a step `adopt_executes` takes over, was answered or given
-    /// up (see `settled`).
-    fn note_settled(&mut self, op: OpId, c: u32) {
+    /// up (see `settled`); `queued`: given up while still queued at the transport.
+    fn note_settled(&mut self, op: OpId, c: u32, queued: bool) {
         let child = &self.children[c as usize];
         if self.journal.is_some() && self.adoptable(c, child.step) {
             self.settled.push(Settled {
@@ -1155,6 +1158,7 @@ impl JobEngine {
                 attempt: child.attempt,
                 step: child.step,
                 execute_after_restart: child.execute_after_restart,
+                queued,
             });
         }
     }
@@ -1231,6 +1235,7 @@ impl JobEngine {
                 attempt: old.attempt,
                 step: old.step,
                 execute_after_restart: old.execute_after_restart,
+                queued: earlier.unsent.contains(&op),
             })
         });
         let mut adopted: Vec<Settled> = earlier
@@ -1256,8 +1261,7 @@ impl JobEngine {
                         (new.state == ChildState::InProgress && new.flags & FLAG_EXECUTE_SENT != 0)
                             || (new.state == ChildState::WaitingForDevice
                                 && new.step == 0
-                                && (earlier.unsent.contains(&op)
-                                    || new.flags & FLAG_EXECUTE_SENT != 0)
+                                && (s.queued || new.flags & FLAG_EXECUTE_SENT != 0)
                                 && !is_offline(&self.devices, &new.device))
                     }
                     // Restored waiting for its device at the step of the operation: the
@@ -1295,7 +1299,7 @@ impl JobEngine {
             // The restore's wait for a registration no longer applies.
             child.next_poll = None;
             self.ops.insert(op, c);
-            if earlier.unsent.contains(&op) {
+            if s.queued {
                 // Still queued at the transport: its `Sent` starts the timeout.
                 self.unsent.insert(op);
             } else {
@@ -1827,10 +1831,11 @@ impl JobEngine {
         if to != ChildState::InProgress {
             if let Some(op) = self.children[c as usize].op.take() {
                 self.ops.remove(&op);
-                self.unsent.remove(&op);
+                let queued = self.unsent.remove(&op);
                 // Its answer may still come in a batch applied again (a cancellation
-                // whose commit failed): a rebuilt engine takes it over.
-                self.note_settled(op, c);
+                // whose commit failed): a rebuilt engine takes it over, still waiting
+                // for its `Sent` if it was queued at the transport.
+                self.note_settled(op, c, queued);
             }
             self.children[c as usize].next_poll = None;
         }
