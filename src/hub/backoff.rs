@@ -420,6 +420,42 @@ mod tests {
         assert_eq!(held.take_all().len(), 1);
     }
 
+    /// A `Sent` the job engine waits for is held past [`MAX_HELD_EVENTS`], in its place,
+    /// and takes no room from the other events; it is given back (for the engine) only
+    /// after [`MAX_TRIES`] failed commits.
+    #[test]
+    fn an_awaited_sent_is_held_past_the_events_bound_until_its_tries_are_up() {
+        let sent = |op| DeviceEvent::Sent {
+            device: crate::DeviceId::new("d").unwrap(),
+            op: crate::transport::OpId(op),
+        };
+        let mut held = HeldEvents::default();
+        // Held first, it leaves the whole bound to the other events.
+        assert!(held.hold_awaited_sent(sent(1), fresh()).is_none());
+        for _ in 0..MAX_HELD_EVENTS {
+            assert!(held.hold(updated_of("filler"), fresh()).is_none());
+        }
+        assert!(held.hold(updated_of("filler"), fresh()).is_some());
+        // Past the bound, it is held in its place.
+        assert!(held.hold_awaited_sent(sent(2), fresh()).is_none());
+        assert!(held.hold(note(1), fresh()).is_none());
+        let mut batch = Vec::new();
+        let marks = held.take_before(&mut batch, Timestamp::from_millis(2));
+        assert_eq!(batch.len(), MAX_HELD_EVENTS + 3);
+        assert!(matches!(batch[0], DeviceEvent::Sent { op, .. } if op.0 == 1));
+        assert!(matches!(batch[MAX_HELD_EVENTS + 1], DeviceEvent::Sent { op, .. } if op.0 == 2));
+        assert!(matches!(
+            batch[MAX_HELD_EVENTS + 2],
+            DeviceEvent::Notification { .. }
+        ));
+        // Given back only once its tries are up.
+        let spent = HeldMark {
+            tries: MAX_TRIES,
+            ..marks[0]
+        };
+        assert!(held.hold_awaited_sent(sent(1), spent).is_some());
+    }
+
     /// Past [`MAX_HELD_EVENTS`], the newest de-registration or expiry of each device is
     /// kept and applied after the held events; a newer registration of the device
     /// forgets it; past [`MAX_HELD_OFFLINE`] devices, it is dropped.
