@@ -10,9 +10,9 @@
 //!    so indexes and the change feed move with it;
 //! 2. the job engine, whose operations go straight back to the transport.
 //!
-//! **`lastActivityTime`** moves only with what the device itself sent (its last sign of life):
-//! a registration or update, a notification or LwM2M Send, an answer to an operation
-//! (an error code and a CoAP Reset included). Not with a failure the transport reports
+//! **`lastActivityTime`** moves only with what the device itself sent (its last sign of
+//! life): a registration or update, a notification or LwM2M Send, an answer to an
+//! operation (an error code and a CoAP Reset included). Not with a failure the transport reports
 //! without hearing from the device: not registered, queue full, registration ended, a
 //! time-out, nor an undecodable payload ([`DeviceError::BadPayload`]) before the
 //! request left (the transport could not encode or send it). With a transport that
