@@ -4,13 +4,15 @@
 //! test, any datagram at random). The bootstrap server retransmits the Finish after the
 //! device has left it for the management server; the device answers the copy from its
 //! duplicate cache, so both sides end right: the device registered with the management
-//! server, the bootstrap session finished (not failed by a time-out).
+//! server, the bootstrap session finished (not failed by a time-out). When every answer
+//! to the Finish is lost, a bootstrap server that is also the management server takes
+//! the device's Register for the answer; one apart reports the Finish timed out.
 
 #![cfg(all(feature = "device", feature = "lwm2m"))]
 
 mod bootstrap_sim;
 
-use bootstrap_sim::{BootstrapNet, Management};
+use bootstrap_sim::{BootstrapNet, FinishLoss, Management};
 use std::time::Duration;
 use twinhub::lwm2m::client::ClientEvent;
 use twinhub::transport::BootstrapOutcome;
@@ -76,6 +78,54 @@ fn over_a_lossy_link_the_bootstrap_ends_finished_when_an_answer_gets_through() {
         }
     }
     assert!(finished >= 20, "only {finished} of 24 bootstraps finished");
+}
+
+/// Every answer to Bootstrap-Finish lost, and the bootstrap server also the management
+/// server (a hub that hosts both, as `HubBuilder::bootstrap` with an account of its own
+/// address gives): the device applied the Finish and registered at that same server, so
+/// the bootstrap is reported finished, once, before the registration, and the Finish is
+/// not retransmitted after the Register. Before the fix the Finish timed out and the
+/// session was reported failed ("finish: ...") although the server had the device's
+/// Register in hand.
+#[test]
+fn a_finish_with_every_answer_lost_is_finished_by_the_register_at_the_same_server() {
+    let mut net = BootstrapNet::new("dev-7", 7, Management::Bootstrap);
+    net.lose_finish_answers = FinishLoss::All;
+    net.run_until(Duration::from_secs(60), |n| n.registered_at_dm > 0);
+    let finishes = net.finishes_delivered;
+    assert!(finishes >= 1);
+    net.run(Duration::from_secs(300));
+    assert!(net.client.is_registered(), "{:?}", net.client_events);
+    assert_eq!(net.registered_at_dm, 1);
+    assert!(
+        !net.finish_answers_lost.is_empty(),
+        "the answers to Finish were lost"
+    );
+    assert_eq!(net.finish_answers_delivered, 0, "none got through");
+    assert_eq!(net.outcomes, vec![BootstrapOutcome::Finished]);
+    assert_eq!(net.bs_log, ["bootstrap", "registered"]);
+    assert_eq!(
+        net.finishes_delivered, finishes,
+        "no Finish after the Register"
+    );
+    assert_eq!(net.bs.bootstrap_sessions(), 0);
+}
+
+/// The same with the management server apart (the bootstrap server sees no Register):
+/// as in Leshan's bootstrap session, a Finish that timed out is reported failed, with
+/// its reason, although the device applied it and registered there.
+#[test]
+fn a_finish_with_every_answer_lost_fails_at_a_bootstrap_server_apart() {
+    let mut net = BootstrapNet::new("dev-7", 7, Management::Server(8));
+    net.lose_finish_answers = FinishLoss::All;
+    net.run(Duration::from_secs(300));
+    assert!(net.client.is_registered(), "{:?}", net.client_events);
+    assert_eq!(net.registered_at_dm, 1);
+    assert_eq!(net.finish_answers_delivered, 0);
+    match net.outcomes.as_slice() {
+        [BootstrapOutcome::Failed(why)] => assert!(why.starts_with("finish"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// The same over DTLS, through the hub's bootstrap interface on real UDP (loopback): a
