@@ -72,7 +72,9 @@ pub struct ClientConfig {
     pub max_observations: usize,
     /// Block size for Block2 responses and downloads (16..=1024).
     pub block_size: usize,
-    /// Largest request body reassembled from Block1 (and largest package downloaded).
+    /// Largest request body reassembled from Block1, in bytes (past it: 4.13 with Size1),
+    /// and largest package downloaded, block-wise or in one answer (past it the download
+    /// fails with Update Result 2, not enough flash).
     pub max_body: usize,
     /// PSK credentials: when set, [`DeviceThread`](super::DeviceThread) talks to the server
     /// over DTLS 1.2 (`coaps`, `TLS_PSK_WITH_AES_128_CCM_8`). Set with
@@ -2728,7 +2730,11 @@ impl Lwm2mClient {
             return self.download_finished(Err(UpdateResult::IntegrityCheckFailure));
         }
         match msg.block2() {
-            // The whole package at once: only as the answer to the first request.
+            // The whole package at once: only as the answer to the first request, and
+            // within `max_body` like a block-wise one.
+            None if d.next_num == 0 && msg.payload.len() > max => {
+                self.download_finished(Err(UpdateResult::NotEnoughFlash))
+            }
             None if d.next_num == 0 => {
                 let body = msg.payload.clone();
                 self.download_finished(Ok(body));
