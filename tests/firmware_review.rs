@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinhub::coap::{BlockOption, Code, ContentFormat, Message, MessageType, OptionNumber};
 use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
-use twinhub::lwm2m::client::{FirmwareUpdate, ObjectTree, UpdateResult, UpdateState, objects};
+use twinhub::lwm2m::client::{
+    ClientConfig, FirmwareUpdate, ObjectTree, UpdateResult, UpdateState, objects,
+};
 use twinhub::transport::{DeviceError, DeviceEvent, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
@@ -42,13 +44,18 @@ fn block1_put(num: u32, more: bool, szx: u8, payload: Vec<u8>) -> Message {
 /// A package pull: the Package URI is written; returns the device's first GET and the
 /// collected packages the application was handed.
 fn pulling() -> (Harness, Arc<Mutex<Vec<Vec<u8>>>>, Message) {
+    pulling_configured(ClientConfig::new("dev-1", client_support::server()))
+}
+
+/// [`pulling`] by a client set up so.
+fn pulling_configured(config: ClientConfig) -> (Harness, Arc<Mutex<Vec<Vec<u8>>>>, Message) {
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     let fw = FirmwareUpdate::new().on_package(move |p| {
         g.lock().unwrap().push(p.to_vec());
         Ok(())
     });
-    let mut h = Harness::registered_with(tree_with(fw));
+    let mut h = Harness::registered_configured(config, tree_with(fw));
     assert_eq!(
         h.put_text("/5/0/1", "coap://127.0.0.7:5700/fw/v2.bin").code,
         Code::CHANGED
@@ -659,25 +666,9 @@ fn a_failed_download_keeps_its_uri_until_a_refused_one_replaces_it() {
 /// may send a body that fits one datagram whole, RFC 7959 §2.4). Returns the packages
 /// the application was handed and /5/0/3, /5/0/5.
 fn pull_whole(size: usize) -> (Vec<Vec<u8>>, String, String) {
-    use twinhub::lwm2m::client::ClientConfig;
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    let fw = FirmwareUpdate::new().on_package(move |p| {
-        g.lock().unwrap().push(p.to_vec());
-        Ok(())
-    });
     let mut config = ClientConfig::new("dev-1", client_support::server());
     config.max_body = 1024;
-    let mut h = Harness::registered_configured(config, tree_with(fw));
-    assert_eq!(
-        h.put_text("/5/0/1", "coap://127.0.0.7:5700/fw/v2.bin").code,
-        Code::CHANGED
-    );
-    let get = h
-        .sent()
-        .into_iter()
-        .find(|m| m.code == Code::GET)
-        .expect("download GET");
+    let (mut h, got, get) = pulling_configured(config);
     let mut r = Message::response(Code::CONTENT);
     r.payload = vec![0x5a; size];
     serve_block(&mut h, &get, r);
