@@ -57,7 +57,15 @@
 //!   with nobody told. A notification from an address another registration holds moves
 //!   nothing: it gets RST (on which the device drops the observation) and the hub gets
 //!   [`DeviceEvent::ObservationEnded`], so it observes again; an older one than the last
-//!   taken (reordered across the move) gets RST and changes nothing.
+//!   taken (reordered across the move) gets RST and changes nothing. A notification
+//!   that arrives late from an address the registration left (sent before the
+//!   rebinding, received after the move) does not move it back, however fresh its
+//!   Observe number: the last [`MAX_LEFT_ADDRESSES`] addresses left are remembered for
+//!   [`LEFT_ADDRESS_MEMORY`] after each move, and a notification from one is
+//!   acknowledged if CON and dropped (an error response ends its observation); an
+//!   Update or Register from it still moves the registration (that is the device
+//!   speaking). Before, such a notification moved the registration back to the dead
+//!   address until the device's next message.
 //!   De-register answers 2.02. A registration expires `lifetime +
 //!   lifetime_grace` after the device last registered or updated; its observations go with
 //!   it. Each becomes a [`DeviceEvent`].
@@ -239,7 +247,28 @@ struct Registration {
     identity: Option<Arc<str>>,
     /// Where a takeover check of this registration stands ([`Takeover`]).
     probe: Probe,
+    /// The addresses it left (NAT rebinding) and when, oldest first: at most
+    /// [`MAX_LEFT_ADDRESSES`], each for [`LEFT_ADDRESS_MEMORY`]. A notification from one
+    /// of them does not move it back.
+    left: VecDeque<(SocketAddr, Instant)>,
 }
+
+/// How many addresses a registration remembers having left after a NAT rebinding (see
+/// [`LEFT_ADDRESS_MEMORY`]). At the bound, a further move forgets the oldest: a
+/// notification from it may then move the registration back, as from any new address.
+pub const MAX_LEFT_ADDRESSES: usize = 4;
+
+/// How long a registration remembers an address it left after a NAT rebinding. Until
+/// then, a notification from that address, however fresh its Observe number, does not
+/// move the registration back there: the device sent it before the rebinding and it
+/// arrived late (RFC 7252 takes MAX_LATENCY, 100 s, as the longest a datagram travels;
+/// this is RFC 7641's 128 s freshness window), while requests would then go to a dead
+/// address until the device's next message. It is acknowledged if CON and dropped (an
+/// error response among them ends its observation, [`DeviceEvent::ObservationEnded`]).
+/// An Update or Register from the address moves it there at any time: that is the device
+/// speaking. Past this span, a notification from the address moves the registration as
+/// from any new address: the device is there again (a network it left and came back to).
+pub const LEFT_ADDRESS_MEMORY: Duration = Duration::from_secs(128);
 
 /// How long a registration whose address answered a takeover probe refuses Registers
 /// from other addresses before it is probed again.
@@ -557,6 +586,7 @@ impl Lwm2mServer {
             awake_until: None,
             in_flight: Vec::new(),
             probe: Probe::Idle,
+            left: VecDeque::new(),
             identity,
         });
         self.by_endpoint.insert(device, slot);
@@ -650,8 +680,9 @@ impl Lwm2mServer {
         bytes: &[u8],
     ) {
         self.current_identity = identity.cloned();
-        self.rebinding_notification(now, peer, bytes);
-        self.endpoint.handle_datagram(now, peer, bytes);
+        if !self.rebinding_notification(now, peer, bytes) {
+            self.endpoint.handle_datagram(now, peer, bytes);
+        }
         self.drain_endpoint(now);
         self.current_identity = None;
         // Queued operations go out once the datagram was handled: a device that woke to
@@ -946,6 +977,7 @@ impl Lwm2mServer {
             awake_until: Some(now + self.config.awake_window),
             in_flight: Vec::new(),
             probe: Probe::Idle,
+            left: VecDeque::new(),
             identity: identity.map(|i| i.psk_identity),
         });
         self.by_endpoint.insert(device.clone(), slot);
@@ -1105,6 +1137,15 @@ impl Lwm2mServer {
         }
         let stranded = std::mem::take(&mut reg.in_flight);
         reg.addr = peer;
+        // Remember the address left (not the one come back to: the device speaks from
+        // it), within the bounds.
+        reg.left.retain(|&(a, at)| {
+            a != peer && a != old && now.saturating_duration_since(at) < LEFT_ADDRESS_MEMORY
+        });
+        if reg.left.len() >= MAX_LEFT_ADDRESSES {
+            reg.left.pop_front();
+        }
+        reg.left.push_back((old, now));
         reg.info.address = Some(peer);
         let generation = reg.generation;
         if self.by_addr.get(&old) == Some(&slot) {
@@ -1138,27 +1179,47 @@ impl Lwm2mServer {
     /// location is for an Update. From an address another registration holds, the
     /// observation ends instead ([`DeviceEvent::ObservationEnded`]): the endpoint
     /// answers RST, on which the device drops it. From another identity, nothing
-    /// changes (RST). Called before the endpoint sees the datagram.
-    fn rebinding_notification(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+    /// changes (RST). From an address the registration left less than
+    /// [`LEFT_ADDRESS_MEMORY`] ago, nothing moves: the device sent it before the
+    /// rebinding and it arrived late; it is acknowledged if CON and dropped (an error
+    /// response ends the observation). Called before the endpoint sees the datagram;
+    /// true when it took the datagram (the endpoint must not see it).
+    fn rebinding_notification(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) -> bool {
         let Some(id) = self.endpoint.observation_elsewhere(now, peer, bytes) else {
-            return;
+            return false;
         };
         let Some(&Observation {
             slot, generation, ..
         }) = self.observations.get(&id)
         else {
-            return;
+            return false;
         };
         let Some(reg) = self.slot(slot).filter(|r| r.generation == generation) else {
-            return;
+            return false;
         };
         if !identity_owns(reg, self.current_identity.as_ref()) {
-            return;
+            return false;
+        }
+        let left_lately = reg
+            .left
+            .iter()
+            .any(|&(a, at)| a == peer && now.saturating_duration_since(at) < LEFT_ADDRESS_MEMORY);
+        if left_lately {
+            // Sent before the rebinding, arrived late: moving back would send the
+            // device's requests to an address it left. Not RST either (the device
+            // would drop an observation that works at its new address).
+            if Message::decode(bytes).is_ok_and(|m| !m.code.is_success()) {
+                // The device ended the observation (before it moved): so be it.
+                self.endpoint.forget_request(now, id);
+                self.observation_ended(id);
+            }
+            self.endpoint.acknowledge_and_drop(now, peer, bytes);
+            return true;
         }
         if self.by_addr.get(&peer).is_some_and(|&other| other != slot) {
             self.endpoint.forget_request(now, id);
             self.observation_ended(id);
-            return;
+            return false;
         }
         let probing = match reg.probe {
             Probe::InFlight(probe) => Some(probe),
@@ -1175,6 +1236,7 @@ impl Lwm2mServer {
         if let Some(probe) = probing {
             self.probe_answered(now, probe);
         }
+        false
     }
 
     /// Whether the datagram being handled comes from the identity the registration in

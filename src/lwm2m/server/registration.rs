@@ -586,11 +586,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.alternate_path, None);
-        assert_eq!(r.objects, vec![Lwm2mPath::instance(1, 0), Lwm2mPath::object(5)]);
+        assert_eq!(
+            r.objects,
+            vec![Lwm2mPath::instance(1, 0), Lwm2mPath::object(5)]
+        );
         assert!(r.content_formats.is_empty(), "ct of a link without rt");
         for (links, want) in [
-            (&b"</lwm2m/>;rt=oma.lwm2m,</lwm2m/3/0>,</1/0>"[..], Some("/lwm2m")),
-            (b"</lwm2m>;rt=\"x oma.lwm2m\",</lwm2m/3/0>,</1/0>", Some("/lwm2m")),
+            (
+                &b"</lwm2m/>;rt=oma.lwm2m,</lwm2m/3/0>,</1/0>"[..],
+                Some("/lwm2m"),
+            ),
+            (
+                b"</lwm2m>;rt=\"x oma.lwm2m\",</lwm2m/3/0>,</1/0>",
+                Some("/lwm2m"),
+            ),
             (b"</>;rt=\"oma.lwm2m\",</3/0>", None),
         ] {
             let r = RegistrationRequest::parse(&["ep=a"], links).unwrap();
