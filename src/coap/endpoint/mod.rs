@@ -1055,6 +1055,22 @@ impl Endpoint {
         }
     }
 
+    /// The request of ours (client role) that the datagram `bytes`, which this endpoint
+    /// gave out for `peer`, carries: for a driver whose layer could not send it (a DTLS
+    /// session gone), so that the application can take the request back. `None` for
+    /// anything else (a response, an ACK, a request no longer in progress).
+    pub fn request_of(&self, peer: SocketAddr, bytes: &[u8]) -> Option<RequestId> {
+        let (&first, rest) = bytes.split_first()?;
+        let (&code, rest) = rest.split_first()?;
+        let tkl = usize::from(first & 0x0f);
+        // Version 1, CON or NON, a request code (class 0, not empty).
+        if first >> 6 != 1 || (first >> 4) & 3 > 1 || code >> 5 != 0 || code == 0 {
+            return None;
+        }
+        let token = Token::from_slice(rest.get(2..2 + tkl)?)?;
+        self.by_token.get(&(peer, token)).copied()
+    }
+
     /// Takes a datagram from `peer` that the application chose not to process: a
     /// notification [`observation_elsewhere`](Endpoint::observation_elsewhere) found
     /// from an address the application does not trust for it (the LWM2M server: one the

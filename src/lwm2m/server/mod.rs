@@ -488,6 +488,75 @@ impl Lwm2mServer {
         }
     }
 
+    /// The DTLS layer could not send `t`: there is no session at its destination (it
+    /// closed since the layer last reported, say its key was withdrawn on another
+    /// thread after the request was handed out). The address no longer counts as having
+    /// a session. When `t` is the first transmission of a device request whose
+    /// [`DeviceEvent::Sent`] has not been handed out yet (the driver hands events out
+    /// after sending: `udp.rs`), the request is taken back: nothing reached the device,
+    /// so its `Sent` is withdrawn, the CoAP exchange forgotten, and the request waits at
+    /// the head of the device's queue, with a fresh [`ServerConfig::queue_timeout`], for a
+    /// session to the registration's address, as any request does while there is none
+    /// (reported `Sent` when it goes); should the queue have filled up behind it
+    /// meanwhile ([`ServerConfig::queue_capacity`]), it fails with
+    /// [`DeviceError::QueueFull`] instead, as at submission. Anything else (a
+    /// retransmission, a request already reported sent) is left to CoAP, which times it
+    /// out.
+    #[cfg(feature = "dtls")]
+    pub(crate) fn not_sent(&mut self, now: Instant, t: &Transmit) {
+        if let Some(sessions) = &mut self.sessions {
+            sessions.remove(&t.destination);
+        }
+        let Some(id) = self.endpoint.request_of(t.destination, &t.payload) else {
+            return;
+        };
+        let Some(op) = self.outstanding.get(&id).map(|o| o.op) else {
+            return;
+        };
+        let Some(at) = self
+            .events
+            .iter()
+            .position(|e| matches!(e, DeviceEvent::Sent { op: sent, .. } if *sent == op))
+        else {
+            return;
+        };
+        self.events.remove(at);
+        let Some(o) = self.outstanding.remove(&id) else {
+            return;
+        };
+        self.endpoint.forget_request(now, id);
+        let op = DeviceOp {
+            id: o.op,
+            device: o.device,
+            request: o.request,
+        };
+        let Some(reg) = self
+            .slot_mut(o.slot)
+            .filter(|r| r.generation == o.generation)
+        else {
+            return self.fail(op, DeviceError::NotRegistered);
+        };
+        reg.in_flight.retain(|&sent| sent != id);
+        if self.queues[o.slot as usize].len() >= self.config.queue_capacity {
+            // Others were queued behind it meanwhile: the bound holds, and nothing left.
+            return self.fail(op, DeviceError::QueueFull);
+        }
+        let deadline = now + self.config.queue_timeout;
+        self.queues[o.slot as usize].push_front(Queued {
+            op,
+            deadline,
+            resent: false,
+        });
+        self.timers.push(Reverse((
+            deadline,
+            Timer::Queue {
+                slot: o.slot,
+                generation: o.generation,
+            },
+        )));
+        self.endpoint_timeout = self.endpoint.poll_timeout();
+    }
+
     /// Where the registration at `addr` expects its requests to go: `None` when no
     /// registration is at that address, `Some(None)` for a plain-CoAP registration,
     /// `Some(Some(identity))` for one made over DTLS. A DTLS driver sends a datagram to
