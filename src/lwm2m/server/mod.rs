@@ -65,7 +65,15 @@
 //!   acknowledged if CON and dropped (an error response ends its observation); an
 //!   Update or Register from it still moves the registration (that is the device
 //!   speaking). Before, such a notification moved the registration back to the dead
-//!   address until the device's next message.
+//!   address until the device's next message. A Register or Update from an address
+//!   another live registration holds (a NAT gave the port to another device) takes it
+//!   from that one: its requests in flight there fail at once
+//!   ([`DeviceError::RegistrationEnded`]) and nothing more is sent to it, its requests
+//!   waiting in its queue, until its device talks from where it is now (an Update or a
+//!   notification from a new address moves it; a Register replaces it with no takeover
+//!   probe, which would ask the other device). Before, its requests kept going to the
+//!   address, to the other device (over DTLS too, through that device's session), and
+//!   its device's new Register was refused while the other device answered the probe.
 //!   De-register answers 2.02. A registration expires `lifetime +
 //!   lifetime_grace` after the device last registered or updated; its observations go with
 //!   it. Each becomes a [`DeviceEvent`].
@@ -251,6 +259,10 @@ struct Registration {
     /// [`MAX_LEFT_ADDRESSES`], each for [`LEFT_ADDRESS_MEMORY`]. A notification from one
     /// of them does not move it back.
     left: VecDeque<(SocketAddr, Instant)>,
+    /// Another registration took its address (a Register or Update from there: that
+    /// device is there now). Nothing is sent to it until its device talks from where it
+    /// is now (see [`Lwm2mServer::displace_holder`]).
+    displaced: bool,
 }
 
 /// How many addresses a registration remembers having left after a NAT rebinding (see
@@ -656,6 +668,7 @@ impl Lwm2mServer {
             in_flight: Vec::new(),
             probe: Probe::Idle,
             left: VecDeque::new(),
+            displaced: false,
             identity,
         });
         self.by_endpoint.insert(device, slot);
@@ -1047,9 +1060,11 @@ impl Lwm2mServer {
             in_flight: Vec::new(),
             probe: Probe::Idle,
             left: VecDeque::new(),
+            displaced: false,
             identity: identity.map(|i| i.psk_identity),
         });
         self.by_endpoint.insert(device.clone(), slot);
+        self.displace_holder(now, peer, slot);
         self.by_addr.insert(peer, slot);
         self.by_reg_id.insert(reg_id, slot);
         self.timers
@@ -1069,7 +1084,8 @@ impl Lwm2mServer {
             return None;
         };
         let reg = self.slot(slot)?;
-        if reg.addr == peer {
+        // Displaced: another device holds its address, and probing it would ask that one.
+        if reg.addr == peer || reg.displaced {
             return None;
         }
         // Over DTLS the identity the registration was made with is the proof: the same
@@ -1197,11 +1213,21 @@ impl Lwm2mServer {
     /// (its peer table is full) ends ([`DeviceEvent::ObservationEnded`], the hub
     /// observes again).
     fn follow_address(&mut self, now: Instant, slot: u32, peer: SocketAddr) {
+        let Some(reg) = self.slot(slot) else {
+            return;
+        };
+        let (old, displaced) = (reg.addr, reg.displaced);
+        if old == peer && !displaced {
+            return;
+        }
+        self.displace_holder(now, peer, slot);
         let Some(reg) = self.slot_mut(slot) else {
             return;
         };
-        let old = reg.addr;
+        reg.displaced = false;
         if old == peer {
+            // Back at the address it was displaced from: the device speaks from it.
+            self.by_addr.insert(peer, slot);
             return;
         }
         let stranded = std::mem::take(&mut reg.in_flight);
@@ -1236,6 +1262,31 @@ impl Lwm2mServer {
                 self.observation_ended(id);
             }
         }
+    }
+
+    /// `peer` is now the registration in `slot`'s (a Register or an Update from it: its
+    /// device is there). Another live registration that held the address loses it (a
+    /// NAT gave the port to another device, or a device restarted there as another
+    /// endpoint): its requests in flight there fail now
+    /// ([`DeviceError::RegistrationEnded`]; retransmitted, they would reach the device
+    /// now at the address), and nothing more is sent to it (its requests wait in its
+    /// queue, [`ServerConfig::queue_timeout`]) until its device talks from where it is
+    /// now: an Update or a notification from a new address moves it there, a Register
+    /// replaces it without a takeover probe (which would ask the other device).
+    fn displace_holder(&mut self, now: Instant, peer: SocketAddr, slot: u32) {
+        let Some(&other) = self.by_addr.get(&peer) else {
+            return;
+        };
+        if other == slot {
+            return;
+        }
+        self.by_addr.remove(&peer);
+        let Some(reg) = self.slot_mut(other).filter(|r| r.addr == peer) else {
+            return;
+        };
+        reg.displaced = true;
+        let stranded = std::mem::take(&mut reg.in_flight);
+        self.fail_in_flight(now, stranded);
     }
 
     /// NAT rebinding seen first in a notification (RFC 7641 notifications may come
@@ -1696,7 +1747,7 @@ impl Lwm2mServer {
             let Some(reg) = self.slot(slot) else { return };
             let awake = !reg.info.queue_mode || reg.awake_until.is_some_and(|t| t > now);
             let session = self.sessions.as_ref().is_none_or(|s| s.contains(&reg.addr));
-            if !awake || !session || reg.in_flight.len() >= nstart {
+            if !awake || !session || reg.displaced || reg.in_flight.len() >= nstart {
                 return;
             }
             let Some(q) = self.queues[slot as usize].pop_front() else {

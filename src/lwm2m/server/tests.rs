@@ -2541,6 +2541,102 @@ fn the_addresses_left_are_remembered_for_a_while_and_a_few_at_a_time() {
     );
 }
 
+/// A NAT gives a registration's address to another device, which Updates its own
+/// registration from there. The displaced registration's request in flight fails at
+/// once (its retransmissions would reach the other device) and its next requests wait,
+/// sent to nobody, until its device Updates from where it is now. Before, they all went
+/// to the address, to the other device.
+#[test]
+fn an_update_from_another_registrations_address_displaces_it() {
+    let mut sim = Sim::open();
+    let (a, b, c) = (addr(9540), addr(9541), addr(9542));
+    let d_location = sim.register(a, &["ep=d", "lt=3000"]);
+    let e_location = sim.register(b, &["ep=e", "lt=3000"]);
+    sim.events();
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    sim.submit(1, "e", DeviceRequest::Read { path: bat });
+    assert_eq!(sim.out()[0].0, b);
+    // d's device now has b.
+    let update = sim.request(wire::POST, &["rd", &d_location], &[], b"");
+    sim.send(b, &update);
+    assert_eq!(sim.out()[0].1.code, code(2, 4));
+    let ev = sim.events();
+    assert_eq!(response(&ev, 1), &Err(DeviceError::RegistrationEnded));
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
+    assert!(
+        sim.server.registration(&dev("e")).is_some(),
+        "e stays registered"
+    );
+    // Nothing of e's goes to b: not the read's retransmissions, not a new request.
+    sim.submit(2, "e", DeviceRequest::Read { path: bat });
+    for _ in 0..10 {
+        sim.advance(Duration::from_secs(10));
+        let out = sim.out();
+        assert!(out.is_empty(), "{out:?}");
+    }
+    assert!(
+        !sim.events()
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(2), .. }))
+    );
+    // d's requests go to b.
+    sim.submit(3, "d", DeviceRequest::Read { path: bat });
+    assert_eq!(sim.out()[0].0, b);
+    // e's device Updates from c: its read goes there.
+    let update = sim.request(wire::POST, &["rd", &e_location], &[], b"");
+    sim.send(c, &update);
+    let out = sim.out();
+    assert!(
+        out.iter().any(|(to, m)| *to == c && m.code == code(2, 4)),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|(to, m)| *to == c && m.code == wire::GET && m.mtype == MsgType::Con),
+        "{out:?}"
+    );
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(2), .. }))
+    );
+}
+
+/// A new device registers from a registration's address: the displaced registration's
+/// device re-registers from its new address and is accepted at once, without a takeover
+/// probe of the old address (which the new device would answer, and the real device be
+/// refused as AddressInUse).
+#[test]
+fn a_register_from_another_registrations_address_displaces_it() {
+    let mut sim = Sim::open();
+    let (b, c) = (addr(9545), addr(9546));
+    sim.register(b, &["ep=e", "lt=3000"]);
+    sim.register(b, &["ep=f", "lt=3000"]);
+    sim.events();
+    sim.submit(
+        1,
+        "e",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    assert!(sim.out().is_empty(), "nothing of e's to f's device");
+    // e's device comes back from c: accepted at once, and the read goes there.
+    let p = sim.request(wire::POST, &["rd"], &["ep=e", "lt=3000"], b"</3/0>");
+    sim.send(c, &p);
+    let out = sim.out();
+    assert!(
+        out.iter().any(|(to, m)| *to == c && m.code == code(2, 1)),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|(to, m)| *to == c && m.code == wire::GET),
+        "{out:?}"
+    );
+    assert_eq!(sim.server.registration(&dev("e")).unwrap().address, Some(c));
+    assert_eq!(sim.server.registration(&dev("f")).unwrap().address, Some(b));
+}
+
 /// NAT rebinding seen first in a notification (before any Update): the token of one of the
 /// registration's observations proves the device, as the location does for an Update.
 /// The registration follows the new address (reported as an Update, with no lifetime
