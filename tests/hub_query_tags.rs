@@ -15,7 +15,7 @@ const N: usize = 20_000;
 /// Device `i`'s tags: `all`, `half` (even i), `tenth` (i % 10 == 3), `few` (i % 2500 == 7).
 fn tags_of(i: usize) -> Vec<&'static str> {
     let mut t = vec!["all"];
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         t.push("half");
     }
     if i % 10 == 3 {
