@@ -8,20 +8,17 @@
 
 #![cfg(all(feature = "lwm2m", feature = "device", feature = "memory-fleet"))]
 
+mod bootstrap_sim;
 mod job_support;
 
+use bootstrap_sim::{BootstrapNet, Management, dm};
 use job_support::{
     answer, drain, fw_state, is_write_of, notify_firmware, one_op, registered, timed_out,
 };
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};
 use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
-use twinhub::lwm2m::client::{ClientConfig, ClientEvent, Lwm2mClient, ObjectTree, objects};
-use twinhub::lwm2m::server::{BootstrapPlan, Lwm2mServer, ServerAccount, ServerConfig};
-use twinhub::transport::{
-    BootstrapOutcome, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, Transport,
-};
+use twinhub::transport::{BootstrapOutcome, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 // ------------------------------------------------------------------ job engine helpers
@@ -324,144 +321,26 @@ fn a_sent_firmware_execute_lost_with_a_restart_downloads_again() {
 
 // ------------------------------------------------------------------ device library
 
-fn dev_addr() -> SocketAddr {
-    "127.0.0.1:7000".parse().unwrap()
-}
-fn bs_addr() -> SocketAddr {
-    "127.0.0.1:5783".parse().unwrap()
-}
-fn dm_addr() -> SocketAddr {
-    "127.0.0.1:5683".parse().unwrap()
-}
-
 /// The device library and a bootstrap server (the crate's) on a lossless link that
 /// delivers every datagram 5 ms later, except the device's first answer to
 /// Bootstrap-Finish, which is lost. Datagrams to the management server are dropped (the
 /// test plays it by hand).
-struct BsNet {
-    now: Instant,
-    client: Lwm2mClient,
-    bs: Lwm2mServer,
-    wire: Vec<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
-    finish_mid: Option<u16>,
-    finish_answer_lost: bool,
-    finish_answers_delivered: usize,
-    outcomes: Vec<BootstrapOutcome>,
-    events: Vec<ClientEvent>,
+fn bs_net() -> BootstrapNet {
+    BootstrapNet::new("dev-41", 41, Management::Scripted)
 }
 
-impl BsNet {
-    fn new() -> BsNet {
-        let now = Instant::now();
-        let mut tree = ObjectTree::new();
-        tree.add(objects::bootstrap_security(&format!(
-            "coap://{}",
-            bs_addr()
-        )));
-        tree.add(objects::unprovisioned_server());
-        tree.add(objects::device("Contoso", "MX1", "SN-7", "1.0.0"));
-        let config = ClientConfig::new("dev-41", bs_addr()).with_bootstrap(bs_addr());
-        let uri = format!("coap://{}", dm_addr());
-        let bs = Lwm2mServer::with_seed(ServerConfig::default(), 41).with_bootstrap(Box::new(
-            move |_| Some(BootstrapPlan::new(vec![ServerAccount::new(1, uri.clone())])),
-        ));
-        BsNet {
-            now,
-            client: Lwm2mClient::new(now, config, tree),
-            bs,
-            wire: Vec::new(),
-            finish_mid: None,
-            finish_answer_lost: false,
-            finish_answers_delivered: 0,
-            outcomes: Vec::new(),
-            events: Vec::new(),
-        }
+/// The management server (played by the test) reads `/3/0/0` `count` times, CON, and
+/// the device's answers go on the wire.
+fn management_reads(net: &mut BootstrapNet, count: u16) {
+    for mid in 0..count {
+        let mut get = Message::request(Code::GET, "/3/0/0");
+        get.mtype = MessageType::Confirmable;
+        get.message_id = 0x4100 + mid;
+        get.set_token(&[0x41, mid as u8]).unwrap();
+        net.client
+            .handle_datagram(net.now, dm(), &get.to_bytes().unwrap());
     }
-
-    fn put(&mut self, from: SocketAddr, to: SocketAddr, bytes: Vec<u8>) {
-        if let Ok(m) = Message::decode(&bytes) {
-            if from == bs_addr() && m.mtype == MessageType::Confirmable && m.uri_path().eq(["bs"]) {
-                self.finish_mid = Some(m.message_id);
-            }
-            if from == dev_addr()
-                && to == bs_addr()
-                && m.mtype == MessageType::Acknowledgement
-                && Some(m.message_id) == self.finish_mid
-            {
-                if !self.finish_answer_lost {
-                    self.finish_answer_lost = true;
-                    return;
-                }
-                self.finish_answers_delivered += 1;
-            }
-        }
-        if to == dm_addr() {
-            return;
-        }
-        self.wire
-            .push((self.now + Duration::from_millis(5), from, to, bytes));
-    }
-
-    fn flush(&mut self) {
-        while let Some(t) = self.client.poll_transmit() {
-            self.put(dev_addr(), t.destination, t.payload);
-        }
-        while let Some(t) = self.bs.poll_transmit() {
-            self.put(bs_addr(), t.destination, t.payload);
-        }
-        while let Some(e) = self.client.poll_event() {
-            self.events.push(e);
-        }
-        while let Some(e) = self.bs.poll_event() {
-            if let DeviceEvent::Bootstrap { outcome, .. } = e {
-                self.outcomes.push(outcome);
-            }
-        }
-    }
-
-    /// Runs until `until` returns true or `duration` passed.
-    fn run_until(&mut self, duration: Duration, until: impl Fn(&BsNet) -> bool) {
-        let end = self.now + duration;
-        self.client.handle_timeout(self.now);
-        for _ in 0..100_000 {
-            self.flush();
-            if until(self) {
-                return;
-            }
-            let next_wire = self
-                .wire
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, d)| d.0)
-                .map(|(i, d)| (i, d.0));
-            let next_timer = [self.client.poll_timeout(), self.bs.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min();
-            match (next_wire, next_timer) {
-                (Some((i, at)), t) if at <= end && t.is_none_or(|t| at <= t) => {
-                    let (_, from, to, bytes) = self.wire.remove(i);
-                    self.now = self.now.max(at);
-                    if to == dev_addr() {
-                        self.client.handle_datagram(self.now, from, &bytes);
-                    } else if to == bs_addr() {
-                        self.bs.handle_datagram(self.now, from, &bytes);
-                    }
-                }
-                (_, Some(t)) if t <= end => {
-                    self.now = self.now.max(t);
-                    self.client.handle_timeout(self.now);
-                    self.bs.handle_timeout(self.now);
-                }
-                _ => {
-                    self.now = end;
-                    self.flush();
-                    return;
-                }
-            }
-        }
-        panic!("the simulation does not settle");
-    }
+    net.flush();
 }
 
 /// What is wrong: the module docs (src/lwm2m/client/mod.rs) promise that a lost answer
@@ -478,28 +357,16 @@ impl BsNet {
 /// server sends (keep it apart from the shared bound, or bound the cache per peer).
 #[test]
 fn a_retransmitted_finish_is_answered_after_the_management_server_sent_eight_requests() {
-    let mut net = BsNet::new();
-    net.run_until(Duration::from_secs(60), |n| {
-        n.events
-            .iter()
-            .any(|e| matches!(e, ClientEvent::Bootstrapped { .. }))
-    });
+    let mut net = bs_net();
+    net.run_until(Duration::from_secs(60), BootstrapNet::bootstrapped);
     assert!(
-        net.finish_answer_lost,
+        !net.finish_answers_lost.is_empty(),
         "the first answer to Finish was lost"
     );
     assert!(net.outcomes.is_empty(), "the bootstrap server waits for it");
     // The management server reads the device eight times (its Register was taken; the
     // test plays the server's requests), before the Finish is retransmitted.
-    for mid in 0..8u16 {
-        let mut get = Message::request(Code::GET, "/3/0/0");
-        get.mtype = MessageType::Confirmable;
-        get.message_id = 0x4100 + mid;
-        get.set_token(&[0x41, mid as u8]).unwrap();
-        net.client
-            .handle_datagram(net.now, dm_addr(), &get.to_bytes().unwrap());
-    }
-    net.flush();
+    management_reads(&mut net, 8);
     net.run_until(Duration::from_secs(300), |n| !n.outcomes.is_empty());
     assert!(
         net.finish_answers_delivered >= 1,
@@ -512,21 +379,9 @@ fn a_retransmitted_finish_is_answered_after_the_management_server_sent_eight_req
 /// of the Finish is answered from the cache and the bootstrap server sees it finish.
 #[test]
 fn control_a_retransmitted_finish_is_answered_after_a_few_requests() {
-    let mut net = BsNet::new();
-    net.run_until(Duration::from_secs(60), |n| {
-        n.events
-            .iter()
-            .any(|e| matches!(e, ClientEvent::Bootstrapped { .. }))
-    });
-    for mid in 0..3u16 {
-        let mut get = Message::request(Code::GET, "/3/0/0");
-        get.mtype = MessageType::Confirmable;
-        get.message_id = 0x4100 + mid;
-        get.set_token(&[0x41, mid as u8]).unwrap();
-        net.client
-            .handle_datagram(net.now, dm_addr(), &get.to_bytes().unwrap());
-    }
-    net.flush();
+    let mut net = bs_net();
+    net.run_until(Duration::from_secs(60), BootstrapNet::bootstrapped);
+    management_reads(&mut net, 3);
     net.run_until(Duration::from_secs(300), |n| !n.outcomes.is_empty());
     assert_eq!(net.outcomes, vec![BootstrapOutcome::Finished]);
 }

@@ -651,3 +651,57 @@ fn a_failed_download_keeps_its_uri_until_a_refused_one_replaces_it() {
     assert_eq!(h.get_text("/5/0/5"), "9");
     assert_eq!(h.get_text("/5/0/1"), "");
 }
+
+// ------------------------------------------- a pull at the size bound (dev-fix)
+
+/// A pull by a device whose `max_body` is 1,024 bytes, as `pulling` does; the package
+/// server answers the first GET with `size` bytes in one 2.05 without Block2 (a server
+/// may send a body that fits one datagram whole, RFC 7959 §2.4). Returns the packages
+/// the application was handed and /5/0/3, /5/0/5.
+fn pull_whole(size: usize) -> (Vec<Vec<u8>>, String, String) {
+    use twinhub::lwm2m::client::ClientConfig;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let fw = FirmwareUpdate::new().on_package(move |p| {
+        g.lock().unwrap().push(p.to_vec());
+        Ok(())
+    });
+    let mut config = ClientConfig::new("dev-1", client_support::server());
+    config.max_body = 1024;
+    let mut h = Harness::registered_configured(config, tree_with(fw));
+    assert_eq!(
+        h.put_text("/5/0/1", "coap://127.0.0.7:5700/fw/v2.bin").code,
+        Code::CHANGED
+    );
+    let get = h
+        .sent()
+        .into_iter()
+        .find(|m| m.code == Code::GET)
+        .expect("download GET");
+    let mut r = Message::response(Code::CONTENT);
+    r.payload = vec![0x5a; size];
+    serve_block(&mut h, &get, r);
+    let packages = got.lock().unwrap().clone();
+    (packages, h.get_text("/5/0/3"), h.get_text("/5/0/5"))
+}
+
+/// Checks: `ClientConfig::max_body` ("largest package downloaded") holds for a package
+/// pulled in one answer. Why wrong: `download_block` checked the bound only on Block2
+/// blocks; a first answer without Block2 was taken whole whatever its size, so a device
+/// configured for 1 KiB was handed a 2,000-byte package (State Downloaded). Right: past
+/// the bound the download fails with result 2 (not enough flash), as a block-wise pull
+/// past it does; at the bound the package is taken.
+/// Before the fix: the 2,000-byte package was handed over, State 2, result 0.
+#[test]
+fn a_package_pulled_whole_past_max_body_is_refused() {
+    let (packages, state, result) = pull_whole(2000);
+    assert!(
+        packages.is_empty(),
+        "handed over: {} bytes",
+        packages[0].len()
+    );
+    assert_eq!((state.as_str(), result.as_str()), ("0", "2"));
+    let (packages, state, _) = pull_whole(1024);
+    assert_eq!(packages, vec![vec![0x5a; 1024]], "at the bound it is taken");
+    assert_eq!(state, "2", "Downloaded");
+}

@@ -371,6 +371,86 @@ fn duplicate_request_is_answered_from_cache_not_reexecuted() {
     assert_eq!(*count.lock().unwrap(), 1);
 }
 
+/// A registered client whose Config object counts the Executes of /10241/0/3 it carries
+/// out, and that count.
+fn counting_executes() -> (Harness, Arc<Mutex<u32>>) {
+    let count = Arc::new(Mutex::new(0));
+    let c = count.clone();
+    let mut t = tree();
+    t.add(objects::config().on_execute(3, move |_, _| {
+        *c.lock().unwrap() += 1;
+        Ok(())
+    }));
+    (Harness::registered_with(t), count)
+}
+
+/// A CON Execute of /10241/0/3 with message id `mid`, as the server sends it.
+fn execute_with_mid(mid: u16) -> Vec<u8> {
+    let mut m = Message::request(Code::POST, "/10241/0/3");
+    m.mtype = MessageType::Confirmable;
+    m.message_id = mid;
+    m.set_token(&mid.to_be_bytes()).unwrap();
+    m.to_bytes().unwrap()
+}
+
+/// The client's answers to a datagram from the server.
+fn answers_to(h: &mut Harness, bytes: &[u8]) -> Vec<Message> {
+    h.client.handle_datagram(h.now, server(), bytes);
+    h.sent()
+}
+
+/// The duplicate cache at its bound a peer (8 answers, the module docs): after 8
+/// requests from the server, a copy of each, the oldest included, is answered from the
+/// cache and nothing runs again.
+#[test]
+fn duplicate_cache_keeps_the_last_eight_answers_of_the_server() {
+    let (mut h, count) = counting_executes();
+    let firsts: Vec<Vec<Message>> = (0..8)
+        .map(|i| answers_to(&mut h, &execute_with_mid(0x500 + i)))
+        .collect();
+    assert_eq!(*count.lock().unwrap(), 8);
+    for (i, first) in (0..8).zip(&firsts) {
+        let again = answers_to(&mut h, &execute_with_mid(0x500 + i));
+        assert_eq!(&again, first, "copy of request {i}");
+    }
+    assert_eq!(*count.lock().unwrap(), 8, "no copy was executed again");
+}
+
+/// Past the bound a peer: the 9th request from the server pushes its oldest answer out.
+/// A copy of the other 8 is still answered from the cache; a copy of the oldest is a new
+/// request again, served afresh (the Execute runs a second time), as the module docs say.
+#[test]
+fn duplicate_cache_past_eight_answers_serves_a_copy_of_the_oldest_afresh() {
+    let (mut h, count) = counting_executes();
+    for i in 0..9 {
+        let answer = answers_to(&mut h, &execute_with_mid(0x500 + i));
+        assert_eq!(answer.len(), 1);
+        assert_eq!(answer[0].code, Code::CHANGED);
+    }
+    assert_eq!(*count.lock().unwrap(), 9);
+    for i in 1..9 {
+        let again = answers_to(&mut h, &execute_with_mid(0x500 + i));
+        assert_eq!(again.len(), 1, "copy of request {i}");
+        assert_eq!(again[0].message_id, 0x500 + i);
+    }
+    assert_eq!(
+        *count.lock().unwrap(),
+        9,
+        "the 8 newest were answered from the cache"
+    );
+    let oldest = answers_to(&mut h, &execute_with_mid(0x500));
+    assert_eq!(oldest.len(), 1);
+    assert_eq!(
+        (oldest[0].mtype, oldest[0].code, oldest[0].message_id),
+        (MessageType::Acknowledgement, Code::CHANGED, 0x500)
+    );
+    assert_eq!(
+        *count.lock().unwrap(),
+        10,
+        "the oldest answer was pushed out: its copy ran again"
+    );
+}
+
 #[test]
 fn requests_from_other_addresses_are_ignored() {
     let mut h = Harness::registered();

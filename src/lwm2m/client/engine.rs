@@ -27,8 +27,9 @@ const MAX_TRANSMIT_WAIT: Duration = Duration::from_secs(93);
 const CONFIRMABLE_NOTIFY_EVERY: Duration = Duration::from_secs(24 * 3600);
 /// Cached responses for duplicate detection, a peer (the LWM2M server's and the bootstrap
 /// server's kept apart, so that the first requests of the server a device registers with
-/// do not push out the answer to a Bootstrap-Finish the bootstrap server may retransmit);
-/// twice this in all.
+/// do not push out the answer to a Bootstrap-Finish the bootstrap server may retransmit):
+/// the peer's next answer pushes out its oldest. Twice this in all: a third peer's
+/// answers push out the oldest of all (see the module docs of `lwm2m::client`).
 const DEDUP_ENTRIES: usize = 8;
 /// Registers refused or lost in a row after which a client with a bootstrap server
 /// bootstraps again (LwM2M 1.1's default sequence: 5 attempts).
@@ -71,7 +72,9 @@ pub struct ClientConfig {
     pub max_observations: usize,
     /// Block size for Block2 responses and downloads (16..=1024).
     pub block_size: usize,
-    /// Largest request body reassembled from Block1 (and largest package downloaded).
+    /// Largest request body reassembled from Block1, in bytes (past it: 4.13 with Size1),
+    /// and largest package downloaded, block-wise or in one answer (past it the download
+    /// fails with Update Result 2, not enough flash).
     pub max_body: usize,
     /// PSK credentials: when set, [`DeviceThread`](super::DeviceThread) talks to the server
     /// over DTLS 1.2 (`coaps`, `TLS_PSK_WITH_AES_128_CCM_8`). Set with
@@ -1546,8 +1549,8 @@ impl Lwm2mClient {
     /// Answers a duplicate request from the cache of recent answers; `false` when `req`
     /// is not one. A duplicate is the same message id from the same peer (RFC 7252 §4.5):
     /// the bootstrap server's and the LWM2M server's ids are their own. Entries live
-    /// EXCHANGE_LIFETIME, at most [`DEDUP_ENTRIES`] a peer and twice that in all (the
-    /// peer's oldest goes first, then the oldest of all).
+    /// EXCHANGE_LIFETIME, at most [`DEDUP_ENTRIES`] a peer and twice that in all (see
+    /// [`Self::remember_answer`]); a copy of a request whose answer is gone is `false`.
     fn replay_duplicate(&mut self, now: Instant, from: SocketAddr, req: &Message) -> bool {
         self.dedup
             .retain(|(_, _, t, _)| now.saturating_duration_since(*t) < EXCHANGE_LIFETIME);
@@ -1566,6 +1569,22 @@ impl Lwm2mClient {
             });
         }
         true
+    }
+
+    /// Keeps `answer`, the answer to `from`'s request `mid`, for [`Self::replay_duplicate`]:
+    /// at its [`DEDUP_ENTRIES`] a peer, that peer's oldest answer goes; at twice that in
+    /// all (only with a third peer: the LWM2M server a re-bootstrap moved the client away
+    /// from), the oldest of all, which is then that old server's.
+    fn remember_answer(&mut self, now: Instant, from: SocketAddr, mid: u16, answer: Vec<u8>) {
+        let own = self.dedup.iter().filter(|(peer, ..)| *peer == from).count();
+        if own >= DEDUP_ENTRIES {
+            if let Some(i) = self.dedup.iter().position(|(peer, ..)| *peer == from) {
+                self.dedup.remove(i);
+            }
+        } else if self.dedup.len() >= 2 * DEDUP_ENTRIES {
+            self.dedup.pop_front();
+        }
+        self.dedup.push_back((from, mid, now, answer));
     }
 
     fn handle_request(&mut self, now: Instant, from: SocketAddr, req: &Message) {
@@ -1588,16 +1607,7 @@ impl Lwm2mClient {
         let Ok(bytes) = resp.to_bytes() else {
             return;
         };
-        let own = self.dedup.iter().filter(|(peer, ..)| *peer == from).count();
-        if own >= DEDUP_ENTRIES {
-            if let Some(i) = self.dedup.iter().position(|(peer, ..)| *peer == from) {
-                self.dedup.remove(i);
-            }
-        } else if self.dedup.len() >= 2 * DEDUP_ENTRIES {
-            self.dedup.pop_front();
-        }
-        self.dedup
-            .push_back((from, req.message_id, now, bytes.clone()));
+        self.remember_answer(now, from, req.message_id, bytes.clone());
         // A separate (NON) response is ours and may be RST; a piggybacked one carries the
         // server's message id.
         if resp.mtype != MessageType::Acknowledgement
@@ -2720,7 +2730,11 @@ impl Lwm2mClient {
             return self.download_finished(Err(UpdateResult::IntegrityCheckFailure));
         }
         match msg.block2() {
-            // The whole package at once: only as the answer to the first request.
+            // The whole package at once: only as the answer to the first request, and
+            // within `max_body` like a block-wise one.
+            None if d.next_num == 0 && msg.payload.len() > max => {
+                self.download_finished(Err(UpdateResult::NotEnoughFlash))
+            }
             None if d.next_num == 0 => {
                 let body = msg.payload.clone();
                 self.download_finished(Ok(body));
@@ -2814,5 +2828,90 @@ fn single_numeric(content: &Content, path: &Lwm2mPath) -> Option<f64> {
     match content.values.as_slice() {
         [(p, v)] if p == path => numeric(v),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn request(mid: u16) -> Message {
+        let mut m = Message::request(Code::GET, "/3/0/0");
+        m.mtype = MessageType::Confirmable;
+        m.message_id = mid;
+        m
+    }
+
+    /// The answers the cache holds, by peer port and message id, oldest first.
+    fn cached(c: &Lwm2mClient) -> Vec<(u16, u16)> {
+        c.dedup
+            .iter()
+            .map(|(p, mid, ..)| (p.port(), *mid))
+            .collect()
+    }
+
+    /// Whether a copy of `from`'s request `mid` is answered from the cache (and the answer
+    /// queued); the queue is emptied.
+    fn replayed(c: &mut Lwm2mClient, now: Instant, from: SocketAddr, mid: u16) -> bool {
+        let hit = c.replay_duplicate(now, from, &request(mid));
+        let queued: Vec<Transmit> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        assert_eq!(queued.len(), usize::from(hit));
+        if let Some(t) = queued.first() {
+            assert_eq!(
+                (t.destination, t.payload.as_slice()),
+                (from, &[mid as u8][..])
+            );
+        }
+        hit
+    }
+
+    /// The duplicate cache's bound in all: 2 x [`DEDUP_ENTRIES`] answers. Two peers at
+    /// their bound a peer fill it; a third peer's answers (an LWM2M server the client was
+    /// moved to by a re-bootstrap, the old one still in the cache) push out the oldest
+    /// answers of all (the first peer's, one by one), never the second peer's; once the
+    /// third has its own 8, its own oldest go.
+    #[test]
+    fn duplicate_cache_bound_in_all_is_sixteen_answers() {
+        let now = Instant::now();
+        let (a, b, c) = (peer(1), peer(2), peer(3));
+        let mut client = Lwm2mClient::new(now, ClientConfig::new("d", a), ObjectTree::new());
+        for mid in 0..8u16 {
+            client.remember_answer(now, a, mid, vec![mid as u8]);
+        }
+        for mid in 100..108u16 {
+            client.remember_answer(now, b, mid, vec![mid as u8]);
+        }
+        assert_eq!(client.dedup.len(), 2 * DEDUP_ENTRIES);
+        for mid in 0..8 {
+            assert!(replayed(&mut client, now, a, mid), "a's {mid}");
+        }
+        // The third peer's first answer: the oldest of all (a's 0) goes.
+        client.remember_answer(now, c, 200, vec![200]);
+        assert_eq!(client.dedup.len(), 16);
+        assert!(!replayed(&mut client, now, a, 0), "a's oldest pushed out");
+        assert!(replayed(&mut client, now, a, 1));
+        for mid in 201..208u16 {
+            client.remember_answer(now, c, mid, vec![mid as u8]);
+        }
+        // a's answers went one by one as c's came; b kept its 8.
+        let mut expected: Vec<(u16, u16)> = (100..108).map(|m| (2, m)).collect();
+        expected.extend((200..208).map(|m| (3, m)));
+        assert_eq!(cached(&client), expected);
+        // c has its 8: its own oldest goes, b's stay.
+        client.remember_answer(now, c, 208, vec![208]);
+        assert_eq!(client.dedup.len(), 16);
+        assert!(!replayed(&mut client, now, c, 200), "c's oldest pushed out");
+        assert!(replayed(&mut client, now, c, 201));
+        for mid in 100..108 {
+            assert!(replayed(&mut client, now, b, mid), "b's {mid} stays");
+        }
+        // Each for EXCHANGE_LIFETIME only.
+        let later = now + EXCHANGE_LIFETIME;
+        assert!(!replayed(&mut client, later, b, 107));
+        assert!(client.dedup.is_empty());
     }
 }

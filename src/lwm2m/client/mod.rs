@@ -52,10 +52,22 @@
 //!   are data, and `poll_timeout` is their minimum.
 //! - **Its own small CoAP exchange layer** over the crate's codec rather than
 //!   [`coap::Endpoint`](crate::coap::Endpoint): a client talks to one server (and, while
-//!   downloading, one package server), so a handful of bounded tables suffices (8 cached
-//!   responses a peer for duplicate detection, 16 in all; one Block1 reassembly; the
-//!   outstanding requests), and an idle registered client stays near 6 KB (measured in
-//!   the `lwm2m_client` bench), so 10,000 devices fit in one process.
+//!   downloading, one package server), so a handful of bounded tables suffices (the
+//!   duplicate cache below; one Block1 reassembly; the outstanding requests), and an idle
+//!   registered client stays near 6 KB (measured in the `lwm2m_client` bench), so 10,000
+//!   devices fit in one process.
+//! - **The duplicate cache** (RFC 7252 §4.5): the answer to each request served is kept
+//!   for EXCHANGE_LIFETIME (247 s), by peer and message id, and a copy of the request
+//!   (the server retransmits when the answer is lost) gets that answer again, nothing
+//!   served twice. At most 8 answers a peer: the peer's 9th answer pushes out its own
+//!   oldest (a server with NSTART = 1, the CoAP default, retransmits only its latest
+//!   request, so the last 8 leave room for 7 more in flight); a copy of a request whose
+//!   answer was pushed out is a new request, served afresh (an Execute runs again), or
+//!   dropped if it is the bootstrap server's after it finished. At most 16 in all,
+//!   reached only with a third peer in the cache (the LWM2M server a re-bootstrap moved
+//!   the device away from, whose requests are no longer served): a new answer then
+//!   pushes out the oldest of all, that old server's (or an earlier bootstrap's), never
+//!   one of the current server or of the last bootstrap.
 //! - **Only the server may ask.** Requests from any address but the configured server's
 //!   are dropped; Security /0 answers 4.01 and is left out of the registration.
 //! - **Notifications are NON** by default, each with a fresh message id, except one CON

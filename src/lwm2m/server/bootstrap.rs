@@ -25,8 +25,14 @@
 //! A Finish whose answer is lost is retransmitted like any request, and a client that
 //! already left for its LWM2M server answers the copy from its duplicate cache (the
 //! crate's device library does, also over DTLS), so one answer getting through ends the
-//! session finished; a Finish that times out (no answer got through) is reported failed,
-//! although the device may have applied it and registered.
+//! session finished. When this server is also the LWM2M server the device was given (a
+//! hub that hosts both), an accepted Register of the session's endpoint while its Finish
+//! is out counts as the Finish's answer: a device registers only once it applied the
+//! Finish, so the session ends finished (reported before the registration) and the
+//! Finish is not sent again, even if every answer to it was lost. Otherwise a Finish
+//! that times out (no answer got through) is reported failed, as in Leshan's bootstrap
+//! session, although the device may have applied it and registered elsewhere: this
+//! server cannot tell.
 //!
 //! Bounds: at most [`MAX_BOOTSTRAP_SESSIONS`] sessions at once (a request beyond them is
 //! answered 5.03 and nothing starts; the device retries later); a new request from an
@@ -433,6 +439,28 @@ impl Lwm2mServer {
             return self.end_bootstrap(peer, Ok(()));
         }
         self.next_bootstrap_step(now, peer);
+    }
+
+    /// A Register of `endpoint` was accepted here: a session of that endpoint whose
+    /// Finish is out but unanswered ends finished (the device only registers once it
+    /// applied the Finish; its answers were lost), and the Finish is not sent again.
+    pub(super) fn bootstrap_registered(&mut self, now: Instant, endpoint: &str) {
+        let Some(peer) = self.bootstraps.sessions.iter().find_map(|(peer, s)| {
+            let finishing = matches!(s.current, Some((_, Step::Finish)));
+            (finishing && s.endpoint == endpoint).then_some(*peer)
+        }) else {
+            return;
+        };
+        if let Some((rid, _)) = self
+            .bootstraps
+            .sessions
+            .get_mut(&peer)
+            .and_then(|s| s.current.take())
+        {
+            self.bootstraps.by_request.remove(&rid);
+            self.endpoint.forget_request(now, rid);
+        }
+        self.end_bootstrap(peer, Ok(()));
     }
 
     fn end_bootstrap(&mut self, peer: SocketAddr, result: Result<(), String>) {

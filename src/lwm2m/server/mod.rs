@@ -953,6 +953,7 @@ impl Lwm2mServer {
         self.by_reg_id.insert(reg_id, slot);
         self.timers
             .push(Reverse((expires, Timer::Expiry { slot, generation })));
+        self.bootstrap_registered(now, &info.endpoint);
         self.events.push_back(DeviceEvent::Registered {
             device,
             registration: info,
