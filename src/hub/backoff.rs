@@ -31,25 +31,33 @@ use std::time::{Duration, Instant};
 pub const MAX_HELD_NOTIFICATIONS: usize = 65_536;
 
 /// Device events other than notifications the hub holds (registrations, updates,
-/// de-registrations and expiries, answers to operations and time-outs, and
-/// [`DeviceEvent::Sent`]s: the transport emits one at most for each operation the hub
-/// submitted, so they come no faster than the hub's own operations); one arriving at the
-/// bound is dropped and counted like a notification, except a de-registration or an
-/// expiry (see [`MAX_HELD_OFFLINE`]). A `Sent` for an operation no one tracks any more (a
-/// job child that ended, the hub's own operations) takes a place here like any event,
-/// and nothing beyond it: neither the hub nor the job engine keeps anything for it. What
-/// is lost when an event is dropped: a registration or update is made good at
-/// the device's next Update (an Update under a registration id the twin does not hold is
-/// applied as that registration; a device the hub has no sync observations for is
-/// observed afresh); a job's answer lets its child time out and
-/// retry; a sync observation's answer is observed again at the next Update; a `Sent`
-/// leaves the job engine counting its operation as still queued at the transport, so
-/// the operation's answer counts as the `Sent` (an answer is the proof), a registration
-/// before that answer proves nothing for it, and should the transport time it out, the
-/// engine takes it for a request that never left and sends it again (within
-/// `max_resends`): a reboot's or factory reset's Execute among them may then be carried
-/// out twice (not a firmware Execute of Update: the engine reads the device's State
-/// before it executes Update again).
+/// de-registrations and expiries, answers to operations and time-outs); one arriving at
+/// the bound is dropped and counted like a notification, except a de-registration or an
+/// expiry (see [`MAX_HELD_OFFLINE`]) and a [`DeviceEvent::Sent`] (below). What is lost
+/// when an event is dropped: a registration or update is made good at the device's next
+/// Update (an Update under a registration id the twin does not hold is applied as that
+/// registration; a device the hub has no sync observations for is observed afresh); a
+/// job's answer lets its child time out and retry; a sync observation's answer is
+/// observed again at the next Update.
+///
+/// A `Sent` carries no twin change but must not be lost: without it the job engine
+/// counts its operation as still queued at the transport, and should the transport then
+/// time the operation out (its answer lost), the engine takes it for a request that
+/// never left and sends it again: a reboot's or factory reset's Execute would be carried
+/// out twice. Nor may it be handed to the engine ahead of the events held before it (a
+/// registration held before it is no proof of the reboot; after it, it is). So a `Sent`
+/// the job engine waits for is held in its place among the events, outside this bound:
+/// at most one for each operation the engine waits a `Sent` for, which is one for each
+/// job child in progress (each has at most one operation). Should it go through
+/// [`MAX_TRIES`] failed commits, every event held before it did too and was dropped, and
+/// it is handed to the engine at once instead of being dropped. A `Sent` no one waits
+/// for (the hub's own operations, a job child that ended or moved on) is not held at
+/// all: applying it would change nothing (nor does an engine rebuilt from the store
+/// later wait for it: it only takes over the waits of the engine it replaces), and it is
+/// not counted as dropped. Held events are lost when the hub stops: a `Sent` among them
+/// is then not in the store, and the restarted engine sends the Execute again (see the
+/// job engine's restore rules); the window for that is the store's outage, not only
+/// the moment between a `Sent` and its commit.
 pub const MAX_HELD_EVENTS: usize = 65_536;
 
 /// Devices whose de-registration or expiry arrived with [`MAX_HELD_EVENTS`] reached: the
@@ -81,6 +89,9 @@ pub(crate) struct HeldEvents {
     /// `marks[i]`: what is known of `events[i]`.
     marks: Vec<HeldMark>,
     notifications: usize,
+    /// [`DeviceEvent::Sent`]s in `events` held outside the bound on other events (see
+    /// [`MAX_HELD_EVENTS`]).
+    sents: usize,
     /// The newest de-registration or expiry of each device that arrived past
     /// [`MAX_HELD_EVENTS`] (see [`MAX_HELD_OFFLINE`]); newer than every event of the
     /// device in `events`, so applied after them.
@@ -104,6 +115,7 @@ impl Default for HeldEvents {
             events: Vec::new(),
             marks: Vec::new(),
             notifications: 0,
+            sents: 0,
             offline: IndexMap::new(),
         }
     }
@@ -123,7 +135,7 @@ impl HeldEvents {
         let full = if note {
             self.notifications >= self.bounds.0
         } else {
-            self.events.len() - self.notifications >= self.bounds.1
+            self.events.len() - self.notifications - self.sents >= self.bounds.1
         };
         if mark.tries >= MAX_TRIES {
             return Some(event);
@@ -155,6 +167,25 @@ impl HeldEvents {
         None
     }
 
+    /// Holds `sent`, a [`DeviceEvent::Sent`] the job engine waits for, behind those held
+    /// and outside the bound on other events (see [`MAX_HELD_EVENTS`]); gives it back when
+    /// it went through [`MAX_TRIES`] failed commits (the caller hands it to the engine).
+    #[must_use]
+    pub(crate) fn hold_awaited_sent(
+        &mut self,
+        sent: DeviceEvent,
+        mark: HeldMark,
+    ) -> Option<DeviceEvent> {
+        debug_assert!(matches!(sent, DeviceEvent::Sent { .. }));
+        if mark.tries >= MAX_TRIES {
+            return Some(sent);
+        }
+        self.sents += 1;
+        self.events.push(sent);
+        self.marks.push(mark);
+        None
+    }
+
     /// Moves every held event, oldest first, in front of `batch` (the newer events,
     /// never tried, which arrived at `now`), and returns the mark of each event of the
     /// batch.
@@ -180,6 +211,7 @@ impl HeldEvents {
             std::mem::swap(&mut self.events, batch);
         }
         self.notifications = 0;
+        self.sents = 0;
         marks
     }
 
@@ -187,6 +219,7 @@ impl HeldEvents {
     pub(crate) fn take_all(&mut self) -> Vec<DeviceEvent> {
         self.marks.clear();
         self.notifications = 0;
+        self.sents = 0;
         let mut events = std::mem::take(&mut self.events);
         events.extend(self.offline.drain(..).map(|(_, (event, _))| event));
         events
@@ -439,7 +472,9 @@ mod tests {
     /// bounds: each device's lifecycle events are applied in the order they arrived,
     /// none twice; every event neither dropped nor superseded is applied; with fewer
     /// failed commits than `MAX_TRIES` (and room for every device past the bound), the
-    /// last de-registration of a device is never lost.
+    /// last de-registration of a device is never lost; a `Sent` the job engine waits for
+    /// is never dropped at a bound (only after `MAX_TRIES`, when the hub hands it to the
+    /// engine) and is applied in its place among the other events.
     mod model {
         use super::*;
         use proptest::prelude::*;
@@ -453,7 +488,7 @@ mod tests {
 
         fn op() -> impl Strategy<Value = Op> {
             prop_oneof![
-                5 => (0u8..2, 0u8..4).prop_map(|(d, k)| Op::Arrive(d, k)),
+                5 => (0u8..2, 0u8..5).prop_map(|(d, k)| Op::Arrive(d, k)),
                 3 => Just(Op::Fail),
                 1 => Just(Op::Commit),
             ]
@@ -468,6 +503,11 @@ mod tests {
                     device,
                     op: crate::transport::OpId(1),
                 },
+                // A `Sent` the job engine waits for.
+                4 => DeviceEvent::Sent {
+                    device,
+                    op: crate::transport::OpId(2),
+                },
                 _ => {
                     let path = crate::Lwm2mPath::resource(3, 0, 9);
                     DeviceEvent::Notification {
@@ -478,6 +518,20 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// Holds `e` as the hub does: a `Sent` (one the engine waits for, here) outside
+        /// the bound on events.
+        fn hold(held: &mut HeldEvents, e: DeviceEvent, m: HeldMark) -> Option<DeviceEvent> {
+            if matches!(e, DeviceEvent::Sent { .. }) {
+                held.hold_awaited_sent(e, m)
+            } else {
+                held.hold(e, m)
+            }
+        }
+
+        fn is_sent(e: &DeviceEvent) -> bool {
+            matches!(e, DeviceEvent::Sent { .. })
         }
 
         /// `Some(true)`: online, `Some(false)`: offline, `None`: not lifecycle.
@@ -514,7 +568,8 @@ mod tests {
                             let idx = arrived.len() as u64;
                             arrived.push(event(d, k));
                             let mark = HeldMark { tries: 0, arrived: Timestamp::from_millis(idx) };
-                            if held.hold(event(d, k), mark).is_some() {
+                            if hold(&mut held, event(d, k), mark).is_some() {
+                                prop_assert!(k != 4, "a Sent dropped at a bound");
                                 dropped.insert(idx);
                             }
                         }
@@ -524,7 +579,12 @@ mod tests {
                             let marks = held.take_before(&mut batch, Timestamp::from_millis(0));
                             for (e, m) in batch.into_iter().zip(marks) {
                                 let m = HeldMark { tries: m.tries + 1, ..m };
-                                if held.hold(e, m).is_some() {
+                                let sent = is_sent(&e);
+                                if hold(&mut held, e, m).is_some() {
+                                    prop_assert!(
+                                        !sent || m.tries >= MAX_TRIES,
+                                        "a Sent dropped before its tries were up"
+                                    );
                                     dropped.insert(m.arrived.as_millis());
                                 }
                             }
@@ -532,6 +592,27 @@ mod tests {
                         Op::Commit => {
                             let mut batch = Vec::new();
                             let marks = held.take_before(&mut batch, Timestamp::from_millis(0));
+                            // A `Sent` is applied in its place: after every event that
+                            // arrived before it, except a de-registration kept past the
+                            // bound (applied after the events held), and before every
+                            // event that arrived after it.
+                            let order: Vec<u64> = marks.iter().map(|m| m.arrived.as_millis()).collect();
+                            for (j, e) in batch.iter().enumerate() {
+                                if !is_sent(e) {
+                                    continue;
+                                }
+                                for (i, other) in batch.iter().enumerate() {
+                                    let before = order[i] < order[j];
+                                    if i < j {
+                                        prop_assert!(before, "event {} applied before the Sent {}", order[i], order[j]);
+                                    } else if i > j && before {
+                                        prop_assert!(
+                                            matches!(other, DeviceEvent::Deregistered { .. }),
+                                            "event {} applied after the later Sent {}", order[i], order[j]
+                                        );
+                                    }
+                                }
+                            }
                             for (e, m) in batch.iter().zip(marks) {
                                 let idx = m.arrived.as_millis();
                                 prop_assert!(applied.insert(idx), "event {idx} applied twice");

@@ -10,6 +10,16 @@
 //!    so indexes and the change feed move with it;
 //! 2. the job engine, whose operations go straight back to the transport.
 //!
+//! **`lastActivityTime`** moves only with what the device itself sent (its last sign of life):
+//! a registration or update, a notification or LwM2M Send, an answer to an operation
+//! (an error code and a CoAP Reset included). Not with a failure the transport reports
+//! without hearing from the device: not registered, queue full, registration ended, a
+//! time-out, nor an undecodable payload ([`DeviceError::BadPayload`]) before the
+//! request left (the transport could not encode or send it). With a transport that
+//! reports [`DeviceEvent::Sent`] a `BadPayload` after the operation's `Sent` is the
+//! device's undecodable answer and counts; with one that does not, the hub cannot tell
+//! the two apart and counts neither.
+//!
 //! **Property sync.** When a device registers, the hub sets notification attributes
 //! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
 //! announced, and observes them; the first answer and every notification become device
@@ -375,6 +385,16 @@ struct Inner {
     engine_heard: Mutex<Option<(u64, u64)>>,
     /// The [`DeviceRequest::EndRegistration`]s sent lately (see [`SentEnds`]).
     ends_sent: Mutex<SentEnds>,
+    /// With a transport that reports [`DeviceEvent::Sent`]: the operations whose `Sent`
+    /// came (noted as it arrives: the transport's fact, whatever becomes of the batch)
+    /// and whose answer or time-out is not yet applied in a committed batch, nor dropped.
+    /// A [`DeviceError::BadPayload`] answer to one of them is the device's (it answered,
+    /// undecodably); one to any other is the transport's own (it could not encode or
+    /// send the request, which never left): only the first is activity (see `apply`).
+    /// One entry per operation that left and is not yet answered: at most the operations
+    /// the transport holds in flight (each transport bounds them, the LWM2M server at
+    /// 65,536 requests), plus those whose answer the hub holds while its store fails.
+    left: Mutex<FxHashSet<OpId>>,
     /// Requests of [`Hub::request`] waiting for their answers.
     waiting: Arc<Waiting>,
     /// The hub's own sync observations (only the hub thread touches it).
@@ -565,6 +585,7 @@ impl Hub {
             backoff: Mutex::default(),
             engine_heard: Mutex::new(None),
             ends_sent: Mutex::default(),
+            left: Mutex::default(),
             waiting: Arc::default(),
             synced: Mutex::new(HashMap::new()),
             #[cfg(feature = "dtls")]
@@ -1225,6 +1246,7 @@ impl Inner {
                 Ok(event) => {
                     batch.push(event);
                     batch.extend(events.try_iter().take(MAX_BATCH - 1));
+                    self.note_left(&batch);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -1271,8 +1293,21 @@ impl Inner {
     /// Keeps a device event for the hub's next try at committing it (after a failed
     /// commit, or once it stops backing off), within the bounds of [`backoff`] (past them
     /// it is [`dropped`](Self::dropped)). An answer to a [`Hub::request`] is handed over
-    /// now: it needs no commit.
+    /// now: it needs no commit. A [`DeviceEvent::Sent`] is held only when the job engine
+    /// waits for it, and then outside the bound on events (see
+    /// [`backoff::MAX_HELD_EVENTS`]); past [`backoff::MAX_TRIES`] it goes to the engine.
     fn hold(&self, held: &mut backoff::HeldEvents, event: DeviceEvent, mark: backoff::HeldMark) {
+        if let DeviceEvent::Sent { op, .. } = &event {
+            let mut jobs = lock(&self.jobs);
+            if jobs.awaits_sent(*op)
+                && let Some(sent) = held.hold_awaited_sent(event, mark)
+            {
+                // Every event held before it went through as many failed commits and was
+                // dropped: it is next in line.
+                jobs.handle_event(Instant::now(), &sent);
+            }
+            return;
+        }
         match &event {
             DeviceEvent::Response { op, result, .. } => {
                 self.op_times.finished(op.0);
@@ -1293,10 +1328,42 @@ impl Inner {
         }
     }
 
+    /// Notes the operations whose [`DeviceEvent::Sent`] is in `batch`, just received
+    /// (see `Inner::left`).
+    fn note_left(&self, batch: &[DeviceEvent]) {
+        if !self.link.reports_sent() {
+            return;
+        }
+        let mut sent = batch.iter().filter_map(|e| match e {
+            DeviceEvent::Sent { op, .. } => Some(*op),
+            _ => None,
+        });
+        if let Some(first) = sent.next() {
+            let mut left = lock(&self.left);
+            left.insert(first);
+            left.extend(sent);
+        }
+    }
+
+    /// Forgets the operations answered (or timed out) in `batch`, now committed or
+    /// dropped (see `Inner::left`).
+    fn forget_left<'a>(&self, batch: impl IntoIterator<Item = &'a DeviceEvent>) {
+        let mut left = lock(&self.left);
+        if left.is_empty() {
+            return;
+        }
+        for event in batch {
+            if let DeviceEvent::Response { op, .. } | DeviceEvent::TimedOut { op, .. } = event {
+                left.remove(op);
+            }
+        }
+    }
+
     /// Counts a device event dropped unapplied; a sync observation it answered counts as
     /// gone (observed again at the device's next Update).
     fn dropped(&self, event: &DeviceEvent) {
         self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
+        self.forget_left([event]);
         if let DeviceEvent::Response { device, op, .. }
         | DeviceEvent::TimedOut { device, op }
         | DeviceEvent::ObservationEnded { device, op, .. } = event
@@ -1833,6 +1900,9 @@ impl Inner {
         let swept = self.sweep_auto_provisioned(now, &mut jobs, &mut reg, &mut ends);
         let committed = self.commit_events(&mut jobs, &mut reg);
         if committed {
+            // Applied for good: a failed commit would have them applied again, and a
+            // `BadPayload` among them would still have to find its `Sent`.
+            self.forget_left(batch);
             // Before readers see the removals: a twin gone no longer counts.
             for device in &swept {
                 self.provisioned.forget(device);
@@ -2123,13 +2193,21 @@ impl Inner {
                     }
                 }
                 // A failure the transport made up (not registered, queue full, the
-                // registration ended) is not the device being heard from.
-                if !matches!(
-                    result,
-                    Err(DeviceError::NotRegistered
+                // registration ended) is not the device being heard from; nor is an
+                // undecodable payload before the request left (the transport could not
+                // encode or send it): with a transport that reports `Sent`, one after it
+                // is the device's answer; with one that does not, the hub cannot tell,
+                // and counts only what is surely the device's.
+                let heard = match result {
+                    Err(
+                        DeviceError::NotRegistered
                         | DeviceError::QueueFull
-                        | DeviceError::RegistrationEnded)
-                ) {
+                        | DeviceError::RegistrationEnded,
+                    ) => false,
+                    Err(DeviceError::BadPayload(_)) => lock(&self.left).contains(op),
+                    _ => true,
+                };
+                if heard {
                     let _ = reg.set_last_activity(device.as_str(), at);
                 }
             }

@@ -417,8 +417,9 @@ pub(crate) struct Child {
     /// Not stored: a restored child re-synchronises anyway.
     execute_after_restart: bool,
     /// This attempt's firmware Execute of Update was handed over and neither its `Sent`
-    /// nor its answer reached the engine (the `Sent` dropped at the hub's held-events
-    /// bound, or not committed before a restart; the answer lost): it may have been
+    /// nor its answer reached the engine (the `Sent` not committed before a restart, or
+    /// still held by the hub, its store failing, when it stopped; the answer lost): it
+    /// may have been
     /// carried out. The device's State decides (see `firmware_content`): Updating, or
     /// Idle with Update Result 1, is the update under way or done, never a reason to
     /// write the package again. Not stored: a restored child sets it again from its step.
@@ -449,6 +450,9 @@ struct Settled {
     step: u8,
     /// The child's `execute_after_restart` when the operation was answered or given up.
     execute_after_restart: bool,
+    /// Still queued at the transport (no `Sent` nor answer came) when it was given up:
+    /// the engine that takes it over waits for its `Sent`.
+    queued: bool,
 }
 
 /// What the job engine knows of one device's registration.
@@ -849,7 +853,7 @@ impl JobEngine {
                     {
                         self.on_sent(now, c);
                     }
-                    self.note_settled(*op, c);
+                    self.note_settled(*op, c, false);
                     self.children[c as usize].op = None;
                     self.on_response(now, c, result);
                 }
@@ -858,7 +862,7 @@ impl JobEngine {
                 if let Some(c) = self.ops.remove(op) {
                     // Timed out in the transport's queue: it never left.
                     let never_sent = self.unsent.remove(op);
-                    self.note_settled(*op, c);
+                    self.note_settled(*op, c, false);
                     self.children[c as usize].op = None;
                     self.on_op_timeout(now, c, never_sent);
                 }
@@ -1144,8 +1148,8 @@ impl JobEngine {
     }
 
     /// Remembers that `op`, of a step `adopt_executes` takes over, was answered or given
-    /// up (see `settled`).
-    fn note_settled(&mut self, op: OpId, c: u32) {
+    /// up (see `settled`); `queued`: given up while still queued at the transport.
+    fn note_settled(&mut self, op: OpId, c: u32, queued: bool) {
         let child = &self.children[c as usize];
         if self.journal.is_some() && self.adoptable(c, child.step) {
             self.settled.push(Settled {
@@ -1154,6 +1158,7 @@ impl JobEngine {
                 attempt: child.attempt,
                 step: child.step,
                 execute_after_restart: child.execute_after_restart,
+                queued,
             });
         }
     }
@@ -1230,6 +1235,7 @@ impl JobEngine {
                 attempt: old.attempt,
                 step: old.step,
                 execute_after_restart: old.execute_after_restart,
+                queued: earlier.unsent.contains(&op),
             })
         });
         let mut adopted: Vec<Settled> = earlier
@@ -1255,8 +1261,7 @@ impl JobEngine {
                         (new.state == ChildState::InProgress && new.flags & FLAG_EXECUTE_SENT != 0)
                             || (new.state == ChildState::WaitingForDevice
                                 && new.step == 0
-                                && (earlier.unsent.contains(&op)
-                                    || new.flags & FLAG_EXECUTE_SENT != 0)
+                                && (s.queued || new.flags & FLAG_EXECUTE_SENT != 0)
                                 && !is_offline(&self.devices, &new.device))
                     }
                     // Restored waiting for its device at the step of the operation: the
@@ -1294,7 +1299,7 @@ impl JobEngine {
             // The restore's wait for a registration no longer applies.
             child.next_poll = None;
             self.ops.insert(op, c);
-            if earlier.unsent.contains(&op) {
+            if s.queued {
                 // Still queued at the transport: its `Sent` starts the timeout.
                 self.unsent.insert(op);
             } else {
@@ -1388,6 +1393,16 @@ impl JobEngine {
     /// operations it never waits for (a cancelled observation).
     pub fn is_outstanding(&self, op: OpId) -> bool {
         self.ops.contains_key(&op)
+    }
+
+    /// Whether the engine waits for the [`DeviceEvent::Sent`] of `op` (an operation of a
+    /// child in progress, handed to a transport that reports `Sent`, neither its `Sent`
+    /// nor its answer taken yet). At most one such operation per child in progress. An
+    /// engine rebuilt after a failed commit waits only for what the one it replaced
+    /// waited for (it takes those waits over), so a `Sent` no engine waits for changes
+    /// nothing, now or later.
+    pub(crate) fn awaits_sent(&self, op: OpId) -> bool {
+        self.unsent.contains(&op)
     }
 
     // ---- poll_* ----
@@ -1816,10 +1831,11 @@ impl JobEngine {
         if to != ChildState::InProgress {
             if let Some(op) = self.children[c as usize].op.take() {
                 self.ops.remove(&op);
-                self.unsent.remove(&op);
+                let queued = self.unsent.remove(&op);
                 // Its answer may still come in a batch applied again (a cancellation
-                // whose commit failed): a rebuilt engine takes it over.
-                self.note_settled(op, c);
+                // whose commit failed): a rebuilt engine takes it over, still waiting
+                // for its `Sent` if it was queued at the transport.
+                self.note_settled(op, c, queued);
             }
             self.children[c as usize].next_poll = None;
         }

@@ -24,6 +24,9 @@ pub struct Script {
     pub submitted: Vec<DeviceOp>,
     /// Every operation is answered at once with `NotRegistered` (the device went away).
     pub away: bool,
+    /// The transport says it reports [`DeviceEvent::Sent`] (read once, as the hub
+    /// starts): the test pushes each `Sent` itself.
+    pub reports_sent: bool,
 }
 
 /// The transport over a shared [`Script`].
@@ -47,6 +50,9 @@ impl Transport for Scripted {
     fn handle_timeout(&mut self, _: Instant) {}
     fn poll_timeout(&self) -> Option<Instant> {
         None
+    }
+    fn reports_sent(&self) -> bool {
+        self.0.lock().unwrap().reports_sent
     }
 }
 

@@ -22,9 +22,10 @@
 //!   transport that reports `DeviceEvent::Sent`, "sent" means its `Sent` (or answer) was
 //!   recorded: an Execute handed over whose `Sent` was not is sent again, since the
 //!   transport's queue (where a sleeping device's request waits, maybe for hours) did not
-//!   survive the restart, and only a restart in the moment between its transmission and
-//!   the commit of its `Sent` makes that a second reboot (the other choice, counting it
-//!   as sent, would report a reboot that never happened);
+//!   survive the restart, and only a restart between its transmission and the commit of
+//!   its `Sent` makes that a second reboot (a moment, or as long as the hub's store
+//!   failed and the hub held its events) (the other choice, counting it as sent, would
+//!   report a reboot that never happened);
 //! - a firmware update re-synchronises from the device's `/5/0` (State and Update
 //!   Result) and, once the update ran, checks the version in `/3/0/3`: a download is
 //!   written again only if the device lost it, Update is executed only on a Downloaded

@@ -1,0 +1,180 @@
+//! A [`DeviceEvent::Sent`] the job engine waits for, while the hub holds device events
+//! (its store failing): it must reach the engine, in its place among the device's
+//! events, whatever the bound on held events ([`MAX_HELD_EVENTS`]). Before, it was
+//! dropped at that bound like any event: the engine kept the reboot's Execute for one
+//! still queued at the transport, and when the transport then timed the Execute out (its
+//! answer lost), the engine sent it again: a second reboot. And an Execute still queued
+//! at the transport when a failed commit rebuilds the engine is taken back, never sent
+//! a second time beside it.
+//!
+//! [`MAX_HELD_EVENTS`]: twinhub::hub::backoff::MAX_HELD_EVENTS
+#![cfg(all(feature = "fuzzing", feature = "memory-fleet"))]
+
+mod hub_support;
+
+use hub_support::*;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use twinhub::DeviceId;
+use twinhub::hub::{Hub, HubConfig};
+use twinhub::job::{EngineConfig, JobId, JobSpec, JobType};
+use twinhub::store::SharedStore;
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
+
+fn is_execute(op: &DeviceOp) -> bool {
+    matches!(op.request, DeviceRequest::Execute { .. })
+}
+
+/// A durable hub (sync off) over a scripted transport that reports `Sent`, where `pump`
+/// registered and a reboot job's Execute was handed over and is durable (its `Sent`
+/// not pushed yet).
+fn reboot_handed_over(
+    pump: &DeviceId,
+) -> (
+    Hub,
+    SharedStore,
+    Arc<Mutex<Script>>,
+    tempfile::TempDir,
+    DeviceOp,
+) {
+    let config = HubConfig {
+        sync: None,
+        jobs: EngineConfig {
+            // Longer than the test: the wait for the reboot's registration never ends it.
+            reboot_wait: Duration::from_secs(600),
+            ..EngineConfig::default()
+        },
+        ..HubConfig::default()
+    };
+    let (store, registry, config, dir) = durable_store(&[pump], config);
+    let script = Arc::new(Mutex::new(Script {
+        reports_sent: true,
+        ..Script::default()
+    }));
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
+    register(&hub, &script, pump);
+    hub.create_job(JobSpec::new(
+        JobId::new("rb").unwrap(),
+        JobType::Reboot {
+            wait_for_registration: false,
+        },
+        vec![pump.clone()],
+    ))
+    .unwrap();
+    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
+    wait_committed(&hub, &store, "the Execute is durable");
+    std::thread::sleep(Duration::from_millis(100));
+    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    (hub, store, script, dir, execute)
+}
+
+/// The Execute leaves (`Sent`) while the hub backs off from a failing store with `fill`
+/// other events held before it; the store recovers; the Execute's answer is lost and the
+/// transport times it out. Returns the Executes the hub sent and the events it dropped.
+fn reboot_sent_while_held(fill: usize) -> (usize, u64) {
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir, execute) = reboot_handed_over(&pump);
+    store.lock().fail_commits(u32::MAX);
+    push(&script, battery_level(&pump, 1));
+    wait_until("the backoff", || hub.metrics().failed_commits >= 2);
+    {
+        // Answers the transport gave up on, for a device the hub does not know: held
+        // like any event (nothing repeats them).
+        let ghost = DeviceId::new("ghost").unwrap();
+        let mut s = script.lock().unwrap();
+        s.events.extend((0..fill).map(|i| DeviceEvent::TimedOut {
+            device: ghost.clone(),
+            op: OpId(1_000_000 + i as u64),
+        }));
+        s.events.push_back(DeviceEvent::Sent {
+            op: execute.id,
+            device: pump.clone(),
+        });
+    }
+    wait_until("everything taken", || {
+        script.lock().unwrap().events.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let dropped = hub.stats().dropped_events;
+    store.lock().fail_commits(0);
+    wait_held_applied(&hub, &store);
+    // The Execute's answer is lost: the transport gives up on it.
+    let events_before = hub.stats().events;
+    push(
+        &script,
+        DeviceEvent::TimedOut {
+            op: execute.id,
+            device: pump.clone(),
+        },
+    );
+    wait_until("the time-out applied", || {
+        hub.stats().events > events_before
+    });
+    wait_committed(&hub, &store, "the time-out's commit");
+    std::thread::sleep(Duration::from_millis(200));
+    let executes = job_ops(&script).iter().filter(|o| is_execute(o)).count();
+    hub.stop();
+    (executes, dropped)
+}
+
+#[test]
+fn control_a_reboot_execute_sent_while_few_events_are_held_is_never_sent_twice() {
+    assert_eq!(reboot_sent_while_held(10), (1, 0));
+}
+
+#[test]
+fn a_reboot_execute_sent_at_the_held_events_bound_is_never_sent_twice() {
+    let (executes, dropped) = reboot_sent_while_held(twinhub::hub::backoff::MAX_HELD_EVENTS);
+    assert_eq!(
+        executes,
+        1,
+        "the Execute's Sent came while {} events were held ({dropped} dropped): the \
+         Execute was sent again after its time-out, a second reboot",
+        twinhub::hub::backoff::MAX_HELD_EVENTS
+    );
+    assert_eq!(dropped, 0, "no event was past a bound but the Sent");
+}
+
+/// A reboot whose Execute is still queued at the transport (no `Sent` yet) is cancelled
+/// (`Abandon`), and the cancellation's commit fails: the job engine is rebuilt from the
+/// store, where the child is still in progress. The rebuilt engine must take the queued
+/// Execute back (its `Sent` and answer count when they come) rather than send a second
+/// one beside it: both would reach the device, two reboots. Before, the cancellation had
+/// forgotten that the Execute was queued, so the rebuilt engine took it for one that left
+/// unanswered, did not take it back, and resumed the child with a new Execute.
+#[test]
+fn a_queued_reboot_execute_whose_cancellation_failed_to_commit_is_not_sent_twice() {
+    use twinhub::job::{CancelMode, SpecError};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir, execute) = reboot_handed_over(&pump);
+    let job = JobId::new("rb").unwrap();
+    store.lock().fail_next_commit();
+    assert!(matches!(
+        hub.cancel_job(&job, CancelMode::Abandon),
+        Err(SpecError::NotDurable { .. })
+    ));
+    // The rebuilt engine resumes what it resumes with the hub's next batch.
+    push(&script, battery_level(&pump, 1));
+    wait_committed(&hub, &store, "the notification's commit");
+    std::thread::sleep(Duration::from_millis(200));
+    let executes = || job_ops(&script).iter().filter(|o| is_execute(o)).count();
+    assert_eq!(
+        executes(),
+        1,
+        "a second Execute was sent beside the one still queued"
+    );
+    // The queued Execute leaves and is answered: the job completes on it.
+    push(
+        &script,
+        DeviceEvent::Sent {
+            op: execute.id,
+            device: pump.clone(),
+        },
+    );
+    answer_done(&script, &pump, &execute);
+    wait_until("the job's end", || {
+        hub.job_statistics(&job).unwrap().succeeded == 1
+    });
+    assert_eq!(executes(), 1);
+    hub.stop();
+}
