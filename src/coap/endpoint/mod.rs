@@ -1055,6 +1055,67 @@ impl Endpoint {
         }
     }
 
+    /// The request of ours (client role) that the datagram `bytes`, which this endpoint
+    /// gave out for `peer`, carries: for a driver whose layer could not send it (a DTLS
+    /// session gone), so that the application can take the request back. `None` for
+    /// anything else (a response, an ACK, a request no longer in progress).
+    pub fn request_of(&self, peer: SocketAddr, bytes: &[u8]) -> Option<RequestId> {
+        let (&first, rest) = bytes.split_first()?;
+        let (&code, rest) = rest.split_first()?;
+        let tkl = usize::from(first & 0x0f);
+        // Version 1, CON or NON, a request code (class 0, not empty).
+        if first >> 6 != 1 || (first >> 4) & 3 > 1 || code >> 5 != 0 || code == 0 {
+            return None;
+        }
+        let token = Token::from_slice(rest.get(2..2 + tkl)?)?;
+        self.by_token.get(&(peer, token)).copied()
+    }
+
+    /// Takes a datagram from `peer` that the application chose not to process: a
+    /// notification [`observation_elsewhere`](Endpoint::observation_elsewhere) found
+    /// from an address the application does not trust for it (the LWM2M server: one the
+    /// device's registration left, the datagram late across a NAT rebinding). A CON
+    /// message is acknowledged (an empty ACK, remembered for its duplicates like any
+    /// CON's reply; a duplicate of one already answered gets that answer again) so that
+    /// its sender stops retransmitting it; anything else is dropped. No RST (on which
+    /// the device would drop the observation, RFC 7641 §3.6) and no event.
+    pub fn acknowledge_and_drop(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+        self.expire(now);
+        let Ok(msg) = Message::decode(bytes) else {
+            return;
+        };
+        if msg.mtype != MessageType::Confirmable || msg.code.is_empty() {
+            return;
+        }
+        if !self.admit_peer(peer) {
+            return;
+        }
+        let key = (peer, msg.message_id);
+        if let Some(d) = self.dedup.get(&key) {
+            if d.token == msg.token() {
+                match &d.reply {
+                    Reply::Nothing => {}
+                    Reply::EmptyAck => self.send_empty(peer, MessageType::Acknowledgement, key.1),
+                    Reply::Bytes(b) => {
+                        let payload = b.clone();
+                        self.transmits.push_back(Transmit {
+                            destination: peer,
+                            payload,
+                        });
+                    }
+                }
+                self.gc_peer(peer);
+                return;
+            }
+            let stamp = d.stamp;
+            self.remove_dedup(peer, msg.message_id, stamp);
+        }
+        self.insert_dedup(now, peer, msg.message_id, msg.token(), true);
+        self.send_empty(peer, MessageType::Acknowledgement, msg.message_id);
+        self.set_dedup_reply(peer, msg.message_id, Reply::EmptyAck);
+        self.gc_peer(peer);
+    }
+
     /// Whether `msg` from `peer` is a notification of a registered observation now
     /// matched from another address, and not fresh (RFC 7641 §3.4) against the last
     /// notification that observation took.

@@ -57,7 +57,23 @@
 //!   with nobody told. A notification from an address another registration holds moves
 //!   nothing: it gets RST (on which the device drops the observation) and the hub gets
 //!   [`DeviceEvent::ObservationEnded`], so it observes again; an older one than the last
-//!   taken (reordered across the move) gets RST and changes nothing.
+//!   taken (reordered across the move) gets RST and changes nothing. A notification
+//!   that arrives late from an address the registration left (sent before the
+//!   rebinding, received after the move) does not move it back, however fresh its
+//!   Observe number: the last [`MAX_LEFT_ADDRESSES`] addresses left are remembered for
+//!   [`LEFT_ADDRESS_MEMORY`] after each move, and a notification from one is
+//!   acknowledged if CON and dropped (an error response ends its observation); an
+//!   Update or Register from it still moves the registration (that is the device
+//!   speaking). Before, such a notification moved the registration back to the dead
+//!   address until the device's next message. A Register or Update from an address
+//!   another live registration holds (a NAT gave the port to another device) takes it
+//!   from that one: its requests in flight there fail at once
+//!   ([`DeviceError::RegistrationEnded`]) and nothing more is sent to it, its requests
+//!   waiting in its queue, until its device talks from where it is now (an Update or a
+//!   notification from a new address moves it; a Register replaces it with no takeover
+//!   probe, which would ask the other device). Before, its requests kept going to the
+//!   address, to the other device (over DTLS too, through that device's session), and
+//!   its device's new Register was refused while the other device answered the probe.
 //!   De-register answers 2.02. A registration expires `lifetime +
 //!   lifetime_grace` after the device last registered or updated; its observations go with
 //!   it. Each becomes a [`DeviceEvent`].
@@ -239,7 +255,32 @@ struct Registration {
     identity: Option<Arc<str>>,
     /// Where a takeover check of this registration stands ([`Takeover`]).
     probe: Probe,
+    /// The addresses it left (NAT rebinding) and when, oldest first: at most
+    /// [`MAX_LEFT_ADDRESSES`], each for [`LEFT_ADDRESS_MEMORY`]. A notification from one
+    /// of them does not move it back.
+    left: VecDeque<(SocketAddr, Instant)>,
+    /// Another registration took its address (a Register or Update from there: that
+    /// device is there now). Nothing is sent to it until its device talks from where it
+    /// is now (see [`Lwm2mServer::displace_holder`]).
+    displaced: bool,
 }
+
+/// How many addresses a registration remembers having left after a NAT rebinding (see
+/// [`LEFT_ADDRESS_MEMORY`]). At the bound, a further move forgets the oldest: a
+/// notification from it may then move the registration back, as from any new address.
+pub const MAX_LEFT_ADDRESSES: usize = 4;
+
+/// How long a registration remembers an address it left after a NAT rebinding. Until
+/// then, a notification from that address, however fresh its Observe number, does not
+/// move the registration back there: the device sent it before the rebinding and it
+/// arrived late (RFC 7252 takes MAX_LATENCY, 100 s, as the longest a datagram travels;
+/// this is RFC 7641's 128 s freshness window), while requests would then go to a dead
+/// address until the device's next message. It is acknowledged if CON and dropped (an
+/// error response among them ends its observation, [`DeviceEvent::ObservationEnded`]).
+/// An Update or Register from the address moves it there at any time: that is the device
+/// speaking. Past this span, a notification from the address moves the registration as
+/// from any new address: the device is there again (a network it left and came back to).
+pub const LEFT_ADDRESS_MEMORY: Duration = Duration::from_secs(128);
 
 /// How long a registration whose address answered a takeover probe refuses Registers
 /// from other addresses before it is probed again.
@@ -459,6 +500,75 @@ impl Lwm2mServer {
         }
     }
 
+    /// The DTLS layer could not send `t`: there is no session at its destination (it
+    /// closed since the layer last reported, say its key was withdrawn on another
+    /// thread after the request was handed out). The address no longer counts as having
+    /// a session. When `t` is the first transmission of a device request whose
+    /// [`DeviceEvent::Sent`] has not been handed out yet (the driver hands events out
+    /// after sending: `udp.rs`), the request is taken back: nothing reached the device,
+    /// so its `Sent` is withdrawn, the CoAP exchange forgotten, and the request waits at
+    /// the head of the device's queue, with a fresh [`ServerConfig::queue_timeout`], for a
+    /// session to the registration's address, as any request does while there is none
+    /// (reported `Sent` when it goes); should the queue have filled up behind it
+    /// meanwhile ([`ServerConfig::queue_capacity`]), it fails with
+    /// [`DeviceError::QueueFull`] instead, as at submission. Anything else (a
+    /// retransmission, a request already reported sent) is left to CoAP, which times it
+    /// out.
+    #[cfg(feature = "dtls")]
+    pub(crate) fn not_sent(&mut self, now: Instant, t: &Transmit) {
+        if let Some(sessions) = &mut self.sessions {
+            sessions.remove(&t.destination);
+        }
+        let Some(id) = self.endpoint.request_of(t.destination, &t.payload) else {
+            return;
+        };
+        let Some(op) = self.outstanding.get(&id).map(|o| o.op) else {
+            return;
+        };
+        let Some(at) = self
+            .events
+            .iter()
+            .position(|e| matches!(e, DeviceEvent::Sent { op: sent, .. } if *sent == op))
+        else {
+            return;
+        };
+        self.events.remove(at);
+        let Some(o) = self.outstanding.remove(&id) else {
+            return;
+        };
+        self.endpoint.forget_request(now, id);
+        let op = DeviceOp {
+            id: o.op,
+            device: o.device,
+            request: o.request,
+        };
+        let Some(reg) = self
+            .slot_mut(o.slot)
+            .filter(|r| r.generation == o.generation)
+        else {
+            return self.fail(op, DeviceError::NotRegistered);
+        };
+        reg.in_flight.retain(|&sent| sent != id);
+        if self.queues[o.slot as usize].len() >= self.config.queue_capacity {
+            // Others were queued behind it meanwhile: the bound holds, and nothing left.
+            return self.fail(op, DeviceError::QueueFull);
+        }
+        let deadline = now + self.config.queue_timeout;
+        self.queues[o.slot as usize].push_front(Queued {
+            op,
+            deadline,
+            resent: false,
+        });
+        self.timers.push(Reverse((
+            deadline,
+            Timer::Queue {
+                slot: o.slot,
+                generation: o.generation,
+            },
+        )));
+        self.endpoint_timeout = self.endpoint.poll_timeout();
+    }
+
     /// Where the registration at `addr` expects its requests to go: `None` when no
     /// registration is at that address, `Some(None)` for a plain-CoAP registration,
     /// `Some(Some(identity))` for one made over DTLS. A DTLS driver sends a datagram to
@@ -557,6 +667,8 @@ impl Lwm2mServer {
             awake_until: None,
             in_flight: Vec::new(),
             probe: Probe::Idle,
+            left: VecDeque::new(),
+            displaced: false,
             identity,
         });
         self.by_endpoint.insert(device, slot);
@@ -650,8 +762,9 @@ impl Lwm2mServer {
         bytes: &[u8],
     ) {
         self.current_identity = identity.cloned();
-        self.rebinding_notification(now, peer, bytes);
-        self.endpoint.handle_datagram(now, peer, bytes);
+        if !self.rebinding_notification(now, peer, bytes) {
+            self.endpoint.handle_datagram(now, peer, bytes);
+        }
         self.drain_endpoint(now);
         self.current_identity = None;
         // Queued operations go out once the datagram was handled: a device that woke to
@@ -946,9 +1059,12 @@ impl Lwm2mServer {
             awake_until: Some(now + self.config.awake_window),
             in_flight: Vec::new(),
             probe: Probe::Idle,
+            left: VecDeque::new(),
+            displaced: false,
             identity: identity.map(|i| i.psk_identity),
         });
         self.by_endpoint.insert(device.clone(), slot);
+        self.displace_holder(now, peer, slot);
         self.by_addr.insert(peer, slot);
         self.by_reg_id.insert(reg_id, slot);
         self.timers
@@ -969,7 +1085,8 @@ impl Lwm2mServer {
             return None;
         };
         let reg = self.slot(slot)?;
-        if reg.addr == peer {
+        // Displaced: another device holds its address, and probing it would ask that one.
+        if reg.addr == peer || reg.displaced {
             return None;
         }
         // Over DTLS the identity the registration was made with is the proof: the same
@@ -1097,15 +1214,34 @@ impl Lwm2mServer {
     /// (its peer table is full) ends ([`DeviceEvent::ObservationEnded`], the hub
     /// observes again).
     fn follow_address(&mut self, now: Instant, slot: u32, peer: SocketAddr) {
+        let Some(reg) = self.slot(slot) else {
+            return;
+        };
+        let (old, displaced) = (reg.addr, reg.displaced);
+        if old == peer && !displaced {
+            return;
+        }
+        self.displace_holder(now, peer, slot);
         let Some(reg) = self.slot_mut(slot) else {
             return;
         };
-        let old = reg.addr;
+        reg.displaced = false;
         if old == peer {
+            // Back at the address it was displaced from: the device speaks from it.
+            self.by_addr.insert(peer, slot);
             return;
         }
         let stranded = std::mem::take(&mut reg.in_flight);
         reg.addr = peer;
+        // Remember the address left (not the one come back to: the device speaks from
+        // it), within the bounds.
+        reg.left.retain(|&(a, at)| {
+            a != peer && a != old && now.saturating_duration_since(at) < LEFT_ADDRESS_MEMORY
+        });
+        if reg.left.len() >= MAX_LEFT_ADDRESSES {
+            reg.left.pop_front();
+        }
+        reg.left.push_back((old, now));
         reg.info.address = Some(peer);
         let generation = reg.generation;
         if self.by_addr.get(&old) == Some(&slot) {
@@ -1129,6 +1265,31 @@ impl Lwm2mServer {
         }
     }
 
+    /// `peer` is now the registration in `slot`'s (a Register or an Update from it: its
+    /// device is there). Another live registration that held the address loses it (a
+    /// NAT gave the port to another device, or a device restarted there as another
+    /// endpoint): its requests in flight there fail now
+    /// ([`DeviceError::RegistrationEnded`]; retransmitted, they would reach the device
+    /// now at the address), and nothing more is sent to it (its requests wait in its
+    /// queue, [`ServerConfig::queue_timeout`]) until its device talks from where it is
+    /// now: an Update or a notification from a new address moves it there, a Register
+    /// replaces it without a takeover probe (which would ask the other device).
+    fn displace_holder(&mut self, now: Instant, peer: SocketAddr, slot: u32) {
+        let Some(&other) = self.by_addr.get(&peer) else {
+            return;
+        };
+        if other == slot {
+            return;
+        }
+        self.by_addr.remove(&peer);
+        let Some(reg) = self.slot_mut(other).filter(|r| r.addr == peer) else {
+            return;
+        };
+        reg.displaced = true;
+        let stranded = std::mem::take(&mut reg.in_flight);
+        self.fail_in_flight(now, stranded);
+    }
+
     /// NAT rebinding seen first in a notification (RFC 7641 notifications may come
     /// before any Update): a datagram from `peer` that notifies an observation of a
     /// registration at another address. It moves the
@@ -1139,27 +1300,47 @@ impl Lwm2mServer {
     /// location is for an Update. From an address another registration holds, the
     /// observation ends instead ([`DeviceEvent::ObservationEnded`]): the endpoint
     /// answers RST, on which the device drops it. From another identity, nothing
-    /// changes (RST). Called before the endpoint sees the datagram.
-    fn rebinding_notification(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
+    /// changes (RST). From an address the registration left less than
+    /// [`LEFT_ADDRESS_MEMORY`] ago, nothing moves: the device sent it before the
+    /// rebinding and it arrived late; it is acknowledged if CON and dropped (an error
+    /// response ends the observation). Called before the endpoint sees the datagram;
+    /// true when it took the datagram (the endpoint must not see it).
+    fn rebinding_notification(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) -> bool {
         let Some(id) = self.endpoint.observation_elsewhere(now, peer, bytes) else {
-            return;
+            return false;
         };
         let Some(&Observation {
             slot, generation, ..
         }) = self.observations.get(&id)
         else {
-            return;
+            return false;
         };
         let Some(reg) = self.slot(slot).filter(|r| r.generation == generation) else {
-            return;
+            return false;
         };
         if !identity_owns(reg, self.current_identity.as_ref()) {
-            return;
+            return false;
+        }
+        let left_lately = reg
+            .left
+            .iter()
+            .any(|&(a, at)| a == peer && now.saturating_duration_since(at) < LEFT_ADDRESS_MEMORY);
+        if left_lately {
+            // Sent before the rebinding, arrived late: moving back would send the
+            // device's requests to an address it left. Not RST either (the device
+            // would drop an observation that works at its new address).
+            if Message::decode(bytes).is_ok_and(|m| !m.code.is_success()) {
+                // The device ended the observation (before it moved): so be it.
+                self.endpoint.forget_request(now, id);
+                self.observation_ended(id);
+            }
+            self.endpoint.acknowledge_and_drop(now, peer, bytes);
+            return true;
         }
         if self.by_addr.get(&peer).is_some_and(|&other| other != slot) {
             self.endpoint.forget_request(now, id);
             self.observation_ended(id);
-            return;
+            return false;
         }
         let probing = match reg.probe {
             Probe::InFlight(probe) => Some(probe),
@@ -1176,6 +1357,7 @@ impl Lwm2mServer {
         if let Some(probe) = probing {
             self.probe_answered(now, probe);
         }
+        false
     }
 
     /// Whether the datagram being handled comes from the identity the registration in
@@ -1566,7 +1748,7 @@ impl Lwm2mServer {
             let Some(reg) = self.slot(slot) else { return };
             let awake = !reg.info.queue_mode || reg.awake_until.is_some_and(|t| t > now);
             let session = self.sessions.as_ref().is_none_or(|s| s.contains(&reg.addr));
-            if !awake || !session || reg.in_flight.len() >= nstart {
+            if !awake || !session || reg.displaced || reg.in_flight.len() >= nstart {
                 return;
             }
             let Some(q) = self.queues[slot as usize].pop_front() else {

@@ -572,6 +572,47 @@ mod tests {
         assert_eq!(r.objects.len(), 2);
     }
 
+    /// LwM2M 1.1.1 Transport §6.4.1 (1.0 §5.3.1 alike): the alternate path is the link
+    /// "identified by the RFC 6690 Resource Type parameter `oma.lwm2m`". A link without
+    /// that `rt` is not one, however much it looks like a root (`</lwm2m>`, `</lwm2m/>`):
+    /// the objects stay at the root, and links under it are not objects (another CoAP
+    /// resource of the device's, as Leshan takes them). Quoted or not, `rt` counts; a
+    /// trailing slash on the alternate path does not.
+    #[test]
+    fn only_an_oma_lwm2m_link_names_the_alternate_path() {
+        let r = RegistrationRequest::parse(
+            &["ep=a"],
+            b"</lwm2m>,</lwm2m/>;ct=110,</lwm2m/3/0>,</1/0>,</5>",
+        )
+        .unwrap();
+        assert_eq!(r.alternate_path, None);
+        assert_eq!(
+            r.objects,
+            vec![Lwm2mPath::instance(1, 0), Lwm2mPath::object(5)]
+        );
+        assert!(r.content_formats.is_empty(), "ct of a link without rt");
+        for (links, want) in [
+            (
+                &b"</lwm2m/>;rt=oma.lwm2m,</lwm2m/3/0>,</1/0>"[..],
+                Some("/lwm2m"),
+            ),
+            (
+                b"</lwm2m>;rt=\"x oma.lwm2m\",</lwm2m/3/0>,</1/0>",
+                Some("/lwm2m"),
+            ),
+            (b"</>;rt=\"oma.lwm2m\",</3/0>", None),
+        ] {
+            let r = RegistrationRequest::parse(&["ep=a"], links).unwrap();
+            assert_eq!(r.alternate_path.as_deref(), want, "{links:?}");
+            assert_eq!(r.objects, vec![Lwm2mPath::instance(3, 0)], "{links:?}");
+        }
+        // An alternate path that is not a path is refused.
+        assert!(matches!(
+            RegistrationRequest::parse(&["ep=a"], b"<lwm2m>;rt=\"oma.lwm2m\",</3/0>"),
+            Err(RegistrationError::BadLinkFormat { .. })
+        ));
+    }
+
     #[test]
     fn update_and_message_classification() {
         let u = UpdateRequest::parse(&[], b"").unwrap();

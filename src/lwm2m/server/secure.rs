@@ -12,7 +12,11 @@
 //! the session ended is retransmitted into nothing until CoAP gives up or the
 //! registration ends. A removed or rotated key ends the
 //! session, not the registration: the device must handshake with its current key to
-//! Update it (`tests/dtls_close_registration.rs`).
+//! Update it (`tests/dtls_close_registration.rs`). The DTLS server meets a key withdrawn
+//! (on another thread) when it next runs, which may be as the driver sends a request
+//! handed out a moment before: that request is taken back, its [`DeviceEvent::Sent`]
+//! withdrawn before the driver hands it out, and it waits in the queue as above
+//! (`Lwm2mServer::not_sent`). Nothing is reported sent that did not leave.
 
 use super::udp::DatagramLayer;
 use super::{Lwm2mServer, Transmit, UdpServer};
@@ -56,15 +60,27 @@ impl DatagramLayer for SecureLayer {
         self.deliver(now, server);
     }
 
-    fn transmit(&mut self, now: Instant, t: Transmit, server: &Lwm2mServer, _socket: &UdpSocket) {
+    fn transmit(
+        &mut self,
+        now: Instant,
+        t: Transmit,
+        server: &mut Lwm2mServer,
+        _socket: &UdpSocket,
+    ) {
         if !server.may_send_to(t.destination, self.dtls.session_identity(t.destination)) {
             // The address now belongs to another identity (or none, or the identity now
             // belongs to another device): the device's requests do not go to it. CoAP
             // times the request out.
             return;
         }
-        // No session: the datagram is dropped; nothing goes out in clear.
-        let _ = self.dtls.send(now, t.destination, &t.payload);
+        // No session (nothing goes out in clear): it closed since the server last heard,
+        // as when its key was withdrawn on another thread (`send` closes such a session
+        // first). The server hears of the close, and takes back a request it was about to
+        // report sent: it waits for a session as any does while there is none.
+        if self.dtls.send(now, t.destination, &t.payload).is_err() {
+            self.deliver(now, server);
+            server.not_sent(now, &t);
+        }
     }
 
     fn flush(&mut self, socket: &UdpSocket) {
@@ -177,6 +193,134 @@ mod tests {
             .filter(|a| layer.dtls.session_identity(*a).is_some())
             .collect();
         (tracked, live)
+    }
+
+    /// Moves datagrams between `client` (at `addr(n)`) and the layer until quiet, the
+    /// server's as the driver sends them; returns the plaintexts the client got.
+    fn exchange(
+        now: Instant,
+        n: u16,
+        client: &mut DtlsClient,
+        layer: &mut SecureLayer,
+        server: &mut Lwm2mServer,
+        socket: &UdpSocket,
+    ) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            let mut moved = false;
+            while let Some(d) = client.poll_transmit() {
+                layer.receive(now, addr(n), &d, server);
+                moved = true;
+            }
+            while let Some(t) = server.poll_transmit() {
+                layer.transmit(now, t, server, socket);
+                moved = true;
+            }
+            while let Some((to, d)) = layer.dtls.poll_transmit() {
+                if to == addr(n) {
+                    client.handle_datagram(now, &d);
+                }
+                moved = true;
+            }
+            got.extend(std::iter::from_fn(|| client.poll_plaintext()));
+            if !moved {
+                break;
+            }
+        }
+        got
+    }
+
+    /// A request handed out just after the device's key was withdrawn (on another
+    /// thread: the DTLS server meets it only as the request is sent) is not reported
+    /// `Sent`: nothing left. It waits in the device's queue and goes out, reported `Sent`
+    /// then, once the device handshakes with its current key. Before, it was reported
+    /// `Sent` and dropped by the layer (a reboot job would then take the device's next
+    /// Register for the reboot).
+    #[test]
+    fn a_request_sent_as_its_key_is_withdrawn_is_not_reported_sent_and_waits() {
+        use crate::coap::{Code, Message};
+        use crate::lwm2m::Lwm2mPath;
+        use crate::transport::{DeviceOp, DeviceRequest, OpId, Transport};
+        let now = Instant::now();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let store = PskStore::new();
+        let device = DeviceId::new("d-1").unwrap();
+        store.set(Some(device.clone()), creds(1)).unwrap();
+        let mut layer = SecureLayer {
+            dtls: DtlsServer::new(DtlsServerConfig::default(), store.clone()),
+        };
+        let config = ServerConfig {
+            auto_provision: true,
+            ..ServerConfig::default()
+        };
+        let mut server = Lwm2mServer::with_seed(config, 3)
+            .require_identity()
+            .track_sessions();
+        let mut client = connect(now, 1, &mut layer, &mut server);
+        let mut register = Message::request(Code::POST, "/rd");
+        register.message_id = 1;
+        register.add_uri_query("ep=d-1");
+        register.payload = b"</3/0>".to_vec();
+        client.send(now, &register.to_bytes().unwrap());
+        let got = exchange(now, 1, &mut client, &mut layer, &mut server, &socket);
+        assert_eq!(Message::decode(&got[0]).unwrap().code, Code::CREATED);
+        assert!(server.registration(&device).is_some());
+        while server.poll_event().is_some() {}
+        // The hub withdraws the key; the driver takes an operation before its DTLS
+        // server ran again.
+        assert!(store.remove_identity("id-1"));
+        let read = DeviceOp {
+            id: OpId(7),
+            device: device.clone(),
+            request: DeviceRequest::Read {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        };
+        server.submit(now, read);
+        while let Some(t) = server.poll_transmit() {
+            layer.transmit(now, t, &mut server, &socket);
+        }
+        let events: Vec<DeviceEvent> = std::iter::from_fn(|| server.poll_event()).collect();
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(7), .. })),
+            "reported sent, yet nothing left: {events:?}"
+        );
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(layer.dtls.stats().sessions, 0);
+        assert!(!server.sessions.as_ref().unwrap().contains(&addr(1)));
+        // The device's key comes back (rotated): it handshakes and the read goes out,
+        // reported sent then.
+        store
+            .set(
+                Some(device.clone()),
+                PskCredentials::new("id-1", PskKey::new(vec![9; 16])).unwrap(),
+            )
+            .unwrap();
+        let later = now + Duration::from_secs(1);
+        let mut client = DtlsClient::new(
+            later,
+            PskCredentials::new("id-1", PskKey::new(vec![9; 16])).unwrap(),
+        );
+        client.send(later, b"x");
+        let got = exchange(later, 1, &mut client, &mut layer, &mut server, &socket);
+        let requests: Vec<Message> = got
+            .iter()
+            .filter_map(|b| Message::decode(b).ok())
+            .filter(|m| m.code == Code::GET)
+            .collect();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        assert_eq!(requests[0].uri_path_string(), "3/0/9");
+        let events: Vec<DeviceEvent> = std::iter::from_fn(|| server.poll_event()).collect();
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, DeviceEvent::Sent { op: OpId(7), .. }))
+                .count(),
+            1,
+            "{events:?}"
+        );
     }
 
     /// The set holds exactly the DTLS server's sessions after every step, so it never

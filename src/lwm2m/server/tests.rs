@@ -2386,6 +2386,257 @@ fn observations_follow_an_update_from_a_new_address() {
     );
 }
 
+/// NAT rebinding, then a late notification: the device sent it from its old address
+/// before the rebinding, and it arrives after the Update from the new address moved the
+/// registration. It is fresh (newer than the last one taken) but moves nothing back:
+/// the registration left that address less than `LEFT_ADDRESS_MEMORY` ago. It is
+/// acknowledged (not reset: the observation works at the new address) and dropped, and
+/// requests keep going to the new address. Before, it moved the registration back to the
+/// dead address until the device's next message. An Update from the old address still
+/// moves it back (the device speaking), and past the memory a notification does too.
+#[test]
+fn a_late_notification_from_the_address_left_does_not_move_the_registration_back() {
+    let mut sim = Sim::open();
+    let (a, b) = (addr(9505), addr(9506));
+    let location = sim.register(a, &["ep=d", "lt=3000"]);
+    sim.events();
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    let token = observe_at(&mut sim, a, 1, "d", bat);
+    let update = sim.request(wire::POST, &["rd", &location], &[], b"");
+    sim.send(b, &update);
+    assert_eq!(sim.out()[0].1.code, code(2, 4));
+    sim.events();
+    sim.advance(Duration::from_secs(2));
+    sim.out();
+    // Sent from `a` before the rebinding (seq 2 > 1, the last taken), arriving now.
+    sim.send(a, &battery_notification(4100, &token, 2, 75));
+    assert_eq!(
+        sim.out()
+            .iter()
+            .map(|(to, m)| (*to, m.mtype, m.mid))
+            .collect::<Vec<_>>(),
+        vec![(a, MsgType::Ack, 4100)],
+        "acknowledged at the old address, not reset"
+    );
+    assert_eq!(sim.events(), vec![], "no move, no delivery");
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
+    // Its retransmission is acknowledged again.
+    sim.send(a, &battery_notification(4100, &token, 2, 75));
+    assert_eq!(sim.out().len(), 1);
+    assert!(sim.events().is_empty());
+    // Requests go to the new address; the observation still works there.
+    sim.submit(2, "d", DeviceRequest::Read { path: bat });
+    let out = sim.out();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, b);
+    sim.send(b, &battery_notification(4101, &token, 3, 76));
+    assert!(
+        sim.out()
+            .iter()
+            .all(|(to, m)| *to == b && m.mtype == MsgType::Ack)
+    );
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Notification { .. }))
+    );
+    // A late error response from the old address (the device ended the observation
+    // before it moved) ends the observation, acknowledged, without a move.
+    let mut gone = battery_notification(4102, &token, 4, 0);
+    gone.code = code(4, 4);
+    gone.options.retain(|(n, _)| *n != wire::OBSERVE);
+    gone.payload.clear();
+    sim.send(a, &gone);
+    assert_eq!(
+        sim.out()
+            .iter()
+            .map(|(to, m)| (*to, m.mtype))
+            .collect::<Vec<_>>(),
+        vec![(a, MsgType::Ack)]
+    );
+    assert_eq!(
+        sim.events(),
+        vec![DeviceEvent::ObservationEnded {
+            device: dev("d"),
+            path: bat,
+            op: OpId(1),
+        }]
+    );
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
+    // An Update from the old address moves it back at any time: the device speaks.
+    sim.send(a, &update);
+    assert_eq!(sim.out()[0].1.code, code(2, 4));
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(a));
+}
+
+/// Past `LEFT_ADDRESS_MEMORY` (no datagram travels that long), a fresh notification
+/// from an address the registration left moves it back: the device is there again. And
+/// at most `MAX_LEFT_ADDRESSES` are remembered: the oldest goes first.
+#[test]
+fn the_addresses_left_are_remembered_for_a_while_and_a_few_at_a_time() {
+    let mut sim = Sim::open();
+    let addrs: Vec<SocketAddr> = (0..=MAX_LEFT_ADDRESSES as u16 + 1)
+        .map(|i| addr(9530 + i))
+        .collect();
+    let location = sim.register(addrs[0], &["ep=d", "lt=3000"]);
+    sim.events();
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    let token = observe_at(&mut sim, addrs[0], 1, "d", bat);
+    let update = sim.request(wire::POST, &["rd", &location], &[], b"");
+    sim.send(addrs[1], &update);
+    sim.out();
+    sim.events();
+    sim.advance(LEFT_ADDRESS_MEMORY - Duration::from_secs(1));
+    sim.out();
+    sim.send(addrs[0], &battery_notification(4200, &token, 2, 75));
+    assert_eq!(sim.out()[0].1.mtype, MsgType::Ack);
+    assert!(sim.events().is_empty());
+    assert_eq!(
+        sim.server.registration(&dev("d")).unwrap().address,
+        Some(addrs[1])
+    );
+    sim.advance(Duration::from_secs(1));
+    sim.out();
+    sim.send(addrs[0], &battery_notification(4201, &token, 3, 76));
+    assert_eq!(
+        sim.server.registration(&dev("d")).unwrap().address,
+        Some(addrs[0]),
+        "moved back past the memory"
+    );
+    sim.events();
+    sim.out();
+    // Moves through all the others, one Update each: addrs[0] is left first, and
+    // forgotten when a fifth address is left.
+    for (i, a) in addrs.iter().enumerate().skip(1) {
+        // A new message id each: the first Update's from addrs[1] is a duplicate.
+        let update = sim.request(wire::POST, &["rd", &location], &[], b"");
+        sim.send(*a, &update);
+        assert_eq!(sim.out()[0].1.code, code(2, 4), "{i}");
+    }
+    sim.events();
+    let last = *addrs.last().unwrap();
+    assert_eq!(
+        sim.server.registration(&dev("d")).unwrap().address,
+        Some(last)
+    );
+    // Remembered: the last MAX_LEFT_ADDRESSES left (addrs[1..=MAX]): no move.
+    let mut seq = 10;
+    let mut mid = 4300;
+    for a in &addrs[1..addrs.len() - 1] {
+        seq += 1;
+        mid += 1;
+        sim.send(*a, &battery_notification(mid, &token, seq, 1));
+        sim.out();
+        assert_eq!(
+            sim.server.registration(&dev("d")).unwrap().address,
+            Some(last),
+            "{a}"
+        );
+    }
+    // addrs[0]: forgotten, so its fresh notification moves the registration.
+    sim.send(addrs[0], &battery_notification(mid + 1, &token, seq + 1, 1));
+    assert_eq!(
+        sim.server.registration(&dev("d")).unwrap().address,
+        Some(addrs[0])
+    );
+}
+
+/// A NAT gives a registration's address to another device, which Updates its own
+/// registration from there. The displaced registration's request in flight fails at
+/// once (its retransmissions would reach the other device) and its next requests wait,
+/// sent to nobody, until its device Updates from where it is now. Before, they all went
+/// to the address, to the other device.
+#[test]
+fn an_update_from_another_registrations_address_displaces_it() {
+    let mut sim = Sim::open();
+    let (a, b, c) = (addr(9540), addr(9541), addr(9542));
+    let d_location = sim.register(a, &["ep=d", "lt=3000"]);
+    let e_location = sim.register(b, &["ep=e", "lt=3000"]);
+    sim.events();
+    let bat = Lwm2mPath::resource(3, 0, 9);
+    sim.submit(1, "e", DeviceRequest::Read { path: bat });
+    assert_eq!(sim.out()[0].0, b);
+    // d's device now has b.
+    let update = sim.request(wire::POST, &["rd", &d_location], &[], b"");
+    sim.send(b, &update);
+    assert_eq!(sim.out()[0].1.code, code(2, 4));
+    let ev = sim.events();
+    assert_eq!(response(&ev, 1), &Err(DeviceError::RegistrationEnded));
+    assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
+    assert!(
+        sim.server.registration(&dev("e")).is_some(),
+        "e stays registered"
+    );
+    // Nothing of e's goes to b: not the read's retransmissions, not a new request.
+    sim.submit(2, "e", DeviceRequest::Read { path: bat });
+    for _ in 0..10 {
+        sim.advance(Duration::from_secs(10));
+        let out = sim.out();
+        assert!(out.is_empty(), "{out:?}");
+    }
+    assert!(
+        !sim.events()
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(2), .. }))
+    );
+    // d's requests go to b.
+    sim.submit(3, "d", DeviceRequest::Read { path: bat });
+    assert_eq!(sim.out()[0].0, b);
+    // e's device Updates from c: its read goes there.
+    let update = sim.request(wire::POST, &["rd", &e_location], &[], b"");
+    sim.send(c, &update);
+    let out = sim.out();
+    assert!(
+        out.iter().any(|(to, m)| *to == c && m.code == code(2, 4)),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|(to, m)| *to == c && m.code == wire::GET && m.mtype == MsgType::Con),
+        "{out:?}"
+    );
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(2), .. }))
+    );
+}
+
+/// A new device registers from a registration's address: the displaced registration's
+/// device re-registers from its new address and is accepted at once, without a takeover
+/// probe of the old address (which the new device would answer, and the real device be
+/// refused as AddressInUse).
+#[test]
+fn a_register_from_another_registrations_address_displaces_it() {
+    let mut sim = Sim::open();
+    let (b, c) = (addr(9545), addr(9546));
+    sim.register(b, &["ep=e", "lt=3000"]);
+    sim.register(b, &["ep=f", "lt=3000"]);
+    sim.events();
+    sim.submit(
+        1,
+        "e",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    assert!(sim.out().is_empty(), "nothing of e's to f's device");
+    // e's device comes back from c: accepted at once, and the read goes there.
+    let p = sim.request(wire::POST, &["rd"], &["ep=e", "lt=3000"], b"</3/0>");
+    sim.send(c, &p);
+    let out = sim.out();
+    assert!(
+        out.iter().any(|(to, m)| *to == c && m.code == code(2, 1)),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|(to, m)| *to == c && m.code == wire::GET),
+        "{out:?}"
+    );
+    assert_eq!(sim.server.registration(&dev("e")).unwrap().address, Some(c));
+    assert_eq!(sim.server.registration(&dev("f")).unwrap().address, Some(b));
+}
+
 /// NAT rebinding seen first in a notification (before any Update): the token of one of the
 /// registration's observations proves the device, as the location does for an Update.
 /// The registration follows the new address (reported as an Update, with no lifetime

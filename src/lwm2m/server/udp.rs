@@ -190,8 +190,9 @@ impl Drop for UdpServer {
 pub(super) trait DatagramLayer: Send + 'static {
     /// A datagram arrived: pass what it carries to the server.
     fn receive(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8], server: &mut Lwm2mServer);
-    /// The server wants `t` sent.
-    fn transmit(&mut self, now: Instant, t: Transmit, server: &Lwm2mServer, socket: &UdpSocket);
+    /// The server wants `t` sent. A layer that cannot send it (DTLS: no session) tells
+    /// the server, which may take the request back (`Lwm2mServer::not_sent`).
+    fn transmit(&mut self, now: Instant, t: Transmit, server: &mut Lwm2mServer, socket: &UdpSocket);
     /// Sends what the layer itself produced (handshake records, retransmissions).
     fn flush(&mut self, _socket: &UdpSocket) {}
     /// Runs the layer's timers.
@@ -213,7 +214,13 @@ impl DatagramLayer for Plain {
         server.handle_datagram(now, peer, bytes);
     }
 
-    fn transmit(&mut self, _now: Instant, t: Transmit, _server: &Lwm2mServer, socket: &UdpSocket) {
+    fn transmit(
+        &mut self,
+        _now: Instant,
+        t: Transmit,
+        _server: &mut Lwm2mServer,
+        socket: &UdpSocket,
+    ) {
         // A send error (unreachable peer, full buffer) is a lost datagram; CoAP
         // retransmission covers it.
         let _ = socket.send_to(&t.payload, t.destination);
@@ -238,9 +245,11 @@ fn run<L: DatagramLayer>(
         server.handle_timeout(now);
         layer.handle_timeout(now, &mut server);
         while let Some(t) = server.poll_transmit() {
-            layer.transmit(now, t, &server, &socket);
+            layer.transmit(now, t, &mut server, &socket);
         }
         layer.flush(&socket);
+        // Events after the datagrams: a request the layer could not send takes its
+        // `Sent` back (`Lwm2mServer::not_sent`).
         while let Some(e) = server.poll_event() {
             let _ = events.send(e);
         }
