@@ -144,13 +144,16 @@ fn a_registration_before_the_executes_sent_is_not_the_reboot_after_a_failed_comm
     // The store fails: the hub backs off and holds what arrives, in order.
     store.lock().fail_commits(u32::MAX);
     push(&script, battery_level(&pump, 1));
-    wait_until("the backoff", || hub.metrics().failed_commits >= 1);
+    // Two failures in a row: the hub backs off (1 s), so what arrives now is held, not
+    // tried, until the next try takes it all in one batch.
+    wait_until("the backoff", || hub.metrics().failed_commits >= 2);
     registered_then_sent(&script, &pump, &execute);
     wait_until("everything taken", || script.lock().unwrap().events.is_empty());
-    // One more failed try, now with the registration and the `Sent` among the events
-    // (they were held together: the try takes them in one batch).
+    // Failed tries with the registration and the `Sent` among the events (held
+    // together: a try takes them in one batch; two, should the first have come between
+    // them).
     let failed = hub.metrics().failed_commits;
-    wait_until("a try with both held", || hub.metrics().failed_commits > failed);
+    wait_until("tries with both held", || hub.metrics().failed_commits >= failed + 2);
     store.lock().fail_commits(0);
     wait_held_applied(&hub, &store);
     std::thread::sleep(Duration::from_millis(200));
