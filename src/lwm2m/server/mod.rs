@@ -70,8 +70,9 @@
 //!   from that one: its requests in flight there fail at once
 //!   ([`DeviceError::RegistrationEnded`]) and nothing more is sent to it, its requests
 //!   waiting in its queue, until its device talks from where it is now (an Update or a
-//!   notification from a new address moves it; a Register replaces it with no takeover
-//!   probe, which would ask the other device). Before, its requests kept going to the
+//!   notification from a new address moves it; a fresh notification from the address it
+//!   was displaced from, once no registration holds that address, takes it back; a
+//!   Register replaces it with no takeover probe, which would ask the other device). Before, its requests kept going to the
 //!   address, to the other device (over DTLS too, through that device's session), and
 //!   its device's new Register was refused while the other device answered the probe.
 //!   De-register answers 2.02. A registration expires `lifetime +
@@ -223,7 +224,7 @@ use crate::transport::{
 };
 use crate::twin::DeviceId;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -368,13 +369,15 @@ pub struct Lwm2mServer {
     /// The identity of the datagram being handled.
     current_identity: Option<PeerIdentity>,
     /// Behind a DTLS layer ([`UdpServer::bind_secure`]): the addresses with an
-    /// established session, as the layer reports them (`None`: not tracked; every
-    /// registration's address counts as reachable). A request for a registration whose
-    /// address has no session waits in its queue, as a sleeping device's does: handed to
-    /// the endpoint it would be dropped by the layer, yet reported
-    /// [`DeviceEvent::Sent`] (a reboot job then took the device's next Register for the
-    /// reboot). At most one entry per DTLS session (`DtlsServerConfig::max_sessions`).
-    sessions: Option<HashSet<SocketAddr>>,
+    /// established session and the session's identity, as the layer reports them
+    /// (`None`: not tracked; every registration's address counts as reachable). A
+    /// request for a registration whose address has no session of the registration's
+    /// identity (none at all, or another device's that took the address) waits in its
+    /// queue, as a sleeping device's does: handed to the endpoint it would be dropped by
+    /// the layer (see [`Self::may_send_to`]), yet reported [`DeviceEvent::Sent`] (a
+    /// reboot job then took the device's next Register for the reboot). At most one
+    /// entry per DTLS session (`DtlsServerConfig::max_sessions`).
+    sessions: Option<HashMap<SocketAddr, PeerIdentity>>,
     /// The bootstrap interface: its plan maker and running sessions.
     bootstraps: bootstrap::Bootstraps,
     /// The packages registered devices may download (see [`packages`]).
@@ -478,22 +481,28 @@ impl Lwm2mServer {
     /// requests for a registration whose address has none wait in its queue.
     #[cfg(feature = "dtls")]
     pub(crate) fn track_sessions(mut self) -> Self {
-        self.sessions = Some(HashSet::new());
+        self.sessions = Some(HashMap::new());
         self
     }
 
-    /// The DTLS layer's word that `peer` has (`up`) or no longer has a session. A session
-    /// that comes up sends the requests queued for the registration at that address.
+    /// The DTLS layer's word that `peer` has a session of `identity` (`None`: no
+    /// session any more). A session that comes up sends the requests queued for the
+    /// registration at that address, when it is of the registration's identity.
     #[cfg(feature = "dtls")]
-    pub(crate) fn session_changed(&mut self, now: Instant, peer: SocketAddr, up: bool) {
+    pub(crate) fn session_changed(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        identity: Option<&PeerIdentity>,
+    ) {
         let Some(sessions) = &mut self.sessions else {
             return;
         };
-        if !up {
+        let Some(identity) = identity else {
             sessions.remove(&peer);
             return;
-        }
-        sessions.insert(peer);
+        };
+        sessions.insert(peer, identity.clone());
         if let Some(&slot) = self.by_addr.get(&peer) {
             self.pump(now, slot);
             self.drain_endpoint(now);
@@ -1272,8 +1281,10 @@ impl Lwm2mServer {
     /// ([`DeviceError::RegistrationEnded`]; retransmitted, they would reach the device
     /// now at the address), and nothing more is sent to it (its requests wait in its
     /// queue, [`ServerConfig::queue_timeout`]) until its device talks from where it is
-    /// now: an Update or a notification from a new address moves it there, a Register
-    /// replaces it without a takeover probe (which would ask the other device).
+    /// now: an Update or a notification from a new address moves it there, a fresh
+    /// notification from this address once no one holds it takes it back
+    /// ([`Self::reclaim_address`]), a Register replaces it without a takeover probe
+    /// (which would ask the other device).
     fn displace_holder(&mut self, now: Instant, peer: SocketAddr, slot: u32) {
         let Some(&other) = self.by_addr.get(&peer) else {
             return;
@@ -1288,6 +1299,28 @@ impl Lwm2mServer {
         reg.displaced = true;
         let stranded = std::mem::take(&mut reg.in_flight);
         self.fail_in_flight(now, stranded);
+    }
+
+    /// A fresh notification of the registration in `slot` came from its own address (the
+    /// endpoint matched it to the observation made there, and took it as newer than the
+    /// last): when the registration was displaced from that address and no registration
+    /// holds it now, its device is talking from there again, so it takes the address back
+    /// and its queued requests go (over DTLS only from the registration's identity).
+    fn reclaim_address(&mut self, slot: u32) {
+        let Some(reg) = self.slot(slot) else {
+            return;
+        };
+        if !reg.displaced
+            || self.by_addr.contains_key(&reg.addr)
+            || !identity_owns(reg, self.current_identity.as_ref())
+        {
+            return;
+        }
+        let addr = reg.addr;
+        if let Some(reg) = self.slot_mut(slot) {
+            reg.displaced = false;
+        }
+        self.by_addr.insert(addr, slot);
     }
 
     /// NAT rebinding seen first in a notification (RFC 7641 notifications may come
@@ -1505,15 +1538,16 @@ impl Lwm2mServer {
             self.observation_ended(id);
             return;
         }
-        let (device, path) = (obs.device.clone(), obs.path);
+        let (device, path, slot) = (obs.device.clone(), obs.path, obs.slot);
         // An observation goes with its registration: the one it was made under is live.
         let Some(registration_id) = self
-            .slot(obs.slot)
+            .slot(slot)
             .filter(|r| r.generation == obs.generation)
             .map(|r| r.info.registration_id.clone())
         else {
             return;
         };
+        self.reclaim_address(slot);
         // A notification we cannot decode carries nothing the hub can use.
         let Ok(mut content) = self.decode(m, &path) else {
             return;
@@ -1747,7 +1781,13 @@ impl Lwm2mServer {
             let nstart = self.config.nstart;
             let Some(reg) = self.slot(slot) else { return };
             let awake = !reg.info.queue_mode || reg.awake_until.is_some_and(|t| t > now);
-            let session = self.sessions.as_ref().is_none_or(|s| s.contains(&reg.addr));
+            // Behind DTLS, only through a session of the registration's identity (the
+            // layer would drop anything else): another device's session at the address
+            // is none for this one.
+            let session = self.sessions.as_ref().is_none_or(|s| {
+                s.get(&reg.addr)
+                    .is_some_and(|identity| identity_owns(reg, Some(identity)))
+            });
             if !awake || !session || reg.displaced || reg.in_flight.len() >= nstart {
                 return;
             }
