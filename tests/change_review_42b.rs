@@ -155,7 +155,6 @@ mod displaced {
     /// queue is under, e.g. `register` re-arms a `Timer::Queue` of the new generation for
     /// the queue it keeps (or queue timers key on the slot's queue, not the generation).
     #[test]
-    #[ignore = "bug: requests kept in the queue across a re-registration never time out (their queue timers carry the old generation)"]
     fn requests_kept_across_a_register_still_time_out() {
         let mut s = server(Duration::from_secs(30));
         let t0 = Instant::now();
@@ -209,7 +208,6 @@ mod displaced {
     /// `Probe::Idle`): the address now belongs to another device, and the displaced
     /// registration's next Register is taken without a probe anyway.
     #[test]
-    #[ignore = "bug: a takeover probe in flight to a displaced registration's address keeps going to the device that took the address"]
     fn a_takeover_probe_does_not_go_on_to_the_device_that_displaced_the_registration() {
         let mut s = server(Duration::from_secs(600));
         let t0 = Instant::now();

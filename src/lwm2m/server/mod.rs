@@ -333,9 +333,18 @@ struct Observation {
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Timer {
-    Expiry { slot: u32, generation: u64 },
-    Probe { slot: u32, generation: u64 },
-    Queue { slot: u32, generation: u64 },
+    Expiry {
+        slot: u32,
+        generation: u64,
+    },
+    Probe {
+        slot: u32,
+        generation: u64,
+    },
+    /// A queued item may be due (each item carries its own deadline).
+    Queue {
+        slot: u32,
+    },
 }
 
 /// The bundled LWM2M server (sans-IO). See the module docs for the driving order.
@@ -568,13 +577,8 @@ impl Lwm2mServer {
             deadline,
             resent: false,
         });
-        self.timers.push(Reverse((
-            deadline,
-            Timer::Queue {
-                slot: o.slot,
-                generation: o.generation,
-            },
-        )));
+        self.timers
+            .push(Reverse((deadline, Timer::Queue { slot: o.slot })));
         self.endpoint_timeout = self.endpoint.poll_timeout();
     }
 
@@ -1297,7 +1301,14 @@ impl Lwm2mServer {
             return;
         };
         reg.displaced = true;
+        // A takeover probe of the address would now ask the other device: it ends, and
+        // the registration's own device is let in when it registers from where it is.
+        let probe = std::mem::replace(&mut reg.probe, Probe::Idle);
         let stranded = std::mem::take(&mut reg.in_flight);
+        if let Probe::InFlight(id) = probe {
+            self.probes.remove(&id);
+            self.endpoint.forget_request(now, id);
+        }
         self.fail_in_flight(now, stranded);
     }
 
@@ -2064,6 +2075,8 @@ impl Lwm2mServer {
             deadline,
             resent: true,
         });
+        self.timers
+            .push(Reverse((deadline, Timer::Queue { slot: o.slot })));
         self.pump(now, o.slot);
         true
     }
@@ -2218,8 +2231,10 @@ impl Lwm2mServer {
                     self.events.push_back(DeviceEvent::Expired { device });
                 }
             }
-            Timer::Queue { slot, generation } => {
-                if self.slot(slot).is_none_or(|r| r.generation != generation) {
+            Timer::Queue { slot } => {
+                // Whatever the generation: a re-registration keeps the queue, and each
+                // item carries its own deadline (a freed slot's queue is empty).
+                if self.slot(slot).is_none() {
                     return;
                 }
                 let q = &mut self.queues[slot as usize];
@@ -2262,9 +2277,7 @@ impl Transport for Lwm2mServer {
             deadline,
             resent: false,
         });
-        let generation = self.slot(slot).map_or(0, |r| r.generation);
-        self.timers
-            .push(Reverse((deadline, Timer::Queue { slot, generation })));
+        self.timers.push(Reverse((deadline, Timer::Queue { slot })));
         self.pump(now, slot);
         self.drain_endpoint(now);
     }
