@@ -130,12 +130,12 @@ fn control_a_registration_before_the_executes_sent_is_not_the_reboot() {
 /// failing, the hub holding its events): the job engine is rebuilt from the store and the
 /// batch is applied again.
 ///
-/// BUG: the rebuilt engine takes over the `Sent` the old engine took from that batch
-/// (`JobEngine::adopt_executes` sets FLAG_EXECUTE_SENT and adopts the Execute as left,
-/// not queued), and the hub then discards the batch's `Sent` (`Inner::hold`: no engine
-/// awaits it). The batch applied again so hands the engine the registration that came
+/// Was a bug (fixed): the rebuilt engine took over the `Sent` the old engine took from
+/// that batch (`JobEngine::adopt_executes` set FLAG_EXECUTE_SENT and adopted the Execute
+/// as left, not queued), and the hub then discarded the batch's `Sent` (`Inner::hold`: no
+/// engine awaited it). The batch applied again so handed the engine the registration that came
 /// *before* the `Sent` with the Execute already counted as sent: `on_registered` ->
-/// `redo_step` takes it for the reboot and the child succeeds, although the Execute has
+/// `redo_step` took it for the reboot and the child succeeded, although the Execute has
 /// neither been answered nor been followed by any registration (the device may refuse it,
 /// or never get it). Exactly what the backoff docs (`MAX_HELD_EVENTS`) say must not
 /// happen: "a registration held before it is no proof of the reboot".
@@ -146,7 +146,6 @@ fn control_a_registration_before_the_executes_sent_is_not_the_reboot() {
 /// the rebuilt engine and holding the `Sent` with the batch, or by not carrying
 /// FLAG_EXECUTE_SENT ahead of events that preceded it).
 #[test]
-#[ignore = "bug: after a failed commit a registration that came before the reboot's Sent counts as the reboot"]
 fn a_registration_before_the_executes_sent_is_not_the_reboot_after_a_failed_commit() {
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir, execute, job) = reboot_queued(&pump);

@@ -54,7 +54,10 @@ pub const MAX_HELD_NOTIFICATIONS: usize = 65_536;
 /// for (the hub's own operations, a job child that ended or moved on) is not held at
 /// all: applying it would change nothing (nor does an engine rebuilt from the store
 /// later wait for it: it only takes over the waits of the engine it replaces), and it is
-/// not counted as dropped. Held events are lost when the hub stops: a `Sent` among them
+/// not counted as dropped. A `Sent` the engine already took from a batch whose commit
+/// failed is one it waits for: the engine rebuilt from the store takes its operation
+/// over as still queued, so the `Sent` is held with the batch and applied again in its
+/// place, after the registration that came before it. Held events are lost when the hub stops: a `Sent` among them
 /// is then not in the store, and the restarted engine sends the Execute again (see the
 /// job engine's restore rules); the window for that is the store's outage, not only
 /// the moment between a `Sent` and its commit.

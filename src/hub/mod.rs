@@ -1295,7 +1295,9 @@ impl Inner {
     /// it is [`dropped`](Self::dropped)). An answer to a [`Hub::request`] is handed over
     /// now: it needs no commit. A [`DeviceEvent::Sent`] is held only when the job engine
     /// waits for it, and then outside the bound on events (see
-    /// [`backoff::MAX_HELD_EVENTS`]); past [`backoff::MAX_TRIES`] it goes to the engine.
+    /// [`backoff::MAX_HELD_EVENTS`]); past [`backoff::MAX_TRIES`] it goes to the engine
+    /// for good (no batch applies it again, so an engine rebuilt after a later failed
+    /// commit counts it as taken, see `JobEngine::handle_sent_for_good`).
     fn hold(&self, held: &mut backoff::HeldEvents, event: DeviceEvent, mark: backoff::HeldMark) {
         if let DeviceEvent::Sent { op, .. } = &event {
             let mut jobs = lock(&self.jobs);
@@ -1303,8 +1305,8 @@ impl Inner {
                 && let Some(sent) = held.hold_awaited_sent(event, mark)
             {
                 // Every event held before it went through as many failed commits and was
-                // dropped: it is next in line.
-                jobs.handle_event(Instant::now(), &sent);
+                // dropped: it is next in line, and no batch applies it again.
+                jobs.handle_sent_for_good(Instant::now(), &sent);
             }
             return;
         }

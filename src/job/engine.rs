@@ -512,6 +512,17 @@ pub struct JobEngine {
     /// counts (see `adopt_executes`). Cleared by [`JobEngine::committed`]: one entry per
     /// answer or cancellation taken since that commit.
     settled: Vec<Settled>,
+    /// Operations of the steps `adopt_executes` takes over (see `settled`) whose
+    /// [`DeviceEvent::Sent`] this engine took since the last commit that succeeded,
+    /// from a batch of the hub's events (journal on only). Should that commit fail, the
+    /// hub applies the batch again, this `Sent` in its place among the events: an engine
+    /// rebuilt then takes the operation over as still queued at the transport (not as
+    /// sent) and waits for that `Sent` again, so an event that came before it (a
+    /// registration: no proof of a reboot) is applied before it, as here. A `Sent` the hub
+    /// hands over outside any batch ([`JobEngine::handle_sent_for_good`]) is not kept
+    /// here. Cleared by [`JobEngine::committed`]: one entry per such `Sent` taken since
+    /// that commit (at most one per operation).
+    sent_again: Vec<Settled>,
     /// Operations numbered below this were made before the last commit that succeeded
     /// (or this engine's start), so they went out; later ones may belong to a batch whose
     /// commit fails, and were never sent then.
@@ -572,6 +583,7 @@ impl JobEngine {
             dropped_jobs: 0,
             deferred: Vec::new(),
             settled: Vec::new(),
+            sent_again: Vec::new(),
             sent_below,
             unsent: FxHashSet::default(),
             ending_at: None,
@@ -832,6 +844,7 @@ impl JobEngine {
                 if self.unsent.remove(op)
                     && let Some(&c) = self.ops.get(op)
                 {
+                    self.note_sent_again(*op, c);
                     self.on_sent(now, c);
                 }
             }
@@ -1103,7 +1116,12 @@ impl JobEngine {
     /// Operations of `earlier` still in flight: the steps that must not be carried out
     /// twice (a reboot's or factory reset's Execute, a firmware update's Package URI
     /// Write and Execute of Update) take `earlier`'s operation back (`adopt_executes`),
-    /// so its `Sent` and answer count when they come; every other step (reads, writes,
+    /// so its `Sent` and answer count when they come (one whose `Sent` `earlier` took
+    /// from the failed batch itself is taken back as still queued at the transport, and
+    /// counts as sent only once that `Sent` is applied again, in its place: a
+    /// registration that came before it in the batch is no proof of a reboot, and leaves
+    /// a firmware step waiting for its answer, as it did in `earlier`); every other step
+    /// (reads, writes,
     /// the configuration apply, the firmware Observe, Reads and the empty-URI reset) is
     /// sent again under a new operation id, and the answer to `earlier`'s operation,
     /// which this engine does not know, is ignored: each step's answer counts once, and
@@ -1163,6 +1181,26 @@ impl JobEngine {
         }
     }
 
+    /// Remembers that the `Sent` of `op`, child `c`'s operation, came in a batch the hub
+    /// applies again should its commit fail (see `sent_again`); before `on_sent`, so the
+    /// step is the operation's.
+    fn note_sent_again(&mut self, op: OpId, c: u32) {
+        let child = &self.children[c as usize];
+        if self.journal.is_some()
+            && child.state == ChildState::InProgress
+            && self.adoptable(c, child.step)
+        {
+            self.sent_again.push(Settled {
+                op,
+                child: c,
+                attempt: child.attempt,
+                step: child.step,
+                execute_after_restart: child.execute_after_restart,
+                queued: true,
+            });
+        }
+    }
+
     /// Whether an engine rebuilt after a failed commit takes over the operation of step
     /// `step` of child `c` (see `adopt_executes`): a reboot's or factory reset's Execute,
     /// a firmware update's Package URI Write or Execute of Update: the steps that must
@@ -1175,10 +1213,21 @@ impl JobEngine {
         }
     }
 
+    /// Whether step `step` of child `c` is an Execute whose `Sent` sets
+    /// `FLAG_EXECUTE_SENT` (see `on_sent`).
+    fn executes_at(&self, c: u32, step: u8) -> bool {
+        match self.parents[self.children[c as usize].parent as usize].kind() {
+            JobKind::RebootDevice | JobKind::FactoryResetDevice => step == 0,
+            JobKind::FirmwareUpdate => step == FW_EXECUTE,
+            _ => false,
+        }
+    }
+
     /// Everything the engine did is durable: the answers it took can no longer be
     /// applied again (see `settled`).
     pub(crate) fn committed(&mut self) {
         self.settled.clear();
+        self.sent_again.clear();
         self.sent_below = self.next_op;
     }
 
@@ -1195,30 +1244,45 @@ impl JobEngine {
     /// rebuilt engine's Read of `/5/0`, which then took the update under way for a
     /// download and, once the device rebooted into the new image, wrote the package again
     /// and installed it twice); the per-device timeout starts again.
+    ///
+    /// What the child takes over is what is durable plus what the failed batch, applied
+    /// again, brings: an operation whose `Sent` came in that batch (`sent_again`) is taken
+    /// back as still queued, whatever followed it in the batch (its answer, a
+    /// cancellation), and `FLAG_EXECUTE_SENT` is not carried for it, so the hub holds
+    /// that `Sent` with the batch ([`JobEngine::awaits_sent`]) and the batch's events
+    /// reach the child in the order they came. Should the child not be taken back (its
+    /// device went offline in the batch), the flag is carried: no engine waits for that
+    /// `Sent` then, and the Execute is never sent twice.
     fn adopt_executes(&mut self, now: Instant, earlier: &JobEngine) {
         // A `Sent` (or answer) the earlier engine took is the transport's fact, whether or
         // not the batch that carried it committed: the same attempt keeps it, so an
-        // Execute that left is never sent again (the batch applied again finds its `Sent`
-        // no longer awaited). Only with a transport that reports `Sent`: otherwise the
-        // flag was set at the handover, and an Execute handed over in the failed batch
-        // never went out.
-        for c in self.children.range() {
-            if !earlier.config.transport_reports_sent {
-                break;
-            }
-            if !earlier.children.range().contains(&c) {
-                continue;
-            }
-            let old = &earlier.children[c as usize];
-            let new = &self.children[c as usize];
-            if old.flags & FLAG_EXECUTE_SENT != 0
-                && new.flags & FLAG_EXECUTE_SENT == 0
-                && old.attempt == new.attempt
-                && old.device == new.device
-                && !new.state.is_terminal()
-            {
-                self.children[c as usize].flags |= FLAG_EXECUTE_SENT;
-                self.mark_child(c);
+        // Execute that left is never sent again. Only with a transport that reports
+        // `Sent`: otherwise the flag was set at the handover, and an Execute handed over
+        // in the failed batch never went out.
+        //
+        // Except a `Sent` taken from the failed batch itself (`sent_again`): that batch is
+        // applied again, this `Sent` in its place, so the Execute is taken over as still
+        // queued (below) and counts as sent only once its `Sent` is applied again, after
+        // the events that came before it (a registration before it is no proof of the
+        // reboot). Carried ahead, the flag would let those events see an Execute that had
+        // not left yet. Such a child not taken over after all (its device went offline
+        // in the batch, say) gets the flag after all, below: no engine waits for its
+        // `Sent` then, and the Execute must not go out twice.
+        let sent_in_batch: Vec<u32> = earlier
+            .sent_again
+            .iter()
+            .filter(|s| {
+                earlier.children.range().contains(&s.child)
+                    && earlier.executes_at(s.child, s.step)
+                    && earlier.children[s.child as usize].attempt == s.attempt
+            })
+            .map(|s| s.child)
+            .collect();
+        if earlier.config.transport_reports_sent {
+            for c in self.children.range() {
+                if !sent_in_batch.contains(&c) {
+                    self.carry_execute_sent(earlier, c);
+                }
             }
         }
         // Only operations that went out: one made in the failed batch was never sent
@@ -1238,10 +1302,15 @@ impl JobEngine {
                 queued: earlier.unsent.contains(&op),
             })
         });
+        // Those whose `Sent` came in the failed batch first: still queued, whatever came
+        // after it in that batch (its answer, a cancellation), since the batch is applied
+        // again (its `Sent` is never dropped: the hub holds it outside its bounds, and
+        // hands it over once every event before it is gone).
         let mut adopted: Vec<Settled> = earlier
-            .settled
+            .sent_again
             .iter()
             .copied()
+            .chain(earlier.settled.iter().copied())
             .chain(outstanding)
             .filter(|s| {
                 let (op, c, attempt) = (s.op, s.child, s.attempt);
@@ -1282,15 +1351,20 @@ impl JobEngine {
                 }
             })
             .collect();
-        // One operation a child: an answered one before an outstanding one.
+        // One operation a child: one sent in the failed batch, then an answered one, then
+        // an outstanding one (a stable sort).
         adopted.sort_by_key(|s| s.child);
         adopted.dedup_by_key(|s| s.child);
+        let mut taken_back_queued: Vec<u32> = Vec::new();
         for s in adopted {
             let (op, c) = (s.op, s.child);
             if self.children[c as usize].state == ChildState::WaitingForDevice
                 && !self.child_apply(now, c, ChildEvent::DeviceOnline)
             {
                 continue;
+            }
+            if s.queued {
+                taken_back_queued.push(c);
             }
             let child = &mut self.children[c as usize];
             child.step = s.step;
@@ -1305,6 +1379,36 @@ impl JobEngine {
             } else {
                 self.arm_deadline(now, c);
             }
+            self.mark_child(c);
+        }
+        // The children whose Execute's `Sent` came in the failed batch and that were not
+        // taken back waiting for it: it left, so it counts (see above).
+        for c in sent_in_batch {
+            if !taken_back_queued.contains(&c) {
+                self.carry_execute_sent(earlier, c);
+            }
+        }
+    }
+
+    /// Sets `FLAG_EXECUTE_SENT` on child `c` when `earlier` (the engine this one replaces
+    /// after a failed commit, with a transport that reports `Sent`) counts the Execute of
+    /// the same attempt as sent and this one does not (see `adopt_executes`).
+    fn carry_execute_sent(&mut self, earlier: &JobEngine, c: u32) {
+        if !earlier.config.transport_reports_sent
+            || !earlier.children.range().contains(&c)
+            || !self.children.range().contains(&c)
+        {
+            return;
+        }
+        let old = &earlier.children[c as usize];
+        let new = &self.children[c as usize];
+        if old.flags & FLAG_EXECUTE_SENT != 0
+            && new.flags & FLAG_EXECUTE_SENT == 0
+            && old.attempt == new.attempt
+            && old.device == new.device
+            && !new.state.is_terminal()
+        {
+            self.children[c as usize].flags |= FLAG_EXECUTE_SENT;
             self.mark_child(c);
         }
     }
@@ -1401,8 +1505,29 @@ impl JobEngine {
     /// engine rebuilt after a failed commit waits only for what the one it replaced
     /// waited for (it takes those waits over), so a `Sent` no engine waits for changes
     /// nothing, now or later.
+    ///
+    /// It also waits for the `Sent` of an operation whose `Sent` it took from a batch
+    /// whose commit has not succeeded yet (see `sent_again`): that batch is applied again
+    /// to an engine rebuilt from the store, which takes the operation over as still
+    /// queued and needs the `Sent` in its place (the hub keeps the batch's events, this
+    /// `Sent` among them, while the store refuses it, even when memory could not be
+    /// rebuilt yet).
     pub(crate) fn awaits_sent(&self, op: OpId) -> bool {
-        self.unsent.contains(&op)
+        self.unsent.contains(&op) || self.sent_again.iter().any(|s| s.op == op)
+    }
+
+    /// [`JobEngine::handle_event`] for a [`DeviceEvent::Sent`] the hub hands over outside
+    /// any batch (held through the hub's bound of failed commits, every event before it
+    /// dropped): nothing applies it again, so it counts as
+    /// taken for good. An engine rebuilt after a later failed commit takes its operation
+    /// over as sent (an Execute as carried out), as this one counts it, instead of
+    /// waiting for a `Sent` that never comes again. Any other event is handled as by
+    /// `handle_event`.
+    pub(crate) fn handle_sent_for_good(&mut self, now: Instant, event: &DeviceEvent) {
+        self.handle_event(now, event);
+        if let DeviceEvent::Sent { op, .. } = event {
+            self.sent_again.retain(|s| s.op != *op);
+        }
     }
 
     // ---- poll_* ----
@@ -2713,12 +2838,7 @@ impl JobEngine {
         if child.state != ChildState::InProgress {
             return;
         }
-        let execute = match self.parents[child.parent as usize].kind() {
-            JobKind::RebootDevice | JobKind::FactoryResetDevice => child.step == 0,
-            JobKind::FirmwareUpdate => child.step == FW_EXECUTE,
-            _ => false,
-        };
-        if execute && child.flags & FLAG_EXECUTE_SENT == 0 {
+        if self.executes_at(c, child.step) && child.flags & FLAG_EXECUTE_SENT == 0 {
             self.mark_child(c);
             self.children[c as usize].flags |= FLAG_EXECUTE_SENT;
         }

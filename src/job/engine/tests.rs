@@ -430,3 +430,173 @@ fn an_execute_the_transport_refused_unsent_is_no_reboot_after_a_rebuild() {
     );
     e.validate().unwrap();
 }
+
+/// Applies `batch` again to an engine rebuilt after its commit failed, as the hub does:
+/// a `Sent` only if the engine waits for it (the hub holds no other), the rest in order.
+fn apply_again(e: &mut JobEngine, now: Instant, batch: &[DeviceEvent]) {
+    for ev in batch {
+        if let DeviceEvent::Sent { op, .. } = ev
+            && !e.awaits_sent(*op)
+        {
+            continue;
+        }
+        e.handle_event(now, ev);
+    }
+    e.resume_deferred(now);
+}
+
+fn reboot() -> JobType {
+    JobType::Reboot {
+        wait_for_registration: true,
+    }
+}
+
+/// Review 42: a reboot's Execute waits in the transport's queue; the device registers
+/// again, then the Execute leaves (`Sent`), in a batch whose commit fails. The rebuilt
+/// engine took over the batch's `Sent` (FLAG_EXECUTE_SENT carried, the Execute adopted as
+/// left) and the hub dropped the `Sent` (no engine waited for it): applied again, the
+/// registration that came before the `Sent` counted as the reboot. Now the rebuilt engine
+/// takes the Execute over as still queued and waits for that `Sent` in its place.
+#[test]
+fn a_registration_before_an_executes_sent_in_a_failed_batch_is_no_reboot() {
+    let t0 = Instant::now();
+    let (mut e, dev, id) = engine_with(sent_config(), reboot(), t0);
+    let mut disk = Disk::default();
+    let execute = one_op(&mut e);
+    disk.commit(&mut e);
+    let batch = [registered(&dev), sent(&execute)];
+    for ev in &batch {
+        e.handle_event(t0, ev);
+    }
+    assert_eq!(child(&e, &id, &dev), (ChildState::InProgress, None));
+    // The hub holds the batch's `Sent` with its events, also while the store could not
+    // be rebuilt yet (this engine stays until it is).
+    assert!(e.awaits_sent(execute.id));
+    let t1 = t0 + Duration::from_secs(1);
+    disk.fail(&mut e, t1);
+    assert!(e.awaits_sent(execute.id), "taken over as still queued");
+    apply_again(&mut e, t1, &batch);
+    assert_eq!(
+        child(&e, &id, &dev),
+        (ChildState::InProgress, None),
+        "no reboot before the Execute left"
+    );
+    assert_eq!(e.poll_op(), None, "the Execute is not sent again");
+    // The device takes it, answers, and reboots.
+    e.handle_event(t1, &answer(&execute, Ok(DeviceReply::Done)));
+    assert_eq!(child(&e, &id, &dev), (ChildState::InProgress, None));
+    e.handle_event(t1, &registered(&dev));
+    assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
+    e.validate().unwrap();
+}
+
+/// The same `Sent`, held by the hub through its bound of failed commits and handed over
+/// outside any batch: nothing applies it again, so an engine rebuilt after a later failed
+/// commit counts the Execute as sent (a registration is then the reboot) instead of
+/// waiting for a `Sent` that never comes, and never sends it again.
+#[test]
+fn an_executes_sent_handed_over_for_good_counts_after_a_later_failed_commit() {
+    let t0 = Instant::now();
+    let (mut e, dev, id) = engine_with(sent_config(), reboot(), t0);
+    let mut disk = Disk::default();
+    let execute = one_op(&mut e);
+    disk.commit(&mut e);
+    e.handle_event(t0, &sent(&execute));
+    disk.fail(&mut e, t0);
+    assert!(e.awaits_sent(execute.id));
+    e.handle_sent_for_good(t0, &sent(&execute));
+    assert!(!e.awaits_sent(execute.id));
+    let t1 = t0 + Duration::from_secs(1);
+    // The next batch's commit fails too.
+    assert!(disk.fail(&mut e, t1).is_empty());
+    e.resume_deferred(t1);
+    assert!(!e.awaits_sent(execute.id), "no `Sent` to wait for");
+    assert_eq!(e.poll_op(), None, "never sent twice");
+    e.handle_event(t1, &registered(&dev));
+    assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
+    e.validate().unwrap();
+}
+
+/// A reboot's Execute leaves and the device de-registers (rebooting), in a batch whose
+/// commit fails. The rebuilt engine cannot take the Execute back (its device is offline:
+/// no engine waits for the `Sent`, which the hub then drops), so it counts the Execute as
+/// sent, as the earlier engine did: the next registration is the reboot, with no second
+/// Execute.
+#[test]
+fn an_executes_sent_in_a_failed_batch_whose_device_left_is_not_sent_twice() {
+    let t0 = Instant::now();
+    let (mut e, dev, id) = engine_with(sent_config(), reboot(), t0);
+    let mut disk = Disk::default();
+    let execute = one_op(&mut e);
+    disk.commit(&mut e);
+    let batch = [
+        sent(&execute),
+        DeviceEvent::Deregistered {
+            device: dev.clone(),
+        },
+    ];
+    for ev in &batch {
+        e.handle_event(t0, ev);
+    }
+    disk.fail(&mut e, t0);
+    apply_again(&mut e, t0, &batch);
+    assert_eq!(e.poll_op(), None);
+    e.handle_event(t0, &registered(&dev));
+    assert_eq!(e.poll_op(), None, "never sent twice");
+    assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
+    e.validate().unwrap();
+}
+
+/// The firmware steps taken over the same way: the Package URI Write, and the Execute of
+/// Update, each waiting in the transport's queue while the device registers again, then
+/// leaving, in a batch whose commit fails. Applied again to the rebuilt engine, the batch
+/// must leave the child where it leaves an engine whose commit succeeded: still waiting
+/// for the operation's answer (the registration came before it left, so it restarted
+/// nothing the step did), not re-synchronising from `/5/0` as if the registration came
+/// after (which lost the Write's answer, or took an Execute that had not reached the
+/// device yet for one carried out).
+#[test]
+fn a_registration_before_a_firmware_steps_sent_in_a_failed_batch_changes_nothing_more() {
+    for execute_step in [false, true] {
+        for fail in [false, true] {
+            let t0 = Instant::now();
+            let (mut e, dev, id) = engine_with(sent_config(), firmware(), t0);
+            let mut disk = Disk::default();
+            let observe = one_op(&mut e);
+            e.handle_event(t0, &sent(&observe));
+            e.handle_event(t0, &answer(&observe, Ok(DeviceReply::Content(fw(0, 0)))));
+            let mut op = one_op(&mut e);
+            if execute_step {
+                e.handle_event(t0, &sent(&op));
+                e.handle_event(t0, &answer(&op, Ok(DeviceReply::Done)));
+                let downloaded = DeviceEvent::Notification {
+                    device: dev.clone(),
+                    registration_id: "r1".into(),
+                    path: Lwm2mPath::instance(5, 0),
+                    content: fw(2, 0),
+                };
+                e.handle_event(t0, &downloaded);
+                op = one_op(&mut e);
+                assert!(is_update_execute(&op), "{op:?}");
+            }
+            disk.commit(&mut e);
+            let batch = [registered(&dev), sent(&op)];
+            for ev in &batch {
+                e.handle_event(t0, ev);
+            }
+            if fail {
+                disk.fail(&mut e, t0);
+                apply_again(&mut e, t0, &batch);
+            }
+            let case = format!("execute {execute_step}, fail {fail}");
+            assert_eq!(e.poll_op(), None, "{case}: waits for the answer");
+            assert_eq!(
+                child(&e, &id, &dev),
+                (ChildState::InProgress, None),
+                "{case}"
+            );
+            assert!(e.is_outstanding(op.id), "{case}: its answer counts");
+            e.validate().unwrap();
+        }
+    }
+}
