@@ -209,7 +209,7 @@ mod dtls_sent {
     /// handshakes from it (replacing the session at the address). The hub then reads from
     /// `d-1`.
     ///
-    /// BUG: the request is reported [`DeviceEvent::Sent`] although nothing left. The
+    /// Was a bug (fixed in bebb742): the request is reported [`DeviceEvent::Sent`] although nothing left. The
     /// server's pump (`Lwm2mServer::pump`) only asks whether *a* session exists at the
     /// registration's address (`sessions.contains(&reg.addr)`), so it dispatches and
     /// reports `Sent`; the DTLS layer (`SecureLayer::transmit`) then refuses to send it
@@ -357,7 +357,7 @@ mod displaced {
     /// `b`: it is there (a fresh notification of its own observation, from an address no
     /// registration holds), and the server delivers the notification.
     ///
-    /// BUG: `e` stays displaced: nothing is sent to it (`Lwm2mServer::pump` returns on
+    /// Was a bug (fixed in bebb742): `e` stays displaced: nothing is sent to it (`Lwm2mServer::pump` returns on
     /// `reg.displaced`), although its device is talking from its registration's address
     /// and no other registration holds that address. `displaced` is cleared only by
     /// `follow_address`, which a notification reaches only from an address *other* than

@@ -141,7 +141,7 @@ mod displaced {
     /// first read goes out, the second waits behind it (NSTART 1). The device does not
     /// answer the first (it is busy, or the answer is lost).
     ///
-    /// BUG: the second read never times out at `queue_timeout` (30 s here): the Register
+    /// Was a bug (fixed in 5d7aff7): the second read never times out at `queue_timeout` (30 s here): the Register
     /// keeps the queue ("A re-registration replaces the old one (and its observations),
     /// keeps the queue", `Lwm2mServer::register`) but gives the registration a new
     /// generation, and the `Timer::Queue` armed at submission carries the old one, so
@@ -196,7 +196,7 @@ mod displaced {
     /// "nothing more is sent to it", since "the takeover probe ... would ask the other
     /// device".
     ///
-    /// BUG: the probe stays in flight to `b` and is retransmitted there, to `d`'s device
+    /// Was a bug (fixed in 5d7aff7): the probe stays in flight to `b` and is retransmitted there, to `d`'s device
     /// (`Lwm2mServer::displace_holder` fails `reg.in_flight` but leaves `reg.probe` /
     /// `self.probes` and the endpoint's exchange alone). `d`'s device answers it (any
     /// LwM2M client does, 4.04 at worst), `probe_answered` then marks `e` as having
