@@ -254,7 +254,7 @@ mod displaced {
     /// address, so the notification moves nothing: RST, `ObservationEnded` (documented).
     /// The hub then reads `d`.
     ///
-    /// BUG: the read of `d` goes to `a`, where the server has just seen `e`'s device (its
+    /// Was a bug (fixed: the holder is displaced): the read of `d` went to `a`, where the server has just seen `e`'s device (its
     /// token, from an address `e` never left: not a late datagram, `e.left` is empty). `e`'s
     /// device answers it, and `e`'s value is taken as `d`'s (a Write or an Execute would act
     /// on the wrong device). Likewise the hub's re-observe of `e` (it gets
@@ -268,7 +268,6 @@ mod displaced {
     /// `displace_holder` does), and `e` is no longer taken to be at `b` (moved to `a`, or
     /// held back like a displaced registration until its device talks).
     #[test]
-    #[ignore = "bug: after two devices swap addresses, a request for one goes to the other (a notification proving the swap moves and holds back nothing)"]
     fn after_two_devices_swap_addresses_a_request_does_not_go_to_the_other_device() {
         let mut s = server(Duration::from_secs(600));
         let t0 = Instant::now();

@@ -55,9 +55,10 @@
 //!   address) and offers for plain CoAP as an option (update the registration on a
 //!   notification); Californium's strict address matching would drop the observation
 //!   with nobody told. A notification from an address another registration holds moves
-//!   nothing: it gets RST (on which the device drops the observation) and the hub gets
-//!   [`DeviceEvent::ObservationEnded`], so it observes again; an older one than the last
-//!   taken (reordered across the move) gets RST and changes nothing. A notification
+//!   the registration there too, and displaces that one (below: its device is no longer
+//!   at the address, as after two devices swapped ports); before, it got RST and the
+//!   other registration kept the address, so its requests went to this device. An older
+//!   one than the last taken (reordered across the move) gets RST and changes nothing. A notification
 //!   that arrives late from an address the registration left (sent before the
 //!   rebinding, received after the move) does not move it back, however fresh its
 //!   Observe number: the last [`MAX_LEFT_ADDRESSES`] addresses left are remembered for
@@ -1341,10 +1342,10 @@ impl Lwm2mServer {
     /// its lifetime, which only an Update does), when it comes from the registration's
     /// identity (DTLS) or from none for a plain registration: the observation's token,
     /// a random 64-bit number only the device and the server know, is the proof, as the
-    /// location is for an Update. From an address another registration holds, the
-    /// observation ends instead ([`DeviceEvent::ObservationEnded`]): the endpoint
-    /// answers RST, on which the device drops it. From another identity, nothing
-    /// changes (RST). From an address the registration left less than
+    /// location is for an Update. From an address another registration holds, that one
+    /// is displaced, as by an Update from there (its device is no longer at the
+    /// address: NAT gave the port away, or two devices swapped). From another identity,
+    /// nothing changes (RST). From an address the registration left less than
     /// [`LEFT_ADDRESS_MEMORY`] ago, nothing moves: the device sent it before the
     /// rebinding and it arrived late; it is acknowledged if CON and dropped (an error
     /// response ends the observation). Called before the endpoint sees the datagram;
@@ -1381,11 +1382,10 @@ impl Lwm2mServer {
             self.endpoint.acknowledge_and_drop(now, peer, bytes);
             return true;
         }
-        if self.by_addr.get(&peer).is_some_and(|&other| other != slot) {
-            self.endpoint.forget_request(now, id);
-            self.observation_ended(id);
-            return false;
-        }
+        // From an address another registration holds: the token (and over DTLS the
+        // identity) says this device is there now, so that registration's device is not
+        // (NAT gave its port away, or the two swapped): it is displaced, as by an Update
+        // from there (`follow_address`), and nothing of it goes to this device.
         let probing = match reg.probe {
             Probe::InFlight(probe) => Some(probe),
             _ => None,
