@@ -289,8 +289,8 @@ impl Shared {
 
     /// Counts `n` events dropped for a full queue. When the queue ends with a
     /// [`HubEvent::Lagged`] (a feed gap's) and nothing was queued after it, these drops
-    /// happen at the same point: they join its count, so a consumer never gets two
-    /// `Lagged` in a row.
+    /// happen at the same point: they join its count rather than make a second `Lagged`
+    /// right behind it.
     fn drop_events(q: &mut Queue, n: u64) {
         if !q.lagging
             && let Some(HubEvent::Lagged { missed, .. }) = q.events.back_mut()
