@@ -696,3 +696,33 @@ fn a_package_pulled_whole_past_max_body_is_refused() {
     assert_eq!(packages, vec![vec![0x5a; 1024]], "at the bound it is taken");
     assert_eq!(state, "2", "Downloaded");
 }
+
+/// Checks: a package server that answers a block with "more" set and a short payload
+/// (RFC 7959 §2.2: every block but the last carries the full 2^(SZX+4) bytes). Why wrong:
+/// `download_block` appended the short payload and asked for the block its length
+/// pointed at, the same one again: with an empty payload it asked for it again and
+/// again with no end, and with a short one it spliced the block's bytes in twice and
+/// installed a corrupt package. Right: the download fails (result 4, as for a block out
+/// of turn), nothing is handed over, and nothing more is asked.
+#[test]
+fn a_short_block_that_is_not_the_last_fails_the_download() {
+    for short in [0usize, 100] {
+        let (mut h, got, get0) = pulling();
+        let szx = get0.block2().unwrap().szx;
+        let mut r = Message::response(Code::CONTENT);
+        r.set_block2(BlockOption::new(0, true, szx).unwrap());
+        r.payload = vec![0xAA; short];
+        serve_block(&mut h, &get0, r);
+        let again = h.sent().into_iter().filter(|m| m.code == Code::GET).count();
+        assert_eq!(again, 0, "{short}-byte block: asked again");
+        assert!(
+            got.lock().unwrap().is_empty(),
+            "{short}-byte block: handed over"
+        );
+        assert_eq!(
+            (h.get_text("/5/0/3").as_str(), h.get_text("/5/0/5").as_str()),
+            ("0", "4"),
+            "{short}-byte block"
+        );
+    }
+}

@@ -2743,6 +2743,11 @@ impl Lwm2mClient {
             Some(b) if b.num != d.next_num => {
                 self.download_finished(Err(UpdateResult::ConnectionLost))
             }
+            // Every block but the last is full (RFC 7959 §2.2): a short one with more to
+            // come would be asked for again (empty: with no end) or spliced in twice.
+            Some(b) if b.more && msg.payload.len() != b.size() => {
+                self.download_finished(Err(UpdateResult::ConnectionLost))
+            }
             Some(b) => {
                 if d.body.len() + msg.payload.len() > max {
                     self.download_finished(Err(UpdateResult::NotEnoughFlash));
