@@ -16,6 +16,7 @@
 
 mod dtls_support;
 mod hub_support;
+mod server_sim;
 
 use hub_support::*;
 use std::sync::{Arc, Mutex};
@@ -181,9 +182,8 @@ fn a_registration_before_the_executes_sent_is_not_the_reboot_after_a_failed_comm
 // ------------------------------------------------------------------ DTLS: nothing sent
 
 mod dtls_sent {
-    use super::dtls_support::{RawDtlsDevice, creds, key};
+    use super::dtls_support::{RawDtlsDevice, creds, events_for, key};
     use std::net::UdpSocket;
-    use std::sync::mpsc::Receiver;
     use std::time::{Duration, Instant};
     use twinhub::DeviceId;
     use twinhub::Lwm2mPath;
@@ -191,18 +191,6 @@ mod dtls_sent {
     use twinhub::dtls::{DtlsClient, DtlsServer, DtlsServerConfig, PskStore};
     use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, UdpServer};
     use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
-
-    fn events_for(events: &Receiver<DeviceEvent>, within: Duration) -> Vec<DeviceEvent> {
-        let deadline = Instant::now() + within;
-        let mut got = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match events.recv_timeout(left) {
-                Ok(e) => got.push(e),
-                Err(_) => break,
-            }
-        }
-        got
-    }
 
     /// `d-1` registers over DTLS (identity `id-1`) from a loopback port; its NAT mapping
     /// goes, and the port goes to another device, `d-2` (identity `id-2`), which
@@ -289,67 +277,13 @@ mod dtls_sent {
 // ------------------------------------------------------------------ NAT: displaced, then freed
 
 mod displaced {
-    use std::net::SocketAddr;
+    use super::server_sim::{addr, events, out, register, send, update};
     use std::time::{Duration, Instant};
     use twinhub::DeviceId;
     use twinhub::Lwm2mPath;
     use twinhub::coap::{Code, ContentFormat, Message, MessageType};
     use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
     use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, 7], port))
-    }
-
-    /// The server's datagrams, decoded, with their destinations.
-    fn out(s: &mut Lwm2mServer) -> Vec<(SocketAddr, Message)> {
-        std::iter::from_fn(|| s.poll_transmit())
-            .map(|t| (t.destination, Message::decode(&t.payload).unwrap()))
-            .collect()
-    }
-
-    fn events(s: &mut Lwm2mServer) -> Vec<DeviceEvent> {
-        std::iter::from_fn(|| s.poll_event()).collect()
-    }
-
-    fn send(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, m: &Message) {
-        s.handle_datagram(now, from, &m.to_bytes().unwrap());
-    }
-
-    fn con(code: Code, path: &str, mid: u16) -> Message {
-        let mut m = Message::request(code, path);
-        m.mtype = MessageType::Confirmable;
-        m.message_id = mid;
-        m.set_token(&mid.to_be_bytes());
-        m
-    }
-
-    /// Registers `ep` from `from`; returns its location.
-    fn register(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, ep: &str, mid: u16) -> String {
-        let mut m = con(Code::POST, "/rd", mid);
-        m.add_uri_query(&format!("ep={ep}"));
-        m.add_uri_query("lt=3000");
-        m.payload = b"</3/0>".to_vec();
-        send(s, now, from, &m);
-        let answer = out(s)
-            .into_iter()
-            .find(|(to, a)| *to == from && a.message_id == mid)
-            .expect("an answer to Register")
-            .1;
-        assert_eq!(answer.code, Code::CREATED);
-        answer.location_path().collect::<Vec<_>>().join("/")
-    }
-
-    fn update(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, location: &str, mid: u16) {
-        send(s, now, from, &con(Code::POST, &format!("/{location}"), mid));
-        let answers = out(s);
-        assert!(
-            answers
-                .iter()
-                .any(|(to, a)| *to == from && a.message_id == mid && a.code == Code::CHANGED),
-            "{answers:?}"
-        );
-    }
 
     /// `e` registers from `b` and is observed there; `d` (registered from `a`) Updates
     /// from `b` (a NAT gave it `e`'s port: `e` is displaced, per the server docs), then

@@ -10,19 +10,16 @@
 
 #[cfg(feature = "dtls")]
 mod dtls_support;
+mod server_sim;
 
 mod displaced {
-    use std::net::SocketAddr;
+    use super::server_sim::{addr, con, events, out, register, register_with, send, update};
     use std::time::{Duration, Instant};
     use twinhub::DeviceId;
     use twinhub::Lwm2mPath;
     use twinhub::coap::{Code, ContentFormat, Message, MessageType};
     use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
     use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([10, 0, 0, 7], port))
-    }
 
     fn server(queue_timeout: Duration) -> Lwm2mServer {
         Lwm2mServer::with_seed(
@@ -33,72 +30,6 @@ mod displaced {
             },
             42,
         )
-    }
-
-    /// The server's datagrams, decoded, with their destinations.
-    fn out(s: &mut Lwm2mServer) -> Vec<(SocketAddr, Message)> {
-        std::iter::from_fn(|| s.poll_transmit())
-            .map(|t| (t.destination, Message::decode(&t.payload).unwrap()))
-            .collect()
-    }
-
-    fn events(s: &mut Lwm2mServer) -> Vec<DeviceEvent> {
-        std::iter::from_fn(|| s.poll_event()).collect()
-    }
-
-    fn send(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, m: &Message) {
-        s.handle_datagram(now, from, &m.to_bytes().unwrap());
-    }
-
-    fn con(code: Code, path: &str, mid: u16) -> Message {
-        let mut m = Message::request(code, path);
-        m.mtype = MessageType::Confirmable;
-        m.message_id = mid;
-        m.set_token(&mid.to_be_bytes());
-        m
-    }
-
-    /// Registers `ep` from `from`; returns its location and what else the server sent.
-    fn register_with(
-        s: &mut Lwm2mServer,
-        now: Instant,
-        from: SocketAddr,
-        ep: &str,
-        mid: u16,
-        extra: &[&str],
-    ) -> (String, Vec<(SocketAddr, Message)>) {
-        let mut m = con(Code::POST, "/rd", mid);
-        m.add_uri_query(&format!("ep={ep}"));
-        m.add_uri_query("lt=3000");
-        for q in extra {
-            m.add_uri_query(q);
-        }
-        m.payload = b"</3/0>".to_vec();
-        send(s, now, from, &m);
-        let sent = out(s);
-        let answer = sent
-            .iter()
-            .find(|(to, a)| *to == from && a.message_id == mid && a.code.class() == 2)
-            .unwrap_or_else(|| panic!("an answer to Register: {sent:?}"))
-            .1
-            .clone();
-        assert_eq!(answer.code, Code::CREATED);
-        (answer.location_path().collect::<Vec<_>>().join("/"), sent)
-    }
-
-    fn register(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, ep: &str, mid: u16) -> String {
-        register_with(s, now, from, ep, mid, &[]).0
-    }
-
-    fn update(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, location: &str, mid: u16) {
-        send(s, now, from, &con(Code::POST, &format!("/{location}"), mid));
-        let answers = out(s);
-        assert!(
-            answers
-                .iter()
-                .any(|(to, a)| *to == from && a.message_id == mid && a.code == Code::CHANGED),
-            "{answers:?}"
-        );
     }
 
     fn read(id: u64, device: &DeviceId) -> DeviceOp {
@@ -326,26 +257,13 @@ mod displaced {
 
 #[cfg(feature = "dtls")]
 mod dtls_withdrawn {
-    use super::dtls_support::{RawDtlsDevice, creds, key};
-    use std::sync::mpsc::Receiver;
-    use std::time::{Duration, Instant};
+    use super::dtls_support::{RawDtlsDevice, creds, events_for, key};
+    use std::time::Duration;
     use twinhub::DeviceId;
     use twinhub::Lwm2mPath;
     use twinhub::dtls::{DtlsServer, DtlsServerConfig, PskStore};
     use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, UdpServer};
     use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
-
-    fn events_for(events: &Receiver<DeviceEvent>, within: Duration) -> Vec<DeviceEvent> {
-        let deadline = Instant::now() + within;
-        let mut got = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match events.recv_timeout(left) {
-                Ok(e) => got.push(e),
-                Err(_) => break,
-            }
-        }
-        got
-    }
 
     /// Control: `d-1` registers over DTLS through the real driver
     /// (`UdpServer::bind_secure`); the hub withdraws its key and at once reads from it.

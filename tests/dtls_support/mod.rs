@@ -180,3 +180,19 @@ impl RawDtlsDevice {
             .join("/")
     }
 }
+
+/// The server's events that arrive within `within`.
+pub fn events_for(
+    events: &std::sync::mpsc::Receiver<twinhub::transport::DeviceEvent>,
+    within: Duration,
+) -> Vec<twinhub::transport::DeviceEvent> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match events.recv_timeout(left) {
+            Ok(e) => got.push(e),
+            Err(_) => break,
+        }
+    }
+    got
+}

@@ -1,0 +1,85 @@
+//! The sans-IO LwM2M server driven by hand: addresses, CoAP requests from a device, and
+//! Register / Update with their answers checked. Shared by the server review tests (each
+//! test file is its own crate; each uses a part).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Instant;
+use twinhub::coap::{Code, Message, MessageType};
+use twinhub::lwm2m::server::Lwm2mServer;
+use twinhub::transport::{DeviceEvent, Transport};
+
+/// A device's address (10.0.0.7, `port`).
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 7], port))
+}
+
+/// The server's datagrams, decoded, with their destinations.
+pub fn out(s: &mut Lwm2mServer) -> Vec<(SocketAddr, Message)> {
+    std::iter::from_fn(|| s.poll_transmit())
+        .map(|t| (t.destination, Message::decode(&t.payload).unwrap()))
+        .collect()
+}
+
+/// The server's events.
+pub fn events(s: &mut Lwm2mServer) -> Vec<DeviceEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+/// Hands the server `m` from `from`.
+pub fn send(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, m: &Message) {
+    s.handle_datagram(now, from, &m.to_bytes().unwrap());
+}
+
+/// A confirmable request, its token made of its message id.
+pub fn con(code: Code, path: &str, mid: u16) -> Message {
+    let mut m = Message::request(code, path);
+    m.mtype = MessageType::Confirmable;
+    m.message_id = mid;
+    m.set_token(&mid.to_be_bytes());
+    m
+}
+
+/// Registers `ep` from `from`; returns its location and what else the server sent.
+pub fn register_with(
+    s: &mut Lwm2mServer,
+    now: Instant,
+    from: SocketAddr,
+    ep: &str,
+    mid: u16,
+    extra: &[&str],
+) -> (String, Vec<(SocketAddr, Message)>) {
+    let mut m = con(Code::POST, "/rd", mid);
+    m.add_uri_query(&format!("ep={ep}"));
+    m.add_uri_query("lt=3000");
+    for q in extra {
+        m.add_uri_query(q);
+    }
+    m.payload = b"</3/0>".to_vec();
+    send(s, now, from, &m);
+    let sent = out(s);
+    let answer = sent
+        .iter()
+        .find(|(to, a)| *to == from && a.message_id == mid && a.code.class() == 2)
+        .unwrap_or_else(|| panic!("an answer to Register: {sent:?}"))
+        .1
+        .clone();
+    assert_eq!(answer.code, Code::CREATED);
+    (answer.location_path().collect::<Vec<_>>().join("/"), sent)
+}
+
+pub fn register(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, ep: &str, mid: u16) -> String {
+    register_with(s, now, from, ep, mid, &[]).0
+}
+
+/// Updates the registration at `location` from `from`; checks the 2.04.
+pub fn update(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, location: &str, mid: u16) {
+    send(s, now, from, &con(Code::POST, &format!("/{location}"), mid));
+    let answers = out(s);
+    assert!(
+        answers
+            .iter()
+            .any(|(to, a)| *to == from && a.message_id == mid && a.code == Code::CHANGED),
+        "{answers:?}"
+    );
+}
