@@ -5,9 +5,13 @@
 //! (`nstart`), and an answer may refuse the format (4.06, the server falls back).
 //! Whatever happens, every operation ends exactly once (an answer, a failure or a
 //! time-out) within a bounded time, is reported `Sent` at most once, and never after it
-//! ended.
+//! ended. And every request for a device goes where that device last spoke from in a
+//! message the server took (a Register answered 2.01, an Update answered 2.04), never to
+//! an address another device took over since in such a message.
 
 #![cfg(feature = "lwm2m")]
+
+mod server_sim;
 
 use proptest::prelude::*;
 use std::collections::HashMap;
@@ -34,7 +38,8 @@ enum Op {
         dev: u8,
         addr: u8,
     },
-    /// The hub reads device `dev`.
+    /// The hub reads device `dev` (resource `/3/0/(9 + dev)`, so that each request
+    /// names its device).
     Read {
         dev: u8,
     },
@@ -76,6 +81,13 @@ struct World {
     /// GETs the server sent and nobody answered yet: (destination, message).
     requests: Vec<(SocketAddr, Message)>,
     events: Vec<DeviceEvent>,
+    /// Messages the server took (by their answer), numbered in order: each device's
+    /// latest, and each address's latest (whose device, which number).
+    taken: u64,
+    device_at: HashMap<u8, (SocketAddr, u64)>,
+    address_of: HashMap<SocketAddr, (u8, u64)>,
+    /// Requests sent to the wrong device or address, with the world's state then.
+    misrouted: Vec<String>,
 }
 
 impl World {
@@ -88,14 +100,69 @@ impl World {
         m
     }
 
-    /// Delivers `m` from `from`, then takes what the server sends and reports.
-    fn send(&mut self, from: SocketAddr, m: &Message) -> Vec<(SocketAddr, Message)> {
+    /// Delivers `m` from `from` (sent by device `dev`, if a device's own message), then
+    /// takes what the server sends and reports, noting whether it took the message.
+    fn send(
+        &mut self,
+        from: SocketAddr,
+        m: &Message,
+        dev: Option<u8>,
+    ) -> Vec<(SocketAddr, Message)> {
         self.server
             .handle_datagram(self.now, from, &m.to_bytes().expect("encodes"));
-        self.drain()
+        let out = self.take();
+        if let Some(dev) = dev {
+            let taken = out.iter().any(|(to, a)| {
+                *to == from
+                    && a.message_id == m.message_id
+                    && a.mtype == MessageType::Acknowledgement
+                    && (a.code == Code::CREATED || a.code == Code::CHANGED)
+            });
+            if taken {
+                self.taken += 1;
+                self.device_at.insert(dev, (from, self.taken));
+                self.address_of.insert(from, (dev, self.taken));
+            }
+        }
+        self.check_routing(&out);
+        out
     }
 
     fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
+        let out = self.take();
+        self.check_routing(&out);
+        out
+    }
+
+    /// Each Read of device `d` (`/3/0/(9 + d)`) must go to the address `d` last spoke
+    /// from in a message the server took, and no other device may have spoken from
+    /// there since in one.
+    fn check_routing(&mut self, out: &[(SocketAddr, Message)]) {
+        for (to, m) in out {
+            if m.code != Code::GET {
+                continue;
+            }
+            let path: Vec<String> = m.uri_path().map(str::to_owned).collect();
+            let [o, i, r] = &path[..] else { continue };
+            let Some(d) = (o == "3" && i == "0")
+                .then(|| r.parse::<u8>().ok())
+                .flatten()
+                .and_then(|r| r.checked_sub(9))
+            else {
+                continue;
+            };
+            let at = self.device_at.get(&d).map(|&(a, _)| a);
+            let holder = self.address_of.get(to).map(|&(dev, _)| dev);
+            if at != Some(*to) || holder != Some(d) {
+                self.misrouted.push(format!(
+                    "a read of e{d} went to {to}: e{d} last spoke from {at:?}, {to} last \
+                     spoke for {holder:?}"
+                ));
+            }
+        }
+    }
+
+    fn take(&mut self) -> Vec<(SocketAddr, Message)> {
         let mut out = Vec::new();
         while let Some(t) = self.server.poll_transmit() {
             let m = Message::decode(&t.payload).expect("the server's datagrams decode");
@@ -145,6 +212,10 @@ proptest! {
             locations: HashMap::new(),
             requests: Vec::new(),
             events: Vec::new(),
+            taken: 0,
+            device_at: HashMap::new(),
+            address_of: HashMap::new(),
+            misrouted: Vec::new(),
         };
         let mut submitted: Vec<OpId> = Vec::new();
         for op in ops {
@@ -160,7 +231,7 @@ proptest! {
                     }
                     m.payload = b"</3/0>".to_vec();
                     let mid = m.message_id;
-                    for (to, answer) in w.send(addr(a), &m) {
+                    for (to, answer) in w.send(addr(a), &m, Some(dev)) {
                         if to == addr(a) && answer.message_id == mid && answer.code == Code::CREATED {
                             let location = answer.location_path().collect::<Vec<_>>().join("/");
                             w.locations.insert(dev, location);
@@ -170,13 +241,13 @@ proptest! {
                 Op::Update { dev, addr: a } => {
                     if let Some(location) = w.locations.get(&dev).cloned() {
                         let m = w.con(Code::POST, &format!("/{location}"));
-                        w.send(addr(a), &m);
+                        w.send(addr(a), &m, Some(dev));
                     }
                 }
                 Op::Deregister { dev, addr: a } => {
                     if let Some(location) = w.locations.get(&dev).cloned() {
                         let m = w.con(Code::DELETE, &format!("/{location}"));
-                        w.send(addr(a), &m);
+                        w.send(addr(a), &m, None);
                     }
                 }
                 Op::Read { dev } => {
@@ -185,7 +256,7 @@ proptest! {
                     w.server.submit(w.now, DeviceOp {
                         id,
                         device: DeviceId::new(&format!("e{dev}")).unwrap(),
-                        request: DeviceRequest::Read { path: Lwm2mPath::resource(3, 0, 9) },
+                        request: DeviceRequest::Read { path: Lwm2mPath::resource(3, 0, 9 + u16::from(dev)) },
                     });
                     w.drain();
                 }
@@ -199,7 +270,7 @@ proptest! {
                     answer.with_token(request.token());
                     answer.payload = b"80".to_vec();
                     let from = elsewhere.map_or(to, addr);
-                    w.send(from, &answer);
+                    w.send(from, &answer, None);
                 }
                 Op::Advance { secs } => w.advance(Duration::from_secs(u64::from(secs))),
             }
@@ -209,6 +280,7 @@ proptest! {
         for _ in 0..8 {
             w.advance(Duration::from_secs(700));
         }
+        prop_assert!(w.misrouted.is_empty(), "misrouted: {:#?}", w.misrouted);
         for id in &submitted {
             let mut ended = 0;
             let mut sent = 0;
@@ -231,4 +303,139 @@ proptest! {
             prop_assert_eq!(w.server.registered_count(), 0, "every registration expired");
         }
     }
+}
+
+/// The model's first finding, as a plain test: a Read queued in the CoAP endpoint behind a
+/// takeover probe of the device's old address (NSTART 1 per address) was started when the
+/// probe was forgotten, at the moment another device's Register took that address, and
+/// so reached that other device, although the server failed the Read as
+/// `RegistrationEnded` in the same stroke.
+#[test]
+fn a_read_queued_behind_a_takeover_probe_never_reaches_the_device_that_took_the_address() {
+    use server_sim::{addr, con, events, out, register, send};
+    let mut s = Lwm2mServer::with_seed(
+        ServerConfig {
+            auto_provision: true,
+            nstart: 1,
+            ..ServerConfig::default()
+        },
+        0,
+    );
+    let now = Instant::now();
+    register(&mut s, now, addr(1), "e0", 1);
+    // e0 again from another address: the old one is probed (5.03 meanwhile).
+    let mut again = con(Code::POST, "/rd", 2);
+    again.add_uri_query("ep=e0");
+    again.payload = b"</3/0>".to_vec();
+    send(&mut s, now, addr(2), &again);
+    let probed = out(&mut s);
+    assert!(
+        probed
+            .iter()
+            .any(|(to, m)| *to == addr(1) && m.code == Code::GET),
+        "{probed:?}"
+    );
+    s.submit(
+        now,
+        DeviceOp {
+            id: OpId(1),
+            device: DeviceId::new("e0").unwrap(),
+            request: DeviceRequest::Read {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        },
+    );
+    assert_eq!(out(&mut s), vec![], "the Read waits behind the probe");
+    // Another device registers from e0's address: e0 is displaced there.
+    let mut other = con(Code::POST, "/rd", 3);
+    other.add_uri_query("ep=e1");
+    other.payload = b"</3/0>".to_vec();
+    send(&mut s, now, addr(1), &other);
+    let sent = out(&mut s);
+    assert!(
+        sent.iter().any(|(_, m)| m.code == Code::CREATED),
+        "{sent:?}"
+    );
+    assert!(
+        !sent.iter().any(|(_, m)| m.code == Code::GET),
+        "e0's Read went to the device that took its address: {sent:?}"
+    );
+    let ended = events(&mut s).into_iter().any(|e| {
+        matches!(
+            e,
+            DeviceEvent::Response {
+                op: OpId(1),
+                result: Err(_),
+                ..
+            }
+        )
+    });
+    assert!(ended, "the Read ends");
+}
+
+/// A takeover probe that is not answered ends the old registration: the Read queued
+/// behind it fails, and is not sent to the silent address first.
+#[test]
+fn a_read_queued_behind_an_unanswered_probe_is_not_sent_when_the_registration_goes() {
+    use server_sim::{addr, con, events, out, register, send};
+    let mut s = Lwm2mServer::with_seed(
+        ServerConfig {
+            auto_provision: true,
+            nstart: 1,
+            ..ServerConfig::default()
+        },
+        0,
+    );
+    let now = Instant::now();
+    register(&mut s, now, addr(1), "e0", 1);
+    let mut again = con(Code::POST, "/rd", 2);
+    again.add_uri_query("ep=e0");
+    again.payload = b"</3/0>".to_vec();
+    send(&mut s, now, addr(2), &again);
+    out(&mut s);
+    s.submit(
+        now,
+        DeviceOp {
+            id: OpId(1),
+            device: DeviceId::new("e0").unwrap(),
+            request: DeviceRequest::Read {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        },
+    );
+    assert_eq!(out(&mut s), vec![]);
+    // Run the clock past the probe's time-out (retransmissions of the probe go to
+    // the old address; nothing else may).
+    let mut t = now;
+    let mut reads = Vec::new();
+    for _ in 0..200 {
+        let Some(at) = s.poll_timeout() else { break };
+        if at > now + Duration::from_secs(60) {
+            break;
+        }
+        t = t.max(at);
+        s.handle_timeout(t);
+        reads.extend(
+            out(&mut s)
+                .into_iter()
+                .filter(|(_, m)| m.uri_path().collect::<Vec<_>>() == ["3", "0", "9"]),
+        );
+    }
+    let evs = events(&mut s);
+    assert!(
+        evs.iter().any(|e| matches!(e, DeviceEvent::Expired { .. })),
+        "the old registration went: {evs:?}"
+    );
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            DeviceEvent::Response {
+                op: OpId(1),
+                result: Err(_),
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+    assert_eq!(reads, vec![], "the Read was sent to the silent address");
 }

@@ -1013,6 +1013,32 @@ impl Endpoint {
         }
     }
 
+    /// Forgets several requests, then starts what waits in their peers' queues: forgetting
+    /// them one at a time could first start (send) a queued one among them, to a peer the
+    /// caller is leaving (a registration that ended, or whose address another device took).
+    /// Returns how many it forgot.
+    pub fn forget_requests(
+        &mut self,
+        now: Instant,
+        ids: impl IntoIterator<Item = RequestId>,
+    ) -> usize {
+        let mut peers: Vec<SocketAddr> = Vec::new();
+        let mut forgot = 0;
+        for id in ids {
+            let Some(r) = self.finish_request(id) else {
+                continue;
+            };
+            forgot += 1;
+            if !peers.contains(&r.peer) {
+                peers.push(r.peer);
+            }
+        }
+        for peer in peers {
+            self.pump_queue(now, peer);
+        }
+        forgot
+    }
+
     /// The registered observation (client role) that the datagram `bytes` from `peer`
     /// is a notification of, when the observation was registered with *another* peer:
     /// the device may have moved (NAT rebinding). `None` for anything else: not a CON or

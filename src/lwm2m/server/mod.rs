@@ -1271,11 +1271,17 @@ impl Lwm2mServer {
             .collect();
         // Oldest first, so that what the hub sees does not depend on hash order.
         moving.sort_unstable();
+        let mut lost = Vec::new();
         for id in moving {
             if !self.endpoint.move_request(now, id, peer) {
-                self.endpoint.forget_request(now, id);
-                self.observation_ended(id);
+                lost.push(id);
             }
+        }
+        // Forgotten once all that can move has moved: forgetting starts what waits in the
+        // old address's queue, which must not be one of these.
+        self.endpoint.forget_requests(now, lost.iter().copied());
+        for id in lost {
+            self.observation_ended(id);
         }
     }
 
@@ -1306,11 +1312,14 @@ impl Lwm2mServer {
         // the registration's own device is let in when it registers from where it is.
         let probe = std::mem::replace(&mut reg.probe, Probe::Idle);
         let stranded = std::mem::take(&mut reg.in_flight);
+        let mut also = Vec::new();
         if let Probe::InFlight(id) = probe {
             self.probes.remove(&id);
-            self.endpoint.forget_request(now, id);
+            also.push(id);
         }
-        self.fail_in_flight(now, stranded);
+        // Together: forgetting the probe alone would start the registration's request
+        // queued behind it, to the device that took the address.
+        self.fail_in_flight_with(now, stranded, also);
     }
 
     /// A fresh notification of the registration in `slot` came from its own address (the
@@ -1454,33 +1463,47 @@ impl Lwm2mServer {
             .filter(|(_, o)| o.slot == slot && o.generation == reg.generation)
             .map(|(id, _)| *id)
             .collect();
-        for id in gone {
-            self.observations.remove(&id);
+        for id in &gone {
             // The next notification gets RST, which ends it on the device too.
-            self.endpoint.forget_request(now, id);
+            self.observations.remove(id);
         }
         // Requests in flight under the registration fail now, not when the CoAP exchange
         // gives up (up to 93 s later), and are not retransmitted: the device that gets a
         // late retransmission may be another one behind the old address, and a new
         // registration's requests go one at a time (NSTART) from here. Oldest first; the
-        // registration's own list, not a scan of every request outstanding.
-        self.fail_in_flight(now, reg.in_flight);
+        // registration's own list, not a scan of every request outstanding. All are
+        // forgotten at once, so that none waiting in the endpoint's queue is sent first.
+        self.fail_in_flight_with(now, reg.in_flight, gone);
     }
 
     /// Fails requests sent and not yet answered with
     /// [`DeviceError::RegistrationEnded`] (oldest first) and stops their retransmission.
     fn fail_in_flight(&mut self, now: Instant, in_flight: Vec<RequestId>) {
+        self.fail_in_flight_with(now, in_flight, Vec::new());
+    }
+
+    /// [`Self::fail_in_flight`], forgetting `also` (observations, a takeover probe) in
+    /// the same stroke: forgetting one request starts the next in the endpoint's queue for
+    /// its peer, which could be another of these (sent to an address being left, perhaps
+    /// to another device) before it was forgotten in turn.
+    fn fail_in_flight_with(
+        &mut self,
+        now: Instant,
+        in_flight: Vec<RequestId>,
+        mut also: Vec<RequestId>,
+    ) {
         for id in in_flight {
             let Some(o) = self.outstanding.remove(&id) else {
                 continue;
             };
-            self.endpoint.forget_request(now, id);
+            also.push(id);
             self.events.push_back(DeviceEvent::Response {
                 op: o.op,
                 device: o.device,
                 result: Err(DeviceError::RegistrationEnded),
             });
         }
+        self.endpoint.forget_requests(now, also);
     }
 
     /// Removes a registration entirely; its requests in flight fail with
@@ -2224,12 +2247,14 @@ impl Lwm2mServer {
                 else {
                     return;
                 };
-                // The old address did not answer in time: the registration is gone.
+                // The old address did not answer in time: the registration is gone. Its
+                // requests first, then the probe, so that forgetting the probe does not
+                // start one queued behind it.
                 self.probes.remove(&id);
-                self.endpoint.forget_request(now, id);
                 if let Some(device) = self.remove(now, slot) {
                     self.events.push_back(DeviceEvent::Expired { device });
                 }
+                self.endpoint.forget_request(now, id);
             }
             Timer::Queue { slot } => {
                 // Whatever the generation: a re-registration keeps the queue, and each
