@@ -9,7 +9,8 @@
 //! addresses. And every request for a device goes where that device last spoke from in a
 //! message the server took (a Register answered 2.01, an Update answered 2.04, a
 //! notification it reported as the device's), never to an address another device took
-//! since in such a message. One case is left open: a notification from the address the
+//! since in such a message; a device's operations first go out in the order they were
+//! submitted. One case is left open: a notification from the address the
 //! device's registration was displaced from, while the other device holds it, may be
 //! late, so the server takes its values and moves nothing; the model stops checking that
 //! device until its next Register or Update.
@@ -112,6 +113,9 @@ struct World {
     observations: Vec<(Vec<u8>, u8, u32)>,
     /// Devices whose place the model does not know (see `send`).
     unknown: std::collections::HashSet<u8>,
+    /// Operations (by number) seen going out, and each device's latest first sent.
+    first_sent: std::collections::HashSet<u16>,
+    last_first_sent: HashMap<u8, u16>,
 }
 
 /// Who sent a message the model delivers, and how to tell whether the server took it.
@@ -207,7 +211,7 @@ impl World {
                 continue;
             }
             let path: Vec<String> = m.uri_path().map(str::to_owned).collect();
-            let [o, i, r] = &path[..] else { continue };
+            let [o, i, r, n] = &path[..] else { continue };
             let Some(d) = (o == "3" && i == "0")
                 .then(|| r.parse::<u8>().ok())
                 .flatten()
@@ -215,6 +219,17 @@ impl World {
             else {
                 continue;
             };
+            // Order: a device's operations first go out in the order they were submitted.
+            let n: u16 = n.parse().expect("the operation's number");
+            if self.first_sent.insert(n) {
+                let last = self.last_first_sent.entry(d).or_insert(0);
+                if n < *last {
+                    self.misrouted.push(format!(
+                        "e{d}'s operation {n} first went out after its operation {last}"
+                    ));
+                }
+                *last = (*last).max(n);
+            }
             if self.unknown.contains(&d) {
                 continue;
             }
@@ -285,6 +300,8 @@ proptest! {
             misrouted: Vec::new(),
             observations: Vec::new(),
             unknown: Default::default(),
+            first_sent: Default::default(),
+            last_first_sent: HashMap::new(),
         };
         let mut submitted: Vec<OpId> = Vec::new();
         for op in ops {
@@ -325,7 +342,7 @@ proptest! {
                     w.server.submit(w.now, DeviceOp {
                         id,
                         device: DeviceId::new(&format!("e{dev}")).unwrap(),
-                        request: DeviceRequest::Read { path: Lwm2mPath::resource(3, 0, 9 + u16::from(dev)) },
+                        request: DeviceRequest::Read { path: Lwm2mPath::resource_instance(3, 0, 9 + u16::from(dev), id.0 as u16) },
                     });
                     w.drain();
                 }
@@ -355,7 +372,7 @@ proptest! {
                     w.server.submit(w.now, DeviceOp {
                         id,
                         device: DeviceId::new(&format!("e{dev}")).unwrap(),
-                        request: DeviceRequest::Observe { path: Lwm2mPath::resource(3, 0, 9 + u16::from(dev)) },
+                        request: DeviceRequest::Observe { path: Lwm2mPath::resource_instance(3, 0, 9 + u16::from(dev), id.0 as u16) },
                     });
                     w.drain();
                 }
