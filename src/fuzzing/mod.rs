@@ -13,6 +13,7 @@ pub mod lwm2m_client;
 pub mod lwm2m_server;
 pub mod query;
 pub mod registry;
+pub mod server_traffic;
 pub mod store;
 
 pub use coap::{coap_decode, link_format};
@@ -26,6 +27,7 @@ pub use lwm2m_server::{
 };
 pub use query::{query_parse, query_roundtrip};
 pub use registry::{ndjson_import, registry_ops};
+pub use server_traffic::server_traffic;
 pub use store::{job_rows, store_records};
 
 /// A fuzz target body: takes the fuzzer's bytes, panics only on a real bug.
@@ -49,6 +51,7 @@ pub const TARGETS: &[(&str, FuzzBody)] = &[
     ("registry_ops", registry_ops),
     ("senml_cbor_decode", senml_cbor_decode),
     ("senml_json_decode", senml_json_decode),
+    ("server_traffic", server_traffic),
     ("store_records", store_records),
     ("job_rows", job_rows),
     ("timestamp_parse", timestamp_parse),
