@@ -178,3 +178,68 @@ fn a_queued_reboot_execute_whose_cancellation_failed_to_commit_is_not_sent_twice
     assert_eq!(executes(), 1);
     hub.stop();
 }
+
+/// A reboot whose Execute is still queued at the transport is cancelled; the
+/// cancellation's commit fails and so do the rebuilds after it, twice: the store stays
+/// poisoned, memory keeps the cancelled child, and the hub backs off. The Execute leaves
+/// meanwhile (`Sent`). Once the store reads again, the engine rebuilt from it (the child
+/// in progress: the cancellation never reached the disk) takes the queued Execute back
+/// and waits for its `Sent`, so the hub must have held it. Before, no engine waited for
+/// it when it came (the cancelled child had let go of its Execute): the hub dropped it,
+/// the rebuilt engine waited for a `Sent` that never came, and when the transport then
+/// timed the Execute out (its answer lost) the engine took it for one that never left and
+/// sent it again: a second reboot.
+#[test]
+fn a_queued_reboot_execute_whose_cancellation_left_the_store_poisoned_is_not_sent_twice() {
+    use twinhub::job::{CancelMode, SpecError};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir, execute) = reboot_handed_over(&pump);
+    let job = JobId::new("rb").unwrap();
+    {
+        let mut store = store.lock();
+        store.fail_next_commit();
+        store.fail_reloads(2);
+    }
+    assert!(matches!(
+        hub.cancel_job(&job, CancelMode::Abandon),
+        Err(SpecError::NotDurable { .. })
+    ));
+    // The hub's next try at the poisoned store rebuilds in vain: it backs off, memory
+    // still holding the cancellation.
+    wait_until("the backoff", || hub.metrics().failed_commits >= 2);
+    push(
+        &script,
+        DeviceEvent::Sent {
+            op: execute.id,
+            device: pump.clone(),
+        },
+    );
+    wait_until("the Sent taken", || {
+        script.lock().unwrap().events.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    wait_held_applied(&hub, &store);
+    assert_eq!(hub.job_statistics(&job).unwrap().running, 1);
+    // The Execute's answer is lost: the transport gives up on it.
+    let events_before = hub.stats().events;
+    push(
+        &script,
+        DeviceEvent::TimedOut {
+            op: execute.id,
+            device: pump.clone(),
+        },
+    );
+    wait_until("the time-out applied", || {
+        hub.stats().events > events_before
+    });
+    wait_committed(&hub, &store, "the time-out's commit");
+    std::thread::sleep(Duration::from_millis(200));
+    let executes = job_ops(&script).iter().filter(|o| is_execute(o)).count();
+    assert_eq!(
+        executes, 1,
+        "the rebuilt engine took the Execute for one that never left, and sent it again"
+    );
+    // It left: the child waits for the registration that proves the reboot.
+    assert_eq!(hub.job_statistics(&job).unwrap().running, 1);
+    hub.stop();
+}
