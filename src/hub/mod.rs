@@ -567,6 +567,11 @@ impl Hub {
         };
         let mut jobs = jobs;
         jobs.enable_progress();
+        if config.store.is_some() {
+            // Rebuilt from the store after a failed commit (`Inner::recover`), it hands
+            // the rebuilt engine what only it held.
+            jobs.keep_for_rebuild();
+        }
         let inner = Arc::new(Inner {
             registry,
             jobs: Mutex::new(jobs),

@@ -514,7 +514,9 @@ pub struct JobEngine {
     /// Executes of Update, answered or given up by a cancellation since the last commit
     /// that succeeded (journal on only). An
     /// engine rebuilt after a failed commit takes them over, so an answer applied again
-    /// counts (see `adopt_executes`); one given up while still queued at the transport
+    /// counts (see `adopt_executes`). Kept only by an engine the hub rebuilds that way
+    /// (see [`JobEngine::keep_for_rebuild`]): one driven without the hub keeps none. One
+    /// given up while still queued at the transport
     /// is awaited (its `Sent` held by the hub, see [`JobEngine::awaits_sent`]) for that
     /// engine. Cleared by [`JobEngine::committed`]: one entry per answer or cancellation
     /// taken since that commit.
@@ -528,8 +530,12 @@ pub struct JobEngine {
     /// registration: no proof of a reboot) is applied before it, as here. A `Sent` the hub
     /// hands over outside any batch ([`JobEngine::handle_sent_for_good`]) is not kept
     /// here. Cleared by [`JobEngine::committed`]: one entry per such `Sent` taken since
-    /// that commit (at most one per operation).
+    /// that commit (at most one per operation). Kept only by an engine the hub rebuilds
+    /// after a failed commit, like `settled`.
     sent_again: Vec<Settled>,
+    /// Whether a hub rebuilds this engine from its store after a failed commit (see
+    /// [`JobEngine::keep_for_rebuild`]): only then are `settled` and `sent_again` kept.
+    keeps_for_rebuild: bool,
     /// Operations numbered below this were made before the last commit that succeeded
     /// (or this engine's start), so they went out; later ones may belong to a batch whose
     /// commit fails, and were never sent then.
@@ -591,6 +597,7 @@ impl JobEngine {
             deferred: Vec::new(),
             settled: Vec::new(),
             sent_again: Vec::new(),
+            keeps_for_rebuild: false,
             sent_below,
             unsent: FxHashSet::default(),
             ending_at: None,
@@ -1176,7 +1183,7 @@ impl JobEngine {
     /// up (see `settled`); `queued`: given up while still queued at the transport.
     fn note_settled(&mut self, op: OpId, c: u32, queued: bool) {
         let child = &self.children[c as usize];
-        if self.journal.is_some() && self.adoptable(c, child.step) {
+        if self.keeps_for_rebuild && self.journal.is_some() && self.adoptable(c, child.step) {
             self.settled.push(Settled {
                 op,
                 child: c,
@@ -1194,7 +1201,8 @@ impl JobEngine {
     /// step is the operation's.
     fn note_sent_again(&mut self, op: OpId, c: u32) {
         let child = &self.children[c as usize];
-        if self.journal.is_some()
+        if self.keeps_for_rebuild
+            && self.journal.is_some()
             && child.state == ChildState::InProgress
             && self.adoptable(c, child.step)
         {
@@ -1230,6 +1238,16 @@ impl JobEngine {
             JobKind::FirmwareUpdate => step == FW_EXECUTE,
             _ => false,
         }
+    }
+
+    /// Has the engine keep what an engine rebuilt from the store after a failed commit
+    /// takes over (`settled`, `sent_again`; see `adopt_executes`), from now until
+    /// [`JobEngine::committed`] says the commit succeeded. The hub calls it on an engine
+    /// over a store; an engine rebuilt after a failed commit keeps doing it. An engine
+    /// driven without the hub ([`JobEngine::restore`], [`JobEngine::take_journal`]) is
+    /// never rebuilt that way and keeps none of it: nothing there would clear it.
+    pub(crate) fn keep_for_rebuild(&mut self) {
+        self.keeps_for_rebuild = true;
     }
 
     /// Everything the engine did is durable: the answers it took can no longer be

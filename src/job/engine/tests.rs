@@ -80,6 +80,8 @@ fn registered(device: &DeviceId) -> DeviceEvent {
 fn engine_with(config: EngineConfig, job: JobType, t0: Instant) -> (JobEngine, DeviceId, JobId) {
     let mut e = JobEngine::new(config, t0, Timestamp::from_millis(1_000_000));
     e.enable_journal();
+    // As the hub over a store.
+    e.keep_for_rebuild();
     let dev = DeviceId::new("d").unwrap();
     e.handle_event(t0, &registered(&dev));
     let id = JobId::new("j").unwrap();
@@ -672,4 +674,37 @@ fn a_cancelled_childs_execute_sent_for_good_counts_after_a_later_rebuild() {
     e.handle_event(t1, &registered(&dev));
     assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
     e.validate().unwrap();
+}
+
+/// An engine driven without the hub (`restore`, then `take_journal` after each change, as
+/// the job module's docs describe) is never rebuilt after a failed commit: it keeps
+/// nothing for that. Before, every answer to a reboot's Execute and every `Sent` of one
+/// was kept until a `committed` that only the hub calls: without bound.
+#[test]
+fn an_engine_driven_without_the_hub_keeps_nothing_for_a_rebuild() {
+    let t0 = Instant::now();
+    let config = sent_config();
+    let empty = || std::iter::empty::<(u32, Vec<u8>)>();
+    let mut e = JobEngine::restore(
+        config,
+        t0,
+        Timestamp::from_millis(1_000_000),
+        empty(),
+        empty(),
+    )
+    .unwrap();
+    let dev = DeviceId::new("d").unwrap();
+    e.handle_event(t0, &registered(&dev));
+    for i in 0..50 {
+        let id = JobId::new(&format!("rb-{i}")).unwrap();
+        e.create(t0, JobSpec::new(id.clone(), reboot(), vec![dev.clone()]))
+            .unwrap();
+        let execute = one_op(&mut e);
+        e.handle_event(t0, &sent(&execute));
+        e.handle_event(t0, &answer(&execute, Ok(DeviceReply::Done)));
+        e.handle_event(t0, &registered(&dev));
+        assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
+        assert!(!e.take_journal().is_empty());
+    }
+    assert_eq!((e.settled.len(), e.sent_again.len()), (0, 0));
 }
