@@ -20,6 +20,16 @@
 //! device's undecodable answer and counts; with one that does not, the hub cannot tell
 //! the two apart and counts neither.
 //!
+//! **A displaced registration.** When the transport reports that a live registration
+//! lost its address to another device ([`DeviceEvent::Displaced`]: that device's
+//! Register, Update or notification came from it, a NAT having given it the port), the
+//! twin's registration keeps its id but shows no address (`address: null`), since the
+//! address is the other device's now; the connection state and `lastActivityTime` stay
+//! (the registration lives, its device is probably alive behind a new mapping, and it
+//! said nothing). Subscribers see it as a twin change (the registration). The device's
+//! next Update, or its fresh notification from the freed address, brings the address
+//! back. A twin that kept showing the old address would point at the other device.
+//!
 //! **Property sync.** When a device registers, the hub sets notification attributes
 //! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
 //! announced, and observes them; the first answer and every notification become device
@@ -2073,6 +2083,30 @@ impl Inner {
                 published.push(HubEvent::Lifecycle(e));
             }
             DeviceEvent::ObservationEnded { device, op, .. } => self.sync_lost(device, *op),
+            DeviceEvent::Displaced {
+                device,
+                registration_id,
+            } => {
+                // Another device holds the address now: the twin's registration no
+                // longer says where its device is (its next Update or notification from
+                // where it is now brings the address). Connection state and
+                // `lastActivityTime` stay: the registration lives, and the device itself
+                // said nothing. Only the registration the twin holds: one ended (or a
+                // twin created again) keeps what it has.
+                let known = reg
+                    .get(device.as_str())
+                    .and_then(|t| t.registration().cloned())
+                    .filter(|r| r.registration_id == *registration_id && r.address.is_some());
+                if let Some(mut registration) = known {
+                    registration.address = None;
+                    let _ = reg.set_registration(device.as_str(), Some(registration));
+                    crate::trace_event!(
+                        info,
+                        device = device.as_str(),
+                        "registration displaced from its address"
+                    );
+                }
+            }
             DeviceEvent::TimedOut { device, op } => {
                 crate::trace_event!(info, device = device.as_str(), op = op.0, "no answer");
                 self.waiting
