@@ -12,12 +12,21 @@
 //!
 //! **`lastActivityTime`** moves only with what the device itself sent (its last sign of
 //! life): a registration or update, a notification or LwM2M Send, an answer to an
-//! operation (an error code and a CoAP Reset included). Not with a failure the transport reports
-//! without hearing from the device: not registered, queue full, registration ended, a
-//! time-out, nor an undecodable payload ([`DeviceError::BadPayload`]) before the
-//! request left (the transport could not encode or send it). With a transport that
+//! operation (an error code and a CoAP Reset included), a bootstrap it saw through
+//! (Bootstrap-Finish acknowledged, under its endpoint name). Not with a failure the
+//! transport reports without hearing from the device: not registered, queue full,
+//! registration ended, a time-out, nor an undecodable payload ([`DeviceError::BadPayload`])
+//! before the request left (the transport could not encode or send it). Nor with a
+//! refused or failed bootstrap (refused like a registration; a failed step may be a
+//! time-out), a displaced registration (another device spoke), or an observation's end
+//! ([`DeviceEvent::ObservationEnded`]): that event does not say whether the device ended
+//! it (an error notification, a CoAP Reset) or the transport did (a cancel, an
+//! observation it could not move); the device's own answers count through their
+//! responses, and its next notification or Update counts. With a transport that
 //! reports [`DeviceEvent::Sent`] a `BadPayload` after the operation's `Sent` is the
-//! device's undecodable answer and counts; with one that does not, the hub cannot tell
+//! device's undecodable answer and counts (or the transport could not encode the request
+//! again in another format after the device refused the first, 4.06 or 4.15: that
+//! refusal was the device heard from, just before); with one that does not, the hub cannot tell
 //! the two apart and counts neither.
 //!
 //! **A displaced registration.** When the transport reports that a live registration
@@ -2193,6 +2202,15 @@ impl Inner {
                     outcome = ?outcome,
                     "bootstrap ended"
                 );
+                // A bootstrap the device saw through (it acknowledged Bootstrap-Finish) is
+                // the device heard from, under its endpoint name. Not a refused one (like
+                // a refused registration, the server did not take the endpoint for anyone)
+                // nor a failed one (a step may have failed for want of any answer).
+                if matches!(outcome, crate::transport::BootstrapOutcome::Finished)
+                    && reg.contains(endpoint)
+                {
+                    let _ = reg.set_last_activity(endpoint, at);
+                }
                 published.push(HubEvent::Lifecycle(LifecycleEvent::bootstrap(
                     endpoint, outcome, *address, at,
                 )));
