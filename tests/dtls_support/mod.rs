@@ -216,7 +216,7 @@ pub fn secure_server_with_registered(
     for (device, identity, k) in keys {
         store
             .set(
-                Some(DeviceId::new(*device).unwrap()),
+                Some(DeviceId::new(device).unwrap()),
                 creds(identity, key(*k)),
             )
             .unwrap();
