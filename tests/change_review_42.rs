@@ -19,13 +19,10 @@ mod hub_support;
 mod server_sim;
 
 use hub_support::*;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use twinhub::DeviceId;
 use twinhub::Lwm2mPath;
-use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{EngineConfig, JobId, JobSpec, JobType};
-use twinhub::store::SharedStore;
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, RegistrationInfo};
 
 // ------------------------------------------------------------------ hub + job engine
@@ -53,50 +50,6 @@ fn registered_again(device: &DeviceId) -> DeviceEvent {
     }
 }
 
-/// A durable hub (sync off) over a scripted transport that reports `Sent`, where `pump`
-/// registered and a reboot job (success only at a registration after the reboot) handed
-/// its Execute over; the Execute is durable, still queued at the transport (no `Sent`).
-fn reboot_queued(
-    pump: &DeviceId,
-) -> (
-    Hub,
-    SharedStore,
-    Arc<Mutex<Script>>,
-    tempfile::TempDir,
-    DeviceOp,
-    JobId,
-) {
-    let config = HubConfig {
-        sync: None,
-        jobs: EngineConfig {
-            reboot_wait: Duration::from_secs(600),
-            ..EngineConfig::default()
-        },
-        ..HubConfig::default()
-    };
-    let (store, registry, config, dir) = durable_store(&[pump], config);
-    let script = Arc::new(Mutex::new(Script {
-        reports_sent: true,
-        ..Script::default()
-    }));
-    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
-    register(&hub, &script, pump);
-    let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
-    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
-    wait_committed(&hub, &store, "the Execute is durable");
-    std::thread::sleep(Duration::from_millis(100));
-    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
-    (hub, store, script, dir, execute, job)
-}
-
 /// Pushes, in one go, the device registering again while the Execute still waits in the
 /// transport's queue, then the Execute leaving for the new registration (`Sent`).
 fn registered_then_sent(script: &Mutex<Script>, pump: &DeviceId, execute: &DeviceOp) {
@@ -114,7 +67,7 @@ fn registered_then_sent(script: &Mutex<Script>, pump: &DeviceId, execute: &Devic
 #[test]
 fn control_a_registration_before_the_executes_sent_is_not_the_reboot() {
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir, execute, job) = reboot_queued(&pump);
+    let (hub, store, script, _dir, execute, job) = reboot_handed_over(&pump, true);
     registered_then_sent(&script, &pump, &execute);
     wait_until("everything taken", || {
         script.lock().unwrap().events.is_empty()
@@ -149,7 +102,7 @@ fn control_a_registration_before_the_executes_sent_is_not_the_reboot() {
 #[test]
 fn a_registration_before_the_executes_sent_is_not_the_reboot_after_a_failed_commit() {
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir, execute, job) = reboot_queued(&pump);
+    let (hub, store, script, _dir, execute, job) = reboot_handed_over(&pump, true);
     // The store fails: the hub backs off and holds what arrives, in order.
     store.lock().fail_commits(u32::MAX);
     push(&script, battery_level(&pump, 1));
@@ -182,14 +135,15 @@ fn a_registration_before_the_executes_sent_is_not_the_reboot_after_a_failed_comm
 // ------------------------------------------------------------------ DTLS: nothing sent
 
 mod dtls_sent {
-    use super::dtls_support::{RawDtlsDevice, creds, events_for, key};
+    use super::dtls_support::{
+        RawDtlsDevice, creds, events_for, key, secure_server_with_registered,
+    };
     use std::net::UdpSocket;
     use std::time::{Duration, Instant};
     use twinhub::DeviceId;
     use twinhub::Lwm2mPath;
     use twinhub::coap::{Code, Message};
-    use twinhub::dtls::{DtlsClient, DtlsServer, DtlsServerConfig, PskStore};
-    use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, UdpServer};
+    use twinhub::dtls::DtlsClient;
     use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
 
     /// `d-1` registers over DTLS (identity `id-1`) from a loopback port; its NAT mapping
@@ -213,21 +167,10 @@ mod dtls_sent {
     /// or the layer should hand a refused first transmission back (`not_sent`).
     #[test]
     fn a_request_refused_for_another_identitys_session_is_not_reported_sent() {
-        let store = PskStore::new();
+        let (udp, events, _store, dev1) =
+            secure_server_with_registered(&[("d-1", "id-1", 1), ("d-2", "id-2", 2)]);
         let d1 = DeviceId::new("d-1").unwrap();
-        store.set(Some(d1.clone()), creds("id-1", key(1))).unwrap();
-        store
-            .set(Some(DeviceId::new("d-2").unwrap()), creds("id-2", key(2)))
-            .unwrap();
-        let dtls = DtlsServer::new(DtlsServerConfig::default(), store.clone());
-        let server = Lwm2mServer::new(ServerConfig {
-            auto_provision: true,
-            ..ServerConfig::default()
-        });
-        let (udp, events) = UdpServer::bind_secure("127.0.0.1:0", server, dtls).unwrap();
         let hub_addr = udp.local_addr();
-        let mut dev1 = RawDtlsDevice::new(hub_addr, creds("id-1", key(1)));
-        dev1.register("d-1");
         let port = dev1.socket.local_addr().unwrap().port();
         drop(dev1);
         // Another device behind the same address (the NAT gave it the port).

@@ -257,12 +257,10 @@ mod displaced {
 
 #[cfg(feature = "dtls")]
 mod dtls_withdrawn {
-    use super::dtls_support::{RawDtlsDevice, creds, events_for, key};
+    use super::dtls_support::{events_for, secure_server_with_registered};
     use std::time::Duration;
     use twinhub::DeviceId;
     use twinhub::Lwm2mPath;
-    use twinhub::dtls::{DtlsServer, DtlsServerConfig, PskStore};
-    use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, UdpServer};
     use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
 
     /// Control: `d-1` registers over DTLS through the real driver
@@ -279,17 +277,8 @@ mod dtls_withdrawn {
     /// reported `Sent` although it never left. Only that timing coincidence reaches it.
     #[test]
     fn control_a_request_submitted_just_after_its_key_is_withdrawn_is_not_reported_sent() {
-        let store = PskStore::new();
+        let (udp, events, store, mut dev) = secure_server_with_registered(&[("d-1", "id-1", 1)]);
         let d1 = DeviceId::new("d-1").unwrap();
-        store.set(Some(d1.clone()), creds("id-1", key(1))).unwrap();
-        let dtls = DtlsServer::new(DtlsServerConfig::default(), store.clone());
-        let server = Lwm2mServer::new(ServerConfig {
-            auto_provision: true,
-            ..ServerConfig::default()
-        });
-        let (udp, events) = UdpServer::bind_secure("127.0.0.1:0", server, dtls).unwrap();
-        let mut dev = RawDtlsDevice::new(udp.local_addr(), creds("id-1", key(1)));
-        dev.register("d-1");
         let before = events_for(&events, Duration::from_millis(300));
         assert!(
             before

@@ -99,3 +99,36 @@ fn a_bad_payload_before_the_request_left_is_not_device_activity() {
          heard from"
     );
 }
+
+/// A bootstrap that `pump`'s device saw through (it acknowledged Bootstrap-Finish) is the
+/// device heard from; a refused one (no plan for the endpoint: refused like a
+/// registration) and a failed one (a step may have failed for want of an answer) are not.
+/// Before, no bootstrap moved `lastActivityTime`.
+#[test]
+fn a_finished_bootstrap_is_device_activity_a_refused_or_failed_one_is_not() {
+    use twinhub::transport::BootstrapOutcome;
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, script) = hub_with_pump(&pump);
+    let bootstrap = |outcome: BootstrapOutcome| {
+        let before = last_activity(&hub, &pump);
+        std::thread::sleep(Duration::from_millis(30));
+        let events = hub.stats().events;
+        push(
+            &script,
+            DeviceEvent::Bootstrap {
+                endpoint: "pump".into(),
+                address: None,
+                outcome,
+            },
+        );
+        wait_until("the bootstrap applied", || hub.stats().events > events);
+        (before, last_activity(&hub, &pump))
+    };
+    let (before, after) = bootstrap(BootstrapOutcome::Refused);
+    assert_eq!(after, before, "refused");
+    let (before, after) = bootstrap(BootstrapOutcome::Failed("no answer to Write /0".into()));
+    assert_eq!(after, before, "failed");
+    let (before, after) = bootstrap(BootstrapOutcome::Finished);
+    assert!(after > before, "finished: {before:?} -> {after:?}");
+    hub.stop();
+}

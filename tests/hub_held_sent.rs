@@ -13,59 +13,13 @@
 mod hub_support;
 
 use hub_support::*;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use twinhub::DeviceId;
-use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{EngineConfig, JobId, JobSpec, JobType};
-use twinhub::store::SharedStore;
+use twinhub::job::JobId;
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
 
 fn is_execute(op: &DeviceOp) -> bool {
     matches!(op.request, DeviceRequest::Execute { .. })
-}
-
-/// A durable hub (sync off) over a scripted transport that reports `Sent`, where `pump`
-/// registered and a reboot job's Execute was handed over and is durable (its `Sent`
-/// not pushed yet).
-fn reboot_handed_over(
-    pump: &DeviceId,
-) -> (
-    Hub,
-    SharedStore,
-    Arc<Mutex<Script>>,
-    tempfile::TempDir,
-    DeviceOp,
-) {
-    let config = HubConfig {
-        sync: None,
-        jobs: EngineConfig {
-            // Longer than the test: the wait for the reboot's registration never ends it.
-            reboot_wait: Duration::from_secs(600),
-            ..EngineConfig::default()
-        },
-        ..HubConfig::default()
-    };
-    let (store, registry, config, dir) = durable_store(&[pump], config);
-    let script = Arc::new(Mutex::new(Script {
-        reports_sent: true,
-        ..Script::default()
-    }));
-    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
-    register(&hub, &script, pump);
-    hub.create_job(JobSpec::new(
-        JobId::new("rb").unwrap(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
-    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
-    wait_committed(&hub, &store, "the Execute is durable");
-    std::thread::sleep(Duration::from_millis(100));
-    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
-    (hub, store, script, dir, execute)
 }
 
 /// The Execute leaves (`Sent`) while the hub backs off from a failing store with `fill`
@@ -73,7 +27,7 @@ fn reboot_handed_over(
 /// transport times it out. Returns the Executes the hub sent and the events it dropped.
 fn reboot_sent_while_held(fill: usize) -> (usize, u64) {
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir, execute) = reboot_handed_over(&pump);
+    let (hub, store, script, _dir, execute, _) = reboot_handed_over(&pump, false);
     store.lock().fail_commits(u32::MAX);
     push(&script, battery_level(&pump, 1));
     wait_until("the backoff", || hub.metrics().failed_commits >= 2);
@@ -146,7 +100,7 @@ fn a_reboot_execute_sent_at_the_held_events_bound_is_never_sent_twice() {
 fn a_queued_reboot_execute_whose_cancellation_failed_to_commit_is_not_sent_twice() {
     use twinhub::job::{CancelMode, SpecError};
     let pump = DeviceId::new("pump").unwrap();
-    let (hub, store, script, _dir, execute) = reboot_handed_over(&pump);
+    let (hub, store, script, _dir, execute, _) = reboot_handed_over(&pump, false);
     let job = JobId::new("rb").unwrap();
     store.lock().fail_next_commit();
     assert!(matches!(
@@ -176,5 +130,70 @@ fn a_queued_reboot_execute_whose_cancellation_failed_to_commit_is_not_sent_twice
         hub.job_statistics(&job).unwrap().succeeded == 1
     });
     assert_eq!(executes(), 1);
+    hub.stop();
+}
+
+/// A reboot whose Execute is still queued at the transport is cancelled; the
+/// cancellation's commit fails and so do the rebuilds after it, twice: the store stays
+/// poisoned, memory keeps the cancelled child, and the hub backs off. The Execute leaves
+/// meanwhile (`Sent`). Once the store reads again, the engine rebuilt from it (the child
+/// in progress: the cancellation never reached the disk) takes the queued Execute back
+/// and waits for its `Sent`, so the hub must have held it. Before, no engine waited for
+/// it when it came (the cancelled child had let go of its Execute): the hub dropped it,
+/// the rebuilt engine waited for a `Sent` that never came, and when the transport then
+/// timed the Execute out (its answer lost) the engine took it for one that never left and
+/// sent it again: a second reboot.
+#[test]
+fn a_queued_reboot_execute_whose_cancellation_left_the_store_poisoned_is_not_sent_twice() {
+    use twinhub::job::{CancelMode, SpecError};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, store, script, _dir, execute, _) = reboot_handed_over(&pump, false);
+    let job = JobId::new("rb").unwrap();
+    {
+        let mut store = store.lock();
+        store.fail_next_commit();
+        store.fail_reloads(2);
+    }
+    assert!(matches!(
+        hub.cancel_job(&job, CancelMode::Abandon),
+        Err(SpecError::NotDurable { .. })
+    ));
+    // The hub's next try at the poisoned store rebuilds in vain: it backs off, memory
+    // still holding the cancellation.
+    wait_until("the backoff", || hub.metrics().failed_commits >= 2);
+    push(
+        &script,
+        DeviceEvent::Sent {
+            op: execute.id,
+            device: pump.clone(),
+        },
+    );
+    wait_until("the Sent taken", || {
+        script.lock().unwrap().events.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    wait_held_applied(&hub, &store);
+    assert_eq!(hub.job_statistics(&job).unwrap().running, 1);
+    // The Execute's answer is lost: the transport gives up on it.
+    let events_before = hub.stats().events;
+    push(
+        &script,
+        DeviceEvent::TimedOut {
+            op: execute.id,
+            device: pump.clone(),
+        },
+    );
+    wait_until("the time-out applied", || {
+        hub.stats().events > events_before
+    });
+    wait_committed(&hub, &store, "the time-out's commit");
+    std::thread::sleep(Duration::from_millis(200));
+    let executes = job_ops(&script).iter().filter(|o| is_execute(o)).count();
+    assert_eq!(
+        executes, 1,
+        "the rebuilt engine took the Execute for one that never left, and sent it again"
+    );
+    // It left: the child waits for the registration that proves the reboot.
+    assert_eq!(hub.job_statistics(&job).unwrap().running, 1);
     hub.stop();
 }

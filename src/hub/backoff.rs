@@ -57,7 +57,10 @@ pub const MAX_HELD_NOTIFICATIONS: usize = 65_536;
 /// not counted as dropped. A `Sent` the engine already took from a batch whose commit
 /// failed is one it waits for: the engine rebuilt from the store takes its operation
 /// over as still queued, so the `Sent` is held with the batch and applied again in its
-/// place, after the registration that came before it. Held events are lost when the hub stops: a `Sent` among them
+/// place, after the registration that came before it. So is the `Sent` of an operation a
+/// job cancellation gave up while it was still queued, until that cancellation is
+/// durable: should its commit fail, the engine rebuilt from the store (once the store
+/// reads again) takes the operation back as still queued. Held events are lost when the hub stops: a `Sent` among them
 /// is then not in the store, and the restarted engine sends the Execute again (see the
 /// job engine's restore rules); the window for that is the store's outage, not only
 /// the moment between a `Sent` and its commit.

@@ -12,13 +12,32 @@
 //!
 //! **`lastActivityTime`** moves only with what the device itself sent (its last sign of
 //! life): a registration or update, a notification or LwM2M Send, an answer to an
-//! operation (an error code and a CoAP Reset included). Not with a failure the transport reports
-//! without hearing from the device: not registered, queue full, registration ended, a
-//! time-out, nor an undecodable payload ([`DeviceError::BadPayload`]) before the
-//! request left (the transport could not encode or send it). With a transport that
+//! operation (an error code and a CoAP Reset included), a bootstrap it saw through
+//! (Bootstrap-Finish acknowledged, under its endpoint name). Not with a failure the
+//! transport reports without hearing from the device: not registered, queue full,
+//! registration ended, a time-out, nor an undecodable payload ([`DeviceError::BadPayload`])
+//! before the request left (the transport could not encode or send it). Nor with a
+//! refused or failed bootstrap (refused like a registration; a failed step may be a
+//! time-out), a displaced registration (another device spoke), or an observation's end
+//! ([`DeviceEvent::ObservationEnded`]): that event does not say whether the device ended
+//! it (an error notification, a CoAP Reset) or the transport did (a cancel, an
+//! observation it could not move); the device's own answers count through their
+//! responses, and its next notification or Update counts. With a transport that
 //! reports [`DeviceEvent::Sent`] a `BadPayload` after the operation's `Sent` is the
-//! device's undecodable answer and counts; with one that does not, the hub cannot tell
+//! device's undecodable answer and counts (or the transport could not encode the request
+//! again in another format after the device refused the first, 4.06 or 4.15: that
+//! refusal was the device heard from, just before); with one that does not, the hub cannot tell
 //! the two apart and counts neither.
+//!
+//! **A displaced registration.** When the transport reports that a live registration
+//! lost its address to another device ([`DeviceEvent::Displaced`]: that device's
+//! Register, Update or notification came from it, a NAT having given it the port), the
+//! twin's registration keeps its id but shows no address (`address: null`), since the
+//! address is the other device's now; the connection state and `lastActivityTime` stay
+//! (the registration lives, its device is probably alive behind a new mapping, and it
+//! said nothing). Subscribers see it as a twin change (the registration). The device's
+//! next Update, or its fresh notification from the freed address, brings the address
+//! back. A twin that kept showing the old address would point at the other device.
 //!
 //! **Property sync.** When a device registers, the hub sets notification attributes
 //! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
@@ -567,6 +586,11 @@ impl Hub {
         };
         let mut jobs = jobs;
         jobs.enable_progress();
+        if config.store.is_some() {
+            // Rebuilt from the store after a failed commit (`Inner::recover`), it hands
+            // the rebuilt engine what only it held.
+            jobs.keep_for_rebuild();
+        }
         let inner = Arc::new(Inner {
             registry,
             jobs: Mutex::new(jobs),
@@ -2068,6 +2092,30 @@ impl Inner {
                 published.push(HubEvent::Lifecycle(e));
             }
             DeviceEvent::ObservationEnded { device, op, .. } => self.sync_lost(device, *op),
+            DeviceEvent::Displaced {
+                device,
+                registration_id,
+            } => {
+                // Another device holds the address now: the twin's registration no
+                // longer says where its device is (its next Update or notification from
+                // where it is now brings the address). Connection state and
+                // `lastActivityTime` stay: the registration lives, and the device itself
+                // said nothing. Only the registration the twin holds: one ended (or a
+                // twin created again) keeps what it has.
+                let known = reg
+                    .get(device.as_str())
+                    .and_then(|t| t.registration().cloned())
+                    .filter(|r| r.registration_id == *registration_id && r.address.is_some());
+                if let Some(mut registration) = known {
+                    registration.address = None;
+                    let _ = reg.set_registration(device.as_str(), Some(registration));
+                    crate::trace_event!(
+                        info,
+                        device = device.as_str(),
+                        "registration displaced from its address"
+                    );
+                }
+            }
             DeviceEvent::TimedOut { device, op } => {
                 crate::trace_event!(info, device = device.as_str(), op = op.0, "no answer");
                 self.waiting
@@ -2154,6 +2202,15 @@ impl Inner {
                     outcome = ?outcome,
                     "bootstrap ended"
                 );
+                // A bootstrap the device saw through (it acknowledged Bootstrap-Finish) is
+                // the device heard from, under its endpoint name. Not a refused one (like
+                // a refused registration, the server did not take the endpoint for anyone)
+                // nor a failed one (a step may have failed for want of any answer).
+                if matches!(outcome, crate::transport::BootstrapOutcome::Finished)
+                    && reg.contains(endpoint)
+                {
+                    let _ = reg.set_last_activity(endpoint, at);
+                }
                 published.push(HubEvent::Lifecycle(LifecycleEvent::bootstrap(
                     endpoint, outcome, *address, at,
                 )));

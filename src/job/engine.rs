@@ -453,6 +453,11 @@ struct Settled {
     /// Still queued at the transport (no `Sent` nor answer came) when it was given up:
     /// the engine that takes it over waits for its `Sent`.
     queued: bool,
+    /// Given up while queued, its `Sent` then came outside any batch
+    /// ([`JobEngine::handle_sent_for_good`]): nothing applies that `Sent` again, so the
+    /// engine that takes the operation over counts it as sent (an Execute as carried
+    /// out) instead of waiting for it.
+    left: bool,
 }
 
 /// What the job engine knows of one device's registration.
@@ -509,8 +514,12 @@ pub struct JobEngine {
     /// Executes of Update, answered or given up by a cancellation since the last commit
     /// that succeeded (journal on only). An
     /// engine rebuilt after a failed commit takes them over, so an answer applied again
-    /// counts (see `adopt_executes`). Cleared by [`JobEngine::committed`]: one entry per
-    /// answer or cancellation taken since that commit.
+    /// counts (see `adopt_executes`). Kept only by an engine the hub rebuilds that way
+    /// (see [`JobEngine::keep_for_rebuild`]): one driven without the hub keeps none. One
+    /// given up while still queued at the transport
+    /// is awaited (its `Sent` held by the hub, see [`JobEngine::awaits_sent`]) for that
+    /// engine. Cleared by [`JobEngine::committed`]: one entry per answer or cancellation
+    /// taken since that commit.
     settled: Vec<Settled>,
     /// Operations of the steps `adopt_executes` takes over (see `settled`) whose
     /// [`DeviceEvent::Sent`] this engine took since the last commit that succeeded,
@@ -521,8 +530,12 @@ pub struct JobEngine {
     /// registration: no proof of a reboot) is applied before it, as here. A `Sent` the hub
     /// hands over outside any batch ([`JobEngine::handle_sent_for_good`]) is not kept
     /// here. Cleared by [`JobEngine::committed`]: one entry per such `Sent` taken since
-    /// that commit (at most one per operation).
+    /// that commit (at most one per operation). Kept only by an engine the hub rebuilds
+    /// after a failed commit, like `settled`.
     sent_again: Vec<Settled>,
+    /// Whether a hub rebuilds this engine from its store after a failed commit (see
+    /// [`JobEngine::keep_for_rebuild`]): only then are `settled` and `sent_again` kept.
+    keeps_for_rebuild: bool,
     /// Operations numbered below this were made before the last commit that succeeded
     /// (or this engine's start), so they went out; later ones may belong to a batch whose
     /// commit fails, and were never sent then.
@@ -584,6 +597,7 @@ impl JobEngine {
             deferred: Vec::new(),
             settled: Vec::new(),
             sent_again: Vec::new(),
+            keeps_for_rebuild: false,
             sent_below,
             unsent: FxHashSet::default(),
             ending_at: None,
@@ -1169,7 +1183,7 @@ impl JobEngine {
     /// up (see `settled`); `queued`: given up while still queued at the transport.
     fn note_settled(&mut self, op: OpId, c: u32, queued: bool) {
         let child = &self.children[c as usize];
-        if self.journal.is_some() && self.adoptable(c, child.step) {
+        if self.keeps_for_rebuild && self.journal.is_some() && self.adoptable(c, child.step) {
             self.settled.push(Settled {
                 op,
                 child: c,
@@ -1177,6 +1191,7 @@ impl JobEngine {
                 step: child.step,
                 execute_after_restart: child.execute_after_restart,
                 queued,
+                left: false,
             });
         }
     }
@@ -1186,7 +1201,8 @@ impl JobEngine {
     /// step is the operation's.
     fn note_sent_again(&mut self, op: OpId, c: u32) {
         let child = &self.children[c as usize];
-        if self.journal.is_some()
+        if self.keeps_for_rebuild
+            && self.journal.is_some()
             && child.state == ChildState::InProgress
             && self.adoptable(c, child.step)
         {
@@ -1197,6 +1213,7 @@ impl JobEngine {
                 step: child.step,
                 execute_after_restart: child.execute_after_restart,
                 queued: true,
+                left: false,
             });
         }
     }
@@ -1221,6 +1238,16 @@ impl JobEngine {
             JobKind::FirmwareUpdate => step == FW_EXECUTE,
             _ => false,
         }
+    }
+
+    /// Has the engine keep what an engine rebuilt from the store after a failed commit
+    /// takes over (`settled`, `sent_again`; see `adopt_executes`), from now until
+    /// [`JobEngine::committed`] says the commit succeeded. The hub calls it on an engine
+    /// over a store; an engine rebuilt after a failed commit keeps doing it. An engine
+    /// driven without the hub ([`JobEngine::restore`], [`JobEngine::take_journal`]) is
+    /// never rebuilt that way and keeps none of it: nothing there would clear it.
+    pub(crate) fn keep_for_rebuild(&mut self) {
+        self.keeps_for_rebuild = true;
     }
 
     /// Everything the engine did is durable: the answers it took can no longer be
@@ -1285,6 +1312,27 @@ impl JobEngine {
                 }
             }
         }
+        // An Execute given up while queued whose `Sent` came for good (see `Settled::left`)
+        // left: the child of the same attempt counts it as sent, like one whose flag the
+        // earlier engine set.
+        for s in earlier.settled.iter().filter(|s| s.left) {
+            let c = s.child;
+            if !earlier.children.range().contains(&c)
+                || !self.children.range().contains(&c)
+                || !earlier.executes_at(c, s.step)
+            {
+                continue;
+            }
+            let new = &self.children[c as usize];
+            if new.attempt == s.attempt
+                && new.device == earlier.children[c as usize].device
+                && !new.state.is_terminal()
+                && new.flags & FLAG_EXECUTE_SENT == 0
+            {
+                self.children[c as usize].flags |= FLAG_EXECUTE_SENT;
+                self.mark_child(c);
+            }
+        }
         // Only operations that went out: one made in the failed batch was never sent
         // (its answer would never come, and a refusal of the one before it would be lost).
         let outstanding = earlier.ops.iter().filter_map(|(&op, &c)| {
@@ -1300,6 +1348,7 @@ impl JobEngine {
                 step: old.step,
                 execute_after_restart: old.execute_after_restart,
                 queued: earlier.unsent.contains(&op),
+                left: false,
             })
         });
         // Those whose `Sent` came in the failed batch first: still queued, whatever came
@@ -1512,8 +1561,19 @@ impl JobEngine {
     /// queued and needs the `Sent` in its place (the hub keeps the batch's events, this
     /// `Sent` among them, while the store refuses it, even when memory could not be
     /// rebuilt yet).
+    ///
+    /// And for the `Sent` of an operation given up while still queued at the transport
+    /// since that commit (a child cancelled, see `settled`): should the commit fail, the
+    /// engine rebuilt from the store (where the child is still in progress) takes the
+    /// operation over as still queued and waits for its `Sent`. While the store stays
+    /// poisoned this engine stays, and the hub must hold that `Sent` for the one rebuilt
+    /// later: dropped, the rebuilt engine would wait for a `Sent` that never comes, and
+    /// take the transport's time-out for a request that never left (an Execute sent
+    /// twice).
     pub(crate) fn awaits_sent(&self, op: OpId) -> bool {
-        self.unsent.contains(&op) || self.sent_again.iter().any(|s| s.op == op)
+        self.unsent.contains(&op)
+            || self.sent_again.iter().any(|s| s.op == op)
+            || self.settled.iter().any(|s| s.op == op && s.queued)
     }
 
     /// [`JobEngine::handle_event`] for a [`DeviceEvent::Sent`] the hub hands over outside
@@ -1523,10 +1583,17 @@ impl JobEngine {
     /// over as sent (an Execute as carried out), as this one counts it, instead of
     /// waiting for a `Sent` that never comes again. Any other event is handled as by
     /// `handle_event`.
+    ///
+    /// An operation given up while still queued (see `awaits_sent`) is then noted as
+    /// left: the engine rebuilt after a later failed commit takes it over as sent.
     pub(crate) fn handle_sent_for_good(&mut self, now: Instant, event: &DeviceEvent) {
         self.handle_event(now, event);
         if let DeviceEvent::Sent { op, .. } = event {
             self.sent_again.retain(|s| s.op != *op);
+            for s in self.settled.iter_mut().filter(|s| s.op == *op && s.queued) {
+                s.queued = false;
+                s.left = true;
+            }
         }
     }
 

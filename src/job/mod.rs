@@ -156,6 +156,10 @@
 //! and children changed; [`JobEngine::take_journal`] hands them over as rows for a store
 //! (the hub's [`Store`](crate::store::Store) commits them with each batch of events, and
 //! before [`Hub::create_job`](crate::hub::Hub::create_job) or `cancel_job` returns).
+//! Driven that way without the hub, the engine keeps nothing beside the journal (whose
+//! marks are at most one per parent and child): what the hub's engine keeps between a
+//! batch and its commit, for an engine rebuilt from the store should that commit fail,
+//! is kept only inside the hub.
 //! [`JobEngine::restore`] rebuilds an engine from the rows and resumes: a restarted hub
 //! has seen no registration, so every started, unfinished child waits for its device's
 //! next registration and then takes the rules above for a device that registers again: a

@@ -346,6 +346,19 @@ pub enum DeviceEvent {
         /// The registration after the update.
         registration: RegistrationInfo,
     },
+    /// A live registration lost its address: another device's Register, Update or
+    /// notification came from it (a NAT gave the port to that device, or two devices
+    /// swapped ports). The registration goes on (its device is probably alive behind a
+    /// new mapping), but nothing is sent to it until its device talks from where it is
+    /// now, which comes as a [`DeviceEvent::RegistrationUpdated`] with its address. Sent
+    /// once per loss.
+    Displaced {
+        /// The device whose registration lost its address.
+        device: DeviceId,
+        /// That registration (as
+        /// [`RegistrationInfo::registration_id`](crate::twin::RegistrationInfo) says).
+        registration_id: String,
+    },
     /// A device de-registered.
     Deregistered {
         /// The device.

@@ -195,9 +195,9 @@ pub struct Store {
     origin: u64,
     poisoned: bool,
     scratch: Vec<u8>,
-    /// The next reload fails (a test hook, see [`Store::fail_next_reload`]).
+    /// How many of the next reloads fail (a test hook, see [`Store::fail_next_reload`]).
     #[cfg(feature = "fuzzing")]
-    fail_reload: bool,
+    fail_reloads: u32,
     /// Writes still to fail (a test hook, see [`Store::fail_next_commit`]).
     #[cfg(feature = "fuzzing")]
     fail_writes: u32,
@@ -258,7 +258,7 @@ impl Store {
             poisoned: true,
             scratch: Vec::new(),
             #[cfg(feature = "fuzzing")]
-            fail_reload: false,
+            fail_reloads: 0,
             #[cfg(feature = "fuzzing")]
             fail_writes: 0,
         };
@@ -289,7 +289,8 @@ impl Store {
         self.poisoned = true;
         self.db = None;
         #[cfg(feature = "fuzzing")]
-        if std::mem::take(&mut self.fail_reload) {
+        if self.fail_reloads > 0 {
+            self.fail_reloads -= 1;
             return Err(StoreError::Engine {
                 detail: "reload failed (injected by fail_next_reload)".into(),
             });
@@ -533,7 +534,16 @@ impl Store {
     #[cfg(feature = "fuzzing")]
     #[doc(hidden)]
     pub fn fail_next_reload(&mut self) {
-        self.fail_reload = true;
+        self.fail_reloads = self.fail_reloads.max(1);
+    }
+
+    /// Fails the next `n` reloads (0: none), as a disk that stays unreadable would (the
+    /// store stays poisoned, memory keeps what it had); for the tests of what the hub does
+    /// then.
+    #[cfg(feature = "fuzzing")]
+    #[doc(hidden)]
+    pub fn fail_reloads(&mut self, n: u32) {
+        self.fail_reloads = n;
     }
 
     /// Stores a package (a firmware image the hub serves, see `Hub::publish_package`)

@@ -196,3 +196,39 @@ pub fn events_for(
     }
     got
 }
+
+/// An LWM2M server behind DTLS on loopback (port 0, the real driver,
+/// `UdpServer::bind_secure`, `auto_provision` on) over a key store holding `keys`
+/// (device, PSK identity, key byte for [`key`]), and the first of them registered over
+/// DTLS by a [`RawDtlsDevice`]. Returns the server, its events, the key store and the
+/// device.
+#[cfg(feature = "lwm2m")]
+pub fn secure_server_with_registered(
+    keys: &[(&str, &str, u8)],
+) -> (
+    twinhub::lwm2m::server::UdpServer,
+    std::sync::mpsc::Receiver<twinhub::transport::DeviceEvent>,
+    PskStore,
+    RawDtlsDevice,
+) {
+    use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, UdpServer};
+    let store = PskStore::new();
+    for (device, identity, k) in keys {
+        store
+            .set(
+                Some(DeviceId::new(device).unwrap()),
+                creds(identity, key(*k)),
+            )
+            .unwrap();
+    }
+    let dtls = DtlsServer::new(DtlsServerConfig::default(), store.clone());
+    let server = Lwm2mServer::new(ServerConfig {
+        auto_provision: true,
+        ..ServerConfig::default()
+    });
+    let (udp, events) = UdpServer::bind_secure("127.0.0.1:0", server, dtls).unwrap();
+    let (device, identity, k) = keys[0];
+    let mut dev = RawDtlsDevice::new(udp.local_addr(), creds(identity, key(k)));
+    dev.register(device);
+    (udp, events, store, dev)
+}

@@ -330,3 +330,53 @@ pub fn open_dtls_hub(dir: &std::path::Path) -> Hub {
     };
     Hub::bind_dtls("127.0.0.1:0", registry, config).unwrap()
 }
+
+/// A durable hub (sync off, `reboot_wait` 600 s: longer than any test, so the wait for
+/// the reboot's registration never ends it) over a scripted transport that reports
+/// `Sent`, where `device` registered and the reboot job `rb` (with
+/// `wait_for_registration`) handed its Execute over; the Execute is durable, still queued
+/// at the transport (its `Sent` not pushed yet). Returns it and the job's id.
+#[allow(clippy::type_complexity)]
+pub fn reboot_handed_over(
+    device: &DeviceId,
+    wait_for_registration: bool,
+) -> (
+    Hub,
+    SharedStore,
+    Arc<Mutex<Script>>,
+    tempfile::TempDir,
+    DeviceOp,
+    twinhub::job::JobId,
+) {
+    use twinhub::job::{EngineConfig, JobId, JobSpec, JobType};
+    let config = HubConfig {
+        sync: None,
+        jobs: EngineConfig {
+            reboot_wait: Duration::from_secs(600),
+            ..EngineConfig::default()
+        },
+        ..HubConfig::default()
+    };
+    let (store, registry, config, dir) = durable_store(&[device], config);
+    let script = Arc::new(Mutex::new(Script {
+        reports_sent: true,
+        ..Script::default()
+    }));
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
+    register(&hub, &script, device);
+    let job = JobId::new("rb").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration,
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+    let is_execute = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { .. });
+    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
+    wait_committed(&hub, &store, "the Execute is durable");
+    std::thread::sleep(Duration::from_millis(100));
+    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    (hub, store, script, dir, execute, job)
+}

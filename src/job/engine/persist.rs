@@ -433,6 +433,7 @@ impl JobEngine {
         let mut config = earlier.config().clone();
         config.op_id_base = earlier.next_op_id();
         let mut e = Self::restore_seeded(config, now, wall, parents, children, Some(earlier))?;
+        e.keeps_for_rebuild = earlier.keeps_for_rebuild;
         e.carry_devices_from(now, earlier);
         Ok(e)
     }

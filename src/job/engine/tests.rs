@@ -80,6 +80,8 @@ fn registered(device: &DeviceId) -> DeviceEvent {
 fn engine_with(config: EngineConfig, job: JobType, t0: Instant) -> (JobEngine, DeviceId, JobId) {
     let mut e = JobEngine::new(config, t0, Timestamp::from_millis(1_000_000));
     e.enable_journal();
+    // As the hub over a store.
+    e.keep_for_rebuild();
     let dev = DeviceId::new("d").unwrap();
     e.handle_event(t0, &registered(&dev));
     let id = JobId::new("j").unwrap();
@@ -599,4 +601,110 @@ fn a_registration_before_a_firmware_steps_sent_in_a_failed_batch_changes_nothing
             e.validate().unwrap();
         }
     }
+}
+
+/// A reboot's Execute waits in the transport's queue (no `Sent`) when its job is
+/// cancelled, and the cancellation's commit fails while memory cannot be rebuilt yet (the
+/// store stays poisoned): this engine stays, and the Execute leaves meanwhile. The engine
+/// rebuilt later (the child still in progress on the disk) takes the Execute back as
+/// queued, so this one must wait for that `Sent` (the hub holds only what an engine waits
+/// for). Before, it did not: the hub dropped the `Sent`, the rebuilt engine waited for it
+/// in vain and took the transport's time-out for a request that never left: a second
+/// Execute.
+#[test]
+fn a_cancelled_childs_queued_execute_is_awaited_while_the_store_stays_poisoned() {
+    use crate::job::CancelMode;
+    let t0 = Instant::now();
+    let (mut e, dev, id) = engine_with(sent_config(), reboot(), t0);
+    let mut disk = Disk::default();
+    let execute = one_op(&mut e);
+    disk.commit(&mut e);
+    e.cancel(t0, &id, CancelMode::Abandon).unwrap();
+    assert_eq!(child(&e, &id, &dev).0, ChildState::Cancelled);
+    assert!(
+        e.awaits_sent(execute.id),
+        "the hub holds the Sent for the engine rebuilt later"
+    );
+    let t1 = t0 + Duration::from_secs(1);
+    disk.fail(&mut e, t1);
+    assert!(e.awaits_sent(execute.id), "taken back as still queued");
+    apply_again(&mut e, t1, &[sent(&execute)]);
+    assert_eq!(e.poll_op(), None, "the Execute is not sent again");
+    // Its answer is lost: the transport gives up on it. It left: no second Execute.
+    e.handle_event(
+        t1,
+        &DeviceEvent::TimedOut {
+            op: execute.id,
+            device: dev.clone(),
+        },
+    );
+    assert_eq!(e.poll_op(), None, "never sent twice");
+    e.handle_event(t1, &registered(&dev));
+    assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
+    e.validate().unwrap();
+}
+
+/// The same `Sent`, held through the hub's bound of failed commits and handed over
+/// outside any batch: the engine rebuilt after a later failed commit counts the Execute
+/// as sent (nothing applies that `Sent` again), neither waits for it nor sends it again.
+#[test]
+fn a_cancelled_childs_execute_sent_for_good_counts_after_a_later_rebuild() {
+    use crate::job::CancelMode;
+    let t0 = Instant::now();
+    let (mut e, dev, id) = engine_with(sent_config(), reboot(), t0);
+    let mut disk = Disk::default();
+    let execute = one_op(&mut e);
+    disk.commit(&mut e);
+    e.cancel(t0, &id, CancelMode::Abandon).unwrap();
+    e.handle_sent_for_good(t0, &sent(&execute));
+    assert!(!e.awaits_sent(execute.id));
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(disk.fail(&mut e, t1).is_empty());
+    e.resume_deferred(t1);
+    assert!(!e.awaits_sent(execute.id), "no `Sent` to wait for");
+    assert_eq!(e.poll_op(), None, "never sent twice");
+    e.handle_event(
+        t1,
+        &DeviceEvent::TimedOut {
+            op: execute.id,
+            device: dev.clone(),
+        },
+    );
+    assert_eq!(e.poll_op(), None, "never sent twice");
+    e.handle_event(t1, &registered(&dev));
+    assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
+    e.validate().unwrap();
+}
+
+/// An engine driven without the hub (`restore`, then `take_journal` after each change, as
+/// the job module's docs describe) is never rebuilt after a failed commit: it keeps
+/// nothing for that. Before, every answer to a reboot's Execute and every `Sent` of one
+/// was kept until a `committed` that only the hub calls: without bound.
+#[test]
+fn an_engine_driven_without_the_hub_keeps_nothing_for_a_rebuild() {
+    let t0 = Instant::now();
+    let config = sent_config();
+    let empty = || std::iter::empty::<(u32, Vec<u8>)>();
+    let mut e = JobEngine::restore(
+        config,
+        t0,
+        Timestamp::from_millis(1_000_000),
+        empty(),
+        empty(),
+    )
+    .unwrap();
+    let dev = DeviceId::new("d").unwrap();
+    e.handle_event(t0, &registered(&dev));
+    for i in 0..50 {
+        let id = JobId::new(&format!("rb-{i}")).unwrap();
+        e.create(t0, JobSpec::new(id.clone(), reboot(), vec![dev.clone()]))
+            .unwrap();
+        let execute = one_op(&mut e);
+        e.handle_event(t0, &sent(&execute));
+        e.handle_event(t0, &answer(&execute, Ok(DeviceReply::Done)));
+        e.handle_event(t0, &registered(&dev));
+        assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
+        assert!(!e.take_journal().is_empty());
+    }
+    assert_eq!((e.settled.len(), e.sent_again.len()), (0, 0));
 }

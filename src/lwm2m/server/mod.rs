@@ -1312,6 +1312,11 @@ impl Lwm2mServer {
         // the registration's own device is let in when it registers from where it is.
         let probe = std::mem::replace(&mut reg.probe, Probe::Idle);
         let stranded = std::mem::take(&mut reg.in_flight);
+        let displaced = DeviceEvent::Displaced {
+            device: reg.device.clone(),
+            registration_id: reg.info.registration_id.clone(),
+        };
+        self.events.push_back(displaced);
         let mut also = Vec::new();
         if let Probe::InFlight(id) = probe {
             self.probes.remove(&id);
@@ -1340,6 +1345,12 @@ impl Lwm2mServer {
         let addr = reg.addr;
         if let Some(reg) = self.slot_mut(slot) {
             reg.displaced = false;
+            // The address is the registration's again (it lost it with `Displaced`).
+            let back = DeviceEvent::RegistrationUpdated {
+                device: reg.device.clone(),
+                registration: reg.info.clone(),
+            };
+            self.events.push_back(back);
         }
         self.by_addr.insert(addr, slot);
     }
