@@ -873,9 +873,9 @@ impl Hub {
 
     /// The ids of devices that carry all `tags`, at most `top`, in device id order (no
     /// tags: none). The cost follows the answer, not the fleet: the tags' bitmaps are
-    /// intersected, then a small match is sorted, and a large one (over 16 times `top`)
-    /// is read in the registry's id order until `top` are found (about `top` times
-    /// fleet / matches steps).
+    /// intersected, then a small match is sorted, and a large one (over 16 times `top`
+    /// and over 4,096) is read in the registry's id order until `top` are found (about
+    /// `top` times fleet / matches steps).
     pub fn query_tags(&self, tags: &[&str], top: usize) -> Vec<DeviceId> {
         let reg = self.inner.registry.read();
         let mut bitmaps = Vec::with_capacity(tags.len());

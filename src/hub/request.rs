@@ -84,14 +84,23 @@ impl fmt::Debug for Reply {
 
 impl Reply {
     /// Blocks until the answer comes or `timeout` passes
-    /// ([`RequestError::TimedOut`]).
+    /// ([`RequestError::TimedOut`]); a timeout longer than the clock can count
+    /// (`Duration::MAX`) waits as long as it takes.
     pub fn wait(self, timeout: Duration) -> RequestResult {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut slot = lock(&self.shared.slot);
         loop {
             if let Some(r) = slot.result.take() {
                 return r;
             }
+            let Some(deadline) = deadline else {
+                slot = self
+                    .shared
+                    .ready
+                    .wait(slot)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(RequestError::TimedOut);

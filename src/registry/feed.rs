@@ -249,11 +249,6 @@ impl ChangeFeed {
         self.dropped_through
     }
 
-    /// The sequence number of the newest change pushed (held or dropped), 0 before any.
-    pub(crate) fn newest(&self) -> u64 {
-        self.ring.back().map_or(self.dropped_through, |c| c.seq)
-    }
-
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }

@@ -322,9 +322,10 @@ pub struct Registry {
     pub(crate) tag_ids: FastMap<Arc<str>, u32>,
     pub(crate) feed: ChangeFeed,
     pub(crate) seq: u64,
-    /// Sequence numbers strictly between these two were reserved by a store but used by
-    /// no change that survived a restart: no consumer of this history holds one.
-    pub(crate) unused: (u64, u64),
+    /// Ranges `(below, above)` (increasing, disjoint) of sequence numbers, strictly
+    /// between the two, that a store reserved but no change that survived a restart used,
+    /// one per restart the store remembers: no consumer of this history holds one.
+    pub(crate) unused: Vec<(u64, u64)>,
     /// Which store opening rebuilt this registry (0: none); see `restore.rs`.
     pub(crate) origin: u64,
     /// The latest removals, for the hub's job engine (see [`RemovalLog`]).
@@ -447,7 +448,7 @@ impl Registry {
             seq: 0,
             origin: 0,
             removals: RemovalLog::new(),
-            unused: (0, 0),
+            unused: Vec::new(),
         }
     }
 
@@ -507,11 +508,21 @@ impl Registry {
     /// assert_eq!(gap.resume_after(), 1);
     /// ```
     pub fn changes_after(&self, after: u64) -> Result<impl Iterator<Item = &Change>, FeedGap> {
-        let (below, above) = self.unused;
-        if after > self.seq || (after > below && after < above) {
+        if after > self.seq {
             return Err(FeedGap {
                 after,
-                dropped_through: if after > self.seq { self.seq } else { below },
+                dropped_through: self.seq,
+            });
+        }
+        // The ranges increase and are disjoint: the one that may hold `after` is the
+        // last starting below it.
+        let i = self.unused.partition_point(|&(below, _)| below < after);
+        if let Some(&(below, above)) = i.checked_sub(1).map(|i| &self.unused[i])
+            && after < above
+        {
+            return Err(FeedGap {
+                after,
+                dropped_through: below,
             });
         }
         self.feed.after(after)

@@ -99,21 +99,21 @@ impl Registry {
     /// Marks the registry as `origin`'s and continues the sequence after `seq` (the
     /// highest number possibly handed out before the restart) and replaces the change feed
     /// with `changes` (increasing), everything through `dropped_through` counting as
-    /// dropped. `committed` is the newest number the store acknowledged: the numbers
-    /// after it and the newest change, up to `seq`, were reserved but never used by a
-    /// change that survived, so a consumer resuming after one of them is told of a gap
-    /// (see [`Registry::changes_after`]).
+    /// dropped. `unused` are the ranges `(below, above)` (increasing, disjoint) whose
+    /// numbers, strictly between the two, a store reserved before this restart or an
+    /// earlier one but no surviving change used, so a consumer resuming after one of them
+    /// is told of a gap (see [`Registry::changes_after`]).
     pub(crate) fn restore_feed(
         &mut self,
         origin: u64,
         seq: u64,
         dropped_through: u64,
-        committed: u64,
         changes: Vec<Change>,
+        unused: Vec<(u64, u64)>,
     ) {
         self.origin = origin;
         self.seq = seq;
         self.feed.restore(dropped_through, changes);
-        self.unused = (self.feed.newest().max(committed), seq);
+        self.unused = unused;
     }
 }

@@ -34,6 +34,11 @@
 //! reopened registry continues after the mark. The bound: at most `SEQ_RESERVE / 2` = 524,288 changes between two commits
 //! (the hub commits every batch of at most 4,096 events); past it a crash before the
 //! next commit could let numbers repeat.
+//! The numbers each opening skips (those after the last committed change up to the
+//! mark: a consumer may have read them from memory before a crash took them) are kept,
+//! one range per opening, until the feed has dropped past them: resuming the feed after
+//! one of them is a [`FeedGap`], after this restart and every later one, from the
+//! registry and from [`Store::changes_after`] alike.
 //!
 //! **Errors.** A failed write poisons the store ([`StoreError::Poisoned`]) until
 //! [`Store::reload`] rebuilds the registry from what is durable; callers that hold a
@@ -131,6 +136,10 @@ const PROPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("device
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 const JOB_PARENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("job_parents");
 const JOB_CHILDREN: TableDefinition<u32, &[u8]> = TableDefinition::new("job_children");
+/// Sequence numbers reserved before a restart that no surviving change used, one row per
+/// opening: `below -> above`, the numbers strictly between. Rows whose numbers the feed
+/// dropped anyway are deleted at the next opening.
+const UNUSED: TableDefinition<u64, u64> = TableDefinition::new("unused_seq");
 /// Packages the hub serves its devices (`Hub::publish_package`), by name.
 const PACKAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("packages");
 
@@ -138,6 +147,8 @@ const META_FORMAT: &str = "format";
 const META_COMMITTED: &str = "committed_seq";
 const META_RESERVED: &str = "reserved_seq";
 const META_FEED_DROPPED: &str = "feed_dropped_through";
+/// Where the registry of the last opening started (a number it handed out as its newest).
+const META_OPENED: &str = "opened_at";
 
 /// How many changes the store keeps on disk by default.
 pub const DEFAULT_FEED_RETENTION: usize = 1 << 16;
@@ -438,7 +449,9 @@ impl Store {
     /// from the disk: how a consumer resumes after a restart. Changes the store no longer
     /// keeps ([`StoreConfig::feed_retention`]) are a [`FeedGap`]: the consumer re-reads
     /// the twins it cares about and resumes from [`FeedGap::resume_after`]; so is a
-    /// number past [`Store::committed_seq`] (from another history). Changes made
+    /// number past [`Store::committed_seq`] (from another history), and one reserved
+    /// before a restart, this one or an earlier one, that no surviving change used (a
+    /// change read before it was committed and lost in a crash). Changes made
     /// in memory but not yet committed are only in the registry's own feed
     /// ([`Registry::changes_after`]).
     pub fn changes_after(
@@ -464,6 +477,16 @@ impl Store {
                 after,
                 dropped_through: self.committed,
             }));
+        }
+        // So is one reserved before a restart that no surviving change used.
+        if let Some(row) = txn.open_table(UNUSED)?.range(..after)?.next_back() {
+            let (below, above) = row?;
+            if after < above.value() {
+                return Ok(Err(FeedGap {
+                    after,
+                    dropped_through: below.value(),
+                }));
+            }
         }
         let mut out = Vec::new();
         for row in rows.range(after.saturating_add(1)..)?.take(limit) {
@@ -492,7 +515,8 @@ impl Store {
             .changes_after(0)
             .map(|c| c.cloned().collect())
             .unwrap_or_default();
-        registry.restore_feed(self.origin, seq, committed.min(seq), committed, changes);
+        // Everything through `seq` is committed: no number is reserved and unused.
+        registry.restore_feed(self.origin, seq, committed.min(seq), changes, Vec::new());
         Ok(done)
     }
 
@@ -862,7 +886,19 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
         // Numbers through the old mark may have been handed out before a crash; the
         // registry continues after it, with a fresh reserve before it hands out any.
         let start = get(META_RESERVED)?.max(committed);
+        // The numbers after the last committed one (and after where the last opening
+        // started, which it handed out as its newest) up to `start` were possibly handed
+        // out and then lost: a consumer resuming after one of them, after this restart
+        // or a later one, is told of a gap. Ranges the feed dropped are gaps anyway.
+        let below = committed.max(get(META_OPENED)?);
+        let dropped = get(META_FEED_DROPPED)?;
         meta.insert(META_RESERVED, start.saturating_add(SEQ_RESERVE))?;
+        meta.insert(META_OPENED, start)?;
+        let mut unused = txn.open_table(UNUSED)?;
+        unused.retain(|_, above| above > dropped.saturating_add(1))?;
+        if start > below.saturating_add(1) {
+            unused.insert(below, start)?;
+        }
         txn.open_table(TWINS)?;
         txn.open_table(PROPS)?;
         txn.open_table(FEED)?;
@@ -972,7 +1008,12 @@ fn rebuild(
     if changes.is_empty() {
         dropped = dropped.max(committed);
     }
-    registry.restore_feed(origin, start, dropped, committed, changes);
+    let mut unused = Vec::new();
+    for row in txn.open_table(UNUSED)?.iter()? {
+        let (below, above) = row?;
+        unused.push((below.value(), above.value()));
+    }
+    registry.restore_feed(origin, start, dropped, changes, unused);
     Ok(registry)
 }
 
