@@ -2808,3 +2808,105 @@ fn a_notification_from_a_new_address_over_dtls_needs_the_registrations_identity(
     assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(c));
     assert!(sim.server.may_send_to(c, Some(&d)));
 }
+
+/// Behind DTLS with NSTART 3: three requests (a Write, an Execute, a Read) go out at once
+/// to a registration whose session the server believes up; the layer finds none and hands
+/// each back (`Lwm2mServer::not_sent`), in the order they went. They wait in the queue in
+/// their submission order (the Write still before the Execute) and go in that order when
+/// a session comes up. Taken back again 500 s later (the session flapped), they keep the
+/// deadline they got when first queued: they time out `queue_timeout` after submission,
+/// not 500 s later. Before, each take-back pushed to the queue's head (the three came back
+/// reversed) with a fresh `queue_timeout` (a flapping session kept a request alive
+/// without limit).
+#[cfg(feature = "dtls")]
+#[test]
+fn requests_taken_back_keep_their_order_and_their_first_deadline() {
+    let config = ServerConfig {
+        auto_provision: true,
+        nstart: 3,
+        coap: crate::coap::EndpointConfig {
+            nstart: 3,
+            ..ServerConfig::default().coap
+        },
+        ..ServerConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.server = Lwm2mServer::with_seed(sim.server.config().clone(), 7).track_sessions();
+    let a = addr(9200);
+    let ident = PeerIdentity {
+        psk_identity: "id-d".into(),
+        device: Some(dev("d")),
+    };
+    let p = sim.request(wire::POST, &["rd"], &["ep=d"], b"</3/0>");
+    sim.server
+        .handle_datagram_from(sim.now, a, Some(&ident), &p.encode());
+    assert_eq!(sim.out()[0].1.code, code(2, 1));
+    sim.events();
+    sim.server.session_changed(sim.now, a, Some(&ident));
+    let t0 = sim.now;
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Write {
+            path: Lwm2mPath::resource(3, 0, 15),
+            mode: WriteMode::Replace,
+            content: Content::single(Lwm2mPath::resource(3, 0, 15), ResourceValue::Integer(1)),
+        },
+    );
+    sim.submit(
+        2,
+        "d",
+        DeviceRequest::Execute {
+            path: Lwm2mPath::resource(3, 0, 4),
+            args: None,
+        },
+    );
+    sim.submit(
+        3,
+        "d",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    // The layer has no session: every first transmission comes back, in order.
+    let take_back = |sim: &mut Sim| {
+        let ts: Vec<Transmit> = std::iter::from_fn(|| sim.server.poll_transmit()).collect();
+        assert_eq!(ts.len(), 3, "all three went at once (NSTART 3)");
+        for t in &ts {
+            sim.server.not_sent(sim.now, t, None);
+        }
+        let events = sim.events();
+        assert!(events.is_empty(), "nothing reported sent: {events:?}");
+    };
+    take_back(&mut sim);
+    // The session comes up 500 s later: the three go, in submission order.
+    sim.advance(Duration::from_secs(500));
+    sim.server.session_changed(sim.now, a, Some(&ident));
+    let ts: Vec<Transmit> = std::iter::from_fn(|| sim.server.poll_transmit()).collect();
+    let codes: Vec<u8> = ts
+        .iter()
+        .map(|t| Packet::decode(&t.payload).unwrap().code)
+        .collect();
+    assert_eq!(
+        codes,
+        [wire::PUT, wire::POST, wire::GET],
+        "submission order"
+    );
+    // ... and it is gone again before they leave: taken back once more.
+    for t in &ts {
+        sim.server.not_sent(sim.now, t, None);
+    }
+    assert!(sim.events().is_empty());
+    // Their deadline is still the one set at submission.
+    let at = t0 + sim.server.config().queue_timeout + Duration::from_secs(1);
+    sim.advance(at - sim.now);
+    let timed_out: Vec<u64> = sim
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            DeviceEvent::TimedOut { op, .. } => Some(op.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timed_out, [1, 2, 3]);
+}
