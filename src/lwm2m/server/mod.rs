@@ -87,6 +87,14 @@
 //!   the old address is asked first: while it answers, the newcomer gets 5.03 and then
 //!   4.03 ([`RejectReason::AddressInUse`]); a device that really moved (a restart behind a
 //!   NAT, a new port) is accepted once its old address stayed silent for the probe time.
+//!   The probe's answer proves the old registration's device is there only while no other
+//!   device speaks from that address: a Register (even one its own probe then holds off)
+//!   or an Update of another endpoint from it displaces the old registration (as above), which ends its
+//!   probe, and its device's Register is then let in without one. So two devices that
+//!   swapped ports behind a NAT both get back in (each one's probe would be answered by
+//!   the other), while a newcomer at a new address still cannot take over a registration
+//!   whose device answers at its own. Over DTLS the registration's identity decides: the
+//!   same identity replaces it at once.
 //! - **Device management**: every [`DeviceRequest`] becomes one confirmable CoAP request
 //!   (Read GET, Discover GET Accept 40, Write PUT/POST, Write-Attributes PUT with only
 //!   Uri-Query, Execute POST, Create POST `/oid`, Delete DELETE, Observe GET Observe=0,
@@ -1056,6 +1064,13 @@ impl Lwm2mServer {
             return (Code::FORBIDDEN, None);
         }
         if let Some(&slot) = self.by_endpoint.get(&device) {
+            // The device speaks from `peer`: another registration there lost the
+            // address, even should this Register be refused. A takeover probe of that
+            // registration's address would ask this device (two devices that swapped
+            // ports behind a NAT would each be refused while the other answered): it
+            // ends, and that registration's device is let in when it registers from where
+            // it is now.
+            self.displace_holder(now, peer, slot);
             if let Some(refusal) = self.contest(now, slot, peer) {
                 return (refusal, None);
             }

@@ -2910,3 +2910,67 @@ fn requests_taken_back_keep_their_order_and_their_first_deadline() {
         .collect();
     assert_eq!(timed_out, [1, 2, 3]);
 }
+
+/// Two devices behind a NAT swap ports (`a` registered from `pa`, `b` from `pb`; now `a`
+/// is at `pb` and `b` at `pa`) and both Register again under the default
+/// `Takeover::ProbeOldAddress`. Each one's probe of its old address would be answered by
+/// the other device; but a Register of another endpoint from the probed address shows the
+/// address is no longer the old registration's: that registration is displaced, and its
+/// device's Register is let in without a probe. Both get in, each at its new address.
+/// Before, both were refused (5.03, then `AddressInUse`) while the other answered the
+/// probe, until their registrations expired.
+#[test]
+fn two_devices_that_swapped_ports_both_register_again() {
+    let mut sim = Sim::open();
+    let (pa, pb) = (addr(9400), addr(9401));
+    sim.register(pa, &["ep=a", "lt=300"]);
+    sim.register(pb, &["ep=b", "lt=300"]);
+    sim.events();
+    // `a` registers from `pb`: `b`'s registration at `pb` is displaced, `a`'s old
+    // address `pa` probed.
+    let p = sim.request(wire::POST, &["rd"], &["ep=a"], b"</3/0>");
+    sim.send(pb, &p);
+    let out = sim.out();
+    let answer = out.iter().find(|(to, _)| *to == pb).unwrap();
+    assert_eq!(answer.1.code, code(5, 3));
+    let probe = out.iter().find(|(to, _)| *to == pa).expect("a probe of pa");
+    // `b`'s device, now at `pa`, answers the probe (any answer is one).
+    sim.answer(pa, &probe.1.clone(), code(4, 4), None, b"");
+    sim.out();
+    // `b` registers from `pa`: let in at once (its old address is `a`'s now).
+    sim.register(pa, &["ep=b", "lt=300"]);
+    // `a` tries again from `pb`: let in, although `pa` answered its probe (`b` did).
+    sim.register(pb, &["ep=a", "lt=300"]);
+    assert_eq!(
+        sim.server.registration(&dev("a")).unwrap().address,
+        Some(pb)
+    );
+    assert_eq!(
+        sim.server.registration(&dev("b")).unwrap().address,
+        Some(pa)
+    );
+    let refused: Vec<DeviceEvent> = sim
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, DeviceEvent::Rejected { .. }))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    // The impostor protection stays: a third party claiming `a` from a new address is
+    // refused while `a`'s device answers at `pb`.
+    let p = sim.request(wire::POST, &["rd"], &["ep=a"], b"</3/0>");
+    sim.send(addr(9402), &p);
+    let out = sim.out();
+    assert_eq!(
+        out.iter().find(|(to, _)| *to == addr(9402)).unwrap().1.code,
+        code(5, 3)
+    );
+    let probe = out.iter().find(|(to, _)| *to == pb).expect("a probe of pb");
+    sim.answer(pb, &probe.1.clone(), code(4, 4), None, b"");
+    let p = sim.request(wire::POST, &["rd"], &["ep=a"], b"</3/0>");
+    sim.send(addr(9402), &p);
+    assert_eq!(sim.out()[0].1.code, code(4, 3));
+    assert_eq!(
+        sim.server.registration(&dev("a")).unwrap().address,
+        Some(pb)
+    );
+}
