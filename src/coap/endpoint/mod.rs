@@ -773,26 +773,8 @@ impl Endpoint {
                 if !self.admit_peer(peer) {
                     return;
                 }
-                let key = (peer, msg.message_id);
-                if let Some(d) = self.dedup.get(&key) {
-                    if d.token == msg.token() {
-                        match &d.reply {
-                            Reply::Nothing => {}
-                            Reply::EmptyAck => {
-                                self.send_empty(peer, MessageType::Acknowledgement, key.1)
-                            }
-                            Reply::Bytes(b) => {
-                                let payload = b.clone();
-                                self.transmits.push_back(Transmit {
-                                    destination: peer,
-                                    payload,
-                                });
-                            }
-                        }
-                        return;
-                    }
-                    let stamp = d.stamp;
-                    self.remove_dedup(peer, msg.message_id, stamp);
+                if self.replay_duplicate(peer, &msg) {
+                    return;
                 }
                 self.insert_dedup(now, peer, msg.message_id, msg.token(), con);
                 if msg.code.is_request() {
@@ -1116,30 +1098,43 @@ impl Endpoint {
         if !self.admit_peer(peer) {
             return;
         }
-        let key = (peer, msg.message_id);
-        if let Some(d) = self.dedup.get(&key) {
-            if d.token == msg.token() {
-                match &d.reply {
-                    Reply::Nothing => {}
-                    Reply::EmptyAck => self.send_empty(peer, MessageType::Acknowledgement, key.1),
-                    Reply::Bytes(b) => {
-                        let payload = b.clone();
-                        self.transmits.push_back(Transmit {
-                            destination: peer,
-                            payload,
-                        });
-                    }
-                }
-                self.gc_peer(peer);
-                return;
-            }
-            let stamp = d.stamp;
-            self.remove_dedup(peer, msg.message_id, stamp);
+        if self.replay_duplicate(peer, &msg) {
+            self.gc_peer(peer);
+            return;
         }
         self.insert_dedup(now, peer, msg.message_id, msg.token(), true);
         self.send_empty(peer, MessageType::Acknowledgement, msg.message_id);
         self.set_dedup_reply(peer, msg.message_id, Reply::EmptyAck);
         self.gc_peer(peer);
+    }
+
+    /// Duplicate detection for a CON or NON message from `peer` (RFC 7252 §4.5): when
+    /// its message id and token are remembered, the remembered reply (if any) goes again
+    /// and `true` says it was a duplicate. A remembered entry of the same message id with
+    /// another token (the peer reused the id for a new message) is forgotten; `false`
+    /// then, and the caller takes the message as new.
+    fn replay_duplicate(&mut self, peer: SocketAddr, msg: &Message) -> bool {
+        let key = (peer, msg.message_id);
+        let Some(d) = self.dedup.get(&key) else {
+            return false;
+        };
+        if d.token != msg.token() {
+            let stamp = d.stamp;
+            self.remove_dedup(peer, msg.message_id, stamp);
+            return false;
+        }
+        match &d.reply {
+            Reply::Nothing => {}
+            Reply::EmptyAck => self.send_empty(peer, MessageType::Acknowledgement, key.1),
+            Reply::Bytes(b) => {
+                let payload = b.clone();
+                self.transmits.push_back(Transmit {
+                    destination: peer,
+                    payload,
+                });
+            }
+        }
+        true
     }
 
     /// Whether `msg` from `peer` is a notification of a registered observation now

@@ -1551,6 +1551,8 @@ impl Lwm2mClient {
     /// the bootstrap server's and the LWM2M server's ids are their own. Entries live
     /// EXCHANGE_LIFETIME, at most [`DEDUP_ENTRIES`] a peer and twice that in all (see
     /// [`Self::remember_answer`]); a copy of a request whose answer is gone is `false`.
+    /// The answer is queued as every datagram is: at [`QUEUE_BOUND`] unsent datagrams the
+    /// oldest is dropped (the server is waiting for this one now).
     fn replay_duplicate(&mut self, now: Instant, from: SocketAddr, req: &Message) -> bool {
         self.dedup
             .retain(|(_, _, t, _)| now.saturating_duration_since(*t) < EXCHANGE_LIFETIME);
@@ -1562,12 +1564,7 @@ impl Lwm2mClient {
             return false;
         };
         let payload = cached.clone();
-        if self.transmits.len() < QUEUE_BOUND {
-            self.transmits.push_back(Transmit {
-                destination: from,
-                payload,
-            });
-        }
+        self.push_bytes(from, payload);
         true
     }
 
@@ -2872,6 +2869,28 @@ mod tests {
             );
         }
         hit
+    }
+
+    /// A duplicate's answer is queued like any datagram: with [`QUEUE_BOUND`] datagrams
+    /// unsent (the application did not drain them), the oldest goes and the answer the
+    /// server is retransmitting for goes out. Before, the replayed answer itself was
+    /// dropped there, unlike every other datagram.
+    #[test]
+    fn a_duplicates_answer_at_the_queue_bound_drops_the_oldest_datagram() {
+        let now = Instant::now();
+        let a = peer(1);
+        let mut client = Lwm2mClient::new(now, ClientConfig::new("d", a), ObjectTree::new());
+        while client.poll_transmit().is_some() {}
+        client.remember_answer(now, a, 7, vec![7]);
+        for n in 0..QUEUE_BOUND {
+            client.push_bytes(peer(2), (n as u32).to_be_bytes().to_vec());
+        }
+        assert!(client.replay_duplicate(now, a, &request(7)));
+        let queued: Vec<Transmit> = std::iter::from_fn(|| client.poll_transmit()).collect();
+        assert_eq!(queued.len(), QUEUE_BOUND);
+        assert_eq!(queued[0].payload, 1u32.to_be_bytes(), "the oldest went");
+        let last = queued.last().unwrap();
+        assert_eq!((last.destination, last.payload.as_slice()), (a, &[7u8][..]));
     }
 
     /// The duplicate cache's bound in all: 2 x [`DEDUP_ENTRIES`] answers. Two peers at

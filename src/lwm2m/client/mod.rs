@@ -59,7 +59,7 @@
 //! - **The duplicate cache** (RFC 7252 §4.5): the answer to each request served is kept
 //!   for EXCHANGE_LIFETIME (247 s), by peer and message id, and a copy of the request
 //!   (the server retransmits when the answer is lost) gets that answer again, nothing
-//!   served twice. At most 8 answers a peer: the peer's 9th answer pushes out its own
+//!   served twice, queued like any datagram (at 256 unsent, the oldest is dropped). At most 8 answers a peer: the peer's 9th answer pushes out its own
 //!   oldest (a server with NSTART = 1, the CoAP default, retransmits only its latest
 //!   request, so the last 8 leave room for 7 more in flight); a copy of a request whose
 //!   answer was pushed out is a new request, served afresh (an Execute runs again), or

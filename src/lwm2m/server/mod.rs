@@ -87,6 +87,14 @@
 //!   the old address is asked first: while it answers, the newcomer gets 5.03 and then
 //!   4.03 ([`RejectReason::AddressInUse`]); a device that really moved (a restart behind a
 //!   NAT, a new port) is accepted once its old address stayed silent for the probe time.
+//!   The probe's answer proves the old registration's device is there only while no other
+//!   device speaks from that address: a Register (even one its own probe then holds off)
+//!   or an Update of another endpoint from it displaces the old registration (as above), which ends its
+//!   probe, and its device's Register is then let in without one. So two devices that
+//!   swapped ports behind a NAT both get back in (each one's probe would be answered by
+//!   the other), while a newcomer at a new address still cannot take over a registration
+//!   whose device answers at its own. Over DTLS the registration's identity decides: the
+//!   same identity replaces it at once.
 //! - **Device management**: every [`DeviceRequest`] becomes one confirmable CoAP request
 //!   (Read GET, Discover GET Accept 40, Write PUT/POST, Write-Attributes PUT with only
 //!   Uri-Query, Execute POST, Create POST `/oid`, Delete DELETE, Observe GET Observe=0,
@@ -302,7 +310,12 @@ enum Probe {
 /// An operation waiting for its turn.
 struct Queued {
     op: DeviceOp,
+    /// Set once, when the operation was submitted: a request taken back into the queue
+    /// ([`Lwm2mServer::not_sent`], [`Lwm2mServer::fall_back`]) keeps it.
     deadline: Instant,
+    /// Submission order: a request taken back into the queue goes before those
+    /// submitted after it, however many are taken back and in whatever order.
+    seq: u64,
     /// Sent before (queued again by [`Lwm2mServer::fall_back`] with another format): its
     /// [`DeviceEvent::Sent`] was already reported.
     resent: bool,
@@ -318,6 +331,10 @@ struct Outstanding {
     /// The Accept (read, observe) or Content-Format (multi-value write, create) the
     /// request carried, when it was our choice and another could be tried.
     format: Option<ContentFormat>,
+    /// Its queue deadline and submission order ([`Queued`]), kept should it be queued
+    /// again.
+    deadline: Instant,
+    seq: u64,
 }
 
 /// An established observation (keyed by the Observe request's id).
@@ -370,6 +387,8 @@ pub struct Lwm2mServer {
     /// Takeover probes in flight: the probed registration.
     probes: HashMap<RequestId, (u32, u64)>,
     next_generation: u64,
+    /// The next operation's submission order ([`Queued::seq`]).
+    next_seq: u64,
     outstanding: HashMap<RequestId, Outstanding>,
     observations: HashMap<RequestId, Observation>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
@@ -440,6 +459,7 @@ impl Lwm2mServer {
             values_outside_path: 0,
             probes: HashMap::new(),
             next_generation: 1,
+            next_seq: 0,
             outstanding: HashMap::new(),
             observations: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -525,18 +545,25 @@ impl Lwm2mServer {
     /// a session. When `t` is the first transmission of a device request whose
     /// [`DeviceEvent::Sent`] has not been handed out yet (the driver hands events out
     /// after sending: `udp.rs`), the request is taken back: nothing reached the device,
-    /// so its `Sent` is withdrawn, the CoAP exchange forgotten, and the request waits at
-    /// the head of the device's queue, with a fresh [`ServerConfig::queue_timeout`], for a
-    /// session to the registration's address, as any request does while there is none
+    /// so its `Sent` is withdrawn, the CoAP exchange forgotten, and the request waits in
+    /// the device's queue, before those submitted after it (several taken back, with
+    /// [`ServerConfig::nstart`] above 1, keep their order), with the deadline it got when
+    /// first queued ([`ServerConfig::queue_timeout`] after submission: a session that
+    /// keeps coming and going cannot keep it alive longer; one past it times out now), for
+    /// a session to the registration's address, as any request does while there is none
     /// (reported `Sent` when it goes); should the queue have filled up behind it
     /// meanwhile ([`ServerConfig::queue_capacity`]), it fails with
     /// [`DeviceError::QueueFull`] instead, as at submission. Anything else (a
     /// retransmission, a request already reported sent) is left to CoAP, which times it
-    /// out.
+    /// out. `session`: the session the layer has at the destination now (none, or one the
+    /// registration's identity does not own): the server's table takes it.
     #[cfg(feature = "dtls")]
-    pub(crate) fn not_sent(&mut self, now: Instant, t: &Transmit) {
+    pub(crate) fn not_sent(&mut self, now: Instant, t: &Transmit, session: Option<&PeerIdentity>) {
         if let Some(sessions) = &mut self.sessions {
-            sessions.remove(&t.destination);
+            match session {
+                Some(identity) => sessions.insert(t.destination, identity.clone()),
+                None => sessions.remove(&t.destination),
+            };
         }
         let Some(id) = self.endpoint.request_of(t.destination, &t.payload) else {
             return;
@@ -568,19 +595,40 @@ impl Lwm2mServer {
             return self.fail(op, DeviceError::NotRegistered);
         };
         reg.in_flight.retain(|&sent| sent != id);
+        self.endpoint_timeout = self.endpoint.poll_timeout();
+        if o.deadline <= now {
+            // Its time in the queue is up (a session that kept coming and going).
+            return self.events.push_back(DeviceEvent::TimedOut {
+                op: op.id,
+                device: op.device,
+            });
+        }
         if self.queues[o.slot as usize].len() >= self.config.queue_capacity {
             // Others were queued behind it meanwhile: the bound holds, and nothing left.
             return self.fail(op, DeviceError::QueueFull);
         }
-        let deadline = now + self.config.queue_timeout;
-        self.queues[o.slot as usize].push_front(Queued {
-            op,
-            deadline,
-            resent: false,
-        });
-        self.timers
-            .push(Reverse((deadline, Timer::Queue { slot: o.slot })));
-        self.endpoint_timeout = self.endpoint.poll_timeout();
+        self.requeue(
+            o.slot,
+            Queued {
+                op,
+                deadline: o.deadline,
+                seq: o.seq,
+                resent: false,
+            },
+        );
+    }
+
+    /// Puts a request taken back from the endpoint into its device's queue, before those
+    /// submitted after it, with its own deadline.
+    fn requeue(&mut self, slot: u32, q: Queued) {
+        let queue = &mut self.queues[slot as usize];
+        let at = queue
+            .iter()
+            .position(|w| w.seq > q.seq)
+            .unwrap_or(queue.len());
+        let deadline = q.deadline;
+        queue.insert(at, q);
+        self.timers.push(Reverse((deadline, Timer::Queue { slot })));
     }
 
     /// Where the registration at `addr` expects its requests to go: `None` when no
@@ -1015,10 +1063,17 @@ impl Lwm2mServer {
             });
             return (Code::FORBIDDEN, None);
         }
-        if let Some(&slot) = self.by_endpoint.get(&device)
-            && let Some(refusal) = self.contest(now, slot, peer)
-        {
-            return (refusal, None);
+        if let Some(&slot) = self.by_endpoint.get(&device) {
+            // The device speaks from `peer`: another registration there lost the
+            // address, even should this Register be refused. A takeover probe of that
+            // registration's address would ask this device (two devices that swapped
+            // ports behind a NAT would each be refused while the other answered): it
+            // ends, and that registration's device is let in when it registers from where
+            // it is now.
+            self.displace_holder(now, peer, slot);
+            if let Some(refusal) = self.contest(now, slot, peer) {
+                return (refusal, None);
+            }
         }
         // A re-registration replaces the old one (and its observations), keeps the queue.
         let slot = match self.by_endpoint.get(&device) {
@@ -1839,7 +1894,7 @@ impl Lwm2mServer {
             let Some(q) = self.queues[slot as usize].pop_front() else {
                 return;
             };
-            self.dispatch(now, slot, q.op, !q.resent);
+            self.dispatch(now, slot, q);
         }
     }
 
@@ -1861,8 +1916,16 @@ impl Lwm2mServer {
 
     /// Hands `op` to the CoAP endpoint, which transmits it (within the peer's CoAP NSTART;
     /// the server's own per-device NSTART keeps that bound). `first`: its first
-    /// transmission, reported as [`DeviceEvent::Sent`].
-    fn dispatch(&mut self, now: Instant, slot: u32, op: DeviceOp, first: bool) {
+    /// transmission (not `resent`), reported as [`DeviceEvent::Sent`].
+    fn dispatch(&mut self, now: Instant, slot: u32, q: Queued) {
+        let Queued {
+            op,
+            deadline,
+            seq,
+            resent,
+        } = q;
+        let first = !resent;
+        let queued = (deadline, seq);
         let Some(reg) = self.slot(slot) else { return };
         let (peer, generation) = (reg.addr, reg.generation);
         let cancels: Option<(Lwm2mPath, Option<&[Lwm2mPath]>)> = match &op.request {
@@ -1900,7 +1963,7 @@ impl Lwm2mServer {
                     if first {
                         self.sent(&op);
                     }
-                    self.track(slot, generation, id, op, None);
+                    self.track(slot, generation, id, op, None, queued);
                     return;
                 }
             }
@@ -1914,7 +1977,7 @@ impl Lwm2mServer {
                 if first {
                     self.sent(&op);
                 }
-                self.track(slot, generation, id, op, format)
+                self.track(slot, generation, id, op, format, queued)
             }
             // The CoAP layer is at one of its bounds: the request cannot wait anywhere.
             Err(
@@ -1931,6 +1994,7 @@ impl Lwm2mServer {
         id: RequestId,
         op: DeviceOp,
         format: Option<ContentFormat>,
+        (deadline, seq): (Instant, u64),
     ) {
         self.outstanding.insert(
             id,
@@ -1941,6 +2005,8 @@ impl Lwm2mServer {
                 generation,
                 request: op.request,
                 format,
+                deadline,
+                seq,
             },
         );
         if let Some(reg) = self.slot_mut(slot)
@@ -2062,8 +2128,8 @@ impl Lwm2mServer {
     }
 
     /// A device refused the format `o` carried (4.06 to its Accept, 4.15 to its body):
-    /// remember that and send the same operation again, first in the device's queue, with
-    /// the next format. `false` when there was no format of ours to give up (then the
+    /// remember that and send the same operation again, first in the device's queue (with
+    /// the queue deadline it got at submission), with the next format. `false` when there was no format of ours to give up (then the
     /// refusal is the answer). Each retry gives up one more of at most seven formats.
     fn fall_back(&mut self, now: Instant, o: &Outstanding) -> bool {
         let Some(format) = o.format else {
@@ -2099,18 +2165,19 @@ impl Lwm2mServer {
         if !is_read && left.iter().all(|f| reg.refused.contains(f)) {
             return false;
         }
-        let deadline = now + self.config.queue_timeout;
-        self.queues[o.slot as usize].push_front(Queued {
-            op: DeviceOp {
-                id: o.op,
-                device: o.device.clone(),
-                request: o.request.clone(),
+        self.requeue(
+            o.slot,
+            Queued {
+                op: DeviceOp {
+                    id: o.op,
+                    device: o.device.clone(),
+                    request: o.request.clone(),
+                },
+                deadline: o.deadline,
+                seq: o.seq,
+                resent: true,
             },
-            deadline,
-            resent: true,
-        });
-        self.timers
-            .push(Reverse((deadline, Timer::Queue { slot: o.slot })));
+        );
         self.pump(now, o.slot);
         true
     }
@@ -2308,9 +2375,12 @@ impl Transport for Lwm2mServer {
             return self.fail(op, DeviceError::QueueFull);
         }
         let deadline = now + self.config.queue_timeout;
+        let seq = self.next_seq;
+        self.next_seq += 1;
         self.queues[slot as usize].push_back(Queued {
             op,
             deadline,
+            seq,
             resent: false,
         });
         self.timers.push(Reverse((deadline, Timer::Queue { slot })));

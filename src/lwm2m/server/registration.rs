@@ -67,7 +67,8 @@ pub struct RegistrationRequest {
     pub objects: Vec<Lwm2mPath>,
     /// The alternate path of the LWM2M objects (`</lwm2m>;rt="oma.lwm2m"`), if not `/`.
     pub alternate_path: Option<String>,
-    /// The content formats the client announced (`ct` on the `rt="oma.lwm2m"` link).
+    /// The content formats the client announced (`ct` on the `rt="oma.lwm2m"` link; when
+    /// there is none, on a bare `</>` link, as Leshan's clients send it), at most 16.
     pub content_formats: Vec<u16>,
 }
 
@@ -446,10 +447,16 @@ fn parse_links(payload: &[u8]) -> Result<Links, RegistrationError> {
     })?;
     let mut targets = Vec::new();
     let mut out = Links::default();
+    // A `</>` link with `ct` but no `rt` (Leshan's clients announce their formats so):
+    // its formats count when no link has `rt="oma.lwm2m"`, as in Leshan. It cannot be
+    // anything else: `/` is no object, and the root is the default object path anyway.
+    let mut bare_root_ct = None;
+    let mut oma_link = false;
     for l in &links {
         if l.param("rt")
             .is_some_and(|rt| rt.split(' ').any(|t| t == "oma.lwm2m"))
         {
+            oma_link = true;
             let root = l.target.trim_end_matches('/');
             if !root.is_empty() {
                 if !root.starts_with('/') || root.len() > 64 {
@@ -458,21 +465,20 @@ fn parse_links(payload: &[u8]) -> Result<Links, RegistrationError> {
                 out.alternate_path = Some(root.to_owned());
             }
             if let Some(ct) = l.param("ct") {
-                for c in ct.split(' ').filter(|c| !c.is_empty()) {
-                    let n = c
-                        .parse::<u16>()
-                        .map_err(|_| RegistrationError::BadLinkFormat { offset: 0 })?;
-                    if out.content_formats.len() < 16 && !out.content_formats.contains(&n) {
-                        out.content_formats.push(n);
-                    }
-                }
+                add_formats(&mut out.content_formats, ct)?;
             }
         } else {
+            if l.target == "/" && l.param("rt").is_none() {
+                bare_root_ct = bare_root_ct.or(l.param("ct"));
+            }
             if targets.len() >= MAX_OBJECTS {
                 return Err(RegistrationError::TooManyObjects);
             }
             targets.push(l.target.as_str());
         }
+    }
+    if !oma_link && let Some(ct) = bare_root_ct {
+        add_formats(&mut out.content_formats, ct)?;
     }
     let prefix = out.alternate_path.as_deref().unwrap_or("");
     for t in targets {
@@ -488,6 +494,19 @@ fn parse_links(payload: &[u8]) -> Result<Links, RegistrationError> {
         }
     }
     Ok(out)
+}
+
+/// Adds the formats of a `ct` value (space-separated numbers), at most 16 in all.
+fn add_formats(formats: &mut Vec<u16>, ct: &str) -> Result<(), RegistrationError> {
+    for c in ct.split(' ').filter(|c| !c.is_empty()) {
+        let n = c
+            .parse::<u16>()
+            .map_err(|_| RegistrationError::BadLinkFormat { offset: 0 })?;
+        if formats.len() < 16 && !formats.contains(&n) {
+            formats.push(n);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -606,6 +625,24 @@ mod tests {
             assert_eq!(r.alternate_path.as_deref(), want, "{links:?}");
             assert_eq!(r.objects, vec![Lwm2mPath::instance(3, 0)], "{links:?}");
         }
+        // Leshan's clients announce their formats on a bare `</>` (no `rt`): taken as
+        // Leshan takes them, unless a link with `rt="oma.lwm2m"` says otherwise.
+        let r = RegistrationRequest::parse(&["ep=a"], b"</>;ct=\"60 110 112\",</3/0>").unwrap();
+        assert_eq!(r.content_formats, [60, 110, 112]);
+        assert_eq!(r.alternate_path, None);
+        assert_eq!(r.objects, vec![Lwm2mPath::instance(3, 0)]);
+        let r = RegistrationRequest::parse(
+            &["ep=a"],
+            b"</>;ct=110,</lwm2m>;rt=\"oma.lwm2m\";ct=112,</lwm2m/3/0>",
+        )
+        .unwrap();
+        assert_eq!(r.content_formats, [112]);
+        let r = RegistrationRequest::parse(&["ep=a"], b"</>;rt=\"other\";ct=110,</3/0>").unwrap();
+        assert!(r.content_formats.is_empty(), "another resource type");
+        assert!(matches!(
+            RegistrationRequest::parse(&["ep=a"], b"</>;ct=json,</3/0>"),
+            Err(RegistrationError::BadLinkFormat { .. })
+        ));
         // An alternate path that is not a path is refused.
         assert!(matches!(
             RegistrationRequest::parse(&["ep=a"], b"<lwm2m>;rt=\"oma.lwm2m\",</3/0>"),

@@ -16,7 +16,10 @@
 //! (on another thread) when it next runs, which may be as the driver sends a request
 //! handed out a moment before: that request is taken back, its [`DeviceEvent::Sent`]
 //! withdrawn before the driver hands it out, and it waits in the queue as above
-//! (`Lwm2mServer::not_sent`). Nothing is reported sent that did not leave.
+//! (`Lwm2mServer::not_sent`), in its submission order and with the deadline it got when
+//! first queued. So is one the layer finds no session for at all (closed since the
+//! server last heard), or only another identity's. Nothing is reported sent that did not
+//! leave, and nothing handed out vanishes without a word.
 
 use super::udp::DatagramLayer;
 use super::{Lwm2mServer, Transmit, UdpServer};
@@ -66,20 +69,18 @@ impl DatagramLayer for SecureLayer {
         server: &mut Lwm2mServer,
         _socket: &UdpSocket,
     ) {
-        if !server.may_send_to(t.destination, self.dtls.session_identity(t.destination)) {
-            // The address now belongs to another identity (or none, or the identity now
-            // belongs to another device): the device's requests do not go to it. The
-            // server's pump holds requests back from such a session; one already in
-            // flight is left to CoAP, which times it out.
-            return;
-        }
-        // No session (nothing goes out in clear): it closed since the server last heard,
-        // as when its key was withdrawn on another thread (`send` closes such a session
-        // first). The server hears of the close, and takes back a request it was about to
-        // report sent: it waits for a session as any does while there is none.
-        if self.dtls.send(now, t.destination, &t.payload).is_err() {
+        // Not through this session: there is none (it closed since the server last
+        // heard, as when its key was withdrawn on another thread, which `send` finds and
+        // closes; nothing goes out in clear), or the address now belongs to another
+        // identity, or the identity to another device. The server hears of the sessions
+        // as they are, and takes back a request it was about to report sent: it waits for
+        // a session of the registration's identity as any does while there is none. One
+        // already reported sent is left to CoAP, which times it out.
+        let refused = !server.may_send_to(t.destination, self.dtls.session_identity(t.destination))
+            || self.dtls.send(now, t.destination, &t.payload).is_err();
+        if refused {
             self.deliver(now, server);
-            server.not_sent(now, &t);
+            server.not_sent(now, &t, self.dtls.session_identity(t.destination));
         }
     }
 
@@ -325,6 +326,83 @@ mod tests {
                 .filter(|e| matches!(e, DeviceEvent::Sent { op: OpId(7), .. }))
                 .count(),
             1,
+            "{events:?}"
+        );
+    }
+
+    /// The device's session closes (here by `close_identity`) and the layer has not told
+    /// the server yet when a request to it is handed out: the layer finds no session
+    /// (`may_send_to` fails for want of any), so nothing leaves. The request is taken
+    /// back: not reported `Sent`, it waits in the queue and goes (reported `Sent` then)
+    /// once the device handshakes again. Before, the layer returned without a word: the
+    /// request was reported `Sent`, and vanished.
+    #[test]
+    fn a_request_for_an_address_without_a_session_is_taken_back_not_dropped() {
+        use crate::coap::{Code, Message};
+        use crate::lwm2m::Lwm2mPath;
+        use crate::transport::{DeviceOp, DeviceRequest, OpId, Transport};
+        let now = Instant::now();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let store = PskStore::new();
+        let device = DeviceId::new("d-1").unwrap();
+        store.set(Some(device.clone()), creds(1)).unwrap();
+        let mut layer = SecureLayer {
+            dtls: DtlsServer::new(DtlsServerConfig::default(), store.clone()),
+        };
+        let config = ServerConfig {
+            auto_provision: true,
+            ..ServerConfig::default()
+        };
+        let mut server = Lwm2mServer::with_seed(config, 3)
+            .require_identity()
+            .track_sessions();
+        let mut client = connect(now, 1, &mut layer, &mut server);
+        let mut register = Message::request(Code::POST, "/rd");
+        register.message_id = 1;
+        register.add_uri_query("ep=d-1");
+        register.payload = b"</3/0>".to_vec();
+        client.send(now, &register.to_bytes().unwrap());
+        let got = exchange(now, 1, &mut client, &mut layer, &mut server, &socket);
+        assert_eq!(Message::decode(&got[0]).unwrap().code, Code::CREATED);
+        while server.poll_event().is_some() {}
+        // The session ends; its Closed event is not delivered yet.
+        assert_eq!(layer.dtls.close_identity("id-1"), 1);
+        assert!(server.sessions.as_ref().unwrap().contains_key(&addr(1)));
+        server.submit(
+            now,
+            DeviceOp {
+                id: OpId(8),
+                device: device.clone(),
+                request: DeviceRequest::Read {
+                    path: Lwm2mPath::resource(3, 0, 9),
+                },
+            },
+        );
+        while let Some(t) = server.poll_transmit() {
+            layer.transmit(now, t, &mut server, &socket);
+        }
+        // The close_notify to the old session.
+        while layer.dtls.poll_transmit().is_some() {}
+        let events: Vec<DeviceEvent> = std::iter::from_fn(|| server.poll_event()).collect();
+        assert!(
+            events.is_empty(),
+            "nothing left, nothing reported: {events:?}"
+        );
+        assert!(!server.sessions.as_ref().unwrap().contains_key(&addr(1)));
+        // The device handshakes again: the read goes, reported sent then.
+        let later = now + Duration::from_secs(1);
+        let mut client = DtlsClient::new(later, creds(1));
+        client.send(later, b"x");
+        let got = exchange(later, 1, &mut client, &mut layer, &mut server, &socket);
+        let reads = got
+            .iter()
+            .filter_map(|b| Message::decode(b).ok())
+            .filter(|m| m.code == Code::GET && m.uri_path_string() == "3/0/9")
+            .count();
+        assert_eq!(reads, 1);
+        let events: Vec<DeviceEvent> = std::iter::from_fn(|| server.poll_event()).collect();
+        assert!(
+            matches!(&events[..], [DeviceEvent::Sent { op: OpId(8), .. }]),
             "{events:?}"
         );
     }

@@ -2808,3 +2808,169 @@ fn a_notification_from_a_new_address_over_dtls_needs_the_registrations_identity(
     assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(c));
     assert!(sim.server.may_send_to(c, Some(&d)));
 }
+
+/// Behind DTLS with NSTART 3: three requests (a Write, an Execute, a Read) go out at once
+/// to a registration whose session the server believes up; the layer finds none and hands
+/// each back (`Lwm2mServer::not_sent`), in the order they went. They wait in the queue in
+/// their submission order (the Write still before the Execute) and go in that order when
+/// a session comes up. Taken back again 500 s later (the session flapped), they keep the
+/// deadline they got when first queued: they time out `queue_timeout` after submission,
+/// not 500 s later. Before, each take-back pushed to the queue's head (the three came back
+/// reversed) with a fresh `queue_timeout` (a flapping session kept a request alive
+/// without limit).
+#[cfg(feature = "dtls")]
+#[test]
+fn requests_taken_back_keep_their_order_and_their_first_deadline() {
+    let config = ServerConfig {
+        auto_provision: true,
+        nstart: 3,
+        coap: crate::coap::EndpointConfig {
+            nstart: 3,
+            ..ServerConfig::default().coap
+        },
+        ..ServerConfig::default()
+    };
+    let mut sim = Sim::new(config);
+    sim.server = Lwm2mServer::with_seed(sim.server.config().clone(), 7).track_sessions();
+    let a = addr(9200);
+    let ident = PeerIdentity {
+        psk_identity: "id-d".into(),
+        device: Some(dev("d")),
+    };
+    let p = sim.request(wire::POST, &["rd"], &["ep=d"], b"</3/0>");
+    sim.server
+        .handle_datagram_from(sim.now, a, Some(&ident), &p.encode());
+    assert_eq!(sim.out()[0].1.code, code(2, 1));
+    sim.events();
+    sim.server.session_changed(sim.now, a, Some(&ident));
+    let t0 = sim.now;
+    sim.submit(
+        1,
+        "d",
+        DeviceRequest::Write {
+            path: Lwm2mPath::resource(3, 0, 15),
+            mode: WriteMode::Replace,
+            content: Content::single(Lwm2mPath::resource(3, 0, 15), ResourceValue::Integer(1)),
+        },
+    );
+    sim.submit(
+        2,
+        "d",
+        DeviceRequest::Execute {
+            path: Lwm2mPath::resource(3, 0, 4),
+            args: None,
+        },
+    );
+    sim.submit(
+        3,
+        "d",
+        DeviceRequest::Read {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    // The layer has no session: every first transmission comes back, in order.
+    let take_back = |sim: &mut Sim| {
+        let ts: Vec<Transmit> = std::iter::from_fn(|| sim.server.poll_transmit()).collect();
+        assert_eq!(ts.len(), 3, "all three went at once (NSTART 3)");
+        for t in &ts {
+            sim.server.not_sent(sim.now, t, None);
+        }
+        let events = sim.events();
+        assert!(events.is_empty(), "nothing reported sent: {events:?}");
+    };
+    take_back(&mut sim);
+    // The session comes up 500 s later: the three go, in submission order.
+    sim.advance(Duration::from_secs(500));
+    sim.server.session_changed(sim.now, a, Some(&ident));
+    let ts: Vec<Transmit> = std::iter::from_fn(|| sim.server.poll_transmit()).collect();
+    let codes: Vec<u8> = ts
+        .iter()
+        .map(|t| Packet::decode(&t.payload).unwrap().code)
+        .collect();
+    assert_eq!(
+        codes,
+        [wire::PUT, wire::POST, wire::GET],
+        "submission order"
+    );
+    // ... and it is gone again before they leave: taken back once more.
+    for t in &ts {
+        sim.server.not_sent(sim.now, t, None);
+    }
+    assert!(sim.events().is_empty());
+    // Their deadline is still the one set at submission.
+    let at = t0 + sim.server.config().queue_timeout + Duration::from_secs(1);
+    sim.advance(at - sim.now);
+    let timed_out: Vec<u64> = sim
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            DeviceEvent::TimedOut { op, .. } => Some(op.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timed_out, [1, 2, 3]);
+}
+
+/// Two devices behind a NAT swap ports (`a` registered from `pa`, `b` from `pb`; now `a`
+/// is at `pb` and `b` at `pa`) and both Register again under the default
+/// `Takeover::ProbeOldAddress`. Each one's probe of its old address would be answered by
+/// the other device; but a Register of another endpoint from the probed address shows the
+/// address is no longer the old registration's: that registration is displaced, and its
+/// device's Register is let in without a probe. Both get in, each at its new address.
+/// Before, both were refused (5.03, then `AddressInUse`) while the other answered the
+/// probe, until their registrations expired.
+#[test]
+fn two_devices_that_swapped_ports_both_register_again() {
+    let mut sim = Sim::open();
+    let (pa, pb) = (addr(9400), addr(9401));
+    sim.register(pa, &["ep=a", "lt=300"]);
+    sim.register(pb, &["ep=b", "lt=300"]);
+    sim.events();
+    // `a` registers from `pb`: `b`'s registration at `pb` is displaced, `a`'s old
+    // address `pa` probed.
+    let p = sim.request(wire::POST, &["rd"], &["ep=a"], b"</3/0>");
+    sim.send(pb, &p);
+    let out = sim.out();
+    let answer = out.iter().find(|(to, _)| *to == pb).unwrap();
+    assert_eq!(answer.1.code, code(5, 3));
+    let probe = out.iter().find(|(to, _)| *to == pa).expect("a probe of pa");
+    // `b`'s device, now at `pa`, answers the probe (any answer is one).
+    sim.answer(pa, &probe.1.clone(), code(4, 4), None, b"");
+    sim.out();
+    // `b` registers from `pa`: let in at once (its old address is `a`'s now).
+    sim.register(pa, &["ep=b", "lt=300"]);
+    // `a` tries again from `pb`: let in, although `pa` answered its probe (`b` did).
+    sim.register(pb, &["ep=a", "lt=300"]);
+    assert_eq!(
+        sim.server.registration(&dev("a")).unwrap().address,
+        Some(pb)
+    );
+    assert_eq!(
+        sim.server.registration(&dev("b")).unwrap().address,
+        Some(pa)
+    );
+    let refused: Vec<DeviceEvent> = sim
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, DeviceEvent::Rejected { .. }))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    // The impostor protection stays: a third party claiming `a` from a new address is
+    // refused while `a`'s device answers at `pb`.
+    let p = sim.request(wire::POST, &["rd"], &["ep=a"], b"</3/0>");
+    sim.send(addr(9402), &p);
+    let out = sim.out();
+    assert_eq!(
+        out.iter().find(|(to, _)| *to == addr(9402)).unwrap().1.code,
+        code(5, 3)
+    );
+    let probe = out.iter().find(|(to, _)| *to == pb).expect("a probe of pb");
+    sim.answer(pb, &probe.1.clone(), code(4, 4), None, b"");
+    let p = sim.request(wire::POST, &["rd"], &["ep=a"], b"</3/0>");
+    sim.send(addr(9402), &p);
+    assert_eq!(sim.out()[0].1.code, code(4, 3));
+    assert_eq!(
+        sim.server.registration(&dev("a")).unwrap().address,
+        Some(pb)
+    );
+}
