@@ -38,7 +38,11 @@
 //! mark: a consumer may have read them from memory before a crash took them) are kept,
 //! one range per opening, until the feed has dropped past them: resuming the feed after
 //! one of them is a [`FeedGap`], after this restart and every later one, from the
-//! registry and from [`Store::changes_after`] alike.
+//! registry and from [`Store::changes_after`] alike. At most 1,024 ranges are kept
+//! (openings with no change between them, as in a crash loop, each add one): past it the
+//! two oldest merge, so the few numbers between them (each the newest of an opening that
+//! made no change) answer with a gap too; a consumer holding one re-reads its twins,
+//! nothing is lost.
 //!
 //! **Errors.** A failed write poisons the store ([`StoreError::Poisoned`]) until
 //! [`Store::reload`] rebuilds the registry from what is durable; callers that hold a
@@ -149,6 +153,10 @@ const META_RESERVED: &str = "reserved_seq";
 const META_FEED_DROPPED: &str = "feed_dropped_through";
 /// Where the registry of the last opening started (a number it handed out as its newest).
 const META_OPENED: &str = "opened_at";
+
+/// Ranges of unused sequence numbers kept (one per opening, until the feed drops past
+/// them); at the bound the two oldest merge (see `init`). 4 in unit tests, to reach it.
+const MAX_UNUSED_RANGES: u64 = if cfg!(test) { 4 } else { 1024 };
 
 /// How many changes the store keeps on disk by default.
 pub const DEFAULT_FEED_RETENTION: usize = 1 << 16;
@@ -897,6 +905,21 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
         let mut unused = txn.open_table(UNUSED)?;
         unused.retain(|_, above| above > dropped.saturating_add(1))?;
         if start > below.saturating_add(1) {
+            // At the bound (openings without a change in between: a crash loop), the two
+            // oldest ranges merge: the numbers between them answer with a gap too, which
+            // costs a consumer holding one a re-read of its twins, and loses nothing.
+            if unused.len()? >= MAX_UNUSED_RANGES {
+                let oldest = unused
+                    .iter()?
+                    .take(2)
+                    .map(|row| row.map(|(b, a)| (b.value(), a.value())))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let [(first, _), (second, above)] = oldest[..] {
+                    unused.remove(first)?;
+                    unused.remove(second)?;
+                    unused.insert(first, above)?;
+                }
+            }
             unused.insert(below, start)?;
         }
         txn.open_table(TWINS)?;
@@ -1073,6 +1096,40 @@ pub fn fuzz_decode(which: u8, row: &[u8]) {
 mod tests {
     use super::*;
     use crate::twin::Twin;
+
+    /// Openings with no change between them each keep a range of unused numbers: at
+    /// `MAX_UNUSED_RANGES` (4 here) the two oldest merge, so the table stays bounded; a
+    /// number lost in the first crash is still a gap, and the newest opening's own number
+    /// still resumes without one.
+    #[test]
+    fn unused_ranges_stay_bounded_across_openings_without_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let (mut store, mut registry) = open();
+        registry
+            .create(Twin::new(DeviceId::new("d0").unwrap()))
+            .unwrap();
+        store.commit(&registry).unwrap();
+        registry
+            .create(Twin::new(DeviceId::new("lost").unwrap()))
+            .unwrap();
+        let lost = registry.last_seq();
+        drop((store, registry));
+        let mut newest = 0;
+        for _ in 0..10 {
+            let (store, registry) = open();
+            newest = registry.last_seq();
+            let rows = {
+                let txn = store.db.as_ref().unwrap().begin_read().unwrap();
+                txn.open_table(UNUSED).unwrap().len().unwrap()
+            };
+            assert!(rows <= MAX_UNUSED_RANGES, "{rows} ranges kept");
+            assert!(registry.changes_after(lost).is_err(), "the lost number");
+            assert!(matches!(store.changes_after(lost, 10), Ok(Err(_))));
+        }
+        let (_store, registry) = open();
+        assert_eq!(registry.changes_after(newest).map(|c| c.count()), Ok(0));
+    }
 
     #[test]
     fn a_file_from_a_newer_format_is_refused_unchanged() {
