@@ -26,7 +26,9 @@ fn id(s: &str) -> DeviceId {
 /// bound with ordinary restarts, and the merge then spans the changes the second
 /// opening made and committed: a consumer that resumes after one of them (a change the
 /// store still keeps and hands out) is told of a gap, from the store and from the
-/// registry alike. Not a count of "openings that made no change" either.
+/// registry alike. Not a count of "openings that made no change" either. `Store::reload`
+/// runs `init` too, so each recovery after a failed commit adds a range as well: a flaky
+/// disk reaches the bound within one run of the hub.
 ///
 /// Fix: a range is only needed where a number could have been handed out and lost, i.e.
 /// past the last commit of an opening; merging must never cover committed changes the
