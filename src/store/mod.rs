@@ -38,11 +38,14 @@
 //! mark: a consumer may have read them from memory before a crash took them) are kept,
 //! one range per opening, until the feed has dropped past them: resuming the feed after
 //! one of them is a [`FeedGap`], after this restart and every later one, from the
-//! registry and from [`Store::changes_after`] alike. At most 1,024 ranges are kept
-//! (openings with no change between them, as in a crash loop, each add one): past it the
-//! two oldest merge, so the few numbers between them (each the newest of an opening that
-//! made no change) answer with a gap too; a consumer holding one re-reads its twins,
-//! nothing is lost.
+//! registry and from [`Store::changes_after`] alike. Every opening adds a range (the
+//! reserve always runs ahead of the last commit), and so does every [`Store::reload`]. At
+//! most 1,024 ranges are kept: past it the two oldest merge, so every number between them
+//! answers with a gap too, committed changes the feed still keeps included, until the
+//! feed drops past them. A consumer resuming after one re-reads its twins; nothing is
+//! lost, but after 1,024 openings within the feed's retention such spurious gaps occur
+//! (tests/change_review_43b.rs keeps the finding; the fix is to merge only ranges with no
+//! kept change between them).
 //!
 //! **Errors.** A failed write poisons the store ([`StoreError::Poisoned`]) until
 //! [`Store::reload`] rebuilds the registry from what is durable; callers that hold a
@@ -905,9 +908,10 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
         let mut unused = txn.open_table(UNUSED)?;
         unused.retain(|_, above| above > dropped.saturating_add(1))?;
         if start > below.saturating_add(1) {
-            // At the bound (openings without a change in between: a crash loop), the two
-            // oldest ranges merge: the numbers between them answer with a gap too, which
-            // costs a consumer holding one a re-read of its twins, and loses nothing.
+            // At the bound (1,024 openings or reloads within the feed's retention), the
+            // two oldest ranges merge: every number between them, committed changes
+            // included, answers with a gap too, which costs a consumer holding one a
+            // re-read of its twins, and loses nothing.
             if unused.len()? >= MAX_UNUSED_RANGES {
                 let oldest = unused
                     .iter()?

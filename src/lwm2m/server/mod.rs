@@ -1533,6 +1533,13 @@ impl Lwm2mServer {
             // The next notification gets RST, which ends it on the device too.
             self.observations.remove(id);
         }
+        // A takeover probe still out goes too: left to run, it would keep retransmitting
+        // to the old address, ahead of the requests of the next device there.
+        let mut gone = gone;
+        if let Probe::InFlight(id) = reg.probe {
+            self.probes.remove(&id);
+            gone.push(id);
+        }
         // Requests in flight under the registration fail now, not when the CoAP exchange
         // gives up (up to 93 s later), and are not retransmitted: the device that gets a
         // late retransmission may be another one behind the old address, and a new
