@@ -39,7 +39,6 @@ fn id(s: &str) -> DeviceId {
 /// docs can say so); or record at each commit that the opening's numbers through the
 /// commit are accounted for, so a clean opening leaves no range at all.
 #[test]
-#[ignore = "finding: ordinary restarts (each with a committed change) fill the 1,024 unused ranges, and the merge at the bound turns committed, retained changes into feed gaps"]
 fn ordinary_restarts_do_not_turn_committed_changes_into_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig::default;
