@@ -185,7 +185,8 @@ pub struct HubMetrics {
     /// Feed entries not yet published to subscribers (the event lag, in changes).
     pub publish_lag: u64,
     /// Submit-to-answer time of [`Hub::request`](super::Hub::request)s (the device's
-    /// answer, its error, or the transport giving up).
+    /// answer, its error, or the transport giving up; not a request failed with
+    /// [`RequestError::HubStopped`](super::RequestError::HubStopped)).
     pub request_latency: LatencyHistogram,
     /// Submit-to-answer time of the job engine's operations (the same outcomes).
     pub job_operation_latency: LatencyHistogram,

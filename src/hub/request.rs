@@ -147,7 +147,8 @@ impl Drop for Reply {
 #[derive(Default)]
 pub(crate) struct Waiting {
     by_op: Mutex<HashMap<OpId, Arc<Shared>>>,
-    /// Submit-to-answer times of the requests answered (by the device or the transport).
+    /// Submit-to-answer times of the requests answered (by the device or the transport;
+    /// not those failed because the hub stopped).
     pub(crate) latency: super::metrics::Histogram,
 }
 
@@ -210,7 +211,10 @@ impl Waiting {
         let Some(shared) = self.map().remove(&op) else {
             return;
         };
-        self.latency.record(shared.started.elapsed());
+        // The hub stopping is no answer: only the device's or the transport's are timed.
+        if !matches!(result, Err(RequestError::HubStopped)) {
+            self.latency.record(shared.started.elapsed());
+        }
         let waker = {
             let mut slot = lock(&shared.slot);
             slot.result = Some(result);
@@ -232,5 +236,29 @@ impl Waiting {
 
     fn abandon(&self, op: OpId) {
         self.map().remove(&op);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `HubMetrics::request_latency` is the "submit-to-answer time" of requests: the
+    /// device's answer, its error, or the transport giving up. A request the hub failed
+    /// because it stopped got no answer: it is not a latency.
+    #[test]
+    fn requests_failed_by_the_hub_stopping_are_not_timed() {
+        let waiting = Arc::new(Waiting::default());
+        let answered = waiting.register(OpId(1)).unwrap();
+        let _stopped = waiting.register(OpId(2)).unwrap();
+        let _raced = waiting.register(OpId(3)).unwrap();
+        waiting.complete(OpId(1), Err(RequestError::TransportTimedOut));
+        assert_eq!(
+            answered.wait(Duration::ZERO),
+            Err(RequestError::TransportTimedOut)
+        );
+        waiting.complete(OpId(3), Err(RequestError::HubStopped));
+        waiting.fail_all();
+        assert_eq!(waiting.latency.snapshot().count, 1);
     }
 }
