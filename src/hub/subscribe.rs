@@ -150,7 +150,11 @@ pub struct SubscribeOptions {
     /// Job progress.
     pub jobs: bool,
     /// Most events queued for this subscription; beyond it the hub drops events for it
-    /// and delivers [`HubEvent::Lagged`] (at least 1).
+    /// until the consumer has emptied the queue, then delivers one [`HubEvent::Lagged`],
+    /// which waits behind the full queue ([`Subscription::len`] counts it, so it reaches
+    /// `capacity + 1`). 0 counts as 1: the hub never waits for a consumer, so the rendezvous
+    /// a zero-capacity channel means elsewhere is not on offer, and a queue that holds
+    /// nothing would turn every event into a `Lagged`.
     pub capacity: usize,
     /// Replay the twin changes after this sequence number first (`None`: from now on,
     /// that is after the registry's newest change, published yet or not, whoever else
@@ -344,10 +348,13 @@ impl Shared {
 /// changes come first, then registrations, then job progress.
 ///
 /// **Bounded, with a lag signal.** A subscription holds at most
-/// [`SubscribeOptions::capacity`] events. When the consumer falls behind and the queue
-/// is full, the hub drops events for it (it never waits for a consumer) until the
-/// consumer has emptied the queue; it then receives one [`HubEvent::Lagged`] with the
-/// number of events it missed and the sequence number to resume the twin changes from.
+/// [`SubscribeOptions::capacity`] events (more only right after a replay,
+/// [`SubscribeOptions::after`], which is not bounded by it). When the consumer falls
+/// behind and the queue is full, the hub drops events for it (it never waits for a
+/// consumer) until the consumer has emptied the queue; it then receives one
+/// [`HubEvent::Lagged`] with the number of events it missed and the sequence number to
+/// resume the twin changes from. That `Lagged` waits behind the full queue, so
+/// [`Subscription::len`] reaches `capacity + 1` while events are being dropped.
 ///
 /// **Resumable.** [`SubscribeOptions::after`] replays the twin changes after a sequence
 /// number from the registry's change feed, then continues live, without a gap or a
@@ -437,7 +444,10 @@ impl Subscription {
         RecvFuture { sub: self }
     }
 
-    /// Events queued now, counting a [`HubEvent::Lagged`] waiting to be delivered.
+    /// Events queued now, counting a [`HubEvent::Lagged`] waiting to be delivered: at most
+    /// [`SubscribeOptions::capacity`] + 1 (a full queue and the lag signal behind it), or
+    /// the replay's length + 1 right after a replay ([`SubscribeOptions::after`]) longer
+    /// than the capacity.
     pub fn len(&self) -> usize {
         let q = self.shared.lock();
         q.events.len() + usize::from(q.lagging)
@@ -751,6 +761,74 @@ mod tests {
         })
         .collect();
         assert_eq!(rest, [8, 9, 10, 11]);
+    }
+
+    /// `Subscription::len` counts the `Lagged` that waits behind a full queue: at most
+    /// `capacity + 1`, and exactly that while events are being dropped.
+    #[test]
+    fn len_is_at_most_the_capacity_and_the_lag_signal() {
+        let registry = SharedRegistry::new(Registry::new());
+        let publisher = Publisher::default();
+        let newest = |r: &Registry| r.last_seq();
+        let options = SubscribeOptions {
+            capacity: 2,
+            ..SubscribeOptions::twins_only()
+        };
+        let sub = publisher.subscribe(&registry, options, newest).unwrap();
+        for i in 0..5 {
+            registry
+                .write()
+                .create(Twin::new(id(&format!("d{i}"))))
+                .unwrap();
+            publisher.publish(&registry, Vec::new(), newest);
+            assert!(sub.len() <= 3, "{} queued", sub.len());
+        }
+        assert_eq!(sub.len(), 3, "two changes and the lag signal");
+        assert!(matches!(sub.try_recv(), Ok(HubEvent::Twin(c)) if c.seq == 1));
+        assert!(matches!(sub.try_recv(), Ok(HubEvent::Twin(c)) if c.seq == 2));
+        assert_eq!(sub.len(), 1);
+        let lagged = sub.try_recv();
+        assert_eq!(
+            lagged,
+            Ok(HubEvent::Lagged {
+                missed: 3,
+                resume_after: 2
+            })
+        );
+        assert!(sub.is_empty());
+    }
+
+    /// `SubscribeOptions::capacity` 0 counts as 1 (the hub never waits for a consumer,
+    /// so there is no rendezvous): the first change is delivered, not only a `Lagged`.
+    #[test]
+    fn a_capacity_of_zero_counts_as_one() {
+        let registry = SharedRegistry::new(Registry::new());
+        let publisher = Publisher::default();
+        let newest = |r: &Registry| r.last_seq();
+        let options = SubscribeOptions {
+            capacity: 0,
+            ..SubscribeOptions::twins_only()
+        };
+        let sub = publisher.subscribe(&registry, options, newest).unwrap();
+        for i in 0..3 {
+            registry
+                .write()
+                .create(Twin::new(id(&format!("d{i}"))))
+                .unwrap();
+        }
+        publisher.publish(&registry, Vec::new(), newest);
+        assert!(matches!(sub.try_recv(), Ok(HubEvent::Twin(c)) if c.seq == 1));
+        let lagged = sub.try_recv();
+        assert_eq!(
+            lagged,
+            Ok(HubEvent::Lagged {
+                missed: 2,
+                resume_after: 1
+            })
+        );
+        registry.write().create(Twin::new(id("d3"))).unwrap();
+        publisher.publish(&registry, Vec::new(), newest);
+        assert!(matches!(sub.try_recv(), Ok(HubEvent::Twin(c)) if c.seq == 4));
     }
 
     mod model {
