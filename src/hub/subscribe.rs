@@ -163,6 +163,14 @@ pub struct SubscribeOptions {
     /// this history never handed out (from another history: beyond the newest number,
     /// or on a hub restarted from a store one the store reserved that no change used),
     /// makes [`Hub::subscribe`](super::Hub::subscribe) fail with a [`FeedGap`].
+    ///
+    /// A number a store has not committed yet (a write straight through
+    /// [`Hub::registry`](super::Hub::registry), or a write whose commit failed while the
+    /// rebuild from the store failed too, so memory kept it) may be rolled back by a later
+    /// rebuild. A subscription resumed after it then goes on with the changes after the
+    /// rebuild, none missed or repeated (the rebuilt registry numbers past every number
+    /// handed out before), but it is not told that the change it resumed after is gone;
+    /// a new subscription after that number fails with a [`FeedGap`].
     pub after: Option<u64>,
 }
 
