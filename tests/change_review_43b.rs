@@ -38,6 +38,11 @@ fn id(s: &str) -> DeviceId {
 /// `feed_dropped_through` to its `above`, so the gap is an honest "dropped" one and the
 /// docs can say so); or record at each commit that the opening's numbers through the
 /// commit are accounted for, so a clean opening leaves no range at all.
+///
+/// Fixed: past the bound only neighbours merge (`merge_neighbours` in store/mod.rs);
+/// ranges with kept changes between them stay (the feed's retention bounds them), so
+/// this run keeps every change. Dropping the oldest range with the feed would not pass
+/// this test: the second opening's change is older than the newest 1,024 openings.
 #[test]
 fn ordinary_restarts_do_not_turn_committed_changes_into_gaps() {
     let dir = tempfile::tempdir().unwrap();

@@ -1131,8 +1131,8 @@ mod tests {
     use super::*;
     use crate::twin::Twin;
 
-    /// Openings with no change between them each keep a range of unused numbers: at
-    /// `MAX_UNUSED_RANGES` (4 here) the two oldest merge, so the table stays bounded; a
+    /// Openings with no change between them each keep a range of unused numbers: past
+    /// `MAX_UNUSED_RANGES` (4 here) neighbouring ones merge, so the table stays bounded; a
     /// number lost in the first crash is still a gap, and the newest opening's own number
     /// still resumes without one.
     #[test]
