@@ -708,3 +708,88 @@ fn an_engine_driven_without_the_hub_keeps_nothing_for_a_rebuild() {
     }
     assert_eq!((e.settled.len(), e.sent_again.len()), (0, 0));
 }
+
+/// Devices `d1`, `d2`, `d3` registered (with `/10241/0`), running configuration job `j`
+/// over them one at a time (`max_in_flight(1)`): `d1`'s Write answered, its Execute
+/// (returned) out, all of it on `disk`.
+fn rollout_of_three(t0: Instant, disk: &mut Disk) -> (JobEngine, Vec<DeviceId>, JobId, DeviceOp) {
+    let mut e = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(1_000_000));
+    e.enable_journal();
+    e.keep_for_rebuild();
+    let devices: Vec<DeviceId> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|d| DeviceId::new(d).unwrap())
+        .collect();
+    for d in &devices {
+        let mut registration = registered(d);
+        if let DeviceEvent::Registered { registration, .. } = &mut registration {
+            registration.objects.push(Lwm2mPath::instance(10241, 0));
+        }
+        e.handle_event(t0, &registration);
+    }
+    let id = JobId::new("j").unwrap();
+    let job = JobType::ConfigurationUpdate {
+        name: "a".into(),
+        value: "1".into(),
+    };
+    e.create(t0, JobSpec::new(id.clone(), job, devices.clone()).max_in_flight(1))
+        .unwrap();
+    let write = one_op(&mut e);
+    e.handle_event(t0, &answer(&write, Ok(DeviceReply::Done)));
+    let execute = one_op(&mut e);
+    assert_eq!(execute.device, devices[0]);
+    disk.commit(&mut e);
+    (e, devices, id, execute)
+}
+
+/// A rollout of one child at a time whose first child was in progress when its rows were
+/// written: the restored engine (after a restart, or rebuilt after a failed commit whose
+/// batch held that child's last answer) sends that child back to wait for its device and
+/// starts the next one in the slot it freed: that one is in progress, its Write the only
+/// operation out; the third waits its turn. Before, the restore met the child it had
+/// just started further on and sent it back to wait too, which started the third: every
+/// child's Write went out at once, against `max_in_flight`, and each was written again
+/// when its turn came.
+#[test]
+fn a_restored_rollout_keeps_max_in_flight() {
+    for rebuilt in [false, true] {
+        let t0 = Instant::now();
+        let mut disk = Disk::default();
+        let (mut e, devices, id, execute) = rollout_of_three(t0, &mut disk);
+        let t1 = t0 + Duration::from_secs(1);
+        if rebuilt {
+            let batch = [answer(&execute, Ok(DeviceReply::Done))];
+            for ev in &batch {
+                e.handle_event(t0, ev);
+            }
+            disk.fail(&mut e, t1);
+            apply_again(&mut e, t1, &batch);
+        } else {
+            e = JobEngine::restore(
+                EngineConfig::default(),
+                t1,
+                Timestamp::from_millis(1_001_000),
+                disk.parents.clone(),
+                disk.children.clone(),
+            )
+            .unwrap();
+        }
+        e.handle_timeout(t1);
+        let ops: Vec<DeviceOp> = std::iter::from_fn(|| e.poll_op()).collect();
+        let case = if rebuilt { "rebuilt" } else { "restarted" };
+        assert_eq!(
+            ops.iter().map(|o| o.device.as_str()).collect::<Vec<_>>(),
+            vec!["d2"],
+            "{case}: one child at a time: {ops:?}"
+        );
+        assert!(matches!(ops[0].request, DeviceRequest::Write { .. }), "{case}");
+        let stats = e.statistics(&id).unwrap();
+        assert_eq!(
+            (stats.running, stats.waiting_for_device, stats.pending),
+            (1, 1, 1),
+            "{case}: {stats:?}"
+        );
+        assert_eq!(child(&e, &id, &devices[1]).0, ChildState::InProgress, "{case}");
+        e.validate().unwrap();
+    }
+}
