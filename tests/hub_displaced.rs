@@ -122,8 +122,55 @@ impl RawDevice {
     }
 
     fn update(&mut self, location: &str) {
+        assert_eq!(self.update_answer(location), Code::CHANGED);
+    }
+
+    /// Sends an Update to `location`; returns the server's answer code.
+    fn update_answer(&mut self, location: &str) -> Code {
         let m = Message::request(Code::POST, &format!("/{location}"));
-        assert_eq!(self.exchange(m).code, Code::CHANGED);
+        self.exchange(m).code
+    }
+
+    /// Waits for the hub's Observe and answers it (piggybacked, Observe 1, `text/plain`
+    /// `value`); returns the Observe.
+    fn answer_observe(&mut self, value: &[u8]) -> Message {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 1500];
+        let observe = loop {
+            assert!(Instant::now() < deadline, "no Observe from the hub");
+            if let Ok((n, _)) = self.socket.recv_from(&mut buf)
+                && let Ok(m) = Message::decode(&buf[..n])
+                && m.code == Code::GET
+                && m.observe() == Some(0)
+            {
+                break m;
+            }
+        };
+        let mut answer = Message::new(
+            MessageType::Acknowledgement,
+            Code::CONTENT,
+            observe.message_id,
+        );
+        answer.with_token(observe.token());
+        answer.set_observe(1);
+        answer.set_content_format(twinhub::coap::ContentFormat::TEXT_PLAIN);
+        answer.payload = value.to_vec();
+        self.socket
+            .send_to(&answer.to_bytes().unwrap(), self.hub)
+            .unwrap();
+        observe
+    }
+
+    /// Notifies `observe` (non-confirmable, Observe `seq`, `text/plain` `value`).
+    fn notify(&self, observe: &Message, seq: u32, value: &[u8]) {
+        let mut m = Message::new(MessageType::NonConfirmable, Code::CONTENT, self.mid + 1);
+        m.with_token(observe.token());
+        m.set_observe(seq);
+        m.set_content_format(twinhub::coap::ContentFormat::TEXT_PLAIN);
+        m.payload = value.to_vec();
+        self.socket
+            .send_to(&m.to_bytes().unwrap(), self.hub)
+            .unwrap();
     }
 }
 
@@ -180,7 +227,8 @@ fn a_displaced_registration_shows_no_address_until_its_device_talks() {
 
 /// The device of a displaced registration notifies afresh from the address it lost, once
 /// the device that took it moved on: the registration takes it back, and says so
-/// (`RegistrationUpdated` with the address), so the twin shows it again.
+/// (`AddressChanged` with the address, not an Update: the device sent none), so the twin
+/// shows it again.
 #[test]
 fn a_registration_that_takes_its_address_back_reports_it() {
     use twinhub::Lwm2mPath;
@@ -243,9 +291,96 @@ fn a_registration_that_takes_its_address_back_reports_it() {
     assert!(
         evs.iter().any(|e| matches!(
             e,
-            DeviceEvent::RegistrationUpdated { device, registration }
-                if *device == d && registration.address == Some(addr(1))
+            DeviceEvent::AddressChanged { device, address, .. }
+                if *device == d && *address == addr(1)
         )),
         "{evs:?}"
     );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, DeviceEvent::RegistrationUpdated { .. })),
+        "no Update came: {evs:?}"
+    );
+}
+
+/// The same over UDP, through the hub: the twin of a displaced registration shows its
+/// address again when its device notifies afresh from there, and subscribers see that
+/// as a twin change only. Before, the server reported it as a registration Update and
+/// the hub published a lifecycle `updated` event for an Update the device never sent.
+#[test]
+fn a_registration_that_takes_its_address_back_is_no_lifecycle_update() {
+    use twinhub::Lwm2mPath;
+    use twinhub::hub::{HubEvent, LifecycleKind, SubscribeOptions};
+    use twinhub::transport::DeviceRequest;
+    use twinhub::twin::Scalar;
+    let config = HubConfig {
+        auto_provision: true,
+        sync: None,
+        ..HubConfig::default()
+    };
+    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), config).unwrap();
+    let lifecycle = hub
+        .subscribe(SubscribeOptions {
+            twins: false,
+            jobs: false,
+            ..SubscribeOptions::default()
+        })
+        .unwrap();
+    let hub_addr = hub.local_addr().unwrap();
+    let port_of = |id: &str| {
+        hub.twin(id)
+            .and_then(|t| t.registration)
+            .and_then(|r| r.address)
+            .map(|a| a.port())
+    };
+    let battery = |id: &str| {
+        hub.twin(id).and_then(|t| {
+            t.device_properties
+                .get("BatteryLevel")
+                .map(|p| p.value.clone())
+        })
+    };
+    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
+    let port = d.socket.local_addr().unwrap().port();
+    d.register("d");
+    wait_until("d's twin", || port_of("d") == Some(port));
+    // The service observes d's battery level.
+    let reply = hub.request(
+        &DeviceId::new("d").unwrap(),
+        DeviceRequest::Observe {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    let observe = d.answer_observe(b"75");
+    reply.wait(Duration::from_secs(10)).unwrap();
+    drop(d);
+    // e's device gets d's port, then moves on to another one.
+    let mut e = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 200);
+    let e_loc = e.register("e");
+    wait_until("d's address cleared", || port_of("d").is_none());
+    let mut e_moved = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 300);
+    e_moved.update(&e_loc);
+    wait_until("e moved on", || port_of("e").is_some_and(|p| p != port));
+    drop(e);
+    // d's device notifies afresh from its old address.
+    let d = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 400);
+    d.notify(&observe, 2, b"76");
+    wait_until("d's address back", || port_of("d") == Some(port));
+    wait_until("the notification", || {
+        battery("d") == Some(Scalar::from(76))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let seen: Vec<(String, LifecycleKind)> = std::iter::from_fn(|| lifecycle.try_recv().ok())
+        .filter_map(|e| match e {
+            HubEvent::Lifecycle(l) => Some((l.device, l.event)),
+            _ => None,
+        })
+        .collect();
+    let of_d: Vec<_> = seen.iter().filter(|(d, _)| d == "d").collect();
+    assert_eq!(
+        of_d,
+        vec![&("d".to_owned(), LifecycleKind::Registered)],
+        "d sent no Update: {seen:?}"
+    );
+    hub.stop();
 }

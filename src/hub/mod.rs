@@ -36,8 +36,12 @@
 //! address is the other device's now; the connection state and `lastActivityTime` stay
 //! (the registration lives, its device is probably alive behind a new mapping, and it
 //! said nothing). Subscribers see it as a twin change (the registration). The device's
-//! next Update, or its fresh notification from the freed address, brings the address
-//! back. A twin that kept showing the old address would point at the other device.
+//! next Update brings the address back (a lifecycle `updated` event, with it); so does
+//! its fresh notification from the address it lost, once no other registration holds it
+//! ([`DeviceEvent::AddressChanged`]), as a twin change only: that is no registration
+//! Update (the lifetime is not refreshed, nothing announced changed), and Leshan, too,
+//! fires `updated` for an Update only. A twin that kept showing the old address would
+//! point at the other device.
 //!
 //! **Property sync.** When a device registers, the hub sets notification attributes
 //! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
@@ -2113,6 +2117,32 @@ impl Inner {
                         info,
                         device = device.as_str(),
                         "registration displaced from its address"
+                    );
+                }
+            }
+            DeviceEvent::AddressChanged {
+                device,
+                registration_id,
+                address,
+            } => {
+                // No Update (no lifecycle event): the twin's registration shows where its
+                // device is again, a twin change. Only the registration the twin holds.
+                // Connection state and `lastActivityTime` are the notification's to move
+                // (it follows).
+                let moved = reg
+                    .get(device.as_str())
+                    .and_then(|t| t.registration().cloned())
+                    .filter(|r| {
+                        r.registration_id == *registration_id && r.address != Some(*address)
+                    });
+                if let Some(mut registration) = moved {
+                    registration.address = Some(*address);
+                    let _ = reg.set_registration(device.as_str(), Some(registration));
+                    crate::trace_event!(
+                        info,
+                        device = device.as_str(),
+                        address = %address,
+                        "registration took its address back"
                     );
                 }
             }
