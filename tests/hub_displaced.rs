@@ -384,3 +384,73 @@ fn a_registration_that_takes_its_address_back_is_no_lifecycle_update() {
     );
     hub.stop();
 }
+
+/// A hub restarted on its store takes back the registrations it can reach, and only
+/// those: a displaced registration (its twin shows no address) is not taken back, since
+/// no address is known to reach its device at. Its twin is marked disconnected, as one
+/// whose lifetime ran out while the hub was down; its device's next Update is answered
+/// 4.04 (its location is unknown to the restarted server) and it registers again, as
+/// LWM2M clients do. The registration that displaced it is taken back and keeps working
+/// at its location.
+#[test]
+fn a_restart_does_not_take_a_displaced_registration_back() {
+    use twinhub::store::{SharedStore, Store, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let start = |addr: &str| {
+        let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let store = SharedStore::new(store);
+        let config = HubConfig {
+            auto_provision: true,
+            sync: None,
+            store: Some(store.clone()),
+            ..HubConfig::default()
+        };
+        (Hub::bind_udp(addr, registry, config).unwrap(), store)
+    };
+    let (hub, store) = start("127.0.0.1:0");
+    let hub_addr = hub.local_addr().unwrap();
+    let address_of = |hub: &Hub, id: &str| {
+        hub.twin(id)
+            .and_then(|t| t.registration)
+            .and_then(|r| r.address)
+            .map(|a| a.port())
+    };
+    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
+    let port = d.socket.local_addr().unwrap().port();
+    let d_loc = d.register("d");
+    wait_until("d's twin", || address_of(&hub, "d") == Some(port));
+    drop(d);
+    let mut e = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 200);
+    let e_loc = e.register("e");
+    wait_until("d displaced", || address_of(&hub, "d").is_none());
+    wait_until("all durable", || {
+        store.lock().committed_seq() == hub.registry().read().last_seq()
+    });
+    hub.stop();
+    drop(hub);
+    drop(store);
+
+    let (hub, _store) = start(&hub_addr.to_string());
+    let e_twin = hub.twin("e").unwrap();
+    assert_eq!(e_twin.connection_state, ConnectionState::Connected);
+    assert_eq!(address_of(&hub, "e"), Some(port), "taken back");
+    let d_twin = hub.twin("d").unwrap();
+    assert_eq!(
+        d_twin.connection_state,
+        ConnectionState::Disconnected,
+        "no address to reach d's device at"
+    );
+    assert!(d_twin.registration.is_some_and(|r| r.address.is_none()));
+    // e's registration works at its location; d's is unknown to the restarted server.
+    e.update(&e_loc);
+    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 300);
+    let new_port = d.socket.local_addr().unwrap().port();
+    assert_eq!(d.update_answer(&d_loc), Code::NOT_FOUND);
+    // So d's device registers again, from where it is.
+    d.register("d");
+    wait_until("d back", || {
+        hub.twin("d").unwrap().connection_state == ConnectionState::Connected
+            && address_of(&hub, "d") == Some(new_port)
+    });
+    hub.stop();
+}

@@ -41,7 +41,15 @@
 //! ([`DeviceEvent::AddressChanged`]), as a twin change only: that is no registration
 //! Update (the lifetime is not refreshed, nothing announced changed), and Leshan, too,
 //! fires `updated` for an Update only. A twin that kept showing the old address would
-//! point at the other device.
+//! point at the other device. A restarted hub does not take a displaced registration
+//! back (`Hub::bind_udp` takes back the registrations it can reach, and no address is
+//! known to reach this one's device at): its twin is marked disconnected, as one whose
+//! lifetime ran out while the hub was down, and its device's next Update is answered
+//! 4.04, so it registers again, as LWM2M clients do after a refused Update (a round
+//! trip more for the device). Taking it back would need the server to hold a
+//! registration without an address until its device talks; Leshan, restarted on a
+//! persistent store, keeps every registration with its last address, which here is
+//! another device's.
 //!
 //! **Property sync.** When a device registers, the hub sets notification attributes
 //! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
