@@ -136,15 +136,14 @@ fn a_registration_before_the_executes_sent_is_not_the_reboot_after_a_failed_comm
 
 mod dtls_sent {
     use super::dtls_support::{
-        RawDtlsDevice, creds, events_for, key, secure_server_with_registered,
+        RawDtlsDevice, assert_read_not_sent, creds, events_for, key, secure_server_with_registered,
     };
     use std::net::UdpSocket;
     use std::time::{Duration, Instant};
     use twinhub::DeviceId;
-    use twinhub::Lwm2mPath;
     use twinhub::coap::{Code, Message};
     use twinhub::dtls::DtlsClient;
-    use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
+    use twinhub::transport::DeviceEvent;
 
     /// `d-1` registers over DTLS (identity `id-1`) from a loopback port; its NAT mapping
     /// goes, and the port goes to another device, `d-2` (identity `id-2`), which
@@ -194,26 +193,15 @@ mod dtls_sent {
                 .all(|e| !matches!(e, DeviceEvent::Deregistered { .. })),
             "{before:?}"
         );
-        udp.handle()
-            .submit(DeviceOp {
-                id: OpId(77),
-                device: d1.clone(),
-                request: DeviceRequest::Read {
-                    path: Lwm2mPath::resource(3, 0, 9),
-                },
-            })
-            .unwrap();
-        dev2.pump(Duration::from_millis(1500), None);
-        let after = events_for(&events, Duration::from_millis(300));
         // Right: d-2 is not d-1; nothing of d-1's goes to it.
-        assert!(dev2.requests.is_empty(), "{:?}", dev2.requests);
-        assert!(
-            !after
-                .iter()
-                .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(77), .. })),
-            "reported sent, yet nothing left (d-2 got nothing): {after:?}"
+        assert_read_not_sent(
+            udp,
+            &events,
+            &mut dev2,
+            &d1,
+            Duration::from_millis(1500),
+            "d-2",
         );
-        let _ = udp.stop();
     }
 }
 

@@ -257,11 +257,10 @@ mod displaced {
 
 #[cfg(feature = "dtls")]
 mod dtls_withdrawn {
-    use super::dtls_support::{events_for, secure_server_with_registered};
+    use super::dtls_support::{assert_read_not_sent, events_for, secure_server_with_registered};
     use std::time::Duration;
     use twinhub::DeviceId;
-    use twinhub::Lwm2mPath;
-    use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
+    use twinhub::transport::DeviceEvent;
 
     /// Control: `d-1` registers over DTLS through the real driver
     /// (`UdpServer::bind_secure`); the hub withdraws its key and at once reads from it.
@@ -287,24 +286,13 @@ mod dtls_withdrawn {
             "{before:?}"
         );
         assert!(store.remove_identity("id-1"));
-        udp.handle()
-            .submit(DeviceOp {
-                id: OpId(77),
-                device: d1.clone(),
-                request: DeviceRequest::Read {
-                    path: Lwm2mPath::resource(3, 0, 9),
-                },
-            })
-            .unwrap();
-        dev.pump(Duration::from_millis(800), None);
-        let after = events_for(&events, Duration::from_millis(300));
-        assert!(dev.requests.is_empty(), "{:?}", dev.requests);
-        assert!(
-            !after
-                .iter()
-                .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(77), .. })),
-            "reported sent, yet nothing left (the device got nothing): {after:?}"
+        assert_read_not_sent(
+            udp,
+            &events,
+            &mut dev,
+            &d1,
+            Duration::from_millis(800),
+            "the device",
         );
-        let _ = udp.stop();
     }
 }
