@@ -174,6 +174,24 @@ impl RawDevice {
     }
 }
 
+/// A hub on loopback (port 0) that lets any device register, with property sync off.
+fn open_hub() -> Hub {
+    let config = HubConfig {
+        auto_provision: true,
+        sync: None,
+        ..HubConfig::default()
+    };
+    Hub::bind_udp("127.0.0.1:0", Registry::new(), config).unwrap()
+}
+
+/// The port of the address `id`'s twin shows for its registration.
+fn port_of(hub: &Hub, id: &str) -> Option<u16> {
+    hub.twin(id)
+        .and_then(|t| t.registration)
+        .and_then(|r| r.address)
+        .map(|a| a.port())
+}
+
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cond() {
@@ -184,30 +202,19 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn a_displaced_registration_shows_no_address_until_its_device_talks() {
-    let config = HubConfig {
-        auto_provision: true,
-        sync: None,
-        ..HubConfig::default()
-    };
-    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), config).unwrap();
+    let hub = open_hub();
     let hub_addr = hub.local_addr().unwrap();
-    let port_of = |id: &str| {
-        hub.twin(id)
-            .and_then(|t| t.registration)
-            .and_then(|r| r.address)
-            .map(|a| a.port())
-    };
     let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
     let port = d.socket.local_addr().unwrap().port();
     let d_loc = d.register("d");
-    wait_until("d's twin", || port_of("d") == Some(port));
+    wait_until("d's twin", || port_of(&hub, "d") == Some(port));
     let before = hub.twin("d").unwrap();
     drop(d);
     // The NAT gives d's port to e's device, which registers from it.
     let mut e = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 200);
     e.register("e");
-    wait_until("e's twin", || port_of("e") == Some(port));
-    wait_until("d's address cleared", || port_of("d").is_none());
+    wait_until("e's twin", || port_of(&hub, "e") == Some(port));
+    wait_until("d's address cleared", || port_of(&hub, "d").is_none());
     let after = hub.twin("d").unwrap();
     assert_eq!(after.connection_state, ConnectionState::Connected);
     assert_eq!(after.last_activity_time, before.last_activity_time);
@@ -220,8 +227,8 @@ fn a_displaced_registration_shows_no_address_until_its_device_talks() {
     let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 300);
     let new_port = d.socket.local_addr().unwrap().port();
     d.update(&d_loc);
-    wait_until("d's new address", || port_of("d") == Some(new_port));
-    assert_eq!(port_of("e"), Some(port));
+    wait_until("d's new address", || port_of(&hub, "d") == Some(new_port));
+    assert_eq!(port_of(&hub, "e"), Some(port));
     hub.stop();
 }
 
@@ -313,12 +320,7 @@ fn a_registration_that_takes_its_address_back_is_no_lifecycle_update() {
     use twinhub::hub::{HubEvent, LifecycleKind, SubscribeOptions};
     use twinhub::transport::DeviceRequest;
     use twinhub::twin::Scalar;
-    let config = HubConfig {
-        auto_provision: true,
-        sync: None,
-        ..HubConfig::default()
-    };
-    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), config).unwrap();
+    let hub = open_hub();
     let lifecycle = hub
         .subscribe(SubscribeOptions {
             twins: false,
@@ -327,12 +329,6 @@ fn a_registration_that_takes_its_address_back_is_no_lifecycle_update() {
         })
         .unwrap();
     let hub_addr = hub.local_addr().unwrap();
-    let port_of = |id: &str| {
-        hub.twin(id)
-            .and_then(|t| t.registration)
-            .and_then(|r| r.address)
-            .map(|a| a.port())
-    };
     let battery = |id: &str| {
         hub.twin(id).and_then(|t| {
             t.device_properties
@@ -343,7 +339,7 @@ fn a_registration_that_takes_its_address_back_is_no_lifecycle_update() {
     let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
     let port = d.socket.local_addr().unwrap().port();
     d.register("d");
-    wait_until("d's twin", || port_of("d") == Some(port));
+    wait_until("d's twin", || port_of(&hub, "d") == Some(port));
     // The service observes d's battery level.
     let reply = hub.request(
         &DeviceId::new("d").unwrap(),
@@ -357,15 +353,17 @@ fn a_registration_that_takes_its_address_back_is_no_lifecycle_update() {
     // e's device gets d's port, then moves on to another one.
     let mut e = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 200);
     let e_loc = e.register("e");
-    wait_until("d's address cleared", || port_of("d").is_none());
+    wait_until("d's address cleared", || port_of(&hub, "d").is_none());
     let mut e_moved = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 300);
     e_moved.update(&e_loc);
-    wait_until("e moved on", || port_of("e").is_some_and(|p| p != port));
+    wait_until("e moved on", || {
+        port_of(&hub, "e").is_some_and(|p| p != port)
+    });
     drop(e);
     // d's device notifies afresh from its old address.
     let d = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 400);
     d.notify(&observe, 2, b"76");
-    wait_until("d's address back", || port_of("d") == Some(port));
+    wait_until("d's address back", || port_of(&hub, "d") == Some(port));
     wait_until("the notification", || {
         battery("d") == Some(Scalar::from(76))
     });
@@ -409,20 +407,14 @@ fn a_restart_does_not_take_a_displaced_registration_back() {
     };
     let (hub, store) = start("127.0.0.1:0");
     let hub_addr = hub.local_addr().unwrap();
-    let address_of = |hub: &Hub, id: &str| {
-        hub.twin(id)
-            .and_then(|t| t.registration)
-            .and_then(|r| r.address)
-            .map(|a| a.port())
-    };
     let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
     let port = d.socket.local_addr().unwrap().port();
     let d_loc = d.register("d");
-    wait_until("d's twin", || address_of(&hub, "d") == Some(port));
+    wait_until("d's twin", || port_of(&hub, "d") == Some(port));
     drop(d);
     let mut e = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 200);
     let e_loc = e.register("e");
-    wait_until("d displaced", || address_of(&hub, "d").is_none());
+    wait_until("d displaced", || port_of(&hub, "d").is_none());
     wait_until("all durable", || {
         store.lock().committed_seq() == hub.registry().read().last_seq()
     });
@@ -433,7 +425,7 @@ fn a_restart_does_not_take_a_displaced_registration_back() {
     let (hub, _store) = start(&hub_addr.to_string());
     let e_twin = hub.twin("e").unwrap();
     assert_eq!(e_twin.connection_state, ConnectionState::Connected);
-    assert_eq!(address_of(&hub, "e"), Some(port), "taken back");
+    assert_eq!(port_of(&hub, "e"), Some(port), "taken back");
     let d_twin = hub.twin("d").unwrap();
     assert_eq!(
         d_twin.connection_state,
@@ -450,7 +442,7 @@ fn a_restart_does_not_take_a_displaced_registration_back() {
     d.register("d");
     wait_until("d back", || {
         hub.twin("d").unwrap().connection_state == ConnectionState::Connected
-            && address_of(&hub, "d") == Some(new_port)
+            && port_of(&hub, "d") == Some(new_port)
     });
     hub.stop();
 }

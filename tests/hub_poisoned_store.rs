@@ -228,7 +228,10 @@ fn a_batch_whose_commit_and_rebuilds_fail_is_applied_once_to_the_rebuilt_engine(
         assert!(
             matches!(
                 (&pair[0].request, &pair.get(1).map(|o| &o.request)),
-                (DeviceRequest::Write { .. }, Some(DeviceRequest::Execute { .. }))
+                (
+                    DeviceRequest::Write { .. },
+                    Some(DeviceRequest::Execute { .. })
+                )
             ) && pair[0].device == pair[1].device,
             "one child at a time: {ops:?}"
         );
@@ -253,7 +256,11 @@ fn a_batch_whose_commit_and_rebuilds_fail_is_applied_once_to_the_rebuilt_engine(
         "the job is reported done last"
     );
     done.sort();
-    assert_eq!(done, vec!["d1", "d2", "d3"], "each child reported done once");
+    assert_eq!(
+        done,
+        vec!["d1", "d2", "d3"],
+        "each child reported done once"
+    );
     hub.stop();
     drop(hub);
     drop(store);

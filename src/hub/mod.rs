@@ -1239,6 +1239,27 @@ fn to_scalar(value: &ResourceValue) -> Option<Scalar> {
     })
 }
 
+/// Sets the address `device`'s twin shows for its registration `registration_id` (`None`:
+/// unknown, the registration was displaced); true when it changed. Only the registration
+/// the twin holds: one ended (or a twin created again) keeps what it has.
+fn set_registration_address(
+    reg: &mut Registry,
+    device: &DeviceId,
+    registration_id: &str,
+    address: Option<SocketAddr>,
+) -> bool {
+    let held = reg
+        .get(device.as_str())
+        .and_then(|t| t.registration().cloned())
+        .filter(|r| r.registration_id == registration_id && r.address != address);
+    let Some(mut registration) = held else {
+        return false;
+    };
+    registration.address = address;
+    reg.set_registration(device.as_str(), Some(registration))
+        .is_ok()
+}
+
 /// `event` as a [`DeviceEvent::Registered`] when it is an Update under a registration id
 /// other than the one the device's twin holds: the device registered again and the hub
 /// never applied that registration (see [`backoff::MAX_HELD_EVENTS`]). The device's
@@ -2112,15 +2133,8 @@ impl Inner {
                 // longer says where its device is (its next Update or notification from
                 // where it is now brings the address). Connection state and
                 // `lastActivityTime` stay: the registration lives, and the device itself
-                // said nothing. Only the registration the twin holds: one ended (or a
-                // twin created again) keeps what it has.
-                let known = reg
-                    .get(device.as_str())
-                    .and_then(|t| t.registration().cloned())
-                    .filter(|r| r.registration_id == *registration_id && r.address.is_some());
-                if let Some(mut registration) = known {
-                    registration.address = None;
-                    let _ = reg.set_registration(device.as_str(), Some(registration));
+                // said nothing.
+                if set_registration_address(reg, device, registration_id, None) {
                     crate::trace_event!(
                         info,
                         device = device.as_str(),
@@ -2134,18 +2148,9 @@ impl Inner {
                 address,
             } => {
                 // No Update (no lifecycle event): the twin's registration shows where its
-                // device is again, a twin change. Only the registration the twin holds.
-                // Connection state and `lastActivityTime` are the notification's to move
-                // (it follows).
-                let moved = reg
-                    .get(device.as_str())
-                    .and_then(|t| t.registration().cloned())
-                    .filter(|r| {
-                        r.registration_id == *registration_id && r.address != Some(*address)
-                    });
-                if let Some(mut registration) = moved {
-                    registration.address = Some(*address);
-                    let _ = reg.set_registration(device.as_str(), Some(registration));
+                // device is again, a twin change. Connection state and
+                // `lastActivityTime` are the notification's to move (it follows).
+                if set_registration_address(reg, device, registration_id, Some(*address)) {
                     crate::trace_event!(
                         info,
                         device = device.as_str(),
