@@ -208,11 +208,11 @@ mod dtls_sent {
 // ------------------------------------------------------------------ NAT: displaced, then freed
 
 mod displaced {
-    use super::server_sim::{addr, events, out, register, send, update};
+    use super::server_sim::{addr, events, notification, out, register, send, update};
     use std::time::{Duration, Instant};
     use twinhub::DeviceId;
     use twinhub::Lwm2mPath;
-    use twinhub::coap::{Code, ContentFormat, Message, MessageType};
+    use twinhub::coap::{Code, MessageType};
     use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
     use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
 
@@ -268,15 +268,13 @@ mod displaced {
             .expect("the Observe")
             .clone();
         assert_eq!(to, b);
-        let mut first = Message::new(
+        let first = notification(
+            &observe,
             MessageType::Acknowledgement,
-            Code::CONTENT,
             observe.message_id,
+            1,
+            b"75",
         );
-        first.with_token(observe.token());
-        first.set_observe(1);
-        first.set_content_format(ContentFormat::TEXT_PLAIN);
-        first.payload = b"75".to_vec();
         send(&mut s, now, b, &first);
         out(&mut s);
         assert!(
@@ -291,11 +289,7 @@ mod displaced {
         events(&mut s);
         // e's device notifies from b, where it registered and still is.
         let later = now + Duration::from_secs(5);
-        let mut note = Message::new(MessageType::NonConfirmable, Code::CONTENT, 21);
-        note.with_token(observe.token());
-        note.set_observe(2);
-        note.set_content_format(ContentFormat::TEXT_PLAIN);
-        note.payload = b"76".to_vec();
+        let note = notification(&observe, MessageType::NonConfirmable, 21, 2, b"76");
         send(&mut s, later, b, &note);
         out(&mut s);
         assert!(

@@ -9,7 +9,7 @@
 
 mod server_sim;
 
-use server_sim::{addr, events, out, register, send, update};
+use server_sim::{addr, events, notification, out, register, send, update};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
@@ -146,15 +146,13 @@ impl RawDevice {
                 break m;
             }
         };
-        let mut answer = Message::new(
+        let answer = notification(
+            &observe,
             MessageType::Acknowledgement,
-            Code::CONTENT,
             observe.message_id,
+            1,
+            value,
         );
-        answer.with_token(observe.token());
-        answer.set_observe(1);
-        answer.set_content_format(twinhub::coap::ContentFormat::TEXT_PLAIN);
-        answer.payload = value.to_vec();
         self.socket
             .send_to(&answer.to_bytes().unwrap(), self.hub)
             .unwrap();
@@ -163,11 +161,13 @@ impl RawDevice {
 
     /// Notifies `observe` (non-confirmable, Observe `seq`, `text/plain` `value`).
     fn notify(&self, observe: &Message, seq: u32, value: &[u8]) {
-        let mut m = Message::new(MessageType::NonConfirmable, Code::CONTENT, self.mid + 1);
-        m.with_token(observe.token());
-        m.set_observe(seq);
-        m.set_content_format(twinhub::coap::ContentFormat::TEXT_PLAIN);
-        m.payload = value.to_vec();
+        let m = notification(
+            observe,
+            MessageType::NonConfirmable,
+            self.mid + 1,
+            seq,
+            value,
+        );
         self.socket
             .send_to(&m.to_bytes().unwrap(), self.hub)
             .unwrap();
@@ -239,7 +239,6 @@ fn a_displaced_registration_shows_no_address_until_its_device_talks() {
 #[test]
 fn a_registration_that_takes_its_address_back_reports_it() {
     use twinhub::Lwm2mPath;
-    use twinhub::coap::ContentFormat;
     use twinhub::transport::{DeviceOp, DeviceRequest, OpId, Transport};
     let mut s = Lwm2mServer::with_seed(
         ServerConfig {
@@ -266,19 +265,17 @@ fn a_registration_that_takes_its_address_back_reports_it() {
         .into_iter()
         .find(|(_, m)| m.code == Code::GET)
         .expect("the Observe");
-    let notification = |kind, mid, seq: u32, value: &[u8]| {
-        let mut m = Message::new(kind, Code::CONTENT, mid);
-        m.with_token(observe.token());
-        m.set_observe(seq);
-        m.set_content_format(ContentFormat::TEXT_PLAIN);
-        m.payload = value.to_vec();
-        m
-    };
     send(
         &mut s,
         t0,
         addr(1),
-        &notification(MessageType::Acknowledgement, observe.message_id, 1, b"75"),
+        &notification(
+            &observe,
+            MessageType::Acknowledgement,
+            observe.message_id,
+            1,
+            b"75",
+        ),
     );
     out(&mut s);
     events(&mut s);
@@ -292,7 +289,7 @@ fn a_registration_that_takes_its_address_back_reports_it() {
         &mut s,
         t0,
         addr(1),
-        &notification(MessageType::NonConfirmable, 40, 2, b"76"),
+        &notification(&observe, MessageType::NonConfirmable, 40, 2, b"76"),
     );
     let evs = events(&mut s);
     assert!(
