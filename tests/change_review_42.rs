@@ -136,15 +136,14 @@ fn a_registration_before_the_executes_sent_is_not_the_reboot_after_a_failed_comm
 
 mod dtls_sent {
     use super::dtls_support::{
-        RawDtlsDevice, creds, events_for, key, secure_server_with_registered,
+        RawDtlsDevice, assert_read_not_sent, creds, events_for, key, secure_server_with_registered,
     };
     use std::net::UdpSocket;
     use std::time::{Duration, Instant};
     use twinhub::DeviceId;
-    use twinhub::Lwm2mPath;
     use twinhub::coap::{Code, Message};
     use twinhub::dtls::DtlsClient;
-    use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
+    use twinhub::transport::DeviceEvent;
 
     /// `d-1` registers over DTLS (identity `id-1`) from a loopback port; its NAT mapping
     /// goes, and the port goes to another device, `d-2` (identity `id-2`), which
@@ -194,37 +193,26 @@ mod dtls_sent {
                 .all(|e| !matches!(e, DeviceEvent::Deregistered { .. })),
             "{before:?}"
         );
-        udp.handle()
-            .submit(DeviceOp {
-                id: OpId(77),
-                device: d1.clone(),
-                request: DeviceRequest::Read {
-                    path: Lwm2mPath::resource(3, 0, 9),
-                },
-            })
-            .unwrap();
-        dev2.pump(Duration::from_millis(1500), None);
-        let after = events_for(&events, Duration::from_millis(300));
         // Right: d-2 is not d-1; nothing of d-1's goes to it.
-        assert!(dev2.requests.is_empty(), "{:?}", dev2.requests);
-        assert!(
-            !after
-                .iter()
-                .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(77), .. })),
-            "reported sent, yet nothing left (d-2 got nothing): {after:?}"
+        assert_read_not_sent(
+            udp,
+            &events,
+            &mut dev2,
+            &d1,
+            Duration::from_millis(1500),
+            "d-2",
         );
-        let _ = udp.stop();
     }
 }
 
 // ------------------------------------------------------------------ NAT: displaced, then freed
 
 mod displaced {
-    use super::server_sim::{addr, events, out, register, send, update};
+    use super::server_sim::{addr, events, notification, out, register, send, update};
     use std::time::{Duration, Instant};
     use twinhub::DeviceId;
     use twinhub::Lwm2mPath;
-    use twinhub::coap::{Code, ContentFormat, Message, MessageType};
+    use twinhub::coap::{Code, MessageType};
     use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
     use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
 
@@ -280,15 +268,13 @@ mod displaced {
             .expect("the Observe")
             .clone();
         assert_eq!(to, b);
-        let mut first = Message::new(
+        let first = notification(
+            &observe,
             MessageType::Acknowledgement,
-            Code::CONTENT,
             observe.message_id,
+            1,
+            b"75",
         );
-        first.with_token(observe.token());
-        first.set_observe(1);
-        first.set_content_format(ContentFormat::TEXT_PLAIN);
-        first.payload = b"75".to_vec();
         send(&mut s, now, b, &first);
         out(&mut s);
         assert!(
@@ -303,11 +289,7 @@ mod displaced {
         events(&mut s);
         // e's device notifies from b, where it registered and still is.
         let later = now + Duration::from_secs(5);
-        let mut note = Message::new(MessageType::NonConfirmable, Code::CONTENT, 21);
-        note.with_token(observe.token());
-        note.set_observe(2);
-        note.set_content_format(ContentFormat::TEXT_PLAIN);
-        note.payload = b"76".to_vec();
+        let note = notification(&observe, MessageType::NonConfirmable, 21, 2, b"76");
         send(&mut s, later, b, &note);
         out(&mut s);
         assert!(

@@ -13,11 +13,13 @@ mod dtls_support;
 mod server_sim;
 
 mod displaced {
-    use super::server_sim::{addr, con, events, out, register, register_with, send, update};
+    use super::server_sim::{
+        addr, con, events, notification, out, register, register_with, send, update,
+    };
     use std::time::{Duration, Instant};
     use twinhub::DeviceId;
     use twinhub::Lwm2mPath;
-    use twinhub::coap::{Code, ContentFormat, Message, MessageType};
+    use twinhub::coap::{Code, MessageType};
     use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
     use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
 
@@ -222,25 +224,19 @@ mod displaced {
             .find(|(_, m)| m.code == Code::GET)
             .expect("the Observe");
         assert_eq!(to, b);
-        let mut first = Message::new(
+        let first = notification(
+            &observe,
             MessageType::Acknowledgement,
-            Code::CONTENT,
             observe.message_id,
+            1,
+            b"75",
         );
-        first.with_token(observe.token());
-        first.set_observe(1);
-        first.set_content_format(ContentFormat::TEXT_PLAIN);
-        first.payload = b"75".to_vec();
         send(&mut s, t0, b, &first);
         out(&mut s);
         events(&mut s);
         // The swap: e's device notifies from a.
         let t1 = t0 + Duration::from_secs(200);
-        let mut note = Message::new(MessageType::NonConfirmable, Code::CONTENT, 31);
-        note.with_token(observe.token());
-        note.set_observe(2);
-        note.set_content_format(ContentFormat::TEXT_PLAIN);
-        note.payload = b"76".to_vec();
+        let note = notification(&observe, MessageType::NonConfirmable, 31, 2, b"76");
         send(&mut s, t1, a, &note);
         out(&mut s);
         events(&mut s);
@@ -257,11 +253,10 @@ mod displaced {
 
 #[cfg(feature = "dtls")]
 mod dtls_withdrawn {
-    use super::dtls_support::{events_for, secure_server_with_registered};
+    use super::dtls_support::{assert_read_not_sent, events_for, secure_server_with_registered};
     use std::time::Duration;
     use twinhub::DeviceId;
-    use twinhub::Lwm2mPath;
-    use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
+    use twinhub::transport::DeviceEvent;
 
     /// Control: `d-1` registers over DTLS through the real driver
     /// (`UdpServer::bind_secure`); the hub withdraws its key and at once reads from it.
@@ -287,24 +282,13 @@ mod dtls_withdrawn {
             "{before:?}"
         );
         assert!(store.remove_identity("id-1"));
-        udp.handle()
-            .submit(DeviceOp {
-                id: OpId(77),
-                device: d1.clone(),
-                request: DeviceRequest::Read {
-                    path: Lwm2mPath::resource(3, 0, 9),
-                },
-            })
-            .unwrap();
-        dev.pump(Duration::from_millis(800), None);
-        let after = events_for(&events, Duration::from_millis(300));
-        assert!(dev.requests.is_empty(), "{:?}", dev.requests);
-        assert!(
-            !after
-                .iter()
-                .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(77), .. })),
-            "reported sent, yet nothing left (the device got nothing): {after:?}"
+        assert_read_not_sent(
+            udp,
+            &events,
+            &mut dev,
+            &d1,
+            Duration::from_millis(800),
+            "the device",
         );
-        let _ = udp.stop();
     }
 }

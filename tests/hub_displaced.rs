@@ -9,7 +9,7 @@
 
 mod server_sim;
 
-use server_sim::{addr, events, out, register, send, update};
+use server_sim::{addr, events, notification, out, register, send, update};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
@@ -122,9 +122,74 @@ impl RawDevice {
     }
 
     fn update(&mut self, location: &str) {
-        let m = Message::request(Code::POST, &format!("/{location}"));
-        assert_eq!(self.exchange(m).code, Code::CHANGED);
+        assert_eq!(self.update_answer(location), Code::CHANGED);
     }
+
+    /// Sends an Update to `location`; returns the server's answer code.
+    fn update_answer(&mut self, location: &str) -> Code {
+        let m = Message::request(Code::POST, &format!("/{location}"));
+        self.exchange(m).code
+    }
+
+    /// Waits for the hub's Observe and answers it (piggybacked, Observe 1, `text/plain`
+    /// `value`); returns the Observe.
+    fn answer_observe(&mut self, value: &[u8]) -> Message {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 1500];
+        let observe = loop {
+            assert!(Instant::now() < deadline, "no Observe from the hub");
+            if let Ok((n, _)) = self.socket.recv_from(&mut buf)
+                && let Ok(m) = Message::decode(&buf[..n])
+                && m.code == Code::GET
+                && m.observe() == Some(0)
+            {
+                break m;
+            }
+        };
+        let answer = notification(
+            &observe,
+            MessageType::Acknowledgement,
+            observe.message_id,
+            1,
+            value,
+        );
+        self.socket
+            .send_to(&answer.to_bytes().unwrap(), self.hub)
+            .unwrap();
+        observe
+    }
+
+    /// Notifies `observe` (non-confirmable, Observe `seq`, `text/plain` `value`).
+    fn notify(&self, observe: &Message, seq: u32, value: &[u8]) {
+        let m = notification(
+            observe,
+            MessageType::NonConfirmable,
+            self.mid + 1,
+            seq,
+            value,
+        );
+        self.socket
+            .send_to(&m.to_bytes().unwrap(), self.hub)
+            .unwrap();
+    }
+}
+
+/// A hub on loopback (port 0) that lets any device register, with property sync off.
+fn open_hub() -> Hub {
+    let config = HubConfig {
+        auto_provision: true,
+        sync: None,
+        ..HubConfig::default()
+    };
+    Hub::bind_udp("127.0.0.1:0", Registry::new(), config).unwrap()
+}
+
+/// The port of the address `id`'s twin shows for its registration.
+fn port_of(hub: &Hub, id: &str) -> Option<u16> {
+    hub.twin(id)
+        .and_then(|t| t.registration)
+        .and_then(|r| r.address)
+        .map(|a| a.port())
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -137,30 +202,19 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[test]
 fn a_displaced_registration_shows_no_address_until_its_device_talks() {
-    let config = HubConfig {
-        auto_provision: true,
-        sync: None,
-        ..HubConfig::default()
-    };
-    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), config).unwrap();
+    let hub = open_hub();
     let hub_addr = hub.local_addr().unwrap();
-    let port_of = |id: &str| {
-        hub.twin(id)
-            .and_then(|t| t.registration)
-            .and_then(|r| r.address)
-            .map(|a| a.port())
-    };
     let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
     let port = d.socket.local_addr().unwrap().port();
     let d_loc = d.register("d");
-    wait_until("d's twin", || port_of("d") == Some(port));
+    wait_until("d's twin", || port_of(&hub, "d") == Some(port));
     let before = hub.twin("d").unwrap();
     drop(d);
     // The NAT gives d's port to e's device, which registers from it.
     let mut e = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 200);
     e.register("e");
-    wait_until("e's twin", || port_of("e") == Some(port));
-    wait_until("d's address cleared", || port_of("d").is_none());
+    wait_until("e's twin", || port_of(&hub, "e") == Some(port));
+    wait_until("d's address cleared", || port_of(&hub, "d").is_none());
     let after = hub.twin("d").unwrap();
     assert_eq!(after.connection_state, ConnectionState::Connected);
     assert_eq!(after.last_activity_time, before.last_activity_time);
@@ -173,18 +227,18 @@ fn a_displaced_registration_shows_no_address_until_its_device_talks() {
     let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 300);
     let new_port = d.socket.local_addr().unwrap().port();
     d.update(&d_loc);
-    wait_until("d's new address", || port_of("d") == Some(new_port));
-    assert_eq!(port_of("e"), Some(port));
+    wait_until("d's new address", || port_of(&hub, "d") == Some(new_port));
+    assert_eq!(port_of(&hub, "e"), Some(port));
     hub.stop();
 }
 
 /// The device of a displaced registration notifies afresh from the address it lost, once
 /// the device that took it moved on: the registration takes it back, and says so
-/// (`RegistrationUpdated` with the address), so the twin shows it again.
+/// (`AddressChanged` with the address, not an Update: the device sent none), so the twin
+/// shows it again.
 #[test]
 fn a_registration_that_takes_its_address_back_reports_it() {
     use twinhub::Lwm2mPath;
-    use twinhub::coap::ContentFormat;
     use twinhub::transport::{DeviceOp, DeviceRequest, OpId, Transport};
     let mut s = Lwm2mServer::with_seed(
         ServerConfig {
@@ -211,19 +265,17 @@ fn a_registration_that_takes_its_address_back_reports_it() {
         .into_iter()
         .find(|(_, m)| m.code == Code::GET)
         .expect("the Observe");
-    let notification = |kind, mid, seq: u32, value: &[u8]| {
-        let mut m = Message::new(kind, Code::CONTENT, mid);
-        m.with_token(observe.token());
-        m.set_observe(seq);
-        m.set_content_format(ContentFormat::TEXT_PLAIN);
-        m.payload = value.to_vec();
-        m
-    };
     send(
         &mut s,
         t0,
         addr(1),
-        &notification(MessageType::Acknowledgement, observe.message_id, 1, b"75"),
+        &notification(
+            &observe,
+            MessageType::Acknowledgement,
+            observe.message_id,
+            1,
+            b"75",
+        ),
     );
     out(&mut s);
     events(&mut s);
@@ -237,15 +289,157 @@ fn a_registration_that_takes_its_address_back_reports_it() {
         &mut s,
         t0,
         addr(1),
-        &notification(MessageType::NonConfirmable, 40, 2, b"76"),
+        &notification(&observe, MessageType::NonConfirmable, 40, 2, b"76"),
     );
     let evs = events(&mut s);
     assert!(
         evs.iter().any(|e| matches!(
             e,
-            DeviceEvent::RegistrationUpdated { device, registration }
-                if *device == d && registration.address == Some(addr(1))
+            DeviceEvent::AddressChanged { device, address, .. }
+                if *device == d && *address == addr(1)
         )),
         "{evs:?}"
     );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, DeviceEvent::RegistrationUpdated { .. })),
+        "no Update came: {evs:?}"
+    );
+}
+
+/// The same over UDP, through the hub: the twin of a displaced registration shows its
+/// address again when its device notifies afresh from there, and subscribers see that
+/// as a twin change only. Before, the server reported it as a registration Update and
+/// the hub published a lifecycle `updated` event for an Update the device never sent.
+#[test]
+fn a_registration_that_takes_its_address_back_is_no_lifecycle_update() {
+    use twinhub::Lwm2mPath;
+    use twinhub::hub::{HubEvent, LifecycleKind, SubscribeOptions};
+    use twinhub::transport::DeviceRequest;
+    use twinhub::twin::Scalar;
+    let hub = open_hub();
+    let lifecycle = hub
+        .subscribe(SubscribeOptions {
+            twins: false,
+            jobs: false,
+            ..SubscribeOptions::default()
+        })
+        .unwrap();
+    let hub_addr = hub.local_addr().unwrap();
+    let battery = |id: &str| {
+        hub.twin(id).and_then(|t| {
+            t.device_properties
+                .get("BatteryLevel")
+                .map(|p| p.value.clone())
+        })
+    };
+    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
+    let port = d.socket.local_addr().unwrap().port();
+    d.register("d");
+    wait_until("d's twin", || port_of(&hub, "d") == Some(port));
+    // The service observes d's battery level.
+    let reply = hub.request(
+        &DeviceId::new("d").unwrap(),
+        DeviceRequest::Observe {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    let observe = d.answer_observe(b"75");
+    reply.wait(Duration::from_secs(10)).unwrap();
+    drop(d);
+    // e's device gets d's port, then moves on to another one.
+    let mut e = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 200);
+    let e_loc = e.register("e");
+    wait_until("d's address cleared", || port_of(&hub, "d").is_none());
+    let mut e_moved = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 300);
+    e_moved.update(&e_loc);
+    wait_until("e moved on", || {
+        port_of(&hub, "e").is_some_and(|p| p != port)
+    });
+    drop(e);
+    // d's device notifies afresh from its old address.
+    let d = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 400);
+    d.notify(&observe, 2, b"76");
+    wait_until("d's address back", || port_of(&hub, "d") == Some(port));
+    wait_until("the notification", || {
+        battery("d") == Some(Scalar::from(76))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let seen: Vec<(String, LifecycleKind)> = std::iter::from_fn(|| lifecycle.try_recv().ok())
+        .filter_map(|e| match e {
+            HubEvent::Lifecycle(l) => Some((l.device, l.event)),
+            _ => None,
+        })
+        .collect();
+    let of_d: Vec<_> = seen.iter().filter(|(d, _)| d == "d").collect();
+    assert_eq!(
+        of_d,
+        vec![&("d".to_owned(), LifecycleKind::Registered)],
+        "d sent no Update: {seen:?}"
+    );
+    hub.stop();
+}
+
+/// A hub restarted on its store takes back the registrations it can reach, and only
+/// those: a displaced registration (its twin shows no address) is not taken back, since
+/// no address is known to reach its device at. Its twin is marked disconnected, as one
+/// whose lifetime ran out while the hub was down; its device's next Update is answered
+/// 4.04 (its location is unknown to the restarted server) and it registers again, as
+/// LWM2M clients do. The registration that displaced it is taken back and keeps working
+/// at its location.
+#[test]
+fn a_restart_does_not_take_a_displaced_registration_back() {
+    use twinhub::store::{SharedStore, Store, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let start = |addr: &str| {
+        let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let store = SharedStore::new(store);
+        let config = HubConfig {
+            auto_provision: true,
+            sync: None,
+            store: Some(store.clone()),
+            ..HubConfig::default()
+        };
+        (Hub::bind_udp(addr, registry, config).unwrap(), store)
+    };
+    let (hub, store) = start("127.0.0.1:0");
+    let hub_addr = hub.local_addr().unwrap();
+    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
+    let port = d.socket.local_addr().unwrap().port();
+    let d_loc = d.register("d");
+    wait_until("d's twin", || port_of(&hub, "d") == Some(port));
+    drop(d);
+    let mut e = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 200);
+    let e_loc = e.register("e");
+    wait_until("d displaced", || port_of(&hub, "d").is_none());
+    wait_until("all durable", || {
+        store.lock().committed_seq() == hub.registry().read().last_seq()
+    });
+    hub.stop();
+    drop(hub);
+    drop(store);
+
+    let (hub, _store) = start(&hub_addr.to_string());
+    let e_twin = hub.twin("e").unwrap();
+    assert_eq!(e_twin.connection_state, ConnectionState::Connected);
+    assert_eq!(port_of(&hub, "e"), Some(port), "taken back");
+    let d_twin = hub.twin("d").unwrap();
+    assert_eq!(
+        d_twin.connection_state,
+        ConnectionState::Disconnected,
+        "no address to reach d's device at"
+    );
+    assert!(d_twin.registration.is_some_and(|r| r.address.is_none()));
+    // e's registration works at its location; d's is unknown to the restarted server.
+    e.update(&e_loc);
+    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 300);
+    let new_port = d.socket.local_addr().unwrap().port();
+    assert_eq!(d.update_answer(&d_loc), Code::NOT_FOUND);
+    // So d's device registers again, from where it is.
+    d.register("d");
+    wait_until("d back", || {
+        hub.twin("d").unwrap().connection_state == ConnectionState::Connected
+            && port_of(&hub, "d") == Some(new_port)
+    });
+    hub.stop();
 }

@@ -22,6 +22,30 @@ fn is_execute(op: &DeviceOp) -> bool {
     matches!(op.request, DeviceRequest::Execute { .. })
 }
 
+/// The transport gives up on `execute` (its answer lost): once the time-out is applied
+/// and durable, and the hub had time to send what follows it, the Executes the hub sent.
+fn execute_timed_out(
+    hub: &twinhub::hub::Hub,
+    store: &twinhub::store::SharedStore,
+    script: &std::sync::Mutex<Script>,
+    execute: &DeviceOp,
+) -> usize {
+    let events_before = hub.stats().events;
+    push(
+        script,
+        DeviceEvent::TimedOut {
+            op: execute.id,
+            device: execute.device.clone(),
+        },
+    );
+    wait_until("the time-out applied", || {
+        hub.stats().events > events_before
+    });
+    wait_committed(hub, store, "the time-out's commit");
+    std::thread::sleep(Duration::from_millis(200));
+    job_ops(script).iter().filter(|o| is_execute(o)).count()
+}
+
 /// The Execute leaves (`Sent`) while the hub backs off from a failing store with `fill`
 /// other events held before it; the store recovers; the Execute's answer is lost and the
 /// transport times it out. Returns the Executes the hub sent and the events it dropped.
@@ -53,20 +77,7 @@ fn reboot_sent_while_held(fill: usize) -> (usize, u64) {
     store.lock().fail_commits(0);
     wait_held_applied(&hub, &store);
     // The Execute's answer is lost: the transport gives up on it.
-    let events_before = hub.stats().events;
-    push(
-        &script,
-        DeviceEvent::TimedOut {
-            op: execute.id,
-            device: pump.clone(),
-        },
-    );
-    wait_until("the time-out applied", || {
-        hub.stats().events > events_before
-    });
-    wait_committed(&hub, &store, "the time-out's commit");
-    std::thread::sleep(Duration::from_millis(200));
-    let executes = job_ops(&script).iter().filter(|o| is_execute(o)).count();
+    let executes = execute_timed_out(&hub, &store, &script, &execute);
     hub.stop();
     (executes, dropped)
 }
@@ -175,20 +186,7 @@ fn a_queued_reboot_execute_whose_cancellation_left_the_store_poisoned_is_not_sen
     wait_held_applied(&hub, &store);
     assert_eq!(hub.job_statistics(&job).unwrap().running, 1);
     // The Execute's answer is lost: the transport gives up on it.
-    let events_before = hub.stats().events;
-    push(
-        &script,
-        DeviceEvent::TimedOut {
-            op: execute.id,
-            device: pump.clone(),
-        },
-    );
-    wait_until("the time-out applied", || {
-        hub.stats().events > events_before
-    });
-    wait_committed(&hub, &store, "the time-out's commit");
-    std::thread::sleep(Duration::from_millis(200));
-    let executes = job_ops(&script).iter().filter(|o| is_execute(o)).count();
+    let executes = execute_timed_out(&hub, &store, &script, &execute);
     assert_eq!(
         executes, 1,
         "the rebuilt engine took the Execute for one that never left, and sent it again"

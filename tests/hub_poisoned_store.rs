@@ -124,3 +124,153 @@ fn credentials_written_after_a_failed_rebuild_agree_in_twin_key_store_and_disk()
         "the removal is durable"
     );
 }
+
+/// A batch of device events whose commit fails, and whose rebuilds of memory fail too
+/// (the store stays poisoned through the next try), is applied once, to the job engine
+/// rebuilt from the store: never again to the engine that took it first. A rollout of
+/// one device at a time over three: the answer that ends the first child lands in such a
+/// batch. The first child is reported done once, each next child starts once (one Write
+/// and one Execute each), and the disk agrees. The batch is never applied twice to one
+/// engine (checked for a note that said so): the hub rebuilds memory before it applies a
+/// batch over a poisoned store (`Inner::ready_to_write` in `Inner::process`), and a
+/// poisoned store refuses every commit until a rebuild replaced the engine, so an engine
+/// that took a batch whose commit failed never commits, nor sends, nor reports. This
+/// test failed on something else: the rebuilt engine started every child of the rollout
+/// at once (any restored engine did: see `a_restored_rollout_keeps_max_in_flight` in the
+/// job engine's tests), so `d2` and `d3` were written out of turn, then again.
+#[test]
+fn a_batch_whose_commit_and_rebuilds_fail_is_applied_once_to_the_rebuilt_engine() {
+    use hub_support::{answer_done, job_ops, register, wait_committed, wait_until};
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+    use twinhub::hub::{HubEvent, SubscribeOptions};
+    use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
+    use twinhub::transport::DeviceRequest;
+    let devices: Vec<DeviceId> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|d| DeviceId::new(d).unwrap())
+        .collect();
+    let config = HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    };
+    let (hub, store, script, dir) =
+        hub_support::durable_hub(&devices.iter().collect::<Vec<_>>(), config);
+    for device in &devices {
+        register(&hub, &script, device);
+    }
+    let progress = hub
+        .subscribe(SubscribeOptions {
+            twins: false,
+            lifecycle: false,
+            jobs: true,
+            ..SubscribeOptions::default()
+        })
+        .unwrap();
+    let job = JobId::new("cfg").unwrap();
+    let spec = JobSpec::new(
+        job.clone(),
+        JobType::ConfigurationUpdate {
+            name: "a".into(),
+            value: "1".into(),
+        },
+        devices.clone(),
+    )
+    .max_in_flight(1);
+    hub.create_job(spec).unwrap();
+    let ops_to = |d: &DeviceId| {
+        job_ops(&script)
+            .into_iter()
+            .filter(|o| &o.device == d)
+            .collect::<Vec<_>>()
+    };
+    let d1 = &devices[0];
+    // The first step (the Write) is answered and committed normally.
+    wait_until("d1's Write", || ops_to(d1).len() == 1);
+    answer_done(&script, d1, &ops_to(d1)[0]);
+    wait_until("d1's read-back", || ops_to(d1).len() == 2);
+    wait_committed(&hub, &store, "the read-back is durable");
+    std::thread::sleep(Duration::from_millis(100));
+    // The answer that ends d1's child: its batch's commit fails, the rebuild after it
+    // fails, and so does the rebuild the hub tries before it applies the batch again.
+    {
+        let mut store = store.lock();
+        store.fail_next_commit();
+        store.fail_reloads(2);
+    }
+    answer_done(&script, d1, &ops_to(d1)[1]);
+    wait_until("the backoff", || hub.metrics().failed_commits >= 2);
+    // From here every operation is answered (once), whatever engine sent it.
+    let mut answered: HashSet<_> = ops_to(d1).iter().map(|o| o.id).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hub.job_statistics(&job).unwrap().succeeded < 3 {
+        assert!(Instant::now() < deadline, "the rollout never ended");
+        for op in job_ops(&script) {
+            if answered.insert(op.id) {
+                answer_done(&script, &op.device, &op);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    wait_committed(&hub, &store, "the rollout is durable");
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = hub.job_statistics(&job).unwrap();
+    assert_eq!(
+        (stats.device_count, stats.succeeded, stats.failed),
+        (3, 3, 0),
+        "{stats:?}"
+    );
+    // One child at a time: each Write is followed by its device's Execute before another
+    // device's Write. The first child is written again (the rebuilt engine resumes it from
+    // its Write, see the README), the others once.
+    let ops = job_ops(&script);
+    for pair in ops.chunks(2) {
+        assert!(
+            matches!(
+                (&pair[0].request, &pair.get(1).map(|o| &o.request)),
+                (
+                    DeviceRequest::Write { .. },
+                    Some(DeviceRequest::Execute { .. })
+                )
+            ) && pair[0].device == pair[1].device,
+            "one child at a time: {ops:?}"
+        );
+    }
+    for device in &devices[1..] {
+        assert_eq!(ops_to(device).len(), 2, "{device} started once: {ops:?}");
+    }
+    let mut done: Vec<String> = std::iter::from_fn(|| progress.try_recv().ok())
+        .filter_map(|e| match e {
+            HubEvent::Job(p) if p.record.status == JobStatus::Completed => Some(
+                p.record
+                    .device_id
+                    .as_ref()
+                    .map_or_else(|| p.record.job_id.clone(), |d| d.to_string()),
+            ),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        done.pop().as_deref(),
+        Some("cfg"),
+        "the job is reported done last"
+    );
+    done.sort();
+    assert_eq!(
+        done,
+        vec!["d1", "d2", "d3"],
+        "each child reported done once"
+    );
+    hub.stop();
+    drop(hub);
+    drop(store);
+    let (store, _registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let engine = store
+        .load_jobs(
+            twinhub::job::EngineConfig::default(),
+            Instant::now(),
+            twinhub::Timestamp::now(),
+        )
+        .unwrap();
+    assert_eq!(engine.statistics(&job), Some(stats), "the disk agrees");
+}

@@ -36,8 +36,20 @@
 //! address is the other device's now; the connection state and `lastActivityTime` stay
 //! (the registration lives, its device is probably alive behind a new mapping, and it
 //! said nothing). Subscribers see it as a twin change (the registration). The device's
-//! next Update, or its fresh notification from the freed address, brings the address
-//! back. A twin that kept showing the old address would point at the other device.
+//! next Update brings the address back (a lifecycle `updated` event, with it); so does
+//! its fresh notification from the address it lost, once no other registration holds it
+//! ([`DeviceEvent::AddressChanged`]), as a twin change only: that is no registration
+//! Update (the lifetime is not refreshed, nothing announced changed), and Leshan, too,
+//! fires `updated` for an Update only. A twin that kept showing the old address would
+//! point at the other device. A restarted hub does not take a displaced registration
+//! back (`Hub::bind_udp` takes back the registrations it can reach, and no address is
+//! known to reach this one's device at): its twin is marked disconnected, as one whose
+//! lifetime ran out while the hub was down, and its device's next Update is answered
+//! 4.04, so it registers again, as LWM2M clients do after a refused Update (a round
+//! trip more for the device). Taking it back would need the server to hold a
+//! registration without an address until its device talks; Leshan, restarted on a
+//! persistent store, keeps every registration with its last address, which here is
+//! another device's.
 //!
 //! **Property sync.** When a device registers, the hub sets notification attributes
 //! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
@@ -1227,6 +1239,27 @@ fn to_scalar(value: &ResourceValue) -> Option<Scalar> {
     })
 }
 
+/// Sets the address `device`'s twin shows for its registration `registration_id` (`None`:
+/// unknown, the registration was displaced); true when it changed. Only the registration
+/// the twin holds: one ended (or a twin created again) keeps what it has.
+fn set_registration_address(
+    reg: &mut Registry,
+    device: &DeviceId,
+    registration_id: &str,
+    address: Option<SocketAddr>,
+) -> bool {
+    let held = reg
+        .get(device.as_str())
+        .and_then(|t| t.registration().cloned())
+        .filter(|r| r.registration_id == registration_id && r.address != address);
+    let Some(mut registration) = held else {
+        return false;
+    };
+    registration.address = address;
+    reg.set_registration(device.as_str(), Some(registration))
+        .is_ok()
+}
+
 /// `event` as a [`DeviceEvent::Registered`] when it is an Update under a registration id
 /// other than the one the device's twin holds: the device registered again and the hub
 /// never applied that registration (see [`backoff::MAX_HELD_EVENTS`]). The device's
@@ -2100,19 +2133,29 @@ impl Inner {
                 // longer says where its device is (its next Update or notification from
                 // where it is now brings the address). Connection state and
                 // `lastActivityTime` stay: the registration lives, and the device itself
-                // said nothing. Only the registration the twin holds: one ended (or a
-                // twin created again) keeps what it has.
-                let known = reg
-                    .get(device.as_str())
-                    .and_then(|t| t.registration().cloned())
-                    .filter(|r| r.registration_id == *registration_id && r.address.is_some());
-                if let Some(mut registration) = known {
-                    registration.address = None;
-                    let _ = reg.set_registration(device.as_str(), Some(registration));
+                // said nothing.
+                if set_registration_address(reg, device, registration_id, None) {
                     crate::trace_event!(
                         info,
                         device = device.as_str(),
                         "registration displaced from its address"
+                    );
+                }
+            }
+            DeviceEvent::AddressChanged {
+                device,
+                registration_id,
+                address,
+            } => {
+                // No Update (no lifecycle event): the twin's registration shows where its
+                // device is again, a twin change. Connection state and
+                // `lastActivityTime` are the notification's to move (it follows).
+                if set_registration_address(reg, device, registration_id, Some(*address)) {
+                    crate::trace_event!(
+                        info,
+                        device = device.as_str(),
+                        address = %address,
+                        "registration took its address back"
                     );
                 }
             }

@@ -269,8 +269,9 @@ impl Hub {
 /// lifetime (plus the server's grace) has not run out since its last activity, by the
 /// wall clock, is registered again without the device doing anything; every other
 /// connected twin is marked disconnected (its registration ran out while the hub was
-/// down, or cannot be taken back). Returns the devices taken back, with the objects they
-/// announced, for property sync.
+/// down, or cannot be taken back: a displaced registration, whose twin shows no address,
+/// is one, see the [hub's docs](super)). Returns the devices taken back, with the
+/// objects they announced, for property sync.
 pub(super) fn restore_registrations(
     registry: &SharedRegistry,
     server: &mut Lwm2mServer,

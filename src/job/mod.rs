@@ -171,9 +171,12 @@
 //! makes this a second reboot), a
 //! firmware update re-synchronises from `/5/0` and `/3/0/3`, writes and configuration
 //! updates start again from the first write, reads read again, and a child waiting for
-//! a retry retries. Scheduled starts and maximum execution times keep their wall-clock
-//! times; the rollout's per-minute window and an attempt's per-device timeout start
-//! again.
+//! a retry retries. A rollout's `max_in_flight` bounds the children in progress: those
+//! waiting for their devices do not count, so the next children start in their slots
+//! (never more than the bound at once), and one whose device comes back while the slots
+//! are taken waits for a slot. Scheduled starts and maximum execution times keep their
+//! wall-clock times; the rollout's per-minute window and an attempt's per-device timeout
+//! start again.
 //!
 //! # History
 //!

@@ -350,14 +350,33 @@ pub enum DeviceEvent {
     /// notification came from it (a NAT gave the port to that device, or two devices
     /// swapped ports). The registration goes on (its device is probably alive behind a
     /// new mapping), but nothing is sent to it until its device talks from where it is
-    /// now, which comes as a [`DeviceEvent::RegistrationUpdated`] with its address. Sent
-    /// once per loss.
+    /// now: an Update (or a notification) from a new address comes as a
+    /// [`DeviceEvent::RegistrationUpdated`] with that address, a fresh notification from
+    /// the address it lost, once no other registration holds it, as a
+    /// [`DeviceEvent::AddressChanged`]. Sent once per loss.
     Displaced {
         /// The device whose registration lost its address.
         device: DeviceId,
         /// That registration (as
         /// [`RegistrationInfo::registration_id`](crate::twin::RegistrationInfo) says).
         registration_id: String,
+    },
+    /// A live registration's address changed without a registration Update: its
+    /// lifetime was not refreshed and nothing the device announced changed, so it is no
+    /// Update to report (Leshan, too, moves a registration on a notification without
+    /// telling its registration listeners of an update). The bundled server reports so a
+    /// [`DeviceEvent::Displaced`] registration that takes back the address it lost: a
+    /// fresh notification of one of its observations came from there once no other
+    /// registration held it, so its device talks from there again. The notification
+    /// itself follows as a [`DeviceEvent::Notification`] (unless it cannot be decoded).
+    AddressChanged {
+        /// The device.
+        device: DeviceId,
+        /// The registration (as
+        /// [`RegistrationInfo::registration_id`](crate::twin::RegistrationInfo) says).
+        registration_id: String,
+        /// Where the registration is now.
+        address: SocketAddr,
     },
     /// A device de-registered.
     Deregistered {

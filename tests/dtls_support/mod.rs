@@ -232,3 +232,38 @@ pub fn secure_server_with_registered(
     dev.register(device);
     (udp, events, store, dev)
 }
+
+/// Submits a Read of `/3/0/9` (operation 77) for `device` to `udp`, lets `dev` take what
+/// comes for `pump_for`, and checks that `dev` got nothing and that the server reported
+/// no `Sent` for the Read (nothing left); then stops the server. `who` names `dev` in
+/// the failure message.
+#[cfg(feature = "lwm2m")]
+pub fn assert_read_not_sent(
+    udp: twinhub::lwm2m::server::UdpServer,
+    events: &std::sync::mpsc::Receiver<twinhub::transport::DeviceEvent>,
+    dev: &mut RawDtlsDevice,
+    device: &DeviceId,
+    pump_for: Duration,
+    who: &str,
+) {
+    use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId};
+    udp.handle()
+        .submit(DeviceOp {
+            id: OpId(77),
+            device: device.clone(),
+            request: DeviceRequest::Read {
+                path: twinhub::Lwm2mPath::resource(3, 0, 9),
+            },
+        })
+        .unwrap();
+    dev.pump(pump_for, None);
+    let after = events_for(events, Duration::from_millis(300));
+    assert!(dev.requests.is_empty(), "{:?}", dev.requests);
+    assert!(
+        !after
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(77), .. })),
+        "reported sent, yet nothing left ({who} got nothing): {after:?}"
+    );
+    let _ = udp.stop();
+}

@@ -83,3 +83,22 @@ pub fn update(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, location: &st
         "{answers:?}"
     );
 }
+
+/// A `text/plain` notification of `observe` (its token) carrying `value`, Observe `seq`:
+/// the first, piggybacked on the acknowledgement, is `Acknowledgement` with the Observe's
+/// message id; later ones `NonConfirmable` (or `Confirmable`) with a message id `mid` of
+/// their own.
+pub fn notification(
+    observe: &Message,
+    kind: MessageType,
+    mid: u16,
+    seq: u32,
+    value: &[u8],
+) -> Message {
+    let mut m = Message::new(kind, Code::CONTENT, mid);
+    m.with_token(observe.token());
+    m.set_observe(seq);
+    m.set_content_format(twinhub::coap::ContentFormat::TEXT_PLAIN);
+    m.payload = value.to_vec();
+    m
+}

@@ -589,7 +589,23 @@ impl JobEngine {
             self.holders.insert(device.clone(), c);
             self.devices.entry(device).or_default().offline = true;
         }
-        for c in self.children.range() {
+        // The children the rows left in progress or waiting for a retry, taken before any
+        // moves: a restored child that stops counting as in progress frees a slot of its
+        // rollout (`max_in_flight`), and the child started in it is this engine's own,
+        // its operation already queued, not one to send back to wait for its device.
+        // (Before, the loop met it further on and did so: every child of the rollout
+        // started, and its operation went out, one after the other, whatever the bound.)
+        let restored: Vec<u32> = self
+            .children
+            .range()
+            .filter(|&c| {
+                matches!(
+                    self.children[c as usize].state,
+                    ChildState::InProgress | ChildState::RetryWait
+                )
+            })
+            .collect();
+        for c in restored {
             let child = &mut self.children[c as usize];
             let kind = self.parents[child.parent as usize].kind();
             match child.state {

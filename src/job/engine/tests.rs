@@ -611,8 +611,10 @@ fn a_registration_before_a_firmware_steps_sent_in_a_failed_batch_changes_nothing
 /// for). Before, it did not: the hub dropped the `Sent`, the rebuilt engine waited for it
 /// in vain and took the transport's time-out for a request that never left: a second
 /// Execute.
-#[test]
-fn a_cancelled_childs_queued_execute_is_awaited_while_the_store_stays_poisoned() {
+/// A reboot job whose Execute is durable and still queued at the transport (no `Sent`),
+/// cancelled (`Abandon`) since: the engine, its device and job, the disk (where the child
+/// is still in progress), the Execute and the time.
+fn cancelled_while_execute_queued() -> (JobEngine, DeviceId, JobId, Disk, DeviceOp, Instant) {
     use crate::job::CancelMode;
     let t0 = Instant::now();
     let (mut e, dev, id) = engine_with(sent_config(), reboot(), t0);
@@ -620,6 +622,34 @@ fn a_cancelled_childs_queued_execute_is_awaited_while_the_store_stays_poisoned()
     let execute = one_op(&mut e);
     disk.commit(&mut e);
     e.cancel(t0, &id, CancelMode::Abandon).unwrap();
+    (e, dev, id, disk, execute, t0)
+}
+
+/// The Execute left and its answer is lost (the transport gives up on it): `e` sends no
+/// second Execute, and the device's registration completes the reboot.
+fn execute_lost_after_it_left(
+    e: &mut JobEngine,
+    t: Instant,
+    dev: &DeviceId,
+    id: &JobId,
+    execute: &DeviceOp,
+) {
+    e.handle_event(
+        t,
+        &DeviceEvent::TimedOut {
+            op: execute.id,
+            device: dev.clone(),
+        },
+    );
+    assert_eq!(e.poll_op(), None, "never sent twice");
+    e.handle_event(t, &registered(dev));
+    assert_eq!(child(e, id, dev), (ChildState::Succeeded, None));
+    e.validate().unwrap();
+}
+
+#[test]
+fn a_cancelled_childs_queued_execute_is_awaited_while_the_store_stays_poisoned() {
+    let (mut e, dev, id, disk, execute, t0) = cancelled_while_execute_queued();
     assert_eq!(child(&e, &id, &dev).0, ChildState::Cancelled);
     assert!(
         e.awaits_sent(execute.id),
@@ -631,17 +661,7 @@ fn a_cancelled_childs_queued_execute_is_awaited_while_the_store_stays_poisoned()
     apply_again(&mut e, t1, &[sent(&execute)]);
     assert_eq!(e.poll_op(), None, "the Execute is not sent again");
     // Its answer is lost: the transport gives up on it. It left: no second Execute.
-    e.handle_event(
-        t1,
-        &DeviceEvent::TimedOut {
-            op: execute.id,
-            device: dev.clone(),
-        },
-    );
-    assert_eq!(e.poll_op(), None, "never sent twice");
-    e.handle_event(t1, &registered(&dev));
-    assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
-    e.validate().unwrap();
+    execute_lost_after_it_left(&mut e, t1, &dev, &id, &execute);
 }
 
 /// The same `Sent`, held through the hub's bound of failed commits and handed over
@@ -649,13 +669,7 @@ fn a_cancelled_childs_queued_execute_is_awaited_while_the_store_stays_poisoned()
 /// as sent (nothing applies that `Sent` again), neither waits for it nor sends it again.
 #[test]
 fn a_cancelled_childs_execute_sent_for_good_counts_after_a_later_rebuild() {
-    use crate::job::CancelMode;
-    let t0 = Instant::now();
-    let (mut e, dev, id) = engine_with(sent_config(), reboot(), t0);
-    let mut disk = Disk::default();
-    let execute = one_op(&mut e);
-    disk.commit(&mut e);
-    e.cancel(t0, &id, CancelMode::Abandon).unwrap();
+    let (mut e, dev, id, disk, execute, t0) = cancelled_while_execute_queued();
     e.handle_sent_for_good(t0, &sent(&execute));
     assert!(!e.awaits_sent(execute.id));
     let t1 = t0 + Duration::from_secs(1);
@@ -663,17 +677,7 @@ fn a_cancelled_childs_execute_sent_for_good_counts_after_a_later_rebuild() {
     e.resume_deferred(t1);
     assert!(!e.awaits_sent(execute.id), "no `Sent` to wait for");
     assert_eq!(e.poll_op(), None, "never sent twice");
-    e.handle_event(
-        t1,
-        &DeviceEvent::TimedOut {
-            op: execute.id,
-            device: dev.clone(),
-        },
-    );
-    assert_eq!(e.poll_op(), None, "never sent twice");
-    e.handle_event(t1, &registered(&dev));
-    assert_eq!(child(&e, &id, &dev), (ChildState::Succeeded, None));
-    e.validate().unwrap();
+    execute_lost_after_it_left(&mut e, t1, &dev, &id, &execute);
 }
 
 /// An engine driven without the hub (`restore`, then `take_journal` after each change, as
@@ -707,4 +711,103 @@ fn an_engine_driven_without_the_hub_keeps_nothing_for_a_rebuild() {
         assert!(!e.take_journal().is_empty());
     }
     assert_eq!((e.settled.len(), e.sent_again.len()), (0, 0));
+}
+
+/// Devices `d1`, `d2`, `d3` registered (with `/10241/0`), running configuration job `j`
+/// over them one at a time (`max_in_flight(1)`): `d1`'s Write answered, its Execute
+/// (returned) out, all of it on `disk`.
+fn rollout_of_three(t0: Instant, disk: &mut Disk) -> (JobEngine, Vec<DeviceId>, JobId, DeviceOp) {
+    let mut e = JobEngine::new(
+        EngineConfig::default(),
+        t0,
+        Timestamp::from_millis(1_000_000),
+    );
+    e.enable_journal();
+    e.keep_for_rebuild();
+    let devices: Vec<DeviceId> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|d| DeviceId::new(d).unwrap())
+        .collect();
+    for d in &devices {
+        let mut registration = registered(d);
+        if let DeviceEvent::Registered { registration, .. } = &mut registration {
+            registration.objects.push(Lwm2mPath::instance(10241, 0));
+        }
+        e.handle_event(t0, &registration);
+    }
+    let id = JobId::new("j").unwrap();
+    let job = JobType::ConfigurationUpdate {
+        name: "a".into(),
+        value: "1".into(),
+    };
+    e.create(
+        t0,
+        JobSpec::new(id.clone(), job, devices.clone()).max_in_flight(1),
+    )
+    .unwrap();
+    let write = one_op(&mut e);
+    e.handle_event(t0, &answer(&write, Ok(DeviceReply::Done)));
+    let execute = one_op(&mut e);
+    assert_eq!(execute.device, devices[0]);
+    disk.commit(&mut e);
+    (e, devices, id, execute)
+}
+
+/// A rollout of one child at a time whose first child was in progress when its rows were
+/// written: the restored engine (after a restart, or rebuilt after a failed commit whose
+/// batch held that child's last answer) sends that child back to wait for its device and
+/// starts the next one in the slot it freed: that one is in progress, its Write the only
+/// operation out; the third waits its turn. Before, the restore met the child it had
+/// just started further on and sent it back to wait too, which started the third: every
+/// child's Write went out at once, against `max_in_flight`, and each was written again
+/// when its turn came.
+#[test]
+fn a_restored_rollout_keeps_max_in_flight() {
+    for rebuilt in [false, true] {
+        let t0 = Instant::now();
+        let mut disk = Disk::default();
+        let (mut e, devices, id, execute) = rollout_of_three(t0, &mut disk);
+        let t1 = t0 + Duration::from_secs(1);
+        if rebuilt {
+            let batch = [answer(&execute, Ok(DeviceReply::Done))];
+            for ev in &batch {
+                e.handle_event(t0, ev);
+            }
+            disk.fail(&mut e, t1);
+            apply_again(&mut e, t1, &batch);
+        } else {
+            e = JobEngine::restore(
+                EngineConfig::default(),
+                t1,
+                Timestamp::from_millis(1_001_000),
+                disk.parents.clone(),
+                disk.children.clone(),
+            )
+            .unwrap();
+        }
+        e.handle_timeout(t1);
+        let ops: Vec<DeviceOp> = std::iter::from_fn(|| e.poll_op()).collect();
+        let case = if rebuilt { "rebuilt" } else { "restarted" };
+        assert_eq!(
+            ops.iter().map(|o| o.device.as_str()).collect::<Vec<_>>(),
+            vec!["d2"],
+            "{case}: one child at a time: {ops:?}"
+        );
+        assert!(
+            matches!(ops[0].request, DeviceRequest::Write { .. }),
+            "{case}"
+        );
+        let stats = e.statistics(&id).unwrap();
+        assert_eq!(
+            (stats.running, stats.waiting_for_device, stats.pending),
+            (1, 1, 1),
+            "{case}: {stats:?}"
+        );
+        assert_eq!(
+            child(&e, &id, &devices[1]).0,
+            ChildState::InProgress,
+            "{case}"
+        );
+        e.validate().unwrap();
+    }
 }

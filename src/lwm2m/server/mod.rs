@@ -72,7 +72,8 @@
 //!   ([`DeviceError::RegistrationEnded`]) and nothing more is sent to it, its requests
 //!   waiting in its queue, until its device talks from where it is now (an Update or a
 //!   notification from a new address moves it; a fresh notification from the address it
-//!   was displaced from, once no registration holds that address, takes it back; a
+//!   was displaced from, once no registration holds that address, takes it back,
+//!   [`DeviceEvent::AddressChanged`]; a
 //!   Register replaces it with no takeover probe, which would ask the other device). Before, its requests kept going to the
 //!   address, to the other device (over DTLS too, through that device's session), and
 //!   its device's new Register was refused while the other device answered the probe.
@@ -1400,10 +1401,12 @@ impl Lwm2mServer {
         let addr = reg.addr;
         if let Some(reg) = self.slot_mut(slot) {
             reg.displaced = false;
-            // The address is the registration's again (it lost it with `Displaced`).
-            let back = DeviceEvent::RegistrationUpdated {
+            // The address is the registration's again (it lost it with `Displaced`); no
+            // Update: nothing the registration holds changed.
+            let back = DeviceEvent::AddressChanged {
                 device: reg.device.clone(),
-                registration: reg.info.clone(),
+                registration_id: reg.info.registration_id.clone(),
+                address: addr,
             };
             self.events.push_back(back);
         }
