@@ -10,7 +10,10 @@
 //! message the server took (a Register answered 2.01, an Update answered 2.04, a
 //! notification it reported as the device's), never to an address another device took
 //! since in such a message; a device's operations first go out in the order they were
-//! submitted. One case is left open: a notification from the address the
+//! submitted. A takeover probe (GET /1) likewise goes only to the address its
+//! registration's device last spoke from, while no other device took it since (a probe
+//! left running after the device moved kept being retransmitted to the address left).
+//! One case is left open: a notification from the address the
 //! device's registration was displaced from, while the other device holds it, may be
 //! late, so the server takes its values and moves nothing; the model stops checking that
 //! device until its next Register or Update.
@@ -111,6 +114,8 @@ struct World {
     misrouted: Vec<String>,
     /// Observations answered: token, device, last Observe number.
     observations: Vec<(Vec<u8>, u8, u32)>,
+    /// Takeover probes seen going out (by token), and the device each one probes.
+    probes: HashMap<Vec<u8>, u8>,
     /// Devices whose place the model does not know (see `send`).
     unknown: std::collections::HashSet<u8>,
     /// Operations (by number) seen going out, and each device's latest first sent.
@@ -210,6 +215,10 @@ impl World {
             if m.code != Code::GET {
                 continue;
             }
+            if m.uri_path_string() == "1" {
+                self.check_probe(*to, m);
+                continue;
+            }
             let path: Vec<String> = m.uri_path().map(str::to_owned).collect();
             let [o, i, r, n] = &path[..] else { continue };
             let Some(d) = (o == "3" && i == "0")
@@ -241,6 +250,39 @@ impl World {
                      spoke for {holder:?}"
                 ));
             }
+        }
+    }
+
+    /// A takeover probe (GET /1) asks whether a registration's device is still at the
+    /// registration's address: it goes where its device last spoke from in a message the
+    /// server took, and only while no other device spoke from there since. Its device is
+    /// the one at its destination when it first goes out; a retransmission is checked
+    /// against the same device (one that moved since must not be probed at the address
+    /// it left, nor the device there now asked for it).
+    fn check_probe(&mut self, to: SocketAddr, m: &Message) {
+        let token = m.token().as_bytes().to_vec();
+        let dev = match self.probes.get(&token) {
+            Some(&dev) => dev,
+            None => {
+                let Some(&(dev, _)) = self.address_of.get(&to) else {
+                    self.misrouted
+                        .push(format!("a takeover probe went to {to}, where no device spoke"));
+                    return;
+                };
+                self.probes.insert(token, dev);
+                dev
+            }
+        };
+        if self.unknown.contains(&dev) {
+            return;
+        }
+        let at = self.device_at.get(&dev).map(|&(a, _)| a);
+        let holder = self.address_of.get(&to).map(|&(d, _)| d);
+        if at != Some(to) || holder != Some(dev) {
+            self.misrouted.push(format!(
+                "a takeover probe of e{dev} went to {to}: e{dev} last spoke from {at:?}, \
+                 {to} last spoke for {holder:?}"
+            ));
         }
     }
 
@@ -299,6 +341,7 @@ proptest! {
             address_of: HashMap::new(),
             misrouted: Vec::new(),
             observations: Vec::new(),
+            probes: HashMap::new(),
             unknown: Default::default(),
             first_sent: Default::default(),
             last_first_sent: HashMap::new(),

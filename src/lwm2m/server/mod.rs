@@ -1211,6 +1211,24 @@ impl Lwm2mServer {
         }
     }
 
+    /// The registration in `slot`'s device spoke (an Update, a notification of its own):
+    /// a takeover probe of it under way is answered, as if the old address had answered
+    /// it. Returns the probe, whose CoAP exchange the caller forgets (with whatever else
+    /// must go in the same stroke: see [`Self::fail_in_flight_with`]).
+    fn probe_settled(&mut self, now: Instant, slot: u32) -> Option<RequestId> {
+        let reg = self.slot_mut(slot)?;
+        let Probe::InFlight(id) = reg.probe else {
+            return None;
+        };
+        // Also when the CoAP exchange gave up first (a probe time-out longer than it):
+        // the probe timer must not end a registration whose device just spoke.
+        reg.probe = Probe::Answered {
+            until: now + TAKEOVER_REFUSAL,
+        };
+        self.probes.remove(&id);
+        Some(id)
+    }
+
     fn update(&mut self, now: Instant, peer: SocketAddr, id: &str, u: UpdateRequest) -> Code {
         let Some(&slot) = parse_location_id(id).and_then(|n| self.by_reg_id.get(&n)) else {
             return Code::NOT_FOUND;
@@ -1222,11 +1240,6 @@ impl Lwm2mServer {
         let awake = now + self.config.awake_window;
         let Some(reg) = self.slot_mut(slot) else {
             return Code::NOT_FOUND;
-        };
-        // The registration's owner is alive: a takeover probe under way is answered.
-        let probing = match reg.probe {
-            Probe::InFlight(id) => Some(id),
-            _ => None,
         };
         if let Some(lt) = u.lifetime {
             reg.info.lifetime = lt;
@@ -1252,7 +1265,8 @@ impl Lwm2mServer {
         reg.expires = now + Duration::from_secs(reg.info.lifetime as u64) + grace;
         reg.awake_until = Some(awake);
         let (expires, generation) = (reg.expires, reg.generation);
-        // NAT rebinding (or a client that updates from a fresh port): follow it.
+        // NAT rebinding (or a client that updates from a fresh port): follow it. The
+        // registration's owner is alive: a takeover probe under way is answered.
         self.follow_address(now, slot, peer);
         let Some(reg) = self.slot(slot) else {
             return Code::NOT_FOUND;
@@ -1264,9 +1278,6 @@ impl Lwm2mServer {
         self.timers
             .push(Reverse((expires, Timer::Expiry { slot, generation })));
         self.events.push_back(event);
-        if let Some(id) = probing {
-            self.probe_answered(now, id);
-        }
         self.pump(now, slot);
         Code::CHANGED
     }
@@ -1282,12 +1293,24 @@ impl Lwm2mServer {
     /// flight, and fails with the others). An observation the CoAP endpoint cannot move
     /// (its peer table is full) ends ([`DeviceEvent::ObservationEnded`], the hub
     /// observes again).
+    ///
+    /// The device spoke (its Update, or a notification the token proves its own), from
+    /// wherever: a takeover probe of the registration under way is answered
+    /// ([`TAKEOVER_REFUSAL`]), and its CoAP exchange ends with it, in the same stroke as
+    /// the requests stranded at the old address. Left to run, it was retransmitted to
+    /// the address left for the whole exchange (about 45 s), to whichever device has that
+    /// address next, and held the CoAP NSTART slot there, so that device's first request,
+    /// reported [`DeviceEvent::Sent`], waited behind it; at the same address, the
+    /// registration's own requests waited behind it the same way.
     fn follow_address(&mut self, now: Instant, slot: u32, peer: SocketAddr) {
+        let probe = self.probe_settled(now, slot);
         let Some(reg) = self.slot(slot) else {
             return;
         };
         let (old, displaced) = (reg.addr, reg.displaced);
         if old == peer && !displaced {
+            // The device is where the probe went: nothing else of it is to be left.
+            self.endpoint.forget_requests(now, probe);
             return;
         }
         self.displace_holder(now, peer, slot);
@@ -1297,7 +1320,9 @@ impl Lwm2mServer {
         reg.displaced = false;
         if old == peer {
             // Back at the address it was displaced from: the device speaks from it.
+            reg.info.address = Some(peer);
             self.by_addr.insert(peer, slot);
+            self.endpoint.forget_requests(now, probe);
             return;
         }
         let stranded = std::mem::take(&mut reg.in_flight);
@@ -1317,7 +1342,9 @@ impl Lwm2mServer {
             self.by_addr.remove(&old);
         }
         self.by_addr.insert(peer, slot);
-        self.fail_in_flight(now, stranded);
+        // Together: forgetting the requests alone would start a probe queued behind them
+        // (NSTART), to the address left.
+        self.fail_in_flight_with(now, stranded, probe.into_iter().collect());
         let mut moving: Vec<RequestId> = self
             .observations
             .iter()
@@ -1461,20 +1488,14 @@ impl Lwm2mServer {
         // identity) says this device is there now, so that registration's device is not
         // (NAT gave its port away, or the two swapped): it is displaced, as by an Update
         // from there (`follow_address`), and nothing of it goes to this device.
-        let probing = match reg.probe {
-            Probe::InFlight(probe) => Some(probe),
-            _ => None,
-        };
+        // The registration's owner is alive: a takeover probe under way is answered
+        // (`follow_address`).
         self.follow_address(now, slot, peer);
         if let Some(reg) = self.slot(slot) {
             self.events.push_back(DeviceEvent::RegistrationUpdated {
                 device: reg.device.clone(),
                 registration: reg.info.clone(),
             });
-        }
-        // The registration's owner is alive: a takeover probe under way is answered.
-        if let Some(probe) = probing {
-            self.probe_answered(now, probe);
         }
         false
     }
@@ -1550,13 +1571,8 @@ impl Lwm2mServer {
     }
 
     /// Fails requests sent and not yet answered with
-    /// [`DeviceError::RegistrationEnded`] (oldest first) and stops their retransmission.
-    fn fail_in_flight(&mut self, now: Instant, in_flight: Vec<RequestId>) {
-        self.fail_in_flight_with(now, in_flight, Vec::new());
-    }
-
-    /// [`Self::fail_in_flight`], forgetting `also` (observations, a takeover probe) in
-    /// the same stroke: forgetting one request starts the next in the endpoint's queue for
+    /// [`DeviceError::RegistrationEnded`] (oldest first) and stops their retransmission,
+    /// forgetting `also` (observations, a takeover probe) in the same stroke: forgetting one request starts the next in the endpoint's queue for
     /// its peer, which could be another of these (sent to an address being left, perhaps
     /// to another device) before it was forgotten in turn.
     fn fail_in_flight_with(
