@@ -1,5 +1,5 @@
 //! The LwM2M server's loose ends (sans-IO): a takeover probe's exchange once the
-//! registration it probed moved.
+//! registration it probed moved, and a displaced registration's address.
 
 #![cfg(feature = "lwm2m")]
 
@@ -255,4 +255,92 @@ fn an_update_after_the_probe_exchange_gave_up_keeps_the_registration() {
         "the registration ended although its device spoke: {evs:?}"
     );
     assert!(s.registration(&DeviceId::new("a").unwrap()).is_some());
+}
+
+fn address_of(s: &Lwm2mServer, device: &str) -> Option<SocketAddr> {
+    s.registration(&DeviceId::new(device).unwrap())
+        .expect("registered")
+        .address
+}
+
+/// Item 2. Before: a registration displaced from its address (another device's
+/// Register came from it) still showed that address in the server's own view
+/// (`Lwm2mServer::registration`), now the other device's, while the hub's twin showed
+/// none. Now it shows none until its device talks from where it is (an Update from a new
+/// address), or from the address again once it is free (a fresh notification).
+#[test]
+fn a_displaced_registration_shows_no_address_until_its_device_talks() {
+    let mut s = server();
+    let t0 = Instant::now();
+    let a = register(&mut s, t0, addr(1), "a", 10);
+    assert_eq!(address_of(&s, "a"), Some(addr(1)));
+    // b's Register comes from a's port (a NAT gave it away): a is displaced.
+    register(&mut s, t0, addr(1), "b", 11);
+    let evs = events(&mut s);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, DeviceEvent::Displaced { device, .. } if device.as_str() == "a")),
+        "{evs:?}"
+    );
+    assert_eq!(address_of(&s, "a"), None, "a's address is b's now");
+    assert_eq!(address_of(&s, "b"), Some(addr(1)));
+    // a's device updates from a new mapping: the address is back.
+    update(&mut s, t0, addr(3), &a, 12);
+    assert_eq!(address_of(&s, "a"), Some(addr(3)));
+    let evs = events(&mut s);
+    assert!(
+        evs.iter().any(|e| matches!(e, DeviceEvent::RegistrationUpdated { device, registration } if device.as_str() == "a" && registration.address == Some(addr(3)))),
+        "{evs:?}"
+    );
+}
+
+/// Item 2, the other way back: a displaced registration whose device notifies from the
+/// address it lost, once the other registration there is gone, takes the address back;
+/// the view and the event show it.
+#[test]
+fn a_displaced_registration_that_takes_its_address_back_shows_it() {
+    let mut s = server();
+    let t0 = Instant::now();
+    register(&mut s, t0, addr(1), "a", 10);
+    events(&mut s);
+    s.submit(
+        t0,
+        DeviceOp {
+            id: OpId(1),
+            device: DeviceId::new("a").unwrap(),
+            request: DeviceRequest::Observe {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        },
+    );
+    let (_, observe) = out(&mut s)
+        .into_iter()
+        .find(|(_, m)| m.observe() == Some(0))
+        .expect("the Observe");
+    let mut answer = Message::new(MessageType::Acknowledgement, Code::CONTENT, observe.message_id);
+    answer.with_token(observe.token());
+    answer.set_observe(2);
+    answer.payload = b"80".to_vec();
+    send(&mut s, t0, addr(1), &answer);
+    out(&mut s);
+    let b = register(&mut s, t0, addr(1), "b", 11);
+    events(&mut s);
+    assert_eq!(address_of(&s, "a"), None);
+    // b de-registers: the address is free. a's device notifies from it.
+    send(&mut s, t0, addr(1), &con(Code::DELETE, &format!("/{b}"), 12));
+    out(&mut s);
+    events(&mut s);
+    assert_eq!(address_of(&s, "a"), None, "nobody spoke for a yet");
+    let mut note = Message::new(MessageType::NonConfirmable, Code::CONTENT, 600);
+    note.with_token(observe.token());
+    note.set_observe(3);
+    note.payload = b"81".to_vec();
+    send(&mut s, t0, addr(1), &note);
+    out(&mut s);
+    let evs = events(&mut s);
+    assert_eq!(address_of(&s, "a"), Some(addr(1)));
+    assert!(
+        evs.iter().any(|e| matches!(e, DeviceEvent::RegistrationUpdated { device, registration } if device.as_str() == "a" && registration.address == Some(addr(1)))),
+        "{evs:?}"
+    );
 }

@@ -73,7 +73,10 @@
 //!   waiting in its queue, until its device talks from where it is now (an Update or a
 //!   notification from a new address moves it; a fresh notification from the address it
 //!   was displaced from, once no registration holds that address, takes it back; a
-//!   Register replaces it with no takeover probe, which would ask the other device). Before, its requests kept going to the
+//!   Register replaces it with no takeover probe, which would ask the other device).
+//!   Meanwhile its [`RegistrationInfo::address`] ([`Lwm2mServer::registration`]) is
+//!   `None`, as the hub's twin shows it: the address is the other device's (before, the
+//!   server's own view kept showing it). Before, its requests kept going to the
 //!   address, to the other device (over DTLS too, through that device's session), and
 //!   its device's new Register was refused while the other device answered the probe.
 //!   De-register answers 2.02. A registration expires `lifetime +
@@ -668,7 +671,12 @@ impl Lwm2mServer {
         self.by_endpoint.len()
     }
 
-    /// A registered device's registration.
+    /// A registered device's registration. Its [`address`](RegistrationInfo::address) is
+    /// where the server sends the device's requests, and `None` while the registration is
+    /// displaced ([`DeviceEvent::Displaced`]: another device spoke from its address, which
+    /// is that device's now, and nothing is sent to this one until its device talks from
+    /// where it is), as the hub's twin shows it; the device's next Update or notification
+    /// brings an address back ([`DeviceEvent::RegistrationUpdated`]).
     pub fn registration(&self, device: &DeviceId) -> Option<&RegistrationInfo> {
         let slot = *self.by_endpoint.get(device)?;
         self.slot(slot).map(|r| &r.info)
@@ -1390,6 +1398,9 @@ impl Lwm2mServer {
             return;
         };
         reg.displaced = true;
+        // Its view says so too: the address is the other device's now (the server keeps
+        // it as `reg.addr`, to take it back should its device talk from there again).
+        reg.info.address = None;
         // A takeover probe of the address would now ask the other device: it ends, and
         // the registration's own device is let in when it registers from where it is.
         let probe = std::mem::replace(&mut reg.probe, Probe::Idle);
@@ -1428,6 +1439,7 @@ impl Lwm2mServer {
         if let Some(reg) = self.slot_mut(slot) {
             reg.displaced = false;
             // The address is the registration's again (it lost it with `Displaced`).
+            reg.info.address = Some(addr);
             let back = DeviceEvent::RegistrationUpdated {
                 device: reg.device.clone(),
                 registration: reg.info.clone(),
