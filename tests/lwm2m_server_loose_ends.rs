@@ -1,5 +1,6 @@
 //! The LwM2M server's loose ends (sans-IO): a takeover probe's exchange once the
-//! registration it probed moved, and a displaced registration's address.
+//! registration it probed moved, a displaced registration's address, who ended an
+//! observation, and a server NSTART above the CoAP endpoint's.
 
 #![cfg(feature = "lwm2m")]
 
@@ -343,4 +344,175 @@ fn a_displaced_registration_that_takes_its_address_back_shows_it() {
         evs.iter().any(|e| matches!(e, DeviceEvent::RegistrationUpdated { device, registration } if device.as_str() == "a" && registration.address == Some(addr(1)))),
         "{evs:?}"
     );
+}
+
+/// Observes `/3/0/9` on `a` (registered at port 1, op `op`) and answers it with Observe
+/// 2 when `observe`, or declines (no Observe option); returns the Observe request.
+fn observed(s: &mut Lwm2mServer, now: Instant, op: u64, observe: bool) -> Message {
+    s.submit(
+        now,
+        DeviceOp {
+            id: OpId(op),
+            device: DeviceId::new("a").unwrap(),
+            request: DeviceRequest::Observe {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        },
+    );
+    let (_, request) = out(s)
+        .into_iter()
+        .find(|(to, m)| *to == addr(1) && m.observe() == Some(0))
+        .expect("the Observe");
+    let mut answer = Message::new(MessageType::Acknowledgement, Code::CONTENT, request.message_id);
+    answer.with_token(request.token());
+    if observe {
+        answer.set_observe(2);
+    }
+    answer.payload = b"80".to_vec();
+    send(s, now, addr(1), &answer);
+    out(s);
+    request
+}
+
+/// Who ended `a`'s observation established by `op`, as reported.
+fn end_cause(evs: &[DeviceEvent], op: u64) -> Vec<twinhub::transport::ObservationEndCause> {
+    evs.iter()
+        .filter_map(|e| match e {
+            DeviceEvent::ObservationEnded {
+                op: OpId(n), cause, ..
+            } if *n == op => Some(*cause),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A notification of `request`'s observation whose body comes in blocks (the first of
+/// 64 bytes, more to come): the server asks for the next block. Returns that request.
+fn blockwise_notification(s: &mut Lwm2mServer, now: Instant, request: &Message) -> Message {
+    let mut note = Message::new(MessageType::NonConfirmable, Code::CONTENT, 700);
+    note.with_token(request.token());
+    note.set_observe(3);
+    note.set_block2(twinhub::coap::BlockOption {
+        num: 0,
+        more: true,
+        szx: 2,
+    });
+    note.payload = vec![b'8'; 64];
+    send(s, now, addr(1), &note);
+    out(s)
+        .into_iter()
+        .find(|(to, m)| *to == addr(1) && m.code == Code::GET && m.block2().is_some())
+        .map(|(_, m)| m)
+        .expect("the next block is asked for")
+}
+
+/// Item 3. Before: `ObservationEnded` did not say who ended the observation, so the hub
+/// could not tell a device that spoke (its error notification, its RST) from the
+/// server's own give-up or cancel. Now its `cause` says, at each place it is emitted.
+#[test]
+fn each_observation_end_says_who_ended_it() {
+    use twinhub::transport::ObservationEndCause as Cause;
+    let t0 = Instant::now();
+    let fresh = || {
+        let mut s = server();
+        register(&mut s, t0, addr(1), "a", 10);
+        events(&mut s);
+        s
+    };
+    // The device declines (its answer has no Observe option).
+    let mut s = fresh();
+    observed(&mut s, t0, 1, false);
+    assert_eq!(end_cause(&events(&mut s), 1), [Cause::Declined]);
+    assert!(Cause::Declined.by_device());
+    // The device ends it with an error notification.
+    let mut s = fresh();
+    let request = observed(&mut s, t0, 1, true);
+    events(&mut s);
+    let mut note = Message::new(MessageType::NonConfirmable, Code::NOT_FOUND, 701);
+    note.with_token(request.token());
+    note.set_observe(3);
+    send(&mut s, t0, addr(1), &note);
+    assert_eq!(end_cause(&events(&mut s), 1), [Cause::EndedByDevice]);
+    assert!(Cause::EndedByDevice.by_device());
+    // The device rejects a follow-up of a notification with RST.
+    let mut s = fresh();
+    let request = observed(&mut s, t0, 1, true);
+    events(&mut s);
+    let follow_up = blockwise_notification(&mut s, t0, &request);
+    let rst = Message::new(MessageType::Reset, Code::EMPTY, follow_up.message_id);
+    send(&mut s, t0, addr(1), &rst);
+    assert_eq!(end_cause(&events(&mut s), 1), [Cause::Reset]);
+    assert!(Cause::Reset.by_device());
+    // Nobody answers the follow-up: the server gives up.
+    let mut s = fresh();
+    let request = observed(&mut s, t0, 1, true);
+    events(&mut s);
+    blockwise_notification(&mut s, t0, &request);
+    run(&mut s, t0, 120, addr(1));
+    assert_eq!(end_cause(&events(&mut s), 1), [Cause::TimedOut]);
+    assert!(!Cause::TimedOut.by_device());
+    // The follow-up's answer does not continue the body: the server drops it.
+    let mut s = fresh();
+    let request = observed(&mut s, t0, 1, true);
+    events(&mut s);
+    let follow_up = blockwise_notification(&mut s, t0, &request);
+    let mut wrong = Message::new(
+        MessageType::Acknowledgement,
+        Code::NOT_FOUND,
+        follow_up.message_id,
+    );
+    wrong.with_token(follow_up.token());
+    send(&mut s, t0, addr(1), &wrong);
+    assert_eq!(end_cause(&events(&mut s), 1), [Cause::Dropped]);
+    assert!(!Cause::Dropped.by_device());
+    // A Cancel-Observe of the same path submitted to the server ends it.
+    let mut s = fresh();
+    observed(&mut s, t0, 1, true);
+    events(&mut s);
+    s.submit(
+        t0,
+        DeviceOp {
+            id: OpId(2),
+            device: DeviceId::new("a").unwrap(),
+            request: DeviceRequest::CancelObserve {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        },
+    );
+    assert_eq!(end_cause(&events(&mut s), 1), [Cause::Cancelled]);
+    assert!(!Cause::Cancelled.by_device());
+}
+
+/// Item 3, the last place: a notification from a new address moves the registration,
+/// but the CoAP peer table is full and the observation cannot follow it: the server
+/// drops it.
+#[test]
+fn an_observation_that_cannot_follow_its_device_ends_as_dropped() {
+    use twinhub::transport::ObservationEndCause as Cause;
+    let config = ServerConfig {
+        auto_provision: true,
+        ..ServerConfig::default()
+    };
+    let mut s = Lwm2mServer::with_seed(
+        ServerConfig {
+            coap: twinhub::coap::EndpointConfig {
+                max_peers: 1,
+                ..config.coap.clone()
+            },
+            ..config
+        },
+        44,
+    );
+    let t0 = Instant::now();
+    register(&mut s, t0, addr(1), "a", 10);
+    events(&mut s);
+    let request = observed(&mut s, t0, 1, true);
+    events(&mut s);
+    let mut note = Message::new(MessageType::NonConfirmable, Code::CONTENT, 702);
+    note.with_token(request.token());
+    note.set_observe(3);
+    note.payload = b"81".to_vec();
+    send(&mut s, t0, addr(3), &note);
+    let evs = events(&mut s);
+    assert_eq!(end_cause(&evs, 1), [Cause::Dropped], "{evs:?}");
 }

@@ -121,7 +121,12 @@
 //!   and is not asked for the refused one again until it registers anew or announces
 //!   its formats in an Update. Every answer and notification decodes by its own
 //!   Content-Format, whatever was asked. An observation that ends without a cancel
-//!   through the server becomes [`DeviceEvent::ObservationEnded`].
+//!   through the server becomes [`DeviceEvent::ObservationEnded`], whose `cause` says
+//!   who ended it ([`ObservationEndCause`]): the device (it declined the Observe,
+//!   answered with an error code or a final response, or sent RST) or the server (a
+//!   Cancel-Observe of the same path submitted to it, no answer in time to a
+//!   follow-up, or an observation it could not keep: a failed block-wise download of a
+//!   notification, a NAT rebinding it could not follow for its CoAP peer bound).
 //! - **Queue mode and NSTART**: each device has a bounded queue; at most
 //!   [`ServerConfig::nstart`] requests are in flight per device. A queue-mode device's
 //!   requests wait until it talks (register, update, notification, any datagram) and go out
@@ -231,8 +236,8 @@ use crate::coap::{
 use crate::lwm2m::content::{self, ContentFormat, standard_resource_type};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 use crate::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, OpId, PeerIdentity,
-    RegistrationInfo, RejectReason, Transport, WriteMode,
+    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, ObservationEndCause, OpId,
+    PeerIdentity, RegistrationInfo, RejectReason, Transport, WriteMode,
 };
 use crate::twin::DeviceId;
 use std::cmp::Reverse;
@@ -1371,7 +1376,7 @@ impl Lwm2mServer {
         // old address's queue, which must not be one of these.
         self.endpoint.forget_requests(now, lost.iter().copied());
         for id in lost {
-            self.observation_ended(id);
+            self.observation_ended(id, ObservationEndCause::Dropped);
         }
     }
 
@@ -1491,7 +1496,7 @@ impl Lwm2mServer {
             if Message::decode(bytes).is_ok_and(|m| !m.code.is_success()) {
                 // The device ended the observation (before it moved): so be it.
                 self.endpoint.forget_request(now, id);
-                self.observation_ended(id);
+                self.observation_ended(id, ObservationEndCause::EndedByDevice);
             }
             self.endpoint.acknowledge_and_drop(now, peer, bytes);
             return true;
@@ -1651,8 +1656,9 @@ impl Lwm2mServer {
         self.pump(now, slot);
     }
 
-    /// Forgets an observation that ended on its own and tells whoever established it.
-    fn observation_ended(&mut self, id: RequestId) -> bool {
+    /// Forgets an observation that ended on its own and tells whoever established it
+    /// who ended it (`cause`).
+    fn observation_ended(&mut self, id: RequestId, cause: ObservationEndCause) -> bool {
         let Some(o) = self.observations.remove(&id) else {
             return false;
         };
@@ -1660,6 +1666,7 @@ impl Lwm2mServer {
             device: o.device,
             path: o.path,
             op: o.op,
+            cause,
         });
         true
     }
@@ -1670,7 +1677,7 @@ impl Lwm2mServer {
         };
         if m.code.class() != 2 {
             // An error ends the observation (RFC 7641 §3.2).
-            self.observation_ended(id);
+            self.observation_ended(id, ObservationEndCause::EndedByDevice);
             return;
         }
         let (device, path, slot) = (obs.device.clone(), obs.path, obs.slot);
@@ -1743,7 +1750,7 @@ impl Lwm2mServer {
 
     /// The (final) response to a request we sent: emit its outcome.
     fn handle_response(&mut self, now: Instant, id: RequestId, m: &Message) {
-        if self.observation_ended(id) {
+        if self.observation_ended(id, ObservationEndCause::EndedByDevice) {
             // The final answer of an observation (an error, or one without Observe).
             return;
         }
@@ -1794,7 +1801,12 @@ impl Lwm2mServer {
     }
 
     fn handle_failure(&mut self, now: Instant, id: RequestId, error: RequestError) {
-        if self.observation_ended(id) {
+        let cause = match error {
+            RequestError::Reset => ObservationEndCause::Reset,
+            RequestError::TimedOut => ObservationEndCause::TimedOut,
+            _ => ObservationEndCause::Dropped,
+        };
+        if self.observation_ended(id, cause) {
             return;
         }
         let Some(o) = self.finish(now, id) else {
@@ -1863,6 +1875,7 @@ impl Lwm2mServer {
                         device: o.device.clone(),
                         path: *path,
                         op: o.op,
+                        cause: ObservationEndCause::Declined,
                     });
                 }
                 content.map(DeviceReply::Content)
@@ -1993,7 +2006,7 @@ impl Lwm2mServer {
                 // is the final response of that request, which now belongs to the cancel.
                 // Whoever established it hears that it ended (a job cancelling its own
                 // observation of a path the hub also observes may end the hub's).
-                self.observation_ended(id);
+                self.observation_ended(id, ObservationEndCause::Cancelled);
                 if self.endpoint.cancel_observation(now, id) {
                     if first {
                         self.sent(&op);
