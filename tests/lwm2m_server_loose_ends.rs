@@ -44,6 +44,11 @@ fn is_probe(m: &Message) -> bool {
 /// `a` registered at port 1; a Register of `a` from port 2 makes the server probe port 1
 /// (5.03 to the newcomer meanwhile). Returns `a`'s location.
 fn probe_under_way(s: &mut Lwm2mServer, now: Instant) -> String {
+    probe_and_location(s, now).0
+}
+
+/// [`probe_under_way`], with the probe.
+fn probe_and_location(s: &mut Lwm2mServer, now: Instant) -> (String, Message) {
     let location = register(s, now, addr(1), "a", 10);
     events(s);
     let mut again = con(Code::POST, "/rd", 11);
@@ -52,16 +57,18 @@ fn probe_under_way(s: &mut Lwm2mServer, now: Instant) -> String {
     again.payload = b"</3/0>".to_vec();
     send(s, now, addr(2), &again);
     let sent = out(s);
-    assert!(
-        sent.iter().any(|(to, m)| *to == addr(1) && is_probe(m)),
-        "the probe: {sent:?}"
-    );
+    let probe = sent
+        .iter()
+        .find(|(to, m)| *to == addr(1) && is_probe(m))
+        .unwrap_or_else(|| panic!("the probe: {sent:?}"))
+        .1
+        .clone();
     assert!(
         sent.iter()
             .any(|(to, m)| *to == addr(2) && m.code == Code::SERVICE_UNAVAILABLE),
         "the newcomer waits: {sent:?}"
     );
-    location
+    (location, probe)
 }
 
 /// Runs the clock for `secs` seconds in one-second steps; returns what went to `to`.
@@ -515,4 +522,102 @@ fn an_observation_that_cannot_follow_its_device_ends_as_dropped() {
     send(&mut s, t0, addr(3), &note);
     let evs = events(&mut s);
     assert_eq!(end_cause(&evs, 1), [Cause::Dropped], "{evs:?}");
+}
+
+/// The `/3/0/{res}` reads among `sent`, by resource.
+fn reads_out(sent: &[(SocketAddr, Message)]) -> Vec<u16> {
+    sent.iter()
+        .filter(|(_, m)| m.code == Code::GET)
+        .filter_map(|(_, m)| {
+            let path: Vec<&str> = m.uri_path().collect();
+            match path[..] {
+                ["3", "0", r] => r.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The operations reported `Sent` among `evs`.
+fn sent_ops(evs: &[DeviceEvent]) -> Vec<u64> {
+    evs.iter()
+        .filter_map(|e| match e {
+            DeviceEvent::Sent { op, .. } => Some(op.0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Item 4. Before: with the server's `nstart` (3) above the CoAP endpoint's (1), the
+/// server handed three requests to the endpoint and reported all three `Sent`, while
+/// the endpoint sent one and held two in its own queue: a reboot job took a request
+/// still waiting in the server for one that reached the device. Now a request goes to
+/// the endpoint only when it leaves at once: the lower NSTART holds, the others wait in
+/// the server's queue, and each is reported `Sent` when its datagram goes.
+#[test]
+fn a_server_nstart_above_the_endpoints_reports_sent_only_what_left() {
+    let config = ServerConfig {
+        auto_provision: true,
+        nstart: 3,
+        ..ServerConfig::default()
+    };
+    assert_eq!(config.coap.nstart, 1);
+    let mut s = Lwm2mServer::with_seed(config, 44);
+    let t0 = Instant::now();
+    register(&mut s, t0, addr(1), "a", 10);
+    events(&mut s);
+    for (op, res) in [(1, 9), (2, 10), (3, 11)] {
+        read(&mut s, t0, op, "a", res);
+    }
+    let evs = events(&mut s);
+    let sent = out(&mut s);
+    assert_eq!(reads_out(&sent), [9], "NSTART 1 at the CoAP layer");
+    assert_eq!(sent_ops(&evs), [1], "only what left is reported Sent: {evs:?}");
+    // Each answer lets the next one go, reported as it goes.
+    let mut log = sent;
+    for (res, next) in [(9u16, Some((10u16, 2u64))), (10, Some((11, 3))), (11, None)] {
+        let request = log
+            .iter()
+            .map(|(_, m)| m)
+            .find(|m| reads_out(&[(addr(1), (*m).clone())]) == [res])
+            .expect("the read went")
+            .clone();
+        let mut answer =
+            Message::new(MessageType::Acknowledgement, Code::CONTENT, request.message_id);
+        answer.with_token(request.token());
+        answer.payload = b"1".to_vec();
+        send(&mut s, t0, addr(1), &answer);
+        let evs = events(&mut s);
+        let now_out = out(&mut s);
+        match next {
+            Some((r, op)) => {
+                assert_eq!(reads_out(&now_out), [r]);
+                assert_eq!(sent_ops(&evs), [op], "{evs:?}");
+            }
+            None => assert_eq!(sent_ops(&evs), Vec::<u64>::new()),
+        }
+        log.extend(now_out);
+    }
+}
+
+/// Item 4, the same behind a takeover probe: a Read submitted while the probe of the
+/// registration's address is in flight (CoAP NSTART 1 there) waits in the server, not
+/// reported `Sent` (before: reported `Sent` while held behind the probe in the CoAP
+/// layer, and failed `RegistrationEnded`, "sent, outcome unknown", when the registration
+/// went), and goes, reported then, once the probe is answered.
+#[test]
+fn a_read_behind_a_takeover_probe_is_reported_sent_when_it_leaves() {
+    let mut s = server();
+    let t0 = Instant::now();
+    let (_, probe) = probe_and_location(&mut s, t0);
+    let t1 = t0 + Duration::from_millis(500);
+    events(&mut s);
+    read(&mut s, t1, 1, "a", 9);
+    assert_eq!(sent_ops(&events(&mut s)), Vec::<u64>::new());
+    assert_eq!(reads_out(&out(&mut s)), Vec::<u16>::new());
+    let mut answer = Message::new(MessageType::Acknowledgement, Code::NOT_FOUND, probe.message_id);
+    answer.with_token(probe.token());
+    send(&mut s, t1, addr(1), &answer);
+    assert_eq!(reads_out(&out(&mut s)), [9]);
+    assert_eq!(sent_ops(&events(&mut s)), [1]);
 }

@@ -10,7 +10,8 @@
 //! message the server took (a Register answered 2.01, an Update answered 2.04, a
 //! notification it reported as the device's), never to an address another device took
 //! since in such a message; a device's operations first go out in the order they were
-//! submitted. A takeover probe (GET /1) likewise goes only to the address its
+//! submitted, and one reported `Sent` left then (its request is among the datagrams the
+//! server gives out with the event). A takeover probe (GET /1) likewise goes only to the address its
 //! registration's device last spoke from, while no other device took it since (a probe
 //! left running after the device moved kept being retransmitted to the address left).
 //! One case is left open: a notification from the address the
@@ -298,7 +299,21 @@ impl World {
             }
             out.push((t.destination, m));
         }
+        // `Sent` says the operation's first transmission left: its request is among the
+        // datagrams out now (or went before).
+        let on_wire: Vec<u16> = out
+            .iter()
+            .filter(|(_, m)| m.code == Code::GET)
+            .filter_map(|(_, m)| m.uri_path().nth(3).and_then(|n| n.parse().ok()))
+            .collect();
         while let Some(e) = self.server.poll_event() {
+            if let DeviceEvent::Sent { op, .. } = &e {
+                let n = op.0 as u16;
+                if !on_wire.contains(&n) && !self.first_sent.contains(&n) {
+                    self.misrouted
+                        .push(format!("operation {n} was reported Sent, and did not leave"));
+                }
+            }
             self.events.push(e);
         }
         out
@@ -467,8 +482,9 @@ proptest! {
 }
 
 /// e0 registered from port 1, then registers again from port 2 (its old address is
-/// probed, 5.03 meanwhile), and the hub reads it: the Read waits in the CoAP layer
-/// behind the probe (NSTART 1 per address).
+/// probed, 5.03 meanwhile), and the hub reads it: the Read waits behind the probe
+/// (NSTART 1 per address), in the server's queue, not reported `Sent` (before, it waited
+/// in the CoAP layer, reported `Sent`).
 fn read_behind_a_takeover_probe() -> (Lwm2mServer, Instant) {
     use server_sim::{addr, con, out, register, send};
     let mut s = Lwm2mServer::with_seed(
@@ -503,6 +519,12 @@ fn read_behind_a_takeover_probe() -> (Lwm2mServer, Instant) {
         },
     );
     assert_eq!(out(&mut s), vec![], "the Read waits behind the probe");
+    let evs = server_sim::events(&mut s);
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(1), .. })),
+        "{evs:?}"
+    );
     (s, now)
 }
 
@@ -510,9 +532,12 @@ fn read_behind_a_takeover_probe() -> (Lwm2mServer, Instant) {
 /// takeover probe of the device's old address was started when the probe was forgotten,
 /// at the moment another device's Register took that address, and so reached that other
 /// device, although the server failed the Read as `RegistrationEnded` in the same stroke.
+/// Since the server keeps a request until the CoAP layer sends it at once, the Read waits
+/// in the server's queue instead: never sent, it stays queued for e0 while e0 is
+/// displaced, and goes to e0's device when it registers from where it is now.
 #[test]
 fn a_read_queued_behind_a_takeover_probe_never_reaches_the_device_that_took_the_address() {
-    use server_sim::{addr, con, events, out, send};
+    use server_sim::{addr, con, events, out, register_with, send};
     let (mut s, now) = read_behind_a_takeover_probe();
     // Another device registers from e0's address: e0 is displaced there.
     let mut other = con(Code::POST, "/rd", 3);
@@ -528,17 +553,27 @@ fn a_read_queued_behind_a_takeover_probe_never_reaches_the_device_that_took_the_
         !sent.iter().any(|(_, m)| m.code == Code::GET),
         "e0's Read went to the device that took its address: {sent:?}"
     );
-    let ended = events(&mut s).into_iter().any(|e| {
-        matches!(
+    let evs = events(&mut s);
+    assert!(
+        !evs.iter().any(|e| matches!(
             e,
-            DeviceEvent::Response {
-                op: OpId(1),
-                result: Err(_),
-                ..
-            }
-        )
-    });
-    assert!(ended, "the Read ends");
+            DeviceEvent::Sent { op: OpId(1), .. } | DeviceEvent::Response { op: OpId(1), .. }
+        )),
+        "the Read, never sent, waits for e0: {evs:?}"
+    );
+    // e0's device registers from port 2, where it is: the Read goes there.
+    let (_, sent) = register_with(&mut s, now, addr(2), "e0", 4, &[]);
+    assert!(
+        sent.iter()
+            .any(|(to, m)| *to == addr(2) && m.uri_path_string() == "3/0/9"),
+        "{sent:?}"
+    );
+    let evs = events(&mut s);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(1), .. })),
+        "{evs:?}"
+    );
 }
 
 /// A takeover probe that is not answered ends the old registration: the Read queued

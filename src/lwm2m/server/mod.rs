@@ -128,7 +128,14 @@
 //!   follow-up, or an observation it could not keep: a failed block-wise download of a
 //!   notification, a NAT rebinding it could not follow for its CoAP peer bound).
 //! - **Queue mode and NSTART**: each device has a bounded queue; at most
-//!   [`ServerConfig::nstart`] requests are in flight per device. A queue-mode device's
+//!   [`ServerConfig::nstart`] requests are in flight per device, and a request leaves the
+//!   queue only when the CoAP endpoint transmits it at once: never while the device's
+//!   address has as many requests unacknowledged as the endpoint's own NSTART
+//!   (`coap.nstart`) allows, nor one waiting there (a takeover probe of the address, a
+//!   notification's block-wise follow-up). So with `nstart` above `coap.nstart` the
+//!   lower of the two holds (a documented rule, not an error: both are valid on their
+//!   own), and the rest wait in the device's queue, as behind a probe. Before, they waited
+//!   inside the CoAP endpoint, already reported [`DeviceEvent::Sent`]. A queue-mode device's
 //!   requests wait until it talks (register, update, notification, any datagram) and go out
 //!   during its awake window. Full queue: [`DeviceError::QueueFull`]; waiting longer than
 //!   [`ServerConfig::queue_timeout`]: [`DeviceEvent::TimedOut`].
@@ -142,7 +149,9 @@
 //!   requests (never sent) fail with [`DeviceError::NotRegistered`] when the device is
 //!   gone, and stay queued for the new registration when a Register replaced the old one.
 //! - **Sent**: a request's first transmission (at once, or from the queue when a
-//!   queue-mode device wakes) is reported as [`DeviceEvent::Sent`], before its answer;
+//!   queue-mode device wakes or the address is free) is reported as
+//!   [`DeviceEvent::Sent`], with the datagram given out by [`Lwm2mServer::poll_transmit`]
+//!   (the request left), before its answer;
 //!   one answered by the server itself (not registered, queue full, unencodable) and an
 //!   `EndRegistration` have none, and a request sent again in another content format
 //!   is not reported again. The job engine needs it to tell an Execute that reached a
@@ -800,7 +809,10 @@ impl Lwm2mServer {
                 } if self.probes.contains_key(&id) => self.probe_answered(now, id),
                 Event::RequestFailed { id, .. } if self.probes.contains_key(&id) => {
                     // No answer before the endpoint gave up: the probe timer decides.
-                    self.probes.remove(&id);
+                    // The address is free for the registration's requests meanwhile.
+                    if let Some((slot, _)) = self.probes.remove(&id) {
+                        self.pump(now, slot);
+                    }
                 }
                 Event::Response { id, response } if self.bootstraps.owns(id) => {
                     self.bootstrap_answered(now, id, Ok(&response))
@@ -1806,7 +1818,13 @@ impl Lwm2mServer {
             RequestError::TimedOut => ObservationEndCause::TimedOut,
             _ => ObservationEndCause::Dropped,
         };
+        let observed = self.observations.get(&id).map(|o| o.slot);
         if self.observation_ended(id, cause) {
+            // A notification's block-wise follow-up failed: the address is free for the
+            // registration's requests.
+            if let Some(slot) = observed {
+                self.pump(now, slot);
+            }
             return;
         }
         let Some(o) = self.finish(now, id) else {
@@ -1936,7 +1954,18 @@ impl Lwm2mServer {
                 s.get(&reg.addr)
                     .is_some_and(|identity| identity_owns(reg, Some(identity)))
             });
-            if !awake || !session || reg.displaced || reg.in_flight.len() >= nstart {
+            // Only what the CoAP endpoint sends at once, so that `Sent` means the request
+            // left: not while the address has a request of the endpoint's waiting or
+            // unacknowledged beyond its own NSTART (a takeover probe of the address, a
+            // notification's block-wise follow-up, or this registration's requests when
+            // `nstart` is above the endpoint's). Whatever ends that (an answer from the
+            // address, the probe's or follow-up's failure) pumps again.
+            if !awake
+                || !session
+                || reg.displaced
+                || reg.in_flight.len() >= nstart
+                || !self.endpoint.would_send_now(reg.addr)
+            {
                 return;
             }
             let Some(q) = self.queues[slot as usize].pop_front() else {
