@@ -152,7 +152,11 @@ fn a_notification_from_a_new_address_ends_the_takeover_probe_of_the_old_one() {
         .into_iter()
         .find(|(to, m)| *to == addr(1) && m.observe() == Some(0))
         .expect("the Observe");
-    let mut answer = Message::new(MessageType::Acknowledgement, Code::CONTENT, observe.message_id);
+    let mut answer = Message::new(
+        MessageType::Acknowledgement,
+        Code::CONTENT,
+        observe.message_id,
+    );
     answer.with_token(observe.token());
     answer.set_observe(2);
     answer.payload = b"80".to_vec();
@@ -164,7 +168,11 @@ fn a_notification_from_a_new_address_ends_the_takeover_probe_of_the_old_one() {
     again.add_uri_query("ep=a");
     again.payload = b"</3/0>".to_vec();
     send(&mut s, t0, addr(2), &again);
-    assert!(out(&mut s).iter().any(|(to, m)| *to == addr(1) && is_probe(m)));
+    assert!(
+        out(&mut s)
+            .iter()
+            .any(|(to, m)| *to == addr(1) && is_probe(m))
+    );
     // a's device notifies from port 3: the registration moves there.
     let mut note = Message::new(MessageType::NonConfirmable, Code::CONTENT, 500);
     note.with_token(observe.token());
@@ -325,7 +333,11 @@ fn a_displaced_registration_that_takes_its_address_back_shows_it() {
         .into_iter()
         .find(|(_, m)| m.observe() == Some(0))
         .expect("the Observe");
-    let mut answer = Message::new(MessageType::Acknowledgement, Code::CONTENT, observe.message_id);
+    let mut answer = Message::new(
+        MessageType::Acknowledgement,
+        Code::CONTENT,
+        observe.message_id,
+    );
     answer.with_token(observe.token());
     answer.set_observe(2);
     answer.payload = b"80".to_vec();
@@ -335,7 +347,12 @@ fn a_displaced_registration_that_takes_its_address_back_shows_it() {
     events(&mut s);
     assert_eq!(address_of(&s, "a"), None);
     // b de-registers: the address is free. a's device notifies from it.
-    send(&mut s, t0, addr(1), &con(Code::DELETE, &format!("/{b}"), 12));
+    send(
+        &mut s,
+        t0,
+        addr(1),
+        &con(Code::DELETE, &format!("/{b}"), 12),
+    );
     out(&mut s);
     events(&mut s);
     assert_eq!(address_of(&s, "a"), None, "nobody spoke for a yet");
@@ -370,7 +387,11 @@ fn observed(s: &mut Lwm2mServer, now: Instant, op: u64, observe: bool) -> Messag
         .into_iter()
         .find(|(to, m)| *to == addr(1) && m.observe() == Some(0))
         .expect("the Observe");
-    let mut answer = Message::new(MessageType::Acknowledgement, Code::CONTENT, request.message_id);
+    let mut answer = Message::new(
+        MessageType::Acknowledgement,
+        Code::CONTENT,
+        request.message_id,
+    );
     answer.with_token(request.token());
     if observe {
         answer.set_observe(2);
@@ -572,7 +593,11 @@ fn a_server_nstart_above_the_endpoints_reports_sent_only_what_left() {
     let evs = events(&mut s);
     let sent = out(&mut s);
     assert_eq!(reads_out(&sent), [9], "NSTART 1 at the CoAP layer");
-    assert_eq!(sent_ops(&evs), [1], "only what left is reported Sent: {evs:?}");
+    assert_eq!(
+        sent_ops(&evs),
+        [1],
+        "only what left is reported Sent: {evs:?}"
+    );
     // Each answer lets the next one go, reported as it goes.
     let mut log = sent;
     for (res, next) in [(9u16, Some((10u16, 2u64))), (10, Some((11, 3))), (11, None)] {
@@ -582,8 +607,11 @@ fn a_server_nstart_above_the_endpoints_reports_sent_only_what_left() {
             .find(|m| reads_out(&[(addr(1), (*m).clone())]) == [res])
             .expect("the read went")
             .clone();
-        let mut answer =
-            Message::new(MessageType::Acknowledgement, Code::CONTENT, request.message_id);
+        let mut answer = Message::new(
+            MessageType::Acknowledgement,
+            Code::CONTENT,
+            request.message_id,
+        );
         answer.with_token(request.token());
         answer.payload = b"1".to_vec();
         send(&mut s, t0, addr(1), &answer);
@@ -615,7 +643,11 @@ fn a_read_behind_a_takeover_probe_is_reported_sent_when_it_leaves() {
     read(&mut s, t1, 1, "a", 9);
     assert_eq!(sent_ops(&events(&mut s)), Vec::<u64>::new());
     assert_eq!(reads_out(&out(&mut s)), Vec::<u16>::new());
-    let mut answer = Message::new(MessageType::Acknowledgement, Code::NOT_FOUND, probe.message_id);
+    let mut answer = Message::new(
+        MessageType::Acknowledgement,
+        Code::NOT_FOUND,
+        probe.message_id,
+    );
     answer.with_token(probe.token());
     send(&mut s, t1, addr(1), &answer);
     assert_eq!(reads_out(&out(&mut s)), [9]);

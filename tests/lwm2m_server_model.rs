@@ -266,8 +266,9 @@ impl World {
             Some(&dev) => dev,
             None => {
                 let Some(&(dev, _)) = self.address_of.get(&to) else {
-                    self.misrouted
-                        .push(format!("a takeover probe went to {to}, where no device spoke"));
+                    self.misrouted.push(format!(
+                        "a takeover probe went to {to}, where no device spoke"
+                    ));
                     return;
                 };
                 self.probes.insert(token, dev);
@@ -310,8 +311,9 @@ impl World {
             if let DeviceEvent::Sent { op, .. } = &e {
                 let n = op.0 as u16;
                 if !on_wire.contains(&n) && !self.first_sent.contains(&n) {
-                    self.misrouted
-                        .push(format!("operation {n} was reported Sent, and did not leave"));
+                    self.misrouted.push(format!(
+                        "operation {n} was reported Sent, and did not leave"
+                    ));
                 }
             }
             self.events.push(e);
