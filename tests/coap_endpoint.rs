@@ -241,6 +241,10 @@ fn nstart_queues_requests_to_one_peer() {
             sim.ep(0).send_request(now, server, r).unwrap()
         })
         .collect();
+    // `would_send_now` says a further request would wait; another peer is free.
+    assert!(!sim.ep(0).would_send_now(server));
+    let other = sim.addr(0);
+    assert!(sim.ep(0).would_send_now(other));
     sim.flush();
     assert_eq!(sim.sent_log.len(), 1, "NSTART = 1: one CON in flight");
     let mut done = Vec::new();
@@ -253,6 +257,10 @@ fn nstart_queues_requests_to_one_peer() {
         other => panic!("unexpected {other:?}"),
     });
     assert_eq!(done, ids, "queued requests go out in order");
+    assert!(
+        sim.ep(0).would_send_now(server),
+        "all answered: the peer is free"
+    );
 }
 
 #[test]

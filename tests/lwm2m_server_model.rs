@@ -10,7 +10,11 @@
 //! message the server took (a Register answered 2.01, an Update answered 2.04, a
 //! notification it reported as the device's), never to an address another device took
 //! since in such a message; a device's operations first go out in the order they were
-//! submitted. One case is left open: a notification from the address the
+//! submitted, and one reported `Sent` left then (its request is among the datagrams the
+//! server gives out with the event). A takeover probe (GET /1) likewise goes only to the address its
+//! registration's device last spoke from, while no other device took it since (a probe
+//! left running after the device moved kept being retransmitted to the address left).
+//! One case is left open: a notification from the address the
 //! device's registration was displaced from, while the other device holds it, may be
 //! late, so the server takes its values and moves nothing; the model stops checking that
 //! device until its next Register or Update.
@@ -111,6 +115,8 @@ struct World {
     misrouted: Vec<String>,
     /// Observations answered: token, device, last Observe number.
     observations: Vec<(Vec<u8>, u8, u32)>,
+    /// Takeover probes seen going out (by token), and the device each one probes.
+    probes: HashMap<Vec<u8>, u8>,
     /// Devices whose place the model does not know (see `send`).
     unknown: std::collections::HashSet<u8>,
     /// Operations (by number) seen going out, and each device's latest first sent.
@@ -210,6 +216,10 @@ impl World {
             if m.code != Code::GET {
                 continue;
             }
+            if m.uri_path_string() == "1" {
+                self.check_probe(*to, m);
+                continue;
+            }
             let path: Vec<String> = m.uri_path().map(str::to_owned).collect();
             let [o, i, r, n] = &path[..] else { continue };
             let Some(d) = (o == "3" && i == "0")
@@ -244,6 +254,40 @@ impl World {
         }
     }
 
+    /// A takeover probe (GET /1) asks whether a registration's device is still at the
+    /// registration's address: it goes where its device last spoke from in a message the
+    /// server took, and only while no other device spoke from there since. Its device is
+    /// the one at its destination when it first goes out; a retransmission is checked
+    /// against the same device (one that moved since must not be probed at the address
+    /// it left, nor the device there now asked for it).
+    fn check_probe(&mut self, to: SocketAddr, m: &Message) {
+        let token = m.token().as_bytes().to_vec();
+        let dev = match self.probes.get(&token) {
+            Some(&dev) => dev,
+            None => {
+                let Some(&(dev, _)) = self.address_of.get(&to) else {
+                    self.misrouted.push(format!(
+                        "a takeover probe went to {to}, where no device spoke"
+                    ));
+                    return;
+                };
+                self.probes.insert(token, dev);
+                dev
+            }
+        };
+        if self.unknown.contains(&dev) {
+            return;
+        }
+        let at = self.device_at.get(&dev).map(|&(a, _)| a);
+        let holder = self.address_of.get(&to).map(|&(d, _)| d);
+        if at != Some(to) || holder != Some(dev) {
+            self.misrouted.push(format!(
+                "a takeover probe of e{dev} went to {to}: e{dev} last spoke from {at:?}, \
+                 {to} last spoke for {holder:?}"
+            ));
+        }
+    }
+
     fn take(&mut self) -> Vec<(SocketAddr, Message)> {
         let mut out = Vec::new();
         while let Some(t) = self.server.poll_transmit() {
@@ -256,7 +300,22 @@ impl World {
             }
             out.push((t.destination, m));
         }
+        // `Sent` says the operation's first transmission left: its request is among the
+        // datagrams out now (or went before).
+        let on_wire: Vec<u16> = out
+            .iter()
+            .filter(|(_, m)| m.code == Code::GET)
+            .filter_map(|(_, m)| m.uri_path().nth(3).and_then(|n| n.parse().ok()))
+            .collect();
         while let Some(e) = self.server.poll_event() {
+            if let DeviceEvent::Sent { op, .. } = &e {
+                let n = op.0 as u16;
+                if !on_wire.contains(&n) && !self.first_sent.contains(&n) {
+                    self.misrouted.push(format!(
+                        "operation {n} was reported Sent, and did not leave"
+                    ));
+                }
+            }
             self.events.push(e);
         }
         out
@@ -299,6 +358,7 @@ proptest! {
             address_of: HashMap::new(),
             misrouted: Vec::new(),
             observations: Vec::new(),
+            probes: HashMap::new(),
             unknown: Default::default(),
             first_sent: Default::default(),
             last_first_sent: HashMap::new(),
@@ -424,8 +484,9 @@ proptest! {
 }
 
 /// e0 registered from port 1, then registers again from port 2 (its old address is
-/// probed, 5.03 meanwhile), and the hub reads it: the Read waits in the CoAP layer
-/// behind the probe (NSTART 1 per address).
+/// probed, 5.03 meanwhile), and the hub reads it: the Read waits behind the probe
+/// (NSTART 1 per address), in the server's queue, not reported `Sent` (before, it waited
+/// in the CoAP layer, reported `Sent`).
 fn read_behind_a_takeover_probe() -> (Lwm2mServer, Instant) {
     use server_sim::{addr, con, out, register, send};
     let mut s = Lwm2mServer::with_seed(
@@ -460,6 +521,12 @@ fn read_behind_a_takeover_probe() -> (Lwm2mServer, Instant) {
         },
     );
     assert_eq!(out(&mut s), vec![], "the Read waits behind the probe");
+    let evs = server_sim::events(&mut s);
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(1), .. })),
+        "{evs:?}"
+    );
     (s, now)
 }
 
@@ -467,9 +534,12 @@ fn read_behind_a_takeover_probe() -> (Lwm2mServer, Instant) {
 /// takeover probe of the device's old address was started when the probe was forgotten,
 /// at the moment another device's Register took that address, and so reached that other
 /// device, although the server failed the Read as `RegistrationEnded` in the same stroke.
+/// Since the server keeps a request until the CoAP layer sends it at once, the Read waits
+/// in the server's queue instead: never sent, it stays queued for e0 while e0 is
+/// displaced, and goes to e0's device when it registers from where it is now.
 #[test]
 fn a_read_queued_behind_a_takeover_probe_never_reaches_the_device_that_took_the_address() {
-    use server_sim::{addr, con, events, out, send};
+    use server_sim::{addr, con, events, out, register_with, send};
     let (mut s, now) = read_behind_a_takeover_probe();
     // Another device registers from e0's address: e0 is displaced there.
     let mut other = con(Code::POST, "/rd", 3);
@@ -485,17 +555,27 @@ fn a_read_queued_behind_a_takeover_probe_never_reaches_the_device_that_took_the_
         !sent.iter().any(|(_, m)| m.code == Code::GET),
         "e0's Read went to the device that took its address: {sent:?}"
     );
-    let ended = events(&mut s).into_iter().any(|e| {
-        matches!(
+    let evs = events(&mut s);
+    assert!(
+        !evs.iter().any(|e| matches!(
             e,
-            DeviceEvent::Response {
-                op: OpId(1),
-                result: Err(_),
-                ..
-            }
-        )
-    });
-    assert!(ended, "the Read ends");
+            DeviceEvent::Sent { op: OpId(1), .. } | DeviceEvent::Response { op: OpId(1), .. }
+        )),
+        "the Read, never sent, waits for e0: {evs:?}"
+    );
+    // e0's device registers from port 2, where it is: the Read goes there.
+    let (_, sent) = register_with(&mut s, now, addr(2), "e0", 4, &[]);
+    assert!(
+        sent.iter()
+            .any(|(to, m)| *to == addr(2) && m.uri_path_string() == "3/0/9"),
+        "{sent:?}"
+    );
+    let evs = events(&mut s);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, DeviceEvent::Sent { op: OpId(1), .. })),
+        "{evs:?}"
+    );
 }
 
 /// A takeover probe that is not answered ends the old registration: the Read queued

@@ -17,7 +17,7 @@ mod value;
 
 pub use op::{
     BootstrapOutcome, DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest,
-    NotificationAttributes, OpId, PeerIdentity, RejectReason, WriteMode,
+    NotificationAttributes, ObservationEndCause, OpId, PeerIdentity, RejectReason, WriteMode,
 };
 pub use path::{Lwm2mPath, PathError};
 pub use value::{Content, ResourceType, ResourceValue, base64_encode};

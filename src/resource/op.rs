@@ -328,6 +328,64 @@ pub enum BootstrapOutcome {
     Failed(String),
 }
 
+/// Who ended an observation, and how (see [`DeviceEvent::ObservationEnded`]). The first
+/// three are the device's doing, and come with a message from it
+/// ([`by_device`](Self::by_device)); the others are the transport's.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum ObservationEndCause {
+    /// The device answered the Observe with its values but did not observe (no Observe
+    /// option in its answer): the values come as the operation's answer, no observation
+    /// follows.
+    Declined,
+    /// The device ended it with an answer: a notification carrying an error code (RFC
+    /// 7641 §3.2; also one that arrived late from an address the device left), or a final
+    /// response without Observe option.
+    EndedByDevice,
+    /// The device rejected a message of the observation with a CoAP Reset.
+    Reset,
+    /// A Cancel-Observe of the same path through this transport ended it (whoever
+    /// submitted the cancel: a job cancelling its observation of a path the hub also
+    /// observes ends the one observed last, which may be the hub's).
+    Cancelled,
+    /// The transport got no answer in time to a message of the observation (a block-wise
+    /// follow-up of a notification).
+    TimedOut,
+    /// The transport could not keep it: the device's answer to a follow-up could not be
+    /// used (a block-wise download that failed), or the device moved (NAT rebinding) and
+    /// the transport could not follow it there (its peer table was full).
+    Dropped,
+}
+
+impl ObservationEndCause {
+    /// Whether the device ended the observation ([`Declined`](Self::Declined),
+    /// [`EndedByDevice`](Self::EndedByDevice), [`Reset`](Self::Reset)): the transport
+    /// heard from it. False when the transport ended it (a cancel, a time-out, one it
+    /// could not keep).
+    pub fn by_device(self) -> bool {
+        matches!(
+            self,
+            ObservationEndCause::Declined
+                | ObservationEndCause::EndedByDevice
+                | ObservationEndCause::Reset
+        )
+    }
+}
+
+impl std::fmt::Display for ObservationEndCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObservationEndCause::Declined => "the device declined to observe",
+            ObservationEndCause::EndedByDevice => "the device ended the observation",
+            ObservationEndCause::Reset => "the device reset the observation",
+            ObservationEndCause::Cancelled => "cancelled through the transport",
+            ObservationEndCause::TimedOut => "no answer in time",
+            ObservationEndCause::Dropped => "the transport could not keep the observation",
+        })
+    }
+}
+
 /// Something a transport observed about a device.
 #[derive(Clone, PartialEq, Debug)]
 #[non_exhaustive]
@@ -447,9 +505,9 @@ pub enum DeviceEvent {
     },
     /// An established observation ended without anyone cancelling it through this
     /// transport: the device declined it, answered a notification with an error, stopped
-    /// it (final response, RST), or a Cancel-Observe for the same path ended it. Whoever
-    /// needs it observes again. Not sent when a registration ends (its observations all
-    /// go with it).
+    /// it (final response, RST), or a Cancel-Observe for the same path ended it, or the
+    /// transport gave up on it; `cause` says which. Whoever needs it observes again. Not
+    /// sent when a registration ends (its observations all go with it).
     ObservationEnded {
         /// The device.
         device: DeviceId,
@@ -457,6 +515,9 @@ pub enum DeviceEvent {
         path: Lwm2mPath,
         /// The Observe operation that had established it.
         op: OpId,
+        /// Who ended it, and how: the device
+        /// ([`ObservationEndCause::by_device`]) or the transport.
+        cause: ObservationEndCause,
     },
     /// A bootstrap session ended (LWM2M bootstrap interface, `POST /bs`).
     Bootstrap {

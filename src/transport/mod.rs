@@ -31,7 +31,7 @@ pub mod memory;
 
 pub use crate::resource::{
     BootstrapOutcome, DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest,
-    NotificationAttributes, OpId, PeerIdentity, RejectReason, WriteMode,
+    NotificationAttributes, ObservationEndCause, OpId, PeerIdentity, RejectReason, WriteMode,
 };
 pub use crate::twin::RegistrationInfo;
 use std::time::Instant;

@@ -24,7 +24,9 @@ pub struct RegistrationInfo {
     pub queue_mode: bool,
     /// The object instances the device announced (`</3/0>, </5/0>, ...`).
     pub objects: Vec<Lwm2mPath>,
-    /// Where its datagrams come from; updated on NAT rebinding.
+    /// Where its datagrams come from; updated on NAT rebinding. `None` when not known:
+    /// the registration was displaced (another device now speaks from the address it
+    /// had, which is that device's) until its device talks from where it is now.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub address: Option<SocketAddr>,
     /// The PSK identity of the DTLS session the device registered over (none over plain

@@ -958,6 +958,18 @@ impl Endpoint {
         Ok(id)
     }
 
+    /// Whether a confirmable request to `peer` given to
+    /// [`send_request`](Endpoint::send_request) now would be transmitted at once: the
+    /// peer has fewer than [`EndpointConfig::nstart`] CON requests unacknowledged and
+    /// none waiting in its queue (a peer with no state: yes). When false, the request
+    /// would wait in the peer's queue; an application that reports a request as sent
+    /// when it leaves (the LWM2M server's `Sent`) keeps it until this holds.
+    pub fn would_send_now(&self, peer: SocketAddr) -> bool {
+        self.peers
+            .get(&peer)
+            .is_none_or(|p| p.con_in_flight < self.config.nstart && p.queue.is_empty())
+    }
+
     /// Cancels an observation we registered by sending GET with Observe=1 (RFC 7641 §3.6);
     /// its response arrives as the final [`Event::Response`]. Returns false if `id` is not
     /// an observation in progress.

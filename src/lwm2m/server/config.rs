@@ -126,7 +126,15 @@ pub struct ServerConfig {
     /// (LWM2M: MAX_TRANSMIT_WAIT, 93 s).
     #[serde(with = "crate::time::millis", rename = "awakeWindowMs")]
     pub awake_window: Duration,
-    /// Requests in flight per device at once (CoAP NSTART, 1).
+    /// Requests in flight per device at once (CoAP NSTART, 1): sent and not answered
+    /// yet. The CoAP layer's own [`EndpointConfig::nstart`] (`coap.nstart`, 1) bounds the
+    /// requests unacknowledged per address too, and a request leaves the device's queue
+    /// only when the CoAP layer sends it at once: set above `coap.nstart`, the lower of
+    /// the two holds, and the others wait in the device's queue (reported
+    /// [`Sent`](crate::transport::DeviceEvent::Sent) when they go, counted against
+    /// [`queue_capacity`](Self::queue_capacity) and
+    /// [`queue_timeout`](Self::queue_timeout)). 0 sends nothing: every request waits
+    /// until it times out.
     pub nstart: usize,
     /// The CoAP message layer's settings (timers, bounds, block size). The server's
     /// default raises the peer and duplicate-detection bounds for large fleets, limits a

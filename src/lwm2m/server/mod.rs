@@ -74,7 +74,10 @@
 //!   notification from a new address moves it; a fresh notification from the address it
 //!   was displaced from, once no registration holds that address, takes it back,
 //!   [`DeviceEvent::AddressChanged`]; a
-//!   Register replaces it with no takeover probe, which would ask the other device). Before, its requests kept going to the
+//!   Register replaces it with no takeover probe, which would ask the other device).
+//!   Meanwhile its [`RegistrationInfo::address`] ([`Lwm2mServer::registration`]) is
+//!   `None`, as the hub's twin shows it: the address is the other device's (before, the
+//!   server's own view kept showing it). Before, its requests kept going to the
 //!   address, to the other device (over DTLS too, through that device's session), and
 //!   its device's new Register was refused while the other device answered the probe.
 //!   De-register answers 2.02. A registration expires `lifetime +
@@ -119,9 +122,21 @@
 //!   and is not asked for the refused one again until it registers anew or announces
 //!   its formats in an Update. Every answer and notification decodes by its own
 //!   Content-Format, whatever was asked. An observation that ends without a cancel
-//!   through the server becomes [`DeviceEvent::ObservationEnded`].
+//!   through the server becomes [`DeviceEvent::ObservationEnded`], whose `cause` says
+//!   who ended it ([`ObservationEndCause`]): the device (it declined the Observe,
+//!   answered with an error code or a final response, or sent RST) or the server (a
+//!   Cancel-Observe of the same path submitted to it, no answer in time to a
+//!   follow-up, or an observation it could not keep: a failed block-wise download of a
+//!   notification, a NAT rebinding it could not follow for its CoAP peer bound).
 //! - **Queue mode and NSTART**: each device has a bounded queue; at most
-//!   [`ServerConfig::nstart`] requests are in flight per device. A queue-mode device's
+//!   [`ServerConfig::nstart`] requests are in flight per device, and a request leaves the
+//!   queue only when the CoAP endpoint transmits it at once: never while the device's
+//!   address has as many requests unacknowledged as the endpoint's own NSTART
+//!   (`coap.nstart`) allows, nor one waiting there (a takeover probe of the address, a
+//!   notification's block-wise follow-up). So with `nstart` above `coap.nstart` the
+//!   lower of the two holds (a documented rule, not an error: both are valid on their
+//!   own), and the rest wait in the device's queue, as behind a probe. Before, they waited
+//!   inside the CoAP endpoint, already reported [`DeviceEvent::Sent`]. A queue-mode device's
 //!   requests wait until it talks (register, update, notification, any datagram) and go out
 //!   during its awake window. Full queue: [`DeviceError::QueueFull`]; waiting longer than
 //!   [`ServerConfig::queue_timeout`]: [`DeviceEvent::TimedOut`].
@@ -135,7 +150,9 @@
 //!   requests (never sent) fail with [`DeviceError::NotRegistered`] when the device is
 //!   gone, and stay queued for the new registration when a Register replaced the old one.
 //! - **Sent**: a request's first transmission (at once, or from the queue when a
-//!   queue-mode device wakes) is reported as [`DeviceEvent::Sent`], before its answer;
+//!   queue-mode device wakes or the address is free) is reported as
+//!   [`DeviceEvent::Sent`], with the datagram given out by [`Lwm2mServer::poll_transmit`]
+//!   (the request left), before its answer;
 //!   one answered by the server itself (not registered, queue full, unencodable) and an
 //!   `EndRegistration` have none, and a request sent again in another content format
 //!   is not reported again. The job engine needs it to tell an Execute that reached a
@@ -229,8 +246,8 @@ use crate::coap::{
 use crate::lwm2m::content::{self, ContentFormat, standard_resource_type};
 use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 use crate::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, OpId, PeerIdentity,
-    RegistrationInfo, RejectReason, Transport, WriteMode,
+    DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, ObservationEndCause, OpId,
+    PeerIdentity, RegistrationInfo, RejectReason, Transport, WriteMode,
 };
 use crate::twin::DeviceId;
 use std::cmp::Reverse;
@@ -669,7 +686,12 @@ impl Lwm2mServer {
         self.by_endpoint.len()
     }
 
-    /// A registered device's registration.
+    /// A registered device's registration. Its [`address`](RegistrationInfo::address) is
+    /// where the server sends the device's requests, and `None` while the registration is
+    /// displaced ([`DeviceEvent::Displaced`]: another device spoke from its address, which
+    /// is that device's now, and nothing is sent to this one until its device talks from
+    /// where it is), as the hub's twin shows it; the device's next Update or notification
+    /// brings an address back ([`DeviceEvent::RegistrationUpdated`]).
     pub fn registration(&self, device: &DeviceId) -> Option<&RegistrationInfo> {
         let slot = *self.by_endpoint.get(device)?;
         self.slot(slot).map(|r| &r.info)
@@ -788,7 +810,10 @@ impl Lwm2mServer {
                 } if self.probes.contains_key(&id) => self.probe_answered(now, id),
                 Event::RequestFailed { id, .. } if self.probes.contains_key(&id) => {
                     // No answer before the endpoint gave up: the probe timer decides.
-                    self.probes.remove(&id);
+                    // The address is free for the registration's requests meanwhile.
+                    if let Some((slot, _)) = self.probes.remove(&id) {
+                        self.pump(now, slot);
+                    }
                 }
                 Event::Response { id, response } if self.bootstraps.owns(id) => {
                     self.bootstrap_answered(now, id, Ok(&response))
@@ -1212,6 +1237,24 @@ impl Lwm2mServer {
         }
     }
 
+    /// The registration in `slot`'s device spoke (an Update, a notification of its own):
+    /// a takeover probe of it under way is answered, as if the old address had answered
+    /// it. Returns the probe, whose CoAP exchange the caller forgets (with whatever else
+    /// must go in the same stroke: see [`Self::fail_in_flight_with`]).
+    fn probe_settled(&mut self, now: Instant, slot: u32) -> Option<RequestId> {
+        let reg = self.slot_mut(slot)?;
+        let Probe::InFlight(id) = reg.probe else {
+            return None;
+        };
+        // Also when the CoAP exchange gave up first (a probe time-out longer than it):
+        // the probe timer must not end a registration whose device just spoke.
+        reg.probe = Probe::Answered {
+            until: now + TAKEOVER_REFUSAL,
+        };
+        self.probes.remove(&id);
+        Some(id)
+    }
+
     fn update(&mut self, now: Instant, peer: SocketAddr, id: &str, u: UpdateRequest) -> Code {
         let Some(&slot) = parse_location_id(id).and_then(|n| self.by_reg_id.get(&n)) else {
             return Code::NOT_FOUND;
@@ -1223,11 +1266,6 @@ impl Lwm2mServer {
         let awake = now + self.config.awake_window;
         let Some(reg) = self.slot_mut(slot) else {
             return Code::NOT_FOUND;
-        };
-        // The registration's owner is alive: a takeover probe under way is answered.
-        let probing = match reg.probe {
-            Probe::InFlight(id) => Some(id),
-            _ => None,
         };
         if let Some(lt) = u.lifetime {
             reg.info.lifetime = lt;
@@ -1253,7 +1291,8 @@ impl Lwm2mServer {
         reg.expires = now + Duration::from_secs(reg.info.lifetime as u64) + grace;
         reg.awake_until = Some(awake);
         let (expires, generation) = (reg.expires, reg.generation);
-        // NAT rebinding (or a client that updates from a fresh port): follow it.
+        // NAT rebinding (or a client that updates from a fresh port): follow it. The
+        // registration's owner is alive: a takeover probe under way is answered.
         self.follow_address(now, slot, peer);
         let Some(reg) = self.slot(slot) else {
             return Code::NOT_FOUND;
@@ -1265,9 +1304,6 @@ impl Lwm2mServer {
         self.timers
             .push(Reverse((expires, Timer::Expiry { slot, generation })));
         self.events.push_back(event);
-        if let Some(id) = probing {
-            self.probe_answered(now, id);
-        }
         self.pump(now, slot);
         Code::CHANGED
     }
@@ -1283,12 +1319,24 @@ impl Lwm2mServer {
     /// flight, and fails with the others). An observation the CoAP endpoint cannot move
     /// (its peer table is full) ends ([`DeviceEvent::ObservationEnded`], the hub
     /// observes again).
+    ///
+    /// The device spoke (its Update, or a notification the token proves its own), from
+    /// wherever: a takeover probe of the registration under way is answered
+    /// ([`TAKEOVER_REFUSAL`]), and its CoAP exchange ends with it, in the same stroke as
+    /// the requests stranded at the old address. Left to run, it was retransmitted to
+    /// the address left for the whole exchange (about 45 s), to whichever device has that
+    /// address next, and held the CoAP NSTART slot there, so that device's first request,
+    /// reported [`DeviceEvent::Sent`], waited behind it; at the same address, the
+    /// registration's own requests waited behind it the same way.
     fn follow_address(&mut self, now: Instant, slot: u32, peer: SocketAddr) {
+        let probe = self.probe_settled(now, slot);
         let Some(reg) = self.slot(slot) else {
             return;
         };
         let (old, displaced) = (reg.addr, reg.displaced);
         if old == peer && !displaced {
+            // The device is where the probe went: nothing else of it is to be left.
+            self.endpoint.forget_requests(now, probe);
             return;
         }
         self.displace_holder(now, peer, slot);
@@ -1298,7 +1346,9 @@ impl Lwm2mServer {
         reg.displaced = false;
         if old == peer {
             // Back at the address it was displaced from: the device speaks from it.
+            reg.info.address = Some(peer);
             self.by_addr.insert(peer, slot);
+            self.endpoint.forget_requests(now, probe);
             return;
         }
         let stranded = std::mem::take(&mut reg.in_flight);
@@ -1318,7 +1368,9 @@ impl Lwm2mServer {
             self.by_addr.remove(&old);
         }
         self.by_addr.insert(peer, slot);
-        self.fail_in_flight(now, stranded);
+        // Together: forgetting the requests alone would start a probe queued behind them
+        // (NSTART), to the address left.
+        self.fail_in_flight_with(now, stranded, probe.into_iter().collect());
         let mut moving: Vec<RequestId> = self
             .observations
             .iter()
@@ -1337,7 +1389,7 @@ impl Lwm2mServer {
         // old address's queue, which must not be one of these.
         self.endpoint.forget_requests(now, lost.iter().copied());
         for id in lost {
-            self.observation_ended(id);
+            self.observation_ended(id, ObservationEndCause::Dropped);
         }
     }
 
@@ -1364,6 +1416,9 @@ impl Lwm2mServer {
             return;
         };
         reg.displaced = true;
+        // Its view says so too: the address is the other device's now (the server keeps
+        // it as `reg.addr`, to take it back should its device talk from there again).
+        reg.info.address = None;
         // A takeover probe of the address would now ask the other device: it ends, and
         // the registration's own device is let in when it registers from where it is.
         let probe = std::mem::replace(&mut reg.probe, Probe::Idle);
@@ -1402,7 +1457,8 @@ impl Lwm2mServer {
         if let Some(reg) = self.slot_mut(slot) {
             reg.displaced = false;
             // The address is the registration's again (it lost it with `Displaced`); no
-            // Update: nothing the registration holds changed.
+            // Update: nothing else the registration holds changed.
+            reg.info.address = Some(addr);
             let back = DeviceEvent::AddressChanged {
                 device: reg.device.clone(),
                 registration_id: reg.info.registration_id.clone(),
@@ -1455,7 +1511,7 @@ impl Lwm2mServer {
             if Message::decode(bytes).is_ok_and(|m| !m.code.is_success()) {
                 // The device ended the observation (before it moved): so be it.
                 self.endpoint.forget_request(now, id);
-                self.observation_ended(id);
+                self.observation_ended(id, ObservationEndCause::EndedByDevice);
             }
             self.endpoint.acknowledge_and_drop(now, peer, bytes);
             return true;
@@ -1464,20 +1520,14 @@ impl Lwm2mServer {
         // identity) says this device is there now, so that registration's device is not
         // (NAT gave its port away, or the two swapped): it is displaced, as by an Update
         // from there (`follow_address`), and nothing of it goes to this device.
-        let probing = match reg.probe {
-            Probe::InFlight(probe) => Some(probe),
-            _ => None,
-        };
+        // The registration's owner is alive: a takeover probe under way is answered
+        // (`follow_address`).
         self.follow_address(now, slot, peer);
         if let Some(reg) = self.slot(slot) {
             self.events.push_back(DeviceEvent::RegistrationUpdated {
                 device: reg.device.clone(),
                 registration: reg.info.clone(),
             });
-        }
-        // The registration's owner is alive: a takeover probe under way is answered.
-        if let Some(probe) = probing {
-            self.probe_answered(now, probe);
         }
         false
     }
@@ -1553,13 +1603,8 @@ impl Lwm2mServer {
     }
 
     /// Fails requests sent and not yet answered with
-    /// [`DeviceError::RegistrationEnded`] (oldest first) and stops their retransmission.
-    fn fail_in_flight(&mut self, now: Instant, in_flight: Vec<RequestId>) {
-        self.fail_in_flight_with(now, in_flight, Vec::new());
-    }
-
-    /// [`Self::fail_in_flight`], forgetting `also` (observations, a takeover probe) in
-    /// the same stroke: forgetting one request starts the next in the endpoint's queue for
+    /// [`DeviceError::RegistrationEnded`] (oldest first) and stops their retransmission,
+    /// forgetting `also` (observations, a takeover probe) in the same stroke: forgetting one request starts the next in the endpoint's queue for
     /// its peer, which could be another of these (sent to an address being left, perhaps
     /// to another device) before it was forgotten in turn.
     fn fail_in_flight_with(
@@ -1626,8 +1671,9 @@ impl Lwm2mServer {
         self.pump(now, slot);
     }
 
-    /// Forgets an observation that ended on its own and tells whoever established it.
-    fn observation_ended(&mut self, id: RequestId) -> bool {
+    /// Forgets an observation that ended on its own and tells whoever established it
+    /// who ended it (`cause`).
+    fn observation_ended(&mut self, id: RequestId, cause: ObservationEndCause) -> bool {
         let Some(o) = self.observations.remove(&id) else {
             return false;
         };
@@ -1635,6 +1681,7 @@ impl Lwm2mServer {
             device: o.device,
             path: o.path,
             op: o.op,
+            cause,
         });
         true
     }
@@ -1645,7 +1692,7 @@ impl Lwm2mServer {
         };
         if m.code.class() != 2 {
             // An error ends the observation (RFC 7641 §3.2).
-            self.observation_ended(id);
+            self.observation_ended(id, ObservationEndCause::EndedByDevice);
             return;
         }
         let (device, path, slot) = (obs.device.clone(), obs.path, obs.slot);
@@ -1718,7 +1765,7 @@ impl Lwm2mServer {
 
     /// The (final) response to a request we sent: emit its outcome.
     fn handle_response(&mut self, now: Instant, id: RequestId, m: &Message) {
-        if self.observation_ended(id) {
+        if self.observation_ended(id, ObservationEndCause::EndedByDevice) {
             // The final answer of an observation (an error, or one without Observe).
             return;
         }
@@ -1769,7 +1816,18 @@ impl Lwm2mServer {
     }
 
     fn handle_failure(&mut self, now: Instant, id: RequestId, error: RequestError) {
-        if self.observation_ended(id) {
+        let cause = match error {
+            RequestError::Reset => ObservationEndCause::Reset,
+            RequestError::TimedOut => ObservationEndCause::TimedOut,
+            _ => ObservationEndCause::Dropped,
+        };
+        let observed = self.observations.get(&id).map(|o| o.slot);
+        if self.observation_ended(id, cause) {
+            // A notification's block-wise follow-up failed: the address is free for the
+            // registration's requests.
+            if let Some(slot) = observed {
+                self.pump(now, slot);
+            }
             return;
         }
         let Some(o) = self.finish(now, id) else {
@@ -1838,6 +1896,7 @@ impl Lwm2mServer {
                         device: o.device.clone(),
                         path: *path,
                         op: o.op,
+                        cause: ObservationEndCause::Declined,
                     });
                 }
                 content.map(DeviceReply::Content)
@@ -1898,7 +1957,18 @@ impl Lwm2mServer {
                 s.get(&reg.addr)
                     .is_some_and(|identity| identity_owns(reg, Some(identity)))
             });
-            if !awake || !session || reg.displaced || reg.in_flight.len() >= nstart {
+            // Only what the CoAP endpoint sends at once, so that `Sent` means the request
+            // left: not while the address has a request of the endpoint's waiting or
+            // unacknowledged beyond its own NSTART (a takeover probe of the address, a
+            // notification's block-wise follow-up, or this registration's requests when
+            // `nstart` is above the endpoint's). Whatever ends that (an answer from the
+            // address, the probe's or follow-up's failure) pumps again.
+            if !awake
+                || !session
+                || reg.displaced
+                || reg.in_flight.len() >= nstart
+                || !self.endpoint.would_send_now(reg.addr)
+            {
                 return;
             }
             let Some(q) = self.queues[slot as usize].pop_front() else {
@@ -1968,7 +2038,7 @@ impl Lwm2mServer {
                 // is the final response of that request, which now belongs to the cancel.
                 // Whoever established it hears that it ended (a job cancelling its own
                 // observation of a path the hub also observes may end the hub's).
-                self.observation_ended(id);
+                self.observation_ended(id, ObservationEndCause::Cancelled);
                 if self.endpoint.cancel_observation(now, id) {
                     if first {
                         self.sent(&op);

@@ -1358,7 +1358,8 @@ fn observations_that_end_on_their_own_are_reported() {
         vec![DeviceEvent::ObservationEnded {
             device: dev("d"),
             path: inst,
-            op: OpId(1)
+            op: OpId(1),
+            cause: ObservationEndCause::EndedByDevice,
         }]
     );
     assert_eq!(sim.server.observation_count(), 0);
@@ -1372,7 +1373,8 @@ fn observations_that_end_on_their_own_are_reported() {
     assert!(ev.contains(&DeviceEvent::ObservationEnded {
         device: dev("d"),
         path: inst,
-        op: OpId(2)
+        op: OpId(2),
+        cause: ObservationEndCause::Declined,
     }));
     assert_eq!(sim.server.observation_count(), 0);
 }
@@ -2460,6 +2462,7 @@ fn a_late_notification_from_the_address_left_does_not_move_the_registration_back
             device: dev("d"),
             path: bat,
             op: OpId(1),
+            cause: ObservationEndCause::EndedByDevice,
         }]
     );
     assert_eq!(sim.server.registration(&dev("d")).unwrap().address, Some(b));
