@@ -132,3 +132,41 @@ fn a_finished_bootstrap_is_device_activity_a_refused_or_failed_one_is_not() {
     assert!(after > before, "finished: {before:?} -> {after:?}");
     hub.stop();
 }
+
+/// An observation's end that the device made (an error notification, a CoAP Reset) is
+/// the device heard from; one the transport made (a time-out, a cancel) is not. Before,
+/// neither counted: the event did not say who ended it.
+#[test]
+fn an_observation_the_device_ended_is_device_activity_one_the_transport_ended_is_not() {
+    use twinhub::transport::{ObservationEndCause, OpId};
+    let pump = DeviceId::new("pump").unwrap();
+    let (hub, script) = hub_with_pump(&pump);
+    let ended = |cause: ObservationEndCause| {
+        let before = last_activity(&hub, &pump);
+        std::thread::sleep(Duration::from_millis(30));
+        let events = hub.stats().events;
+        push(
+            &script,
+            DeviceEvent::ObservationEnded {
+                device: pump.clone(),
+                path: Lwm2mPath::resource(3, 0, 9),
+                op: OpId(77),
+                cause,
+            },
+        );
+        wait_until("the end applied", || hub.stats().events > events);
+        (before, last_activity(&hub, &pump))
+    };
+    let (before, after) = ended(ObservationEndCause::TimedOut);
+    assert_eq!(after, before, "timed out");
+    let (before, after) = ended(ObservationEndCause::Cancelled);
+    assert_eq!(after, before, "cancelled");
+    let (before, after) = ended(ObservationEndCause::EndedByDevice);
+    assert!(
+        after > before,
+        "ended by the device: {before:?} -> {after:?}"
+    );
+    let (before, after) = ended(ObservationEndCause::Reset);
+    assert!(after > before, "reset: {before:?} -> {after:?}");
+    hub.stop();
+}

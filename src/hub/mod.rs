@@ -18,11 +18,11 @@
 //! registration ended, a time-out, nor an undecodable payload ([`DeviceError::BadPayload`])
 //! before the request left (the transport could not encode or send it). Nor with a
 //! refused or failed bootstrap (refused like a registration; a failed step may be a
-//! time-out), a displaced registration (another device spoke), or an observation's end
-//! ([`DeviceEvent::ObservationEnded`]): that event does not say whether the device ended
-//! it (an error notification, a CoAP Reset) or the transport did (a cancel, an
-//! observation it could not move); the device's own answers count through their
-//! responses, and its next notification or Update counts. With a transport that
+//! time-out), a displaced registration (another device spoke), or an observation's end the
+//! transport made ([`DeviceEvent::ObservationEnded`] with a cause that is not
+//! [`by_device`](crate::transport::ObservationEndCause::by_device): a cancel, a time-out,
+//! an observation it could not keep); one the device made (its error notification, its
+//! CoAP Reset, its refusal) counts. With a transport that
 //! reports [`DeviceEvent::Sent`] a `BadPayload` after the operation's `Sent` is the
 //! device's undecodable answer and counts (or the transport could not encode the request
 //! again in another format after the device refused the first, 4.06 or 4.15: that
@@ -2124,7 +2124,16 @@ impl Inner {
                 e.address = registration.address;
                 published.push(HubEvent::Lifecycle(e));
             }
-            DeviceEvent::ObservationEnded { device, op, .. } => self.sync_lost(device, *op),
+            DeviceEvent::ObservationEnded {
+                device, op, cause, ..
+            } => {
+                // The device's own end (its error notification, its Reset) is the device
+                // heard from; the transport's (a cancel, a time-out) is not.
+                if cause.by_device() {
+                    let _ = reg.set_last_activity(device.as_str(), at);
+                }
+                self.sync_lost(device, *op)
+            }
             DeviceEvent::Displaced {
                 device,
                 registration_id,
