@@ -1091,6 +1091,23 @@ impl Endpoint {
         self.by_token.get(&(peer, token)).copied()
     }
 
+    /// The request of ours (client role) that the response or notification `bytes` from
+    /// `peer` answers, by its token: for an application that checks who answers before
+    /// the endpoint takes the answer (the LWM2M server behind DTLS: only the identity a
+    /// device registered with answers for it). `None` for anything else (a request, an
+    /// empty ACK or RST, an unknown token).
+    pub fn answered_request(&self, peer: SocketAddr, bytes: &[u8]) -> Option<RequestId> {
+        let (&first, rest) = bytes.split_first()?;
+        let (&code, rest) = rest.split_first()?;
+        let tkl = usize::from(first & 0x0f);
+        // Version 1, any type, a response code (classes 2 to 5).
+        if first >> 6 != 1 || !(2..=5).contains(&(code >> 5)) {
+            return None;
+        }
+        let token = Token::from_slice(rest.get(2..2 + tkl)?)?;
+        self.by_token.get(&(peer, token)).copied()
+    }
+
     /// Takes a datagram from `peer` that the application chose not to process: a
     /// notification [`observation_elsewhere`](Endpoint::observation_elsewhere) found
     /// from an address the application does not trust for it (the LWM2M server: one the

@@ -178,7 +178,12 @@
 //! moved to another device owns nothing of the old one); anything else gets 4.03 and
 //! changes nothing. Responses are matched by address and a random token, notifications
 //! too, or by token from a new address through a session of the registration's identity
-//! (NAT rebinding, see above), and the driver sends requests to a device only through a session of the
+//! (NAT rebinding, see above). A response or notification counts only through a session
+//! of the identity the registration it answers for was made with, and an empty ACK or RST
+//! only through one of the identity of the registration at its address: from another
+//! identity (a session that took the device's address since, or a token known to another
+//! device) it is dropped unseen and changes nothing (`identity_model.rs` checks these
+//! rules over random traffic). The driver sends requests to a device only through a session of the
 //! identity it registered with ([`Lwm2mServer::may_send_to`]). Over plain CoAP (`UdpServer::bind`) nothing is
 //! authenticated: anyone who can reach the port can claim any endpoint the authorizer
 //! lets in; use it on trusted networks and in tests only.
@@ -850,6 +855,11 @@ impl Lwm2mServer {
         bytes: &[u8],
     ) {
         self.current_identity = identity.cloned();
+        if self.answer_from_stranger(peer, bytes) {
+            // Not the device's: dropped unseen (no ACK, no RST), nothing changes.
+            self.current_identity = None;
+            return;
+        }
         if !self.rebinding_notification(now, peer, bytes) {
             self.endpoint.handle_datagram(now, peer, bytes);
         }
@@ -1467,6 +1477,41 @@ impl Lwm2mServer {
             self.events.push_back(back);
         }
         self.by_addr.insert(addr, slot);
+    }
+
+    /// Whether the datagram being handled answers for a registration made under another
+    /// identity than the one it came with (over DTLS: a session of another identity now
+    /// at the device's address, or a token known to another device). A response or
+    /// notification is matched to its request by token, and must come from the identity
+    /// of the registration the request went to; an empty ACK or RST (matched by message
+    /// id) from that of the registration at the address. Requests are the registration
+    /// interface's, which checks its sender itself. Over plain CoAP every registration
+    /// is of no identity, and every datagram comes with none: nothing is refused here.
+    fn answer_from_stranger(&self, peer: SocketAddr, bytes: &[u8]) -> bool {
+        let (Some(&first), Some(&code)) = (bytes.first(), bytes.get(1)) else {
+            return false;
+        };
+        if first >> 6 != 1 || (code >> 5 == 0 && code != 0) {
+            return false;
+        }
+        let slot = match self.endpoint.answered_request(peer, bytes) {
+            Some(id) => {
+                let of = self
+                    .outstanding
+                    .get(&id)
+                    .map(|o| (o.slot, o.generation))
+                    .or_else(|| self.observations.get(&id).map(|o| (o.slot, o.generation)))
+                    .or_else(|| self.probes.get(&id).copied());
+                of.and_then(|(slot, generation)| {
+                    self.slot(slot)
+                        .filter(|r| r.generation == generation)
+                        .map(|_| slot)
+                })
+            }
+            None => self.by_addr.get(&peer).copied(),
+        };
+        slot.and_then(|slot| self.slot(slot))
+            .is_some_and(|reg| !identity_owns(reg, self.current_identity.as_ref()))
     }
 
     /// NAT rebinding seen first in a notification (RFC 7641 notifications may come
@@ -2501,6 +2546,8 @@ impl Transport for Lwm2mServer {
     }
 }
 
+#[cfg(all(test, feature = "dtls"))]
+mod identity_model;
 #[cfg(test)]
 mod tests;
 
