@@ -13,7 +13,8 @@
 //!
 //! The load is `Registry::import_ndjson` (the `bulk_load` example's): lines parsed into
 //! borrowed rows on every core and added to a `BulkLoad` in input order, a few chunks of
-//! lines in memory at a time, timed once, with the resident memory before and after. Then criterion measures, on the tag/eq/range filter of
+//! lines in memory at a time, timed once (wall clock, and the CPU time of every thread
+//! of the process), with the resident memory before and after. Then criterion measures, on the tag/eq/range filter of
 //! benches/query.rs: `count_one_eq`, `count_filter`, the first 100 matches in id order as
 //! views (`first_100_full`) and projected to `deviceId` (`first_100_device_id`), the same
 //! two pages serialised to JSON text (`*_json`), and a count per FirmwareVersion
@@ -83,14 +84,17 @@ fn load() -> Registry {
     let bytes = std::fs::metadata(&path).expect("the corpus file").len();
     let mut registry = Registry::new();
     let before = ndjson::status_mib("VmRSS:");
+    let cpu_before = corpus::process_cpu_seconds();
     let t = Instant::now();
     let file = std::fs::File::open(&path).expect("the corpus file opens");
     let loaded = registry.import_ndjson(file).expect("the corpus file loads");
     let seconds = t.elapsed().as_secs_f64();
+    let cpu_seconds = corpus::process_cpu_seconds() - cpu_before;
     let after = ndjson::status_mib("VmRSS:");
     let peak = ndjson::status_mib("VmHWM:");
     eprintln!(
-        "query_file: {shape}, {loaded} twins from {:.0} MB in {seconds:.2} s; resident \
+        "query_file: {shape}, {loaded} twins from {:.0} MB in {seconds:.2} s ({cpu_seconds:.2} s of \
+         CPU); resident \
          {after:.0} MiB ({:.0} MiB for the fleet, {:.0} bytes a twin), peak {peak:.0} MiB",
         bytes as f64 / 1e6,
         after - before,
@@ -99,6 +103,7 @@ fn load() -> Registry {
     if let Ok(summary) = std::env::var("TWINHUB_COMPARE_SUMMARY") {
         let json = serde_json::json!({
             "shape": shape, "twins": loaded, "file_bytes": bytes, "load_seconds": seconds,
+            "load_cpu_seconds": cpu_seconds,
             "resident_mib": after, "fleet_mib": after - before, "peak_mib": peak,
         });
         std::fs::write(summary, json.to_string()).expect("the summary is written");
