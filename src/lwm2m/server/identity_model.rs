@@ -74,6 +74,13 @@ enum Op {
     Advance {
         secs: u16,
     },
+    /// The key store moves identity `ident` to device `to` (none: to no device), as the
+    /// hub's `set_psk` does with a name already in use; the DTLS server ends the
+    /// identity's sessions.
+    Rebind {
+        ident: u8,
+        to: Option<u8>,
+    },
     /// The hub observes device `dev`'s `/3/0/(9 + dev)/<op number>`; an answer to it
     /// starts the observation.
     Observe {
@@ -103,6 +110,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => any::<u8>().prop_map(|k| Op::Answer { k }),
         2 => (1u16..200).prop_map(|secs| Op::Advance { secs }),
         2 => (0..DEVICES).prop_map(|dev| Op::Observe { dev }),
+        1 => (0..IDENTITIES, proptest::option::of(0..DEVICES))
+            .prop_map(|(ident, to)| Op::Rebind { ident, to }),
         3 => (any::<u8>(), 0..ADDRESSES, impostor())
             .prop_map(|(k, addr, impostor)| Op::Notify { k, addr, impostor }),
     ]
@@ -112,17 +121,19 @@ fn address(n: u8) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 7], 6000 + u16::from(n)))
 }
 
-fn identity(n: u8) -> PeerIdentity {
-    PeerIdentity {
-        psk_identity: format!("i{n}").into(),
-        device: (n < DEVICES).then(|| DeviceId::new(&format!("e{n}")).unwrap()),
-    }
-}
-
 struct World {
     server: Lwm2mServer,
     now: Instant,
     mid: u16,
+    /// Each identity's device (the key store), by identity number.
+    owner: [Option<u8>; IDENTITIES as usize],
+    /// The identity each device's registration was made with (its last Register
+    /// answered 2.01).
+    registered_with: HashMap<u8, u8>,
+    /// The identity whose Register is being handled, and the requests that left through
+    /// its session meanwhile (identity, device, what is wrong if it is refused).
+    registering: Option<u8>,
+    provisional: Vec<(u8, u8, String)>,
     /// The layer's sessions: address -> identity number.
     sessions: HashMap<SocketAddr, u8>,
     /// Each device's location, from its last Register answered 2.01.
@@ -138,10 +149,37 @@ struct World {
 }
 
 impl World {
+    fn identity(&self, n: u8) -> PeerIdentity {
+        PeerIdentity {
+            psk_identity: format!("i{n}").into(),
+            device: self.owner[usize::from(n)].map(|d| DeviceId::new(&format!("e{d}")).unwrap()),
+        }
+    }
+
+    /// Whether identity `ident` may act for device `dev`: the device's registration was
+    /// made with it, and it still belongs to the device.
+    fn acts_for(&self, ident: u8, dev: u8) -> bool {
+        self.registered_with.get(&dev) == Some(&ident)
+            && self.owner[usize::from(ident)] == Some(dev)
+    }
+
+    fn rebind(&mut self, ident: u8, to: Option<u8>) {
+        self.owner[usize::from(ident)] = to;
+        let ended: Vec<SocketAddr> = self
+            .sessions
+            .iter()
+            .filter(|&(_, &i)| i == ident)
+            .map(|(&a, _)| a)
+            .collect();
+        for addr in ended {
+            self.close(addr);
+        }
+    }
+
     fn connect(&mut self, addr: SocketAddr, ident: u8) {
         self.sessions.insert(addr, ident);
         self.server
-            .session_changed(self.now, addr, Some(&identity(ident)));
+            .session_changed(self.now, addr, Some(&self.identity(ident)));
         self.drain();
     }
 
@@ -167,8 +205,9 @@ impl World {
             self.connect(addr, ident);
         }
         let bytes = m.to_bytes().expect("encodes");
+        let identity = self.identity(ident);
         self.server
-            .handle_datagram_from(self.now, addr, Some(&identity(ident)), &bytes);
+            .handle_datagram_from(self.now, addr, Some(&identity), &bytes);
         self.drain()
             .into_iter()
             .find(|(to, a)| *to == addr && a.message_id == m.message_id && a.token() == m.token())
@@ -181,7 +220,7 @@ impl World {
         let mut out = Vec::new();
         while let Some(t) = self.server.poll_transmit() {
             let session = self.sessions.get(&t.destination).copied();
-            let through = session.map(identity);
+            let through = session.map(|i| self.identity(i));
             if session.is_none() || !self.server.may_send_to(t.destination, through.as_ref()) {
                 self.server.not_sent(self.now, &t, through.as_ref());
                 continue;
@@ -210,8 +249,8 @@ impl World {
         out
     }
 
-    /// A read of device `d` (`/3/0/(9 + d)/n`) leaves only through a session of `d`'s
-    /// identity.
+    /// A read of device `d` (`/3/0/(9 + d)/n`) leaves only through a session of the
+    /// identity `d` registered with, while it belongs to `d`.
     fn check_request(&mut self, to: SocketAddr, session: Option<u8>, m: &Message) {
         let path: Vec<&str> = m.uri_path().collect();
         let [o, i, r, n] = path[..] else { return };
@@ -225,11 +264,25 @@ impl World {
             return;
         };
         self.left.insert(n);
-        if session != Some(d) {
-            self.violations.push(format!(
-                "read {n} of e{d} left for {to} through the session of {session:?}"
-            ));
+        if session.is_some_and(|i| self.acts_for(i, d)) {
+            return;
         }
+        if let Some(i) = session
+            && self.registering == Some(i)
+            && self.owner[usize::from(i)] == Some(d)
+        {
+            // Queued requests go to a registration as it is made: right if the
+            // Register being handled is accepted for `d` (checked once it is answered).
+            self.provisional.push((
+                i,
+                d,
+                format!("read {n} of e{d} left for {to} through i{i}, whose Register was refused"),
+            ));
+            return;
+        }
+        self.violations.push(format!(
+            "read {n} of e{d} left for {to} through the session of {session:?}"
+        ));
     }
 
     fn advance(&mut self, by: Duration) {
@@ -258,6 +311,10 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
             .track_sessions(),
         now: Instant::now(),
         mid: 0,
+        owner: [Some(0), Some(1), Some(2), None],
+        registered_with: HashMap::new(),
+        registering: None,
+        provisional: Vec::new(),
         sessions: HashMap::new(),
         locations: HashMap::new(),
         requests: Vec::new(),
@@ -284,14 +341,30 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
                 }
                 m.add_uri_query("lt=120");
                 m.payload = b"</3/0>".to_vec();
+                w.registering = Some(ident);
                 let answer = w.send(address(addr), ident, &m);
+                w.registering = None;
+                let accepted = answer.as_ref().is_some_and(|a| a.code == Code::CREATED);
+                let owner = w.owner[usize::from(ident)];
+                let named = if name { Some(dev) } else { owner };
+                for (i, d, wrong) in std::mem::take(&mut w.provisional) {
+                    if !(accepted && named == Some(d) && i == ident) {
+                        w.violations.push(wrong);
+                    }
+                }
                 if let Some(a) = answer.filter(|a| a.code == Code::CREATED) {
-                    let named = if name { dev } else { ident };
-                    if ident >= DEVICES || named != ident {
+                    // No endpoint named: the identity's device.
+                    let Some(named) = named else {
+                        w.violations
+                            .push(format!("i{ident}, of no device, registered unnamed"));
+                        continue;
+                    };
+                    if owner != Some(named) {
                         w.violations.push(format!("i{ident} registered e{named}"));
                     }
                     let location = a.location_path().collect::<Vec<_>>().join("/");
                     w.locations.insert(named, location);
+                    w.registered_with.insert(named, ident);
                 }
             }
             Op::Update {
@@ -305,7 +378,7 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
                 let ident = impostor.unwrap_or(dev);
                 let m = w.con(Code::POST, &format!("/{location}"));
                 let answer = w.send(address(addr), ident, &m);
-                if answer.is_some_and(|a| a.code == Code::CHANGED) && ident != dev {
+                if answer.is_some_and(|a| a.code == Code::CHANGED) && !w.acts_for(ident, dev) {
                     w.violations
                         .push(format!("i{ident} updated e{dev}'s registration"));
                 }
@@ -321,7 +394,7 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
                 let ident = impostor.unwrap_or(dev);
                 let m = w.con(Code::DELETE, &format!("/{location}"));
                 let answer = w.send(address(addr), ident, &m);
-                if answer.is_some_and(|a| a.code == Code::DELETED) && ident != dev {
+                if answer.is_some_and(|a| a.code == Code::DELETED) && !w.acts_for(ident, dev) {
                     w.violations.push(format!("i{ident} de-registered e{dev}"));
                 }
             }
@@ -367,7 +440,7 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
                 let path: Vec<&str> = request.uri_path().collect();
                 if let [_, _, r, n] = path[..]
                     && let (Ok(r), Ok(n)) = (r.parse::<u8>(), n.parse::<u64>())
-                    && r.checked_sub(9) != Some(ident)
+                    && r.checked_sub(9).is_some_and(|d| !w.acts_for(ident, d))
                     && w.events[events..].iter().any(|e| {
                         matches!(e, DeviceEvent::Response { op, result: Ok(_), .. } if op.0 == n)
                     })
@@ -407,7 +480,7 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
                 m.payload = b"81".to_vec();
                 let events = w.events.len();
                 w.send(address(addr), ident, &m);
-                if ident != dev {
+                if !w.acts_for(ident, dev) {
                     let taken = w.events[events..].iter().any(|e| {
                         matches!(e, DeviceEvent::Notification { device: d, .. } if *d == device)
                     });
@@ -422,6 +495,7 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
                 }
             }
             Op::Advance { secs } => w.advance(Duration::from_secs(u64::from(secs))),
+            Op::Rebind { ident, to } => w.rebind(ident, to),
         }
     }
     // Past every queue time-out (600 s), CoAP give-up and registration expiry.
