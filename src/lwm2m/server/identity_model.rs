@@ -531,7 +531,7 @@ proptest! {
     fn no_identity_acts_for_another_device_and_every_operation_ends_once(
         ops in proptest::collection::vec(op(), 1..60),
         seed in any::<u64>(),
-        nstart in 1usize..2,
+        nstart in 1usize..4,
     ) {
         run(ops, seed, nstart)?;
     }
