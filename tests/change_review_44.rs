@@ -146,16 +146,17 @@ fn swapped_ports_notification_moves_the_registration_plain_coap() {
     check_swapped(&s, &evs);
 }
 
-/// Finding 1: over DTLS the same notification, through a session of `a`'s own identity,
-/// is dropped unseen. `answer_from_stranger` finds no request of `(port 2, token)` and
-/// falls back to the registration at port 2 (`b`), whose identity it is not: the check
-/// meant for empty ACKs and RSTs judges a notification by the address it came from, in
+/// Finding 1 (fixed): over DTLS the same notification, through a session of `a`'s own
+/// identity, was dropped unseen: `answer_from_stranger` found no request of `(port 2,
+/// token)` and fell back to the registration at port 2 (`b`), whose identity it is not,
+/// judging a notification by the address it came from as it does an empty ACK or RST, in
 /// front of `rebinding_notification`, which checks the token's registration's identity
-/// itself. The notification is lost, and `a` stays at the address it left (its requests
-/// go to port 1, to `b`'s device, which the driver does not let through `b`'s session)
-/// and `b` keeps port 2, until `a`'s next Update.
+/// itself. The notification was lost, and `a` stayed at the address it left (its
+/// requests went to port 1, to `b`'s device, which the driver does not let through `b`'s
+/// session) and `b` kept port 2, until `a`'s next Update. Now a notification of an
+/// observation made elsewhere is judged by that observation's registration.
 #[test]
-#[ignore = "finding: over DTLS a device's own notification from an address another registration holds (NAT swap) is dropped by answer_from_stranger"]
+
 fn swapped_ports_notification_moves_the_registration_over_dtls() {
     let (s, evs) = swapped_notification(true);
     check_swapped(&s, &evs);
@@ -234,5 +235,65 @@ fn read_held_behind_a_bootstrap_request_goes_out_when_it_fails() {
     assert!(
         failed_at.is_some(),
         "the bootstrap session failed within 300 s"
+    );
+}
+
+/// The other side of finding 1's fix: `b`'s identity, at port 2, sends a notification on
+/// `a`'s token (known to it somehow). It is not `a`'s: dropped unseen (no RST, no ACK),
+/// `a` stays at port 1 and `b` at port 2. (Before the fix it was refused too, but
+/// answered with RST by the CoAP endpoint.)
+#[test]
+fn notification_on_anothers_token_from_another_address_is_dropped_unseen() {
+    let mut s = server();
+    let t0 = Instant::now();
+    register_as(&mut s, t0, addr(1), "a", true, 10);
+    register_as(&mut s, t0, addr(2), "b", true, 11);
+    events(&mut s);
+    s.submit(
+        t0,
+        DeviceOp {
+            id: OpId(1),
+            device: DeviceId::new("a").unwrap(),
+            request: DeviceRequest::Observe {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        },
+    );
+    let (_, observe) = out(&mut s)
+        .into_iter()
+        .find(|(to, m)| *to == addr(1) && m.observe() == Some(0))
+        .expect("the Observe");
+    let first = notification(
+        &observe,
+        MessageType::Acknowledgement,
+        observe.message_id,
+        2,
+        b"80",
+    );
+    send_as(&mut s, t0, addr(1), "a", true, &first);
+    out(&mut s);
+    events(&mut s);
+    let forged = notification(&observe, MessageType::Confirmable, 600, 3, b"99");
+    send_as(&mut s, t0, addr(2), "b", true, &forged);
+    let sent = out(&mut s);
+    let evs = events(&mut s);
+    assert!(sent.is_empty(), "dropped unseen: {sent:?}");
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, DeviceEvent::Notification { .. })),
+        "{evs:?}"
+    );
+    assert_eq!(address_of(&s, "a"), Some(addr(1)));
+    assert_eq!(address_of(&s, "b"), Some(addr(2)));
+    // `a`'s own next notification, from where it is, still counts.
+    let next = notification(&observe, MessageType::NonConfirmable, 601, 4, b"82");
+    send_as(&mut s, t0, addr(1), "a", true, &next);
+    out(&mut s);
+    let evs = events(&mut s);
+    assert!(
+        evs.iter().any(
+            |e| matches!(e, DeviceEvent::Notification { device, .. } if device.as_str() == "a")
+        ),
+        "{evs:?}"
     );
 }

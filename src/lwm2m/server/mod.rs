@@ -179,7 +179,9 @@
 //! changes nothing. Responses are matched by address and a random token, notifications
 //! too, or by token from a new address through a session of the registration's identity
 //! (NAT rebinding, see above). A response or notification counts only through a session
-//! of the identity the registration it answers for was made with, and an empty ACK or RST
+//! of the identity the registration it answers for was made with (a notification from
+//! another address than its observation's, too: two devices that swapped ports behind a
+//! NAT each notify from the other's address, through their own identities), and an empty ACK or RST
 //! only through one of the identity of the registration at its address: from another
 //! identity (a session that took the device's address since, or a token known to another
 //! device) it is dropped unseen and changes nothing (`identity_model.rs` checks these
@@ -855,7 +857,7 @@ impl Lwm2mServer {
         bytes: &[u8],
     ) {
         self.current_identity = identity.cloned();
-        if self.answer_from_stranger(peer, bytes) {
+        if self.answer_from_stranger(now, peer, bytes) {
             // Not the device's: dropped unseen (no ACK, no RST), nothing changes.
             self.current_identity = None;
             return;
@@ -1485,16 +1487,25 @@ impl Lwm2mServer {
     /// notification is matched to its request by token, and must come from the identity
     /// of the registration the request went to; an empty ACK or RST (matched by message
     /// id) from that of the registration at the address. Requests are the registration
-    /// interface's, which checks its sender itself. Over plain CoAP every registration
-    /// is of no identity, and every datagram comes with none: nothing is refused here.
-    fn answer_from_stranger(&self, peer: SocketAddr, bytes: &[u8]) -> bool {
+    /// interface's, which checks its sender itself. A notification of an observation
+    /// made at another address (NAT rebinding, [`Self::rebinding_notification`]) is
+    /// judged by that observation's registration, not by the one at the address it came
+    /// from: two devices that swapped ports behind a NAT notify, each through its own
+    /// identity, from the address the other registered at. Over plain CoAP every
+    /// registration is of no identity, and every datagram comes with none: nothing is
+    /// refused here.
+    fn answer_from_stranger(&self, now: Instant, peer: SocketAddr, bytes: &[u8]) -> bool {
         let (Some(&first), Some(&code)) = (bytes.first(), bytes.get(1)) else {
             return false;
         };
         if first >> 6 != 1 || (code >> 5 == 0 && code != 0) {
             return false;
         }
-        let slot = match self.endpoint.answered_request(peer, bytes) {
+        let answered = self
+            .endpoint
+            .answered_request(peer, bytes)
+            .or_else(|| self.endpoint.observation_elsewhere(now, peer, bytes));
+        let slot = match answered {
             Some(id) => {
                 let of = self
                     .outstanding
