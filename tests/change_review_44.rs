@@ -162,16 +162,16 @@ fn swapped_ports_notification_moves_the_registration_over_dtls() {
     check_swapped(&s, &evs);
 }
 
-/// Finding 2: a device registered at port 1 bootstraps again from the same port (one
+/// Finding 2 (fixed): a device registered at port 1 bootstraps again from the same port (one
 /// CoAP endpoint for both, as Leshan's client does); the bootstrap server's Discover holds
 /// the address's CoAP NSTART, so the hub's Read of the device waits in its queue (not
 /// `Sent`, rightly). The device never answers the Discover: the endpoint gives up on it
 /// (about 93 s), the bootstrap session fails, and the address is free. Before: nothing
 /// pumped the registration then (`bootstrap_answered` ends the session without it), so
 /// the Read stayed in the queue until the device next talked or `queue_timeout` (600 s)
-/// failed it, although it could have gone out at once.
+/// failed it, although it could have gone out at once. Now the bootstrap request's
+/// failure pumps the registration at its address.
 #[test]
-#[ignore = "finding: a request held behind a bootstrap request to the device's address waits until queue_timeout when that request times out"]
 fn read_held_behind_a_bootstrap_request_goes_out_when_it_fails() {
     let mut s = server().with_bootstrap(Box::new(|_| Some(BootstrapPlan::new(Vec::new()))));
     let t0 = Instant::now();

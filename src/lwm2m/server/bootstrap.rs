@@ -268,6 +268,11 @@ impl Bootstraps {
         self.by_request.contains_key(&id)
     }
 
+    /// The address a session's request `id` went to.
+    pub(super) fn peer_of(&self, id: RequestId) -> Option<SocketAddr> {
+        self.by_request.get(&id).copied()
+    }
+
     pub(super) fn session_count(&self) -> usize {
         self.sessions.len()
     }

@@ -826,7 +826,14 @@ impl Lwm2mServer {
                     self.bootstrap_answered(now, id, Ok(&response))
                 }
                 Event::RequestFailed { id, error } if self.bootstraps.owns(id) => {
-                    self.bootstrap_answered(now, id, Err(error))
+                    let peer = self.bootstraps.peer_of(id);
+                    self.bootstrap_answered(now, id, Err(error));
+                    // The address is free for the requests of a registration there, held
+                    // behind the bootstrap request (a device that bootstraps again from
+                    // where it registered): no datagram of its device pumps them now.
+                    if let Some(&slot) = peer.and_then(|p| self.by_addr.get(&p)) {
+                        self.pump(now, slot);
+                    }
                 }
                 Event::Response { id, response } => self.handle_response(now, id, &response),
                 Event::Notification { id, response } => self.handle_notification(id, &response),
@@ -2018,7 +2025,8 @@ impl Lwm2mServer {
             // unacknowledged beyond its own NSTART (a takeover probe of the address, a
             // notification's block-wise follow-up, or this registration's requests when
             // `nstart` is above the endpoint's). Whatever ends that (an answer from the
-            // address, the probe's or follow-up's failure) pumps again.
+            // address, the probe's, follow-up's or a bootstrap request's failure) pumps
+            // again.
             if !awake
                 || !session
                 || reg.displaced
