@@ -297,3 +297,77 @@ fn notification_on_anothers_token_from_another_address_is_dropped_unseen() {
         "{evs:?}"
     );
 }
+
+/// Finding 3 (not fixed): over DTLS, `a` registered at port 1 through its identity
+/// `i-a`; its device bootstraps again from port 1 through a bootstrap identity of its own
+/// (`a-bs`, the session at port 1 now). It is an LwM2M 1.0 client and resets the
+/// Bootstrap-Discover, which the server takes as "go on" (Bootstrap-Delete next). But an
+/// RST is judged by the identity of the registration at its address (`i-a`), not by the
+/// request it answers (the bootstrap session's): it is dropped unseen, the Discover is
+/// retransmitted until the exchange gives up, and the bootstrap session fails. (The same
+/// drops an empty ACK before a separate response to a bootstrap request: that only costs
+/// retransmissions.) The fix: judge an empty ACK or RST by the request its message id
+/// names (the endpoint's `sent` table), as a response is by its token.
+#[test]
+#[ignore = "finding: over DTLS an RST to a bootstrap request from the bootstrap identity at a registered address is dropped (the session fails)"]
+fn reset_of_a_bootstrap_discover_through_the_bootstrap_identity_goes_on() {
+    let mut s = server().with_bootstrap(Box::new(|_| Some(BootstrapPlan::new(Vec::new()))));
+    let t0 = Instant::now();
+    register_as(&mut s, t0, addr(1), "a", true, 10);
+    events(&mut s);
+    let bootstrap_identity = PeerIdentity {
+        psk_identity: Arc::from("a-bs"),
+        device: Some(DeviceId::new("a").unwrap()),
+    };
+    let from_bs = |s: &mut Lwm2mServer, m: &Message| {
+        s.handle_datagram_from(
+            t0,
+            addr(1),
+            Some(&bootstrap_identity),
+            &m.to_bytes().unwrap(),
+        )
+    };
+    let mut bs = con(Code::POST, "/bs", 20);
+    bs.add_uri_query("ep=a");
+    from_bs(&mut s, &bs);
+    let sent = out(&mut s);
+    let (_, discover) = sent
+        .iter()
+        .find(|(to, m)| *to == addr(1) && m.code == Code::GET)
+        .unwrap_or_else(|| panic!("the Discover: {sent:?}"));
+    let reset = Message::new(MessageType::Reset, Code::EMPTY, discover.message_id);
+    from_bs(&mut s, &reset);
+    let next = out(&mut s);
+    assert!(
+        next.iter()
+            .any(|(to, m)| *to == addr(1) && m.code == Code::DELETE),
+        "Bootstrap-Delete follows the reset Discover: {next:?}"
+    );
+}
+
+/// The control of finding 3: the same device bootstrapping through the identity it
+/// registered with (`i-a`) resets the Discover, and the session goes on with
+/// Bootstrap-Delete. Pins it.
+#[test]
+fn reset_of_a_bootstrap_discover_through_the_registrations_identity_goes_on() {
+    let mut s = server().with_bootstrap(Box::new(|_| Some(BootstrapPlan::new(Vec::new()))));
+    let t0 = Instant::now();
+    register_as(&mut s, t0, addr(1), "a", true, 10);
+    events(&mut s);
+    let mut bs = con(Code::POST, "/bs", 20);
+    bs.add_uri_query("ep=a");
+    send_as(&mut s, t0, addr(1), "a", true, &bs);
+    let sent = out(&mut s);
+    let (_, discover) = sent
+        .iter()
+        .find(|(to, m)| *to == addr(1) && m.code == Code::GET)
+        .unwrap_or_else(|| panic!("the Discover: {sent:?}"));
+    let reset = Message::new(MessageType::Reset, Code::EMPTY, discover.message_id);
+    send_as(&mut s, t0, addr(1), "a", true, &reset);
+    let next = out(&mut s);
+    assert!(
+        next.iter()
+            .any(|(to, m)| *to == addr(1) && m.code == Code::DELETE),
+        "Bootstrap-Delete follows the reset Discover: {next:?}"
+    );
+}
