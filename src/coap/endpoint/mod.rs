@@ -1108,6 +1108,23 @@ impl Endpoint {
         self.by_token.get(&(peer, token)).copied()
     }
 
+    /// The request of ours (client role) that the empty ACK or RST `bytes` from `peer`
+    /// acknowledges or resets, by its message id: for the same check as
+    /// [`answered_request`](Endpoint::answered_request). `None` for anything else.
+    pub(crate) fn acknowledged_request(&self, peer: SocketAddr, bytes: &[u8]) -> Option<RequestId> {
+        let (&first, rest) = bytes.split_first()?;
+        let (&code, rest) = rest.split_first()?;
+        // Version 1, ACK (2) or RST (3), empty.
+        if first >> 6 != 1 || (first >> 4) & 3 < 2 || code != 0 {
+            return None;
+        }
+        let mid = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]);
+        match self.sent.get(&(peer, mid))?.owner {
+            Owner::Request(id) => Some(id),
+            _ => None,
+        }
+    }
+
     /// Takes a datagram from `peer` that the application chose not to process: a
     /// notification [`observation_elsewhere`](Endpoint::observation_elsewhere) found
     /// from an address the application does not trust for it (the LWM2M server: one the

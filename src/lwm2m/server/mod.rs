@@ -1493,7 +1493,9 @@ impl Lwm2mServer {
     /// at the device's address, or a token known to another device). A response or
     /// notification is matched to its request by token, and must come from the identity
     /// of the registration the request went to; an empty ACK or RST (matched by message
-    /// id) from that of the registration at the address. Requests are the registration
+    /// id) from that of the registration at the address, unless it is of a bootstrap
+    /// session's request (a device that bootstraps again from where it registered,
+    /// through its bootstrap identity: an LwM2M 1.0 client resets Bootstrap-Discover). Requests are the registration
     /// interface's, which checks its sender itself. A notification of an observation
     /// made at another address (NAT rebinding, [`Self::rebinding_notification`]) is
     /// judged by that observation's registration, not by the one at the address it came
@@ -1512,6 +1514,16 @@ impl Lwm2mServer {
             .endpoint
             .answered_request(peer, bytes)
             .or_else(|| self.endpoint.observation_elsewhere(now, peer, bytes));
+        // An empty ACK or RST of a request that is no registration's (a bootstrap
+        // session's, through the bootstrap identity): the session's own matter.
+        if answered.is_none()
+            && self
+                .endpoint
+                .acknowledged_request(peer, bytes)
+                .is_some_and(|id| self.bootstraps.owns(id))
+        {
+            return false;
+        }
         let slot = match answered {
             Some(id) => {
                 let of = self
