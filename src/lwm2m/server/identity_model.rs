@@ -285,6 +285,29 @@ impl World {
         ));
     }
 
+    /// The hub submits `request` of `/3/0/(9 + dev)/<its number>` for device `dev`.
+    fn submit(
+        &mut self,
+        submitted: &mut Vec<OpId>,
+        dev: u8,
+        request: fn(Lwm2mPath) -> DeviceRequest,
+    ) {
+        let id = OpId(submitted.len() as u64 + 1);
+        submitted.push(id);
+        let path = Lwm2mPath::resource_instance(3, 0, 9 + u16::from(dev), id.0 as u16);
+        let device = DeviceId::new(&format!("e{dev}")).unwrap();
+        let request = request(path);
+        self.server.submit(
+            self.now,
+            DeviceOp {
+                id,
+                device,
+                request,
+            },
+        );
+        self.drain();
+    }
+
     fn advance(&mut self, by: Duration) {
         let end = self.now + by;
         while let Some(at) = self.server.poll_timeout().filter(|&at| at <= end) {
@@ -399,18 +422,7 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
                 }
             }
             Op::Read { dev } => {
-                let id = OpId(submitted.len() as u64 + 1);
-                submitted.push(id);
-                let path = Lwm2mPath::resource_instance(3, 0, 9 + u16::from(dev), id.0 as u16);
-                w.server.submit(
-                    w.now,
-                    DeviceOp {
-                        id,
-                        device: DeviceId::new(&format!("e{dev}")).unwrap(),
-                        request: DeviceRequest::Read { path },
-                    },
-                );
-                w.drain();
+                w.submit(&mut submitted, dev, |path| DeviceRequest::Read { path });
             }
             Op::Answer { k } => {
                 if w.requests.is_empty() {
@@ -450,18 +462,7 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
                 }
             }
             Op::Observe { dev } => {
-                let id = OpId(submitted.len() as u64 + 1);
-                submitted.push(id);
-                let path = Lwm2mPath::resource_instance(3, 0, 9 + u16::from(dev), id.0 as u16);
-                w.server.submit(
-                    w.now,
-                    DeviceOp {
-                        id,
-                        device: DeviceId::new(&format!("e{dev}")).unwrap(),
-                        request: DeviceRequest::Observe { path },
-                    },
-                );
-                w.drain();
+                w.submit(&mut submitted, dev, |path| DeviceRequest::Observe { path });
             }
             Op::Notify { k, addr, impostor } => {
                 if w.observations.is_empty() {
