@@ -1,23 +1,28 @@
 //! The server behind DTLS under random traffic (sans-IO, the DTLS layer emulated): three
 //! devices, each with its PSK identity, and a fourth identity that belongs to no device,
 //! open and close sessions at four addresses; devices register (naming themselves or no
-//! endpoint), update and de-register, each now and then through another identity's
-//! session (an impostor), and answer; and the hub reads and observes them
-//! while time moves. The layer is what `SecureLayer` does: a datagram arrives with the identity of
-//! the session at its address, and a datagram goes out only when
-//! [`Lwm2mServer::may_send_to`] allows it through that session (else
-//! [`Lwm2mServer::not_sent`] takes it back).
+//! endpoint), update, de-register, answer and notify, each now and then through another
+//! identity's session (an impostor); the key store moves identities between devices (which
+//! ends their sessions); and the hub reads and observes the devices while time moves. The
+//! layer is what `SecureLayer` does: a datagram arrives with the identity of the session
+//! at its address, and a datagram goes out only when [`Lwm2mServer::may_send_to`] allows
+//! it through that session (else [`Lwm2mServer::not_sent`] takes it back).
 //!
 //! Whatever happens:
-//! - a Register is accepted only from the identity of the device it names (or from a
-//!   device's identity naming none), and an Update or De-register only from the identity of
-//!   the device whose registration it names: no identity registers, moves or ends another
-//!   device, and the identity of no device registers nothing;
-//! - a request for a device leaves only through a session of that device's identity;
+//! - a Register is accepted only from an identity that belongs to the device it names (or,
+//!   naming none, from one that belongs to a device), and an Update or De-register only
+//!   from the identity the registration was made with, while it still belongs to the
+//!   device: no identity registers, moves or ends another device's registration;
+//! - a request for a device leaves only through a session of that identity;
 //! - an answer or a notification on a device's token through another identity's session
 //!   is neither taken as the device's nor moves its registration;
 //! - every operation ends exactly once within a bounded time, is reported `Sent` at most
 //!   once, never after it ended, and only once a datagram of it left.
+//!
+//! Not checked: that what should be taken is (a liveness rule: a notification through the
+//! owning identity is taken unless stale or from an address left lately), which is how a
+//! device's own notification from an address another registration held went unnoticed
+//! (tests/change_review_44.rs); bootstrap.
 
 use super::*;
 use crate::coap::{Code, Message, MessageType};

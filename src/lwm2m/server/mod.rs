@@ -1554,7 +1554,8 @@ impl Lwm2mServer {
     /// location is for an Update. From an address another registration holds, that one
     /// is displaced, as by an Update from there (its device is no longer at the
     /// address: NAT gave the port away, or two devices swapped). From another identity,
-    /// nothing changes (RST). From an address the registration left less than
+    /// nothing changes (it never gets here: `answer_from_stranger` drops it unseen). From
+    /// an address the registration left less than
     /// [`LEFT_ADDRESS_MEMORY`] ago, nothing moves: the device sent it before the
     /// rebinding and it arrived late; it is acknowledged if CON and dropped (an error
     /// response ends the observation). Called before the endpoint sees the datagram;
