@@ -290,6 +290,30 @@ impl World {
         ));
     }
 
+    /// Sends `code` (an Update or a De-register) to device `dev`'s location from `addr`,
+    /// through its identity or `impostor`'s; an answer `success` from an identity that
+    /// does not act for the device is a violation.
+    fn send_to_location(
+        &mut self,
+        addr: u8,
+        dev: u8,
+        impostor: Option<u8>,
+        code: Code,
+        success: Code,
+        what: &str,
+    ) {
+        let Some(location) = self.locations.get(&dev).cloned() else {
+            return;
+        };
+        let ident = impostor.unwrap_or(dev);
+        let m = self.con(code, &format!("/{location}"));
+        let answer = self.send(address(addr), ident, &m);
+        if answer.is_some_and(|a| a.code == success) && !self.acts_for(ident, dev) {
+            self.violations
+                .push(format!("i{ident} {what} e{dev}'s registration"));
+        }
+    }
+
     /// The hub submits `request` of `/3/0/(9 + dev)/<its number>` for device `dev`.
     fn submit(
         &mut self,
@@ -399,33 +423,19 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
                 addr,
                 dev,
                 impostor,
-            } => {
-                let Some(location) = w.locations.get(&dev).cloned() else {
-                    continue;
-                };
-                let ident = impostor.unwrap_or(dev);
-                let m = w.con(Code::POST, &format!("/{location}"));
-                let answer = w.send(address(addr), ident, &m);
-                if answer.is_some_and(|a| a.code == Code::CHANGED) && !w.acts_for(ident, dev) {
-                    w.violations
-                        .push(format!("i{ident} updated e{dev}'s registration"));
-                }
-            }
+            } => w.send_to_location(addr, dev, impostor, Code::POST, Code::CHANGED, "updated"),
             Op::Deregister {
                 addr,
                 dev,
                 impostor,
-            } => {
-                let Some(location) = w.locations.get(&dev).cloned() else {
-                    continue;
-                };
-                let ident = impostor.unwrap_or(dev);
-                let m = w.con(Code::DELETE, &format!("/{location}"));
-                let answer = w.send(address(addr), ident, &m);
-                if answer.is_some_and(|a| a.code == Code::DELETED) && !w.acts_for(ident, dev) {
-                    w.violations.push(format!("i{ident} de-registered e{dev}"));
-                }
-            }
+            } => w.send_to_location(
+                addr,
+                dev,
+                impostor,
+                Code::DELETE,
+                Code::DELETED,
+                "de-registered",
+            ),
             Op::Read { dev } => {
                 w.submit(&mut submitted, dev, |path| DeviceRequest::Read { path });
             }
