@@ -7,6 +7,7 @@
 //! was not told, and the twin showed the other device's address until its device talked.
 #![cfg(feature = "lwm2m")]
 
+mod hub_support;
 mod server_sim;
 
 use server_sim::{addr, events, notification, out, register, send, update};
@@ -441,5 +442,170 @@ fn a_restart_does_not_take_a_displaced_registration_back() {
         hub.twin("d").unwrap().connection_state == ConnectionState::Connected
             && port_of(&hub, "d") == Some(new_port)
     });
+    hub.stop();
+}
+
+/// Day 45, item 1, through the hub over UDP: a device whose NAT mapping changed
+/// notifies from its new port before any Update. The twin follows the address, and
+/// subscribers see that as a twin change only. Before, the server reported the move as a
+/// registration Update and the hub published a lifecycle `updated` event for an Update
+/// the device never sent.
+#[test]
+fn a_notification_from_a_new_address_is_no_lifecycle_update() {
+    use twinhub::Lwm2mPath;
+    use twinhub::hub::{HubEvent, LifecycleKind, SubscribeOptions};
+    use twinhub::transport::DeviceRequest;
+    use twinhub::twin::Scalar;
+    let hub = open_hub();
+    let lifecycle = hub
+        .subscribe(SubscribeOptions {
+            twins: false,
+            jobs: false,
+            ..SubscribeOptions::default()
+        })
+        .unwrap();
+    let hub_addr = hub.local_addr().unwrap();
+    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
+    let port = d.socket.local_addr().unwrap().port();
+    d.register("d");
+    wait_until("d's twin", || port_of(&hub, "d") == Some(port));
+    let reply = hub.request(
+        &DeviceId::new("d").unwrap(),
+        DeviceRequest::Observe {
+            path: Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    let observe = d.answer_observe(b"75");
+    reply.wait(Duration::from_secs(10)).unwrap();
+    // The NAT gives d's device a new port; its first word from there is a notification.
+    let moved = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 400);
+    let new_port = moved.socket.local_addr().unwrap().port();
+    moved.notify(&observe, 2, b"76");
+    wait_until("d's new address", || port_of(&hub, "d") == Some(new_port));
+    wait_until("the notification", || {
+        hub.twin("d").and_then(|t| {
+            t.device_properties
+                .get("BatteryLevel")
+                .map(|p| p.value.clone())
+        }) == Some(Scalar::from(76))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let seen: Vec<(String, LifecycleKind)> = std::iter::from_fn(|| lifecycle.try_recv().ok())
+        .filter_map(|e| match e {
+            HubEvent::Lifecycle(l) => Some((l.device, l.event)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![("d".to_owned(), LifecycleKind::Registered)],
+        "d sent no Update"
+    );
+    hub.stop();
+}
+
+/// `device`'s registration `r1` (the scripted transport's) moved to `port` without an
+/// Update.
+fn address_changed(device: &DeviceId, port: u16) -> DeviceEvent {
+    DeviceEvent::AddressChanged {
+        device: device.clone(),
+        registration_id: "r1".into(),
+        address: SocketAddr::from(([10, 0, 0, 7], port)),
+    }
+}
+
+/// Day 45, item 1, what the hub did on the `RegistrationUpdated` it no longer gets for
+/// a move without an Update: a sync observation whose Observe was in flight to the
+/// address left failed (`RegistrationEnded`, as the server fails what is stranded there)
+/// and is observed again at once, now that the device is reachable where it moved to,
+/// not at its next Update (up to its lifetime later). Before the fix, this hub never
+/// re-observed on `AddressChanged` (a displaced registration taking its address back was
+/// left without the observation the displacement failed).
+#[test]
+fn a_sync_observation_failed_by_a_move_is_observed_again_at_the_new_address() {
+    use hub_support::{Script, Scripted, observes, push, register};
+    use std::sync::{Arc, Mutex};
+    use twinhub::transport::{DeviceError, DeviceReply};
+    let device = DeviceId::new("d").unwrap();
+    let mut registry = Registry::new();
+    registry
+        .create(twinhub::twin::Twin::new(device.clone()))
+        .unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, HubConfig::default());
+    register(&hub, &script, &device);
+    wait_until("the sync Observes", || observes(&script).len() == 2);
+    let sync = observes(&script);
+    // The first is answered; the second was in flight when the device moved.
+    push(
+        &script,
+        DeviceEvent::Response {
+            op: sync[0].id,
+            device: device.clone(),
+            result: Ok(DeviceReply::Content(twinhub::Content {
+                values: Vec::new(),
+            })),
+        },
+    );
+    push(
+        &script,
+        DeviceEvent::Response {
+            op: sync[1].id,
+            device: device.clone(),
+            result: Err(DeviceError::RegistrationEnded),
+        },
+    );
+    push(&script, address_changed(&device, 9));
+    wait_until("the lost path observed again", || {
+        observes(&script).len() == 3
+    });
+    let again = observes(&script).remove(2);
+    assert_eq!(again.request, sync[1].request);
+    assert_eq!(port_of(&hub, "d"), Some(9));
+    hub.stop();
+}
+
+/// Day 45, item 1, the job engine's side: a job's step in flight to the address its
+/// device left failed with `RegistrationEnded` (sent, outcome unknown), so the engine took
+/// the device for gone and the child waits for it. A move without an Update
+/// (`AddressChanged`) says it is registered and reachable: the step goes again at once.
+/// Before, only a registration Update or a Register brought the child back, so after a
+/// move by notification (or a displaced registration taking its address back) the job
+/// waited for the device's next Update, up to its lifetime, or timed out.
+#[test]
+fn a_job_step_failed_by_a_move_goes_again_at_the_new_address() {
+    use hub_support::{Script, Scripted, job_ops, push, register, start_config_job};
+    use std::sync::{Arc, Mutex};
+    use twinhub::transport::DeviceError;
+    let device = DeviceId::new("d").unwrap();
+    let mut registry = Registry::new();
+    registry
+        .create(twinhub::twin::Twin::new(device.clone()))
+        .unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let config = HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    };
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
+    register(&hub, &script, &device);
+    let job = twinhub::job::JobId::new("cfg").unwrap();
+    start_config_job(&hub, &job, &device);
+    wait_until("the Write", || job_ops(&script).len() == 1);
+    let write = job_ops(&script).remove(0);
+    push(
+        &script,
+        DeviceEvent::Response {
+            op: write.id,
+            device: device.clone(),
+            result: Err(DeviceError::RegistrationEnded),
+        },
+    );
+    wait_until("the child waits for its device", || {
+        hub.job_statistics(&job).unwrap().waiting_for_device == 1
+    });
+    push(&script, address_changed(&device, 9));
+    wait_until("the Write again", || job_ops(&script).len() == 2);
+    assert_eq!(job_ops(&script)[1].request, write.request);
     hub.stop();
 }

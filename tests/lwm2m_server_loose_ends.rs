@@ -182,7 +182,9 @@ fn a_notification_from_a_new_address_ends_the_takeover_probe_of_the_old_one() {
     out(&mut s);
     let evs = events(&mut s);
     assert!(
-        evs.iter().any(|e| matches!(e, DeviceEvent::RegistrationUpdated { registration, .. } if registration.address == Some(addr(3)))),
+        evs.iter().any(
+            |e| matches!(e, DeviceEvent::AddressChanged { address, .. } if *address == addr(3))
+        ),
         "{evs:?}"
     );
     let stray: Vec<Message> = run(&mut s, t0, 60, addr(1))
@@ -652,4 +654,87 @@ fn a_read_behind_a_takeover_probe_is_reported_sent_when_it_leaves() {
     send(&mut s, t1, addr(1), &answer);
     assert_eq!(reads_out(&out(&mut s)), [9]);
     assert_eq!(sent_ops(&events(&mut s)), [1]);
+}
+
+/// The addresses `evs` report `ep`'s registration moved to without an Update
+/// (`AddressChanged`).
+fn address_changes(evs: &[DeviceEvent], ep: &str) -> Vec<SocketAddr> {
+    evs.iter()
+        .filter_map(|e| match e {
+            DeviceEvent::AddressChanged {
+                device, address, ..
+            } if device.as_str() == ep => Some(*address),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Day 45, item 1. Before: a fresh notification from a new address (NAT rebinding seen
+/// first in a notification) moved the registration and was reported as
+/// `RegistrationUpdated`, so the hub published a lifecycle `updated` event although the
+/// device sent no Update (nothing it announced changed, its lifetime was not refreshed;
+/// Leshan fires `updated` for an Update only). Now it is reported as `AddressChanged`
+/// with the new address, as a displaced registration's taking its address back is: after
+/// the request stranded at the old address failed, before the notification. From a free
+/// address and from one another registration holds (that one is displaced).
+#[test]
+fn a_notification_from_a_new_address_is_reported_as_an_address_change() {
+    for (to, held_by_b) in [(addr(3), false), (addr(2), true)] {
+        let mut s = server();
+        let t0 = Instant::now();
+        let location = register(&mut s, t0, addr(1), "a", 10);
+        if held_by_b {
+            register(&mut s, t0, addr(2), "b", 11);
+        }
+        events(&mut s);
+        let observe = observed(&mut s, t0, 1, true);
+        events(&mut s);
+        // A Read to port 1, unanswered: stranded there by the move.
+        read(&mut s, t0, 2, "a", 10);
+        events(&mut s);
+        out(&mut s);
+        let mut note = Message::new(MessageType::NonConfirmable, Code::CONTENT, 800);
+        note.with_token(observe.token());
+        note.set_observe(3);
+        note.payload = b"81".to_vec();
+        send(&mut s, t0, to, &note);
+        out(&mut s);
+        let evs = events(&mut s);
+        assert!(
+            !evs.iter()
+                .any(|e| matches!(e, DeviceEvent::RegistrationUpdated { .. })),
+            "the device sent no Update ({to}): {evs:?}"
+        );
+        assert_eq!(address_changes(&evs, "a"), [to], "{evs:?}");
+        let at = |what: &dyn Fn(&DeviceEvent) -> bool| evs.iter().position(what);
+        let stranded = at(&|e| {
+            matches!(
+                e,
+                DeviceEvent::Response {
+                    op: OpId(2),
+                    result: Err(twinhub::transport::DeviceError::RegistrationEnded),
+                    ..
+                }
+            )
+        });
+        let moved = at(&|e| {
+            matches!(e, DeviceEvent::AddressChanged { registration_id, .. }
+                if location == format!("rd/{registration_id}"))
+        });
+        let notified = at(&|e| matches!(e, DeviceEvent::Notification { .. }));
+        assert!(
+            stranded.is_some() && stranded < moved && moved < notified,
+            "{evs:?}"
+        );
+        assert_eq!(address_of(&s, "a"), Some(to));
+        if held_by_b {
+            assert_eq!(address_of(&s, "b"), None);
+            assert!(
+                evs.iter().any(
+                    |e| matches!(e, DeviceEvent::Displaced { device, .. } if device.as_str() == "b")
+                ),
+                "{evs:?}"
+            );
+        }
+    }
 }

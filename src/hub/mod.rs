@@ -37,10 +37,14 @@
 //! (the registration lives, its device is probably alive behind a new mapping, and it
 //! said nothing). Subscribers see it as a twin change (the registration). The device's
 //! next Update brings the address back (a lifecycle `updated` event, with it); so does
-//! its fresh notification from the address it lost, once no other registration holds it
-//! ([`DeviceEvent::AddressChanged`]), as a twin change only: that is no registration
-//! Update (the lifetime is not refreshed, nothing announced changed), and Leshan, too,
-//! fires `updated` for an Update only. A twin that kept showing the old address would
+//! its fresh notification from a new address, or from the address it lost once no other
+//! registration holds it ([`DeviceEvent::AddressChanged`]), as a twin change only: that
+//! is no registration Update (the lifetime is not refreshed, nothing announced changed),
+//! and Leshan, too, fires `updated` for an Update only. The same holds for any
+//! registration whose device's first word from a new address (NAT rebinding) is a
+//! notification. Either way the device is reachable again: sync observations the move
+//! failed are observed again at once, and a job step it failed goes again, as after an
+//! Update. A twin that kept showing the old address would
 //! point at the other device. A restarted hub does not take a displaced registration
 //! back (`Hub::bind_udp` takes back the registrations it can reach, and no address is
 //! known to reach this one's device at): its twin is marked disconnected, as one whose
@@ -57,7 +61,8 @@
 //! property updates. A device that registers again is observed again. A sync observation
 //! that fails (an error or no answer to the Observe) or ends (the device declines it,
 //! cancels it, answers a notification with an error) is observed again on the device's
-//! next registration Update.
+//! next registration Update, or when its registration moves without one
+//! ([`DeviceEvent::AddressChanged`]).
 //!
 //! **Threads.** A `Hub` is `Clone + Send + Sync`: call it from as many threads as you like.
 //! Reads take the registry's read lock; a write returns once the twin and every index
@@ -2157,15 +2162,20 @@ impl Inner {
                 address,
             } => {
                 // No Update (no lifecycle event): the twin's registration shows where its
-                // device is again, a twin change. Connection state and
-                // `lastActivityTime` are the notification's to move (it follows).
+                // device is now, a twin change. Connection state and `lastActivityTime`
+                // are the notification's to move (it follows). The device is reachable
+                // there: the sync observations a move failed (an Observe in flight to
+                // the address left, or to the one it was displaced from, fails with
+                // `RegistrationEnded`) are observed again now, as after an Update, not
+                // at its next Update (up to its lifetime later).
                 if set_registration_address(reg, device, registration_id, Some(*address)) {
                     crate::trace_event!(
                         info,
                         device = device.as_str(),
                         address = %address,
-                        "registration took its address back"
+                        "registration moved without an Update"
                     );
+                    self.resync(device, ops);
                 }
             }
             DeviceEvent::TimedOut { device, op } => {

@@ -919,6 +919,23 @@ impl JobEngine {
                     self.on_registered(now, c);
                 }
             }
+            DeviceEvent::AddressChanged { device, .. } => {
+                // The device's registration lives and moved without an Update (its
+                // notification from a new address, or from the one it was displaced
+                // from): it is reachable again, as after an Update. A step the move
+                // failed (`RegistrationEnded` at the address left) goes again now, not
+                // at the device's next Update.
+                let was_offline = self
+                    .devices
+                    .get_mut(device)
+                    .is_some_and(|d| std::mem::take(&mut d.offline));
+                if was_offline
+                    && let Some(&c) = self.holders.get(device)
+                    && self.children[c as usize].state == ChildState::WaitingForDevice
+                {
+                    self.on_registered(now, c);
+                }
+            }
             DeviceEvent::Deregistered { device } | DeviceEvent::Expired { device } => {
                 *self.device_mut(device) = DeviceState {
                     offline: true,

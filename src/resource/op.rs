@@ -408,10 +408,10 @@ pub enum DeviceEvent {
     /// notification came from it (a NAT gave the port to that device, or two devices
     /// swapped ports). The registration goes on (its device is probably alive behind a
     /// new mapping), but nothing is sent to it until its device talks from where it is
-    /// now: an Update (or a notification) from a new address comes as a
+    /// now: an Update from a new address comes as a
     /// [`DeviceEvent::RegistrationUpdated`] with that address, a fresh notification from
-    /// the address it lost, once no other registration holds it, as a
-    /// [`DeviceEvent::AddressChanged`]. Sent once per loss.
+    /// a new address, or from the address it lost once no other registration holds it,
+    /// as a [`DeviceEvent::AddressChanged`]. Sent once per loss.
     Displaced {
         /// The device whose registration lost its address.
         device: DeviceId,
@@ -422,11 +422,15 @@ pub enum DeviceEvent {
     /// A live registration's address changed without a registration Update: its
     /// lifetime was not refreshed and nothing the device announced changed, so it is no
     /// Update to report (Leshan, too, moves a registration on a notification without
-    /// telling its registration listeners of an update). The bundled server reports so a
-    /// [`DeviceEvent::Displaced`] registration that takes back the address it lost: a
-    /// fresh notification of one of its observations came from there once no other
-    /// registration held it, so its device talks from there again. The notification
-    /// itself follows as a [`DeviceEvent::Notification`] (unless it cannot be decoded).
+    /// telling its registration listeners of an update). The bundled server reports so
+    /// a fresh notification of one of a registration's observations from another address
+    /// than the registration's (NAT rebinding seen first in a notification: its device
+    /// talks from there now; requests in flight to the address left fail first), and a
+    /// [`DeviceEvent::Displaced`] registration that takes back the address it lost (such
+    /// a notification came from there once no other registration held it). The
+    /// notification itself follows as a [`DeviceEvent::Notification`] (unless it cannot
+    /// be decoded). The device is reachable at `address`: a host resumes what the move
+    /// failed, as after an Update.
     AddressChanged {
         /// The device.
         device: DeviceId,

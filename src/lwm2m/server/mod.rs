@@ -44,13 +44,18 @@
 //!   first message after a rebinding may well be a notification: a fresh notification
 //!   (RFC 7641 freshness; an error response too) from a new address, carrying the token
 //!   of one of a registration's observations, moves the registration there as an Update
-//!   would ([`DeviceEvent::RegistrationUpdated`] with the new address, requests in flight
-//!   to the old one failed first), without refreshing its lifetime, which only an Update
-//!   does. The token is the proof, as the location is for an Update: a random 64-bit
-//!   number from the OS CSPRNG that only the device and the server know (over plain CoAP
-//!   an on-path observer sees it too); over DTLS the datagram must also come through a
-//!   session of the identity the device registered with, still bound to it, and from
-//!   any other identity (or none) it gets RST and changes nothing. This is what Leshan
+//!   would (requests in flight to the old address failed first), without refreshing its
+//!   lifetime, which only an Update does. It is reported as
+//!   [`DeviceEvent::AddressChanged`] with the new address, not as an Update: nothing the
+//!   device announced changed, and Leshan, too, tells its registration listeners of an
+//!   update only for a registration Update (before, it was reported as
+//!   [`DeviceEvent::RegistrationUpdated`], and the hub published a lifecycle `updated`
+//!   event for an Update the device never sent). The token is the proof, as the
+//!   location is for an Update: a random 64-bit number from the OS CSPRNG that only the
+//!   device and the server know (over plain CoAP an on-path observer sees it too); over
+//!   DTLS the datagram must also come through a session of the identity the device
+//!   registered with, still bound to it, and from any other identity (or none) it is
+//!   dropped unseen and changes nothing. This is what Leshan
 //!   does over DTLS (notifications are matched by the session's identity, not the
 //!   address) and offers for plain CoAP as an option (update the registration on a
 //!   notification); Californium's strict address matching would drop the observation
@@ -697,8 +702,10 @@ impl Lwm2mServer {
     /// where the server sends the device's requests, and `None` while the registration is
     /// displaced ([`DeviceEvent::Displaced`]: another device spoke from its address, which
     /// is that device's now, and nothing is sent to this one until its device talks from
-    /// where it is), as the hub's twin shows it; the device's next Update or notification
-    /// brings an address back ([`DeviceEvent::RegistrationUpdated`]).
+    /// where it is), as the hub's twin shows it; the device's next Update brings an
+    /// address back ([`DeviceEvent::RegistrationUpdated`]), and so does its fresh
+    /// notification from a new address, or from the one it lost once that is free
+    /// ([`DeviceEvent::AddressChanged`]).
     pub fn registration(&self, device: &DeviceId) -> Option<&RegistrationInfo> {
         let slot = *self.by_endpoint.get(device)?;
         self.slot(slot).map(|r| &r.info)
@@ -1599,10 +1606,15 @@ impl Lwm2mServer {
         // The registration's owner is alive: a takeover probe under way is answered
         // (`follow_address`).
         self.follow_address(now, slot, peer);
+        // No Update: the lifetime is not refreshed and nothing the device announced
+        // changed, so it is reported as a move, as a displaced registration's taking its
+        // address back is (`reclaim_address`). Reported as an Update, the hub published a
+        // lifecycle `updated` event for an Update the device never sent.
         if let Some(reg) = self.slot(slot) {
-            self.events.push_back(DeviceEvent::RegistrationUpdated {
+            self.events.push_back(DeviceEvent::AddressChanged {
                 device: reg.device.clone(),
-                registration: reg.info.clone(),
+                registration_id: reg.info.registration_id.clone(),
+                address: peer,
             });
         }
         false

@@ -2642,8 +2642,9 @@ fn a_register_from_another_registrations_address_displaces_it() {
 
 /// NAT rebinding seen first in a notification (before any Update): the token of one of the
 /// registration's observations proves the device, as the location does for an Update.
-/// The registration follows the new address (reported as an Update, with no lifetime
-/// refresh), the notification is delivered, requests in flight to the old address fail
+/// The registration follows the new address (reported as [`DeviceEvent::AddressChanged`],
+/// not as an Update: no lifetime refresh, nothing announced changed), the notification
+/// is delivered, requests in flight to the old address fail
 /// with RegistrationEnded and the next ones go to the new address.
 #[test]
 fn a_notification_from_a_new_address_moves_the_registration() {
@@ -2684,9 +2685,14 @@ fn a_notification_from_a_new_address_moves_the_registration() {
         )
     });
     let updated = ev.iter().position(|e| {
-        matches!(e, DeviceEvent::RegistrationUpdated { registration, .. }
-            if registration.address == Some(b) && registration.registration_id == location)
+        matches!(e, DeviceEvent::AddressChanged { address, registration_id, .. }
+            if *address == b && *registration_id == location)
     });
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, DeviceEvent::RegistrationUpdated { .. })),
+        "no Update came: {ev:?}"
+    );
     let notified = ev.iter().position(|e| {
         *e == DeviceEvent::Notification {
             device: dev("d"),
