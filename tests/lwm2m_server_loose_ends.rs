@@ -738,3 +738,87 @@ fn a_notification_from_a_new_address_is_reported_as_an_address_change() {
         }
     }
 }
+
+/// Day 45, item 3. `b` is registered at port 1, and a Bootstrap-Request of `a` came from
+/// port 1 too (one CoAP endpoint for both). While the session's Bootstrap-Finish is out
+/// there, the hub's Read of `b` waits in `b`'s queue (the CoAP NSTART of port 1 is the
+/// Finish's; rightly not `Sent`). Then `a`'s device registers here from port 2, which
+/// counts as the Finish's answer: the Finish is forgotten, and port 1 is free. Before,
+/// nothing pumped `b` then, so its Read waited until `b`'s device next talked or
+/// `queue_timeout` (600 s) failed it; as a failed bootstrap request does since f3e8f02,
+/// the forgotten Finish now lets it go at once, reported `Sent` after `a`'s
+/// `Registered`.
+#[test]
+fn a_read_held_behind_a_finish_goes_out_when_a_register_settles_it() {
+    use twinhub::lwm2m::server::BootstrapPlan;
+    let mut s = server().with_bootstrap(Box::new(|_| {
+        Some(BootstrapPlan {
+            delete_first: false,
+            ..BootstrapPlan::new(Vec::new())
+        })
+    }));
+    let t0 = Instant::now();
+    register(&mut s, t0, addr(1), "b", 10);
+    events(&mut s);
+    let mut bs = con(Code::POST, "/bs", 20);
+    bs.add_uri_query("ep=a");
+    send(&mut s, t0, addr(1), &bs);
+    // Each bootstrap request is answered until the Finish is out.
+    let mut finish = None;
+    for _ in 0..4 {
+        let sent = out(&mut s);
+        let Some((_, request)) = sent
+            .into_iter()
+            .find(|(to, m)| *to == addr(1) && m.mtype == MessageType::Confirmable)
+        else {
+            break;
+        };
+        if request.code == Code::POST && request.uri_path_string() == "bs" {
+            finish = Some(request);
+            break;
+        }
+        let mut answer = Message::new(
+            MessageType::Acknowledgement,
+            Code::CONTENT,
+            request.message_id,
+        );
+        answer.with_token(request.token());
+        send(&mut s, t0, addr(1), &answer);
+    }
+    assert!(finish.is_some(), "the Finish went out");
+    events(&mut s);
+    read(&mut s, t0, 1, "b", 9);
+    let is_read = |m: &Message| m.code == Code::GET && m.uri_path_string() == "3/0/9";
+    assert!(
+        !out(&mut s).iter().any(|(_, m)| is_read(m)),
+        "held behind the Finish"
+    );
+    assert_eq!(sent_ops(&events(&mut s)), Vec::<u64>::new());
+    // a's device applied the Finish (its answers lost) and registers from port 2.
+    let (_, sent) = server_sim::register_with(&mut s, t0, addr(2), "a", 21, &[]);
+    let evs = events(&mut s);
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            DeviceEvent::Bootstrap {
+                outcome: twinhub::transport::BootstrapOutcome::Finished,
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+    assert!(
+        sent.iter().any(|(to, m)| *to == addr(1) && is_read(m)),
+        "port 1 is free once the Finish is settled: b's Read goes: {sent:?}"
+    );
+    let registered = evs.iter().position(
+        |e| matches!(e, DeviceEvent::Registered { device, .. } if device.as_str() == "a"),
+    );
+    let went = evs
+        .iter()
+        .position(|e| matches!(e, DeviceEvent::Sent { op: OpId(1), .. }));
+    assert!(
+        registered.is_some() && registered < went,
+        "b's Read reported Sent, after a's Registered: {evs:?}"
+    );
+}

@@ -29,7 +29,11 @@
 //! hub that hosts both), an accepted Register of the session's endpoint while its Finish
 //! is out counts as the Finish's answer: a device registers only once it applied the
 //! Finish, so the session ends finished (reported before the registration) and the
-//! Finish is not sent again, even if every answer to it was lost. Otherwise a Finish
+//! Finish is not sent again, even if every answer to it was lost; requests of another
+//! registration at the session's address that waited behind the Finish (CoAP NSTART)
+//! go then, after the Register is reported (before, they waited until that
+//! registration's device next talked, or [`ServerConfig::queue_timeout`](super::ServerConfig::queue_timeout)
+//! failed them). Otherwise a Finish
 //! that times out (no answer got through) is reported failed, as in Leshan's bootstrap
 //! session, although the device may have applied it and registered elsewhere: this
 //! server cannot tell.
@@ -449,13 +453,18 @@ impl Lwm2mServer {
     /// A Register of `endpoint` was accepted here: a session of that endpoint whose
     /// Finish is out but unanswered ends finished (the device only registers once it
     /// applied the Finish; its answers were lost), and the Finish is not sent again.
-    pub(super) fn bootstrap_registered(&mut self, now: Instant, endpoint: &str) {
-        let Some(peer) = self.bootstraps.sessions.iter().find_map(|(peer, s)| {
+    /// Returns the session's address, free now for the requests of a registration there
+    /// that waited behind the Finish (CoAP NSTART): the caller pumps it, once the
+    /// Register is reported.
+    pub(super) fn bootstrap_registered(
+        &mut self,
+        now: Instant,
+        endpoint: &str,
+    ) -> Option<SocketAddr> {
+        let peer = self.bootstraps.sessions.iter().find_map(|(peer, s)| {
             let finishing = matches!(s.current, Some((_, Step::Finish)));
             (finishing && s.endpoint == endpoint).then_some(*peer)
-        }) else {
-            return;
-        };
+        })?;
         if let Some((rid, _)) = self
             .bootstraps
             .sessions
@@ -466,6 +475,7 @@ impl Lwm2mServer {
             self.endpoint.forget_request(now, rid);
         }
         self.end_bootstrap(peer, Ok(()));
+        Some(peer)
     }
 
     fn end_bootstrap(&mut self, peer: SocketAddr, result: Result<(), String>) {

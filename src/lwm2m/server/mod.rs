@@ -1190,12 +1190,20 @@ impl Lwm2mServer {
         self.by_reg_id.insert(reg_id, slot);
         self.timers
             .push(Reverse((expires, Timer::Expiry { slot, generation })));
-        self.bootstrap_registered(now, &info.endpoint);
+        let finished_at = self.bootstrap_registered(now, &info.endpoint);
         self.events.push_back(DeviceEvent::Registered {
             device,
             registration: info,
         });
         self.pump(now, slot);
+        // The bootstrap session's Finish, forgotten, held the CoAP NSTART of its address:
+        // another registration there may have requests waiting behind it, and no
+        // datagram of its device pumps them now (as when a bootstrap request fails).
+        if let Some(&other) = finished_at.and_then(|p| self.by_addr.get(&p))
+            && other != slot
+        {
+            self.pump(now, other);
+        }
         (Code::CREATED, Some(location_id(reg_id)))
     }
 
