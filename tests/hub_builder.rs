@@ -214,3 +214,47 @@ fn build_reports_what_is_wrong() {
         .unwrap();
     assert_eq!(hub.registry().read().len(), 2);
 }
+
+/// Day 45, item 2. Before: a server configuration with `nstart: 0` (or any setting that
+/// leaves the server inert) started a hub that never sent a request, without a word.
+/// Now `build`, `Hub::bind_udp` and `UdpServer::bind` refuse it with the typed error,
+/// and bind nothing; a custom transport does not use the server's settings and is not
+/// refused for them.
+#[test]
+fn build_refuses_an_inert_server_configuration() {
+    use twinhub::hub::HubConfig;
+    use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, ServerConfigError, UdpServer};
+    let inert = HubConfig {
+        server: ServerConfig {
+            nstart: 0,
+            ..ServerConfig::default()
+        },
+        ..HubConfig::default()
+    };
+    let err = Hub::builder()
+        .config(inert.clone())
+        .udp("127.0.0.1:0")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, BuildError::Config(ServerConfigError::Zero("nstart"))),
+        "{err}"
+    );
+    let err = Hub::bind_udp("127.0.0.1:0", Registry::new(), inert.clone()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<ServerConfigError>()),
+        Some(&ServerConfigError::Zero("nstart")),
+        "{err}"
+    );
+    let err = UdpServer::bind("127.0.0.1:0", Lwm2mServer::new(inert.server.clone())).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    // The server's settings are not a custom transport's.
+    let hub = Hub::builder()
+        .config(inert)
+        .transport(MemoryTransport::new(MemoryConfig::default()))
+        .build()
+        .unwrap();
+    hub.stop();
+}

@@ -40,7 +40,10 @@ impl Hub {
     /// credentials can complete a handshake, and a device registers only under the
     /// endpoint its identity belongs to (LWM2M 1.1: `ep` may be left out). The DTLS
     /// bounds are [`HubConfig::dtls`]. Credentials already in the registry's twins are
-    /// loaded; add more with [`Hub::set_psk`].
+    /// loaded; add more with [`Hub::set_psk`]. Server settings that
+    /// [`ServerConfig::validate`](crate::lwm2m::server::ServerConfig::validate) refuses
+    /// are an [`InvalidInput`](std::io::ErrorKind::InvalidInput) error, as for
+    /// [`Hub::bind_udp`].
     ///
     /// ```no_run
     /// use twinhub::dtls::{PskCredentials, PskKey};
@@ -74,6 +77,7 @@ impl Hub {
         config: HubConfig,
         parts: super::builder::ServerParts,
     ) -> std::io::Result<Hub> {
+        super::udp::checked_server_config(&config)?;
         let store = PskStore::new();
         {
             // An identity two twins claim (written around the hub, or before it had a

@@ -305,7 +305,8 @@ pub struct HubConfig {
     /// never adopted (no tags, no service properties, no credentials) is removed, 24 h.
     #[serde(with = "crate::time::millis", rename = "autoProvisionExpiryMs")]
     pub auto_provision_expiry: Duration,
-    /// The bundled LWM2M server's settings (used by `Hub::bind_udp` and `Hub::bind_dtls`).
+    /// The bundled LWM2M server's settings (used by `Hub::bind_udp` and `Hub::bind_dtls`,
+    /// which refuse what [`ServerConfig::validate`] refuses).
     #[cfg(feature = "lwm2m")]
     pub server: ServerConfig,
     /// The DTLS layer's bounds (used by `Hub::bind_dtls`).

@@ -19,7 +19,11 @@ use std::time::{Duration, Instant};
 impl Hub {
     /// Starts a hub with the bundled LWM2M server on a UDP socket (`"0.0.0.0:5683"`, or
     /// `"127.0.0.1:0"` for an ephemeral port). Only devices that exist in the registry and
-    /// are enabled may register, unless [`HubConfig::auto_provision`] is set.
+    /// are enabled may register, unless [`HubConfig::auto_provision`] is set. Server
+    /// settings that [`ServerConfig::validate`] refuses are an
+    /// [`InvalidInput`](std::io::ErrorKind::InvalidInput) error carrying the
+    /// [`ServerConfigError`](crate::lwm2m::server::ServerConfigError) (`get_ref`), and
+    /// nothing starts.
     pub fn bind_udp(
         addr: impl ToSocketAddrs,
         registry: Registry,
@@ -40,6 +44,7 @@ impl Hub {
         config: HubConfig,
         parts: ServerParts,
     ) -> std::io::Result<Hub> {
+        checked_server_config(&config)?;
         let provisioned = AutoProvisioned::for_config(&config);
         let packages = stored_packages(&config)?;
         let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts, &packages);
@@ -445,4 +450,14 @@ mod tests {
             assert_eq!(parse(scheme, bad), None, "{scheme}://{bad}");
         }
     }
+}
+
+/// [`HubConfig::server`] as [`ServerConfig::validate`] checks it, as the I/O error the
+/// hub's `bind_*` calls return: [`InvalidInput`](std::io::ErrorKind::InvalidInput) with
+/// the [`ServerConfigError`](crate::lwm2m::server::ServerConfigError) inside.
+pub(super) fn checked_server_config(config: &HubConfig) -> std::io::Result<()> {
+    config
+        .server
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }

@@ -109,21 +109,27 @@ pub struct ServerConfig {
     /// Accept any endpoint when no authorization hook is installed. Off by default: without
     /// a hook and without this, every Register is refused with 4.03.
     pub auto_provision: bool,
-    /// How long past its lifetime a registration survives before it expires.
+    /// How long past its lifetime a registration survives before it expires. Zero is
+    /// allowed (it expires at the end of its lifetime); at most [`MAX_CONFIG_DURATION`].
     #[serde(with = "crate::time::millis", rename = "lifetimeGraceMs")]
     pub lifetime_grace: Duration,
-    /// Most registrations held at once; further Registers get 5.03.
+    /// Most registrations held at once; further Registers get 5.03. At least 1.
     pub max_registrations: usize,
     /// What a Register from another address does to a live registration of the same
     /// endpoint (default: probe the old address for 5 s).
     pub takeover: Takeover,
-    /// Most operations waiting per device (queue mode, or behind the one in flight).
+    /// Most operations waiting per device (queue mode, or behind the one in flight);
+    /// one more is failed at once ([`DeviceError::QueueFull`](crate::transport::DeviceError::QueueFull)).
+    /// At least 1: every operation passes through the queue, so with 0 every one failed.
     pub queue_capacity: usize,
-    /// How long an operation may wait in a device's queue before it times out.
+    /// How long an operation may wait in a device's queue before it times out. Above
+    /// zero (with zero a sleeping device could never be reached) and at most
+    /// [`MAX_CONFIG_DURATION`].
     #[serde(with = "crate::time::millis", rename = "queueTimeoutMs")]
     pub queue_timeout: Duration,
     /// How long a queue-mode device stays reachable after it last talked
-    /// (LWM2M: MAX_TRANSMIT_WAIT, 93 s).
+    /// (LWM2M: MAX_TRANSMIT_WAIT, 93 s). Above zero (with zero a queue-mode device is
+    /// never taken as awake, and nothing reaches it) and at most [`MAX_CONFIG_DURATION`].
     #[serde(with = "crate::time::millis", rename = "awakeWindowMs")]
     pub awake_window: Duration,
     /// Requests in flight per device at once (CoAP NSTART, 1): sent and not answered
@@ -133,14 +139,159 @@ pub struct ServerConfig {
     /// the two holds, and the others wait in the device's queue (reported
     /// [`Sent`](crate::transport::DeviceEvent::Sent) when they go, counted against
     /// [`queue_capacity`](Self::queue_capacity) and
-    /// [`queue_timeout`](Self::queue_timeout)). 0 sends nothing: every request waits
-    /// until it times out.
+    /// [`queue_timeout`](Self::queue_timeout)). At least 1 ([`ServerConfig::validate`]:
+    /// with 0 nothing would ever be sent).
     pub nstart: usize,
     /// The CoAP message layer's settings (timers, bounds, block size). The server's
     /// default raises the peer and duplicate-detection bounds for large fleets, limits a
     /// Block1 registration to [`MAX_LINK_PAYLOAD`](super::MAX_LINK_PAYLOAD) while it is
-    /// reassembled, and a peer's unfinished uploads to 64 KiB.
+    /// reassembled, and a peer's unfinished uploads to 64 KiB. [`ServerConfig::validate`]
+    /// refuses those of its settings that would leave the server inert (see there).
     pub coap: EndpointConfig,
+}
+
+/// The longest duration a [`ServerConfig`] takes, a year: longer ones are refused
+/// ([`ServerConfigError::TooLong`]). Time-outs and windows are added to the clock, and
+/// one as long as [`Duration::MAX`] would overflow it (a panic on the server's thread);
+/// nothing a device or a hub needs waits a year (a registration's own lifetime, at most
+/// 2^32 s, is the device's, not a setting).
+pub const MAX_CONFIG_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Why [`ServerConfig::validate`] refused a configuration. Each names the setting by its
+/// JSON member (`nstart`, `coap.maxPeers`, `takeover.probeTimeoutMs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum ServerConfigError {
+    /// A count is 0 that must be at least 1: with it the server would be inert (nothing
+    /// sent, every registration or operation refused).
+    Zero(&'static str),
+    /// A time-out or window is zero that must be above it: every request would time out
+    /// at once, or a sleeping device never be reached.
+    ZeroDuration(&'static str),
+    /// A duration is longer than [`MAX_CONFIG_DURATION`].
+    TooLong(&'static str),
+    /// `coap.blockSzx` is above 6 (1024-byte blocks): 7 is reserved (RFC 7959 §2.2),
+    /// and a larger one is no block size.
+    BlockSize(u8),
+}
+
+impl std::fmt::Display for ServerConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerConfigError::Zero(what) => write!(f, "{what} must be at least 1"),
+            ServerConfigError::ZeroDuration(what) => write!(f, "{what} must be above zero"),
+            ServerConfigError::TooLong(what) => write!(
+                f,
+                "{what} must be at most {} ms (a year)",
+                MAX_CONFIG_DURATION.as_millis()
+            ),
+            ServerConfigError::BlockSize(szx) => {
+                write!(
+                    f,
+                    "coap.blockSzx must be at most 6 (1024-byte blocks), not {szx}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ServerConfigError {}
+
+impl ServerConfig {
+    /// Checks the settings that would leave the server inert or overflow its clock:
+    ///
+    /// - counts at least 1: `nstart`, `maxRegistrations`, `queueCapacity`, and of
+    ///   `coap`: `nstart` (with 0 nothing is sent), `maxPeers` (every datagram
+    ///   dropped), `maxOutstandingRequests` (no request can be sent),
+    ///   `maxPendingRequests` and `maxPendingRequestsPerPeer` (every Register answered
+    ///   5.03);
+    /// - durations above zero: `queueTimeoutMs`, `awakeWindowMs`,
+    ///   `takeover.probeTimeoutMs` (a probe nobody can answer: use `replace`), and of
+    ///   `coap`: `ackTimeoutMs` and `responseTimeoutMs` (every request would fail at
+    ///   once);
+    /// - every duration, `lifetimeGraceMs` and `coap`'s included, at most
+    ///   [`MAX_CONFIG_DURATION`];
+    /// - `coap.blockSzx` at most 6.
+    ///
+    /// The first setting found wrong is reported. [`UdpServer::bind`](super::UdpServer::bind),
+    /// `Hub::bind_udp`, `Hub::bind_dtls` and `HubBuilder::build` call it and start nothing
+    /// on a refusal; [`Lwm2mServer::new`](super::Lwm2mServer::new) does not (it cannot
+    /// fail): a sans-IO user calls it first. What the other bounds of `coap` do at 0 is
+    /// documented on [`EndpointConfig`]; none of them stops the server.
+    ///
+    /// ```
+    /// use twinhub::lwm2m::server::{ServerConfig, ServerConfigError};
+    /// assert_eq!(ServerConfig::default().validate(), Ok(()));
+    /// let inert = ServerConfig { nstart: 0, ..ServerConfig::default() };
+    /// assert_eq!(inert.validate(), Err(ServerConfigError::Zero("nstart")));
+    /// ```
+    pub fn validate(&self) -> Result<(), ServerConfigError> {
+        let coap = &self.coap;
+        let counts = [
+            ("nstart", self.nstart),
+            ("maxRegistrations", self.max_registrations),
+            ("queueCapacity", self.queue_capacity),
+            ("coap.nstart", coap.nstart),
+            ("coap.maxPeers", coap.max_peers),
+            ("coap.maxOutstandingRequests", coap.max_outstanding_requests),
+            ("coap.maxPendingRequests", coap.max_pending_requests),
+            (
+                "coap.maxPendingRequestsPerPeer",
+                coap.max_pending_requests_per_peer,
+            ),
+        ];
+        if let Some((what, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(ServerConfigError::Zero(what));
+        }
+        let probe = match self.takeover {
+            Takeover::ProbeOldAddress { probe_timeout } => Some(probe_timeout),
+            Takeover::Replace => None,
+        };
+        // (name, value, must be above zero)
+        let durations = [
+            ("lifetimeGraceMs", Some(self.lifetime_grace), false),
+            ("queueTimeoutMs", Some(self.queue_timeout), true),
+            ("awakeWindowMs", Some(self.awake_window), true),
+            ("takeover.probeTimeoutMs", probe, true),
+            ("coap.ackTimeoutMs", Some(coap.ack_timeout), true),
+            ("coap.responseTimeoutMs", Some(coap.response_timeout), true),
+            (
+                "coap.exchangeLifetimeMs",
+                Some(coap.exchange_lifetime),
+                false,
+            ),
+            ("coap.nonLifetimeMs", Some(coap.non_lifetime), false),
+            ("coap.piggybackWindowMs", Some(coap.piggyback_window), false),
+            (
+                "coap.pendingRequestLifetimeMs",
+                Some(coap.pending_request_lifetime),
+                false,
+            ),
+            (
+                "coap.blockTransferLifetimeMs",
+                Some(coap.block_transfer_lifetime),
+                false,
+            ),
+            (
+                "coap.conNotificationIntervalMs",
+                Some(coap.con_notification_interval),
+                false,
+            ),
+        ];
+        for (what, d, positive) in durations {
+            let Some(d) = d else { continue };
+            if positive && d.is_zero() {
+                return Err(ServerConfigError::ZeroDuration(what));
+            }
+            if d > MAX_CONFIG_DURATION {
+                return Err(ServerConfigError::TooLong(what));
+            }
+        }
+        if coap.block_szx > 6 {
+            return Err(ServerConfigError::BlockSize(coap.block_szx));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ServerConfig {
@@ -172,6 +323,128 @@ impl Default for ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Day 45, item 2. Before: nothing checked the settings; `nstart: 0` (and the
+    /// others below) was taken, and the server then sent nothing (or refused everything)
+    /// without a word. Now each is refused, named as in JSON; the defaults and the
+    /// bounds themselves pass.
+    #[test]
+    fn validate_refuses_what_leaves_the_server_inert() {
+        type Change = fn(&mut ServerConfig);
+        let refused: [(Change, ServerConfigError); 19] = [
+            (|c| c.nstart = 0, ServerConfigError::Zero("nstart")),
+            (
+                |c| c.max_registrations = 0,
+                ServerConfigError::Zero("maxRegistrations"),
+            ),
+            (
+                |c| c.queue_capacity = 0,
+                ServerConfigError::Zero("queueCapacity"),
+            ),
+            (
+                |c| c.coap.nstart = 0,
+                ServerConfigError::Zero("coap.nstart"),
+            ),
+            (
+                |c| c.coap.max_peers = 0,
+                ServerConfigError::Zero("coap.maxPeers"),
+            ),
+            (
+                |c| c.coap.max_outstanding_requests = 0,
+                ServerConfigError::Zero("coap.maxOutstandingRequests"),
+            ),
+            (
+                |c| c.coap.max_pending_requests = 0,
+                ServerConfigError::Zero("coap.maxPendingRequests"),
+            ),
+            (
+                |c| c.coap.max_pending_requests_per_peer = 0,
+                ServerConfigError::Zero("coap.maxPendingRequestsPerPeer"),
+            ),
+            (
+                |c| c.queue_timeout = Duration::ZERO,
+                ServerConfigError::ZeroDuration("queueTimeoutMs"),
+            ),
+            (
+                |c| c.awake_window = Duration::ZERO,
+                ServerConfigError::ZeroDuration("awakeWindowMs"),
+            ),
+            (
+                |c| {
+                    c.takeover = Takeover::ProbeOldAddress {
+                        probe_timeout: Duration::ZERO,
+                    }
+                },
+                ServerConfigError::ZeroDuration("takeover.probeTimeoutMs"),
+            ),
+            (
+                |c| c.coap.ack_timeout = Duration::ZERO,
+                ServerConfigError::ZeroDuration("coap.ackTimeoutMs"),
+            ),
+            (
+                |c| c.coap.response_timeout = Duration::ZERO,
+                ServerConfigError::ZeroDuration("coap.responseTimeoutMs"),
+            ),
+            (
+                |c| c.lifetime_grace = Duration::MAX,
+                ServerConfigError::TooLong("lifetimeGraceMs"),
+            ),
+            (
+                |c| c.queue_timeout = MAX_CONFIG_DURATION + Duration::from_millis(1),
+                ServerConfigError::TooLong("queueTimeoutMs"),
+            ),
+            (
+                |c| c.awake_window = Duration::MAX,
+                ServerConfigError::TooLong("awakeWindowMs"),
+            ),
+            (
+                |c| {
+                    c.takeover = Takeover::ProbeOldAddress {
+                        probe_timeout: Duration::MAX,
+                    }
+                },
+                ServerConfigError::TooLong("takeover.probeTimeoutMs"),
+            ),
+            (
+                |c| c.coap.exchange_lifetime = Duration::MAX,
+                ServerConfigError::TooLong("coap.exchangeLifetimeMs"),
+            ),
+            (|c| c.coap.block_szx = 7, ServerConfigError::BlockSize(7)),
+        ];
+        assert_eq!(ServerConfig::default().validate(), Ok(()));
+        for (change, expected) in refused {
+            let mut c = ServerConfig::default();
+            change(&mut c);
+            assert_eq!(c.validate(), Err(expected));
+            // The message names the setting.
+            let named = match expected {
+                ServerConfigError::Zero(what)
+                | ServerConfigError::ZeroDuration(what)
+                | ServerConfigError::TooLong(what) => what,
+                ServerConfigError::BlockSize(_) => "coap.blockSzx",
+            };
+            assert!(expected.to_string().contains(named), "{expected}");
+        }
+        // At the bounds: taken.
+        let edge = ServerConfig {
+            nstart: 1,
+            max_registrations: 1,
+            queue_capacity: 1,
+            lifetime_grace: Duration::ZERO,
+            queue_timeout: MAX_CONFIG_DURATION,
+            awake_window: Duration::from_millis(1),
+            takeover: Takeover::Replace,
+            coap: EndpointConfig {
+                block_szx: 6,
+                ..ServerConfig::default().coap
+            },
+            ..ServerConfig::default()
+        };
+        assert_eq!(edge.validate(), Ok(()));
+        // A configuration read from JSON is checked the same way.
+        let json: ServerConfig = serde_json::from_str(r#"{"nstart":0}"#).unwrap();
+        assert_eq!(json.validate(), Err(ServerConfigError::Zero("nstart")));
+    }
 
     /// Checks: the takeover policy, a member of the hand-written server (and hub)
     /// configuration, refuses members it does not know, as the rest of it does.

@@ -238,7 +238,9 @@ pub use bootstrap::{
     AccountSecurity, BootstrapPlan, BootstrapRequest, Bootstrapper, MAX_BOOTSTRAP_SESSIONS,
     ServerAccount,
 };
-pub use config::{Authorizer, Decision, ServerConfig, Takeover};
+pub use config::{
+    Authorizer, Decision, MAX_CONFIG_DURATION, ServerConfig, ServerConfigError, Takeover,
+};
 pub use packages::{
     MAX_PACKAGE_BYTES, MAX_PACKAGE_NAME, PACKAGE_PATH, PackageError, PackageLimits,
     PackageNameError, Packages,

@@ -94,6 +94,9 @@ impl UdpServerHandle {
 impl UdpServer {
     /// Binds the socket and starts the driver thread. Returns the driver and the receiving
     /// end of its event channel (events queue up unbounded while nobody reads them).
+    /// Server settings that [`ServerConfig::validate`](super::ServerConfig::validate)
+    /// refuses are an [`InvalidInput`](io::ErrorKind::InvalidInput) error carrying the
+    /// [`ServerConfigError`](super::ServerConfigError) (`get_ref`), and nothing is bound.
     pub fn bind(
         addr: impl ToSocketAddrs,
         server: Lwm2mServer,
@@ -108,6 +111,10 @@ impl UdpServer {
         server: Lwm2mServer,
         layer: L,
     ) -> io::Result<(UdpServer, Receiver<DeviceEvent>)> {
+        server
+            .config()
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let socket = UdpSocket::bind(addr)?;
         let local_addr = socket.local_addr()?;
         let wake_to = match local_addr.ip() {
