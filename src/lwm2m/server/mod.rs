@@ -456,6 +456,9 @@ impl std::fmt::Debug for Lwm2mServer {
 impl Lwm2mServer {
     /// A server with these settings, no authorization hook and the standard resource
     /// types. Tokens and message ids come from the OS CSPRNG (through the CoAP endpoint).
+    /// The settings are taken as they are: check them with [`ServerConfig::validate`]
+    /// first ([`UdpServer::bind`] refuses what it refuses; a server with `nstart: 0`, say,
+    /// never sends a request).
     ///
     /// ```
     /// use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
