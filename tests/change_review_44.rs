@@ -8,24 +8,14 @@
 
 mod server_sim;
 
-use server_sim::{addr, con, events, notification, out};
+use server_sim::{addr, con, established, events, notification, observe_battery, out, server};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};
-use twinhub::lwm2m::server::{BootstrapPlan, Lwm2mServer, ServerConfig};
+use twinhub::lwm2m::server::{BootstrapPlan, Lwm2mServer};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, PeerIdentity, Transport};
 use twinhub::{DeviceId, Lwm2mPath};
-
-fn server() -> Lwm2mServer {
-    Lwm2mServer::with_seed(
-        ServerConfig {
-            auto_provision: true,
-            ..ServerConfig::default()
-        },
-        44,
-    )
-}
 
 /// Device `ep`'s own PSK identity (`i-ep`), or none over plain CoAP.
 fn identity(ep: &str, dtls: bool) -> Option<PeerIdentity> {
@@ -69,40 +59,27 @@ fn address_of(s: &Lwm2mServer, device: &str) -> Option<SocketAddr> {
         .address
 }
 
-/// `a` at port 1 and `b` at port 2, each through its own identity; `a`'s `/3/0/9` is
-/// observed (answered with Observe 2). Then the two swap ports behind a NAT and `a`'s
-/// device notifies from port 2, through a session of its own identity. Returns the
-/// events of that notification.
-fn swapped_notification(dtls: bool) -> (Lwm2mServer, Vec<DeviceEvent>) {
+/// `a` at port 1 and `b` at port 2, each through its own identity (or none over plain
+/// CoAP); `a`'s `/3/0/9` is observed (op 1), answered with Observe 2 through `a`'s
+/// identity. Returns the server, the Observe, the time and the events of the answer.
+fn a_observed_beside_b(dtls: bool) -> (Lwm2mServer, Message, Instant, Vec<DeviceEvent>) {
     let mut s = server();
     let t0 = Instant::now();
     register_as(&mut s, t0, addr(1), "a", dtls, 10);
     register_as(&mut s, t0, addr(2), "b", dtls, 11);
     events(&mut s);
-    s.submit(
-        t0,
-        DeviceOp {
-            id: OpId(1),
-            device: DeviceId::new("a").unwrap(),
-            request: DeviceRequest::Observe {
-                path: Lwm2mPath::resource(3, 0, 9),
-            },
-        },
-    );
-    let (_, observe) = out(&mut s)
-        .into_iter()
-        .find(|(to, m)| *to == addr(1) && m.observe() == Some(0))
-        .expect("the Observe");
-    let first = notification(
-        &observe,
-        MessageType::Acknowledgement,
-        observe.message_id,
-        2,
-        b"80",
-    );
-    send_as(&mut s, t0, addr(1), "a", dtls, &first);
+    let observe = observe_battery(&mut s, t0, 1, "a", addr(1));
+    send_as(&mut s, t0, addr(1), "a", dtls, &established(&observe));
     out(&mut s);
     let evs = events(&mut s);
+    (s, observe, t0, evs)
+}
+
+/// [`a_observed_beside_b`]; then the two swap ports behind a NAT and `a`'s device
+/// notifies from port 2, through a session of its own identity. Returns the events of
+/// that notification.
+fn swapped_notification(dtls: bool) -> (Lwm2mServer, Vec<DeviceEvent>) {
+    let (mut s, observe, t0, evs) = a_observed_beside_b(dtls);
     assert!(
         evs.iter().any(|e| matches!(
             e,
@@ -244,35 +221,7 @@ fn read_held_behind_a_bootstrap_request_goes_out_when_it_fails() {
 /// answered with RST by the CoAP endpoint.)
 #[test]
 fn notification_on_anothers_token_from_another_address_is_dropped_unseen() {
-    let mut s = server();
-    let t0 = Instant::now();
-    register_as(&mut s, t0, addr(1), "a", true, 10);
-    register_as(&mut s, t0, addr(2), "b", true, 11);
-    events(&mut s);
-    s.submit(
-        t0,
-        DeviceOp {
-            id: OpId(1),
-            device: DeviceId::new("a").unwrap(),
-            request: DeviceRequest::Observe {
-                path: Lwm2mPath::resource(3, 0, 9),
-            },
-        },
-    );
-    let (_, observe) = out(&mut s)
-        .into_iter()
-        .find(|(to, m)| *to == addr(1) && m.observe() == Some(0))
-        .expect("the Observe");
-    let first = notification(
-        &observe,
-        MessageType::Acknowledgement,
-        observe.message_id,
-        2,
-        b"80",
-    );
-    send_as(&mut s, t0, addr(1), "a", true, &first);
-    out(&mut s);
-    events(&mut s);
+    let (mut s, observe, t0, _) = a_observed_beside_b(true);
     let forged = notification(&observe, MessageType::Confirmable, 600, 3, b"99");
     send_as(&mut s, t0, addr(2), "b", true, &forged);
     let sent = out(&mut s);

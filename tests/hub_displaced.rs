@@ -308,45 +308,70 @@ fn a_registration_that_takes_its_address_back_reports_it() {
     );
 }
 
+/// A subscription to the hub's lifecycle events only.
+fn lifecycle_events(hub: &Hub) -> twinhub::hub::Subscription {
+    hub.subscribe(twinhub::hub::SubscribeOptions {
+        twins: false,
+        jobs: false,
+        ..twinhub::hub::SubscribeOptions::default()
+    })
+    .unwrap()
+}
+
+/// What `lifecycle` saw, by device, once the hub had 200 ms to publish.
+fn lifecycle_seen(
+    lifecycle: &twinhub::hub::Subscription,
+) -> Vec<(String, twinhub::hub::LifecycleKind)> {
+    std::thread::sleep(Duration::from_millis(200));
+    std::iter::from_fn(|| lifecycle.try_recv().ok())
+        .filter_map(|e| match e {
+            twinhub::hub::HubEvent::Lifecycle(l) => Some((l.device, l.event)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until `id`'s twin shows the battery level `level` (`/3/0/9`).
+fn wait_battery(hub: &Hub, id: &str, level: i64) {
+    wait_until("the notification", || {
+        hub.twin(id).and_then(|t| {
+            t.device_properties
+                .get("BatteryLevel")
+                .map(|p| p.value.clone())
+        }) == Some(twinhub::twin::Scalar::from(level))
+    });
+}
+
+/// Device `d` registers from a fresh port, and the service observes its battery level
+/// (answered: 75). Returns the device, its port and the Observe.
+fn d_observed(hub: &Hub) -> (RawDevice, u16, Message) {
+    let hub_addr = hub.local_addr().unwrap();
+    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
+    let port = d.socket.local_addr().unwrap().port();
+    d.register("d");
+    wait_until("d's twin", || port_of(hub, "d") == Some(port));
+    let reply = hub.request(
+        &DeviceId::new("d").unwrap(),
+        twinhub::transport::DeviceRequest::Observe {
+            path: twinhub::Lwm2mPath::resource(3, 0, 9),
+        },
+    );
+    let observe = d.answer_observe(b"75");
+    reply.wait(Duration::from_secs(10)).unwrap();
+    (d, port, observe)
+}
+
 /// The same over UDP, through the hub: the twin of a displaced registration shows its
 /// address again when its device notifies afresh from there, and subscribers see that
 /// as a twin change only. Before, the server reported it as a registration Update and
 /// the hub published a lifecycle `updated` event for an Update the device never sent.
 #[test]
 fn a_registration_that_takes_its_address_back_is_no_lifecycle_update() {
-    use twinhub::Lwm2mPath;
-    use twinhub::hub::{HubEvent, LifecycleKind, SubscribeOptions};
-    use twinhub::transport::DeviceRequest;
-    use twinhub::twin::Scalar;
+    use twinhub::hub::LifecycleKind;
     let hub = open_hub();
-    let lifecycle = hub
-        .subscribe(SubscribeOptions {
-            twins: false,
-            jobs: false,
-            ..SubscribeOptions::default()
-        })
-        .unwrap();
+    let lifecycle = lifecycle_events(&hub);
     let hub_addr = hub.local_addr().unwrap();
-    let battery = |id: &str| {
-        hub.twin(id).and_then(|t| {
-            t.device_properties
-                .get("BatteryLevel")
-                .map(|p| p.value.clone())
-        })
-    };
-    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
-    let port = d.socket.local_addr().unwrap().port();
-    d.register("d");
-    wait_until("d's twin", || port_of(&hub, "d") == Some(port));
-    // The service observes d's battery level.
-    let reply = hub.request(
-        &DeviceId::new("d").unwrap(),
-        DeviceRequest::Observe {
-            path: Lwm2mPath::resource(3, 0, 9),
-        },
-    );
-    let observe = d.answer_observe(b"75");
-    reply.wait(Duration::from_secs(10)).unwrap();
+    let (d, port, observe) = d_observed(&hub);
     drop(d);
     // e's device gets d's port, then moves on to another one.
     let mut e = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 200);
@@ -362,16 +387,8 @@ fn a_registration_that_takes_its_address_back_is_no_lifecycle_update() {
     let d = RawDevice::on(UdpSocket::bind(("127.0.0.1", port)).unwrap(), hub_addr, 400);
     d.notify(&observe, 2, b"76");
     wait_until("d's address back", || port_of(&hub, "d") == Some(port));
-    wait_until("the notification", || {
-        battery("d") == Some(Scalar::from(76))
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let seen: Vec<(String, LifecycleKind)> = std::iter::from_fn(|| lifecycle.try_recv().ok())
-        .filter_map(|e| match e {
-            HubEvent::Lifecycle(l) => Some((l.device, l.event)),
-            _ => None,
-        })
-        .collect();
+    wait_battery(&hub, "d", 76);
+    let seen = lifecycle_seen(&lifecycle);
     let of_d: Vec<_> = seen.iter().filter(|(d, _)| d == "d").collect();
     assert_eq!(
         of_d,
@@ -452,52 +469,22 @@ fn a_restart_does_not_take_a_displaced_registration_back() {
 /// the device never sent.
 #[test]
 fn a_notification_from_a_new_address_is_no_lifecycle_update() {
-    use twinhub::Lwm2mPath;
-    use twinhub::hub::{HubEvent, LifecycleKind, SubscribeOptions};
-    use twinhub::transport::DeviceRequest;
-    use twinhub::twin::Scalar;
+    use twinhub::hub::LifecycleKind;
     let hub = open_hub();
-    let lifecycle = hub
-        .subscribe(SubscribeOptions {
-            twins: false,
-            jobs: false,
-            ..SubscribeOptions::default()
-        })
-        .unwrap();
-    let hub_addr = hub.local_addr().unwrap();
-    let mut d = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 100);
-    let port = d.socket.local_addr().unwrap().port();
-    d.register("d");
-    wait_until("d's twin", || port_of(&hub, "d") == Some(port));
-    let reply = hub.request(
-        &DeviceId::new("d").unwrap(),
-        DeviceRequest::Observe {
-            path: Lwm2mPath::resource(3, 0, 9),
-        },
-    );
-    let observe = d.answer_observe(b"75");
-    reply.wait(Duration::from_secs(10)).unwrap();
+    let lifecycle = lifecycle_events(&hub);
+    let (_d, _, observe) = d_observed(&hub);
     // The NAT gives d's device a new port; its first word from there is a notification.
-    let moved = RawDevice::on(UdpSocket::bind("127.0.0.1:0").unwrap(), hub_addr, 400);
+    let moved = RawDevice::on(
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        hub.local_addr().unwrap(),
+        400,
+    );
     let new_port = moved.socket.local_addr().unwrap().port();
     moved.notify(&observe, 2, b"76");
     wait_until("d's new address", || port_of(&hub, "d") == Some(new_port));
-    wait_until("the notification", || {
-        hub.twin("d").and_then(|t| {
-            t.device_properties
-                .get("BatteryLevel")
-                .map(|p| p.value.clone())
-        }) == Some(Scalar::from(76))
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    let seen: Vec<(String, LifecycleKind)> = std::iter::from_fn(|| lifecycle.try_recv().ok())
-        .filter_map(|e| match e {
-            HubEvent::Lifecycle(l) => Some((l.device, l.event)),
-            _ => None,
-        })
-        .collect();
+    wait_battery(&hub, "d", 76);
     assert_eq!(
-        seen,
+        lifecycle_seen(&lifecycle),
         vec![("d".to_owned(), LifecycleKind::Registered)],
         "d sent no Update"
     );
@@ -514,6 +501,26 @@ fn address_changed(device: &DeviceId, port: u16) -> DeviceEvent {
     }
 }
 
+/// A hub (`config`) over a scripted transport where device `d`, in its registry,
+/// registered (`r1`).
+fn d_registered_over_a_script(
+    config: HubConfig,
+) -> (
+    Hub,
+    std::sync::Arc<std::sync::Mutex<hub_support::Script>>,
+    DeviceId,
+) {
+    let device = DeviceId::new("d").unwrap();
+    let mut registry = Registry::new();
+    registry
+        .create(twinhub::twin::Twin::new(device.clone()))
+        .unwrap();
+    let script = std::sync::Arc::new(std::sync::Mutex::new(hub_support::Script::default()));
+    let hub = Hub::with_transport(hub_support::Scripted(script.clone()), registry, config);
+    hub_support::register(&hub, &script, &device);
+    (hub, script, device)
+}
+
 /// Day 45, item 1, what the hub did on the `RegistrationUpdated` it no longer gets for
 /// a move without an Update: a sync observation whose Observe was in flight to the
 /// address left failed (`RegistrationEnded`, as the server fails what is stranded there)
@@ -523,17 +530,9 @@ fn address_changed(device: &DeviceId, port: u16) -> DeviceEvent {
 /// left without the observation the displacement failed).
 #[test]
 fn a_sync_observation_failed_by_a_move_is_observed_again_at_the_new_address() {
-    use hub_support::{Script, Scripted, observes, push, register};
-    use std::sync::{Arc, Mutex};
+    use hub_support::{observes, push};
     use twinhub::transport::{DeviceError, DeviceReply};
-    let device = DeviceId::new("d").unwrap();
-    let mut registry = Registry::new();
-    registry
-        .create(twinhub::twin::Twin::new(device.clone()))
-        .unwrap();
-    let script = Arc::new(Mutex::new(Script::default()));
-    let hub = Hub::with_transport(Scripted(script.clone()), registry, HubConfig::default());
-    register(&hub, &script, &device);
+    let (hub, script, device) = d_registered_over_a_script(HubConfig::default());
     wait_until("the sync Observes", || observes(&script).len() == 2);
     let sync = observes(&script);
     // The first is answered; the second was in flight when the device moved.
@@ -574,21 +573,12 @@ fn a_sync_observation_failed_by_a_move_is_observed_again_at_the_new_address() {
 /// waited for the device's next Update, up to its lifetime, or timed out.
 #[test]
 fn a_job_step_failed_by_a_move_goes_again_at_the_new_address() {
-    use hub_support::{Script, Scripted, job_ops, push, register, start_config_job};
-    use std::sync::{Arc, Mutex};
+    use hub_support::{job_ops, push, start_config_job};
     use twinhub::transport::DeviceError;
-    let device = DeviceId::new("d").unwrap();
-    let mut registry = Registry::new();
-    registry
-        .create(twinhub::twin::Twin::new(device.clone()))
-        .unwrap();
-    let script = Arc::new(Mutex::new(Script::default()));
-    let config = HubConfig {
+    let (hub, script, device) = d_registered_over_a_script(HubConfig {
         sync: None,
         ..HubConfig::default()
-    };
-    let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
-    register(&hub, &script, &device);
+    });
     let job = twinhub::job::JobId::new("cfg").unwrap();
     start_config_job(&hub, &job, &device);
     wait_until("the Write", || job_ops(&script).len() == 1);

@@ -6,23 +6,15 @@
 
 mod server_sim;
 
-use server_sim::{addr, con, events, out, register, send, update};
+use server_sim::{
+    addr, con, established, events, observe_battery, out, register, send, server, update,
+};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};
 use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
 use twinhub::{DeviceId, Lwm2mPath};
-
-fn server() -> Lwm2mServer {
-    Lwm2mServer::with_seed(
-        ServerConfig {
-            auto_provision: true,
-            ..ServerConfig::default()
-        },
-        44,
-    )
-}
 
 fn read(s: &mut Lwm2mServer, now: Instant, op: u64, device: &str, res: u16) {
     s.submit(
@@ -134,35 +126,8 @@ fn an_update_from_a_new_address_ends_the_takeover_probe_of_the_old_one() {
 /// in a notification): the probe of the address left ends.
 #[test]
 fn a_notification_from_a_new_address_ends_the_takeover_probe_of_the_old_one() {
-    let mut s = server();
     let t0 = Instant::now();
-    register(&mut s, t0, addr(1), "a", 10);
-    events(&mut s);
-    s.submit(
-        t0,
-        DeviceOp {
-            id: OpId(1),
-            device: DeviceId::new("a").unwrap(),
-            request: DeviceRequest::Observe {
-                path: Lwm2mPath::resource(3, 0, 9),
-            },
-        },
-    );
-    let (_, observe) = out(&mut s)
-        .into_iter()
-        .find(|(to, m)| *to == addr(1) && m.observe() == Some(0))
-        .expect("the Observe");
-    let mut answer = Message::new(
-        MessageType::Acknowledgement,
-        Code::CONTENT,
-        observe.message_id,
-    );
-    answer.with_token(observe.token());
-    answer.set_observe(2);
-    answer.payload = b"80".to_vec();
-    send(&mut s, t0, addr(1), &answer);
-    out(&mut s);
-    events(&mut s);
+    let (mut s, observe) = a_observed(t0);
     // A Register of `a` from port 2: port 1 is probed.
     let mut again = con(Code::POST, "/rd", 11);
     again.add_uri_query("ep=a");
@@ -317,34 +282,8 @@ fn a_displaced_registration_shows_no_address_until_its_device_talks() {
 /// the view and the event show it.
 #[test]
 fn a_displaced_registration_that_takes_its_address_back_shows_it() {
-    let mut s = server();
     let t0 = Instant::now();
-    register(&mut s, t0, addr(1), "a", 10);
-    events(&mut s);
-    s.submit(
-        t0,
-        DeviceOp {
-            id: OpId(1),
-            device: DeviceId::new("a").unwrap(),
-            request: DeviceRequest::Observe {
-                path: Lwm2mPath::resource(3, 0, 9),
-            },
-        },
-    );
-    let (_, observe) = out(&mut s)
-        .into_iter()
-        .find(|(_, m)| m.observe() == Some(0))
-        .expect("the Observe");
-    let mut answer = Message::new(
-        MessageType::Acknowledgement,
-        Code::CONTENT,
-        observe.message_id,
-    );
-    answer.with_token(observe.token());
-    answer.set_observe(2);
-    answer.payload = b"80".to_vec();
-    send(&mut s, t0, addr(1), &answer);
-    out(&mut s);
+    let (mut s, observe) = a_observed(t0);
     let b = register(&mut s, t0, addr(1), "b", 11);
     events(&mut s);
     assert_eq!(address_of(&s, "a"), None);
@@ -375,33 +314,25 @@ fn a_displaced_registration_that_takes_its_address_back_shows_it() {
 /// Observes `/3/0/9` on `a` (registered at port 1, op `op`) and answers it with Observe
 /// 2 when `observe`, or declines (no Observe option); returns the Observe request.
 fn observed(s: &mut Lwm2mServer, now: Instant, op: u64, observe: bool) -> Message {
-    s.submit(
-        now,
-        DeviceOp {
-            id: OpId(op),
-            device: DeviceId::new("a").unwrap(),
-            request: DeviceRequest::Observe {
-                path: Lwm2mPath::resource(3, 0, 9),
-            },
-        },
-    );
-    let (_, request) = out(s)
-        .into_iter()
-        .find(|(to, m)| *to == addr(1) && m.observe() == Some(0))
-        .expect("the Observe");
-    let mut answer = Message::new(
-        MessageType::Acknowledgement,
-        Code::CONTENT,
-        request.message_id,
-    );
-    answer.with_token(request.token());
-    if observe {
-        answer.set_observe(2);
+    let request = observe_battery(s, now, op, "a", addr(1));
+    let mut answer = established(&request);
+    if !observe {
+        answer.remove_option(twinhub::coap::OptionNumber::OBSERVE);
     }
-    answer.payload = b"80".to_vec();
     send(s, now, addr(1), &answer);
     out(s);
     request
+}
+
+/// [`server`] where `a` registered at port 1 and its `/3/0/9` is observed (op 1,
+/// [`observed`]), its events drained; returns it and the Observe.
+fn a_observed(now: Instant) -> (Lwm2mServer, Message) {
+    let mut s = server();
+    register(&mut s, now, addr(1), "a", 10);
+    events(&mut s);
+    let observe = observed(&mut s, now, 1, true);
+    events(&mut s);
+    (s, observe)
 }
 
 /// Who ended `a`'s observation established by `op`, as reported.

@@ -102,3 +102,54 @@ pub fn notification(
     m.payload = value.to_vec();
     m
 }
+
+/// A server that lets any endpoint register (`auto_provision`), its tokens and
+/// locations from seed 44.
+pub fn server() -> Lwm2mServer {
+    Lwm2mServer::with_seed(
+        twinhub::lwm2m::server::ServerConfig {
+            auto_provision: true,
+            ..twinhub::lwm2m::server::ServerConfig::default()
+        },
+        44,
+    )
+}
+
+/// Submits an Observe of `device`'s `/3/0/9` (op `op`); returns the Observe request the
+/// server sent to `to`.
+pub fn observe_battery(
+    s: &mut Lwm2mServer,
+    now: Instant,
+    op: u64,
+    device: &str,
+    to: SocketAddr,
+) -> Message {
+    use twinhub::transport::{DeviceOp, DeviceRequest, OpId};
+    s.submit(
+        now,
+        DeviceOp {
+            id: OpId(op),
+            device: twinhub::DeviceId::new(device).unwrap(),
+            request: DeviceRequest::Observe {
+                path: twinhub::Lwm2mPath::resource(3, 0, 9),
+            },
+        },
+    );
+    let sent = out(s);
+    sent.iter()
+        .find(|(at, m)| *at == to && m.observe() == Some(0))
+        .map(|(_, m)| m.clone())
+        .unwrap_or_else(|| panic!("the Observe to {to}: {sent:?}"))
+}
+
+/// The device's piggybacked answer to `observe` that establishes the observation
+/// (Observe 2, `80`).
+pub fn established(observe: &Message) -> Message {
+    notification(
+        observe,
+        MessageType::Acknowledgement,
+        observe.message_id,
+        2,
+        b"80",
+    )
+}
