@@ -415,6 +415,16 @@ pub(super) fn stored_packages(config: &HubConfig) -> std::io::Result<Packages> {
     Ok(packages)
 }
 
+/// [`HubConfig::server`] as [`ServerConfig::validate`] checks it, as the I/O error the
+/// hub's `bind_*` calls return: [`InvalidInput`](std::io::ErrorKind::InvalidInput) with
+/// the [`ServerConfigError`](crate::lwm2m::server::ServerConfigError) inside.
+pub(super) fn checked_server_config(config: &HubConfig) -> std::io::Result<()> {
+    config
+        .server
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Authority;
@@ -450,14 +460,4 @@ mod tests {
             assert_eq!(parse(scheme, bad), None, "{scheme}://{bad}");
         }
     }
-}
-
-/// [`HubConfig::server`] as [`ServerConfig::validate`] checks it, as the I/O error the
-/// hub's `bind_*` calls return: [`InvalidInput`](std::io::ErrorKind::InvalidInput) with
-/// the [`ServerConfigError`](crate::lwm2m::server::ServerConfigError) inside.
-pub(super) fn checked_server_config(config: &HubConfig) -> std::io::Result<()> {
-    config
-        .server
-        .validate()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
