@@ -103,11 +103,14 @@ fn bench_handshake(c: &mut Criterion) {
             }
         })
     });
-    assert_eq!(
-        flooded.stats().unverified,
-        DtlsServerConfig::default().max_unverified as u64,
-        "the table stayed full"
-    );
+    // Only when the bench ran (a criterion filter may skip it).
+    if spoofed > 0 {
+        assert_eq!(
+            flooded.stats().unverified,
+            (DtlsServerConfig::default().max_unverified as u64).min(spoofed as u64),
+            "the table stayed full"
+        );
+    }
     let mut i = 0usize;
     // One client, restarted each time: building a `dimpl` configuration costs ~8 ms (the
     // crate validates its crypto provider), measured apart as `client_new`.
