@@ -186,7 +186,10 @@
 //! identity (a session that took the device's address since, or a token known to another
 //! device) it is dropped unseen and changes nothing (`identity_model.rs` checks these
 //! rules over random traffic). The driver sends requests to a device only through a session of the
-//! identity it registered with ([`Lwm2mServer::may_send_to`]). Over plain CoAP (`UdpServer::bind`) nothing is
+//! identity it registered with ([`Lwm2mServer::may_send_to`]), and an answer (ACK or RST)
+//! through the session it answers, whatever registration holds the address
+//! ([`Lwm2mServer::may_send`]: before, a device's De-register from an address another
+//! registration held was taken, and its 2.02 never left). Over plain CoAP (`UdpServer::bind`) nothing is
 //! authenticated: anyone who can reach the port can claim any endpoint the authorizer
 //! lets in; use it on trusted networks and in tests only.
 //!
@@ -674,6 +677,20 @@ impl Lwm2mServer {
             None => true,
             Some(reg) => identity_owns(reg, session),
         }
+    }
+
+    /// Whether the datagram `t` may leave through a session of `session` (none: plain
+    /// CoAP), the session at its destination: a request or notification only as
+    /// [`Self::may_send_to`] says for that address; an ACK or RST (a piggybacked answer,
+    /// an empty ACK) always, since CoAP sends one only in reply to a message that just
+    /// came from its destination, here through that session: a device that de-registers
+    /// from an address another registration holds (a NAT gave it that port) gets its
+    /// 2.02, and an identity refused there its 4.03. A DTLS driver sends only when this
+    /// holds.
+    pub fn may_send(&self, t: &Transmit, session: Option<&PeerIdentity>) -> bool {
+        // Type bits: 2 ACK, 3 RST.
+        let reply = t.payload.first().is_some_and(|&b| (b >> 4) & 3 >= 2);
+        reply || self.may_send_to(t.destination, session)
     }
 
     /// Replaces the resource-type resolver used to decode TLV and text (default:
