@@ -9,15 +9,15 @@
 
 mod server_sim;
 
-use server_sim::{addr, con, events, out};
+use server_sim::{addr, con, events, notification, out};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use twinhub::DeviceId;
 use twinhub::Lwm2mPath;
-use twinhub::coap::{Code, Message, Transmit};
+use twinhub::coap::{Code, Message, MessageType, Transmit};
 use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
-use twinhub::transport::{DeviceOp, DeviceRequest, OpId, PeerIdentity, Transport};
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, PeerIdentity, Transport};
 
 fn server() -> Lwm2mServer {
     Lwm2mServer::with_seed(
@@ -112,4 +112,81 @@ fn a_deregister_from_an_address_another_registration_holds_gets_its_answer() {
         .expect("b's Read");
     assert!(!s.may_send(&read, Some(&identity("a"))));
     assert!(s.may_send(&read, Some(&identity("b"))));
+}
+
+/// Finding 2 (fixed): `a` (port 1) is observed and notifies, confirmable, Observe 3: taken.
+/// Its ACK is lost, and behind a NAT `a`'s device now has port 2, where `b` is registered:
+/// it retransmits the notification from there, through `i-a`. Not fresh (that number was
+/// taken), it moves nothing and is not taken again, but it must be acknowledged:
+/// unanswered, the device retransmits until CoAP gives up and then drops the observation
+/// (RFC 7641 §4.5) while the hub still counts on it. It was dropped unseen, judged by the
+/// identity of the registration at port 2 (`b`'s): the token's observation was looked
+/// for among fresh notifications only. The same from `b`'s identity (a stranger to the
+/// token) is still dropped unseen.
+#[test]
+fn a_stale_confirmable_notification_from_another_registrations_address_is_acknowledged() {
+    let mut s = server();
+    let t0 = Instant::now();
+    register_as(&mut s, t0, addr(1), "a", 10);
+    register_as(&mut s, t0, addr(2), "b", 11);
+    events(&mut s);
+    s.submit(
+        t0,
+        DeviceOp {
+            id: OpId(1),
+            device: DeviceId::new("a").unwrap(),
+            request: DeviceRequest::Observe {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        },
+    );
+    let (_, observe) = out(&mut s)
+        .into_iter()
+        .find(|(to, m)| *to == addr(1) && m.observe() == Some(0))
+        .expect("the Observe");
+    let first = notification(
+        &observe,
+        MessageType::Acknowledgement,
+        observe.message_id,
+        2,
+        b"80",
+    );
+    send_as(&mut s, t0, addr(1), "a", &first);
+    out(&mut s);
+    let third = notification(&observe, MessageType::Confirmable, 600, 3, b"81");
+    send_as(&mut s, t0, addr(1), "a", &third);
+    assert!(out(&mut s).iter().any(|(to, m)| *to == addr(1)
+        && m.mtype == MessageType::Acknowledgement
+        && m.message_id == 600));
+    let evs = events(&mut s);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, DeviceEvent::Notification { .. })),
+        "{evs:?}"
+    );
+    // The same notification again, from port 2 through a's identity.
+    send_as(&mut s, t0, addr(2), "a", &third);
+    let sent = out(&mut s);
+    assert!(
+        sent.iter().any(|(to, m)| *to == addr(2)
+            && m.mtype == MessageType::Acknowledgement
+            && m.message_id == 600),
+        "acknowledged: {sent:?}"
+    );
+    let evs = events(&mut s);
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, DeviceEvent::Notification { .. })),
+        "not taken again: {evs:?}"
+    );
+    let address_of = |s: &Lwm2mServer, ep: &str| {
+        s.registration(&DeviceId::new(ep).unwrap())
+            .and_then(|r| r.address)
+    };
+    assert_eq!(address_of(&s, "a"), Some(addr(1)), "nothing moved: {evs:?}");
+    assert_eq!(address_of(&s, "b"), Some(addr(2)), "nothing moved: {evs:?}");
+    // From b's identity: not a's, dropped unseen.
+    let stranger = notification(&observe, MessageType::Confirmable, 601, 3, b"81");
+    send_as(&mut s, t0, addr(2), "b", &stranger);
+    assert_eq!(out(&mut s), vec![], "no ACK, no RST to a stranger");
 }

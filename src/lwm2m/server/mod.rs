@@ -881,7 +881,7 @@ impl Lwm2mServer {
         bytes: &[u8],
     ) {
         self.current_identity = identity.cloned();
-        if self.answer_from_stranger(now, peer, bytes) {
+        if self.answer_from_stranger(peer, bytes) {
             // Not the device's: dropped unseen (no ACK, no RST), nothing changes.
             self.current_identity = None;
             return;
@@ -1517,10 +1517,13 @@ impl Lwm2mServer {
     /// made at another address (NAT rebinding, [`Self::rebinding_notification`]) is
     /// judged by that observation's registration, not by the one at the address it came
     /// from: two devices that swapped ports behind a NAT notify, each through its own
-    /// identity, from the address the other registered at. Over plain CoAP every
-    /// registration is of no identity, and every datagram comes with none: nothing is
-    /// refused here.
-    fn answer_from_stranger(&self, now: Instant, peer: SocketAddr, bytes: &[u8]) -> bool {
+    /// identity, from the address the other registered at. So is a stale one (a
+    /// retransmission from the new address of a notification taken at the old one, its
+    /// ACK lost): the endpoint acknowledges it, else the device would drop the
+    /// observation when its retransmissions time out (RFC 7641 §4.5). Over plain CoAP
+    /// every registration is of no identity, and every datagram comes with none: nothing
+    /// is refused here.
+    fn answer_from_stranger(&self, peer: SocketAddr, bytes: &[u8]) -> bool {
         let (Some(&first), Some(&code)) = (bytes.first(), bytes.get(1)) else {
             return false;
         };
@@ -1530,7 +1533,7 @@ impl Lwm2mServer {
         let answered = self
             .endpoint
             .answered_request(peer, bytes)
-            .or_else(|| self.endpoint.observation_elsewhere(now, peer, bytes));
+            .or_else(|| self.endpoint.observed_elsewhere(peer, bytes));
         // An empty ACK or RST of a request that is no registration's (a bootstrap
         // session's, through the bootstrap identity): the session's own matter.
         if answered.is_none()
