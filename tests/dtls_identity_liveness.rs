@@ -77,7 +77,13 @@ fn a_deregister_from_an_address_another_registration_holds_gets_its_answer() {
     let location = register_as(&mut s, t0, addr(1), "a", 10);
     register_as(&mut s, t0, addr(2), "b", 11);
     events(&mut s);
-    send_as(&mut s, t0, addr(2), "a", &con(Code::DELETE, &format!("/{location}"), 12));
+    send_as(
+        &mut s,
+        t0,
+        addr(2),
+        "a",
+        &con(Code::DELETE, &format!("/{location}"), 12),
+    );
     let sent = transmits(&mut s);
     let deleted = sent
         .iter()

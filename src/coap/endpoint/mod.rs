@@ -1086,7 +1086,10 @@ impl Endpoint {
             return None;
         }
         let id = *self.observe_by_token.get(&token)?;
-        self.requests.get(&id).filter(|r| r.peer != peer).map(|_| id)
+        self.requests
+            .get(&id)
+            .filter(|r| r.peer != peer)
+            .map(|_| id)
     }
 
     /// The request of ours (client role) that the datagram `bytes`, which this endpoint
