@@ -196,3 +196,71 @@ fn a_stale_confirmable_notification_from_another_registrations_address_is_acknow
     send_as(&mut s, t0, addr(2), "b", &stranger);
     assert_eq!(out(&mut s), vec![], "no ACK, no RST to a stranger");
 }
+
+/// `ep`'s bootstrap identity (`ep-bs`), of the same device.
+fn bootstrap_identity(ep: &str) -> PeerIdentity {
+    PeerIdentity {
+        psk_identity: Arc::from(format!("{ep}-bs")),
+        device: Some(DeviceId::new(ep).unwrap()),
+    }
+}
+
+/// Finding 3 (fixed): the DTLS layer judged a bootstrap request (Discover, Delete, the
+/// Writes that carry the LWM2M server's PSK, Finish) by the registration at its
+/// destination, as a device's request. So, over DTLS: `a`, registered at port 1 through
+/// `i-a`, bootstraps again from port 1 through its bootstrap identity `a-bs` (one CoAP
+/// endpoint for both servers, as Leshan's client has): the Discover was refused through
+/// the session of `a-bs`, retransmitted into nothing, and the bootstrap failed after
+/// about 93 s. And a bootstrap at an address no registration holds went through whatever
+/// session was at the address, another identity's too (the next Writes with the keys).
+/// Now a bootstrap request goes only through a session of the identity that asked for
+/// the bootstrap (none over plain CoAP).
+#[test]
+fn a_bootstrap_request_goes_through_the_bootstrap_sessions_identity_only() {
+    let mut s = server().with_bootstrap(Box::new(|_| {
+        Some(twinhub::lwm2m::server::BootstrapPlan::new(Vec::new()))
+    }));
+    let t0 = Instant::now();
+    register_as(&mut s, t0, addr(1), "a", 10);
+    events(&mut s);
+    let ask = |s: &mut Lwm2mServer, from: SocketAddr, mid: u16| {
+        let mut bs = con(Code::POST, "/bs", mid);
+        bs.add_uri_query("ep=a");
+        s.handle_datagram_from(
+            t0,
+            from,
+            Some(&bootstrap_identity("a")),
+            &bs.to_bytes().unwrap(),
+        );
+        let sent = transmits(s);
+        let decoded = |t: &Transmit| Message::decode(&t.payload).unwrap();
+        let changed = sent
+            .iter()
+            .find(|t| decoded(t).message_id == mid)
+            .cloned()
+            .unwrap_or_else(|| panic!("the 2.04: {sent:?}"));
+        assert_eq!(decoded(&changed).code, Code::CHANGED);
+        let discover = sent
+            .iter()
+            .find(|t| decoded(t).code == Code::GET)
+            .cloned()
+            .unwrap_or_else(|| panic!("the Discover: {sent:?}"));
+        (changed, discover)
+    };
+    // At the registration's address.
+    let (changed, discover) = ask(&mut s, addr(1), 20);
+    assert!(s.may_send(&changed, Some(&bootstrap_identity("a"))));
+    assert!(
+        s.may_send(&discover, Some(&bootstrap_identity("a"))),
+        "the Discover goes through the bootstrap session"
+    );
+    assert!(!s.may_send(&discover, Some(&identity("a"))));
+    // At an address no registration holds: not through another identity's session.
+    let (_, discover) = ask(&mut s, addr(3), 21);
+    assert!(s.may_send(&discover, Some(&bootstrap_identity("a"))));
+    assert!(
+        !s.may_send(&discover, Some(&identity("b"))),
+        "a bootstrap request through another identity's session"
+    );
+    assert!(!s.may_send(&discover, None));
+}

@@ -680,17 +680,29 @@ impl Lwm2mServer {
     }
 
     /// Whether the datagram `t` may leave through a session of `session` (none: plain
-    /// CoAP), the session at its destination: a request or notification only as
-    /// [`Self::may_send_to`] says for that address; an ACK or RST (a piggybacked answer,
-    /// an empty ACK) always, since CoAP sends one only in reply to a message that just
-    /// came from its destination, here through that session: a device that de-registers
-    /// from an address another registration holds (a NAT gave it that port) gets its
-    /// 2.02, and an identity refused there its 4.03. A DTLS driver sends only when this
-    /// holds.
+    /// CoAP), the session at its destination: an ACK or RST (a piggybacked answer, an
+    /// empty ACK) always, since CoAP sends one only in reply to a message that just came
+    /// from its destination, here through that session (a device that de-registers from
+    /// an address another registration holds, a NAT having given it that port, gets its
+    /// 2.02, and an identity refused there its 4.03); a bootstrap session's request only
+    /// through a session of the identity that asked for the bootstrap, whatever
+    /// registration holds the address (it carries the LWM2M servers' keys; a device
+    /// bootstraps again from where it registered through its bootstrap identity); any
+    /// other request only as [`Self::may_send_to`] says for the address. A DTLS driver
+    /// sends only when this holds.
     pub fn may_send(&self, t: &Transmit, session: Option<&PeerIdentity>) -> bool {
         // Type bits: 2 ACK, 3 RST.
-        let reply = t.payload.first().is_some_and(|&b| (b >> 4) & 3 >= 2);
-        reply || self.may_send_to(t.destination, session)
+        if t.payload.first().is_some_and(|&b| (b >> 4) & 3 >= 2) {
+            return true;
+        }
+        if let Some(asked) = self
+            .endpoint
+            .request_of(t.destination, &t.payload)
+            .and_then(|id| self.bootstraps.identity_of(id))
+        {
+            return asked == session;
+        }
+        self.may_send_to(t.destination, session)
     }
 
     /// Replaces the resource-type resolver used to decode TLV and text (default:
