@@ -4,7 +4,9 @@
 //! endpoint), update, de-register, answer and notify (in order or not, confirmable or
 //! not), each now and then through another identity's session (an impostor); the key
 //! store moves identities between devices (which ends their sessions); and the hub reads
-//! and observes the devices while time moves. The layer is what `SecureLayer` does: a
+//! and observes the devices while time moves; a device now and then bootstraps again
+//! through its bootstrap identity (`b<d>`), from its own address or another's, and
+//! answers the bootstrap server's requests. The layer is what `SecureLayer` does: a
 //! datagram arrives with the identity of the session at its address, and a datagram goes
 //! out only when [`Lwm2mServer::may_send`] allows it through that session (else
 //! [`Lwm2mServer::not_sent`] takes it back).
@@ -14,7 +16,9 @@
 //!   naming none, from one that belongs to a device), and an Update or De-register only
 //!   from the identity the registration was made with, while it still belongs to the
 //!   device: no identity registers, moves or ends another device's registration;
-//! - a request for a device leaves only through a session of that identity;
+//! - a request for a device leaves only through a session of that identity, and a
+//!   bootstrap request (its Writes carry keys) only through one of the identity that
+//!   asked for the bootstrap;
 //! - an answer or a notification on a device's token through another identity's session
 //!   is neither taken as the device's nor moves its registration;
 //! - every operation ends exactly once within a bounded time, is reported `Sent` at most
@@ -40,6 +44,11 @@
 //! - a Register is accepted when the device has no live registration, or one made with
 //!   the same identity or at the same address (the takeover probe is for another
 //!   identity at another address);
+//! - a Bootstrap-Request is answered 2.04, and the Discover leaves through the asking
+//!   identity's session at once when nothing else holds the address's CoAP NSTART,
+//!   whatever registration holds the address; a bootstrap request answered through that
+//!   session is followed by the next (same proviso) or, the Finish answered, by
+//!   `Finished` (an implication: the model does not follow the endpoint's queues);
 //! - a registration ends only when its time is up, by De-register or a new Register, or,
 //!   once a Register through another identity of its device was refused (a takeover probe
 //!   may be out), by `Expired`; an observation only with its registration.
@@ -49,7 +58,8 @@
 //! then drop its observations), so neither drop is predicted. Not modelled: a
 //! notification on a dead observation (its registration replaced) from an address
 //! another identity's registration holds is dropped unseen, not reset (the device ends it
-//! when its confirmable notifications time out); bootstrap.
+//! when its confirmable notifications time out); a bootstrap request that times out
+//! (the session fails, as the device would retry).
 
 use super::*;
 use crate::coap::{Code, Message, MessageType};
@@ -61,6 +71,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 const DEVICES: u8 = 3;
 const IDENTITIES: u8 = 4;
 const ADDRESSES: u8 = 4;
+/// Device `d`'s bootstrap identity is number `BOOTSTRAP + d` (`b<d>`, of `e<d>`; the key
+/// store never moves it).
+const BOOTSTRAP: u8 = 10;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -130,6 +143,13 @@ enum Op {
         back: u8,
         con: bool,
     },
+    /// Device `dev` asks for a bootstrap (`POST /bs`) from `addr` through its bootstrap
+    /// identity (its session opened there first): an address it may be registered at,
+    /// or another device. `Answer` answers the bootstrap server's requests.
+    Bootstrap {
+        addr: u8,
+        dev: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -159,6 +179,7 @@ fn op() -> impl Strategy<Value = Op> {
             any::<bool>(),
         )
             .prop_map(|(k, addr, impostor, back, con)| Op::Notify { k, addr, impostor, back, con }),
+        1 => (0..ADDRESSES, 0..DEVICES).prop_map(|(addr, dev)| Op::Bootstrap { addr, dev }),
     ]
 }
 
@@ -239,6 +260,10 @@ fn fresh(last: (u32, Instant), seq: u32, now: Instant) -> bool {
     seq > last.0 || now.saturating_duration_since(last.1) > crate::coap::OBSERVE_FRESHNESS
 }
 
+/// A bootstrap session's request out: its message id, token, and whether it is the
+/// Finish.
+type BootstrapOut = (u16, Vec<u8>, bool);
+
 struct World {
     server: Lwm2mServer,
     now: Instant,
@@ -270,11 +295,22 @@ struct World {
     /// the Registers accepted.
     regs: HashMap<u8, Reg>,
     generation: u64,
+    /// Bootstrap sessions (one per address, as the server keeps them): the identity that
+    /// asked, and its request out now (message id, token, Bootstrap-Finish or not).
+    bootstraps: HashMap<SocketAddr, (u8, Option<BootstrapOut>)>,
+    /// Events checked by `audit` so far.
+    audited: usize,
     violations: Vec<String>,
 }
 
 impl World {
     fn identity(&self, n: u8) -> PeerIdentity {
+        if let Some(d) = n.checked_sub(BOOTSTRAP) {
+            return PeerIdentity {
+                psk_identity: format!("b{d}").into(),
+                device: Some(DeviceId::new(&format!("e{d}")).unwrap()),
+            };
+        }
         PeerIdentity {
             psk_identity: format!("i{n}").into(),
             device: self.owner[usize::from(n)].map(|d| DeviceId::new(&format!("e{d}")).unwrap()),
@@ -370,7 +406,29 @@ impl World {
                 continue;
             }
             let m = Message::decode(&t.payload).expect("the server's datagrams decode");
-            if m.code == Code::GET {
+            // The bootstrap server's requests: Discover (`GET /`), Delete, Write, Finish
+            // (the hub's are GETs of `/3/0/...`, a takeover probe's of `/1`).
+            let request = m.code.class() == 0 && m.code != Code::EMPTY;
+            if request && (m.code != Code::GET || m.uri_path().next().is_none()) {
+                match self.bootstraps.get_mut(&t.destination) {
+                    Some((asked, current)) if session == Some(*asked) => {
+                        let finish = m.code == Code::POST;
+                        *current = Some((m.message_id, m.token().as_bytes().to_vec(), finish));
+                    }
+                    other => self.violations.push(format!(
+                        "bootstrap request {} {:?} left for {} through the session of \
+                         {session:?} (the session asked through {other:?})",
+                        m.code,
+                        m.uri_path_string(),
+                        t.destination
+                    )),
+                }
+                if m.mtype == MessageType::Confirmable {
+                    self.requests
+                        .retain(|(_, r)| r.message_id != m.message_id || r.token() != m.token());
+                    self.requests.push((t.destination, m.clone()));
+                }
+            } else if m.code == Code::GET {
                 self.check_request(t.destination, session, &m);
                 if m.mtype == MessageType::Confirmable {
                     self.requests
@@ -422,10 +480,11 @@ impl World {
         self.registered_with.get(&dev).copied().unwrap_or(dev)
     }
 
-    /// Checks the events since `from` that end things the model keeps: a registration
+    /// Checks the events not audited yet that end things the model keeps: a registration
     /// expires only once its time is up or while contested (a takeover probe may have
     /// ended it); an observation ends only with its registration.
-    fn audit(&mut self, from: usize) {
+    fn audit(&mut self) {
+        let from = std::mem::replace(&mut self.audited, self.events.len());
         for i in from..self.events.len() {
             match &self.events[i] {
                 DeviceEvent::Expired { device } => {
@@ -439,6 +498,11 @@ impl World {
                             self.now
                         )),
                     }
+                }
+                DeviceEvent::Bootstrap {
+                    address: Some(a), ..
+                } => {
+                    self.bootstraps.remove(a);
                 }
                 DeviceEvent::ObservationEnded { op, cause, .. } => {
                     if let Some(o) = self.observations.iter().find(|o| o.op == op.0)
@@ -586,7 +650,12 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
     let mut w = World {
         server: Lwm2mServer::with_seed(config, seed)
             .require_identity()
-            .track_sessions(),
+            .track_sessions()
+            .with_bootstrap(Box::new(|r| {
+                let account = ServerAccount::new(1, "coaps://hub.example:5684")
+                    .with_psk(r.endpoint.clone(), vec![7; 16]);
+                Some(BootstrapPlan::new(vec![account]))
+            })),
         now: Instant::now(),
         mid: 0,
         owner: [Some(0), Some(1), Some(2), None],
@@ -603,19 +672,19 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
         ended: HashSet::new(),
         regs: HashMap::new(),
         generation: 0,
+        bootstraps: HashMap::new(),
+        audited: 0,
         violations: Vec::new(),
     };
     let mut submitted = Vec::new();
     for op in ops {
-        let from = w.events.len();
         step(&mut w, &mut submitted, op);
-        w.audit(from);
+        w.audit();
     }
     // Past every queue time-out (600 s), CoAP give-up and registration expiry.
     for _ in 0..8 {
-        let from = w.events.len();
         w.advance(Duration::from_secs(700));
-        w.audit(from);
+        w.audit();
     }
     prop_assert!(w.violations.is_empty(), "{:#?}", w.violations);
     for id in &submitted {
@@ -684,6 +753,102 @@ fn step(w: &mut World, submitted: &mut Vec<OpId>, op: Op) {
         } => notify(w, k, addr, impostor, back, con),
         Op::Advance { secs } => w.advance(Duration::from_secs(u64::from(secs))),
         Op::Rebind { ident, to } => w.rebind(ident, to),
+        Op::Bootstrap { addr, dev } => bootstrap(w, addr, dev),
+    }
+}
+
+/// Device `dev` asks for a bootstrap from `addr` through its bootstrap identity (see
+/// [`Op::Bootstrap`]). Liveness: answered 2.04; the Discover leaves at once when the
+/// endpoint would send a request to the address at once (nothing else in flight there),
+/// whatever registration holds the address. Safety (in `drain`): every bootstrap request
+/// leaves only through a session of the identity that asked.
+fn bootstrap(w: &mut World, addr: u8, dev: u8) {
+    let ident = BOOTSTRAP + dev;
+    let to = address(addr);
+    // The session first, so that a request it lets out (`session_changed`) is not the
+    // bootstrap's business.
+    if w.sessions.get(&to) != Some(&ident) {
+        w.connect(to, ident);
+    }
+    // A session there now is replaced: its request, forgotten, frees the address.
+    let replaced = w.bootstraps.get(&to).is_some_and(|(_, c)| c.is_some());
+    let free = w.server.endpoint().would_send_now(to);
+    let mut m = w.con(Code::POST, "/bs");
+    m.add_uri_query(&format!("ep=e{dev}"));
+    w.bootstraps.insert(to, (ident, None));
+    let answer = w.send(to, ident, &m);
+    // The session replaced there ends (`Failed`): audited now, not to end the new one.
+    let new = w.bootstraps.get(&to).cloned();
+    w.audit();
+    if let Some(new) = new {
+        w.bootstraps.insert(to, new);
+    }
+    if answer.as_ref().map(|a| a.code) != Some(Code::CHANGED) {
+        w.violations.push(format!(
+            "b{dev}'s Bootstrap-Request from {to} got {:?}",
+            answer.map(|a| a.code)
+        ));
+    }
+    let discover = w.bootstraps.get(&to).is_some_and(|(_, c)| c.is_some());
+    if free && !replaced && !discover {
+        w.violations.push(format!(
+            "b{dev}'s bootstrap at {to}: no Discover left through its session (the \
+             registration there: {:?})",
+            w.server.identity_at(to)
+        ));
+    }
+}
+
+/// Whether `request` at `to` is the request out of the bootstrap session there, and the
+/// session at `to` is of the identity that asked: `Some(finish)` (whether it is the
+/// Finish) if so.
+fn bootstrap_request_out(w: &World, to: SocketAddr, request: &Message) -> Option<bool> {
+    let (asked, Some((mid, token, finish))) = w.bootstraps.get(&to)? else {
+        return None;
+    };
+    (w.sessions.get(&to) == Some(asked)
+        && *mid == request.message_id
+        && token[..] == *request.token().as_bytes())
+    .then_some(*finish)
+}
+
+/// The answer to the bootstrap server's request out at `to` (`finish`: the Finish, see
+/// [`bootstrap_request_out`]) went through the session of the identity that asked: the
+/// session goes on (its next request leaves, when the endpoint would send one to the
+/// address at once) or, the Finish answered, ends `Finished`.
+fn bootstrap_answered(
+    w: &mut World,
+    to: SocketAddr,
+    request: &Message,
+    finish: bool,
+    events: usize,
+) {
+    let mid = request.message_id;
+    let outcome = w.events[events..].iter().find_map(|e| match e {
+        DeviceEvent::Bootstrap {
+            address: Some(a),
+            outcome,
+            ..
+        } if *a == to => Some(outcome.clone()),
+        _ => None,
+    });
+    let next = w
+        .bootstraps
+        .get(&to)
+        .and_then(|(_, c)| c.as_ref())
+        .is_some_and(|(m, _, _)| *m != mid);
+    let ok = match outcome {
+        Some(crate::transport::BootstrapOutcome::Finished) => finish,
+        Some(_) => false,
+        None => !finish && (next || !w.server.endpoint().would_send_now(to)),
+    };
+    if !ok {
+        w.violations.push(format!(
+            "the bootstrap at {to}, its {} answered through the asking identity's session, \
+             did not go on: {:?}",
+            request.code,
+            &w.events[events..]
+        ));
     }
 }
 
@@ -769,11 +934,12 @@ fn answer(w: &mut World, k: u8) {
     let Some(&ident) = w.sessions.get(&to) else {
         return;
     };
-    let mut answer = Message::new(
-        MessageType::Acknowledgement,
-        Code::CONTENT,
-        request.message_id,
-    );
+    let code = match request.code {
+        Code::GET => Code::CONTENT,
+        Code::DELETE => Code::DELETED,
+        _ => Code::CHANGED,
+    };
+    let mut answer = Message::new(MessageType::Acknowledgement, code, request.message_id);
     answer.with_token(request.token());
     answer.payload = b"80".to_vec();
     let observe = request.observe() == Some(0);
@@ -793,7 +959,11 @@ fn answer(w: &mut World, k: u8) {
     let expected = op
         .is_some_and(|(d, n)| w.acts_for(ident, d) && w.sent.contains(&n) && !w.ended.contains(&n));
     let events = w.events.len();
+    let bootstrap = bootstrap_request_out(w, to, &request);
     w.send(to, ident, &answer);
+    if let Some(finish) = bootstrap {
+        bootstrap_answered(w, to, &request, finish, events);
+    }
     let Some((d, n)) = op else {
         return;
     };
