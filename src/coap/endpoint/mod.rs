@@ -1051,6 +1051,29 @@ impl Endpoint {
         peer: SocketAddr,
         bytes: &[u8],
     ) -> Option<RequestId> {
+        let id = self.observed_elsewhere(peer, bytes)?;
+        let r = self.requests.get(&id)?;
+        let msg = Message::decode(bytes).ok()?;
+        if !msg.code.is_success() {
+            return Some(id);
+        }
+        let seq = msg.observe()?;
+        match r.observe.as_ref()?.last {
+            Some((v1, t1)) if !notification_is_fresh(v1, t1, seq, now) => None,
+            _ => Some(id),
+        }
+    }
+
+    /// The registered observation (client role) whose token the CON or NON response
+    /// `bytes` from `peer` carries, when the observation was registered with *another*
+    /// peer, fresh or not: for an application that judges who sent a notification before
+    /// the endpoint takes it (the LWM2M server behind DTLS judges it by the observation's
+    /// device, also when it is stale and only to be acknowledged).
+    /// [`observation_elsewhere`](Endpoint::observation_elsewhere) is this, for fresh
+    /// notifications and error responses only. `None` for anything else: not a CON or NON
+    /// response, a token this endpoint does not observe with, or one it already matches
+    /// from `peer`. Reads the header and token only.
+    pub fn observed_elsewhere(&self, peer: SocketAddr, bytes: &[u8]) -> Option<RequestId> {
         let (&first, rest) = bytes.split_first()?;
         let (&code, rest) = rest.split_first()?;
         let tkl = usize::from(first & 0x0f);
@@ -1063,16 +1086,10 @@ impl Endpoint {
             return None;
         }
         let id = *self.observe_by_token.get(&token)?;
-        let r = self.requests.get(&id).filter(|r| r.peer != peer)?;
-        let msg = Message::decode(bytes).ok()?;
-        if !msg.code.is_success() {
-            return Some(id);
-        }
-        let seq = msg.observe()?;
-        match r.observe.as_ref()?.last {
-            Some((v1, t1)) if !notification_is_fresh(v1, t1, seq, now) => None,
-            _ => Some(id),
-        }
+        self.requests
+            .get(&id)
+            .filter(|r| r.peer != peer)
+            .map(|_| id)
     }
 
     /// The request of ours (client role) that the datagram `bytes`, which this endpoint

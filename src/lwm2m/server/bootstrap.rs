@@ -6,6 +6,12 @@
 //! The server runs it on the same CoAP endpoint as the registration interface, so a hub
 //! bound to UDP or to DTLS serves bootstrap too (over DTLS the request carries the
 //! bootstrap session's authenticated identity, which the [`Bootstrapper`] may check).
+//! Over DTLS the session's requests, whose Writes carry the LWM2M servers' keys, leave
+//! only through a DTLS session of the identity that asked for the bootstrap, whatever
+//! registration holds the address ([`Lwm2mServer::may_send`]): a device bootstraps
+//! again from the address it registered from, through its bootstrap identity. Before,
+//! they were judged as the registration's requests there (refused: the bootstrap failed
+//! after about 93 s), and went through any session at an address no registration held.
 //!
 //! A bootstrap session, one at a time per device address, in this order, each request
 //! waiting for the previous answer:
@@ -254,6 +260,10 @@ impl Step {
 
 struct Session {
     endpoint: String,
+    /// The identity that asked for it (none over plain CoAP): its requests, which carry
+    /// the LWM2M servers' keys, go only through a session of it
+    /// ([`Lwm2mServer::may_send`]).
+    identity: Option<PeerIdentity>,
     steps: VecDeque<Step>,
     /// The request in flight and its step.
     current: Option<(RequestId, Step)>,
@@ -275,6 +285,13 @@ impl Bootstraps {
     /// The address a session's request `id` went to.
     pub(super) fn peer_of(&self, id: RequestId) -> Option<SocketAddr> {
         self.by_request.get(&id).copied()
+    }
+
+    /// The identity that asked for the session whose request `id` is (`None`: no
+    /// session's request; `Some(None)`: one asked for over plain CoAP).
+    pub(super) fn identity_of(&self, id: RequestId) -> Option<Option<&PeerIdentity>> {
+        let peer = self.by_request.get(&id)?;
+        self.sessions.get(peer).map(|s| s.identity.as_ref())
     }
 
     pub(super) fn session_count(&self) -> usize {
@@ -362,6 +379,7 @@ impl Lwm2mServer {
             peer,
             Session {
                 endpoint,
+                identity: self.current_identity.clone(),
                 steps,
                 current: None,
             },

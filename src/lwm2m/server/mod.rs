@@ -191,7 +191,10 @@
 //! identity (a session that took the device's address since, or a token known to another
 //! device) it is dropped unseen and changes nothing (`identity_model.rs` checks these
 //! rules over random traffic). The driver sends requests to a device only through a session of the
-//! identity it registered with ([`Lwm2mServer::may_send_to`]). Over plain CoAP (`UdpServer::bind`) nothing is
+//! identity it registered with ([`Lwm2mServer::may_send_to`]), and an answer (ACK or RST)
+//! through the session it answers, whatever registration holds the address
+//! ([`Lwm2mServer::may_send`]: before, a device's De-register from an address another
+//! registration held was taken, and its 2.02 never left). Over plain CoAP (`UdpServer::bind`) nothing is
 //! authenticated: anyone who can reach the port can claim any endpoint the authorizer
 //! lets in; use it on trusted networks and in tests only.
 //!
@@ -686,6 +689,32 @@ impl Lwm2mServer {
         }
     }
 
+    /// Whether the datagram `t` may leave through a session of `session` (none: plain
+    /// CoAP), the session at its destination: an ACK or RST (a piggybacked answer, an
+    /// empty ACK) always, since CoAP sends one only in reply to a message that just came
+    /// from its destination, here through that session (a device that de-registers from
+    /// an address another registration holds, a NAT having given it that port, gets its
+    /// 2.02, and an identity refused there its 4.03); a bootstrap session's request only
+    /// through a session of the identity that asked for the bootstrap, whatever
+    /// registration holds the address (it carries the LWM2M servers' keys; a device
+    /// bootstraps again from where it registered through its bootstrap identity); any
+    /// other request only as [`Self::may_send_to`] says for the address. A DTLS driver
+    /// sends only when this holds.
+    pub fn may_send(&self, t: &Transmit, session: Option<&PeerIdentity>) -> bool {
+        // Type bits: 2 ACK, 3 RST.
+        if t.payload.first().is_some_and(|&b| (b >> 4) & 3 >= 2) {
+            return true;
+        }
+        if let Some(asked) = self
+            .endpoint
+            .request_of(t.destination, &t.payload)
+            .and_then(|id| self.bootstraps.identity_of(id))
+        {
+            return asked == session;
+        }
+        self.may_send_to(t.destination, session)
+    }
+
     /// Replaces the resource-type resolver used to decode TLV and text (default:
     /// [`standard_resource_type`]).
     pub fn with_types(mut self, types: TypeResolver) -> Self {
@@ -876,7 +905,7 @@ impl Lwm2mServer {
         bytes: &[u8],
     ) {
         self.current_identity = identity.cloned();
-        if self.answer_from_stranger(now, peer, bytes) {
+        if self.answer_from_stranger(peer, bytes) {
             // Not the device's: dropped unseen (no ACK, no RST), nothing changes.
             self.current_identity = None;
             return;
@@ -1520,10 +1549,13 @@ impl Lwm2mServer {
     /// made at another address (NAT rebinding, [`Self::rebinding_notification`]) is
     /// judged by that observation's registration, not by the one at the address it came
     /// from: two devices that swapped ports behind a NAT notify, each through its own
-    /// identity, from the address the other registered at. Over plain CoAP every
-    /// registration is of no identity, and every datagram comes with none: nothing is
-    /// refused here.
-    fn answer_from_stranger(&self, now: Instant, peer: SocketAddr, bytes: &[u8]) -> bool {
+    /// identity, from the address the other registered at. So is a stale one (a
+    /// retransmission from the new address of a notification taken at the old one, its
+    /// ACK lost): the endpoint acknowledges it, else the device would drop the
+    /// observation when its retransmissions time out (RFC 7641 §4.5). Over plain CoAP
+    /// every registration is of no identity, and every datagram comes with none: nothing
+    /// is refused here.
+    fn answer_from_stranger(&self, peer: SocketAddr, bytes: &[u8]) -> bool {
         let (Some(&first), Some(&code)) = (bytes.first(), bytes.get(1)) else {
             return false;
         };
@@ -1533,7 +1565,7 @@ impl Lwm2mServer {
         let answered = self
             .endpoint
             .answered_request(peer, bytes)
-            .or_else(|| self.endpoint.observation_elsewhere(now, peer, bytes));
+            .or_else(|| self.endpoint.observed_elsewhere(peer, bytes));
         // An empty ACK or RST of a request that is no registration's (a bootstrap
         // session's, through the bootstrap identity): the session's own matter.
         if answered.is_none()

@@ -32,7 +32,8 @@ use std::time::Instant;
 
 /// DTLS between the socket and the server: records in, plaintext with the session's
 /// identity to the server; the server's datagrams out only through the session of the
-/// identity the destination registered with.
+/// identity the destination registered with (an answer, ACK or RST, through the session
+/// it answers: [`Lwm2mServer::may_send`]).
 pub(super) struct SecureLayer {
     dtls: DtlsServer,
 }
@@ -71,12 +72,13 @@ impl DatagramLayer for SecureLayer {
     ) {
         // Not through this session: there is none (it closed since the server last
         // heard, as when its key was withdrawn on another thread, which `send` finds and
-        // closes; nothing goes out in clear), or the address now belongs to another
-        // identity, or the identity to another device. The server hears of the sessions
+        // closes; nothing goes out in clear), or, for anything but an answer to what just
+        // came through it, the address now belongs to another identity, or the identity
+        // to another device. The server hears of the sessions
         // as they are, and takes back a request it was about to report sent: it waits for
         // a session of the registration's identity as any does while there is none. One
         // already reported sent is left to CoAP, which times it out.
-        let refused = !server.may_send_to(t.destination, self.dtls.session_identity(t.destination))
+        let refused = !server.may_send(&t, self.dtls.session_identity(t.destination))
             || self.dtls.send(now, t.destination, &t.payload).is_err();
         if refused {
             self.deliver(now, server);
