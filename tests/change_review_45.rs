@@ -85,9 +85,8 @@ fn control_a_move_observes_again_what_a_time_out_lost() {
 /// Observes away and left the entries marked as observed under op ids that never went
 /// out; the retried batch found nothing lost, so no Observe went out, nor at any later
 /// Update or move (only a lost entry is observed again): the path stayed unobserved
-/// until the device registered again.
+/// until the device registered again. Fixed: the snapshot covers `AddressChanged`.
 #[test]
-#[ignore = "finding: sync_snapshot does not cover AddressChanged, whose resync a failed commit loses"]
 fn a_move_in_a_batch_whose_commit_failed_still_observes_again_what_was_lost() {
     assert_eq!(
         lost_observation_resynced_on_move(true),

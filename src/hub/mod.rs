@@ -2009,8 +2009,10 @@ impl Inner {
         let mut out: SyncSnapshot = Vec::new();
         for event in batch {
             let device = match event {
+                // (`AddressChanged` observes again what its device's observations lost.)
                 DeviceEvent::Registered { device, .. }
                 | DeviceEvent::RegistrationUpdated { device, .. }
+                | DeviceEvent::AddressChanged { device, .. }
                 | DeviceEvent::Deregistered { device }
                 | DeviceEvent::Expired { device }
                 | DeviceEvent::TimedOut { device, .. }
