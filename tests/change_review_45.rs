@@ -101,9 +101,9 @@ fn a_move_in_a_batch_whose_commit_failed_still_observes_again_what_was_lost() {
 /// 1e300}}` is valid JSON and passed `validate` (so `Hub::bind_udp` and
 /// `HubBuilder::build` started the server), and the first confirmable request the server
 /// sent panicked its thread (`Duration::mul_f64` out of range). RFC 7252 §4.8: the factor
-/// is at least 1.0.
+/// is at least 1.0. Fixed: `validate` refuses a factor below 1.0, NaN, or one that takes
+/// `coap.ackTimeoutMs` past `MAX_CONFIG_DURATION` (`ServerConfigError::AckRandomFactor`).
 #[test]
-#[ignore = "finding: validate takes a coap.ackRandomFactor that panics the server's thread"]
 fn validate_refuses_an_ack_random_factor_that_panics_the_endpoint() {
     use twinhub::coap::{Code, Endpoint, Message};
     use twinhub::lwm2m::server::ServerConfig;
