@@ -123,3 +123,72 @@ fn validate_refuses_an_ack_random_factor_that_panics_the_endpoint() {
         "a factor that panics the server's thread passed validate"
     );
 }
+
+/// The seqs `store` gives after `after`, or the gap's `dropped_through`.
+fn stored_after(store: &twinhub::store::Store, after: u64) -> Result<Vec<u64>, u64> {
+    match store.changes_after(after, 1000).unwrap() {
+        Ok(changes) => Ok(changes.iter().map(|c| c.seq).collect()),
+        Err(gap) => Err(gap.dropped_through),
+    }
+}
+
+/// Item 4 held up (a pin): the feed trimmed key by key (9870f2a) keeps the newest
+/// `feed_retention` rows and records the newest dropped one, as `retain_in` did; so for a
+/// commit that trims more than it writes (retention lowered at a reopen), and with
+/// retention 0 (no rows; everything committed counts as dropped).
+#[test]
+fn the_feed_trimmed_key_by_key_keeps_the_newest_rows_and_records_the_cut() {
+    use twinhub::registry::Registry;
+    use twinhub::store::{Store, StoreConfig};
+    use twinhub::twin::Twin;
+    fn create(reg: &mut Registry, name: &str) {
+        reg.create(Twin::new(DeviceId::new(name).unwrap())).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::default();
+    config.feed_retention = 3;
+    let (mut store, mut reg) = Store::open(dir.path(), config.clone()).unwrap();
+    for i in 0..5 {
+        create(&mut reg, &format!("a{i}"));
+    }
+    store.commit(&reg).unwrap();
+    let last = reg.last_seq();
+    assert!(last >= 5, "{last}");
+    let kept: Vec<u64> = (last - 2..=last).collect();
+    assert_eq!(stored_after(&store, last - 3), Ok(kept));
+    assert_eq!(stored_after(&store, last - 4), Err(last - 3));
+    // Two more commits: the cut moves with them.
+    create(&mut reg, "b0");
+    store.commit(&reg).unwrap();
+    create(&mut reg, "b1");
+    store.commit(&reg).unwrap();
+    let last = reg.last_seq();
+    assert_eq!(
+        stored_after(&store, last - 3),
+        Ok((last - 2..=last).collect())
+    );
+    assert_eq!(stored_after(&store, last - 4), Err(last - 3));
+    let before = last;
+    drop(store);
+    // Reopened keeping 1: its first commit writes one row and trims the three kept
+    // (the reopened registry's numbers start past the reserve: `Store`'s module docs).
+    config.feed_retention = 1;
+    let (mut store, mut reg) = Store::open(dir.path(), config.clone()).unwrap();
+    create(&mut reg, "c0");
+    store.commit(&reg).unwrap();
+    let last = reg.last_seq();
+    assert!(last > before + 1, "{before} {last}");
+    assert_eq!(stored_after(&store, before), Ok(vec![last]));
+    assert_eq!(stored_after(&store, before - 1), Err(before));
+    assert_eq!(stored_after(&store, last), Ok(vec![]));
+    drop(store);
+    // Reopened keeping none: no rows, and everything committed counts as dropped.
+    config.feed_retention = 0;
+    let (mut store, mut reg) = Store::open(dir.path(), config).unwrap();
+    create(&mut reg, "d0");
+    store.commit(&reg).unwrap();
+    let last2 = reg.last_seq();
+    assert_eq!(stored_after(&store, last2), Ok(vec![]));
+    assert_eq!(stored_after(&store, last2 - 1), Err(last2));
+    assert_eq!(stored_after(&store, last), Err(last2));
+}
