@@ -3,6 +3,7 @@
 #![cfg(all(feature = "fuzzing", feature = "memory-fleet", feature = "lwm2m"))]
 
 mod hub_support;
+mod server_sim;
 
 use hub_support::*;
 use std::net::SocketAddr;
@@ -191,4 +192,41 @@ fn the_feed_trimmed_key_by_key_keeps_the_newest_rows_and_records_the_cut() {
     assert_eq!(stored_after(&store, last2), Ok(vec![]));
     assert_eq!(stored_after(&store, last2 - 1), Err(last2));
     assert_eq!(stored_after(&store, last), Err(last2));
+}
+
+/// Item 1 held up (a pin): a device flapping between two addresses (two NAT mappings
+/// alternating) does not drive a move, and with it the hub's re-observe and the job
+/// engine's redo, per notification: the address a registration left is remembered
+/// (`LEFT_ADDRESS_MEMORY`), and a notification from it counts as a late one. Twenty
+/// notifications alternating within 20 s move the registration once.
+#[test]
+fn a_device_flapping_between_two_addresses_moves_its_registration_once() {
+    use server_sim::*;
+    use twinhub::coap::MessageType;
+    let mut s = server();
+    let t0 = Instant::now();
+    register(&mut s, t0, addr(1), "a", 10);
+    let observe = observe_battery(&mut s, t0, 1, "a", addr(1));
+    send(&mut s, t0, addr(1), &established(&observe));
+    events(&mut s);
+    out(&mut s);
+    let mut moves = Vec::new();
+    for i in 0..20u16 {
+        let from = if i % 2 == 0 { addr(2) } else { addr(1) };
+        let note = notification(
+            &observe,
+            MessageType::NonConfirmable,
+            900 + i,
+            3 + u32::from(i),
+            b"81",
+        );
+        send(&mut s, t0 + Duration::from_secs(u64::from(i)), from, &note);
+        out(&mut s);
+        for e in events(&mut s) {
+            if let DeviceEvent::AddressChanged { address, .. } = e {
+                moves.push(address);
+            }
+        }
+    }
+    assert_eq!(moves, [addr(2)]);
 }
