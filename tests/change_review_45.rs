@@ -230,3 +230,56 @@ fn a_device_flapping_between_two_addresses_moves_its_registration_once() {
     }
     assert_eq!(moves, [addr(2)]);
 }
+
+/// Finding (item 1): a registration's move without an Update is the device heard from
+/// (a fresh notification carrying one of its observation tokens came from the new
+/// address), but the hub's `AddressChanged` arm left `lastActivityTime` to the
+/// notification that follows, and none follows one the server cannot decode (the
+/// bundled server reports the move before it decodes, and drops the notification when
+/// that fails). Reported as an Update before 3f05572, the move set it. Pushed here alone,
+/// as the server reports such a move.
+#[test]
+#[ignore = "finding: a move whose notification cannot be decoded leaves lastActivityTime"]
+fn a_move_without_a_notification_after_it_is_activity() {
+    use std::sync::{Arc, Mutex};
+    use twinhub::hub::Hub;
+    use twinhub::registry::Registry;
+    use twinhub::twin::Twin;
+    let pump = DeviceId::new("pump").unwrap();
+    let mut registry = Registry::new();
+    registry.create(Twin::new(pump.clone())).unwrap();
+    let script = Arc::new(Mutex::new(Script::default()));
+    let hub = Hub::with_transport(Scripted(script.clone()), registry, HubConfig::default());
+    let activity = || {
+        hub.registry()
+            .read()
+            .get("pump")
+            .and_then(|t| t.last_activity_time())
+    };
+    push(&script, registered_v(&pump, "1.0"));
+    wait_until("the registration", || activity().is_some());
+    let registered = activity();
+    std::thread::sleep(Duration::from_millis(30));
+    let address: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+    push(
+        &script,
+        DeviceEvent::AddressChanged {
+            device: pump.clone(),
+            registration_id: "r1".into(),
+            address,
+        },
+    );
+    wait_until("the move applied", || {
+        hub.registry()
+            .read()
+            .get("pump")
+            .and_then(|t| t.registration().and_then(|r| r.address))
+            == Some(address)
+    });
+    let moved = activity();
+    hub.stop();
+    assert!(
+        moved > registered,
+        "lastActivityTime stayed at the registration's: {registered:?}"
+    );
+}
