@@ -38,8 +38,9 @@
 //! said nothing). Subscribers see it as a twin change (the registration). The device's
 //! next Update brings the address back (a lifecycle `updated` event, with it); so does
 //! its fresh notification from a new address, or from the address it lost once no other
-//! registration holds it ([`DeviceEvent::AddressChanged`]), as a twin change only: that
-//! is no registration Update (the lifetime is not refreshed, nothing announced changed),
+//! registration holds it ([`DeviceEvent::AddressChanged`]), as a twin change only (the
+//! address, and `lastActivityTime`: the device was heard from): that is no registration
+//! Update (the lifetime is not refreshed, nothing announced changed),
 //! and Leshan, too, fires `updated` for an Update only. The same holds for any
 //! registration whose device's first word from a new address (NAT rebinding) is a
 //! notification. Either way the device is reachable again: sync observations the move
@@ -2009,8 +2010,10 @@ impl Inner {
         let mut out: SyncSnapshot = Vec::new();
         for event in batch {
             let device = match event {
+                // (`AddressChanged` observes again what its device's observations lost.)
                 DeviceEvent::Registered { device, .. }
                 | DeviceEvent::RegistrationUpdated { device, .. }
+                | DeviceEvent::AddressChanged { device, .. }
                 | DeviceEvent::Deregistered { device }
                 | DeviceEvent::Expired { device }
                 | DeviceEvent::TimedOut { device, .. }
@@ -2163,13 +2166,16 @@ impl Inner {
                 address,
             } => {
                 // No Update (no lifecycle event): the twin's registration shows where its
-                // device is now, a twin change. Connection state and `lastActivityTime`
-                // are the notification's to move (it follows). The device is reachable
-                // there: the sync observations a move failed (an Observe in flight to
-                // the address left, or to the one it was displaced from, fails with
-                // `RegistrationEnded`) are observed again now, as after an Update, not
-                // at its next Update (up to its lifetime later).
+                // device is now, a twin change. The device was heard from (a fresh
+                // notification of one of its observations came from there): that is
+                // activity, also when the notification cannot be decoded and none
+                // follows. The device is reachable there: the sync observations a move
+                // failed (an Observe in flight to the address left, or to the one it was
+                // displaced from, fails with `RegistrationEnded`) are observed again
+                // now, as after an Update, not at its next Update (up to its lifetime
+                // later).
                 if set_registration_address(reg, device, registration_id, Some(*address)) {
+                    let _ = reg.set_last_activity(device.as_str(), at);
                     crate::trace_event!(
                         info,
                         device = device.as_str(),

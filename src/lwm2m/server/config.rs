@@ -173,6 +173,11 @@ pub enum ServerConfigError {
     /// `coap.blockSzx` is above 6 (1024-byte blocks): 7 is reserved (RFC 7959 §2.2),
     /// and a larger one is no block size.
     BlockSize(u8),
+    /// `coap.ackRandomFactor` is below 1.0 (RFC 7252 §4.8), not a number, or so large
+    /// that `coap.ackTimeoutMs` times it passes [`MAX_CONFIG_DURATION`]: the first
+    /// retransmission time-out of a confirmable request is drawn up to that product, and
+    /// one out of `Duration`'s range panicked the server's thread at its first request.
+    AckRandomFactor,
 }
 
 impl std::fmt::Display for ServerConfigError {
@@ -183,6 +188,11 @@ impl std::fmt::Display for ServerConfigError {
             ServerConfigError::TooLong(what) => write!(
                 f,
                 "{what} must be at most {} ms (a year)",
+                MAX_CONFIG_DURATION.as_millis()
+            ),
+            ServerConfigError::AckRandomFactor => write!(
+                f,
+                "coap.ackRandomFactor must be at least 1.0, and coap.ackTimeoutMs times it at most {} ms (a year)",
                 MAX_CONFIG_DURATION.as_millis()
             ),
             ServerConfigError::BlockSize(szx) => {
@@ -211,7 +221,10 @@ impl ServerConfig {
     ///   once);
     /// - every duration, `lifetimeGraceMs` and `coap`'s included, at most
     ///   [`MAX_CONFIG_DURATION`];
-    /// - `coap.blockSzx` at most 6.
+    /// - `coap.blockSzx` at most 6;
+    /// - `coap.ackRandomFactor` at least 1.0, and `coap.ackTimeoutMs` times it at most
+    ///   [`MAX_CONFIG_DURATION`] (a larger product panicked the server's thread at its
+    ///   first confirmable request).
     ///
     /// The first setting found wrong is reported. [`UdpServer::bind`](super::UdpServer::bind),
     /// `Hub::bind_udp`, `Hub::bind_dtls` and `HubBuilder::build` call it and start nothing
@@ -290,6 +303,13 @@ impl ServerConfig {
         if coap.block_szx > 6 {
             return Err(ServerConfigError::BlockSize(coap.block_szx));
         }
+        // (Written so that NaN is refused too.)
+        let factor = coap.ack_random_factor;
+        if !(factor >= 1.0
+            && coap.ack_timeout.as_secs_f64() * factor <= MAX_CONFIG_DURATION.as_secs_f64())
+        {
+            return Err(ServerConfigError::AckRandomFactor);
+        }
         Ok(())
     }
 }
@@ -331,7 +351,7 @@ mod tests {
     #[test]
     fn validate_refuses_what_leaves_the_server_inert() {
         type Change = fn(&mut ServerConfig);
-        let refused: [(Change, ServerConfigError); 19] = [
+        let refused: [(Change, ServerConfigError); 22] = [
             (|c| c.nstart = 0, ServerConfigError::Zero("nstart")),
             (
                 |c| c.max_registrations = 0,
@@ -410,6 +430,18 @@ mod tests {
                 ServerConfigError::TooLong("coap.exchangeLifetimeMs"),
             ),
             (|c| c.coap.block_szx = 7, ServerConfigError::BlockSize(7)),
+            (
+                |c| c.coap.ack_random_factor = 0.5,
+                ServerConfigError::AckRandomFactor,
+            ),
+            (
+                |c| c.coap.ack_random_factor = f64::NAN,
+                ServerConfigError::AckRandomFactor,
+            ),
+            (
+                |c| c.coap.ack_random_factor = 1e300,
+                ServerConfigError::AckRandomFactor,
+            ),
         ];
         assert_eq!(ServerConfig::default().validate(), Ok(()));
         for (change, expected) in refused {
@@ -422,6 +454,7 @@ mod tests {
                 | ServerConfigError::ZeroDuration(what)
                 | ServerConfigError::TooLong(what) => what,
                 ServerConfigError::BlockSize(_) => "coap.blockSzx",
+                ServerConfigError::AckRandomFactor => "coap.ackRandomFactor",
             };
             assert!(expected.to_string().contains(named), "{expected}");
         }
@@ -436,6 +469,7 @@ mod tests {
             takeover: Takeover::Replace,
             coap: EndpointConfig {
                 block_szx: 6,
+                ack_random_factor: 1.0,
                 ..ServerConfig::default().coap
             },
             ..ServerConfig::default()
