@@ -7,10 +7,37 @@ mod server_sim;
 
 use hub_support::*;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
 use twinhub::hub::HubConfig;
 use twinhub::transport::DeviceEvent;
+
+/// Moves `pump`'s registration `r1` to `address` without an Update
+/// ([`DeviceEvent::AddressChanged`]) and waits until its twin shows it.
+fn move_registration(
+    hub: &twinhub::hub::Hub,
+    script: &Mutex<Script>,
+    pump: &DeviceId,
+    address: &str,
+) {
+    let address: SocketAddr = address.parse().unwrap();
+    push(
+        script,
+        DeviceEvent::AddressChanged {
+            device: pump.clone(),
+            registration_id: "r1".into(),
+            address,
+        },
+    );
+    wait_until("the move applied", || {
+        hub.registry()
+            .read()
+            .get(pump.as_str())
+            .and_then(|t| t.registration().and_then(|r| r.address))
+            == Some(address)
+    });
+}
 
 /// A sync observation whose Observe timed out (committed), then the device's
 /// registration moves without an Update ([`DeviceEvent::AddressChanged`], which now
@@ -39,22 +66,7 @@ fn lost_observation_resynced_on_move(fail: bool) -> usize {
     if fail {
         store.lock().fail_next_commit();
     }
-    let address: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-    push(
-        &script,
-        DeviceEvent::AddressChanged {
-            device: pump.clone(),
-            registration_id: "r1".into(),
-            address,
-        },
-    );
-    wait_until("the move applied", || {
-        hub.registry()
-            .read()
-            .get("pump")
-            .and_then(|t| t.registration().and_then(|r| r.address))
-            == Some(address)
-    });
+    move_registration(&hub, &script, &pump, "127.0.0.1:40001");
     wait_committed(&hub, &store, "the move's commit");
     let deadline = Instant::now() + Duration::from_secs(2);
     let again = || {
@@ -240,7 +252,7 @@ fn a_device_flapping_between_two_addresses_moves_its_registration_once() {
 /// as the server reports such a move. Fixed: the move sets `lastActivityTime`.
 #[test]
 fn a_move_without_a_notification_after_it_is_activity() {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use twinhub::hub::Hub;
     use twinhub::registry::Registry;
     use twinhub::twin::Twin;
@@ -259,22 +271,7 @@ fn a_move_without_a_notification_after_it_is_activity() {
     wait_until("the registration", || activity().is_some());
     let registered = activity();
     std::thread::sleep(Duration::from_millis(30));
-    let address: SocketAddr = "127.0.0.1:40002".parse().unwrap();
-    push(
-        &script,
-        DeviceEvent::AddressChanged {
-            device: pump.clone(),
-            registration_id: "r1".into(),
-            address,
-        },
-    );
-    wait_until("the move applied", || {
-        hub.registry()
-            .read()
-            .get("pump")
-            .and_then(|t| t.registration().and_then(|r| r.address))
-            == Some(address)
-    });
+    move_registration(&hub, &script, &pump, "127.0.0.1:40002");
     let moved = activity();
     hub.stop();
     assert!(
