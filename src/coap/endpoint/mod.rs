@@ -2323,6 +2323,32 @@ impl Endpoint {
         true
     }
 
+    /// Forgets what duplicate detection remembers of `peer`'s messages (their ids,
+    /// tokens and the replies to replay): the next message from it is taken as new
+    /// whatever its id and token. For a DTLS server whose session at `peer` now speaks
+    /// for another identity: that identity's messages are no retransmissions of the
+    /// previous one's, and a remembered reply (a response the previous identity was
+    /// sent) must not be replayed to it.
+    #[cfg(feature = "dtls")]
+    pub(crate) fn forget_duplicates(&mut self, peer: SocketAddr) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let entries = std::mem::take(&mut p.dedup);
+        p.dedup_count = 0;
+        for (mid, stamp) in entries {
+            if self
+                .dedup
+                .get(&(peer, mid))
+                .is_some_and(|d| d.stamp == stamp)
+            {
+                self.dedup.remove(&(peer, mid));
+                self.dedup_len -= 1;
+            }
+        }
+        self.gc_peer(peer);
+    }
+
     fn gc_peer(&mut self, peer: SocketAddr) {
         if self.peers.get(&peer).is_some_and(PeerState::is_idle) {
             self.peers.remove(&peer);

@@ -1218,3 +1218,54 @@ fn a_stale_confirmable_notification_from_another_registrations_address_is_acknow
     ];
     run(ops, 0, 1).unwrap();
 }
+
+/// CoAP's duplicate detection is keyed by address: `a` registered through its session at
+/// port 1; a session of `b` then took the port (a NAT gave it to `b`'s device) and
+/// `b`'s first Register happened to carry the message id and token of `a`'s. It was
+/// taken for `a`'s retransmission and answered with the 2.01 `a` was sent (`a`'s
+/// location), `b` unregistered. A session of another identity at an address starts with
+/// nothing remembered, so `b`'s Register is taken.
+#[test]
+fn another_identitys_session_at_an_address_is_not_answered_from_the_previous_ones_replies() {
+    let mut server = Lwm2mServer::with_seed(
+        ServerConfig {
+            auto_provision: true,
+            ..ServerConfig::default()
+        },
+        7,
+    )
+    .require_identity()
+    .track_sessions();
+    let now = Instant::now();
+    let port = SocketAddr::from(([127, 0, 0, 1], 1));
+    let id = |ep: &str| PeerIdentity {
+        psk_identity: std::sync::Arc::from(format!("i-{ep}")),
+        device: Some(DeviceId::new(ep).unwrap()),
+    };
+    let register = |ep: &str| {
+        let mut m = Message::new(MessageType::Confirmable, Code::POST, 10);
+        m.set_token(&[1, 2, 3, 4]).unwrap();
+        m.add_uri_path("rd");
+        m.add_uri_query(&format!("ep={ep}"));
+        m.payload = b"</3/0>".to_vec();
+        m.to_bytes().unwrap()
+    };
+    let created = |server: &mut Lwm2mServer| {
+        let answers: Vec<Message> = std::iter::from_fn(|| server.poll_transmit())
+            .map(|t| Message::decode(&t.payload).unwrap())
+            .collect();
+        let [answer] = answers.as_slice() else {
+            panic!("one answer: {answers:?}");
+        };
+        assert_eq!(answer.code, Code::CREATED, "{answer:?}");
+        answer.location_path().collect::<Vec<_>>().join("/")
+    };
+    server.session_changed(now, port, Some(&id("a")));
+    server.handle_datagram_from(now, port, Some(&id("a")), &register("a"));
+    let a = created(&mut server);
+    server.session_changed(now, port, Some(&id("b")));
+    server.handle_datagram_from(now, port, Some(&id("b")), &register("b"));
+    let b = created(&mut server);
+    assert_ne!(a, b, "b was sent a's registration");
+    assert!(server.registration(&DeviceId::new("b").unwrap()).is_some());
+}

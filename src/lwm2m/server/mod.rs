@@ -570,7 +570,13 @@ impl Lwm2mServer {
             sessions.remove(&peer);
             return;
         };
-        sessions.insert(peer, identity.clone());
+        // A session of another identity than the one the address had (or after none):
+        // CoAP's duplicate detection, keyed by address, must not take its messages for
+        // the previous identity's retransmissions and replay their replies to it (a
+        // cached answer to another device's Register, say, with its location).
+        if sessions.insert(peer, identity.clone()).as_ref() != Some(identity) {
+            self.endpoint.forget_duplicates(peer);
+        }
         if let Some(&slot) = self.by_addr.get(&peer) {
             self.pump(now, slot);
             self.drain_endpoint(now);
