@@ -1078,6 +1078,16 @@ fn notify(w: &mut World, k: u8, addr: u8, impostor: Option<u8>, back: u8, con: b
     }
 }
 
+/// Device `dev` registers from `addr` through its own identity, naming no endpoint.
+fn register_op(addr: u8, dev: u8) -> Op {
+    Op::Register {
+        addr,
+        dev,
+        name: false,
+        impostor: None,
+    }
+}
+
 proptest! {
     // 256 cases unless `PROPTEST_CASES` says otherwise (a long run: `PROPTEST_CASES=20000`).
     #![proptest_config(ProptestConfig::default())]
@@ -1099,12 +1109,7 @@ proptest! {
 #[test]
 fn a_notification_through_another_identitys_session_is_not_the_devices() {
     let ops = vec![
-        Op::Register {
-            addr: 0,
-            dev: 2,
-            name: false,
-            impostor: None,
-        },
+        register_op(0, 2),
         Op::Observe { dev: 2 },
         Op::Answer { k: 0 },
         Op::Notify {
@@ -1154,18 +1159,8 @@ fn an_answer_through_another_identitys_session_is_not_the_devices() {
 #[test]
 fn a_deregister_from_an_address_another_registration_holds_is_answered() {
     let ops = vec![
-        Op::Register {
-            addr: 1,
-            dev: 1,
-            name: false,
-            impostor: None,
-        },
-        Op::Register {
-            addr: 0,
-            dev: 0,
-            name: false,
-            impostor: None,
-        },
+        register_op(1, 1),
+        register_op(0, 0),
         Op::Deregister {
             addr: 1,
             dev: 0,
@@ -1187,18 +1182,8 @@ fn a_deregister_from_an_address_another_registration_holds_is_answered() {
 #[test]
 fn a_stale_confirmable_notification_from_another_registrations_address_is_acknowledged() {
     let ops = vec![
-        Op::Register {
-            addr: 1,
-            dev: 1,
-            name: false,
-            impostor: None,
-        },
-        Op::Register {
-            addr: 0,
-            dev: 0,
-            name: false,
-            impostor: None,
-        },
+        register_op(1, 1),
+        register_op(0, 0),
         Op::Observe { dev: 0 },
         Op::Answer { k: 0 },
         Op::Notify {
