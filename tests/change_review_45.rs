@@ -22,12 +22,19 @@ fn move_registration(
     address: &str,
 ) {
     let address: SocketAddr = address.parse().unwrap();
+    let DeviceEvent::Registered {
+        device,
+        mut registration,
+    } = registered_v(pump, "1.0")
+    else {
+        unreachable!()
+    };
+    registration.address = Some(address);
     push(
         script,
         DeviceEvent::AddressChanged {
-            device: pump.clone(),
-            registration_id: "r1".into(),
-            address,
+            device,
+            registration,
         },
     );
     wait_until("the move applied", || {
@@ -235,8 +242,8 @@ fn a_device_flapping_between_two_addresses_moves_its_registration_once() {
         send(&mut s, t0 + Duration::from_secs(u64::from(i)), from, &note);
         out(&mut s);
         for e in events(&mut s) {
-            if let DeviceEvent::AddressChanged { address, .. } = e {
-                moves.push(address);
+            if let DeviceEvent::AddressChanged { registration, .. } = e {
+                moves.extend(registration.address);
             }
         }
     }

@@ -296,8 +296,8 @@ fn a_registration_that_takes_its_address_back_reports_it() {
     assert!(
         evs.iter().any(|e| matches!(
             e,
-            DeviceEvent::AddressChanged { device, address, .. }
-                if *device == d && *address == addr(1)
+            DeviceEvent::AddressChanged { device, registration }
+                if *device == d && registration.address == Some(addr(1))
         )),
         "{evs:?}"
     );
@@ -494,11 +494,7 @@ fn a_notification_from_a_new_address_is_no_lifecycle_update() {
 /// `device`'s registration `r1` (the scripted transport's) moved to `port` without an
 /// Update.
 fn address_changed(device: &DeviceId, port: u16) -> DeviceEvent {
-    DeviceEvent::AddressChanged {
-        device: device.clone(),
-        registration_id: "r1".into(),
-        address: SocketAddr::from(([10, 0, 0, 7], port)),
-    }
+    moved_under(device, "r1", port)
 }
 
 /// A hub (`config`) over a scripted transport where device `d`, in its registry,
@@ -597,5 +593,114 @@ fn a_job_step_failed_by_a_move_goes_again_at_the_new_address() {
     push(&script, address_changed(&device, 9));
     wait_until("the Write again", || job_ops(&script).len() == 2);
     assert_eq!(job_ops(&script)[1].request, write.request);
+    hub.stop();
+}
+
+/// `device`'s registration `id`, which the hub never saw (its `Registered` was dropped),
+/// moved to `port` without an Update.
+fn moved_under(device: &DeviceId, id: &str, port: u16) -> DeviceEvent {
+    let DeviceEvent::Registered {
+        device,
+        mut registration,
+    } = hub_support::registered_v(device, "1.0")
+    else {
+        unreachable!()
+    };
+    registration.registration_id = id.into();
+    registration.address = Some(SocketAddr::from(([10, 0, 0, 7], port)));
+    DeviceEvent::AddressChanged {
+        device,
+        registration,
+    }
+}
+
+/// Day 46, item 1: the device registered again (`r2`: its observations went with `r1`)
+/// and the hub never applied that registration (its `Registered` dropped at
+/// [`MAX_HELD_EVENTS`](twinhub::hub::backoff::MAX_HELD_EVENTS)); then the device moved,
+/// and its first word from the new address was a notification (`AddressChanged`). The
+/// move is applied as the registration the hub missed, as an Update under an unknown
+/// registration id is: the twin shows `r2` at the new address, the device is observed
+/// afresh, and the registration is counted. Before, `AddressChanged` carried only the
+/// id and address, and a move under an id the twin does not hold changed nothing: the
+/// twin kept `r1` and its old address (another device's, maybe) and the device stayed
+/// unobserved until its next Update.
+#[test]
+fn a_move_under_a_registration_the_hub_never_saw_is_applied_as_that_registration() {
+    use hub_support::{observes, push};
+    let (hub, script, device) = d_registered_over_a_script(HubConfig::default());
+    wait_until("the sync Observes", || observes(&script).len() == 2);
+    let registrations = hub.stats().registrations;
+    push(&script, moved_under(&device, "r2", 9));
+    wait_until("the twin to hold r2", || {
+        hub.twin("d")
+            .and_then(|t| t.registration)
+            .is_some_and(|r| r.registration_id == "r2")
+    });
+    assert_eq!(port_of(&hub, "d"), Some(9));
+    wait_until("the device observed afresh", || observes(&script).len() == 4);
+    assert_eq!(hub.stats().registrations, registrations + 1);
+    hub.stop();
+}
+
+/// Day 46, item 1, the job engine's side: a reboot job's Execute was answered, and the
+/// child waits for the device to register again. It did (`r2`), but the hub never got
+/// that `Registered`; the device's move under `r2` is that registration: the reboot is
+/// done. (Before, the move changed nothing and the child waited until the device's next
+/// Update, or timed out.)
+#[test]
+fn a_move_under_a_registration_the_hub_never_saw_completes_a_reboot() {
+    use hub_support::{answer_done, job_ops, push};
+    use twinhub::job::{JobId, JobSpec, JobType};
+    use twinhub::transport::DeviceRequest;
+    let (hub, script, device) = d_registered_over_a_script(HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    });
+    let job = JobId::new("rb").unwrap();
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration: true,
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+    wait_until("the Execute", || !job_ops(&script).is_empty());
+    let exec = job_ops(&script).remove(0);
+    assert!(matches!(exec.request, DeviceRequest::Execute { .. }));
+    answer_done(&script, &device, &exec);
+    push(&script, moved_under(&device, "r2", 9));
+    wait_until("the reboot done", || {
+        hub.job_statistics(&job).unwrap().succeeded == 1
+    });
+    hub.stop();
+}
+
+/// Day 46, item 1: a twin that holds no registration (created after its device
+/// registered) takes the registration a move carries, as it takes an Update's: it shows
+/// the device connected at its new address, and the device is observed. (Before, the
+/// move changed nothing: the twin showed no registration until the device's next
+/// Update.)
+#[test]
+fn a_twin_without_a_registration_takes_the_one_a_move_carries() {
+    use hub_support::{observes, push};
+    let device = DeviceId::new("d").unwrap();
+    let mut registry = Registry::new();
+    registry
+        .create(twinhub::twin::Twin::new(device.clone()))
+        .unwrap();
+    let script = std::sync::Arc::new(std::sync::Mutex::new(hub_support::Script::default()));
+    let hub = Hub::with_transport(
+        hub_support::Scripted(script.clone()),
+        registry,
+        HubConfig::default(),
+    );
+    push(&script, address_changed(&device, 9));
+    wait_until("the twin to hold r1", || port_of(&hub, "d") == Some(9));
+    assert_eq!(
+        hub.twin("d").unwrap().connection_state,
+        ConnectionState::Connected
+    );
+    wait_until("the device observed", || observes(&script).len() == 2);
     hub.stop();
 }

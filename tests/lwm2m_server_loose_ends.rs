@@ -148,7 +148,7 @@ fn a_notification_from_a_new_address_ends_the_takeover_probe_of_the_old_one() {
     let evs = events(&mut s);
     assert!(
         evs.iter().any(
-            |e| matches!(e, DeviceEvent::AddressChanged { address, .. } if *address == addr(3))
+            |e| matches!(e, DeviceEvent::AddressChanged { registration, .. } if registration.address == Some(addr(3)))
         ),
         "{evs:?}"
     );
@@ -306,7 +306,7 @@ fn a_displaced_registration_that_takes_its_address_back_shows_it() {
     let evs = events(&mut s);
     assert_eq!(address_of(&s, "a"), Some(addr(1)));
     assert!(
-        evs.iter().any(|e| matches!(e, DeviceEvent::AddressChanged { device, address, .. } if device.as_str() == "a" && *address == addr(1))),
+        evs.iter().any(|e| matches!(e, DeviceEvent::AddressChanged { device, registration } if device.as_str() == "a" && registration.address == Some(addr(1)))),
         "{evs:?}"
     );
 }
@@ -593,8 +593,9 @@ fn address_changes(evs: &[DeviceEvent], ep: &str) -> Vec<SocketAddr> {
     evs.iter()
         .filter_map(|e| match e {
             DeviceEvent::AddressChanged {
-                device, address, ..
-            } if device.as_str() == ep => Some(*address),
+                device,
+                registration,
+            } if device.as_str() == ep => registration.address,
             _ => None,
         })
         .collect()
@@ -649,8 +650,8 @@ fn a_notification_from_a_new_address_is_reported_as_an_address_change() {
             )
         });
         let moved = at(&|e| {
-            matches!(e, DeviceEvent::AddressChanged { registration_id, .. }
-                if location == format!("rd/{registration_id}"))
+            matches!(e, DeviceEvent::AddressChanged { registration, .. }
+                if location == format!("rd/{}", registration.registration_id))
         });
         let notified = at(&|e| matches!(e, DeviceEvent::Notification { .. }));
         assert!(

@@ -36,7 +36,9 @@ pub const MAX_HELD_NOTIFICATIONS: usize = 65_536;
 /// expiry (see [`MAX_HELD_OFFLINE`]) and a [`DeviceEvent::Sent`] (below). What is lost
 /// when an event is dropped: a registration or update is made good at the device's next
 /// Update (an Update under a registration id the twin does not hold is applied as that
-/// registration; a device the hub has no sync observations for is observed afresh); a
+/// registration, and so is a move without one, [`DeviceEvent::AddressChanged`], which
+/// carries the registration; a device the hub has no sync observations for is observed
+/// afresh); a
 /// job's answer lets its child time out and retry; a sync observation's answer is
 /// observed again at the next Update.
 ///

@@ -45,7 +45,13 @@
 //! registration whose device's first word from a new address (NAT rebinding) is a
 //! notification. Either way the device is reachable again: sync observations the move
 //! failed are observed again at once, and a job step it failed goes again, as after an
-//! Update. A twin that kept showing the old address would
+//! Update. A move under a registration id the twin does not hold is the registration the
+//! hub missed (its [`DeviceEvent::Registered`] dropped at
+//! [`backoff::MAX_HELD_EVENTS`]): the event carries the whole registration, and it is
+//! applied as that registration (a lifecycle `registered` event, the device observed
+//! afresh, a reboot job waiting for it done), as an Update under an unknown id is; a twin
+//! that holds no registration (created after its device registered) takes it as its
+//! own. A twin that kept showing the old address would
 //! point at the other device. A restarted hub does not take a displaced registration
 //! back (`Hub::bind_udp` takes back the registrations it can reach, and no address is
 //! known to reach this one's device at): its twin is marked disconnected, as one whose
@@ -1267,17 +1273,22 @@ fn set_registration_address(
         .is_ok()
 }
 
-/// `event` as a [`DeviceEvent::Registered`] when it is an Update under a registration id
-/// other than the one the device's twin holds: the device registered again and the hub
-/// never applied that registration (see [`backoff::MAX_HELD_EVENTS`]). The device's
-/// observations ended with it. A twin that holds no registration (created after its
-/// device registered, or re-created) takes the Update as an Update: nothing says its
+/// `event` as a [`DeviceEvent::Registered`] when it is an Update, or a move without one
+/// ([`DeviceEvent::AddressChanged`]), under a registration id other than the one the
+/// device's twin holds: the device registered again and the hub never applied that
+/// registration (see [`backoff::MAX_HELD_EVENTS`]). The device's observations ended with
+/// it. A twin that holds no registration (created after its device registered, or
+/// re-created) takes the Update as an Update, and the move as a move: nothing says its
 /// device registered again.
 fn renewed_registration(reg: &Registry, event: &DeviceEvent) -> Option<DeviceEvent> {
-    let DeviceEvent::RegistrationUpdated {
+    let (DeviceEvent::RegistrationUpdated {
         device,
         registration,
-    } = event
+    }
+    | DeviceEvent::AddressChanged {
+        device,
+        registration,
+    }) = event
     else {
         return None;
     };
@@ -1676,7 +1687,7 @@ impl Inner {
         lock(&self.ends_sent).is_end(op)
     }
 
-    /// What an Update or a notification (`event`) says about ending its registration,
+    /// What an Update, a move or a notification (`event`) says about ending its registration,
     /// applied to `reg` as it is when the event's turn comes: `true` when it comes under
     /// a registration the hub is ending (or ended), not to be applied. One of a
     /// registration whose twin is gone, and that no end names yet, adds an end to
@@ -1699,6 +1710,10 @@ impl Inner {
                 registration_id,
                 ..
             } => (device, registration_id),
+            DeviceEvent::AddressChanged {
+                device,
+                registration,
+            } => (device, &registration.registration_id),
             DeviceEvent::Registered {
                 device,
                 registration,
@@ -2162,8 +2177,7 @@ impl Inner {
             }
             DeviceEvent::AddressChanged {
                 device,
-                registration_id,
-                address,
+                registration,
             } => {
                 // No Update (no lifecycle event): the twin's registration shows where its
                 // device is now, a twin change. The device was heard from (a fresh
@@ -2173,16 +2187,42 @@ impl Inner {
                 // failed (an Observe in flight to the address left, or to the one it was
                 // displaced from, fails with `RegistrationEnded`) are observed again
                 // now, as after an Update, not at its next Update (up to its lifetime
-                // later).
-                if set_registration_address(reg, device, registration_id, Some(*address)) {
+                // later). (A move under a registration id other than the twin's came
+                // here as the registration the hub missed: `renewed_registration`.)
+                let held = reg
+                    .get(device.as_str())
+                    .map(|t| (t.registration().is_some(), t.connection_state()));
+                let moved = match held {
+                    None => false,
+                    Some((true, _)) => set_registration_address(
+                        reg,
+                        device,
+                        &registration.registration_id,
+                        registration.address,
+                    ),
+                    Some((false, state)) => {
+                        // A twin that holds no registration (created after its device
+                        // registered) takes this one, as it takes an Update's.
+                        if state != ConnectionState::Connected {
+                            let _ = reg.set_connection_state(
+                                device.as_str(),
+                                ConnectionState::Connected,
+                                at,
+                            );
+                        }
+                        reg.set_registration(device.as_str(), Some(registration.clone()))
+                            .is_ok()
+                    }
+                };
+                if moved {
                     let _ = reg.set_last_activity(device.as_str(), at);
                     crate::trace_event!(
                         info,
                         device = device.as_str(),
-                        address = %address,
+                        address = ?registration.address,
                         "registration moved without an Update"
                     );
-                    self.resync(device, ops);
+                    self.resync_or_observe(device, registration, ops);
                 }
             }
             DeviceEvent::TimedOut { device, op } => {
@@ -2204,20 +2244,8 @@ impl Inner {
                         reg.set_connection_state(device.as_str(), ConnectionState::Connected, at);
                 }
                 let _ = reg.set_last_activity(device.as_str(), at);
-                if lock(&self.synced).contains_key(device) {
-                    self.resync(device, ops);
+                if self.resync_or_observe(device, registration, ops) {
                     self.sync_objects_changed(device, &registration.objects, ops);
-                } else {
-                    // No sync table entry: the registration that makes one never reached
-                    // this hub (dropped at the held-events bound, or made before a hub
-                    // over a transport of its own started), so no observation of the
-                    // hub's lives on the device: observe afresh.
-                    self.sync_ops(
-                        device,
-                        &registration.objects,
-                        registration.speaks_1_1(),
-                        ops,
-                    );
                 }
                 crate::trace_event!(debug, device = device.as_str(), "registration updated");
                 let mut e = LifecycleEvent::new(device, LifecycleKind::Updated, at);
@@ -2434,6 +2462,31 @@ impl Inner {
     }
 
     /// Observes again every sync path of `device` whose observation is gone.
+    /// After an Update or a move of `device`'s `registration`: its lost sync observations
+    /// are observed again ([`Inner::resync`]; true), or, with no sync table entry, it is
+    /// observed afresh (false): the registration that makes one never reached this hub
+    /// (dropped at the held-events bound, or made before a hub over a transport of its
+    /// own started), so no observation of the hub's lives on the device.
+    fn resync_or_observe(
+        &self,
+        device: &DeviceId,
+        registration: &RegistrationInfo,
+        ops: &mut Vec<DeviceOp>,
+    ) -> bool {
+        if lock(&self.synced).contains_key(device) {
+            self.resync(device, ops);
+            true
+        } else {
+            self.sync_ops(
+                device,
+                &registration.objects,
+                registration.speaks_1_1(),
+                ops,
+            );
+            false
+        }
+    }
+
     fn resync(&self, device: &DeviceId, ops: &mut Vec<DeviceOp>) {
         let mut synced = lock(&self.synced);
         let Some(entries) = synced.get_mut(device) else {

@@ -429,16 +429,23 @@ pub enum DeviceEvent {
     /// [`DeviceEvent::Displaced`] registration that takes back the address it lost (such
     /// a notification came from there once no other registration held it). The
     /// notification itself follows as a [`DeviceEvent::Notification`] (unless it cannot
-    /// be decoded). The device is reachable at `address`: a host resumes what the move
-    /// failed, as after an Update.
+    /// be decoded). The device is reachable at the registration's new
+    /// [`address`](RegistrationInfo::address): a host resumes what the move failed, as
+    /// after an Update.
+    ///
+    /// It carries the whole registration, as [`DeviceEvent::RegistrationUpdated`] does,
+    /// so that a host that never applied it (its [`DeviceEvent::Registered`] was lost:
+    /// the hub drops events past a bound while its store fails) can apply it from the
+    /// move alone, as it applies an Update under an unknown registration id, without
+    /// asking the transport (which runs on a thread of its own, and whose registration
+    /// may have moved on by the time it is asked).
     AddressChanged {
         /// The device.
         device: DeviceId,
-        /// The registration (as
-        /// [`RegistrationInfo::registration_id`](crate::twin::RegistrationInfo) says).
-        registration_id: String,
-        /// Where the registration is now.
-        address: SocketAddr,
+        /// The registration after the move: its
+        /// [`address`](RegistrationInfo::address) is where it is now (never `None`);
+        /// nothing else changed.
+        registration: RegistrationInfo,
     },
     /// A device de-registered.
     Deregistered {

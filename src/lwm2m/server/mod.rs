@@ -46,7 +46,9 @@
 //!   of one of a registration's observations, moves the registration there as an Update
 //!   would (requests in flight to the old address failed first), without refreshing its
 //!   lifetime, which only an Update does. It is reported as
-//!   [`DeviceEvent::AddressChanged`] with the new address, not as an Update: nothing the
+//!   [`DeviceEvent::AddressChanged`] with the registration at its new address (the
+//!   whole registration, so that a host that missed its Register can apply it from the
+//!   move), not as an Update: nothing the
 //!   device announced changed, and Leshan, too, tells its registration listeners of an
 //!   update only for a registration Update (before, it was reported as
 //!   [`DeviceEvent::RegistrationUpdated`], and the hub published a lifecycle `updated`
@@ -1535,8 +1537,7 @@ impl Lwm2mServer {
             reg.info.address = Some(addr);
             let back = DeviceEvent::AddressChanged {
                 device: reg.device.clone(),
-                registration_id: reg.info.registration_id.clone(),
-                address: addr,
+                registration: reg.info.clone(),
             };
             self.events.push_back(back);
         }
@@ -1664,8 +1665,7 @@ impl Lwm2mServer {
         if let Some(reg) = self.slot(slot) {
             self.events.push_back(DeviceEvent::AddressChanged {
                 device: reg.device.clone(),
-                registration_id: reg.info.registration_id.clone(),
-                address: peer,
+                registration: reg.info.clone(),
             });
         }
         false

@@ -2685,8 +2685,8 @@ fn a_notification_from_a_new_address_moves_the_registration() {
         )
     });
     let updated = ev.iter().position(|e| {
-        matches!(e, DeviceEvent::AddressChanged { address, registration_id, .. }
-            if *address == b && *registration_id == location)
+        matches!(e, DeviceEvent::AddressChanged { registration, .. }
+            if registration.address == Some(b) && registration.registration_id == location)
     });
     assert!(
         !ev.iter()
