@@ -264,3 +264,120 @@ fn a_bootstrap_request_goes_through_the_bootstrap_sessions_identity_only() {
     );
     assert!(!s.may_send(&discover, None));
 }
+
+/// `a` (port 1) observed (op 1), its observation then ended by its device (a 4.04
+/// notification, taken and acknowledged): the server no longer wants the token's
+/// notifications. `b` registered at port 2 (queue mode when `b_queued`). Returns the
+/// server and the Observe.
+fn dead_observation_of_a(b_queued: bool) -> (Lwm2mServer, Message) {
+    let mut s = server();
+    let t0 = Instant::now();
+    register_as(&mut s, t0, addr(1), "a", 10);
+    let mut b = con(Code::POST, "/rd", 11);
+    b.add_uri_query("ep=b");
+    b.add_uri_query("lt=3000");
+    if b_queued {
+        b.add_uri_query("b=UQ");
+    }
+    b.payload = b"</3/0>".to_vec();
+    send_as(&mut s, t0, addr(2), "b", &b);
+    assert!(
+        out(&mut s)
+            .iter()
+            .any(|(to, m)| *to == addr(2) && m.code == Code::CREATED)
+    );
+    let observe = server_sim::observe_battery(&mut s, t0, 1, "a", addr(1));
+    send_as(&mut s, t0, addr(1), "a", &server_sim::established(&observe));
+    let mut end = Message::new(MessageType::Confirmable, Code::NOT_FOUND, 600);
+    end.with_token(observe.token());
+    send_as(&mut s, t0, addr(1), "a", &end);
+    assert!(out(&mut s).iter().any(|(to, m)| *to == addr(1)
+        && m.mtype == MessageType::Acknowledgement
+        && m.message_id == 600));
+    let evs = events(&mut s);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, DeviceEvent::ObservationEnded { .. })),
+        "{evs:?}"
+    );
+    (s, observe)
+}
+
+/// Day 46, item 2: `a`'s observation is dead (its device ended it), and behind a NAT
+/// `a`'s device now has port 2, where `b` is registered; it keeps notifying under the
+/// dead token, through its own identity `i-a`. RFC 7641 §3.6: a notification the client
+/// has no interest in is rejected with RST, so that the device stops sending it. It was
+/// dropped unseen: no request or observation of the server's carries the token, so the
+/// datagram was judged by the registration at port 2 (`b`'s, another identity), and the
+/// device was never told (a non-confirmable one would go on for good). A response that
+/// answers nothing of the server's is nobody's answer: it now gets RST, back through
+/// the session it came by, and changes nothing.
+#[test]
+fn a_notification_of_a_dead_observation_from_another_registrations_address_gets_rst() {
+    let (mut s, observe) = dead_observation_of_a(false);
+    let t1 = Instant::now();
+    let late = notification(&observe, MessageType::NonConfirmable, 601, 4, b"82");
+    send_as(&mut s, t1, addr(2), "a", &late);
+    let sent = transmits(&mut s);
+    let rst = sent
+        .iter()
+        .find(|t| {
+            t.destination == addr(2)
+                && Message::decode(&t.payload)
+                    .is_ok_and(|m| m.mtype == MessageType::Reset && m.message_id == 601)
+        })
+        .unwrap_or_else(|| panic!("the RST: {sent:?}"));
+    assert!(s.may_send(rst, Some(&identity("a"))));
+    assert_eq!(events(&mut s), vec![], "nothing taken");
+    let address_of = |s: &Lwm2mServer, ep: &str| {
+        s.registration(&DeviceId::new(ep).unwrap())
+            .and_then(|r| r.address)
+    };
+    assert_eq!(address_of(&s, "a"), Some(addr(1)), "nothing moved");
+    assert_eq!(address_of(&s, "b"), Some(addr(2)), "nothing moved");
+}
+
+/// Day 46, item 2, the registration at the address: a datagram through another
+/// identity's session (here `a`'s dead notification, now answered with RST) is not `b`'s
+/// device talking, so it does not wake `b` (queue mode): `b`'s queued Read stays queued
+/// (it would go to port 2, to be refused by the DTLS layer through `i-a`'s session, and
+/// the server would count `b` awake for its awake window).
+#[test]
+fn a_strangers_datagram_does_not_wake_the_queued_registration_at_its_address() {
+    let (mut s, observe) = dead_observation_of_a(true);
+    let t1 = Instant::now() + std::time::Duration::from_secs(120);
+    s.handle_timeout(t1);
+    s.submit(
+        t1,
+        DeviceOp {
+            id: OpId(2),
+            device: DeviceId::new("b").unwrap(),
+            request: DeviceRequest::Read {
+                path: Lwm2mPath::resource(3, 0, 9),
+            },
+        },
+    );
+    assert!(
+        out(&mut s).iter().all(|(_, m)| m.code != Code::GET),
+        "b sleeps: its Read waits"
+    );
+    let late = notification(&observe, MessageType::NonConfirmable, 601, 4, b"82");
+    send_as(&mut s, t1, addr(2), "a", &late);
+    let sent = out(&mut s);
+    assert!(
+        sent.iter().all(|(_, m)| m.code != Code::GET),
+        "a's datagram woke b: {sent:?}"
+    );
+    // The control: b's own datagram (an Update) wakes it.
+    let location = s
+        .registration(&DeviceId::new("b").unwrap())
+        .map(|r| format!("rd/{}", r.registration_id))
+        .unwrap();
+    send_as(&mut s, t1, addr(2), "b", &con(Code::POST, &format!("/{location}"), 12));
+    assert!(
+        out(&mut s)
+            .iter()
+            .any(|(to, m)| *to == addr(2) && m.code == Code::GET),
+        "b's Update wakes it"
+    );
+}

@@ -192,7 +192,13 @@
 //! only through one of the identity of the registration at its address: from another
 //! identity (a session that took the device's address since, or a token known to another
 //! device) it is dropped unseen and changes nothing (`identity_model.rs` checks these
-//! rules over random traffic). The driver sends requests to a device only through a session of the
+//! rules over random traffic). A response or notification whose token is no request's
+//! or observation's of the server's (a notification of an observation that ended) answers
+//! for nobody: it gets RST through whichever session it came, and changes nothing (RFC
+//! 7641 §3.6: the device stops sending it; before, one through another identity than
+//! that of the registration at its address was dropped unseen, and the device kept
+//! notifying). Nor does a datagram through another identity's session wake a queue-mode
+//! registration at its address: it is not that device talking. The driver sends requests to a device only through a session of the
 //! identity it registered with ([`Lwm2mServer::may_send_to`]), and an answer (ACK or RST)
 //! through the session it answers, whatever registration holds the address
 //! ([`Lwm2mServer::may_send`]: before, a device's De-register from an address another
@@ -922,10 +928,17 @@ impl Lwm2mServer {
             self.endpoint.handle_datagram(now, peer, bytes);
         }
         self.drain_endpoint(now);
-        self.current_identity = None;
         // Queued operations go out once the datagram was handled: a device that woke to
-        // de-register gets none of them (they fail with NotRegistered instead).
-        if let Some(&slot) = self.by_addr.get(&peer) {
+        // de-register gets none of them (they fail with NotRegistered instead). Only the
+        // registration's own identity wakes it (over DTLS): a datagram through another
+        // identity's session at its address (answered, or refused) is not its device
+        // talking, and what it woke would be refused through that session anyway.
+        let talked = self.by_addr.get(&peer).copied().filter(|&slot| {
+            self.slot(slot)
+                .is_some_and(|reg| identity_owns(reg, self.current_identity.as_ref()))
+        });
+        self.current_identity = None;
+        if let Some(slot) = talked {
             self.device_talked(now, slot);
         }
     }
@@ -1548,7 +1561,9 @@ impl Lwm2mServer {
     /// identity than the one it came with (over DTLS: a session of another identity now
     /// at the device's address, or a token known to another device). A response or
     /// notification is matched to its request by token, and must come from the identity
-    /// of the registration the request went to; an empty ACK or RST (matched by message
+    /// of the registration the request went to (a CON or NON one whose token is no
+    /// request's or observation's of the server's answers for nobody: the endpoint
+    /// rejects it with RST, whoever sent it); an empty ACK or RST (matched by message
     /// id) from that of the registration at the address, unless it is of a bootstrap
     /// session's request (a device that bootstraps again from where it registered,
     /// through its bootstrap identity: an LwM2M 1.0 client resets Bootstrap-Discover). Requests are the registration
@@ -1597,6 +1612,17 @@ impl Lwm2mServer {
                         .map(|_| slot)
                 })
             }
+            // A CON or NON response that answers nothing of the server's (no request or
+            // observation carries its token, at this address or another): nobody's
+            // answer, whatever registration holds the address. The endpoint rejects it
+            // with RST, back through the session it came by (RFC 7641 §3.6: a
+            // notification the client has no interest in, of an observation that ended,
+            // so that the device stops sending it), and nothing else changes. Before, it
+            // was judged by the registration at the address, and one through another
+            // identity's session was dropped unseen: the device kept notifying.
+            None if (first >> 4) & 3 <= 1 && code != 0 => return false,
+            // An empty ACK or RST (matched by message id): the registration at the
+            // address's.
             None => self.by_addr.get(&peer).copied(),
         };
         slot.and_then(|slot| self.slot(slot))
