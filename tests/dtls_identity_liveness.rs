@@ -381,3 +381,42 @@ fn a_strangers_datagram_does_not_wake_the_queued_registration_at_its_address() {
         "b's Update wakes it"
     );
 }
+
+/// Day 46, item 3: as finding 1, with a non-confirmable De-register. `a`'s device, behind
+/// a NAT at port 2 where `b` is registered, de-registers with a NON request through its
+/// identity; the server answers NON (RFC 7252 §5.2.3). The DTLS layer judged that answer
+/// by the registration at its destination (`b`'s), as a request of the server's: the
+/// 2.02 never left (a NON request is not retransmitted by CoAP: the device waited for an
+/// answer that never came). A NON response, like an ACK, answers what just came through
+/// the session at its destination, and goes back through it.
+#[test]
+fn a_non_confirmable_deregister_from_an_address_another_registration_holds_gets_its_answer() {
+    let mut s = server();
+    let t0 = Instant::now();
+    let location = register_as(&mut s, t0, addr(1), "a", 10);
+    register_as(&mut s, t0, addr(2), "b", 11);
+    events(&mut s);
+    let mut delete = con(Code::DELETE, &format!("/{location}"), 12);
+    delete.mtype = MessageType::NonConfirmable;
+    send_as(&mut s, t0, addr(2), "a", &delete);
+    let sent = transmits(&mut s);
+    let deleted = sent
+        .iter()
+        .find(|t| {
+            t.destination == addr(2)
+                && Message::decode(&t.payload).is_ok_and(|m| {
+                    m.mtype == MessageType::NonConfirmable
+                        && m.token() == delete.token()
+                        && m.code == Code::DELETED
+                })
+        })
+        .unwrap_or_else(|| panic!("the 2.02: {sent:?}"));
+    assert!(
+        s.registration(&DeviceId::new("a").unwrap()).is_none(),
+        "a de-registered"
+    );
+    assert!(
+        s.may_send(deleted, Some(&identity("a"))),
+        "the NON 2.02 goes back through the session of a's identity it answers"
+    );
+}

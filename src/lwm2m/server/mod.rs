@@ -199,10 +199,11 @@
 //! that of the registration at its address was dropped unseen, and the device kept
 //! notifying). Nor does a datagram through another identity's session wake a queue-mode
 //! registration at its address: it is not that device talking. The driver sends requests to a device only through a session of the
-//! identity it registered with ([`Lwm2mServer::may_send_to`]), and an answer (ACK or RST)
-//! through the session it answers, whatever registration holds the address
-//! ([`Lwm2mServer::may_send`]: before, a device's De-register from an address another
-//! registration held was taken, and its 2.02 never left). Over plain CoAP (`UdpServer::bind`) nothing is
+//! identity it registered with ([`Lwm2mServer::may_send_to`]), and an answer (ACK or RST,
+//! or the NON response to a NON request) through the session it answers, whatever
+//! registration holds the address ([`Lwm2mServer::may_send`]: before, a device's
+//! De-register from an address another registration held was taken, and its 2.02 never
+//! left, nor a NON one's NON 2.02). Over plain CoAP (`UdpServer::bind`) nothing is
 //! authenticated: anyone who can reach the port can claim any endpoint the authorizer
 //! lets in; use it on trusted networks and in tests only.
 //!
@@ -708,15 +709,25 @@ impl Lwm2mServer {
     /// empty ACK) always, since CoAP sends one only in reply to a message that just came
     /// from its destination, here through that session (a device that de-registers from
     /// an address another registration holds, a NAT having given it that port, gets its
-    /// 2.02, and an identity refused there its 4.03); a bootstrap session's request only
+    /// 2.02, and an identity refused there its 4.03); so is a NON response, the answer to
+    /// a NON request (RFC 7252 §5.2.3), which the server sends at once, while it handles
+    /// the request (it serves no observations, whose notifications would be NON responses
+    /// sent later): before, it was judged by the registration at its destination, and a
+    /// device's NON De-register from an address another identity's registration holds
+    /// never got its 2.02; a bootstrap session's request only
     /// through a session of the identity that asked for the bootstrap, whatever
     /// registration holds the address (it carries the LWM2M servers' keys; a device
     /// bootstraps again from where it registered through its bootstrap identity); any
     /// other request only as [`Self::may_send_to`] says for the address. A DTLS driver
     /// sends only when this holds.
     pub fn may_send(&self, t: &Transmit, session: Option<&PeerIdentity>) -> bool {
-        // Type bits: 2 ACK, 3 RST.
-        if t.payload.first().is_some_and(|&b| (b >> 4) & 3 >= 2) {
+        // Type bits: 2 ACK, 3 RST; or 1 NON with a response code (classes 2 to 5).
+        let answer = match (t.payload.first(), t.payload.get(1)) {
+            (Some(&b), _) if (b >> 4) & 3 >= 2 => true,
+            (Some(&b), Some(&code)) => (b >> 4) & 3 == 1 && (2..=5).contains(&(code >> 5)),
+            _ => false,
+        };
+        if answer {
             return true;
         }
         if let Some(asked) = self
