@@ -118,5 +118,5 @@ pub struct ReadmeDoctests;
 
 pub use registry::{Registry, SharedRegistry};
 pub use resource::{Content, Lwm2mPath, ResourceType, ResourceValue};
-pub use time::{Timestamp, TimestampParseError};
+pub use time::{MAX_CONFIG_DURATION, Timestamp, TimestampParseError};
 pub use twin::{DeviceId, DeviceIdError, Scalar, Twin};

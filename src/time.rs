@@ -279,6 +279,17 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
     }
 }
 
+/// The longest duration a configuration takes, a year: the bundled server's
+/// (`ServerConfig::validate`), the CoAP endpoint's (`EndpointConfig::validate`) and the
+/// job engine's (`EngineConfig::validate`) refuse longer ones. Time-outs and windows are
+/// added to the clock, and one as long as [`Duration::MAX`](std::time::Duration::MAX)
+/// would overflow it (a panic on the thread that runs them); nothing a device, a job or a
+/// hub needs waits a year (a registration's own lifetime, at most 2^32 s, is the
+/// device's, not a setting). From JSON (whole milliseconds in a `u64`) no duration
+/// overflows the clock, but a longer one than this is refused all the same.
+pub const MAX_CONFIG_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(366 * 24 * 3600);
+
 /// A [`Duration`](std::time::Duration) as whole milliseconds in JSON (sub-millisecond
 /// parts are dropped): `#[serde(with = "crate::time::millis")]`.
 pub(crate) mod millis {

@@ -20,7 +20,7 @@ pub mod udp;
 pub use code::{Code, MessageType};
 pub use decode::{DecodeError, DecodeErrorKind};
 pub use endpoint::{
-    Endpoint, EndpointConfig, Event, IncomingRequestId, ObservationEndReason, ObservationId,
+    Endpoint, EndpointConfig, EndpointConfigError, Event, IncomingRequestId, ObservationEndReason, ObservationId,
     RequestError, RequestId, RespondError, SendError, Transmit,
 };
 pub use message::{EncodeError, MAX_OPTION_VALUE_LEN, Message, Token};

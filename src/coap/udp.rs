@@ -371,8 +371,14 @@ pub struct UdpDriver {
 }
 
 impl UdpDriver {
-    /// Binds a socket and starts the driver.
+    /// Binds a socket and starts the driver. A `config` that
+    /// [`EndpointConfig::validate`] refuses is refused
+    /// ([`io::ErrorKind::InvalidInput`], the [`EndpointConfigError`](crate::coap::EndpointConfigError)
+    /// inside), before anything is bound.
     pub fn bind(addr: impl ToSocketAddrs, config: EndpointConfig) -> io::Result<UdpDriver> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         UdpDriver::spawn(UdpSocket::bind(addr)?, Endpoint::new(config))
     }
 

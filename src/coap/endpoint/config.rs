@@ -1,5 +1,6 @@
 //! Transmission parameters and bounds of an [`Endpoint`](super::Endpoint).
 
+use crate::time::MAX_CONFIG_DURATION;
 use std::time::Duration;
 
 /// Transmission parameters (RFC 7252 §4.8) and the bounds that keep an endpoint's memory
@@ -43,15 +44,22 @@ pub struct EndpointConfig {
     #[serde(with = "crate::time::millis", rename = "piggybackWindowMs")]
     pub piggyback_window: Duration,
     /// NSTART: CON requests in flight (unacknowledged) to one peer; more wait in a
-    /// per-peer queue, 1.
+    /// per-peer queue, 1. At least 1 ([`EndpointConfig::validate`]).
     pub nstart: usize,
-    /// Bound of the per-peer queue of requests waiting for NSTART, 256.
+    /// Bound of the per-peer queue of requests waiting for NSTART, 256; a request that
+    /// would wait beyond it fails at once (`SendError::PeerQueueFull`), and a request
+    /// moved to a peer whose queue is full is not moved. At least 1
+    /// ([`EndpointConfig::validate`]): with 0 nothing could wait behind a request in
+    /// flight (the LWM2M server's takeover probe of an address with a request in flight
+    /// could not be sent).
     pub max_queued_per_peer: usize,
     /// Peers with state at once; datagrams from further peers are dropped, 16,384.
     pub max_peers: usize,
-    /// Duplicate-detection entries in total; the oldest is forgotten first, 65,536.
+    /// Duplicate-detection entries in total; the oldest is forgotten first, 65,536. At 0
+    /// only the newest message is remembered.
     pub max_dedup_entries: usize,
     /// Duplicate-detection entries per peer; the peer's oldest is forgotten first, 1,024.
+    /// At 0 only the peer's newest message is remembered.
     pub max_dedup_entries_per_peer: usize,
     /// Incoming requests handed to the application and not yet answered, in total; a CON
     /// request beyond this gets 5.03 Service Unavailable, a NON one is dropped, 4,096.
@@ -96,6 +104,177 @@ pub struct EndpointConfig {
     pub con_notification_interval: Duration,
 }
 
+/// Why [`EndpointConfig::validate`] refused a configuration. Each names the setting by
+/// its JSON member (`nstart`, `maxQueuedPerPeer`, `ackTimeoutMs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum EndpointConfigError {
+    /// A count is 0 that must be at least 1: with it the endpoint would send nothing,
+    /// take no datagram, or refuse every request.
+    Zero(&'static str),
+    /// A time-out is zero that must be above it: every request would time out at once.
+    ZeroDuration(&'static str),
+    /// A duration is longer than [`MAX_CONFIG_DURATION`].
+    TooLong(&'static str),
+    /// `blockSzx` is above 6 (1024-byte blocks): 7 is reserved (RFC 7959 §2.2), and a
+    /// larger one is no block size.
+    BlockSize(u8),
+    /// `ackRandomFactor` is below 1.0 (RFC 7252 §4.8), not a number, or so large that
+    /// `ackTimeoutMs` times it passes [`MAX_CONFIG_DURATION`] (the first retransmission
+    /// time-out is drawn up to that product; one out of `Duration`'s range panics the
+    /// thread that sends the request).
+    AckRandomFactor,
+}
+
+impl std::fmt::Display for EndpointConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointConfigError::Zero(what) => write!(f, "{what} must be at least 1"),
+            EndpointConfigError::ZeroDuration(what) => write!(f, "{what} must be above zero"),
+            EndpointConfigError::TooLong(what) => write!(
+                f,
+                "{what} must be at most {} ms (a year)",
+                MAX_CONFIG_DURATION.as_millis()
+            ),
+            EndpointConfigError::BlockSize(szx) => write!(
+                f,
+                "blockSzx must be at most 6 (1024-byte blocks), not {szx}"
+            ),
+            EndpointConfigError::AckRandomFactor => write!(
+                f,
+                "ackRandomFactor must be at least 1.0, and ackTimeoutMs times it at most {} ms (a year)",
+                MAX_CONFIG_DURATION.as_millis()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EndpointConfigError {}
+
+impl EndpointConfig {
+    /// Checks the settings that would leave the endpoint inert or overflow its clock:
+    ///
+    /// - counts at least 1: `nstart` (with 0 no request is sent), `maxQueuedPerPeer`
+    ///   (nothing could wait behind a request in flight), `maxPeers` (every datagram
+    ///   dropped), `maxOutstandingRequests` (no request can be sent),
+    ///   `maxPendingRequests` and `maxPendingRequestsPerPeer` (every request refused),
+    ///   `maxBodySize` (every request with a body refused);
+    /// - `ackTimeoutMs` and `responseTimeoutMs` above zero (every request would fail at
+    ///   once);
+    /// - every duration at most [`MAX_CONFIG_DURATION`];
+    /// - `blockSzx` at most 6;
+    /// - `ackRandomFactor` at least 1.0, and `ackTimeoutMs` times it at most
+    ///   [`MAX_CONFIG_DURATION`].
+    ///
+    /// The first setting found wrong is reported.
+    /// [`UdpDriver::bind`](crate::coap::UdpDriver::bind) calls it and starts nothing on a
+    /// refusal; [`Endpoint::new`](super::Endpoint::new) does not (it cannot fail): a
+    /// sans-IO user calls it first. The other bounds (`maxDedupEntries`,
+    /// `maxBlockTransfers`, `maxObservers`, ...) and `maxRetransmit` may be 0: each says
+    /// what happens at its bound. The LWM2M server's `ServerConfig::validate` checks its
+    /// `coap` member with this.
+    ///
+    /// ```
+    /// use twinhub::coap::{EndpointConfig, EndpointConfigError};
+    /// assert_eq!(EndpointConfig::default().validate(), Ok(()));
+    /// let c = EndpointConfig { max_queued_per_peer: 0, ..EndpointConfig::default() };
+    /// assert_eq!(c.validate(), Err(EndpointConfigError::Zero("maxQueuedPerPeer")));
+    /// ```
+    pub fn validate(&self) -> Result<(), EndpointConfigError> {
+        self.check(false)
+    }
+
+    /// [`Self::validate`], naming each setting as a member of a configuration's `coap`
+    /// (`coap.nstart`) when `in_coap`.
+    pub(crate) fn check(&self, in_coap: bool) -> Result<(), EndpointConfigError> {
+        let name = |(plain, nested): (&'static str, &'static str)| {
+            if in_coap { nested } else { plain }
+        };
+        let counts = [
+            (("nstart", "coap.nstart"), self.nstart),
+            (
+                ("maxQueuedPerPeer", "coap.maxQueuedPerPeer"),
+                self.max_queued_per_peer,
+            ),
+            (("maxPeers", "coap.maxPeers"), self.max_peers),
+            (
+                ("maxOutstandingRequests", "coap.maxOutstandingRequests"),
+                self.max_outstanding_requests,
+            ),
+            (
+                ("maxPendingRequests", "coap.maxPendingRequests"),
+                self.max_pending_requests,
+            ),
+            (
+                ("maxPendingRequestsPerPeer", "coap.maxPendingRequestsPerPeer"),
+                self.max_pending_requests_per_peer,
+            ),
+            (("maxBodySize", "coap.maxBodySize"), self.max_body_size),
+        ];
+        if let Some((what, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return Err(EndpointConfigError::Zero(name(*what)));
+        }
+        // (names, value, must be above zero)
+        let durations = [
+            (("ackTimeoutMs", "coap.ackTimeoutMs"), self.ack_timeout, true),
+            (
+                ("responseTimeoutMs", "coap.responseTimeoutMs"),
+                self.response_timeout,
+                true,
+            ),
+            (
+                ("exchangeLifetimeMs", "coap.exchangeLifetimeMs"),
+                self.exchange_lifetime,
+                false,
+            ),
+            (
+                ("nonLifetimeMs", "coap.nonLifetimeMs"),
+                self.non_lifetime,
+                false,
+            ),
+            (
+                ("piggybackWindowMs", "coap.piggybackWindowMs"),
+                self.piggyback_window,
+                false,
+            ),
+            (
+                ("pendingRequestLifetimeMs", "coap.pendingRequestLifetimeMs"),
+                self.pending_request_lifetime,
+                false,
+            ),
+            (
+                ("blockTransferLifetimeMs", "coap.blockTransferLifetimeMs"),
+                self.block_transfer_lifetime,
+                false,
+            ),
+            (
+                ("conNotificationIntervalMs", "coap.conNotificationIntervalMs"),
+                self.con_notification_interval,
+                false,
+            ),
+        ];
+        for (what, d, positive) in durations {
+            if positive && d.is_zero() {
+                return Err(EndpointConfigError::ZeroDuration(name(what)));
+            }
+            if d > MAX_CONFIG_DURATION {
+                return Err(EndpointConfigError::TooLong(name(what)));
+            }
+        }
+        if self.block_szx > 6 {
+            return Err(EndpointConfigError::BlockSize(self.block_szx));
+        }
+        // (Written so that NaN is refused too.)
+        let factor = self.ack_random_factor;
+        if !(factor >= 1.0
+            && self.ack_timeout.as_secs_f64() * factor <= MAX_CONFIG_DURATION.as_secs_f64())
+        {
+            return Err(EndpointConfigError::AckRandomFactor);
+        }
+        Ok(())
+    }
+}
+
 impl Default for EndpointConfig {
     fn default() -> Self {
         EndpointConfig {
@@ -125,5 +304,91 @@ impl Default for EndpointConfig {
             max_observers: 65_536,
             con_notification_interval: Duration::from_secs(24 * 3600),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Day 46, item 4. Before: `EndpointConfig` had no validation; a standalone endpoint
+    /// (`UdpDriver::bind`) took `nstart: 0` (sent nothing), `maxQueuedPerPeer: 0`
+    /// (nothing could wait behind a request in flight) or an `ackTimeoutMs` of
+    /// `Duration::MAX` (a panic on the driver's thread at its first request). Now each is
+    /// refused, named as in JSON, and `UdpDriver::bind` refuses it before binding; the
+    /// defaults and the bounds themselves pass.
+    #[test]
+    fn validate_refuses_what_leaves_the_endpoint_inert() {
+        type Change = fn(&mut EndpointConfig);
+        let refused: [(Change, EndpointConfigError); 10] = [
+            (|c| c.nstart = 0, EndpointConfigError::Zero("nstart")),
+            (
+                |c| c.max_queued_per_peer = 0,
+                EndpointConfigError::Zero("maxQueuedPerPeer"),
+            ),
+            (|c| c.max_peers = 0, EndpointConfigError::Zero("maxPeers")),
+            (
+                |c| c.max_body_size = 0,
+                EndpointConfigError::Zero("maxBodySize"),
+            ),
+            (
+                |c| c.ack_timeout = Duration::ZERO,
+                EndpointConfigError::ZeroDuration("ackTimeoutMs"),
+            ),
+            (
+                |c| c.ack_timeout = Duration::MAX,
+                EndpointConfigError::TooLong("ackTimeoutMs"),
+            ),
+            (
+                |c| c.con_notification_interval = Duration::MAX,
+                EndpointConfigError::TooLong("conNotificationIntervalMs"),
+            ),
+            (|c| c.block_szx = 7, EndpointConfigError::BlockSize(7)),
+            (
+                |c| c.ack_random_factor = f64::NAN,
+                EndpointConfigError::AckRandomFactor,
+            ),
+            (
+                |c| c.ack_random_factor = 0.99,
+                EndpointConfigError::AckRandomFactor,
+            ),
+        ];
+        assert_eq!(EndpointConfig::default().validate(), Ok(()));
+        for (change, expected) in refused {
+            let mut c = EndpointConfig::default();
+            change(&mut c);
+            assert_eq!(c.validate(), Err(expected));
+            let named = match expected {
+                EndpointConfigError::Zero(what)
+                | EndpointConfigError::ZeroDuration(what)
+                | EndpointConfigError::TooLong(what) => what,
+                EndpointConfigError::BlockSize(_) => "blockSzx",
+                EndpointConfigError::AckRandomFactor => "ackRandomFactor",
+            };
+            assert!(expected.to_string().contains(named), "{expected}");
+            let bound = crate::coap::UdpDriver::bind("127.0.0.1:0", c);
+            assert_eq!(
+                bound.err().map(|e| e.kind()),
+                Some(std::io::ErrorKind::InvalidInput)
+            );
+        }
+        // At the bounds: taken.
+        let edge = EndpointConfig {
+            nstart: 1,
+            max_queued_per_peer: 1,
+            max_dedup_entries: 0,
+            max_retransmit: 0,
+            ack_timeout: Duration::from_millis(1),
+            exchange_lifetime: MAX_CONFIG_DURATION,
+            block_szx: 6,
+            ack_random_factor: 1.0,
+            ..EndpointConfig::default()
+        };
+        assert_eq!(edge.validate(), Ok(()));
+        let json: EndpointConfig = serde_json::from_str(r#"{"maxQueuedPerPeer":0}"#).unwrap();
+        assert_eq!(
+            json.validate(),
+            Err(EndpointConfigError::Zero("maxQueuedPerPeer"))
+        );
     }
 }

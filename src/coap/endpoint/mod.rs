@@ -7,7 +7,7 @@ pub(crate) mod rng;
 mod tests;
 mod types;
 
-pub use config::EndpointConfig;
+pub use config::{EndpointConfig, EndpointConfigError};
 pub use types::{
     Event, IncomingRequestId, ObservationEndReason, ObservationId, RequestError, RequestId,
     RespondError, SendError, Transmit,

@@ -1,7 +1,7 @@
 //! The server's settings and its authorization hook.
 
 use super::RegistrationRequest;
-use crate::coap::EndpointConfig;
+use crate::coap::{EndpointConfig, EndpointConfigError};
 use crate::transport::{PeerIdentity, RejectReason};
 use std::time::Duration;
 
@@ -150,12 +150,7 @@ pub struct ServerConfig {
     pub coap: EndpointConfig,
 }
 
-/// The longest duration a [`ServerConfig`] takes, a year: longer ones are refused
-/// ([`ServerConfigError::TooLong`]). Time-outs and windows are added to the clock, and
-/// one as long as [`Duration::MAX`] would overflow it (a panic on the server's thread);
-/// nothing a device or a hub needs waits a year (a registration's own lifetime, at most
-/// 2^32 s, is the device's, not a setting).
-pub const MAX_CONFIG_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+pub use crate::time::MAX_CONFIG_DURATION;
 
 /// Why [`ServerConfig::validate`] refused a configuration. Each names the setting by its
 /// JSON member (`nstart`, `coap.maxPeers`, `takeover.probeTimeoutMs`).
@@ -211,10 +206,11 @@ impl ServerConfig {
     /// Checks the settings that would leave the server inert or overflow its clock:
     ///
     /// - counts at least 1: `nstart`, `maxRegistrations`, `queueCapacity`, and of
-    ///   `coap`: `nstart` (with 0 nothing is sent), `maxPeers` (every datagram
-    ///   dropped), `maxOutstandingRequests` (no request can be sent),
+    ///   `coap`: `nstart` (with 0 nothing is sent), `maxQueuedPerPeer` (a takeover
+    ///   probe of an address with a request in flight could not be sent), `maxPeers`
+    ///   (every datagram dropped), `maxOutstandingRequests` (no request can be sent),
     ///   `maxPendingRequests` and `maxPendingRequestsPerPeer` (every Register answered
-    ///   5.03);
+    ///   5.03), `maxBodySize` (every Write refused);
     /// - durations above zero: `queueTimeoutMs`, `awakeWindowMs`,
     ///   `takeover.probeTimeoutMs` (a probe nobody can answer: use `replace`), and of
     ///   `coap`: `ackTimeoutMs` and `responseTimeoutMs` (every request would fail at
@@ -229,8 +225,10 @@ impl ServerConfig {
     /// The first setting found wrong is reported. [`UdpServer::bind`](super::UdpServer::bind),
     /// `Hub::bind_udp`, `Hub::bind_dtls` and `HubBuilder::build` call it and start nothing
     /// on a refusal; [`Lwm2mServer::new`](super::Lwm2mServer::new) does not (it cannot
-    /// fail): a sans-IO user calls it first. What the other bounds of `coap` do at 0 is
-    /// documented on [`EndpointConfig`]; none of them stops the server.
+    /// fail): a sans-IO user calls it first. `coap` is checked by
+    /// [`EndpointConfig::validate`], each setting named as a member of `coap`. What the
+    /// other bounds of `coap` do at 0 is documented on [`EndpointConfig`]; none of them
+    /// stops the server.
     ///
     /// ```
     /// use twinhub::lwm2m::server::{ServerConfig, ServerConfigError};
@@ -239,19 +237,10 @@ impl ServerConfig {
     /// assert_eq!(inert.validate(), Err(ServerConfigError::Zero("nstart")));
     /// ```
     pub fn validate(&self) -> Result<(), ServerConfigError> {
-        let coap = &self.coap;
         let counts = [
             ("nstart", self.nstart),
             ("maxRegistrations", self.max_registrations),
             ("queueCapacity", self.queue_capacity),
-            ("coap.nstart", coap.nstart),
-            ("coap.maxPeers", coap.max_peers),
-            ("coap.maxOutstandingRequests", coap.max_outstanding_requests),
-            ("coap.maxPendingRequests", coap.max_pending_requests),
-            (
-                "coap.maxPendingRequestsPerPeer",
-                coap.max_pending_requests_per_peer,
-            ),
         ];
         if let Some((what, _)) = counts.iter().find(|(_, n)| *n == 0) {
             return Err(ServerConfigError::Zero(what));
@@ -266,30 +255,6 @@ impl ServerConfig {
             ("queueTimeoutMs", Some(self.queue_timeout), true),
             ("awakeWindowMs", Some(self.awake_window), true),
             ("takeover.probeTimeoutMs", probe, true),
-            ("coap.ackTimeoutMs", Some(coap.ack_timeout), true),
-            ("coap.responseTimeoutMs", Some(coap.response_timeout), true),
-            (
-                "coap.exchangeLifetimeMs",
-                Some(coap.exchange_lifetime),
-                false,
-            ),
-            ("coap.nonLifetimeMs", Some(coap.non_lifetime), false),
-            ("coap.piggybackWindowMs", Some(coap.piggyback_window), false),
-            (
-                "coap.pendingRequestLifetimeMs",
-                Some(coap.pending_request_lifetime),
-                false,
-            ),
-            (
-                "coap.blockTransferLifetimeMs",
-                Some(coap.block_transfer_lifetime),
-                false,
-            ),
-            (
-                "coap.conNotificationIntervalMs",
-                Some(coap.con_notification_interval),
-                false,
-            ),
         ];
         for (what, d, positive) in durations {
             let Some(d) = d else { continue };
@@ -300,17 +265,13 @@ impl ServerConfig {
                 return Err(ServerConfigError::TooLong(what));
             }
         }
-        if coap.block_szx > 6 {
-            return Err(ServerConfigError::BlockSize(coap.block_szx));
-        }
-        // (Written so that NaN is refused too.)
-        let factor = coap.ack_random_factor;
-        if !(factor >= 1.0
-            && coap.ack_timeout.as_secs_f64() * factor <= MAX_CONFIG_DURATION.as_secs_f64())
-        {
-            return Err(ServerConfigError::AckRandomFactor);
-        }
-        Ok(())
+        self.coap.check(true).map_err(|e| match e {
+            EndpointConfigError::Zero(what) => ServerConfigError::Zero(what),
+            EndpointConfigError::ZeroDuration(what) => ServerConfigError::ZeroDuration(what),
+            EndpointConfigError::TooLong(what) => ServerConfigError::TooLong(what),
+            EndpointConfigError::BlockSize(szx) => ServerConfigError::BlockSize(szx),
+            EndpointConfigError::AckRandomFactor => ServerConfigError::AckRandomFactor,
+        })
     }
 }
 
@@ -351,7 +312,7 @@ mod tests {
     #[test]
     fn validate_refuses_what_leaves_the_server_inert() {
         type Change = fn(&mut ServerConfig);
-        let refused: [(Change, ServerConfigError); 22] = [
+        let refused: [(Change, ServerConfigError); 24] = [
             (|c| c.nstart = 0, ServerConfigError::Zero("nstart")),
             (
                 |c| c.max_registrations = 0,
@@ -372,6 +333,16 @@ mod tests {
             (
                 |c| c.coap.max_outstanding_requests = 0,
                 ServerConfigError::Zero("coap.maxOutstandingRequests"),
+            ),
+            // Day 46, item 4: taken before (a takeover probe of an address with a
+            // request in flight could not be sent; every Write refused).
+            (
+                |c| c.coap.max_queued_per_peer = 0,
+                ServerConfigError::Zero("coap.maxQueuedPerPeer"),
+            ),
+            (
+                |c| c.coap.max_body_size = 0,
+                ServerConfigError::Zero("coap.maxBodySize"),
             ),
             (
                 |c| c.coap.max_pending_requests = 0,
