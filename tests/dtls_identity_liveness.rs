@@ -373,7 +373,13 @@ fn a_strangers_datagram_does_not_wake_the_queued_registration_at_its_address() {
         .registration(&DeviceId::new("b").unwrap())
         .map(|r| format!("rd/{}", r.registration_id))
         .unwrap();
-    send_as(&mut s, t1, addr(2), "b", &con(Code::POST, &format!("/{location}"), 12));
+    send_as(
+        &mut s,
+        t1,
+        addr(2),
+        "b",
+        &con(Code::POST, &format!("/{location}"), 12),
+    );
     assert!(
         out(&mut s)
             .iter()

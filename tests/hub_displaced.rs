@@ -637,7 +637,9 @@ fn a_move_under_a_registration_the_hub_never_saw_is_applied_as_that_registration
             .is_some_and(|r| r.registration_id == "r2")
     });
     assert_eq!(port_of(&hub, "d"), Some(9));
-    wait_until("the device observed afresh", || observes(&script).len() == 4);
+    wait_until("the device observed afresh", || {
+        observes(&script).len() == 4
+    });
     assert_eq!(hub.stats().registrations, registrations + 1);
     hub.stop();
 }

@@ -20,8 +20,8 @@ pub mod udp;
 pub use code::{Code, MessageType};
 pub use decode::{DecodeError, DecodeErrorKind};
 pub use endpoint::{
-    Endpoint, EndpointConfig, EndpointConfigError, Event, IncomingRequestId, ObservationEndReason, ObservationId,
-    RequestError, RequestId, RespondError, SendError, Transmit,
+    Endpoint, EndpointConfig, EndpointConfigError, Event, IncomingRequestId, ObservationEndReason,
+    ObservationId, RequestError, RequestId, RespondError, SendError, Transmit,
 };
 pub use message::{EncodeError, MAX_OPTION_VALUE_LEN, Message, Token};
 pub use observe::{OBSERVE_FRESHNESS, notification_is_fresh};

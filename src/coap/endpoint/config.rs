@@ -206,7 +206,10 @@ impl EndpointConfig {
                 self.max_pending_requests,
             ),
             (
-                ("maxPendingRequestsPerPeer", "coap.maxPendingRequestsPerPeer"),
+                (
+                    "maxPendingRequestsPerPeer",
+                    "coap.maxPendingRequestsPerPeer",
+                ),
                 self.max_pending_requests_per_peer,
             ),
             (("maxBodySize", "coap.maxBodySize"), self.max_body_size),
@@ -216,7 +219,11 @@ impl EndpointConfig {
         }
         // (names, value, must be above zero)
         let durations = [
-            (("ackTimeoutMs", "coap.ackTimeoutMs"), self.ack_timeout, true),
+            (
+                ("ackTimeoutMs", "coap.ackTimeoutMs"),
+                self.ack_timeout,
+                true,
+            ),
             (
                 ("responseTimeoutMs", "coap.responseTimeoutMs"),
                 self.response_timeout,
@@ -248,7 +255,10 @@ impl EndpointConfig {
                 false,
             ),
             (
-                ("conNotificationIntervalMs", "coap.conNotificationIntervalMs"),
+                (
+                    "conNotificationIntervalMs",
+                    "coap.conNotificationIntervalMs",
+                ),
                 self.con_notification_interval,
                 false,
             ),
