@@ -222,7 +222,7 @@ fn build_reports_what_is_wrong() {
 /// refused for them.
 #[test]
 fn build_refuses_an_inert_server_configuration() {
-    use twinhub::hub::HubConfig;
+    use twinhub::hub::{HubConfig, HubConfigError};
     use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig, ServerConfigError, UdpServer};
     let inert = HubConfig {
         server: ServerConfig {
@@ -237,15 +237,18 @@ fn build_refuses_an_inert_server_configuration() {
         .build()
         .unwrap_err();
     assert!(
-        matches!(err, BuildError::Config(ServerConfigError::Zero("nstart"))),
+        matches!(
+            err,
+            BuildError::Config(HubConfigError::Server(ServerConfigError::Zero("nstart")))
+        ),
         "{err}"
     );
     let err = Hub::bind_udp("127.0.0.1:0", Registry::new(), inert.clone()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert_eq!(
         err.get_ref()
-            .and_then(|e| e.downcast_ref::<ServerConfigError>()),
-        Some(&ServerConfigError::Zero("nstart")),
+            .and_then(|e| e.downcast_ref::<HubConfigError>()),
+        Some(&HubConfigError::Server(ServerConfigError::Zero("nstart"))),
         "{err}"
     );
     let err = UdpServer::bind("127.0.0.1:0", Lwm2mServer::new(inert.server.clone())).unwrap_err();
@@ -256,5 +259,96 @@ fn build_refuses_an_inert_server_configuration() {
         .transport(MemoryTransport::new(MemoryConfig::default()))
         .build()
         .unwrap();
+    hub.stop();
+}
+
+/// Day 46, item 4: the job engine's settings are the hub's, whatever its transport. A
+/// duration set from Rust past the clock's range (`Duration::MAX`) was taken, and the
+/// hub's thread panicked at the first firmware poll or lost reboot answer; `build` and
+/// `bind_udp` now refuse it, named as in JSON (`jobs: rebootWaitMs ...`), before
+/// anything starts.
+#[test]
+fn build_refuses_job_engine_durations_past_the_clock() {
+    use twinhub::hub::{HubConfig, HubConfigError};
+    use twinhub::job::{EngineConfig, EngineConfigError};
+    let overflowing = HubConfig {
+        jobs: EngineConfig {
+            reboot_wait: Duration::MAX,
+            ..EngineConfig::default()
+        },
+        ..HubConfig::default()
+    };
+    let refused = HubConfigError::Jobs(EngineConfigError::TooLong("rebootWaitMs"));
+    assert_eq!(overflowing.validate(), Err(refused));
+    assert!(
+        refused.to_string().starts_with("jobs: rebootWaitMs"),
+        "{refused}"
+    );
+    let err = Hub::builder()
+        .config(overflowing.clone())
+        .transport(MemoryTransport::new(MemoryConfig::default()))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, BuildError::Config(e) if e == refused),
+        "{err}"
+    );
+    let err = Hub::bind_udp("127.0.0.1:0", Registry::new(), overflowing).unwrap_err();
+    assert_eq!(
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<HubConfigError>()),
+        Some(&refused),
+        "{err}"
+    );
+}
+
+/// Day 46, item 4: `dtls.maxSessions: 0` (and the other DTLS bounds at 0) was documented
+/// as refusing every session, and taken: a `coaps` hub no device could ever reach, with
+/// no word. It is a mistake, not a mode (withdraw keys to keep devices out):
+/// `Hub::bind_dtls` and `build` now refuse it, named as in JSON; a hub over plain UDP
+/// does not use the DTLS settings and is not refused for them.
+#[cfg(feature = "dtls")]
+#[test]
+fn bind_dtls_refuses_a_dtls_bound_of_zero() {
+    use twinhub::dtls::{DtlsConfigError, DtlsServerConfig};
+    use twinhub::hub::{HubConfig, HubConfigError};
+    let closed = HubConfig {
+        dtls: DtlsServerConfig {
+            max_sessions: 0,
+            ..DtlsServerConfig::default()
+        },
+        ..HubConfig::default()
+    };
+    let refused = HubConfigError::Dtls(DtlsConfigError::Zero("maxSessions"));
+    let err = Hub::bind_dtls("127.0.0.1:0", Registry::new(), closed.clone()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<HubConfigError>()),
+        Some(&refused),
+        "{err}"
+    );
+    let err = Hub::builder()
+        .config(closed.clone())
+        .dtls("127.0.0.1:0")
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, BuildError::Config(e) if e == refused),
+        "{err}"
+    );
+    // The bundled server on its own, too.
+    let dtls = twinhub::dtls::DtlsServer::new(closed.dtls.clone(), twinhub::dtls::PskStore::new());
+    let server = twinhub::lwm2m::server::Lwm2mServer::new(closed.server.clone());
+    let err = twinhub::lwm2m::server::UdpServer::bind_secure("127.0.0.1:0", server, dtls)
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<DtlsConfigError>()),
+        Some(&DtlsConfigError::Zero("maxSessions")),
+        "{err}"
+    );
+    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), closed).unwrap();
     hub.stop();
 }

@@ -1090,3 +1090,69 @@ fn a_registration_ended_mid_step_is_the_device_going_offline() {
     assert_ne!(child_status(&engine, &id, &dev).0, ChildState::Failed);
     engine.validate().unwrap();
 }
+
+/// Day 46, item 4: `EngineConfig` durations set from Rust past the clock's range. A
+/// reboot whose Execute timed out waits `reboot_wait` for the device's registration:
+/// with `Duration::MAX` the engine added it to its clock and panicked (on the hub's
+/// thread, in a hub). `EngineConfig::validate` refuses it, named as in JSON; an engine
+/// built with it anyway (`JobEngine::new` cannot fail) takes it as the bound, a year:
+/// the child waits, and no panic.
+#[test]
+fn an_engine_duration_past_the_clock_is_refused_and_never_panics() {
+    use twinhub::MAX_CONFIG_DURATION;
+    use twinhub::job::EngineConfigError;
+    let config = EngineConfig {
+        reboot_wait: Duration::MAX,
+        poll_min: Duration::MAX,
+        ..EngineConfig::default()
+    };
+    assert_eq!(
+        config.validate(),
+        Err(EngineConfigError::TooLong("pollMinMs"))
+    );
+    let zero = EngineConfig {
+        poll_interval: Duration::ZERO,
+        ..EngineConfig::default()
+    };
+    assert_eq!(
+        zero.validate(),
+        Err(EngineConfigError::ZeroDuration("pollIntervalMs"))
+    );
+    assert!(
+        EngineConfigError::TooLong("rebootWaitMs")
+            .to_string()
+            .contains("rebootWaitMs")
+    );
+    let edge = EngineConfig {
+        reboot_wait: MAX_CONFIG_DURATION,
+        poll_interval: MAX_CONFIG_DURATION,
+        ..EngineConfig::default()
+    };
+    assert_eq!(edge.validate(), Ok(()));
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &registered(&dev));
+    let job = JobId::new("rb").unwrap();
+    engine
+        .create(
+            t0,
+            JobSpec::new(
+                job.clone(),
+                JobType::Reboot {
+                    wait_for_registration: true,
+                },
+                vec![dev.clone()],
+            ),
+        )
+        .unwrap();
+    let exec = one_op(&mut engine);
+    assert!(matches!(exec.request, DeviceRequest::Execute { .. }));
+    timed_out(&mut engine, t0, &exec);
+    engine.handle_timeout(t0 + Duration::from_secs(60));
+    assert_eq!(
+        engine.child_state(&job, &dev).map(|(s, _)| s),
+        Some(ChildState::InProgress),
+        "waits for the registration"
+    );
+}

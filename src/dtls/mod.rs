@@ -78,7 +78,8 @@ pub use psk::{
     key_from_hex,
 };
 pub use server::{
-    CloseReason, DtlsEvent, DtlsServer, DtlsServerConfig, DtlsStats, DtlsStatsHandle, NoSession,
+    CloseReason, DtlsConfigError, DtlsEvent, DtlsServer, DtlsServerConfig, DtlsStats,
+    DtlsStatsHandle, NoSession,
 };
 
 /// Who a DTLS peer proved to be (the transport's neutral type).

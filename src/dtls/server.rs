@@ -29,7 +29,8 @@ pub struct DtlsServerConfig {
     /// later, it is dropped too (no state is made for it), and the device starts its
     /// handshake again once its retransmissions time out. A flood of spoofed ClientHellos fills only this table, and delays a real device
     /// only when more than this many arrive within the device's round trip (1,024 in
-    /// 200 ms: over 5,000 a second); with a bound of 0 every ClientHello is dropped.
+    /// 200 ms: over 5,000 a second). At least 1 ([`DtlsServerConfig::validate`]): with 0
+    /// every ClientHello is dropped.
     pub max_unverified: usize,
     /// How long an unverified peer is kept (a span past the clock's range: for ever,
     /// evicted only by newcomers at [`Self::max_unverified`]). It is sent one
@@ -38,6 +39,7 @@ pub struct DtlsServerConfig {
     pub unverified_timeout: Duration,
     /// Handshakes past the cookie exchange and not finished. At the bound, a peer that
     /// proves its address (echoes the cookie) is dropped before the ServerHello goes out.
+    /// At least 1 ([`DtlsServerConfig::validate`]): with 0 every handshake is dropped.
     pub max_handshakes: usize,
     /// How long a handshake may take from its ServerHello; then it is dropped (a span past
     /// the clock's range: never; in effect at most ten years, `dimpl`'s limit).
@@ -48,11 +50,14 @@ pub struct DtlsServerConfig {
     /// or removed since they were made; if none is, the new session is refused
     /// (its peer's handshake completes on its side; no close_notify is sent, its first
     /// record is dropped and it handshakes again later). Existing devices are never pushed
-    /// out by newcomers; an evicted session's peer is sent close_notify.
+    /// out by newcomers; an evicted session's peer is sent close_notify. At least 1
+    /// ([`DtlsServerConfig::validate`]): with 0 every session is refused, a server no
+    /// device can reach (to keep devices out, withdraw their keys instead).
     pub max_sessions: usize,
     /// Sessions per PSK identity (a device that re-handshakes from a new port after a NAT
     /// rebinding has two for a while). At the bound, the identity's least recently
-    /// active session is closed to make room.
+    /// active session is closed to make room. At least 1
+    /// ([`DtlsServerConfig::validate`]; a server built with 0 anyway takes it as 1).
     pub max_sessions_per_identity: usize,
     /// A session with no authenticated record for this long is evicted, with a
     /// close_notify to its peer (at the sweep, every quarter of this and at least once a
@@ -62,6 +67,57 @@ pub struct DtlsServerConfig {
     pub session_idle_timeout: Duration,
     /// Largest datagram the DTLS layer produces.
     pub mtu: usize,
+}
+
+/// Why [`DtlsServerConfig::validate`] refused a configuration. Names the setting by its
+/// JSON member (`maxSessions`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum DtlsConfigError {
+    /// A bound is 0 that must be at least 1: with it no device could ever connect.
+    Zero(&'static str),
+}
+
+impl std::fmt::Display for DtlsConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DtlsConfigError::Zero(what) => write!(f, "{what} must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for DtlsConfigError {}
+
+impl DtlsServerConfig {
+    /// Checks the bounds that would leave the server unreachable: `maxUnverified`,
+    /// `maxHandshakes`, `maxSessions` and `maxSessionsPerIdentity` at least 1. With 0 the
+    /// first three refuse every device (its ClientHello, its handshake, its session), a
+    /// `coaps` listener nobody can use, which is what a mistyped or zeroed member most
+    /// likely means. To keep devices out, withdraw their keys (or stop the listener). The durations need no
+    /// check: one past the clock's range means for ever (see each).
+    ///
+    /// The hub's builder and `Hub::bind_dtls` (through `HubConfig::validate`), and
+    /// `UdpServer::bind_secure`, call it and start nothing on a refusal;
+    /// [`DtlsServer::new`] does not (it cannot fail): a sans-IO user calls it first.
+    ///
+    /// ```
+    /// use twinhub::dtls::{DtlsConfigError, DtlsServerConfig};
+    /// assert_eq!(DtlsServerConfig::default().validate(), Ok(()));
+    /// let c = DtlsServerConfig { max_sessions: 0, ..DtlsServerConfig::default() };
+    /// assert_eq!(c.validate(), Err(DtlsConfigError::Zero("maxSessions")));
+    /// ```
+    pub fn validate(&self) -> Result<(), DtlsConfigError> {
+        let counts = [
+            ("maxUnverified", self.max_unverified),
+            ("maxHandshakes", self.max_handshakes),
+            ("maxSessions", self.max_sessions),
+            ("maxSessionsPerIdentity", self.max_sessions_per_identity),
+        ];
+        match counts.iter().find(|(_, n)| *n == 0) {
+            Some((what, _)) => Err(DtlsConfigError::Zero(what)),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Default for DtlsServerConfig {

@@ -64,11 +64,10 @@ pub enum BuildError {
     /// failed: a registry built in memory was not imported). The store is poisoned;
     /// [`Store::reload`](crate::store::Store::reload) returns what the directory holds.
     Store(crate::store::StoreError),
-    /// The bundled server's settings ([`HubConfig::server`]) would leave it inert or
-    /// overflow its clock (see [`ServerConfig::validate`](crate::lwm2m::server::ServerConfig::validate)).
-    /// Nothing was started, nor the store touched.
-    #[cfg(feature = "lwm2m")]
-    Config(crate::lwm2m::server::ServerConfigError),
+    /// The settings would leave the hub inert or overflow a clock (see
+    /// [`HubConfig::validate`]: the job engine's, and the bundled server's and DTLS
+    /// layer's when the transport is theirs). Nothing was started, nor the store touched.
+    Config(super::HubConfigError),
 }
 
 impl std::fmt::Display for BuildError {
@@ -82,8 +81,7 @@ impl std::fmt::Display for BuildError {
                 "{what} applies to the bundled LWM2M server (udp or dtls), not to a custom transport"
             ),
             BuildError::Store(e) => write!(f, "the registry could not be stored: {e}"),
-            #[cfg(feature = "lwm2m")]
-            BuildError::Config(e) => write!(f, "the server configuration is refused: {e}"),
+            BuildError::Config(e) => write!(f, "the configuration is refused: {e}"),
         }
     }
 }
@@ -93,7 +91,6 @@ impl std::error::Error for BuildError {
         match self {
             BuildError::Address(e) | BuildError::Bind(e) => Some(e),
             BuildError::Store(e) => Some(e),
-            #[cfg(feature = "lwm2m")]
             BuildError::Config(e) => Some(e),
             _ => None,
         }
@@ -310,14 +307,19 @@ impl HubBuilder {
         let registry = self
             .registry
             .unwrap_or_else(|| SharedRegistry::new(Registry::new()));
-        // The bundled server's settings, before anything is touched.
-        #[cfg(feature = "lwm2m")]
-        if !matches!(
+        // The settings, before anything is touched: the bundled server's and the DTLS
+        // layer's only when the transport is theirs.
+        let server = !matches!(
             self.link,
             None | Some(Err(_)) | Some(Ok(Link::Transport(_)))
-        ) {
-            self.config.server.validate().map_err(BuildError::Config)?;
-        }
+        );
+        #[cfg(feature = "dtls")]
+        let dtls = matches!(self.link, Some(Ok(Link::Dtls(_))));
+        #[cfg(not(feature = "dtls"))]
+        let dtls = false;
+        self.config
+            .check(server, dtls)
+            .map_err(BuildError::Config)?;
         // Imported now, so that a failure is the build's error (the hub's start would
         // only find the store poisoned).
         if let Some(store) = &self.config.store {

@@ -77,7 +77,7 @@ impl Hub {
         config: HubConfig,
         parts: super::builder::ServerParts,
     ) -> std::io::Result<Hub> {
-        super::udp::checked_server_config(&config)?;
+        super::udp::checked_server_config(&config, true)?;
         let store = PskStore::new();
         {
             // An identity two twins claim (written around the hub, or before it had a

@@ -300,7 +300,8 @@ impl SentEnds {
 pub struct HubConfig {
     /// Property sync on registration; `None` turns it off.
     pub sync: Option<PropertySync>,
-    /// The job engine's settings.
+    /// The job engine's settings (refused by [`HubConfig::validate`] as
+    /// [`EngineConfig::validate`] refuses them).
     pub jobs: EngineConfig,
     /// Let unknown devices register and create their twins (off: only devices that exist
     /// in the registry and are enabled may register).
@@ -316,7 +317,8 @@ pub struct HubConfig {
     /// which refuse what [`ServerConfig::validate`] refuses).
     #[cfg(feature = "lwm2m")]
     pub server: ServerConfig,
-    /// The DTLS layer's bounds (used by `Hub::bind_dtls`).
+    /// The DTLS layer's bounds (used by `Hub::bind_dtls`, which refuses what
+    /// `DtlsServerConfig::validate` refuses: a bound of 0 would refuse every device).
     #[cfg(feature = "dtls")]
     pub dtls: crate::dtls::DtlsServerConfig,
     /// The `host:port` devices reach the hub at, for the URIs `Hub::publish_package`
@@ -359,6 +361,79 @@ impl Default for HubConfig {
             package_limits: crate::lwm2m::server::PackageLimits::default(),
             store: None,
         }
+    }
+}
+
+/// Why [`HubConfig::validate`] refused a hub's settings: the member it is in, and the
+/// setting, named as in JSON (`jobs: pollMinMs must be above zero`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum HubConfigError {
+    /// `server` ([`ServerConfig::validate`]).
+    #[cfg(feature = "lwm2m")]
+    Server(crate::lwm2m::server::ServerConfigError),
+    /// `dtls` ([`DtlsServerConfig::validate`](crate::dtls::DtlsServerConfig::validate)).
+    #[cfg(feature = "dtls")]
+    Dtls(crate::dtls::DtlsConfigError),
+    /// `jobs` ([`EngineConfig::validate`]).
+    Jobs(crate::job::EngineConfigError),
+}
+
+impl std::fmt::Display for HubConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(feature = "lwm2m")]
+            HubConfigError::Server(e) => write!(f, "server: {e}"),
+            #[cfg(feature = "dtls")]
+            HubConfigError::Dtls(e) => write!(f, "dtls: {e}"),
+            HubConfigError::Jobs(e) => write!(f, "jobs: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for HubConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            #[cfg(feature = "lwm2m")]
+            HubConfigError::Server(e) => Some(e),
+            #[cfg(feature = "dtls")]
+            HubConfigError::Dtls(e) => Some(e),
+            HubConfigError::Jobs(e) => Some(e),
+        }
+    }
+}
+
+impl HubConfig {
+    /// Checks the settings that would leave the hub inert or panic its threads: `jobs`
+    /// ([`EngineConfig::validate`]), `server` ([`ServerConfig::validate`], feature
+    /// `lwm2m`) and `dtls` (`DtlsServerConfig::validate`, feature `dtls`), in that order;
+    /// the first setting found wrong is reported.
+    ///
+    /// [`HubBuilder::build`] ([`BuildError::Config`]), `Hub::bind_udp` and
+    /// `Hub::bind_dtls` (an [`InvalidInput`](std::io::ErrorKind::InvalidInput) error with
+    /// the [`HubConfigError`] inside) check the parts their transport uses (a hub over a
+    /// transport of its own: `jobs` only; over UDP: `server` too; over DTLS: all three)
+    /// and start nothing on a refusal. [`Hub::start`] and [`Hub::with_transport`] cannot
+    /// fail: call this first; there a job engine duration past the bound is taken as
+    /// [`MAX_CONFIG_DURATION`](crate::MAX_CONFIG_DURATION), never a panic.
+    pub fn validate(&self) -> Result<(), HubConfigError> {
+        self.check(true, true)
+    }
+
+    /// [`Self::validate`] of `jobs`, and of `server` and `dtls` when asked.
+    pub(crate) fn check(&self, server: bool, dtls: bool) -> Result<(), HubConfigError> {
+        // (Without the transport features there is neither to check.)
+        let _ = (server, dtls);
+        self.jobs.validate().map_err(HubConfigError::Jobs)?;
+        #[cfg(feature = "lwm2m")]
+        if server {
+            self.server.validate().map_err(HubConfigError::Server)?;
+        }
+        #[cfg(feature = "dtls")]
+        if dtls {
+            self.dtls.validate().map_err(HubConfigError::Dtls)?;
+        }
+        Ok(())
     }
 }
 

@@ -44,7 +44,7 @@ impl Hub {
         config: HubConfig,
         parts: ServerParts,
     ) -> std::io::Result<Hub> {
-        checked_server_config(&config)?;
+        checked_server_config(&config, false)?;
         let provisioned = AutoProvisioned::for_config(&config);
         let packages = stored_packages(&config)?;
         let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts, &packages);
@@ -415,13 +415,13 @@ pub(super) fn stored_packages(config: &HubConfig) -> std::io::Result<Packages> {
     Ok(packages)
 }
 
-/// [`HubConfig::server`] as [`ServerConfig::validate`] checks it, as the I/O error the
-/// hub's `bind_*` calls return: [`InvalidInput`](std::io::ErrorKind::InvalidInput) with
-/// the [`ServerConfigError`](crate::lwm2m::server::ServerConfigError) inside.
-pub(super) fn checked_server_config(config: &HubConfig) -> std::io::Result<()> {
+/// `config` as [`HubConfig::validate`] checks it for the bundled server (`jobs` and
+/// `server`; `dtls` too when `dtls`), as the I/O error the hub's `bind_*` calls return:
+/// [`InvalidInput`](std::io::ErrorKind::InvalidInput) with the
+/// [`HubConfigError`](super::HubConfigError) inside.
+pub(super) fn checked_server_config(config: &HubConfig, dtls: bool) -> std::io::Result<()> {
     config
-        .server
-        .validate()
+        .check(true, dtls)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 

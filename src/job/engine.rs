@@ -9,7 +9,7 @@ use crate::resource::{
     Content, DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, Lwm2mPath, OpId,
     ResourceValue, WriteMode,
 };
-use crate::time::Timestamp;
+use crate::time::{MAX_CONFIG_DURATION, Timestamp};
 use crate::twin::DeviceId;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
@@ -61,11 +61,14 @@ pub const JOB_OP_ID_BASE: u64 = 1 << 63;
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineConfig {
     /// While waiting for a firmware download or install, the engine reads `/5/0` at most
-    /// this far apart, in case a notification was lost (default 30 s).
+    /// this far apart, in case a notification was lost (default 30 s). Above zero and at
+    /// most [`MAX_CONFIG_DURATION`] ([`EngineConfig::validate`]).
     #[serde(with = "crate::time::millis", rename = "pollIntervalMs")]
     pub poll_interval: Duration,
     /// The first such read comes this long after the step began; the wait doubles up to
-    /// `poll_interval` (default 1 s).
+    /// `poll_interval` (default 1 s). Above zero (with zero the device is read again as
+    /// soon as it answers, for as long as the download takes) and at most
+    /// [`MAX_CONFIG_DURATION`].
     #[serde(with = "crate::time::millis", rename = "pollMinMs")]
     pub poll_min: Duration,
     /// How many times in a row an operation is sent again after the transport timed it
@@ -76,7 +79,8 @@ pub struct EngineConfig {
     pub max_resends: u8,
     /// How long a reboot or factory reset whose Execute answer was lost (timed out, or
     /// failed with `RegistrationEnded`: sent, outcome unknown) waits for the device's
-    /// registration before the attempt fails as `timedOut` (default 5 min).
+    /// registration before the attempt fails as `timedOut` (default 5 min; zero: it
+    /// fails at once). At most [`MAX_CONFIG_DURATION`].
     #[serde(with = "crate::time::millis", rename = "rebootWaitMs")]
     pub reboot_wait: Duration,
     /// Paths the host (the hub's property sync) observes on every device that announced
@@ -115,6 +119,79 @@ pub struct EngineConfig {
     /// its jobs.
     #[serde(skip)]
     pub transport_reports_sent: bool,
+}
+
+/// Why [`EngineConfig::validate`] refused a configuration. Each names the setting by its
+/// JSON member (`pollIntervalMs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum EngineConfigError {
+    /// A duration is zero that must be above it.
+    ZeroDuration(&'static str),
+    /// A duration is longer than [`MAX_CONFIG_DURATION`].
+    TooLong(&'static str),
+}
+
+impl std::fmt::Display for EngineConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineConfigError::ZeroDuration(what) => write!(f, "{what} must be above zero"),
+            EngineConfigError::TooLong(what) => write!(
+                f,
+                "{what} must be at most {} ms (a year)",
+                MAX_CONFIG_DURATION.as_millis()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EngineConfigError {}
+
+impl EngineConfig {
+    /// Checks the durations the engine adds to its clock: `pollIntervalMs` and
+    /// `pollMinMs` above zero (with zero a firmware job reads `/5/0` again as soon as the
+    /// device answers), and those two and `rebootWaitMs` at most [`MAX_CONFIG_DURATION`]
+    /// (a longer one, such as [`Duration::MAX`] set from Rust, overflowed the clock: a
+    /// panic on the hub's thread at the first firmware poll or lost reboot answer).
+    /// `retainForMs` may be any length (it is compared with wall-clock times, never
+    /// added to the engine's clock). The first setting found wrong is reported.
+    ///
+    /// The hub's builder and its `bind_udp` and `bind_dtls` call it (through
+    /// `HubConfig::validate`) and start nothing on a refusal; [`JobEngine::new`] and the
+    /// hub's infallible constructors do not: there a duration past the bound is taken as
+    /// [`MAX_CONFIG_DURATION`], never a panic.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use twinhub::job::{EngineConfig, EngineConfigError};
+    /// assert_eq!(EngineConfig::default().validate(), Ok(()));
+    /// let c = EngineConfig { reboot_wait: Duration::MAX, ..EngineConfig::default() };
+    /// assert_eq!(c.validate(), Err(EngineConfigError::TooLong("rebootWaitMs")));
+    /// ```
+    pub fn validate(&self) -> Result<(), EngineConfigError> {
+        // (name, value, must be above zero)
+        let durations = [
+            ("pollIntervalMs", self.poll_interval, true),
+            ("pollMinMs", self.poll_min, true),
+            ("rebootWaitMs", self.reboot_wait, false),
+        ];
+        for (what, d, positive) in durations {
+            if positive && d.is_zero() {
+                return Err(EngineConfigError::ZeroDuration(what));
+            }
+            if d > MAX_CONFIG_DURATION {
+                return Err(EngineConfigError::TooLong(what));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `now + d`, `d` taken as at most [`MAX_CONFIG_DURATION`]: an engine built with a
+/// configuration [`EngineConfig::validate`] refuses does not panic on its clock.
+pub(super) fn later(now: Instant, d: Duration) -> Instant {
+    let d = d.min(MAX_CONFIG_DURATION);
+    now.checked_add(d).unwrap_or(now)
 }
 
 /// The two numberings of Firmware Update State (`/5/0/3`) found in the field.
@@ -2257,7 +2334,7 @@ impl JobEngine {
                 .saturating_mul(1 << child.polls.min(20))
                 .min(self.config.poll_interval);
             child.polls = child.polls.saturating_add(1);
-            let at = now + wait;
+            let at = later(now, wait);
             child.next_poll = Some(at);
             self.polls.push(Reverse((at, c)));
         }
@@ -2593,7 +2670,7 @@ impl JobEngine {
     fn await_reboot(&mut self, now: Instant, c: u32) {
         let child = &mut self.children[c as usize];
         child.step = 1;
-        let at = now + self.config.reboot_wait;
+        let at = later(now, self.config.reboot_wait);
         child.next_poll = Some(at);
         self.polls.push(Reverse((at, c)));
     }

@@ -246,8 +246,8 @@ pub mod state;
 #[doc(hidden)]
 pub use engine::fuzz_decode_job_row;
 pub use engine::{
-    CancelMode, EngineConfig, FirmwareStates, JOB_OP_ID_BASE, JobEngine, JobProgress, JobRow,
-    JobRowError, JobStatistics, TwinUpdate,
+    CancelMode, EngineConfig, EngineConfigError, FirmwareStates, JOB_OP_ID_BASE, JobEngine,
+    JobProgress, JobRow, JobRowError, JobStatistics, TwinUpdate,
 };
 pub use history::{
     HistoryCursor, HistoryError, HistoryFilter, HistoryPage, JobRecord, RecordScope,

@@ -616,7 +616,7 @@ impl JobEngine {
                     {
                         // Never executed twice: the next registration is the reboot.
                         child.step = 1;
-                        let at = now + self.config.reboot_wait;
+                        let at = super::later(now, self.config.reboot_wait);
                         child.next_poll = Some(at);
                         self.polls.push(Reverse((at, c)));
                     } else {

@@ -113,7 +113,12 @@ impl UdpServer {
     /// Binds a `coaps` socket: the server behind a [`DtlsServer`] (DTLS 1.2, PSK,
     /// `TLS_PSK_WITH_AES_128_CCM_8`). The server is switched to
     /// [`Lwm2mServer::require_identity`]. Counters: [`DtlsServer::stats_handle`] before
-    /// handing it over.
+    /// handing it over. As [`UdpServer::bind`], it refuses (an
+    /// [`InvalidInput`](io::ErrorKind::InvalidInput) error) server settings that
+    /// [`ServerConfig::validate`](super::ServerConfig::validate) refuses, and DTLS bounds
+    /// that [`DtlsServerConfig::validate`](crate::dtls::DtlsServerConfig::validate)
+    /// refuses (the [`DtlsConfigError`](crate::dtls::DtlsConfigError) inside), and binds
+    /// nothing.
     ///
     /// ```no_run
     /// use twinhub::dtls::{DtlsServer, DtlsServerConfig, PskStore};
@@ -129,6 +134,9 @@ impl UdpServer {
         server: Lwm2mServer,
         dtls: DtlsServer,
     ) -> io::Result<(UdpServer, Receiver<DeviceEvent>)> {
+        dtls.config()
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Self::bind_layer(
             addr,
             server.require_identity().track_sessions(),
