@@ -193,6 +193,37 @@ mod tests {
         client
     }
 
+    /// Device `d-1` (identity `id-1`) handshaken from `addr(1)` and registered through a
+    /// layer and a server that requires identities and tracks sessions.
+    fn registered_over_dtls(
+        now: Instant,
+        socket: &UdpSocket,
+    ) -> (PskStore, DeviceId, SecureLayer, Lwm2mServer) {
+        use crate::coap::{Code, Message};
+        let store = PskStore::new();
+        let device = DeviceId::new("d-1").unwrap();
+        store.set(Some(device.clone()), creds(1)).unwrap();
+        let mut layer = SecureLayer {
+            dtls: DtlsServer::new(DtlsServerConfig::default(), store.clone()),
+        };
+        let config = ServerConfig {
+            auto_provision: true,
+            ..ServerConfig::default()
+        };
+        let mut server = Lwm2mServer::with_seed(config, 3)
+            .require_identity()
+            .track_sessions();
+        let mut client = connect(now, 1, &mut layer, &mut server);
+        let mut register = Message::request(Code::POST, "/rd");
+        register.message_id = 1;
+        register.add_uri_query("ep=d-1");
+        register.payload = b"</3/0>".to_vec();
+        client.send(now, &register.to_bytes().unwrap());
+        let got = exchange(now, 1, &mut client, &mut layer, &mut server, socket);
+        assert_eq!(Message::decode(&got[0]).unwrap().code, Code::CREATED);
+        (store, device, layer, server)
+    }
+
     /// The server's set, and the DTLS server's session table.
     fn tables(
         layer: &SecureLayer,
@@ -260,27 +291,7 @@ mod tests {
         use crate::transport::{DeviceOp, DeviceRequest, OpId, Transport};
         let now = Instant::now();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let store = PskStore::new();
-        let device = DeviceId::new("d-1").unwrap();
-        store.set(Some(device.clone()), creds(1)).unwrap();
-        let mut layer = SecureLayer {
-            dtls: DtlsServer::new(DtlsServerConfig::default(), store.clone()),
-        };
-        let config = ServerConfig {
-            auto_provision: true,
-            ..ServerConfig::default()
-        };
-        let mut server = Lwm2mServer::with_seed(config, 3)
-            .require_identity()
-            .track_sessions();
-        let mut client = connect(now, 1, &mut layer, &mut server);
-        let mut register = Message::request(Code::POST, "/rd");
-        register.message_id = 1;
-        register.add_uri_query("ep=d-1");
-        register.payload = b"</3/0>".to_vec();
-        client.send(now, &register.to_bytes().unwrap());
-        let got = exchange(now, 1, &mut client, &mut layer, &mut server, &socket);
-        assert_eq!(Message::decode(&got[0]).unwrap().code, Code::CREATED);
+        let (store, device, mut layer, mut server) = registered_over_dtls(now, &socket);
         assert!(server.registration(&device).is_some());
         while server.poll_event().is_some() {}
         // The hub withdraws the key; the driver takes an operation before its DTLS
@@ -353,27 +364,7 @@ mod tests {
         use crate::transport::{DeviceOp, DeviceRequest, OpId, Transport};
         let now = Instant::now();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let store = PskStore::new();
-        let device = DeviceId::new("d-1").unwrap();
-        store.set(Some(device.clone()), creds(1)).unwrap();
-        let mut layer = SecureLayer {
-            dtls: DtlsServer::new(DtlsServerConfig::default(), store.clone()),
-        };
-        let config = ServerConfig {
-            auto_provision: true,
-            ..ServerConfig::default()
-        };
-        let mut server = Lwm2mServer::with_seed(config, 3)
-            .require_identity()
-            .track_sessions();
-        let mut client = connect(now, 1, &mut layer, &mut server);
-        let mut register = Message::request(Code::POST, "/rd");
-        register.message_id = 1;
-        register.add_uri_query("ep=d-1");
-        register.payload = b"</3/0>".to_vec();
-        client.send(now, &register.to_bytes().unwrap());
-        let got = exchange(now, 1, &mut client, &mut layer, &mut server, &socket);
-        assert_eq!(Message::decode(&got[0]).unwrap().code, Code::CREATED);
+        let (_store, device, mut layer, mut server) = registered_over_dtls(now, &socket);
         while server.poll_event().is_some() {}
         // The session ends; its Closed event is not delivered yet.
         assert_eq!(layer.dtls.close_identity("id-1"), 1);
