@@ -2536,7 +2536,6 @@ impl Inner {
         }
     }
 
-    /// Observes again every sync path of `device` whose observation is gone.
     /// After an Update or a move of `device`'s `registration`: its lost sync observations
     /// are observed again ([`Inner::resync`]; true), or, with no sync table entry, it is
     /// observed afresh (false): the registration that makes one never reached this hub
@@ -2562,6 +2561,7 @@ impl Inner {
         }
     }
 
+    /// Observes again every sync path of `device` whose observation is gone.
     fn resync(&self, device: &DeviceId, ops: &mut Vec<DeviceOp>) {
         let mut synced = lock(&self.synced);
         let Some(entries) = synced.get_mut(device) else {
