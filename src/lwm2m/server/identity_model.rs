@@ -49,6 +49,17 @@
 //!   whatever registration holds the address; a bootstrap request answered through that
 //!   session is followed by the next (same proviso) or, the Finish answered, by
 //!   `Finished` (an implication: the model does not follow the endpoint's queues);
+//! - a bootstrap request that is not answered times out exactly when its CoAP exchange
+//!   gives up, predicted from the server's CoAP configuration and the request's first
+//!   retransmission (its random initial time-out `T`: `T * (2^(MAX_RETRANSMIT + 1) - 1)`
+//!   after it first left, whether the layer let it through or not): its session then
+//!   ends `Failed` (the model's answers are all successes, so a `Failed` that is not a
+//!   replacement is a time-out, and comes at that time only), a late answer to it changes
+//!   nothing, and a registration at the address whose requests waited behind it sends
+//!   them at once;
+//! - no device request waits while it could go (after every step): its registration
+//!   holds an address with a session of its identity there, fewer of its requests than
+//!   NSTART are out, and the CoAP endpoint would send to the address at once;
 //! - a registration ends only when its time is up, by De-register or a new Register, or,
 //!   once a Register through another identity of its device was refused (a takeover probe
 //!   may be out), by `Expired`; an observation only with its registration.
@@ -58,8 +69,7 @@
 //! then drop its observations), so neither drop is predicted. Not modelled: a
 //! notification on a dead observation (its registration replaced) from an address
 //! another identity's registration holds is dropped unseen, not reset (the device ends it
-//! when its confirmable notifications time out); a bootstrap request that times out
-//! (the session fails, as the device would retry).
+//! when its confirmable notifications time out).
 
 use super::*;
 use crate::coap::{Code, Message, MessageType};
@@ -264,6 +274,26 @@ fn fresh(last: (u32, Instant), seq: u32, now: Instant) -> bool {
 /// Finish.
 type BootstrapOut = (u16, Vec<u8>, bool);
 
+/// A bootstrap session's request as the CoAP endpoint sent it (whether the layer let it
+/// through or not): its message id, its first transmission, and the time from there to
+/// its first retransmission (the random initial time-out, RFC 7252 §4.2), once seen.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    mid: u16,
+    first: Instant,
+    timeout: Option<Duration>,
+}
+
+impl Clock {
+    /// When the exchange gives up: the initial time-out doubles with each of the
+    /// `max_retransmit` retransmissions, and the last one is waited for too, so
+    /// `first + timeout * (2^(max_retransmit + 1) - 1)` (93 s at most with the defaults).
+    fn gives_up(&self, coap: &crate::coap::EndpointConfig) -> Option<Instant> {
+        let factor = (1u32 << (coap.max_retransmit + 1)) - 1;
+        self.timeout.map(|t| self.first + t * factor)
+    }
+}
+
 struct World {
     server: Lwm2mServer,
     now: Instant,
@@ -298,6 +328,16 @@ struct World {
     /// Bootstrap sessions (one per address, as the server keeps them): the identity that
     /// asked, and its request out now (message id, token, Bootstrap-Finish or not).
     bootstraps: HashMap<SocketAddr, (u8, Option<BootstrapOut>)>,
+    /// The timing of each session's request (by its address), to predict its time-out.
+    clocks: HashMap<SocketAddr, Clock>,
+    /// Bootstrap requests that timed out (address, message id): a late answer to one
+    /// changes nothing.
+    timed_out: HashSet<(SocketAddr, u16)>,
+    /// The address whose bootstrap session a new Bootstrap-Request is replacing (its
+    /// `Failed` is no time-out).
+    replacing: Option<SocketAddr>,
+    /// Each operation's device.
+    device_of: HashMap<u64, u8>,
     /// Events checked by `audit` so far.
     audited: usize,
     violations: Vec<String>,
@@ -398,7 +438,9 @@ impl World {
     /// through), and the events after it.
     fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
         let mut out = Vec::new();
+        let mut bootstrap_ended = Vec::new();
         while let Some(t) = self.server.poll_transmit() {
+            self.clock(&t);
             let session = self.sessions.get(&t.destination).copied();
             let through = session.map(|i| self.identity(i));
             if session.is_none() || !self.server.may_send(&t, through.as_ref()) {
@@ -453,11 +495,128 @@ impl World {
                 DeviceEvent::Response { op, .. } | DeviceEvent::TimedOut { op, .. } => {
                     self.ended.insert(op.0);
                 }
+                DeviceEvent::Bootstrap {
+                    address: Some(a),
+                    outcome: crate::transport::BootstrapOutcome::Failed(_),
+                    ..
+                } if self.replacing != Some(*a) => bootstrap_ended.push(*a),
                 _ => {}
             }
             self.events.push(e);
         }
+        for a in bootstrap_ended {
+            self.bootstrap_timed_out(a);
+        }
         out
+    }
+
+    /// Notes the timing of a bootstrap session's request the endpoint sent (see
+    /// [`Clock`]): a new message id starts a clock, the first retransmission gives its
+    /// time-out.
+    fn clock(&mut self, t: &Transmit) {
+        let m = Message::decode(&t.payload).expect("the server's datagrams decode");
+        let request = m.code.class() == 0 && m.code != Code::EMPTY;
+        if !request
+            || (m.code == Code::GET && m.uri_path().next().is_some())
+            || !self.bootstraps.contains_key(&t.destination)
+        {
+            return;
+        }
+        match self.clocks.get_mut(&t.destination) {
+            Some(c) if c.mid == m.message_id => {
+                if c.timeout.is_none() {
+                    c.timeout = Some(self.now - c.first);
+                }
+            }
+            _ => {
+                let clock = Clock {
+                    mid: m.message_id,
+                    first: self.now,
+                    timeout: None,
+                };
+                self.clocks.insert(t.destination, clock);
+            }
+        }
+    }
+
+    /// The bootstrap session at `a` ended `Failed`, not replaced: the model's answers
+    /// are all successes, so only its request's time-out ends it, exactly when the CoAP
+    /// exchange gives up. Then the address is free: a registration there whose requests
+    /// waited behind the bootstrap request (CoAP NSTART) sends them now.
+    fn bootstrap_timed_out(&mut self, a: SocketAddr) {
+        let clock = self.clocks.remove(&a);
+        let due = clock.and_then(|c| c.gives_up(&self.server.config().coap));
+        if due != Some(self.now) {
+            self.violations.push(format!(
+                "the bootstrap session at {a} failed at {:?}; its request's exchange gives \
+                 up at {due:?} ({clock:?})",
+                self.now
+            ));
+        }
+        if let Some(c) = clock {
+            self.timed_out.insert((a, c.mid));
+        }
+        self.check_waiting(Some(a), "since its bootstrap request timed out");
+    }
+
+    /// Liveness of the device queues: no request waits while it could go, that is while
+    /// its device's registration holds an address (`at`: this one only) with a session of
+    /// its identity there, fewer of its requests than NSTART (the server's and the CoAP
+    /// endpoint's) are out, and the endpoint would send to the address at once.
+    fn check_waiting(&mut self, at: Option<SocketAddr>, when: &str) {
+        let nstart = self
+            .server
+            .config()
+            .nstart
+            .min(self.server.config().coap.nstart);
+        for dev in 0..DEVICES {
+            let device = DeviceId::new(&format!("e{dev}")).unwrap();
+            let Some(a) = self.server.registration(&device).and_then(|r| r.address) else {
+                continue;
+            };
+            let through = self
+                .sessions
+                .get(&a)
+                .is_some_and(|&i| self.acts_for(i, dev));
+            let ops = |pred: &dyn Fn(&u64) -> bool| {
+                self.device_of
+                    .iter()
+                    .filter(|&(op, &d)| d == dev && pred(op))
+                    .count()
+            };
+            let waiting = ops(&|op| !self.sent.contains(op) && !self.ended.contains(op));
+            let in_flight = ops(&|op| self.sent.contains(op) && !self.ended.contains(op));
+            if at.is_none_or(|at| at == a)
+                && through
+                && waiting > 0
+                && in_flight < nstart
+                && self.server.endpoint().would_send_now(a)
+            {
+                self.violations.push(format!(
+                    "e{dev}'s {waiting} request(s) wait at {a}, free {when} (at {:?})",
+                    self.now
+                ));
+            }
+        }
+    }
+
+    /// Liveness of the time-outs: no bootstrap request is out past the time its exchange
+    /// gives up, nor past its first retransmission's latest time unretransmitted.
+    fn check_clocks(&mut self) {
+        let coap = self.server.config().coap.clone();
+        let latest_first = coap.ack_timeout.mul_f64(coap.ack_random_factor);
+        for (a, c) in &self.clocks {
+            let overdue = match c.gives_up(&coap) {
+                Some(at) => at <= self.now,
+                None => c.first + latest_first < self.now,
+            };
+            if overdue {
+                self.violations.push(format!(
+                    "the bootstrap request at {a} ({c:?}) is still out at {:?}",
+                    self.now
+                ));
+            }
+        }
     }
 
     /// Device `dev`'s registration, while it lives (before its expiry).
@@ -503,6 +662,9 @@ impl World {
                     address: Some(a), ..
                 } => {
                     self.bootstraps.remove(a);
+                    if self.replacing != Some(*a) {
+                        self.clocks.remove(a);
+                    }
                 }
                 DeviceEvent::ObservationEnded { op, cause, .. } => {
                     if let Some(o) = self.observations.iter().find(|o| o.op == op.0)
@@ -613,6 +775,7 @@ impl World {
     ) {
         let id = OpId(submitted.len() as u64 + 1);
         submitted.push(id);
+        self.device_of.insert(id.0, dev);
         let path = Lwm2mPath::resource_instance(3, 0, 9 + u16::from(dev), id.0 as u16);
         let device = DeviceId::new(&format!("e{dev}")).unwrap();
         let request = request(path);
@@ -673,6 +836,10 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
         regs: HashMap::new(),
         generation: 0,
         bootstraps: HashMap::new(),
+        clocks: HashMap::new(),
+        timed_out: HashSet::new(),
+        replacing: None,
+        device_of: HashMap::new(),
         audited: 0,
         violations: Vec::new(),
     };
@@ -680,11 +847,14 @@ fn run(ops: Vec<Op>, seed: u64, nstart: usize) -> Result<(), TestCaseError> {
     for op in ops {
         step(&mut w, &mut submitted, op);
         w.audit();
+        w.check_clocks();
+        w.check_waiting(None, "after the step");
     }
     // Past every queue time-out (600 s), CoAP give-up and registration expiry.
     for _ in 0..8 {
         w.advance(Duration::from_secs(700));
         w.audit();
+        w.check_clocks();
     }
     prop_assert!(w.violations.is_empty(), "{:#?}", w.violations);
     for id in &submitted {
@@ -776,10 +946,14 @@ fn bootstrap(w: &mut World, addr: u8, dev: u8) {
     let mut m = w.con(Code::POST, "/bs");
     m.add_uri_query(&format!("ep=e{dev}"));
     w.bootstraps.insert(to, (ident, None));
+    // The replaced session's request is forgotten: its clock stops.
+    w.clocks.remove(&to);
+    w.replacing = Some(to);
     let answer = w.send(to, ident, &m);
     // The session replaced there ends (`Failed`): audited now, not to end the new one.
     let new = w.bootstraps.get(&to).cloned();
     w.audit();
+    w.replacing = None;
     if let Some(new) = new {
         w.bootstraps.insert(to, new);
     }
@@ -960,9 +1134,28 @@ fn answer(w: &mut World, k: u8) {
         .is_some_and(|(d, n)| w.acts_for(ident, d) && w.sent.contains(&n) && !w.ended.contains(&n));
     let events = w.events.len();
     let bootstrap = bootstrap_request_out(w, to, &request);
+    // A bootstrap request that timed out (its session failed): a late answer changes
+    // nothing (the session, or a new one at the address, goes on as it was).
+    let late = w.timed_out.contains(&(to, request.message_id))
+        && (request.code != Code::GET || request.uri_path().next().is_none());
+    let session = w.bootstraps.get(&to).cloned();
     w.send(to, ident, &answer);
     if let Some(finish) = bootstrap {
         bootstrap_answered(w, to, &request, finish, events);
+    }
+    if late {
+        let ended = w.events[events..]
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Bootstrap { address: Some(a), .. } if *a == to));
+        if ended || w.bootstraps.get(&to) != session.as_ref() {
+            w.violations.push(format!(
+                "a late answer to the bootstrap request {} at {to}, timed out, was taken: \
+                 {session:?} -> {:?}, {:?}",
+                request.message_id,
+                w.bootstraps.get(&to),
+                &w.events[events..]
+            ));
+        }
     }
     let Some((d, n)) = op else {
         return;
@@ -1200,6 +1393,28 @@ fn a_stale_confirmable_notification_from_another_registrations_address_is_acknow
             back: 1,
             con: true,
         },
+    ];
+    run(ops, 0, 1).unwrap();
+}
+
+/// e0 registered at port 0 bootstraps again from there (its bootstrap identity's session
+/// takes the port, and the Discover goes out through it); its own identity's session
+/// comes back and the hub reads it: the Read waits behind the Discover (CoAP NSTART),
+/// which the layer no longer lets out (the session is not the asking identity's). When
+/// the Discover's exchange gives up (the model predicts when, from its first
+/// retransmission), the session fails and the Read goes; a late answer to the Discover
+/// then changes nothing.
+#[test]
+fn a_bootstrap_request_that_times_out_fails_its_session_and_frees_the_address() {
+    let ops = vec![
+        register_op(0, 0),
+        Op::Bootstrap { addr: 0, dev: 0 },
+        Op::Connect { addr: 0, ident: 0 },
+        Op::Read { dev: 0 },
+        Op::Advance { secs: 100 },
+        // The Discover (late), then the Read.
+        Op::Answer { k: 0 },
+        Op::Answer { k: 0 },
     ];
     run(ops, 0, 1).unwrap();
 }
