@@ -30,7 +30,9 @@
 //! `LEFT_ADDRESS_MEMORY` ago, one of the last `MAX_LEFT_ADDRESSES` (sent before a NAT
 //! rebinding, arrived late); the model's Observe numbers only go up, so RFC 7641
 //! freshness never drops one. A registration expires only once its time is up, or while
-//! a takeover probe may be out.
+//! a takeover probe may be out. And after every step no request of a device that is not
+//! in queue mode waits while it could go (its registration holds an address, fewer of
+//! its requests than NSTART are out, the CoAP endpoint would send there at once).
 
 #![cfg(feature = "lwm2m")]
 
@@ -134,6 +136,11 @@ struct World {
     regs: HashMap<u8, Reg>,
     /// Registers accepted (`Reg::generation`).
     generation: u64,
+    /// Each operation's device, and the operations reported `Sent` and those ended
+    /// (`Response` or `TimedOut`).
+    device_of: HashMap<u64, u8>,
+    sent: std::collections::HashSet<u64>,
+    ended: std::collections::HashSet<u64>,
     /// Registrations' moves (`AddressChanged`) seen, and those the model predicted.
     moves_seen: usize,
     moves_predicted: usize,
@@ -444,6 +451,15 @@ impl World {
                     ));
                 }
             }
+            match &e {
+                DeviceEvent::Sent { op, .. } => {
+                    self.sent.insert(op.0);
+                }
+                DeviceEvent::Response { op, .. } | DeviceEvent::TimedOut { op, .. } => {
+                    self.ended.insert(op.0);
+                }
+                _ => {}
+            }
             if let DeviceEvent::Expired { device } = &e {
                 // Only once its time is up, or while a takeover probe may be out.
                 let dev: u8 = device.as_str()[1..].parse().expect("e<n>");
@@ -460,6 +476,41 @@ impl World {
             self.events.push(e);
         }
         out
+    }
+
+    /// No request of an awake device waits while it could go: its registration holds an
+    /// address (not displaced), fewer of its requests than NSTART (the server's and the
+    /// CoAP endpoint's) are out, and the endpoint would send to the address at once.
+    /// (Queue-mode devices are left out: when they are awake is not followed.)
+    fn check_waiting(&mut self) {
+        let nstart = self
+            .server
+            .config()
+            .nstart
+            .min(self.server.config().coap.nstart);
+        for dev in 0..3u8 {
+            let device = DeviceId::new(&format!("e{dev}")).unwrap();
+            let Some(info) = self.server.registration(&device) else {
+                continue;
+            };
+            let (Some(a), false) = (info.address, info.queue_mode) else {
+                continue;
+            };
+            let ops = |pred: &dyn Fn(&u64) -> bool| {
+                self.device_of
+                    .iter()
+                    .filter(|&(op, &d)| d == dev && pred(op))
+                    .count()
+            };
+            let waiting = ops(&|op| !self.sent.contains(op) && !self.ended.contains(op));
+            let in_flight = ops(&|op| self.sent.contains(op) && !self.ended.contains(op));
+            if waiting > 0 && in_flight < nstart && self.server.endpoint().would_send_now(a) {
+                self.misrouted.push(format!(
+                    "e{dev}'s {waiting} request(s) wait at {a}, which is free (at {:?})",
+                    self.now
+                ));
+            }
+        }
     }
 
     fn advance(&mut self, by: Duration) {
@@ -503,6 +554,9 @@ proptest! {
             probes: HashMap::new(),
             regs: HashMap::new(),
             generation: 0,
+            device_of: HashMap::new(),
+            sent: Default::default(),
+            ended: Default::default(),
             moves_seen: 0,
             moves_predicted: 0,
             first_sent: Default::default(),
@@ -511,6 +565,11 @@ proptest! {
         let lifetime = if long_lived { LONG_LIFETIME } else { LIFETIME };
         let mut submitted: Vec<OpId> = Vec::new();
         for op in ops {
+            // After the previous step.
+            w.check_waiting();
+            if let Op::Read { dev } | Op::Observe { dev } = op {
+                w.device_of.insert(submitted.len() as u64 + 1, dev);
+            }
             match op {
                 Op::Register { dev, addr: a, queue } => {
                     let mut m = w.con(Code::POST, "/rd");
@@ -687,6 +746,7 @@ proptest! {
                 }
             }
         }
+        w.check_waiting();
         // Long enough for every queue time-out (600 s), CoAP give-up (93 s) and
         // registration expiry (120 s + grace) to pass, several times over.
         for _ in 0..8 {
