@@ -14,25 +14,25 @@
 //! server gives out with the event). A takeover probe (GET /1) likewise goes only to the address its
 //! registration's device last spoke from, while no other device took it since (a probe
 //! left running after the device moved kept being retransmitted to the address left).
-//! A notification a device's registration reports from the address it was displaced
-//! from (another device's Register or Update, or its notification, took the address; or
-//! a Register of another registration's device, even refused, spoke from it) takes the
+//! A notification a device's registration reports from the address it was displaced from
+//! (another device's Register or Update, or its notification, took the address; or a
+//! Register of another registration's device, even refused, spoke from it) takes the
 //! address back exactly when no live registration holds it now (the holder expired,
-//! de-registered, moved on, or was displaced in turn), reported as `AddressChanged`;
-//! while one does, it may be late, so the server takes its values and moves nothing:
-//! the device stays displaced and nothing is sent to it. The model predicts which (each
-//! registration's expiry, its takeover contest, who holds each address), and checks
-//! that a registration moves (`AddressChanged`) exactly when it predicts a move. It
-//! also predicts whether a notification is taken at all (reported as the device's): exactly
-//! when its observation is live (the server took the Observe's answer, or the
-//! notification itself as its separate response, under the registration that lives now)
-//! and it does not come from an address the registration left less than
-//! `LEFT_ADDRESS_MEMORY` ago, one of the last `MAX_LEFT_ADDRESSES` (sent before a NAT
-//! rebinding, arrived late); the model's Observe numbers only go up, so RFC 7641
-//! freshness never drops one. A registration expires only once its time is up, or while
-//! a takeover probe may be out. And after every step no request of a device that is not
-//! in queue mode waits while it could go (its registration holds an address, fewer of
-//! its requests than NSTART are out, the CoAP endpoint would send there at once).
+//! de-registered, moved on, or was displaced in turn), reported as `AddressChanged`; while
+//! one does, it may be late, so the server takes its values and moves nothing: the device
+//! stays displaced and nothing is sent to it. The model predicts which (each registration's
+//! expiry, its takeover contest, who holds each address), and checks that a registration
+//! moves (`AddressChanged`) exactly when it predicts a move. It also predicts whether a
+//! notification is taken at all (reported as the device's): exactly when its observation is
+//! live (the server took the Observe's answer, or the notification itself as its separate
+//! response, under the registration that lives now) and it does not come from an address
+//! the registration left less than `LEFT_ADDRESS_MEMORY` ago, one of the last
+//! `MAX_LEFT_ADDRESSES` (sent before a NAT rebinding, arrived late), and it is fresh (RFC
+//! 7641 §3.4: devices also repeat their last notification or the one before, duplicated or
+//! reordered). A registration expires only once its time is up, or while a takeover probe
+//! may be out. And after every step no request of a device that is not in queue mode waits
+//! while it could go (its registration holds an address, fewer of its requests than NSTART
+//! are out, the CoAP endpoint would send there at once).
 
 #![cfg(feature = "lwm2m")]
 
@@ -42,7 +42,7 @@ use proptest::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use twinhub::coap::{Code, Message, MessageType};
+use twinhub::coap::{Code, Message, MessageType, OBSERVE_FRESHNESS};
 use twinhub::lwm2m::server::{LEFT_ADDRESS_MEMORY, Lwm2mServer, MAX_LEFT_ADDRESSES, ServerConfig};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
 use twinhub::{DeviceId, Lwm2mPath};
@@ -85,12 +85,14 @@ enum Op {
         dev: u8,
     },
     /// The device of the `k`-th observation answered (modulo their number) notifies,
-    /// confirmable or not, with the next Observe number, from address `from` (its own,
-    /// or another: NAT rebinding, or a port another device had).
+    /// confirmable or not, from address `from` (its own, or another: NAT rebinding, or a
+    /// port another device had), with the next Observe number (`back` 0), or again with
+    /// the last one it sent (1) or the one before (2): duplicated or reordered.
     Notify {
         k: u8,
         from: u8,
         con: bool,
+        back: u8,
     },
 }
 
@@ -104,7 +106,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(k, elsewhere, refuse)| Op::Answer { k, elsewhere, refuse }),
         2 => (1u16..200).prop_map(|secs| Op::Advance { secs }),
         2 => (0u8..3).prop_map(|dev| Op::Observe { dev }),
-        3 => (any::<u8>(), 0u8..4, any::<bool>()).prop_map(|(k, from, con)| Op::Notify { k, from, con }),
+        3 => (any::<u8>(), 0u8..4, any::<bool>(), prop_oneof![6 => Just(0u8), 1 => 1u8..3])
+            .prop_map(|(k, from, con, back)| Op::Notify { k, from, con, back }),
     ]
 }
 
@@ -214,12 +217,20 @@ struct Obs {
     dev: u8,
     /// Its Observe operation's number.
     op: u64,
-    /// The last Observe number its device sent (the answer's 2, then one up with each
-    /// notification: always fresh).
+    /// The highest Observe number its device sent (the answer's 2, then one up with
+    /// each new notification).
     seq: u32,
+    /// The Observe number of the last notification taken (or of the answer), and when.
+    last: (u32, Instant),
     /// The registration it was made under (`Reg::generation`), when the server took the
     /// answer (`Response` Ok): it goes with that registration.
     generation: Option<u64>,
+}
+
+/// RFC 7641 §3.4 as the server applies it: newer than the last taken, or that one is
+/// older than `OBSERVE_FRESHNESS` (the model's numbers stay far below the 2^23 wrap).
+fn fresh(last: (u32, Instant), seq: u32, now: Instant) -> bool {
+    seq > last.0 || now.saturating_duration_since(last.1) > OBSERVE_FRESHNESS
 }
 
 /// Who sent a message the model delivers, and how to tell whether the server took it.
@@ -676,8 +687,13 @@ proptest! {
                         let token = request.token().as_bytes().to_vec();
                         // A retransmitted Observe answered again is the same observation.
                         match w.observations.iter_mut().find(|o| o.token == token) {
-                            Some(o) => o.generation = generation.or(o.generation),
-                            None => w.observations.push(Obs { token, dev, op: n, seq: 2, generation }),
+                            Some(o) => {
+                                if started {
+                                    o.generation = generation;
+                                    o.last = (2, w.now);
+                                }
+                            }
+                            None => w.observations.push(Obs { token, dev, op: n, seq: 2, last: (2, w.now), generation }),
                         }
                     }
                 }
@@ -692,22 +708,31 @@ proptest! {
                     });
                     w.drain();
                 }
-                Op::Notify { k, from, con } => {
+                Op::Notify { k, from, con, back } => {
                     if w.observations.is_empty() {
                         continue;
                     }
                     let at = usize::from(k) % w.observations.len();
-                    w.observations[at].seq += 1;
-                    let Obs { token, dev, op, seq, generation } = w.observations[at].clone();
+                    let o = &mut w.observations[at];
+                    let seq = match back {
+                        0 => {
+                            o.seq += 1;
+                            o.seq
+                        }
+                        back => o.seq.saturating_sub(u32::from(back) - 1),
+                    };
+                    let Obs { token, dev, op, last, generation, .. } = w.observations[at].clone();
                     // Taken exactly when its observation is live (the server took the
-                    // Observe's answer, under the registration that lives now) and it
-                    // does not come from an address the registration left lately (sent
-                    // before a NAT rebinding, arrived late). Its number is always fresh.
+                    // Observe's answer, under the registration that lives now), it is
+                    // fresh (RFC 7641 §3.4, against the last taken) and it does not come
+                    // from an address the registration left lately (sent before a NAT
+                    // rebinding, arrived late).
                     let reg = w.regs.get(&dev).filter(|r| w.now < r.expires);
                     let live = reg.is_some_and(|r| Some(r.generation) == generation);
                     let late = reg.is_some_and(|r| r.left_lately(addr(from), w.now));
                     let current = reg.map(|r| r.generation);
-                    let expected = live && !late;
+                    let is_fresh = fresh(last, seq, w.now);
+                    let expected = live && is_fresh && !late;
                     let events = w.events.len();
                     w.mid = w.mid.wrapping_add(1);
                     let mtype = if con { MessageType::Confirmable } else { MessageType::NonConfirmable };
@@ -728,13 +753,18 @@ proptest! {
                     });
                     if started {
                         w.observations[at].generation = current;
+                        w.observations[at].last = (seq, w.now);
+                    }
+                    if taken {
+                        w.observations[at].last = (seq, w.now);
                     }
                     if taken != expected {
                         w.misrouted.push(format!(
                             "e{dev}'s notification {seq} from {} was taken: {taken} (expected \
-                             {expected}: observation live {live}, from an address left lately \
-                             {late}; the model's registration: {:?})",
+                             {expected}: observation live {live}, fresh {is_fresh} against {}, \
+                             from an address left lately {late}; the model's registration: {:?})",
                             addr(from),
+                            last.0,
                             w.regs.get(&dev)
                         ));
                     }
