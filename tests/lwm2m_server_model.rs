@@ -30,9 +30,10 @@
 //! `MAX_LEFT_ADDRESSES` (sent before a NAT rebinding, arrived late), and it is fresh (RFC
 //! 7641 §3.4: devices also repeat their last notification or the one before, duplicated or
 //! reordered). A registration expires only once its time is up, or while a takeover probe
-//! may be out. And after every step no request of a device that is not in queue mode waits
-//! while it could go (its registration holds an address, fewer of its requests than NSTART
-//! are out, the CoAP endpoint would send there at once).
+//! may be out. A confirmable notification on a live observation is answered (ACK or RST),
+//! taken or not. And after every step no request of a device that is not in queue mode
+//! waits while it could go (its registration holds an address, fewer of its requests than
+//! NSTART are out, the CoAP endpoint would send there at once).
 
 #![cfg(feature = "lwm2m")]
 
@@ -740,7 +741,20 @@ proptest! {
                     m.set_token(&token);
                     m.set_observe(seq);
                     m.payload = b"81".to_vec();
-                    w.send(addr(from), &m, Speaker::Notification(dev));
+                    let out = w.send(addr(from), &m, Speaker::Notification(dev));
+                    // A confirmable one on a live observation is answered, taken or not:
+                    // unanswered, the device would drop the observation (RFC 7641 §4.5).
+                    let answered = out.iter().any(|(to, a)| {
+                        *to == addr(from)
+                            && a.message_id == m.message_id
+                            && matches!(a.mtype, MessageType::Acknowledgement | MessageType::Reset)
+                    });
+                    if con && live && !answered {
+                        w.misrouted.push(format!(
+                            "e{dev}'s confirmable notification {seq} from {} got no ACK or RST",
+                            addr(from)
+                        ));
+                    }
                     let device = format!("e{dev}");
                     let taken = w.events[events..].iter().any(|e| {
                         matches!(e, DeviceEvent::Notification { device: d, .. } if d.as_str() == device)
