@@ -37,10 +37,12 @@
 
 #![cfg(feature = "lwm2m")]
 
+#[path = "../src/lwm2m/server/model_rules.rs"]
+mod model_rules;
 mod server_sim;
 
 use proptest::prelude::*;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType, OBSERVE_FRESHNESS};
@@ -143,13 +145,13 @@ struct World {
     /// Each operation's device, and the operations reported `Sent` and those ended
     /// (`Response` or `TimedOut`).
     device_of: HashMap<u64, u8>,
-    sent: std::collections::HashSet<u64>,
-    ended: std::collections::HashSet<u64>,
+    sent: HashSet<u64>,
+    ended: HashSet<u64>,
     /// Registrations' moves (`AddressChanged`) seen, and those the model predicted.
     moves_seen: usize,
     moves_predicted: usize,
     /// Operations (by number) seen going out, and each device's latest first sent.
-    first_sent: std::collections::HashSet<u16>,
+    first_sent: HashSet<u16>,
     last_first_sent: HashMap<u8, u16>,
 }
 
@@ -163,53 +165,8 @@ const LIFETIME: Duration = Duration::from_secs(120);
 const LONG_LIFETIME: Duration = Duration::from_secs(86_400);
 const GRACE: Duration = Duration::from_secs(30);
 
-/// The model's view of a device's registration.
-#[derive(Debug)]
-struct Reg {
-    /// The model's number of the Register that made it (a new Register replaces it).
-    generation: u64,
-    /// The address it was made at or last moved to (an Update, or a notification from a
-    /// new address, taken): where its observations are. A registration displaced from it
-    /// keeps it (the server takes it back should its device notify from there again).
-    addr: SocketAddr,
-    /// The addresses it left, and when: the last `MAX_LEFT_ADDRESSES`, for
-    /// `LEFT_ADDRESS_MEMORY` (the server's rule, `follow_address`). A notification from
-    /// one of them is late: dropped.
-    left: VecDeque<(SocketAddr, Instant)>,
-    /// When it expires (its lifetime and the grace after its Register or last Update).
-    expires: Instant,
-    /// A Register of its device from another address was refused (a takeover probe is
-    /// out, and may end it unanswered): `Expired` is then no surprise, until an Update or
-    /// a notification from a new address settles it or a Register replaces it.
-    contested: bool,
-}
-
-impl Reg {
-    fn left_lately(&self, addr: SocketAddr, now: Instant) -> bool {
-        addr != self.addr
-            && self.left.iter().any(|&(a, at)| {
-                a == addr && now.saturating_duration_since(at) < LEFT_ADDRESS_MEMORY
-            })
-    }
-
-    /// Its device spoke from `addr` in a message the server took as a move (an Update, a
-    /// notification from a new address).
-    fn follow(&mut self, addr: SocketAddr, now: Instant) {
-        self.contested = false;
-        if addr == self.addr {
-            return;
-        }
-        let old = self.addr;
-        self.left.retain(|&(a, at)| {
-            a != addr && a != old && now.saturating_duration_since(at) < LEFT_ADDRESS_MEMORY
-        });
-        if self.left.len() >= MAX_LEFT_ADDRESSES {
-            self.left.pop_front();
-        }
-        self.left.push_back((old, now));
-        self.addr = addr;
-    }
-}
+/// The model's view of a device's live registration.
+type Reg = model_rules::Reg<SocketAddr>;
 
 /// An Observe answered 2.05 by its device.
 #[derive(Clone)]
@@ -226,12 +183,6 @@ struct Obs {
     /// The registration it was made under (`Reg::generation`), when the server took the
     /// answer (`Response` Ok): it goes with that registration.
     generation: Option<u64>,
-}
-
-/// RFC 7641 §3.4 as the server applies it: newer than the last taken, or that one is
-/// older than `OBSERVE_FRESHNESS` (the model's numbers stay far below the 2^23 wrap).
-fn fresh(last: (u32, Instant), seq: u32, now: Instant) -> bool {
-    seq > last.0 || now.saturating_duration_since(last.1) > OBSERVE_FRESHNESS
 }
 
 /// Who sent a message the model delivers, and how to tell whether the server took it.
@@ -508,14 +459,8 @@ impl World {
             let (Some(a), false) = (info.address, info.queue_mode) else {
                 continue;
             };
-            let ops = |pred: &dyn Fn(&u64) -> bool| {
-                self.device_of
-                    .iter()
-                    .filter(|&(op, &d)| d == dev && pred(op))
-                    .count()
-            };
-            let waiting = ops(&|op| !self.sent.contains(op) && !self.ended.contains(op));
-            let in_flight = ops(&|op| self.sent.contains(op) && !self.ended.contains(op));
+            let (waiting, in_flight) =
+                model_rules::queue_counts(&self.device_of, &self.sent, &self.ended, dev);
             if waiting > 0 && in_flight < nstart && self.server.endpoint().would_send_now(a) {
                 self.misrouted.push(format!(
                     "e{dev}'s {waiting} request(s) wait at {a}, which is free (at {:?})",
@@ -604,13 +549,7 @@ proptest! {
                     }
                     if created {
                         w.generation += 1;
-                        let reg = Reg {
-                            generation: w.generation,
-                            addr: addr(a),
-                            left: VecDeque::new(),
-                            expires: w.now + lifetime + GRACE,
-                            contested: false,
-                        };
+                        let reg = Reg::new(w.generation, addr(a), w.now + lifetime + GRACE);
                         w.regs.insert(dev, reg);
                     } else {
                         // Refused (takeover: the device's registration lives at another
@@ -714,14 +653,7 @@ proptest! {
                         continue;
                     }
                     let at = usize::from(k) % w.observations.len();
-                    let o = &mut w.observations[at];
-                    let seq = match back {
-                        0 => {
-                            o.seq += 1;
-                            o.seq
-                        }
-                        back => o.seq.saturating_sub(u32::from(back) - 1),
-                    };
+                    let seq = model_rules::observe_number(&mut w.observations[at].seq, back);
                     let Obs { token, dev, op, last, generation, .. } = w.observations[at].clone();
                     // Taken exactly when its observation is live (the server took the
                     // Observe's answer, under the registration that lives now), it is
@@ -732,7 +664,7 @@ proptest! {
                     let live = reg.is_some_and(|r| Some(r.generation) == generation);
                     let late = reg.is_some_and(|r| r.left_lately(addr(from), w.now));
                     let current = reg.map(|r| r.generation);
-                    let is_fresh = fresh(last, seq, w.now);
+                    let is_fresh = model_rules::fresh(last, seq, w.now);
                     let expected = live && is_fresh && !late;
                     let events = w.events.len();
                     w.mid = w.mid.wrapping_add(1);

@@ -72,10 +72,13 @@
 //! when its confirmable notifications time out).
 
 use super::*;
-use crate::coap::{Code, Message, MessageType};
+use crate::coap::{Code, Message, MessageType, OBSERVE_FRESHNESS};
 use crate::transport::{DeviceOp, DeviceRequest, OpId, Transport};
 use proptest::prelude::*;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
+
+#[path = "model_rules.rs"]
+mod model_rules;
 
 /// Devices `e0..e2` (identities `i0..i2`); identity `i3` belongs to no device.
 const DEVICES: u8 = 3;
@@ -197,57 +200,8 @@ fn address(n: u8) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 7], 6000 + u16::from(n)))
 }
 
-/// The model's view of a device's live registration: what the server must do for the
-/// identity it was made with.
-#[derive(Debug)]
-struct Reg {
-    /// The model's number of the Register that made it (a new Register replaces it).
-    generation: u64,
-    /// The identity it was made with.
-    ident: u8,
-    /// The address it was made at or last moved to (an Update, or a notification from a
-    /// new address, taken): where its observations are. A registration displaced from it
-    /// keeps it (the server takes it back should its device talk from there again).
-    addr: u8,
-    /// The addresses it left, and when: the last `MAX_LEFT_ADDRESSES`, for
-    /// `LEFT_ADDRESS_MEMORY` (the server's rule, `follow_address`).
-    left: VecDeque<(u8, Instant)>,
-    /// When it expires (its lifetime and the grace after its Register or last Update).
-    expires: Instant,
-    /// A Register of its device through another identity was refused (a takeover probe
-    /// may be out, and end it unanswered): an `Expired` is then no surprise, until an
-    /// Update or a notification from a new address settles it or a Register replaces it.
-    contested: bool,
-}
-
-impl Reg {
-    /// Whether a notification from `addr` now comes from an address this registration
-    /// left lately (sent before the move, arrived late): the server drops it.
-    fn left_lately(&self, addr: u8, now: Instant) -> bool {
-        addr != self.addr
-            && self.left.iter().any(|&(a, at)| {
-                a == addr && now.saturating_duration_since(at) < LEFT_ADDRESS_MEMORY
-            })
-    }
-
-    /// The device spoke from `addr` in a message the server took as a move (an Update, a
-    /// notification from a new address).
-    fn follow(&mut self, addr: u8, now: Instant) {
-        self.contested = false;
-        if addr == self.addr {
-            return;
-        }
-        let old = self.addr;
-        self.left.retain(|&(a, at)| {
-            a != addr && a != old && now.saturating_duration_since(at) < LEFT_ADDRESS_MEMORY
-        });
-        if self.left.len() >= MAX_LEFT_ADDRESSES {
-            self.left.pop_front();
-        }
-        self.left.push_back((old, now));
-        self.addr = addr;
-    }
-}
+/// The model's view of a device's live registration.
+type Reg = model_rules::Reg<u8>;
 
 /// An observation the server accepted (its Observe answered, `Response` Ok).
 #[derive(Debug)]
@@ -262,12 +216,6 @@ struct Obs {
     sent: u32,
     /// The Observe number of the last notification taken (the answer's first), and when.
     last: (u32, Instant),
-}
-
-/// RFC 7641 §3.4 as the server applies it: newer than the last taken, or that one is
-/// older than `OBSERVE_FRESHNESS` (the model's numbers stay far below the 2^23 wrap).
-fn fresh(last: (u32, Instant), seq: u32, now: Instant) -> bool {
-    seq > last.0 || now.saturating_duration_since(last.1) > crate::coap::OBSERVE_FRESHNESS
 }
 
 /// A bootstrap session's request out: its message id, token, and whether it is the
@@ -578,14 +526,8 @@ impl World {
                 .sessions
                 .get(&a)
                 .is_some_and(|&i| self.acts_for(i, dev));
-            let ops = |pred: &dyn Fn(&u64) -> bool| {
-                self.device_of
-                    .iter()
-                    .filter(|&(op, &d)| d == dev && pred(op))
-                    .count()
-            };
-            let waiting = ops(&|op| !self.sent.contains(op) && !self.ended.contains(op));
-            let in_flight = ops(&|op| self.sent.contains(op) && !self.ended.contains(op));
+            let (waiting, in_flight) =
+                model_rules::queue_counts(&self.device_of, &self.sent, &self.ended, dev);
             if at.is_none_or(|at| at == a)
                 && through
                 && waiting > 0
@@ -1038,7 +980,7 @@ fn register(w: &mut World, addr: u8, dev: u8, name: bool, impostor: Option<u8>) 
     let its_own = named.filter(|&n| owner == Some(n));
     let must_accept = its_own.is_some_and(|n| {
         w.live_reg(n)
-            .is_none_or(|r| r.ident == ident || r.addr == addr)
+            .is_none_or(|r| w.registered_with.get(&n) == Some(&ident) || r.addr == addr)
     });
     let mut m = w.con(Code::POST, "/rd");
     if name {
@@ -1085,15 +1027,8 @@ fn register(w: &mut World, addr: u8, dev: u8, name: bool, impostor: Option<u8>) 
     w.locations.insert(named, location);
     w.registered_with.insert(named, ident);
     w.generation += 1;
-    let reg = Reg {
-        generation: w.generation,
-        ident,
-        addr,
-        left: VecDeque::new(),
-        expires: w.now + Duration::from_secs(120) + w.server.config().lifetime_grace,
-        contested: false,
-    };
-    w.regs.insert(named, reg);
+    let expires = w.now + Duration::from_secs(120) + w.server.config().lifetime_grace;
+    w.regs.insert(named, Reg::new(w.generation, addr, expires));
 }
 
 /// The `k`-th request that left (see [`Op::Answer`]) is answered 2.05 through the session
@@ -1202,18 +1137,12 @@ fn notify(w: &mut World, k: u8, addr: u8, impostor: Option<u8>, back: u8, con: b
     }
     let at = usize::from(k) % w.observations.len();
     let o = &mut w.observations[at];
-    let seq = match back {
-        0 => {
-            o.sent += 1;
-            o.sent
-        }
-        back => o.sent.saturating_sub(u32::from(back) - 1),
-    };
+    let seq = model_rules::observe_number(&mut o.sent, back);
     let (token, dev, last) = (o.token.clone(), o.dev, o.last);
     let ident = impostor.unwrap_or_else(|| w.own_identity(dev));
     let owner = w.acts_for(ident, dev);
     let live = w.observation_live(&w.observations[at]);
-    let is_fresh = fresh(last, seq, w.now);
+    let is_fresh = model_rules::fresh(last, seq, w.now);
     let left_lately = w.live_reg(dev).is_some_and(|r| r.left_lately(addr, w.now));
     let expected = owner && live && is_fresh && !left_lately;
     let device = DeviceId::new(&format!("e{dev}")).unwrap();
