@@ -1074,6 +1074,14 @@ fn answer(w: &mut World, k: u8) {
     let late = w.timed_out.contains(&(to, request.message_id))
         && (request.code != Code::GET || request.uri_path().next().is_none());
     let session = w.bootstraps.get(&to).cloned();
+    // An answer to the bootstrap request out ends its exchange: no time-out (the next
+    // request's clock starts when it leaves).
+    if w.clocks
+        .get(&to)
+        .is_some_and(|c| c.mid == request.message_id)
+    {
+        w.clocks.remove(&to);
+    }
     w.send(to, ident, &answer);
     if let Some(finish) = bootstrap {
         bootstrap_answered(w, to, &request, finish, events);
