@@ -20,7 +20,11 @@
 //!   bootstrap request (its Writes carry keys) only through one of the identity that
 //!   asked for the bootstrap;
 //! - an answer or a notification on a device's token through another identity's session
-//!   is neither taken as the device's nor moves its registration;
+//!   is neither taken as the device's nor moves its registration; an answer to a
+//!   bootstrap request through another identity's session than the one that asked is
+//!   not the device's either (its exchange goes on: a session has one request out at a
+//!   time, and the next leaves only once the one out was answered through the asking
+//!   identity, timed out or its session was replaced);
 //! - every operation ends exactly once within a bounded time, is reported `Sent` at most
 //!   once, never after it ended, and only once a datagram of it left.
 //!
@@ -476,7 +480,21 @@ impl World {
                     c.timeout = Some(self.now - c.first);
                 }
             }
-            _ => {
+            Some(c) => {
+                // One request at a time: the one out was answered (through the asking
+                // identity), timed out or replaced first, which stops its clock.
+                self.violations.push(format!(
+                    "bootstrap request {} left for {} while {c:?} was out",
+                    m.message_id, t.destination
+                ));
+                let clock = Clock {
+                    mid: m.message_id,
+                    first: self.now,
+                    timeout: None,
+                };
+                self.clocks.insert(t.destination, clock);
+            }
+            None => {
                 let clock = Clock {
                     mid: m.message_id,
                     first: self.now,
@@ -1074,11 +1092,17 @@ fn answer(w: &mut World, k: u8) {
     let late = w.timed_out.contains(&(to, request.message_id))
         && (request.code != Code::GET || request.uri_path().next().is_none());
     let session = w.bootstraps.get(&to).cloned();
-    // An answer to the bootstrap request out ends its exchange: no time-out (the next
-    // request's clock starts when it leaves).
-    if w.clocks
+    // An answer to the bootstrap request out through the asking identity's session ends
+    // its exchange: no time-out (the next request's clock starts when it leaves).
+    // Through another identity's, it is not the device's: the exchange goes on.
+    let asked = w
+        .bootstraps
         .get(&to)
-        .is_some_and(|c| c.mid == request.message_id)
+        .is_some_and(|&(asked, _)| asked == ident);
+    if asked
+        && w.clocks
+            .get(&to)
+            .is_some_and(|c| c.mid == request.message_id)
     {
         w.clocks.remove(&to);
     }
@@ -1351,6 +1375,24 @@ fn a_bootstrap_request_that_times_out_fails_its_session_and_frees_the_address() 
         Op::Advance { secs: 100 },
         // The Discover (late), then the Read.
         Op::Answer { k: 0 },
+        Op::Answer { k: 0 },
+    ];
+    run(ops, 0, 1).unwrap();
+}
+
+/// The time-out check's finding: e0 bootstraps through `b0` at port 0 (the Discover goes
+/// out through its session); a session of `i0` then takes the port and answers the
+/// Discover. The server took the answer as the bootstrap's and sent the next request (a
+/// Write, with keys, held back by the layer) while the Discover's answer had come from
+/// another identity than the one that asked: an answer through any session moved a
+/// bootstrap on, the Finish's too (reported `Finished`). A bootstrap request's answer
+/// counts only through a session of the identity that asked, as its requests leave only
+/// through one.
+#[test]
+fn a_bootstrap_requests_answer_through_another_identitys_session_is_not_taken() {
+    let ops = vec![
+        Op::Bootstrap { addr: 0, dev: 0 },
+        Op::Connect { addr: 0, ident: 0 },
         Op::Answer { k: 0 },
     ];
     run(ops, 0, 1).unwrap();
