@@ -5,116 +5,28 @@
 
 #![cfg(all(feature = "device", feature = "lwm2m"))]
 
+mod scripted_bs;
+
+use scripted_bs::{Dev, bootstrap_config, bootstrap_tree, bs, dm, security, server};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, ContentFormat, Message, MessageType};
-use twinhub::lwm2m::client::{ClientConfig, Lwm2mClient, ObjectTree, objects};
-use twinhub::lwm2m::content::{self, ContentFormat as Cf};
+use twinhub::lwm2m::client::{ObjectTree, objects};
 use twinhub::lwm2m::server::{BootstrapPlan, Lwm2mServer, ServerAccount, ServerConfig};
 use twinhub::transport::{BootstrapOutcome, DeviceEvent, Transport};
-use twinhub::{Content, Lwm2mPath, ResourceValue};
+use twinhub::{Lwm2mPath, ResourceValue};
 
-fn bs() -> SocketAddr {
-    "127.0.0.1:5783".parse().unwrap()
+/// The client of `tree`, retrying after 1 s, then up to 8 s.
+fn dev_with_tree(tree: ObjectTree) -> Dev {
+    let mut config = bootstrap_config();
+    config.retry_initial = Duration::from_secs(1);
+    config.retry_max = Duration::from_secs(8);
+    Dev::new(tree, config, 700)
 }
 
-fn dm() -> SocketAddr {
-    "127.0.0.1:6000".parse().unwrap()
-}
-
-struct Dev {
-    client: Lwm2mClient,
-    now: Instant,
-    mid: u16,
-}
-
-impl Dev {
-    fn with_tree(tree: ObjectTree) -> Dev {
-        let now = Instant::now();
-        let mut config = ClientConfig::new("dev-1", bs()).with_bootstrap(bs());
-        config.retry_initial = Duration::from_secs(1);
-        config.retry_max = Duration::from_secs(8);
-        Dev {
-            client: Lwm2mClient::new(now, config, tree),
-            now,
-            mid: 700,
-        }
-    }
-
-    fn new() -> Dev {
-        let mut tree = ObjectTree::new();
-        tree.add(objects::bootstrap_security(&format!("coap://{}", bs())));
-        tree.add(objects::unprovisioned_server());
-        tree.add(objects::device("Contoso", "MX1", "SN-42", "1.0.0"));
-        Dev::with_tree(tree)
-    }
-
-    fn sent(&mut self) -> Vec<(SocketAddr, Message)> {
-        std::iter::from_fn(|| self.client.poll_transmit())
-            .map(|t| (t.destination, Message::decode(&t.payload).unwrap()))
-            .collect()
-    }
-
-    fn answer_from(&mut self, from: SocketAddr, req: &Message, code: Code) {
-        let mut r = Message::new(MessageType::Acknowledgement, code, req.message_id);
-        r.with_token(req.token());
-        self.client
-            .handle_datagram(self.now, from, &r.to_bytes().unwrap());
-    }
-
-    /// Sends Bootstrap-Request and has the bootstrap server accept it.
-    fn start_bootstrap(&mut self) {
-        self.client.handle_timeout(self.now);
-        let sent = self.sent();
-        let (_, req) = sent
-            .iter()
-            .find(|(to, m)| *to == bs() && m.uri_path().eq(["bs"]))
-            .expect("a Bootstrap-Request")
-            .clone();
-        self.answer_from(bs(), &req, Code::CHANGED);
-        while self.client.poll_event().is_some() {}
-    }
-
-    /// A request from the bootstrap server; the client's piggybacked answer.
-    fn request(&mut self, mut m: Message) -> Message {
-        self.mid += 1;
-        m.mtype = MessageType::Confirmable;
-        m.message_id = self.mid;
-        m.set_token(&self.mid.to_be_bytes());
-        self.client
-            .handle_datagram(self.now, bs(), &m.to_bytes().unwrap());
-        self.sent()
-            .into_iter()
-            .map(|(_, m)| m)
-            .find(|r| r.message_id == self.mid && r.mtype == MessageType::Acknowledgement)
-            .expect("a piggybacked answer")
-    }
-
-    fn write(&mut self, target: Lwm2mPath, values: Vec<(Lwm2mPath, ResourceValue)>) -> Code {
-        let mut m = Message::request(Code::PUT, &target.to_string());
-        m.set_content_format(ContentFormat(Cf::Tlv.code()));
-        m.payload = content::encode(Cf::Tlv, &target, &Content { values }).unwrap();
-        self.request(m).code
-    }
-}
-
-fn security(iid: u16, uri: &str, ssid: i64) -> Vec<(Lwm2mPath, ResourceValue)> {
-    let r = |rid| Lwm2mPath::resource(0, iid, rid);
-    vec![
-        (r(0), ResourceValue::String(uri.into())),
-        (r(1), ResourceValue::Boolean(false)),
-        (r(2), ResourceValue::Integer(3)),
-        (r(10), ResourceValue::Integer(ssid)),
-    ]
-}
-
-fn server(iid: u16, ssid: i64) -> Vec<(Lwm2mPath, ResourceValue)> {
-    let s = |rid| Lwm2mPath::resource(1, iid, rid);
-    vec![
-        (s(0), ResourceValue::Integer(ssid)),
-        (s(1), ResourceValue::Integer(60)),
-        (s(7), ResourceValue::String("U".into())),
-    ]
+/// [`dev_with_tree`] with only the bootstrap account.
+fn new_dev() -> Dev {
+    dev_with_tree(bootstrap_tree())
 }
 
 /// LwM2M 1.1 TS Core, Security object /0, resource 11 "Client Hold Off Time": "The number
@@ -133,7 +45,7 @@ fn client_hold_off_time_delays_the_bootstrap_request() {
     );
     tree.add(objects::unprovisioned_server());
     tree.add(objects::device("Contoso", "MX1", "SN-42", "1.0.0"));
-    let mut d = Dev::with_tree(tree);
+    let mut d = dev_with_tree(tree);
     let start = d.now;
     let mut first_request = None;
     for _ in 0..40 {
@@ -162,7 +74,7 @@ fn client_hold_off_time_delays_the_bootstrap_request() {
 /// refusing it must go back to its bootstrap server (after backoff), not retry forever.
 #[test]
 fn a_refused_registration_falls_back_to_bootstrap() {
-    let mut d = Dev::new();
+    let mut d = new_dev();
     d.start_bootstrap();
     assert_eq!(
         d.write(
@@ -172,7 +84,7 @@ fn a_refused_registration_falls_back_to_bootstrap() {
         Code::CHANGED
     );
     assert_eq!(
-        d.write(Lwm2mPath::instance(1, 0), server(0, 5)),
+        d.write(Lwm2mPath::instance(1, 0), server(0, 5, 60)),
         Code::CHANGED
     );
     assert_eq!(
@@ -218,9 +130,9 @@ fn a_refused_registration_falls_back_to_bootstrap() {
 /// (Discover, Write and Delete on any object, Security `/0` included; Finish)".
 #[test]
 fn a_bootstrap_write_of_a_whole_object_is_accepted() {
-    let mut d = Dev::new();
+    let mut d = new_dev();
     d.start_bootstrap();
-    let code = d.write(Lwm2mPath::object(1), server(0, 5));
+    let code = d.write(Lwm2mPath::object(1), server(0, 5, 60));
     assert_eq!(
         code,
         Code::CHANGED,
@@ -237,10 +149,10 @@ fn a_bootstrap_write_of_a_whole_object_is_accepted() {
 /// format)", LWM2M 1.1 §5.2.7.3).
 #[test]
 fn a_bootstrap_discover_of_one_object_lists_only_that_object() {
-    let mut d = Dev::new();
+    let mut d = new_dev();
     d.start_bootstrap();
     assert_eq!(
-        d.write(Lwm2mPath::instance(1, 0), server(0, 5)),
+        d.write(Lwm2mPath::instance(1, 0), server(0, 5, 60)),
         Code::CHANGED
     );
     let mut m = Message::request(Code::GET, "/1");

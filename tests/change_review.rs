@@ -141,83 +141,21 @@ fn a_twin_from_json_with_an_identity_and_no_key_is_created_on_a_coaps_hub() {
 
 // ---- device library: bootstrap fallback (c440802) ----
 
-use twinhub::lwm2m::client::{ClientConfig, ClientEvent, Lwm2mClient, ObjectTree, objects};
-use twinhub::lwm2m::content::{self, ContentFormat as Cf};
-use twinhub::{Content, Lwm2mPath, ResourceValue};
+use twinhub::lwm2m::client::ClientEvent;
+use twinhub::{Lwm2mPath, ResourceValue};
 
-fn bs() -> SocketAddr {
-    "127.0.0.1:5783".parse().unwrap()
-}
+mod scripted_bs;
+use scripted_bs::{Dev, bootstrap_config, bootstrap_tree, bs, dm, security, server};
 
-fn dm() -> SocketAddr {
-    "127.0.0.1:6000".parse().unwrap()
-}
-
-struct Dev {
-    client: Lwm2mClient,
-    now: Instant,
-    mid: u16,
-}
-
-impl Dev {
-    fn sent(&mut self) -> Vec<(SocketAddr, Message)> {
-        std::iter::from_fn(|| self.client.poll_transmit())
-            .map(|t| (t.destination, Message::decode(&t.payload).unwrap()))
-            .collect()
-    }
-
-    fn answer_from(&mut self, from: SocketAddr, req: &Message, code: Code) {
-        let mut r = Message::new(MessageType::Acknowledgement, code, req.message_id);
-        r.with_token(req.token());
-        self.client
-            .handle_datagram(self.now, from, &r.to_bytes().unwrap());
-    }
-
-    fn request(&mut self, mut m: Message) -> Code {
-        self.mid = self.mid.wrapping_add(1);
-        m.mtype = MessageType::Confirmable;
-        m.message_id = self.mid;
-        m.set_token(&self.mid.to_be_bytes());
-        self.client
-            .handle_datagram(self.now, bs(), &m.to_bytes().unwrap());
-        let mid = self.mid;
-        self.sent()
-            .into_iter()
-            .map(|(_, m)| m)
-            .find(|r| r.message_id == mid && r.mtype == MessageType::Acknowledgement)
-            .map(|r| r.code)
-            .expect("a piggybacked answer")
-    }
-
-    fn write(&mut self, target: Lwm2mPath, values: Vec<(Lwm2mPath, ResourceValue)>) -> Code {
-        let mut m = Message::request(Code::PUT, &target.to_string());
-        m.set_content_format(ContentFormat(Cf::Tlv.code()));
-        m.payload = content::encode(Cf::Tlv, &target, &Content { values }).unwrap();
-        self.request(m)
-    }
-
-    /// The bootstrap server provisions `dm()` (an account the server then refuses).
-    fn provision(&mut self) {
-        let r = |rid| Lwm2mPath::resource(0, 1, rid);
-        let sec = vec![
-            (r(0), ResourceValue::String(format!("coap://{}", dm()))),
-            (r(1), ResourceValue::Boolean(false)),
-            (r(2), ResourceValue::Integer(3)),
-            (r(10), ResourceValue::Integer(5)),
-        ];
-        assert_eq!(self.write(Lwm2mPath::instance(0, 1), sec), Code::CHANGED);
-        let s = |rid| Lwm2mPath::resource(1, 0, rid);
-        let srv = vec![
-            (s(0), ResourceValue::Integer(5)),
-            (s(1), ResourceValue::Integer(60)),
-            (s(7), ResourceValue::String("U".into())),
-        ];
-        assert_eq!(self.write(Lwm2mPath::instance(1, 0), srv), Code::CHANGED);
-        assert_eq!(
-            self.request(Message::request(Code::POST, "/bs")),
-            Code::CHANGED
-        );
-    }
+/// The bootstrap server provisions `dm()` (an account the server then refuses).
+fn provision(d: &mut Dev) {
+    let sec = security(1, &format!("coap://{}", dm()), 5);
+    assert_eq!(d.write(Lwm2mPath::instance(0, 1), sec), Code::CHANGED);
+    assert_eq!(
+        d.write(Lwm2mPath::instance(1, 0), server(0, 5, 60)),
+        Code::CHANGED
+    );
+    assert_eq!(d.finish(), Code::CHANGED);
 }
 
 /// `ClientConfig::retry_initial`: "First wait before re-registering after a failure;
@@ -229,19 +167,11 @@ impl Dev {
 /// Bootstrap-Request every ~2.5 min) where the documented backoff allows about 20.
 #[test]
 fn bootstrap_fallback_does_not_reset_the_registration_backoff_forever() {
-    let mut tree = ObjectTree::new();
-    tree.add(objects::bootstrap_security(&format!("coap://{}", bs())));
-    tree.add(objects::unprovisioned_server());
-    tree.add(objects::device("Contoso", "MX1", "SN-42", "1.0.0"));
-    let start = Instant::now();
-    let mut config = ClientConfig::new("dev-1", bs()).with_bootstrap(bs());
+    let mut config = bootstrap_config();
     config.retry_initial = Duration::from_secs(5);
     config.retry_max = Duration::from_secs(600);
-    let mut d = Dev {
-        client: Lwm2mClient::new(start, config, tree),
-        now: start,
-        mid: 700,
-    };
+    let mut d = Dev::new(bootstrap_tree(), config, 700);
+    let start = d.now;
     let (mut registers, mut bootstraps) = (0u32, 0u32);
     let mut longest_wait = Duration::ZERO;
     for _ in 0..5000 {
@@ -253,7 +183,7 @@ fn bootstrap_fallback_does_not_reset_the_registration_backoff_forever() {
             if to == bs() && m.uri_path().eq(["bs"]) && m.code == Code::POST {
                 bootstraps += 1;
                 d.answer_from(bs(), &m, Code::CHANGED);
-                d.provision();
+                provision(&mut d);
             } else if to == dm() && m.uri_path().eq(["rd"]) {
                 registers += 1;
                 d.answer_from(dm(), &m, Code::FORBIDDEN);

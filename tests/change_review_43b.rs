@@ -106,7 +106,7 @@ mod server_sim;
 #[cfg(feature = "lwm2m")]
 #[test]
 fn a_registration_ending_during_its_takeover_probe_forgets_the_probe() {
-    use server_sim::{addr, con, events, out, register, send};
+    use server_sim::{addr, con, events, out, register, run, send};
     use std::time::{Duration, Instant};
     use twinhub::coap::Code;
     use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
@@ -179,15 +179,9 @@ fn a_registration_ending_during_its_takeover_probe_forgets_the_probe() {
         "c's read reported Sent but held behind the ended registration's probe: {sent:?}"
     );
     // Nor does the ended registration's probe reach c's device later.
-    let mut stray = Vec::new();
-    for step in 1..=60u64 {
-        let now = t1 + Duration::from_secs(step);
-        s.handle_timeout(now);
-        stray.extend(
-            out(&mut s)
-                .into_iter()
-                .filter(|(to, m)| *to == addr(1) && m.uri_path_string() == "1"),
-        );
-    }
+    let stray: Vec<_> = run(&mut s, t1, 60, addr(1))
+        .into_iter()
+        .filter(|m| m.uri_path_string() == "1")
+        .collect();
     assert!(stray.is_empty(), "the old probe goes to c: {stray:?}");
 }

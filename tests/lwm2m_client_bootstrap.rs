@@ -6,100 +6,24 @@
 
 #![cfg(all(feature = "device", feature = "lwm2m"))]
 
+mod scripted_bs;
+
+use scripted_bs::{Dev, bootstrap_config, bootstrap_tree, bs, dm, security, server};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use twinhub::Lwm2mPath;
 use twinhub::coap::{Code, ContentFormat, Message, MessageType};
-use twinhub::lwm2m::client::{ClientConfig, ClientEvent, Lwm2mClient, ObjectTree, objects};
-use twinhub::lwm2m::content::{self, ContentFormat as Cf};
-use twinhub::{Content, Lwm2mPath, ResourceValue};
+use twinhub::lwm2m::client::{ClientConfig, ClientEvent};
 
-fn bs() -> SocketAddr {
-    "127.0.0.1:5783".parse().unwrap()
-}
-
-fn dm() -> SocketAddr {
-    "127.0.0.1:6000".parse().unwrap()
-}
-
-struct Bs {
-    client: Lwm2mClient,
-    now: Instant,
-    mid: u16,
-}
-
-impl Bs {
-    fn new() -> Bs {
-        let mut tree = ObjectTree::new();
-        tree.add(objects::bootstrap_security(&format!("coap://{}", bs())));
-        tree.add(objects::unprovisioned_server());
-        tree.add(objects::device("Contoso", "MX1", "SN-42", "1.0.0"));
-        let now = Instant::now();
-        let config = ClientConfig::new("dev-1", bs()).with_bootstrap(bs());
-        Bs {
-            client: Lwm2mClient::new(now, config, tree),
-            now,
-            mid: 500,
-        }
-    }
-
-    fn sent(&mut self) -> Vec<(SocketAddr, Message)> {
-        std::iter::from_fn(|| self.client.poll_transmit())
-            .map(|t| (t.destination, Message::decode(&t.payload).unwrap()))
-            .collect()
-    }
-
-    fn events(&mut self) -> Vec<ClientEvent> {
-        std::iter::from_fn(|| self.client.poll_event()).collect()
-    }
-
-    fn answer(&mut self, req: &Message, code: Code) {
-        let mut r = Message::new(MessageType::Acknowledgement, code, req.message_id);
-        r.with_token(req.token());
-        self.client
-            .handle_datagram(self.now, bs(), &r.to_bytes().unwrap());
-    }
-
-    /// A request from the bootstrap server; the client's piggybacked answer.
-    fn request(&mut self, mut m: Message) -> Message {
-        self.mid += 1;
-        m.mtype = MessageType::Confirmable;
-        m.message_id = self.mid;
-        m.set_token(&self.mid.to_be_bytes());
-        self.client
-            .handle_datagram(self.now, bs(), &m.to_bytes().unwrap());
-        let sent = self.sent();
-        sent.into_iter()
-            .map(|(_, m)| m)
-            .find(|r| r.message_id == self.mid && r.mtype == MessageType::Acknowledgement)
-            .expect("a piggybacked answer")
-    }
-
-    fn write(&mut self, instance: Lwm2mPath, values: Vec<(Lwm2mPath, ResourceValue)>) -> Code {
-        let path = instance.to_string();
-        let mut m = Message::request(Code::PUT, &path);
-        m.set_content_format(ContentFormat(Cf::Tlv.code()));
-        m.payload = content::encode(Cf::Tlv, &instance, &Content { values }).unwrap();
-        self.request(m).code
-    }
-
-    fn finish(&mut self) -> Code {
-        self.request(Message::request(Code::POST, "/bs")).code
-    }
-}
-
-fn account(iid: u16, uri: &str, ssid: i64) -> Vec<(Lwm2mPath, ResourceValue)> {
-    let r = |rid| Lwm2mPath::resource(0, iid, rid);
-    vec![
-        (r(0), ResourceValue::String(uri.into())),
-        (r(1), ResourceValue::Boolean(false)),
-        (r(2), ResourceValue::Integer(3)),
-        (r(10), ResourceValue::Integer(ssid)),
-    ]
+/// The client with only its bootstrap account; the bootstrap server's message ids start
+/// at 501.
+fn new_dev() -> Dev {
+    Dev::new(bootstrap_tree(), bootstrap_config(), 500)
 }
 
 #[test]
 fn bootstrap_writes_accounts_then_the_client_registers_with_the_new_server() {
-    let mut h = Bs::new();
+    let mut h = new_dev();
     h.client.handle_timeout(h.now);
     let sent = h.sent();
     let (to, req) = &sent[0];
@@ -108,7 +32,7 @@ fn bootstrap_writes_accounts_then_the_client_registers_with_the_new_server() {
     assert_eq!(req.uri_path().collect::<Vec<_>>(), ["bs"]);
     assert_eq!(req.uri_query().collect::<Vec<_>>(), ["ep=dev-1"]);
     let req = req.clone();
-    h.answer(&req, Code::CHANGED);
+    h.answer_from(bs(), &req, Code::CHANGED);
     assert_eq!(h.events(), vec![ClientEvent::BootstrapStarted]);
 
     // Bootstrap-Discover lists Security /0 (which registration never shows).
@@ -130,7 +54,7 @@ fn bootstrap_writes_accounts_then_the_client_registers_with_the_new_server() {
     // An old account, then Bootstrap-Delete /: it goes; the bootstrap account and the
     // Device object stay; deleting the bootstrap account by name is refused.
     assert_eq!(
-        h.write(Lwm2mPath::instance(0, 2), account(2, "coap://10.0.0.1", 4)),
+        h.write(Lwm2mPath::instance(0, 2), security(2, "coap://10.0.0.1", 4)),
         Code::CHANGED
     );
     assert_eq!(
@@ -141,7 +65,7 @@ fn bootstrap_writes_accounts_then_the_client_registers_with_the_new_server() {
         h.request(Message::request(Code::DELETE, "/0/0")).code,
         Code::BAD_REQUEST
     );
-    let ids = |h: &mut Bs, oid| {
+    let ids = |h: &mut Dev, oid| {
         h.client
             .objects_mut()
             .object_mut(oid)
@@ -155,7 +79,7 @@ fn bootstrap_writes_accounts_then_the_client_registers_with_the_new_server() {
     assert_eq!(
         h.write(
             Lwm2mPath::instance(0, 1),
-            account(1, &format!("coap://{}", dm()), 5)
+            security(1, &format!("coap://{}", dm()), 5)
         ),
         Code::CHANGED
     );
@@ -164,13 +88,10 @@ fn bootstrap_writes_accounts_then_the_client_registers_with_the_new_server() {
         h.events().as_slice(),
         [ClientEvent::BootstrapRefused { reason }] if reason.contains("Short Server ID 5")
     ));
-    let s = |rid| Lwm2mPath::resource(1, 0, rid);
-    let server = vec![
-        (s(0), ResourceValue::Integer(5)),
-        (s(1), ResourceValue::Integer(77)),
-        (s(7), ResourceValue::String("U".into())),
-    ];
-    assert_eq!(h.write(Lwm2mPath::instance(1, 0), server), Code::CHANGED);
+    assert_eq!(
+        h.write(Lwm2mPath::instance(1, 0), server(0, 5, 77)),
+        Code::CHANGED
+    );
 
     // Finish: the client registers with the provisioned server, lifetime from /1/0/1.
     assert_eq!(h.finish(), Code::CHANGED);
@@ -200,10 +121,10 @@ fn bootstrap_writes_accounts_then_the_client_registers_with_the_new_server() {
 
 #[test]
 fn a_bootstrap_that_never_finishes_is_asked_again() {
-    let mut h = Bs::new();
+    let mut h = new_dev();
     h.client.handle_timeout(h.now);
     let req = h.sent().pop().unwrap().1;
-    h.answer(&req, Code::CHANGED);
+    h.answer_from(bs(), &req, Code::CHANGED);
     h.events();
     // The client wakes at the bootstrap's deadline, not later.
     assert_eq!(
@@ -242,10 +163,10 @@ fn a_bootstrap_that_never_finishes_is_asked_again() {
 fn a_bootstrap_read_with_observe_is_a_plain_read() {
     // The bootstrap interface has no Observe: nothing starts an observation whose
     // notifications would later go to the LwM2M server.
-    let mut h = Bs::new();
+    let mut h = new_dev();
     h.client.handle_timeout(h.now);
     let (_, req) = h.sent().remove(0);
-    h.answer(&req, Code::CHANGED);
+    h.answer_from(bs(), &req, Code::CHANGED);
     h.events();
     let mut m = Message::request(Code::GET, "/1");
     m.set_observe(0);
@@ -256,7 +177,7 @@ fn a_bootstrap_read_with_observe_is_a_plain_read() {
 }
 
 /// Sends `m` (CON, message id `mid`) from `from`; the client's answers to it.
-fn from_peer(h: &mut Bs, from: SocketAddr, mut m: Message, mid: u16) -> Vec<Message> {
+fn from_peer(h: &mut Dev, from: SocketAddr, mut m: Message, mid: u16) -> Vec<Message> {
     m.mtype = MessageType::Confirmable;
     m.message_id = mid;
     m.set_token(&mid.to_be_bytes());
@@ -275,23 +196,14 @@ fn from_peer(h: &mut Bs, from: SocketAddr, mut m: Message, mid: u16) -> Vec<Mess
 /// of the DTLS layer; fixed since).
 #[test]
 fn while_bootstrapping_the_lwm2m_server_s_address_is_not_served() {
-    let mut tree = ObjectTree::new();
-    tree.add(objects::bootstrap_security(&format!("coap://{}", bs())));
-    tree.add(objects::unprovisioned_server());
-    tree.add(objects::device("Contoso", "MX1", "SN-42", "1.0.0"));
-    let now = Instant::now();
     let config = ClientConfig::new("dev-1", dm()).with_bootstrap(bs());
-    let mut h = Bs {
-        client: Lwm2mClient::new(now, config, tree),
-        now,
-        mid: 500,
-    };
+    let mut h = Dev::new(bootstrap_tree(), config, 500);
     h.client.handle_timeout(h.now);
     let sent = h.sent();
     let (to, req) = &sent[0];
     assert_eq!(*to, bs());
     let req = req.clone();
-    h.answer(&req, Code::CHANGED);
+    h.answer_from(bs(), &req, Code::CHANGED);
     let answers = from_peer(&mut h, dm(), Message::request(Code::GET, "/3/0/2"), 7);
     assert!(
         answers.is_empty(),
@@ -308,11 +220,11 @@ fn while_bootstrapping_the_lwm2m_server_s_address_is_not_served() {
 /// got the bootstrap server's answer to a request with the same id (fixed since).
 #[test]
 fn message_ids_of_the_bootstrap_and_the_lwm2m_server_are_their_own() {
-    let mut h = Bs::new();
+    let mut h = new_dev();
     h.client.handle_timeout(h.now);
     let sent = h.sent();
     let req = sent[0].1.clone();
-    h.answer(&req, Code::CHANGED);
+    h.answer_from(bs(), &req, Code::CHANGED);
     let mut m = Message::request(Code::GET, "/");
     m.set_accept(ContentFormat::LINK_FORMAT);
     let answers = from_peer(&mut h, bs(), m, 42);
@@ -322,17 +234,14 @@ fn message_ids_of_the_bootstrap_and_the_lwm2m_server_are_their_own() {
     assert_eq!(
         h.write(
             Lwm2mPath::instance(0, 1),
-            account(1, &format!("coap://{}", dm()), 5)
+            security(1, &format!("coap://{}", dm()), 5)
         ),
         Code::CHANGED
     );
-    let s = |rid| Lwm2mPath::resource(1, 0, rid);
-    let server = vec![
-        (s(0), ResourceValue::Integer(5)),
-        (s(1), ResourceValue::Integer(77)),
-        (s(7), ResourceValue::String("U".into())),
-    ];
-    assert_eq!(h.write(Lwm2mPath::instance(1, 0), server), Code::CHANGED);
+    assert_eq!(
+        h.write(Lwm2mPath::instance(1, 0), server(0, 5, 77)),
+        Code::CHANGED
+    );
     assert_eq!(h.finish(), Code::CHANGED);
     h.client.handle_timeout(h.now);
     let sent = h.sent();

@@ -7,7 +7,8 @@
 mod server_sim;
 
 use server_sim::{
-    addr, con, established, events, observe_battery, out, register, send, server, update,
+    addr, con, established, events, is_probe, observe_battery, out, probes_within, register, run,
+    send, server, update,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -27,10 +28,6 @@ fn read(s: &mut Lwm2mServer, now: Instant, op: u64, device: &str, res: u16) {
             },
         },
     );
-}
-
-fn is_probe(m: &Message) -> bool {
-    m.code == Code::GET && m.uri_path_string() == "1"
 }
 
 /// `a` registered at port 1; a Register of `a` from port 2 makes the server probe port 1
@@ -61,21 +58,6 @@ fn probe_and_location(s: &mut Lwm2mServer, now: Instant) -> (String, Message) {
         "the newcomer waits: {sent:?}"
     );
     (location, probe)
-}
-
-/// Runs the clock for `secs` seconds in one-second steps; returns what went to `to`.
-fn run(s: &mut Lwm2mServer, from: Instant, secs: u64, to: SocketAddr) -> Vec<Message> {
-    let mut got = Vec::new();
-    for step in 1..=secs {
-        s.handle_timeout(from + Duration::from_secs(step));
-        got.extend(
-            out(s)
-                .into_iter()
-                .filter(|(dest, _)| *dest == to)
-                .map(|(_, m)| m),
-        );
-    }
-    got
 }
 
 /// Item 1. Before: `a`'s device moved (NAT rebinding) while the takeover probe of its
@@ -111,10 +93,7 @@ fn an_update_from_a_new_address_ends_the_takeover_probe_of_the_old_one() {
                 .any(|(to, m)| *to == addr(1) && m.uri_path_string() == "3/0/9"),
             "c's Read reported Sent, yet held behind the probe of a's old address ({new}): {sent:?}"
         );
-        let stray: Vec<Message> = run(&mut s, t1, 60, addr(1))
-            .into_iter()
-            .filter(is_probe)
-            .collect();
+        let stray = probes_within(&mut s, t1, 60, addr(1));
         assert!(
             stray.is_empty(),
             "the probe of a's old address went on after a moved to {new}: {stray:?}"
@@ -152,10 +131,7 @@ fn a_notification_from_a_new_address_ends_the_takeover_probe_of_the_old_one() {
         ),
         "{evs:?}"
     );
-    let stray: Vec<Message> = run(&mut s, t0, 60, addr(1))
-        .into_iter()
-        .filter(is_probe)
-        .collect();
+    let stray = probes_within(&mut s, t0, 60, addr(1));
     assert!(stray.is_empty(), "the probe went on: {stray:?}");
 }
 
@@ -194,10 +170,7 @@ fn an_update_from_the_probed_address_ends_the_probe_and_lets_requests_go() {
             .any(|(to, m)| *to == addr(2) && m.code == Code::FORBIDDEN),
         "{sent:?}"
     );
-    let stray: Vec<Message> = run(&mut s, t0, 60, addr(1))
-        .into_iter()
-        .filter(is_probe)
-        .collect();
+    let stray = probes_within(&mut s, t0, 60, addr(1));
     assert!(stray.is_empty(), "the answered probe went on: {stray:?}");
 }
 

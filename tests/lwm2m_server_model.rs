@@ -14,21 +14,39 @@
 //! server gives out with the event). A takeover probe (GET /1) likewise goes only to the address its
 //! registration's device last spoke from, while no other device took it since (a probe
 //! left running after the device moved kept being retransmitted to the address left).
-//! One case is left open: a notification from the address the
-//! device's registration was displaced from, while the other device holds it, may be
-//! late, so the server takes its values and moves nothing; the model stops checking that
-//! device until its next Register or Update.
+//! A notification a device's registration reports from the address it was displaced from
+//! (another device's Register or Update, or its notification, took the address; or a
+//! Register of another registration's device, even refused, spoke from it) takes the
+//! address back exactly when no live registration holds it now (the holder expired,
+//! de-registered, moved on, or was displaced in turn), reported as `AddressChanged`; while
+//! one does, it may be late, so the server takes its values and moves nothing: the device
+//! stays displaced and nothing is sent to it. The model predicts which (each registration's
+//! expiry, its takeover contest, who holds each address), and checks that a registration
+//! moves (`AddressChanged`) exactly when it predicts a move. It also predicts whether a
+//! notification is taken at all (reported as the device's): exactly when its observation is
+//! live (the server took the Observe's answer, or the notification itself as its separate
+//! response, under the registration that lives now) and it does not come from an address
+//! the registration left less than `LEFT_ADDRESS_MEMORY` ago, one of the last
+//! `MAX_LEFT_ADDRESSES` (sent before a NAT rebinding, arrived late), and it is fresh (RFC
+//! 7641 §3.4: devices also repeat their last notification or the one before, duplicated or
+//! reordered). A registration expires only once its time is up, or while a takeover probe
+//! may be out. A confirmable notification on a live observation is answered (ACK or RST),
+//! taken or not. And after every step no request of a device that is not in queue mode
+//! waits while it could go (its registration holds an address, fewer of its requests than
+//! NSTART are out, the CoAP endpoint would send there at once).
 
 #![cfg(feature = "lwm2m")]
 
+#[path = "../src/lwm2m/server/model_rules.rs"]
+mod model_rules;
 mod server_sim;
 
 use proptest::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use twinhub::coap::{Code, Message, MessageType};
-use twinhub::lwm2m::server::{Lwm2mServer, ServerConfig};
+use twinhub::coap::{Code, Message, MessageType, OBSERVE_FRESHNESS};
+use twinhub::lwm2m::server::{LEFT_ADDRESS_MEMORY, Lwm2mServer, MAX_LEFT_ADDRESSES, ServerConfig};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
 use twinhub::{DeviceId, Lwm2mPath};
 
@@ -70,12 +88,14 @@ enum Op {
         dev: u8,
     },
     /// The device of the `k`-th observation answered (modulo their number) notifies,
-    /// confirmable or not, with the next Observe number, from address `from` (its own,
-    /// or another: NAT rebinding, or a port another device had).
+    /// confirmable or not, from address `from` (its own, or another: NAT rebinding, or a
+    /// port another device had), with the next Observe number (`back` 0), or again with
+    /// the last one it sent (1) or the one before (2): duplicated or reordered.
     Notify {
         k: u8,
         from: u8,
         con: bool,
+        back: u8,
     },
 }
 
@@ -89,7 +109,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(k, elsewhere, refuse)| Op::Answer { k, elsewhere, refuse }),
         2 => (1u16..200).prop_map(|secs| Op::Advance { secs }),
         2 => (0u8..3).prop_map(|dev| Op::Observe { dev }),
-        3 => (any::<u8>(), 0u8..4, any::<bool>()).prop_map(|(k, from, con)| Op::Notify { k, from, con }),
+        3 => (any::<u8>(), 0u8..4, any::<bool>(), prop_oneof![6 => Just(0u8), 1 => 1u8..3])
+            .prop_map(|(k, from, con, back)| Op::Notify { k, from, con, back }),
     ]
 }
 
@@ -113,15 +134,55 @@ struct World {
     address_of: HashMap<SocketAddr, (u8, u64)>,
     /// Requests sent to the wrong device or address, with the world's state then.
     misrouted: Vec<String>,
-    /// Observations answered: token, device, last Observe number.
-    observations: Vec<(Vec<u8>, u8, u32)>,
+    /// Observes answered 2.05 (the server may have taken the answer or not).
+    observations: Vec<Obs>,
     /// Takeover probes seen going out (by token), and the device each one probes.
     probes: HashMap<Vec<u8>, u8>,
-    /// Devices whose place the model does not know (see `send`).
-    unknown: std::collections::HashSet<u8>,
+    /// Each device's live registration as the model predicts it.
+    regs: HashMap<u8, Reg>,
+    /// Registers accepted (`Reg::generation`).
+    generation: u64,
+    /// Each operation's device, and the operations reported `Sent` and those ended
+    /// (`Response` or `TimedOut`).
+    device_of: HashMap<u64, u8>,
+    sent: HashSet<u64>,
+    ended: HashSet<u64>,
+    /// Registrations' moves (`AddressChanged`) seen, and those the model predicted.
+    moves_seen: usize,
+    moves_predicted: usize,
     /// Operations (by number) seen going out, and each device's latest first sent.
-    first_sent: std::collections::HashSet<u16>,
+    first_sent: HashSet<u16>,
     last_first_sent: HashMap<u8, u16>,
+}
+
+/// Stands for no device in `World::address_of`: a Register of a registration's device
+/// from an address another registration held displaced that one, and was refused
+/// (takeover), so nobody holds the address.
+const NOBODY: u8 = u8::MAX;
+
+/// The registration lifetimes the model's devices ask for, and the server's grace after.
+const LIFETIME: Duration = Duration::from_secs(120);
+const LONG_LIFETIME: Duration = Duration::from_secs(86_400);
+const GRACE: Duration = Duration::from_secs(30);
+
+/// The model's view of a device's live registration.
+type Reg = model_rules::Reg<SocketAddr>;
+
+/// An Observe answered 2.05 by its device.
+#[derive(Clone)]
+struct Obs {
+    token: Vec<u8>,
+    dev: u8,
+    /// Its Observe operation's number.
+    op: u64,
+    /// The highest Observe number its device sent (the answer's 2, then one up with
+    /// each new notification).
+    seq: u32,
+    /// The Observe number of the last notification taken (or of the answer), and when.
+    last: (u32, Instant),
+    /// The registration it was made under (`Reg::generation`), when the server took the
+    /// answer (`Response` Ok): it goes with that registration.
+    generation: Option<u64>,
 }
 
 /// Who sent a message the model delivers, and how to tell whether the server took it.
@@ -158,7 +219,7 @@ impl World {
         self.server
             .handle_datagram(self.now, from, &m.to_bytes().expect("encodes"));
         let out = self.take();
-        let taken = match speaker {
+        let mut taken = match speaker {
             Speaker::Other => None,
             Speaker::Registration(dev) => out
                 .iter()
@@ -177,23 +238,27 @@ impl World {
                     .then_some(dev)
             }
         };
-        if let Some(dev) = taken {
+        // Whether the message moves its device's registration (`AddressChanged`): only a
+        // notification taken from another address than the registration's, or from the
+        // one it was displaced from while no live registration holds that address.
+        let mut moves = None;
+        if let (Speaker::Notification(dev), Some(_)) = (speaker, taken) {
+            let at = self.device_at.get(&dev).map(|&(a, _)| a);
             let holder = self.address_of.get(&from).map(|&(d, _)| d);
-            if matches!(speaker, Speaker::Notification(_))
-                && self.device_at.get(&dev).map(|&(a, _)| a) == Some(from)
-                && holder.is_some_and(|h| h != dev)
-            {
-                // From the address the device's registration was displaced from, which
-                // another device took since: it may have been sent before, and arrived
-                // late. The server takes its values but moves nothing while that other
-                // registration holds the address; once it is gone, it takes the address
-                // back. The model does not follow which: it checks this device no more
-                // until its next Register or Update.
-                self.unknown.insert(dev);
-                self.check_routing(&out);
-                return out;
+            let displaced_from_here = at == Some(from) && holder != Some(dev);
+            let held = holder.filter(|&h| self.holds(h, from));
+            moves =
+                Some(dev).filter(|_| at != Some(from) || (displaced_from_here && held.is_none()));
+            if displaced_from_here && held.is_some() {
+                // From the address the registration was displaced from, which another
+                // live registration holds: it may have been sent before, and arrived
+                // late. The server takes its values and moves nothing: the device stays
+                // displaced, and nothing may be sent to it.
+                taken = None;
             }
-            self.unknown.remove(&dev);
+        }
+        self.check_moves(events_before, moves);
+        if let Some(dev) = taken {
             self.taken += 1;
             self.device_at.insert(dev, (from, self.taken));
             self.address_of.insert(from, (dev, self.taken));
@@ -202,8 +267,47 @@ impl World {
         out
     }
 
+    /// Whether device `h`'s registration holds `addr` in the server: it lives, it last
+    /// spoke from `addr`, and nobody took the address since.
+    fn holds(&self, h: u8, addr: SocketAddr) -> bool {
+        self.live(h)
+            && self.device_at.get(&h).map(|&(a, _)| a) == Some(addr)
+            && self.address_of.get(&addr).map(|&(d, _)| d) == Some(h)
+    }
+
+    /// Whether device `dev` has a live registration (the model's prediction).
+    fn live(&self, dev: u8) -> bool {
+        self.regs.get(&dev).is_some_and(|r| self.now < r.expires)
+    }
+
+    /// The registration moves (`AddressChanged`) the server reported since `from`
+    /// events: exactly `dev`'s, once, if the model predicts a move of `dev`, else none.
+    fn check_moves(&mut self, from: usize, dev: Option<u8>) {
+        let moved: Vec<String> = self.events[from..]
+            .iter()
+            .filter_map(|e| match e {
+                DeviceEvent::AddressChanged { device, .. } => Some(device.as_str().to_owned()),
+                _ => None,
+            })
+            .collect();
+        self.moves_seen += moved.len();
+        let expected: Vec<String> = dev.iter().map(|d| format!("e{d}")).collect();
+        self.moves_predicted += expected.len();
+        if moved != expected {
+            self.misrouted.push(format!(
+                "at {:?} the server moved {moved:?}, the model predicted {expected:?} \
+                 (devices at {:?}, addresses of {:?}, registrations {:?})",
+                self.now, self.device_at, self.address_of, self.regs
+            ));
+        }
+    }
+
+    /// What the server sends and reports on its own (a submission, time passing): it
+    /// moves no registration.
     fn drain(&mut self) -> Vec<(SocketAddr, Message)> {
+        let events_before = self.events.len();
         let out = self.take();
+        self.check_moves(events_before, None);
         self.check_routing(&out);
         out
     }
@@ -240,9 +344,6 @@ impl World {
                 }
                 *last = (*last).max(n);
             }
-            if self.unknown.contains(&d) {
-                continue;
-            }
             let at = self.device_at.get(&d).map(|&(a, _)| a);
             let holder = self.address_of.get(to).map(|&(dev, _)| dev);
             if at != Some(*to) || holder != Some(d) {
@@ -275,9 +376,6 @@ impl World {
                 dev
             }
         };
-        if self.unknown.contains(&dev) {
-            return;
-        }
         let at = self.device_at.get(&dev).map(|&(a, _)| a);
         let holder = self.address_of.get(&to).map(|&(d, _)| d);
         if at != Some(to) || holder != Some(dev) {
@@ -316,9 +414,60 @@ impl World {
                     ));
                 }
             }
+            match &e {
+                DeviceEvent::Sent { op, .. } => {
+                    self.sent.insert(op.0);
+                }
+                DeviceEvent::Response { op, .. } | DeviceEvent::TimedOut { op, .. } => {
+                    self.ended.insert(op.0);
+                }
+                _ => {}
+            }
+            if let DeviceEvent::Expired { device } = &e {
+                // Only once its time is up, or while a takeover probe may be out.
+                let dev: u8 = device.as_str()[1..].parse().expect("e<n>");
+                match self.regs.get(&dev) {
+                    Some(r) if r.expires <= self.now || r.contested => {
+                        self.regs.remove(&dev);
+                    }
+                    r => self.misrouted.push(format!(
+                        "e{dev}'s registration expired at {:?}: {r:?}",
+                        self.now
+                    )),
+                }
+            }
             self.events.push(e);
         }
         out
+    }
+
+    /// No request of an awake device waits while it could go: its registration holds an
+    /// address (not displaced), fewer of its requests than NSTART (the server's and the
+    /// CoAP endpoint's) are out, and the endpoint would send to the address at once.
+    /// (Queue-mode devices are left out: when they are awake is not followed.)
+    fn check_waiting(&mut self) {
+        let nstart = self
+            .server
+            .config()
+            .nstart
+            .min(self.server.config().coap.nstart);
+        for dev in 0..3u8 {
+            let device = DeviceId::new(&format!("e{dev}")).unwrap();
+            let Some(info) = self.server.registration(&device) else {
+                continue;
+            };
+            let (Some(a), false) = (info.address, info.queue_mode) else {
+                continue;
+            };
+            let (waiting, in_flight) =
+                model_rules::queue_counts(&self.device_of, &self.sent, &self.ended, dev);
+            if waiting > 0 && in_flight < nstart && self.server.endpoint().would_send_now(a) {
+                self.misrouted.push(format!(
+                    "e{dev}'s {waiting} request(s) wait at {a}, which is free (at {:?})",
+                    self.now
+                ));
+            }
+        }
     }
 
     fn advance(&mut self, by: Duration) {
@@ -335,7 +484,8 @@ impl World {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 cases unless `PROPTEST_CASES` says otherwise (a long run: `PROPTEST_CASES=20000`).
+    #![proptest_config(ProptestConfig::default())]
     #[test]
     fn every_operation_ends_once_and_is_sent_at_most_once(
         ops in proptest::collection::vec(op(), 1..60),
@@ -359,12 +509,24 @@ proptest! {
             misrouted: Vec::new(),
             observations: Vec::new(),
             probes: HashMap::new(),
-            unknown: Default::default(),
+            regs: HashMap::new(),
+            generation: 0,
+            device_of: HashMap::new(),
+            sent: Default::default(),
+            ended: Default::default(),
+            moves_seen: 0,
+            moves_predicted: 0,
             first_sent: Default::default(),
             last_first_sent: HashMap::new(),
         };
+        let lifetime = if long_lived { LONG_LIFETIME } else { LIFETIME };
         let mut submitted: Vec<OpId> = Vec::new();
         for op in ops {
+            // After the previous step.
+            w.check_waiting();
+            if let Op::Read { dev } | Op::Observe { dev } = op {
+                w.device_of.insert(submitted.len() as u64 + 1, dev);
+            }
             match op {
                 Op::Register { dev, addr: a, queue } => {
                     let mut m = w.con(Code::POST, "/rd");
@@ -377,23 +539,52 @@ proptest! {
                     }
                     m.payload = b"</3/0>".to_vec();
                     let mid = m.message_id;
+                    let mut created = false;
                     for (to, answer) in w.send(addr(a), &m, Speaker::Registration(dev)) {
                         if to == addr(a) && answer.message_id == mid && answer.code == Code::CREATED {
                             let location = answer.location_path().collect::<Vec<_>>().join("/");
                             w.locations.insert(dev, location);
+                            created = true;
                         }
+                    }
+                    if created {
+                        w.generation += 1;
+                        let reg = Reg::new(w.generation, addr(a), w.now + lifetime + GRACE);
+                        w.regs.insert(dev, reg);
+                    } else {
+                        // Refused (takeover: the device's registration lives at another
+                        // address, probed). Its device spoke from here all the same: the
+                        // registration that held the address is displaced.
+                        if let Some(r) = w.regs.get_mut(&dev) {
+                            r.contested = true;
+                        }
+                        w.taken += 1;
+                        let taken = w.taken;
+                        w.address_of.insert(addr(a), (NOBODY, taken));
                     }
                 }
                 Op::Update { dev, addr: a } => {
                     if let Some(location) = w.locations.get(&dev).cloned() {
                         let m = w.con(Code::POST, &format!("/{location}"));
-                        w.send(addr(a), &m, Speaker::Registration(dev));
+                        let mid = m.message_id;
+                        let out = w.send(addr(a), &m, Speaker::Registration(dev));
+                        let now = w.now;
+                        if out.iter().any(|(_, r)| r.message_id == mid && r.code == Code::CHANGED)
+                            && let Some(r) = w.regs.get_mut(&dev)
+                        {
+                            r.expires = now + lifetime + GRACE;
+                            r.follow(addr(a), now);
+                        }
                     }
                 }
                 Op::Deregister { dev, addr: a } => {
                     if let Some(location) = w.locations.get(&dev).cloned() {
                         let m = w.con(Code::DELETE, &format!("/{location}"));
-                        w.send(addr(a), &m, Speaker::Other);
+                        let mid = m.message_id;
+                        let out = w.send(addr(a), &m, Speaker::Other);
+                        if out.iter().any(|(_, r)| r.message_id == mid && r.code == Code::DELETED) {
+                            w.regs.remove(&dev);
+                        }
                     }
                 }
                 Op::Read { dev } => {
@@ -415,15 +606,36 @@ proptest! {
                     let mut answer = Message::new(MessageType::Acknowledgement, code, request.message_id);
                     answer.with_token(request.token());
                     answer.payload = b"80".to_vec();
-                    if request.observe() == Some(0) && !refuse {
+                    let observe = request.observe() == Some(0) && !refuse;
+                    if observe {
                         answer.set_observe(2);
-                        let dev = request.uri_path().nth(2).and_then(|r| r.parse::<u8>().ok()).map(|r| r - 9);
-                        if let Some(dev) = dev {
-                            w.observations.push((request.token().as_bytes().to_vec(), dev, 2));
-                        }
                     }
                     let from = elsewhere.map_or(to, addr);
+                    let events = w.events.len();
                     w.send(from, &answer, Speaker::Other);
+                    // The Observe's device and operation, by its path `/3/0/(9 + d)/n`.
+                    let path: Vec<&str> = request.uri_path().collect();
+                    let op = match path[..] {
+                        [_, _, r, n] => r.parse::<u8>().ok().and_then(|r| r.checked_sub(9)).zip(n.parse::<u64>().ok()),
+                        _ => None,
+                    };
+                    if let (true, Some((dev, n))) = (observe, op) {
+                        let started = w.events[events..].iter().any(|e| {
+                            matches!(e, DeviceEvent::Response { op, result: Ok(_), .. } if op.0 == n)
+                        });
+                        let generation = w.regs.get(&dev).filter(|_| started).map(|r| r.generation);
+                        let token = request.token().as_bytes().to_vec();
+                        // A retransmitted Observe answered again is the same observation.
+                        match w.observations.iter_mut().find(|o| o.token == token) {
+                            Some(o) => {
+                                if started {
+                                    o.generation = generation;
+                                    o.last = (2, w.now);
+                                }
+                            }
+                            None => w.observations.push(Obs { token, dev, op: n, seq: 2, last: (2, w.now), generation }),
+                        }
+                    }
                 }
                 Op::Advance { secs } => w.advance(Duration::from_secs(u64::from(secs))),
                 Op::Observe { dev } => {
@@ -436,29 +648,88 @@ proptest! {
                     });
                     w.drain();
                 }
-                Op::Notify { k, from, con } => {
+                Op::Notify { k, from, con, back } => {
                     if w.observations.is_empty() {
                         continue;
                     }
                     let at = usize::from(k) % w.observations.len();
-                    w.observations[at].2 += 1;
-                    let (token, dev, seq) = w.observations[at].clone();
+                    let seq = model_rules::observe_number(&mut w.observations[at].seq, back);
+                    let Obs { token, dev, op, last, generation, .. } = w.observations[at].clone();
+                    // Taken exactly when its observation is live (the server took the
+                    // Observe's answer, under the registration that lives now), it is
+                    // fresh (RFC 7641 §3.4, against the last taken) and it does not come
+                    // from an address the registration left lately (sent before a NAT
+                    // rebinding, arrived late).
+                    let reg = w.regs.get(&dev).filter(|r| w.now < r.expires);
+                    let live = reg.is_some_and(|r| Some(r.generation) == generation);
+                    let late = reg.is_some_and(|r| r.left_lately(addr(from), w.now));
+                    let current = reg.map(|r| r.generation);
+                    let is_fresh = model_rules::fresh(last, seq, w.now);
+                    let expected = live && is_fresh && !late;
+                    let events = w.events.len();
                     w.mid = w.mid.wrapping_add(1);
                     let mtype = if con { MessageType::Confirmable } else { MessageType::NonConfirmable };
                     let mut m = Message::new(mtype, Code::CONTENT, w.mid);
                     m.set_token(&token);
                     m.set_observe(seq);
                     m.payload = b"81".to_vec();
-                    w.send(addr(from), &m, Speaker::Notification(dev));
+                    let out = w.send(addr(from), &m, Speaker::Notification(dev));
+                    // A confirmable one on a live observation is answered, taken or not:
+                    // unanswered, the device would drop the observation (RFC 7641 §4.5).
+                    let answered = out.iter().any(|(to, a)| {
+                        *to == addr(from)
+                            && a.message_id == m.message_id
+                            && matches!(a.mtype, MessageType::Acknowledgement | MessageType::Reset)
+                    });
+                    if con && live && !answered {
+                        w.misrouted.push(format!(
+                            "e{dev}'s confirmable notification {seq} from {} got no ACK or RST",
+                            addr(from)
+                        ));
+                    }
+                    let device = format!("e{dev}");
+                    let taken = w.events[events..].iter().any(|e| {
+                        matches!(e, DeviceEvent::Notification { device: d, .. } if d.as_str() == device)
+                    });
+                    // From the Observe's destination while its answer is awaited (the
+                    // model's answer went elsewhere): its separate response, which starts
+                    // the observation.
+                    let started = w.events[events..].iter().any(|e| {
+                        matches!(e, DeviceEvent::Response { op: o, result: Ok(_), .. } if o.0 == op)
+                    });
+                    if started {
+                        w.observations[at].generation = current;
+                        w.observations[at].last = (seq, w.now);
+                    }
+                    if taken {
+                        w.observations[at].last = (seq, w.now);
+                    }
+                    if taken != expected {
+                        w.misrouted.push(format!(
+                            "e{dev}'s notification {seq} from {} was taken: {taken} (expected \
+                             {expected}: observation live {live}, fresh {is_fresh} against {}, \
+                             from an address left lately {late}; the model's registration: {:?})",
+                            addr(from),
+                            last.0,
+                            w.regs.get(&dev)
+                        ));
+                    }
+                    let now = w.now;
+                    if let Some(r) = w.regs.get_mut(&dev).filter(|r| taken && r.addr != addr(from)) {
+                        // From a new address: the registration moved there.
+                        r.follow(addr(from), now);
+                    }
                 }
             }
         }
+        w.check_waiting();
         // Long enough for every queue time-out (600 s), CoAP give-up (93 s) and
         // registration expiry (120 s + grace) to pass, several times over.
         for _ in 0..8 {
             w.advance(Duration::from_secs(700));
         }
         prop_assert!(w.misrouted.is_empty(), "misrouted: {:#?}", w.misrouted);
+        prop_assert_eq!(w.moves_seen, w.moves_predicted);
         for id in &submitted {
             let mut ended = 0;
             let mut sent = 0;

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};
 use twinhub::lwm2m::server::Lwm2mServer;
 use twinhub::transport::{DeviceEvent, Transport};
@@ -152,4 +152,39 @@ pub fn established(observe: &Message) -> Message {
         2,
         b"80",
     )
+}
+
+/// Whether `m` is a takeover probe (`GET /1`).
+pub fn is_probe(m: &Message) -> bool {
+    m.code == Code::GET && m.uri_path_string() == "1"
+}
+
+/// Runs the clock for `secs` seconds from `from` in one-second steps; returns what the
+/// server sent to `to` meanwhile.
+pub fn run(s: &mut Lwm2mServer, from: Instant, secs: u64, to: SocketAddr) -> Vec<Message> {
+    let mut got = Vec::new();
+    for step in 1..=secs {
+        s.handle_timeout(from + Duration::from_secs(step));
+        got.extend(
+            out(s)
+                .into_iter()
+                .filter(|(dest, _)| *dest == to)
+                .map(|(_, m)| m),
+        );
+    }
+    got
+}
+
+/// The takeover probes (see [`is_probe`]) the server sends to `to` while [`run`] runs the
+/// clock for `secs` seconds from `from`.
+pub fn probes_within(
+    s: &mut Lwm2mServer,
+    from: Instant,
+    secs: u64,
+    to: SocketAddr,
+) -> Vec<Message> {
+    run(s, from, secs, to)
+        .into_iter()
+        .filter(is_probe)
+        .collect()
 }

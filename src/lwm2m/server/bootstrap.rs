@@ -12,6 +12,10 @@
 //! again from the address it registered from, through its bootstrap identity. Before,
 //! they were judged as the registration's requests there (refused: the bootstrap failed
 //! after about 93 s), and went through any session at an address no registration held.
+//! Their answers (an empty ACK or an RST too) count only through a session of that
+//! identity; through another, they are dropped unseen and the request goes on being
+//! retransmitted (before, any session's answer moved the bootstrap on, and an answer to
+//! the Finish ended it `Finished`).
 //!
 //! A bootstrap session, one at a time per device address, in this order, each request
 //! waiting for the previous answer:

@@ -1575,9 +1575,10 @@ impl Lwm2mServer {
     /// of the registration the request went to (a CON or NON one whose token is no
     /// request's or observation's of the server's answers for nobody: the endpoint
     /// rejects it with RST, whoever sent it); an empty ACK or RST (matched by message
-    /// id) from that of the registration at the address, unless it is of a bootstrap
-    /// session's request (a device that bootstraps again from where it registered,
-    /// through its bootstrap identity: an LwM2M 1.0 client resets Bootstrap-Discover). Requests are the registration
+    /// id) from that of the registration at the address; an answer, empty ACK or RST of a
+    /// bootstrap session's request from the identity that asked for the bootstrap (a
+    /// device that bootstraps again from where it registered, through its bootstrap
+    /// identity: an LwM2M 1.0 client resets Bootstrap-Discover). Requests are the registration
     /// interface's, which checks its sender itself. A notification of an observation
     /// made at another address (NAT rebinding, [`Self::rebinding_notification`]) is
     /// judged by that observation's registration, not by the one at the address it came
@@ -1599,15 +1600,14 @@ impl Lwm2mServer {
             .endpoint
             .answered_request(peer, bytes)
             .or_else(|| self.endpoint.observed_elsewhere(peer, bytes));
-        // An empty ACK or RST of a request that is no registration's (a bootstrap
-        // session's, through the bootstrap identity): the session's own matter.
-        if answered.is_none()
-            && self
-                .endpoint
-                .acknowledged_request(peer, bytes)
-                .is_some_and(|id| self.bootstraps.owns(id))
-        {
-            return false;
+        // A bootstrap session's request (answered, or an empty ACK or RST of it) counts
+        // only through a session of the identity that asked, as it leaves only through one
+        // (`may_send`). Before, any session's answer moved the bootstrap on.
+        let bootstrap = answered
+            .or_else(|| self.endpoint.acknowledged_request(peer, bytes))
+            .filter(|&id| self.bootstraps.owns(id));
+        if let Some(id) = bootstrap {
+            return self.bootstraps.identity_of(id) != Some(self.current_identity.as_ref());
         }
         let slot = match answered {
             Some(id) => {
