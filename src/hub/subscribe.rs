@@ -373,7 +373,8 @@ impl Shared {
 ///
 /// **Blocking or async.** [`Subscription::recv`], [`Subscription::recv_timeout`] and
 /// [`Subscription::try_recv`] for threads; [`Subscription::recv_async`] is a future (woken by
-/// the hub through the task's waker, no runtime needed). After the hub stops, the
+/// the hub through the task's waker, no runtime needed). After the hub stops
+/// ([`Hub::stop`](super::Hub::stop), its last clone dropped, or its transport ended), the
 /// queued events are still delivered, then `recv` returns `None`.
 ///
 /// Dropping it ends the subscription.
