@@ -220,3 +220,21 @@ fn a_subscriptions_resume_point_resumes_on_a_reopened_store() {
         other => panic!("{other:?}"),
     }
 }
+
+/// `Subscription::starts_after` (new) is where a subscription's twin changes start and
+/// does not move with what is queued (`resume_after` does): the point an event stream
+/// hands a client that has taken nothing yet.
+#[test]
+fn a_subscriptions_start_does_not_move_with_what_is_queued() {
+    let (hub, _events) = silent_hub();
+    let start = hub.registry().read().last_seq();
+    let sub = hub.subscribe(SubscribeOptions::twins_only()).unwrap();
+    hub.create_device(Twin::new(id("d1"))).unwrap();
+    assert_eq!(sub.starts_after(), start);
+    assert_eq!(sub.resume_after(), start + 1);
+    let resumed = hub
+        .subscribe(SubscribeOptions::twins_only().after(start))
+        .unwrap();
+    assert_eq!(resumed.starts_after(), start);
+    assert_eq!(resumed.resume_after(), start + 1, "the replay is queued");
+}
