@@ -702,3 +702,25 @@ fn unparsable_query_strings_and_paths_are_json_errors() {
     // The page is still served.
     assert_eq!(call_raw(&api, "GET", "/", &[]).0, StatusCode::OK);
 }
+
+/// A page of a job's children took `top=0` (an empty page) and `top` past the largest
+/// page (cut down to it) where every other paged endpoint refuses both with a 400.
+#[test]
+fn a_page_of_children_has_the_bounds_of_every_page() {
+    let hub = quiet_hub();
+    let api = Api::new(&hub);
+    let (status, _) = api.send(
+        "POST",
+        "/api/jobs",
+        r#"{"id": "later", "job": {"type": "rebootDevice"}, "targets": ["q1"],
+            "startAt": "2099-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(status, StatusCode::CREATED);
+    for top in [0, api::MAX_PAGE + 1] {
+        let (status, err) = api.get(&format!("/api/jobs/later/children?top={top}"));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "top={top}: {err}");
+        assert_eq!(err["error"], "badRequest");
+    }
+    let (status, page) = api.get(&format!("/api/jobs/later/children?top={}", api::MAX_PAGE));
+    assert_eq!((status, &page["total"]), (StatusCode::OK, &json!(1)));
+}

@@ -267,12 +267,17 @@ struct Page {
 }
 
 impl Page {
-    fn options(&self) -> Result<QueryOptions, ApiError> {
+    /// `top`, 100 when not given; 0 and more than [`MAX_PAGE`] are refused.
+    fn size(&self) -> Result<usize, ApiError> {
         let size = self.top.unwrap_or(100);
         if size == 0 || size > MAX_PAGE {
             return Err(ApiError::bad(format!("top must be 1..={MAX_PAGE}")));
         }
-        let mut options = QueryOptions::page(size);
+        Ok(size)
+    }
+
+    fn options(&self) -> Result<QueryOptions, ApiError> {
+        let mut options = QueryOptions::page(self.size()?);
         options.continuation = self.continuation.clone();
         Ok(options)
     }
@@ -515,7 +520,7 @@ async fn job_children(
     if hub.job(&id).is_none() {
         return Err(SpecError::UnknownJob(id).into());
     }
-    let top = page.top.unwrap_or(100).min(MAX_PAGE);
+    let top = page.size()?;
     let skip = page.skip.unwrap_or(0);
     let children = hub.job_children(&id);
     let total = children.len();
