@@ -1663,12 +1663,20 @@ impl Inner {
     }
 
     /// [`Inner::forget_removed`] from outside the hub's loop (no lock held by the caller);
-    /// sends the registrations to end at once (the removal is durable).
+    /// sends the registrations to end at once (the removal is durable). The children it
+    /// fails (`deviceRemoved`) are committed, with a store, and published before it
+    /// returns, as a service write's changes are; should that commit fail, memory is
+    /// rebuilt from the store (whose engine forgets the removed devices again) and the
+    /// hub's next pass commits and publishes them.
     fn forget_removed_now(&self) {
         let mut ends = Vec::new();
-        {
+        let committed = {
             let mut jobs = lock(&self.jobs);
             self.forget_removed(&self.registry.read(), Instant::now(), &mut jobs, &mut ends);
+            self.commit_jobs(&mut jobs).is_ok()
+        };
+        if committed {
+            self.publish_jobs();
         }
         self.send_ends(ends);
     }
