@@ -471,3 +471,256 @@ fn the_event_stream_resumes_after_a_sequence_number() {
         (StatusCode::CONFLICT, Some("feedGap"))
     );
 }
+
+/// Sends a request; returns the status, the `Content-Type` and the body as text.
+fn call_raw(
+    api: &Api,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String, String) {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request.body(Body::empty()).unwrap();
+    api.runtime.block_on(async {
+        let response = api.router.clone().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        // Bounded: an event stream never ends.
+        let bytes = tokio::time::timeout(Duration::from_secs(2), body.collect())
+            .await
+            .map_or_else(
+                |_| "(a stream that did not end)".into(),
+                |b| b.unwrap().to_bytes(),
+            );
+        (
+            parts.status,
+            content_type,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    })
+}
+
+/// What an `EventSource` makes of an event stream (the HTML standard's parser): the
+/// messages dispatched (their `data`) and the last event id, which an `id:` field sets
+/// even in an event with no `data` (that event is not dispatched).
+struct EventStream {
+    messages: Vec<Value>,
+    last_event_id: Option<String>,
+}
+
+/// Opens `GET uri` and reads it as an `EventSource` would until `enough` says so or
+/// `patience` passes (then the connection drops, as a network failure would).
+fn read_events(
+    api: &Api,
+    uri: &str,
+    last_event_id: Option<&str>,
+    patience: Duration,
+    enough: impl Fn(&EventStream) -> bool,
+) -> EventStream {
+    let mut request = Request::builder().uri(uri);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let request = request.body(Body::empty()).unwrap();
+    let mut stream = EventStream {
+        messages: Vec::new(),
+        last_event_id: last_event_id.map(str::to_owned),
+    };
+    api.runtime.block_on(async {
+        let response = api.router.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let deadline = tokio::time::Instant::now() + patience;
+        let (mut text, mut data, mut id) = (String::new(), None::<String>, None);
+        while !enough(&stream) {
+            let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await else {
+                break;
+            };
+            let Ok(bytes) = frame.into_data() else {
+                continue;
+            };
+            text.push_str(&String::from_utf8_lossy(&bytes));
+            while let Some(end) = text.find('\n') {
+                let line: String = text.drain(..=end).collect();
+                let line = line.trim_end_matches('\n');
+                if line.is_empty() {
+                    // Dispatch: the id first, then the data, if any.
+                    if let Some(i) = id.take() {
+                        stream.last_event_id = Some(i);
+                    }
+                    if let Some(d) = data.take() {
+                        stream.messages.push(serde_json::from_str(&d).unwrap());
+                    }
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "data" => data = Some(value.to_owned()),
+                    "id" => id = Some(value.to_owned()),
+                    _ => {}
+                }
+            }
+        }
+    });
+    stream
+}
+
+/// A hub with no device: nothing changes unless the test changes it.
+fn quiet_hub() -> Hub {
+    let mut registry = Registry::new();
+    registry.create(Twin::new(id("q1"))).unwrap();
+    Hub::with_transport(
+        MemoryTransport::new(MemoryConfig::default()),
+        registry,
+        HubConfig::default(),
+    )
+}
+
+/// A browser whose stream carried no twin change before it broke (a quiet fleet, or only
+/// lifecycle and job events) had no event id to send back: it reconnected without
+/// `Last-Event-ID`, was subscribed "from now on", and silently missed every twin change
+/// made while it was away, although the README promises a reconnecting browser resumes
+/// without a gap. The stream now opens with an event that carries only an id (where it
+/// starts in the feed, which an `EventSource` keeps without dispatching anything), so
+/// every reconnect has a resume point.
+#[test]
+fn a_reconnect_resumes_even_when_the_stream_carried_no_twin_change() {
+    let hub = quiet_hub();
+    let api = Api::new(&hub);
+    let first = read_events(&api, "/api/events", None, Duration::from_millis(300), |s| {
+        s.last_event_id.is_some()
+    });
+    assert!(first.messages.is_empty(), "{:?}", first.messages);
+    // Away: the connection broke; meanwhile a twin changes.
+    hub.add_tags("q1", &["away"], None).unwrap();
+    let again = read_events(
+        &api,
+        "/api/events",
+        first.last_event_id.as_deref(),
+        Duration::from_secs(5),
+        |s| !s.messages.is_empty(),
+    );
+    assert_eq!(
+        again.messages.first().map(|m| (&m["device"], &m["kind"])),
+        Some((&json!("q1"), &json!("tags"))),
+        "the change made while away: {:?}",
+        again.messages
+    );
+}
+
+/// A `Last-Event-ID` (or `?after=`) that is not a sequence number was ignored: the stream
+/// started "from now on" and the client, which asked to resume, missed everything since
+/// without being told. It is a 400 with a JSON error now, as any bad input.
+#[test]
+fn an_event_id_that_is_not_a_sequence_number_is_refused() {
+    let hub = quiet_hub();
+    let api = Api::new(&hub);
+    for (uri, headers) in [
+        ("/api/events", &[("last-event-id", "abc")][..]),
+        ("/api/events", &[("last-event-id", "-1")][..]),
+        ("/api/events?after=abc", &[][..]),
+    ] {
+        let (status, content_type, body) = call_raw(&api, "GET", uri, headers);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {headers:?}: {body}");
+        assert_eq!(
+            content_type, "application/json",
+            "{uri} {headers:?}: {body}"
+        );
+        let err: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(err["error"], "badRequest", "{body}");
+    }
+}
+
+/// The API's errors are JSON (`{"error", "message"}`, the module docs and the README
+/// say): but a query string or a path segment axum could not parse (`?top=abc`,
+/// `?skip=-1`, a path that is not UTF-8) came back as axum's plain-text 400, and an
+/// unknown endpoint or method as an empty 404 or 405.
+#[test]
+fn unparsable_query_strings_and_paths_are_json_errors() {
+    let hub = quiet_hub();
+    let api = Api::new(&hub);
+    for (method, uri, expected, code) in [
+        (
+            "GET",
+            "/api/devices?top=abc",
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+        ),
+        (
+            "GET",
+            "/api/devices?top=-1",
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+        ),
+        (
+            "POST",
+            "/api/query?top=x",
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+        ),
+        (
+            "GET",
+            "/api/jobs/j1/children?skip=-1",
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+        ),
+        (
+            "GET",
+            "/api/devices/%FF",
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+        ),
+        (
+            "GET",
+            "/api/jobs/%FF",
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+        ),
+        ("GET", "/api/nope", StatusCode::NOT_FOUND, "notFound"),
+        (
+            "PATCH",
+            "/api/devices",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "methodNotAllowed",
+        ),
+    ] {
+        let (status, content_type, body) = call_raw(&api, method, uri, &[]);
+        assert_eq!(status, expected, "{method} {uri}: {body}");
+        assert_eq!(content_type, "application/json", "{method} {uri}: {body}");
+        let err: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(err["error"], code, "{method} {uri}: {body}");
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // The page is still served.
+    assert_eq!(call_raw(&api, "GET", "/", &[]).0, StatusCode::OK);
+}
+
+/// A page of a job's children took `top=0` (an empty page) and `top` past the largest
+/// page (cut down to it) where every other paged endpoint refuses both with a 400.
+#[test]
+fn a_page_of_children_has_the_bounds_of_every_page() {
+    let hub = quiet_hub();
+    let api = Api::new(&hub);
+    let (status, _) = api.send(
+        "POST",
+        "/api/jobs",
+        r#"{"id": "later", "job": {"type": "rebootDevice"}, "targets": ["q1"],
+            "startAt": "2099-01-01T00:00:00Z"}"#,
+    );
+    assert_eq!(status, StatusCode::CREATED);
+    for top in [0, api::MAX_PAGE + 1] {
+        let (status, err) = api.get(&format!("/api/jobs/later/children?top={top}"));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "top={top}: {err}");
+        assert_eq!(err["error"], "badRequest");
+    }
+    let (status, page) = api.get(&format!("/api/jobs/later/children?top={}", api::MAX_PAGE));
+    assert_eq!((status, &page["total"]), (StatusCode::OK, &json!(1)));
+}

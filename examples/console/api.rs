@@ -3,8 +3,9 @@
 //! Every handler is a short call into the hub (reads take its read lock for
 //! microseconds; a query of a page runs on the indexes); device operations `.await` the
 //! device's answer without blocking a worker thread. Errors are JSON
-//! `{"error": code, "message": text}` (queries add `line` and `column`) with 400, 404,
-//! 409, 412, 413 or 503.
+//! `{"error": code, "message": text}` (queries add `line` and `column`) with 400 (a
+//! query string, path or `Last-Event-ID` that does not parse too), 404 (an unknown
+//! endpoint too), 405, 409, 412, 413, 502 (the device refused), 503 or 504 (no answer).
 //!
 //! | method and path | what |
 //! |---|---|
@@ -25,16 +26,23 @@
 //! | `GET /api/jobs/{id}/children?top=&skip=` | child records |
 //! | `POST /api/jobs/query` | a query expression over job history |
 //! | `GET /api/events?after=` | server-sent events (also `Last-Event-ID`) |
+//!
+//! The event stream opens with an event that carries only an id, where the stream starts
+//! in the change feed (an `EventSource` keeps it without dispatching a message), so a
+//! browser reconnects with a `Last-Event-ID` even when no twin change came before the
+//! connection broke.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::time::Duration;
 use twinhub::hub::Hub;
@@ -82,6 +90,14 @@ pub fn router(hub: Hub, packages: Vec<(String, String)>) -> Router {
         .route("/api/jobs/{id}", get(get_job).delete(cancel_job))
         .route("/api/jobs/{id}/children", get(job_children))
         .route("/api/events", get(events))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "notFound", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "methodNotAllowed",
+                "the endpoint does not take this method",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(hub)
 }
@@ -152,6 +168,44 @@ impl From<QueryError> for ApiError {
     }
 }
 
+/// A path parameter, or a query string, that axum could not parse: a JSON 400 (axum's own
+/// rejection is plain text).
+fn unparsable(status: StatusCode, text: String) -> ApiError {
+    if status.is_client_error() {
+        ApiError::new(status, "badRequest", text)
+    } else {
+        ApiError::new(status, "internal", text)
+    }
+}
+
+/// [`axum::extract::Path`] whose rejection is a JSON error.
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|r| unparsable(r.status(), r.body_text()))
+    }
+}
+
+/// [`Query`] whose rejection is a JSON 400.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Params(v))
+            .map_err(|r| unparsable(r.status(), r.body_text()))
+    }
+}
+
 /// The body as bytes; a body over [`MAX_BODY`] is a JSON 413.
 fn body(bytes: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     bytes.map_err(|r| ApiError::new(r.status(), "bodyRejected", r.body_text()))
@@ -213,12 +267,17 @@ struct Page {
 }
 
 impl Page {
-    fn options(&self) -> Result<QueryOptions, ApiError> {
+    /// `top`, 100 when not given; 0 and more than [`MAX_PAGE`] are refused.
+    fn size(&self) -> Result<usize, ApiError> {
         let size = self.top.unwrap_or(100);
         if size == 0 || size > MAX_PAGE {
             return Err(ApiError::bad(format!("top must be 1..={MAX_PAGE}")));
         }
-        let mut options = QueryOptions::page(size);
+        Ok(size)
+    }
+
+    fn options(&self) -> Result<QueryOptions, ApiError> {
+        let mut options = QueryOptions::page(self.size()?);
         options.continuation = self.continuation.clone();
         Ok(options)
     }
@@ -226,7 +285,7 @@ impl Page {
 
 async fn list_devices(
     State(hub): State<Hub>,
-    Query(page): Query<Page>,
+    Params(page): Params<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let result = hub.query_page("{}", &page.options()?)?;
     let total = hub.registry().read().len();
@@ -397,7 +456,7 @@ async fn execute_device(
 
 async fn query(
     State(hub): State<Hub>,
-    Query(page): Query<Page>,
+    Params(page): Params<Page>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let text = text_body(bytes)?;
@@ -455,13 +514,13 @@ async fn cancel_job(
 async fn job_children(
     State(hub): State<Hub>,
     Path(id): Path<String>,
-    Query(page): Query<Page>,
+    Params(page): Params<Page>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(&id)?;
     if hub.job(&id).is_none() {
         return Err(SpecError::UnknownJob(id).into());
     }
-    let top = page.top.unwrap_or(100).min(MAX_PAGE);
+    let top = page.size()?;
     let skip = page.skip.unwrap_or(0);
     let children = hub.job_children(&id);
     let total = children.len();
@@ -471,7 +530,7 @@ async fn job_children(
 
 async fn query_jobs(
     State(hub): State<Hub>,
-    Query(page): Query<Page>,
+    Params(page): Params<Page>,
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let text = text_body(bytes)?;
@@ -489,12 +548,22 @@ struct EventsFrom {
 /// (`Last-Event-ID`) or `?after=` resumes without a gap.
 async fn events(
     State(hub): State<Hub>,
-    Query(from): Query<EventsFrom>,
+    Params(from): Params<EventsFrom>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let last_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // The ids this stream hands out are sequence numbers: anything else cannot be
+    // resumed from, and starting "from now on" would lose what the client asked for.
+    let last_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad(format!("Last-Event-ID {v:?} is not a sequence number"))
+                })?,
+        ),
+    };
     let options = SubscribeOptions {
         after: last_id.or(from.after),
         ..SubscribeOptions::default()
@@ -506,6 +575,10 @@ async fn events(
             format!("{gap}; resume after {}", gap.resume_after()),
         )
     })?;
+    // First an id alone: where the stream starts, the client's resume point until a twin
+    // change brings the next one.
+    let start = Event::default().id(subscription.starts_after().to_string());
+    let start = futures_util::stream::once(async move { Ok(start) });
     let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
         let event = sub.recv_async().await?;
         let mut sse = Event::default().data(serde_json::to_string(&event).ok()?);
@@ -514,7 +587,7 @@ async fn events(
         }
         Some((Ok::<_, std::convert::Infallible>(sse), sub))
     });
-    Ok(Sse::new(stream)
+    Ok(Sse::new(futures_util::StreamExt::chain(start, stream))
         .keep_alive(KeepAlive::default())
         .into_response())
 }

@@ -1375,8 +1375,25 @@ fn renewed_registration(reg: &Registry, event: &DeviceEvent) -> Option<DeviceEve
     })
 }
 
+/// Ends the hub when its thread ends, whatever ended it: [`Hub::stop`], the transport's
+/// event channel closing (its thread returned or panicked: nothing will be heard from a
+/// device again), or a panic of the hub thread. Requests waiting for an answer fail with
+/// [`RequestError::HubStopped`], new ones fail at once, and every subscription is closed
+/// (its queued events are still delivered), as after [`Hub::stop`]; reads go on.
+struct ThreadEnd<'a>(&'a Inner);
+
+impl Drop for ThreadEnd<'_> {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Release);
+        self.0.link.stop();
+        self.0.waiting.fail_all();
+        self.0.publisher.close();
+    }
+}
+
 impl Inner {
     fn run(self: Arc<Self>, events: Receiver<DeviceEvent>) {
+        let _end = ThreadEnd(&self);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         // Device events kept unapplied while the hub backs off from a failing store, or
         // because their batch's commit failed, with the failed commits of each.
@@ -1732,12 +1749,20 @@ impl Inner {
     }
 
     /// [`Inner::forget_removed`] from outside the hub's loop (no lock held by the caller);
-    /// sends the registrations to end at once (the removal is durable).
+    /// sends the registrations to end at once (the removal is durable). The children it
+    /// fails (`deviceRemoved`) are committed, with a store, and published before it
+    /// returns, as a service write's changes are; should that commit fail, memory is
+    /// rebuilt from the store (whose engine forgets the removed devices again) and the
+    /// hub's next pass commits and publishes them.
     fn forget_removed_now(&self) {
         let mut ends = Vec::new();
-        {
+        let committed = {
             let mut jobs = lock(&self.jobs);
             self.forget_removed(&self.registry.read(), Instant::now(), &mut jobs, &mut ends);
+            self.commit_jobs(&mut jobs).is_ok()
+        };
+        if committed {
+            self.publish_jobs();
         }
         self.send_ends(ends);
     }

@@ -29,7 +29,9 @@ pub enum RequestError {
     /// The caller's own timeout passed first. The request may still reach the device;
     /// its answer is then dropped.
     TimedOut,
-    /// The hub stopped before the answer came.
+    /// The hub stopped before the answer came: [`Hub::stop`](super::Hub::stop), the last
+    /// clone dropped, or its transport ended (its event channel closed), after which no
+    /// answer can come.
     HubStopped,
 }
 

@@ -263,6 +263,9 @@ struct Queue {
     queued_through: u64,
     /// Twin changes at or below this were replayed (or asked to be skipped).
     skip_through: u64,
+    /// Where the subscription's twin changes start: `options.after`, or the newest change
+    /// when it was made.
+    starts_after: u64,
     closed: bool,
     waker: Option<Waker>,
 }
@@ -373,7 +376,8 @@ impl Shared {
 ///
 /// **Blocking or async.** [`Subscription::recv`], [`Subscription::recv_timeout`] and
 /// [`Subscription::try_recv`] for threads; [`Subscription::recv_async`] is a future (woken by
-/// the hub through the task's waker, no runtime needed). After the hub stops, the
+/// the hub through the task's waker, no runtime needed). After the hub stops
+/// ([`Hub::stop`](super::Hub::stop), its last clone dropped, or its transport ended), the
 /// queued events are still delivered, then `recv` returns `None`.
 ///
 /// Dropping it ends the subscription.
@@ -471,6 +475,15 @@ impl Subscription {
     pub fn resume_after(&self) -> u64 {
         self.shared.lock().queued_through
     }
+
+    /// The sequence number this subscription's twin changes start after, which never
+    /// changes: [`SubscribeOptions::after`], or the registry's newest change when it was
+    /// made. A consumer that has taken no twin change yet resumes from here (unlike
+    /// [`Subscription::resume_after`], it does not move with what the hub queues, so
+    /// nothing queued and not yet taken lies at or before it).
+    pub fn starts_after(&self) -> u64 {
+        self.shared.lock().starts_after
+    }
 }
 
 /// The future of [`Subscription::recv_async`].
@@ -546,10 +559,12 @@ impl Publisher {
             missed: 0,
             queued_through: now,
             skip_through: now,
+            starts_after: now,
             closed: state.closed,
             waker: None,
         };
         if let Some(after) = queue.options.after {
+            queue.starts_after = after;
             queue.queued_through = after;
             queue.skip_through = after.max(state.through);
             for c in reg.changes_after(after)? {
