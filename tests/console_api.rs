@@ -20,7 +20,7 @@ use twinhub::DeviceId;
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::registry::Registry;
 use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
-use twinhub::twin::Twin;
+use twinhub::twin::{Scalar, ServiceValue, Twin};
 
 fn id(s: &str) -> DeviceId {
     DeviceId::new(s).unwrap()
@@ -513,6 +513,8 @@ fn call_raw(
 struct EventStream {
     messages: Vec<Value>,
     last_event_id: Option<String>,
+    /// The server ended the stream (before `enough` or patience ran out).
+    ended: bool,
 }
 
 /// Opens `GET uri` and reads it as an `EventSource` would until `enough` says so or
@@ -524,6 +526,20 @@ fn read_events(
     patience: Duration,
     enough: impl Fn(&EventStream) -> bool,
 ) -> EventStream {
+    read_events_after(api, uri, last_event_id, patience, enough, || {})
+}
+
+/// [`read_events`], calling `meanwhile` once the stream is open and before reading it
+/// (the hub queues what happens meanwhile for the stream, as for a browser that is slow
+/// to read).
+fn read_events_after(
+    api: &Api,
+    uri: &str,
+    last_event_id: Option<&str>,
+    patience: Duration,
+    enough: impl Fn(&EventStream) -> bool,
+    meanwhile: impl FnOnce(),
+) -> EventStream {
     let mut request = Request::builder().uri(uri);
     if let Some(id) = last_event_id {
         request = request.header("last-event-id", id);
@@ -532,16 +548,23 @@ fn read_events(
     let mut stream = EventStream {
         messages: Vec::new(),
         last_event_id: last_event_id.map(str::to_owned),
+        ended: false,
     };
     api.runtime.block_on(async {
         let response = api.router.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+        meanwhile();
         let mut body = response.into_body();
         let deadline = tokio::time::Instant::now() + patience;
         let (mut text, mut data, mut id) = (String::new(), None::<String>, None);
         while !enough(&stream) {
-            let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await else {
-                break;
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => {
+                    stream.ended = true;
+                    break;
+                }
+                _ => break,
             };
             let Ok(bytes) = frame.into_data() else {
                 continue;
@@ -723,4 +746,81 @@ fn a_page_of_children_has_the_bounds_of_every_page() {
     }
     let (status, page) = api.get(&format!("/api/jobs/later/children?top={}", api::MAX_PAGE));
     assert_eq!((status, &page["total"]), (StatusCode::OK, &json!(1)));
+}
+
+/// Events the hub dropped for a slow stream were lost for good: the stream sent its
+/// `lagged` message and carried on, and the next twin change's id moved the browser's
+/// last event id past the gap, so a reconnect replayed nothing (the page itself re-reads
+/// on `lagged`; a generic `EventSource` client could not know). The stream now ends at
+/// the lag, its last id the resume point, and the reconnect replays what was missed.
+#[test]
+fn a_lagging_stream_ends_at_its_resume_point_and_the_reconnect_replays_the_gap() {
+    let hub = quiet_hub();
+    let api = Api::new(&hub);
+    // More changes than a subscription queues (4,096), made before the stream is read.
+    let changes = 4_200;
+    let lagged = read_events_after(
+        &api,
+        "/api/events",
+        None,
+        Duration::from_secs(10),
+        |_| false,
+        || {
+            for i in 0..changes {
+                let value = ServiceValue::Scalar(Scalar::from(i as i64));
+                hub.set_service_property("q1", "n", Some(value), None)
+                    .unwrap();
+            }
+        },
+    );
+    assert!(lagged.ended, "the stream ends at the lag");
+    let last = lagged.messages.last().expect("messages");
+    assert_eq!(last["type"], "lagged", "{last}");
+    let resume = last["resumeAfter"].as_u64().unwrap();
+    assert_eq!(lagged.last_event_id, Some(resume.to_string()));
+    let delivered = lagged.messages.len() - 1;
+    assert!(delivered < changes, "{delivered} delivered: no lag");
+    // The reconnect replays every change after the resume point, up to the last.
+    let newest = hub.registry().read().last_seq();
+    let replay = read_events(
+        &api,
+        "/api/events",
+        lagged.last_event_id.as_deref(),
+        Duration::from_secs(10),
+        |s| s.last_event_id.as_deref() == Some(&newest.to_string()),
+    );
+    let seqs: Vec<u64> = replay
+        .messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs.first(),
+        Some(&(resume + 1)),
+        "{:?}",
+        replay.messages.first()
+    );
+    assert_eq!(seqs.last(), Some(&newest));
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap, no repeat"
+    );
+    assert_eq!(delivered + seqs.len(), changes, "every change, once");
+}
+
+/// `POST /api/jobs` with both `targets` and a `query` ran the query's devices and
+/// ignored `targets` without a word. Which was meant is not the API's to guess: 400.
+#[test]
+fn a_job_with_both_targets_and_a_query_is_refused() {
+    let hub = quiet_hub();
+    let api = Api::new(&hub);
+    let body = r#"{"id": "both", "job": {"type": "rebootDevice"}, "targets": ["q1"],
+        "query": {"filter": {"type": "comparison", "comparisonOperator": "eq",
+            "property": {"name": "deviceId", "type": "default"}, "value": "q1"}}}"#;
+    let (status, err) = api.send("POST", "/api/jobs", body);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("not both"),
+        "{err}"
+    );
 }

@@ -30,7 +30,10 @@
 //! The event stream opens with an event that carries only an id, where the stream starts
 //! in the change feed (an `EventSource` keeps it without dispatching a message), so a
 //! browser reconnects with a `Last-Event-ID` even when no twin change came before the
-//! connection broke.
+//! connection broke. When the hub dropped events for a slow stream, the stream sends the
+//! `lagged` message with the resume point as its id and ends: the browser reconnects with
+//! it and gets the twin changes it missed from the feed (or 409 `feedGap`); lifecycle and
+//! job events are not replayed.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -479,7 +482,11 @@ async fn create_job(
     bytes: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let mut body: Value = json_body(bytes)?;
-    // `query` instead of `targets`: the devices its filter selects now.
+    // `query` instead of `targets`: the devices its filter selects now (not both: which
+    // one was meant is not ours to guess).
+    if body.get("query").is_some() && body.get("targets").is_some() {
+        return Err(ApiError::bad("give `targets` or `query`, not both"));
+    }
     if let Some(q) = body.as_object_mut().and_then(|o| o.remove("query")) {
         let expr = twinhub::query::parse(&q.to_string()).map_err(QueryError::Parse)?;
         let targets = hub.resolve_targets(&expr)?;
@@ -579,13 +586,26 @@ async fn events(
     // change brings the next one.
     let start = Event::default().id(subscription.starts_after().to_string());
     let start = futures_util::stream::once(async move { Ok(start) });
-    let stream = futures_util::stream::unfold(subscription, |mut sub| async move {
+    let stream = futures_util::stream::unfold(Some(subscription), |sub| async move {
+        let mut sub = sub?;
         let event = sub.recv_async().await?;
         let mut sse = Event::default().data(serde_json::to_string(&event).ok()?);
-        if let HubEvent::Twin(c) = &event {
-            sse = sse.id(c.seq.to_string());
-        }
-        Some((Ok::<_, std::convert::Infallible>(sse), sub))
+        let next = match &event {
+            HubEvent::Twin(c) => {
+                sse = sse.id(c.seq.to_string());
+                Some(sub)
+            }
+            // Events were dropped: the stream ends here, its last id the resume point, so
+            // that the client reconnects with `Last-Event-ID` and gets the twin changes it
+            // missed from the feed (or 409 `feedGap`). Carrying on would move its last id
+            // past the gap with the next change, and a reconnect would skip it.
+            HubEvent::Lagged { resume_after, .. } => {
+                sse = sse.id(resume_after.to_string());
+                None
+            }
+            _ => Some(sub),
+        };
+        Some((Ok::<_, std::convert::Infallible>(sse), next))
     });
     Ok(Sse::new(futures_util::StreamExt::chain(start, stream))
         .keep_alive(KeepAlive::default())
