@@ -65,7 +65,8 @@ pub struct DtlsServerConfig {
     /// default LWM2M lifetime (24 h) so a device that only updates daily keeps its session.
     #[serde(with = "crate::time::millis", rename = "sessionIdleTimeoutMs")]
     pub session_idle_timeout: Duration,
-    /// Largest datagram the DTLS layer produces.
+    /// Largest datagram the DTLS layer produces (handshake messages are fragmented to fit;
+    /// a value below 64 is taken as 64).
     pub mtu: usize,
 }
 
