@@ -59,6 +59,21 @@ fn register_as(s: &mut Lwm2mServer, now: Instant, from: SocketAddr, ep: &str, mi
 }
 
 /// Everything the server hands the driver now, undecoded.
+/// Asserts that the server acknowledged message `mid` to `to` and reported an event
+/// `reported` accepts.
+fn acked_and_reported(
+    s: &mut Lwm2mServer,
+    to: SocketAddr,
+    mid: u16,
+    reported: impl Fn(&DeviceEvent) -> bool,
+) {
+    assert!(out(s).iter().any(|(at, m)| *at == to
+        && m.mtype == MessageType::Acknowledgement
+        && m.message_id == mid));
+    let evs = events(s);
+    assert!(evs.iter().any(reported), "{evs:?}");
+}
+
 fn transmits(s: &mut Lwm2mServer) -> Vec<Transmit> {
     std::iter::from_fn(|| s.poll_transmit()).collect()
 }
@@ -161,15 +176,9 @@ fn a_stale_confirmable_notification_from_another_registrations_address_is_acknow
     out(&mut s);
     let third = notification(&observe, MessageType::Confirmable, 600, 3, b"81");
     send_as(&mut s, t0, addr(1), "a", &third);
-    assert!(out(&mut s).iter().any(|(to, m)| *to == addr(1)
-        && m.mtype == MessageType::Acknowledgement
-        && m.message_id == 600));
-    let evs = events(&mut s);
-    assert!(
-        evs.iter()
-            .any(|e| matches!(e, DeviceEvent::Notification { .. })),
-        "{evs:?}"
-    );
+    acked_and_reported(&mut s, addr(1), 600, |e| {
+        matches!(e, DeviceEvent::Notification { .. })
+    });
     // The same notification again, from port 2 through a's identity.
     send_as(&mut s, t0, addr(2), "a", &third);
     let sent = out(&mut s);
@@ -291,15 +300,9 @@ fn dead_observation_of_a(b_queued: bool) -> (Lwm2mServer, Message) {
     let mut end = Message::new(MessageType::Confirmable, Code::NOT_FOUND, 600);
     end.with_token(observe.token());
     send_as(&mut s, t0, addr(1), "a", &end);
-    assert!(out(&mut s).iter().any(|(to, m)| *to == addr(1)
-        && m.mtype == MessageType::Acknowledgement
-        && m.message_id == 600));
-    let evs = events(&mut s);
-    assert!(
-        evs.iter()
-            .any(|e| matches!(e, DeviceEvent::ObservationEnded { .. })),
-        "{evs:?}"
-    );
+    acked_and_reported(&mut s, addr(1), 600, |e| {
+        matches!(e, DeviceEvent::ObservationEnded { .. })
+    });
     (s, observe)
 }
 
