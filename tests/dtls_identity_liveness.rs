@@ -78,6 +78,38 @@ fn transmits(s: &mut Lwm2mServer) -> Vec<Transmit> {
     std::iter::from_fn(|| s.poll_transmit()).collect()
 }
 
+/// `a` registers at port 1 and `b` at port 2; behind a NAT `a`'s device now has port 2
+/// (a session of `i-a` there) and de-registers (message 12, of type `mtype`). Asserts
+/// that the server took the De-register and answered 2.02 to port 2 (`answer` tells the
+/// answer: piggybacked, or NON); returns the server and that answer.
+fn a_deregisters_from_bs_address(
+    t0: Instant,
+    mtype: MessageType,
+    answer: impl Fn(&Message) -> bool,
+) -> (Lwm2mServer, Transmit) {
+    let mut s = server();
+    let location = register_as(&mut s, t0, addr(1), "a", 10);
+    register_as(&mut s, t0, addr(2), "b", 11);
+    events(&mut s);
+    let mut delete = con(Code::DELETE, &format!("/{location}"), 12);
+    delete.mtype = mtype;
+    send_as(&mut s, t0, addr(2), "a", &delete);
+    let sent = transmits(&mut s);
+    let deleted = sent
+        .iter()
+        .find(|t| {
+            t.destination == addr(2)
+                && Message::decode(&t.payload).is_ok_and(|m| m.code == Code::DELETED && answer(&m))
+        })
+        .unwrap_or_else(|| panic!("the 2.02: {sent:?}"))
+        .clone();
+    assert!(
+        s.registration(&DeviceId::new("a").unwrap()).is_none(),
+        "a de-registered"
+    );
+    (s, deleted)
+}
+
 /// Finding 1 (fixed): `a` registered at port 1 and `b` at port 2; behind a NAT `a`'s
 /// device now has port 2 (a session of `i-a` there) and de-registers. The server takes
 /// the De-register, but the DTLS layer let a datagram out only through a session of the
@@ -87,33 +119,12 @@ fn transmits(s: &mut Lwm2mServer) -> Vec<Transmit> {
 /// goes back through it; a request for `b` still does not go through `i-a`'s session.
 #[test]
 fn a_deregister_from_an_address_another_registration_holds_gets_its_answer() {
-    let mut s = server();
     let t0 = Instant::now();
-    let location = register_as(&mut s, t0, addr(1), "a", 10);
-    register_as(&mut s, t0, addr(2), "b", 11);
-    events(&mut s);
-    send_as(
-        &mut s,
-        t0,
-        addr(2),
-        "a",
-        &con(Code::DELETE, &format!("/{location}"), 12),
-    );
-    let sent = transmits(&mut s);
-    let deleted = sent
-        .iter()
-        .find(|t| {
-            t.destination == addr(2)
-                && Message::decode(&t.payload)
-                    .is_ok_and(|m| m.message_id == 12 && m.code == Code::DELETED)
-        })
-        .unwrap_or_else(|| panic!("the 2.02: {sent:?}"));
+    let (mut s, deleted) = a_deregisters_from_bs_address(t0, MessageType::Confirmable, |m| {
+        m.message_id == 12
+    });
     assert!(
-        s.registration(&DeviceId::new("a").unwrap()).is_none(),
-        "a de-registered"
-    );
-    assert!(
-        s.may_send(deleted, Some(&identity("a"))),
+        s.may_send(&deleted, Some(&identity("a"))),
         "the 2.02 goes back through the session of a's identity it answers"
     );
     // The control: a request for `b`, at port 2, does not go through `i-a`'s session.
@@ -400,32 +411,13 @@ fn a_strangers_datagram_does_not_wake_the_queued_registration_at_its_address() {
 /// the session at its destination, and goes back through it.
 #[test]
 fn a_non_confirmable_deregister_from_an_address_another_registration_holds_gets_its_answer() {
-    let mut s = server();
-    let t0 = Instant::now();
-    let location = register_as(&mut s, t0, addr(1), "a", 10);
-    register_as(&mut s, t0, addr(2), "b", 11);
-    events(&mut s);
-    let mut delete = con(Code::DELETE, &format!("/{location}"), 12);
-    delete.mtype = MessageType::NonConfirmable;
-    send_as(&mut s, t0, addr(2), "a", &delete);
-    let sent = transmits(&mut s);
-    let deleted = sent
-        .iter()
-        .find(|t| {
-            t.destination == addr(2)
-                && Message::decode(&t.payload).is_ok_and(|m| {
-                    m.mtype == MessageType::NonConfirmable
-                        && m.token() == delete.token()
-                        && m.code == Code::DELETED
-                })
-        })
-        .unwrap_or_else(|| panic!("the 2.02: {sent:?}"));
+    let (s, deleted) =
+        a_deregisters_from_bs_address(Instant::now(), MessageType::NonConfirmable, |m| {
+            // (`con` gives message 12 the token 12.)
+            m.mtype == MessageType::NonConfirmable && m.token().as_bytes() == 12u16.to_be_bytes()
+        });
     assert!(
-        s.registration(&DeviceId::new("a").unwrap()).is_none(),
-        "a de-registered"
-    );
-    assert!(
-        s.may_send(deleted, Some(&identity("a"))),
+        s.may_send(&deleted, Some(&identity("a"))),
         "the NON 2.02 goes back through the session of a's identity it answers"
     );
 }

@@ -517,6 +517,35 @@ fn d_registered_over_a_script(
     (hub, script, device)
 }
 
+/// A hub (property sync off) over a scripted transport where device `d` registered
+/// (`r1`), running the job `id` of type `job_type` over `d`: returns once the job's
+/// first operation (`what`) went out, with that operation and the job's id.
+#[allow(clippy::type_complexity)]
+fn d_running_a_job(
+    id: &str,
+    job_type: twinhub::job::JobType,
+    what: &str,
+) -> (
+    Hub,
+    std::sync::Arc<std::sync::Mutex<hub_support::Script>>,
+    DeviceId,
+    twinhub::job::JobId,
+    twinhub::transport::DeviceOp,
+) {
+    use hub_support::job_ops;
+    use twinhub::job::{JobId, JobSpec};
+    let (hub, script, device) = d_registered_over_a_script(HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    });
+    let job = JobId::new(id).unwrap();
+    hub.create_job(JobSpec::new(job.clone(), job_type, vec![device.clone()]))
+        .unwrap();
+    wait_until(what, || job_ops(&script).len() == 1);
+    let first = job_ops(&script).remove(0);
+    (hub, script, device, job, first)
+}
+
 /// Day 45, item 1, what the hub did on the `RegistrationUpdated` it no longer gets for
 /// a move without an Update: a sync observation whose Observe was in flight to the
 /// address left failed (`RegistrationEnded`, as the server fails what is stranded there)
@@ -569,16 +598,13 @@ fn a_sync_observation_failed_by_a_move_is_observed_again_at_the_new_address() {
 /// waited for the device's next Update, up to its lifetime, or timed out.
 #[test]
 fn a_job_step_failed_by_a_move_goes_again_at_the_new_address() {
-    use hub_support::{job_ops, push, start_config_job};
+    use hub_support::{job_ops, push};
     use twinhub::transport::DeviceError;
-    let (hub, script, device) = d_registered_over_a_script(HubConfig {
-        sync: None,
-        ..HubConfig::default()
-    });
-    let job = twinhub::job::JobId::new("cfg").unwrap();
-    start_config_job(&hub, &job, &device);
-    wait_until("the Write", || job_ops(&script).len() == 1);
-    let write = job_ops(&script).remove(0);
+    let config = twinhub::job::JobType::ConfigurationUpdate {
+        name: "a".into(),
+        value: "1".into(),
+    };
+    let (hub, script, device, job, write) = d_running_a_job("cfg", config, "the Write");
     push(
         &script,
         DeviceEvent::Response {
@@ -651,24 +677,13 @@ fn a_move_under_a_registration_the_hub_never_saw_is_applied_as_that_registration
 /// Update, or timed out.)
 #[test]
 fn a_move_under_a_registration_the_hub_never_saw_completes_a_reboot() {
-    use hub_support::{answer_done, job_ops, push};
-    use twinhub::job::{JobId, JobSpec, JobType};
+    use hub_support::{answer_done, push};
+    use twinhub::job::JobType;
     use twinhub::transport::DeviceRequest;
-    let (hub, script, device) = d_registered_over_a_script(HubConfig {
-        sync: None,
-        ..HubConfig::default()
-    });
-    let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
-    wait_until("the Execute", || !job_ops(&script).is_empty());
-    let exec = job_ops(&script).remove(0);
+    let reboot = JobType::Reboot {
+        wait_for_registration: true,
+    };
+    let (hub, script, device, job, exec) = d_running_a_job("rb", reboot, "the Execute");
     assert!(matches!(exec.request, DeviceRequest::Execute { .. }));
     answer_done(&script, &device, &exec);
     push(&script, moved_under(&device, "r2", 9));
