@@ -286,7 +286,9 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
 /// would overflow it (a panic on the thread that runs them); nothing a device, a job or a
 /// hub needs waits a year (a registration's own lifetime, at most 2^32 s, is the
 /// device's, not a setting). From JSON (whole milliseconds in a `u64`) no duration
-/// overflows the clock, but a longer one than this is refused all the same.
+/// overflows the clock, but a longer one than this is refused all the same. The job
+/// engine's `retainForMs` is no time-out and has no such bound: it is only added to a
+/// job's end time on the wall clock, saturating (`EngineConfig::validate`).
 pub const MAX_CONFIG_DURATION: std::time::Duration =
     std::time::Duration::from_secs(366 * 24 * 3600);
 

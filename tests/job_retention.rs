@@ -219,6 +219,43 @@ fn jobs_that_ended_longer_ago_than_retain_for_are_dropped() {
     e.validate().unwrap();
 }
 
+/// `retain_for` is not bounded by `MAX_CONFIG_DURATION` as the engine's time-outs are:
+/// it is only ever added to the wall-clock time a job ended (saturating at
+/// `Timestamp::MAX`), never to the engine's clock, and no timer is set from it. So a
+/// retention past a year is taken and works (two years: a job that ended two years and a
+/// millisecond ago is dropped, one that ended exactly two years ago is not), and
+/// `Duration::MAX` keeps jobs regardless of age, with no panic in creation or timers.
+#[test]
+fn retain_for_may_be_longer_than_a_year_and_duration_max_keeps_jobs_for_good() {
+    let year = twinhub::MAX_CONFIG_DURATION;
+    let ids = |e: &JobEngine| e.job_ids().map(|j| j.to_string()).collect::<Vec<_>>();
+    for (keep, drops) in [(2 * year, true), (Duration::MAX, false)] {
+        let config = EngineConfig {
+            retain_for: Some(keep),
+            ..EngineConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()), "{keep:?}");
+        let t0 = Instant::now();
+        let mut e = JobEngine::new(config, t0, wall(t0, t0));
+        e.create(t0, reboot_job("j0", 1, None)).unwrap();
+        answer_all(&mut e, t0);
+        e.create(t0, reboot_job("j1", 1, None)).unwrap();
+        let at_bound = t0 + 2 * year;
+        e.handle_timeout(at_bound);
+        assert_eq!(ids(&e), ["j0", "j1"], "{keep:?}: ended exactly 2 years ago");
+        let past = at_bound + Duration::from_millis(1);
+        e.handle_timeout(past);
+        e.create(past, reboot_job("j2", 1, None)).unwrap();
+        let kept: &[&str] = if drops {
+            &["j1", "j2"]
+        } else {
+            &["j0", "j1", "j2"]
+        };
+        assert_eq!(ids(&e), kept, "{keep:?}");
+        e.validate().unwrap();
+    }
+}
+
 #[test]
 fn timers_of_dropped_jobs_never_fire() {
     let t0 = Instant::now();

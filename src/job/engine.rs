@@ -108,7 +108,9 @@ pub struct EngineConfig {
     pub retain_children: u64,
     /// Jobs that ended longer ago than this are dropped the same way (default: kept
     /// regardless of age). Checked when a job is created and when the engine's timers
-    /// run, so a job may outlive it until then.
+    /// run, so a job may outlive it until then. Any length is taken (no
+    /// [`MAX_CONFIG_DURATION`] bound: see [`EngineConfig::validate`]); `Duration::MAX`
+    /// keeps jobs regardless of age.
     #[serde(with = "crate::time::millis_opt", rename = "retainForMs")]
     pub retain_for: Option<Duration>,
     /// Whether the transport emits [`DeviceEvent::Sent`] when an operation leaves for
@@ -153,8 +155,10 @@ impl EngineConfig {
     /// device answers), and those two and `rebootWaitMs` at most [`MAX_CONFIG_DURATION`]
     /// (a longer one, such as [`Duration::MAX`] set from Rust, overflowed the clock: a
     /// panic on the hub's thread at the first firmware poll or lost reboot answer).
-    /// `retainForMs` may be any length (it is compared with wall-clock times, never
-    /// added to the engine's clock). The first setting found wrong is reported.
+    /// `retainForMs` may be any length, a year or more: it is only ever added to the
+    /// wall-clock time a job ended, saturating at [`Timestamp::MAX`] (so one that reaches
+    /// past it keeps jobs regardless of age, as none does), never to the engine's clock,
+    /// and no timer is set from it. The first setting found wrong is reported.
     ///
     /// The hub's builder and its `bind_udp` and `bind_dtls` call it (through
     /// `HubConfig::validate`) and start nothing on a refusal; [`JobEngine::new`] and the
