@@ -3,6 +3,9 @@
 
 #![cfg(feature = "memory-fleet")]
 
+mod hub_support;
+
+use hub_support::block_on;
 use std::time::{Duration, Instant};
 use twinhub::DeviceId;
 use twinhub::hub::{Hub, HubConfig};
@@ -273,29 +276,6 @@ fn registration_fills_twins_and_every_job_type_runs() {
     let stats = hub.stats();
     assert!(stats.registrations >= 20 && stats.notifications > 0 && stats.property_updates > 0);
     hub.stop();
-}
-
-/// Blocks on a future with a thread-parking waker: any executor would do.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake};
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "the future never completed");
-        std::thread::park_timeout(Duration::from_millis(100));
-    }
 }
 
 /// Issue #17: request/response with one device, blocking and async, over the in-memory

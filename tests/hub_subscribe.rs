@@ -6,8 +6,10 @@
 #![cfg(all(feature = "device", feature = "lwm2m", feature = "memory-fleet"))]
 
 mod e2e_support;
+mod hub_support;
 
 use e2e_support::{start, wait_for};
+use hub_support::block_on;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake};
 use std::time::{Duration, Instant};
@@ -377,27 +379,6 @@ fn registrations_and_rejections_over_udp_carry_endpoint_reason_and_address() {
         .unwrap();
     let got = collect(&sub, |s| has(s, LifecycleKind::Deregistered, "sub-1"));
     assert!(!got.is_empty());
-}
-
-/// Polls a future to completion on this thread, parking between wake-ups.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "the future was never woken");
-        std::thread::park_timeout(Duration::from_secs(10));
-    }
 }
 
 #[test]

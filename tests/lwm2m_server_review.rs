@@ -4,6 +4,8 @@
 
 #![cfg(feature = "lwm2m")]
 
+mod hub_support;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};
@@ -450,5 +452,93 @@ fn a_request_in_flight_fails_at_once_when_the_device_deregisters() {
         dev.recv(Duration::from_secs(4)).is_none(),
         "the request was retransmitted to the de-registered device"
     );
+    hub.stop();
+}
+
+fn battery() -> DeviceRequest {
+    DeviceRequest::Read {
+        path: Lwm2mPath::resource(3, 0, 9),
+    }
+}
+
+/// `Reply` docs, "What ends it": `.await` has no deadline of its own; a request that was
+/// sent ends with `TransportTimedOut` once it got no answer within the CoAP response
+/// time-out from its transmission, and "an empty ACK does not stop the clock": a device
+/// that acknowledges the Read and never sends its separate response leaves the `Reply`
+/// pending only that long (93 s by default; 600 ms here).
+#[test]
+fn an_awaited_request_acknowledged_but_never_answered_ends_at_the_response_timeout() {
+    let mut config = quiet_config();
+    config.server.coap.response_timeout = Duration::from_millis(600);
+    let hub = hub_with(&["acker"], config);
+    let (mut dev, _) = registered(&hub, "acker");
+    let started = Instant::now();
+    let reply = hub.request(&DeviceId::new("acker").unwrap(), battery());
+    let request = next_request(&mut dev);
+    let ack = Message::new(MessageType::Acknowledgement, Code::EMPTY, request.message_id);
+    dev.sock
+        .send_to(&ack.to_bytes().unwrap(), dev.server)
+        .unwrap();
+    assert_eq!(
+        hub_support::block_on(reply),
+        Err(RequestError::TransportTimedOut)
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
+        "ended after {waited:?}"
+    );
+    // Acknowledged: the Read was not sent again.
+    assert!(
+        std::iter::from_fn(|| dev.recv(Duration::from_millis(100)))
+            .all(|m| m.code != Code::GET),
+        "the acknowledged Read was retransmitted"
+    );
+    hub.stop();
+}
+
+/// `Reply` docs, "What ends it": a request that waits in the device's queue ends with
+/// `TransportTimedOut` at `ServerConfig::queue_timeout` from its submission, whatever it
+/// waits for: a sleeping device (the first case), or a registration displaced from its
+/// address (the second: another device registered from there, so nothing goes to the
+/// address for this one), where it would otherwise wait until its device speaks again.
+#[test]
+fn an_awaited_request_waiting_in_the_queue_ends_at_the_queue_timeout() {
+    let mut config = quiet_config();
+    config.server.awake_window = Duration::from_millis(150);
+    config.server.queue_timeout = Duration::from_millis(600);
+    let hub = hub_with(&["sleepy", "moved", "other"], config);
+    let mut sleepy = Device::new(hub.local_addr().unwrap());
+    let (code, _) = sleepy.register(&["ep=sleepy", "lt=300", "lwm2m=1.0", "b=UQ"], "</3/0>");
+    assert_eq!(code, Code::CREATED);
+    let (mut nat, _) = registered(&hub, "moved");
+    // Another device got `moved`'s port from the NAT and registers from there.
+    let (code, _) = nat.register(&["ep=other", "lt=300", "lwm2m=1.0", "b=U"], "</3/0>");
+    assert_eq!(code, Code::CREATED);
+    wait_until("moved displaced", || {
+        hub.twin("moved")
+            .and_then(|t| t.registration)
+            .is_some_and(|r| r.address.is_none())
+    });
+    // Past the awake window: sleepy sleeps.
+    std::thread::sleep(Duration::from_millis(300));
+    for (name, dev) in [("sleepy", &sleepy), ("moved", &nat)] {
+        let started = Instant::now();
+        let reply = hub.request(&DeviceId::new(name).unwrap(), battery());
+        assert_eq!(
+            hub_support::block_on(reply),
+            Err(RequestError::TransportTimedOut),
+            "{name}"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
+            "{name}: ended after {waited:?}"
+        );
+        assert!(
+            dev.recv(Duration::from_millis(100)).is_none(),
+            "{name}: the queued request went out"
+        );
+    }
     hub.stop();
 }

@@ -23,8 +23,10 @@ pub enum RequestError {
     /// The device answered with an error, or the transport could not deliver the request
     /// (not registered, queue full, an undecodable answer, ...).
     Device(DeviceError),
-    /// The transport gave up: CoAP retransmissions ran out, or the request waited in a
-    /// sleeping device's queue past the queue timeout.
+    /// The transport gave up: the request waited in the device's queue past the queue
+    /// time-out (a sleeping device, a displaced registration, ...), or was sent and got
+    /// no answer in time (CoAP retransmissions ran out, or the response time-out passed,
+    /// an empty ACK notwithstanding). See [`Reply`]'s "What ends it".
     TransportTimedOut,
     /// The caller's own timeout passed first. The request may still reach the device;
     /// its answer is then dropped.
@@ -72,6 +74,41 @@ fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
 /// `.await` it (any executor; it is woken by the hub thread).
 ///
 /// Dropping a `Reply` abandons the answer (the request itself is not cancelled).
+///
+/// # What ends it
+///
+/// `.await` has no deadline of its own, and needs none: every request ends, with
+///
+/// - the device's answer: `Ok`, or [`RequestError::Device`] for its error code;
+/// - at once, [`RequestError::Device`] when the request cannot go: the device has no
+///   registration (`NotRegistered`), its queue is full (`QueueFull`: the bundled
+///   server's `ServerConfig::queue_capacity` per device, or [`MAX_WAITING`] requests
+///   waiting in the hub), or it cannot be encoded;
+/// - when the device's registration ends (De-register, expiry, a new Register, a
+///   takeover, the twin removed) or moves to another address (NAT rebinding) while the
+///   request is out: `Device(RegistrationEnded)` at once (sent, outcome unknown). When a
+///   registration ends while the request waits in the device's queue:
+///   `Device(NotRegistered)`, unless a new Register replaced it (the request then waits
+///   for the new registration);
+/// - [`RequestError::TransportTimedOut`] when the transport gives up: with the bundled
+///   server, the request waited in the device's queue (the device asleep, its
+///   registration displaced, no DTLS session of its identity, behind the requests in
+///   flight) past `ServerConfig::queue_timeout` (10 min) from its submission, or, sent,
+///   got no answer within the CoAP response time-out (`coap.response_timeout`, 93 s)
+///   from its transmission (retransmissions that run out end it earlier, an empty ACK
+///   does not stop the clock, and each block of a block-wise answer has its own);
+///   the in-memory fleet times out after `MemoryConfig::request_timeout`;
+/// - [`RequestError::HubStopped`] when the hub stops or its transport ends.
+///
+/// So with the bundled server's defaults an unanswered request waits at most 10 min in
+/// the queue and then 93 s for each exchange it takes: one, or one per block of a
+/// block-wise answer, or one per content format the device refuses (4.06 / 4.15 send it
+/// again in the next format, back through the queue under its first deadline). A
+/// transport of your own must end every operation it is handed (see
+/// [`Transport::submit`](crate::transport::Transport::submit)), or the `Reply` waits for
+/// ever. For a shorter bound, give [`Reply::wait`] a timeout, or wrap the `.await` in
+/// your runtime's (`tokio::time::timeout`): [`RequestError::TimedOut`] and a dropped
+/// `Reply` leave the request to run its course, its answer dropped.
 pub struct Reply {
     shared: Arc<Shared>,
     op: OpId,
@@ -154,7 +191,9 @@ pub(crate) struct Waiting {
     pub(crate) latency: super::metrics::Histogram,
 }
 
-/// Most requests waiting for an answer at once, all devices together.
+/// Most requests waiting for an answer at once, all devices together: one more fails at
+/// once with [`RequestError::Device`]`(`[`DeviceError::QueueFull`]`)`, unsent. A request
+/// stops waiting when it ends, or when its [`Reply`] is dropped.
 pub const MAX_WAITING: usize = 65_536;
 
 impl Waiting {

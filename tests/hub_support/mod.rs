@@ -83,6 +83,29 @@ pub fn registered_v(device: &DeviceId, version: &str) -> DeviceEvent {
     }
 }
 
+/// Polls a future to completion on this thread, parking between wake-ups (a waker that
+/// unparks it: any executor would do); fails the test after 30 s.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    use std::task::{Context, Poll, Wake};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "the future never completed");
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
 /// Polls `cond` every 5 ms; fails the test after 90 s.
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(90);
