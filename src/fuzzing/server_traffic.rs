@@ -90,6 +90,14 @@ impl World {
     fn drain(&mut self) {
         while let Some(t) = self.server.poll_transmit() {
             let m = Message::decode(&t.payload).expect("the server's datagrams decode");
+            // Every request the server takes is answered in the call that brought it,
+            // piggybacked on the ACK (NON for a NON request): it sends no separate (CON)
+            // response, which `Lwm2mServer::may_send` would gate by the registration at
+            // its destination (see there).
+            assert!(
+                !(m.mtype == MessageType::Confirmable && m.code.is_response()),
+                "the server sent a separate CON response: {m:?}"
+            );
             if m.code.is_request() && m.mtype == MessageType::Confirmable {
                 self.requests
                     .retain(|(_, r)| r.message_id != m.message_id || r.token() != m.token());

@@ -393,6 +393,17 @@ impl World {
         let mut bootstrap_ended = Vec::new();
         while let Some(t) = self.server.poll_transmit() {
             self.clock(&t);
+            // `may_send` gates a separate (CON) response by the registration at its
+            // destination; the server sends none (see there).
+            if let Ok(m) = Message::decode(&t.payload)
+                && m.mtype == MessageType::Confirmable
+                && m.code.is_response()
+            {
+                self.violations.push(format!(
+                    "a separate CON response left for {}: {m:?}",
+                    t.destination
+                ));
+            }
             let session = self.sessions.get(&t.destination).copied();
             let through = session.map(|i| self.identity(i));
             if session.is_none() || !self.server.may_send(&t, through.as_ref()) {

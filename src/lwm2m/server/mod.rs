@@ -720,6 +720,19 @@ impl Lwm2mServer {
     /// bootstraps again from where it registered through its bootstrap identity); any
     /// other request only as [`Self::may_send_to`] says for the address. A DTLS driver
     /// sends only when this holds.
+    ///
+    /// A separate response (a CON message with a response code) falls under that last
+    /// rule, the registration at its destination. The server sends none: every request
+    /// it takes (registration interface, Bootstrap-Request, Send, a package download) is
+    /// answered in the [`handle_datagram_from`](Self::handle_datagram_from) call that
+    /// brought it, while its piggyback window is open, and block-wise follow-ups are
+    /// answered by the CoAP endpoint as they come (the identity model and the
+    /// `server_traffic` fuzz target fail on a separate response). Were one sent, it would
+    /// go out a piggyback window after its request, when the session at its destination
+    /// may be another identity's (a NAT gave the port away), and nothing here remembers
+    /// which identity asked: judged as an ACK is, it could hand one device's answer to
+    /// another; the registration gate errs the safe way (held back, the answer is lost as
+    /// a lost datagram is: each retransmission is judged again until CoAP gives up).
     pub fn may_send(&self, t: &Transmit, session: Option<&PeerIdentity>) -> bool {
         // Type bits: 2 ACK, 3 RST; or 1 NON with a response code (classes 2 to 5).
         let answer = match (t.payload.first(), t.payload.get(1)) {
