@@ -120,9 +120,8 @@ fn a_deregisters_from_bs_address(
 #[test]
 fn a_deregister_from_an_address_another_registration_holds_gets_its_answer() {
     let t0 = Instant::now();
-    let (mut s, deleted) = a_deregisters_from_bs_address(t0, MessageType::Confirmable, |m| {
-        m.message_id == 12
-    });
+    let (mut s, deleted) =
+        a_deregisters_from_bs_address(t0, MessageType::Confirmable, |m| m.message_id == 12);
     assert!(
         s.may_send(&deleted, Some(&identity("a"))),
         "the 2.02 goes back through the session of a's identity it answers"

@@ -475,7 +475,11 @@ fn an_awaited_request_acknowledged_but_never_answered_ends_at_the_response_timeo
     let started = Instant::now();
     let reply = hub.request(&DeviceId::new("acker").unwrap(), battery());
     let request = next_request(&mut dev);
-    let ack = Message::new(MessageType::Acknowledgement, Code::EMPTY, request.message_id);
+    let ack = Message::new(
+        MessageType::Acknowledgement,
+        Code::EMPTY,
+        request.message_id,
+    );
     dev.sock
         .send_to(&ack.to_bytes().unwrap(), dev.server)
         .unwrap();
@@ -490,8 +494,7 @@ fn an_awaited_request_acknowledged_but_never_answered_ends_at_the_response_timeo
     );
     // Acknowledged: the Read was not sent again.
     assert!(
-        std::iter::from_fn(|| dev.recv(Duration::from_millis(100)))
-            .all(|m| m.code != Code::GET),
+        std::iter::from_fn(|| dev.recv(Duration::from_millis(100))).all(|m| m.code != Code::GET),
         "the acknowledged Read was retransmitted"
     );
     hub.stop();
