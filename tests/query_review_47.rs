@@ -693,3 +693,199 @@ fn every_bound_holds_at_its_count_and_fails_typed_past_it() {
         QueryError::BadTagQuery
     );
 }
+
+#[test]
+fn probe_paging_under_change() {
+    let n = 5000u32;
+    let build = || {
+        let mut reg = Registry::new();
+        for k in 0..n {
+            let i = (k * 2357) % n;
+            reg.create(
+                Twin::new(id(&format!("p{i:05}")))
+                    .with_device_property("BatteryLevel", (i % 7) as i64 * 10, ts(0))
+                    .with_device_property("MemoryFree", (i % 2) as i64, ts(0)),
+            )
+            .unwrap();
+        }
+        reg
+    };
+    let filt = QueryProperty::device("MemoryFree").eq(1);
+    for expr in [
+        QueryExpression::new().filter(filt.clone()),
+        QueryExpression::new(),
+        QueryExpression::new()
+            .filter(filt.clone())
+            .sort(SortKey::desc(QueryProperty::device("BatteryLevel"))),
+        QueryExpression::new().sort(SortKey::asc(QueryProperty::device("BatteryLevel"))),
+        QueryExpression::new()
+            .filter(QueryProperty::device("BatteryLevel").gte(30))
+            .sort(SortKey::asc(QueryProperty::device("BatteryLevel")))
+            .sort(SortKey::desc(QueryProperty::default_field("deviceId"))),
+        QueryExpression::new()
+            .filter(QueryProperty::device("BatteryLevel").eq(30))
+            .sort(SortKey::asc(QueryProperty::device("BatteryLevel"))),
+    ] {
+        for strategy in STRATEGIES {
+            for page_size in [7usize, 333] {
+                let mut reg = build();
+                let mut seen = std::collections::BTreeMap::<String, u32>::new();
+                let mut changed = std::collections::BTreeSet::<String>::new();
+                let mut token = None;
+                let mut round = 0u32;
+                loop {
+                    let options = QueryOptions {
+                        page_size,
+                        continuation: token.clone(),
+                        strategy,
+                    };
+                    let page = query::execute(&reg, &expr, &options).unwrap();
+                    let v = serde_json::to_value(&page).unwrap();
+                    for d in page_ids(&v) {
+                        *seen.entry(d).or_default() += 1;
+                    }
+                    token = page.continuation;
+                    if token.is_none() {
+                        break;
+                    }
+                    round += 1;
+                    for j in 0..5u32 {
+                        let victim = format!("p{:05}", (round * 7919 + j * 131) % n);
+                        changed.insert(victim.clone());
+                        match j {
+                            0 => {
+                                let _ = reg.report_device_property(
+                                    &victim,
+                                    "BatteryLevel",
+                                    Scalar::from(((round % 5) * 20) as i64),
+                                    ts(1),
+                                );
+                            }
+                            1 => {
+                                let _ = reg.report_device_property(
+                                    &victim,
+                                    "MemoryFree",
+                                    Scalar::from((round % 2) as i64),
+                                    ts(1),
+                                );
+                            }
+                            2 => {
+                                let _ = reg.remove(&victim);
+                            }
+                            3 => {
+                                let _ = reg.remove_device_property(&victim, "BatteryLevel");
+                            }
+                            _ => {
+                                let _ = reg.create(Twin::new(id(&format!("p{:05}x", round))));
+                            }
+                        }
+                    }
+                }
+                let twins_now: std::collections::BTreeSet<String> =
+                    reg.iter().map(|t| t.device_id().to_string()).collect();
+                let matches_now = naive::execute(
+                    &reg.iter().map(|t| t.to_twin()).collect::<Vec<_>>(),
+                    &expr.clone(),
+                    &QueryOptions::page(1000),
+                )
+                .unwrap();
+                let _ = matches_now;
+                let twins: Vec<Twin> = build().iter().map(|t| t.to_twin()).collect();
+                for t in &twins {
+                    let d = t.device_id.to_string();
+                    if changed.contains(&d) || !twins_now.contains(&d) {
+                        continue;
+                    }
+                    let m = expr.filter.as_ref().is_none_or(|f| naive::matches(t, f));
+                    assert_eq!(
+                        seen.get(&d).copied().unwrap_or(0),
+                        m as u32,
+                        "{d} {expr} {strategy:?} {page_size}"
+                    );
+                }
+                assert!(round > 0, "{expr} {page_size}");
+            }
+        }
+    }
+}
+
+#[test]
+fn probe_nested_names() {
+    let mut reg = Registry::new();
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("a.b".to_owned(), ServiceValue::from(1));
+    let r = reg.create(Twin::new(id("x")).with_service_property("cfg", ServiceValue::Object(m)));
+    println!("dotted member: {r:?}");
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("".to_owned(), ServiceValue::from(1));
+    let r = reg.create(Twin::new(id("y")).with_service_property("cfg", ServiceValue::Object(m)));
+    println!("empty member: {r:?}");
+    let mut inner = std::collections::BTreeMap::new();
+    inner.insert("b".to_owned(), ServiceValue::from(2));
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("a".to_owned(), ServiceValue::Object(inner));
+    let r = reg.create(Twin::new(id("z")).with_service_property("cfg", ServiceValue::Object(m)));
+    println!("nested: {r:?}");
+    let mut m = std::collections::BTreeMap::new();
+    m.insert("a".to_owned(), ServiceValue::Object(Default::default()));
+    let r = reg.create(Twin::new(id("w")).with_service_property("cfg", ServiceValue::Object(m)));
+    println!("empty object: {r:?}");
+    for t in reg.iter() {
+        println!("{}", serde_json::to_string(&t).unwrap());
+    }
+    let e = QueryExpression::new()
+        .project(Projection::properties([
+            QueryProperty::service("cfg"),
+            QueryProperty::service("cfg.a"),
+            QueryProperty::service("cfg.a.b"),
+        ]))
+        .sort(SortKey::asc(QueryProperty::service("cfg.a.b")));
+    println!("{}", same_everywhere(&reg, &e, 10, None)[0]);
+    let e = QueryExpression::new().filter(QueryProperty::service("cfg.a").exists());
+    println!("{}", same_everywhere(&reg, &e, 10, None)[0]);
+}
+
+/// `Literal`: "a literal made with `From<f64>` from [NaN or infinity] is refused when the
+/// expression is validated or run" (issue #19 item 1: such a literal used to mean 0).
+/// Its text and its JSON must not carry a different, valid meaning either: the canonical
+/// text wrote a non-finite float as `null`, so `eq(NaN)` printed, sent as JSON (the
+/// `Serialize` impl) and parsed back became `eq null` ("the property is missing") and
+/// `ne(inf)` became `ne null` ("it exists"), both valid queries matching twins.
+#[test]
+fn a_non_finite_literal_never_prints_as_a_valid_query() {
+    let mut reg = Registry::new();
+    reg.create(Twin::new(id("has")).with_device_property("/9/0/1", 1, ts(0)))
+        .unwrap();
+    reg.create(Twin::new(id("lacks"))).unwrap();
+    let p = || QueryProperty::device("/9/0/1");
+    for (expr, name) in [
+        (QueryExpression::new().filter(p().eq(f64::NAN)), "eq NaN"),
+        (
+            QueryExpression::new().filter(p().ne(f64::INFINITY)),
+            "ne inf",
+        ),
+        (
+            QueryExpression::new().filter(p().eq(f64::NEG_INFINITY)),
+            "eq -inf",
+        ),
+        (
+            QueryExpression::new().filter(Filter::all_of([p().exists(), p().ne(f64::NAN)])),
+            "and",
+        ),
+    ] {
+        assert_eq!(expr.validate(), Err(InvalidExpression::NotFinite), "{name}");
+        assert!(query::execute(&reg, &expr, &QueryOptions::default()).is_err());
+        let text = expr.to_string();
+        assert!(
+            query::parse(&text).is_err(),
+            "{name}: the text of an invalid expression parses: {text}"
+        );
+        assert!(
+            serde_json::to_string(&expr).is_err(),
+            "{name}: an invalid expression serialises"
+        );
+        // Debug still shows what was built.
+        let debug = format!("{expr:?}").to_lowercase();
+        assert!(debug.contains("inf") || debug.contains("nan"), "{debug}");
+    }
+}

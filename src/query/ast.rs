@@ -256,7 +256,9 @@ impl QueryProperty {
 /// fractions, exponents, and integers beyond the `u64` range). JSON cannot write `NaN` or
 /// infinities: [`Literal::number`] refuses them, and a literal made with `From<f64>` from
 /// one is refused when the expression is validated or run
-/// ([`InvalidExpression::NotFinite`](super::InvalidExpression::NotFinite)). Float literals
+/// ([`InvalidExpression::NotFinite`](super::InvalidExpression::NotFinite)); its text is
+/// `NaN`, `Infinity` or `-Infinity`, which no JSON parser takes (so such an expression
+/// neither parses back nor serialises, rather than mean something else). Float literals
 /// print with a fraction or exponent (`1.0`), so printing and parsing give back the same
 /// variant. Integer and float literals of equal value match the same twins.
 #[derive(Clone, Debug, PartialEq)]
@@ -1024,7 +1026,12 @@ impl fmt::Display for Literal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Literal::Bool(b) => write!(f, "{b}"),
-            Literal::Number(n) if !n.is_finite() => f.write_str("null"),
+            // Not JSON, on purpose: an invalid expression's text must not parse as
+            // another, valid one (`null` would: `eq null` is "missing").
+            Literal::Number(n) if n.is_nan() => f.write_str("NaN"),
+            Literal::Number(n) if !n.is_finite() => {
+                f.write_str(if *n > 0.0 { "Infinity" } else { "-Infinity" })
+            }
             Literal::Number(n) => {
                 let mut s = String::new();
                 write_json_number(&mut s, *n)?;
