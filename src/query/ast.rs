@@ -261,7 +261,7 @@ impl QueryProperty {
 /// neither parses back nor serialises, rather than mean something else). Float literals
 /// print with a fraction or exponent (`1.0`), so printing and parsing give back the same
 /// variant. Integer and float literals of equal value match the same twins.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Literal {
     /// A boolean.
     Bool(bool),
@@ -270,11 +270,28 @@ pub enum Literal {
     /// An integer, exact.
     Integer(i64),
     /// An integer above `i64::MAX`, exact (the parser and `From<u64>` make one only
-    /// there; a smaller value matches what the equal [`Literal::Integer`] matches, but
-    /// prints as that integer, so it does not parse back to `Unsigned`).
+    /// there; a smaller value is equal to, hashes as, prints as and matches what the
+    /// equal [`Literal::Integer`] does, and parses back as that `Integer`).
     Unsigned(u64),
     /// A string.
     String(String),
+}
+
+/// Variant by variant, but an `Unsigned` in the `i64` range equals the `Integer` it
+/// prints as (and `0.0 == -0.0`).
+impl PartialEq for Literal {
+    fn eq(&self, other: &Literal) -> bool {
+        match (self, other) {
+            (Literal::Bool(a), Literal::Bool(b)) => a == b,
+            (Literal::Number(a), Literal::Number(b)) => a == b,
+            (Literal::Integer(a), Literal::Integer(b)) => a == b,
+            (Literal::Unsigned(a), Literal::Unsigned(b)) => a == b,
+            (Literal::Integer(i), Literal::Unsigned(u))
+            | (Literal::Unsigned(u), Literal::Integer(i)) => u64::try_from(*i) == Ok(*u),
+            (Literal::String(a), Literal::String(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Eq for Literal {}
@@ -286,7 +303,11 @@ impl std::hash::Hash for Literal {
             // `-0.0 == 0.0`, so both hash as 0.0.
             Literal::Number(n) => (1u8, (n + 0.0).to_bits()).hash(state),
             Literal::Integer(i) => (3u8, i).hash(state),
-            Literal::Unsigned(u) => (4u8, u).hash(state),
+            // As the equal `Integer` where there is one.
+            Literal::Unsigned(u) => match i64::try_from(*u) {
+                Ok(i) => (3u8, i).hash(state),
+                Err(_) => (4u8, u).hash(state),
+            },
             Literal::String(s) => (2u8, s).hash(state),
         }
     }
