@@ -185,7 +185,7 @@ impl<'a> ExpressionSource<'a> {
             } else {
                 // Tags too, now and then (`scalar_property` never names them).
                 Projection::properties((0..1 + self.below(3)).map(|_| {
-                    if self.byte() % 5 == 0 {
+                    if self.byte().is_multiple_of(5) {
                         QueryProperty::tags()
                     } else {
                         self.scalar_property()

@@ -7,24 +7,38 @@ use super::error::{InvalidExpression, Origin, Span};
 
 /// Bounds on what one query expression may contain. The parser and
 /// [`QueryExpression::validate`] enforce them, so an expression that passed either can be
-/// lowered and run without unbounded work.
+/// lowered and run without unbounded work. Each is a count that is allowed exactly (`n`
+/// sort keys pass `max_sort_keys: n`); one more is refused with the error named below
+/// (`TooMany` carries the limit and what it counts). Running a query ([`execute`],
+/// [`count`]) checks [`QueryLimits::DEFAULT`], whatever limits parsed it.
+///
+/// [`execute`]: crate::query::execute
+/// [`count`]: crate::query::count
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueryLimits {
-    /// Longest query text, in bytes.
+    /// Longest query text, in bytes (whitespace included); past it
+    /// [`ParseErrorKind::InputTooLarge`](super::ParseErrorKind::InputTooLarge), and an
+    /// input whose canonical text would be longer is
+    /// [`ParseErrorKind::CanonicalTooLarge`](super::ParseErrorKind::CanonicalTooLarge).
     pub max_input_bytes: usize,
-    /// Deepest nesting of logical filters (a lone comparison has depth 1).
+    /// Deepest nesting of logical filters (a lone comparison has depth 1, so `n` allows
+    /// `n - 1` logicals around a comparison); past it
+    /// [`InvalidExpression::TooDeep`]. The parser never goes past
+    /// [`MAX_QUERY_DEPTH`](crate::query::MAX_QUERY_DEPTH).
     pub max_depth: usize,
-    /// Most filter nodes (comparisons and logicals) in one expression.
+    /// Most filter nodes (comparisons and logicals) in one expression; past it
+    /// `TooMany { what: "filters" }`.
     pub max_filters: usize,
-    /// Most items in one comparison's list value.
+    /// Most items in one comparison's list value; past it `TooMany { what: "list items" }`.
     pub max_list_items: usize,
-    /// Most projected properties.
+    /// Most projected properties; past it `TooMany { what: "projected properties" }`.
     pub max_projection: usize,
-    /// Most aggregate keys.
+    /// Most aggregate keys; past it `TooMany { what: "aggregate keys" }`.
     pub max_aggregate_keys: usize,
-    /// Most aggregate columns.
+    /// Most aggregate columns; past it `TooMany { what: "aggregate columns" }`.
     pub max_aggregate_columns: usize,
-    /// Most sort keys.
+    /// Most sort keys (never more than [`MAX_SORT_KEYS`](crate::query::MAX_SORT_KEYS));
+    /// past it `TooMany { what: "sort keys" }`.
     pub max_sort_keys: usize,
 }
 
