@@ -73,6 +73,11 @@ const VOCABULARY: Vocabulary = Vocabulary {
         Literal::Unsigned(9_223_372_036_854_775_809),
         Literal::Number(9_223_372_036_854_775_808.0),
         Literal::Unsigned(u64::MAX),
+        // The ends of the exact range and floats beyond it (`/10/0/1` holds them too).
+        Literal::Integer(i64::MIN),
+        Literal::Number(-0.0),
+        Literal::Number(1e300),
+        Literal::Number(0.5),
     ],
     invalid: false,
 };
@@ -91,7 +96,7 @@ fn twin(n: u8, bytes: &[u8; 10]) -> Twin {
         t = t.with_device_property("BatteryLevel", (bytes[3] % 6) as i64 * 20, ts(2));
     }
     // Integers beside the floats nearest them, and floats written like integers.
-    let memory: Option<Scalar> = match (bytes[1] / 3) % 10 {
+    let memory: Option<Scalar> = match (bytes[1] / 3) % 14 {
         0 => Some(Scalar::from(9_007_199_254_740_992i64)),
         1 => Some(Scalar::from(9_007_199_254_740_993i64)),
         2 => Some(Scalar::from(9_007_199_254_740_992.0)),
@@ -101,6 +106,12 @@ fn twin(n: u8, bytes: &[u8; 10]) -> Twin {
         6 => Some(Scalar::from(u64::MAX)),
         7 => Some(Scalar::from(2.0)),
         8 => Some(Scalar::from(-1)),
+        // Sums that leave the i64 range downwards, integral floats beyond u64 (a float
+        // sum), a fraction beside big integers, and -0.0 beside 0.
+        9 => Some(Scalar::from(i64::MIN)),
+        10 => Some(Scalar::from(1e300)),
+        11 => Some(Scalar::from(0.5)),
+        12 => Some(Scalar::from(-0.0)),
         _ => None,
     };
     if let Some(v) = memory {
@@ -164,7 +175,7 @@ fn twin(n: u8, bytes: &[u8; 10]) -> Twin {
 /// One random write, applied to the registry (rejected writes change nothing).
 fn update(reg: &mut Registry, op: &[u8; 4]) {
     let id = format!("d{:02}", op[1] % 24);
-    let _ = match op[0] % 9 {
+    let _ = match op[0] % 10 {
         0 => reg
             .report_device_property(
                 &id,
@@ -200,6 +211,23 @@ fn update(reg: &mut Registry, op: &[u8; 4]) {
             .remove_tags(&id, &[TAGS[op[2] as usize % 4]], None)
             .map(|_| ()),
         7 => reg.remove(&id).map(|_| ()),
+        // One value in another written form (`2` for `2.0`), or an extreme.
+        8 => reg
+            .report_device_property(
+                &id,
+                "/10/0/1",
+                [
+                    Scalar::from(2),
+                    Scalar::from(2.0),
+                    Scalar::from(i64::MIN),
+                    Scalar::from(u64::MAX),
+                    Scalar::from(9_007_199_254_740_992.0),
+                    Scalar::from(0.0),
+                ][op[2] as usize % 6]
+                    .clone(),
+                ts(9),
+            )
+            .map(|_| ()),
         _ => reg
             .create(twin(
                 op[1] % 24,
@@ -275,22 +303,50 @@ fn check_all(reg: &Registry, exprs: &[QueryExpression]) {
     }
 }
 
+/// `filter` under `layers` more levels of alternating `and`, `not` and `or` (one operand
+/// each, so no flattening or double negation removes them): the same set of twins,
+/// nested as deep as the limits allow.
+fn nest(mut filter: Filter, layers: usize) -> Filter {
+    for n in 0..layers {
+        filter = match n % 4 {
+            0 => Filter::all_of([filter]),
+            1 | 3 => !filter,
+            _ => Filter::any_of([filter]),
+        };
+    }
+    filter
+}
+
+/// 160 cases unless `PROPTEST_CASES` says otherwise.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(160)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(160))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn executor_equals_naive_evaluator(
         devices in proptest::collection::btree_map(0u8..24, any::<[u8; 10]>(), 0..24),
         queries in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..48), 1..6),
         updates in proptest::collection::vec(any::<[u8; 4]>(), 0..16),
+        layers in prop_oneof![3 => Just(0usize), 1 => 0usize..=28],
     ) {
         let mut reg = Registry::new();
         for (n, bytes) in &devices {
             reg.create(twin(*n, bytes)).unwrap();
         }
+        // Generated filters nest at most 4 deep; `layers` takes some to the limit (32).
         let exprs: Vec<QueryExpression> = queries
             .iter()
-            .map(|q| ExpressionSource::new(q, VOCABULARY).expression())
+            .map(|q| {
+                let mut e = ExpressionSource::new(q, VOCABULARY).expression();
+                e.filter = e.filter.map(|f| nest(f, layers));
+                e
+            })
             .collect();
         check_all(&reg, &exprs);
         for op in &updates {

@@ -183,7 +183,14 @@ impl<'a> ExpressionSource<'a> {
             q.project = Some(if self.byte() & 1 == 0 {
                 Projection::all()
             } else {
-                Projection::properties((0..1 + self.below(3)).map(|_| self.scalar_property()))
+                // Tags too, now and then (`scalar_property` never names them).
+                Projection::properties((0..1 + self.below(3)).map(|_| {
+                    if self.byte().is_multiple_of(5) {
+                        QueryProperty::tags()
+                    } else {
+                        self.scalar_property()
+                    }
+                }))
             });
         }
         if !aggregate {

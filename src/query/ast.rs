@@ -7,24 +7,38 @@ use super::error::{InvalidExpression, Origin, Span};
 
 /// Bounds on what one query expression may contain. The parser and
 /// [`QueryExpression::validate`] enforce them, so an expression that passed either can be
-/// lowered and run without unbounded work.
+/// lowered and run without unbounded work. Each is a count that is allowed exactly (`n`
+/// sort keys pass `max_sort_keys: n`); one more is refused with the error named below
+/// (`TooMany` carries the limit and what it counts). Running a query ([`execute`],
+/// [`count`]) checks [`QueryLimits::DEFAULT`], whatever limits parsed it.
+///
+/// [`execute`]: crate::query::execute
+/// [`count`]: crate::query::count
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueryLimits {
-    /// Longest query text, in bytes.
+    /// Longest query text, in bytes (whitespace included); past it
+    /// [`ParseErrorKind::InputTooLarge`](super::ParseErrorKind::InputTooLarge), and an
+    /// input whose canonical text would be longer is
+    /// [`ParseErrorKind::CanonicalTooLarge`](super::ParseErrorKind::CanonicalTooLarge).
     pub max_input_bytes: usize,
-    /// Deepest nesting of logical filters (a lone comparison has depth 1).
+    /// Deepest nesting of logical filters (a lone comparison has depth 1, so `n` allows
+    /// `n - 1` logicals around a comparison); past it
+    /// [`InvalidExpression::TooDeep`]. The parser never goes past
+    /// [`MAX_QUERY_DEPTH`](crate::query::MAX_QUERY_DEPTH).
     pub max_depth: usize,
-    /// Most filter nodes (comparisons and logicals) in one expression.
+    /// Most filter nodes (comparisons and logicals) in one expression; past it
+    /// `TooMany { what: "filters" }`.
     pub max_filters: usize,
-    /// Most items in one comparison's list value.
+    /// Most items in one comparison's list value; past it `TooMany { what: "list items" }`.
     pub max_list_items: usize,
-    /// Most projected properties.
+    /// Most projected properties; past it `TooMany { what: "projected properties" }`.
     pub max_projection: usize,
-    /// Most aggregate keys.
+    /// Most aggregate keys; past it `TooMany { what: "aggregate keys" }`.
     pub max_aggregate_keys: usize,
-    /// Most aggregate columns.
+    /// Most aggregate columns; past it `TooMany { what: "aggregate columns" }`.
     pub max_aggregate_columns: usize,
-    /// Most sort keys.
+    /// Most sort keys (never more than [`MAX_SORT_KEYS`](crate::query::MAX_SORT_KEYS));
+    /// past it `TooMany { what: "sort keys" }`.
     pub max_sort_keys: usize,
 }
 
@@ -256,10 +270,12 @@ impl QueryProperty {
 /// fractions, exponents, and integers beyond the `u64` range). JSON cannot write `NaN` or
 /// infinities: [`Literal::number`] refuses them, and a literal made with `From<f64>` from
 /// one is refused when the expression is validated or run
-/// ([`InvalidExpression::NotFinite`](super::InvalidExpression::NotFinite)). Float literals
+/// ([`InvalidExpression::NotFinite`](super::InvalidExpression::NotFinite)); its text is
+/// `NaN`, `Infinity` or `-Infinity`, which no JSON parser takes (so such an expression
+/// neither parses back nor serialises, rather than mean something else). Float literals
 /// print with a fraction or exponent (`1.0`), so printing and parsing give back the same
 /// variant. Integer and float literals of equal value match the same twins.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Literal {
     /// A boolean.
     Bool(bool),
@@ -268,11 +284,28 @@ pub enum Literal {
     /// An integer, exact.
     Integer(i64),
     /// An integer above `i64::MAX`, exact (the parser and `From<u64>` make one only
-    /// there; a smaller value matches what the equal [`Literal::Integer`] matches, but
-    /// prints as that integer, so it does not parse back to `Unsigned`).
+    /// there; a smaller value is equal to, hashes as, prints as and matches what the
+    /// equal [`Literal::Integer`] does, and parses back as that `Integer`).
     Unsigned(u64),
     /// A string.
     String(String),
+}
+
+/// Variant by variant, but an `Unsigned` in the `i64` range equals the `Integer` it
+/// prints as (and `0.0 == -0.0`).
+impl PartialEq for Literal {
+    fn eq(&self, other: &Literal) -> bool {
+        match (self, other) {
+            (Literal::Bool(a), Literal::Bool(b)) => a == b,
+            (Literal::Number(a), Literal::Number(b)) => a == b,
+            (Literal::Integer(a), Literal::Integer(b)) => a == b,
+            (Literal::Unsigned(a), Literal::Unsigned(b)) => a == b,
+            (Literal::Integer(i), Literal::Unsigned(u))
+            | (Literal::Unsigned(u), Literal::Integer(i)) => u64::try_from(*i) == Ok(*u),
+            (Literal::String(a), Literal::String(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Eq for Literal {}
@@ -284,7 +317,11 @@ impl std::hash::Hash for Literal {
             // `-0.0 == 0.0`, so both hash as 0.0.
             Literal::Number(n) => (1u8, (n + 0.0).to_bits()).hash(state),
             Literal::Integer(i) => (3u8, i).hash(state),
-            Literal::Unsigned(u) => (4u8, u).hash(state),
+            // As the equal `Integer` where there is one.
+            Literal::Unsigned(u) => match i64::try_from(*u) {
+                Ok(i) => (3u8, i).hash(state),
+                Err(_) => (4u8, u).hash(state),
+            },
             Literal::String(s) => (2u8, s).hash(state),
         }
     }
@@ -1024,7 +1061,12 @@ impl fmt::Display for Literal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Literal::Bool(b) => write!(f, "{b}"),
-            Literal::Number(n) if !n.is_finite() => f.write_str("null"),
+            // Not JSON, on purpose: an invalid expression's text must not parse as
+            // another, valid one (`null` would: `eq null` is "missing").
+            Literal::Number(n) if n.is_nan() => f.write_str("NaN"),
+            Literal::Number(n) if !n.is_finite() => {
+                f.write_str(if *n > 0.0 { "Infinity" } else { "-Infinity" })
+            }
             Literal::Number(n) => {
                 let mut s = String::new();
                 write_json_number(&mut s, *n)?;
