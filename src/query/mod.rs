@@ -100,7 +100,7 @@
 //!   engines put them first when ascending).
 //! - **Aggregates**: `count` without a property is the group's size, with one the number
 //!   of twins that have it; `sum` and `avg` take numbers only (an integer sum is exact,
-//!   beyond the `u64` range the nearest float; a float sum whose result is beyond `f64`
+//!   outside `i64::MIN..=u64::MAX` the nearest float; a float sum whose result is beyond `f64`
 //!   is [`QueryError::AggregateOverflow`], however large its parts; over no numbers
 //!   `null`); `min`/`max` use the scalar
 //!   order over every value. A column may not share a key's name, nor a key be given
