@@ -153,3 +153,146 @@ fn skipped_ranges_merge_and_go_once_the_feed_dropped_past_them() {
     );
     reg.validate().unwrap();
 }
+
+#[cfg(feature = "memory-fleet")]
+mod hub {
+    use super::id;
+    use twinhub::hub::{Hub, SubscribeOptions};
+    use twinhub::registry::{Registry, RegistryError, SharedRegistry, seq_start_at};
+    use twinhub::transport::memory::{MemoryConfig, MemoryTransport};
+    use twinhub::twin::{Etag, ServiceValue, Twin};
+    use twinhub::{Scalar, Timestamp};
+
+    fn start(registry: SharedRegistry) -> Hub {
+        Hub::builder()
+            .shared_registry(registry)
+            .transport(MemoryTransport::new(MemoryConfig::default()))
+            .build()
+            .unwrap()
+    }
+
+    /// One run of a service: a twin the program creates before the hub starts, one it
+    /// creates through the hub, and a service property set on it. Returns the hub, the
+    /// etags a service holds after (the first twin's and the second's service etag) and
+    /// the newest number an event stream would have given it.
+    fn run() -> (Hub, Etag, Etag, u64) {
+        let mut registry = Registry::new();
+        registry.create(Twin::new(id("pre"))).unwrap();
+        let hub = start(SharedRegistry::new(registry));
+        hub.create_device(Twin::new(id("d"))).unwrap();
+        let etag_d = hub
+            .set_service_property(
+                "d",
+                "owner",
+                Some(ServiceValue::Scalar(Scalar::from("ops"))),
+                None,
+            )
+            .unwrap();
+        let etag_pre = hub.twin("pre").unwrap().service_properties.etag;
+        let newest = hub.registry().read().last_seq();
+        (hub, etag_pre, etag_d, newest)
+    }
+
+    /// The same program run twice: the second run refuses the first run's resume point
+    /// with a gap and its etags with a failed precondition. Before, both runs numbered
+    /// from 1: the second run's `d` had the first run's etag and `after(newest)` resumed
+    /// silently against the other history.
+    #[test]
+    fn a_restarted_hub_refuses_the_first_runs_resume_point_and_etags() {
+        let (first, etag_pre, etag_d, newest) = run();
+        first.stop();
+        drop(first);
+        let (second, _, _, _) = run();
+        // More changes in the second run than in the first (before, its range covered
+        // the first run's numbers).
+        for i in 0..3 {
+            second.add_tags("d", &[&format!("t{i}")], None).unwrap();
+        }
+        assert!(second.registry().read().last_seq() > newest);
+        let gap = second
+            .subscribe(SubscribeOptions::twins_only().after(newest))
+            .err()
+            .unwrap_or_else(|| panic!("after({newest}) of the first run was accepted"));
+        assert!(gap.resume_after() < newest, "{gap}");
+        assert!(second.changes_after(newest).is_err());
+        // A subscription from the gap's resume point gets the second run's changes.
+        let sub = second
+            .subscribe(SubscribeOptions::twins_only().after(gap.resume_after()))
+            .unwrap();
+        assert!(!sub.is_empty());
+        for (device, etag) in [("pre", etag_pre), ("d", etag_d)] {
+            let got = second.set_service_property(
+                device,
+                "owner",
+                Some(ServiceValue::Scalar(Scalar::from("intruder"))),
+                Some(etag),
+            );
+            assert!(
+                matches!(got, Err(RegistryError::PreconditionFailed { .. })),
+                "{device}: the first run's etag {etag} was accepted: {got:?}"
+            );
+            assert!(matches!(
+                second.add_tags(device, &["intruder"], Some(etag)),
+                Err(RegistryError::PreconditionFailed { .. })
+            ));
+            let twin = second.twin(device).unwrap();
+            assert!(twin.etag.0 > newest && twin.generation_id.0 > newest);
+        }
+        second.registry().read().validate().unwrap();
+    }
+
+    /// The numbers come from the clock when the hub starts: 1,000 a millisecond.
+    #[test]
+    fn a_hub_without_a_store_numbers_from_the_clock() {
+        let before = seq_start_at(Timestamp::now());
+        let hub = start(SharedRegistry::default());
+        let first = hub.registry().read().last_seq();
+        assert!(first >= before, "{first} < {before}");
+        assert!(first < 1 << 53);
+        hub.create_device(Twin::new(id("a"))).unwrap();
+        assert_eq!(hub.changes_after(first).unwrap()[0].seq, first + 1);
+    }
+
+    /// Once per registry: a hub started beside (or after) another on the same registry
+    /// keeps its numbers, so the first hub's consumers and etags stay valid.
+    #[test]
+    fn a_second_hub_on_the_same_registry_keeps_its_numbers() {
+        let registry = SharedRegistry::default();
+        let first = start(registry.clone());
+        first.create_device(Twin::new(id("d"))).unwrap();
+        let etag = first.twin("d").unwrap().service_properties.etag;
+        let newest = registry.read().last_seq();
+        let second = start(registry.clone());
+        assert_eq!(registry.read().last_seq(), newest);
+        assert_eq!(second.twin("d").unwrap().service_properties.etag, etag);
+        first.stop();
+        drop(first);
+        let third = start(registry.clone());
+        assert_eq!(registry.read().last_seq(), newest);
+        assert!(
+            third
+                .subscribe(SubscribeOptions::twins_only().after(newest))
+                .is_ok()
+        );
+        third.add_tags("d", &["x"], Some(etag)).unwrap();
+        drop(second);
+    }
+
+    /// A hub stopped in this process with numbers ahead of the clock (here: a registry
+    /// the program moved far ahead) is followed by one that starts past them: within a
+    /// process the rule does not depend on the clock.
+    #[test]
+    fn a_hub_starts_past_the_numbers_of_one_stopped_in_this_process() {
+        let ahead = seq_start_at(Timestamp::now()) + 1_000_000_000_000;
+        let mut registry = Registry::new();
+        registry.continue_after(ahead).unwrap();
+        let first = start(SharedRegistry::new(registry));
+        first.create_device(Twin::new(id("d"))).unwrap();
+        let newest = first.registry().read().last_seq();
+        assert_eq!(newest, ahead + 1, "a registry already past the clock stays");
+        drop(first);
+        let second = start(SharedRegistry::default());
+        assert!(second.registry().read().last_seq() > newest);
+        assert!(second.changes_after(newest).is_err());
+    }
+}
