@@ -171,10 +171,12 @@ impl FeedGap {
 impl fmt::Display for FeedGap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.after > self.dropped_through {
+            // Past the newest number, or skipped (then more numbers follow): either way
+            // `dropped_through` is the newest number before `after`.
             return write!(
                 f,
-                "change feed gap: sequence {} is beyond the newest change ({}); it comes \
-                 from another history",
+                "change feed gap: sequence {} was never handed out by this history (the \
+                 newest number before it is {}); it comes from another history",
                 self.after, self.dropped_through
             );
         }
