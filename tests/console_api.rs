@@ -824,3 +824,68 @@ fn a_job_with_both_targets_and_a_query_is_refused() {
         "{err}"
     );
 }
+
+/// A hub without a store numbered its change feed, and its etags, from 1 again when
+/// restarted: a browser reconnecting with the first run's `Last-Event-ID` resumed
+/// against the second run's history (here, as caught up: it would have missed the second
+/// run's change), and a service's `If-Match` with the first run's etag was accepted
+/// against the second run's twin. The second run's numbers now start past the first's
+/// (from the clock): the id is 409 `feedGap` (the page reloads), the etag 412.
+#[test]
+fn a_restarted_hub_without_a_store_refuses_the_first_runs_event_id_and_etag() {
+    // One run: a change seen on the event stream, and the twin's etag after it.
+    let run = || {
+        let hub = quiet_hub();
+        let api = Api::new(&hub);
+        let stream = read_events_after(
+            &api,
+            "/api/events",
+            None,
+            Duration::from_secs(5),
+            |s| !s.messages.is_empty(),
+            || {
+                hub.add_tags("q1", &["seen"], None).unwrap();
+            },
+        );
+        assert_eq!(stream.messages.len(), 1, "{:?}", stream.messages);
+        let (status, headers, _) = api.call("GET", "/api/devices/q1", Body::empty(), &[]);
+        assert_eq!(status, StatusCode::OK);
+        let etag = headers[header::ETAG].to_str().unwrap().to_owned();
+        (hub, api, stream.last_event_id.unwrap(), etag)
+    };
+    let (first, _, last_event_id, etag) = run();
+    first.stop();
+    drop(first);
+    let (_second, api, _, _) = run();
+    let (status, _, body) = call_raw(
+        &api,
+        "GET",
+        "/api/events",
+        &[("last-event-id", &last_event_id)],
+    );
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "Last-Event-ID {last_event_id} of the first run: {body}"
+    );
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"], "feedGap", "{body}");
+    let (status, _, body) = api.call(
+        "PUT",
+        "/api/devices/q1/serviceProperties/Owner",
+        r#""intruder""#,
+        &[("if-match", &etag)],
+    );
+    assert_eq!(
+        status,
+        StatusCode::PRECONDITION_FAILED,
+        "the first run's etag {etag}: {body}"
+    );
+    let (status, _, _) = api.call(
+        "POST",
+        "/api/devices/q1/tags",
+        r#"["intruder"]"#,
+        &[("if-match", &etag)],
+    );
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+}

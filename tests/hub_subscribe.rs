@@ -179,18 +179,20 @@ fn a_slow_consumer_gets_a_lag_signal_and_resumes_without_gap_or_repeat() {
 #[test]
 fn resuming_from_changes_the_feed_dropped_is_a_gap_and_a_bulk_load_past_the_feed_lags() {
     let hub = memory_hub(Registry::with_feed_capacity(4));
+    // Where the hub's numbers start (from the clock: a hub has no store here).
+    let start = hub.registry().read().last_seq();
     let sub = hub.subscribe(SubscribeOptions::twins_only()).unwrap();
     for i in 0..6 {
         hub.create_device(Twin::new(id(&format!("d{i}")))).unwrap();
     }
     let gap = hub
-        .subscribe(SubscribeOptions::twins_only().after(0))
+        .subscribe(SubscribeOptions::twins_only().after(start))
         .unwrap_err();
-    assert_eq!(gap.resume_after(), 2);
+    assert_eq!(gap.resume_after(), start + 2);
     // Published after each write: the live subscriber saw all six.
     assert_eq!(
         twin_seqs(&collect(&sub, |s| s.len() == 6)),
-        [1, 2, 3, 4, 5, 6]
+        (start + 1..=start + 6).collect::<Vec<_>>()
     );
     // A write straight into the registry larger than the feed, published later: the
     // subscriber is told how many it missed and gets what the feed still holds.
@@ -205,13 +207,16 @@ fn resuming_from_changes_the_feed_dropped_is_a_gap_and_a_bulk_load_past_the_feed
         got[0],
         HubEvent::Lagged {
             missed: 6,
-            resume_after: 6
+            resume_after: start + 6
         }
     );
-    assert_eq!(twin_seqs(&got[1..]), [13, 14, 15, 16]);
+    assert_eq!(
+        twin_seqs(&got[1..]),
+        (start + 13..=start + 16).collect::<Vec<_>>()
+    );
     // Resuming inside what the feed dropped is a gap, not a silent skip.
     assert!(
-        hub.subscribe(SubscribeOptions::twins_only().after(6))
+        hub.subscribe(SubscribeOptions::twins_only().after(start + 6))
             .is_err()
     );
 }

@@ -403,8 +403,8 @@ fn change_feed_is_resumable_and_reports_gaps() {
     assert_eq!(ahead.resume_after(), 5);
     assert_eq!(
         ahead.to_string(),
-        "change feed gap: sequence 99 is beyond the newest change (5); it comes from \
-         another history"
+        "change feed gap: sequence 99 was never handed out by this history (the newest \
+         number before it is 5); it comes from another history"
     );
     reg.validate().unwrap();
 

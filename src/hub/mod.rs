@@ -71,6 +71,18 @@
 //! next registration Update, or when its registration moves without one
 //! ([`DeviceEvent::AddressChanged`]).
 //!
+//! **Numbers without a store.** A hub without a store starts its registry's change feed,
+//! and so its etags and generation ids, after a number from the clock, 1,000 per
+//! millisecond since the Unix epoch ([`seq_start_at`](crate::registry::seq_start_at)),
+//! and past the numbers of any such hub that stopped in this process; every twin the
+//! registry already held takes that number as its etags (see
+//! [`Registry::continue_after`]). So a restarted hub hands out none of its earlier run's
+//! numbers (unless that run averaged more than 1,000 a millisecond, or the clock went
+//! back): a consumer resuming after one of them gets a [`FeedGap`] (the console: 409
+//! `feedGap`), and an `If-Match` with an etag of the earlier run fails. This happens once
+//! per registry: a second hub on the same registry keeps its numbers. With a store, the
+//! store numbers past every restart instead.
+//!
 //! **Threads.** A `Hub` is `Clone + Send + Sync`: call it from as many threads as you like.
 //! Reads take the registry's read lock; a write returns once the twin and every index
 //! agree, so a query that starts after it sees it (read-your-writes).
@@ -331,7 +343,9 @@ pub struct HubConfig {
     /// `PublishError::Package(PackageError::Full)`.
     #[cfg(feature = "lwm2m")]
     pub package_limits: crate::lwm2m::server::PackageLimits,
-    /// A durable store (see [`crate::store`]); `None` keeps everything in memory only.
+    /// A durable store (see [`crate::store`]); `None` keeps everything in memory only
+    /// (the change feed's numbers and etags then start from the clock: see the module
+    /// docs, Numbers without a store).
     /// Start the hub with the registry [`Store::open`](crate::store::Store::open)
     /// returned; another registry is imported into the store (see
     /// [`Store::adopt`](crate::store::Store::adopt)); [`HubBuilder::build`] reports an
@@ -623,6 +637,9 @@ const MAX_BATCH: usize = 4096;
 impl Hub {
     /// Starts a hub over a running transport: `link` takes operations, `events` yields
     /// what the devices do. [`Hub::bind_udp`] and [`Hub::with_transport`] call this.
+    /// Without a store, `registry`'s change feed goes on after a number from the clock
+    /// first, its twins taking that number as their etags (see the module docs, Numbers
+    /// without a store).
     pub fn start(
         registry: Registry,
         link: Box<dyn DeviceLink>,
@@ -651,9 +668,17 @@ impl Hub {
         (local_addr, udp): (Option<SocketAddr>, Option<UdpSlot>),
         provisioned: Arc<AutoProvisioned>,
     ) -> Hub {
-        if let Some(store) = &config.store {
+        match &config.store {
             // A failure poisons the store: every later service write reports it.
-            let _ = store.lock().adopt(&mut registry.write());
+            Some(store) => {
+                let _ = store.lock().adopt(&mut registry.write());
+            }
+            // Without a store, the numbers start from the clock (see the registry's module
+            // docs, Numbers across restarts), past those of hubs stopped in this process.
+            None => registry.write().continue_after_clock(
+                Timestamp::now(),
+                STOPPED_THROUGH.load(Ordering::Acquire).saturating_add(1),
+            ),
         }
         // The job engine follows the sync observations instead of observing the same
         // paths a second time (a device may keep one observation per path).
@@ -1033,7 +1058,9 @@ impl Hub {
     }
 
     /// Changes after sequence number `after` (0 for all that the feed still holds); a
-    /// [`FeedGap`] when the feed dropped some of them or never reached `after`.
+    /// [`FeedGap`] when the feed dropped some of them or never handed `after` out (past
+    /// the newest; or skipped, as the numbers below where a hub without a store starts:
+    /// see the module docs, Numbers without a store).
     pub fn changes_after(&self, after: u64) -> Result<Vec<Change>, FeedGap> {
         let reg = self.inner.registry.read();
         reg.changes_after(after).map(|c| c.cloned().collect())
@@ -1210,12 +1237,26 @@ impl Hub {
     }
 }
 
+/// The newest sequence number a hub without a store had handed out when it stopped, the
+/// highest in this process: the next such hub's numbers start past it even when the clock
+/// has not moved on enough ([`Registry::continue_after_clock`]).
+static STOPPED_THROUGH: AtomicU64 = AtomicU64::new(0);
+
 impl Inner {
     fn stop(&self) {
         self.stop.store(true, Ordering::Release);
         self.link.stop();
         if let Some(t) = lock(&self.thread).take() {
             let _ = t.join();
+        }
+        if self.config.store.is_none() {
+            // Not waiting for the lock: the thread dropping the hub may hold it. What was
+            // published is then the newest number but for the last few writes.
+            let newest = match self.registry.try_read() {
+                Some(reg) => reg.last_seq(),
+                None => self.publisher.status().1,
+            };
+            STOPPED_THROUGH.fetch_max(newest, Ordering::AcqRel);
         }
         #[cfg(feature = "lwm2m")]
         if let Some(udp) = lock(&self.udp).take() {

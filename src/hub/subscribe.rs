@@ -161,8 +161,10 @@ pub struct SubscribeOptions {
     /// listens). The replay is not bounded by `capacity`, only by what the feed holds;
     /// with a store it replays committed changes only. A number the feed dropped, or one
     /// this history never handed out (from another history: beyond the newest number,
-    /// or on a hub restarted from a store one the store reserved that no change used),
-    /// makes [`Hub::subscribe`](super::Hub::subscribe) fail with a [`FeedGap`].
+    /// on a hub restarted from a store one the store reserved that no change used, or on
+    /// a hub without a store one below where its numbers start, as an earlier run's: see
+    /// the hub's module docs), makes [`Hub::subscribe`](super::Hub::subscribe) fail with
+    /// a [`FeedGap`].
     ///
     /// A number a store has not committed yet (a write straight through
     /// [`Hub::registry`](super::Hub::registry), or a write whose commit failed while the

@@ -1,7 +1,7 @@
 //! The change feed: an ordered, bounded, resumable log of what changed.
 
-use crate::DeviceId;
 use crate::twin::{ConnectionState, DeviceStatus, Scalar};
+use crate::{DeviceId, Timestamp};
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
@@ -53,7 +53,11 @@ pub enum ChangeKind {
 /// One change: its sequence number, the device, and what changed.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Change {
-    /// Strictly increasing across the registry, starting at 1.
+    /// Strictly increasing across the registry: from 1 in a new registry, or from the
+    /// number after the one it continues after ([`Registry::continue_after`]; a hub
+    /// without a store starts there from the clock, see [`seq_start_at`]).
+    ///
+    /// [`Registry::continue_after`]: super::Registry::continue_after
     pub seq: u64,
     /// The device.
     pub device: DeviceId,
@@ -144,7 +148,11 @@ impl serde::Serialize for Change {
 /// history: a registry that restarted without a store, say, and counts from 0 again.
 /// Answering "nothing yet" would silently skip every change until the count caught up
 /// with `after`, so it is a gap too, with `dropped_through` the newest change: the
-/// consumer resynchronises the same way.
+/// consumer resynchronises the same way. So is a number the registry skipped (a store's
+/// reserved and unused numbers, or those below where
+/// [`Registry::continue_after`](super::Registry::continue_after) moved it on, as a hub
+/// without a store does when it starts), with `dropped_through` the newest number before
+/// them.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct FeedGap {
     /// The sequence the consumer asked to read after.
@@ -163,10 +171,12 @@ impl FeedGap {
 impl fmt::Display for FeedGap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.after > self.dropped_through {
+            // Past the newest number, or skipped (then more numbers follow): either way
+            // `dropped_through` is the newest number before `after`.
             return write!(
                 f,
-                "change feed gap: sequence {} is beyond the newest change ({}); it comes \
-                 from another history",
+                "change feed gap: sequence {} was never handed out by this history (the \
+                 newest number before it is {}); it comes from another history",
                 self.after, self.dropped_through
             );
         }
@@ -181,14 +191,79 @@ impl fmt::Display for FeedGap {
 
 impl std::error::Error for FeedGap {}
 
+/// The highest number a registry continues after ([`Registry::continue_after`],
+/// [`seq_start_at`]): 2^52, so that the numbers of a history started there stay below
+/// 2^53, which a JSON number read as a double (JavaScript's `Number`, the console's page)
+/// carries exactly, for 2^52 more changes (142 years at a million changes a second).
+///
+/// [`Registry::continue_after`]: super::Registry::continue_after
+pub const MAX_SEQ_START: u64 = 1 << 52;
+
+/// How many sequence numbers [`seq_start_at`] gives each millisecond since the Unix
+/// epoch: 1,000.
+pub const SEQ_PER_MILLI: u64 = 1_000;
+
+/// Where a history that starts at `now` continues after (what a hub without a store
+/// passes to [`Registry::continue_after`]): 1,000 numbers
+/// per millisecond since the Unix epoch ([`SEQ_PER_MILLI`]), at most [`MAX_SEQ_START`]
+/// (reached in 2112: every later start is `MAX_SEQ_START`, and numbers may repeat
+/// across restarts again).
+///
+/// A run started at `t2` hands out no number of a run started earlier at `t1` if the
+/// earlier one handed out fewer than 1,000 numbers per millisecond between `t1` and
+/// `t2` (changes, and the etags they make: a hub's sustained rate is far below that),
+/// and the clock did not go back between them.
+///
+/// ```
+/// use twinhub::registry::{seq_start_at, MAX_SEQ_START};
+/// use twinhub::Timestamp;
+/// // 2026-01-01T00:00:00Z.
+/// let t = Timestamp::from_millis(1_767_225_600_000);
+/// assert_eq!(seq_start_at(t), 1_767_225_600_000_000);
+/// assert!(seq_start_at(t) < 1 << 53);
+/// assert_eq!(seq_start_at(Timestamp::from_millis(t.as_millis() + 1)), seq_start_at(t) + 1_000);
+/// assert_eq!(seq_start_at(Timestamp::MAX), MAX_SEQ_START);
+/// ```
+///
+/// [`Registry::continue_after`]: super::Registry::continue_after
+pub fn seq_start_at(now: Timestamp) -> u64 {
+    now.as_millis()
+        .saturating_mul(SEQ_PER_MILLI)
+        .min(MAX_SEQ_START)
+}
+
+/// [`Registry::continue_after`] was asked to continue after a number above
+/// [`MAX_SEQ_START`]; nothing changed.
+///
+/// [`Registry::continue_after`]: super::Registry::continue_after
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SeqStartError {
+    /// The number asked for.
+    pub requested: u64,
+}
+
+impl fmt::Display for SeqStartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot continue the change feed after {}: the most is {MAX_SEQ_START} (2^52), \
+             so that its numbers stay below 2^53",
+            self.requested
+        )
+    }
+}
+
+impl std::error::Error for SeqStartError {}
+
 /// The bounded ring of recent changes.
 #[derive(Debug)]
 pub(crate) struct ChangeFeed {
     ring: VecDeque<Change>,
     capacity: usize,
     dropped_through: u64,
-    /// Whether the ring was restored after a restart (then it may jump over numbers
-    /// that were reserved but never used).
+    /// Whether the ring was restored after a restart, or its registry continued after a
+    /// higher number (then it may jump over numbers that were reserved, or skipped, but
+    /// never used).
     restored: bool,
 }
 
@@ -243,6 +318,11 @@ impl ChangeFeed {
         for c in changes {
             self.push(c);
         }
+    }
+
+    /// From now on the numbers may jump (a registry continued after a higher number).
+    pub(crate) fn allow_jumps(&mut self) {
+        self.restored = true;
     }
 
     pub(crate) fn dropped_through(&self) -> u64 {

@@ -39,6 +39,22 @@
 //! becomes the etags it touches) and goes into a bounded ring; see
 //! [`Registry::changes_after`].
 //!
+//! **Numbers across restarts.** A new registry numbers from 1, so the same program run
+//! twice hands out the same numbers: deterministic, for tests and tools that use a
+//! registry alone. A service that outlives its numbers (a consumer resuming the feed
+//! after a number, an `If-Match` with an etag) must not meet them again in another
+//! history. A registry rebuilt by a store continues after every number the store ever
+//! handed out. Without a store, [`Registry::continue_after`] moves a registry's history
+//! on to start after a given number: the numbers skipped are never handed out (resuming
+//! after one is a [`FeedGap`]) and every twin takes that number as its generation id and
+//! etags (an `If-Match` with an etag from before fails). A hub without a store does this
+//! once, when it starts, with a number from the clock, [`seq_start_at`]: 1,000 numbers
+//! per millisecond since the Unix epoch (about 1.8 * 10^15 in 2026, below 2^53, which
+//! JSON readers that use doubles carry exactly). So a restarted hub's numbers lie above
+//! those of its earlier run, unless that run handed out more than 1,000 numbers a
+//! millisecond on average or the clock went back: a consumer's number from the earlier run
+//! is then below the new run's first, a gap, and an etag from it matches no twin.
+//!
 //! **Index access** (what the query engine reads; every answer is borrowed or cheap):
 //! [`universe`](Registry::universe), [`slot_of`](Registry::slot_of),
 //! [`twin_at`](Registry::twin_at), [`tag_bitmap`](Registry::tag_bitmap),
@@ -88,7 +104,9 @@ mod view;
 
 pub use bulk::{BulkLoad, NewDevice};
 pub(crate) use column::IdBits;
-pub use feed::{Change, ChangeKind, FeedGap};
+pub use feed::{
+    Change, ChangeKind, FeedGap, MAX_SEQ_START, SEQ_PER_MILLI, SeqStartError, seq_start_at,
+};
 pub use index::SlotSet;
 pub use restore::StoreFailure;
 pub use shared::SharedRegistry;
@@ -328,6 +346,9 @@ pub struct Registry {
     pub(crate) unused: Vec<(u64, u64)>,
     /// Which store opening rebuilt this registry (0: none); see `restore.rs`.
     pub(crate) origin: u64,
+    /// Whether a hub without a store already moved this registry on to a number from the
+    /// clock ([`Registry::continue_after_clock`]): a second hub on it keeps its numbers.
+    pub(crate) clock_started: bool,
     /// The latest removals, for the hub's job engine (see [`RemovalLog`]).
     pub(crate) removals: RemovalLog,
 }
@@ -447,6 +468,7 @@ impl Registry {
             feed: ChangeFeed::new(capacity),
             seq: 0,
             origin: 0,
+            clock_started: false,
             removals: RemovalLog::new(),
             unused: Vec::new(),
         }
@@ -526,6 +548,85 @@ impl Registry {
             });
         }
         self.feed.after(after)
+    }
+
+    /// Continues this registry's history after sequence number `seq` (see the [module
+    /// docs](self), Numbers across restarts): the next change is numbered `seq + 1`, and
+    /// [`Registry::last_seq`] is `seq`. The numbers strictly between the newest one before
+    /// and `seq` are never handed out: [`Registry::changes_after`] answers them with a
+    /// [`FeedGap`] whose [`resume_after`](FeedGap::resume_after) is the newest number
+    /// before (the changes the feed holds stay readable, after 0 too). Every twin takes
+    /// `seq` as its generation id, twin etag and service etag, so an `If-Match` with an
+    /// etag handed out before fails. No change is emitted.
+    ///
+    /// Returns whether the history moved: a `seq` at or below [`Registry::last_seq`]
+    /// changes nothing (a history never goes back). A `seq` above [`MAX_SEQ_START`]
+    /// (2^52) is refused with a [`SeqStartError`], and nothing changes.
+    ///
+    /// Each call that moves keeps one range of skipped numbers (16 bytes), merged with the
+    /// previous one when no change came between, and dropped once the feed has dropped
+    /// past it (a number below the feed's oldest is a gap anyway): at most the feed's
+    /// capacity + 1 ranges.
+    ///
+    /// ```
+    /// use twinhub::registry::{Registry, SeqStartError, MAX_SEQ_START};
+    /// use twinhub::{twin::Twin, DeviceId};
+    /// let mut reg = Registry::new();
+    /// reg.create(Twin::new(DeviceId::new("a")?))?;
+    /// assert_eq!(reg.get("a").unwrap().etag().0, 1);
+    /// assert!(reg.continue_after(1_000)?);
+    /// assert_eq!(reg.get("a").unwrap().etag().0, 1_000);
+    /// reg.create(Twin::new(DeviceId::new("b")?))?;
+    /// assert_eq!(reg.last_seq(), 1_001);
+    /// // Before the move, and after it, resume; a number skipped is a gap.
+    /// assert_eq!(reg.changes_after(0)?.map(|c| c.seq).collect::<Vec<_>>(), [1, 1_001]);
+    /// assert_eq!(reg.changes_after(1_000)?.count(), 1);
+    /// assert_eq!(reg.changes_after(500).err().unwrap().resume_after(), 1);
+    /// assert!(!reg.continue_after(7)?);
+    /// assert_eq!(
+    ///     reg.continue_after(MAX_SEQ_START + 1),
+    ///     Err(SeqStartError { requested: MAX_SEQ_START + 1 })
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn continue_after(&mut self, seq: u64) -> Result<bool, SeqStartError> {
+        if seq > MAX_SEQ_START {
+            return Err(SeqStartError { requested: seq });
+        }
+        if seq <= self.seq {
+            return Ok(false);
+        }
+        // A range the feed dropped past answers with a gap through the feed.
+        let dropped = self.feed.dropped_through();
+        self.unused.retain(|&(_, above)| above > dropped);
+        match self.unused.last_mut() {
+            // No change since the last move: one range (its start is skipped too).
+            Some((_, above)) if *above == self.seq => *above = seq,
+            _ if seq - self.seq >= 2 => self.unused.push((self.seq, seq)),
+            _ => {}
+        }
+        self.seq = seq;
+        self.feed.allow_jumps();
+        for e in self.slots.iter_mut().flatten() {
+            e.generation = seq;
+            e.etag = seq;
+            e.service_etag = seq;
+        }
+        Ok(true)
+    }
+
+    /// What a hub without a store does as it starts: continues after
+    /// [`seq_start_at`]`(now)`, or after `floor` (past the numbers of hubs that stopped in
+    /// this process) if that is higher, at most [`MAX_SEQ_START`]; once per registry (a
+    /// hub started later on the same registry, or beside the first, keeps its numbers:
+    /// they are one history already).
+    pub(crate) fn continue_after_clock(&mut self, now: Timestamp, floor: u64) {
+        if std::mem::replace(&mut self.clock_started, true) {
+            return;
+        }
+        let start = seq_start_at(now).max(floor).min(MAX_SEQ_START);
+        // Below the bound, so this cannot be refused.
+        let _ = self.continue_after(start);
     }
 
     /// How many changes the feed keeps.

@@ -38,6 +38,15 @@ impl SharedRegistry {
         self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A read guard if no writer holds the lock now (`None` otherwise: it does not wait).
+    pub(crate) fn try_read(&self) -> Option<RwLockReadGuard<'_, Registry>> {
+        match self.0.try_read() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// The write guard: exclusive.
     pub fn write(&self) -> RwLockWriteGuard<'_, Registry> {
         self.0.write().unwrap_or_else(|e| e.into_inner())

@@ -70,8 +70,9 @@ with sync_playwright() as p:
 
     # A live view the hub refuses to resume (409: the id it last saw is not in this hub's
     # history, as after a restart without a store) re-reads everything and subscribes
-    # afresh. Provoked by handing the page one made-up event whose id lies far beyond the
-    # hub's newest change, then ending that stream: the browser resumes from that id.
+    # afresh. Provoked by handing the page one made-up event whose id this hub never
+    # handed out (below where its numbers start, as an earlier run's would be), then
+    # ending that stream: the browser resumes from that id.
     statuses = []
     page.on(
         "response",
