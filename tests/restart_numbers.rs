@@ -102,7 +102,7 @@ fn continue_after_skips_numbers_and_renumbers_the_twins() {
     assert_eq!(reg.continue_after(5), Ok(false));
     assert_eq!(
         reg.continue_after(MAX_SEQ_START + 1),
-        Err(SeqStartError {
+        Err(SeqStartError::TooHigh {
             requested: MAX_SEQ_START + 1
         })
     );
@@ -378,4 +378,31 @@ mod hub {
         assert!(second.registry().read().last_seq() > newest);
         assert!(second.changes_after(newest).is_err());
     }
+}
+
+/// A store's registry is numbered by the store: moving it on by hand is refused (its
+/// twins' new etags would not be committed, and an earlier etag would come back after a
+/// restart), whether the store rebuilt it or adopted it.
+#[test]
+fn a_stores_registry_refuses_to_continue_after_another_number() {
+    use twinhub::store::{Store, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    reg.create(Twin::new(id("a"))).unwrap();
+    store.commit(&reg).unwrap();
+    let (etag, last) = (reg.get("a").unwrap().etag(), reg.last_seq());
+    assert_eq!(
+        reg.continue_after(last + 1_000),
+        Err(SeqStartError::StoreBacked)
+    );
+    assert_eq!(reg.get("a").unwrap().etag(), etag);
+    assert_eq!(reg.last_seq(), last);
+
+    let mut other = Registry::new();
+    other.create(Twin::new(id("b"))).unwrap();
+    store.adopt(&mut other).unwrap();
+    assert_eq!(
+        other.continue_after(other.last_seq() + 1_000),
+        Err(SeqStartError::StoreBacked)
+    );
 }

@@ -232,24 +232,35 @@ pub fn seq_start_at(now: Timestamp) -> u64 {
         .min(MAX_SEQ_START)
 }
 
-/// [`Registry::continue_after`] was asked to continue after a number above
-/// [`MAX_SEQ_START`]; nothing changed.
+/// Why [`Registry::continue_after`] refused to move a history on; nothing changed.
 ///
 /// [`Registry::continue_after`]: super::Registry::continue_after
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct SeqStartError {
-    /// The number asked for.
-    pub requested: u64,
+#[non_exhaustive]
+pub enum SeqStartError {
+    /// The number asked for is above [`MAX_SEQ_START`].
+    TooHigh {
+        /// The number asked for.
+        requested: u64,
+    },
+    /// The registry is a store's (rebuilt or adopted by one): its numbers are the store's
+    /// to hand out, and it already continues past every number the store handed out.
+    StoreBacked,
 }
 
 impl fmt::Display for SeqStartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "cannot continue the change feed after {}: the most is {MAX_SEQ_START} (2^52), \
-             so that its numbers stay below 2^53",
-            self.requested
-        )
+        match self {
+            SeqStartError::TooHigh { requested } => write!(
+                f,
+                "cannot continue the change feed after {requested}: the most is \
+                 {MAX_SEQ_START} (2^52), so that its numbers stay below 2^53"
+            ),
+            SeqStartError::StoreBacked => f.write_str(
+                "cannot continue a store's registry after another number: the store \
+                 numbers it past every restart",
+            ),
+        }
     }
 }
 

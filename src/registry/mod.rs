@@ -561,7 +561,9 @@ impl Registry {
     ///
     /// Returns whether the history moved: a `seq` at or below [`Registry::last_seq`]
     /// changes nothing (a history never goes back). A `seq` above [`MAX_SEQ_START`]
-    /// (2^52) is refused with a [`SeqStartError`], and nothing changes.
+    /// (2^52) is refused ([`SeqStartError::TooHigh`]), and so is a registry a store rebuilt
+    /// or adopted ([`SeqStartError::StoreBacked`]: the store numbers it past every restart
+    /// already, and would not keep the twins' new etags); nothing changes.
     ///
     /// Each call that moves keeps one range of skipped numbers (16 bytes), merged with the
     /// previous one when no change came between, and dropped once the feed has dropped
@@ -585,13 +587,16 @@ impl Registry {
     /// assert!(!reg.continue_after(7)?);
     /// assert_eq!(
     ///     reg.continue_after(MAX_SEQ_START + 1),
-    ///     Err(SeqStartError { requested: MAX_SEQ_START + 1 })
+    ///     Err(SeqStartError::TooHigh { requested: MAX_SEQ_START + 1 })
     /// );
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn continue_after(&mut self, seq: u64) -> Result<bool, SeqStartError> {
         if seq > MAX_SEQ_START {
-            return Err(SeqStartError { requested: seq });
+            return Err(SeqStartError::TooHigh { requested: seq });
+        }
+        if self.origin != 0 {
+            return Err(SeqStartError::StoreBacked);
         }
         if seq <= self.seq {
             return Ok(false);
