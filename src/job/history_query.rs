@@ -10,6 +10,12 @@
 //! `FailureReason`/`failureReason`. Times are RFC 3339 strings with milliseconds
 //! (`2016-04-29T12:00:00.000Z`); they compare correctly as strings written in that form.
 //!
+//! Paging follows the query module's rules (a record whose sort key does not change
+//! between two pages is never skipped or repeated, while jobs are created, progress and
+//! are dropped by retention). A continuation token is bound to the job history: a token
+//! from a twin query, even one with the same text, is refused with
+//! [`QueryError::ContinuationMismatch`], and a job history token by a twin query.
+//!
 //! A snapshot is built from the engine in one pass ([`JobEngine::history_snapshot`]) and
 //! answers every query from that one state; take a new one to see later changes.
 //!
@@ -446,6 +452,10 @@ impl IndexedSource for HistorySnapshot {
             }
         }
         Some(serde_json::Value::Object(out))
+    }
+
+    fn token_scope(&self) -> &'static str {
+        "jobHistory"
     }
 }
 

@@ -49,7 +49,7 @@ pub fn execute<'s, S: IndexedSource + ?Sized>(
     expr: &QueryExpression,
     options: &QueryOptions,
 ) -> Result<QueryResult<S::Document<'s>, S::Projected<'s>>, QueryError> {
-    let (fp, cursor) = check(expr, options)?;
+    let (fp, cursor) = check(expr, options, source.token_scope())?;
     let exec = Executor {
         source,
         strategy: options.strategy,
@@ -119,11 +119,13 @@ fn finish_page<'s, S: IndexedSource + ?Sized>(
     }
 }
 
-/// Validates the expression and the options; returns the query's fingerprint and the
-/// decoded cursor.
+/// Validates the expression and the options; returns the query's fingerprint (of its
+/// canonical text, over the source kind `scope`: see [`IndexedSource::token_scope`]) and
+/// the decoded cursor.
 pub(crate) fn check(
     expr: &QueryExpression,
     options: &QueryOptions,
+    scope: &str,
 ) -> Result<(u64, Option<Cursor>), QueryError> {
     expr.validate()?;
     if options.page_size == 0 || options.page_size > MAX_PAGE_SIZE {
@@ -132,7 +134,13 @@ pub(crate) fn check(
             max: MAX_PAGE_SIZE,
         });
     }
-    let fp = fingerprint(&expr.to_string());
+    let text = expr.to_string();
+    // A canonical text starts with '{', so a scoped text never equals an unscoped one.
+    let fp = if scope.is_empty() {
+        fingerprint(&text)
+    } else {
+        fingerprint(&format!("{scope}\n{text}"))
+    };
     let cursor = match &options.continuation {
         None => None,
         Some(token) => {

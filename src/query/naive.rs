@@ -106,7 +106,7 @@ pub fn execute(
     expr: &QueryExpression,
     options: &QueryOptions,
 ) -> Result<QueryResult<Twin>, QueryError> {
-    let (fp, cursor) = check(expr, options)?;
+    let (fp, cursor) = check(expr, options, "")?;
     let selected: Vec<&Twin> = twins
         .iter()
         .filter(|t| expr.filter.as_ref().is_none_or(|f| matches(t, f)))

@@ -250,6 +250,15 @@ pub trait IndexedSource {
     ) -> Option<Self::Projected<'a>>;
     /// The projected properties resolved once for a whole page (what every row shares).
     fn projection(&self, properties: &[QueryProperty]) -> Self::Projection;
+    /// Which kind of document this source holds, bound into continuation tokens: a token
+    /// handed out over one kind of source is refused over another
+    /// ([`QueryError::ContinuationMismatch`](super::QueryError::ContinuationMismatch)),
+    /// even for the same query text, since its id and sort values mean nothing there.
+    /// Twins are `""` (their tokens are as they always were); every other kind names
+    /// itself (the job history is `"jobHistory"`).
+    fn token_scope(&self) -> &'static str {
+        ""
+    }
 }
 
 /// A query literal as a twin scalar.
