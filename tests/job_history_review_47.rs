@@ -242,7 +242,7 @@ fn cases() -> Vec<Case> {
         let t = t1.clone();
         out.push((
             logical("not", &[cmp("lt", name, &format!("\"{t1}\""))]),
-            Box::new(move |r| !f(r).is_some_and(|v| v < t)),
+            Box::new(move |r| f(r).is_none_or(|v| v >= t)),
         ));
     }
     // The aliases name the same fields.
@@ -706,4 +706,32 @@ fn the_deepest_expression_runs_over_the_job_history_on_a_small_stack() {
         })
         .unwrap();
     handle.join().unwrap();
+}
+
+// Promise wanted: a time literal in a form the crate's own `Timestamp` parser accepts
+// (`YYYY-MM-DDTHH:MM:SS[.fff]Z`) compares as the time it names, as Azure IoT Hub compares
+// job times. Fails on the code as reviewed: times are indexed as strings with
+// milliseconds, and '.' sorts before 'Z', so `StartTimeUtc gte "2016-04-29T12:00:00Z"`
+// leaves out jobs that started at 12:00:00.000 (and `lt` takes in 12:00:00.999), and `eq`
+// without milliseconds never matches. The module docs warn ("they compare correctly as
+// strings written in that form"), so this is a trap, not a broken promise. Needs: the
+// literals of comparisons on StartTimeUtc/EndTimeUtc rewritten to the canonical form before
+// planning (a source hook, since `execute` over a snapshot bypasses LiveHistory), with a
+// rule for sub-millisecond literals (`gte ...00.0005Z` must not become `gte ...00.000Z`).
+#[test]
+#[ignore = "time literals without milliseconds compare as strings; see the comment"]
+fn a_time_literal_without_milliseconds_compares_as_a_time() {
+    let (e, _) = fixture();
+    let s = e.history_snapshot();
+    let text = format!(
+        r#"{{"filter": {}}}"#,
+        cmp("gte", "StartTimeUtc", "\"2016-04-29T12:00:00Z\"")
+    );
+    let with_ms = format!(
+        r#"{{"filter": {}}}"#,
+        cmp("gte", "StartTimeUtc", "\"2016-04-29T12:00:00.000Z\"")
+    );
+    let want = page_ids(&s, &with_ms, MAX_PAGE_SIZE);
+    assert!(want.iter().any(|id| id == "j-a"), "{want:?}");
+    assert_eq!(page_ids(&s, &text, MAX_PAGE_SIZE), want);
 }
