@@ -781,6 +781,14 @@ impl JobSpec {
                 if values.iter().any(|(p, _)| p.depth() != 3) {
                     return bad("values", "must be resource paths /object/instance/resource");
                 }
+                // JSON (the spec's stored form) has no NaN or infinity: serde_json would
+                // write `null`, which reads back as no float at all.
+                if values
+                    .iter()
+                    .any(|(_, v)| matches!(v, ResourceValue::Float(x) if !x.is_finite()))
+                {
+                    return bad("values", "floats must be finite");
+                }
             }
             JobType::Reboot { .. } | JobType::FactoryReset { .. } => {}
         }

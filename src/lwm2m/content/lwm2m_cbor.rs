@@ -250,7 +250,8 @@ const EXACT_POW10: [f64; 23] = [
 ];
 
 /// A decimal fraction's `[exponent, mantissa]` as a float (after its tag), rounded once to
-/// the nearest f64; `None` when it is not one. `m * 10f64.powi(e)` rounds 10^e first
+/// the nearest f64; `None` when it is not one, or when its value is beyond the f64 range
+/// (`4([400, 9])` is no infinity; a value too small rounds to 0, as text does). `m * 10f64.powi(e)` rounds 10^e first
 /// (0.1 is not exact), so `4([-1, 3])` came out as 0.30000000000000004.
 fn decimal(d: &mut Decoder<'_>) -> Option<f64> {
     if d.array().ok()? != Some(2) {
@@ -271,7 +272,10 @@ fn decimal(d: &mut Decoder<'_>) -> Option<f64> {
         return Some(if exp < 0 { m / pow } else { m * pow });
     }
     // Else the decimal text, which Rust parses correctly rounded (at most ~25 bytes).
-    format!("{mantissa}e{exp}").parse().ok()
+    format!("{mantissa}e{exp}")
+        .parse()
+        .ok()
+        .filter(|x: &f64| x.is_finite())
 }
 
 pub(crate) fn decode(

@@ -25,6 +25,28 @@
 //! for a boolean, bytes for opaque, an object link for an object link; text is parsed as
 //! the type).
 //!
+//! **Numbers.** Integers are exact in every format, every `i64` and every `u64` (SenML
+//! JSON numbers are read as integers, never through an `f64`; a SenML base value is
+//! added exactly, and a sum outside `i64::MIN..=u64::MAX` is
+//! [`RecordProblem::NumberOutOfRange`]). A number takes the resource's type where it
+//! fits: a float with an integral value below 9e15 (`2.0`) in an Integer, Unsigned
+//! Integer or Time resource is an integer, an integer in a Float resource a float (which
+//! rounds above 2^53); one that does not fit keeps its own kind (`2.5` in an Integer
+//! resource is a float, `u64::MAX` an unsigned integer). Text is typed by its syntax
+//! (`"2.0"` is no Integer). Floats keep their bits (`-0.0` included). NaN and infinity:
+//! text and JSON cannot carry them; TLV and the CBOR formats (half, single or double
+//! precision) decode them as sent, a Float being an IEEE double (the hub's twin refuses
+//! such a value, as JSON has none). A number the format gives as finite whose value
+//! overflows an `f64` (a SenML base value plus a value, a decimal fraction
+//! `4([400, 9])`) is refused: [`RecordProblem::NumberOutOfRange`] for the record,
+//! [`ContentError::BadValue`] in LwM2M CBOR and plain CBOR. Encoding is exact: integers
+//! as they are, floats as the shortest decimal that reads back the same (text, JSON) or
+//! the shortest exact float (CBOR), 8 bytes in TLV. TLV integers, unsigned ones too, take
+//! the shortest width whose top bit is clear (only an unsigned above `i64::MAX` sets it),
+//! so a device that reads the resource as an Integer reads the same number. Text and
+//! JSON refuse to encode NaN or infinity ([`ContentError::UnencodableValue`]); TLV and
+//! CBOR send them.
+//!
 //! TLV carries no types on the wire: [`decode`] takes a type resolver (any
 //! `Fn(&Lwm2mPath) -> Option<ResourceType>`; [`standard_resource_type`] knows the objects
 //! 0, 1, 3, 5 and the vendor Config object 10241). A value whose type the resolver does

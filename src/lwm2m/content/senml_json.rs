@@ -90,7 +90,10 @@ pub(crate) fn check_version(bver: f64, index: usize) -> Result<(), ContentError>
 }
 
 /// `v` plus the base value in force (RFC 8428 §4.1): integers stay integers while the
-/// sum fits one; anything with a float is a float. SenML CBOR shares it.
+/// sum fits one; anything with a float is a float. A sum out of range, integer or float
+/// (two finite floats whose sum is infinite), is [`RecordProblem::NumberOutOfRange`]; a NaN
+/// or infinity the record carried itself (SenML CBOR) stays what it is. SenML CBOR shares
+/// it.
 pub(crate) fn with_base_value(bv: Option<Num>, v: Num, index: usize) -> Result<Num, ContentError> {
     let Some(bv) = bv else {
         return Ok(v);
@@ -109,7 +112,15 @@ pub(crate) fn with_base_value(bv: Option<Num>, v: Num, index: usize) -> Result<N
                 .or(u64::try_from(sum).map(Num::U))
                 .map_err(|_| bad(index, RecordProblem::NumberOutOfRange))
         }
-        _ => Ok(Num::F(bv.as_f64() + v.as_f64())),
+        _ => {
+            let (a, b) = (bv.as_f64(), v.as_f64());
+            let sum = a + b;
+            if sum.is_finite() || !a.is_finite() || !b.is_finite() {
+                Ok(Num::F(sum))
+            } else {
+                Err(bad(index, RecordProblem::NumberOutOfRange))
+            }
+        }
     }
 }
 

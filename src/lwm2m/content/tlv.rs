@@ -302,13 +302,16 @@ fn value_bytes(path: Lwm2mPath, v: &ResourceValue) -> Result<Vec<u8>, ContentErr
                 i.to_be_bytes().to_vec()
             }
         }
+        // The shortest width whose top bit is clear, as for a signed integer: TLV has no
+        // types, and a reader whose resource is an Integer takes the bytes as signed (200
+        // as the one byte 0xc8 would be -56). Only values above i64::MAX set the top bit.
         ResourceValue::UnsignedInteger(u) => {
             let u = *u;
-            if let Ok(x) = u8::try_from(u) {
-                vec![x]
-            } else if let Ok(x) = u16::try_from(u) {
+            if let Ok(x) = i8::try_from(u) {
                 x.to_be_bytes().to_vec()
-            } else if let Ok(x) = u32::try_from(u) {
+            } else if let Ok(x) = i16::try_from(u) {
+                x.to_be_bytes().to_vec()
+            } else if let Ok(x) = i32::try_from(u) {
                 x.to_be_bytes().to_vec()
             } else {
                 u.to_be_bytes().to_vec()
