@@ -145,7 +145,8 @@ impl serde::Serialize for Change {
 /// (re-read the twins it cares about) and resume from [`FeedGap::resume_after`].
 ///
 /// A number beyond the newest change (`after > dropped_through`) comes from another
-/// history: a registry that restarted without a store, say, and counts from 0 again.
+/// history: a registry used alone (no hub, no store) that a program built afresh, say,
+/// and counts from 1 again.
 /// Answering "nothing yet" would silently skip every change until the count caught up
 /// with `after`, so it is a gap too, with `dropped_through` the newest change: the
 /// consumer resynchronises the same way. So is a number the registry skipped (a store's
