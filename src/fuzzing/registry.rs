@@ -1,6 +1,8 @@
 //! The `registry_ops` fuzz body: bytes become a sequence of registry operations; after
 //! each one the registry must still agree with a full scan (`validate()`), a successful
-//! write must be visible to the next read, and a failed one must change nothing.
+//! write must be visible to the next read, and a failed one must change nothing. Moves
+//! of the history ([`Registry::continue_after`]) are among the operations: the feed's
+//! numbers must then run consecutively except across the ranges the moves skipped.
 
 use crate::registry::{NewDevice, Registry};
 use crate::twin::{ConnectionState, DeviceStatus, Etag, Scalar, ServiceValue, Twin};
@@ -86,6 +88,8 @@ pub fn registry_ops(data: &[u8]) {
     let mut input = Bytes(data);
     let capacity = input.byte() as usize % 16;
     let mut reg = Registry::with_feed_capacity(capacity);
+    // The moves made so far: (newest number before, the number moved to).
+    let mut moves: Vec<(u64, u64)> = Vec::new();
     let mut ops = 0;
     while !input.0.is_empty() && ops < 256 {
         ops += 1;
@@ -96,7 +100,8 @@ pub fn registry_ops(data: &[u8]) {
         let before = reg
             .get(id)
             .map(|t| serde_json::to_string(&t).unwrap_or_default());
-        let ok = match op % 14 {
+        let mut moved = false;
+        let ok = match op % 15 {
             0 | 1 => {
                 let device: Vec<(&str, Scalar)> = (0..input.byte() % 4)
                     .map(|_| {
@@ -123,7 +128,7 @@ pub fn registry_ops(data: &[u8]) {
                 }
                 // Op 1 goes through a bulk load: of the twin, or of the lists as a
                 // borrowed row (repeated names kept; object values left out).
-                match (op % 14, input.byte() % 2) {
+                match (op % 15, input.byte() % 2) {
                     (0, _) => reg.create(t).is_ok(),
                     (_, 0) => reg.load([t]).is_ok(),
                     _ => {
@@ -213,17 +218,89 @@ pub fn registry_ops(data: &[u8]) {
                 let etag = input.etag(&reg, id);
                 reg.replace_service_properties(id, &props, etag).is_ok()
             }
+            13 => {
+                // A move forward (by 0 to 1,020: 0 moves nothing) or back (never moves).
+                let step = u64::from(input.byte()) * 4;
+                let to = if input.byte() % 4 == 0 {
+                    before_seq.saturating_sub(step)
+                } else {
+                    before_seq + step
+                };
+                let outcome = reg.continue_after(to);
+                assert_eq!(
+                    outcome,
+                    Ok(to > before_seq),
+                    "moving from {before_seq} to {to}"
+                );
+                if to > before_seq {
+                    assert_eq!(reg.last_seq(), to, "a move sets the newest number");
+                    for t in reg.iter() {
+                        assert_eq!(t.etag(), Etag(to), "a move renews every etag");
+                        assert_eq!(t.service_etag(), Etag(to), "and every service etag");
+                        assert_eq!(t.generation_id(), Etag(to), "and every generation id");
+                    }
+                    if to > before_seq + 1 {
+                        assert!(
+                            reg.changes_after(before_seq + 1).is_err(),
+                            "a skipped number is a gap"
+                        );
+                    }
+                    moves.push((before_seq, to));
+                } else {
+                    assert_eq!(reg.last_seq(), before_seq, "a history never goes back");
+                }
+                moved = true;
+                false
+            }
             _ => {
-                let after = u64::from(input.byte());
+                let back = u64::from(input.byte());
+                let after = if back & 0x80 == 0 {
+                    back
+                } else {
+                    reg.last_seq().saturating_sub(back & 0x7f)
+                };
                 if let Ok(changes) = reg.changes_after(after) {
-                    for (expected, c) in (after + 1..).zip(changes) {
-                        assert_eq!(c.seq, expected, "feed sequence numbers are consecutive");
+                    let mut prev = after;
+                    for c in changes {
+                        // The numbers between two changes the feed holds are all skipped by
+                        // moves, one after the other (merged moves chain).
+                        let mut reached = prev;
+                        while reached + 1 < c.seq {
+                            match moves.iter().find(|m| m.0 == reached) {
+                                Some(&(_, to)) => reached = to,
+                                None => panic!("{} follows {prev} with no move between", c.seq),
+                            }
+                        }
+                        assert_eq!(c.seq, reached + 1, "feed numbers run on after a move");
+                        prev = c.seq;
                     }
                 }
                 false
             }
         };
-        if !ok {
+        if moved {
+            // A move emits nothing and changes a twin's etags and generation id only.
+            let without_etags = |json: Option<String>| {
+                json.map(|j| {
+                    let mut v: serde_json::Value = serde_json::from_str(&j).expect("twin JSON");
+                    for key in ["etag", "generationId"] {
+                        v.as_object_mut().map(|o| o.remove(key));
+                    }
+                    v.get_mut("serviceProperties")
+                        .and_then(|p| p.as_object_mut())
+                        .map(|o| o.remove("etag"));
+                    v
+                })
+            };
+            let after = reg
+                .get(id)
+                .map(|t| serde_json::to_string(&t).unwrap_or_default());
+            assert_eq!(
+                without_etags(before),
+                without_etags(after),
+                "a move changes no value"
+            );
+        } else if !ok {
             assert_eq!(reg.last_seq(), before_seq, "a failed write emits nothing");
             let after = reg
                 .get(id)
