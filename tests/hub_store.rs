@@ -155,6 +155,38 @@ fn a_registry_the_store_did_not_return_is_refused_until_adopted() {
     assert_eq!(ids, ["new", "newer"]);
 }
 
+#[test]
+fn a_registry_swapped_in_through_the_guard_is_refused_and_the_stores_put_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = durable_hub(dir.path(), &[]);
+    hub.create_device(Twin::new(DeviceId::new("kept").unwrap()))
+        .unwrap();
+    let mut swapped = Registry::new();
+    swapped
+        .create(Twin::new(DeviceId::new("swapped").unwrap()))
+        .unwrap();
+    *hub.registry().write() = swapped;
+    // The next commit (this write's, or the hub loop's if it comes first) refuses the
+    // foreign registry, and the hub rebuilds the store's: the write lands only in the
+    // store's registry, or is refused.
+    let later = hub.create_device(Twin::new(DeviceId::new("later").unwrap()));
+    wait_until("the store's registry is back", || {
+        hub.twin("kept").is_some()
+    });
+    assert!(hub.twin("swapped").is_none());
+    assert_eq!(hub.twin("later").is_some(), later.is_ok(), "{later:?}");
+    hub.stop();
+    drop(hub);
+    let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let ids: Vec<String> = reg.iter().map(|t| t.device_id().to_string()).collect();
+    let want: &[&str] = if later.is_ok() {
+        &["kept", "later"]
+    } else {
+        &["kept"]
+    };
+    assert_eq!(ids, want);
+}
+
 fn job_id(s: &str) -> twinhub::job::JobId {
     twinhub::job::JobId::new(s).unwrap()
 }

@@ -849,6 +849,14 @@ impl Hub {
     /// locks in the order jobs, registry, store (its loop does so every 20 ms), so a job
     /// call (`create_job`, `job`, `query_jobs`, ...) made with a registry guard held can
     /// deadlock. Take what you need, drop the guard, then call the hub.
+    ///
+    /// Change the registry's contents, never the registry itself: the hub moves its
+    /// numbers past an earlier run's only when it starts, so a registry swapped in
+    /// through the guard (`*hub.registry().write() = Registry::new()`) numbers its changes
+    /// and etags from 1 again; with a store, the next commit refuses it
+    /// ([`StoreError::ForeignRegistry`](crate::store::StoreError::ForeignRegistry)) and
+    /// the hub puts the store's registry back, dropping what the swapped-in one held. To
+    /// start over, stop the hub and start one on the new registry.
     pub fn registry(&self) -> &SharedRegistry {
         &self.inner.registry
     }
