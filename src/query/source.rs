@@ -147,8 +147,11 @@ pub type ValueWalk<'a> = Box<dyn DoubleEndedIterator<Item = (Cow<'a, Scalar>, Sl
 ///   ids in ascending byte order from a point, so pages can re-seek.
 /// - **Properties**: [`resolve`](Self::resolve) turns a query property (name + type) into an
 ///   interned handle, or `None` when no document can have it (the query then treats it as
-///   absent everywhere). Tags (`{"name":"tags","type":"default"}`) never reach `resolve`;
-///   they go to [`tag_bitmap`](Self::tag_bitmap).
+///   absent everywhere, unless the source's fixed schema refuses the name: see
+///   [`knows`](Self::knows)). Tags (`{"name":"tags","type":"default"}`) never reach
+///   `resolve`; they go to [`tag_bitmap`](Self::tag_bitmap).
+/// - **Literals** compared with a property go through [`comparand`](Self::comparand)
+///   before planning (by default the literal as written).
 /// - **Values** are [`Scalar`]s in `Scalar`'s total order (booleans < numbers < strings;
 ///   numbers compare numerically, `1 == 1.0`). For each property the source answers: the
 ///   slots with one value ([`value_slots`](Self::value_slots)), the values within bounds in
