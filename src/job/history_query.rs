@@ -7,8 +7,25 @@
 //! name: `JobId`/`jobId`, `ParentJobId`/`parentJobId` (`""` for a parent),
 //! `DeviceId`/`deviceId`, `Type`/`JobType`/`type`, `Status`/`status`,
 //! `StartTimeUtc`/`startTimeUtc`, `EndTimeUtc`/`endTimeUtc`,
-//! `FailureReason`/`failureReason`. Times are RFC 3339 strings with milliseconds
-//! (`2016-04-29T12:00:00.000Z`); they compare correctly as strings written in that form.
+//! `FailureReason`/`failureReason`. The schema is fixed: a name outside this list (a
+//! misspelt `Statuss`, `tags`, a `device`, `service` or `custom` property) anywhere in a
+//! query (filter, projection, sort, aggregate keys and columns) is refused with
+//! [`QueryError::UnknownProperty`], where a twin query, over an open schema, treats it as
+//! missing everywhere.
+//!
+//! Times are indexed as RFC 3339 strings with milliseconds (`2016-04-29T12:00:00.000Z`),
+//! and a string literal compared with `StartTimeUtc`/`EndTimeUtc` (`eq ne lt lte gt gte`,
+//! an `in`/`nin` item) that [`Timestamp`] parses (`YYYY-MM-DDTHH:MM:SS[.fraction]` then
+//! `Z` or an offset `+HH:MM`/`-HH:MM`, years 1970 to 9999) compares as the time it names,
+//! as Azure IoT Hub's job queries do: `"2016-04-29T12:00:00Z"`,
+//! `"2016-04-29T12:00:00.000Z"` and `"2016-04-29T14:00:00+02:00"` are one time. Stored
+//! times have whole milliseconds, so a literal with a finer non-zero fraction
+//! (`"2016-04-29T12:00:00.0005Z"`) equals none of them: `eq` matches nothing, `ne` every
+//! record with the time, `gt`/`gte` the times from the next millisecond (`12:00:00.001`)
+//! on, `lt`/`lte` those up to its millisecond (`12:00:00.000`), and an `in`/`nin` list
+//! leaves it out. A string that does not parse as a time (`"2016-04-29"`, a year before
+//! 1970) compares as a string with the indexed form, byte by byte. Sorts, groups and
+//! `min`/`max` use the indexed strings, whose order is the times' order.
 //!
 //! Paging follows the query module's rules (a record whose sort key does not change
 //! between two pages is never skipped or repeated, while jobs are created, progress and
@@ -43,9 +60,10 @@
 
 use super::engine::JobEngine;
 use super::history::JobRecord;
+use crate::Timestamp;
 use crate::query::{
-    IndexedSource, PropertyType, QueryError, QueryExpression, QueryOptions, QueryProperty,
-    QueryResult, Slots, ValueWalk,
+    Comparand, IndexedSource, PropertyType, QueryError, QueryExpression, QueryOptions,
+    QueryProperty, QueryResult, Slots, ValueWalk,
 };
 use crate::twin::Scalar;
 use roaring::RoaringBitmap;
@@ -457,6 +475,55 @@ impl IndexedSource for HistorySnapshot {
     fn token_scope(&self) -> &'static str {
         "jobHistory"
     }
+
+    fn comparand(&self, property: HistoryProperty, value: Scalar) -> Comparand {
+        let time = matches!(
+            property,
+            HistoryProperty::StartTimeUtc | HistoryProperty::EndTimeUtc
+        );
+        match value.as_str().filter(|_| time).and_then(time_comparand) {
+            Some(c) => c,
+            None => Comparand::Value(value),
+        }
+    }
+
+    fn knows(&self, property: &QueryProperty) -> bool {
+        HistoryProperty::from_query(property).is_some()
+    }
+}
+
+/// A time literal as the indexed times compare with it (see the module docs): `None` if
+/// the text is no time [`Timestamp`] parses.
+fn time_comparand(text: &str) -> Option<Comparand> {
+    let t: Timestamp = text.parse().ok()?;
+    if !sub_millisecond(text) {
+        return Some(Comparand::Value(Scalar::from(t.to_string().as_str())));
+    }
+    // The parser keeps whole milliseconds (offsets are whole minutes), so the literal
+    // lies strictly between `t` and the next millisecond, which no stored time does.
+    let above = (t < Timestamp::MAX).then(|| {
+        Scalar::from(
+            Timestamp::from_millis(t.as_millis() + 1)
+                .to_string()
+                .as_str(),
+        )
+    });
+    Some(Comparand::Between {
+        below: Some(Scalar::from(t.to_string().as_str())),
+        above,
+    })
+}
+
+/// Whether a time's fraction (`.` at byte 19, as [`Timestamp`] reads it) has a non-zero
+/// digit past the milliseconds.
+fn sub_millisecond(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.get(19) == Some(&b'.')
+        && b[20..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .skip(3)
+            .any(|&c| c != b'0')
 }
 
 impl JobEngine {

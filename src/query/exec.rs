@@ -10,7 +10,9 @@ use std::ops::Bound;
 use roaring::{MultiOps, RoaringBitmap};
 
 use super::aggregate::{ColumnAcc, Groups};
-use super::ast::{AggregateOperator, QueryExpression, SortOrder};
+use super::ast::{
+    AggregateOperator, Filter, PropertyType, QueryExpression, QueryProperty, SortOrder,
+};
 use super::plan::{Plan, lower, within};
 use super::result::{
     Cursor, MAX_PAGE_SIZE, QueryError, QueryOptions, QueryResult, ResultItem, Strategy, fingerprint,
@@ -50,6 +52,7 @@ pub fn execute<'s, S: IndexedSource + ?Sized>(
     options: &QueryOptions,
 ) -> Result<QueryResult<S::Document<'s>, S::Projected<'s>>, QueryError> {
     let (fp, cursor) = check(expr, options, source.token_scope())?;
+    known_properties(source, expr)?;
     let exec = Executor {
         source,
         strategy: options.strategy,
@@ -187,7 +190,49 @@ pub fn plan<S: IndexedSource + ?Sized>(
     expr: &QueryExpression,
 ) -> Result<Plan<S::Property>, QueryError> {
     expr.validate()?;
+    known_properties(source, expr)?;
     Ok(lower(expr.filter.as_ref(), source))
+}
+
+/// Refuses a (validated) expression naming, anywhere, a property `source` does not know
+/// ([`IndexedSource::knows`]): the first in the text's order.
+fn known_properties<S: IndexedSource + ?Sized>(
+    source: &S,
+    expr: &QueryExpression,
+) -> Result<(), QueryError> {
+    let check = |p: &QueryProperty| {
+        if source.knows(p) {
+            Ok(())
+        } else {
+            Err(QueryError::UnknownProperty {
+                name: p.name.clone(),
+                kind: p.kind,
+            })
+        }
+    };
+    let mut stack: Vec<&Filter> = expr.filter.iter().collect();
+    while let Some(f) = stack.pop() {
+        match f {
+            Filter::Logical(l) => stack.extend(l.filters.iter().rev()),
+            Filter::Comparison(c) => check(&c.property)?,
+        }
+    }
+    if let Some(p) = expr.project.as_ref().filter(|p| !p.all) {
+        p.properties.iter().try_for_each(check)?;
+    }
+    if let Some(a) = &expr.aggregate {
+        a.keys.iter().try_for_each(check)?;
+        a.columns
+            .iter()
+            .filter_map(|c| c.property.as_ref())
+            .try_for_each(check)?;
+    }
+    // An `aggregated` sort key names a column, which validation checked.
+    expr.sort
+        .iter()
+        .map(|k| &k.property)
+        .filter(|p| p.kind != PropertyType::Aggregated)
+        .try_for_each(check)
 }
 
 /// A range step looks slots up in a column when the slots left are fewer than the

@@ -159,5 +159,5 @@ pub use result::{
     AggregateRow, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TOKEN_LEN, QueryError, QueryOptions,
     QueryResult, ResultItem, Strategy,
 };
-pub use source::{IndexedSource, Slots, ValueWalk};
+pub use source::{Comparand, IndexedSource, Slots, ValueWalk};
 pub use twins::{TwinField, TwinProjection, TwinProjectionPlan, TwinProperty, project_twin};

@@ -9,7 +9,7 @@
 use std::ops::Bound;
 
 use super::ast::{ComparisonOperator, ComparisonValue, Filter, Literal, LogicalOperator};
-use super::source::{IndexedSource, ScalarType, scalar};
+use super::source::{Comparand, IndexedSource, ScalarType, scalar};
 use crate::twin::Scalar;
 
 /// A normalised filter over property handles `P`. Every node denotes a set of slots
@@ -92,22 +92,43 @@ fn lower_filter<S: IndexedSource + ?Sized>(f: &Filter, source: &S) -> Plan<S::Pr
             match (&c.value, c.operator) {
                 (ComparisonValue::Null, Op::Ne) => Plan::Exists(p),
                 (ComparisonValue::Null, _) => Plan::Not(Box::new(Plan::Exists(p))),
-                (ComparisonValue::Scalar(l), op) => {
-                    let v = scalar(l);
-                    let (seg_lo, seg_hi) = ScalarType::of(&v).segment();
-                    match op {
-                        Op::Eq => Plan::Eq(p, v),
-                        Op::Ne => exists_and_not(Plan::Eq(p, v)),
-                        Op::Gt => Plan::Range(p, Bound::Excluded(v), seg_hi),
-                        Op::Gte => Plan::Range(p, Bound::Included(v), seg_hi),
-                        Op::Lt => Plan::Range(p, seg_lo, Bound::Excluded(v)),
-                        Op::Lte => Plan::Range(p, seg_lo, Bound::Included(v)),
-                        // Validation rejects list operators with a scalar.
-                        Op::In | Op::Nin | Op::All => Plan::Empty,
+                (ComparisonValue::Scalar(l), op) => match source.comparand(p, scalar(l)) {
+                    Comparand::Value(v) => {
+                        let (seg_lo, seg_hi) = ScalarType::of(&v).segment();
+                        match op {
+                            Op::Eq => Plan::Eq(p, v),
+                            Op::Ne => exists_and_not(Plan::Eq(p, v)),
+                            Op::Gt => Plan::Range(p, Bound::Excluded(v), seg_hi),
+                            Op::Gte => Plan::Range(p, Bound::Included(v), seg_hi),
+                            Op::Lt => Plan::Range(p, seg_lo, Bound::Excluded(v)),
+                            Op::Lte => Plan::Range(p, seg_lo, Bound::Included(v)),
+                            // Validation rejects list operators with a scalar.
+                            Op::In | Op::Nin | Op::All => Plan::Empty,
+                        }
                     }
-                }
+                    // No document holds the value: nothing equals it, and an order
+                    // comparison is one with the nearest value a document can hold.
+                    Comparand::Between { below, above } => match (op, below, above) {
+                        (Op::Ne, _, _) => Plan::Exists(p),
+                        (Op::Gt | Op::Gte, _, Some(a)) => {
+                            let seg_hi = ScalarType::of(&a).segment().1;
+                            Plan::Range(p, Bound::Included(a), seg_hi)
+                        }
+                        (Op::Lt | Op::Lte, Some(b), _) => {
+                            let seg_lo = ScalarType::of(&b).segment().0;
+                            Plan::Range(p, seg_lo, Bound::Included(b))
+                        }
+                        _ => Plan::Empty,
+                    },
+                },
                 (ComparisonValue::List(items), op) => {
-                    let values = items.iter().map(scalar).collect();
+                    let values = items
+                        .iter()
+                        .filter_map(|l| match source.comparand(p, scalar(l)) {
+                            Comparand::Value(v) => Some(v),
+                            Comparand::Between { .. } => None,
+                        })
+                        .collect();
                     match op {
                         Op::In => any_of(p, values),
                         Op::Nin => exists_and_not(any_of(p, values)),

@@ -6,6 +6,7 @@ use std::fmt;
 use indexmap::IndexMap;
 use serde::Serialize;
 
+use super::ast::PropertyType;
 use super::error::{InvalidExpression, ParseError};
 use crate::twin::Scalar;
 
@@ -172,6 +173,15 @@ pub enum QueryError {
         /// The column's name.
         column: String,
     },
+    /// The query names a property the source's fixed schema does not have (the job
+    /// history's; twins have an open schema and treat an unknown name as missing): see
+    /// [`IndexedSource::knows`](super::IndexedSource::knows).
+    UnknownProperty {
+        /// The name as written.
+        name: String,
+        /// Its type.
+        kind: PropertyType,
+    },
 }
 
 impl fmt::Display for QueryError {
@@ -190,6 +200,13 @@ impl fmt::Display for QueryError {
                 write!(
                     f,
                     "aggregate column {column:?}: the sum is beyond the f64 range"
+                )
+            }
+            QueryError::UnknownProperty { name, kind } => {
+                write!(
+                    f,
+                    "unknown property {name:?} (type {:?}) for this source",
+                    kind.as_str()
                 )
             }
             QueryError::BadTagQuery => {

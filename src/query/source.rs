@@ -112,6 +112,25 @@ impl Slots<'_> {
     }
 }
 
+/// What a literal compared with a property means to the source
+/// ([`IndexedSource::comparand`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Comparand {
+    /// Compare with this value, in [`Scalar`]'s order.
+    Value(Scalar),
+    /// A value no document can hold, strictly between two values a document can: `below`,
+    /// the greatest one under it, and `above`, the least one over it (`None`: there is
+    /// none on that side). `eq` matches nothing, `ne` every document with the property,
+    /// `gt`/`gte` the values from `above` on, `lt`/`lte` those up to `below`; in an
+    /// `in`/`nin` list it is left out (it equals nothing). Both bounds must be of one type.
+    Between {
+        /// The greatest value a document can hold beneath the literal.
+        below: Option<Scalar>,
+        /// The least value a document can hold above the literal.
+        above: Option<Scalar>,
+    },
+}
+
 /// An ordered walk over a property's distinct values with their slots.
 pub type ValueWalk<'a> = Box<dyn DoubleEndedIterator<Item = (Cow<'a, Scalar>, Slots<'a>)> + 'a>;
 
@@ -128,8 +147,11 @@ pub type ValueWalk<'a> = Box<dyn DoubleEndedIterator<Item = (Cow<'a, Scalar>, Sl
 ///   ids in ascending byte order from a point, so pages can re-seek.
 /// - **Properties**: [`resolve`](Self::resolve) turns a query property (name + type) into an
 ///   interned handle, or `None` when no document can have it (the query then treats it as
-///   absent everywhere). Tags (`{"name":"tags","type":"default"}`) never reach `resolve`;
-///   they go to [`tag_bitmap`](Self::tag_bitmap).
+///   absent everywhere, unless the source's fixed schema refuses the name: see
+///   [`knows`](Self::knows)). Tags (`{"name":"tags","type":"default"}`) never reach
+///   `resolve`; they go to [`tag_bitmap`](Self::tag_bitmap).
+/// - **Literals** compared with a property go through [`comparand`](Self::comparand)
+///   before planning (by default the literal as written).
 /// - **Values** are [`Scalar`]s in `Scalar`'s total order (booleans < numbers < strings;
 ///   numbers compare numerically, `1 == 1.0`). For each property the source answers: the
 ///   slots with one value ([`value_slots`](Self::value_slots)), the values within bounds in
@@ -258,6 +280,27 @@ pub trait IndexedSource {
     /// itself (the job history is `"jobHistory"`).
     fn token_scope(&self) -> &'static str {
         ""
+    }
+
+    /// What a literal (`value`, as a scalar) compared with `property` (`eq ne lt lte gt
+    /// gte`, an `in`/`nin` list item) means, before the filter is planned: every execution
+    /// strategy then sees the same value. The default is the value as written; a source
+    /// whose values have a canonical form (the job history's times) maps the literals
+    /// that name a value in another form to it.
+    fn comparand(&self, property: Self::Property, value: Scalar) -> Comparand {
+        let _ = property;
+        Comparand::Value(value)
+    }
+
+    /// Whether the source's schema has `property` (tags included). A source with an open
+    /// schema (twins: any name may be set on some twin) knows every name, the default; a
+    /// source with a fixed schema (the job history) says `false` to a name outside it, and
+    /// a query naming one anywhere (filter, projection, sort, aggregate keys and columns)
+    /// is refused with [`QueryError::UnknownProperty`](super::QueryError::UnknownProperty)
+    /// instead of treating it as missing everywhere.
+    fn knows(&self, property: &QueryProperty) -> bool {
+        let _ = property;
+        true
     }
 }
 
