@@ -18,6 +18,8 @@
 //! - `first_100_views_to_json` / `first_100_device_id_to_json`: the first page serialised
 //!   to JSON as full twins and projected to `deviceId` (projected rows are built from the
 //!   registry's views, so the narrow page costs less than the full one);
+//! - `first_100_service_leaf_to_json`: the same page projected to one service property
+//!   (`region`) and one device property (`BatteryLevel`), written from borrowed values;
 //! - `query_tags_top100/<tag>` / `query_tags_sort_all/<tag>`: `Hub::query_tags`'s first
 //!   100 ids carrying a common and a rarer tag, against collecting and sorting every
 //!   match's id (what it did before).
@@ -102,6 +104,20 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let page =
                 query::execute(&reg, black_box(&projected), &QueryOptions::page(100)).unwrap();
+            serde_json::to_vec(&page).unwrap().len()
+        })
+    });
+    // One service leaf and one device property per row: written from the views' borrowed
+    // values (no owned map of the row's service properties, no cloned scalar).
+    let leaves = expr
+        .clone()
+        .project(twinhub::query::Projection::properties([
+            twinhub::query::QueryProperty::service("region"),
+            twinhub::query::QueryProperty::device("BatteryLevel"),
+        ]));
+    g.bench_function("first_100_service_leaf_to_json", |b| {
+        b.iter(|| {
+            let page = query::execute(&reg, black_box(&leaves), &QueryOptions::page(100)).unwrap();
             serde_json::to_vec(&page).unwrap().len()
         })
     });

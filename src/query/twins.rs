@@ -27,6 +27,7 @@ use roaring::RoaringBitmap;
 use super::ast::{PropertyType, QueryProperty};
 use super::plan::within;
 use super::source::{IndexedSource, Slots, ValueWalk};
+use crate::registry::view::{DevicePropertyJson, ServiceMember};
 use crate::registry::{PropertyId, Registry, Slot, TwinRef};
 use crate::twin::{
     ConnectionState, DevicePropertyName, DeviceStatus, PropertyKind, Scalar, ServiceValue, Twin,
@@ -337,8 +338,9 @@ impl TwinProjectionPlan {
 }
 
 /// One twin's projection, read from the registry's view as it is written out: no owned
-/// twin and no `serde_json::Value` is built (the projected service properties of a row
-/// are looked up in one owned map of its service properties). Serialises to the same
+/// twin, no `serde_json::Value`, no owned map of the row's service properties and no
+/// cloned value is built (a projected scalar is written from the registry's value; a
+/// projected object from the sorted borrowed nodes under it). Serialises to the same
 /// JSON as [`project_twin`] on the same twin.
 #[derive(Clone, Debug)]
 pub struct TwinProjection<'a> {
@@ -397,15 +399,15 @@ impl serde::Serialize for TwinProjection<'_> {
                     TwinField::Etag => map.serialize_entry(name, &t.etag())?,
                 },
                 Top::DeviceProperties => {
-                    let present: Vec<(&str, crate::twin::DeviceProperty)> = plan
+                    let present: Vec<(&str, DevicePropertyJson<'_>)> = plan
                         .device
                         .iter()
                         .filter_map(|name| {
                             let (value, at) = t.device_property(name)?;
                             Some((
                                 name.as_str(),
-                                crate::twin::DeviceProperty {
-                                    value: value.clone(),
+                                DevicePropertyJson {
+                                    value,
                                     last_updated_time: at,
                                 },
                             ))
@@ -416,25 +418,10 @@ impl serde::Serialize for TwinProjection<'_> {
                     }
                 }
                 Top::ServiceProperties => {
-                    let all = if plan.service.is_empty() {
-                        BTreeMap::new()
-                    } else {
-                        t.service_properties()
-                    };
-                    let present: Vec<(&str, &ServiceValue)> = plan
+                    let present: Vec<(&str, ServiceMember<'_>)> = plan
                         .service
                         .iter()
-                        .filter_map(|name| {
-                            let mut parts = name.split('.');
-                            let mut node = all.get(parts.next().unwrap_or(""));
-                            for part in parts {
-                                node = match node {
-                                    Some(ServiceValue::Object(m)) => m.get(part),
-                                    _ => None,
-                                };
-                            }
-                            node.map(|v| (name.as_str(), v))
-                        })
+                        .filter_map(|name| Some((name.as_str(), t.service_member(name)?)))
                         .collect();
                     if plan.tags || !present.is_empty() {
                         let mut tags: Vec<&str> = if plan.tags {
@@ -470,7 +457,7 @@ impl<V: serde::Serialize> serde::Serialize for Entries<'_, V> {
 #[derive(serde::Serialize)]
 struct ServiceSection<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    properties: Option<Entries<'a, &'a ServiceValue>>,
+    properties: Option<Entries<'a, ServiceMember<'a>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tags: Option<Vec<&'a str>>,
 }

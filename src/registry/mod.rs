@@ -100,7 +100,7 @@ mod restore;
 mod shared;
 mod sorted;
 mod vid_table;
-mod view;
+pub(crate) mod view;
 
 pub use bulk::{BulkLoad, NewDevice};
 pub(crate) use column::IdBits;

@@ -210,6 +210,63 @@ impl<'a> TwinRef<'a> {
         root
     }
 
+    /// Every service property node (objects as `None`), sorted in the order the nested
+    /// JSON writes them (see [`member_order`]).
+    pub(crate) fn service_nodes(&self) -> Vec<ServiceNode<'a>> {
+        let reg = self.reg;
+        let mut nodes: Vec<ServiceNode<'a>> = self
+            .entry
+            .lists
+            .service()
+            .map(|l| {
+                let p = &reg.props[l.pid as usize];
+                (&*p.name, (l.vid != OBJECT_NODE).then(|| p.value(l.vid)))
+            })
+            .collect();
+        nodes.sort_unstable_by(|a, b| member_order(a.0, b.0));
+        nodes
+    }
+
+    /// The service property at `name` (nested members as `outer.inner`) as it serialises,
+    /// read from the borrowed values: a scalar, or an object written from the nodes under
+    /// it. `None` when absent, as in the rebuilt map of [`TwinRef::service_properties`].
+    pub(crate) fn service_member(&self, name: &str) -> Option<ServiceMember<'a>> {
+        let reg = self.reg;
+        let node = reg
+            .property_id(PropertyKind::Service, name)
+            .and_then(|pid| self.entry.lists.find_service(pid.0).ok())
+            .map(|i| self.entry.lists.service_at(i));
+        if let Some(l) = node
+            && l.vid != OBJECT_NODE
+        {
+            return Some(ServiceMember::Scalar(
+                reg.props[l.pid as usize].value(l.vid),
+            ));
+        }
+        // An object (its node recorded, or, were it not, implied by members under it).
+        let mut members: Vec<ServiceNode<'a>> = self
+            .entry
+            .lists
+            .service()
+            .filter_map(|l| {
+                let p = &reg.props[l.pid as usize];
+                let full: &'a str = &p.name;
+                let under = full.len() > name.len()
+                    && full.starts_with(name)
+                    && full.as_bytes()[name.len()] == b'.';
+                under.then(|| (full, (l.vid != OBJECT_NODE).then(|| p.value(l.vid))))
+            })
+            .collect();
+        if node.is_none() && members.is_empty() {
+            return None;
+        }
+        members.sort_unstable_by(|a, b| member_order(a.0, b.0));
+        Some(ServiceMember::Object {
+            members,
+            depth: name.split('.').count(),
+        })
+    }
+
     /// The tags, in no particular order.
     pub fn tags(&self) -> impl ExactSizeIterator<Item = &'a str> + 'a {
         let reg = self.reg;
@@ -301,11 +358,12 @@ struct TwinJson<'a> {
 
 struct DevicePropertiesJson<'a>(TwinRef<'a>);
 
+/// A device property as [`DeviceProperty`] serialises, from the borrowed value.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-struct DevicePropertyJson<'a> {
-    value: &'a Scalar,
-    last_updated_time: Timestamp,
+pub(crate) struct DevicePropertyJson<'a> {
+    pub(crate) value: &'a Scalar,
+    pub(crate) last_updated_time: Timestamp,
 }
 
 impl serde::Serialize for DevicePropertiesJson<'_> {
@@ -330,8 +388,99 @@ impl serde::Serialize for DevicePropertiesJson<'_> {
 #[derive(serde::Serialize)]
 struct ServicePropertiesJson<'a> {
     etag: Etag,
-    properties: BTreeMap<String, ServiceValue>,
+    properties: ServiceTree<'a, 'a>,
     tags: Vec<&'a str>,
+}
+
+/// A service property node: its full name (`outer.inner`) and its scalar value (`None`:
+/// an object).
+pub(crate) type ServiceNode<'a> = (&'a str, Option<&'a Scalar>);
+
+/// The order of service property names that makes each object's members contiguous and
+/// sorted as a `BTreeMap<String, _>` of each level sorts them: names compared segment by
+/// segment (`a` < `a.b` < `a-b` < `ab`), i.e. bytewise with `.` below every other byte.
+pub(crate) fn member_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |c: u8| if c == b'.' { 0 } else { u16::from(c) + 1 };
+    a.bytes().map(key).cmp(b.bytes().map(key))
+}
+
+/// The `depth`-th segment of a dotted name, and whether more segments follow it.
+fn segment(name: &str, depth: usize) -> (&str, bool) {
+    let mut parts = name.split('.').skip(depth);
+    let seg = parts.next().unwrap_or("");
+    (seg, parts.next().is_some())
+}
+
+/// The members of one service object, written as a nested JSON object straight from the
+/// sorted nodes under it: `nodes` share their first `depth` segments, have more than
+/// `depth` segments, and are sorted by [`member_order`]. Writes exactly what the
+/// [`BTreeMap`] of [`TwinRef::service_properties`] writes: an object node without
+/// members is `{}`, an object implied only by members under it is written too, and a
+/// scalar hides members under it (the registry never stores such).
+pub(crate) struct ServiceTree<'n, 'a> {
+    nodes: &'n [ServiceNode<'a>],
+    depth: usize,
+}
+
+impl serde::Serialize for ServiceTree<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        let mut rest = self.nodes;
+        while let Some(&(name, value)) = rest.first() {
+            let (seg, deeper) = segment(name, self.depth);
+            let end = rest
+                .iter()
+                .position(|n| segment(n.0, self.depth).0 != seg)
+                .unwrap_or(rest.len());
+            let (group, after) = rest.split_at(end);
+            rest = after;
+            let depth = self.depth + 1;
+            match (deeper, value) {
+                (false, Some(v)) => map.serialize_entry(seg, v)?,
+                (false, None) => map.serialize_entry(
+                    seg,
+                    &ServiceTree {
+                        nodes: &group[1..],
+                        depth,
+                    },
+                )?,
+                (true, _) => map.serialize_entry(
+                    seg,
+                    &ServiceTree {
+                        nodes: group,
+                        depth,
+                    },
+                )?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// A service property read from the borrowed values ([`TwinRef::service_member`]); it
+/// serialises as the equivalent [`ServiceValue`].
+pub(crate) enum ServiceMember<'a> {
+    /// A scalar.
+    Scalar(&'a Scalar),
+    /// An object: the nodes under it, sorted by [`member_order`], and its own segment count.
+    Object {
+        members: Vec<ServiceNode<'a>>,
+        depth: usize,
+    },
+}
+
+impl serde::Serialize for ServiceMember<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ServiceMember::Scalar(v) => v.serialize(s),
+            ServiceMember::Object { members, depth } => ServiceTree {
+                nodes: members,
+                depth: *depth,
+            }
+            .serialize(s),
+        }
+    }
 }
 
 /// Serialises as the equivalent [`Twin`] does (the preview's JSON shape).
@@ -339,6 +488,7 @@ impl serde::Serialize for TwinRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut tags: Vec<&str> = self.tags().collect();
         tags.sort_unstable();
+        let nodes = self.service_nodes();
         TwinJson {
             device_id: self.device_id(),
             generation_id: self.generation_id(),
@@ -356,7 +506,10 @@ impl serde::Serialize for TwinRef<'_> {
             device_properties: DevicePropertiesJson(*self),
             service_properties: ServicePropertiesJson {
                 etag: self.service_etag(),
-                properties: self.service_properties(),
+                properties: ServiceTree {
+                    nodes: &nodes,
+                    depth: 0,
+                },
                 tags,
             },
         }
