@@ -297,3 +297,37 @@ fn text_floats_are_plain_decimals_that_keep_their_bits() {
         assert_eq!(c.values, vec![(FLOAT, V::Float(x))], "{text}");
     }
 }
+
+/// Hostile pass: a threshold attribute is a plain decimal in a Uri-Query item, which RFC
+/// 7252 §5.10 bounds at 255 bytes; `gt=1e300` was sent as an item of 304 bytes. Now
+/// refused (4.00-like `BadRequest`, nothing sent); thresholds that fit go exactly.
+#[test]
+fn threshold_attributes_that_do_not_fit_a_uri_query_are_refused() {
+    use twinhub::transport::NotificationAttributes;
+    let attrs = |gt: f64| DeviceRequest::WriteAttributes {
+        path: FLOAT,
+        attributes: NotificationAttributes {
+            gt: Some(gt),
+            ..NotificationAttributes::default()
+        },
+    };
+    for gt in [1e300, -1e300, 5e-324] {
+        let (mut s, now) = registered("ct=11542");
+        let (sent, result) = write(&mut s, now, attrs(gt));
+        assert_eq!(result, Some(Err(DeviceError::BadRequest)), "{gt}");
+        assert!(sent.is_none(), "{gt}: {sent:?}");
+    }
+    for gt in [1e200, 0.1, -21.5] {
+        let (mut s, now) = registered("ct=11542");
+        let (sent, result) = write(&mut s, now, attrs(gt));
+        assert_eq!(result, None, "{gt}");
+        let m = sent.unwrap_or_else(|| panic!("{gt}: nothing sent"));
+        let q: Vec<&str> = m.uri_query().collect();
+        let [item] = q.as_slice() else {
+            panic!("{q:?}")
+        };
+        let v = item.strip_prefix("gt=").unwrap();
+        assert!(!v.contains(['e', 'E']), "{v}");
+        assert_eq!(v.parse::<f64>().unwrap().to_bits(), gt.to_bits());
+    }
+}

@@ -2522,7 +2522,15 @@ impl Lwm2mServer {
                         if !v.is_finite() {
                             return Err(DeviceError::BadRequest);
                         }
-                        m.add_uri_query(&format!("{k}={v}"));
+                        // A plain decimal (no exponent, as in text), exact; a Uri-Query
+                        // item is at most 255 bytes (RFC 7252 §5.10), which holds every
+                        // threshold of up to about 250 digits but not 1e300 or 5e-324:
+                        // refused rather than sent as an option a device may drop.
+                        let item = format!("{k}={v}");
+                        if item.len() > 255 {
+                            return Err(DeviceError::BadRequest);
+                        }
+                        m.add_uri_query(&item);
                     }
                 }
             }
