@@ -476,7 +476,8 @@ fn reports_reach_the_twin_exactly_and_nan_never_does() {
 /// A write job's values go as text, one per Write (exact: see
 /// `floats_keep_their_bits_in_every_format`); its spec is stored as JSON. A NaN or
 /// infinite float was accepted at creation, and its JSON form reads back as no float at
-/// all (serde_json writes `null`): now refused as an invalid parameter.
+/// all (serde_json writes `null`): now refused as an invalid parameter, and its JSON form
+/// refuses to serialise.
 #[test]
 fn write_jobs_refuse_non_finite_floats() {
     use twinhub::DeviceId;
@@ -500,9 +501,10 @@ fn write_jobs_refuse_non_finite_floats() {
             }),
             "{x}"
         );
+        // Nor does its JSON form stand `null` for it: serialising refuses (#48).
         let job = spec(x).job;
-        let text = serde_json::to_string(&job).unwrap();
-        assert!(serde_json::from_str::<JobType>(&text).is_err(), "{text}");
+        let err = serde_json::to_string(&job).unwrap_err().to_string();
+        assert!(err.contains("finite"), "{err}");
     }
     // Big integers and every finite float stay valid, and their JSON reads back exactly.
     for v in [

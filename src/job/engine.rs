@@ -2715,6 +2715,17 @@ impl JobEngine {
                     content: content.clone(),
                     at,
                 });
+                // A NaN or infinity cannot refresh the property (the twin refuses it and
+                // keeps what it had; JSON has no such number): the read did not do what
+                // it was for. The child fails, naming the path; what the device answered
+                // still goes to the twin, which counts the refusal.
+                if let Some((path, x)) = content.values.iter().find_map(|(p, v)| match v {
+                    ResourceValue::Float(x) if !x.is_finite() => Some((p, *x)),
+                    _ => None,
+                }) {
+                    let why = format!("{path} is {x}, which a twin cannot hold");
+                    return self.bad_payload(now, c, &why);
+                }
                 if self.children[c as usize].flags & FLAG_COMPOSITE != 0 {
                     self.succeed(now, c);
                 } else {

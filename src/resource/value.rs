@@ -31,7 +31,8 @@ pub enum ResourceType {
 ///
 /// JSON: `{"type": "string", "value": "x"}`, `{"type": "integer", "value": 5}`,
 /// `{"type": "unsignedInteger", ...}`, `float`, `boolean`, `opaque` (an array of byte
-/// values), `time` (seconds), `objectLink` (`[object, instance]`).
+/// values), `time` (seconds), `objectLink` (`[object, instance]`). A NaN or infinite
+/// `float` does not serialise (an error, never `null`): JSON has no such number.
 ///
 /// Any other key is refused (`invalid value: string "valeu", expected "type" or "value"`),
 /// so a misspelt key fails to parse rather than being ignored.
@@ -50,8 +51,9 @@ pub enum ResourceValue {
     Integer(i64),
     /// Unsigned integer.
     UnsignedInteger(u64),
-    /// Floating point.
-    Float(f64),
+    /// Floating point. Serialising a NaN or infinite one fails (JSON has no such number,
+    /// and serde_json would write `null`, which reads back as no float at all).
+    Float(#[serde(serialize_with = "finite_float")] f64),
     /// Boolean.
     Boolean(bool),
     /// Raw bytes.
@@ -79,17 +81,39 @@ impl ResourceValue {
 
     /// The value as a JSON scalar, the shape a twin's device property stores.
     /// Opaque bytes become a base64 string (standard alphabet, padded).
-    pub fn to_json(&self) -> serde_json::Value {
+    ///
+    /// `None` for a NaN or infinite float, which JSON cannot carry: the hub refuses such a
+    /// value from a device (counted in `HubStats::property_errors`, the twin keeps what it
+    /// had), rather than storing `null`, which would read as "no value".
+    ///
+    /// ```
+    /// use twinhub::ResourceValue;
+    /// assert_eq!(ResourceValue::Float(21.5).to_json(), Some(serde_json::json!(21.5)));
+    /// assert_eq!(ResourceValue::Float(f64::NAN).to_json(), None);
+    /// ```
+    pub fn to_json(&self) -> Option<serde_json::Value> {
         use serde_json::Value as J;
-        match self {
+        Some(match self {
             ResourceValue::String(s) => J::String(s.clone()),
             ResourceValue::Integer(i) | ResourceValue::Time(i) => J::from(*i),
             ResourceValue::UnsignedInteger(u) => J::from(*u),
-            ResourceValue::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            ResourceValue::Float(f) => J::Number(serde_json::Number::from_f64(*f)?),
             ResourceValue::Boolean(b) => J::Bool(*b),
             ResourceValue::Opaque(b) => J::String(base64_encode(b)),
             ResourceValue::ObjectLink(o, i) => J::String(format!("{o}:{i}")),
-        }
+        })
+    }
+}
+
+/// Serialises a float only when it is finite: a NaN or infinity is an error, not the
+/// `null` serde_json would write.
+fn finite_float<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if x.is_finite() {
+        s.serialize_f64(*x)
+    } else {
+        Err(serde::ser::Error::custom(format_args!(
+            "a float must be finite, not {x}"
+        )))
     }
 }
 
@@ -220,6 +244,9 @@ mod tests {
     fn text_rendering() {
         assert_eq!(ResourceValue::Boolean(true).to_string(), "1");
         assert_eq!(ResourceValue::ObjectLink(3, 0).to_string(), "3:0");
-        assert_eq!(ResourceValue::Integer(-5).to_json(), serde_json::json!(-5));
+        assert_eq!(
+            ResourceValue::Integer(-5).to_json(),
+            Some(serde_json::json!(-5))
+        );
     }
 }

@@ -811,3 +811,59 @@ fn a_restored_rollout_keeps_max_in_flight() {
         e.validate().unwrap();
     }
 }
+
+/// Issue #48: a read job whose device answers a NaN (or infinity) did not refresh the
+/// property (the twin refuses the value and keeps what it had): the child fails as
+/// `rejected:badPayload`, naming the path, rather than succeed with nothing refreshed.
+/// What the device answered still goes to the twin (which counts the refusal).
+#[test]
+fn a_read_job_answered_with_nan_fails_naming_the_path() {
+    let t0 = Instant::now();
+    let temp = Lwm2mPath::resource(3303, 0, 5700);
+    for x in [f64::NAN, f64::INFINITY] {
+        let job = JobType::ReadDeviceProperties { paths: vec![temp] };
+        let mut e = JobEngine::new(sent_config(), t0, Timestamp::from_millis(1_000_000));
+        let dev = DeviceId::new("d").unwrap();
+        let mut with_sensor = registered(&dev);
+        if let DeviceEvent::Registered { registration, .. } = &mut with_sensor {
+            registration.objects.push(Lwm2mPath::instance(3303, 0));
+        }
+        e.handle_event(t0, &with_sensor);
+        let id = JobId::new("j").unwrap();
+        e.create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
+            .unwrap();
+        let read = one_op(&mut e);
+        // A device may answer a resource read with more than asked; what it sent goes on.
+        let content = Content {
+            values: vec![
+                (temp, ResourceValue::Float(x)),
+                (
+                    Lwm2mPath::resource(3303, 0, 5701),
+                    ResourceValue::String("Cel".into()),
+                ),
+            ],
+        };
+        e.handle_event(t0, &sent(&read));
+        e.handle_event(
+            t0,
+            &answer(&read, Ok(DeviceReply::Content(content.clone()))),
+        );
+        assert_eq!(
+            child(&e, &id, &dev),
+            (ChildState::Failed, Some("rejected:badPayload".into())),
+            "{x}"
+        );
+        let (_, reason) = e.child_state(&id, &dev).unwrap();
+        assert!(
+            matches!(reason, Some(FailureReason::Rejected(DeviceError::BadPayload(why))) if why.contains("/3303/0/5700")),
+            "{reason:?}"
+        );
+        let update = e.poll_twin_update().expect("the values read");
+        assert_eq!(update.content.values.len(), 2);
+        assert!(
+            matches!(update.content.get(&temp), Some(ResourceValue::Float(y)) if y.to_bits() == x.to_bits())
+        );
+        assert_eq!(update.content.values[1], content.values[1]);
+        e.validate().unwrap();
+    }
+}

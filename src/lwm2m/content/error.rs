@@ -46,8 +46,18 @@ pub enum ContentError {
     /// A value's kind contradicts the resource's known type (LwM2M CBOR and plain CBOR: a
     /// boolean, byte string or number for a resource of another type, or a text string that
     /// does not parse as the type). The SenML decoders report the same per record, as
-    /// [`ContentError::BadRecord`] with [`RecordProblem::TypeMismatch`].
+    /// [`ContentError::BadRecord`] with [`RecordProblem::TypeMismatch`]. Writing: a value
+    /// of another kind than its resource's type ([`fit_to_types`](super::fit_to_types)).
     TypeMismatch {
+        /// The value's path.
+        path: Lwm2mPath,
+        /// The resource's type.
+        expected: ResourceType,
+    },
+    /// A value to write is of the resource's kind but outside its type's range (`-1` for
+    /// an Unsigned Integer, a `u64` above `i64::MAX` for an Integer, an integer a Float
+    /// cannot hold exactly): see [`fit_to_types`](super::fit_to_types).
+    OutOfRange {
         /// The value's path.
         path: Lwm2mPath,
         /// The resource's type.
@@ -174,6 +184,9 @@ impl fmt::Display for ContentError {
             }
             ContentError::TypeMismatch { path, expected } => {
                 write!(f, "value at {path} does not match type {expected:?}")
+            }
+            ContentError::OutOfRange { path, expected } => {
+                write!(f, "value at {path} is out of range for type {expected:?}")
             }
             ContentError::InvalidUtf8 { path } => write!(f, "string at {path} is not utf-8"),
             ContentError::NotSingleResource { path } => {

@@ -45,7 +45,24 @@
 //! the shortest width whose top bit is clear (only an unsigned above `i64::MAX` sets it),
 //! so a device that reads the resource as an Integer reads the same number. Text and
 //! JSON refuse to encode NaN or infinity ([`ContentError::UnencodableValue`]); TLV and
-//! CBOR send them.
+//! CBOR send them (a device's read answer may hold one).
+//!
+//! **Writes** (the server's Write, Create and Write-Composite) go through
+//! [`fit_to_types`] first, the same for every format, so the device reads what the
+//! service asked: each value takes its resource's type where it fits exactly (`5` for an
+//! Unsigned Integer, an integer up to 2^53 for a Float), and anything else is refused
+//! before a byte is sent: a value outside its type's range
+//! ([`ContentError::OutOfRange`]: `-1` as unsigned, which TLV would carry as a byte the
+//! device reads as 255; a `u64` above `i64::MAX` as an Integer), a value of another kind
+//! ([`ContentError::TypeMismatch`]: a float, even `2.0`, for an integer resource, whose
+//! 8 TLV bytes would read as an integer; a string for Opaque), a NaN or infinity
+//! ([`ContentError::UnencodableValue`], in TLV and CBOR too).
+//!
+//! **Floats in text** are plain decimals, never an exponent (LWM2M 1.1 Core, Appendix C:
+//! "a decimal number"; some device stacks parse nothing else): the shortest digits that
+//! read back as the same double, so `1e300` is written as its 301 digits and `5e-324` as
+//! 326 characters, which still fit one CoAP message. Reading is tolerant: `1.0E300`
+//! (Leshan's `Double.toString`) is read too.
 //!
 //! TLV carries no types on the wire: [`decode`] takes a type resolver (any
 //! `Fn(&Lwm2mPath) -> Option<ResourceType>`; [`standard_resource_type`] knows the objects
@@ -84,6 +101,7 @@
 mod base64url;
 mod cbor;
 mod error;
+mod fit;
 mod lwm2m_cbor;
 mod paths;
 mod senml_cbor;
@@ -93,6 +111,7 @@ mod tlv;
 mod types;
 
 pub use error::{ContentError, RecordProblem};
+pub use fit::fit_to_types;
 pub use paths::{MAX_COMPOSITE_PATHS, decode_paths, encode_paths};
 pub use types::standard_resource_type;
 

@@ -118,6 +118,12 @@
 //!   values are kept only at or below its paths). A composite body and its answer are
 //!   SenML CBOR or SenML JSON (those the device announced, else both), CBOR first,
 //!   falling back on 4.06 / 4.15 like any other format.
+//! - **Values written**: a Write, Create or Write-Composite is checked against the
+//!   resources' types ([`Lwm2mServer::with_types`], default [`standard_resource_type`])
+//!   before it is encoded, by [`content::fit_to_types`]: a value that does not fit (`-1`
+//!   for an Unsigned Integer, a float for an Integer, a NaN anywhere) is answered at once
+//!   with [`DeviceError::BadPayload`] naming the path, and nothing is sent. A resource
+//!   whose type the resolver does not know takes any finite value as given.
 //! - **Payload choice and negotiation**: writes of one resource go as text (opaque as
 //!   42), the one format every client speaks, including lwm2m-node-lib. Reads, observes
 //!   and writes of several values use the best format the device takes: of those it
@@ -2466,8 +2472,13 @@ impl Lwm2mServer {
         let multi = |f: ContentFormat| {
             (!matches!(f, ContentFormat::Text | ContentFormat::Opaque)).then_some(f)
         };
+        // Every value is checked against its resource's type first, the same for every
+        // format (`content::fit_to_types`): nothing leaves that would mean something else
+        // on the device.
         let encoded = |base: &Lwm2mPath, content: &Content, f: ContentFormat| {
-            content::encode(f, base, content).map_err(|e| DeviceError::BadPayload(e.to_string()))
+            content::fit_to_types(content, &*self.types)
+                .and_then(|c| content::encode(f, base, &c))
+                .map_err(|e| DeviceError::BadPayload(e.to_string()))
         };
         let cf = |f: ContentFormat| coap::ContentFormat(f.code());
         match request {
@@ -2511,7 +2522,15 @@ impl Lwm2mServer {
                         if !v.is_finite() {
                             return Err(DeviceError::BadRequest);
                         }
-                        m.add_uri_query(&format!("{k}={v}"));
+                        // A plain decimal (no exponent, as in text), exact; a Uri-Query
+                        // item is at most 255 bytes (RFC 7252 §5.10), which holds every
+                        // threshold of up to about 250 digits but not 1e300 or 5e-324:
+                        // refused rather than sent as an option a device may drop.
+                        let item = format!("{k}={v}");
+                        if item.len() > 255 {
+                            return Err(DeviceError::BadRequest);
+                        }
+                        m.add_uri_query(&item);
                     }
                 }
             }

@@ -2861,7 +2861,10 @@ fn requests_taken_back_keep_their_order_and_their_first_deadline() {
         DeviceRequest::Write {
             path: Lwm2mPath::resource(3, 0, 15),
             mode: WriteMode::Replace,
-            content: Content::single(Lwm2mPath::resource(3, 0, 15), ResourceValue::Integer(1)),
+            content: Content::single(
+                Lwm2mPath::resource(3, 0, 15),
+                ResourceValue::String("Europe/Berlin".into()),
+            ),
         },
     );
     sim.submit(
