@@ -16,7 +16,9 @@
 //! Times are indexed as RFC 3339 strings with milliseconds (`2016-04-29T12:00:00.000Z`),
 //! and a string literal compared with `StartTimeUtc`/`EndTimeUtc` (`eq ne lt lte gt gte`,
 //! an `in`/`nin` item) that [`Timestamp`] parses (`YYYY-MM-DDTHH:MM:SS[.fraction]` then
-//! `Z` or an offset `+HH:MM`/`-HH:MM`, years 1970 to 9999) compares as the time it names,
+//! `Z` or an offset `+HH:MM`/`-HH:MM`, years 1970 to 9999; a fraction of any length, of
+//! which the digits past the ninth count only as a sub-millisecond part) compares as the
+//! time it names,
 //! as Azure IoT Hub's job queries do: `"2016-04-29T12:00:00Z"`,
 //! `"2016-04-29T12:00:00.000Z"` and `"2016-04-29T14:00:00+02:00"` are one time. Stored
 //! times have whole milliseconds, so a literal with a finer non-zero fraction
@@ -495,7 +497,7 @@ impl IndexedSource for HistorySnapshot {
 /// A time literal as the indexed times compare with it (see the module docs): `None` if
 /// the text is no time [`Timestamp`] parses.
 fn time_comparand(text: &str) -> Option<Comparand> {
-    let t: Timestamp = text.parse().ok()?;
+    let t: Timestamp = nine_fraction_digits(text).parse().ok()?;
     if !sub_millisecond(text) {
         return Some(Comparand::Value(Scalar::from(t.to_string().as_str())));
     }
@@ -512,6 +514,23 @@ fn time_comparand(text: &str) -> Option<Comparand> {
         below: Some(Scalar::from(t.to_string().as_str())),
         above,
     })
+}
+
+/// `text` with the digits of its fraction (`.` at byte 19) past the ninth dropped:
+/// [`Timestamp`] reads at most nine, RFC 3339 bounds none (`time-secfrac = "." 1*DIGIT`).
+/// The time parsed is then the literal's, cut to the nanosecond, and [`sub_millisecond`]
+/// (on the whole literal) still sees the finer digits.
+fn nine_fraction_digits(text: &str) -> std::borrow::Cow<'_, str> {
+    let b = text.as_bytes();
+    if b.get(19) != Some(&b'.') {
+        return text.into();
+    }
+    let digits = b[20..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits <= 9 {
+        return text.into();
+    }
+    // Bytes 19 to the end of the digits are ASCII: every offset cut is a char boundary.
+    format!("{}{}", &text[..29], &text[20 + digits..]).into()
 }
 
 /// Whether a time's fraction (`.` at byte 19, as [`Timestamp`] reads it) has a non-zero
