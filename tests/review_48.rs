@@ -154,6 +154,55 @@ fn time_literals_with_long_fractions_compare_as_times() {
     );
 }
 
+// Promise (`JobType::ReadDeviceProperties`): a NaN or infinity the device answers for a
+// path the job reads fails the child (`rejected:badPayload`); the engine's own test sends
+// a value beside it unasked, "what it sent goes on". A NaN in such an unasked value
+// failed the child although the property read was refreshed. Failed on the code as
+// reviewed; the check now looks only at values at or under the paths the step asked for.
+#[test]
+fn a_read_fails_only_for_a_nan_at_a_path_it_read() {
+    use std::time::Instant;
+    use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
+    use twinhub::transport::{DeviceEvent, DeviceReply};
+    use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue as V};
+
+    let temp = Lwm2mPath::resource(3303, 0, 5700);
+    let unasked = Lwm2mPath::resource(3303, 0, 5601);
+    let run = |values: Vec<(Lwm2mPath, V)>| {
+        let t0 = Instant::now();
+        let mut e = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(WALL0));
+        let dev = DeviceId::new("d").unwrap();
+        let id = JobId::new("read").unwrap();
+        let job = JobType::ReadDeviceProperties { paths: vec![temp] };
+        e.create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
+            .unwrap();
+        let op = e.poll_op().expect("the read");
+        e.handle_event(
+            t0,
+            &DeviceEvent::Response {
+                op: op.id,
+                device: dev.clone(),
+                result: Ok(DeviceReply::Content(Content { values })),
+            },
+        );
+        let update = e.poll_twin_update().expect("what the device answered");
+        assert_eq!(update.content.values.len(), 2);
+        let (state, reason) = e.child_state(&id, &dev).unwrap();
+        (state, reason.map(|r| r.to_string()))
+    };
+    let (state, reason) = run(vec![(temp, V::Float(21.5)), (unasked, V::Float(f64::NAN))]);
+    assert_eq!((state, reason), (ChildState::Succeeded, None));
+    // The control: the same answer with the NaN at the path read fails.
+    let (state, reason) = run(vec![(temp, V::Float(f64::NAN)), (unasked, V::Float(21.5))]);
+    assert_eq!(state, ChildState::Failed);
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("/3303/0/5700")),
+        "{reason:?}"
+    );
+}
+
 #[cfg(feature = "lwm2m")]
 mod server_sim;
 

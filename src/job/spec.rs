@@ -240,9 +240,11 @@ pub enum JobType {
         value: String,
     },
     /// Read each path; the values come out of [`JobEngine::poll_twin_update`](super::JobEngine::poll_twin_update).
-    /// A NaN or infinite float in an answer cannot refresh the property (the twin refuses
-    /// it, counted in `HubStats::property_errors`, and keeps what it had): the child fails
-    /// with `rejected:badPayload`, its message naming the path.
+    /// A NaN or infinite float answered at a path read (or under it) cannot refresh the
+    /// property (the twin refuses it, counted in `HubStats::property_errors`, and keeps
+    /// what it had): the child fails with `rejected:badPayload`, its message naming the
+    /// path. One the device adds unasked goes to the twin the same way, but is no part of
+    /// the job.
     #[serde(rename = "readDeviceProperties", rename_all = "camelCase")]
     ReadDeviceProperties {
         /// Resource paths to read.
