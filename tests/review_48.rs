@@ -445,3 +445,60 @@ mod writes {
         }
     }
 }
+
+// Promise (`JobType::WriteDeviceProperties`, as corrected here: it said "nothing is
+// written"): each value is its own Write, in order; when the transport refuses one at
+// once with `BadPayload` (the LwM2M server's type check), the child fails as
+// `rejected:badPayload`, the values before it went out and those after it do not. The
+// engine's side; the server's refusal is pinned in tests/values_48.rs. Held.
+#[test]
+fn a_write_job_refused_midway_wrote_the_values_before() {
+    use std::time::Instant;
+    use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
+    use twinhub::transport::{DeviceError, DeviceEvent, DeviceReply, DeviceRequest};
+    use twinhub::{DeviceId, Lwm2mPath, ResourceValue as V};
+
+    let t0 = Instant::now();
+    let mut e = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(WALL0));
+    let dev = DeviceId::new("d").unwrap();
+    let id = JobId::new("write").unwrap();
+    let values: Vec<(Lwm2mPath, V)> = (1..=3)
+        .map(|r| (Lwm2mPath::resource(1000, 0, r), V::Integer(i64::from(r))))
+        .collect();
+    let job = JobType::WriteDeviceProperties {
+        values: values.clone(),
+    };
+    e.create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
+        .unwrap();
+    let mut written = Vec::new();
+    for step in 0..3 {
+        let Some(op) = e.poll_op() else { break };
+        match &op.request {
+            DeviceRequest::Write { path, .. } => written.push(*path),
+            other => panic!("{other:?}"),
+        }
+        let result = if step == 0 {
+            Ok(DeviceReply::Done)
+        } else {
+            Err(DeviceError::BadPayload(
+                "value at /1000/0/2 does not match".into(),
+            ))
+        };
+        e.handle_event(
+            t0,
+            &DeviceEvent::Response {
+                op: op.id,
+                device: dev.clone(),
+                result,
+            },
+        );
+    }
+    assert_eq!(written, [values[0].0, values[1].0]);
+    assert!(e.poll_op().is_none());
+    let (state, reason) = e.child_state(&id, &dev).unwrap();
+    assert_eq!(state, ChildState::Failed);
+    assert_eq!(
+        reason.map(|r| r.code()).as_deref(),
+        Some("rejected:badPayload")
+    );
+}

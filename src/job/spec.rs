@@ -250,12 +250,12 @@ pub enum JobType {
         /// Resource paths to read.
         paths: Vec<Lwm2mPath>,
     },
-    /// Write each value (replace). The twin changes when the device reports, not here.
-    /// Floats must be finite (checked at creation). Over the LwM2M server each value is
-    /// checked against its resource's type before it is sent
-    /// (`lwm2m::content::fit_to_types`): one that does not fit
-    /// (`-1` for an Unsigned Integer, a float for an Integer) fails the child with
-    /// `rejected:badPayload` and nothing is written.
+    /// Write each value (replace), one Write per value, in order. The twin changes when the
+    /// device reports, not here. Floats must be finite (checked at creation). Over the
+    /// LwM2M server each value is checked against its resource's type before it is sent
+    /// (`lwm2m::content::fit_to_types`): one that does not fit (`-1` for an Unsigned
+    /// Integer, a float for an Integer) fails the child with `rejected:badPayload`, and
+    /// neither it nor the values after it are written; the values before it were.
     #[serde(rename = "writeDeviceProperties", rename_all = "camelCase")]
     WriteDeviceProperties {
         /// `(resource path, value)` pairs.
