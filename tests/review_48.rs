@@ -502,3 +502,39 @@ fn a_write_job_refused_midway_wrote_the_values_before() {
         Some("rejected:badPayload")
     );
 }
+
+// Promise (history_query module docs): a literal `Timestamp` parses compares as the time
+// it names. `Timestamp` reads a leap second (`23:59:60`) as `23:59:59`, as its own value
+// must (it counts no leap seconds), but as a literal the leap second lies after every
+// instant of `23:59:59` and before the next day: no stored time equals it, `lt` takes in
+// `23:59:59.500`, `gt` starts at `00:00:00.000`. It compared as `23:59:59.000` (plus its
+// fraction): `eq` matched the record at `23:59:59.000`, `gt` took in `23:59:59.500`.
+// Failed on the code as reviewed.
+#[test]
+fn a_leap_second_literal_lies_between_its_neighbours() {
+    const NEW_YEAR: u64 = 1_483_228_800_000; // 2017-01-01T00:00:00.000Z
+    let s = HistorySnapshot::new(vec![
+        record("r0", NEW_YEAR - 1000),
+        record("r1", NEW_YEAR - 500),
+        record("r2", NEW_YEAR),
+    ]);
+    for lit in [
+        "2016-12-31T23:59:60Z",
+        "2016-12-31T23:59:60.250Z",
+        "2017-01-01T00:59:60+01:00",
+    ] {
+        let lit = format!("\"{lit}\"");
+        assert_eq!(matching(&s, "eq", &lit), Vec::<String>::new(), "eq {lit}");
+        assert_eq!(matching(&s, "ne", &lit), ["r0", "r1", "r2"], "ne {lit}");
+        assert_eq!(matching(&s, "lt", &lit), ["r0", "r1"], "lt {lit}");
+        assert_eq!(matching(&s, "lte", &lit), ["r0", "r1"], "lte {lit}");
+        assert_eq!(matching(&s, "gt", &lit), ["r2"], "gt {lit}");
+        assert_eq!(matching(&s, "gte", &lit), ["r2"], "gte {lit}");
+        assert_eq!(
+            matching(&s, "in", &format!("[{lit}]")),
+            Vec::<String>::new()
+        );
+    }
+    // The second before it is itself.
+    assert_eq!(matching(&s, "eq", r#""2016-12-31T23:59:59Z""#), ["r0"]);
+}

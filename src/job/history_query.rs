@@ -25,7 +25,8 @@
 //! (`"2016-04-29T12:00:00.0005Z"`) equals none of them: `eq` matches nothing, `ne` every
 //! record with the time, `gt`/`gte` the times from the next millisecond (`12:00:00.001`)
 //! on, `lt`/`lte` those up to its millisecond (`12:00:00.000`), and an `in`/`nin` list
-//! leaves it out. A string that does not parse as a time (`"2016-04-29"`, a year before
+//! leaves it out. A leap second (`23:59:60`) is such a literal too: after every instant
+//! of `23:59:59`, before the next second. A string that does not parse as a time (`"2016-04-29"`, a year before
 //! 1970) compares as a string with the indexed form, byte by byte. Sorts, groups and
 //! `min`/`max` use the indexed strings, whose order is the times' order.
 //!
@@ -498,6 +499,20 @@ impl IndexedSource for HistorySnapshot {
 /// the text is no time [`Timestamp`] parses.
 fn time_comparand(text: &str) -> Option<Comparand> {
     let t: Timestamp = nine_fraction_digits(text).parse().ok()?;
+    if text.as_bytes().get(17..19) == Some(b"60") {
+        // A leap second: `Timestamp` reads it as the second before (it counts none), but
+        // it lies after every instant of that second and before the next, as no stored
+        // time does.
+        let second = t.as_millis() - t.as_millis() % 1000;
+        let next = second + 1000;
+        return Some(Comparand::Between {
+            below: Some(Scalar::from(
+                Timestamp::from_millis(second + 999).to_string().as_str(),
+            )),
+            above: (next <= Timestamp::MAX.as_millis())
+                .then(|| Scalar::from(Timestamp::from_millis(next).to_string().as_str())),
+        });
+    }
     if !sub_millisecond(text) {
         return Some(Comparand::Value(Scalar::from(t.to_string().as_str())));
     }
