@@ -2718,9 +2718,18 @@ impl JobEngine {
                 // A NaN or infinity cannot refresh the property (the twin refuses it and
                 // keeps what it had; JSON has no such number): the read did not do what
                 // it was for. The child fails, naming the path; what the device answered
-                // still goes to the twin, which counts the refusal.
+                // still goes to the twin, which counts the refusal. Only at a path the
+                // step asked for: a value the device added unasked is no part of the job.
+                let composite = self.children[c as usize].flags & FLAG_COMPOSITE != 0;
+                let asked = |p: &Lwm2mPath| {
+                    if composite {
+                        paths.iter().any(|a| a.contains(p))
+                    } else {
+                        paths.get(step as usize).is_some_and(|a| a.contains(p))
+                    }
+                };
                 if let Some((path, x)) = content.values.iter().find_map(|(p, v)| match v {
-                    ResourceValue::Float(x) if !x.is_finite() => Some((p, *x)),
+                    ResourceValue::Float(x) if !x.is_finite() && asked(p) => Some((p, *x)),
                     _ => None,
                 }) {
                     let why = format!("{path} is {x}, which a twin cannot hold");

@@ -16,14 +16,17 @@
 //! Times are indexed as RFC 3339 strings with milliseconds (`2016-04-29T12:00:00.000Z`),
 //! and a string literal compared with `StartTimeUtc`/`EndTimeUtc` (`eq ne lt lte gt gte`,
 //! an `in`/`nin` item) that [`Timestamp`] parses (`YYYY-MM-DDTHH:MM:SS[.fraction]` then
-//! `Z` or an offset `+HH:MM`/`-HH:MM`, years 1970 to 9999) compares as the time it names,
+//! `Z` or an offset `+HH:MM`/`-HH:MM`, years 1970 to 9999; a fraction of any length, of
+//! which the digits past the ninth count only as a sub-millisecond part) compares as the
+//! time it names,
 //! as Azure IoT Hub's job queries do: `"2016-04-29T12:00:00Z"`,
 //! `"2016-04-29T12:00:00.000Z"` and `"2016-04-29T14:00:00+02:00"` are one time. Stored
 //! times have whole milliseconds, so a literal with a finer non-zero fraction
 //! (`"2016-04-29T12:00:00.0005Z"`) equals none of them: `eq` matches nothing, `ne` every
 //! record with the time, `gt`/`gte` the times from the next millisecond (`12:00:00.001`)
 //! on, `lt`/`lte` those up to its millisecond (`12:00:00.000`), and an `in`/`nin` list
-//! leaves it out. A string that does not parse as a time (`"2016-04-29"`, a year before
+//! leaves it out. A leap second (`23:59:60`) is such a literal too: after every instant
+//! of `23:59:59`, before the next second. A string that does not parse as a time (`"2016-04-29"`, a year before
 //! 1970) compares as a string with the indexed form, byte by byte. Sorts, groups and
 //! `min`/`max` use the indexed strings, whose order is the times' order.
 //!
@@ -495,7 +498,21 @@ impl IndexedSource for HistorySnapshot {
 /// A time literal as the indexed times compare with it (see the module docs): `None` if
 /// the text is no time [`Timestamp`] parses.
 fn time_comparand(text: &str) -> Option<Comparand> {
-    let t: Timestamp = text.parse().ok()?;
+    let t: Timestamp = nine_fraction_digits(text).parse().ok()?;
+    if text.as_bytes().get(17..19) == Some(b"60") {
+        // A leap second: `Timestamp` reads it as the second before (it counts none), but
+        // it lies after every instant of that second and before the next, as no stored
+        // time does.
+        let second = t.as_millis() - t.as_millis() % 1000;
+        let next = second + 1000;
+        return Some(Comparand::Between {
+            below: Some(Scalar::from(
+                Timestamp::from_millis(second + 999).to_string().as_str(),
+            )),
+            above: (next <= Timestamp::MAX.as_millis())
+                .then(|| Scalar::from(Timestamp::from_millis(next).to_string().as_str())),
+        });
+    }
     if !sub_millisecond(text) {
         return Some(Comparand::Value(Scalar::from(t.to_string().as_str())));
     }
@@ -512,6 +529,23 @@ fn time_comparand(text: &str) -> Option<Comparand> {
         below: Some(Scalar::from(t.to_string().as_str())),
         above,
     })
+}
+
+/// `text` with the digits of its fraction (`.` at byte 19) past the ninth dropped:
+/// [`Timestamp`] reads at most nine, RFC 3339 bounds none (`time-secfrac = "." 1*DIGIT`).
+/// The time parsed is then the literal's, cut to the nanosecond, and [`sub_millisecond`]
+/// (on the whole literal) still sees the finer digits.
+fn nine_fraction_digits(text: &str) -> std::borrow::Cow<'_, str> {
+    let b = text.as_bytes();
+    if b.get(19) != Some(&b'.') {
+        return text.into();
+    }
+    let digits = b[20..].iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits <= 9 {
+        return text.into();
+    }
+    // Bytes 19 to the end of the digits are ASCII: every offset cut is a char boundary.
+    format!("{}{}", &text[..29], &text[20 + digits..]).into()
 }
 
 /// Whether a time's fraction (`.` at byte 19, as [`Timestamp`] reads it) has a non-zero

@@ -240,20 +240,22 @@ pub enum JobType {
         value: String,
     },
     /// Read each path; the values come out of [`JobEngine::poll_twin_update`](super::JobEngine::poll_twin_update).
-    /// A NaN or infinite float in an answer cannot refresh the property (the twin refuses
-    /// it, counted in `HubStats::property_errors`, and keeps what it had): the child fails
-    /// with `rejected:badPayload`, its message naming the path.
+    /// A NaN or infinite float answered at a path read (or under it) cannot refresh the
+    /// property (the twin refuses it, counted in `HubStats::property_errors`, and keeps
+    /// what it had): the child fails with `rejected:badPayload`, its message naming the
+    /// path. One the device adds unasked goes to the twin the same way, but is no part of
+    /// the job.
     #[serde(rename = "readDeviceProperties", rename_all = "camelCase")]
     ReadDeviceProperties {
         /// Resource paths to read.
         paths: Vec<Lwm2mPath>,
     },
-    /// Write each value (replace). The twin changes when the device reports, not here.
-    /// Floats must be finite (checked at creation). Over the LwM2M server each value is
-    /// checked against its resource's type before it is sent
-    /// (`lwm2m::content::fit_to_types`): one that does not fit
-    /// (`-1` for an Unsigned Integer, a float for an Integer) fails the child with
-    /// `rejected:badPayload` and nothing is written.
+    /// Write each value (replace), one Write per value, in order. The twin changes when the
+    /// device reports, not here. Floats must be finite (checked at creation). Over the
+    /// LwM2M server each value is checked against its resource's type before it is sent
+    /// (`lwm2m::content::fit_to_types`): one that does not fit (`-1` for an Unsigned
+    /// Integer, a float for an Integer) fails the child with `rejected:badPayload`, and
+    /// neither it nor the values after it are written; the values before it were.
     #[serde(rename = "writeDeviceProperties", rename_all = "camelCase")]
     WriteDeviceProperties {
         /// `(resource path, value)` pairs.

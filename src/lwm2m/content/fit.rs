@@ -34,16 +34,16 @@ use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 /// use twinhub::{Content, Lwm2mPath, ResourceType, ResourceValue};
 ///
 /// let lifetime = Lwm2mPath::resource(1, 0, 1); // Integer
-/// let disable_timeout = Lwm2mPath::resource(1, 0, 13); // Unsigned Integer
-/// let c = Content::single(disable_timeout, ResourceValue::Integer(86_400));
+/// let priority_order = Lwm2mPath::resource(1, 0, 13); // Unsigned Integer (priority order)
+/// let c = Content::single(priority_order, ResourceValue::Integer(2));
 /// assert_eq!(
 ///     fit_to_types(&c, &standard_resource_type).unwrap(),
-///     Content::single(disable_timeout, ResourceValue::UnsignedInteger(86_400)),
+///     Content::single(priority_order, ResourceValue::UnsignedInteger(2)),
 /// );
-/// let c = Content::single(disable_timeout, ResourceValue::Integer(-1));
+/// let c = Content::single(priority_order, ResourceValue::Integer(-1));
 /// assert_eq!(
 ///     fit_to_types(&c, &standard_resource_type),
-///     Err(ContentError::OutOfRange { path: disable_timeout, expected: ResourceType::UnsignedInteger }),
+///     Err(ContentError::OutOfRange { path: priority_order, expected: ResourceType::UnsignedInteger }),
 /// );
 /// let c = Content::single(lifetime, ResourceValue::Float(2.0));
 /// assert!(fit_to_types(&c, &standard_resource_type).is_err());
