@@ -1,4 +1,4 @@
-//! Issue #48: what the hub writes must mean on the device what the service asked.
+//! What the hub writes must mean on the device what the service asked (stop 48).
 //!
 //! A write's values are checked against the target resources' types before anything is
 //! sent, the same in every format: `-1` for an Unsigned Integer resource went out over TLV
@@ -27,6 +27,7 @@ const TIME: Lwm2mPath = Lwm2mPath::resource(1000, 0, 4);
 const OPAQUE: Lwm2mPath = Lwm2mPath::resource(1000, 0, 5);
 const STRING: Lwm2mPath = Lwm2mPath::resource(1000, 0, 6);
 const EXEC: Lwm2mPath = Lwm2mPath::resource(1000, 0, 7);
+const BOOL: Lwm2mPath = Lwm2mPath::resource(1000, 0, 8);
 
 /// Object 1000's types, then the standard objects'.
 fn types(p: &Lwm2mPath) -> Option<T> {
@@ -38,6 +39,7 @@ fn types(p: &Lwm2mPath) -> Option<T> {
         [1000, _, 5, ..] => Some(T::Opaque),
         [1000, _, 6, ..] => Some(T::String),
         [1000, _, 7, ..] => Some(T::None),
+        [1000, _, 8, ..] => Some(T::Boolean),
         _ => standard_resource_type(p),
     }
 }
@@ -134,6 +136,9 @@ fn out_of_range_writes_are_refused_before_anything_is_sent() {
         (OPAQUE, V::String("aGk=".into()), "does not match"),
         (STRING, V::Opaque(b"hi".to_vec()), "does not match"),
         (EXEC, V::Integer(1), "does not match"),
+        (BOOL, V::Integer(2), "does not match"),
+        (BOOL, V::String("1".into()), "does not match"),
+        (STRING, V::Boolean(true), "does not match"),
     ];
     for (format, ct) in MULTI {
         for (path, value, what) in &cases {
@@ -179,6 +184,8 @@ fn values_that_fit_reach_the_device_in_the_resource_type() {
             (UINT, V::Integer(255)),
             (FLOAT, V::Integer(-(1 << 53))),
             (TIME, V::UnsignedInteger(1_700_000_000)),
+            (STRING, V::UnsignedInteger(u64::MAX)),
+            (BOOL, V::Integer(1)),
         ],
     };
     let expected = Content {
@@ -187,6 +194,8 @@ fn values_that_fit_reach_the_device_in_the_resource_type() {
             (UINT, V::UnsignedInteger(255)),
             (FLOAT, V::Float(-9_007_199_254_740_992.0)),
             (TIME, V::Time(1_700_000_000)),
+            (STRING, V::String("18446744073709551615".into())),
+            (BOOL, V::Boolean(true)),
         ],
     };
     for (format, ct) in MULTI {

@@ -23,10 +23,15 @@ use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 /// - an integer in a Float resource becomes the float of the same value when that float
 ///   is exact (every integer up to 2^53 in magnitude), and is
 ///   [`ContentError::OutOfRange`] when it would round;
+/// - a number in a String resource becomes its decimal text, and the integer 0 or 1 in a
+///   Boolean resource the boolean: what the text format sent for them before this check
+///   (and what Leshan's converter does), now the same in every format (TLV would have
+///   sent a number's bytes as the string);
 /// - any other kind that is not the resource's ([`ContentError::TypeMismatch`]): a float
 ///   in an integer resource (even `2.0`: the caller asked for a float), a string in an
-///   Opaque resource (text would send it as base64 to decode), a boolean as an integer,
-///   anything written to an executable resource;
+///   Opaque resource (text would send it as base64 to decode), a boolean as an integer or
+///   a string, another integer in a Boolean resource, anything written to an executable
+///   resource;
 /// - a resource whose type `types` does not know keeps the value as given.
 ///
 /// ```
@@ -47,6 +52,12 @@ use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 /// );
 /// let c = Content::single(lifetime, ResourceValue::Float(2.0));
 /// assert!(fit_to_types(&c, &standard_resource_type).is_err());
+/// let timezone = Lwm2mPath::resource(3, 0, 15); // String
+/// let c = Content::single(timezone, ResourceValue::Float(0.5));
+/// assert_eq!(
+///     fit_to_types(&c, &standard_resource_type).unwrap(),
+///     Content::single(timezone, ResourceValue::String("0.5".into())),
+/// );
 /// ```
 pub fn fit_to_types(
     content: &Content,
@@ -104,6 +115,9 @@ fn fit(
             }
             V::Float(i as f64)
         }
+        (T::String, Some(i)) => V::String(i.to_string()),
+        (T::String, None) if matches!(value, V::Float(_)) => V::String(value.to_string()),
+        (T::Boolean, Some(i @ (0 | 1))) => V::Boolean(i == 1),
         _ if value.resource_type() == ty => value.clone(),
         _ => return Err(mismatch()),
     })
