@@ -18,17 +18,17 @@
 //! an `in`/`nin` item) that [`Timestamp`] parses (`YYYY-MM-DDTHH:MM:SS[.fraction]` then
 //! `Z` or an offset `+HH:MM`/`-HH:MM`, years 1970 to 9999; a fraction of any length, of
 //! which the digits past the ninth count only as a sub-millisecond part) compares as the
-//! time it names,
-//! as Azure IoT Hub's job queries do: `"2016-04-29T12:00:00Z"`,
+//! time it names, as Azure IoT Hub's job queries do: `"2016-04-29T12:00:00Z"`,
 //! `"2016-04-29T12:00:00.000Z"` and `"2016-04-29T14:00:00+02:00"` are one time. Stored
 //! times have whole milliseconds, so a literal with a finer non-zero fraction
 //! (`"2016-04-29T12:00:00.0005Z"`) equals none of them: `eq` matches nothing, `ne` every
 //! record with the time, `gt`/`gte` the times from the next millisecond (`12:00:00.001`)
 //! on, `lt`/`lte` those up to its millisecond (`12:00:00.000`), and an `in`/`nin` list
 //! leaves it out. A leap second (`23:59:60`) is such a literal too: after every instant
-//! of `23:59:59`, before the next second. A string that does not parse as a time (`"2016-04-29"`, a year before
-//! 1970) compares as a string with the indexed form, byte by byte. Sorts, groups and
-//! `min`/`max` use the indexed strings, whose order is the times' order.
+//! of `23:59:59`, before the next second. A string that does not parse as a time
+//! (`"2016-04-29"`, a year before 1970) compares as a string with the indexed form, byte
+//! by byte. Sorts, groups and `min`/`max` use the indexed strings, whose order is the
+//! times' order.
 //!
 //! Paging follows the query module's rules (a record whose sort key does not change
 //! between two pages is never skipped or repeated, while jobs are created, progress and
