@@ -10,7 +10,8 @@ use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
 use job_support::{
-    answer, drain, fw_state, is_write_of, one_op, registered, registered_with, timed_out,
+    answer, drain, fw_state, is_write_of, one_child, one_op, registered, registered_with,
+    state as child_status, timed_out,
 };
 
 /// Runs a firmware update through its steps with the given State numbering.
@@ -199,19 +200,6 @@ fn dry_run_returns_the_frozen_targets_and_rejects_duplicates() {
 // ---- Issue #16 findings 7, 8 and 9: restarts, lost messages, shared observations and
 // objects a device did not announce. ----
 
-/// An engine with one registered device and one job of `job` on it.
-fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
-    let t0 = Instant::now();
-    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
-    let dev = DeviceId::new("d").unwrap();
-    engine.handle_event(t0, &registered(&dev));
-    let id = JobId::new("j").unwrap();
-    engine
-        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
-        .unwrap();
-    (engine, t0, dev, id)
-}
-
 fn fw_job() -> JobType {
     JobType::FirmwareUpdate {
         package_uri: "coap://x/2.0".into(),
@@ -223,11 +211,6 @@ fn reboot_job() -> JobType {
     JobType::Reboot {
         wait_for_registration: false,
     }
-}
-
-fn child_status(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
-    let (state, reason) = engine.child_state(id, dev).unwrap();
-    (state, reason.map(|r| r.code()))
 }
 
 #[test]

@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use std::time::Instant;
-use twinhub::job::JobEngine;
+use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo};
-use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
+use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 /// The objects a device announces in [`registered`]: Server, Device, Firmware Update and
 /// the preview's Config.
@@ -112,4 +112,85 @@ pub fn one_op(engine: &mut JobEngine) -> DeviceOp {
 /// Whether `op` writes `path`.
 pub fn is_write_of(op: &DeviceOp, path: Lwm2mPath) -> bool {
     matches!(&op.request, DeviceRequest::Write { path: p, .. } if *p == path)
+}
+
+/// An engine configuration whose transport reports when a request leaves
+/// (`DeviceEvent::Sent`).
+pub fn reports_sent() -> EngineConfig {
+    EngineConfig {
+        transport_reports_sent: true,
+        ..EngineConfig::default()
+    }
+}
+
+/// An engine with one registered device `d` and one job `j` of `job` on it.
+pub fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &registered(&dev));
+    let id = JobId::new("j").unwrap();
+    engine
+        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
+        .unwrap();
+    (engine, t0, dev, id)
+}
+
+/// A Reboot job, waiting for the registration after it or not.
+pub fn reboot(wait_for_registration: bool) -> JobType {
+    JobType::Reboot {
+        wait_for_registration,
+    }
+}
+
+/// The transport reports that `op` left.
+pub fn sent(engine: &mut JobEngine, now: Instant, op: &DeviceOp) {
+    engine.handle_event(
+        now,
+        &DeviceEvent::Sent {
+            op: op.id,
+            device: op.device.clone(),
+        },
+    );
+}
+
+/// The state of `dev`'s child of job `id`, with its failure reason's code.
+pub fn state(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
+    let (state, reason) = engine.child_state(id, dev).unwrap();
+    (state, reason.map(|r| r.code()))
+}
+
+/// The Execute of Firmware Update's Update `/5/0/2`.
+pub fn update_execute() -> DeviceRequest {
+    DeviceRequest::Execute {
+        path: Lwm2mPath::resource(5, 0, 2),
+        args: None,
+    }
+}
+
+/// A firmware job over `d` (reports `Sent`) driven to its Execute of Update, which is
+/// handed to the transport (not sent yet); the Observe, the Write and the download went
+/// as planned.
+pub fn firmware_at_execute() -> (JobEngine, Instant, DeviceId, JobId, DeviceOp) {
+    let job = JobType::FirmwareUpdate {
+        package_uri: "coap://x/2.0".into(),
+        expected_version: Some("2.0".into()),
+    };
+    let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
+    let observe = one_op(&mut engine);
+    sent(&mut engine, t0, &observe);
+    answer(
+        &mut engine,
+        t0,
+        &observe,
+        DeviceReply::Content(fw_state(0, 0)),
+    );
+    let write = one_op(&mut engine);
+    assert!(is_write_of(&write, Lwm2mPath::resource(5, 0, 1)));
+    sent(&mut engine, t0, &write);
+    answer(&mut engine, t0, &write, DeviceReply::Done);
+    notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
+    let execute = one_op(&mut engine);
+    assert_eq!(execute.request, update_execute());
+    (engine, t0, dev, id, execute)
 }
