@@ -11,7 +11,9 @@ mod dtls_support;
 mod hub_support;
 mod job_support;
 
-use hub_support::{Script, Scripted, durable_store, job_ops, register, wait_until};
+use hub_support::{
+    Script, Scripted, durable_store, job_ops, register, start_reboot_job, wait_until,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig};
@@ -80,14 +82,7 @@ fn an_execute_whose_sent_was_in_a_failed_commit_is_not_sent_again() {
     let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
     register(&hub, &script, &device);
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &device, true);
     wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
     // Let the batch that handed the Execute over become durable.
     std::thread::sleep(Duration::from_millis(300));
@@ -140,14 +135,7 @@ fn a_reboot_answered_with_its_sent_in_a_failed_commit_is_executed_once() {
     let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
     register(&hub, &script, &device);
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &device, false);
     wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
     std::thread::sleep(Duration::from_millis(300));
     let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
@@ -298,14 +286,7 @@ fn control_an_execute_whose_sent_commits_is_sent_once() {
     let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
     register(&hub, &script, &device);
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &device, true);
     wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
     std::thread::sleep(Duration::from_millis(300));
     let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
@@ -450,14 +431,7 @@ fn reboot_over_dtls(close_session: bool) -> (twinhub::job::JobStatistics, Vec<St
         });
     }
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &device, true);
     peer.pump(Duration::from_millis(300), None);
     // The device registers afresh (handshaking again first if its session was closed).
     peer.register("cl-1");

@@ -31,7 +31,7 @@ fn child_status(hub: &Hub, job: &twinhub::job::JobId) -> twinhub::job::JobStatis
 /// its offline device. The device registers in a batch whose commit fails once. The
 /// device never answers anything: the child must not succeed.
 fn reboot_on_registration(fail: bool) -> (twinhub::job::JobStatistics, usize) {
-    use twinhub::job::{JobId, JobSpec, JobType};
+    use twinhub::job::JobId;
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
     register(&hub, &script, &pump);
@@ -46,14 +46,7 @@ fn reboot_on_registration(fail: bool) -> (twinhub::job::JobStatistics, usize) {
         hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Disconnected
     });
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &pump, false);
     wait_until("the child waits for its device", || {
         child_status(&hub, &job).waiting_for_device == 1
     });
