@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
+use twinhub::store::SharedStore;
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, Transport};
 use twinhub::{DeviceId, Timestamp};
 
@@ -41,6 +42,40 @@ impl Transport for SentScripted {
     fn reports_sent(&self) -> bool {
         true
     }
+}
+
+/// A durable hub (sync off) over [`SentScripted`] where `dev-1` registered, running the
+/// reboot job `rb` (with `wait_for_registration`). Returns once the job's Execute was
+/// handed over (not sent yet) and the batch that handed it over had time to become
+/// durable.
+#[allow(clippy::type_complexity)]
+fn reboot_execute_handed_over(
+    wait_for_registration: bool,
+) -> (
+    SharedStore,
+    Hub,
+    Arc<Mutex<Script>>,
+    tempfile::TempDir,
+    DeviceId,
+    JobId,
+    DeviceOp,
+) {
+    let device = DeviceId::new("dev-1").unwrap();
+    let config = HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    };
+    let (store, registry, config, dir) = durable_store(&[&device], config);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
+    register(&hub, &script, &device);
+    let job = JobId::new("rb").unwrap();
+    start_reboot_job(&hub, &job, &device, wait_for_registration);
+    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
+    // Let the batch that handed the Execute over become durable.
+    std::thread::sleep(Duration::from_millis(300));
+    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    (store, hub, script, dir, device, job, execute)
 }
 
 fn is_execute(op: &DeviceOp) -> bool {
@@ -72,21 +107,7 @@ fn sent_event(op: &DeviceOp) -> DeviceEvent {
 /// device's next registration completes the reboot with one Execute.
 #[test]
 fn an_execute_whose_sent_was_in_a_failed_commit_is_not_sent_again() {
-    let device = DeviceId::new("dev-1").unwrap();
-    let config = HubConfig {
-        sync: None,
-        ..HubConfig::default()
-    };
-    let (store, registry, config, _dir) = durable_store(&[&device], config);
-    let script = Arc::new(Mutex::new(Script::default()));
-    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
-    register(&hub, &script, &device);
-    let job = JobId::new("rb").unwrap();
-    start_reboot_job(&hub, &job, &device, true);
-    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
-    // Let the batch that handed the Execute over become durable.
-    std::thread::sleep(Duration::from_millis(300));
-    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    let (store, hub, script, _dir, device, job, execute) = reboot_execute_handed_over(true);
     // The Execute leaves; the batch that carries its `Sent` fails to commit.
     store.lock().fail_next_commit();
     hub_support::push(&script, sent_event(&execute));
@@ -125,20 +146,7 @@ fn an_execute_whose_sent_was_in_a_failed_commit_is_not_sent_again() {
 /// completes the job, with one Execute.
 #[test]
 fn a_reboot_answered_with_its_sent_in_a_failed_commit_is_executed_once() {
-    let device = DeviceId::new("dev-1").unwrap();
-    let config = HubConfig {
-        sync: None,
-        ..HubConfig::default()
-    };
-    let (store, registry, config, _dir) = durable_store(&[&device], config);
-    let script = Arc::new(Mutex::new(Script::default()));
-    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
-    register(&hub, &script, &device);
-    let job = JobId::new("rb").unwrap();
-    start_reboot_job(&hub, &job, &device, false);
-    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
-    std::thread::sleep(Duration::from_millis(300));
-    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    let (store, hub, script, _dir, device, job, execute) = reboot_execute_handed_over(false);
     store.lock().fail_next_commit();
     {
         let mut s = script.lock().unwrap();
@@ -276,20 +284,7 @@ fn firmware_executes(fail: bool) -> usize {
 /// and succeeds on the registration.
 #[test]
 fn control_an_execute_whose_sent_commits_is_sent_once() {
-    let device = DeviceId::new("dev-1").unwrap();
-    let config = HubConfig {
-        sync: None,
-        ..HubConfig::default()
-    };
-    let (_store, registry, config, _dir) = durable_store(&[&device], config);
-    let script = Arc::new(Mutex::new(Script::default()));
-    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
-    register(&hub, &script, &device);
-    let job = JobId::new("rb").unwrap();
-    start_reboot_job(&hub, &job, &device, true);
-    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
-    std::thread::sleep(Duration::from_millis(300));
-    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    let (_store, hub, script, _dir, device, job, execute) = reboot_execute_handed_over(true);
     hub_support::push(&script, sent_event(&execute));
     std::thread::sleep(Duration::from_millis(500));
     hub_support::push(&script, hub_support::registered_v(&device, "1.0"));
