@@ -10,8 +10,8 @@ use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
 use job_support::{
-    answer, drain, fw_state, is_write_of, one_child, one_op, registered, registered_with,
-    state as child_status, timed_out,
+    answer, drain, fw_state, is_write_of, observe_idle_and_write, one_child, one_op, registered,
+    registered_with, state as child_status, timed_out,
 };
 
 /// Runs a firmware update through its steps with the given State numbering.
@@ -123,15 +123,7 @@ fn update_result_codes_become_failure_reasons() {
     engine
         .create(t0, JobSpec::new(job.clone(), fw, vec![dev.clone()]))
         .unwrap();
-    let observe = one_op(&mut engine);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write(&mut engine, t0);
     engine.handle_event(
         t0,
         &DeviceEvent::Notification {
@@ -262,15 +254,7 @@ fn a_device_that_restarts_mid_download_gets_the_package_uri_again() {
 #[test]
 fn a_restart_that_kept_the_downloaded_package_goes_on_to_install_it() {
     let (mut engine, t0, dev, _) = one_child(EngineConfig::default(), fw_job());
-    let observe = one_op(&mut engine);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write(&mut engine, t0);
     engine.handle_event(t0, &registered(&dev));
     let resync = one_op(&mut engine);
     answer(
@@ -407,15 +391,7 @@ fn lost_answers_to_idempotent_operations_are_resent_up_to_max_resends() {
 #[test]
 fn a_lost_firmware_execute_answer_is_checked_before_it_is_sent_again() {
     let (mut engine, t0, _dev, _) = one_child(EngineConfig::default(), fw_job());
-    let observe = one_op(&mut engine);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write(&mut engine, t0);
     let poll_at = engine.poll_timeout().unwrap();
     assert_eq!(
         poll_at,
@@ -464,15 +440,7 @@ fn a_lost_firmware_execute_answer_is_checked_before_it_is_sent_again() {
 #[test]
 fn polls_back_off_from_poll_min_to_poll_interval() {
     let (mut engine, t0, _dev, _) = one_child(EngineConfig::default(), fw_job());
-    let observe = one_op(&mut engine);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write(&mut engine, t0);
     let mut gaps = Vec::new();
     let mut last = t0;
     for _ in 0..7 {

@@ -194,3 +194,12 @@ pub fn firmware_at_execute() -> (JobEngine, Instant, DeviceId, JobId, DeviceOp) 
     assert_eq!(execute.request, update_execute());
     (engine, t0, dev, id, execute)
 }
+
+/// A firmware job's first steps as planned: the Observe of `/5/0` answered Idle, then the
+/// Write of the Package URI answered Done (each the only operation to send).
+pub fn observe_idle_and_write(engine: &mut JobEngine, now: Instant) {
+    let observe = one_op(engine);
+    answer(engine, now, &observe, DeviceReply::Content(fw_state(0, 0)));
+    let write = one_op(engine);
+    answer(engine, now, &write, DeviceReply::Done);
+}
