@@ -13,8 +13,9 @@ mod job_support;
 
 use bootstrap_sim::{BootstrapNet, Management, dm};
 use job_support::{
-    answer, drain, firmware_at_execute, fw_state, is_write_of, notify_firmware, one_op, registered,
-    reports_sent, sent, state, timed_out, update_execute,
+    answer, drain, firmware_at_execute, fw_state, is_write_of, notify_firmware,
+    observe_idle_and_write_sent, one_op, registered, reports_sent, sent, state, timed_out,
+    update_execute,
 };
 use std::time::{Duration, Instant};
 use twinhub::coap::{Code, Message, MessageType};
@@ -133,17 +134,7 @@ fn a_restored_engine_does_not_install_an_update_twice() {
     engine
         .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
         .unwrap();
-    let observe = one_op(&mut engine);
-    sent(&mut engine, t0, &observe);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    sent(&mut engine, t0, &write);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write_sent(&mut engine, t0);
     notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
     let execute = one_op(&mut engine);
     assert_eq!(execute.request, update_execute());

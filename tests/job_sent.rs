@@ -9,8 +9,9 @@ use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
 use job_support::{
-    answer, drain, firmware_at_execute, fw_state, is_write_of, notify_firmware, one_child, one_op,
-    reboot, registered, reports_sent, sent, state, timed_out, update_execute,
+    answer, drain, firmware_at_execute, fw_state, is_write_of, notify_firmware,
+    observe_idle_and_write_sent, one_child, one_op, reboot, registered, reports_sent, sent, state,
+    timed_out, update_execute,
 };
 
 /// The bug: the Execute waits in the queue of a sleeping device; the device registers
@@ -140,17 +141,7 @@ fn a_queued_firmware_execute_is_not_sent_twice_on_a_registration() {
         expected_version: None,
     };
     let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
-    let observe = one_op(&mut engine);
-    sent(&mut engine, t0, &observe);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    sent(&mut engine, t0, &write);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write_sent(&mut engine, t0);
     notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
     let execute = one_op(&mut engine);
     assert_eq!(

@@ -177,18 +177,8 @@ pub fn firmware_at_execute() -> (JobEngine, Instant, DeviceId, JobId, DeviceOp) 
         expected_version: Some("2.0".into()),
     };
     let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
-    let observe = one_op(&mut engine);
-    sent(&mut engine, t0, &observe);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
+    let write = observe_idle_and_write_sent(&mut engine, t0);
     assert!(is_write_of(&write, Lwm2mPath::resource(5, 0, 1)));
-    sent(&mut engine, t0, &write);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
     notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
     let execute = one_op(&mut engine);
     assert_eq!(execute.request, update_execute());
@@ -202,4 +192,17 @@ pub fn observe_idle_and_write(engine: &mut JobEngine, now: Instant) {
     answer(engine, now, &observe, DeviceReply::Content(fw_state(0, 0)));
     let write = one_op(engine);
     answer(engine, now, &write, DeviceReply::Done);
+}
+
+/// As [`observe_idle_and_write`] over a transport that reports `Sent`: the Observe of
+/// `/5/0` and the Write of the Package URI each leave (`Sent`) before their answers
+/// (Idle, Done). Returns the Write.
+pub fn observe_idle_and_write_sent(engine: &mut JobEngine, now: Instant) -> DeviceOp {
+    let observe = one_op(engine);
+    sent(engine, now, &observe);
+    answer(engine, now, &observe, DeviceReply::Content(fw_state(0, 0)));
+    let write = one_op(engine);
+    sent(engine, now, &write);
+    answer(engine, now, &write, DeviceReply::Done);
+    write
 }
