@@ -14,10 +14,11 @@ mod job_support;
 use hub_support::{
     Script, Scripted, durable_store, job_ops, register, start_reboot_job, wait_until,
 };
+use job_support::{reports_sent, state};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
+use twinhub::job::{ChildState, JobEngine, JobId, JobSpec, JobType};
 use twinhub::store::SharedStore;
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, Transport};
 use twinhub::{DeviceId, Timestamp};
@@ -296,18 +297,6 @@ fn control_an_execute_whose_sent_commits_is_sent_once() {
     assert_eq!(executes, 1);
 }
 
-fn reports_sent() -> EngineConfig {
-    EngineConfig {
-        transport_reports_sent: true,
-        ..EngineConfig::default()
-    }
-}
-
-fn state(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
-    let (state, reason) = engine.child_state(id, dev).unwrap();
-    (state, reason.map(|r| r.code()))
-}
-
 /// BUG (src/job/engine.rs, `JobEngine::set_transport_reports_sent`): its docs say that
 /// turning `Sent` reporting off "counts every one [operation already given out] as
 /// sent". It only forgets which operations were unsent: a reboot's Execute handed over
@@ -326,13 +315,7 @@ fn turning_sent_reporting_off_counts_a_handed_over_execute_as_sent() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                id.clone(),
-                JobType::Reboot {
-                    wait_for_registration: true,
-                },
-                vec![dev.clone()],
-            ),
+            JobSpec::new(id.clone(), job_support::reboot(true), vec![dev.clone()]),
         )
         .unwrap();
     let execute = job_support::one_op(&mut engine);

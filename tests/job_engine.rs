@@ -10,8 +10,8 @@ use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
 use job_support::{
-    answer, drain, fw_state, is_write_of, observe_idle_and_write, one_child, one_op, registered,
-    registered_with, state as child_status, timed_out,
+    answer, drain, fw_state, is_write_of, observe_idle_and_write, one_child, one_op, reboot,
+    registered, registered_with, state as child_status, timed_out,
 };
 
 /// Runs a firmware update through its steps with the given State numbering.
@@ -173,9 +173,7 @@ fn dry_run_returns_the_frozen_targets_and_rejects_duplicates() {
     let engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
     let a = DeviceId::new("a").unwrap();
     let b = DeviceId::new("b").unwrap();
-    let reboot = JobType::Reboot {
-        wait_for_registration: false,
-    };
+    let reboot = reboot(false);
     let spec = JobSpec::new(
         JobId::new("r").unwrap(),
         reboot.clone(),
@@ -200,9 +198,7 @@ fn fw_job() -> JobType {
 }
 
 fn reboot_job() -> JobType {
-    JobType::Reboot {
-        wait_for_registration: false,
-    }
+    reboot(false)
 }
 
 #[test]
@@ -1088,13 +1084,7 @@ fn an_engine_duration_past_the_clock_is_refused_and_never_panics() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                job.clone(),
-                JobType::Reboot {
-                    wait_for_registration: true,
-                },
-                vec![dev.clone()],
-            ),
+            JobSpec::new(job.clone(), reboot(true), vec![dev.clone()]),
         )
         .unwrap();
     let exec = one_op(&mut engine);

@@ -13,7 +13,7 @@ use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
-use job_support::{answer, drain, notify_firmware, one_op, registered};
+use job_support::{answer, drain, notify_firmware, one_op, reboot, registered};
 
 // ---- 1. unknown fields in a spec's JSON ----
 
@@ -121,9 +121,7 @@ fn a_misspelt_field_anywhere_in_a_spec_is_an_error_naming_it() {
 fn reboot_spec() -> JobSpec {
     JobSpec::new(
         JobId::new("r").unwrap(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
+        reboot(false),
         vec![DeviceId::new("a").unwrap()],
     )
 }
@@ -273,13 +271,7 @@ fn a_history_page_of_zero_records_is_refused_and_paging_terminates() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                JobId::new("r").unwrap(),
-                JobType::Reboot {
-                    wait_for_registration: false,
-                },
-                devices,
-            ),
+            JobSpec::new(JobId::new("r").unwrap(), reboot(false), devices),
         )
         .unwrap();
     let all = HistoryFilter::default();
@@ -510,14 +502,8 @@ fn an_expired_job_ends_at_its_expiry_not_when_the_timer_ran() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                id.clone(),
-                JobType::Reboot {
-                    wait_for_registration: false,
-                },
-                vec![dev.clone()],
-            )
-            .max_execution_time(Some(max)),
+            JobSpec::new(id.clone(), reboot(false), vec![dev.clone()])
+                .max_execution_time(Some(max)),
         )
         .unwrap();
     assert_eq!(engine.poll_timeout(), Some(t0 + max));
@@ -548,14 +534,7 @@ fn a_timed_out_child_ends_at_its_deadline_not_when_the_timer_ran() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                id.clone(),
-                JobType::Reboot {
-                    wait_for_registration: false,
-                },
-                vec![dev.clone()],
-            )
-            .device_timeout(timeout),
+            JobSpec::new(id.clone(), reboot(false), vec![dev.clone()]).device_timeout(timeout),
         )
         .unwrap();
     // The Execute goes out and is never answered.
@@ -584,14 +563,8 @@ fn a_job_that_expired_while_the_hub_was_down_ends_at_its_expiry() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                id.clone(),
-                JobType::Reboot {
-                    wait_for_registration: false,
-                },
-                vec![dev],
-            )
-            .max_execution_time(Some(Duration::from_secs(60))),
+            JobSpec::new(id.clone(), reboot(false), vec![dev])
+                .max_execution_time(Some(Duration::from_secs(60))),
         )
         .unwrap();
     let (mut parents, mut children) = (Vec::new(), Vec::new());
