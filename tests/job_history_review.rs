@@ -6,7 +6,9 @@
 //! `JobSpec::targets`.)
 
 mod hub_support;
+mod job_support;
 
+use job_support::Rows;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use twinhub::job::{CancelMode, EngineConfig, JobEngine, JobId, JobSpec, JobType, LiveHistory};
@@ -213,32 +215,6 @@ fn a_scheduled_job_cancelled_before_its_start_has_no_start_time() {
     .unwrap();
     let r = e.job(&JobId::new("j0").unwrap()).unwrap();
     assert_eq!(r.start_time_utc, None, "{r:?}");
-}
-
-#[derive(Default)]
-struct Rows {
-    parents: std::collections::BTreeMap<u32, Vec<u8>>,
-    children: std::collections::BTreeMap<u32, Vec<u8>>,
-}
-
-impl Rows {
-    fn apply(&mut self, rows: Vec<twinhub::job::JobRow>) {
-        use twinhub::job::JobRow;
-        for r in rows {
-            match r {
-                JobRow::Parent(p, b) => {
-                    self.parents.insert(p, b);
-                }
-                JobRow::Child(c, b) => {
-                    self.children.insert(c, b);
-                }
-                JobRow::DropBefore { parents, children } => {
-                    self.parents = self.parents.split_off(&parents);
-                    self.children = self.children.split_off(&children);
-                }
-            }
-        }
-    }
 }
 
 // Checks: a child still in progress under a graceful cancel (CancelMode::FinishInFlight)

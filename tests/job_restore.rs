@@ -8,54 +8,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use twinhub::job::{
-    ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobStatus, JobType, RetryRule,
+    ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobStatus, JobType, RetryRule,
 };
 use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, Transport};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
-use job_support::{answer, drain as ops, reboot, registered_under};
-
-/// What a store would hold: the newest row per key.
-#[derive(Default)]
-struct Rows {
-    parents: BTreeMap<u32, Vec<u8>>,
-    children: BTreeMap<u32, Vec<u8>>,
-}
-
-impl Rows {
-    fn apply(&mut self, rows: Vec<JobRow>) {
-        for r in rows {
-            match r {
-                JobRow::Parent(p, b) => self.parents.insert(p, b),
-                JobRow::Child(c, b) => self.children.insert(c, b),
-                JobRow::DropBefore { parents, children } => {
-                    self.parents = self.parents.split_off(&parents);
-                    self.children = self.children.split_off(&children);
-                    None
-                }
-            };
-        }
-    }
-
-    fn restore(&self, now: Instant) -> JobEngine {
-        self.restore_with(now, EngineConfig::default())
-    }
-
-    fn restore_with(&self, now: Instant, config: EngineConfig) -> JobEngine {
-        let e = JobEngine::restore(
-            config,
-            now,
-            Timestamp::now(),
-            self.parents.clone(),
-            self.children.clone(),
-        )
-        .expect("the rows restore");
-        e.validate().expect("a restored engine is consistent");
-        e
-    }
-}
+use job_support::{Rows, answer, drain as ops, reboot, registered_under};
 
 /// `device` registered under the id `r1`.
 fn registered(device: &DeviceId) -> DeviceEvent {

@@ -3,44 +3,19 @@
 //! and the store drops their rows in the same commit. Checked against a model over
 //! random sequences of creations, completions, cancellations, expiries and restarts.
 
+mod job_support;
+
+use job_support::Rows;
 use proptest::prelude::*;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use twinhub::job::{
-    CancelMode, EngineConfig, HistoryCursor, HistoryFilter, JobEngine, JobId, JobRow, JobSpec,
-    JobType,
+    CancelMode, EngineConfig, HistoryCursor, HistoryFilter, JobEngine, JobId, JobSpec, JobType,
 };
 use twinhub::store::{Store, StoreConfig};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, RegistrationInfo};
 use twinhub::{DeviceId, Timestamp};
 
 const WALL0: u64 = 1_700_000_000_000;
-
-/// What a store would hold: the newest row per key, minus dropped ones.
-#[derive(Default)]
-struct Rows {
-    parents: BTreeMap<u32, Vec<u8>>,
-    children: BTreeMap<u32, Vec<u8>>,
-}
-
-impl Rows {
-    fn apply(&mut self, rows: Vec<JobRow>) {
-        for r in rows {
-            match r {
-                JobRow::Parent(p, b) => {
-                    self.parents.insert(p, b);
-                }
-                JobRow::Child(c, b) => {
-                    self.children.insert(c, b);
-                }
-                JobRow::DropBefore { parents, children } => {
-                    self.parents = self.parents.split_off(&parents);
-                    self.children = self.children.split_off(&children);
-                }
-            }
-        }
-    }
-}
 
 fn config(retain_jobs: usize, retain_children: u64) -> EngineConfig {
     EngineConfig {

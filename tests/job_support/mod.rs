@@ -3,8 +3,9 @@
 //! Shared by the `job_*` and review test files (each is its own crate; each uses a part).
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::time::Instant;
-use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
+use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobType};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
@@ -205,4 +206,54 @@ pub fn observe_idle_and_write_sent(engine: &mut JobEngine, now: Instant) -> Devi
     sent(engine, now, &write);
     answer(engine, now, &write, DeviceReply::Done);
     write
+}
+
+/// What a store would hold of a journalling engine's rows: the newest row per key, minus
+/// the dropped ones.
+#[derive(Default)]
+pub struct Rows {
+    /// Parent rows by key.
+    pub parents: BTreeMap<u32, Vec<u8>>,
+    /// Child rows by key.
+    pub children: BTreeMap<u32, Vec<u8>>,
+}
+
+impl Rows {
+    /// Takes in `rows` (from [`JobEngine::take_journal`]) as a store would.
+    pub fn apply(&mut self, rows: Vec<JobRow>) {
+        for r in rows {
+            match r {
+                JobRow::Parent(p, b) => {
+                    self.parents.insert(p, b);
+                }
+                JobRow::Child(c, b) => {
+                    self.children.insert(c, b);
+                }
+                JobRow::DropBefore { parents, children } => {
+                    self.parents = self.parents.split_off(&parents);
+                    self.children = self.children.split_off(&children);
+                }
+            }
+        }
+    }
+
+    /// An engine restored from the rows with the default configuration (checked
+    /// consistent).
+    pub fn restore(&self, now: Instant) -> JobEngine {
+        self.restore_with(now, EngineConfig::default())
+    }
+
+    /// An engine restored from the rows with `config` (checked consistent).
+    pub fn restore_with(&self, now: Instant, config: EngineConfig) -> JobEngine {
+        let e = JobEngine::restore(
+            config,
+            now,
+            Timestamp::now(),
+            self.parents.clone(),
+            self.children.clone(),
+        )
+        .expect("the rows restore");
+        e.validate().expect("a restored engine is consistent");
+        e
+    }
 }
