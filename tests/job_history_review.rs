@@ -8,12 +8,11 @@
 mod hub_support;
 mod job_support;
 
-use job_support::Rows;
+use job_support::{Rows, answer_all, reboot_over_own_devices as reboot_job};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use twinhub::job::{CancelMode, EngineConfig, JobEngine, JobId, JobSpec, JobType, LiveHistory};
 use twinhub::query::{QueryOptions, execute, parse};
-use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply};
 use twinhub::{DeviceId, Timestamp};
 
 const WALL0: u64 = 1_700_000_000_000;
@@ -22,33 +21,6 @@ fn config(retain_jobs: usize) -> EngineConfig {
     EngineConfig {
         retain_jobs,
         ..EngineConfig::default()
-    }
-}
-
-fn reboot_job(id: &str, n: usize) -> JobSpec {
-    let targets = (0..n)
-        .map(|i| DeviceId::new(&format!("{id}-d{i}")).unwrap())
-        .collect();
-    JobSpec::new(
-        JobId::new(id).unwrap(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        targets,
-    )
-}
-
-fn answer_all(e: &mut JobEngine, now: Instant) {
-    let sent: Vec<DeviceOp> = std::iter::from_fn(|| e.poll_op()).collect();
-    for op in sent {
-        e.handle_event(
-            now,
-            &DeviceEvent::Response {
-                op: op.id,
-                device: op.device.clone(),
-                result: Ok(DeviceReply::Done),
-            },
-        );
     }
 }
 

@@ -5,11 +5,11 @@
 
 mod job_support;
 
-use job_support::Rows;
+use job_support::{Rows, answer_all, reboot_over_own_devices};
 use proptest::prelude::*;
 use std::time::{Duration, Instant};
 use twinhub::job::{
-    CancelMode, EngineConfig, HistoryCursor, HistoryFilter, JobEngine, JobId, JobSpec, JobType,
+    CancelMode, EngineConfig, HistoryCursor, HistoryFilter, JobEngine, JobId, JobSpec,
 };
 use twinhub::store::{Store, StoreConfig};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, RegistrationInfo};
@@ -48,32 +48,7 @@ fn registered(device: &DeviceId) -> DeviceEvent {
 
 /// A reboot job over `n` devices of its own (no device is shared between jobs).
 fn reboot_job(id: &str, n: usize, expiry: Option<Duration>) -> JobSpec {
-    let targets = (0..n)
-        .map(|i| DeviceId::new(&format!("{id}-d{i}")).unwrap())
-        .collect();
-    JobSpec::new(
-        JobId::new(id).unwrap(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        targets,
-    )
-    .max_execution_time(expiry)
-}
-
-/// Answers every operation the engine sent with Done.
-fn answer_all(e: &mut JobEngine, now: Instant) {
-    let sent: Vec<DeviceOp> = std::iter::from_fn(|| e.poll_op()).collect();
-    for op in sent {
-        e.handle_event(
-            now,
-            &DeviceEvent::Response {
-                op: op.id,
-                device: op.device.clone(),
-                result: Ok(DeviceReply::Done),
-            },
-        );
-    }
+    reboot_over_own_devices(id, n).max_execution_time(expiry)
 }
 
 #[test]

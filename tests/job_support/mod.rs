@@ -257,3 +257,19 @@ impl Rows {
         e
     }
 }
+
+/// Answers every operation the engine has to send now with Done.
+pub fn answer_all(engine: &mut JobEngine, now: Instant) {
+    for op in drain(engine) {
+        answer(engine, now, &op, DeviceReply::Done);
+    }
+}
+
+/// A Reboot job `id` (no wait for the registration) over `n` devices of its own,
+/// `{id}-d0` to `{id}-d{n-1}` (no device is shared between jobs).
+pub fn reboot_over_own_devices(id: &str, n: usize) -> JobSpec {
+    let targets = (0..n)
+        .map(|i| DeviceId::new(&format!("{id}-d{i}")).unwrap())
+        .collect();
+    JobSpec::new(JobId::new(id).unwrap(), reboot(false), targets)
+}
