@@ -13,15 +13,15 @@ mod job_support;
 
 use bootstrap_sim::{BootstrapNet, Management, dm};
 use job_support::{
-    answer, drain, firmware_at_execute, fw_state, is_write_of, notify_firmware,
-    observe_idle_and_write_sent, one_op, registered, reports_sent, sent, state, timed_out,
-    update_execute,
+    answer, drain, firmware_at_execute, fw_state, is_write_of, journal_maps, notify_firmware,
+    observe_idle_and_write_sent, one_child_journalled, one_op, registered, reports_sent, sent,
+    state, timed_out, update_execute,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use twinhub::coap::{Code, Message, MessageType};
-use twinhub::job::{ChildState, JobEngine, JobId, JobSpec, JobType};
+use twinhub::job::{ChildState, JobEngine, JobType};
 use twinhub::transport::{BootstrapOutcome, DeviceEvent, DeviceReply, DeviceRequest};
-use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
+use twinhub::{Content, Lwm2mPath, ResourceValue, Timestamp};
 
 // ------------------------------------------------------------------ job engine helpers
 
@@ -120,34 +120,17 @@ fn a_firmware_execute_whose_sent_was_dropped_is_not_installed_twice() {
 /// (`FW_VERIFY`), and never write the package again.
 #[test]
 fn a_restored_engine_does_not_install_an_update_twice() {
-    use twinhub::job::JobRow;
-    let t0 = Instant::now();
-    let mut engine = JobEngine::new(reports_sent(), t0, Timestamp::from_millis(0));
-    engine.enable_journal();
-    let dev = DeviceId::new("d").unwrap();
-    engine.handle_event(t0, &registered(&dev));
-    let id = JobId::new("j").unwrap();
     let job = JobType::FirmwareUpdate {
         package_uri: "coap://x/2.0".into(),
         expected_version: Some("2.0".into()),
     };
-    engine
-        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
-        .unwrap();
+    let (mut engine, t0, dev, id) = one_child_journalled(reports_sent(), job);
     observe_idle_and_write_sent(&mut engine, t0);
     notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
     let execute = one_op(&mut engine);
     assert_eq!(execute.request, update_execute());
     // Committed: everything up to the Execute handed over. Its `Sent` is not.
-    let mut parents = std::collections::BTreeMap::new();
-    let mut children = std::collections::BTreeMap::new();
-    for row in engine.take_journal() {
-        match row {
-            JobRow::Parent(p, b) => parents.insert(p, b),
-            JobRow::Child(c, b) => children.insert(c, b),
-            JobRow::DropBefore { .. } => None,
-        };
-    }
+    let (parents, children) = journal_maps(&mut engine);
     let t1 = t0 + Duration::from_secs(120);
     let mut restored = JobEngine::restore(
         reports_sent(),

@@ -3,15 +3,15 @@
 //! in the transport's queue, and a registration seen before they left proves nothing.
 
 use std::time::{Duration, Instant};
-use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobType};
+use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
 use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
 use job_support::{
-    answer, drain, firmware_at_execute, fw_state, is_write_of, notify_firmware,
-    observe_idle_and_write_sent, one_child, one_op, reboot, registered, reports_sent, sent, state,
-    timed_out, update_execute,
+    answer, drain, firmware_at_execute, fw_state, is_write_of, journal_maps, notify_firmware,
+    observe_idle_and_write_sent, one_child, one_child_journalled, one_op, reboot, registered,
+    reports_sent, sent, state, timed_out, update_execute,
 };
 
 /// The bug: the Execute waits in the queue of a sleeping device; the device registers
@@ -171,28 +171,9 @@ fn a_queued_firmware_execute_is_not_sent_twice_on_a_registration() {
 /// than a success.
 #[test]
 fn a_restored_engine_sends_an_execute_whose_sent_was_not_recorded() {
-    let t0 = Instant::now();
-    let mut engine = JobEngine::new(reports_sent(), t0, Timestamp::from_millis(0));
-    engine.enable_journal();
-    let dev = DeviceId::new("d").unwrap();
-    engine.handle_event(t0, &registered(&dev));
-    let id = JobId::new("j").unwrap();
-    engine
-        .create(
-            t0,
-            JobSpec::new(id.clone(), reboot(true), vec![dev.clone()]),
-        )
-        .unwrap();
+    let (mut engine, t0, dev, id) = one_child_journalled(reports_sent(), reboot(true));
     let _execute = one_op(&mut engine);
-    let mut parents = std::collections::BTreeMap::new();
-    let mut children = std::collections::BTreeMap::new();
-    for row in engine.take_journal() {
-        match row {
-            JobRow::Parent(p, b) => parents.insert(p, b),
-            JobRow::Child(c, b) => children.insert(c, b),
-            JobRow::DropBefore { .. } => None,
-        };
-    }
+    let (parents, children) = journal_maps(&mut engine);
     let t1 = t0 + Duration::from_secs(60);
     let mut restored = JobEngine::restore(
         reports_sent(),

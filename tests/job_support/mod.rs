@@ -126,8 +126,28 @@ pub fn reports_sent() -> EngineConfig {
 
 /// An engine with one registered device `d` and one job `j` of `job` on it.
 pub fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
+    one_child_with(config, job, false)
+}
+
+/// As [`one_child`], the engine journalling from its start (the job's creation is in
+/// its journal).
+pub fn one_child_journalled(
+    config: EngineConfig,
+    job: JobType,
+) -> (JobEngine, Instant, DeviceId, JobId) {
+    one_child_with(config, job, true)
+}
+
+fn one_child_with(
+    config: EngineConfig,
+    job: JobType,
+    journal: bool,
+) -> (JobEngine, Instant, DeviceId, JobId) {
     let t0 = Instant::now();
     let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
+    if journal {
+        engine.enable_journal();
+    }
     let dev = DeviceId::new("d").unwrap();
     engine.handle_event(t0, &registered(&dev));
     let id = JobId::new("j").unwrap();
@@ -272,4 +292,33 @@ pub fn reboot_over_own_devices(id: &str, n: usize) -> JobSpec {
         .map(|i| DeviceId::new(&format!("{id}-d{i}")).unwrap())
         .collect();
     JobSpec::new(JobId::new(id).unwrap(), reboot(false), targets)
+}
+
+/// The parent and child rows of the engine's journal, the newest per key (drops
+/// ignored).
+pub fn journal_maps(engine: &mut JobEngine) -> (BTreeMap<u32, Vec<u8>>, BTreeMap<u32, Vec<u8>>) {
+    let mut parents = BTreeMap::new();
+    let mut children = BTreeMap::new();
+    for row in engine.take_journal() {
+        match row {
+            JobRow::Parent(p, b) => parents.insert(p, b),
+            JobRow::Child(c, b) => children.insert(c, b),
+            JobRow::DropBefore { .. } => None,
+        };
+    }
+    (parents, children)
+}
+
+/// Every parent and child row of the engine's journal, in order (drops ignored).
+#[allow(clippy::type_complexity)]
+pub fn journal_lists(engine: &mut JobEngine) -> (Vec<(u32, Vec<u8>)>, Vec<(u32, Vec<u8>)>) {
+    let (mut parents, mut children) = (Vec::new(), Vec::new());
+    for row in engine.take_journal() {
+        match row {
+            JobRow::Parent(p, b) => parents.push((p, b)),
+            JobRow::Child(c, b) => children.push((c, b)),
+            JobRow::DropBefore { .. } => {}
+        }
+    }
+    (parents, children)
 }
