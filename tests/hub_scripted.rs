@@ -208,15 +208,14 @@ fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again()
         .cloned()
         .unwrap();
     assert_eq!(first.device, a);
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(DeviceEvent::Response {
+    hub_support::push(
+        &script,
+        DeviceEvent::Response {
             op: first.id,
             device: a.clone(),
             result: Ok(twinhub::transport::DeviceReply::Done),
-        });
+        },
+    );
     wait_until("the hub to take the answer", || {
         script.lock().unwrap().events.is_empty()
     });
@@ -333,16 +332,15 @@ fn a_disk_failing_for_a_while_costs_a_few_rebuilds_and_loses_no_notification() {
     let until = Instant::now() + Duration::from_millis(1500);
     let mut sent = 0;
     while Instant::now() < until {
-        script
-            .lock()
-            .unwrap()
-            .events
-            .push_back(DeviceEvent::Notification {
+        hub_support::push(
+            &script,
+            DeviceEvent::Notification {
                 device: pump.clone(),
                 registration_id: "r1".into(),
                 path: battery,
                 content: Content::single(battery, ResourceValue::Integer(sent)),
-            });
+            },
+        );
         sent += 1;
         std::thread::sleep(Duration::from_millis(10));
     }

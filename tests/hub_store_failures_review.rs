@@ -35,13 +35,12 @@ fn reboot_on_registration(fail: bool) -> (twinhub::job::JobStatistics, usize) {
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
     register(&hub, &script, &pump);
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(DeviceEvent::Deregistered {
+    push(
+        &script,
+        DeviceEvent::Deregistered {
             device: pump.clone(),
-        });
+        },
+    );
     wait_until("the de-registration", || {
         hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Disconnected
     });
@@ -56,11 +55,7 @@ fn reboot_on_registration(fail: bool) -> (twinhub::job::JobStatistics, usize) {
     if fail {
         store.lock().fail_next_commit();
     }
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(registered_v(&pump, "1.0"));
+    push(&script, registered_v(&pump, "1.0"));
     wait_until("the Execute", || !job_ops(&script).is_empty());
     std::thread::sleep(Duration::from_millis(500));
     let stats = child_status(&hub, &job);
@@ -122,11 +117,7 @@ fn rate_limited_rollout(fail: bool) -> usize {
     if fail {
         store.lock().fail_next_commit();
     }
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(battery_level(&ids[2], 42));
+    push(&script, battery_level(&ids[2], 42));
     std::thread::sleep(Duration::from_millis(800));
     let mut devices: Vec<DeviceId> = job_ops(&script).into_iter().map(|o| o.device).collect();
     devices.sort();
@@ -159,11 +150,7 @@ fn dropped_registration_then_update(fill: bool) -> (bool, usize) {
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
     std::thread::sleep(Duration::from_millis(100));
     store.lock().fail_commits(u32::MAX);
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(battery_level(&pump, 1));
+    push(&script, battery_level(&pump, 1));
     wait_until("the backoff", || hub.metrics().failed_commits >= 2);
     {
         let mut s = script.lock().unwrap();
@@ -188,14 +175,13 @@ fn dropped_registration_then_update(fill: bool) -> (bool, usize) {
     let DeviceEvent::Registered { registration, .. } = registered_v(&pump, "1.0") else {
         unreachable!()
     };
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(DeviceEvent::RegistrationUpdated {
+    push(
+        &script,
+        DeviceEvent::RegistrationUpdated {
             device: pump.clone(),
             registration,
-        });
+        },
+    );
     wait_until("the update", || {
         hub.twin("pump").unwrap().connection_state == ConnectionState::Connected
     });
@@ -258,16 +244,15 @@ fn firmware_execute_answer_in_failed_batch(fail: bool) -> usize {
                 DeviceRequest::Write { .. } => {
                     uri_written = true;
                     // The download completes at once.
-                    script
-                        .lock()
-                        .unwrap()
-                        .events
-                        .push_back(DeviceEvent::Notification {
+                    push(
+                        &script,
+                        DeviceEvent::Notification {
                             device: pump.clone(),
                             registration_id: "r1".into(),
                             path: Lwm2mPath::instance(5, 0),
                             content: fw(2),
-                        });
+                        },
+                    );
                     DeviceReply::Done
                 }
                 _ if is_exec(&op) => {
@@ -283,15 +268,14 @@ fn firmware_execute_answer_in_failed_batch(fail: bool) -> usize {
                 }
                 _ => DeviceReply::Done,
             };
-            script
-                .lock()
-                .unwrap()
-                .events
-                .push_back(DeviceEvent::Response {
+            push(
+                &script,
+                DeviceEvent::Response {
                     op: op.id,
                     device: pump.clone(),
                     result: Ok(reply),
-                });
+                },
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
