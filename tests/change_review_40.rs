@@ -11,11 +11,15 @@ mod dtls_support;
 mod hub_support;
 mod job_support;
 
-use hub_support::{Script, Scripted, durable_store, job_ops, register, wait_until};
+use hub_support::{
+    Script, Scripted, durable_store, job_ops, register, start_reboot_job, wait_until,
+};
+use job_support::{reports_sent, state};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
+use twinhub::job::{ChildState, JobEngine, JobId, JobSpec, JobType};
+use twinhub::store::SharedStore;
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, Transport};
 use twinhub::{DeviceId, Timestamp};
 
@@ -39,6 +43,40 @@ impl Transport for SentScripted {
     fn reports_sent(&self) -> bool {
         true
     }
+}
+
+/// A durable hub (sync off) over [`SentScripted`] where `dev-1` registered, running the
+/// reboot job `rb` (with `wait_for_registration`). Returns once the job's Execute was
+/// handed over (not sent yet) and the batch that handed it over had time to become
+/// durable.
+#[allow(clippy::type_complexity)]
+fn reboot_execute_handed_over(
+    wait_for_registration: bool,
+) -> (
+    SharedStore,
+    Hub,
+    Arc<Mutex<Script>>,
+    tempfile::TempDir,
+    DeviceId,
+    JobId,
+    DeviceOp,
+) {
+    let device = DeviceId::new("dev-1").unwrap();
+    let config = HubConfig {
+        sync: None,
+        ..HubConfig::default()
+    };
+    let (store, registry, config, dir) = durable_store(&[&device], config);
+    let script = Arc::new(Mutex::new(Script::default()));
+    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
+    register(&hub, &script, &device);
+    let job = JobId::new("rb").unwrap();
+    start_reboot_job(&hub, &job, &device, wait_for_registration);
+    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
+    // Let the batch that handed the Execute over become durable.
+    std::thread::sleep(Duration::from_millis(300));
+    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    (store, hub, script, dir, device, job, execute)
 }
 
 fn is_execute(op: &DeviceOp) -> bool {
@@ -70,28 +108,7 @@ fn sent_event(op: &DeviceOp) -> DeviceEvent {
 /// device's next registration completes the reboot with one Execute.
 #[test]
 fn an_execute_whose_sent_was_in_a_failed_commit_is_not_sent_again() {
-    let device = DeviceId::new("dev-1").unwrap();
-    let config = HubConfig {
-        sync: None,
-        ..HubConfig::default()
-    };
-    let (store, registry, config, _dir) = durable_store(&[&device], config);
-    let script = Arc::new(Mutex::new(Script::default()));
-    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
-    register(&hub, &script, &device);
-    let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
-    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
-    // Let the batch that handed the Execute over become durable.
-    std::thread::sleep(Duration::from_millis(300));
-    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    let (store, hub, script, _dir, device, job, execute) = reboot_execute_handed_over(true);
     // The Execute leaves; the batch that carries its `Sent` fails to commit.
     store.lock().fail_next_commit();
     hub_support::push(&script, sent_event(&execute));
@@ -130,27 +147,7 @@ fn an_execute_whose_sent_was_in_a_failed_commit_is_not_sent_again() {
 /// completes the job, with one Execute.
 #[test]
 fn a_reboot_answered_with_its_sent_in_a_failed_commit_is_executed_once() {
-    let device = DeviceId::new("dev-1").unwrap();
-    let config = HubConfig {
-        sync: None,
-        ..HubConfig::default()
-    };
-    let (store, registry, config, _dir) = durable_store(&[&device], config);
-    let script = Arc::new(Mutex::new(Script::default()));
-    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
-    register(&hub, &script, &device);
-    let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
-    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
-    std::thread::sleep(Duration::from_millis(300));
-    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    let (store, hub, script, _dir, device, job, execute) = reboot_execute_handed_over(false);
     store.lock().fail_next_commit();
     {
         let mut s = script.lock().unwrap();
@@ -288,27 +285,7 @@ fn firmware_executes(fail: bool) -> usize {
 /// and succeeds on the registration.
 #[test]
 fn control_an_execute_whose_sent_commits_is_sent_once() {
-    let device = DeviceId::new("dev-1").unwrap();
-    let config = HubConfig {
-        sync: None,
-        ..HubConfig::default()
-    };
-    let (_store, registry, config, _dir) = durable_store(&[&device], config);
-    let script = Arc::new(Mutex::new(Script::default()));
-    let hub = Hub::with_transport(SentScripted(Scripted(script.clone())), registry, config);
-    register(&hub, &script, &device);
-    let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
-    wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
-    std::thread::sleep(Duration::from_millis(300));
-    let execute = job_ops(&script).into_iter().find(is_execute).unwrap();
+    let (_store, hub, script, _dir, device, job, execute) = reboot_execute_handed_over(true);
     hub_support::push(&script, sent_event(&execute));
     std::thread::sleep(Duration::from_millis(500));
     hub_support::push(&script, hub_support::registered_v(&device, "1.0"));
@@ -318,18 +295,6 @@ fn control_an_execute_whose_sent_commits_is_sent_once() {
     let executes = job_ops(&script).into_iter().filter(is_execute).count();
     hub.stop();
     assert_eq!(executes, 1);
-}
-
-fn reports_sent() -> EngineConfig {
-    EngineConfig {
-        transport_reports_sent: true,
-        ..EngineConfig::default()
-    }
-}
-
-fn state(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
-    let (state, reason) = engine.child_state(id, dev).unwrap();
-    (state, reason.map(|r| r.code()))
 }
 
 /// BUG (src/job/engine.rs, `JobEngine::set_transport_reports_sent`): its docs say that
@@ -350,13 +315,7 @@ fn turning_sent_reporting_off_counts_a_handed_over_execute_as_sent() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                id.clone(),
-                JobType::Reboot {
-                    wait_for_registration: true,
-                },
-                vec![dev.clone()],
-            ),
+            JobSpec::new(id.clone(), job_support::reboot(true), vec![dev.clone()]),
         )
         .unwrap();
     let execute = job_support::one_op(&mut engine);
@@ -450,14 +409,7 @@ fn reboot_over_dtls(close_session: bool) -> (twinhub::job::JobStatistics, Vec<St
         });
     }
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &device, true);
     peer.pump(Duration::from_millis(300), None);
     // The device registers afresh (handshaking again first if its session was closed).
     peer.register("cl-1");

@@ -13,88 +13,23 @@ mod job_support;
 
 use bootstrap_sim::{BootstrapNet, Management, dm};
 use job_support::{
-    answer, drain, fw_state, is_write_of, notify_firmware, one_op, registered, timed_out,
+    answer, drain, firmware_at_execute, fw_state, is_write_of, journal_maps, notify_firmware,
+    observe_idle_and_write_sent, one_child_journalled, one_op, registered, reports_sent, sent,
+    state, timed_out, update_execute,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use twinhub::coap::{Code, Message, MessageType};
-use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
-use twinhub::transport::{BootstrapOutcome, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
-use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
+use twinhub::job::{ChildState, JobEngine, JobType};
+use twinhub::transport::{BootstrapOutcome, DeviceEvent, DeviceReply, DeviceRequest};
+use twinhub::{Content, Lwm2mPath, ResourceValue, Timestamp};
 
 // ------------------------------------------------------------------ job engine helpers
-
-fn reports_sent() -> EngineConfig {
-    EngineConfig {
-        transport_reports_sent: true,
-        ..EngineConfig::default()
-    }
-}
-
-fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
-    let t0 = Instant::now();
-    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
-    let dev = DeviceId::new("d").unwrap();
-    engine.handle_event(t0, &registered(&dev));
-    let id = JobId::new("j").unwrap();
-    engine
-        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
-        .unwrap();
-    (engine, t0, dev, id)
-}
-
-fn sent(engine: &mut JobEngine, now: Instant, op: &DeviceOp) {
-    engine.handle_event(
-        now,
-        &DeviceEvent::Sent {
-            op: op.id,
-            device: op.device.clone(),
-        },
-    );
-}
-
-fn state(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
-    let (state, reason) = engine.child_state(id, dev).unwrap();
-    (state, reason.map(|r| r.code()))
-}
-
-fn update_execute() -> DeviceRequest {
-    DeviceRequest::Execute {
-        path: Lwm2mPath::resource(5, 0, 2),
-        args: None,
-    }
-}
 
 fn version(v: &str) -> DeviceReply {
     DeviceReply::Content(Content::single(
         Lwm2mPath::resource(3, 0, 3),
         ResourceValue::String(v.into()),
     ))
-}
-
-/// A firmware job (reports `Sent`) driven to its Execute of Update, handed to the
-/// transport; the Observe, the Write and the download went as planned.
-fn firmware_at_execute() -> (JobEngine, Instant, DeviceId, JobId, DeviceOp) {
-    let job = JobType::FirmwareUpdate {
-        package_uri: "coap://x/2.0".into(),
-        expected_version: Some("2.0".into()),
-    };
-    let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
-    let observe = one_op(&mut engine);
-    sent(&mut engine, t0, &observe);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    assert!(is_write_of(&write, Lwm2mPath::resource(5, 0, 1)));
-    sent(&mut engine, t0, &write);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
-    notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
-    let execute = one_op(&mut engine);
-    assert_eq!(execute.request, update_execute());
-    (engine, t0, dev, id, execute)
 }
 
 /// What is wrong: `MAX_HELD_EVENTS` (src/hub/backoff.rs) promises that a dropped
@@ -185,44 +120,17 @@ fn a_firmware_execute_whose_sent_was_dropped_is_not_installed_twice() {
 /// (`FW_VERIFY`), and never write the package again.
 #[test]
 fn a_restored_engine_does_not_install_an_update_twice() {
-    use twinhub::job::JobRow;
-    let t0 = Instant::now();
-    let mut engine = JobEngine::new(reports_sent(), t0, Timestamp::from_millis(0));
-    engine.enable_journal();
-    let dev = DeviceId::new("d").unwrap();
-    engine.handle_event(t0, &registered(&dev));
-    let id = JobId::new("j").unwrap();
     let job = JobType::FirmwareUpdate {
         package_uri: "coap://x/2.0".into(),
         expected_version: Some("2.0".into()),
     };
-    engine
-        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
-        .unwrap();
-    let observe = one_op(&mut engine);
-    sent(&mut engine, t0, &observe);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    sent(&mut engine, t0, &write);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    let (mut engine, t0, dev, id) = one_child_journalled(reports_sent(), job);
+    observe_idle_and_write_sent(&mut engine, t0);
     notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
     let execute = one_op(&mut engine);
     assert_eq!(execute.request, update_execute());
     // Committed: everything up to the Execute handed over. Its `Sent` is not.
-    let mut parents = std::collections::BTreeMap::new();
-    let mut children = std::collections::BTreeMap::new();
-    for row in engine.take_journal() {
-        match row {
-            JobRow::Parent(p, b) => parents.insert(p, b),
-            JobRow::Child(c, b) => children.insert(c, b),
-            JobRow::DropBefore { .. } => None,
-        };
-    }
+    let (parents, children) = journal_maps(&mut engine);
     let t1 = t0 + Duration::from_secs(120);
     let mut restored = JobEngine::restore(
         reports_sent(),

@@ -89,13 +89,12 @@ fn an_update_under_a_registration_being_ended_is_not_adopted_by_a_twin_created_a
     hub.stop();
 }
 
-/// Removals the registry's log cannot cover (more than 4,096 between two of the hub's
-/// looks) lose the ends of the removed twins' registrations: the transport keeps
-/// answering the device's Updates. The hub ends such a registration at its next Update,
-/// the twin being gone, once; an Update under a registration already being ended (its
-/// twin removed through the hub) gets no second end.
-#[test]
-fn a_registration_whose_twin_is_gone_is_ended_at_its_next_update() {
+/// A hub where `lost` and `marker` registered, then `lost`'s twin was removed along with
+/// 4,200 others, straight in the registry: more removals than its log covers, so the
+/// hub sends no end for `lost`'s registration (checked). Returns the hub, its script,
+/// `lost`, `marker` and the others.
+#[allow(clippy::type_complexity)]
+fn lost_beyond_the_removal_log() -> (Hub, Arc<Mutex<Script>>, DeviceId, DeviceId, Vec<DeviceId>) {
     let lost = DeviceId::new("lost").unwrap();
     let marker = DeviceId::new("marker").unwrap();
     let others: Vec<DeviceId> = (0..4_200)
@@ -119,6 +118,17 @@ fn a_registration_whose_twin_is_gone_is_ended_at_its_next_update() {
         ends(&script).is_empty(),
         "the removal log covered 4,201 removals"
     );
+    (hub, script, lost, marker, others)
+}
+
+/// Removals the registry's log cannot cover (more than 4,096 between two of the hub's
+/// looks) lose the ends of the removed twins' registrations: the transport keeps
+/// answering the device's Updates. The hub ends such a registration at its next Update,
+/// the twin being gone, once; an Update under a registration already being ended (its
+/// twin removed through the hub) gets no second end.
+#[test]
+fn a_registration_whose_twin_is_gone_is_ended_at_its_next_update() {
+    let (hub, script, lost, marker, _) = lost_beyond_the_removal_log();
     // The device's Update: its registration is ended, once.
     push(&script, updated(&lost));
     push(&script, updated(&lost));
@@ -159,29 +169,7 @@ fn a_registration_whose_twin_is_gone_is_ended_at_its_next_update() {
 /// ran out.
 #[test]
 fn a_registration_whose_twin_is_gone_is_ended_at_its_next_notification_or_send() {
-    let lost = DeviceId::new("lost").unwrap();
-    let marker = DeviceId::new("marker").unwrap();
-    let others: Vec<DeviceId> = (0..4_200)
-        .map(|i| DeviceId::new(&format!("other-{i}")).unwrap())
-        .collect();
-    let mut all: Vec<&DeviceId> = others.iter().collect();
-    all.push(&lost);
-    all.push(&marker);
-    let (hub, script) = hub_over(&all);
-    register(&hub, &script, &lost);
-    register(&hub, &script, &marker);
-    {
-        let mut reg = hub.registry().write();
-        reg.remove("lost").unwrap();
-        for d in &others {
-            reg.remove(d.as_str()).unwrap();
-        }
-    }
-    applied_so_far(&hub, &script, &marker);
-    assert!(
-        ends(&script).is_empty(),
-        "the removal log covered 4,201 removals"
-    );
+    let (hub, script, lost, marker, others) = lost_beyond_the_removal_log();
     let send = || DeviceEvent::Notification {
         device: lost.clone(),
         registration_id: "r1".into(),

@@ -10,18 +10,10 @@ mod hub_support;
 
 use hub_support::*;
 use std::time::{Duration, Instant};
-use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{CancelMode, EngineConfig, JobId, JobSpec, JobStatistics, JobType};
-use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
+use twinhub::hub::HubConfig;
+use twinhub::job::{CancelMode, EngineConfig, JobId, JobStatistics};
+use twinhub::transport::{DeviceError, DeviceEvent, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
-
-fn stats(hub: &Hub, job: &JobId) -> JobStatistics {
-    hub.job_statistics(job).unwrap()
-}
-
-fn is_exec(o: &DeviceOp) -> bool {
-    matches!(o.request, DeviceRequest::Execute { .. })
-}
 
 // ---------------------------------------------------------------------------------
 // Finding 1: `adopt_executes` (src/job/engine.rs) adopts every operation of the old
@@ -49,14 +41,7 @@ fn reboot_refused_then_registered(fail: bool) -> (JobStatistics, usize) {
     let (hub, store, script, _dir) = durable_hub(&[&pump], config);
     register(&hub, &script, &pump);
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &pump, true);
     wait_until("the Execute", || job_ops(&script).iter().any(is_exec));
     wait_committed(&hub, &store, "the Execute is durable");
     std::thread::sleep(Duration::from_millis(100));

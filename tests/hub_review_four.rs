@@ -10,18 +10,10 @@ mod hub_support;
 use hub_support::*;
 use std::time::Duration;
 use twinhub::DeviceId;
-use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{EngineConfig, JobId, JobSpec, JobStatistics, JobType};
-use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest};
+use twinhub::hub::HubConfig;
+use twinhub::job::{EngineConfig, JobId, JobStatistics};
+use twinhub::transport::DeviceEvent;
 use twinhub::twin::Twin;
-
-fn stats(hub: &Hub, job: &JobId) -> JobStatistics {
-    hub.job_statistics(job).unwrap()
-}
-
-fn is_exec(o: &DeviceOp) -> bool {
-    matches!(o.request, DeviceRequest::Execute { .. })
-}
 
 /// The device's Update of the registration it holds (`r1`, as [`registered_v`]).
 fn update_r1(device: &DeviceId) -> DeviceEvent {
@@ -63,14 +55,7 @@ fn reboot_then_plain_update(recreate: bool) -> (JobStatistics, u64) {
         hub.create_device(Twin::new(pump.clone())).unwrap();
     }
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &pump, true);
     wait_until("the Execute", || job_ops(&script).iter().any(is_exec));
     let exec = job_ops(&script).into_iter().find(is_exec).unwrap();
     answer_done(&script, &pump, &exec);

@@ -9,14 +9,9 @@ mod hub_support;
 
 use hub_support::*;
 use std::time::{Duration, Instant};
-use twinhub::hub::Hub;
-use twinhub::job::{JobId, JobStatistics};
+use twinhub::job::JobStatistics;
 use twinhub::transport::{DeviceError, DeviceEvent, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
-
-fn stats(hub: &Hub, job: &JobId) -> JobStatistics {
-    hub.job_statistics(job).unwrap()
-}
 
 // ---------------------------------------------------------------------------------
 // Finding: `resume_deferred` (src/job/engine.rs, e24ccdf) sets FLAG_URI_BEFORE_RESTART

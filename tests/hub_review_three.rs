@@ -10,15 +10,11 @@ mod hub_support;
 
 use hub_support::*;
 use std::time::{Duration, Instant};
-use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{JobId, JobStatistics};
+use twinhub::hub::HubConfig;
+use twinhub::job::JobStatistics;
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::twin::ConnectionState;
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
-
-fn stats(hub: &Hub, job: &JobId) -> JobStatistics {
-    hub.job_statistics(job).unwrap()
-}
 
 fn with_registration_id(event: DeviceEvent, id: &str) -> DeviceEvent {
     match event {

@@ -4,12 +4,14 @@
 
 mod hub_support;
 
-use hub_support::{Script, Scripted, wait_until};
+use hub_support::{Script, Scripted, start_reboot_job, wait_until};
 use std::sync::{Arc, Mutex};
 #[cfg(feature = "fuzzing")]
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig};
-use twinhub::job::{JobId, JobSpec, JobType};
+use twinhub::job::JobId;
+#[cfg(feature = "fuzzing")]
+use twinhub::job::{JobSpec, JobType};
 use twinhub::registry::Registry;
 use twinhub::transport::{DeviceEvent, DeviceRequest, RegistrationInfo};
 use twinhub::twin::Twin;
@@ -60,14 +62,7 @@ fn a_reboot_completed_by_a_second_registration_in_the_batch_still_sends_its_exec
     }));
     let hub = Hub::with_transport(Scripted(script.clone()), registry, HubConfig::default());
     let job = JobId::new("reboot").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &device, true);
     // The first Execute finds the device away: the child waits for it.
     wait_until("the child to wait for its device", || {
         hub.job_statistics(&job).unwrap().waiting_for_device == 1
@@ -129,14 +124,7 @@ fn a_registration_before_the_queued_execute_left_does_not_complete_a_reboot() {
             == twinhub::twin::ConnectionState::Connected
     });
     let job = JobId::new("reboot").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &device, true);
     wait_until("the Execute", || executes(&script) == 1);
     // The device wakes by registering: the Execute is still queued.
     script.lock().unwrap().events.push_back(registered(&device));
@@ -220,15 +208,14 @@ fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again()
         .cloned()
         .unwrap();
     assert_eq!(first.device, a);
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(DeviceEvent::Response {
+    hub_support::push(
+        &script,
+        DeviceEvent::Response {
             op: first.id,
             device: a.clone(),
             result: Ok(twinhub::transport::DeviceReply::Done),
-        });
+        },
+    );
     wait_until("the hub to take the answer", || {
         script.lock().unwrap().events.is_empty()
     });
@@ -345,16 +332,15 @@ fn a_disk_failing_for_a_while_costs_a_few_rebuilds_and_loses_no_notification() {
     let until = Instant::now() + Duration::from_millis(1500);
     let mut sent = 0;
     while Instant::now() < until {
-        script
-            .lock()
-            .unwrap()
-            .events
-            .push_back(DeviceEvent::Notification {
+        hub_support::push(
+            &script,
+            DeviceEvent::Notification {
                 device: pump.clone(),
                 registration_id: "r1".into(),
                 path: battery,
                 content: Content::single(battery, ResourceValue::Integer(sent)),
-            });
+            },
+        );
         sent += 1;
         std::thread::sleep(Duration::from_millis(10));
     }

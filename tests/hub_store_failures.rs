@@ -21,11 +21,7 @@ use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceRequest};
 fn composite_refusal(fail: bool) -> usize {
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(registered_v(&pump, "1.1"));
+    push(&script, registered_v(&pump, "1.1"));
     wait_until("the composite observe", || !observes(&script).is_empty());
     let composite = observes(&script).remove(0);
     assert!(matches!(
@@ -38,15 +34,14 @@ fn composite_refusal(fail: bool) -> usize {
     if fail {
         store.lock().fail_next_commit();
     }
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(DeviceEvent::Response {
+    push(
+        &script,
+        DeviceEvent::Response {
             op: composite.id,
             device: pump.clone(),
             result: Err(DeviceError::MethodNotAllowed),
-        });
+        },
+    );
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline && observes(&script).len() < 3 {
         std::thread::sleep(Duration::from_millis(10));
@@ -141,19 +136,14 @@ fn expiry_sweep(fail: bool) -> (bool, usize) {
             ..HubConfig::default()
         },
     );
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(registered_v(&cam, "1.0"));
+    push(&script, registered_v(&cam, "1.0"));
     wait_until("the auto-provisioned twin", || hub.twin("cam").is_some());
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(DeviceEvent::Deregistered {
+    push(
+        &script,
+        DeviceEvent::Deregistered {
             device: cam.clone(),
-        });
+        },
+    );
     wait_until("the de-registration", || {
         hub.twin("cam").unwrap().connection_state == twinhub::twin::ConnectionState::Disconnected
     });
@@ -204,11 +194,7 @@ fn a_batch_whose_commit_and_rebuild_failed_publishes_no_twin_change() {
     let committed = store.lock().committed_seq();
     store.lock().fail_next_commit();
     store.lock().fail_next_reload();
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(battery_level(&pump, 42));
+    push(&script, battery_level(&pump, 42));
     wait_until("the notification committed", || {
         store.lock().committed_seq() > committed
             && hub
@@ -442,11 +428,7 @@ fn a_held_notification_keeps_the_time_it_arrived() {
     // Two failed commits in a row: the hub backs off for a second.
     store.lock().fail_commits(2);
     let sent = Timestamp::now();
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(battery_level(&pump, 42));
+    push(&script, battery_level(&pump, 42));
     wait_until("the notification applied and committed", || {
         hub.twin("pump")
             .unwrap()

@@ -31,29 +31,21 @@ fn child_status(hub: &Hub, job: &twinhub::job::JobId) -> twinhub::job::JobStatis
 /// its offline device. The device registers in a batch whose commit fails once. The
 /// device never answers anything: the child must not succeed.
 fn reboot_on_registration(fail: bool) -> (twinhub::job::JobStatistics, usize) {
-    use twinhub::job::{JobId, JobSpec, JobType};
+    use twinhub::job::JobId;
     let pump = DeviceId::new("pump").unwrap();
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
     register(&hub, &script, &pump);
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(DeviceEvent::Deregistered {
+    push(
+        &script,
+        DeviceEvent::Deregistered {
             device: pump.clone(),
-        });
+        },
+    );
     wait_until("the de-registration", || {
         hub.twin("pump").unwrap().connection_state == twinhub::twin::ConnectionState::Disconnected
     });
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![pump.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, &pump, false);
     wait_until("the child waits for its device", || {
         child_status(&hub, &job).waiting_for_device == 1
     });
@@ -63,11 +55,7 @@ fn reboot_on_registration(fail: bool) -> (twinhub::job::JobStatistics, usize) {
     if fail {
         store.lock().fail_next_commit();
     }
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(registered_v(&pump, "1.0"));
+    push(&script, registered_v(&pump, "1.0"));
     wait_until("the Execute", || !job_ops(&script).is_empty());
     std::thread::sleep(Duration::from_millis(500));
     let stats = child_status(&hub, &job);
@@ -129,11 +117,7 @@ fn rate_limited_rollout(fail: bool) -> usize {
     if fail {
         store.lock().fail_next_commit();
     }
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(battery_level(&ids[2], 42));
+    push(&script, battery_level(&ids[2], 42));
     std::thread::sleep(Duration::from_millis(800));
     let mut devices: Vec<DeviceId> = job_ops(&script).into_iter().map(|o| o.device).collect();
     devices.sort();
@@ -166,11 +150,7 @@ fn dropped_registration_then_update(fill: bool) -> (bool, usize) {
     let (hub, store, script, _dir) = durable_hub(&[&pump], HubConfig::default());
     std::thread::sleep(Duration::from_millis(100));
     store.lock().fail_commits(u32::MAX);
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(battery_level(&pump, 1));
+    push(&script, battery_level(&pump, 1));
     wait_until("the backoff", || hub.metrics().failed_commits >= 2);
     {
         let mut s = script.lock().unwrap();
@@ -195,14 +175,13 @@ fn dropped_registration_then_update(fill: bool) -> (bool, usize) {
     let DeviceEvent::Registered { registration, .. } = registered_v(&pump, "1.0") else {
         unreachable!()
     };
-    script
-        .lock()
-        .unwrap()
-        .events
-        .push_back(DeviceEvent::RegistrationUpdated {
+    push(
+        &script,
+        DeviceEvent::RegistrationUpdated {
             device: pump.clone(),
             registration,
-        });
+        },
+    );
     wait_until("the update", || {
         hub.twin("pump").unwrap().connection_state == ConnectionState::Connected
     });
@@ -265,16 +244,15 @@ fn firmware_execute_answer_in_failed_batch(fail: bool) -> usize {
                 DeviceRequest::Write { .. } => {
                     uri_written = true;
                     // The download completes at once.
-                    script
-                        .lock()
-                        .unwrap()
-                        .events
-                        .push_back(DeviceEvent::Notification {
+                    push(
+                        &script,
+                        DeviceEvent::Notification {
                             device: pump.clone(),
                             registration_id: "r1".into(),
                             path: Lwm2mPath::instance(5, 0),
                             content: fw(2),
-                        });
+                        },
+                    );
                     DeviceReply::Done
                 }
                 _ if is_exec(&op) => {
@@ -290,15 +268,14 @@ fn firmware_execute_answer_in_failed_batch(fail: bool) -> usize {
                 }
                 _ => DeviceReply::Done,
             };
-            script
-                .lock()
-                .unwrap()
-                .events
-                .push_back(DeviceEvent::Response {
+            push(
+                &script,
+                DeviceEvent::Response {
                     op: op.id,
                     device: pump.clone(),
                     result: Ok(reply),
-                });
+                },
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }

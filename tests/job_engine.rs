@@ -10,7 +10,8 @@ use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
 use job_support::{
-    answer, drain, fw_state, is_write_of, one_op, registered, registered_with, timed_out,
+    answer, drain, fw_state, is_write_of, observe_idle_and_write, one_child, one_op, reboot,
+    registered, registered_with, state as child_status, timed_out,
 };
 
 /// Runs a firmware update through its steps with the given State numbering.
@@ -122,15 +123,7 @@ fn update_result_codes_become_failure_reasons() {
     engine
         .create(t0, JobSpec::new(job.clone(), fw, vec![dev.clone()]))
         .unwrap();
-    let observe = one_op(&mut engine);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write(&mut engine, t0);
     engine.handle_event(
         t0,
         &DeviceEvent::Notification {
@@ -180,9 +173,7 @@ fn dry_run_returns_the_frozen_targets_and_rejects_duplicates() {
     let engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(0));
     let a = DeviceId::new("a").unwrap();
     let b = DeviceId::new("b").unwrap();
-    let reboot = JobType::Reboot {
-        wait_for_registration: false,
-    };
+    let reboot = reboot(false);
     let spec = JobSpec::new(
         JobId::new("r").unwrap(),
         reboot.clone(),
@@ -199,19 +190,6 @@ fn dry_run_returns_the_frozen_targets_and_rejects_duplicates() {
 // ---- Issue #16 findings 7, 8 and 9: restarts, lost messages, shared observations and
 // objects a device did not announce. ----
 
-/// An engine with one registered device and one job of `job` on it.
-fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
-    let t0 = Instant::now();
-    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
-    let dev = DeviceId::new("d").unwrap();
-    engine.handle_event(t0, &registered(&dev));
-    let id = JobId::new("j").unwrap();
-    engine
-        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
-        .unwrap();
-    (engine, t0, dev, id)
-}
-
 fn fw_job() -> JobType {
     JobType::FirmwareUpdate {
         package_uri: "coap://x/2.0".into(),
@@ -220,14 +198,7 @@ fn fw_job() -> JobType {
 }
 
 fn reboot_job() -> JobType {
-    JobType::Reboot {
-        wait_for_registration: false,
-    }
-}
-
-fn child_status(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
-    let (state, reason) = engine.child_state(id, dev).unwrap();
-    (state, reason.map(|r| r.code()))
+    reboot(false)
 }
 
 #[test]
@@ -279,15 +250,7 @@ fn a_device_that_restarts_mid_download_gets_the_package_uri_again() {
 #[test]
 fn a_restart_that_kept_the_downloaded_package_goes_on_to_install_it() {
     let (mut engine, t0, dev, _) = one_child(EngineConfig::default(), fw_job());
-    let observe = one_op(&mut engine);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write(&mut engine, t0);
     engine.handle_event(t0, &registered(&dev));
     let resync = one_op(&mut engine);
     answer(
@@ -424,15 +387,7 @@ fn lost_answers_to_idempotent_operations_are_resent_up_to_max_resends() {
 #[test]
 fn a_lost_firmware_execute_answer_is_checked_before_it_is_sent_again() {
     let (mut engine, t0, _dev, _) = one_child(EngineConfig::default(), fw_job());
-    let observe = one_op(&mut engine);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write(&mut engine, t0);
     let poll_at = engine.poll_timeout().unwrap();
     assert_eq!(
         poll_at,
@@ -481,15 +436,7 @@ fn a_lost_firmware_execute_answer_is_checked_before_it_is_sent_again() {
 #[test]
 fn polls_back_off_from_poll_min_to_poll_interval() {
     let (mut engine, t0, _dev, _) = one_child(EngineConfig::default(), fw_job());
-    let observe = one_op(&mut engine);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write(&mut engine, t0);
     let mut gaps = Vec::new();
     let mut last = t0;
     for _ in 0..7 {
@@ -1137,13 +1084,7 @@ fn an_engine_duration_past_the_clock_is_refused_and_never_panics() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                job.clone(),
-                JobType::Reboot {
-                    wait_for_registration: true,
-                },
-                vec![dev.clone()],
-            ),
+            JobSpec::new(job.clone(), reboot(true), vec![dev.clone()]),
         )
         .unwrap();
     let exec = one_op(&mut engine);

@@ -6,12 +6,13 @@
 //! `JobSpec::targets`.)
 
 mod hub_support;
+mod job_support;
 
+use job_support::{Rows, answer_all, reboot_over_own_devices as reboot_job};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use twinhub::job::{CancelMode, EngineConfig, JobEngine, JobId, JobSpec, JobType, LiveHistory};
 use twinhub::query::{QueryOptions, execute, parse};
-use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply};
 use twinhub::{DeviceId, Timestamp};
 
 const WALL0: u64 = 1_700_000_000_000;
@@ -20,33 +21,6 @@ fn config(retain_jobs: usize) -> EngineConfig {
     EngineConfig {
         retain_jobs,
         ..EngineConfig::default()
-    }
-}
-
-fn reboot_job(id: &str, n: usize) -> JobSpec {
-    let targets = (0..n)
-        .map(|i| DeviceId::new(&format!("{id}-d{i}")).unwrap())
-        .collect();
-    JobSpec::new(
-        JobId::new(id).unwrap(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        targets,
-    )
-}
-
-fn answer_all(e: &mut JobEngine, now: Instant) {
-    let sent: Vec<DeviceOp> = std::iter::from_fn(|| e.poll_op()).collect();
-    for op in sent {
-        e.handle_event(
-            now,
-            &DeviceEvent::Response {
-                op: op.id,
-                device: op.device.clone(),
-                result: Ok(DeviceReply::Done),
-            },
-        );
     }
 }
 
@@ -213,32 +187,6 @@ fn a_scheduled_job_cancelled_before_its_start_has_no_start_time() {
     .unwrap();
     let r = e.job(&JobId::new("j0").unwrap()).unwrap();
     assert_eq!(r.start_time_utc, None, "{r:?}");
-}
-
-#[derive(Default)]
-struct Rows {
-    parents: std::collections::BTreeMap<u32, Vec<u8>>,
-    children: std::collections::BTreeMap<u32, Vec<u8>>,
-}
-
-impl Rows {
-    fn apply(&mut self, rows: Vec<twinhub::job::JobRow>) {
-        use twinhub::job::JobRow;
-        for r in rows {
-            match r {
-                JobRow::Parent(p, b) => {
-                    self.parents.insert(p, b);
-                }
-                JobRow::Child(c, b) => {
-                    self.children.insert(c, b);
-                }
-                JobRow::DropBefore { parents, children } => {
-                    self.parents = self.parents.split_off(&parents);
-                    self.children = self.children.split_off(&children);
-                }
-            }
-        }
-    }
 }
 
 // Checks: a child still in progress under a graceful cancel (CancelMode::FinishInFlight)

@@ -8,54 +8,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use twinhub::job::{
-    ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobStatus, JobType, RetryRule,
+    ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobStatus, JobType, RetryRule,
 };
 use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, Transport};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
-use job_support::{answer, drain as ops, registered_under};
-
-/// What a store would hold: the newest row per key.
-#[derive(Default)]
-struct Rows {
-    parents: BTreeMap<u32, Vec<u8>>,
-    children: BTreeMap<u32, Vec<u8>>,
-}
-
-impl Rows {
-    fn apply(&mut self, rows: Vec<JobRow>) {
-        for r in rows {
-            match r {
-                JobRow::Parent(p, b) => self.parents.insert(p, b),
-                JobRow::Child(c, b) => self.children.insert(c, b),
-                JobRow::DropBefore { parents, children } => {
-                    self.parents = self.parents.split_off(&parents);
-                    self.children = self.children.split_off(&children);
-                    None
-                }
-            };
-        }
-    }
-
-    fn restore(&self, now: Instant) -> JobEngine {
-        self.restore_with(now, EngineConfig::default())
-    }
-
-    fn restore_with(&self, now: Instant, config: EngineConfig) -> JobEngine {
-        let e = JobEngine::restore(
-            config,
-            now,
-            Timestamp::now(),
-            self.parents.clone(),
-            self.children.clone(),
-        )
-        .expect("the rows restore");
-        e.validate().expect("a restored engine is consistent");
-        e
-    }
-}
+use job_support::{Rows, answer, drain as ops, reboot, registered_under};
 
 /// `device` registered under the id `r1`.
 fn registered(device: &DeviceId) -> DeviceEvent {
@@ -82,9 +42,7 @@ fn one_job(kind: JobType) -> (JobEngine, Rows, JobId, DeviceId, Instant) {
 
 #[test]
 fn a_reboot_whose_execute_was_sent_is_not_executed_again_after_a_restart() {
-    let (mut e, mut rows, job, dev, t0) = one_job(JobType::Reboot {
-        wait_for_registration: false,
-    });
+    let (mut e, mut rows, job, dev, t0) = one_job(reboot(false));
     let sent = ops(&mut e);
     assert!(matches!(
         sent[..],
@@ -135,14 +93,8 @@ fn a_reboot_not_yet_sent_at_the_crash_is_sent_once_the_device_is_back() {
     let dev = DeviceId::new("d1").unwrap();
     let job = JobId::new("j").unwrap();
     // Scheduled an hour ahead: nothing sent before the crash.
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![dev.clone()],
-    )
-    .start_at(Timestamp::now().saturating_add(Duration::from_secs(3600)));
+    let spec = JobSpec::new(job.clone(), reboot(false), vec![dev.clone()])
+        .start_at(Timestamp::now().saturating_add(Duration::from_secs(3600)));
     e.create(t0, spec).unwrap();
     let mut rows = Rows::default();
     rows.apply(e.take_journal());
@@ -307,9 +259,7 @@ fn a_child_in_progress_under_a_graceful_cancel_finishes_after_restarts() {
 
 #[test]
 fn finished_jobs_and_their_history_come_back_unchanged() {
-    let (mut e, mut rows, job, _dev, t0) = one_job(JobType::Reboot {
-        wait_for_registration: false,
-    });
+    let (mut e, mut rows, job, _dev, t0) = one_job(reboot(false));
     let exec = ops(&mut e).remove(0);
     e.handle_event(
         t0,
@@ -333,9 +283,7 @@ fn finished_jobs_and_their_history_come_back_unchanged() {
 
 #[test]
 fn rows_that_do_not_fit_are_typed_errors() {
-    let (mut e, mut rows, _job, _dev, _t0) = one_job(JobType::Reboot {
-        wait_for_registration: false,
-    });
+    let (mut e, mut rows, _job, _dev, _t0) = one_job(reboot(false));
     rows.apply(e.take_journal());
     let restore = |parents: BTreeMap<u32, Vec<u8>>, children: BTreeMap<u32, Vec<u8>>| {
         JobEngine::restore(

@@ -3,44 +3,19 @@
 //! and the store drops their rows in the same commit. Checked against a model over
 //! random sequences of creations, completions, cancellations, expiries and restarts.
 
+mod job_support;
+
+use job_support::{Rows, answer_all, reboot_over_own_devices};
 use proptest::prelude::*;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use twinhub::job::{
-    CancelMode, EngineConfig, HistoryCursor, HistoryFilter, JobEngine, JobId, JobRow, JobSpec,
-    JobType,
+    CancelMode, EngineConfig, HistoryCursor, HistoryFilter, JobEngine, JobId, JobSpec,
 };
 use twinhub::store::{Store, StoreConfig};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, RegistrationInfo};
 use twinhub::{DeviceId, Timestamp};
 
 const WALL0: u64 = 1_700_000_000_000;
-
-/// What a store would hold: the newest row per key, minus dropped ones.
-#[derive(Default)]
-struct Rows {
-    parents: BTreeMap<u32, Vec<u8>>,
-    children: BTreeMap<u32, Vec<u8>>,
-}
-
-impl Rows {
-    fn apply(&mut self, rows: Vec<JobRow>) {
-        for r in rows {
-            match r {
-                JobRow::Parent(p, b) => {
-                    self.parents.insert(p, b);
-                }
-                JobRow::Child(c, b) => {
-                    self.children.insert(c, b);
-                }
-                JobRow::DropBefore { parents, children } => {
-                    self.parents = self.parents.split_off(&parents);
-                    self.children = self.children.split_off(&children);
-                }
-            }
-        }
-    }
-}
 
 fn config(retain_jobs: usize, retain_children: u64) -> EngineConfig {
     EngineConfig {
@@ -73,32 +48,7 @@ fn registered(device: &DeviceId) -> DeviceEvent {
 
 /// A reboot job over `n` devices of its own (no device is shared between jobs).
 fn reboot_job(id: &str, n: usize, expiry: Option<Duration>) -> JobSpec {
-    let targets = (0..n)
-        .map(|i| DeviceId::new(&format!("{id}-d{i}")).unwrap())
-        .collect();
-    JobSpec::new(
-        JobId::new(id).unwrap(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        targets,
-    )
-    .max_execution_time(expiry)
-}
-
-/// Answers every operation the engine sent with Done.
-fn answer_all(e: &mut JobEngine, now: Instant) {
-    let sent: Vec<DeviceOp> = std::iter::from_fn(|| e.poll_op()).collect();
-    for op in sent {
-        e.handle_event(
-            now,
-            &DeviceEvent::Response {
-                op: op.id,
-                device: op.device.clone(),
-                result: Ok(DeviceReply::Done),
-            },
-        );
-    }
+    reboot_over_own_devices(id, n).max_execution_time(expiry)
 }
 
 #[test]

@@ -13,7 +13,7 @@ use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
-use job_support::{answer, drain, notify_firmware, one_op, registered};
+use job_support::{answer, drain, journal_lists, notify_firmware, one_op, reboot, registered};
 
 // ---- 1. unknown fields in a spec's JSON ----
 
@@ -121,9 +121,7 @@ fn a_misspelt_field_anywhere_in_a_spec_is_an_error_naming_it() {
 fn reboot_spec() -> JobSpec {
     JobSpec::new(
         JobId::new("r").unwrap(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
+        reboot(false),
         vec![DeviceId::new("a").unwrap()],
     )
 }
@@ -167,7 +165,6 @@ fn a_retry_rule_whose_first_backoff_exceeds_its_longest_is_refused() {
 // an earlier version), waiting what it always waited: the longest backoff.
 #[test]
 fn a_stored_job_with_such_a_rule_still_restores() {
-    use twinhub::job::JobRow;
     let t0 = Instant::now();
     let wall = Timestamp::from_millis(0);
     let mut engine = JobEngine::new(EngineConfig::default(), t0, wall);
@@ -175,14 +172,7 @@ fn a_stored_job_with_such_a_rule_still_restores() {
     engine
         .create(t0, reboot_spec().retry(RetryRule::new(None, 2)))
         .unwrap();
-    let (mut parents, mut children) = (Vec::new(), Vec::new());
-    for row in engine.take_journal() {
-        match row {
-            JobRow::Parent(p, b) => parents.push((p, b)),
-            JobRow::Child(c, b) => children.push((c, b)),
-            JobRow::DropBefore { .. } => {}
-        }
-    }
+    let (mut parents, children) = journal_lists(&mut engine);
     let text = String::from_utf8(parents[0].1.clone()).unwrap();
     let old = text.replace("\"initialBackoffMs\":10000", "\"initialBackoffMs\":700000");
     assert_ne!(old, text);
@@ -273,13 +263,7 @@ fn a_history_page_of_zero_records_is_refused_and_paging_terminates() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                JobId::new("r").unwrap(),
-                JobType::Reboot {
-                    wait_for_registration: false,
-                },
-                devices,
-            ),
+            JobSpec::new(JobId::new("r").unwrap(), reboot(false), devices),
         )
         .unwrap();
     let all = HistoryFilter::default();
@@ -510,14 +494,8 @@ fn an_expired_job_ends_at_its_expiry_not_when_the_timer_ran() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                id.clone(),
-                JobType::Reboot {
-                    wait_for_registration: false,
-                },
-                vec![dev.clone()],
-            )
-            .max_execution_time(Some(max)),
+            JobSpec::new(id.clone(), reboot(false), vec![dev.clone()])
+                .max_execution_time(Some(max)),
         )
         .unwrap();
     assert_eq!(engine.poll_timeout(), Some(t0 + max));
@@ -548,14 +526,7 @@ fn a_timed_out_child_ends_at_its_deadline_not_when_the_timer_ran() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                id.clone(),
-                JobType::Reboot {
-                    wait_for_registration: false,
-                },
-                vec![dev.clone()],
-            )
-            .device_timeout(timeout),
+            JobSpec::new(id.clone(), reboot(false), vec![dev.clone()]).device_timeout(timeout),
         )
         .unwrap();
     // The Execute goes out and is never answered.
@@ -574,7 +545,6 @@ fn a_timed_out_child_ends_at_its_deadline_not_when_the_timer_ran() {
 // expiry, not at the restart.
 #[test]
 fn a_job_that_expired_while_the_hub_was_down_ends_at_its_expiry() {
-    use twinhub::job::JobRow;
     let t0 = Instant::now();
     let wall0 = 1_000_000;
     let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::from_millis(wall0));
@@ -584,24 +554,11 @@ fn a_job_that_expired_while_the_hub_was_down_ends_at_its_expiry() {
     engine
         .create(
             t0,
-            JobSpec::new(
-                id.clone(),
-                JobType::Reboot {
-                    wait_for_registration: false,
-                },
-                vec![dev],
-            )
-            .max_execution_time(Some(Duration::from_secs(60))),
+            JobSpec::new(id.clone(), reboot(false), vec![dev])
+                .max_execution_time(Some(Duration::from_secs(60))),
         )
         .unwrap();
-    let (mut parents, mut children) = (Vec::new(), Vec::new());
-    for row in engine.take_journal() {
-        match row {
-            JobRow::Parent(p, b) => parents.push((p, b)),
-            JobRow::Child(c, b) => children.push((c, b)),
-            JobRow::DropBefore { .. } => {}
-        }
-    }
+    let (parents, children) = journal_lists(&mut engine);
     // Back an hour later.
     let t1 = Instant::now();
     let mut back = JobEngine::restore(

@@ -3,55 +3,16 @@
 //! in the transport's queue, and a registration seen before they left proves nothing.
 
 use std::time::{Duration, Instant};
-use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobType};
+use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobSpec, JobType};
 use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest};
 use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 mod job_support;
 use job_support::{
-    answer, drain, fw_state, is_write_of, notify_firmware, one_op, registered, timed_out,
+    answer, drain, firmware_at_execute, fw_state, is_write_of, journal_maps, notify_firmware,
+    observe_idle_and_write_sent, one_child, one_child_journalled, one_op, reboot, registered,
+    reports_sent, sent, state, timed_out, update_execute,
 };
-
-fn reports_sent() -> EngineConfig {
-    EngineConfig {
-        transport_reports_sent: true,
-        ..EngineConfig::default()
-    }
-}
-
-/// An engine with one registered device and one job of `job` on it.
-fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
-    let t0 = Instant::now();
-    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
-    let dev = DeviceId::new("d").unwrap();
-    engine.handle_event(t0, &registered(&dev));
-    let id = JobId::new("j").unwrap();
-    engine
-        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
-        .unwrap();
-    (engine, t0, dev, id)
-}
-
-fn reboot(wait_for_registration: bool) -> JobType {
-    JobType::Reboot {
-        wait_for_registration,
-    }
-}
-
-fn sent(engine: &mut JobEngine, now: Instant, op: &DeviceOp) {
-    engine.handle_event(
-        now,
-        &DeviceEvent::Sent {
-            op: op.id,
-            device: op.device.clone(),
-        },
-    );
-}
-
-fn state(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
-    let (state, reason) = engine.child_state(id, dev).unwrap();
-    (state, reason.map(|r| r.code()))
-}
 
 /// The bug: the Execute waits in the queue of a sleeping device; the device registers
 /// (it restarted for a reason of its own); the job took that for the reboot and reported
@@ -180,17 +141,7 @@ fn a_queued_firmware_execute_is_not_sent_twice_on_a_registration() {
         expected_version: None,
     };
     let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
-    let observe = one_op(&mut engine);
-    sent(&mut engine, t0, &observe);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    sent(&mut engine, t0, &write);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
+    observe_idle_and_write_sent(&mut engine, t0);
     notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
     let execute = one_op(&mut engine);
     assert_eq!(
@@ -220,28 +171,9 @@ fn a_queued_firmware_execute_is_not_sent_twice_on_a_registration() {
 /// than a success.
 #[test]
 fn a_restored_engine_sends_an_execute_whose_sent_was_not_recorded() {
-    let t0 = Instant::now();
-    let mut engine = JobEngine::new(reports_sent(), t0, Timestamp::from_millis(0));
-    engine.enable_journal();
-    let dev = DeviceId::new("d").unwrap();
-    engine.handle_event(t0, &registered(&dev));
-    let id = JobId::new("j").unwrap();
-    engine
-        .create(
-            t0,
-            JobSpec::new(id.clone(), reboot(true), vec![dev.clone()]),
-        )
-        .unwrap();
+    let (mut engine, t0, dev, id) = one_child_journalled(reports_sent(), reboot(true));
     let _execute = one_op(&mut engine);
-    let mut parents = std::collections::BTreeMap::new();
-    let mut children = std::collections::BTreeMap::new();
-    for row in engine.take_journal() {
-        match row {
-            JobRow::Parent(p, b) => parents.insert(p, b),
-            JobRow::Child(c, b) => children.insert(c, b),
-            JobRow::DropBefore { .. } => None,
-        };
-    }
+    let (parents, children) = journal_maps(&mut engine);
     let t1 = t0 + Duration::from_secs(60);
     let mut restored = JobEngine::restore(
         reports_sent(),
@@ -320,39 +252,6 @@ fn refused(engine: &mut JobEngine, now: Instant, op: &DeviceOp, error: DeviceErr
             result: Err(error),
         },
     );
-}
-
-/// A firmware job over `d` (reports `Sent`) driven to its Execute of Update, which is
-/// handed to the transport (not sent yet).
-fn firmware_at_execute() -> (JobEngine, Instant, DeviceId, JobId, DeviceOp) {
-    let job = JobType::FirmwareUpdate {
-        package_uri: "coap://x/2.0".into(),
-        expected_version: Some("2.0".into()),
-    };
-    let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
-    let observe = one_op(&mut engine);
-    sent(&mut engine, t0, &observe);
-    answer(
-        &mut engine,
-        t0,
-        &observe,
-        DeviceReply::Content(fw_state(0, 0)),
-    );
-    let write = one_op(&mut engine);
-    assert!(is_write_of(&write, Lwm2mPath::resource(5, 0, 1)));
-    sent(&mut engine, t0, &write);
-    answer(&mut engine, t0, &write, DeviceReply::Done);
-    notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
-    let execute = one_op(&mut engine);
-    assert_eq!(execute.request, update_execute());
-    (engine, t0, dev, id, execute)
-}
-
-fn update_execute() -> DeviceRequest {
-    DeviceRequest::Execute {
-        path: Lwm2mPath::resource(5, 0, 2),
-        args: None,
-    }
 }
 
 /// The Execute of Update waits in the queue of a sleeping device, which restarts and

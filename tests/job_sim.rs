@@ -149,6 +149,29 @@ impl Sim {
     }
 }
 
+/// A Reboot job `job` over `targets`, waiting for the registration after the reboot or
+/// not.
+fn reboot_spec(job: &JobId, wait_for_registration: bool, targets: Vec<DeviceId>) -> JobSpec {
+    JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration,
+        },
+        targets,
+    )
+}
+
+/// A simulation (`seed`) with the devices `dev(0)` to `dev(n - 1)`, run for 1 s so that
+/// they registered.
+fn sim_with_devices(seed: u64, n: usize) -> Sim {
+    let mut sim = Sim::new(seed);
+    for i in 0..n {
+        sim.add(DeviceSpec::new(dev(i)));
+    }
+    sim.run_for(Duration::from_secs(1));
+    sim
+}
+
 fn dev(i: usize) -> DeviceId {
     DeviceId::new(&format!("dev-{i:05}")).unwrap()
 }
@@ -369,21 +392,11 @@ fn starts_per_window(sim: &Sim, job: &JobId) -> (Vec<u64>, u64) {
 
 #[test]
 fn rate_limit_and_in_flight_limit_hold() {
-    let mut sim = Sim::new(3);
-    for i in 0..600 {
-        sim.add(DeviceSpec::new(dev(i)));
-    }
-    sim.run_for(Duration::from_secs(1));
+    let mut sim = sim_with_devices(3, 600);
     let job = jid("reboot-all");
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        (0..600).map(dev).collect(),
-    )
-    .max_per_minute(100)
-    .max_in_flight(7);
+    let spec = reboot_spec(&job, true, (0..600).map(dev).collect())
+        .max_per_minute(100)
+        .max_in_flight(7);
     sim.jobs.create(sim.now, spec).unwrap();
     sim.run_until_done(&job, Duration::from_secs(3 * 3600));
     let (starts, best) = starts_per_window(&sim, &job);
@@ -402,25 +415,15 @@ fn rate_limit_and_in_flight_limit_hold() {
 
 #[test]
 fn exponential_ramp_starts_slow_and_speeds_up() {
-    let mut sim = Sim::new(4);
-    for i in 0..400 {
-        sim.add(DeviceSpec::new(dev(i)));
-    }
-    sim.run_for(Duration::from_secs(1));
+    let mut sim = sim_with_devices(4, 400);
     let job = jid("ramp");
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        (0..400).map(dev).collect(),
-    )
-    .max_per_minute(200)
-    .ramp(ExponentialRamp {
-        base_per_minute: 10,
-        increment_factor: 2.0,
-        every_succeeded: 10,
-    });
+    let spec = reboot_spec(&job, false, (0..400).map(dev).collect())
+        .max_per_minute(200)
+        .ramp(ExponentialRamp {
+            base_per_minute: 10,
+            increment_factor: 2.0,
+            every_succeeded: 10,
+        });
     sim.jobs.create(sim.now, spec).unwrap();
     sim.run_until_done(&job, Duration::from_secs(3600));
     let (starts, best) = starts_per_window(&sim, &job);
@@ -584,11 +587,7 @@ fn each_job_type_succeeds_and_does_what_it_says() {
 
 #[test]
 fn one_child_per_device_at_a_time_across_jobs() {
-    let mut sim = Sim::new(7);
-    for i in 0..10 {
-        sim.add(DeviceSpec::new(dev(i)));
-    }
-    sim.run_for(Duration::from_secs(1));
+    let mut sim = sim_with_devices(7, 10);
     let a = jid("a");
     let b = jid("b");
     sim.jobs
@@ -598,16 +597,7 @@ fn one_child_per_device_at_a_time_across_jobs() {
         )
         .unwrap();
     sim.jobs
-        .create(
-            sim.now,
-            JobSpec::new(
-                b.clone(),
-                JobType::Reboot {
-                    wait_for_registration: true,
-                },
-                (5..10).map(dev).collect(),
-            ),
-        )
+        .create(sim.now, reboot_spec(&b, true, (5..10).map(dev).collect()))
         .unwrap();
     assert_eq!(sim.jobs.statistics(&b).unwrap().pending, 5);
     sim.run_until_done(&a, Duration::from_secs(3600));
@@ -637,15 +627,9 @@ fn scheduled_start_and_max_execution_time() {
     sim.run_for(Duration::from_secs(1));
     let job = jid("later");
     let start = Timestamp::from_millis(WALL0 + 3_600_000);
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        (0..4).map(dev).collect(),
-    )
-    .start_at(start)
-    .max_execution_time(Some(Duration::from_secs(600)));
+    let spec = reboot_spec(&job, false, (0..4).map(dev).collect())
+        .start_at(start)
+        .max_execution_time(Some(Duration::from_secs(600)));
     sim.jobs.create(sim.now, spec).unwrap();
     assert_eq!(sim.jobs.job(&job).unwrap().status, JobStatus::Enqueued);
     sim.run_for(Duration::from_secs(3_500));
@@ -755,11 +739,7 @@ fn retries_with_backoff_then_success_after_the_device_returns() {
 
 #[test]
 fn history_paging_never_duplicates_or_skips() {
-    let mut sim = Sim::new(11);
-    for i in 0..30 {
-        sim.add(DeviceSpec::new(dev(i)));
-    }
-    sim.run_for(Duration::from_secs(1));
+    let mut sim = sim_with_devices(11, 30);
     for (k, (t, name)) in all_types().into_iter().enumerate() {
         let targets = (k..30).step_by(k + 1).map(dev).collect();
         sim.jobs
@@ -947,15 +927,9 @@ fn every_child_transition_edge_is_exercised_by_the_engine() {
     sim.add(DeviceSpec::new(dev(1)));
     sim.run_for(Duration::from_secs(1));
     let job = jid("edges-3");
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![dev(0), dev(1)],
-    )
-    .device_timeout(Duration::from_secs(60))
-    .retry(RetryRule::new(Some(FailureKind::DeviceOffline), 1));
+    let spec = reboot_spec(&job, true, vec![dev(0), dev(1)])
+        .device_timeout(Duration::from_secs(60))
+        .retry(RetryRule::new(Some(FailureKind::DeviceOffline), 1));
     sim.fleet
         .take_offline(sim.now, &dev(1), OfflineMode::Silent, None)
         .unwrap();
@@ -1009,20 +983,14 @@ fn every_child_transition_edge_is_exercised_by_the_engine() {
     }));
     sim.run_for(Duration::from_secs(1));
     let job = jid("edges-5");
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![dev(0)],
-    )
-    .device_timeout(Duration::from_secs(60))
-    .max_execution_time(Some(Duration::from_secs(200)))
-    .retry(RetryRule {
-        initial_backoff: Duration::from_secs(1000),
-        max_backoff: Duration::from_secs(1000),
-        ..RetryRule::new(None, 3)
-    });
+    let spec = reboot_spec(&job, false, vec![dev(0)])
+        .device_timeout(Duration::from_secs(60))
+        .max_execution_time(Some(Duration::from_secs(200)))
+        .retry(RetryRule {
+            initial_backoff: Duration::from_secs(1000),
+            max_backoff: Duration::from_secs(1000),
+            ..RetryRule::new(None, 3)
+        });
     sim.jobs.create(sim.now, spec).unwrap();
     sim.run_until_done(&job, Duration::from_secs(1000));
     let (state, reason) = sim.jobs.child_state(&job, &dev(0)).unwrap();
@@ -1256,13 +1224,7 @@ fn a_reboot_that_never_reached_an_offline_device_is_sent_when_it_registers() {
     sim.add(DeviceSpec::new(dev(0)).starts_offline());
     sim.run_for(Duration::from_secs(1));
     let job = jid("reboot-late");
-    let spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: true,
-        },
-        vec![dev(0)],
-    );
+    let spec = reboot_spec(&job, true, vec![dev(0)]);
     sim.jobs.create(sim.now, spec).unwrap();
     sim.run_for(Duration::from_secs(30));
     assert_eq!(

@@ -244,6 +244,35 @@ pub fn firmware_state(state: i64, result: i64) -> Content {
     }
 }
 
+/// The statistics of job `job`.
+pub fn stats(hub: &Hub, job: &twinhub::job::JobId) -> twinhub::job::JobStatistics {
+    hub.job_statistics(job).unwrap()
+}
+
+/// Whether `o` is an Execute.
+pub fn is_exec(o: &DeviceOp) -> bool {
+    matches!(o.request, DeviceRequest::Execute { .. })
+}
+
+/// A reboot job `job` over `device`, waiting for the registration after the reboot or
+/// not.
+pub fn start_reboot_job(
+    hub: &Hub,
+    job: &twinhub::job::JobId,
+    device: &DeviceId,
+    wait_for_registration: bool,
+) {
+    use twinhub::job::{JobSpec, JobType};
+    hub.create_job(JobSpec::new(
+        job.clone(),
+        JobType::Reboot {
+            wait_for_registration,
+        },
+        vec![device.clone()],
+    ))
+    .unwrap();
+}
+
 /// A firmware-update job `job` over `device`, from a package URI elsewhere, no version
 /// check.
 pub fn start_firmware_job(hub: &Hub, job: &twinhub::job::JobId, device: &DeviceId) {
@@ -371,7 +400,7 @@ pub fn reboot_handed_over(
     DeviceOp,
     twinhub::job::JobId,
 ) {
-    use twinhub::job::{EngineConfig, JobId, JobSpec, JobType};
+    use twinhub::job::{EngineConfig, JobId};
     let config = HubConfig {
         sync: None,
         jobs: EngineConfig {
@@ -388,14 +417,7 @@ pub fn reboot_handed_over(
     let hub = Hub::with_transport(Scripted(script.clone()), registry, config);
     register(&hub, &script, device);
     let job = JobId::new("rb").unwrap();
-    hub.create_job(JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration,
-        },
-        vec![device.clone()],
-    ))
-    .unwrap();
+    start_reboot_job(&hub, &job, device, wait_for_registration);
     let is_execute = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { .. });
     wait_until("the Execute", || job_ops(&script).iter().any(is_execute));
     wait_committed(&hub, &store, "the Execute is durable");

@@ -3,10 +3,11 @@
 //! Shared by the `job_*` and review test files (each is its own crate; each uses a part).
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::time::Instant;
-use twinhub::job::JobEngine;
+use twinhub::job::{ChildState, EngineConfig, JobEngine, JobId, JobRow, JobSpec, JobType};
 use twinhub::transport::{DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo};
-use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue};
+use twinhub::{Content, DeviceId, Lwm2mPath, ResourceValue, Timestamp};
 
 /// The objects a device announces in [`registered`]: Server, Device, Firmware Update and
 /// the preview's Config.
@@ -112,4 +113,212 @@ pub fn one_op(engine: &mut JobEngine) -> DeviceOp {
 /// Whether `op` writes `path`.
 pub fn is_write_of(op: &DeviceOp, path: Lwm2mPath) -> bool {
     matches!(&op.request, DeviceRequest::Write { path: p, .. } if *p == path)
+}
+
+/// An engine configuration whose transport reports when a request leaves
+/// (`DeviceEvent::Sent`).
+pub fn reports_sent() -> EngineConfig {
+    EngineConfig {
+        transport_reports_sent: true,
+        ..EngineConfig::default()
+    }
+}
+
+/// An engine with one registered device `d` and one job `j` of `job` on it.
+pub fn one_child(config: EngineConfig, job: JobType) -> (JobEngine, Instant, DeviceId, JobId) {
+    one_child_with(config, job, false)
+}
+
+/// As [`one_child`], the engine journalling from its start (the job's creation is in
+/// its journal).
+pub fn one_child_journalled(
+    config: EngineConfig,
+    job: JobType,
+) -> (JobEngine, Instant, DeviceId, JobId) {
+    one_child_with(config, job, true)
+}
+
+fn one_child_with(
+    config: EngineConfig,
+    job: JobType,
+    journal: bool,
+) -> (JobEngine, Instant, DeviceId, JobId) {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(config, t0, Timestamp::from_millis(0));
+    if journal {
+        engine.enable_journal();
+    }
+    let dev = DeviceId::new("d").unwrap();
+    engine.handle_event(t0, &registered(&dev));
+    let id = JobId::new("j").unwrap();
+    engine
+        .create(t0, JobSpec::new(id.clone(), job, vec![dev.clone()]))
+        .unwrap();
+    (engine, t0, dev, id)
+}
+
+/// A Reboot job, waiting for the registration after it or not.
+pub fn reboot(wait_for_registration: bool) -> JobType {
+    JobType::Reboot {
+        wait_for_registration,
+    }
+}
+
+/// The transport reports that `op` left.
+pub fn sent(engine: &mut JobEngine, now: Instant, op: &DeviceOp) {
+    engine.handle_event(
+        now,
+        &DeviceEvent::Sent {
+            op: op.id,
+            device: op.device.clone(),
+        },
+    );
+}
+
+/// The state of `dev`'s child of job `id`, with its failure reason's code.
+pub fn state(engine: &JobEngine, id: &JobId, dev: &DeviceId) -> (ChildState, Option<String>) {
+    let (state, reason) = engine.child_state(id, dev).unwrap();
+    (state, reason.map(|r| r.code()))
+}
+
+/// The Execute of Firmware Update's Update `/5/0/2`.
+pub fn update_execute() -> DeviceRequest {
+    DeviceRequest::Execute {
+        path: Lwm2mPath::resource(5, 0, 2),
+        args: None,
+    }
+}
+
+/// A firmware job over `d` (reports `Sent`) driven to its Execute of Update, which is
+/// handed to the transport (not sent yet); the Observe, the Write and the download went
+/// as planned.
+pub fn firmware_at_execute() -> (JobEngine, Instant, DeviceId, JobId, DeviceOp) {
+    let job = JobType::FirmwareUpdate {
+        package_uri: "coap://x/2.0".into(),
+        expected_version: Some("2.0".into()),
+    };
+    let (mut engine, t0, dev, id) = one_child(reports_sent(), job);
+    let write = observe_idle_and_write_sent(&mut engine, t0);
+    assert!(is_write_of(&write, Lwm2mPath::resource(5, 0, 1)));
+    notify_firmware(&mut engine, t0, &dev, fw_state(2, 0));
+    let execute = one_op(&mut engine);
+    assert_eq!(execute.request, update_execute());
+    (engine, t0, dev, id, execute)
+}
+
+/// A firmware job's first steps as planned: the Observe of `/5/0` answered Idle, then the
+/// Write of the Package URI answered Done (each the only operation to send).
+pub fn observe_idle_and_write(engine: &mut JobEngine, now: Instant) {
+    let observe = one_op(engine);
+    answer(engine, now, &observe, DeviceReply::Content(fw_state(0, 0)));
+    let write = one_op(engine);
+    answer(engine, now, &write, DeviceReply::Done);
+}
+
+/// As [`observe_idle_and_write`] over a transport that reports `Sent`: the Observe of
+/// `/5/0` and the Write of the Package URI each leave (`Sent`) before their answers
+/// (Idle, Done). Returns the Write.
+pub fn observe_idle_and_write_sent(engine: &mut JobEngine, now: Instant) -> DeviceOp {
+    let observe = one_op(engine);
+    sent(engine, now, &observe);
+    answer(engine, now, &observe, DeviceReply::Content(fw_state(0, 0)));
+    let write = one_op(engine);
+    sent(engine, now, &write);
+    answer(engine, now, &write, DeviceReply::Done);
+    write
+}
+
+/// What a store would hold of a journalling engine's rows: the newest row per key, minus
+/// the dropped ones.
+#[derive(Default)]
+pub struct Rows {
+    /// Parent rows by key.
+    pub parents: BTreeMap<u32, Vec<u8>>,
+    /// Child rows by key.
+    pub children: BTreeMap<u32, Vec<u8>>,
+}
+
+impl Rows {
+    /// Takes in `rows` (from [`JobEngine::take_journal`]) as a store would.
+    pub fn apply(&mut self, rows: Vec<JobRow>) {
+        for r in rows {
+            match r {
+                JobRow::Parent(p, b) => {
+                    self.parents.insert(p, b);
+                }
+                JobRow::Child(c, b) => {
+                    self.children.insert(c, b);
+                }
+                JobRow::DropBefore { parents, children } => {
+                    self.parents = self.parents.split_off(&parents);
+                    self.children = self.children.split_off(&children);
+                }
+            }
+        }
+    }
+
+    /// An engine restored from the rows with the default configuration (checked
+    /// consistent).
+    pub fn restore(&self, now: Instant) -> JobEngine {
+        self.restore_with(now, EngineConfig::default())
+    }
+
+    /// An engine restored from the rows with `config` (checked consistent).
+    pub fn restore_with(&self, now: Instant, config: EngineConfig) -> JobEngine {
+        let e = JobEngine::restore(
+            config,
+            now,
+            Timestamp::now(),
+            self.parents.clone(),
+            self.children.clone(),
+        )
+        .expect("the rows restore");
+        e.validate().expect("a restored engine is consistent");
+        e
+    }
+}
+
+/// Answers every operation the engine has to send now with Done.
+pub fn answer_all(engine: &mut JobEngine, now: Instant) {
+    for op in drain(engine) {
+        answer(engine, now, &op, DeviceReply::Done);
+    }
+}
+
+/// A Reboot job `id` (no wait for the registration) over `n` devices of its own,
+/// `{id}-d0` to `{id}-d{n-1}` (no device is shared between jobs).
+pub fn reboot_over_own_devices(id: &str, n: usize) -> JobSpec {
+    let targets = (0..n)
+        .map(|i| DeviceId::new(&format!("{id}-d{i}")).unwrap())
+        .collect();
+    JobSpec::new(JobId::new(id).unwrap(), reboot(false), targets)
+}
+
+/// The parent and child rows of the engine's journal, the newest per key (drops
+/// ignored).
+pub fn journal_maps(engine: &mut JobEngine) -> (BTreeMap<u32, Vec<u8>>, BTreeMap<u32, Vec<u8>>) {
+    let mut parents = BTreeMap::new();
+    let mut children = BTreeMap::new();
+    for row in engine.take_journal() {
+        match row {
+            JobRow::Parent(p, b) => parents.insert(p, b),
+            JobRow::Child(c, b) => children.insert(c, b),
+            JobRow::DropBefore { .. } => None,
+        };
+    }
+    (parents, children)
+}
+
+/// Every parent and child row of the engine's journal, in order (drops ignored).
+#[allow(clippy::type_complexity)]
+pub fn journal_lists(engine: &mut JobEngine) -> (Vec<(u32, Vec<u8>)>, Vec<(u32, Vec<u8>)>) {
+    let (mut parents, mut children) = (Vec::new(), Vec::new());
+    for row in engine.take_journal() {
+        match row {
+            JobRow::Parent(p, b) => parents.push((p, b)),
+            JobRow::Child(c, b) => children.push((c, b)),
+            JobRow::DropBefore { .. } => {}
+        }
+    }
+    (parents, children)
 }
