@@ -15,7 +15,7 @@
 //! operation (an error code and a CoAP Reset included), a bootstrap it saw through
 //! (Bootstrap-Finish acknowledged, under its endpoint name). Not with a failure the
 //! transport reports without hearing from the device: not registered, queue full,
-//! registration ended, a time-out, nor an undecodable payload ([`DeviceError::BadPayload`])
+//! registration ended, a time-out, nor a payload refused ([`DeviceError::BadPayload`])
 //! before the request left (the transport could not encode or send it). Nor with a
 //! refused or failed bootstrap (refused like a registration; a failed step may be a
 //! time-out), a displaced registration (another device spoke), or an observation's end the
@@ -2498,8 +2498,8 @@ impl Inner {
                     }
                 }
                 // A failure the transport made up (not registered, queue full, the
-                // registration ended) is not the device being heard from; nor is an
-                // undecodable payload before the request left (the transport could not
+                // registration ended) is not the device being heard from; nor is a
+                // payload refused before the request left (the transport could not
                 // encode or send it): with a transport that reports `Sent`, one after it
                 // is the device's answer; with one that does not, the hub cannot tell,
                 // and counts only what is surely the device's.

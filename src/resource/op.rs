@@ -226,7 +226,10 @@ pub enum DeviceError {
     RegistrationEnded,
     /// A sleeping (queue-mode) device's queue is full.
     QueueFull,
-    /// The device's answer could not be decoded.
+    /// A payload could not be decoded or encoded: the device's answer (the request was
+    /// carried out, its result is unreadable), or the request's own content, refused
+    /// before it was sent (a value that does not fit its resource's type, a NaN: see
+    /// `lwm2m::content::fit_to_types`; nothing reached the device).
     BadPayload(String),
     /// The device answered with a CoAP Reset: it holds no state for the request (it
     /// restarted, or does not speak the protocol the request assumed).
@@ -250,7 +253,7 @@ impl fmt::Display for DeviceError {
                 f.write_str("the device's registration ended before it answered")
             }
             DeviceError::QueueFull => f.write_str("device's request queue is full"),
-            DeviceError::BadPayload(why) => write!(f, "undecodable payload: {why}"),
+            DeviceError::BadPayload(why) => write!(f, "bad payload: {why}"),
             DeviceError::Reset => f.write_str("device reset the request"),
         }
     }
