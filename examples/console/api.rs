@@ -5,7 +5,9 @@
 //! device's answer without blocking a worker thread. Errors are JSON
 //! `{"error": code, "message": text}` (queries add `line` and `column`) with 400 (a
 //! query string, path or `Last-Event-ID` that does not parse too), 404 (an unknown
-//! endpoint too), 405, 409, 412, 413, 502 (the device refused), 503 or 504 (no answer).
+//! endpoint too), 405, 409, 412, 413, 502 (the device refused, or the request failed on
+//! the way: not registered, queue full, content refused before sending, transport time-out,
+//! hub stopped), 503 (not durable) or 504 (no answer in 30 s).
 //!
 //! | method and path | what |
 //! |---|---|

@@ -2478,7 +2478,7 @@ impl Inner {
                         device = device.as_str(),
                         op = op.0,
                         error = why.as_str(),
-                        "undecodable answer"
+                        "bad payload (an undecodable answer, or content refused before sending)"
                     );
                 }
                 if self.waiting.is_waiting(*op) {

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 #[non_exhaustive]
 pub enum RequestError {
     /// The device answered with an error, or the transport could not deliver the request
-    /// (not registered, queue full, an undecodable answer, ...).
+    /// (not registered, queue full, a payload that would not decode or encode: a device's
+    /// answer, or the request's content refused before sending, ...).
     Device(DeviceError),
     /// The transport gave up: the request waited in the device's queue past the queue
     /// time-out (a sleeping device, a displaced registration, ...), or was sent and got

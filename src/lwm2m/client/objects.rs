@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use Access::{Read as R, ReadWrite as RW};
 
 /// Security /0 (LWM2M 1.1). The LWM2M server may not access it; only the bootstrap server
-/// (not implemented) could.
+/// can (see the client's bootstrap, [`ClientConfig::with_bootstrap`](super::ClientConfig::with_bootstrap)).
 pub static SECURITY: ObjectDef = ObjectDef {
     id: 0,
     name: Cow::Borrowed("LWM2M Security"),
