@@ -10,15 +10,12 @@
 
 mod server_sim;
 
-use server_sim::{addr, events, out, register_with};
+use server_sim::{registered_pump, submit_write};
 use std::time::Instant;
-use twinhub::coap::Code;
 use twinhub::lwm2m::content::{ContentFormat as F, decode, standard_resource_type};
 use twinhub::lwm2m::server::Lwm2mServer;
-use twinhub::transport::{
-    DeviceError, DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport, WriteMode,
-};
-use twinhub::{Content, DeviceId, Lwm2mPath, ResourceType as T, ResourceValue as V};
+use twinhub::transport::{DeviceError, DeviceRequest, WriteMode};
+use twinhub::{Content, Lwm2mPath, ResourceType as T, ResourceValue as V};
 
 const INT: Lwm2mPath = Lwm2mPath::resource(1000, 0, 1);
 const UINT: Lwm2mPath = Lwm2mPath::resource(1000, 0, 2);
@@ -54,44 +51,7 @@ const MULTI: [(F, &str); 4] = [
 
 /// A server with object 1000's types and a device `pump` that announced `ct`.
 fn registered(ct: &str) -> (Lwm2mServer, Instant) {
-    let mut s = server_sim::server().with_types(Box::new(types));
-    let now = Instant::now();
-    register_with(&mut s, now, addr(5683), "pump", 1, &["lwm2m=1.1", ct]);
-    events(&mut s);
-    (s, now)
-}
-
-/// Submits `request`; returns the write the device got (if any) and the op's result, if
-/// the server gave one at once.
-fn write(
-    s: &mut Lwm2mServer,
-    now: Instant,
-    request: DeviceRequest,
-) -> (
-    Option<twinhub::coap::Message>,
-    Option<Result<(), DeviceError>>,
-) {
-    s.submit(
-        now,
-        DeviceOp {
-            id: OpId(7),
-            device: DeviceId::new("pump").unwrap(),
-            request,
-        },
-    );
-    let sent = out(s)
-        .into_iter()
-        .map(|(_, m)| m)
-        .find(|m| matches!(m.code, Code::PUT | Code::POST | Code::IPATCH));
-    let result = events(s).into_iter().find_map(|e| match e {
-        DeviceEvent::Response {
-            op: OpId(7),
-            result,
-            ..
-        } => Some(result.map(|_| ())),
-        _ => None,
-    });
-    (sent, result)
+    registered_pump(server_sim::server().with_types(Box::new(types)), ct)
 }
 
 fn instance_write(content: Content) -> DeviceRequest {
@@ -147,7 +107,7 @@ fn out_of_range_writes_are_refused_before_anything_is_sent() {
             let content = Content {
                 values: vec![(STRING, V::String("ok".into())), (*path, value.clone())],
             };
-            let (sent, result) = write(&mut s, now, instance_write(content));
+            let (sent, result) = submit_write(&mut s, now, instance_write(content));
             let why = refused(result, what);
             assert!(
                 sent.is_none(),
@@ -159,7 +119,7 @@ fn out_of_range_writes_are_refused_before_anything_is_sent() {
     // One value at the resource goes as text: refused there too.
     for (path, value, what) in &cases {
         let (mut s, now) = registered("ct=11542");
-        let (sent, result) = write(
+        let (sent, result) = submit_write(
             &mut s,
             now,
             DeviceRequest::Write {
@@ -200,7 +160,7 @@ fn values_that_fit_reach_the_device_in_the_resource_type() {
     };
     for (format, ct) in MULTI {
         let (mut s, now) = registered(ct);
-        let (sent, result) = write(&mut s, now, instance_write(content.clone()));
+        let (sent, result) = submit_write(&mut s, now, instance_write(content.clone()));
         assert_eq!(result, None, "{format:?}: answered before the device");
         let m = sent.unwrap_or_else(|| panic!("{format:?}: nothing sent"));
         let mut got = device_reads(&m, &base);
@@ -219,13 +179,13 @@ fn non_finite_floats_are_refused_in_every_format() {
             let content = Content {
                 values: vec![(INT, V::Integer(1)), (FLOAT, V::Float(x))],
             };
-            let (sent, result) = write(&mut s, now, instance_write(content));
+            let (sent, result) = submit_write(&mut s, now, instance_write(content));
             refused(result, "cannot be encoded");
             assert!(sent.is_none(), "{format:?} {x}");
             // Composite write (SenML), and a resource whose type nobody knows.
             let (mut s, now) = registered(ct);
             let unknown = Lwm2mPath::resource(3303, 0, 5700);
-            let (sent, result) = write(
+            let (sent, result) = submit_write(
                 &mut s,
                 now,
                 DeviceRequest::WriteComposite {
@@ -273,7 +233,7 @@ fn text_floats_are_plain_decimals_that_keep_their_bits() {
         2.0,
     ] {
         let (mut s, now) = registered("ct=11542");
-        let (sent, result) = write(
+        let (sent, result) = submit_write(
             &mut s,
             now,
             DeviceRequest::Write {
@@ -322,13 +282,13 @@ fn threshold_attributes_that_do_not_fit_a_uri_query_are_refused() {
     };
     for gt in [1e300, -1e300, 5e-324] {
         let (mut s, now) = registered("ct=11542");
-        let (sent, result) = write(&mut s, now, attrs(gt));
+        let (sent, result) = submit_write(&mut s, now, attrs(gt));
         assert_eq!(result, Some(Err(DeviceError::BadRequest)), "{gt}");
         assert!(sent.is_none(), "{gt}: {sent:?}");
     }
     for gt in [1e200, 0.1, -21.5] {
         let (mut s, now) = registered("ct=11542");
-        let (sent, result) = write(&mut s, now, attrs(gt));
+        let (sent, result) = submit_write(&mut s, now, attrs(gt));
         assert_eq!(result, None, "{gt}");
         let m = sent.unwrap_or_else(|| panic!("{gt}: nothing sent"));
         let q: Vec<&str> = m.uri_query().collect();

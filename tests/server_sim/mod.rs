@@ -5,9 +5,11 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use twinhub::DeviceId;
 use twinhub::coap::{Code, Message, MessageType};
 use twinhub::lwm2m::server::Lwm2mServer;
-use twinhub::transport::{DeviceEvent, Transport};
+use twinhub::resource::DeviceError;
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest, OpId, Transport};
 
 /// A device's address (10.0.0.7, `port`).
 pub fn addr(port: u16) -> SocketAddr {
@@ -187,4 +189,43 @@ pub fn probes_within(
         .into_iter()
         .filter(is_probe)
         .collect()
+}
+
+/// A device `pump` registered on `s` (LWM2M 1.1, announcing the content formats `ct`).
+pub fn registered_pump(mut s: Lwm2mServer, ct: &str) -> (Lwm2mServer, Instant) {
+    let now = Instant::now();
+    register_with(&mut s, now, addr(5683), "pump", 1, &["lwm2m=1.1", ct]);
+    events(&mut s);
+    (s, now)
+}
+
+/// Submits `request` for `pump`: the write the device got (a PUT, POST or iPATCH), if
+/// any, and the op's result if the server gave one at once.
+#[allow(clippy::type_complexity)]
+pub fn submit_write(
+    s: &mut Lwm2mServer,
+    now: Instant,
+    request: DeviceRequest,
+) -> (Option<Message>, Option<Result<(), DeviceError>>) {
+    s.submit(
+        now,
+        DeviceOp {
+            id: OpId(7),
+            device: DeviceId::new("pump").unwrap(),
+            request,
+        },
+    );
+    let sent = out(s)
+        .into_iter()
+        .map(|(_, m)| m)
+        .find(|m| matches!(m.code, Code::PUT | Code::POST | Code::IPATCH));
+    let result = events(s).into_iter().find_map(|e| match e {
+        DeviceEvent::Response {
+            op: OpId(7),
+            result,
+            ..
+        } => Some(result.map(|_| ())),
+        _ => None,
+    });
+    (sent, result)
 }
