@@ -815,20 +815,22 @@ fn paging_skips_and_repeats_no_unchanged_twin_on_any_path() {
     }
 }
 
+/// A service property object of `entries`.
+fn object(entries: Vec<(&str, ServiceValue)>) -> ServiceValue {
+    ServiceValue::Object(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+    )
+}
+
 /// Service property members: a dotted or empty member name is refused (`outer.inner`
 /// names nested members in queries, so a dot inside a name would be ambiguous); an empty
 /// object and a nested member project, sort and filter as the naive evaluator says.
 #[test]
 fn nested_service_members_are_unambiguous_and_agree_with_the_naive_evaluator() {
     let mut reg = Registry::new();
-    let object = |entries: Vec<(&str, ServiceValue)>| {
-        ServiceValue::Object(
-            entries
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
-        )
-    };
     for member in ["a.b", ""] {
         let twin = Twin::new(id("x"))
             .with_service_property("cfg", object(vec![(member, ServiceValue::from(1))]));
@@ -1089,14 +1091,7 @@ mod borrowed_rows {
     /// The shapes the proptest may miss, spelled out: the expected text is written here.
     #[test]
     fn odd_shapes_are_written_as_the_owned_twin_writes_them() {
-        let object = |entries: Vec<(&str, ServiceValue)>| {
-            ServiceValue::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
-            )
-        };
+        let object = super::object;
         let deep = object(vec![
             ("a", object(vec![("b", object(vec![("c", 1.into())]))])),
             ("a-b", object(vec![])),
