@@ -47,7 +47,8 @@ pub enum ContentError {
     /// boolean, byte string or number for a resource of another type, or a text string that
     /// does not parse as the type). The SenML decoders report the same per record, as
     /// [`ContentError::BadRecord`] with [`RecordProblem::TypeMismatch`]. Writing: a value
-    /// of another kind than its resource's type ([`fit_to_types`](super::fit_to_types)).
+    /// of another kind than its resource's type that
+    /// [`fit_to_types`](super::fit_to_types) does not convert.
     TypeMismatch {
         /// The value's path.
         path: Lwm2mPath,

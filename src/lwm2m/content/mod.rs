@@ -50,8 +50,9 @@
 //! **Writes** (the server's Write, Create and Write-Composite) go through
 //! [`fit_to_types`] first, the same for every format, so the device reads what the
 //! service asked: each value takes its resource's type where it fits exactly (`5` for an
-//! Unsigned Integer, an integer up to 2^53 for a Float), and anything else is refused
-//! before a byte is sent: a value outside its type's range
+//! Unsigned Integer, an integer up to 2^53 for a Float; a number in a String resource
+//! becomes its decimal text, 0 or 1 in a Boolean resource the boolean), and anything
+//! else is refused before a byte is sent: a value outside its type's range
 //! ([`ContentError::OutOfRange`]: `-1` as unsigned, which TLV would carry as a byte the
 //! device reads as 255; a `u64` above `i64::MAX` as an Integer), a value of another kind
 //! ([`ContentError::TypeMismatch`]: a float, even `2.0`, for an integer resource, whose
