@@ -170,15 +170,7 @@ impl<'a> TwinRef<'a> {
 
     /// The service properties as values (objects rebuilt), by name.
     pub fn service_properties(&self) -> BTreeMap<String, ServiceValue> {
-        let mut nodes: Vec<(&str, Option<&Scalar>)> = self
-            .entry
-            .lists
-            .service()
-            .map(|l| {
-                let p = &self.reg.props[l.pid as usize];
-                (&*p.name, (l.vid != OBJECT_NODE).then(|| p.value(l.vid)))
-            })
-            .collect();
+        let mut nodes: Vec<ServiceNode<'a>> = self.service_node_iter().collect();
         nodes.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut root = BTreeMap::new();
         for (name, value) in nodes {
@@ -213,18 +205,18 @@ impl<'a> TwinRef<'a> {
     /// Every service property node (objects as `None`), sorted in the order the nested
     /// JSON writes them (see [`member_order`]).
     pub(crate) fn service_nodes(&self) -> Vec<ServiceNode<'a>> {
-        let reg = self.reg;
-        let mut nodes: Vec<ServiceNode<'a>> = self
-            .entry
-            .lists
-            .service()
-            .map(|l| {
-                let p = &reg.props[l.pid as usize];
-                (&*p.name, (l.vid != OBJECT_NODE).then(|| p.value(l.vid)))
-            })
-            .collect();
+        let mut nodes: Vec<ServiceNode<'a>> = self.service_node_iter().collect();
         nodes.sort_unstable_by(|a, b| member_order(a.0, b.0));
         nodes
+    }
+
+    /// Every service property node (objects as `None`), in the stored (property id) order.
+    fn service_node_iter(&self) -> impl Iterator<Item = ServiceNode<'a>> + 'a {
+        let reg = self.reg;
+        self.entry.lists.service().map(move |l| {
+            let p = &reg.props[l.pid as usize];
+            (&*p.name, (l.vid != OBJECT_NODE).then(|| p.value(l.vid)))
+        })
     }
 
     /// The service property at `name` (nested members as `outer.inner`) as it serialises,
@@ -245,16 +237,11 @@ impl<'a> TwinRef<'a> {
         }
         // An object (its node recorded, or, were it not, implied by members under it).
         let mut members: Vec<ServiceNode<'a>> = self
-            .entry
-            .lists
-            .service()
-            .filter_map(|l| {
-                let p = &reg.props[l.pid as usize];
-                let full: &'a str = &p.name;
-                let under = full.len() > name.len()
+            .service_node_iter()
+            .filter(|(full, _)| {
+                full.len() > name.len()
                     && full.starts_with(name)
-                    && full.as_bytes()[name.len()] == b'.';
-                under.then(|| (full, (l.vid != OBJECT_NODE).then(|| p.value(l.vid))))
+                    && full.as_bytes()[name.len()] == b'.'
             })
             .collect();
         if node.is_none() && members.is_empty() {
