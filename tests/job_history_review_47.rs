@@ -182,18 +182,8 @@ fn cases() -> Vec<Case> {
         let f = move |r: &JobRecord| field(r, name);
         out.push((cmp("eq", name, "null"), Box::new(move |r| f(r).is_none())));
         out.push((cmp("ne", name, "null"), Box::new(move |r| f(r).is_some())));
-        // Numbers, booleans and the largest exact integer never match a string field.
-        for v in [
-            "18446744073709551615",
-            "-9223372036854775808",
-            "1.5",
-            "true",
-        ] {
-            out.push((cmp("eq", name, v), Box::new(|_| false)));
-            out.push((cmp("gt", name, v), Box::new(|_| false)));
-            out.push((cmp("ne", name, v), Box::new(move |r| f(r).is_some())));
-            out.push((logical("not", &[cmp("eq", name, v)]), Box::new(|_| true)));
-        }
+        // Numbers and booleans compared with a (string) field are refused since day 49:
+        // see tests/job_history_literal_types_49.rs.
         for s in samples {
             let lit: String = serde_json::from_str(s).unwrap();
             let l = lit.clone();
@@ -223,13 +213,13 @@ fn cases() -> Vec<Case> {
             ));
         }
         out.push((
-            cmp("in", name, r#"["j-b", "failed", "", "a1", 7]"#),
+            cmp("in", name, r#"["j-b", "failed", "", "a1"]"#),
             Box::new(move |r| {
                 f(r).is_some_and(|v| ["j-b", "failed", "", "a1"].contains(&v.as_str()))
             }),
         ));
         out.push((
-            cmp("nin", name, r#"["j-b", "failed", "", "a1", 7]"#),
+            cmp("nin", name, r#"["j-b", "failed", "", "a1"]"#),
             Box::new(move |r| {
                 f(r).is_some_and(|v| !["j-b", "failed", "", "a1"].contains(&v.as_str()))
             }),
@@ -545,7 +535,9 @@ fn the_page_size_bound_holds_at_and_past_its_count() {
 
 // Promise: aggregates group job records like any source: count without a property is the
 // group size, count with one the records that have it, min/max in the scalar order over
-// the values, a missing key groups as null. Compared with a naive group-by. Held.
+// the values, a missing key groups as null. Compared with a naive group-by. Held. (A
+// `sum` over a field, which could only be null, is refused since day 49: see
+// tests/job_history_literal_types_49.rs.)
 #[test]
 fn aggregates_over_jobs_agree_with_a_naive_group_by() {
     let (e, _) = fixture();
@@ -561,9 +553,7 @@ fn aggregates_over_jobs_agree_with_a_naive_group_by() {
               {"operator": "min", "property": {"name": "EndTimeUtc", "type": "default"},
                "columnName": "firstEnd"},
               {"operator": "max", "property": {"name": "JobId", "type": "default"},
-               "columnName": "lastId"},
-              {"operator": "sum", "property": {"name": "StartTimeUtc", "type": "default"},
-               "columnName": "sum"}]}}"#,
+               "columnName": "lastId"}]}}"#,
     )
     .unwrap();
     let r = execute(&s, &q, &QueryOptions::default()).unwrap();
@@ -595,7 +585,6 @@ fn aggregates_over_jobs_agree_with_a_naive_group_by() {
         assert_eq!(row["firstEnd"].as_str().map(str::to_owned), first_end);
         let last = members.iter().map(|r| r.job_id.clone()).max();
         assert_eq!(row["lastId"].as_str().map(str::to_owned), last);
-        assert!(row["sum"].is_null(), "a sum over strings is null: {row}");
     }
 }
 
@@ -951,9 +940,10 @@ fn time_literals_in_in_and_nin_lists_compare_as_times() {
     let mut nonempty = 0;
     for name in ["StartTimeUtc", "EndTimeUtc"] {
         for (texts, times) in &lists {
-            // A string that is no time, and a number: neither equals a stored time.
+            // A string that is no time equals no stored time (a number is refused since
+            // day 49: see tests/job_history_literal_types_49.rs).
             let mut items: Vec<String> = texts.iter().map(|t| format!("\"{t}\"")).collect();
-            items.extend(["\"2016-04-29\"".to_owned(), "7".to_owned()]);
+            items.push("\"2016-04-29\"".to_owned());
             let list = format!("[{}]", items.join(","));
             for op in ["in", "nin"] {
                 let text = format!(r#"{{"filter": {}}}"#, cmp(op, name, &list));

@@ -1157,7 +1157,9 @@ impl Hub {
     /// Runs a JSON query expression over job history (parents and children): the
     /// preview's job query, e.g. the failed children of a job grouped by failure reason.
     /// Properties are `type: "default"`: `JobId`, `ParentJobId`, `DeviceId`, `Type`,
-    /// `Status`, `StartTimeUtc`, `EndTimeUtc`, `FailureReason`.
+    /// `Status`, `StartTimeUtc`, `EndTimeUtc`, `FailureReason`, all strings (or missing):
+    /// another name is [`QueryError::UnknownProperty`], a number or boolean literal
+    /// [`QueryError::LiteralType`] (see [`history_query`](crate::job::history_query)).
     pub fn query_jobs(
         &self,
         text: &str,

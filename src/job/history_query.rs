@@ -13,6 +13,16 @@
 //! [`QueryError::UnknownProperty`], where a twin query, over an open schema, treats it as
 //! missing everywhere.
 //!
+//! Every field holds a string or nothing ([`IndexedSource::value_type`] is
+//! [`ScalarType::String`]), so a number or boolean literal compared with one
+//! (`StartTimeUtc gt 1461931200000`, `Status eq true`, a `7` in an `in`/`nin` list, at
+//! any depth of `and`/`or`/`not`) is refused with [`QueryError::LiteralType`], naming the
+//! property, what it holds and the literal's type, where a twin query would match nothing;
+//! a `sum` or `avg` column over a field is refused with [`QueryError::AggregateType`]
+//! (it could only be `null`). `null` is no type: `EndTimeUtc eq null` (unfinished jobs)
+//! and `ne null` ask whether a field is missing and are accepted on every field, as are
+//! sorts, aggregate keys, `count`, `min` and `max`.
+//!
 //! Times are indexed as RFC 3339 strings with milliseconds (`2016-04-29T12:00:00.000Z`),
 //! and a string literal compared with `StartTimeUtc`/`EndTimeUtc` (`eq ne lt lte gt gte`,
 //! an `in`/`nin` item) that [`Timestamp`] parses (`YYYY-MM-DDTHH:MM:SS[.fraction]` then
@@ -66,7 +76,7 @@ use super::history::JobRecord;
 use crate::Timestamp;
 use crate::query::{
     Comparand, IndexedSource, PropertyType, QueryError, QueryExpression, QueryOptions,
-    QueryProperty, QueryResult, Slots, ValueWalk,
+    QueryProperty, QueryResult, ScalarType, Slots, ValueWalk,
 };
 use crate::twin::Scalar;
 use roaring::RoaringBitmap;
@@ -492,6 +502,11 @@ impl IndexedSource for HistorySnapshot {
 
     fn knows(&self, property: &QueryProperty) -> bool {
         HistoryProperty::from_query(property).is_some()
+    }
+
+    fn value_type(&self, property: &QueryProperty) -> Option<ScalarType> {
+        // Every field is a string or missing (times as their RFC 3339 text).
+        HistoryProperty::from_query(property).map(|_| ScalarType::String)
     }
 }
 

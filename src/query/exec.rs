@@ -11,13 +11,14 @@ use roaring::{MultiOps, RoaringBitmap};
 
 use super::aggregate::{ColumnAcc, Groups};
 use super::ast::{
-    AggregateOperator, Filter, PropertyType, QueryExpression, QueryProperty, SortOrder,
+    AggregateOperator, ComparisonValue, Filter, Literal, PropertyType, QueryExpression,
+    QueryProperty, SortOrder,
 };
 use super::plan::{Plan, lower, within};
 use super::result::{
     Cursor, MAX_PAGE_SIZE, QueryError, QueryOptions, QueryResult, ResultItem, Strategy, fingerprint,
 };
-use super::source::{IndexedSource, Slots};
+use super::source::{IndexedSource, ScalarType, Slots};
 use crate::registry::IdBits;
 use crate::twin::Scalar;
 
@@ -52,7 +53,7 @@ pub fn execute<'s, S: IndexedSource + ?Sized>(
     options: &QueryOptions,
 ) -> Result<QueryResult<S::Document<'s>, S::Projected<'s>>, QueryError> {
     let (fp, cursor) = check(expr, options, source.token_scope())?;
-    known_properties(source, expr)?;
+    check_schema(source, expr)?;
     let exec = Executor {
         source,
         strategy: options.strategy,
@@ -190,13 +191,15 @@ pub fn plan<S: IndexedSource + ?Sized>(
     expr: &QueryExpression,
 ) -> Result<Plan<S::Property>, QueryError> {
     expr.validate()?;
-    known_properties(source, expr)?;
+    check_schema(source, expr)?;
     Ok(lower(expr.filter.as_ref(), source))
 }
 
 /// Refuses a (validated) expression naming, anywhere, a property `source` does not know
-/// ([`IndexedSource::knows`]): the first in the text's order.
-fn known_properties<S: IndexedSource + ?Sized>(
+/// ([`IndexedSource::knows`]), comparing a property with a literal of a type it never
+/// holds, or summing or averaging one that holds no numbers
+/// ([`IndexedSource::value_type`]): the first mistake in the text's order.
+fn check_schema<S: IndexedSource + ?Sized>(
     source: &S,
     expr: &QueryExpression,
 ) -> Result<(), QueryError> {
@@ -210,11 +213,42 @@ fn known_properties<S: IndexedSource + ?Sized>(
             })
         }
     };
+    // The type a fixed schema gives a (known) property; tags are no value.
+    let holds = |p: &QueryProperty| {
+        if p.is_tags() {
+            return None;
+        }
+        source.value_type(p)
+    };
     let mut stack: Vec<&Filter> = expr.filter.iter().collect();
     while let Some(f) = stack.pop() {
         match f {
             Filter::Logical(l) => stack.extend(l.filters.iter().rev()),
-            Filter::Comparison(c) => check(&c.property)?,
+            Filter::Comparison(c) => {
+                check(&c.property)?;
+                let Some(holds) = holds(&c.property) else {
+                    continue;
+                };
+                // `null` asks whether the property is missing, whatever it holds.
+                let literals: &[Literal] = match &c.value {
+                    ComparisonValue::Null => &[],
+                    ComparisonValue::Scalar(l) => std::slice::from_ref(l),
+                    ComparisonValue::List(items) => items,
+                };
+                if let Some(literal) = literals
+                    .iter()
+                    .map(ScalarType::of_literal)
+                    .find(|t| *t != holds)
+                {
+                    return Err(QueryError::LiteralType {
+                        name: c.property.name.clone(),
+                        kind: c.property.kind,
+                        holds,
+                        literal,
+                        origin: c.value_origin,
+                    });
+                }
+            }
         }
     }
     if let Some(p) = expr.project.as_ref().filter(|p| !p.all) {
@@ -222,10 +256,21 @@ fn known_properties<S: IndexedSource + ?Sized>(
     }
     if let Some(a) = &expr.aggregate {
         a.keys.iter().try_for_each(check)?;
-        a.columns
-            .iter()
-            .filter_map(|c| c.property.as_ref())
-            .try_for_each(check)?;
+        for c in &a.columns {
+            let Some(p) = &c.property else { continue };
+            check(p)?;
+            if matches!(c.operator, AggregateOperator::Sum | AggregateOperator::Avg)
+                && let Some(holds) = holds(p).filter(|t| *t != ScalarType::Number)
+            {
+                return Err(QueryError::AggregateType {
+                    column: c.column_name.clone(),
+                    operator: c.operator,
+                    name: p.name.clone(),
+                    kind: p.kind,
+                    holds,
+                });
+            }
+        }
     }
     // An `aggregated` sort key names a column, which validation checked.
     expr.sort

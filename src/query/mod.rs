@@ -92,6 +92,14 @@
 //!   ([`InvalidExpression::NotFinite`]).
 //! - **Types**: the scalar order is `false < true <` numbers `<` strings. Range comparisons
 //!   (`gt gte lt lte`) stay within the literal's type: a string or boolean is never `gt 0`.
+//!   Twins' schema is open, so a literal of a type no twin holds simply matches nothing
+//!   (`ne` and `nin` every twin having the property). A source with a fixed schema says
+//!   which type each property holds ([`IndexedSource::value_type`]; the job history's
+//!   fields are all strings), and there a non-null literal of another type, in any
+//!   comparison or `in`/`nin` item at any depth, is refused
+//!   ([`QueryError::LiteralType`]), as is a `sum` or `avg` over a property that holds
+//!   no numbers ([`QueryError::AggregateType`]); `eq null`/`ne null`, sorts, keys,
+//!   `count`, `min` and `max` take any property.
 //! - **Missing values and `null`**: `eq null` matches twins lacking the property, `ne null`
 //!   twins having it. `ne v` and `nin [..]` match twins that have the property with another
 //!   value, not twins lacking it; `eq` and the ranges never match a missing value.
@@ -159,5 +167,5 @@ pub use result::{
     AggregateRow, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TOKEN_LEN, QueryError, QueryOptions,
     QueryResult, ResultItem, Strategy,
 };
-pub use source::{Comparand, IndexedSource, Slots, ValueWalk};
+pub use source::{Comparand, IndexedSource, ScalarType, Slots, ValueWalk};
 pub use twins::{TwinField, TwinProjection, TwinProjectionPlan, TwinProperty, project_twin};

@@ -6,8 +6,9 @@ use std::fmt;
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use super::ast::PropertyType;
-use super::error::{InvalidExpression, ParseError};
+use super::ast::{AggregateOperator, PropertyType};
+use super::error::{InvalidExpression, Origin, ParseError};
+use super::source::ScalarType;
 use crate::twin::Scalar;
 
 /// Results per page when the caller does not say.
@@ -182,6 +183,39 @@ pub enum QueryError {
         /// Its type.
         kind: PropertyType,
     },
+    /// The query compares a property of the source's fixed schema with a literal of a
+    /// type the property never holds (`StartTimeUtc gt 1461931200000`, `Status eq true`
+    /// over the job history), which could only match nothing: see
+    /// [`IndexedSource::value_type`](super::IndexedSource::value_type). Twins' open
+    /// schema never refuses a literal.
+    LiteralType {
+        /// The property's name as written.
+        name: String,
+        /// Its type.
+        kind: PropertyType,
+        /// The type every value of the property has.
+        holds: ScalarType,
+        /// The literal's type.
+        literal: ScalarType,
+        /// Where the comparison's value (the literal, or the list holding it) was
+        /// written.
+        origin: Origin,
+    },
+    /// A `sum` or `avg` column over a property of the source's fixed schema that holds no
+    /// numbers, whose value would always be `null`: see
+    /// [`IndexedSource::value_type`](super::IndexedSource::value_type).
+    AggregateType {
+        /// The column's name.
+        column: String,
+        /// Its operator (`sum` or `avg`).
+        operator: AggregateOperator,
+        /// The property's name as written.
+        name: String,
+        /// Its type.
+        kind: PropertyType,
+        /// The type every value of the property has.
+        holds: ScalarType,
+    },
 }
 
 impl fmt::Display for QueryError {
@@ -209,6 +243,29 @@ impl fmt::Display for QueryError {
                     kind.as_str()
                 )
             }
+            QueryError::LiteralType {
+                name,
+                kind,
+                holds,
+                literal,
+                ..
+            } => write!(
+                f,
+                "property {name:?} (type {:?}) holds {holds} values only; a {literal} literal never matches it",
+                kind.as_str()
+            ),
+            QueryError::AggregateType {
+                column,
+                operator,
+                name,
+                kind,
+                holds,
+            } => write!(
+                f,
+                "aggregate column {column:?}: {} takes numbers, but property {name:?} (type {:?}) holds {holds} values only",
+                operator.as_str(),
+                kind.as_str()
+            ),
             QueryError::BadTagQuery => {
                 write!(
                     f,

@@ -151,7 +151,9 @@ pub type ValueWalk<'a> = Box<dyn DoubleEndedIterator<Item = (Cow<'a, Scalar>, Sl
 ///   [`knows`](Self::knows)). Tags (`{"name":"tags","type":"default"}`) never reach
 ///   `resolve`; they go to [`tag_bitmap`](Self::tag_bitmap).
 /// - **Literals** compared with a property go through [`comparand`](Self::comparand)
-///   before planning (by default the literal as written).
+///   before planning (by default the literal as written). A source with a fixed schema
+///   names the type each property holds ([`value_type`](Self::value_type)), and a
+///   literal of another type is then an error rather than a match with nothing.
 /// - **Values** are [`Scalar`]s in `Scalar`'s total order (booleans < numbers < strings;
 ///   numbers compare numerically, `1 == 1.0`). For each property the source answers: the
 ///   slots with one value ([`value_slots`](Self::value_slots)), the values within bounds in
@@ -302,6 +304,22 @@ pub trait IndexedSource {
         let _ = property;
         true
     }
+
+    /// The one type every value of `property` (a name [`knows`](Self::knows) accepts,
+    /// never tags) has, if the source's schema fixes it. `None` (the default, an open
+    /// schema like twins') says any type may occur, and a literal of a type no document
+    /// holds simply matches nothing (`x gt 5` over string values is empty). With `Some(t)`, a query comparing `property` with a non-null
+    /// literal of another type (`eq ne lt lte gt gte`, any `in`/`nin` item, at any depth)
+    /// is refused with [`QueryError::LiteralType`](super::QueryError::LiteralType), and
+    /// a `sum` or `avg` column over it, unless `t` is [`ScalarType::Number`], with
+    /// [`QueryError::AggregateType`](super::QueryError::AggregateType), instead of
+    /// answering nothing or `null`. `eq null` and `ne null` stay allowed (they ask whether
+    /// the property is missing, not what it holds), as do sorting, grouping, `count`,
+    /// `min` and `max`, which work on values of every type.
+    fn value_type(&self, property: &QueryProperty) -> Option<ScalarType> {
+        let _ = property;
+        None
+    }
 }
 
 /// A query literal as a twin scalar.
@@ -315,15 +333,41 @@ pub(crate) fn scalar(l: &Literal) -> Scalar {
     }
 }
 
-/// Which segment of the scalar order a value is in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ScalarType {
+/// The type of a value or literal: which segment of the scalar order it is in
+/// (booleans < numbers < strings). What a fixed-schema property holds
+/// ([`IndexedSource::value_type`]), and what a literal is, in
+/// [`QueryError::LiteralType`](super::QueryError::LiteralType).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScalarType {
+    /// `true` or `false`.
     Bool,
+    /// A number (integer or float).
     Number,
+    /// A string.
     String,
 }
 
+impl std::fmt::Display for ScalarType {
+    /// `boolean`, `number` or `string`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScalarType::Bool => "boolean",
+            ScalarType::Number => "number",
+            ScalarType::String => "string",
+        })
+    }
+}
+
 impl ScalarType {
+    /// The type of a literal (every number literal is a [`ScalarType::Number`]).
+    pub fn of_literal(l: &Literal) -> ScalarType {
+        match l {
+            Literal::Bool(_) => ScalarType::Bool,
+            Literal::Number(_) | Literal::Integer(_) | Literal::Unsigned(_) => ScalarType::Number,
+            Literal::String(_) => ScalarType::String,
+        }
+    }
+
     pub(crate) fn of(s: &Scalar) -> ScalarType {
         match s {
             Scalar::Bool(_) => ScalarType::Bool,
