@@ -259,23 +259,95 @@ fn the_error_points_at_the_value_and_says_what_is_wrong() {
     assert_eq!(&text[span.start..span.end], "1461931200000");
     assert_eq!(
         err.to_string(),
-        r#"property "StartTimeUtc" (type "default") holds string values only; a number literal never matches it"#
+        format!(
+            r#"property "StartTimeUtc" (type "default") holds string values only; a number literal at bytes {}..{} never matches it"#,
+            span.start, span.end
+        )
     );
-    let q = parse(&format!(
+    // In a list, the origin is the whole list's.
+    let text = format!(
         r#"{{"filter": {}}}"#,
         cmp("nin", "status", r#"["failed", true]"#)
-    ))
-    .unwrap();
-    let err = count(&s, &q).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        r#"property "status" (type "default") holds string values only; a boolean literal never matches it"#
+    );
+    let err = count(&s, &parse(&text).unwrap()).unwrap_err();
+    let QueryError::LiteralType { origin, .. } = &err else {
+        panic!("{err:?}");
+    };
+    let span = origin.0.unwrap();
+    assert_eq!(&text[span.start..span.end], r#"["failed", true]"#);
+    assert!(
+        err.to_string().starts_with(
+            r#"property "status" (type "default") holds string values only; a boolean literal at bytes"#
+        ),
+        "{err}"
     );
     // A built expression (no origin) is refused the same way.
     let built = QueryExpression::new().filter(QueryProperty::default_field("EndTimeUtc").lte(5));
+    let err = count(&s, &built).unwrap_err();
+    assert_eq!(err, literal_type("EndTimeUtc", ScalarType::Number));
     assert_eq!(
-        count(&s, &built).err(),
-        Some(literal_type("EndTimeUtc", ScalarType::Number))
+        err.to_string(),
+        r#"property "EndTimeUtc" (type "default") holds string values only; a number literal never matches it"#
+    );
+}
+
+// Promise (task 2): UnknownProperty says which clause names the property and, for a parsed
+// query, where the property object was written; a built expression says the clause only.
+// Failed before day 49 (the error had the name and type only).
+#[test]
+fn an_unknown_property_names_its_clause_and_position() {
+    let s = engine().history_snapshot();
+    let p = r#"{"name": "Statuss", "type": "default"}"#;
+    let k = r#"{"name": "Status", "type": "default"}"#;
+    let cases = [
+        (
+            format!(r#"{{"filter": {}}}"#, cmp("eq", "Statuss", r#""x""#)),
+            "filter",
+        ),
+        (
+            format!(r#"{{"project": {{"properties": [{k}, {p}]}}}}"#),
+            "projection",
+        ),
+        (format!(r#"{{"sort": [{{"property": {p}}}]}}"#), "sort"),
+        (
+            format!(
+                r#"{{"aggregate": {{"keys": [{k}, {p}],
+                "properties": [{{"operator": "count", "columnName": "n"}}]}}}}"#
+            ),
+            "aggregate key",
+        ),
+        (
+            format!(
+                r#"{{"aggregate": {{"keys": [{k}],
+                "properties": [{{"operator": "min", "property": {p}, "columnName": "m"}}]}}}}"#
+            ),
+            "aggregate column",
+        ),
+    ];
+    for (text, want_place) in cases {
+        let err = execute(&s, &parse(&text).unwrap(), &QueryOptions::default()).unwrap_err();
+        let QueryError::UnknownProperty { place, origin, .. } = &err else {
+            panic!("{text}: {err:?}");
+        };
+        assert_eq!(*place, want_place, "{text}");
+        let span = origin.0.expect("a parsed query has origins");
+        assert_eq!(
+            &text[span.start..span.end].replace(char::is_whitespace, ""),
+            &p.replace(char::is_whitespace, ""),
+            "{text}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                r#"unknown property "Statuss" (type "default") for this source ({want_place} at bytes {}..{})"#,
+                span.start, span.end
+            )
+        );
+    }
+    let built = QueryExpression::new().sort(SortKey::asc(QueryProperty::device("Status")));
+    assert_eq!(
+        count(&s, &built).unwrap_err().to_string(),
+        r#"unknown property "Status" (type "device") for this source (sort)"#
     );
 }
 
@@ -406,6 +478,8 @@ fn an_unknown_property_is_named_before_a_literal_type() {
         Some(QueryError::UnknownProperty {
             name: "StartTime".into(),
             kind: PropertyType::Default,
+            place: "filter",
+            origin: Default::default(),
         })
     );
 }

@@ -1102,11 +1102,22 @@ fn an_unknown_job_history_property_is_a_typed_error() {
                 prop("Status", "default")
             ),
         ];
-        let want = QueryError::UnknownProperty {
-            name: name.to_owned(),
-            kind: pkind,
-        };
-        for text in texts {
+        // Since day 49 the error names the clause (and where the property was written).
+        let places = [
+            "filter",
+            "filter",
+            "projection",
+            "sort",
+            "aggregate key",
+            "aggregate column",
+        ];
+        for (text, place) in texts.into_iter().zip(places) {
+            let want = QueryError::UnknownProperty {
+                name: name.to_owned(),
+                kind: pkind,
+                place,
+                origin: Default::default(),
+            };
             let q = parse(&text).unwrap();
             assert_eq!(
                 execute(&s, &q, &QueryOptions::default()).err(),
@@ -1134,7 +1145,9 @@ fn an_unknown_job_history_property_is_a_typed_error() {
         execute(&s, &q, &QueryOptions::default()).err(),
         Some(QueryError::UnknownProperty {
             name: "tags".into(),
-            kind: PropertyType::Default
+            kind: PropertyType::Default,
+            place: "filter",
+            origin: Default::default(),
         })
     );
     execute(&reg, &q, &QueryOptions::default()).unwrap();

@@ -10,7 +10,8 @@
 //! `FailureReason`/`failureReason`. The schema is fixed: a name outside this list (a
 //! misspelt `Statuss`, `tags`, a `device`, `service` or `custom` property) anywhere in a
 //! query (filter, projection, sort, aggregate keys and columns) is refused with
-//! [`QueryError::UnknownProperty`], where a twin query, over an open schema, treats it as
+//! [`QueryError::UnknownProperty`] (naming the clause and, for a parsed query, the bytes
+//! where the property was written), where a twin query, over an open schema, treats it as
 //! missing everywhere.
 //!
 //! Every field holds a string or nothing ([`IndexedSource::value_type`] is

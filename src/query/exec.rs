@@ -203,14 +203,18 @@ fn check_schema<S: IndexedSource + ?Sized>(
     source: &S,
     expr: &QueryExpression,
 ) -> Result<(), QueryError> {
-    let check = |p: &QueryProperty| {
-        if source.knows(p) {
-            Ok(())
-        } else {
-            Err(QueryError::UnknownProperty {
-                name: p.name.clone(),
-                kind: p.kind,
-            })
+    let known = |place: &'static str| {
+        move |p: &QueryProperty| {
+            if source.knows(p) {
+                Ok(())
+            } else {
+                Err(QueryError::UnknownProperty {
+                    name: p.name.clone(),
+                    kind: p.kind,
+                    place,
+                    origin: p.origin,
+                })
+            }
         }
     };
     // The type a fixed schema gives a (known) property; tags are no value.
@@ -225,7 +229,7 @@ fn check_schema<S: IndexedSource + ?Sized>(
         match f {
             Filter::Logical(l) => stack.extend(l.filters.iter().rev()),
             Filter::Comparison(c) => {
-                check(&c.property)?;
+                known("filter")(&c.property)?;
                 let Some(holds) = holds(&c.property) else {
                     continue;
                 };
@@ -252,13 +256,13 @@ fn check_schema<S: IndexedSource + ?Sized>(
         }
     }
     if let Some(p) = expr.project.as_ref().filter(|p| !p.all) {
-        p.properties.iter().try_for_each(check)?;
+        p.properties.iter().try_for_each(known("projection"))?;
     }
     if let Some(a) = &expr.aggregate {
-        a.keys.iter().try_for_each(check)?;
+        a.keys.iter().try_for_each(known("aggregate key"))?;
         for c in &a.columns {
             let Some(p) = &c.property else { continue };
-            check(p)?;
+            known("aggregate column")(p)?;
             if matches!(c.operator, AggregateOperator::Sum | AggregateOperator::Avg)
                 && let Some(holds) = holds(p).filter(|t| *t != ScalarType::Number)
             {
@@ -277,7 +281,7 @@ fn check_schema<S: IndexedSource + ?Sized>(
         .iter()
         .map(|k| &k.property)
         .filter(|p| p.kind != PropertyType::Aggregated)
-        .try_for_each(check)
+        .try_for_each(known("sort"))
 }
 
 /// A range step looks slots up in a column when the slots left are fewer than the

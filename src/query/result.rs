@@ -182,6 +182,12 @@ pub enum QueryError {
         name: String,
         /// Its type.
         kind: PropertyType,
+        /// The clause naming it (the first such place in the text's order): `"filter"`,
+        /// `"projection"`, `"sort"`, `"aggregate key"` or `"aggregate column"`.
+        place: &'static str,
+        /// Where the property object was written (empty for an expression built in
+        /// Rust).
+        origin: Origin,
     },
     /// The query compares a property of the source's fixed schema with a literal of a
     /// type the property never holds (`StartTimeUtc gt 1461931200000`, `Status eq true`
@@ -236,11 +242,17 @@ impl fmt::Display for QueryError {
                     "aggregate column {column:?}: the sum is beyond the f64 range"
                 )
             }
-            QueryError::UnknownProperty { name, kind } => {
+            QueryError::UnknownProperty {
+                name,
+                kind,
+                place,
+                origin,
+            } => {
                 write!(
                     f,
-                    "unknown property {name:?} (type {:?}) for this source",
-                    kind.as_str()
+                    "unknown property {name:?} (type {:?}) for this source ({place}{})",
+                    kind.as_str(),
+                    at(origin)
                 )
             }
             QueryError::LiteralType {
@@ -248,11 +260,12 @@ impl fmt::Display for QueryError {
                 kind,
                 holds,
                 literal,
-                ..
+                origin,
             } => write!(
                 f,
-                "property {name:?} (type {:?}) holds {holds} values only; a {literal} literal never matches it",
-                kind.as_str()
+                "property {name:?} (type {:?}) holds {holds} values only; a {literal} literal{} never matches it",
+                kind.as_str(),
+                at(origin)
             ),
             QueryError::AggregateType {
                 column,
@@ -274,6 +287,13 @@ impl fmt::Display for QueryError {
             }
         }
     }
+}
+
+/// `" at bytes a..b"` where an origin has a span, else nothing.
+fn at(origin: &Origin) -> String {
+    origin.0.map_or(String::new(), |s| {
+        format!(" at bytes {}..{}", s.start, s.end)
+    })
 }
 
 impl std::error::Error for QueryError {

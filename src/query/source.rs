@@ -299,6 +299,7 @@ pub trait IndexedSource {
     /// source with a fixed schema (the job history) says `false` to a name outside it, and
     /// a query naming one anywhere (filter, projection, sort, aggregate keys and columns)
     /// is refused with [`QueryError::UnknownProperty`](super::QueryError::UnknownProperty)
+    /// (which says the clause and, for a parsed query, where the property was written)
     /// instead of treating it as missing everywhere.
     fn knows(&self, property: &QueryProperty) -> bool {
         let _ = property;
