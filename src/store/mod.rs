@@ -22,7 +22,8 @@
 //! of them when a commit would leave it past the limit. A random report costs a log
 //! entry, not a page of the table rewritten for one row; a twin reporting many times
 //! between two folds is rewritten once. Opening reads each twin's record and applies its
-//! logged changes numbered after the record's commit. See `record.rs` for the layout. If
+//! logged changes numbered after the record's commit. The change feed kept on disk is
+//! one record per commit too (`feed.rs`). See `record.rs` for the layout. If
 //! the feed no longer holds every change since the last commit (more than its capacity
 //! between two commits), the commit rewrites every twin (and empties the log) instead:
 //! slower, never wrong.
@@ -139,14 +140,13 @@ use std::time::Instant;
 
 /// The newest file format this version reads and the one it writes.
 ///
-/// Format 3 keeps each twin's device properties in one record and logs the changes of
-/// each commit (see the module docs); a format 1 or 2 file (one row per device
-/// property) is converted when it opens, in the opening's transaction.
-/// Format 2 keeps each reported device property's value and previous value in the
-/// change feed. A format 1 file opens: its twins, properties and jobs are read as they
-/// are, its feed rows (which lack the values) are dropped and counted as dropped, so a
-/// consumer resuming inside them gets a [`crate::registry::FeedGap`]; the file
-/// is marked format 2.
+/// Format 3 keeps each twin's device properties in one record, logs each commit's
+/// device-property changes in one record, and keeps the change feed as one record per
+/// commit (see the module docs). Format 2 kept a row per device property and a row per
+/// change of the feed; format 1 also lacked the values in the feed's rows. A format 1
+/// or 2 file opens converted, in the opening's transaction: its twins, properties and
+/// jobs as they were, a format 2 feed as it was; a format 1 feed is dropped and counted
+/// as dropped, so a consumer resuming inside it gets a [`crate::registry::FeedGap`].
 pub const FORMAT: u64 = 3;
 
 /// How many sequence numbers a commit reserves ahead of the newest one in use.
@@ -166,7 +166,12 @@ const PROPERTY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("property
 /// Formats 1 and 2: one row per device property, (device id, name) -> `seq | time |
 /// value`; moved into `properties` when such a file opens.
 const OLD_PROPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("device_properties");
-const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+/// The newest change of a commit -> every change of the commit, oldest first
+/// (`feed::append`): the change feed kept on disk.
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed_records");
+/// Formats 1 and 2: the feed as a row per change, sequence number -> `feed::encode`;
+/// a format 2 file's rows become records of one change when it opens.
+const OLD_FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 const JOB_PARENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("job_parents");
 const JOB_CHILDREN: TableDefinition<u32, &[u8]> = TableDefinition::new("job_children");
 /// Sequence numbers reserved before a restart that no surviving change used, one row per
@@ -205,9 +210,10 @@ pub struct StoreConfig {
     pub feed_capacity: usize,
     /// How many of the newest changes the store keeps on disk (default
     /// [`DEFAULT_FEED_RETENTION`]), for consumers resuming after a restart
-    /// ([`Store::changes_after`]). At the bound each commit deletes the oldest rows;
-    /// asking for changes before the oldest kept one is a [`FeedGap`]. 0 keeps none
-    /// (and writes no feed rows).
+    /// ([`Store::changes_after`]). A commit writes its changes as one record and, past
+    /// the bound, deletes the oldest records and cuts the oldest one left, so that
+    /// exactly this many are kept; asking for changes before the oldest kept one is a
+    /// [`FeedGap`]. 0 keeps none (and writes no feed records).
     pub feed_retention: usize,
     /// How many device-property changes the log holds at most (default
     /// [`DEFAULT_PROPERTY_LOG_LIMIT`]; at least 1). A commit logs the device-property
@@ -262,6 +268,8 @@ pub struct Store {
     scratch: Vec<u8>,
     /// The log's state (which twins have changes in it, in which records).
     log: PropertyLog,
+    /// How many changes the `feed_records` table holds.
+    feed_kept: usize,
     /// How many of the next reloads fail (a test hook, see [`Store::fail_next_reload`]).
     #[cfg(feature = "fuzzing")]
     fail_reloads: u32,
@@ -317,6 +325,7 @@ impl Store {
             poisoned: true,
             scratch: Vec::new(),
             log: PropertyLog::default(),
+            feed_kept: 0,
             #[cfg(feature = "fuzzing")]
             fail_reloads: 0,
             #[cfg(feature = "fuzzing")]
@@ -371,7 +380,7 @@ impl Store {
         })?;
         let (committed, start) = init(&db)?;
         let origin = next_origin();
-        let (registry, log) = rebuild(&db, &self.config, origin, committed, start)?;
+        let (registry, log, feed_kept) = rebuild(&db, &self.config, origin, committed, start)?;
         // The job rows are checked now, so that a damaged one is an error of the opening,
         // not of the hub that loads the jobs later.
         let (parents, children) = job_rows(&db)?;
@@ -388,6 +397,7 @@ impl Store {
         self.origin = origin;
         self.reserved = start.saturating_add(SEQ_RESERVE);
         self.log = log;
+        self.feed_kept = feed_kept;
         self.poisoned = false;
         Ok(registry)
     }
@@ -539,9 +549,17 @@ impl Store {
             }
         }
         let mut out = Vec::new();
-        for row in rows.range(after.saturating_add(1)..)?.take(limit) {
+        'records: for row in rows.range(after.saturating_add(1)..)? {
             let (k, v) = row?;
-            out.push(feed::decode(k.value(), v.value())?);
+            for c in feed::decode_record(k.value(), v.value())? {
+                if c.seq <= after {
+                    continue;
+                }
+                if out.len() == limit {
+                    break 'records;
+                }
+                out.push(c);
+            }
         }
         Ok(Ok(out))
     }
@@ -729,6 +747,7 @@ impl Store {
             ..Committed::default()
         };
         let mut reserved = self.reserved;
+        let mut feed_kept = self.feed_kept;
         {
             let mut twins = txn.open_table(TWINS)?;
             let mut props = txn.open_table(PROPERTIES)?;
@@ -736,37 +755,53 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut feed_rows = txn.open_table(FEED)?;
             let scratch = &mut self.scratch;
-            let mut dropped_keys: Vec<u64> = Vec::new();
             let retention = self.config.feed_retention;
             match (&plan, registry.changes_after(self.committed)) {
                 (Plan::Devices(_), Ok(changes)) if retention > 0 => {
+                    // The commit's changes in one record, under its newest change.
+                    let mut rec = Vec::new();
+                    let mut newest = None;
                     for c in changes {
-                        feed::encode(c, scratch);
-                        feed_rows.insert(c.seq, scratch.as_slice())?;
+                        feed::append(c, scratch, &mut rec);
+                        newest = Some(c.seq);
+                        feed_kept += 1;
                     }
-                    let excess = (feed_rows.len()? as usize).saturating_sub(retention);
-                    if excess > 0 {
-                        // Removed key by key: redb's `retain_in` copies a page per row
-                        // it deletes (it may not modify the tree it iterates), where
-                        // `remove` edits a page this transaction already copied in place;
-                        // this made a commit of 4,096 reports about a fifth cheaper
-                        // (benches/store.rs, `device_batch_4096`).
-                        dropped_keys.clear();
-                        for row in feed_rows.iter()?.take(excess) {
-                            dropped_keys.push(row?.0.value());
-                        }
-                        for &key in dropped_keys.iter() {
+                    if let Some(key) = newest {
+                        feed_rows.insert(key, rec.as_slice())?;
+                    }
+                    // The oldest commits' records go while the rest hold `retention`;
+                    // then the oldest left keeps only its newest changes, so that exactly
+                    // `retention` are kept.
+                    let mut cut = None;
+                    while feed_kept > retention {
+                        let Some((key, bytes)) = feed_rows
+                            .first()?
+                            .map(|(k, v)| (k.value(), v.value().to_vec()))
+                        else {
+                            break;
+                        };
+                        let len = feed::record_len(key, &bytes)?;
+                        let excess = feed_kept - retention;
+                        if len <= excess {
                             feed_rows.remove(key)?;
+                            feed_kept -= len;
+                            cut = Some(key);
+                        } else {
+                            let (at, dropped) = feed::split(key, &bytes, excess)?;
+                            feed_rows.insert(key, &bytes[at..])?;
+                            feed_kept -= excess;
+                            cut = Some(dropped);
                         }
-                        if let Some(&cut) = dropped_keys.last() {
-                            meta.insert(META_FEED_DROPPED, cut)?;
-                        }
+                    }
+                    if let Some(cut) = cut {
+                        meta.insert(META_FEED_DROPPED, cut)?;
                     }
                 }
                 _ => {
                     // Not every change since the last commit is at hand (or none are
                     // kept): what the disk kept ends here.
                     feed_rows.retain(|_, _| false)?;
+                    feed_kept = 0;
                     meta.insert(META_FEED_DROPPED, last)?;
                 }
             }
@@ -872,6 +907,7 @@ impl Store {
         txn.commit()?;
         self.committed = last;
         self.reserved = reserved;
+        self.feed_kept = feed_kept;
         Ok(done)
     }
 }
@@ -1071,8 +1107,10 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
                 let committed = meta.get(META_COMMITTED)?.map_or(0, |v| v.value());
                 if old < 2 {
                     // Format 1: the feed rows lack values; drop them (see FORMAT).
-                    txn.delete_table(FEED)?;
+                    txn.delete_table(OLD_FEED)?;
                     meta.insert(META_FEED_DROPPED, committed)?;
+                } else {
+                    convert_feed_rows(&txn)?;
                 }
                 convert_property_rows(&txn, committed)?;
                 meta.insert(META_FORMAT, FORMAT)?;
@@ -1113,6 +1151,24 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
     };
     txn.commit()?;
     Ok((committed, start))
+}
+
+/// Moves a format 2 file's feed (a row per change) into records of one change each.
+fn convert_feed_rows(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    {
+        let old = txn.open_table(OLD_FEED)?;
+        let mut feed_rows = txn.open_table(FEED)?;
+        let (mut scratch, mut rec) = (Vec::new(), Vec::new());
+        for row in old.iter()? {
+            let (k, v) = row?;
+            let change = feed::decode(k.value(), v.value())?;
+            rec.clear();
+            feed::append(&change, &mut scratch, &mut rec);
+            feed_rows.insert(change.seq, rec.as_slice())?;
+        }
+    }
+    txn.delete_table(OLD_FEED)?;
+    Ok(())
 }
 
 /// Moves a format 1 or 2 file's device properties (a row each) into one record per
@@ -1204,7 +1260,7 @@ fn rebuild(
     origin: u64,
     committed: u64,
     start: u64,
-) -> Result<(Registry, PropertyLog), StoreError> {
+) -> Result<(Registry, PropertyLog, usize), StoreError> {
     let txn = db.begin_read()?;
     let twins = txn.open_table(TWINS)?;
     let props = txn.open_table(PROPERTIES)?;
@@ -1320,13 +1376,24 @@ fn rebuild(
     let meta = txn.open_table(META)?;
     let mut dropped = meta.get(META_FEED_DROPPED)?.map_or(0, |v| v.value());
     let keep = config.feed_capacity.min(config.feed_retention);
-    let mut changes = Vec::with_capacity(keep.min(feed_rows.len()? as usize));
-    for row in feed_rows.iter()?.rev().take(keep) {
+    // The newest records until they hold `keep` changes; every record is counted (and
+    // its framing checked).
+    let mut newest_first: Vec<Vec<Change>> = Vec::new();
+    let (mut read, mut total) = (0, 0);
+    for row in feed_rows.iter()?.rev() {
         let (k, v) = row?;
-        changes.push(feed::decode(k.value(), v.value())?);
+        if read < keep {
+            let rec = feed::decode_record(k.value(), v.value())?;
+            read += rec.len();
+            total += rec.len();
+            newest_first.push(rec);
+        } else {
+            total += feed::record_len(k.value(), v.value())?;
+        }
     }
-    changes.reverse();
-    if (changes.len() as u64) < feed_rows.len()? {
+    let mut changes: Vec<Change> = newest_first.into_iter().rev().flatten().collect();
+    changes.drain(..changes.len().saturating_sub(keep));
+    if changes.len() < total {
         dropped = changes.first().map_or(committed, |c| c.seq - 1);
     }
     if changes.is_empty() {
@@ -1338,7 +1405,7 @@ fn rebuild(
         unused.push((below.value(), above.value()));
     }
     registry.restore_feed(origin, start, dropped, changes, unused);
-    Ok((registry, log))
+    Ok((registry, log, total))
 }
 
 /// Reads every job row and restores the engine from them.
@@ -1367,11 +1434,23 @@ fn bad_job_row(e: crate::job::JobRowError) -> StoreError {
 }
 
 /// The fuzz body behind `fuzzing::store_records`: decodes `row` as a twin head
-/// (`which % 5 == 0`), a format 2 device-property row (1), a feed row (2), a
-/// properties record (3) or a property log record (4).
+/// (`which % 6 == 0`), a format 2 device-property row (1), a change (2), a properties
+/// record (3), a property log record (4) or a feed record (5).
 #[doc(hidden)]
 pub fn fuzz_decode(which: u8, row: &[u8]) {
-    match which % 5 {
+    match which % 6 {
+        5 => {
+            let key = u64::from(which);
+            if let Ok(changes) = feed::decode_record(key, row) {
+                assert_eq!(feed::record_len(key, row).ok(), Some(changes.len()));
+                let (mut scratch, mut out) = (Vec::new(), Vec::new());
+                for c in &changes {
+                    feed::append(c, &mut scratch, &mut out);
+                }
+                let back = feed::decode_record(key, &out).ok();
+                assert_eq!(back, Some(changes), "a feed record did not round-trip");
+            }
+        }
         3 => {
             if let Ok(r) = record::decode_properties("d", row) {
                 // JSON values have more than one spelling: the decoded record, not the
@@ -1460,11 +1539,16 @@ mod tests {
         assert_eq!(registry.changes_after(newest).map(|c| c.count()), Ok(0));
     }
 
-    /// How many ranges of unused numbers and feed rows the file holds.
+    /// How many ranges of unused numbers and feed changes the file holds.
     fn table_sizes(store: &Store) -> (u64, u64) {
         let txn = store.db.as_ref().unwrap().begin_read().unwrap();
         let ranges = txn.open_table(UNUSED).unwrap().len().unwrap();
-        let rows = txn.open_table(FEED).unwrap().len().unwrap();
+        let mut rows = 0;
+        for row in txn.open_table(FEED).unwrap().iter().unwrap() {
+            let (k, v) = row.unwrap();
+            rows += feed::record_len(k.value(), v.value()).unwrap() as u64;
+        }
+        assert_eq!(rows as usize, store.feed_kept, "the count kept in memory");
         (ranges, rows)
     }
 
@@ -1692,16 +1776,27 @@ mod tests {
         store.commit(&reg).unwrap();
         let last = reg.last_seq();
         drop((store, reg));
-        // Rewrite it as format 1 wrote it: format 1, a property change without values.
+        // Rewrite it as format 1 wrote it: format 1, a row per device property, a
+        // property change without values.
         let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
         let txn = db.begin_write().unwrap();
+        txn.delete_table(PROPERTIES).unwrap();
+        for table in [PROPERTY_LOG, FEED] {
+            txn.delete_table(table).unwrap();
+        }
         txn.open_table(META)
             .unwrap()
             .insert(META_FORMAT, 1)
             .unwrap();
-        txn.open_table(FEED)
+        txn.open_table(OLD_FEED)
             .unwrap()
             .insert(last, &b"\x02d1\x00BatteryLevel"[..])
+            .unwrap();
+        let mut row = Vec::new();
+        record::encode_prop(last, Timestamp::from_millis(3), &7.into(), &mut row);
+        txn.open_table(OLD_PROPS)
+            .unwrap()
+            .insert(("d1", "BatteryLevel"), row.as_slice())
             .unwrap();
         txn.commit().unwrap();
         drop(db);
@@ -1746,11 +1841,31 @@ mod tests {
         let last = reg.last_seq();
         drop((store, reg));
         // Rewrite it as format 2 laid it out: no records, no log, a row per property
-        // carrying the number of the change that wrote it.
+        // carrying the number of the change that wrote it, a feed row per change.
         let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
         let txn = db.begin_write().unwrap();
+        let feed: Vec<Change> = {
+            let table = txn.open_table(FEED).unwrap();
+            let mut all = Vec::new();
+            for row in table.iter().unwrap() {
+                let (k, v) = row.unwrap();
+                all.extend(feed::decode_record(k.value(), v.value()).unwrap());
+            }
+            all
+        };
+        assert_eq!(feed.len(), 6, "three creations and three reports");
         txn.delete_table(PROPERTIES).unwrap();
-        txn.delete_table(PROPERTY_LOG).unwrap();
+        for table in [PROPERTY_LOG, FEED] {
+            txn.delete_table(table).unwrap();
+        }
+        {
+            let mut rows = txn.open_table(OLD_FEED).unwrap();
+            let mut out = Vec::new();
+            for c in &feed {
+                feed::encode(c, &mut out);
+                rows.insert(c.seq, out.as_slice()).unwrap();
+            }
+        }
         {
             txn.open_table(META)
                 .unwrap()
@@ -1775,6 +1890,15 @@ mod tests {
         assert_eq!(got, want);
         reg.validate().unwrap();
         assert_eq!(store.changes_after(last, 10).unwrap().unwrap(), vec![]);
+        assert_eq!(store.changes_after(0, 10).unwrap().unwrap(), feed);
+        assert_eq!(
+            store.changes_after(feed[2].seq, 2).unwrap().unwrap(),
+            feed[3..5].to_vec()
+        );
+        assert_eq!(
+            reg.changes_after(0).unwrap().cloned().collect::<Vec<_>>(),
+            feed
+        );
         reg.report_device_property("b", "BatteryLevel", 1.into(), Timestamp::from_millis(6))
             .unwrap();
         store.commit(&reg).unwrap();
@@ -1786,6 +1910,7 @@ mod tests {
             let format = txn.open_table(META).unwrap().get(META_FORMAT).unwrap();
             assert_eq!(format.map(|v| v.value()), Some(FORMAT));
             assert!(txn.open_table(OLD_PROPS).is_err(), "the old table is gone");
+            assert!(txn.open_table(OLD_FEED).is_err(), "the old feed is gone");
             assert_eq!(txn.open_table(PROPERTIES).unwrap().len().unwrap(), 3);
         }
         drop(db);

@@ -109,7 +109,7 @@ pub(crate) fn decode_prop(id: &str, name: &str, bytes: &[u8]) -> Result<PropRow,
 }
 
 /// Appends `v` as an unsigned LEB128 varint (1 to 10 bytes).
-fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+pub(super) fn put_varint(mut v: u64, out: &mut Vec<u8>) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -119,7 +119,7 @@ fn put_varint(mut v: u64, out: &mut Vec<u8>) {
 
 /// Reads what [`put_varint`] wrote; `None` past the end, or for more than 10 bytes or
 /// a value past `u64`.
-fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+pub(super) fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
     let mut v: u64 = 0;
     for i in 0..10 {
         let (&b, rest) = bytes.split_first()?;
@@ -137,7 +137,7 @@ fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
 }
 
 /// Takes `n` bytes.
-fn take<'b>(bytes: &mut &'b [u8], n: u64) -> Option<&'b [u8]> {
+pub(super) fn take<'b>(bytes: &mut &'b [u8], n: u64) -> Option<&'b [u8]> {
     let n = usize::try_from(n).ok().filter(|&n| n <= bytes.len())?;
     let (head, rest) = bytes.split_at(n);
     *bytes = rest;
