@@ -1,6 +1,8 @@
 //! Durable store benchmarks on the shared seeded corpus (`benches/corpus/mod.rs`: twins
 //! with 20 device properties, 5 service properties and 3 tags each, from `corpus::SEED`).
-//! `TWINHUB_BENCH_STORE_TWINS=N` sets the fleet (default 100,000). The store lives in a
+//! `TWINHUB_BENCH_STORE_TWINS=N` sets the fleet (default 100,000);
+//! `TWINHUB_BENCH_STORE_LOG_LIMIT` and `TWINHUB_BENCH_STORE_FEED_RETENTION` set the
+//! store's `property_log_limit` and `feed_retention` for the commits measured. The store lives in a
 //! temporary directory on the machine's disk; every commit is redb's
 //! `Durability::Immediate` (fsync).
 //!
@@ -101,7 +103,16 @@ fn benches(c: &mut Criterion) {
         reopen.as_secs_f64() / load.as_secs_f64()
     );
 
-    let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).expect("reopen");
+    // What the commits below run with (defaults unless set, to see what each part costs).
+    let mut config = StoreConfig::default();
+    let env = |name: &str| std::env::var(name).ok().and_then(|n| n.parse().ok());
+    if let Some(n) = env("TWINHUB_BENCH_STORE_LOG_LIMIT") {
+        config.property_log_limit = n;
+    }
+    if let Some(n) = env("TWINHUB_BENCH_STORE_FEED_RETENTION") {
+        config.feed_retention = n;
+    }
+    let (mut store, mut reg) = Store::open(dir.path(), config).expect("reopen");
     let mut i: u64 = 0;
     let mut write = |store: &mut Store, reg: &mut Registry| {
         let id = corpus::device_id((i as usize * 7919) % n);

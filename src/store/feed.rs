@@ -1,14 +1,22 @@
-//! The persisted change feed: `feed` table, sequence number -> one encoded [`Change`].
+//! The persisted change feed: `feed_records` table, the newest sequence number of a
+//! commit -> every change of that commit, oldest first ([`append`]): each change's
+//! number and the length of its encoding (varints), then the encoding. One record a
+//! commit makes a commit's feed one sequential insert, not a B-tree insert (and a
+//! delete, at the retention bound) per change: at 4,096 reports a commit, the rows
+//! were most of the commit's cost (`benches/store.rs`).
 //!
-//! Row layout: one byte for the kind, then for `ConnectionState`, `Status` and `Managed`
-//! one byte of state, then the device id, and for the two device-property kinds a zero
-//! byte and the property name; a reported property then has a zero byte and its value
-//! and previous value as a JSON pair (`[value, previous]`, `null` for none; names and
-//! ids hold no zero byte, so the split is unambiguous). Decoding checks every byte and
-//! the id ([`StoreError::BadRecord`] otherwise). Format 1 files kept no values: opening
-//! one drops its feed rows (see [`super::FORMAT`]).
+//! A change's encoding ([`encode`]): one byte for the kind, then for `ConnectionState`,
+//! `Status` and `Managed` one byte of state, then the device id, and for the two
+//! device-property kinds a zero byte and the property name; a reported property then has
+//! a zero byte and its value and previous value as a JSON pair (`[value, previous]`,
+//! `null` for none; names and ids hold no zero byte, so the split is unambiguous).
+//! Decoding checks every byte, the id, and that the numbers rise and end at the
+//! record's key ([`StoreError::BadRecord`] otherwise). Format 2 kept a row per change (an
+//! encoding under its number): opening such a file makes each a record of one change.
+//! Format 1 files kept no values: opening one drops its feed rows (see
+//! [`super::FORMAT`]).
 
-use super::StoreError;
+use super::{StoreError, record};
 use crate::DeviceId;
 use crate::registry::{Change, ChangeKind};
 use crate::twin::{ConnectionState, DeviceStatus, Scalar};
@@ -128,6 +136,89 @@ pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
     Ok(Change { seq, device, kind })
 }
 
+/// Appends `change` to a feed record being built: its sequence number and the length of
+/// its encoding ([`encode`]) as varints, then the encoding. A record holds one commit's
+/// changes, oldest first, under the key of its newest.
+pub(crate) fn append(change: &Change, scratch: &mut Vec<u8>, out: &mut Vec<u8>) {
+    encode(change, scratch);
+    record::put_varint(change.seq, out);
+    record::put_varint(scratch.len() as u64, out);
+    out.extend_from_slice(scratch);
+}
+
+/// Calls `each` with every change of the feed record under `key`, oldest first, as
+/// (sequence number, encoding, offset of the next change); checks that the numbers rise
+/// and end at `key`.
+fn entries<'b>(
+    key: u64,
+    bytes: &'b [u8],
+    mut each: impl FnMut(u64, &'b [u8], usize) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let bad = |detail: &str| StoreError::BadRecord {
+        table: "feed_records",
+        key: key.to_string(),
+        detail: detail.into(),
+    };
+    let mut b = bytes;
+    let mut previous: Option<u64> = None;
+    while !b.is_empty() {
+        let seq = record::take_varint(&mut b).ok_or_else(|| bad("bad sequence number"))?;
+        if previous.is_some_and(|p| seq <= p) || seq > key {
+            return Err(bad("sequence numbers out of order"));
+        }
+        let len = record::take_varint(&mut b).ok_or_else(|| bad("bad change length"))?;
+        let change = record::take(&mut b, len).ok_or_else(|| bad("change past the end"))?;
+        each(seq, change, bytes.len() - b.len())?;
+        previous = Some(seq);
+    }
+    if previous != Some(key) {
+        return Err(bad("the newest change is not the record's key"));
+    }
+    Ok(())
+}
+
+/// Decodes a feed record (see [`append`]).
+pub(crate) fn decode_record(key: u64, bytes: &[u8]) -> Result<Vec<Change>, StoreError> {
+    let mut out = Vec::new();
+    entries(key, bytes, |seq, change, _| {
+        out.push(decode(seq, change)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// How many changes a feed record holds, checking its framing but not decoding them.
+pub(crate) fn record_len(key: u64, bytes: &[u8]) -> Result<usize, StoreError> {
+    let mut n = 0;
+    entries(key, bytes, |_, _, _| {
+        n += 1;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Where the feed record under `key` continues after its oldest `n` changes (fewer than
+/// it holds): the offset of the next change (the rest of the bytes are a record of the
+/// newer changes under the same key) and the sequence number of the `n`th.
+pub(crate) fn split(key: u64, bytes: &[u8], n: usize) -> Result<(usize, u64), StoreError> {
+    let (mut seen, mut at) = (0, None);
+    entries(key, bytes, |seq, _, next| {
+        seen += 1;
+        if seen == n {
+            at = Some((next, seq));
+        }
+        Ok(())
+    })?;
+    match at {
+        Some(at) if seen > n => Ok(at),
+        _ => Err(StoreError::BadRecord {
+            table: "feed_records",
+            key: key.to_string(),
+            detail: format!("{seen} changes, cannot keep those after the first {n}"),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +267,39 @@ mod tests {
             }
         }
         assert!(decode(1, &[]).is_err());
+        // A record of three changes; every cut but at a change's end fails, and a cut
+        // there fails too unless that change is the key.
+        let changes: Vec<Change> = [3u64, 4, 9]
+            .iter()
+            .map(|&seq| Change {
+                seq,
+                device: DeviceId::new("d").unwrap(),
+                kind: ChangeKind::Tags,
+            })
+            .collect();
+        let (mut rec, mut scratch) = (Vec::new(), Vec::new());
+        for c in &changes {
+            append(c, &mut scratch, &mut rec);
+        }
+        assert_eq!(decode_record(9, &rec).unwrap(), changes);
+        assert_eq!(record_len(9, &rec).unwrap(), 3);
+        for n in 1..3 {
+            let (at, seq) = split(9, &rec, n).unwrap();
+            assert_eq!(seq, changes[n - 1].seq);
+            assert_eq!(decode_record(9, &rec[at..]).unwrap(), changes[n..]);
+        }
+        assert!(split(9, &rec, 0).is_err() && split(9, &rec, 3).is_err());
+        for cut in 0..rec.len() {
+            assert!(decode_record(9, &rec[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(
+            decode_record(10, &rec).is_err(),
+            "the key is not the newest"
+        );
+        let mut twice = Vec::new();
+        append(&changes[2], &mut scratch, &mut twice);
+        append(&changes[2], &mut scratch, &mut twice);
+        assert!(decode_record(9, &twice).is_err(), "a number repeated");
         assert!(decode(1, &[99, b'a']).is_err());
         assert!(decode(1, &[6, 7, b'a']).is_err());
         assert!(decode(1, &[2, b'a']).is_err());

@@ -8,13 +8,25 @@
 //! could sit behind the same three calls; the registry, queries and jobs would not know.
 //!
 //! **What a commit writes.** The store reads the registry's change feed after the last
-//! committed sequence number and rewrites, per device touched, only what changed: a
-//! device-property report rewrites one small row (value, `lastUpdatedTime`, the change's
-//! sequence number); anything else (fields, status, tags, service properties,
-//! registration, credentials) rewrites the twin's head. See `record.rs` for the layout.
-//! If the feed no longer holds every change since the last commit (more than its
-//! capacity between two commits), the commit rewrites every twin instead: slower, never
-//! wrong.
+//! committed sequence number and writes, per device touched, only what changed: anything
+//! but a device property (fields, status, tags, service properties, registration,
+//! credentials) rewrites the twin's head; the device-property reports and removals of
+//! the whole commit go into one record of a log (`property_log`, keyed by the commit's
+//! newest sequence number), a sequential append. Each twin's device properties live in
+//! one record of their own (`properties`) that names the commit it is current through;
+//! every commit also folds some twins' logged changes into their records, rewriting each
+//! from the registry, in device-id order from where the previous commit stopped (so the
+//! records rewritten are neighbours on disk), and deletes the log records no twin needs
+//! any more. How many: enough that one round over every twin with logged changes ends
+//! before the log holds half of [`StoreConfig::property_log_limit`] changes, and every one
+//! of them when a commit would leave it past the limit. A random report costs a log
+//! entry, not a page of the table rewritten for one row; a twin reporting many times
+//! between two folds is rewritten once. Opening reads each twin's record and applies its
+//! logged changes numbered after the record's commit. The change feed kept on disk is
+//! one record per commit too (`feed.rs`). See `record.rs` for the layout. If
+//! the feed no longer holds every change since the last commit (more than its capacity
+//! between two commits), the commit rewrites every twin (and empties the log) instead:
+//! slower, never wrong.
 //!
 //! **Acknowledgement.** A commit returns after redb's `Durability::Immediate` commit (the
 //! data and the new root are fsynced). A service-side write is acknowledged only after its
@@ -80,8 +92,9 @@
 //! tables: the rows of the jobs it drops are deleted in the commit of the job whose
 //! creation dropped them ([`JobRow::DropBefore`]).
 //!
-//! **Growth.** A device property has one row, rewritten in place; the feed keeps a
-//! bounded number of rows; redb reuses the pages a commit frees, so a steady stream of
+//! **Growth.** A twin's device properties have one record, rewritten in place; the log
+//! holds at most [`StoreConfig::property_log_limit`] changes after a commit and the feed
+//! a bounded number of rows; redb reuses the pages a commit frees, so a steady stream of
 //! updates does not grow the file (tests/store_growth.rs). [`Store::compact`] gives
 //! free pages back to the file system.
 //!
@@ -127,12 +140,14 @@ use std::time::Instant;
 
 /// The newest file format this version reads and the one it writes.
 ///
-/// Format 2 keeps each reported device property's value and previous value in the
-/// change feed. A format 1 file opens: its twins, properties and jobs are read as they
-/// are, its feed rows (which lack the values) are dropped and counted as dropped, so a
-/// consumer resuming inside them gets a [`crate::registry::FeedGap`]; the file
-/// is marked format 2.
-pub const FORMAT: u64 = 2;
+/// Format 3 keeps each twin's device properties in one record, logs each commit's
+/// device-property changes in one record, and keeps the change feed as one record per
+/// commit (see the module docs). Format 2 kept a row per device property and a row per
+/// change of the feed; format 1 also lacked the values in the feed's rows. A format 1
+/// or 2 file opens converted, in the opening's transaction: its twins, properties and
+/// jobs as they were, a format 2 feed as it was; a format 1 feed is dropped and counted
+/// as dropped, so a consumer resuming inside it gets a [`crate::registry::FeedGap`].
+pub const FORMAT: u64 = 3;
 
 /// How many sequence numbers a commit reserves ahead of the newest one in use.
 pub const SEQ_RESERVE: u64 = 1 << 20;
@@ -142,8 +157,21 @@ pub const FILE_NAME: &str = "twinhub.redb";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const TWINS: TableDefinition<&str, &[u8]> = TableDefinition::new("twins");
-const PROPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("device_properties");
-const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+/// Device id -> every device property of the twin (`record::encode_properties`), as of
+/// the commit the record names.
+const PROPERTIES: TableDefinition<&str, &[u8]> = TableDefinition::new("properties");
+/// Commit (its newest sequence number) -> the device-property changes it made, not yet
+/// folded into `properties` (`record::encode_log_entry`).
+const PROPERTY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("property_log");
+/// Formats 1 and 2: one row per device property, (device id, name) -> `seq | time |
+/// value`; moved into `properties` when such a file opens.
+const OLD_PROPS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("device_properties");
+/// The newest change of a commit -> every change of the commit, oldest first
+/// (`feed::append`): the change feed kept on disk.
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed_records");
+/// Formats 1 and 2: the feed as a row per change, sequence number -> `feed::encode`;
+/// a format 2 file's rows become records of one change when it opens.
+const OLD_FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 const JOB_PARENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("job_parents");
 const JOB_CHILDREN: TableDefinition<u32, &[u8]> = TableDefinition::new("job_children");
 /// Sequence numbers reserved before a restart that no surviving change used, one row per
@@ -168,6 +196,10 @@ const MAX_UNUSED_RANGES: u64 = if cfg!(test) { 4 } else { 1024 };
 /// How many changes the store keeps on disk by default.
 pub const DEFAULT_FEED_RETENTION: usize = 1 << 16;
 
+/// How many device-property changes the store's log holds at most by default (see
+/// [`StoreConfig::property_log_limit`]).
+pub const DEFAULT_PROPERTY_LOG_LIMIT: usize = 1 << 20;
+
 /// Settings of a [`Store`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -178,10 +210,18 @@ pub struct StoreConfig {
     pub feed_capacity: usize,
     /// How many of the newest changes the store keeps on disk (default
     /// [`DEFAULT_FEED_RETENTION`]), for consumers resuming after a restart
-    /// ([`Store::changes_after`]). At the bound each commit deletes the oldest rows;
-    /// asking for changes before the oldest kept one is a [`FeedGap`]. 0 keeps none
-    /// (and writes no feed rows).
+    /// ([`Store::changes_after`]). A commit writes its changes as one record and, past
+    /// the bound, deletes the oldest records and cuts the oldest one left, so that
+    /// exactly this many are kept; asking for changes before the oldest kept one is a
+    /// [`FeedGap`]. 0 keeps none (and writes no feed records).
     pub feed_retention: usize,
+    /// How many device-property changes the log holds at most (default
+    /// [`DEFAULT_PROPERTY_LOG_LIMIT`]; at least 1). A commit logs the device-property
+    /// changes it makes and folds the logged changes of some twins into their records,
+    /// enough to keep the log near half of this; a commit that would leave more folds
+    /// every twin with a logged change (one slower commit). Opening a directory replays
+    /// the log: this bounds how much.
+    pub property_log_limit: usize,
 }
 
 impl Default for StoreConfig {
@@ -189,6 +229,7 @@ impl Default for StoreConfig {
         StoreConfig {
             feed_capacity: DEFAULT_FEED_CAPACITY,
             feed_retention: DEFAULT_FEED_RETENTION,
+            property_log_limit: DEFAULT_PROPERTY_LOG_LIMIT,
         }
     }
 }
@@ -200,8 +241,12 @@ pub struct Committed {
     pub seq: u64,
     /// Twin heads written or deleted.
     pub heads: usize,
-    /// Device-property rows written or deleted.
+    /// Device-property changes written to the log (or, for a twin rewritten whole, its
+    /// properties).
     pub properties: usize,
+    /// Twins whose device properties were rewritten from the registry into their record
+    /// (the fold of logged changes, and twins created or rewritten whole).
+    pub folded: usize,
     /// Whether every twin was rewritten (the feed did not cover the commit).
     pub full: bool,
     /// Job rows (parents and children) written.
@@ -221,6 +266,10 @@ pub struct Store {
     origin: u64,
     poisoned: bool,
     scratch: Vec<u8>,
+    /// The log's state (which twins have changes in it, in which records).
+    log: PropertyLog,
+    /// How many changes the `feed_records` table holds.
+    feed_kept: usize,
     /// How many of the next reloads fail (a test hook, see [`Store::fail_next_reload`]).
     #[cfg(feature = "fuzzing")]
     fail_reloads: u32,
@@ -251,14 +300,6 @@ struct Dirty {
     props: BTreeMap<Arc<str>, u64>,
 }
 
-/// The first key after every `(id, _)` key.
-fn after_id(id: &str) -> String {
-    let mut s = String::with_capacity(id.len() + 1);
-    s.push_str(id);
-    s.push('\0');
-    s
-}
-
 impl Store {
     /// Opens (or creates) the store in `dir` (created if missing) and rebuilds the
     /// registry it holds: every twin and index through the bulk-load path, the etags and
@@ -283,6 +324,8 @@ impl Store {
             origin: 0,
             poisoned: true,
             scratch: Vec::new(),
+            log: PropertyLog::default(),
+            feed_kept: 0,
             #[cfg(feature = "fuzzing")]
             fail_reloads: 0,
             #[cfg(feature = "fuzzing")]
@@ -337,7 +380,7 @@ impl Store {
         })?;
         let (committed, start) = init(&db)?;
         let origin = next_origin();
-        let registry = rebuild(&db, &self.config, origin, committed, start)?;
+        let (registry, log, feed_kept) = rebuild(&db, &self.config, origin, committed, start)?;
         // The job rows are checked now, so that a damaged one is an error of the opening,
         // not of the hub that loads the jobs later.
         let (parents, children) = job_rows(&db)?;
@@ -353,6 +396,8 @@ impl Store {
         self.committed = committed;
         self.origin = origin;
         self.reserved = start.saturating_add(SEQ_RESERVE);
+        self.log = log;
+        self.feed_kept = feed_kept;
         self.poisoned = false;
         Ok(registry)
     }
@@ -504,9 +549,17 @@ impl Store {
             }
         }
         let mut out = Vec::new();
-        for row in rows.range(after.saturating_add(1)..)?.take(limit) {
+        'records: for row in rows.range(after.saturating_add(1)..)? {
             let (k, v) = row?;
-            out.push(feed::decode(k.value(), v.value())?);
+            for c in feed::decode_record(k.value(), v.value())? {
+                if c.seq <= after {
+                    continue;
+                }
+                if out.len() == limit {
+                    break 'records;
+                }
+                out.push(c);
+            }
         }
         Ok(Ok(out))
     }
@@ -694,87 +747,135 @@ impl Store {
             ..Committed::default()
         };
         let mut reserved = self.reserved;
+        let mut feed_kept = self.feed_kept;
         {
             let mut twins = txn.open_table(TWINS)?;
-            let mut props = txn.open_table(PROPS)?;
+            let mut props = txn.open_table(PROPERTIES)?;
+            let mut log_rows = txn.open_table(PROPERTY_LOG)?;
             let mut meta = txn.open_table(META)?;
             let mut feed_rows = txn.open_table(FEED)?;
             let scratch = &mut self.scratch;
-            let mut dropped_keys: Vec<u64> = Vec::new();
             let retention = self.config.feed_retention;
             match (&plan, registry.changes_after(self.committed)) {
                 (Plan::Devices(_), Ok(changes)) if retention > 0 => {
+                    // The commit's changes in one record, under its newest change.
+                    let mut rec = Vec::new();
+                    let mut newest = None;
                     for c in changes {
-                        feed::encode(c, scratch);
-                        feed_rows.insert(c.seq, scratch.as_slice())?;
+                        feed::append(c, scratch, &mut rec);
+                        newest = Some(c.seq);
+                        feed_kept += 1;
                     }
-                    let excess = (feed_rows.len()? as usize).saturating_sub(retention);
-                    if excess > 0 {
-                        // Removed key by key: redb's `retain_in` copies a page per row
-                        // it deletes (it may not modify the tree it iterates), where
-                        // `remove` edits a page this transaction already copied in place;
-                        // this made a commit of 4,096 reports about a fifth cheaper
-                        // (benches/store.rs, `device_batch_4096`).
-                        dropped_keys.clear();
-                        for row in feed_rows.iter()?.take(excess) {
-                            dropped_keys.push(row?.0.value());
-                        }
-                        for &key in dropped_keys.iter() {
+                    if let Some(key) = newest {
+                        feed_rows.insert(key, rec.as_slice())?;
+                    }
+                    // The oldest commits' records go while the rest hold `retention`;
+                    // then the oldest left keeps only its newest changes, so that exactly
+                    // `retention` are kept.
+                    let mut cut = None;
+                    while feed_kept > retention {
+                        let Some((key, bytes)) = feed_rows
+                            .first()?
+                            .map(|(k, v)| (k.value(), v.value().to_vec()))
+                        else {
+                            break;
+                        };
+                        let len = feed::record_len(key, &bytes)?;
+                        let excess = feed_kept - retention;
+                        if len <= excess {
                             feed_rows.remove(key)?;
+                            feed_kept -= len;
+                            cut = Some(key);
+                        } else {
+                            let (at, dropped) = feed::split(key, &bytes, excess)?;
+                            feed_rows.insert(key, &bytes[at..])?;
+                            feed_kept -= excess;
+                            cut = Some(dropped);
                         }
-                        if let Some(&cut) = dropped_keys.last() {
-                            meta.insert(META_FEED_DROPPED, cut)?;
-                        }
+                    }
+                    if let Some(cut) = cut {
+                        meta.insert(META_FEED_DROPPED, cut)?;
                     }
                 }
                 _ => {
                     // Not every change since the last commit is at hand (or none are
                     // kept): what the disk kept ends here.
                     feed_rows.retain(|_, _| false)?;
+                    feed_kept = 0;
                     meta.insert(META_FEED_DROPPED, last)?;
                 }
             }
+            let log = &mut self.log;
             match plan {
                 Plan::Full => {
                     done.full = true;
                     twins.retain(|_, _| false)?;
                     props.retain(|_, _| false)?;
+                    log_rows.retain(|_, _| false)?;
+                    *log = PropertyLog::default();
                     for t in registry.iter() {
-                        write_twin(&mut twins, &mut props, t, scratch, &mut done)?;
+                        write_twin(&mut twins, &mut props, t, last, scratch, &mut done)?;
                     }
                 }
                 Plan::Devices(devices) => {
+                    // This commit's log record, and the twins with an entry in it.
+                    let mut record = Vec::new();
+                    let mut logged = Vec::new();
                     for (id, d) in devices {
-                        let id = id.as_str();
-                        let Some(t) = registry.get(id) else {
-                            twins.remove(id)?;
-                            let end = after_id(id);
-                            props.retain_in((id, "")..(end.as_str(), ""), |_, _| false)?;
+                        let Some(t) = registry.get(id.as_str()) else {
+                            twins.remove(id.as_str())?;
+                            props.remove(id.as_str())?;
+                            log.folded(&id);
                             done.heads += 1;
                             continue;
                         };
                         if d.full {
-                            let end = after_id(id);
-                            props.retain_in((id, "")..(end.as_str(), ""), |_, _| false)?;
-                            write_twin(&mut twins, &mut props, t, scratch, &mut done)?;
+                            write_twin(&mut twins, &mut props, t, last, scratch, &mut done)?;
+                            log.folded(&id);
                             continue;
                         }
                         if d.head {
                             write_head(&mut twins, t)?;
                             done.heads += 1;
                         }
+                        if d.props.is_empty() {
+                            continue;
+                        }
                         for (name, seq) in &d.props {
-                            match t.device_property(name) {
-                                Some((value, at)) => {
-                                    record::encode_prop(*seq, at, value, scratch);
-                                    props.insert((id, &**name), scratch.as_slice())?;
-                                }
-                                None => {
-                                    props.remove((id, &**name))?;
-                                }
-                            }
+                            let value = t.device_property(name);
+                            record::encode_log_entry(id.as_str(), name, *seq, value, &mut record);
                             done.properties += 1;
                         }
+                        logged.push(id);
+                    }
+                    if !record.is_empty() {
+                        log_rows.insert(last, record.as_slice())?;
+                        let entries = done.properties;
+                        log.add(last, logged, entries);
+                    }
+                    // Fold enough twins to keep the log near half its limit (all of them
+                    // past the limit), in id order from where the last commit stopped:
+                    // their records are neighbours in the table.
+                    let limit = self.config.property_log_limit.max(1);
+                    let quota = if log.entries > limit {
+                        log.pending.len()
+                    } else {
+                        log.quota(done.properties, limit)
+                    };
+                    for id in log.next(quota) {
+                        match registry.get(id.as_str()) {
+                            Some(t) => {
+                                write_properties(&mut props, t, last, scratch)?;
+                                done.folded += 1;
+                            }
+                            None => {
+                                props.remove(id.as_str())?;
+                            }
+                        }
+                        log.folded(&id);
+                    }
+                    for key in log.release() {
+                        log_rows.remove(key)?;
                     }
                 }
             }
@@ -806,6 +907,7 @@ impl Store {
         txn.commit()?;
         self.committed = last;
         self.reserved = reserved;
+        self.feed_kept = feed_kept;
         Ok(done)
     }
 }
@@ -847,7 +949,7 @@ enum Plan {
 }
 
 type Twins<'t> = redb::Table<'t, &'static str, &'static [u8]>;
-type Props<'t> = redb::Table<'t, (&'static str, &'static str), &'static [u8]>;
+type Props<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
 fn write_head(twins: &mut Twins<'_>, t: crate::registry::TwinRef<'_>) -> Result<(), StoreError> {
     let mut twin = t.to_twin();
@@ -859,24 +961,130 @@ fn write_head(twins: &mut Twins<'_>, t: crate::registry::TwinRef<'_>) -> Result<
     Ok(())
 }
 
-/// Writes a twin's head and every device property row (sequence 0: the head's etag is
-/// current).
+/// Writes a twin's device properties as the registry holds them at commit `through`.
+fn write_properties(
+    props: &mut Props<'_>,
+    t: crate::registry::TwinRef<'_>,
+    through: u64,
+    scratch: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    record::encode_properties(through, t.etag().0, t.device_properties(), scratch);
+    props.insert(t.device_id().as_str(), scratch.as_slice())?;
+    Ok(())
+}
+
+/// Writes a twin's head and its device properties' record.
 fn write_twin(
     twins: &mut Twins<'_>,
     props: &mut Props<'_>,
     t: crate::registry::TwinRef<'_>,
+    through: u64,
     scratch: &mut Vec<u8>,
     done: &mut Committed,
 ) -> Result<(), StoreError> {
     write_head(twins, t)?;
     done.heads += 1;
-    let id = t.device_id().as_str();
-    for (name, value, at) in t.device_properties() {
-        record::encode_prop(0, at, value, scratch);
-        props.insert((id, name), scratch.as_slice())?;
-        done.properties += 1;
-    }
+    write_properties(props, t, through, scratch)?;
+    done.properties += t.device_properties().len();
+    done.folded += 1;
     Ok(())
+}
+
+/// What the store knows of its `property_log` table: which twins have changes there
+/// not yet folded into their records, and which log records still hold such changes.
+/// Rebuilt from the table when the store opens; a failed commit poisons the store, and
+/// the reload rebuilds it, so it never runs ahead of the disk.
+#[derive(Default)]
+struct PropertyLog {
+    /// Twin -> the key of the oldest record holding one of its unfolded changes.
+    pending: BTreeMap<DeviceId, u64>,
+    /// Record key -> its entries and how many pending twins it is the oldest record of.
+    records: BTreeMap<u64, LogRecord>,
+    /// Entries in all records.
+    entries: usize,
+    /// The fold continues after this twin (in id order, wrapping round).
+    cursor: Option<DeviceId>,
+}
+
+#[derive(Default)]
+struct LogRecord {
+    entries: usize,
+    oldest_of: usize,
+}
+
+impl PropertyLog {
+    /// Record `key` was written with `entries` changes of the twins `devices`.
+    fn add(&mut self, key: u64, devices: impl IntoIterator<Item = DeviceId>, entries: usize) {
+        let mut oldest_of = 0;
+        for d in devices {
+            if let std::collections::btree_map::Entry::Vacant(v) = self.pending.entry(d) {
+                v.insert(key);
+                oldest_of += 1;
+            }
+        }
+        let r = self.records.entry(key).or_default();
+        r.entries += entries;
+        r.oldest_of += oldest_of;
+        self.entries += entries;
+    }
+
+    /// `device`'s record was rewritten (or deleted) from the registry: the log holds
+    /// nothing of it that the record lacks.
+    fn folded(&mut self, device: &DeviceId) {
+        if let Some(key) = self.pending.remove(device)
+            && let Some(r) = self.records.get_mut(&key)
+        {
+            r.oldest_of -= 1;
+        }
+    }
+
+    /// How many twins a commit that logged `entries` changes folds: a round over every
+    /// pending twin takes `limit / (2 * entries)` such commits, so a record (deletable
+    /// once each of its twins was folded, within one round) is gone before the log
+    /// holds more than about half the limit.
+    fn quota(&self, entries: usize, limit: usize) -> usize {
+        let wanted = (self.pending.len() as u128 * 2 * entries as u128).div_ceil(limit as u128);
+        wanted.min(self.pending.len() as u128) as usize
+    }
+
+    /// The next `n` pending twins after the cursor, in id order, wrapping round; moves
+    /// the cursor past them.
+    fn next(&mut self, n: usize) -> Vec<DeviceId> {
+        let n = n.min(self.pending.len());
+        let mut out: Vec<DeviceId> = match &self.cursor {
+            Some(c) => self
+                .pending
+                .range::<DeviceId, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                .map(|(d, _)| d.clone())
+                .take(n)
+                .collect(),
+            None => Vec::new(),
+        };
+        if out.len() < n {
+            // From the first twin on: those are at or before the cursor, none taken yet.
+            let wrap = n - out.len();
+            out.extend(self.pending.keys().take(wrap).cloned());
+        }
+        if let Some(last) = out.last() {
+            self.cursor = Some(last.clone());
+        }
+        out
+    }
+
+    /// Removes (and returns the keys of) the records no pending twin needs: those older
+    /// than the oldest record of every pending twin.
+    fn release(&mut self) -> Vec<u64> {
+        let mut gone = Vec::new();
+        while let Some(entry) = self.records.first_entry() {
+            if entry.get().oldest_of > 0 {
+                break;
+            }
+            let (key, r) = entry.remove_entry();
+            self.entries -= r.entries;
+            gone.push(key);
+        }
+        gone
+    }
 }
 
 /// Creates the tables of a fresh file and checks the format of an old one; reserves
@@ -895,11 +1103,16 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
                 });
             }
             Some(FORMAT) => {}
-            Some(_) => {
-                // Format 1: the feed rows lack values; drop them (see FORMAT).
+            Some(old) => {
                 let committed = meta.get(META_COMMITTED)?.map_or(0, |v| v.value());
-                txn.delete_table(FEED)?;
-                meta.insert(META_FEED_DROPPED, committed)?;
+                if old < 2 {
+                    // Format 1: the feed rows lack values; drop them (see FORMAT).
+                    txn.delete_table(OLD_FEED)?;
+                    meta.insert(META_FEED_DROPPED, committed)?;
+                } else {
+                    convert_feed_rows(&txn)?;
+                }
+                convert_property_rows(&txn, committed)?;
                 meta.insert(META_FORMAT, FORMAT)?;
             }
             None => {
@@ -928,7 +1141,8 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
             }
         }
         txn.open_table(TWINS)?;
-        txn.open_table(PROPS)?;
+        txn.open_table(PROPERTIES)?;
+        txn.open_table(PROPERTY_LOG)?;
         txn.open_table(FEED)?;
         txn.open_table(JOB_PARENTS)?;
         txn.open_table(JOB_CHILDREN)?;
@@ -937,6 +1151,66 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
     };
     txn.commit()?;
     Ok((committed, start))
+}
+
+/// Moves a format 2 file's feed (a row per change) into records of one change each.
+fn convert_feed_rows(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    {
+        let old = txn.open_table(OLD_FEED)?;
+        let mut feed_rows = txn.open_table(FEED)?;
+        let (mut scratch, mut rec) = (Vec::new(), Vec::new());
+        for row in old.iter()? {
+            let (k, v) = row?;
+            let change = feed::decode(k.value(), v.value())?;
+            rec.clear();
+            feed::append(&change, &mut scratch, &mut rec);
+            feed_rows.insert(change.seq, rec.as_slice())?;
+        }
+    }
+    txn.delete_table(OLD_FEED)?;
+    Ok(())
+}
+
+/// Moves a format 1 or 2 file's device properties (a row each) into one record per
+/// twin, as of commit `committed`, and deletes the old table; twins without device
+/// properties get no record.
+fn convert_property_rows(txn: &redb::WriteTransaction, committed: u64) -> Result<(), StoreError> {
+    {
+        let old = txn.open_table(OLD_PROPS)?;
+        let mut props = txn.open_table(PROPERTIES)?;
+        let mut scratch = Vec::new();
+        /// One twin's rows: its id, (name, value, time) each, the largest sequence number.
+        type Rows = (String, Vec<(String, crate::twin::Scalar, Timestamp)>, u64);
+        let mut twin: Option<Rows> = None;
+        let mut flush = |twin: Option<Rows>| -> Result<(), StoreError> {
+            if let Some((id, rows, etag)) = twin {
+                record::encode_properties(
+                    committed,
+                    etag,
+                    rows.iter()
+                        .map(|(n, v, at): &(String, _, _)| (n.as_str(), v, *at)),
+                    &mut scratch,
+                );
+                props.insert(id.as_str(), scratch.as_slice())?;
+            }
+            Ok(())
+        };
+        for row in old.iter()? {
+            let (k, v) = row?;
+            let (id, name) = k.value();
+            let r = record::decode_prop(id, name, v.value())?;
+            if twin.as_ref().is_none_or(|t| t.0 != id) {
+                flush(twin.take())?;
+                twin = Some((id.to_owned(), Vec::new(), 0));
+            }
+            let t = twin.as_mut().expect("set above");
+            t.1.push((name.to_owned(), r.value, r.at));
+            t.2 = t.2.max(r.seq);
+        }
+        flush(twin)?;
+    }
+    txn.delete_table(OLD_PROPS)?;
+    Ok(())
 }
 
 /// Past the bound ([`MAX_UNUSED_RANGES`]) of the `unused_seq` table: merges the oldest two
@@ -986,60 +1260,103 @@ fn rebuild(
     origin: u64,
     committed: u64,
     start: u64,
-) -> Result<Registry, StoreError> {
+) -> Result<(Registry, PropertyLog, usize), StoreError> {
     let txn = db.begin_read()?;
     let twins = txn.open_table(TWINS)?;
-    let props = txn.open_table(PROPS)?;
+    let props = txn.open_table(PROPERTIES)?;
+    // The log first: each twin's logged changes, oldest first, to apply over its record.
+    let mut log = PropertyLog::default();
+    let mut logged: BTreeMap<String, Vec<record::LogEntry>> = BTreeMap::new();
+    for row in txn.open_table(PROPERTY_LOG)?.iter()? {
+        let (k, v) = row?;
+        let key = k.value();
+        let entries = record::decode_log(key, v.value())?;
+        let mut devices = Vec::new();
+        let count = entries.len();
+        for e in entries {
+            let id = record::device_id(&e.device).map_err(|_| StoreError::BadRecord {
+                table: "property_log",
+                key: key.to_string(),
+                detail: "invalid device id".into(),
+            })?;
+            devices.push(id);
+            logged.entry(e.device.clone()).or_default().push(e);
+        }
+        log.add(key, devices, count);
+    }
     let mut registry = Registry::with_feed_capacity(config.feed_capacity);
     let mut versions: Vec<(Slot, u64, u64, u64)> = Vec::with_capacity(twins.len()? as usize);
     {
         let mut bulk = registry.bulk_load();
         bulk.reserve(twins.len()? as usize);
-        let mut rows = props.iter()?;
-        // A property row read ahead of its twin: (device id, name, bytes).
-        let mut pending: Option<(String, String, Vec<u8>)> = None;
-        let mut next_row =
-            |pending: &mut Option<(String, String, Vec<u8>)>| -> Result<(), StoreError> {
-                *pending = match rows.next() {
-                    None => None,
-                    Some(r) => {
-                        let (k, v) = r?;
-                        let (id, name) = k.value();
-                        Some((id.to_string(), name.to_string(), v.value().to_vec()))
-                    }
-                };
-                Ok(())
+        let mut records = props.iter()?;
+        // A properties record read ahead of its twin.
+        let mut pending: Option<(String, Vec<u8>)> = None;
+        let mut next_record = |pending: &mut Option<(String, Vec<u8>)>| -> Result<(), StoreError> {
+            *pending = match records.next() {
+                None => None,
+                Some(r) => {
+                    let (k, v) = r?;
+                    Some((k.value().to_string(), v.value().to_vec()))
+                }
             };
-        next_row(&mut pending)?;
+            Ok(())
+        };
+        let orphan = |id: &str| StoreError::BadRecord {
+            table: "properties",
+            key: id.chars().take(128).collect(),
+            detail: "no twin has this device id".into(),
+        };
+        next_record(&mut pending)?;
         for head in twins.iter()? {
             let (k, v) = head?;
             let id = k.value();
             record::device_id(id)?;
             let mut twin = record::decode_head(id, v.value())?;
             let mut etag = twin.etag.0;
-            while let Some((pid, name, bytes)) = &pending {
+            // A twin without a record has no device properties in it (a file converted
+            // from format 2 writes none for such a twin): every logged change applies.
+            let mut through = 0;
+            if let Some((pid, bytes)) = &pending {
                 match pid.as_str().cmp(id) {
-                    std::cmp::Ordering::Greater => break,
-                    std::cmp::Ordering::Less => {
-                        return Err(StoreError::BadRecord {
-                            table: "device_properties",
-                            key: format!("{pid}/{name}"),
-                            detail: "no twin has this device id".into(),
-                        });
-                    }
+                    std::cmp::Ordering::Less => return Err(orphan(pid)),
+                    std::cmp::Ordering::Greater => {}
                     std::cmp::Ordering::Equal => {
-                        let row = record::decode_prop(pid, name, bytes)?;
-                        etag = etag.max(row.seq);
+                        let r = record::decode_properties(pid, bytes)?;
+                        through = r.through;
+                        etag = etag.max(r.etag);
+                        for (name, at, value) in r.properties {
+                            twin.device_properties.insert(
+                                name,
+                                crate::twin::DeviceProperty {
+                                    value,
+                                    last_updated_time: at,
+                                },
+                            );
+                        }
+                        next_record(&mut pending)?;
+                    }
+                }
+            }
+            for e in logged.remove(id).into_iter().flatten() {
+                if e.seq <= through {
+                    continue;
+                }
+                etag = etag.max(e.seq);
+                match e.value {
+                    Some((at, value)) => {
                         twin.device_properties.insert(
-                            name.clone(),
+                            e.name,
                             crate::twin::DeviceProperty {
-                                value: row.value,
-                                last_updated_time: row.at,
+                                value,
+                                last_updated_time: at,
                             },
                         );
                     }
+                    None => {
+                        twin.device_properties.remove(&e.name);
+                    }
                 }
-                next_row(&mut pending)?;
             }
             let (generation, service) = (twin.generation_id.0, twin.service_properties.etag.0);
             let slot = bulk
@@ -1047,12 +1364,8 @@ fn rebuild(
                 .map_err(|source| StoreError::Rejected { source })?;
             versions.push((slot, generation, etag, service));
         }
-        if let Some((pid, name, _)) = pending {
-            return Err(StoreError::BadRecord {
-                table: "device_properties",
-                key: format!("{pid}/{name}"),
-                detail: "no twin has this device id".into(),
-            });
+        if let Some((pid, _)) = pending {
+            return Err(orphan(&pid));
         }
         bulk.finish();
     }
@@ -1063,13 +1376,24 @@ fn rebuild(
     let meta = txn.open_table(META)?;
     let mut dropped = meta.get(META_FEED_DROPPED)?.map_or(0, |v| v.value());
     let keep = config.feed_capacity.min(config.feed_retention);
-    let mut changes = Vec::with_capacity(keep.min(feed_rows.len()? as usize));
-    for row in feed_rows.iter()?.rev().take(keep) {
+    // The newest records until they hold `keep` changes; every record is counted (and
+    // its framing checked).
+    let mut newest_first: Vec<Vec<Change>> = Vec::new();
+    let (mut read, mut total) = (0, 0);
+    for row in feed_rows.iter()?.rev() {
         let (k, v) = row?;
-        changes.push(feed::decode(k.value(), v.value())?);
+        if read < keep {
+            let rec = feed::decode_record(k.value(), v.value())?;
+            read += rec.len();
+            total += rec.len();
+            newest_first.push(rec);
+        } else {
+            total += feed::record_len(k.value(), v.value())?;
+        }
     }
-    changes.reverse();
-    if (changes.len() as u64) < feed_rows.len()? {
+    let mut changes: Vec<Change> = newest_first.into_iter().rev().flatten().collect();
+    changes.drain(..changes.len().saturating_sub(keep));
+    if changes.len() < total {
         dropped = changes.first().map_or(committed, |c| c.seq - 1);
     }
     if changes.is_empty() {
@@ -1081,7 +1405,7 @@ fn rebuild(
         unused.push((below.value(), above.value()));
     }
     registry.restore_feed(origin, start, dropped, changes, unused);
-    Ok(registry)
+    Ok((registry, log, total))
 }
 
 /// Reads every job row and restores the engine from them.
@@ -1110,10 +1434,53 @@ fn bad_job_row(e: crate::job::JobRowError) -> StoreError {
 }
 
 /// The fuzz body behind `fuzzing::store_records`: decodes `row` as a twin head
-/// (`which % 3 == 0`), a device-property row (1) or a feed row (2).
+/// (`which % 6 == 0`), a format 2 device-property row (1), a change (2), a properties
+/// record (3), a property log record (4) or a feed record (5).
 #[doc(hidden)]
 pub fn fuzz_decode(which: u8, row: &[u8]) {
-    match which % 3 {
+    match which % 6 {
+        5 => {
+            let key = u64::from(which);
+            if let Ok(changes) = feed::decode_record(key, row) {
+                assert_eq!(feed::record_len(key, row).ok(), Some(changes.len()));
+                let (mut scratch, mut out) = (Vec::new(), Vec::new());
+                for c in &changes {
+                    feed::append(c, &mut scratch, &mut out);
+                }
+                let back = feed::decode_record(key, &out).ok();
+                assert_eq!(back, Some(changes), "a feed record did not round-trip");
+            }
+        }
+        3 => {
+            if let Ok(r) = record::decode_properties("d", row) {
+                // JSON values have more than one spelling: the decoded record, not the
+                // bytes, must survive a round trip.
+                let mut out = Vec::new();
+                record::encode_properties(
+                    r.through,
+                    r.etag,
+                    r.properties.iter().map(|(n, at, v)| (n.as_str(), v, *at)),
+                    &mut out,
+                );
+                let back = record::decode_properties("d", &out).ok();
+                assert_eq!(
+                    back.as_ref(),
+                    Some(&r),
+                    "a properties record did not round-trip"
+                );
+            }
+        }
+        4 => {
+            if let Ok(entries) = record::decode_log(1, row) {
+                let mut out = Vec::new();
+                for e in &entries {
+                    let value = e.value.as_ref().map(|(at, v)| (v, *at));
+                    record::encode_log_entry(&e.device, &e.name, e.seq, value, &mut out);
+                }
+                let back = record::decode_log(1, &out).ok();
+                assert_eq!(back, Some(entries), "a log record did not round-trip");
+            }
+        }
         0 => {
             let _ = record::decode_head("d", row);
         }
@@ -1172,11 +1539,16 @@ mod tests {
         assert_eq!(registry.changes_after(newest).map(|c| c.count()), Ok(0));
     }
 
-    /// How many ranges of unused numbers and feed rows the file holds.
+    /// How many ranges of unused numbers and feed changes the file holds.
     fn table_sizes(store: &Store) -> (u64, u64) {
         let txn = store.db.as_ref().unwrap().begin_read().unwrap();
         let ranges = txn.open_table(UNUSED).unwrap().len().unwrap();
-        let rows = txn.open_table(FEED).unwrap().len().unwrap();
+        let mut rows = 0;
+        for row in txn.open_table(FEED).unwrap().iter().unwrap() {
+            let (k, v) = row.unwrap();
+            rows += feed::record_len(k.value(), v.value()).unwrap() as u64;
+        }
+        assert_eq!(rows as usize, store.feed_kept, "the count kept in memory");
         (ranges, rows)
     }
 
@@ -1404,16 +1776,27 @@ mod tests {
         store.commit(&reg).unwrap();
         let last = reg.last_seq();
         drop((store, reg));
-        // Rewrite it as format 1 wrote it: format 1, a property change without values.
+        // Rewrite it as format 1 wrote it: format 1, a row per device property, a
+        // property change without values.
         let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
         let txn = db.begin_write().unwrap();
+        txn.delete_table(PROPERTIES).unwrap();
+        for table in [PROPERTY_LOG, FEED] {
+            txn.delete_table(table).unwrap();
+        }
         txn.open_table(META)
             .unwrap()
             .insert(META_FORMAT, 1)
             .unwrap();
-        txn.open_table(FEED)
+        txn.open_table(OLD_FEED)
             .unwrap()
             .insert(last, &b"\x02d1\x00BatteryLevel"[..])
+            .unwrap();
+        let mut row = Vec::new();
+        record::encode_prop(last, Timestamp::from_millis(3), &7.into(), &mut row);
+        txn.open_table(OLD_PROPS)
+            .unwrap()
+            .insert(("d1", "BatteryLevel"), row.as_slice())
             .unwrap();
         txn.commit().unwrap();
         drop(db);
@@ -1434,6 +1817,106 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let format = txn.open_table(META).unwrap().get(META_FORMAT).unwrap();
         assert_eq!(format.map(|v| v.value()), Some(FORMAT));
+    }
+
+    /// A format 2 file (a row per device property) opens with its twins, properties and
+    /// etags as they were, converted into one record per twin; later reports log and
+    /// fold as usual.
+    #[test]
+    fn a_format_2_file_opens_converted_to_one_record_per_twin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for id in ["a", "b", "c"] {
+            reg.create(Twin::new(crate::DeviceId::new(id).unwrap()))
+                .unwrap();
+        }
+        reg.report_device_property("a", "BatteryLevel", 7.into(), Timestamp::from_millis(3))
+            .unwrap();
+        reg.report_device_property("a", "/3/0/0", "maker".into(), Timestamp::from_millis(4))
+            .unwrap();
+        reg.report_device_property("c", "BatteryLevel", 9.into(), Timestamp::from_millis(5))
+            .unwrap();
+        store.commit(&reg).unwrap();
+        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let last = reg.last_seq();
+        drop((store, reg));
+        // Rewrite it as format 2 laid it out: no records, no log, a row per property
+        // carrying the number of the change that wrote it, a feed row per change.
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        let feed: Vec<Change> = {
+            let table = txn.open_table(FEED).unwrap();
+            let mut all = Vec::new();
+            for row in table.iter().unwrap() {
+                let (k, v) = row.unwrap();
+                all.extend(feed::decode_record(k.value(), v.value()).unwrap());
+            }
+            all
+        };
+        assert_eq!(feed.len(), 6, "three creations and three reports");
+        txn.delete_table(PROPERTIES).unwrap();
+        for table in [PROPERTY_LOG, FEED] {
+            txn.delete_table(table).unwrap();
+        }
+        {
+            let mut rows = txn.open_table(OLD_FEED).unwrap();
+            let mut out = Vec::new();
+            for c in &feed {
+                feed::encode(c, &mut out);
+                rows.insert(c.seq, out.as_slice()).unwrap();
+            }
+        }
+        {
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_FORMAT, 2)
+                .unwrap();
+            let mut rows = txn.open_table(OLD_PROPS).unwrap();
+            let mut out = Vec::new();
+            for t in &want {
+                for (i, (name, p)) in t.device_properties.iter().enumerate() {
+                    // The newest row carries the twin's etag (its head's is older).
+                    let seq = if i == 0 { t.etag.0 } else { 1 };
+                    record::encode_prop(seq, p.last_updated_time, &p.value, &mut out);
+                    rows.insert((t.device_id.as_str(), name.as_str()), out.as_slice())
+                        .unwrap();
+                }
+            }
+        }
+        txn.commit().unwrap();
+        drop(db);
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let got: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        assert_eq!(got, want);
+        reg.validate().unwrap();
+        assert_eq!(store.changes_after(last, 10).unwrap().unwrap(), vec![]);
+        assert_eq!(store.changes_after(0, 10).unwrap().unwrap(), feed);
+        assert_eq!(
+            store.changes_after(feed[2].seq, 2).unwrap().unwrap(),
+            feed[3..5].to_vec()
+        );
+        assert_eq!(
+            reg.changes_after(0).unwrap().cloned().collect::<Vec<_>>(),
+            feed
+        );
+        reg.report_device_property("b", "BatteryLevel", 1.into(), Timestamp::from_millis(6))
+            .unwrap();
+        store.commit(&reg).unwrap();
+        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        drop((store, reg));
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        {
+            let txn = db.begin_read().unwrap();
+            let format = txn.open_table(META).unwrap().get(META_FORMAT).unwrap();
+            assert_eq!(format.map(|v| v.value()), Some(FORMAT));
+            assert!(txn.open_table(OLD_PROPS).is_err(), "the old table is gone");
+            assert!(txn.open_table(OLD_FEED).is_err(), "the old feed is gone");
+            assert_eq!(txn.open_table(PROPERTIES).unwrap().len().unwrap(), 3);
+        }
+        drop(db);
+        let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let got: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
