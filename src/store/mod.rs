@@ -821,6 +821,9 @@ impl Store {
                     // This commit's log record, and the twins with an entry in it.
                     let mut record = Vec::new();
                     let mut logged = Vec::new();
+                    // Entries in `record` (`done.properties` also counts the properties of
+                    // twins written whole, which the log does not hold).
+                    let mut entries = 0;
                     for (id, d) in devices {
                         let Some(t) = registry.get(id.as_str()) else {
                             twins.remove(id.as_str())?;
@@ -845,12 +848,12 @@ impl Store {
                             let value = t.device_property(name);
                             record::encode_log_entry(id.as_str(), name, *seq, value, &mut record);
                             done.properties += 1;
+                            entries += 1;
                         }
                         logged.push(id);
                     }
                     if !record.is_empty() {
                         log_rows.insert(last, record.as_slice())?;
-                        let entries = done.properties;
                         log.add(last, logged, entries);
                     }
                     // Fold enough twins to keep the log near half its limit (all of them
@@ -860,7 +863,7 @@ impl Store {
                     let quota = if log.entries > limit {
                         log.pending.len()
                     } else {
-                        log.quota(done.properties, limit)
+                        log.quota(entries, limit)
                     };
                     for id in log.next(quota) {
                         match registry.get(id.as_str()) {
@@ -1960,5 +1963,38 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let err = Store::open(&file, StoreConfig::default()).unwrap_err();
         assert!(matches!(err, StoreError::Directory { .. }), "{err}");
+    }
+
+    /// The in-memory count of logged changes is what the log's records hold, as a reload
+    /// counts it: a twin created in the same commit is written whole and logs nothing
+    /// (its properties were counted as log entries, so the count ran ahead of the table
+    /// and a commit folded every twin long before the log was near its limit).
+    #[test]
+    fn twins_written_whole_add_nothing_to_the_log_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for id in ["a", "c"] {
+            reg.create(Twin::new(crate::DeviceId::new(id).unwrap()))
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+        let at = Timestamp::from_millis(1);
+        reg.create(
+            Twin::new(crate::DeviceId::new("b").unwrap())
+                .with_device_property("BatteryLevel", 5, at)
+                .with_device_property("FirmwareVersion", "1.0", at)
+                .with_device_property("/3303/0/5700", 1.5, at),
+        )
+        .unwrap();
+        reg.report_device_property("a", "BatteryLevel", 1.into(), at)
+            .unwrap();
+        reg.report_device_property("c", "BatteryLevel", 2.into(), at)
+            .unwrap();
+        let done = store.commit(&reg).unwrap();
+        assert_eq!(done.folded, 2, "b written whole, a folded");
+        let in_memory = store.log.entries;
+        let _reg = store.reload().unwrap();
+        assert_eq!(store.log.entries, 2, "c's and a's entries are in the table");
+        assert_eq!(in_memory, store.log.entries);
     }
 }
