@@ -332,3 +332,50 @@ fn a_huge_commit_comes_back_exactly() {
         last - 100
     );
 }
+
+/// Settings changed between openings: a smaller feed retention cuts the feed to it at
+/// the next commit, and a smaller log limit folds every logged twin then; the twins and
+/// the kept feed come back exactly.
+#[test]
+fn smaller_limits_at_a_later_opening_apply_at_its_first_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::default();
+    config.feed_retention = 1000;
+    let (mut store, mut reg) = Store::open(dir.path(), config.clone()).unwrap();
+    for id in IDS {
+        reg.create(Twin::new(DeviceId::new(id).unwrap())).unwrap();
+    }
+    for r in 0..20u64 {
+        for (i, id) in IDS.iter().enumerate() {
+            let p = (r as usize + i) % PROPS.len();
+            reg.report_device_property(id, PROPS[p], value(p, r as i64), Timestamp::from_millis(r))
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+    }
+    let mut tail: Vec<Change> = reg
+        .changes_after(reg.last_seq() - 2)
+        .unwrap()
+        .cloned()
+        .collect();
+    drop((store, reg));
+    config.feed_retention = 3;
+    config.property_log_limit = 1;
+    let (mut store, mut reg) = Store::open(dir.path(), config.clone()).unwrap();
+    reg.report_device_property("c", "BatteryLevel", 1.into(), Timestamp::from_millis(99))
+        .unwrap();
+    store.commit(&reg).unwrap();
+    let last = reg.last_seq();
+    let want = snapshot(&reg);
+    tail.extend(reg.changes_after(last - 1).unwrap().cloned());
+    assert_eq!(tail.len(), 3);
+    drop((store, reg));
+    let (store, reg) = Store::open(dir.path(), config).unwrap();
+    assert_eq!(snapshot(&reg), want);
+    let from = tail[0].seq - 1;
+    assert_eq!(
+        store.changes_after(from, usize::MAX).unwrap().unwrap(),
+        tail
+    );
+    assert!(store.changes_after(from - 1, 1).unwrap().is_err());
+}
