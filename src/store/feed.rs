@@ -197,6 +197,20 @@ pub(crate) fn record_len(key: u64, bytes: &[u8]) -> Result<usize, StoreError> {
     Ok(n)
 }
 
+/// How many changes a feed record holds and the number of its oldest, checking its
+/// framing but not decoding them.
+pub(crate) fn record_span(key: u64, bytes: &[u8]) -> Result<(usize, u64), StoreError> {
+    let (mut n, mut first) = (0, key);
+    entries(key, bytes, |seq, _, _| {
+        if n == 0 {
+            first = seq;
+        }
+        n += 1;
+        Ok(())
+    })?;
+    Ok((n, first))
+}
+
 /// Where the feed record under `key` continues after its oldest `n` changes (fewer than
 /// it holds): the offset of the next change (the rest of the bytes are a record of the
 /// newer changes under the same key) and the sequence number of the `n`th.

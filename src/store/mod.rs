@@ -821,6 +821,9 @@ impl Store {
                     // This commit's log record, and the twins with an entry in it.
                     let mut record = Vec::new();
                     let mut logged = Vec::new();
+                    // Entries in `record` (`done.properties` also counts the properties of
+                    // twins written whole, which the log does not hold).
+                    let mut entries = 0;
                     for (id, d) in devices {
                         let Some(t) = registry.get(id.as_str()) else {
                             twins.remove(id.as_str())?;
@@ -845,12 +848,12 @@ impl Store {
                             let value = t.device_property(name);
                             record::encode_log_entry(id.as_str(), name, *seq, value, &mut record);
                             done.properties += 1;
+                            entries += 1;
                         }
                         logged.push(id);
                     }
                     if !record.is_empty() {
                         log_rows.insert(last, record.as_slice())?;
-                        let entries = done.properties;
                         log.add(last, logged, entries);
                     }
                     // Fold enough twins to keep the log near half its limit (all of them
@@ -860,7 +863,7 @@ impl Store {
                     let quota = if log.entries > limit {
                         log.pending.len()
                     } else {
-                        log.quota(done.properties, limit)
+                        log.quota(entries, limit)
                     };
                     for id in log.next(quota) {
                         match registry.get(id.as_str()) {
@@ -1378,23 +1381,39 @@ fn rebuild(
     let keep = config.feed_capacity.min(config.feed_retention);
     // The newest records until they hold `keep` changes; every record is counted (and
     // its framing checked).
+    // Each record's changes come after the older record's (a file where they do not is
+    // damaged: the feed would be served out of order).
     let mut newest_first: Vec<Vec<Change>> = Vec::new();
     let (mut read, mut total) = (0, 0);
+    let mut newer_first: Option<u64> = None;
     for row in feed_rows.iter()?.rev() {
         let (k, v) = row?;
+        let key = k.value();
+        if newer_first.is_some_and(|f| key >= f) {
+            return Err(StoreError::BadRecord {
+                table: "feed_records",
+                key: key.to_string(),
+                detail: "changes past the oldest change of the next record".into(),
+            });
+        }
         if read < keep {
-            let rec = feed::decode_record(k.value(), v.value())?;
+            let rec = feed::decode_record(key, v.value())?;
             read += rec.len();
             total += rec.len();
+            newer_first = rec.first().map(|c| c.seq);
             newest_first.push(rec);
         } else {
-            total += feed::record_len(k.value(), v.value())?;
+            let (len, first) = feed::record_span(key, v.value())?;
+            total += len;
+            newer_first = Some(first);
         }
     }
     let mut changes: Vec<Change> = newest_first.into_iter().rev().flatten().collect();
     changes.drain(..changes.len().saturating_sub(keep));
     if changes.len() < total {
-        dropped = changes.first().map_or(committed, |c| c.seq - 1);
+        dropped = changes
+            .first()
+            .map_or(committed, |c| c.seq.saturating_sub(1));
     }
     if changes.is_empty() {
         dropped = dropped.max(committed);
@@ -1443,6 +1462,10 @@ pub fn fuzz_decode(which: u8, row: &[u8]) {
             let key = u64::from(which);
             if let Ok(changes) = feed::decode_record(key, row) {
                 assert_eq!(feed::record_len(key, row).ok(), Some(changes.len()));
+                assert_eq!(
+                    feed::record_span(key, row).ok(),
+                    changes.first().map(|c| (changes.len(), c.seq))
+                );
                 let (mut scratch, mut out) = (Vec::new(), Vec::new());
                 for c in &changes {
                     feed::append(c, &mut scratch, &mut out);
@@ -1960,5 +1983,91 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let err = Store::open(&file, StoreConfig::default()).unwrap_err();
         assert!(matches!(err, StoreError::Directory { .. }), "{err}");
+    }
+
+    /// The in-memory count of logged changes is what the log's records hold, as a reload
+    /// counts it: a twin created in the same commit is written whole and logs nothing
+    /// (its properties were counted as log entries, so the count ran ahead of the table
+    /// and a commit folded every twin long before the log was near its limit).
+    #[test]
+    fn twins_written_whole_add_nothing_to_the_log_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for id in ["a", "c"] {
+            reg.create(Twin::new(crate::DeviceId::new(id).unwrap()))
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+        let at = Timestamp::from_millis(1);
+        reg.create(
+            Twin::new(crate::DeviceId::new("b").unwrap())
+                .with_device_property("BatteryLevel", 5, at)
+                .with_device_property("FirmwareVersion", "1.0", at)
+                .with_device_property("/3303/0/5700", 1.5, at),
+        )
+        .unwrap();
+        reg.report_device_property("a", "BatteryLevel", 1.into(), at)
+            .unwrap();
+        reg.report_device_property("c", "BatteryLevel", 2.into(), at)
+            .unwrap();
+        let done = store.commit(&reg).unwrap();
+        assert_eq!(done.folded, 2, "b written whole, a folded");
+        let in_memory = store.log.entries;
+        let _reg = store.reload().unwrap();
+        assert_eq!(store.log.entries, 2, "c's and a's entries are in the table");
+        assert_eq!(in_memory, store.log.entries);
+    }
+
+    /// Feed records whose changes do not rise from one record to the next (a damaged or
+    /// hostile file) are a typed error when the store opens: not an overflow panic (the
+    /// registry's feed resumed before the oldest change kept, 0 here) and not a feed
+    /// served out of order.
+    #[test]
+    fn feed_records_out_of_order_across_records_are_a_bad_record() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), StoreConfig::default()).unwrap());
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut rows = txn.open_table(FEED).unwrap();
+            let change = |seq| Change {
+                seq,
+                device: crate::DeviceId::new("d").unwrap(),
+                kind: ChangeKind::Tags,
+            };
+            let (mut scratch, mut rec) = (Vec::new(), Vec::new());
+            for seq in [1, 2, 3] {
+                feed::append(&change(seq), &mut scratch, &mut rec);
+            }
+            rows.insert(3, rec.as_slice()).unwrap();
+            rec.clear();
+            for seq in [0, 5] {
+                feed::append(&change(seq), &mut scratch, &mut rec);
+            }
+            rows.insert(5, rec.as_slice()).unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_COMMITTED, 5)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        drop(db);
+        for retention in [2, DEFAULT_FEED_RETENTION] {
+            let config = StoreConfig {
+                feed_retention: retention,
+                ..StoreConfig::default()
+            };
+            let err = Store::open(dir.path(), config).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::BadRecord {
+                        table: "feed_records",
+                        ..
+                    }
+                ),
+                "retention {retention}: {err}"
+            );
+        }
     }
 }
