@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use twinhub::registry::{Change, Registry};
-use twinhub::store::{Store, StoreConfig};
+use twinhub::store::{Store, StoreConfig, StoreError};
 use twinhub::twin::{Scalar, Twin};
 use twinhub::{DeviceId, Timestamp};
 
@@ -378,4 +378,32 @@ fn smaller_limits_at_a_later_opening_apply_at_its_first_commit() {
         tail
     );
     assert!(store.changes_after(from - 1, 1).unwrap().is_err());
+}
+
+/// A registry imported with `commit_all` replaces what the disk held; the registry the
+/// store returned before is refused from then on (its next commit would have written its
+/// recent changes over the import, leaving on disk a mix of the two) until a reload,
+/// which returns exactly the import.
+#[test]
+fn after_commit_all_of_another_registry_the_old_one_is_refused_until_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut own) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    own.create(Twin::new(DeviceId::new("old").unwrap()))
+        .unwrap();
+    store.commit(&own).unwrap();
+    let mut import = Registry::new();
+    import
+        .create(Twin::new(DeviceId::new("new").unwrap()))
+        .unwrap();
+    store.commit_all(&import).unwrap();
+    own.report_device_property("old", "BatteryLevel", 5.into(), Timestamp::EPOCH)
+        .unwrap();
+    let err = store.commit(&own).unwrap_err();
+    assert!(matches!(err, StoreError::ForeignRegistry), "{err}");
+    let reloaded = store.reload().unwrap();
+    let ids: Vec<String> = reloaded.iter().map(|t| t.device_id().to_string()).collect();
+    assert_eq!(ids, vec!["new".to_string()]);
+    drop((store, reloaded));
+    let (_store, reopened) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    assert!(reopened.get("old").is_none() && reopened.get("new").is_some());
 }

@@ -493,14 +493,23 @@ impl Store {
     /// are written as they are: a registry from another history may show etags and
     /// sequence numbers this directory handed out before (a consumer resuming past its
     /// last number gets a [`FeedGap`]). [`Store::adopt`] is the import that renumbers.
+    ///
+    /// After a registry this store did not return is written, the one it did return no
+    /// longer matches the disk: its commits are refused ([`StoreError::ForeignRegistry`];
+    /// they would have written its recent changes over the import, leaving a mix of the
+    /// two) until [`Store::reload`] returns the registry the disk now holds.
     pub fn commit_all(&mut self, registry: &Registry) -> Result<Committed, StoreError> {
         if self.poisoned {
             return Err(StoreError::Poisoned);
         }
+        let foreign = registry.origin() != self.origin;
         self.poisoned = true;
         let result = self.write(registry, Some(Plan::Full), Vec::new());
         if result.is_ok() {
             self.poisoned = false;
+            if foreign {
+                self.origin = next_origin();
+            }
         }
         result
     }
@@ -1277,11 +1286,16 @@ fn rebuild(
         let mut devices = Vec::new();
         let count = entries.len();
         for e in entries {
-            let id = record::device_id(&e.device).map_err(|_| StoreError::BadRecord {
+            let bad = |detail: &str| StoreError::BadRecord {
                 table: "property_log",
                 key: key.to_string(),
-                detail: "invalid device id".into(),
-            })?;
+                detail: detail.into(),
+            };
+            let id = record::device_id(&e.device).map_err(|_| bad("invalid device id"))?;
+            // A commit logs only changes numbered up to its own newest.
+            if e.seq > key {
+                return Err(bad("a change numbered after its commit"));
+            }
             devices.push(id);
             logged.entry(e.device.clone()).or_default().push(e);
         }
@@ -1983,6 +1997,47 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let err = Store::open(&file, StoreConfig::default()).unwrap_err();
         assert!(matches!(err, StoreError::Directory { .. }), "{err}");
+    }
+
+    /// A log entry numbered after its commit (only a damaged or hostile file has one) is
+    /// refused when opening, rather than restoring an etag from the future.
+    #[test]
+    fn a_log_entry_numbered_after_its_commit_is_a_bad_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        reg.create(Twin::new(crate::DeviceId::new("d").unwrap()))
+            .unwrap();
+        store.commit(&reg).unwrap();
+        let last = reg.last_seq();
+        drop((store, reg));
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut rec = Vec::new();
+        let value = crate::twin::Scalar::from(1);
+        record::encode_log_entry(
+            "d",
+            "BatteryLevel",
+            last + 1,
+            Some((&value, Timestamp::EPOCH)),
+            &mut rec,
+        );
+        txn.open_table(PROPERTY_LOG)
+            .unwrap()
+            .insert(last, rec.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let err = Store::open(dir.path(), StoreConfig::default()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                StoreError::BadRecord {
+                    table: "property_log",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     /// The in-memory count of logged changes is what the log's records hold, as a reload
