@@ -94,7 +94,7 @@
 //!
 //! **Growth.** A twin's device properties have one record, rewritten in place; the log
 //! holds at most [`StoreConfig::property_log_limit`] changes after a commit and the feed
-//! a bounded number of rows; redb reuses the pages a commit frees, so a steady stream of
+//! [`StoreConfig::feed_retention`]; redb reuses the pages a commit frees, so a steady stream of
 //! updates does not grow the file (tests/store_growth.rs). [`Store::compact`] gives
 //! free pages back to the file system.
 //!
