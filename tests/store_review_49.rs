@@ -1,6 +1,8 @@
 //! Review of the format 3 store (session 49): the property log and its folds, the feed
 //! kept as one record per commit, failed commits and reloads, `commit_all`, and small
 //! limits. Every acknowledged commit must come back exactly from a reopen or a reload.
+//! Needs the `fuzzing` feature (on by default) for the store's failure hooks.
+#![cfg(feature = "fuzzing")]
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
