@@ -11,24 +11,28 @@
 //! committed sequence number and writes, per device touched, only what changed: anything
 //! but a device-property report (fields, status, tags, service properties, registration,
 //! credentials, and a device property's removal too) rewrites the twin's head; the
-//! device-property reports and removals of
-//! the whole commit go into one record of a log (`property_log`, keyed by the commit's
-//! newest sequence number), a sequential append. Each twin's device properties live in
-//! one record of their own (`properties`) that names the commit it is current through;
-//! every commit also folds some twins' logged changes into their records, rewriting each
-//! from the registry, in device-id order from where the previous commit stopped (so the
-//! records rewritten are neighbours on disk), and deletes the log records no twin needs
-//! any more. How many: enough that one round over every twin with logged changes ends
-//! before the log holds half of [`StoreConfig::property_log_limit`] changes, and every one
-//! of them when a commit would leave it past the limit. A random report costs a log
-//! entry, not a page of the table rewritten for one row; a twin reporting many times
-//! between two folds is rewritten once. Opening reads each twin's record and applies its
-//! logged changes numbered after the record's commit. The change feed kept on disk is
-//! one record per commit too (`feed.rs`). See `record.rs` for the layout. If
-//! the feed no longer holds every change since the last commit (more than its capacity
-//! between two commits), the commit rewrites every twin (and empties the log) instead:
-//! slower, never wrong. Such a commit (and every [`Store::commit_all`]) also empties the
-//! feed kept on disk: a consumer resuming from before it gets a [`FeedGap`].
+//! device-property reports and removals of the whole commit go into one record of a log
+//! (`property_log`, keyed by the commit's newest sequence number), a sequential append.
+//! Each twin's device properties live in one record of their own (`properties`) that names
+//! the commit it is current through; every commit also folds some twins' logged changes
+//! into their records, rewriting each from the registry, in device-id order from where the
+//! previous commit stopped (so the records rewritten are neighbours on disk), and deletes
+//! the log records no twin needs any more. How many: enough that a round over the twins
+//! with logged changes *now* would end before the log took in half of
+//! [`StoreConfig::property_log_limit`] changes, and every one of them when a commit would
+//! leave it past the limit. Twins that get their first logged change during a round
+//! lengthen it, so the log settles above half: with uniformly random reports in commits of
+//! 4,096, a model of this schedule puts it at about 60% of the default limit over 100k
+//! twins, 86% over 1M and 95% over 4M (below the limit, so no commit folds every twin;
+//! larger fleets come nearer to it). A random report costs a log entry, not a page of the
+//! table rewritten for one row; a twin reporting many times between two folds is rewritten
+//! once. Opening reads each twin's record and applies its logged changes numbered after the
+//! record's commit. The change feed kept on disk is one record per commit too (`feed.rs`).
+//! See `record.rs` for the layout. If the feed no longer holds every change since the last
+//! commit (more than its capacity between two commits), the commit rewrites every twin (and
+//! empties the log) instead: slower, never wrong. Such a commit (and every
+//! [`Store::commit_all`]) also empties the feed kept on disk: a consumer resuming from
+//! before it gets a [`FeedGap`].
 //!
 //! **Acknowledgement.** A commit returns after redb's `Durability::Immediate` commit (the
 //! data and the new root are fsynced). A service-side write is acknowledged only after its
@@ -223,7 +227,8 @@ pub struct StoreConfig {
     /// How many device-property changes the log holds at most (default
     /// [`DEFAULT_PROPERTY_LOG_LIMIT`]; at least 1). A commit logs the device-property
     /// changes it makes and folds the logged changes of some twins into their records,
-    /// enough to keep the log near half of this; a commit that would leave more folds
+    /// aiming at half of this (the log settles higher, nearer the limit the larger the
+    /// fleet: see the module docs); a commit that would leave more than this folds
     /// every twin with a logged change (one slower commit). Opening a directory replays
     /// the log: the limit of the commits that wrote it bounds how much (a smaller limit at
     /// a later opening applies from its first commit).
@@ -1064,10 +1069,11 @@ impl PropertyLog {
         }
     }
 
-    /// How many twins a commit that logged `entries` changes folds: a round over every
-    /// pending twin takes `limit / (2 * entries)` such commits, so a record (deletable
-    /// once each of its twins was folded, within one round) is gone before the log
-    /// holds more than about half the limit.
+    /// How many twins a commit that logged `entries` changes folds: a round over the
+    /// twins pending now would take `limit / (2 * entries)` such commits. A record is
+    /// deletable once each of its twins was folded, within one round, but twins that
+    /// become pending during the round lengthen it: the log settles above half the limit
+    /// (see the module docs), and `write` folds every twin past the limit.
     fn quota(&self, entries: usize, limit: usize) -> usize {
         let wanted = (self.pending.len() as u128 * 2 * entries as u128).div_ceil(limit as u128);
         wanted.min(self.pending.len() as u128) as usize
