@@ -2,9 +2,12 @@
 
 use crate::store::fuzz_decode;
 
-/// `store_records`: the first byte picks the decoder (twin head, device-property row,
-/// feed row), the rest is the row. Every decoder returns a typed error on bad input; a
-/// feed row that decodes re-encodes to the same bytes.
+/// `store_records`: the first byte picks the decoder (modulo 6: twin head, format 2
+/// device-property row, change, properties record, property log record, feed record),
+/// the rest is the value. Every decoder returns a typed error on bad input; a change or
+/// record that decodes (all but the head and the format 2 row) is encoded again and
+/// decodes to the same value (not always the same bytes: JSON has several spellings of
+/// a number).
 pub fn store_records(data: &[u8]) {
     let Some((&which, row)) = data.split_first() else {
         return;

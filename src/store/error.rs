@@ -77,12 +77,15 @@ pub enum StoreError {
         detail: String,
     },
     /// The registry given to [`Store::commit`](super::Store::commit) is not the one this
-    /// store returned (from [`Store::open`](super::Store::open), `reload` or `adopt`);
-    /// nothing was written and the store is not poisoned. Use
-    /// [`Store::adopt`](super::Store::adopt) to make another registry the store's.
+    /// store returned (from [`Store::open`](super::Store::open), `reload` or `adopt`), or
+    /// it is, but a [`Store::commit_all`](super::Store::commit_all) of another registry
+    /// replaced what the disk held since (`reload` returns that one); nothing was
+    /// written and the store is not poisoned. Use [`Store::adopt`](super::Store::adopt)
+    /// to make another registry the store's.
     ForeignRegistry,
-    /// An earlier write failed, so what is in memory may differ from the disk; reopen the
-    /// directory ([`Store::open`](super::Store::open)) to continue from what is durable.
+    /// An earlier write failed, so what is in memory may differ from the disk;
+    /// [`Store::reload`](super::Store::reload) (or reopen the directory with
+    /// [`Store::open`](super::Store::open)) to continue from what is durable.
     Poisoned,
     /// Returned by a [`Hub`](crate::hub::Hub), not by a `Store`: commits failed twice or
     /// more in a row, and the hub tries none until `retry_in` has passed (each failure

@@ -39,7 +39,8 @@ fn tag(kind: &ChangeKind) -> (u8, Option<u8>, Option<&str>) {
     }
 }
 
-/// Encodes a change (its sequence number is the row's key).
+/// Encodes a change, without its sequence number (a record puts the number in front of
+/// the encoding, see [`append`]; a format 2 row had it as its key).
 pub(crate) fn encode(change: &Change, out: &mut Vec<u8>) {
     out.clear();
     let (t, state, name) = tag(&change.kind);
@@ -61,7 +62,9 @@ pub(crate) fn encode(change: &Change, out: &mut Vec<u8>) {
     }
 }
 
-/// Decodes a change row.
+/// Decodes a change's encoding ([`encode`]): one of a feed record's, or a format 2 row.
+/// Its errors name the table `feed` and the change's number, also for a change inside a
+/// `feed_records` record.
 pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
     let bad = |detail: &str| StoreError::BadRecord {
         table: "feed",

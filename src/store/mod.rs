@@ -9,24 +9,30 @@
 //!
 //! **What a commit writes.** The store reads the registry's change feed after the last
 //! committed sequence number and writes, per device touched, only what changed: anything
-//! but a device property (fields, status, tags, service properties, registration,
-//! credentials) rewrites the twin's head; the device-property reports and removals of
-//! the whole commit go into one record of a log (`property_log`, keyed by the commit's
-//! newest sequence number), a sequential append. Each twin's device properties live in
-//! one record of their own (`properties`) that names the commit it is current through;
-//! every commit also folds some twins' logged changes into their records, rewriting each
-//! from the registry, in device-id order from where the previous commit stopped (so the
-//! records rewritten are neighbours on disk), and deletes the log records no twin needs
-//! any more. How many: enough that one round over every twin with logged changes ends
-//! before the log holds half of [`StoreConfig::property_log_limit`] changes, and every one
-//! of them when a commit would leave it past the limit. A random report costs a log
-//! entry, not a page of the table rewritten for one row; a twin reporting many times
-//! between two folds is rewritten once. Opening reads each twin's record and applies its
-//! logged changes numbered after the record's commit. The change feed kept on disk is
-//! one record per commit too (`feed.rs`). See `record.rs` for the layout. If
-//! the feed no longer holds every change since the last commit (more than its capacity
-//! between two commits), the commit rewrites every twin (and empties the log) instead:
-//! slower, never wrong.
+//! but a device-property report (fields, status, tags, service properties, registration,
+//! credentials, and a device property's removal too) rewrites the twin's head; the
+//! device-property reports and removals of the whole commit go into one record of a log
+//! (`property_log`, keyed by the commit's newest sequence number), a sequential append.
+//! Each twin's device properties live in one record of their own (`properties`) that names
+//! the commit it is current through; every commit also folds some twins' logged changes
+//! into their records, rewriting each from the registry, in device-id order from where the
+//! previous commit stopped (so the records rewritten are neighbours on disk), and deletes
+//! the log records no twin needs any more. How many: enough that a round over the twins
+//! with logged changes *now* would end before the log took in half of
+//! [`StoreConfig::property_log_limit`] changes, and every one of them when a commit would
+//! leave it past the limit. Twins that get their first logged change during a round
+//! lengthen it, so the log settles above half: with uniformly random reports in commits of
+//! 4,096, a model of this schedule puts it at about 60% of the default limit over 100k
+//! twins, 86% over 1M and 95% over 4M (below the limit, so no commit folds every twin;
+//! larger fleets come nearer to it). A random report costs a log entry, not a page of the
+//! table rewritten for one row; a twin reporting many times between two folds is rewritten
+//! once. Opening reads each twin's record and applies its logged changes numbered after the
+//! record's commit. The change feed kept on disk is one record per commit too (`feed.rs`).
+//! See `record.rs` for the layout. If the feed no longer holds every change since the last
+//! commit (more than its capacity between two commits), the commit rewrites every twin (and
+//! empties the log) instead: slower, never wrong. Such a commit (and every
+//! [`Store::commit_all`]) also empties the feed kept on disk: a consumer resuming from
+//! before it gets a [`FeedGap`].
 //!
 //! **Acknowledgement.** A commit returns after redb's `Durability::Immediate` commit (the
 //! data and the new root are fsynced). A service-side write is acknowledged only after its
@@ -73,7 +79,7 @@
 //!
 //! **What is durable.** Every twin: identity, status, connection state and the
 //! registration (endpoint, objects, address), `isManaged`, authentication (the PSK key
-//! is stored, hex, in the twin's record; it never appears in JSON output or `Debug`),
+//! is stored, hex, in the twin's head; it never appears in JSON output or `Debug`),
 //! the configuration string, tags, service properties, device properties with their
 //! `lastUpdatedTime`, the generation id and both etags; the sequence high-water mark;
 //! the newest [`StoreConfig::feed_retention`] changes; every job: its spec, parent and
@@ -212,15 +218,20 @@ pub struct StoreConfig {
     /// [`DEFAULT_FEED_RETENTION`]), for consumers resuming after a restart
     /// ([`Store::changes_after`]). A commit writes its changes as one record and, past
     /// the bound, deletes the oldest records and cuts the oldest one left, so that
-    /// exactly this many are kept; asking for changes before the oldest kept one is a
-    /// [`FeedGap`]. 0 keeps none (and writes no feed records).
+    /// exactly this many are kept once that many were committed; asking for changes
+    /// before the oldest kept one is a [`FeedGap`]. A commit that rewrites every twin
+    /// ([`Store::commit_all`], or more than `feed_capacity` changes since the last commit)
+    /// empties the kept feed. 0 keeps none (and writes no feed records). A smaller value
+    /// at a later opening cuts the feed on disk at its first commit.
     pub feed_retention: usize,
     /// How many device-property changes the log holds at most (default
     /// [`DEFAULT_PROPERTY_LOG_LIMIT`]; at least 1). A commit logs the device-property
     /// changes it makes and folds the logged changes of some twins into their records,
-    /// enough to keep the log near half of this; a commit that would leave more folds
+    /// aiming at half of this (the log settles higher, nearer the limit the larger the
+    /// fleet: see the module docs); a commit that would leave more than this folds
     /// every twin with a logged change (one slower commit). Opening a directory replays
-    /// the log: this bounds how much.
+    /// the log: the limit of the commits that wrote it bounds how much (a smaller limit at
+    /// a later opening applies from its first commit).
     pub property_log_limit: usize,
 }
 
@@ -292,7 +303,7 @@ impl std::fmt::Debug for Store {
 /// What a device touched since the last commit needs written.
 #[derive(Default)]
 struct Dirty {
-    /// Created or removed: rewrite the head and every property row.
+    /// Created or removed: rewrite (or delete) the head and the properties record.
     full: bool,
     /// Rewrite the head.
     head: bool,
@@ -404,7 +415,9 @@ impl Store {
 
     /// Makes every change `registry` made since the last commit durable, in one
     /// transaction; returns once it is on disk. `registry` must be the one
-    /// [`Store::open`] (or [`Store::reload`]) returned, changed since only in memory.
+    /// [`Store::open`] (or [`Store::reload`]) returned, or one [`Store::adopt`] took,
+    /// changed since only in memory, and not displaced since by a [`Store::commit_all`]
+    /// of another registry.
     ///
     /// On error the store is poisoned: the caller must [`reload`](Store::reload) (and
     /// drop its registry for the one returned) before committing again.
@@ -494,10 +507,16 @@ impl Store {
     /// sequence numbers this directory handed out before (a consumer resuming past its
     /// last number gets a [`FeedGap`]). [`Store::adopt`] is the import that renumbers.
     ///
+    /// Every twin's properties are written whole (the log is emptied), and the feed kept
+    /// on disk starts afresh after the registry's last number: resuming from any earlier
+    /// number is a [`FeedGap`].
+    ///
     /// After a registry this store did not return is written, the one it did return no
     /// longer matches the disk: its commits are refused ([`StoreError::ForeignRegistry`];
     /// they would have written its recent changes over the import, leaving a mix of the
-    /// two) until [`Store::reload`] returns the registry the disk now holds.
+    /// two) until [`Store::reload`] returns the registry the disk now holds. Nor does
+    /// [`Store::commit`] take the registry written (only `commit_all` again);
+    /// [`Store::adopt`] is the import whose registry the store commits from then on.
     pub fn commit_all(&mut self, registry: &Registry) -> Result<Committed, StoreError> {
         if self.poisoned {
             return Err(StoreError::Poisoned);
@@ -1050,10 +1069,11 @@ impl PropertyLog {
         }
     }
 
-    /// How many twins a commit that logged `entries` changes folds: a round over every
-    /// pending twin takes `limit / (2 * entries)` such commits, so a record (deletable
-    /// once each of its twins was folded, within one round) is gone before the log
-    /// holds more than about half the limit.
+    /// How many twins a commit that logged `entries` changes folds: a round over the
+    /// twins pending now would take `limit / (2 * entries)` such commits. A record is
+    /// deletable once each of its twins was folded, within one round, but twins that
+    /// become pending during the round lengthen it: the log settles above half the limit
+    /// (see the module docs), and `write` folds every twin past the limit.
     fn quota(&self, entries: usize, limit: usize) -> usize {
         let wanted = (self.pending.len() as u128 * 2 * entries as u128).div_ceil(limit as u128);
         wanted.min(self.pending.len() as u128) as usize
@@ -1099,9 +1119,9 @@ impl PropertyLog {
     }
 }
 
-/// Creates the tables of a fresh file and checks the format of an old one; reserves
-/// [`SEQ_RESERVE`] numbers; returns the committed sequence number and where the registry
-/// continues.
+/// Creates the tables of a fresh file, checks the format of an old one and converts a
+/// format 1 or 2 file; reserves [`SEQ_RESERVE`] numbers; returns the committed sequence
+/// number and where the registry continues.
 fn init(db: &Database) -> Result<(u64, u64), StoreError> {
     let txn = db.begin_write()?;
     let (committed, start) = {
@@ -1441,7 +1461,6 @@ fn rebuild(
     Ok((registry, log, total))
 }
 
-/// Reads every job row and restores the engine from them.
 /// The job parents' and children's rows, in key order.
 #[allow(clippy::type_complexity)]
 fn job_rows(db: &Database) -> Result<(Vec<(u32, Vec<u8>)>, Vec<(u32, Vec<u8>)>), StoreError> {

@@ -3,7 +3,8 @@
 //! - `twins`: device id -> the twin's **head**: every field, service properties, tags
 //!   and the three version numbers, as JSON of [`Twin`] with its device properties left
 //!   out, plus the PSK key (hex) that the twin's own JSON never carries. A head is
-//!   rewritten whenever anything but a device property changes.
+//!   rewritten whenever anything but a device-property report changes (a device
+//!   property's removal rewrites it too).
 //! - `properties`: device id -> every device property of the twin
 //!   ([`encode_properties`]): the commit it is current through, the twin's etag then,
 //!   and each property's canonical name, `lastUpdatedTime` (ms) and value (JSON).
