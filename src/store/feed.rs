@@ -63,8 +63,8 @@ pub(crate) fn encode(change: &Change, out: &mut Vec<u8>) {
 }
 
 /// Decodes a change's encoding ([`encode`]): one of a feed record's, or a format 2 row.
-/// Its errors name the table `feed` and the change's number, also for a change inside a
-/// `feed_records` record.
+/// Its errors name the table `feed` and the change's number; [`decode_record`] renames
+/// them after the record (`feed_records` and its key) for a change inside one.
 pub(crate) fn decode(seq: u64, bytes: &[u8]) -> Result<Change, StoreError> {
     let bad = |detail: &str| StoreError::BadRecord {
         table: "feed",
@@ -184,7 +184,16 @@ fn entries<'b>(
 pub(crate) fn decode_record(key: u64, bytes: &[u8]) -> Result<Vec<Change>, StoreError> {
     let mut out = Vec::new();
     entries(key, bytes, |seq, change, _| {
-        out.push(decode(seq, change)?);
+        // A bad change is reported as the record's (table and key), naming the change.
+        let change = decode(seq, change).map_err(|e| match e {
+            StoreError::BadRecord { detail, .. } => StoreError::BadRecord {
+                table: "feed_records",
+                key: key.to_string(),
+                detail: format!("change {seq}: {detail}"),
+            },
+            e => e,
+        })?;
+        out.push(change);
         Ok(())
     })?;
     Ok(out)
@@ -313,6 +322,18 @@ mod tests {
             decode_record(10, &rec).is_err(),
             "the key is not the newest"
         );
+        // A change that does not decode names the record it is in.
+        let mut damaged = Vec::new();
+        record::put_varint(9, &mut damaged);
+        record::put_varint(1, &mut damaged);
+        damaged.push(99);
+        match decode_record(9, &damaged) {
+            Err(StoreError::BadRecord { table, key, detail }) => {
+                assert_eq!((table, key.as_str()), ("feed_records", "9"));
+                assert!(detail.starts_with("change 9: "), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
         let mut twice = Vec::new();
         append(&changes[2], &mut scratch, &mut twice);
         append(&changes[2], &mut scratch, &mut twice);
