@@ -2018,6 +2018,60 @@ mod tests {
         assert!(matches!(err, StoreError::Directory { .. }), "{err}");
     }
 
+    /// The log's bound: after every commit it holds at most `property_log_limit` changes
+    /// and the count kept in memory is the table's; reopening gives back every twin as
+    /// committed. (In this run the share folded each commit keeps it there alone: with
+    /// the fold of every pending twin past the limit taken out, it still passes. That fold
+    /// is the safety net for a log that settles near its limit.)
+    #[test]
+    fn the_log_never_holds_more_than_its_limit_after_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            property_log_limit: 50,
+            ..StoreConfig::default()
+        };
+        let (mut store, mut reg) = Store::open(dir.path(), config.clone()).unwrap();
+        for i in 0..40 {
+            reg.create(Twin::new(DeviceId::new(&format!("d{i:02}")).unwrap()))
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+        let mut x: u64 = 7;
+        let mut most = 0;
+        for round in 0..300u64 {
+            for _ in 0..1 + round % 9 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let id = format!("d{:02}", (x >> 33) % 40);
+                let value = crate::twin::Scalar::from((x >> 20) as i64 % 100);
+                reg.report_device_property(
+                    &id,
+                    "BatteryLevel",
+                    value,
+                    Timestamp::from_millis(round),
+                )
+                .unwrap();
+            }
+            store.commit(&reg).unwrap();
+            let txn = store.db.as_ref().unwrap().begin_read().unwrap();
+            let mut on_disk = 0;
+            for row in txn.open_table(PROPERTY_LOG).unwrap().iter().unwrap() {
+                let (k, v) = row.unwrap();
+                on_disk += record::decode_log(k.value(), v.value()).unwrap().len();
+            }
+            assert_eq!(on_disk, store.log.entries, "round {round}");
+            assert!(on_disk <= 50, "round {round}: {on_disk} changes in the log");
+            most = most.max(on_disk);
+        }
+        assert!(most > 10, "the log was used ({most} at most)");
+        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        drop((store, reg));
+        let (_store, reg) = Store::open(dir.path(), config).unwrap();
+        let got: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        assert_eq!(got, want);
+    }
+
     /// A log entry numbered after its commit (only a damaged or hostile file has one) is
     /// refused when opening, rather than restoring an etag from the future.
     #[test]
