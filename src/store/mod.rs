@@ -1296,9 +1296,10 @@ fn rebuild(
     let txn = db.begin_read()?;
     let twins = txn.open_table(TWINS)?;
     let props = txn.open_table(PROPERTIES)?;
-    // The log first: each twin's logged changes, oldest first, to apply over its record.
-    let mut log = PropertyLog::default();
+    // The log first: each twin's logged changes, oldest first, to apply over its record;
+    // and each record's key, twins and number of changes.
     let mut logged: BTreeMap<String, Vec<record::LogEntry>> = BTreeMap::new();
+    let mut log_records: Vec<(u64, Vec<DeviceId>, usize)> = Vec::new();
     for row in txn.open_table(PROPERTY_LOG)?.iter()? {
         let (k, v) = row?;
         let key = k.value();
@@ -1319,8 +1320,10 @@ fn rebuild(
             devices.push(id);
             logged.entry(e.device.clone()).or_default().push(e);
         }
-        log.add(key, devices, count);
+        log_records.push((key, devices, count));
     }
+    // Twins with a logged change their record lacks (the others were folded since).
+    let mut unfolded: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut registry = Registry::with_feed_capacity(config.feed_capacity);
     let mut versions: Vec<(Slot, u64, u64, u64)> = Vec::with_capacity(twins.len()? as usize);
     {
@@ -1379,6 +1382,9 @@ fn rebuild(
                 if e.seq <= through {
                     continue;
                 }
+                if !unfolded.contains(id) {
+                    unfolded.insert(id.to_owned());
+                }
                 etag = etag.max(e.seq);
                 match e.value {
                     Some((at, value)) => {
@@ -1405,6 +1411,15 @@ fn rebuild(
             return Err(orphan(&pid));
         }
         bulk.finish();
+    }
+    // Only twins whose record lacks a logged change are folded again: a record whose
+    // twins were all folded (or removed) goes at the next commit.
+    let mut log = PropertyLog::default();
+    for (key, devices, count) in log_records {
+        let pending = devices
+            .into_iter()
+            .filter(|d| unfolded.contains(d.as_str()));
+        log.add(key, pending, count);
     }
     for (slot, generation, etag, service) in versions {
         registry.restore_versions(slot, generation, etag, service);
@@ -2070,6 +2085,49 @@ mod tests {
         let (_store, reg) = Store::open(dir.path(), config).unwrap();
         let got: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
         assert_eq!(got, want);
+    }
+
+    /// Reopening counts as pending only the twins whose record lacks a logged change: a
+    /// twin folded since its changes were logged is not rewritten again, and a log record
+    /// that only such twins are in goes at the next commit.
+    #[test]
+    fn reopening_does_not_fold_again_twins_folded_since_their_changes_were_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for id in ["a", "b"] {
+            reg.create(Twin::new(DeviceId::new(id).unwrap())).unwrap();
+        }
+        store.commit(&reg).unwrap();
+        // Both logged in one record; the default limit folds one twin a commit.
+        for id in ["a", "b"] {
+            reg.report_device_property(id, "BatteryLevel", 1.into(), Timestamp::EPOCH)
+                .unwrap();
+        }
+        let done = store.commit(&reg).unwrap();
+        assert_eq!(done.folded, 1, "one of the two folded");
+        assert_eq!(store.log.pending.len(), 1);
+        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        drop((store, reg));
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(reg.iter().map(|t| t.to_twin()).collect::<Vec<_>>(), want);
+        assert_eq!(store.log.pending.len(), 1, "only the twin not folded yet");
+        // The next commit folds it and drops the record.
+        reg.create(Twin::new(DeviceId::new("c").unwrap())).unwrap();
+        reg.report_device_property("c", "BatteryLevel", 2.into(), Timestamp::EPOCH)
+            .unwrap();
+        store.commit(&reg).unwrap();
+        reg.report_device_property("c", "BatteryLevel", 3.into(), Timestamp::EPOCH)
+            .unwrap();
+        store.commit(&reg).unwrap();
+        assert!(
+            store.log.pending.len() <= 1,
+            "{:?}",
+            store.log.pending.keys().collect::<Vec<_>>()
+        );
+        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        drop((store, reg));
+        let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        assert_eq!(reg.iter().map(|t| t.to_twin()).collect::<Vec<_>>(), want);
     }
 
     /// A log entry numbered after its commit (only a damaged or hostile file has one) is
