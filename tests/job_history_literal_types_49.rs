@@ -20,6 +20,9 @@ use twinhub::registry::Registry;
 use twinhub::twin::Twin;
 use twinhub::{DeviceId, Timestamp};
 
+mod query_text;
+use query_text::{cmp, logical};
+
 const WALL0: u64 = 1_461_931_200_000; // 2016-04-29T12:00:00.000Z
 
 const FIELDS: [&str; 10] = [
@@ -61,20 +64,6 @@ fn engine() -> JobEngine {
     )
     .unwrap();
     e
-}
-
-fn cmp(op: &str, name: &str, value: &str) -> String {
-    format!(
-        r#"{{"type": "comparison", "comparisonOperator": "{op}",
-            "property": {{"name": "{name}", "type": "default"}}, "value": {value}}}"#
-    )
-}
-
-fn logical(op: &str, filters: &[String]) -> String {
-    format!(
-        r#"{{"type": "logical", "logicalOperator": "{op}", "filters": [{}]}}"#,
-        filters.join(",")
-    )
 }
 
 fn literal_type(name: &str, literal: ScalarType) -> QueryError {

@@ -20,6 +20,9 @@ use twinhub::transport::{DeviceError, DeviceEvent, DeviceOp, DeviceReply};
 use twinhub::twin::Twin;
 use twinhub::{DeviceId, Timestamp};
 
+mod query_text;
+use query_text::{cmp, logical};
+
 const WALL0: u64 = 1_461_931_200_000; // 2016-04-29T12:00:00.000Z
 
 fn reboot_job(id: &str, devices: &[&str]) -> JobSpec {
@@ -135,20 +138,6 @@ fn page_ids(s: &HistorySnapshot, text: &str, page_size: usize) -> Vec<String> {
         }
     }
     panic!("paging did not end");
-}
-
-fn cmp(op: &str, name: &str, value: &str) -> String {
-    format!(
-        r#"{{"type": "comparison", "comparisonOperator": "{op}",
-            "property": {{"name": "{name}", "type": "default"}}, "value": {value}}}"#
-    )
-}
-
-fn logical(op: &str, filters: &[String]) -> String {
-    format!(
-        r#"{{"type": "logical", "logicalOperator": "{op}", "filters": [{}]}}"#,
-        filters.join(",")
-    )
 }
 
 /// A filter, its naive predicate.

@@ -1610,6 +1610,11 @@ mod tests {
         assert_eq!(registry.changes_after(newest).map(|c| c.count()), Ok(0));
     }
 
+    /// Every twin of `reg`, owned, in id order.
+    fn twins(reg: &Registry) -> Vec<Twin> {
+        reg.iter().map(|t| t.to_twin()).collect()
+    }
+
     /// How many ranges of unused numbers and feed changes the file holds.
     fn table_sizes(store: &Store) -> (u64, u64) {
         let txn = store.db.as_ref().unwrap().begin_read().unwrap();
@@ -1908,7 +1913,7 @@ mod tests {
         reg.report_device_property("c", "BatteryLevel", 9.into(), Timestamp::from_millis(5))
             .unwrap();
         store.commit(&reg).unwrap();
-        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let want = twins(&reg);
         let last = reg.last_seq();
         drop((store, reg));
         // Rewrite it as format 2 laid it out: no records, no log, a row per property
@@ -1957,7 +1962,7 @@ mod tests {
         txn.commit().unwrap();
         drop(db);
         let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let got: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let got = twins(&reg);
         assert_eq!(got, want);
         reg.validate().unwrap();
         assert_eq!(store.changes_after(last, 10).unwrap().unwrap(), vec![]);
@@ -1973,7 +1978,7 @@ mod tests {
         reg.report_device_property("b", "BatteryLevel", 1.into(), Timestamp::from_millis(6))
             .unwrap();
         store.commit(&reg).unwrap();
-        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let want = twins(&reg);
         drop((store, reg));
         let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
         {
@@ -1986,7 +1991,7 @@ mod tests {
         }
         drop(db);
         let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let got: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let got = twins(&reg);
         assert_eq!(got, want);
     }
 
@@ -2080,10 +2085,10 @@ mod tests {
             most = most.max(on_disk);
         }
         assert!(most > 10, "the log was used ({most} at most)");
-        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let want = twins(&reg);
         drop((store, reg));
         let (_store, reg) = Store::open(dir.path(), config).unwrap();
-        let got: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let got = twins(&reg);
         assert_eq!(got, want);
     }
 
@@ -2106,10 +2111,10 @@ mod tests {
         let done = store.commit(&reg).unwrap();
         assert_eq!(done.folded, 1, "one of the two folded");
         assert_eq!(store.log.pending.len(), 1);
-        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let want = twins(&reg);
         drop((store, reg));
         let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        assert_eq!(reg.iter().map(|t| t.to_twin()).collect::<Vec<_>>(), want);
+        assert_eq!(twins(&reg), want);
         assert_eq!(store.log.pending.len(), 1, "only the twin not folded yet");
         // The next commit folds it and drops the record.
         reg.create(Twin::new(DeviceId::new("c").unwrap())).unwrap();
@@ -2124,10 +2129,10 @@ mod tests {
             "{:?}",
             store.log.pending.keys().collect::<Vec<_>>()
         );
-        let want: Vec<Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        let want = twins(&reg);
         drop((store, reg));
         let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        assert_eq!(reg.iter().map(|t| t.to_twin()).collect::<Vec<_>>(), want);
+        assert_eq!(twins(&reg), want);
     }
 
     /// A log entry numbered after its commit (only a damaged or hostile file has one) is
