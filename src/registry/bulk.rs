@@ -243,6 +243,25 @@ impl BulkLoad<'_> {
     /// (or one whose id exists) changes nothing and the load goes on. Emits
     /// [`super::ChangeKind::Created`].
     pub fn add(&mut self, device: &NewDevice<'_>) -> Result<Slot, RegistryError> {
+        self.add_with(device, None)
+    }
+
+    /// [`BulkLoad::add`] of a stored twin: `extra` holds what a row does not (its
+    /// authentication, registration and configuration; the row's status reason is put
+    /// into it), checked like [`Registry::create`] checks a twin's.
+    pub(crate) fn add_stored(
+        &mut self,
+        device: &NewDevice<'_>,
+        extra: Extra,
+    ) -> Result<Slot, RegistryError> {
+        self.add_with(device, Some(extra))
+    }
+
+    fn add_with(
+        &mut self,
+        device: &NewDevice<'_>,
+        extra: Option<Extra>,
+    ) -> Result<Slot, RegistryError> {
         let id = DeviceId::new(device.device_id).map_err(|e| RegistryError::Invalid {
             id: truncated(device.device_id),
             error: TwinError::BadDeviceId(e),
@@ -276,6 +295,24 @@ impl BulkLoad<'_> {
                     field: "statusReason",
                     len: reason.len(),
                 });
+            }
+            if let Some(extra) = &extra {
+                for (field, value) in [
+                    ("configuration", &extra.configuration),
+                    (
+                        "authentication.pskIdentity",
+                        &extra.authentication.psk_identity,
+                    ),
+                ] {
+                    if let Some(v) = value
+                        && v.len() > MAX_FIELD_LEN
+                    {
+                        return Err(TwinError::FieldTooLong {
+                            field,
+                            len: v.len(),
+                        });
+                    }
+                }
             }
             if dp.len() > MAX_DEVICE_PROPERTIES {
                 return Err(TwinError::TooManyDeviceProperties { count: dp.len() });
@@ -347,12 +384,14 @@ impl BulkLoad<'_> {
             connection_updated: device.connection_state_updated_time,
             last_activity: device.last_activity_time,
             managed: device.is_managed,
-            extra: device.status_reason.map(|reason| {
-                Box::new(Extra {
-                    status_reason: Some(reason.to_string()),
-                    ..Extra::default()
-                })
-            }),
+            extra: match (extra, device.status_reason) {
+                (None, None) => None,
+                (extra, reason) => {
+                    let mut extra = extra.unwrap_or_default();
+                    extra.status_reason = reason.map(str::to_string);
+                    Extra::boxed(extra)
+                }
+            },
         };
         let slot = reg.admit_with(fields, stage, |reg, place, slot| {
             for (&pid, &(_, value, ts)) in device_pids.iter().zip(device.device_properties) {

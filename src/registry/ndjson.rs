@@ -33,7 +33,7 @@
 
 use super::{BulkLoad, NewDevice, Registry, RegistryError};
 use crate::Timestamp;
-use crate::twin::{ConnectionState, DeviceStatus, Number, ScalarRef};
+use crate::twin::{ConnectionState, DeviceStatus, Etag, Number, ScalarRef};
 use serde::Deserialize;
 use serde::de::{
     DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
@@ -305,6 +305,20 @@ struct Block {
     lines: u64,
     /// The first bad line (0-based in the block) and why; the block's rows precede it.
     error: Option<(u64, ImportErrorKind)>,
+    /// Whether lines are stored twins' heads (see [`StoredRows`]): then each row also
+    /// has its versions and rare fields in `stored`, and `scratch` collects them.
+    stored_mode: bool,
+    stored: Vec<StoredFields>,
+    scratch: StoredFields,
+}
+
+/// What a stored twin's head carries beyond an export line's members.
+#[derive(Default)]
+struct StoredFields {
+    generation: u64,
+    etag: u64,
+    service_etag: u64,
+    extra: super::Extra,
 }
 
 impl Block {
@@ -317,6 +331,9 @@ impl Block {
             tags: Vec::new(),
             lines: 0,
             error: None,
+            stored_mode: false,
+            stored: Vec::new(),
+            scratch: StoredFields::default(),
         };
         let text = match String::from_utf8(chunk.bytes) {
             Ok(text) => text,
@@ -396,6 +413,8 @@ impl Block {
             self.device.truncate(lens.1);
             self.service.truncate(lens.2);
             self.tags.truncate(lens.3);
+            self.stored.truncate(lens.0);
+            self.scratch = StoredFields::default();
         }
         parsed
     }
@@ -412,6 +431,35 @@ impl Block {
         }
     }
 
+    /// A row's device properties, service properties and tags, borrowed.
+    #[allow(clippy::type_complexity)]
+    fn row_members<'s>(
+        &'s self,
+        row: &Row,
+        device: &mut Vec<(&'s str, ScalarRef<'s>, Timestamp)>,
+        service: &mut Vec<(&'s str, ScalarRef<'s>)>,
+        tags: &mut Vec<&'s str>,
+    ) {
+        device.clear();
+        device.extend(
+            self.device[row.device.start as usize..row.device.end as usize]
+                .iter()
+                .map(|&(name, v, at)| (self.str(name), self.scalar(v), at)),
+        );
+        service.clear();
+        service.extend(
+            self.service[row.service.start as usize..row.service.end as usize]
+                .iter()
+                .map(|&(name, v)| (self.str(name), self.scalar(v))),
+        );
+        tags.clear();
+        tags.extend(
+            self.tags[row.tags.start as usize..row.tags.end as usize]
+                .iter()
+                .map(|&t| self.str(t)),
+        );
+    }
+
     /// Adds the block's rows to the load, then reports its error; `lines_before` is the
     /// number of input lines before the block.
     fn add_to(self, bulk: &mut BulkLoad<'_>, lines_before: u64) -> Result<(), ImportError> {
@@ -419,24 +467,7 @@ impl Block {
         let mut service = Vec::new();
         let mut tags = Vec::new();
         for row in &self.rows {
-            device.clear();
-            device.extend(
-                self.device[row.device.start as usize..row.device.end as usize]
-                    .iter()
-                    .map(|&(name, v, at)| (self.str(name), self.scalar(v), at)),
-            );
-            service.clear();
-            service.extend(
-                self.service[row.service.start as usize..row.service.end as usize]
-                    .iter()
-                    .map(|&(name, v)| (self.str(name), self.scalar(v))),
-            );
-            tags.clear();
-            tags.extend(
-                self.tags[row.tags.start as usize..row.tags.end as usize]
-                    .iter()
-                    .map(|&t| self.str(t)),
-            );
+            self.row_members(row, &mut device, &mut service, &mut tags);
             bulk.add(&NewDevice {
                 status: row.status,
                 status_reason: row.status_reason.map(|r| self.str(r)),
@@ -462,6 +493,309 @@ impl Block {
             }),
             None => Ok(()),
         }
+    }
+}
+
+/// Stored twins parsed into rows for a bulk load: what the store's reopening does
+/// instead of building a [`crate::twin::Twin`] per head (the twin's JSON without its
+/// device properties, as `{"twin": .., "psk": ..}`). A batch is filled in two steps: the
+/// heads' texts ([`StoredRows::push_head`]), then, in order, each head parsed into a
+/// row ([`StoredRows::parse_head`]) followed by its device properties. A head the rows
+/// cannot hold (a service property whose value is an object) is the caller's to decode
+/// and add as a twin ([`StoredRows::push_twin`]), in its place.
+pub(crate) struct StoredRows {
+    block: Block,
+    /// The heads' ranges of `text`.
+    heads: Vec<Range<u32>>,
+    text: String,
+    /// Strings that are not in `text` (unescaped, or from elsewhere), to follow it.
+    extra: String,
+    /// Twins added whole, each with its etag, before the row at their position.
+    twins: Vec<(u32, Box<crate::twin::Twin>, u64)>,
+}
+
+impl StoredRows {
+    pub(crate) fn new() -> Self {
+        let mut block = Block::parse(Chunk {
+            bytes: Vec::new(),
+            error: None,
+        });
+        block.stored_mode = true;
+        StoredRows {
+            block,
+            heads: Vec::new(),
+            text: String::new(),
+            extra: String::new(),
+            twins: Vec::new(),
+        }
+    }
+
+    /// Bytes of head text held (heads are added until a batch holds enough).
+    pub(crate) fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Keeps a head's text for [`StoredRows::parse_head`] (its index is the count of
+    /// heads before it). Fails past [`MAX_CHUNK_BYTES`] of text.
+    pub(crate) fn push_head(&mut self, head: &str) -> Result<(), &'static str> {
+        let start = self.text.len();
+        if !self.block.rows.is_empty() || !self.extra.is_empty() {
+            return Err("a head pushed after parsing began");
+        }
+        if start + head.len() > MAX_CHUNK_BYTES {
+            return Err("a batch of heads past its size");
+        }
+        self.text.push_str(head);
+        self.heads.push(start as u32..self.text.len() as u32);
+        Ok(())
+    }
+
+    /// Parses head `i` into the next row; on an error the rows are as they were.
+    /// Returns the row's device id.
+    pub(crate) fn parse_head(&mut self, i: usize) -> Result<&str, String> {
+        let range = self.heads[i].clone();
+        let head = &self.text[range.start as usize..range.end as usize];
+        let mut spans = Spans {
+            base: self.text.as_ptr() as usize,
+            len: self.text.len(),
+            extra: &mut self.extra,
+        };
+        let rows = self.block.rows.len();
+        let mut de = serde_json::Deserializer::from_str(head);
+        let parsed = HeadSeed {
+            block: &mut self.block,
+            spans: &mut spans,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if let Err(e) = parsed {
+            let b = &mut self.block;
+            if b.rows.len() > rows {
+                let row = &b.rows[rows];
+                b.device.truncate(row.device.start as usize);
+                b.service.truncate(row.service.start as usize);
+                b.tags.truncate(row.tags.start as usize);
+                b.rows.truncate(rows);
+                b.stored.truncate(rows);
+            }
+            b.scratch = StoredFields::default();
+            return Err(e.to_string());
+        }
+        // A head holds no device properties (the store keeps them apart).
+        let b = &mut self.block;
+        let row = &mut b.rows[rows];
+        b.device.truncate(row.device.start as usize);
+        row.device.end = row.device.start;
+        let id = row.device_id;
+        Ok(self.str(id))
+    }
+
+    /// Takes the last row out again (its twin is then added another way).
+    pub(crate) fn pop_row(&mut self) {
+        let b = &mut self.block;
+        if let Some(row) = b.rows.pop() {
+            b.device.truncate(row.device.start as usize);
+            b.service.truncate(row.service.start as usize);
+            b.tags.truncate(row.tags.start as usize);
+            b.stored.pop();
+        }
+    }
+
+    /// Head `i`'s text.
+    pub(crate) fn head(&self, i: usize) -> &str {
+        let r = &self.heads[i];
+        &self.text[r.start as usize..r.end as usize]
+    }
+
+    /// A span's text while the batch is being filled.
+    fn str(&self, (start, len): Span) -> &str {
+        let (start, len) = (start as usize, len as usize);
+        match start.checked_sub(self.text.len()) {
+            None => &self.text[start..start + len],
+            Some(at) => &self.extra[at..at + len],
+        }
+    }
+
+    fn copy(&mut self, s: &str) -> Span {
+        let start = self.text.len() + self.extra.len();
+        self.extra.push_str(s);
+        (start as u32, s.len() as u32)
+    }
+
+    fn copy_value(&mut self, v: ScalarRef<'_>) -> Value {
+        match v {
+            ScalarRef::Bool(b) => Value::Bool(b),
+            ScalarRef::Number(n) => Value::Number(n),
+            ScalarRef::String(s) => Value::String(self.copy(s)),
+        }
+    }
+
+    /// Adds a device property to the last row (its value as JSON text).
+    pub(crate) fn push_device_json(
+        &mut self,
+        name: &str,
+        value: &[u8],
+        at: Timestamp,
+    ) -> serde_json::Result<()> {
+        let raw: Raw<'_> = serde_json::from_slice(value)?;
+        let value = match &raw {
+            Raw::Bool(b) => Value::Bool(*b),
+            Raw::Number(n) => Value::Number(*n),
+            Raw::Str(t) => Value::String(self.copy(&t.0)),
+        };
+        let name = self.copy(name);
+        self.push_device(name, value, at);
+        Ok(())
+    }
+
+    fn push_device(&mut self, name: Span, value: Value, at: Timestamp) {
+        self.block.device.push((name, value, at));
+        let end = self.block.device.len() as u32;
+        if let Some(row) = self.block.rows.last_mut() {
+            row.device.end = end;
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) a device property of the last row.
+    pub(crate) fn set_device(&mut self, name: &str, value: Option<(ScalarRef<'_>, Timestamp)>) {
+        let Some(row) = self.block.rows.last() else {
+            return;
+        };
+        let range = row.device.start as usize..row.device.end as usize;
+        let at = range
+            .clone()
+            .find(|&i| self.str(self.block.device[i].0) == name);
+        match (at, value) {
+            (Some(i), Some((v, ts))) => {
+                let v = self.copy_value(v);
+                self.block.device[i].1 = v;
+                self.block.device[i].2 = ts;
+            }
+            (None, Some((v, ts))) => {
+                let (name, v) = (self.copy(name), self.copy_value(v));
+                self.push_device(name, v, ts);
+            }
+            (Some(i), None) => {
+                self.block.device.remove(i);
+                if let Some(row) = self.block.rows.last_mut() {
+                    row.device.end -= 1;
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// The last row's etag: its head's, raised to `etag`.
+    pub(crate) fn raise_etag(&mut self, etag: u64) {
+        if let Some(s) = self.block.stored.last_mut() {
+            s.etag = s.etag.max(etag);
+        }
+    }
+
+    /// Adds a twin whole, with its etag, after the rows so far.
+    pub(crate) fn push_twin(&mut self, twin: crate::twin::Twin, etag: u64) {
+        self.twins
+            .push((self.block.rows.len() as u32, Box::new(twin), etag));
+    }
+
+    /// Adds the batch to `bulk` in order; `each` gets every device's slot, generation
+    /// id, etag and service etag.
+    pub(crate) fn load(
+        self,
+        bulk: &mut BulkLoad<'_>,
+        mut each: impl FnMut(super::Slot, u64, u64, u64),
+    ) -> Result<(), RegistryError> {
+        let StoredRows {
+            mut block,
+            text,
+            extra,
+            twins,
+            ..
+        } = self;
+        block.text = text;
+        block.text.push_str(&extra);
+        let mut twins = twins.into_iter().peekable();
+        let mut device = Vec::new();
+        let mut service = Vec::new();
+        let mut tags = Vec::new();
+        let stored = std::mem::take(&mut block.stored);
+        for (i, (row, fields)) in block.rows.iter().zip(stored).enumerate() {
+            while let Some((_, twin, etag)) = twins.next_if(|t| t.0 as usize <= i) {
+                let (generation, service) = (twin.generation_id.0, twin.service_properties.etag.0);
+                each(bulk.add_twin(*twin)?, generation, etag, service);
+            }
+            block.row_members(row, &mut device, &mut service, &mut tags);
+            let slot = bulk.add_stored(
+                &NewDevice {
+                    status: row.status,
+                    status_reason: row.status_reason.map(|r| block.str(r)),
+                    status_updated_time: row.status_updated_time,
+                    connection_state: row.connection_state,
+                    connection_state_updated_time: row.connection_state_updated_time,
+                    last_activity_time: row.last_activity_time,
+                    is_managed: row.is_managed,
+                    device_properties: &device,
+                    service_properties: &service,
+                    tags: &tags,
+                    ..NewDevice::new(block.str(row.device_id))
+                },
+                fields.extra,
+            )?;
+            each(slot, fields.generation, fields.etag, fields.service_etag);
+        }
+        for (_, twin, etag) in twins {
+            let (generation, service) = (twin.generation_id.0, twin.service_properties.etag.0);
+            each(bulk.add_twin(*twin)?, generation, etag, service);
+        }
+        Ok(())
+    }
+}
+
+/// A stored head: `{"twin": <a twin in JSON, parsed as a line>, "psk": <hex>}`.
+struct HeadSeed<'b, 'e> {
+    block: &'b mut Block,
+    spans: &'b mut Spans<'e>,
+}
+
+impl<'de> DeserializeSeed<'de> for HeadSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HeadSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a stored twin")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let HeadSeed { block, spans } = self;
+        let rows = block.rows.len();
+        let mut psk: Option<crate::twin::PskKey> = None;
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key.0 {
+                "twin" if block.rows.len() == rows => map.next_value_seed(LineSeed {
+                    block: &mut *block,
+                    spans: &mut *spans,
+                    line: 0,
+                })?,
+                "psk" if psk.is_none() => {
+                    let hex = map.next_value::<Text<'de>>()?;
+                    let key =
+                        hex::decode(&*hex.0).map_err(|_| A::Error::custom("psk is not hex"))?;
+                    psk = Some(crate::twin::PskKey::new(key));
+                }
+                other => return Err(A::Error::custom(format!("unexpected `{other}`"))),
+            }
+        }
+        if block.rows.len() == rows {
+            return Err(A::Error::missing_field("twin"));
+        }
+        if let Some(s) = block.stored.last_mut() {
+            s.extra.authentication.psk_key = psk;
+        }
+        Ok(())
     }
 }
 
@@ -546,9 +880,16 @@ impl<'de> Visitor<'de> for LineSeed<'_, '_> {
         };
         let mut seen = 0u16;
         while let Some(key) = map.next_key::<Text<'de>>()? {
-            if let Some(i) = LINE_FIELDS.iter().position(|f| *f == &*key.0) {
+            // A stored head's own members are taken once each too, as its `Twin` is.
+            let stored = if block.stored_mode {
+                &STORED_FIELDS[..]
+            } else {
+                &[]
+            };
+            let mut fields = LINE_FIELDS.iter().chain(stored).enumerate();
+            if let Some((i, &name)) = fields.find(|(_, f)| **f == &*key.0) {
                 if seen & (1 << i) != 0 {
-                    return Err(A::Error::duplicate_field(LINE_FIELDS[i]));
+                    return Err(A::Error::duplicate_field(name));
                 }
                 seen |= 1 << i;
             }
@@ -577,6 +918,19 @@ impl<'de> Visitor<'de> for LineSeed<'_, '_> {
                     spans: &mut *spans,
                     kind: MemberKind::Service,
                 })?,
+                "generationId" if block.stored_mode => {
+                    block.scratch.generation = map.next_value::<Etag>()?.0
+                }
+                "etag" if block.stored_mode => block.scratch.etag = map.next_value::<Etag>()?.0,
+                "authentication" if block.stored_mode => {
+                    block.scratch.extra.authentication = map.next_value()?
+                }
+                "registration" if block.stored_mode => {
+                    block.scratch.extra.registration = map.next_value()?
+                }
+                "configuration" if block.stored_mode => {
+                    block.scratch.extra.configuration = map.next_value()?
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -587,6 +941,10 @@ impl<'de> Visitor<'de> for LineSeed<'_, '_> {
         row.service.end = block.service.len() as u32;
         row.tags.end = block.tags.len() as u32;
         block.rows.push(row);
+        if block.stored_mode {
+            let fields = std::mem::take(&mut block.scratch);
+            block.stored.push(fields);
+        }
         Ok(())
     }
 }
@@ -603,6 +961,15 @@ const LINE_FIELDS: [&str; 10] = [
     "isManaged",
     "deviceProperties",
     "serviceProperties",
+];
+
+/// The members a stored head has beyond [`LINE_FIELDS`] (bits 10 on of `seen`).
+const STORED_FIELDS: [&str; 5] = [
+    "generationId",
+    "etag",
+    "authentication",
+    "registration",
+    "configuration",
 ];
 
 /// Which members a [`Members`] seed parses.
@@ -670,6 +1037,14 @@ impl<'de> Visitor<'de> for Members<'_, '_> {
                         "tags" if seen & 2 == 0 => MemberKind::Tags,
                         "properties" | "tags" => {
                             return Err(A::Error::custom(format!("duplicate field `{}`", key.0)));
+                        }
+                        "etag" if block.stored_mode => {
+                            if seen & 4 != 0 {
+                                return Err(A::Error::duplicate_field("etag"));
+                            }
+                            seen |= 4;
+                            block.scratch.service_etag = map.next_value::<Etag>()?.0;
+                            continue;
                         }
                         _ => {
                             map.next_value::<IgnoredAny>()?;

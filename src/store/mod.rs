@@ -27,7 +27,18 @@
 //! larger fleets come nearer to it). A random report costs a log entry, not a page of the
 //! table rewritten for one row; a twin reporting many times between two folds is rewritten
 //! once. Opening reads each twin's record and applies its logged changes numbered after the
-//! record's commit. The change feed kept on disk is one record per commit too (`feed.rs`).
+//! record's commit.
+//!
+//! **Opening** rebuilds the registry through its bulk load. A reader thread reads the
+//! twins in id order and parses each head straight into a borrowed row of a batch (no
+//! `Twin` is built: strings stay in the batch's text), with its record's properties and
+//! its logged changes; a head that rows cannot hold (a service property whose value is an
+//! object) is decoded whole in its place. The calling thread adds each batch to the load
+//! while the load's threads index earlier ones, so reading and loading overlap. A batch
+//! holds 1,024 twins, or fewer once its heads reach 16 MiB of text; at most 6 batches
+//! are in memory (4 queued, one being filled, one being loaded): past that the reader
+//! waits for the load. The whole log is read first, on the calling thread (at most
+//! [`StoreConfig::property_log_limit`] changes after a commit). The change feed kept on disk is one record per commit too (`feed.rs`).
 //! See `record.rs` for the layout. If the feed no longer holds every change since the last
 //! commit (more than its capacity between two commits), the commit rewrites every twin (and
 //! empties the log) instead: slower, never wrong. Such a commit (and every
@@ -136,6 +147,7 @@ pub use error::StoreError;
 
 use crate::DeviceId;
 use crate::job::{EngineConfig, JobEngine, JobRow};
+use crate::registry::ndjson::StoredRows;
 use crate::registry::{Change, ChangeKind, DEFAULT_FEED_CAPACITY, FeedGap, Registry, Slot};
 use crate::time::Timestamp;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -354,6 +366,13 @@ impl Store {
     /// The registry sequence number through which everything is durable.
     pub fn committed_seq(&self) -> u64 {
         self.committed
+    }
+
+    /// How many device-property changes the log holds (at most
+    /// [`StoreConfig::property_log_limit`] after a commit): opening applies each of them
+    /// over its twin's record.
+    pub fn logged_changes(&self) -> usize {
+        self.log.entries
     }
 
     /// Whether a failed write left the store refusing commits until
@@ -1322,96 +1341,33 @@ fn rebuild(
         }
         log_records.push((key, devices, count));
     }
-    // Twins with a logged change their record lacks (the others were folded since).
-    let mut unfolded: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut registry = Registry::with_feed_capacity(config.feed_capacity);
-    let mut versions: Vec<(Slot, u64, u64, u64)> = Vec::with_capacity(twins.len()? as usize);
-    {
+    let count = twins.len()? as usize;
+    let mut versions: Vec<(Slot, u64, u64, u64)> = Vec::with_capacity(count);
+    // A reader thread reads and decodes the twins (redb's pages, the heads' JSON, the
+    // records, the log) while this one loads them: decoding is about half the work.
+    let unfolded = std::thread::scope(|scope| -> Result<_, StoreError> {
+        let (sender, batches) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        let reader = std::thread::Builder::new()
+            .name("twinhub-store-read".into())
+            .spawn_scoped(scope, move || read_twins(twins, props, logged, sender))
+            .map_err(|source| StoreError::Io { source })?;
         let mut bulk = registry.bulk_load();
-        bulk.reserve(twins.len()? as usize);
-        let mut records = props.iter()?;
-        // A properties record read ahead of its twin.
-        let mut pending: Option<(String, Vec<u8>)> = None;
-        let mut next_record = |pending: &mut Option<(String, Vec<u8>)>| -> Result<(), StoreError> {
-            *pending = match records.next() {
-                None => None,
-                Some(r) => {
-                    let (k, v) = r?;
-                    Some((k.value().to_string(), v.value().to_vec()))
-                }
-            };
-            Ok(())
-        };
-        let orphan = |id: &str| StoreError::BadRecord {
-            table: "properties",
-            key: id.chars().take(128).collect(),
-            detail: "no twin has this device id".into(),
-        };
-        next_record(&mut pending)?;
-        for head in twins.iter()? {
-            let (k, v) = head?;
-            let id = k.value();
-            record::device_id(id)?;
-            let mut twin = record::decode_head(id, v.value())?;
-            let mut etag = twin.etag.0;
-            // A twin without a record has no device properties in it (a file converted
-            // from format 2 writes none for such a twin): every logged change applies.
-            let mut through = 0;
-            if let Some((pid, bytes)) = &pending {
-                match pid.as_str().cmp(id) {
-                    std::cmp::Ordering::Less => return Err(orphan(pid)),
-                    std::cmp::Ordering::Greater => {}
-                    std::cmp::Ordering::Equal => {
-                        let r = record::decode_properties(pid, bytes)?;
-                        through = r.through;
-                        etag = etag.max(r.etag);
-                        for (name, at, value) in r.properties {
-                            twin.device_properties.insert(
-                                name,
-                                crate::twin::DeviceProperty {
-                                    value,
-                                    last_updated_time: at,
-                                },
-                            );
-                        }
-                        next_record(&mut pending)?;
-                    }
-                }
-            }
-            for e in logged.remove(id).into_iter().flatten() {
-                if e.seq <= through {
-                    continue;
-                }
-                if !unfolded.contains(id) {
-                    unfolded.insert(id.to_owned());
-                }
-                etag = etag.max(e.seq);
-                match e.value {
-                    Some((at, value)) => {
-                        twin.device_properties.insert(
-                            e.name,
-                            crate::twin::DeviceProperty {
-                                value,
-                                last_updated_time: at,
-                            },
-                        );
-                    }
-                    None => {
-                        twin.device_properties.remove(&e.name);
-                    }
-                }
-            }
-            let (generation, service) = (twin.generation_id.0, twin.service_properties.etag.0);
-            let slot = bulk
-                .add_twin(twin)
+        bulk.reserve(count);
+        // An error (the reader's, or a twin refused) returns here: dropping `batches`
+        // stops the reader at its next batch.
+        for batch in batches {
+            batch?
+                .load(&mut bulk, |slot, generation, etag, service| {
+                    versions.push((slot, generation, etag, service))
+                })
                 .map_err(|source| StoreError::Rejected { source })?;
-            versions.push((slot, generation, etag, service));
-        }
-        if let Some((pid, _)) = pending {
-            return Err(orphan(&pid));
         }
         bulk.finish();
-    }
+        Ok(reader
+            .join()
+            .expect("the store's reader thread does not panic"))
+    })?;
     // Only twins whose record lacks a logged change are folded again: a record whose
     // twins were all folded (or removed) goes at the next commit.
     let mut log = PropertyLog::default();
@@ -1476,6 +1432,214 @@ fn rebuild(
     Ok((registry, log, total))
 }
 
+/// Twins a batch holds, and batches the reader may run ahead of the load: at most
+/// `READ_AHEAD + 2` batches (queued, being filled, being loaded) are in memory.
+const READ_BATCH: usize = 1024;
+const READ_AHEAD: usize = 4;
+
+/// Twins decoded for the load, as rows (or whole twins where rows cannot hold one).
+type ReadBatch = Result<StoredRows, StoreError>;
+
+/// One twin of a batch being read: its id (a range of the batch's ids), its record (a
+/// range of the batch's record bytes) and its logged changes.
+struct ReadTwin {
+    id: std::ops::Range<usize>,
+    record: Option<std::ops::Range<usize>>,
+    logged: Vec<record::LogEntry>,
+}
+
+/// The reader thread of [`rebuild`]: reads every twin in id order (its head, its
+/// properties record, then its log entries numbered after the record) into batches of
+/// rows and sends them; stops at the first error (sent) or when the load hangs up.
+/// Returns the twins with a logged change their record lacks.
+fn read_twins(
+    twins: redb::ReadOnlyTable<&str, &[u8]>,
+    props: redb::ReadOnlyTable<&str, &[u8]>,
+    mut logged: BTreeMap<String, Vec<record::LogEntry>>,
+    sender: std::sync::mpsc::SyncSender<ReadBatch>,
+) -> std::collections::HashSet<String> {
+    let mut unfolded = std::collections::HashSet::new();
+    let read = (|| -> Result<(), StoreError> {
+        let mut records = props.iter()?.peekable();
+        let mut heads = twins.iter()?;
+        let orphan = |id: &str| StoreError::BadRecord {
+            table: "properties",
+            key: id.chars().take(128).collect(),
+            detail: "no twin has this device id".into(),
+        };
+        let (mut ids, mut bytes) = (String::new(), Vec::new());
+        let mut batch: Vec<ReadTwin> = Vec::with_capacity(READ_BATCH);
+        loop {
+            // The batch's heads (text), records (bytes) and logged changes first.
+            let mut rows = StoredRows::new();
+            ids.clear();
+            bytes.clear();
+            batch.clear();
+            for head in heads.by_ref() {
+                let (k, v) = head?;
+                let id = k.value();
+                record::device_id(id)?;
+                let text = std::str::from_utf8(v.value()).map_err(|_| StoreError::BadRecord {
+                    table: "twins",
+                    key: id.chars().take(128).collect(),
+                    detail: "not UTF-8".into(),
+                })?;
+                rows.push_head(text)
+                    .map_err(|detail| StoreError::BadRecord {
+                        table: "twins",
+                        key: id.chars().take(128).collect(),
+                        detail: detail.into(),
+                    })?;
+                // The records of ids before this one have no twin.
+                let mut record = None;
+                while let Some(r) =
+                    records.next_if(|r| r.as_ref().map_or(true, |(k, _)| k.value() <= id))
+                {
+                    let (k, v) = r?;
+                    if k.value() != id {
+                        return Err(orphan(k.value()));
+                    }
+                    let start = bytes.len();
+                    bytes.extend_from_slice(v.value());
+                    record = Some(start..bytes.len());
+                }
+                let start = ids.len();
+                ids.push_str(id);
+                batch.push(ReadTwin {
+                    id: start..ids.len(),
+                    record,
+                    logged: logged.remove(id).unwrap_or_default(),
+                });
+                if batch.len() == READ_BATCH || rows.text_len() >= 1 << 24 {
+                    break;
+                }
+            }
+            if batch.is_empty() {
+                if let Some(r) = records.next() {
+                    let (k, _) = r?;
+                    return Err(orphan(k.value()));
+                }
+                return Ok(());
+            }
+            for (i, t) in batch.iter_mut().enumerate() {
+                let id = &ids[t.id.clone()];
+                let record = t.record.clone().map(|r| &bytes[r]);
+                let logged = std::mem::take(&mut t.logged);
+                let applied = match row_twin(&mut rows, i, id, record, &logged) {
+                    Some(applied) => applied,
+                    None => {
+                        // Rows cannot hold this twin: decode it whole, which also
+                        // tells what is wrong with a damaged one.
+                        let head = rows.head(i).as_bytes();
+                        let (twin, etag, through) = owned_twin(id, head, record, &logged)?;
+                        rows.push_twin(twin, etag);
+                        logged.iter().any(|e| e.seq > through)
+                    }
+                };
+                if applied && !unfolded.contains(id) {
+                    unfolded.insert(id.to_owned());
+                }
+            }
+            if sender.send(Ok(rows)).is_err() {
+                return Ok(());
+            }
+        }
+    })();
+    if let Err(e) = read {
+        // The twins before the error are loaded, but the opening fails anyway.
+        let _ = sender.send(Err(e));
+    }
+    unfolded
+}
+
+/// Parses twin `i` of `rows` (its head, then its record and its logged changes) into
+/// a row; `None` (the row taken out again) if rows cannot hold it, or if anything is
+/// wrong: [`owned_twin`] then decodes it. Returns whether a logged change applied.
+fn row_twin(
+    rows: &mut StoredRows,
+    i: usize,
+    id: &str,
+    record: Option<&[u8]>,
+    logged: &[record::LogEntry],
+) -> Option<bool> {
+    let parsed = rows.parse_head(i).ok()?;
+    if parsed != id {
+        rows.pop_row();
+        return None;
+    }
+    // A twin without a record has no device properties in it (a file converted from
+    // format 2 writes none for such a twin): every logged change applies.
+    let mut through = 0;
+    if let Some(bytes) = record {
+        let visited = record::visit_properties(id, bytes, |name, at, value| {
+            rows.push_device_json(name, value, at)
+                .map_err(|e| e.to_string())
+        });
+        match visited {
+            Ok((t, etag)) => {
+                through = t;
+                rows.raise_etag(etag);
+            }
+            Err(_) => {
+                rows.pop_row();
+                return None;
+            }
+        }
+    }
+    let mut applied = false;
+    for e in logged.iter().filter(|e| e.seq > through) {
+        applied = true;
+        rows.raise_etag(e.seq);
+        rows.set_device(&e.name, e.value.as_ref().map(|(at, v)| (v.borrowed(), *at)));
+    }
+    Some(applied)
+}
+
+/// Decodes a twin whole: its head, its record, then its logged changes numbered after
+/// the record's commit. Returns it, its etag and the record's `through`.
+fn owned_twin(
+    id: &str,
+    head: &[u8],
+    record: Option<&[u8]>,
+    logged: &[record::LogEntry],
+) -> Result<(crate::twin::Twin, u64, u64), StoreError> {
+    let mut twin = record::decode_head(id, head)?;
+    let mut etag = twin.etag.0;
+    let mut through = 0;
+    if let Some(bytes) = record {
+        let r = record::decode_properties(id, bytes)?;
+        through = r.through;
+        etag = etag.max(r.etag);
+        for (name, at, value) in r.properties {
+            twin.device_properties.insert(
+                name,
+                crate::twin::DeviceProperty {
+                    value,
+                    last_updated_time: at,
+                },
+            );
+        }
+    }
+    for e in logged.iter().filter(|e| e.seq > through) {
+        etag = etag.max(e.seq);
+        match &e.value {
+            Some((at, value)) => {
+                twin.device_properties.insert(
+                    e.name.clone(),
+                    crate::twin::DeviceProperty {
+                        value: value.clone(),
+                        last_updated_time: *at,
+                    },
+                );
+            }
+            None => {
+                twin.device_properties.remove(&e.name);
+            }
+        }
+    }
+    Ok((twin, etag, through))
+}
+
 /// The job parents' and children's rows, in key order.
 #[allow(clippy::type_complexity)]
 fn job_rows(db: &Database) -> Result<(Vec<(u32, Vec<u8>)>, Vec<(u32, Vec<u8>)>), StoreError> {
@@ -1501,7 +1665,7 @@ fn bad_job_row(e: crate::job::JobRowError) -> StoreError {
 }
 
 /// The fuzz body behind `fuzzing::store_records`: decodes `row` as a twin head
-/// (`which % 6 == 0`), a format 2 device-property row (1), a change (2), a properties
+/// (`which % 6 == 0`; as rows and whole, which must agree), a format 2 device-property row (1), a change (2), a properties
 /// record (3), a property log record (4) or a feed record (5).
 #[doc(hidden)]
 pub fn fuzz_decode(which: u8, row: &[u8]) {
@@ -1552,9 +1716,7 @@ pub fn fuzz_decode(which: u8, row: &[u8]) {
                 assert_eq!(back, Some(entries), "a log record did not round-trip");
             }
         }
-        0 => {
-            let _ = record::decode_head("d", row);
-        }
+        0 => fuzz_head(row),
         1 => {
             let _ = record::decode_prop("d", "n", row);
         }
@@ -1571,6 +1733,46 @@ pub fn fuzz_decode(which: u8, row: &[u8]) {
                 );
             }
         }
+    }
+}
+
+/// A head both ways: if rows take it, decoding it whole takes it too, and both load the
+/// same twin with the same version numbers, or are both refused.
+fn fuzz_head(row: &[u8]) {
+    let whole = record::decode_head("d", row);
+    let mut rows = StoredRows::new();
+    let Ok(text) = std::str::from_utf8(row) else {
+        return;
+    };
+    if rows.push_head(text).is_err() || row_twin(&mut rows, 0, "d", None, &[]).is_none() {
+        return;
+    }
+    let twin = whole.expect("a head rows take decodes whole");
+    let versions = (
+        twin.generation_id.0,
+        twin.etag.0,
+        twin.service_properties.etag.0,
+    );
+    let load = |add: &mut dyn FnMut(&mut crate::registry::BulkLoad<'_>) -> Result<(), ()>| {
+        let mut reg = Registry::new();
+        let added = add(&mut reg.bulk_load());
+        let mut twins: Vec<crate::twin::Twin> = reg.iter().map(|t| t.to_twin()).collect();
+        added.map(|()| twins.pop())
+    };
+    let mut got = None;
+    let by_rows = load(&mut |bulk| {
+        std::mem::replace(&mut rows, StoredRows::new())
+            .load(bulk, |_, g, e, s| got = Some((g, e, s)))
+            .map_err(|_| ())
+    });
+    let by_twin = load(&mut |bulk| bulk.add_twin(twin.clone()).map(|_| ()).map_err(|_| ()));
+    match (by_rows, by_twin) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(got, Some(versions), "rows read other version numbers");
+            assert_eq!(a, b, "rows and the whole twin loaded differently");
+        }
+        (Err(()), Err(())) => {}
+        (a, b) => panic!("rows {a:?} and the whole twin {b:?} disagree"),
     }
 }
 
@@ -1819,6 +2021,38 @@ mod tests {
                 check(&model, &store, &registry);
             }
         }
+    }
+
+    /// Reopening reads an ordinary head (every field, strings with escapes) as a row and
+    /// one with an object-valued service property whole; both come back as written.
+    #[test]
+    fn heads_are_read_as_rows_unless_rows_cannot_hold_them() {
+        let mut twin = Twin::new(DeviceId::new("d").unwrap()).with_tag("ü\"x");
+        twin.status_reason = Some("off \"now\"".into());
+        twin.configuration = Some("c\\fg".into());
+        twin.authentication.psk_identity = Some("id".into());
+        twin.authentication.psk_key = Some(crate::twin::PskKey::new(vec![1, 2]));
+        twin.etag = crate::twin::Etag(9);
+        let head = record::encode_head(&twin);
+        let mut rows = StoredRows::new();
+        rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
+        assert_eq!(row_twin(&mut rows, 0, "d", None, &[]), Some(false));
+        // The whole decode agrees (and a registry loads both alike).
+        fuzz_head(&head);
+
+        let nested: crate::twin::ServiceValue = serde_json::from_str(r#"{"a": 1}"#).unwrap();
+        twin.service_properties
+            .properties
+            .insert("cfg".into(), nested);
+        let head = record::encode_head(&twin);
+        let mut rows = StoredRows::new();
+        rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
+        assert_eq!(row_twin(&mut rows, 0, "d", None, &[]), None);
+        // Another id than the key's is not a row either (the whole decode refuses it).
+        let mut rows = StoredRows::new();
+        rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
+        assert_eq!(row_twin(&mut rows, 0, "e", None, &[]), None);
+        assert!(record::decode_head("e", &head).is_err());
     }
 
     #[test]

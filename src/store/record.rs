@@ -195,6 +195,27 @@ pub(crate) fn encode_properties<'p>(
 /// Decodes a `properties` record; [`StoreError::BadRecord`] on anything unexpected,
 /// including bytes after its last property.
 pub(crate) fn decode_properties(id: &str, bytes: &[u8]) -> Result<PropertiesRecord, StoreError> {
+    let mut properties = Vec::new();
+    let (through, etag) = visit_properties(id, bytes, |name, at, value| {
+        let value: Scalar = serde_json::from_slice(value).map_err(|e| format!("value: {e}"))?;
+        properties.push((name.to_owned(), at, value));
+        Ok(())
+    })?;
+    Ok(PropertiesRecord {
+        through,
+        etag,
+        properties,
+    })
+}
+
+/// Walks a `properties` record: `each` gets every property's name, `lastUpdatedTime`
+/// and value (JSON text) in order, and may refuse it (its message becomes the
+/// [`StoreError::BadRecord`]'s detail). Returns the record's `through` and `etag`.
+pub(crate) fn visit_properties(
+    id: &str,
+    bytes: &[u8],
+    mut each: impl FnMut(&str, Timestamp, &[u8]) -> Result<(), String>,
+) -> Result<(u64, u64), StoreError> {
     let bad = |detail: &str| StoreError::BadRecord {
         table: "properties",
         key: id.chars().take(128).collect(),
@@ -204,29 +225,21 @@ pub(crate) fn decode_properties(id: &str, bytes: &[u8]) -> Result<PropertiesReco
     let through = take_varint(&mut b).ok_or_else(|| bad("no commit number"))?;
     let etag = take_varint(&mut b).ok_or_else(|| bad("no etag"))?;
     let count = take_varint(&mut b).ok_or_else(|| bad("no property count"))?;
-    // Every property takes at least 3 bytes: a count past that is a lie, and no
-    // allocation trusts it.
+    // Every property takes at least 3 bytes: a count past that is a lie.
     if count > b.len() as u64 / 3 {
         return Err(bad("more properties than bytes"));
     }
-    let mut properties = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let name = take_str(&mut b).ok_or_else(|| bad("bad property name"))?;
         let at = take_varint(&mut b).ok_or_else(|| bad("bad lastUpdatedTime"))?;
         let len = take_varint(&mut b).ok_or_else(|| bad("bad value length"))?;
         let value = take(&mut b, len).ok_or_else(|| bad("value past the end"))?;
-        let value: Scalar =
-            serde_json::from_slice(value).map_err(|e| bad(&format!("value: {e}")))?;
-        properties.push((name.to_owned(), Timestamp::from_millis(at), value));
+        each(name, Timestamp::from_millis(at), value).map_err(|e| bad(&e))?;
     }
     if !b.is_empty() {
         return Err(bad("bytes after the last property"));
     }
-    Ok(PropertiesRecord {
-        through,
-        etag,
-        properties,
-    })
+    Ok((through, etag))
 }
 
 /// One entry of a `property_log` record: a device property reported (`Some`) or
