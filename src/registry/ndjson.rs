@@ -560,7 +560,9 @@ impl StoredRows {
             len: self.text.len(),
             extra: &mut self.extra,
         };
-        let rows = self.block.rows.len();
+        let b = &self.block;
+        let lens = (b.rows.len(), b.device.len(), b.service.len(), b.tags.len());
+        let rows = lens.0;
         let mut de = serde_json::Deserializer::from_str(head);
         let parsed = HeadSeed {
             block: &mut self.block,
@@ -569,15 +571,13 @@ impl StoredRows {
         .deserialize(&mut de)
         .and_then(|()| de.end());
         if let Err(e) = parsed {
+            // Also what a head cut short left in the tables before its row.
             let b = &mut self.block;
-            if b.rows.len() > rows {
-                let row = &b.rows[rows];
-                b.device.truncate(row.device.start as usize);
-                b.service.truncate(row.service.start as usize);
-                b.tags.truncate(row.tags.start as usize);
-                b.rows.truncate(rows);
-                b.stored.truncate(rows);
-            }
+            b.rows.truncate(lens.0);
+            b.stored.truncate(lens.0);
+            b.device.truncate(lens.1);
+            b.service.truncate(lens.2);
+            b.tags.truncate(lens.3);
             b.scratch = StoredFields::default();
             return Err(e.to_string());
         }

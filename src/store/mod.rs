@@ -35,7 +35,7 @@
 //! its logged changes; a head that rows cannot hold (a service property whose value is an
 //! object) is decoded whole in its place. The calling thread adds each batch to the load
 //! while the load's threads index earlier ones, so reading and loading overlap. A batch
-//! holds 1,024 twins, or fewer once its heads reach 16 MiB of text; at most 6 batches
+//! holds 1,024 twins, or fewer once its heads and records reach 16 MiB; at most 6 batches
 //! are in memory (4 queued, one being filled, one being loaded): past that the reader
 //! waits for the load. The whole log is read first, on the calling thread (at most
 //! [`StoreConfig::property_log_limit`] changes after a commit). The change feed kept on disk is one record per commit too (`feed.rs`).
@@ -1436,6 +1436,9 @@ fn rebuild(
 /// `READ_AHEAD + 2` batches (queued, being filled, being loaded) are in memory.
 const READ_BATCH: usize = 1024;
 const READ_AHEAD: usize = 4;
+/// A batch ends early once its heads and records reach this many bytes (16 MiB): its
+/// rows' strings are `u32` offsets of its text, which holds at most that and one twin.
+const READ_BYTES: usize = 1 << 24;
 
 /// Twins decoded for the load, as rows (or whole twins where rows cannot hold one).
 type ReadBatch = Result<StoredRows, StoreError>;
@@ -1510,7 +1513,7 @@ fn read_twins(
                     record,
                     logged: logged.remove(id).unwrap_or_default(),
                 });
-                if batch.len() == READ_BATCH || rows.text_len() >= 1 << 24 {
+                if batch.len() == READ_BATCH || rows.text_len() + bytes.len() >= READ_BYTES {
                     break;
                 }
             }
