@@ -1063,6 +1063,24 @@ struct LogRecord {
 }
 
 impl PropertyLog {
+    /// The log as opening found it: its records (key and number of changes) and the
+    /// twins whose record lacks a logged change, each with the oldest record holding one
+    /// of its changes.
+    fn restore(records: LogRecords, pending: Vec<(DeviceId, u64)>) -> PropertyLog {
+        let mut log = PropertyLog::default();
+        for (key, entries) in records {
+            log.records.entry(key).or_default().entries += entries;
+            log.entries += entries;
+        }
+        for (device, key) in pending {
+            if let std::collections::btree_map::Entry::Vacant(v) = log.pending.entry(device) {
+                v.insert(key);
+                log.records.entry(key).or_default().oldest_of += 1;
+            }
+        }
+        log
+    }
+
     /// Record `key` was written with `entries` changes of the twins `devices`.
     fn add(&mut self, key: u64, devices: impl IntoIterator<Item = DeviceId>, entries: usize) {
         let mut oldest_of = 0;
@@ -1315,42 +1333,17 @@ fn rebuild(
     let txn = db.begin_read()?;
     let twins = txn.open_table(TWINS)?;
     let props = txn.open_table(PROPERTIES)?;
-    // The log first: each twin's logged changes, oldest first, to apply over its record;
-    // and each record's key, twins and number of changes.
-    let mut logged: BTreeMap<String, Vec<record::LogEntry>> = BTreeMap::new();
-    let mut log_records: Vec<(u64, Vec<DeviceId>, usize)> = Vec::new();
-    for row in txn.open_table(PROPERTY_LOG)?.iter()? {
-        let (k, v) = row?;
-        let key = k.value();
-        let entries = record::decode_log(key, v.value())?;
-        let mut devices = Vec::new();
-        let count = entries.len();
-        for e in entries {
-            let bad = |detail: &str| StoreError::BadRecord {
-                table: "property_log",
-                key: key.to_string(),
-                detail: detail.into(),
-            };
-            let id = record::device_id(&e.device).map_err(|_| bad("invalid device id"))?;
-            // A commit logs only changes numbered up to its own newest.
-            if e.seq > key {
-                return Err(bad("a change numbered after its commit"));
-            }
-            devices.push(id);
-            logged.entry(e.device.clone()).or_default().push(e);
-        }
-        log_records.push((key, devices, count));
-    }
+    let log_table = txn.open_table(PROPERTY_LOG)?;
     let mut registry = Registry::with_feed_capacity(config.feed_capacity);
     let count = twins.len()? as usize;
     let mut versions: Vec<(Slot, u64, u64, u64)> = Vec::with_capacity(count);
-    // A reader thread reads and decodes the twins (redb's pages, the heads' JSON, the
-    // records, the log) while this one loads them: decoding is about half the work.
-    let unfolded = std::thread::scope(|scope| -> Result<_, StoreError> {
+    // A reader thread reads and decodes the log and the twins (redb's pages, the heads'
+    // JSON, the records) while this one loads them: decoding is about half the work.
+    let read = std::thread::scope(|scope| -> Result<_, StoreError> {
         let (sender, batches) = std::sync::mpsc::sync_channel(READ_AHEAD);
         let reader = std::thread::Builder::new()
             .name("twinhub-store-read".into())
-            .spawn_scoped(scope, move || read_twins(twins, props, logged, sender))
+            .spawn_scoped(scope, move || read_twins(twins, props, log_table, sender))
             .map_err(|source| StoreError::Io { source })?;
         let mut bulk = registry.bulk_load();
         bulk.reserve(count);
@@ -1370,13 +1363,7 @@ fn rebuild(
     })?;
     // Only twins whose record lacks a logged change are folded again: a record whose
     // twins were all folded (or removed) goes at the next commit.
-    let mut log = PropertyLog::default();
-    for (key, devices, count) in log_records {
-        let pending = devices
-            .into_iter()
-            .filter(|d| unfolded.contains(d.as_str()));
-        log.add(key, pending, count);
-    }
+    let log = PropertyLog::restore(read.records, read.pending);
     for (slot, generation, etag, service) in versions {
         registry.restore_versions(slot, generation, etag, service);
     }
@@ -1444,25 +1431,70 @@ const READ_BYTES: usize = 1 << 24;
 type ReadBatch = Result<StoredRows, StoreError>;
 
 /// One twin of a batch being read: its id (a range of the batch's ids), its record (a
-/// range of the batch's record bytes) and its logged changes.
+/// range of the batch's record bytes) and its logged changes (a range of the log's).
 struct ReadTwin {
     id: std::ops::Range<usize>,
     record: Option<std::ops::Range<usize>>,
-    logged: Vec<record::LogEntry>,
+    logged: std::ops::Range<usize>,
 }
 
-/// The reader thread of [`rebuild`]: reads every twin in id order (its head, its
-/// properties record, then its log entries numbered after the record) into batches of
-/// rows and sends them; stops at the first error (sent) or when the load hangs up.
-/// Returns the twins with a logged change their record lacks.
+/// The log's records: each one's key and number of changes.
+type LogRecords = Vec<(u64, usize)>;
+
+/// What the reader found in the log: its records (key and number of changes) and the
+/// twins whose record lacks a logged change, with the oldest record holding one.
+#[derive(Default)]
+struct ReadLog {
+    records: LogRecords,
+    pending: Vec<(DeviceId, u64)>,
+}
+
+/// The log's changes, sorted by device id (and, for each device, oldest first), with
+/// each record's key and number of changes.
+fn read_log(
+    log: &redb::ReadOnlyTable<u64, &[u8]>,
+) -> Result<(Vec<record::LogEntry>, LogRecords), StoreError> {
+    let (mut entries, mut records) = (Vec::new(), Vec::new());
+    for row in log.iter()? {
+        let (k, v) = row?;
+        let key = k.value();
+        let decoded = record::decode_log(key, v.value())?;
+        records.push((key, decoded.len()));
+        for e in &decoded {
+            let bad = |detail: &str| StoreError::BadRecord {
+                table: "property_log",
+                key: key.to_string(),
+                detail: detail.into(),
+            };
+            DeviceId::validate(&e.device).map_err(|_| bad("invalid device id"))?;
+            // A commit logs only changes numbered up to its own newest.
+            if e.seq > key {
+                return Err(bad("a change numbered after its commit"));
+            }
+        }
+        entries.extend(decoded);
+    }
+    // Stable: records were read oldest first.
+    entries.sort_by(|a, b| a.device.cmp(&b.device));
+    Ok((entries, records))
+}
+
+/// The reader thread of [`rebuild`]: reads the log, then every twin in id order (its
+/// head, its properties record, then its log entries numbered after the record) into
+/// batches of rows and sends them; stops at the first error (sent) or when the load
+/// hangs up.
 fn read_twins(
     twins: redb::ReadOnlyTable<&str, &[u8]>,
     props: redb::ReadOnlyTable<&str, &[u8]>,
-    mut logged: BTreeMap<String, Vec<record::LogEntry>>,
+    log: redb::ReadOnlyTable<u64, &[u8]>,
     sender: std::sync::mpsc::SyncSender<ReadBatch>,
-) -> std::collections::HashSet<String> {
-    let mut unfolded = std::collections::HashSet::new();
+) -> ReadLog {
+    let mut found = ReadLog::default();
     let read = (|| -> Result<(), StoreError> {
+        let (logged, log_records) = read_log(&log)?;
+        found.records = log_records;
+        // Changes of ids before the twin being read have no twin (it was removed).
+        let mut next_logged = 0;
         let mut records = props.iter()?.peekable();
         let mut heads = twins.iter()?;
         let orphan = |id: &str| StoreError::BadRecord {
@@ -1506,12 +1538,22 @@ fn read_twins(
                     bytes.extend_from_slice(v.value());
                     record = Some(start..bytes.len());
                 }
+                while logged
+                    .get(next_logged)
+                    .is_some_and(|e| e.device.as_str() < id)
+                {
+                    next_logged += 1;
+                }
+                let first = next_logged;
+                while logged.get(next_logged).is_some_and(|e| e.device == id) {
+                    next_logged += 1;
+                }
                 let start = ids.len();
                 ids.push_str(id);
                 batch.push(ReadTwin {
                     id: start..ids.len(),
                     record,
-                    logged: logged.remove(id).unwrap_or_default(),
+                    logged: first..next_logged,
                 });
                 if batch.len() == READ_BATCH || rows.text_len() + bytes.len() >= READ_BYTES {
                     break;
@@ -1524,23 +1566,26 @@ fn read_twins(
                 }
                 return Ok(());
             }
-            for (i, t) in batch.iter_mut().enumerate() {
+            for (i, t) in batch.iter().enumerate() {
                 let id = &ids[t.id.clone()];
                 let record = t.record.clone().map(|r| &bytes[r]);
-                let logged = std::mem::take(&mut t.logged);
-                let applied = match row_twin(&mut rows, i, id, record, &logged) {
+                let logged = &logged[t.logged.clone()];
+                let applied = match row_twin(&mut rows, i, id, record, logged) {
                     Some(applied) => applied,
                     None => {
                         // Rows cannot hold this twin: decode it whole, which also
                         // tells what is wrong with a damaged one.
                         let head = rows.head(i).as_bytes();
-                        let (twin, etag, through) = owned_twin(id, head, record, &logged)?;
+                        let (twin, etag, through) = owned_twin(id, head, record, logged)?;
                         rows.push_twin(twin, etag);
                         logged.iter().any(|e| e.seq > through)
                     }
                 };
-                if applied && !unfolded.contains(id) {
-                    unfolded.insert(id.to_owned());
+                if applied {
+                    // The oldest record with one of its changes (read oldest first).
+                    found
+                        .pending
+                        .push((record::device_id(id)?, logged[0].record));
                 }
             }
             if sender.send(Ok(rows)).is_err() {
@@ -1552,7 +1597,7 @@ fn read_twins(
         // The twins before the error are loaded, but the opening fails anyway.
         let _ = sender.send(Err(e));
     }
-    unfolded
+    found
 }
 
 /// Parses twin `i` of `rows` (its head, then its record and its logged changes) into

@@ -246,6 +246,8 @@ pub(crate) fn visit_properties(
 /// removed (`None`) by change `seq`.
 #[derive(Debug, PartialEq)]
 pub(crate) struct LogEntry {
+    /// The key of the record holding it (its commit's newest sequence number).
+    pub(crate) record: u64,
     pub(crate) device: String,
     pub(crate) name: String,
     pub(crate) seq: u64,
@@ -308,6 +310,7 @@ pub(crate) fn decode_log(key: u64, bytes: &[u8]) -> Result<Vec<LogEntry>, StoreE
             _ => return Err(bad("bad entry kind")),
         };
         out.push(LogEntry {
+            record: key,
             device: device.to_owned(),
             name: name.to_owned(),
             seq,
@@ -423,12 +426,14 @@ mod tests {
             entries,
             vec![
                 LogEntry {
+                    record: 7,
                     device: "d1".into(),
                     name: "BatteryLevel".into(),
                     seq: 5,
                     value: Some((Timestamp::from_millis(3), Scalar::from(9))),
                 },
                 LogEntry {
+                    record: 7,
                     device: "d2".into(),
                     name: "/9/0/1".into(),
                     seq: u64::MAX,
