@@ -601,6 +601,33 @@ impl StoredRows {
         }
     }
 
+    /// Whether the last row's service properties and tags are in strictly rising order,
+    /// as a head written from a twin's maps holds them. A head that repeats one is
+    /// read whole instead (its map or set keeps one), not refused as a row.
+    pub(crate) fn members_sorted(&self) -> bool {
+        let Some(row) = self.block.rows.last() else {
+            return true;
+        };
+        let b = &self.block;
+        let service = b.service[row.service.start as usize..row.service.end as usize].iter();
+        let tags = b.tags[row.tags.start as usize..row.tags.end as usize].iter();
+        let rising = |mut names: Box<dyn Iterator<Item = &str> + '_>| {
+            let Some(mut last) = names.next() else {
+                return true;
+            };
+            names.all(|n| std::mem::replace(&mut last, n) < n)
+        };
+        rising(Box::new(service.map(|&(name, _)| self.str(name))))
+            && rising(Box::new(tags.map(|&t| self.str(t))))
+    }
+
+    /// The name of the last row's last device property, if it has one.
+    pub(crate) fn last_device_name(&self) -> Option<&str> {
+        let row = self.block.rows.last()?;
+        (row.device.end > row.device.start)
+            .then(|| self.str(self.block.device[row.device.end as usize - 1].0))
+    }
+
     /// Head `i`'s text.
     pub(crate) fn head(&self, i: usize) -> &str {
         let r = &self.heads[i];

@@ -1611,7 +1611,8 @@ fn row_twin(
     logged: &[record::LogEntry],
 ) -> Option<bool> {
     let parsed = rows.parse_head(i).ok()?;
-    if parsed != id {
+    // Repeated members (a damaged head) are decoded whole, which keeps the last one.
+    if parsed != id || !rows.members_sorted() {
         rows.pop_row();
         return None;
     }
@@ -1620,6 +1621,11 @@ fn row_twin(
     let mut through = 0;
     if let Some(bytes) = record {
         let visited = record::visit_properties(id, bytes, |name, at, value| {
+            // A record is written in name order: one that is not (a repeated name) is
+            // decoded whole, which keeps the last.
+            if rows.last_device_name().is_some_and(|last| last >= name) {
+                return Err("device properties out of order".into());
+            }
             rows.push_device_json(name, value, at)
                 .map_err(|e| e.to_string())
         });
@@ -2101,6 +2107,85 @@ mod tests {
         rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
         assert_eq!(row_twin(&mut rows, 0, "e", None, &[]), None);
         assert!(record::decode_head("e", &head).is_err());
+    }
+
+    /// A store with twins "a", "b" and "c" committed, then `edit` applied to its file
+    /// (as a damaged one might be), reopened: its twins in id order.
+    fn reopened_after(edit: impl FnOnce(&redb::WriteTransaction)) -> Vec<Twin> {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        for id in ["a", "b", "c"] {
+            reg.create(Twin::new(crate::DeviceId::new(id).unwrap()))
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+        drop((store, reg));
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        edit(&txn);
+        txn.commit().unwrap();
+        drop(db);
+        let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        twins(&reg)
+    }
+
+    /// Members a well-written file holds once each but a damaged one may repeat open as
+    /// the whole decode (99ccb72's opening) opens them, the last one winning, not
+    /// refused as a row with a duplicate: a service property of a head...
+    #[test]
+    fn a_repeated_service_property_of_a_head_opens_as_decoded_whole() {
+        let got = reopened_after(|txn| {
+            let head =
+                r#"{"twin":{"deviceId":"a","serviceProperties":{"properties":{"p":1,"p":"two"}}}}"#;
+            txn.open_table(TWINS)
+                .unwrap()
+                .insert("a", head.as_bytes())
+                .unwrap();
+        });
+        assert_eq!(
+            got[0].service_properties.properties.get("p"),
+            Some(&crate::twin::ServiceValue::Scalar("two".into()))
+        );
+        assert_eq!(got[0].service_properties.properties.len(), 1);
+    }
+
+    /// ... a tag of a head (64 tags, the most a twin has, one of them twice) ...
+    #[test]
+    fn a_repeated_tag_of_a_head_opens_as_decoded_whole() {
+        let got = reopened_after(|txn| {
+            let tags: Vec<String> = (0..64).chain([7]).map(|i| format!("\"t{i:02}\"")).collect();
+            let head = format!(
+                r#"{{"twin":{{"deviceId":"b","serviceProperties":{{"tags":[{}]}}}}}}"#,
+                tags.join(",")
+            );
+            txn.open_table(TWINS)
+                .unwrap()
+                .insert("b", head.as_bytes())
+                .unwrap();
+        });
+        assert_eq!(got[1].service_properties.tags.len(), crate::twin::MAX_TAGS);
+    }
+
+    /// ... and a device property of a properties record.
+    #[test]
+    fn a_repeated_device_property_of_a_record_opens_as_decoded_whole() {
+        let got = reopened_after(|txn| {
+            let (one, two) = (crate::twin::Scalar::from(1), crate::twin::Scalar::from(2));
+            let mut rec = Vec::new();
+            let props = [
+                ("BatteryLevel", &one, Timestamp::from_millis(1)),
+                ("BatteryLevel", &two, Timestamp::from_millis(2)),
+            ];
+            record::encode_properties(0, 0, props.into_iter(), &mut rec);
+            txn.open_table(PROPERTIES)
+                .unwrap()
+                .insert("c", rec.as_slice())
+                .unwrap();
+        });
+        let battery = &got[2].device_properties["BatteryLevel"];
+        assert_eq!(battery.value, crate::twin::Scalar::from(2));
+        assert_eq!(battery.last_updated_time, Timestamp::from_millis(2));
+        assert_eq!(got[2].device_properties.len(), 1);
     }
 
     #[test]
