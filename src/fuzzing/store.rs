@@ -5,7 +5,8 @@ use crate::store::fuzz_decode;
 /// `store_records`: the first byte picks the decoder (modulo 6: twin head, format 2
 /// device-property row, change, properties record, property log record, feed record),
 /// the rest is the value. Every decoder returns a typed error on bad input; a head that
-/// the reopening's row parser takes decodes whole too, and both load the same twin; a change or
+/// the reopening's row parser takes decodes whole too, and both load the same twin (with
+/// a properties record and logged changes after NUL bytes, applied alike); a change or
 /// record that decodes (all but the head and the format 2 row) is encoded again and
 /// decodes to the same value (not always the same bytes: JSON has several spellings of
 /// a number).

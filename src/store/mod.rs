@@ -1719,7 +1719,8 @@ fn bad_job_row(e: crate::job::JobRowError) -> StoreError {
 }
 
 /// The fuzz body behind `fuzzing::store_records`: decodes `row` as a twin head
-/// (`which % 6 == 0`; as rows and whole, which must agree), a format 2 device-property row (1), a change (2), a properties
+/// (`which % 6 == 0`; as rows and whole, which must agree, with a properties record and
+/// logged changes after NUL bytes), a format 2 device-property row (1), a change (2), a properties
 /// record (3), a property log record (4) or a feed record (5).
 #[doc(hidden)]
 pub fn fuzz_decode(which: u8, row: &[u8]) {
@@ -1791,22 +1792,41 @@ pub fn fuzz_decode(which: u8, row: &[u8]) {
 }
 
 /// A head both ways: if rows take it, decoding it whole takes it too, and both load the
-/// same twin with the same version numbers, or are both refused.
+/// same twin with the same version numbers, or are both refused. After a NUL byte (no
+/// head has one) comes a properties record, then, after another, a log record whose
+/// entries are read as twin `d`'s changes: both ways apply them alike.
 fn fuzz_head(row: &[u8]) {
-    let whole = record::decode_head("d", row);
+    let mut parts = row.splitn(3, |&b| b == 0);
+    let head = parts.next().unwrap_or_default();
+    let record = parts.next();
+    let logged: Vec<record::LogEntry> = parts
+        .next()
+        .and_then(|log| record::decode_log(u64::MAX, log).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| record::LogEntry {
+            device: "d".into(),
+            ..e
+        })
+        .collect();
+    let whole = owned_twin("d", head, record, &logged);
     let mut rows = StoredRows::new();
-    let Ok(text) = std::str::from_utf8(row) else {
+    let Ok(text) = std::str::from_utf8(head) else {
         return;
     };
-    if rows.push_head(text).is_err() || row_twin(&mut rows, 0, "d", None, &[]).is_none() {
+    if rows.push_head(text).is_err() {
         return;
     }
-    let twin = whole.expect("a head rows take decodes whole");
-    let versions = (
-        twin.generation_id.0,
-        twin.etag.0,
-        twin.service_properties.etag.0,
+    let Some(applied) = row_twin(&mut rows, 0, "d", record, &logged) else {
+        return;
+    };
+    let (twin, etag, through) = whole.expect("a twin rows take decodes whole");
+    assert_eq!(
+        applied,
+        logged.iter().any(|e| e.seq > through),
+        "rows applied other logged changes"
     );
+    let versions = (twin.generation_id.0, etag, twin.service_properties.etag.0);
     let load = |add: &mut dyn FnMut(&mut crate::registry::BulkLoad<'_>) -> Result<(), ()>| {
         let mut reg = Registry::new();
         let added = add(&mut reg.bulk_load());
@@ -2107,6 +2127,44 @@ mod tests {
         rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
         assert_eq!(row_twin(&mut rows, 0, "e", None, &[]), None);
         assert!(record::decode_head("e", &head).is_err());
+    }
+
+    /// The fuzz body's oracle takes a record and logged changes after the head: both ways
+    /// agree on a record repeating a name and on changes set, replaced and removed.
+    #[test]
+    fn the_head_oracle_checks_records_and_logged_changes() {
+        let mut twin = Twin::new(DeviceId::new("d").unwrap()).with_tag("t");
+        twin.etag = crate::twin::Etag(3);
+        let mut row = record::encode_head(&twin);
+        let (one, two) = (
+            crate::twin::Scalar::from(1),
+            crate::twin::Scalar::from("tw\"o"),
+        );
+        let at = Timestamp::from_millis(5);
+        let mut rec = Vec::new();
+        let props = [
+            ("BatteryLevel", &one, at),
+            ("FirmwareVersion", &two, at),
+            ("BatteryLevel", &one, at),
+        ];
+        record::encode_properties(4, 4, props.into_iter(), &mut rec);
+        row.push(0);
+        row.extend_from_slice(&rec);
+        row.push(0);
+        let mut log = Vec::new();
+        record::encode_log_entry("x", "FirmwareVersion", 3, Some((&one, at)), &mut log);
+        record::encode_log_entry("x", "BatteryLevel", 6, None, &mut log);
+        record::encode_log_entry("x", "/3303/0/5700", 7, Some((&two, at)), &mut log);
+        record::encode_log_entry("x", "FirmwareVersion", 8, Some((&two, at)), &mut log);
+        row.extend_from_slice(&log);
+        fuzz_head(&row);
+        // In the right order, the record is read as rows.
+        let props = [("BatteryLevel", &one, at), ("FirmwareVersion", &two, at)];
+        record::encode_properties(4, 4, props.into_iter(), &mut rec);
+        let mut rows = StoredRows::new();
+        rows.push_head(std::str::from_utf8(&record::encode_head(&twin)).unwrap())
+            .unwrap();
+        assert_eq!(row_twin(&mut rows, 0, "d", Some(&rec), &[]), Some(false));
     }
 
     /// A store with twins "a", "b" and "c" committed, then `edit` applied to its file
