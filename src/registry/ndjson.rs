@@ -535,6 +535,11 @@ impl StoredRows {
         self.text.len()
     }
 
+    /// Bytes of strings held after the heads' text (unescaped, or copied in).
+    pub(crate) fn extra_len(&self) -> usize {
+        self.extra.len()
+    }
+
     /// Keeps a head's text for [`StoredRows::parse_head`] (its index is the count of
     /// heads before it). Fails past [`MAX_CHUNK_BYTES`] of text.
     pub(crate) fn push_head(&mut self, head: &str) -> Result<(), &'static str> {

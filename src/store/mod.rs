@@ -1610,6 +1610,41 @@ fn row_twin(
     record: Option<&[u8]>,
     logged: &[record::LogEntry],
 ) -> Option<bool> {
+    row_twin_within(rows, i, id, record, logged, ROW_TEXT_LIMIT)
+}
+
+/// The most text a batch's rows address (its heads, then the strings copied after
+/// them): their strings are `u32` offsets. `READ_BYTES` bounds the heads and records,
+/// not the logged changes, which are copied too (a value each time it changes).
+const ROW_TEXT_LIMIT: usize = u32::MAX as usize;
+
+/// [`row_twin`], but a twin whose strings could take the batch's text past `limit` is
+/// left to [`owned_twin`].
+fn row_twin_within(
+    rows: &mut StoredRows,
+    i: usize,
+    id: &str,
+    record: Option<&[u8]>,
+    logged: &[record::LogEntry],
+    limit: usize,
+) -> Option<bool> {
+    // Parsing copies at most the head's and the record's length (escaped strings and
+    // names), and each logged change its name and string value.
+    let copied = rows.head(i).len()
+        + record.map_or(0, <[u8]>::len)
+        + logged
+            .iter()
+            .map(|e| {
+                e.name.len()
+                    + match &e.value {
+                        Some((_, crate::twin::Scalar::String(s))) => s.len(),
+                        _ => 0,
+                    }
+            })
+            .sum::<usize>();
+    if rows.text_len() + rows.extra_len() + copied > limit {
+        return None;
+    }
     let parsed = rows.parse_head(i).ok()?;
     // Repeated members (a damaged head) are decoded whole, which keeps the last one.
     if parsed != id || !rows.members_sorted() {
@@ -2165,6 +2200,31 @@ mod tests {
         rows.push_head(std::str::from_utf8(&record::encode_head(&twin)).unwrap())
             .unwrap();
         assert_eq!(row_twin(&mut rows, 0, "d", Some(&rec), &[]), Some(false));
+    }
+
+    /// A twin whose logged changes would take a batch's text past what its `u32` spans
+    /// address is decoded whole instead (here with a small limit: the real one is 4 GiB).
+    #[test]
+    fn a_twin_whose_changes_pass_the_text_limit_is_decoded_whole() {
+        let head = record::encode_head(&Twin::new(DeviceId::new("d").unwrap()));
+        let value = crate::twin::Scalar::from("v".repeat(100).as_str());
+        let logged: Vec<record::LogEntry> = (1..=10)
+            .map(|seq| record::LogEntry {
+                record: 10,
+                device: "d".into(),
+                name: "FirmwareVersion".into(),
+                seq,
+                value: Some((Timestamp::from_millis(seq), value.clone())),
+            })
+            .collect();
+        // The head is in the text, and its strings might all be copied once more.
+        let needed = 2 * head.len() + 10 * ("FirmwareVersion".len() + 100);
+        for (limit, as_row) in [(needed, true), (needed - 1, false)] {
+            let mut rows = StoredRows::new();
+            rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
+            let got = row_twin_within(&mut rows, 0, "d", None, &logged, limit);
+            assert_eq!(got.is_some(), as_row, "limit {limit}");
+        }
     }
 
     /// A store with twins "a", "b" and "c" committed, then `edit` applied to its file
