@@ -541,13 +541,15 @@ impl StoredRows {
     }
 
     /// Keeps a head's text for [`StoredRows::parse_head`] (its index is the count of
-    /// heads before it). Fails past [`MAX_CHUNK_BYTES`] of text.
+    /// heads before it). Fails past `u32::MAX` bytes of text (its rows' strings are
+    /// `u32` offsets): a batch ends long before, but one head may be larger than an
+    /// import's chunk (a twin's service objects, their strings escaped, reach ~400 MB).
     pub(crate) fn push_head(&mut self, head: &str) -> Result<(), &'static str> {
         let start = self.text.len();
         if !self.block.rows.is_empty() || !self.extra.is_empty() {
             return Err("a head pushed after parsing began");
         }
-        if start + head.len() > MAX_CHUNK_BYTES {
+        if start + head.len() > u32::MAX as usize {
             return Err("a batch of heads past its size");
         }
         self.text.push_str(head);

@@ -2227,6 +2227,21 @@ mod tests {
         }
     }
 
+    /// A head larger than an NDJSON import's chunk (256 MiB) is read as 99ccb72 read it:
+    /// a valid twin's head reaches ~400 MB (256 service objects of 64 strings of 4,096
+    /// control characters, each escaped in 6 bytes). Here an ordinary head padded with
+    /// spaces, which JSON allows.
+    #[test]
+    fn a_head_past_an_import_chunk_is_read() {
+        let mut head = String::from(r#"{"twin":{"deviceId":"d","etag":"4"}}"#);
+        head.push_str(&" ".repeat(crate::registry::ndjson::MAX_CHUNK_BYTES));
+        let mut rows = StoredRows::new();
+        rows.push_head(&head).unwrap();
+        assert_eq!(row_twin(&mut rows, 0, "d", None, &[]), Some(false));
+        drop(rows);
+        assert_eq!(record::decode_head("d", head.as_bytes()).unwrap().etag.0, 4);
+    }
+
     /// A store with twins "a", "b" and "c" committed, then `edit` applied to its file
     /// (as a damaged one might be), reopened: its twins in id order.
     fn reopened_after(edit: impl FnOnce(&redb::WriteTransaction)) -> Vec<Twin> {
