@@ -33,12 +33,14 @@
 //! twins in id order and parses each head straight into a borrowed row of a batch (no
 //! `Twin` is built: strings stay in the batch's text), with its record's properties and
 //! its logged changes; a head that rows cannot hold (a service property whose value is an
-//! object) is decoded whole in its place. The calling thread adds each batch to the load
+//! object, members repeated in a damaged file, strings past what a batch's `u32` offsets
+//! address) is decoded whole in its place. The calling thread adds each batch to the load
 //! while the load's threads index earlier ones, so reading and loading overlap. A batch
 //! holds 1,024 twins, or fewer once its heads and records reach 16 MiB; at most 6 batches
 //! are in memory (4 queued, one being filled, one being loaded): past that the reader
-//! waits for the load. The whole log is read first, on the calling thread (at most
-//! [`StoreConfig::property_log_limit`] changes after a commit). The change feed kept on disk is one record per commit too (`feed.rs`).
+//! waits for the load. The whole log is read first, by the reader thread, and sorted by
+//! device (at most [`StoreConfig::property_log_limit`] changes after a commit). The
+//! change feed kept on disk is one record per commit too (`feed.rs`).
 //! See `record.rs` for the layout. If the feed no longer holds every change since the last
 //! commit (more than its capacity between two commits), the commit rewrites every twin (and
 //! empties the log) instead: slower, never wrong. Such a commit (and every
