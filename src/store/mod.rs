@@ -2244,6 +2244,66 @@ mod tests {
         assert_eq!(record::decode_head("d", head.as_bytes()).unwrap().etag.0, 4);
     }
 
+    /// Errors mid-way through the batches are 99ccb72's: a head that does not decode in
+    /// the third batch is its `BadRecord` (after two batches loaded), a twin the load
+    /// refuses in the first is `Rejected` (the reader, ahead, stops when the load hangs
+    /// up), and an orphan record past the last twin is a `BadRecord` too.
+    #[test]
+    fn errors_in_later_batches_refuse_the_file_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let id = |i: usize| format!("t{i:05}");
+        for i in 0..3 * READ_BATCH {
+            reg.create(Twin::new(DeviceId::new(&id(i)).unwrap()))
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+        drop((store, reg));
+        let path = dir.path().join(FILE_NAME);
+        let copy = dir.path().join("copy");
+        std::fs::copy(&path, &copy).unwrap();
+        let edit = |f: &dyn Fn(&redb::WriteTransaction)| {
+            std::fs::copy(&copy, &path).unwrap();
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            f(&txn);
+            txn.commit().unwrap();
+            drop(db);
+            Store::open(dir.path(), StoreConfig::default())
+                .map(|_| ())
+                .unwrap_err()
+        };
+        let bad = id(2 * READ_BATCH + 5);
+        let err = edit(&|txn| {
+            let mut twins = txn.open_table(TWINS).unwrap();
+            twins.insert(bad.as_str(), &b"{\"twin\": 1}"[..]).unwrap();
+        });
+        assert!(
+            matches!(&err, StoreError::BadRecord { table: "twins", key, .. } if *key == bad),
+            "{err}"
+        );
+        let err = edit(&|txn| {
+            let mut twins = txn.open_table(TWINS).unwrap();
+            let head = format!(
+                r#"{{"twin":{{"deviceId":"{}","serviceProperties":{{"tags":[""]}}}}}}"#,
+                id(3)
+            );
+            twins.insert(id(3).as_str(), head.as_bytes()).unwrap();
+            twins.insert(bad.as_str(), &b"{\"twin\": 1}"[..]).unwrap();
+        });
+        assert!(matches!(&err, StoreError::Rejected { .. }), "{err}");
+        let err = edit(&|txn| {
+            let mut rec = Vec::new();
+            record::encode_properties(0, 0, std::iter::empty(), &mut rec);
+            let mut props = txn.open_table(PROPERTIES).unwrap();
+            props.insert("u", rec.as_slice()).unwrap();
+        });
+        assert!(
+            matches!(&err, StoreError::BadRecord { table: "properties", key, .. } if key == "u"),
+            "{err}"
+        );
+    }
+
     /// A store with twins "a", "b" and "c" committed, then `edit` applied to its file
     /// (as a damaged one might be), reopened: its twins in id order.
     fn reopened_after(edit: impl FnOnce(&redb::WriteTransaction)) -> Vec<Twin> {
