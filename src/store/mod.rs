@@ -27,7 +27,12 @@
 //! larger fleets come nearer to it). A random report costs a log entry, not a page of the
 //! table rewritten for one row; a twin reporting many times between two folds is rewritten
 //! once. Opening reads each twin's record and applies its logged changes numbered after the
-//! record's commit.
+//! record's commit. The change feed kept on disk is one record per commit too (`feed.rs`).
+//! See `record.rs` for the layout. If the feed no longer holds every change since the last
+//! commit (more than its capacity between two commits), the commit rewrites every twin (and
+//! empties the log) instead: slower, never wrong. Such a commit (and every
+//! [`Store::commit_all`]) also empties the feed kept on disk: a consumer resuming from
+//! before it gets a [`FeedGap`].
 //!
 //! **Opening** rebuilds the registry through its bulk load. A reader thread reads the
 //! twins in id order and parses each head straight into a borrowed row of a batch (no
@@ -39,13 +44,9 @@
 //! holds 1,024 twins, or fewer once its heads and records reach 16 MiB; at most 6 batches
 //! are in memory (4 queued, one being filled, one being loaded): past that the reader
 //! waits for the load. The whole log is read first, by the reader thread, and sorted by
-//! device (at most [`StoreConfig::property_log_limit`] changes after a commit). The
-//! change feed kept on disk is one record per commit too (`feed.rs`).
-//! See `record.rs` for the layout. If the feed no longer holds every change since the last
-//! commit (more than its capacity between two commits), the commit rewrites every twin (and
-//! empties the log) instead: slower, never wrong. Such a commit (and every
-//! [`Store::commit_all`]) also empties the feed kept on disk: a consumer resuming from
-//! before it gets a [`FeedGap`].
+//! device (at most [`StoreConfig::property_log_limit`] changes after a commit). Measured
+//! (`benches/store.rs`, 2026-12-07): 1M twins open in 4.0 s with an empty log and 4.6 s
+//! with 907,373 logged changes; decoding an owned `Twin` per head took 7.4 to 7.9 s.
 //!
 //! **Acknowledgement.** A commit returns after redb's `Durability::Immediate` commit (the
 //! data and the new root are fsynced). A service-side write is acknowledged only after its
