@@ -766,6 +766,21 @@ fn bulk_rows_refuse_bad_rows_and_go_on() {
         bulk.add(&NewDevice::new("taken")),
         Err(RegistryError::DeviceExists { .. })
     ));
+    let long = "x".repeat(5000);
+    let e = invalid(bulk.add(&NewDevice {
+        status_reason: Some(&long),
+        ..NewDevice::new("d1")
+    }));
+    assert!(
+        matches!(
+            e,
+            TwinError::FieldTooLong {
+                field: "statusReason",
+                len: 5000
+            }
+        ),
+        "{e:?}"
+    );
     let twice = [
         ("BatteryLevel", ScalarRef::from(1), t0()),
         ("BatteryLevel", ScalarRef::from(2), t0()),

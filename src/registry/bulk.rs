@@ -4,9 +4,9 @@ use super::hash::same_str;
 use super::load::{Loader, Place};
 use super::{Extra, NewFields, Registry, RegistryError, Slot, truncated};
 use crate::twin::{
-    ConnectionState, DevicePropertyName, DeviceStatus, MAX_DEVICE_PROPERTIES, MAX_FIELD_LEN,
+    ConnectionState, DevicePropertyName, DeviceStatus, MAX_DEVICE_PROPERTIES,
     MAX_SERVICE_PROPERTIES, MAX_TAGS, PropertyKind, ScalarRef, Twin, TwinError,
-    validate_property_name, validate_string_ref, validate_tag,
+    check_field_lengths, validate_property_name, validate_string_ref, validate_tag,
 };
 use crate::{DeviceId, Timestamp};
 
@@ -288,32 +288,18 @@ impl BulkLoad<'_> {
                 device.service_properties,
                 device.tags,
             );
-            if let Some(reason) = device.status_reason
-                && reason.len() > MAX_FIELD_LEN
-            {
-                return Err(TwinError::FieldTooLong {
-                    field: "statusReason",
-                    len: reason.len(),
-                });
-            }
-            if let Some(extra) = &extra {
-                for (field, value) in [
-                    ("configuration", &extra.configuration),
-                    (
-                        "authentication.pskIdentity",
-                        &extra.authentication.psk_identity,
-                    ),
-                ] {
-                    if let Some(v) = value
-                        && v.len() > MAX_FIELD_LEN
-                    {
-                        return Err(TwinError::FieldTooLong {
-                            field,
-                            len: v.len(),
-                        });
-                    }
-                }
-            }
+            let extra = extra.as_ref();
+            check_field_lengths([
+                ("statusReason", device.status_reason),
+                (
+                    "configuration",
+                    extra.and_then(|e| e.configuration.as_deref()),
+                ),
+                (
+                    "authentication.pskIdentity",
+                    extra.and_then(|e| e.authentication.psk_identity.as_deref()),
+                ),
+            ])?;
             if dp.len() > MAX_DEVICE_PROPERTIES {
                 return Err(TwinError::TooManyDeviceProperties { count: dp.len() });
             }

@@ -25,6 +25,7 @@ mod scalar;
 
 pub use device_id::{DEVICE_ID_PUNCTUATION, DeviceId, DeviceIdError, MAX_DEVICE_ID_LEN};
 pub use error::TwinError;
+pub(crate) use model::check_field_lengths;
 pub use model::{
     Authentication, ConnectionState, DeviceProperty, DeviceStatus, Etag, EtagParseError, PskKey,
     ServiceProperties, ServiceValue, Twin,

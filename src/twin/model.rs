@@ -453,23 +453,14 @@ impl Twin {
         &self,
         known: impl Fn(&str, &Scalar) -> Option<Result<(), TwinError>>,
     ) -> Result<(), TwinError> {
-        for (field, value) in [
-            ("statusReason", &self.status_reason),
-            ("configuration", &self.configuration),
+        check_field_lengths([
+            ("statusReason", self.status_reason.as_deref()),
+            ("configuration", self.configuration.as_deref()),
             (
                 "authentication.pskIdentity",
-                &self.authentication.psk_identity,
+                self.authentication.psk_identity.as_deref(),
             ),
-        ] {
-            if let Some(v) = value
-                && v.len() > MAX_FIELD_LEN
-            {
-                return Err(TwinError::FieldTooLong {
-                    field,
-                    len: v.len(),
-                });
-            }
-        }
+        ])?;
         if self.device_properties.len() > MAX_DEVICE_PROPERTIES {
             return Err(TwinError::TooManyDeviceProperties {
                 count: self.device_properties.len(),
@@ -502,6 +493,23 @@ impl Twin {
         }
         Ok(())
     }
+}
+
+/// Fails with the first of `fields` longer than [`MAX_FIELD_LEN`].
+pub(crate) fn check_field_lengths<'a>(
+    fields: impl IntoIterator<Item = (&'static str, Option<&'a str>)>,
+) -> Result<(), TwinError> {
+    for (field, value) in fields {
+        if let Some(v) = value
+            && v.len() > MAX_FIELD_LEN
+        {
+            return Err(TwinError::FieldTooLong {
+                field,
+                len: v.len(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
