@@ -297,6 +297,11 @@ fn check_all(reg: &Registry, exprs: &[QueryExpression]) {
             Strategy::Scans,
             Strategy::Columns,
         ] {
+            assert_eq!(
+                query::count_with(reg, expr, strategy).unwrap(),
+                naive::count(&twins, expr).unwrap(),
+                "count of {expr}, strategy {strategy:?}"
+            );
             assert_same(reg, &twins, expr, strategy, 4);
         }
         assert_same(reg, &twins, expr, Strategy::Auto, 1000);

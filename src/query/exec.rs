@@ -164,8 +164,20 @@ pub fn count<S: IndexedSource + ?Sized>(
     source: &S,
     expr: &QueryExpression,
 ) -> Result<u64, QueryError> {
+    count_with(source, expr, Strategy::Auto)
+}
+
+/// [`count`] with a forced [`Strategy`]; tests check each one against the naive
+/// evaluator. Not part of the stable API.
+#[doc(hidden)]
+pub fn count_with<S: IndexedSource + ?Sized>(
+    source: &S,
+    expr: &QueryExpression,
+    strategy: Strategy,
+) -> Result<u64, QueryError> {
     let plan = plan(source, expr)?;
-    Ok(auto_executor(source).count(&plan, source.universe()))
+    let executor = Executor { source, strategy };
+    Ok(executor.count(&plan, source.universe()))
 }
 
 /// The slots whose documents match the expression's filter, as a bitmap: what a job's

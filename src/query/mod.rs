@@ -160,7 +160,9 @@ pub use ast::{
     QueryExpression, QueryLimits, QueryProperty, SortKey, SortOrder,
 };
 pub use error::{Expected, InvalidExpression, Origin, ParseError, ParseErrorKind, Span};
-pub use exec::{TagQuery, count, execute, execute_text, matching_slots, plan, tag_query};
+pub use exec::{
+    TagQuery, count, count_with, execute, execute_text, matching_slots, plan, tag_query,
+};
 pub use parse::{MAX_QUERY_DEPTH, MAX_SORT_KEYS, parse, parse_with_limits};
 pub use plan::Plan;
 pub use result::{

@@ -38,9 +38,13 @@ impl IdBits {
 
     /// Whether `id` is in the set.
     pub(crate) fn contains(&self, id: u32) -> bool {
-        self.0
-            .get(id as usize / 64)
-            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+        self.bit(id) != 0
+    }
+
+    /// `id`'s bit: 1 when it is in the set, else 0 (no branch on the answer).
+    pub(crate) fn bit(&self, id: u32) -> u8 {
+        let word = self.0.get(id as usize / 64).copied().unwrap_or(0);
+        ((word >> (id % 64)) & 1) as u8
     }
 }
 
@@ -137,7 +141,51 @@ impl ValueColumn {
 
     /// Calls `each(slot, id)` for every slot of `slots` that has a value id, in slot order.
     pub(crate) fn ids(&self, slots: &RoaringBitmap, mut each: impl FnMut(u32, u32)) {
-        // Slots come out of the bitmap a buffer at a time: far cheaper than one by one.
+        self.batches(slots, |batch| match self {
+            ValueColumn::Narrow(v) => batch.iter().for_each(|&s| {
+                if let Some(&x) = v.get(s as usize).filter(|&&x| x != u8::MAX) {
+                    each(s, u32::from(x))
+                }
+            }),
+            ValueColumn::Medium(v) => batch.iter().for_each(|&s| {
+                if let Some(&x) = v.get(s as usize).filter(|&&x| x != u16::MAX) {
+                    each(s, u32::from(x))
+                }
+            }),
+            ValueColumn::Wide(v) => batch.iter().for_each(|&s| {
+                if let Some(&x) = v.get(s as usize).filter(|&&x| x != u32::MAX) {
+                    each(s, x)
+                }
+            }),
+        });
+    }
+
+    /// How many slots of `slots` have a value id in `wanted`: [`ValueColumn::select`]'s
+    /// answer, counted without building it.
+    pub(crate) fn count(&self, slots: &RoaringBitmap, wanted: &IdBits) -> u64 {
+        let mut n = 0u64;
+        self.batches(slots, |batch| {
+            n += match self {
+                ValueColumn::Narrow(v) => count_in(batch, v, u8::MAX, wanted),
+                ValueColumn::Medium(v) => count_in(batch, v, u16::MAX, wanted),
+                ValueColumn::Wide(v) => count_in(batch, v, u32::MAX, wanted),
+            };
+        });
+        n
+    }
+
+    /// Appends to `out`, in order, each slot of `slots` whose value id is in `wanted`.
+    pub(crate) fn select(&self, slots: &RoaringBitmap, wanted: &IdBits, out: &mut Vec<u32>) {
+        self.batches(slots, |batch| match self {
+            ValueColumn::Narrow(v) => select_in(batch, v, u8::MAX, wanted, out),
+            ValueColumn::Medium(v) => select_in(batch, v, u16::MAX, wanted, out),
+            ValueColumn::Wide(v) => select_in(batch, v, u32::MAX, wanted, out),
+        });
+    }
+
+    /// Calls `each` with the slots of `slots` a buffer at a time: far cheaper than one by
+    /// one.
+    fn batches(&self, slots: &RoaringBitmap, mut each: impl FnMut(&[u32])) {
         let mut buf = [0u32; 256];
         let mut it = slots.iter();
         loop {
@@ -145,34 +193,58 @@ impl ValueColumn {
             if batch.is_empty() {
                 return;
             }
-            match self {
-                ValueColumn::Narrow(v) => batch.iter().for_each(|&s| {
-                    if let Some(&x) = v.get(s as usize).filter(|&&x| x != u8::MAX) {
-                        each(s, u32::from(x))
-                    }
-                }),
-                ValueColumn::Medium(v) => batch.iter().for_each(|&s| {
-                    if let Some(&x) = v.get(s as usize).filter(|&&x| x != u16::MAX) {
-                        each(s, u32::from(x))
-                    }
-                }),
-                ValueColumn::Wide(v) => batch.iter().for_each(|&s| {
-                    if let Some(&x) = v.get(s as usize).filter(|&&x| x != u32::MAX) {
-                        each(s, x)
-                    }
-                }),
-            }
+            each(batch);
         }
     }
+}
 
-    /// Calls `hit` with each slot of `slots`, in order, whose value id is in `wanted`.
-    pub(crate) fn scan(&self, slots: &RoaringBitmap, wanted: &IdBits, mut hit: impl FnMut(u32)) {
-        self.ids(slots, |slot, id| {
-            if wanted.contains(id) {
-                hit(slot)
-            }
-        });
+// A range keeps a fair share of the slots it scans, so a branch on each slot's answer
+// would be mispredicted often: the two loops below add each slot's bit instead (a count,
+// or how far the output moves on). A slot past the column's end, or without a value,
+// reads the `none` id, which is never selected.
+
+/// Whether `id` (read from a column whose "no value" id is `none`) is in `wanted`, as 0
+/// or 1.
+fn selected(id: u32, none: u32, wanted: &IdBits) -> usize {
+    usize::from(wanted.bit(id) & u8::from(id != none))
+}
+
+/// How many of `slots` hold, in `ids`, an id in `wanted`.
+fn count_in<T: Copy + Into<u32>>(slots: &[u32], ids: &[T], none: T, wanted: &IdBits) -> u64 {
+    let none: u32 = none.into();
+    slots
+        .iter()
+        .map(|&s| {
+            selected(
+                ids.get(s as usize).map_or(none, |&x| x.into()),
+                none,
+                wanted,
+            ) as u64
+        })
+        .sum()
+}
+
+/// Appends to `out` those of `slots` whose id in `ids` is in `wanted`.
+fn select_in<T: Copy + Into<u32>>(
+    slots: &[u32],
+    ids: &[T],
+    none: T,
+    wanted: &IdBits,
+    out: &mut Vec<u32>,
+) {
+    let none: u32 = none.into();
+    let mut at = out.len();
+    out.resize(at + slots.len(), 0);
+    for &s in slots {
+        // Written whatever the answer; kept only when `at` moves past it.
+        out[at] = s;
+        at += selected(
+            ids.get(s as usize).map_or(none, |&x| x.into()),
+            none,
+            wanted,
+        );
     }
+    out.truncate(at);
 }
 
 #[cfg(test)]
@@ -215,7 +287,17 @@ mod tests {
         for id in [254, 70_000] {
             wanted.insert(id);
         }
-        c.scan(&(0..20).collect(), &wanted, |s| hits.push(s));
+        c.select(&(0..20).collect(), &wanted, &mut hits);
         assert_eq!(hits, [3, 9]);
+        assert_eq!(c.count(&(0..20).collect(), &wanted), 2);
+        // A slot past the column's end, and a "none" id even when `wanted` holds it.
+        wanted.insert(u32::from(u16::MAX));
+        let mut medium = ValueColumn::new(4, 300);
+        medium.set(0, Some(300));
+        let past = [0, 1, 2, 3, 4, 100].into_iter().collect();
+        wanted.insert(300);
+        medium.select(&past, &wanted, &mut hits);
+        assert_eq!(hits, [3, 9, 0]);
+        assert_eq!(medium.count(&past, &wanted), 1);
     }
 }

@@ -543,33 +543,27 @@ impl PropertyIndex {
         column
     }
 
-    /// Scans the slots of `within` whose value lies within the bounds, by looking each
-    /// one up in the column (a few ns a slot) instead of intersecting every value's bitmap
-    /// with `within`: the better plan when `within` is much smaller than the range.
-    fn scan_range(
-        &self,
-        lo: Bound<&Scalar>,
-        hi: Bound<&Scalar>,
-        within: &RoaringBitmap,
-        hit: impl FnMut(u32),
-    ) {
-        let column = self.column.get_or_init(|| self.build_column());
+    /// The ids of the values within the bounds, as a set to look column ids up in.
+    fn wanted_ids(&self, lo: Bound<&Scalar>, hi: Bound<&Scalar>) -> IdBits {
         let mut wanted = IdBits::with_capacity(self.values.len());
         for id in self.range_ids(lo, hi) {
             wanted.insert(id);
         }
-        column.scan(within, &wanted, hit);
+        wanted
     }
 
-    /// The slots of `within` whose value lies within the bounds (see `scan_range`).
+    /// The slots of `within` whose value lies within the bounds, found by looking each
+    /// one up in the column (a few ns a slot) instead of intersecting every value's bitmap
+    /// with `within`: the better plan when `within` is much smaller than the range.
     pub(crate) fn filter_range(
         &self,
         lo: Bound<&Scalar>,
         hi: Bound<&Scalar>,
         within: &RoaringBitmap,
     ) -> RoaringBitmap {
+        let column = self.column.get_or_init(|| self.build_column());
         let mut hits = Vec::new();
-        self.scan_range(lo, hi, within, |slot| hits.push(slot));
+        column.select(within, &self.wanted_ids(lo, hi), &mut hits);
         RoaringBitmap::from_sorted_iter(hits).expect("a bitmap iterates in order")
     }
 
@@ -600,9 +594,8 @@ impl PropertyIndex {
         hi: Bound<&Scalar>,
         within: &RoaringBitmap,
     ) -> u64 {
-        let mut n = 0;
-        self.scan_range(lo, hi, within, |_| n += 1);
-        n
+        let column = self.column.get_or_init(|| self.build_column());
+        column.count(within, &self.wanted_ids(lo, hi))
     }
 
     fn hash32(&self, value: ScalarRef<'_>) -> u32 {
