@@ -4,7 +4,9 @@ use super::psk::PskStore;
 use super::record;
 use super::{PeerIdentity, psk_config};
 use dimpl::{Dtls, Output, PskResolver};
-use std::collections::{HashMap, VecDeque};
+// Peer tables hash with foldhash, seeded per process (see src/registry/hash.rs).
+use foldhash::{HashMap, HashMapExt};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -283,7 +283,9 @@ use crate::transport::{
 };
 use crate::twin::DeviceId;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+// Registration tables hash with foldhash, seeded per process (see src/registry/hash.rs).
+use foldhash::{HashMap, HashMapExt};
+use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
