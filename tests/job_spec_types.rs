@@ -157,3 +157,66 @@ fn the_engine_alone_does_not_check_types() {
     );
     engine.create(Instant::now(), spec).unwrap();
 }
+
+/// Through the hub over the simulated fleet, a write of `-1` to an Unsigned Integer
+/// resource fails as the LwM2M server fails it, with `BadPayload` naming the path, and
+/// the device keeps its value; an integer written to a Time resource arrives as a time.
+#[cfg(feature = "memory-fleet")]
+#[test]
+fn the_memory_fleet_fits_a_hub_write_as_the_server_does() {
+    use std::time::Duration;
+    use twinhub::Content;
+    use twinhub::hub::RequestError;
+    use twinhub::resource::DeviceError;
+    use twinhub::transport::memory::{DeviceSpec, MemoryConfig, MemoryTransport};
+    use twinhub::transport::{DeviceReply, DeviceRequest, WriteMode};
+
+    let order = Lwm2mPath::resource(1, 0, 13); // Unsigned Integer
+    let time = Lwm2mPath::resource(3, 0, 13); // Time
+    let mut fleet = MemoryTransport::new(MemoryConfig::with_seed(5));
+    let spec = DeviceSpec::new(pump()).value(order, ResourceValue::UnsignedInteger(1));
+    fleet.add_device(Instant::now(), spec).unwrap();
+    let mut registry = Registry::new();
+    registry.create(Twin::new(pump())).unwrap();
+    let hub = Hub::with_transport(fleet, registry, HubConfig::default());
+    let write = |path: Lwm2mPath, value: ResourceValue| DeviceRequest::Write {
+        path,
+        mode: WriteMode::Replace,
+        content: Content::single(path, value),
+    };
+    let read = |path: Lwm2mPath| {
+        hub.request(&pump(), DeviceRequest::Read { path })
+            .wait(Duration::from_secs(10))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read(order).is_err() {
+        assert!(Instant::now() < deadline, "the device never registered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let refused = hub
+        .request(&pump(), write(order, ResourceValue::Integer(-1)))
+        .wait(Duration::from_secs(10));
+    let Err(RequestError::Device(DeviceError::BadPayload(message))) = refused else {
+        panic!("{refused:?}")
+    };
+    assert!(message.contains("/1/0/13"), "{message}");
+    assert_eq!(
+        read(order),
+        Ok(DeviceReply::Content(Content::single(
+            order,
+            ResourceValue::UnsignedInteger(1)
+        )))
+    );
+    let written = hub
+        .request(&pump(), write(time, ResourceValue::Integer(1_700_000_000)))
+        .wait(Duration::from_secs(10));
+    assert_eq!(written, Ok(DeviceReply::Done));
+    assert_eq!(
+        read(time),
+        Ok(DeviceReply::Content(Content::single(
+            time,
+            ResourceValue::Time(1_700_000_000)
+        )))
+    );
+    hub.stop();
+}
