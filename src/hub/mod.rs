@@ -1078,6 +1078,15 @@ impl Hub {
     /// frozen now and must all exist in the registry ([`SpecError::UnknownDevice`]
     /// otherwise, and nothing is created). With a store, returns once the job is durable
     /// (nothing is sent to a device before).
+    ///
+    /// With the cargo feature `lwm2m`, each value of a
+    /// [`WriteDeviceProperties`](crate::job::JobType::WriteDeviceProperties) job is checked
+    /// against its resource's type in the standard objects' table, as the bundled server
+    /// checks it before sending: one that can never fit (`-1` for an Unsigned Integer, a
+    /// float or a string for an Integer) is [`SpecError::ValueDoesNotFit`], and nothing is
+    /// created. A value the server converts (an integer for a Float resource) passes, and
+    /// so does any value at a resource the table does not know (the types a service gives
+    /// `HubBuilder::object_types` are not asked here).
     pub fn create_job(&self, spec: JobSpec) -> Result<JobRecord, SpecError> {
         {
             let reg = self.inner.registry.read();
@@ -1086,8 +1095,16 @@ impl Hub {
             }
         }
         #[cfg(feature = "lwm2m")]
-        if let crate::job::JobType::FirmwareUpdate { package_uri, .. } = &spec.job {
-            self.check_own_package(package_uri)?;
+        match &spec.job {
+            crate::job::JobType::FirmwareUpdate { package_uri, .. } => {
+                self.check_own_package(package_uri)?;
+            }
+            crate::job::JobType::WriteDeviceProperties { values } => {
+                // The parameters first (a NaN is theirs to refuse), as the engine would.
+                spec.validate()?;
+                check_write_values(values)?;
+            }
+            _ => {}
         }
         let now = Instant::now();
         let id = spec.id.clone();
@@ -1350,6 +1367,29 @@ fn adopted(twin: &crate::registry::TwinRef<'_>) -> bool {
     twin.tags().len() > 0
         || !twin.service_properties().is_empty()
         || !twin.authentication().is_empty()
+}
+
+/// [`Hub::create_job`]'s check of a write job's values: each against its resource's type
+/// in the standard objects' table, as the bundled server checks it before sending
+/// (`fit_to_types`). A resource the table does not know takes any value here; a
+/// non-finite float is the spec's to refuse (checked before).
+#[cfg(feature = "lwm2m")]
+fn check_write_values(values: &[(Lwm2mPath, ResourceValue)]) -> Result<(), SpecError> {
+    use crate::lwm2m::content::{ContentError, fit_to_types, standard_resource_type};
+    for (path, value) in values {
+        let one = Content::single(*path, value.clone());
+        let (expected, reason) = match fit_to_types(&one, &standard_resource_type) {
+            Err(ContentError::OutOfRange { expected, .. }) => (expected, "out of the type's range"),
+            Err(ContentError::TypeMismatch { expected, .. }) => (expected, "of another kind"),
+            _ => continue,
+        };
+        return Err(SpecError::ValueDoesNotFit {
+            path: *path,
+            expected,
+            reason,
+        });
+    }
+    Ok(())
 }
 
 fn spec_not_durable(error: crate::store::StoreError) -> SpecError {

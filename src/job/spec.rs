@@ -1,7 +1,7 @@
 //! What a job is: its id, type and parameters, targets, and the rollout controls.
 
 use crate::resource::DeviceError;
-use crate::resource::{Lwm2mPath, ResourceValue};
+use crate::resource::{Lwm2mPath, ResourceType, ResourceValue};
 use crate::time::Timestamp;
 use crate::twin::{DeviceId, DevicePropertyName, TwinError};
 use std::fmt;
@@ -251,11 +251,26 @@ pub enum JobType {
         paths: Vec<Lwm2mPath>,
     },
     /// Write each value (replace), one Write per value, in order. The twin changes when the
-    /// device reports, not here. Floats must be finite (checked at creation). Over the
-    /// LwM2M server each value is checked against its resource's type before it is sent
-    /// (`lwm2m::content::fit_to_types`): one that does not fit (`-1` for an Unsigned
-    /// Integer, a float for an Integer) fails the child with `rejected:badPayload`, and
-    /// neither it nor the values after it are written; the values before it were.
+    /// device reports, not here.
+    ///
+    /// What is checked where:
+    ///
+    /// - at creation, by [`JobSpec::validate`] (so by [`JobEngine::create`](super::JobEngine::create)
+    ///   too): 1 to 64 resource paths, floats finite;
+    /// - at creation by the hub (`Hub::create_job`, cargo feature `lwm2m`), also each
+    ///   value against its resource's type in the standard objects' table (Security,
+    ///   Server, Device, Firmware Update and the vendor Config object `/10241`): one that
+    ///   can never fit (`-1` for an Unsigned Integer, a float for an Integer, a string for
+    ///   an Integer such as `/3/0/9`) is [`SpecError::ValueDoesNotFit`], and nothing is
+    ///   created. A value the server converts passes (an integer for a Float or a String
+    ///   resource, 0 or 1 for a Boolean), and so does any value at a resource the table
+    ///   does not know (IPSO and other vendor objects). An engine used without the hub
+    ///   does not check types;
+    /// - at run time, over the LwM2M server (or the simulated fleet), each value against
+    ///   the server's types (the standard table, and first any a service gave for other
+    ///   objects) before it is sent (`lwm2m::content::fit_to_types`): one that does not
+    ///   fit fails the child with `rejected:badPayload`, and neither it nor the values
+    ///   after it are written; the values before it were.
     #[serde(rename = "writeDeviceProperties", rename_all = "camelCase")]
     WriteDeviceProperties {
         /// `(resource path, value)` pairs.
@@ -886,6 +901,19 @@ pub enum SpecError {
         /// The store's error.
         error: crate::registry::StoreFailure,
     },
+    /// A value of a [`JobType::WriteDeviceProperties`] job can never fit its resource's
+    /// type, which the standard objects' table knows (the hub checks at creation, with
+    /// the cargo feature `lwm2m`): it would fail every child with `rejected:badPayload`.
+    ValueDoesNotFit {
+        /// The value's resource path.
+        path: Lwm2mPath,
+        /// The resource's type.
+        expected: ResourceType,
+        /// Why the value does not fit: `"out of the type's range"` (`-1` for an Unsigned
+        /// Integer) or `"of another kind"` (a float for an Integer, a string for an
+        /// Integer).
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for SpecError {
@@ -909,6 +937,16 @@ impl fmt::Display for SpecError {
                     f,
                     "the job change could not be made durable: {}",
                     error.error()
+                )
+            }
+            SpecError::ValueDoesNotFit {
+                path,
+                expected,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "job value at {path} does not fit the resource's type {expected:?}: {reason}"
                 )
             }
         }

@@ -58,9 +58,16 @@
 //! registration expires after its lifetime, it registers again later); failing downloads or
 //! updates; and devices that never answer (they register but every request times out).
 //! Requests for a device the server holds no registration for are answered at once with
-//! [`DeviceError::NotRegistered`], like the LWM2M server transport does. Every other request
-//! leaves at once: [`DeviceEvent::Sent`] follows its submission (the simulation has no
-//! sleeping devices and queues nothing).
+//! [`DeviceError::NotRegistered`], like the LWM2M server transport does. With the cargo
+//! feature `lwm2m`, a Write, Write-Composite or Create is checked as the server checks it
+//! before sending (`lwm2m::content::fit_to_types` with the standard objects' types, which
+//! are the simulated device's; a path the table does not know takes any finite value): a
+//! value that does not fit its resource's type (`-1` for an Unsigned Integer, a float or
+//! a string for an Integer, a NaN) fails the request at once with
+//! [`DeviceError::BadPayload`] in the server's words, and nothing reaches the device; one
+//! that fits arrives in its resource's type (an integer written to a Float resource is
+//! stored as a float). Every other request leaves at once: [`DeviceEvent::Sent`] follows
+//! its submission (the simulation has no sleeping devices and queues nothing).
 //!
 //! When a registration ends (the device de-registers, it expires, the hub's
 //! [`DeviceRequest::EndRegistration`], or a Register after a reboot or an offline period
@@ -402,6 +409,24 @@ fn builtin_access(path: &Lwm2mPath) -> Option<Access> {
         (10241, 3) => Execute,
         _ => return None,
     })
+}
+
+/// What the LWM2M server does with a write's values before it sends anything
+/// (`fit_to_types` with the standard objects' types, the simulated device's objects):
+/// each goes in its resource's type, or the request fails with
+/// [`DeviceError::BadPayload`] naming the first value that does not fit, in the server's
+/// words.
+#[cfg(feature = "lwm2m")]
+fn fit_values(request: &mut DeviceRequest) -> Result<(), DeviceError> {
+    use crate::lwm2m::content::{fit_to_types, standard_resource_type};
+    if let DeviceRequest::Write { content, .. }
+    | DeviceRequest::WriteComposite { content }
+    | DeviceRequest::Create { content, .. } = request
+    {
+        *content = fit_to_types(content, &standard_resource_type)
+            .map_err(|e| DeviceError::BadPayload(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// SplitMix64: small, fast, good enough for simulation, and fully reproducible.
@@ -1454,6 +1479,18 @@ impl Transport for MemoryTransport {
         if let DeviceRequest::EndRegistration { registration_id } = &op.request {
             return self.end_registration(now, dev, op.id, registration_id);
         }
+        #[cfg(feature = "lwm2m")]
+        let mut op = op;
+        #[cfg(feature = "lwm2m")]
+        if let Err(error) = fit_values(&mut op.request) {
+            self.stats.answered += 1;
+            self.events.push_back(DeviceEvent::Response {
+                op: op.id,
+                device: op.device,
+                result: Err(error),
+            });
+            return;
+        }
         self.devices[dev as usize].in_flight.push(op.id);
         // The simulated server queues nothing: a request leaves at once (and may be lost
         // on the way).
@@ -1562,6 +1599,101 @@ mod tests {
             DeviceEvent::Response { op, result, .. } if *op == OpId(n) => Some(result),
             _ => None,
         })
+    }
+
+    /// Like the LWM2M server, a write's values are fitted to the standard types before
+    /// anything leaves: `-1` for an Unsigned Integer resource (Registration Priority
+    /// Order `/1/0/13`, added to the device) and a string for an Integer (Lifetime) fail
+    /// at once with the server's `BadPayload` and change nothing on the device, while an
+    /// integer for a Time (Current Time) or a String resource (Timezone) arrives
+    /// converted. Before, the simulated device stored `-1` and the string, and the
+    /// integers as integers.
+    #[cfg(feature = "lwm2m")]
+    #[test]
+    fn writes_are_fitted_to_the_standard_types_as_the_server_fits_them() {
+        use crate::lwm2m::ResourceType;
+        use crate::lwm2m::content::ContentError;
+        let t0 = Instant::now();
+        let mut t = MemoryTransport::new(MemoryConfig::with_seed(3));
+        let d = id("a");
+        let order = Lwm2mPath::resource(1, 0, 13);
+        let lifetime = Lwm2mPath::resource(1, 0, 1);
+        let time = Lwm2mPath::resource(3, 0, 13);
+        let timezone = Lwm2mPath::resource(3, 0, 15);
+        t.add_device(
+            t0,
+            DeviceSpec::new(d.clone()).value(order, ResourceValue::UnsignedInteger(1)),
+        )
+        .unwrap();
+        drain(&mut t, t0 + Duration::from_secs(1));
+        let before_lifetime = t.value(&d, &lifetime).cloned();
+        let now = t0 + Duration::from_secs(1);
+        let write = |path: Lwm2mPath, value: ResourceValue| DeviceRequest::Write {
+            path,
+            mode: crate::transport::WriteMode::Replace,
+            content: Content::single(path, value),
+        };
+        t.submit(now, op(1, &d, write(order, ResourceValue::Integer(-1))));
+        t.submit(
+            now,
+            op(2, &d, write(lifetime, ResourceValue::String("60".into()))),
+        );
+        t.submit(
+            now,
+            op(3, &d, write(time, ResourceValue::Integer(1_700_000_000))),
+        );
+        t.submit(now, op(4, &d, write(timezone, ResourceValue::Integer(7))));
+        // The refused ones are answered at once, before anything is sent.
+        let first: Vec<_> = std::iter::from_fn(|| t.poll_event()).collect();
+        let bad = |e: ContentError| Err(DeviceError::BadPayload(e.to_string()));
+        assert_eq!(
+            first[0],
+            DeviceEvent::Response {
+                op: OpId(1),
+                device: d.clone(),
+                result: bad(ContentError::OutOfRange {
+                    path: order,
+                    expected: ResourceType::UnsignedInteger
+                }),
+            }
+        );
+        assert_eq!(
+            first[1],
+            DeviceEvent::Response {
+                op: OpId(2),
+                device: d.clone(),
+                result: bad(ContentError::TypeMismatch {
+                    path: lifetime,
+                    expected: ResourceType::Integer
+                }),
+            }
+        );
+        assert!(
+            !first.iter().any(|e| matches!(
+                e,
+                DeviceEvent::Sent {
+                    op: OpId(1 | 2),
+                    ..
+                }
+            )),
+            "{first:?}"
+        );
+        let ev = drain(&mut t, now + Duration::from_secs(1));
+        assert_eq!(response(&ev, 3), Some(&Ok(DeviceReply::Done)));
+        assert_eq!(response(&ev, 4), Some(&Ok(DeviceReply::Done)));
+        assert_eq!(
+            t.value(&d, &order),
+            Some(&ResourceValue::UnsignedInteger(1))
+        );
+        assert_eq!(t.value(&d, &lifetime).cloned(), before_lifetime);
+        assert_eq!(
+            t.value(&d, &time),
+            Some(&ResourceValue::Time(1_700_000_000))
+        );
+        assert_eq!(
+            t.value(&d, &timezone),
+            Some(&ResourceValue::String("7".into()))
+        );
     }
 
     #[test]
