@@ -1516,7 +1516,7 @@ fn read_twins(
             for head in heads.by_ref() {
                 let (k, v) = head?;
                 let id = k.value();
-                record::device_id(id)?;
+                record::check_device_id(id)?;
                 let text = std::str::from_utf8(v.value()).map_err(|_| StoreError::BadRecord {
                     table: "twins",
                     key: id.chars().take(128).collect(),
@@ -2303,6 +2303,61 @@ mod tests {
             matches!(&err, StoreError::BadRecord { table: "properties", key, .. } if key == "u"),
             "{err}"
         );
+    }
+
+    /// A head stored under a key that is not a device id (empty, a character outside the
+    /// set, past 128 bytes) refuses the file with a `BadRecord` of table "twins", the key
+    /// (at most 128 characters of it) and the device id's own error, as it did when the
+    /// reader built a `DeviceId` of every key.
+    #[test]
+    fn a_head_under_a_bad_device_id_is_a_bad_record() {
+        let long = "x".repeat(130);
+        let cases = [
+            ("", "device id is empty".to_string()),
+            (
+                "a b",
+                format!(
+                    "device id has ' ' at byte 1; allowed are ASCII letters, digits and {}",
+                    crate::twin::DEVICE_ID_PUNCTUATION
+                ),
+            ),
+            (
+                long.as_str(),
+                "device id is 130 bytes long; at most 128 are allowed".to_string(),
+            ),
+        ];
+        for (bad, detail) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            for id in ["a", "b", "c"] {
+                reg.create(Twin::new(crate::DeviceId::new(id).unwrap()))
+                    .unwrap();
+            }
+            store.commit(&reg).unwrap();
+            drop((store, reg));
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            let head = br#"{"twin":{"deviceId":"a"}}"#;
+            txn.open_table(TWINS)
+                .unwrap()
+                .insert(bad, &head[..])
+                .unwrap();
+            txn.commit().unwrap();
+            drop(db);
+            let err = Store::open(dir.path(), StoreConfig::default())
+                .map(|_| ())
+                .unwrap_err();
+            let key: String = bad.chars().take(128).collect();
+            assert!(
+                matches!(&err, StoreError::BadRecord { table: "twins", key: k, detail: d }
+                    if *k == key && *d == detail),
+                "{err}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("bad record {key:?} in table twins: {detail}")
+            );
+        }
     }
 
     /// A store with twins "a", "b" and "c" committed, then `edit` applied to its file
