@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use twinhub::hub::{Hub, HubConfig};
 use twinhub::job::JobId;
-#[cfg(feature = "fuzzing")]
-use twinhub::job::{JobSpec, JobType};
 use twinhub::registry::Registry;
 use twinhub::transport::{DeviceEvent, DeviceRequest, RegistrationInfo};
 use twinhub::twin::Twin;
@@ -188,14 +186,7 @@ fn a_batch_whose_commit_fails_sends_and_publishes_nothing_and_is_applied_again()
     // One device at a time: b's Execute is queued in the batch that completes a's child.
     let job = JobId::new("reboot").unwrap();
     hub.create_job(
-        JobSpec::new(
-            job.clone(),
-            JobType::Reboot {
-                wait_for_registration: true,
-            },
-            vec![a.clone(), b.clone()],
-        )
-        .max_in_flight(1),
+        hub_support::reboot_spec(job.clone(), true, vec![a.clone(), b.clone()]).max_in_flight(1),
     )
     .unwrap();
     wait_until("a's Execute", || executes(&script) == 1);

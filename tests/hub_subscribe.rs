@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use twinhub::hub::{
     Hub, HubConfig, HubEvent, LifecycleKind, RecvTimeoutError, SubscribeOptions, Subscription,
 };
-use twinhub::job::{JobId, JobSpec, JobStatus, JobType};
+use twinhub::job::{JobId, JobStatus};
 use twinhub::registry::{ChangeKind, Registry};
 use twinhub::transport::memory::{MemoryConfig, MemoryTransport};
 use twinhub::twin::{Scalar, Twin};
@@ -250,11 +250,9 @@ fn job_progress_is_pushed_until_the_parent_completes() {
             == 2
     });
     assert!(registered.iter().all(|e| !matches!(e, HubEvent::Twin(_))));
-    let spec = JobSpec::new(
+    let spec = hub_support::reboot_spec(
         JobId::new("reboot-1").unwrap(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
+        false,
         vec![id("m1"), id("m2")],
     );
     hub.create_job(spec).unwrap();
@@ -517,13 +515,7 @@ fn metrics_count_devices_requests_subscribers_and_latencies() {
             .unwrap();
     }
     // A job's operations and the sync's observations are timed too.
-    let reboot = twinhub::job::JobSpec::new(
-        twinhub::job::JobId::new("r").unwrap(),
-        twinhub::job::JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![id("q2")],
-    );
+    let reboot = hub_support::reboot_spec(JobId::new("r").unwrap(), false, vec![id("q2")]);
     hub.create_job(reboot).unwrap();
     collect(&sub, |s| {
         s.iter().any(|e| {

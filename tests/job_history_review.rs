@@ -112,9 +112,6 @@ fn hub_query_jobs_sees_a_job_created_after_retention_dropped_another() {
     config.jobs.retain_jobs = 1;
     let script = std::sync::Arc::new(Mutex::new(hub_support::Script::default()));
     let hub = Hub::with_transport(hub_support::Scripted(script), registry, config);
-    let reboot = JobType::Reboot {
-        wait_for_registration: false,
-    };
     assert!(
         hub.query_jobs(ALL, &QueryOptions::default())
             .unwrap()
@@ -123,11 +120,15 @@ fn hub_query_jobs_sees_a_job_created_after_retention_dropped_another() {
     );
     let j0 = JobId::new("j0").unwrap();
     let dev = |d: &str| vec![DeviceId::new(d).unwrap()];
-    hub.create_job(JobSpec::new(j0.clone(), reboot.clone(), dev("a")))
+    hub.create_job(hub_support::reboot_spec(j0.clone(), false, dev("a")))
         .unwrap();
     hub.cancel_job(&j0, CancelMode::Abandon).unwrap();
-    hub.create_job(JobSpec::new(JobId::new("j1").unwrap(), reboot, dev("b")))
-        .unwrap();
+    hub.create_job(hub_support::reboot_spec(
+        JobId::new("j1").unwrap(),
+        false,
+        dev("b"),
+    ))
+    .unwrap();
     let r = hub.query_jobs(ALL, &QueryOptions::default());
     let ids: Vec<String> = r
         .map(|r| {

@@ -1343,10 +1343,12 @@ fn rebuild(
     // A reader thread reads and decodes the log and the twins (redb's pages, the heads'
     // JSON, the records) while this one loads them: decoding is about half the work.
     let read = std::thread::scope(|scope| -> Result<_, StoreError> {
-        let (sender, batches) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        let (sender, batches) = read_channel();
         let reader = std::thread::Builder::new()
             .name("twinhub-store-read".into())
-            .spawn_scoped(scope, move || read_twins(twins, props, log_table, sender))
+            .spawn_scoped(scope, move || {
+                read_twins(twins, props, log_table, |batch| sender.send(batch).is_ok())
+            })
             .map_err(|source| StoreError::Io { source })?;
         let mut bulk = registry.bulk_load();
         bulk.reserve(count);
@@ -1433,6 +1435,15 @@ const READ_BYTES: usize = 1 << 24;
 /// Twins decoded for the load, as rows (or whole twins where rows cannot hold one).
 type ReadBatch = Result<StoredRows, StoreError>;
 
+/// The queue from the reader to the load: it holds `READ_AHEAD` batches, past that the
+/// reader waits.
+fn read_channel() -> (
+    std::sync::mpsc::SyncSender<ReadBatch>,
+    std::sync::mpsc::Receiver<ReadBatch>,
+) {
+    std::sync::mpsc::sync_channel(READ_AHEAD)
+}
+
 /// One twin of a batch being read: its id (a range of the batch's ids), its record (a
 /// range of the batch's record bytes) and its logged changes (a range of the log's).
 struct ReadTwin {
@@ -1484,13 +1495,13 @@ fn read_log(
 
 /// The reader thread of [`rebuild`]: reads the log, then every twin in id order (its
 /// head, its properties record, then its log entries numbered after the record) into
-/// batches of rows and sends them; stops at the first error (sent) or when the load
-/// hangs up.
+/// batches of rows and sends them with `send` (false once the load has hung up: a send
+/// on [`read_channel`]); stops at the first error (sent) or when the load hangs up.
 fn read_twins(
     twins: redb::ReadOnlyTable<&str, &[u8]>,
     props: redb::ReadOnlyTable<&str, &[u8]>,
     log: redb::ReadOnlyTable<u64, &[u8]>,
-    sender: std::sync::mpsc::SyncSender<ReadBatch>,
+    mut send: impl FnMut(ReadBatch) -> bool,
 ) -> ReadLog {
     let mut found = ReadLog::default();
     let read = (|| -> Result<(), StoreError> {
@@ -1516,7 +1527,7 @@ fn read_twins(
             for head in heads.by_ref() {
                 let (k, v) = head?;
                 let id = k.value();
-                record::device_id(id)?;
+                record::check_device_id(id)?;
                 let text = std::str::from_utf8(v.value()).map_err(|_| StoreError::BadRecord {
                     table: "twins",
                     key: id.chars().take(128).collect(),
@@ -1591,14 +1602,14 @@ fn read_twins(
                         .push((record::device_id(id)?, logged[0].record));
                 }
             }
-            if sender.send(Ok(rows)).is_err() {
+            if !send(Ok(rows)) {
                 return Ok(());
             }
         }
     })();
     if let Err(e) = read {
         // The twins before the error are loaded, but the opening fails anyway.
-        let _ = sender.send(Err(e));
+        send(Err(e));
     }
     found
 }
@@ -2303,6 +2314,153 @@ mod tests {
             matches!(&err, StoreError::BadRecord { table: "properties", key, .. } if key == "u"),
             "{err}"
         );
+    }
+
+    /// The reader runs at most `READ_AHEAD` batches ahead of the load: with the load
+    /// holding off, its send after `READ_AHEAD` batches finds the queue full (and waits
+    /// there); once the load takes them, every twin (its tag, service property, record
+    /// and logged change) loads as committed.
+    #[test]
+    fn the_reader_waits_on_a_full_queue_and_every_twin_loads() {
+        use std::sync::mpsc::TrySendError;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        // Batches past the ones the queue holds, the one that waits, and two more.
+        let n = (READ_AHEAD + 3) * READ_BATCH;
+        let id = |i: usize| format!("w{i:05}");
+        for i in 0..n {
+            let twin = Twin::new(DeviceId::new(&id(i)).unwrap()).with_tag(format!("t{}", i % 7));
+            reg.create(twin).unwrap();
+            reg.set_service_property(&id(i), "s", Some((i as i64).into()), None)
+                .unwrap();
+            if i % 3 == 0 {
+                let at = Timestamp::from_millis(1_000 + i as u64);
+                reg.report_device_property(&id(i), "BatteryLevel", (i as i64 % 101).into(), at)
+                    .unwrap();
+            }
+        }
+        store.commit(&reg).unwrap();
+        // Logged changes over some records.
+        for i in (0..n).step_by(97) {
+            let at = Timestamp::from_millis(900_000 + i as u64);
+            reg.report_device_property(&id(i), "BatteryLevel", (i as i64 % 50).into(), at)
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+        assert!(store.logged_changes() > 0);
+        let expected = twins(&reg);
+        drop((store, reg));
+
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let tables = (
+            txn.open_table(TWINS).unwrap(),
+            txn.open_table(PROPERTIES).unwrap(),
+            txn.open_table(PROPERTY_LOG).unwrap(),
+        );
+        let (sender, batches) = read_channel();
+        // The number of batches sent before a send first found the queue full.
+        let (full_tx, full) = std::sync::mpsc::channel();
+        let mut loaded = Registry::new();
+        let mut versions = Vec::new();
+        let sent_before_full = std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut sent = 0;
+                read_twins(tables.0, tables.1, tables.2, |batch| {
+                    let sent_now = match sender.try_send(batch) {
+                        Ok(()) => true,
+                        Err(TrySendError::Full(batch)) => {
+                            let _ = full_tx.send(sent);
+                            sender.send(batch).is_ok()
+                        }
+                        Err(TrySendError::Disconnected(_)) => false,
+                    };
+                    sent += 1;
+                    sent_now
+                })
+            });
+            // Nothing is taken off the queue until the reader found it full (or ended
+            // without: `full_tx` dropped with its closure).
+            let sent_before_full = full.recv().ok();
+            let mut bulk = loaded.bulk_load();
+            for batch in batches {
+                batch
+                    .unwrap()
+                    .load(&mut bulk, |slot, generation, etag, service| {
+                        versions.push((slot, generation, etag, service))
+                    })
+                    .unwrap();
+            }
+            bulk.finish();
+            let read = reader.join().unwrap();
+            assert!(!read.pending.is_empty(), "the logged changes were read");
+            sent_before_full
+        });
+        assert_eq!(
+            sent_before_full,
+            Some(READ_AHEAD),
+            "the reader's send after READ_AHEAD batches finds the queue full"
+        );
+        for (slot, generation, etag, service) in versions {
+            loaded.restore_versions(slot, generation, etag, service);
+        }
+        assert_eq!(loaded.len(), n);
+        assert!(twins(&loaded) == expected, "a twin loaded otherwise");
+    }
+
+    /// A head stored under a key that is not a device id (empty, a character outside the
+    /// set, past 128 bytes) refuses the file with a `BadRecord` of table "twins", the key
+    /// (at most 128 characters of it) and the device id's own error, as it did when the
+    /// reader built a `DeviceId` of every key.
+    #[test]
+    fn a_head_under_a_bad_device_id_is_a_bad_record() {
+        let long = "x".repeat(130);
+        let cases = [
+            ("", "device id is empty".to_string()),
+            (
+                "a b",
+                format!(
+                    "device id has ' ' at byte 1; allowed are ASCII letters, digits and {}",
+                    crate::twin::DEVICE_ID_PUNCTUATION
+                ),
+            ),
+            (
+                long.as_str(),
+                "device id is 130 bytes long; at most 128 are allowed".to_string(),
+            ),
+        ];
+        for (bad, detail) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+            for id in ["a", "b", "c"] {
+                reg.create(Twin::new(crate::DeviceId::new(id).unwrap()))
+                    .unwrap();
+            }
+            store.commit(&reg).unwrap();
+            drop((store, reg));
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            let head = br#"{"twin":{"deviceId":"a"}}"#;
+            txn.open_table(TWINS)
+                .unwrap()
+                .insert(bad, &head[..])
+                .unwrap();
+            txn.commit().unwrap();
+            drop(db);
+            let err = Store::open(dir.path(), StoreConfig::default())
+                .map(|_| ())
+                .unwrap_err();
+            let key: String = bad.chars().take(128).collect();
+            assert!(
+                matches!(&err, StoreError::BadRecord { table: "twins", key: k, detail: d }
+                    if *k == key && *d == detail),
+                "{err}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("bad record {key:?} in table twins: {detail}")
+            );
+        }
     }
 
     /// A store with twins "a", "b" and "c" committed, then `edit` applied to its file

@@ -320,13 +320,24 @@ pub(crate) fn decode_log(key: u64, bytes: &[u8]) -> Result<Vec<LogEntry>, StoreE
     Ok(out)
 }
 
-/// Checks a stored device id.
+/// Checks a stored device id and makes a device id of it.
 pub(crate) fn device_id(key: &str) -> Result<DeviceId, StoreError> {
-    DeviceId::new(key).map_err(|e| StoreError::BadRecord {
+    DeviceId::new(key).map_err(|e| bad_device_id(key, e))
+}
+
+/// Checks a stored device id without making one (no allocation); the same error as
+/// [`device_id`].
+pub(crate) fn check_device_id(key: &str) -> Result<(), StoreError> {
+    DeviceId::validate(key).map_err(|e| bad_device_id(key, e))
+}
+
+/// A stored device id that is not one.
+fn bad_device_id(key: &str, e: crate::twin::DeviceIdError) -> StoreError {
+    StoreError::BadRecord {
         table: "twins",
         key: key.chars().take(128).collect(),
         detail: e.to_string(),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -254,6 +254,22 @@ pub fn is_exec(o: &DeviceOp) -> bool {
     matches!(o.request, DeviceRequest::Execute { .. })
 }
 
+/// A Reboot job `job` over `targets`, waiting for the registration after the reboot or
+/// not.
+pub fn reboot_spec(
+    job: twinhub::job::JobId,
+    wait_for_registration: bool,
+    targets: Vec<DeviceId>,
+) -> twinhub::job::JobSpec {
+    twinhub::job::JobSpec::new(
+        job,
+        twinhub::job::JobType::Reboot {
+            wait_for_registration,
+        },
+        targets,
+    )
+}
+
 /// A reboot job `job` over `device`, waiting for the registration after the reboot or
 /// not.
 pub fn start_reboot_job(
@@ -262,12 +278,9 @@ pub fn start_reboot_job(
     device: &DeviceId,
     wait_for_registration: bool,
 ) {
-    use twinhub::job::{JobSpec, JobType};
-    hub.create_job(JobSpec::new(
+    hub.create_job(reboot_spec(
         job.clone(),
-        JobType::Reboot {
-            wait_for_registration,
-        },
+        wait_for_registration,
         vec![device.clone()],
     ))
     .unwrap();
@@ -314,7 +327,7 @@ pub fn reboot_in_flight(
     tempfile::TempDir,
     twinhub::job::JobId,
 ) {
-    use twinhub::job::{EngineConfig, JobId, JobSpec, JobType, RetryRule};
+    use twinhub::job::{EngineConfig, JobId, RetryRule};
     let config = HubConfig {
         sync: None,
         jobs: EngineConfig {
@@ -326,13 +339,7 @@ pub fn reboot_in_flight(
     let (hub, store, script, dir) = durable_hub(&[device], config);
     register(&hub, &script, device);
     let job = JobId::new("rb").unwrap();
-    let mut spec = JobSpec::new(
-        job.clone(),
-        JobType::Reboot {
-            wait_for_registration: false,
-        },
-        vec![device.clone()],
-    );
+    let mut spec = reboot_spec(job.clone(), false, vec![device.clone()]);
     if retry {
         spec = spec.retry(RetryRule {
             initial_backoff: Duration::from_millis(100),
