@@ -2430,26 +2430,14 @@ mod tests {
             ),
         ];
         for (bad, detail) in cases {
-            let dir = tempfile::tempdir().unwrap();
-            let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-            for id in ["a", "b", "c"] {
-                reg.create(Twin::new(crate::DeviceId::new(id).unwrap()))
+            let err = open_after(|txn| {
+                let head = br#"{"twin":{"deviceId":"a"}}"#;
+                txn.open_table(TWINS)
+                    .unwrap()
+                    .insert(bad, &head[..])
                     .unwrap();
-            }
-            store.commit(&reg).unwrap();
-            drop((store, reg));
-            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
-            let txn = db.begin_write().unwrap();
-            let head = br#"{"twin":{"deviceId":"a"}}"#;
-            txn.open_table(TWINS)
-                .unwrap()
-                .insert(bad, &head[..])
-                .unwrap();
-            txn.commit().unwrap();
-            drop(db);
-            let err = Store::open(dir.path(), StoreConfig::default())
-                .map(|_| ())
-                .unwrap_err();
+            })
+            .unwrap_err();
             let key: String = bad.chars().take(128).collect();
             assert!(
                 matches!(&err, StoreError::BadRecord { table: "twins", key: k, detail: d }
@@ -2466,6 +2454,11 @@ mod tests {
     /// A store with twins "a", "b" and "c" committed, then `edit` applied to its file
     /// (as a damaged one might be), reopened: its twins in id order.
     fn reopened_after(edit: impl FnOnce(&redb::WriteTransaction)) -> Vec<Twin> {
+        open_after(edit).unwrap()
+    }
+
+    /// [`reopened_after`], or the opening's error.
+    fn open_after(edit: impl FnOnce(&redb::WriteTransaction)) -> Result<Vec<Twin>, StoreError> {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
         for id in ["a", "b", "c"] {
@@ -2479,8 +2472,7 @@ mod tests {
         edit(&txn);
         txn.commit().unwrap();
         drop(db);
-        let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        twins(&reg)
+        Store::open(dir.path(), StoreConfig::default()).map(|(_store, reg)| twins(&reg))
     }
 
     /// Members a well-written file holds once each but a damaged one may repeat open as
