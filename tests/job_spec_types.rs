@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Instant;
 use twinhub::hub::{DeviceLink, Hub, HubConfig};
-use twinhub::job::{EngineConfig, JobEngine, JobId, JobSpec, JobType, SpecError};
+use twinhub::job::{EngineConfig, JobEngine, JobId, JobSpec, JobType, Misfit, SpecError};
 use twinhub::registry::Registry;
 use twinhub::transport::{DeviceEvent, DeviceOp};
 use twinhub::twin::Twin;
@@ -57,19 +57,19 @@ fn values_that_cannot_fit_a_standard_resource_are_refused_and_nothing_is_created
             write_job("negative", priority_order, ResourceValue::Integer(-1)),
             priority_order,
             ResourceType::UnsignedInteger,
-            "out of the type's range",
+            Misfit::OutOfRange,
         ),
         (
             write_job("text", battery, ResourceValue::String("full".into())),
             battery,
             ResourceType::Integer,
-            "of another kind",
+            Misfit::OtherKind,
         ),
         (
             write_job("fraction", lifetime, ResourceValue::Float(60.5)),
             lifetime,
             ResourceType::Integer,
-            "of another kind",
+            Misfit::OtherKind,
         ),
     ];
     for (spec, path, expected, reason) in refused {

@@ -1375,12 +1375,13 @@ fn adopted(twin: &crate::registry::TwinRef<'_>) -> bool {
 /// non-finite float is the spec's to refuse (checked before).
 #[cfg(feature = "lwm2m")]
 fn check_write_values(values: &[(Lwm2mPath, ResourceValue)]) -> Result<(), SpecError> {
+    use crate::job::Misfit;
     use crate::lwm2m::content::{ContentError, fit_to_types, standard_resource_type};
     for (path, value) in values {
         let one = Content::single(*path, value.clone());
         let (expected, reason) = match fit_to_types(&one, &standard_resource_type) {
-            Err(ContentError::OutOfRange { expected, .. }) => (expected, "out of the type's range"),
-            Err(ContentError::TypeMismatch { expected, .. }) => (expected, "of another kind"),
+            Err(ContentError::OutOfRange { expected, .. }) => (expected, Misfit::OutOfRange),
+            Err(ContentError::TypeMismatch { expected, .. }) => (expected, Misfit::OtherKind),
             _ => continue,
         };
         return Err(SpecError::ValueDoesNotFit {

@@ -255,8 +255,8 @@ pub use history::{
 pub use history_query::{HistoryChanges, HistoryProperty, HistorySnapshot, LiveHistory};
 pub use spec::{
     AbortRule, ExponentialRamp, FailureKind, FailureReason, JobId, JobIdError, JobKind, JobSpec,
-    JobType, MAX_JOB_DURATION, MAX_JOB_ID_LEN, MAX_JOB_PROPERTIES, MAX_PACKAGE_URI_LEN, RetryRule,
-    Rollout, SpecError, update_result_text,
+    JobType, MAX_JOB_DURATION, MAX_JOB_ID_LEN, MAX_JOB_PROPERTIES, MAX_PACKAGE_URI_LEN, Misfit,
+    RetryRule, Rollout, SpecError, update_result_text,
 };
 pub use state::{
     CHILD_TRANSITIONS, ChildEvent, ChildState, JobStatus, PARENT_TRANSITIONS, ParentEvent,

@@ -909,11 +909,28 @@ pub enum SpecError {
         path: Lwm2mPath,
         /// The resource's type.
         expected: ResourceType,
-        /// Why the value does not fit: `"out of the type's range"` (`-1` for an Unsigned
-        /// Integer) or `"of another kind"` (a float for an Integer, a string for an
-        /// Integer).
-        reason: &'static str,
+        /// Why the value does not fit.
+        reason: Misfit,
     },
+}
+
+/// Why a value cannot fit its resource's type ([`SpecError::ValueDoesNotFit`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Misfit {
+    /// A value of the type's kind beyond its range (`-1` for an Unsigned Integer).
+    OutOfRange,
+    /// A value of another kind (a float for an Integer, a string for an Integer).
+    OtherKind,
+}
+
+impl fmt::Display for Misfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Misfit::OutOfRange => "out of the type's range",
+            Misfit::OtherKind => "of another kind",
+        })
+    }
 }
 
 impl fmt::Display for SpecError {
