@@ -23,6 +23,7 @@
 //! |---|---|---|
 //! | [`MAX_LINE_BYTES`] | 1 MiB | a longer line ends the import with [`ImportErrorKind::LineTooLong`] |
 //! | chunks read ahead | 2 queued to each parser, 2 parsed blocks queued from each | the reader waits: at most 5 chunks a parser, plus 3, are read past the line being loaded, whatever the input's size (`tests/ndjson_import.rs` reads an endless input) |
+//! | loaded blocks kept for reuse | 4 | a block loaded while 4 wait for the reader is freed |
 //!
 //! The first bad line ends the import with its number ([`ImportError::line`], from 1);
 //! the lines before it stay loaded, the registry stays consistent. A member given twice
@@ -43,7 +44,7 @@ use std::fmt;
 use std::io::Read;
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// Lines longer than this are refused (an export line is a few KiB).
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -55,6 +56,12 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 28;
 
 /// Chunks queued for each parser, and blocks queued from each parser.
 const IN_FLIGHT: usize = 2;
+
+/// Loaded blocks kept for the reader to read into again (their text buffers and row
+/// tables), so that a long import stops allocating (and the kernel zeroing pages for)
+/// a chunk's buffers once the first few are in use. A block loaded while this many wait
+/// is freed instead.
+const SPARE_BLOCKS: usize = 4;
 
 /// How an import runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +168,7 @@ impl Registry {
         };
         let chunk_bytes = options.chunk_bytes.clamp(1, MAX_CHUNK_BYTES);
         std::thread::scope(|scope| {
+            let (spare_tx, spare_rx) = sync_channel::<Block>(SPARE_BLOCKS);
             let mut to_parsers = Vec::with_capacity(parsers);
             let mut from_parsers = Vec::with_capacity(parsers);
             for i in 0..parsers {
@@ -181,7 +189,9 @@ impl Registry {
             }
             std::thread::Builder::new()
                 .name("twinhub-import-read".into())
-                .spawn_scoped(scope, move || read_chunks(reader, &to_parsers, chunk_bytes))
+                .spawn_scoped(scope, move || {
+                    read_chunks(reader, &to_parsers, &spare_rx, chunk_bytes)
+                })
                 .expect("the reader thread starts");
             // Chunk i went to parser i % parsers: taking blocks round-robin keeps input
             // order. Returning early drops the receivers, which ends the parsers, then
@@ -189,30 +199,50 @@ impl Registry {
             let mut bulk = self.bulk_load();
             let mut lines_before = 0u64;
             for receiver in from_parsers.iter().cycle() {
-                let Ok(block) = receiver.recv() else { break };
+                let Ok(mut block) = receiver.recv() else {
+                    break;
+                };
                 let lines = block.lines;
                 block.add_to(&mut bulk, lines_before)?;
                 lines_before += lines;
+                block.clear();
+                // The reader takes it back when it next reads; if enough wait, it goes.
+                let _ = spare_tx.try_send(block);
             }
             Ok(bulk.finish())
         })
     }
 }
 
-/// Whole lines read from the input, or why reading stopped after them.
+/// Whole lines read from the input, or why reading stopped after them; and, when one
+/// came back, an emptied block to parse them into.
 struct Chunk {
     bytes: Vec<u8>,
     error: Option<ImportErrorKind>,
+    spare: Option<Block>,
 }
 
 /// Reads `reader` into chunks of whole lines, dealt round-robin to the parsers; ends at
 /// the end of the input, at an error (sent after the lines before it), or when the
-/// parsers are gone.
-fn read_chunks(mut reader: impl Read, parsers: &[SyncSender<Chunk>], chunk_bytes: usize) {
+/// parsers are gone. A chunk is read into the text buffer of a loaded block from
+/// `spares` when one is there, and goes with the rest of that block.
+fn read_chunks(
+    mut reader: impl Read,
+    parsers: &[SyncSender<Chunk>],
+    spares: &Receiver<Block>,
+    chunk_bytes: usize,
+) {
     let mut carry: Vec<u8> = Vec::new();
     for to in parsers.iter().cycle() {
+        let mut spare = spares.try_recv().ok();
+        let mut bytes = spare
+            .as_mut()
+            .map(|block| std::mem::take(&mut block.text).into_bytes())
+            .unwrap_or_default();
+        bytes.clear();
         // The carried part of a line has no line end: look for one in what is read next.
-        let mut bytes = std::mem::take(&mut carry);
+        bytes.extend_from_slice(&carry);
+        carry.clear();
         let mut searched = bytes.len();
         let mut want = bytes.len() + chunk_bytes;
         let mut error = None;
@@ -233,7 +263,8 @@ fn read_chunks(mut reader: impl Read, parsers: &[SyncSender<Chunk>], chunk_bytes
             }
             if let Some(last) = bytes[searched..].iter().rposition(|&b| b == b'\n') {
                 if !eof {
-                    carry = bytes.split_off(searched + last + 1);
+                    carry.extend_from_slice(&bytes[searched + last + 1..]);
+                    bytes.truncate(searched + last + 1);
                 }
                 break;
             }
@@ -257,8 +288,15 @@ fn read_chunks(mut reader: impl Read, parsers: &[SyncSender<Chunk>], chunk_bytes
             bytes.truncate(whole);
         }
         let stop = eof || error.is_some();
-        if (!bytes.is_empty() || error.is_some()) && to.send(Chunk { bytes, error }).is_err() {
-            return;
+        if !bytes.is_empty() || error.is_some() {
+            let chunk = Chunk {
+                bytes,
+                error,
+                spare,
+            };
+            if to.send(chunk).is_err() {
+                return;
+            }
         }
         if stop {
             return;
@@ -322,8 +360,8 @@ struct StoredFields {
 }
 
 impl Block {
-    fn parse(chunk: Chunk) -> Block {
-        let mut block = Block {
+    fn empty() -> Block {
+        Block {
             text: String::new(),
             rows: Vec::new(),
             device: Vec::new(),
@@ -334,7 +372,25 @@ impl Block {
             stored_mode: false,
             stored: Vec::new(),
             scratch: StoredFields::default(),
-        };
+        }
+    }
+
+    /// Empties the block, keeping its buffers (for [`Chunk::spare`]).
+    fn clear(&mut self) {
+        self.text.clear();
+        self.rows.clear();
+        self.device.clear();
+        self.service.clear();
+        self.tags.clear();
+        self.lines = 0;
+        self.error = None;
+        self.stored.clear();
+        self.scratch = StoredFields::default();
+    }
+
+    fn parse(chunk: Chunk) -> Block {
+        let mut block = chunk.spare.unwrap_or_else(Block::empty);
+        debug_assert!(block.rows.is_empty() && block.text.is_empty() && !block.stored_mode);
         let text = match String::from_utf8(chunk.bytes) {
             Ok(text) => text,
             Err(e) => {
@@ -462,7 +518,7 @@ impl Block {
 
     /// Adds the block's rows to the load, then reports its error; `lines_before` is the
     /// number of input lines before the block.
-    fn add_to(self, bulk: &mut BulkLoad<'_>, lines_before: u64) -> Result<(), ImportError> {
+    fn add_to(&mut self, bulk: &mut BulkLoad<'_>, lines_before: u64) -> Result<(), ImportError> {
         let mut device = Vec::new();
         let mut service = Vec::new();
         let mut tags = Vec::new();
@@ -486,7 +542,7 @@ impl Block {
                 kind: ImportErrorKind::Device(e),
             })?;
         }
-        match self.error {
+        match self.error.take() {
             Some((line, kind)) => Err(ImportError {
                 line: lines_before + line + 1,
                 kind,
@@ -516,10 +572,7 @@ pub(crate) struct StoredRows {
 
 impl StoredRows {
     pub(crate) fn new() -> Self {
-        let mut block = Block::parse(Chunk {
-            bytes: Vec::new(),
-            error: None,
-        });
+        let mut block = Block::empty();
         block.stored_mode = true;
         StoredRows {
             block,
@@ -1214,5 +1267,52 @@ impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
             }
         }
         d.deserialize_any(RawVisitor(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, spare: Option<Block>) -> Block {
+        Block::parse(Chunk {
+            bytes: text.as_bytes().to_vec(),
+            error: None,
+            spare,
+        })
+    }
+
+    /// What a block holds, to compare two: its text, table lengths, lines and error line.
+    fn contents(b: &Block) -> (String, [usize; 4], u64, Option<u64>) {
+        let tables = [b.rows.len(), b.device.len(), b.service.len(), b.tags.len()];
+        let error = b.error.as_ref().map(|(line, _)| *line);
+        (b.text.clone(), tables, b.lines, error)
+    }
+
+    /// A block parsed into a loaded one's buffers holds what a new block would: nothing
+    /// of the first chunk stays in its tables.
+    #[test]
+    fn a_reused_block_holds_only_its_own_chunk() {
+        let first = concat!(
+            r#"{"deviceId": "a", "deviceProperties": {"x": {"value": "\u0041", "#,
+            r#""lastUpdatedTime": "2016-04-29T12:00:00.000Z"}}, "#,
+            r#""serviceProperties": {"properties": {"p": 1}, "tags": ["t"]}}"#,
+            "\n{\"deviceId\": 7}\n",
+        );
+        let second = concat!(
+            r#"{"deviceId": "b", "deviceProperties": {"y": {"value": 2, "#,
+            r#""lastUpdatedTime": "2016-04-29T12:00:00.000Z"}}}"#,
+            "\n",
+        );
+        let mut used = parse(first, None);
+        // One row, one of each member, the unescaped string after the text, a bad line.
+        let (text, tables, lines, error) = contents(&used);
+        assert!(text.ends_with('A'));
+        assert_eq!((tables, lines, error), ([1, 1, 1, 1], 1, Some(1)));
+        used.clear();
+        assert_eq!(
+            contents(&parse(second, Some(used))),
+            contents(&parse(second, None))
+        );
     }
 }
