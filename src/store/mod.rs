@@ -41,9 +41,9 @@
 //! object, members repeated in a damaged file, strings past what a batch's `u32` offsets
 //! address) is decoded whole in its place. The calling thread adds each batch to the load
 //! while the load's threads index earlier ones, so reading and loading overlap. A batch
-//! holds 1,024 twins, or fewer once its heads and records reach 16 MiB; at most 6 batches
-//! are in memory (4 queued, one being filled, one being loaded): past that the reader
-//! waits for the load. The whole log is read first, by the reader thread, and sorted by
+//! holds 1,024 twins, or fewer once its heads, records and logged strings reach 16 MiB;
+//! at most 6 batches are in memory (4 queued, one being filled, one being loaded): past
+//! that the reader waits for the load. The whole log is read first, by the reader thread, and sorted by
 //! device (at most [`StoreConfig::property_log_limit`] changes after a commit). Measured
 //! (`benches/store.rs`, 2026-12-07): 1M twins open in 4.0 s with an empty log and 4.6 s
 //! with 907,373 logged changes; decoding an owned `Twin` per head took 7.4 to 7.9 s.
@@ -1428,8 +1428,9 @@ fn rebuild(
 /// `READ_AHEAD + 2` batches (queued, being filled, being loaded) are in memory.
 const READ_BATCH: usize = 1024;
 const READ_AHEAD: usize = 4;
-/// A batch ends early once its heads and records reach this many bytes (16 MiB): its
-/// rows' strings are `u32` offsets of its text, which holds at most that and one twin.
+/// A batch ends early once its heads, records and logged strings reach this many bytes
+/// (16 MiB): its rows' strings are `u32` offsets of its text, which holds at most that
+/// and one twin.
 const READ_BYTES: usize = 1 << 24;
 
 /// Twins decoded for the load, as rows (or whole twins where rows cannot hold one).
@@ -1501,6 +1502,18 @@ fn read_twins(
     twins: redb::ReadOnlyTable<&str, &[u8]>,
     props: redb::ReadOnlyTable<&str, &[u8]>,
     log: redb::ReadOnlyTable<u64, &[u8]>,
+    send: impl FnMut(ReadBatch) -> bool,
+) -> ReadLog {
+    read_twins_within(twins, props, log, READ_BYTES, send)
+}
+
+/// [`read_twins`], a batch ending once its heads, records and logged strings reach
+/// `read_bytes`.
+fn read_twins_within(
+    twins: redb::ReadOnlyTable<&str, &[u8]>,
+    props: redb::ReadOnlyTable<&str, &[u8]>,
+    log: redb::ReadOnlyTable<u64, &[u8]>,
+    read_bytes: usize,
     mut send: impl FnMut(ReadBatch) -> bool,
 ) -> ReadLog {
     let mut found = ReadLog::default();
@@ -1524,6 +1537,8 @@ fn read_twins(
             ids.clear();
             bytes.clear();
             batch.clear();
+            // What the batch's logged changes will copy into its text.
+            let mut logged_bytes = 0;
             for head in heads.by_ref() {
                 let (k, v) = head?;
                 let id = k.value();
@@ -1560,6 +1575,7 @@ fn read_twins(
                 }
                 let first = next_logged;
                 while logged.get(next_logged).is_some_and(|e| e.device == id) {
+                    logged_bytes += logged_copy_len(&logged[next_logged]);
                     next_logged += 1;
                 }
                 let start = ids.len();
@@ -1569,7 +1585,9 @@ fn read_twins(
                     record,
                     logged: first..next_logged,
                 });
-                if batch.len() == READ_BATCH || rows.text_len() + bytes.len() >= READ_BYTES {
+                if batch.len() == READ_BATCH
+                    || rows.text_len() + bytes.len() + logged_bytes >= read_bytes
+                {
                     break;
                 }
             }
@@ -1628,9 +1646,20 @@ fn row_twin(
 }
 
 /// The most text a batch's rows address (its heads, then the strings copied after
-/// them): their strings are `u32` offsets. `READ_BYTES` bounds the heads and records,
-/// not the logged changes, which are copied too (a value each time it changes).
+/// them): their strings are `u32` offsets. `READ_BYTES` bounds what a batch copies
+/// (its heads, records and logged strings, a value each time it changes) far below it;
+/// this is the check that holds whatever one twin brings.
 const ROW_TEXT_LIMIT: usize = u32::MAX as usize;
+
+/// The bytes a logged change copies into a batch's text: its name, and its value if
+/// that is a string.
+fn logged_copy_len(e: &record::LogEntry) -> usize {
+    e.name.len()
+        + match &e.value {
+            Some((_, crate::twin::Scalar::String(s))) => s.len(),
+            _ => 0,
+        }
+}
 
 /// [`row_twin`], but a twin whose strings could take the batch's text past `limit` is
 /// left to [`owned_twin`].
@@ -1646,16 +1675,7 @@ fn row_twin_within(
     // names), and each logged change its name and string value.
     let copied = rows.head(i).len()
         + record.map_or(0, <[u8]>::len)
-        + logged
-            .iter()
-            .map(|e| {
-                e.name.len()
-                    + match &e.value {
-                        Some((_, crate::twin::Scalar::String(s))) => s.len(),
-                        _ => 0,
-                    }
-            })
-            .sum::<usize>();
+        + logged.iter().map(logged_copy_len).sum::<usize>();
     if rows.text_len() + rows.extra_len() + copied > limit {
         return None;
     }
@@ -2405,6 +2425,66 @@ mod tests {
             loaded.restore_versions(slot, generation, etag, service);
         }
         assert_eq!(loaded.len(), n);
+        assert!(twins(&loaded) == expected, "a twin loaded otherwise");
+    }
+
+    /// A batch ends once its heads, records and logged strings reach the read bound, so
+    /// that logged changes (copied into the batch, a value each time it changed) cannot
+    /// take a batch's text far past it; every twin still loads as committed.
+    #[test]
+    fn logged_strings_count_towards_a_batch_s_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let n = 40;
+        let id = |i: usize| format!("g{i:03}");
+        for i in 0..n {
+            reg.create(Twin::new(DeviceId::new(&id(i)).unwrap()))
+                .unwrap();
+        }
+        store.commit(&reg).unwrap();
+        // Five logged changes a twin, each a 300-byte string: about 1.5 KB a twin.
+        for round in 0..5u64 {
+            for i in 0..n {
+                let value = format!("{round}{}", "z".repeat(299));
+                let at = Timestamp::from_millis(1_000 + round);
+                reg.report_device_property(&id(i), "Timezone", value.into(), at)
+                    .unwrap();
+            }
+            store.commit(&reg).unwrap();
+        }
+        assert_eq!(store.logged_changes(), 5 * n);
+        let expected = twins(&reg);
+        drop((store, reg));
+
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let tables = (
+            txn.open_table(TWINS).unwrap(),
+            txn.open_table(PROPERTIES).unwrap(),
+            txn.open_table(PROPERTY_LOG).unwrap(),
+        );
+        let read_bytes = 8 * 1024;
+        let mut sizes = Vec::new();
+        let mut loaded = Registry::new();
+        let mut versions = Vec::new();
+        let mut bulk = loaded.bulk_load();
+        read_twins_within(tables.0, tables.1, tables.2, read_bytes, |batch| {
+            let rows = batch.unwrap();
+            sizes.push(rows.text_len() + rows.extra_len());
+            rows.load(&mut bulk, |slot, generation, etag, service| {
+                versions.push((slot, generation, etag, service))
+            })
+            .unwrap();
+            true
+        });
+        bulk.finish();
+        // The twins of the heads' and records' bytes alone would fit one batch.
+        assert!(sizes.len() > 1, "{sizes:?}");
+        // A batch ends with the twin that reached the bound: at most one twin past it.
+        assert!(sizes.iter().all(|&b| b < read_bytes + 2_048), "{sizes:?}");
+        for (slot, generation, etag, service) in versions {
+            loaded.restore_versions(slot, generation, etag, service);
+        }
         assert!(twins(&loaded) == expected, "a twin loaded otherwise");
     }
 
