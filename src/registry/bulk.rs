@@ -70,9 +70,10 @@ impl<'a> NewDevice<'a> {
 /// slices of the caller's buffer (a file being parsed, a database cursor's row), so no
 /// twin is built and nothing per value is allocated unless the value is new.
 ///
-/// The calling thread validates each device and gives it a slot, a batch of 8,192 at a
-/// time; a full batch's values are indexed by other threads (up to 3) while this one
-/// takes the next batch, then it helps them finish. Reads wait: a `BulkLoad` holds the
+/// The calling thread validates each device and gives it a slot, a batch at a time
+/// (8,192 twins, then each batch twice as many, up to 32,768); a full batch's values are
+/// indexed by other threads (up to 3) while this one takes the next batch, then it helps
+/// them finish. Reads wait: a `BulkLoad` holds the
 /// registry mutably. When it ends ([`BulkLoad::finish`], or dropped, also while
 /// unwinding from a panic) the last batch is indexed and every thread has ended, so
 /// the registry is consistent again.
