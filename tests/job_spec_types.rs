@@ -1,9 +1,11 @@
 //! A write job whose value can never fit its standard resource's type is refused at
-//! `Hub::create_job` (`SpecError::ValueDoesNotFit`), and nothing is created; before, it
-//! was created and failed each child with `rejected:badPayload` at run time. Values the
-//! server converts, and values at resources the standard table does not know, still go.
-
-#![cfg(feature = "lwm2m")]
+//! creation (`SpecError::ValueDoesNotFit`, by `JobSpec::validate`: through
+//! `Hub::create_job` and a `JobEngine` alone, in every build), and nothing is created;
+//! before, it was created and failed each child with `rejected:badPayload` at run time.
+//! Values the server converts, and values at resources the standard table does not know,
+//! still go; a job an older build stored with such a value still loads. No cargo feature
+//! is needed (the check and the table are the domain's): run it with
+//! `--no-default-features` too.
 
 use std::sync::Mutex;
 use std::sync::mpsc;
@@ -11,9 +13,12 @@ use std::time::Instant;
 use twinhub::hub::{DeviceLink, Hub, HubConfig};
 use twinhub::job::{EngineConfig, JobEngine, JobId, JobSpec, JobType, Misfit, SpecError};
 use twinhub::registry::Registry;
-use twinhub::transport::{DeviceEvent, DeviceOp};
+use twinhub::transport::{DeviceEvent, DeviceOp, DeviceRequest};
 use twinhub::twin::Twin;
 use twinhub::{DeviceId, Lwm2mPath, ResourceType, ResourceValue, Timestamp};
+
+mod job_support;
+use job_support::{Rows, drain, registered};
 
 /// A transport of the test's: it keeps what the hub submits and answers nothing.
 struct Silent(Mutex<Vec<DeviceOp>>);
@@ -145,17 +150,88 @@ fn values_that_fit_after_conversion_or_at_unknown_resources_are_created() {
     }
 }
 
-/// The engine alone does not know resource types: it takes the job, as documented on
-/// `JobType::WriteDeviceProperties`.
+/// The engine alone checks the types too (before, it took the job, and only the hub with
+/// the `lwm2m` feature checked): `-1` at an Unsigned Integer resource is refused, in
+/// every build, and nothing is created; a parameter's problem still comes first.
 #[test]
-fn the_engine_alone_does_not_check_types() {
-    let mut engine = JobEngine::new(EngineConfig::default(), Instant::now(), Timestamp::now());
-    let spec = write_job(
-        "negative",
-        Lwm2mPath::resource(1, 0, 13),
-        ResourceValue::Integer(-1),
+fn the_engine_alone_checks_types() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::now());
+    let priority_order = Lwm2mPath::resource(1, 0, 13); // Unsigned Integer
+    let spec = write_job("negative", priority_order, ResourceValue::Integer(-1));
+    assert_eq!(
+        engine.create(t0, spec.clone()),
+        Err(SpecError::ValueDoesNotFit {
+            path: priority_order,
+            expected: ResourceType::UnsignedInteger,
+            reason: Misfit::OutOfRange,
+        })
     );
-    engine.create(Instant::now(), spec).unwrap();
+    assert!(matches!(
+        engine.dry_run(&spec),
+        Err(SpecError::ValueDoesNotFit { .. })
+    ));
+    assert!(engine.job(&spec.id).is_none());
+    // A zero device timeout is the parameters' error, before the value's type.
+    let bad_timeout = spec.clone().device_timeout(std::time::Duration::ZERO);
+    assert!(matches!(
+        engine.create(t0, bad_timeout),
+        Err(SpecError::InvalidParameter {
+            name: "deviceTimeout",
+            ..
+        })
+    ));
+    // A value that fits (converted to the resource's type when sent) is taken.
+    engine
+        .create(
+            t0,
+            write_job("positive", priority_order, ResourceValue::Integer(2)),
+        )
+        .unwrap();
+}
+
+/// A job stored by an older build, which did not check the types at creation, with a
+/// value that can never fit: restoring does not check the types again (only the
+/// parameters), so the job loads and its write goes out as before (the server or the
+/// device refuses it at run time).
+#[test]
+fn a_stored_job_whose_value_does_not_fit_still_loads() {
+    let t0 = Instant::now();
+    let mut engine = JobEngine::new(EngineConfig::default(), t0, Timestamp::now());
+    engine.enable_journal();
+    let priority_order = Lwm2mPath::resource(1, 0, 13); // Unsigned Integer
+    let spec = write_job("old", priority_order, ResourceValue::Integer(7));
+    engine.create(t0, spec.clone()).unwrap();
+    let mut rows = Rows::default();
+    rows.apply(engine.take_journal());
+    // What an older build would have stored: the same job with `-1`.
+    let (fit, misfit) = (
+        r#"{"type":"integer","value":7}"#,
+        r#"{"type":"integer","value":-1}"#,
+    );
+    for bytes in rows.parents.values_mut() {
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(text.matches(fit).count(), 1, "{text}");
+        *bytes = text.replace(fit, misfit).into_bytes();
+    }
+    // `restore` panics if the rows do not restore (it would be a `JobRowError`).
+    let mut restored = rows.restore(t0);
+    assert!(restored.job(&spec.id).is_some());
+    restored.handle_event(t0, &registered(&pump()));
+    let sent = drain(&mut restored);
+    let [
+        DeviceOp {
+            request: DeviceRequest::Write { content, .. },
+            ..
+        },
+    ] = &sent[..]
+    else {
+        panic!("{sent:?}")
+    };
+    assert_eq!(
+        content.get(&priority_order),
+        Some(&ResourceValue::Integer(-1))
+    );
 }
 
 /// Through the hub over the simulated fleet, a write of `-1` to an Unsigned Integer

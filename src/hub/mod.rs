@@ -1079,8 +1079,8 @@ impl Hub {
     /// otherwise, and nothing is created). With a store, returns once the job is durable
     /// (nothing is sent to a device before).
     ///
-    /// With the cargo feature `lwm2m`, each value of a
-    /// [`WriteDeviceProperties`](crate::job::JobType::WriteDeviceProperties) job is checked
+    /// The spec is checked as [`JobSpec::validate`] checks it (in every build): each value
+    /// of a [`WriteDeviceProperties`](crate::job::JobType::WriteDeviceProperties) job
     /// against its resource's type in the standard objects' table, as the bundled server
     /// checks it before sending: one that can never fit (`-1` for an Unsigned Integer, a
     /// float or a string for an Integer) is [`SpecError::ValueDoesNotFit`], and nothing is
@@ -1095,16 +1095,8 @@ impl Hub {
             }
         }
         #[cfg(feature = "lwm2m")]
-        match &spec.job {
-            crate::job::JobType::FirmwareUpdate { package_uri, .. } => {
-                self.check_own_package(package_uri)?;
-            }
-            crate::job::JobType::WriteDeviceProperties { values } => {
-                // The parameters first (a NaN is theirs to refuse), as the engine would.
-                spec.validate()?;
-                check_write_values(values)?;
-            }
-            _ => {}
+        if let crate::job::JobType::FirmwareUpdate { package_uri, .. } = &spec.job {
+            self.check_own_package(package_uri)?;
         }
         let now = Instant::now();
         let id = spec.id.clone();
@@ -1367,30 +1359,6 @@ fn adopted(twin: &crate::registry::TwinRef<'_>) -> bool {
     twin.tags().len() > 0
         || !twin.service_properties().is_empty()
         || !twin.authentication().is_empty()
-}
-
-/// [`Hub::create_job`]'s check of a write job's values: each against its resource's type
-/// in the standard objects' table, as the bundled server checks it before sending
-/// (`fit_to_types`). A resource the table does not know takes any value here; a
-/// non-finite float is the spec's to refuse (checked before).
-#[cfg(feature = "lwm2m")]
-fn check_write_values(values: &[(Lwm2mPath, ResourceValue)]) -> Result<(), SpecError> {
-    use crate::job::Misfit;
-    use crate::lwm2m::content::{ContentError, fit_to_types, standard_resource_type};
-    for (path, value) in values {
-        let one = Content::single(*path, value.clone());
-        let (expected, reason) = match fit_to_types(&one, &standard_resource_type) {
-            Err(ContentError::OutOfRange { expected, .. }) => (expected, Misfit::OutOfRange),
-            Err(ContentError::TypeMismatch { expected, .. }) => (expected, Misfit::OtherKind),
-            _ => continue,
-        };
-        return Err(SpecError::ValueDoesNotFit {
-            path: *path,
-            expected,
-            reason,
-        });
-    }
-    Ok(())
 }
 
 fn spec_not_durable(error: crate::store::StoreError) -> SpecError {

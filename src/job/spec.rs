@@ -1,7 +1,7 @@
 //! What a job is: its id, type and parameters, targets, and the rollout controls.
 
 use crate::resource::DeviceError;
-use crate::resource::{Lwm2mPath, ResourceType, ResourceValue};
+use crate::resource::{Lwm2mPath, ResourceType, ResourceValue, fit_value, standard_resource_type};
 use crate::time::Timestamp;
 use crate::twin::{DeviceId, DevicePropertyName, TwinError};
 use std::fmt;
@@ -256,21 +256,22 @@ pub enum JobType {
     /// What is checked where:
     ///
     /// - at creation, by [`JobSpec::validate`] (so by [`JobEngine::create`](super::JobEngine::create)
-    ///   too): 1 to 64 resource paths, floats finite;
-    /// - at creation by the hub (`Hub::create_job`, cargo feature `lwm2m`), also each
-    ///   value against its resource's type in the standard objects' table (Security,
-    ///   Server, Device, Firmware Update and the vendor Config object `/10241`): one that
-    ///   can never fit (`-1` for an Unsigned Integer, a float for an Integer, a string for
-    ///   an Integer such as `/3/0/9`) is [`SpecError::ValueDoesNotFit`], and nothing is
-    ///   created. A value the server converts passes (an integer for a Float or a String
-    ///   resource, 0 or 1 for a Boolean), and so does any value at a resource the table
-    ///   does not know (IPSO and other vendor objects). An engine used without the hub
-    ///   does not check types;
-    /// - at run time, over the LwM2M server (or the simulated fleet), each value against
-    ///   the server's types (the standard table, and first any a service gave for other
-    ///   objects) before it is sent (`lwm2m::content::fit_to_types`): one that does not
-    ///   fit fails the child with `rejected:badPayload`, and neither it nor the values
-    ///   after it are written; the values before it were.
+    ///   and `Hub::create_job` alike, in every build): 1 to 64 resource paths, floats
+    ///   finite, then each value against its resource's type in the standard objects'
+    ///   table ([`standard_resource_type`](crate::resource::standard_resource_type):
+    ///   Security, Server, Device, Firmware Update and the vendor Config object `/10241`):
+    ///   one that can never fit (`-1` for an Unsigned Integer, a float for an Integer, a
+    ///   string for an Integer such as `/3/0/9`) is [`SpecError::ValueDoesNotFit`], and
+    ///   nothing is created. A value the server converts passes (an integer for a Float or
+    ///   a String resource, 0 or 1 for a Boolean), and so does any value at a resource the
+    ///   table does not know (IPSO and other vendor objects). A job restored from the
+    ///   store is not checked again: one an older build stored loads as it was;
+    /// - at run time, over the LwM2M server, each value against the server's types (the
+    ///   standard table, and first any a service gave for other objects) before it is
+    ///   sent (`lwm2m::content::fit_to_types`), and over the in-memory fleet (cargo
+    ///   feature `memory-fleet`, with or without `lwm2m`) against the standard table by
+    ///   the same rule: one that does not fit fails the child with `rejected:badPayload`,
+    ///   and neither it nor the values after it are written; the values before it were.
     #[serde(rename = "writeDeviceProperties", rename_all = "camelCase")]
     WriteDeviceProperties {
         /// `(resource path, value)` pairs.
@@ -774,9 +775,47 @@ impl JobSpec {
         self
     }
 
-    /// Checks every parameter; returns the first problem. No targets is no problem (see
+    /// Checks every parameter, then a write job's values against the standard objects'
+    /// types; returns the first problem. No targets is no problem (see
     /// [`JobSpec::targets`]).
+    ///
+    /// A parameter's problem is [`SpecError::InvalidParameter`] (a NaN among a write job's
+    /// values included); then each value of a
+    /// [`WriteDeviceProperties`](JobType::WriteDeviceProperties) job at a resource the
+    /// standard table knows ([`standard_resource_type`](crate::resource::standard_resource_type))
+    /// must fit its type by the rule the LwM2M server applies before sending
+    /// ([`fit_value`](crate::resource::fit_value)): the first that cannot is
+    /// [`SpecError::ValueDoesNotFit`]. This holds in every build (no cargo feature), so
+    /// for [`JobEngine::create`](super::JobEngine::create) without the hub too.
+    ///
+    /// ```
+    /// use twinhub::job::{JobId, JobSpec, JobType, Misfit, SpecError};
+    /// use twinhub::{DeviceId, Lwm2mPath, ResourceType, ResourceValue};
+    /// let priority_order = Lwm2mPath::resource(1, 0, 13); // Unsigned Integer
+    /// let job = JobType::WriteDeviceProperties {
+    ///     values: vec![(priority_order, ResourceValue::Integer(-1))],
+    /// };
+    /// let spec = JobSpec::new(JobId::new("w").unwrap(), job, vec![DeviceId::new("d").unwrap()]);
+    /// assert_eq!(
+    ///     spec.validate(),
+    ///     Err(SpecError::ValueDoesNotFit {
+    ///         path: priority_order,
+    ///         expected: ResourceType::UnsignedInteger,
+    ///         reason: Misfit::OutOfRange,
+    ///     }),
+    /// );
+    /// ```
     pub fn validate(&self) -> Result<(), SpecError> {
+        self.validate_parameters()?;
+        self.check_value_types()
+    }
+
+    /// The parameters' checks of [`JobSpec::validate`], without the values' types: what a
+    /// job read back from the store must meet. Its values were checked when it was
+    /// created, by the build that created it; one an older build stored (without the type
+    /// check, or before a table change) still loads, and its child fails as
+    /// `rejected:badPayload` at run time, as it would have.
+    pub(crate) fn validate_parameters(&self) -> Result<(), SpecError> {
         let bad = |name: &'static str, reason: &'static str| {
             Err(SpecError::InvalidParameter { name, reason })
         };
@@ -865,6 +904,29 @@ impl JobSpec {
         }
         Ok(())
     }
+
+    /// A write job's values against the standard objects' types: the first that can never
+    /// fit is [`SpecError::ValueDoesNotFit`]; a value at a resource the table does not
+    /// know passes. After [`JobSpec::validate_parameters`] (a non-finite float is its to
+    /// refuse).
+    fn check_value_types(&self) -> Result<(), SpecError> {
+        let JobType::WriteDeviceProperties { values } = &self.job else {
+            return Ok(());
+        };
+        for (path, value) in values {
+            let Some(expected) = standard_resource_type(path) else {
+                continue;
+            };
+            if let Err(reason) = fit_value(value, Some(expected)) {
+                return Err(SpecError::ValueDoesNotFit {
+                    path: *path,
+                    expected,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a job could not be created (or cancelled).
@@ -902,8 +964,8 @@ pub enum SpecError {
         error: crate::registry::StoreFailure,
     },
     /// A value of a [`JobType::WriteDeviceProperties`] job can never fit its resource's
-    /// type, which the standard objects' table knows (the hub checks at creation, with
-    /// the cargo feature `lwm2m`): it would fail every child with `rejected:badPayload`.
+    /// type, which the standard objects' table knows ([`JobSpec::validate`] checks at
+    /// creation, in every build): it would fail every child with `rejected:badPayload`.
     ValueDoesNotFit {
         /// The value's resource path.
         path: Lwm2mPath,
@@ -914,24 +976,10 @@ pub enum SpecError {
     },
 }
 
-/// Why a value cannot fit its resource's type ([`SpecError::ValueDoesNotFit`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Misfit {
-    /// A value of the type's kind beyond its range (`-1` for an Unsigned Integer).
-    OutOfRange,
-    /// A value of another kind (a float for an Integer, a string for an Integer).
-    OtherKind,
-}
-
-impl fmt::Display for Misfit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Misfit::OutOfRange => "out of the type's range",
-            Misfit::OtherKind => "of another kind",
-        })
-    }
-}
+/// Why a value cannot fit its resource's type ([`SpecError::ValueDoesNotFit`]): the
+/// domain's [`resource::Misfit`](crate::resource::Misfit), under its name here too. A job's
+/// error is never [`Misfit::NotFinite`] (a non-finite float is a parameter's problem).
+pub use crate::resource::Misfit;
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -10,14 +10,25 @@
 //! content formats, sockets) stays in `coap` and `lwm2m`; those modules and `transport`
 //! re-export these types, so `twinhub::lwm2m::Lwm2mPath` and
 //! `twinhub::transport::DeviceOp` name the same types as `twinhub::resource::...`.
+//!
+//! The standard objects' resource types ([`standard_resource_type`]) and the rule of which
+//! value fits which type ([`fit_value`]) are the domain's too: a write job's values are
+//! checked against them at creation ([`JobSpec::validate`](crate::job::JobSpec::validate))
+//! and the in-memory fleet fits a write with them, in every build; the LwM2M content
+//! formats re-export the table and apply the rule before a write is encoded.
 
+mod fit;
 mod op;
 mod path;
+mod types;
 mod value;
+
+pub use fit::{Misfit, fit_value};
 
 pub use op::{
     BootstrapOutcome, DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest,
     NotificationAttributes, ObservationEndCause, OpId, PeerIdentity, RejectReason, WriteMode,
 };
 pub use path::{Lwm2mPath, PathError};
+pub use types::standard_resource_type;
 pub use value::{Content, ResourceType, ResourceValue, base64_encode};

@@ -229,6 +229,7 @@ pub enum DeviceError {
     /// A payload could not be decoded or encoded: the device's answer (the request was
     /// carried out, its result is unreadable), or the request's own content, refused
     /// before it was sent (a value that does not fit its resource's type, a NaN: see
+    /// [`fit_value`](super::fit_value), which the LwM2M server applies through
     /// `lwm2m::content::fit_to_types`; nothing reached the device).
     BadPayload(String),
     /// The device answered with a CoAP Reset: it holds no state for the request (it

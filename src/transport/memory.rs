@@ -58,10 +58,11 @@
 //! registration expires after its lifetime, it registers again later); failing downloads or
 //! updates; and devices that never answer (they register but every request times out).
 //! Requests for a device the server holds no registration for are answered at once with
-//! [`DeviceError::NotRegistered`], like the LWM2M server transport does. With the cargo
-//! feature `lwm2m`, a Write, Write-Composite or Create is checked as the server checks it
-//! before sending (`lwm2m::content::fit_to_types` with the standard objects' types, which
-//! are the simulated device's; a path the table does not know takes any finite value): a
+//! [`DeviceError::NotRegistered`], like the LWM2M server transport does. In every build
+//! (with or without the cargo feature `lwm2m`), a Write, Write-Composite or Create is
+//! checked as the server checks it before sending (the domain's rule,
+//! [`resource::fit_value`](crate::resource::fit_value), with the standard objects' types,
+//! which are the simulated device's; a path the table does not know takes any finite value): a
 //! value that does not fit its resource's type (`-1` for an Unsigned Integer, a float or
 //! a string for an Integer, a NaN) fails the request at once with
 //! [`DeviceError::BadPayload`] in the server's words, and nothing reaches the device; one
@@ -118,6 +119,7 @@ use super::{
     DeviceError, DeviceEvent, DeviceOp, DeviceReply, DeviceRequest, RegistrationInfo, Transport,
 };
 use crate::lwm2m::{Content, Lwm2mPath, ResourceValue};
+use crate::resource::{Misfit, ResourceType, fit_value, standard_resource_type};
 use crate::twin::DeviceId;
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -411,22 +413,44 @@ fn builtin_access(path: &Lwm2mPath) -> Option<Access> {
     })
 }
 
-/// What the LWM2M server does with a write's values before it sends anything
-/// (`fit_to_types` with the standard objects' types, the simulated device's objects):
-/// each goes in its resource's type, or the request fails with
-/// [`DeviceError::BadPayload`] naming the first value that does not fit, in the server's
-/// words.
-#[cfg(feature = "lwm2m")]
+/// What the LWM2M server does with a write's values before it sends anything, in every
+/// build (the domain's rule, [`fit_value`], with the standard objects' types, which are the
+/// simulated device's objects): each goes in its resource's type, or the request fails
+/// with [`DeviceError::BadPayload`] naming the first value that does not fit, in the
+/// server's words ([`misfit_words`]).
 fn fit_values(request: &mut DeviceRequest) -> Result<(), DeviceError> {
-    use crate::lwm2m::content::{fit_to_types, standard_resource_type};
     if let DeviceRequest::Write { content, .. }
     | DeviceRequest::WriteComposite { content }
     | DeviceRequest::Create { content, .. } = request
     {
-        *content = fit_to_types(content, &standard_resource_type)
-            .map_err(|e| DeviceError::BadPayload(e.to_string()))?;
+        let values = content
+            .values
+            .iter()
+            .map(|(path, value)| {
+                let ty = standard_resource_type(path);
+                fit_value(value, ty)
+                    .map(|v| (*path, v))
+                    .map_err(|m| DeviceError::BadPayload(misfit_words(path, ty, m)))
+            })
+            .collect::<Result<_, _>>()?;
+        content.values = values;
     }
     Ok(())
+}
+
+/// The LWM2M server's message for a value that does not fit (the `Display` of
+/// `lwm2m::content::ContentError`'s `OutOfRange`, `TypeMismatch` and `UnencodableValue`,
+/// which a test holds it to), written here so that a build without `lwm2m` says the same.
+fn misfit_words(path: &Lwm2mPath, ty: Option<ResourceType>, misfit: Misfit) -> String {
+    match (misfit, ty) {
+        (Misfit::OutOfRange, Some(ty)) => {
+            format!("value at {path} is out of range for type {ty:?}")
+        }
+        (Misfit::OtherKind, Some(ty)) => format!("value at {path} does not match type {ty:?}"),
+        (Misfit::NotFinite, _) | (_, None) => {
+            format!("value at {path} cannot be encoded in this format")
+        }
+    }
 }
 
 /// SplitMix64: small, fast, good enough for simulation, and fully reproducible.
@@ -1456,7 +1480,7 @@ impl MemoryTransport {
 }
 
 impl Transport for MemoryTransport {
-    fn submit(&mut self, now: Instant, op: DeviceOp) {
+    fn submit(&mut self, now: Instant, mut op: DeviceOp) {
         self.stats.submitted += 1;
         let Some(&dev) = self.by_id.get(&op.device) else {
             self.stats.answered += 1;
@@ -1479,9 +1503,6 @@ impl Transport for MemoryTransport {
         if let DeviceRequest::EndRegistration { registration_id } = &op.request {
             return self.end_registration(now, dev, op.id, registration_id);
         }
-        #[cfg(feature = "lwm2m")]
-        let mut op = op;
-        #[cfg(feature = "lwm2m")]
         if let Err(error) = fit_values(&mut op.request) {
             self.stats.answered += 1;
             self.events.push_back(DeviceEvent::Response {
@@ -1607,12 +1628,10 @@ mod tests {
     /// at once with the server's `BadPayload` and change nothing on the device, while an
     /// integer for a Time (Current Time) or a String resource (Timezone) arrives
     /// converted. Before, the simulated device stored `-1` and the string, and the
-    /// integers as integers.
-    #[cfg(feature = "lwm2m")]
+    /// integers as integers. In every build: without `lwm2m` too, and in the server's words
+    /// (with `lwm2m`, the test holds them to the server's `ContentError`).
     #[test]
     fn writes_are_fitted_to_the_standard_types_as_the_server_fits_them() {
-        use crate::lwm2m::ResourceType;
-        use crate::lwm2m::content::ContentError;
         let t0 = Instant::now();
         let mut t = MemoryTransport::new(MemoryConfig::with_seed(3));
         let d = id("a");
@@ -1645,16 +1664,13 @@ mod tests {
         t.submit(now, op(4, &d, write(timezone, ResourceValue::Integer(7))));
         // The refused ones are answered at once, before anything is sent.
         let first: Vec<_> = std::iter::from_fn(|| t.poll_event()).collect();
-        let bad = |e: ContentError| Err(DeviceError::BadPayload(e.to_string()));
+        let bad = |words: &str| Err(DeviceError::BadPayload(words.to_owned()));
         assert_eq!(
             first[0],
             DeviceEvent::Response {
                 op: OpId(1),
                 device: d.clone(),
-                result: bad(ContentError::OutOfRange {
-                    path: order,
-                    expected: ResourceType::UnsignedInteger
-                }),
+                result: bad("value at /1/0/13 is out of range for type UnsignedInteger"),
             }
         );
         assert_eq!(
@@ -1662,10 +1678,7 @@ mod tests {
             DeviceEvent::Response {
                 op: OpId(2),
                 device: d.clone(),
-                result: bad(ContentError::TypeMismatch {
-                    path: lifetime,
-                    expected: ResourceType::Integer
-                }),
+                result: bad("value at /1/0/1 does not match type Integer"),
             }
         );
         assert!(
@@ -1694,6 +1707,45 @@ mod tests {
             t.value(&d, &timezone),
             Some(&ResourceValue::String("7".into()))
         );
+    }
+
+    /// The fleet's refusals are the LwM2M server's words: `ContentError`'s, as
+    /// `fit_to_types` gives them, for each kind of misfit.
+    #[cfg(feature = "lwm2m")]
+    #[test]
+    fn misfit_words_are_the_servers() {
+        use crate::lwm2m::content::fit_to_types;
+        let cases = [
+            (Lwm2mPath::resource(1, 0, 13), ResourceValue::Integer(-1)),
+            (
+                Lwm2mPath::resource(1, 0, 1),
+                ResourceValue::String("60".into()),
+            ),
+            (Lwm2mPath::resource(1, 0, 1), ResourceValue::Float(f64::NAN)),
+            (
+                Lwm2mPath::resource(3303, 0, 5700),
+                ResourceValue::Float(f64::INFINITY),
+            ),
+            (
+                Lwm2mPath::resource_instance(3, 0, 7, 1),
+                ResourceValue::Boolean(true),
+            ),
+        ];
+        for (path, value) in cases {
+            let server = fit_to_types(
+                &Content::single(path, value.clone()),
+                &standard_resource_type,
+            )
+            .unwrap_err()
+            .to_string();
+            let mut request = DeviceRequest::WriteComposite {
+                content: Content::single(path, value),
+            };
+            assert_eq!(
+                fit_values(&mut request),
+                Err(DeviceError::BadPayload(server))
+            );
+        }
     }
 
     #[test]

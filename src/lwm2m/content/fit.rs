@@ -1,8 +1,10 @@
 //! What a write sends must mean what the caller asked: values checked against the target
-//! resources' types before anything is encoded.
+//! resources' types before anything is encoded, by the domain's rule
+//! ([`crate::resource::fit_value`]).
 
 use super::{ContentError, type_key};
-use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
+use crate::lwm2m::{Content, Lwm2mPath, ResourceType};
+use crate::resource::{Misfit, fit_value};
 
 /// Checks a write's `content` against the resources' types (`types`, as for
 /// [`decode`](super::decode)) and returns it with each value in its resource's type, or the
@@ -12,7 +14,8 @@ use crate::lwm2m::{Content, Lwm2mPath, ResourceType, ResourceValue};
 /// TLV carries no type and sends an integer as its two's complement, so `-1` in an
 /// Unsigned Integer resource reads as 255 on the device, and a float's 8 bytes as an
 /// integer; SenML and CBOR carry NaN, text and JSON cannot. So the check comes first, the
-/// same for every format:
+/// same for every format: the domain's rule, [`fit_value`] (which a write job's values
+/// also meet at creation), with its [`Misfit`] in this module's error:
 ///
 /// - a NaN or infinite float is [`ContentError::UnencodableValue`], whatever the type
 ///   (text and JSON cannot carry it, and a twin cannot hold it);
@@ -66,59 +69,23 @@ pub fn fit_to_types(
     let values = content
         .values
         .iter()
-        .map(|(path, value)| Ok((*path, fit(path, value, types(&type_key(path)))?)))
+        .map(|(path, value)| {
+            let ty = types(&type_key(path));
+            fit_value(value, ty)
+                .map(|v| (*path, v))
+                .map_err(|m| misfit_error(*path, ty, m))
+        })
         .collect::<Result<_, ContentError>>()?;
     Ok(Content { values })
 }
 
-/// 2^53: every integer of at most this magnitude is an exact `f64`.
-const EXACT_F64: u64 = 1 << 53;
-
-fn fit(
-    path: &Lwm2mPath,
-    value: &ResourceValue,
-    ty: Option<ResourceType>,
-) -> Result<ResourceValue, ContentError> {
-    use ResourceType as T;
-    use ResourceValue as V;
-    if let V::Float(x) = value
-        && !x.is_finite()
-    {
-        return Err(ContentError::UnencodableValue { path: *path });
+/// The content formats' words for a value that does not fit: out of range and another
+/// kind name the resource's type; a NaN or infinity is a value no format should carry.
+fn misfit_error(path: Lwm2mPath, ty: Option<ResourceType>, misfit: Misfit) -> ContentError {
+    match (misfit, ty) {
+        (Misfit::OutOfRange, Some(expected)) => ContentError::OutOfRange { path, expected },
+        (Misfit::OtherKind, Some(expected)) => ContentError::TypeMismatch { path, expected },
+        // `fit_value` refuses only a non-finite float when the type is not known.
+        (Misfit::NotFinite, _) | (_, None) => ContentError::UnencodableValue { path },
     }
-    let Some(ty) = ty else {
-        return Ok(value.clone());
-    };
-    let out_of_range = || ContentError::OutOfRange {
-        path: *path,
-        expected: ty,
-    };
-    let mismatch = || ContentError::TypeMismatch {
-        path: *path,
-        expected: ty,
-    };
-    // An integer of any of the three integer kinds, widened.
-    let int: Option<i128> = match value {
-        V::Integer(i) | V::Time(i) => Some(i128::from(*i)),
-        V::UnsignedInteger(u) => Some(i128::from(*u)),
-        _ => None,
-    };
-    Ok(match (ty, int) {
-        (T::Integer, Some(i)) => V::Integer(i64::try_from(i).map_err(|_| out_of_range())?),
-        (T::Time, Some(i)) => V::Time(i64::try_from(i).map_err(|_| out_of_range())?),
-        (T::UnsignedInteger, Some(i)) => {
-            V::UnsignedInteger(u64::try_from(i).map_err(|_| out_of_range())?)
-        }
-        (T::Float, Some(i)) => {
-            if i.unsigned_abs() > u128::from(EXACT_F64) {
-                return Err(out_of_range());
-            }
-            V::Float(i as f64)
-        }
-        (T::String, Some(i)) => V::String(i.to_string()),
-        (T::String, None) if matches!(value, V::Float(_)) => V::String(value.to_string()),
-        (T::Boolean, Some(i @ (0 | 1))) => V::Boolean(i == 1),
-        _ if value.resource_type() == ty => value.clone(),
-        _ => return Err(mismatch()),
-    })
 }

@@ -109,12 +109,13 @@ mod senml_cbor;
 mod senml_json;
 mod text;
 mod tlv;
-mod types;
 
+/// The standard objects' resource types: the domain's table
+/// ([`crate::resource::standard_resource_type`]), under its name here too.
+pub use crate::resource::standard_resource_type;
 pub use error::{ContentError, RecordProblem};
 pub use fit::fit_to_types;
 pub use paths::{MAX_COMPOSITE_PATHS, decode_paths, encode_paths};
-pub use types::standard_resource_type;
 
 #[cfg(doc)]
 use super::ResourceValue;

@@ -1,7 +1,9 @@
 //! The resource types of the standard objects the hub maps (Security 0, Server 1,
-//! Device 3, Firmware Update 5) and the preview's vendor Config object 10241.
+//! Device 3, Firmware Update 5) and the preview's vendor Config object 10241: the
+//! domain's own table, so a write job's values are checked against it in every build
+//! (the LwM2M content formats re-export it as `lwm2m::content::standard_resource_type`).
 
-use crate::lwm2m::{Lwm2mPath, ResourceType};
+use super::{Lwm2mPath, ResourceType};
 
 /// The type of a standard resource, from its object and resource id (the instance and any
 /// resource-instance id do not matter). `None` for objects and resources not in the table.
@@ -11,7 +13,7 @@ use crate::lwm2m::{Lwm2mPath, ResourceType};
 /// 3 ConfigApply).
 ///
 /// ```
-/// use twinhub::lwm2m::content::standard_resource_type;
+/// use twinhub::resource::standard_resource_type;
 /// use twinhub::{Lwm2mPath, ResourceType};
 /// assert_eq!(standard_resource_type(&Lwm2mPath::resource(3, 0, 9)), Some(ResourceType::Integer));
 /// assert_eq!(standard_resource_type(&Lwm2mPath::resource_instance(3, 0, 7, 1)), Some(ResourceType::Integer));
