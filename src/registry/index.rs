@@ -270,7 +270,6 @@ enum StagedKind {
 impl StagedValue {
     /// Stages `value` (`None`: a service object node) of `slot`; a string is appended to
     /// `text`.
-    #[inline]
     pub(crate) fn new(value: Option<ScalarRef<'_>>, slot: u32, text: &mut String) -> Self {
         let (kind, payload) = match value {
             None => (StagedKind::Object, 0),

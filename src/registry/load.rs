@@ -30,17 +30,23 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 /// Twins in a load's first batch: large enough that a batch's work dwarfs handing it
-/// to a thread. Each next batch is twice as large, up to [`BATCH_MAX`], so that a small
-/// load is indexed behind its admission early on.
+/// to a thread. A load of borrowed rows doubles each next batch, up to [`BATCH_MAX`], so
+/// that a small load is indexed behind its admission early on; a load of owned twins
+/// stays at this size (see [`BATCH_MAX`]).
 const BATCH_FIRST: usize = 8192;
 
-/// Twins in a batch at most. Indexing a batch touches each distinct value's posting list
-/// (and sorted order) once, wherever it is in memory, so fewer, larger batches touch
-/// them less often: importing 1M twins (`Registry::import_ndjson`, the
-/// `compare_duckdb.py` corpora) took 13% less CPU for `timed` (many distinct values)
+/// Twins in a batch of borrowed rows at most. Indexing a batch touches each distinct
+/// value's posting list (and sorted order) once, wherever it is in memory, so fewer,
+/// larger batches touch them less often: importing 1M twins (`Registry::import_ndjson`,
+/// the `compare_duckdb.py` corpora) took 13% less CPU for `timed` (many distinct values)
 /// and 5% less for `preview` with batches of 32,768 than with 8,192 throughout (two
-/// runs each, alternating); 65,536 gained nothing more. The price is the staged batches
-/// (about 1 KB a twin, two batches at once): peak memory 841 against 801 MB.
+/// runs each, alternating; 16,384 was halfway; 65,536 gained nothing more), and 3.83 s
+/// instead of 4.3 s for `timed`. The price is the staged batches (about 1 KB a twin, two
+/// batches at once): peak memory 841 against 801 MB. Loading 1M owned twins
+/// (`Registry::load`) measured slower with them (1.93 to 1.99 s against 1.51 to 1.86 s in
+/// the registry bench, three runs each, alternating, in a build that also inlined the
+/// staging of a value, since undone; the two causes were not told apart), so owned twins
+/// keep batches of [`BATCH_FIRST`].
 const BATCH_MAX: usize = 32768;
 
 /// Batches smaller than this are indexed on the calling thread alone.
@@ -582,6 +588,8 @@ pub(super) struct Loader<'r> {
     threads: usize,
     /// Twins in the batch being staged (from [`BATCH_FIRST`] to [`BATCH_MAX`]).
     batch: usize,
+    /// Whether owned twins were admitted (then batches stay at [`BATCH_FIRST`]).
+    owned: bool,
 }
 
 impl<'r> Loader<'r> {
@@ -593,12 +601,14 @@ impl<'r> Loader<'r> {
             in_flight: None,
             threads: cores.min(MAX_THREADS),
             batch: BATCH_FIRST,
+            owned: false,
         }
     }
 
     /// Admits one twin.
     pub(super) fn push(&mut self, twin: crate::twin::Twin) -> Result<Slot, RegistryError> {
         let slot = self.reg.admit(twin, &mut self.stage)?;
+        self.owned = true;
         self.admitted();
         Ok(slot)
     }
@@ -612,7 +622,11 @@ impl<'r> Loader<'r> {
     /// A device was admitted: starts indexing the stage when it is full.
     pub(super) fn admitted(&mut self) {
         if self.stage.slots.len() >= self.batch {
-            self.batch = (2 * self.batch).min(BATCH_MAX);
+            self.batch = if self.owned {
+                BATCH_FIRST
+            } else {
+                (2 * self.batch).min(BATCH_MAX)
+            };
             self.send();
         }
     }
