@@ -71,12 +71,12 @@ impl<'a> NewDevice<'a> {
 /// twin is built and nothing per value is allocated unless the value is new.
 ///
 /// The calling thread validates each device and gives it a slot, a batch at a time
-/// (8,192 twins; for rows each next batch twice as many, up to 32,768); a full batch's values are
-/// indexed by other threads (up to 3) while this one takes the next batch, then it helps
-/// them finish. Reads wait: a `BulkLoad` holds the
-/// registry mutably. When it ends ([`BulkLoad::finish`], or dropped, also while
-/// unwinding from a panic) the last batch is indexed and every thread has ended, so
-/// the registry is consistent again.
+/// (8,192 twins; for rows each next batch twice as many, up to 32,768); a full batch's
+/// values are indexed by other threads (up to 3) while this one takes the next batch,
+/// then it helps them finish. Reads wait: a `BulkLoad` holds the registry mutably.
+/// When it ends ([`BulkLoad::finish`], or dropped, also while unwinding from a panic)
+/// the last batch is indexed and every thread has ended, so the registry is consistent
+/// again.
 ///
 /// ```
 /// use twinhub::registry::{NewDevice, Registry};

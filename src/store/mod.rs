@@ -43,8 +43,9 @@
 //! while the load's threads index earlier ones, so reading and loading overlap. A batch
 //! holds 1,024 twins, or fewer once its heads, records and logged strings reach 16 MiB;
 //! at most 6 batches are in memory (4 queued, one being filled, one being loaded): past
-//! that the reader waits for the load. The whole log is read first, by the reader thread, and sorted by
-//! device (at most [`StoreConfig::property_log_limit`] changes after a commit). Measured
+//! that the reader waits for the load. The whole log is read first, by the reader
+//! thread, and sorted by device (at most [`StoreConfig::property_log_limit`] changes
+//! after a commit). Measured
 //! (`benches/store.rs`, 2026-12-07): 1M twins open in 4.0 s with an empty log and 4.6 s
 //! with 907,373 logged changes; decoding an owned `Twin` per head took 7.4 to 7.9 s.
 //!
