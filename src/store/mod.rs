@@ -2337,6 +2337,22 @@ mod tests {
         );
     }
 
+    /// The tables [`read_twins`] reads: the twins, their property records and the log.
+    #[allow(clippy::type_complexity)]
+    fn read_tables(
+        txn: &redb::ReadTransaction,
+    ) -> (
+        redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        redb::ReadOnlyTable<u64, &'static [u8]>,
+    ) {
+        (
+            txn.open_table(TWINS).unwrap(),
+            txn.open_table(PROPERTIES).unwrap(),
+            txn.open_table(PROPERTY_LOG).unwrap(),
+        )
+    }
+
     /// The reader runs at most `READ_AHEAD` batches ahead of the load: with the load
     /// holding off, its send after `READ_AHEAD` batches finds the queue full (and waits
     /// there); once the load takes them, every twin (its tag, service property, record
@@ -2374,11 +2390,7 @@ mod tests {
 
         let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
         let txn = db.begin_read().unwrap();
-        let tables = (
-            txn.open_table(TWINS).unwrap(),
-            txn.open_table(PROPERTIES).unwrap(),
-            txn.open_table(PROPERTY_LOG).unwrap(),
-        );
+        let tables = read_tables(&txn);
         let (sender, batches) = read_channel();
         // The number of batches sent before a send first found the queue full.
         let (full_tx, full) = std::sync::mpsc::channel();
@@ -2459,11 +2471,7 @@ mod tests {
 
         let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
         let txn = db.begin_read().unwrap();
-        let tables = (
-            txn.open_table(TWINS).unwrap(),
-            txn.open_table(PROPERTIES).unwrap(),
-            txn.open_table(PROPERTY_LOG).unwrap(),
-        );
+        let tables = read_tables(&txn);
         let read_bytes = 8 * 1024;
         let mut sizes = Vec::new();
         let mut loaded = Registry::new();
