@@ -42,7 +42,7 @@ const BATCH_FIRST: usize = 8192;
 /// and 5% less for `preview` with batches of 32,768 than with 8,192 throughout (two
 /// runs each, alternating; 16,384 was halfway; 65,536 gained nothing more), and 3.83 s
 /// instead of 4.3 s for `timed`. The price is the staged batches (about 1 KB a twin, two
-/// batches at once): peak memory 841 against 801 MB. Loading 1M owned twins
+/// batches at once): peak resident memory 821 against 783 MiB. Loading 1M owned twins
 /// (`Registry::load`) measured slower with them (1.93 to 1.99 s against 1.51 to 1.86 s in
 /// the registry bench, three runs each, alternating, in a build that also inlined the
 /// staging of a value, since undone; the two causes were not told apart), so owned twins
