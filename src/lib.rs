@@ -54,7 +54,14 @@
 //! | [`query`] | the JSON query expression: nom parser, optimizer, bitmap executor |
 //! | [`resource`] | the device vocabulary: LWM2M paths and values, device operations and events |
 //! | `dtls` | DTLS 1.2 PSK (`coaps`) between the UDP drivers and CoAP (cargo feature `dtls`, on by default) |
-//! | [`coap`] | RFC 7252 codec and message layer, observe (RFC 7641), block-wise (RFC 7959) |
+#![cfg_attr(
+    feature = "lwm2m",
+    doc = "| [`coap`] | RFC 7252 codec and message layer, observe (RFC 7641), block-wise (RFC 7959) |"
+)]
+#![cfg_attr(
+    not(feature = "lwm2m"),
+    doc = "| `coap` | RFC 7252 codec and message layer, observe (RFC 7641), block-wise (RFC 7959) (feature `lwm2m`) |"
+)]
 //! | [`lwm2m`] | payload formats, the server endpoint and the device library |
 //! | [`transport`] | the [`Transport`](transport::Transport) port between hub and devices |
 //! | [`store`] | durability: the registry's changes committed to an embedded redb file |

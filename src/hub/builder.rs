@@ -51,7 +51,14 @@ enum Link {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// No transport was chosen ([`HubBuilder::udp`], `dtls`, or [`HubBuilder::transport`]).
+    #[cfg_attr(
+        feature = "lwm2m",
+        doc = "No transport was chosen ([`HubBuilder::udp`], `dtls`, or [`HubBuilder::transport`])."
+    )]
+    #[cfg_attr(
+        not(feature = "lwm2m"),
+        doc = "No transport was chosen ([`HubBuilder::transport`])."
+    )]
     NoTransport,
     /// An address did not resolve.
     Address(std::io::Error),

@@ -419,7 +419,7 @@ impl std::error::Error for HubConfigError {
 
 impl HubConfig {
     /// Checks the settings that would leave the hub inert or panic its threads: `jobs`
-    /// ([`EngineConfig::validate`]), `server` ([`ServerConfig::validate`], feature
+    /// ([`EngineConfig::validate`]), `server` (`ServerConfig::validate`, feature
     /// `lwm2m`) and `dtls` (`DtlsServerConfig::validate`, feature `dtls`), in that order;
     /// the first setting found wrong is reported.
     ///
@@ -636,7 +636,8 @@ const MAX_BATCH: usize = 4096;
 
 impl Hub {
     /// Starts a hub over a running transport: `link` takes operations, `events` yields
-    /// what the devices do. [`Hub::bind_udp`] and [`Hub::with_transport`] call this.
+    /// what the devices do. `Hub::bind_udp` (feature `lwm2m`) and [`Hub::with_transport`]
+    /// call this.
     /// Without a store, `registry`'s change feed goes on after a number from the clock
     /// first, its twins taking that number as their etags (see the module docs, Numbers
     /// without a store).
@@ -897,7 +898,7 @@ impl Hub {
     }
 
     /// Creates a device twin. On a hub with a `coaps` listener, PSK credentials in the
-    /// twin's authentication are checked and taken as [`Hub::set_psk`] takes them (an
+    /// twin's authentication are checked and taken as `Hub::set_psk` takes them (an
     /// identity another device holds is refused, [`TwinError::PskIdentityTaken`]; the
     /// key is usable once the twin is durable).
     ///

@@ -123,9 +123,9 @@ impl ClientConfig {
     }
 
     /// Bootstraps first from the bootstrap server at `address` (plain CoAP, or DTLS with
-    /// [`ClientConfig::with_bootstrap_psk`]): the tree
-    /// needs a Security object and a Server object that the bootstrap server may write
-    /// into ([`objects::bootstrap_security`](super::objects::bootstrap_security) and
+    /// `ClientConfig::with_bootstrap_psk`, feature `dtls`): the tree needs a Security
+    /// object and a Server object that the bootstrap server may write into
+    /// ([`objects::bootstrap_security`](super::objects::bootstrap_security) and
     /// [`objects::unprovisioned_server`](super::objects::unprovisioned_server)). At
     /// Bootstrap-Finish the client takes the first Security instance that is not a
     /// bootstrap account and its Server instance: `server` becomes the address of its URI

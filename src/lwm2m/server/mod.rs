@@ -181,7 +181,7 @@
 //!
 //! # Who is who (DTLS)
 //!
-//! Behind a DTLS layer ([`UdpServer::bind_secure`], feature `dtls`) every datagram
+//! Behind a DTLS layer (`UdpServer::bind_secure`, feature `dtls`) every datagram
 //! arrives with the session's authenticated [`PeerIdentity`]
 //! ([`Lwm2mServer::handle_datagram_from`]) and the server is built with
 //! [`Lwm2mServer::require_identity`]: a Register is accepted only when the identity
