@@ -28,9 +28,9 @@
 //! The first bad line ends the import with its number ([`ImportError::line`], from 1);
 //! the lines before it stay loaded, the registry stays consistent. A member given twice
 //! in a line is refused, and so is a property name given twice (where deserialising a
-//! `Twin` keeps the last). The import returns once its reader thread has stopped: after
-//! an error, that waits for a read already in progress (from a pipe or socket, until it
-//! returns).
+//! `Twin` keeps the last). The import returns once its threads have exited (joined, so
+//! nothing of theirs outlives it): after an error, that waits for a read already in
+//! progress (from a pipe or socket, until it returns).
 
 use super::{BulkLoad, NewDevice, Registry, RegistryError};
 use crate::Timestamp;
@@ -171,10 +171,11 @@ impl Registry {
             let (spare_tx, spare_rx) = sync_channel::<Block>(SPARE_BLOCKS);
             let mut to_parsers = Vec::with_capacity(parsers);
             let mut from_parsers = Vec::with_capacity(parsers);
+            let mut threads = Vec::with_capacity(parsers + 1);
             for i in 0..parsers {
                 let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(IN_FLIGHT);
                 let (block_tx, block_rx) = sync_channel::<Block>(IN_FLIGHT);
-                std::thread::Builder::new()
+                let parser = std::thread::Builder::new()
                     .name(format!("twinhub-import-{i}"))
                     .spawn_scoped(scope, move || {
                         for chunk in chunk_rx {
@@ -184,33 +185,54 @@ impl Registry {
                         }
                     })
                     .expect("a parser thread starts");
+                threads.push(parser);
                 to_parsers.push(chunk_tx);
                 from_parsers.push(block_rx);
             }
-            std::thread::Builder::new()
+            let reader = std::thread::Builder::new()
                 .name("twinhub-import-read".into())
                 .spawn_scoped(scope, move || {
                     read_chunks(reader, &to_parsers, &spare_rx, chunk_bytes)
                 })
                 .expect("the reader thread starts");
-            // Chunk i went to parser i % parsers: taking blocks round-robin keeps input
-            // order. Returning early drops the receivers, which ends the parsers, then
-            // the reader.
-            let mut bulk = self.bulk_load();
-            let mut lines_before = 0u64;
-            for receiver in from_parsers.iter().cycle() {
-                let Ok(mut block) = receiver.recv() else {
-                    break;
-                };
-                let lines = block.lines;
-                block.add_to(&mut bulk, lines_before)?;
-                lines_before += lines;
-                block.clear();
-                // The reader takes it back when it next reads; if enough wait, it goes.
-                let _ = spare_tx.try_send(block);
+            threads.push(reader);
+            // Dropping the receivers (when the blocks are loaded, or at the first bad
+            // line) ends the parsers, then the reader.
+            let loaded = self.load_blocks(from_parsers, spare_tx);
+            // Joined, not only left behind in the scope: leaving it waits for the threads'
+            // closures, not for the threads to exit, and their thread-local storage would
+            // outlive the import for a moment.
+            for thread in threads {
+                if let Err(panic) = thread.join() {
+                    std::panic::resume_unwind(panic);
+                }
             }
-            Ok(bulk.finish())
+            loaded
         })
+    }
+
+    /// Adds the parsers' blocks to a bulk load in input order, giving each loaded block
+    /// back to the reader through `spares`.
+    fn load_blocks(
+        &mut self,
+        from_parsers: Vec<Receiver<Block>>,
+        spares: SyncSender<Block>,
+    ) -> Result<usize, ImportError> {
+        // Chunk i went to parser i % parsers: taking blocks round-robin keeps input order.
+        let mut bulk = self.bulk_load();
+        let mut lines_before = 0u64;
+        for receiver in from_parsers.iter().cycle() {
+            let Ok(mut block) = receiver.recv() else {
+                break;
+            };
+            let lines = block.lines;
+            block.add_to(&mut bulk, lines_before)?;
+            lines_before += lines;
+            block.clear();
+            // The reader takes it back when it next reads; if enough wait, it goes.
+            let _ = spares.try_send(block);
+        }
+        Ok(bulk.finish())
     }
 }
 
