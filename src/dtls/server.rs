@@ -372,6 +372,11 @@ struct Session {
     last: Instant,
 }
 
+/// Whether the session's key is still the one it was made with.
+fn key_current(store: &PskStore, s: &Session) -> bool {
+    store.revision(&s.identity.psk_identity) == Some(s.revision)
+}
+
 /// What one drain of a `dimpl` instance produced.
 #[derive(Default)]
 struct Drained {
@@ -404,21 +409,80 @@ impl Drained {
     }
 }
 
-/// Gives a state machine the time, takes what that produced (a due retransmission), then
-/// gives it `input` and takes what that produced. `dimpl` wants its output polled after
-/// each step: a datagram handled right after a retransmission, with nothing polled in
-/// between, was not answered (the handshake stalled until the next timeout).
-fn step(
+/// Where a session's output goes: straight into the server's queues, with no
+/// intermediate collection (the per-record path allocates only the datagram and the
+/// plaintext it hands out).
+struct SessionSink<'a> {
+    peer: SocketAddr,
+    /// Plaintext is delivered under this identity; `None` drops it (what `send` and
+    /// `close_session` always did with plaintext met on their way).
+    identity: Option<&'a PeerIdentity>,
+    transmits: &'a mut VecDeque<(SocketAddr, Vec<u8>)>,
+    events: &'a mut VecDeque<DtlsEvent>,
+}
+
+/// What a session's drains reported besides the records and plaintext they queued.
+#[derive(Default, Clone, Copy)]
+struct SessionOut {
+    /// Plaintext came out (delivered or dropped).
+    data: bool,
+    /// The peer's close_notify came out.
+    closed: bool,
+}
+
+/// Gives a session's state machine the time, takes what that produced (a due
+/// retransmission), then gives it `input` and takes what that produced, all into `sink`.
+/// `dimpl` wants its output polled after each step: a datagram handled right after a
+/// retransmission, with nothing polled in between, was not answered (the handshake
+/// stalled until the next timeout). On an error nothing of the step stays queued.
+fn step_session(
     dtls: &mut Dtls,
     buf: &mut Vec<u8>,
     now: Instant,
+    sink: &mut SessionSink<'_>,
     input: impl FnOnce(&mut Dtls) -> Result<(), dimpl::Error>,
-) -> Result<Drained, dimpl::Error> {
-    dtls.handle_timeout(now)?;
-    let mut d = drain(dtls, buf);
-    input(dtls)?;
-    d.absorb(drain(dtls, buf));
-    Ok(d)
+) -> Result<SessionOut, dimpl::Error> {
+    let (transmits, events) = (sink.transmits.len(), sink.events.len());
+    let result = dtls.handle_timeout(now).and_then(|()| {
+        let first = drain_session(dtls, buf, sink);
+        input(dtls)?;
+        let second = drain_session(dtls, buf, sink);
+        Ok(SessionOut {
+            data: first.data || second.data,
+            closed: first.closed || second.closed,
+        })
+    });
+    if result.is_err() {
+        sink.transmits.truncate(transmits);
+        sink.events.truncate(events);
+    }
+    result
+}
+
+/// Takes a session's output into `sink` until `dimpl` reports its next timeout.
+fn drain_session(dtls: &mut Dtls, buf: &mut Vec<u8>, sink: &mut SessionSink<'_>) -> SessionOut {
+    let mut out = SessionOut::default();
+    // As in `drain`: `Timeout` is always last; the bound guards against a crate bug.
+    for _ in 0..4096 {
+        match dtls.poll_output(buf) {
+            Output::Packet(p) => sink.transmits.push_back((sink.peer, p.to_vec())),
+            Output::BufferTooSmall { needed } => buf.resize(needed, 0),
+            Output::Timeout(_) => break,
+            Output::ApplicationData(data) => {
+                out.data = true;
+                if let Some(identity) = sink.identity {
+                    sink.events.push_back(DtlsEvent::Plaintext {
+                        peer: sink.peer,
+                        identity: identity.clone(),
+                        data: data.to_vec(),
+                    });
+                }
+            }
+            Output::CloseNotify => out.closed = true,
+            _ => {}
+        }
+    }
+    out
 }
 
 fn drain(dtls: &mut Dtls, buf: &mut Vec<u8>) -> Drained {
@@ -840,41 +904,32 @@ impl DtlsServer {
 
     /// Whether the session's key is still the one it was made with.
     fn session_current(&self, s: &Session) -> bool {
-        self.store.revision(&s.identity.psk_identity) == Some(s.revision)
+        key_current(&self.store, s)
     }
 
     fn feed_session(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-        let current = self.sessions.get(&peer).map(|s| self.session_current(s));
-        match current {
-            None => return,
-            Some(false) => {
-                self.close_session(peer, CloseReason::CredentialsChanged);
-                return;
-            }
-            Some(true) => {}
-        }
+        // One lookup: the key check borrows only the store.
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
-        let Ok(d) = step(&mut s.dtls, &mut self.buf, now, |dtls| {
+        if !key_current(&self.store, s) {
+            self.close_session(peer, CloseReason::CredentialsChanged);
+            return;
+        }
+        let mut sink = SessionSink {
+            peer,
+            identity: Some(&s.identity),
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+        };
+        let Ok(d) = step_session(&mut s.dtls, &mut self.buf, now, &mut sink, |dtls| {
             dtls.handle_packet(bytes)
         }) else {
             self.remove_session(peer, CloseReason::Error);
             return;
         };
-        if !d.data.is_empty() {
+        if d.data {
             s.last = now;
-        }
-        let identity = s.identity.clone();
-        for packet in d.packets {
-            self.transmits.push_back((peer, packet));
-        }
-        for data in d.data {
-            self.events.push_back(DtlsEvent::Plaintext {
-                peer,
-                identity: identity.clone(),
-                data,
-            });
         }
         if d.closed {
             self.remove_session(peer, CloseReason::PeerClosed);
@@ -893,26 +948,25 @@ impl DtlsServer {
     }
 
     fn send_inner(&mut self, now: Instant, to: SocketAddr, data: &[u8]) -> Result<(), NoSession> {
-        let current = self.sessions.get(&to).map(|s| self.session_current(s));
-        match current {
-            None => return Err(NoSession(to)),
-            Some(false) => {
-                self.close_session(to, CloseReason::CredentialsChanged);
-                return Err(NoSession(to));
-            }
-            Some(true) => {}
-        }
         let Some(s) = self.sessions.get_mut(&to) else {
             return Err(NoSession(to));
         };
-        let Ok(d) = step(&mut s.dtls, &mut self.buf, now, |dtls| {
+        if !key_current(&self.store, s) {
+            self.close_session(to, CloseReason::CredentialsChanged);
+            return Err(NoSession(to));
+        }
+        let mut sink = SessionSink {
+            peer: to,
+            identity: None,
+            transmits: &mut self.transmits,
+            events: &mut self.events,
+        };
+        let sent = step_session(&mut s.dtls, &mut self.buf, now, &mut sink, |dtls| {
             dtls.send_application_data(data).map(drop)
-        }) else {
+        });
+        if sent.is_err() {
             self.remove_session(to, CloseReason::Error);
             return Err(NoSession(to));
-        };
-        for packet in d.packets {
-            self.transmits.push_back((to, packet));
         }
         Ok(())
     }
@@ -953,10 +1007,13 @@ impl DtlsServer {
     fn close_session(&mut self, peer: SocketAddr, reason: CloseReason) {
         if let Some(s) = self.sessions.get_mut(&peer) {
             if s.dtls.close().is_ok() {
-                let d = drain(&mut s.dtls, &mut self.buf);
-                for packet in d.packets {
-                    self.transmits.push_back((peer, packet));
-                }
+                let mut sink = SessionSink {
+                    peer,
+                    identity: None,
+                    transmits: &mut self.transmits,
+                    events: &mut self.events,
+                };
+                drain_session(&mut s.dtls, &mut self.buf, &mut sink);
             }
             self.remove_session(peer, reason);
         }
