@@ -361,6 +361,13 @@ impl PskStore {
         self.read().by_identity.get(identity).cloned()
     }
 
+    /// The entry of an identity, with the store's shared copy of the identity.
+    pub(crate) fn keyed_entry(&self, identity: &str) -> Option<(Arc<str>, PskEntry)> {
+        let t = self.read();
+        let (key, entry) = t.by_identity.get_key_value(identity)?;
+        Some((key.clone(), entry.clone()))
+    }
+
     /// Counts a withdrawn key (after the tables changed; the writer lock held).
     fn withdrawn(&self) {
         self.withdrawals.fetch_add(1, Ordering::Release);
