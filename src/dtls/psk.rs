@@ -5,7 +5,7 @@ use crate::twin::DeviceId;
 pub use crate::twin::PskKey;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Longest PSK identity accepted, in bytes (RFC 4279 §5.3 allows 2^16 - 1; LWM2M
@@ -150,6 +150,18 @@ pub(crate) struct PskEntry {
     pub(crate) device: Option<DeviceId>,
     /// Bumped when the key changes; a session keyed with an older revision is closed.
     pub(crate) revision: u64,
+    /// True while this entry (this revision) is the identity's: cleared, under the
+    /// table's write lock, when the entry is replaced or removed; an entry set again
+    /// unchanged keeps it. A session reads it per record instead of looking the identity
+    /// up in the table (a lock and a hash of the identity) to compare revisions.
+    pub(crate) live: Arc<AtomicBool>,
+}
+
+impl PskEntry {
+    /// The entry left the table (the table's write lock held).
+    fn retire(&self) {
+        self.live.store(false, Ordering::Release);
+    }
 }
 
 #[derive(Default)]
@@ -261,15 +273,21 @@ impl PskStore {
             .by_identity
             .get(&credentials.identity)
             .filter(|e| e.key == credentials.key && e.device == device)
-            .map(|e| e.revision);
-        if let Some(old) = device.as_ref().and_then(|d| t.by_device.remove(d)) {
-            t.by_identity.remove(&old);
+            .map(|e| (e.revision, e.live.clone()));
+        let changed = unchanged.is_none();
+        if let Some(old) = device.as_ref().and_then(|d| t.by_device.remove(d))
+            && let Some(entry) = t.by_identity.remove(&old)
+            && changed
+        {
+            // Unchanged, this was the entry set again (the device's identity is the one
+            // being set): it keeps its flag.
+            entry.retire();
         }
-        let revision = match unchanged {
-            Some(revision) => revision,
+        let (revision, live) = match unchanged {
+            Some(kept) => kept,
             None => {
                 t.next_revision += 1;
-                t.next_revision
+                (t.next_revision, Arc::new(AtomicBool::new(true)))
             }
         };
         if let Some(d) = &device {
@@ -277,18 +295,24 @@ impl PskStore {
         }
         // What is left under the identity belongs to no device (another device's entry
         // was refused above, this device's removed with its identity): it is replaced.
-        t.by_identity.insert(
+        let previous = t.by_identity.insert(
             credentials.identity,
             PskEntry {
                 key: credentials.key,
                 device,
                 revision,
+                live: live.clone(),
             },
         );
+        if let Some(previous) = previous
+            && !Arc::ptr_eq(&previous.live, &live)
+        {
+            previous.retire();
+        }
         drop(t);
         // Unchanged, the entry under the identity was this device's own with the same
         // key: nothing was withdrawn.
-        if replaced && unchanged.is_none() {
+        if replaced && changed {
             self.withdrawn();
         }
         Ok(Ok(()))
@@ -300,6 +324,7 @@ impl PskStore {
         let mut t = self.write();
         match t.by_identity.remove(identity) {
             Some(entry) => {
+                entry.retire();
                 if let Some(d) = entry.device {
                     t.by_device.remove(&d);
                 }
@@ -317,7 +342,9 @@ impl PskStore {
         let mut t = self.write();
         match t.by_device.remove(device) {
             Some(identity) => {
-                t.by_identity.remove(&identity);
+                if let Some(entry) = t.by_identity.remove(&identity) {
+                    entry.retire();
+                }
                 drop(t);
                 self.withdrawn();
                 true
@@ -379,7 +406,9 @@ impl PskStore {
         self.withdrawals.load(Ordering::Acquire)
     }
 
-    /// The current revision of an identity's key, if it still exists.
+    /// The current revision of an identity's key, if it still exists (what a session's
+    /// `PskEntry::live` flag stands for; tests compare the two).
+    #[cfg(test)]
     pub(crate) fn revision(&self, identity: &str) -> Option<u64> {
         self.read().by_identity.get(identity).map(|e| e.revision)
     }

@@ -8,7 +8,7 @@ use dimpl::{Dtls, Output, PskResolver};
 use foldhash::{HashMap, HashMapExt};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -369,13 +369,15 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 struct Session {
     dtls: Dtls,
     identity: PeerIdentity,
-    revision: u64,
+    /// The key's entry is still in the store (see `PskEntry::live`).
+    key_live: Arc<AtomicBool>,
     last: Instant,
 }
 
-/// Whether the session's key is still the one it was made with.
-fn key_current(store: &PskStore, s: &Session) -> bool {
-    store.revision(&s.identity.psk_identity) == Some(s.revision)
+/// Whether the session's key is still the one it was made with: one atomic load (the
+/// store clears the flag under its write lock when the key is replaced or removed).
+fn key_current(s: &Session) -> bool {
+    s.key_live.load(Ordering::Acquire)
 }
 
 /// What one drain of a `dimpl` instance produced.
@@ -881,7 +883,7 @@ impl DtlsServer {
             Box::new(Session {
                 dtls: p.dtls,
                 identity: identity.clone(),
-                revision: entry.revision,
+                key_live: entry.live,
                 last: now,
             }),
         );
@@ -915,15 +917,14 @@ impl DtlsServer {
 
     /// Whether the session's key is still the one it was made with.
     fn session_current(&self, s: &Session) -> bool {
-        key_current(&self.store, s)
+        key_current(s)
     }
 
     fn feed_session(&mut self, now: Instant, peer: SocketAddr, bytes: &[u8]) {
-        // One lookup: the key check borrows only the store.
         let Some(s) = self.sessions.get_mut(&peer) else {
             return;
         };
-        if !key_current(&self.store, s) {
+        if !key_current(s) {
             self.close_session(peer, CloseReason::CredentialsChanged);
             return;
         }
@@ -962,7 +963,7 @@ impl DtlsServer {
         let Some(s) = self.sessions.get_mut(&to) else {
             return Err(NoSession(to));
         };
-        if !key_current(&self.store, s) {
+        if !key_current(s) {
             self.close_session(to, CloseReason::CredentialsChanged);
             return Err(NoSession(to));
         }

@@ -827,3 +827,57 @@ fn every_closed_session_is_counted_under_its_reason() {
     );
     assert_eq!(s.handshakes, 7);
 }
+
+#[test]
+fn an_entrys_live_flag_is_cleared_exactly_when_its_revision_leaves_the_store() {
+    let store = PskStore::new();
+    let dev = DeviceId::new("dev-1").unwrap();
+    // A flag stands for "the identity's revision is still this entry's".
+    let agrees = |identity: &str, e: &psk::PskEntry| {
+        let live = e.live.load(std::sync::atomic::Ordering::Acquire);
+        assert_eq!(
+            live,
+            store.revision(identity) == Some(e.revision),
+            "{identity}"
+        );
+        live
+    };
+    store.set(Some(dev.clone()), creds("id-1", key(1))).unwrap();
+    let first = store.entry("id-1").unwrap();
+    assert!(agrees("id-1", &first));
+    // Set again unchanged: the same entry, still live.
+    store.set(Some(dev.clone()), creds("id-1", key(1))).unwrap();
+    assert!(agrees("id-1", &first));
+    // Rotated: the old entry retires, the new one is live.
+    store.set(Some(dev.clone()), creds("id-1", key(2))).unwrap();
+    assert!(!agrees("id-1", &first));
+    let rotated = store.entry("id-1").unwrap();
+    assert!(agrees("id-1", &rotated));
+    // The device takes another identity: its old one retires.
+    store.set(Some(dev.clone()), creds("id-2", key(2))).unwrap();
+    assert!(!agrees("id-1", &rotated));
+    let moved = store.entry("id-2").unwrap();
+    assert!(agrees("id-2", &moved));
+    // An identity of no device: unchanged keeps it, a new key retires it.
+    store.set(None, creds("free", key(3))).unwrap();
+    let free = store.entry("free").unwrap();
+    store.set(None, creds("free", key(3))).unwrap();
+    assert!(agrees("free", &free));
+    store.set(None, creds("free", key(4))).unwrap();
+    assert!(!agrees("free", &free));
+    let free = store.entry("free").unwrap();
+    assert!(agrees("free", &free));
+    // A device claims the free identity: the free entry retires.
+    let other = DeviceId::new("dev-2").unwrap();
+    store
+        .set(Some(other.clone()), creds("free", key(4)))
+        .unwrap();
+    assert!(!agrees("free", &free));
+    let claimed = store.entry("free").unwrap();
+    assert!(agrees("free", &claimed));
+    // Removed by identity, and by device.
+    assert!(store.remove_identity("free"));
+    assert!(!agrees("free", &claimed));
+    assert!(store.remove_device(&dev));
+    assert!(!agrees("id-2", &moved));
+}
