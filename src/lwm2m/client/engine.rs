@@ -742,7 +742,7 @@ impl Lwm2mClient {
 
     /// Confirmable notifications on the wire, and those waiting for their turn (see
     /// [`Unacked`]): for the fuzz harness's invariants.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn notification_queue(&self) -> (usize, usize) {
         let all = || {
             self.observations
