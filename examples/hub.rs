@@ -8,6 +8,8 @@
 //! cargo run --example hub -- --dtls-bind 0.0.0.0:5684 --psk sensor-1:sensor-1-id:00112233445566778899aabbccddeeff
 //! # durable: twins, tags and device properties survive a restart
 //! cargo run --example hub -- --data-dir /var/lib/twinhub --auto-provision
+//! # ...with the PSK keys sealed on disk (64 hex digits, kept apart from the directory)
+//! TWINHUB_SEALING_KEY=$(cat /run/secrets/twinhub-key) cargo run --example hub -- --data-dir /var/lib/twinhub
 //! # a bootstrap server beside it: devices that know only it get this hub's account
 //! cargo run --example hub -- --dtls-bind 0.0.0.0:5684 --bootstrap-bind 127.0.0.1:5783 \
 //!     --psk sensor-1:sensor-1-id:00112233445566778899aabbccddeeff
@@ -46,7 +48,7 @@ use twinhub::hub::{
 use twinhub::job::{JobId, JobSpec, JobType};
 use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
 use twinhub::registry::{ChangeKind, Registry};
-use twinhub::store::{Store, StoreConfig};
+use twinhub::store::{SealingKey, Store, StoreConfig};
 use twinhub::twin::Twin;
 
 const HELP: &str = "\
@@ -128,7 +130,14 @@ fn main() {
     let mut registry = match &data_dir {
         None => Registry::new(),
         Some(dir) => {
-            let (store, registry) = Store::open(dir, StoreConfig::default()).unwrap_or_else(|e| {
+            let mut store_config = StoreConfig::default();
+            // A secret from the environment, not the command line (which `ps` shows).
+            if let Ok(hex) = std::env::var("TWINHUB_SEALING_KEY") {
+                store_config.sealing_key = Some(SealingKey::from_hex(&hex).unwrap_or_else(|| {
+                    usage("TWINHUB_SEALING_KEY must be 64 hex digits (32 bytes)")
+                }));
+            }
+            let (store, registry) = Store::open(dir, store_config).unwrap_or_else(|e| {
                 eprintln!("cannot open the data directory {dir}: {e}");
                 std::process::exit(1)
             });

@@ -379,6 +379,10 @@ struct StoredFields {
     etag: u64,
     service_etag: u64,
     extra: super::Extra,
+    /// The head's sealed PSK key (hex), for the store to open.
+    sealed_psk: Option<String>,
+    /// Whether the head holds its PSK key as plain hex.
+    plain_psk: bool,
 }
 
 impl Block {
@@ -794,6 +798,23 @@ impl StoredRows {
         }
     }
 
+    /// Takes the last row's sealed PSK key (hex), if its head has one.
+    pub(crate) fn take_sealed_psk(&mut self) -> Option<String> {
+        self.block.stored.last_mut()?.sealed_psk.take()
+    }
+
+    /// Gives the last row its PSK key (opened from its sealed one).
+    pub(crate) fn set_psk(&mut self, key: crate::twin::PskKey) {
+        if let Some(s) = self.block.stored.last_mut() {
+            s.extra.authentication.psk_key = Some(key);
+        }
+    }
+
+    /// Whether the last row's head holds its PSK key as plain hex.
+    pub(crate) fn plain_psk(&self) -> bool {
+        self.block.stored.last().is_some_and(|s| s.plain_psk)
+    }
+
     /// The last row's etag: its head's, raised to `etag`.
     pub(crate) fn raise_etag(&mut self, etag: u64) {
         if let Some(s) = self.block.stored.last_mut() {
@@ -860,7 +881,8 @@ impl StoredRows {
     }
 }
 
-/// A stored head: `{"twin": <a twin in JSON, parsed as a line>, "psk": <hex>}`.
+/// A stored head: `{"twin": <a twin in JSON, parsed as a line>, "psk": <hex>}`, or with
+/// `"sealedPsk"` (the key sealed, see `store::seal`) in place of `"psk"`.
 struct HeadSeed<'b, 'e> {
     block: &'b mut Block,
     spans: &'b mut Spans<'e>,
@@ -882,6 +904,7 @@ impl<'de> Visitor<'de> for HeadSeed<'_, '_> {
         let HeadSeed { block, spans } = self;
         let rows = block.rows.len();
         let mut psk: Option<crate::twin::PskKey> = None;
+        let mut sealed: Option<String> = None;
         while let Some(key) = map.next_key::<Text<'de>>()? {
             match &*key.0 {
                 "twin" if block.rows.len() == rows => map.next_value_seed(LineSeed {
@@ -889,11 +912,14 @@ impl<'de> Visitor<'de> for HeadSeed<'_, '_> {
                     spans: &mut *spans,
                     line: 0,
                 })?,
-                "psk" if psk.is_none() => {
+                "psk" if psk.is_none() && sealed.is_none() => {
                     let hex = map.next_value::<Text<'de>>()?;
                     let key =
                         hex::decode(&*hex.0).map_err(|_| A::Error::custom("psk is not hex"))?;
                     psk = Some(crate::twin::PskKey::new(key));
+                }
+                "sealedPsk" if psk.is_none() && sealed.is_none() => {
+                    sealed = Some(map.next_value::<Text<'de>>()?.0.into_owned());
                 }
                 other => return Err(A::Error::custom(format!("unexpected `{other}`"))),
             }
@@ -902,7 +928,9 @@ impl<'de> Visitor<'de> for HeadSeed<'_, '_> {
             return Err(A::Error::missing_field("twin"));
         }
         if let Some(s) = block.stored.last_mut() {
+            s.plain_psk = psk.is_some();
             s.extra.authentication.psk_key = psk;
+            s.sealed_psk = sealed;
         }
         Ok(())
     }

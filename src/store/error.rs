@@ -65,6 +65,19 @@ pub enum StoreError {
         /// The newest format this version reads.
         supported: u64,
     },
+    /// A twin's PSK key is sealed (see [`SealingKey`](super::SealingKey)) and the store
+    /// was opened without a sealing key: nothing was read into memory.
+    SealingKeyMissing {
+        /// The twin's device id.
+        key: String,
+    },
+    /// A twin's sealed PSK key does not open with the store's sealing key: another key
+    /// sealed it, or the record was changed (moved from another twin's head, damaged).
+    /// Nothing was read into memory.
+    Unsealing {
+        /// The twin's device id.
+        key: String,
+    },
     /// Another input/output error.
     Io {
         /// What the system said.
@@ -114,6 +127,14 @@ impl fmt::Display for StoreError {
             StoreError::UnsupportedFormat { found, supported } => write!(
                 f,
                 "the store file has format {found}, this version reads up to {supported}"
+            ),
+            StoreError::SealingKeyMissing { key } => write!(
+                f,
+                "the PSK key of {key:?} is sealed: open the store with its sealing key"
+            ),
+            StoreError::Unsealing { key } => write!(
+                f,
+                "the PSK key of {key:?} does not open with this sealing key (another key, or a changed record)"
             ),
             StoreError::Io { .. } => f.write_str("store input/output failed"),
             StoreError::Engine { detail } => write!(f, "storage engine error: {detail}"),

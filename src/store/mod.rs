@@ -49,6 +49,11 @@
 //! (`benches/store.rs`, 2026-12-07): 1M twins open in 4.0 s with an empty log and 4.6 s
 //! with 907,373 logged changes; decoding an owned `Twin` per head took 7.4 to 7.9 s.
 //!
+//! **PSK keys.** A twin's head holds its PSK key: sealed (XChaCha20-Poly1305, the device
+//! id bound in) when [`StoreConfig::sealing_key`] is set, as hex otherwise. See
+//! [`SealingKey`] and the README's Durability section for what opening with, without or
+//! with another key does.
+//!
 //! **Acknowledgement.** A commit returns after redb's `Durability::Immediate` commit (the
 //! data and the new root are fsynced). A service-side write is acknowledged only after its
 //! commit; device events (notifications, responses, registrations) are committed in
@@ -146,8 +151,11 @@
 mod error;
 mod feed;
 mod record;
+mod seal;
 
 pub use error::StoreError;
+use seal::Sealer;
+pub use seal::SealingKey;
 
 use crate::DeviceId;
 use crate::job::{EngineConfig, JobEngine, JobRow};
@@ -162,14 +170,17 @@ use std::time::Instant;
 
 /// The newest file format this version reads and the one it writes.
 ///
-/// Format 3 keeps each twin's device properties in one record, logs each commit's
-/// device-property changes in one record, and keeps the change feed as one record per
-/// commit (see the module docs). Format 2 kept a row per device property and a row per
+/// Format 4 may hold a twin's PSK key sealed (`"sealedPsk"` in its head, see
+/// [`StoreConfig::sealing_key`]); a version that reads up to format 3 refuses the file
+/// rather than load the twins without their keys. A format 3 file opens as format 4 (no
+/// record changes). Format 3 keeps each twin's device properties in one record, logs
+/// each commit's device-property changes in one record, and keeps the change feed as one
+/// record per commit (see the module docs). Format 2 kept a row per device property and a row per
 /// change of the feed; format 1 also lacked the values in the feed's rows. A format 1
 /// or 2 file opens converted, in the opening's transaction: its twins, properties and
 /// jobs as they were, a format 2 feed as it was; a format 1 feed is dropped and counted
 /// as dropped, so a consumer resuming inside it gets a [`crate::registry::FeedGap`].
-pub const FORMAT: u64 = 3;
+pub const FORMAT: u64 = 4;
 
 /// How many sequence numbers a commit reserves ahead of the newest one in use.
 pub const SEQ_RESERVE: u64 = 1 << 20;
@@ -249,6 +260,16 @@ pub struct StoreConfig {
     /// the log: the limit of the commits that wrote it bounds how much (a smaller limit at
     /// a later opening applies from its first commit).
     pub property_log_limit: usize,
+    /// Seals the PSK keys the store writes (default none: they are written as hex).
+    /// With a key, each twin's PSK key is encrypted in its head (XChaCha20-Poly1305, the
+    /// device id bound in), and opening rewrites sealed any head that still holds a plain
+    /// key. A store holding sealed keys does not open without its key
+    /// ([`StoreError::SealingKeyMissing`]) or with another
+    /// ([`StoreError::Unsealing`]). Keep the key apart from the directory and its
+    /// backups; a backup restores only with the key it was sealed under. Changing the
+    /// key (or going back to none) is not built. Plain keys written before may stay in
+    /// the file's free pages until they are reused: see the README's Durability section.
+    pub sealing_key: Option<SealingKey>,
 }
 
 impl Default for StoreConfig {
@@ -257,6 +278,7 @@ impl Default for StoreConfig {
             feed_capacity: DEFAULT_FEED_CAPACITY,
             feed_retention: DEFAULT_FEED_RETENTION,
             property_log_limit: DEFAULT_PROPERTY_LOG_LIMIT,
+            sealing_key: None,
         }
     }
 }
@@ -295,6 +317,8 @@ pub struct Store {
     scratch: Vec<u8>,
     /// The log's state (which twins have changes in it, in which records).
     log: PropertyLog,
+    /// Seals PSK keys (from [`StoreConfig::sealing_key`]).
+    sealer: Option<Sealer>,
     /// How many changes the `feed_records` table holds.
     feed_kept: usize,
     /// How many of the next reloads fail (a test hook, see [`Store::fail_next_reload`]).
@@ -342,7 +366,9 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
+        let sealer = config.sealing_key.as_ref().map(Sealer::new);
         let mut store = Store {
+            sealer,
             db: None,
             path,
             config,
@@ -414,7 +440,12 @@ impl Store {
         })?;
         let (committed, start) = init(&db)?;
         let origin = next_origin();
-        let (registry, log, feed_kept) = rebuild(&db, &self.config, origin, committed, start)?;
+        let sealer = self.sealer.as_ref();
+        let (registry, log, feed_kept, plain_psk) =
+            rebuild(&db, &self.config, sealer, origin, committed, start)?;
+        if let Some(sealer) = sealer.filter(|_| !plain_psk.is_empty()) {
+            seal_heads(&db, &registry, &plain_psk, sealer)?;
+        }
         // The job rows are checked now, so that a damaged one is an error of the opening,
         // not of the hub that loads the jobs later.
         let (parents, children) = job_rows(&db)?;
@@ -806,6 +837,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut feed_rows = txn.open_table(FEED)?;
             let scratch = &mut self.scratch;
+            let sealer = self.sealer.as_ref();
             let retention = self.config.feed_retention;
             match (&plan, registry.changes_after(self.committed)) {
                 (Plan::Devices(_), Ok(changes)) if retention > 0 => {
@@ -865,7 +897,7 @@ impl Store {
                     log_rows.retain(|_, _| false)?;
                     *log = PropertyLog::default();
                     for t in registry.iter() {
-                        write_twin(&mut twins, &mut props, t, last, scratch, &mut done)?;
+                        write_twin(&mut twins, &mut props, t, last, scratch, &mut done, sealer)?;
                     }
                 }
                 Plan::Devices(devices) => {
@@ -884,12 +916,14 @@ impl Store {
                             continue;
                         };
                         if d.full {
-                            write_twin(&mut twins, &mut props, t, last, scratch, &mut done)?;
+                            write_twin(
+                                &mut twins, &mut props, t, last, scratch, &mut done, sealer,
+                            )?;
                             log.folded(&id);
                             continue;
                         }
                         if d.head {
-                            write_head(&mut twins, t)?;
+                            write_head(&mut twins, t, sealer)?;
                             done.heads += 1;
                         }
                         if d.props.is_empty() {
@@ -1005,12 +1039,17 @@ enum Plan {
 type Twins<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 type Props<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 
-fn write_head(twins: &mut Twins<'_>, t: crate::registry::TwinRef<'_>) -> Result<(), StoreError> {
+/// Writes a twin's head, its PSK key sealed with `sealer` if there is one.
+fn write_head(
+    twins: &mut Twins<'_>,
+    t: crate::registry::TwinRef<'_>,
+    sealer: Option<&Sealer>,
+) -> Result<(), StoreError> {
     let mut twin = t.to_twin();
     twin.device_properties.clear();
     twins.insert(
         t.device_id().as_str(),
-        record::encode_head(&twin).as_slice(),
+        record::encode_head(&twin, sealer).as_slice(),
     )?;
     Ok(())
 }
@@ -1027,6 +1066,27 @@ fn write_properties(
     Ok(())
 }
 
+/// Rewrites the heads of `ids` (which hold a plain PSK key) with their keys sealed, in
+/// one transaction: what opening with a sealing key does to a store written without.
+fn seal_heads(
+    db: &Database,
+    registry: &Registry,
+    ids: &[DeviceId],
+    sealer: &Sealer,
+) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut twins = txn.open_table(TWINS)?;
+        for id in ids {
+            if let Some(t) = registry.get(id.as_str()) {
+                write_head(&mut twins, t, Some(sealer))?;
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 /// Writes a twin's head and its device properties' record.
 fn write_twin(
     twins: &mut Twins<'_>,
@@ -1035,8 +1095,9 @@ fn write_twin(
     through: u64,
     scratch: &mut Vec<u8>,
     done: &mut Committed,
+    sealer: Option<&Sealer>,
 ) -> Result<(), StoreError> {
-    write_head(twins, t)?;
+    write_head(twins, t, sealer)?;
     done.heads += 1;
     write_properties(props, t, through, scratch)?;
     done.properties += t.device_properties().len();
@@ -1176,6 +1237,9 @@ fn init(db: &Database) -> Result<(u64, u64), StoreError> {
                 });
             }
             Some(FORMAT) => {}
+            Some(3) => {
+                meta.insert(META_FORMAT, FORMAT)?;
+            }
             Some(old) => {
                 let committed = meta.get(META_COMMITTED)?.map_or(0, |v| v.value());
                 if old < 2 {
@@ -1325,15 +1389,20 @@ fn merge_neighbours(
     Ok(())
 }
 
+/// The registry rebuilt, the log's state, the changes the feed table holds, and (with a
+/// sealing key) the twins whose heads hold a plain PSK key.
+type Rebuilt = (Registry, PropertyLog, usize, Vec<DeviceId>);
+
 /// Rebuilds the registry from the file through a bulk load, then restores the version
 /// numbers and the sequence.
 fn rebuild(
     db: &Database,
     config: &StoreConfig,
+    sealer: Option<&Sealer>,
     origin: u64,
     committed: u64,
     start: u64,
-) -> Result<(Registry, PropertyLog, usize), StoreError> {
+) -> Result<Rebuilt, StoreError> {
     let txn = db.begin_read()?;
     let twins = txn.open_table(TWINS)?;
     let props = txn.open_table(PROPERTIES)?;
@@ -1348,7 +1417,9 @@ fn rebuild(
         let reader = std::thread::Builder::new()
             .name("twinhub-store-read".into())
             .spawn_scoped(scope, move || {
-                read_twins(twins, props, log_table, |batch| sender.send(batch).is_ok())
+                read_twins(twins, props, log_table, sealer, |batch| {
+                    sender.send(batch).is_ok()
+                })
             })
             .map_err(|source| StoreError::Io { source })?;
         let mut bulk = registry.bulk_load();
@@ -1369,6 +1440,7 @@ fn rebuild(
     })?;
     // Only twins whose record lacks a logged change are folded again: a record whose
     // twins were all folded (or removed) goes at the next commit.
+    let plain_psk = read.plain_psk;
     let log = PropertyLog::restore(read.records, read.pending);
     for (slot, generation, etag, service) in versions {
         registry.restore_versions(slot, generation, etag, service);
@@ -1422,7 +1494,7 @@ fn rebuild(
         unused.push((below.value(), above.value()));
     }
     registry.restore_feed(origin, start, dropped, changes, unused);
-    Ok((registry, log, total))
+    Ok((registry, log, total, plain_psk))
 }
 
 /// Twins a batch holds, and batches the reader may run ahead of the load: at most
@@ -1463,6 +1535,8 @@ type LogRecords = Vec<(u64, usize)>;
 struct ReadLog {
     records: LogRecords,
     pending: Vec<(DeviceId, u64)>,
+    /// With a sealing key: the twins whose heads hold a plain PSK key, to seal.
+    plain_psk: Vec<DeviceId>,
 }
 
 /// The log's changes, sorted by device id (and, for each device, oldest first), with
@@ -1503,9 +1577,10 @@ fn read_twins(
     twins: redb::ReadOnlyTable<&str, &[u8]>,
     props: redb::ReadOnlyTable<&str, &[u8]>,
     log: redb::ReadOnlyTable<u64, &[u8]>,
+    sealer: Option<&Sealer>,
     send: impl FnMut(ReadBatch) -> bool,
 ) -> ReadLog {
-    read_twins_within(twins, props, log, READ_BYTES, send)
+    read_twins_within(twins, props, log, sealer, READ_BYTES, send)
 }
 
 /// [`read_twins`], a batch ending once its heads, records and logged strings reach
@@ -1514,6 +1589,7 @@ fn read_twins_within(
     twins: redb::ReadOnlyTable<&str, &[u8]>,
     props: redb::ReadOnlyTable<&str, &[u8]>,
     log: redb::ReadOnlyTable<u64, &[u8]>,
+    sealer: Option<&Sealer>,
     read_bytes: usize,
     mut send: impl FnMut(ReadBatch) -> bool,
 ) -> ReadLog {
@@ -1603,17 +1679,21 @@ fn read_twins_within(
                 let id = &ids[t.id.clone()];
                 let record = t.record.clone().map(|r| &bytes[r]);
                 let logged = &logged[t.logged.clone()];
-                let applied = match row_twin(&mut rows, i, id, record, logged) {
-                    Some(applied) => applied,
+                let (applied, plain) = match row_twin(&mut rows, i, id, record, logged, sealer) {
+                    Some(applied) => (applied, rows.plain_psk()),
                     None => {
                         // Rows cannot hold this twin: decode it whole, which also
                         // tells what is wrong with a damaged one.
                         let head = rows.head(i).as_bytes();
-                        let (twin, etag, through) = owned_twin(id, head, record, logged)?;
+                        let (twin, etag, through, plain) =
+                            owned_twin(id, head, record, logged, sealer)?;
                         rows.push_twin(twin, etag);
-                        logged.iter().any(|e| e.seq > through)
+                        (logged.iter().any(|e| e.seq > through), plain)
                     }
                 };
+                if plain && sealer.is_some() {
+                    found.plain_psk.push(record::device_id(id)?);
+                }
                 if applied {
                     // The oldest record with one of its changes (read oldest first).
                     found
@@ -1635,15 +1715,17 @@ fn read_twins_within(
 
 /// Parses twin `i` of `rows` (its head, then its record and its logged changes) into
 /// a row; `None` (the row taken out again) if rows cannot hold it, or if anything is
-/// wrong: [`owned_twin`] then decodes it. Returns whether a logged change applied.
+/// wrong (a sealed PSK key that does not open with `sealer` among it): [`owned_twin`]
+/// then decodes it. Returns whether a logged change applied.
 fn row_twin(
     rows: &mut StoredRows,
     i: usize,
     id: &str,
     record: Option<&[u8]>,
     logged: &[record::LogEntry],
+    sealer: Option<&Sealer>,
 ) -> Option<bool> {
-    row_twin_within(rows, i, id, record, logged, ROW_TEXT_LIMIT)
+    row_twin_within(rows, i, id, record, logged, sealer, ROW_TEXT_LIMIT)
 }
 
 /// The most text a batch's rows address (its heads, then the strings copied after
@@ -1670,6 +1752,7 @@ fn row_twin_within(
     id: &str,
     record: Option<&[u8]>,
     logged: &[record::LogEntry],
+    sealer: Option<&Sealer>,
     limit: usize,
 ) -> Option<bool> {
     // Parsing copies at most the head's and the record's length (escaped strings and
@@ -1685,6 +1768,15 @@ fn row_twin_within(
     if parsed != id || !rows.members_sorted() {
         rows.pop_row();
         return None;
+    }
+    if let Some(sealed) = rows.take_sealed_psk() {
+        match sealer.and_then(|s| s.open(id, &sealed)) {
+            Some(key) => rows.set_psk(key),
+            None => {
+                rows.pop_row();
+                return None;
+            }
+        }
     }
     // A twin without a record has no device properties in it (a file converted from
     // format 2 writes none for such a twin): every logged change applies.
@@ -1720,14 +1812,16 @@ fn row_twin_within(
 }
 
 /// Decodes a twin whole: its head, its record, then its logged changes numbered after
-/// the record's commit. Returns it, its etag and the record's `through`.
+/// the record's commit, its sealed PSK key opened with `sealer`. Returns it, its etag,
+/// the record's `through` and whether its head holds a plain PSK key.
 fn owned_twin(
     id: &str,
     head: &[u8],
     record: Option<&[u8]>,
     logged: &[record::LogEntry],
-) -> Result<(crate::twin::Twin, u64, u64), StoreError> {
-    let mut twin = record::decode_head(id, head)?;
+    sealer: Option<&Sealer>,
+) -> Result<(crate::twin::Twin, u64, u64, bool), StoreError> {
+    let (mut twin, plain) = record::decode_head(id, head, sealer)?;
     let mut etag = twin.etag.0;
     let mut through = 0;
     if let Some(bytes) = record {
@@ -1761,7 +1855,7 @@ fn owned_twin(
             }
         }
     }
-    Ok((twin, etag, through))
+    Ok((twin, etag, through, plain))
 }
 
 /// The job parents' and children's rows, in key order.
@@ -1879,7 +1973,10 @@ fn fuzz_head(row: &[u8]) {
             ..e
         })
         .collect();
-    let whole = owned_twin("d", head, record, &logged);
+    // A sealed key the fuzzer writes does not open (it cannot forge one): both ways
+    // refuse the head alike.
+    let sealer = Sealer::new(&SealingKey::new([7; 32]));
+    let whole = owned_twin("d", head, record, &logged, Some(&sealer));
     let mut rows = StoredRows::new();
     let Ok(text) = std::str::from_utf8(head) else {
         return;
@@ -1887,10 +1984,10 @@ fn fuzz_head(row: &[u8]) {
     if rows.push_head(text).is_err() {
         return;
     }
-    let Some(applied) = row_twin(&mut rows, 0, "d", record, &logged) else {
+    let Some(applied) = row_twin(&mut rows, 0, "d", record, &logged, Some(&sealer)) else {
         return;
     };
-    let (twin, etag, through) = whole.expect("a twin rows take decodes whole");
+    let (twin, etag, through, _) = whole.expect("a twin rows take decodes whole");
     assert_eq!(
         applied,
         logged.iter().any(|e| e.seq > through),
@@ -2177,10 +2274,10 @@ mod tests {
         twin.authentication.psk_identity = Some("id".into());
         twin.authentication.psk_key = Some(crate::twin::PskKey::new(vec![1, 2]));
         twin.etag = crate::twin::Etag(9);
-        let head = record::encode_head(&twin);
+        let head = record::encode_head(&twin, None);
         let mut rows = StoredRows::new();
         rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
-        assert_eq!(row_twin(&mut rows, 0, "d", None, &[]), Some(false));
+        assert_eq!(row_twin(&mut rows, 0, "d", None, &[], None), Some(false));
         // The whole decode agrees (and a registry loads both alike).
         fuzz_head(&head);
 
@@ -2188,15 +2285,15 @@ mod tests {
         twin.service_properties
             .properties
             .insert("cfg".into(), nested);
-        let head = record::encode_head(&twin);
+        let head = record::encode_head(&twin, None);
         let mut rows = StoredRows::new();
         rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
-        assert_eq!(row_twin(&mut rows, 0, "d", None, &[]), None);
+        assert_eq!(row_twin(&mut rows, 0, "d", None, &[], None), None);
         // Another id than the key's is not a row either (the whole decode refuses it).
         let mut rows = StoredRows::new();
         rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
-        assert_eq!(row_twin(&mut rows, 0, "e", None, &[]), None);
-        assert!(record::decode_head("e", &head).is_err());
+        assert_eq!(row_twin(&mut rows, 0, "e", None, &[], None), None);
+        assert!(record::decode_head("e", &head, None).is_err());
     }
 
     /// The fuzz body's oracle takes a record and logged changes after the head: both ways
@@ -2205,7 +2302,7 @@ mod tests {
     fn the_head_oracle_checks_records_and_logged_changes() {
         let mut twin = Twin::new(DeviceId::new("d").unwrap()).with_tag("t");
         twin.etag = crate::twin::Etag(3);
-        let mut row = record::encode_head(&twin);
+        let mut row = record::encode_head(&twin, None);
         let (one, two) = (
             crate::twin::Scalar::from(1),
             crate::twin::Scalar::from("tw\"o"),
@@ -2232,16 +2329,19 @@ mod tests {
         let props = [("BatteryLevel", &one, at), ("FirmwareVersion", &two, at)];
         record::encode_properties(4, 4, props.into_iter(), &mut rec);
         let mut rows = StoredRows::new();
-        rows.push_head(std::str::from_utf8(&record::encode_head(&twin)).unwrap())
+        rows.push_head(std::str::from_utf8(&record::encode_head(&twin, None)).unwrap())
             .unwrap();
-        assert_eq!(row_twin(&mut rows, 0, "d", Some(&rec), &[]), Some(false));
+        assert_eq!(
+            row_twin(&mut rows, 0, "d", Some(&rec), &[], None),
+            Some(false)
+        );
     }
 
     /// A twin whose logged changes would take a batch's text past what its `u32` spans
     /// address is decoded whole instead (here with a small limit: the real one is 4 GiB).
     #[test]
     fn a_twin_whose_changes_pass_the_text_limit_is_decoded_whole() {
-        let head = record::encode_head(&Twin::new(DeviceId::new("d").unwrap()));
+        let head = record::encode_head(&Twin::new(DeviceId::new("d").unwrap()), None);
         let value = crate::twin::Scalar::from("v".repeat(100).as_str());
         let logged: Vec<record::LogEntry> = (1..=10)
             .map(|seq| record::LogEntry {
@@ -2257,7 +2357,7 @@ mod tests {
         for (limit, as_row) in [(needed, true), (needed - 1, false)] {
             let mut rows = StoredRows::new();
             rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
-            let got = row_twin_within(&mut rows, 0, "d", None, &logged, limit);
+            let got = row_twin_within(&mut rows, 0, "d", None, &logged, None, limit);
             assert_eq!(got.is_some(), as_row, "limit {limit}");
         }
     }
@@ -2272,9 +2372,16 @@ mod tests {
         head.push_str(&" ".repeat(crate::registry::ndjson::MAX_CHUNK_BYTES));
         let mut rows = StoredRows::new();
         rows.push_head(&head).unwrap();
-        assert_eq!(row_twin(&mut rows, 0, "d", None, &[]), Some(false));
+        assert_eq!(row_twin(&mut rows, 0, "d", None, &[], None), Some(false));
         drop(rows);
-        assert_eq!(record::decode_head("d", head.as_bytes()).unwrap().etag.0, 4);
+        assert_eq!(
+            record::decode_head("d", head.as_bytes(), None)
+                .unwrap()
+                .0
+                .etag
+                .0,
+            4
+        );
     }
 
     /// Errors mid-way through the batches are 99ccb72's: a head that does not decode in
@@ -2399,7 +2506,7 @@ mod tests {
         let sent_before_full = std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
                 let mut sent = 0;
-                read_twins(tables.0, tables.1, tables.2, |batch| {
+                read_twins(tables.0, tables.1, tables.2, None, |batch| {
                     let sent_now = match sender.try_send(batch) {
                         Ok(()) => true,
                         Err(TrySendError::Full(batch)) => {
@@ -2477,7 +2584,7 @@ mod tests {
         let mut loaded = Registry::new();
         let mut versions = Vec::new();
         let mut bulk = loaded.bulk_load();
-        read_twins_within(tables.0, tables.1, tables.2, read_bytes, |batch| {
+        read_twins_within(tables.0, tables.1, tables.2, None, read_bytes, |batch| {
             let rows = batch.unwrap();
             sizes.push(rows.text_len() + rows.extra_len());
             rows.load(&mut bulk, |slot, generation, etag, service| {

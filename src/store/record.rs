@@ -2,7 +2,8 @@
 //!
 //! - `twins`: device id -> the twin's **head**: every field, service properties, tags
 //!   and the three version numbers, as JSON of [`Twin`] with its device properties left
-//!   out, plus the PSK key (hex) that the twin's own JSON never carries. A head is
+//!   out, plus the PSK key that the twin's own JSON never carries: `"sealedPsk"` (see
+//!   `seal.rs`) with a sealing key, `"psk"` (hex) without one. A head is
 //!   rewritten whenever anything but a device-property report changes (a device
 //!   property's removal rewrites it too).
 //! - `properties`: device id -> every device property of the twin
@@ -21,37 +22,55 @@
 //! it) and returns [`StoreError::BadRecord`] on anything unexpected.
 
 use super::StoreError;
+use super::seal::Sealer;
 use crate::twin::{PskKey, Scalar, Twin};
 use crate::{DeviceId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// A twin's head as stored.
 #[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Head {
     twin: Twin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     psk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_psk: Option<String>,
 }
 
-/// Encodes a twin's head; the caller has taken its device properties out.
-pub(crate) fn encode_head(twin: &Twin) -> Vec<u8> {
+/// Encodes a twin's head; the caller has taken its device properties out. The PSK key
+/// goes in sealed with `sealer`, or as hex without one.
+pub(crate) fn encode_head(twin: &Twin, sealer: Option<&Sealer>) -> Vec<u8> {
     debug_assert!(twin.device_properties.is_empty());
     #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
     struct HeadRef<'a> {
         twin: &'a Twin,
         #[serde(skip_serializing_if = "Option::is_none")]
         psk: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sealed_psk: Option<String>,
     }
-    let psk = twin
-        .authentication
-        .psk_key
-        .as_ref()
-        .map(|k| hex::encode(k.expose()));
-    serde_json::to_vec(&HeadRef { twin, psk }).expect("a twin always serializes")
+    let key = twin.authentication.psk_key.as_ref();
+    let (psk, sealed_psk) = match sealer {
+        Some(s) => (None, key.map(|k| s.seal(twin.device_id.as_str(), k))),
+        None => (key.map(|k| hex::encode(k.expose())), None),
+    };
+    serde_json::to_vec(&HeadRef {
+        twin,
+        psk,
+        sealed_psk,
+    })
+    .expect("a twin always serializes")
 }
 
-/// Decodes a twin's head (no device properties yet).
-pub(crate) fn decode_head(key: &str, bytes: &[u8]) -> Result<Twin, StoreError> {
+/// Decodes a twin's head (no device properties yet), opening a sealed PSK key with
+/// `sealer`. Also returns whether the head holds a PSK key as plain hex.
+pub(crate) fn decode_head(
+    key: &str,
+    bytes: &[u8],
+    sealer: Option<&Sealer>,
+) -> Result<(Twin, bool), StoreError> {
     let bad = |detail: String| StoreError::BadRecord {
         table: "twins",
         key: key.chars().take(128).collect(),
@@ -62,12 +81,32 @@ pub(crate) fn decode_head(key: &str, bytes: &[u8]) -> Result<Twin, StoreError> {
     if twin.device_id.as_str() != key {
         return Err(bad(format!("holds device {}", twin.device_id)));
     }
-    if let Some(k) = head.psk {
-        let key = hex::decode(&k).map_err(|_| bad("psk is not hex".into()))?;
-        twin.authentication.psk_key = Some(PskKey::new(key));
-    }
+    let plain = head.psk.is_some();
+    twin.authentication.psk_key = match (head.psk, head.sealed_psk) {
+        (Some(_), Some(_)) => return Err(bad("both psk and sealedPsk".into())),
+        (Some(k), None) => Some(PskKey::new(
+            hex::decode(&k).map_err(|_| bad("psk is not hex".into()))?,
+        )),
+        (None, Some(sealed)) => Some(open_sealed(key, &sealed, sealer)?),
+        (None, None) => None,
+    };
     twin.device_properties.clear();
-    Ok(twin)
+    Ok((twin, plain))
+}
+
+/// Opens a head's sealed PSK key: the store's error without a sealer, or if it does not
+/// open.
+pub(crate) fn open_sealed(
+    key: &str,
+    sealed: &str,
+    sealer: Option<&Sealer>,
+) -> Result<PskKey, StoreError> {
+    match sealer {
+        Some(s) => s.open_or_err(key, sealed),
+        None => Err(StoreError::SealingKeyMissing {
+            key: key.chars().take(128).collect(),
+        }),
+    }
 }
 
 /// A format 1 or 2 device property row.
@@ -352,12 +391,12 @@ mod tests {
         t.authentication.psk_identity = Some("id".into());
         t.authentication.psk_key = Some(PskKey::new(vec![0, 1, 0xfe]));
         t.device_properties.clear();
-        let bytes = encode_head(&t);
-        let back = decode_head("d1", &bytes).unwrap();
+        let bytes = encode_head(&t, None);
+        let (back, _) = decode_head("d1", &bytes, None).unwrap();
         assert_eq!(back.authentication, t.authentication);
         assert!(back.device_properties.is_empty());
-        assert!(decode_head("d2", &bytes).is_err());
-        assert!(decode_head("d1", b"{").is_err());
+        assert!(decode_head("d2", &bytes, None).is_err());
+        assert!(decode_head("d1", b"{", None).is_err());
     }
 
     #[test]
