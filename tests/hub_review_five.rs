@@ -65,8 +65,15 @@ fn reboot_refused_then_registered(fail: bool) -> (JobStatistics, usize) {
         s.events.push_back(registered_v(&pump, "1.0"));
     }
     std::thread::sleep(Duration::from_millis(300));
+    wait_until("the two events taken", || {
+        script.lock().unwrap().events.is_empty()
+    });
     wait_held_applied(&hub, &store);
     std::thread::sleep(Duration::from_millis(300));
+    // However slow the hub's thread: the Execute sent again, or the job's (wrong) end.
+    wait_until("a second Execute or the reboot's end", || {
+        job_ops(&script).into_iter().filter(is_exec).count() >= 2 || stats(&hub, &job).running == 0
+    });
     let s = stats(&hub, &job);
     let executes = job_ops(&script).into_iter().filter(is_exec).count();
     hub.stop();
@@ -109,7 +116,8 @@ fn firmware_uri_answered_in_a_failed_batch(fail: u8) -> (JobStatistics, usize, u
     let (mut state, mut result) = (0i64, 0i64);
     let mut first_write = true;
     let mut download_pending = false;
-    let deadline = Instant::now() + Duration::from_secs(6);
+    // Generous (it ends at the job's success, in well under a second unloaded).
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && stats(&hub, &job).succeeded == 0 {
         if download_pending {
             download_pending = false;
@@ -246,8 +254,14 @@ fn reboot_after_a_refused_cancel(cancel: bool) -> (JobStatistics, usize) {
     std::thread::sleep(Duration::from_millis(50));
     let exec = job_ops(&script).into_iter().find(is_exec).unwrap();
     answer_done(&script, &pump, &exec);
+    wait_until("the answer taken", || {
+        script.lock().unwrap().events.is_empty()
+    });
     wait_held_applied(&hub, &store);
     std::thread::sleep(Duration::from_millis(1500));
+    wait_until("the reboot's end or a second Execute", || {
+        stats(&hub, &job).running == 0 || job_ops(&script).into_iter().filter(is_exec).count() > 1
+    });
     let s = stats(&hub, &job);
     let executes = job_ops(&script).into_iter().filter(is_exec).count();
     hub.stop();
@@ -296,6 +310,9 @@ fn reboot_rejected_in_failed_batches(failures: u32) -> (JobStatistics, usize) {
     let second = job_ops(&script).into_iter().filter(is_exec).nth(1).unwrap();
     answer_done(&script, &pump, &second);
     std::thread::sleep(Duration::from_millis(1200));
+    wait_until("the reboot's end or a third Execute", || {
+        stats(&hub, &job).running == 0 || job_ops(&script).into_iter().filter(is_exec).count() > 2
+    });
     let s = stats(&hub, &job);
     let executes = job_ops(&script).into_iter().filter(is_exec).count();
     hub.stop();

@@ -103,13 +103,19 @@ fn reboot_answered_in_a_failed_batch(fail: bool, retry: bool) -> (JobStatistics,
         store.lock().fail_next_commit();
     }
     let exec = job_ops(&script).into_iter().find(is_exec).unwrap();
+    let events_before = hub.stats().events;
     answer_done(&script, &pump, &exec);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the answer taken", || hub.stats().events > events_before);
     wait_committed(&hub, &store, "the answer's commit");
     // Past reboot_wait (and a retry's backoff); the device does not register again.
     std::thread::sleep(Duration::from_millis(1500));
+    // The child ends (or its Execute goes again) once the hub's thread has run.
+    let executes = || job_ops(&script).into_iter().filter(is_exec).count();
+    wait_until("the reboot's end or a second Execute", || {
+        stats(&hub, &job).running == 0 || executes() > 1
+    });
     let s = stats(&hub, &job);
-    let executes = job_ops(&script).into_iter().filter(is_exec).count();
+    let executes = executes();
     hub.stop();
     (s, executes)
 }

@@ -79,6 +79,7 @@ fn re_registration_dropped_then_update(fill: bool) -> usize {
     else {
         unreachable!()
     };
+    let events_before = hub.stats().events;
     push(
         &script,
         DeviceEvent::RegistrationUpdated {
@@ -87,13 +88,21 @@ fn re_registration_dropped_then_update(fill: bool) -> usize {
         },
     );
     wait_until("the update", || {
-        hub.twin("pump").unwrap().connection_state == ConnectionState::Connected
+        hub.stats().events > events_before
+            && hub.twin("pump").unwrap().connection_state == ConnectionState::Connected
     });
     std::thread::sleep(Duration::from_millis(300));
-    let after = observes(&script)[before..]
-        .iter()
-        .filter(|o| o.device == pump)
-        .count();
+    let after = || {
+        observes(&script)[before..]
+            .iter()
+            .filter(|o| o.device == pump)
+            .count()
+    };
+    if fill {
+        // The Observes follow the Update's batch: however slow the hub's thread.
+        eventually(|| after() > 0);
+    }
+    let after = after();
     hub.stop();
     after
 }
@@ -128,7 +137,11 @@ fn reboot_answered_after_rebuild(fail: bool, retry: bool) -> (JobStatistics, usi
     let is_exec = |o: &DeviceOp| matches!(o.request, DeviceRequest::Execute { .. });
     if fail {
         store.lock().fail_next_commit();
+        let events_before = hub.stats().events;
         push(&script, battery_level(&pump, 7));
+        wait_until("the notification taken", || {
+            hub.stats().events > events_before
+        });
         std::thread::sleep(Duration::from_millis(200));
         wait_committed(&hub, &store, "the notification's retry");
     }
@@ -136,6 +149,9 @@ fn reboot_answered_after_rebuild(fail: bool, retry: bool) -> (JobStatistics, usi
     answer_done(&script, &pump, &exec);
     // Past reboot_wait (and a retry's backoff); the device does not register again.
     std::thread::sleep(Duration::from_millis(1500));
+    wait_until("the reboot's end or a second Execute", || {
+        stats(&hub, &job).running == 0 || job_ops(&script).into_iter().filter(is_exec).count() > 1
+    });
     let s = stats(&hub, &job);
     let executes = job_ops(&script).into_iter().filter(is_exec).count();
     hub.stop();
@@ -189,7 +205,8 @@ fn firmware_observations(fail: bool) -> (JobStatistics, usize, usize) {
     let mut answered = std::collections::HashSet::new();
     let (mut state, mut result) = (0i64, 0i64);
     let mut download_pending = false;
-    let deadline = Instant::now() + Duration::from_secs(6);
+    // Generous (it ends at the job's success, in well under a second unloaded).
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && stats(&hub, &job).succeeded == 0 {
         if download_pending {
             download_pending = false;
@@ -197,7 +214,11 @@ fn firmware_observations(fail: bool) -> (JobStatistics, usize, usize) {
             std::thread::sleep(Duration::from_millis(100));
             if fail {
                 store.lock().fail_next_commit();
+                let events_before = hub.stats().events;
                 push(&script, battery_level(&pump, 3));
+                wait_until("the notification taken", || {
+                    hub.stats().events > events_before
+                });
                 std::thread::sleep(Duration::from_millis(300));
                 wait_committed(&hub, &store, "the notification's retry");
             }
@@ -266,6 +287,9 @@ fn firmware_observations(fail: bool) -> (JobStatistics, usize, usize) {
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(200));
+    // The job's end cancels its observation: however slow the hub's thread.
+    let cancel_observe = DeviceRequest::CancelObserve { path: fw_path };
+    eventually(|| job_ops(&script).iter().any(|o| o.request == cancel_observe));
     let s = stats(&hub, &job);
     let ops = job_ops(&script);
     let observe = ops

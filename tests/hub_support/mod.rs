@@ -115,6 +115,22 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Polls `cond` every 5 ms until it holds (true) or 30 s passed (false): for an outcome a
+/// slow hub thread may not have reached yet, which the caller then asserts with its own
+/// message (a wrong outcome that never changes costs the 30 s).
+pub fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A store in a fresh directory whose registry holds `devices`, and `config` writing to
 /// it.
 pub fn durable_store(
