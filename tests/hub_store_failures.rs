@@ -42,7 +42,7 @@ fn composite_refusal(fail: bool) -> usize {
             result: Err(DeviceError::MethodNotAllowed),
         },
     );
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && observes(&script).len() < 3 {
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -87,7 +87,7 @@ fn job_answer_in_failed_batch(fail: bool) -> twinhub::job::JobStatistics {
     }
     // The device answers every job operation.
     let mut answered = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         for op in job_ops(&script) {
             if answered.insert(op.id) {
@@ -154,8 +154,9 @@ fn expiry_sweep(fail: bool) -> (bool, usize) {
         store.lock().fail_next_commit();
         wait_until("the failed commit", || hub.metrics().failed_commits > 0);
     }
-    // The expiry is 300 ms and the sweep runs every second.
-    let deadline = Instant::now() + Duration::from_secs(4);
+    // The expiry is 300 ms and the sweep runs every second (gone in about 1.3 s
+    // unloaded; generous for a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && hub.twin("cam").is_some() {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -174,7 +175,7 @@ fn an_expiry_sweep_whose_commit_failed_still_removes_the_twin_later() {
     let (present, counted) = expiry_sweep(true);
     assert!(
         !present,
-        "the expired twin is still there 4 s later (counted as auto-provisioned: {counted})"
+        "the expired twin is still there 30 s later (counted as auto-provisioned: {counted})"
     );
 }
 
@@ -204,13 +205,23 @@ fn a_batch_whose_commit_and_rebuild_failed_publishes_no_twin_change() {
                 .get("BatteryLevel")
                 .is_some_and(|p| p.value == Scalar::from(42))
     });
+    let mut seen: Vec<u64> = Vec::new();
+    let mut take = || {
+        seen.extend(
+            std::iter::from_fn(|| events.try_recv().ok()).filter_map(|e| match e {
+                HubEvent::Twin(c) if matches!(c.kind, ChangeKind::DeviceProperty { .. }) => {
+                    Some(c.seq)
+                }
+                _ => None,
+            }),
+        );
+        !seen.is_empty()
+    };
+    // The committed change is published however slow the hub's thread; then any second
+    // publication of it would follow within the 200 ms.
+    eventually(&mut take);
     std::thread::sleep(Duration::from_millis(200));
-    let seen: Vec<u64> = std::iter::from_fn(|| events.try_recv().ok())
-        .filter_map(|e| match e {
-            HubEvent::Twin(c) if matches!(c.kind, ChangeKind::DeviceProperty { .. }) => Some(c.seq),
-            _ => None,
-        })
-        .collect();
+    take();
     hub.stop();
     assert_eq!(
         seen.len(),
@@ -362,7 +373,7 @@ fn failed_rotation_session(fail: Failure) -> (bool, u64, u64) {
                 path: twinhub::Lwm2mPath::resource(3, 0, 9),
             },
         )
-        .wait(Duration::from_secs(3))
+        .wait(Duration::from_secs(30))
     };
     assert!(matches!(read(), Ok(DeviceReply::Content(_))));
     let before = hub.dtls_stats().unwrap().handshakes;
@@ -443,8 +454,11 @@ fn a_held_notification_keeps_the_time_it_arrived() {
         applied.since(sent) >= Duration::from_millis(900),
         "the hub backed off"
     );
+    // Stamped when it arrived: at least half the backoff before it was applied (the hub's
+    // own backoff sets that gap, whatever the load; a stamp taken at the application would
+    // be within milliseconds of `applied`).
     assert!(
-        stamped >= sent && stamped.since(sent) < Duration::from_millis(500),
+        stamped >= sent && applied.since(stamped) >= Duration::from_millis(500),
         "stamped {} ms after it was sent, applied {} ms after",
         stamped.since(sent).as_millis(),
         applied.since(sent).as_millis()
@@ -470,8 +484,16 @@ fn firmware_download_across_a_failed_commit(fail: bool) -> (twinhub::job::JobSta
     // failed, or at once without a failure).
     let mut state = 0;
     let mut failed = false;
-    let deadline = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < deadline {
+    // Four seconds for the job (and for a second Execute, were one sent), or longer on a
+    // loaded machine until the first Execute went out (at most 30 s).
+    let started = Instant::now();
+    let (window, deadline) = (
+        started + Duration::from_secs(4),
+        started + Duration::from_secs(30),
+    );
+    while Instant::now() < deadline
+        && (Instant::now() < window || !job_ops(&script).iter().any(is_exec))
+    {
         if state == 1 && !failed {
             wait_committed(&hub, &store, "the download's start");
             std::thread::sleep(Duration::from_millis(100));
