@@ -61,6 +61,7 @@ fn lost_observation_resynced_on_move(fail: bool) -> usize {
     let before = observes(&script).len();
     // The Observe goes unanswered: the sync table marks it lost (observed again at the
     // next Update or move).
+    let events_before = hub.stats().events;
     push(
         &script,
         DeviceEvent::TimedOut {
@@ -68,6 +69,7 @@ fn lost_observation_resynced_on_move(fail: bool) -> usize {
             op: first.id,
         },
     );
+    wait_until("the time-out taken", || hub.stats().events > events_before);
     std::thread::sleep(Duration::from_millis(200));
     wait_committed(&hub, &store, "the time-out's batch");
     if fail {
@@ -75,7 +77,7 @@ fn lost_observation_resynced_on_move(fail: bool) -> usize {
     }
     move_registration(&hub, &script, &pump, "127.0.0.1:40001");
     wait_committed(&hub, &store, "the move's commit");
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let again = || {
         observes(&script)[before..]
             .iter()

@@ -72,7 +72,7 @@ fn bad_payload_answer(left: bool) -> (Option<Timestamp>, Option<Timestamp>) {
         },
     );
     assert!(matches!(
-        reply.wait(Duration::from_secs(5)),
+        reply.wait(Duration::from_secs(30)),
         Err(RequestError::Device(DeviceError::BadPayload(_)))
     ));
     // The reply is completed inside the batch that applies it; let the batch finish.

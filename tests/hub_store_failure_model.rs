@@ -177,18 +177,31 @@ fn run(steps: &[Step]) -> Result<(), TestCaseError> {
     }
     let seen = observe(&hub.registry().read());
     let dropped = hub.stats().dropped_events;
-    std::thread::sleep(Duration::from_millis(50));
     let mut reported: BTreeMap<String, Vec<Scalar>> = BTreeMap::new();
-    while let Ok(event) = feed.try_recv() {
-        if let HubEvent::Twin(c) = event
-            && let ChangeKind::DeviceProperty { value, .. } = c.kind
-        {
-            reported
-                .entry(c.device.as_str().to_owned())
-                .or_default()
-                .push(value);
+    let take = |reported: &mut BTreeMap<String, Vec<Scalar>>| {
+        while let Ok(event) = feed.try_recv() {
+            if let HubEvent::Twin(c) = event
+                && let ChangeKind::DeviceProperty { value, .. } = c.kind
+            {
+                reported
+                    .entry(c.device.as_str().to_owned())
+                    .or_default()
+                    .push(value);
+            }
         }
+    };
+    // The hub publishes after it released its locks: wait (bounded) for what the model
+    // expects, then 50 ms more for anything published twice.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        take(&mut reported);
+        if reported == model.reported || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
+    std::thread::sleep(Duration::from_millis(50));
+    take(&mut reported);
     hub.stop();
     drop(hub);
     prop_assert_eq!(dropped, 0);

@@ -66,7 +66,7 @@ fn refusals_and_failed_children_reach_the_subscriber() {
     socket
         .send_to(&register.to_bytes().unwrap(), hub.local_addr().unwrap())
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !seen(&["WARN", "registration refused", "stranger", "unknown device"]) {
         assert!(
             Instant::now() < deadline,
@@ -95,13 +95,18 @@ fn refusals_and_failed_children_reach_the_subscriber() {
     );
     hub.create_job(spec).unwrap();
     let job = JobId::new("bad-write").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
     while hub.job(&job).unwrap().status != JobStatus::Failed {
         assert!(Instant::now() < deadline, "the job never failed");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(
-        seen(&["INFO", "child job failed", "bad-write", "m1", "rejected"]),
-        "{:?}",
-        recorder.0.lock().unwrap()
-    );
+    // The event may come a moment after the status shows (however slow the hub's thread).
+    while !seen(&["INFO", "child job failed", "bad-write", "m1", "rejected"]) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            recorder.0.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
