@@ -65,11 +65,13 @@ fn a_transport_that_ends_fails_the_requests_and_closes_the_subscriptions() {
     drop(events);
     let started = Instant::now();
     assert_eq!(
-        waiting.wait(Duration::from_secs(5)),
+        waiting.wait(Duration::from_secs(60)),
         Err(RequestError::HubStopped),
         "the request waiting when the transport ended"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Failed when the hub's thread ended, not after running out its timeout (generous
+    // bound: a loaded machine may not run the hub's thread for a while).
+    assert!(started.elapsed() < Duration::from_secs(30));
     assert_eq!(
         hub.request(&id("pump"), read())
             .wait(Duration::from_secs(5)),
@@ -116,7 +118,7 @@ fn an_abandoned_reply_leaves_no_waiting_entry() {
         })
         .unwrap();
     assert_eq!(
-        next.wait(Duration::from_secs(5)),
+        next.wait(Duration::from_secs(30)),
         Err(RequestError::TransportTimedOut)
     );
     assert_eq!(hub.metrics().waiting_requests, 0);

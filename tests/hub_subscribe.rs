@@ -378,7 +378,7 @@ fn registrations_and_rejections_over_udp_carry_endpoint_reason_and_address() {
         .thread
         .take()
         .unwrap()
-        .shutdown(Duration::from_secs(5))
+        .shutdown(Duration::from_secs(30))
         .unwrap();
     let got = collect(&sub, |s| has(s, LifecycleKind::Deregistered, "sub-1"));
     assert!(!got.is_empty());
@@ -389,12 +389,17 @@ fn the_future_is_woken_by_the_hub_and_stopping_the_hub_ends_every_subscription()
     let hub = memory_hub(Registry::new());
     let mut sub = hub.subscribe(SubscribeOptions::twins_only()).unwrap();
     let writer = hub.clone();
+    // The writer starts its 50 ms only once the subscription was seen empty (a loaded
+    // machine may not run this thread for 50 ms).
+    let (go, start) = std::sync::mpsc::channel::<()>();
     let t = std::thread::spawn(move || {
+        start.recv().unwrap();
         std::thread::sleep(Duration::from_millis(50));
         writer.create_device(Twin::new(id("late"))).unwrap();
     });
     // Nothing is queued when the future is first polled: only the wake-up completes it.
     assert!(sub.is_empty());
+    go.send(()).unwrap();
     match block_on(sub.recv_async()) {
         Some(HubEvent::Twin(c)) => {
             assert_eq!(c.device.as_str(), "late");
@@ -440,11 +445,11 @@ fn a_waker_that_calls_the_hub_does_not_deadlock_it() {
         let _ = done.send(writer.create_device(Twin::new(id("d1"))).is_ok());
     });
     assert_eq!(
-        wakes.recv_timeout(Duration::from_secs(5)),
+        wakes.recv_timeout(Duration::from_secs(30)),
         Ok(true),
         "the waker's own subscribe returned"
     );
-    assert_eq!(finished.recv_timeout(Duration::from_secs(5)), Ok(true));
+    assert_eq!(finished.recv_timeout(Duration::from_secs(30)), Ok(true));
     assert!(matches!(
         std::pin::Pin::new(&mut recv).poll(&mut cx),
         Poll::Ready(Some(HubEvent::Twin(_)))

@@ -760,7 +760,7 @@ mod tests {
             .unwrap();
         publisher.publish(&registry, Vec::new(), newest);
         let got = rx
-            .recv_timeout(Duration::from_secs(5))
+            .recv_timeout(Duration::from_secs(30))
             .expect("the late subscriber was woken for the change queued for it");
         match got {
             Some(HubEvent::Twin(c)) => assert_eq!(c.device.as_str(), "d1"),
