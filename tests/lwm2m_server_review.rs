@@ -56,7 +56,8 @@ impl Device {
         let token = self.mid.to_be_bytes();
         m.set_token(&token).unwrap();
         let bytes = m.to_bytes().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(3);
+        // Generous: a loaded machine may not run the hub's thread for seconds.
+        let deadline = Instant::now() + Duration::from_secs(30);
         self.sock.send_to(&bytes, self.server).unwrap();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -122,7 +123,7 @@ fn quiet_config() -> HubConfig {
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
@@ -228,7 +229,8 @@ fn a_held_request_fails_when_the_sleeping_device_deregisters() {
         || dev
             .recv(Duration::from_millis(200))
             .is_some_and(|m| m.code == Code::GET);
-    let answer = reply.wait(Duration::from_secs(2));
+    // Far below the default queue time-out (600 s) the request would otherwise wait.
+    let answer = reply.wait(Duration::from_secs(30));
     assert_eq!(
         answer,
         Err(RequestError::Device(DeviceError::NotRegistered)),
@@ -248,42 +250,67 @@ fn a_held_request_fails_when_the_sleeping_device_deregisters() {
 /// (here the probe time is 600 ms). An old address that sends its registration's Update
 /// (answered 2.04) during the probe did not stay silent: the registration is live and
 /// the newcomer must not take it over.
+///
+/// The Update must reach the hub inside the probe time, which a loaded machine may not
+/// run the test thread for: an attempt where the Update's answer came later than the
+/// probe time after the newcomer's Register proves nothing if it fails, and is tried
+/// again (a few times, each on a fresh hub).
 #[test]
 fn an_update_from_the_old_address_during_a_takeover_probe_keeps_the_registration() {
-    let mut config = quiet_config();
-    config.server.takeover = Takeover::ProbeOldAddress {
-        probe_timeout: Duration::from_millis(600),
-    };
-    let hub = hub_with(&["contested"], config);
-    let server = hub.local_addr().unwrap();
-    let mut owner = Device::new(server);
-    let mut intruder = Device::new(server);
-    let q = ["ep=contested", "lt=300", "lwm2m=1.0", "b=UQ"];
-    let (code, id) = owner.register(&q, "</3/0>");
-    assert_eq!(code, Code::CREATED);
-    let id = id.unwrap();
-    wait_until("connected", || {
-        connection(&hub, "contested") == ConnectionState::Connected
-    });
-    // Another address names the same endpoint: the hub probes the owner.
-    let (code, _) = intruder.register(&q, "</3/0>");
-    assert_eq!(code, Code::SERVICE_UNAVAILABLE);
-    // The owner (a queue-mode device whose radio was off) misses the probe, then wakes
-    // up and updates its registration well inside the probe time.
-    let probe = owner.recv(Duration::from_millis(100));
-    assert!(probe.is_some_and(|m| m.code == Code::GET), "no probe");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(owner.update(&id, &[]), Code::CHANGED);
-    // Past the probe time: the owner talked during it, so its registration stands.
-    std::thread::sleep(Duration::from_millis(800));
-    let (code, _) = intruder.register(&q, "</3/0>");
-    let owner_update = owner.update(&id, &[]);
-    assert_eq!(
-        (owner_update, code == Code::CREATED),
-        (Code::CHANGED, false),
-        "the live owner lost its registration to the newcomer (owner's Update got {owner_update:?}, newcomer's Register {code:?})"
-    );
-    hub.stop();
+    const PROBE: Duration = Duration::from_millis(600);
+    for attempt in 1.. {
+        let (outcome, in_time) = takeover_probe_with_an_update();
+        if in_time || outcome == (Code::CHANGED, false) || attempt == 5 {
+            assert_eq!(
+                outcome,
+                (Code::CHANGED, false),
+                "the live owner lost its registration to the newcomer (owner's Update, \
+                 newcomer's Register created; the Update inside the probe time: {in_time})"
+            );
+            return;
+        }
+    }
+
+    /// One attempt: the owner's second Update's code and whether the newcomer's second
+    /// Register was created; and whether the first Update was surely inside the probe time.
+    fn takeover_probe_with_an_update() -> ((Code, bool), bool) {
+        let mut config = quiet_config();
+        config.server.takeover = Takeover::ProbeOldAddress {
+            probe_timeout: PROBE,
+        };
+        let hub = hub_with(&["contested"], config);
+        let server = hub.local_addr().unwrap();
+        let mut owner = Device::new(server);
+        let mut intruder = Device::new(server);
+        let q = ["ep=contested", "lt=300", "lwm2m=1.0", "b=UQ"];
+        let (code, id) = owner.register(&q, "</3/0>");
+        assert_eq!(code, Code::CREATED);
+        let id = id.unwrap();
+        wait_until("connected", || {
+            connection(&hub, "contested") == ConnectionState::Connected
+        });
+        // Another address names the same endpoint: the hub probes the owner.
+        let probe_start = Instant::now();
+        let (code, _) = intruder.register(&q, "</3/0>");
+        assert_eq!(code, Code::SERVICE_UNAVAILABLE);
+        // The owner (a queue-mode device whose radio was off) misses the probe, then wakes
+        // up and updates its registration well inside the probe time.
+        let probe = owner.recv(Duration::from_secs(10));
+        assert!(probe.is_some_and(|m| m.code == Code::GET), "no probe");
+        std::thread::sleep(Duration::from_millis(100));
+        let first_update = owner.update(&id, &[]);
+        let in_time = probe_start.elapsed() < PROBE;
+        if first_update != Code::CHANGED {
+            hub.stop();
+            return ((first_update, false), in_time);
+        }
+        // Past the probe time: the owner talked during it, so its registration stands.
+        std::thread::sleep(Duration::from_millis(800));
+        let (code, _) = intruder.register(&q, "</3/0>");
+        let owner_update = owner.update(&id, &[]);
+        hub.stop();
+        ((owner_update, code == Code::CREATED), in_time)
+    }
 }
 
 /// Registers `name` (LWM2M 1.0, binding U, `</3/0>`) and returns the device.
@@ -303,7 +330,7 @@ fn next_request(dev: &mut Device) -> Message {
     if let Some(i) = dev.inbox.iter().position(|m| m.code.is_request()) {
         return dev.inbox.remove(i);
     }
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "the hub sent the device nothing");
@@ -351,7 +378,7 @@ fn an_execute_answered_2_31_continue_is_not_reported_done() {
 /// Updates until one is answered `want` (the hub ends a removed twin's registration from
 /// its own thread, a moment after `remove_device` returns); the codes seen, in order.
 fn update_until(dev: &mut Device, id: &str, want: Code) -> Vec<Code> {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     loop {
         let code = dev.update(id, &[]);
@@ -489,7 +516,7 @@ fn an_awaited_request_acknowledged_but_never_answered_ends_at_the_response_timeo
     );
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(20),
         "ended after {waited:?}"
     );
     // Acknowledged: the Read was not sent again.
@@ -535,7 +562,7 @@ fn an_awaited_request_waiting_in_the_queue_ends_at_the_queue_timeout() {
         );
         let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_millis(600) && waited < Duration::from_secs(5),
+            waited >= Duration::from_millis(600) && waited < Duration::from_secs(20),
             "{name}: ended after {waited:?}"
         );
         assert!(
