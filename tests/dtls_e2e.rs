@@ -173,7 +173,7 @@ fn devices_register_over_dtls_and_every_job_type_runs() {
 
     // De-registration over the session.
     let d = devices[2].thread.take().unwrap();
-    d.shutdown(Duration::from_secs(5)).unwrap();
+    d.shutdown(Duration::from_secs(30)).unwrap();
     wait_for(&mut devices, "sec-3 to disconnect", || {
         hub.registry()
             .read()
@@ -309,8 +309,14 @@ impl RawPeer {
         }
     }
 
-    /// Sends a CON request and waits (bounded) for its piggybacked answer.
-    fn exchange(&mut self, mut m: Message) -> Option<Message> {
+    /// Sends a CON request and waits (at most 30 s: generous for a loaded machine) for
+    /// its piggybacked answer.
+    fn exchange(&mut self, m: Message) -> Option<Message> {
+        self.exchange_within(m, Duration::from_secs(30))
+    }
+
+    /// [`RawPeer::exchange`], waiting at most `wait` (for an answer that must not come).
+    fn exchange_within(&mut self, mut m: Message, wait: Duration) -> Option<Message> {
         self.next_mid += 1;
         m.message_id = self.next_mid;
         m.set_token(&self.next_mid.to_be_bytes());
@@ -319,7 +325,7 @@ impl RawPeer {
         let was_connected = self.dtls.is_connected();
         self.dtls.send(Instant::now(), &bytes);
         self.last_records.clear();
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + wait;
         let mut buf = vec![0u8; 2048];
         while Instant::now() < deadline {
             while let Some(r) = self.dtls.poll_transmit() {
@@ -410,12 +416,20 @@ fn refusals_leave_the_registry_unchanged() {
 
     // 1. An unknown identity does not get a session.
     let mut stranger = RawPeer::new(server, creds("nobody", 9));
-    assert!(stranger.exchange(register(Some("ref-b"))).is_none());
+    assert!(
+        stranger
+            .exchange_within(register(Some("ref-b")), Duration::from_secs(3))
+            .is_none()
+    );
     assert!(!stranger.dtls.is_connected());
     unchanged("unknown identity");
     // 2. A known identity with the wrong key neither.
     let mut wrong = RawPeer::new(server, creds("ref-b-id", 9));
-    assert!(wrong.exchange(register(Some("ref-b"))).is_none());
+    assert!(
+        wrong
+            .exchange_within(register(Some("ref-b")), Duration::from_secs(3))
+            .is_none()
+    );
     unchanged("wrong key");
     // 3. Plain CoAP to the coaps port is dropped.
     let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -479,7 +493,16 @@ fn refusals_leave_the_registry_unchanged() {
         "a replay moved the feed"
     );
     assert_eq!(twin_json(&hub, "ref-b"), b_now);
-    assert!(hub.dtls_stats().unwrap().dropped_no_session >= 1);
+    // The record replayed from elsewhere is dropped (no session there) when the hub's
+    // transport thread gets to it: however slow it is.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hub.dtls_stats().unwrap().dropped_no_session < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the replay from another address was not dropped for want of a session"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     // The registered device kept working throughout.
     devices[0]
@@ -514,7 +537,10 @@ fn a_device_handshakes_again_after_a_nat_rebinding_and_after_the_hub_lost_its_se
     wait_for(&mut devices, "nat-1 to register", || {
         registered_port(&hub, "nat-1") == Some(nat.outside_port())
     });
-    assert_eq!(hub.dtls_stats().unwrap().handshakes, 1);
+    // One handshake, or more on a loaded machine: the device gives up on a Register
+    // unanswered for 900 ms and handshakes again.
+    let handshakes = hub.dtls_stats().unwrap().handshakes;
+    assert!(handshakes >= 1);
 
     // The NAT forgets the mapping: the device's records now come from a port the hub has
     // no session for. The unanswered update makes the device handshake again.
@@ -527,7 +553,7 @@ fn a_device_handshakes_again_after_a_nat_rebinding_and_after_the_hub_lost_its_se
     wait_for(&mut devices, "nat-1 to come back from its new port", || {
         registered_port(&hub, "nat-1") == Some(nat.outside_port())
     });
-    assert!(hub.dtls_stats().unwrap().handshakes >= 2);
+    assert!(hub.dtls_stats().unwrap().handshakes > handshakes);
     // Requests reach it through the new session.
     let spec = JobSpec::new(
         JobId::new("read-after-rebind").unwrap(),
@@ -558,7 +584,8 @@ fn a_device_handshakes_again_after_a_nat_rebinding_and_after_the_hub_lost_its_se
         "nat-1 to register with the restarted hub",
         || registered_port(&hub, "nat-1").is_some(),
     );
-    assert_eq!(hub.dtls_stats().unwrap().handshakes, 1);
+    // (More than one on a loaded machine, as above.)
+    assert!(hub.dtls_stats().unwrap().handshakes >= 1);
     assert!(devices[0].thread.as_ref().unwrap().dtls_handshakes() >= 3);
     for d in devices.iter_mut() {
         drop(d.thread.take());

@@ -141,11 +141,11 @@ impl RawDtlsDevice {
     }
 
     /// Sends a CON request (handshaking first if there is no session) and waits (at most
-    /// 5 s) for its piggybacked answer.
+    /// 30 s: generous for a loaded machine) for its piggybacked answer.
     pub fn exchange(&mut self, m: Message) -> Option<Message> {
         let bytes = self.encode(m);
         self.dtls.send(Instant::now(), &bytes);
-        self.pump(Duration::from_secs(5), Some(self.next_mid))
+        self.pump(Duration::from_secs(30), Some(self.next_mid))
     }
 
     /// Reads what the hub sends for up to `within`, sending nothing; true once the
