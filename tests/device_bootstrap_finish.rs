@@ -267,7 +267,7 @@ fn over_dtls_a_lost_answer_to_finish_reaches_the_device_through_its_bootstrap_se
         assert!(Instant::now() < deadline, "the device never registered");
         std::thread::sleep(Duration::from_millis(10));
     }
-    dev.shutdown(Duration::from_secs(5)).unwrap();
+    dev.shutdown(Duration::from_secs(30)).unwrap();
     stop.store(true, Ordering::SeqCst);
     relay.join().unwrap();
     dm.stop();

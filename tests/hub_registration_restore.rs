@@ -110,7 +110,7 @@ fn a_restarted_hub_reaches_its_devices_without_a_new_registration() {
         .thread
         .take()
         .unwrap()
-        .shutdown(Duration::from_secs(5))
+        .shutdown(Duration::from_secs(30))
         .unwrap();
     wait_for(&mut devices, "the de-registration", || {
         hub.twin("kept").unwrap().connection_state == ConnectionState::Disconnected

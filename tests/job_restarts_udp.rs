@@ -147,7 +147,7 @@ fn a_device_restarted_mid_download_gets_the_package_uri_again_over_udp() {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let local = socket.local_addr().unwrap();
     let (device, _) = library_device(id, server, socket);
-    wait_until("the twin's firmware state", Duration::from_secs(10), || {
+    wait_until("the twin's firmware state", Duration::from_secs(30), || {
         prop(&hub, id, "/5/0/3").is_some()
     });
 
@@ -163,7 +163,7 @@ fn a_device_restarted_mid_download_gets_the_package_uri_again_over_udp() {
     )
     .device_timeout(Duration::from_secs(600));
     hub.create_job(spec).unwrap();
-    wait_until("the download to start", Duration::from_secs(10), || {
+    wait_until("the download to start", Duration::from_secs(30), || {
         firmware_state(&device) == Some(ResourceValue::Integer(1))
     });
 
@@ -427,7 +427,7 @@ fn a_firmware_job_keeps_the_hubs_observation_on_a_one_observation_per_path_devic
         .unwrap();
     let hub = Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default()).unwrap();
     let device = ScriptedDevice::start(id, hub.local_addr().unwrap());
-    wait_until("the twin's /5 properties", Duration::from_secs(10), || {
+    wait_until("the twin's /5 properties", Duration::from_secs(30), || {
         prop(&hub, id, "/5/0/7") == Some(Scalar::from("1.0"))
     });
 
@@ -442,7 +442,7 @@ fn a_firmware_job_keeps_the_hubs_observation_on_a_one_observation_per_path_devic
     )
     .device_timeout(Duration::from_secs(600));
     hub.create_job(spec).unwrap();
-    wait_until("the firmware job", Duration::from_secs(20), || {
+    wait_until("the firmware job", Duration::from_secs(30), || {
         hub.job(&job).unwrap().status.is_terminal()
     });
     assert_eq!(hub.job(&job).unwrap().status, JobStatus::Completed);
@@ -469,7 +469,7 @@ fn a_firmware_job_keeps_the_hubs_observation_on_a_one_observation_per_path_devic
     device.notify.store(true, Ordering::Release);
     wait_until(
         "the twin to follow /5/0 after the job",
-        Duration::from_secs(5),
+        Duration::from_secs(30),
         || prop(&hub, id, "/5/0/7") == Some(Scalar::from("after-job")),
     );
 

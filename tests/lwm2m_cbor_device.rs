@@ -111,7 +111,9 @@ impl Scripted {
             m.payload = payload.to_vec();
         }
         let mid = m.message_id;
-        for _attempt in 0..3 {
+        // Sent again every 2 s, as on loss (the hub answers a duplicate from its cache),
+        // for up to 30 s: a loaded machine may not run the hub's threads for a while.
+        for _attempt in 0..15 {
             self.send(&m);
             let deadline = Instant::now() + Duration::from_secs(2);
             while Instant::now() < deadline {
