@@ -19,6 +19,10 @@ browser_path = shutil.which("chromium") or shutil.which("chromium-browser")
 if browser_path is None:
     sys.exit("no chromium on PATH")
 
+# Every expectation polls until it holds; 30 s (not Playwright's 5 s) for a loaded machine,
+# where the page's requests, the hub and the devices may all be slow.
+expect.set_options(timeout=30_000)
+
 with sync_playwright() as p:
     browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
     page = browser.new_page(viewport={"width": 1400, "height": 950})
@@ -43,8 +47,19 @@ with sync_playwright() as p:
     expect(page.locator("#query-error")).to_contain_text("line 2, column")
     expect(page.locator("#query-error")).to_contain_text("devise")
 
-    # The chart before: how many devices run 1.0 and 2.0.
+    # The chart before: how many devices run 1.0 and 2.0, once it counts every device
+    # (a version comes with the sync after the registration, and the chart is re-read
+    # 300 ms after a change: on a loaded machine later than the connections show).
     expect(page.locator('#chart g[data-version="1.0"]')).to_have_count(1)
+    deadline = time.time() + 60
+    while True:
+        counts = page.locator("#chart g[data-version]").evaluate_all(
+            "gs => gs.map((g) => Number(g.dataset.count))"
+        )
+        if sum(counts) == devices:
+            break
+        assert time.time() < deadline, f"the chart never counted every device: {counts}"
+        page.wait_for_timeout(100)
     on_1_0 = int(page.locator('#chart g[data-version="1.0"]').get_attribute("data-count"))
     assert on_1_0 > 0, "the fleet has devices on 1.0"
     assert page.locator('#chart g[data-version="2.0"]').count() == 0
@@ -55,7 +70,8 @@ with sync_playwright() as p:
     expect(page.locator("#children tr")).to_have_count(on_1_0)
     expect(page.locator("#children td.completed")).to_have_count(on_1_0)
     progress = page.locator("#job-progress")
-    assert progress.get_attribute("value") == progress.get_attribute("max") == str(on_1_0)
+    expect(progress).to_have_attribute("value", str(on_1_0))
+    expect(progress).to_have_attribute("max", str(on_1_0))
     expect(page.locator("#history tr")).to_have_count(1)
 
     # The chart follows: the 1.0 bar is gone, a 2.0 bar holds those devices.

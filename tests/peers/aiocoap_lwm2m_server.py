@@ -69,7 +69,7 @@ async def drive(context, remote):
 
     async def request(name, code, path, binary=False, **kw):
         msg = Message(code=code, uri=base + path, **kw)
-        resp = await asyncio.wait_for(context.request(msg).response, 10)
+        resp = await asyncio.wait_for(context.request(msg).response, 30)
         show(name, resp, binary)
         return resp
 
@@ -138,10 +138,10 @@ async def drive(context, remote):
             accept=110,
         )
     )
-    show("observe_composite", await asyncio.wait_for(observe.response, 10))
+    show("observe_composite", await asyncio.wait_for(observe.response, 30))
     out("OBSERVING")
     notifications = observe.observation.__aiter__()
-    notification = await asyncio.wait_for(notifications.__anext__(), 10)
+    notification = await asyncio.wait_for(notifications.__anext__(), 30)
     show("notify_composite", notification)
     out("MTYPE notify_composite %s" % notification.mtype.name)
     observe.observation.cancel()
@@ -186,7 +186,7 @@ async def main():
         return 1
     out("PORT %d" % port)
     try:
-        remote = await asyncio.wait_for(ready, 15)
+        remote = await asyncio.wait_for(ready, 30)
         await asyncio.sleep(0.1)
         await drive(context, remote)
         await asyncio.sleep(1.0)
@@ -200,7 +200,7 @@ async def main():
 
 if __name__ == "__main__":
     try:
-        sys.exit(asyncio.run(asyncio.wait_for(main(), 30)))
+        sys.exit(asyncio.run(asyncio.wait_for(main(), 90)))
     except asyncio.TimeoutError:
         out("TIMEOUT")
         sys.exit(1)

@@ -36,7 +36,7 @@ function out(line) {
 setTimeout(() => {
     out('TIMEOUT');
     process.exit(1);
-}, 25000);
+}, 90000);
 
 function step(name, fn) {
     return new Promise((resolve) => {

@@ -75,6 +75,56 @@ pub fn run(cmd: &str, args: &[&str], limit: Duration) -> (Vec<u8>, String) {
     (o.join().unwrap(), e.join().unwrap())
 }
 
+/// Runs a command until its stdout so far satisfies `done` (or it ends, or `limit`
+/// passes), then kills it (by its PID) if it is still running; returns stdout and stderr.
+/// For a peer that runs until stopped (an observer): waiting for what it prints, not a
+/// fixed time, which a loaded machine may spend before the peer even started.
+pub fn run_until(
+    cmd: &str,
+    args: &[&str],
+    limit: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> (Vec<u8>, String) {
+    let mut child = Command::new(cmd)
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let (tx, chunks) = std::sync::mpsc::channel::<Vec<u8>>();
+    let o = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = String::new();
+        let _ = err.read_to_string(&mut v);
+        v
+    });
+    let end = Instant::now() + limit;
+    let mut got = Vec::new();
+    while !done(&got) && Instant::now() < end {
+        match chunks.recv_timeout(Duration::from_millis(20)) {
+            Ok(chunk) => got.extend(chunk),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = o.join();
+    got.extend(chunks.try_iter().flatten());
+    (got, e.join().unwrap())
+}
+
 /// Waits for a child at most `limit`, then kills it (by its PID).
 pub fn wait_or_kill(child: &mut Child, limit: Duration) {
     let end = Instant::now() + limit;
