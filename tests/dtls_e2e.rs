@@ -401,6 +401,16 @@ fn refusals_leave_the_registry_unchanged() {
             .registration_id;
         vec!["rd".into(), id.clone()]
     };
+    // Every operation the hub sent (the sync's) answered, however slow the threads: what
+    // the device sends after that changes nothing while it keeps its values.
+    wait_for(&mut devices, "ref-a's sync answered", || {
+        let m = hub.metrics();
+        m.sync_latency.count
+            + m.job_operation_latency.count
+            + m.request_latency.count
+            + m.untimed_operations
+            >= m.counters.ops_sent
+    });
     let seq = settled_seq(&hub);
     let (a_before, b_before) = (twin_json(&hub, "ref-a"), twin_json(&hub, "ref-b"));
     let unchanged = |what: &str| {
