@@ -147,13 +147,16 @@ impl Model {
     }
 }
 
-/// Whether the store seals PSK keys: never, from the start, or from the first reopening
-/// on (a store written without a sealing key, opened with one).
+/// Whether the store seals PSK keys: never, from the start, from the first reopening on
+/// (a store written without a sealing key, opened with one), or from the start with the
+/// key changed, or sealing turned off, at the first reopening (the old key retired).
 #[derive(Clone, Copy, Debug)]
 enum Sealing {
     Never,
     Always,
     FromReopen,
+    ChangedAtReopen,
+    OffAtReopen,
 }
 
 fn run(
@@ -166,8 +169,8 @@ fn run(
     let mut config = StoreConfig::default();
     config.feed_capacity = feed_capacity;
     config.property_log_limit = log_limit;
-    let key = SealingKey::new([0x42; 32]);
-    if matches!(sealing, Sealing::Always) {
+    let (key, next) = (SealingKey::new([0x42; 32]), SealingKey::new([0x43; 32]));
+    if !matches!(sealing, Sealing::Never | Sealing::FromReopen) {
         config.sealing_key = Some(key.clone());
     }
     let (mut store, mut reg) = Store::open(dir.path(), config.clone()).unwrap();
@@ -187,8 +190,17 @@ fn run(
                 }
                 handed_out = handed_out.max(reg.last_seq());
                 drop((store, reg));
-                if matches!(sealing, Sealing::FromReopen) {
-                    config.sealing_key = Some(key.clone());
+                match sealing {
+                    Sealing::Never | Sealing::Always => {}
+                    Sealing::FromReopen => config.sealing_key = Some(key.clone()),
+                    Sealing::ChangedAtReopen => {
+                        config.sealing_key = Some(next.clone());
+                        config.retired_sealing_keys = vec![key.clone()];
+                    }
+                    Sealing::OffAtReopen => {
+                        config.sealing_key = None;
+                        config.retired_sealing_keys = vec![key.clone()];
+                    }
                 }
                 (store, reg) = Store::open(dir.path(), config.clone()).unwrap();
                 prop_assert_eq!(&snapshot(&reg), &m.acked);
@@ -230,7 +242,13 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         small_feed in any::<bool>(),
         log_limit in prop_oneof![Just(1usize), Just(2), Just(5), Just(1 << 20)],
-        sealing in prop_oneof![Just(Sealing::Never), Just(Sealing::Always), Just(Sealing::FromReopen)],
+        sealing in prop_oneof![
+            Just(Sealing::Never),
+            Just(Sealing::Always),
+            Just(Sealing::FromReopen),
+            Just(Sealing::ChangedAtReopen),
+            Just(Sealing::OffAtReopen),
+        ],
     ) {
         // A 3-change feed makes most commits rewrite every twin (the feed gap path).
         // A log of 1 to 5 changes folds every commit, partly or wholly; the default

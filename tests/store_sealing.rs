@@ -201,3 +201,51 @@ fn a_format_3_file_opens_as_format_4() {
     let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
     assert_eq!(format(&db), Some(4));
 }
+
+#[test]
+fn the_sealing_key_changes_and_sealing_turns_off_through_retired_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |current: Option<u8>, retired: &[u8]| {
+        let mut config = config(current);
+        config.retired_sealing_keys = retired.iter().map(|&b| SealingKey::new([b; 32])).collect();
+        config
+    };
+    let (mut store, mut reg) = Store::open(dir.path(), with(Some(1), &[])).unwrap();
+    reg.create(keyed("m", 0x61)).unwrap();
+    reg.create(keyed("n", 0x62)).unwrap();
+    store.commit(&reg).unwrap();
+    drop((store, reg));
+    let sealed_by_1 = heads(dir.path());
+
+    // Key 1 -> key 2: opening with 2 (1 retired) rewrites every sealed head under 2.
+    let (_store, reg) = Store::open(dir.path(), with(Some(2), &[1])).unwrap();
+    assert_eq!(key_of(&reg, "n"), Some(vec![0x62; 16]));
+    drop((_store, reg));
+    let sealed_by_2 = heads(dir.path());
+    for ((id, old), (_, new)) in sealed_by_1.iter().zip(&sealed_by_2) {
+        assert_ne!(old, new, "{id} was not sealed again");
+        assert!(
+            new.contains("\"sealedPsk\"") && !new.contains("\"psk\""),
+            "{new}"
+        );
+    }
+    // Key 1 alone opens nothing now; key 2 alone opens everything.
+    assert!(matches!(open_err(dir.path(), Some(1)), StoreError::Unsealing { key } if key == "m"));
+    let (_store, reg) = Store::open(dir.path(), with(Some(2), &[])).unwrap();
+    assert_eq!(key_of(&reg, "m"), Some(vec![0x61; 16]));
+    drop((_store, reg));
+    assert_eq!(heads(dir.path()), sealed_by_2, "nothing to rewrite");
+
+    // Sealing off: no sealing key, key 2 retired: the keys are written plain again.
+    let (_store, reg) = Store::open(dir.path(), with(None, &[2])).unwrap();
+    assert_eq!(key_of(&reg, "m"), Some(vec![0x61; 16]));
+    drop((_store, reg));
+    for (id, head) in heads(dir.path()) {
+        assert!(
+            head.contains("\"psk\"") && !head.contains("\"sealedPsk\""),
+            "{id}: {head}"
+        );
+    }
+    let (_store, reg) = Store::open(dir.path(), config(None)).unwrap();
+    assert_eq!(key_of(&reg, "n"), Some(vec![0x62; 16]));
+}

@@ -383,6 +383,8 @@ struct StoredFields {
     sealed_psk: Option<String>,
     /// Whether the head holds its PSK key as plain hex.
     plain_psk: bool,
+    /// Whether its sealed PSK key opened with a retired key.
+    retired_psk: bool,
 }
 
 impl Block {
@@ -803,16 +805,22 @@ impl StoredRows {
         self.block.stored.last_mut()?.sealed_psk.take()
     }
 
-    /// Gives the last row its PSK key (opened from its sealed one).
-    pub(crate) fn set_psk(&mut self, key: crate::twin::PskKey) {
+    /// Gives the last row its PSK key, opened from its sealed one (with a retired key:
+    /// `retired`).
+    pub(crate) fn set_psk(&mut self, key: crate::twin::PskKey, retired: bool) {
         if let Some(s) = self.block.stored.last_mut() {
             s.extra.authentication.psk_key = Some(key);
+            s.retired_psk = retired;
         }
     }
 
-    /// Whether the last row's head holds its PSK key as plain hex.
-    pub(crate) fn plain_psk(&self) -> bool {
-        self.block.stored.last().is_some_and(|s| s.plain_psk)
+    /// Whether the last row's head is to be rewritten: its PSK key is plain hex and
+    /// `sealing` (the store seals keys), or it was sealed under a retired key.
+    pub(crate) fn psk_stale(&self, sealing: bool) -> bool {
+        self.block
+            .stored
+            .last()
+            .is_some_and(|s| (s.plain_psk && sealing) || s.retired_psk)
     }
 
     /// The last row's etag: its head's, raised to `etag`.

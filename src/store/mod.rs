@@ -266,10 +266,16 @@ pub struct StoreConfig {
     /// key. A store holding sealed keys does not open without its key
     /// ([`StoreError::SealingKeyMissing`]) or with another
     /// ([`StoreError::Unsealing`]). Keep the key apart from the directory and its
-    /// backups; a backup restores only with the key it was sealed under. Changing the
-    /// key (or going back to none) is not built. Plain keys written before may stay in
-    /// the file's free pages until they are reused: see the README's Durability section.
+    /// backups; a backup restores only with the key it was sealed under (or with that
+    /// key among the retired ones). Plain keys written before may stay in the file's
+    /// free pages until they are reused: see the README's Durability section.
     pub sealing_key: Option<SealingKey>,
+    /// Keys the store's PSK keys may still be sealed under (default none): opening opens
+    /// them with these too, and rewrites those heads under [`StoreConfig::sealing_key`],
+    /// or plain if it is `None`, before [`Store::open`] returns. Changing the key: the
+    /// new one as `sealing_key`, the old one here, for one opening (or as long as an old
+    /// backup may be restored); turning sealing off: no `sealing_key`, the old one here.
+    pub retired_sealing_keys: Vec<SealingKey>,
 }
 
 impl Default for StoreConfig {
@@ -279,6 +285,7 @@ impl Default for StoreConfig {
             feed_retention: DEFAULT_FEED_RETENTION,
             property_log_limit: DEFAULT_PROPERTY_LOG_LIMIT,
             sealing_key: None,
+            retired_sealing_keys: Vec::new(),
         }
     }
 }
@@ -366,7 +373,7 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let sealer = config.sealing_key.as_ref().map(Sealer::new);
+        let sealer = Sealer::from_config(&config);
         let mut store = Store {
             sealer,
             db: None,
@@ -441,10 +448,10 @@ impl Store {
         let (committed, start) = init(&db)?;
         let origin = next_origin();
         let sealer = self.sealer.as_ref();
-        let (registry, log, feed_kept, plain_psk) =
+        let (registry, log, feed_kept, stale_psk) =
             rebuild(&db, &self.config, sealer, origin, committed, start)?;
-        if let Some(sealer) = sealer.filter(|_| !plain_psk.is_empty()) {
-            seal_heads(&db, &registry, &plain_psk, sealer)?;
+        if !stale_psk.is_empty() {
+            rewrite_heads(&db, &registry, &stale_psk, sealer)?;
         }
         // The job rows are checked now, so that a damaged one is an error of the opening,
         // not of the hub that loads the jobs later.
@@ -1066,20 +1073,21 @@ fn write_properties(
     Ok(())
 }
 
-/// Rewrites the heads of `ids` (which hold a plain PSK key) with their keys sealed, in
-/// one transaction: what opening with a sealing key does to a store written without.
-fn seal_heads(
+/// Rewrites the heads of `ids` (whose PSK keys are plain though the store seals, or
+/// sealed under a retired key) with their keys as `sealer` writes them, in one
+/// transaction: what opening with a new sealing key does.
+fn rewrite_heads(
     db: &Database,
     registry: &Registry,
     ids: &[DeviceId],
-    sealer: &Sealer,
+    sealer: Option<&Sealer>,
 ) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     {
         let mut twins = txn.open_table(TWINS)?;
         for id in ids {
             if let Some(t) = registry.get(id.as_str()) {
-                write_head(&mut twins, t, Some(sealer))?;
+                write_head(&mut twins, t, sealer)?;
             }
         }
     }
@@ -1390,7 +1398,8 @@ fn merge_neighbours(
 }
 
 /// The registry rebuilt, the log's state, the changes the feed table holds, and (with a
-/// sealing key) the twins whose heads hold a plain PSK key.
+/// sealer) the twins whose heads hold their PSK key plain though it seals, or sealed
+/// under a retired key.
 type Rebuilt = (Registry, PropertyLog, usize, Vec<DeviceId>);
 
 /// Rebuilds the registry from the file through a bulk load, then restores the version
@@ -1440,7 +1449,7 @@ fn rebuild(
     })?;
     // Only twins whose record lacks a logged change are folded again: a record whose
     // twins were all folded (or removed) goes at the next commit.
-    let plain_psk = read.plain_psk;
+    let stale_psk = read.stale_psk;
     let log = PropertyLog::restore(read.records, read.pending);
     for (slot, generation, etag, service) in versions {
         registry.restore_versions(slot, generation, etag, service);
@@ -1494,7 +1503,7 @@ fn rebuild(
         unused.push((below.value(), above.value()));
     }
     registry.restore_feed(origin, start, dropped, changes, unused);
-    Ok((registry, log, total, plain_psk))
+    Ok((registry, log, total, stale_psk))
 }
 
 /// Twins a batch holds, and batches the reader may run ahead of the load: at most
@@ -1535,8 +1544,9 @@ type LogRecords = Vec<(u64, usize)>;
 struct ReadLog {
     records: LogRecords,
     pending: Vec<(DeviceId, u64)>,
-    /// With a sealing key: the twins whose heads hold a plain PSK key, to seal.
-    plain_psk: Vec<DeviceId>,
+    /// The twins whose heads hold their PSK key plain though the store seals, or sealed
+    /// under a retired key: to rewrite.
+    stale_psk: Vec<DeviceId>,
 }
 
 /// The log's changes, sorted by device id (and, for each device, oldest first), with
@@ -1679,20 +1689,20 @@ fn read_twins_within(
                 let id = &ids[t.id.clone()];
                 let record = t.record.clone().map(|r| &bytes[r]);
                 let logged = &logged[t.logged.clone()];
-                let (applied, plain) = match row_twin(&mut rows, i, id, record, logged, sealer) {
-                    Some(applied) => (applied, rows.plain_psk()),
+                let (applied, stale) = match row_twin(&mut rows, i, id, record, logged, sealer) {
+                    Some(applied) => (applied, rows.psk_stale(sealer.is_some_and(Sealer::seals))),
                     None => {
                         // Rows cannot hold this twin: decode it whole, which also
                         // tells what is wrong with a damaged one.
                         let head = rows.head(i).as_bytes();
-                        let (twin, etag, through, plain) =
+                        let (twin, etag, through, stale) =
                             owned_twin(id, head, record, logged, sealer)?;
                         rows.push_twin(twin, etag);
-                        (logged.iter().any(|e| e.seq > through), plain)
+                        (logged.iter().any(|e| e.seq > through), stale)
                     }
                 };
-                if plain && sealer.is_some() {
-                    found.plain_psk.push(record::device_id(id)?);
+                if stale {
+                    found.stale_psk.push(record::device_id(id)?);
                 }
                 if applied {
                     // The oldest record with one of its changes (read oldest first).
@@ -1771,7 +1781,7 @@ fn row_twin_within(
     }
     if let Some(sealed) = rows.take_sealed_psk() {
         match sealer.and_then(|s| s.open(id, &sealed)) {
-            Some(key) => rows.set_psk(key),
+            Some((key, retired)) => rows.set_psk(key, retired),
             None => {
                 rows.pop_row();
                 return None;
@@ -1813,7 +1823,7 @@ fn row_twin_within(
 
 /// Decodes a twin whole: its head, its record, then its logged changes numbered after
 /// the record's commit, its sealed PSK key opened with `sealer`. Returns it, its etag,
-/// the record's `through` and whether its head holds a plain PSK key.
+/// the record's `through` and whether its head is stale (see [`record::decode_head`]).
 fn owned_twin(
     id: &str,
     head: &[u8],
@@ -1821,7 +1831,7 @@ fn owned_twin(
     logged: &[record::LogEntry],
     sealer: Option<&Sealer>,
 ) -> Result<(crate::twin::Twin, u64, u64, bool), StoreError> {
-    let (mut twin, plain) = record::decode_head(id, head, sealer)?;
+    let (mut twin, stale) = record::decode_head(id, head, sealer)?;
     let mut etag = twin.etag.0;
     let mut through = 0;
     if let Some(bytes) = record {
@@ -1855,7 +1865,7 @@ fn owned_twin(
             }
         }
     }
-    Ok((twin, etag, through, plain))
+    Ok((twin, etag, through, stale))
 }
 
 /// The job parents' and children's rows, in key order.

@@ -39,7 +39,7 @@ struct Head {
 }
 
 /// Encodes a twin's head; the caller has taken its device properties out. The PSK key
-/// goes in sealed with `sealer`, or as hex without one.
+/// goes in sealed with `sealer`, or as hex without one (or one with no sealing key).
 pub(crate) fn encode_head(twin: &Twin, sealer: Option<&Sealer>) -> Vec<u8> {
     debug_assert!(twin.device_properties.is_empty());
     #[derive(Serialize)]
@@ -52,9 +52,10 @@ pub(crate) fn encode_head(twin: &Twin, sealer: Option<&Sealer>) -> Vec<u8> {
         sealed_psk: Option<String>,
     }
     let key = twin.authentication.psk_key.as_ref();
-    let (psk, sealed_psk) = match sealer {
-        Some(s) => (None, key.map(|k| s.seal(twin.device_id.as_str(), k))),
-        None => (key.map(|k| hex::encode(k.expose())), None),
+    let sealed_psk = key.and_then(|k| sealer?.seal(twin.device_id.as_str(), k));
+    let psk = match sealed_psk {
+        Some(_) => None,
+        None => key.map(|k| hex::encode(k.expose())),
     };
     serde_json::to_vec(&HeadRef {
         twin,
@@ -65,7 +66,8 @@ pub(crate) fn encode_head(twin: &Twin, sealer: Option<&Sealer>) -> Vec<u8> {
 }
 
 /// Decodes a twin's head (no device properties yet), opening a sealed PSK key with
-/// `sealer`. Also returns whether the head holds a PSK key as plain hex.
+/// `sealer`. Also returns whether the head is stale: it holds a PSK key as plain hex
+/// though `sealer` seals, or sealed under a retired key.
 pub(crate) fn decode_head(
     key: &str,
     bytes: &[u8],
@@ -81,26 +83,33 @@ pub(crate) fn decode_head(
     if twin.device_id.as_str() != key {
         return Err(bad(format!("holds device {}", twin.device_id)));
     }
-    let plain = head.psk.is_some();
+    let mut stale = false;
     twin.authentication.psk_key = match (head.psk, head.sealed_psk) {
         (Some(_), Some(_)) => return Err(bad("both psk and sealedPsk".into())),
-        (Some(k), None) => Some(PskKey::new(
-            hex::decode(&k).map_err(|_| bad("psk is not hex".into()))?,
-        )),
-        (None, Some(sealed)) => Some(open_sealed(key, &sealed, sealer)?),
+        (Some(k), None) => {
+            stale = sealer.is_some_and(Sealer::seals);
+            Some(PskKey::new(
+                hex::decode(&k).map_err(|_| bad("psk is not hex".into()))?,
+            ))
+        }
+        (None, Some(sealed)) => {
+            let (psk, retired) = open_sealed(key, &sealed, sealer)?;
+            stale = retired;
+            Some(psk)
+        }
         (None, None) => None,
     };
     twin.device_properties.clear();
-    Ok((twin, plain))
+    Ok((twin, stale))
 }
 
-/// Opens a head's sealed PSK key: the store's error without a sealer, or if it does not
-/// open.
+/// Opens a head's sealed PSK key (and tells whether a retired key opened it): the
+/// store's error without a sealer, or if it does not open.
 pub(crate) fn open_sealed(
     key: &str,
     sealed: &str,
     sealer: Option<&Sealer>,
-) -> Result<PskKey, StoreError> {
+) -> Result<(PskKey, bool), StoreError> {
     match sealer {
         Some(s) => s.open_or_err(key, sealed),
         None => Err(StoreError::SealingKeyMissing {

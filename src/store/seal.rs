@@ -9,9 +9,13 @@
 //!
 //! Without a sealing key the head holds the key as plain hex (`"psk"`), as before. A
 //! store opened with a key reads both, and rewrites the heads that hold a plain key
-//! sealed before [`Store::open`](super::Store::open) returns. A store holding a sealed
-//! key refuses to open without a key ([`StoreError::SealingKeyMissing`]) or with another
-//! one ([`StoreError::Unsealing`]).
+//! sealed before [`Store::open`](super::Store::open) returns. Keys sealed under one of
+//! [`StoreConfig::retired_sealing_keys`](super::StoreConfig::retired_sealing_keys) open
+//! too, and their heads are rewritten the same way: sealed under the sealing key, or
+//! plain if there is none (how the key is changed, or sealing turned off). A store
+//! holding a sealed key refuses to open without any key
+//! ([`StoreError::SealingKeyMissing`]) or when none of its keys opens it
+//! ([`StoreError::Unsealing`]).
 
 use super::StoreError;
 use crate::twin::PskKey;
@@ -62,25 +66,47 @@ const TAG: usize = 16;
 /// the same key opens as a PSK key.
 const DOMAIN: &[u8] = b"twinhub sealed psk\0";
 
-/// Seals and opens PSK keys under a [`SealingKey`].
+/// Seals PSK keys under the store's [`SealingKey`], if it has one, and opens them under
+/// it or a retired one.
 pub(crate) struct Sealer {
-    cipher: XChaCha20Poly1305,
+    current: Option<XChaCha20Poly1305>,
+    retired: Vec<XChaCha20Poly1305>,
+}
+
+fn cipher(key: &SealingKey) -> XChaCha20Poly1305 {
+    XChaCha20Poly1305::new(&key.0.into())
 }
 
 impl Sealer {
+    /// A sealer that seals under `key` and opens only what `key` sealed.
     pub(crate) fn new(key: &SealingKey) -> Self {
         Sealer {
-            cipher: XChaCha20Poly1305::new(&key.0.into()),
+            current: Some(cipher(key)),
+            retired: Vec::new(),
         }
     }
 
-    /// `device`'s PSK key sealed, as hex.
-    pub(crate) fn seal(&self, device: &str, key: &PskKey) -> String {
+    /// The sealer of a store's settings: `None` if they name no key at all.
+    pub(crate) fn from_config(config: &super::StoreConfig) -> Option<Self> {
+        let current = config.sealing_key.as_ref().map(cipher);
+        let retired: Vec<_> = config.retired_sealing_keys.iter().map(cipher).collect();
+        (current.is_some() || !retired.is_empty()).then_some(Sealer { current, retired })
+    }
+
+    /// Whether it seals what the store writes (it has a sealing key, not only retired
+    /// ones): then a plain key on disk is one to rewrite.
+    pub(crate) fn seals(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// `device`'s PSK key sealed, as hex; `None` without a sealing key (the key is
+    /// written plain).
+    pub(crate) fn seal(&self, device: &str, key: &PskKey) -> Option<String> {
+        let cipher = self.current.as_ref()?;
         let mut nonce = [0u8; NONCE];
         getrandom::fill(&mut nonce).expect("the OS random number generator failed");
         let aad = associated_data(device);
-        let sealed = self
-            .cipher
+        let sealed = cipher
             .encrypt(
                 &XNonce::from(nonce),
                 Payload {
@@ -93,12 +119,14 @@ impl Sealer {
         bytes.push(FORMAT);
         bytes.extend_from_slice(&nonce);
         bytes.extend_from_slice(&sealed);
-        hex::encode(bytes)
+        Some(hex::encode(bytes))
     }
 
-    /// Opens what [`Sealer::seal`] sealed for `device`: `None` if it is not hex in the
-    /// format, was sealed for another device, under another key, or was changed.
-    pub(crate) fn open(&self, device: &str, sealed: &str) -> Option<PskKey> {
+    /// Opens what [`Sealer::seal`] sealed for `device`, with the sealing key or a retired
+    /// one; also tells whether a retired one opened it (its head is to be rewritten).
+    /// `None` if it is not hex in the format, was sealed for another device, under
+    /// another key, or was changed.
+    pub(crate) fn open(&self, device: &str, sealed: &str) -> Option<(PskKey, bool)> {
         let bytes = hex::decode(sealed).ok()?;
         let (&format, rest) = bytes.split_first()?;
         if format != FORMAT || rest.len() < NONCE + TAG {
@@ -107,21 +135,27 @@ impl Sealer {
         let (nonce, sealed) = rest.split_at(NONCE);
         let nonce: [u8; NONCE] = nonce.try_into().ok()?;
         let aad = associated_data(device);
-        let key = self
-            .cipher
-            .decrypt(
-                &XNonce::from(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad,
-                },
-            )
-            .ok()?;
-        Some(PskKey::new(key))
+        let nonce = XNonce::from(nonce);
+        let payload = || Payload {
+            msg: sealed,
+            aad: &aad,
+        };
+        let (i, key) = self
+            .current
+            .iter()
+            .chain(&self.retired)
+            .enumerate()
+            .find_map(|(i, c)| Some((i, c.decrypt(&nonce, payload()).ok()?)))?;
+        let retired = self.current.is_none() || i > 0;
+        Some((PskKey::new(key), retired))
     }
 
     /// [`Sealer::open`], with the store's error for a key that does not open.
-    pub(crate) fn open_or_err(&self, device: &str, sealed: &str) -> Result<PskKey, StoreError> {
+    pub(crate) fn open_or_err(
+        &self,
+        device: &str,
+        sealed: &str,
+    ) -> Result<(PskKey, bool), StoreError> {
         self.open(device, sealed)
             .ok_or_else(|| StoreError::Unsealing {
                 key: device.chars().take(128).collect(),
@@ -145,8 +179,8 @@ mod tests {
     fn a_sealed_key_opens_for_its_device_under_its_key_only() {
         let key = PskKey::new(vec![0x5a; 16]);
         let s = sealer(1);
-        let sealed = s.seal("d1", &key);
-        assert_eq!(s.open("d1", &sealed), Some(key.clone()));
+        let sealed = s.seal("d1", &key).unwrap();
+        assert_eq!(s.open("d1", &sealed), Some((key.clone(), false)));
         // Neither the key's bytes nor their hex are in the sealed text.
         assert!(!sealed.contains(&hex::encode(key.expose())));
         // Another device, another key, a changed byte, a cut text: none opens.
@@ -159,11 +193,38 @@ mod tests {
         assert_eq!(s.open("d1", "zz"), None);
         assert_eq!(s.open("d1", ""), None);
         // Each seal draws a fresh nonce.
-        assert_ne!(s.seal("d1", &key), sealed);
+        assert_ne!(s.seal("d1", &key).unwrap(), sealed);
         assert!(matches!(
             s.open_or_err("d2", &sealed),
             Err(StoreError::Unsealing { key }) if key == "d2"
         ));
+    }
+
+    #[test]
+    fn retired_keys_open_and_say_so() {
+        let key = PskKey::new(vec![3; 16]);
+        let by = |current: Option<u8>, retired: &[u8]| {
+            Sealer::from_config(&crate::store::StoreConfig {
+                sealing_key: current.map(|b| SealingKey::new([b; 32])),
+                retired_sealing_keys: retired.iter().map(|&b| SealingKey::new([b; 32])).collect(),
+                ..Default::default()
+            })
+        };
+        assert!(by(None, &[]).is_none());
+        let old = sealer(1).seal("d", &key).unwrap();
+        let new = sealer(2).seal("d", &key).unwrap();
+        let rotated = by(Some(2), &[1]).unwrap();
+        assert!(rotated.seals());
+        assert_eq!(rotated.open("d", &new), Some((key.clone(), false)));
+        assert_eq!(rotated.open("d", &old), Some((key.clone(), true)));
+        assert_eq!(rotated.open("e", &old), None);
+        // Only retired keys: everything opens as retired, and nothing is sealed.
+        let off = by(None, &[1, 2]).unwrap();
+        assert!(!off.seals());
+        assert_eq!(off.seal("d", &key), None);
+        assert_eq!(off.open("d", &old), Some((key.clone(), true)));
+        assert_eq!(off.open("d", &new), Some((key.clone(), true)));
+        assert_eq!(by(Some(3), &[]).unwrap().open("d", &old), None);
     }
 
     #[test]
