@@ -20,6 +20,10 @@
 //!   one commit (what the hub does per event batch); throughput in updates.
 //! - Printed after it (when it ran): the time to reopen the directory with the log the
 //!   batches left (its size printed), and the file's bytes per twin then.
+//! - With `TWINHUB_BENCH_STORE_PSK=1` every twin also gets a 16-byte PSK key, and
+//!   printed before the commits: the median of three reopenings with the keys plain, the
+//!   one opening with a `sealing_key` that rewrites every head sealed, and the median of
+//!   three reopenings with the keys sealed (what sealing costs an opening).
 
 mod corpus;
 
@@ -56,7 +60,17 @@ fn rss_kib() -> u64 {
 fn benches(c: &mut Criterion) {
     let n = fleet();
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let twins: Vec<Twin> = corpus::twins(n).collect();
+    let with_psk = std::env::var("TWINHUB_BENCH_STORE_PSK").is_ok_and(|v| v == "1");
+    let twins: Vec<Twin> = corpus::twins(n)
+        .map(|mut t| {
+            if with_psk {
+                let seed = t.device_id.as_str().len() as u8;
+                t.authentication.psk_identity = Some(format!("{}-id", t.device_id));
+                t.authentication.psk_key = Some(twinhub::twin::PskKey::new(vec![seed; 16]));
+            }
+            t
+        })
+        .collect();
 
     // In-memory bulk load of the same twins (clones made untimed).
     let mut loads = Vec::new();
@@ -107,8 +121,34 @@ fn benches(c: &mut Criterion) {
         reopen.as_secs_f64() / load.as_secs_f64()
     );
 
+    // What sealing the keys costs an opening: plain, the opening that seals every head,
+    // then sealed.
+    let mut sealed_config = StoreConfig::default();
+    if with_psk {
+        sealed_config.sealing_key = Some(twinhub::store::SealingKey::new([7; 32]));
+        let reopen = |config: &StoreConfig| {
+            let t = Instant::now();
+            let (store, reg) = Store::open(dir.path(), config.clone()).expect("reopen");
+            let took = t.elapsed();
+            assert_eq!(reg.len(), n);
+            drop((store, reg));
+            took
+        };
+        let plain = median((0..3).map(|_| reopen(&StoreConfig::default())).collect());
+        let sealing = reopen(&sealed_config);
+        let sealed = median((0..3).map(|_| reopen(&sealed_config)).collect());
+        println!(
+            "store: PSK keys: reopen plain {plain:.2?}, the opening that seals every head {sealing:.2?}, reopen sealed {sealed:.2?} ({:.2}x plain), median of 3",
+            sealed.as_secs_f64() / plain.as_secs_f64()
+        );
+    }
+
     // What the commits below run with (defaults unless set, to see what each part costs).
-    let mut config = StoreConfig::default();
+    let mut config = if with_psk {
+        sealed_config
+    } else {
+        StoreConfig::default()
+    };
     let env = |name: &str| std::env::var(name).ok().and_then(|n| n.parse().ok());
     if let Some(n) = env("TWINHUB_BENCH_STORE_LOG_LIMIT") {
         config.property_log_limit = n;
