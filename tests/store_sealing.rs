@@ -249,3 +249,46 @@ fn the_sealing_key_changes_and_sealing_turns_off_through_retired_keys() {
     let (_store, reg) = Store::open(dir.path(), config(None)).unwrap();
     assert_eq!(key_of(&reg, "n"), Some(vec![0x62; 16]));
 }
+
+/// An opening with a sealing key that fails after reading the twins (here on a damaged job
+/// row) leaves the heads as they were: the failed opening did not seal the plain keys, so
+/// going back to no key (the configuration that worked) still opens the store.
+#[test]
+fn a_failed_opening_with_a_key_does_not_seal_the_plain_keys() {
+    const JOB_PARENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("job_parents");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut reg) = Store::open(dir.path(), config(None)).unwrap();
+    reg.create(keyed("k", 0x61)).unwrap();
+    store.commit(&reg).unwrap();
+    drop((store, reg));
+    let before = heads(dir.path());
+    let edit_jobs = |damage: bool| {
+        let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut parents = txn.open_table(JOB_PARENTS).unwrap();
+            if damage {
+                parents.insert(0, b"{not json".as_slice()).unwrap();
+            } else {
+                parents.remove(0).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    };
+    edit_jobs(true);
+    assert!(matches!(
+        open_err(dir.path(), Some(3)),
+        StoreError::BadRecord {
+            table: "job_parents",
+            ..
+        }
+    ));
+    assert_eq!(
+        heads(dir.path()),
+        before,
+        "a failed opening sealed the heads"
+    );
+    edit_jobs(false);
+    let (_store, reg) = Store::open(dir.path(), config(None)).unwrap();
+    assert_eq!(key_of(&reg, "k"), Some(vec![0x61; 16]));
+}

@@ -263,7 +263,8 @@ pub struct StoreConfig {
     /// Seals the PSK keys the store writes (default none: they are written as hex).
     /// With a key, each twin's PSK key is encrypted in its head (XChaCha20-Poly1305, the
     /// device id bound in), and opening rewrites sealed any head that still holds a plain
-    /// key. A store holding sealed keys does not open without its key
+    /// key (its last step: an opening that fails leaves them as they were). A store
+    /// holding sealed keys does not open without its key
     /// ([`StoreError::SealingKeyMissing`]) or with another
     /// ([`StoreError::Unsealing`]). Keep the key apart from the directory and its
     /// backups; a backup restores only with the key it was sealed under (or with that
@@ -450,9 +451,6 @@ impl Store {
         let sealer = self.sealer.as_ref();
         let (registry, log, feed_kept, stale_psk) =
             rebuild(&db, &self.config, sealer, origin, committed, start)?;
-        if !stale_psk.is_empty() {
-            rewrite_heads(&db, &registry, &stale_psk, sealer)?;
-        }
         // The job rows are checked now, so that a damaged one is an error of the opening,
         // not of the hub that loads the jobs later.
         let (parents, children) = job_rows(&db)?;
@@ -464,6 +462,11 @@ impl Store {
             children,
         )
         .map_err(bad_job_row)?;
+        // Rewriting the stale heads is the opening's last fallible step: an opening that
+        // fails leaves them as they were, so the store still opens as it did before.
+        if !stale_psk.is_empty() {
+            rewrite_heads(&db, &registry, &stale_psk, sealer)?;
+        }
         self.db = Some(db);
         self.committed = committed;
         self.origin = origin;

@@ -9,7 +9,8 @@
 //!
 //! Without a sealing key the head holds the key as plain hex (`"psk"`), as before. A
 //! store opened with a key reads both, and rewrites the heads that hold a plain key
-//! sealed before [`Store::open`](super::Store::open) returns. Keys sealed under one of
+//! sealed before [`Store::open`](super::Store::open) returns (as its last step: an
+//! opening that fails leaves them as they were). Keys sealed under one of
 //! [`StoreConfig::retired_sealing_keys`](super::StoreConfig::retired_sealing_keys) open
 //! too, and their heads are rewritten the same way: sealed under the sealing key, or
 //! plain if there is none (how the key is changed, or sealing turned off). A store
