@@ -1987,8 +1987,23 @@ fn fuzz_head(row: &[u8]) {
         })
         .collect();
     // A sealed key the fuzzer writes does not open (it cannot forge one): both ways
-    // refuse the head alike.
+    // refuse the head alike. So that both ways also open one, the first `SEALED` in the
+    // head stands for `d`'s key sealed under the body's sealing key.
     let sealer = Sealer::new(&SealingKey::new([7; 32]));
+    let with_key;
+    let head = match head.windows(6).position(|w| w == b"SEALED") {
+        Some(at) => {
+            let key = crate::twin::PskKey::new(b"fuzzed key".to_vec());
+            let mut h = head.to_vec();
+            let sealed = sealer
+                .seal("d", &key)
+                .expect("the sealer has a sealing key");
+            h.splice(at..at + 6, sealed.into_bytes());
+            with_key = h;
+            with_key.as_slice()
+        }
+        None => head,
+    };
     let whole = owned_twin("d", head, record, &logged, Some(&sealer));
     let mut rows = StoredRows::new();
     let Ok(text) = std::str::from_utf8(head) else {
@@ -2000,7 +2015,12 @@ fn fuzz_head(row: &[u8]) {
     let Some(applied) = row_twin(&mut rows, 0, "d", record, &logged, Some(&sealer)) else {
         return;
     };
-    let (twin, etag, through, _) = whole.expect("a twin rows take decodes whole");
+    let (twin, etag, through, stale) = whole.expect("a twin rows take decodes whole");
+    assert_eq!(
+        rows.psk_stale(sealer.seals()),
+        stale,
+        "rows saw another form of the PSK key"
+    );
     assert_eq!(
         applied,
         logged.iter().any(|e| e.seq > through),
@@ -2275,6 +2295,38 @@ mod tests {
                 check(&model, &store, &registry);
             }
         }
+    }
+
+    /// A sealed head opens both ways (as a row and whole) with the same key, and both
+    /// say it holds no plain key; the fuzz body's `SEALED` stands for such a key.
+    #[test]
+    fn a_sealed_head_opens_as_a_row_and_whole_alike() {
+        let sealer = Sealer::new(&SealingKey::new([7; 32]));
+        let mut twin = Twin::new(DeviceId::new("d").unwrap()).with_tag("t");
+        twin.authentication.psk_key = Some(crate::twin::PskKey::new(b"fuzzed key".to_vec()));
+        let head = record::encode_head(&twin, Some(&sealer));
+        let mut rows = StoredRows::new();
+        rows.push_head(std::str::from_utf8(&head).unwrap()).unwrap();
+        let opener = Some(&sealer);
+        assert_eq!(row_twin(&mut rows, 0, "d", None, &[], opener), Some(false));
+        assert!(!rows.psk_stale(true));
+        let (whole, _, _, stale) = owned_twin("d", &head, None, &[], opener).unwrap();
+        assert!(!stale);
+        assert_eq!(whole.authentication, twin.authentication);
+        fuzz_head(&head);
+        // The placeholder form the fuzz corpus uses (`head_sealed_psk`): a row.
+        let corpus = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fuzz/corpus/store_records/head_sealed_psk"),
+        )
+        .unwrap();
+        let placeholder = std::str::from_utf8(&corpus[1..]).unwrap();
+        let key = twin.authentication.psk_key.as_ref().unwrap();
+        let text = placeholder.replace("SEALED", &sealer.seal("d", key).unwrap());
+        let mut rows = StoredRows::new();
+        rows.push_head(&text).unwrap();
+        assert_eq!(row_twin(&mut rows, 0, "d", None, &[], opener), Some(false));
+        fuzz_head(placeholder.as_bytes());
     }
 
     /// Reopening reads an ordinary head (every field, strings with escapes) as a row and
