@@ -71,9 +71,9 @@ pub enum StoreError {
         /// The twin's device id.
         key: String,
     },
-    /// A twin's sealed PSK key does not open with the store's sealing key: another key
-    /// sealed it, or the record was changed (moved from another twin's head, damaged).
-    /// Nothing was read into memory.
+    /// A twin's sealed PSK key opens with none of the store's keys (its sealing key and
+    /// retired ones): another key sealed it, or the sealed key was changed or moved from
+    /// another twin's head. Nothing was read into memory.
     Unsealing {
         /// The twin's device id.
         key: String,

@@ -325,7 +325,8 @@ pub struct Store {
     scratch: Vec<u8>,
     /// The log's state (which twins have changes in it, in which records).
     log: PropertyLog,
-    /// Seals PSK keys (from [`StoreConfig::sealing_key`]).
+    /// Seals PSK keys and opens them (from [`StoreConfig::sealing_key`] and
+    /// [`StoreConfig::retired_sealing_keys`]); `None` when neither names a key.
     sealer: Option<Sealer>,
     /// How many changes the `feed_records` table holds.
     feed_kept: usize,
