@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where the peer scripts and `node_modules` live.
@@ -48,9 +48,9 @@ pub fn have(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs a command for at most `limit`, killing it (by its PID) if it is still running;
-/// returns stdout and stderr.
-pub fn run(cmd: &str, args: &[&str], limit: Duration) -> (Vec<u8>, String) {
+/// Starts a peer with no input and its output piped (Python unbuffered, so that what it
+/// prints arrives as it prints it): the child, its stdout and its stderr.
+fn spawn_piped(cmd: &str, args: &[&str]) -> (Child, ChildStdout, ChildStderr) {
     let mut child = Command::new(cmd)
         .args(args)
         .env("PYTHONUNBUFFERED", "1")
@@ -59,8 +59,15 @@ pub fn run(cmd: &str, args: &[&str], limit: Duration) -> (Vec<u8>, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    (child, out, err)
+}
+
+/// Runs a command for at most `limit`, killing it (by its PID) if it is still running;
+/// returns stdout and stderr.
+pub fn run(cmd: &str, args: &[&str], limit: Duration) -> (Vec<u8>, String) {
+    let (mut child, mut out, mut err) = spawn_piped(cmd, args);
     let o = std::thread::spawn(move || {
         let mut v = Vec::new();
         let _ = out.read_to_end(&mut v);
@@ -85,16 +92,7 @@ pub fn run_until(
     limit: Duration,
     done: impl Fn(&[u8]) -> bool,
 ) -> (Vec<u8>, String) {
-    let mut child = Command::new(cmd)
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
+    let (mut child, mut out, mut err) = spawn_piped(cmd, args);
     let (tx, chunks) = std::sync::mpsc::channel::<Vec<u8>>();
     let o = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
