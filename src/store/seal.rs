@@ -27,7 +27,8 @@ use std::fmt;
 /// The key that seals the PSK keys a store keeps (see
 /// [`StoreConfig::sealing_key`](super::StoreConfig::sealing_key)): 32 bytes the service
 /// keeps apart from the store's directory (in a secrets manager, an environment
-/// variable, a file with other permissions). `Debug` never shows it.
+/// variable, a file with other permissions). `Debug` never shows it, and its bytes are
+/// overwritten with zeros when it is dropped.
 ///
 /// ```
 /// use twinhub::store::SealingKey;
@@ -38,6 +39,12 @@ use std::fmt;
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealingKey([u8; 32]);
+
+impl Drop for SealingKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl SealingKey {
     /// A key from its 32 bytes.
@@ -148,7 +155,10 @@ impl Sealer {
             .enumerate()
             .find_map(|(i, c)| Some((i, c.decrypt(&nonce, payload()).ok()?)))?;
         let retired = self.current.is_none() || i > 0;
-        Some((PskKey::new(key), retired))
+        // Copied, not moved: turning the opened `Vec` into the key's box may reallocate
+        // and free the old buffer unzeroed; this one is zeroed when it drops.
+        let key = zeroize::Zeroizing::new(key);
+        Some((PskKey::new(&key[..]), retired))
     }
 
     /// [`Sealer::open`], with the store's error for a key that does not open.

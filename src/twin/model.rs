@@ -104,7 +104,9 @@ pub enum ConnectionState {
     Connected,
 }
 
-/// A pre-shared key. Its bytes never appear in serialized output nor in `Debug`.
+/// A pre-shared key. Its bytes never appear in serialized output nor in `Debug`, and
+/// are overwritten with zeros when the key is dropped (copies handed to the DTLS layer
+/// through [`PskKey::expose`] are that layer's, and dimpl does not overwrite them).
 ///
 /// ```
 /// use twinhub::twin::PskKey;
@@ -124,6 +126,12 @@ impl PskKey {
     /// The key's bytes, for the DTLS layer.
     pub fn expose(&self) -> &[u8] {
         &self.0
+    }
+}
+
+impl Drop for PskKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut *self.0);
     }
 }
 
