@@ -64,8 +64,10 @@
 //!
 //! **Property sync.** When a device registers, the hub sets notification attributes
 //! (`pmin`/`pmax`) on the object instances in [`PropertySync::paths`] that the device
-//! announced, and observes them; the first answer and every notification become device
-//! property updates. A device that registers again is observed again. A sync observation
+//! announced, and observes them (an LWM2M 1.1 device with one Observe-Composite of them
+//! all unless [`PropertySync::composite`] is off, path by path if it refuses that); the
+//! first answer and every notification become device property updates. A device that
+//! registers again is observed again. A sync observation
 //! that fails (an error or no answer to the Observe) or ends (the device declines it,
 //! cancels it, answers a notification with an error) is observed again on the device's
 //! next registration Update, or when its registration moves without one

@@ -188,11 +188,13 @@
 //! [`HistoryError::ZeroLimit`], so paging until `next` is `None` always ends) and
 //! group-by-failure-reason counts.
 //!
-//! The history is bounded by counts: [`EngineConfig::retain_jobs`] jobs and
-//! [`EngineConfig::retain_children`] child records. Creating a job beyond either drops
-//! the oldest finished jobs whole, from the oldest end only (the newest job is always
-//! kept; an unfinished job keeps itself and every newer one until it finishes). A
-//! cursor from before a drop continues at the oldest job kept.
+//! The history is bounded by counts, [`EngineConfig::retain_jobs`] jobs and
+//! [`EngineConfig::retain_children`] child records, and optionally by age,
+//! [`EngineConfig::retain_for`]. Creating a job beyond either count (or restoring an
+//! engine) drops the oldest finished jobs whole, and so does a job that ended longer
+//! than `retain_for` ago, at the next creation or timer run; always from the oldest end
+//! only (the newest job is always kept; an unfinished job keeps itself and every newer
+//! one until it finishes). A cursor from before a drop continues at the oldest job kept.
 //!
 #![cfg_attr(feature = "memory-fleet", doc = "```")]
 #![cfg_attr(not(feature = "memory-fleet"), doc = "```ignore")]

@@ -99,7 +99,8 @@
 //!
 //! **What is durable.** Every twin: identity, status, connection state and the
 //! registration (endpoint, objects, address), `isManaged`, authentication (the PSK key
-//! is stored, hex, in the twin's head; it never appears in JSON output or `Debug`),
+//! is stored in the twin's head, sealed with [`StoreConfig::sealing_key`] when one is
+//! set, as hex otherwise; it never appears in JSON output or `Debug`),
 //! the configuration string, tags, service properties, device properties with their
 //! `lastUpdatedTime`, the generation id and both etags; the sequence high-water mark;
 //! the newest [`StoreConfig::feed_retention`] changes; every job: its spec, parent and
