@@ -53,7 +53,14 @@
 //! | [`registry`] | twins in dense `u32` slots with roaring-bitmap indexes and a change feed |
 //! | [`query`] | the JSON query expression: nom parser, optimizer, bitmap executor |
 //! | [`resource`] | the device vocabulary: LWM2M paths and values, device operations and events |
-//! | `dtls` | DTLS 1.2 PSK (`coaps`) between the UDP drivers and CoAP (cargo feature `dtls`, on by default) |
+#![cfg_attr(
+    feature = "dtls",
+    doc = "| [`dtls`] | DTLS 1.2 PSK (`coaps`) between the UDP drivers and CoAP (cargo feature `dtls`, on by default) |"
+)]
+#![cfg_attr(
+    not(feature = "dtls"),
+    doc = "| `dtls` | DTLS 1.2 PSK (`coaps`) between the UDP drivers and CoAP (cargo feature `dtls`, on by default) |"
+)]
 #![cfg_attr(
     feature = "lwm2m",
     doc = "| [`coap`] | RFC 7252 codec and message layer, observe (RFC 7641), block-wise (RFC 7959) |"
@@ -68,13 +75,54 @@
 //! | [`job`] | the job engine: parent and child jobs, rollouts, history |
 //! | [`hub`] | the facade: registry + jobs + a transport, and the event routing between them |
 //!
+//! **From the example to a service.** The example's devices are simulated. A service
+//! binds the bundled LWM2M server ([`HubBuilder::udp`](hub::HubBuilder), or `dtls` for
+//! `coaps`) and keeps its twins in a [`store`], opened first so that the registry it
+//! returns is the hub's:
+//!
+#![cfg_attr(feature = "lwm2m", doc = "```")]
+#![cfg_attr(not(feature = "lwm2m"), doc = "```ignore")]
+//! use twinhub::hub::Hub;
+//! use twinhub::store::{SharedStore, Store, StoreConfig};
+//! use twinhub::twin::Twin;
+//! use twinhub::DeviceId;
+//!
+//! # let dir = std::env::temp_dir().join(format!("twinhub-crate-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let (store, registry) = Store::open(&dir, StoreConfig::default())?;
+//! let hub = Hub::builder()
+//!     .registry(registry)
+//!     .store(SharedStore::new(store))
+//!     .udp("127.0.0.1:0") // "0.0.0.0:5683" in production
+//!     .build()?;
+//! // Only devices with a twin may register (unless `HubConfig::auto_provision` is set).
+//! hub.create_device(Twin::new(DeviceId::new("pump-1")?).with_tag("pumps"))?; // durable now
+//! println!("LWM2M devices register at coap://{}", hub.local_addr().unwrap());
+//! hub.stop();
+//! # drop(hub);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! From there: [`Hub::subscribe`](hub::Hub::subscribe) for twin changes and device
+//! lifecycle events, [`Hub::request`](hub::Hub::request) for one operation on one device,
+//! the [`query`] grammar for what `Hub::query` and `Hub::resolve_targets` take, the [`job`]
+//! module for what each job type does on a device, and `lwm2m::client` for the device
+//! side (feature `device`). `examples/hub.rs`, `examples/device.rs` and `examples/console`
+//! (a REST service over the hub) run them end to end; the README walks through each
+//! concept.
+//!
 //! **Observability.** With the cargo feature `tracing` (on by default) the hub and the job
 //! engine emit events through the [`tracing`](https://docs.rs/tracing) facade, target
 //! `twinhub`, for whatever subscriber the service installs: `warn` a refused registration
-//! (endpoint, reason, address) and a device answer that could not be decoded (device,
-//! error); `info` a device that de-registered or expired, an operation that got no answer
-//! (device, operation: retransmissions exhausted), a child job that failed (job, device,
-//! reason); `debug` a registration or update, a device property value the twin refused.
+//! (endpoint, reason, address), a bad payload (device, operation, error: a device answer
+//! that could not be decoded, or a request's content refused before sending) and a twin's
+//! PSK credentials not loaded into the DTLS key store (device: its identity claimed by
+//! another twin too, or out of bounds); `info` a device that de-registered or expired, an
+//! operation that got no answer (device, operation: retransmissions exhausted), a child
+//! job that failed (job, device, reason), a registration displaced from its address or
+//! moved without an Update (device), a bootstrap that ended (endpoint, outcome); `debug`
+//! a registration or update, a device property value the twin refused.
 //! Counters are in [`hub::HubStats`]. Without the feature nothing is emitted.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
