@@ -308,7 +308,24 @@ impl HubBuilder {
         self
     }
 
-    /// Starts the hub.
+    /// Checks the parts and starts the hub: its event thread, and for the bundled server
+    /// its bound socket and UDP driver thread (the hub is serving when this returns; read
+    /// the port with `local_addr`). In this order:
+    ///
+    /// 1. the settings that apply to the chosen transport ([`HubConfig::validate`]);
+    ///    refused: [`BuildError::Config`], and nothing was started or touched;
+    /// 2. with a store, the registry is made the store's ([`Store::adopt`]: the registry
+    ///    `open` returned is committed, any other replaces what the directory held);
+    ///    failed: [`BuildError::Store`];
+    /// 3. the transport: none chosen is [`BuildError::NoTransport`], an address that did
+    ///    not resolve [`BuildError::Address`], server parts given for a transport of your
+    ///    own [`BuildError::NotForTransport`], a socket that could not be bound (the port
+    ///    in use, say) [`BuildError::Bind`]. A failure here comes after step 2: the
+    ///    store already holds the registry.
+    ///
+    /// The registry defaults to an empty one, the settings to [`HubConfig::default`].
+    ///
+    /// [`Store::adopt`]: crate::store::Store::adopt
     #[cfg_attr(not(feature = "lwm2m"), allow(unused_mut))]
     pub fn build(mut self) -> Result<Hub, BuildError> {
         let registry = self

@@ -733,19 +733,35 @@ impl JobSpec {
         self
     }
 
-    /// Sets (or with `None` removes) the job's maximum execution time.
+    /// Sets (or with `None` removes) the job's maximum execution time: this long after
+    /// the job starts it ends, pending children cancelled, children waiting for an
+    /// offline device failed as `deviceOffline`, those in progress as `timedOut` (see
+    /// the [module docs](super), Parent jobs). Default 1 day. With `None` a job whose
+    /// device never comes back never ends. Zero or more than [`MAX_JOB_DURATION`] is
+    /// refused at creation ([`SpecError::InvalidParameter`], `maxExecutionTime`).
     pub fn max_execution_time(mut self, d: Option<Duration>) -> Self {
         self.max_execution_time = d;
         self
     }
 
-    /// Sets the per-device timeout.
+    /// Sets the per-device timeout: how long one attempt on one device may take, counted
+    /// from its first operation's `Sent` (or from the attempt's start on a transport that
+    /// does not report `Sent`), so time a sleeping device's request spends queued does
+    /// not count. When it runs out the attempt fails as `timedOut` (`deferred` when the
+    /// device deferred a firmware update) and the retry rules decide. Default 30 min.
+    /// Zero or more than [`MAX_JOB_DURATION`] is refused at creation
+    /// ([`SpecError::InvalidParameter`], `deviceTimeout`).
     pub fn device_timeout(mut self, d: Duration) -> Self {
         self.device_timeout = d;
         self
     }
 
-    /// Limits starts per minute.
+    /// Starts at most `n` children in any sliding 60-second window
+    /// ([`Rollout::max_per_minute`]); children over it stay pending
+    /// ([`ChildState::Pending`](crate::job::ChildState::Pending)) until the window moves
+    /// on. A child resuming after a retry or its device's return is no start and is not
+    /// counted. Default: no limit. 0 is refused at creation
+    /// ([`SpecError::InvalidParameter`], `rollout`).
     pub fn max_per_minute(mut self, n: u32) -> Self {
         self.rollout.max_per_minute = Some(n);
         self
@@ -757,7 +773,10 @@ impl JobSpec {
         self
     }
 
-    /// Limits children in progress at once.
+    /// Keeps at most `n` children in progress at once ([`Rollout::max_in_flight`]):
+    /// children waiting for an offline device or for a retry do not count, and one
+    /// resuming while `n` are in progress waits for a slot ahead of new starts. Default:
+    /// no limit. 0 is refused at creation ([`SpecError::InvalidParameter`], `rollout`).
     pub fn max_in_flight(mut self, n: u32) -> Self {
         self.rollout.max_in_flight = Some(n);
         self

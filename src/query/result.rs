@@ -162,9 +162,18 @@ pub enum QueryError {
         /// The maximum.
         max: usize,
     },
-    /// The continuation token is malformed.
+    /// The continuation token is not one a page handed out: not base64url of the
+    /// token's JSON, longer than [`MAX_TOKEN_LEN`] bytes, or holding a sort value that is
+    /// no scalar (a token cut short or altered on its way, say). Pass a page's
+    /// [`QueryResult::continuation`] back unchanged; to start over, run the query without
+    /// a token (the first page).
     BadContinuation,
-    /// The continuation token belongs to another query.
+    /// The token is well formed but was handed out for another query: it carries a
+    /// fingerprint of the query's canonical text (and of the kind of source, see
+    /// [`IndexedSource::token_scope`](super::IndexedSource::token_scope)), and this
+    /// query's differs. Ask for the next page with the same expression (whitespace, the
+    /// order of an object's members and defaults left out do not matter; the page size
+    /// may change); a changed query starts again without a token.
     ContinuationMismatch,
     /// A tag query without tags, or with a `top` outside 1..=[`MAX_PAGE_SIZE`].
     BadTagQuery,

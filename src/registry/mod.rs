@@ -162,7 +162,13 @@ pub enum RegistryError {
         /// The id asked for (truncated to 128 bytes).
         id: String,
     },
-    /// The `If-Match` etag does not match the service properties' current etag.
+    /// The `If-Match` etag given to a service-side write (service properties, tags) is
+    /// not the twin's current service etag ([`TwinRef::service_etag`]): another writer
+    /// changed the service properties or tags since the caller read them. Nothing was
+    /// written. Read the twin again, apply the change to what it holds now, and retry
+    /// with its etag (`actual`); or pass no etag to overwrite unconditionally. An etag
+    /// from before a hub restart without a store never matches (see the module docs,
+    /// Numbers across restarts). `examples/console` answers it with 412.
     PreconditionFailed {
         /// The device.
         id: DeviceId,
@@ -178,7 +184,9 @@ pub enum RegistryError {
         /// What is wrong.
         error: TwinError,
     },
-    /// All `u32` slots are in use.
+    /// The registry already holds `u32::MAX` (about 4.3 billion) devices, the most its
+    /// dense `u32` slots can number; nothing was added. Remove devices (their slots are
+    /// reused) before adding more. Memory runs out long before this in practice.
     Full,
     /// The write was applied but could not be made durable, so it was undone (the
     /// registry was rebuilt from what is durable): see [`crate::store`]. Rarely, a failure

@@ -88,7 +88,10 @@ pub enum DeviceIdError {
         /// Its length in bytes.
         len: usize,
     },
-    /// The id contains a character outside the allowed set.
+    /// The id contains a character other than an ASCII letter, an ASCII digit or one of
+    /// [`DEVICE_ID_PUNCTUATION`] (`-.+%_#*?!(),:=@$'`; IoT Hub's set, so no space, `/`
+    /// or non-ASCII letter; `urn:imei:...` endpoint names fit). `at` points at the first
+    /// such character.
     InvalidChar {
         /// The offending character.
         ch: char,
