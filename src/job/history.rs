@@ -7,9 +7,11 @@
 //! bitmaps over child slots; a job's children are one contiguous slot range, so "children of
 //! job X" is a range); a device index is built on first use and kept up to date after.
 //!
-//! The query engine's executor will run the JSON query expressions over this store through
-//! its source trait; until then [`HistoryFilter`] covers type, status, parent job, device
-//! and start/end time, with paging and a group-by-failure-reason count.
+//! [`HistoryFilter`] covers type, status, parent job, device and start/end time, with
+//! paging and a group-by-failure-reason count. For the JSON query expressions (filter,
+//! project, aggregate, sort, paging) over the same records, take a
+//! [`HistorySnapshot`](super::HistorySnapshot) ([`JobEngine::history_snapshot`]; see
+//! [`history_query`](super::history_query)).
 
 use super::engine::JobEngine;
 use super::spec::{JobId, JobKind};
