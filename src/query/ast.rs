@@ -951,7 +951,7 @@ pub struct QueryExpression {
 
 /// In JSON the expression is itself: `{"filter": ..., "sort": ...}` inside a request body
 /// deserialises straight through the query parser (the text is parsed once, by
-/// [`parse`](crate::query::parse), with its limits; an error carries the parser's message
+/// [`parse`](fn@crate::query::parse), with its limits; an error carries the parser's message
 /// with the line and column inside the expression). JSON only: the expression is taken
 /// as raw JSON text, which other formats do not have.
 ///

@@ -1074,7 +1074,7 @@ pub fn tag_query<'s, S: IndexedSource + ?Sized>(
     execute(source, &expr, &QueryOptions::page(query.top))
 }
 
-/// Parses `text` and runs it: [`parse`](super::parse) then [`execute`].
+/// Parses `text` and runs it: [`parse`](fn@super::parse) then [`execute`].
 pub fn execute_text<'s, S: IndexedSource + ?Sized>(
     source: &'s S,
     text: &str,
