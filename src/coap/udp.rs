@@ -101,9 +101,12 @@ pub enum ClientEvent {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[non_exhaustive]
 pub enum DriverError {
-    /// The driver thread has stopped.
+    /// The driver thread has stopped (the driver was stopped or dropped, or its thread
+    /// ended on a socket error): make a new driver; calls on this one keep failing.
     Stopped,
-    /// No response within the caller's timeout (the request is forgotten).
+    /// No response within the caller's timeout (the request is forgotten: a late answer
+    /// is dropped). The peer may be down, or slower than the timeout; retrying is safe
+    /// for a GET, and for other methods only if the request is idempotent.
     Timeout,
     /// The endpoint refused the request.
     Send(SendError),

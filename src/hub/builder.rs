@@ -62,7 +62,10 @@ pub enum BuildError {
     NoTransport,
     /// An address did not resolve.
     Address(std::io::Error),
-    /// The socket could not be bound.
+    /// The socket could not be bound: the address is in use (`AddrInUse`, another hub
+    /// or process on the port), not this host's (`AddrNotAvailable`), or a port below
+    /// 1024 without the privilege (`PermissionDenied`). With a store, the store already
+    /// holds the registry (see [`HubBuilder::build`]).
     Bind(std::io::Error),
     /// An authorizer or object types were given for a transport other than the bundled
     /// LWM2M server: they would not be used.

@@ -982,7 +982,12 @@ impl Hub {
         self.query_page(text, &QueryOptions::default())
     }
 
-    /// Runs a JSON query expression with a page size and a continuation token.
+    /// Runs a JSON query expression with a page size and a continuation token: the
+    /// first page with `options.continuation` `None`, then each next page with the
+    /// [`QueryResult::continuation`] the page before returned (the same expression).
+    /// [`QueryOptions::default`] asks for the first page of
+    /// [`DEFAULT_PAGE_SIZE`](crate::query::DEFAULT_PAGE_SIZE) results; a page size
+    /// outside 1..=[`MAX_PAGE_SIZE`](crate::query::MAX_PAGE_SIZE) is refused.
     pub fn query_page(
         &self,
         text: &str,

@@ -963,7 +963,9 @@ pub enum SpecError {
         /// What is required.
         reason: &'static str,
     },
-    /// No job with this id.
+    /// No job with this id: it was never created, or it ended and retention has since
+    /// dropped it ([`EngineConfig::retain_jobs`](crate::job::EngineConfig::retain_jobs),
+    /// `retain_children`, `retain_for`), with its children and history.
     UnknownJob(JobId),
     /// A target device is not in the registry (the hub checks at creation).
     UnknownDevice(DeviceId),

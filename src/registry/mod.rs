@@ -453,7 +453,10 @@ impl Registry {
         Registry::with_feed_capacity(DEFAULT_FEED_CAPACITY)
     }
 
-    /// An empty registry whose change feed keeps the last `capacity` changes.
+    /// An empty registry whose change feed keeps the last `capacity` changes (each a
+    /// [`Change`]: the twin's id and what changed). A reader that falls further behind
+    /// than that gets a [`FeedGap`] from [`Registry::changes_after`] and must re-read the
+    /// twins it follows (a query) before reading the feed again.
     pub fn with_feed_capacity(capacity: usize) -> Self {
         Registry {
             slots: Vec::new(),

@@ -37,7 +37,9 @@ pub enum StoreError {
         source: io::Error,
     },
     /// The file failed its checksums or its structure is broken (a truncated or
-    /// overwritten file).
+    /// overwritten file). Nothing was loaded and nothing written. A commit torn by a crash
+    /// is not this (redb rolls back to the previous commit on opening): restore the
+    /// directory from a backup, or keep the file for inspection and start afresh.
     Corrupted {
         /// What the storage engine found.
         detail: String,
