@@ -1438,19 +1438,31 @@ fn rebuild(
             .map_err(|source| StoreError::Io { source })?;
         let mut bulk = registry.bulk_load();
         bulk.reserve(count);
-        // An error (the reader's, or a twin refused) returns here: dropping `batches`
-        // stops the reader at its next batch.
-        for batch in batches {
-            batch?
-                .load(&mut bulk, |slot, generation, etag, service| {
-                    versions.push((slot, generation, etag, service))
-                })
-                .map_err(|source| StoreError::Rejected { source })?;
+        let mut loaded = Ok(());
+        for batch in batches.iter() {
+            let batch = batch.and_then(|batch| {
+                batch
+                    .load(&mut bulk, |slot, generation, etag, service| {
+                        versions.push((slot, generation, etag, service))
+                    })
+                    .map_err(|source| StoreError::Rejected { source })
+            });
+            if let Err(e) = batch {
+                loaded = Err(e);
+                break;
+            }
         }
-        bulk.finish();
-        Ok(reader
+        // After an error (the reader's, or a twin refused), dropping `batches` stops the
+        // reader at its next batch. The reader is joined either way, so that nothing of
+        // it (its thread-local storage) outlives the opening: leaving the scope would
+        // wait for its closure only.
+        drop(batches);
+        let read = reader
             .join()
-            .expect("the store's reader thread does not panic"))
+            .expect("the store's reader thread does not panic");
+        loaded?;
+        bulk.finish();
+        Ok(read)
     })?;
     // Only twins whose record lacks a logged change are folded again: a record whose
     // twins were all folded (or removed) goes at the next commit.
