@@ -350,7 +350,10 @@ pub struct HubConfig {
     /// docs, Numbers without a store).
     /// Start the hub with the registry [`Store::open`](crate::store::Store::open)
     /// returned; another registry is imported into the store (see
-    /// [`Store::adopt`](crate::store::Store::adopt)); [`HubBuilder::build`] reports an
+    /// [`Store::adopt`](crate::store::Store::adopt)): its twins replace every twin the
+    /// directory held, when the hub starts, so a hub started on `Registry::new()` over a
+    /// store that holds twins empties it (see the [`store`](crate::store) module's
+    /// example of a hub with a store); [`HubBuilder::build`] reports an
     /// import that fails ([`BuildError::Store`]), while [`Hub::start`] leaves the store
     /// poisoned, and the first commit then rebuilds memory from the directory (the
     /// imported twins are gone) and fails. With a store, a service write returns after it

@@ -148,6 +148,41 @@
 //! # std::fs::remove_dir_all(&dir)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! **Under a hub**, with the PSK keys sealed: the store goes into [`HubConfig::store`]
+//! and the hub starts on the registry [`Store::open`] returned. Another registry, such as
+//! a `Registry::new()`, is imported instead ([`Store::adopt`]): its twins replace every
+//! twin the directory held, at the hub's start. [`StoreConfig`] is `#[non_exhaustive]`:
+//! start from its defaults and set the fields.
+//!
+//! [`HubConfig::store`]: crate::hub::HubConfig::store
+//!
+#![cfg_attr(feature = "lwm2m", doc = "```")]
+#![cfg_attr(not(feature = "lwm2m"), doc = "```ignore")]
+//! use twinhub::hub::{Hub, HubConfig};
+//! use twinhub::store::{SealingKey, SharedStore, Store, StoreConfig};
+//! use twinhub::twin::Twin;
+//! use twinhub::DeviceId;
+//!
+//! let dir = std::env::temp_dir().join(format!("twinhub-doc-hub-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let mut config = StoreConfig::default();
+//! // 32 bytes the service keeps apart from the directory (a secrets manager, ...).
+//! config.sealing_key = SealingKey::from_hex(&"5e".repeat(32));
+//! let (store, registry) = Store::open(&dir, config.clone())?;
+//! let mut hub_config = HubConfig::default();
+//! hub_config.store = Some(SharedStore::new(store));
+//! let hub = Hub::bind_udp("127.0.0.1:0", registry, hub_config)?; // `open`'s registry
+//! hub.create_device(Twin::new(DeviceId::new("pump-1")?))?; // durable on return
+//! hub.stop();
+//! drop(hub);
+//!
+//! let (_store, registry) = Store::open(&dir, config)?; // the same sealing key
+//! assert!(registry.get("pump-1").is_some());
+//! # drop(_store);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod error;
 mod feed;
