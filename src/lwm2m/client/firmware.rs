@@ -111,7 +111,11 @@ pub enum UpdateResult {
 /// Called with a complete package; an error leaves the state Idle with that result.
 pub type PackageFn = Box<dyn FnMut(&[u8]) -> Result<(), UpdateResult> + Send>;
 /// Called when the server executes Update; `Ok` means the update started (state Updating,
-/// finish it with [`FirmwareUpdate::update_finished`]); an error fails it at once.
+/// finish it with [`FirmwareUpdate::update_finished`], in a running client
+/// [`Lwm2mClient::firmware_update_finished`](super::Lwm2mClient::firmware_update_finished)
+/// through [`DeviceThread::with`](super::DeviceThread::with)); an error fails it at once.
+/// Returning `Ok` does not finish the update: until it is finished, a firmware job waits
+/// for it (up to its per-device timeout).
 pub type UpdateFn = Box<dyn FnMut() -> Result<(), UpdateResult> + Send>;
 
 /// A package download the client should perform (the Package URI was written).
@@ -167,7 +171,9 @@ impl Default for FirmwareUpdate {
 
 impl FirmwareUpdate {
     /// State Idle, result Initial, packages up to 4 MiB, no callbacks (a package is
-    /// accepted as is; Update succeeds to Updating and waits for `update_finished`).
+    /// accepted as is; Update succeeds to Updating and waits for `update_finished`: see
+    /// [`UpdateFn`] and the [module](super) docs' example, which finishes it when
+    /// [`ClientEvent::Executed`](super::ClientEvent::Executed) names `/5/0/2`).
     pub fn new() -> Self {
         FirmwareUpdate {
             state: UpdateState::Idle,

@@ -39,8 +39,19 @@
 //! let device = DeviceThread::spawn(client, "0.0.0.0:0".parse().unwrap()).unwrap();
 //! device.with(|c| c.set_value(&Lwm2mPath::resource(3, 0, 9), ResourceValue::Integer(87)))
 //!     .unwrap();
-//! if let Ok(ClientEvent::Reboot) = device.events().recv_timeout(Duration::from_secs(60)) {
-//!     // reboot
+//! match device.events().recv_timeout(Duration::from_secs(60)) {
+//!     Ok(ClientEvent::Reboot) => { /* reboot */ }
+//!     // The server executed Update (/5/0/2): the update stays Updating (a firmware
+//!     // job waits) until the application says how it went, after installing the
+//!     // package and reporting its new version (which the job checks).
+//!     Ok(ClientEvent::Executed { path, .. }) if path == Lwm2mPath::resource(5, 0, 2) => {
+//!         device.with(|c| {
+//!             let version = ResourceValue::String("1.1.0".into());
+//!             c.set_value(&Lwm2mPath::resource(3, 0, 3), version).unwrap();
+//!             c.firmware_update_finished(Ok(()));
+//!         });
+//!     }
+//!     _ => {}
 //! }
 //! device.shutdown(Duration::from_secs(5)).unwrap();
 //! ```
