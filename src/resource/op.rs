@@ -84,7 +84,11 @@ pub enum DeviceRequest {
     },
     /// Create an object instance.
     Create {
-        /// The object (or `/oid/iid` to choose the instance id).
+        /// The object (or `/oid/iid` to choose the instance id). LwM2M sends a Create to
+        /// the object, the instance id with the values, so with `/oid/iid` every value
+        /// must lie under it and there must be at least one; the LwM2M server refuses
+        /// another instance's value, an instance path with no values and a resource path
+        /// with [`DeviceError::BadPayload`], nothing sent.
         path: Lwm2mPath,
         /// The new instance's values.
         content: Content,

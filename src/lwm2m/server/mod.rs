@@ -2549,6 +2549,32 @@ impl Lwm2mServer {
             } => {
                 m.code = Code::POST;
                 let object = Lwm2mPath::object(target.object_id().ok_or(DeviceError::BadRequest)?);
+                // A Create is a POST to the object: the new instance's id travels with its
+                // values, so an instance path is honoured only through them (a value under
+                // another instance, or none at all, would let the device pick another id),
+                // and a resource path names no instance to create.
+                match target.depth() {
+                    1 => {}
+                    2 => {
+                        if let Some((p, _)) =
+                            content.values.iter().find(|(p, _)| !target.contains(p))
+                        {
+                            return Err(DeviceError::BadPayload(format!(
+                                "path {p} is not a resource under {target}"
+                            )));
+                        }
+                        if content.values.is_empty() {
+                            return Err(DeviceError::BadPayload(format!(
+                                "a Create at {target} carries no value to name the instance by"
+                            )));
+                        }
+                    }
+                    _ => {
+                        return Err(DeviceError::BadPayload(format!(
+                            "a Create names an object or an object instance, not {target}"
+                        )));
+                    }
+                }
                 // Never text: a new instance goes as TLV or SenML even with one value.
                 let f = Self::write_format(reg, &Lwm2mPath::ROOT, content);
                 m.set_content_format(cf(f));

@@ -1,0 +1,147 @@
+//! What dogfooding the crate as a new user found (session 55): each test failed before its
+//! fix, and its comment says what happened then.
+#![cfg(feature = "device")]
+
+use std::time::{Duration, Instant};
+use twinhub::hub::{Hub, HubConfig, HubEvent, LifecycleKind, SubscribeOptions};
+use twinhub::lwm2m::client::{
+    Access, ClientConfig, DeviceThread, Lwm2mClient, ObjectDef, ObjectTree, ResourceDef,
+    ValueObject, objects,
+};
+use twinhub::registry::Registry;
+use twinhub::transport::{DeviceError, DeviceReply, DeviceRequest};
+use twinhub::twin::Twin;
+use twinhub::{Content, DeviceId, Lwm2mPath, ResourceType, ResourceValue};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A hub on loopback and one registered device whose tree has a creatable IPSO object
+/// (3303, instance 0).
+fn hub_and_device() -> (Hub, DeviceThread) {
+    let mut registry = Registry::new();
+    registry
+        .create(Twin::new(DeviceId::new("d").unwrap()))
+        .unwrap();
+    let hub = Hub::bind_udp("127.0.0.1:0", registry, HubConfig::default()).unwrap();
+    let events = hub
+        .subscribe(SubscribeOptions {
+            twins: false,
+            jobs: false,
+            ..SubscribeOptions::default()
+        })
+        .unwrap();
+    let mut tree = ObjectTree::new();
+    tree.add(objects::server(1, 300, "U"));
+    tree.add(objects::device("C", "M", "S", "1.0"));
+    let def = ObjectDef::new(
+        3303,
+        "Temperature",
+        true,
+        vec![
+            ResourceDef::new(5700, "Sensor Value", ResourceType::Float, Access::Read),
+            ResourceDef::new(
+                5750,
+                "Application Type",
+                ResourceType::String,
+                Access::ReadWrite,
+            ),
+        ],
+    );
+    tree.add(ValueObject::new(def).with_value(0, 5700, ResourceValue::Float(1.5)));
+    let config = ClientConfig::new("d", hub.local_addr().unwrap());
+    let device = DeviceThread::spawn(
+        Lwm2mClient::new(Instant::now(), config, tree),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(HubEvent::Lifecycle(e)) if e.event == LifecycleKind::Registered => break,
+            Ok(_) => {}
+            Err(e) => panic!("the device did not register: {e:?}"),
+        }
+    }
+    (hub, device)
+}
+
+fn name(path: Lwm2mPath) -> Content {
+    Content::single(
+        Lwm2mPath::resource(3303, path.instance_id().unwrap(), 5750),
+        ResourceValue::String("n".into()),
+    )
+}
+
+/// `DeviceRequest::Create`'s path may be `/oid/iid` "to choose the instance id", but the
+/// server posted to the object with the values as given: with no values the device chose
+/// the id (`/3303/7` came back `Created(/3303/1)`), a value under another instance
+/// created that one (`/3303/9` with a value at `/3303/5` made `/3303/5`), and a resource
+/// path created an instance too. Now each is refused before anything is sent.
+#[test]
+fn create_honours_the_instance_it_names_or_sends_nothing() {
+    let (hub, device) = hub_and_device();
+    let d = DeviceId::new("d").unwrap();
+    let create = |path: Lwm2mPath, content: Content| {
+        hub.request(&d, DeviceRequest::Create { path, content })
+            .wait(WAIT)
+            .map_err(|e| match e {
+                twinhub::hub::RequestError::Device(e) => e,
+                other => panic!("{other:?}"),
+            })
+    };
+    let refused =
+        |r: Result<DeviceReply, DeviceError>| matches!(r, Err(DeviceError::BadPayload(_)));
+
+    let r = create(Lwm2mPath::instance(3303, 7), Content::default());
+    assert!(refused(r.clone()), "empty Create at /3303/7: {r:?}");
+    let r = create(
+        Lwm2mPath::instance(3303, 9),
+        name(Lwm2mPath::instance(3303, 5)),
+    );
+    assert!(
+        refused(r.clone()),
+        "Create at /3303/9 with a value at /3303/5: {r:?}"
+    );
+    let r = create(
+        Lwm2mPath::resource(3303, 0, 5750),
+        name(Lwm2mPath::instance(3303, 2)),
+    );
+    assert!(refused(r.clone()), "Create at a resource path: {r:?}");
+
+    // What is well formed still goes: at the instance named, or where the values say.
+    let at = Lwm2mPath::instance(3303, 8);
+    assert_eq!(create(at, name(at)), Ok(DeviceReply::Created(at)));
+    let at = Lwm2mPath::instance(3303, 4);
+    assert_eq!(
+        create(Lwm2mPath::object(3303), name(at)),
+        Ok(DeviceReply::Created(at))
+    );
+
+    // The refused ones created nothing on the device.
+    let links = hub
+        .request(
+            &d,
+            DeviceRequest::Discover {
+                path: Lwm2mPath::object(3303),
+            },
+        )
+        .wait(WAIT);
+    let Ok(DeviceReply::Links(links)) = links else {
+        panic!("{links:?}")
+    };
+    for gone in [
+        "</3303/1>",
+        "</3303/2>",
+        "</3303/5>",
+        "</3303/7>",
+        "</3303/9>",
+    ] {
+        assert!(!links.contains(gone), "{gone} was created: {links}");
+    }
+    for kept in ["</3303/0>", "</3303/4>", "</3303/8>"] {
+        assert!(links.contains(kept), "{kept} missing: {links}");
+    }
+    device.shutdown(Duration::from_secs(5)).unwrap();
+    hub.stop();
+}
