@@ -66,6 +66,18 @@ fn hub_and_device() -> (Hub, DeviceThread) {
     (hub, device)
 }
 
+/// The instances of 3303 the device lists.
+fn instances(hub: &Hub) -> String {
+    let d = DeviceId::new("d").unwrap();
+    let discover = DeviceRequest::Discover {
+        path: Lwm2mPath::object(3303),
+    };
+    match hub.request(&d, discover).wait(WAIT) {
+        Ok(DeviceReply::Links(links)) => links,
+        other => panic!("{other:?}"),
+    }
+}
+
 fn name(path: Lwm2mPath) -> Content {
     Content::single(
         Lwm2mPath::resource(3303, path.instance_id().unwrap(), 5750),
@@ -107,7 +119,7 @@ fn create_honours_the_instance_it_names_or_sends_nothing() {
         Lwm2mPath::resource(3303, 0, 5750),
         name(Lwm2mPath::instance(3303, 2)),
     );
-    assert!(refused(r.clone()), "Create at a resource path: {r:?}");
+    assert_eq!(r, Err(DeviceError::BadRequest), "Create at a resource path");
 
     // What is well formed still goes: at the instance named, or where the values say.
     let at = Lwm2mPath::instance(3303, 8);
@@ -119,17 +131,7 @@ fn create_honours_the_instance_it_names_or_sends_nothing() {
     );
 
     // The refused ones created nothing on the device.
-    let links = hub
-        .request(
-            &d,
-            DeviceRequest::Discover {
-                path: Lwm2mPath::object(3303),
-            },
-        )
-        .wait(WAIT);
-    let Ok(DeviceReply::Links(links)) = links else {
-        panic!("{links:?}")
-    };
+    let links = instances(&hub);
     for gone in [
         "</3303/1>",
         "</3303/2>",
@@ -142,6 +144,47 @@ fn create_honours_the_instance_it_names_or_sends_nothing() {
     for kept in ["</3303/0>", "</3303/4>", "</3303/8>"] {
         assert!(links.contains(kept), "{kept} missing: {links}");
     }
+    device.shutdown(Duration::from_secs(5)).unwrap();
+    hub.stop();
+}
+
+/// An Execute names a resource and a Write an instance or a resource, but the server sent
+/// either as a POST to whatever path it was given, and a POST's meaning is the path's:
+/// `Execute { /3303 }` and a partial-update `Write { /3303 }` each created an instance
+/// on the device and came back `Done`; `Execute { /3303/0, args }` went as a partial
+/// Write of the argument text. Now they are refused with nothing sent.
+#[test]
+fn execute_and_partial_write_never_become_another_operation() {
+    let (hub, device) = hub_and_device();
+    let d = DeviceId::new("d").unwrap();
+    let ask = |request| hub.request(&d, request).wait(WAIT);
+    let bad = Err(twinhub::hub::RequestError::Device(DeviceError::BadRequest));
+    for (path, args) in [
+        (Lwm2mPath::object(3303), None),
+        (Lwm2mPath::instance(3303, 0), Some("5750".to_owned())),
+    ] {
+        let r = ask(DeviceRequest::Execute { path, args });
+        assert_eq!(r, bad, "Execute at {path}");
+    }
+    let r = ask(DeviceRequest::Write {
+        path: Lwm2mPath::object(3303),
+        mode: twinhub::transport::WriteMode::PartialUpdate,
+        content: name(Lwm2mPath::instance(3303, 6)),
+    });
+    assert_eq!(r, bad, "partial Write of an object");
+    let links = instances(&hub);
+    assert!(
+        !links.contains("</3303/1>") && !links.contains("</3303/6>"),
+        "{links}"
+    );
+    // An instance's partial update still goes.
+    let at = Lwm2mPath::instance(3303, 0);
+    let r = ask(DeviceRequest::Write {
+        path: at,
+        mode: twinhub::transport::WriteMode::PartialUpdate,
+        content: name(at),
+    });
+    assert_eq!(r, Ok(DeviceReply::Done));
     device.shutdown(Duration::from_secs(5)).unwrap();
     hub.stop();
 }

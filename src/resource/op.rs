@@ -61,7 +61,9 @@ pub enum DeviceRequest {
     },
     /// Write values.
     Write {
-        /// The resource or instance written.
+        /// The resource or instance written (a partial update of an object is refused
+        /// by the LwM2M server, [`DeviceError::BadRequest`], nothing sent: a POST to an
+        /// object is a Create).
         path: Lwm2mPath,
         /// Replace or partial update.
         mode: WriteMode,
@@ -77,7 +79,9 @@ pub enum DeviceRequest {
     },
     /// Execute a resource, with optional arguments (LWM2M text, e.g. `0='x',1`).
     Execute {
-        /// The executable resource.
+        /// The executable resource (another path is refused by the LwM2M server,
+        /// [`DeviceError::BadRequest`], nothing sent: a POST to an instance is a partial
+        /// Write, to an object a Create).
         path: Lwm2mPath,
         /// Raw argument text.
         args: Option<String>,
@@ -87,8 +91,9 @@ pub enum DeviceRequest {
         /// The object (or `/oid/iid` to choose the instance id). LwM2M sends a Create to
         /// the object, the instance id with the values, so with `/oid/iid` every value
         /// must lie under it and there must be at least one; the LwM2M server refuses
-        /// another instance's value, an instance path with no values and a resource path
-        /// with [`DeviceError::BadPayload`], nothing sent.
+        /// another instance's value and an instance path with no values with
+        /// [`DeviceError::BadPayload`], a resource path with [`DeviceError::BadRequest`],
+        /// nothing sent.
         path: Lwm2mPath,
         /// The new instance's values.
         content: Content,

@@ -2504,6 +2504,11 @@ impl Lwm2mServer {
             } => {
                 m.code = match mode {
                     WriteMode::Replace => Code::PUT,
+                    // A POST to an object (or the root) is a Create: it would make an
+                    // instance of the values' instead of writing one.
+                    WriteMode::PartialUpdate if target.depth() < 2 => {
+                        return Err(DeviceError::BadRequest);
+                    }
                     WriteMode::PartialUpdate => Code::POST,
                 };
                 let f = Self::write_format(reg, target, content);
@@ -2536,7 +2541,12 @@ impl Lwm2mServer {
                     }
                 }
             }
-            DeviceRequest::Execute { args, .. } => {
+            DeviceRequest::Execute { path: target, args } => {
+                // Only a resource executes: a POST to an instance is a partial Write, to
+                // an object a Create.
+                if target.depth() != 3 {
+                    return Err(DeviceError::BadRequest);
+                }
                 m.code = Code::POST;
                 if let Some(a) = args {
                     m.set_content_format(cf(ContentFormat::Text));
@@ -2569,11 +2579,7 @@ impl Lwm2mServer {
                             )));
                         }
                     }
-                    _ => {
-                        return Err(DeviceError::BadPayload(format!(
-                            "a Create names an object or an object instance, not {target}"
-                        )));
-                    }
+                    _ => return Err(DeviceError::BadRequest),
                 }
                 // Never text: a new instance goes as TLV or SenML even with one value.
                 let f = Self::write_format(reg, &Lwm2mPath::ROOT, content);
