@@ -108,6 +108,9 @@ fn a_registry_built_in_memory_is_imported_and_its_etags_move_past_the_directory(
     let mut mem = Registry::new();
     mem.create(Twin::new(DeviceId::new("new").unwrap()))
         .unwrap();
+    // Replacing what the directory holds is asked for explicitly (a hub given `mem`
+    // alone refuses it, see below).
+    store.adopt(&mut mem).unwrap();
     let config = HubConfig {
         store: Some(SharedStore::new(store)),
         sync: None,
@@ -124,6 +127,107 @@ fn a_registry_built_in_memory_is_imported_and_its_etags_move_past_the_directory(
     let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
     let ids: Vec<String> = reg.iter().map(|t| t.device_id().to_string()).collect();
     assert_eq!(ids, ["new", "newer"]);
+}
+
+/// A hub started over a store that holds twins, on another registry than `Store::open`
+/// returned (a `Registry::new()`, the shape of a first run's code reused on the second),
+/// refuses it instead of replacing the directory's twins with it: the builder and
+/// `bind_udp` with an error, `with_transport` (which cannot fail) by poisoning the store,
+/// whose first write then rebuilds the registry from the directory. Before, each emptied
+/// the directory.
+#[test]
+fn a_hub_refuses_a_registry_that_would_replace_the_directory_s_twins() {
+    use twinhub::store::StoreError;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = durable_hub(dir.path(), &[]);
+    hub.create_device(Twin::new(DeviceId::new("kept").unwrap()))
+        .unwrap();
+    hub.stop();
+    drop(hub);
+    let store_config = || {
+        let (store, _) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        HubConfig {
+            store: Some(SharedStore::new(store)),
+            sync: None,
+            ..HubConfig::default()
+        }
+    };
+    let kept = || {
+        let (_store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        reg.iter()
+            .map(|t| t.device_id().to_string())
+            .collect::<Vec<_>>()
+    };
+
+    // The builder.
+    let built = Hub::builder()
+        .registry(Registry::new())
+        .config(store_config())
+        .transport(transport(&[]))
+        .build();
+    assert!(
+        matches!(
+            built,
+            Err(twinhub::hub::BuildError::Store(StoreError::WouldReplace {
+                twins: 1
+            }))
+        ),
+        "{:?}",
+        built.err()
+    );
+    assert_eq!(kept(), ["kept"]);
+
+    // bind_udp: refused before anything is bound.
+    #[cfg(feature = "lwm2m")]
+    {
+        let bound = Hub::bind_udp("127.0.0.1:0", Registry::new(), store_config());
+        let Err(e) = bound else {
+            panic!("bind_udp took a registry that would replace the directory's twins");
+        };
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("holds 1 twins"), "{e}");
+        assert_eq!(kept(), ["kept"]);
+    }
+
+    // with_transport: the store is poisoned; the next commit (this write's, or the hub
+    // loop's if it comes first) brings the directory's twins back, and the write lands
+    // only in them, or is refused.
+    let hub = Hub::with_transport(transport(&[]), Registry::new(), store_config());
+    let new = hub.create_device(Twin::new(DeviceId::new("new").unwrap()));
+    wait_until("the directory's registry is back", || {
+        hub.twin("kept").is_some()
+    });
+    assert_eq!(hub.twin("new").is_some(), new.is_ok(), "{new:?}");
+    hub.create_device(Twin::new(DeviceId::new("later").unwrap()))
+        .unwrap();
+    hub.stop();
+    drop(hub);
+    let want: &[&str] = if new.is_ok() {
+        &["kept", "later", "new"]
+    } else {
+        &["kept", "later"]
+    };
+    assert_eq!(kept(), want);
+
+    // An empty directory takes any registry, as a first start does.
+    let empty = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(empty.path(), StoreConfig::default()).unwrap();
+    let mut mem = Registry::new();
+    mem.create(Twin::new(DeviceId::new("imported").unwrap()))
+        .unwrap();
+    let config = HubConfig {
+        store: Some(SharedStore::new(store)),
+        sync: None,
+        ..HubConfig::default()
+    };
+    let hub = Hub::with_transport(transport(&[]), mem, config);
+    hub.create_device(Twin::new(DeviceId::new("next").unwrap()))
+        .unwrap();
+    hub.stop();
+    drop(hub);
+    let (_store, reg) = Store::open(empty.path(), StoreConfig::default()).unwrap();
+    let ids: Vec<String> = reg.iter().map(|t| t.device_id().to_string()).collect();
+    assert_eq!(ids, ["imported", "next"]);
 }
 
 #[test]

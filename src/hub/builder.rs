@@ -70,9 +70,11 @@ pub enum BuildError {
     /// An authorizer or object types were given for a transport other than the bundled
     /// LWM2M server: they would not be used.
     NotForTransport(&'static str),
-    /// The registry could not be made the store's ([`Store::adopt`](crate::store::Store::adopt)
-    /// failed: a registry built in memory was not imported). The store is poisoned;
-    /// [`Store::reload`](crate::store::Store::reload) returns what the directory holds.
+    /// The registry could not be made the store's: it would have replaced the twins the
+    /// directory holds ([`StoreError::WouldReplace`](crate::store::StoreError::WouldReplace):
+    /// nothing written, the store goes on), or [`Store::adopt`](crate::store::Store::adopt)
+    /// failed (a registry built in memory was not imported; the store is poisoned, and
+    /// [`Store::reload`](crate::store::Store::reload) returns what the directory holds).
     Store(crate::store::StoreError),
     /// The settings would leave the hub inert or overflow a clock (see
     /// [`HubConfig::validate`]: the job engine's, and the bundled server's and DTLS
@@ -318,7 +320,8 @@ impl HubBuilder {
     /// 1. the settings that apply to the chosen transport ([`HubConfig::validate`]);
     ///    refused: [`BuildError::Config`], and nothing was started or touched;
     /// 2. with a store, the registry is made the store's ([`Store::adopt`]: the registry
-    ///    `open` returned is committed, any other replaces what the directory held);
+    ///    `open` returned is committed, any other is imported if the directory holds no
+    ///    twin, and refused, [`StoreError::WouldReplace`], if it does); refused or
     ///    failed: [`BuildError::Store`];
     /// 3. the transport: none chosen is [`BuildError::NoTransport`], an address that did
     ///    not resolve [`BuildError::Address`], server parts given for a transport of your
@@ -329,6 +332,7 @@ impl HubBuilder {
     /// The registry defaults to an empty one, the settings to [`HubConfig::default`].
     ///
     /// [`Store::adopt`]: crate::store::Store::adopt
+    /// [`StoreError::WouldReplace`]: crate::store::StoreError::WouldReplace
     #[cfg_attr(not(feature = "lwm2m"), allow(unused_mut))]
     pub fn build(mut self) -> Result<Hub, BuildError> {
         let registry = self
@@ -352,7 +356,7 @@ impl HubBuilder {
         if let Some(store) = &self.config.store {
             store
                 .lock()
-                .adopt(&mut registry.write())
+                .adopt_unless_replacing(&mut registry.write())
                 .map_err(BuildError::Store)?;
         }
         #[cfg(feature = "lwm2m")]

@@ -78,6 +78,7 @@ impl Hub {
         parts: super::builder::ServerParts,
     ) -> std::io::Result<Hub> {
         super::udp::checked_server_config(&config, true)?;
+        super::udp::checked_store(&config, &registry)?;
         let store = PskStore::new();
         {
             // An identity two twins claim (written around the hub, or before it had a

@@ -349,15 +349,20 @@ pub struct HubConfig {
     /// (the change feed's numbers and etags then start from the clock: see the module
     /// docs, Numbers without a store).
     /// Start the hub with the registry [`Store::open`](crate::store::Store::open)
-    /// returned; another registry is imported into the store (see
-    /// [`Store::adopt`](crate::store::Store::adopt)): its twins replace every twin the
-    /// directory held, when the hub starts, so a hub started on `Registry::new()` over a
-    /// store that holds twins empties it (see the [`store`](crate::store) module's
-    /// example of a hub with a store); [`HubBuilder::build`] reports an
-    /// import that fails ([`BuildError::Store`]), while [`Hub::start`] leaves the store
-    /// poisoned, and the first commit then rebuilds memory from the directory (the
-    /// imported twins are gone) and fails. With a store, a service write returns after it
-    /// is durable, and every batch of device events is committed in one transaction.
+    /// returned (see the [`store`](crate::store) module's example of a hub with a store).
+    /// Another registry is imported into the store ([`Store::adopt`]) only while the
+    /// directory holds no twin; over one that does, it is refused
+    /// ([`StoreError::WouldReplace`](crate::store::StoreError::WouldReplace)) rather than
+    /// replacing the directory's twins: a hub started on `Registry::new()` over a store
+    /// cannot empty it. To replace them on purpose, call [`Store::adopt`] with the other
+    /// registry before starting the hub. [`HubBuilder::build`] reports a refused or
+    /// failed import ([`BuildError::Store`]), `bind_udp` and `bind_dtls` a refused one
+    /// (`InvalidInput`, nothing bound), while [`Hub::start`] leaves the store poisoned,
+    /// and the first commit then rebuilds memory from the directory (the imported twins
+    /// are gone) and fails. With a store, a service write returns after it is durable,
+    /// and every batch of device events is committed in one transaction.
+    ///
+    /// [`Store::adopt`]: crate::store::Store::adopt
     #[serde(skip)]
     pub store: Option<SharedStore>,
 }
@@ -675,9 +680,15 @@ impl Hub {
         provisioned: Arc<AutoProvisioned>,
     ) -> Hub {
         match &config.store {
-            // A failure poisons the store: every later service write reports it.
+            // A failure poisons the store: every later service write reports it. A
+            // registry that would replace the directory's twins is refused, and the
+            // store poisoned too: the first write then rebuilds the registry from the
+            // directory (and fails), so nothing the directory held is lost.
             Some(store) => {
-                let _ = store.lock().adopt(&mut registry.write());
+                let mut store = store.lock();
+                if store.adopt_unless_replacing(&mut registry.write()).is_err() {
+                    store.poison();
+                }
             }
             // Without a store, the numbers start from the clock (see the registry's module
             // docs, Numbers across restarts), past those of hubs stopped in this process.

@@ -45,6 +45,7 @@ impl Hub {
         parts: ServerParts,
     ) -> std::io::Result<Hub> {
         checked_server_config(&config, false)?;
+        checked_store(&config, &registry)?;
         let provisioned = AutoProvisioned::for_config(&config);
         let packages = stored_packages(&config)?;
         let mut server = Self::lwm2m_server(&registry, &config, &provisioned, parts, &packages);
@@ -423,6 +424,22 @@ pub(super) fn checked_server_config(config: &HubConfig, dtls: bool) -> std::io::
     config
         .check(true, dtls)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
+/// Refuses, before anything is bound, a registry that would replace the twins the
+/// store's directory holds ([`StoreError::WouldReplace`](crate::store::StoreError), as an
+/// `InvalidInput` error); other store failures are left to the hub's start, which
+/// poisons the store.
+pub(super) fn checked_store(config: &HubConfig, registry: &SharedRegistry) -> std::io::Result<()> {
+    let Some(store) = &config.store else {
+        return Ok(());
+    };
+    match store.lock().check_not_replacing(&registry.read()) {
+        Err(e @ crate::store::StoreError::WouldReplace { .. }) => {
+            Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

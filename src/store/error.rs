@@ -98,6 +98,16 @@ pub enum StoreError {
     /// written and the store is not poisoned. Use [`Store::adopt`](super::Store::adopt)
     /// to make another registry the store's.
     ForeignRegistry,
+    /// A hub was started over this store on a registry other than the one
+    /// [`Store::open`](super::Store::open) returned, while the directory holds twins:
+    /// starting would have replaced them all with the registry's. Nothing was written.
+    /// Start the hub on the registry `open` returned; to replace what the directory
+    /// holds on purpose, call [`Store::adopt`](super::Store::adopt) with the other
+    /// registry first.
+    WouldReplace {
+        /// The twins the directory holds.
+        twins: u64,
+    },
     /// An earlier write failed, so what is in memory may differ from the disk;
     /// [`Store::reload`](super::Store::reload) (or reopen the directory with
     /// [`Store::open`](super::Store::open)) to continue from what is durable.
@@ -143,6 +153,11 @@ impl fmt::Display for StoreError {
             StoreError::ForeignRegistry => {
                 f.write_str("the registry is not the one this store returned; adopt it first")
             }
+            StoreError::WouldReplace { twins } => write!(
+                f,
+                "the directory holds {twins} twins and the hub was given another registry \
+                 than Store::open returned (Store::adopt replaces them on purpose)"
+            ),
             StoreError::Poisoned => {
                 f.write_str("an earlier store write failed; reopen the data directory")
             }

@@ -151,9 +151,10 @@
 //!
 //! **Under a hub**, with the PSK keys sealed: the store goes into [`HubConfig::store`]
 //! and the hub starts on the registry [`Store::open`] returned. Another registry, such as
-//! a `Registry::new()`, is imported instead ([`Store::adopt`]): its twins replace every
-//! twin the directory held, at the hub's start. [`StoreConfig`] is `#[non_exhaustive]`:
-//! start from its defaults and set the fields.
+//! a `Registry::new()`, is imported only while the directory holds no twin; over one
+//! that does the hub refuses it ([`StoreError::WouldReplace`]) instead of replacing the
+//! twins, unless the service called [`Store::adopt`] with it first. [`StoreConfig`] is
+//! `#[non_exhaustive]`: start from its defaults and set the fields.
 //!
 //! [`HubConfig::store`]: crate::hub::HubConfig::store
 //!
@@ -699,7 +700,10 @@ impl Store {
     /// sequence first moves past every number the directory ever handed out, and every
     /// twin's generation id and etags take a number after those (so no etag repeats: a
     /// client's `If-Match` from before fails), and it becomes this store's registry. A
-    /// consumer resuming the change feed from before gets a [`FeedGap`].
+    /// consumer resuming the change feed from before gets a [`FeedGap`]. A hub started
+    /// over the store on another registry than `open`'s does not replace twins the
+    /// directory holds ([`StoreError::WouldReplace`]): calling `adopt` first is how a
+    /// service replaces them on purpose.
     pub fn adopt(&mut self, registry: &mut Registry) -> Result<Committed, StoreError> {
         if registry.origin() == self.origin {
             return self.commit(registry);
@@ -715,6 +719,33 @@ impl Store {
         // Everything through `seq` is committed: no number is reserved and unused.
         registry.restore_feed(self.origin, seq, committed.min(seq), changes, Vec::new());
         Ok(done)
+    }
+
+    /// Refuses a registry this store did not return while the directory holds twins: what
+    /// a hub checks before it adopts the registry it was given
+    /// ([`StoreError::WouldReplace`]), so that starting one on `Registry::new()` over a
+    /// store cannot empty it. An explicit [`Store::adopt`] still replaces them.
+    pub(crate) fn check_not_replacing(&self, registry: &Registry) -> Result<(), StoreError> {
+        if registry.origin() == self.origin {
+            return Ok(());
+        }
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
+        let txn = db.begin_read()?;
+        let twins = txn.open_table(TWINS)?.len()?;
+        if twins > 0 {
+            return Err(StoreError::WouldReplace { twins });
+        }
+        Ok(())
+    }
+
+    /// [`Store::adopt`] after [`Store::check_not_replacing`]: how a hub makes its
+    /// registry the store's.
+    pub(crate) fn adopt_unless_replacing(
+        &mut self,
+        registry: &mut Registry,
+    ) -> Result<Committed, StoreError> {
+        self.check_not_replacing(registry)?;
+        self.adopt(registry)
     }
 
     /// Refuses a registry this store did not return: its changes are counted from another
