@@ -118,7 +118,9 @@
 //! (endpoint, reason, address), a bad payload (device, operation, error: a device answer
 //! that could not be decoded, or a request's content refused before sending) and a twin's
 //! PSK credentials not loaded into the DTLS key store (device: its identity claimed by
-//! another twin too, or out of bounds); `info` a device that de-registered or expired, an
+//! another twin too, or out of bounds), a DTLS handshake that failed (address, and the
+//! PSK identity if the key store holds it: most often a device given another key than
+//! its twin's; the device itself is sent no alert); `info` a device that de-registered or expired, an
 //! operation that got no answer (device, operation: retransmissions exhausted), a child
 //! job that failed (job, device, reason), a registration displaced from its address or
 //! moved without an Update (device), a bootstrap that ended (endpoint, outcome); `debug`

@@ -406,6 +406,7 @@ fn a_client_close_sends_close_notify_and_the_next_send_handshakes_again() {
                     delivered.push(String::from_utf8(data).unwrap())
                 }
                 DtlsEvent::Connected { .. } => delivered.push("connected".into()),
+                other => panic!("unexpected {other:?}"),
             }
         }
     }

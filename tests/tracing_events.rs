@@ -109,4 +109,49 @@ fn refusals_and_failed_children_reach_the_subscriber() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+
+    // A DTLS handshake with the wrong key for a known identity: the device is not told,
+    // the operator is (before, only `dtls_stats().handshake_failures` moved).
+    #[cfg(feature = "dtls")]
+    {
+        use twinhub::dtls::{DtlsClient, PskCredentials, PskKey};
+        let creds = |seed: u8| PskCredentials::new("sec-id", PskKey::new(vec![seed; 16])).unwrap();
+        let mut registry = Registry::new();
+        registry
+            .create(Twin::new(DeviceId::new("sec").unwrap()))
+            .unwrap();
+        let hub = Hub::bind_dtls("127.0.0.1:0", registry, HubConfig::default()).unwrap();
+        hub.set_psk("sec", creds(1)).unwrap();
+        let to = hub.local_addr().unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut client = DtlsClient::new(Instant::now(), creds(2));
+        client.send(Instant::now(), b"hello");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 2048];
+        while !seen(&[
+            "WARN",
+            "DTLS handshake failed",
+            "sec-id",
+            &socket.local_addr().unwrap().to_string(),
+        ]) {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}",
+                recorder.0.lock().unwrap()
+            );
+            while let Some(d) = client.poll_transmit() {
+                socket.send_to(&d, to).unwrap();
+            }
+            if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                client.handle_datagram(Instant::now(), &buf[..n]);
+            }
+            client.handle_timeout(Instant::now());
+        }
+        assert!(!client.is_connected());
+        assert!(hub.dtls_stats().unwrap().handshake_failures >= 1);
+        hub.stop();
+    }
 }

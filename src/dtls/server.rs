@@ -138,8 +138,9 @@ impl Default for DtlsServerConfig {
     }
 }
 
-/// What the server tells its driver.
+/// What the server tells its driver (more kinds may come: match with a wildcard).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DtlsEvent {
     /// A handshake completed: `peer` now speaks as `identity`.
     Connected {
@@ -156,6 +157,19 @@ pub enum DtlsEvent {
         identity: PeerIdentity,
         /// The plaintext.
         data: Vec<u8>,
+    },
+    /// A handshake failed (counted in [`DtlsStats::handshake_failures`]): a wrong key
+    /// for a known identity, an unknown identity, a protocol error, a handshake that
+    /// timed out, or one that completed on a key rotated or removed meanwhile. The peer
+    /// is not told (no alert is sent): a device with a wrong key waits out its own
+    /// retransmissions, so this is where an operator sees the mistake.
+    HandshakeFailed {
+        /// The peer's address.
+        peer: SocketAddr,
+        /// The identity whose key the handshake was given, if the peer named one the
+        /// key store holds (with the wrong key, most likely); `None` for an identity it
+        /// does not hold, or a handshake that failed before naming one.
+        identity: Option<Arc<str>>,
     },
     /// A session ended.
     Closed {
@@ -746,6 +760,16 @@ impl DtlsServer {
         self.unverified_order.len()
     }
 
+    /// A pending peer's handshake failed: dropped, counted and reported.
+    fn handshake_failed(&mut self, peer: SocketAddr) {
+        if let Some(p) = self.drop_pending(peer) {
+            bump(&self.counters.handshake_failures);
+            let identity = p.identity.map(|(identity, _)| identity);
+            self.events
+                .push_back(DtlsEvent::HandshakeFailed { peer, identity });
+        }
+    }
+
     fn drop_pending(&mut self, peer: SocketAddr) -> Option<Pending> {
         let p = self.pending.remove(&peer)?;
         if p.phase == Phase::Handshaking {
@@ -787,8 +811,7 @@ impl DtlsServer {
             p.clock = now;
         }
         if result.is_err() {
-            self.drop_pending(peer);
-            bump(&self.counters.handshake_failures);
+            self.handshake_failed(peer);
             return;
         }
         d.absorb(drain(&mut p.dtls, &mut self.buf));
@@ -829,8 +852,7 @@ impl DtlsServer {
         if d.connected {
             self.promote(now, peer, d.data);
         } else if d.closed {
-            self.drop_pending(peer);
-            bump(&self.counters.handshake_failures);
+            self.handshake_failed(peer);
         }
     }
 
@@ -849,6 +871,9 @@ impl DtlsServer {
             // Completed with an identity no longer in the store (removed meanwhile), or
             // with a key rotated since it was resolved: no session on a stale key.
             bump(&self.counters.handshake_failures);
+            let identity = p.identity.map(|(identity, _)| identity);
+            self.events
+                .push_back(DtlsEvent::HandshakeFailed { peer, identity });
             return;
         };
         if let Some(old) = self.sessions.contains_key(&peer).then_some(peer) {
@@ -1088,10 +1113,14 @@ impl DtlsServer {
             .map(|(a, _)| *a)
             .collect();
         for a in expired {
-            if let Some(p) = self.drop_pending(a)
-                && p.phase == Phase::Handshaking
+            if self
+                .pending
+                .get(&a)
+                .is_some_and(|p| p.phase == Phase::Handshaking)
             {
-                bump(&self.counters.handshake_failures);
+                self.handshake_failed(a);
+            } else {
+                self.drop_pending(a);
             }
         }
         let due: Vec<SocketAddr> = self
@@ -1105,8 +1134,7 @@ impl DtlsServer {
                 continue;
             };
             if p.dtls.handle_timeout(now).is_err() {
-                self.drop_pending(a);
-                bump(&self.counters.handshake_failures);
+                self.handshake_failed(a);
                 continue;
             }
             let d = drain(&mut p.dtls, &mut self.buf);

@@ -32,7 +32,23 @@ fn pump(
     from: SocketAddr,
     server: &mut DtlsServer,
 ) -> Vec<(PeerIdentity, Vec<u8>)> {
-    let mut delivered = Vec::new();
+    pump_events(now, client, from, server)
+        .into_iter()
+        .filter_map(|e| match e {
+            DtlsEvent::Plaintext { identity, data, .. } => Some((identity, data)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`pump`], returning every event the server reported.
+fn pump_events(
+    now: Instant,
+    client: &mut DtlsClient,
+    from: SocketAddr,
+    server: &mut DtlsServer,
+) -> Vec<DtlsEvent> {
+    let mut events = Vec::new();
     for _ in 0..50 {
         let mut moved = false;
         while let Some(d) = client.poll_transmit() {
@@ -45,16 +61,12 @@ fn pump(
             }
             moved = true;
         }
-        while let Some(e) = server.poll_event() {
-            if let DtlsEvent::Plaintext { identity, data, .. } = e {
-                delivered.push((identity, data));
-            }
-        }
+        events.extend(std::iter::from_fn(|| server.poll_event()));
         if !moved {
             break;
         }
     }
-    delivered
+    events
 }
 
 fn creds(identity: &str, k: PskKey) -> PskCredentials {
@@ -110,8 +122,15 @@ fn a_wrong_key_fails_the_handshake_and_keeps_no_state() {
     );
     let mut client = DtlsClient::new(now, creds("id-1", key(2)));
     client.send(now, b"first");
-    let got = pump(now, &mut client, addr(1), &mut server);
-    assert!(got.is_empty());
+    let events = pump_events(now, &mut client, addr(1), &mut server);
+    // Reported once, naming the identity whose key did not match.
+    assert_eq!(
+        events,
+        [DtlsEvent::HandshakeFailed {
+            peer: addr(1),
+            identity: Some("id-1".into())
+        }]
+    );
     assert!(!client.is_connected());
     let stats = server.stats();
     assert_eq!((stats.handshakes, stats.sessions), (0, 0));
@@ -130,7 +149,14 @@ fn an_unknown_identity_fails_the_handshake() {
     );
     let mut client = DtlsClient::new(now, creds("stranger", key(1)));
     client.send(now, b"first");
-    assert!(pump(now, &mut client, addr(1), &mut server).is_empty());
+    let events = pump_events(now, &mut client, addr(1), &mut server);
+    assert_eq!(
+        events,
+        [DtlsEvent::HandshakeFailed {
+            peer: addr(1),
+            identity: None
+        }]
+    );
     assert_eq!(server.stats().sessions, 0);
 }
 

@@ -52,6 +52,17 @@ impl SecureLayer {
                 DtlsEvent::Connected { peer, .. } | DtlsEvent::Closed { peer, .. } => {
                     server.session_changed(now, peer, self.dtls.session_identity(peer));
                 }
+                // The device is not told (no alert); the operator is: most often a
+                // device provisioned with another key than its twin's.
+                #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+                DtlsEvent::HandshakeFailed { peer, identity } => {
+                    crate::trace_event!(
+                        warn,
+                        address = %peer,
+                        identity = identity.as_deref().unwrap_or(""),
+                        "DTLS handshake failed (wrong key, unknown identity or no answer)"
+                    );
+                }
             }
         }
     }
