@@ -216,6 +216,33 @@ fn scenario_register_read_write_execute<H: Harness>(h: &mut World<H>) {
         },
     ));
     assert_eq!(outcome(h, 5), Err(DeviceError::NotFound));
+
+    // Requests whose path makes them another operation in LwM2M (a POST to an instance
+    // is a partial Write, to an object a Create): refused alike, nothing done.
+    let refused = [
+        DeviceRequest::Execute {
+            path: Lwm2mPath::instance(3, 0),
+            args: None,
+        },
+        DeviceRequest::Execute {
+            path: Lwm2mPath::object(3),
+            args: None,
+        },
+        DeviceRequest::Write {
+            path: Lwm2mPath::object(3),
+            mode: WriteMode::PartialUpdate,
+            content: Content::single(UTC_OFFSET, ResourceValue::String("+01:00".into())),
+        },
+    ];
+    for (i, request) in refused.into_iter().enumerate() {
+        let id = 6 + i as u64;
+        h.submit(op(id, &d, request));
+        assert_eq!(outcome(h, id), Err(DeviceError::BadRequest), "request {id}");
+    }
+    assert_eq!(
+        h.device_value(&d, &UTC_OFFSET),
+        Some(ResourceValue::String("+05:00".into()))
+    );
 }
 
 fn scenario_observe_notify<H: Harness>(h: &mut World<H>) {

@@ -1074,6 +1074,16 @@ impl MemoryTransport {
                 }
                 (Ok(DeviceReply::Done), false)
             }
+            // As the LwM2M server: a POST to an object (or the root) is a Create, to an
+            // instance a partial Write; those paths are refused, not reinterpreted.
+            DeviceRequest::Write {
+                path,
+                mode: crate::transport::WriteMode::PartialUpdate,
+                ..
+            } if path.depth() < 2 => (Err(DeviceError::BadRequest), false),
+            DeviceRequest::Execute { path, .. } if path.depth() != 3 => {
+                (Err(DeviceError::BadRequest), false)
+            }
             DeviceRequest::Write { path, content, .. } => {
                 (self.write(now, dev, path, content), false)
             }
