@@ -148,3 +148,59 @@ fn a_sealing_store_leaves_no_key_in_freed_memory() {
         assert_eq!(found, 0, "freed blocks still holding a key");
     }
 }
+
+/// Review 55: a key read from hex digits leaves no copy behind. `hex::decode` grows its
+/// vector as it fills (8, 16, 32 bytes), and the 16-byte buffer it frees on the way
+/// holds the key's first 16 bytes; `SealingKey::from_hex` then also freed the decoded
+/// vector itself, unzeroed, in `try_into`.
+#[test]
+fn a_sealing_key_read_from_hex_leaves_no_copy_in_freed_memory() {
+    let sealing = key_bytes(6);
+    let text = hex::encode(sealing);
+    let found = freed_holding(&sealing, || {
+        let key = SealingKey::from_hex(&text).unwrap();
+        drop(key);
+    });
+    assert_eq!(found, 0, "freed blocks still holding the sealing key");
+    assert!(SealingKey::from_hex(&text[..62]).is_none());
+    assert!(SealingKey::from_hex(&format!("{}zz", &text[..62])).is_none());
+}
+
+/// Review 55: the same for a 32-byte PSK key given in hex (`key_from_hex`).
+#[cfg(feature = "dtls")]
+#[test]
+fn a_psk_key_read_from_hex_leaves_no_copy_in_freed_memory() {
+    let psk = key_bytes(7);
+    let text = hex::encode(psk);
+    let found = freed_holding(&psk, || {
+        let key = twinhub::dtls::key_from_hex(&text).unwrap();
+        assert_eq!(key.expose(), &psk[..]);
+        drop(key);
+    });
+    assert_eq!(found, 0, "freed blocks still holding the PSK key");
+}
+
+/// Review 55: a store without a sealing key keeps the PSK key as hex in the twin's head;
+/// reopening it decoded a 32-byte key through `hex::decode`, as above.
+#[test]
+fn a_plain_store_reopened_leaves_no_raw_key_in_freed_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let psk = key_bytes(8);
+    {
+        let (mut store, mut reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        reg.create(keyed("d", &psk)).unwrap();
+        store.commit(&reg).unwrap();
+    }
+    let found = freed_holding(&psk, || {
+        let (store, reg) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let twin = reg.get("d").unwrap().to_twin();
+        assert_eq!(
+            twin.authentication.psk_key.as_ref().map(PskKey::expose),
+            Some(&psk[..])
+        );
+        drop(twin);
+        drop(Box::new(store));
+        drop(reg);
+    });
+    assert_eq!(found, 0, "freed blocks still holding the PSK key");
+}

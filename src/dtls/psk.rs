@@ -25,9 +25,9 @@ pub const MAX_KEY: usize = 64;
 /// assert!(key_from_hex("abc").is_err());
 /// ```
 pub fn key_from_hex(text: &str) -> Result<PskKey, CredentialsError> {
-    let bytes = hex::decode(text.trim()).map_err(|_| CredentialsError::KeyNotHex)?;
-    check_key(&bytes)?;
-    Ok(PskKey::new(bytes))
+    let key = PskKey::from_hex_digits(text.trim()).ok_or(CredentialsError::KeyNotHex)?;
+    check_key(key.expose())?;
+    Ok(key)
 }
 
 fn check_key(bytes: &[u8]) -> Result<(), CredentialsError> {

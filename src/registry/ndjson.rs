@@ -922,9 +922,9 @@ impl<'de> Visitor<'de> for HeadSeed<'_, '_> {
                 })?,
                 "psk" if psk.is_none() && sealed.is_none() => {
                     let hex = map.next_value::<Text<'de>>()?;
-                    let key =
-                        hex::decode(&*hex.0).map_err(|_| A::Error::custom("psk is not hex"))?;
-                    psk = Some(crate::twin::PskKey::new(key));
+                    let key = crate::twin::PskKey::from_hex_digits(&hex.0)
+                        .ok_or_else(|| A::Error::custom("psk is not hex"))?;
+                    psk = Some(key);
                 }
                 "sealedPsk" if psk.is_none() && sealed.is_none() => {
                     sealed = Some(map.next_value::<Text<'de>>()?.0.into_owned());

@@ -88,9 +88,7 @@ pub(crate) fn decode_head(
         (Some(_), Some(_)) => return Err(bad("both psk and sealedPsk".into())),
         (Some(k), None) => {
             stale = sealer.is_some_and(Sealer::seals);
-            Some(PskKey::new(
-                hex::decode(&k).map_err(|_| bad("psk is not hex".into()))?,
-            ))
+            Some(PskKey::from_hex_digits(&k).ok_or_else(|| bad("psk is not hex".into()))?)
         }
         (None, Some(sealed)) => {
             let (psk, retired) = open_sealed(key, &sealed, sealer)?;

@@ -54,8 +54,13 @@ impl SealingKey {
 
     /// A key from 64 hex digits; `None` for anything else.
     pub fn from_hex(text: &str) -> Option<Self> {
-        let bytes = hex::decode(text.trim()).ok()?;
-        Some(SealingKey(bytes.try_into().ok()?))
+        // Decoded in place: a decoded `Vec` (grown as it fills, then consumed by
+        // `try_into`) freed copies of the key unzeroed.
+        let mut bytes = [0u8; 32];
+        let decoded = hex::decode_to_slice(text.trim(), &mut bytes).is_ok();
+        let key = SealingKey(bytes);
+        zeroize::Zeroize::zeroize(&mut bytes);
+        decoded.then_some(key)
     }
 }
 

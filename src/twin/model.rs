@@ -127,6 +127,19 @@ impl PskKey {
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
+
+    /// A key from pairs of hex digits, decoded straight into the key's own buffer:
+    /// `hex::decode` grows its vector as it goes, freeing (unzeroed) the smaller
+    /// buffers that held the key's first bytes. `None` for anything but hex digits.
+    pub(crate) fn from_hex_digits(text: &str) -> Option<PskKey> {
+        if !text.len().is_multiple_of(2) {
+            return None;
+        }
+        // Zeroed on drop also when the digits turn out not to be hex halfway through.
+        let mut key = PskKey(vec![0u8; text.len() / 2].into_boxed_slice());
+        hex::decode_to_slice(text, &mut key.0).ok()?;
+        Some(key)
+    }
 }
 
 impl Drop for PskKey {
