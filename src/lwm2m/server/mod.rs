@@ -2509,6 +2509,21 @@ impl Lwm2mServer {
                     WriteMode::PartialUpdate if target.depth() < 2 => {
                         return Err(DeviceError::BadRequest);
                     }
+                    // A POST to a resource is an Execute: there, only a multiple-instance
+                    // resource (never executable) takes a partial update, of resource
+                    // instances. A single value (or none) would run the resource with
+                    // it as the arguments; a POST to a resource instance is no operation.
+                    WriteMode::PartialUpdate
+                        if target.depth() > 3
+                            || (target.depth() == 3
+                                && (content.values.is_empty()
+                                    || content
+                                        .values
+                                        .iter()
+                                        .any(|(p, _)| p.depth() != 4 || !target.contains(p)))) =>
+                    {
+                        return Err(DeviceError::BadRequest);
+                    }
                     WriteMode::PartialUpdate => Code::POST,
                 };
                 let f = Self::write_format(reg, target, content);
