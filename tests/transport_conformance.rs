@@ -217,8 +217,9 @@ fn scenario_register_read_write_execute<H: Harness>(h: &mut World<H>) {
     ));
     assert_eq!(outcome(h, 5), Err(DeviceError::NotFound));
 
-    // Requests whose path makes them another operation in LwM2M (a POST to an instance
-    // is a partial Write, to an object a Create): refused alike, nothing done.
+    // Requests whose path makes them another operation in LwM2M (a POST to a resource is
+    // an Execute, to an instance a partial Write, to an object a Create): refused
+    // alike, nothing done.
     let refused = [
         DeviceRequest::Execute {
             path: Lwm2mPath::instance(3, 0),
@@ -230,6 +231,12 @@ fn scenario_register_read_write_execute<H: Harness>(h: &mut World<H>) {
         },
         DeviceRequest::Write {
             path: Lwm2mPath::object(3),
+            mode: WriteMode::PartialUpdate,
+            content: Content::single(UTC_OFFSET, ResourceValue::String("+01:00".into())),
+        },
+        // A POST to a single resource is an Execute.
+        DeviceRequest::Write {
+            path: UTC_OFFSET,
             mode: WriteMode::PartialUpdate,
             content: Content::single(UTC_OFFSET, ResourceValue::String("+01:00".into())),
         },
