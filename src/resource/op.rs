@@ -157,6 +157,46 @@ pub enum DeviceRequest {
 }
 
 impl DeviceRequest {
+    /// Whether LwM2M would take this request, sent as a POST to its path, for another
+    /// operation (a POST's operation is told by its path alone): an Execute off a
+    /// resource (at an instance it is a partial Write, at an object a Create); a
+    /// partial-update Write at an object or the root (a Create), at a resource instance
+    /// (no operation), or at a resource with anything but values of its resource
+    /// instances (an Execute: only a multiple-instance resource, never executable, takes a
+    /// partial update). The LwM2M server and the simulated fleet refuse such a request
+    /// with [`DeviceError::BadRequest`], nothing sent.
+    ///
+    /// ```
+    /// use twinhub::transport::DeviceRequest;
+    /// use twinhub::Lwm2mPath;
+    ///
+    /// let execute = |path| DeviceRequest::Execute { path, args: None };
+    /// assert!(!execute(Lwm2mPath::resource(3, 0, 4)).is_another_operation_by_path());
+    /// assert!(execute(Lwm2mPath::instance(3, 0)).is_another_operation_by_path());
+    /// assert!(execute(Lwm2mPath::object(3)).is_another_operation_by_path());
+    /// ```
+    pub fn is_another_operation_by_path(&self) -> bool {
+        match self {
+            DeviceRequest::Execute { path, .. } => path.depth() != 3,
+            DeviceRequest::Write {
+                path,
+                mode: WriteMode::PartialUpdate,
+                content,
+            } => match path.depth() {
+                0 | 1 | 4.. => true,
+                2 => false,
+                _ => {
+                    content.values.is_empty()
+                        || content
+                            .values
+                            .iter()
+                            .any(|(p, _)| p.depth() != 4 || !path.contains(p))
+                }
+            },
+            _ => false,
+        }
+    }
+
     /// The path the request addresses: the root `/` for the composite operations, which
     /// address the device as a whole.
     pub fn path(&self) -> &Lwm2mPath {

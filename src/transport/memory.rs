@@ -1074,26 +1074,9 @@ impl MemoryTransport {
                 }
                 (Ok(DeviceReply::Done), false)
             }
-            // As the LwM2M server: a POST to an object (or the root) is a Create, to an
-            // instance a partial Write; those paths are refused, not reinterpreted.
-            // At a resource, only resource instances under it (a POST with anything else
-            // is an Execute); at a resource instance, nothing.
-            DeviceRequest::Write {
-                path,
-                mode: crate::transport::WriteMode::PartialUpdate,
-                content,
-            } if path.depth() < 2
-                || path.depth() > 3
-                || (path.depth() == 3
-                    && (content.values.is_empty()
-                        || content
-                            .values
-                            .iter()
-                            .any(|(p, _)| p.depth() != 4 || !path.contains(p)))) =>
-            {
-                (Err(DeviceError::BadRequest), false)
-            }
-            DeviceRequest::Execute { path, .. } if path.depth() != 3 => {
+            // As the LwM2M server: a request whose path would make it another
+            // operation is refused, not reinterpreted.
+            request if request.is_another_operation_by_path() => {
                 (Err(DeviceError::BadRequest), false)
             }
             DeviceRequest::Write { path, content, .. } => {

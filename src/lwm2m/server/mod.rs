@@ -2502,28 +2502,13 @@ impl Lwm2mServer {
                 mode,
                 content,
             } => {
+                // A partial update goes as a POST, which at an object is a Create and
+                // at a single resource an Execute (with the value as its arguments).
+                if request.is_another_operation_by_path() {
+                    return Err(DeviceError::BadRequest);
+                }
                 m.code = match mode {
                     WriteMode::Replace => Code::PUT,
-                    // A POST to an object (or the root) is a Create: it would make an
-                    // instance of the values' instead of writing one.
-                    WriteMode::PartialUpdate if target.depth() < 2 => {
-                        return Err(DeviceError::BadRequest);
-                    }
-                    // A POST to a resource is an Execute: there, only a multiple-instance
-                    // resource (never executable) takes a partial update, of resource
-                    // instances. A single value (or none) would run the resource with
-                    // it as the arguments; a POST to a resource instance is no operation.
-                    WriteMode::PartialUpdate
-                        if target.depth() > 3
-                            || (target.depth() == 3
-                                && (content.values.is_empty()
-                                    || content
-                                        .values
-                                        .iter()
-                                        .any(|(p, _)| p.depth() != 4 || !target.contains(p)))) =>
-                    {
-                        return Err(DeviceError::BadRequest);
-                    }
                     WriteMode::PartialUpdate => Code::POST,
                 };
                 let f = Self::write_format(reg, target, content);
@@ -2556,10 +2541,10 @@ impl Lwm2mServer {
                     }
                 }
             }
-            DeviceRequest::Execute { path: target, args } => {
+            DeviceRequest::Execute { args, .. } => {
                 // Only a resource executes: a POST to an instance is a partial Write, to
                 // an object a Create.
-                if target.depth() != 3 {
+                if request.is_another_operation_by_path() {
                     return Err(DeviceError::BadRequest);
                 }
                 m.code = Code::POST;
