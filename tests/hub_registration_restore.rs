@@ -120,6 +120,7 @@ fn a_restarted_hub_reaches_its_devices_without_a_new_registration() {
 /// Packages the hub serves are durable with its store: a restarted hub serves what was
 /// published and not withdrawn, and a device pulls it in a firmware job; a publish the
 /// store refuses publishes nothing (and counts for the store's backoff).
+#[cfg(feature = "fuzzing")]
 #[test]
 fn published_packages_survive_a_restart() {
     use twinhub::hub::PublishError;
