@@ -292,3 +292,79 @@ fn a_failed_opening_with_a_key_does_not_seal_the_plain_keys() {
     let (_store, reg) = Store::open(dir.path(), config(None)).unwrap();
     assert_eq!(key_of(&reg, "k"), Some(vec![0x61; 16]));
 }
+
+/// `refuse_plain_keys`: a store whose keys are sealed refuses a plain key in a head (a
+/// key planted by whoever can write the file), on either of the two ways opening reads a
+/// head (a row, or a whole twin for a twin rows cannot hold: here one with an object
+/// service property), and changes nothing; without it the planted key is taken and
+/// sealed (the migration of a store written without a key, which the setting refuses
+/// too until turned off for one opening).
+#[test]
+fn refuse_plain_keys_refuses_a_key_planted_plain_in_a_sealed_store() {
+    use std::collections::BTreeMap;
+    use twinhub::twin::ServiceValue;
+    let refusing = |key: u8| {
+        let mut config = config(Some(key));
+        config.refuse_plain_keys = true;
+        config
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut reg) = Store::open(dir.path(), config(None)).unwrap();
+    reg.create(keyed("p", 0x51)).unwrap();
+    let mut nested = keyed("q", 0x52);
+    let inner = BTreeMap::from([("floor".to_string(), ServiceValue::from(3))]);
+    nested
+        .service_properties
+        .properties
+        .insert("site".into(), ServiceValue::Object(inner));
+    reg.create(nested).unwrap();
+    store.commit(&reg).unwrap();
+    drop((store, reg));
+    let plain = heads(dir.path());
+
+    // The store written without a key: refused while the setting is on, nothing sealed.
+    let err = Store::open(dir.path(), refusing(4))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::PlainKey { key } if key == "p"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("refuse_plain_keys"), "{err}");
+    assert_eq!(heads(dir.path()), plain);
+    // One opening without it seals them; from then on the setting opens the store.
+    drop(Store::open(dir.path(), config(Some(4))).unwrap());
+    let (_store, reg) = Store::open(dir.path(), refusing(4)).unwrap();
+    assert_eq!(key_of(&reg, "q"), Some(vec![0x52; 16]));
+    drop((_store, reg));
+
+    // A key planted plain into each head in turn (its sealed one taken out).
+    let sealed = heads(dir.path());
+    for id in ["p", "q"] {
+        let mut head: serde_json::Value =
+            serde_json::from_str(&sealed.iter().find(|(k, _)| k == id).unwrap().1).unwrap();
+        let head = head.as_object_mut().unwrap();
+        assert!(head.remove("sealedPsk").is_some(), "{id} was not sealed");
+        head.insert("psk".into(), "ee".repeat(16).into());
+        let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(TWINS)
+            .unwrap()
+            .insert(id, serde_json::to_string(head).unwrap().as_bytes())
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+        let planted = heads(dir.path());
+        let err = Store::open(dir.path(), refusing(4))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::PlainKey { key } if key == id),
+            "{err}"
+        );
+        assert_eq!(heads(dir.path()), planted, "a refused opening wrote");
+        // Without the setting the planted key is what the hub would get.
+        let (_store, reg) = Store::open(dir.path(), config(Some(4))).unwrap();
+        assert_eq!(key_of(&reg, id), Some(vec![0xee; 16]));
+    }
+}

@@ -814,6 +814,11 @@ impl StoredRows {
         }
     }
 
+    /// Whether the last row's head holds its PSK key as plain hex.
+    pub(crate) fn plain_psk(&self) -> bool {
+        self.block.stored.last().is_some_and(|s| s.plain_psk)
+    }
+
     /// Whether the last row's head is to be rewritten: its PSK key is plain hex and
     /// `sealing` (the store seals keys), or it was sealed under a retired key.
     pub(crate) fn psk_stale(&self, sealing: bool) -> bool {

@@ -80,6 +80,15 @@ pub enum StoreError {
         /// The twin's device id.
         key: String,
     },
+    /// A twin's head holds its PSK key plain and the store was opened to refuse that
+    /// ([`StoreConfig::refuse_plain_keys`](super::StoreConfig::refuse_plain_keys)):
+    /// nothing was read into memory, nothing was sealed. Either the store was never
+    /// opened with its sealing key since the key was written, or someone wrote the key
+    /// into the file.
+    PlainKey {
+        /// The twin's device id.
+        key: String,
+    },
     /// Another input/output error.
     Io {
         /// What the system said.
@@ -147,6 +156,11 @@ impl fmt::Display for StoreError {
             StoreError::Unsealing { key } => write!(
                 f,
                 "the PSK key of {key:?} does not open with this sealing key (another key, or a changed record)"
+            ),
+            StoreError::PlainKey { key } => write!(
+                f,
+                "the PSK key of {key:?} is stored unsealed, which this store refuses \
+                 (StoreConfig::refuse_plain_keys)"
             ),
             StoreError::Io { .. } => f.write_str("store input/output failed"),
             StoreError::Engine { detail } => write!(f, "storage engine error: {detail}"),

@@ -314,6 +314,16 @@ pub struct StoreConfig {
     /// new one as `sealing_key`, the old one here, for one opening (or as long as an old
     /// backup may be restored); turning sealing off: no `sealing_key`, the old one here.
     pub retired_sealing_keys: Vec<SealingKey>,
+    /// With a [`StoreConfig::sealing_key`], refuse a head that holds its PSK key plain
+    /// instead of sealing it (default `false`): [`Store::open`] (and a reload) fails
+    /// with [`StoreError::PlainKey`] naming the twin, and reads nothing into memory.
+    /// Sealing keeps the keys secret, but whoever can write the store's file can plant a
+    /// plain key there (no sealing key is needed for that), and an opening that accepts
+    /// plain keys seals it and hands it to the hub: a device identity with a key of the
+    /// planter's choosing. Turn this on once the store's keys are sealed (after one
+    /// opening with the sealing key). Without a sealing key it has no effect (the store
+    /// writes its keys plain).
+    pub refuse_plain_keys: bool,
 }
 
 impl Default for StoreConfig {
@@ -324,6 +334,7 @@ impl Default for StoreConfig {
             property_log_limit: DEFAULT_PROPERTY_LOG_LIMIT,
             sealing_key: None,
             retired_sealing_keys: Vec::new(),
+            refuse_plain_keys: false,
         }
     }
 }
@@ -1773,6 +1784,11 @@ fn read_twins_within(
                 let record = t.record.clone().map(|r| &bytes[r]);
                 let logged = &logged[t.logged.clone()];
                 let (applied, stale) = match row_twin(&mut rows, i, id, record, logged, sealer) {
+                    Some(_) if rows.plain_psk() && sealer.is_some_and(Sealer::refuses_plain) => {
+                        return Err(StoreError::PlainKey {
+                            key: id.chars().take(128).collect(),
+                        });
+                    }
                     Some(applied) => (applied, rows.psk_stale(sealer.is_some_and(Sealer::seals))),
                     None => {
                         // Rows cannot hold this twin: decode it whole, which also

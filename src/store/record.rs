@@ -86,6 +86,11 @@ pub(crate) fn decode_head(
     let mut stale = false;
     twin.authentication.psk_key = match (head.psk, head.sealed_psk) {
         (Some(_), Some(_)) => return Err(bad("both psk and sealedPsk".into())),
+        (Some(_), None) if sealer.is_some_and(Sealer::refuses_plain) => {
+            return Err(StoreError::PlainKey {
+                key: key.chars().take(128).collect(),
+            });
+        }
         (Some(k), None) => {
             stale = sealer.is_some_and(Sealer::seals);
             Some(PskKey::from_hex_digits(&k).ok_or_else(|| bad("psk is not hex".into()))?)

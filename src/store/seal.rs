@@ -17,6 +17,11 @@
 //! holding a sealed key refuses to open without any key
 //! ([`StoreError::SealingKeyMissing`]) or when none of its keys opens it
 //! ([`StoreError::Unsealing`]).
+//!
+//! Sealing keeps keys secret, not the file unchanged: a plain key written into a head is
+//! accepted (and sealed), unless the store is opened with
+//! [`StoreConfig::refuse_plain_keys`](super::StoreConfig::refuse_plain_keys), which makes
+//! it [`StoreError::PlainKey`].
 
 use super::StoreError;
 use crate::twin::PskKey;
@@ -84,6 +89,10 @@ const DOMAIN: &[u8] = b"twinhub sealed psk\0";
 pub(crate) struct Sealer {
     current: Option<XChaCha20Poly1305>,
     retired: Vec<XChaCha20Poly1305>,
+    /// A plain key on disk is an error, not one to seal
+    /// ([`StoreConfig::refuse_plain_keys`](super::StoreConfig::refuse_plain_keys), with a
+    /// sealing key).
+    refuse_plain: bool,
 }
 
 fn cipher(key: &SealingKey) -> XChaCha20Poly1305 {
@@ -96,6 +105,7 @@ impl Sealer {
         Sealer {
             current: Some(cipher(key)),
             retired: Vec::new(),
+            refuse_plain: false,
         }
     }
 
@@ -103,7 +113,18 @@ impl Sealer {
     pub(crate) fn from_config(config: &super::StoreConfig) -> Option<Self> {
         let current = config.sealing_key.as_ref().map(cipher);
         let retired: Vec<_> = config.retired_sealing_keys.iter().map(cipher).collect();
-        (current.is_some() || !retired.is_empty()).then_some(Sealer { current, retired })
+        let refuse_plain = config.refuse_plain_keys && current.is_some();
+        (current.is_some() || !retired.is_empty()).then_some(Sealer {
+            current,
+            retired,
+            refuse_plain,
+        })
+    }
+
+    /// Whether a PSK key held plain on disk fails the opening (see
+    /// [`StoreConfig::refuse_plain_keys`](super::StoreConfig::refuse_plain_keys)).
+    pub(crate) fn refuses_plain(&self) -> bool {
+        self.refuse_plain
     }
 
     /// Whether it seals what the store writes (it has a sealing key, not only retired
