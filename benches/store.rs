@@ -13,6 +13,8 @@
 //!   path) against `Registry::load` of the same twins in memory (generated before, untimed).
 //!   Both are of the file the import (`commit_all`) wrote: its property log and feed are
 //!   empty, so nothing is replayed and neither takes space.
+//! - Printed, one run: an online backup of that file (`Store::snapshot` and
+//!   `StoreSnapshot::write_to` a new directory on the same disk) and its bytes per twin.
 //! - Printed: p50 and p99 of one acknowledged service write (`set_service_property` plus
 //!   its commit), 200 writes.
 //! - `store/service_write_durable`: the same, criterion's statistics.
@@ -120,6 +122,25 @@ fn benches(c: &mut Criterion) {
         "store: reopen {reopen:.2?} vs in-memory bulk load {load:.2?} ({:.1}x), median of 3",
         reopen.as_secs_f64() / load.as_secs_f64()
     );
+
+    // An online backup of that file (`Store::snapshot`, then `write_to` a new directory).
+    {
+        let (store, reg) = Store::open(dir.path(), StoreConfig::default()).expect("reopen");
+        let target = dir.path().join("backup");
+        let t = Instant::now();
+        let backup = store
+            .snapshot()
+            .and_then(|s| s.write_to(&target))
+            .expect("a backup");
+        let took = t.elapsed();
+        assert_eq!(backup.twins, n as u64);
+        println!(
+            "store: online backup (snapshot, copy into a new store) {took:.2?}: {:.0} B/twin",
+            std::fs::metadata(&backup.path).expect("file").len() as f64 / n as f64
+        );
+        drop((store, reg));
+        std::fs::remove_dir_all(&target).expect("remove the backup");
+    }
 
     // What sealing the keys costs an opening: plain, the opening that seals every head,
     // then sealed.

@@ -33,8 +33,9 @@
 //! query, serve a firmware file to the registered devices (`publish`, over their own
 //! DTLS sessions on a `--dtls-bind` hub; `--package-host HOST:PORT` names the address
 //! devices reach when the hub is bound to `0.0.0.0`), start a job (firmware update,
-//! reboot, factory reset, configuration, read, write) and follow it. It exits on `quit`
-//! or at the end of its input.
+//! reboot, factory reset, configuration, read, write) and follow it, back up its store
+//! while it runs (`backup <dir>`, with `--data-dir`). It exits on `quit` or at the end of
+//! its input.
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -48,7 +49,7 @@ use twinhub::hub::{
 use twinhub::job::{JobId, JobSpec, JobType};
 use twinhub::lwm2m::{Lwm2mPath, ResourceValue};
 use twinhub::registry::{ChangeKind, Registry};
-use twinhub::store::{SealingKey, Store, StoreConfig};
+use twinhub::store::{SealingKey, SharedStore, Store, StoreConfig};
 use twinhub::twin::Twin;
 
 const HELP: &str = "\
@@ -66,6 +67,7 @@ commands:
   read <path> <id|all> ...         read device property job (e.g. read /3/0/9 all)
   write <path> <text> <id|all>     write device property job (string value)
   jobs                             list jobs with their statistics and failed devices' reasons
+  backup <dir>                     (with --data-dir) copy what the store committed into a new store in <dir>
   quit";
 
 fn main() {
@@ -142,7 +144,7 @@ fn main() {
                 std::process::exit(1)
             });
             println!("{} twins restored from {dir}", registry.len());
-            config.store = Some(store.into());
+            config.store = Some(SharedStore::new(store));
             registry
         }
     };
@@ -151,6 +153,8 @@ fn main() {
             registry.create(Twin::new(id)).expect("a new device");
         }
     }
+    // Kept for `backup` (the hub holds the other handle).
+    let config_store = config.store.clone();
     let (hub, scheme) = match &dtls_bind {
         Some(addr) => (Hub::bind_dtls(addr, registry, config), "coaps"),
         None => (Hub::bind_udp(&bind, registry, config), "coap"),
@@ -192,7 +196,7 @@ fn main() {
             ["quit"] | ["exit"] => break,
             ["help"] => println!("{HELP}"),
             _ => {
-                if let Err(e) = command(&hub, &line, &words, &mut next_job) {
+                if let Err(e) = command(&hub, &config_store, &line, &words, &mut next_job) {
                     println!("error: {e}");
                 }
             }
@@ -259,8 +263,28 @@ fn bootstrap_server(
     Ok(bs)
 }
 
-fn command(hub: &Hub, line: &str, words: &[&str], next_job: &mut u32) -> Result<(), String> {
+fn command(
+    hub: &Hub,
+    store: &Option<SharedStore>,
+    line: &str,
+    words: &[&str],
+    next_job: &mut u32,
+) -> Result<(), String> {
     match words {
+        ["backup", dir] => {
+            let store = store
+                .as_ref()
+                .ok_or("no store: start the hub with --data-dir")?;
+            // Taken under the store's lock, written after it: the hub goes on committing.
+            let snapshot = store.lock().snapshot().map_err(|e| e.to_string())?;
+            let backup = snapshot.write_to(dir).map_err(|e| e.to_string())?;
+            println!(
+                "{} twins, committed through {}, backed up to {}",
+                backup.twins,
+                backup.committed,
+                backup.path.display()
+            );
+        }
         ["devices"] => {
             let reg = hub.registry().read();
             for twin in reg.iter() {

@@ -89,6 +89,13 @@ pub enum StoreError {
         /// The twin's device id.
         key: String,
     },
+    /// [`StoreSnapshot::write_to`](super::StoreSnapshot::write_to) was given a directory
+    /// that holds a store file already: nothing was written (a backup never overwrites a
+    /// store).
+    Exists {
+        /// The store file found.
+        path: PathBuf,
+    },
     /// Another input/output error.
     Io {
         /// What the system said.
@@ -161,6 +168,11 @@ impl fmt::Display for StoreError {
                 f,
                 "the PSK key of {key:?} is stored unsealed, which this store refuses \
                  (StoreConfig::refuse_plain_keys)"
+            ),
+            StoreError::Exists { path } => write!(
+                f,
+                "{} exists: a backup never overwrites a store",
+                path.display()
             ),
             StoreError::Io { .. } => f.write_str("store input/output failed"),
             StoreError::Engine { detail } => write!(f, "storage engine error: {detail}"),

@@ -125,10 +125,11 @@
 //! updates does not grow the file (tests/store_growth.rs). [`Store::compact`] gives
 //! free pages back to the file system.
 //!
-//! **Backups.** The directory holds one file, `twinhub.redb`. Copy it while no process
-//! has it open, or stop writes (commits) while copying: redb's file is consistent at any
-//! commit boundary, and a copy taken in the middle of a commit is detected (checksums) and
-//! rolled back to the previous commit when opened.
+//! **Backups.** The directory holds one file, `twinhub.redb`. Copy it only while no
+//! process has it open: a copy taken while commits go on may hold pages of several
+//! commits. A store in use is backed up with [`Store::snapshot`] and
+//! [`StoreSnapshot::write_to`], which copy the last commit into a new directory while
+//! commits go on (see [`StoreSnapshot`] for how, and what it costs).
 //!
 //! ```
 //! use twinhub::store::{Store, StoreConfig};
@@ -185,11 +186,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod backup;
 mod error;
 mod feed;
 mod record;
 mod seal;
 
+pub use backup::{Backup, StoreSnapshot};
 pub use error::StoreError;
 use seal::Sealer;
 pub use seal::SealingKey;
