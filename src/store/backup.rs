@@ -84,13 +84,11 @@ impl Store {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
-    /// A poisoned store ([`Store::is_poisoned`]) has no open file:
-    /// [`StoreError::Poisoned`].
+    /// A store a failed write poisoned ([`Store::is_poisoned`]) still gives the last
+    /// commit the disk holds (a backup is most wanted when the disk fails); one whose
+    /// reload failed has no open file: [`StoreError::Poisoned`].
     pub fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
-        let db = match (&self.db, self.poisoned) {
-            (Some(db), false) => db,
-            _ => return Err(StoreError::Poisoned),
-        };
+        let db = self.db.as_ref().ok_or(StoreError::Poisoned)?;
         let txn = db.begin_read()?;
         let committed = txn
             .open_table(META)?
