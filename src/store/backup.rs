@@ -105,9 +105,9 @@ impl StoreSnapshot {
     }
 
     /// Writes the snapshot as a new store in `dir` (created if missing): `dir` must not
-    /// hold a store file already ([`StoreError::Exists`], nothing written). The copy is durable
-    /// when this returns; a leftover `twinhub.redb.partial` from an interrupted backup
-    /// is replaced.
+    /// hold a store file already ([`StoreError::Exists`], nothing written). The copy is
+    /// durable when this returns. A backup that fails leaves `twinhub.redb.partial`
+    /// behind (never `twinhub.redb`), which the next backup into `dir` replaces.
     pub fn write_to(&self, dir: impl AsRef<Path>) -> Result<Backup, StoreError> {
         let dir = dir.as_ref();
         let directory = |source| StoreError::Directory {
