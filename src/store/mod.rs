@@ -107,9 +107,15 @@
 //! child states, attempts, step, results and failure reasons, so the whole job history
 //! comes back ([`Store::commit_with_jobs`] writes the engine's journal in the batch's
 //! transaction; [`Store::load_jobs`] restores the engine and resumes its jobs: see
-//! [`JobEngine::restore`] for work that was in flight). **Not yet durable**: the LWM2M
-//! server's registration table and observations (after a restart a device is reached
-//! again once it registers or updates its registration; a job's child waits for that).
+//! [`JobEngine::restore`] for work that was in flight). The LWM2M server's registration
+//! table is not written as such: a hub started on the bundled server (`Hub::bind_udp`,
+//! `bind_dtls`, the builder's `udp` or `dtls`) puts back each connected twin's
+//! registration whose lifetime (plus the grace) has not run out, same location, so the
+//! device's Updates are accepted and operations reach it without a new Register; every
+//! other connected twin is marked disconnected. **Not durable**: observations (the hub
+//! observes the synced paths again at start), a device's announced content formats, a
+//! queue-mode device's awake window and DTLS sessions. What a restored job's started
+//! children wait for is in [`JobEngine::restore`].
 //!
 //! **Job rows.** `job_parents` (u32 position -> the parent's JSON: spec without targets,
 //! state, times, how it ended) and `job_children` (u32 position -> state, attempt, step,
