@@ -174,7 +174,12 @@
 //! a retry retries. A rollout's `max_in_flight` bounds the children in progress: those
 //! waiting for their devices do not count, so the next children start in their slots
 //! (never more than the bound at once), and one whose device comes back while the slots
-//! are taken waits for a slot. Scheduled starts and maximum execution times keep their
+//! are taken waits for a slot. A reboot or factory reset whose Execute was sent is not
+//! one of those: it stays in progress (`running` in [`JobStatistics`]) and keeps its
+//! slot until the Register that proves the reboot (an Update under a registration the
+//! hub restored does not count) or until `reboot_wait` fails it, so a rollout whose
+//! slots all hold such children starts no other child for up to `reboot_wait` (5 min)
+//! after a restart. Scheduled starts and maximum execution times keep their
 //! wall-clock times; the rollout's per-minute window and an attempt's per-device timeout
 //! start again.
 //!

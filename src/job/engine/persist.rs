@@ -18,7 +18,8 @@
 //!
 //! - a reboot or factory reset whose Execute was sent is never sent again: the device's
 //!   next registration counts as the reboot, and without one within `reboot_wait` the
-//!   attempt fails as `timedOut`; one whose Execute was not sent sends it. With a
+//!   attempt fails as `timedOut` (meanwhile it stays in progress and keeps its rollout
+//!   slot, `max_in_flight`); one whose Execute was not sent sends it. With a
 //!   transport that reports `DeviceEvent::Sent`, "sent" means its `Sent` (or answer) was
 //!   recorded: an Execute handed over whose `Sent` was not is sent again, since the
 //!   transport's queue (where a sleeping device's request waits, maybe for hours) did not
