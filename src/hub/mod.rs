@@ -1273,6 +1273,12 @@ impl Hub {
     /// every 250 ms): typically milliseconds. Dropping the last clone does the same. A hub
     /// behind DTLS sends each session one close_notify as its UDP driver ends (at most
     /// `HubConfig::dtls.max_sessions` datagrams), so devices learn at once.
+    ///
+    /// With a store ([`HubConfig::store`]), `stop` does not close it: the hub holds it until
+    /// its last clone is dropped, and until then opening its directory
+    /// again ([`Store::open`](crate::store::Store::open), a restart within the process)
+    /// fails with [`StoreError::InUse`](crate::store::StoreError::InUse). Drop every clone
+    /// (subscriptions may stay) before opening it again.
     pub fn stop(&self) {
         self.inner.stop();
     }
