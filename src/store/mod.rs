@@ -376,6 +376,10 @@ pub struct Store {
     committed: u64,
     /// The high-water mark on disk: no number above it was ever handed out.
     reserved: u64,
+    /// Where the registry this opening (or reload) returned started: its newest number
+    /// until it makes a change, so a resume point ([`Store::changes_after`]) though no
+    /// commit wrote it. 0 once [`Store::commit_all`] wrote a registry of another history.
+    opened: u64,
     /// Marks the registry that open (or reload) returned as this store's.
     origin: u64,
     poisoned: bool,
@@ -440,6 +444,7 @@ impl Store {
             config,
             committed: 0,
             reserved: 0,
+            opened: 0,
             origin: 0,
             poisoned: true,
             scratch: Vec::new(),
@@ -529,6 +534,7 @@ impl Store {
         self.committed = committed;
         self.origin = origin;
         self.reserved = start.saturating_add(SEQ_RESERVE);
+        self.opened = start;
         self.log = log;
         self.feed_kept = feed_kept;
         self.poisoned = false;
@@ -650,6 +656,7 @@ impl Store {
             self.poisoned = false;
             if foreign {
                 self.origin = next_origin();
+                self.opened = 0;
             }
         }
         result
@@ -659,9 +666,13 @@ impl Store {
     /// from the disk: how a consumer resumes after a restart. Changes the store no longer
     /// keeps ([`StoreConfig::feed_retention`]) are a [`FeedGap`]: the consumer re-reads
     /// the twins it cares about and resumes from [`FeedGap::resume_after`]; so is a
-    /// number past [`Store::committed_seq`] (from another history), and one reserved
-    /// before a restart, this one or an earlier one, that no surviving change used (a
-    /// change read before it was committed and lost in a crash). Changes made
+    /// number past the newest this history has (from another history): past
+    /// [`Store::committed_seq`] and past where the registry this opening returned
+    /// started (its `last_seq()` before any change, where a fresh subscription of a hub
+    /// on it starts: that number, like an earlier opening's that made no change, resumes
+    /// without a gap, as in [`Registry::changes_after`]); and so is one reserved before
+    /// a restart, this one or an earlier one, that no surviving change used (a change
+    /// read before it was committed and lost in a crash). Changes made
     /// in memory but not yet committed are only in the registry's own feed
     /// ([`Registry::changes_after`]).
     pub fn changes_after(
@@ -681,8 +692,11 @@ impl Store {
         }
         let rows = txn.open_table(FEED)?;
         // A number past everything committed comes from another history: a gap, as in
-        // `Registry::changes_after`, not a silent skip.
-        if after > self.committed {
+        // `Registry::changes_after`, not a silent skip. Where this opening's registry
+        // started is no such number (it is that registry's newest until it makes a
+        // change, `Subscription::starts_after` hands it out); the numbers before it that
+        // no change used are in the unused ranges below.
+        if after > self.committed.max(self.opened) {
             return Ok(Err(FeedGap {
                 after,
                 dropped_through: self.committed,
