@@ -48,7 +48,8 @@ pub struct ClientConfig {
     pub server: SocketAddr,
     /// Registration lifetime in seconds when there is no Server object /1 (else /1/0/1).
     pub lifetime: u32,
-    /// Queue mode (`Q`): the server should hold requests until the device talks.
+    /// Queue mode (`Q`): the server should hold requests until the device talks. A
+    /// Server object whose Binding (`/1/0/7`) is `UQ` asks for it too.
     pub queue_mode: bool,
     /// CoAP ACK_TIMEOUT for the client's own requests.
     pub ack_timeout: Duration,
@@ -1254,6 +1255,19 @@ impl Lwm2mClient {
         }
     }
 
+    /// Whether the Server object's Binding (`/1/0/7`) asks for queue mode (`UQ`, the
+    /// LwM2M 1.0 spelling, which [`objects::server`](super::objects::server) and a
+    /// bootstrap server's write may set): the Register then carries `Q`, as with
+    /// [`ClientConfig::queue_mode`].
+    fn binding_has_queue(&mut self) -> bool {
+        let binding = Lwm2mPath::resource(1, 0, super::objects::server::BINDING);
+        self.tree.read(&binding).is_ok_and(|c| {
+            c.values
+                .iter()
+                .any(|(_, v)| matches!(v, ResourceValue::String(b) if b.contains('Q')))
+        })
+    }
+
     fn refresh_defaults(&mut self) {
         let mut read = |rid| match self.tree.read(&Lwm2mPath::resource(1, 0, rid)) {
             Ok(c) => match c.values.first() {
@@ -1331,7 +1345,7 @@ impl Lwm2mClient {
         m.add_uri_query(&format!("lt={lt}"));
         m.add_uri_query("lwm2m=1.1");
         m.add_uri_query("b=U");
-        if self.config.queue_mode {
+        if self.config.queue_mode || self.binding_has_queue() {
             m.add_uri_query("Q");
         }
         m.set_content_format(ContentFormat::LINK_FORMAT);
