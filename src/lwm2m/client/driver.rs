@@ -231,6 +231,11 @@ impl DeviceThread {
     }
 
     /// De-registers, waits up to `timeout` for the server's answer, and stops the thread.
+    ///
+    /// The events not yet taken from [`DeviceThread::events`] are dropped with the
+    /// handle: take them first. Once the De-register is out the client serves no more
+    /// requests (the server gets 5.03, see [`Lwm2mClient::deregister`]), so no Write or
+    /// Execute is acknowledged while the thread waits whose event would be lost.
     pub fn shutdown(mut self, timeout: Duration) -> io::Result<()> {
         self.with(|c| c.deregister(Instant::now()));
         let deadline = Instant::now() + timeout;

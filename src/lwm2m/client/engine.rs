@@ -882,7 +882,10 @@ impl Lwm2mClient {
     }
 
     /// De-registers (DELETE of the registration); [`ClientEvent::Deregistered`] follows.
-    /// Without a registration the client just stops.
+    /// Without a registration the client just stops. From here on the server's requests
+    /// are answered 5.03 (Service Unavailable) and not served: a request crossing the
+    /// De-register is neither carried out nor acknowledged for an application that is
+    /// going away.
     pub fn deregister(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.outgoing.retain(|o| o.purpose == Purpose::Download);
@@ -1604,6 +1607,12 @@ impl Lwm2mClient {
             Message::response(Code::BAD_OPTION)
         } else if self.bootstrapping_from(from) {
             self.serve_bootstrap(now, req)
+        } else if matches!(self.reg, RegState::Deregistering | RegState::Stopped) {
+            // De-registering or de-registered (the application is shutting the device
+            // down): nothing is served, so no Write, Execute or Create is acknowledged
+            // whose event the application will never take (a `DeviceThread` stops once
+            // the De-register is answered). 5.03 tells the server to try again later.
+            Message::response(Code::SERVICE_UNAVAILABLE)
         } else {
             self.serve(now, req)
         };
