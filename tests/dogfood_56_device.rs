@@ -128,3 +128,86 @@ fn a_request_crossing_the_deregister_is_refused_not_lost() {
     assert_eq!(answers[0].code, Code::SERVICE_UNAVAILABLE);
     assert_eq!(c.poll_event(), None);
 }
+
+/// A hub restarted on its store (a deploy) closes every DTLS session with a close_notify
+/// as it stops: the device learns at once, and handshakes again and Updates its
+/// registration then, so the restarted hub can reach it. Before the fix the device only
+/// noted the closed session and waited for its next scheduled Update (180 s with a
+/// 300 s lifetime, nearly a day with a day's): the twin said Connected while every
+/// request and job for the device waited in the hub's queue.
+#[cfg(feature = "dtls")]
+#[test]
+fn a_device_whose_session_a_restarting_hub_closed_is_reachable_again_at_once() {
+    use twinhub::dtls::{PskCredentials, PskKey};
+    use twinhub::hub::{Hub, HubConfig, HubEvent, LifecycleKind, SubscribeOptions};
+    use twinhub::lwm2m::client::DeviceThread;
+    use twinhub::store::{SharedStore, Store, StoreConfig};
+    use twinhub::transport::{DeviceReply, DeviceRequest};
+    use twinhub::twin::Twin;
+    use twinhub::{DeviceId, Lwm2mPath, ResourceValue};
+
+    let dir = tempfile::tempdir().unwrap();
+    let open = |addr: SocketAddr| {
+        let (store, registry) = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let config = HubConfig {
+            store: Some(SharedStore::new(store)),
+            ..HubConfig::default()
+        };
+        Hub::bind_dtls(addr, registry, config).unwrap()
+    };
+    let hub = open("127.0.0.1:0".parse().unwrap());
+    let addr = hub.local_addr().unwrap();
+    let id = DeviceId::new("gw-1").unwrap();
+    let creds = || PskCredentials::new("gw-1", PskKey::new(vec![5; 16])).unwrap();
+    hub.create_device(Twin::new(id.clone())).unwrap();
+    hub.set_psk("gw-1", creds()).unwrap();
+    let events = hub
+        .subscribe(SubscribeOptions {
+            twins: false,
+            jobs: false,
+            ..SubscribeOptions::default()
+        })
+        .unwrap();
+    let mut tree = ObjectTree::new();
+    tree.add(objects::server(1, 300, "U"));
+    tree.add(objects::device("Acme", "GW", "SN-1", "1.0").with_value(
+        0,
+        objects::device::BATTERY_LEVEL,
+        ResourceValue::Integer(77),
+    ));
+    let config = ClientConfig::new("gw-1", addr).with_psk(creds());
+    let device = DeviceThread::spawn(
+        Lwm2mClient::new(Instant::now(), config, tree),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(HubEvent::Lifecycle(e)) if e.event == LifecycleKind::Registered => break,
+            Ok(_) => {}
+            Err(e) => panic!("the device did not register: {e:?}"),
+        }
+    }
+
+    hub.stop();
+    drop((events, hub));
+    let hub = open(addr);
+    let battery = Lwm2mPath::resource(3, 0, objects::device::BATTERY_LEVEL);
+    let started = Instant::now();
+    let read = hub
+        .request(&id, DeviceRequest::Read { path: battery })
+        .wait(Duration::from_secs(10));
+    match read {
+        Ok(DeviceReply::Content(c)) => {
+            assert_eq!(c.get(&battery), Some(&ResourceValue::Integer(77)))
+        }
+        other => panic!(
+            "the restarted hub could not reach the device in {:?}: {other:?}",
+            started.elapsed()
+        ),
+    }
+    device.shutdown(Duration::from_secs(2)).unwrap();
+    hub.stop();
+}

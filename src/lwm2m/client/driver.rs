@@ -33,7 +33,11 @@
 //! its DTLS session with a close_notify ([`DtlsClient::close`](crate::dtls::DtlsClient::close)),
 //! so the server drops the session at once instead of keeping it until its idle timeout.
 //! The alert is sent once; if it is lost the server's idle timeout ends the session as
-//! before.
+//! before. When the server ends the session (its close_notify: it restarted or stopped,
+//! evicted the session, or withdrew the key), a registered device handshakes again and
+//! sends a registration Update at once, so the server can reach it again (a server can
+//! send only over a session the device made); if the server is not back yet, the
+//! Update fails and the device registers anew with its retry backoff.
 //!
 //! Leaving a bootstrap server at another address, the thread keeps its session open for
 //! MAX_TRANSMIT_SPAN (RFC 7252 §4.8.2, from the client's `ack_timeout` and
@@ -409,10 +413,18 @@ impl Worker {
         if let Some(d) = self.dtls.as_mut()
             && from == self.server
         {
+            let was_connected = d.is_connected();
             d.handle_datagram(now, bytes);
             self.handshakes.store(d.handshakes(), Ordering::Relaxed);
             while let Some(plain) = d.poll_plaintext() {
                 c.handle_datagram(now, from, &plain);
+            }
+            // The server ended the session (a close_notify: it restarted, evicted the
+            // session or withdrew the key): it can reach a registered device only over a
+            // new one, so handshake and Update now rather than at the next scheduled
+            // Update (which may be most of a lifetime away).
+            if was_connected && !d.is_connected() && c.is_registered() {
+                c.trigger_update();
             }
             return;
         }
