@@ -82,7 +82,8 @@ pub struct ClientConfig {
     /// [`ClientConfig::with_psk`].
     #[cfg(feature = "dtls")]
     pub psk: Option<crate::dtls::PskCredentials>,
-    /// A bootstrap server to ask first (client-initiated bootstrap over plain CoAP): the
+    /// A bootstrap server to ask first (client-initiated bootstrap over plain CoAP, or
+    /// DTLS with `ClientConfig::with_bootstrap_psk`, feature `dtls`): the
     /// client sends Bootstrap-Request there, takes the server accounts it writes, and at
     /// Bootstrap-Finish registers with the server they name (see
     /// [`ClientConfig::with_bootstrap`]). `None`: register with `server` at once.
@@ -203,10 +204,16 @@ pub enum ClientEvent {
         /// The argument text.
         args: String,
     },
-    /// The server executed Device Reboot /3/0/4: the application should reboot (after
-    /// giving the client a moment to send the response).
+    /// The server executed Device Reboot /3/0/4: the application should reboot. The
+    /// answer (2.04) is queued before the event: a [`DeviceThread`](super::DeviceThread)
+    /// has sent it when the event arrives; a loop of your own finds it in
+    /// `poll_transmit`: send it before rebooting. Rebooting needs no De-register: the device
+    /// registers anew when it comes back (a reboot job that waits for the registration
+    /// sees it then).
     Reboot,
-    /// The server executed Device Factory Reset /3/0/5.
+    /// The server executed Device Factory Reset /3/0/5. The library resets nothing: the
+    /// application restores its factory settings (and restarts, if it must, as for
+    /// [`ClientEvent::Reboot`]).
     FactoryReset,
     /// The server created an instance.
     Created {

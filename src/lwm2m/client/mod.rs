@@ -103,7 +103,8 @@
 //!   SenML JSON or CBOR path list; paths with nothing to read are left out), and
 //!   Write-Composite (`iPATCH /`), validated in full before anything is written
 //!   ([`ObjectTree::write_composite`]).
-//! - **Bootstrap** ([`ClientConfig::with_bootstrap`]): client-initiated, over plain CoAP.
+//! - **Bootstrap** ([`ClientConfig::with_bootstrap`]): client-initiated, over plain CoAP
+//!   or, with `ClientConfig::with_bootstrap_psk` (feature `dtls`), DTLS.
 //!   While it runs, only the bootstrap server's requests are served (Discover, Write and
 //!   Delete on any object, Security `/0` included, a whole object or an instance; Finish);
 //!   at Finish the client registers with the account it was given. If the answer to

@@ -219,8 +219,9 @@ fn server_rules(object: ValueObject) -> ValueObject {
         .on_execute(server::REGISTRATION_UPDATE_TRIGGER, |_, _| Ok(()))
 }
 
-/// Server /1 instance 0: short server id, lifetime (s), binding (`"U"`), default periods
-/// pmin 0 / pmax none, and a Registration Update Trigger that the client core acts on.
+/// Server /1 instance 0: short server id, lifetime (s), binding (`"U"`, or `"UQ"` for
+/// queue mode: the client then registers with `Q`), default periods pmin 0 / pmax none,
+/// and a Registration Update Trigger that the client core acts on.
 pub fn server(short_server_id: u16, lifetime: u32, binding: &str) -> ValueObject {
     let object = ValueObject::new(&SERVER)
         .creatable(false, 1)
