@@ -214,6 +214,12 @@ impl DeviceThread {
 
     /// Runs `f` on the client (locked), then wakes the thread so that anything `f` queued
     /// (notifications, an update) goes out now.
+    ///
+    /// The objects' callbacks (`on_read`, `on_write`, `on_execute`, a package or update
+    /// callback) run on the device thread with the client locked: calling `with` from one
+    /// of them deadlocks, and a slow one holds up every exchange of the device. Keep them
+    /// short, and do the work the event asks for (a reboot, an install) on a thread of
+    /// your own, reporting back through `with`.
     pub fn with<R>(&self, f: impl FnOnce(&mut Lwm2mClient) -> R) -> R {
         let r = f(&mut lock(&self.client));
         self.wake();
