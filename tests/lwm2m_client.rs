@@ -179,14 +179,11 @@ fn register_retries_with_backoff_then_succeeds() {
             }
         }
     }
-    assert_eq!(
-        failures[..3],
-        [
-            Duration::from_secs(5),
-            Duration::from_secs(10),
-            Duration::from_secs(20)
-        ]
-    );
+    // Each wait doubles, stretched by a random factor in [1, 1.5).
+    for (wait, base) in failures[..3].iter().zip([5, 10, 20]) {
+        let base = Duration::from_secs(base);
+        assert!(*wait >= base && *wait < base.mul_f64(1.5), "{failures:?}");
+    }
     assert!(registers >= 6);
     assert!(!c.is_registered());
 }
@@ -1912,4 +1909,40 @@ fn a_create_naming_two_instances_is_refused_and_creates_nothing() {
     post.payload = br#"[{"n":"/3303/1/5701","vs":"Far"}]"#.to_vec();
     assert_eq!(h.request(post).code, Code::CREATED);
     assert_eq!(read_text(&mut h, "/3303/1/5701"), "Far");
+}
+
+/// Devices whose server went away at one instant do not come back at one instant: the
+/// first registration retry of eight clients that failed together is spread (a random
+/// factor in [1, 1.5) on each wait), not one shared deadline.
+#[test]
+fn registration_retries_of_clients_that_failed_together_are_spread() {
+    let now = Instant::now();
+    let waits: Vec<Duration> = (0..8)
+        .map(|_| {
+            let mut cfg = ClientConfig::new("dev-1", server());
+            cfg.max_retransmit = 0;
+            let mut c = Lwm2mClient::new(now, cfg, tree());
+            c.handle_timeout(now);
+            let mut t = now;
+            for _ in 0..100 {
+                t += Duration::from_millis(500);
+                c.handle_timeout(t);
+                while c.poll_transmit().is_some() {}
+                while let Some(e) = c.poll_event() {
+                    if let ClientEvent::RegistrationFailed { retry_in, .. } = e {
+                        return retry_in;
+                    }
+                }
+            }
+            panic!("the Register never failed");
+        })
+        .collect();
+    let first = waits[0];
+    assert!(waits.iter().any(|w| *w != first), "{waits:?}");
+    assert!(
+        waits
+            .iter()
+            .all(|w| *w >= Duration::from_secs(5) && *w < Duration::from_millis(7500)),
+        "{waits:?}"
+    );
 }

@@ -65,7 +65,10 @@ pub struct ClientConfig {
     /// `max_retransmit` retransmissions raises [`ClientEvent::NotificationTimedOut`] and a
     /// registration Update (see there). Default `false`, as in most LwM2M clients.
     pub confirmable_notifications: bool,
-    /// First wait before re-registering after a failure; doubles up to `retry_max`.
+    /// First wait before re-registering after a failure; doubles with each failure in a
+    /// row, up to `retry_max`. Each wait is also stretched by a random factor in [1, 1.5),
+    /// so that devices that failed together (a server that went away for all of them)
+    /// do not all come back at the same instant.
     pub retry_initial: Duration,
     /// Longest wait between registration attempts.
     pub retry_max: Duration,
@@ -1298,10 +1301,16 @@ impl Lwm2mClient {
 
     fn backoff(&mut self, now: Instant, code: Option<(u8, u8)>) {
         let factor = 1u32 << self.failures.min(16);
+        // Spread in [1, 1.5), as the ACK timeouts are: a fleet that lost its server at
+        // one instant retries over a window, not in one burst (nor in bursts at each
+        // doubling).
+        self.next_token();
+        let jitter = (self.token_state >> 40) as f64 / (1u64 << 24) as f64;
         let wait = self
             .config
             .retry_initial
             .saturating_mul(factor)
+            .mul_f64(1.0 + 0.5 * jitter)
             .min(self.config.retry_max);
         self.failures = self.failures.saturating_add(1);
         self.reg = RegState::Idle { at: now + wait };
