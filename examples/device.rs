@@ -1,7 +1,8 @@
-//! A standalone LWM2M device that works against any LWM2M 1.0/1.1 server.
+//! A standalone LWM2M device for LWM2M 1.1 servers, and 1.0 servers with `--lwm2m 1.0`
+//! (it registers as 1.1 by default, which a 1.0-only server may refuse).
 //!
 //! ```text
-//! cargo run --example device -- <endpoint-name> <server> [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY]
+//! cargo run --example device -- <endpoint-name> <server> [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY] [--lwm2m 1.0]
 //! cargo run --example device -- dev-1 127.0.0.1:5683
 //! # over DTLS (PSK):
 //! cargo run --example device -- sensor-1 coaps://127.0.0.1:5684 --psk sensor-1-id:00112233445566778899aabbccddeeff
@@ -27,13 +28,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use twinhub::dtls::PskCredentials;
 use twinhub::lwm2m::client::{
-    ClientConfig, ClientEvent, DeviceThread, FirmwareUpdate, Lwm2mClient, ObjectTree, objects,
+    ClientConfig, ClientEvent, ClientVersion, DeviceThread, FirmwareUpdate, Lwm2mClient,
+    ObjectTree, objects,
 };
 use twinhub::{Lwm2mPath, ResourceValue};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: device <endpoint-name> (<server-host:port | coap://host:port | coaps://host:port> | --bootstrap coap(s)://host:port) [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY]";
+    let usage = "usage: device <endpoint-name> (<server-host:port | coap://host:port | coaps://host:port> | --bootstrap coap(s)://host:port) [--lifetime S] [--run-for S] [--psk IDENTITY:HEXKEY] [--lwm2m 1.0|1.1]";
     let (Some(endpoint), Some(server)) = (args.first(), args.get(1)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -109,6 +111,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = ClientConfig::new(endpoint.clone(), server);
     config.lifetime = lifetime;
+    match args.iter().position(|a| a == "--lwm2m") {
+        None => {}
+        Some(i) => match args.get(i + 1).map(String::as_str) {
+            Some("1.0") => config.version = ClientVersion::V1_0,
+            Some("1.1") => config.version = ClientVersion::V1_1,
+            _ => return Err("--lwm2m takes 1.0 or 1.1".into()),
+        },
+    }
     match (bootstrap, psk) {
         // The PSK is the bootstrap server account's; the LWM2M server's comes from it.
         (true, Some(psk)) => config = config.with_bootstrap(server).with_bootstrap_psk(psk),

@@ -211,3 +211,35 @@ fn a_device_whose_session_a_restarting_hub_closed_is_reachable_again_at_once() {
     device.shutdown(Duration::from_secs(2)).unwrap();
     hub.stop();
 }
+
+/// `ClientConfig::version`: a device registers as LwM2M 1.0 for a server that takes only
+/// 1.0 clients (`lwm2m=1.0`, queue mode as binding `UQ`, no `Q`); 1.1 stays the default.
+#[test]
+fn a_device_registers_as_lwm2m_1_0_when_told() {
+    use twinhub::lwm2m::client::ClientVersion;
+    let now = Instant::now();
+    let queries = |version: ClientVersion, queue: bool| -> Vec<String> {
+        let mut tree = ObjectTree::new();
+        tree.add(objects::device("Acme", "GW", "SN-1", "1.0"));
+        let mut config = ClientConfig::new("gw-1", server());
+        config.version = version;
+        config.queue_mode = queue;
+        let mut c = Lwm2mClient::new(now, config, tree);
+        register(&mut c, now)
+            .uri_query()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        queries(ClientVersion::V1_0, true)[2..],
+        ["lwm2m=1.0", "b=UQ"]
+    );
+    assert_eq!(
+        queries(ClientVersion::V1_0, false)[2..],
+        ["lwm2m=1.0", "b=U"]
+    );
+    assert_eq!(
+        queries(ClientVersion::default(), true)[2..],
+        ["lwm2m=1.1", "b=U", "Q"]
+    );
+}

@@ -39,6 +39,17 @@ const QUEUE_BOUND: usize = 256;
 /// The Firmware Update object's Package resource, which a server may push block-wise.
 const PACKAGE: Lwm2mPath = Lwm2mPath::resource(5, 0, 0);
 
+/// The LwM2M version a client registers as ([`ClientConfig::version`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientVersion {
+    /// LwM2M 1.0 (`lwm2m=1.0`; queue mode as binding `UQ`).
+    V1_0,
+    /// LwM2M 1.1 (`lwm2m=1.1`; queue mode as the `Q` parameter): the default.
+    #[default]
+    V1_1,
+}
+
 /// How a client is set up. [`ClientConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -51,6 +62,12 @@ pub struct ClientConfig {
     /// Queue mode (`Q`): the server should hold requests until the device talks. A
     /// Server object whose Binding (`/1/0/7`) is `UQ` asks for it too.
     pub queue_mode: bool,
+    /// The LwM2M version the client registers as (default 1.1). 1.0 is for a server
+    /// that refuses a 1.1 client (LwM2M 1.1 §6.2.1 lets it answer 4.12): the Register
+    /// then says `lwm2m=1.0` and asks for queue mode as 1.0 does, with binding `b=UQ`
+    /// (1.1 says `b=U` and `Q`). The client serves the same requests either way; a 1.0
+    /// server does not send the 1.1 ones (composite operations, Send's Mute).
+    pub version: ClientVersion,
     /// CoAP ACK_TIMEOUT for the client's own requests.
     pub ack_timeout: Duration,
     /// CoAP MAX_RETRANSMIT.
@@ -101,7 +118,7 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: lifetime 300 s, no queue mode, ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4,
+    /// Defaults: lifetime 300 s, no queue mode, LwM2M 1.1, ACK_TIMEOUT 2 s, MAX_RETRANSMIT 4,
     /// non-confirmable notifications (one CON a day), retries
     /// from 5 s to 10 min, 32 observations, 1024-byte blocks, 4 MiB bodies.
     pub fn new(endpoint: impl Into<String>, server: SocketAddr) -> Self {
@@ -110,6 +127,7 @@ impl ClientConfig {
             server,
             lifetime: 300,
             queue_mode: false,
+            version: ClientVersion::V1_1,
             ack_timeout: Duration::from_secs(2),
             max_retransmit: 4,
             confirmable_notifications: false,
@@ -1362,10 +1380,19 @@ impl Lwm2mClient {
         m.add_uri_query(&format!("ep={}", self.config.endpoint));
         let lt = self.lifetime();
         m.add_uri_query(&format!("lt={lt}"));
-        m.add_uri_query("lwm2m=1.1");
-        m.add_uri_query("b=U");
-        if self.config.queue_mode || self.binding_has_queue() {
-            m.add_uri_query("Q");
+        let queue = self.config.queue_mode || self.binding_has_queue();
+        match self.config.version {
+            ClientVersion::V1_0 => {
+                m.add_uri_query("lwm2m=1.0");
+                m.add_uri_query(if queue { "b=UQ" } else { "b=U" });
+            }
+            ClientVersion::V1_1 => {
+                m.add_uri_query("lwm2m=1.1");
+                m.add_uri_query("b=U");
+                if queue {
+                    m.add_uri_query("Q");
+                }
+            }
         }
         m.set_content_format(ContentFormat::LINK_FORMAT);
         m.payload = self.tree.registration_links().into_bytes();

@@ -139,7 +139,9 @@ pub use attributes::{
 #[cfg(feature = "dtls")]
 pub use driver::MIN_DTLS_STACK;
 pub use driver::{DeviceThread, DriverOptions};
-pub use engine::{ClientConfig, ClientError, ClientEvent, Lwm2mClient, SendError, Transmit};
+pub use engine::{
+    ClientConfig, ClientError, ClientEvent, ClientVersion, Lwm2mClient, SendError, Transmit,
+};
 pub use firmware::{
     CoapUri, FIRMWARE_UPDATE, FirmwareUpdate, MAX_URI, PackageFn, PullRequest, UpdateFn,
     UpdateResult, UpdateState, parse_coap_uri,
