@@ -243,3 +243,152 @@ fn a_device_registers_as_lwm2m_1_0_when_told() {
         ["lwm2m=1.1", "b=U", "Q"]
     );
 }
+
+/// An application that reads its device's events late loses none of them while the
+/// thread can hold them: with room for 1 event in `DeviceThread::events`, the
+/// registration's events and then a Reboot the hub executes all arrive, in order, once
+/// the application reads. Before, a full queue dropped the newest events: the Reboot
+/// (whose Execute the hub had seen answered) never reached the application.
+#[test]
+fn a_full_event_queue_holds_newer_events_instead_of_dropping_them() {
+    use twinhub::hub::{Hub, HubConfig};
+    use twinhub::lwm2m::client::{DeviceThread, DriverOptions};
+    use twinhub::registry::Registry;
+    use twinhub::transport::{DeviceReply, DeviceRequest};
+    use twinhub::twin::Twin;
+    use twinhub::{DeviceId, Lwm2mPath};
+
+    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), HubConfig::default()).unwrap();
+    let id = DeviceId::new("gw-2").unwrap();
+    hub.create_device(Twin::new(id.clone())).unwrap();
+    let mut tree = ObjectTree::new();
+    tree.add(objects::server(1, 300, "U"));
+    tree.add(objects::device("Acme", "GW", "SN-2", "1.0"));
+    let config = ClientConfig::new("gw-2", hub.local_addr().unwrap());
+    let options = DriverOptions {
+        event_capacity: 1,
+        ..DriverOptions::default()
+    };
+    let device = DeviceThread::spawn_on(
+        Lwm2mClient::new(Instant::now(), config, tree),
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        options,
+    )
+    .unwrap();
+    // Registered fills the queue (nothing is read yet); the Execute's answer comes once
+    // the device served it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reboot = loop {
+        let reply = hub
+            .request(
+                &id,
+                DeviceRequest::Execute {
+                    path: Lwm2mPath::resource(3, 0, 4),
+                    args: None,
+                },
+            )
+            .wait(Duration::from_secs(10));
+        match reply {
+            Ok(r) => break r,
+            Err(_) if Instant::now() < deadline => {}
+            Err(e) => panic!("the hub could not reach the device: {e:?}"),
+        }
+    };
+    assert!(matches!(reboot, DeviceReply::Done), "{reboot:?}");
+    let mut seen = Vec::new();
+    while let Ok(e) = device.events().recv_timeout(Duration::from_secs(2)) {
+        let reboot = matches!(e, ClientEvent::Reboot);
+        seen.push(e);
+        if reboot {
+            break;
+        }
+    }
+    assert!(
+        matches!(seen.first(), Some(ClientEvent::Registered { .. })),
+        "{seen:?}"
+    );
+    assert!(matches!(seen.last(), Some(ClientEvent::Reboot)), "{seen:?}");
+    assert_eq!(device.events_dropped(), 0);
+    device.shutdown(Duration::from_secs(2)).unwrap();
+    hub.stop();
+}
+
+/// The bound: past `HELD_EVENTS` held beyond a full queue the thread drops the oldest it
+/// holds and counts them; the application then reads the first event, then the newest
+/// `HELD_EVENTS` (ending with the last Send's answer), and every event is either read
+/// or counted.
+#[test]
+fn past_held_events_the_oldest_held_are_dropped_and_counted() {
+    use twinhub::hub::{Hub, HubConfig};
+    use twinhub::lwm2m::client::{DeviceThread, DriverOptions, HELD_EVENTS};
+    use twinhub::registry::Registry;
+    use twinhub::twin::{ConnectionState, Twin};
+    use twinhub::{DeviceId, Lwm2mPath};
+
+    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), HubConfig::default()).unwrap();
+    hub.create_device(Twin::new(DeviceId::new("gw-3").unwrap()))
+        .unwrap();
+    let mut tree = ObjectTree::new();
+    tree.add(objects::server(1, 300, "U"));
+    tree.add(objects::device("Acme", "GW", "SN-3", "1.0"));
+    let config = ClientConfig::new("gw-3", hub.local_addr().unwrap());
+    let options = DriverOptions {
+        event_capacity: 1,
+        ..DriverOptions::default()
+    };
+    let device = DeviceThread::spawn_on(
+        Lwm2mClient::new(Instant::now(), config, tree),
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        options,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hub
+        .twin("gw-3")
+        .is_none_or(|t| t.connection_state != ConnectionState::Connected)
+    {
+        assert!(Instant::now() < deadline, "the device did not register");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sends = HELD_EVENTS + 50;
+    let manufacturer = Lwm2mPath::resource(3, 0, 0);
+    for _ in 0..sends {
+        device
+            .with(|c| c.send(Instant::now(), &[manufacturer]))
+            .unwrap();
+    }
+    // Each answered Send is an event: wait until the thread dropped what it cannot hold.
+    while device.events_dropped() < 50 {
+        assert!(
+            Instant::now() < deadline,
+            "{} dropped",
+            device.events_dropped()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut seen = Vec::new();
+    while let Ok(e) = device.events().recv_timeout(Duration::from_millis(500)) {
+        seen.push(e);
+    }
+    assert!(
+        matches!(seen[0], ClientEvent::Registered { .. }),
+        "{:?}",
+        seen[0]
+    );
+    // The queue's one and the held ones (a few more may have come in while reading:
+    // the hub's observation), and every event either read or counted as dropped.
+    assert!(seen.len() > HELD_EVENTS, "{} read", seen.len());
+    let dropped = device.events_dropped() as usize;
+    assert!(
+        seen.len() + dropped > sends,
+        "{} read, {dropped} dropped",
+        seen.len()
+    );
+    assert!(
+        matches!(seen.last(), Some(ClientEvent::Sent)),
+        "{:?}",
+        seen.last()
+    );
+    device.shutdown(Duration::from_secs(2)).unwrap();
+    hub.stop();
+}

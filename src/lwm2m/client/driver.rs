@@ -55,6 +55,7 @@
 use super::engine::{ClientEvent, Lwm2mClient};
 #[cfg(feature = "dtls")]
 use crate::dtls::DtlsClient;
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,7 +75,11 @@ pub const MIN_DTLS_STACK: usize = 512 * 1024;
 pub struct DriverOptions {
     /// The thread's stack size in bytes (at least `MIN_DTLS_STACK` over DTLS).
     pub stack_size: usize,
-    /// Events kept for the application; when full, newer events are dropped.
+    /// Events kept for the application in [`DeviceThread::events`]. When it is full the
+    /// thread holds up to [`HELD_EVENTS`] more, oldest first, and hands them over as the
+    /// application takes events; past that it drops the oldest it holds, counted in
+    /// [`DeviceThread::events_dropped`]. Nothing is dropped while the application keeps
+    /// up.
     pub event_capacity: usize,
     /// The longest the thread sleeps without a deadline (it re-checks then).
     pub max_sleep: Duration,
@@ -92,6 +97,13 @@ impl Default for DriverOptions {
         }
     }
 }
+
+/// Events a [`DeviceThread`] holds beyond [`DriverOptions::event_capacity`] while the
+/// application does not take them; past this the oldest held is dropped (and counted).
+pub const HELD_EVENTS: usize = 256;
+
+/// How often a thread holding events it could not hand over tries again.
+const HELD_RETRY: Duration = Duration::from_millis(20);
 
 /// A client running on its own socket and thread.
 ///
@@ -114,6 +126,7 @@ pub struct DeviceThread {
     stop: Arc<AtomicBool>,
     events: Receiver<ClientEvent>,
     handshakes: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
     thread: Option<JoinHandle<io::Result<()>>>,
 }
 
@@ -167,6 +180,7 @@ impl DeviceThread {
         #[cfg(not(feature = "dtls"))]
         let _ = bootstrapping;
         let handshakes = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             server,
             #[cfg(feature = "dtls")]
@@ -181,6 +195,8 @@ impl DeviceThread {
             local,
             stop: stop.clone(),
             events: tx,
+            held: VecDeque::new(),
+            dropped: dropped.clone(),
             max_sleep: options.max_sleep,
         };
         // A device that bootstraps may be given a PSK: it needs the DTLS stack too.
@@ -203,6 +219,7 @@ impl DeviceThread {
             stop,
             events,
             handshakes,
+            dropped,
             thread: Some(thread),
         })
     }
@@ -224,6 +241,14 @@ impl DeviceThread {
         let r = f(&mut lock(&self.client));
         self.wake();
         r
+    }
+
+    /// Events dropped because the application did not take them: more than
+    /// [`DriverOptions::event_capacity`] waiting in [`DeviceThread::events`] and
+    /// [`HELD_EVENTS`] more held by the thread (see there). 0 while the application keeps
+    /// up.
+    pub fn events_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// DTLS handshakes the device completed with the server (0 over plain CoAP).
@@ -300,6 +325,10 @@ struct Worker {
     local: SocketAddr,
     stop: Arc<AtomicBool>,
     events: SyncSender<ClientEvent>,
+    /// Events the application's full queue did not take yet, oldest first (at most
+    /// [`HELD_EVENTS`]).
+    held: VecDeque<ClientEvent>,
+    dropped: Arc<AtomicU64>,
     max_sleep: Duration,
 }
 
@@ -320,9 +349,15 @@ impl Worker {
                 }
             };
             let now = Instant::now();
+            // Events held for a full queue: try again soon, as the application takes some.
+            let max_sleep = if self.held.is_empty() {
+                self.max_sleep
+            } else {
+                self.max_sleep.min(HELD_RETRY)
+            };
             let sleep = deadline
-                .map_or(self.max_sleep, |d| d.saturating_duration_since(now))
-                .clamp(Duration::from_millis(1), self.max_sleep);
+                .map_or(max_sleep, |d| d.saturating_duration_since(now))
+                .clamp(Duration::from_millis(1), max_sleep);
             self.socket.set_read_timeout(Some(sleep))?;
             match self.socket.recv_from(&mut buf) {
                 Ok((n, from)) => {
@@ -540,8 +575,29 @@ impl Worker {
             {
                 d.restart(now);
             }
-            if let Err(TrySendError::Disconnected(_)) = self.events.try_send(e) {
-                break;
+            if self.held.len() == HELD_EVENTS {
+                self.held.pop_front();
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            self.held.push_back(e);
+        }
+        self.hand_over();
+    }
+
+    /// Moves held events into the application's queue, oldest first, while it has room.
+    fn hand_over(&mut self) {
+        while let Some(e) = self.held.pop_front() {
+            match self.events.try_send(e) {
+                Ok(()) => {}
+                Err(TrySendError::Full(e)) => {
+                    self.held.push_front(e);
+                    return;
+                }
+                // Nobody listens any more (the handle is gone).
+                Err(TrySendError::Disconnected(_)) => {
+                    self.held.clear();
+                    return;
+                }
             }
         }
     }

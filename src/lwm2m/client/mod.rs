@@ -138,7 +138,7 @@ pub use attributes::{
 };
 #[cfg(feature = "dtls")]
 pub use driver::MIN_DTLS_STACK;
-pub use driver::{DeviceThread, DriverOptions};
+pub use driver::{DeviceThread, DriverOptions, HELD_EVENTS};
 pub use engine::{
     ClientConfig, ClientError, ClientEvent, ClientVersion, Lwm2mClient, SendError, Transmit,
 };
