@@ -244,27 +244,23 @@ fn a_device_registers_as_lwm2m_1_0_when_told() {
     );
 }
 
-/// An application that reads its device's events late loses none of them while the
-/// thread can hold them: with room for 1 event in `DeviceThread::events`, the
-/// registration's events and then a Reboot the hub executes all arrive, in order, once
-/// the application reads. Before, a full queue dropped the newest events: the Reboot
-/// (whose Execute the hub had seen answered) never reached the application.
-#[test]
-fn a_full_event_queue_holds_newer_events_instead_of_dropping_them() {
+/// A hub on loopback UDP with device `name` created, and that device running on a
+/// `DeviceThread` whose event queue holds one event (nothing read yet).
+fn hub_and_device_with_one_event_slot(
+    name: &str,
+) -> (twinhub::hub::Hub, twinhub::lwm2m::client::DeviceThread) {
     use twinhub::hub::{Hub, HubConfig};
     use twinhub::lwm2m::client::{DeviceThread, DriverOptions};
     use twinhub::registry::Registry;
-    use twinhub::transport::{DeviceReply, DeviceRequest};
     use twinhub::twin::Twin;
-    use twinhub::{DeviceId, Lwm2mPath};
 
     let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), HubConfig::default()).unwrap();
-    let id = DeviceId::new("gw-2").unwrap();
-    hub.create_device(Twin::new(id.clone())).unwrap();
+    hub.create_device(Twin::new(twinhub::DeviceId::new(name).unwrap()))
+        .unwrap();
     let mut tree = ObjectTree::new();
     tree.add(objects::server(1, 300, "U"));
-    tree.add(objects::device("Acme", "GW", "SN-2", "1.0"));
-    let config = ClientConfig::new("gw-2", hub.local_addr().unwrap());
+    tree.add(objects::device("Acme", "GW", "SN-1", "1.0"));
+    let config = ClientConfig::new(name, hub.local_addr().unwrap());
     let options = DriverOptions {
         event_capacity: 1,
         ..DriverOptions::default()
@@ -275,6 +271,21 @@ fn a_full_event_queue_holds_newer_events_instead_of_dropping_them() {
         options,
     )
     .unwrap();
+    (hub, device)
+}
+
+/// An application that reads its device's events late loses none of them while the
+/// thread can hold them: with room for 1 event in `DeviceThread::events`, the
+/// registration's events and then a Reboot the hub executes all arrive, in order, once
+/// the application reads. Before, a full queue dropped the newest events: the Reboot
+/// (whose Execute the hub had seen answered) never reached the application.
+#[test]
+fn a_full_event_queue_holds_newer_events_instead_of_dropping_them() {
+    use twinhub::transport::{DeviceReply, DeviceRequest};
+    use twinhub::{DeviceId, Lwm2mPath};
+
+    let (hub, device) = hub_and_device_with_one_event_slot("gw-2");
+    let id = DeviceId::new("gw-2").unwrap();
     // Registered fills the queue (nothing is read yet); the Execute's answer comes once
     // the device served it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -319,29 +330,11 @@ fn a_full_event_queue_holds_newer_events_instead_of_dropping_them() {
 /// or counted.
 #[test]
 fn past_held_events_the_oldest_held_are_dropped_and_counted() {
-    use twinhub::hub::{Hub, HubConfig};
-    use twinhub::lwm2m::client::{DeviceThread, DriverOptions, HELD_EVENTS};
-    use twinhub::registry::Registry;
-    use twinhub::twin::{ConnectionState, Twin};
-    use twinhub::{DeviceId, Lwm2mPath};
+    use twinhub::Lwm2mPath;
+    use twinhub::lwm2m::client::HELD_EVENTS;
+    use twinhub::twin::ConnectionState;
 
-    let hub = Hub::bind_udp("127.0.0.1:0", Registry::new(), HubConfig::default()).unwrap();
-    hub.create_device(Twin::new(DeviceId::new("gw-3").unwrap()))
-        .unwrap();
-    let mut tree = ObjectTree::new();
-    tree.add(objects::server(1, 300, "U"));
-    tree.add(objects::device("Acme", "GW", "SN-3", "1.0"));
-    let config = ClientConfig::new("gw-3", hub.local_addr().unwrap());
-    let options = DriverOptions {
-        event_capacity: 1,
-        ..DriverOptions::default()
-    };
-    let device = DeviceThread::spawn_on(
-        Lwm2mClient::new(Instant::now(), config, tree),
-        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
-        options,
-    )
-    .unwrap();
+    let (hub, device) = hub_and_device_with_one_event_slot("gw-3");
     let deadline = Instant::now() + Duration::from_secs(30);
     while hub
         .twin("gw-3")
