@@ -121,7 +121,7 @@ fn a_backup_holds_the_snapshot_s_commit_while_the_store_goes_on() {
 }
 
 #[test]
-fn a_backup_never_overwrites_a_store_and_replaces_a_partial_one() {
+fn a_backup_never_overwrites_a_store_nor_leaves_a_partial_one() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, mut reg) =
         Store::open(dir.path().join("live"), StoreConfig::default()).unwrap();
@@ -147,14 +147,44 @@ fn a_backup_never_overwrites_a_store_and_replaces_a_partial_one() {
     let (_other, other_reg) =
         Store::open(dir.path().join("other"), StoreConfig::default()).unwrap();
     assert!(other_reg.contains("b") && !other_reg.contains("a"));
-    // An interrupted backup's partial file is replaced, never opened as the backup.
+    // Another file in the directory (here one named like an older partial file) is left
+    // alone, and the backup leaves nothing but its store behind.
     let target = dir.path().join("backup");
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join("twinhub.redb.partial"), b"half a backup").unwrap();
     store.snapshot().unwrap().write_to(&target).unwrap();
-    assert!(!target.join("twinhub.redb.partial").exists());
+    let mut names: Vec<String> = std::fs::read_dir(&target)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["twinhub.redb", "twinhub.redb.partial"]);
     let (_copy, copy) = Store::open(&target, StoreConfig::default()).unwrap();
     assert!(copy.contains("a"));
+    // Two backups at once into one directory: one gets the store, the other `Exists`,
+    // and neither leaves a partial file.
+    let racing = dir.path().join("racing");
+    let snapshots = [store.snapshot().unwrap(), store.snapshot().unwrap()];
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = snapshots
+            .iter()
+            .map(|snap| s.spawn(|| snap.write_to(&racing)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::Exists { .. }))),
+        "{results:?}"
+    );
+    let names: Vec<_> = std::fs::read_dir(&racing).unwrap().collect();
+    assert_eq!(names.len(), 1, "{names:?}");
 }
 
 /// A store a failed write poisoned still backs up its last commit (the failed one is not

@@ -7,9 +7,14 @@ use super::{
 };
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The file a backup is written to before it is complete.
+/// The file a backup is written to before it is complete, followed by `-{pid}-{n}`: its
+/// own, whatever other backups write into the same directory at once.
 const PARTIAL_NAME: &str = "twinhub.redb.partial";
+
+/// Backups this process started (the `n` of their partial files' names).
+static BACKUPS: AtomicU64 = AtomicU64::new(0);
 
 /// What a store had committed when [`Store::snapshot`] took it, to copy with
 /// [`StoreSnapshot::write_to`] while the store goes on committing: an online backup.
@@ -28,9 +33,12 @@ const PARTIAL_NAME: &str = "twinhub.redb.partial";
 /// Bounds: a snapshot holds the pages of its commit until it is dropped, so that while
 /// a backup is written, the live file grows by what the commits meanwhile rewrite (the
 /// storage engine reuses those pages after the snapshot is dropped). The copy is written
-/// in one transaction, into `twinhub.redb.partial`, and renamed to `twinhub.redb` only
-/// once it is complete and durable: a backup that fails or is interrupted never leaves a
-/// file that looks like a whole store.
+/// in one transaction into a file of its own (`twinhub.redb.partial-{pid}-{n}`), and
+/// linked as `twinhub.redb` only once it is complete and durable, by a hard link, which
+/// fails if that name exists by then: a backup never replaces a store, not even one
+/// created in the directory while it ran, and one that fails or is interrupted never
+/// leaves a file that looks like a whole store. (The directory's file system must allow
+/// hard links.)
 pub struct StoreSnapshot {
     txn: ReadTransaction,
     committed: u64,
@@ -105,9 +113,10 @@ impl StoreSnapshot {
     }
 
     /// Writes the snapshot as a new store in `dir` (created if missing): `dir` must not
-    /// hold a store file already ([`StoreError::Exists`], nothing written). The copy is
-    /// durable when this returns. A backup that fails leaves `twinhub.redb.partial`
-    /// behind (never `twinhub.redb`), which the next backup into `dir` replaces.
+    /// hold a store file, before or when the copy is complete ([`StoreError::Exists`],
+    /// nothing left behind). The copy is durable when this returns. A backup that fails
+    /// removes its partial file; one whose process died leaves it
+    /// (`twinhub.redb.partial-{pid}-{n}`, never `twinhub.redb`), to delete by hand.
     pub fn write_to(&self, dir: impl AsRef<Path>) -> Result<Backup, StoreError> {
         let dir = dir.as_ref();
         let directory = |source| StoreError::Directory {
@@ -119,12 +128,40 @@ impl StoreSnapshot {
         if path.try_exists().map_err(directory)? {
             return Err(StoreError::Exists { path });
         }
-        let partial = dir.join(PARTIAL_NAME);
+        let n = BACKUPS.fetch_add(1, Ordering::Relaxed);
+        let partial = dir.join(format!("{PARTIAL_NAME}-{}-{n}", std::process::id()));
+        // Only a dead process of the same id can have left a file of this name.
         match std::fs::remove_file(&partial) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(from_io(e)),
             _ => {}
         }
-        let db = Database::create(&partial)?;
+        let written = self.copy_into(&partial);
+        let linked = written.and_then(|counts| match std::fs::hard_link(&partial, &path) {
+            Ok(()) => Ok(counts),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StoreError::Exists { path: path.clone() })
+            }
+            Err(e) => Err(from_io(e)),
+        });
+        let removed = std::fs::remove_file(&partial);
+        let (twins, rows) = linked?;
+        removed.map_err(from_io)?;
+        // The new name is durable once the directory is.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(from_io)?;
+        Ok(Backup {
+            path,
+            committed: self.committed,
+            twins,
+            rows,
+        })
+    }
+
+    /// Copies every table into a new store file at `file`, durably; returns the twins
+    /// and the rows copied.
+    fn copy_into(&self, file: &Path) -> Result<(u64, u64), StoreError> {
+        let db = Database::create(file)?;
         let txn = db.begin_write()?;
         let mut rows = 0;
         rows += copy(&self.txn, &txn, META)?;
@@ -138,18 +175,7 @@ impl StoreSnapshot {
         rows += copy(&self.txn, &txn, UNUSED)?;
         rows += copy(&self.txn, &txn, PACKAGES)?;
         txn.commit()?;
-        drop(db);
-        std::fs::rename(&partial, &path).map_err(from_io)?;
-        // The rename is durable once the directory is.
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(from_io)?;
-        Ok(Backup {
-            path,
-            committed: self.committed,
-            twins,
-            rows,
-        })
+        Ok((twins, rows))
     }
 }
 
