@@ -77,7 +77,7 @@ pub struct DriverOptions {
     pub stack_size: usize,
     /// Events kept for the application in [`DeviceThread::events`]. When it is full the
     /// thread holds up to [`HELD_EVENTS`] more, oldest first, and hands them over as the
-    /// application takes events; past that it drops the oldest it holds, counted in
+    /// application takes events (within a second); past that it drops the oldest it holds, counted in
     /// [`DeviceThread::events_dropped`]. Nothing is dropped while the application keeps
     /// up.
     pub event_capacity: usize,
@@ -102,8 +102,11 @@ impl Default for DriverOptions {
 /// application does not take them; past this the oldest held is dropped (and counted).
 pub const HELD_EVENTS: usize = 256;
 
-/// How often a thread holding events it could not hand over tries again.
+/// How soon a thread holding events it could not hand over tries again: first after
+/// `HELD_RETRY`, doubling while the application takes none, up to `HELD_RETRY_MAX`, so
+/// that an application that never reads costs a wake-up a second, not fifty.
 const HELD_RETRY: Duration = Duration::from_millis(20);
+const HELD_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// A client running on its own socket and thread.
 ///
@@ -196,6 +199,7 @@ impl DeviceThread {
             stop: stop.clone(),
             events: tx,
             held: VecDeque::new(),
+            held_retry: HELD_RETRY,
             dropped: dropped.clone(),
             max_sleep: options.max_sleep,
         };
@@ -328,6 +332,8 @@ struct Worker {
     /// Events the application's full queue did not take yet, oldest first (at most
     /// [`HELD_EVENTS`]).
     held: VecDeque<ClientEvent>,
+    /// How soon to try handing held events over again.
+    held_retry: Duration,
     dropped: Arc<AtomicU64>,
     max_sleep: Duration,
 }
@@ -353,7 +359,7 @@ impl Worker {
             let max_sleep = if self.held.is_empty() {
                 self.max_sleep
             } else {
-                self.max_sleep.min(HELD_RETRY)
+                self.max_sleep.min(self.held_retry)
             };
             let sleep = deadline
                 .map_or(max_sleep, |d| d.saturating_duration_since(now))
@@ -586,11 +592,17 @@ impl Worker {
 
     /// Moves held events into the application's queue, oldest first, while it has room.
     fn hand_over(&mut self) {
+        let before = self.held.len();
         while let Some(e) = self.held.pop_front() {
             match self.events.try_send(e) {
                 Ok(()) => {}
                 Err(TrySendError::Full(e)) => {
                     self.held.push_front(e);
+                    self.held_retry = if self.held.len() < before {
+                        HELD_RETRY
+                    } else {
+                        (self.held_retry * 2).min(HELD_RETRY_MAX)
+                    };
                     return;
                 }
                 // Nobody listens any more (the handle is gone).
@@ -600,6 +612,7 @@ impl Worker {
                 }
             }
         }
+        self.held_retry = HELD_RETRY;
     }
 }
 
